@@ -1,0 +1,301 @@
+//! The compute-side graph: one flat arena per computation.
+//!
+//! Invariants, established by [`Plan::flatten`] and checked by [`Graph::from_deps`]:
+//! - task ids are dense, `0..len`;
+//! - every dependency of a task has a smaller id (ids are a topological order), so the arena is acyclic;
+//! - ids are a depth-first post-order from the roots, so the tasks of one branch are contiguous and a
+//!   smaller id means "needed sooner by a sequential evaluation". The scheduler uses ids as priorities.
+
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::node::{Node, Payload};
+use crate::Error;
+
+#[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct TaskId(pub u32);
+
+impl TaskId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    fn from_index<E>(index: usize) -> Result<Self, Error<E>> {
+        u32::try_from(index)
+            .map(TaskId)
+            .map_err(|_| Error::TooLarge(index + 1))
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Dependencies and dependents of every task, as two compressed adjacency lists.
+#[derive(Debug, Default)]
+pub struct Graph {
+    dep_start: Vec<u32>,
+    deps: Vec<TaskId>,
+    dependent_start: Vec<u32>,
+    dependents: Vec<TaskId>,
+}
+
+impl Graph {
+    /// Builds an arena from each task's dependency list, in id order. Fails on a dependency that does not
+    /// come before its dependent, which is exactly what rules out cycles and dangling ids.
+    pub fn from_deps<E, I, D>(dep_lists: I) -> Result<Self, Error<E>>
+    where
+        I: IntoIterator<Item = D>,
+        D: IntoIterator<Item = TaskId>,
+    {
+        let mut builder = GraphBuilder::default();
+        for deps in dep_lists {
+            let task = TaskId::from_index(builder.len())?;
+            for dep in deps {
+                if dep >= task {
+                    return Err(Error::InvalidGraph(format!(
+                        "task {task} depends on {dep}, which does not come before it (a cycle or an unknown task)"
+                    )));
+                }
+                builder.deps.push(dep);
+            }
+            builder.close_task();
+        }
+        Ok(builder.finish())
+    }
+
+    pub fn len(&self) -> usize {
+        self.dep_start.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn deps(&self, task: TaskId) -> &[TaskId] {
+        let i = task.index();
+        &self.deps[self.dep_start[i] as usize..self.dep_start[i + 1] as usize]
+    }
+
+    pub fn dependents(&self, task: TaskId) -> &[TaskId] {
+        let i = task.index();
+        &self.dependents[self.dependent_start[i] as usize..self.dependent_start[i + 1] as usize]
+    }
+
+    pub fn tasks(&self) -> impl ExactSizeIterator<Item = TaskId> {
+        (0..self.len() as u32).map(TaskId)
+    }
+}
+
+#[derive(Default)]
+struct GraphBuilder {
+    dep_start: Vec<u32>,
+    deps: Vec<TaskId>,
+}
+
+impl GraphBuilder {
+    fn len(&self) -> usize {
+        self.dep_start.len()
+    }
+
+    fn close_task(&mut self) {
+        self.dep_start.push(self.deps.len() as u32);
+    }
+
+    /// Derives the dependents lists by counting sort, so flattening stays linear in tasks plus edges.
+    fn finish(self) -> Graph {
+        let n = self.dep_start.len();
+        let mut dep_start = Vec::with_capacity(n + 1);
+        dep_start.push(0);
+        dep_start.extend(self.dep_start);
+        let mut dependent_start = vec![0u32; n + 1];
+        for dep in &self.deps {
+            dependent_start[dep.index() + 1] += 1;
+        }
+        for i in 0..n {
+            dependent_start[i + 1] += dependent_start[i];
+        }
+        let mut fill = dependent_start.clone();
+        let mut dependents = vec![TaskId(0); self.deps.len()];
+        for task in 0..n {
+            for dep in &self.deps[dep_start[task] as usize..dep_start[task + 1] as usize] {
+                let slot = &mut fill[dep.index()];
+                dependents[*slot as usize] = TaskId(task as u32);
+                *slot += 1;
+            }
+        }
+        Graph {
+            dep_start,
+            deps: self.deps,
+            dependent_start,
+            dependents,
+        }
+    }
+}
+
+/// The part of a build-side graph that some roots need, flattened for one computation.
+#[derive(Debug)]
+pub struct Plan<P> {
+    pub graph: Graph,
+    /// The node behind each task id.
+    pub nodes: Vec<Arc<Node<P>>>,
+    /// The task computing each root, in the order the roots were given (repeats kept).
+    pub outputs: Vec<TaskId>,
+}
+
+impl<P: Payload> Plan<P> {
+    /// Walks the graph once from the roots, iteratively (chains of millions of calls are fine), merging
+    /// nodes that share a [`Payload::merge_name`]. Linear in nodes plus edges.
+    pub fn flatten<'a, E>(
+        roots: impl IntoIterator<Item = &'a Arc<Node<P>>>,
+    ) -> Result<Self, Error<E>>
+    where
+        P: 'a,
+    {
+        let mut ids: FxHashMap<*const Node<P>, TaskId> = FxHashMap::default();
+        let mut names: FxHashMap<&'a str, TaskId> = FxHashMap::default();
+        let mut nodes: Vec<Arc<Node<P>>> = Vec::new();
+        let mut builder = GraphBuilder::default();
+        let mut outputs = Vec::new();
+        let mut stack: Vec<(&'a Arc<Node<P>>, usize)> = Vec::new();
+
+        for root in roots {
+            if let Some(id) = known(root, &mut ids, &names) {
+                outputs.push(id);
+                continue;
+            }
+            stack.push((root, 0));
+            while let Some((node, next_dep)) = stack.last_mut() {
+                if let Some(dep) = node.deps().get(*next_dep) {
+                    *next_dep += 1;
+                    if known(dep, &mut ids, &names).is_none() {
+                        stack.push((dep, 0));
+                    }
+                    continue;
+                }
+                let node: &'a Arc<Node<P>> = node;
+                stack.pop();
+                let id = TaskId::from_index(nodes.len())?;
+                builder
+                    .deps
+                    .extend(node.deps().iter().map(|dep| ids[&Arc::as_ptr(dep)]));
+                builder.close_task();
+                ids.insert(Arc::as_ptr(node), id);
+                if let Some(name) = node.payload().merge_name() {
+                    if let Entry::Vacant(slot) = names.entry(name) {
+                        slot.insert(id);
+                    }
+                }
+                nodes.push(Arc::clone(node));
+            }
+            outputs.push(ids[&Arc::as_ptr(root)]);
+        }
+        Ok(Plan {
+            graph: builder.finish(),
+            nodes,
+            outputs,
+        })
+    }
+}
+
+/// The id a node already has, directly or because an earlier node carries its merge name; in the second
+/// case the node is merged before its own inputs are visited.
+fn known<'a, P: Payload>(
+    node: &'a Arc<Node<P>>,
+    ids: &mut FxHashMap<*const Node<P>, TaskId>,
+    names: &FxHashMap<&'a str, TaskId>,
+) -> Option<TaskId> {
+    if let Some(&id) = ids.get(&Arc::as_ptr(node)) {
+        return Some(id);
+    }
+    let id = *names.get(node.payload().merge_name()?)?;
+    ids.insert(Arc::as_ptr(node), id);
+    Some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Named(Option<&'static str>);
+    impl Payload for Named {
+        fn merge_name(&self) -> Option<&str> {
+            self.0
+        }
+    }
+
+    fn leaf(name: Option<&'static str>) -> Arc<Node<Named>> {
+        Node::new(Named(name), vec![])
+    }
+
+    fn flatten(roots: &[Arc<Node<Named>>]) -> Plan<Named> {
+        Plan::flatten::<()>(roots).unwrap()
+    }
+
+    #[test]
+    fn ids_are_a_depth_first_post_order() {
+        let (a, b, c, d) = (leaf(None), leaf(None), leaf(None), leaf(None));
+        let ab = Node::new(Named(None), vec![a, b]);
+        let cd = Node::new(Named(None), vec![c, d]);
+        let root = Node::new(Named(None), vec![ab.clone(), cd.clone()]);
+        let plan = flatten(&[root]);
+        assert_eq!(plan.graph.len(), 7);
+        assert!(Arc::ptr_eq(&plan.nodes[2], &ab));
+        assert!(Arc::ptr_eq(&plan.nodes[5], &cd));
+        assert_eq!(plan.graph.deps(TaskId(6)), &[TaskId(2), TaskId(5)]);
+        assert_eq!(plan.graph.dependents(TaskId(0)), &[TaskId(2)]);
+        assert_eq!(plan.outputs, vec![TaskId(6)]);
+    }
+
+    #[test]
+    fn shared_nodes_and_repeated_roots_appear_once() {
+        let shared = leaf(None);
+        let x = Node::new(Named(None), vec![shared.clone(), shared.clone()]);
+        let y = Node::new(Named(None), vec![shared.clone()]);
+        let plan = flatten(&[x.clone(), y, x]);
+        assert_eq!(plan.graph.len(), 3);
+        assert_eq!(plan.graph.deps(TaskId(1)), &[TaskId(0), TaskId(0)]);
+        assert_eq!(
+            plan.graph.dependents(TaskId(0)),
+            &[TaskId(1), TaskId(1), TaskId(2)]
+        );
+        assert_eq!(plan.outputs, vec![TaskId(1), TaskId(2), TaskId(1)]);
+    }
+
+    #[test]
+    fn nodes_with_the_same_name_merge() {
+        let first = Node::new(Named(Some("inc-1")), vec![leaf(None)]);
+        let twin = Node::new(Named(Some("inc-1")), vec![leaf(None)]);
+        let other = Node::new(Named(Some("inc-2")), vec![]);
+        let plan = flatten(&[first, twin, other]);
+        assert_eq!(plan.graph.len(), 3);
+        assert_eq!(plan.outputs, vec![TaskId(1), TaskId(1), TaskId(2)]);
+    }
+
+    #[test]
+    fn a_million_long_chain_flattens_without_recursion() {
+        let mut head = leaf(None);
+        for _ in 0..1_000_000 {
+            head = Node::new(Named(None), vec![head]);
+        }
+        let plan = flatten(&[head]);
+        assert_eq!(plan.graph.len(), 1_000_001);
+        assert_eq!(plan.graph.deps(TaskId(1_000_000)), &[TaskId(999_999)]);
+    }
+
+    #[test]
+    fn from_deps_rejects_forward_and_self_references() {
+        let err = Graph::from_deps::<(), _, _>([vec![], vec![TaskId(1)]]).unwrap_err();
+        assert!(err.to_string().contains("does not come before it"), "{err}");
+        let err = Graph::from_deps::<(), _, _>([vec![TaskId(3)]]).unwrap_err();
+        assert!(matches!(err, Error::InvalidGraph(_)));
+        let ok =
+            Graph::from_deps::<(), _, _>([vec![], vec![TaskId(0)], vec![TaskId(0), TaskId(1)]]);
+        assert_eq!(ok.unwrap().dependents(TaskId(0)), &[TaskId(1), TaskId(2)]);
+    }
+}

@@ -1,0 +1,26 @@
+//! The belated engine, in pure Rust.
+//!
+//! A user builds a graph one call at a time as immutable, reference-counted [`Node`]s; building is O(1)
+//! per call and never merges graphs. To compute, [`Plan::flatten`] walks the part reachable from the
+//! requested roots once and lays it out as a flat arena ([`Graph`]) with integer [`TaskId`]s in
+//! depth-first post-order. That order doubles as the scheduling priority: [`Schedule`] always runs the
+//! ready task with the smallest id, which finishes a branch before it starts the next one, and it
+//! releases each intermediate result as soon as its last dependent has run.
+//!
+//! Execution is generic over a [`Runner`] (what a task does) and a [`ThreadHost`] (how a worker thread
+//! lives in its environment, e.g. attached to a Python interpreter once for its whole life). The same
+//! loop serves the calling thread ([`run_inline`]) and a [`ThreadPool`].
+
+mod error;
+mod executor;
+mod graph;
+mod node;
+mod schedule;
+
+pub use error::Error;
+pub use executor::{
+    on_worker_thread, run_inline, JobHandle, PlainHost, Runner, ThreadHost, ThreadPool,
+};
+pub use graph::{Graph, Plan, TaskId};
+pub use node::{Node, Payload};
+pub use schedule::Schedule;

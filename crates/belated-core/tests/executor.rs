@@ -1,0 +1,271 @@
+//! The executors against a sequential evaluation, on random DAGs and on the failure paths.
+
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use belated_core::{run_inline, Error, Graph, PlainHost, Runner, TaskId, ThreadPool};
+use proptest::prelude::*;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A result that counts how many distinct results are alive, to check that memory is released.
+#[derive(Clone, Debug)]
+struct Value {
+    number: i64,
+    _alive: Arc<Alive>,
+}
+
+#[derive(Debug)]
+struct Alive(Arc<Counter>);
+
+#[derive(Debug, Default)]
+struct Counter {
+    alive: AtomicI64,
+    peak: AtomicI64,
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.alive.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Task `i` computes `i + sum(inputs)`; it fails where `fail_at` says, panics where `panic_at` says.
+struct Arithmetic {
+    counter: Arc<Counter>,
+    fail_at: Option<TaskId>,
+    panic_at: Option<TaskId>,
+    runs: AtomicUsize,
+}
+
+impl Arithmetic {
+    fn new() -> Self {
+        Arithmetic {
+            counter: Arc::default(),
+            fail_at: None,
+            panic_at: None,
+            runs: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Runner for Arithmetic {
+    type Value = Value;
+    type Error = String;
+
+    fn run(&self, task: TaskId, inputs: &[Value]) -> Result<Value, String> {
+        self.runs.fetch_add(1, SeqCst);
+        if Some(task) == self.fail_at {
+            return Err(format!("task {task} refuses"));
+        }
+        if Some(task) == self.panic_at {
+            panic!("task {task} panics");
+        }
+        let alive = self.counter.alive.fetch_add(1, SeqCst) + 1;
+        self.counter.peak.fetch_max(alive, SeqCst);
+        Ok(Value {
+            number: task.0 as i64 + inputs.iter().map(|v| v.number).sum::<i64>(),
+            _alive: Arc::new(Alive(Arc::clone(&self.counter))),
+        })
+    }
+}
+
+fn sequential(deps: &[Vec<TaskId>]) -> Vec<i64> {
+    let mut out: Vec<i64> = Vec::with_capacity(deps.len());
+    for (i, ds) in deps.iter().enumerate() {
+        let v = i as i64 + ds.iter().map(|d| out[d.index()]).sum::<i64>();
+        out.push(v);
+    }
+    out
+}
+
+/// Random DAGs: each task depends on up to 4 earlier tasks (repeats allowed).
+fn dags() -> impl Strategy<Value = Vec<Vec<TaskId>>> {
+    (1usize..120).prop_flat_map(|n| {
+        (0..n)
+            .map(|i| {
+                if i == 0 {
+                    Just(vec![]).boxed()
+                } else {
+                    prop::collection::vec((0..i as u32).prop_map(TaskId), 0..4).boxed()
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+}
+
+fn submit_and_wait(
+    pool: &ThreadPool,
+    deps: &[Vec<TaskId>],
+    outputs: Vec<TaskId>,
+    runner: Arc<Arithmetic>,
+) -> Result<Vec<Value>, Error<String>> {
+    let graph = Graph::from_deps::<String, _, _>(deps.to_vec()).unwrap();
+    let handle = pool.submit(graph, outputs, runner);
+    assert!(handle.wait_timeout(TIMEOUT), "computation hung");
+    handle.result()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn inline_and_pool_agree_with_sequential_evaluation(deps in dags(), pick in prop::collection::vec(any::<prop::sample::Index>(), 1..5)) {
+        let expected = sequential(&deps);
+        let outputs: Vec<TaskId> = pick.iter().map(|i| TaskId(i.index(deps.len()) as u32)).collect();
+        let want: Vec<i64> = outputs.iter().map(|t| expected[t.index()]).collect();
+
+        let runner = Arc::new(Arithmetic::new());
+        let graph = Graph::from_deps::<String, _, _>(deps.clone()).unwrap();
+        let got = run_inline(graph, outputs.clone(), Arc::clone(&runner)).unwrap();
+        prop_assert_eq!(got.iter().map(|v| v.number).collect::<Vec<_>>(), want.clone());
+        prop_assert_eq!(runner.runs.load(SeqCst), deps.len());
+        drop(got);
+        prop_assert_eq!(runner.counter.alive.load(SeqCst), 0, "every result is dropped");
+
+        let pool = ThreadPool::new(3, Arc::new(PlainHost)).unwrap();
+        let runner = Arc::new(Arithmetic::new());
+        let got = submit_and_wait(&pool, &deps, outputs, Arc::clone(&runner)).unwrap();
+        prop_assert_eq!(got.iter().map(|v| v.number).collect::<Vec<_>>(), want);
+        prop_assert_eq!(runner.runs.load(SeqCst), deps.len(), "each task runs exactly once");
+    }
+
+    #[test]
+    fn a_failure_surfaces_and_the_pool_stays_usable(deps in dags(), fail in any::<prop::sample::Index>()) {
+        let fail_at = TaskId(fail.index(deps.len()) as u32);
+        let last = TaskId(deps.len() as u32 - 1);
+        let pool = ThreadPool::new(2, Arc::new(PlainHost)).unwrap();
+        let runner = Arc::new(Arithmetic { fail_at: Some(fail_at), ..Arithmetic::new() });
+        // Ask for every task so the failing one is always needed.
+        let all: Vec<TaskId> = (0..deps.len() as u32).map(TaskId).collect();
+        match submit_and_wait(&pool, &deps, all, runner) {
+            Err(Error::Task { task, error }) => {
+                prop_assert_eq!(task, fail_at);
+                prop_assert_eq!(error, format!("task {fail_at} refuses"));
+            }
+            other => prop_assert!(false, "expected the task's error, got {:?}", other.map(|v| v.len())),
+        }
+        let again = submit_and_wait(&pool, &deps, vec![last], Arc::new(Arithmetic::new())).unwrap();
+        prop_assert_eq!(again[0].number, sequential(&deps)[last.index()]);
+    }
+}
+
+fn tree(leaves: u32) -> (Vec<Vec<TaskId>>, TaskId) {
+    fn build(lo: u32, hi: u32, deps: &mut Vec<Vec<TaskId>>) -> TaskId {
+        if hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            let pair = vec![build(lo, mid, deps), build(mid, hi, deps)];
+            deps.push(pair);
+        } else {
+            deps.push(vec![]);
+        }
+        TaskId(deps.len() as u32 - 1)
+    }
+    let mut deps = Vec::new();
+    let root = build(0, leaves, &mut deps);
+    (deps, root)
+}
+
+#[test]
+fn intermediate_results_are_released_early() {
+    let (deps, root) = tree(4096);
+    let runner = Arc::new(Arithmetic::new());
+    let graph = Graph::from_deps::<String, _, _>(deps.clone()).unwrap();
+    run_inline(graph, vec![root], Arc::clone(&runner)).unwrap();
+    let peak = runner.counter.peak.load(SeqCst);
+    assert!(peak <= 14, "inline peak {peak} for a depth-12 tree");
+
+    let pool = ThreadPool::new(4, Arc::new(PlainHost)).unwrap();
+    let runner = Arc::new(Arithmetic::new());
+    submit_and_wait(&pool, &deps, vec![root], Arc::clone(&runner)).unwrap();
+    let peak = runner.counter.peak.load(SeqCst);
+    assert!(peak <= 4 * 14, "pool peak {peak} with 4 workers");
+}
+
+#[test]
+fn a_panicking_task_is_reported_not_fatal() {
+    let (deps, root) = tree(64);
+    let pool = ThreadPool::new(2, Arc::new(PlainHost)).unwrap();
+    let runner = Arc::new(Arithmetic {
+        panic_at: Some(TaskId(5)),
+        ..Arithmetic::new()
+    });
+    match submit_and_wait(&pool, &deps, vec![root], runner) {
+        Err(Error::Panic { task, message }) => {
+            assert_eq!(task, TaskId(5));
+            assert_eq!(message, "task #5 panics");
+        }
+        other => panic!("expected a panic report, got {:?}", other.map(|v| v.len())),
+    }
+    assert!(submit_and_wait(&pool, &deps, vec![root], Arc::new(Arithmetic::new())).is_ok());
+}
+
+/// Blocks every task until released, to observe cancellation mid-run.
+struct Gate(
+    Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
+    Arc<AtomicUsize>,
+);
+
+impl Runner for Gate {
+    type Value = i64;
+    type Error = String;
+
+    fn run(&self, _task: TaskId, _inputs: &[i64]) -> Result<i64, String> {
+        self.1.fetch_add(1, SeqCst);
+        let (open, cv) = &*self.0;
+        let mut open = open.lock();
+        while !*open {
+            cv.wait(&mut open);
+        }
+        Ok(1)
+    }
+}
+
+#[test]
+fn cancelling_stops_new_tasks_and_returns_promptly() {
+    let pool = ThreadPool::new(2, Arc::new(PlainHost)).unwrap();
+    let gate = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
+    let started = Arc::new(AtomicUsize::new(0));
+    let graph = Graph::from_deps::<String, _, _>((0..100).map(|_| vec![])).unwrap();
+    let handle = pool.submit(
+        graph,
+        (0..100).map(TaskId).collect(),
+        Gate(gate.clone(), started.clone()),
+    );
+    assert!(!handle.wait_timeout(Duration::from_millis(50)));
+    handle.cancel();
+    assert!(handle.wait_timeout(Duration::from_millis(1)));
+    assert!(matches!(handle.result(), Err(Error::Cancelled)));
+    *gate.0.lock() = true;
+    gate.1.notify_all();
+    let graph = Graph::from_deps::<String, _, _>([vec![]]).unwrap();
+    let handle = pool.submit(graph, vec![TaskId(0)], Gate(gate, started.clone()));
+    assert!(handle.wait_timeout(TIMEOUT));
+    assert_eq!(handle.result().unwrap(), vec![1]);
+    assert!(
+        started.load(SeqCst) <= 3,
+        "only the tasks already running ran"
+    );
+}
+
+#[test]
+fn an_empty_graph_settles_immediately() {
+    let pool = ThreadPool::new(1, Arc::new(PlainHost)).unwrap();
+    let handle = pool.submit(
+        Graph::from_deps::<String, _, _>(Vec::<Vec<TaskId>>::new()).unwrap(),
+        vec![],
+        Arc::new(Arithmetic::new()),
+    );
+    assert!(handle.wait_timeout(Duration::from_millis(1)));
+    assert!(handle.result().unwrap().is_empty());
+}
+
+#[test]
+fn shutdown_joins_every_worker() {
+    let pool = ThreadPool::new(4, Arc::new(PlainHost)).unwrap();
+    assert_eq!(pool.threads(), 4);
+    pool.shutdown();
+    assert_eq!(pool.threads(), 0);
+    pool.shutdown();
+}

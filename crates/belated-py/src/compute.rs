@@ -1,0 +1,216 @@
+//! `compute` and `persist`: flatten what the arguments need, run it, put the results back in place.
+//!
+//! Threads: a pool per worker count, started on first use and kept for the life of the process. The
+//! calling thread lets go of the interpreter while it waits, waking every [`SIGNAL_POLL`] to let Python
+//! deliver Ctrl-C, which cancels the computation. A compute called from inside a task runs inline on that
+//! worker, since waiting on the pool it occupies could wait forever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use belated_core::{on_worker_thread, run_inline, Plan, Runner, TaskId, ThreadHost, ThreadPool};
+use parking_lot::Mutex;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::delayed::{Delayed, Role};
+use crate::errors::{to_python, WorkerStartError};
+use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode};
+
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+static POOLS: Mutex<Vec<(usize, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
+
+/// Worker threads attach to the interpreter once for their whole life, and detach only to wait.
+struct PythonHost;
+
+impl ThreadHost for PythonHost {
+    fn run_thread(&self, body: &mut dyn FnMut()) {
+        Python::attach(|_py| body())
+    }
+
+    fn block(&self, wait: &mut (dyn FnMut() + Send)) {
+        Python::attach(|py| py.detach(wait))
+    }
+}
+
+struct PyRunner {
+    nodes: Arc<[Arc<TaskNode>]>,
+    /// Inline runs hold the interpreter throughout, so they look for Ctrl-C between tasks themselves.
+    check_signals: bool,
+}
+
+impl Runner for PyRunner {
+    type Value = PyValue;
+    type Error = PyErr;
+
+    fn run(&self, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
+        Python::attach(|py| {
+            if self.check_signals {
+                py.check_signals()?;
+            }
+            let value = self.nodes[task.index()].payload().evaluate(py, inputs)?;
+            Ok(PyValue(value.unbind()))
+        })
+    }
+}
+
+enum Mode {
+    Inline,
+    Threads(usize),
+}
+
+fn mode(scheduler: &str, num_workers: Option<usize>) -> PyResult<Mode> {
+    match scheduler {
+        "sync" | "synchronous" | "single-threaded" => Ok(Mode::Inline),
+        "threads" | "threading" | "threaded" => {
+            let default = std::thread::available_parallelism().map_or(1, usize::from);
+            match num_workers {
+                Some(0) => Err(PyValueError::new_err("num_workers must be at least 1")),
+                n => Ok(Mode::Threads(n.unwrap_or(default))),
+            }
+        }
+        "processes" | "multiprocessing" => Err(PyValueError::new_err(
+            "the 'processes' scheduler is not available in this version of belated; use 'threads' or 'sync'",
+        )),
+        other => Err(PyValueError::new_err(format!(
+            "unknown scheduler {other:?}; expected 'threads' or 'sync'"
+        ))),
+    }
+}
+
+fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
+    let mut pools = POOLS.lock();
+    if let Some((_, pool)) = pools.iter().find(|(n, _)| *n == threads) {
+        return Ok(Arc::clone(pool));
+    }
+    let pool = ThreadPool::new(threads, Arc::new(PythonHost)).map_err(|e| {
+        WorkerStartError::new_err(format!(
+            "could not start {threads} worker threads ({e}); lower num_workers or use scheduler='sync'"
+        ))
+    })?;
+    let pool = Arc::new(pool);
+    pools.push((threads, Arc::clone(&pool)));
+    Ok(pool)
+}
+
+/// Runs the graph the roots need and returns their results in order.
+fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], mode: Mode) -> PyResult<Vec<PyValue>> {
+    let Plan {
+        graph,
+        nodes,
+        outputs,
+    } = Plan::flatten(roots).map_err(|e| to_python(e, |_| String::new()))?;
+    let nodes: Arc<[Arc<TaskNode>]> = nodes.into();
+    let inline = matches!(mode, Mode::Inline) || on_worker_thread();
+    let runner = PyRunner {
+        nodes: Arc::clone(&nodes),
+        check_signals: inline,
+    };
+    let result = match mode {
+        Mode::Threads(threads) if !inline => {
+            let handle = pool(threads)?.submit(graph, outputs, runner);
+            loop {
+                if py.detach(|| handle.wait_timeout(SIGNAL_POLL)) {
+                    break handle.result();
+                }
+                if let Err(interrupt) = py.check_signals() {
+                    handle.cancel();
+                    return Err(interrupt);
+                }
+            }
+        }
+        _ => run_inline(graph, outputs, runner),
+    };
+    result.map_err(|e| to_python(e, |task| nodes[task.index()].payload().key_string(py)))
+}
+
+/// Collects the `Delayed` objects inside `objs` (a tuple of compute's arguments) and runs them.
+fn run_all(
+    py: Python<'_>,
+    objs: &Bound<'_, PyTuple>,
+    scheduler: &str,
+    num_workers: Option<usize>,
+    traverse: bool,
+) -> PyResult<(Box<[Arg]>, Vec<Arc<TaskNode>>, Vec<PyValue>)> {
+    let mode = mode(scheduler, num_workers)?;
+    let mut collector = Collector::new(traverse);
+    let template = collector.args(objs)?;
+    let roots = collector.deps;
+    let values = if roots.is_empty() {
+        Vec::new()
+    } else {
+        execute(py, &roots, mode)?
+    };
+    Ok((template, roots, values))
+}
+
+#[pyfunction]
+#[pyo3(signature = (objs, scheduler="threads", num_workers=None, traverse=true))]
+pub(crate) fn compute<'py>(
+    py: Python<'py>,
+    objs: &Bound<'py, PyTuple>,
+    scheduler: &str,
+    num_workers: Option<usize>,
+    traverse: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (template, _, values) = run_all(py, objs, scheduler, num_workers, traverse)?;
+    Arg::Tuple(template).build(py, &values)
+}
+
+/// Like `compute`, but every `Delayed` is replaced by one that holds its result under the same key.
+#[pyfunction]
+#[pyo3(signature = (objs, scheduler="threads", num_workers=None, traverse=true))]
+pub(crate) fn persist<'py>(
+    py: Python<'py>,
+    objs: &Bound<'py, PyTuple>,
+    scheduler: &str,
+    num_workers: Option<usize>,
+    traverse: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (template, roots, values) = run_all(py, objs, scheduler, num_workers, traverse)?;
+    // A top-level Delayed keeps its length (nout) when persisted; nested ones have none to keep.
+    let mut lengths = vec![None; roots.len()];
+    for (obj, arg) in objs.iter().zip(template.iter()) {
+        if let (Ok(delayed), Arg::Dep(dep)) = (obj.cast::<Delayed>(), arg) {
+            lengths[*dep as usize] = delayed.get().length();
+        }
+    }
+    let persisted = roots
+        .iter()
+        .zip(values)
+        .zip(lengths)
+        .map(|((root, value), length)| {
+            let node = TaskNode::new(
+                PyTask {
+                    key: Key::Named(root.payload().key_string(py).into()),
+                    op: Op::Value(Arg::Value(value.0)),
+                },
+                Vec::new(),
+            );
+            Ok(PyValue(
+                Bound::new(py, Delayed::new(node, length, Role::Value))?
+                    .into_any()
+                    .unbind(),
+            ))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    Arg::Tuple(template).build(py, &persisted)
+}
+
+/// Stops every worker pool; registered with `atexit` so no worker is attached while Python finalizes.
+#[pyfunction]
+pub(crate) fn shutdown() {
+    let pools = std::mem::take(&mut *POOLS.lock());
+    for (_, pool) in pools {
+        pool.shutdown();
+    }
+}
+
+/// After `fork()` the child has none of the parent's threads: forget the pools (their threads cannot be
+/// joined there) so the next compute starts new ones.
+#[pyfunction]
+pub(crate) fn forget_pools_after_fork() {
+    std::mem::forget(std::mem::take(&mut *POOLS.lock()));
+}

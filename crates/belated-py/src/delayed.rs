@@ -1,0 +1,682 @@
+//! `Delayed`: a lazy value, the result of a node of the build-side graph.
+//!
+//! Semantics follow dask.delayed: every Python operator, `[]`, attribute access and calls build new
+//! tasks; truth testing, `len()` and iteration of a value of unknown length, and setting attributes raise
+//! TypeError. `delayed(func)` gives a callable `Delayed` whose calls become tasks; `obj.attr` gives one
+//! whose call becomes a method call on the computed object.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+use crate::export;
+use crate::task::{funcname, value_prefix, Arg, Collector, Key, Op, PyTask, TaskNode};
+
+static DEFAULT_PURE: AtomicBool = AtomicBool::new(false);
+
+/// Mirrors the `delayed_pure` configuration key; read on every call that does not say `pure=`.
+#[pyfunction]
+pub(crate) fn set_default_pure(pure: bool) {
+    DEFAULT_PURE.store(pure, Ordering::Relaxed);
+}
+
+#[pyclass(module = "belated", name = "Delayed", frozen)]
+pub(crate) struct Delayed {
+    node: Arc<TaskNode>,
+    /// `nout`: the number of items, when known, which makes `len()` and unpacking work.
+    length: Option<usize>,
+    role: Role,
+}
+
+pub(crate) enum Role {
+    /// Calling it calls the computed value.
+    Value,
+    /// `delayed(func)`: its node holds the function; calling it builds a call of the function.
+    Function(CallOptions),
+    /// `obj.name`: its node computes the attribute; calling it builds a method call on `obj`.
+    Attribute {
+        obj: Arc<TaskNode>,
+        name: Py<PyString>,
+    },
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct CallOptions {
+    pub(crate) pure: Option<bool>,
+    pub(crate) nout: Option<usize>,
+    pub(crate) traverse: bool,
+}
+
+/// What a call was asked to be, besides its arguments.
+struct CallSpec<'a, 'py> {
+    pure: Option<bool>,
+    key_name: Option<String>,
+    nout: Option<usize>,
+    traverse: bool,
+    args: &'a Bound<'py, PyTuple>,
+    kwargs: Option<Bound<'py, PyDict>>,
+}
+
+impl Delayed {
+    pub(crate) fn new(node: Arc<TaskNode>, length: Option<usize>, role: Role) -> Self {
+        Delayed { node, length, role }
+    }
+
+    pub(crate) fn node(&self) -> &Arc<TaskNode> {
+        &self.node
+    }
+
+    pub(crate) fn length(&self) -> Option<usize> {
+        self.length
+    }
+
+    pub(crate) fn role(&self) -> &Role {
+        &self.role
+    }
+
+    pub(crate) fn key(&self, py: Python<'_>) -> String {
+        self.node.payload().key_string(py)
+    }
+
+    /// The function of a `delayed(func)`.
+    fn function<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        match (&self.role, &self.node.payload().op) {
+            (Role::Function(_), Op::Value(Arg::Value(func))) => Some(func.bind(py).clone()),
+            _ => None,
+        }
+    }
+
+    fn operator(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        operands: &[&Bound<'_, PyAny>],
+    ) -> PyResult<Delayed> {
+        static OPERATOR: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+        let module = OPERATOR.get_or_try_init(py, || py.import("operator").map(Bound::unbind))?;
+        let func = module.bind(py).getattr(name)?;
+        let args = PyTuple::new(py, operands)?;
+        build_call(
+            py,
+            CallTarget::Function(&func),
+            CallSpec {
+                pure: None,
+                key_name: None,
+                nout: None,
+                traverse: true,
+                args: &args,
+                kwargs: None,
+            },
+        )
+    }
+
+    fn binary(
+        slf: &Bound<'_, Self>,
+        name: &str,
+        other: &Bound<'_, PyAny>,
+        reflected: bool,
+    ) -> PyResult<Delayed> {
+        let me = slf.as_any();
+        let operands = if reflected { [other, me] } else { [me, other] };
+        slf.get().operator(slf.py(), name, &operands)
+    }
+}
+
+enum CallTarget<'a, 'py> {
+    Function(&'a Bound<'py, PyAny>),
+    Method {
+        obj: &'a Arc<TaskNode>,
+        name: &'a Py<PyString>,
+    },
+}
+
+fn build_call(
+    py: Python<'_>,
+    target: CallTarget<'_, '_>,
+    spec: CallSpec<'_, '_>,
+) -> PyResult<Delayed> {
+    let mut collector = Collector::new(spec.traverse);
+    let mut args: Vec<Arg> = Vec::with_capacity(spec.args.len() + 1);
+    let func = match &target {
+        CallTarget::Function(func) if func.is_instance_of::<Delayed>() => {
+            Some(collector.arg(func)?)
+        }
+        CallTarget::Function(func) => Some(Arg::Value((*func).clone().unbind())),
+        CallTarget::Method { obj, .. } => {
+            args.push(collector.dep(Arc::clone(obj)));
+            None
+        }
+    };
+    args.extend(collector.args(spec.args)?);
+    let kwargs = collector.kwargs(spec.kwargs.as_ref())?;
+    let key = match spec.key_name {
+        Some(name) => Key::Named(name.into()),
+        None if spec
+            .pure
+            .unwrap_or_else(|| DEFAULT_PURE.load(Ordering::Relaxed)) =>
+        {
+            let prefix = match &target {
+                CallTarget::Function(func) => funcname(func),
+                CallTarget::Method { name, .. } => name.to_string(),
+            };
+            let token = tokenize(py, &target, spec.args, spec.kwargs.as_ref())?;
+            Key::Named(format!("{prefix}-{token}").into())
+        }
+        None => Key::unique(),
+    };
+    let op = match target {
+        CallTarget::Function(_) => Op::Call {
+            func: func.expect("a function call has its function"),
+            args: args.into_boxed_slice(),
+            kwargs,
+        },
+        CallTarget::Method { name, .. } => Op::Method {
+            name: name.clone_ref(py),
+            args: args.into_boxed_slice(),
+            kwargs,
+        },
+    };
+    let node = TaskNode::new(PyTask { key, op }, collector.deps);
+    Ok(Delayed::new(node, spec.nout, Role::Value))
+}
+
+/// dask's deterministic token of a pure call, computed by the package's `tokenize`.
+fn tokenize(
+    py: Python<'_>,
+    target: &CallTarget<'_, '_>,
+    args: &Bound<'_, PyTuple>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<String> {
+    static TOKENIZE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let tokenize = TOKENIZE.import(py, "belated._tokenize", "tokenize")?;
+    let head = match target {
+        CallTarget::Function(func) => (*func).clone(),
+        CallTarget::Method { obj, name } => PyTuple::new(
+            py,
+            [
+                obj.payload().key_string(py).into_pyobject(py)?.into_any(),
+                name.bind(py).clone().into_any(),
+            ],
+        )?
+        .into_any(),
+    };
+    tokenize.call((head, args, kwargs), None)?.extract()
+}
+
+/// Takes dask's call-time options out of a call's keyword arguments.
+fn split_options<'py>(
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<(Option<bool>, Option<String>, Option<Bound<'py, PyDict>>)> {
+    let Some(kwargs) = kwargs else {
+        return Ok((None, None, None));
+    };
+    let pop = |name: &str| -> PyResult<Option<Bound<'py, PyAny>>> {
+        let value = kwargs.get_item(name)?;
+        if value.is_some() {
+            kwargs.del_item(name)?;
+        }
+        Ok(value)
+    };
+    let pure = pop("pure")?
+        .filter(|v| !v.is_none())
+        .map(|v| v.is_truthy())
+        .transpose()?;
+    let key_name = pop("dask_key_name")?
+        .filter(|v| !v.is_none())
+        .map(|v| v.str().map(|s| s.to_string()))
+        .transpose()?;
+    Ok((pure, key_name, (!kwargs.is_empty()).then(|| kwargs.clone())))
+}
+
+#[pymethods]
+impl Delayed {
+    #[getter(key)]
+    fn py_key(&self, py: Python<'_>) -> String {
+        self.key(py)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("Delayed('{}')", self.key(py))
+    }
+
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        PyString::new(py, &self.key(py)).hash()
+    }
+
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        slf: &Bound<'_, Self>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Delayed> {
+        let py = slf.py();
+        let this = slf.get();
+        let (pure, key_name, kwargs) = split_options(kwargs)?;
+        let spec = |options: CallOptions| CallSpec {
+            pure: pure.or(options.pure),
+            key_name: key_name.clone(),
+            nout: options.nout,
+            traverse: options.traverse,
+            args,
+            kwargs: kwargs.clone(),
+        };
+        let plain = CallOptions {
+            pure: None,
+            nout: None,
+            traverse: true,
+        };
+        match &this.role {
+            Role::Function(options) => {
+                let func = this
+                    .function(py)
+                    .expect("a delayed function holds its function");
+                build_call(py, CallTarget::Function(&func), spec(*options))
+            }
+            Role::Attribute { obj, name } => {
+                build_call(py, CallTarget::Method { obj, name }, spec(plain))
+            }
+            Role::Value => build_call(py, CallTarget::Function(slf.as_any()), spec(plain)),
+        }
+    }
+
+    fn __getattr__(slf: &Bound<'_, Self>, name: Bound<'_, PyString>) -> PyResult<Delayed> {
+        let py = slf.py();
+        if name.to_str()?.starts_with('_') {
+            return Err(PyAttributeError::new_err(format!(
+                "Attribute {name} not found"
+            )));
+        }
+        static GETATTR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let getattr = GETATTR.import(py, "builtins", "getattr")?;
+        let attribute = build_call(
+            py,
+            CallTarget::Function(getattr),
+            CallSpec {
+                pure: None,
+                key_name: None,
+                nout: None,
+                traverse: false,
+                args: &PyTuple::new(py, [slf.as_any(), name.as_any()])?,
+                kwargs: None,
+            },
+        )?;
+        Ok(Delayed {
+            role: Role::Attribute {
+                obj: Arc::clone(&slf.get().node),
+                name: name.unbind(),
+            },
+            ..attribute
+        })
+    }
+
+    fn __setattr__(&self, _name: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(PyTypeError::new_err("Delayed objects are immutable"))
+    }
+
+    fn __delattr__(&self, _name: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(PyTypeError::new_err("Delayed objects are immutable"))
+    }
+
+    fn __add__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "add", other, false)
+    }
+
+    fn __radd__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "add", other, true)
+    }
+
+    fn __sub__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "sub", other, false)
+    }
+
+    fn __rsub__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "sub", other, true)
+    }
+
+    fn __mul__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "mul", other, false)
+    }
+
+    fn __rmul__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "mul", other, true)
+    }
+
+    fn __matmul__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "matmul", other, false)
+    }
+
+    fn __rmatmul__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "matmul", other, true)
+    }
+
+    fn __truediv__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "truediv", other, false)
+    }
+
+    fn __rtruediv__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "truediv", other, true)
+    }
+
+    fn __floordiv__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "floordiv", other, false)
+    }
+
+    fn __rfloordiv__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "floordiv", other, true)
+    }
+
+    fn __mod__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "mod", other, false)
+    }
+
+    fn __rmod__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "mod", other, true)
+    }
+
+    fn __lshift__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "lshift", other, false)
+    }
+
+    fn __rlshift__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "lshift", other, true)
+    }
+
+    fn __rshift__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "rshift", other, false)
+    }
+
+    fn __rrshift__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "rshift", other, true)
+    }
+
+    fn __and__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "and_", other, false)
+    }
+
+    fn __rand__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "and_", other, true)
+    }
+
+    fn __xor__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "xor", other, false)
+    }
+
+    fn __rxor__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "xor", other, true)
+    }
+
+    fn __or__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "or_", other, false)
+    }
+
+    fn __ror__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "or_", other, true)
+    }
+
+    fn __getitem__(slf: &Bound<'_, Self>, index: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+        Delayed::binary(slf, "getitem", index, false)
+    }
+
+    fn __bool__(&self) -> PyResult<bool> {
+        Err(PyTypeError::new_err(
+            "Truth of Delayed objects is not supported",
+        ))
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        self.length.ok_or_else(|| {
+            PyTypeError::new_err("Delayed objects of unspecified length have no len()")
+        })
+    }
+
+    fn __iter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let length = slf.get().length.ok_or_else(|| {
+            PyTypeError::new_err("Delayed objects of unspecified length are not iterable")
+        })?;
+        let items = (0..length)
+            .map(|i| Delayed::binary(slf, "getitem", &i.into_pyobject(py)?.into_any(), false))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(items.into_pyobject(py)?.try_iter()?.into_any().unbind())
+    }
+
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Delayed> {
+        let name = match op {
+            CompareOp::Lt => "lt",
+            CompareOp::Le => "le",
+            CompareOp::Eq => "eq",
+            CompareOp::Ne => "ne",
+            CompareOp::Gt => "gt",
+            CompareOp::Ge => "ge",
+        };
+        Delayed::binary(slf, name, other, false)
+    }
+
+    fn __pow__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        modulo: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Delayed> {
+        reject_modulo(modulo)?;
+        Delayed::binary(slf, "pow", other, false)
+    }
+
+    fn __rpow__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        modulo: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Delayed> {
+        reject_modulo(modulo)?;
+        Delayed::binary(slf, "pow", other, true)
+    }
+
+    fn __neg__(slf: &Bound<'_, Self>) -> PyResult<Delayed> {
+        slf.get().operator(slf.py(), "neg", &[slf.as_any()])
+    }
+
+    fn __pos__(slf: &Bound<'_, Self>) -> PyResult<Delayed> {
+        slf.get().operator(slf.py(), "pos", &[slf.as_any()])
+    }
+
+    fn __invert__(slf: &Bound<'_, Self>) -> PyResult<Delayed> {
+        slf.get().operator(slf.py(), "invert", &[slf.as_any()])
+    }
+
+    fn __abs__(slf: &Bound<'_, Self>) -> PyResult<Delayed> {
+        slf.get().operator(slf.py(), "abs", &[slf.as_any()])
+    }
+
+    /// `@delayed` on a method: looking it up on an instance binds the instance as the first argument.
+    fn __get__(
+        slf: &Bound<'_, Self>,
+        instance: Option<&Bound<'_, PyAny>>,
+        _owner: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        match (instance, &slf.get().role) {
+            (Some(instance), Role::Function(_)) if !instance.is_none() => {
+                static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+                let method_type = METHOD_TYPE.import(py, "types", "MethodType")?;
+                Ok(method_type.call1((slf, instance))?.unbind())
+            }
+            _ => Ok(slf.clone().into_any().unbind()),
+        }
+    }
+
+    #[getter(__name__)]
+    fn name(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.forwarded(py, "__name__")
+    }
+
+    #[getter(__doc__)]
+    fn doc(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match self.function(py) {
+            Some(func) => Ok(func.getattr("__doc__")?.unbind()),
+            None => Ok(
+                "A lazy value: the result of a task that runs when computed."
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind(),
+            ),
+        }
+    }
+
+    #[getter(__wrapped__)]
+    fn wrapped(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.function(py)
+            .map(Bound::unbind)
+            .ok_or_else(|| PyAttributeError::new_err("Attribute __wrapped__ not found"))
+    }
+
+    #[getter(__signature__)]
+    fn signature(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let func = self
+            .function(py)
+            .ok_or_else(|| PyAttributeError::new_err("Attribute __signature__ not found"))?;
+        static SIGNATURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        Ok(SIGNATURE
+            .import(py, "inspect", "signature")?
+            .call1((func,))?
+            .unbind())
+    }
+
+    /// The graph behind this value, as dask's legacy graph spec: key → task tuple or literal, with
+    /// dependencies referred to by key.
+    #[getter]
+    fn dask<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        export::legacy_graph(py, self)
+    }
+
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        export::reduce(slf)
+    }
+
+    /// Computes this value; keyword arguments are those of `belated.compute`.
+    #[pyo3(signature = (**kwargs))]
+    fn compute(slf: &Bound<'_, Self>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Py<PyAny>> {
+        static COMPUTE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let compute = COMPUTE.import(slf.py(), "belated", "compute")?;
+        Ok(compute.call((slf,), kwargs)?.get_item(0)?.unbind())
+    }
+
+    /// Computes this value and returns a `Delayed` that holds the result under the same key.
+    #[pyo3(signature = (**kwargs))]
+    fn persist(slf: &Bound<'_, Self>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Py<PyAny>> {
+        static PERSIST: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let persist = PERSIST.import(slf.py(), "belated", "persist")?;
+        Ok(persist.call((slf,), kwargs)?.get_item(0)?.unbind())
+    }
+}
+
+fn reject_modulo(modulo: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    match modulo {
+        Some(m) if !m.is_none() => Err(PyTypeError::new_err(
+            "pow() with a modulo is not supported on Delayed objects",
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Delayed {
+    fn forwarded(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
+        match self.function(py) {
+            Some(func) => Ok(func.getattr(name)?.unbind()),
+            None => Err(PyAttributeError::new_err(format!(
+                "Attribute {name} not found"
+            ))),
+        }
+    }
+}
+
+/// `delayed(obj, name=None, pure=None, nout=None, traverse=True)`; with no `obj`, the decorator with
+/// those options (`@delayed(pure=True)`).
+#[pyfunction]
+#[pyo3(signature = (*obj, name=None, pure=None, nout=None, traverse=true))]
+pub(crate) fn delayed(
+    py: Python<'_>,
+    obj: &Bound<'_, PyTuple>,
+    name: Option<String>,
+    pure: Option<bool>,
+    nout: Option<&Bound<'_, PyAny>>,
+    traverse: bool,
+) -> PyResult<Py<PyAny>> {
+    let nout = match nout {
+        None => None,
+        Some(n) if n.is_none() => None,
+        Some(n) => Some(n.extract::<usize>().map_err(|_| {
+            PyValueError::new_err(format!(
+                "nout must be None or a non-negative integer, got {}",
+                n.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        })?),
+    };
+    let obj = match obj.len() {
+        0 => {
+            static PARTIAL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            let options = PyDict::new(py);
+            options.set_item("name", name)?;
+            options.set_item("pure", pure)?;
+            options.set_item("nout", nout)?;
+            options.set_item("traverse", traverse)?;
+            let this = py.import("belated._belated")?.getattr("delayed")?;
+            return Ok(PARTIAL
+                .import(py, "functools", "partial")?
+                .call((this,), Some(&options))?
+                .unbind());
+        }
+        1 => obj.get_item(0)?,
+        n => {
+            return Err(PyTypeError::new_err(format!(
+                "delayed() takes one object to wrap, got {n}"
+            )))
+        }
+    };
+    if obj.is_instance_of::<Delayed>() {
+        return Ok(obj.unbind());
+    }
+    let mut collector = Collector::new(traverse);
+    let template = collector.arg(&obj)?;
+    let key = match name {
+        Some(name) => Key::Named(name.into()),
+        None if pure == Some(true) => {
+            let prefix = value_prefix(&obj);
+            static TOKENIZE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            let token: String = TOKENIZE
+                .import(py, "belated._tokenize", "tokenize")?
+                .call1((&obj,))?
+                .extract()?;
+            Key::Named(format!("{prefix}-{token}").into())
+        }
+        None => Key::unique(),
+    };
+    let role = if template.is_value() && obj.is_callable() {
+        Role::Function(CallOptions {
+            pure,
+            nout,
+            traverse,
+        })
+    } else {
+        Role::Value
+    };
+    let node = TaskNode::new(
+        PyTask {
+            key,
+            op: Op::Value(template),
+        },
+        collector.deps,
+    );
+    Ok(Bound::new(py, Delayed::new(node, nout, role))?
+        .into_any()
+        .unbind())
+}

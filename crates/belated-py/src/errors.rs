@@ -1,0 +1,51 @@
+//! The one place where engine errors become Python exceptions.
+
+use belated_core::{Error, TaskId};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+
+create_exception!(
+    belated,
+    BelatedError,
+    PyException,
+    "Base class of the errors belated raises itself. A task's own exception reaches you unchanged."
+);
+create_exception!(
+    belated,
+    WorkerStartError,
+    BelatedError,
+    "The engine could not start its worker threads."
+);
+create_exception!(
+    belated,
+    CancelledError,
+    BelatedError,
+    "The computation was cancelled before it finished."
+);
+create_exception!(
+    belated,
+    InternalError,
+    BelatedError,
+    "A bug in belated itself, not in your tasks."
+);
+
+pub(crate) fn to_python(error: Error<PyErr>, key_of: impl Fn(TaskId) -> String) -> PyErr {
+    match error {
+        Error::Task { error, .. } => error,
+        Error::Panic { task, message } => InternalError::new_err(format!(
+            "belated failed while running task {}: {message}. This is a bug in belated, not in your code; \
+             please report it with this message.",
+            key_of(task)
+        )),
+        Error::Cancelled => CancelledError::new_err("the computation was cancelled before it finished"),
+        Error::Spawn(e) => WorkerStartError::new_err(format!(
+            "could not start worker threads ({e}); lower num_workers, e.g. \
+             belated.config.set(num_workers=4), or use scheduler='sync'"
+        )),
+        Error::TooLarge(n) => BelatedError::new_err(format!(
+            "the graph has {n} tasks, more than one computation can hold; compute it in parts"
+        )),
+        Error::InvalidGraph(message) => BelatedError::new_err(message),
+    }
+}

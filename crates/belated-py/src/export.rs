@@ -1,0 +1,440 @@
+//! The graph as Python data: `Delayed.dask` (dask's key → task mapping, for people and tools that read
+//! it) and pickling (a flat list of tasks, so a chain of a million calls pickles without recursion).
+
+use std::sync::Arc;
+
+use belated_core::{Plan, TaskId};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::IntoPyObjectExt;
+
+use crate::delayed::{CallOptions, Delayed, Role};
+use crate::errors::to_python;
+use crate::task::{Arg, Collector, Construct, Key, Keywords, Op, PyTask, TaskNode};
+
+/// `func(*args, **kwargs)`: how `Delayed.dask` writes a call with keyword arguments.
+#[pyfunction]
+#[pyo3(signature = (func, args, kwargs=None))]
+pub(crate) fn apply<'py>(
+    func: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyAny>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    func.call(
+        args.try_iter()?
+            .collect::<PyResult<Vec<_>>>()
+            .and_then(|a| PyTuple::new(func.py(), a))?,
+        kwargs,
+    )
+}
+
+/// `obj.name(*args, **kwargs)`: how `Delayed.dask` writes a method call.
+#[pyfunction]
+#[pyo3(signature = (obj, name, args, kwargs=None))]
+pub(crate) fn call_method<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+    args: &Bound<'py, PyAny>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    apply(&obj.getattr(name)?, args, kwargs)
+}
+
+fn plan(delayed: &Delayed) -> PyResult<Plan<PyTask>> {
+    let mut roots = vec![Arc::clone(delayed.node())];
+    if let Role::Attribute { obj, .. } = delayed.role() {
+        roots.push(Arc::clone(obj));
+    }
+    Plan::flatten(&roots).map_err(|e| to_python(e, |_| String::new()))
+}
+
+fn module_function<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    Ok(cell.import(py, "belated._belated", name)?.clone())
+}
+
+pub(crate) fn legacy_graph<'py>(
+    py: Python<'py>,
+    delayed: &Delayed,
+) -> PyResult<Bound<'py, PyDict>> {
+    let plan = plan(delayed)?;
+    let keys: Vec<Bound<'py, PyString>> = plan
+        .nodes
+        .iter()
+        .map(|node| PyString::new(py, &node.payload().key_string(py)))
+        .collect();
+    let legacy = Legacy { py, keys: &keys };
+    let graph = PyDict::new(py);
+    for task in plan.graph.tasks() {
+        let deps = plan.graph.deps(task);
+        graph.set_item(
+            &keys[task.index()],
+            legacy.op(&plan.nodes[task.index()].payload().op, deps)?,
+        )?;
+    }
+    Ok(graph)
+}
+
+pub(crate) fn reduce<'py>(
+    slf: &Bound<'py, Delayed>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+    let py = slf.py();
+    let this = slf.get();
+    let plan = plan(this)?;
+    let tasks = PyList::empty(py);
+    for (task, node) in plan.graph.tasks().zip(&plan.nodes) {
+        let deps = plan.graph.deps(task);
+        let payload = node.payload();
+        tasks.append((payload.key_string(py), encode_op(py, &payload.op, deps)?))?;
+    }
+    let role = match this.role() {
+        Role::Value => py.None().into_bound(py),
+        Role::Function(options) => {
+            ("function", options.pure, options.nout, options.traverse).into_bound_py_any(py)?
+        }
+        Role::Attribute { name, .. } => ("attribute", name.bind(py)).into_bound_py_any(py)?,
+    };
+    let outputs: Vec<usize> = plan.outputs.iter().map(|t| t.index()).collect();
+    static REBUILD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let rebuild = module_function(py, &REBUILD, "rebuild")?;
+    Ok((
+        rebuild,
+        PyTuple::new(
+            py,
+            [
+                tasks.into_any(),
+                outputs.into_bound_py_any(py)?,
+                this.length().into_bound_py_any(py)?,
+                role,
+            ],
+        )?,
+    ))
+}
+
+struct Legacy<'a, 'py> {
+    py: Python<'py>,
+    keys: &'a [Bound<'py, PyString>],
+}
+
+impl<'py> Legacy<'_, 'py> {
+    fn op(&self, op: &Op, deps: &[TaskId]) -> PyResult<Bound<'py, PyAny>> {
+        let py = self.py;
+        static APPLY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static CALL_METHOD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        match op {
+            Op::Value(arg) => self.arg(arg, deps),
+            Op::Call { func, args, kwargs } if kwargs.is_empty() => {
+                let mut items = vec![self.arg(func, deps)?];
+                for arg in args.iter() {
+                    items.push(self.arg(arg, deps)?);
+                }
+                Ok(PyTuple::new(py, items)?.into_any())
+            }
+            Op::Call { func, args, kwargs } => Ok(PyTuple::new(
+                py,
+                [
+                    module_function(py, &APPLY, "apply")?,
+                    self.arg(func, deps)?,
+                    self.list(args, deps)?,
+                    self.dict(kwargs, deps)?,
+                ],
+            )?
+            .into_any()),
+            Op::Method { name, args, kwargs } => {
+                let (obj, rest) = args.split_first().expect("a method call has its object");
+                Ok(PyTuple::new(
+                    py,
+                    [
+                        module_function(py, &CALL_METHOD, "call_method")?,
+                        self.arg(obj, deps)?,
+                        name.bind(py).clone().into_any(),
+                        self.list(rest, deps)?,
+                        self.dict(kwargs, deps)?,
+                    ],
+                )?
+                .into_any())
+            }
+        }
+    }
+
+    fn list(&self, args: &[Arg], deps: &[TaskId]) -> PyResult<Bound<'py, PyAny>> {
+        let items = args
+            .iter()
+            .map(|a| self.arg(a, deps))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PyList::new(self.py, items)?.into_any())
+    }
+
+    fn dict(&self, kwargs: &Keywords, deps: &[TaskId]) -> PyResult<Bound<'py, PyAny>> {
+        let pairs = kwargs
+            .iter()
+            .map(|(name, arg)| {
+                Ok(PyList::new(
+                    self.py,
+                    [name.bind(self.py).clone().into_any(), self.arg(arg, deps)?],
+                )?)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        self.constructor("dict", PyList::new(self.py, pairs)?.into_any())
+    }
+
+    fn constructor(&self, name: &str, items: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let builtin = self.py.import("builtins")?.getattr(name)?;
+        Ok(PyTuple::new(self.py, [builtin, items])?.into_any())
+    }
+
+    fn arg(&self, arg: &Arg, deps: &[TaskId]) -> PyResult<Bound<'py, PyAny>> {
+        match arg {
+            Arg::Value(value) => Ok(value.bind(self.py).clone()),
+            Arg::Dep(i) => Ok(self.keys[deps[*i as usize].index()].clone().into_any()),
+            Arg::List(items) => self.list(items, deps),
+            Arg::Tuple(items) => self.constructor("tuple", self.list(items, deps)?),
+            Arg::Set(items) => self.constructor("set", self.list(items, deps)?),
+            Arg::Dict(pairs) => {
+                let pairs = pairs
+                    .iter()
+                    .map(|(k, v)| {
+                        Ok(PyList::new(
+                            self.py,
+                            [self.arg(k, deps)?, self.arg(v, deps)?],
+                        )?)
+                    })
+                    .collect::<PyResult<Vec<_>>>()?;
+                self.constructor("dict", PyList::new(self.py, pairs)?.into_any())
+            }
+            Arg::Construct(c) => {
+                static APPLY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+                Ok(PyTuple::new(
+                    self.py,
+                    [
+                        module_function(self.py, &APPLY, "apply")?,
+                        c.ty.bind(self.py).clone(),
+                        self.list(&c.args, deps)?,
+                        self.dict(&c.keywords, deps)?,
+                    ],
+                )?
+                .into_any())
+            }
+        }
+    }
+}
+
+// Pickle encoding: small integer tags, dependencies as indices into the flat task list.
+const VALUE: u8 = 0;
+const DEP: u8 = 1;
+const LIST: u8 = 2;
+const TUPLE: u8 = 3;
+const SET: u8 = 4;
+const DICT: u8 = 5;
+const CONSTRUCT: u8 = 6;
+const OP_VALUE: u8 = 0;
+const OP_CALL: u8 = 1;
+const OP_METHOD: u8 = 2;
+
+fn encode_op<'py>(py: Python<'py>, op: &Op, deps: &[TaskId]) -> PyResult<Bound<'py, PyAny>> {
+    match op {
+        Op::Value(arg) => (OP_VALUE, encode_arg(py, arg, deps)?).into_bound_py_any(py),
+        Op::Call { func, args, kwargs } => (
+            OP_CALL,
+            encode_arg(py, func, deps)?,
+            encode_args(py, args, deps)?,
+            encode_keywords(py, kwargs, deps)?,
+        )
+            .into_bound_py_any(py),
+        Op::Method { name, args, kwargs } => (
+            OP_METHOD,
+            name.bind(py),
+            encode_args(py, args, deps)?,
+            encode_keywords(py, kwargs, deps)?,
+        )
+            .into_bound_py_any(py),
+    }
+}
+
+fn encode_args<'py>(
+    py: Python<'py>,
+    args: &[Arg],
+    deps: &[TaskId],
+) -> PyResult<Bound<'py, PyList>> {
+    PyList::new(
+        py,
+        args.iter()
+            .map(|a| encode_arg(py, a, deps))
+            .collect::<PyResult<Vec<_>>>()?,
+    )
+}
+
+fn encode_keywords<'py>(
+    py: Python<'py>,
+    kwargs: &Keywords,
+    deps: &[TaskId],
+) -> PyResult<Bound<'py, PyList>> {
+    let pairs = kwargs
+        .iter()
+        .map(|(name, arg)| (name.bind(py), encode_arg(py, arg, deps)?).into_bound_py_any(py))
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, pairs)
+}
+
+fn encode_arg<'py>(py: Python<'py>, arg: &Arg, deps: &[TaskId]) -> PyResult<Bound<'py, PyAny>> {
+    match arg {
+        Arg::Value(value) => (VALUE, value.bind(py)).into_bound_py_any(py),
+        Arg::Dep(i) => (DEP, deps[*i as usize].index()).into_bound_py_any(py),
+        Arg::List(items) => (LIST, encode_args(py, items, deps)?).into_bound_py_any(py),
+        Arg::Tuple(items) => (TUPLE, encode_args(py, items, deps)?).into_bound_py_any(py),
+        Arg::Set(items) => (SET, encode_args(py, items, deps)?).into_bound_py_any(py),
+        Arg::Dict(pairs) => {
+            let pairs = pairs
+                .iter()
+                .map(|(k, v)| {
+                    (encode_arg(py, k, deps)?, encode_arg(py, v, deps)?).into_bound_py_any(py)
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            (DICT, PyList::new(py, pairs)?).into_bound_py_any(py)
+        }
+        Arg::Construct(c) => (
+            CONSTRUCT,
+            c.ty.bind(py),
+            encode_args(py, &c.args, deps)?,
+            encode_keywords(py, &c.keywords, deps)?,
+        )
+            .into_bound_py_any(py),
+    }
+}
+
+fn corrupt(what: &str) -> PyErr {
+    PyValueError::new_err(format!("cannot unpickle a Delayed: {what}"))
+}
+
+/// Decodes templates of one task, re-collecting its dependencies from the tasks decoded before it.
+struct Decoder<'a> {
+    nodes: &'a [Arc<TaskNode>],
+    collector: Collector,
+}
+
+impl Decoder<'_> {
+    fn op(&mut self, op: &Bound<'_, PyAny>) -> PyResult<Op> {
+        let tag: u8 = op.get_item(0)?.extract()?;
+        Ok(match tag {
+            OP_VALUE => Op::Value(self.arg(&op.get_item(1)?)?),
+            OP_CALL => Op::Call {
+                func: self.arg(&op.get_item(1)?)?,
+                args: self.args(&op.get_item(2)?)?,
+                kwargs: self.keywords(&op.get_item(3)?)?,
+            },
+            OP_METHOD => Op::Method {
+                name: op.get_item(1)?.cast_into::<PyString>()?.unbind(),
+                args: self.args(&op.get_item(2)?)?,
+                kwargs: self.keywords(&op.get_item(3)?)?,
+            },
+            other => return Err(corrupt(&format!("unknown operation tag {other}"))),
+        })
+    }
+
+    fn args(&mut self, items: &Bound<'_, PyAny>) -> PyResult<Box<[Arg]>> {
+        items.try_iter()?.map(|item| self.arg(&item?)).collect()
+    }
+
+    fn keywords(&mut self, items: &Bound<'_, PyAny>) -> PyResult<Keywords> {
+        items
+            .try_iter()?
+            .map(|pair| {
+                let (name, arg): (Bound<'_, PyString>, Bound<'_, PyAny>) = pair?.extract()?;
+                Ok((name.unbind(), self.arg(&arg)?))
+            })
+            .collect()
+    }
+
+    fn arg(&mut self, arg: &Bound<'_, PyAny>) -> PyResult<Arg> {
+        let tag: u8 = arg.get_item(0)?.extract()?;
+        let body = arg.get_item(1)?;
+        Ok(match tag {
+            VALUE => Arg::Value(body.unbind()),
+            DEP => {
+                let index: usize = body.extract()?;
+                let node = self
+                    .nodes
+                    .get(index)
+                    .ok_or_else(|| corrupt("a task refers to a later task"))?;
+                self.collector.dep(Arc::clone(node))
+            }
+            LIST => Arg::List(self.args(&body)?),
+            TUPLE => Arg::Tuple(self.args(&body)?),
+            SET => Arg::Set(self.args(&body)?),
+            DICT => Arg::Dict(
+                body.try_iter()?
+                    .map(|pair| {
+                        let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair?.extract()?;
+                        Ok((self.arg(&k)?, self.arg(&v)?))
+                    })
+                    .collect::<PyResult<_>>()?,
+            ),
+            CONSTRUCT => Arg::Construct(Box::new(Construct {
+                ty: body.unbind(),
+                args: self.args(&arg.get_item(2)?)?,
+                keywords: self.keywords(&arg.get_item(3)?)?,
+            })),
+            other => return Err(corrupt(&format!("unknown argument tag {other}"))),
+        })
+    }
+}
+
+#[pyfunction]
+pub(crate) fn rebuild(
+    tasks: &Bound<'_, PyList>,
+    outputs: Vec<usize>,
+    length: Option<usize>,
+    role: &Bound<'_, PyAny>,
+) -> PyResult<Delayed> {
+    let mut nodes: Vec<Arc<TaskNode>> = Vec::with_capacity(tasks.len());
+    for task in tasks.iter() {
+        let (key, op): (String, Bound<'_, PyAny>) = task.extract()?;
+        let mut decoder = Decoder {
+            nodes: &nodes,
+            collector: Collector::new(false),
+        };
+        let op = decoder.op(&op)?;
+        let deps = decoder.collector.deps;
+        nodes.push(TaskNode::new(
+            PyTask {
+                key: Key::Named(key.into()),
+                op,
+            },
+            deps,
+        ));
+    }
+    let output = |i: usize| -> PyResult<Arc<TaskNode>> {
+        outputs
+            .get(i)
+            .and_then(|&t| nodes.get(t))
+            .cloned()
+            .ok_or_else(|| corrupt("missing output"))
+    };
+    let role = if role.is_none() {
+        Role::Value
+    } else {
+        let kind: String = role.get_item(0)?.extract()?;
+        match kind.as_str() {
+            "function" => {
+                let (_, pure, nout, traverse): (String, Option<bool>, Option<usize>, bool) =
+                    role.extract()?;
+                Role::Function(CallOptions {
+                    pure,
+                    nout,
+                    traverse,
+                })
+            }
+            "attribute" => Role::Attribute {
+                obj: output(1)?,
+                name: role.get_item(1)?.cast_into::<PyString>()?.unbind(),
+            },
+            other => return Err(corrupt(&format!("unknown role {other:?}"))),
+        }
+    };
+    Ok(Delayed::new(output(0)?, length, role))
+}

@@ -1,0 +1,34 @@
+//! `belated._belated`: the Python face of the engine. Kept thin: argument templates and keys
+//! ([`task`]), the `Delayed` type ([`delayed`]), running graphs ([`compute`]), the graph as Python data
+//! ([`export`]) and the one mapping of engine errors to exceptions ([`errors`]).
+
+mod compute;
+mod delayed;
+mod errors;
+mod export;
+mod task;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<delayed::Delayed>()?;
+    m.add_function(wrap_pyfunction!(delayed::delayed, m)?)?;
+    m.add_function(wrap_pyfunction!(delayed::set_default_pure, m)?)?;
+    m.add_function(wrap_pyfunction!(compute::compute, m)?)?;
+    m.add_function(wrap_pyfunction!(compute::persist, m)?)?;
+    m.add_function(wrap_pyfunction!(compute::shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(compute::forget_pools_after_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(export::rebuild, m)?)?;
+    m.add_function(wrap_pyfunction!(export::apply, m)?)?;
+    m.add_function(wrap_pyfunction!(export::call_method, m)?)?;
+    m.add("BelatedError", py.get_type::<errors::BelatedError>())?;
+    m.add(
+        "WorkerStartError",
+        py.get_type::<errors::WorkerStartError>(),
+    )?;
+    m.add("CancelledError", py.get_type::<errors::CancelledError>())?;
+    m.add("InternalError", py.get_type::<errors::InternalError>())?;
+    Ok(())
+}

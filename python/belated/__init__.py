@@ -1,0 +1,47 @@
+"""belated: dask.delayed's programming model on an engine written in Rust.
+
+Wrap functions with :func:`delayed`, call them to build a task graph lazily, and :func:`compute` the
+graph in parallel::
+
+    >>> from belated import delayed, compute
+    >>> @delayed
+    ... def square(x):
+    ...     return x * x
+    >>> total = square(3) + square(4)
+    >>> total.compute()
+    25
+    >>> compute([square(i) for i in range(4)])
+    ([0, 1, 4, 9],)
+
+``import belated as dask`` runs dask.delayed code unchanged.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from belated import config
+from belated._api import compute, persist
+from belated._belated import (
+    BelatedError,
+    CancelledError,
+    Delayed,
+    InternalError,
+    WorkerStartError,
+    delayed,
+)
+
+try:
+    __version__ = version("belated")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BelatedError",
+    "CancelledError",
+    "Delayed",
+    "InternalError",
+    "WorkerStartError",
+    "compute",
+    "config",
+    "delayed",
+    "persist",
+]

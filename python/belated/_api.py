@@ -1,0 +1,55 @@
+"""``compute`` and ``persist``: resolve the scheduler options, then hand everything to the engine."""
+
+import atexit
+import os
+
+from belated import _belated, config
+
+atexit.register(_belated.shutdown)
+os.register_at_fork(after_in_child=_belated.forget_pools_after_fork)
+
+
+def _scheduler_options(scheduler, num_workers):
+    scheduler = scheduler or config.get("scheduler", None) or "threads"
+    if not isinstance(scheduler, str):
+        raise TypeError(
+            f"scheduler must be one of 'threads' or 'sync', got {scheduler!r}; "
+            "distributed clients and custom get functions are not supported yet"
+        )
+    if num_workers is None:
+        num_workers = config.get("num_workers", None)
+    return scheduler, num_workers
+
+
+def compute(*args, traverse=True, optimize_graph=True, scheduler=None, num_workers=None, **kwargs):
+    """Compute several lazy values at once, sharing the tasks they have in common.
+
+    Arguments may be ``Delayed`` objects, or lists, tuples, dicts, sets, namedtuples and dataclasses
+    holding them (``traverse=False`` looks at the top level only); anything else is returned as it is.
+    Returns a tuple with one result per argument.
+
+    ``scheduler`` is ``"threads"`` (the default) or ``"sync"`` (everything on the calling thread, for
+    debugging); ``num_workers`` sets the number of threads. Both default to ``belated.config``.
+    ``optimize_graph`` and other keyword arguments are accepted for dask compatibility: the engine only
+    ever runs the tasks the results need.
+
+    >>> from belated import delayed, compute
+    >>> a = delayed(1) + 2
+    >>> compute(a, {"b": a * 10}, "unchanged")
+    (3, {'b': 30}, 'unchanged')
+    """
+    scheduler, num_workers = _scheduler_options(scheduler, num_workers)
+    return _belated.compute(args, scheduler, num_workers, traverse)
+
+
+def persist(*args, traverse=True, optimize_graph=True, scheduler=None, num_workers=None, **kwargs):
+    """Compute lazy values and return new ``Delayed`` objects holding the results under the same keys.
+
+    >>> from belated import delayed, persist
+    >>> a = delayed(sum)([1, 2, 3])
+    >>> (b,) = persist(a)
+    >>> b.key == a.key, b.compute()
+    (True, 6)
+    """
+    scheduler, num_workers = _scheduler_options(scheduler, num_workers)
+    return _belated.persist(args, scheduler, num_workers, traverse)
