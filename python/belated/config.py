@@ -42,7 +42,7 @@ def get(key: str, default=_missing):
         return default
 
 
-class set:  # noqa: N801 - named as dask.config.set, which users call
+class set:  # named as dask.config.set, which users call
     """Set configuration values, from a mapping and/or keyword arguments.
 
     Used as a context manager, the previous values come back on exit; otherwise the change stays.

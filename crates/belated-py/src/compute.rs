@@ -75,7 +75,7 @@ fn mode(scheduler: &str, num_workers: Option<usize>) -> PyResult<Mode> {
             "the 'processes' scheduler is not available in this version of belated; use 'threads' or 'sync'",
         )),
         other => Err(PyValueError::new_err(format!(
-            "unknown scheduler {other:?}; expected 'threads' or 'sync'"
+            "unknown scheduler '{other}'; expected 'threads' or 'sync'"
         ))),
     }
 }
@@ -101,7 +101,7 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], mode: Mode) -> PyResult<Vec<
         graph,
         nodes,
         outputs,
-    } = Plan::flatten(roots).map_err(|e| to_python(e, |_| String::new()))?;
+    } = Plan::flatten(roots).map_err(|e| to_python(py, e, |_| String::new()))?;
     let nodes: Arc<[Arc<TaskNode>]> = nodes.into();
     let inline = matches!(mode, Mode::Inline) || on_worker_thread();
     let runner = PyRunner {
@@ -123,7 +123,14 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], mode: Mode) -> PyResult<Vec<
         }
         _ => run_inline(graph, outputs, runner),
     };
-    result.map_err(|e| to_python(e, |task| nodes[task.index()].payload().key_string(py)))
+    result.map_err(|e| to_python(py, e, |task| nodes[task.index()].payload().key_string(py)))
+}
+
+/// compute's arguments as a template, the roots found in them, and the roots' results.
+struct Computed {
+    template: Box<[Arg]>,
+    roots: Vec<Arc<TaskNode>>,
+    values: Vec<PyValue>,
 }
 
 /// Collects the `Delayed` objects inside `objs` (a tuple of compute's arguments) and runs them.
@@ -133,7 +140,7 @@ fn run_all(
     scheduler: &str,
     num_workers: Option<usize>,
     traverse: bool,
-) -> PyResult<(Box<[Arg]>, Vec<Arc<TaskNode>>, Vec<PyValue>)> {
+) -> PyResult<Computed> {
     let mode = mode(scheduler, num_workers)?;
     let mut collector = Collector::new(traverse);
     let template = collector.args(objs)?;
@@ -143,7 +150,11 @@ fn run_all(
     } else {
         execute(py, &roots, mode)?
     };
-    Ok((template, roots, values))
+    Ok(Computed {
+        template,
+        roots,
+        values,
+    })
 }
 
 #[pyfunction]
@@ -155,7 +166,9 @@ pub(crate) fn compute<'py>(
     num_workers: Option<usize>,
     traverse: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (template, _, values) = run_all(py, objs, scheduler, num_workers, traverse)?;
+    let Computed {
+        template, values, ..
+    } = run_all(py, objs, scheduler, num_workers, traverse)?;
     Arg::Tuple(template).build(py, &values)
 }
 
@@ -169,7 +182,11 @@ pub(crate) fn persist<'py>(
     num_workers: Option<usize>,
     traverse: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (template, roots, values) = run_all(py, objs, scheduler, num_workers, traverse)?;
+    let Computed {
+        template,
+        roots,
+        values,
+    } = run_all(py, objs, scheduler, num_workers, traverse)?;
     // A top-level Delayed keeps its length (nout) when persisted; nested ones have none to keep.
     let mut lengths = vec![None; roots.len()];
     for (obj, arg) in objs.iter().zip(template.iter()) {

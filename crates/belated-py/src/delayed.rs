@@ -208,10 +208,11 @@ fn tokenize(
     tokenize.call((head, args, kwargs), None)?.extract()
 }
 
+/// dask's call-time options, taken out of a call's keyword arguments, and the arguments left.
+type CallTimeOptions<'py> = (Option<bool>, Option<String>, Option<Bound<'py, PyDict>>);
+
 /// Takes dask's call-time options out of a call's keyword arguments.
-fn split_options<'py>(
-    kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<(Option<bool>, Option<String>, Option<Bound<'py, PyDict>>)> {
+fn split_options<'py>(kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<CallTimeOptions<'py>> {
     let Some(kwargs) = kwargs else {
         return Ok((None, None, None));
     };
@@ -235,6 +236,13 @@ fn split_options<'py>(
 
 #[pymethods]
 impl Delayed {
+    /// Makes numpy defer to our reflected operators (`array @ delayed` builds a task) instead of
+    /// treating a `Delayed` as a 0-d object array.
+    #[classattr]
+    fn __array_ufunc__(py: Python<'_>) -> Py<PyAny> {
+        py.None()
+    }
+
     #[getter(key)]
     fn py_key(&self, py: Python<'_>) -> String {
         self.key(py)

@@ -30,9 +30,20 @@ create_exception!(
     "A bug in belated itself, not in your tasks."
 );
 
-pub(crate) fn to_python(error: Error<PyErr>, key_of: impl Fn(TaskId) -> String) -> PyErr {
+pub(crate) fn to_python(
+    py: Python<'_>,
+    error: Error<PyErr>,
+    key_of: impl Fn(TaskId) -> String,
+) -> PyErr {
     match error {
-        Error::Task { error, .. } => error,
+        Error::Task { task, error } => {
+            // The exception stays the user's own; the note only says which task raised it. An exception
+            // type that refuses notes is passed on without one.
+            let _ = error
+                .value(py)
+                .call_method1("add_note", (format!("raised by belated task {}", key_of(task)),));
+            error
+        }
         Error::Panic { task, message } => InternalError::new_err(format!(
             "belated failed while running task {}: {message}. This is a bug in belated, not in your code; \
              please report it with this message.",

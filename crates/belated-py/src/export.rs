@@ -42,12 +42,12 @@ pub(crate) fn call_method<'py>(
     apply(&obj.getattr(name)?, args, kwargs)
 }
 
-fn plan(delayed: &Delayed) -> PyResult<Plan<PyTask>> {
+fn plan(py: Python<'_>, delayed: &Delayed) -> PyResult<Plan<PyTask>> {
     let mut roots = vec![Arc::clone(delayed.node())];
     if let Role::Attribute { obj, .. } = delayed.role() {
         roots.push(Arc::clone(obj));
     }
-    Plan::flatten(&roots).map_err(|e| to_python(e, |_| String::new()))
+    Plan::flatten(&roots).map_err(|e| to_python(py, e, |_| String::new()))
 }
 
 fn module_function<'py>(
@@ -62,7 +62,7 @@ pub(crate) fn legacy_graph<'py>(
     py: Python<'py>,
     delayed: &Delayed,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let plan = plan(delayed)?;
+    let plan = plan(py, delayed)?;
     let keys: Vec<Bound<'py, PyString>> = plan
         .nodes
         .iter()
@@ -85,7 +85,7 @@ pub(crate) fn reduce<'py>(
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
     let py = slf.py();
     let this = slf.get();
-    let plan = plan(this)?;
+    let plan = plan(py, this)?;
     let tasks = PyList::empty(py);
     for (task, node) in plan.graph.tasks().zip(&plan.nodes) {
         let deps = plan.graph.deps(task);
@@ -171,14 +171,20 @@ impl<'py> Legacy<'_, 'py> {
     }
 
     fn dict(&self, kwargs: &Keywords, deps: &[TaskId]) -> PyResult<Bound<'py, PyAny>> {
-        let pairs = kwargs
-            .iter()
-            .map(|(name, arg)| {
-                Ok(PyList::new(
-                    self.py,
-                    [name.bind(self.py).clone().into_any(), self.arg(arg, deps)?],
-                )?)
-            })
+        self.dict_of(
+            kwargs.iter().map(|(name, arg)| {
+                Ok([name.bind(self.py).clone().into_any(), self.arg(arg, deps)?])
+            }),
+        )
+    }
+
+    /// `(dict, [[key, value], ...])`, as dask's legacy spec writes a dict to build.
+    fn dict_of(
+        &self,
+        pairs: impl Iterator<Item = PyResult<[Bound<'py, PyAny>; 2]>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let pairs = pairs
+            .map(|pair| PyList::new(self.py, pair?))
             .collect::<PyResult<Vec<_>>>()?;
         self.constructor("dict", PyList::new(self.py, pairs)?.into_any())
     }
@@ -195,18 +201,11 @@ impl<'py> Legacy<'_, 'py> {
             Arg::List(items) => self.list(items, deps),
             Arg::Tuple(items) => self.constructor("tuple", self.list(items, deps)?),
             Arg::Set(items) => self.constructor("set", self.list(items, deps)?),
-            Arg::Dict(pairs) => {
-                let pairs = pairs
+            Arg::Dict(pairs) => self.dict_of(
+                pairs
                     .iter()
-                    .map(|(k, v)| {
-                        Ok(PyList::new(
-                            self.py,
-                            [self.arg(k, deps)?, self.arg(v, deps)?],
-                        )?)
-                    })
-                    .collect::<PyResult<Vec<_>>>()?;
-                self.constructor("dict", PyList::new(self.py, pairs)?.into_any())
-            }
+                    .map(|(k, v)| Ok([self.arg(k, deps)?, self.arg(v, deps)?])),
+            ),
             Arg::Construct(c) => {
                 static APPLY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
                 Ok(PyTuple::new(

@@ -8,7 +8,7 @@
 //! Keys follow dask: `<function name>-<token>`. Impure tasks get a unique id whose text is only made
 //! when somebody looks at the key, so building a call allocates no string.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -369,7 +369,10 @@ enum Kind {
 /// How arguments of a type are traversed, decided once per type: the checks cost attribute lookups that
 /// would otherwise be paid for every argument.
 fn kind_of(ty: &Bound<'_, PyType>) -> PyResult<Kind> {
-    static KINDS: OnceLock<Mutex<FxHashMap<usize, (Py<PyType>, Kind)>>> = OnceLock::new();
+    /// Keyed by the type's address; the type is kept alive beside its kind, so the address cannot be
+    /// reused by another type.
+    type Kinds = Mutex<FxHashMap<usize, (Py<PyType>, Kind)>>;
+    static KINDS: OnceLock<Kinds> = OnceLock::new();
     let kinds = KINDS.get_or_init(Default::default);
     let address = ty.as_ptr() as usize;
     if let Some((_, kind)) = kinds.lock().get(&address) {
@@ -405,7 +408,6 @@ fn kind_of(ty: &Bound<'_, PyType>) -> PyResult<Kind> {
     } else {
         Kind::Opaque
     };
-    // The type is kept alive by the cache, so its address cannot be reused by another type.
     kinds
         .lock()
         .insert(address, (ty.clone().unbind(), kind.clone()));
@@ -445,11 +447,7 @@ fn type_name(ty: &Bound<'_, PyType>) -> String {
 fn uuid_text(id: u64) -> String {
     static SALT: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
     let salt = SALT.get_or_init(Default::default);
-    let word = |lane: u8| {
-        let mut hasher = salt.build_hasher();
-        (id, lane).hash(&mut hasher);
-        hasher.finish()
-    };
+    let word = |lane: u8| salt.hash_one((id, lane));
     let (a, b) = (word(0), word(1));
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",

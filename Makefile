@@ -1,0 +1,43 @@
+# The two commands of the README: `make demo` and `make test`. Both set up a local virtualenv from
+# scratch (Rust and Python 3.11 with pip are all a fresh machine needs) and build the extension.
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+DEPS    := $(VENV)/.deps-installed
+export VIRTUAL_ENV := $(abspath $(VENV))
+
+.PHONY: demo test build lint cargo-test pytest bench clean
+
+demo: build
+	$(PY) examples/tutorial.py
+
+test: lint cargo-test pytest
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(DEPS): requirements-dev.txt | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+build: $(DEPS)
+	$(VENV)/bin/maturin develop --release --quiet
+
+lint: $(DEPS)
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	$(VENV)/bin/ruff check python tests examples benchmarks
+	$(VENV)/bin/ruff format --check python tests examples benchmarks
+
+cargo-test:
+	cargo test --workspace --quiet
+
+pytest: build
+	$(PY) -m pytest tests
+
+bench: build
+	$(PY) benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) target

@@ -1,0 +1,247 @@
+"""Computing graphs: results, sharing, schedulers, configuration, errors, interrupts, memory, scale."""
+
+import gc
+import os
+import signal
+import threading
+import time
+import traceback
+import weakref
+
+import pytest
+
+import belated
+from belated import compute, delayed, persist
+
+
+def test_compute_repacks_nested_arguments(scheduler):
+    x = delayed(lambda: 2)()
+    out = compute(x, [x, 3], {"k": (x, x)}, "plain")
+    assert out == (2, [2, 3], {"k": (2, 2)}, "plain")
+    assert compute() == ()
+    assert compute(1, [2]) == (1, [2])
+
+
+def test_shared_tasks_run_once(scheduler):
+    runs = []
+    lock = threading.Lock()
+
+    def count(x):
+        with lock:
+            runs.append(x)
+        return x
+
+    shared = delayed(count)(1)
+    a, b = delayed(count)(shared), delayed(add_one)(shared)
+    assert compute(a, b, [shared, shared]) == (1, 2, [1, 1])
+    assert sorted(runs) == [1, 1]
+
+
+def add_one(x):
+    return x + 1
+
+
+def test_pure_duplicates_are_computed_once(scheduler):
+    runs = []
+    f = delayed(lambda x: runs.append(x) or x, pure=True)
+    assert compute(f(1), f(1)) == (1, 1)
+    assert runs == [1]
+
+
+def test_tasks_run_in_parallel_on_threads():
+    f = delayed(time.sleep)
+    start = time.perf_counter()
+    compute(*[f(0.3) for _ in range(8)], num_workers=8)
+    assert time.perf_counter() - start < 0.3 * 4
+
+
+def test_unknown_keyword_arguments_are_accepted_and_optimize_graph_is_harmless():
+    x = delayed(add_one)(1)
+    assert compute(x, optimize_graph=False, something_else=1) == (2,)
+    assert x.compute(scheduler="sync", optimize_graph=True) == 2
+
+
+def test_scheduler_names_and_errors():
+    x = delayed(add_one)(1)
+    for name in ["threads", "threading", "sync", "synchronous", "single-threaded"]:
+        assert x.compute(scheduler=name) == 2
+    with pytest.raises(ValueError, match="unknown scheduler 'nope'"):
+        x.compute(scheduler="nope")
+    with pytest.raises(ValueError, match="processes"):
+        x.compute(scheduler="processes")
+    with pytest.raises(ValueError, match="num_workers must be at least 1"):
+        x.compute(num_workers=0)
+    with pytest.raises(TypeError, match="scheduler must be one of"):
+        x.compute(scheduler=object())
+
+
+def test_config_set_globally_and_as_context_manager():
+    assert belated.config.get("scheduler", None) is None
+    seen = []
+    probe = delayed(lambda: seen.append(threading.current_thread().name))
+    with belated.config.set(scheduler="sync"):
+        assert belated.config.get("scheduler") == "sync"
+        probe().compute()
+    assert seen[-1] == threading.main_thread().name
+    assert belated.config.get("scheduler", "unset") == "unset"
+    belated.config.set({"num-workers": 3})
+    try:
+        assert belated.config.get("num_workers") == 3
+        probe().compute()
+        assert seen[-1] != threading.main_thread().name
+    finally:
+        belated.config.set(num_workers=None)
+    with pytest.raises(KeyError):
+        belated.config.get("never-set")
+
+
+def test_num_workers_limits_parallelism():
+    active, peak = [0], [0]
+    lock = threading.Lock()
+
+    def work():
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+
+    compute(*[delayed(work)() for _ in range(12)], num_workers=3)
+    assert peak[0] == 3
+
+
+def test_persist_keeps_keys_and_results(scheduler):
+    runs = []
+    x = delayed(lambda: runs.append(1) or 5)()
+    px, other = persist(x, 7)
+    assert other == 7
+    assert px.key == x.key
+    assert (px + 1).compute() == 6
+    assert px.compute() == 5
+    assert runs == [1]
+    pair = delayed(divmod, nout=2)(7, 2)
+    (persisted,) = persist(pair)
+    assert len(persisted) == 2
+
+
+class Boom(Exception):
+    pass
+
+
+def explode(x):
+    raise Boom(f"bad input {x}")
+
+
+def test_task_exception_reaches_the_caller_as_itself_with_user_frames(scheduler):
+    bad = delayed(explode)(delayed(add_one)(1))
+    with pytest.raises(Boom, match="bad input 2") as info:
+        bad.compute()
+    frames = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
+    assert frames[-1] == "explode"
+    assert len(frames) <= 4, frames
+
+
+def test_after_a_failure_remaining_tasks_are_cancelled_and_the_pool_is_reusable():
+    started = []
+
+    def slow(i):
+        started.append(i)
+        time.sleep(0.05)
+        return i
+
+    tasks = [delayed(explode)(0)] + [delayed(slow)(i) for i in range(200)]
+    begin = time.perf_counter()
+    with pytest.raises(Boom):
+        compute(*tasks, num_workers=2)
+    assert time.perf_counter() - begin < 2
+    time.sleep(0.2)
+    assert len(started) < 20
+    assert compute(*[delayed(add_one)(i) for i in range(100)], num_workers=2) == tuple(range(1, 101))
+
+
+def test_keyboard_interrupt_stops_a_threaded_compute_promptly():
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    begin = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        compute(*[delayed(time.sleep)(0.2) for _ in range(100)], num_workers=2)
+    assert time.perf_counter() - begin < 2
+    assert delayed(add_one)(1).compute() == 2
+
+
+def test_keyboard_interrupt_stops_a_sync_compute():
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        compute(*[delayed(time.sleep)(0.05) for _ in range(100)], scheduler="sync")
+
+
+def test_compute_inside_a_task_does_not_deadlock():
+    inner = delayed(lambda: delayed(add_one)(1).compute())
+    assert compute(*[inner() for _ in range(8)], num_workers=2) == (2,) * 8
+
+
+def test_intermediate_results_are_released_during_the_compute(scheduler):
+    class Blob:
+        alive = 0
+        peak = 0
+
+        def __init__(self):
+            Blob.alive += 1
+            Blob.peak = max(Blob.peak, Blob.alive)
+
+        def __del__(self):
+            Blob.alive -= 1
+
+    make = delayed(lambda i: Blob())
+    merge = delayed(lambda a, b: Blob())
+    layer = [make(i) for i in range(256)]
+    while len(layer) > 1:
+        layer = [merge(layer[i], layer[i + 1]) for i in range(0, len(layer), 2)]
+    result = layer[0].compute(num_workers=2)
+    del result
+    gc.collect()
+    assert Blob.alive == 0
+    assert Blob.peak <= 24, Blob.peak
+
+
+def test_results_are_freed_after_a_failure():
+    refs = []
+
+    def make(i):
+        obj = type("Payload", (), {})()
+        refs.append(weakref.ref(obj))
+        return obj
+
+    parts = [delayed(make)(i) for i in range(20)]
+    with pytest.raises(Boom):
+        compute(delayed(lambda *xs: explode(0))(*parts), num_workers=2)
+    gc.collect()
+    assert refs and all(r() is None for r in refs)
+
+
+def test_long_chains_and_wide_fan_in_scale(scheduler):
+    f = delayed(add_one)
+    x = delayed(0)
+    for _ in range(200_000):
+        x = f(x)
+    assert x.compute() == 200_000
+    xs = [f(i) for i in range(200_000)]
+    assert delayed(sum)(xs).compute() == sum(range(1, 200_001))
+    assert compute(*xs)[-1] == 200_000
+    del x
+
+
+def test_compute_from_several_threads_at_once():
+    results = {}
+
+    def run(i):
+        results[i] = delayed(sum)([delayed(add_one)(j) for j in range(1000)]).compute()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == {i: sum(range(1, 1001)) for i in range(4)}

@@ -1,0 +1,145 @@
+"""Random programs built through the public API compute to what plain Python computes eagerly.
+
+`BELATED_HYPOTHESIS_EXAMPLES` raises the number of programs per property for longer runs.
+"""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import belated
+from belated import compute, delayed
+
+EXAMPLES = int(os.environ.get("BELATED_HYPOTHESIS_EXAMPLES", "300"))
+KINDS = ["add", "sub", "mul", "neg", "call", "list", "dict", "nout", "method", "getitem", "literal", "kw"]
+
+programs = st.lists(
+    st.tuples(st.sampled_from(KINDS), st.integers(0, 10**6), st.integers(0, 10**6), st.booleans()),
+    min_size=1,
+    max_size=40,
+)
+
+
+def combine(a, b):
+    return (a * 31 + b) % 1_000_003
+
+
+def total(items):
+    return sum(items) % 1_000_003
+
+
+def pick(mapping):
+    return mapping["x"] - mapping["y"][0] + mapping["y"][1]
+
+
+def pair(a):
+    return a, a + 1
+
+
+def keyword(a, *, scale=1):
+    return a * scale
+
+
+class Eager:
+    def call(self, func, *args, pure=False, **kwargs):
+        return func(*args, **kwargs)
+
+    def pair(self, a, pure=False):
+        return pair(a)
+
+    def literal(self, value):
+        return value
+
+
+class Lazy:
+    def __init__(self, module):
+        self.delayed = module.delayed
+
+    def call(self, func, *args, pure=False, **kwargs):
+        return self.delayed(func, pure=pure)(*args, **kwargs)
+
+    def pair(self, a, pure=False):
+        return self.delayed(pair, nout=2, pure=pure)(a)
+
+    def literal(self, value):
+        return self.delayed(value)
+
+
+def run(program, backend):
+    values = [backend.literal(1), backend.literal(2)]
+    for kind, i, j, pure in program:
+        a, b = values[i % len(values)], values[j % len(values)]
+        if kind == "add":
+            value = a + b
+        elif kind == "sub":
+            value = a - b
+        elif kind == "mul":
+            value = backend.call(combine, a * 3, b, pure=pure)
+        elif kind == "neg":
+            value = -a
+        elif kind == "call":
+            value = backend.call(combine, a, b, pure=pure)
+        elif kind == "list":
+            value = backend.call(total, [a, b, (a, b)[j % 2]], pure=pure)
+        elif kind == "dict":
+            value = backend.call(pick, {"x": a, "y": (b, a)}, pure=pure)
+        elif kind == "nout":
+            first, second = backend.pair(a, pure=pure)
+            value = first * 2 + second
+        elif kind == "method":
+            value = a.__abs__() if pure else abs(a).bit_length()
+        elif kind == "getitem":
+            value = backend.call(pair, b, pure=pure)[j % 2]
+        elif kind == "kw":
+            value = backend.call(keyword, a, scale=b, pure=pure) % 1_000_003
+        else:
+            value = backend.literal(i % 100)
+        values.append(value)
+    return values
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(program=programs, outputs=st.lists(st.integers(0, 10**6), min_size=1, max_size=6))
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+def test_random_programs_equal_eager_evaluation(program, outputs, scheduler):
+    eager = run(program, Eager())
+    lazy = run(program, Lazy(belated))
+    picked = [o % len(eager) for o in outputs]
+    expected = tuple(eager[i] for i in picked)
+    assert compute(*[lazy[i] for i in picked], scheduler=scheduler, num_workers=3) == expected
+    assert compute([lazy[i] for i in picked], scheduler=scheduler) == (list(expected),)
+    assert lazy[picked[0]].compute(scheduler=scheduler) == expected[0]
+
+
+@settings(max_examples=max(EXAMPLES // 10, 20), deadline=None)
+@given(program=programs)
+def test_random_programs_match_dask(program):
+    dask = pytest.importorskip("dask")
+    ours = run(program, Lazy(belated))
+    theirs = run(program, Lazy(dask))
+    assert compute(*ours) == dask.compute(*theirs, scheduler="sync")
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert mine.key.split("-")[0] == reference.key.split("-")[0]
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(program=programs)
+def test_pickled_programs_compute_the_same(program):
+    import pickle
+
+    lazy = run(program, Lazy(belated))
+    restored = pickle.loads(pickle.dumps(lazy))
+    assert compute(*restored, scheduler="sync") == compute(*lazy, scheduler="sync")
+    assert [d.key for d in restored] == [d.key for d in lazy]
+
+
+@given(st.integers(1, 300))
+@settings(max_examples=30, deadline=None)
+def test_dask_mapping_lists_every_task_once(width):
+    items = [delayed(combine)(i, i) for i in range(width)]
+    root = delayed(total)(items)
+    graph = root.dask
+    assert len(graph) == width + 1
+    assert set(graph) == {root.key, *(d.key for d in items)}
