@@ -64,14 +64,22 @@ impl ThreadHost for PlainHost {
     }
 }
 
+/// Watches tasks start and finish, for progress bars, profilers and dashboards. Called on the thread that
+/// runs the task, outside the engine's locks; keep it quick, it is on the hot path.
+pub trait Observer: Send + Sync {
+    /// `worker` is the pool thread's index, or `None` for the calling thread of an inline run.
+    fn task_started(&self, task: TaskId, worker: Option<usize>);
+    fn task_finished(&self, task: TaskId, worker: Option<usize>, succeeded: bool);
+}
+
 thread_local! {
-    static ON_WORKER_THREAD: Cell<bool> = const { Cell::new(false) };
+    static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// Whether the current thread is a pool worker. A task that computes a graph itself must not wait on the
 /// pool it occupies (with every worker waiting, nothing would run): it runs its graph inline instead.
 pub fn on_worker_thread() -> bool {
-    ON_WORKER_THREAD.get()
+    WORKER_INDEX.get().is_some()
 }
 
 /// Runs a whole plan on the calling thread.
@@ -80,7 +88,17 @@ pub fn run_inline<R: Runner>(
     outputs: Vec<TaskId>,
     runner: R,
 ) -> Result<Vec<R::Value>, Error<R::Error>> {
-    let job = Job::new(graph, outputs, runner);
+    run_inline_observed(graph, outputs, runner, None)
+}
+
+/// [`run_inline`], reporting every task to `observer`.
+pub fn run_inline_observed<R: Runner>(
+    graph: Graph,
+    outputs: Vec<TaskId>,
+    runner: R,
+    observer: Option<Arc<dyn Observer>>,
+) -> Result<Vec<R::Value>, Error<R::Error>> {
+    let job = Job::new(graph, outputs, runner, observer);
     job.work(None);
     job.take_result()
 }
@@ -91,6 +109,7 @@ struct Job<R: Runner> {
     graph: Graph,
     outputs: Vec<TaskId>,
     runner: R,
+    observer: Option<Arc<dyn Observer>>,
     state: Mutex<JobState<R>>,
     settled: Condvar,
     /// Ready tasks left, as of the last bookkeeping; lets idle workers find work without the job's lock.
@@ -111,7 +130,12 @@ struct Garbage<R: Runner> {
 }
 
 impl<R: Runner> Job<R> {
-    fn new(graph: Graph, outputs: Vec<TaskId>, runner: R) -> Self {
+    fn new(
+        graph: Graph,
+        outputs: Vec<TaskId>,
+        runner: R,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Self {
         let schedule = Schedule::new(&graph, &outputs);
         let ready = schedule.ready_len();
         let outcome = schedule.is_finished().then_some(Ok(()));
@@ -124,6 +148,7 @@ impl<R: Runner> Job<R> {
             graph,
             outputs,
             runner,
+            observer,
             settled: Condvar::new(),
             ready_hint: AtomicUsize::new(ready),
         }
@@ -168,7 +193,14 @@ impl<R: Runner> Job<R> {
                     pool.wake_one();
                 }
             }
+            let worker = WORKER_INDEX.get();
+            if let Some(observer) = &self.observer {
+                observer.task_started(task, worker);
+            }
             let result = catch_unwind(AssertUnwindSafe(|| self.runner.run(task, &inputs)));
+            if let Some(observer) = &self.observer {
+                observer.task_finished(task, worker, matches!(result, Ok(Ok(_))));
+            }
             inputs.clear();
             finished = Some((task, result));
         }
@@ -357,7 +389,7 @@ impl ThreadPool {
             let handle = std::thread::Builder::new()
                 .name(format!("belated-worker-{i}"))
                 .spawn(move || {
-                    ON_WORKER_THREAD.set(true);
+                    WORKER_INDEX.set(Some(i));
                     let host = Arc::clone(&shared.host);
                     host.run_thread(&mut || {
                         while let Some(job) = shared.next_job() {
@@ -375,7 +407,18 @@ impl ThreadPool {
     }
 
     pub fn submit<R: Runner>(&self, graph: Graph, outputs: Vec<TaskId>, runner: R) -> JobHandle<R> {
-        let job = Arc::new(Job::new(graph, outputs, runner));
+        self.submit_observed(graph, outputs, runner, None)
+    }
+
+    /// [`ThreadPool::submit`], reporting every task to `observer`.
+    pub fn submit_observed<R: Runner>(
+        &self,
+        graph: Graph,
+        outputs: Vec<TaskId>,
+        runner: R,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> JobHandle<R> {
+        let job = Arc::new(Job::new(graph, outputs, runner, observer));
         let ready = job.ready_hint.load(SeqCst);
         {
             let mut state = self.shared.state.lock();

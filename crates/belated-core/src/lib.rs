@@ -9,7 +9,8 @@
 //!
 //! Execution is generic over a [`Runner`] (what a task does) and a [`ThreadHost`] (how a worker thread
 //! lives in its environment, e.g. attached to a Python interpreter once for its whole life). The same
-//! loop serves the calling thread ([`run_inline`]) and a [`ThreadPool`].
+//! loop serves the calling thread ([`run_inline`]) and a [`ThreadPool`]; an [`Observer`] sees every task
+//! start and finish, on the thread that runs it.
 
 mod error;
 mod executor;
@@ -19,7 +20,8 @@ mod schedule;
 
 pub use error::Error;
 pub use executor::{
-    on_worker_thread, run_inline, JobHandle, PlainHost, Runner, ThreadHost, ThreadPool,
+    on_worker_thread, run_inline, run_inline_observed, JobHandle, Observer, PlainHost, Runner,
+    ThreadHost, ThreadPool,
 };
 pub use graph::{Graph, Plan, TaskId};
 pub use node::{Node, Payload};

@@ -269,3 +269,51 @@ fn shutdown_joins_every_worker() {
     assert_eq!(pool.threads(), 0);
     pool.shutdown();
 }
+
+#[derive(Default)]
+struct Log(parking_lot::Mutex<Vec<(TaskId, Option<usize>, &'static str)>>);
+
+impl belated_core::Observer for Log {
+    fn task_started(&self, task: TaskId, worker: Option<usize>) {
+        self.0.lock().push((task, worker, "start"));
+    }
+
+    fn task_finished(&self, task: TaskId, worker: Option<usize>, succeeded: bool) {
+        self.0
+            .lock()
+            .push((task, worker, if succeeded { "ok" } else { "failed" }));
+    }
+}
+
+#[test]
+fn observers_see_every_task_start_and_finish_on_its_worker() {
+    let (deps, root) = tree(32);
+    let log = Arc::new(Log::default());
+    let graph = Graph::from_deps::<String, _, _>(deps.clone()).unwrap();
+    belated_core::run_inline_observed(graph, vec![root], Arithmetic::new(), Some(log.clone()))
+        .unwrap();
+    let events = std::mem::take(&mut *log.0.lock());
+    assert_eq!(events.len(), 2 * deps.len());
+    assert!(events
+        .chunks(2)
+        .all(|pair| pair[0].0 == pair[1].0 && pair[0].2 == "start" && pair[1].2 == "ok"));
+    assert!(events.iter().all(|(_, worker, _)| worker.is_none()));
+
+    let pool = ThreadPool::new(3, Arc::new(PlainHost)).unwrap();
+    let failing = Arithmetic {
+        fail_at: Some(TaskId(0)),
+        ..Arithmetic::new()
+    };
+    let graph = Graph::from_deps::<String, _, _>(deps).unwrap();
+    let handle = pool.submit_observed(graph, vec![root], failing, Some(log.clone()));
+    assert!(handle.wait_timeout(TIMEOUT));
+    assert!(handle.result().is_err());
+    let events = log.0.lock();
+    assert!(
+        events.contains(&(TaskId(0), Some(0), "failed"))
+            || events.iter().any(|e| e.0 == TaskId(0) && e.2 == "failed")
+    );
+    assert!(events
+        .iter()
+        .all(|(_, worker, _)| matches!(worker, Some(w) if *w < 3)));
+}
