@@ -309,10 +309,8 @@ fn observers_see_every_task_start_and_finish_on_its_worker() {
     assert!(handle.wait_timeout(TIMEOUT));
     assert!(handle.result().is_err());
     let events = log.0.lock();
-    assert!(
-        events.contains(&(TaskId(0), Some(0), "failed"))
-            || events.iter().any(|e| e.0 == TaskId(0) && e.2 == "failed")
-    );
+    // The observer hears of a task before its result is recorded, so the failure is logged by now.
+    assert!(events.iter().any(|e| e.0 == TaskId(0) && e.2 == "failed"));
     assert!(events
         .iter()
         .all(|(_, worker, _)| matches!(worker, Some(w) if *w < 3)));
