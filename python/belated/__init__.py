@@ -18,7 +18,7 @@ graph in parallel::
 
 from importlib.metadata import PackageNotFoundError, version
 
-from belated import config
+from belated import config, diagnostics
 from belated._api import compute, persist
 from belated._belated import (
     BelatedError,
@@ -43,5 +43,6 @@ __all__ = [
     "compute",
     "config",
     "delayed",
+    "diagnostics",
     "persist",
 ]

@@ -4,6 +4,7 @@ import atexit
 import os
 
 from belated import _belated, config
+from belated.diagnostics import Callback
 
 atexit.register(_belated.shutdown)
 os.register_at_fork(after_in_child=_belated.forget_pools_after_fork)
@@ -39,7 +40,7 @@ def compute(*args, traverse=True, optimize_graph=True, scheduler=None, num_worke
     (3, {'b': 30}, 'unchanged')
     """
     scheduler, num_workers = _scheduler_options(scheduler, num_workers)
-    return _belated.compute(args, scheduler, num_workers, traverse)
+    return _belated.compute(args, scheduler, num_workers, traverse, tuple(Callback.active))
 
 
 def persist(*args, traverse=True, optimize_graph=True, scheduler=None, num_workers=None, **kwargs):
@@ -52,4 +53,4 @@ def persist(*args, traverse=True, optimize_graph=True, scheduler=None, num_worke
     (True, 6)
     """
     scheduler, num_workers = _scheduler_options(scheduler, num_workers)
-    return _belated.persist(args, scheduler, num_workers, traverse)
+    return _belated.persist(args, scheduler, num_workers, traverse, tuple(Callback.active))

@@ -76,6 +76,11 @@ thread_local! {
     static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
+/// The index of the pool worker running on this thread, if it is one.
+pub fn current_worker() -> Option<usize> {
+    WORKER_INDEX.get()
+}
+
 /// Whether the current thread is a pool worker. A task that computes a graph itself must not wait on the
 /// pool it occupies (with every worker waiting, nothing would run): it runs its graph inline instead.
 pub fn on_worker_thread() -> bool {

@@ -20,8 +20,8 @@ mod schedule;
 
 pub use error::Error;
 pub use executor::{
-    on_worker_thread, run_inline, run_inline_observed, JobHandle, Observer, PlainHost, Runner,
-    ThreadHost, ThreadPool,
+    current_worker, on_worker_thread, run_inline, run_inline_observed, JobHandle, Observer,
+    PlainHost, Runner, ThreadHost, ThreadPool,
 };
 pub use graph::{Graph, Plan, TaskId};
 pub use node::{Node, Payload};

@@ -8,13 +8,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use belated_core::{on_worker_thread, run_inline, Plan, Runner, TaskId, ThreadHost, ThreadPool};
+use belated_core::{
+    current_worker, on_worker_thread, run_inline_observed, Observer, Plan, Runner, TaskId,
+    ThreadHost, ThreadPool,
+};
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::delayed::{Delayed, Role};
+use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{to_python, WorkerStartError};
 use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode};
 
@@ -39,6 +43,7 @@ struct PyRunner {
     nodes: Arc<[Arc<TaskNode>]>,
     /// Inline runs hold the interpreter throughout, so they look for Ctrl-C between tasks themselves.
     check_signals: bool,
+    hooks: Option<Arc<TaskHooks>>,
 }
 
 impl Runner for PyRunner {
@@ -50,9 +55,92 @@ impl Runner for PyRunner {
             if self.check_signals {
                 py.check_signals()?;
             }
-            let value = self.nodes[task.index()].payload().evaluate(py, inputs)?;
+            let payload = self.nodes[task.index()].payload();
+            let Some(hooks) = &self.hooks else {
+                return Ok(PyValue(payload.evaluate(py, inputs)?.unbind()));
+            };
+            let key = payload.key_string(py);
+            for pretask in &hooks.pretask {
+                pretask.call1(py, (&key, &hooks.graph, &hooks.state))?;
+            }
+            let value = payload.evaluate(py, inputs)?;
+            let worker = current_worker().map_or(-1, |w| w as i64);
+            for posttask in &hooks.posttask {
+                posttask.call1(py, (&key, &value, &hooks.graph, &hooks.state, worker))?;
+            }
             Ok(PyValue(value.unbind()))
         })
+    }
+}
+
+/// The per-task callbacks of `belated.diagnostics` listeners, with what they are called with.
+struct TaskHooks {
+    pretask: Vec<Py<PyAny>>,
+    posttask: Vec<Py<PyAny>>,
+    graph: Py<TaskGraph>,
+    state: Py<ComputeState>,
+}
+
+/// The `belated.diagnostics` callbacks listening to one computation. Each callback object offers
+/// `_callback`: `(start, start_state, pretask, posttask, finish)`, each a callable or None, as in dask.
+struct Listeners {
+    finish: Vec<Py<PyAny>>,
+    tracker: Arc<Tracker>,
+    hooks: Arc<TaskHooks>,
+}
+
+impl Listeners {
+    fn start(
+        py: Python<'_>,
+        nodes: &Arc<[Arc<TaskNode>]>,
+        callbacks: &Bound<'_, PyTuple>,
+    ) -> PyResult<Self> {
+        let mut sets = Vec::with_capacity(callbacks.len());
+        let mut profile = false;
+        for callback in callbacks.iter() {
+            profile |= callback
+                .getattr("_wants_profile")
+                .and_then(|w| w.is_truthy())
+                .unwrap_or(false);
+            let set: [Option<Bound<'_, PyAny>>; 5] = callback.getattr("_callback")?.extract()?;
+            sets.push(set);
+        }
+        let perf_base: f64 = py
+            .import("time")?
+            .getattr("perf_counter")?
+            .call0()?
+            .extract()?;
+        let tracker = Arc::new(Tracker::new(Arc::clone(nodes), profile));
+        let graph = Py::new(py, TaskGraph::new(Arc::clone(nodes)))?;
+        let state = Py::new(py, ComputeState::new(Arc::clone(&tracker), perf_base))?;
+        let pick = |i: usize| {
+            sets.iter()
+                .filter_map(|set| set[i].clone().map(Bound::unbind))
+                .collect::<Vec<_>>()
+        };
+        for start in pick(0) {
+            start.call1(py, (&graph,))?;
+        }
+        for start_state in pick(1) {
+            start_state.call1(py, (&graph, &state))?;
+        }
+        Ok(Listeners {
+            finish: pick(4),
+            tracker,
+            hooks: Arc::new(TaskHooks {
+                pretask: pick(2),
+                posttask: pick(3),
+                graph,
+                state,
+            }),
+        })
+    }
+
+    fn finish(&self, py: Python<'_>, errored: bool) -> PyResult<()> {
+        for finish in &self.finish {
+            finish.call1(py, (&self.hooks.graph, &self.hooks.state, errored))?;
+        }
+        Ok(())
     }
 }
 
@@ -96,33 +184,57 @@ fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
 }
 
 /// Runs the graph the roots need and returns their results in order.
-fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], mode: Mode) -> PyResult<Vec<PyValue>> {
+fn execute(
+    py: Python<'_>,
+    roots: &[Arc<TaskNode>],
+    mode: Mode,
+    callbacks: &Bound<'_, PyTuple>,
+) -> PyResult<Vec<PyValue>> {
     let Plan {
         graph,
         nodes,
         outputs,
     } = Plan::flatten(roots).map_err(|e| to_python(py, e, |_| String::new()))?;
     let nodes: Arc<[Arc<TaskNode>]> = nodes.into();
+    let listeners = if callbacks.is_empty() {
+        None
+    } else {
+        Some(Listeners::start(py, &nodes, callbacks)?)
+    };
+    let observer = listeners
+        .as_ref()
+        .map(|l| Arc::clone(&l.tracker) as Arc<dyn Observer>);
     let inline = matches!(mode, Mode::Inline) || on_worker_thread();
     let runner = PyRunner {
         nodes: Arc::clone(&nodes),
         check_signals: inline,
+        // Keys are made only when a per-task callback will receive them.
+        hooks: listeners
+            .as_ref()
+            .filter(|l| !l.hooks.pretask.is_empty() || !l.hooks.posttask.is_empty())
+            .map(|l| Arc::clone(&l.hooks)),
     };
     let result = match mode {
         Mode::Threads(threads) if !inline => {
-            let handle = pool(threads)?.submit(graph, outputs, runner);
+            let handle = pool(threads)?.submit_observed(graph, outputs, runner, observer);
             loop {
                 if py.detach(|| handle.wait_timeout(SIGNAL_POLL)) {
                     break handle.result();
                 }
                 if let Err(interrupt) = py.check_signals() {
                     handle.cancel();
+                    if let Some(listeners) = &listeners {
+                        listeners.finish(py, true)?;
+                    }
                     return Err(interrupt);
                 }
             }
         }
-        _ => run_inline(graph, outputs, runner),
+        _ => run_inline_observed(graph, outputs, runner, observer),
     };
+    if let Some(listeners) = &listeners {
+        listeners.finish(py, result.is_err())?;
+    }
     result.map_err(|e| to_python(py, e, |task| nodes[task.index()].payload().key_string(py)))
 }
 
@@ -140,6 +252,7 @@ fn run_all(
     scheduler: &str,
     num_workers: Option<usize>,
     traverse: bool,
+    callbacks: &Bound<'_, PyTuple>,
 ) -> PyResult<Computed> {
     let mode = mode(scheduler, num_workers)?;
     let mut collector = Collector::new(traverse);
@@ -148,7 +261,7 @@ fn run_all(
     let values = if roots.is_empty() {
         Vec::new()
     } else {
-        execute(py, &roots, mode)?
+        execute(py, &roots, mode, callbacks)?
     };
     Ok(Computed {
         template,
@@ -158,35 +271,39 @@ fn run_all(
 }
 
 #[pyfunction]
-#[pyo3(signature = (objs, scheduler="threads", num_workers=None, traverse=true))]
+#[pyo3(signature = (objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None))]
 pub(crate) fn compute<'py>(
     py: Python<'py>,
     objs: &Bound<'py, PyTuple>,
     scheduler: &str,
     num_workers: Option<usize>,
     traverse: bool,
+    callbacks: Option<&Bound<'py, PyTuple>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let callbacks = callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py));
     let Computed {
         template, values, ..
-    } = run_all(py, objs, scheduler, num_workers, traverse)?;
+    } = run_all(py, objs, scheduler, num_workers, traverse, &callbacks)?;
     Arg::Tuple(template).build(py, &values)
 }
 
 /// Like `compute`, but every `Delayed` is replaced by one that holds its result under the same key.
 #[pyfunction]
-#[pyo3(signature = (objs, scheduler="threads", num_workers=None, traverse=true))]
+#[pyo3(signature = (objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None))]
 pub(crate) fn persist<'py>(
     py: Python<'py>,
     objs: &Bound<'py, PyTuple>,
     scheduler: &str,
     num_workers: Option<usize>,
     traverse: bool,
+    callbacks: Option<&Bound<'py, PyTuple>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let callbacks = callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py));
     let Computed {
         template,
         roots,
         values,
-    } = run_all(py, objs, scheduler, num_workers, traverse)?;
+    } = run_all(py, objs, scheduler, num_workers, traverse, &callbacks)?;
     // A top-level Delayed keeps its length (nout) when persisted; nested ones have none to keep.
     let mut lengths = vec![None; roots.len()];
     for (obj, arg) in objs.iter().zip(template.iter()) {

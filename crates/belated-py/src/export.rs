@@ -68,13 +68,20 @@ pub(crate) fn legacy_graph<'py>(
         .iter()
         .map(|node| PyString::new(py, &node.payload().key_string(py)))
         .collect();
-    let legacy = Legacy { py, keys: &keys };
     let graph = PyDict::new(py);
     for task in plan.graph.tasks() {
-        let deps = plan.graph.deps(task);
+        let legacy = Legacy {
+            py,
+            dep_keys: plan
+                .graph
+                .deps(task)
+                .iter()
+                .map(|d| keys[d.index()].clone())
+                .collect(),
+        };
         graph.set_item(
             &keys[task.index()],
-            legacy.op(&plan.nodes[task.index()].payload().op, deps)?,
+            legacy.op(&plan.nodes[task.index()].payload().op)?,
         )?;
     }
     Ok(graph)
@@ -116,22 +123,23 @@ pub(crate) fn reduce<'py>(
     ))
 }
 
-struct Legacy<'a, 'py> {
-    py: Python<'py>,
-    keys: &'a [Bound<'py, PyString>],
+/// Writes one task in dask's legacy graph spec, given the keys of its dependencies in order.
+pub(crate) struct Legacy<'py> {
+    pub(crate) py: Python<'py>,
+    pub(crate) dep_keys: Vec<Bound<'py, PyString>>,
 }
 
-impl<'py> Legacy<'_, 'py> {
-    fn op(&self, op: &Op, deps: &[TaskId]) -> PyResult<Bound<'py, PyAny>> {
+impl<'py> Legacy<'py> {
+    pub(crate) fn op(&self, op: &Op) -> PyResult<Bound<'py, PyAny>> {
         let py = self.py;
         static APPLY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         static CALL_METHOD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         match op {
-            Op::Value(arg) => self.arg(arg, deps),
+            Op::Value(arg) => self.arg(arg),
             Op::Call { func, args, kwargs } if kwargs.is_empty() => {
-                let mut items = vec![self.arg(func, deps)?];
+                let mut items = vec![self.arg(func)?];
                 for arg in args.iter() {
-                    items.push(self.arg(arg, deps)?);
+                    items.push(self.arg(arg)?);
                 }
                 Ok(PyTuple::new(py, items)?.into_any())
             }
@@ -139,9 +147,9 @@ impl<'py> Legacy<'_, 'py> {
                 py,
                 [
                     module_function(py, &APPLY, "apply")?,
-                    self.arg(func, deps)?,
-                    self.list(args, deps)?,
-                    self.dict(kwargs, deps)?,
+                    self.arg(func)?,
+                    self.list(args)?,
+                    self.dict(kwargs)?,
                 ],
             )?
             .into_any()),
@@ -151,10 +159,10 @@ impl<'py> Legacy<'_, 'py> {
                     py,
                     [
                         module_function(py, &CALL_METHOD, "call_method")?,
-                        self.arg(obj, deps)?,
+                        self.arg(obj)?,
                         name.bind(py).clone().into_any(),
-                        self.list(rest, deps)?,
-                        self.dict(kwargs, deps)?,
+                        self.list(rest)?,
+                        self.dict(kwargs)?,
                     ],
                 )?
                 .into_any())
@@ -162,19 +170,19 @@ impl<'py> Legacy<'_, 'py> {
         }
     }
 
-    fn list(&self, args: &[Arg], deps: &[TaskId]) -> PyResult<Bound<'py, PyAny>> {
+    fn list(&self, args: &[Arg]) -> PyResult<Bound<'py, PyAny>> {
         let items = args
             .iter()
-            .map(|a| self.arg(a, deps))
+            .map(|a| self.arg(a))
             .collect::<PyResult<Vec<_>>>()?;
         Ok(PyList::new(self.py, items)?.into_any())
     }
 
-    fn dict(&self, kwargs: &Keywords, deps: &[TaskId]) -> PyResult<Bound<'py, PyAny>> {
+    fn dict(&self, kwargs: &Keywords) -> PyResult<Bound<'py, PyAny>> {
         self.dict_of(
-            kwargs.iter().map(|(name, arg)| {
-                Ok([name.bind(self.py).clone().into_any(), self.arg(arg, deps)?])
-            }),
+            kwargs
+                .iter()
+                .map(|(name, arg)| Ok([name.bind(self.py).clone().into_any(), self.arg(arg)?])),
         )
     }
 
@@ -194,18 +202,16 @@ impl<'py> Legacy<'_, 'py> {
         Ok(PyTuple::new(self.py, [builtin, items])?.into_any())
     }
 
-    fn arg(&self, arg: &Arg, deps: &[TaskId]) -> PyResult<Bound<'py, PyAny>> {
+    fn arg(&self, arg: &Arg) -> PyResult<Bound<'py, PyAny>> {
         match arg {
             Arg::Value(value) => Ok(value.bind(self.py).clone()),
-            Arg::Dep(i) => Ok(self.keys[deps[*i as usize].index()].clone().into_any()),
-            Arg::List(items) => self.list(items, deps),
-            Arg::Tuple(items) => self.constructor("tuple", self.list(items, deps)?),
-            Arg::Set(items) => self.constructor("set", self.list(items, deps)?),
-            Arg::Dict(pairs) => self.dict_of(
-                pairs
-                    .iter()
-                    .map(|(k, v)| Ok([self.arg(k, deps)?, self.arg(v, deps)?])),
-            ),
+            Arg::Dep(i) => Ok(self.dep_keys[*i as usize].clone().into_any()),
+            Arg::List(items) => self.list(items),
+            Arg::Tuple(items) => self.constructor("tuple", self.list(items)?),
+            Arg::Set(items) => self.constructor("set", self.list(items)?),
+            Arg::Dict(pairs) => {
+                self.dict_of(pairs.iter().map(|(k, v)| Ok([self.arg(k)?, self.arg(v)?])))
+            }
             Arg::Construct(c) => {
                 static APPLY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
                 Ok(PyTuple::new(
@@ -213,8 +219,8 @@ impl<'py> Legacy<'_, 'py> {
                     [
                         module_function(self.py, &APPLY, "apply")?,
                         c.ty.bind(self.py).clone(),
-                        self.list(&c.args, deps)?,
-                        self.dict(&c.keywords, deps)?,
+                        self.list(&c.args)?,
+                        self.dict(&c.keywords)?,
                     ],
                 )?
                 .into_any())

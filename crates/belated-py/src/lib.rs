@@ -4,6 +4,7 @@
 
 mod compute;
 mod delayed;
+mod diagnostics;
 mod errors;
 mod export;
 mod task;
@@ -14,6 +15,8 @@ use pyo3::prelude::*;
 fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<delayed::Delayed>()?;
+    m.add_class::<diagnostics::ComputeState>()?;
+    m.add_class::<diagnostics::TaskGraph>()?;
     m.add_function(wrap_pyfunction!(delayed::delayed, m)?)?;
     m.add_function(wrap_pyfunction!(delayed::set_default_pure, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute, m)?)?;

@@ -1,0 +1,325 @@
+"""Watching computations, as ``dask.diagnostics``: callbacks, a progress bar and profilers.
+
+Every diagnostic is a :class:`Callback`, active inside a ``with`` block or between ``register()`` and
+``unregister()``. Callbacks receive the graph as a read-only mapping (``key -> task``) and a live
+:class:`ComputeState` (``total``, ``done``, ``failed``, ``elapsed``) where dask passes its scheduler's
+state dict.
+
+>>> from belated import delayed
+>>> from belated.diagnostics import Profiler
+>>> with Profiler() as prof:
+...     (delayed(sum)([1, 2]) + 1).compute()
+4
+>>> sorted(row.key.split("-")[0] for row in prof.results)
+['add', 'sum']
+"""
+
+import html
+import os
+import re
+import sys
+import threading
+import time
+from collections import namedtuple
+from typing import ClassVar
+
+from belated._belated import ComputeState, TaskGraph
+
+__all__ = [
+    "Callback",
+    "ComputeState",
+    "Profiler",
+    "ProgressBar",
+    "ResourceProfiler",
+    "TaskGraph",
+    "visualize",
+]
+
+
+class Callback:
+    """Functions called as computations run; pass any of them, or subclass and override the
+    underscored methods, as with ``dask.callbacks.Callback``:
+
+    - ``start(dsk)`` and ``start_state(dsk, state)`` before the first task,
+    - ``pretask(key, dsk, state)`` and ``posttask(key, result, dsk, state, worker_id)`` around every
+      task, on the thread that runs it (``worker_id`` is -1 for the calling thread),
+    - ``finish(dsk, state, errored)`` at the end, also after a failure.
+
+    Per-task functions cost a Python call per task; the rest cost nothing per task.
+    """
+
+    active: ClassVar[set] = set()
+    _wants_profile = False
+
+    def __init__(self, start=None, start_state=None, pretask=None, posttask=None, finish=None):
+        for name, function in [
+            ("_start", start),
+            ("_start_state", start_state),
+            ("_pretask", pretask),
+            ("_posttask", posttask),
+            ("_finish", finish),
+        ]:
+            if function is not None:
+                setattr(self, name, function)
+
+    @property
+    def _callback(self):
+        names = ["_start", "_start_state", "_pretask", "_posttask", "_finish"]
+        return tuple(getattr(self, name, None) for name in names)
+
+    def __enter__(self):
+        self.register()
+        return self
+
+    def __exit__(self, *exc):
+        self.unregister()
+
+    def register(self):
+        Callback.active.add(self)
+
+    def unregister(self):
+        Callback.active.discard(self)
+
+
+class ProgressBar(Callback):
+    """A terminal progress bar: percentage, tasks done/total and elapsed time.
+
+    The bar reads the engine's counters every ``dt`` seconds, so it costs no Python call per task.
+    Nothing is shown for computations shorter than ``minimum`` seconds.
+    """
+
+    def __init__(self, minimum=0, width=40, dt=0.1, out=None):
+        super().__init__()
+        self._minimum = minimum
+        self._width = width
+        self._dt = dt
+        self._out = out
+        self.last_duration = 0.0
+
+    def _start_state(self, dsk, state):
+        self._state = state
+        self._shown = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh, daemon=True, name="belated-progress")
+        self._thread.start()
+
+    def _refresh(self):
+        while not self._stop.wait(self._dt):
+            if self._state.elapsed >= self._minimum:
+                self._draw(self._state.done, self._state.total, self._state.elapsed)
+
+    def _finish(self, dsk, state, errored):
+        self._stop.set()
+        self._thread.join()
+        self.last_duration = state.elapsed
+        if self.last_duration < self._minimum and not self._shown:
+            return
+        self._draw(state.done, state.total, state.elapsed)
+        self._write("\n")
+
+    def _draw(self, done, total, elapsed):
+        fraction = done / total if total else 1.0
+        filled = int(self._width * fraction)
+        bar = "#" * filled + " " * (self._width - filled)
+        self._write(f"\r[{bar}] | {fraction:4.0%} | {done}/{total} | Completed in {_duration(elapsed)}")
+        self._shown = True
+
+    def _write(self, text):
+        out = self._out if self._out is not None else sys.stdout
+        out.write(text)
+        out.flush()
+
+
+def _duration(seconds):
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}hr {minutes:2d}min {seconds:4.1f}s" if hours else f"{minutes}min {seconds:4.1f}s"
+
+
+TaskData = namedtuple("TaskData", "key task start_time end_time worker_id")
+ResourceData = namedtuple("ResourceData", "time mem cpu")
+
+
+class Profiler(Callback):
+    """Records every task: key, task, start and end (``time.perf_counter()`` seconds) and worker.
+
+    ``results`` accumulates over computations until ``clear()``. The engine times the tasks itself, so
+    profiling adds no Python call per task.
+    """
+
+    _wants_profile = True
+
+    def __init__(self):
+        super().__init__()
+        self.results = []
+
+    def _finish(self, dsk, state, errored):
+        self.results.extend(
+            TaskData(key, dsk[key], start, end, worker) for key, start, end, worker in state.profile()
+        )
+
+    def clear(self):
+        self.results = []
+
+    def to_dataframe(self):
+        """The results as a pandas DataFrame, with a ``duration`` column."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.results, columns=TaskData._fields)
+        frame["duration"] = frame["end_time"] - frame["start_time"]
+        return frame
+
+    def visualize(self, filename="profile.html"):
+        """Writes the task stream (a bar per task on its worker's row) as an HTML page."""
+        return visualize([self], filename=filename)
+
+
+class ResourceProfiler(Callback):
+    """Samples the process's memory (MB) and CPU use (%) every ``dt`` seconds while computing."""
+
+    def __init__(self, dt=1.0):
+        super().__init__()
+        self._dt = dt
+        self.results = []
+
+    def _start_state(self, dsk, state):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True, name="belated-resources")
+        self._thread.start()
+
+    def _sample(self):
+        last_time, last_cpu = time.perf_counter(), _cpu_seconds()
+        while True:
+            stopping = self._stop.wait(self._dt)
+            now, cpu = time.perf_counter(), _cpu_seconds()
+            usage = 100.0 * (cpu - last_cpu) / (now - last_time) if now > last_time else 0.0
+            self.results.append(ResourceData(now, _memory_mb(), usage))
+            last_time, last_cpu = now, cpu
+            if stopping:
+                return
+
+    def _finish(self, dsk, state, errored):
+        self._stop.set()
+        self._thread.join()
+
+    def clear(self):
+        self.results = []
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.results, columns=ResourceData._fields)
+
+    def visualize(self, filename="resources.html"):
+        return visualize([self], filename=filename)
+
+
+def _cpu_seconds():
+    times = os.times()
+    return times.user + times.system
+
+
+def _memory_mb():
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:  # not Linux: the peak is the best the standard library offers
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+_TOKEN = re.compile(r"-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})$")
+
+
+def _key_prefix(key):
+    """A key without its token: the function name, which groups tasks in pictures."""
+    return _TOKEN.sub("", key)
+
+
+_PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6"]
+
+
+def visualize(profilers, filename="profile.html"):
+    """Draws profilers' results as one self-contained HTML page (inline SVG, no scripts) and writes it.
+
+    Returns the path written.
+    """
+    parts = []
+    for profiler in profilers:
+        if isinstance(profiler, Profiler):
+            parts.append(_task_stream_svg(profiler.results))
+        elif isinstance(profiler, ResourceProfiler):
+            parts.append(_resource_svg(profiler.results))
+        else:
+            kind = type(profiler).__name__
+            raise TypeError(f"cannot visualize {kind}; expected Profiler or ResourceProfiler")
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>belated profile</title>"
+        "<body style='font-family:sans-serif'>" + "".join(parts) + "</body>"
+    )
+    with open(filename, "w", encoding="utf-8") as out:
+        out.write(page)
+    return filename
+
+
+def _task_stream_svg(results, width=900, row=22):
+    if not results:
+        return "<p>No tasks were profiled.</p>"
+    begin = min(r.start_time for r in results)
+    span = max(r.end_time for r in results) - begin or 1e-9
+    workers = sorted({r.worker_id for r in results})
+    row_of = {w: i for i, w in enumerate(workers)}
+    prefixes = sorted({_key_prefix(r.key) for r in results})
+    colour = {p: _PALETTE[i % len(_PALETTE)] for i, p in enumerate(prefixes)}
+    margin = 90
+    height = row * len(workers) + 40
+    bars = []
+    for r in results:
+        x = margin + (r.start_time - begin) / span * (width - margin - 10)
+        w = max((r.end_time - r.start_time) / span * (width - margin - 10), 1)
+        y = 10 + row_of[r.worker_id] * row
+        prefix = _key_prefix(r.key)
+        tip = html.escape(f"{r.key}: {1e3 * (r.end_time - r.start_time):.2f} ms")
+        bars.append(
+            f"<rect class='task' x='{x:.1f}' y='{y}' width='{w:.1f}' height='{row - 4}' "
+            f"fill='{colour[prefix]}'><title>{tip}</title></rect>"
+        )
+    labels = [
+        f"<text x='4' y='{10 + i * row + row / 2 + 3}' font-size='12'>"
+        f"{'caller' if w == -1 else f'worker {w}'}</text>"
+        for w, i in row_of.items()
+    ]
+    legend = " ".join(f"<span style='color:{colour[p]}'>&#9632;</span> {html.escape(p)}" for p in prefixes)
+    return (
+        f"<h3>Task stream: {len(results)} tasks in {span:.3f} s</h3><p>{legend}</p>"
+        f"<svg class='task-stream' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>"
+        + "".join(labels + bars)
+        + "</svg>"
+    )
+
+
+def _resource_svg(results, width=900, height=200):
+    if not results:
+        return "<p>No resource samples.</p>"
+    begin = results[0].time
+    span = results[-1].time - begin or 1e-9
+    top_mem = max(r.mem for r in results) or 1
+    top_cpu = max(max(r.cpu for r in results), 100)
+
+    def line(values, top, colour):
+        points = " ".join(
+            f"{10 + (r.time - begin) / span * (width - 20):.1f},{height - 20 - v / top * (height - 40):.1f}"
+            for r, v in zip(results, values, strict=True)
+        )
+        return f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{points}'/>"
+
+    return (
+        f"<h3>Resources: memory up to {top_mem:.0f} MB (blue), CPU up to {top_cpu:.0f} % (orange)</h3>"
+        f"<svg class='resources' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>"
+        + line([r.mem for r in results], top_mem, "#4c78a8")
+        + line([r.cpu for r in results], top_cpu, "#f58518")
+        + "</svg>"
+    )

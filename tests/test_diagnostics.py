@@ -1,0 +1,169 @@
+"""belated.diagnostics: callbacks, progress bar and profilers against known task sets."""
+
+import io
+import re
+import threading
+import time
+
+import pytest
+
+import belated
+from belated import compute, delayed
+from belated.diagnostics import Callback, Profiler, ProgressBar, ResourceProfiler, visualize
+
+
+def inc(x):
+    return x + 1
+
+
+def boom(x):
+    raise ValueError("boom")
+
+
+def test_callbacks_see_start_every_task_and_finish_in_dask_signatures(scheduler):
+    events = []
+    lock = threading.Lock()
+
+    def record(*event):
+        with lock:
+            events.append(event)
+
+    x = delayed(inc)(1, dask_key_name="x")
+    y = delayed(inc)(x, dask_key_name="y")
+    with Callback(
+        start=lambda dsk: record("start", sorted(dsk)),
+        start_state=lambda dsk, state: record("start_state", state.total, state.done),
+        pretask=lambda key, dsk, state: record("pretask", key),
+        posttask=lambda key, result, dsk, state, worker: record("posttask", key, result, type(worker)),
+        finish=lambda dsk, state, errored: record("finish", state.done, errored),
+    ):
+        assert y.compute() == 3
+    assert events == [
+        ("start", ["x", "y"]),
+        ("start_state", 2, 0),
+        ("pretask", "x"),
+        ("posttask", "x", 2, int),
+        ("pretask", "y"),
+        ("posttask", "y", 3, int),
+        ("finish", 2, False),
+    ]
+    events.clear()
+    y.compute()
+    assert events == [], "the callback is unregistered after the with block"
+
+
+def test_finish_hears_of_failures_and_subclasses_override_hooks():
+    class Recorder(Callback):
+        def __init__(self):
+            super().__init__()
+            self.finished = []
+
+        def _finish(self, dsk, state, errored):
+            self.finished.append((errored, state.failed))
+
+    recorder = Recorder()
+    recorder.register()
+    try:
+        with pytest.raises(ValueError, match="boom"):
+            delayed(boom)(1).compute(scheduler="sync")
+        assert delayed(inc)(1).compute() == 2
+    finally:
+        recorder.unregister()
+    assert recorder.finished == [(True, 1), (False, 0)]
+    assert recorder not in Callback.active
+
+
+def test_task_graph_mapping_exposes_keys_and_tasks():
+    seen = {}
+
+    def start(dsk):
+        seen["len"] = len(dsk)
+        seen["keys"] = sorted(dsk)
+        seen["task"] = dsk["b"]
+        seen["missing"] = "nope" in dsk
+        with pytest.raises(KeyError):
+            dsk["nope"]
+
+    a = delayed(inc)(1, dask_key_name="a")
+    b = delayed(inc)(a, dask_key_name="b")
+    with Callback(start=start):
+        b.compute()
+    assert seen == {"len": 2, "keys": ["a", "b"], "task": (inc, "a"), "missing": False}
+
+
+def test_progress_bar_prints_a_clean_final_line():
+    out = io.StringIO()
+    xs = [delayed(time.sleep)(0.02) for _ in range(30)]
+    with ProgressBar(dt=0.01, out=out) as bar:
+        compute(*xs, num_workers=3)
+    text = out.getvalue()
+    assert text.endswith("\n")
+    final = text.rstrip("\n").split("\r")[-1]
+    assert re.fullmatch(r"\[#{40}\] \| 100% \| 30/30 \| Completed in \d+\.\d\d s", final), final
+    assert bar.last_duration > 0
+
+
+def test_progress_bar_stays_silent_below_its_minimum():
+    out = io.StringIO()
+    with ProgressBar(minimum=10, out=out):
+        delayed(inc)(1).compute()
+    assert out.getvalue() == ""
+
+
+def test_progress_bar_finishes_after_a_failure():
+    out = io.StringIO()
+    with ProgressBar(out=out), pytest.raises(ValueError):
+        delayed(boom)(1).compute()
+    assert out.getvalue().endswith("\n")
+
+
+def test_profiler_records_every_task_in_dependency_order(scheduler):
+    leaves = [delayed(inc)(i) for i in range(8)]
+    total = delayed(sum)(leaves)
+    with Profiler() as prof:
+        assert total.compute(num_workers=2) == sum(range(1, 9))
+    assert len(prof.results) == 9
+    by_key = {row.key: row for row in prof.results}
+    for row in prof.results:
+        assert row.start_time <= row.end_time
+    final = by_key[total.key]
+    assert final.task[0] is sum
+    assert all(by_key[leaf.key].end_time <= final.start_time for leaf in leaves)
+    workers = {row.worker_id for row in prof.results}
+    assert workers == {-1} if scheduler == "sync" else workers <= {0, 1}
+    frame = prof.to_dataframe()
+    assert list(frame.columns) == ["key", "task", "start_time", "end_time", "worker_id", "duration"]
+    prof.clear()
+    assert prof.results == []
+
+
+def test_profiler_accumulates_across_computes():
+    with Profiler() as prof:
+        delayed(inc)(1).compute()
+        delayed(inc)(2).compute()
+    assert len(prof.results) == 2
+
+
+def test_resource_profiler_samples_while_computing():
+    with ResourceProfiler(dt=0.05) as rprof:
+        delayed(time.sleep)(0.3).compute()
+    assert len(rprof.results) >= 3
+    assert all(sample.mem > 0 and sample.cpu >= 0 for sample in rprof.results)
+    times = [sample.time for sample in rprof.results]
+    assert times == sorted(times)
+
+
+def test_visualize_writes_a_task_stream_page(tmp_path):
+    with Profiler() as prof, ResourceProfiler(dt=0.05) as rprof:
+        compute(*[delayed(time.sleep)(0.01) for _ in range(6)], num_workers=2)
+    path = visualize([prof, rprof], filename=str(tmp_path / "profile.html"))
+    page = (tmp_path / "profile.html").read_text()
+    assert path.endswith("profile.html")
+    assert page.count("<rect class='task'") == 6
+    assert "sleep" in page and "<polyline" in page
+    with pytest.raises(TypeError, match="cannot visualize"):
+        visualize([object()], filename=str(tmp_path / "x.html"))
+
+
+def test_diagnostics_are_reachable_as_in_dask():
+    assert belated.diagnostics.ProgressBar is ProgressBar
