@@ -19,7 +19,7 @@ graph in parallel::
 from importlib.metadata import PackageNotFoundError, version
 
 from belated import config, diagnostics
-from belated._api import compute, persist
+from belated._api import Dashboard, compute, dashboard, persist
 from belated._belated import (
     BelatedError,
     CancelledError,
@@ -28,6 +28,7 @@ from belated._belated import (
     WorkerStartError,
     delayed,
 )
+from belated._visualize import Picture, visualize
 
 try:
     __version__ = version("belated")
@@ -37,12 +38,16 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "BelatedError",
     "CancelledError",
+    "Dashboard",
     "Delayed",
     "InternalError",
+    "Picture",
     "WorkerStartError",
     "compute",
     "config",
+    "dashboard",
     "delayed",
     "diagnostics",
     "persist",
+    "visualize",
 ]

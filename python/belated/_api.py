@@ -1,6 +1,7 @@
 """``compute`` and ``persist``: resolve the scheduler options, then hand everything to the engine."""
 
 import atexit
+import html
 import os
 
 from belated import _belated, config
@@ -54,3 +55,41 @@ def persist(*args, traverse=True, optimize_graph=True, scheduler=None, num_worke
     """
     scheduler, num_workers = _scheduler_options(scheduler, num_workers)
     return _belated.persist(args, scheduler, num_workers, traverse, tuple(Callback.active))
+
+
+class Dashboard:
+    """The live dashboard started by :func:`dashboard`; Jupyter shows it as a link."""
+
+    def __init__(self, url):
+        self.url = url
+
+    def stop(self):
+        """Stops serving the page; computations stop reporting to it."""
+        _belated.stop_dashboard()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def __repr__(self):
+        return f"Dashboard({self.url!r})"
+
+    def _repr_html_(self):
+        url = html.escape(self.url)
+        return f'<a href="{url}" target="_blank">belated dashboard: {url}</a>'
+
+
+def dashboard(host="127.0.0.1", port=8787, token=None, *, quiet=False):
+    """Serves a live dashboard of every computation and prints its URL.
+
+    The page shows progress per function, a task stream per worker thread, the task graph coloured as
+    tasks wait, run, finish or fail, and the process's CPU and memory. It listens on loopback unless
+    ``host`` says otherwise; then the URL carries a token (``token``, or a random one) that every request
+    must present. ``port=0`` picks a free port. Calling it again returns the running dashboard.
+    """
+    url = _belated.start_dashboard(host, port, token)
+    if not quiet:
+        print(f"belated dashboard: {url}")
+    return Dashboard(url)

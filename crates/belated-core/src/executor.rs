@@ -72,6 +72,29 @@ pub trait Observer: Send + Sync {
     fn task_finished(&self, task: TaskId, worker: Option<usize>, succeeded: bool);
 }
 
+/// Several observers as one, each told in turn.
+pub struct Fanout(pub Vec<Arc<dyn Observer>>);
+
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Fanout").field(&self.0.len()).finish()
+    }
+}
+
+impl Observer for Fanout {
+    fn task_started(&self, task: TaskId, worker: Option<usize>) {
+        for observer in &self.0 {
+            observer.task_started(task, worker);
+        }
+    }
+
+    fn task_finished(&self, task: TaskId, worker: Option<usize>, succeeded: bool) {
+        for observer in &self.0 {
+            observer.task_finished(task, worker, succeeded);
+        }
+    }
+}
+
 thread_local! {
     static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }

@@ -20,7 +20,7 @@ mod schedule;
 
 pub use error::Error;
 pub use executor::{
-    current_worker, on_worker_thread, run_inline, run_inline_observed, JobHandle, Observer,
+    current_worker, on_worker_thread, run_inline, run_inline_observed, Fanout, JobHandle, Observer,
     PlainHost, Runner, ThreadHost, ThreadPool,
 };
 pub use graph::{Graph, Plan, TaskId};

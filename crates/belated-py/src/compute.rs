@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use belated_core::{
-    current_worker, on_worker_thread, run_inline_observed, Observer, Plan, Runner, TaskId,
+    current_worker, on_worker_thread, run_inline_observed, Fanout, Observer, Plan, Runner, TaskId,
     ThreadHost, ThreadPool,
 };
 use parking_lot::Mutex;
@@ -17,6 +17,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use crate::dashboard::HubObserver;
 use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{to_python, WorkerStartError};
@@ -201,10 +202,24 @@ fn execute(
     } else {
         Some(Listeners::start(py, &nodes, callbacks)?)
     };
-    let observer = listeners
-        .as_ref()
-        .map(|l| Arc::clone(&l.tracker) as Arc<dyn Observer>);
     let inline = matches!(mode, Mode::Inline) || on_worker_thread();
+    let workers = match mode {
+        Mode::Threads(threads) if !inline => threads,
+        _ => 0,
+    };
+    let dashboard = HubObserver::begin(py, &nodes, &graph, workers);
+    let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
+    if let Some(listeners) = &listeners {
+        observers.push(Arc::clone(&listeners.tracker) as Arc<dyn Observer>);
+    }
+    if let Some(dashboard) = &dashboard {
+        observers.push(Arc::clone(dashboard) as Arc<dyn Observer>);
+    }
+    let observer = match observers.len() {
+        0 => None,
+        1 => observers.pop(),
+        _ => Some(Arc::new(Fanout(observers)) as Arc<dyn Observer>),
+    };
     let runner = PyRunner {
         nodes: Arc::clone(&nodes),
         check_signals: inline,
@@ -223,6 +238,9 @@ fn execute(
                 }
                 if let Err(interrupt) = py.check_signals() {
                     handle.cancel();
+                    if let Some(dashboard) = &dashboard {
+                        dashboard.end(false);
+                    }
                     if let Some(listeners) = &listeners {
                         listeners.finish(py, true)?;
                     }
@@ -232,6 +250,9 @@ fn execute(
         }
         _ => run_inline_observed(graph, outputs, runner, observer),
     };
+    if let Some(dashboard) = &dashboard {
+        dashboard.end(result.is_ok());
+    }
     if let Some(listeners) = &listeners {
         listeners.finish(py, result.is_err())?;
     }

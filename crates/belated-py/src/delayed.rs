@@ -578,6 +578,14 @@ impl Delayed {
         Ok(compute.call((slf,), kwargs)?.get_item(0)?.unbind())
     }
 
+    /// Draws this value's graph; keyword arguments are those of `belated.visualize`.
+    #[pyo3(signature = (**kwargs))]
+    fn visualize(slf: &Bound<'_, Self>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Py<PyAny>> {
+        static VISUALIZE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let visualize = VISUALIZE.import(slf.py(), "belated", "visualize")?;
+        Ok(visualize.call((slf,), kwargs)?.unbind())
+    }
+
     /// Computes this value and returns a `Delayed` that holds the result under the same key.
     #[pyo3(signature = (**kwargs))]
     fn persist(slf: &Bound<'_, Self>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Py<PyAny>> {

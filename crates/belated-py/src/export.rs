@@ -204,7 +204,7 @@ impl<'py> Legacy<'py> {
 
     fn arg(&self, arg: &Arg) -> PyResult<Bound<'py, PyAny>> {
         match arg {
-            Arg::Value(value) => Ok(value.bind(self.py).clone()),
+            Arg::Value(value) => quoted(value.bind(self.py)),
             Arg::Dep(i) => Ok(self.dep_keys[*i as usize].clone().into_any()),
             Arg::List(items) => self.list(items),
             Arg::Tuple(items) => self.constructor("tuple", self.list(items)?),
@@ -227,6 +227,23 @@ impl<'py> Legacy<'py> {
             }
         }
     }
+}
+
+/// A literal as dask's legacy spec must see it: lists and tuples would be read as nested tasks or
+/// key lists, and strings as keys, so those are wrapped as `(Literal(value),)`, a task returning them.
+fn quoted<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    use pyo3::types::PyTuple as Tuple;
+    let ambiguous = value.is_instance_of::<Tuple>()
+        || value.is_instance_of::<PyList>()
+        || value.is_instance_of::<PyString>();
+    if !ambiguous {
+        return Ok(value.clone());
+    }
+    static LITERAL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let literal = LITERAL
+        .import(value.py(), "belated._dask", "Literal")?
+        .call1((value,))?;
+    Ok(Tuple::new(value.py(), [literal])?.into_any())
 }
 
 // Pickle encoding: small integer tags, dependencies as indices into the flat task list.

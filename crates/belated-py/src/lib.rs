@@ -3,10 +3,12 @@
 //! ([`export`]) and the one mapping of engine errors to exceptions ([`errors`]).
 
 mod compute;
+mod dashboard;
 mod delayed;
 mod diagnostics;
 mod errors;
 mod export;
+mod render;
 mod task;
 
 use pyo3::prelude::*;
@@ -24,6 +26,9 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compute::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(compute::forget_pools_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(export::rebuild, m)?)?;
+    m.add_function(wrap_pyfunction!(render::draw, m)?)?;
+    m.add_function(wrap_pyfunction!(dashboard::start_dashboard, m)?)?;
+    m.add_function(wrap_pyfunction!(dashboard::stop_dashboard, m)?)?;
     m.add_function(wrap_pyfunction!(export::apply, m)?)?;
     m.add_function(wrap_pyfunction!(export::call_method, m)?)?;
     m.add("BelatedError", py.get_type::<errors::BelatedError>())?;

@@ -110,6 +110,14 @@ impl PyTask {
         }
     }
 
+    /// What pictures call the task: its function name, or a name given without its token.
+    pub(crate) fn label(&self, py: Python<'_>) -> String {
+        match &self.key {
+            Key::Unique(_) => self.prefix(py),
+            Key::Named(name) => strip_token(name).to_string(),
+        }
+    }
+
     fn prefix(&self, py: Python<'_>) -> String {
         match &self.op {
             Op::Value(Arg::Value(value)) => value_prefix(value.bind(py)),
@@ -441,6 +449,18 @@ fn type_name(ty: &Bound<'_, PyType>) -> String {
     ty.name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "object".into())
+}
+
+/// `name` without a trailing `-<32 hex digits>` token, as pure keys end.
+fn strip_token(name: &str) -> &str {
+    match name.rsplit_once('-') {
+        Some((head, token))
+            if token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            head
+        }
+        _ => name,
+    }
 }
 
 /// A uuid4-shaped text for a unique id: random per process, so keys of different processes differ.
