@@ -6,12 +6,12 @@ PY      := $(VENV)/bin/python
 DEPS    := $(VENV)/.deps-installed
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: demo test build lint cargo-test pytest bench clean
+.PHONY: demo test build lint cargo-test browser pytest bench clean
 
 demo: build
 	$(PY) examples/tutorial.py
 
-test: lint cargo-test pytest
+test: lint cargo-test browser pytest
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -20,6 +20,12 @@ $(DEPS): requirements-dev.txt | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
+
+# The dashboard's browser test drives Debian's Chromium; install it when missing and we may.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "Chromium is not installed and cannot be (not root): the browser test will be skipped"
 
 build: $(DEPS)
 	$(VENV)/bin/maturin develop --release --quiet

@@ -28,6 +28,7 @@ from belated._belated import (
     WorkerStartError,
     delayed,
 )
+from belated._dask import Client
 from belated._visualize import Picture, visualize
 
 try:
@@ -38,6 +39,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "BelatedError",
     "CancelledError",
+    "Client",
     "Dashboard",
     "Delayed",
     "InternalError",

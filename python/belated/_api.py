@@ -5,6 +5,7 @@ import html
 import os
 
 from belated import _belated, config
+from belated._dask import executor_for
 from belated.diagnostics import Callback
 
 atexit.register(_belated.shutdown)
@@ -13,11 +14,6 @@ os.register_at_fork(after_in_child=_belated.forget_pools_after_fork)
 
 def _scheduler_options(scheduler, num_workers):
     scheduler = scheduler or config.get("scheduler", None) or "threads"
-    if not isinstance(scheduler, str):
-        raise TypeError(
-            f"scheduler must be one of 'threads' or 'sync', got {scheduler!r}; "
-            "distributed clients and custom get functions are not supported yet"
-        )
     if num_workers is None:
         num_workers = config.get("num_workers", None)
     return scheduler, num_workers
@@ -31,7 +27,9 @@ def compute(*args, traverse=True, optimize_graph=True, scheduler=None, num_worke
     Returns a tuple with one result per argument.
 
     ``scheduler`` is ``"threads"`` (the default) or ``"sync"`` (everything on the calling thread, for
-    debugging); ``num_workers`` sets the number of threads. Both default to ``belated.config``.
+    debugging); ``num_workers`` sets the number of threads. Both default to ``belated.config``. To scale
+    out: a ``belated.Client`` or Dask distributed ``Client`` (or ``"distributed"`` for the default one)
+    receives the whole graph in one submission; ``"ray"`` runs each task as a Ray task.
     ``optimize_graph`` and other keyword arguments are accepted for dask compatibility: the engine only
     ever runs the tasks the results need.
 
@@ -41,6 +39,9 @@ def compute(*args, traverse=True, optimize_graph=True, scheduler=None, num_worke
     (3, {'b': 30}, 'unchanged')
     """
     scheduler, num_workers = _scheduler_options(scheduler, num_workers)
+    executor = executor_for(scheduler)
+    if executor is not None:
+        return _belated.compute_with(args, executor, traverse)
     return _belated.compute(args, scheduler, num_workers, traverse, tuple(Callback.active))
 
 
@@ -54,6 +55,10 @@ def persist(*args, traverse=True, optimize_graph=True, scheduler=None, num_worke
     (True, 6)
     """
     scheduler, num_workers = _scheduler_options(scheduler, num_workers)
+    if executor_for(scheduler) is not None:
+        raise NotImplementedError(
+            "persist() keeps results in this process; on a cluster, use client.persist(...) instead"
+        )
     return _belated.persist(args, scheduler, num_workers, traverse, tuple(Callback.active))
 
 

@@ -44,3 +44,120 @@ def compute_collection(collection):
     import dask
 
     return dask.compute(collection, scheduler="sync")[0]
+
+
+def _require(module, extra):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ImportError(
+            f"this scheduler needs {module}, which is not installed: pip install 'belated[{extra}]'"
+        ) from None
+
+
+def distributed_executor(client):
+    """Runs a whole graph on a Dask distributed cluster in one submission (``client.get``)."""
+
+    def execute(graph, keys, dependencies):
+        return client.get(graph, keys, sync=True)
+
+    return execute
+
+
+def run_task(task, dep_keys, *dep_values):
+    """Evaluates one task of a graph in dask's legacy spec, given its dependencies' values."""
+    return _evaluate(task, dict(zip(dep_keys, dep_values, strict=True)))
+
+
+def _evaluate(node, values):
+    if type(node) is tuple and node and callable(node[0]):
+        return node[0](*[_evaluate(arg, values) for arg in node[1:]])
+    if type(node) is list:
+        return [_evaluate(item, values) for item in node]
+    if type(node) is str and node in values:
+        return values[node]
+    return node
+
+
+_ray_task = None
+
+
+def ray_executor():
+    """Runs each task as a Ray task, with object references between them. Needs ``ray.init()`` first."""
+    ray = _require("ray", "ray")
+    if not ray.is_initialized():
+        from belated._belated import BelatedError
+
+        raise BelatedError("scheduler='ray' needs a running Ray: call ray.init() first")
+    global _ray_task
+    if _ray_task is None:
+        _ray_task = ray.remote(run_task)
+
+    def execute(graph, keys, dependencies):
+        refs = {}
+        for key, task in graph.items():
+            deps = dependencies[key]
+            refs[key] = _ray_task.remote(task, deps, *[refs[dep] for dep in deps])
+        try:
+            return ray.get([refs[key] for key in keys])
+        except ray.exceptions.RayTaskError as error:
+            # The task's own exception, as the other schedulers raise it.
+            raise error.cause from None
+
+    return execute
+
+
+def executor_for(scheduler):
+    """The executor of a scheduler that is another engine, or None for belated's own schedulers."""
+    if isinstance(scheduler, str):
+        if scheduler == "ray":
+            return ray_executor()
+        if scheduler in ("distributed", "dask.distributed"):
+            distributed = _require("distributed", "dask")
+            return distributed_executor(distributed.get_client())
+        return None
+    client = getattr(scheduler, "_distributed_client", scheduler)
+    if type(client).__module__.startswith("distributed") and hasattr(client, "get"):
+        return distributed_executor(client)
+    choices = "'threads', 'sync', 'ray', 'distributed' or a distributed Client"
+    raise TypeError(f"scheduler must be {choices}, got {scheduler!r}")
+
+
+class Client:
+    """A Dask distributed client that belated computes on while it is open, as in the dask tutorial.
+
+    ``Client("tcp://host:8786")`` connects to a running scheduler; ``Client(n_workers=4,
+    threads_per_worker=4)`` starts a local cluster through distributed's public API. Until ``close()``
+    (or the end of a ``with`` block), ``compute()`` sends every graph to it in one submission. Other
+    attributes are the distributed client's: ``client.compute(delayed_obj)`` returns its futures,
+    ``client.gather(...)`` collects them, and its repr shows workers, threads, memory and dashboard.
+    """
+
+    def __init__(self, address=None, **kwargs):
+        distributed = _require("distributed", "dask")
+        if isinstance(address, distributed.Client):
+            self._distributed_client = address
+        else:
+            self._distributed_client = distributed.Client(address, **kwargs)
+        from belated import config
+
+        self._config = config.set(scheduler=self)
+
+    def close(self):
+        self._config.__exit__(None, None, None)
+        self._distributed_client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __getattr__(self, name):
+        return getattr(self._distributed_client, name)
+
+    def __repr__(self):
+        return repr(self._distributed_client)
+
+    def _repr_html_(self):
+        return self._distributed_client._repr_html_()

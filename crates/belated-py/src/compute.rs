@@ -15,12 +15,13 @@ use belated_core::{
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyString, PyTuple};
 
 use crate::dashboard::HubObserver;
 use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{to_python, WorkerStartError};
+use crate::export::LegacyGraph;
 use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode};
 
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
@@ -368,4 +369,42 @@ pub(crate) fn shutdown() {
 #[pyfunction]
 pub(crate) fn forget_pools_after_fork() {
     std::mem::forget(std::mem::take(&mut *POOLS.lock()));
+}
+
+/// Computes through another engine: `executor(graph, keys, dependencies)` receives the whole graph at
+/// once in dask's legacy spec (key → task, in a topological order), the keys wanted, and each key's
+/// dependencies, and returns the results of `keys` in order.
+#[pyfunction]
+#[pyo3(signature = (objs, executor, traverse=true))]
+pub(crate) fn compute_with<'py>(
+    py: Python<'py>,
+    objs: &Bound<'py, PyTuple>,
+    executor: &Bound<'py, PyAny>,
+    traverse: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut collector = Collector::new(traverse);
+    let template = collector.args(objs)?;
+    if collector.deps.is_empty() {
+        return Arg::Tuple(template).build(py, &[]);
+    }
+    let plan = Plan::flatten(&collector.deps).map_err(|e| to_python(py, e, |_| String::new()))?;
+    let graph = LegacyGraph::new(py, &plan)?;
+    let wanted: Vec<Bound<'py, PyString>> = plan
+        .outputs
+        .iter()
+        .map(|t| graph.keys[t.index()].clone())
+        .collect();
+    let results = executor.call1((&graph.tasks, wanted, &graph.dependencies))?;
+    let values = results
+        .try_iter()?
+        .map(|value| Ok(PyValue(value?.unbind())))
+        .collect::<PyResult<Vec<_>>>()?;
+    if values.len() != plan.outputs.len() {
+        return Err(PyValueError::new_err(format!(
+            "the executor returned {} results for {} keys",
+            values.len(),
+            plan.outputs.len()
+        )));
+    }
+    Arg::Tuple(template).build(py, &values)
 }

@@ -564,6 +564,65 @@ impl Delayed {
         export::legacy_graph(py, self)
     }
 
+    // The dask collection protocol, so that dask.compute, dask.delayed and distributed accept belated
+    // objects. The graph is `.dask`; dask runs it with its own schedulers.
+    #[pyo3(name = "__dask_graph__")]
+    fn dask_graph<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        export::legacy_graph(py, self)
+    }
+
+    #[pyo3(name = "__dask_keys__")]
+    fn dask_keys(&self, py: Python<'_>) -> Vec<String> {
+        vec![self.key(py)]
+    }
+
+    #[pyo3(name = "__dask_layers__")]
+    fn dask_layers(&self, py: Python<'_>) -> (String,) {
+        (self.key(py),)
+    }
+
+    #[pyo3(name = "__dask_tokenize__")]
+    fn dask_tokenize(&self, py: Python<'_>) -> String {
+        self.key(py)
+    }
+
+    #[pyo3(name = "__dask_postcompute__")]
+    fn dask_postcompute<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        static FIRST: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        Ok((
+            FIRST.import(py, "belated._dask", "first")?.clone(),
+            PyTuple::empty(py),
+        ))
+    }
+
+    #[pyo3(name = "__dask_postpersist__")]
+    fn dask_postpersist<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        static REBUILD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let args = (self.key(py), self.length).into_pyobject(py)?;
+        Ok((
+            REBUILD.import(py, "belated._dask", "rebuild")?.clone(),
+            args,
+        ))
+    }
+
+    #[getter(__dask_scheduler__)]
+    fn dask_scheduler<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        static GET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        Ok(GET.import(py, "dask.threaded", "get")?.clone())
+    }
+
+    #[getter(__dask_optimize__)]
+    fn dask_optimize<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        static OPTIMIZE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        Ok(OPTIMIZE.import(py, "belated._dask", "optimize")?.clone())
+    }
+
     fn __reduce__<'py>(
         slf: &Bound<'py, Self>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {

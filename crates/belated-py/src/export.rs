@@ -62,29 +62,44 @@ pub(crate) fn legacy_graph<'py>(
     py: Python<'py>,
     delayed: &Delayed,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let plan = plan(py, delayed)?;
-    let keys: Vec<Bound<'py, PyString>> = plan
-        .nodes
-        .iter()
-        .map(|node| PyString::new(py, &node.payload().key_string(py)))
-        .collect();
-    let graph = PyDict::new(py);
-    for task in plan.graph.tasks() {
-        let legacy = Legacy {
-            py,
-            dep_keys: plan
+    Ok(LegacyGraph::new(py, &plan(py, delayed)?)?.tasks)
+}
+
+/// A flattened plan in dask's legacy graph spec: key → task, and key → the keys it depends on.
+pub(crate) struct LegacyGraph<'py> {
+    pub(crate) keys: Vec<Bound<'py, PyString>>,
+    pub(crate) tasks: Bound<'py, PyDict>,
+    pub(crate) dependencies: Bound<'py, PyDict>,
+}
+
+impl<'py> LegacyGraph<'py> {
+    pub(crate) fn new(py: Python<'py>, plan: &Plan<PyTask>) -> PyResult<Self> {
+        let keys: Vec<Bound<'py, PyString>> = plan
+            .nodes
+            .iter()
+            .map(|node| PyString::new(py, &node.payload().key_string(py)))
+            .collect();
+        let tasks = PyDict::new(py);
+        let dependencies = PyDict::new(py);
+        // Tasks are inserted in id order, which is topological: executors may submit them in order.
+        for task in plan.graph.tasks() {
+            let dep_keys: Vec<Bound<'py, PyString>> = plan
                 .graph
                 .deps(task)
                 .iter()
                 .map(|d| keys[d.index()].clone())
-                .collect(),
-        };
-        graph.set_item(
-            &keys[task.index()],
-            legacy.op(&plan.nodes[task.index()].payload().op)?,
-        )?;
+                .collect();
+            let key = &keys[task.index()];
+            dependencies.set_item(key, PyList::new(py, &dep_keys)?)?;
+            let legacy = Legacy { py, dep_keys };
+            tasks.set_item(key, legacy.op(&plan.nodes[task.index()].payload().op)?)?;
+        }
+        Ok(LegacyGraph {
+            keys,
+            tasks,
+            dependencies,
+        })
     }
-    Ok(graph)
 }
 
 pub(crate) fn reduce<'py>(

@@ -329,6 +329,7 @@ impl Collector {
                         }))
                     })
                 }
+                Kind::DaskCollection => return Ok(self.dep(foreign_collection(obj)?)),
                 // An iterator can be read only once, so it is always replaced by the list of its items.
                 Kind::Iterator => {
                     let items = obj.try_iter()?.collect::<PyResult<Vec<_>>>()?;
@@ -372,6 +373,8 @@ enum Kind {
     /// The names of the fields its `__init__` takes.
     Dataclass(Arc<[Py<PyString>]>),
     Iterator,
+    /// A dask collection (a dask.delayed, array, ...): computed by dask inside a task of ours.
+    DaskCollection,
 }
 
 /// How arguments of a type are traversed, decided once per type: the checks cost attribute lookups that
@@ -411,6 +414,8 @@ fn kind_of(ty: &Bound<'_, PyType>) -> PyResult<Kind> {
             })
             .collect();
         Kind::Dataclass(names)
+    } else if ty.hasattr("__dask_graph__")? {
+        Kind::DaskCollection
     } else if ty.hasattr("__next__")? {
         Kind::Iterator
     } else {
@@ -420,6 +425,23 @@ fn kind_of(ty: &Bound<'_, PyType>) -> PyResult<Kind> {
         .lock()
         .insert(address, (ty.clone().unbind(), kind.clone()));
     Ok(kind)
+}
+
+/// A task computing a dask collection with dask, keyed like the collection when it has one key (a
+/// dask.delayed), so that the same collection passed twice is computed once.
+fn foreign_collection(obj: &Bound<'_, PyAny>) -> PyResult<Arc<TaskNode>> {
+    static COMPUTE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let compute = COMPUTE.import(obj.py(), "belated._dask", "compute_collection")?;
+    let key = match obj.getattr("key").and_then(|k| k.extract::<String>()) {
+        Ok(key) => Key::Named(key.into()),
+        Err(_) => Key::unique(),
+    };
+    let op = Op::Call {
+        func: Arg::Value(compute.clone().unbind()),
+        args: Box::new([Arg::Value(obj.clone().unbind())]),
+        kwargs: Box::default(),
+    };
+    Ok(TaskNode::new(PyTask { key, op }, Vec::new()))
 }
 
 /// The name the key of a plain value starts with: its function name, or else its type's name.
