@@ -23,6 +23,7 @@ from belated._api import Dashboard, compute, dashboard, persist
 from belated._belated import (
     BelatedError,
     CancelledError,
+    ComputeTimeoutError,
     Delayed,
     InternalError,
     WorkerStartError,
@@ -40,6 +41,7 @@ __all__ = [
     "BelatedError",
     "CancelledError",
     "Client",
+    "ComputeTimeoutError",
     "Dashboard",
     "Delayed",
     "InternalError",

@@ -19,7 +19,9 @@ def _scheduler_options(scheduler, num_workers):
     return scheduler, num_workers
 
 
-def compute(*args, traverse=True, optimize_graph=True, scheduler=None, num_workers=None, **kwargs):
+def compute(
+    *args, traverse=True, optimize_graph=True, scheduler=None, num_workers=None, timeout=None, **kwargs
+):
     """Compute several lazy values at once, sharing the tasks they have in common.
 
     Arguments may be ``Delayed`` objects, or lists, tuples, dicts, sets, namedtuples and dataclasses
@@ -30,6 +32,11 @@ def compute(*args, traverse=True, optimize_graph=True, scheduler=None, num_worke
     debugging); ``num_workers`` sets the number of threads. Both default to ``belated.config``. To scale
     out: a ``belated.Client`` or Dask distributed ``Client`` (or ``"distributed"`` for the default one)
     receives the whole graph in one submission; ``"ray"`` runs each task as a Ray task.
+
+    ``timeout`` (seconds, default ``belated.config`` ``timeout``) cancels a local computation that runs
+    longer and raises ``belated.ComputeTimeoutError``; tasks already running cannot be stopped, so they
+    finish in the background and their results are dropped. The inline ``"sync"`` scheduler notices
+    the timeout between tasks.
     ``optimize_graph`` and other keyword arguments are accepted for dask compatibility: the engine only
     ever runs the tasks the results need.
 
@@ -42,10 +49,14 @@ def compute(*args, traverse=True, optimize_graph=True, scheduler=None, num_worke
     executor = executor_for(scheduler)
     if executor is not None:
         return _belated.compute_with(args, executor, traverse)
-    return _belated.compute(args, scheduler, num_workers, traverse, tuple(Callback.active))
+    if timeout is None:
+        timeout = config.get("timeout", None)
+    return _belated.compute(args, scheduler, num_workers, traverse, tuple(Callback.active), timeout)
 
 
-def persist(*args, traverse=True, optimize_graph=True, scheduler=None, num_workers=None, **kwargs):
+def persist(
+    *args, traverse=True, optimize_graph=True, scheduler=None, num_workers=None, timeout=None, **kwargs
+):
     """Compute lazy values and return new ``Delayed`` objects holding the results under the same keys.
 
     >>> from belated import delayed, persist
@@ -59,7 +70,9 @@ def persist(*args, traverse=True, optimize_graph=True, scheduler=None, num_worke
         raise NotImplementedError(
             "persist() keeps results in this process; on a cluster, use client.persist(...) instead"
         )
-    return _belated.persist(args, scheduler, num_workers, traverse, tuple(Callback.active))
+    if timeout is None:
+        timeout = config.get("timeout", None)
+    return _belated.persist(args, scheduler, num_workers, traverse, tuple(Callback.active), timeout)
 
 
 class Dashboard:

@@ -6,7 +6,7 @@
 //! worker, since waiting on the pool it occupies could wait forever.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use belated_core::{
     current_worker, on_worker_thread, run_inline_observed, Fanout, Observer, Plan, Runner, TaskId,
@@ -20,7 +20,7 @@ use pyo3::types::{PyString, PyTuple};
 use crate::dashboard::HubObserver;
 use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
-use crate::errors::{to_python, WorkerStartError};
+use crate::errors::{to_python, ComputeTimeoutError, WorkerStartError};
 use crate::export::LegacyGraph;
 use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode};
 
@@ -46,6 +46,29 @@ struct PyRunner {
     /// Inline runs hold the interpreter throughout, so they look for Ctrl-C between tasks themselves.
     check_signals: bool,
     hooks: Option<Arc<TaskHooks>>,
+    /// When an inline run must give up; checked between tasks (a pool run is watched by its caller).
+    deadline: Option<Deadline>,
+}
+
+/// A compute's time limit.
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    seconds: f64,
+}
+
+impl Deadline {
+    fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    fn error(&self) -> PyErr {
+        ComputeTimeoutError::new_err(format!(
+            "the computation did not finish within {} s and was cancelled; tasks already running finish in \
+             the background and their results are dropped",
+            self.seconds
+        ))
+    }
 }
 
 impl Runner for PyRunner {
@@ -56,6 +79,9 @@ impl Runner for PyRunner {
         Python::attach(|py| {
             if self.check_signals {
                 py.check_signals()?;
+            }
+            if let Some(deadline) = self.deadline.filter(Deadline::passed) {
+                return Err(deadline.error());
             }
             let payload = self.nodes[task.index()].payload();
             let Some(hooks) = &self.hooks else {
@@ -191,7 +217,12 @@ fn execute(
     roots: &[Arc<TaskNode>],
     mode: Mode,
     callbacks: &Bound<'_, PyTuple>,
+    timeout: Option<f64>,
 ) -> PyResult<Vec<PyValue>> {
+    let deadline = timeout.map(|seconds| Deadline {
+        at: Instant::now() + Duration::from_secs_f64(seconds.max(0.0)),
+        seconds,
+    });
     let Plan {
         graph,
         nodes,
@@ -224,6 +255,7 @@ fn execute(
     let runner = PyRunner {
         nodes: Arc::clone(&nodes),
         check_signals: inline,
+        deadline,
         // Keys are made only when a per-task callback will receive them.
         hooks: listeners
             .as_ref()
@@ -237,7 +269,11 @@ fn execute(
                 if py.detach(|| handle.wait_timeout(SIGNAL_POLL)) {
                     break handle.result();
                 }
-                if let Err(interrupt) = py.check_signals() {
+                let stop = match py.check_signals() {
+                    Err(interrupt) => Some(interrupt),
+                    Ok(()) => deadline.filter(Deadline::passed).map(|d| d.error()),
+                };
+                if let Some(interrupt) = stop {
                     handle.cancel();
                     if let Some(dashboard) = &dashboard {
                         dashboard.end(false);
@@ -275,6 +311,7 @@ fn run_all(
     num_workers: Option<usize>,
     traverse: bool,
     callbacks: &Bound<'_, PyTuple>,
+    timeout: Option<f64>,
 ) -> PyResult<Computed> {
     let mode = mode(scheduler, num_workers)?;
     let mut collector = Collector::new(traverse);
@@ -283,7 +320,7 @@ fn run_all(
     let values = if roots.is_empty() {
         Vec::new()
     } else {
-        execute(py, &roots, mode, callbacks)?
+        execute(py, &roots, mode, callbacks, timeout)?
     };
     Ok(Computed {
         template,
@@ -293,7 +330,7 @@ fn run_all(
 }
 
 #[pyfunction]
-#[pyo3(signature = (objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None))]
+#[pyo3(signature = (objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None))]
 pub(crate) fn compute<'py>(
     py: Python<'py>,
     objs: &Bound<'py, PyTuple>,
@@ -301,17 +338,26 @@ pub(crate) fn compute<'py>(
     num_workers: Option<usize>,
     traverse: bool,
     callbacks: Option<&Bound<'py, PyTuple>>,
+    timeout: Option<f64>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let callbacks = callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py));
     let Computed {
         template, values, ..
-    } = run_all(py, objs, scheduler, num_workers, traverse, &callbacks)?;
+    } = run_all(
+        py,
+        objs,
+        scheduler,
+        num_workers,
+        traverse,
+        &callbacks,
+        timeout,
+    )?;
     Arg::Tuple(template).build(py, &values)
 }
 
 /// Like `compute`, but every `Delayed` is replaced by one that holds its result under the same key.
 #[pyfunction]
-#[pyo3(signature = (objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None))]
+#[pyo3(signature = (objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None))]
 pub(crate) fn persist<'py>(
     py: Python<'py>,
     objs: &Bound<'py, PyTuple>,
@@ -319,13 +365,22 @@ pub(crate) fn persist<'py>(
     num_workers: Option<usize>,
     traverse: bool,
     callbacks: Option<&Bound<'py, PyTuple>>,
+    timeout: Option<f64>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let callbacks = callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py));
     let Computed {
         template,
         roots,
         values,
-    } = run_all(py, objs, scheduler, num_workers, traverse, &callbacks)?;
+    } = run_all(
+        py,
+        objs,
+        scheduler,
+        num_workers,
+        traverse,
+        &callbacks,
+        timeout,
+    )?;
     // A top-level Delayed keeps its length (nout) when persisted; nested ones have none to keep.
     let mut lengths = vec![None; roots.len()];
     for (obj, arg) in objs.iter().zip(template.iter()) {

@@ -25,6 +25,12 @@ create_exception!(
 );
 create_exception!(
     belated,
+    ComputeTimeoutError,
+    BelatedError,
+    "The computation did not finish within its timeout and was cancelled."
+);
+create_exception!(
+    belated,
     InternalError,
     BelatedError,
     "A bug in belated itself, not in your tasks."
@@ -37,11 +43,14 @@ pub(crate) fn to_python(
 ) -> PyErr {
     match error {
         Error::Task { task, error } => {
-            // The exception stays the user's own; the note only says which task raised it. An exception
-            // type that refuses notes is passed on without one.
-            let _ = error
-                .value(py)
-                .call_method1("add_note", (format!("raised by belated task {}", key_of(task)),));
+            // The exception stays the user's own; the note only says which task raised it. Our own
+            // errors (a timeout noticed between tasks) need none, and a type that refuses notes is
+            // passed on without one.
+            if !error.is_instance_of::<BelatedError>(py) {
+                let _ = error
+                    .value(py)
+                    .call_method1("add_note", (format!("raised by belated task {}", key_of(task)),));
+            }
             error
         }
         Error::Panic { task, message } => InternalError::new_err(format!(

@@ -39,5 +39,9 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("CancelledError", py.get_type::<errors::CancelledError>())?;
     m.add("InternalError", py.get_type::<errors::InternalError>())?;
+    m.add(
+        "ComputeTimeoutError",
+        py.get_type::<errors::ComputeTimeoutError>(),
+    )?;
     Ok(())
 }

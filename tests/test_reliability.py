@@ -1,0 +1,124 @@
+"""Failing loudly and cleanly: injected faults, hanging tasks, bad input, and memory over long runs.
+
+`BELATED_SOAK_TASKS` sets the soak's total task count (default 2 million; the README's figure uses 10
+million)."""
+
+import gc
+import os
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import belated
+from belated import compute, delayed
+
+
+class Injected(Exception):
+    pass
+
+
+def maybe_fail(value, fail):
+    if fail:
+        raise Injected(f"fault at {value}")
+    return value + 1
+
+
+def os_threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+def rss_mb():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    width=st.integers(1, 40),
+    depth=st.integers(1, 6),
+    faults=st.sets(st.integers(0, 239), max_size=3),
+    scheduler=st.sampled_from(["threads", "sync"]),
+)
+def test_injected_faults_surface_cancel_the_rest_and_leave_nothing_behind(width, depth, faults, scheduler):
+    # The pool of three exists before threads are counted.
+    delayed(sum)([1]).compute(num_workers=3)
+    threads_before = os_threads()
+    layer = [delayed(maybe_fail)(i, i in faults) for i in range(width)]
+    index = width
+    for _ in range(depth - 1):
+        layer = [delayed(maybe_fail)(x, (index := index + 1) in faults) for x in layer]
+    total = delayed(sum)(layer)
+    if faults & set(range(index + 1)):
+        with pytest.raises(Injected, match="fault at"):
+            total.compute(scheduler=scheduler, num_workers=3)
+    else:
+        assert total.compute(scheduler=scheduler, num_workers=3) == sum(range(width)) + width * depth
+    assert delayed(sum)([1, 2]).compute(scheduler=scheduler, num_workers=3) == 3, "the next compute works"
+    assert os_threads() == threads_before, "no thread is left behind"
+
+
+def test_a_hanging_task_times_out_cleanly_and_the_pool_recovers():
+    release = threading.Event()
+    stuck = delayed(release.wait)(60)
+    begin = time.perf_counter()
+    with pytest.raises(belated.ComputeTimeoutError, match=r"did not finish within 0\.3 s"):
+        compute(stuck, delayed(sum)([1, 2]), num_workers=2, timeout=0.3)
+    assert time.perf_counter() - begin < 2
+    assert delayed(sum)([1, 2]).compute(num_workers=2) == 3, "the other worker still computes"
+    release.set()
+    assert isinstance(belated.ComputeTimeoutError("x"), belated.BelatedError)
+
+
+def test_timeouts_apply_between_tasks_inline_and_from_config():
+    with belated.config.set(timeout=0.2), pytest.raises(belated.ComputeTimeoutError) as caught:
+        compute(*[delayed(time.sleep)(0.05) for _ in range(20)], scheduler="sync")
+    assert not getattr(caught.value, "__notes__", None), "belated's own error carries no task note"
+    assert compute(delayed(sum)([1]), timeout=5) == (1,)
+
+
+def test_bad_input_gets_clear_errors_not_crashes():
+    with pytest.raises(TypeError, match="'int' object is not callable"):
+        delayed(5)(1).compute()
+    with pytest.raises(ValueError, match="nout"):
+        delayed(len, nout=-3)
+    nested = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(RecursionError):
+        delayed(len)(nested)
+    with pytest.raises(TypeError):
+        delayed(len)(1, 2, 3).compute(scheduler="sync")
+    assert delayed(len)([1]).compute() == 1
+
+
+def test_a_million_task_chain_builds_and_computes():
+    step = delayed(int.__add__)
+    x = delayed(0)
+    for _ in range(1_000_000):
+        x = step(x, 1)
+    assert x.compute() == 1_000_000
+    del x
+    gc.collect()
+
+
+def test_memory_stays_flat_over_successive_computes():
+    total_tasks = int(os.environ.get("BELATED_SOAK_TASKS", 2_000_000))
+    per_compute = 100_000
+    inc = delayed(int.__add__)
+
+    def one_round():
+        assert delayed(sum)([inc(i, 1) for i in range(per_compute)]).compute(num_workers=2) > 0
+
+    for _ in range(3):
+        one_round()
+    gc.collect()
+    start = rss_mb()
+    for _ in range(total_tasks // per_compute):
+        one_round()
+    gc.collect()
+    growth = rss_mb() - start
+    print(f"soak: {total_tasks:,} tasks, RSS growth {growth:+.1f} MB")
+    assert growth < 20, f"RSS grew by {growth:.1f} MB over {total_tasks:,} tasks"
