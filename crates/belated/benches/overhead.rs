@@ -1,0 +1,180 @@
+//! Per-task overhead of belated against rayon and plain sequential code, on the same graph shapes, in
+//! one run: `cargo bench -p belated --bench overhead` (add `-- --quick` for fewer repetitions).
+//!
+//! Every task does almost nothing (one `black_box`ed add), so a column's time minus the sequential
+//! time, divided by the number of tasks, is what the framework costs per task. belated is measured in
+//! two phases, building the graph (`delayed` calls) and computing it (flatten, schedule, run, collect),
+//! inline on the calling thread and on the default pool (one thread per core).
+//!
+//! A plain `harness = false` timer rather than criterion or divan: those take minutes to compile on a
+//! 2-core machine, and what this needs — medians of a few runs of three frameworks side by side, in a
+//! table for the README — is twenty lines of `Instant`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use belated::{delayed, Delayed, Options};
+
+fn inc(x: u64) -> u64 {
+    black_box(x).wrapping_add(1)
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    black_box(a).wrapping_add(b)
+}
+
+/// The median of `runs` timings of `f`, after one warm-up run; checks every run returns `expect`.
+fn median(runs: usize, expect: u64, mut f: impl FnMut() -> u64) -> Duration {
+    assert_eq!(f(), expect);
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            let value = f();
+            let elapsed = started.elapsed();
+            assert_eq!(value, expect);
+            elapsed
+        })
+        .collect();
+    times.sort();
+    times[runs / 2]
+}
+
+/// One graph shape in every framework: `tasks` is how many tasks the belated graph has.
+struct Shape {
+    name: &'static str,
+    tasks: usize,
+    sequential: Box<dyn Fn() -> u64>,
+    rayon: Option<Box<dyn Fn() -> u64>>,
+    build: Box<dyn Fn() -> Delayed<u64>>,
+}
+
+fn map_reduce(n: usize) -> Shape {
+    let maps = n as u64 - 1;
+    Shape {
+        name: "map+reduce",
+        tasks: n,
+        sequential: Box::new(move || (0..maps).map(inc).fold(0, add)),
+        rayon: Some(Box::new(move || {
+            let mut out = vec![0u64; maps as usize];
+            rayon::scope(|s| {
+                for (i, slot) in out.iter_mut().enumerate() {
+                    s.spawn(move |_| *slot = inc(i as u64));
+                }
+            });
+            out.into_iter().fold(0, add)
+        })),
+        build: Box::new(move || {
+            let inc = delayed(inc);
+            (0..maps).map(|i| inc.call(i)).sum()
+        }),
+    }
+}
+
+fn tree(n: usize) -> Shape {
+    let leaves = n.div_ceil(2) as u64;
+    fn sequential(lo: u64, hi: u64) -> u64 {
+        if hi - lo == 1 {
+            return inc(lo);
+        }
+        let mid = (lo + hi) / 2;
+        add(sequential(lo, mid), sequential(mid, hi))
+    }
+    fn joined(lo: u64, hi: u64) -> u64 {
+        if hi - lo == 1 {
+            return inc(lo);
+        }
+        let mid = (lo + hi) / 2;
+        let (a, b) = rayon::join(|| joined(lo, mid), || joined(mid, hi));
+        add(a, b)
+    }
+    fn build(
+        inc: &belated::DelayedFn<fn(u64) -> u64, (u64,), u64>,
+        lo: u64,
+        hi: u64,
+    ) -> Delayed<u64> {
+        if hi - lo == 1 {
+            return inc.call(lo);
+        }
+        let mid = (lo + hi) / 2;
+        build(inc, lo, mid) + build(inc, mid, hi)
+    }
+    Shape {
+        name: "binary tree",
+        tasks: 2 * leaves as usize - 1,
+        sequential: Box::new(move || sequential(0, leaves)),
+        rayon: Some(Box::new(move || joined(0, leaves))),
+        build: Box::new(move || build(&delayed(inc as fn(u64) -> u64), 0, leaves)),
+    }
+}
+
+fn chain(n: usize) -> Shape {
+    let links = n as u64 - 1;
+    Shape {
+        name: "chain",
+        tasks: n,
+        sequential: Box::new(move || (0..links).fold(0, |x, _| inc(x))),
+        // A chain has no parallelism; in rayon it is the sequential loop.
+        rayon: None,
+        build: Box::new(move || {
+            let inc = delayed(inc);
+            (0..links).fold(Delayed::value(0u64), |x, _| inc.call(x))
+        }),
+    }
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn per_task(total: Duration, baseline: Duration, tasks: usize) -> f64 {
+    (total.as_secs_f64() - baseline.as_secs_f64()).max(0.0) * 1e9 / tasks as f64
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else it forwards after `--`.
+    let quick = std::env::args().any(|a| a == "--quick");
+    let runs = if quick { 3 } else { 9 };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "belated per-task overhead, {threads} cores, rayon with {} threads; medians of {runs} runs\n",
+        rayon::current_num_threads()
+    );
+    println!(
+        "| shape | tasks | sequential | rayon | belated build | belated compute inline | belated compute pool | \
+         ns/task rayon | ns/task build | ns/task inline | ns/task pool |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let inline = Options::inline();
+    let pool = Options::new();
+    for n in [10_000, 100_000] {
+        for shape in [map_reduce(n), tree(n), chain(n)] {
+            let expect = (shape.sequential)();
+            let sequential = median(runs, expect, &shape.sequential);
+            let rayon = shape.rayon.as_ref().map(|f| median(runs, expect, f));
+            let build = median(runs, 0, || {
+                black_box((shape.build)());
+                0
+            });
+            let graph = (shape.build)();
+            let compute_inline = median(runs, expect, || graph.compute_with(&inline).unwrap());
+            let compute_pool = median(runs, expect, || graph.compute_with(&pool).unwrap());
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} |",
+                shape.name,
+                shape.tasks,
+                micros(sequential),
+                rayon.map_or("n/a".into(), micros),
+                micros(build),
+                micros(compute_inline),
+                micros(compute_pool),
+                rayon.map_or("n/a".into(), |r| format!(
+                    "{:.0}",
+                    per_task(r, sequential, shape.tasks)
+                )),
+                per_task(build, Duration::ZERO, shape.tasks),
+                per_task(compute_inline, sequential, shape.tasks),
+                per_task(compute_pool, sequential, shape.tasks),
+            );
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! dask.delayed's programming model in typed Rust, on the belated engine.
+//!
+//! Wrap a function with [`delayed`] and its calls return [`Delayed<T>`] values instead of running:
+//! together they form a task graph, which [`Delayed::compute`] or [`compute`](compute()) runs in
+//! parallel. Arguments may be plain values or other delayed values; arithmetic operators, [`Delayed::map`],
+//! [`Delayed::zip`], `collect()` and `sum()` build tasks too.
+//!
+//! ```
+//! use belated::{compute, delayed, Delayed};
+//!
+//! fn square(x: i64) -> i64 {
+//!     x * x
+//! }
+//!
+//! let x_sq = delayed(square).call(3);
+//! let y_sq = delayed(square).call(4);
+//! let res = &x_sq + &y_sq; // nothing has run yet
+//! assert!(x_sq.key().starts_with("square-"));
+//! assert_eq!(res.compute()?, 25);
+//! assert_eq!(compute((&x_sq, &res))?, (9, 25));
+//! # Ok::<(), belated::Error>(())
+//! ```
+//!
+//! # Errors
+//!
+//! A computation returns a [`Result`]. A task that panics, or a fallible task
+//! ([`DelayedFn::try_call`], [`Delayed::try_map`]) that returns `Err`, fails the computation with an
+//! [`Error`] naming the task by its key; the panic is caught on the worker, which carries on.
+//!
+//! ```
+//! let parse = belated::delayed(|s: String| s.parse::<i32>()).named("parse");
+//! assert_eq!(parse.try_call("42".to_string()).compute()?, 42);
+//!
+//! let err = parse.try_call("forty-two".to_string()).compute().unwrap_err();
+//! assert!(err.to_string().starts_with("task parse-"), "{err}");
+//!
+//! let boom = belated::delayed(|x: i32| -> i32 { panic!("no {x} today") }).call(7);
+//! let err = boom.compute().unwrap_err();
+//! assert!(matches!(err, belated::Error::Panic { .. }));
+//! assert!(err.to_string().contains("no 7 today"), "{err}");
+//! # Ok::<(), belated::Error>(())
+//! ```
+//!
+//! # Invariants
+//!
+//! - Building is lazy and cheap: a call allocates one node and runs no user code. Graphs are immutable,
+//!   so they are acyclic by construction and can be computed any number of times.
+//! - Types are checked when the graph is built. Inside the engine a result is an
+//!   `Arc<dyn Any + Send + Sync>`, downcast only to the type its handle names; nothing is serialized,
+//!   and values are shared between the tasks that use them, each use cloning out the `T` it passes by
+//!   value. Values must therefore be [`Data`]: `Clone + Send + Sync + 'static`. Wrap large or
+//!   non-`Clone` values in an `Arc`.
+//! - Within one computation each task runs exactly once, however many requested values share it; the
+//!   result of a task is dropped as soon as its last consumer has run.
+//! - Keys (`square-3f2a9c0d5e1b7a46`) are the function's name and a token unique in the process. They
+//!   identify tasks for people; tasks are never merged by key.
+//!
+//! This crate has no Python in its dependency tree; `belated-py` is the Python front end to the same
+//! engine.
+
+mod args;
+mod compute;
+mod delayed;
+mod error;
+mod func;
+mod ops;
+mod task;
+#[cfg(feature = "render")]
+mod visualize;
+
+pub use args::{Arg, IntoArg};
+pub use compute::{compute, compute_all, Collection, Options, Scheduler};
+pub use delayed::Delayed;
+pub use error::Error;
+pub use func::{delayed, DelayedFn, Signature};
+pub use task::TaskError;
+#[cfg(feature = "render")]
+pub use visualize::visualize;
+
+/// The graph renderer behind [`Delayed::visualize`], for drawing with other options.
+#[cfg(feature = "render")]
+pub use belated_render as render;
+
+/// What a value in a graph must be: shareable between threads, and cloneable because one result may
+/// feed several tasks that each take it by value.
+pub trait Data: Clone + Send + Sync + 'static {}
+
+impl<T: Clone + Send + Sync + 'static> Data for T {}
