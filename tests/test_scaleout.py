@@ -126,7 +126,19 @@ def test_the_whole_graph_goes_in_one_submission(client, monkeypatch):
     assert delayed(sum)(xs).compute() == sum(i * i for i in range(50))
     assert len(calls) == 1
     graph, keys = calls[0][0], calls[0][1]
-    assert len(graph) == 51 and len(keys) == 1
+    threads = sum(client.nthreads().values())
+    assert len(keys) == 1
+    assert len(graph) <= 4 * threads + 1, "51 tasks fused into a few blocks and one result"
+
+
+def test_fused_blocks_pass_values_across_blocks(client):
+    layer = [delayed(square)(i) for i in range(64)]
+    while len(layer) > 1:
+        layer = [delayed(sum)(layer[i : i + 2]) for i in range(0, len(layer), 2)]
+    chain = delayed(square)(1)
+    for _ in range(40):
+        chain = delayed(sum)([chain, 1])
+    assert compute(layer[0], chain, scheduler=client) == compute(layer[0], chain, scheduler="sync")
 
 
 def test_task_exceptions_come_back_as_themselves_on_distributed(client):
