@@ -1,0 +1,223 @@
+"""belated and dask side by side, in one run, on the same workloads.
+
+Every measurement runs in a fresh Python process, so that peak memory is that workload's own and no
+library warms the other's caches. Workloads (threads scheduler, trivial tasks so that only the engines'
+own costs show):
+
+- build, map: ``[f(i) for i in range(N)]``; build, chain: ``x = f(x)`` N times. Time and memory per call
+  (memory as resident-set growth divided by N, which sees Rust allocations too).
+- compute, map + sum: ``delayed(sum)([inc(i) for i in range(N)])``; tree: pairwise ``add`` of N/2
+  leaves; chain: N nested calls. Build and compute times, end to end, per task.
+- memory: 1,000 tasks each making a 1 MB array, reduced by a tree of adds (each add makes a new
+  array); peak resident memory over the baseline, beside a depth-first sequential evaluation's peak
+  (the smallest working set the graph allows).
+
+Sizes whose run would take more than ``--budget`` seconds, judged from the previous size of the same
+workload and its growth, are skipped and shown as such (dask is quadratic on chains and wide fan-ins).
+
+    python benchmarks/bench.py [--quick] [--libs belated,dask] [--budget SECONDS]
+
+Writes ``benchmarks/results/latest.md`` and ``latest.json``.
+"""
+
+import argparse
+import json
+import operator
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+
+
+def inc(x):
+    return x + 1
+
+
+def rss_mb():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 1e6
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+def build(delayed, shape, n):
+    f = delayed(inc)
+    if shape == "map":
+        return [f(i) for i in range(n)]
+    x = delayed(0)
+    for _ in range(n):
+        x = f(x)
+    return x
+
+
+def graph(delayed, shape, n):
+    if shape == "map + sum":
+        return delayed(sum)([delayed(inc)(i) for i in range(n)])
+    if shape == "chain":
+        return build(delayed, "chain", n)
+    add = delayed(operator.add)
+    layer = [delayed(inc)(i) for i in range(n // 2)]
+    while len(layer) > 1:
+        layer = [add(*layer[i : i + 2]) if i + 1 < len(layer) else layer[i] for i in range(0, len(layer), 2)]
+    return layer[0]
+
+
+def memory_graph(delayed, np, leaves=1000):
+    make = delayed(lambda i: np.ones(131072) * i)
+    add = delayed(operator.add)
+    layer = [make(i) for i in range(leaves)]
+    while len(layer) > 1:
+        layer = [add(*layer[i : i + 2]) if i + 1 < len(layer) else layer[i] for i in range(0, len(layer), 2)]
+    return layer[0]
+
+
+def sequential_depth_first(np, lo=0, hi=1000):
+    if hi - lo == 1:
+        return np.ones(131072) * lo
+    mid = (lo + hi) // 2
+    return sequential_depth_first(np, lo, mid) + sequential_depth_first(np, mid, hi)
+
+
+def measure(library, workload, shape, n):
+    """Runs in the child process: one measurement, returned as a dict."""
+    import importlib
+
+    module = importlib.import_module(library)
+    if library == "dask":
+        importlib.import_module("dask.delayed")
+    delayed = module.delayed
+    if workload == "build":
+        before = rss_mb()
+        start = time.perf_counter()
+        built = build(delayed, shape, n)
+        seconds = time.perf_counter() - start
+        grown = rss_mb() - before
+        del built
+        return {"seconds": seconds, "bytes_per_call": grown * 1e6 / n}
+    if workload == "compute":
+        start = time.perf_counter()
+        root = graph(delayed, shape, n)
+        built = time.perf_counter()
+        module.compute(root, scheduler="threads")
+        done = time.perf_counter()
+        return {"build": built - start, "compute": done - built, "seconds": done - start}
+    import numpy as np
+
+    sequential_depth_first(np, 0, 8)
+    baseline = rss_mb()
+    start = time.perf_counter()
+    if shape == "sequential":
+        sequential_depth_first(np)
+    else:
+        module.compute(memory_graph(delayed, np), scheduler="threads")
+    return {"seconds": time.perf_counter() - start, "peak_mb": peak_rss_mb() - baseline}
+
+
+def run_child(library, workload, shape, n, timeout):
+    command = [sys.executable, str(HERE), "--child", library, workload, shape, str(n)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"over {timeout:.0f} s"}
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="belated and dask side by side")
+    parser.add_argument("--libs", default="belated,dask")
+    parser.add_argument("--quick", action="store_true", help="small sizes only, for a smoke run")
+    parser.add_argument("--budget", type=float, default=60.0, help="skip runs estimated to take longer")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.child:
+        library, workload, shape, n = options.child
+        print(json.dumps(measure(library, workload, shape, int(n))))
+        return
+
+    libraries = options.libs.split(",")
+    sizes = [1_000, 10_000] if options.quick else [10_000, 100_000, 1_000_000]
+    compute_sizes = [1_000, 10_000] if options.quick else [10_000, 100_000]
+    plan = [("build", shape, sizes) for shape in ["map", "chain"]]
+    plan += [("compute", shape, compute_sizes) for shape in ["map + sum", "tree", "chain"]]
+    results = []
+    for workload, shape, ns in plan:
+        for library in libraries:
+            previous = None
+            for n in ns:
+                if previous and previous[1].get("seconds"):
+                    # Estimate from the growth seen so far (at least linear, at most quadratic).
+                    seconds, factor = previous[1]["seconds"], n / previous[0]
+                    estimate = seconds * factor ** (2 if library == "dask" and shape != "map" else 1)
+                    if estimate > options.budget:
+                        skipped = {"error": f"skipped (~{estimate:.0f} s)"}
+                        results.append((workload, shape, n, library, skipped))
+                        continue
+                outcome = run_child(library, workload, shape, n, timeout=options.budget * 3)
+                print(workload, shape, n, library, outcome, file=sys.stderr)
+                results.append((workload, shape, n, library, outcome))
+                previous = (n, outcome) if "error" not in outcome else None
+    for library in [*libraries, "sequential"]:
+        shape = "sequential" if library == "sequential" else "tree"
+        outcome = run_child("belated" if library == "sequential" else library, "memory", shape, 1000, 600)
+        print("memory", library, outcome, file=sys.stderr)
+        results.append(("memory", shape, 1000, library, outcome))
+    report(results, libraries)
+
+
+def cell(outcome, key, scale, unit, digits=1):
+    if "error" in outcome:
+        return outcome["error"]
+    return f"{outcome[key] * scale:,.{digits}f} {unit}"
+
+
+def report(results, libraries):
+    by = {(w, s, n, lib): o for w, s, n, lib, o in results}
+    ours, theirs = libraries[0], libraries[-1]
+    lines = [
+        f"| workload | N | {ours} | {theirs} | {ours} per task | {theirs} per task | {ours} ÷ {theirs} |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workload, shape, n in dict.fromkeys((w, s, n) for w, s, n, _, _ in results if w != "memory"):
+        a, b = by.get((workload, shape, n, ours), {}), by.get((workload, shape, n, theirs), {})
+        ratio = f"{a['seconds'] / b['seconds']:.3f}" if "seconds" in a and "seconds" in b else "n/a"
+        extra = ""
+        if workload == "build":
+            extra = " / ".join(
+                f"{o['bytes_per_call']:.0f} B/call" if "bytes_per_call" in o else "-" for o in (a, b)
+            )
+            extra = f" ({extra})"
+        lines.append(
+            f"| {workload}, {shape}{extra} | {n:,} "
+            f"| {cell(a, 'seconds', 1, 's', 3)} | {cell(b, 'seconds', 1, 's', 3)} "
+            f"| {cell(a, 'seconds', 1e6 / n, 'µs', 2)} | {cell(b, 'seconds', 1e6 / n, 'µs', 2)} | {ratio} |"
+        )
+    columns = [*libraries, "sequential"]
+    memory = {
+        lib: by.get(("memory", "sequential" if lib == "sequential" else "tree", 1000, lib), {})
+        for lib in columns
+    }
+    lines.append("")
+    header = " | ".join([*libraries, "sequential depth-first"])
+    lines.append(f"| memory: 1,000 arrays of 1 MB, tree of adds | {header} |")
+    lines.append("|---|" + "---:|" * (len(libraries) + 1))
+    peaks = " | ".join(cell(memory[lib], "peak_mb", 1, "MB", 0) for lib in columns)
+    lines.append(f"| peak resident memory over baseline | {peaks} |")
+    walls = " | ".join(cell(memory[lib], "seconds", 1, "s", 2) for lib in columns)
+    lines.append(f"| wall time | {walls} |")
+    table = "\n".join(lines)
+    print(table)
+    out = HERE.parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.md").write_text(table + "\n")
+    (out / "latest.json").write_text(json.dumps([list(r) for r in results], indent=1))
+
+
+if __name__ == "__main__":
+    main()
