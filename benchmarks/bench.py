@@ -152,9 +152,10 @@ def main():
             previous = None
             for n in ns:
                 if previous and previous[1].get("seconds"):
-                    # Estimate from the growth seen so far (at least linear, at most quadratic).
+                    # dask is quadratic on chains and wide fan-ins (map + sum), linear elsewhere.
                     seconds, factor = previous[1]["seconds"], n / previous[0]
-                    estimate = seconds * factor ** (2 if library == "dask" and shape != "map" else 1)
+                    quadratic = library == "dask" and shape in ("chain", "map + sum")
+                    estimate = seconds * factor ** (2 if quadratic else 1)
                     if estimate > options.budget:
                         skipped = {"error": f"skipped (~{estimate:.0f} s)"}
                         results.append((workload, shape, n, library, skipped))
