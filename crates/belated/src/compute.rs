@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use belated_core::{
-    on_worker_thread, run_inline, JobHandle, PlainHost, Plan, Runner, TaskId, ThreadPool,
+    on_worker_thread, run_inline_observed, JobHandle, Observer, PlainHost, Plan, Runner, TaskId,
+    ThreadPool,
 };
 use parking_lot::Mutex;
 
@@ -213,10 +214,77 @@ pub enum Scheduler {
 /// assert_eq!(x.compute_with(&options)?, 21);
 /// # Ok::<(), belated::Error>(())
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Options {
     scheduler: Scheduler,
     timeout: Option<Duration>,
+    events: Option<Arc<dyn Events>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("scheduler", &self.scheduler)
+            .field("timeout", &self.timeout)
+            .field("events", &self.events.is_some())
+            .finish()
+    }
+}
+
+/// Hears every task start and finish, on the thread that runs it, for progress bars, profilers and
+/// dashboards: the same events the Python front end's diagnostics receive. Keep it quick; it runs
+/// between tasks.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// use belated::{delayed, Events, Options};
+///
+/// #[derive(Default)]
+/// struct Count(AtomicUsize);
+///
+/// impl Events for Count {
+///     fn task_finished(&self, _key: &str, _worker: Option<usize>, _succeeded: bool) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+///
+/// let count = Arc::new(Count::default());
+/// let total = delayed(|x: i64| x + 1).call(1) * 2;
+/// assert_eq!(Options::new().events(count.clone()).compute(&total)?, 4);
+/// assert_eq!(count.0.load(Ordering::Relaxed), 2);
+/// # Ok::<(), belated::Error>(())
+/// ```
+pub trait Events: Send + Sync + 'static {
+    /// `worker` is the pool thread's index, or `None` for an inline run on the calling thread.
+    fn task_started(&self, key: &str, worker: Option<usize>) {
+        let _ = (key, worker);
+    }
+
+    fn task_finished(&self, key: &str, worker: Option<usize>, succeeded: bool) {
+        let _ = (key, worker, succeeded);
+    }
+}
+
+/// Translates the engine's task ids into keys for an [`Events`] listener.
+struct KeyedEvents {
+    runner: Arc<TaskRunner>,
+    events: Arc<dyn Events>,
+}
+
+impl Observer for KeyedEvents {
+    fn task_started(&self, task: TaskId, worker: Option<usize>) {
+        self.events
+            .task_started(&self.runner.nodes[task.index()].payload().key(), worker);
+    }
+
+    fn task_finished(&self, task: TaskId, worker: Option<usize>, succeeded: bool) {
+        self.events.task_finished(
+            &self.runner.nodes[task.index()].payload().key(),
+            worker,
+            succeeded,
+        );
+    }
 }
 
 impl Options {
@@ -247,6 +315,12 @@ impl Options {
         self
     }
 
+    /// Reports every task of the computations run with these options to `events`.
+    pub fn events(mut self, events: Arc<dyn Events>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
     /// Computes everything in `collection` together; see [`compute`].
     pub fn compute<C: Collection>(&self, collection: C) -> Result<C::Output, Error> {
         let values = self.run(roots_of(&collection))?;
@@ -271,10 +345,17 @@ impl Options {
             _ => None,
         };
         let runner = Arc::new(TaskRunner { nodes, deadline });
+        let observer = self.events.as_ref().map(|events| {
+            Arc::new(KeyedEvents {
+                runner: Arc::clone(&runner),
+                events: Arc::clone(events),
+            }) as Arc<dyn Observer>
+        });
         let result = match threads {
-            None => run_inline(graph, outputs, Arc::clone(&runner)),
+            None => run_inline_observed(graph, outputs, Arc::clone(&runner), observer),
             Some(threads) => {
-                let handle = pool(threads)?.submit(graph, outputs, Arc::clone(&runner));
+                let handle =
+                    pool(threads)?.submit_observed(graph, outputs, Arc::clone(&runner), observer);
                 return self.wait(handle, &runner.nodes);
             }
         };

@@ -69,7 +69,7 @@ mod task;
 mod visualize;
 
 pub use args::{Arg, IntoArg};
-pub use compute::{compute, compute_all, Collection, Options, Scheduler};
+pub use compute::{compute, compute_all, Collection, Events, Options, Scheduler};
 pub use delayed::Delayed;
 pub use error::Error;
 pub use func::{delayed, DelayedFn, Signature};

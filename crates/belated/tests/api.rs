@@ -298,3 +298,53 @@ fn an_inline_timeout_stops_between_tasks() {
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
     assert!(started.elapsed() < Duration::from_millis(500));
 }
+
+/// Key, worker, and whether it succeeded (`None` for a start).
+type Event = (String, Option<usize>, Option<bool>);
+
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<Event>>);
+
+impl belated::Events for Recorded {
+    fn task_started(&self, key: &str, worker: Option<usize>) {
+        self.0.lock().unwrap().push((key.to_string(), worker, None));
+    }
+
+    fn task_finished(&self, key: &str, worker: Option<usize>, succeeded: bool) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((key.to_string(), worker, Some(succeeded)));
+    }
+}
+
+#[test]
+fn events_report_every_task_by_key_and_worker() {
+    let recorded = std::sync::Arc::new(Recorded::default());
+    let double = belated::delayed(|x: i64| x * 2);
+    let leaves: Vec<_> = (0..6).map(|i| double.call(i)).collect();
+    let total: belated::Delayed<i64> = leaves.iter().sum();
+    let options = belated::Options::threads(2).events(recorded.clone());
+    assert_eq!(options.compute(&total).unwrap(), 30);
+    let events = recorded.0.lock().unwrap().clone();
+    let keys: std::collections::BTreeSet<&str> =
+        events.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert!(leaves.iter().all(|leaf| keys.contains(leaf.key().as_str())));
+    assert!(keys.contains(total.key().as_str()));
+    assert_eq!(
+        events.iter().filter(|e| e.2 == Some(true)).count(),
+        keys.len()
+    );
+    assert!(events
+        .iter()
+        .all(|(_, worker, _)| matches!(worker, Some(w) if *w < 2)));
+
+    let failing = belated::delayed(|x: i64| -> i64 { panic!("no {x}") }).call(1);
+    let recorded = std::sync::Arc::new(Recorded::default());
+    assert!(belated::Options::inline()
+        .events(recorded.clone())
+        .compute(&failing)
+        .is_err());
+    let events = recorded.0.lock().unwrap().clone();
+    assert_eq!(events.last().unwrap(), &(failing.key(), None, Some(false)));
+}
