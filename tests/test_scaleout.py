@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from test_properties import Eager, Lazy, programs, run
 
 import belated
 from belated import compute, delayed
@@ -197,3 +199,19 @@ def test_ray_must_be_started_first(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     with pytest.raises(belated.BelatedError, match=r"ray.init\(\)"):
         delayed(square)(1).compute(scheduler="ray")
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(program=programs)
+def test_random_programs_on_distributed_equal_eager_python(client, program):
+    assert compute(*run(program, Lazy(belated)), scheduler=client) == tuple(run(program, Eager()))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(program=programs)
+def test_random_programs_on_ray_equal_eager_python(ray_instance, program):
+    assert compute(*run(program, Lazy(belated)), scheduler="ray") == tuple(run(program, Eager()))
