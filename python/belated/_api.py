@@ -12,11 +12,22 @@ atexit.register(_belated.shutdown)
 os.register_at_fork(after_in_child=_belated.forget_pools_after_fork)
 
 
-def _scheduler_options(scheduler, num_workers):
+def _run(args, traverse, scheduler, num_workers, timeout, persist):
+    """Runs compute or persist: options default to ``belated.config``; other engines get the graph."""
     scheduler = scheduler or config.get("scheduler", None) or "threads"
+    executor = executor_for(scheduler)
+    if executor is not None:
+        if persist:
+            raise NotImplementedError(
+                "persist() keeps results in this process; on a cluster, use client.persist(...) instead"
+            )
+        return _belated.compute_with(args, executor, traverse)
     if num_workers is None:
         num_workers = config.get("num_workers", None)
-    return scheduler, num_workers
+    if timeout is None:
+        timeout = config.get("timeout", None)
+    callbacks = tuple(Callback.active)
+    return _belated.compute(args, scheduler, num_workers, traverse, callbacks, timeout, persist)
 
 
 def compute(
@@ -45,13 +56,7 @@ def compute(
     >>> compute(a, {"b": a * 10}, "unchanged")
     (3, {'b': 30}, 'unchanged')
     """
-    scheduler, num_workers = _scheduler_options(scheduler, num_workers)
-    executor = executor_for(scheduler)
-    if executor is not None:
-        return _belated.compute_with(args, executor, traverse)
-    if timeout is None:
-        timeout = config.get("timeout", None)
-    return _belated.compute(args, scheduler, num_workers, traverse, tuple(Callback.active), timeout)
+    return _run(args, traverse, scheduler, num_workers, timeout, persist=False)
 
 
 def persist(
@@ -59,20 +64,15 @@ def persist(
 ):
     """Compute lazy values and return new ``Delayed`` objects holding the results under the same keys.
 
+    Takes the arguments of :func:`compute`; on a cluster, use the cluster's ``client.persist``.
+
     >>> from belated import delayed, persist
     >>> a = delayed(sum)([1, 2, 3])
     >>> (b,) = persist(a)
     >>> b.key == a.key, b.compute()
     (True, 6)
     """
-    scheduler, num_workers = _scheduler_options(scheduler, num_workers)
-    if executor_for(scheduler) is not None:
-        raise NotImplementedError(
-            "persist() keeps results in this process; on a cluster, use client.persist(...) instead"
-        )
-    if timeout is None:
-        timeout = config.get("timeout", None)
-    return _belated.persist(args, scheduler, num_workers, traverse, tuple(Callback.active), timeout)
+    return _run(args, traverse, scheduler, num_workers, timeout, persist=True)
 
 
 class Dashboard:

@@ -100,14 +100,7 @@ def compute(
     traverse: bool = True,
     callbacks: tuple[Any, ...] | None = None,
     timeout: float | None = None,
-) -> tuple[Any, ...]: ...
-def persist(
-    objs: tuple[Any, ...],
-    scheduler: str = "threads",
-    num_workers: int | None = None,
-    traverse: bool = True,
-    callbacks: tuple[Any, ...] | None = None,
-    timeout: float | None = None,
+    persist: bool = False,
 ) -> tuple[Any, ...]: ...
 def compute_with(
     objs: tuple[Any, ...], executor: Callable[..., Any], traverse: bool = True

@@ -329,8 +329,13 @@ fn run_all(
     })
 }
 
+/// Computes the `Delayed` objects found in `objs` and returns `objs` with each replaced by its result,
+/// or, with `persist`, by a `Delayed` that holds its result under the same key.
 #[pyfunction]
-#[pyo3(signature = (objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None))]
+#[pyo3(signature = (
+    objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None, persist=false
+))]
+#[allow(clippy::too_many_arguments)] // compute's keyword arguments, as Python passes them
 pub(crate) fn compute<'py>(
     py: Python<'py>,
     objs: &Bound<'py, PyTuple>,
@@ -339,48 +344,17 @@ pub(crate) fn compute<'py>(
     traverse: bool,
     callbacks: Option<&Bound<'py, PyTuple>>,
     timeout: Option<f64>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let callbacks = callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py));
-    let Computed {
-        template, values, ..
-    } = run_all(
-        py,
-        objs,
-        scheduler,
-        num_workers,
-        traverse,
-        &callbacks,
-        timeout,
-    )?;
-    Arg::Tuple(template).build(py, &values)
-}
-
-/// Like `compute`, but every `Delayed` is replaced by one that holds its result under the same key.
-#[pyfunction]
-#[pyo3(signature = (objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None))]
-pub(crate) fn persist<'py>(
-    py: Python<'py>,
-    objs: &Bound<'py, PyTuple>,
-    scheduler: &str,
-    num_workers: Option<usize>,
-    traverse: bool,
-    callbacks: Option<&Bound<'py, PyTuple>>,
-    timeout: Option<f64>,
+    persist: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let callbacks = callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py));
     let Computed {
         template,
         roots,
         values,
-    } = run_all(
-        py,
-        objs,
-        scheduler,
-        num_workers,
-        traverse,
-        &callbacks,
-        timeout,
-    )?;
+    } = run_all(py, objs, scheduler, num_workers, traverse, &callbacks, timeout)?;
+    if !persist {
+        return Arg::Tuple(template).build(py, &values);
+    }
     // A top-level Delayed keeps its length (nout) when persisted; nested ones have none to keep.
     let mut lengths = vec![None; roots.len()];
     for (obj, arg) in objs.iter().zip(template.iter()) {

@@ -22,7 +22,6 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(delayed::delayed, m)?)?;
     m.add_function(wrap_pyfunction!(delayed::set_default_pure, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute, m)?)?;
-    m.add_function(wrap_pyfunction!(compute::persist, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute_with, m)?)?;
     m.add_function(wrap_pyfunction!(compute::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(compute::forget_pools_after_fork, m)?)?;
