@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import belated
 from belated import compute, delayed
 
-EXAMPLES = int(os.environ.get("BELATED_HYPOTHESIS_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("BELATED_HYPOTHESIS_EXAMPLES", "500"))
 KINDS = ["add", "sub", "mul", "neg", "call", "list", "dict", "nout", "method", "getitem", "literal", "kw"]
 
 programs = st.lists(
