@@ -4,6 +4,7 @@
 million)."""
 
 import gc
+import itertools
 import os
 import threading
 import time
@@ -46,12 +47,12 @@ def test_injected_faults_surface_cancel_the_rest_and_leave_nothing_behind(width,
     # The pool of three exists before threads are counted.
     delayed(sum)([1]).compute(num_workers=3)
     threads_before = os_threads()
-    layer = [delayed(maybe_fail)(i, i in faults) for i in range(width)]
-    index = width
+    numbers = itertools.count()
+    layer = [delayed(maybe_fail)(i, next(numbers) in faults) for i in range(width)]
     for _ in range(depth - 1):
-        layer = [delayed(maybe_fail)(x, (index := index + 1) in faults) for x in layer]
+        layer = [delayed(maybe_fail)(x, next(numbers) in faults) for x in layer]
     total = delayed(sum)(layer)
-    if faults & set(range(index + 1)):
+    if faults & set(range(next(numbers))):
         with pytest.raises(Injected, match="fault at"):
             total.compute(scheduler=scheduler, num_workers=3)
     else:
