@@ -351,7 +351,15 @@ pub(crate) fn compute<'py>(
         template,
         roots,
         values,
-    } = run_all(py, objs, scheduler, num_workers, traverse, &callbacks, timeout)?;
+    } = run_all(
+        py,
+        objs,
+        scheduler,
+        num_workers,
+        traverse,
+        &callbacks,
+        timeout,
+    )?;
     if !persist {
         return Arg::Tuple(template).build(py, &values);
     }
