@@ -102,7 +102,7 @@ def run(program, backend):
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(program=programs, outputs=st.lists(st.integers(0, 10**6), min_size=1, max_size=6))
-@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+@pytest.mark.parametrize("scheduler", ["threads", "sync", "processes"])
 def test_random_programs_equal_eager_evaluation(program, outputs, scheduler):
     eager = run(program, Eager())
     lazy = run(program, Lazy(belated))

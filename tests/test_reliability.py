@@ -41,11 +41,11 @@ def rss_mb():
     width=st.integers(1, 40),
     depth=st.integers(1, 6),
     faults=st.sets(st.integers(0, 239), max_size=3),
-    scheduler=st.sampled_from(["threads", "sync"]),
+    scheduler=st.sampled_from(["threads", "sync", "processes"]),
 )
 def test_injected_faults_surface_cancel_the_rest_and_leave_nothing_behind(width, depth, faults, scheduler):
     # The pool of three exists before threads are counted.
-    delayed(sum)([1]).compute(num_workers=3)
+    delayed(sum)([1]).compute(scheduler=scheduler, num_workers=3)
     threads_before = os_threads()
     numbers = itertools.count()
     layer = [delayed(maybe_fail)(i, next(numbers) in faults) for i in range(width)]

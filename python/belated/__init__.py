@@ -26,6 +26,7 @@ from belated._belated import (
     ComputeTimeoutError,
     Delayed,
     InternalError,
+    WorkerLostError,
     WorkerStartError,
     delayed,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "Delayed",
     "InternalError",
     "Picture",
+    "WorkerLostError",
     "WorkerStartError",
     "compute",
     "config",

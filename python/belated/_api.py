@@ -12,7 +12,7 @@ atexit.register(_belated.shutdown)
 os.register_at_fork(after_in_child=_belated.forget_pools_after_fork)
 
 
-def _run(args, traverse, scheduler, num_workers, timeout, persist):
+def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
     """Runs compute or persist: options default to ``belated.config``; other engines get the graph."""
     scheduler = scheduler or config.get("scheduler", None) or "threads"
     executor = executor_for(scheduler)
@@ -26,12 +26,21 @@ def _run(args, traverse, scheduler, num_workers, timeout, persist):
         num_workers = config.get("num_workers", None)
     if timeout is None:
         timeout = config.get("timeout", None)
+    if retries is None:
+        retries = config.get("retries", 1)
     callbacks = tuple(Callback.active)
-    return _belated.compute(args, scheduler, num_workers, traverse, callbacks, timeout, persist)
+    return _belated.compute(args, scheduler, num_workers, traverse, callbacks, timeout, persist, retries)
 
 
 def compute(
-    *args, traverse=True, optimize_graph=True, scheduler=None, num_workers=None, timeout=None, **kwargs
+    *args,
+    traverse=True,
+    optimize_graph=True,
+    scheduler=None,
+    num_workers=None,
+    timeout=None,
+    retries=None,
+    **kwargs,
 ):
     """Compute several lazy values at once, sharing the tasks they have in common.
 
@@ -39,8 +48,10 @@ def compute(
     holding them (``traverse=False`` looks at the top level only); anything else is returned as it is.
     Returns a tuple with one result per argument.
 
-    ``scheduler`` is ``"threads"`` (the default) or ``"sync"`` (everything on the calling thread, for
-    debugging); ``num_workers`` sets the number of threads. Both default to ``belated.config``. To scale
+    ``scheduler`` is ``"threads"`` (the default), ``"processes"`` (calls run in worker processes started
+    once and reused; ``retries`` times a task is retried if its process dies, default 1) or ``"sync"``
+    (everything on the calling thread, for debugging); ``num_workers`` sets the number of workers.
+    Both default to ``belated.config``. To scale
     out: a ``belated.Client`` or Dask distributed ``Client`` (or ``"distributed"`` for the default one)
     receives the whole graph in one submission; ``"ray"`` runs each task as a Ray task.
 
@@ -56,11 +67,18 @@ def compute(
     >>> compute(a, {"b": a * 10}, "unchanged")
     (3, {'b': 30}, 'unchanged')
     """
-    return _run(args, traverse, scheduler, num_workers, timeout, persist=False)
+    return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=False)
 
 
 def persist(
-    *args, traverse=True, optimize_graph=True, scheduler=None, num_workers=None, timeout=None, **kwargs
+    *args,
+    traverse=True,
+    optimize_graph=True,
+    scheduler=None,
+    num_workers=None,
+    timeout=None,
+    retries=None,
+    **kwargs,
 ):
     """Compute lazy values and return new ``Delayed`` objects holding the results under the same keys.
 
@@ -72,7 +90,7 @@ def persist(
     >>> b.key == a.key, b.compute()
     (True, 6)
     """
-    return _run(args, traverse, scheduler, num_workers, timeout, persist=True)
+    return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=True)
 
 
 class Dashboard:

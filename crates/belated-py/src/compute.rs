@@ -22,11 +22,15 @@ use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{to_python, ComputeTimeoutError, WorkerStartError};
 use crate::export::LegacyGraph;
-use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode};
+use crate::processes::{check_picklable, run_remote, Launch};
+use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode, Work};
 
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
-static POOLS: Mutex<Vec<(usize, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
+/// A pool's kind (`true`: processes) and size.
+type PoolKey = (bool, usize);
+
+static POOLS: Mutex<Vec<(PoolKey, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
 
 /// Worker threads attach to the interpreter once for their whole life, and detach only to wait.
 struct PythonHost;
@@ -48,6 +52,8 @@ struct PyRunner {
     hooks: Option<Arc<TaskHooks>>,
     /// When an inline run must give up; checked between tasks (a pool run is watched by its caller).
     deadline: Option<Deadline>,
+    /// Set for the processes scheduler: calls run in this thread's worker process.
+    processes: Option<Launch>,
 }
 
 /// A compute's time limit.
@@ -84,6 +90,12 @@ impl Runner for PyRunner {
                 return Err(deadline.error());
             }
             let payload = self.nodes[task.index()].payload();
+            if let Some(launch) = &self.processes {
+                return Ok(PyValue(match payload.prepare(py, inputs)? {
+                    Work::Ready(value) => value.unbind(),
+                    Work::Call(call) => run_remote(py, payload, call, launch)?.unbind(),
+                }));
+            }
             let Some(hooks) = &self.hooks else {
                 return Ok(PyValue(payload.evaluate(py, inputs)?.unbind()));
             };
@@ -175,30 +187,30 @@ impl Listeners {
 enum Mode {
     Inline,
     Threads(usize),
+    Processes(usize),
 }
 
 fn mode(scheduler: &str, num_workers: Option<usize>) -> PyResult<Mode> {
+    let workers = || match num_workers {
+        Some(0) => Err(PyValueError::new_err("num_workers must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
+    };
     match scheduler {
         "sync" | "synchronous" | "single-threaded" => Ok(Mode::Inline),
-        "threads" | "threading" | "threaded" => {
-            let default = std::thread::available_parallelism().map_or(1, usize::from);
-            match num_workers {
-                Some(0) => Err(PyValueError::new_err("num_workers must be at least 1")),
-                n => Ok(Mode::Threads(n.unwrap_or(default))),
-            }
-        }
-        "processes" | "multiprocessing" => Err(PyValueError::new_err(
-            "the 'processes' scheduler is not available in this version of belated; use 'threads' or 'sync'",
-        )),
+        "threads" | "threading" | "threaded" => Ok(Mode::Threads(workers()?)),
+        "processes" | "multiprocessing" => Ok(Mode::Processes(workers()?)),
         other => Err(PyValueError::new_err(format!(
-            "unknown scheduler '{other}'; expected 'threads' or 'sync'"
+            "unknown scheduler '{other}'; expected 'threads', 'processes' or 'sync'"
         ))),
     }
 }
 
-fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
+/// The pool for `threads` workers of a kind (`processes` or not), started on first use. A processes
+/// pool's threads each own a worker process, so the two kinds never share threads.
+fn pool(processes: bool, threads: usize) -> PyResult<Arc<ThreadPool>> {
     let mut pools = POOLS.lock();
-    if let Some((_, pool)) = pools.iter().find(|(n, _)| *n == threads) {
+    if let Some((_, pool)) = pools.iter().find(|(key, _)| *key == (processes, threads)) {
         return Ok(Arc::clone(pool));
     }
     let pool = ThreadPool::new(threads, Arc::new(PythonHost)).map_err(|e| {
@@ -207,18 +219,26 @@ fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
         ))
     })?;
     let pool = Arc::new(pool);
-    pools.push((threads, Arc::clone(&pool)));
+    pools.push(((processes, threads), Arc::clone(&pool)));
     Ok(pool)
 }
 
 /// Runs the graph the roots need and returns their results in order.
-fn execute(
-    py: Python<'_>,
-    roots: &[Arc<TaskNode>],
+/// How to run one computation: the scheduler, and compute's options.
+struct Run<'a, 'py> {
     mode: Mode,
-    callbacks: &Bound<'_, PyTuple>,
+    callbacks: &'a Bound<'py, PyTuple>,
     timeout: Option<f64>,
-) -> PyResult<Vec<PyValue>> {
+    retries: usize,
+}
+
+fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResult<Vec<PyValue>> {
+    let Run {
+        mode,
+        callbacks,
+        timeout,
+        retries,
+    } = run;
     let deadline = timeout.map(|seconds| Deadline {
         at: Instant::now() + Duration::from_secs_f64(seconds.max(0.0)),
         seconds,
@@ -234,10 +254,20 @@ fn execute(
     } else {
         Some(Listeners::start(py, &nodes, callbacks)?)
     };
-    let inline = matches!(mode, Mode::Inline) || on_worker_thread();
-    let workers = match mode {
-        Mode::Threads(threads) if !inline => threads,
-        _ => 0,
+    let pooled = match mode {
+        Mode::Inline => None,
+        Mode::Threads(threads) => Some((false, threads)),
+        Mode::Processes(threads) => Some((true, threads)),
+    };
+    let pooled = pooled.filter(|_| !on_worker_thread());
+    let inline = pooled.is_none();
+    let workers = pooled.map_or(0, |(_, threads)| threads);
+    let processes = match pooled {
+        Some((true, _)) => {
+            check_picklable(py, &nodes)?;
+            Some(Launch::from_interpreter(py, retries)?)
+        }
+        _ => None,
     };
     let dashboard = HubObserver::begin(py, &nodes, &graph, workers);
     let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
@@ -256,15 +286,17 @@ fn execute(
         nodes: Arc::clone(&nodes),
         check_signals: inline,
         deadline,
+        processes,
         // Keys are made only when a per-task callback will receive them.
         hooks: listeners
             .as_ref()
             .filter(|l| !l.hooks.pretask.is_empty() || !l.hooks.posttask.is_empty())
             .map(|l| Arc::clone(&l.hooks)),
     };
-    let result = match mode {
-        Mode::Threads(threads) if !inline => {
-            let handle = pool(threads)?.submit_observed(graph, outputs, runner, observer);
+    let result = match pooled {
+        Some((processes, threads)) => {
+            let handle =
+                pool(processes, threads)?.submit_observed(graph, outputs, runner, observer);
             loop {
                 if py.detach(|| handle.wait_timeout(SIGNAL_POLL)) {
                     break handle.result();
@@ -285,7 +317,7 @@ fn execute(
                 }
             }
         }
-        _ => run_inline_observed(graph, outputs, runner, observer),
+        None => run_inline_observed(graph, outputs, runner, observer),
     };
     if let Some(dashboard) = &dashboard {
         dashboard.end(result.is_ok());
@@ -296,44 +328,12 @@ fn execute(
     result.map_err(|e| to_python(py, e, |task| nodes[task.index()].payload().key_string(py)))
 }
 
-/// compute's arguments as a template, the roots found in them, and the roots' results.
-struct Computed {
-    template: Box<[Arg]>,
-    roots: Vec<Arc<TaskNode>>,
-    values: Vec<PyValue>,
-}
-
-/// Collects the `Delayed` objects inside `objs` (a tuple of compute's arguments) and runs them.
-fn run_all(
-    py: Python<'_>,
-    objs: &Bound<'_, PyTuple>,
-    scheduler: &str,
-    num_workers: Option<usize>,
-    traverse: bool,
-    callbacks: &Bound<'_, PyTuple>,
-    timeout: Option<f64>,
-) -> PyResult<Computed> {
-    let mode = mode(scheduler, num_workers)?;
-    let mut collector = Collector::new(traverse);
-    let template = collector.args(objs)?;
-    let roots = collector.deps;
-    let values = if roots.is_empty() {
-        Vec::new()
-    } else {
-        execute(py, &roots, mode, callbacks, timeout)?
-    };
-    Ok(Computed {
-        template,
-        roots,
-        values,
-    })
-}
-
 /// Computes the `Delayed` objects found in `objs` and returns `objs` with each replaced by its result,
 /// or, with `persist`, by a `Delayed` that holds its result under the same key.
 #[pyfunction]
 #[pyo3(signature = (
-    objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None, persist=false
+    objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None, persist=false,
+    retries=1
 ))]
 #[allow(clippy::too_many_arguments)] // compute's keyword arguments, as Python passes them
 pub(crate) fn compute<'py>(
@@ -345,21 +345,22 @@ pub(crate) fn compute<'py>(
     callbacks: Option<&Bound<'py, PyTuple>>,
     timeout: Option<f64>,
     persist: bool,
+    retries: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let callbacks = callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py));
-    let Computed {
-        template,
-        roots,
-        values,
-    } = run_all(
-        py,
-        objs,
-        scheduler,
-        num_workers,
-        traverse,
-        &callbacks,
+    let run = Run {
+        mode: mode(scheduler, num_workers)?,
+        callbacks: &callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py)),
         timeout,
-    )?;
+        retries,
+    };
+    let mut collector = Collector::new(traverse);
+    let template = collector.args(objs)?;
+    let roots = collector.deps;
+    let values = if roots.is_empty() {
+        Vec::new()
+    } else {
+        execute(py, &roots, run)?
+    };
     if !persist {
         return Arg::Tuple(template).build(py, &values);
     }

@@ -31,6 +31,12 @@ create_exception!(
 );
 create_exception!(
     belated,
+    WorkerLostError,
+    BelatedError,
+    "A worker process died while running a task, more often than the retries allowed."
+);
+create_exception!(
+    belated,
     InternalError,
     BelatedError,
     "A bug in belated itself, not in your tasks."

@@ -8,6 +8,7 @@ mod delayed;
 mod diagnostics;
 mod errors;
 mod export;
+mod processes;
 mod render;
 mod task;
 
@@ -42,5 +43,6 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "ComputeTimeoutError",
         py.get_type::<errors::ComputeTimeoutError>(),
     )?;
+    m.add("WorkerLostError", py.get_type::<errors::WorkerLostError>())?;
     Ok(())
 }

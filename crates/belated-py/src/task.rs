@@ -141,23 +141,44 @@ impl PyTask {
         py: Python<'py>,
         inputs: &[PyValue],
     ) -> PyResult<Bound<'py, PyAny>> {
-        match &self.op {
-            Op::Value(arg) => arg.build(py, inputs),
-            Op::Call { func, args, kwargs } => {
-                let func = func.build(py, inputs)?;
-                let args = build_tuple(py, args, inputs)?;
-                func.call(args, build_kwargs(py, kwargs, inputs)?.as_ref())
-            }
-            Op::Method { name, args, kwargs } => {
-                let (obj, rest) = args.split_first().expect("a method call has its object");
-                let method = obj.build(py, inputs)?.getattr(name.bind(py))?;
-                method.call(
-                    build_tuple(py, rest, inputs)?,
-                    build_kwargs(py, kwargs, inputs)?.as_ref(),
-                )
-            }
+        match self.prepare(py, inputs)? {
+            Work::Ready(value) => Ok(value),
+            Work::Call(call) => call.func.call(call.args, call.kwargs.as_ref()),
         }
     }
+
+    /// The task with its arguments built from `inputs`: a call to make, or, for a task that only
+    /// assembles values (a literal, or a container of other tasks' results), its value.
+    pub(crate) fn prepare<'py>(&self, py: Python<'py>, inputs: &[PyValue]) -> PyResult<Work<'py>> {
+        Ok(match &self.op {
+            Op::Value(arg) => Work::Ready(arg.build(py, inputs)?),
+            Op::Call { func, args, kwargs } => Work::Call(Call {
+                func: func.build(py, inputs)?,
+                args: build_tuple(py, args, inputs)?,
+                kwargs: build_kwargs(py, kwargs, inputs)?,
+            }),
+            Op::Method { name, args, kwargs } => {
+                let (obj, rest) = args.split_first().expect("a method call has its object");
+                Work::Call(Call {
+                    func: obj.build(py, inputs)?.getattr(name.bind(py))?,
+                    args: build_tuple(py, rest, inputs)?,
+                    kwargs: build_kwargs(py, kwargs, inputs)?,
+                })
+            }
+        })
+    }
+}
+
+pub(crate) enum Work<'py> {
+    Ready(Bound<'py, PyAny>),
+    Call(Call<'py>),
+}
+
+/// A call ready to make: `func(*args, **kwargs)`.
+pub(crate) struct Call<'py> {
+    pub(crate) func: Bound<'py, PyAny>,
+    pub(crate) args: Bound<'py, PyTuple>,
+    pub(crate) kwargs: Option<Bound<'py, PyDict>>,
 }
 
 fn build_tuple<'py>(

@@ -1,0 +1,150 @@
+"""The processes scheduler: results, reuse of the pool, and faults with real process deaths."""
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import belated
+from belated import compute, delayed
+
+
+def pid_of(_):
+    return os.getpid()
+
+
+def square(x):
+    return x * x
+
+
+def kill_once(marker):
+    """Dies by SIGKILL the first time it runs, then succeeds: a worker lost mid-task, once."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+def crash():
+    ctypes.string_at(0)
+
+
+def record(path):
+    with open(path, "w") as out:
+        out.write("ran")
+    return 1
+
+
+class Boom(Exception):
+    pass
+
+
+def explode(x):
+    raise Boom(f"bad {x}")
+
+
+def test_calls_run_in_reused_worker_processes():
+    first = set(compute(*[delayed(pid_of)(i) for i in range(8)], scheduler="processes", num_workers=2)[0:8])
+    assert os.getpid() not in first and 1 <= len(first) <= 2
+    again = set(compute(*[delayed(pid_of)(i) for i in range(8)], scheduler="processes", num_workers=2))
+    assert again <= first, "the pool is started once and reused"
+
+
+def test_results_match_local_runs():
+    x = delayed(square)(3)
+    q, r = delayed(divmod, nout=2)(x, 4)
+    array = np.arange(1_000_000, dtype=np.float64)
+    program = ([x, {"k": (x, x + 1)}], delayed("belated").upper(), q * 10 + r, delayed(np.sum)(array * 2))
+    assert compute(*program, scheduler="processes") == compute(*program, scheduler="sync")
+    doubled = delayed(np.multiply)(array, 2).compute(scheduler="processes")
+    assert np.array_equal(doubled, array * 2)
+
+
+def test_task_exceptions_come_back_as_themselves_with_the_workers_traceback():
+    with pytest.raises(Boom, match="bad 9") as caught:
+        delayed(explode)(delayed(square)(3)).compute(scheduler="processes")
+    notes = "\n".join(caught.value.__notes__)
+    assert "traceback in the worker process" in notes and "in explode" in notes
+
+
+def test_a_worker_killed_mid_task_is_replaced_and_the_task_retried(tmp_path):
+    marker = str(tmp_path / "killed-once")
+    assert delayed(kill_once)(marker).compute(scheduler="processes", retries=1) == "survived"
+    assert os.path.exists(marker)
+    assert delayed(square)(4).compute(scheduler="processes") == 16
+
+
+@pytest.mark.parametrize(
+    ("task", "death"),
+    [(delayed(os._exit), "exit status: 3"), (delayed(crash), "signal: 11")],
+    ids=["os._exit", "segfault"],
+)
+def test_a_task_that_always_kills_its_worker_fails_clearly(task, death):
+    call = task(3) if death.startswith("exit") else task()
+    with pytest.raises(
+        belated.WorkerLostError, match=f"failed after 3 tries: its worker process died .*{death}"
+    ):
+        call.compute(scheduler="processes", retries=2)
+    assert delayed(square)(5).compute(scheduler="processes") == 25, "the pool recovers"
+
+
+def test_unpicklable_arguments_are_reported_before_anything_runs(tmp_path):
+    marker = tmp_path / "ran"
+    lock = threading.Lock()
+    with pytest.raises(
+        belated.BelatedError, match=r"cannot be sent to a worker process: <unlocked _thread\.lock"
+    ):
+        compute(delayed(record)(str(marker)), delayed(square)(lock), scheduler="processes")
+    assert not marker.exists()
+
+
+def test_no_worker_outlives_its_parent(tmp_path):
+    pids = tmp_path / "pids"
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        from belated import compute, delayed
+
+        def report(i):
+            with open({str(pids)!r}, "a") as out:
+                out.write(f"{{os.getpid()}}\\n")
+            time.sleep(60)
+
+        compute(*[delayed(report)(i) for i in range(2)], scheduler="processes", num_workers=2)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (pids.exists() and len(pids.read_text().split()) == 2):
+        time.sleep(0.05)
+    workers = [int(pid) for pid in pids.read_text().split()]
+    assert len(workers) == 2
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers), "workers died with their parent"
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_progress_is_reported_for_process_runs():
+    from belated.diagnostics import Profiler
+
+    with Profiler() as profiler:
+        compute(*[delayed(square)(i) for i in range(5)], scheduler="processes", num_workers=2)
+    assert len(profiler.results) == 5
