@@ -40,7 +40,7 @@ cargo-test:
 	cargo test --workspace --quiet
 
 pytest: build
-	$(PY) -m pytest tests
+	$(PY) -m pytest
 
 bench: build
 	$(PY) benchmarks/bench.py
