@@ -142,9 +142,11 @@ def _alive(pid):
         return False
 
 
-def test_progress_is_reported_for_process_runs():
-    from belated.diagnostics import Profiler
+def test_diagnostics_see_process_runs():
+    from belated.diagnostics import Callback, Profiler
 
-    with Profiler() as profiler:
+    finished = []
+    with Profiler() as profiler, Callback(posttask=lambda key, result, *_: finished.append(result)):
         compute(*[delayed(square)(i) for i in range(5)], scheduler="processes", num_workers=2)
     assert len(profiler.results) == 5
+    assert sorted(finished) == [0, 1, 4, 9, 16]

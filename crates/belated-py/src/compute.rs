@@ -1,7 +1,8 @@
 //! `compute` and `persist`: flatten what the arguments need, run it, put the results back in place.
 //!
-//! Threads: a pool per worker count, started on first use and kept for the life of the process. The
-//! calling thread lets go of the interpreter while it waits, waking every [`SIGNAL_POLL`] to let Python
+//! Threads and processes: a pool per kind and worker count, started on first use and kept for the life
+//! of the process (a processes pool's threads each drive one worker process). The calling thread lets
+//! go of the interpreter while it waits, waking every [`SIGNAL_POLL`] to let Python
 //! deliver Ctrl-C, which cancels the computation. A compute called from inside a task runs inline on that
 //! worker, since waiting on the pool it occupies could wait forever.
 
@@ -90,23 +91,27 @@ impl Runner for PyRunner {
                 return Err(deadline.error());
             }
             let payload = self.nodes[task.index()].payload();
-            if let Some(launch) = &self.processes {
-                return Ok(PyValue(match payload.prepare(py, inputs)? {
-                    Work::Ready(value) => value.unbind(),
-                    Work::Call(call) => run_remote(py, payload, call, launch)?.unbind(),
-                }));
+            let listening = self
+                .hooks
+                .as_deref()
+                .map(|hooks| (hooks, payload.key_string(py)));
+            if let Some((hooks, key)) = &listening {
+                for pretask in &hooks.pretask {
+                    pretask.call1(py, (key, &hooks.graph, &hooks.state))?;
+                }
             }
-            let Some(hooks) = &self.hooks else {
-                return Ok(PyValue(payload.evaluate(py, inputs)?.unbind()));
+            let value = match &self.processes {
+                None => payload.evaluate(py, inputs)?,
+                Some(launch) => match payload.prepare(py, inputs)? {
+                    Work::Ready(value) => value,
+                    Work::Call(call) => run_remote(py, payload, call, launch)?,
+                },
             };
-            let key = payload.key_string(py);
-            for pretask in &hooks.pretask {
-                pretask.call1(py, (&key, &hooks.graph, &hooks.state))?;
-            }
-            let value = payload.evaluate(py, inputs)?;
-            let worker = current_worker().map_or(-1, |w| w as i64);
-            for posttask in &hooks.posttask {
-                posttask.call1(py, (&key, &value, &hooks.graph, &hooks.state, worker))?;
+            if let Some((hooks, key)) = &listening {
+                let worker = current_worker().map_or(-1, |w| w as i64);
+                for posttask in &hooks.posttask {
+                    posttask.call1(py, (key, &value, &hooks.graph, &hooks.state, worker))?;
+                }
             }
             Ok(PyValue(value.unbind()))
         })
