@@ -8,8 +8,10 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 
 .PHONY: demo test build lint cargo-test browser pytest bench clean
 
+# The seed tutorial twice: on the default threads, then on its Client(n_workers=4, threads_per_worker=4).
 demo: build
 	$(PY) examples/tutorial.py
+	$(PY) examples/tutorial.py --client
 
 test: lint cargo-test browser pytest
 

@@ -13,9 +13,11 @@ holds the GIL while parsing, so threads cannot reach that ideal (processes would
     python examples/tutorial.py            # the tutorial's sizes and sleeps
     python examples/tutorial.py --quick    # sleeps divided by 10, for tests
     python examples/tutorial.py --module dask   # the same script on dask, for comparison
+    python examples/tutorial.py --client        # on the seed's Client(n_workers=4, threads_per_worker=4)
 """
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -160,21 +162,28 @@ def example_5(dask, nap, rng):
     return sequential, lazy, rounds(20) * nap, "avg_num"
 
 
-def main():
-    parser = argparse.ArgumentParser(description="The dask.delayed tutorial on belated (or dask).")
-    parser.add_argument("--module", default="belated", choices=["belated", "dask"])
-    parser.add_argument("--quick", action="store_true", help="divide the sleeps by 10")
-    options = parser.parse_args()
-    dask = importlib.import_module(options.module)
-    if options.module == "dask":
+def run(module="belated", quick=False, client=False):
+    """Runs the five examples; returns ``(rows, failures)``: per example its name, sequential time, lazy
+    time and ideal time, and the names of examples whose results differ from sequential Python."""
+    dask = importlib.import_module(module)
+    if module == "dask":
         importlib.import_module("dask.delayed")
-    nap = 0.1 if options.quick else 1.0
+    nap = 0.1 if quick else 1.0
     rng = np.random.default_rng(2020)
-    print(f"{options.module} {dask.__version__}, {THREADS} threads, Python {sys.version.split()[0]}")
+    where = "a local cluster of 4 workers x 4 threads" if client else f"{THREADS} threads"
+    print(f"{module} {dask.__version__}, {where}, Python {sys.version.split()[0]}")
 
     failures = []
     rows = []
-    with tempfile.TemporaryDirectory() as folder, dask.config.set(num_workers=THREADS):
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(tempfile.TemporaryDirectory())
+        stack.enter_context(dask.config.set(num_workers=THREADS))
+        if client:
+            # The seed's optional cell: ``client = Client(n_workers=4, threads_per_worker=4)``.
+            started = time.perf_counter()
+            cluster = start_client(module)
+            stack.enter_context(cluster)
+            print(f"    {cluster!r} started in {time.perf_counter() - started:.2f} s")
         paths = write_temperatures(folder, rng)
         examples = [
             ("1: square(3) + square(4)", example_1(dask, nap)),
@@ -196,7 +205,30 @@ def main():
             if not same:
                 failures.append(name)
             rows.append((name, sequential_time, lazy_time, ideal))
+    return rows, failures
 
+
+def start_client(module):
+    if module == "dask":
+        from dask.distributed import Client
+
+        return Client(n_workers=4, threads_per_worker=4, dashboard_address=None)
+    import belated
+
+    return belated.Client(n_workers=4, threads_per_worker=4)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="The dask.delayed tutorial on belated (or dask).")
+    parser.add_argument("--module", default="belated", choices=["belated", "dask"])
+    parser.add_argument("--quick", action="store_true", help="divide the sleeps by 10")
+    parser.add_argument(
+        "--client",
+        action="store_true",
+        help="run on a local cluster, Client(n_workers=4, threads_per_worker=4)",
+    )
+    options = parser.parse_args()
+    rows, failures = run(options.module, options.quick, options.client)
     print()
     print(f"| example | sequential | {options.module} | speedup | ideal | gap to ideal |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -30,7 +30,7 @@ from belated._belated import (
     WorkerStartError,
     delayed,
 )
-from belated._dask import Client
+from belated._client import Client, Future
 from belated._visualize import Picture, visualize
 
 try:
@@ -45,6 +45,7 @@ __all__ = [
     "ComputeTimeoutError",
     "Dashboard",
     "Delayed",
+    "Future",
     "InternalError",
     "Picture",
     "WorkerLostError",

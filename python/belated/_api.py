@@ -15,7 +15,8 @@ os.register_at_fork(after_in_child=_belated.forget_pools_after_fork)
 def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
     """Runs compute or persist: options default to ``belated.config``; other engines get the graph."""
     scheduler = scheduler or config.get("scheduler", None) or "threads"
-    executor = executor_for(scheduler)
+    cluster = getattr(scheduler, "_cluster", None)
+    executor = None if cluster is not None else executor_for(scheduler)
     if executor is not None:
         if persist:
             raise NotImplementedError(
@@ -29,7 +30,11 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
     if retries is None:
         retries = config.get("retries", 1)
     callbacks = tuple(Callback.active)
-    return _belated.compute(args, scheduler, num_workers, traverse, callbacks, timeout, persist, retries)
+    if cluster is not None:
+        scheduler = "threads"
+    return _belated.compute(
+        args, scheduler, num_workers, traverse, callbacks, timeout, persist, retries, cluster
+    )
 
 
 def compute(
@@ -51,9 +56,9 @@ def compute(
     ``scheduler`` is ``"threads"`` (the default), ``"processes"`` (calls run in worker processes started
     once and reused; ``retries`` times a task is retried if its process dies, default 1) or ``"sync"``
     (everything on the calling thread, for debugging); ``num_workers`` sets the number of workers.
-    Both default to ``belated.config``. To scale
-    out: a ``belated.Client`` or Dask distributed ``Client`` (or ``"distributed"`` for the default one)
-    receives the whole graph in one submission; ``"ray"`` runs each task as a Ray task.
+    Both default to ``belated.config``. A ``belated.Client`` runs it on its cluster (the default
+    while the client is open). To scale out: a Dask distributed ``Client`` (or ``"distributed"`` for
+    the default one) receives the whole graph in one submission; ``"ray"`` runs each task as a Ray task.
 
     ``timeout`` (seconds, default ``belated.config`` ``timeout``) cancels a local computation that runs
     longer and raises ``belated.ComputeTimeoutError``; tasks already running cannot be stopped, so they

@@ -103,6 +103,7 @@ def compute(
     timeout: float | None = None,
     persist: bool = False,
     retries: int = 1,
+    cluster: Cluster | None = None,
 ) -> tuple[Any, ...]: ...
 def compute_with(
     objs: tuple[Any, ...], executor: Callable[..., Any], traverse: bool = True
@@ -116,6 +117,20 @@ def draw(
 ) -> tuple[str | bytes, list[tuple[str, int]]]: ...
 def start_dashboard(host: str = "127.0.0.1", port: int = 8787, token: str | None = None) -> str: ...
 def stop_dashboard() -> None: ...
+
+class Cluster:
+    """A local cluster's worker processes and the threads that drive them."""
+
+    def __init__(
+        self, n_workers: int, threads_per_worker: int, memory_limit: int | None = None, preload: list[str] = ...
+    ) -> None: ...
+    def close(self) -> None: ...
+    closed: bool
+    n_workers: int
+    threads_per_worker: int
+    memory_limit: int | None
+    pids: list[int]
+    def stats(self) -> dict[str, int]: ...
 
 class ComputeState:
     total: int

@@ -167,48 +167,8 @@ def executor_for(scheduler):
             distributed = _require("distributed", "dask")
             return distributed_executor(distributed.get_client())
         return None
-    client = getattr(scheduler, "_distributed_client", scheduler)
+    client = getattr(scheduler, "_distributed_client", None) or scheduler
     if type(client).__module__.startswith("distributed") and hasattr(client, "get"):
         return distributed_executor(client)
     choices = "'threads', 'sync', 'ray', 'distributed' or a distributed Client"
     raise TypeError(f"scheduler must be {choices}, got {scheduler!r}")
-
-
-class Client:
-    """A Dask distributed client that belated computes on while it is open, as in the dask tutorial.
-
-    ``Client("tcp://host:8786")`` connects to a running scheduler; ``Client(n_workers=4,
-    threads_per_worker=4)`` starts a local cluster through distributed's public API. Until ``close()``
-    (or the end of a ``with`` block), ``compute()`` sends every graph to it in one submission. Other
-    attributes are the distributed client's: ``client.compute(delayed_obj)`` returns its futures,
-    ``client.gather(...)`` collects them, and its repr shows workers, threads, memory and dashboard.
-    """
-
-    def __init__(self, address=None, **kwargs):
-        distributed = _require("distributed", "dask")
-        if isinstance(address, distributed.Client):
-            self._distributed_client = address
-        else:
-            self._distributed_client = distributed.Client(address, **kwargs)
-        from belated import config
-
-        self._config = config.set(scheduler=self)
-
-    def close(self):
-        self._config.__exit__(None, None, None)
-        self._distributed_client.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __getattr__(self, name):
-        return getattr(self._distributed_client, name)
-
-    def __repr__(self):
-        return repr(self._distributed_client)
-
-    def _repr_html_(self):
-        return self._distributed_client._repr_html_()

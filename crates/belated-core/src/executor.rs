@@ -30,6 +30,14 @@ pub trait Runner: Send + Sync + 'static {
 
     /// Runs `task` on its inputs, given in the order of [`Graph::deps`].
     fn run(&self, task: TaskId, inputs: &[Self::Value]) -> Result<Self::Value, Self::Error>;
+
+    /// The worker group where `task`, now ready, should run given its inputs (see
+    /// [`ThreadPool::with_groups`]); `None` lets any worker take it. Called under the job's lock: keep it
+    /// to a glance at the values.
+    fn place(&self, task: TaskId, inputs: &mut dyn Iterator<Item = &Self::Value>) -> Option<usize> {
+        let _ = (task, inputs);
+        None
+    }
 }
 
 /// Lets a caller keep a handle on its runner (to inspect it afterwards) while the job owns a clone.
@@ -39,6 +47,10 @@ impl<R: Runner> Runner for Arc<R> {
 
     fn run(&self, task: TaskId, inputs: &[Self::Value]) -> Result<Self::Value, Self::Error> {
         R::run(self, task, inputs)
+    }
+
+    fn place(&self, task: TaskId, inputs: &mut dyn Iterator<Item = &Self::Value>) -> Option<usize> {
+        R::place(self, task, inputs)
     }
 }
 
@@ -126,7 +138,7 @@ pub fn run_inline_observed<R: Runner>(
     runner: R,
     observer: Option<Arc<dyn Observer>>,
 ) -> Result<Vec<R::Value>, Error<R::Error>> {
-    let job = Job::new(graph, outputs, runner, observer);
+    let job = Job::new(graph, outputs, runner, observer, 1);
     job.work(None);
     job.take_result()
 }
@@ -155,6 +167,8 @@ struct JobState<R: Runner> {
 struct Garbage<R: Runner> {
     values: Vec<R::Value>,
     late_error: Option<Error<R::Error>>,
+    /// Scratch: the inputs a finished task let go of.
+    released: Vec<TaskId>,
 }
 
 impl<R: Runner> Job<R> {
@@ -163,8 +177,9 @@ impl<R: Runner> Job<R> {
         outputs: Vec<TaskId>,
         runner: R,
         observer: Option<Arc<dyn Observer>>,
+        groups: usize,
     ) -> Self {
-        let schedule = Schedule::new(&graph, &outputs);
+        let schedule = Schedule::new(&graph, &outputs, groups);
         let ready = schedule.ready_len();
         let outcome = schedule.is_finished().then_some(Ok(()));
         Job {
@@ -187,7 +202,9 @@ impl<R: Runner> Job<R> {
         let mut garbage = Garbage::<R> {
             values: Vec::new(),
             late_error: None,
+            released: Vec::new(),
         };
+        let group = pool.and_then(|pool| Some(WORKER_INDEX.get()? / pool.threads_per_group));
         let mut finished: Option<(TaskId, TaskResult<R>)> = None;
         loop {
             let next = {
@@ -196,7 +213,7 @@ impl<R: Runner> Job<R> {
                     self.record(&mut state, task, result, &mut garbage);
                 }
                 let next = match state.outcome {
-                    None => state.schedule.next_ready(),
+                    None => state.schedule.next_ready(group),
                     Some(_) => None,
                 };
                 if let Some(task) = next {
@@ -251,9 +268,20 @@ impl<R: Runner> Job<R> {
                     schedule, values, ..
                 } = state;
                 values[task.index()] = Some(value);
-                schedule.finish(&self.graph, task, |released| {
-                    garbage.values.extend(values[released.index()].take())
+                let place = |ready: TaskId| {
+                    let mut inputs = self
+                        .graph
+                        .deps(ready)
+                        .iter()
+                        .filter_map(|dep| values[dep.index()].as_ref());
+                    self.runner.place(ready, &mut inputs)
+                };
+                schedule.finish(&self.graph, task, place, |released| {
+                    garbage.released.push(released)
                 });
+                for released in garbage.released.drain(..) {
+                    garbage.values.extend(values[released.index()].take());
+                }
                 if !schedule.is_finished() {
                     return;
                 }
@@ -342,6 +370,9 @@ impl<R: Runner> Work for Job<R> {
 struct PoolShared {
     state: Mutex<PoolState>,
     wake: Condvar,
+    /// Consecutive worker indices form a placement group of this many threads.
+    threads_per_group: usize,
+    groups: usize,
     /// Workers waiting for work. Raised before a waiter looks for work and read after a job publishes
     /// ready tasks (both `SeqCst`), so at least one of the two sees the other and no wake-up is lost.
     idle: AtomicUsize,
@@ -400,8 +431,23 @@ impl std::fmt::Debug for ThreadPool {
 
 impl ThreadPool {
     pub fn new(threads: usize, host: Arc<dyn ThreadHost>) -> std::io::Result<Self> {
+        Self::with_groups(1, threads, host)
+    }
+
+    /// A pool of `groups` placement groups of `threads_per_group` threads each (worker indices
+    /// `g * threads_per_group ..`), for runners whose results live with a group (a worker process)
+    /// and which [`Runner::place`] tasks near their inputs.
+    pub fn with_groups(
+        groups: usize,
+        threads_per_group: usize,
+        host: Arc<dyn ThreadHost>,
+    ) -> std::io::Result<Self> {
+        let (groups, threads_per_group) = (groups.max(1), threads_per_group.max(1));
+        let threads = groups * threads_per_group;
         let pool = ThreadPool {
             shared: Arc::new(PoolShared {
+                threads_per_group,
+                groups,
                 state: Mutex::new(PoolState {
                     jobs: Vec::new(),
                     shutdown: false,
@@ -412,7 +458,7 @@ impl ThreadPool {
             }),
             threads: Mutex::new(Vec::with_capacity(threads)),
         };
-        for i in 0..threads.max(1) {
+        for i in 0..threads {
             let shared = Arc::clone(&pool.shared);
             let handle = std::thread::Builder::new()
                 .name(format!("belated-worker-{i}"))
@@ -446,7 +492,13 @@ impl ThreadPool {
         runner: R,
         observer: Option<Arc<dyn Observer>>,
     ) -> JobHandle<R> {
-        let job = Arc::new(Job::new(graph, outputs, runner, observer));
+        let job = Arc::new(Job::new(
+            graph,
+            outputs,
+            runner,
+            observer,
+            self.shared.groups,
+        ));
         let ready = job.ready_hint.load(SeqCst);
         {
             let mut state = self.shared.state.lock();

@@ -37,7 +37,7 @@ impl fmt::Display for TaskId {
 }
 
 /// Dependencies and dependents of every task, as two compressed adjacency lists.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Graph {
     dep_start: Vec<u32>,
     deps: Vec<TaskId>,

@@ -315,3 +315,60 @@ fn observers_see_every_task_start_and_finish_on_its_worker() {
         .iter()
         .all(|(_, worker, _)| matches!(worker, Some(w) if *w < 3)));
 }
+
+/// Results remember the group that computed them, and tasks are placed with their first input.
+struct Located {
+    ran_on: Vec<AtomicUsize>,
+}
+
+impl Runner for Located {
+    type Value = usize;
+    type Error = String;
+
+    fn run(&self, task: TaskId, _inputs: &[usize]) -> Result<usize, String> {
+        std::thread::sleep(Duration::from_micros(200));
+        let group = belated_core::current_worker().expect("a pool worker") / 2;
+        self.ran_on[task.index()].store(group, SeqCst);
+        Ok(group)
+    }
+
+    fn place(&self, _task: TaskId, inputs: &mut dyn Iterator<Item = &usize>) -> Option<usize> {
+        inputs.next().copied()
+    }
+}
+
+#[test]
+fn chains_stay_on_the_group_that_holds_their_inputs_while_it_has_threads_free() {
+    // Two groups of two threads, four independent chains: each group can carry two chains, so no
+    // chain ever needs to move.
+    let (chains, length) = (4usize, 40usize);
+    let mut deps = Vec::new();
+    for _ in 0..chains {
+        deps.push(vec![]);
+        for _ in 1..length {
+            deps.push(vec![TaskId((deps.len() - 1) as u32)]);
+        }
+    }
+    let outputs: Vec<TaskId> = (1..=chains)
+        .map(|c| TaskId((c * length - 1) as u32))
+        .collect();
+    let graph = Graph::from_deps::<(), _, _>(deps).unwrap();
+    let runner = Arc::new(Located {
+        ran_on: (0..graph.len())
+            .map(|_| AtomicUsize::new(usize::MAX))
+            .collect(),
+    });
+    let pool = ThreadPool::with_groups(2, 2, Arc::new(PlainHost)).unwrap();
+    let handle = pool.submit(graph, outputs, Arc::clone(&runner));
+    assert!(handle.wait_timeout(TIMEOUT));
+    handle.result().unwrap();
+    for chain in 0..chains {
+        let groups: Vec<usize> = (0..length)
+            .map(|i| runner.ran_on[chain * length + i].load(SeqCst))
+            .collect();
+        assert!(
+            groups.iter().all(|&g| g == groups[0]),
+            "chain {chain} moved: {groups:?}"
+        );
+    }
+}

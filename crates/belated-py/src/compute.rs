@@ -18,6 +18,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 
+use crate::cluster::{Cluster, ClusterRunner};
 use crate::dashboard::HubObserver;
 use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
@@ -34,7 +35,7 @@ type PoolKey = (bool, usize);
 static POOLS: Mutex<Vec<(PoolKey, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
 
 /// Worker threads attach to the interpreter once for their whole life, and detach only to wait.
-struct PythonHost;
+pub(crate) struct PythonHost;
 
 impl ThreadHost for PythonHost {
     fn run_thread(&self, body: &mut dyn FnMut()) {
@@ -48,13 +49,54 @@ impl ThreadHost for PythonHost {
 
 struct PyRunner {
     nodes: Arc<[Arc<TaskNode>]>,
-    /// Inline runs hold the interpreter throughout, so they look for Ctrl-C between tasks themselves.
-    check_signals: bool,
-    hooks: Option<Arc<TaskHooks>>,
-    /// When an inline run must give up; checked between tasks (a pool run is watched by its caller).
-    deadline: Option<Deadline>,
+    guard: TaskGuard,
     /// Set for the processes scheduler: calls run in this thread's worker process.
     processes: Option<Launch>,
+}
+
+/// What runs around every task: Ctrl-C, the time limit and the per-task callbacks.
+pub(crate) struct TaskGuard {
+    /// Inline runs hold the interpreter throughout, so they look for Ctrl-C between tasks themselves.
+    check_signals: bool,
+    /// When an inline run must give up; checked between tasks (a pool run is watched by its caller).
+    deadline: Option<Deadline>,
+    hooks: Option<Arc<TaskHooks>>,
+}
+
+impl TaskGuard {
+    /// Checks whether the task may start and tells the `pretask` callbacks; returns its key when
+    /// `posttask` callbacks will want it.
+    pub(crate) fn before(&self, py: Python<'_>, node: &TaskNode) -> PyResult<Option<String>> {
+        if self.check_signals {
+            py.check_signals()?;
+        }
+        if let Some(deadline) = self.deadline.filter(Deadline::passed) {
+            return Err(deadline.error());
+        }
+        let Some(hooks) = &self.hooks else {
+            return Ok(None);
+        };
+        let key = node.payload().key_string(py);
+        for pretask in &hooks.pretask {
+            pretask.call1(py, (&key, &hooks.graph, &hooks.state))?;
+        }
+        Ok(Some(key))
+    }
+
+    pub(crate) fn after(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        if let Some(hooks) = &self.hooks {
+            let worker = current_worker().map_or(-1, |w| w as i64);
+            for posttask in &hooks.posttask {
+                posttask.call1(py, (key, value, &hooks.graph, &hooks.state, worker))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A compute's time limit.
@@ -84,22 +126,9 @@ impl Runner for PyRunner {
 
     fn run(&self, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
         Python::attach(|py| {
-            if self.check_signals {
-                py.check_signals()?;
-            }
-            if let Some(deadline) = self.deadline.filter(Deadline::passed) {
-                return Err(deadline.error());
-            }
-            let payload = self.nodes[task.index()].payload();
-            let listening = self
-                .hooks
-                .as_deref()
-                .map(|hooks| (hooks, payload.key_string(py)));
-            if let Some((hooks, key)) = &listening {
-                for pretask in &hooks.pretask {
-                    pretask.call1(py, (key, &hooks.graph, &hooks.state))?;
-                }
-            }
+            let node = &self.nodes[task.index()];
+            let key = self.guard.before(py, node)?;
+            let payload = node.payload();
             let value = match &self.processes {
                 None => payload.evaluate(py, inputs)?,
                 Some(launch) => match payload.prepare(py, inputs)? {
@@ -107,11 +136,8 @@ impl Runner for PyRunner {
                     Work::Call(call) => run_remote(py, payload, call, launch)?,
                 },
             };
-            if let Some((hooks, key)) = &listening {
-                let worker = current_worker().map_or(-1, |w| w as i64);
-                for posttask in &hooks.posttask {
-                    posttask.call1(py, (key, &value, &hooks.graph, &hooks.state, worker))?;
-                }
+            if let Some(key) = key {
+                self.guard.after(py, &key, &value)?;
             }
             Ok(PyValue(value.unbind()))
         })
@@ -193,9 +219,17 @@ enum Mode {
     Inline,
     Threads(usize),
     Processes(usize),
+    Cluster(Py<Cluster>),
 }
 
-fn mode(scheduler: &str, num_workers: Option<usize>) -> PyResult<Mode> {
+fn mode(
+    scheduler: &str,
+    num_workers: Option<usize>,
+    cluster: Option<Py<Cluster>>,
+) -> PyResult<Mode> {
+    if let Some(cluster) = cluster {
+        return Ok(Mode::Cluster(cluster));
+    }
     let workers = || match num_workers {
         Some(0) => Err(PyValueError::new_err("num_workers must be at least 1")),
         Some(n) => Ok(n),
@@ -228,7 +262,6 @@ fn pool(processes: bool, threads: usize) -> PyResult<Arc<ThreadPool>> {
     Ok(pool)
 }
 
-/// Runs the graph the roots need and returns their results in order.
 /// How to run one computation: the scheduler, and compute's options.
 struct Run<'a, 'py> {
     mode: Mode,
@@ -237,6 +270,45 @@ struct Run<'a, 'py> {
     retries: usize,
 }
 
+/// What watches a pooled computation from the calling thread.
+struct Watch<'a> {
+    deadline: Option<Deadline>,
+    dashboard: &'a Option<Arc<HubObserver>>,
+    listeners: &'a Option<Listeners>,
+}
+
+/// Submits to `pool` and waits, letting Python deliver Ctrl-C (which cancels) and enforcing the deadline.
+fn run_pooled<R: Runner<Error = PyErr>>(
+    py: Python<'_>,
+    pool: &ThreadPool,
+    (graph, outputs): (belated_core::Graph, Vec<TaskId>),
+    runner: R,
+    observer: Option<Arc<dyn Observer>>,
+    watch: Watch<'_>,
+) -> PyResult<Result<Vec<R::Value>, belated_core::Error<PyErr>>> {
+    let handle = pool.submit_observed(graph, outputs, runner, observer);
+    loop {
+        if py.detach(|| handle.wait_timeout(SIGNAL_POLL)) {
+            return Ok(handle.result());
+        }
+        let stop = match py.check_signals() {
+            Err(interrupt) => Some(interrupt),
+            Ok(()) => watch.deadline.filter(Deadline::passed).map(|d| d.error()),
+        };
+        if let Some(interrupt) = stop {
+            handle.cancel();
+            if let Some(dashboard) = watch.dashboard {
+                dashboard.end(false);
+            }
+            if let Some(listeners) = watch.listeners {
+                listeners.finish(py, true)?;
+            }
+            return Err(interrupt);
+        }
+    }
+}
+
+/// Runs the graph the roots need and returns their results in order.
 fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResult<Vec<PyValue>> {
     let Run {
         mode,
@@ -259,21 +331,23 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
     } else {
         Some(Listeners::start(py, &nodes, callbacks)?)
     };
-    let pooled = match mode {
-        Mode::Inline => None,
-        Mode::Threads(threads) => Some((false, threads)),
-        Mode::Processes(threads) => Some((true, threads)),
+    // A compute called from inside a task runs inline on that worker.
+    let mode = if on_worker_thread() {
+        Mode::Inline
+    } else {
+        mode
     };
-    let pooled = pooled.filter(|_| !on_worker_thread());
-    let inline = pooled.is_none();
-    let workers = pooled.map_or(0, |(_, threads)| threads);
-    let processes = match pooled {
-        Some((true, _)) => {
-            check_picklable(py, &nodes)?;
-            Some(Launch::from_interpreter(py, retries)?)
+    let workers = match &mode {
+        Mode::Inline => 0,
+        Mode::Threads(threads) | Mode::Processes(threads) => *threads,
+        Mode::Cluster(cluster) => {
+            let shared = &cluster.get().shared;
+            shared.workers() * shared.threads_per_worker()
         }
-        _ => None,
     };
+    if matches!(mode, Mode::Processes(_) | Mode::Cluster(_)) {
+        check_picklable(py, &nodes)?;
+    }
     let dashboard = HubObserver::begin(py, &nodes, &graph, workers);
     let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
     if let Some(listeners) = &listeners {
@@ -287,42 +361,67 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
         1 => observers.pop(),
         _ => Some(Arc::new(Fanout(observers)) as Arc<dyn Observer>),
     };
-    let runner = PyRunner {
-        nodes: Arc::clone(&nodes),
-        check_signals: inline,
+    let guard = TaskGuard {
+        check_signals: matches!(mode, Mode::Inline),
         deadline,
-        processes,
         // Keys are made only when a per-task callback will receive them.
         hooks: listeners
             .as_ref()
             .filter(|l| !l.hooks.pretask.is_empty() || !l.hooks.posttask.is_empty())
             .map(|l| Arc::clone(&l.hooks)),
     };
-    let result = match pooled {
-        Some((processes, threads)) => {
-            let handle =
-                pool(processes, threads)?.submit_observed(graph, outputs, runner, observer);
-            loop {
-                if py.detach(|| handle.wait_timeout(SIGNAL_POLL)) {
-                    break handle.result();
-                }
-                let stop = match py.check_signals() {
-                    Err(interrupt) => Some(interrupt),
-                    Ok(()) => deadline.filter(Deadline::passed).map(|d| d.error()),
-                };
-                if let Some(interrupt) = stop {
-                    handle.cancel();
-                    if let Some(dashboard) = &dashboard {
-                        dashboard.end(false);
-                    }
-                    if let Some(listeners) = &listeners {
-                        listeners.finish(py, true)?;
-                    }
-                    return Err(interrupt);
-                }
-            }
+    let watch = Watch {
+        deadline,
+        dashboard: &dashboard,
+        listeners: &listeners,
+    };
+    let runner = |guard, processes| PyRunner {
+        nodes: Arc::clone(&nodes),
+        guard,
+        processes,
+    };
+    let result = match mode {
+        Mode::Inline => run_inline_observed(graph, outputs, runner(guard, None), observer),
+        Mode::Threads(threads) => run_pooled(
+            py,
+            &*pool(false, threads)?,
+            (graph, outputs),
+            runner(guard, None),
+            observer,
+            watch,
+        )?,
+        Mode::Processes(threads) => {
+            let launch = Launch::from_interpreter(py, retries)?;
+            run_pooled(
+                py,
+                &*pool(true, threads)?,
+                (graph, outputs),
+                runner(guard, Some(launch)),
+                observer,
+                watch,
+            )?
         }
-        None => run_inline_observed(graph, outputs, runner, observer),
+        Mode::Cluster(cluster) => {
+            let cluster = cluster.get();
+            let pool = cluster.pool()?;
+            let runner =
+                ClusterRunner::new(&cluster.shared, &nodes, &graph, &outputs, guard, retries);
+            let wanted = outputs.clone();
+            let result = run_pooled(py, &pool, (graph, outputs), runner, observer, watch);
+            py.detach(|| cluster.shared.flush_releases());
+            result?.and_then(|values| {
+                values
+                    .into_iter()
+                    .zip(wanted)
+                    .map(|(held, task)| {
+                        held.local.ok_or_else(|| belated_core::Error::Panic {
+                            task,
+                            message: "its result stayed in a worker instead of coming back".into(),
+                        })
+                    })
+                    .collect()
+            })
+        }
     };
     if let Some(dashboard) = &dashboard {
         dashboard.end(result.is_ok());
@@ -338,7 +437,7 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
 #[pyfunction]
 #[pyo3(signature = (
     objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None, persist=false,
-    retries=1
+    retries=1, cluster=None
 ))]
 #[allow(clippy::too_many_arguments)] // compute's keyword arguments, as Python passes them
 pub(crate) fn compute<'py>(
@@ -351,9 +450,10 @@ pub(crate) fn compute<'py>(
     timeout: Option<f64>,
     persist: bool,
     retries: usize,
+    cluster: Option<Py<Cluster>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let run = Run {
-        mode: mode(scheduler, num_workers)?,
+        mode: mode(scheduler, num_workers, cluster)?,
         callbacks: &callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py)),
         timeout,
         retries,

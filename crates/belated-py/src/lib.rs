@@ -2,6 +2,7 @@
 //! ([`task`]), the `Delayed` type ([`delayed`]), running graphs ([`compute`]), the graph as Python data
 //! ([`export`]) and the one mapping of engine errors to exceptions ([`errors`]).
 
+mod cluster;
 mod compute;
 mod dashboard;
 mod delayed;
@@ -18,6 +19,7 @@ use pyo3::prelude::*;
 fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<delayed::Delayed>()?;
+    m.add_class::<cluster::Cluster>()?;
     m.add_class::<diagnostics::ComputeState>()?;
     m.add_class::<diagnostics::TaskGraph>()?;
     m.add_function(wrap_pyfunction!(delayed::delayed, m)?)?;

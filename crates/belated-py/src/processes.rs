@@ -32,6 +32,8 @@ pub(crate) struct Launch {
     /// reference included).
     pub(crate) path: String,
     pub(crate) retries: usize,
+    /// Modules a cluster's workers import once they listen.
+    pub(crate) preload: Vec<String>,
 }
 
 impl Launch {
@@ -43,6 +45,7 @@ impl Launch {
             python: sys.getattr("executable")?.extract()?,
             path: path.join(&separator),
             retries,
+            preload: Vec::new(),
         })
     }
 }
@@ -73,22 +76,7 @@ impl Worker {
 
     /// Sends one message and waits for the reply; an error means the worker is gone.
     fn exchange(&mut self, frames: &[Vec<u8>]) -> std::io::Result<Vec<Vec<u8>>> {
-        self.requests
-            .write_all(&(frames.len() as u64).to_le_bytes())?;
-        for frame in frames {
-            self.requests
-                .write_all(&(frame.len() as u64).to_le_bytes())?;
-            self.requests.write_all(frame)?;
-        }
-        self.requests.flush()?;
-        let count = read_u64(&mut self.replies)?;
-        (0..count)
-            .map(|_| {
-                let mut frame = vec![0u8; read_u64(&mut self.replies)? as usize];
-                self.replies.read_exact(&mut frame)?;
-                Ok(frame)
-            })
-            .collect()
+        exchange(&mut self.requests, &mut self.replies, frames)
     }
 
     /// How the worker ended (for error messages); its pipe has broken, so it has or soon will.
@@ -117,6 +105,28 @@ impl Drop for Worker {
     }
 }
 
+/// Sends one message (its frames) and reads the reply, in the framing of `belated._worker`.
+pub(crate) fn exchange(
+    requests: &mut impl Write,
+    replies: &mut impl Read,
+    frames: &[Vec<u8>],
+) -> std::io::Result<Vec<Vec<u8>>> {
+    requests.write_all(&(frames.len() as u64).to_le_bytes())?;
+    for frame in frames {
+        requests.write_all(&(frame.len() as u64).to_le_bytes())?;
+        requests.write_all(frame)?;
+    }
+    requests.flush()?;
+    let count = read_u64(replies)?;
+    (0..count)
+        .map(|_| {
+            let mut frame = vec![0u8; read_u64(replies)? as usize];
+            replies.read_exact(&mut frame)?;
+            Ok(frame)
+        })
+        .collect()
+}
+
 fn read_u64(reader: &mut impl Read) -> std::io::Result<u64> {
     let mut bytes = [0u8; 8];
     reader.read_exact(&mut bytes)?;
@@ -128,7 +138,7 @@ thread_local! {
     static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
 }
 
-fn helper<'py>(
+pub(crate) fn helper<'py>(
     py: Python<'py>,
     cell: &'static PyOnceLock<Py<PyAny>>,
     name: &str,
@@ -137,10 +147,10 @@ fn helper<'py>(
 }
 
 /// Pickles `call` into frames: the pickle, then its out-of-band buffers.
-fn frames_of(py: Python<'_>, call: &Call<'_>) -> PyResult<Vec<Vec<u8>>> {
-    static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let message = (&call.func, &call.args, &call.kwargs);
-    let frames = helper(py, &DUMPS, "dumps")?.call1((message,))?;
+pub(crate) fn frames_of(py: Python<'_>, call: &Call<'_>) -> PyResult<Vec<Vec<u8>>> {
+    static DUMPS_CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let frames =
+        helper(py, &DUMPS_CALL, "dumps_call")?.call1((&call.func, &call.args, &call.kwargs))?;
     frames
         .cast::<PyList>()?
         .iter()
@@ -197,6 +207,11 @@ pub(crate) fn run_remote<'py>(
             }
         }
     };
+    decode_reply(py, &reply)
+}
+
+/// A worker's reply: the value, or the task's own exception with the worker's traceback as a note.
+pub(crate) fn decode_reply<'py>(py: Python<'py>, reply: &[Vec<u8>]) -> PyResult<Bound<'py, PyAny>> {
     static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let frames = PyList::new(py, reply.iter().map(|frame| PyBytes::new(py, frame)))?;
     let reply = helper(py, &LOADS, "loads")?.call1((frames,))?;

@@ -169,6 +169,47 @@ impl PyTask {
     }
 }
 
+impl PyTask {
+    /// The task as a call made entirely where its inputs are (they may be stand-ins that only mean
+    /// something in a worker process): even building a container or looking up a method happens there.
+    pub(crate) fn prepare_remote<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: &[PyValue],
+    ) -> PyResult<Call<'py>> {
+        static IDENTITY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static CALL_METHOD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        Ok(match &self.op {
+            Op::Value(arg) => Call {
+                func: IDENTITY.import(py, "belated._worker", "identity")?.clone(),
+                args: PyTuple::new(py, [arg.build(py, inputs)?])?,
+                kwargs: None,
+            },
+            Op::Call { func, args, kwargs } => Call {
+                func: func.build(py, inputs)?,
+                args: build_tuple(py, args, inputs)?,
+                kwargs: build_kwargs(py, kwargs, inputs)?,
+            },
+            Op::Method { name, args, kwargs } => {
+                let (obj, rest) = args.split_first().expect("a method call has its object");
+                let call_args = (
+                    obj.build(py, inputs)?,
+                    name.bind(py),
+                    build_tuple(py, rest, inputs)?,
+                    build_kwargs(py, kwargs, inputs)?,
+                );
+                Call {
+                    func: CALL_METHOD
+                        .import(py, "belated._belated", "call_method")?
+                        .clone(),
+                    args: call_args.into_pyobject(py)?,
+                    kwargs: None,
+                }
+            }
+        })
+    }
+}
+
 pub(crate) enum Work<'py> {
     Ready(Bound<'py, PyAny>),
     Call(Call<'py>),

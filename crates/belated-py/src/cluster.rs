@@ -1,0 +1,936 @@
+//! A local cluster: worker processes managed by the engine, each running several tasks at once on its
+//! own threads and keeping the results it computed.
+//!
+//! Policy and invariants:
+//! - A cluster of `n` workers of `t` threads is a [`ThreadPool`] of `n` placement groups of `t` threads;
+//!   each pool thread drives one thread of its group's worker process over its own connection.
+//! - Results stay in the worker that computed them; only outputs come back to this process. A task is
+//!   placed on the worker holding most of its inputs; an input held by another worker is fetched from
+//!   it (through this process: workers never talk to each other) and the receiving worker keeps its copy
+//!   for later tasks. A released result is forgotten by its workers with the next request they receive.
+//! - Workers listen on unix sockets in a directory only the user can enter, never on a TCP port. They
+//!   die with the cluster: the keeper thread spawns them all (so `PR_SET_PDEATHSIG` fires when this
+//!   process dies), and they exit when their standard input, held by the cluster, closes.
+//! - A worker that dies (killed, crashed, over its memory limit) is replaced. Tasks it was running are
+//!   retried up to `retries` times; results it held are recomputed from their lineage by the task that
+//!   needs them, on that task's worker.
+
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, BufWriter};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use belated_core::{current_worker, Graph, Runner, TaskId, ThreadPool};
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
+use rustc_hash::FxHashMap;
+
+use crate::compute::{PythonHost, TaskGuard};
+use crate::errors::{BelatedError, WorkerLostError, WorkerStartError};
+use crate::processes::{decode_reply, exchange, frames_of, helper, Launch};
+use crate::task::{PyValue, TaskNode, Work};
+
+const RUN: u64 = 1;
+const FETCH: u64 = 2;
+/// Request flags: the worker stores the result (other tasks need it) and/or sends it (an output).
+const KEEP: u8 = 1;
+const SEND: u8 = 2;
+
+/// How often the keeper looks at the workers' memory.
+const MEMORY_POLL: Duration = Duration::from_millis(100);
+/// How long a new worker may take to import its modules and listen.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+static NEXT_CLUSTER: AtomicU64 = AtomicU64::new(0);
+
+/// A running worker process. Dropping it kills and reaps it.
+struct Process {
+    child: Child,
+    /// Held open: the worker exits when it closes.
+    _stdin: ChildStdin,
+    /// Set by the keeper when it killed the worker for using this many bytes.
+    over_memory: Option<u64>,
+}
+
+impl Process {
+    /// Why the worker ended (its connection broke, so it has, or soon will).
+    fn ending(&mut self, memory_limit: Option<u64>) -> String {
+        if let (Some(used), Some(limit)) = (self.over_memory, memory_limit) {
+            return format!(
+                "it was killed for using {} MB, over its memory_limit of {} MB",
+                used >> 20,
+                limit >> 20
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return format!("it died ({status})"),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) => return "it stopped answering".to_string(),
+                Err(error) => return format!("it died ({error})"),
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One side of a connection to a worker thread.
+struct Conn {
+    requests: BufWriter<UnixStream>,
+    replies: BufReader<UnixStream>,
+}
+
+impl Conn {
+    fn open(path: &PathBuf) -> std::io::Result<Self> {
+        let stream = UnixStream::connect(path)?;
+        Ok(Conn {
+            requests: BufWriter::new(stream.try_clone()?),
+            replies: BufReader::new(stream),
+        })
+    }
+
+    fn exchange(&mut self, frames: &[Vec<u8>]) -> std::io::Result<Vec<Vec<u8>>> {
+        exchange(&mut self.requests, &mut self.replies, frames)
+    }
+}
+
+struct Slot {
+    /// `None` once the cluster is closed.
+    process: Option<Process>,
+    /// The connection fetches go through, to the current generation.
+    fetches: Option<Conn>,
+    /// How the previous generation ended.
+    last_death: String,
+}
+
+type Spawned = Result<Process, String>;
+
+/// Work for the keeper thread, which starts every worker process.
+struct SpawnRequest {
+    groups: Vec<usize>,
+    reply: mpsc::Sender<Vec<Spawned>>,
+}
+
+/// What the cluster has done that a user may ask about.
+#[derive(Default)]
+struct Stats {
+    transferred: AtomicU64,
+    recomputed: AtomicU64,
+    replaced: AtomicU64,
+}
+
+pub(crate) struct ClusterShared {
+    id: u64,
+    threads_per_worker: usize,
+    memory_limit: Option<u64>,
+    socket_dir: PathBuf,
+    slots: Vec<Mutex<Slot>>,
+    /// Each worker's generation, bumped when it is replaced: results of older generations are lost.
+    generations: Vec<AtomicU64>,
+    /// Ids each worker may forget, sent with its next request.
+    releases: Vec<Mutex<Vec<u64>>>,
+    next_id: AtomicU64,
+    keeper: Mutex<Option<mpsc::Sender<SpawnRequest>>>,
+    closed: AtomicBool,
+    stats: Stats,
+}
+
+impl ClusterShared {
+    fn socket(socket_dir: &std::path::Path, group: usize) -> PathBuf {
+        socket_dir.join(format!("worker-{group}.sock"))
+    }
+
+    pub(crate) fn workers(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn threads_per_worker(&self) -> usize {
+        self.threads_per_worker
+    }
+
+    fn generation(&self, group: usize) -> u64 {
+        self.generations[group].load(SeqCst)
+    }
+
+    fn alive(&self, remote: &Remote) -> bool {
+        self.generation(remote.group) == remote.generation
+    }
+
+    fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, SeqCst)
+    }
+
+    fn take_releases(&self, group: usize) -> Vec<u64> {
+        std::mem::take(&mut *self.releases[group].lock())
+    }
+
+    fn spawn(&self, groups: Vec<usize>) -> Result<Vec<Spawned>, String> {
+        let (reply, replies) = mpsc::channel();
+        let keeper = self.keeper.lock().clone();
+        keeper
+            .ok_or("the cluster is closed")?
+            .send(SpawnRequest { groups, reply })
+            .map_err(|_| "the cluster is closed")?;
+        replies
+            .recv()
+            .map_err(|_| "the cluster is closed".to_string())
+    }
+
+    /// Replaces the worker of `group` if it is still at `generation`; returns how that one ended.
+    fn replace(&self, group: usize, generation: u64) -> Result<String, String> {
+        let mut slot = self.slots[group].lock();
+        if self.generation(group) != generation {
+            return Ok(slot.last_death.clone());
+        }
+        let Some(mut old) = slot.process.take() else {
+            return Err("the cluster is closed".to_string());
+        };
+        let why = old.ending(self.memory_limit);
+        drop(old);
+        slot.fetches = None;
+        self.releases[group].lock().clear();
+        let new = self.spawn(vec![group])?.pop().expect("one per group")?;
+        slot.process = Some(new);
+        slot.last_death = why.clone();
+        self.generations[group].fetch_add(1, SeqCst);
+        self.stats.replaced.fetch_add(1, SeqCst);
+        Ok(why)
+    }
+
+    /// Sends a request to this pool thread's connection to the worker of `group` at `generation`.
+    fn run_on(
+        &self,
+        group: usize,
+        generation: u64,
+        frames: &[Vec<u8>],
+    ) -> std::io::Result<Vec<Vec<u8>>> {
+        LINK.with_borrow_mut(|link| {
+            let current = link
+                .as_ref()
+                .is_some_and(|l| l.cluster == self.id && l.generation == generation);
+            if !current {
+                *link = None;
+                *link = Some(Link {
+                    cluster: self.id,
+                    generation,
+                    conn: Conn::open(&Self::socket(&self.socket_dir, group))?,
+                });
+            }
+            let reply = link.as_mut().expect("opened above").conn.exchange(frames);
+            if reply.is_err() {
+                *link = None;
+            }
+            reply
+        })
+    }
+
+    /// The reply of the worker of `group` to a fetch of `ids`: a pickled list of their values.
+    fn fetch(&self, group: usize, generation: u64, ids: &[u64]) -> std::io::Result<Vec<Vec<u8>>> {
+        let mut slot = self.slots[group].lock();
+        if self.generation(group) != generation || slot.process.is_none() {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        }
+        if slot.fetches.is_none() {
+            slot.fetches = Some(Conn::open(&Self::socket(&self.socket_dir, group))?);
+        }
+        let releases = self.take_releases(group);
+        let mut rest = Vec::with_capacity(ids.len() + 1);
+        rest.push(ids.len() as u64);
+        rest.extend_from_slice(ids);
+        let request = [header(FETCH, &releases, &rest)];
+        let reply = slot
+            .fetches
+            .as_mut()
+            .expect("opened above")
+            .exchange(&request);
+        if reply.is_err() {
+            slot.fetches = None;
+        }
+        reply
+    }
+
+    /// Sends every worker the releases waiting for it, so results nobody needs stop taking memory
+    /// between computations.
+    pub(crate) fn flush_releases(&self) {
+        for group in 0..self.workers() {
+            if !self.releases[group].lock().is_empty() {
+                let _ = self.fetch(group, self.generation(group), &[]);
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, SeqCst);
+        *self.keeper.lock() = None;
+        for slot in &self.slots {
+            let mut slot = slot.lock();
+            slot.fetches = None;
+            slot.process = None;
+        }
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
+    }
+}
+
+fn header(op: u64, releases: &[u64], rest: &[u64]) -> Vec<u8> {
+    let mut words = Vec::with_capacity(2 + releases.len() + rest.len());
+    words.push(op);
+    words.push(releases.len() as u64);
+    words.extend_from_slice(releases);
+    words.extend_from_slice(rest);
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+struct Link {
+    cluster: u64,
+    generation: u64,
+    conn: Conn,
+}
+
+thread_local! {
+    /// This pool thread's connection to its worker.
+    static LINK: RefCell<Option<Link>> = const { RefCell::new(None) };
+}
+
+/// The keeper: starts worker processes (all of them, so they die with this long-lived thread, not
+/// with whichever thread asked) and kills any that go over the memory limit.
+fn keep(
+    launch: Launch,
+    socket_dir: PathBuf,
+    memory_limit: Option<u64>,
+    requests: mpsc::Receiver<SpawnRequest>,
+    cluster: Weak<ClusterShared>,
+) {
+    loop {
+        match requests.recv_timeout(MEMORY_POLL) {
+            Ok(SpawnRequest { groups, reply }) => {
+                let started: Vec<_> = groups
+                    .iter()
+                    .map(|&group| start_worker(&launch, &socket_dir, group))
+                    .collect();
+                let ready = started
+                    .into_iter()
+                    .map(|s| s.and_then(wait_ready))
+                    .collect();
+                let _ = reply.send(ready);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let Some(cluster) = cluster.upgrade() else {
+                    return;
+                };
+                if let Some(limit) = memory_limit {
+                    enforce_memory_limit(&cluster, limit);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn start_worker(
+    launch: &Launch,
+    socket_dir: &std::path::Path,
+    group: usize,
+) -> Result<(Child, BufReader<std::process::ChildStdout>), String> {
+    let socket = ClusterShared::socket(socket_dir, group);
+    let _ = std::fs::remove_file(&socket);
+    let mut child = Command::new(&launch.python)
+        .args(["-m", "belated._worker", "--listen"])
+        .arg(&socket)
+        .arg(launch.preload.join(","))
+        .env("PYTHONPATH", &launch.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("could not start worker process {group}: {e}"))?;
+    let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    Ok((child, stdout))
+}
+
+/// Waits for a started worker to say it listens.
+fn wait_ready(
+    (mut child, mut stdout): (Child, BufReader<std::process::ChildStdout>),
+) -> Result<Process, String> {
+    let (said, heard) = mpsc::channel();
+    // Reading the line blocks; a helper reads it so a worker that hangs at start cannot stall us.
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = said.send(stdout.read_line(&mut line).map(|_| line));
+    });
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let process = Process {
+        child,
+        _stdin: stdin,
+        over_memory: None,
+    };
+    match heard.recv_timeout(START_TIMEOUT) {
+        Ok(Ok(line)) if line.trim() == "ready" => Ok(process),
+        Ok(_) | Err(_) => {
+            let mut process = process;
+            let why = process.ending(None);
+            Err(format!(
+                "a worker process did not start: {why}; its errors are printed above"
+            ))
+        }
+    }
+}
+
+fn enforce_memory_limit(cluster: &ClusterShared, limit: u64) {
+    for slot in &cluster.slots {
+        // A busy slot is being replaced or fetched from; it is looked at next time.
+        let Some(mut slot) = slot.try_lock() else {
+            continue;
+        };
+        let Some(process) = slot.process.as_mut() else {
+            continue;
+        };
+        if process.over_memory.is_some() {
+            continue;
+        }
+        if let Some(used) = resident_bytes(process.child.id()).filter(|&used| used > limit) {
+            process.over_memory = Some(used);
+            let _ = process.child.kill();
+        }
+    }
+}
+
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A result kept by a worker. Dropping the last handle tells the worker to forget it.
+pub(crate) struct Remote {
+    id: u64,
+    group: usize,
+    generation: u64,
+    cluster: Arc<ClusterShared>,
+    /// Copies other workers received (or recomputed), each forgotten with this one.
+    copies: Mutex<Vec<Arc<Remote>>>,
+}
+
+impl Remote {
+    fn new(cluster: &Arc<ClusterShared>, id: u64, group: usize, generation: u64) -> Arc<Self> {
+        Arc::new(Remote {
+            id,
+            group,
+            generation,
+            cluster: Arc::clone(cluster),
+            copies: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        if self.cluster.alive(self) && !self.cluster.closed.load(SeqCst) {
+            self.cluster.releases[self.group].lock().push(self.id);
+        }
+    }
+}
+
+/// A task's result as the engine holds it on a cluster: here (outputs, and values built from
+/// literals), in a worker, or both.
+#[derive(Clone)]
+pub(crate) struct Held {
+    pub(crate) local: Option<PyValue>,
+    remote: Option<Arc<Remote>>,
+}
+
+/// Where a task finds one of its inputs.
+enum Source {
+    Here(PyValue),
+    InMyWorker(u64),
+    Elsewhere(Arc<Remote>),
+    Lost,
+}
+
+impl Held {
+    fn source(&self, cluster: &ClusterShared, group: usize) -> Source {
+        let mut alive_elsewhere = None;
+        if let Some(remote) = &self.remote {
+            let copies = remote.copies.lock();
+            for candidate in std::iter::once(remote).chain(copies.iter()) {
+                if !cluster.alive(candidate) {
+                    continue;
+                }
+                if candidate.group == group {
+                    return Source::InMyWorker(candidate.id);
+                }
+                alive_elsewhere.get_or_insert_with(|| Arc::clone(candidate));
+            }
+        }
+        match (&self.local, alive_elsewhere) {
+            (Some(local), _) => Source::Here(local.clone()),
+            (None, Some(remote)) => Source::Elsewhere(remote),
+            (None, None) => Source::Lost,
+        }
+    }
+}
+
+/// What a call's request carries of other workers' values: their replies' frames, and the header
+/// words saying which ids to store them under; or, when a source is gone, its group and generation.
+type Fetched = Result<(Vec<Vec<u8>>, Vec<u64>), (usize, u64)>;
+
+/// Values to fetch from one worker and store in another before a call.
+struct Transfer {
+    source: Arc<Remote>,
+    copy_id: u64,
+}
+
+/// A task's call, ready to send.
+struct Prepared {
+    inputs: Vec<PyValue>,
+    transfers: Vec<Transfer>,
+    in_workers: bool,
+}
+
+pub(crate) struct ClusterRunner {
+    cluster: Arc<ClusterShared>,
+    nodes: Arc<[Arc<TaskNode>]>,
+    graph: Graph,
+    /// Per task: whether its result stays in its worker (other tasks need it) and/or comes back.
+    flags: Vec<u8>,
+    guard: TaskGuard,
+    retries: usize,
+    /// The result each task last produced in a worker, for recomputing what a lost worker held.
+    produced: Mutex<Vec<Weak<Remote>>>,
+}
+
+impl ClusterRunner {
+    pub(crate) fn new(
+        cluster: &Arc<ClusterShared>,
+        nodes: &Arc<[Arc<TaskNode>]>,
+        graph: &Graph,
+        outputs: &[TaskId],
+        guard: TaskGuard,
+        retries: usize,
+    ) -> Self {
+        let mut flags: Vec<u8> = graph
+            .tasks()
+            .map(|task| {
+                if graph.dependents(task).is_empty() {
+                    0
+                } else {
+                    KEEP
+                }
+            })
+            .collect();
+        for output in outputs {
+            flags[output.index()] |= SEND;
+        }
+        ClusterRunner {
+            cluster: Arc::clone(cluster),
+            nodes: Arc::clone(nodes),
+            graph: graph.clone(),
+            flags,
+            guard,
+            retries,
+            produced: Mutex::new(graph.tasks().map(|_| Weak::new()).collect()),
+        }
+    }
+
+    fn stored<'py>(py: Python<'py>, id: u64) -> PyResult<PyValue> {
+        static STORED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        Ok(PyValue(
+            helper(py, &STORED, "Stored")?.call1((id,))?.unbind(),
+        ))
+    }
+
+    fn prepare(
+        &self,
+        py: Python<'_>,
+        task: TaskId,
+        inputs: &[Held],
+        group: usize,
+    ) -> PyResult<Option<Prepared>> {
+        let mut prepared = Prepared {
+            inputs: Vec::with_capacity(inputs.len()),
+            transfers: Vec::new(),
+            in_workers: false,
+        };
+        for (held, &dep) in inputs.iter().zip(self.graph.deps(task)) {
+            let value = match held.source(&self.cluster, group) {
+                Source::Here(value) => value,
+                Source::InMyWorker(id) => {
+                    prepared.in_workers = true;
+                    Self::stored(py, id)?
+                }
+                Source::Elsewhere(source) => {
+                    prepared.in_workers = true;
+                    let copy_id = self.cluster.new_id();
+                    prepared.transfers.push(Transfer { source, copy_id });
+                    Self::stored(py, copy_id)?
+                }
+                Source::Lost => {
+                    let recovered = self.recover(py, dep, group)?;
+                    if let (Some(original), Some(copy)) = (&held.remote, &recovered.remote) {
+                        original.copies.lock().push(Arc::clone(copy));
+                    }
+                    match recovered.source(&self.cluster, group) {
+                        Source::Here(value) => value,
+                        Source::InMyWorker(id) => {
+                            prepared.in_workers = true;
+                            Self::stored(py, id)?
+                        }
+                        // The worker died again at once: try the whole task again.
+                        Source::Elsewhere(_) | Source::Lost => return Ok(None),
+                    }
+                }
+            };
+            prepared.inputs.push(value);
+        }
+        Ok(Some(prepared))
+    }
+
+    /// Fetches the values a call needs from other workers: frames to forward, and header words.
+    fn fetch_transfers(&self, transfers: &[Transfer]) -> Fetched {
+        let mut by_source: FxHashMap<(usize, u64), Vec<&Transfer>> = FxHashMap::default();
+        for transfer in transfers {
+            by_source
+                .entry((transfer.source.group, transfer.source.generation))
+                .or_default()
+                .push(transfer);
+        }
+        let (mut frames, mut words) = (Vec::new(), vec![by_source.len() as u64]);
+        for ((group, generation), transfers) in by_source {
+            let ids: Vec<u64> = transfers.iter().map(|t| t.source.id).collect();
+            let reply = self
+                .cluster
+                .fetch(group, generation, &ids)
+                .map_err(|_| (group, generation))?;
+            words.push(ids.len() as u64);
+            words.extend(transfers.iter().map(|t| t.copy_id));
+            words.push(reply.len() as u64);
+            frames.extend(reply);
+        }
+        self.cluster
+            .stats
+            .transferred
+            .fetch_add(transfers.len() as u64, SeqCst);
+        Ok((frames, words))
+    }
+
+    /// Runs `task` on this thread's worker, retrying when a worker it depends on dies.
+    fn evaluate(&self, py: Python<'_>, task: TaskId, inputs: &[Held], flags: u8) -> PyResult<Held> {
+        let group = current_worker().expect("cluster tasks run on the cluster's threads")
+            / self.cluster.threads_per_worker;
+        let payload = self.nodes[task.index()].payload();
+        let mut failures = 0;
+        let mut why = String::new();
+        while failures <= self.retries {
+            let Some(prepared) = self.prepare(py, task, inputs, group)? else {
+                failures += 1;
+                why = "a worker died while its inputs were recomputed".to_string();
+                continue;
+            };
+            let call = if prepared.in_workers {
+                payload.prepare_remote(py, &prepared.inputs)?
+            } else {
+                match payload.prepare(py, &prepared.inputs)? {
+                    Work::Ready(value) => {
+                        return Ok(Held {
+                            local: Some(PyValue(value.unbind())),
+                            remote: None,
+                        })
+                    }
+                    Work::Call(call) => call,
+                }
+            };
+            let call_frames = frames_of(py, &call).map_err(|error| {
+                BelatedError::new_err(format!(
+                    "task {} cannot be sent to a worker process: {error}; make its function and \
+                     arguments picklable, or use scheduler='threads'",
+                    payload.key_string(py)
+                ))
+            })?;
+            let result_id = self.cluster.new_id();
+            let generation = self.cluster.generation(group);
+            let outcome = py.detach(|| {
+                let (transfer_frames, mut words) = self.fetch_transfers(&prepared.transfers)?;
+                let mut rest = vec![result_id, u64::from(flags)];
+                rest.append(&mut words);
+                let mut request = vec![header(RUN, &self.cluster.take_releases(group), &rest)];
+                request.extend(transfer_frames);
+                request.extend(call_frames);
+                self.cluster
+                    .run_on(group, generation, &request)
+                    .map_err(|_| (group, generation))
+            });
+            why = match outcome {
+                Ok(reply) => {
+                    // The worker stored the values it received even if the task then failed.
+                    for transfer in &prepared.transfers {
+                        let copy = Remote::new(&self.cluster, transfer.copy_id, group, generation);
+                        transfer.source.copies.lock().push(copy);
+                    }
+                    let value = decode_reply(py, &reply)?;
+                    let remote = (flags & KEEP != 0)
+                        .then(|| Remote::new(&self.cluster, result_id, group, generation));
+                    if let Some(remote) = &remote {
+                        let mut produced = self.produced.lock();
+                        if produced[task.index()].strong_count() == 0 {
+                            produced[task.index()] = Arc::downgrade(remote);
+                        }
+                    }
+                    let local = (flags & SEND != 0).then(|| PyValue(value.unbind()));
+                    return Ok(Held { local, remote });
+                }
+                Err((lost, generation)) => py
+                    .detach(|| self.cluster.replace(lost, generation))
+                    .map_err(|why| {
+                        WorkerLostError::new_err(format!(
+                            "task {} could not run: {why}",
+                            payload.key_string(py)
+                        ))
+                    })?,
+            };
+            failures += 1;
+        }
+        Err(WorkerLostError::new_err(format!(
+            "task {} failed after {failures} tries: its worker process died; the last time, {why}. \
+             A task that kills its process (os._exit, a crash, running out of memory) fails again \
+             when retried; raise retries= for failures that come and go",
+            payload.key_string(py),
+        )))
+    }
+
+    /// Recomputes `lost` on this thread's worker, with whatever of its lineage was lost too, inputs first.
+    fn recover(&self, py: Python<'_>, lost: TaskId, group: usize) -> PyResult<Held> {
+        let available = |task: TaskId| -> Option<Held> {
+            let remote = self.produced.lock()[task.index()].upgrade()?;
+            let held = Held {
+                local: None,
+                remote: Some(remote),
+            };
+            (!matches!(held.source(&self.cluster, group), Source::Lost)).then_some(held)
+        };
+        let mut done: FxHashMap<TaskId, Held> = FxHashMap::default();
+        let mut stack = vec![lost];
+        while let Some(&task) = stack.last() {
+            if done.contains_key(&task) {
+                stack.pop();
+                continue;
+            }
+            let mut inputs = Vec::with_capacity(self.graph.deps(task).len());
+            let mut missing = Vec::new();
+            for &dep in self.graph.deps(task) {
+                match done.get(&dep).cloned().or_else(|| available(dep)) {
+                    Some(held) => inputs.push(held),
+                    None => missing.push(dep),
+                }
+            }
+            if !missing.is_empty() {
+                stack.extend(missing);
+                continue;
+            }
+            stack.pop();
+            let held = self.evaluate(py, task, &inputs, KEEP)?;
+            self.cluster.stats.recomputed.fetch_add(1, SeqCst);
+            done.insert(task, held);
+        }
+        Ok(done.remove(&lost).expect("computed above"))
+    }
+}
+
+impl Runner for ClusterRunner {
+    type Value = Held;
+    type Error = PyErr;
+
+    fn run(&self, task: TaskId, inputs: &[Held]) -> PyResult<Held> {
+        Python::attach(|py| {
+            let key = self.guard.before(py, &self.nodes[task.index()])?;
+            let held = self.evaluate(py, task, inputs, self.flags[task.index()])?;
+            if let Some(key) = key {
+                let value = match &held.local {
+                    Some(value) => value.0.bind(py).clone(),
+                    None => py.None().into_bound(py),
+                };
+                self.guard.after(py, &key, &value)?;
+            }
+            Ok(held)
+        })
+    }
+
+    fn place(&self, _task: TaskId, inputs: &mut dyn Iterator<Item = &Held>) -> Option<usize> {
+        let mut count = vec![0u32; self.cluster.workers()];
+        for held in inputs {
+            if let Some(remote) = &held.remote {
+                count[remote.group] += 1;
+            }
+        }
+        let (group, &most) = count.iter().enumerate().max_by_key(|&(_, n)| *n)?;
+        (most > 0).then_some(group)
+    }
+}
+
+/// A local cluster's processes and threads (`belated.Client()` without an address).
+#[pyclass(module = "belated._belated", frozen)]
+pub(crate) struct Cluster {
+    pub(crate) shared: Arc<ClusterShared>,
+    pool: Mutex<Option<Arc<ThreadPool>>>,
+}
+
+impl Cluster {
+    pub(crate) fn pool(&self) -> PyResult<Arc<ThreadPool>> {
+        self.pool
+            .lock()
+            .clone()
+            .ok_or_else(|| BelatedError::new_err("this cluster is closed; start a new Client"))
+    }
+}
+
+#[pymethods]
+impl Cluster {
+    #[new]
+    #[pyo3(signature = (n_workers, threads_per_worker, memory_limit=None, preload=Vec::new()))]
+    fn new(
+        py: Python<'_>,
+        n_workers: usize,
+        threads_per_worker: usize,
+        memory_limit: Option<u64>,
+        preload: Vec<String>,
+    ) -> PyResult<Self> {
+        if n_workers == 0 || threads_per_worker == 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "n_workers and threads_per_worker must be at least 1",
+            ));
+        }
+        let mut launch = Launch::from_interpreter(py, 0)?;
+        launch.preload = preload;
+        let id = NEXT_CLUSTER.fetch_add(1, SeqCst);
+        let socket_dir = std::env::temp_dir().join(format!("belated-{}-{id}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&socket_dir)
+            .map_err(|e| {
+                WorkerStartError::new_err(format!(
+                    "could not create the cluster's private directory {}: {e}",
+                    socket_dir.display()
+                ))
+            })?;
+        let (keeper, requests) = mpsc::channel();
+        let shared = Arc::new(ClusterShared {
+            id,
+            threads_per_worker,
+            memory_limit,
+            socket_dir: socket_dir.clone(),
+            slots: (0..n_workers)
+                .map(|_| {
+                    Mutex::new(Slot {
+                        process: None,
+                        fetches: None,
+                        last_death: String::new(),
+                    })
+                })
+                .collect(),
+            generations: (0..n_workers).map(|_| AtomicU64::new(0)).collect(),
+            releases: (0..n_workers).map(|_| Mutex::new(Vec::new())).collect(),
+            next_id: AtomicU64::new(0),
+            keeper: Mutex::new(Some(keeper)),
+            closed: AtomicBool::new(false),
+            stats: Stats::default(),
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("belated-cluster-keeper".into())
+            .spawn(move || keep(launch, socket_dir, memory_limit, requests, weak))
+            .map_err(|e| {
+                WorkerStartError::new_err(format!("could not start the cluster's keeper: {e}"))
+            })?;
+        let started = py.detach(|| shared.spawn((0..n_workers).collect()));
+        let fail = |why: String| {
+            shared.close();
+            WorkerStartError::new_err(why)
+        };
+        let started = started.map_err(fail)?;
+        for (slot, process) in shared.slots.iter().zip(started) {
+            slot.lock().process = Some(process.map_err(fail)?);
+        }
+        let pool = ThreadPool::with_groups(n_workers, threads_per_worker, Arc::new(PythonHost))
+            .map_err(|e| fail(format!("could not start the cluster's threads: {e}")))?;
+        Ok(Cluster {
+            shared,
+            pool: Mutex::new(Some(Arc::new(pool))),
+        })
+    }
+
+    /// Stops the workers (killing tasks still running) and the threads that drive them. Idempotent.
+    fn close(&self, py: Python<'_>) {
+        self.shared.close();
+        let pool = self.pool.lock().take();
+        if let Some(pool) = pool {
+            py.detach(|| pool.shutdown());
+        }
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.shared.closed.load(SeqCst)
+    }
+
+    #[getter]
+    fn n_workers(&self) -> usize {
+        self.shared.workers()
+    }
+
+    #[getter]
+    fn threads_per_worker(&self) -> usize {
+        self.shared.threads_per_worker
+    }
+
+    #[getter]
+    fn memory_limit(&self) -> Option<u64> {
+        self.shared.memory_limit
+    }
+
+    /// The process ids of the running workers.
+    #[getter]
+    fn pids(&self) -> Vec<u32> {
+        self.shared
+            .slots
+            .iter()
+            .filter_map(|slot| Some(slot.lock().process.as_ref()?.child.id()))
+            .collect()
+    }
+
+    /// Counts of results moved between workers, tasks recomputed after a worker was lost, and workers
+    /// replaced.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = &self.shared.stats;
+        let dict = PyDict::new(py);
+        dict.set_item("transferred", stats.transferred.load(SeqCst))?;
+        dict.set_item("recomputed", stats.recomputed.load(SeqCst))?;
+        dict.set_item("replaced", stats.replaced.load(SeqCst))?;
+        Ok(dict)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shared.close();
+        if let Some(pool) = self.pool.lock().take() {
+            // The pool's threads need the interpreter to leave their loop.
+            Python::attach(|py| py.detach(|| pool.shutdown()));
+        }
+    }
+}

@@ -1,0 +1,327 @@
+"""belated's own local cluster: results, futures, locality, and faults with real process deaths."""
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import belated
+from belated import compute, delayed
+
+
+def square(x):
+    return x * x
+
+
+def inc(x):
+    return x + 1
+
+
+def pid_of(*_):
+    return os.getpid()
+
+
+def make_lock():
+    return threading.Lock()
+
+
+def kind(obj):
+    return type(obj).__name__
+
+
+def kill_once(value, marker):
+    """Dies by SIGKILL the first time it runs, taking its worker's results with it; then succeeds."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+def crash():
+    ctypes.string_at(0)
+
+
+def hog(megabytes, seconds):
+    block = np.ones(megabytes * 2**20, dtype=np.uint8)
+    time.sleep(seconds)
+    return int(block[0])
+
+
+def slow_square(x):
+    time.sleep(0.005)
+    return x * x
+
+
+def record(path):
+    with open(path, "w") as out:
+        out.write("ran")
+    return 1
+
+
+class Boom(Exception):
+    pass
+
+
+def explode(x):
+    raise Boom(f"bad {x}")
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pids, seconds=10):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    return not any(_alive(pid) for pid in pids)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with belated.Client(
+        n_workers=2, threads_per_worker=2, memory_limit=None, dashboard_address=None, set_as_default=False
+    ) as client:
+        yield client
+
+
+def moved(client, before):
+    return client.cluster_stats()["transferred"] - before["transferred"]
+
+
+def test_results_match_local_runs(client):
+    x = delayed(square)(3)
+    q, r = delayed(divmod, nout=2)(x, 4)
+    array = np.arange(1_000_000, dtype=np.float64)
+    program = (
+        [x, {"k": (x, x + 1)}],
+        delayed("belated").upper(),
+        q * 10 + r,
+        delayed(np.sum)(array * 2),
+        delayed([x, 1])[0],
+        delayed(sum)([delayed(inc)(i) for i in range(100)]),
+    )
+    assert compute(*program, scheduler=client) == compute(*program, scheduler="sync")
+    doubled = delayed(np.multiply)(array, 2).compute(scheduler=client)
+    assert np.array_equal(doubled, array * 2)
+
+
+def test_tasks_run_in_the_workers_processes(client):
+    pids = set(compute(*[delayed(pid_of)(i) for i in range(20)], scheduler=client))
+    assert os.getpid() not in pids and pids <= set(client.worker_pids)
+
+
+def test_results_stay_in_the_worker_that_computed_them(client):
+    # A lock cannot be pickled: the chain works only if it never leaves its worker.
+    lock = delayed(make_lock)()
+    assert delayed(kind)(lock).compute(scheduler=client) == "lock"
+    before = client.cluster_stats()
+    x = delayed(inc)(0)
+    for _ in range(200):
+        x = delayed(inc)(x)
+    assert x.compute(scheduler=client) == 201
+    assert moved(client, before) == 0, "a chain stays where its input is"
+
+
+def test_values_move_between_workers_only_when_a_task_needs_them(client):
+    before = client.cluster_stats()
+    # Slow enough that both workers take some.
+    leaves = [delayed(slow_square)(i) for i in range(64)]
+    assert delayed(sum)(leaves).compute(scheduler=client) == sum(i * i for i in range(64))
+    # The sum runs where most leaves are; at most the other worker's leaves move, each once.
+    assert 0 < moved(client, before) < 64
+
+
+def test_task_exceptions_come_back_as_themselves(client):
+    with pytest.raises(Boom, match="bad 9") as caught:
+        delayed(explode)(delayed(square)(3)).compute(scheduler=client)
+    notes = "\n".join(caught.value.__notes__)
+    assert "traceback in the worker process" in notes and "in explode" in notes
+    assert delayed(square)(5).compute(scheduler=client) == 25
+
+
+def test_futures(client):
+    total = delayed(sum)([delayed(square)(i) for i in range(10)])
+    future = client.compute(total)
+    assert future.result(timeout=30) == 285 and future.done() and future.status == "finished"
+    assert future.key == total.key and "finished" in repr(future)
+    futures = client.compute([total, total + 1])
+    assert client.gather(futures) == [285, 286]
+    assert client.gather({"a": [futures[0]], "b": 3}) == {"a": [285], "b": 3}
+    assert client.submit(square, 7).result(timeout=30) == 49
+    assert client.gather(client.map(square, range(4))) == [0, 1, 4, 9]
+    assert client.compute(total, sync=True) == 285
+    failing = client.submit(explode, 1)
+    with pytest.raises(Boom):
+        failing.result(timeout=30)
+    assert failing.status == "error"
+
+
+def test_client_is_the_default_scheduler_while_open():
+    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        assert belated.config.get("scheduler") is client
+        assert delayed(pid_of)().compute() in client.worker_pids
+        pids = client.worker_pids
+    assert belated.config.get("scheduler", None) is not client
+    assert delayed(pid_of)().compute() == os.getpid(), "back to threads"
+    assert _wait_gone(pids), "close ends the workers"
+    assert client.status == "closed"
+    with pytest.raises(belated.BelatedError, match="closed"):
+        delayed(square)(2).compute(scheduler=client)
+    with pytest.raises(belated.BelatedError, match="closed"):
+        client.submit(square, 2)
+
+
+def test_repr_shows_workers_threads_memory_and_dashboard():
+    with belated.Client(
+        n_workers=2, threads_per_worker=3, memory_limit="1GiB", dashboard_address="127.0.0.1:0"
+    ) as client:
+        text, page = repr(client), client._repr_html_()
+        assert "workers=2, threads=6, memory=2.00 GiB" in text
+        assert client.dashboard_link.startswith("http://127.0.0.1:") and client.dashboard_link in text
+        assert "<table>" in page and ">6<" in page and "2.00 GiB" in page and client.dashboard_link in page
+    assert "closed" in repr(client)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"n_workers": 0}, "n_workers must be a positive integer"),
+        ({"threads_per_worker": "4"}, "threads_per_worker must be a positive integer"),
+        ({"memory_limit": "lots"}, "memory_limit must be"),
+        ({"processes": False}, "unexpected keyword arguments: processes"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_starts(arguments, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        belated.Client(dashboard_address=None, **arguments)
+    assert belated.config.get("scheduler", None) is None
+
+
+def test_a_worker_killed_mid_task_is_replaced_and_lost_results_are_recomputed(tmp_path):
+    with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        # x's lineage lives in one worker; the task using it kills that worker once. Only x is still
+        # held when it dies (its inputs were released), so all three are recomputed.
+        x = delayed(inc)(delayed(inc)(delayed(square)(3)))
+        survivor = delayed(kill_once)(x, str(tmp_path / "killed"))
+        assert (survivor + 1).compute() == 12
+        stats = client.cluster_stats()
+        assert stats["replaced"] == 1 and stats["recomputed"] == 3
+        assert (tmp_path / "killed").exists()
+        assert delayed(square)(4).compute() == 16
+
+
+def test_a_worker_killed_from_outside_is_replaced_and_its_tasks_retried():
+    with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        victims = client.worker_pids
+        killer = threading.Timer(0.5, lambda: [os.kill(pid, signal.SIGKILL) for pid in victims])
+        killer.start()
+        try:
+            assert compute(*[delayed(nap)(1.0) for _ in range(2)], retries=1) == (1.0, 1.0)
+        finally:
+            killer.cancel()
+        assert client.cluster_stats()["replaced"] == 2
+        assert not set(victims) & set(client.worker_pids)
+
+
+@pytest.mark.parametrize(
+    ("task", "death"),
+    [(lambda: delayed(os._exit)(3), "exit status: 3"), (lambda: delayed(crash)(), "signal: 11")],
+    ids=["os._exit", "segfault"],
+)
+def test_a_task_that_always_kills_its_worker_fails_clearly(task, death):
+    with belated.Client(n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        call = task()
+        with pytest.raises(belated.WorkerLostError, match=f"{call.key} failed after 3 tries: .*{death}"):
+            call.compute(retries=2)
+        assert delayed(square)(5).compute() == 25, "the cluster recovers"
+        assert client.cluster_stats()["replaced"] == 3
+
+
+def test_a_worker_over_its_memory_limit_is_killed_and_the_error_says_so():
+    with belated.Client(n_workers=1, threads_per_worker=1, memory_limit="300MB", dashboard_address=None):
+        with pytest.raises(belated.WorkerLostError, match="over its memory_limit of 286 MB"):
+            delayed(hog)(600, 5).compute(retries=0)
+        assert delayed(hog)(10, 0).compute() == 1
+
+
+def test_unpicklable_arguments_are_reported_before_anything_runs(client, tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(
+        belated.BelatedError, match=r"cannot be sent to a worker process: <unlocked _thread\.lock"
+    ):
+        compute(delayed(record)(str(marker)), delayed(square)(threading.Lock()), scheduler=client)
+    assert not marker.exists()
+
+
+def test_a_compute_over_its_timeout_is_cancelled(client):
+    started = time.monotonic()
+    with pytest.raises(belated.ComputeTimeoutError):
+        delayed(nap)(3).compute(scheduler=client, timeout=0.3)
+    assert time.monotonic() - started < 2
+
+
+def test_close_leaves_no_process_and_no_socket_behind():
+    before = set(os.listdir(tempfile.gettempdir()))
+    client = belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None)
+    pids = client.worker_pids
+    sockets = [
+        path for path in set(os.listdir(tempfile.gettempdir())) - before if path.startswith("belated-")
+    ]
+    assert pids and len(sockets) == 1
+    client.close()
+    client.close()
+    assert _wait_gone(pids)
+    assert not set(sockets) & set(os.listdir(tempfile.gettempdir()))
+
+
+def test_no_worker_outlives_a_killed_parent(tmp_path):
+    pids = tmp_path / "pids"
+    script = textwrap.dedent(
+        f"""
+        import time
+        import belated
+
+        client = belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None)
+        with open({str(pids)!r}, "w") as out:
+            out.write(" ".join(map(str, client.worker_pids)))
+        time.sleep(60)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (pids.exists() and len(pids.read_text().split()) == 2):
+        time.sleep(0.05)
+    workers = [int(pid) for pid in pids.read_text().split()]
+    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    parent.kill()
+    parent.wait(timeout=10)
+    assert _wait_gone(workers), "workers died with their parent"
+
+
+def test_diagnostics_see_cluster_runs(client):
+    from belated.diagnostics import Callback, Profiler
+
+    finished = []
+    with Profiler() as profiler, Callback(posttask=lambda key, result, *_: finished.append(result)):
+        compute(*[delayed(square)(i) for i in range(5)], scheduler=client)
+    assert len(profiler.results) == 5
+    assert {record.worker_id for record in profiler.results} <= set(range(4))
+    assert sorted(finished) == [0, 1, 4, 9, 16]
