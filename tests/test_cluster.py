@@ -1,6 +1,5 @@
 """belated's own local cluster: results, futures, locality, and faults with real process deaths."""
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -12,21 +11,14 @@ import time
 
 import numpy as np
 import pytest
+from worker_tasks import Boom, alive, crash, explode, pid_of, record, square
 
 import belated
 from belated import compute, delayed
 
 
-def square(x):
-    return x * x
-
-
 def inc(x):
     return x + 1
-
-
-def pid_of(*_):
-    return os.getpid()
 
 
 def make_lock():
@@ -45,10 +37,6 @@ def kill_once(value, marker):
     return value
 
 
-def crash():
-    ctypes.string_at(0)
-
-
 def hog(megabytes, seconds):
     block = np.ones(megabytes * 2**20, dtype=np.uint8)
     time.sleep(seconds)
@@ -60,46 +48,21 @@ def slow_square(x):
     return x * x
 
 
-def record(path):
-    with open(path, "w") as out:
-        out.write("ran")
-    return 1
-
-
-class Boom(Exception):
-    pass
-
-
-def explode(x):
-    raise Boom(f"bad {x}")
-
-
 def nap(seconds):
     time.sleep(seconds)
     return seconds
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _wait_gone(pids, seconds=10):
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
         time.sleep(0.05)
-    return not any(_alive(pid) for pid in pids)
+    return not any(alive(pid) for pid in pids)
 
 
-@pytest.fixture(scope="module")
-def client():
-    with belated.Client(
-        n_workers=2, threads_per_worker=2, memory_limit=None, dashboard_address=None, set_as_default=False
-    ) as client:
-        yield client
+@pytest.fixture
+def client(local_cluster):
+    return local_cluster
 
 
 def moved(client, before):
@@ -174,6 +137,28 @@ def test_futures(client):
     assert failing.status == "error"
 
 
+def test_cancelling_a_running_future_stops_its_computation(client):
+    future = client.compute(
+        [delayed(nap)(0.5), delayed(nap)(0.5), delayed(nap)(0.5), delayed(nap)(0.5), delayed(nap)(3)]
+    )
+    time.sleep(0.2)
+    future[0].cancel()
+    started = time.monotonic()
+    with pytest.raises(belated.CancelledError):
+        future[4].result(timeout=5)
+    assert time.monotonic() - started < 1
+    assert future[0].status == "cancelled" and future[0].cancelled()
+
+
+def test_keyboard_interrupt_stops_a_cluster_compute_promptly(client):
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        delayed(nap)(3).compute(scheduler=client)
+    assert time.monotonic() - started < 2
+
+
 def test_client_is_the_default_scheduler_while_open():
     with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
         assert belated.config.get("scheduler") is client
@@ -198,6 +183,7 @@ def test_repr_shows_workers_threads_memory_and_dashboard():
         assert client.dashboard_link.startswith("http://127.0.0.1:") and client.dashboard_link in text
         assert "<table>" in page and ">6<" in page and "2.00 GiB" in page and client.dashboard_link in page
     assert "closed" in repr(client)
+    assert belated._belated.dashboard_url() is None, "the dashboard the client started stops with it"
 
 
 @pytest.mark.parametrize(
@@ -310,7 +296,7 @@ def test_no_worker_outlives_a_killed_parent(tmp_path):
     while time.monotonic() < deadline and not (pids.exists() and len(pids.read_text().split()) == 2):
         time.sleep(0.05)
     workers = [int(pid) for pid in pids.read_text().split()]
-    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    assert len(workers) == 2 and all(alive(pid) for pid in workers)
     parent.kill()
     parent.wait(timeout=10)
     assert _wait_gone(workers), "workers died with their parent"

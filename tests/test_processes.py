@@ -1,6 +1,5 @@
 """The processes scheduler: results, reuse of the pool, and faults with real process deaths."""
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -11,17 +10,10 @@ import time
 
 import numpy as np
 import pytest
+from worker_tasks import Boom, alive, crash, explode, pid_of, record, square
 
 import belated
 from belated import compute, delayed
-
-
-def pid_of(_):
-    return os.getpid()
-
-
-def square(x):
-    return x * x
 
 
 def kill_once(marker):
@@ -30,24 +22,6 @@ def kill_once(marker):
         open(marker, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
     return "survived"
-
-
-def crash():
-    ctypes.string_at(0)
-
-
-def record(path):
-    with open(path, "w") as out:
-        out.write("ran")
-    return 1
-
-
-class Boom(Exception):
-    pass
-
-
-def explode(x):
-    raise Boom(f"bad {x}")
 
 
 def test_calls_run_in_reused_worker_processes():
@@ -129,17 +103,9 @@ def test_no_worker_outlives_its_parent(tmp_path):
     parent.kill()
     parent.wait(timeout=10)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers), "workers died with their parent"
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not any(alive(pid) for pid in workers), "workers died with their parent"
 
 
 def test_diagnostics_see_process_runs():

@@ -113,23 +113,15 @@ def test_random_programs_equal_eager_evaluation(program, outputs, scheduler):
     assert lazy[picked[0]].compute(scheduler=scheduler) == expected[0]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with belated.Client(
-        n_workers=2, threads_per_worker=2, memory_limit=None, dashboard_address=None, set_as_default=False
-    ) as client:
-        yield client
-
-
 @settings(max_examples=EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(program=programs, outputs=st.lists(st.integers(0, 10**6), min_size=1, max_size=6))
-def test_random_programs_on_a_local_cluster_equal_eager_evaluation(cluster, program, outputs):
+def test_random_programs_on_a_local_cluster_equal_eager_evaluation(local_cluster, program, outputs):
     eager = run(program, Eager())
     lazy = run(program, Lazy(belated))
     picked = [o % len(eager) for o in outputs]
     expected = tuple(eager[i] for i in picked)
-    assert compute(*[lazy[i] for i in picked], scheduler=cluster) == expected
-    assert cluster.gather(cluster.compute([lazy[i] for i in picked])) == list(expected)
+    assert compute(*[lazy[i] for i in picked], scheduler=local_cluster) == expected
+    assert local_cluster.gather(local_cluster.compute([lazy[i] for i in picked])) == list(expected)
 
 
 @settings(max_examples=max(EXAMPLES // 10, 20), deadline=None)

@@ -104,6 +104,7 @@ def compute(
     persist: bool = False,
     retries: int = 1,
     cluster: Cluster | None = None,
+    cancel: CancelToken | None = None,
 ) -> tuple[Any, ...]: ...
 def compute_with(
     objs: tuple[Any, ...], executor: Callable[..., Any], traverse: bool = True
@@ -117,12 +118,23 @@ def draw(
 ) -> tuple[str | bytes, list[tuple[str, int]]]: ...
 def start_dashboard(host: str = "127.0.0.1", port: int = 8787, token: str | None = None) -> str: ...
 def stop_dashboard() -> None: ...
+def dashboard_url() -> str | None: ...
+
+class CancelToken:
+    """Cancels a computation from another thread."""
+
+    def cancel(self) -> None: ...
+    cancelled: bool
 
 class Cluster:
     """A local cluster's worker processes and the threads that drive them."""
 
     def __init__(
-        self, n_workers: int, threads_per_worker: int, memory_limit: int | None = None, preload: list[str] = ...
+        self,
+        n_workers: int,
+        threads_per_worker: int,
+        memory_limit: int | None = None,
+        preload: list[str] = ...,
     ) -> None: ...
     def close(self) -> None: ...
     closed: bool

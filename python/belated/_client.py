@@ -57,12 +57,14 @@ def _size(n):
 
 
 class Future:
-    """A result being computed on a cluster, from :meth:`Client.compute` or :meth:`Client.submit`."""
+    """A result being computed on a cluster, from :meth:`Client.compute` or :meth:`Client.submit`.
 
-    __slots__ = ("_batch", "_index", "key")
+    Futures made by one call share its computation: cancelling one cancels them all."""
 
-    def __init__(self, batch, index, key):
-        self._batch, self._index, self.key = batch, index, key
+    __slots__ = ("_batch", "_index", "_token", "key")
+
+    def __init__(self, batch, index, token, key):
+        self._batch, self._index, self._token, self.key = batch, index, token, key
 
     def result(self, timeout=None):
         """Waits up to ``timeout`` seconds for the result; raises the task's exception if it failed."""
@@ -75,17 +77,19 @@ class Future:
         return self._batch.exception(timeout)
 
     def cancel(self):
-        """Cancels the computation if it has not started; returns whether it was cancelled."""
-        return self._batch.cancel()
+        """Cancels the computation: nothing more of it starts, tasks already running in workers finish
+        and their results are dropped, and ``result()`` raises ``belated.CancelledError``."""
+        self._token.cancel()
+        self._batch.cancel()
 
     def cancelled(self):
-        return self._batch.cancelled()
+        return self._token.cancelled
 
     @property
     def status(self):
         if not self._batch.done():
             return "pending"
-        if self._batch.cancelled():
+        if self.cancelled():
             return "cancelled"
         return "error" if self._batch.exception() is not None else "finished"
 
@@ -139,6 +143,7 @@ class Client:
         self._cluster = None
         self._distributed_client = None
         self._dashboard = None
+        self._owns_dashboard = False
         if address is not None:
             distributed = _require("distributed", "dask")
             if isinstance(address, distributed.Client):
@@ -155,6 +160,7 @@ class Client:
             self._cluster = _belated.Cluster(n_workers, threads_per_worker, limit, list(preload))
             self._submitter = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="belated-client")
             if dashboard_address:
+                self._owns_dashboard = _belated.dashboard_url() is None
                 self._dashboard = _start_dashboard(dashboard_address)
             _OPEN.add(self)
         self._config = config.set(scheduler=self) if set_as_default else None
@@ -212,12 +218,12 @@ class Client:
             raise _belated.BelatedError("this Client is closed; start a new one")
         if retries is None:
             retries = config.get("retries", 1)
-        cluster = self._cluster
+        token = _belated.CancelToken()
         batch = self._submitter.submit(
-            _belated.compute, items, "threads", None, traverse, (), None, False, retries, cluster
+            _belated.compute, items, "threads", None, traverse, (), None, False, retries, self._cluster, token
         )
         keys = [getattr(item, "key", None) for item in items]
-        return [Future(batch, i, key) for i, key in enumerate(keys)]
+        return [Future(batch, i, token, key) for i, key in enumerate(keys)]
 
     def cluster_stats(self):
         """What the local cluster has done: results moved between workers, tasks recomputed after a
@@ -242,6 +248,9 @@ class Client:
                 return
             self._submitter.shutdown(wait=False, cancel_futures=True)
             self._cluster.close()
+            if self._dashboard is not None and self._owns_dashboard:
+                self._dashboard.stop()
+            self._dashboard = None
             _OPEN.discard(self)
 
     def __enter__(self):

@@ -6,6 +6,7 @@
 //! deliver Ctrl-C, which cancels the computation. A compute called from inside a task runs inline on that
 //! worker, since waiting on the pool it occupies could wait forever.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use crate::cluster::{Cluster, ClusterRunner};
 use crate::dashboard::HubObserver;
 use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
-use crate::errors::{to_python, ComputeTimeoutError, WorkerStartError};
+use crate::errors::{to_python, CancelledError, ComputeTimeoutError, WorkerStartError};
 use crate::export::LegacyGraph;
 use crate::processes::{check_picklable, run_remote, Launch};
 use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode, Work};
@@ -265,13 +266,39 @@ fn pool(processes: bool, threads: usize) -> PyResult<Arc<ThreadPool>> {
 /// How to run one computation: the scheduler, and compute's options.
 struct Run<'a, 'py> {
     mode: Mode,
+    cancel: Option<&'a CancelToken>,
     callbacks: &'a Bound<'py, PyTuple>,
     timeout: Option<f64>,
     retries: usize,
 }
 
+/// Lets another thread cancel a computation (a future's `cancel()`), which then raises CancelledError.
+#[pyclass(module = "belated._belated", frozen)]
+#[derive(Default)]
+pub(crate) struct CancelToken {
+    cancelled: AtomicBool,
+}
+
+#[pymethods]
+impl CancelToken {
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
 /// What watches a pooled computation from the calling thread.
 struct Watch<'a> {
+    cancel: Option<&'a CancelToken>,
     deadline: Option<Deadline>,
     dashboard: &'a Option<Arc<HubObserver>>,
     listeners: &'a Option<Listeners>,
@@ -293,6 +320,9 @@ fn run_pooled<R: Runner<Error = PyErr>>(
         }
         let stop = match py.check_signals() {
             Err(interrupt) => Some(interrupt),
+            Ok(()) if watch.cancel.is_some_and(CancelToken::cancelled) => {
+                Some(CancelledError::new_err("the computation was cancelled"))
+            }
             Ok(()) => watch.deadline.filter(Deadline::passed).map(|d| d.error()),
         };
         if let Some(interrupt) = stop {
@@ -312,6 +342,7 @@ fn run_pooled<R: Runner<Error = PyErr>>(
 fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResult<Vec<PyValue>> {
     let Run {
         mode,
+        cancel,
         callbacks,
         timeout,
         retries,
@@ -371,6 +402,7 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
             .map(|l| Arc::clone(&l.hooks)),
     };
     let watch = Watch {
+        cancel,
         deadline,
         dashboard: &dashboard,
         listeners: &listeners,
@@ -437,7 +469,7 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
 #[pyfunction]
 #[pyo3(signature = (
     objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None, persist=false,
-    retries=1, cluster=None
+    retries=1, cluster=None, cancel=None
 ))]
 #[allow(clippy::too_many_arguments)] // compute's keyword arguments, as Python passes them
 pub(crate) fn compute<'py>(
@@ -451,9 +483,11 @@ pub(crate) fn compute<'py>(
     persist: bool,
     retries: usize,
     cluster: Option<Py<Cluster>>,
+    cancel: Option<Py<CancelToken>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let run = Run {
         mode: mode(scheduler, num_workers, cluster)?,
+        cancel: cancel.as_ref().map(Py::get),
         callbacks: &callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py)),
         timeout,
         retries,

@@ -19,6 +19,15 @@ struct Running {
 
 static DASHBOARD: Mutex<Option<Running>> = Mutex::new(None);
 
+/// The running dashboard's URL, if one runs.
+#[pyfunction]
+pub(crate) fn dashboard_url() -> Option<String> {
+    DASHBOARD
+        .lock()
+        .as_ref()
+        .map(|running| running.server.url())
+}
+
 /// Starts the dashboard (or finds it running at the same address) and returns its URL.
 #[pyfunction]
 #[pyo3(signature = (host="127.0.0.1", port=8787, token=None))]

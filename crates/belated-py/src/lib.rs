@@ -32,6 +32,8 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(render::draw, m)?)?;
     m.add_function(wrap_pyfunction!(dashboard::start_dashboard, m)?)?;
     m.add_function(wrap_pyfunction!(dashboard::stop_dashboard, m)?)?;
+    m.add_function(wrap_pyfunction!(dashboard::dashboard_url, m)?)?;
+    m.add_class::<compute::CancelToken>()?;
     m.add_function(wrap_pyfunction!(export::apply, m)?)?;
     m.add_function(wrap_pyfunction!(export::call_method, m)?)?;
     m.add("BelatedError", py.get_type::<errors::BelatedError>())?;
