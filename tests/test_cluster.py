@@ -278,6 +278,23 @@ def test_close_leaves_no_process_and_no_socket_behind():
     assert not set(sockets) & set(os.listdir(tempfile.gettempdir()))
 
 
+def test_a_forked_child_cannot_use_or_stop_its_parents_cluster(client):
+    pids = client.worker_pids
+    child = os.fork()
+    if child == 0:  # the child: refused, and dropping its copy leaves the parent's workers alone
+        try:
+            delayed(square)(2).compute(scheduler=client)
+            code = 1
+        except belated.BelatedError as error:
+            code = 0 if "forked" in str(error) else 2
+        client.close()
+        os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert all(alive(pid) for pid in pids)
+    assert delayed(square)(3).compute(scheduler=client) == 9
+
+
 def test_no_worker_outlives_a_killed_parent(tmp_path):
     pids = tmp_path / "pids"
     script = textwrap.dedent(

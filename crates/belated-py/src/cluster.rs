@@ -138,6 +138,9 @@ struct Stats {
 
 pub(crate) struct ClusterShared {
     id: u64,
+    /// The process that started the workers. A child forked from it has none of the pool's threads and
+    /// must not stop the parent's workers: there the cluster is refused and let go of untouched.
+    owner: u32,
     threads_per_worker: usize,
     memory_limit: Option<u64>,
     socket_dir: PathBuf,
@@ -276,15 +279,26 @@ impl ClusterShared {
         }
     }
 
+    fn forked(&self) -> bool {
+        std::process::id() != self.owner
+    }
+
     fn close(&self) {
         self.closed.store(true, SeqCst);
         *self.keeper.lock() = None;
+        let forked = self.forked();
         for slot in &self.slots {
             let mut slot = slot.lock();
             slot.fetches = None;
-            slot.process = None;
+            match slot.process.take() {
+                // Dropping kills the worker: only its owner may.
+                Some(process) if forked => std::mem::forget(process),
+                process => drop(process),
+            }
         }
-        let _ = std::fs::remove_dir_all(&self.socket_dir);
+        if !forked {
+            let _ = std::fs::remove_dir_all(&self.socket_dir);
+        }
     }
 }
 
@@ -792,10 +806,32 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     pub(crate) fn pool(&self) -> PyResult<Arc<ThreadPool>> {
+        if self.shared.forked() {
+            return Err(BelatedError::new_err(format!(
+                "this Client's cluster belongs to process {}, which this one was forked from; start a \
+                 new Client here",
+                self.shared.owner
+            )));
+        }
         self.pool
             .lock()
             .clone()
             .ok_or_else(|| BelatedError::new_err("this cluster is closed; start a new Client"))
+    }
+
+    /// Stops the workers, then the pool's threads; in a forked child, lets go of both untouched (the
+    /// threads do not exist there and the workers are the parent's).
+    fn shut(&self) {
+        self.shared.close();
+        let Some(pool) = self.pool.lock().take() else {
+            return;
+        };
+        if self.shared.forked() {
+            std::mem::forget(pool);
+        } else {
+            // The pool's threads need the interpreter to leave their loop.
+            Python::attach(|py| py.detach(|| pool.shutdown()));
+        }
     }
 }
 
@@ -831,6 +867,7 @@ impl Cluster {
         let (keeper, requests) = mpsc::channel();
         let shared = Arc::new(ClusterShared {
             id,
+            owner: std::process::id(),
             threads_per_worker,
             memory_limit,
             socket_dir: socket_dir.clone(),
@@ -875,12 +912,8 @@ impl Cluster {
     }
 
     /// Stops the workers (killing tasks still running) and the threads that drive them. Idempotent.
-    fn close(&self, py: Python<'_>) {
-        self.shared.close();
-        let pool = self.pool.lock().take();
-        if let Some(pool) = pool {
-            py.detach(|| pool.shutdown());
-        }
+    fn close(&self) {
+        self.shut();
     }
 
     #[getter]
@@ -927,10 +960,6 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.shared.close();
-        if let Some(pool) = self.pool.lock().take() {
-            // The pool's threads need the interpreter to leave their loop.
-            Python::attach(|py| py.detach(|| pool.shutdown()));
-        }
+        self.shut();
     }
 }
