@@ -137,6 +137,14 @@ def test_futures(client):
     assert failing.status == "error"
 
 
+def test_futures_submitted_one_by_one_run_on_every_worker_thread():
+    with belated.Client(n_workers=2, threads_per_worker=8, dashboard_address=None) as client:
+        started = time.monotonic()
+        futures = [client.submit(nap, 0.5) for _ in range(16)]
+        assert client.gather(futures) == [0.5] * 16
+        assert time.monotonic() - started < 2.5, "16 naps of 0.5 s on 16 threads overlap"
+
+
 def test_cancelling_a_running_future_stops_its_computation(client):
     future = client.compute(
         [delayed(nap)(0.5), delayed(nap)(0.5), delayed(nap)(0.5), delayed(nap)(0.5), delayed(nap)(3)]

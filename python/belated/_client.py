@@ -140,6 +140,7 @@ class Client:
         preload=None,
         **kwargs,
     ):
+        self._lock = threading.Lock()
         self._cluster = None
         self._distributed_client = None
         self._dashboard = None
@@ -158,13 +159,16 @@ class Client:
             if preload is None:
                 preload = [name for name in _USUAL_IMPORTS if name in sys.modules]
             self._cluster = _belated.Cluster(n_workers, threads_per_worker, limit, list(preload))
-            self._submitter = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="belated-client")
+            # Each future's computation waits on a thread of its own (idle while the engine works), so
+            # futures submitted one by one can still fill every worker thread.
+            self._submitter = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(32, 2 * n_workers * threads_per_worker), thread_name_prefix="belated-client"
+            )
             if dashboard_address:
                 self._owns_dashboard = _belated.dashboard_url() is None
                 self._dashboard = _start_dashboard(dashboard_address)
             _OPEN.add(self)
         self._config = config.set(scheduler=self) if set_as_default else None
-        self._lock = threading.Lock()
 
     # -- a local cluster -------------------------------------------------------------------------
 
