@@ -86,6 +86,18 @@ def test_results_match_local_runs(client):
     assert np.array_equal(doubled, array * 2)
 
 
+@pytest.mark.parametrize("scheduler", ["processes", "cluster"])
+def test_functions_sent_by_value_see_globals_changed_between_computes(scheduler, client):
+    # A function of __main__ (a notebook's, say) travels by value with the globals it reads.
+    namespace = {"__name__": "__main__"}
+    exec("factor = 2\ndef scaled(x):\n    return x * factor\n", namespace)
+    options = {"scheduler": client if scheduler == "cluster" else "processes"}
+    tasks = [delayed(namespace["scaled"])(i) for i in range(3)]
+    assert compute(*tasks, **options) == (0, 2, 4)
+    namespace["factor"] = 10
+    assert compute(*tasks, **options) == (0, 10, 20)
+
+
 def test_tasks_run_in_the_workers_processes(client):
     pids = set(compute(*[delayed(pid_of)(i) for i in range(20)], scheduler=client))
     assert os.getpid() not in pids and pids <= set(client.worker_pids)

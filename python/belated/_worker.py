@@ -91,11 +91,18 @@ def loads(frames):
 
 
 # Most tasks of a graph call the same few functions. Pickling a function by value costs tens of
-# microseconds and unpickling rebuilds it, so the parent keeps each function's pickle and workers keep
-# the function built from it; pickles of bound methods (which hold their object) are not kept.
+# microseconds and unpickling rebuilds it, so the parent keeps each function's pickle for the rest of
+# the computation and workers keep the function built from it. Bound methods (which hold their object)
+# are not kept. A pickle by value holds the globals the function read, so it is made anew for each
+# computation: the user may have changed them in between.
 _CACHE_LIMIT = 1024
 _PICKLED = {}
 _UNPICKLED = {}
+
+
+def new_computation():
+    """Forgets the parent's function pickles."""
+    _PICKLED.clear()
 
 
 def dumps_call(function, args, kwargs):

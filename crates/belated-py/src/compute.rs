@@ -17,6 +17,7 @@ use belated_core::{
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
 
 use crate::cluster::{Cluster, ClusterRunner};
@@ -25,7 +26,7 @@ use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{to_python, CancelledError, ComputeTimeoutError, WorkerStartError};
 use crate::export::LegacyGraph;
-use crate::processes::{check_picklable, run_remote, Launch};
+use crate::processes::{check_picklable, helper, run_remote, Launch};
 use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode, Work};
 
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
@@ -378,6 +379,8 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
     };
     if matches!(mode, Mode::Processes(_) | Mode::Cluster(_)) {
         check_picklable(py, &nodes)?;
+        static NEW_COMPUTATION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        helper(py, &NEW_COMPUTATION, "new_computation")?.call0()?;
     }
     let dashboard = HubObserver::begin(py, &nodes, &graph, workers);
     let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
