@@ -221,7 +221,9 @@ enum Mode {
     Inline,
     Threads(usize),
     Processes(usize),
-    Cluster(Py<Cluster>),
+    /// A local cluster, and its pool (taken when the mode is chosen, so a closed cluster is refused
+    /// before anything starts).
+    Cluster(Py<Cluster>, Arc<ThreadPool>),
 }
 
 fn mode(
@@ -230,7 +232,8 @@ fn mode(
     cluster: Option<Py<Cluster>>,
 ) -> PyResult<Mode> {
     if let Some(cluster) = cluster {
-        return Ok(Mode::Cluster(cluster));
+        let pool = cluster.get().pool()?;
+        return Ok(Mode::Cluster(cluster, pool));
     }
     let workers = || match num_workers {
         Some(0) => Err(PyValueError::new_err("num_workers must be at least 1")),
@@ -372,12 +375,12 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
     let workers = match &mode {
         Mode::Inline => 0,
         Mode::Threads(threads) | Mode::Processes(threads) => *threads,
-        Mode::Cluster(cluster) => {
+        Mode::Cluster(cluster, _) => {
             let shared = &cluster.get().shared;
             shared.workers() * shared.threads_per_worker()
         }
     };
-    if matches!(mode, Mode::Processes(_) | Mode::Cluster(_)) {
+    if matches!(mode, Mode::Processes(_) | Mode::Cluster(..)) {
         check_picklable(py, &nodes)?;
         static NEW_COMPUTATION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         helper(py, &NEW_COMPUTATION, "new_computation")?.call0()?;
@@ -436,9 +439,8 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
                 watch,
             )?
         }
-        Mode::Cluster(cluster) => {
+        Mode::Cluster(cluster, pool) => {
             let cluster = cluster.get();
-            let pool = cluster.pool()?;
             let runner =
                 ClusterRunner::new(&cluster.shared, &nodes, &graph, &outputs, guard, retries);
             let wanted = outputs.clone();
