@@ -288,9 +288,8 @@ def test_close_leaves_no_process_and_no_socket_behind():
     before = set(os.listdir(tempfile.gettempdir()))
     client = belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None)
     pids = client.worker_pids
-    sockets = [
-        path for path in set(os.listdir(tempfile.gettempdir())) - before if path.startswith("belated-")
-    ]
+    created = set(os.listdir(tempfile.gettempdir())) - before
+    sockets = [path for path in created if path.startswith(f"belated-{os.getpid()}-")]
     assert pids and len(sockets) == 1
     client.close()
     client.close()
