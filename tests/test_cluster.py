@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from worker_tasks import Boom, alive, crash, explode, pid_of, record, square
+from worker_tasks import Boom, alive, crash, explode, pid_of, record, square, stored_results
 
 import belated
 from belated import compute, delayed
@@ -122,6 +122,21 @@ def test_values_move_between_workers_only_when_a_task_needs_them(client):
     assert delayed(sum)(leaves).compute(scheduler=client) == sum(i * i for i in range(64))
     # The sum runs where most leaves are; at most the other worker's leaves move, each once.
     assert 0 < moved(client, before) < 64
+
+
+def test_workers_forget_results_nobody_needs_any_more(client):
+    def tree(leaves):
+        layer = [delayed(square)(i) for i in range(leaves)]
+        while len(layer) > 1:
+            layer = [delayed(sum)(layer[i : i + 2]) for i in range(0, len(layer), 2)]
+        return layer[0]
+
+    assert tree(64).compute(scheduler=client) == sum(i * i for i in range(64))
+    with pytest.raises(Boom):
+        delayed(explode)(tree(32)).compute(scheduler=client)
+    # Each worker is told what to forget before its next call runs.
+    held = compute(*[delayed(stored_results)(i) for i in range(16)], scheduler=client)
+    assert held == (0,) * 16
 
 
 def test_task_exceptions_come_back_as_themselves(client):

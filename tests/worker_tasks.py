@@ -38,3 +38,10 @@ def alive(pid):
             return stat.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def stored_results(*_):
+    """How many results this worker process holds (run inside a cluster worker)."""
+    from belated import _worker
+
+    return len(_worker._STORE)
