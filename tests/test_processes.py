@@ -24,6 +24,19 @@ def kill_once(marker):
     return "survived"
 
 
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_tasks_are_handed_out_one_at_a_time():
+    # Warm: every one of the 4 workers has its process.
+    compute(*[delayed(pid_after)(0.2) for _ in range(4)], scheduler="processes", num_workers=4)
+    pids = compute(*[delayed(pid_after)(0.3) for _ in range(10)], scheduler="processes", num_workers=4)
+    per_worker = sorted(pids.count(pid) for pid in set(pids))
+    assert len(per_worker) == 4 and max(per_worker) <= 3, f"10 tasks on 4 workers: {per_worker}"
+
+
 def test_calls_run_in_reused_worker_processes():
     first = set(compute(*[delayed(pid_of)(i) for i in range(8)], scheduler="processes", num_workers=2)[0:8])
     assert os.getpid() not in first and 1 <= len(first) <= 2
