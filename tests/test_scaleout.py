@@ -155,6 +155,8 @@ def test_client_is_the_default_scheduler_only_while_open(cluster):
     assert "Client" in repr(client)
     future = client.compute(delayed(square)(6))
     assert client.gather(future) == 36
+    with pytest.raises(TypeError, match="no belated local cluster"):
+        client.cluster_stats()
     client.close()
     assert belated.config.get("scheduler", None) is None
 

@@ -217,6 +217,12 @@ class Client:
             return self._distributed_client.gather(futures)
         return _gather(futures)
 
+    def _local(self):
+        """The local cluster, for what only a belated cluster has."""
+        if self._cluster is None:
+            raise TypeError("this Client is connected to Dask distributed; it has no belated local cluster")
+        return self._cluster
+
     def _start(self, items, traverse, retries):
         if self._cluster.closed:
             raise _belated.BelatedError("this Client is closed; start a new one")
@@ -232,11 +238,12 @@ class Client:
     def cluster_stats(self):
         """What the local cluster has done: results moved between workers, tasks recomputed after a
         worker was lost, workers replaced."""
-        return self._cluster.stats()
+        return self._local().stats()
 
     @property
     def worker_pids(self):
-        return self._cluster.pids
+        """The process ids of the local cluster's workers."""
+        return self._local().pids
 
     # -- either kind ------------------------------------------------------------------------------
 
