@@ -95,6 +95,26 @@ fn dags() -> impl Strategy<Value = Vec<Vec<TaskId>>> {
     })
 }
 
+/// [`Arithmetic`] with tasks placed anywhere: on one of `groups` groups, or (out of range) on none.
+struct Scattered {
+    inner: Arithmetic,
+    groups: usize,
+}
+
+impl Runner for Scattered {
+    type Value = Value;
+    type Error = String;
+
+    fn run(&self, task: TaskId, inputs: &[Value]) -> Result<Value, String> {
+        self.inner.run(task, inputs)
+    }
+
+    fn place(&self, task: TaskId, inputs: &mut dyn Iterator<Item = &Value>) -> Option<usize> {
+        let spread = task.0 as i64 + inputs.map(|v| v.number).sum::<i64>();
+        Some(spread.rem_euclid(self.groups as i64 + 1) as usize)
+    }
+}
+
 fn submit_and_wait(
     pool: &ThreadPool,
     deps: &[Vec<TaskId>],
@@ -129,6 +149,30 @@ proptest! {
         let got = submit_and_wait(&pool, &deps, outputs, Arc::clone(&runner)).unwrap();
         prop_assert_eq!(got.iter().map(|v| v.number).collect::<Vec<_>>(), want);
         prop_assert_eq!(runner.runs.load(SeqCst), deps.len(), "each task runs exactly once");
+    }
+
+    #[test]
+    fn grouped_pools_agree_with_sequential_evaluation_wherever_tasks_are_placed(deps in dags(), pick in prop::collection::vec(any::<prop::sample::Index>(), 1..5)) {
+        let expected = sequential(&deps);
+        let outputs: Vec<TaskId> = pick.iter().map(|i| TaskId(i.index(deps.len()) as u32)).collect();
+        let pool = ThreadPool::with_groups(3, 2, Arc::new(PlainHost)).unwrap();
+        let runner = Arc::new(Scattered { inner: Arithmetic::new(), groups: 3 });
+        let graph = Graph::from_deps::<String, _, _>(deps.clone()).unwrap();
+        let handle = pool.submit(graph, outputs.clone(), Arc::clone(&runner));
+        prop_assert!(handle.wait_timeout(TIMEOUT), "computation hung");
+        let got = handle.result().unwrap();
+        prop_assert_eq!(
+            got.iter().map(|v| v.number).collect::<Vec<_>>(),
+            outputs.iter().map(|t| expected[t.index()]).collect::<Vec<_>>()
+        );
+        prop_assert_eq!(runner.inner.runs.load(SeqCst), deps.len(), "each task runs exactly once");
+        drop(got);
+        // The worker that ran the last task drops what it released just after the caller is woken.
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while runner.inner.counter.alive.load(SeqCst) != 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        prop_assert_eq!(runner.inner.counter.alive.load(SeqCst), 0, "every result is dropped");
     }
 
     #[test]
