@@ -96,6 +96,12 @@ class Future:
     def __repr__(self):
         return f"<Future: {self.status}, key: {self.key}>"
 
+    def __reduce__(self):
+        raise TypeError(
+            "a belated Future cannot be sent to a worker; pass its result (client.gather(future)) or the "
+            "Delayed it was computed from"
+        )
+
 
 def _gather(obj):
     if isinstance(obj, Future):
