@@ -126,9 +126,10 @@ def dashboard(host="127.0.0.1", port=8787, token=None, *, quiet=False):
     """Serves a live dashboard of every computation and prints its URL.
 
     The page shows progress per function, a task stream per worker thread, the task graph coloured as
-    tasks wait, run, finish or fail, and the process's CPU and memory. It listens on loopback unless
-    ``host`` says otherwise; then the URL carries a token (``token``, or a random one) that every request
-    must present. ``port=0`` picks a free port. Calling it again returns the running dashboard.
+    tasks wait, run, finish or fail, and the CPU and memory of this process and its worker processes.
+    It listens on loopback unless ``host`` says otherwise; then the URL carries a token (``token``, or a
+    random one) that every request must present. ``port=0`` picks a free port. Calling it again returns
+    the running dashboard.
     """
     url = _belated.start_dashboard(host, port, token)
     if not quiet:

@@ -1,5 +1,6 @@
 //! A live dashboard for belated computations: progress per function, a task stream, the task graph
-//! coloured by task status, and the process's CPU and memory, updating while a computation runs.
+//! coloured by task status, and the CPU and memory of this process and its worker processes, updating
+//! while a computation runs.
 //!
 //! Invariants and policy:
 //! - The page and everything it needs are compiled into the binary: it works offline, loads nothing

@@ -1,16 +1,49 @@
-//! CPU and memory of this process, read from `/proc` (Linux). Elsewhere no samples are taken and the
-//! page says so.
+//! CPU and memory of this process and of its child processes (the workers of the processes scheduler
+//! and of a local cluster, where the tasks then run), read from `/proc` (Linux). Elsewhere no samples
+//! are taken and the page says so.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-/// CPU time (seconds) and resident memory (MB) of this process, if the platform tells.
-fn read() -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// What `/proc/<pid>/stat` tells of one process.
+struct Usage {
+    parent: u32,
+    /// CPU time in clock ticks, user and system.
+    ticks: f64,
+    resident_pages: f64,
+}
+
+fn usage(pid: &str) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; the fields after its closing parenthesis do not.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let resident_pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let number = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some(Usage {
+        parent: fields.get(1)?.parse().ok()?,
+        ticks: number(11)? + number(12)?,
+        resident_pages: number(21)?,
+    })
+}
+
+/// This process and its children: pid → usage.
+fn read() -> Option<HashMap<u32, Usage>> {
+    let me = std::process::id();
+    let mut found = HashMap::from([(me, usage("self")?)]);
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A process may end between the listing and the read; it is then simply not counted.
+        if let Some(child) = usage(&pid.to_string()).filter(|u| u.parent == me) {
+            found.insert(pid, child);
+        }
+    }
+    Some(found)
+}
+
+/// Clock ticks per second and bytes per page.
+fn units() -> Option<(f64, f64)> {
     // SAFETY: sysconf only reads configuration values and has no preconditions.
     let (ticks_per_second, page_size) = unsafe {
         (
@@ -18,51 +51,59 @@ fn read() -> Option<(f64, f64)> {
             libc::sysconf(libc::_SC_PAGESIZE),
         )
     };
-    if ticks_per_second <= 0 || page_size <= 0 {
-        return None;
-    }
-    Some((
-        ticks / ticks_per_second as f64,
-        resident_pages * page_size as f64 / 1e6,
-    ))
+    (ticks_per_second > 0 && page_size > 0).then_some((ticks_per_second as f64, page_size as f64))
 }
 
-/// Turns successive readings into CPU percentages (100 % = one core busy).
+/// Turns successive readings into CPU percentages (100 % = one core busy) and resident megabytes.
 #[derive(Debug)]
 pub(crate) struct Sampler {
-    last: Option<(Instant, f64)>,
+    /// When the last reading was taken, and each process's CPU ticks then.
+    last: Option<(Instant, HashMap<u32, f64>)>,
 }
 
 impl Sampler {
     pub(crate) fn new() -> Self {
         Sampler {
-            last: read().map(|(cpu, _)| (Instant::now(), cpu)),
+            last: read().map(|found| (Instant::now(), ticks_of(&found))),
         }
     }
 
-    /// `(cpu_percent, memory_mb)` since the previous sample.
+    /// `(cpu_percent, memory_mb)` since the previous sample. A process first seen now counts from
+    /// the next sample on (its earlier CPU time was not spent in this interval, as far as we know).
     pub(crate) fn sample(&mut self) -> Option<(f64, f64)> {
-        let (cpu, memory) = read()?;
+        let (ticks_per_second, page_size) = units()?;
+        let found = read()?;
         let now = Instant::now();
-        let percent = match self.last {
-            Some((then, cpu_then)) => {
-                let wall = now.duration_since(then).as_secs_f64();
+        let memory = found.values().map(|u| u.resident_pages).sum::<f64>() * page_size / 1e6;
+        let percent = match &self.last {
+            Some((then, ticks_then)) => {
+                let wall = now.duration_since(*then).as_secs_f64();
+                let ticks: f64 = found
+                    .iter()
+                    .filter_map(|(pid, u)| Some((u.ticks - ticks_then.get(pid)?).max(0.0)))
+                    .sum();
                 if wall > 0.0 {
-                    100.0 * (cpu - cpu_then) / wall
+                    100.0 * ticks / ticks_per_second / wall
                 } else {
                     0.0
                 }
             }
             None => 0.0,
         };
-        self.last = Some((now, cpu));
+        self.last = Some((now, ticks_of(&found)));
         Some((percent, memory))
     }
+}
+
+fn ticks_of(found: &HashMap<u32, Usage>) -> HashMap<u32, f64> {
+    found.iter().map(|(pid, u)| (*pid, u.ticks)).collect()
 }
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
 
     #[test]
     fn samples_see_busy_cpu_and_resident_memory() {
@@ -75,5 +116,22 @@ mod tests {
         let (cpu, memory) = sampler.sample().unwrap();
         assert!(cpu > 30.0, "a spinning thread shows as busy: {cpu}");
         assert!(memory > 1.0, "{memory} MB resident");
+    }
+
+    #[test]
+    fn samples_count_the_work_of_child_processes() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let mut sampler = Sampler::new();
+        // Let the first sample see the child, then measure while this process only sleeps.
+        std::thread::sleep(Duration::from_millis(100));
+        sampler.sample().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let (cpu, _) = sampler.sample().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(cpu > 30.0, "a spinning child shows as busy: {cpu}");
     }
 }
