@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from worker_tasks import Boom, alive, crash, explode, pid_of, record, square, stored_results
+from worker_tasks import Boom, alive, crash, explode, pid_of, record, square, stored_results, wait_gone
 
 import belated
 from belated import compute, delayed
@@ -58,13 +58,6 @@ def span(seconds):
 def nap(seconds):
     time.sleep(seconds)
     return seconds
-
-
-def _wait_gone(pids, seconds=10):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
-        time.sleep(0.05)
-    return not any(alive(pid) for pid in pids)
 
 
 @pytest.fixture
@@ -208,7 +201,7 @@ def test_client_is_the_default_scheduler_while_open():
         pids = client.worker_pids
     assert belated.config.get("scheduler", None) is not client
     assert delayed(pid_of)().compute() == os.getpid(), "back to threads"
-    assert _wait_gone(pids), "close ends the workers"
+    assert wait_gone(pids), "close ends the workers"
     assert client.status == "closed"
     with pytest.raises(belated.BelatedError, match="closed"):
         delayed(square)(2).compute(scheduler=client)
@@ -315,7 +308,7 @@ def test_close_leaves_no_process_and_no_socket_behind():
     assert pids and len(sockets) == 1
     client.close()
     client.close()
-    assert _wait_gone(pids)
+    assert wait_gone(pids)
     assert not set(sockets) & set(os.listdir(tempfile.gettempdir()))
 
 
@@ -357,7 +350,7 @@ def test_no_worker_outlives_a_killed_parent(tmp_path):
     assert len(workers) == 2 and all(alive(pid) for pid in workers)
     parent.kill()
     parent.wait(timeout=10)
-    assert _wait_gone(workers), "workers died with their parent"
+    assert wait_gone(workers), "workers died with their parent"
 
 
 def test_diagnostics_see_cluster_runs(client):

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from worker_tasks import Boom, alive, crash, explode, pid_of, record, square
+from worker_tasks import Boom, crash, explode, pid_of, record, square, wait_gone
 
 import belated
 from belated import compute, delayed
@@ -115,10 +115,7 @@ def test_no_worker_outlives_its_parent(tmp_path):
     assert len(workers) == 2
     parent.kill()
     parent.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
-        time.sleep(0.05)
-    assert not any(alive(pid) for pid in workers), "workers died with their parent"
+    assert wait_gone(workers), "workers died with their parent"
 
 
 def test_diagnostics_see_process_runs():

@@ -3,6 +3,7 @@ the parent's ``sys.path``."""
 
 import ctypes
 import os
+import time
 
 
 def square(x):
@@ -38,6 +39,14 @@ def alive(pid):
             return stat.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def wait_gone(pids, seconds=10):
+    """Waits up to ``seconds`` for every process of ``pids`` to end; returns whether they all did."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.05)
+    return not any(alive(pid) for pid in pids)
 
 
 def stored_results(*_):

@@ -24,7 +24,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use belated_core::{current_worker, Graph, Runner, TaskId, ThreadPool};
 use parking_lot::Mutex;
@@ -35,7 +35,7 @@ use rustc_hash::FxHashMap;
 
 use crate::compute::{PythonHost, TaskGuard};
 use crate::errors::{BelatedError, WorkerLostError, WorkerStartError};
-use crate::processes::{decode_reply, exchange, frames_of, helper, Launch};
+use crate::processes::{decode_reply, exchange, exit_status, frames_of, helper, Launch};
 use crate::task::{PyValue, TaskNode, Work};
 
 const RUN: u64 = 1;
@@ -70,17 +70,7 @@ impl Process {
                 limit >> 20
             );
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return format!("it died ({status})"),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) => return "it stopped answering".to_string(),
-                Err(error) => return format!("it died ({error})"),
-            }
-        }
+        format!("it died ({})", exit_status(&mut self.child))
     }
 }
 

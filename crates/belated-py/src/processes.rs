@@ -81,16 +81,20 @@ impl Worker {
 
     /// How the worker ended (for error messages); its pipe has broken, so it has or soon will.
     fn ending(&mut self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return status.to_string(),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) => return "unresponsive".to_string(),
-                Err(error) => return error.to_string(),
-            }
+        exit_status(&mut self.child)
+    }
+}
+
+/// How a worker whose connection broke ended: its exit status once it has one (waiting up to 2 s),
+/// else "unresponsive".
+pub(crate) fn exit_status(child: &mut Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.to_string(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => return "unresponsive".to_string(),
+            Err(error) => return error.to_string(),
         }
     }
 }

@@ -152,11 +152,9 @@ impl PyTask {
     pub(crate) fn prepare<'py>(&self, py: Python<'py>, inputs: &[PyValue]) -> PyResult<Work<'py>> {
         Ok(match &self.op {
             Op::Value(arg) => Work::Ready(arg.build(py, inputs)?),
-            Op::Call { func, args, kwargs } => Work::Call(Call {
-                func: func.build(py, inputs)?,
-                args: build_tuple(py, args, inputs)?,
-                kwargs: build_kwargs(py, kwargs, inputs)?,
-            }),
+            Op::Call { func, args, kwargs } => {
+                Work::Call(Call::build(py, func, args, kwargs, inputs)?)
+            }
             Op::Method { name, args, kwargs } => {
                 let (obj, rest) = args.split_first().expect("a method call has its object");
                 Work::Call(Call {
@@ -167,9 +165,7 @@ impl PyTask {
             }
         })
     }
-}
 
-impl PyTask {
     /// The task as a call made entirely where its inputs are (they may be stand-ins that only mean
     /// something in a worker process): even building a container or looking up a method happens there.
     pub(crate) fn prepare_remote<'py>(
@@ -185,11 +181,7 @@ impl PyTask {
                 args: PyTuple::new(py, [arg.build(py, inputs)?])?,
                 kwargs: None,
             },
-            Op::Call { func, args, kwargs } => Call {
-                func: func.build(py, inputs)?,
-                args: build_tuple(py, args, inputs)?,
-                kwargs: build_kwargs(py, kwargs, inputs)?,
-            },
+            Op::Call { func, args, kwargs } => Call::build(py, func, args, kwargs, inputs)?,
             Op::Method { name, args, kwargs } => {
                 let (obj, rest) = args.split_first().expect("a method call has its object");
                 let call_args = (
@@ -220,6 +212,23 @@ pub(crate) struct Call<'py> {
     pub(crate) func: Bound<'py, PyAny>,
     pub(crate) args: Bound<'py, PyTuple>,
     pub(crate) kwargs: Option<Bound<'py, PyDict>>,
+}
+
+impl<'py> Call<'py> {
+    /// `func(*args, **kwargs)` with the templates built from `inputs`.
+    fn build(
+        py: Python<'py>,
+        func: &Arg,
+        args: &[Arg],
+        kwargs: &Keywords,
+        inputs: &[PyValue],
+    ) -> PyResult<Self> {
+        Ok(Call {
+            func: func.build(py, inputs)?,
+            args: build_tuple(py, args, inputs)?,
+            kwargs: build_kwargs(py, kwargs, inputs)?,
+        })
+    }
 }
 
 fn build_tuple<'py>(
