@@ -11,16 +11,24 @@ own costs show):
 - memory: 1,000 tasks each making a 1 MB array, reduced by a tree of adds (each add makes a new
   array); peak resident memory over the baseline, beside a depth-first sequential evaluation's peak
   (the smallest working set the graph allows).
+- progress bar: the tree computed with and without ``diagnostics.ProgressBar``, best of three each,
+  alternating, in one process; the bar's cost is the difference.
+- tutorial: ``examples/tutorial.py``'s five examples (the seed's sizes and sleeps, 16 threads), each
+  library beside the same sequential code.
 
 Sizes whose run would take more than ``--budget`` seconds, judged from the previous size of the same
 workload and its growth, are skipped and shown as such (dask is quadratic on chains and wide fan-ins).
 
     python benchmarks/bench.py [--quick] [--libs belated,dask] [--budget SECONDS]
 
+``--quick`` uses small sizes and divides the tutorial's sleeps by 10, for a smoke run.
+
 Writes ``benchmarks/results/latest.md`` and ``latest.json``.
 """
 
 import argparse
+import contextlib
+import io
 import json
 import operator
 import resource
@@ -106,6 +114,18 @@ def measure(library, workload, shape, n):
         module.compute(root, scheduler="threads")
         done = time.perf_counter()
         return {"build": built - start, "compute": done - built, "seconds": done - start}
+    if workload == "progress":
+        return progress_overhead(module, importlib.import_module(f"{library}.diagnostics"), shape, n)
+    if workload == "tutorial":
+        sys.path.insert(0, str(HERE.parents[1] / "examples"))
+        import tutorial
+
+        # The tutorial narrates on stdout, which carries this child's answer.
+        with contextlib.redirect_stdout(sys.stderr):
+            rows, failures = tutorial.run(library, quick=shape == "quick")
+        if failures:
+            raise SystemExit(f"results differ from sequential Python in: {', '.join(failures)}")
+        return {"rows": rows, "seconds": sum(row[2] for row in rows)}
     import numpy as np
 
     sequential_depth_first(np, 0, 8)
@@ -116,6 +136,20 @@ def measure(library, workload, shape, n):
     else:
         module.compute(memory_graph(delayed, np), scheduler="threads")
     return {"seconds": time.perf_counter() - start, "peak_mb": peak_rss_mb() - baseline}
+
+
+def progress_overhead(module, diagnostics, shape, n, repeats=3):
+    root = graph(module.delayed, shape, n)
+    plain, watched = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        module.compute(root, scheduler="threads")
+        plain.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with diagnostics.ProgressBar(out=io.StringIO()):
+            module.compute(root, scheduler="threads")
+        watched.append(time.perf_counter() - start)
+    return {"seconds": min(plain), "with_bar": min(watched), "overhead": min(watched) / min(plain) - 1}
 
 
 def run_child(library, workload, shape, n, timeout):
@@ -146,6 +180,7 @@ def main():
     compute_sizes = [1_000, 10_000] if options.quick else [10_000, 100_000]
     plan = [("build", shape, sizes) for shape in ["map", "chain"]]
     plan += [("compute", shape, compute_sizes) for shape in ["map + sum", "tree", "chain"]]
+    plan.append(("progress", "tree", compute_sizes))
     results = []
     for workload, shape, ns in plan:
         for library in libraries:
@@ -155,7 +190,9 @@ def main():
                     # dask is quadratic on chains and wide fan-ins (map + sum), linear elsewhere.
                     seconds, factor = previous[1]["seconds"], n / previous[0]
                     quadratic = library == "dask" and shape in ("chain", "map + sum")
-                    estimate = seconds * factor ** (2 if quadratic else 1)
+                    # A progress run computes its graph six times.
+                    repeats = 6 if workload == "progress" else 1
+                    estimate = repeats * seconds * factor ** (2 if quadratic else 1)
                     if estimate > options.budget:
                         skipped = {"error": f"skipped (~{estimate:.0f} s)"}
                         results.append((workload, shape, n, library, skipped))
@@ -169,6 +206,11 @@ def main():
         outcome = run_child("belated" if library == "sequential" else library, "memory", shape, 1000, 600)
         print("memory", library, outcome, file=sys.stderr)
         results.append(("memory", shape, 1000, library, outcome))
+    pace = "quick" if options.quick else "full"
+    for library in libraries:
+        outcome = run_child(library, "tutorial", pace, 0, 600)
+        print("tutorial", library, outcome, file=sys.stderr)
+        results.append(("tutorial", pace, 0, library, outcome))
     report(results, libraries)
 
 
@@ -185,7 +227,8 @@ def report(results, libraries):
         f"| workload | N | {ours} | {theirs} | {ours} per task | {theirs} per task | {ours} ÷ {theirs} |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for workload, shape, n in dict.fromkeys((w, s, n) for w, s, n, _, _ in results if w != "memory"):
+    timed = ("build", "compute")
+    for workload, shape, n in dict.fromkeys((w, s, n) for w, s, n, _, _ in results if w in timed):
         a, b = by.get((workload, shape, n, ours), {}), by.get((workload, shape, n, theirs), {})
         ratio = f"{a['seconds'] / b['seconds']:.3f}" if "seconds" in a and "seconds" in b else "n/a"
         extra = ""
@@ -212,12 +255,55 @@ def report(results, libraries):
     lines.append(f"| peak resident memory over baseline | {peaks} |")
     walls = " | ".join(cell(memory[lib], "seconds", 1, "s", 2) for lib in columns)
     lines.append(f"| wall time | {walls} |")
+    lines += progress_table(by, results, libraries)
+    lines += tutorial_table(by, results, libraries)
     table = "\n".join(lines)
     print(table)
     out = HERE.parent / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.md").write_text(table + "\n")
     (out / "latest.json").write_text(json.dumps([list(r) for r in results], indent=1))
+
+
+def progress_table(by, results, libraries):
+    lines = ["", f"| ProgressBar, computing a built tree of N tasks | N | {' | '.join(libraries)} |"]
+    lines.append("|---|---:|" + "---:|" * len(libraries))
+    for n in dict.fromkeys(n for w, _, n, _, _ in results if w == "progress"):
+        cells = []
+        for library in libraries:
+            outcome = by.get(("progress", "tree", n, library), {})
+            if "overhead" in outcome:
+                seconds, with_bar = outcome["seconds"], outcome["with_bar"]
+                cells.append(f"{seconds:.3f} s → {with_bar:.3f} s ({outcome['overhead']:+.1%})")
+            else:
+                cells.append(outcome.get("error", "n/a"))
+        lines.append(f"| without → with the bar (cost) | {n:,} | {' | '.join(cells)} |")
+    return lines
+
+
+def tutorial_table(by, results, libraries):
+    runs = {lib: by.get(("tutorial", s, n, lib), {}) for w, s, n, lib, _ in results if w == "tutorial"}
+    if not runs:
+        return []
+    ours = runs.get(libraries[0], {})
+    gaps = " | ".join(f"{lib} gap to ideal" for lib in libraries)
+    lines = ["", f"| tutorial example (16 threads) | sequential | {' | '.join(libraries)} | ideal | {gaps} |"]
+    lines.append("|---|---:|" + "---:|" * (2 * len(libraries) + 1))
+    for index, (name, sequential, _, ideal) in enumerate(ours.get("rows", [])):
+        times, gap_cells = [], []
+        for library in libraries:
+            rows = runs.get(library, {}).get("rows")
+            if rows:
+                # Each speedup and gap against the sequential time measured in the same process.
+                _, own_sequential, lazy, own_ideal = rows[index]
+                times.append(f"{lazy:.2f} s ({own_sequential / lazy:.1f}x)")
+                gap_cells.append(f"{1e3 * (lazy - own_ideal):+.0f} ms")
+            else:
+                times.append(runs.get(library, {}).get("error", "n/a"))
+                gap_cells.append("n/a")
+        cells = " | ".join([*times, f"{ideal:.2f} s", *gap_cells])
+        lines.append(f"| {name} | {sequential:.2f} s | {cells} |")
+    return lines
 
 
 if __name__ == "__main__":
