@@ -60,6 +60,15 @@ def nap(seconds):
     return seconds
 
 
+def made_where(items):
+    """An array of ``items`` floats, with the process that made it."""
+    return os.getpid(), np.ones(items)
+
+
+def ran_where(*made):
+    return os.getpid(), [pid for pid, _ in made]
+
+
 @pytest.fixture
 def client(local_cluster):
     return local_cluster
@@ -122,6 +131,43 @@ def test_values_move_between_workers_only_when_a_task_needs_them(client):
     assert delayed(sum)(leaves).compute(scheduler=client) == sum(i * i for i in range(64))
     # The sum runs where most leaves are; at most the other worker's leaves move, each once.
     assert 0 < moved(client, before) < 64
+
+
+def test_a_task_is_placed_where_most_of_its_input_bytes_are():
+    # One input of 8 MB and one of 8 bytes: the consumer must go to the big one's worker, whichever
+    # comes first among its arguments. Both workers stay busy with filler tasks, so the consumer is
+    # taken by the worker it was placed on, not stolen by whichever worker finished its last input.
+    with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        apart = 0
+        for attempt in range(60):
+            small, big = delayed(made_where)(1), delayed(made_where)(2**20)
+            consumer = delayed(ran_where)(small, big) if attempt % 2 else delayed(ran_where)(big, small)
+            fillers = [delayed(nap)(0.005) for _ in range(20)]
+            (ran_on, made_on), *_ = compute(consumer, *fillers, scheduler=client)
+            big_pid = made_on[1] if attempt % 2 else made_on[0]
+            if len(set(made_on)) == 2:
+                apart += 1
+                assert ran_on == big_pid, "the 8 bytes move, not the 8 MB"
+            if apart == 8:
+                break
+        assert apart == 8, "the inputs landed on different workers often enough to check"
+
+
+def test_workers_estimate_the_bytes_of_what_they_keep():
+    import pandas as pd
+
+    from belated._worker import nbytes
+
+    class Sizeless:
+        def __sizeof__(self):
+            raise RuntimeError("no size")
+
+    assert nbytes(np.ones(1000)) == 8000
+    assert nbytes(pd.DataFrame({"a": np.ones(1000), "b": np.arange(1000)})) >= 16_000
+    assert 800_000 <= nbytes([np.ones(100) for _ in range(1000)]) < 900_000, "a sample, scaled up"
+    assert nbytes({i: "x" * 100 for i in range(1000)}) > 100_000
+    assert nbytes(Sizeless()) > 0, "what cannot be sized still weighs something"
+    assert nbytes([]) == sys.getsizeof([])
 
 
 def test_workers_forget_results_nobody_needs_any_more(client):

@@ -17,13 +17,15 @@ little-endian u64: ``[op, n, *ids to release, ...]``, then:
 - ``RUN``: ``[result id, flags, n blocks, (n ids, *ids, n frames) per block]``, then each block's frames
   (another worker's reply to a ``FETCH``, whose values are stored under those ids), then the call's
   frames. Arguments that are stored results arrive as :class:`Stored` and unpickle as the value.
-  ``flags``: ``KEEP`` stores the result, ``SEND`` returns it (else the reply carries ``None``).
+  ``flags``: ``KEEP`` stores the result, ``SEND`` returns it (else the reply carries the size in bytes
+  of what was kept, for placing the tasks that need it).
 - ``FETCH``: ``[n, *ids]``; the reply carries the list of those values.
 
 Either way the process ends when its parent dies or closes its standard input.
 """
 
 import importlib
+import itertools
 import os
 import pickle
 import signal
@@ -224,8 +226,34 @@ def _handle(frames):
         if flags & KEEP:
             _STORE[result_id] = reply[1]
         if not flags & SEND:
-            reply = (True, None)
+            # The parent places the tasks that need a kept result by its size, not its value.
+            reply = (True, nbytes(reply[1]) if flags & KEEP else 0)
     return reply
+
+
+# How many items of a container are sized to estimate the whole.
+_SAMPLE = 16
+
+
+def nbytes(value, depth=0):
+    """About how many bytes ``value`` holds: the buffers of arrays and pandas objects, and for large
+    containers the size of a sample scaled up, so that it costs at most a few hundred small calls."""
+    try:
+        size = getattr(value, "nbytes", None)
+        if isinstance(size, int):
+            return size
+        if callable(getattr(value, "memory_usage", None)):  # a pandas DataFrame
+            return int(value.memory_usage(index=True).sum())
+        own = sys.getsizeof(value)
+    except Exception:
+        # An object whose size cannot be told still weighs something, and must not fail its task.
+        return 64
+    if depth < 2 and isinstance(value, list | tuple | set | frozenset | dict) and value:
+        items = value.items() if isinstance(value, dict) else value
+        sample = list(itertools.islice(items, _SAMPLE))
+        sampled = sum(nbytes(item, depth + 1) for item in sample)
+        return own + sampled * len(value) // len(sample)
+    return own
 
 
 def _serve_connection(connection):

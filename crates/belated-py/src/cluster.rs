@@ -5,9 +5,10 @@
 //! - A cluster of `n` workers of `t` threads is a [`ThreadPool`] of `n` placement groups of `t` threads;
 //!   each pool thread drives one thread of its group's worker process over its own connection.
 //! - Results stay in the worker that computed them; only outputs come back to this process. A task is
-//!   placed on the worker holding most of its inputs; an input held by another worker is fetched from
-//!   it (through this process: workers never talk to each other) and the receiving worker keeps its copy
-//!   for later tasks. A released result is forgotten by its workers with the next request they receive.
+//!   placed on the worker holding most of its inputs' bytes (each worker reports the size of what it
+//!   keeps); an input held by another worker is fetched from it (through this process: workers never
+//!   talk to each other) and the receiving worker keeps its copy for later tasks. A released result is
+//!   forgotten by its workers with the next request they receive.
 //! - Workers listen on unix sockets in a directory only the user can enter, never on a TCP port. They
 //!   die with the cluster: the keeper thread spawns them all (so `PR_SET_PDEATHSIG` fires when this
 //!   process dies), and they exit when their standard input, held by the cluster, closes.
@@ -427,17 +428,26 @@ pub(crate) struct Remote {
     id: u64,
     group: usize,
     generation: u64,
+    /// About how many bytes the value holds, as its worker estimated it: what moving it would cost.
+    bytes: u64,
     cluster: Arc<ClusterShared>,
     /// Copies other workers received (or recomputed), each forgotten with this one.
     copies: Mutex<Vec<Arc<Remote>>>,
 }
 
 impl Remote {
-    fn new(cluster: &Arc<ClusterShared>, id: u64, group: usize, generation: u64) -> Arc<Self> {
+    fn new(
+        cluster: &Arc<ClusterShared>,
+        id: u64,
+        group: usize,
+        generation: u64,
+        bytes: u64,
+    ) -> Arc<Self> {
         Arc::new(Remote {
             id,
             group,
             generation,
+            bytes,
             cluster: Arc::clone(cluster),
             copies: Mutex::new(Vec::new()),
         })
@@ -684,12 +694,34 @@ impl ClusterRunner {
                 Ok(reply) => {
                     // The worker stored the values it received even if the task then failed.
                     for transfer in &prepared.transfers {
-                        let copy = Remote::new(&self.cluster, transfer.copy_id, group, generation);
-                        transfer.source.copies.lock().push(copy);
+                        let source = &transfer.source;
+                        let copy = Remote::new(
+                            &self.cluster,
+                            transfer.copy_id,
+                            group,
+                            generation,
+                            source.bytes,
+                        );
+                        source.copies.lock().push(copy);
                     }
                     let value = decode_reply(py, &reply)?;
-                    let remote = (flags & KEEP != 0)
-                        .then(|| Remote::new(&self.cluster, result_id, group, generation));
+                    let remote = if flags & KEEP != 0 {
+                        // A kept result that is not sent back comes with its size in its place.
+                        let bytes = if flags & SEND != 0 {
+                            reply.iter().map(|frame| frame.len() as u64).sum()
+                        } else {
+                            value.extract()?
+                        };
+                        Some(Remote::new(
+                            &self.cluster,
+                            result_id,
+                            group,
+                            generation,
+                            bytes,
+                        ))
+                    } else {
+                        None
+                    };
                     if let Some(remote) = &remote {
                         let mut produced = self.produced.lock();
                         if produced[task.index()].strong_count() == 0 {
@@ -775,14 +807,16 @@ impl Runner for ClusterRunner {
         })
     }
 
+    /// The worker from which the fewest bytes would have to move: the one holding most of the
+    /// inputs' bytes. Every input weighs at least a byte, so tiny inputs still attract their consumer.
     fn place(&self, _task: TaskId, inputs: &mut dyn Iterator<Item = &Held>) -> Option<usize> {
-        let mut count = vec![0u32; self.cluster.workers()];
+        let mut held_bytes = vec![0u64; self.cluster.workers()];
         for held in inputs {
             if let Some(remote) = &held.remote {
-                count[remote.group] += 1;
+                held_bytes[remote.group] += remote.bytes.max(1);
             }
         }
-        let (group, &most) = count.iter().enumerate().max_by_key(|&(_, n)| *n)?;
+        let (group, &most) = held_bytes.iter().enumerate().max_by_key(|&(_, n)| *n)?;
         (most > 0).then_some(group)
     }
 }
