@@ -3,6 +3,7 @@ scheduler and distributed's LocalCluster, in one run.
 
 - CPU-bound: 8 pure-Python tasks of about 0.5 s each on 2 workers (sequential time / wall time).
 - Trivial tasks: 10,000 `inc` calls summed, end to end, per task.
+- A shared input: one 80 MB array (``delayed(array)``) read by 32 tasks, end to end.
 - Start: the first compute's latency on a fresh pool (belated keeps its pool for later computes; dask's
   processes scheduler starts one per compute), and each cluster's start time.
 - The seed tutorial's examples (sleeps divided by 10) on its ``Client(n_workers=4, threads_per_worker=4)``.
@@ -12,6 +13,7 @@ Usage: ``python benchmarks/processes.py``. Writes ``benchmarks/results/processes
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 WORKERS = 2
@@ -59,8 +61,22 @@ def trivial(compute, tasks):
     return elapsed
 
 
+def stride_sum(array, i):
+    return float(array[i::32].sum())
+
+
+def shared_input(compute, module, array):
+    """32 tasks that each read one 80 MB array, summed."""
+    data = module.delayed(array)
+    total = module.delayed(sum)([module.delayed(stride_sum)(data, i) for i in range(32)])
+    elapsed, got = timed(lambda: compute(total))
+    assert abs(got - float(array.sum())) < 1e-6 * abs(got)
+    return elapsed
+
+
 def main():
     import dask
+    import numpy as np
     from distributed import Client, LocalCluster
 
     import belated
@@ -68,6 +84,9 @@ def main():
     n = calibrate()
     expected = [spin(n) for _ in range(8)]
     tasks = 10_000
+    array = np.random.default_rng(0).random(10_000_000)
+    # distributed warns that the array sits in the graph; that is the workload.
+    warnings.filterwarnings("ignore", message="Sending large graph")
 
     def belated_spins(module, **options):
         return lambda sizes: module.compute(*[module.delayed(spin)(size) for size in sizes], **options)
@@ -88,6 +107,10 @@ def main():
         "belated processes": trivial(belated_sum(belated, **processes), tasks),
         "dask processes": trivial(belated_sum(dask, **processes), tasks),
     }
+    shared = {
+        "belated processes": shared_input(lambda total: total.compute(**processes), belated, array),
+        "dask processes": shared_input(lambda total: total.compute(**processes), dask, array),
+    }
 
     start_ours, client = timed(
         lambda: belated.Client(n_workers=WORKERS, threads_per_worker=1, dashboard_address=None)
@@ -95,6 +118,7 @@ def main():
     with client:
         cpu["belated Client"] = speedup(belated_spins(belated), n, expected)
         small["belated Client"] = trivial(belated_sum(belated), tasks)
+        shared["belated Client"] = shared_input(lambda total: total.compute(), belated, array)
 
     start_theirs, cluster = timed(
         lambda: LocalCluster(
@@ -113,6 +137,7 @@ def main():
             ).result(),
             tasks,
         )
+        shared["distributed"] = shared_input(lambda total: client.compute(total).result(), dask, array)
 
     columns = ["belated processes", "belated Client", "dask processes", "distributed"]
     per = lambda seconds: f"{seconds / tasks * 1e6:,.0f} µs/task"  # noqa: E731
@@ -122,6 +147,7 @@ def main():
             [f"{cpu[c]:.2f}x" for c in columns],
         ),
         (f"{tasks:,} trivial tasks, end to end", [per(small[c]) for c in columns]),
+        ("one 80 MB array read by 32 tasks, end to end", [f"{shared[c]:.2f} s" for c in columns]),
         (
             "start: first compute on a fresh pool / cluster start",
             [

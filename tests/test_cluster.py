@@ -153,6 +153,30 @@ def test_a_task_is_placed_where_most_of_its_input_bytes_are():
         assert apart == 8, "the inputs landed on different workers often enough to check"
 
 
+def big_sum(array, i):
+    return float(array[i::8].sum())
+
+
+def test_a_large_value_built_here_goes_to_each_worker_once_not_with_every_call(client):
+    def uploaded_by(*tasks):
+        before = client.cluster_stats()["uploaded"]
+        results = compute(*tasks, scheduler=client)
+        return results, client.cluster_stats()["uploaded"] - before
+
+    array = np.arange(2**20, dtype=np.float64)  # 8 MB
+    data, small = delayed(array), delayed(array[:1000])
+    results, uploaded = uploaded_by(*[delayed(big_sum)(data, i % 8) for i in range(40)])
+    assert results == tuple(float(array[i % 8 :: 8].sum()) for i in range(40))
+    # Two threads of a worker may each send it before either has finished; never more than that.
+    assert 1 <= uploaded <= 4, f"sent {uploaded} times for 40 calls"
+    results, uploaded = uploaded_by(*[delayed(big_sum)(small, 0) for i in range(10)])
+    assert results == (float(array[:1000:8].sum()),) * 10
+    assert uploaded == 0, "an 8 KB value travels inside each call"
+    (persisted,) = belated.persist(delayed(np.multiply)(data, 2), scheduler=client)
+    results, uploaded = uploaded_by(*[delayed(big_sum)(persisted, i) for i in range(8)])
+    assert results == tuple(2 * float(array[i::8].sum()) for i in range(8)) and 1 <= uploaded <= 4
+
+
 def test_workers_estimate_the_bytes_of_what_they_keep():
     import pandas as pd
 

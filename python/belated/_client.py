@@ -242,8 +242,9 @@ class Client:
         return [Future(batch, i, token, key) for i, key in enumerate(keys)]
 
     def cluster_stats(self):
-        """What the local cluster has done: results moved between workers, tasks recomputed after a
-        worker was lost, workers replaced."""
+        """What the local cluster has done: results moved between workers, large values built here
+        sent to a worker to keep (once each, not with every call), tasks recomputed after a worker was
+        lost, workers replaced."""
         return self._local().stats()
 
     @property

@@ -31,12 +31,14 @@ use belated_core::{current_worker, Graph, Runner, TaskId, ThreadPool};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 use rustc_hash::FxHashMap;
 
 use crate::compute::{PythonHost, TaskGuard};
 use crate::errors::{BelatedError, WorkerLostError, WorkerStartError};
-use crate::processes::{decode_reply, exchange, exit_status, frames_of, helper, Launch};
+use crate::processes::{
+    decode_reply, exchange, exit_status, frames_from, frames_of, helper, Launch,
+};
 use crate::task::{PyValue, TaskNode, Work};
 
 const RUN: u64 = 1;
@@ -123,6 +125,7 @@ struct SpawnRequest {
 #[derive(Default)]
 struct Stats {
     transferred: AtomicU64,
+    uploaded: AtomicU64,
     recomputed: AtomicU64,
     replaced: AtomicU64,
 }
@@ -468,7 +471,14 @@ impl Drop for Remote {
 pub(crate) struct Held {
     pub(crate) local: Option<PyValue>,
     remote: Option<Arc<Remote>>,
+    /// For a value built here: the workers it was sent to, so that each receives a large value once
+    /// per computation rather than with every call that needs it.
+    sent: Option<Arc<Mutex<Vec<Arc<Remote>>>>>,
 }
+
+/// Values built here of at least this many bytes are sent to a worker once and kept there; smaller
+/// ones travel inside each call that needs them.
+const SEND_ONCE_BYTES: u64 = 64 * 1024;
 
 /// Where a task finds one of its inputs.
 enum Source {
@@ -493,6 +503,15 @@ impl Held {
                 alive_elsewhere.get_or_insert_with(|| Arc::clone(candidate));
             }
         }
+        if let Some(sent) = &self.sent {
+            let sent = sent.lock();
+            let mine = sent
+                .iter()
+                .find(|copy| copy.group == group && cluster.alive(copy));
+            if let Some(copy) = mine {
+                return Source::InMyWorker(copy.id);
+            }
+        }
         match (&self.local, alive_elsewhere) {
             (Some(local), _) => Source::Here(local.clone()),
             (None, Some(remote)) => Source::Elsewhere(remote),
@@ -511,10 +530,19 @@ struct Transfer {
     copy_id: u64,
 }
 
+/// A large value built here, to store in the call's worker before the call.
+struct Upload {
+    frames: Vec<Vec<u8>>,
+    copy_id: u64,
+    bytes: u64,
+    sent: Arc<Mutex<Vec<Arc<Remote>>>>,
+}
+
 /// A task's call, ready to send.
 struct Prepared {
     inputs: Vec<PyValue>,
     transfers: Vec<Transfer>,
+    uploads: Vec<Upload>,
     in_workers: bool,
 }
 
@@ -580,11 +608,20 @@ impl ClusterRunner {
         let mut prepared = Prepared {
             inputs: Vec::with_capacity(inputs.len()),
             transfers: Vec::new(),
+            uploads: Vec::new(),
             in_workers: false,
         };
         for (held, &dep) in inputs.iter().zip(self.graph.deps(task)) {
             let value = match held.source(&self.cluster, group) {
-                Source::Here(value) => value,
+                Source::Here(value) => match self.upload(py, task, held, &value)? {
+                    Some(upload) => {
+                        prepared.in_workers = true;
+                        let stored = Self::stored(py, upload.copy_id)?;
+                        prepared.uploads.push(upload);
+                        stored
+                    }
+                    None => value,
+                },
                 Source::InMyWorker(id) => {
                     prepared.in_workers = true;
                     Self::stored(py, id)?
@@ -616,8 +653,47 @@ impl ClusterRunner {
         Ok(Some(prepared))
     }
 
-    /// Fetches the values a call needs from other workers: frames to forward, and header words.
-    fn fetch_transfers(&self, transfers: &[Transfer]) -> Fetched {
+    /// `value` (built here for `held`, an input of `task`) as an upload to this thread's worker, if
+    /// it is large enough that sending it once beats sending it with every call.
+    fn upload(
+        &self,
+        py: Python<'_>,
+        task: TaskId,
+        held: &Held,
+        value: &PyValue,
+    ) -> PyResult<Option<Upload>> {
+        static NBYTES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let Some(sent) = &held.sent else {
+            return Ok(None);
+        };
+        let value = value.0.bind(py);
+        let bytes: u64 = helper(py, &NBYTES, "nbytes")?.call1((value,))?.extract()?;
+        if bytes < SEND_ONCE_BYTES {
+            return Ok(None);
+        }
+        // Framed as a worker's reply to a fetch, which is how a call's worker receives stored values.
+        let reply = (true, PyList::new(py, [value])?);
+        let frames = helper(py, &DUMPS, "dumps")?
+            .call1((reply,))
+            .map_err(|error| {
+                BelatedError::new_err(format!(
+                    "an input of task {} cannot be sent to a worker process: {error}; make it \
+                     picklable, or use scheduler='threads'",
+                    self.nodes[task.index()].payload().key_string(py)
+                ))
+            })?;
+        Ok(Some(Upload {
+            frames: frames_from(py, &frames)?,
+            copy_id: self.cluster.new_id(),
+            bytes,
+            sent: Arc::clone(sent),
+        }))
+    }
+
+    /// Fetches the values a call needs from other workers and adds those built here: frames to
+    /// send, and header words.
+    fn fetch_transfers(&self, transfers: &[Transfer], uploads: &mut [Upload]) -> Fetched {
         let mut by_source: FxHashMap<(usize, u64), Vec<&Transfer>> = FxHashMap::default();
         for transfer in transfers {
             by_source
@@ -625,7 +701,12 @@ impl ClusterRunner {
                 .or_default()
                 .push(transfer);
         }
-        let (mut frames, mut words) = (Vec::new(), vec![by_source.len() as u64]);
+        let blocks = by_source.len() + uploads.len();
+        let (mut frames, mut words) = (Vec::new(), vec![blocks as u64]);
+        for upload in uploads {
+            words.extend([1, upload.copy_id, upload.frames.len() as u64]);
+            frames.append(&mut upload.frames);
+        }
         for ((group, generation), transfers) in by_source {
             let ids: Vec<u64> = transfers.iter().map(|t| t.source.id).collect();
             let reply = self
@@ -652,7 +733,7 @@ impl ClusterRunner {
         let mut failures = 0;
         let mut why = String::new();
         while failures <= self.retries {
-            let Some(prepared) = self.prepare(py, task, inputs, group)? else {
+            let Some(mut prepared) = self.prepare(py, task, inputs, group)? else {
                 failures += 1;
                 why = "a worker died while its inputs were recomputed".to_string();
                 continue;
@@ -665,6 +746,7 @@ impl ClusterRunner {
                         return Ok(Held {
                             local: Some(PyValue(value.unbind())),
                             remote: None,
+                            sent: Some(Arc::default()),
                         })
                     }
                     Work::Call(call) => call,
@@ -680,7 +762,8 @@ impl ClusterRunner {
             let result_id = self.cluster.new_id();
             let generation = self.cluster.generation(group);
             let outcome = py.detach(|| {
-                let (transfer_frames, mut words) = self.fetch_transfers(&prepared.transfers)?;
+                let (transfer_frames, mut words) =
+                    self.fetch_transfers(&prepared.transfers, &mut prepared.uploads)?;
                 let mut rest = vec![result_id, u64::from(flags)];
                 rest.append(&mut words);
                 let mut request = vec![header(RUN, &self.cluster.take_releases(group), &rest)];
@@ -703,6 +786,18 @@ impl ClusterRunner {
                             source.bytes,
                         );
                         source.copies.lock().push(copy);
+                    }
+                    let uploaded = prepared.uploads.len() as u64;
+                    self.cluster.stats.uploaded.fetch_add(uploaded, SeqCst);
+                    for upload in &prepared.uploads {
+                        let copy = Remote::new(
+                            &self.cluster,
+                            upload.copy_id,
+                            group,
+                            generation,
+                            upload.bytes,
+                        );
+                        upload.sent.lock().push(copy);
                     }
                     let value = decode_reply(py, &reply)?;
                     let remote = if flags & KEEP != 0 {
@@ -729,7 +824,11 @@ impl ClusterRunner {
                         }
                     }
                     let local = (flags & SEND != 0).then(|| PyValue(value.unbind()));
-                    return Ok(Held { local, remote });
+                    return Ok(Held {
+                        local,
+                        remote,
+                        sent: None,
+                    });
                 }
                 Err((lost, generation)) => py
                     .detach(|| self.cluster.replace(lost, generation))
@@ -757,6 +856,7 @@ impl ClusterRunner {
             let held = Held {
                 local: None,
                 remote: Some(remote),
+                sent: None,
             };
             (!matches!(held.source(&self.cluster, group), Source::Lost)).then_some(held)
         };
@@ -970,12 +1070,13 @@ impl Cluster {
             .collect()
     }
 
-    /// Counts of results moved between workers, tasks recomputed after a worker was lost, and workers
-    /// replaced.
+    /// Counts of results moved between workers, large values built here sent to a worker to keep,
+    /// tasks recomputed after a worker was lost, and workers replaced.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = &self.shared.stats;
         let dict = PyDict::new(py);
         dict.set_item("transferred", stats.transferred.load(SeqCst))?;
+        dict.set_item("uploaded", stats.uploaded.load(SeqCst))?;
         dict.set_item("recomputed", stats.recomputed.load(SeqCst))?;
         dict.set_item("replaced", stats.replaced.load(SeqCst))?;
         Ok(dict)

@@ -155,6 +155,11 @@ pub(crate) fn frames_of(py: Python<'_>, call: &Call<'_>) -> PyResult<Vec<Vec<u8>
     static DUMPS_CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let frames =
         helper(py, &DUMPS_CALL, "dumps_call")?.call1((&call.func, &call.args, &call.kwargs))?;
+    frames_from(py, &frames)
+}
+
+/// The frames `_worker`'s picklers return (bytes, and buffers of out-of-band data), as owned bytes.
+pub(crate) fn frames_from(py: Python<'_>, frames: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u8>>> {
     frames
         .cast::<PyList>()?
         .iter()
