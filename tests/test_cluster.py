@@ -133,24 +133,31 @@ def test_values_move_between_workers_only_when_a_task_needs_them(client):
     assert 0 < moved(client, before) < 64
 
 
+def test_a_tree_reduction_keeps_its_subtrees_on_one_worker_each(client):
+    # Each worker starts on a run of neighbouring leaves, so pairs meet where they were made; taking
+    # leaves in turns instead would move about half of all results.
+    before = client.cluster_stats()
+    layer = [delayed(slow_square)(i) for i in range(64)]
+    while len(layer) > 1:
+        layer = [delayed(sum)(layer[i : i + 2]) for i in range(0, len(layer), 2)]
+    assert layer[0].compute(scheduler=client) == sum(i * i for i in range(64))
+    assert moved(client, before) <= 10, "of 63 sums, only those where the workers' halves meet"
+
+
 def test_a_task_is_placed_where_most_of_its_input_bytes_are():
-    # One input of 8 MB and one of 8 bytes: the consumer must go to the big one's worker, whichever
-    # comes first among its arguments. Both workers stay busy with filler tasks, so the consumer is
-    # taken by the worker it was placed on, not stolen by whichever worker finished its last input.
+    # The tasks ready from the start are shared out in runs of ids: the first half (10 fillers and the
+    # 8 MB input) to worker 0, the rest (the 8-byte input and 10 longer fillers) to worker 1. The
+    # consumer, placed when its last input is done, must go to worker 0, where the bytes are; worker 1
+    # is still busy with its fillers, so nothing is stolen.
     with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
-        apart = 0
-        for attempt in range(60):
-            small, big = delayed(made_where)(1), delayed(made_where)(2**20)
-            consumer = delayed(ran_where)(small, big) if attempt % 2 else delayed(ran_where)(big, small)
-            fillers = [delayed(nap)(0.005) for _ in range(20)]
-            (ran_on, made_on), *_ = compute(consumer, *fillers, scheduler=client)
-            big_pid = made_on[1] if attempt % 2 else made_on[0]
-            if len(set(made_on)) == 2:
-                apart += 1
-                assert ran_on == big_pid, "the 8 bytes move, not the 8 MB"
-            if apart == 8:
-                break
-        assert apart == 8, "the inputs landed on different workers often enough to check"
+        for _ in range(3):
+            big, small = delayed(made_where)(2**20), delayed(made_where)(1)
+            first = [delayed(nap)(0.005) for _ in range(10)]
+            second = [delayed(nap)(0.02) for _ in range(10)]
+            results = compute(*first, delayed(ran_where)(big, small), *second, scheduler=client)
+            ran_on, (big_pid, small_pid) = results[10]
+            assert big_pid != small_pid, "the two inputs start in different workers"
+            assert ran_on == big_pid, "the 8 bytes move, not the 8 MB"
 
 
 def big_sum(array, i):

@@ -8,11 +8,16 @@
 //! - A result is released the moment its last dependent finishes, unless it is an output.
 //! - Placement (for workers that keep results where they were computed): a task that becomes ready may
 //!   be placed on a group of workers, the one holding its inputs. A worker takes the first task placed
-//!   on its own group, else the first unplaced one, else the first placed elsewhere. It never waits
-//!   while any task is ready, so placement can only ever cost data movement, never a stall or a hang.
+//!   on its own group, else the first unplaced one, else one placed elsewhere. It never waits while any
+//!   task is ready, so placement can only ever cost data movement, never a stall or a hang.
+//! - With several groups, the tasks ready from the start (which have no inputs to be near) are shared
+//!   out in contiguous runs of ids, one run per group. Neighbouring ids are neighbouring branches, so
+//!   each group works through whole subtrees and their results meet where they were made. A worker
+//!   out of work of its own steals from the far end of the longest run, away from where its owner is
+//!   working, before it takes a task placed elsewhere (which would move that task's inputs).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::{Graph, TaskId};
 
@@ -23,6 +28,8 @@ pub struct Schedule {
     is_output: Vec<bool>,
     /// Ready tasks placed on each group, then (last) the unplaced ones.
     ready: Vec<BinaryHeap<Reverse<TaskId>>>,
+    /// With several groups, each group's run of the tasks ready from the start, in id order.
+    roots: Vec<VecDeque<TaskId>>,
     ready_len: usize,
     unfinished: usize,
 }
@@ -35,14 +42,27 @@ impl Schedule {
             is_output[output.index()] = true;
         }
         let unfinished_deps: Vec<u32> = graph.tasks().map(|t| graph.deps(t).len() as u32).collect();
-        let mut ready = vec![BinaryHeap::new(); groups.max(1) + 1];
-        let unplaced: BinaryHeap<_> = graph
+        let groups = groups.max(1);
+        let mut ready = vec![BinaryHeap::new(); groups + 1];
+        let initial: Vec<TaskId> = graph
             .tasks()
             .filter(|t| unfinished_deps[t.index()] == 0)
-            .map(Reverse)
             .collect();
-        let ready_len = unplaced.len();
-        *ready.last_mut().expect("at least one heap") = unplaced;
+        let ready_len = initial.len();
+        let roots = if groups == 1 {
+            *ready.last_mut().expect("at least one heap") =
+                initial.into_iter().map(Reverse).collect();
+            Vec::new()
+        } else {
+            (0..groups)
+                .map(|g| {
+                    initial[g * ready_len / groups..(g + 1) * ready_len / groups]
+                        .iter()
+                        .copied()
+                        .collect()
+                })
+                .collect()
+        };
         Schedule {
             unfinished_dependents: graph
                 .tasks()
@@ -51,6 +71,7 @@ impl Schedule {
             unfinished_deps,
             is_output,
             ready,
+            roots,
             ready_len,
             unfinished: graph.len(),
         }
@@ -59,19 +80,39 @@ impl Schedule {
     /// Takes the ready task a worker of `group` should run next (see the policy); the caller must
     /// [`Schedule::finish`] it.
     pub fn next_ready(&mut self, group: Option<usize>) -> Option<TaskId> {
-        let unplaced = self.ready.len() - 1;
-        let own = group.filter(|&g| g < unplaced && !self.ready[g].is_empty());
-        let heap = own.or_else(|| {
-            if !self.ready[unplaced].is_empty() {
-                return Some(unplaced);
-            }
-            (0..unplaced)
-                .filter_map(|g| self.ready[g].peek().map(|top| (top, g)))
-                .max()
-                .map(|(_, g)| g)
-        })?;
+        let task = self
+            .take_own(group)
+            .or_else(|| self.ready.last_mut()?.pop().map(|Reverse(task)| task))
+            .or_else(|| self.steal())?;
         self.ready_len -= 1;
-        self.ready[heap].pop().map(|Reverse(task)| task)
+        Some(task)
+    }
+
+    /// The first of the tasks placed on `group` and of its run of initial tasks.
+    fn take_own(&mut self, group: Option<usize>) -> Option<TaskId> {
+        let g = group.filter(|&g| g < self.ready.len() - 1)?;
+        let placed = self.ready[g].peek().map(|&Reverse(task)| task);
+        let root = self.roots.get(g).and_then(|run| run.front().copied());
+        match (placed, root) {
+            (Some(placed), Some(root)) if root < placed => self.roots[g].pop_front(),
+            (Some(_), _) => self.ready[g].pop().map(|Reverse(task)| task),
+            (None, Some(_)) => self.roots[g].pop_front(),
+            (None, None) => None,
+        }
+    }
+
+    /// Work from other groups: the last task of the longest run of initial tasks, else the first task
+    /// placed on another group.
+    fn steal(&mut self) -> Option<TaskId> {
+        let longest = self.roots.iter_mut().max_by_key(|run| run.len());
+        if let Some(task) = longest.and_then(VecDeque::pop_back) {
+            return Some(task);
+        }
+        let placed = self.ready.len() - 1;
+        let (_, g) = (0..placed)
+            .filter_map(|g| self.ready[g].peek().map(|top| (top, g)))
+            .max()?;
+        self.ready[g].pop().map(|Reverse(task)| task)
     }
 
     pub fn ready_len(&self) -> usize {
@@ -192,7 +233,7 @@ mod tests {
         assert_eq!(schedule.next_ready(None), Some(TaskId(2)));
     }
 
-    /// Two independent chains whose heads ran on groups 0 and 1: each group continues its own chain.
+    /// Two independent chains, one head in each group's run: each group continues its own chain.
     #[test]
     fn workers_take_tasks_placed_on_their_group_first() {
         let graph =
@@ -201,12 +242,8 @@ mod tests {
         let mut schedule = Schedule::new(&graph, &[TaskId(1), TaskId(3)], 2);
         let ran_on = [0, 0, 1, 1];
         let place = |t: TaskId| Some(ran_on[graph.deps(t)[0].index()]);
-        assert_eq!(
-            schedule.next_ready(Some(1)),
-            Some(TaskId(0)),
-            "unplaced: first by priority"
-        );
-        assert_eq!(schedule.next_ready(Some(0)), Some(TaskId(2)));
+        assert_eq!(schedule.next_ready(Some(1)), Some(TaskId(2)), "its run");
+        assert_eq!(schedule.next_ready(Some(0)), Some(TaskId(0)));
         schedule.finish(&graph, TaskId(0), place, |_| {});
         schedule.finish(&graph, TaskId(2), place, |_| {});
         assert_eq!(schedule.ready_len(), 2);
@@ -219,15 +256,41 @@ mod tests {
         let graph =
             Graph::from_deps::<(), _, _>([vec![], vec![TaskId(0)], vec![TaskId(0)], vec![]])
                 .unwrap();
-        let mut schedule = Schedule::new(&graph, &[TaskId(1), TaskId(2), TaskId(3)], 3);
+        let mut schedule = Schedule::new(&graph, &[TaskId(1), TaskId(2), TaskId(3)], 2);
         assert_eq!(schedule.next_ready(Some(0)), Some(TaskId(0)));
-        schedule.finish(&graph, TaskId(0), |_| Some(0), |_| {});
-        // Group 2 prefers the unplaced task, then takes group 0's in priority order.
-        assert_eq!(schedule.next_ready(Some(2)), Some(TaskId(3)));
-        assert_eq!(schedule.next_ready(Some(2)), Some(TaskId(1)));
-        assert_eq!(schedule.next_ready(None), Some(TaskId(2)));
-        assert_eq!(schedule.next_ready(Some(1)), None);
+        schedule.finish(&graph, TaskId(0), |t| (t == TaskId(1)).then_some(0), |_| {});
+        // Group 1 takes its own run, then the unplaced task, then group 0's.
+        assert_eq!(schedule.next_ready(Some(1)), Some(TaskId(3)));
+        assert_eq!(schedule.next_ready(Some(1)), Some(TaskId(2)));
+        assert_eq!(schedule.next_ready(Some(1)), Some(TaskId(1)));
+        assert_eq!(schedule.next_ready(None), None);
         assert_eq!(schedule.ready_len(), 0);
+    }
+
+    /// A tree's leaves are shared out in runs of neighbours, and a thief takes from the far end.
+    #[test]
+    fn groups_start_on_runs_of_neighbouring_leaves() {
+        let (graph, root) = tree(8);
+        let leaves: Vec<TaskId> = graph
+            .tasks()
+            .filter(|&t| graph.deps(t).is_empty())
+            .collect();
+        let mut schedule = Schedule::new(&graph, &[root], 2);
+        for &leaf in &leaves[4..] {
+            assert_eq!(
+                schedule.next_ready(Some(1)),
+                Some(leaf),
+                "group 1 runs the right half"
+            );
+        }
+        assert_eq!(
+            schedule.next_ready(Some(1)),
+            Some(leaves[3]),
+            "stolen from the far end"
+        );
+        assert_eq!(schedule.next_ready(Some(0)), Some(leaves[0]));
+        assert_eq!(schedule.next_ready(None), Some(leaves[2]));
+        assert_eq!(schedule.ready_len(), 1);
     }
 
     #[test]
