@@ -124,6 +124,36 @@ def test_random_programs_on_a_local_cluster_equal_eager_evaluation(local_cluster
     assert local_cluster.gather(local_cluster.compute([lazy[i] for i in picked])) == list(expected)
 
 
+def mix(*arrays):
+    """A new array from its inputs: what a cluster keeps in a worker, sizes it, and moves when needed."""
+    return sum(arrays) * 0.5 + 1
+
+
+# Arrays of 10,000 floats: above the size at which a cluster sends a value built here to each worker
+# once rather than with every call, so these programs move data in every way a cluster can.
+array_programs = st.lists(
+    st.lists(st.integers(0, 10**6), min_size=1, max_size=3),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=max(EXAMPLES // 10, 20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(program=array_programs, outputs=st.lists(st.integers(0, 10**6), min_size=1, max_size=4))
+def test_random_array_programs_on_a_local_cluster_equal_eager_evaluation(local_cluster, program, outputs):
+    import numpy as np
+
+    literals = [np.full(10_000, float(i)) for i in range(3)]
+    eager, lazy = list(literals), [delayed(array) for array in literals]
+    for picks in program:
+        eager.append(mix(*(eager[i % len(eager)] for i in picks)))
+        lazy.append(delayed(mix)(*(lazy[i % len(lazy)] for i in picks)))
+    picked = [o % len(eager) for o in outputs]
+    got = compute(*[lazy[i] for i in picked], scheduler=local_cluster)
+    for value, i in zip(got, picked, strict=True):
+        np.testing.assert_array_equal(value, eager[i])
+
+
 @settings(max_examples=max(EXAMPLES // 10, 20), deadline=None)
 @given(program=programs)
 def test_random_programs_match_dask(program):
