@@ -179,7 +179,8 @@ def test_a_large_value_built_here_goes_to_each_worker_once_not_with_every_call(c
     results, uploaded = uploaded_by(*[delayed(big_sum)(small, 0) for i in range(10)])
     assert results == (float(array[:1000:8].sum()),) * 10
     assert uploaded == 0, "an 8 KB value travels inside each call"
-    (persisted,) = belated.persist(delayed(np.multiply)(data, 2), scheduler=client)
+    persisted = client.persist(delayed(np.multiply)(data, 2))
+    assert [d.key for d in client.persist([persisted, data])] == [persisted.key, data.key]
     results, uploaded = uploaded_by(*[delayed(big_sum)(persisted, i) for i in range(8)])
     assert results == tuple(2 * float(array[i::8].sum()) for i in range(8)) and 1 <= uploaded <= 4
 

@@ -87,7 +87,7 @@ def persist(
 ):
     """Compute lazy values and return new ``Delayed`` objects holding the results under the same keys.
 
-    Takes the arguments of :func:`compute`; on a cluster, use the cluster's ``client.persist``.
+    Takes the arguments of :func:`compute`. On Dask distributed, use that cluster's ``client.persist``.
 
     >>> from belated import delayed, persist
     >>> a = delayed(sum)([1, 2, 3])

@@ -217,6 +217,22 @@ class Client:
         tasks = tuple(call(*args, **kwargs) for args in zip(*iterables, strict=True))
         return self._start(tasks, True, retries)
 
+    def persist(self, collections, *, traverse=True, retries=None):
+        """Computes ``collections`` (a Delayed, or a list or tuple of them) on the cluster and returns
+        new ``Delayed`` objects holding the results under the same keys (a list for a list).
+
+        Unlike distributed's, the results come back to this process and are held here; a later
+        computation on the cluster sends each large one to a worker once, not with every task.
+        """
+        if self._distributed_client is not None:
+            return self._distributed_client.persist(collections)
+        from belated import persist
+
+        many = type(collections) in (list, tuple)
+        items = tuple(collections) if many else (collections,)
+        persisted = persist(*items, traverse=traverse, scheduler=self, retries=retries)
+        return list(persisted) if many else persisted[0]
+
     def gather(self, futures):
         """The results of ``futures`` (a Future, or lists, tuples, sets and dicts of them)."""
         if self._distributed_client is not None:
