@@ -256,7 +256,7 @@ def report(results, libraries):
     walls = " | ".join(cell(memory[lib], "seconds", 1, "s", 2) for lib in columns)
     lines.append(f"| wall time | {walls} |")
     lines += progress_table(by, results, libraries)
-    lines += tutorial_table(by, results, libraries)
+    lines += tutorial_table(results, libraries)
     table = "\n".join(lines)
     print(table)
     out = HERE.parent / "results"
@@ -281,8 +281,8 @@ def progress_table(by, results, libraries):
     return lines
 
 
-def tutorial_table(by, results, libraries):
-    runs = {lib: by.get(("tutorial", s, n, lib), {}) for w, s, n, lib, _ in results if w == "tutorial"}
+def tutorial_table(results, libraries):
+    runs = {lib: outcome for w, _, _, lib, outcome in results if w == "tutorial"}
     if not runs:
         return []
     ours = runs.get(libraries[0], {})

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use belated_core::{current_worker, Graph, Runner, TaskId, ThreadPool};
@@ -471,9 +471,18 @@ impl Drop for Remote {
 pub(crate) struct Held {
     pub(crate) local: Option<PyValue>,
     remote: Option<Arc<Remote>>,
-    /// For a value built here: the workers it was sent to, so that each receives a large value once
-    /// per computation rather than with every call that needs it.
-    sent: Option<Arc<Mutex<Vec<Arc<Remote>>>>>,
+    /// For a value built here: what the tasks that need it learned of it.
+    sent: Option<Arc<Sent>>,
+}
+
+/// A value built here, as seen by the tasks that need it (shared by all of them).
+#[derive(Default)]
+struct Sent {
+    /// Its size, estimated when a task first needed it.
+    bytes: OnceLock<u64>,
+    /// The workers it was sent to, so that each receives a large value once per computation rather
+    /// than with every call that needs it.
+    copies: Mutex<Vec<Arc<Remote>>>,
 }
 
 /// Values built here of at least this many bytes are sent to a worker once and kept there; smaller
@@ -504,8 +513,8 @@ impl Held {
             }
         }
         if let Some(sent) = &self.sent {
-            let sent = sent.lock();
-            let mine = sent
+            let copies = sent.copies.lock();
+            let mine = copies
                 .iter()
                 .find(|copy| copy.group == group && cluster.alive(copy));
             if let Some(copy) = mine {
@@ -535,7 +544,7 @@ struct Upload {
     frames: Vec<Vec<u8>>,
     copy_id: u64,
     bytes: u64,
-    sent: Arc<Mutex<Vec<Arc<Remote>>>>,
+    sent: Arc<Sent>,
 }
 
 /// A task's call, ready to send.
@@ -668,7 +677,13 @@ impl ClusterRunner {
             return Ok(None);
         };
         let value = value.0.bind(py);
-        let bytes: u64 = helper(py, &NBYTES, "nbytes")?.call1((value,))?.extract()?;
+        let bytes = match sent.bytes.get() {
+            Some(&bytes) => bytes,
+            None => {
+                let bytes = helper(py, &NBYTES, "nbytes")?.call1((value,))?.extract()?;
+                *sent.bytes.get_or_init(|| bytes)
+            }
+        };
         if bytes < SEND_ONCE_BYTES {
             return Ok(None);
         }
@@ -797,7 +812,7 @@ impl ClusterRunner {
                             generation,
                             upload.bytes,
                         );
-                        upload.sent.lock().push(copy);
+                        upload.sent.copies.lock().push(copy);
                     }
                     let value = decode_reply(py, &reply)?;
                     let remote = if flags & KEEP != 0 {
