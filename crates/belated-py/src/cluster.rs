@@ -34,8 +34,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
 use rustc_hash::FxHashMap;
 
-use crate::compute::{PythonHost, TaskGuard};
 use crate::errors::{BelatedError, WorkerLostError, WorkerStartError};
+use crate::host::{PythonHost, TaskGuard};
 use crate::processes::{
     decode_reply, exchange, exit_status, frames_from, frames_of, helper, Launch,
 };

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use belated_core::{
-    current_worker, on_worker_thread, run_inline_observed, Fanout, Observer, Plan, Runner, TaskId,
-    ThreadHost, ThreadPool,
+    on_worker_thread, run_inline_observed, Fanout, Observer, Plan, Runner, TaskId, ThreadPool,
 };
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
@@ -24,8 +23,9 @@ use crate::cluster::{Cluster, ClusterRunner};
 use crate::dashboard::HubObserver;
 use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
-use crate::errors::{to_python, CancelledError, ComputeTimeoutError, WorkerStartError};
+use crate::errors::{to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
+use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks};
 use crate::processes::{check_picklable, helper, run_remote, Launch};
 use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode, Work};
 
@@ -36,90 +36,11 @@ type PoolKey = (bool, usize);
 
 static POOLS: Mutex<Vec<(PoolKey, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
 
-/// Worker threads attach to the interpreter once for their whole life, and detach only to wait.
-pub(crate) struct PythonHost;
-
-impl ThreadHost for PythonHost {
-    fn run_thread(&self, body: &mut dyn FnMut()) {
-        Python::attach(|_py| body())
-    }
-
-    fn block(&self, wait: &mut (dyn FnMut() + Send)) {
-        Python::attach(|py| py.detach(wait))
-    }
-}
-
 struct PyRunner {
     nodes: Arc<[Arc<TaskNode>]>,
     guard: TaskGuard,
     /// Set for the processes scheduler: calls run in this thread's worker process.
     processes: Option<Launch>,
-}
-
-/// What runs around every task: Ctrl-C, the time limit and the per-task callbacks.
-pub(crate) struct TaskGuard {
-    /// Inline runs hold the interpreter throughout, so they look for Ctrl-C between tasks themselves.
-    check_signals: bool,
-    /// When an inline run must give up; checked between tasks (a pool run is watched by its caller).
-    deadline: Option<Deadline>,
-    hooks: Option<Arc<TaskHooks>>,
-}
-
-impl TaskGuard {
-    /// Checks whether the task may start and tells the `pretask` callbacks; returns its key when
-    /// `posttask` callbacks will want it.
-    pub(crate) fn before(&self, py: Python<'_>, node: &TaskNode) -> PyResult<Option<String>> {
-        if self.check_signals {
-            py.check_signals()?;
-        }
-        if let Some(deadline) = self.deadline.filter(Deadline::passed) {
-            return Err(deadline.error());
-        }
-        let Some(hooks) = &self.hooks else {
-            return Ok(None);
-        };
-        let key = node.payload().key_string(py);
-        for pretask in &hooks.pretask {
-            pretask.call1(py, (&key, &hooks.graph, &hooks.state))?;
-        }
-        Ok(Some(key))
-    }
-
-    pub(crate) fn after(
-        &self,
-        py: Python<'_>,
-        key: &str,
-        value: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        if let Some(hooks) = &self.hooks {
-            let worker = current_worker().map_or(-1, |w| w as i64);
-            for posttask in &hooks.posttask {
-                posttask.call1(py, (key, value, &hooks.graph, &hooks.state, worker))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A compute's time limit.
-#[derive(Clone, Copy)]
-struct Deadline {
-    at: Instant,
-    seconds: f64,
-}
-
-impl Deadline {
-    fn passed(&self) -> bool {
-        Instant::now() >= self.at
-    }
-
-    fn error(&self) -> PyErr {
-        ComputeTimeoutError::new_err(format!(
-            "the computation did not finish within {} s and was cancelled; tasks already running finish in \
-             the background and their results are dropped",
-            self.seconds
-        ))
-    }
 }
 
 impl Runner for PyRunner {
@@ -144,14 +65,6 @@ impl Runner for PyRunner {
             Ok(PyValue(value.unbind()))
         })
     }
-}
-
-/// The per-task callbacks of `belated.diagnostics` listeners, with what they are called with.
-struct TaskHooks {
-    pretask: Vec<Py<PyAny>>,
-    posttask: Vec<Py<PyAny>>,
-    graph: Py<TaskGraph>,
-    state: Py<ComputeState>,
 }
 
 /// The `belated.diagnostics` callbacks listening to one computation. Each callback object offers

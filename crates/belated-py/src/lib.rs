@@ -1,6 +1,7 @@
 //! `belated._belated`: the Python face of the engine. Kept thin: argument templates and keys
 //! ([`task`]), the `Delayed` type ([`delayed`]), running graphs ([`compute`]), the graph as Python data
-//! ([`export`]) and the one mapping of engine errors to exceptions ([`errors`]).
+//! ([`export`]), what runs around every task ([`host`]) and the one mapping of engine errors to
+//! exceptions ([`errors`]).
 
 mod cluster;
 mod compute;
@@ -9,6 +10,7 @@ mod delayed;
 mod diagnostics;
 mod errors;
 mod export;
+mod host;
 mod processes;
 mod render;
 mod task;

@@ -1,0 +1,100 @@
+//! What runs around Python tasks on any engine thread: worker threads that stay attached to the
+//! interpreter, and the guard every task passes (Ctrl-C, the time limit, the per-task callbacks).
+//! A leaf module: the compute front and the cluster runner both use it, and it uses neither.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use belated_core::{current_worker, ThreadHost};
+use pyo3::prelude::*;
+
+use crate::diagnostics::{ComputeState, TaskGraph};
+use crate::errors::ComputeTimeoutError;
+use crate::task::TaskNode;
+
+/// Worker threads attach to the interpreter once for their whole life, and detach only to wait.
+pub(crate) struct PythonHost;
+
+impl ThreadHost for PythonHost {
+    fn run_thread(&self, body: &mut dyn FnMut()) {
+        Python::attach(|_py| body())
+    }
+
+    fn block(&self, wait: &mut (dyn FnMut() + Send)) {
+        Python::attach(|py| py.detach(wait))
+    }
+}
+
+/// What runs around every task: Ctrl-C, the time limit and the per-task callbacks.
+pub(crate) struct TaskGuard {
+    /// Inline runs hold the interpreter throughout, so they look for Ctrl-C between tasks themselves.
+    pub(crate) check_signals: bool,
+    /// When an inline run must give up; checked between tasks (a pool run is watched by its caller).
+    pub(crate) deadline: Option<Deadline>,
+    pub(crate) hooks: Option<Arc<TaskHooks>>,
+}
+
+impl TaskGuard {
+    /// Checks whether the task may start and tells the `pretask` callbacks; returns its key when
+    /// `posttask` callbacks will want it.
+    pub(crate) fn before(&self, py: Python<'_>, node: &TaskNode) -> PyResult<Option<String>> {
+        if self.check_signals {
+            py.check_signals()?;
+        }
+        if let Some(deadline) = self.deadline.filter(Deadline::passed) {
+            return Err(deadline.error());
+        }
+        let Some(hooks) = &self.hooks else {
+            return Ok(None);
+        };
+        let key = node.payload().key_string(py);
+        for pretask in &hooks.pretask {
+            pretask.call1(py, (&key, &hooks.graph, &hooks.state))?;
+        }
+        Ok(Some(key))
+    }
+
+    pub(crate) fn after(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        if let Some(hooks) = &self.hooks {
+            let worker = current_worker().map_or(-1, |w| w as i64);
+            for posttask in &hooks.posttask {
+                posttask.call1(py, (key, value, &hooks.graph, &hooks.state, worker))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A compute's time limit.
+#[derive(Clone, Copy)]
+pub(crate) struct Deadline {
+    pub(crate) at: Instant,
+    pub(crate) seconds: f64,
+}
+
+impl Deadline {
+    pub(crate) fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    pub(crate) fn error(&self) -> PyErr {
+        ComputeTimeoutError::new_err(format!(
+            "the computation did not finish within {} s and was cancelled; tasks already running finish in \
+             the background and their results are dropped",
+            self.seconds
+        ))
+    }
+}
+
+/// The per-task callbacks of `belated.diagnostics` listeners, with what they are called with.
+pub(crate) struct TaskHooks {
+    pub(crate) pretask: Vec<Py<PyAny>>,
+    pub(crate) posttask: Vec<Py<PyAny>>,
+    pub(crate) graph: Py<TaskGraph>,
+    pub(crate) state: Py<ComputeState>,
+}
