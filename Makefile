@@ -6,21 +6,22 @@ PY      := $(VENV)/bin/python
 DEPS    := $(VENV)/.deps-installed
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: demo test build lint cargo-test browser pytest bench clean
+.PHONY: demo test build wheel docs docs-check lint cargo-test browser pytest bench clean
 
 # The seed tutorial twice: on the default threads, then on its Client(n_workers=4, threads_per_worker=4).
 demo: build
 	$(PY) examples/tutorial.py
 	$(PY) examples/tutorial.py --client
 
-test: lint cargo-test browser pytest
+test: lint cargo-test browser pytest docs-check
 
 $(PY):
 	python3 -m venv $(VENV)
 
-$(DEPS): requirements-dev.txt | $(PY)
+# The dev dependency group of pyproject.toml (PEP 735; pip installs groups from 25.1 on).
+$(DEPS): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --group dev
 	touch $@
 
 # The dashboard's browser test drives Debian's Chromium; install it when missing and we may.
@@ -31,6 +32,25 @@ browser:
 
 build: $(DEPS)
 	$(VENV)/bin/maturin develop --release --quiet
+
+# The wheel users install: one abi3 wheel for CPython >= 3.10, linked by zig (the ziglang package,
+# found by maturin as `python3 -m ziglang` on PATH) against glibc 2.17, i.e. manylinux2014; stripped.
+# The sdist goes beside it. tests/test_wheel.py installs the wheel into fresh venvs.
+WHEELS := target/wheels
+wheel: $(DEPS)
+	rm -f $(WHEELS)/belated-*
+	PATH="$(VIRTUAL_ENV)/bin:$$PATH" $(VENV)/bin/maturin build --release --quiet --zig \
+		--compatibility manylinux2014 --strip --out $(WHEELS)
+	$(VENV)/bin/maturin sdist --out $(WHEELS) >/dev/null
+	@ls -l $(WHEELS)/belated-* | awk '{ printf "%s: %.2f MB\n", $$NF, $$5 / 1e6 }'
+
+# The docs site (mkdocs Material; the API reference comes from the docstrings) into target/site.
+docs: $(DEPS)
+	$(VENV)/bin/python -m mkdocs build --quiet --site-dir target/site
+
+# The same build, failing on any warning (a broken link, a docstring the reference cannot read).
+docs-check: $(DEPS)
+	$(VENV)/bin/python -m mkdocs build --quiet --strict --site-dir target/site
 
 lint: $(DEPS)
 	cargo fmt --all --check

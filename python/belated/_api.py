@@ -9,7 +9,8 @@ from belated._dask import executor_for
 from belated.diagnostics import Callback
 
 atexit.register(_belated.shutdown)
-os.register_at_fork(after_in_child=_belated.forget_pools_after_fork)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_belated.forget_pools_after_fork)
 
 
 def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):

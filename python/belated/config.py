@@ -1,66 +1,242 @@
-"""Configuration, as ``dask.config``: ``set`` works globally and as a context manager.
+"""Configuration, as ``dask.config``: from YAML files, ``BELATED_*`` environment variables and ``set``.
 
-Keys belated reads: ``scheduler`` ("threads" or "sync"), ``num_workers`` and ``delayed_pure``. Other keys
-are stored and returned by ``get`` so that dask code setting them keeps working. Hyphens and underscores
-in keys are interchangeable, as in dask.
+At import, belated reads every ``*.yaml``, ``*.yml`` and ``*.json`` file in ``~/.config/belated/``, then
+``$BELATED_CONFIG`` (a file, or a directory of them), then the environment; each source overrides the
+ones before it. ``refresh()`` reads them all again. ``set`` changes values for the whole process, or
+for a ``with`` block. Keys are case-sensitive, hyphens and underscores in them are interchangeable, and
+dots reach into nested sections, as in dask.
+
+An environment variable names a key after ``BELATED_``, lower-cased, with ``__`` for each dot:
+``BELATED_NUM_WORKERS=8`` sets ``num-workers``, ``BELATED_DISTRIBUTED__COMM__TIMEOUT=30`` sets
+``distributed.comm.timeout``. Values are read as Python literals (``8``, ``2.5``, ``True``, ``None``,
+``[1, 2]``), and anything else stays a string (``processes``), as dask reads ``DASK_*``.
+
+The keys belated reads:
+
+| key (environment variable) | default | meaning |
+|---|---|---|
+| `scheduler` (`BELATED_SCHEDULER`) | `"threads"` | also `"processes"`, `"sync"`, `"distributed"`, `"ray"` |
+| `num-workers` (`BELATED_NUM_WORKERS`) | the cores | threads or worker processes of local schedulers |
+| `timeout` (`BELATED_TIMEOUT`) | `None` | seconds until `ComputeTimeoutError` cancels a local compute |
+| `retries` (`BELATED_RETRIES`) | `1` | times a task is retried when its worker process dies |
+| `delayed-pure` (`BELATED_DELAYED_PURE`) | `False` | the default of `delayed(..., pure=)` |
+
+An open ``belated.Client`` sets ``scheduler`` to itself (unless ``set_as_default=False``).
+
+Other keys are stored and returned by ``get``, so that dask code setting them keeps working.
 
 >>> import belated
 >>> with belated.config.set(scheduler="sync"):
 ...     belated.config.get("scheduler")
 'sync'
+>>> belated.config.get("array.chunk-size", 4)  # a default when the key is not set
+4
 """
 
+import ast
+import os
 import threading
+from collections.abc import Mapping
+
+import yaml
 
 from belated import _belated
 
-_settings: dict = {}
-_lock = threading.Lock()
+config: dict = {}
+"""The configuration in effect: nested dicts with hyphenated keys. Change it with ``set``, ``update`` or
+``refresh``, which keep the engine in step with it."""
+
+_lock = threading.RLock()
 _missing = object()
+_ENV_PREFIX = "BELATED_"
+# Names the config file or directory, so it is not a key itself.
+_CONFIG_VARIABLE = "BELATED_CONFIG"
 
 
-def _canonical(key: str) -> str:
+def canonical_name(key: str) -> str:
+    """``key`` as stored: underscores become hyphens (``num_workers`` is ``num-workers``)."""
     return key.replace("_", "-")
 
 
-def _apply(key: str, value) -> None:
-    if value is _missing:
-        _settings.pop(key, None)
-    else:
-        _settings[key] = value
-    if key == "delayed-pure":
-        _belated.set_default_pure(bool(_settings.get(key, False)))
+def _path(key: str) -> tuple:
+    return tuple(canonical_name(part) for part in key.split("."))
+
+
+def _config_changed() -> None:
+    """Tells the engine the settings it keeps itself, after any change to ``config``."""
+    _belated.set_default_pure(bool(get("delayed-pure", False)))
 
 
 def get(key: str, default=_missing):
-    """The value of ``key``; ``default`` if unset, else ``KeyError``."""
+    """The value of ``key`` (dots for nested sections); ``default`` if it is not set, else ``KeyError``.
+
+    >>> import belated
+    >>> with belated.config.set({"distributed.comm.timeout": 30}):
+    ...     belated.config.get("distributed.comm"), belated.config.get("distributed.comm.retries", 0)
+    ({'timeout': 30}, 0)
+    """
+    node = config
+    for part in _path(key):
+        if not isinstance(node, Mapping) or part not in node:
+            if default is _missing:
+                raise KeyError(key)
+            return default
+        node = node[part]
+    return node
+
+
+def update(old: dict, new: Mapping, priority: str = "new") -> dict:
+    """Merges ``new`` into ``old`` section by section, and returns ``old``.
+
+    With ``priority="old"``, values already in ``old`` win (how defaults are filled in). Keys are made
+    canonical. Updating ``belated.config.config`` itself takes effect at once.
+
+    >>> from belated import config
+    >>> config.update({"a": {"x": 1}}, {"a": {"y_z": 2}, "b": 3})
+    {'a': {'x': 1, 'y-z': 2}, 'b': 3}
+    """
+    if priority not in ("new", "old"):
+        raise ValueError(f"priority must be 'new' or 'old', not {priority!r}")
+    with _lock:
+        for key, value in new.items():
+            key = canonical_name(key) if isinstance(key, str) else key
+            if isinstance(value, Mapping):
+                section = old.get(key)
+                if not isinstance(section, dict):
+                    if key in old and priority == "old":
+                        continue
+                    section = old[key] = {}
+                update(section, value, priority)
+            elif priority == "new" or key not in old:
+                old[key] = value
+        if old is config:
+            _config_changed()
+    return old
+
+
+def collect_yaml(paths) -> dict:
+    """The settings in ``paths``: YAML (or JSON) files, and directories of ``*.yaml``, ``*.yml`` and
+    ``*.json`` files read in name order. Paths that do not exist are skipped; later files win."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(
+                os.path.join(path, name)
+                for name in os.listdir(path)
+                if name.endswith((".yaml", ".yml", ".json"))
+            )
+        elif os.path.exists(path):
+            files.append(path)
+    settings: dict = {}
+    for file in files:
+        try:
+            with open(file) as f:
+                data = yaml.safe_load(f)
+        except yaml.YAMLError as error:
+            raise ValueError(f"belated config file {file} is not valid YAML: {error}") from None
+        if data is None:  # an empty file
+            continue
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"belated config file {file} must hold a mapping of keys to values, not {type(data).__name__}"
+            )
+        update(settings, data)
+    return settings
+
+
+def _literal(text: str):
     try:
-        return _settings[_canonical(key)]
-    except KeyError:
-        if default is _missing:
-            raise KeyError(key) from None
-        return default
+        return ast.literal_eval(text)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def collect_env(env: Mapping | None = None) -> dict:
+    """The settings in ``BELATED_*`` environment variables (``env``, default ``os.environ``).
+
+    >>> from belated import config
+    >>> config.collect_env({"BELATED_NUM_WORKERS": "8", "BELATED_A__B_C": "x", "HOME": "/root"})
+    {'num-workers': 8, 'a': {'b-c': 'x'}}
+    """
+    env = os.environ if env is None else env
+    settings: dict = {}
+    for name, text in env.items():
+        if not name.startswith(_ENV_PREFIX) or name == _CONFIG_VARIABLE:
+            continue
+        update(settings, _nest(name[len(_ENV_PREFIX) :].lower().split("__"), _literal(text)))
+    return settings
+
+
+def _nest(path, value):
+    """``value`` at ``path`` in new dicts: ``_nest(["a", "b"], 1)`` is ``{"a": {"b": 1}}``."""
+    for part in reversed(path):
+        value = {part: value}
+    return value
+
+
+def default_paths(env: Mapping | None = None) -> list:
+    """Where configuration files are read from: ``~/.config/belated``, then ``$BELATED_CONFIG``."""
+    env = os.environ if env is None else env
+    paths = [os.path.join(os.path.expanduser("~"), ".config", "belated")]
+    if env.get(_CONFIG_VARIABLE):
+        paths.append(env[_CONFIG_VARIABLE])
+    return paths
+
+
+def collect(paths=None, env: Mapping | None = None) -> dict:
+    """Every setting in the files (``paths``, default ``default_paths()``) and then the environment."""
+    settings = collect_yaml(default_paths(env) if paths is None else paths)
+    return update(settings, collect_env(env))
+
+
+def refresh(paths=None, env: Mapping | None = None) -> None:
+    """Reads the files and the environment again, replacing everything in ``config``, including values
+    given to ``set``. Takes the arguments of ``collect``."""
+    settings = collect(paths, env)
+    with _lock:
+        config.clear()
+        update(config, settings)
 
 
 class set:  # named as dask.config.set, which users call
-    """Set configuration values, from a mapping and/or keyword arguments.
+    """Set configuration values, from a mapping (dots for nested keys) and/or keyword arguments (``__``
+    for nested keys).
 
     Used as a context manager, the previous values come back on exit; otherwise the change stays.
     """
 
-    def __init__(self, arg=None, **kwargs):
-        updates = {**(arg or {}), **kwargs}
+    def __init__(self, arg: Mapping | None = None, **kwargs):
+        updates = {**(arg or {}), **{key.replace("__", "."): value for key, value in kwargs.items()}}
+        self._previous: list = []
         with _lock:
-            self._previous = {}
             for key, value in updates.items():
-                key = _canonical(key)
-                self._previous.setdefault(key, _settings.get(key, _missing))
-                _apply(key, value)
+                self._assign(_path(key), value)
+            _config_changed()
+
+    def _assign(self, path: tuple, value) -> None:
+        """Puts ``value`` at ``path``, remembering what was at the outermost level it changes."""
+        node = config
+        for depth, part in enumerate(path):
+            if depth == len(path) - 1 or not isinstance(node.get(part), dict):
+                self._previous.append((path[: depth + 1], node.get(part, _missing)))
+                node[part] = _nest(path[depth + 1 :], value) if depth < len(path) - 1 else value
+                return
+            node = node[part]
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         with _lock:
-            for key, value in self._previous.items():
-                _apply(key, value)
+            for path, previous in reversed(self._previous):
+                node = get(".".join(path[:-1]), None) if len(path) > 1 else config
+                if not isinstance(node, dict):  # refreshed meanwhile: nothing of ours is left
+                    continue
+                if previous is _missing:
+                    node.pop(path[-1], None)
+                else:
+                    node[path[-1]] = previous
+            _config_changed()
+
+
+refresh()

@@ -2,8 +2,9 @@
 
 use belated_core::{Error, TaskId};
 use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyBaseException, PyException};
 use pyo3::prelude::*;
+use pyo3::types::PyList;
 
 create_exception!(
     belated,
@@ -50,12 +51,9 @@ pub(crate) fn to_python(
     match error {
         Error::Task { task, error } => {
             // The exception stays the user's own; the note only says which task raised it. Our own
-            // errors (a timeout noticed between tasks) need none, and a type that refuses notes is
-            // passed on without one.
+            // errors (a timeout noticed between tasks) need none.
             if !error.is_instance_of::<BelatedError>(py) {
-                let _ = error
-                    .value(py)
-                    .call_method1("add_note", (format!("raised by belated task {}", key_of(task)),));
+                add_note(py, &error, format!("raised by belated task {}", key_of(task)));
             }
             error
         }
@@ -74,4 +72,28 @@ pub(crate) fn to_python(
         )),
         Error::InvalidGraph(message) => BelatedError::new_err(message),
     }
+}
+
+/// Adds `note` to a task's exception, as `BaseException.add_note` does. Python 3.10 has no `add_note`;
+/// there the note goes into `__notes__` directly (what `add_note` does), which pytest and the
+/// `exceptiongroup` backport display. An exception that refuses notes is passed on without one.
+pub(crate) fn add_note(py: Python<'_>, error: &PyErr, note: String) {
+    let value = error.value(py);
+    let _ = if py.version_info() >= (3, 11) {
+        value.call_method1("add_note", (note,)).map(drop)
+    } else {
+        append_note(value, note)
+    };
+}
+
+fn append_note(value: &Bound<'_, PyBaseException>, note: String) -> PyResult<()> {
+    let notes = match value.getattr("__notes__") {
+        Ok(notes) => notes.cast_into::<PyList>()?,
+        Err(_) => {
+            let notes = PyList::empty(value.py());
+            value.setattr("__notes__", &notes)?;
+            notes
+        }
+    };
+    notes.append(note)
 }

@@ -16,7 +16,6 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList};
@@ -165,7 +164,12 @@ pub(crate) fn frames_from(py: Python<'_>, frames: &Bound<'_, PyAny>) -> PyResult
         .iter()
         .map(|frame| match frame.cast::<PyBytes>() {
             Ok(bytes) => Ok(bytes.as_bytes().to_vec()),
-            Err(_) => PyBuffer::<u8>::get(&frame)?.to_vec(py),
+            // The buffer protocol is not in the stable ABI before 3.11, so out-of-band buffers are
+            // read through `bytes()`: one more copy of each, only for calls with large arguments.
+            Err(_) => {
+                let bytes = py.get_type::<PyBytes>().call1((&frame,))?;
+                Ok(bytes.cast::<PyBytes>()?.as_bytes().to_vec())
+            }
         })
         .collect()
 }
@@ -231,11 +235,10 @@ pub(crate) fn decode_reply<'py>(py: Python<'py>, reply: &[Vec<u8>]) -> PyResult<
     let remote_traceback: String = reply.get_item(2)?.extract()?;
     if !remote_traceback.is_empty() {
         // The exception is the task's own; its frames ran in the worker, so they come as a note.
-        let _ = error.value(py).call_method1(
-            "add_note",
-            (format!(
-                "traceback in the worker process:\n{remote_traceback}"
-            ),),
+        crate::errors::add_note(
+            py,
+            &error,
+            format!("traceback in the worker process:\n{remote_traceback}"),
         );
     }
     Err(error)

@@ -1,0 +1,205 @@
+"""belated.config as dask.config: YAML files, BELATED_* variables, refresh, update, nested set and get.
+
+What is read at import runs in a fresh interpreter with the environment and HOME the test chooses.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import belated
+from belated import config, delayed
+
+
+def run_fresh(code, tmp_path, **env):
+    """Runs ``code`` in a new interpreter whose HOME is ``tmp_path``; returns what it prints, parsed."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("BELATED_")}
+    environ.update(HOME=str(tmp_path), **env)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture
+def fresh_config():
+    """A test that refreshes from its own files leaves the configuration as the process started."""
+    yield
+    config.refresh()
+
+
+def test_environment_variables_at_import(tmp_path):
+    seen = run_fresh(
+        """
+        import json, threading
+        import belated
+        from belated import config, delayed
+        thread = delayed(lambda: threading.current_thread() is threading.main_thread())().compute()
+        keys = ["scheduler", "num_workers", "retries", "distributed.comm.timeout", "flags", "name", "nothing"]
+        print(json.dumps({"ran_inline": thread, **{key: config.get(key) for key in keys}}))
+        """,
+        tmp_path,
+        BELATED_SCHEDULER="sync",
+        BELATED_NUM_WORKERS="3",
+        BELATED_RETRIES="0",
+        BELATED_DISTRIBUTED__COMM__TIMEOUT="2.5",
+        BELATED_FLAGS="[1, 'two']",
+        BELATED_NAME="hello world",
+        BELATED_NOTHING="None",
+    )
+    assert seen == {
+        "ran_inline": True,
+        "scheduler": "sync",
+        "num_workers": 3,
+        "retries": 0,
+        "distributed.comm.timeout": 2.5,
+        "flags": [1, "two"],
+        "name": "hello world",
+        "nothing": None,
+    }
+
+
+def test_timeout_and_delayed_pure_from_the_environment(tmp_path):
+    seen = run_fresh(
+        """
+        import json, os, time
+        import belated
+        from belated import delayed
+        def nap():
+            time.sleep(60)
+        try:
+            delayed(nap)().compute()
+            outcome = "finished"
+        except belated.ComputeTimeoutError:
+            outcome = "timed out"
+        same_key = delayed(abs)(-1).key == delayed(abs)(-1).key
+        print(json.dumps([outcome, same_key]), flush=True)
+        os._exit(0)  # not waiting for the sleeping task, which cannot be stopped
+        """,
+        tmp_path,
+        BELATED_TIMEOUT="0.2",
+        BELATED_DELAYED_PURE="True",
+    )
+    assert seen == ["timed out", True]
+
+
+def test_files_then_belated_config_then_environment(tmp_path):
+    user_dir = tmp_path / ".config" / "belated"
+    user_dir.mkdir(parents=True)
+    (user_dir / "a.yaml").write_text("num_workers: 2\nscheduler: processes\ndistributed:\n  a: 1\n  b: 1\n")
+    (user_dir / "b.yml").write_text("distributed:\n  b: 2\n  c: 2\n")
+    (user_dir / "ignored.txt").write_text("retries: 99\n")
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("scheduler: sync\ntimeout: 5\n")
+    seen = run_fresh(
+        """
+        import json
+        from belated import config
+        print(json.dumps({k: config.get(k, "unset") for k in
+            ["num-workers", "scheduler", "distributed", "timeout", "retries"]}))
+        """,
+        tmp_path,
+        BELATED_CONFIG=str(extra),
+        BELATED_TIMEOUT="7",
+    )
+    assert seen == {
+        "num-workers": 2,
+        "scheduler": "sync",
+        "distributed": {"a": 1, "b": 2, "c": 2},
+        "timeout": 7,
+        "retries": "unset",
+    }
+
+
+def test_refresh_rereads_files_and_replaces_set_values(tmp_path, fresh_config):
+    settings = tmp_path / "belated.yaml"
+    settings.write_text("num-workers: 5\n")
+    config.refresh(paths=[str(tmp_path)], env={})
+    assert config.get("num_workers") == 5
+    settings.write_text("num-workers: 6\ndelayed_pure: true\n")
+    config.set(scheduler="sync")
+    assert config.get("num_workers") == 5, "files are read at import and on refresh, not on every get"
+    config.refresh(paths=[str(tmp_path)], env={"BELATED_TIMEOUT": "3"})
+    assert (config.get("num_workers"), config.get("timeout")) == (6, 3)
+    assert config.get("scheduler", None) is None
+    assert delayed(abs)(-2).key == delayed(abs)(-2).key, (
+        "delayed-pure from a refreshed file reaches the engine"
+    )
+    config.refresh(paths=[], env={})
+    assert delayed(abs)(-2).key != delayed(abs)(-2).key
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("a: [unclosed\n", "not valid YAML"), ("- a list\n", "must hold a mapping")],
+)
+def test_bad_config_file_names_itself(tmp_path, fresh_config, text, problem):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    config.set(num_workers=4)
+    with pytest.raises(ValueError, match=problem) as caught:
+        config.refresh(paths=[str(bad)], env={})
+    assert str(bad) in str(caught.value)
+    assert config.get("num_workers") == 4, "a failed refresh leaves the configuration as it was"
+
+
+def test_nested_set_restores_what_it_changed():
+    with config.set({"outer.inner.leaf": 1}, other__leaf_name=2):
+        assert config.get("outer") == {"inner": {"leaf": 1}}
+        assert config.get("other.leaf-name") == 2
+        with config.set({"outer.inner.second": 3, "outer.inner.leaf": 4}):
+            assert config.get("outer.inner") == {"leaf": 4, "second": 3}
+        assert config.get("outer.inner") == {"leaf": 1}
+    assert config.get("outer", None) is None
+    assert config.get("other", None) is None
+    with pytest.raises(KeyError):
+        config.get("outer.inner")
+
+
+def test_update_merges_sections_and_respects_priority():
+    old = {"a": {"x": 1, "y": 1}, "keep": 0}
+    assert config.update(old, {"a": {"y": 2, "z_z": 2}, "keep": 9}, priority="old") == {
+        "a": {"x": 1, "y": 1, "z-z": 2},
+        "keep": 0,
+    }
+    assert config.update(old, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3, "z-z": 2}, "keep": 0}
+    with pytest.raises(ValueError, match="priority"):
+        config.update(old, {}, priority="newest")
+
+
+def test_update_of_the_live_config_reaches_the_engine():
+    try:
+        config.update(config.config, {"delayed_pure": True})
+        assert delayed(abs)(-3).key == delayed(abs)(-3).key
+    finally:
+        config.update(config.config, {"delayed_pure": False})
+    assert delayed(abs)(-3).key != delayed(abs)(-3).key
+
+
+def test_same_names_as_dask_config():
+    dask_config = pytest.importorskip("dask.config")
+    for name in [
+        "get",
+        "set",
+        "refresh",
+        "update",
+        "collect",
+        "collect_env",
+        "collect_yaml",
+        "canonical_name",
+    ]:
+        assert callable(getattr(dask_config, name)) and callable(getattr(belated.config, name)), name
+    env = {"BELATED_A__B": "1", "BELATED_C": "[1, 2]", "BELATED_D": "text"}
+    assert belated.config.collect_env(env) == dask_config.collect_env(
+        {k.replace("BELATED_", "DASK_"): v for k, v in env.items()}
+    )
