@@ -4,7 +4,7 @@ import atexit
 import html
 import os
 
-from belated import _belated, config
+from belated import _belated, _logging, config
 from belated._dask import executor_for
 from belated.diagnostics import Callback
 
@@ -23,7 +23,8 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
             raise NotImplementedError(
                 "persist() keeps results in this process; on a cluster, use client.persist(...) instead"
             )
-        return _belated.compute_with(args, executor, traverse)
+        with _logging.computing("compute", scheduler):
+            return _belated.compute_with(args, executor, traverse)
     if num_workers is None:
         num_workers = config.get("num_workers", None)
     if timeout is None:
@@ -33,9 +34,11 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
     callbacks = tuple(Callback.active)
     if cluster is not None:
         scheduler = "threads"
-    return _belated.compute(
-        args, scheduler, num_workers, traverse, callbacks, timeout, persist, retries, cluster
-    )
+    where = scheduler if cluster is None else "a local cluster"
+    with _logging.computing("persist" if persist else "compute", where):
+        return _belated.compute(
+            args, scheduler, num_workers, traverse, callbacks, timeout, persist, retries, cluster
+        )
 
 
 def compute(
@@ -108,6 +111,7 @@ class Dashboard:
     def stop(self):
         """Stops serving the page; computations stop reporting to it."""
         _belated.stop_dashboard()
+        _logging.dashboard_logger.debug("dashboard stopped")
 
     def __enter__(self):
         return self
@@ -132,7 +136,10 @@ def dashboard(host="127.0.0.1", port=8787, token=None, *, quiet=False):
     random one) that every request must present. ``port=0`` picks a free port. Calling it again returns
     the running dashboard.
     """
+    starting = _belated.dashboard_url() is None
     url = _belated.start_dashboard(host, port, token)
+    if starting:
+        _logging.dashboard_logger.debug("dashboard serving at %s", url.split("?", 1)[0])
     if not quiet:
         print(f"belated dashboard: {url}")
     return Dashboard(url)

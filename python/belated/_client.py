@@ -10,7 +10,7 @@ import sys
 import threading
 import weakref
 
-from belated import _belated, config
+from belated import _belated, _logging, config
 from belated._dask import _require
 
 _OPEN = weakref.WeakSet()
@@ -165,6 +165,12 @@ class Client:
             if preload is None:
                 preload = [name for name in _USUAL_IMPORTS if name in sys.modules]
             self._cluster = _belated.Cluster(n_workers, threads_per_worker, limit, list(preload))
+            _logging.cluster_logger.debug(
+                "local cluster started: %d workers of %d threads, memory limit %s bytes each",
+                n_workers,
+                threads_per_worker,
+                limit,
+            )
             # Each future's computation waits on a thread of its own (idle while the engine works), so
             # futures submitted one by one can still fill every worker thread.
             self._submitter = concurrent.futures.ThreadPoolExecutor(
@@ -282,6 +288,7 @@ class Client:
                 return
             self._submitter.shutdown(wait=False, cancel_futures=True)
             self._cluster.close()
+            _logging.cluster_logger.debug("local cluster closed")
             if self._dashboard is not None and self._owns_dashboard:
                 self._dashboard.stop()
             self._dashboard = None
