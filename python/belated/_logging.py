@@ -6,7 +6,7 @@ belated logs through the standard :mod:`logging` module, under ``"belated"``:
 |---|---|
 | `belated` | each `compute` and `persist`: start, and finish or failure with its time (DEBUG) |
 | `belated.cluster` | a local `Client`'s cluster starting and closing (DEBUG) |
-| `belated.worker` | worker processes: their start, death and replacement, retries, memory-limit kills |
+| `belated.worker` | worker processes; records logged inside them arrive through the hook below |
 | `belated.dashboard` | the dashboard starting and stopping, its address without the token (DEBUG) |
 
 Nothing is printed unless you configure logging, for example
