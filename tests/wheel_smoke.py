@@ -1,8 +1,8 @@
 """What a user does first, run by tests/test_wheel.py in a fresh venv holding only the built wheel.
 
-The tutorial's example 1 on the default threads and on worker processes, its ``visualize()`` to a PNG,
-and a failing task, whose exception must arrive as itself and carry the note naming its task (on 3.10,
-which has no ``add_note``, in ``__notes__``). Prints one line per check; any failure exits non-zero.
+The tutorial's example 1 on the default threads, on worker processes and on a local cluster, its
+``visualize()`` to a PNG, and a failing task, whose exception must arrive as itself and carry the note
+naming its task (on 3.10, which has no ``add_note``, in ``__notes__``). Prints one line per check; any failure exits non-zero.
 
     python tests/wheel_smoke.py OUTPUT_DIR
 """
@@ -30,6 +30,9 @@ def main(out_dir):
     print("threads: 25")
     assert res.compute(scheduler="processes") == 25
     print("processes: 25")
+    with dask.Client(n_workers=1, threads_per_worker=2, dashboard_address=None):
+        assert res.compute() == 25
+    print("local cluster: 25")
 
     png = os.path.join(out_dir, "example1.png")
     res.visualize(filename=png)
