@@ -30,7 +30,10 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "Chromium is not installed and cannot be (not root): the browser test will be skipped"
 
+# The extension is abi3 (`_belated.abi3.so`); Python would import a version-specific one left by an
+# older build (`_belated.cpython-311-….so`) before it, so that goes first.
 build: $(DEPS)
+	rm -f python/belated/_belated.cpython-*.so
 	$(VENV)/bin/maturin develop --release --quiet
 
 # The wheel users install: one abi3 wheel for CPython >= 3.10, linked by zig (the ziglang package,
