@@ -69,6 +69,10 @@ def test_wheel_metadata_and_license(wheel):
     assert any(re.search(r"\.dist-info/licenses/LICENSE$", name) for name in names), names
     assert "Requires-Python: >=3.10" in metadata
     assert "License-Expression: MIT" in metadata
+    description = metadata.partition("\n\n")[2]
+    assert re.findall(r"^## .*", description, re.MULTILINE)[0] == "## Install", (
+        "the README opens with Install"
+    )
     extras = set(re.findall(r"^Provides-Extra: (\S+)", metadata, re.MULTILINE))
     assert extras == {"dask", "ray"}, f"only user-facing extras belong in the metadata, not {extras}"
 

@@ -2,7 +2,8 @@
 
 The tutorial's example 1 on the default threads, on worker processes and on a local cluster, its
 ``visualize()`` to a PNG, and a failing task, whose exception must arrive as itself and carry the note
-naming its task (on 3.10, which has no ``add_note``, in ``__notes__``). Prints one line per check; any failure exits non-zero.
+naming its task (on 3.10, which has no ``add_note``, in ``__notes__``). Prints one line per check; any
+failure exits non-zero.
 
     python tests/wheel_smoke.py OUTPUT_DIR
 """
