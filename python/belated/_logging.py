@@ -6,7 +6,7 @@ belated logs through the standard :mod:`logging` module, under ``"belated"``:
 |---|---|
 | `belated` | each `compute` and `persist`: start, and finish or failure with its time (DEBUG) |
 | `belated.cluster` | a local `Client`'s cluster starting and closing (DEBUG) |
-| `belated.worker` | worker processes; records logged inside them arrive through the hook below |
+| `belated.worker` | worker processes: what a worker runtime reports through the hook below |
 | `belated.dashboard` | the dashboard starting and stopping, its address without the token (DEBUG) |
 
 Nothing is printed unless you configure logging, for example
@@ -27,7 +27,6 @@ import time
 
 logger = logging.getLogger("belated")
 cluster_logger = logging.getLogger("belated.cluster")
-worker_logger = logging.getLogger("belated.worker")
 dashboard_logger = logging.getLogger("belated.dashboard")
 
 # A library leaves output to the application: without this, Python's last-resort handler would print
