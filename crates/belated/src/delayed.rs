@@ -13,7 +13,7 @@ use std::sync::Arc;
 use belated_core::Node;
 
 use crate::args::IntoArg;
-use crate::task::{short_name, Body, Name, NodeRef, Task, TaskError, Value, Work};
+use crate::task::{short_name, Body, Inputs, Name, NodeRef, Task, TaskError, Value, Work};
 use crate::Data;
 
 /// A value that will be computed later, by a task in a graph of tasks.
@@ -108,7 +108,7 @@ impl<T: Send + Sync + 'static> Delayed<T> {
     pub(crate) fn from_body(
         name: Name,
         deps: Vec<NodeRef>,
-        body: impl Fn(&[Value]) -> Result<T, TaskError> + Send + Sync + 'static,
+        body: impl Fn(&mut Inputs<'_>) -> Result<T, TaskError> + Send + Sync + 'static,
     ) -> Self {
         let body: Body = Box::new(move |inputs| body(inputs).map(|value| Arc::new(value) as Value));
         Delayed::from_node(Node::new(Task::new(name, Work::Call(body)), deps))

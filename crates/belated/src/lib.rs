@@ -64,6 +64,7 @@ mod delayed;
 mod error;
 mod func;
 mod ops;
+mod pool;
 mod task;
 #[cfg(feature = "render")]
 mod visualize;
@@ -73,7 +74,11 @@ pub use compute::{compute, compute_all, Collection, Events, Options, Scheduler};
 pub use delayed::Delayed;
 pub use error::Error;
 pub use func::{delayed, DelayedFn, Signature};
+pub use pool::{ThreadPool, ThreadPoolBuilder};
 pub use task::TaskError;
+
+/// A cooperative stop signal a task can look at; see [`CancelToken::current`].
+pub use belated_core::CancelToken;
 #[cfg(feature = "render")]
 pub use visualize::visualize;
 
