@@ -73,7 +73,7 @@ pub use args::{Arg, IntoArg};
 pub use compute::{compute, compute_all, Collection, Events, Options, Scheduler};
 pub use delayed::Delayed;
 pub use error::Error;
-pub use func::{delayed, DelayedFn, Signature};
+pub use func::{delayed, delayed_async, AsyncSignature, BlockOn, DelayedFn, ParkThread, Signature};
 pub use pool::{ThreadPool, ThreadPoolBuilder};
 pub use task::TaskError;
 

@@ -23,7 +23,7 @@ use crate::Error;
 ///
 /// let pool = ThreadPool::builder().num_threads(3).thread_name("io").build()?;
 /// assert_eq!(pool.threads(), 3);
-/// let x = Delayed::value(20) + 1;
+/// let x = Delayed::value(20i64) + 1;
 /// assert_eq!(x.compute_with(&Options::new().pool(&pool))?, 21);
 /// drop(pool); // its three threads are joined here
 /// # Ok::<(), belated::Error>(())
