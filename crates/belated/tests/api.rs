@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use belated::{compute, compute_all, delayed, BlockOn, Delayed, Error, Options, Scheduler};
+use belated::{compute, compute_all, delayed, Delayed, Error, Options, Scheduler};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
