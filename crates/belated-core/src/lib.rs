@@ -15,6 +15,8 @@
 //! A panic in user code (a task, a value's `Clone` or `Drop`, an observer) fails its computation with
 //! [`Error::Panic`] and never costs a worker.
 
+#![warn(missing_docs)]
+
 mod error;
 mod executor;
 mod graph;

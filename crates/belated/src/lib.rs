@@ -58,6 +58,8 @@
 //! This crate has no Python in its dependency tree; `belated-py` is the Python front end to the same
 //! engine.
 
+#![warn(missing_docs)]
+
 mod args;
 mod compute;
 mod delayed;
