@@ -89,8 +89,9 @@ impl<T> Delayed<T> {
 
 impl<T: Send + Sync + 'static> Delayed<T> {
     /// A value handed to the graph as it is, like dask's `delayed(obj)`. The graph holds it once however
-    /// many calls use it (a plain argument is instead captured by each call); each task that takes it
-    /// by value gets its own clone, so wrap big values in an `Arc` to make that clone cheap.
+    /// many calls use it (a plain argument is instead captured by each call), and keeps it so that it
+    /// can be computed again: each task that takes it by value gets its own clone. For big data, make
+    /// it in a task (`delayed(load).call()`), whose result moves, or wrap it in an `Arc`.
     ///
     /// ```
     /// let data = belated::Delayed::value(vec![1, 2, 3]);
