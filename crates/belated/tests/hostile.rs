@@ -283,3 +283,29 @@ fn every_worker_may_wait_for_a_graph_of_its_own_without_deadlock() {
         (0..6).map(|i| i * 28).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn the_calling_thread_runs_its_own_computation_when_every_worker_is_busy() {
+    let pool = ThreadPool::new(1).unwrap();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (busy_tx, busy_rx) = std::sync::mpsc::channel();
+    let release_rx = Mutex::new(release_rx);
+    let busy_tx = Mutex::new(busy_tx);
+    let blocker = delayed(move || {
+        busy_tx.lock().unwrap().send(()).unwrap();
+        release_rx.lock().unwrap().recv_timeout(TIMEOUT).is_ok()
+    })
+    .call();
+    let blocked = {
+        let options = Options::new().pool(&pool).timeout(TIMEOUT);
+        std::thread::spawn(move || blocker.compute_with(&options))
+    };
+    busy_rx.recv_timeout(TIMEOUT).unwrap();
+    // The pool's only worker is busy: only the calling thread can run this graph.
+    let here = std::thread::current().id();
+    let seen = delayed(|_: u8| std::thread::current().id()).call(0);
+    let on_caller = seen.map(move |id: std::thread::ThreadId| id == here);
+    assert!(on_caller.compute_with(&Options::new().pool(&pool)).unwrap());
+    release_tx.send(()).unwrap();
+    assert!(blocked.join().unwrap().unwrap());
+}
