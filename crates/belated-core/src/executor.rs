@@ -229,6 +229,14 @@ fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// Drops the inputs a task left (it panicked, or lent them), turning a panicking `Drop` into its message.
+fn clear_inputs<V>(inputs: &mut Vec<V>) -> Result<(), String> {
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    catch(|| inputs.clear())
+}
+
 /// A task's outcome as the loop sees it: its result, or the message of a panic.
 type TaskResult<R> = Result<Result<<R as Runner>::Value, <R as Runner>::Error>, String>;
 
@@ -347,7 +355,8 @@ impl<R: Runner> Job<R> {
                 Err(message) => {
                     let task = blame.expect("bookkeeping runs user code only for a task");
                     self.fail(task, message);
-                    self.clear(task, &mut inputs);
+                    // Inputs handed out before the panic; the job has failed already.
+                    let _ = clear_inputs(&mut inputs);
                     continue;
                 }
             };
@@ -375,7 +384,7 @@ impl<R: Runner> Job<R> {
                 result
             })
         });
-        if let Err(message) = self.clear_inputs(inputs) {
+        if let Err(message) = clear_inputs(inputs) {
             result = result.and(Err(message));
         }
         let succeeded = matches!(result, Ok(Ok(_)));
@@ -388,20 +397,6 @@ impl<R: Runner> Job<R> {
                 }
                 Err(message)
             }
-        }
-    }
-
-    fn clear_inputs(&self, inputs: &mut Vec<R::Value>) -> Result<(), String> {
-        match inputs.is_empty() {
-            true => Ok(()),
-            false => catch(|| inputs.clear()),
-        }
-    }
-
-    /// Drops what a failed step left in `inputs`, blaming `task` for a panic.
-    fn clear(&self, task: TaskId, inputs: &mut Vec<R::Value>) {
-        if let Err(message) = self.clear_inputs(inputs) {
-            self.fail(task, message);
         }
     }
 
