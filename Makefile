@@ -6,14 +6,14 @@ PY      := $(VENV)/bin/python
 DEPS    := $(VENV)/.deps-installed
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: demo test build wheel docs docs-check lint cargo-test browser pytest bench clean
+.PHONY: demo test build wheel docs docs-check lint cargo-test package browser pytest bench clean
 
 # The seed tutorial twice: on the default threads, then on its Client(n_workers=4, threads_per_worker=4).
 demo: build
 	$(PY) examples/tutorial.py
 	$(PY) examples/tutorial.py --client
 
-test: lint cargo-test browser pytest docs-check
+test: lint cargo-test package browser pytest docs-check
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -65,6 +65,11 @@ lint: $(DEPS)
 
 cargo-test:
 	cargo test --workspace --quiet
+
+# The crates a Rust user depends on stay publishable: packaged, and built from the package as crates.io
+# would build them (the unpublished path dependencies through cargo's temporary local registry).
+package:
+	cargo package --quiet --allow-dirty -p belated-core -p belated-render -p belated
 
 pytest: build
 	$(PY) -m pytest

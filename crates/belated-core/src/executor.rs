@@ -1,22 +1,29 @@
-//! Running a plan: one work loop, used by the calling thread ([`run_inline`]) and by pool workers.
+//! Running a plan: one work loop, used by the calling thread ([`run_inline`]), by pool workers, and by
+//! a thread that helps with a computation it waits for ([`JobHandle::help`]).
 //!
 //! Invariants:
 //! - A job's state lives behind one mutex that is held only for bookkeeping (record a result, release
-//!   inputs, pick the next task, clone its inputs). Tasks run, and values are dropped, outside it: a
+//!   inputs, pick the next task, hand it its inputs). Tasks run, and values are dropped, outside it: a
 //!   value's destructor may run arbitrary code (Python's `__del__`) that must not run under our locks.
+//! - A task's inputs are cloned only for consumers that start before its last one; the last one takes
+//!   the value itself (see [`Schedule::start`]), so a chain of tasks passes one value along.
 //! - A worker that finishes a task picks its next one in the same critical section, so a busy worker
 //!   never sleeps or hands off between tasks. It wakes one idle worker only when ready work is left over.
-//! - The first failure settles the job at once: nothing new starts, the caller is woken, and tasks still
-//!   running finish in the background with their results dropped. The pool stays usable.
+//! - The first failure settles the job at once: nothing new starts, the caller is woken, the job's
+//!   [`CancelToken`] is cancelled, and tasks still running finish in the background with their results
+//!   dropped. The pool stays usable.
+//! - User code reaches the loop through tasks, values (`Clone`, `Drop`), placement and observers. A
+//!   panic in any of them settles that job as [`Error::Panic`] naming the task concerned; it never
+//!   unwinds through the loop, so no worker is lost and no job is left waiting for a task that ended.
 //! - A worker thread lives inside [`ThreadHost::run_thread`] for its whole life and calls
 //!   [`ThreadHost::block`] only around waiting for work, never per task.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -24,12 +31,23 @@ use crate::{Error, Graph, Schedule, TaskId};
 
 /// What running one task means.
 pub trait Runner: Send + Sync + 'static {
-    /// A task's result. Cloned once per consumer, so it should be a cheap handle.
+    /// A task's result. Cloned for each consumer but the last, so it should be a cheap handle.
     type Value: Clone + Send + 'static;
+    /// A task's own failure, carried to the caller untouched.
     type Error: Send + 'static;
 
     /// Runs `task` on its inputs, given in the order of [`Graph::deps`].
     fn run(&self, task: TaskId, inputs: &[Self::Value]) -> Result<Self::Value, Self::Error>;
+
+    /// Runs `task` on inputs it may take out of `inputs` (drain them): each input is this task's own,
+    /// moved in at its last use or cloned for it. The default lends them to [`Runner::run`].
+    fn run_owned(
+        &self,
+        task: TaskId,
+        inputs: &mut Vec<Self::Value>,
+    ) -> Result<Self::Value, Self::Error> {
+        self.run(task, inputs)
+    }
 
     /// The worker group where `task`, now ready, should run given its inputs (see
     /// [`ThreadPool::with_groups`]); `None` lets any worker take it. Called under the job's lock: keep it
@@ -47,6 +65,14 @@ impl<R: Runner> Runner for Arc<R> {
 
     fn run(&self, task: TaskId, inputs: &[Self::Value]) -> Result<Self::Value, Self::Error> {
         R::run(self, task, inputs)
+    }
+
+    fn run_owned(
+        &self,
+        task: TaskId,
+        inputs: &mut Vec<Self::Value>,
+    ) -> Result<Self::Value, Self::Error> {
+        R::run_owned(self, task, inputs)
     }
 
     fn place(&self, task: TaskId, inputs: &mut dyn Iterator<Item = &Self::Value>) -> Option<usize> {
@@ -77,10 +103,12 @@ impl ThreadHost for PlainHost {
 }
 
 /// Watches tasks start and finish, for progress bars, profilers and dashboards. Called on the thread that
-/// runs the task, outside the engine's locks; keep it quick, it is on the hot path.
+/// runs the task, outside the engine's locks; keep it quick, it is on the hot path. A panic in it fails
+/// the computation with [`Error::Panic`] for the task it was told about.
 pub trait Observer: Send + Sync {
-    /// `worker` is the pool thread's index, or `None` for the calling thread of an inline run.
+    /// `task` starts on pool worker `worker`, or on a thread outside the pool (`None`: the caller).
     fn task_started(&self, task: TaskId, worker: Option<usize>);
+    /// `task` ended, with a result (`succeeded`) or with an error or a panic.
     fn task_finished(&self, task: TaskId, worker: Option<usize>, succeeded: bool);
 }
 
@@ -107,8 +135,53 @@ impl Observer for Fanout {
     }
 }
 
+/// A cooperative stop signal for the tasks of one computation, in the style of tokio's
+/// `CancellationToken`. The engine cancels it when the computation fails, times out or is dropped; a
+/// long task can look at [`CancelToken::current`] now and then and return early.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token not yet cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels the token and every clone of it. Idempotent.
+    pub fn cancel(&self) {
+        self.0.store(true, SeqCst);
+    }
+
+    /// Whether the token was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(SeqCst)
+    }
+
+    /// The token of the computation whose task is running on this thread, if one is.
+    pub fn current() -> Option<CancelToken> {
+        CURRENT_TOKEN.with_borrow(Clone::clone)
+    }
+}
+
 thread_local! {
     static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
+    static CURRENT_TOKEN: RefCell<Option<CancelToken>> = const { RefCell::new(None) };
+}
+
+/// Makes a job's token [`CancelToken::current`] while one of its tasks runs, restoring the outer
+/// task's token after (a task may compute a graph of its own).
+struct TokenScope(Option<CancelToken>);
+
+impl TokenScope {
+    fn enter(token: &CancelToken) -> Self {
+        TokenScope(CURRENT_TOKEN.replace(Some(token.clone())))
+    }
+}
+
+impl Drop for TokenScope {
+    fn drop(&mut self) {
+        CURRENT_TOKEN.set(self.0.take());
+    }
 }
 
 /// The index of the pool worker running on this thread, if it is one.
@@ -116,8 +189,9 @@ pub fn current_worker() -> Option<usize> {
     WORKER_INDEX.get()
 }
 
-/// Whether the current thread is a pool worker. A task that computes a graph itself must not wait on the
-/// pool it occupies (with every worker waiting, nothing would run): it runs its graph inline instead.
+/// Whether the current thread is a pool worker. A task that computes a graph itself must not just
+/// wait on the pool it occupies (with every worker waiting, nothing would run): it runs its graph
+/// inline, or helps with it ([`JobHandle::help`]).
 pub fn on_worker_thread() -> bool {
     WORKER_INDEX.get().is_some()
 }
@@ -139,11 +213,32 @@ pub fn run_inline_observed<R: Runner>(
     observer: Option<Arc<dyn Observer>>,
 ) -> Result<Vec<R::Value>, Error<R::Error>> {
     let job = Job::new(graph, outputs, runner, observer, 1);
-    job.work(None);
+    job.work(None, None, None);
     job.take_result()
 }
 
-type TaskResult<R> = std::thread::Result<Result<<R as Runner>::Value, <R as Runner>::Error>>;
+/// Runs `f`, turning a panic into its message. A panic payload whose own `Drop` panics is leaked
+/// rather than allowed to unwind further.
+fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = panic_message(payload.as_ref());
+        if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+            std::mem::forget(again);
+        }
+        message
+    })
+}
+
+/// Drops the inputs a task left (it panicked, or lent them), turning a panicking `Drop` into its message.
+fn clear_inputs<V>(inputs: &mut Vec<V>) -> Result<(), String> {
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    catch(|| inputs.clear())
+}
+
+/// A task's outcome as the loop sees it: its result, or the message of a panic.
+type TaskResult<R> = Result<Result<<R as Runner>::Value, <R as Runner>::Error>, String>;
 
 struct Job<R: Runner> {
     graph: Graph,
@@ -151,9 +246,11 @@ struct Job<R: Runner> {
     runner: R,
     observer: Option<Arc<dyn Observer>>,
     state: Mutex<JobState<R>>,
-    settled: Condvar,
+    /// Signalled when the job settles, and when ready work appears while a helper waits for some.
+    changed: Condvar,
     /// Ready tasks left, as of the last bookkeeping; lets idle workers find work without the job's lock.
     ready_hint: AtomicUsize,
+    cancel_token: CancelToken,
 }
 
 struct JobState<R: Runner> {
@@ -161,11 +258,14 @@ struct JobState<R: Runner> {
     values: Vec<Option<R::Value>>,
     /// `None` while running; once set, nothing new starts.
     outcome: Option<Result<(), Error<R::Error>>>,
+    /// Threads in [`JobHandle::help`] waiting for ready work.
+    helpers_waiting: usize,
 }
 
-/// What a bookkeeping step displaced; dropped only after the job's lock is released.
+/// What a bookkeeping step displaced, with the task each value came from; dropped only after the
+/// job's lock is released.
 struct Garbage<R: Runner> {
-    values: Vec<R::Value>,
+    values: Vec<(TaskId, R::Value)>,
     late_error: Option<Error<R::Error>>,
     /// Scratch: the inputs a finished task let go of.
     released: Vec<TaskId>,
@@ -187,68 +287,155 @@ impl<R: Runner> Job<R> {
                 values: std::iter::repeat_with(|| None).take(graph.len()).collect(),
                 schedule,
                 outcome,
+                helpers_waiting: 0,
             }),
             graph,
             outputs,
             runner,
             observer,
-            settled: Condvar::new(),
+            changed: Condvar::new(),
             ready_hint: AtomicUsize::new(ready),
+            cancel_token: CancelToken::new(),
         }
     }
 
-    fn work(&self, pool: Option<&PoolShared>) {
+    /// Runs ready tasks until none is left, the job settles or `deadline` passes. `pool` is woken
+    /// when work is left over; `group` is this thread's placement group.
+    fn work(&self, pool: Option<&PoolShared>, group: Option<usize>, deadline: Option<Instant>) {
         let mut inputs: Vec<R::Value> = Vec::new();
         let mut garbage = Garbage::<R> {
             values: Vec::new(),
             late_error: None,
             released: Vec::new(),
         };
-        let group = pool.and_then(|pool| Some(WORKER_INDEX.get()? / pool.threads_per_group));
         let mut finished: Option<(TaskId, TaskResult<R>)> = None;
         loop {
-            let next = {
+            // The task to blame if user code (`place`, `Clone`) panics during bookkeeping.
+            let mut blame = finished.as_ref().map(|(task, _)| *task);
+            let picked = catch(|| {
                 let mut state = self.state.lock();
                 if let Some((task, result)) = finished.take() {
                     self.record(&mut state, task, result, &mut garbage);
                 }
-                let next = match state.outcome {
-                    None => state.schedule.next_ready(group),
-                    Some(_) => None,
+                let open = state.outcome.is_none()
+                    && deadline.is_none_or(|deadline| Instant::now() < deadline);
+                let next = if open {
+                    state.schedule.next_ready(group)
+                } else {
+                    None
                 };
                 if let Some(task) = next {
-                    inputs.extend(self.graph.deps(task).iter().map(|dep| {
-                        state.values[dep.index()]
-                            .clone()
-                            .expect("a ready task's inputs are computed and not yet released")
-                    }));
+                    blame = Some(task);
+                    let JobState {
+                        schedule, values, ..
+                    } = &mut *state;
+                    schedule.start(&self.graph, task, |dep, last_use| {
+                        let slot = &mut values[dep.index()];
+                        let value = if last_use { slot.take() } else { slot.clone() };
+                        inputs.push(
+                            value.expect("a ready task's inputs are computed and not yet released"),
+                        );
+                    });
                 }
-                let ready = match state.outcome {
-                    None => state.schedule.ready_len(),
-                    Some(_) => 0,
+                let ready = if state.outcome.is_none() {
+                    state.schedule.ready_len()
+                } else {
+                    0
                 };
                 self.ready_hint.store(ready, SeqCst);
+                if ready > 0 && state.helpers_waiting > 0 {
+                    self.changed.notify_all();
+                }
                 next
+            });
+            self.take_out(&mut garbage);
+            let task = match picked {
+                Ok(Some(task)) => task,
+                Ok(None) => return,
+                Err(message) => {
+                    let task = blame.expect("bookkeeping runs user code only for a task");
+                    self.fail(task, message);
+                    // Inputs handed out before the panic; the job has failed already.
+                    let _ = clear_inputs(&mut inputs);
+                    continue;
+                }
             };
-            garbage.values.clear();
-            garbage.late_error = None;
-            let Some(task) = next else { return };
             if let Some(pool) = pool {
                 if self.ready_hint.load(SeqCst) > 0 {
                     pool.wake_one();
                 }
             }
-            let worker = WORKER_INDEX.get();
-            if let Some(observer) = &self.observer {
-                observer.task_started(task, worker);
-            }
-            let result = catch_unwind(AssertUnwindSafe(|| self.runner.run(task, &inputs)));
-            if let Some(observer) = &self.observer {
-                observer.task_finished(task, worker, matches!(result, Ok(Ok(_))));
-            }
-            inputs.clear();
-            finished = Some((task, result));
+            finished = Some((task, self.run_task(task, &mut inputs)));
         }
+    }
+
+    /// Runs one task between its observer's calls; whatever of it panics becomes the task's panic.
+    fn run_task(&self, task: TaskId, inputs: &mut Vec<R::Value>) -> TaskResult<R> {
+        let worker = WORKER_INDEX.get();
+        let observe = |f: &dyn Fn(&dyn Observer)| match &self.observer {
+            Some(observer) => catch(|| f(observer.as_ref())),
+            None => Ok(()),
+        };
+        let mut result = observe(&|o| o.task_started(task, worker)).and_then(|()| {
+            catch(|| {
+                let _scope = TokenScope::enter(&self.cancel_token);
+                let result = self.runner.run_owned(task, inputs);
+                inputs.clear();
+                result
+            })
+        });
+        if let Err(message) = clear_inputs(inputs) {
+            result = result.and(Err(message));
+        }
+        let succeeded = matches!(result, Ok(Ok(_)));
+        match observe(&|o| o.task_finished(task, worker, succeeded)) {
+            Ok(()) => result,
+            Err(message) => {
+                if let Ok(Ok(value)) = result {
+                    // The task's value goes: the observer's panic fails the job.
+                    catch(|| drop(value))?;
+                }
+                Err(message)
+            }
+        }
+    }
+
+    /// Drops a step's garbage outside the lock; a value whose `Drop` panics fails the job, naming the
+    /// task that made it.
+    fn take_out(&self, garbage: &mut Garbage<R>) {
+        for (task, value) in garbage.values.drain(..) {
+            if let Err(message) = catch(|| drop(value)) {
+                self.fail(task, message);
+            }
+        }
+        if let Some(late) = garbage.late_error.take() {
+            // The job already failed; a second failure has nowhere to go, even a panicking one.
+            let _ = catch(|| drop(late));
+        }
+    }
+
+    fn fail(&self, task: TaskId, message: String) {
+        let mut state = self.state.lock();
+        self.settle(&mut state, Err(Error::Panic { task, message }));
+    }
+
+    /// Sets the outcome unless one is set (the first one wins), and tells everyone concerned.
+    /// Returns the outcome it did not set.
+    fn settle(
+        &self,
+        state: &mut JobState<R>,
+        outcome: Result<(), Error<R::Error>>,
+    ) -> Option<Error<R::Error>> {
+        if state.outcome.is_some() {
+            return outcome.err();
+        }
+        if outcome.is_err() {
+            self.cancel_token.cancel();
+        }
+        state.outcome = Some(outcome);
+        self.ready_hint.store(0, SeqCst);
+        self.changed.notify_all();
+        None
     }
 
     fn record(
@@ -258,9 +445,9 @@ impl<R: Runner> Job<R> {
         result: TaskResult<R>,
         garbage: &mut Garbage<R>,
     ) {
-        let failure = match result {
+        let outcome = match result {
             Ok(Ok(value)) if state.outcome.is_some() => {
-                garbage.values.push(value);
+                garbage.values.push((task, value));
                 return;
             }
             Ok(Ok(value)) => {
@@ -280,7 +467,9 @@ impl<R: Runner> Job<R> {
                     garbage.released.push(released)
                 });
                 for released in garbage.released.drain(..) {
-                    garbage.values.extend(values[released.index()].take());
+                    if let Some(value) = values[released.index()].take() {
+                        garbage.values.push((released, value));
+                    }
                 }
                 if !schedule.is_finished() {
                     return;
@@ -288,61 +477,78 @@ impl<R: Runner> Job<R> {
                 Ok(())
             }
             Ok(Err(error)) => Err(Error::Task { task, error }),
-            Err(panic) => Err(Error::Panic {
-                task,
-                message: panic_message(panic.as_ref()),
-            }),
+            Err(message) => Err(Error::Panic { task, message }),
         };
-        if state.outcome.is_some() {
-            garbage.late_error = failure.err();
-        } else {
-            state.outcome = Some(failure);
-            self.settled.notify_all();
-        }
+        garbage.late_error = self.settle(state, outcome);
     }
 
     fn wait_timeout(&self, timeout: Duration) -> bool {
         let mut state = self.state.lock();
         if state.outcome.is_none() {
-            self.settled.wait_for(&mut state, timeout);
+            self.changed.wait_for(&mut state, timeout);
         }
         state.outcome.is_some()
     }
 
     fn cancel(&self) {
         let mut state = self.state.lock();
-        if state.outcome.is_none() {
-            state.outcome = Some(Err(Error::Cancelled));
-            self.ready_hint.store(0, SeqCst);
-            self.settled.notify_all();
-        }
+        self.settle(&mut state, Err(Error::Cancelled));
+        // A job that succeeded has no task left to stop, but its token still means "over".
+        self.cancel_token.cancel();
     }
 
-    /// Takes the outcome, leaving the job settled as cancelled for any task still running.
+    /// Takes the outcome, leaving the job settled as cancelled for any task still running. Outputs
+    /// move out (a value asked for twice is cloned for all but the last); a panic in that `Clone`, or
+    /// in the `Drop` of a value left over, fails the result.
     fn take_result(&self) -> Result<Vec<R::Value>, Error<R::Error>> {
-        let (outcome, values) = {
+        let (outcome, mut values) = {
             let mut state = self.state.lock();
             let outcome = state
                 .outcome
                 .replace(Err(Error::Cancelled))
                 .unwrap_or(Err(Error::Cancelled));
-            let values = std::mem::take(&mut state.values);
-            (outcome, values)
+            (outcome, std::mem::take(&mut state.values))
         };
-        outcome.map(|()| {
-            self.outputs
-                .iter()
-                .map(|output| {
-                    values[output.index()]
-                        .clone()
-                        .expect("outputs are never released")
-                })
-                .collect()
-        })
+        let mut outputs = Vec::with_capacity(self.outputs.len());
+        let mut result = outcome.and_then(|()| {
+            let mut uses = vec![0u32; values.len()];
+            for output in &self.outputs {
+                uses[output.index()] += 1;
+            }
+            for &output in &self.outputs {
+                let slot = &mut values[output.index()];
+                uses[output.index()] -= 1;
+                let value = match uses[output.index()] {
+                    0 => slot.take(),
+                    _ => catch(|| slot.clone()).map_err(|message| Error::Panic {
+                        task: output,
+                        message,
+                    })?,
+                };
+                outputs.push(value.expect("outputs are never released"));
+            }
+            Ok(())
+        });
+        for (task, value) in values.into_iter().enumerate() {
+            if let Some(value) = value {
+                if let Err(message) = catch(|| drop(value)) {
+                    let task = TaskId(task as u32);
+                    result = result.and(Err(Error::Panic { task, message }));
+                }
+            }
+        }
+        match result {
+            Ok(()) => Ok(outputs),
+            Err(error) => {
+                let _ = catch(|| drop(outputs));
+                Err(error)
+            }
+        }
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+/// The message a panic was raised with (`panic!("...")`), for [`Error::Panic`].
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(message) = payload.downcast_ref::<&str>() {
         message.to_string()
     } else if let Some(message) = payload.downcast_ref::<String>() {
@@ -363,7 +569,10 @@ impl<R: Runner> Work for Job<R> {
     }
 
     fn work_in(&self, pool: &PoolShared) {
-        self.work(Some(pool))
+        let group = WORKER_INDEX
+            .get()
+            .map(|worker| worker / pool.threads_per_group);
+        self.work(Some(pool), group, None)
     }
 }
 
@@ -413,9 +622,20 @@ impl PoolShared {
             self.wake.notify_one();
         }
     }
+
+    /// A worker's life: take a job with ready work, work on it, repeat until shutdown. Nothing a job
+    /// does unwinds out of [`Job::work`]; dropping the worker's hold on a job (which may drop the
+    /// job's last values) is guarded the same way, so the worker outlives every job.
+    fn serve(&self) {
+        while let Some(job) = self.next_job() {
+            job.work_in(self);
+            let _ = catch(move || drop(job));
+        }
+    }
 }
 
-/// A fixed set of worker threads shared by every computation submitted to it.
+/// A fixed set of worker threads shared by every computation submitted to it. Dropping it stops the
+/// workers once their current tasks end, and joins them.
 pub struct ThreadPool {
     shared: Arc<PoolShared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -430,8 +650,9 @@ impl std::fmt::Debug for ThreadPool {
 }
 
 impl ThreadPool {
+    /// A pool of `threads` workers (at least one), named `belated-worker-{i}`, living in `host`.
     pub fn new(threads: usize, host: Arc<dyn ThreadHost>) -> std::io::Result<Self> {
-        Self::with_groups(1, threads, host)
+        Self::named(1, threads, host, "belated-worker")
     }
 
     /// A pool of `groups` placement groups of `threads_per_group` threads each (worker indices
@@ -441,6 +662,16 @@ impl ThreadPool {
         groups: usize,
         threads_per_group: usize,
         host: Arc<dyn ThreadHost>,
+    ) -> std::io::Result<Self> {
+        Self::named(groups, threads_per_group, host, "belated-worker")
+    }
+
+    /// [`ThreadPool::with_groups`], with threads named `{name}-{i}`.
+    pub fn named(
+        groups: usize,
+        threads_per_group: usize,
+        host: Arc<dyn ThreadHost>,
+        name: &str,
     ) -> std::io::Result<Self> {
         let (groups, threads_per_group) = (groups.max(1), threads_per_group.max(1));
         let threads = groups * threads_per_group;
@@ -460,26 +691,25 @@ impl ThreadPool {
         };
         for i in 0..threads {
             let shared = Arc::clone(&pool.shared);
+            // On failure `pool` drops here, stopping the threads already started.
             let handle = std::thread::Builder::new()
-                .name(format!("belated-worker-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || {
                     WORKER_INDEX.set(Some(i));
                     let host = Arc::clone(&shared.host);
-                    host.run_thread(&mut || {
-                        while let Some(job) = shared.next_job() {
-                            job.work_in(&shared);
-                        }
-                    });
+                    host.run_thread(&mut || shared.serve());
                 })?;
             pool.threads.lock().push(handle);
         }
         Ok(pool)
     }
 
+    /// How many worker threads the pool runs.
     pub fn threads(&self) -> usize {
         self.threads.lock().len()
     }
 
+    /// Starts computing `outputs` of `graph` on the pool's workers.
     pub fn submit<R: Runner>(&self, graph: Graph, outputs: Vec<TaskId>, runner: R) -> JobHandle<R> {
         self.submit_observed(graph, outputs, runner, None)
     }
@@ -492,6 +722,30 @@ impl ThreadPool {
         runner: R,
         observer: Option<Arc<dyn Observer>>,
     ) -> JobHandle<R> {
+        self.enqueue(graph, outputs, runner, observer, true)
+    }
+
+    /// [`ThreadPool::submit_observed`] for a caller that will [`JobHandle::help`]: no worker is woken
+    /// yet. The helper wakes workers only when it finds more ready work than it can take, so a small
+    /// graph runs on the calling thread at about the cost of an inline run.
+    pub fn submit_helped<R: Runner>(
+        &self,
+        graph: Graph,
+        outputs: Vec<TaskId>,
+        runner: R,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> JobHandle<R> {
+        self.enqueue(graph, outputs, runner, observer, false)
+    }
+
+    fn enqueue<R: Runner>(
+        &self,
+        graph: Graph,
+        outputs: Vec<TaskId>,
+        runner: R,
+        observer: Option<Arc<dyn Observer>>,
+        wake: bool,
+    ) -> JobHandle<R> {
         let job = Arc::new(Job::new(
             graph,
             outputs,
@@ -499,7 +753,7 @@ impl ThreadPool {
             observer,
             self.shared.groups,
         ));
-        let ready = job.ready_hint.load(SeqCst);
+        let ready = if wake { job.ready_hint.load(SeqCst) } else { 0 };
         {
             let mut state = self.shared.state.lock();
             state.jobs.push(Arc::clone(&job) as Arc<dyn Work>);
@@ -515,14 +769,17 @@ impl ThreadPool {
         }
     }
 
-    /// Stops the workers once their current tasks end, and joins them. Idempotent.
+    /// Stops the workers once their current tasks end, and joins them (all but the calling thread,
+    /// when a task drops the pool it runs on). Idempotent.
     pub fn shutdown(&self) {
         self.shared.state.lock().shutdown = true;
         self.shared.wake.notify_all();
         let mut threads = std::mem::take(&mut *self.threads.lock());
+        let me = std::thread::current().id();
+        threads.retain(|thread| thread.thread().id() != me);
         self.shared.host.block(&mut || {
             for thread in threads.drain(..) {
-                // A worker only ends by leaving its loop; a panic there has already been reported.
+                // A worker only ends by leaving its loop, which nothing a job does can unwind.
                 let _ = thread.join();
             }
         });
@@ -553,9 +810,50 @@ impl<R: Runner> JobHandle<R> {
         self.job.wait_timeout(timeout)
     }
 
-    /// Stops the computation: nothing new starts; tasks already running finish in the background.
+    /// Runs the computation's ready tasks on the calling thread, beside the pool's workers, until it
+    /// settles or `deadline` passes; returns whether it settled. With nothing ready it sleeps until
+    /// there is, so a pool worker that waits for a graph of its own this way keeps that graph moving
+    /// even when every worker does the same (help-while-waiting, as rayon's `join` does). The
+    /// deadline is checked between tasks: a task running on this thread is not interrupted.
+    ///
+    /// The calling thread runs tasks: the runner must allow that (for Python, a thread attached to
+    /// the interpreter).
+    pub fn help(&self, deadline: Option<Instant>) -> bool {
+        let job = &self.job;
+        loop {
+            job.work(Some(&self.pool), None, deadline);
+            let mut state = job.state.lock();
+            loop {
+                if state.outcome.is_some() {
+                    return true;
+                }
+                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    return false;
+                }
+                if state.schedule.ready_len() > 0 {
+                    break;
+                }
+                state.helpers_waiting += 1;
+                match deadline {
+                    Some(deadline) => {
+                        job.changed.wait_until(&mut state, deadline);
+                    }
+                    None => job.changed.wait(&mut state),
+                }
+                state.helpers_waiting -= 1;
+            }
+        }
+    }
+
+    /// Stops the computation: nothing new starts, its [`CancelToken`] is cancelled, and tasks already
+    /// running finish in the background.
     pub fn cancel(&self) {
         self.job.cancel()
+    }
+
+    /// The token the computation's tasks see as [`CancelToken::current`].
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.job.cancel_token
     }
 
     /// The outputs, in the order given at submission, or why there are none. Cancels first if the
@@ -578,6 +876,10 @@ impl<R: Runner> Drop for JobHandle<R> {
                 .position(|job| Arc::as_ptr(job) as *const () == me);
             position.map(|i| state.jobs.swap_remove(i))
         };
-        drop(removed);
+        // The job may hold values still (a computation dropped unfinished): their `Drop` must not
+        // unwind into the caller, which has its answer already. A task still running finds the job
+        // settled and drops its result itself.
+        let leftovers = std::mem::take(&mut self.job.state.lock().values);
+        let _ = catch(move || drop((removed, leftovers)));
     }
 }

@@ -15,10 +15,12 @@ use rustc_hash::FxHashMap;
 use crate::node::{Node, Payload};
 use crate::Error;
 
+/// A task's place in a [`Graph`]: dense, and a topological order (see the module's invariants).
 #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct TaskId(pub u32);
 
 impl TaskId {
+    /// The id as an index into per-task arrays.
     pub fn index(self) -> usize {
         self.0 as usize
     }
@@ -69,24 +71,29 @@ impl Graph {
         Ok(builder.finish())
     }
 
+    /// How many tasks the graph has.
     pub fn len(&self) -> usize {
         self.dep_start.len() - 1
     }
 
+    /// Whether the graph has no task.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The tasks whose results `task` takes, in argument order (repeats kept).
     pub fn deps(&self, task: TaskId) -> &[TaskId] {
         let i = task.index();
         &self.deps[self.dep_start[i] as usize..self.dep_start[i + 1] as usize]
     }
 
+    /// The tasks that take `task`'s result, once per use.
     pub fn dependents(&self, task: TaskId) -> &[TaskId] {
         let i = task.index();
         &self.dependents[self.dependent_start[i] as usize..self.dependent_start[i + 1] as usize]
     }
 
+    /// Every task id, in order.
     pub fn tasks(&self) -> impl ExactSizeIterator<Item = TaskId> {
         (0..self.len() as u32).map(TaskId)
     }
@@ -141,6 +148,7 @@ impl GraphBuilder {
 /// The part of a build-side graph that some roots need, flattened for one computation.
 #[derive(Debug)]
 pub struct Plan<P> {
+    /// The tasks and their dependencies.
     pub graph: Graph,
     /// The node behind each task id.
     pub nodes: Vec<Arc<Node<P>>>,

@@ -9,20 +9,27 @@
 //!
 //! Execution is generic over a [`Runner`] (what a task does) and a [`ThreadHost`] (how a worker thread
 //! lives in its environment, e.g. attached to a Python interpreter once for its whole life). The same
-//! loop serves the calling thread ([`run_inline`]) and a [`ThreadPool`]; an [`Observer`] sees every task
-//! start and finish, on the thread that runs it.
+//! loop serves the calling thread ([`run_inline`]), a [`ThreadPool`], and a thread that helps with
+//! a computation it waits for ([`JobHandle::help`]); an [`Observer`] sees every task start and finish,
+//! on the thread that runs it. A [`PoolRegistry`] shares pools between computations within bounds.
+//! A panic in user code (a task, a value's `Clone` or `Drop`, an observer) fails its computation with
+//! [`Error::Panic`] and never costs a worker.
+
+#![warn(missing_docs)]
 
 mod error;
 mod executor;
 mod graph;
 mod node;
+mod registry;
 mod schedule;
 
 pub use error::Error;
 pub use executor::{
-    current_worker, on_worker_thread, run_inline, run_inline_observed, Fanout, JobHandle, Observer,
-    PlainHost, Runner, ThreadHost, ThreadPool,
+    current_worker, on_worker_thread, panic_message, run_inline, run_inline_observed, CancelToken,
+    Fanout, JobHandle, Observer, PlainHost, Runner, ThreadHost, ThreadPool,
 };
 pub use graph::{Graph, Plan, TaskId};
 pub use node::{Node, Payload};
+pub use registry::{kept_threads, PoolRegistry, KEPT_POOLS};
 pub use schedule::Schedule;

@@ -16,12 +16,15 @@ pub trait Payload {
     }
 }
 
+/// One call of the build-side graph: what to run (`payload`) on which other nodes' results. Immutable
+/// once made, so graphs built from nodes are acyclic by construction.
 pub struct Node<P> {
     deps: Box<[Arc<Node<P>>]>,
     payload: P,
 }
 
 impl<P> Node<P> {
+    /// A node running `payload` on the results of `deps`.
     pub fn new(payload: P, deps: Vec<Arc<Node<P>>>) -> Arc<Self> {
         Arc::new(Node {
             deps: deps.into_boxed_slice(),
@@ -34,6 +37,7 @@ impl<P> Node<P> {
         &self.deps
     }
 
+    /// What this node runs.
     pub fn payload(&self) -> &P {
         &self.payload
     }

@@ -6,6 +6,8 @@
 //!   would, which keeps the number of live intermediate results close to the graph's width rather than
 //!   its size (the same aim as dask.order).
 //! - A result is released the moment its last dependent finishes, unless it is an output.
+//! - A result moves into the last of its dependents to start, unless it is an output: only earlier
+//!   dependents get a copy (see [`Schedule::start`]).
 //! - Placement (for workers that keep results where they were computed): a task that becomes ready may
 //!   be placed on a group of workers, the one holding its inputs. A worker takes the first task placed
 //!   on its own group, else the first unplaced one, else one placed elsewhere. It never waits while any
@@ -21,10 +23,12 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use crate::{Graph, TaskId};
 
+/// Which task runs next and when a result may go, for one computation (see the module's policy).
 #[derive(Debug)]
 pub struct Schedule {
     unfinished_deps: Vec<u32>,
     unfinished_dependents: Vec<u32>,
+    unstarted_dependents: Vec<u32>,
     is_output: Vec<bool>,
     /// Ready tasks placed on each group, then (last) the unplaced ones.
     ready: Vec<BinaryHeap<Reverse<TaskId>>>,
@@ -63,11 +67,13 @@ impl Schedule {
                 })
                 .collect()
         };
+        let unfinished_dependents: Vec<u32> = graph
+            .tasks()
+            .map(|t| graph.dependents(t).len() as u32)
+            .collect();
         Schedule {
-            unfinished_dependents: graph
-                .tasks()
-                .map(|t| graph.dependents(t).len() as u32)
-                .collect(),
+            unstarted_dependents: unfinished_dependents.clone(),
+            unfinished_dependents,
             unfinished_deps,
             is_output,
             ready,
@@ -115,10 +121,23 @@ impl Schedule {
         self.ready[g].pop().map(|Reverse(task)| task)
     }
 
+    /// Records that `task`, just taken by [`Schedule::next_ready`], starts: calls `input` for each of
+    /// its inputs in order, with whether this is the input's last use. A value at its last use may move
+    /// into the task, since no task that starts later needs it; an output is never at its last use.
+    pub fn start(&mut self, graph: &Graph, task: TaskId, mut input: impl FnMut(TaskId, bool)) {
+        for &dep in graph.deps(task) {
+            let unstarted = &mut self.unstarted_dependents[dep.index()];
+            *unstarted -= 1;
+            input(dep, *unstarted == 0 && !self.is_output[dep.index()]);
+        }
+    }
+
+    /// How many tasks are ready to run.
     pub fn ready_len(&self) -> usize {
         self.ready_len
     }
 
+    /// Whether every task has finished.
     pub fn is_finished(&self) -> bool {
         self.unfinished == 0
     }
@@ -217,6 +236,26 @@ mod tests {
             schedule.finish(&graph, task, |_| None, |t| released.push((task, t)));
         }
         assert_eq!(released, vec![(TaskId(2), TaskId(0))]);
+    }
+
+    #[test]
+    fn only_the_last_consumer_to_start_takes_a_value_and_outputs_never_move() {
+        let graph = Graph::from_deps::<(), _, _>([
+            vec![],
+            vec![TaskId(0), TaskId(0)],
+            vec![TaskId(0), TaskId(1)],
+        ])
+        .unwrap();
+        let mut schedule = Schedule::new(&graph, &[TaskId(1), TaskId(2)], 1);
+        let mut uses = vec![];
+        while let Some(task) = schedule.next_ready(None) {
+            schedule.start(&graph, task, |dep, last| uses.push((task.0, dep.0, last)));
+            schedule.finish(&graph, task, |_| None, |_| {});
+        }
+        assert_eq!(
+            uses,
+            [(1, 0, false), (1, 0, false), (2, 0, true), (2, 1, false)]
+        );
     }
 
     #[test]

@@ -416,3 +416,91 @@ fn chains_stay_on_the_group_that_holds_their_inputs_while_it_has_threads_free() 
         );
     }
 }
+
+/// A value whose `Drop` panics, unless a panic is already unwinding.
+#[derive(Clone, Debug)]
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("bomb went off");
+        }
+    }
+}
+
+/// Makes bombs, and lends its inputs (the default `run_owned`), so the engine drops them itself.
+struct Bombs;
+
+impl Runner for Bombs {
+    type Value = Bomb;
+    type Error = String;
+
+    fn run(&self, _task: TaskId, _inputs: &[Bomb]) -> Result<Bomb, String> {
+        Ok(Bomb)
+    }
+}
+
+/// Panics when told a task finished.
+struct Grumpy;
+
+impl belated_core::Observer for Grumpy {
+    fn task_started(&self, _task: TaskId, _worker: Option<usize>) {}
+
+    fn task_finished(&self, task: TaskId, _worker: Option<usize>, _succeeded: bool) {
+        panic!("observer saw {task}");
+    }
+}
+
+#[test]
+fn panics_in_drops_and_observers_fail_the_job_and_no_worker_is_lost() {
+    let pool = ThreadPool::new(1, Arc::new(PlainHost)).unwrap();
+    let deps = || Graph::from_deps::<String, _, _>([vec![], vec![TaskId(0)]]).unwrap();
+    for _ in 0..3 {
+        let handle = pool.submit(deps(), vec![TaskId(1)], Bombs);
+        assert!(handle.wait_timeout(TIMEOUT), "a worker was lost");
+        match handle.result() {
+            Err(Error::Panic { task, message }) => {
+                assert_eq!((task, message.as_str()), (TaskId(1), "bomb went off"))
+            }
+            other => panic!("expected a panic, got {other:?}"),
+        }
+        let observer = Some(Arc::new(Grumpy) as Arc<dyn belated_core::Observer>);
+        let graph = Graph::from_deps::<String, _, _>([vec![]]).unwrap();
+        let handle = pool.submit_observed(
+            graph,
+            vec![TaskId(0)],
+            Arc::new(Arithmetic::new()),
+            observer,
+        );
+        assert!(handle.wait_timeout(TIMEOUT), "a worker was lost");
+        assert!(
+            matches!(handle.result(), Err(Error::Panic { task: TaskId(0), ref message }) if message == "observer saw #0")
+        );
+    }
+    let inline = std::panic::catch_unwind(|| run_inline(deps(), vec![TaskId(1)], Bombs));
+    assert!(matches!(inline, Ok(Err(Error::Panic { .. }))));
+}
+
+#[test]
+fn a_helper_runs_its_jobs_tasks_while_every_worker_is_busy() {
+    let pool = ThreadPool::new(1, Arc::new(PlainHost)).unwrap();
+    let gate = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
+    let started = Arc::new(AtomicUsize::new(0));
+    let one = Graph::from_deps::<String, _, _>([vec![]]).unwrap();
+    let blocker = pool.submit(one, vec![TaskId(0)], Gate(gate.clone(), started.clone()));
+    while started.load(SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    let (deps, root) = tree(64);
+    let graph = Graph::from_deps::<String, _, _>(deps.clone()).unwrap();
+    let handle = pool.submit_helped(graph, vec![root], Arc::new(Arithmetic::new()), None);
+    assert!(handle.help(None), "the helper ran every task itself");
+    assert_eq!(
+        handle.result().unwrap()[0].number,
+        sequential(&deps)[root.index()]
+    );
+    *gate.0.lock() = true;
+    gate.1.notify_all();
+    assert!(blocker.wait_timeout(TIMEOUT));
+}

@@ -1,7 +1,8 @@
 //! `compute` and `persist`: flatten what the arguments need, run it, put the results back in place.
 //!
-//! Threads and processes: a pool per kind and worker count, started on first use and kept for the life
-//! of the process (a processes pool's threads each drive one worker process). The calling thread lets
+//! Threads and processes: a pool per kind and worker count, started on first use and kept while it is
+//! among the few most recently used (belated-core's `PoolRegistry`; a processes pool's threads each
+//! drive one worker process, which ends with its thread). The calling thread lets
 //! go of the interpreter while it waits, waking every [`SIGNAL_POLL`] to let Python
 //! deliver Ctrl-C, which cancels the computation. A compute called from inside a task runs inline on that
 //! worker, since waiting on the pool it occupies could wait forever.
@@ -11,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use belated_core::{
-    on_worker_thread, run_inline_observed, Fanout, Observer, Plan, Runner, TaskId, ThreadPool,
+    on_worker_thread, run_inline_observed, Fanout, Observer, Plan, PoolRegistry, Runner, TaskId,
+    ThreadPool,
 };
-use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -34,7 +35,7 @@ const SIGNAL_POLL: Duration = Duration::from_millis(50);
 /// A pool's kind (`true`: processes) and size.
 type PoolKey = (bool, usize);
 
-static POOLS: Mutex<Vec<(PoolKey, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
+static POOLS: PoolRegistry<PoolKey> = PoolRegistry::new();
 
 struct PyRunner {
     nodes: Arc<[Arc<TaskNode>]>,
@@ -166,18 +167,13 @@ fn mode(
 /// The pool for `threads` workers of a kind (`processes` or not), started on first use. A processes
 /// pool's threads each own a worker process, so the two kinds never share threads.
 fn pool(processes: bool, threads: usize) -> PyResult<Arc<ThreadPool>> {
-    let mut pools = POOLS.lock();
-    if let Some((_, pool)) = pools.iter().find(|(key, _)| *key == (processes, threads)) {
-        return Ok(Arc::clone(pool));
-    }
-    let pool = ThreadPool::new(threads, Arc::new(PythonHost)).map_err(|e| {
-        WorkerStartError::new_err(format!(
-            "could not start {threads} worker threads ({e}); lower num_workers or use scheduler='sync'"
-        ))
-    })?;
-    let pool = Arc::new(pool);
-    pools.push(((processes, threads), Arc::clone(&pool)));
-    Ok(pool)
+    POOLS.get((processes, threads), || {
+        ThreadPool::new(threads, Arc::new(PythonHost)).map_err(|e| {
+            WorkerStartError::new_err(format!(
+                "could not start {threads} worker threads ({e}); lower num_workers or use scheduler='sync'"
+            ))
+        })
+    })
 }
 
 /// How to run one computation: the scheduler, and compute's options.
@@ -453,8 +449,7 @@ pub(crate) fn compute<'py>(
 /// Stops every worker pool; registered with `atexit` so no worker is attached while Python finalizes.
 #[pyfunction]
 pub(crate) fn shutdown() {
-    let pools = std::mem::take(&mut *POOLS.lock());
-    for (_, pool) in pools {
+    for pool in POOLS.take_all() {
         pool.shutdown();
     }
 }
@@ -463,7 +458,7 @@ pub(crate) fn shutdown() {
 /// joined there) so the next compute starts new ones.
 #[pyfunction]
 pub(crate) fn forget_pools_after_fork() {
-    std::mem::forget(std::mem::take(&mut *POOLS.lock()));
+    std::mem::forget(POOLS.take_all());
 }
 
 /// Computes through another engine: `executor(graph, keys, dependencies)` receives the whole graph at

@@ -20,6 +20,7 @@ fn fonts() -> Arc<resvg::usvg::fontdb::Database> {
         .clone()
 }
 
+/// Rasterises an SVG drawn by this crate to PNG bytes, with the embedded DejaVu Sans font.
 pub fn to_png(svg: &str) -> Result<Vec<u8>, RenderError> {
     let options = resvg::usvg::Options {
         font_family: "DejaVu Sans".to_string(),

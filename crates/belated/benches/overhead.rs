@@ -1,10 +1,16 @@
 //! Per-task overhead of belated against rayon and plain sequential code, on the same graph shapes, in
 //! one run: `cargo bench -p belated --bench overhead` (add `-- --quick` for fewer repetitions).
 //!
-//! Every task does almost nothing (one `black_box`ed add), so a column's time minus the sequential
-//! time, divided by the number of tasks, is what the framework costs per task. belated is measured in
-//! two phases, building the graph (`delayed` calls) and computing it (flatten, schedule, run, collect),
-//! inline on the calling thread and on the default pool (one thread per core).
+//! Three tables:
+//! - Every task does almost nothing (one `black_box`ed add), so a column's time minus the sequential
+//!   time, divided by the number of tasks, is what the framework costs per task. belated is measured
+//!   in two phases, building the graph (`delayed` calls) and computing it (flatten, schedule, run,
+//!   collect), inline on the calling thread and on the default pool (one thread per core).
+//! - map+reduce with 1 µs and 10 µs of work per task, end to end (build and compute), against
+//!   rayon's `par_iter`: the ratio is what the targets are stated in.
+//! - A tiny graph, `square(3) + square(4)`, end to end, against inline and `rayon::join`.
+//!
+//! Times are medians of several runs, with the fastest and slowest run beside them.
 //!
 //! A plain `harness = false` timer rather than criterion or divan: those take minutes to compile on a
 //! 2-core machine, and what this needs — medians of a few runs of three frameworks side by side, in a
@@ -23,8 +29,8 @@ fn add(a: u64, b: u64) -> u64 {
     black_box(a).wrapping_add(b)
 }
 
-/// The median of `runs` timings of `f`, after one warm-up run; checks every run returns `expect`.
-fn median(runs: usize, expect: u64, mut f: impl FnMut() -> u64) -> Duration {
+/// The timings of `runs` runs of `f`, after one warm-up run; checks every run returns `expect`.
+fn timings(runs: usize, expect: u64, mut f: impl FnMut() -> u64) -> Timings {
     assert_eq!(f(), expect);
     let mut times: Vec<Duration> = (0..runs)
         .map(|_| {
@@ -36,7 +42,32 @@ fn median(runs: usize, expect: u64, mut f: impl FnMut() -> u64) -> Duration {
         })
         .collect();
     times.sort();
-    times[runs / 2]
+    Timings(times)
+}
+
+/// Sorted run times.
+struct Timings(Vec<Duration>);
+
+impl Timings {
+    fn median(&self) -> Duration {
+        self.0[self.0.len() / 2]
+    }
+
+    /// `median (min–max)` in `unit`s of seconds, e.g. 1e-3 for ms.
+    fn spread(&self, unit: f64, scale: f64) -> String {
+        let show = |d: Duration| d.as_secs_f64() / unit / scale;
+        let (min, max) = (self.0[0], self.0[self.0.len() - 1]);
+        format!(
+            "{:.2} ({:.2}–{:.2})",
+            show(self.median()),
+            show(min),
+            show(max)
+        )
+    }
+}
+
+fn median(runs: usize, expect: u64, f: impl FnMut() -> u64) -> Duration {
+    timings(runs, expect, f).median()
 }
 
 /// One graph shape in every framework: `tasks` is how many tasks the belated graph has.
@@ -122,6 +153,94 @@ fn chain(n: usize) -> Shape {
     }
 }
 
+/// Busy work: `iterations` dependent multiply-adds that the optimizer cannot drop.
+fn spin(iterations: u64) -> u64 {
+    let mut x = black_box(1u64);
+    for i in 0..iterations {
+        x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+    }
+    x
+}
+
+/// How many [`spin`] iterations take about one microsecond here.
+fn iterations_per_micro() -> u64 {
+    let probe = 20_000_000;
+    let started = Instant::now();
+    black_box(spin(probe));
+    (probe as f64 / (started.elapsed().as_secs_f64() * 1e6)).max(1.0) as u64
+}
+
+/// map+reduce over `tasks` tasks of `micros` µs of work each, end to end, against rayon's `par_iter`.
+fn work_table(runs: usize) {
+    use rayon::prelude::*;
+    let per_micro = iterations_per_micro();
+    println!("\nmap+reduce with work per task, end to end (build + compute); ms, median (min–max) of {runs} runs\n");
+    println!("| work per task | tasks | sequential | rayon `par_iter` | belated pool | belated / rayon |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (micros, tasks) in [(1u64, 20_000u64), (10, 5_000)] {
+        let iterations = micros * per_micro;
+        let work = move |i: u64| spin(iterations).wrapping_add(i);
+        let expect = (0..tasks).map(work).fold(0, u64::wrapping_add);
+        let sequential = timings(runs, expect, || {
+            (0..tasks).map(work).fold(0, u64::wrapping_add)
+        });
+        let rayon = timings(runs, expect, || {
+            (0..tasks)
+                .into_par_iter()
+                .map(work)
+                .reduce(|| 0, u64::wrapping_add)
+        });
+        let belated = timings(runs, expect, || {
+            let work = delayed(move |i: u64| work(i));
+            let parts: Vec<Delayed<u64>> = (0..tasks).map(|i| work.call(i)).collect();
+            let total = delayed(|parts: Vec<u64>| parts.into_iter().fold(0, u64::wrapping_add));
+            total.call(parts).compute().unwrap()
+        });
+        println!(
+            "| {micros} µs | {tasks} | {} | {} | {} | {:.2}× |",
+            sequential.spread(1e-3, 1.0),
+            rayon.spread(1e-3, 1.0),
+            belated.spread(1e-3, 1.0),
+            belated.median().as_secs_f64() / rayon.median().as_secs_f64()
+        );
+    }
+}
+
+/// `square(3) + square(4)`, end to end, many times per timing.
+fn tiny_table(runs: usize) {
+    fn square(x: u64) -> u64 {
+        black_box(x) * x
+    }
+    const REPEAT: u32 = 10_000;
+    let per_call =
+        |f: &dyn Fn() -> u64| timings(runs, 25 * REPEAT as u64, || (0..REPEAT).map(|_| f()).sum());
+    let sequential = per_call(&|| square(3) + square(4));
+    let joined = per_call(&|| {
+        let (a, b) = rayon::join(|| square(3), || square(4));
+        a + b
+    });
+    let graph = |options: &Options| {
+        let square = delayed(square);
+        (square.call(3) + square.call(4))
+            .compute_with(options)
+            .unwrap()
+    };
+    let (inline, pool) = (Options::inline(), Options::new());
+    let on_inline = per_call(&|| graph(&inline));
+    let on_pool = per_call(&|| graph(&pool));
+    println!("\ntiny graph `square(3) + square(4)`, end to end (build + compute); µs per graph, median (min–max) of {runs} runs of {REPEAT}\n");
+    println!("| sequential | `rayon::join` | belated inline | belated pool (default options) |");
+    println!("|---:|---:|---:|---:|");
+    let show = |t: &Timings| t.spread(1e-6, REPEAT as f64);
+    println!(
+        "| {} | {} | {} | {} |",
+        show(&sequential),
+        show(&joined),
+        show(&on_inline),
+        show(&on_pool)
+    );
+}
+
 fn micros(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
@@ -177,4 +296,6 @@ fn main() {
             );
         }
     }
+    work_table(runs);
+    tiny_table(runs);
 }

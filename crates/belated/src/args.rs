@@ -2,13 +2,12 @@
 //!
 //! A plain value is captured in the calling task itself instead of becoming a node of its own, so
 //! `square.call(3)` is one task (as in dask's pictures) and costs no extra scheduling. A delayed value
-//! becomes a dependency. Each argument remembers where its inputs sit in the task's dependency list, so a
-//! task reads its arguments by index, with no lookup by key.
+//! becomes a dependency. A task's inputs arrive in the order its arguments placed their dependencies,
+//! so each argument takes the next ones (by value: see [`crate::task::Inputs`]), with no lookup by key.
 
-use std::ops::Range;
 use std::sync::Arc;
 
-use crate::task::{downcast, NodeRef, TaskError, Value};
+use crate::task::{take_next, Inputs, NodeRef, TaskError};
 use crate::{Data, Delayed};
 
 /// Something that can stand for an argument of type `T` in a delayed call: a `T` itself, a
@@ -33,8 +32,8 @@ impl<T> std::fmt::Debug for Arg<T> {
     }
 }
 
-/// Builds a `T` from the inputs an argument owns.
-type Gather<T> = fn(&[Value]) -> Result<T, TaskError>;
+/// Builds a `T` from the next `n` inputs.
+type Gather<T> = fn(&mut Inputs<'_>, usize) -> Result<T, TaskError>;
 
 enum Source<T> {
     Literal(T),
@@ -42,11 +41,11 @@ enum Source<T> {
     Many(Vec<NodeRef>, Gather<T>),
 }
 
-/// An argument placed in a task: the literal, or the range of the task's inputs it reads.
+/// An argument placed in a task: the literal, or how many of the task's inputs it takes.
 pub(crate) enum Slot<T> {
     Literal(T),
-    One(usize),
-    Many(Range<usize>, Gather<T>),
+    One,
+    Many(usize, Gather<T>),
 }
 
 impl<T: Data> Arg<T> {
@@ -60,35 +59,37 @@ impl<T: Data> Arg<T> {
         }
     }
 
-    /// Appends this argument's dependencies to the task's list and says where they went.
+    /// Appends this argument's dependencies to the task's list. The task must then [`Slot::get`] its
+    /// arguments in the order they were placed.
     pub(crate) fn place(self, deps: &mut Vec<NodeRef>) -> Slot<T> {
         match self.0 {
             Source::Literal(value) => Slot::Literal(value),
             Source::One(node) => {
                 deps.push(node);
-                Slot::One(deps.len() - 1)
+                Slot::One
             }
             Source::Many(nodes, gather) => {
-                let start = deps.len();
+                let count = nodes.len();
                 deps.extend(nodes);
-                Slot::Many(start..deps.len(), gather)
+                Slot::Many(count, gather)
             }
         }
     }
 }
 
 impl<T: Data> Slot<T> {
-    pub(crate) fn get(&self, inputs: &[Value]) -> Result<T, TaskError> {
+    /// The argument's value, from its next inputs; a literal is cloned, since the graph keeps it.
+    pub(crate) fn get(&self, inputs: &mut Inputs<'_>) -> Result<T, TaskError> {
         match self {
             Slot::Literal(value) => Ok(value.clone()),
-            Slot::One(index) => downcast(&inputs[*index]),
-            Slot::Many(range, gather) => gather(&inputs[range.clone()]),
+            Slot::One => take_next(inputs),
+            Slot::Many(count, gather) => gather(inputs, *count),
         }
     }
 }
 
-fn gather_vec<T: Data>(inputs: &[Value]) -> Result<Vec<T>, TaskError> {
-    inputs.iter().map(downcast).collect()
+fn gather_vec<T: Data>(inputs: &mut Inputs<'_>, count: usize) -> Result<Vec<T>, TaskError> {
+    (0..count).map(|_| take_next(inputs)).collect()
 }
 
 impl<T: Data> IntoArg<T> for T {

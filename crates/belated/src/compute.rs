@@ -4,22 +4,29 @@
 //! - One computation is one flat plan: values requested together share their common tasks, which run
 //!   once (`compute((a, b))` with `a` and `b` both needing `x` runs `x` once).
 //! - The default scheduler is a process-wide pool with one thread per available core, created on first
-//!   use. [`Scheduler::Threads`] pools are likewise created once per size and reused, as dask's threaded
-//!   scheduler does, so choosing a size per call does not spawn threads per call.
-//! - A computation started from inside a task (a pool thread) runs inline on that thread: waiting for
-//!   the pool it occupies could leave every worker waiting and nothing running.
-//! - Results come out of the engine's shared values without a copy when nothing else holds them (the
-//!   usual case); a value requested twice in one computation is cloned.
+//!   use. [`Scheduler::Threads`] pools are reused per size, as dask's threaded scheduler does, so
+//!   choosing a size per call does not spawn threads per call; but only a few are kept (the bounds of
+//!   [`belated_core::PoolRegistry`]), and one let go of ends with its last computation. A
+//!   [`ThreadPool`] of your own lives exactly as long as you hold it.
+//! - The calling thread takes part in its own computation: it runs ready tasks beside the pool's
+//!   workers and wakes them only when there is more ready work than it can take, so a small graph
+//!   costs about what an inline run costs. With a timeout it only watches instead, so that it can
+//!   return at the deadline, whatever the tasks do.
+//! - A computation started from inside a task (on a pool thread) helps with its own tasks while it
+//!   waits, beside any idle worker, so it neither runs serially nor deadlocks when every worker
+//!   waits for a graph of its own; its timeout is checked between tasks.
+//! - Results move out of the engine without a copy; a value requested twice in one computation is
+//!   cloned for all but the last request. A panic in that `Clone` is an [`Error::Panic`] too.
 
-use std::sync::Arc;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use belated_core::{
-    on_worker_thread, run_inline_observed, JobHandle, Observer, PlainHost, Plan, Runner, TaskId,
-    ThreadPool,
+    on_worker_thread, panic_message, run_inline_observed, JobHandle, Observer, Plan, Runner, TaskId,
 };
-use parking_lot::Mutex;
 
+use crate::pool::ThreadPool;
 use crate::task::{NodeRef, TaskError, Value};
 use crate::{Data, Delayed, Error};
 
@@ -50,6 +57,7 @@ use sealed::{Roots, Values};
 /// # Ok::<(), belated::Error>(())
 /// ```
 pub trait Collection {
+    /// The collection's shape with every `Delayed<T>` replaced by its `T`.
     type Output;
     #[doc(hidden)]
     fn add_roots(&self, roots: &mut Roots);
@@ -82,7 +90,14 @@ impl<T: Data> Collection for Delayed<T> {
                 std::any::type_name::<T>()
             ))
         })?;
-        Ok(Arc::try_unwrap(value).unwrap_or_else(|shared| T::clone(&shared)))
+        // Shared only when the same value was requested twice; its `Clone` is user code.
+        catch_unwind(AssertUnwindSafe(|| {
+            Arc::try_unwrap(value).unwrap_or_else(|shared| T::clone(&shared))
+        }))
+        .map_err(|payload| Error::Panic {
+            key: self.key(),
+            message: panic_message(payload.as_ref()),
+        })
     }
 }
 
@@ -187,7 +202,7 @@ impl<T: Data> Delayed<T> {
     }
 }
 
-/// Where tasks run.
+/// Where tasks run. A [`ThreadPool`] of your own is given with [`Options::pool`] instead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Scheduler {
@@ -197,8 +212,9 @@ pub enum Scheduler {
     /// On the calling thread, one task at a time (dask's `scheduler="sync"`): for debugging, and for
     /// graphs of tasks too small to be worth a thread hand-off.
     Inline,
-    /// A pool of this many threads, created on first use and kept for the process. More threads than
-    /// cores pays off when tasks wait (sleep, I/O) rather than compute.
+    /// A pool of this many threads, shared by the computations that ask for this size and kept while
+    /// it is among the few most recently used (see the module docs). More threads than cores pays off
+    /// when tasks wait (sleep, I/O) rather than compute.
     Threads(usize),
 }
 
@@ -217,6 +233,7 @@ pub enum Scheduler {
 #[derive(Clone, Default)]
 pub struct Options {
     scheduler: Scheduler,
+    pool: Option<ThreadPool>,
     timeout: Option<Duration>,
     events: Option<Arc<dyn Events>>,
 }
@@ -225,6 +242,7 @@ impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
             .field("scheduler", &self.scheduler)
+            .field("pool", &self.pool)
             .field("timeout", &self.timeout)
             .field("events", &self.events.is_some())
             .finish()
@@ -233,7 +251,8 @@ impl std::fmt::Debug for Options {
 
 /// Hears every task start and finish, on the thread that runs it, for progress bars, profilers and
 /// dashboards: the same events the Python front end's diagnostics receive. Keep it quick; it runs
-/// between tasks.
+/// between tasks. A panic in it fails the computation with [`Error::Panic`] for the task it was told
+/// about; the worker carries on.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
@@ -256,11 +275,13 @@ impl std::fmt::Debug for Options {
 /// # Ok::<(), belated::Error>(())
 /// ```
 pub trait Events: Send + Sync + 'static {
-    /// `worker` is the pool thread's index, or `None` for an inline run on the calling thread.
+    /// The task `key` starts. `worker` is the pool thread's index, or `None` for the calling thread
+    /// (an inline run, or a caller taking part in its computation).
     fn task_started(&self, key: &str, worker: Option<usize>) {
         let _ = (key, worker);
     }
 
+    /// The task `key` ended: with a value (`succeeded`), or with an error or a panic.
     fn task_finished(&self, key: &str, worker: Option<usize>, succeeded: bool) {
         let _ = (key, worker, succeeded);
     }
@@ -288,6 +309,7 @@ impl Observer for KeyedEvents {
 }
 
 impl Options {
+    /// The default options: the global pool, no timeout, no events.
     pub fn new() -> Self {
         Self::default()
     }
@@ -297,19 +319,30 @@ impl Options {
         Self::new().scheduler(Scheduler::Inline)
     }
 
-    /// Runs tasks on a pool of `threads` threads.
+    /// Runs tasks on a shared pool of `threads` threads (see [`Scheduler::Threads`]).
     pub fn threads(threads: usize) -> Self {
         Self::new().scheduler(Scheduler::Threads(threads))
     }
 
+    /// Where tasks run; replaces a [`Options::pool`] given before.
     pub fn scheduler(mut self, scheduler: Scheduler) -> Self {
         self.scheduler = scheduler;
+        self.pool = None;
         self
     }
 
-    /// Gives up after `timeout`, cancelling the computation, with [`Error::Timeout`]. On a pool the
-    /// caller returns at the deadline while running tasks finish in the background; an inline
-    /// computation runs on the caller's thread, so it stops at the first task boundary after it.
+    /// Runs tasks on `pool`, a pool of your own; the options hold it (a clone of the handle) while
+    /// they live.
+    pub fn pool(mut self, pool: &ThreadPool) -> Self {
+        self.pool = Some(pool.clone());
+        self
+    }
+
+    /// Gives up after `timeout`, cancelling the computation (and its [`CancelToken`](crate::CancelToken)),
+    /// with [`Error::Timeout`]. On a pool the caller returns at the deadline while running tasks finish
+    /// in the background; an inline computation, or one started inside a task, runs tasks on the
+    /// caller's thread, so it stops at the first task boundary after it. A timeout too long for the
+    /// clock (`Duration::MAX`) means none.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -333,36 +366,43 @@ impl Options {
             nodes,
             outputs,
         } = Plan::flatten::<TaskError>(&roots).map_err(|e| Error::from_engine(e, &[]))?;
-        let threads = match self.scheduler {
-            _ if on_worker_thread() => None,
-            Scheduler::Inline => None,
-            Scheduler::Global => Some(default_threads()),
-            Scheduler::Threads(threads) => Some(threads.max(1)),
+        let pool = match (&self.pool, self.scheduler) {
+            (Some(pool), _) => Some(Arc::clone(&pool.inner)),
+            (None, Scheduler::Inline) => None,
+            (None, Scheduler::Global) => Some(global_pool()?),
+            (None, Scheduler::Threads(threads)) => Some(ThreadPool::shared(threads.max(1))?),
         };
-        // A pool is waited on with a timeout; an inline run can only check between tasks.
-        let deadline = match (threads, self.timeout) {
-            (None, Some(timeout)) => Some(Instant::now() + timeout),
-            _ => None,
-        };
-        let runner = Arc::new(TaskRunner { nodes, deadline });
+        let deadline = self
+            .timeout
+            .and_then(|timeout| Instant::now().checked_add(timeout));
+        let timed_out = || Error::Timeout(self.timeout.unwrap_or_default());
+        let runner = Arc::new(TaskRunner {
+            nodes,
+            // An inline run can only stop between tasks; a pool run is watched from outside.
+            deadline: deadline.filter(|_| pool.is_none()),
+        });
         let observer = self.events.as_ref().map(|events| {
             Arc::new(KeyedEvents {
                 runner: Arc::clone(&runner),
                 events: Arc::clone(events),
             }) as Arc<dyn Observer>
         });
-        let result = match threads {
+        let result = match pool {
             None => run_inline_observed(graph, outputs, Arc::clone(&runner), observer),
-            Some(threads) => {
-                let handle =
-                    pool(threads)?.submit_observed(graph, outputs, Arc::clone(&runner), observer);
+            Some(pool) if deadline.is_some() && !on_worker_thread() => {
+                let handle = pool.submit_observed(graph, outputs, Arc::clone(&runner), observer);
                 return self.wait(handle, &runner.nodes);
+            }
+            Some(pool) => {
+                let handle = pool.submit_helped(graph, outputs, Arc::clone(&runner), observer);
+                if !handle.help(deadline) {
+                    return Err(timed_out());
+                }
+                handle.result()
             }
         };
         result.map_err(|e| match e {
-            belated_core::Error::Task { error, .. } if error.is::<DeadlinePassed>() => {
-                Error::Timeout(self.timeout.unwrap_or_default())
-            }
+            belated_core::Error::Task { error, .. } if error.is::<DeadlinePassed>() => timed_out(),
             e => Error::from_engine(e, &runner.nodes),
         })
     }
@@ -372,32 +412,23 @@ impl Options {
         handle: JobHandle<Arc<TaskRunner>>,
         nodes: &[NodeRef],
     ) -> Result<Vec<Value>, Error> {
-        // `wait_timeout` needs a bound; without a timeout, wait in long slices until it settles.
-        let slice = self.timeout.unwrap_or(Duration::from_secs(3600));
-        while !handle.wait_timeout(slice) {
-            if let Some(timeout) = self.timeout {
-                handle.cancel();
-                return Err(Error::Timeout(timeout));
-            }
+        let timeout = self.timeout.unwrap_or_default();
+        if !handle.wait_timeout(timeout) {
+            return Err(Error::Timeout(timeout));
         }
         handle.result().map_err(|e| Error::from_engine(e, nodes))
     }
 }
 
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// The pool of `threads` threads, started on first request and shared by every later one.
-fn pool(threads: usize) -> Result<Arc<ThreadPool>, Error> {
-    static POOLS: Mutex<Vec<(usize, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
-    let mut pools = POOLS.lock();
-    if let Some((_, pool)) = pools.iter().find(|(size, _)| *size == threads) {
+/// The process-wide pool of one thread per core, started on first use and kept.
+fn global_pool() -> Result<Arc<belated_core::ThreadPool>, Error> {
+    static GLOBAL: OnceLock<Arc<belated_core::ThreadPool>> = OnceLock::new();
+    if let Some(pool) = GLOBAL.get() {
         return Ok(Arc::clone(pool));
     }
-    let pool = Arc::new(ThreadPool::new(threads, Arc::new(PlainHost)).map_err(Error::Spawn)?);
-    pools.push((threads, Arc::clone(&pool)));
-    Ok(pool)
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = ThreadPool::start(threads, "belated-worker")?;
+    Ok(Arc::clone(GLOBAL.get_or_init(|| Arc::new(pool))))
 }
 
 /// Runs task `i` of a plan by calling the body of the plan's `i`-th node.
@@ -416,6 +447,10 @@ impl Runner for TaskRunner {
     type Error = TaskError;
 
     fn run(&self, task: TaskId, inputs: &[Value]) -> Result<Value, TaskError> {
+        self.run_owned(task, &mut inputs.to_vec())
+    }
+
+    fn run_owned(&self, task: TaskId, inputs: &mut Vec<Value>) -> Result<Value, TaskError> {
         if self
             .deadline
             .is_some_and(|deadline| Instant::now() >= deadline)

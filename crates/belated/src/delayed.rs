@@ -13,7 +13,7 @@ use std::sync::Arc;
 use belated_core::Node;
 
 use crate::args::IntoArg;
-use crate::task::{short_name, Body, Name, NodeRef, Task, TaskError, Value, Work};
+use crate::task::{short_name, Body, Inputs, Name, NodeRef, Task, TaskError, Value, Work};
 use crate::Data;
 
 /// A value that will be computed later, by a task in a graph of tasks.
@@ -89,8 +89,9 @@ impl<T> Delayed<T> {
 
 impl<T: Send + Sync + 'static> Delayed<T> {
     /// A value handed to the graph as it is, like dask's `delayed(obj)`. The graph holds it once however
-    /// many calls use it (a plain argument is instead captured by each call); each task that takes it
-    /// by value gets its own clone, so wrap big values in an `Arc` to make that clone cheap.
+    /// many calls use it (a plain argument is instead captured by each call), and keeps it so that it
+    /// can be computed again: each task that takes it by value gets its own clone. For big data, make
+    /// it in a task (`delayed(load).call()`), whose result moves, or wrap it in an `Arc`.
     ///
     /// ```
     /// let data = belated::Delayed::value(vec![1, 2, 3]);
@@ -108,7 +109,7 @@ impl<T: Send + Sync + 'static> Delayed<T> {
     pub(crate) fn from_body(
         name: Name,
         deps: Vec<NodeRef>,
-        body: impl Fn(&[Value]) -> Result<T, TaskError> + Send + Sync + 'static,
+        body: impl Fn(&mut Inputs<'_>) -> Result<T, TaskError> + Send + Sync + 'static,
     ) -> Self {
         let body: Body = Box::new(move |inputs| body(inputs).map(|value| Arc::new(value) as Value));
         Delayed::from_node(Node::new(Task::new(name, Work::Call(body)), deps))

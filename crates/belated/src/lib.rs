@@ -25,7 +25,12 @@
 //!
 //! A computation returns a [`Result`]. A task that panics, or a fallible task
 //! ([`DelayedFn::try_call`], [`Delayed::try_map`]) that returns `Err`, fails the computation with an
-//! [`Error`] naming the task by its key; the panic is caught on the worker, which carries on.
+//! [`Error`] naming the task by its key; the panic is caught on the worker, which carries on. So is a
+//! panic in a value's `Clone` or `Drop`, or in an [`Events`] listener: it is an [`Error::Panic`] for
+//! the task concerned, wherever it happens, and `compute` never unwinds.
+//!
+//! A computation that fails, times out or is dropped cancels its [`CancelToken`]; a long task can
+//! look at [`CancelToken::current`] and return early, so it does not keep a worker busy for nothing.
 //!
 //! ```
 //! let parse = belated::delayed(|s: String| s.parse::<i32>()).named("parse");
@@ -46,10 +51,12 @@
 //! - Building is lazy and cheap: a call allocates one node and runs no user code. Graphs are immutable,
 //!   so they are acyclic by construction and can be computed any number of times.
 //! - Types are checked when the graph is built. Inside the engine a result is an
-//!   `Arc<dyn Any + Send + Sync>`, downcast only to the type its handle names; nothing is serialized,
-//!   and values are shared between the tasks that use them, each use cloning out the `T` it passes by
-//!   value. Values must therefore be [`Data`]: `Clone + Send + Sync + 'static`. Wrap large or
-//!   non-`Clone` values in an `Arc`.
+//!   `Arc<dyn Any + Send + Sync>`, downcast only to the type its handle names; nothing is serialized.
+//!   A value moves into the last task that takes it; only consumers that start before the last one
+//!   get a clone, so a chain of maps over a big `Vec` never copies it. Values must be [`Data`]:
+//!   `Clone + Send + Sync + 'static`. A value given with [`Delayed::value`] belongs to the graph
+//!   (which can be computed again), so each use of it is a clone: make big data in a task instead, or
+//!   wrap it in an `Arc`.
 //! - Within one computation each task runs exactly once, however many requested values share it; the
 //!   result of a task is dropped as soon as its last consumer has run.
 //! - Keys (`square-3f2a9c0d5e1b7a46`) are the function's name and a token unique in the process. They
@@ -58,12 +65,15 @@
 //! This crate has no Python in its dependency tree; `belated-py` is the Python front end to the same
 //! engine.
 
+#![warn(missing_docs)]
+
 mod args;
 mod compute;
 mod delayed;
 mod error;
 mod func;
 mod ops;
+mod pool;
 mod task;
 #[cfg(feature = "render")]
 mod visualize;
@@ -72,8 +82,12 @@ pub use args::{Arg, IntoArg};
 pub use compute::{compute, compute_all, Collection, Events, Options, Scheduler};
 pub use delayed::Delayed;
 pub use error::Error;
-pub use func::{delayed, DelayedFn, Signature};
+pub use func::{delayed, delayed_async, AsyncSignature, BlockOn, DelayedFn, ParkThread, Signature};
+pub use pool::{ThreadPool, ThreadPoolBuilder};
 pub use task::TaskError;
+
+/// A cooperative stop signal a task can look at; see [`CancelToken::current`].
+pub use belated_core::CancelToken;
 #[cfg(feature = "render")]
 pub use visualize::visualize;
 
@@ -82,7 +96,7 @@ pub use visualize::visualize;
 pub use belated_render as render;
 
 /// What a value in a graph must be: shareable between threads, and cloneable because one result may
-/// feed several tasks that each take it by value.
+/// feed several tasks that each take it by value (all but the last get a clone).
 pub trait Data: Clone + Send + Sync + 'static {}
 
 impl<T: Clone + Send + Sync + 'static> Data for T {}

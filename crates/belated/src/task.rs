@@ -24,7 +24,11 @@ pub(crate) type Value = Arc<dyn Any + Send + Sync>;
 /// What a user's fallible task may fail with; any `std::error::Error + Send + Sync`, `String` or `&str`.
 pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
 
-pub(crate) type Body = Box<dyn Fn(&[Value]) -> Result<Value, TaskError> + Send + Sync>;
+/// A task's inputs, each its own (moved in at its last use, else a clone of the handle), taken in
+/// the order the task's arguments were placed.
+pub(crate) type Inputs<'a> = std::vec::Drain<'a, Value>;
+
+pub(crate) type Body = Box<dyn Fn(&mut Inputs<'_>) -> Result<Value, TaskError> + Send + Sync>;
 
 pub(crate) type NodeRef = Arc<Node<Task>>;
 
@@ -65,10 +69,10 @@ impl Task {
         format!("{}-{:016x}", self.name.as_str(), mix(self.token))
     }
 
-    pub(crate) fn run(&self, inputs: &[Value]) -> Result<Value, TaskError> {
+    pub(crate) fn run(&self, inputs: &mut Vec<Value>) -> Result<Value, TaskError> {
         match &self.work {
             Work::Literal(value) => Ok(Arc::clone(value)),
-            Work::Call(body) => body(inputs),
+            Work::Call(body) => body(&mut inputs.drain(..)),
         }
     }
 }
@@ -161,14 +165,23 @@ pub(crate) struct TypeMismatch {
     expected: &'static str,
 }
 
-/// The `T` inside a value, cloned out of the shared result.
-pub(crate) fn downcast<T: Clone + 'static>(value: &Value) -> Result<T, TaskError> {
-    match (**value).downcast_ref::<T>() {
-        Some(value) => Ok(value.clone()),
-        None => Err(Box::new(TypeMismatch {
+/// The `T` inside a value: moved out when this was the last handle on it, else cloned.
+pub(crate) fn take<T: Clone + Send + Sync + 'static>(value: Value) -> Result<T, TaskError> {
+    match value.downcast::<T>() {
+        Ok(value) => Ok(Arc::try_unwrap(value).unwrap_or_else(|shared| T::clone(&shared))),
+        Err(_) => Err(Box::new(TypeMismatch {
             expected: std::any::type_name::<T>(),
         })),
     }
+}
+
+/// The next of a task's inputs, as a `T`.
+pub(crate) fn take_next<T: Clone + Send + Sync + 'static>(
+    inputs: &mut Inputs<'_>,
+) -> Result<T, TaskError> {
+    take(inputs.next().ok_or_else(|| -> TaskError {
+        "internal error: a task has fewer inputs than arguments".into()
+    })?)
 }
 
 #[cfg(test)]
@@ -206,8 +219,8 @@ mod tests {
     #[test]
     fn a_wrong_downcast_is_an_error_not_a_panic() {
         let value: Value = Arc::new(1i64);
-        assert_eq!(downcast::<i64>(&value).unwrap(), 1);
-        let err = downcast::<String>(&value).unwrap_err();
+        assert_eq!(take::<i64>(Arc::clone(&value)).unwrap(), 1);
+        let err = take::<String>(value).unwrap_err();
         assert!(err.to_string().contains("String"), "{err}");
     }
 }

@@ -335,9 +335,10 @@ fn events_report_every_task_by_key_and_worker() {
         events.iter().filter(|e| e.2 == Some(true)).count(),
         keys.len()
     );
+    // A pool worker, or the calling thread, which takes part in its computation.
     assert!(events
         .iter()
-        .all(|(_, worker, _)| matches!(worker, Some(w) if *w < 2)));
+        .all(|(_, worker, _)| worker.is_none_or(|w| w < 2)));
 
     let failing = belated::delayed(|x: i64| -> i64 { panic!("no {x}") }).call(1);
     let recorded = std::sync::Arc::new(Recorded::default());
@@ -347,4 +348,53 @@ fn events_report_every_task_by_key_and_worker() {
         .is_err());
     let events = recorded.0.lock().unwrap().clone();
     assert_eq!(events.last().unwrap(), &(failing.key(), None, Some(false)));
+}
+
+/// Pending once, waking itself from another thread: a future that really waits.
+struct WokenFromElsewhere(bool);
+
+impl std::future::Future for WokenFromElsewhere {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        let waker = cx.waker().clone();
+        std::thread::spawn(move || waker.wake());
+        std::task::Poll::Pending
+    }
+}
+
+/// A runtime that counts the futures it ran.
+#[derive(Clone, Default)]
+struct Counting(Arc<AtomicUsize>);
+
+impl belated::BlockOn for Counting {
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.0.fetch_add(1, SeqCst);
+        belated::ParkThread.block_on(future)
+    }
+}
+
+#[test]
+fn async_functions_are_awaited_on_the_runtime_given() {
+    async fn fetch(id: u64, scale: u64) -> u64 {
+        WokenFromElsewhere(false).await;
+        id * scale
+    }
+    let runtime = Counting::default();
+    let fetch = belated::delayed_async(runtime.clone(), fetch);
+    assert_eq!(fetch.name(), "fetch");
+    let pages: Vec<Delayed<u64>> = (0..4).map(|id| fetch.call(id, 10)).collect();
+    let total: Delayed<u64> = pages.iter().sum();
+    assert_eq!(total.compute_with(&pool(2)).unwrap(), 60);
+    assert_eq!(total.compute_with(&Options::inline()).unwrap(), 60);
+    assert_eq!(runtime.0.load(SeqCst), 8);
+    let none = belated::delayed_async(belated::ParkThread, || async { 5 }).call();
+    assert_eq!(none.compute().unwrap(), 5);
 }
