@@ -1,7 +1,13 @@
 """What dask needs to run belated graphs, and belated to run dask's: the collection protocol's helpers
 and the executors that hand a whole graph to an existing engine."""
 
-from belated import _belated
+import contextlib
+import sys
+import threading
+import time
+import weakref
+
+from belated import _belated, _fuse
 
 
 class Literal:
@@ -55,86 +61,278 @@ def _require(module, extra):
         ) from None
 
 
-BLOCKS_PER_THREAD = 4
+# -- running a whole graph on another engine ----------------------------------------------------------
+
+# Seconds per call of each function (key prefix), as blocks measured them: what the fusion plan goes by.
+DURATIONS = {}
+# How much a new measurement moves the average: enough to follow a function whose cost changes.
+_NEW_WEIGHT = 0.5
+_REPORTS = "belated-blocks"
+_RUNS = {}
+_RUNS_KEPT = 64
+_SUBSCRIBED = weakref.WeakSet()
 
 
-def distributed_executor(client):
+def measured(timings):
+    """Folds ``{function: (calls, seconds)}`` from a block into ``DURATIONS``."""
+    for function, (calls, seconds) in timings.items():
+        per_call = seconds / calls
+        old = DURATIONS.get(function)
+        DURATIONS[function] = per_call if old is None else old + _NEW_WEIGHT * (per_call - old)
+
+
+class Progress:
+    """A computation on another engine as belated's callbacks see it (``belated.diagnostics``): the
+    engine reports finished tasks in batches, and each is passed on to the active callbacks."""
+
+    def __init__(self, graph):
+        from belated.diagnostics import Callback
+
+        self.graph = graph
+        self.total = len(graph)
+        self.done = 0
+        self.failed = 0
+        self._started = time.perf_counter()
+        self._lock = threading.Lock()
+        self._callbacks = [callback._callback for callback in Callback.active]
+        for start, start_state, *_ in self._callbacks:
+            if start is not None:
+                start(graph)
+            if start_state is not None:
+                start_state(graph, self)
+
+    @property
+    def elapsed(self):
+        return time.perf_counter() - self._started
+
+    def profile(self):
+        return []
+
+    def finished(self, keys):
+        with self._lock:
+            self.done += len(keys)
+        for _, _, pretask, posttask, _ in self._callbacks:
+            for key in keys:
+                if pretask is not None:
+                    pretask(key, self.graph, self)
+                if posttask is not None:
+                    posttask(key, None, self.graph, self, -1)
+
+    def end(self, errored):
+        if errored:
+            self.failed = max(self.failed, 1)
+        else:
+            self.done = self.total
+        for *_, finish in self._callbacks:
+            if finish is not None:
+                finish(self.graph, self, errored)
+
+
+class Report:
+    """Sends a block's timings from its distributed worker to the client that submitted it."""
+
+    __slots__ = ("block", "run")
+
+    def __init__(self, run, block):
+        self.run, self.block = run, block
+
+    def __call__(self, timings):
+        try:
+            from distributed import get_worker
+
+            worker = get_worker()
+        except (ImportError, ValueError):  # run outside a distributed worker: nobody to tell
+            return
+        worker.log_event(_REPORTS, (self.run, self.block, timings))
+
+    def __reduce__(self):
+        return Report, (self.run, self.block)
+
+
+def _on_report(event):
+    _, (run, block, timings) = event
+    measured(timings)
+    submission = _RUNS.get(run)
+    if submission is not None:
+        submission.block_done(block)
+
+
+class _Submission:
+    """One graph on distributed: passes the blocks' reports on to the computation's progress."""
+
+    def __init__(self, blocks, progress):
+        self.blocks, self.progress = blocks, progress
+        self.reported = set()
+
+    def block_done(self, index):
+        if index in self.reported or self.progress is None:
+            return
+        self.reported.add(index)
+        self.progress.finished(self.blocks[index].tasks)
+
+
+def _futures_in(node, found):
+    """``node`` (a task in dask's legacy spec) with each distributed Future in it replaced by its key,
+    which ``found`` maps to it."""
+    kind = type(node)
+    if kind is tuple and len(node) == 1 and type(node[0]) is Literal:
+        # A constant, written ``(Literal(value),)``: built instead when Futures are inside.
+        return _built(node[0].data, found) if _holds_future(node[0].data) else node
+    if kind is tuple and node and callable(node[0]):
+        return (node[0], *[_futures_in(arg, found) for arg in node[1:]])
+    if kind is list:
+        return [_futures_in(item, found) for item in node]
+    # Any other value is a constant the spec does not look into.
+    return _built(node, found) if _holds_future(node) else node
+
+
+def _holds_future(value):
+    if type(value) in (list, tuple, set):
+        return any(_holds_future(item) for item in value)
+    if type(value) is dict:
+        return any(_holds_future(item) for item in value.values())
+    return _is_future(value)
+
+
+def _built(value, found):
+    """A task building the constant ``value`` with its Futures' values in their place."""
+    kind = type(value)
+    if kind is list:
+        return [_built(item, found) for item in value]
+    if kind in (tuple, set):
+        return (kind, [_built(item, found) for item in value])
+    if kind is dict:
+        return (dict, [[_built(k, found), _built(v, found)] for k, v in value.items()])
+    if _is_future(value):
+        found[value.key] = value
+        return value.key
+    return (Literal(value),) if kind is str else value
+
+
+def _is_future(obj):
+    distributed = sys.modules.get("distributed")
+    return distributed is not None and isinstance(obj, distributed.Future)
+
+
+def distributed_executor(client, *, sync=True):
     """Runs a whole graph on a Dask distributed cluster in one submission (``client.get``).
 
-    Distributed spends about a millisecond on each task it schedules, far more than a typical delayed
-    call, so the graph is fused first: its tasks, in topological order, are cut into contiguous blocks
-    (four per worker thread), and each block runs as one distributed task that evaluates its tasks in
-    order. Ids in depth-first order keep a branch's tasks together, so blocks mostly hold whole branches
-    and run in parallel; only values crossing blocks travel between workers.
+    The graph is cut into blocks (``belated._fuse``); each block runs as one distributed task. With
+    ``sync=False`` the executor returns a distributed Future for each key instead of its value.
+    Distributed Futures in the graph (a persisted value, or a Future passed as an argument) are
+    dependencies: their values are used, not the Futures.
     """
 
     def execute(graph, keys, dependencies):
-        threads = sum(client.nthreads().values()) or 1
-        fused, wanted = fuse(graph, keys, dependencies, blocks=BLOCKS_PER_THREAD * threads)
-        return client.get(fused, wanted, sync=True)
+        progress = Progress(graph)
+        try:
+            results = _submit(client, graph, keys, dependencies, sync, progress)
+        except BaseException as error:
+            progress.end(errored=True)
+            raise error.with_traceback(_fuse.user_frames(error.__traceback__)) from None
+        progress.end(errored=False)
+        return results
 
     return execute
 
 
-def fuse(graph, keys, dependencies, blocks):
-    """The graph as ``blocks`` block tasks, and the keys of tasks extracting ``keys`` from them."""
-    order = list(graph)
-    size = -(-len(order) // max(1, min(blocks, len(order))))
-    block_of = {key: position // size for position, key in enumerate(order)}
-    crossing = set(keys)
-    for key in order:
-        crossing.update(dep for dep in dependencies[key] if block_of[dep] != block_of[key])
-    token = f"belated-block-{id(graph):x}-{len(order)}"
-    fused = {}
-    for start in range(0, len(order), size):
-        members = order[start : start + size]
-        block = block_of[members[0]]
-        inputs = sorted({block_of[dep] for key in members for dep in dependencies[key]} - {block})
-        tasks = Literal([(key, graph[key]) for key in members])
-        outputs = [key for key in members if key in crossing]
-        fused[f"{token}-{block}"] = (run_block, tasks, outputs, [f"{token}-{other}" for other in inputs])
-    wanted = []
+def _submit(client, graph, keys, dependencies, sync, progress):
+    external, tasks, needs = {}, {}, {}
+    for key, task in graph.items():
+        if _is_future(task):
+            external[key] = task
+            continue
+        found = {}
+        tasks[key] = _futures_in(task, found)
+        needs[key] = list(dependencies[key]) + [dep for dep in found if dep not in dependencies[key]]
+        external.update(found)
+    if client not in _SUBSCRIBED:
+        client.subscribe_topic(_REPORTS, _on_report)
+        _SUBSCRIBED.add(client)
+    threads = sum(client.nthreads().values()) or 1
+    blocks = _fuse.plan(tasks, keys, needs, threads, DURATIONS)
+    dsk, wanted = to_distributed(blocks, tasks, keys, needs, external, progress)
+    computed = [key for key in keys if key not in external]
+    results = dict(zip(computed, client.get(dsk, [wanted[key] for key in computed], sync=sync), strict=True))
     for key in keys:
-        extract = f"{token}-result-{key}"
-        fused[extract] = (_pick, f"{token}-{block_of[key]}", Literal(key))
-        wanted.append(extract)
-    return fused, wanted
+        if key in external:
+            results[key] = client.gather(external[key]) if sync else external[key]
+    return [results[key] for key in keys]
 
 
-def run_block(tasks, outputs, inputs):
-    """Evaluates a block's tasks in order; returns the values other blocks or the caller need."""
-    values = {}
-    for produced in inputs:
-        values.update(produced)
-    for key, task in tasks():
-        values[key] = _evaluate(task, values)
-    return {key: values[key] for key in outputs}
+def to_distributed(blocks, graph, keys, dependencies, external, progress=None):
+    """The distributed graph running ``blocks``, and the distributed key holding each of ``keys``.
+
+    A block with one output returns that value under the output's own key; a block with several
+    returns a dict, and a consumer needing only some of them receives them through a ``select`` task.
+    """
+    run = _fuse.new_token()
+    _RUNS[run] = _Submission(blocks, progress)
+    # The latest submissions stay known, so that reports arriving after a computation returned still
+    # find theirs.
+    for stale in list(_RUNS)[:-_RUNS_KEPT]:
+        del _RUNS[stale]
+    block_of = {key: block for block in blocks for key in block.tasks}
+    name = {}
+    for block in blocks:
+        name[id(block)] = block.outputs[0] if len(block.outputs) == 1 else f"{block.name}-{_fuse.new_token()}"
+    dsk = {}
+    for index, block in enumerate(blocks):
+        args, input_keys, taken = [], [], {}
+        for key in block.inputs:
+            if key in external:
+                args.append(external[key])
+                input_keys.append(key)
+                continue
+            producer = block_of[key]
+            if len(producer.outputs) == 1:
+                args.append(name[id(producer)])
+                input_keys.append(key)
+            else:
+                taken.setdefault(id(producer), (producer, []))[1].append(key)
+        for producer, needed in taken.values():
+            if len(needed) == len(producer.outputs):
+                args.append(name[id(producer)])
+            else:
+                selection = f"{producer.name}-{_fuse.new_token()}"
+                dsk[selection] = (_fuse.select, name[id(producer)], _fuse.Keys(needed))
+                args.append(selection)
+            input_keys.append(None)
+        code = _fuse.program(block, graph, dependencies, input_keys, Report(run, index))
+        dsk[name[id(block)]] = (_fuse.run_block, code, *args)
+    wanted = {}
+    for key in keys:
+        if key in external:
+            continue
+        producer = block_of[key]
+        if name[id(producer)] != key:
+            dsk[key] = (_fuse.select, name[id(producer)], _fuse.Keys(key))
+        wanted[key] = key
+    return dsk, wanted
 
 
-def _pick(block_values, key):
-    return block_values[key()]
-
-
-def run_task(task, dep_keys, *dep_values):
-    """Evaluates one task of a graph in dask's legacy spec, given its dependencies' values."""
-    return _evaluate(task, dict(zip(dep_keys, dep_values, strict=True)))
-
-
-def _evaluate(node, values):
-    if type(node) is tuple and node and callable(node[0]):
-        return node[0](*[_evaluate(arg, values) for arg in node[1:]])
-    if type(node) is list:
-        return [_evaluate(item, values) for item in node]
-    if type(node) is str and node in values:
-        return values[node]
-    return node
+def run_ray_task(task, key, dep_keys, *dep_values):
+    """One task on Ray: its status (None, small enough to poll) and its value."""
+    try:
+        value = _fuse.evaluate(task, dict(zip(dep_keys, dep_values, strict=True)))
+    except Exception as error:
+        _fuse.note(error, key)
+        raise error.with_traceback(_fuse.user_frames(error.__traceback__)) from None
+    return None, value
 
 
 _ray_task = None
+# How long one wait for finished Ray tasks lasts before the driver looks again.
+_RAY_POLL = 0.1
 
 
 def ray_executor():
-    """Runs each task as a Ray task, with object references between them. Needs ``ray.init()`` first."""
+    """Runs each task as a Ray task, with object references between them. Needs ``ray.init()`` first.
+
+    The driver drops each reference once the last task needing it is submitted, so the object store
+    frees intermediates as a hand-written Ray program does. It watches every task's small status
+    object, and on the first failure cancels the tasks still pending or running.
+    """
     ray = _require("ray", "ray")
     if not ray.is_initialized():
         from belated._belated import BelatedError
@@ -142,20 +340,68 @@ def ray_executor():
         raise BelatedError("scheduler='ray' needs a running Ray: call ray.init() first")
     global _ray_task
     if _ray_task is None:
-        _ray_task = ray.remote(run_task)
+        _ray_task = ray.remote(num_returns=2)(run_ray_task)
 
     def execute(graph, keys, dependencies):
-        refs = {}
-        for key, task in graph.items():
-            deps = dependencies[key]
-            refs[key] = _ray_task.remote(task, deps, *[refs[dep] for dep in deps])
+        progress = Progress(graph)
         try:
-            return ray.get([refs[key] for key in keys])
-        except ray.exceptions.RayTaskError as error:
-            # The task's own exception, as the other schedulers raise it.
-            raise error.cause from None
+            results = _run_on_ray(ray, graph, keys, dependencies, progress)
+        except BaseException:
+            progress.end(errored=True)
+            raise
+        progress.end(errored=False)
+        return results
 
     return execute
+
+
+def _run_on_ray(ray, graph, keys, dependencies, progress):
+    wanted = set(keys)
+    consumers = {}
+    for key in graph:
+        for dep in set(dependencies[key]):
+            consumers[dep] = consumers.get(dep, 0) + 1
+    values, pending = {}, {}
+    try:
+        for key, task in graph.items():
+            deps = list(dict.fromkeys(dependencies[key]))
+            status, values[key] = _ray_task.options(name=_fuse.prefix(key)).remote(
+                task, key, deps, *[values[dep] for dep in deps]
+            )
+            pending[status] = key
+            for dep in deps:
+                consumers[dep] -= 1
+                if consumers[dep] == 0 and dep not in wanted:
+                    del values[dep]
+            if len(pending) % 256 == 0:
+                _collect(ray, pending, progress, timeout=0)
+        while pending:
+            _collect(ray, pending, progress, timeout=_RAY_POLL)
+        return ray.get([values[key] for key in keys])
+    except ray.exceptions.RayTaskError as error:
+        _cancel(ray, pending)
+        # The task's own exception, as the other schedulers raise it.
+        raise error.cause.with_traceback(_fuse.user_frames(error.cause.__traceback__)) from None
+    except BaseException:
+        _cancel(ray, pending)
+        raise
+
+
+def _collect(ray, pending, progress, timeout):
+    """Takes the finished tasks out of ``pending``; raises the first failure."""
+    refs = list(pending)
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
+    if not ready:
+        return
+    ray.get(ready)
+    progress.finished([pending.pop(ref) for ref in ready])
+
+
+def _cancel(ray, pending):
+    for status in pending:
+        # A task that already finished, or failed itself, has nothing left to stop.
+        with contextlib.suppress(Exception):
+            ray.cancel(status)
 
 
 def executor_for(scheduler):
