@@ -36,6 +36,9 @@ def first(results):
 
 def optimize(dsk, keys, **kwargs):
     """``__dask_optimize__``: belated graphs hold only what their keys need already."""
+    fused = fuse_on_scheduler(dsk, keys)
+    if fused is not None:
+        return fused
     return dsk
 
 
@@ -309,6 +312,85 @@ def to_distributed(blocks, graph, keys, dependencies, external, progress=None):
             dsk[key] = (_fuse.select, name[id(producer)], _fuse.Keys(key))
         wanted[key] = key
     return dsk, wanted
+
+
+def fuse_on_scheduler(dsk, keys):
+    """The graph cut into blocks, as ``belated.compute`` submits it, when a distributed scheduler is
+    materializing it (``dask.compute(x, scheduler=client)`` sends the graph there); None elsewhere."""
+    scheduler = _materializing_scheduler()
+    if scheduler is None:
+        return None
+    graph = dict(dsk)
+    dependencies = {key: _references(task, graph) for key, task in graph.items()}
+    graph = {key: graph[key] for key in _topological(graph, dependencies)}
+    wanted = list(_flat(keys))
+    threads = sum(worker.nthreads for worker in scheduler.workers.values()) or 1
+    blocks = _fuse.plan(graph, wanted, dependencies, threads, DURATIONS)
+    fused, _ = to_distributed(blocks, graph, wanted, dependencies, {})
+    return fused
+
+
+def _materializing_scheduler():
+    distributed = sys.modules.get("distributed")
+    # A scheduler materializes graphs in its offload thread.
+    if distributed is None or not threading.current_thread().name.startswith("Dask-Offload"):
+        return None
+    running = [scheduler for scheduler in distributed.Scheduler._instances if scheduler.workers]
+    return running[0] if len(running) == 1 else None
+
+
+def _references(task, graph):
+    found = []
+
+    def visit(node):
+        kind = type(node)
+        if kind is tuple and node and callable(node[0]):
+            for arg in node[1:]:
+                visit(arg)
+        elif kind is list:
+            for item in node:
+                visit(item)
+        elif _fuse.is_graph_node(node):
+            found.extend(node.dependencies)
+        else:
+            try:
+                if node in graph:
+                    found.append(node)
+            except TypeError:  # unhashable: a constant, not a key
+                pass
+
+    if _fuse.is_graph_node(task):
+        return list(task.dependencies)
+    visit(task)
+    return list(dict.fromkeys(found))
+
+
+def _topological(graph, dependencies):
+    order, done = [], set()
+    for root in graph:
+        stack = [(root, iter(dependencies[root]))]
+        if root in done:
+            continue
+        while stack:
+            key, deps = stack[-1]
+            for dep in deps:
+                if dep not in done and dep in graph:
+                    stack.append((dep, iter(dependencies[dep])))
+                    break
+            else:
+                stack.pop()
+                if key not in done:
+                    done.add(key)
+                    order.append(key)
+    return order
+
+
+def _flat(keys):
+    for key in keys:
+        if type(key) is list:
+            yield from _flat(key)
+        else:
+            yield key
 
 
 def run_ray_task(task, key, dep_keys, *dep_values):

@@ -277,7 +277,16 @@ def evaluate(node, values):
         return [evaluate(item, values) for item in node]
     if type(node) is str and node in values:
         return values[node]
+    if is_graph_node(node):
+        return node({dep: values[dep] for dep in node.dependencies})
     return node
+
+
+def is_graph_node(node):
+    """Whether ``node`` is a task in dask's newer spec (``dask._task_spec``), which may share a graph
+    with legacy tasks."""
+    spec = sys.modules.get("dask._task_spec")
+    return spec is not None and isinstance(node, spec.GraphNode)
 
 
 def note(error, key):
