@@ -64,13 +64,6 @@ def check_invariants(shape, blocks, wanted):
                 else:
                     assert block_of[dep] < i, "blocks come in dependency order"
                     assert dep in blocks[block_of[dep]].outputs
-        # Inside a block, a task depends on nothing but its chain predecessor: independent tasks are
-        # never made to wait for one another's dependents, so the block adds no sequence of its own.
-        in_block_deps = [dep for key in block.tasks for dep in shape.dependencies[key] if dep in inside]
-        assert len(in_block_deps) == len(set(in_block_deps))
-        for key in block.tasks:
-            deps = [dep for dep in shape.dependencies[key] if dep in inside]
-            assert not deps or len(set(shape.dependencies[key])) == 1
         needed_outside = {
             dep
             for other in blocks
@@ -84,29 +77,47 @@ def check_invariants(shape, blocks, wanted):
     assert _fuse.block_depth(blocks) <= depth, "blocks form no chain longer than the graph's levels"
 
 
-def test_a_tree_of_short_tasks_is_cut_by_level_with_a_block_per_thread():
+def test_a_tree_of_short_tasks_becomes_a_subtree_per_thread():
     shape = Shape()
     root, levels = tree(shape, 256)
     blocks = shape.plan([root], threads=4, durations={"leaf": 1e-5, "add": 1e-5})
     check_invariants(shape, blocks, [root])
-    assert _fuse.block_depth(blocks) == levels
-    per_level = {}
-    for block in blocks:
-        per_level.setdefault(block.level, []).append(block)
-    for level, found in per_level.items():
-        width = 256 >> level
-        assert len(found) == min(width, 4), f"level {level}: one block per thread"
+    assert _fuse.block_depth(blocks) <= levels
+    subtrees = [block for block in blocks if block.name == "leaf"]
+    assert [sum(key.startswith("leaf") for key in block.tasks) for block in subtrees] == [64] * 4
+    assert all(len(block.tasks) == 64 + 63 for block in subtrees), "each with the adds above its leaves"
+    assert len(blocks) == 4 + 2 + 1
 
 
-def test_tasks_of_a_level_are_dealt_round_robin():
+def test_a_tree_over_long_leaves_runs_each_leaf_alone_and_the_rest_in_a_few_blocks():
+    shape = Shape()
+    root, _ = tree(shape, 256)
+    blocks = shape.plan([root], threads=4, durations={"leaf": 0.05, "add": 1e-5})
+    check_invariants(shape, blocks, [root])
+    assert sum(len(block.tasks) == 1 and block.name == "leaf" for block in blocks) == 256
+    assert len(blocks) == 256 + 4 + 2 + 1
+    assert _fuse.block_depth(blocks) <= 4
+
+
+def test_calls_not_measured_yet_are_dealt_round_robin():
+    shape = Shape()
+    works = [shape.task("work") for _ in range(200)]
+    total = shape.task("total", *works)
+    blocks = shape.plan([total], threads=4)
+    block_of = {key: i for i, block in enumerate(blocks) for key in block.tasks}
+    assert all(block_of[a] != block_of[b] for a, b in itertools.pairwise(works))
+    level_0 = [block for block in blocks if block.level == 0]
+    assert len(level_0) == _fuse.UNMEASURED_PER_THREAD * 4
+
+
+def test_short_calls_are_split_into_contiguous_runs():
     shape = Shape()
     works = [shape.task("work") for _ in range(200)]
     total = shape.task("total", *works)
     blocks = shape.plan([total], threads=4, durations={"work": 1e-4, "total": 1e-4})
-    block_of = {key: i for i, block in enumerate(blocks) for key in block.tasks}
-    assert all(block_of[a] != block_of[b] for a, b in itertools.pairwise(works))
-    sizes = sorted(len(block.tasks) for block in blocks if block.level == 0)
-    assert sizes == [50, 50, 50, 50]
+    assert [block.tasks for block in blocks if block.level == 0] == [
+        works[i : i + 50] for i in range(0, 200, 50)
+    ]
 
 
 def test_long_tasks_each_get_their_own_block():
@@ -135,8 +146,6 @@ def test_functions_not_measured_yet_run_alone_unless_there_are_many_calls():
     few_blocks = few.plan([few_total], threads=4)
     assert all(len(block.tasks) == 1 for block in few_blocks)
     many_blocks = many.plan([many_total], threads=4)
-    level_0 = [block for block in many_blocks if block.level == 0]
-    assert len(level_0) == _fuse.UNMEASURED_PER_THREAD * 4
     check_invariants(many, many_blocks, [many_total])
 
 

@@ -277,8 +277,14 @@ def to_distributed(blocks, graph, keys, dependencies, external, progress=None):
         del _RUNS[stale]
     block_of = {key: block for block in blocks for key in block.tasks}
     name = {}
+    wanted_keys = set(keys)
     for block in blocks:
-        name[id(block)] = block.outputs[0] if len(block.outputs) == 1 else f"{block.name}-{_fuse.new_token()}"
+        # A block's key is its own task's key when it runs one task, or its single output's when
+        # that is wanted (as dask's keys and persisted Futures need); otherwise its main function's.
+        alone = len(block.tasks) == 1 or (len(block.outputs) == 1 and block.outputs[0] in wanted_keys)
+        name[id(block)] = (
+            block.outputs[0] if alone and len(block.outputs) == 1 else f"{block.name}-{_fuse.new_token()}"
+        )
     dsk = {}
     for index, block in enumerate(blocks):
         args, input_keys, taken = [], [], {}

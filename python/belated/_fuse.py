@@ -6,16 +6,18 @@ work stealing that make the engine worth using. The plan keeps these invariants:
 
 - Linear chains (a task whose only dependent has no other dependency) are fused first, as dask's
   ``fuse_linear`` does: a chain runs in sequence anyway, so nothing is lost.
-- Every other block holds units of one *level* (the longest path from a source), which are never
-  dependent on one another: block dependencies only follow task dependencies, so the blocks' own graph is
-  no deeper than the task graph's levels.
+- The graph of chains is then cut by *level* (the longest path from a source): the units of one level
+  never depend on one another, and a block only ever waits for blocks of lower levels, so the blocks'
+  own graph is no deeper than the task graph.
 - A unit known to take long (``LONG_TASK`` or more, as measured by earlier blocks) runs as a distributed
-  task of its own, where the engine balances and steals work. Only units known to be short are batched,
-  into blocks of about ``BLOCK_TARGET`` seconds, at least as many per level as there are threads (or
-  units), dealt round-robin so that neighbouring tasks land in different blocks.
-- A function not measured yet runs on its own unless the graph holds many of its calls; then its calls
-  are dealt into several small blocks per thread while they are measured, so a first run over thousands
-  of tiny calls does not pay the engine's price for each.
+  task of its own, where the engine balances and steals work. Units known to be short are batched into
+  contiguous runs of about ``BLOCK_TARGET`` seconds, at least one per thread (or unit) in each level.
+- A function not measured yet runs alone unless the graph holds many of its calls; then its calls are
+  dealt round-robin into several blocks per thread while they are measured, so that neighbouring calls,
+  which are often alike (the slow ones together), land in different blocks, and a first run over
+  thousands of tiny calls does not pay the engine's price for each.
+- A batched block whose only consumer needs no other block is merged into it (the consumer could not
+  start before it ended anyway): a subtree of short tasks becomes one block.
 - A block frees each value after its last use, returns only the values other blocks or the caller need,
   and a consumer receives only the values it needs.
 """
@@ -47,12 +49,13 @@ def prefix(key):
 
 class Block:
     """Tasks run in one engine task. ``tasks`` are in topological order; ``inputs`` are the keys it
-    needs from elsewhere, ``outputs`` the keys needed outside it; ``level`` is its units' level."""
+    needs from elsewhere, ``outputs`` the keys needed outside it; ``level`` is its units' level (its
+    last units', once merged with the blocks before it). ``batched``: not a task running alone."""
 
-    __slots__ = ("inputs", "level", "name", "outputs", "tasks")
+    __slots__ = ("batched", "inputs", "level", "name", "outputs", "tasks")
 
-    def __init__(self, tasks, level):
-        self.tasks, self.level = tasks, level
+    def __init__(self, tasks, level, batched=True):
+        self.tasks, self.level, self.batched = tasks, level, batched
         self.inputs, self.outputs = [], []
         self.name = _main_function(tasks)
 
@@ -95,6 +98,7 @@ def plan(graph, wanted, dependencies, threads, durations):
         by_level.setdefault(levels[i], []).append(unit)
     for level in sorted(by_level):
         blocks.extend(_cut_level(by_level[level], level, threads, durations, calls))
+    blocks = _fuse_block_chains(blocks, dependencies, dependents, wanted)
     block_of = {key: block for block in blocks for key in block.tasks}
     for block in blocks:
         inside = set(block.tasks)
@@ -131,6 +135,32 @@ def _chains(graph, wanted, dependencies, dependents):
     return units
 
 
+def _fuse_block_chains(blocks, dependencies, dependents, wanted):
+    """Merges a batched block into its only consumer when that consumer needs no other block: the
+    consumer could not start before the whole block ended anyway, so the merge saves a task and a
+    transfer and loses nothing (a subtree of short tasks becomes one block)."""
+    owner = {key: i for i, block in enumerate(blocks) for key in block.tasks}
+    merged = set()
+    for i, block in enumerate(blocks):
+        if not block.batched:
+            continue
+        producers = {owner[dep] for key in block.tasks for dep in dependencies[key] if dep in owner} - {i}
+        if len(producers) != 1:
+            continue
+        (p,) = producers
+        producer = blocks[p]
+        if not producer.batched or wanted.intersection(producer.tasks):
+            continue
+        consumers = {owner[user] for key in producer.tasks for user in dependents[key]} - {p}
+        if consumers != {i}:
+            continue
+        block.tasks = producer.tasks + block.tasks
+        block.name = _main_function(block.tasks)
+        owner.update((key, i) for key in producer.tasks)
+        merged.add(p)
+    return [block for i, block in enumerate(blocks) if i not in merged]
+
+
 def _cut_level(units, level, threads, durations, calls):
     solo, short, unmeasured = [], [], []
     total_short = 0.0
@@ -153,20 +183,31 @@ def _cut_level(units, level, threads, durations, calls):
         else:
             short.append(unit)
             total_short += seconds
-    blocks = [Block(unit, level) for unit in solo]
+    blocks = [Block(unit, level, batched=False) for unit in solo]
     if short:
         count = max(min(len(short), threads), math.ceil(total_short / BLOCK_TARGET))
-        blocks.extend(_deal(short, min(count, len(short)), level))
+        blocks.extend(_split(short, min(count, len(short)), level))
     if unmeasured:
         blocks.extend(_deal(unmeasured, min(len(unmeasured), UNMEASURED_PER_THREAD * threads), level))
     return blocks
 
 
 def _deal(units, count, level):
+    """Round-robin: calls of unknown cost next to each other (often alike) go to different blocks."""
     hands = [[] for _ in range(count)]
     for i, unit in enumerate(units):
         hands[i % count].extend(unit)
     return [Block(hand, level) for hand in hands]
+
+
+def _split(units, count, level):
+    """Contiguous runs: short calls next to each other in topological order mostly share inputs (a
+    subtree's), so their block needs few others."""
+    blocks = []
+    for i in range(count):
+        run = units[i * len(units) // count : (i + 1) * len(units) // count]
+        blocks.append(Block([key for unit in run for key in unit], level))
+    return blocks
 
 
 def block_depth(blocks):
