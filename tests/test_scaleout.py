@@ -1,10 +1,12 @@
 """belated graphs on Dask distributed (a real LocalCluster on loopback) and on Ray (a local instance)."""
 
 import io
+import json
 import os
 import sys
 import time
 import traceback
+import urllib.request
 
 import numpy as np
 import pytest
@@ -235,6 +237,28 @@ def test_blocks_report_durations_and_progress(client, monkeypatch):
     assert _dask.DURATIONS["square"] >= 0.05 > _dask.DURATIONS["sum"]
 
 
+def dashboard_state(board):
+    base, _, query = board.url.partition("?")
+    with urllib.request.urlopen(base + "api/state" + ("?" + query if query else ""), timeout=10) as response:
+        return json.loads(response.read())["compute"]
+
+
+def test_the_dashboard_sees_tasks_finish_on_distributed(client):
+    board = belated.dashboard(port=0, quiet=True)
+    try:
+        x = delayed(sum)([delayed(square)(i) for i in range(6)])
+        assert x.compute() == sum(i * i for i in range(6))
+        state = dashboard_state(board)
+        assert state["tasks"] == 7 and state["ok"] is True
+        groups = {g["name"]: (g["total"], g["done"], g["failed"]) for g in state["groups"]}
+        assert groups == {"square": (6, 6, 0), "sum": (1, 1, 0)}
+        with pytest.raises(Boom):
+            delayed(explode)(1).compute()
+        assert dashboard_state(board)["ok"] is False
+    finally:
+        board.stop()
+
+
 def test_persist_on_distributed_keeps_values_there(client):
     y = delayed(square)(3)
     p = client.persist(y)
@@ -342,6 +366,20 @@ def test_ray_cancels_the_rest_on_the_first_failure(ray_instance, tmp_path):
     with pytest.raises(Boom, match="early"):
         compute([slow, delayed(explode_after)(0.5)], scheduler="ray")
     assert not marker.exists(), "the failure came back before the slow task finished"
+
+
+def test_ray_reports_progress_to_callbacks_and_the_dashboard(ray_instance):
+    board = belated.dashboard(port=0, quiet=True)
+    seen = []
+    try:
+        x = delayed(sum)([delayed(square)(i) for i in range(5)])
+        with belated.diagnostics.Callback(posttask=lambda key, *_: seen.append(key)):
+            assert x.compute(scheduler="ray") == sum(i * i for i in range(5))
+        assert sorted(seen) == sorted(x.dask)
+        groups = {g["name"]: (g["total"], g["done"]) for g in dashboard_state(board)["groups"]}
+        assert groups == {"square": (5, 5), "sum": (1, 1)}
+    finally:
+        board.stop()
 
 
 def test_missing_engines_say_which_extra_to_install(monkeypatch):

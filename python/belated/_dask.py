@@ -85,13 +85,19 @@ def measured(timings):
 
 
 class Progress:
-    """A computation on another engine as belated's callbacks see it (``belated.diagnostics``): the
-    engine reports finished tasks in batches, and each is passed on to the active callbacks."""
+    """A computation on another engine as belated's callbacks (``belated.diagnostics``) and dashboard
+    see it: the engine reports finished tasks in batches, and each is passed on to them. Callbacks
+    receive this object as the computation's state (``total``, ``done``, ``failed``, ``elapsed``);
+    ``posttask`` receives no result, which stays on the engine."""
 
-    def __init__(self, graph):
+    def __init__(self, graph, dashboard=None):
         from belated.diagnostics import Callback
 
         self.graph = graph
+        self._dashboard = dashboard
+        self._positions = None
+        self._reported = set()
+        self._closed = False
         self.total = len(graph)
         self.done = 0
         self.failed = 0
@@ -113,7 +119,15 @@ class Progress:
 
     def finished(self, keys):
         with self._lock:
+            if self._closed:
+                return
+            keys = [key for key in keys if key not in self._reported]
+            self._reported.update(keys)
             self.done += len(keys)
+            if self._dashboard is not None:
+                if self._positions is None:
+                    self._positions = {key: i for i, key in enumerate(self.graph)}
+                self._dashboard.finished([self._positions[key] for key in keys], True)
         for _, _, pretask, posttask, _ in self._callbacks:
             for key in keys:
                 if pretask is not None:
@@ -122,10 +136,16 @@ class Progress:
                     posttask(key, None, self.graph, self, -1)
 
     def end(self, errored):
+        """After the results came back (or the first failure): on success, tasks whose reports are
+        still on their way count as finished; reports arriving later are dropped."""
         if errored:
             self.failed = max(self.failed, 1)
         else:
-            self.done = self.total
+            self.finished([key for key in self.graph if key not in self._reported])
+        with self._lock:
+            self._closed = True
+        if self._dashboard is not None:
+            self._dashboard.end(not errored)
         for *_, finish in self._callbacks:
             if finish is not None:
                 finish(self.graph, self, errored)
@@ -226,8 +246,8 @@ def distributed_executor(client, *, sync=True):
     dependencies: their values are used, not the Futures.
     """
 
-    def execute(graph, keys, dependencies):
-        progress = Progress(graph)
+    def execute(graph, keys, dependencies, dashboard=None):
+        progress = Progress(graph, dashboard)
         try:
             results = _submit(client, graph, keys, dependencies, sync, progress)
         except BaseException as error:
@@ -430,8 +450,8 @@ def ray_executor():
     if _ray_task is None:
         _ray_task = ray.remote(num_returns=2)(run_ray_task)
 
-    def execute(graph, keys, dependencies):
-        progress = Progress(graph)
+    def execute(graph, keys, dependencies, dashboard=None):
+        progress = Progress(graph, dashboard)
         try:
             results = _run_on_ray(ray, graph, keys, dependencies, progress)
         except BaseException:
