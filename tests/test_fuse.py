@@ -48,7 +48,7 @@ def level_of(shape):
     return levels
 
 
-def check_invariants(shape, blocks, wanted):
+def check_invariants(shape, blocks, wanted, durations=None):
     """What every plan keeps, whatever the graph and durations."""
     placed = [key for block in blocks for key in block.tasks]
     assert sorted(placed) == sorted(shape.graph), "each task in exactly one block"
@@ -75,6 +75,10 @@ def check_invariants(shape, blocks, wanted):
         assert set(block.outputs) == needed_outside, "a block returns exactly what others need"
     depth = max(levels.values()) + 1
     assert _fuse.block_depth(blocks) <= depth, "blocks form no chain longer than the graph's levels"
+    for block in blocks:
+        if any((durations or {}).get(_fuse.prefix(key), 0) >= _fuse.LONG_TASK for key in block.tasks):
+            # A long task shares its block with nothing that could run at the same time.
+            assert all(shape.dependencies[b] == [a] for a, b in itertools.pairwise(block.tasks))
 
 
 def test_a_tree_of_short_tasks_becomes_a_subtree_per_thread():
@@ -181,7 +185,7 @@ def test_block_names_carry_their_main_function():
     root, _ = tree(shape, 64, leaf="work")
     blocks = shape.plan([root], threads=4, durations={"work": 1e-4, "add": 1e-5})
     assert {block.name for block in blocks} == {"work", "add"}
-    dsk, _ = _dask.to_distributed(blocks, shape.graph, [root], shape.dependencies, {})
+    dsk = _dask.to_distributed(blocks, shape.graph, [root], shape.dependencies, {})
     assert {_fuse.prefix(key) for key in dsk} == {"work", "add"}
 
 
@@ -203,7 +207,7 @@ def dags(draw):
 def test_random_graphs_keep_the_plan_invariants(case):
     shape, wanted, durations, threads = case
     blocks = shape.plan(wanted, threads=threads, durations=durations)
-    check_invariants(shape, blocks, wanted)
+    check_invariants(shape, blocks, wanted, durations)
 
 
 @settings(max_examples=100, deadline=None)
@@ -262,7 +266,7 @@ def test_a_consumer_receives_only_the_values_it_needs():
     lasts = [shape.task("use", leaf, leaves[0]) for leaf in leaves[4:]]
     wanted = firsts + lasts
     blocks = shape.plan(wanted, threads=2, durations={"leaf": 1e-5, "use": 1e-5})
-    dsk, _ = _dask.to_distributed(blocks, shape.graph, wanted, shape.dependencies, {})
+    dsk = _dask.to_distributed(blocks, shape.graph, wanted, shape.dependencies, {})
     for key, task in dsk.items():
         if task[0] is _fuse.run_block:
             code, args = task[1], task[2:]

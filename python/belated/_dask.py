@@ -76,11 +76,17 @@ _RUNS_KEPT = 64
 _SUBSCRIBED = weakref.WeakSet()
 
 
+# Functions remembered at most (keys named one by one would each be a function of their own).
+_DURATIONS_KEPT = 4096
+
+
 def measured(timings):
     """Folds ``{function: (calls, seconds)}`` from a block into ``DURATIONS``."""
     for function, (calls, seconds) in timings.items():
         per_call = seconds / calls
         old = DURATIONS.get(function)
+        if old is None and len(DURATIONS) >= _DURATIONS_KEPT:
+            del DURATIONS[next(iter(DURATIONS))]
         DURATIONS[function] = per_call if old is None else old + _NEW_WEIGHT * (per_call - old)
 
 
@@ -274,9 +280,9 @@ def _submit(client, graph, keys, dependencies, sync, progress):
         _SUBSCRIBED.add(client)
     threads = sum(client.nthreads().values()) or 1
     blocks = _fuse.plan(tasks, keys, needs, threads, DURATIONS)
-    dsk, wanted = to_distributed(blocks, tasks, keys, needs, external, progress)
+    dsk = to_distributed(blocks, tasks, keys, needs, external, progress)
     computed = [key for key in keys if key not in external]
-    results = dict(zip(computed, client.get(dsk, [wanted[key] for key in computed], sync=sync), strict=True))
+    results = dict(zip(computed, client.get(dsk, computed, sync=sync), strict=True))
     for key in keys:
         if key in external:
             results[key] = client.gather(external[key]) if sync else external[key]
@@ -284,7 +290,7 @@ def _submit(client, graph, keys, dependencies, sync, progress):
 
 
 def to_distributed(blocks, graph, keys, dependencies, external, progress=None):
-    """The distributed graph running ``blocks``, and the distributed key holding each of ``keys``.
+    """The distributed graph running ``blocks``, with each of ``keys`` under its own key.
 
     A block with one output returns that value under the output's own key; a block with several
     returns a dict, and a consumer needing only some of them receives them through a ``select`` task.
@@ -329,15 +335,10 @@ def to_distributed(blocks, graph, keys, dependencies, external, progress=None):
             input_keys.append(None)
         code = _fuse.program(block, graph, dependencies, input_keys, Report(run, index))
         dsk[name[id(block)]] = (_fuse.run_block, code, *args)
-    wanted = {}
     for key in keys:
-        if key in external:
-            continue
-        producer = block_of[key]
-        if name[id(producer)] != key:
-            dsk[key] = (_fuse.select, name[id(producer)], _fuse.Keys(key))
-        wanted[key] = key
-    return dsk, wanted
+        if key not in external and name[id(block_of[key])] != key:
+            dsk[key] = (_fuse.select, name[id(block_of[key])], _fuse.Keys(key))
+    return dsk
 
 
 def fuse_on_scheduler(dsk, keys):
@@ -352,8 +353,7 @@ def fuse_on_scheduler(dsk, keys):
     wanted = list(_flat(keys))
     threads = sum(worker.nthreads for worker in scheduler.workers.values()) or 1
     blocks = _fuse.plan(graph, wanted, dependencies, threads, DURATIONS)
-    fused, _ = to_distributed(blocks, graph, wanted, dependencies, {})
-    return fused
+    return to_distributed(blocks, graph, wanted, dependencies, {})
 
 
 def _materializing_scheduler():

@@ -83,9 +83,7 @@ def plan(graph, wanted, dependencies, threads, durations):
             if dep in dependents:
                 dependents[dep].append(key)
     units = _chains(graph, wanted, dependencies, dependents)
-    unit_of = {unit[0]: i for i, unit in enumerate(units)}
-    for i, unit in enumerate(units):
-        unit_of.update((key, i) for key in unit)
+    unit_of = {key: i for i, unit in enumerate(units) for key in unit}
     levels = []
     for unit in units:
         # A chain's later tasks need only the task before them, so its head's dependencies are all it needs.
