@@ -4,8 +4,9 @@
   issue 17 (trees of sleeping leaves, uneven tasks, chains over 50 MB arrays, thousands of tiny tasks),
   built and computed end to end with belated (``belated.compute(..., scheduler=client)``) and with
   dask.delayed. belated runs each graph once first, so that its blocks have measured the functions
-  (the fusion plan goes by those durations); both then take the best of ``--repeats`` runs. Worker
-  memory is the peak of the workers' summed RSS above what they held before, sampled every 10 ms.
+  (the fusion plan goes by those durations; that first run is shown too); then the two alternate for
+  ``--repeats`` runs each, and each shows its best. Worker memory is the highest peak of the workers'
+  summed RSS above what they held before a run, sampled every 10 ms.
 - Ray (a local instance, 2 CPUs, a 1 GB object store): a map + sum of tiny tasks, and a chain of 40
   steps over 50 MB arrays, through belated's Ray scheduler and as hand-written Ray tasks, with the
   files Ray spilled to disk counted while the chain's last step runs.
@@ -128,21 +129,32 @@ class PeakMemory:
         return self.peak - self.base
 
 
-def timed(run, repeats, pids=None):
-    best, value, memory = float("inf"), None, 0
+def once(run, pids=None):
+    """Seconds ``run`` took, its value, and the peak memory of ``pids`` above their start (or 0)."""
+    if not pids:
+        start = time.perf_counter()
+        value = run()
+        return time.perf_counter() - start, value, 0
+    with PeakMemory(pids) as peak:
+        start = time.perf_counter()
+        value = run()
+        elapsed = time.perf_counter() - start
+    return elapsed, value, peak.above_base
+
+
+def compare(ours, theirs, repeats, pids=None, between=None):
+    """Best time, last value and highest memory peak of each, their runs alternating so that a change
+    in the machine's load falls on both."""
+    best = [float("inf"), float("inf")]
+    values, peaks = [None, None], [0, 0]
     for _ in range(repeats):
-        if pids:
-            with PeakMemory(pids) as peak:
-                start = time.perf_counter()
-                value = run()
-                elapsed = time.perf_counter() - start
-            memory = max(memory, peak.above_base)
-        else:
-            start = time.perf_counter()
-            value = run()
-            elapsed = time.perf_counter() - start
-        best = min(best, elapsed)
-    return best, value, memory
+        for side, run in enumerate((ours, theirs)):
+            if between is not None:
+                between()
+            elapsed, values[side], memory = once(run, pids)
+            best[side] = min(best[side], elapsed)
+            peaks[side] = max(peaks[side], memory)
+    return best, values, peaks
 
 
 def distributed_rows(repeats):
@@ -162,7 +174,6 @@ def distributed_rows(repeats):
         pids = list(client.run(os.getpid).values())
         for name, build, tasks, ideal in GRAPHS:
             watch = pids if name in MEMORY_GRAPHS else None
-            client.run(_collect_garbage)
 
             def ours(build=build):
                 return belated.compute(build(belated.delayed), scheduler=client)[0]
@@ -170,10 +181,10 @@ def distributed_rows(repeats):
             def theirs(build=build):
                 return dask.compute(build(dask.delayed), scheduler=client)[0]
 
-            first, _, _ = timed(ours, 1)
-            ours_time, ours_value, ours_memory = timed(ours, repeats, watch)
-            client.run(_collect_garbage)
-            theirs_time, theirs_value, theirs_memory = timed(theirs, repeats, watch)
+            first, _, _ = once(ours)
+            (ours_time, theirs_time), (ours_value, theirs_value), (ours_memory, theirs_memory) = compare(
+                ours, theirs, repeats, watch, between=lambda: client.run(_collect_garbage)
+            )
             assert ours_value == theirs_value, name
             rows.append((name, tasks, first, ours_time, theirs_time, ideal, ours_memory, theirs_memory))
             print(rows[-1], flush=True)
@@ -218,8 +229,7 @@ def ray_rows(repeats):
             return belated.compute(map_sum(belated.delayed, n), scheduler="ray")[0]
 
         map_ours(), map_by_hand()  # Ray's workers import the functions once
-        ours, ours_value, _ = timed(map_ours, repeats)
-        theirs, theirs_value, _ = timed(map_by_hand, repeats)
+        (ours, theirs), (ours_value, theirs_value), _ = compare(map_ours, map_by_hand, repeats)
         assert ours_value == theirs_value
         rows = [("5,000 tiny tasks (map + sum)", n + 1, ours, theirs, None, None)]
 
@@ -235,8 +245,8 @@ def ray_rows(repeats):
                 x = belated.delayed(step)(x)
             return belated.delayed(spilled_files)(x, directory).compute(scheduler="ray")
 
-        ours, ours_spilled, _ = timed(chain_ours, repeats)
-        theirs, theirs_spilled, _ = timed(chain_by_hand, repeats)
+        chain_ours(), chain_by_hand()
+        (ours, theirs), (ours_spilled, theirs_spilled), _ = compare(chain_ours, chain_by_hand, repeats)
         rows.append(("chain of 40 steps over 50 MB arrays", 42, ours, theirs, ours_spilled, theirs_spilled))
         print(rows, flush=True)
         return rows
