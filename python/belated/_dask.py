@@ -2,6 +2,7 @@
 and the executors that hand a whole graph to an existing engine."""
 
 import contextlib
+import itertools
 import sys
 import threading
 import time
@@ -173,10 +174,6 @@ class Report:
         except (ImportError, ValueError):  # run outside a distributed worker: nobody to tell
             return
         worker.log_event(_REPORTS, (self.run, self.block, timings))
-
-    def __reduce__(self):
-        return Report, (self.run, self.block)
-
 
 def _on_report(event):
     _, (run, block, timings) = event
@@ -419,8 +416,10 @@ def _flat(keys):
             yield key
 
 
-def run_ray_task(task, key, dep_keys, *dep_values):
-    """One task on Ray: its status (None, small enough to poll) and its value."""
+def run_ray_task(spec, *dep_values):
+    """One task on Ray, ``spec`` being ``(task, key, dependency keys)``: its status (None, small
+    enough to poll) and its value."""
+    task, key, dep_keys = spec
     try:
         value = _fuse.evaluate(task, dict(zip(dep_keys, dep_values, strict=True)))
     except Exception as error:
@@ -430,8 +429,9 @@ def run_ray_task(task, key, dep_keys, *dep_values):
 
 
 _ray_task = None
-# How long one wait for finished Ray tasks lasts before the driver looks again.
+# How long one wait for finished Ray tasks lasts before the driver looks again, and how many it waits for.
 _RAY_POLL = 0.1
+_RAY_WINDOW = 512
 
 
 def ray_executor():
@@ -469,19 +469,20 @@ def _run_on_ray(ray, graph, keys, dependencies, progress):
     for key in graph:
         for dep in set(dependencies[key]):
             consumers[dep] = consumers.get(dep, 0) + 1
-    values, pending = {}, {}
+    values, pending, named = {}, {}, {}
     try:
         for key, task in graph.items():
             deps = list(dict.fromkeys(dependencies[key]))
-            status, values[key] = _ray_task.options(name=_fuse.prefix(key)).remote(
-                task, key, deps, *[values[dep] for dep in deps]
-            )
+            # Ray's dashboard and errors name the task by its function.
+            function = _fuse.prefix(key)
+            remote = named.get(function) or named.setdefault(function, _ray_task.options(name=function))
+            status, values[key] = remote.remote((task, key, deps), *[values[dep] for dep in deps])
             pending[status] = key
             for dep in deps:
                 consumers[dep] -= 1
                 if consumers[dep] == 0 and dep not in wanted:
                     del values[dep]
-            if len(pending) % 256 == 0:
+            if len(pending) % _RAY_WINDOW == 0:
                 _collect(ray, pending, progress, timeout=0)
         while pending:
             _collect(ray, pending, progress, timeout=_RAY_POLL)
@@ -496,8 +497,9 @@ def _run_on_ray(ray, graph, keys, dependencies, progress):
 
 
 def _collect(ray, pending, progress, timeout):
-    """Takes the finished tasks out of ``pending``; raises the first failure."""
-    refs = list(pending)
+    """Takes finished tasks out of ``pending``; raises the first failure. Looks at the earliest
+    submitted only: tasks mostly finish in that order, and a wait costs in proportion to its list."""
+    refs = list(itertools.islice(pending, _RAY_WINDOW))
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
     if not ready:
         return

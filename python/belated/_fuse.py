@@ -234,10 +234,6 @@ class Program:
     def __init__(self, steps, inputs, outputs, report):
         self.steps, self.inputs, self.outputs, self.report = steps, inputs, outputs, report
 
-    def __reduce__(self):
-        return Program, (self.steps, self.inputs, self.outputs, self.report)
-
-
 def program(block, graph, dependencies, input_keys, report):
     """The Program of ``block``, whose engine task's arguments carry ``input_keys``."""
     last_use = {}
@@ -303,10 +299,6 @@ class Keys:
 
     def __init__(self, keys):
         self.keys = keys
-
-    def __reduce__(self):
-        return Keys, (self.keys,)
-
 
 def evaluate(node, values):
     """One task in dask's legacy spec, given the values of the keys it names."""
