@@ -109,13 +109,6 @@ def compute(
 def compute_with(
     objs: tuple[Any, ...], executor: Callable[..., Any], traverse: bool = True
 ) -> tuple[Any, ...]: ...
-
-class DashboardReport:
-    """Passed to a ``compute_with`` executor: tells the dashboard of tasks finished on another engine."""
-
-    def finished(self, positions: list[int], succeeded: bool) -> None: ...
-    def end(self, succeeded: bool) -> None: ...
-
 def draw(
     objs: tuple[Any, ...],
     format: str = "svg",
