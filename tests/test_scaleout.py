@@ -268,6 +268,7 @@ def test_persist_on_distributed_keeps_values_there(client):
     assert delayed(sum)([p, p, 1]).compute() == 19
     q, r = client.persist([y, y + 1])
     assert (q.compute(), r.compute()) == (9, 10)
+    assert dask.compute(p + 1, scheduler=client._distributed_client) == (10,)
 
 
 def test_a_future_passed_to_a_task_is_its_value(client):
@@ -275,6 +276,7 @@ def test_a_future_passed_to_a_task_is_its_value(client):
     assert delayed(square)(future).compute() == 256
     assert delayed(sum)([future, future]).compute() == 32
     assert delayed(lambda d: d["k"][1])({"k": ("a", future)}).compute() == 16
+    assert dask.compute(delayed(square)(future), scheduler=client._distributed_client) == (256,)
 
 
 def test_task_exceptions_come_back_as_themselves_on_distributed(client):

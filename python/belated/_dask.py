@@ -262,7 +262,9 @@ def distributed_executor(client, *, sync=True):
     return execute
 
 
-def _submit(client, graph, keys, dependencies, sync, progress):
+def _without_futures(graph, dependencies):
+    """The graph's tasks with each distributed Future in them replaced by its key, their dependencies
+    (those keys included), and the Futures by key (a persisted value is a key holding one)."""
     external, tasks, needs = {}, {}, {}
     for key, task in graph.items():
         if _is_future(task):
@@ -272,6 +274,11 @@ def _submit(client, graph, keys, dependencies, sync, progress):
         tasks[key] = _futures_in(task, found)
         needs[key] = list(dependencies[key]) + [dep for dep in found if dep not in dependencies[key]]
         external.update(found)
+    return tasks, needs, external
+
+
+def _submit(client, graph, keys, dependencies, sync, progress):
+    tasks, needs, external = _without_futures(graph, dependencies)
     if client not in _SUBSCRIBED:
         client.subscribe_topic(_REPORTS, _on_report)
         _SUBSCRIBED.add(client)
@@ -347,10 +354,11 @@ def fuse_on_scheduler(dsk, keys):
     graph = dict(dsk)
     dependencies = {key: _references(task, graph) for key, task in graph.items()}
     graph = {key: graph[key] for key in _topological(graph, dependencies)}
+    tasks, needs, external = _without_futures(graph, dependencies)
     wanted = list(_flat(keys))
     threads = sum(worker.nthreads for worker in scheduler.workers.values()) or 1
-    blocks = _fuse.plan(graph, wanted, dependencies, threads, DURATIONS)
-    return to_distributed(blocks, graph, wanted, dependencies, {})
+    blocks = _fuse.plan(tasks, wanted, needs, threads, DURATIONS)
+    return to_distributed(blocks, tasks, wanted, needs, external)
 
 
 def _materializing_scheduler():
