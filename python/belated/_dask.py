@@ -175,6 +175,7 @@ class Report:
             return
         worker.log_event(_REPORTS, (self.run, self.block, timings))
 
+
 def _on_report(event):
     _, (run, block, timings) = event
     measured(timings)

@@ -234,6 +234,7 @@ class Program:
     def __init__(self, steps, inputs, outputs, report):
         self.steps, self.inputs, self.outputs, self.report = steps, inputs, outputs, report
 
+
 def program(block, graph, dependencies, input_keys, report):
     """The Program of ``block``, whose engine task's arguments carry ``input_keys``."""
     last_use = {}
@@ -299,6 +300,7 @@ class Keys:
 
     def __init__(self, keys):
         self.keys = keys
+
 
 def evaluate(node, values):
     """One task in dask's legacy spec, given the values of the keys it names."""
