@@ -237,6 +237,23 @@ def test_blocks_report_durations_and_progress(client, monkeypatch):
     assert _dask.DURATIONS["square"] >= 0.05 > _dask.DURATIONS["sum"]
 
 
+def test_callbacks_follow_futures_until_they_are_done(client):
+    finished, seen = [], []
+    x = delayed(sum)([delayed(square)(i) for i in range(4)])
+    callback = belated.diagnostics.Callback(
+        posttask=lambda key, *_: seen.append(key), finish=lambda dsk, state, errored: finished.append(errored)
+    )
+    with callback:
+        future = client.compute(x)
+    assert future.result() == 14
+    for _ in range(200):  # the done callback runs on the client's event loop: up to 10 s
+        if finished:
+            break
+        time.sleep(0.05)
+    assert finished == [False] and sorted(seen) == sorted(x.dask)
+    assert not _dask._RUNS, "nothing of a finished computation is kept"
+
+
 def dashboard_state(board):
     base, _, query = board.url.partition("?")
     with urllib.request.urlopen(base + "api/state" + ("?" + query if query else ""), timeout=10) as response:

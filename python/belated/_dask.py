@@ -72,8 +72,8 @@ DURATIONS = {}
 # How much a new measurement moves the average: enough to follow a function whose cost changes.
 _NEW_WEIGHT = 0.5
 _REPORTS = "belated-blocks"
+# The computations in progress, by run token, for the reports of their blocks.
 _RUNS = {}
-_RUNS_KEPT = 64
 _SUBSCRIBED = weakref.WeakSet()
 
 
@@ -105,6 +105,7 @@ class Progress:
         self._positions = None
         self._reported = set()
         self._closed = False
+        self.on_end = []
         self.total = len(graph)
         self.done = 0
         self.failed = 0
@@ -151,6 +152,8 @@ class Progress:
             self.finished([key for key in self.graph if key not in self._reported])
         with self._lock:
             self._closed = True
+        for callback in self.on_end:
+            callback()
         if self._dashboard is not None:
             self._dashboard.end(not errored)
         for *_, finish in self._callbacks:
@@ -192,7 +195,7 @@ class _Submission:
         self.reported = set()
 
     def block_done(self, index):
-        if index in self.reported or self.progress is None:
+        if index in self.reported:
             return
         self.reported.add(index)
         self.progress.finished(self.blocks[index].tasks)
@@ -257,7 +260,10 @@ def distributed_executor(client, *, sync=True):
         except BaseException as error:
             progress.end(errored=True)
             raise error.with_traceback(_fuse.user_frames(error.__traceback__)) from None
-        progress.end(errored=False)
+        if sync:
+            progress.end(errored=False)
+        else:
+            _end_with(progress, results)
         return results
 
     return execute
@@ -276,6 +282,27 @@ def _without_futures(graph, dependencies):
         needs[key] = list(dependencies[key]) + [dep for dep in found if dep not in dependencies[key]]
         external.update(found)
     return tasks, needs, external
+
+
+def _end_with(progress, futures):
+    """Ends ``progress`` once every one of ``futures`` is done."""
+    waiting = {id(future) for future in futures}
+    failed = []
+    lock = threading.Lock()
+
+    def done(future):
+        with lock:
+            if future.status == "error":
+                failed.append(future)
+            waiting.discard(id(future))
+            last = not waiting
+        if last:
+            progress.end(errored=bool(failed))
+
+    if not futures:
+        progress.end(errored=False)
+    for future in futures:
+        future.add_done_callback(done)
 
 
 def _submit(client, graph, keys, dependencies, sync, progress):
@@ -301,11 +328,9 @@ def to_distributed(blocks, graph, keys, dependencies, external, progress=None):
     returns a dict, and a consumer needing only some of them receives them through a ``select`` task.
     """
     run = _fuse.new_token()
-    _RUNS[run] = _Submission(blocks, progress)
-    # The latest submissions stay known, so that reports arriving after a computation returned still
-    # find theirs.
-    for stale in list(_RUNS)[:-_RUNS_KEPT]:
-        del _RUNS[stale]
+    if progress is not None:
+        _RUNS[run] = _Submission(blocks, progress)
+        progress.on_end.append(lambda: _RUNS.pop(run, None))
     block_of = {key: block for block in blocks for key in block.tasks}
     name = {}
     wanted_keys = set(keys)
