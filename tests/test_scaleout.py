@@ -1,8 +1,12 @@
 """belated graphs on Dask distributed (a real LocalCluster on loopback) and on Ray (a local instance)."""
 
+import io
+import json
 import os
 import sys
 import time
+import traceback
+import urllib.request
 
 import numpy as np
 import pytest
@@ -10,10 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from test_properties import Eager, Lazy, programs, run
 
 import belated
-from belated import compute, delayed
+from belated import _dask, _fuse, compute, delayed
+from belated.diagnostics import ProgressBar
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
+from dask.utils import key_split  # noqa: E402
 
 
 def square(x):
@@ -95,8 +101,16 @@ def client(cluster):
         yield connected
 
 
+SPILL_STORE = 100 * 2**20
+
+
 @pytest.fixture(scope="module")
-def ray_instance():
+def spill_directory(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("spilled"))
+
+
+@pytest.fixture(scope="module")
+def ray_instance(spill_directory):
     ray = pytest.importorskip("ray")
     # Ray's workers import this module's functions by name, as a cluster's workers import the user's.
     tests = os.path.dirname(os.path.abspath(__file__))
@@ -106,6 +120,8 @@ def ray_instance():
         log_to_driver=False,
         configure_logging=False,
         runtime_env={"env_vars": {"PYTHONPATH": tests}},
+        object_store_memory=SPILL_STORE,
+        object_spilling_directory=spill_directory,
     )
     yield ray
     ray.shutdown()
@@ -118,34 +134,176 @@ def test_tutorial_and_api_programs_on_distributed_equal_local_runs(client):
         assert compute(*objects, scheduler=client) == local, name
 
 
-def test_the_whole_graph_goes_in_one_submission(client, monkeypatch):
-    calls = []
-    real_get = client._distributed_client.get
-    monkeypatch.setattr(
-        client._distributed_client, "get", lambda *a, **k: calls.append(a) or real_get(*a, **k)
-    )
+def test_the_whole_graph_goes_in_one_submission_of_named_blocks(client, monkeypatch):
+    calls = record_submissions(client, monkeypatch)
     xs = [delayed(square)(i) for i in range(50)]
     assert delayed(sum)(xs).compute() == sum(i * i for i in range(50))
-    assert len(calls) == 1
-    graph, keys = calls[0][0], calls[0][1]
-    threads = sum(client.nthreads().values())
-    assert len(keys) == 1
-    assert len(graph) <= 4 * threads + 1, "51 tasks fused into a few blocks and one result"
+    ((graph, _),) = calls
+    assert all(task[0] in (_fuse.run_block, _fuse.select) for task in graph.values())
+    assert {key_split(key) for key in graph} == {"square", "sum"}, "blocks are named by their function"
 
 
-def test_fused_blocks_pass_values_across_blocks(client):
-    layer = [delayed(square)(i) for i in range(64)]
+def record_submissions(client, monkeypatch):
+    calls = []
+    real_get = client._distributed_client.get
+
+    def get(dsk, keys, **kwargs):
+        calls.append((dsk, keys))
+        return real_get(dsk, keys, **kwargs)
+
+    monkeypatch.setattr(client._distributed_client, "get", get)
+    return calls
+
+
+def test_every_way_in_uses_the_same_submission(client, monkeypatch):
+    planned = []
+    real_plan = _fuse.plan
+    monkeypatch.setattr(_fuse, "plan", lambda graph, *a: planned.append(len(graph)) or real_plan(graph, *a))
+    x = delayed(sum)([delayed(square)(i) for i in range(6)])
+    expected = sum(i * i for i in range(6))
+    distributed_client = client._distributed_client
+    assert compute(x, scheduler=distributed_client) == (expected,)
+    assert compute(x, scheduler=client) == (expected,)
+    assert client.compute(x).result() == expected
+    assert client.compute([x, x], sync=True) == [expected, expected]
+    assert dask.compute(x, scheduler=distributed_client) == (expected,)
+    assert dask.compute({"x": [x]}, x + 1, scheduler=distributed_client) == ({"x": [expected]}, expected + 1)
+    # dask adds a task finalizing the results to the graph it sends.
+    assert planned[:4] == [7, 7, 7, 7] and len(planned) == 6 and planned[4] > 7
+
+
+def timed(label, seconds, *_):
+    start = time.time()
+    time.sleep(seconds)
+    return label, start, time.time()
+
+
+def overlapped(a, b):
+    return a[1] < b[2] and b[1] < a[2]
+
+
+@pytest.mark.parametrize("measured", [None, 0.5], ids=["not measured", "measured"])
+def test_neighbouring_slow_tasks_land_in_different_blocks(client, monkeypatch, measured):
+    monkeypatch.setattr(_dask, "DURATIONS", {} if measured is None else {"timed": measured})
+    calls = record_submissions(client, monkeypatch)
+    spans = [delayed(timed)(i, 0.5 if i in (10, 11) else 0.0) for i in range(40)]
+    (results,) = compute(spans, scheduler=client)
+    assert [label for label, _, _ in results] == list(range(40))
+    ((graph, _),) = calls
+    block_of = {
+        key: name for name, task in graph.items() if task[0] is _fuse.run_block for key, _, _ in task[1].steps
+    }
+    assert block_of[spans[10].key] != block_of[spans[11].key]
+    if measured:
+        assert all(len(task[1].steps) == 1 for task in graph.values() if task[0] is _fuse.run_block)
+
+
+def test_the_leaves_of_a_tree_run_at_once(client, monkeypatch):
+    monkeypatch.setattr(_dask, "DURATIONS", {"timed": 0.3, "pair": 1e-5})
+    layer = [delayed(timed)(i, 0.3) for i in range(8)]
     while len(layer) > 1:
-        layer = [delayed(sum)(layer[i : i + 2]) for i in range(0, len(layer), 2)]
-    chain = delayed(square)(1)
-    for _ in range(40):
-        chain = delayed(sum)([chain, 1])
-    assert compute(layer[0], chain, scheduler=client) == compute(layer[0], chain, scheduler="sync")
+        layer = [delayed(pair)(layer[i], layer[i + 1]) for i in range(0, len(layer), 2)]
+    leaves = list(flatten(layer[0].compute()))
+    threads = sum(client.nthreads().values())
+    most = max(sum(overlapped(leaf, other) for other in leaves) for leaf in leaves)
+    assert most >= threads, "as many leaves ran at once as there are threads"
+
+
+def pair(a, b):
+    return (a, b)
+
+
+def flatten(nested):
+    if type(nested[0]) is tuple:
+        for item in nested:
+            yield from flatten(item)
+    else:
+        yield nested
+
+
+def test_blocks_report_durations_and_progress(client, monkeypatch):
+    monkeypatch.setattr(_dask, "DURATIONS", {})
+    out = io.StringIO()
+    seen = []
+    x = delayed(sum)([delayed(square)(i) for i in range(12)])
+    with ProgressBar(out=out), belated.diagnostics.Callback(posttask=lambda key, *_: seen.append(key)):
+        assert compute(x, scheduler=client) == (sum(i * i for i in range(12)),)
+    assert "100%" in out.getvalue() and "13/13" in out.getvalue()
+    assert sorted(seen) == sorted(x.dask)
+    for _ in range(200):  # reports travel through the scheduler: wait for them, up to 10 s
+        if "square" in _dask.DURATIONS and "sum" in _dask.DURATIONS:
+            break
+        time.sleep(0.05)
+    assert _dask.DURATIONS["square"] >= 0.05 > _dask.DURATIONS["sum"]
+
+
+def test_callbacks_follow_futures_until_they_are_done(client):
+    finished, seen = [], []
+    x = delayed(sum)([delayed(square)(i) for i in range(4)])
+    callback = belated.diagnostics.Callback(
+        posttask=lambda key, *_: seen.append(key), finish=lambda dsk, state, errored: finished.append(errored)
+    )
+    with callback:
+        future = client.compute(x)
+    assert future.result() == 14
+    for _ in range(200):  # the done callback runs on the client's event loop: up to 10 s
+        if finished:
+            break
+        time.sleep(0.05)
+    assert finished == [False] and sorted(seen) == sorted(x.dask)
+    assert not _dask._RUNS, "nothing of a finished computation is kept"
+
+
+def dashboard_state(board):
+    base, _, query = board.url.partition("?")
+    with urllib.request.urlopen(base + "api/state" + ("?" + query if query else ""), timeout=10) as response:
+        return json.loads(response.read())["compute"]
+
+
+def test_the_dashboard_sees_tasks_finish_on_distributed(client):
+    board = belated.dashboard(port=0, quiet=True)
+    try:
+        x = delayed(sum)([delayed(square)(i) for i in range(6)])
+        assert x.compute() == sum(i * i for i in range(6))
+        state = dashboard_state(board)
+        assert state["tasks"] == 7 and state["ok"] is True
+        groups = {g["name"]: (g["total"], g["done"], g["failed"]) for g in state["groups"]}
+        assert groups == {"square": (6, 6, 0), "sum": (1, 1, 0)}
+        with pytest.raises(Boom):
+            delayed(explode)(1).compute()
+        assert dashboard_state(board)["ok"] is False
+    finally:
+        board.stop()
+
+
+def test_persist_on_distributed_keeps_values_there(client):
+    y = delayed(square)(3)
+    p = client.persist(y)
+    assert p.key == y.key
+    assert p.compute() == 9
+    assert (p + 1).compute() == 10
+    assert delayed(sum)([p, p, 1]).compute() == 19
+    q, r = client.persist([y, y + 1])
+    assert (q.compute(), r.compute()) == (9, 10)
+    assert dask.compute(p + 1, scheduler=client._distributed_client) == (10,)
+
+
+def test_a_future_passed_to_a_task_is_its_value(client):
+    future = client.submit(square, 4)
+    assert delayed(square)(future).compute() == 256
+    assert delayed(sum)([future, future]).compute() == 32
+    assert delayed(lambda d: d["k"][1])({"k": ("a", future)}).compute() == 16
+    assert dask.compute(delayed(square)(future), scheduler=client._distributed_client) == (256,)
 
 
 def test_task_exceptions_come_back_as_themselves_on_distributed(client):
-    with pytest.raises(Boom, match="bad 9"):
+    with pytest.raises(Boom, match="bad 9") as caught:
         delayed(explode)(delayed(square)(3)).compute()
+    assert caught.value.__notes__ == [f"raised by belated task {caught.value.__notes__[0].split()[-1]}"]
+    assert caught.value.__notes__[0].split()[-1].startswith("explode-")
+    functions = [frame.name for frame in traceback.extract_tb(caught.value.__traceback__)]
+    assert functions[-1] == "explode"
+    assert not {"run_block", "evaluate", "_evaluate", "get", "gather"} & set(functions)
     assert delayed(square)(2).compute() == 4
 
 
@@ -183,8 +341,64 @@ def test_tutorial_and_api_programs_on_ray_equal_local_runs(ray_instance):
 
 
 def test_task_exceptions_come_back_as_themselves_on_ray(ray_instance):
-    with pytest.raises(Boom, match="bad 4"):
+    with pytest.raises(Boom, match="bad 4") as caught:
         delayed(explode)(delayed(square)(2)).compute(scheduler="ray")
+    assert caught.value.__notes__[0].startswith("raised by belated task explode-")
+
+
+def load(megabytes):
+    return np.ones(megabytes * 2**20 // 8)
+
+
+def step(array):
+    return array + 1
+
+
+def spilled_files(_, directory):
+    return sum(len(files) for _, _, files in os.walk(directory))
+
+
+def test_ray_frees_each_intermediate_once_its_consumer_is_submitted(ray_instance, spill_directory):
+    x = delayed(load)(20)
+    for _ in range(12):
+        x = delayed(step)(x)
+    # Held to the end, the 13 arrays of 20 MB would not fit a 100 MB store and would be spilled.
+    assert SPILL_STORE < 13 * 20 * 2**20
+    assert delayed(spilled_files)(x, spill_directory).compute(scheduler="ray") == 0
+
+
+def finish_after(seconds, marker):
+    time.sleep(seconds)
+    with open(marker, "w") as out:
+        out.write("finished")
+    return seconds
+
+
+def explode_after(seconds):
+    time.sleep(seconds)
+    raise Boom("early")
+
+
+def test_ray_cancels_the_rest_on_the_first_failure(ray_instance, tmp_path):
+    marker = tmp_path / "finished"
+    slow = delayed(finish_after)(60, str(marker))
+    with pytest.raises(Boom, match="early"):
+        compute([slow, delayed(explode_after)(0.5)], scheduler="ray")
+    assert not marker.exists(), "the failure came back before the slow task finished"
+
+
+def test_ray_reports_progress_to_callbacks_and_the_dashboard(ray_instance):
+    board = belated.dashboard(port=0, quiet=True)
+    seen = []
+    try:
+        x = delayed(sum)([delayed(square)(i) for i in range(5)])
+        with belated.diagnostics.Callback(posttask=lambda key, *_: seen.append(key)):
+            assert x.compute(scheduler="ray") == sum(i * i for i in range(5))
+        assert sorted(seen) == sorted(x.dask)
+        groups = {g["name"]: (g["total"], g["done"]) for g in dashboard_state(board)["groups"]}
+        assert groups == {"square": (5, 5), "sum": (1, 1)}
+    finally:
+        board.stop()
 
 
 def test_missing_engines_say_which_extra_to_install(monkeypatch):

@@ -113,6 +113,17 @@ def _gather(obj):
     return obj
 
 
+def _hold(collections, futures):
+    """Persisted objects: each Delayed among ``collections`` becomes one holding its distributed
+    Future under the same key, which later graphs use as a dependency."""
+    if isinstance(collections, _belated.Delayed):
+        _, (key, length) = collections.__dask_postpersist__()
+        return _belated.delayed(futures, name=key, nout=length, traverse=False)
+    if type(collections) in (list, tuple):
+        return type(collections)(_hold(c, f) for c, f in zip(collections, futures, strict=True))
+    return futures
+
+
 class Client:
     """Runs computations on a cluster while it is open, as in the dask tutorial.
 
@@ -200,7 +211,7 @@ class Client:
         """Starts computing ``collections`` (a Delayed, or a list or tuple of them) on the cluster and
         returns a :class:`Future` for each (a list for a list), or the results with ``sync=True``."""
         if self._distributed_client is not None:
-            return self._distributed_client.compute(collections, sync=sync, **kwargs)
+            return self._on_distributed(collections, traverse, sync=sync)
         many = type(collections) in (list, tuple)
         items = tuple(collections) if many else (collections,)
         futures = self._start(items, traverse, retries)
@@ -209,7 +220,10 @@ class Client:
         return futures if many else futures[0]
 
     def submit(self, func, *args, pure=None, key=None, retries=None, **kwargs):
-        """Starts ``func(*args, **kwargs)`` on the cluster and returns its :class:`Future`."""
+        """Starts ``func(*args, **kwargs)`` on the cluster and returns its :class:`Future` (a distributed
+        Future on Dask distributed)."""
+        if self._distributed_client is not None:
+            return self._distributed_client.submit(func, *args, pure=pure, key=key, retries=retries, **kwargs)
         from belated import delayed
 
         task = delayed(func, pure=pure)(*args, dask_key_name=key, **kwargs)
@@ -217,6 +231,8 @@ class Client:
 
     def map(self, func, *iterables, pure=None, retries=None, **kwargs):
         """``submit`` for each item of the iterables, as one computation; returns their futures."""
+        if self._distributed_client is not None:
+            return self._distributed_client.map(func, *iterables, pure=pure, retries=retries, **kwargs)
         from belated import delayed
 
         call = delayed(func, pure=pure)
@@ -227,17 +243,30 @@ class Client:
         """Computes ``collections`` (a Delayed, or a list or tuple of them) on the cluster and returns
         new ``Delayed`` objects holding the results under the same keys (a list for a list).
 
-        Unlike distributed's, the results come back to this process and are held here; a later
-        computation on the cluster sends each large one to a worker once, not with every task.
+        On a local cluster the results come back to this process and are held here; a later
+        computation on the cluster sends each large one to a worker once, not with every task. On Dask
+        distributed they stay in the cluster, as distributed Futures the new objects hold.
         """
         if self._distributed_client is not None:
-            return self._distributed_client.persist(collections)
+            futures = self._on_distributed(collections, traverse, sync=False)
+            return _hold(collections, futures)
         from belated import persist
 
         many = type(collections) in (list, tuple)
         items = tuple(collections) if many else (collections,)
         persisted = persist(*items, traverse=traverse, scheduler=self, retries=retries)
         return list(persisted) if many else persisted[0]
+
+    def _on_distributed(self, collections, traverse, sync):
+        """Computes on Dask distributed as ``belated.compute(..., scheduler=client)`` does; with
+        ``sync=False`` the results stay there, as distributed Futures."""
+        from belated._dask import distributed_executor
+
+        many = type(collections) in (list, tuple)
+        items = tuple(collections) if many else (collections,)
+        executor = distributed_executor(self._distributed_client, sync=sync)
+        results = _belated.compute_with(items, executor, traverse)
+        return list(results) if many else results[0]
 
     def gather(self, futures):
         """The results of ``futures`` (a Future, or lists, tuples, sets and dicts of them)."""

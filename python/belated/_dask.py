@@ -1,7 +1,14 @@
 """What dask needs to run belated graphs, and belated to run dask's: the collection protocol's helpers
 and the executors that hand a whole graph to an existing engine."""
 
-from belated import _belated
+import contextlib
+import itertools
+import sys
+import threading
+import time
+import weakref
+
+from belated import _belated, _fuse
 
 
 class Literal:
@@ -30,6 +37,9 @@ def first(results):
 
 def optimize(dsk, keys, **kwargs):
     """``__dask_optimize__``: belated graphs hold only what their keys need already."""
+    fused = fuse_on_scheduler(dsk, keys)
+    if fused is not None:
+        return fused
     return dsk
 
 
@@ -55,86 +65,416 @@ def _require(module, extra):
         ) from None
 
 
-BLOCKS_PER_THREAD = 4
+# -- running a whole graph on another engine ----------------------------------------------------------
+
+# Seconds per call of each function (key prefix), as blocks measured them: what the fusion plan goes by.
+DURATIONS = {}
+# How much a new measurement moves the average: enough to follow a function whose cost changes.
+_NEW_WEIGHT = 0.5
+_REPORTS = "belated-blocks"
+# The computations in progress, by run token, for the reports of their blocks.
+_RUNS = {}
+_SUBSCRIBED = weakref.WeakSet()
 
 
-def distributed_executor(client):
+# Functions remembered at most (keys named one by one would each be a function of their own).
+_DURATIONS_KEPT = 4096
+
+
+def measured(timings):
+    """Folds ``{function: (calls, seconds)}`` from a block into ``DURATIONS``."""
+    for function, (calls, seconds) in timings.items():
+        per_call = seconds / calls
+        old = DURATIONS.get(function)
+        if old is None and len(DURATIONS) >= _DURATIONS_KEPT:
+            del DURATIONS[next(iter(DURATIONS))]
+        DURATIONS[function] = per_call if old is None else old + _NEW_WEIGHT * (per_call - old)
+
+
+class Progress:
+    """A computation on another engine as belated's callbacks (``belated.diagnostics``) and dashboard
+    see it: the engine reports finished tasks in batches, and each is passed on to them. Callbacks
+    receive this object as the computation's state (``total``, ``done``, ``failed``, ``elapsed``);
+    ``posttask`` receives no result, which stays on the engine."""
+
+    def __init__(self, graph, dashboard=None):
+        from belated.diagnostics import Callback
+
+        self.graph = graph
+        self._dashboard = dashboard
+        self._positions = None
+        self._reported = set()
+        self._closed = False
+        self.on_end = []
+        self.total = len(graph)
+        self.done = 0
+        self.failed = 0
+        self._started = time.perf_counter()
+        self._lock = threading.Lock()
+        self._callbacks = [callback._callback for callback in Callback.active]
+        for start, start_state, *_ in self._callbacks:
+            if start is not None:
+                start(graph)
+            if start_state is not None:
+                start_state(graph, self)
+
+    @property
+    def elapsed(self):
+        return time.perf_counter() - self._started
+
+    def profile(self):
+        return []
+
+    def finished(self, keys):
+        with self._lock:
+            if self._closed:
+                return
+            keys = [key for key in keys if key not in self._reported]
+            self._reported.update(keys)
+            self.done += len(keys)
+            if self._dashboard is not None:
+                if self._positions is None:
+                    self._positions = {key: i for i, key in enumerate(self.graph)}
+                self._dashboard.finished([self._positions[key] for key in keys], True)
+        for _, _, pretask, posttask, _ in self._callbacks:
+            for key in keys:
+                if pretask is not None:
+                    pretask(key, self.graph, self)
+                if posttask is not None:
+                    posttask(key, None, self.graph, self, -1)
+
+    def end(self, errored):
+        """After the results came back (or the first failure): on success, tasks whose reports are
+        still on their way count as finished; reports arriving later are dropped."""
+        if errored:
+            self.failed = max(self.failed, 1)
+        else:
+            self.finished([key for key in self.graph if key not in self._reported])
+        with self._lock:
+            self._closed = True
+        for callback in self.on_end:
+            callback()
+        if self._dashboard is not None:
+            self._dashboard.end(not errored)
+        for *_, finish in self._callbacks:
+            if finish is not None:
+                finish(self.graph, self, errored)
+
+
+class Report:
+    """Sends a block's timings from its distributed worker to the client that submitted it."""
+
+    __slots__ = ("block", "run")
+
+    def __init__(self, run, block):
+        self.run, self.block = run, block
+
+    def __call__(self, timings):
+        try:
+            from distributed import get_worker
+
+            worker = get_worker()
+        except (ImportError, ValueError):  # run outside a distributed worker: nobody to tell
+            return
+        worker.log_event(_REPORTS, (self.run, self.block, timings))
+
+
+def _on_report(event):
+    _, (run, block, timings) = event
+    measured(timings)
+    submission = _RUNS.get(run)
+    if submission is not None:
+        submission.block_done(block)
+
+
+class _Submission:
+    """One graph on distributed: passes the blocks' reports on to the computation's progress."""
+
+    def __init__(self, blocks, progress):
+        self.blocks, self.progress = blocks, progress
+        self.reported = set()
+
+    def block_done(self, index):
+        if index in self.reported:
+            return
+        self.reported.add(index)
+        self.progress.finished(self.blocks[index].tasks)
+
+
+def _futures_in(node, found):
+    """``node`` (a task in dask's legacy spec) with each distributed Future in it replaced by its key,
+    which ``found`` maps to it."""
+    kind = type(node)
+    if kind is tuple and len(node) == 1 and type(node[0]) is Literal:
+        # A constant, written ``(Literal(value),)``: built instead when Futures are inside.
+        return _built(node[0].data, found) if _holds_future(node[0].data) else node
+    if kind is tuple and node and callable(node[0]):
+        return (node[0], *[_futures_in(arg, found) for arg in node[1:]])
+    if kind is list:
+        return [_futures_in(item, found) for item in node]
+    # Any other value is a constant the spec does not look into.
+    return _built(node, found) if _holds_future(node) else node
+
+
+def _holds_future(value):
+    if type(value) in (list, tuple, set):
+        return any(_holds_future(item) for item in value)
+    if type(value) is dict:
+        return any(_holds_future(item) for item in value.values())
+    return _is_future(value)
+
+
+def _built(value, found):
+    """A task building the constant ``value`` with its Futures' values in their place."""
+    kind = type(value)
+    if kind is list:
+        return [_built(item, found) for item in value]
+    if kind in (tuple, set):
+        return (kind, [_built(item, found) for item in value])
+    if kind is dict:
+        return (dict, [[_built(k, found), _built(v, found)] for k, v in value.items()])
+    if _is_future(value):
+        found[value.key] = value
+        return value.key
+    return (Literal(value),) if kind is str else value
+
+
+def _is_future(obj):
+    distributed = sys.modules.get("distributed")
+    return distributed is not None and isinstance(obj, distributed.Future)
+
+
+def distributed_executor(client, *, sync=True):
     """Runs a whole graph on a Dask distributed cluster in one submission (``client.get``).
 
-    Distributed spends about a millisecond on each task it schedules, far more than a typical delayed
-    call, so the graph is fused first: its tasks, in topological order, are cut into contiguous blocks
-    (four per worker thread), and each block runs as one distributed task that evaluates its tasks in
-    order. Ids in depth-first order keep a branch's tasks together, so blocks mostly hold whole branches
-    and run in parallel; only values crossing blocks travel between workers.
+    The graph is cut into blocks (``belated._fuse``); each block runs as one distributed task. With
+    ``sync=False`` the executor returns a distributed Future for each key instead of its value.
+    Distributed Futures in the graph (a persisted value, or a Future passed as an argument) are
+    dependencies: their values are used, not the Futures.
     """
 
-    def execute(graph, keys, dependencies):
-        threads = sum(client.nthreads().values()) or 1
-        fused, wanted = fuse(graph, keys, dependencies, blocks=BLOCKS_PER_THREAD * threads)
-        return client.get(fused, wanted, sync=True)
+    def execute(graph, keys, dependencies, dashboard=None):
+        progress = Progress(graph, dashboard)
+        try:
+            results = _submit(client, graph, keys, dependencies, sync, progress)
+        except BaseException as error:
+            progress.end(errored=True)
+            raise error.with_traceback(_fuse.user_frames(error.__traceback__)) from None
+        if sync:
+            progress.end(errored=False)
+        else:
+            _end_with(progress, results)
+        return results
 
     return execute
 
 
-def fuse(graph, keys, dependencies, blocks):
-    """The graph as ``blocks`` block tasks, and the keys of tasks extracting ``keys`` from them."""
-    order = list(graph)
-    size = -(-len(order) // max(1, min(blocks, len(order))))
-    block_of = {key: position // size for position, key in enumerate(order)}
-    crossing = set(keys)
-    for key in order:
-        crossing.update(dep for dep in dependencies[key] if block_of[dep] != block_of[key])
-    token = f"belated-block-{id(graph):x}-{len(order)}"
-    fused = {}
-    for start in range(0, len(order), size):
-        members = order[start : start + size]
-        block = block_of[members[0]]
-        inputs = sorted({block_of[dep] for key in members for dep in dependencies[key]} - {block})
-        tasks = Literal([(key, graph[key]) for key in members])
-        outputs = [key for key in members if key in crossing]
-        fused[f"{token}-{block}"] = (run_block, tasks, outputs, [f"{token}-{other}" for other in inputs])
-    wanted = []
+def _without_futures(graph, dependencies):
+    """The graph's tasks with each distributed Future in them replaced by its key, their dependencies
+    (those keys included), and the Futures by key (a persisted value is a key holding one)."""
+    external, tasks, needs = {}, {}, {}
+    for key, task in graph.items():
+        if _is_future(task):
+            external[key] = task
+            continue
+        found = {}
+        tasks[key] = _futures_in(task, found)
+        needs[key] = list(dependencies[key]) + [dep for dep in found if dep not in dependencies[key]]
+        external.update(found)
+    return tasks, needs, external
+
+
+def _end_with(progress, futures):
+    """Ends ``progress`` once every one of ``futures`` is done."""
+    waiting = {id(future) for future in futures}
+    failed = []
+    lock = threading.Lock()
+
+    def done(future):
+        with lock:
+            if future.status == "error":
+                failed.append(future)
+            waiting.discard(id(future))
+            last = not waiting
+        if last:
+            progress.end(errored=bool(failed))
+
+    if not futures:
+        progress.end(errored=False)
+    for future in futures:
+        future.add_done_callback(done)
+
+
+def _submit(client, graph, keys, dependencies, sync, progress):
+    tasks, needs, external = _without_futures(graph, dependencies)
+    if client not in _SUBSCRIBED:
+        client.subscribe_topic(_REPORTS, _on_report)
+        _SUBSCRIBED.add(client)
+    threads = sum(client.nthreads().values()) or 1
+    blocks = _fuse.plan(tasks, keys, needs, threads, DURATIONS)
+    dsk = to_distributed(blocks, tasks, keys, needs, external, progress)
+    computed = [key for key in keys if key not in external]
+    results = dict(zip(computed, client.get(dsk, computed, sync=sync), strict=True))
     for key in keys:
-        extract = f"{token}-result-{key}"
-        fused[extract] = (_pick, f"{token}-{block_of[key]}", Literal(key))
-        wanted.append(extract)
-    return fused, wanted
+        if key in external:
+            results[key] = client.gather(external[key]) if sync else external[key]
+    return [results[key] for key in keys]
 
 
-def run_block(tasks, outputs, inputs):
-    """Evaluates a block's tasks in order; returns the values other blocks or the caller need."""
-    values = {}
-    for produced in inputs:
-        values.update(produced)
-    for key, task in tasks():
-        values[key] = _evaluate(task, values)
-    return {key: values[key] for key in outputs}
+def to_distributed(blocks, graph, keys, dependencies, external, progress=None):
+    """The distributed graph running ``blocks``, with each of ``keys`` under its own key.
+
+    A block with one output returns that value under the output's own key; a block with several
+    returns a dict, and a consumer needing only some of them receives them through a ``select`` task.
+    """
+    run = _fuse.new_token()
+    if progress is not None:
+        _RUNS[run] = _Submission(blocks, progress)
+        progress.on_end.append(lambda: _RUNS.pop(run, None))
+    block_of = {key: block for block in blocks for key in block.tasks}
+    name = {}
+    wanted_keys = set(keys)
+    for block in blocks:
+        # A block's key is its own task's key when it runs one task, or its single output's when
+        # that is wanted (as dask's keys and persisted Futures need); otherwise its main function's.
+        alone = len(block.tasks) == 1 or (len(block.outputs) == 1 and block.outputs[0] in wanted_keys)
+        name[id(block)] = (
+            block.outputs[0] if alone and len(block.outputs) == 1 else f"{block.name}-{_fuse.new_token()}"
+        )
+    dsk = {}
+    for index, block in enumerate(blocks):
+        args, input_keys, taken = [], [], {}
+        for key in block.inputs:
+            if key in external:
+                args.append(external[key])
+                input_keys.append(key)
+                continue
+            producer = block_of[key]
+            if len(producer.outputs) == 1:
+                args.append(name[id(producer)])
+                input_keys.append(key)
+            else:
+                taken.setdefault(id(producer), (producer, []))[1].append(key)
+        for producer, needed in taken.values():
+            if len(needed) == len(producer.outputs):
+                args.append(name[id(producer)])
+            else:
+                selection = f"{producer.name}-{_fuse.new_token()}"
+                dsk[selection] = (_fuse.select, name[id(producer)], _fuse.Keys(needed))
+                args.append(selection)
+            input_keys.append(None)
+        code = _fuse.program(block, graph, dependencies, input_keys, Report(run, index))
+        dsk[name[id(block)]] = (_fuse.run_block, code, *args)
+    for key in keys:
+        if key not in external and name[id(block_of[key])] != key:
+            dsk[key] = (_fuse.select, name[id(block_of[key])], _fuse.Keys(key))
+    return dsk
 
 
-def _pick(block_values, key):
-    return block_values[key()]
+def fuse_on_scheduler(dsk, keys):
+    """The graph cut into blocks, as ``belated.compute`` submits it, when a distributed scheduler is
+    materializing it (``dask.compute(x, scheduler=client)`` sends the graph there); None elsewhere."""
+    scheduler = _materializing_scheduler()
+    if scheduler is None:
+        return None
+    graph = dict(dsk)
+    dependencies = {key: _references(task, graph) for key, task in graph.items()}
+    graph = {key: graph[key] for key in _topological(graph, dependencies)}
+    tasks, needs, external = _without_futures(graph, dependencies)
+    wanted = list(_flat(keys))
+    threads = sum(worker.nthreads for worker in scheduler.workers.values()) or 1
+    blocks = _fuse.plan(tasks, wanted, needs, threads, DURATIONS)
+    return to_distributed(blocks, tasks, wanted, needs, external)
 
 
-def run_task(task, dep_keys, *dep_values):
-    """Evaluates one task of a graph in dask's legacy spec, given its dependencies' values."""
-    return _evaluate(task, dict(zip(dep_keys, dep_values, strict=True)))
+def _materializing_scheduler():
+    distributed = sys.modules.get("distributed")
+    # A scheduler materializes graphs in its offload thread.
+    if distributed is None or not threading.current_thread().name.startswith("Dask-Offload"):
+        return None
+    running = [scheduler for scheduler in distributed.Scheduler._instances if scheduler.workers]
+    return running[0] if len(running) == 1 else None
 
 
-def _evaluate(node, values):
-    if type(node) is tuple and node and callable(node[0]):
-        return node[0](*[_evaluate(arg, values) for arg in node[1:]])
-    if type(node) is list:
-        return [_evaluate(item, values) for item in node]
-    if type(node) is str and node in values:
-        return values[node]
-    return node
+def _references(task, graph):
+    found = []
+
+    def visit(node):
+        kind = type(node)
+        if kind is tuple and node and callable(node[0]):
+            for arg in node[1:]:
+                visit(arg)
+        elif kind is list:
+            for item in node:
+                visit(item)
+        elif _fuse.is_graph_node(node):
+            found.extend(node.dependencies)
+        else:
+            try:
+                if node in graph:
+                    found.append(node)
+            except TypeError:  # unhashable: a constant, not a key
+                pass
+
+    if _fuse.is_graph_node(task):
+        return list(task.dependencies)
+    visit(task)
+    return list(dict.fromkeys(found))
+
+
+def _topological(graph, dependencies):
+    order, done = [], set()
+    for root in graph:
+        stack = [(root, iter(dependencies[root]))]
+        if root in done:
+            continue
+        while stack:
+            key, deps = stack[-1]
+            for dep in deps:
+                if dep not in done and dep in graph:
+                    stack.append((dep, iter(dependencies[dep])))
+                    break
+            else:
+                stack.pop()
+                if key not in done:
+                    done.add(key)
+                    order.append(key)
+    return order
+
+
+def _flat(keys):
+    for key in keys:
+        if type(key) is list:
+            yield from _flat(key)
+        else:
+            yield key
+
+
+def run_ray_task(spec, *dep_values):
+    """One task on Ray, ``spec`` being ``(task, key, dependency keys)``: its status (None, small
+    enough to poll) and its value."""
+    task, key, dep_keys = spec
+    try:
+        value = _fuse.evaluate(task, dict(zip(dep_keys, dep_values, strict=True)))
+    except Exception as error:
+        _fuse.note(error, key)
+        raise error.with_traceback(_fuse.user_frames(error.__traceback__)) from None
+    return None, value
 
 
 _ray_task = None
+# How long one wait for finished Ray tasks lasts before the driver looks again, and how many it waits for.
+_RAY_POLL = 0.1
+_RAY_WINDOW = 512
 
 
 def ray_executor():
-    """Runs each task as a Ray task, with object references between them. Needs ``ray.init()`` first."""
+    """Runs each task as a Ray task, with object references between them. Needs ``ray.init()`` first.
+
+    The driver drops each reference once the last task needing it is submitted, so the object store
+    frees intermediates as a hand-written Ray program does. It watches every task's small status
+    object, and on the first failure cancels the tasks still pending or running.
+    """
     ray = _require("ray", "ray")
     if not ray.is_initialized():
         from belated._belated import BelatedError
@@ -142,20 +482,70 @@ def ray_executor():
         raise BelatedError("scheduler='ray' needs a running Ray: call ray.init() first")
     global _ray_task
     if _ray_task is None:
-        _ray_task = ray.remote(run_task)
+        _ray_task = ray.remote(num_returns=2)(run_ray_task)
 
-    def execute(graph, keys, dependencies):
-        refs = {}
-        for key, task in graph.items():
-            deps = dependencies[key]
-            refs[key] = _ray_task.remote(task, deps, *[refs[dep] for dep in deps])
+    def execute(graph, keys, dependencies, dashboard=None):
+        progress = Progress(graph, dashboard)
         try:
-            return ray.get([refs[key] for key in keys])
-        except ray.exceptions.RayTaskError as error:
-            # The task's own exception, as the other schedulers raise it.
-            raise error.cause from None
+            results = _run_on_ray(ray, graph, keys, dependencies, progress)
+        except BaseException:
+            progress.end(errored=True)
+            raise
+        progress.end(errored=False)
+        return results
 
     return execute
+
+
+def _run_on_ray(ray, graph, keys, dependencies, progress):
+    wanted = set(keys)
+    consumers = {}
+    for key in graph:
+        for dep in set(dependencies[key]):
+            consumers[dep] = consumers.get(dep, 0) + 1
+    values, pending, named = {}, {}, {}
+    try:
+        for key, task in graph.items():
+            deps = list(dict.fromkeys(dependencies[key]))
+            # Ray's dashboard and errors name the task by its function.
+            function = _fuse.prefix(key)
+            remote = named.get(function) or named.setdefault(function, _ray_task.options(name=function))
+            status, values[key] = remote.remote((task, key, deps), *[values[dep] for dep in deps])
+            pending[status] = key
+            for dep in deps:
+                consumers[dep] -= 1
+                if consumers[dep] == 0 and dep not in wanted:
+                    del values[dep]
+            if len(pending) % _RAY_WINDOW == 0:
+                _collect(ray, pending, progress, timeout=0)
+        while pending:
+            _collect(ray, pending, progress, timeout=_RAY_POLL)
+        return ray.get([values[key] for key in keys])
+    except ray.exceptions.RayTaskError as error:
+        _cancel(ray, pending)
+        # The task's own exception, as the other schedulers raise it.
+        raise error.cause.with_traceback(_fuse.user_frames(error.cause.__traceback__)) from None
+    except BaseException:
+        _cancel(ray, pending)
+        raise
+
+
+def _collect(ray, pending, progress, timeout):
+    """Takes finished tasks out of ``pending``; raises the first failure. Looks at the earliest
+    submitted only: tasks mostly finish in that order, and a wait costs in proportion to its list."""
+    refs = list(itertools.islice(pending, _RAY_WINDOW))
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
+    if not ready:
+        return
+    ray.get(ready)
+    progress.finished([pending.pop(ref) for ref in ready])
+
+
+def _cancel(ray, pending):
+    for status in pending:
+        # A task that already finished, or failed itself, has nothing left to stop.
+        with contextlib.suppress(Exception):
+            ray.cancel(status)
 
 
 def executor_for(scheduler):

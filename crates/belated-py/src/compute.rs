@@ -21,7 +21,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
 
 use crate::cluster::{Cluster, ClusterRunner};
-use crate::dashboard::HubObserver;
+use crate::dashboard::{DashboardReport, HubObserver};
 use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{to_python, CancelledError, WorkerStartError};
@@ -461,9 +461,10 @@ pub(crate) fn forget_pools_after_fork() {
     std::mem::forget(POOLS.take_all());
 }
 
-/// Computes through another engine: `executor(graph, keys, dependencies)` receives the whole graph at
-/// once in dask's legacy spec (key → task, in a topological order), the keys wanted, and each key's
-/// dependencies, and returns the results of `keys` in order.
+/// Computes through another engine: `executor(graph, keys, dependencies, dashboard)` receives the whole
+/// graph at once in dask's legacy spec (key → task, in a topological order), the keys wanted, each key's
+/// dependencies and a `DashboardReport` to tell of finished tasks, and returns the results of `keys`
+/// in order.
 #[pyfunction]
 #[pyo3(signature = (objs, executor, traverse=true))]
 pub(crate) fn compute_with<'py>(
@@ -484,7 +485,8 @@ pub(crate) fn compute_with<'py>(
         .iter()
         .map(|t| graph.keys[t.index()].clone())
         .collect();
-    let results = executor.call1((&graph.tasks, wanted, &graph.dependencies))?;
+    let dashboard = Py::new(py, DashboardReport::begin(py, &plan.nodes, &plan.graph))?;
+    let results = executor.call1((&graph.tasks, wanted, &graph.dependencies, dashboard))?;
     let values = results
         .try_iter()?
         .map(|value| Ok(PyValue(value?.unbind())))

@@ -108,3 +108,41 @@ impl Observer for HubObserver {
         self.hub.task_finished(self.id, task.0, worker, succeeded);
     }
 }
+
+/// What a computation on another engine (Dask distributed, Ray) tells the dashboard: the engine's
+/// executor reports tasks as they finish there, by their position in the graph it received.
+#[pyclass(module = "belated._belated", frozen)]
+pub(crate) struct DashboardReport {
+    observer: Option<Arc<HubObserver>>,
+    tasks: usize,
+}
+
+impl DashboardReport {
+    pub(crate) fn begin(py: Python<'_>, nodes: &[Arc<TaskNode>], graph: &Graph) -> Self {
+        DashboardReport {
+            observer: HubObserver::begin(py, nodes, graph, 0),
+            tasks: nodes.len(),
+        }
+    }
+}
+
+#[pymethods]
+impl DashboardReport {
+    /// Marks the tasks at `positions` finished (they ran, elsewhere).
+    fn finished(&self, positions: Vec<usize>, succeeded: bool) {
+        let Some(observer) = &self.observer else {
+            return;
+        };
+        for position in positions.into_iter().filter(|&p| p < self.tasks) {
+            let task = TaskId(position as u32);
+            observer.task_started(task, None);
+            observer.task_finished(task, None, succeeded);
+        }
+    }
+
+    fn end(&self, succeeded: bool) {
+        if let Some(observer) = &self.observer {
+            observer.end(succeeded);
+        }
+    }
+}
