@@ -167,3 +167,94 @@ def test_visualize_writes_a_task_stream_page(tmp_path):
 
 def test_diagnostics_are_reachable_as_in_dask():
     assert belated.diagnostics.ProgressBar is ProgressBar
+
+
+def _diagnostic_threads():
+    return [t for t in threading.enumerate() if t.name in ("belated-progress", "belated-resources")]
+
+
+@pytest.mark.parametrize("hook", ["start", "start_state", "pretask", "posttask", "finish"])
+def test_every_started_callback_is_finished_whatever_another_raises(hook, scheduler):
+    """As dask's local scheduler: a callback whose start ran is finished, even when another raises."""
+    events = []
+
+    def recorder(name):
+        return Callback(
+            start=lambda dsk: events.append(("start", name)),
+            finish=lambda dsk, state, errored: events.append(("finish", name, errored)),
+        )
+
+    def fail(*args):
+        raise KeyError(f"{hook} failed")
+
+    faulty = recorder("faulty")
+    setattr(faulty, f"_{hook}", fail)
+    bars = [ProgressBar(out=io.StringIO(), dt=0.01), ResourceProfiler(dt=0.01)]
+    listeners = [recorder("a"), faulty, recorder("b"), *bars]
+    for listener in listeners:
+        listener.register()
+    try:
+        with pytest.raises(KeyError, match=f"{hook} failed"):
+            delayed(inc)(1).compute()
+    finally:
+        for listener in listeners:
+            listener.unregister()
+    started = {name for event, name, *_ in events if event == "start"}
+    finished = {name for event, name, *_ in events if event == "finish"}
+    assert started - {"faulty"} <= finished, events
+    if hook != "start":
+        assert started == {"a", "b", "faulty"}
+        assert finished >= {"a", "b"}
+    assert all(errored for event, *rest, errored in events if event == "finish") or hook == "finish"
+    assert not _diagnostic_threads(), "progress bar and resource profiler threads have stopped"
+
+
+def test_callbacks_are_finished_when_the_computation_cannot_start():
+    finished = []
+    unpicklable = threading.Lock()
+    listener = Callback(finish=lambda dsk, state, errored: finished.append(errored))
+    with listener, ProgressBar(out=io.StringIO()), pytest.raises(Exception, match="pickle"):
+        delayed(id)(unpicklable).compute(scheduler="processes")
+    assert finished == [True]
+    assert not _diagnostic_threads()
+
+
+def test_task_graph_lookups_from_several_threads_do_not_deadlock(tmp_path):
+    """The graph's key index is built running Python, which lets other threads in; a thread that then
+    looks a key up must wait for it without holding the interpreter. Run in a child process: a deadlock
+    there fails the test instead of hanging it."""
+    script = tmp_path / "lookups.py"
+    script.write_text(
+        """
+import threading, time
+from belated import delayed
+from belated.diagnostics import Callback
+
+class SlowName:
+    slow = False
+    def __call__(self, x):
+        return x
+    @property
+    def __name__(self):
+        if SlowName.slow:
+            time.sleep(0.2)  # lets the other thread in while the index is being built
+        return "slow"
+
+def start(dsk):
+    SlowName.slow = True
+    other = threading.Thread(target=lambda: "x" in dsk)
+    other.start()
+    time.sleep(0.05)
+    assert "x" not in dsk
+    other.join()
+
+with Callback(start=start):
+    delayed(SlowName())(1).compute(scheduler="sync")
+print("ok")
+"""
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=20)
+    assert done.stdout.strip() == "ok", done.stderr

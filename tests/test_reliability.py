@@ -123,3 +123,39 @@ def test_memory_stays_flat_over_successive_computes():
     growth = rss_mb() - start
     print(f"soak: {total_tasks:,} tasks, RSS growth {growth:+.1f} MB")
     assert growth < 20, f"RSS grew by {growth:.1f} MB over {total_tasks:,} tasks"
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, 1e20])
+def test_a_timeout_too_far_ahead_to_represent_means_no_limit(scheduler, timeout):
+    assert compute(delayed(sum)([1, 2]), scheduler=scheduler, timeout=timeout) == (3,)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1, -0.001, float("-inf")])
+def test_a_nan_or_negative_timeout_is_a_value_error(timeout):
+    ran = []
+    with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+        compute(delayed(ran.append)(1), timeout=timeout)
+    with pytest.raises(ValueError, match="timeout"), belated.config.set(timeout=timeout):
+        delayed(ran.append)(2).compute(scheduler="sync")
+    assert ran == [], "nothing ran"
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+@pytest.mark.parametrize("num_workers", [2**40, 2**62, 5000, -1, 0])
+def test_an_absurd_number_of_workers_is_a_value_error_not_an_abort(scheduler, num_workers):
+    with pytest.raises(ValueError, match="num_workers must be at (least 1|most 4096)"):
+        compute(delayed(sum)([1]), scheduler=scheduler, num_workers=num_workers)
+
+
+@pytest.mark.parametrize("shape", [(2**40, 1), (1, 2**40), (2**31, 2**31), (100, 100)])
+def test_an_absurd_cluster_shape_is_a_value_error_not_an_abort(shape):
+    n_workers, threads_per_worker = shape
+    with pytest.raises(ValueError, match="at most 4096"):
+        belated.Client(n_workers=n_workers, threads_per_worker=threads_per_worker, dashboard_address=None)
+
+
+def test_a_panic_in_the_engine_is_an_internal_error_not_a_base_exception():
+    with pytest.raises(belated.InternalError, match=r"failed: deliberately.*bug in belated") as caught:
+        belated._belated.panic_for_tests("deliberately")
+    assert isinstance(caught.value, Exception), "`except Exception` catches it"

@@ -35,7 +35,7 @@ use pyo3::types::{PyDict, PyList};
 use rustc_hash::FxHashMap;
 
 use crate::errors::{BelatedError, WorkerLostError, WorkerStartError};
-use crate::host::{PythonHost, TaskGuard};
+use crate::host::{PythonHost, TaskGuard, MAX_THREADS};
 use crate::processes::{
     decode_reply, exchange, exit_status, frames_from, frames_of, helper, Launch,
 };
@@ -989,6 +989,11 @@ impl Cluster {
             return Err(pyo3::exceptions::PyValueError::new_err(
                 "n_workers and threads_per_worker must be at least 1",
             ));
+        }
+        if n_workers.saturating_mul(threads_per_worker) > MAX_THREADS {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "n_workers * threads_per_worker must be at most {MAX_THREADS}, got {n_workers} * {threads_per_worker}"
+            )));
         }
         let mut launch = Launch::from_interpreter(py, 0)?;
         launch.preload = preload;

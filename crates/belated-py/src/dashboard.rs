@@ -7,7 +7,7 @@ use belated_dashboard::{ComputeSpec, Dashboard, GraphRenderer, Hub};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
-use crate::errors::BelatedError;
+use crate::errors::{catch_panics, BelatedError};
 use crate::task::TaskNode;
 
 struct Running {
@@ -32,28 +32,30 @@ pub(crate) fn dashboard_url() -> Option<String> {
 #[pyfunction]
 #[pyo3(signature = (host="127.0.0.1", port=8787, token=None))]
 pub(crate) fn start_dashboard(host: &str, port: u16, token: Option<String>) -> PyResult<String> {
-    let mut running = DASHBOARD.lock();
-    if let Some(current) = running.as_ref() {
-        if current.host == host && (port == 0 || current.port == port) {
-            return Ok(current.server.url());
+    catch_panics(|| {
+        let mut running = DASHBOARD.lock();
+        if let Some(current) = running.as_ref() {
+            if current.host == host && (port == 0 || current.port == port) {
+                return Ok(current.server.url());
+            }
+            return Err(BelatedError::new_err(format!(
+                "the dashboard already runs at {}; stop it first (belated.dashboard().stop())",
+                current.server.url()
+            )));
         }
-        return Err(BelatedError::new_err(format!(
-            "the dashboard already runs at {}; stop it first (belated.dashboard().stop())",
-            current.server.url()
-        )));
-    }
-    let hub = Hub::new();
-    let renderer: GraphRenderer = Arc::new(crate::render::dashboard_svg);
-    let server = Dashboard::start(Arc::clone(&hub), host, port, token, renderer)
-        .map_err(|e| BelatedError::new_err(e.to_string()))?;
-    let url = server.url();
-    *running = Some(Running {
-        hub,
-        port: server.address().port(),
-        server,
-        host: host.to_string(),
-    });
-    Ok(url)
+        let hub = Hub::new();
+        let renderer: GraphRenderer = Arc::new(crate::render::dashboard_svg);
+        let server = Dashboard::start(Arc::clone(&hub), host, port, token, renderer)
+            .map_err(|e| BelatedError::new_err(e.to_string()))?;
+        let url = server.url();
+        *running = Some(Running {
+            hub,
+            port: server.address().port(),
+            server,
+            host: host.to_string(),
+        });
+        Ok(url)
+    })
 }
 
 #[pyfunction]
