@@ -8,6 +8,7 @@ import itertools
 import os
 import threading
 import time
+import weakref
 
 import pytest
 from hypothesis import given, settings
@@ -144,7 +145,7 @@ def test_a_nan_or_negative_timeout_is_a_value_error(timeout):
 @pytest.mark.parametrize("scheduler", ["threads", "processes"])
 @pytest.mark.parametrize("num_workers", [2**40, 2**62, 5000, -1, 0])
 def test_an_absurd_number_of_workers_is_a_value_error_not_an_abort(scheduler, num_workers):
-    with pytest.raises(ValueError, match="num_workers must be at (least 1|most 4096)"):
+    with pytest.raises(ValueError, match=r"num_workers must be at (least 1|most 4096)"):
         compute(delayed(sum)([1]), scheduler=scheduler, num_workers=num_workers)
 
 
@@ -159,3 +160,19 @@ def test_a_panic_in_the_engine_is_an_internal_error_not_a_base_exception():
     with pytest.raises(belated.InternalError, match=r"failed: deliberately.*bug in belated") as caught:
         belated._belated.panic_for_tests("deliberately")
     assert isinstance(caught.value, Exception), "`except Exception` catches it"
+
+
+def test_argument_types_are_not_kept_alive_forever():
+    """How arguments of a type are traversed is cached per type; the cache must not pin every type."""
+
+    def instance_of_a_new_type(i):
+        return type(f"Made{i}", (), {})()
+
+    first = instance_of_a_new_type(0)
+    delayed(id)(first)
+    alive = weakref.ref(type(first))
+    del first
+    for i in range(1, 2000):
+        delayed(id)(instance_of_a_new_type(i))
+    gc.collect()
+    assert alive() is None

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use belated_core::{Graph, Observer, TaskId};
-use belated_dashboard::{ComputeSpec, Dashboard, GraphRenderer, Hub};
+use belated_dashboard::{ComputeSpec, Dashboard, DashboardError, GraphRenderer, Hub};
 use parking_lot::Mutex;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::{catch_panics, BelatedError};
@@ -45,8 +46,12 @@ pub(crate) fn start_dashboard(host: &str, port: u16, token: Option<String>) -> P
         }
         let hub = Hub::new();
         let renderer: GraphRenderer = Arc::new(crate::render::dashboard_svg);
-        let server = Dashboard::start(Arc::clone(&hub), host, port, token, renderer)
-            .map_err(|e| BelatedError::new_err(e.to_string()))?;
+        let server = Dashboard::start(Arc::clone(&hub), host, port, token, renderer).map_err(
+            |e| match e {
+                DashboardError::WeakToken(_) => PyValueError::new_err(e.to_string()),
+                _ => BelatedError::new_err(e.to_string()),
+            },
+        )?;
         let url = server.url();
         *running = Some(Running {
             hub,
