@@ -176,3 +176,14 @@ def test_argument_types_are_not_kept_alive_forever():
         delayed(id)(instance_of_a_new_type(i))
     gc.collect()
     assert alive() is None
+
+
+@pytest.mark.parametrize(
+    ("limit", "shown"),
+    [("200MB", "200MB"), (" 1.5 GiB ", "1.5 GiB"), (123456789, "123456789 bytes"), ("auto", "'auto' (")],
+)
+def test_the_memory_limit_is_described_as_the_user_gave_it(limit, shown):
+    from belated._client import describe_memory_limit, parse_memory_limit
+
+    assert describe_memory_limit(limit, parse_memory_limit(limit, 2)).startswith(shown)
+    assert describe_memory_limit(None, None) is None

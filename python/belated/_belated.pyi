@@ -135,6 +135,7 @@ class Cluster:
         threads_per_worker: int,
         memory_limit: int | None = None,
         preload: list[str] = ...,
+        memory_limit_text: str | None = None,
     ) -> None: ...
     def close(self) -> None: ...
     closed: bool

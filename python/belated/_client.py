@@ -49,6 +49,24 @@ def parse_memory_limit(limit, n_workers):
     )
 
 
+def describe_memory_limit(limit, per_worker):
+    """The limit as messages show it: as the user wrote it, with the bytes per worker it came to when
+    that is not plain from the text.
+
+    >>> describe_memory_limit("200MB", 200_000_000), describe_memory_limit(0.5, 2**30)
+    ('200MB', '0.5 of memory (1.00 GiB per worker)')
+    """
+    if per_worker is None:
+        return None
+    if limit == "auto":
+        return f"'auto' ({_size(per_worker)} per worker)"
+    if isinstance(limit, str):
+        return limit.strip()
+    if isinstance(limit, float) and limit <= 1:
+        return f"{limit} of memory ({_size(per_worker)} per worker)"
+    return f"{limit} bytes"
+
+
 def _size(n):
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -164,7 +182,13 @@ class Client:
             limit = parse_memory_limit(memory_limit, n_workers)
             if preload is None:
                 preload = [name for name in _USUAL_IMPORTS if name in sys.modules]
-            self._cluster = _belated.Cluster(n_workers, threads_per_worker, limit, list(preload))
+            self._cluster = _belated.Cluster(
+                n_workers,
+                threads_per_worker,
+                limit,
+                list(preload),
+                describe_memory_limit(memory_limit, limit),
+            )
             # Each future's computation waits on a thread of its own (idle while the engine works), so
             # futures submitted one by one can still fill every worker thread.
             self._submitter = concurrent.futures.ThreadPoolExecutor(
