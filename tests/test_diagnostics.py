@@ -258,3 +258,51 @@ print("ok")
 
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=20)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_dasks_own_diagnostics_observe_a_belated_compute_as_they_observe_dask():
+    """dask.diagnostics registered around a belated compute hear it, with dask's call signatures."""
+    dask = pytest.importorskip("dask")
+    from dask.diagnostics import Callback as DaskCallback
+    from dask.diagnostics import Profiler as DaskProfiler
+    from dask.diagnostics import ProgressBar as DaskProgressBar
+
+    def graph(engine):
+        x = engine.delayed(inc)(1, dask_key_name="x")
+        y = engine.delayed(inc)(x, dask_key_name="y")
+        return engine.delayed(inc)(y, dask_key_name="z")
+
+    def observe(engine):
+        events = []
+        recorder = DaskCallback(
+            start=lambda dsk: events.append(("start", sorted(dsk.keys()), len(dsk))),
+            start_state=lambda dsk, state: events.append(("start_state", len(state["finished"]))),
+            pretask=lambda key, dsk, state: events.append(("pretask", key, key in dsk)),
+            posttask=lambda key, result, dsk, state, worker: events.append(("posttask", key, result, worker)),
+            finish=lambda dsk, state, errored: events.append(("finish", len(state["finished"]), errored)),
+        )
+        out = io.StringIO()
+        with recorder, DaskProgressBar(out=out), DaskProfiler() as profiler:
+            assert engine.compute(graph(engine), scheduler="sync") == (4,)
+        return events, out.getvalue(), sorted(row.key for row in profiler.results)
+
+    dask_events, dask_bar, dask_profile = observe(dask)
+    events, bar, profile = observe(belated)
+    assert events == dask_events
+    assert profile == dask_profile == ["x", "y", "z"]
+    assert "100% Completed" in bar and "100% Completed" in dask_bar
+    events.clear()
+    graph(belated).compute()
+    assert events == [], "unregistered after the with block"
+
+
+def test_a_dask_progress_bar_is_finished_when_a_belated_task_fails():
+    pytest.importorskip("dask")
+    from dask.diagnostics import ProgressBar as DaskProgressBar
+
+    threads_before = set(threading.enumerate())
+    out = io.StringIO()
+    with DaskProgressBar(out=out), pytest.raises(ValueError, match="boom"):
+        delayed(boom)(1).compute()
+    assert "Completed" in out.getvalue(), "the bar was drawn and finished"
+    assert set(threading.enumerate()) <= threads_before, "its timer thread has stopped"
