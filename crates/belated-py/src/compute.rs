@@ -280,7 +280,10 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
         graph,
         nodes,
         outputs,
-    } = Plan::flatten(roots).map_err(|e| to_python(py, e, |_| String::new()))?;
+    } = py
+        // Flattening needs no Python: let other threads run meanwhile (it takes a while for big graphs).
+        .detach(|| Plan::flatten(roots))
+        .map_err(|e| to_python(py, e, |_| String::new()))?;
     let nodes: Arc<[Arc<TaskNode>]> = nodes.into();
     if run.callbacks.is_empty() {
         return run_plan(py, (graph, nodes, outputs), run, None);
