@@ -187,3 +187,25 @@ def test_the_memory_limit_is_described_as_the_user_gave_it(limit, shown):
 
     assert describe_memory_limit(limit, parse_memory_limit(limit, 2)).startswith(shown)
     assert describe_memory_limit(None, None) is None
+
+
+@pytest.mark.parametrize(
+    "limit", [float("inf"), float("nan"), 2**70, 1e30, "1e400GB", "1.2.3GB", "9999999999TB", -5, ".", ""]
+)
+def test_an_absurd_memory_limit_is_a_value_error(limit):
+    with pytest.raises(ValueError, match="memory_limit must be bytes"):
+        belated.Client(n_workers=1, threads_per_worker=1, memory_limit=limit, dashboard_address=None)
+
+
+def test_a_zero_memory_limit_in_any_unit_means_no_limit():
+    from belated._client import parse_memory_limit
+
+    assert [parse_memory_limit(limit, 1) for limit in (0, "0", "0GB", " 0.0 MiB")] == [None] * 4
+
+
+def test_iterating_a_delayed_of_huge_length_is_lazy():
+    """As in dask, items are made one at a time: a huge nout must not build them all up front."""
+    first = next(iter(delayed(divmod, nout=2**62)(7, 2)))
+    assert first.compute() == 3
+    quotient, remainder = delayed(divmod, nout=2)(7, 2)
+    assert compute(quotient, remainder) == (3, 1)

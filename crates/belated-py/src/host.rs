@@ -136,7 +136,7 @@ impl Deadline {
     pub(crate) fn after(seconds: f64) -> PyResult<Option<Self>> {
         if seconds.is_nan() || seconds < 0.0 {
             return Err(PyValueError::new_err(format!(
-                "timeout must be a number of seconds, at least 0, or None; got {seconds}"
+                "timeout must be a number of seconds, at least 0, or None; got {seconds:?}"
             )));
         }
         Ok(Duration::try_from_secs_f64(seconds)
@@ -151,8 +151,8 @@ impl Deadline {
 
     pub(crate) fn error(&self) -> PyErr {
         ComputeTimeoutError::new_err(format!(
-            "the computation did not finish within {} s and was cancelled; tasks already running finish in \
-             the background and their results are dropped",
+            "the computation did not finish within {:?} s and was cancelled; tasks already running finish \
+             in the background and their results are dropped",
             self.seconds
         ))
     }
