@@ -246,3 +246,29 @@ def test_compute_from_several_threads_at_once():
     for t in threads:
         t.join(timeout=30)
     assert results == {i: sum(range(1, 1001)) for i in range(4)}
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+def test_other_python_threads_run_while_builtin_tasks_compute(scheduler):
+    """Builtin-function tasks run no bytecode, so CPython never asks them to give up the interpreter;
+    the engine must offer it between tasks, as the eval loop does. A heartbeat thread and the tasks
+    append to one list: the heartbeat must show up among the tasks, not only before and after."""
+    events = []
+    tasks = [delayed(events.append)("task") for _ in range(300_000)]
+    stop = threading.Event()
+
+    def heartbeat():
+        while not stop.is_set():
+            events.append("beat")
+            time.sleep(0.001)
+
+    beating = threading.Thread(target=heartbeat)
+    beating.start()
+    try:
+        compute(tasks, scheduler=scheduler, num_workers=2)
+    finally:
+        stop.set()
+        beating.join(timeout=10)
+    first, last = events.index("task"), len(events) - 1 - events[::-1].index("task")
+    beats_during = events[first:last].count("beat")
+    assert beats_during >= 3, f"the heartbeat ran {beats_during} times during the compute"

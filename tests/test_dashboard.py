@@ -190,3 +190,21 @@ def test_the_page_follows_a_running_computation_in_chromium(board, tmp_path):
     finally:
         browser.kill()
         browser.wait(timeout=10)
+
+
+@pytest.mark.parametrize("token", ["", "x", "123456789012345"])
+def test_off_loopback_an_empty_or_short_token_is_refused(token):
+    with pytest.raises(ValueError, match="needs a token of at least 16 characters"):
+        belated.dashboard(host="0.0.0.0", port=0, token=token, quiet=True)
+    assert belated._belated.dashboard_url() is None, "nothing was started"
+
+
+def test_requests_naming_another_host_are_refused(board):
+    """DNS rebinding: a page on evil.example resolves its name to 127.0.0.1; its requests say so."""
+    port = board.url.split(":")[2].split("/")[0]
+    for host in [f"evil.example:{port}", "localhost.evil.example"]:
+        request = urllib.request.Request(board.url + "api/state", headers={"Host": host})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 421
+    assert fetch(board.url.replace("127.0.0.1", "localhost") + "api/state")[0] == 200

@@ -167,3 +167,142 @@ def test_visualize_writes_a_task_stream_page(tmp_path):
 
 def test_diagnostics_are_reachable_as_in_dask():
     assert belated.diagnostics.ProgressBar is ProgressBar
+
+
+def _diagnostic_threads():
+    return [t for t in threading.enumerate() if t.name in ("belated-progress", "belated-resources")]
+
+
+@pytest.mark.parametrize("hook", ["start", "start_state", "pretask", "posttask", "finish"])
+def test_every_started_callback_is_finished_whatever_another_raises(hook, scheduler):
+    """As dask's local scheduler: a callback whose start ran is finished, even when another raises."""
+    events = []
+
+    def recorder(name):
+        return Callback(
+            start=lambda dsk: events.append(("start", name)),
+            finish=lambda dsk, state, errored: events.append(("finish", name, errored)),
+        )
+
+    def fail(*args):
+        raise KeyError(f"{hook} failed")
+
+    faulty = recorder("faulty")
+    setattr(faulty, f"_{hook}", fail)
+    bars = [ProgressBar(out=io.StringIO(), dt=0.01), ResourceProfiler(dt=0.01)]
+    listeners = [recorder("a"), faulty, recorder("b"), *bars]
+    for listener in listeners:
+        listener.register()
+    try:
+        with pytest.raises(KeyError, match=f"{hook} failed"):
+            delayed(inc)(1).compute()
+    finally:
+        for listener in listeners:
+            listener.unregister()
+    started = {name for event, name, *_ in events if event == "start"}
+    finished = {name for event, name, *_ in events if event == "finish"}
+    assert started - {"faulty"} <= finished, events
+    if hook != "start":
+        assert started == {"a", "b", "faulty"}
+        assert finished >= {"a", "b"}
+    assert all(errored for event, *rest, errored in events if event == "finish") or hook == "finish"
+    assert not _diagnostic_threads(), "progress bar and resource profiler threads have stopped"
+
+
+def test_callbacks_are_finished_when_the_computation_cannot_start():
+    finished = []
+    unpicklable = threading.Lock()
+    listener = Callback(finish=lambda dsk, state, errored: finished.append(errored))
+    with listener, ProgressBar(out=io.StringIO()), pytest.raises(Exception, match="pickle"):
+        delayed(id)(unpicklable).compute(scheduler="processes")
+    assert finished == [True]
+    assert not _diagnostic_threads()
+
+
+def test_task_graph_lookups_from_several_threads_do_not_deadlock(tmp_path):
+    """The graph's key index is built running Python, which lets other threads in; a thread that then
+    looks a key up must wait for it without holding the interpreter. Run in a child process: a deadlock
+    there fails the test instead of hanging it."""
+    script = tmp_path / "lookups.py"
+    script.write_text(
+        """
+import threading, time
+from belated import delayed
+from belated.diagnostics import Callback
+
+class SlowName:
+    slow = False
+    def __call__(self, x):
+        return x
+    @property
+    def __name__(self):
+        if SlowName.slow:
+            time.sleep(0.2)  # lets the other thread in while the index is being built
+        return "slow"
+
+def start(dsk):
+    SlowName.slow = True
+    other = threading.Thread(target=lambda: "x" in dsk)
+    other.start()
+    time.sleep(0.05)
+    assert "x" not in dsk
+    other.join()
+
+with Callback(start=start):
+    delayed(SlowName())(1).compute(scheduler="sync")
+print("ok")
+"""
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=20)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_dasks_own_diagnostics_observe_a_belated_compute_as_they_observe_dask():
+    """dask.diagnostics registered around a belated compute hear it, with dask's call signatures."""
+    dask = pytest.importorskip("dask")
+    from dask.diagnostics import Callback as DaskCallback
+    from dask.diagnostics import Profiler as DaskProfiler
+    from dask.diagnostics import ProgressBar as DaskProgressBar
+
+    def graph(engine):
+        x = engine.delayed(inc)(1, dask_key_name="x")
+        y = engine.delayed(inc)(x, dask_key_name="y")
+        return engine.delayed(inc)(y, dask_key_name="z")
+
+    def observe(engine):
+        events = []
+        recorder = DaskCallback(
+            start=lambda dsk: events.append(("start", sorted(dsk.keys()), len(dsk))),
+            start_state=lambda dsk, state: events.append(("start_state", len(state["finished"]))),
+            pretask=lambda key, dsk, state: events.append(("pretask", key, key in dsk)),
+            posttask=lambda key, result, dsk, state, worker: events.append(("posttask", key, result, worker)),
+            finish=lambda dsk, state, errored: events.append(("finish", len(state["finished"]), errored)),
+        )
+        out = io.StringIO()
+        with recorder, DaskProgressBar(out=out), DaskProfiler() as profiler:
+            assert engine.compute(graph(engine), scheduler="sync") == (4,)
+        return events, out.getvalue(), sorted(row.key for row in profiler.results)
+
+    dask_events, dask_bar, dask_profile = observe(dask)
+    events, bar, profile = observe(belated)
+    assert events == dask_events
+    assert profile == dask_profile == ["x", "y", "z"]
+    assert "100% Completed" in bar and "100% Completed" in dask_bar
+    events.clear()
+    graph(belated).compute()
+    assert events == [], "unregistered after the with block"
+
+
+def test_a_dask_progress_bar_is_finished_when_a_belated_task_fails():
+    pytest.importorskip("dask")
+    from dask.diagnostics import ProgressBar as DaskProgressBar
+
+    threads_before = set(threading.enumerate())
+    out = io.StringIO()
+    with DaskProgressBar(out=out), pytest.raises(ValueError, match="boom"):
+        delayed(boom)(1).compute()
+    assert "Completed" in out.getvalue(), "the bar was drawn and finished"
+    assert set(threading.enumerate()) <= threads_before, "its timer thread has stopped"

@@ -8,6 +8,7 @@ import itertools
 import os
 import threading
 import time
+import weakref
 
 import pytest
 from hypothesis import given, settings
@@ -123,3 +124,88 @@ def test_memory_stays_flat_over_successive_computes():
     growth = rss_mb() - start
     print(f"soak: {total_tasks:,} tasks, RSS growth {growth:+.1f} MB")
     assert growth < 20, f"RSS grew by {growth:.1f} MB over {total_tasks:,} tasks"
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, 1e20])
+def test_a_timeout_too_far_ahead_to_represent_means_no_limit(scheduler, timeout):
+    assert compute(delayed(sum)([1, 2]), scheduler=scheduler, timeout=timeout) == (3,)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1, -0.001, float("-inf")])
+def test_a_nan_or_negative_timeout_is_a_value_error(timeout):
+    ran = []
+    with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+        compute(delayed(ran.append)(1), timeout=timeout)
+    with pytest.raises(ValueError, match="timeout"), belated.config.set(timeout=timeout):
+        delayed(ran.append)(2).compute(scheduler="sync")
+    assert ran == [], "nothing ran"
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+@pytest.mark.parametrize("num_workers", [2**40, 2**62, 5000, -1, 0])
+def test_an_absurd_number_of_workers_is_a_value_error_not_an_abort(scheduler, num_workers):
+    with pytest.raises(ValueError, match=r"num_workers must be at (least 1|most 4096)"):
+        compute(delayed(sum)([1]), scheduler=scheduler, num_workers=num_workers)
+
+
+@pytest.mark.parametrize("shape", [(2**40, 1), (1, 2**40), (2**31, 2**31), (100, 100)])
+def test_an_absurd_cluster_shape_is_a_value_error_not_an_abort(shape):
+    n_workers, threads_per_worker = shape
+    with pytest.raises(ValueError, match="at most 4096"):
+        belated.Client(n_workers=n_workers, threads_per_worker=threads_per_worker, dashboard_address=None)
+
+
+def test_a_panic_in_the_engine_is_an_internal_error_not_a_base_exception():
+    with pytest.raises(belated.InternalError, match=r"failed: deliberately.*bug in belated") as caught:
+        belated._belated.panic_for_tests("deliberately")
+    assert isinstance(caught.value, Exception), "`except Exception` catches it"
+
+
+def test_argument_types_are_not_kept_alive_forever():
+    """How arguments of a type are traversed is cached per type; the cache must not pin every type."""
+
+    def instance_of_a_new_type(i):
+        return type(f"Made{i}", (), {})()
+
+    first = instance_of_a_new_type(0)
+    delayed(id)(first)
+    alive = weakref.ref(type(first))
+    del first
+    for i in range(1, 2000):
+        delayed(id)(instance_of_a_new_type(i))
+    gc.collect()
+    assert alive() is None
+
+
+@pytest.mark.parametrize(
+    ("limit", "shown"),
+    [("200MB", "200MB"), (" 1.5 GiB ", "1.5 GiB"), (123456789, "123456789 bytes"), ("auto", "'auto' (")],
+)
+def test_the_memory_limit_is_described_as_the_user_gave_it(limit, shown):
+    from belated._client import describe_memory_limit, parse_memory_limit
+
+    assert describe_memory_limit(limit, parse_memory_limit(limit, 2)).startswith(shown)
+    assert describe_memory_limit(None, None) is None
+
+
+@pytest.mark.parametrize(
+    "limit", [float("inf"), float("nan"), 2**70, 1e30, "1e400GB", "1.2.3GB", "9999999999TB", -5, ".", ""]
+)
+def test_an_absurd_memory_limit_is_a_value_error(limit):
+    with pytest.raises(ValueError, match="memory_limit must be bytes"):
+        belated.Client(n_workers=1, threads_per_worker=1, memory_limit=limit, dashboard_address=None)
+
+
+def test_a_zero_memory_limit_in_any_unit_means_no_limit():
+    from belated._client import parse_memory_limit
+
+    assert [parse_memory_limit(limit, 1) for limit in (0, "0", "0GB", " 0.0 MiB")] == [None] * 4
+
+
+def test_iterating_a_delayed_of_huge_length_is_lazy():
+    """As in dask, items are made one at a time: a huge nout must not build them all up front."""
+    first = next(iter(delayed(divmod, nout=2**62)(7, 2)))
+    assert first.compute() == 3
+    quotient, remainder = delayed(divmod, nout=2)(7, 2)
+    assert compute(quotient, remainder) == (3, 1)

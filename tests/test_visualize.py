@@ -99,3 +99,18 @@ def test_visualize_accepts_several_objects_and_containers():
     a, b = delayed(square)(1), delayed(square)(2)
     tasks, _, _ = structure(belated.visualize([a, {"b": b}], filename=None).data)
     assert tasks == ["square", "square"]
+
+
+@pytest.mark.parametrize("char", [chr(c) for c in [*range(32), *range(0x7F, 0xA0), 0xFFFE, 0xFFFF]])
+def test_keys_with_control_characters_draw_as_svg_and_png(char):
+    task = delayed(square)(3, dask_key_name=f"odd{char}key")
+    svg = task.visualize(filename=None, format="svg").data
+    (label,) = structure(svg)[0]
+    assert label.startswith("odd") and label.endswith("key") and char not in label
+    assert task.visualize(filename=None, format="png").data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_xml_hostile_keys_are_drawn_as_written():
+    for name in ["<script>alert(1)</script>", "a & b &amp;", "\"q\" 'q'", "]]><!--", "😀 \u202e"]:
+        svg = delayed(square)(3, dask_key_name=name).visualize(filename=None).data
+        assert structure(svg)[0] == [name]

@@ -6,7 +6,7 @@ import os
 
 from belated import _belated, _logging, config
 from belated._dask import executor_for
-from belated.diagnostics import Callback
+from belated.diagnostics import active_callbacks
 
 atexit.register(_belated.shutdown)
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
@@ -31,7 +31,7 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
         timeout = config.get("timeout", None)
     if retries is None:
         retries = config.get("retries", 1)
-    callbacks = tuple(Callback.active)
+    callbacks = active_callbacks()
     if cluster is not None:
         scheduler = "threads"
     where = scheduler if cluster is None else "a local cluster"

@@ -22,6 +22,10 @@ _UNITS.update({f"{u}b": n for u, n in list(_UNITS.items()) if u not in ("", "b")
 _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
 
 
+# Sizes from here up are not sizes of any machine's memory (nor fit the engine's byte counts).
+_MAX_BYTES = 2**63
+
+
 def _total_memory():
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -38,15 +42,35 @@ def parse_memory_limit(limit, n_workers):
         return _total_memory() // n_workers
     if isinstance(limit, float) and 0 < limit <= 1:
         return int(_total_memory() * limit)
-    if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0:
+    if isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < limit < _MAX_BYTES:
         return int(limit)
     if isinstance(limit, str):
-        match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", limit)
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*", limit)
         if match and match.group(2).lower() in _UNITS:
-            return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+            size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+            if size < _MAX_BYTES:
+                return int(size) or None  # "0GB" means no limit, as 0 does
     raise ValueError(
         f"memory_limit must be bytes, a size like '4GB', a fraction of memory, 'auto' or None; got {limit!r}"
     )
+
+
+def describe_memory_limit(limit, per_worker):
+    """The limit as messages show it: as the user wrote it, with the bytes per worker it came to when
+    that is not plain from the text.
+
+    >>> describe_memory_limit("200MB", 200_000_000), describe_memory_limit(0.5, 2**30)
+    ('200MB', '0.5 of memory (1.00 GiB per worker)')
+    """
+    if per_worker is None:
+        return None
+    if limit == "auto":
+        return f"'auto' ({_size(per_worker)} per worker)"
+    if isinstance(limit, str):
+        return limit.strip()
+    if isinstance(limit, float) and limit <= 1:
+        return f"{limit} of memory ({_size(per_worker)} per worker)"
+    return f"{limit} bytes"
 
 
 def _size(n):
@@ -175,7 +199,13 @@ class Client:
             limit = parse_memory_limit(memory_limit, n_workers)
             if preload is None:
                 preload = [name for name in _USUAL_IMPORTS if name in sys.modules]
-            self._cluster = _belated.Cluster(n_workers, threads_per_worker, limit, list(preload))
+            self._cluster = _belated.Cluster(
+                n_workers,
+                threads_per_worker,
+                limit,
+                list(preload),
+                describe_memory_limit(memory_limit, limit),
+            )
             _logging.cluster_logger.debug(
                 "local cluster started: %d workers of %d threads, memory limit %s bytes each",
                 n_workers,

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import namedtuple
+from collections.abc import Mapping
 from typing import ClassVar
 
 from belated._belated import ComputeState, TaskGraph
@@ -79,6 +80,113 @@ class Callback:
 
     def unregister(self):
         Callback.active.discard(self)
+
+
+def active_callbacks():
+    """The callbacks a computation reports to: belated's registered ones and, when dask is loaded,
+    those registered with ``dask.callbacks.Callback`` (dask's ``ProgressBar``, ``Profiler``, ...),
+    called as dask's local scheduler calls them."""
+    listening = list(Callback.active)
+    dask_callbacks = sys.modules.get("dask.callbacks")
+    if dask_callbacks is not None:
+        listening.extend(_DaskCallback(functions) for functions in dask_callbacks.Callback.active)
+    return tuple(listening)
+
+
+class _DaskCallback:
+    """One of dask's registered callback tuples, given the graph as a dict-like mapping and the state as
+    dask's scheduler state. belated's engine keeps no per-key sets, so the state's ``finished``,
+    ``running``, ``ready`` and ``waiting`` have the right sizes (all a progress bar reads) but are not
+    the keys; ``released`` and ``cache`` are empty."""
+
+    _wants_profile = False
+
+    def __init__(self, functions):
+        self._functions = functions
+        self._dsk = self._state = None
+
+    def _views(self, dsk, state):
+        if self._dsk is None:
+            self._dsk, self._state = _DaskGraph(dsk), _DaskState()
+        if state is not None:
+            self._state.follow(state)
+        return self._dsk, self._state
+
+    @property
+    def _callback(self):
+        start, start_state, pretask, posttask, finish = self._functions
+
+        def on_start(dsk):
+            start(self._views(dsk, None)[0])
+
+        def on_start_state(dsk, state):
+            start_state(*self._views(dsk, state))
+
+        def on_pretask(key, dsk, state):
+            pretask(key, *self._views(dsk, state))
+
+        def on_posttask(key, result, dsk, state, worker_id):
+            # dask's synchronous scheduler names no worker where belated says -1 (the calling thread).
+            posttask(key, result, *self._views(dsk, state), None if worker_id == -1 else worker_id)
+
+        def on_finish(dsk, state, errored):
+            finish(*self._views(dsk, state), errored)
+
+        hooks = (on_start, on_start_state, on_pretask, on_posttask, on_finish)
+        return tuple(
+            hook if function else None for hook, function in zip(hooks, self._functions, strict=True)
+        )
+
+
+class _DaskGraph(Mapping):
+    """A computation's graph as dask's callbacks expect it: a mapping with ``items()``, ``get()``..."""
+
+    def __init__(self, graph):
+        self._graph = graph
+
+    def __getitem__(self, key):
+        return self._graph[key]
+
+    def __iter__(self):
+        return iter(self._graph)
+
+    def __len__(self):
+        return len(self._graph)
+
+    def __contains__(self, key):
+        return key in self._graph
+
+
+class _DaskState(Mapping):
+    """A live view of a computation's progress shaped like dask's local scheduler state."""
+
+    _KEYS = ("finished", "running", "ready", "waiting", "released", "cache")
+
+    def __init__(self):
+        self._compute_state = None
+
+    def follow(self, state):
+        self._compute_state = state
+
+    def __getitem__(self, name):
+        state = self._compute_state
+        if name == "finished":
+            return range(state.done if state is not None else 0)
+        if name == "waiting":
+            return range(state.total - state.done if state is not None else 0)
+        if name in ("running", "ready"):
+            return range(0)
+        if name == "released":
+            return frozenset()
+        if name == "cache":
+            return {}
+        raise KeyError(name)
+
+    def __iter__(self):
+        return iter(self._KEYS)
+
+    def __len__(self):
+        return len(self._KEYS)
 
 
 class ProgressBar(Callback):

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 /// Graphs with more tasks than this are shown per function name only: at that size a drawing of every
 /// task is unreadable, and the per-task status updates would dominate the page's traffic.
 pub const GRAPH_TASK_LIMIT: usize = 1000;
-/// Task-stream bars sent to a page per update at most; a page that falls behind skips ahead.
+/// Task-stream bars sent to a page per update at most; a page that falls behind skips ahead. Only
+/// these latest bars are kept, so a computation of millions of tasks costs no memory per task here.
 const BARS_PER_UPDATE: usize = 4000;
 /// Resource samples kept (at [`SAMPLE_EVERY`], ten minutes).
 const SAMPLES_KEPT: usize = 1200;
@@ -75,8 +76,11 @@ struct Compute {
     group_of: Vec<u32>,
     status: Vec<Status>,
     started_ms: Vec<f64>,
+    /// Every status change, in order; kept only for graphs drawn task by task.
     status_log: Vec<(u32, Status)>,
-    bars: Vec<Bar>,
+    /// The latest [`BARS_PER_UPDATE`] bars, of `bars_total` made so far.
+    bars: VecDeque<Bar>,
+    bars_total: usize,
     begun_ms: f64,
     ended: Option<(f64, bool)>,
 }
@@ -122,6 +126,14 @@ impl State {
     }
 }
 
+impl Compute {
+    fn log_status(&mut self, task: u32, status: Status) {
+        if self.spec.labels.len() <= GRAPH_TASK_LIMIT {
+            self.status_log.push((task, status));
+        }
+    }
+}
+
 impl Hub {
     pub fn new() -> Arc<Self> {
         Arc::new(Hub::default())
@@ -160,7 +172,8 @@ impl Hub {
             status: vec![Status::Waiting; n],
             started_ms: vec![0.0; n],
             status_log: Vec::new(),
-            bars: Vec::new(),
+            bars: VecDeque::with_capacity(BARS_PER_UPDATE.min(n)),
+            bars_total: 0,
             begun_ms: now,
             ended: None,
         });
@@ -175,7 +188,7 @@ impl Hub {
             c.status[t] = Status::Running;
             c.started_ms[t] = now;
             c.groups[c.group_of[t] as usize].running += 1;
-            c.status_log.push((task, Status::Running));
+            c.log_status(task, Status::Running);
         }
     }
 
@@ -193,14 +206,18 @@ impl Hub {
             } else {
                 group.failed += 1;
             }
-            c.status_log.push((task, status));
-            c.bars.push(Bar {
+            c.log_status(task, status);
+            if c.bars.len() == BARS_PER_UPDATE {
+                c.bars.pop_front();
+            }
+            c.bars.push_back(Bar {
                 group: c.group_of[t],
                 worker: worker.map_or(-1, |w| w as i64),
                 start_ms: c.started_ms[t],
                 end_ms: now,
                 ok,
             });
+            c.bars_total += 1;
         }
     }
 
@@ -273,12 +290,13 @@ impl Hub {
             Vec::new()
         };
         cursor.statuses = c.status_log.len();
-        let skip = c.bars.len().saturating_sub(cursor.bars + BARS_PER_UPDATE);
-        let bars: Vec<Value> = c.bars[cursor.bars + skip..]
-            .iter()
+        let unsent = c.bars_total.saturating_sub(cursor.bars).min(c.bars.len());
+        let bars: Vec<Value> = c
+            .bars
+            .range(c.bars.len() - unsent..)
             .map(|b| json!([b.group, b.worker, round(b.start_ms), round(b.end_ms), b.ok]))
             .collect();
-        cursor.bars = c.bars.len();
+        cursor.bars = c.bars_total;
         let groups: Vec<Value> = c
             .groups
             .iter()
@@ -369,6 +387,29 @@ mod tests {
         assert_eq!(update["compute"]["per_task_graph"], false);
         assert!(update["compute"]["statuses"].as_array().unwrap().is_empty());
         assert!(hub.graph().is_none());
+    }
+
+    #[test]
+    fn a_large_computation_keeps_no_record_per_task_beyond_the_latest_bars() {
+        let hub = Hub::new();
+        let n = 3 * BARS_PER_UPDATE;
+        let id = hub.begin(spec(&vec!["t"; n], &[]));
+        for task in 0..n as u32 {
+            hub.task_started(id, task, Some(0));
+            hub.task_finished(id, task, Some(0), true);
+        }
+        {
+            let state = hub.state.lock();
+            let compute = state.compute.as_ref().unwrap();
+            assert!(compute.status_log.is_empty());
+            assert_eq!(compute.bars.len(), BARS_PER_UPDATE);
+        }
+        let (update, _) = hub.update(Cursor::default());
+        assert_eq!(update["compute"]["groups"][0]["done"], n);
+        assert_eq!(
+            update["compute"]["bars"].as_array().unwrap().len(),
+            BARS_PER_UPDATE
+        );
     }
 
     #[test]

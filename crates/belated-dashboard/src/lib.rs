@@ -6,10 +6,13 @@
 //! - The page and everything it needs are compiled into the binary: it works offline, loads nothing
 //!   from elsewhere, and offers no way to run code (it only reads state).
 //! - It listens on loopback unless told otherwise; on any other address every request must carry a
-//!   token, which the printed URL includes.
+//!   token of at least [`MIN_TOKEN_LENGTH`] characters, which the printed URL includes.
+//! - It answers only requests whose `Host` header names it ([`hosts`]), so that a web page elsewhere
+//!   cannot read it through DNS rebinding.
 //! - The engine feeds a [`Hub`]; the server only reads it. Updates are pushed with server-sent events,
 //!   one JSON document per [`TICK`], each carrying only what changed for that page.
 
+mod hosts;
 mod hub;
 mod resources;
 mod server;
@@ -20,6 +23,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use hub::{ComputeSpec, Cursor, Drawable, Hub, Status, GRAPH_TASK_LIMIT};
+
+/// The shortest token accepted off loopback: a token must not be guessable.
+pub const MIN_TOKEN_LENGTH: usize = 16;
 
 /// How often pages are updated.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -41,6 +47,11 @@ pub enum DashboardError {
     },
     #[error("could not start the dashboard: {0}")]
     Start(#[source] std::io::Error),
+    #[error(
+        "a dashboard listening on {0} (not loopback) needs a token of at least {MIN_TOKEN_LENGTH} \
+         characters; pass none to have a random one made"
+    )]
+    WeakToken(IpAddr),
 }
 
 /// A running dashboard server; dropping it stops the server.
@@ -75,9 +86,13 @@ impl Dashboard {
             .ok()
             .and_then(|mut addresses| addresses.next())
             .ok_or_else(|| DashboardError::Address(format!("{host}:{port}")))?;
+        let loopback = is_loopback(address.ip());
         let token = match token {
+            Some(token) if !loopback && token.chars().count() < MIN_TOKEN_LENGTH => {
+                return Err(DashboardError::WeakToken(address.ip()))
+            }
             Some(token) => Some(Arc::from(token)),
-            None if !is_loopback(address.ip()) => Some(Arc::from(random_token())),
+            None if !loopback => Some(Arc::from(random_token())),
             None => None,
         };
         let listener = TcpListener::bind(address).map_err(|source| DashboardError::Bind {
@@ -91,6 +106,7 @@ impl Dashboard {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let app = server::App {
             hub,
+            hosts: Arc::new(hosts::AllowedHosts::new(host, address.ip())),
             token: token.clone(),
             renderer,
         };

@@ -5,12 +5,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::hosts::AllowedHosts;
 use crate::hub::{Cursor, Hub, SAMPLE_EVERY};
 use crate::resources::Sampler;
 use crate::{GraphRenderer, GRAPH_TASK_LIMIT, TICK};
@@ -22,6 +23,7 @@ const PAGE_POLICY: &str =
 #[derive(Clone)]
 pub(crate) struct App {
     pub(crate) hub: Arc<Hub>,
+    pub(crate) hosts: Arc<AllowedHosts>,
     pub(crate) token: Option<Arc<str>>,
     pub(crate) renderer: GraphRenderer,
 }
@@ -29,13 +31,25 @@ pub(crate) struct App {
 type Params = Query<HashMap<String, String>>;
 
 impl App {
-    fn authorized(&self, params: &Params) -> bool {
-        match &self.token {
+    /// `None` when the request may be answered, else the refusal.
+    fn refusal(&self, headers: &HeaderMap, params: &Params) -> Option<Response> {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !self.hosts.admits(host) {
+            return Some(
+                (
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "this dashboard answers only requests addressed to it (its address, or localhost)",
+                )
+                    .into_response(),
+            );
+        }
+        let authorized = match &self.token {
             None => true,
             Some(token) => params
                 .get("token")
                 .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())),
-        }
+        };
+        (!authorized).then(forbidden)
     }
 }
 
@@ -94,9 +108,9 @@ pub(crate) fn run(
     });
 }
 
-async fn page(State(app): State<App>, params: Params) -> Response {
-    if !app.authorized(&params) {
-        return forbidden();
+async fn page(State(app): State<App>, headers: HeaderMap, params: Params) -> Response {
+    if let Some(refusal) = app.refusal(&headers, &params) {
+        return refusal;
     }
     (
         [
@@ -108,9 +122,9 @@ async fn page(State(app): State<App>, params: Params) -> Response {
         .into_response()
 }
 
-async fn events(State(app): State<App>, params: Params) -> Response {
-    if !app.authorized(&params) {
-        return forbidden();
+async fn events(State(app): State<App>, headers: HeaderMap, params: Params) -> Response {
+    if let Some(refusal) = app.refusal(&headers, &params) {
+        return refusal;
     }
     let updates = futures_util::stream::unfold(
         (app.hub, Cursor::default(), true),
@@ -130,9 +144,9 @@ async fn events(State(app): State<App>, params: Params) -> Response {
         .into_response()
 }
 
-async fn snapshot(State(app): State<App>, params: Params) -> Response {
-    if !app.authorized(&params) {
-        return forbidden();
+async fn snapshot(State(app): State<App>, headers: HeaderMap, params: Params) -> Response {
+    if let Some(refusal) = app.refusal(&headers, &params) {
+        return refusal;
     }
     let (update, _) = app.hub.update(Cursor::default());
     (
@@ -142,9 +156,9 @@ async fn snapshot(State(app): State<App>, params: Params) -> Response {
         .into_response()
 }
 
-async fn graph(State(app): State<App>, params: Params) -> Response {
-    if !app.authorized(&params) {
-        return forbidden();
+async fn graph(State(app): State<App>, headers: HeaderMap, params: Params) -> Response {
+    if let Some(refusal) = app.refusal(&headers, &params) {
+        return refusal;
     }
     let Some(drawable) = app.hub.graph() else {
         let message = format!(

@@ -23,13 +23,18 @@ fn renderer() -> GraphRenderer {
 
 /// One GET over a fresh connection: (status code, headers and body as text).
 fn get(dashboard: &Dashboard, path: &str) -> (u16, String) {
+    get_as(dashboard, path, "localhost")
+}
+
+/// One GET with the given `Host` header.
+fn get_as(dashboard: &Dashboard, path: &str, host: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(dashboard.address()).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -150,8 +155,51 @@ fn a_taken_port_is_a_clear_error_and_stopping_frees_it() {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
+}
+
+#[test]
+fn requests_for_another_host_are_refused_against_dns_rebinding() {
+    let hub = Hub::new();
+    let dashboard = Dashboard::start(hub, "127.0.0.1", 0, None, renderer()).unwrap();
+    let port = dashboard.address().port();
+    for path in ["/", "/api/state", "/api/events", "/api/graph.svg"] {
+        assert_eq!(
+            get_as(&dashboard, path, &format!("evil.example:{port}")).0,
+            421,
+            "{path}"
+        );
+    }
+    assert_eq!(get_as(&dashboard, "/", &format!("127.0.0.1:{port}")).0, 200);
+    assert_eq!(get_as(&dashboard, "/", &format!("localhost:{port}")).0, 200);
+
+    let open = Dashboard::start(Hub::new(), "0.0.0.0", 0, None, renderer()).unwrap();
+    let query = open.url().split_once('?').unwrap().1.to_string();
+    assert_eq!(
+        get_as(&open, &format!("/?{query}"), "evil.example").0,
+        421,
+        "even with the token"
+    );
+    assert_eq!(get_as(&open, &format!("/?{query}"), "0.0.0.0").0, 200);
+}
+
+#[test]
+fn off_loopback_an_empty_or_short_token_is_refused() {
+    for token in ["", "short", "fifteen-chars-x"] {
+        let error = Dashboard::start(Hub::new(), "0.0.0.0", 0, Some(token.into()), renderer())
+            .expect_err(token);
+        assert!(error.to_string().contains("at least 16"), "{error}");
+    }
+    let long = "a-token-of-sixteen".to_string();
+    let dashboard =
+        Dashboard::start(Hub::new(), "0.0.0.0", 0, Some(long.clone()), renderer()).unwrap();
+    assert_eq!(get(&dashboard, &format!("/?token={long}")).0, 200);
+    let loopback = Dashboard::start(Hub::new(), "127.0.0.1", 0, Some(String::new()), renderer());
+    assert!(
+        loopback.is_ok(),
+        "on loopback any token, even none, is the user's choice"
+    );
 }

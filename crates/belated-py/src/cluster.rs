@@ -35,7 +35,7 @@ use pyo3::types::{PyDict, PyList};
 use rustc_hash::FxHashMap;
 
 use crate::errors::{BelatedError, WorkerLostError, WorkerStartError};
-use crate::host::{PythonHost, TaskGuard};
+use crate::host::{PythonHost, TaskGuard, MAX_THREADS};
 use crate::processes::{
     decode_reply, exchange, exit_status, frames_from, frames_of, helper, Launch,
 };
@@ -65,12 +65,12 @@ struct Process {
 
 impl Process {
     /// Why the worker ended (its connection broke, so it has, or soon will).
-    fn ending(&mut self, memory_limit: Option<u64>) -> String {
+    /// `memory_limit` as the user wrote it.
+    fn ending(&mut self, memory_limit: Option<&str>) -> String {
         if let (Some(used), Some(limit)) = (self.over_memory, memory_limit) {
             return format!(
-                "it was killed for using {} MB, over its memory_limit of {} MB",
-                used >> 20,
-                limit >> 20
+                "it was killed for using {} MB, over its memory_limit of {limit}",
+                used / 1_000_000
             );
         }
         format!("it died ({})", exit_status(&mut self.child))
@@ -137,6 +137,8 @@ pub(crate) struct ClusterShared {
     owner: u32,
     threads_per_worker: usize,
     memory_limit: Option<u64>,
+    /// The limit as the user gave it, for messages.
+    memory_limit_text: Option<String>,
     socket_dir: PathBuf,
     slots: Vec<Mutex<Slot>>,
     /// Each worker's generation, bumped when it is replaced: results of older generations are lost.
@@ -199,7 +201,7 @@ impl ClusterShared {
         let Some(mut old) = slot.process.take() else {
             return Err("the cluster is closed".to_string());
         };
-        let why = old.ending(self.memory_limit);
+        let why = old.ending(self.memory_limit_text.as_deref());
         drop(old);
         slot.fetches = None;
         self.releases[group].lock().clear();
@@ -977,18 +979,26 @@ impl Cluster {
 #[pymethods]
 impl Cluster {
     #[new]
-    #[pyo3(signature = (n_workers, threads_per_worker, memory_limit=None, preload=Vec::new()))]
+    #[pyo3(signature = (
+        n_workers, threads_per_worker, memory_limit=None, preload=Vec::new(), memory_limit_text=None
+    ))]
     fn new(
         py: Python<'_>,
         n_workers: usize,
         threads_per_worker: usize,
         memory_limit: Option<u64>,
         preload: Vec<String>,
+        memory_limit_text: Option<String>,
     ) -> PyResult<Self> {
         if n_workers == 0 || threads_per_worker == 0 {
             return Err(pyo3::exceptions::PyValueError::new_err(
                 "n_workers and threads_per_worker must be at least 1",
             ));
+        }
+        if n_workers.saturating_mul(threads_per_worker) > MAX_THREADS {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "n_workers * threads_per_worker must be at most {MAX_THREADS}, got {n_workers} * {threads_per_worker}"
+            )));
         }
         let mut launch = Launch::from_interpreter(py, 0)?;
         launch.preload = preload;
@@ -1009,6 +1019,8 @@ impl Cluster {
             owner: std::process::id(),
             threads_per_worker,
             memory_limit,
+            memory_limit_text: memory_limit
+                .map(|bytes| memory_limit_text.unwrap_or_else(|| format!("{bytes} bytes"))),
             socket_dir: socket_dir.clone(),
             slots: (0..n_workers)
                 .map(|_| {

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use belated_core::{
     on_worker_thread, run_inline_observed, Fanout, Observer, Plan, PoolRegistry, Runner, TaskId,
@@ -24,9 +24,9 @@ use crate::cluster::{Cluster, ClusterRunner};
 use crate::dashboard::{DashboardReport, HubObserver};
 use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
-use crate::errors::{to_python, CancelledError, WorkerStartError};
+use crate::errors::{catch_panics, to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
-use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks};
+use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS};
 use crate::processes::{check_picklable, helper, run_remote, Launch};
 use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode, Work};
 
@@ -70,14 +70,17 @@ impl Runner for PyRunner {
 
 /// The `belated.diagnostics` callbacks listening to one computation. Each callback object offers
 /// `_callback`: `(start, start_state, pretask, posttask, finish)`, each a callable or None, as in dask.
+/// As in dask's local scheduler, a callback counts as started once its `start` ran (or it had none), and
+/// every started callback is finished, whatever the others or the computation did.
 struct Listeners {
-    finish: Vec<Py<PyAny>>,
+    sets: Vec<[Option<Py<PyAny>>; 5]>,
+    started: usize,
     tracker: Arc<Tracker>,
     hooks: Arc<TaskHooks>,
 }
 
 impl Listeners {
-    fn start(
+    fn new(
         py: Python<'_>,
         nodes: &Arc<[Arc<TaskNode>]>,
         callbacks: &Bound<'_, PyTuple>,
@@ -89,7 +92,7 @@ impl Listeners {
                 .getattr("_wants_profile")
                 .and_then(|w| w.is_truthy())
                 .unwrap_or(false);
-            let set: [Option<Bound<'_, PyAny>>; 5] = callback.getattr("_callback")?.extract()?;
+            let set: [Option<Py<PyAny>>; 5] = callback.getattr("_callback")?.extract()?;
             sets.push(set);
         }
         let perf_base: f64 = py
@@ -102,32 +105,46 @@ impl Listeners {
         let state = Py::new(py, ComputeState::new(Arc::clone(&tracker), perf_base))?;
         let pick = |i: usize| {
             sets.iter()
-                .filter_map(|set| set[i].clone().map(Bound::unbind))
+                .filter_map(|set| set[i].as_ref().map(|f| f.clone_ref(py)))
                 .collect::<Vec<_>>()
         };
-        for start in pick(0) {
-            start.call1(py, (&graph,))?;
-        }
-        for start_state in pick(1) {
-            start_state.call1(py, (&graph, &state))?;
-        }
+        let hooks = Arc::new(TaskHooks {
+            pretask: pick(2),
+            posttask: pick(3),
+            graph,
+            state,
+        });
         Ok(Listeners {
-            finish: pick(4),
+            sets,
+            started: 0,
             tracker,
-            hooks: Arc::new(TaskHooks {
-                pretask: pick(2),
-                posttask: pick(3),
-                graph,
-                state,
-            }),
+            hooks,
         })
     }
 
-    fn finish(&self, py: Python<'_>, errored: bool) -> PyResult<()> {
-        for finish in &self.finish {
-            finish.call1(py, (&self.hooks.graph, &self.hooks.state, errored))?;
+    /// Calls every `start`, then every `start_state`; stops at the first that raises.
+    fn start(&mut self, py: Python<'_>) -> PyResult<()> {
+        let graph = &self.hooks.graph;
+        for set in &self.sets {
+            if let Some(start) = &set[0] {
+                start.call1(py, (graph,))?;
+            }
+            self.started += 1;
+        }
+        for start_state in self.sets.iter().filter_map(|set| set[1].as_ref()) {
+            start_state.call1(py, (graph, &self.hooks.state))?;
         }
         Ok(())
+    }
+
+    /// Calls `finish` of every started callback, even when one raises; returns the first error.
+    fn finish(&self, py: Python<'_>, errored: bool) -> PyResult<()> {
+        let args = (&self.hooks.graph, &self.hooks.state, errored);
+        self.sets[..self.started]
+            .iter()
+            .filter_map(|set| set[4].as_ref())
+            .map(|finish| finish.call1(py, args).map(drop))
+            .fold(Ok(()), PyResult::and)
     }
 }
 
@@ -140,19 +157,24 @@ enum Mode {
     Cluster(Py<Cluster>, Arc<ThreadPool>),
 }
 
-fn mode(
-    scheduler: &str,
-    num_workers: Option<usize>,
-    cluster: Option<Py<Cluster>>,
-) -> PyResult<Mode> {
+fn mode(scheduler: &str, num_workers: Option<i64>, cluster: Option<Py<Cluster>>) -> PyResult<Mode> {
     if let Some(cluster) = cluster {
         let pool = cluster.get().pool()?;
         return Ok(Mode::Cluster(cluster, pool));
     }
     let workers = || match num_workers {
-        Some(0) => Err(PyValueError::new_err("num_workers must be at least 1")),
-        Some(n) => Ok(n),
         None => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
+        Some(n) if n < 1 => Err(PyValueError::new_err(format!(
+            "num_workers must be at least 1, got {n}"
+        ))),
+        Some(n) => usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= MAX_THREADS)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "num_workers must be at most {MAX_THREADS}, got {n}"
+                ))
+            }),
     };
     match scheduler {
         "sync" | "synchronous" | "single-threaded" => Ok(Mode::Inline),
@@ -181,7 +203,7 @@ struct Run<'a, 'py> {
     mode: Mode,
     cancel: Option<&'a CancelToken>,
     callbacks: &'a Bound<'py, PyTuple>,
-    timeout: Option<f64>,
+    deadline: Option<Deadline>,
     retries: usize,
 }
 
@@ -214,7 +236,6 @@ struct Watch<'a> {
     cancel: Option<&'a CancelToken>,
     deadline: Option<Deadline>,
     dashboard: &'a Option<Arc<HubObserver>>,
-    listeners: &'a Option<Listeners>,
 }
 
 /// Submits to `pool` and waits, letting Python deliver Ctrl-C (which cancels) and enforcing the deadline.
@@ -243,38 +264,48 @@ fn run_pooled<R: Runner<Error = PyErr>>(
             if let Some(dashboard) = watch.dashboard {
                 dashboard.end(false);
             }
-            if let Some(listeners) = watch.listeners {
-                listeners.finish(py, true)?;
-            }
             return Err(interrupt);
         }
     }
 }
 
-/// Runs the graph the roots need and returns their results in order.
+/// Runs the graph the roots need and returns their results in order. Every callback that started is
+/// finished, however the computation ends.
 fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResult<Vec<PyValue>> {
-    let Run {
-        mode,
-        cancel,
-        callbacks,
-        timeout,
-        retries,
-    } = run;
-    let deadline = timeout.map(|seconds| Deadline {
-        at: Instant::now() + Duration::from_secs_f64(seconds.max(0.0)),
-        seconds,
-    });
     let Plan {
         graph,
         nodes,
         outputs,
-    } = Plan::flatten(roots).map_err(|e| to_python(py, e, |_| String::new()))?;
+    } = py
+        // Flattening needs no Python: let other threads run meanwhile (it takes a while for big graphs).
+        .detach(|| Plan::flatten(roots))
+        .map_err(|e| to_python(py, e, |_| String::new()))?;
     let nodes: Arc<[Arc<TaskNode>]> = nodes.into();
-    let listeners = if callbacks.is_empty() {
-        None
-    } else {
-        Some(Listeners::start(py, &nodes, callbacks)?)
-    };
+    if run.callbacks.is_empty() {
+        return run_plan(py, (graph, nodes, outputs), run, None);
+    }
+    let mut listeners = Listeners::new(py, &nodes, run.callbacks)?;
+    let result = listeners
+        .start(py)
+        .and_then(|()| run_plan(py, (graph, nodes, outputs), run, Some(&listeners)));
+    let finished = listeners.finish(py, result.is_err());
+    let values = result?;
+    finished.map(|()| values)
+}
+
+fn run_plan(
+    py: Python<'_>,
+    (graph, nodes, outputs): (belated_core::Graph, Arc<[Arc<TaskNode>]>, Vec<TaskId>),
+    run: Run<'_, '_>,
+    listeners: Option<&Listeners>,
+) -> PyResult<Vec<PyValue>> {
+    let Run {
+        mode,
+        cancel,
+        callbacks: _,
+        deadline,
+        retries,
+    } = run;
     // A compute called from inside a task runs inline on that worker.
     let mode = if on_worker_thread() {
         Mode::Inline
@@ -296,7 +327,7 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
     }
     let dashboard = HubObserver::begin(py, &nodes, &graph, workers);
     let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
-    if let Some(listeners) = &listeners {
+    if let Some(listeners) = listeners {
         observers.push(Arc::clone(&listeners.tracker) as Arc<dyn Observer>);
     }
     if let Some(dashboard) = &dashboard {
@@ -312,7 +343,6 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
         deadline,
         // Keys are made only when a per-task callback will receive them.
         hooks: listeners
-            .as_ref()
             .filter(|l| !l.hooks.pretask.is_empty() || !l.hooks.posttask.is_empty())
             .map(|l| Arc::clone(&l.hooks)),
     };
@@ -320,7 +350,6 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
         cancel,
         deadline,
         dashboard: &dashboard,
-        listeners: &listeners,
     };
     let runner = |guard, processes| PyRunner {
         nodes: Arc::clone(&nodes),
@@ -372,9 +401,6 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
     if let Some(dashboard) = &dashboard {
         dashboard.end(result.is_ok());
     }
-    if let Some(listeners) = &listeners {
-        listeners.finish(py, result.is_err())?;
-    }
     result.map_err(|e| to_python(py, e, |task| nodes[task.index()].payload().key_string(py)))
 }
 
@@ -390,7 +416,7 @@ pub(crate) fn compute<'py>(
     py: Python<'py>,
     objs: &Bound<'py, PyTuple>,
     scheduler: &str,
-    num_workers: Option<usize>,
+    num_workers: Option<i64>,
     traverse: bool,
     callbacks: Option<&Bound<'py, PyTuple>>,
     timeout: Option<f64>,
@@ -399,51 +425,53 @@ pub(crate) fn compute<'py>(
     cluster: Option<Py<Cluster>>,
     cancel: Option<Py<CancelToken>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let run = Run {
-        mode: mode(scheduler, num_workers, cluster)?,
-        cancel: cancel.as_ref().map(Py::get),
-        callbacks: &callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py)),
-        timeout,
-        retries,
-    };
-    let mut collector = Collector::new(traverse);
-    let template = collector.args(objs)?;
-    let roots = collector.deps;
-    let values = if roots.is_empty() {
-        Vec::new()
-    } else {
-        execute(py, &roots, run)?
-    };
-    if !persist {
-        return Arg::Tuple(template).build(py, &values);
-    }
-    // A top-level Delayed keeps its length (nout) when persisted; nested ones have none to keep.
-    let mut lengths = vec![None; roots.len()];
-    for (obj, arg) in objs.iter().zip(template.iter()) {
-        if let (Ok(delayed), Arg::Dep(dep)) = (obj.cast::<Delayed>(), arg) {
-            lengths[*dep as usize] = delayed.get().length();
+    catch_panics(|| {
+        let run = Run {
+            mode: mode(scheduler, num_workers, cluster)?,
+            cancel: cancel.as_ref().map(Py::get),
+            callbacks: &callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py)),
+            deadline: timeout.map(Deadline::after).transpose()?.flatten(),
+            retries,
+        };
+        let mut collector = Collector::new(traverse);
+        let template = collector.args(objs)?;
+        let roots = collector.deps;
+        let values = if roots.is_empty() {
+            Vec::new()
+        } else {
+            execute(py, &roots, run)?
+        };
+        if !persist {
+            return Arg::Tuple(template).build(py, &values);
         }
-    }
-    let persisted = roots
-        .iter()
-        .zip(values)
-        .zip(lengths)
-        .map(|((root, value), length)| {
-            let node = TaskNode::new(
-                PyTask {
-                    key: Key::Named(root.payload().key_string(py).into()),
-                    op: Op::Value(Arg::Value(value.0)),
-                },
-                Vec::new(),
-            );
-            Ok(PyValue(
-                Bound::new(py, Delayed::new(node, length, Role::Value))?
-                    .into_any()
-                    .unbind(),
-            ))
-        })
-        .collect::<PyResult<Vec<_>>>()?;
-    Arg::Tuple(template).build(py, &persisted)
+        // A top-level Delayed keeps its length (nout) when persisted; nested ones have none to keep.
+        let mut lengths = vec![None; roots.len()];
+        for (obj, arg) in objs.iter().zip(template.iter()) {
+            if let (Ok(delayed), Arg::Dep(dep)) = (obj.cast::<Delayed>(), arg) {
+                lengths[*dep as usize] = delayed.get().length();
+            }
+        }
+        let persisted = roots
+            .iter()
+            .zip(values)
+            .zip(lengths)
+            .map(|((root, value), length)| {
+                let node = TaskNode::new(
+                    PyTask {
+                        key: Key::Named(root.payload().key_string(py).into()),
+                        op: Op::Value(Arg::Value(value.0)),
+                    },
+                    Vec::new(),
+                );
+                Ok(PyValue(
+                    Bound::new(py, Delayed::new(node, length, Role::Value))?
+                        .into_any()
+                        .unbind(),
+                ))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Arg::Tuple(template).build(py, &persisted)
+    })
 }
 
 /// Stops every worker pool; registered with `atexit` so no worker is attached while Python finalizes.
@@ -473,30 +501,33 @@ pub(crate) fn compute_with<'py>(
     executor: &Bound<'py, PyAny>,
     traverse: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let mut collector = Collector::new(traverse);
-    let template = collector.args(objs)?;
-    if collector.deps.is_empty() {
-        return Arg::Tuple(template).build(py, &[]);
-    }
-    let plan = Plan::flatten(&collector.deps).map_err(|e| to_python(py, e, |_| String::new()))?;
-    let graph = LegacyGraph::new(py, &plan)?;
-    let wanted: Vec<Bound<'py, PyString>> = plan
-        .outputs
-        .iter()
-        .map(|t| graph.keys[t.index()].clone())
-        .collect();
-    let dashboard = Py::new(py, DashboardReport::begin(py, &plan.nodes, &plan.graph))?;
-    let results = executor.call1((&graph.tasks, wanted, &graph.dependencies, dashboard))?;
-    let values = results
-        .try_iter()?
-        .map(|value| Ok(PyValue(value?.unbind())))
-        .collect::<PyResult<Vec<_>>>()?;
-    if values.len() != plan.outputs.len() {
-        return Err(PyValueError::new_err(format!(
-            "the executor returned {} results for {} keys",
-            values.len(),
-            plan.outputs.len()
-        )));
-    }
-    Arg::Tuple(template).build(py, &values)
+    catch_panics(|| {
+        let mut collector = Collector::new(traverse);
+        let template = collector.args(objs)?;
+        if collector.deps.is_empty() {
+            return Arg::Tuple(template).build(py, &[]);
+        }
+        let plan =
+            Plan::flatten(&collector.deps).map_err(|e| to_python(py, e, |_| String::new()))?;
+        let graph = LegacyGraph::new(py, &plan)?;
+        let wanted: Vec<Bound<'py, PyString>> = plan
+            .outputs
+            .iter()
+            .map(|t| graph.keys[t.index()].clone())
+            .collect();
+        let dashboard = Py::new(py, DashboardReport::begin(py, &plan.nodes, &plan.graph))?;
+        let results = executor.call1((&graph.tasks, wanted, &graph.dependencies, dashboard))?;
+        let values = results
+            .try_iter()?
+            .map(|value| Ok(PyValue(value?.unbind())))
+            .collect::<PyResult<Vec<_>>>()?;
+        if values.len() != plan.outputs.len() {
+            return Err(PyValueError::new_err(format!(
+                "the executor returned {} results for {} keys",
+                values.len(),
+                plan.outputs.len()
+            )));
+        }
+        Arg::Tuple(template).build(py, &values)
+    })
 }

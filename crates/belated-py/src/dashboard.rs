@@ -3,12 +3,14 @@
 use std::sync::Arc;
 
 use belated_core::{Graph, Observer, TaskId};
-use belated_dashboard::{ComputeSpec, Dashboard, GraphRenderer, Hub};
+use belated_dashboard::{ComputeSpec, Dashboard, DashboardError, GraphRenderer, Hub};
 use parking_lot::Mutex;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use rustc_hash::FxHashMap;
 
-use crate::errors::BelatedError;
-use crate::task::TaskNode;
+use crate::errors::{catch_panics, BelatedError};
+use crate::task::{Arg, Key, Op, TaskNode};
 
 struct Running {
     hub: Arc<Hub>,
@@ -32,28 +34,34 @@ pub(crate) fn dashboard_url() -> Option<String> {
 #[pyfunction]
 #[pyo3(signature = (host="127.0.0.1", port=8787, token=None))]
 pub(crate) fn start_dashboard(host: &str, port: u16, token: Option<String>) -> PyResult<String> {
-    let mut running = DASHBOARD.lock();
-    if let Some(current) = running.as_ref() {
-        if current.host == host && (port == 0 || current.port == port) {
-            return Ok(current.server.url());
+    catch_panics(|| {
+        let mut running = DASHBOARD.lock();
+        if let Some(current) = running.as_ref() {
+            if current.host == host && (port == 0 || current.port == port) {
+                return Ok(current.server.url());
+            }
+            return Err(BelatedError::new_err(format!(
+                "the dashboard already runs at {}; stop it first (belated.dashboard().stop())",
+                current.server.url()
+            )));
         }
-        return Err(BelatedError::new_err(format!(
-            "the dashboard already runs at {}; stop it first (belated.dashboard().stop())",
-            current.server.url()
-        )));
-    }
-    let hub = Hub::new();
-    let renderer: GraphRenderer = Arc::new(crate::render::dashboard_svg);
-    let server = Dashboard::start(Arc::clone(&hub), host, port, token, renderer)
-        .map_err(|e| BelatedError::new_err(e.to_string()))?;
-    let url = server.url();
-    *running = Some(Running {
-        hub,
-        port: server.address().port(),
-        server,
-        host: host.to_string(),
-    });
-    Ok(url)
+        let hub = Hub::new();
+        let renderer: GraphRenderer = Arc::new(crate::render::dashboard_svg);
+        let server = Dashboard::start(Arc::clone(&hub), host, port, token, renderer).map_err(
+            |e| match e {
+                DashboardError::WeakToken(_) => PyValueError::new_err(e.to_string()),
+                _ => BelatedError::new_err(e.to_string()),
+            },
+        )?;
+        let url = server.url();
+        *running = Some(Running {
+            hub,
+            port: server.address().port(),
+            server,
+            host: host.to_string(),
+        });
+        Ok(url)
+    })
 }
 
 #[pyfunction]
@@ -78,9 +86,28 @@ impl HubObserver {
         workers: usize,
     ) -> Option<Arc<Self>> {
         let hub = Arc::clone(&DASHBOARD.lock().as_ref()?.hub);
+        // A call's label is its function's name, which costs Python calls to find: ask once per
+        // function, not once per task (a map over a million items calls one function).
+        let mut by_function: FxHashMap<*mut pyo3::ffi::PyObject, Arc<str>> = FxHashMap::default();
         let labels = nodes
             .iter()
-            .map(|node| Arc::from(node.payload().label(py)))
+            .map(|node| {
+                let task = node.payload();
+                match (&task.key, &task.op) {
+                    (
+                        Key::Unique(_),
+                        Op::Call {
+                            func: Arg::Value(function),
+                            ..
+                        },
+                    ) => Arc::clone(
+                        by_function
+                            .entry(function.as_ptr())
+                            .or_insert_with(|| Arc::from(task.label(py))),
+                    ),
+                    _ => Arc::from(task.label(py)),
+                }
+            })
             .collect();
         let edges = graph
             .tasks()

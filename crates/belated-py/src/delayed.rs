@@ -447,10 +447,13 @@ impl Delayed {
         let length = slf.get().length.ok_or_else(|| {
             PyTypeError::new_err("Delayed objects of unspecified length are not iterable")
         })?;
-        let items = (0..length)
-            .map(|i| Delayed::binary(slf, "getitem", &i.into_pyobject(py)?.into_any(), false))
-            .collect::<PyResult<Vec<_>>>()?;
-        Ok(items.into_pyobject(py)?.try_iter()?.into_any().unbind())
+        // Item by item, as dask does: a huge nout must not build every item up front.
+        let builtins = py.import("builtins")?;
+        let indices = builtins.getattr("range")?.call1((length,))?;
+        let items = builtins
+            .getattr("map")?
+            .call1((slf.getattr("__getitem__")?, indices))?;
+        Ok(items.unbind())
     }
 
     fn __richcmp__(

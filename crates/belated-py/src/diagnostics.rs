@@ -6,16 +6,18 @@
 //! `TaskGraph` mapping (dask hands callbacks its graph dict; this one is built lazily).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use belated_core::{Observer, TaskId};
 use parking_lot::Mutex;
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyString};
 use rustc_hash::FxHashMap;
 
+use crate::errors::catch_panics;
 use crate::export::Legacy;
 use crate::task::TaskNode;
 
@@ -126,22 +128,24 @@ impl ComputeState {
     /// `(key, start, end, worker_id)` per finished task, in `time.perf_counter()` seconds; empty unless
     /// a profiler was listening. `worker_id` is the worker thread's index, or -1 for the calling thread.
     fn profile<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let Some(profile) = &self.tracker.profile else {
-            return Ok(PyList::empty(py));
-        };
-        let seconds = |ns: u64| self.perf_base + ns as f64 * 1e-9;
-        let spans = profile.spans.lock();
-        let rows = spans
-            .iter()
-            .map(|span| {
-                let key = self.tracker.nodes[span.task.index()]
-                    .payload()
-                    .key_string(py);
-                let worker = span.worker.map_or(-1, |w| w as i64);
-                (key, seconds(span.start_ns), seconds(span.end_ns), worker)
-            })
-            .collect::<Vec<_>>();
-        PyList::new(py, rows)
+        catch_panics(|| {
+            let Some(profile) = &self.tracker.profile else {
+                return Ok(PyList::empty(py));
+            };
+            let seconds = |ns: u64| self.perf_base + ns as f64 * 1e-9;
+            let spans = profile.spans.lock();
+            let rows = spans
+                .iter()
+                .map(|span| {
+                    let key = self.tracker.nodes[span.task.index()]
+                        .payload()
+                        .key_string(py);
+                    let worker = span.worker.map_or(-1, |w| w as i64);
+                    (key, seconds(span.start_ns), seconds(span.end_ns), worker)
+                })
+                .collect::<Vec<_>>();
+            PyList::new(py, rows)
+        })
     }
 }
 
@@ -149,14 +153,16 @@ impl ComputeState {
 #[pyclass(module = "belated.diagnostics", mapping, frozen)]
 pub(crate) struct TaskGraph {
     nodes: Arc<[Arc<TaskNode>]>,
-    index: OnceLock<FxHashMap<String, usize>>,
+    /// Built on first lookup. Building it runs Python (keys' names), which may let other threads in;
+    /// a `PyOnceLock` lets them wait without holding the interpreter, so they cannot deadlock.
+    index: PyOnceLock<FxHashMap<String, usize>>,
 }
 
 impl TaskGraph {
     pub(crate) fn new(nodes: Arc<[Arc<TaskNode>]>) -> Self {
         TaskGraph {
             nodes,
-            index: OnceLock::new(),
+            index: PyOnceLock::new(),
         }
     }
 
@@ -175,36 +181,38 @@ impl TaskGraph {
     }
 
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        Ok(PyList::new(py, self.keys_of(py))?.try_iter()?.into_any())
+        catch_panics(|| Ok(PyList::new(py, self.keys_of(py))?.try_iter()?.into_any()))
     }
 
     fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(py, self.keys_of(py))
+        catch_panics(|| PyList::new(py, self.keys_of(py)))
     }
 
-    fn __contains__(&self, py: Python<'_>, key: &str) -> bool {
-        self.position(py, key).is_some()
+    fn __contains__(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        catch_panics(|| Ok(self.position(py, key).is_some()))
     }
 
     fn __getitem__<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
-        let node = &self.nodes[self
-            .position(py, key)
-            .ok_or_else(|| PyKeyError::new_err(key.to_string()))?];
-        let legacy = Legacy {
-            py,
-            dep_keys: node
-                .deps()
-                .iter()
-                .map(|dep| PyString::new(py, &dep.payload().key_string(py)))
-                .collect(),
-        };
-        legacy.op(&node.payload().op)
+        catch_panics(|| {
+            let node = &self.nodes[self
+                .position(py, key)
+                .ok_or_else(|| PyKeyError::new_err(key.to_string()))?];
+            let legacy = Legacy {
+                py,
+                dep_keys: node
+                    .deps()
+                    .iter()
+                    .map(|dep| PyString::new(py, &dep.payload().key_string(py)))
+                    .collect(),
+            };
+            legacy.op(&node.payload().op)
+        })
     }
 }
 
 impl TaskGraph {
     fn position(&self, py: Python<'_>, key: &str) -> Option<usize> {
-        let index = self.index.get_or_init(|| {
+        let index = self.index.get_or_init(py, || {
             self.keys_of(py)
                 .into_iter()
                 .enumerate()

@@ -1,4 +1,9 @@
-//! The one place where engine errors become Python exceptions.
+//! The one place where engine errors become Python exceptions, and where a Rust panic in a binding
+//! becomes [`InternalError`] instead of PyO3's `PanicException`, a `BaseException` that
+//! `except Exception` would miss.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use belated_core::{Error, TaskId};
 use pyo3::create_exception;
@@ -96,4 +101,30 @@ fn append_note(value: &Bound<'_, PyBaseException>, note: String) -> PyResult<()>
         }
     };
     notes.append(note)
+}
+
+/// Runs the body of a Python entry point, turning a panic inside it into [`InternalError`]. Every
+/// `#[pyfunction]` and method that does more than read a field runs its body through this.
+pub(crate) fn catch_panics<T>(body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    // Unwind safety: a panic ends the call, and the only state it leaves behind is behind locks that
+    // recover (parking_lot) or in Python objects, which stay valid.
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| Err(internal_error(&*payload)))
+}
+
+fn internal_error(payload: &(dyn Any + Send)) -> PyErr {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    InternalError::new_err(format!(
+        "belated failed: {message}. This is a bug in belated, not in your code; please report it with \
+         this message."
+    ))
+}
+
+/// Panics inside the boundary: lets the tests check what a panic becomes in Python.
+#[pyfunction]
+pub(crate) fn panic_for_tests(message: &str) -> PyResult<()> {
+    catch_panics(|| panic!("{message}"))
 }

@@ -1,16 +1,69 @@
 //! What runs around Python tasks on any engine thread: worker threads that stay attached to the
 //! interpreter, and the guard every task passes (Ctrl-C, the time limit, the per-task callbacks).
 //! A leaf module: the compute front and the cluster runner both use it, and it uses neither.
+//!
+//! A thread running tasks holds the interpreter from one task to the next. CPython's eval loop lets a
+//! thread that has waited one switch interval (`sys.getswitchinterval()`, 5 ms) ask for it, and hands
+//! it over when it next checks; a task that is a builtin function runs no bytecode and never checks.
+//! So between tasks, at most every [`SWITCH_CHECK`], a thread runs a no-op Python function, whose
+//! entry is such a check: other threads get the interpreter as they would from Python code, and
+//! nothing is paid when nobody asks.
 
+use std::cell::Cell;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use belated_core::{current_worker, ThreadHost};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyModule;
 
 use crate::diagnostics::{ComputeState, TaskGraph};
 use crate::errors::ComputeTimeoutError;
 use crate::task::TaskNode;
+
+/// The most worker threads one pool or cluster may have. Far above any useful degree of parallelism,
+/// and far below what would exhaust memory or the process's thread limit before a clear error.
+pub(crate) const MAX_THREADS: usize = 4096;
+
+/// How often a thread running tasks lets CPython hand the interpreter to a thread that asked for it:
+/// well under the switch interval, so a waiting thread runs within about one interval.
+const SWITCH_CHECK: Duration = Duration::from_millis(1);
+
+thread_local! {
+    static LAST_SWITCH_CHECK: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Gives the interpreter to a thread that asked for it, if this thread has held it for a while.
+fn let_other_threads_run(py: Python<'_>) -> PyResult<()> {
+    let now = Instant::now();
+    let due = LAST_SWITCH_CHECK.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= SWITCH_CHECK);
+        if due {
+            last.set(Some(now));
+        }
+        due
+    });
+    if !due {
+        return Ok(());
+    }
+    static SWITCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let switch = SWITCH.get_or_try_init(py, || {
+        PyModule::from_code(
+            py,
+            c"def switch():\n    pass\n",
+            c"<belated switch>",
+            c"belated_switch",
+        )?
+        .getattr("switch")
+        .map(Bound::unbind)
+    })?;
+    switch.call0(py)?;
+    Ok(())
+}
 
 /// Worker threads attach to the interpreter once for their whole life, and detach only to wait.
 pub(crate) struct PythonHost;
@@ -38,6 +91,7 @@ impl TaskGuard {
     /// Checks whether the task may start and tells the `pretask` callbacks; returns its key when
     /// `posttask` callbacks will want it.
     pub(crate) fn before(&self, py: Python<'_>, node: &TaskNode) -> PyResult<Option<String>> {
+        let_other_threads_run(py)?;
         if self.check_signals {
             py.check_signals()?;
         }
@@ -78,14 +132,27 @@ pub(crate) struct Deadline {
 }
 
 impl Deadline {
+    /// The limit `seconds` from now; none when it is too far ahead to represent (`inf`, `1e300`).
+    pub(crate) fn after(seconds: f64) -> PyResult<Option<Self>> {
+        if seconds.is_nan() || seconds < 0.0 {
+            return Err(PyValueError::new_err(format!(
+                "timeout must be a number of seconds, at least 0, or None; got {seconds:?}"
+            )));
+        }
+        Ok(Duration::try_from_secs_f64(seconds)
+            .ok()
+            .and_then(|limit| Instant::now().checked_add(limit))
+            .map(|at| Deadline { at, seconds }))
+    }
+
     pub(crate) fn passed(&self) -> bool {
         Instant::now() >= self.at
     }
 
     pub(crate) fn error(&self) -> PyErr {
         ComputeTimeoutError::new_err(format!(
-            "the computation did not finish within {} s and was cancelled; tasks already running finish in \
-             the background and their results are dropped",
+            "the computation did not finish within {:?} s and was cancelled; tasks already running finish \
+             in the background and their results are dropped",
             self.seconds
         ))
     }

@@ -30,6 +30,7 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compute::compute_with, m)?)?;
     m.add_function(wrap_pyfunction!(compute::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(compute::forget_pools_after_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(errors::panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(export::rebuild, m)?)?;
     m.add_function(wrap_pyfunction!(render::draw, m)?)?;
     m.add_function(wrap_pyfunction!(dashboard::start_dashboard, m)?)?;

@@ -8,7 +8,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use crate::errors::to_python;
+use crate::errors::{catch_panics, to_python};
 use crate::task::{Arg, Collector, Op, TaskNode};
 
 fn task_graph(py: Python<'_>, nodes: &[Arc<TaskNode>], graph: &Graph) -> TaskGraph {
@@ -46,39 +46,42 @@ pub(crate) fn draw<'py>(
     collapse_above: Option<usize>,
     traverse: bool,
 ) -> PyResult<(Bound<'py, PyAny>, Collapsed)> {
-    let bad = |e: belated_render::RenderError| PyValueError::new_err(e.to_string());
-    let format = Format::from_name(format).map_err(bad)?;
-    let options = Options {
-        rankdir: rankdir.parse::<RankDir>().map_err(bad)?,
-        collapse_above: collapse_above.unwrap_or(belated_render::COLLAPSE_ABOVE),
-    };
-    let mut collector = Collector::new(traverse);
-    collector.args(objs)?;
-    let plan = Plan::flatten(&collector.deps).map_err(|e| to_python(py, e, |_| String::new()))?;
-    let graph = task_graph(py, &plan.nodes, &plan.graph);
-    // Layout and rasterising need no Python: let other threads run meanwhile.
-    let drawn = py.detach(
-        || -> Result<(Vec<u8>, Collapsed), belated_render::RenderError> {
-            if format == Format::Dot {
-                return Ok((to_dot(&graph, &options)?.into_bytes(), Vec::new()));
-            }
-            let picture = render(&graph, &options)?;
-            let bytes = match format {
-                Format::Png => to_png(&picture.svg)?,
-                _ => picture.svg.into_bytes(),
-            };
-            Ok((bytes, picture.collapsed))
-        },
-    );
-    let (bytes, collapsed) = drawn.map_err(bad)?;
-    let data = match format {
-        Format::Png => PyBytes::new(py, &bytes).into_any(),
-        _ => String::from_utf8(bytes)
-            .expect("SVG and DOT are text")
-            .into_pyobject(py)?
-            .into_any(),
-    };
-    Ok((data, collapsed))
+    catch_panics(|| {
+        let bad = |e: belated_render::RenderError| PyValueError::new_err(e.to_string());
+        let format = Format::from_name(format).map_err(bad)?;
+        let options = Options {
+            rankdir: rankdir.parse::<RankDir>().map_err(bad)?,
+            collapse_above: collapse_above.unwrap_or(belated_render::COLLAPSE_ABOVE),
+        };
+        let mut collector = Collector::new(traverse);
+        collector.args(objs)?;
+        let plan =
+            Plan::flatten(&collector.deps).map_err(|e| to_python(py, e, |_| String::new()))?;
+        let graph = task_graph(py, &plan.nodes, &plan.graph);
+        // Layout and rasterising need no Python: let other threads run meanwhile.
+        let drawn = py.detach(
+            || -> Result<(Vec<u8>, Collapsed), belated_render::RenderError> {
+                if format == Format::Dot {
+                    return Ok((to_dot(&graph, &options)?.into_bytes(), Vec::new()));
+                }
+                let picture = render(&graph, &options)?;
+                let bytes = match format {
+                    Format::Png => to_png(&picture.svg)?,
+                    _ => picture.svg.into_bytes(),
+                };
+                Ok((bytes, picture.collapsed))
+            },
+        );
+        let (bytes, collapsed) = drawn.map_err(bad)?;
+        let data = match format {
+            Format::Png => PyBytes::new(py, &bytes).into_any(),
+            _ => String::from_utf8(bytes)
+                .expect("SVG and DOT are text")
+                .into_pyobject(py)?
+                .into_any(),
+        };
+        Ok((data, collapsed))
+    })
 }
 
 /// The dashboard's picture: every task drawn (the dashboard only asks for graphs small enough) with

@@ -452,8 +452,10 @@ enum Kind {
 /// would otherwise be paid for every argument.
 fn kind_of(ty: &Bound<'_, PyType>) -> PyResult<Kind> {
     /// Keyed by the type's address; the type is kept alive beside its kind, so the address cannot be
-    /// reused by another type.
+    /// reused by another type. Emptied when it holds [`KINDS_KEPT`] types, so that types made on the fly
+    /// (classes defined in a function) are not kept alive forever.
     type Kinds = Mutex<FxHashMap<usize, (Py<PyType>, Kind)>>;
+    const KINDS_KEPT: usize = 512;
     static KINDS: OnceLock<Kinds> = OnceLock::new();
     let kinds = KINDS.get_or_init(Default::default);
     let address = ty.as_ptr() as usize;
@@ -492,9 +494,18 @@ fn kind_of(ty: &Bound<'_, PyType>) -> PyResult<Kind> {
     } else {
         Kind::Opaque
     };
-    kinds
-        .lock()
-        .insert(address, (ty.clone().unbind(), kind.clone()));
+    let evicted = {
+        let mut kinds = kinds.lock();
+        let evicted = if kinds.len() >= KINDS_KEPT {
+            std::mem::take(&mut *kinds)
+        } else {
+            FxHashMap::default()
+        };
+        kinds.insert(address, (ty.clone().unbind(), kind.clone()));
+        evicted
+    };
+    // Dropped after the lock is released: freeing a type runs Python, which may call back in here.
+    drop(evicted);
     Ok(kind)
 }
 

@@ -93,9 +93,9 @@ pub(crate) fn prepare(graph: &TaskGraph, collapse_above: usize) -> Result<Drawn,
         }
         let t = &graph.tasks[task];
         let label = if counts[task] > 1 {
-            format!("{} ×{}", t.label, counts[task])
+            format!("{} ×{}", visible(&t.label), counts[task])
         } else {
-            t.label.clone()
+            visible(&t.label)
         };
         match t.kind {
             TaskKind::Call => {
@@ -170,4 +170,22 @@ fn check_acyclic(graph: &TaskGraph) -> Result<(), RenderError> {
         Some(t) if visited < n => Err(RenderError::Cycle(t as u32)),
         _ => Ok(()),
     }
+}
+
+/// A label as it can be drawn: control characters (which XML cannot hold, or which a one-line label
+/// cannot show) and the non-characters U+FFFE and U+FFFF are written as escapes, as Python's `repr`
+/// writes them (`\x01`, `\n`, `\uffff`). Everything else is kept; SVG and DOT escape their own syntax.
+pub(crate) fn visible(label: &str) -> String {
+    let mut out = String::with_capacity(label.len());
+    for ch in label.chars() {
+        match ch {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            _ if ch.is_control() => out.push_str(&format!("\\x{:02x}", ch as u32)),
+            '\u{fffe}' | '\u{ffff}' => out.push_str(&format!("\\u{:04x}", ch as u32)),
+            _ => out.push(ch),
+        }
+    }
+    out
 }

@@ -230,6 +230,62 @@ fn dot_and_png_outputs() {
 }
 
 #[test]
+fn any_text_in_a_label_gives_valid_svg_png_and_dot() {
+    let control = (0u32..0x20)
+        .chain(0x7f..0xa0)
+        .chain([0xfffe, 0xffff])
+        .filter_map(char::from_u32);
+    let hostile = [
+        "<script>alert(1)</script>",
+        "a & b; &amp; &#0; &#x1;",
+        "\"quoted\" 'single'",
+        "]]> <![CDATA[ x ]]>",
+        "<?xml version='1.0'?> <!-- -->",
+        "back\\slash",
+        "\u{202e}right-to-left \u{200b} zero width",
+        "😀 non-BMP",
+    ];
+    let labels: Vec<String> = control
+        .map(|ch| format!("key{ch}end"))
+        .chain(hostile.iter().map(|text| text.to_string()))
+        .collect();
+    for label in &labels {
+        let graph = fan_in(1, label, "add");
+        let svg = render(&graph, &Options::default()).unwrap().svg;
+        let shapes = parse(&svg);
+        let drawn = &shapes.tasks[0].0;
+        assert!(
+            !drawn.chars().any(char::is_control),
+            "{label:?} drawn as {drawn:?}"
+        );
+        if !label
+            .chars()
+            .any(|ch| ch.is_control() || ch == '\u{fffe}' || ch == '\u{ffff}')
+        {
+            assert_eq!(drawn, label, "text that XML can hold is drawn as it is");
+        }
+        let png = to_png(&svg).unwrap_or_else(|e| panic!("{label:?}: {e}"));
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        let dot = to_dot(&graph, &Options::default()).unwrap();
+        assert!(
+            !dot.chars().any(|ch| ch.is_control() && ch != '\n'),
+            "{label:?} in DOT"
+        );
+    }
+    let escaped = &parse(
+        &render(&fan_in(1, "a\u{1}b\nc", "add"), &Options::default())
+            .unwrap()
+            .svg,
+    )
+    .tasks[0]
+        .0;
+    assert_eq!(
+        escaped, "a\\x01b\\nc",
+        "control characters are shown as Python writes them"
+    );
+}
+
+#[test]
 fn bad_input_is_a_clear_error() {
     let unknown = TaskGraph {
         tasks: vec![call("a")],
