@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyString, PyTuple};
+use pyo3::types::PyTuple;
 
 use crate::cluster::{Cluster, ClusterRunner};
 use crate::dashboard::HubObserver;
@@ -27,7 +27,7 @@ use crate::errors::{to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks};
 use crate::processes::{check_picklable, helper, run_remote, Launch};
-use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode, Work};
+use crate::task::{Arg, Collector, Op, PyTask, PyValue, TaskNode, Work};
 
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
@@ -435,7 +435,7 @@ pub(crate) fn compute<'py>(
         .map(|((root, value), length)| {
             let node = TaskNode::new(
                 PyTask {
-                    key: Key::Named(root.payload().key_string(py).into()),
+                    key: root.payload().key_for_copy(py),
                     op: Op::Value(Arg::Value(value.0)),
                 },
                 Vec::new(),
@@ -484,7 +484,7 @@ pub(crate) fn compute_with<'py>(
     }
     let plan = Plan::flatten(&collector.deps).map_err(|e| to_python(py, e, |_| String::new()))?;
     let graph = LegacyGraph::new(py, &plan)?;
-    let wanted: Vec<Bound<'py, PyString>> = plan
+    let wanted: Vec<Bound<'py, PyAny>> = plan
         .outputs
         .iter()
         .map(|t| graph.keys[t.index()].clone())

@@ -13,7 +13,7 @@ use belated_core::{Observer, TaskId};
 use parking_lot::Mutex;
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString};
+use pyo3::types::PyList;
 use rustc_hash::FxHashMap;
 
 use crate::export::Legacy;
@@ -195,7 +195,7 @@ impl TaskGraph {
             dep_keys: node
                 .deps()
                 .iter()
-                .map(|dep| PyString::new(py, &dep.payload().key_string(py)))
+                .map(|dep| dep.payload().key.to_object(py, dep.payload()))
                 .collect(),
         };
         legacy.op(&node.payload().op)

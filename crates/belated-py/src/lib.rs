@@ -10,6 +10,7 @@ mod delayed;
 mod diagnostics;
 mod errors;
 mod export;
+mod graph_manipulation;
 mod host;
 mod processes;
 mod render;
@@ -31,6 +32,9 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compute::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(compute::forget_pools_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(export::rebuild, m)?)?;
+    m.add_function(wrap_pyfunction!(task::reseed_keys_after_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(graph_manipulation::waiting, m)?)?;
+    m.add_function(wrap_pyfunction!(graph_manipulation::bind, m)?)?;
     m.add_function(wrap_pyfunction!(render::draw, m)?)?;
     m.add_function(wrap_pyfunction!(dashboard::start_dashboard, m)?)?;
     m.add_function(wrap_pyfunction!(dashboard::stop_dashboard, m)?)?;
