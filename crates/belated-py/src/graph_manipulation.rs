@@ -107,12 +107,9 @@ pub(crate) fn bind(
         .iter()
         .zip(&plan.outputs)
         .map(|(child, output)| {
+            // A copied `delayed(func)` is called as a value, so that its calls wait for the copy.
             let role = match child.role() {
-                Role::Value => Role::Value,
-                Role::Function { func, options } => Role::Function {
-                    func: func.clone_ref(py),
-                    options: *options,
-                },
+                Role::Value | Role::Function { .. } => Role::Value,
                 Role::Attribute { name, .. } => Role::Attribute {
                     obj: Arc::clone(
                         &copies[attributes
