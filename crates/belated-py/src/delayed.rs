@@ -16,6 +16,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::export;
 use crate::task::{funcname, value_prefix, Arg, Collector, Key, Op, PyTask, TaskNode};
+use crate::token;
 
 static DEFAULT_PURE: AtomicBool = AtomicBool::new(false);
 
@@ -203,7 +204,8 @@ fn build_call(
     let key = match &spec.key_name {
         Some(name) => Key::given(name)?,
         None if resolve_pure(spec.pure) => {
-            let token = tokenize(py, target.token_head(py)?, spec.args, spec.kwargs.as_ref())?;
+            let token =
+                token::call_token(py, target.token_head(py)?, spec.args, spec.kwargs.as_ref())?;
             Key::Named(format!("{}-{token}", target.prefix()).into())
         }
         None => Key::unique(),
@@ -230,21 +232,6 @@ fn build_call(
     };
     let node = TaskNode::new(PyTask { key, op }, collector.deps);
     Ok(Delayed::new(node, spec.nout, Role::Value))
-}
-
-/// dask's deterministic token: `head` and the arguments, hashed by the package's `tokenize`.
-fn tokenize<'py>(
-    py: Python<'py>,
-    mut head: Vec<Bound<'py, PyAny>>,
-    args: &Bound<'py, PyTuple>,
-    kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<String> {
-    static CALL_TOKEN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let call_token = CALL_TOKEN.import(py, "belated._tokenize", "call_token")?;
-    head.extend(args.iter());
-    call_token
-        .call1((PyTuple::new(py, head)?, kwargs))?
-        .extract()
 }
 
 /// dask's call-time options, taken out of a call's keyword arguments, and the arguments left.
@@ -809,7 +796,7 @@ pub(crate) fn delayed(
             } else {
                 (obj.get_type().name()?.to_string(), vec![obj.clone()])
             };
-            let token = tokenize(py, head, &PyTuple::empty(py), None)?;
+            let token = token::call_token(py, head, &PyTuple::empty(py), None)?;
             Key::Named(format!("{prefix}-{token}").into())
         }
         None => Key::unique(),

@@ -15,6 +15,7 @@ mod host;
 mod processes;
 mod render;
 mod task;
+mod token;
 
 use pyo3::prelude::*;
 
