@@ -350,6 +350,23 @@ def test_operators_items_and_attributes_get_deterministic_keys(lib):
     assert lib.delayed(3).real.key != lib.delayed(3).imag.key
 
 
+def operands(lib):
+    """Operands told apart by value and type, plain (hashed in Rust) and not (hashed in Python)."""
+    return [1, 1.0, True, "1", b"1", None, 10**30, (1,), [1], (1, (2, "x")), slice(1), slice(None, 1),
+            -0.0, 0.0, {"a": 1}, {1}, lib.delayed(1, name="one"), lib.delayed((1,), name=("one", 0)),
+            [lib.delayed(1, name="one")], inc, Scaler(2)]  # fmt: skip
+
+
+def test_operand_kinds_give_equal_keys_exactly_when_dask_does():
+    ours, theirs = operands(belated), operands(dask)
+    x, y = belated.delayed(1, name="x"), dask.delayed(1, name="x")
+    for i in range(len(ours)):
+        for j in range(len(ours)):
+            same_here = (x + ours[i]).key == (x + ours[j]).key
+            same_there = (y + theirs[i]).key == (y + theirs[j]).key
+            assert same_here == same_there, (ours[i], ours[j])
+
+
 @BACKENDS
 def test_repeated_attribute_reads_of_an_impure_property_are_one_task(lib):
     x = lib.delayed(Counter())
