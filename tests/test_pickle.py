@@ -61,6 +61,30 @@ def test_corrupt_pickle_data_is_a_clear_error():
     from belated._belated import rebuild
 
     with pytest.raises(ValueError, match="cannot unpickle a Delayed"):
-        rebuild([("k", (9, None))], [0], None, None)
+        rebuild([("k", (9, None), [])], [0], None, None)
     with pytest.raises(ValueError, match="refers to a later task"):
-        rebuild([("k", (0, (1, 5)))], [0], None, None)
+        rebuild([("k", (0, (1, 5)), [])], [0], None, None)
+    with pytest.raises(ValueError, match="refers to a later task"):
+        rebuild([("k", (0, (0, 1)), [3])], [0], None, None)
+
+
+@pytest.mark.parametrize(
+    "tasks, role",
+    [
+        # A method call with no object to call it on.
+        ([("k", (2, "upper", [], []), [])], None),
+        ([("k", (2, "upper"), [])], None),
+        # A delayed function whose task is a call, or a value that cannot be called.
+        ([("k", (1, (0, len), [(0, "abc")], []), [])], ("function", None, None, True)),
+        ([("k", (0, (0, 5)), [])], ("function", None, None, True)),
+        # An attribute with no object, a key that cannot be one, a task that is not a tuple.
+        ([("k", (0, (0, 5)), [])], ("attribute", "real")),
+        ([([1], (0, (0, 5)), [])], None),
+        ([7], None),
+    ],
+)
+def test_crafted_pickle_states_are_refused_with_a_value_error(tasks, role):
+    from belated._belated import rebuild
+
+    with pytest.raises(ValueError, match="cannot unpickle a Delayed"):
+        rebuild(tasks, [0], None, role)

@@ -13,13 +13,15 @@ graph in parallel::
     >>> compute([square(i) for i in range(4)])
     ([0, 1, 4, 9],)
 
-``import belated as dask`` runs dask.delayed code unchanged.
+``import belated as dask`` runs dask.delayed code unchanged; with dask installed, dask's other
+submodules (``belated.array``, ``belated.dataframe``, ``belated.utils``...) are dask's own.
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 
-from belated import config, diagnostics
-from belated._api import Dashboard, compute, dashboard, persist
+from belated import config, diagnostics, graph_manipulation
+from belated._api import Dashboard, annotate, compute, dashboard, is_dask_collection, optimize, persist
 from belated._belated import (
     BelatedError,
     CancelledError,
@@ -31,6 +33,7 @@ from belated._belated import (
     delayed,
 )
 from belated._client import Client, Future
+from belated._tokenize import TokenizationError, tokenize
 from belated._visualize import Picture, visualize
 
 try:
@@ -48,13 +51,49 @@ __all__ = [
     "Future",
     "InternalError",
     "Picture",
+    "TokenizationError",
     "WorkerLostError",
     "WorkerStartError",
+    "annotate",
     "compute",
     "config",
     "dashboard",
     "delayed",
     "diagnostics",
+    "graph_manipulation",
+    "is_dask_collection",
+    "optimize",
     "persist",
+    "tokenize",
     "visualize",
 ]
+
+# dask's submodules, reached as ``belated.<name>`` when dask is installed; without it, these names say
+# how to install it.
+_DASK_SUBMODULES = frozenset({
+    "array", "bag", "base", "blockwise", "bytes", "callbacks", "context", "core", "dataframe",
+    "datasets", "distributed", "dot", "highlevelgraph", "layers", "local", "multiprocessing",
+    "optimization", "order", "sizeof", "system", "threaded", "typing", "utils",
+})  # fmt: skip
+
+
+def __getattr__(name):
+    if name.startswith("_"):
+        raise AttributeError(f"module 'belated' has no attribute {name!r}")
+    try:
+        import dask
+    except ImportError:
+        if name in _DASK_SUBMODULES:
+            raise ImportError(
+                f"belated.{name} is dask.{name}, and dask is not installed: pip install 'belated[dask]'"
+            ) from None
+        raise AttributeError(f"module 'belated' has no attribute {name!r}") from None
+    try:
+        return importlib.import_module(f"dask.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"dask.{name}":
+            raise  # the submodule exists but needs something missing (pandas for dask.dataframe...)
+    try:
+        return getattr(dask, name)
+    except AttributeError:
+        raise AttributeError(f"module 'belated' has no attribute {name!r}") from None

@@ -1,7 +1,9 @@
 """``compute`` and ``persist``: resolve the scheduler options, then hand everything to the engine."""
 
 import atexit
+import contextlib
 import html
+import numbers
 import os
 
 from belated import _belated, _logging, config
@@ -9,8 +11,16 @@ from belated._dask import executor_for
 from belated.diagnostics import active_callbacks
 
 atexit.register(_belated.shutdown)
+
+
+def _after_fork_in_child():
+    # A child's keys must differ from its parent's and its siblings', and the parent's threads are gone.
+    _belated.reseed_keys_after_fork()
+    _belated.forget_pools_after_fork()
+
+
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
-    os.register_at_fork(after_in_child=_belated.forget_pools_after_fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
@@ -100,6 +110,71 @@ def persist(
     (True, 6)
     """
     return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=True)
+
+
+def is_dask_collection(x):
+    """Whether ``x`` is a dask collection (a ``Delayed``, or anything with a dask graph), as in dask.
+
+    >>> from belated import delayed, is_dask_collection
+    >>> is_dask_collection(delayed(1)), is_dask_collection(1)
+    (True, False)
+    """
+    if isinstance(x, _belated.Delayed):
+        return True
+    if isinstance(x, type):
+        return False
+    graph = getattr(x, "__dask_graph__", None)
+    return callable(graph) and graph() is not None
+
+
+def optimize(*args, traverse=True, **kwargs):
+    """``dask.optimize``: collections that compute the same values with optimized graphs.
+
+    A belated graph holds only the tasks its keys need and is never rewritten, so ``Delayed`` objects
+    come back as they are; other dask collections among the arguments go through ``dask.optimize``.
+
+    >>> from belated import delayed, optimize
+    >>> x = delayed(sum)([1, 2])
+    >>> optimize(x)[0] is x
+    True
+    """
+    foreign = [arg for arg in args if not isinstance(arg, _belated.Delayed) and is_dask_collection(arg)]
+    if not foreign:
+        return args
+    import dask
+
+    return dask.optimize(*args, traverse=traverse, **kwargs)
+
+
+_ANNOTATION_CHECKS = {
+    "workers": (lambda v: isinstance(v, str | list | tuple | set) or callable(v), "a str, list or callable"),
+    "priority": (lambda v: isinstance(v, numbers.Number) or callable(v), "a number or callable"),
+    "retries": (lambda v: isinstance(v, numbers.Number) or callable(v), "a number or callable"),
+    "resources": (lambda v: isinstance(v, dict) or callable(v), "a dict or callable"),
+    "allow_other_workers": (lambda v: isinstance(v, bool) or callable(v), "a bool or callable"),
+}
+
+
+@contextlib.contextmanager
+def annotate(**annotations):
+    """``dask.annotate``: a context manager attaching annotations to the tasks built inside it.
+
+    The annotations are checked as dask checks them and are visible in ``config.get("annotations")``
+    inside the block. belated's own schedulers ignore them, as dask's local schedulers do; they matter
+    to a Dask distributed scheduler.
+
+    >>> import belated
+    >>> with belated.annotate(priority=1):
+    ...     belated.config.get("annotations")
+    {'priority': 1}
+    """
+    for name, value in annotations.items():
+        check = _ANNOTATION_CHECKS.get(name)
+        if check is not None and not check[0](value):
+            raise TypeError(f"'{name}' annotations must be {check[1]}, but got {value!r}")
+    merged = {**config.get("annotations", {}), **annotations}
+    with config.set(annotations=merged):
+        yield
 
 
 class Dashboard:

@@ -35,18 +35,68 @@ def first(results):
     return results[0]
 
 
+def after(value, *done):
+    """A task that waits for ``done`` (dependencies carrying no data) and returns ``value``."""
+    return value
+
+
 def optimize(dsk, keys, **kwargs):
-    """``__dask_optimize__``: belated graphs hold only what their keys need already."""
+    """``__dask_optimize__``: belated graphs hold only what their keys need already. On a distributed
+    scheduler materializing the graph it is cut into blocks; elsewhere it is returned in dask's task spec,
+    so that :func:`rebuild` can tell it from a mapping of results."""
     fused = fuse_on_scheduler(dsk, keys)
     if fused is not None:
         return fused
-    return dsk
+    from dask._task_spec import convert_legacy_graph
+
+    return convert_legacy_graph(dict(dsk))
 
 
 def rebuild(dsk, key, length, rename=None):
-    """``__dask_postpersist__``: a Delayed holding the persisted value under its key."""
+    """``__dask_postpersist__``: the Delayed for ``key`` of ``dsk``.
+
+    dask hands this either the results of a persist (key → value) or a graph of tasks (from its
+    optimizers or ``dask.graph_manipulation``); a graph is rebuilt as belated tasks, one per dask task,
+    under the same keys, so that nothing in it is mistaken for a value.
+    """
     key = (rename or {}).get(key, key)
+    if _is_task_graph(dsk):
+        return _from_task_graph(dsk, key, length)
     return _belated.delayed(dsk[key], name=key, nout=length, traverse=False)
+
+
+def _is_task_graph(dsk):
+    task_spec = sys.modules.get("dask._task_spec")
+    highlevelgraph = sys.modules.get("dask.highlevelgraph")
+    if highlevelgraph is not None and isinstance(dsk, highlevelgraph.HighLevelGraph):
+        return True
+    return task_spec is not None and any(isinstance(task, task_spec.GraphNode) for task in dsk.values())
+
+
+def _from_task_graph(dsk, key, length):
+    from dask._task_spec import convert_legacy_graph
+
+    graph = convert_legacy_graph(dict(dsk))
+    run = _belated.delayed(run_graph_node, pure=False)
+    built = {}
+    stack = [key]
+    while stack:
+        current = stack[-1]
+        deps = sorted(graph[current].dependencies, key=repr)
+        missing = [dep for dep in deps if dep not in built]
+        if missing:
+            stack.extend(missing)
+            continue
+        stack.pop()
+        if current not in built:
+            task = run if current != key else _belated.delayed(run_graph_node, pure=False, nout=length)
+            built[current] = task(graph[current], deps, *[built[dep] for dep in deps], dask_key_name=current)
+    return built[key]
+
+
+def run_graph_node(node, keys, *values):
+    """Runs one task of a dask graph (dask's task spec) given its dependencies' values."""
+    return node(dict(zip(keys, values, strict=True)))
 
 
 def compute_collection(collection):

@@ -1,54 +1,162 @@
 """Deterministic tokens for pure calls: equal arguments give equal keys, in any process.
 
-Objects are reduced to a canonical form (type and content), which is hashed. Objects with no canonical
-form that can be pickled are hashed by their pickle; the rest get a random token, so such a call is
-treated as impure rather than wrongly merged with another.
+Objects are reduced to a canonical form (type and content), which is hashed. A function is identified
+by its module and qualified name when that name imports it (as pickle would refer to it); otherwise by
+what decides its behaviour: its code, the values of its closure, its defaults and the globals its code
+names. Objects with no canonical form that pickle the same way twice are hashed by their pickle. Whatever
+is left gets a random token, so such a call is treated as impure rather than wrongly merged with another.
 """
 
+import functools
 import hashlib
 import pickle
+import sys
 import types
 import uuid
 
 from belated._belated import Delayed
 
-_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+_SCALARS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
 
 
-def tokenize(*args, **kwargs) -> str:
-    """A hex token identifying ``args`` and ``kwargs`` by value."""
-    return hashlib.md5(repr(_normalize((args, kwargs))).encode(), usedforsecurity=False).hexdigest()
+class TokenizationError(RuntimeError):
+    """Raised by ``tokenize(..., ensure_deterministic=True)`` for objects with no deterministic token."""
 
 
-def _normalize(obj):
-    if isinstance(obj, Delayed):
-        return ("Delayed", obj.key)
-    if type(obj) in _SCALARS:
-        return (type(obj).__name__, repr(obj))
-    if hasattr(type(obj), "__dask_tokenize__"):
-        return ("custom", _normalize(obj.__dask_tokenize__()))
-    if type(obj) in (list, tuple):
-        return (type(obj).__name__, [_normalize(item) for item in obj])
-    if type(obj) is dict:
-        return ("dict", sorted((repr(_normalize(k)), _normalize(v)) for k, v in obj.items()))
-    if type(obj) in (set, frozenset):
-        return (type(obj).__name__, sorted(repr(_normalize(item)) for item in obj))
-    if isinstance(obj, types.FunctionType | types.BuiltinFunctionType | type):
-        return _normalize_callable(obj)
-    array = _normalize_array(obj)
-    if array is not None:
-        return array
-    return _by_pickle(obj)
+class _Unique(Exception):
+    """Raised inside normalization when a part has no deterministic form: the token becomes random."""
 
 
-def _normalize_callable(func):
-    module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
-    if module and qualname and "<" not in qualname:
-        return ("callable", module, qualname)
-    code = getattr(func, "__code__", None)
-    if code is not None:
-        return ("code", module, code.co_code, repr(code.co_consts), _normalize(func.__defaults__))
-    return _by_pickle(func)
+def tokenize(*args, ensure_deterministic=None, **kwargs) -> str:
+    """A hex token identifying ``args`` and ``kwargs`` by value, as ``dask.base.tokenize``: equal
+    values give equal tokens, in any process. Objects that cannot be identified get a random token, or
+    raise :class:`TokenizationError` with ``ensure_deterministic=True``.
+
+    >>> from belated import tokenize
+    >>> tokenize([1, "a"]) == tokenize([1, "a"]), tokenize([1, "a"]) == tokenize([1, "b"])
+    (True, False)
+    """
+    try:
+        return _digest(args, kwargs)
+    except _Unique:
+        if ensure_deterministic:
+            raise TokenizationError(f"{args!r} cannot be tokenized deterministically") from None
+        return uuid.uuid4().hex
+
+
+def call_token(args, kwargs):
+    """The token of a pure call (what identifies the callable, then its arguments); random when some
+    part cannot be identified, so that the call is never merged with another."""
+    try:
+        return _digest(args, kwargs or {})
+    except _Unique:
+        return uuid.uuid4().hex
+
+
+def _digest(args, kwargs):
+    try:
+        normal = repr(_Normalizer().normalize((args, kwargs)))
+    except RecursionError:
+        raise _Unique() from None
+    return hashlib.md5(normal.encode(), usedforsecurity=False).hexdigest()
+
+
+class _Normalizer:
+    def __init__(self):
+        # Functions being normalized: a recursive function names itself among its globals.
+        self.open_functions = set()
+
+    def normalize(self, obj):
+        kind = type(obj)
+        if kind in _SCALARS:
+            return (kind.__name__, repr(obj))
+        if kind is Delayed:
+            return ("Delayed", obj.key)
+        if kind in (list, tuple):
+            return (kind.__name__, [self.normalize(item) for item in obj])
+        if kind is dict:
+            return ("dict", sorted((repr(self.normalize(k)), self.normalize(v)) for k, v in obj.items()))
+        if kind in (set, frozenset):
+            return (kind.__name__, sorted(repr(self.normalize(item)) for item in obj))
+        if kind is slice:
+            return ("slice", [self.normalize(obj.start), self.normalize(obj.stop), self.normalize(obj.step)])
+        method = getattr(kind, "__dask_tokenize__", None)
+        if method is not None and not isinstance(obj, type):
+            return ("custom", self.normalize(obj.__dask_tokenize__()))
+        if isinstance(obj, types.FunctionType):
+            return self.function(obj)
+        if isinstance(obj, functools.partial):
+            parts = (obj.func, obj.args, obj.keywords)
+            return ("partial", *[self.normalize(part) for part in parts])
+        if isinstance(obj, types.MethodType | types.BuiltinMethodType | types.MethodWrapperType):
+            owner = getattr(obj, "__self__", None)
+            if owner is not None and not isinstance(owner, types.ModuleType):
+                func = getattr(obj, "__func__", None) or obj.__name__
+                return ("method", self.normalize(owner), self.normalize(func))
+        if isinstance(obj, types.ModuleType):
+            return ("module", obj.__name__)
+        if isinstance(obj, types.CodeType):
+            return self.code(obj)
+        if isinstance(obj, type | types.BuiltinFunctionType) and _importable(obj):
+            return ("importable", obj.__module__, obj.__qualname__)
+        array = _normalize_array(obj)
+        if array is not None:
+            return array
+        return _by_pickle(obj)
+
+    def function(self, func):
+        if _importable(func):
+            return ("function", func.__module__, func.__qualname__)
+        if id(func) in self.open_functions:
+            return ("recursive", func.__qualname__)
+        self.open_functions.add(id(func))
+        try:
+            code = func.__code__
+            cells = [self.normalize(cell.cell_contents) for cell in func.__closure__ or ()]
+            named = {}
+            for name in _global_names(code):
+                if name in func.__globals__:
+                    named[name] = self.normalize(func.__globals__[name])
+            return (
+                "code",
+                func.__module__,
+                func.__qualname__,
+                self.code(code),
+                cells,
+                self.normalize(func.__defaults__),
+                self.normalize(func.__kwdefaults__),
+                sorted(named.items()),
+            )
+        except ValueError:  # an empty closure cell: the function cannot run as it is
+            raise _Unique() from None
+        finally:
+            self.open_functions.discard(id(func))
+
+    def code(self, code):
+        constants = [self.normalize(c) for c in code.co_consts]
+        names = (code.co_names, code.co_varnames, code.co_freevars)
+        return ("code object", code.co_code.hex(), constants, names)
+
+
+def _global_names(code):
+    """The names a code object and the code nested in it look up (globals or attributes)."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _global_names(constant)
+    return sorted(names)
+
+
+def _importable(obj):
+    """Whether ``module.qualname`` finds this very object, so the name identifies it. Not for
+    ``__main__``, whose names are redefined as a notebook or script goes on."""
+    module_name, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not module_name or not qualname or module_name == "__main__" or "<" in qualname:
+        return False
+    found = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is obj
 
 
 def _normalize_array(obj):
@@ -61,8 +169,15 @@ def _normalize_array(obj):
 
 
 def _by_pickle(obj):
-    try:
-        data = pickle.dumps(obj, protocol=5)
-    except Exception:
-        return ("unique", uuid.uuid4().hex)
-    return ("pickle", hashlib.sha1(data, usedforsecurity=False).hexdigest())
+    """The hash of the object's pickle (cloudpickle for what pickle refuses), if two pickles agree."""
+    import cloudpickle
+
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        try:
+            first = dumps(obj, protocol=5)
+            if first == dumps(obj, protocol=5):
+                digest = hashlib.sha1(first, usedforsecurity=False).hexdigest()
+                return ("pickle", type(obj).__qualname__, digest)
+        except Exception:
+            continue
+    raise _Unique()

@@ -18,7 +18,7 @@ use belated_core::{
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyString, PyTuple};
+use pyo3::types::PyTuple;
 
 use crate::cluster::{Cluster, ClusterRunner};
 use crate::dashboard::{DashboardReport, HubObserver};
@@ -28,7 +28,7 @@ use crate::errors::{catch_panics, to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS};
 use crate::processes::{check_picklable, helper, run_remote, Launch};
-use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode, Work};
+use crate::task::{Arg, Collector, Op, PyTask, PyValue, TaskNode, Work};
 
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
@@ -458,7 +458,7 @@ pub(crate) fn compute<'py>(
             .map(|((root, value), length)| {
                 let node = TaskNode::new(
                     PyTask {
-                        key: Key::Named(root.payload().key_string(py).into()),
+                        key: root.payload().key_for_copy(py),
                         op: Op::Value(Arg::Value(value.0)),
                     },
                     Vec::new(),
@@ -510,7 +510,7 @@ pub(crate) fn compute_with<'py>(
         let plan =
             Plan::flatten(&collector.deps).map_err(|e| to_python(py, e, |_| String::new()))?;
         let graph = LegacyGraph::new(py, &plan)?;
-        let wanted: Vec<Bound<'py, PyString>> = plan
+        let wanted: Vec<Bound<'py, PyAny>> = plan
             .outputs
             .iter()
             .map(|t| graph.keys[t.index()].clone())

@@ -8,14 +8,15 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyTypeError, PyUserWarning, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::export;
 use crate::task::{funcname, value_prefix, Arg, Collector, Key, Op, PyTask, TaskNode};
+use crate::token;
 
 static DEFAULT_PURE: AtomicBool = AtomicBool::new(false);
 
@@ -23,6 +24,10 @@ static DEFAULT_PURE: AtomicBool = AtomicBool::new(false);
 #[pyfunction]
 pub(crate) fn set_default_pure(pure: bool) {
     DEFAULT_PURE.store(pure, Ordering::Relaxed);
+}
+
+fn resolve_pure(pure: Option<bool>) -> bool {
+    pure.unwrap_or_else(|| DEFAULT_PURE.load(Ordering::Relaxed))
 }
 
 #[pyclass(module = "belated", name = "Delayed", frozen)]
@@ -36,8 +41,11 @@ pub(crate) struct Delayed {
 pub(crate) enum Role {
     /// Calling it calls the computed value.
     Value,
-    /// `delayed(func)`: its node holds the function; calling it builds a call of the function.
-    Function(CallOptions),
+    /// `delayed(func)`: its node evaluates to the function; calling it builds a call of the function.
+    Function {
+        func: Py<PyAny>,
+        options: CallOptions,
+    },
     /// `obj.name`: its node computes the attribute; calling it builds a method call on `obj`.
     Attribute {
         obj: Arc<TaskNode>,
@@ -55,7 +63,7 @@ pub(crate) struct CallOptions {
 /// What a call was asked to be, besides its arguments.
 struct CallSpec<'a, 'py> {
     pure: Option<bool>,
-    key_name: Option<String>,
+    key_name: Option<Bound<'py, PyAny>>,
     nout: Option<usize>,
     traverse: bool,
     args: &'a Bound<'py, PyTuple>,
@@ -83,18 +91,25 @@ impl Delayed {
         self.node.payload().key_string(py)
     }
 
+    /// The key as dask has it: a string, or the tuple it was named with.
+    fn key_object<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        let payload = self.node.payload();
+        payload.key.to_object(py, payload)
+    }
+
     /// The function of a `delayed(func)`.
     fn function<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        match (&self.role, &self.node.payload().op) {
-            (Role::Function(_), Op::Value(Arg::Value(func))) => Some(func.bind(py).clone()),
+        match &self.role {
+            Role::Function { func, .. } => Some(func.bind(py).clone()),
             _ => None,
         }
     }
 
+    /// `operator.<name>(*operands)`: always pure, as in dask, so equal expressions get equal keys.
     fn operator(
         &self,
         py: Python<'_>,
-        name: &str,
+        name: &'static str,
         operands: &[&Bound<'_, PyAny>],
     ) -> PyResult<Delayed> {
         static OPERATOR: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -103,9 +118,9 @@ impl Delayed {
         let args = PyTuple::new(py, operands)?;
         build_call(
             py,
-            CallTarget::Function(&func),
+            CallTarget::Operator { func: &func, name },
             CallSpec {
-                pure: None,
+                pure: Some(true),
                 key_name: None,
                 nout: None,
                 traverse: true,
@@ -117,7 +132,7 @@ impl Delayed {
 
     fn binary(
         slf: &Bound<'_, Self>,
-        name: &str,
+        name: &'static str,
         other: &Bound<'_, PyAny>,
         reflected: bool,
     ) -> PyResult<Delayed> {
@@ -127,12 +142,57 @@ impl Delayed {
     }
 }
 
+/// What is called. Each kind says how a pure call's key is made: `<prefix>-<token>`, the token hashing
+/// what identifies the callable and the arguments, as dask's `call_function` does.
 enum CallTarget<'a, 'py> {
-    Function(&'a Bound<'py, PyAny>),
+    /// A call of `delayed(func)`, identified by that `Delayed`'s key.
+    Function {
+        func: &'a Bound<'py, PyAny>,
+        leaf: &'a TaskNode,
+    },
+    /// A call of a computed value (dask's `apply`).
+    Value(&'a Bound<'py, PyAny>),
+    /// `obj.name(...)`.
     Method {
         obj: &'a Arc<TaskNode>,
         name: &'a Py<PyString>,
     },
+    /// `operator.<name>` or `getattr`: pure whatever the configuration says.
+    Operator {
+        func: &'a Bound<'py, PyAny>,
+        name: &'static str,
+    },
+}
+
+impl<'py> CallTarget<'_, 'py> {
+    fn prefix(&self) -> String {
+        match self {
+            CallTarget::Function { func, .. } => funcname(func),
+            CallTarget::Value(_) => "apply".into(),
+            CallTarget::Method { name, .. } => name.to_string(),
+            CallTarget::Operator { name, .. } => (*name).into(),
+        }
+    }
+
+    /// What the token starts with: the callable's identity, and for a method call its object.
+    fn token_head(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let text = |s: &str| PyString::new(py, s).into_any();
+        Ok(match self {
+            CallTarget::Function { leaf, .. } => {
+                let payload = leaf.payload();
+                vec![payload.key.to_object(py, payload)]
+            }
+            CallTarget::Value(callee) => vec![text("apply"), (*callee).clone()],
+            CallTarget::Method { obj, name } => {
+                let payload = obj.payload();
+                vec![
+                    text(&format!(".{name}")),
+                    payload.key.to_object(py, payload),
+                ]
+            }
+            CallTarget::Operator { name, .. } => vec![text(&format!("operator.{name}"))],
+        })
+    }
 }
 
 fn build_call(
@@ -141,43 +201,32 @@ fn build_call(
     spec: CallSpec<'_, '_>,
 ) -> PyResult<Delayed> {
     let mut collector = Collector::new(spec.traverse);
-    let mut args: Vec<Arg> = Vec::with_capacity(spec.args.len() + 1);
-    let func = match &target {
-        CallTarget::Function(func) if func.is_instance_of::<Delayed>() => {
-            Some(collector.arg(func)?)
-        }
-        CallTarget::Function(func) => Some(Arg::Value((*func).clone().unbind())),
-        CallTarget::Method { obj, .. } => {
-            args.push(collector.dep(Arc::clone(obj)));
-            None
-        }
-    };
-    args.extend(collector.args(spec.args)?);
-    let kwargs = collector.kwargs(spec.kwargs.as_ref())?;
-    let key = match spec.key_name {
-        Some(name) => Key::Named(name.into()),
-        None if spec
-            .pure
-            .unwrap_or_else(|| DEFAULT_PURE.load(Ordering::Relaxed)) =>
-        {
-            let prefix = match &target {
-                CallTarget::Function(func) => funcname(func),
-                CallTarget::Method { name, .. } => name.to_string(),
-            };
-            let token = tokenize(py, &target, spec.args, spec.kwargs.as_ref())?;
-            Key::Named(format!("{prefix}-{token}").into())
+    let key = match &spec.key_name {
+        Some(name) => Key::given(name)?,
+        None if resolve_pure(spec.pure) => {
+            let token =
+                token::call_token(py, target.token_head(py)?, spec.args, spec.kwargs.as_ref())?;
+            Key::Named(format!("{}-{token}", target.prefix()).into())
         }
         None => Key::unique(),
     };
+    let args = collector.args(spec.args)?;
+    let kwargs = collector.kwargs(spec.kwargs.as_ref())?;
     let op = match target {
-        CallTarget::Function(_) => Op::Call {
-            func: func.expect("a function call has its function"),
-            args: args.into_boxed_slice(),
+        CallTarget::Function { func, .. } | CallTarget::Operator { func, .. } => Op::Call {
+            func: Arg::Value(func.clone().unbind()),
+            args,
             kwargs,
         },
-        CallTarget::Method { name, .. } => Op::Method {
+        CallTarget::Value(callee) => Op::Call {
+            func: collector.arg(callee)?,
+            args,
+            kwargs,
+        },
+        CallTarget::Method { obj, name } => Op::Method {
+            obj: collector.dep(Arc::clone(obj)),
             name: name.clone_ref(py),
-            args: args.into_boxed_slice(),
+            args,
             kwargs,
         },
     };
@@ -185,31 +234,12 @@ fn build_call(
     Ok(Delayed::new(node, spec.nout, Role::Value))
 }
 
-/// dask's deterministic token of a pure call, computed by the package's `tokenize`.
-fn tokenize(
-    py: Python<'_>,
-    target: &CallTarget<'_, '_>,
-    args: &Bound<'_, PyTuple>,
-    kwargs: Option<&Bound<'_, PyDict>>,
-) -> PyResult<String> {
-    static TOKENIZE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let tokenize = TOKENIZE.import(py, "belated._tokenize", "tokenize")?;
-    let head = match target {
-        CallTarget::Function(func) => (*func).clone(),
-        CallTarget::Method { obj, name } => PyTuple::new(
-            py,
-            [
-                obj.payload().key_string(py).into_pyobject(py)?.into_any(),
-                name.bind(py).clone().into_any(),
-            ],
-        )?
-        .into_any(),
-    };
-    tokenize.call((head, args, kwargs), None)?.extract()
-}
-
 /// dask's call-time options, taken out of a call's keyword arguments, and the arguments left.
-type CallTimeOptions<'py> = (Option<bool>, Option<String>, Option<Bound<'py, PyDict>>);
+type CallTimeOptions<'py> = (
+    Option<bool>,
+    Option<Bound<'py, PyAny>>,
+    Option<Bound<'py, PyDict>>,
+);
 
 /// Takes dask's call-time options out of a call's keyword arguments.
 fn split_options<'py>(kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<CallTimeOptions<'py>> {
@@ -227,10 +257,7 @@ fn split_options<'py>(kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<CallTimeO
         .filter(|v| !v.is_none())
         .map(|v| v.is_truthy())
         .transpose()?;
-    let key_name = pop("dask_key_name")?
-        .filter(|v| !v.is_none())
-        .map(|v| v.str().map(|s| s.to_string()))
-        .transpose()?;
+    let key_name = pop("dask_key_name")?.filter(|v| !v.is_none());
     Ok((pure, key_name, (!kwargs.is_empty()).then(|| kwargs.clone())))
 }
 
@@ -244,16 +271,28 @@ impl Delayed {
     }
 
     #[getter(key)]
-    fn py_key(&self, py: Python<'_>) -> String {
-        self.key(py)
+    fn py_key<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        self.key_object(py)
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
-        format!("Delayed('{}')", self.key(py))
+    /// dask's private name for `key`, which libraries read.
+    #[getter(_key)]
+    fn private_key<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        self.key_object(py)
+    }
+
+    /// dask's private name for the length given as `nout`.
+    #[getter(_length)]
+    fn private_length(&self) -> Option<usize> {
+        self.length
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!("Delayed({})", self.key_object(py).repr()?))
     }
 
     fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
-        PyString::new(py, &self.key(py)).hash()
+        self.key_object(py).hash()
     }
 
     #[pyo3(signature = (*args, **kwargs))]
@@ -279,33 +318,48 @@ impl Delayed {
             traverse: true,
         };
         match &this.role {
-            Role::Function(options) => {
-                let func = this
-                    .function(py)
-                    .expect("a delayed function holds its function");
-                build_call(py, CallTarget::Function(&func), spec(*options))
-            }
+            Role::Function { func, options } => build_call(
+                py,
+                CallTarget::Function {
+                    func: func.bind(py),
+                    leaf: &this.node,
+                },
+                spec(*options),
+            ),
             Role::Attribute { obj, name } => {
                 build_call(py, CallTarget::Method { obj, name }, spec(plain))
             }
-            Role::Value => build_call(py, CallTarget::Function(slf.as_any()), spec(plain)),
+            Role::Value => build_call(py, CallTarget::Value(slf.as_any()), spec(plain)),
         }
     }
 
+    /// `obj.name`: a pure `getattr` task (so `x.n` twice is one task, as in dask); called, a method call.
     fn __getattr__(slf: &Bound<'_, Self>, name: Bound<'_, PyString>) -> PyResult<Delayed> {
         let py = slf.py();
-        if name.to_str()?.starts_with('_') {
+        let text = name.to_str()?;
+        if text.starts_with('_') {
             return Err(PyAttributeError::new_err(format!(
                 "Attribute {name} not found"
             )));
+        }
+        if text == "visualise" {
+            PyErr::warn(
+                py,
+                &py.get_type::<PyUserWarning>(),
+                c"dask.delayed objects have no `visualise` method. Perhaps you meant `visualize`?",
+                1,
+            )?;
         }
         static GETATTR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let getattr = GETATTR.import(py, "builtins", "getattr")?;
         let attribute = build_call(
             py,
-            CallTarget::Function(getattr),
+            CallTarget::Operator {
+                func: getattr,
+                name: "getattr",
+            },
             CallSpec {
-                pure: None,
+                pure: Some(true),
                 key_name: None,
                 nout: None,
                 traverse: false,
@@ -320,6 +374,14 @@ impl Delayed {
             },
             ..attribute
         })
+    }
+
+    fn __setitem__(&self, _index: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(PyTypeError::new_err("Delayed objects are immutable"))
+    }
+
+    fn __delitem__(&self, _index: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(PyTypeError::new_err("Delayed objects are immutable"))
     }
 
     fn __setattr__(&self, _name: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -514,7 +576,7 @@ impl Delayed {
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         match (instance, &slf.get().role) {
-            (Some(instance), Role::Function(_)) if !instance.is_none() => {
+            (Some(instance), Role::Function { .. }) if !instance.is_none() => {
                 static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
                 let method_type = METHOD_TYPE.import(py, "types", "MethodType")?;
                 Ok(method_type.call1((slf, instance))?.unbind())
@@ -575,8 +637,8 @@ impl Delayed {
     }
 
     #[pyo3(name = "__dask_keys__")]
-    fn dask_keys(&self, py: Python<'_>) -> Vec<String> {
-        vec![self.key(py)]
+    fn dask_keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, [self.key_object(py)])
     }
 
     #[pyo3(name = "__dask_layers__")]
@@ -585,8 +647,8 @@ impl Delayed {
     }
 
     #[pyo3(name = "__dask_tokenize__")]
-    fn dask_tokenize(&self, py: Python<'_>) -> String {
-        self.key(py)
+    fn dask_tokenize<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        self.key_object(py)
     }
 
     #[pyo3(name = "__dask_postcompute__")]
@@ -607,7 +669,7 @@ impl Delayed {
         py: Python<'py>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         static REBUILD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        let args = (self.key(py), self.length).into_pyobject(py)?;
+        let args = (self.key_object(py), self.length).into_pyobject(py)?;
         Ok((
             REBUILD.import(py, "belated._dask", "rebuild")?.clone(),
             args,
@@ -684,7 +746,7 @@ impl Delayed {
 pub(crate) fn delayed(
     py: Python<'_>,
     obj: &Bound<'_, PyTuple>,
-    name: Option<String>,
+    name: Option<Bound<'_, PyAny>>,
     pure: Option<bool>,
     nout: Option<&Bound<'_, PyAny>>,
     traverse: bool,
@@ -725,27 +787,33 @@ pub(crate) fn delayed(
     }
     let mut collector = Collector::new(traverse);
     let template = collector.arg(&obj)?;
-    let key = match name {
-        Some(name) => Key::Named(name.into()),
-        None if pure == Some(true) => {
-            let prefix = value_prefix(&obj);
-            static TOKENIZE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-            let token: String = TOKENIZE
-                .import(py, "belated._tokenize", "tokenize")?
-                .call1((&obj,))?
-                .extract()?;
+    // As dask: a plain object is tokenized with its `nout`, a container of `Delayed` objects by itself.
+    let key = match name.filter(|n| !n.is_none()) {
+        Some(name) => Key::given(&name)?,
+        None if resolve_pure(pure) => {
+            let (prefix, head) = if template.is_value() {
+                (
+                    value_prefix(&obj),
+                    vec![obj.clone(), nout.into_pyobject(py)?.into_any()],
+                )
+            } else {
+                (obj.get_type().name()?.to_string(), vec![obj.clone()])
+            };
+            let token = token::call_token(py, head, &PyTuple::empty(py), None)?;
             Key::Named(format!("{prefix}-{token}").into())
         }
         None => Key::unique(),
     };
-    let role = if template.is_value() && obj.is_callable() {
-        Role::Function(CallOptions {
-            pure,
-            nout,
-            traverse,
-        })
-    } else {
-        Role::Value
+    let role = match &template {
+        Arg::Value(func) if obj.is_callable() => Role::Function {
+            func: func.clone_ref(py),
+            options: CallOptions {
+                pure,
+                nout,
+                traverse,
+            },
+        },
+        _ => Role::Value,
     };
     let node = TaskNode::new(
         PyTask {

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyList, PyString};
+use pyo3::types::PyList;
 use rustc_hash::FxHashMap;
 
 use crate::errors::catch_panics;
@@ -202,7 +202,7 @@ impl TaskGraph {
                 dep_keys: node
                     .deps()
                     .iter()
-                    .map(|dep| PyString::new(py, &dep.payload().key_string(py)))
+                    .map(|dep| dep.payload().key.to_object(py, dep.payload()))
                     .collect(),
             };
             legacy.op(&node.payload().op)

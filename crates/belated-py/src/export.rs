@@ -67,23 +67,23 @@ pub(crate) fn legacy_graph<'py>(
 
 /// A flattened plan in dask's legacy graph spec: key → task, and key → the keys it depends on.
 pub(crate) struct LegacyGraph<'py> {
-    pub(crate) keys: Vec<Bound<'py, PyString>>,
+    pub(crate) keys: Vec<Bound<'py, PyAny>>,
     pub(crate) tasks: Bound<'py, PyDict>,
     pub(crate) dependencies: Bound<'py, PyDict>,
 }
 
 impl<'py> LegacyGraph<'py> {
     pub(crate) fn new(py: Python<'py>, plan: &Plan<PyTask>) -> PyResult<Self> {
-        let keys: Vec<Bound<'py, PyString>> = plan
+        let keys: Vec<Bound<'py, PyAny>> = plan
             .nodes
             .iter()
-            .map(|node| PyString::new(py, &node.payload().key_string(py)))
+            .map(|node| node.payload().key.to_object(py, node.payload()))
             .collect();
         let tasks = PyDict::new(py);
         let dependencies = PyDict::new(py);
         // Tasks are inserted in id order, which is topological: executors may submit them in order.
         for task in plan.graph.tasks() {
-            let dep_keys: Vec<Bound<'py, PyString>> = plan
+            let dep_keys: Vec<Bound<'py, PyAny>> = plan
                 .graph
                 .deps(task)
                 .iter()
@@ -92,7 +92,7 @@ impl<'py> LegacyGraph<'py> {
             let key = &keys[task.index()];
             dependencies.set_item(key, PyList::new(py, &dep_keys)?)?;
             let legacy = Legacy { py, dep_keys };
-            tasks.set_item(key, legacy.op(&plan.nodes[task.index()].payload().op)?)?;
+            tasks.set_item(key, legacy.task(&plan.nodes[task.index()].payload().op)?)?;
         }
         Ok(LegacyGraph {
             keys,
@@ -112,11 +112,21 @@ pub(crate) fn reduce<'py>(
     for (task, node) in plan.graph.tasks().zip(&plan.nodes) {
         let deps = plan.graph.deps(task);
         let payload = node.payload();
-        tasks.append((payload.key_string(py), encode_op(py, &payload.op, deps)?))?;
+        let after: Vec<usize> = payload
+            .op
+            .unread_deps(deps.len())
+            .into_iter()
+            .map(|i| deps[i].index())
+            .collect();
+        tasks.append((
+            payload.key.to_object(py, payload),
+            encode_op(py, &payload.op, deps)?,
+            after,
+        ))?;
     }
     let role = match this.role() {
         Role::Value => py.None().into_bound(py),
-        Role::Function(options) => {
+        Role::Function { options, .. } => {
             ("function", options.pure, options.nout, options.traverse).into_bound_py_any(py)?
         }
         Role::Attribute { name, .. } => ("attribute", name.bind(py)).into_bound_py_any(py)?,
@@ -141,10 +151,27 @@ pub(crate) fn reduce<'py>(
 /// Writes one task in dask's legacy graph spec, given the keys of its dependencies in order.
 pub(crate) struct Legacy<'py> {
     pub(crate) py: Python<'py>,
-    pub(crate) dep_keys: Vec<Bound<'py, PyString>>,
+    pub(crate) dep_keys: Vec<Bound<'py, PyAny>>,
 }
 
 impl<'py> Legacy<'py> {
+    /// The task, with the dependencies it only waits for (no argument reads them) written as
+    /// `(after, task, *keys)`, so that dask keeps the order.
+    fn task(&self, op: &Op) -> PyResult<Bound<'py, PyAny>> {
+        let unread = op.unread_deps(self.dep_keys.len());
+        let task = self.op(op)?;
+        if unread.is_empty() {
+            return Ok(task);
+        }
+        static AFTER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let mut items = vec![
+            AFTER.import(self.py, "belated._dask", "after")?.clone(),
+            task,
+        ];
+        items.extend(unread.iter().map(|&i| self.dep_keys[i].clone()));
+        Ok(PyTuple::new(self.py, items)?.into_any())
+    }
+
     pub(crate) fn op(&self, op: &Op) -> PyResult<Bound<'py, PyAny>> {
         let py = self.py;
         static APPLY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -168,20 +195,22 @@ impl<'py> Legacy<'py> {
                 ],
             )?
             .into_any()),
-            Op::Method { name, args, kwargs } => {
-                let (obj, rest) = args.split_first().expect("a method call has its object");
-                Ok(PyTuple::new(
-                    py,
-                    [
-                        module_function(py, &CALL_METHOD, "call_method")?,
-                        self.arg(obj)?,
-                        name.bind(py).clone().into_any(),
-                        self.list(rest)?,
-                        self.dict(kwargs)?,
-                    ],
-                )?
-                .into_any())
-            }
+            Op::Method {
+                obj,
+                name,
+                args,
+                kwargs,
+            } => Ok(PyTuple::new(
+                py,
+                [
+                    module_function(py, &CALL_METHOD, "call_method")?,
+                    self.arg(obj)?,
+                    name.bind(py).clone().into_any(),
+                    self.list(args)?,
+                    self.dict(kwargs)?,
+                ],
+            )?
+            .into_any()),
         }
     }
 
@@ -283,9 +312,15 @@ fn encode_op<'py>(py: Python<'py>, op: &Op, deps: &[TaskId]) -> PyResult<Bound<'
             encode_keywords(py, kwargs, deps)?,
         )
             .into_bound_py_any(py),
-        Op::Method { name, args, kwargs } => (
+        Op::Method {
+            obj,
+            name,
+            args,
+            kwargs,
+        } => (
             OP_METHOD,
             name.bind(py),
+            encode_arg(py, obj, deps)?,
             encode_args(py, args, deps)?,
             encode_keywords(py, kwargs, deps)?,
         )
@@ -355,6 +390,14 @@ struct Decoder<'a> {
 }
 
 impl Decoder<'_> {
+    fn dep(&mut self, index: usize) -> PyResult<Arg> {
+        let node = self
+            .nodes
+            .get(index)
+            .ok_or_else(|| corrupt("a task refers to a later task"))?;
+        Ok(self.collector.dep(Arc::clone(node)))
+    }
+
     fn op(&mut self, op: &Bound<'_, PyAny>) -> PyResult<Op> {
         let tag: u8 = op.get_item(0)?.extract()?;
         Ok(match tag {
@@ -366,8 +409,9 @@ impl Decoder<'_> {
             },
             OP_METHOD => Op::Method {
                 name: op.get_item(1)?.cast_into::<PyString>()?.unbind(),
-                args: self.args(&op.get_item(2)?)?,
-                kwargs: self.keywords(&op.get_item(3)?)?,
+                obj: self.arg(&op.get_item(2)?)?,
+                args: self.args(&op.get_item(3)?)?,
+                kwargs: self.keywords(&op.get_item(4)?)?,
             },
             other => return Err(corrupt(&format!("unknown operation tag {other}"))),
         })
@@ -392,14 +436,7 @@ impl Decoder<'_> {
         let body = arg.get_item(1)?;
         Ok(match tag {
             VALUE => Arg::Value(body.unbind()),
-            DEP => {
-                let index: usize = body.extract()?;
-                let node = self
-                    .nodes
-                    .get(index)
-                    .ok_or_else(|| corrupt("a task refers to a later task"))?;
-                self.collector.dep(Arc::clone(node))
-            }
+            DEP => self.dep(body.extract()?)?,
             LIST => Arg::List(self.args(&body)?),
             TUPLE => Arg::Tuple(self.args(&body)?),
             SET => Arg::Set(self.args(&body)?),
@@ -421,6 +458,7 @@ impl Decoder<'_> {
     }
 }
 
+/// Rebuilds a pickled `Delayed`. Whatever the data, the result is a valid graph or a `ValueError`.
 #[pyfunction]
 pub(crate) fn rebuild(
     tasks: &Bound<'_, PyList>,
@@ -428,18 +466,39 @@ pub(crate) fn rebuild(
     length: Option<usize>,
     role: &Bound<'_, PyAny>,
 ) -> PyResult<Delayed> {
+    decode(tasks, outputs, length, role).map_err(|error| {
+        if error.is_instance_of::<PyValueError>(tasks.py()) {
+            error
+        } else {
+            let wrapped = corrupt(&error.to_string());
+            wrapped.set_cause(tasks.py(), Some(error));
+            wrapped
+        }
+    })
+}
+
+fn decode(
+    tasks: &Bound<'_, PyList>,
+    outputs: Vec<usize>,
+    length: Option<usize>,
+    role: &Bound<'_, PyAny>,
+) -> PyResult<Delayed> {
+    let py = tasks.py();
     let mut nodes: Vec<Arc<TaskNode>> = Vec::with_capacity(tasks.len());
     for task in tasks.iter() {
-        let (key, op): (String, Bound<'_, PyAny>) = task.extract()?;
+        let (key, op, after): (Bound<'_, PyAny>, Bound<'_, PyAny>, Vec<usize>) = task.extract()?;
         let mut decoder = Decoder {
             nodes: &nodes,
             collector: Collector::new(false),
         };
         let op = decoder.op(&op)?;
+        for index in after {
+            decoder.dep(index)?;
+        }
         let deps = decoder.collector.deps;
         nodes.push(TaskNode::new(
             PyTask {
-                key: Key::Named(key.into()),
+                key: Key::given(&key)?,
                 op,
             },
             deps,
@@ -452,6 +511,7 @@ pub(crate) fn rebuild(
             .cloned()
             .ok_or_else(|| corrupt("missing output"))
     };
+    let node = output(0)?;
     let role = if role.is_none() {
         Role::Value
     } else {
@@ -460,11 +520,20 @@ pub(crate) fn rebuild(
             "function" => {
                 let (_, pure, nout, traverse): (String, Option<bool>, Option<usize>, bool) =
                     role.extract()?;
-                Role::Function(CallOptions {
-                    pure,
-                    nout,
-                    traverse,
-                })
+                let func = match &node.payload().op {
+                    Op::Value(Arg::Value(func)) if func.bind(py).is_callable() => {
+                        func.clone_ref(py)
+                    }
+                    _ => return Err(corrupt("a delayed function whose task is not a callable")),
+                };
+                Role::Function {
+                    func,
+                    options: CallOptions {
+                        pure,
+                        nout,
+                        traverse,
+                    },
+                }
             }
             "attribute" => Role::Attribute {
                 obj: output(1)?,
@@ -473,5 +542,5 @@ pub(crate) fn rebuild(
             other => return Err(corrupt(&format!("unknown role {other:?}"))),
         }
     };
-    Ok(Delayed::new(output(0)?, length, role))
+    Ok(Delayed::new(node, length, role))
 }

@@ -10,10 +10,12 @@ mod delayed;
 mod diagnostics;
 mod errors;
 mod export;
+mod graph_manipulation;
 mod host;
 mod processes;
 mod render;
 mod task;
+mod token;
 
 use pyo3::prelude::*;
 
@@ -32,6 +34,9 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compute::forget_pools_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(errors::panic_for_tests, m)?)?;
     m.add_function(wrap_pyfunction!(export::rebuild, m)?)?;
+    m.add_function(wrap_pyfunction!(task::reseed_keys_after_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(graph_manipulation::waiting, m)?)?;
+    m.add_function(wrap_pyfunction!(graph_manipulation::bind, m)?)?;
     m.add_function(wrap_pyfunction!(render::draw, m)?)?;
     m.add_function(wrap_pyfunction!(dashboard::start_dashboard, m)?)?;
     m.add_function(wrap_pyfunction!(dashboard::stop_dashboard, m)?)?;

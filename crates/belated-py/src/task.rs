@@ -6,19 +6,22 @@
 //! dependencies. A container with no `Delayed` inside is kept as the original object.
 //!
 //! Keys follow dask: `<function name>-<token>`. Impure tasks get a unique id whose text is only made
-//! when somebody looks at the key, so building a call allocates no string.
+//! when somebody looks at the key, so building a call allocates no string. The id is salted per
+//! process, and the salt is renewed in a forked child ([`reseed_keys_after_fork`]): two children of one
+//! parent never make the same key.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use belated_core::{Node, Payload};
 use parking_lot::Mutex;
-use pyo3::exceptions::PyRecursionError;
+use pyo3::exceptions::{PyRecursionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple, PyType,
+    PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PySet, PySlice, PyString, PyTuple, PyType,
 };
 use rustc_hash::FxHashMap;
 
@@ -35,16 +38,81 @@ pub(crate) struct PyTask {
     pub(crate) op: Op,
 }
 
+#[derive(Clone)]
 pub(crate) enum Key {
-    Unique(u64),
+    /// An impure task's id, with the salt of the process that made it.
+    Unique {
+        id: u64,
+        salt: u64,
+    },
     Named(Arc<str>),
+    /// A key that is not a string (dask's `(name, index)` tuples): kept as given, merged by its repr.
+    Object(Arc<ObjectKey>),
+}
+
+pub(crate) struct ObjectKey {
+    text: Box<str>,
+    key: Py<PyAny>,
 }
 
 impl Key {
     pub(crate) fn unique() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        Key::Unique(NEXT.fetch_add(1, Ordering::Relaxed))
+        Key::Unique {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            salt: salt(),
+        }
     }
+
+    /// A key given by the user (`dask_key_name`, `name=`): a string, or a hashable object such as a tuple.
+    pub(crate) fn given(key: &Bound<'_, PyAny>) -> PyResult<Self> {
+        if let Ok(text) = key.cast::<PyString>() {
+            return Ok(Key::Named(text.to_str()?.into()));
+        }
+        key.hash()?;
+        Ok(Key::Object(Arc::new(ObjectKey {
+            text: key.repr()?.to_str()?.into(),
+            key: key.clone().unbind(),
+        })))
+    }
+
+    /// The key as dask shows it: a string, or the object it was given as.
+    pub(crate) fn to_object<'py>(&self, py: Python<'py>, task: &PyTask) -> Bound<'py, PyAny> {
+        match self {
+            Key::Object(object) => object.key.bind(py).clone(),
+            _ => PyString::new(py, &task.key_string(py)).into_any(),
+        }
+    }
+}
+
+static SALT: AtomicU64 = AtomicU64::new(0);
+
+/// This process's salt for unique keys; never 0 once made.
+fn salt() -> u64 {
+    let current = SALT.load(Ordering::Relaxed);
+    if current != 0 {
+        return current;
+    }
+    let fresh = fresh_salt();
+    match SALT.compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => fresh,
+        Err(existing) => existing,
+    }
+}
+
+/// A salt no other process has: the hasher's per-process random keys are inherited through `fork`, so
+/// the pid and the time are mixed in.
+fn fresh_salt() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos)) | 1
+}
+
+/// Called in a forked child: keys made from now on differ from those of the parent and its other children.
+#[pyfunction]
+pub(crate) fn reseed_keys_after_fork() {
+    SALT.store(fresh_salt(), Ordering::Relaxed);
 }
 
 pub(crate) type Keywords = Box<[(Py<PyString>, Arg)]>;
@@ -57,8 +125,9 @@ pub(crate) enum Op {
         args: Box<[Arg]>,
         kwargs: Keywords,
     },
-    /// `args[0].<name>(*args[1:], **kwargs)`.
+    /// `obj.<name>(*args, **kwargs)`.
     Method {
+        obj: Arg,
         name: Py<PyString>,
         args: Box<[Arg]>,
         kwargs: Keywords,
@@ -87,7 +156,8 @@ impl Payload for PyTask {
     fn merge_name(&self) -> Option<&str> {
         match &self.key {
             Key::Named(name) => Some(name),
-            Key::Unique(_) => None,
+            Key::Object(object) => Some(&object.text),
+            Key::Unique { .. } => None,
         }
     }
 }
@@ -106,15 +176,26 @@ impl PyTask {
     pub(crate) fn key_string(&self, py: Python<'_>) -> String {
         match &self.key {
             Key::Named(name) => name.to_string(),
-            Key::Unique(id) => format!("{}-{}", self.prefix(py), uuid_text(*id)),
+            Key::Object(object) => object.text.to_string(),
+            Key::Unique { id, salt } => format!("{}-{}", self.prefix(py), uuid_text(*id, *salt)),
+        }
+    }
+
+    /// This task's key, for another task that stands for it (a persisted result): the text of a unique
+    /// key depends on its task, so it is written out.
+    pub(crate) fn key_for_copy(&self, py: Python<'_>) -> Key {
+        match &self.key {
+            Key::Unique { .. } => Key::Named(self.key_string(py).into()),
+            key => key.clone(),
         }
     }
 
     /// What pictures call the task: its function name, or a name given without its token.
     pub(crate) fn label(&self, py: Python<'_>) -> String {
         match &self.key {
-            Key::Unique(_) => self.prefix(py),
+            Key::Unique { .. } => self.prefix(py),
             Key::Named(name) => strip_token(name).to_string(),
+            Key::Object(object) => object.text.to_string(),
         }
     }
 
@@ -131,7 +212,7 @@ impl PyTask {
                 func: Arg::Value(func),
                 ..
             } => funcname(func.bind(py)),
-            Op::Call { .. } => "call".into(),
+            Op::Call { .. } => "apply".into(),
             Op::Method { name, .. } => name.to_string(),
         }
     }
@@ -155,14 +236,16 @@ impl PyTask {
             Op::Call { func, args, kwargs } => {
                 Work::Call(Call::build(py, func, args, kwargs, inputs)?)
             }
-            Op::Method { name, args, kwargs } => {
-                let (obj, rest) = args.split_first().expect("a method call has its object");
-                Work::Call(Call {
-                    func: obj.build(py, inputs)?.getattr(name.bind(py))?,
-                    args: build_tuple(py, rest, inputs)?,
-                    kwargs: build_kwargs(py, kwargs, inputs)?,
-                })
-            }
+            Op::Method {
+                obj,
+                name,
+                args,
+                kwargs,
+            } => Work::Call(Call {
+                func: obj.build(py, inputs)?.getattr(name.bind(py))?,
+                args: build_tuple(py, args, inputs)?,
+                kwargs: build_kwargs(py, kwargs, inputs)?,
+            }),
         })
     }
 
@@ -182,12 +265,16 @@ impl PyTask {
                 kwargs: None,
             },
             Op::Call { func, args, kwargs } => Call::build(py, func, args, kwargs, inputs)?,
-            Op::Method { name, args, kwargs } => {
-                let (obj, rest) = args.split_first().expect("a method call has its object");
+            Op::Method {
+                obj,
+                name,
+                args,
+                kwargs,
+            } => {
                 let call_args = (
                     obj.build(py, inputs)?,
                     name.bind(py),
-                    build_tuple(py, rest, inputs)?,
+                    build_tuple(py, args, inputs)?,
                     build_kwargs(py, kwargs, inputs)?,
                 );
                 Call {
@@ -199,6 +286,60 @@ impl PyTask {
                 }
             }
         })
+    }
+}
+
+impl Op {
+    /// The indices of the node's dependencies that no argument reads: edges that only order tasks
+    /// (`graph_manipulation.bind`), carrying no data.
+    pub(crate) fn unread_deps(&self, dep_count: usize) -> Vec<usize> {
+        let mut read = vec![false; dep_count];
+        let mut mark = |arg: &Arg| arg.visit_deps(&mut |i| read[i as usize] = true);
+        match self {
+            Op::Value(arg) => mark(arg),
+            Op::Call { func, args, kwargs } => {
+                mark(func);
+                args.iter().for_each(&mut mark);
+                kwargs.iter().for_each(|(_, arg)| mark(arg));
+            }
+            Op::Method {
+                obj, args, kwargs, ..
+            } => {
+                mark(obj);
+                args.iter().for_each(&mut mark);
+                kwargs.iter().for_each(|(_, arg)| mark(arg));
+            }
+        }
+        (0..dep_count).filter(|&i| !read[i]).collect()
+    }
+
+    pub(crate) fn clone_ref(&self, py: Python<'_>) -> Op {
+        let all = |args: &[Arg]| args.iter().map(|a| a.clone_ref(py)).collect();
+        let keywords = |kwargs: &Keywords| {
+            kwargs
+                .iter()
+                .map(|(name, arg)| (name.clone_ref(py), arg.clone_ref(py)))
+                .collect()
+        };
+        match self {
+            Op::Value(arg) => Op::Value(arg.clone_ref(py)),
+            Op::Call { func, args, kwargs } => Op::Call {
+                func: func.clone_ref(py),
+                args: all(args),
+                kwargs: keywords(kwargs),
+            },
+            Op::Method {
+                obj,
+                name,
+                args,
+                kwargs,
+            } => Op::Method {
+                obj: obj.clone_ref(py),
+                name: name.clone_ref(py),
+                args: all(args),
+                kwargs: keywords(kwargs),
+            },
+        }
     }
 }
 
@@ -284,6 +425,50 @@ impl Arg {
         })
     }
 
+    fn visit_deps(&self, visit: &mut impl FnMut(u32)) {
+        match self {
+            Arg::Value(_) => {}
+            Arg::Dep(i) => visit(*i),
+            Arg::List(items) | Arg::Tuple(items) | Arg::Set(items) => {
+                items.iter().for_each(|item| item.visit_deps(visit))
+            }
+            Arg::Dict(pairs) => pairs.iter().for_each(|(k, v)| {
+                k.visit_deps(visit);
+                v.visit_deps(visit);
+            }),
+            Arg::Construct(c) => {
+                c.args.iter().for_each(|a| a.visit_deps(visit));
+                c.keywords.iter().for_each(|(_, a)| a.visit_deps(visit));
+            }
+        }
+    }
+
+    pub(crate) fn clone_ref(&self, py: Python<'_>) -> Arg {
+        let all = |items: &[Arg]| items.iter().map(|a| a.clone_ref(py)).collect();
+        match self {
+            Arg::Value(value) => Arg::Value(value.clone_ref(py)),
+            Arg::Dep(i) => Arg::Dep(*i),
+            Arg::List(items) => Arg::List(all(items)),
+            Arg::Tuple(items) => Arg::Tuple(all(items)),
+            Arg::Set(items) => Arg::Set(all(items)),
+            Arg::Dict(pairs) => Arg::Dict(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.clone_ref(py), v.clone_ref(py)))
+                    .collect(),
+            ),
+            Arg::Construct(c) => Arg::Construct(Box::new(Construct {
+                ty: c.ty.clone_ref(py),
+                args: all(&c.args),
+                keywords: c
+                    .keywords
+                    .iter()
+                    .map(|(name, arg)| (name.clone_ref(py), arg.clone_ref(py)))
+                    .collect(),
+            })),
+        }
+    }
+
     /// Whether this is a plain object, with no dependency inside.
     pub(crate) fn is_value(&self) -> bool {
         matches!(self, Arg::Value(_))
@@ -322,22 +507,19 @@ impl Collector {
     }
 
     pub(crate) fn args(&mut self, args: &Bound<'_, PyTuple>) -> PyResult<Box<[Arg]>> {
-        args.iter().map(|arg| self.parse(&arg, 0)).collect()
+        exact(args.iter().map(|arg| self.parse(&arg, 0)))
     }
 
     pub(crate) fn kwargs(&mut self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Keywords> {
         let Some(kwargs) = kwargs else {
             return Ok(Box::default());
         };
-        kwargs
-            .iter()
-            .map(|(name, value)| {
-                Ok((
-                    name.cast_into::<PyString>()?.unbind(),
-                    self.parse(&value, 0)?,
-                ))
-            })
-            .collect()
+        exact(kwargs.iter().map(|(name, value)| {
+            Ok((
+                name.cast_into::<PyString>()?.unbind(),
+                self.parse(&value, 0)?,
+            ))
+        }))
     }
 
     fn parse(&mut self, obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Arg> {
@@ -360,6 +542,8 @@ impl Collector {
             self.items(tuple.iter(), depth)?.map(Arg::Tuple)
         } else if let Ok(set) = obj.cast_exact::<PySet>() {
             self.items(set.iter(), depth)?.map(Arg::Set)
+        } else if let Ok(slice) = obj.cast_exact::<PySlice>() {
+            self.slice(slice, depth)?
         } else if let Ok(dict) = obj.cast_exact::<PyDict>() {
             let pairs = dict
                 .iter()
@@ -382,24 +566,7 @@ impl Collector {
                             keywords: Box::default(),
                         }))
                     }),
-                Kind::Dataclass(fields) => {
-                    let keywords = fields
-                        .iter()
-                        .map(|name| {
-                            Ok((
-                                name.clone_ref(obj.py()),
-                                self.parse(&obj.getattr(name)?, depth)?,
-                            ))
-                        })
-                        .collect::<PyResult<Keywords>>()?;
-                    keywords.iter().any(|(_, v)| !v.is_value()).then(|| {
-                        Arg::Construct(Box::new(Construct {
-                            ty: obj.get_type().into_any().unbind(),
-                            args: Box::default(),
-                            keywords,
-                        }))
-                    })
-                }
+                Kind::Dataclass(fields) => self.dataclass(obj, &fields, depth)?,
                 Kind::DaskCollection => return Ok(self.dep(foreign_collection(obj)?)),
                 // An iterator can be read only once, so it is always replaced by the list of its items.
                 Kind::Iterator => {
@@ -415,17 +582,69 @@ impl Collector {
         Ok(rebuilt.unwrap_or_else(|| Arg::Value(obj.clone().unbind())))
     }
 
+    // Rarer kinds are parsed apart, which keeps the frame of the recursive `parse` small.
+
+    /// `slice(start, stop, step)` rebuilt around results, as dask does.
+    fn slice(&mut self, slice: &Bound<'_, PySlice>, depth: usize) -> PyResult<Option<Arg>> {
+        let bounds = [
+            slice.getattr("start")?,
+            slice.getattr("stop")?,
+            slice.getattr("step")?,
+        ];
+        Ok(self.items(bounds.into_iter(), depth)?.map(|args| {
+            Arg::Construct(Box::new(Construct {
+                ty: slice.get_type().into_any().unbind(),
+                args,
+                keywords: Box::default(),
+            }))
+        }))
+    }
+
+    /// A dataclass rebuilt from the fields that are set, after dask's check that this is possible.
+    fn dataclass(
+        &mut self,
+        obj: &Bound<'_, PyAny>,
+        fields: &[Py<PyString>],
+        depth: usize,
+    ) -> PyResult<Option<Arg>> {
+        let present = fields
+            .iter()
+            .filter_map(|name| obj.getattr(name).ok().map(|value| (name, value)))
+            .collect::<Vec<_>>();
+        let keywords = present
+            .iter()
+            .map(|(name, value)| Ok(((*name).clone_ref(obj.py()), self.parse(value, depth)?)))
+            .collect::<PyResult<Keywords>>()?;
+        if keywords.iter().all(|(_, v)| v.is_value()) {
+            return Ok(None);
+        }
+        check_rebuildable(obj, &present)?;
+        Ok(Some(Arg::Construct(Box::new(Construct {
+            ty: obj.get_type().into_any().unbind(),
+            args: Box::default(),
+            keywords,
+        }))))
+    }
+
     /// The parsed items, or `None` when none of them holds a `Delayed` (the original is then kept).
     fn items<'py>(
         &mut self,
         items: impl Iterator<Item = Bound<'py, PyAny>>,
         depth: usize,
     ) -> PyResult<Option<Box<[Arg]>>> {
-        let parsed = items
-            .map(|item| self.parse(&item, depth))
-            .collect::<PyResult<Box<[_]>>>()?;
+        let parsed = exact(items.map(|item| self.parse(&item, depth)))?;
         Ok(parsed.iter().any(|arg| !arg.is_value()).then_some(parsed))
     }
+}
+
+/// The items, allocated at their exact number: collecting fallible items would allocate room for four
+/// and shrink, which leaves a hole in the heap for every call built (80 bytes a call, measured).
+fn exact<T>(items: impl Iterator<Item = PyResult<T>>) -> PyResult<Box<[T]>> {
+    let mut collected = Vec::with_capacity(items.size_hint().0);
+    for item in items {
+        collected.push(item?);
+    }
+    Ok(collected.into_boxed_slice())
 }
 
 fn is_scalar(obj: &Bound<'_, PyAny>) -> bool {
@@ -441,7 +660,7 @@ fn is_scalar(obj: &Bound<'_, PyAny>) -> bool {
 enum Kind {
     Opaque,
     NamedTuple,
-    /// The names of the fields its `__init__` takes.
+    /// The names of its fields.
     Dataclass(Arc<[Py<PyString>]>),
     Iterator,
     /// A dask collection (a dask.delayed, array, ...): computed by dask inside a task of ours.
@@ -470,22 +689,8 @@ fn kind_of(ty: &Bound<'_, PyType>) -> PyResult<Kind> {
         let fields = FIELDS.import(py, "dataclasses", "fields")?.call1((ty,))?;
         let names = fields
             .try_iter()?
-            .filter_map(|field| {
-                let field = field.ok()?;
-                field
-                    .getattr("init")
-                    .ok()?
-                    .is_truthy()
-                    .ok()?
-                    .then_some(())?;
-                field
-                    .getattr("name")
-                    .ok()?
-                    .cast_into::<PyString>()
-                    .ok()
-                    .map(Bound::unbind)
-            })
-            .collect();
+            .map(|field| Ok(field?.getattr("name")?.cast_into::<PyString>()?.unbind()))
+            .collect::<PyResult<_>>()?;
         Kind::Dataclass(names)
     } else if ty.hasattr("__dask_graph__")? {
         Kind::DaskCollection
@@ -509,13 +714,48 @@ fn kind_of(ty: &Bound<'_, PyType>) -> PyResult<Kind> {
     Ok(kind)
 }
 
+/// dask's check that a dataclass holding `Delayed` objects can be rebuilt from its fields: its
+/// `__init__` must take every field that is set.
+fn check_rebuildable(
+    obj: &Bound<'_, PyAny>,
+    present: &[(&Py<PyString>, Bound<'_, PyAny>)],
+) -> PyResult<()> {
+    let py = obj.py();
+    static REPLACE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let replace = REPLACE.import(py, "dataclasses", "replace")?;
+    let fields = PyDict::new(py);
+    for (name, value) in present {
+        fields.set_item(name.bind(py), value)?;
+    }
+    let Err(error) = replace.call((obj,), Some(&fields)) else {
+        return Ok(());
+    };
+    let type_name = obj.get_type().qualname()?;
+    let init_false = error.is_instance_of::<PyValueError>(py)
+        || error.to_string().contains("is declared with init=False");
+    let rebuilt = if init_false {
+        PyValueError::new_err(format!(
+            "Failed to unpack {type_name} instance. Note that using fields with `init=False` are not \
+             supported."
+        ))
+    } else if error.is_instance_of::<PyTypeError>(py) {
+        PyTypeError::new_err(format!(
+            "Failed to unpack {type_name} instance. Note that using a custom __init__ is not supported."
+        ))
+    } else {
+        return Err(error);
+    };
+    rebuilt.set_cause(py, Some(error));
+    Err(rebuilt)
+}
+
 /// A task computing a dask collection with dask, keyed like the collection when it has one key (a
 /// dask.delayed), so that the same collection passed twice is computed once.
 fn foreign_collection(obj: &Bound<'_, PyAny>) -> PyResult<Arc<TaskNode>> {
     static COMPUTE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let compute = COMPUTE.import(obj.py(), "belated._dask", "compute_collection")?;
-    let key = match obj.getattr("key").and_then(|k| k.extract::<String>()) {
-        Ok(key) => Key::Named(key.into()),
+    let key = match obj.getattr("key").and_then(|k| Key::given(&k)) {
+        Ok(key) => key,
         Err(_) => Key::unique(),
     };
     let op = Op::Call {
@@ -567,12 +807,10 @@ fn strip_token(name: &str) -> &str {
     }
 }
 
-/// A uuid4-shaped text for a unique id: random per process, so keys of different processes differ.
-fn uuid_text(id: u64) -> String {
-    static SALT: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    let salt = SALT.get_or_init(Default::default);
-    let word = |lane: u8| salt.hash_one((id, lane));
-    let (a, b) = (word(0), word(1));
+/// A uuid4-shaped text for a unique id, different for every (id, salt) pair in practice.
+fn uuid_text(id: u64, salt: u64) -> String {
+    let a = splitmix64(salt ^ splitmix64(id));
+    let b = splitmix64(a ^ salt.rotate_left(29));
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
         a >> 32,
@@ -581,4 +819,12 @@ fn uuid_text(id: u64) -> String {
         0x8000 | (b >> 48) & 0x3fff,
         b & 0xffff_ffff_ffff
     )
+}
+
+/// A bijective 64-bit mix (splitmix64's finaliser).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

@@ -1,0 +1,116 @@
+//! Tokens of pure calls made without Python when every part is a plain value: operators, `[]` and
+//! attribute access tokenize at every use, so they must cost little more than an impure call.
+//!
+//! The parts (the callable's identity, then the arguments) are written in a tagged, length-prefixed
+//! encoding, so that different parts never write the same bytes, and hashed with fixed keys: equal calls
+//! get equal tokens in every process of one build. A call with any other part (a function, an array, a
+//! keyword argument...) goes to `belated._tokenize.call_token`; a given call always takes the same path,
+//! so equal calls still get equal tokens.
+
+use std::hash::{DefaultHasher, Hasher};
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PySlice, PyString, PyTuple};
+
+use crate::delayed::Delayed;
+use crate::task::Key;
+
+/// Nesting deeper than this is left to Python, which handles any depth.
+const MAX_DEPTH: usize = 8;
+
+/// The token of a pure call of what `head` identifies on `args` and `kwargs`.
+pub(crate) fn call_token<'py>(
+    py: Python<'py>,
+    head: Vec<Bound<'py, PyAny>>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<String> {
+    let no_kwargs = kwargs.is_none_or(|k| k.is_empty());
+    let mut encoding = Vec::with_capacity(64);
+    if no_kwargs
+        && head.iter().all(|part| encode(&mut encoding, part, 0))
+        && args.iter().all(|arg| encode(&mut encoding, &arg, 0))
+    {
+        return Ok(digest(&encoding));
+    }
+    static CALL_TOKEN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let call_token = CALL_TOKEN.import(py, "belated._tokenize", "call_token")?;
+    let mut parts = head;
+    parts.extend(args.iter());
+    call_token
+        .call1((PyTuple::new(py, parts)?, kwargs))?
+        .extract()
+}
+
+/// Appends `obj`'s encoding; false when it is not a plain value.
+fn encode(out: &mut Vec<u8>, obj: &Bound<'_, PyAny>, depth: usize) -> bool {
+    if obj.is_none() {
+        out.push(0);
+    } else if let Ok(flag) = obj.cast_exact::<PyBool>() {
+        out.extend([1, flag.is_true() as u8]);
+    } else if let Ok(int) = obj.cast_exact::<PyInt>() {
+        let Ok(value) = int.extract::<i64>() else {
+            return false;
+        };
+        out.push(2);
+        out.extend(value.to_le_bytes());
+    } else if let Ok(float) = obj.cast_exact::<PyFloat>() {
+        out.push(3);
+        out.extend(float.value().to_bits().to_le_bytes());
+    } else if let Ok(text) = obj.cast_exact::<PyString>() {
+        let Ok(text) = text.to_str() else {
+            return false;
+        };
+        bytes(out, 4, text.as_bytes());
+    } else if let Ok(data) = obj.cast_exact::<PyBytes>() {
+        bytes(out, 5, data.as_bytes());
+    } else if let Ok(delayed) = obj.cast::<Delayed>() {
+        let payload = delayed.get().node().payload();
+        let tag = if matches!(payload.key, Key::Object(_)) {
+            7
+        } else {
+            6
+        };
+        bytes(out, tag, payload.key_string(obj.py()).as_bytes());
+    } else if depth >= MAX_DEPTH {
+        return false;
+    } else if let Ok(tuple) = obj.cast_exact::<PyTuple>() {
+        length(out, 8, tuple.len());
+        return tuple.iter().all(|item| encode(out, &item, depth + 1));
+    } else if let Ok(list) = obj.cast_exact::<PyList>() {
+        length(out, 9, list.len());
+        return list.iter().all(|item| encode(out, &item, depth + 1));
+    } else if let Ok(slice) = obj.cast_exact::<PySlice>() {
+        out.push(10);
+        return ["start", "stop", "step"].iter().all(|name| {
+            slice
+                .getattr(*name)
+                .is_ok_and(|bound| encode(out, &bound, depth + 1))
+        });
+    } else {
+        return false;
+    }
+    true
+}
+
+fn length(out: &mut Vec<u8>, tag: u8, len: usize) {
+    out.push(tag);
+    out.extend((len as u64).to_le_bytes());
+}
+
+fn bytes(out: &mut Vec<u8>, tag: u8, data: &[u8]) {
+    length(out, tag, data.len());
+    out.extend_from_slice(data);
+}
+
+/// 128 bits as 32 hex digits, like dask's tokens. `DefaultHasher::new()` has fixed keys.
+fn digest(encoding: &[u8]) -> String {
+    let half = |lane: u8| {
+        let mut hasher = DefaultHasher::new();
+        hasher.write_u8(lane);
+        hasher.write(encoding);
+        hasher.finish()
+    };
+    format!("{:016x}{:016x}", half(0), half(1))
+}

@@ -1,0 +1,581 @@
+"""No silent differences from dask: keys (which calls are merged), traversal, dask's graph protocol and
+graph manipulation, and dask's smaller conventions. Each behaviour is checked against dask itself."""
+
+import dataclasses
+import functools
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import warnings
+
+import dask
+import dask.graph_manipulation
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import belated
+from belated import compute, delayed
+from belated.graph_manipulation import bind, checkpoint, clone, wait_on
+
+EXAMPLES = int(os.environ.get("BELATED_HYPOTHESIS_EXAMPLES", "500"))
+BACKENDS = pytest.mark.parametrize("lib", [belated, dask], ids=["belated", "dask"])
+
+
+def inc(x):
+    return x + 1
+
+
+def add(x, y):
+    return x + y
+
+
+def both(lib, *objs):
+    return lib.compute(*objs, scheduler="sync")
+
+
+# --- pure=True identifies functions by what they do ------------------------------------------------------
+
+
+def make_adder(n):
+    def adder(x):
+        return x + n
+
+    return adder
+
+
+A, B = 1, 2
+
+
+def uses_a(x):
+    return x + A
+
+
+def uses_b(x):
+    return x + B
+
+
+class Scaler:
+    def __init__(self, factor):
+        self.factor = factor
+
+    def scale(self, x):
+        return x * self.factor
+
+    def __call__(self, x):
+        return x * self.factor
+
+
+def local_classes():
+    class Box:
+        def __init__(self, x):
+            self.x = ("one", x)
+
+    first = Box
+
+    class Box:
+        def __init__(self, x):
+            self.x = ("two", x)
+
+    return first, Box
+
+
+def distinct_callables():
+    """Pairs of callables that return different results for 10 but could be mistaken for each other."""
+    first_box, second_box = local_classes()
+    return {
+        "closures": (make_adder(1), make_adder(2)),
+        "lambda bodies": (lambda s: s + 1, lambda s: s - 1),
+        "lambda globals": (lambda x: x + A, lambda x: x + B),
+        "defaults": ((lambda x, n=1: x + n), (lambda x, n=2: x + n)),
+        "keyword defaults": ((lambda x, *, n=1: x + n), (lambda x, *, n=2: x + n)),
+        "partials": (functools.partial(add, 1), functools.partial(add, 2)),
+        "bound methods": (Scaler(2).scale, Scaler(3).scale),
+        "callable objects": (Scaler(2), Scaler(3)),
+        "builtins": (abs, bin),
+        "local classes": (lambda x: first_box(x).x, lambda x: second_box(x).x),
+        "nested closures": (make_adder(make_adder(1)(0)), make_adder(make_adder(2)(0))),
+    }
+
+
+@pytest.mark.parametrize("case", list(distinct_callables()))
+@BACKENDS
+def test_pure_calls_of_different_callables_are_not_merged(lib, case):
+    first, second = distinct_callables()[case]
+    expected = (first(10), second(10))
+    assert expected[0] != expected[1]
+    assert both(lib, lib.delayed(first, pure=True)(10), lib.delayed(second, pure=True)(10)) == expected
+    with lib.config.set(delayed_pure=True):
+        a, b = lib.delayed(first)(10), lib.delayed(second)(10)
+    assert a.key != b.key
+    assert both(lib, a, b) == expected
+
+
+def test_the_issue_examples_of_merged_functions():
+    assert compute(delayed(make_adder(1), pure=True)(10), delayed(make_adder(2), pure=True)(10)) == (11, 12)
+    upper = delayed(lambda s: s.upper(), pure=True)("a")
+    lower = delayed(lambda s: s.lower(), pure=True)("a")
+    assert upper.key != lower.key
+    assert compute(delayed(uses_a, pure=True)(1), delayed(uses_b, pure=True)(1)) == (2, 3)
+    assert delayed(lambda x: x + A, pure=True).key != delayed(lambda x: x + B, pure=True).key
+
+
+@BACKENDS
+def test_pure_calls_of_the_same_function_are_merged(lib):
+    assert lib.delayed(make_adder(1), pure=True)(10).key == lib.delayed(make_adder(1), pure=True)(10).key
+    assert lib.delayed(inc, pure=True)(1).key == lib.delayed(inc, pure=True)(1).key
+    scale = lib.delayed(Scaler(2).scale, pure=True)
+    assert scale(1).key == lib.delayed(Scaler(2).scale, pure=True)(1).key
+
+
+def test_a_function_that_cannot_be_identified_gets_unique_keys():
+    lock = threading.Lock()
+
+    def locked(x):
+        with lock:
+            return x + 1
+
+    first, second = delayed(locked, pure=True)(1), delayed(locked, pure=True)(1)
+    assert first.key != second.key
+    assert compute(first, second) == (2, 2)
+    with pytest.raises(belated.TokenizationError):
+        belated.tokenize(locked, ensure_deterministic=True)
+
+
+def test_recursive_and_self_referencing_functions_tokenize():
+    def factorial(n):
+        return 1 if n <= 1 else n * factorial(n - 1)
+
+    assert delayed(factorial, pure=True)(5).key == delayed(factorial, pure=True)(5).key
+    assert delayed(factorial, pure=True)(5).compute() == 120
+    nested = []
+    nested.append(nested)
+    assert belated.tokenize(nested) != belated.tokenize(nested)  # no canonical form: never merged
+
+
+def test_a_redefined_main_function_is_told_apart_by_its_code():
+    script = (
+        "import belated\n"
+        "def f(x):\n    return x + 1\n"
+        "a = belated.delayed(f, pure=True)(1)\n"
+        "def f(x):\n    return x + 2\n"
+        "b = belated.delayed(f, pure=True)(1)\n"
+        "print(belated.compute(a, b))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "(2, 3)", out.stderr
+
+
+# --- impure keys differ across fork -------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_children_make_different_impure_keys():
+    keys = []
+    for _ in range(2):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(write, delayed(inc)(1).key.encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            keys.append(pipe.read())
+        os.waitpid(pid, 0)
+    parent = delayed(inc)(1).key
+    assert len({*keys, parent}) == 3, keys
+
+
+# --- Delayed inside slices --------------------------------------------------------------------------------
+
+
+@BACKENDS
+def test_delayed_inside_slices_is_computed(lib):
+    data = lib.delayed(list(range(10)))
+    n, step = lib.delayed(3), lib.delayed(2)
+    results = both(
+        lib,
+        data[n:],
+        data[1:n],
+        data[n:8:step],
+        lib.delayed(lambda xs, s: xs[s])(list(range(5)), slice(None, n)),
+        lib.delayed(lambda ss: [s.stop for s in ss])([slice(n), slice(1, step)]),
+    )
+    assert results == ([3, 4, 5, 6, 7, 8, 9], [1, 2], [3, 5, 7], [0, 1, 2], [3, 2])
+
+
+# --- dask's graph protocol round-trips --------------------------------------------------------------------
+
+
+def test_dask_optimize_and_persist_keep_tasks_and_values():
+    x = delayed(inc)(1)
+    assert dask.optimize(x)[0].compute() == 2
+    (optimized,) = dask.optimize(delayed(add)(x, delayed(inc)(x)))
+    assert optimized.compute() == 5
+    (persisted,) = dask.persist(x, scheduler="sync")
+    assert persisted.key == x.key and persisted.compute() == 2
+    # A persisted value that looks like a task stays a value.
+    (looks_like_a_task,) = dask.persist(delayed(lambda: (inc, 1))(), scheduler="sync")
+    assert looks_like_a_task.compute() == (inc, 1)
+
+
+def test_dask_graph_manipulation_runs_on_belated_objects():
+    events = []
+    first = delayed(events.append)("first")
+    second = delayed(events.append)("second")
+    bound = dask.graph_manipulation.bind(second, first)
+    assert bound.key != second.key
+    assert bound.compute(scheduler="sync") is None
+    assert events == ["first", "second"]
+    x = delayed(inc)(1)
+    assert dask.graph_manipulation.clone(x).compute() == 2
+    assert dask.graph_manipulation.wait_on(x).compute() == 2
+    assert dask.graph_manipulation.checkpoint(x).compute() is None
+
+
+def test_the_bind_example_of_dasks_delayed_docs():
+    # docs/source/delayed.rst, "Indirect Dependencies" (dask/dask, BSD-3-Clause), on both libraries.
+    for lib in (belated, dask):
+        calls = []
+        write_to_disk = lib.delayed(calls.append)
+
+        @lib.delayed
+        def inc(x):
+            return x + 1
+
+        @lib.delayed
+        def add(x, y):
+            return x + y
+
+        x = inc(1)
+        y = inc(2)
+        write = write_to_disk(add(x, y))
+        z = add(x, x)
+        z = dask.graph_manipulation.bind(z, write)
+        assert z.compute() == 4 and calls == [5]
+
+
+RECORDED = []
+
+
+def record(event):
+    RECORDED.append(event)
+
+
+def test_belated_graph_manipulation_orders_tasks_in_the_engine():
+    events = []
+    first = delayed(events.append)("first")
+    second = bind(delayed(events.append)("second"), first)
+    assert compute(second, scheduler="threads") == (None,)
+    assert events == ["first", "second"]
+    # The edge carries no data and survives pickling and export to dask.
+    RECORDED.clear()
+    again = pickle.loads(pickle.dumps(bind(delayed(len)([1, 2]), delayed(record)("waited"))))
+    assert again.compute() == 2 and RECORDED == ["waited"]
+    RECORDED.clear()
+    assert dask.compute(bind(delayed(len)([1]), delayed(record)("dask")))[0] == 1
+    assert RECORDED == ["dask"]
+
+
+def test_bind_copies_the_children_but_not_omitted_tasks():
+    calls = []
+
+    def counted(x):
+        calls.append(x)
+        return x
+
+    shared = delayed(counted)(1)
+    child = delayed(add)(shared, delayed(counted)(2))
+    copy = bind(child, None, omit=shared)
+    assert copy.key != child.key
+    assert compute(child, copy) == (3, 3)
+    assert sorted(calls) == [1, 2, 2]  # the omitted task ran once, the copied one twice
+    assert bind(child, None, seed=1).key == bind(child, None, seed=1).key != bind(child, None, seed=2).key
+
+
+def test_clone_wait_on_and_checkpoint():
+    x, y = delayed(inc)(1), delayed(inc)(2)
+    cloned = clone(x)
+    assert cloned.key != x.key and cloned.compute() == 2
+    a, b = clone(x, y)
+    assert compute(a, b) == (2, 3)
+    waited = wait_on({"x": x, "ys": [y]})
+    assert set(waited) == {"x", "ys"} and waited["x"].key != x.key
+    assert compute(waited) == ({"x": 2, "ys": [3]},)
+    assert checkpoint(x, [y]).compute() is None
+    assert checkpoint(x).key == checkpoint(x).key
+    with pytest.raises(ValueError, match="split_every"):
+        checkpoint(x, split_every=1)
+    with pytest.raises(TypeError, match=r"dask\.graph_manipulation"):
+        clone(dask.delayed(1))
+
+
+def test_belated_optimize_returns_what_it_was_given():
+    x = delayed(inc)(1)
+    assert belated.optimize(x, 5) == (x, 5)
+    optimized = belated.optimize(x, dask.delayed(inc)(1))
+    assert belated.compute(*optimized) == (2, 2)
+
+
+# --- operators, [] and attributes are pure ----------------------------------------------------------------
+
+
+class Counter:
+    def __init__(self):
+        self.reads = 0
+
+    @property
+    def n(self):
+        self.reads += 1
+        return self.reads
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return index
+
+
+@BACKENDS
+def test_operators_items_and_attributes_get_deterministic_keys(lib):
+    a = lib.delayed([1, 2, 3])
+    assert a[1].key == a[1].key
+    assert (a[0] + 1).key == (a[0] + 1).key
+    assert (-a[0]).key == (-a[0]).key
+    assert a.count.key == a.count.key
+    assert a[1].key != a[2].key
+    assert (a[0] + 1).key != (a[0] - 1).key
+    assert lib.delayed(3).real.key != lib.delayed(3).imag.key
+
+
+def operands(lib):
+    """Operands told apart by value and type, plain (hashed in Rust) and not (hashed in Python)."""
+    return [1, 1.0, True, "1", b"1", None, 10**30, (1,), [1], (1, (2, "x")), slice(1), slice(None, 1),
+            -0.0, 0.0, {"a": 1}, {1}, lib.delayed(1, name="one"), lib.delayed((1,), name=("one", 0)),
+            [lib.delayed(1, name="one")], inc, Scaler(2)]  # fmt: skip
+
+
+def test_operand_kinds_give_equal_keys_exactly_when_dask_does():
+    ours, theirs = operands(belated), operands(dask)
+    x, y = belated.delayed(1, name="x"), dask.delayed(1, name="x")
+    for i in range(len(ours)):
+        for j in range(len(ours)):
+            same_here = (x + ours[i]).key == (x + ours[j]).key
+            same_there = (y + theirs[i]).key == (y + theirs[j]).key
+            assert same_here == same_there, (ours[i], ours[j])
+
+
+@BACKENDS
+def test_repeated_attribute_reads_of_an_impure_property_are_one_task(lib):
+    x = lib.delayed(Counter())
+    assert both(lib, x.n, x.n) == (1, 1)
+    y = lib.delayed(Counter())
+    assert both(lib, y[0], y[0], y[1]) == (0, 0, 1)
+
+
+@BACKENDS
+def test_method_calls_are_impure_unless_asked(lib):
+    a = lib.delayed([1, 2, 2])
+    assert a.count(2).key != a.count(2).key
+    assert a.count(2, pure=True).key == a.count(2, pure=True).key
+    with lib.config.set(delayed_pure=True):
+        assert a.count(2).key == a.count(2).key
+
+
+@BACKENDS
+def test_delayed_values_honour_delayed_pure(lib):
+    assert lib.delayed(5).key != lib.delayed(5).key
+    assert lib.delayed(5, pure=True).key == lib.delayed(5, pure=True).key
+    with lib.config.set(delayed_pure=True):
+        assert lib.delayed(5).key == lib.delayed(5).key
+        x = lib.delayed(1, name="x")
+        assert lib.delayed([x, 2]).key == lib.delayed([x, 2]).key
+        assert lib.delayed(5, nout=1).key != lib.delayed(5).key
+
+
+# Programs over operators, [], attributes, methods and calls; run on both libraries, equal keys on one
+# side must be equal keys on the other.
+STEPS = ["add", "neg", "item", "slice", "attr", "method", "shared", "fresh", "literal", "apply"]
+key_programs = st.lists(
+    st.tuples(st.sampled_from(STEPS), st.integers(0, 50), st.integers(0, 50), st.booleans()),
+    min_size=1,
+    max_size=25,
+)
+
+
+def pairs(a, b):
+    return (a, b, a + b)
+
+
+def combine(a, b):
+    return (a * 31 + b) % 1_000_003
+
+
+def run_keys(program, lib):
+    shared_combine = lib.delayed(combine, pure=True)
+    shared_pairs = lib.delayed(pairs, pure=True)
+    values = [lib.delayed(1, name="one"), lib.delayed(2, name="two")]
+    for step, i, j, flag in program:
+        a, b = values[i % len(values)], values[j % len(values)]
+        if step == "add":
+            value = a + b
+        elif step == "neg":
+            value = -a
+        elif step == "item":
+            value = shared_pairs(a, b)[j % 3]
+        elif step == "slice":
+            value = lib.delayed(sum, pure=True)(shared_pairs(a, b)[(a % 2) :])
+        elif step == "attr":
+            value = a.real if flag else a.imag
+        elif step == "method":
+            value = a.bit_length(pure=flag)
+        elif step == "shared":
+            value = shared_combine(a, b)
+        elif step == "fresh":
+            value = lib.delayed(combine, pure=flag)(a, b)
+        elif step == "apply":
+            value = lib.delayed(make_adder, pure=True)(j)(a, pure=flag)
+        else:
+            value = lib.delayed(i % 3, pure=flag)
+        values.append(value)
+    return values
+
+
+@settings(max_examples=max(EXAMPLES // 5, 30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(program=key_programs, configured_pure=st.booleans())
+def test_key_equality_matches_dask(program, configured_pure):
+    with belated.config.set(delayed_pure=configured_pure), dask.config.set(delayed_pure=configured_pure):
+        ours, theirs = run_keys(program, belated), run_keys(program, dask)
+    for i, (mine, reference) in enumerate(zip(ours, theirs, strict=True)):
+        for j in range(i):
+            same_here = mine.key == ours[j].key
+            same_there = reference.key == theirs[j].key
+            assert same_here == same_there, (i, j, mine.key, reference.key)
+    assert compute(*ours) == dask.compute(*theirs, scheduler="sync")
+
+
+# --- smaller conventions ----------------------------------------------------------------------------------
+
+
+@BACKENDS
+def test_private_key_and_length(lib):
+    x = lib.delayed(divmod, nout=2)(7, 2)
+    assert x._key == x.key and x._length == 2
+    assert lib.delayed(1)._length is None
+
+
+@BACKENDS
+def test_tuple_key_names_stay_tuples(lib):
+    x = lib.delayed(inc)(1, dask_key_name=("x", 0))
+    y = lib.delayed(add)(x, 1, dask_key_name=("y", 0))
+    assert x.key == ("x", 0) and y.key == ("y", 0)
+    graph = dict(y.dask)
+    assert set(graph) == {("x", 0), ("y", 0)}
+    assert y.compute() == 3
+    assert lib.delayed(5, name=("five", 1)).key == ("five", 1)
+    if lib is belated:
+        assert pickle.loads(pickle.dumps(y)).key == ("y", 0)
+        assert belated.persist(y)[0].key == ("y", 0)
+
+
+@BACKENDS
+def test_item_assignment_says_immutable(lib):
+    a = lib.delayed([1, 2])
+    with pytest.raises(TypeError, match="Delayed objects are immutable"):
+        a[0] = 1
+    with pytest.raises(TypeError, match="Delayed objects are immutable"):
+        a.attribute = 1
+
+
+@dataclasses.dataclass
+class Plain:
+    a: int
+    b: int = 0
+
+
+@dataclasses.dataclass
+class CustomInit:
+    a: int
+    b: int
+
+    def __init__(self, a):
+        self.a, self.b = a, 0
+
+
+@dataclasses.dataclass
+class InitFalse:
+    a: int
+    b: int = dataclasses.field(init=False, default=0)
+
+
+@dataclasses.dataclass
+class InitFalseUnset:
+    a: int
+    b: int = dataclasses.field(init=False)
+
+
+@BACKENDS
+def test_dataclass_arguments_follow_dasks_rules(lib):
+    x = lib.delayed(1)
+    assert lib.delayed(lambda p: p.a + p.b)(Plain(x, 2)).compute() == 3
+    with pytest.raises(TypeError, match="custom __init__"):
+        lib.delayed(lambda p: p)(CustomInit(x))
+    with pytest.raises(ValueError, match="init=False"):
+        lib.delayed(lambda p: p)(InitFalse(x))
+    assert lib.delayed(lambda p: p.a)(InitFalseUnset(x)).compute() == 1
+    # Without a Delayed inside, a dataclass is passed as it is.
+    assert lib.delayed(lambda p: p.b)(CustomInit(1)).compute() == 0
+
+
+@BACKENDS
+def test_visualise_is_a_spelling_warning(lib):
+    x = lib.delayed(1)
+    with pytest.warns(UserWarning, match="Perhaps you meant `visualize`"):
+        x.visualise  # noqa: B018 - reading it is what warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x.visualize  # noqa: B018
+
+
+def test_top_level_helpers_are_dasks():
+    x = delayed(inc)(1)
+    assert belated.is_dask_collection(x) and belated.is_dask_collection(dask.delayed(1))
+    assert not belated.is_dask_collection(1) and not belated.is_dask_collection(belated.Delayed)
+    assert belated.tokenize(1, "a") == belated.tokenize(1, "a") != belated.tokenize(1, "b")
+    assert belated.tokenize(x) == belated.tokenize(x)
+    assert belated.persist(x)[0].compute() == 2
+    assert belated.visualize(x, filename=None, format="svg").format == "svg"
+    with belated.annotate(retries=2):
+        assert belated.config.get("annotations") == {"retries": 2}
+        assert delayed(inc)(x).compute() == 3
+    with pytest.raises(TypeError, match="retries"), belated.annotate(retries="twice"):
+        pass
+
+
+def test_import_belated_as_dask_reaches_dasks_submodules():
+    import dask.array
+    import dask.utils
+
+    assert belated.utils is dask.utils
+    assert belated.array is dask.array
+    assert belated.base.tokenize is not None
+    assert belated.graph_manipulation.bind is bind
+    with pytest.raises(AttributeError):
+        belated.no_such_thing  # noqa: B018
+
+
+def test_without_dask_the_error_names_the_extra():
+    script = (
+        "import sys\n"
+        "sys.modules['dask'] = None\n"
+        "import belated\n"
+        "assert belated.delayed(1).compute() == 1\n"
+        "try:\n    belated.array\n"
+        "except ImportError as e:\n    print(e)\n"
+        "print(hasattr(belated, 'no_such_thing'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "pip install 'belated[dask]'" in out.stdout, out.stderr
+    assert out.stdout.strip().endswith("False")
