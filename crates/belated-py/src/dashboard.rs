@@ -95,7 +95,7 @@ impl HubObserver {
                 let task = node.payload();
                 match (&task.key, &task.op) {
                     (
-                        Key::Unique(_),
+                        Key::Unique { .. },
                         Op::Call {
                             func: Arg::Value(function),
                             ..
