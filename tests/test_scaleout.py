@@ -155,6 +155,22 @@ def record_submissions(client, monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("durations", [{}, {"square": 1e-5, "sum": 1e-5}], ids=["not measured", "short"])
+def test_blocks_pass_values_across_blocks(client, monkeypatch, durations):
+    monkeypatch.setattr(_dask, "DURATIONS", dict(durations))
+    layer = [delayed(square)(i) for i in range(64)]
+    while len(layer) > 1:
+        layer = [delayed(sum)(layer[i : i + 2]) for i in range(0, len(layer), 2)]
+    chain = delayed(square)(1)
+    for _ in range(40):
+        chain = delayed(sum)([chain, 1])
+    shared = delayed(square)(3)
+    uneven = [delayed(sum)([shared, i]) for i in range(30)] + [delayed(sum)([layer[0], chain, shared])]
+    assert compute(layer[0], chain, uneven, scheduler=client) == compute(
+        layer[0], chain, uneven, scheduler="sync"
+    )
+
+
 def test_every_way_in_uses_the_same_submission(client, monkeypatch):
     planned = []
     real_plan = _fuse.plan

@@ -425,9 +425,9 @@ def _references(task, graph):
 def _topological(graph, dependencies):
     order, done = [], set()
     for root in graph:
-        stack = [(root, iter(dependencies[root]))]
         if root in done:
             continue
+        stack = [(root, iter(dependencies[root]))]
         while stack:
             key, deps = stack[-1]
             for dep in deps:
