@@ -7,6 +7,7 @@ import sys
 import time
 import traceback
 import urllib.request
+import weakref
 
 import numpy as np
 import pytest
@@ -169,6 +170,36 @@ def test_blocks_pass_values_across_blocks(client, monkeypatch, durations):
     assert compute(layer[0], chain, uneven, scheduler=client) == compute(
         layer[0], chain, uneven, scheduler="sync"
     )
+
+
+TRACKED = weakref.WeakSet()
+
+
+class Tracked:
+    """A value whose instances alive in a worker process can be counted there (``TRACKED``)."""
+
+    def __init__(self, seen):
+        self.seen = seen
+        TRACKED.add(self)
+
+
+def tracked_step(previous=None):
+    """Records how many Tracked values are alive in this worker as the step runs."""
+    seen = previous.seen if previous is not None else []
+    return Tracked([*seen, len(TRACKED)])
+
+
+def seen_by(value):
+    return value.seen
+
+
+def test_a_block_frees_values_on_the_worker_after_their_last_use(client):
+    x = delayed(tracked_step)()
+    for _ in range(12):
+        x = delayed(tracked_step)(x)
+    seen = delayed(seen_by)(x).compute()
+    assert len(seen) == 13
+    assert max(seen) <= 1, f"only the step's input is alive while it runs, not every earlier value: {seen}"
 
 
 def test_every_way_in_uses_the_same_submission(client, monkeypatch):
