@@ -414,38 +414,40 @@ def test_ray_frees_each_intermediate_once_its_consumer_is_submitted(ray_instance
     assert delayed(spilled_files)(x, spill_directory).compute(scheduler="ray") == 0
 
 
-def finish_after(seconds, marker):
+def sleep_in_worker(seconds, pid_file):
+    with open(pid_file, "w") as out:
+        out.write(str(os.getpid()))
     time.sleep(seconds)
-    with open(marker, "w") as out:
-        out.write("finished")
     return seconds
 
 
-def explode_after(seconds):
-    time.sleep(seconds)
+def explode_once_started(pid_file):
+    for _ in range(600):  # fails once the sleeper runs (up to 60 s)
+        if os.path.exists(pid_file) and os.path.getsize(pid_file):
+            break
+        time.sleep(0.1)
     raise Boom("early")
 
 
-def test_ray_cancels_the_rest_on_the_first_failure(ray_instance, tmp_path):
-    marker = tmp_path / "finished"
-    slow = delayed(finish_after)(60, str(marker))
-    with pytest.raises(Boom, match="early"):
-        compute([slow, delayed(explode_after)(0.5)], scheduler="ray")
-    assert not marker.exists(), "the failure came back before the slow task finished"
-
-
-def test_ray_reports_progress_to_callbacks_and_the_dashboard(ray_instance):
-    board = belated.dashboard(port=0, quiet=True)
-    seen = []
+def running(pid):
     try:
-        x = delayed(sum)([delayed(square)(i) for i in range(5)])
-        with belated.diagnostics.Callback(posttask=lambda key, *_: seen.append(key)):
-            assert x.compute(scheduler="ray") == sum(i * i for i in range(5))
-        assert sorted(seen) == sorted(x.dask)
-        groups = {g["name"]: (g["total"], g["done"]) for g in dashboard_state(board)["groups"]}
-        assert groups == {"square": (5, 5), "sum": (1, 1)}
-    finally:
-        board.stop()
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ray_cancels_the_rest_on_the_first_failure(ray_instance, tmp_path):
+    pid_file = tmp_path / "sleeper"
+    slow = delayed(sleep_in_worker)(600, str(pid_file))
+    with pytest.raises(Boom, match="early"):
+        compute([slow, delayed(explode_once_started)(str(pid_file))], scheduler="ray")
+    pid = int(pid_file.read_text())
+    for _ in range(300):  # the cancellation reaches the sleeping task's worker: up to 30 s
+        if not running(pid):
+            break
+        time.sleep(0.1)
+    assert not running(pid), "the task sleeping for 10 minutes was stopped"
 
 
 def test_missing_engines_say_which_extra_to_install(monkeypatch):

@@ -543,9 +543,10 @@ def _collect(ray, pending, progress, timeout):
 
 def _cancel(ray, pending):
     for status in pending:
-        # A task that already finished, or failed itself, has nothing left to stop.
+        # Forced: a task blocked in a call (sleeping, waiting on I/O) would not see Ray's interrupt,
+        # so its worker is stopped instead. A task that already finished has nothing left to stop.
         with contextlib.suppress(Exception):
-            ray.cancel(status)
+            ray.cancel(status, force=True)
 
 
 def executor_for(scheduler):
