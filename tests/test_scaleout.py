@@ -7,6 +7,7 @@ import sys
 import time
 import traceback
 import urllib.request
+import weakref
 
 import numpy as np
 import pytest
@@ -153,6 +154,52 @@ def record_submissions(client, monkeypatch):
 
     monkeypatch.setattr(client._distributed_client, "get", get)
     return calls
+
+
+@pytest.mark.parametrize("durations", [{}, {"square": 1e-5, "sum": 1e-5}], ids=["not measured", "short"])
+def test_blocks_pass_values_across_blocks(client, monkeypatch, durations):
+    monkeypatch.setattr(_dask, "DURATIONS", dict(durations))
+    layer = [delayed(square)(i) for i in range(64)]
+    while len(layer) > 1:
+        layer = [delayed(sum)(layer[i : i + 2]) for i in range(0, len(layer), 2)]
+    chain = delayed(square)(1)
+    for _ in range(40):
+        chain = delayed(sum)([chain, 1])
+    shared = delayed(square)(3)
+    uneven = [delayed(sum)([shared, i]) for i in range(30)] + [delayed(sum)([layer[0], chain, shared])]
+    assert compute(layer[0], chain, uneven, scheduler=client) == compute(
+        layer[0], chain, uneven, scheduler="sync"
+    )
+
+
+TRACKED = weakref.WeakSet()
+
+
+class Tracked:
+    """A value whose instances alive in a worker process can be counted there (``TRACKED``)."""
+
+    def __init__(self, seen):
+        self.seen = seen
+        TRACKED.add(self)
+
+
+def tracked_step(previous=None):
+    """Records how many Tracked values are alive in this worker as the step runs."""
+    seen = previous.seen if previous is not None else []
+    return Tracked([*seen, len(TRACKED)])
+
+
+def seen_by(value):
+    return value.seen
+
+
+def test_a_block_frees_values_on_the_worker_after_their_last_use(client):
+    x = delayed(tracked_step)()
+    for _ in range(12):
+        x = delayed(tracked_step)(x)
+    seen = delayed(seen_by)(x).compute()
+    assert len(seen) == 13
+    assert max(seen) <= 1, f"only the step's input is alive while it runs, not every earlier value: {seen}"
 
 
 def test_every_way_in_uses_the_same_submission(client, monkeypatch):
@@ -367,38 +414,40 @@ def test_ray_frees_each_intermediate_once_its_consumer_is_submitted(ray_instance
     assert delayed(spilled_files)(x, spill_directory).compute(scheduler="ray") == 0
 
 
-def finish_after(seconds, marker):
+def sleep_in_worker(seconds, pid_file):
+    with open(pid_file, "w") as out:
+        out.write(str(os.getpid()))
     time.sleep(seconds)
-    with open(marker, "w") as out:
-        out.write("finished")
     return seconds
 
 
-def explode_after(seconds):
-    time.sleep(seconds)
+def explode_once_started(pid_file):
+    for _ in range(600):  # fails once the sleeper runs (up to 60 s)
+        if os.path.exists(pid_file) and os.path.getsize(pid_file):
+            break
+        time.sleep(0.1)
     raise Boom("early")
 
 
-def test_ray_cancels_the_rest_on_the_first_failure(ray_instance, tmp_path):
-    marker = tmp_path / "finished"
-    slow = delayed(finish_after)(60, str(marker))
-    with pytest.raises(Boom, match="early"):
-        compute([slow, delayed(explode_after)(0.5)], scheduler="ray")
-    assert not marker.exists(), "the failure came back before the slow task finished"
-
-
-def test_ray_reports_progress_to_callbacks_and_the_dashboard(ray_instance):
-    board = belated.dashboard(port=0, quiet=True)
-    seen = []
+def running(pid):
     try:
-        x = delayed(sum)([delayed(square)(i) for i in range(5)])
-        with belated.diagnostics.Callback(posttask=lambda key, *_: seen.append(key)):
-            assert x.compute(scheduler="ray") == sum(i * i for i in range(5))
-        assert sorted(seen) == sorted(x.dask)
-        groups = {g["name"]: (g["total"], g["done"]) for g in dashboard_state(board)["groups"]}
-        assert groups == {"square": (5, 5), "sum": (1, 1)}
-    finally:
-        board.stop()
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ray_cancels_the_rest_on_the_first_failure(ray_instance, tmp_path):
+    pid_file = tmp_path / "sleeper"
+    slow = delayed(sleep_in_worker)(600, str(pid_file))
+    with pytest.raises(Boom, match="early"):
+        compute([slow, delayed(explode_once_started)(str(pid_file))], scheduler="ray")
+    pid = int(pid_file.read_text())
+    for _ in range(300):  # the cancellation reaches the sleeping task's worker: up to 30 s
+        if not running(pid):
+            break
+        time.sleep(0.1)
+    assert not running(pid), "the task sleeping for 10 minutes was stopped"
 
 
 def test_missing_engines_say_which_extra_to_install(monkeypatch):

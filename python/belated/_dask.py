@@ -475,9 +475,9 @@ def _references(task, graph):
 def _topological(graph, dependencies):
     order, done = [], set()
     for root in graph:
-        stack = [(root, iter(dependencies[root]))]
         if root in done:
             continue
+        stack = [(root, iter(dependencies[root]))]
         while stack:
             key, deps = stack[-1]
             for dep in deps:
@@ -593,9 +593,10 @@ def _collect(ray, pending, progress, timeout):
 
 def _cancel(ray, pending):
     for status in pending:
-        # A task that already finished, or failed itself, has nothing left to stop.
+        # Forced: a task blocked in a call (sleeping, waiting on I/O) would not see Ray's interrupt,
+        # so its worker is stopped instead. A task that already finished has nothing left to stop.
         with contextlib.suppress(Exception):
-            ray.cancel(status)
+            ray.cancel(status, force=True)
 
 
 def executor_for(scheduler):
