@@ -53,7 +53,22 @@ def rebuild(dsk, key, length, rename=None):
     key = (rename or {}).get(key, key)
     if _is_task_graph(dsk):
         return _from_task_graph(dsk, key, length)
-    return _belated.delayed(dsk[key], name=key, nout=length, traverse=False)
+    value = dsk[key]
+    if _is_distributed_future(value):
+        # Persisted on a Dask distributed cluster: the value stays there until computed.
+        fetch = _belated.delayed(future_result, pure=False, nout=length, traverse=False)
+        return fetch(value, dask_key_name=key)
+    return _belated.delayed(value, name=key, nout=length, traverse=False)
+
+
+def _is_distributed_future(value):
+    distributed = sys.modules.get("distributed")
+    return distributed is not None and isinstance(value, distributed.Future)
+
+
+def future_result(future):
+    """The value a Dask distributed future holds."""
+    return future.result()
 
 
 def _is_task_graph(dsk):
