@@ -475,7 +475,9 @@ def test_tuple_key_names_stay_tuples(lib):
     assert set(graph) == {("x", 0), ("y", 0)}
     assert y.compute() == 3
     assert lib.delayed(5, name=("five", 1)).key == ("five", 1)
-    if lib is belated:
+    if lib is belated:  # (dask's clone of its own tuple-keyed Delayed loses the dependency)
+        cloned = dask.graph_manipulation.clone(y)
+        assert cloned.key[0] != "y" and cloned.key[1:] == (0,) and cloned.compute() == 3
         assert pickle.loads(pickle.dumps(y)).key == ("y", 0)
         assert belated.persist(y)[0].key == ("y", 0)
 
@@ -579,3 +581,19 @@ def test_without_dask_the_error_names_the_extra():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "pip install 'belated[dask]'" in out.stdout, out.stderr
     assert out.stdout.strip().endswith("False")
+
+
+def test_dask_persist_on_distributed_keeps_values_on_the_cluster_until_computed():
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        x = delayed(add)(delayed(inc)(1), 10)
+        (persisted,) = dask.persist(x)
+        assert persisted.key == x.key
+        assert persisted.compute(scheduler="sync") == 12
+        assert dask.compute(persisted)[0] == 12
+        assert client.compute(persisted).result() == 12

@@ -59,10 +59,32 @@ def rebuild(dsk, key, length, rename=None):
     optimizers or ``dask.graph_manipulation``); a graph is rebuilt as belated tasks, one per dask task,
     under the same keys, so that nothing in it is mistaken for a value.
     """
-    key = (rename or {}).get(key, key)
+    key = _renamed(key, rename or {})
     if _is_task_graph(dsk):
         return _from_task_graph(dsk, key, length)
-    return _belated.delayed(dsk[key], name=key, nout=length, traverse=False)
+    value = dsk[key]
+    if _is_distributed_future(value):
+        # Persisted on a Dask distributed cluster: the value stays there until computed.
+        fetch = _belated.delayed(future_result, pure=False, nout=length, traverse=False)
+        return fetch(value, dask_key_name=key)
+    return _belated.delayed(value, name=key, nout=length, traverse=False)
+
+
+def _renamed(key, rename):
+    """``key`` with its name replaced as ``rename`` says: a tuple key's name is its first item."""
+    if isinstance(key, tuple) and key and isinstance(key[0], str):
+        return (rename.get(key[0], key[0]), *key[1:])
+    return rename.get(key, key)
+
+
+def _is_distributed_future(value):
+    distributed = sys.modules.get("distributed")
+    return distributed is not None and isinstance(value, distributed.Future)
+
+
+def future_result(future):
+    """The value a Dask distributed future holds."""
+    return future.result()
 
 
 def _is_task_graph(dsk):

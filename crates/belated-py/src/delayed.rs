@@ -4,6 +4,11 @@
 //! tasks; truth testing, `len()` and iteration of a value of unknown length, and setting attributes raise
 //! TypeError. `delayed(func)` gives a callable `Delayed` whose calls become tasks; `obj.attr` gives one
 //! whose call becomes a method call on the computed object.
+//!
+//! Keys follow dask's rules, so that the same program merges the same tasks: operators, `[]` and
+//! attribute reads are pure (tokenized); calls and method calls are impure unless `pure=True` or the
+//! `delayed_pure` configuration says otherwise, and a call's token covers the key of the `delayed(func)`
+//! it is made on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -176,8 +176,21 @@ impl<'py> Legacy<'py> {
         let py = self.py;
         static APPLY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         static CALL_METHOD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static FUTURE_RESULT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         match op {
             Op::Value(arg) => self.arg(arg),
+            // A value persisted on Dask distributed is written as its future, as dask writes it:
+            // distributed then reads it where it is.
+            Op::Call {
+                func: Arg::Value(func),
+                args,
+                kwargs,
+            } if kwargs.is_empty()
+                && args.len() == 1
+                && func.is(FUTURE_RESULT.import(py, "belated._dask", "future_result")?) =>
+            {
+                self.arg(&args[0])
+            }
             Op::Call { func, args, kwargs } if kwargs.is_empty() => {
                 let mut items = vec![self.arg(func)?];
                 for arg in args.iter() {
