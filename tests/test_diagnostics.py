@@ -209,6 +209,14 @@ def test_every_started_callback_is_finished_whatever_another_raises(hook, schedu
     assert not _diagnostic_threads(), "progress bar and resource profiler threads have stopped"
 
 
+def test_sampling_callbacks_finish_quietly_when_their_start_state_never_ran():
+    """Another callback's start_state may raise before theirs runs; they are finished all the same."""
+    out = io.StringIO()
+    ProgressBar(out=out)._finish(None, None, True)
+    ResourceProfiler()._finish(None, None, True)
+    assert out.getvalue() == ""
+
+
 def test_callbacks_are_finished_when_the_computation_cannot_start():
     finished = []
     unpicklable = threading.Lock()

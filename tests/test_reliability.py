@@ -3,6 +3,7 @@
 `BELATED_SOAK_TASKS` sets the soak's total task count (default 2 million; the README's figure uses 10
 million)."""
 
+import contextlib
 import gc
 import itertools
 import os
@@ -209,3 +210,20 @@ def test_iterating_a_delayed_of_huge_length_is_lazy():
     assert first.compute() == 3
     quotient, remainder = delayed(divmod, nout=2)(7, 2)
     assert compute(quotient, remainder) == (3, 1)
+
+
+def test_a_crafted_delayed_that_trips_the_engine_raises_an_exception_not_a_panic():
+    """However it was built (here by hand, as an unpickled stream could), a Delayed's graph and compute
+    raise an ordinary exception rather than a PanicException, which `except Exception` misses."""
+    from belated._belated import rebuild
+
+    try:
+        method_without_object = rebuild([("m-1", (2, "upper", [], []))], [0], None, None)
+    except ValueError:
+        return  # refused when rebuilt: nothing to trip
+    for use in (lambda: method_without_object.dask, lambda: method_without_object.__dask_graph__()):
+        with contextlib.suppress(Exception):  # an error is fine; a PanicException escapes and fails
+            use()
+    for scheduler in ("sync", "threads"):
+        with pytest.raises(Exception):  # noqa: B017 - any Exception, as long as it is one
+            method_without_object.compute(scheduler=scheduler)

@@ -189,7 +189,20 @@ class _DaskState(Mapping):
         return len(self._KEYS)
 
 
-class ProgressBar(Callback):
+class _Sampling(Callback):
+    """A callback with a thread of its own, started by ``_start_state`` and stopped at the end."""
+
+    def _stop_thread(self):
+        """Stops the thread; False when it never started (another callback failed first)."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return False
+        self._stop.set()
+        thread.join()
+        return True
+
+
+class ProgressBar(_Sampling):
     """A terminal progress bar: percentage, tasks done/total and elapsed time.
 
     The bar reads the engine's counters every ``dt`` seconds, so it costs no Python call per task.
@@ -203,6 +216,7 @@ class ProgressBar(Callback):
         self._dt = dt
         self._out = out
         self.last_duration = 0.0
+        self._thread = None
 
     def _start_state(self, dsk, state):
         self._state = state
@@ -217,8 +231,8 @@ class ProgressBar(Callback):
                 self._draw(self._state.done, self._state.total, self._state.elapsed)
 
     def _finish(self, dsk, state, errored):
-        self._stop.set()
-        self._thread.join()
+        if not self._stop_thread():
+            return
         self.last_duration = state.elapsed
         if self.last_duration < self._minimum and not self._shown:
             return
@@ -284,13 +298,14 @@ class Profiler(Callback):
         return visualize([self], filename=filename)
 
 
-class ResourceProfiler(Callback):
+class ResourceProfiler(_Sampling):
     """Samples the process's memory (MB) and CPU use (%) every ``dt`` seconds while computing."""
 
     def __init__(self, dt=1.0):
         super().__init__()
         self._dt = dt
         self.results = []
+        self._thread = None
 
     def _start_state(self, dsk, state):
         self._stop = threading.Event()
@@ -309,8 +324,7 @@ class ResourceProfiler(Callback):
                 return
 
     def _finish(self, dsk, state, errored):
-        self._stop.set()
-        self._thread.join()
+        self._stop_thread()
 
     def clear(self):
         self.results = []

@@ -19,6 +19,7 @@ use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
+use crate::errors::catch_panics;
 use crate::export;
 use crate::task::{funcname, value_prefix, Arg, Collector, Key, Op, PyTask, TaskNode};
 use crate::token;
@@ -631,14 +632,14 @@ impl Delayed {
     /// dependencies referred to by key.
     #[getter]
     fn dask<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        export::legacy_graph(py, self)
+        catch_panics(|| export::legacy_graph(py, self))
     }
 
     // The dask collection protocol, so that dask.compute, dask.delayed and distributed accept belated
     // objects. The graph is `.dask`; dask runs it with its own schedulers.
     #[pyo3(name = "__dask_graph__")]
     fn dask_graph<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        export::legacy_graph(py, self)
+        catch_panics(|| export::legacy_graph(py, self))
     }
 
     #[pyo3(name = "__dask_keys__")]
@@ -696,7 +697,7 @@ impl Delayed {
     fn __reduce__<'py>(
         slf: &Bound<'py, Self>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
-        export::reduce(slf)
+        catch_panics(|| export::reduce(slf))
     }
 
     /// Computes this value; keyword arguments are those of `belated.compute`.

@@ -103,8 +103,9 @@ fn append_note(value: &Bound<'_, PyBaseException>, note: String) -> PyResult<()>
     notes.append(note)
 }
 
-/// Runs the body of a Python entry point, turning a panic inside it into [`InternalError`]. Every
-/// `#[pyfunction]` and method that does more than read a field runs its body through this.
+/// Runs the body of a Python entry point, turning a panic inside it into [`InternalError`]. Entry points
+/// that do real work (computing, drawing, the dashboard, exporting or pickling a graph) run through it;
+/// a panic on a worker thread is caught by the engine and mapped by [`to_python`].
 pub(crate) fn catch_panics<T>(body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
     // Unwind safety: a panic ends the call, and the only state it leaves behind is behind locks that
     // recover (parking_lot) or in Python objects, which stay valid.
