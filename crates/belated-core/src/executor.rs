@@ -635,10 +635,11 @@ impl PoolShared {
 }
 
 /// A fixed set of worker threads shared by every computation submitted to it. Dropping it stops the
-/// workers once their current tasks end, and joins them.
+/// workers once their current tasks end, and joins them (unless [`ThreadPool::detach_on_drop`]).
 pub struct ThreadPool {
     shared: Arc<PoolShared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    join_on_drop: bool,
 }
 
 impl std::fmt::Debug for ThreadPool {
@@ -688,6 +689,7 @@ impl ThreadPool {
                 host,
             }),
             threads: Mutex::new(Vec::with_capacity(threads)),
+            join_on_drop: true,
         };
         for i in 0..threads {
             let shared = Arc::clone(&pool.shared);
@@ -702,6 +704,14 @@ impl ThreadPool {
             pool.threads.lock().push(handle);
         }
         Ok(pool)
+    }
+
+    /// Makes dropping the pool stop its workers without waiting for them: each ends once its current
+    /// task does. For pools that are let go of on a caller's behalf (a [`crate::PoolRegistry`]'s), whose
+    /// drop must not wait for a task of some computation that was cancelled.
+    pub fn detach_on_drop(mut self) -> Self {
+        self.join_on_drop = false;
+        self
     }
 
     /// How many worker threads the pool runs.
@@ -772,9 +782,7 @@ impl ThreadPool {
     /// Stops the workers once their current tasks end, and joins them (all but the calling thread,
     /// when a task drops the pool it runs on). Idempotent.
     pub fn shutdown(&self) {
-        self.shared.state.lock().shutdown = true;
-        self.shared.wake.notify_all();
-        let mut threads = std::mem::take(&mut *self.threads.lock());
+        let mut threads = self.stop();
         let me = std::thread::current().id();
         threads.retain(|thread| thread.thread().id() != me);
         self.shared.host.block(&mut || {
@@ -786,9 +794,21 @@ impl ThreadPool {
     }
 }
 
+impl ThreadPool {
+    /// Tells the workers to end once their current tasks do, and hands over their handles.
+    fn stop(&self) -> Vec<JoinHandle<()>> {
+        self.shared.state.lock().shutdown = true;
+        self.shared.wake.notify_all();
+        std::mem::take(&mut *self.threads.lock())
+    }
+}
+
 impl Drop for ThreadPool {
     fn drop(&mut self) {
-        self.shutdown();
+        match self.join_on_drop {
+            true => self.shutdown(),
+            false => drop(self.stop()),
+        }
     }
 }
 

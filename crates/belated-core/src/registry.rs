@@ -5,8 +5,9 @@
 //! - At most [`KEPT_POOLS`] pools are kept, holding at most [`kept_threads`] threads between them. Past
 //!   either bound the least recently used pools are let go of, never the one just asked for (so one
 //!   pool larger than the thread bound is still reused while it is the latest).
-//! - A pool let go of ends when its last user does: dropping the last handle joins its threads. Its
-//!   threads are joined outside the registry's lock, so other requests do not wait for them.
+//! - A pool let go of ends when its last user does: its threads stop once their current tasks end.
+//!   Nobody waits for them, so letting go of a pool never blocks on a task of a cancelled computation
+//!   that is still running there.
 
 use std::sync::{Arc, OnceLock};
 
@@ -59,7 +60,7 @@ impl<K: PartialEq> PoolRegistry<K> {
             let mut kept = self.kept.lock();
             let entry = match kept.iter().position(|(k, _)| *k == key) {
                 Some(i) => kept.remove(i),
-                None => (key, Arc::new(start()?)),
+                None => (key, Arc::new(start()?.detach_on_drop())),
             };
             let pool = Arc::clone(&entry.1);
             kept.push(entry);
