@@ -68,17 +68,23 @@ class Future:
 
     def result(self, timeout=None):
         """Waits up to ``timeout`` seconds for the result; raises the task's exception if it failed."""
-        return self._batch.result(timeout)[self._index]
+        try:
+            return self._batch.result(timeout)[self._index]
+        except concurrent.futures.CancelledError:  # cancelled before it started
+            raise _belated.CancelledError("the computation was cancelled") from None
 
     def done(self):
         return self._batch.done()
 
     def exception(self, timeout=None):
-        return self._batch.exception(timeout)
+        try:
+            return self._batch.exception(timeout)
+        except concurrent.futures.CancelledError:
+            return _belated.CancelledError("the computation was cancelled")
 
     def cancel(self):
-        """Cancels the computation: nothing more of it starts, tasks already running in workers finish
-        and their results are dropped, and ``result()`` raises ``belated.CancelledError``."""
+        """Cancels the computation: nothing more of it starts, the workers running its tasks are killed
+        (and replaced), and ``result()`` raises ``belated.CancelledError``."""
         self._token.cancel()
         self._batch.cancel()
 
@@ -170,6 +176,8 @@ class Client:
             self._submitter = concurrent.futures.ThreadPoolExecutor(
                 max_workers=max(32, 2 * n_workers * threads_per_worker), thread_name_prefix="belated-client"
             )
+            # The cancel tokens of computations not yet finished, which close() cancels.
+            self._pending = set()
             if dashboard_address:
                 self._owns_dashboard = _belated.dashboard_url() is None
                 self._dashboard = _start_dashboard(dashboard_address)
@@ -251,9 +259,12 @@ class Client:
         if retries is None:
             retries = config.get("retries", 1)
         token = _belated.CancelToken()
+        with self._lock:
+            self._pending.add(token)
         batch = self._submitter.submit(
             _belated.compute, items, "threads", None, traverse, (), None, False, retries, self._cluster, token
         )
+        batch.add_done_callback(lambda _: self._pending.discard(token))
         keys = [getattr(item, "key", None) for item in items]
         return [Future(batch, i, token, key) for i, key in enumerate(keys)]
 
@@ -271,8 +282,8 @@ class Client:
     # -- either kind ------------------------------------------------------------------------------
 
     def close(self):
-        """Stops the cluster (a local one's workers end, tasks still running are killed) and stops
-        being the default scheduler. Idempotent."""
+        """Stops the cluster (a local one's workers end, tasks still running are killed: their futures
+        raise ``belated.CancelledError``) and stops being the default scheduler. Idempotent."""
         with self._lock:
             if self._config is not None:
                 self._config.__exit__(None, None, None)
@@ -280,6 +291,8 @@ class Client:
             if self._distributed_client is not None:
                 self._distributed_client.close()
                 return
+            for token in list(self._pending):
+                token.cancel()
             self._submitter.shutdown(wait=False, cancel_futures=True)
             self._cluster.close()
             if self._dashboard is not None and self._owns_dashboard:

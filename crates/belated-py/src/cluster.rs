@@ -3,32 +3,31 @@
 //!
 //! Policy and invariants:
 //! - A cluster of `n` workers of `t` threads is a [`ThreadPool`] of `n` placement groups of `t` threads;
-//!   each pool thread drives one thread of its group's worker process over its own connection.
+//!   each pool thread drives one thread of its group's worker process over its own connection, and the
+//!   worker serves `t` connections, one thread each, plus one for fetches: `t` is a hard limit on the
+//!   tasks a worker runs at once.
 //! - Results stay in the worker that computed them; only outputs come back to this process. A task is
 //!   placed on the worker holding most of its inputs' bytes (each worker reports the size of what it
 //!   keeps); an input held by another worker is fetched from it (through this process: workers never
 //!   talk to each other) and the receiving worker keeps its copy for later tasks. A released result is
 //!   forgotten by its workers with the next request they receive.
-//! - Workers listen on unix sockets in a directory only the user can enter, never on a TCP port. They
-//!   die with the cluster: the keeper thread spawns them all (so `PR_SET_PDEATHSIG` fires when this
-//!   process dies), and they exit when their standard input, held by the cluster, closes.
-//! - A worker that dies (killed, crashed, over its memory limit) is replaced. Tasks it was running are
-//!   retried up to `retries` times; results it held are recomputed from their lineage by the task that
-//!   needs them, on that task's worker.
+//! - Workers talk to this process on socket pairs only it holds: no port, no path anyone can squat or
+//!   that outlives a killed parent. They die with the cluster: the keeper thread spawns them all (so
+//!   `PR_SET_PDEATHSIG` fires when this process dies), and they exit when their control socket closes.
+//! - A worker that dies (killed, crashed, over its memory limit) is replaced; the slot is never locked
+//!   while the new one starts. Tasks it was running are retried up to `retries` times; results it held
+//!   are recomputed from their lineage by the task that needs them, on that task's worker.
+//! - A cancelled computation kills the workers running its tasks, which are replaced.
 
-use std::cell::RefCell;
-use std::io::{BufRead, BufReader, BufWriter};
-use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use belated_cluster::wire::{self, FETCH, KEEP, RUN, SEND};
+use belated_cluster::{Spec, WorkerProcess};
 use belated_core::{current_worker, Graph, Runner, TaskId, ThreadPool};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
@@ -36,88 +35,33 @@ use rustc_hash::FxHashMap;
 
 use crate::errors::{BelatedError, WorkerLostError, WorkerStartError};
 use crate::host::{PythonHost, TaskGuard};
-use crate::processes::{
-    decode_reply, exchange, exit_status, frames_from, frames_of, helper, Launch,
-};
+use crate::processes::{decode_reply, frames_from, frames_of, helper, Launch, Running};
 use crate::task::{PyValue, TaskNode, Work};
-
-const RUN: u64 = 1;
-const FETCH: u64 = 2;
-/// Request flags: the worker stores the result (other tasks need it) and/or sends it (an output).
-const KEEP: u8 = 1;
-const SEND: u8 = 2;
 
 /// How often the keeper looks at the workers' memory.
 const MEMORY_POLL: Duration = Duration::from_millis(100);
-/// How long a new worker may take to import its modules and listen.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-static NEXT_CLUSTER: AtomicU64 = AtomicU64::new(0);
-
-/// A running worker process. Dropping it kills and reaps it.
-struct Process {
-    child: Child,
-    /// Held open: the worker exits when it closes.
-    _stdin: ChildStdin,
-    /// Set by the keeper when it killed the worker for using this many bytes.
-    over_memory: Option<u64>,
-}
-
-impl Process {
-    /// Why the worker ended (its connection broke, so it has, or soon will).
-    fn ending(&mut self, memory_limit: Option<u64>) -> String {
-        if let (Some(used), Some(limit)) = (self.over_memory, memory_limit) {
-            return format!(
-                "it was killed for using {} MB, over its memory_limit of {} MB",
-                used >> 20,
-                limit >> 20
-            );
-        }
-        format!("it died ({})", exit_status(&mut self.child))
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One side of a connection to a worker thread.
-struct Conn {
-    requests: BufWriter<UnixStream>,
-    replies: BufReader<UnixStream>,
-}
-
-impl Conn {
-    fn open(path: &PathBuf) -> std::io::Result<Self> {
-        let stream = UnixStream::connect(path)?;
-        Ok(Conn {
-            requests: BufWriter::new(stream.try_clone()?),
-            replies: BufReader::new(stream),
-        })
-    }
-
-    fn exchange(&mut self, frames: &[Vec<u8>]) -> std::io::Result<Vec<Vec<u8>>> {
-        exchange(&mut self.requests, &mut self.replies, frames)
-    }
-}
-
+#[derive(Default)]
 struct Slot {
-    /// `None` once the cluster is closed.
-    process: Option<Process>,
-    /// The connection fetches go through, to the current generation.
-    fetches: Option<Conn>,
+    state: Mutex<SlotState>,
+    /// Signalled when a replacement is done.
+    replaced: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    /// `None` once the cluster is closed, and while the worker is being replaced.
+    worker: Option<Arc<WorkerProcess>>,
+    replacing: bool,
     /// How the previous generation ended.
     last_death: String,
 }
 
-type Spawned = Result<Process, String>;
+type Spawned = Result<WorkerProcess, belated_cluster::Error>;
 
 /// Work for the keeper thread, which starts every worker process.
 struct SpawnRequest {
-    groups: Vec<usize>,
+    count: usize,
     reply: mpsc::Sender<Vec<Spawned>>,
 }
 
@@ -131,14 +75,12 @@ struct Stats {
 }
 
 pub(crate) struct ClusterShared {
-    id: u64,
     /// The process that started the workers. A child forked from it has none of the pool's threads and
     /// must not stop the parent's workers: there the cluster is refused and let go of untouched.
     owner: u32,
     threads_per_worker: usize,
     memory_limit: Option<u64>,
-    socket_dir: PathBuf,
-    slots: Vec<Mutex<Slot>>,
+    slots: Vec<Slot>,
     /// Each worker's generation, bumped when it is replaced: results of older generations are lost.
     generations: Vec<AtomicU64>,
     /// Ids each worker may forget, sent with its next request.
@@ -149,11 +91,14 @@ pub(crate) struct ClusterShared {
     stats: Stats,
 }
 
-impl ClusterShared {
-    fn socket(socket_dir: &std::path::Path, group: usize) -> PathBuf {
-        socket_dir.join(format!("worker-{group}.sock"))
-    }
+/// Why a request to a worker failed: it died (its group and generation), or the computation was
+/// cancelled.
+enum Failed {
+    Lost(usize, u64),
+    Cancelled,
+}
 
+impl ClusterShared {
     pub(crate) fn workers(&self) -> usize {
         self.slots.len()
     }
@@ -178,89 +123,102 @@ impl ClusterShared {
         std::mem::take(&mut *self.releases[group].lock())
     }
 
-    fn spawn(&self, groups: Vec<usize>) -> Result<Vec<Spawned>, String> {
+    fn spawn(&self, count: usize) -> Result<Vec<Spawned>, String> {
         let (reply, replies) = mpsc::channel();
         let keeper = self.keeper.lock().clone();
         keeper
             .ok_or("the cluster is closed")?
-            .send(SpawnRequest { groups, reply })
+            .send(SpawnRequest { count, reply })
             .map_err(|_| "the cluster is closed")?;
         replies
             .recv()
             .map_err(|_| "the cluster is closed".to_string())
     }
 
-    /// Replaces the worker of `group` if it is still at `generation`; returns how that one ended.
+    /// The worker of `group` if it is still at `generation`, waiting while it is being replaced.
+    fn worker(&self, group: usize, generation: u64) -> Option<Arc<WorkerProcess>> {
+        let Slot { state, replaced } = &self.slots[group];
+        let mut slot = state.lock();
+        while slot.replacing {
+            replaced.wait(&mut slot);
+        }
+        let worker = slot.worker.as_ref()?;
+        (self.generation(group) == generation).then(|| Arc::clone(worker))
+    }
+
+    /// Replaces the worker of `group` if it is still at `generation`; returns how that one ended. The
+    /// slot is not locked while the new worker starts: others asking for it wait on `replaced`.
     fn replace(&self, group: usize, generation: u64) -> Result<String, String> {
-        let mut slot = self.slots[group].lock();
+        let Slot { state, replaced } = &self.slots[group];
+        let mut slot = state.lock();
+        while slot.replacing {
+            replaced.wait(&mut slot);
+        }
         if self.generation(group) != generation {
             return Ok(slot.last_death.clone());
         }
-        let Some(mut old) = slot.process.take() else {
+        let Some(old) = slot.worker.take() else {
             return Err("the cluster is closed".to_string());
         };
+        slot.replacing = true;
+        drop(slot);
+        old.kill();
         let why = old.ending(self.memory_limit);
         drop(old);
-        slot.fetches = None;
         self.releases[group].lock().clear();
-        let new = self.spawn(vec![group])?.pop().expect("one per group")?;
-        slot.process = Some(new);
+        let new = self
+            .spawn(1)
+            .and_then(|mut new| new.pop().expect("one asked").map_err(|e| e.to_string()));
+        let mut slot = state.lock();
+        slot.replacing = false;
         slot.last_death = why.clone();
         self.generations[group].fetch_add(1, SeqCst);
-        self.stats.replaced.fetch_add(1, SeqCst);
-        Ok(why)
+        let outcome = match new {
+            Ok(new) if !self.closed.load(SeqCst) => {
+                slot.worker = Some(Arc::new(new));
+                self.stats.replaced.fetch_add(1, SeqCst);
+                Ok(why)
+            }
+            Ok(_) => Err("the cluster is closed".to_string()),
+            Err(error) => Err(error),
+        };
+        replaced.notify_all();
+        outcome
     }
 
-    /// Sends a request to this pool thread's connection to the worker of `group` at `generation`.
+    /// Sends a request to the worker of `group` at `generation`, on this pool thread's connection.
     fn run_on(
         &self,
         group: usize,
         generation: u64,
         frames: &[Vec<u8>],
-    ) -> std::io::Result<Vec<Vec<u8>>> {
-        LINK.with_borrow_mut(|link| {
-            let current = link
-                .as_ref()
-                .is_some_and(|l| l.cluster == self.id && l.generation == generation);
-            if !current {
-                *link = None;
-                *link = Some(Link {
-                    cluster: self.id,
-                    generation,
-                    conn: Conn::open(&Self::socket(&self.socket_dir, group))?,
-                });
-            }
-            let reply = link.as_mut().expect("opened above").conn.exchange(frames);
-            if reply.is_err() {
-                *link = None;
-            }
-            reply
-        })
+        running: &Running,
+    ) -> Result<Vec<Vec<u8>>, Failed> {
+        let lost = Failed::Lost(group, generation);
+        let worker = self.worker(group, generation).ok_or(lost)?;
+        let Some(_running) = running.enter(&worker) else {
+            return Err(Failed::Cancelled);
+        };
+        let thread = current_worker().expect("cluster tasks run on the cluster's threads")
+            % self.threads_per_worker;
+        worker
+            .exchange(thread, frames)
+            .map_err(|_| Failed::Lost(group, generation))
     }
 
     /// The reply of the worker of `group` to a fetch of `ids`: a pickled list of their values.
-    fn fetch(&self, group: usize, generation: u64, ids: &[u64]) -> std::io::Result<Vec<Vec<u8>>> {
-        let mut slot = self.slots[group].lock();
-        if self.generation(group) != generation || slot.process.is_none() {
-            return Err(std::io::ErrorKind::NotConnected.into());
-        }
-        if slot.fetches.is_none() {
-            slot.fetches = Some(Conn::open(&Self::socket(&self.socket_dir, group))?);
-        }
+    fn fetch(&self, group: usize, generation: u64, ids: &[u64]) -> Result<Vec<Vec<u8>>, Failed> {
+        let worker = self
+            .worker(group, generation)
+            .ok_or(Failed::Lost(group, generation))?;
+        let mut fetches = worker.connection(self.threads_per_worker);
         let releases = self.take_releases(group);
         let mut rest = Vec::with_capacity(ids.len() + 1);
         rest.push(ids.len() as u64);
         rest.extend_from_slice(ids);
-        let request = [header(FETCH, &releases, &rest)];
-        let reply = slot
-            .fetches
-            .as_mut()
-            .expect("opened above")
-            .exchange(&request);
-        if reply.is_err() {
-            slot.fetches = None;
-        }
-        reply
+        fetches
+            .exchange(&[wire::header(FETCH, &releases, &rest)])
+            .map_err(|_| Failed::Lost(group, generation))
     }
 
     /// Sends every worker the releases waiting for it, so results nobody needs stop taking memory
@@ -282,59 +240,36 @@ impl ClusterShared {
         *self.keeper.lock() = None;
         let forked = self.forked();
         for slot in &self.slots {
-            let mut slot = slot.lock();
-            slot.fetches = None;
-            match slot.process.take() {
+            match slot.state.lock().worker.take() {
                 // Dropping kills the worker: only its owner may.
-                Some(process) if forked => std::mem::forget(process),
-                process => drop(process),
+                Some(worker) if forked => std::mem::forget(worker),
+                worker => drop(worker),
             }
         }
-        if !forked {
-            let _ = std::fs::remove_dir_all(&self.socket_dir);
-        }
     }
-}
-
-fn header(op: u64, releases: &[u64], rest: &[u64]) -> Vec<u8> {
-    let mut words = Vec::with_capacity(2 + releases.len() + rest.len());
-    words.push(op);
-    words.push(releases.len() as u64);
-    words.extend_from_slice(releases);
-    words.extend_from_slice(rest);
-    words.iter().flat_map(|w| w.to_le_bytes()).collect()
-}
-
-struct Link {
-    cluster: u64,
-    generation: u64,
-    conn: Conn,
-}
-
-thread_local! {
-    /// This pool thread's connection to its worker.
-    static LINK: RefCell<Option<Link>> = const { RefCell::new(None) };
 }
 
 /// The keeper: starts worker processes (all of them, so they die with this long-lived thread, not
 /// with whichever thread asked) and kills any that go over the memory limit.
 fn keep(
-    launch: Launch,
-    socket_dir: PathBuf,
+    spec: Spec,
     memory_limit: Option<u64>,
     requests: mpsc::Receiver<SpawnRequest>,
     cluster: Weak<ClusterShared>,
 ) {
     loop {
         match requests.recv_timeout(MEMORY_POLL) {
-            Ok(SpawnRequest { groups, reply }) => {
-                let started: Vec<_> = groups
-                    .iter()
-                    .map(|&group| start_worker(&launch, &socket_dir, group))
-                    .collect();
+            Ok(SpawnRequest { count, reply }) => {
+                // Started together, then waited for: they import at the same time.
+                let started: Vec<Spawned> =
+                    (0..count).map(|_| WorkerProcess::start(&spec)).collect();
                 let ready = started
                     .into_iter()
-                    .map(|s| s.and_then(wait_ready))
+                    .map(|started| {
+                        let worker = started?;
+                        worker.wait_ready(spec.start_timeout)?;
+                        Ok(worker)
+                    })
                     .collect();
                 let _ = reply.send(ready);
             }
@@ -351,79 +286,18 @@ fn keep(
     }
 }
 
-fn start_worker(
-    launch: &Launch,
-    socket_dir: &std::path::Path,
-    group: usize,
-) -> Result<(Child, BufReader<std::process::ChildStdout>), String> {
-    let socket = ClusterShared::socket(socket_dir, group);
-    let _ = std::fs::remove_file(&socket);
-    let mut child = Command::new(&launch.python)
-        .args(["-m", "belated._worker", "--listen"])
-        .arg(&socket)
-        .arg(launch.preload.join(","))
-        .env("PYTHONPATH", &launch.path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("could not start worker process {group}: {e}"))?;
-    let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
-    Ok((child, stdout))
-}
-
-/// Waits for a started worker to say it listens.
-fn wait_ready(
-    (mut child, mut stdout): (Child, BufReader<std::process::ChildStdout>),
-) -> Result<Process, String> {
-    let (said, heard) = mpsc::channel();
-    // Reading the line blocks; a helper reads it so a worker that hangs at start cannot stall us.
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = said.send(stdout.read_line(&mut line).map(|_| line));
-    });
-    let stdin = child.stdin.take().expect("stdin is piped");
-    let process = Process {
-        child,
-        _stdin: stdin,
-        over_memory: None,
-    };
-    match heard.recv_timeout(START_TIMEOUT) {
-        Ok(Ok(line)) if line.trim() == "ready" => Ok(process),
-        Ok(_) | Err(_) => {
-            let mut process = process;
-            let why = process.ending(None);
-            Err(format!(
-                "a worker process did not start: {why}; its errors are printed above"
-            ))
-        }
-    }
-}
-
 fn enforce_memory_limit(cluster: &ClusterShared, limit: u64) {
     for slot in &cluster.slots {
-        // A busy slot is being replaced or fetched from; it is looked at next time.
-        let Some(mut slot) = slot.try_lock() else {
+        let Some(worker) = slot.state.lock().worker.clone() else {
             continue;
         };
-        let Some(process) = slot.process.as_mut() else {
-            continue;
-        };
-        if process.over_memory.is_some() {
+        if worker.over_memory() {
             continue;
         }
-        if let Some(used) = resident_bytes(process.child.id()).filter(|&used| used > limit) {
-            process.over_memory = Some(used);
-            let _ = process.child.kill();
+        if let Some(used) = worker.resident_bytes().filter(|&used| used > limit) {
+            worker.kill_for_memory(used);
         }
     }
-}
-
-fn resident_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// A result kept by a worker. Dropping the last handle tells the worker to forget it.
@@ -530,8 +404,8 @@ impl Held {
 }
 
 /// What a call's request carries of other workers' values: their replies' frames, and the header
-/// words saying which ids to store them under; or, when a source is gone, its group and generation.
-type Fetched = Result<(Vec<Vec<u8>>, Vec<u64>), (usize, u64)>;
+/// words saying which ids to store them under.
+type Fetched = Result<(Vec<Vec<u8>>, Vec<u64>), Failed>;
 
 /// Values to fetch from one worker and store in another before a call.
 struct Transfer {
@@ -565,6 +439,7 @@ pub(crate) struct ClusterRunner {
     retries: usize,
     /// The result each task last produced in a worker, for recomputing what a lost worker held.
     produced: Mutex<Vec<Weak<Remote>>>,
+    pub(crate) running: Arc<Running>,
 }
 
 impl ClusterRunner {
@@ -597,6 +472,7 @@ impl ClusterRunner {
             guard,
             retries,
             produced: Mutex::new(graph.tasks().map(|_| Weak::new()).collect()),
+            running: Arc::default(),
         }
     }
 
@@ -724,10 +600,7 @@ impl ClusterRunner {
         }
         for ((group, generation), transfers) in by_source {
             let ids: Vec<u64> = transfers.iter().map(|t| t.source.id).collect();
-            let reply = self
-                .cluster
-                .fetch(group, generation, &ids)
-                .map_err(|_| (group, generation))?;
+            let reply = self.cluster.fetch(group, generation, &ids)?;
             words.push(ids.len() as u64);
             words.extend(transfers.iter().map(|t| t.copy_id));
             words.push(reply.len() as u64);
@@ -781,12 +654,12 @@ impl ClusterRunner {
                     self.fetch_transfers(&prepared.transfers, &mut prepared.uploads)?;
                 let mut rest = vec![result_id, u64::from(flags)];
                 rest.append(&mut words);
-                let mut request = vec![header(RUN, &self.cluster.take_releases(group), &rest)];
+                let releases = self.cluster.take_releases(group);
+                let mut request = vec![wire::header(RUN, &releases, &rest)];
                 request.extend(transfer_frames);
                 request.extend(call_frames);
                 self.cluster
-                    .run_on(group, generation, &request)
-                    .map_err(|_| (group, generation))
+                    .run_on(group, generation, &request, &self.running)
             });
             why = match outcome {
                 Ok(reply) => {
@@ -845,7 +718,16 @@ impl ClusterRunner {
                         sent: None,
                     });
                 }
-                Err((lost, generation)) => py
+                Err(Failed::Cancelled) => return Err(Running::cancelled_error()),
+                // Killed by a cancel, or by close(): either way the computation is over, and the
+                // next one finds a new worker in its place.
+                Err(Failed::Lost(lost, generation))
+                    if self.running.cancelled() || self.cluster.closed.load(SeqCst) =>
+                {
+                    let _ = py.detach(|| self.cluster.replace(lost, generation));
+                    return Err(Running::cancelled_error());
+                }
+                Err(Failed::Lost(lost, generation)) => py
                     .detach(|| self.cluster.replace(lost, generation))
                     .map_err(|why| {
                         WorkerLostError::new_err(format!(
@@ -990,35 +872,14 @@ impl Cluster {
                 "n_workers and threads_per_worker must be at least 1",
             ));
         }
-        let mut launch = Launch::from_interpreter(py, 0)?;
-        launch.preload = preload;
-        let id = NEXT_CLUSTER.fetch_add(1, SeqCst);
-        let socket_dir = std::env::temp_dir().join(format!("belated-{}-{id}", std::process::id()));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&socket_dir)
-            .map_err(|e| {
-                WorkerStartError::new_err(format!(
-                    "could not create the cluster's private directory {}: {e}",
-                    socket_dir.display()
-                ))
-            })?;
+        // One connection per pool thread of its group, and one for fetches.
+        let spec = Launch::from_interpreter(py, 0)?.spec(threads_per_worker + 1, preload);
         let (keeper, requests) = mpsc::channel();
         let shared = Arc::new(ClusterShared {
-            id,
             owner: std::process::id(),
             threads_per_worker,
             memory_limit,
-            socket_dir: socket_dir.clone(),
-            slots: (0..n_workers)
-                .map(|_| {
-                    Mutex::new(Slot {
-                        process: None,
-                        fetches: None,
-                        last_death: String::new(),
-                    })
-                })
-                .collect(),
+            slots: (0..n_workers).map(|_| Slot::default()).collect(),
             generations: (0..n_workers).map(|_| AtomicU64::new(0)).collect(),
             releases: (0..n_workers).map(|_| Mutex::new(Vec::new())).collect(),
             next_id: AtomicU64::new(0),
@@ -1029,18 +890,18 @@ impl Cluster {
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("belated-cluster-keeper".into())
-            .spawn(move || keep(launch, socket_dir, memory_limit, requests, weak))
+            .spawn(move || keep(spec, memory_limit, requests, weak))
             .map_err(|e| {
                 WorkerStartError::new_err(format!("could not start the cluster's keeper: {e}"))
             })?;
-        let started = py.detach(|| shared.spawn((0..n_workers).collect()));
+        let started = py.detach(|| shared.spawn(n_workers));
         let fail = |why: String| {
             shared.close();
             WorkerStartError::new_err(why)
         };
         let started = started.map_err(fail)?;
-        for (slot, process) in shared.slots.iter().zip(started) {
-            slot.lock().process = Some(process.map_err(fail)?);
+        for (slot, worker) in shared.slots.iter().zip(started) {
+            slot.state.lock().worker = Some(Arc::new(worker.map_err(|e| fail(e.to_string()))?));
         }
         let pool = ThreadPool::with_groups(n_workers, threads_per_worker, Arc::new(PythonHost))
             .map_err(|e| fail(format!("could not start the cluster's threads: {e}")))?;
@@ -1081,7 +942,7 @@ impl Cluster {
         self.shared
             .slots
             .iter()
-            .filter_map(|slot| Some(slot.lock().process.as_ref()?.child.id()))
+            .filter_map(|slot| Some(slot.state.lock().worker.as_ref()?.pid()))
             .collect()
     }
 

@@ -26,7 +26,7 @@ use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks};
-use crate::processes::{check_picklable, helper, run_remote, Launch};
+use crate::processes::{check_picklable, helper, run_remote, Launch, Running};
 use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode, Work};
 
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
@@ -219,6 +219,8 @@ struct Watch<'a> {
     deadline: Option<Deadline>,
     dashboard: &'a Option<Arc<HubObserver>>,
     listeners: &'a Option<Listeners>,
+    /// Worker processes running the computation's tasks, killed when it is cancelled.
+    running: Option<Arc<Running>>,
 }
 
 /// Submits to `pool` and waits, letting Python deliver Ctrl-C (which cancels) and enforcing the deadline.
@@ -244,6 +246,9 @@ fn run_pooled<R: Runner<Error = PyErr>>(
         };
         if let Some(interrupt) = stop {
             handle.cancel();
+            if let Some(running) = &watch.running {
+                running.cancel();
+            }
             if let Some(dashboard) = watch.dashboard {
                 dashboard.end(false);
             }
@@ -325,6 +330,7 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
         deadline,
         dashboard: &dashboard,
         listeners: &listeners,
+        running: None,
     };
     let runner = |guard, processes| PyRunner {
         nodes: Arc::clone(&nodes),
@@ -343,6 +349,10 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
         )?,
         Mode::Processes(threads) => {
             let launch = Launch::from_interpreter(py, retries)?;
+            let watch = Watch {
+                running: Some(Arc::clone(&launch.running)),
+                ..watch
+            };
             run_pooled(
                 py,
                 &*pool(true, threads)?,
@@ -356,6 +366,10 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
             let cluster = cluster.get();
             let runner =
                 ClusterRunner::new(&cluster.shared, &nodes, &graph, &outputs, guard, retries);
+            let watch = Watch {
+                running: Some(Arc::clone(&runner.running)),
+                ..watch
+            };
             let wanted = outputs.clone();
             let result = run_pooled(py, &pool, (graph, outputs), runner, observer, watch);
             py.detach(|| cluster.shared.flush_releases());

@@ -37,6 +37,13 @@ create_exception!(
 );
 create_exception!(
     belated,
+    RemoteError,
+    BelatedError,
+    "A task's exception that could not be sent back as itself (it cannot be pickled or rebuilt): its \
+     type name (`type_name`), message and the worker's traceback (`traceback_text`)."
+);
+create_exception!(
+    belated,
     InternalError,
     BelatedError,
     "A bug in belated itself, not in your tasks."

@@ -50,5 +50,6 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<errors::ComputeTimeoutError>(),
     )?;
     m.add("WorkerLostError", py.get_type::<errors::WorkerLostError>())?;
+    m.add("RemoteError", py.get_type::<errors::RemoteError>())?;
     Ok(())
 }

@@ -1,30 +1,36 @@
 //! The `processes` scheduler: tasks run in worker processes, so CPU-bound Python runs in parallel.
 //!
 //! Policy and invariants:
-//! - Each thread of a processes pool owns one worker process (`python -m belated._worker`), started on
-//!   its first task and kept for later computes: the pool is started once, not per compute.
+//! - Each thread of a processes pool owns one worker process ([`WorkerProcess`] with one
+//!   connection), started on its first task and kept for later computes: the pool is started once,
+//!   not per compute. The process is started by that long-lived thread, so it dies with it.
 //! - The thread builds the call's arguments, pickles them (cloudpickle, protocol 5 with out-of-band
 //!   buffers), and lets go of the interpreter while the worker runs: other threads keep scheduling.
-//! - Talk is over the worker's standard input and output only: private pipes, no port. A worker dies
-//!   with its parent (`PR_SET_PDEATHSIG`) and ends when its pipe closes.
 //! - A worker that dies mid-task (killed, `os._exit`, a crash) is replaced and the task retried, up to
 //!   `retries` times; then the computation fails with an error naming the task.
+//! - A cancelled computation (Ctrl-C, its timeout, a future's `cancel()`) kills the workers running
+//!   its tasks ([`Running`]); their threads start new ones, so nothing waits for cancelled work.
 //! - Tasks that only assemble values (literals, containers of results) run in the parent.
 
 use std::cell::RefCell;
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
 
+use belated_cluster::{wire, Spec, WorkerProcess};
+use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList};
 
-use crate::errors::{BelatedError, WorkerLostError};
+use crate::errors::{BelatedError, CancelledError, WorkerLostError, WorkerStartError};
 use crate::task::{Call, PyTask};
 
-/// How a processes pool starts its workers.
+/// How long a new worker may take to import its modules and say it is ready.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a computation on worker processes starts its workers, and what it runs in them.
 #[derive(Clone)]
 pub(crate) struct Launch {
     pub(crate) python: String,
@@ -32,8 +38,7 @@ pub(crate) struct Launch {
     /// reference included).
     pub(crate) path: String,
     pub(crate) retries: usize,
-    /// Modules a cluster's workers import once they listen.
-    pub(crate) preload: Vec<String>,
+    pub(crate) running: Arc<Running>,
 }
 
 impl Launch {
@@ -45,101 +50,87 @@ impl Launch {
             python: sys.getattr("executable")?.extract()?,
             path: path.join(&separator),
             retries,
-            preload: Vec::new(),
-        })
-    }
-}
-
-struct Worker {
-    child: Child,
-    requests: BufWriter<ChildStdin>,
-    replies: BufReader<ChildStdout>,
-}
-
-impl Worker {
-    fn start(launch: &Launch) -> std::io::Result<Self> {
-        let mut child = Command::new(&launch.python)
-            .args(["-m", "belated._worker"])
-            .env("PYTHONPATH", &launch.path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let requests = BufWriter::new(child.stdin.take().expect("stdin is piped"));
-        let replies = BufReader::new(child.stdout.take().expect("stdout is piped"));
-        Ok(Worker {
-            child,
-            requests,
-            replies,
+            running: Arc::default(),
         })
     }
 
-    /// Sends one message and waits for the reply; an error means the worker is gone.
-    fn exchange(&mut self, frames: &[Vec<u8>]) -> std::io::Result<Vec<Vec<u8>>> {
-        exchange(&mut self.requests, &mut self.replies, frames)
-    }
-
-    /// How the worker ended (for error messages); its pipe has broken, so it has or soon will.
-    fn ending(&mut self) -> String {
-        exit_status(&mut self.child)
-    }
-}
-
-/// How a worker whose connection broke ended: its exit status once it has one (waiting up to 2 s),
-/// else "unresponsive".
-pub(crate) fn exit_status(child: &mut Child) -> String {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.to_string(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) => return "unresponsive".to_string(),
-            Err(error) => return error.to_string(),
+    /// How to start a worker with `connections` connections that imports `preload` once ready.
+    pub(crate) fn spec(&self, connections: usize, preload: Vec<String>) -> Spec {
+        Spec {
+            python: self.python.clone(),
+            path: self.path.clone(),
+            connections,
+            preload,
+            start_timeout: START_TIMEOUT,
         }
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        // Closing its pipe ends the worker; reap it so no zombie is left. A worker stuck in a task
-        // would keep the pool's thread waiting here, so it is killed instead.
-        let _ = self.requests.flush();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The worker processes running one computation's tasks right now, so cancelling the computation
+/// can kill them (a task may never return by itself).
+#[derive(Default)]
+pub(crate) struct Running {
+    cancelled: AtomicBool,
+    workers: Mutex<Vec<Arc<WorkerProcess>>>,
 }
 
-/// Sends one message (its frames) and reads the reply, in the framing of `belated._worker`.
-pub(crate) fn exchange(
-    requests: &mut impl Write,
-    replies: &mut impl Read,
-    frames: &[Vec<u8>],
-) -> std::io::Result<Vec<Vec<u8>>> {
-    requests.write_all(&(frames.len() as u64).to_le_bytes())?;
-    for frame in frames {
-        requests.write_all(&(frame.len() as u64).to_le_bytes())?;
-        requests.write_all(frame)?;
-    }
-    requests.flush()?;
-    let count = read_u64(replies)?;
-    (0..count)
-        .map(|_| {
-            let mut frame = vec![0u8; read_u64(replies)? as usize];
-            replies.read_exact(&mut frame)?;
-            Ok(frame)
+impl Running {
+    /// Registers `worker` as running one of the computation's tasks until the guard drops; `None`
+    /// once the computation is cancelled.
+    pub(crate) fn enter(&self, worker: &Arc<WorkerProcess>) -> Option<RunningGuard<'_>> {
+        let mut workers = self.workers.lock();
+        if self.cancelled() {
+            return None;
+        }
+        workers.push(Arc::clone(worker));
+        Some(RunningGuard {
+            running: self,
+            worker: Arc::clone(worker),
         })
-        .collect()
+    }
+
+    /// Cancels the computation: kills every worker running one of its tasks.
+    pub(crate) fn cancel(&self) {
+        let workers = self.workers.lock();
+        self.cancelled.store(true, SeqCst);
+        for worker in workers.iter() {
+            worker.kill();
+        }
+    }
+
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancelled.load(SeqCst)
+    }
+
+    pub(crate) fn cancelled_error() -> PyErr {
+        CancelledError::new_err("the computation was cancelled")
+    }
 }
 
-fn read_u64(reader: &mut impl Read) -> std::io::Result<u64> {
-    let mut bytes = [0u8; 8];
-    reader.read_exact(&mut bytes)?;
-    Ok(u64::from_le_bytes(bytes))
+pub(crate) struct RunningGuard<'a> {
+    running: &'a Running,
+    worker: Arc<WorkerProcess>,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        let mut workers = self.running.workers.lock();
+        if let Some(at) = workers.iter().position(|w| Arc::ptr_eq(w, &self.worker)) {
+            workers.swap_remove(at);
+        }
+    }
 }
 
 thread_local! {
     /// The worker process owned by this pool thread.
-    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+    static WORKER: RefCell<Option<Arc<WorkerProcess>>> = const { RefCell::new(None) };
+}
+
+/// Why a call did not come back from a worker.
+enum Failed {
+    Start(belated_cluster::Error),
+    Died(String),
+    Cancelled,
 }
 
 pub(crate) fn helper<'py>(
@@ -177,39 +168,26 @@ pub(crate) fn run_remote<'py>(
     call: Call<'py>,
     launch: &Launch,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let frames = frames_of(py, &call).map_err(|error| {
+    let mut frames = vec![wire::header(wire::RUN, &[], &[0, u64::from(wire::SEND), 0])];
+    frames.extend(frames_of(py, &call).map_err(|error| {
         BelatedError::new_err(format!(
             "task {} cannot be sent to a worker process: {error}; make its function and arguments \
              picklable, or use scheduler='threads'",
             task.key_string(py)
         ))
-    })?;
+    })?);
     let mut lost = 0;
     let reply = loop {
-        let outcome = py.detach(|| {
-            WORKER.with_borrow_mut(|slot| {
-                if slot.is_none() {
-                    *slot = Some(
-                        Worker::start(launch)
-                            .map_err(|e| format!("could not start a worker process: {e}"))?,
-                    );
-                }
-                let worker = slot.as_mut().expect("started above");
-                worker.exchange(&frames).map_err(|_| {
-                    let ending = slot.take().expect("present").ending();
-                    // Dropping it reaps the process, killing it first if it somehow lives on.
-                    format!("its worker process died ({ending})")
-                })
-            })
-        });
-        match outcome {
+        match py.detach(|| run_in_my_worker(launch, &frames)) {
             Ok(reply) => break reply,
-            Err(_) if lost < launch.retries => lost += 1,
-            Err(why) => {
+            Err(Failed::Cancelled) => return Err(Running::cancelled_error()),
+            Err(Failed::Start(error)) => return Err(WorkerStartError::new_err(error.to_string())),
+            Err(Failed::Died(_)) if lost < launch.retries => lost += 1,
+            Err(Failed::Died(why)) => {
                 return Err(WorkerLostError::new_err(format!(
-                    "task {} failed after {} tries: {why}. A task that kills its process (os._exit, a \
-                     crash, running out of memory) fails again when retried; raise retries= for failures \
-                     that come and go",
+                    "task {} failed after {} tries: its worker process died ({why}). A task that kills \
+                     its process (os._exit, a crash, running out of memory) fails again when retried; \
+                     raise retries= for failures that come and go",
                     task.key_string(py),
                     lost + 1,
                 )))
@@ -217,6 +195,31 @@ pub(crate) fn run_remote<'py>(
         }
     };
     decode_reply(py, &reply)
+}
+
+fn run_in_my_worker(launch: &Launch, frames: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Failed> {
+    let worker = WORKER.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            let spec = launch.spec(1, Vec::new());
+            *slot = Some(Arc::new(
+                WorkerProcess::spawn(&spec).map_err(Failed::Start)?,
+            ));
+        }
+        Ok(Arc::clone(slot.as_ref().expect("started above")))
+    })?;
+    let Some(_running) = launch.running.enter(&worker) else {
+        return Err(Failed::Cancelled);
+    };
+    worker.exchange(0, frames).map_err(|_| {
+        // Forgetting it kills and reaps it (once this call lets go of it too); the next call starts
+        // a new one.
+        WORKER.with_borrow_mut(|slot| *slot = None);
+        if launch.running.cancelled() {
+            Failed::Cancelled
+        } else {
+            Failed::Died(worker.exit_status())
+        }
+    })
 }
 
 /// A worker's reply: the value, or the task's own exception with the worker's traceback as a note.
