@@ -78,7 +78,7 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_retried(tmp_path):
 def test_a_task_that_always_kills_its_worker_fails_clearly(task, death):
     call = task(3) if death.startswith("exit") else task()
     with pytest.raises(
-        belated.WorkerLostError, match=f"failed after 3 tries: its worker process died .*{death}"
+        belated.WorkerLostError, match=f"failed after 3 tries: its worker process died.*{death}"
     ):
         call.compute(scheduler="processes", retries=2)
     assert delayed(square)(5).compute(scheduler="processes") == 25, "the pool recovers"

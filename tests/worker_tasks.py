@@ -124,13 +124,6 @@ def raise_notes_raise():
     raise NotesRaise("the real failure")
 
 
-def cached_functions(*_):
-    """The functions this worker process keeps unpickled, by name."""
-    from belated import _worker
-
-    return sorted(function.__name__ for function in _worker._UNPICKLED.values())
-
-
 # The Payload instances this process holds.
 _LIVE_PAYLOADS = weakref.WeakSet()
 

@@ -115,9 +115,6 @@ class _FunctionCache:
         self.entries[key] = value
         self.bytes += size
 
-    def values(self):
-        return [value for value in self.entries.values()]
-
 
 _PICKLED = _FunctionCache()
 _UNPICKLED = _FunctionCache()

@@ -33,13 +33,87 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
 use rustc_hash::FxHashMap;
 
+use crate::codec::{decode_reply, frames_from, frames_of, helper};
+use crate::errors::CancelledError;
 use crate::errors::{BelatedError, WorkerLostError, WorkerStartError};
 use crate::host::{PythonHost, TaskGuard};
-use crate::processes::{decode_reply, frames_from, frames_of, helper, Launch, Running};
 use crate::task::{PyValue, TaskNode, Work};
 
 /// How often the keeper looks at the workers' memory.
 const MEMORY_POLL: Duration = Duration::from_millis(100);
+/// How long a new worker may take to import its modules and say it is ready.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to start a worker of this interpreter with `connections` connections, importing `preload`
+/// once ready. It gets the parent's `sys.path`, so it imports what the parent imports (functions
+/// pickled by reference included).
+fn worker_spec(py: Python<'_>, connections: usize, preload: Vec<String>) -> PyResult<Spec> {
+    let sys = py.import("sys")?;
+    let separator: String = py.import("os")?.getattr("pathsep")?.extract()?;
+    let path: Vec<String> = sys.getattr("path")?.extract()?;
+    Ok(Spec {
+        python: sys.getattr("executable")?.extract()?,
+        path: path.join(&separator),
+        connections,
+        preload,
+        start_timeout: START_TIMEOUT,
+    })
+}
+
+/// The worker processes running one computation's tasks right now, so cancelling the computation
+/// can kill them (a task may never return by itself).
+#[derive(Default)]
+pub(crate) struct Running {
+    cancelled: AtomicBool,
+    workers: Mutex<Vec<Arc<WorkerProcess>>>,
+}
+
+impl Running {
+    /// Registers `worker` as running one of the computation's tasks until the guard drops; `None`
+    /// once the computation is cancelled.
+    pub(crate) fn enter(&self, worker: &Arc<WorkerProcess>) -> Option<RunningGuard<'_>> {
+        let mut workers = self.workers.lock();
+        if self.cancelled() {
+            return None;
+        }
+        workers.push(Arc::clone(worker));
+        Some(RunningGuard {
+            running: self,
+            worker: Arc::clone(worker),
+        })
+    }
+
+    /// Cancels the computation: kills every worker running one of its tasks.
+    pub(crate) fn cancel(&self) {
+        let workers = self.workers.lock();
+        self.cancelled.store(true, SeqCst);
+        for worker in workers.iter() {
+            worker.kill();
+        }
+    }
+
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancelled.load(SeqCst)
+    }
+
+    pub(crate) fn cancelled_error() -> PyErr {
+        CancelledError::new_err("the computation was cancelled")
+    }
+}
+
+pub(crate) struct RunningGuard<'a> {
+    running: &'a Running,
+    worker: Arc<WorkerProcess>,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        let mut workers = self.running.workers.lock();
+        if let Some(at) = workers.iter().position(|w| Arc::ptr_eq(w, &self.worker)) {
+            workers.swap_remove(at);
+        }
+    }
+}
 
 #[derive(Default)]
 struct Slot {
@@ -856,24 +930,18 @@ impl Cluster {
     }
 }
 
-#[pymethods]
 impl Cluster {
-    #[new]
-    #[pyo3(signature = (n_workers, threads_per_worker, memory_limit=None, preload=Vec::new()))]
-    fn new(
+    /// Starts `n_workers` worker processes that run `threads_per_worker` tasks each at once, and
+    /// the pool threads that drive them.
+    fn start(
         py: Python<'_>,
         n_workers: usize,
         threads_per_worker: usize,
         memory_limit: Option<u64>,
         preload: Vec<String>,
     ) -> PyResult<Self> {
-        if n_workers == 0 || threads_per_worker == 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "n_workers and threads_per_worker must be at least 1",
-            ));
-        }
         // One connection per pool thread of its group, and one for fetches.
-        let spec = Launch::from_interpreter(py, 0)?.spec(threads_per_worker + 1, preload);
+        let spec = worker_spec(py, threads_per_worker + 1, preload)?;
         let (keeper, requests) = mpsc::channel();
         let shared = Arc::new(ClusterShared {
             owner: std::process::id(),
@@ -909,6 +977,64 @@ impl Cluster {
             shared,
             pool: Mutex::new(Some(Arc::new(pool))),
         })
+    }
+}
+
+/// The `processes` scheduler's clusters, one per worker count, of one-thread workers: started on
+/// first use and kept for the life of the process, like the threads pools.
+static PROCESS_CLUSTERS: Mutex<Vec<(usize, Arc<Cluster>)>> = Mutex::new(Vec::new());
+
+/// The cluster of `workers` one-thread workers that `scheduler="processes"` runs on.
+pub(crate) fn processes_cluster(py: Python<'_>, workers: usize) -> PyResult<Arc<Cluster>> {
+    let running = |clusters: &[(usize, Arc<Cluster>)]| {
+        clusters
+            .iter()
+            .find(|(n, cluster)| *n == workers && !cluster.shared.closed.load(SeqCst))
+            .map(|(_, cluster)| Arc::clone(cluster))
+    };
+    if let Some(cluster) = running(&PROCESS_CLUSTERS.lock()) {
+        return Ok(cluster);
+    }
+    // Started without the registry's lock, which a thread holding the interpreter may wait for.
+    let started = Arc::new(Cluster::start(py, workers, 1, None, Vec::new())?);
+    let mut clusters = PROCESS_CLUSTERS.lock();
+    if let Some(cluster) = running(&clusters) {
+        return Ok(cluster); // another thread was first; ours is closed as it drops
+    }
+    clusters.push((workers, Arc::clone(&started)));
+    Ok(started)
+}
+
+/// Stops the processes scheduler's clusters (at exit).
+pub(crate) fn close_processes_clusters() {
+    let clusters = std::mem::take(&mut *PROCESS_CLUSTERS.lock());
+    for (_, cluster) in clusters {
+        cluster.shut();
+    }
+}
+
+/// After `fork()`: the clusters' threads and workers are the parent's; forget them untouched.
+pub(crate) fn forget_processes_clusters() {
+    std::mem::forget(std::mem::take(&mut *PROCESS_CLUSTERS.lock()));
+}
+
+#[pymethods]
+impl Cluster {
+    #[new]
+    #[pyo3(signature = (n_workers, threads_per_worker, memory_limit=None, preload=Vec::new()))]
+    fn new(
+        py: Python<'_>,
+        n_workers: usize,
+        threads_per_worker: usize,
+        memory_limit: Option<u64>,
+        preload: Vec<String>,
+    ) -> PyResult<Self> {
+        if n_workers == 0 || threads_per_worker == 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "n_workers and threads_per_worker must be at least 1",
+            ));
+        }
+        Self::start(py, n_workers, threads_per_worker, memory_limit, preload)
     }
 
     /// Stops the workers (killing tasks still running) and the threads that drive them. Idempotent.

@@ -1,7 +1,8 @@
 //! `compute` and `persist`: flatten what the arguments need, run it, put the results back in place.
 //!
-//! Threads and processes: a pool per kind and worker count, started on first use and kept for the life
-//! of the process (a processes pool's threads each drive one worker process). The calling thread lets
+//! Threads: a pool per worker count, started on first use and kept for the life of the process.
+//! Processes: a local cluster of one-thread worker processes per worker count, kept likewise; it is
+//! the runtime a Client's cluster runs on, with the same locality and fault handling. The calling thread lets
 //! go of the interpreter while it waits, waking every [`SIGNAL_POLL`] to let Python
 //! deliver Ctrl-C, which cancels the computation. A compute called from inside a task runs inline on that
 //! worker, since waiting on the pool it occupies could wait forever.
@@ -19,28 +20,27 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
 
-use crate::cluster::{Cluster, ClusterRunner};
+use crate::cluster::{
+    close_processes_clusters, forget_processes_clusters, processes_cluster, Cluster, ClusterRunner,
+    ClusterShared, Running,
+};
+use crate::codec::{check_picklable, helper};
 use crate::dashboard::HubObserver;
 use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks};
-use crate::processes::{check_picklable, helper, run_remote, Launch, Running};
-use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode, Work};
+use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode};
 
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
-/// A pool's kind (`true`: processes) and size.
-type PoolKey = (bool, usize);
-
-static POOLS: Mutex<Vec<(PoolKey, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
+/// The threads scheduler's pools, by size.
+static POOLS: Mutex<Vec<(usize, Arc<ThreadPool>)>> = Mutex::new(Vec::new());
 
 struct PyRunner {
     nodes: Arc<[Arc<TaskNode>]>,
     guard: TaskGuard,
-    /// Set for the processes scheduler: calls run in this thread's worker process.
-    processes: Option<Launch>,
 }
 
 impl Runner for PyRunner {
@@ -51,14 +51,7 @@ impl Runner for PyRunner {
         Python::attach(|py| {
             let node = &self.nodes[task.index()];
             let key = self.guard.before(py, node)?;
-            let payload = node.payload();
-            let value = match &self.processes {
-                None => payload.evaluate(py, inputs)?,
-                Some(launch) => match payload.prepare(py, inputs)? {
-                    Work::Ready(value) => value,
-                    Work::Call(call) => run_remote(py, payload, call, launch)?,
-                },
-            };
+            let value = node.payload().evaluate(py, inputs)?;
             if let Some(key) = key {
                 self.guard.after(py, &key, &value)?;
             }
@@ -133,20 +126,21 @@ impl Listeners {
 enum Mode {
     Inline,
     Threads(usize),
-    Processes(usize),
-    /// A local cluster, and its pool (taken when the mode is chosen, so a closed cluster is refused
-    /// before anything starts).
-    Cluster(Py<Cluster>, Arc<ThreadPool>),
+    /// Worker processes: a Client's local cluster, or the processes scheduler's cluster of
+    /// one-thread workers; and its pool (taken when the mode is chosen, so a closed cluster is
+    /// refused before anything starts).
+    Cluster(Arc<ClusterShared>, Arc<ThreadPool>),
 }
 
 fn mode(
+    py: Python<'_>,
     scheduler: &str,
     num_workers: Option<usize>,
     cluster: Option<Py<Cluster>>,
 ) -> PyResult<Mode> {
     if let Some(cluster) = cluster {
-        let pool = cluster.get().pool()?;
-        return Ok(Mode::Cluster(cluster, pool));
+        let cluster = cluster.get();
+        return Ok(Mode::Cluster(Arc::clone(&cluster.shared), cluster.pool()?));
     }
     let workers = || match num_workers {
         Some(0) => Err(PyValueError::new_err("num_workers must be at least 1")),
@@ -156,18 +150,20 @@ fn mode(
     match scheduler {
         "sync" | "synchronous" | "single-threaded" => Ok(Mode::Inline),
         "threads" | "threading" | "threaded" => Ok(Mode::Threads(workers()?)),
-        "processes" | "multiprocessing" => Ok(Mode::Processes(workers()?)),
+        "processes" | "multiprocessing" => {
+            let cluster = processes_cluster(py, workers()?)?;
+            Ok(Mode::Cluster(Arc::clone(&cluster.shared), cluster.pool()?))
+        }
         other => Err(PyValueError::new_err(format!(
             "unknown scheduler '{other}'; expected 'threads', 'processes' or 'sync'"
         ))),
     }
 }
 
-/// The pool for `threads` workers of a kind (`processes` or not), started on first use. A processes
-/// pool's threads each own a worker process, so the two kinds never share threads.
-fn pool(processes: bool, threads: usize) -> PyResult<Arc<ThreadPool>> {
+/// The pool of `threads` worker threads, started on first use.
+fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
     let mut pools = POOLS.lock();
-    if let Some((_, pool)) = pools.iter().find(|(key, _)| *key == (processes, threads)) {
+    if let Some((_, pool)) = pools.iter().find(|(key, _)| *key == threads) {
         return Ok(Arc::clone(pool));
     }
     let pool = ThreadPool::new(threads, Arc::new(PythonHost)).map_err(|e| {
@@ -176,7 +172,7 @@ fn pool(processes: bool, threads: usize) -> PyResult<Arc<ThreadPool>> {
         ))
     })?;
     let pool = Arc::new(pool);
-    pools.push(((processes, threads), Arc::clone(&pool)));
+    pools.push((threads, Arc::clone(&pool)));
     Ok(pool)
 }
 
@@ -292,13 +288,10 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
     };
     let workers = match &mode {
         Mode::Inline => 0,
-        Mode::Threads(threads) | Mode::Processes(threads) => *threads,
-        Mode::Cluster(cluster, _) => {
-            let shared = &cluster.get().shared;
-            shared.workers() * shared.threads_per_worker()
-        }
+        Mode::Threads(threads) => *threads,
+        Mode::Cluster(shared, _) => shared.workers() * shared.threads_per_worker(),
     };
-    if matches!(mode, Mode::Processes(_) | Mode::Cluster(..)) {
+    if matches!(mode, Mode::Cluster(..)) {
         check_picklable(py, &nodes)?;
         static NEW_COMPUTATION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         helper(py, &NEW_COMPUTATION, "new_computation")?.call0()?;
@@ -332,47 +325,29 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
         listeners: &listeners,
         running: None,
     };
-    let runner = |guard, processes| PyRunner {
+    let runner = |guard| PyRunner {
         nodes: Arc::clone(&nodes),
         guard,
-        processes,
     };
     let result = match mode {
-        Mode::Inline => run_inline_observed(graph, outputs, runner(guard, None), observer),
+        Mode::Inline => run_inline_observed(graph, outputs, runner(guard), observer),
         Mode::Threads(threads) => run_pooled(
             py,
-            &*pool(false, threads)?,
+            &*pool(threads)?,
             (graph, outputs),
-            runner(guard, None),
+            runner(guard),
             observer,
             watch,
         )?,
-        Mode::Processes(threads) => {
-            let launch = Launch::from_interpreter(py, retries)?;
-            let watch = Watch {
-                running: Some(Arc::clone(&launch.running)),
-                ..watch
-            };
-            run_pooled(
-                py,
-                &*pool(true, threads)?,
-                (graph, outputs),
-                runner(guard, Some(launch)),
-                observer,
-                watch,
-            )?
-        }
         Mode::Cluster(cluster, pool) => {
-            let cluster = cluster.get();
-            let runner =
-                ClusterRunner::new(&cluster.shared, &nodes, &graph, &outputs, guard, retries);
+            let runner = ClusterRunner::new(&cluster, &nodes, &graph, &outputs, guard, retries);
             let watch = Watch {
                 running: Some(Arc::clone(&runner.running)),
                 ..watch
             };
             let wanted = outputs.clone();
             let result = run_pooled(py, &pool, (graph, outputs), runner, observer, watch);
-            py.detach(|| cluster.shared.flush_releases());
+            py.detach(|| cluster.flush_releases());
             result?.and_then(|values| {
                 values
                     .into_iter()
@@ -418,7 +393,7 @@ pub(crate) fn compute<'py>(
     cancel: Option<Py<CancelToken>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let run = Run {
-        mode: mode(scheduler, num_workers, cluster)?,
+        mode: mode(py, scheduler, num_workers, cluster)?,
         cancel: cancel.as_ref().map(Py::get),
         callbacks: &callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py)),
         timeout,
@@ -471,6 +446,7 @@ pub(crate) fn shutdown() {
     for (_, pool) in pools {
         pool.shutdown();
     }
+    close_processes_clusters();
 }
 
 /// After `fork()` the child has none of the parent's threads: forget the pools (their threads cannot be
@@ -478,6 +454,7 @@ pub(crate) fn shutdown() {
 #[pyfunction]
 pub(crate) fn forget_pools_after_fork() {
     std::mem::forget(std::mem::take(&mut *POOLS.lock()));
+    forget_processes_clusters();
 }
 
 /// Computes through another engine: `executor(graph, keys, dependencies)` receives the whole graph at

@@ -4,6 +4,7 @@
 //! exceptions ([`errors`]).
 
 mod cluster;
+mod codec;
 mod compute;
 mod dashboard;
 mod delayed;
@@ -11,7 +12,6 @@ mod diagnostics;
 mod errors;
 mod export;
 mod host;
-mod processes;
 mod render;
 mod task;
 
