@@ -21,9 +21,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use belated_cluster::directory::{self, Directory, Kept, Sent, Source};
 use belated_cluster::wire::{self, FETCH, KEEP, RUN, SEND};
 use belated_cluster::{Spec, WorkerProcess};
 use belated_core::{current_worker, Graph, Runner, TaskId, ThreadPool};
@@ -155,13 +156,9 @@ pub(crate) struct ClusterShared {
     threads_per_worker: usize,
     memory_limit: Option<u64>,
     slots: Vec<Slot>,
-    /// Each worker's generation, bumped when it is replaced: results of older generations are lost.
-    generations: Vec<AtomicU64>,
-    /// Ids each worker may forget, sent with its next request.
-    releases: Vec<Mutex<Vec<u64>>>,
-    next_id: AtomicU64,
+    /// Where each value lives; closed with the cluster.
+    directory: Arc<Directory>,
     keeper: Mutex<Option<mpsc::Sender<SpawnRequest>>>,
-    closed: AtomicBool,
     stats: Stats,
 }
 
@@ -182,19 +179,11 @@ impl ClusterShared {
     }
 
     fn generation(&self, group: usize) -> u64 {
-        self.generations[group].load(SeqCst)
+        self.directory.generation(group)
     }
 
-    fn alive(&self, remote: &Remote) -> bool {
-        self.generation(remote.group) == remote.generation
-    }
-
-    fn new_id(&self) -> u64 {
-        self.next_id.fetch_add(1, SeqCst)
-    }
-
-    fn take_releases(&self, group: usize) -> Vec<u64> {
-        std::mem::take(&mut *self.releases[group].lock())
+    fn closed(&self) -> bool {
+        self.directory.is_closed()
     }
 
     fn spawn(&self, count: usize) -> Result<Vec<Spawned>, String> {
@@ -239,16 +228,15 @@ impl ClusterShared {
         old.kill();
         let why = old.ending(self.memory_limit);
         drop(old);
-        self.releases[group].lock().clear();
         let new = self
             .spawn(1)
             .and_then(|mut new| new.pop().expect("one asked").map_err(|e| e.to_string()));
         let mut slot = state.lock();
         slot.replacing = false;
         slot.last_death = why.clone();
-        self.generations[group].fetch_add(1, SeqCst);
+        self.directory.replaced(group);
         let outcome = match new {
-            Ok(new) if !self.closed.load(SeqCst) => {
+            Ok(new) if !self.closed() => {
                 slot.worker = Some(Arc::new(new));
                 self.stats.replaced.fetch_add(1, SeqCst);
                 Ok(why)
@@ -286,7 +274,7 @@ impl ClusterShared {
             .worker(group, generation)
             .ok_or(Failed::Lost(group, generation))?;
         let mut fetches = worker.connection(self.threads_per_worker);
-        let releases = self.take_releases(group);
+        let releases = self.directory.take_releases(group);
         let mut rest = Vec::with_capacity(ids.len() + 1);
         rest.push(ids.len() as u64);
         rest.extend_from_slice(ids);
@@ -299,7 +287,7 @@ impl ClusterShared {
     /// between computations.
     pub(crate) fn flush_releases(&self) {
         for group in 0..self.workers() {
-            if !self.releases[group].lock().is_empty() {
+            if self.directory.has_releases(group) {
                 let _ = self.fetch(group, self.generation(group), &[]);
             }
         }
@@ -310,7 +298,7 @@ impl ClusterShared {
     }
 
     fn close(&self) {
-        self.closed.store(true, SeqCst);
+        self.directory.close();
         *self.keeper.lock() = None;
         let forked = self.forked();
         for slot in &self.slots {
@@ -374,108 +362,12 @@ fn enforce_memory_limit(cluster: &ClusterShared, limit: u64) {
     }
 }
 
-/// A result kept by a worker. Dropping the last handle tells the worker to forget it.
-pub(crate) struct Remote {
-    id: u64,
-    group: usize,
-    generation: u64,
-    /// About how many bytes the value holds, as its worker estimated it: what moving it would cost.
-    bytes: u64,
-    cluster: Arc<ClusterShared>,
-    /// Copies other workers received (or recomputed), each forgotten with this one.
-    copies: Mutex<Vec<Arc<Remote>>>,
-}
-
-impl Remote {
-    fn new(
-        cluster: &Arc<ClusterShared>,
-        id: u64,
-        group: usize,
-        generation: u64,
-        bytes: u64,
-    ) -> Arc<Self> {
-        Arc::new(Remote {
-            id,
-            group,
-            generation,
-            bytes,
-            cluster: Arc::clone(cluster),
-            copies: Mutex::new(Vec::new()),
-        })
-    }
-}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        if self.cluster.alive(self) && !self.cluster.closed.load(SeqCst) {
-            self.cluster.releases[self.group].lock().push(self.id);
-        }
-    }
-}
-
-/// A task's result as the engine holds it on a cluster: here (outputs, and values built from
-/// literals), in a worker, or both.
-#[derive(Clone)]
-pub(crate) struct Held {
-    pub(crate) local: Option<PyValue>,
-    remote: Option<Arc<Remote>>,
-    /// For a value built here: what the tasks that need it learned of it.
-    sent: Option<Arc<Sent>>,
-}
-
-/// A value built here, as seen by the tasks that need it (shared by all of them).
-#[derive(Default)]
-struct Sent {
-    /// Its size, estimated when a task first needed it.
-    bytes: OnceLock<u64>,
-    /// The workers it was sent to, so that each receives a large value once per computation rather
-    /// than with every call that needs it.
-    copies: Mutex<Vec<Arc<Remote>>>,
-}
+/// A task's result as a cluster computation holds it.
+pub(crate) type Held = directory::Held<PyValue>;
 
 /// Values built here of at least this many bytes are sent to a worker once and kept there; smaller
 /// ones travel inside each call that needs them.
 const SEND_ONCE_BYTES: u64 = 64 * 1024;
-
-/// Where a task finds one of its inputs.
-enum Source {
-    Here(PyValue),
-    InMyWorker(u64),
-    Elsewhere(Arc<Remote>),
-    Lost,
-}
-
-impl Held {
-    fn source(&self, cluster: &ClusterShared, group: usize) -> Source {
-        let mut alive_elsewhere = None;
-        if let Some(remote) = &self.remote {
-            let copies = remote.copies.lock();
-            for candidate in std::iter::once(remote).chain(copies.iter()) {
-                if !cluster.alive(candidate) {
-                    continue;
-                }
-                if candidate.group == group {
-                    return Source::InMyWorker(candidate.id);
-                }
-                alive_elsewhere.get_or_insert_with(|| Arc::clone(candidate));
-            }
-        }
-        if let Some(sent) = &self.sent {
-            let copies = sent.copies.lock();
-            let mine = copies
-                .iter()
-                .find(|copy| copy.group == group && cluster.alive(copy));
-            if let Some(copy) = mine {
-                return Source::InMyWorker(copy.id);
-            }
-        }
-        match (&self.local, alive_elsewhere) {
-            (Some(local), _) => Source::Here(local.clone()),
-            (None, Some(remote)) => Source::Elsewhere(remote),
-            (None, None) => Source::Lost,
-        }
-    }
-}
 
 /// What a call's request carries of other workers' values: their replies' frames, and the header
 /// words saying which ids to store them under.
@@ -483,7 +375,7 @@ type Fetched = Result<(Vec<Vec<u8>>, Vec<u64>), Failed>;
 
 /// Values to fetch from one worker and store in another before a call.
 struct Transfer {
-    source: Arc<Remote>,
+    source: Arc<Kept>,
     copy_id: u64,
 }
 
@@ -512,7 +404,7 @@ pub(crate) struct ClusterRunner {
     guard: TaskGuard,
     retries: usize,
     /// The result each task last produced in a worker, for recomputing what a lost worker held.
-    produced: Mutex<Vec<Weak<Remote>>>,
+    produced: Mutex<Vec<Weak<Kept>>>,
     pub(crate) running: Arc<Running>,
 }
 
@@ -571,7 +463,7 @@ impl ClusterRunner {
             in_workers: false,
         };
         for (held, &dep) in inputs.iter().zip(self.graph.deps(task)) {
-            let value = match held.source(&self.cluster, group) {
+            let value = match held.source(&self.cluster.directory, group) {
                 Source::Here(value) => match self.upload(py, task, held, &value)? {
                     Some(upload) => {
                         prepared.in_workers = true;
@@ -587,16 +479,16 @@ impl ClusterRunner {
                 }
                 Source::Elsewhere(source) => {
                     prepared.in_workers = true;
-                    let copy_id = self.cluster.new_id();
+                    let copy_id = self.cluster.directory.new_id();
                     prepared.transfers.push(Transfer { source, copy_id });
                     Self::stored(py, copy_id)?
                 }
                 Source::Lost => {
                     let recovered = self.recover(py, dep, group)?;
                     if let (Some(original), Some(copy)) = (&held.remote, &recovered.remote) {
-                        original.copies.lock().push(Arc::clone(copy));
+                        original.add_copy(Arc::clone(copy));
                     }
-                    match recovered.source(&self.cluster, group) {
+                    match recovered.source(&self.cluster.directory, group) {
                         Source::Here(value) => value,
                         Source::InMyWorker(id) => {
                             prepared.in_workers = true;
@@ -650,7 +542,7 @@ impl ClusterRunner {
             })?;
         Ok(Some(Upload {
             frames: frames_from(py, &frames)?,
-            copy_id: self.cluster.new_id(),
+            copy_id: self.cluster.directory.new_id(),
             bytes,
             sent: Arc::clone(sent),
         }))
@@ -662,7 +554,7 @@ impl ClusterRunner {
         let mut by_source: FxHashMap<(usize, u64), Vec<&Transfer>> = FxHashMap::default();
         for transfer in transfers {
             by_source
-                .entry((transfer.source.group, transfer.source.generation))
+                .entry((transfer.source.worker, transfer.source.generation))
                 .or_default()
                 .push(transfer);
         }
@@ -721,14 +613,14 @@ impl ClusterRunner {
                     payload.key_string(py)
                 ))
             })?;
-            let result_id = self.cluster.new_id();
+            let result_id = self.cluster.directory.new_id();
             let generation = self.cluster.generation(group);
             let outcome = py.detach(|| {
                 let (transfer_frames, mut words) =
                     self.fetch_transfers(&prepared.transfers, &mut prepared.uploads)?;
                 let mut rest = vec![result_id, u64::from(flags)];
                 rest.append(&mut words);
-                let releases = self.cluster.take_releases(group);
+                let releases = self.cluster.directory.take_releases(group);
                 let mut request = vec![wire::header(RUN, &releases, &rest)];
                 request.extend(transfer_frames);
                 request.extend(call_frames);
@@ -740,26 +632,26 @@ impl ClusterRunner {
                     // The worker stored the values it received even if the task then failed.
                     for transfer in &prepared.transfers {
                         let source = &transfer.source;
-                        let copy = Remote::new(
-                            &self.cluster,
+                        let copy = Kept::new(
+                            &self.cluster.directory,
                             transfer.copy_id,
                             group,
                             generation,
                             source.bytes,
                         );
-                        source.copies.lock().push(copy);
+                        source.add_copy(copy);
                     }
                     let uploaded = prepared.uploads.len() as u64;
                     self.cluster.stats.uploaded.fetch_add(uploaded, SeqCst);
                     for upload in &prepared.uploads {
-                        let copy = Remote::new(
-                            &self.cluster,
+                        let copy = Kept::new(
+                            &self.cluster.directory,
                             upload.copy_id,
                             group,
                             generation,
                             upload.bytes,
                         );
-                        upload.sent.copies.lock().push(copy);
+                        upload.sent.add_copy(copy);
                     }
                     let value = decode_reply(py, &reply)?;
                     let remote = if flags & KEEP != 0 {
@@ -769,8 +661,8 @@ impl ClusterRunner {
                         } else {
                             value.extract()?
                         };
-                        Some(Remote::new(
-                            &self.cluster,
+                        Some(Kept::new(
+                            &self.cluster.directory,
                             result_id,
                             group,
                             generation,
@@ -796,7 +688,7 @@ impl ClusterRunner {
                 // Killed by a cancel, or by close(): either way the computation is over, and the
                 // next one finds a new worker in its place.
                 Err(Failed::Lost(lost, generation))
-                    if self.running.cancelled() || self.cluster.closed.load(SeqCst) =>
+                    if self.running.cancelled() || self.cluster.closed() =>
                 {
                     let _ = py.detach(|| self.cluster.replace(lost, generation));
                     return Err(Running::cancelled_error());
@@ -829,7 +721,7 @@ impl ClusterRunner {
                 remote: Some(remote),
                 sent: None,
             };
-            (!matches!(held.source(&self.cluster, group), Source::Lost)).then_some(held)
+            (!matches!(held.source(&self.cluster.directory, group), Source::Lost)).then_some(held)
         };
         let mut done: FxHashMap<TaskId, Held> = FxHashMap::default();
         let mut stack = vec![lost];
@@ -884,7 +776,7 @@ impl Runner for ClusterRunner {
         let mut held_bytes = vec![0u64; self.cluster.workers()];
         for held in inputs {
             if let Some(remote) = &held.remote {
-                held_bytes[remote.group] += remote.bytes.max(1);
+                held_bytes[remote.worker] += remote.bytes.max(1);
             }
         }
         let (group, &most) = held_bytes.iter().enumerate().max_by_key(|&(_, n)| *n)?;
@@ -948,11 +840,8 @@ impl Cluster {
             threads_per_worker,
             memory_limit,
             slots: (0..n_workers).map(|_| Slot::default()).collect(),
-            generations: (0..n_workers).map(|_| AtomicU64::new(0)).collect(),
-            releases: (0..n_workers).map(|_| Mutex::new(Vec::new())).collect(),
-            next_id: AtomicU64::new(0),
+            directory: Arc::new(Directory::new(n_workers)),
             keeper: Mutex::new(Some(keeper)),
-            closed: AtomicBool::new(false),
             stats: Stats::default(),
         });
         let weak = Arc::downgrade(&shared);
@@ -989,7 +878,7 @@ pub(crate) fn processes_cluster(py: Python<'_>, workers: usize) -> PyResult<Arc<
     let running = |clusters: &[(usize, Arc<Cluster>)]| {
         clusters
             .iter()
-            .find(|(n, cluster)| *n == workers && !cluster.shared.closed.load(SeqCst))
+            .find(|(n, cluster)| *n == workers && !cluster.shared.closed())
             .map(|(_, cluster)| Arc::clone(cluster))
     };
     if let Some(cluster) = running(&PROCESS_CLUSTERS.lock()) {
@@ -1044,7 +933,7 @@ impl Cluster {
 
     #[getter]
     fn closed(&self) -> bool {
-        self.shared.closed.load(SeqCst)
+        self.shared.closed()
     }
 
     #[getter]
