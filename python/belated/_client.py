@@ -1,8 +1,8 @@
 """``belated.Client``: a local cluster of worker processes run by the engine, or a Dask distributed
 cluster, as the default scheduler while it is open."""
 
-import atexit
 import concurrent.futures
+import concurrent.futures.thread  # registers its exit hook before ours (at the end)
 import html
 import os
 import re
@@ -125,7 +125,8 @@ class Client:
     ``Client(n_workers=4, threads_per_worker=4, memory_limit="2GB")`` starts a local cluster: worker
     processes run by belated's engine, each running ``threads_per_worker`` tasks at once and keeping the
     results it computed until a task elsewhere, or the caller, needs them. Workers talk to this process
-    over unix sockets in a private directory, never a TCP port. A worker that dies or goes over
+    on socket pairs only it holds, never a TCP port; their output is forwarded to this process's, each
+    line prefixed ``[worker PID]``. A worker that dies or goes over
     ``memory_limit`` (bytes, ``"4GB"``, a fraction of the machine's memory, ``"auto"``: an equal share,
     or ``None``) is replaced; its tasks are retried (``retries``) and the results it held recomputed.
     Workers import the modules in ``preload`` as soon as they start (default: numpy and pandas, when
@@ -368,7 +369,12 @@ def _start_dashboard(address):
         return dashboard(host, 0, quiet=True)
 
 
-@atexit.register
 def _close_all():
     for client in list(_OPEN):
         client.close()
+
+
+# At exit, open clients close (cancelling their futures, as distributed does) before threading joins
+# the threads that wait for those futures. Those joins run before atexit's handlers, in the reverse
+# order of registration: this one is registered after concurrent.futures.thread's (imported above).
+threading._register_atexit(_close_all)

@@ -12,4 +12,7 @@ pub enum Error {
     /// It died (or was killed) while the parent talked to it.
     #[error("its worker process died")]
     Lost,
+    /// Its cluster was closed: no worker is started or replaced any more.
+    #[error("the cluster is closed")]
+    Closed,
 }

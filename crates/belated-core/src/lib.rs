@@ -16,6 +16,7 @@ mod error;
 mod executor;
 mod graph;
 mod node;
+pub mod placement;
 mod schedule;
 
 pub use error::Error;

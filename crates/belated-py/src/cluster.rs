@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use belated_cluster::directory::{self, Directory, Kept, Sent, Source};
 use belated_cluster::wire::{self, FETCH, KEEP, RUN, SEND};
-use belated_cluster::{Spec, WorkerProcess};
-use belated_core::{current_worker, Graph, Runner, TaskId, ThreadPool};
+use belated_cluster::{Error, Spec, WorkerProcess};
+use belated_core::{current_worker, placement, Graph, Runner, TaskId, ThreadPool};
 use parking_lot::{Condvar, Mutex};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -36,7 +36,7 @@ use rustc_hash::FxHashMap;
 
 use crate::codec::{decode_reply, frames_from, frames_of, helper};
 use crate::errors::CancelledError;
-use crate::errors::{BelatedError, WorkerLostError, WorkerStartError};
+use crate::errors::{cluster_error, BelatedError, WorkerLostError, WorkerStartError};
 use crate::host::{PythonHost, TaskGuard};
 use crate::task::{PyValue, TaskNode, Work};
 
@@ -186,16 +186,14 @@ impl ClusterShared {
         self.directory.is_closed()
     }
 
-    fn spawn(&self, count: usize) -> Result<Vec<Spawned>, String> {
+    fn spawn(&self, count: usize) -> Result<Vec<Spawned>, Error> {
         let (reply, replies) = mpsc::channel();
         let keeper = self.keeper.lock().clone();
         keeper
-            .ok_or("the cluster is closed")?
+            .ok_or(Error::Closed)?
             .send(SpawnRequest { count, reply })
-            .map_err(|_| "the cluster is closed")?;
-        replies
-            .recv()
-            .map_err(|_| "the cluster is closed".to_string())
+            .map_err(|_| Error::Closed)?;
+        replies.recv().map_err(|_| Error::Closed)
     }
 
     /// The worker of `group` if it is still at `generation`, waiting while it is being replaced.
@@ -211,7 +209,7 @@ impl ClusterShared {
 
     /// Replaces the worker of `group` if it is still at `generation`; returns how that one ended. The
     /// slot is not locked while the new worker starts: others asking for it wait on `replaced`.
-    fn replace(&self, group: usize, generation: u64) -> Result<String, String> {
+    fn replace(&self, group: usize, generation: u64) -> Result<String, Error> {
         let Slot { state, replaced } = &self.slots[group];
         let mut slot = state.lock();
         while slot.replacing {
@@ -221,7 +219,7 @@ impl ClusterShared {
             return Ok(slot.last_death.clone());
         }
         let Some(old) = slot.worker.take() else {
-            return Err("the cluster is closed".to_string());
+            return Err(Error::Closed);
         };
         slot.replacing = true;
         drop(slot);
@@ -230,7 +228,7 @@ impl ClusterShared {
         drop(old);
         let new = self
             .spawn(1)
-            .and_then(|mut new| new.pop().expect("one asked").map_err(|e| e.to_string()));
+            .and_then(|mut new| new.pop().expect("one asked"));
         let mut slot = state.lock();
         slot.replacing = false;
         slot.last_death = why.clone();
@@ -241,7 +239,7 @@ impl ClusterShared {
                 self.stats.replaced.fetch_add(1, SeqCst);
                 Ok(why)
             }
-            Ok(_) => Err("the cluster is closed".to_string()),
+            Ok(_) => Err(Error::Closed),
             Err(error) => Err(error),
         };
         replaced.notify_all();
@@ -695,11 +693,11 @@ impl ClusterRunner {
                 }
                 Err(Failed::Lost(lost, generation)) => py
                     .detach(|| self.cluster.replace(lost, generation))
-                    .map_err(|why| {
-                        WorkerLostError::new_err(format!(
-                            "task {} could not run: {why}",
-                            payload.key_string(py)
-                        ))
+                    .map_err(|error| {
+                        cluster_error(
+                            error,
+                            &format!("task {} could not run", payload.key_string(py)),
+                        )
                     })?,
             };
             failures += 1;
@@ -770,17 +768,10 @@ impl Runner for ClusterRunner {
         })
     }
 
-    /// The worker from which the fewest bytes would have to move: the one holding most of the
-    /// inputs' bytes. Every input weighs at least a byte, so tiny inputs still attract their consumer.
+    /// The worker holding most of the inputs' bytes ([`placement::most_input_bytes`]).
     fn place(&self, _task: TaskId, inputs: &mut dyn Iterator<Item = &Held>) -> Option<usize> {
-        let mut held_bytes = vec![0u64; self.cluster.workers()];
-        for held in inputs {
-            if let Some(remote) = &held.remote {
-                held_bytes[remote.worker] += remote.bytes.max(1);
-            }
-        }
-        let (group, &most) = held_bytes.iter().enumerate().max_by_key(|&(_, n)| *n)?;
-        (most > 0).then_some(group)
+        let held = inputs.filter_map(|held| held.remote.as_ref().map(|r| (r.worker, r.bytes)));
+        placement::most_input_bytes(self.cluster.workers(), held)
     }
 }
 
@@ -851,17 +842,19 @@ impl Cluster {
             .map_err(|e| {
                 WorkerStartError::new_err(format!("could not start the cluster's keeper: {e}"))
             })?;
-        let started = py.detach(|| shared.spawn(n_workers));
-        let fail = |why: String| {
+        let fail = |error| {
             shared.close();
-            WorkerStartError::new_err(why)
+            cluster_error(error, "could not start the cluster")
         };
-        let started = started.map_err(fail)?;
+        let started = py.detach(|| shared.spawn(n_workers)).map_err(fail)?;
         for (slot, worker) in shared.slots.iter().zip(started) {
-            slot.state.lock().worker = Some(Arc::new(worker.map_err(|e| fail(e.to_string()))?));
+            slot.state.lock().worker = Some(Arc::new(worker.map_err(fail)?));
         }
         let pool = ThreadPool::with_groups(n_workers, threads_per_worker, Arc::new(PythonHost))
-            .map_err(|e| fail(format!("could not start the cluster's threads: {e}")))?;
+            .map_err(|e| {
+                shared.close();
+                WorkerStartError::new_err(format!("could not start the cluster's threads: {e}"))
+            })?;
         Ok(Cluster {
             shared,
             pool: Mutex::new(Some(Arc::new(pool))),

@@ -49,6 +49,17 @@ create_exception!(
     "A bug in belated itself, not in your tasks."
 );
 
+/// A worker runtime error as the exception it is to a user, `context` saying what failed.
+pub(crate) fn cluster_error(error: belated_cluster::Error, context: &str) -> PyErr {
+    use belated_cluster::Error;
+    let message = format!("{context}: {error}");
+    match error {
+        Error::Spawn(_) | Error::NotReady(_) => WorkerStartError::new_err(message),
+        Error::Lost => WorkerLostError::new_err(message),
+        Error::Closed => BelatedError::new_err(message),
+    }
+}
+
 pub(crate) fn to_python(
     py: Python<'_>,
     error: Error<PyErr>,
