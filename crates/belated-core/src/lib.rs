@@ -15,6 +15,7 @@
 mod error;
 mod executor;
 mod graph;
+pub mod lineage;
 mod node;
 pub mod placement;
 mod schedule;

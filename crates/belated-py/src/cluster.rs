@@ -27,7 +27,7 @@ use std::time::Duration;
 use belated_cluster::directory::{self, Directory, Kept, Sent, Source};
 use belated_cluster::wire::{self, FETCH, KEEP, RUN, SEND};
 use belated_cluster::{Error, Spec, WorkerProcess};
-use belated_core::{current_worker, placement, Graph, Runner, TaskId, ThreadPool};
+use belated_core::{current_worker, lineage, placement, Graph, Runner, TaskId, ThreadPool};
 use parking_lot::{Condvar, Mutex};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -710,7 +710,8 @@ impl ClusterRunner {
         )))
     }
 
-    /// Recomputes `lost` on this thread's worker, with whatever of its lineage was lost too, inputs first.
+    /// Recomputes `lost` on this thread's worker, with whatever of its lineage was lost too, inputs
+    /// first ([`lineage::recompute_order`]).
     fn recover(&self, py: Python<'_>, lost: TaskId, group: usize) -> PyResult<Held> {
         let available = |task: TaskId| -> Option<Held> {
             let remote = self.produced.lock()[task.index()].upgrade()?;
@@ -721,31 +722,26 @@ impl ClusterRunner {
             };
             (!matches!(held.source(&self.cluster.directory, group), Source::Lost)).then_some(held)
         };
-        let mut done: FxHashMap<TaskId, Held> = FxHashMap::default();
-        let mut stack = vec![lost];
-        while let Some(&task) = stack.last() {
-            if done.contains_key(&task) {
-                stack.pop();
-                continue;
-            }
-            let mut inputs = Vec::with_capacity(self.graph.deps(task).len());
-            let mut missing = Vec::new();
-            for &dep in self.graph.deps(task) {
-                match done.get(&dep).cloned().or_else(|| available(dep)) {
-                    Some(held) => inputs.push(held),
-                    None => missing.push(dep),
-                }
-            }
-            if !missing.is_empty() {
-                stack.extend(missing);
-                continue;
-            }
-            stack.pop();
-            let held = self.evaluate(py, task, &inputs, KEEP)?;
+        let mut held: FxHashMap<TaskId, Held> = FxHashMap::default();
+        let order = lineage::recompute_order(&self.graph, lost, |task| {
+            available(task)
+                .map(|found| held.insert(task, found))
+                .is_some()
+        });
+        for task in order {
+            let inputs: Vec<Held> = self
+                .graph
+                .deps(task)
+                .iter()
+                .map(|dep| held[dep].clone())
+                .collect();
+            let recomputed = self.evaluate(py, task, &inputs, KEEP)?;
             self.cluster.stats.recomputed.fetch_add(1, SeqCst);
-            done.insert(task, held);
+            held.insert(task, recomputed);
         }
-        Ok(done.remove(&lost).expect("computed above"))
+        Ok(held
+            .remove(&lost)
+            .expect("recompute_order ends with the lost task"))
     }
 }
 
