@@ -13,6 +13,7 @@ import pytest
 from worker_tasks import (
     NeedsTwoArguments,
     die_leaving_a_daemon,
+    fork_and_return_in_both,
     nap,
     pid_of,
     raise_needs_two_arguments,
@@ -75,6 +76,11 @@ def test_a_subprocess_writing_to_stdout_is_not_killed_by_sigpipe(run, capfd):
     (pid,) = run(delayed(pid_of)())
     assert run(delayed(run_echo)("echoed")) == (0,), "echo wrote to its stdout"
     assert f"[worker {pid}] echoed" in output_until(capfd, [f"[worker {pid}] echoed"]).splitlines()
+
+
+def test_a_forked_child_returning_from_its_task_does_not_answer_for_the_worker(run):
+    assert run(delayed(fork_and_return_in_both)()) == ("parent",)
+    assert run(delayed(abs)(-5), delayed(square)(3)) == (5, 9)
 
 
 def test_a_task_reading_stdin_reads_nothing(run):

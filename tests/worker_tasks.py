@@ -86,6 +86,15 @@ def nap(seconds):
     return seconds
 
 
+def fork_and_return_in_both():
+    """Forks; the child returns from the task as the parent does, into the worker's own loop."""
+    child = os.fork()
+    if child == 0:
+        return "child"
+    os.waitpid(child, 0)
+    return "parent"
+
+
 def record_then_nap(path, seconds):
     record(path)
     return nap(seconds)

@@ -32,6 +32,7 @@ import types
 import cloudpickle
 
 _LENGTH = struct.Struct("<Q")
+_PID = os.getpid()
 
 
 def read_message(stream):
@@ -216,9 +217,13 @@ def _remote_error(error, text):
 
 def _call(function, args, kwargs):
     try:
-        return (True, function(*args, **(kwargs or {})))
+        reply = (True, function(*args, **(kwargs or {})))
     except BaseException as error:  # the task's failure, whatever it is, goes back to the caller
-        return (False, error)
+        reply = (False, error)
+    if os.getpid() != _PID:
+        # A child the task forked came back here: only the worker itself answers its parent.
+        os._exit(0)
+    return reply
 
 
 _STORE = {}
