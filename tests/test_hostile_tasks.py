@@ -212,31 +212,6 @@ def test_client_starts_whatever_the_temporary_directory_holds(tmp_path):
             os.rmdir(path)
 
 
-def test_no_socket_directory_outlives_a_killed_parent(tmp_path):
-    started = tmp_path / "started"
-    script = textwrap.dedent(
-        f"""
-        import os, time, tempfile
-        import belated
-
-        client = belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None)
-        with open({str(started)!r}, "w") as out:
-            out.write(" ".join(map(str, client.worker_pids)))
-        time.sleep(60)
-        """
-    )
-    environment = dict(os.environ, TMPDIR=str(tmp_path), XDG_RUNTIME_DIR=str(tmp_path))
-    parent = subprocess.Popen([sys.executable, "-c", script], env=environment)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (started.exists() and started.read_text()):
-        time.sleep(0.05)
-    workers = [int(pid) for pid in started.read_text().split()]
-    parent.kill()
-    parent.wait(timeout=10)
-    assert wait_gone(workers)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["started"]
-
-
 def test_functions_sent_by_value_are_not_kept_past_their_computation(tmp_path):
     # A function defined in __main__ travels by value with the globals it reads: each round's payload.
     script = tmp_path / "main.py"

@@ -395,17 +395,16 @@ fn forward<S: Read + Send + 'static, W: Write + 'static>(
         .name("belated-worker-output".into())
         .spawn(move || {
             let mut lines = BufReader::new(stream);
-            let mut line = Vec::new();
+            let mut line = prefix.into_bytes();
+            let prefix_len = line.len();
             while matches!(lines.read_until(b'\n', &mut line), Ok(n) if n > 0) {
                 if !line.ends_with(b"\n") {
                     line.push(b'\n');
                 }
+                // One write per line, so lines of several workers never interleave.
                 let mut out = ours();
-                let _ = out
-                    .write_all(prefix.as_bytes())
-                    .and_then(|()| out.write_all(&line))
-                    .and_then(|()| out.flush());
-                line.clear();
+                let _ = out.write_all(&line).and_then(|()| out.flush());
+                line.truncate(prefix_len);
             }
         });
     // Without the thread the pipe closes and the worker's prints fail; say why.

@@ -32,16 +32,24 @@ pub fn write_message(out: &mut impl Write, frames: &[Vec<u8>]) -> io::Result<()>
     Ok(())
 }
 
+/// Frames larger than this are read in steps rather than allocated up front, so that a corrupt
+/// length fails at the end of the stream instead of aborting on an impossible allocation.
+const ALLOCATE_AT_ONCE: u64 = 1 << 26;
+
 /// Reads one message's frames.
 pub fn read_message(input: &mut impl Read) -> io::Result<Vec<Vec<u8>>> {
     let count = read_word(input)?;
-    (0..count)
-        .map(|_| {
-            let mut frame = vec![0u8; read_word(input)? as usize];
-            input.read_exact(&mut frame)?;
-            Ok(frame)
-        })
-        .collect()
+    let mut frames = Vec::new();
+    for _ in 0..count {
+        let length = read_word(input)?;
+        let mut frame = Vec::with_capacity(length.min(ALLOCATE_AT_ONCE) as usize);
+        input.take(length).read_to_end(&mut frame)?;
+        if frame.len() as u64 != length {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        frames.push(frame);
+    }
+    Ok(frames)
 }
 
 fn read_word(input: &mut impl Read) -> io::Result<u64> {
@@ -100,6 +108,17 @@ mod tests {
         assert_eq!(
             message(&[header(FETCH, &[], &[2, 5, 6])]),
             golden("fetch-header")
+        );
+    }
+
+    #[test]
+    fn corrupt_counts_and_lengths_are_errors_not_aborts() {
+        let huge = u64::MAX.to_le_bytes();
+        let one = 1u64.to_le_bytes();
+        assert!(read_message(&mut &huge[..]).is_err(), "a frame count");
+        assert!(
+            read_message(&mut &[one, huge].concat()[..]).is_err(),
+            "a frame length"
         );
     }
 
