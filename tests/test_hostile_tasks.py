@@ -18,6 +18,7 @@ from worker_tasks import (
     pid_of,
     raise_needs_two_arguments,
     raise_notes_raise,
+    raise_unpicklable,
     read_stdin,
     record_then_nap,
     run_echo,
@@ -252,13 +253,21 @@ def test_functions_sent_by_value_are_not_kept_past_their_computation(tmp_path):
         assert kept_within <= 50, "32 MiB of 1 MB functions"
 
 
-def test_an_exception_that_cannot_be_rebuilt_arrives_as_remote_error(run):
+@pytest.mark.parametrize(
+    ("task", "type_name", "message"),
+    [
+        (raise_needs_two_arguments, f"{NeedsTwoArguments.__module__}.NeedsTwoArguments", "one and two"),
+        (raise_unpicklable, "ValueError", "holds a lock"),
+    ],
+    ids=["cannot-be-rebuilt", "cannot-be-pickled"],
+)
+def test_an_exception_that_cannot_travel_arrives_as_remote_error(run, task, type_name, message):
     with pytest.raises(belated.RemoteError) as caught:
-        run(delayed(raise_needs_two_arguments)())
+        run(delayed(task)())
     error = caught.value
-    assert error.type_name == f"{NeedsTwoArguments.__module__}.NeedsTwoArguments"
-    assert "one and two" in str(error)
-    assert "raise_needs_two_arguments" in error.traceback_text
+    assert error.type_name == type_name
+    assert message in str(error)
+    assert task.__name__ in error.traceback_text
     assert run(delayed(square)(2)) == (4,)
 
 

@@ -123,6 +123,12 @@ def raise_needs_two_arguments():
     raise NeedsTwoArguments("one", "two")
 
 
+def raise_unpicklable():
+    import threading
+
+    raise ValueError("holds a lock", threading.Lock())
+
+
 class NotesRaise(Exception):
     @property
     def __notes__(self):
