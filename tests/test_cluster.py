@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -383,11 +382,11 @@ def test_a_compute_over_its_timeout_is_cancelled(client):
     assert time.monotonic() - started < 2
 
 
-def test_close_leaves_no_process_and_no_file_behind():
-    before = set(os.listdir(tempfile.gettempdir()))
+def test_close_leaves_no_process_behind():
+    # And no file: see test_no_worker_outlives_a_killed_parent, whose temporary directory is its own.
     client = belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None)
     pids = client.worker_pids
-    assert pids and set(os.listdir(tempfile.gettempdir())) == before, "workers talk on socket pairs"
+    assert pids
     client.close()
     client.close()
     assert wait_gone(pids)

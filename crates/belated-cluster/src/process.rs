@@ -1,5 +1,8 @@
 //! A worker process (`python -P -m belated._worker`): spawn, ready, talk, watch, kill, reap.
 //!
+//! The worker's side of the handshake: it finds its control socket at fd 3 and its connections at fds
+//! 4.., writes one byte on the control socket when it is ready, and exits when that socket closes.
+//!
 //! Invariants, each against a hostile but ordinary task:
 //! - The protocol never shares a descriptor with user code. The worker's standard input is
 //!   `/dev/null`; its stdout and stderr are pipes whose lines this process forwards to its own fd 1
@@ -8,7 +11,7 @@
 //! - A death is seen from the process, through a pidfd, never only from end-of-file: a daemon the
 //!   task forked may hold the sockets open forever. Every wait on a socket also waits on the pidfd.
 //! - The worker imports with the parent's `sys.path` semantics, as multiprocessing's spawn: `-P` keeps
-//!   the working directory out, the parent's path comes as `PYTHONPATH`.
+//!   the working directory out, the parent's path comes as `PYTHONPATH` (see [`Spec`]).
 //! - Killing goes through the pidfd, so it can never hit a recycled pid; dropping the handle kills and
 //!   reaps the process.
 
@@ -29,17 +32,15 @@ use crate::wire;
 /// The worker's first descriptor: the control socket; its connections follow.
 const CONTROL_FD: RawFd = 3;
 
-/// How to start a worker process.
+/// How to start a worker process: `python -P -m belated._worker CONNECTIONS PRELOAD` with the parent's
+/// path as `PYTHONPATH`, for belated (see `belated-py`); a shell script in this crate's tests.
 #[derive(Clone, Debug)]
 pub struct Spec {
-    /// The Python interpreter.
-    pub python: String,
-    /// The parent's `sys.path`, joined with `:`.
-    pub path: String,
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
     /// How many connections to open: one per thread that will send it calls, and one for fetches.
     pub connections: usize,
-    /// Modules the worker imports in the background once it is ready.
-    pub preload: Vec<String>,
     /// How long it may take to start and say it is ready.
     pub start_timeout: Duration,
 }
@@ -77,12 +78,10 @@ impl WorkerProcess {
             theirs.push(its);
         }
         let sources: Vec<RawFd> = theirs.iter().map(AsRawFd::as_raw_fd).collect();
-        let mut command = Command::new(&spec.python);
+        let mut command = Command::new(&spec.program);
         command
-            .args(["-P", "-m", "belated._worker"])
-            .arg(spec.connections.to_string())
-            .arg(spec.preload.join(","))
-            .env("PYTHONPATH", &spec.path)
+            .args(&spec.args)
+            .envs(spec.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -413,5 +412,100 @@ fn forward<S: Read + Send + 'static, W: Write + 'static>(
             io::stderr(),
             "belated: cannot forward a worker's output: {error}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that is a shell script (`$0` is "worker"): the handshake without Python.
+    fn shell(script: &str, connections: usize) -> Spec {
+        Spec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into(), "worker".into()],
+            env: Vec::new(),
+            connections,
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+
+    const READY: &str = "printf r >&3; ";
+
+    #[test]
+    fn a_worker_talks_on_its_own_sockets_each_connection_apart() {
+        // Echoes whatever comes on its third connection (fd 6), so a message comes back as itself.
+        let worker = WorkerProcess::spawn(&shell(&format!("{READY}exec cat <&6 >&6"), 3))
+            .expect("the worker starts");
+        let message = vec![b"frame".to_vec(), Vec::new(), vec![7; 100_000]];
+        assert_eq!(worker.exchange(2, &message).expect("an echo"), message);
+        assert_eq!(worker.exchange(2, &message).expect("again"), message);
+    }
+
+    #[test]
+    fn a_death_is_seen_even_while_a_daemon_holds_the_sockets() {
+        // The daemon inherits every socket and reads the request, as a forked child could; the worker
+        // itself has exited. End-of-file never comes, the pidfd tells.
+        let worker =
+            WorkerProcess::spawn(&shell(&format!("{READY}cat <&4 >/dev/null & exit 7"), 1))
+                .expect("the worker starts");
+        assert!(matches!(
+            worker.exchange(0, &[b"hello".to_vec()]),
+            Err(Error::Lost)
+        ));
+        assert_eq!(worker.exit_status(), "exit status: 7");
+        // Dropping the worker closes our ends; the daemon's cat then ends too.
+    }
+
+    #[test]
+    fn a_killed_worker_fails_its_exchange_and_says_so() {
+        let worker = Arc::new(
+            WorkerProcess::spawn(&shell(&format!("{READY}exec sleep 1000"), 1))
+                .expect("the worker starts"),
+        );
+        let killer = {
+            let worker = Arc::clone(&worker);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                worker.kill();
+            })
+        };
+        assert!(matches!(
+            worker.exchange(0, &[b"never answered".to_vec()]),
+            Err(Error::Lost)
+        ));
+        killer.join().expect("the killer thread");
+        assert_eq!(worker.exit_status(), "signal: 9 (SIGKILL)");
+        worker.kill_for_memory(3 << 20);
+        assert!(worker.ending(Some(1 << 20)).contains("using 3 MB"));
+    }
+
+    #[test]
+    fn a_worker_that_dies_before_it_is_ready_is_reported_with_its_status() {
+        let error = WorkerProcess::spawn(&shell("exit 3", 1)).expect_err("it never says ready");
+        assert!(
+            matches!(&error, Error::NotReady(why) if why.contains("exit status: 3")),
+            "{error}"
+        );
+        let missing = Spec {
+            program: "/nonexistent/python".into(),
+            ..shell("", 1)
+        };
+        assert!(matches!(
+            WorkerProcess::spawn(&missing),
+            Err(Error::Spawn(_))
+        ));
+    }
+
+    #[test]
+    fn stdin_is_dev_null() {
+        // `read` returns at once at the end of /dev/null; on an inherited terminal or pipe it would
+        // wait, and the worker would never be ready.
+        let worker = WorkerProcess::spawn(&shell(
+            &format!("read line; [ -z \"$line\" ] && {READY}exec cat <&4 >&4"),
+            1,
+        ))
+        .expect("the worker starts");
+        assert_eq!(worker.exchange(0, &[vec![1]]).expect("an echo"), [vec![1]]);
     }
 }

@@ -52,11 +52,12 @@ fn worker_spec(py: Python<'_>, connections: usize, preload: Vec<String>) -> PyRe
     let sys = py.import("sys")?;
     let separator: String = py.import("os")?.getattr("pathsep")?.extract()?;
     let path: Vec<String> = sys.getattr("path")?.extract()?;
+    let args = ["-P", "-m", "belated._worker"].map(String::from);
     Ok(Spec {
-        python: sys.getattr("executable")?.extract()?,
-        path: path.join(&separator),
+        program: sys.getattr("executable")?.extract()?,
+        args: [&args[..], &[connections.to_string(), preload.join(",")]].concat(),
+        env: vec![("PYTHONPATH".to_string(), path.join(&separator))],
         connections,
-        preload,
         start_timeout: START_TIMEOUT,
     })
 }
