@@ -12,23 +12,22 @@
 //!   talk to each other) and the receiving worker keeps its copy for later tasks. A released result is
 //!   forgotten by its workers with the next request they receive.
 //! - Workers talk to this process on socket pairs only it holds: no port, no path anyone can squat or
-//!   that outlives a killed parent. They die with the cluster: the keeper thread spawns them all (so
-//!   `PR_SET_PDEATHSIG` fires when this process dies), and they exit when their control socket closes.
-//! - A worker that dies (killed, crashed, over its memory limit) is replaced; the slot is never locked
-//!   while the new one starts. Tasks it was running are retried up to `retries` times; results it held
-//!   are recomputed from their lineage by the task that needs them, on that task's worker.
+//!   that outlives a killed parent. They are started, replaced and held to the memory limit by
+//!   `belated_cluster::Workers`, and die with the cluster.
+//! - A worker that dies (killed, crashed, over its memory limit) is replaced. Tasks it was running are
+//!   retried up to `retries` times; results it held are recomputed from their lineage
+//!   (`belated_core::lineage`) by the task that needs them, on that task's worker.
 //! - A cancelled computation kills the workers running its tasks, which are replaced.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use belated_cluster::directory::{self, Directory, Kept, Sent, Source};
 use belated_cluster::wire::{self, FETCH, KEEP, RUN, SEND};
-use belated_cluster::{Error, Spec, WorkerProcess};
+use belated_cluster::{Error, Spec, WorkerProcess, Workers};
 use belated_core::{current_worker, lineage, placement, Graph, Runner, TaskId, ThreadPool};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
@@ -40,8 +39,6 @@ use crate::errors::{cluster_error, BelatedError, WorkerLostError, WorkerStartErr
 use crate::host::{PythonHost, TaskGuard};
 use crate::task::{PyValue, TaskNode, Work};
 
-/// How often the keeper looks at the workers' memory.
-const MEMORY_POLL: Duration = Duration::from_millis(100);
 /// How long a new worker may take to import its modules and say it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -117,37 +114,12 @@ impl Drop for RunningGuard<'_> {
     }
 }
 
-#[derive(Default)]
-struct Slot {
-    state: Mutex<SlotState>,
-    /// Signalled when a replacement is done.
-    replaced: Condvar,
-}
-
-#[derive(Default)]
-struct SlotState {
-    /// `None` once the cluster is closed, and while the worker is being replaced.
-    worker: Option<Arc<WorkerProcess>>,
-    replacing: bool,
-    /// How the previous generation ended.
-    last_death: String,
-}
-
-type Spawned = Result<WorkerProcess, belated_cluster::Error>;
-
-/// Work for the keeper thread, which starts every worker process.
-struct SpawnRequest {
-    count: usize,
-    reply: mpsc::Sender<Vec<Spawned>>,
-}
-
 /// What the cluster has done that a user may ask about.
 #[derive(Default)]
 struct Stats {
     transferred: AtomicU64,
     uploaded: AtomicU64,
     recomputed: AtomicU64,
-    replaced: AtomicU64,
 }
 
 pub(crate) struct ClusterShared {
@@ -155,11 +127,9 @@ pub(crate) struct ClusterShared {
     /// must not stop the parent's workers: there the cluster is refused and let go of untouched.
     owner: u32,
     threads_per_worker: usize,
-    memory_limit: Option<u64>,
-    slots: Vec<Slot>,
-    /// Where each value lives; closed with the cluster.
+    workers: Arc<Workers>,
+    /// Where each value lives (the workers'), closed with them.
     directory: Arc<Directory>,
-    keeper: Mutex<Option<mpsc::Sender<SpawnRequest>>>,
     stats: Stats,
 }
 
@@ -172,7 +142,7 @@ enum Failed {
 
 impl ClusterShared {
     pub(crate) fn workers(&self) -> usize {
-        self.slots.len()
+        self.workers.len()
     }
 
     pub(crate) fn threads_per_worker(&self) -> usize {
@@ -187,64 +157,12 @@ impl ClusterShared {
         self.directory.is_closed()
     }
 
-    fn spawn(&self, count: usize) -> Result<Vec<Spawned>, Error> {
-        let (reply, replies) = mpsc::channel();
-        let keeper = self.keeper.lock().clone();
-        keeper
-            .ok_or(Error::Closed)?
-            .send(SpawnRequest { count, reply })
-            .map_err(|_| Error::Closed)?;
-        replies.recv().map_err(|_| Error::Closed)
-    }
-
-    /// The worker of `group` if it is still at `generation`, waiting while it is being replaced.
     fn worker(&self, group: usize, generation: u64) -> Option<Arc<WorkerProcess>> {
-        let Slot { state, replaced } = &self.slots[group];
-        let mut slot = state.lock();
-        while slot.replacing {
-            replaced.wait(&mut slot);
-        }
-        let worker = slot.worker.as_ref()?;
-        (self.generation(group) == generation).then(|| Arc::clone(worker))
+        self.workers.worker(group, generation)
     }
 
-    /// Replaces the worker of `group` if it is still at `generation`; returns how that one ended. The
-    /// slot is not locked while the new worker starts: others asking for it wait on `replaced`.
     fn replace(&self, group: usize, generation: u64) -> Result<String, Error> {
-        let Slot { state, replaced } = &self.slots[group];
-        let mut slot = state.lock();
-        while slot.replacing {
-            replaced.wait(&mut slot);
-        }
-        if self.generation(group) != generation {
-            return Ok(slot.last_death.clone());
-        }
-        let Some(old) = slot.worker.take() else {
-            return Err(Error::Closed);
-        };
-        slot.replacing = true;
-        drop(slot);
-        old.kill();
-        let why = old.ending(self.memory_limit);
-        drop(old);
-        let new = self
-            .spawn(1)
-            .and_then(|mut new| new.pop().expect("one asked"));
-        let mut slot = state.lock();
-        slot.replacing = false;
-        slot.last_death = why.clone();
-        self.directory.replaced(group);
-        let outcome = match new {
-            Ok(new) if !self.closed() => {
-                slot.worker = Some(Arc::new(new));
-                self.stats.replaced.fetch_add(1, SeqCst);
-                Ok(why)
-            }
-            Ok(_) => Err(Error::Closed),
-            Err(error) => Err(error),
-        };
-        replaced.notify_all();
-        outcome
+        self.workers.replace(group, generation)
     }
 
     /// Sends a request to the worker of `group` at `generation`, on this pool thread's connection.
@@ -297,67 +215,8 @@ impl ClusterShared {
     }
 
     fn close(&self) {
-        self.directory.close();
-        *self.keeper.lock() = None;
-        let forked = self.forked();
-        for slot in &self.slots {
-            match slot.state.lock().worker.take() {
-                // Dropping kills the worker: only its owner may.
-                Some(worker) if forked => std::mem::forget(worker),
-                worker => drop(worker),
-            }
-        }
-    }
-}
-
-/// The keeper: starts worker processes (all of them, so they die with this long-lived thread, not
-/// with whichever thread asked) and kills any that go over the memory limit.
-fn keep(
-    spec: Spec,
-    memory_limit: Option<u64>,
-    requests: mpsc::Receiver<SpawnRequest>,
-    cluster: Weak<ClusterShared>,
-) {
-    loop {
-        match requests.recv_timeout(MEMORY_POLL) {
-            Ok(SpawnRequest { count, reply }) => {
-                // Started together, then waited for: they import at the same time.
-                let started: Vec<Spawned> =
-                    (0..count).map(|_| WorkerProcess::start(&spec)).collect();
-                let ready = started
-                    .into_iter()
-                    .map(|started| {
-                        let worker = started?;
-                        worker.wait_ready(spec.start_timeout)?;
-                        Ok(worker)
-                    })
-                    .collect();
-                let _ = reply.send(ready);
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                let Some(cluster) = cluster.upgrade() else {
-                    return;
-                };
-                if let Some(limit) = memory_limit {
-                    enforce_memory_limit(&cluster, limit);
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-    }
-}
-
-fn enforce_memory_limit(cluster: &ClusterShared, limit: u64) {
-    for slot in &cluster.slots {
-        let Some(worker) = slot.state.lock().worker.clone() else {
-            continue;
-        };
-        if worker.over_memory() {
-            continue;
-        }
-        if let Some(used) = worker.resident_bytes().filter(|&used| used > limit) {
-            worker.kill_for_memory(used);
-        }
+        // Dropping a worker kills it: only its owner may.
+        self.workers.close(self.forked());
     }
 }
 
@@ -822,31 +681,16 @@ impl Cluster {
     ) -> PyResult<Self> {
         // One connection per pool thread of its group, and one for fetches.
         let spec = worker_spec(py, threads_per_worker + 1, preload)?;
-        let (keeper, requests) = mpsc::channel();
+        let workers = py
+            .detach(|| Workers::start(spec, n_workers, memory_limit))
+            .map_err(|error| cluster_error(error, "could not start the cluster"))?;
         let shared = Arc::new(ClusterShared {
             owner: std::process::id(),
             threads_per_worker,
-            memory_limit,
-            slots: (0..n_workers).map(|_| Slot::default()).collect(),
-            directory: Arc::new(Directory::new(n_workers)),
-            keeper: Mutex::new(Some(keeper)),
+            directory: Arc::clone(workers.directory()),
+            workers,
             stats: Stats::default(),
         });
-        let weak = Arc::downgrade(&shared);
-        std::thread::Builder::new()
-            .name("belated-cluster-keeper".into())
-            .spawn(move || keep(spec, memory_limit, requests, weak))
-            .map_err(|e| {
-                WorkerStartError::new_err(format!("could not start the cluster's keeper: {e}"))
-            })?;
-        let fail = |error| {
-            shared.close();
-            cluster_error(error, "could not start the cluster")
-        };
-        let started = py.detach(|| shared.spawn(n_workers)).map_err(fail)?;
-        for (slot, worker) in shared.slots.iter().zip(started) {
-            slot.state.lock().worker = Some(Arc::new(worker.map_err(fail)?));
-        }
         let pool = ThreadPool::with_groups(n_workers, threads_per_worker, Arc::new(PythonHost))
             .map_err(|e| {
                 shared.close();
@@ -938,17 +782,13 @@ impl Cluster {
 
     #[getter]
     fn memory_limit(&self) -> Option<u64> {
-        self.shared.memory_limit
+        self.shared.workers.memory_limit()
     }
 
     /// The process ids of the running workers.
     #[getter]
     fn pids(&self) -> Vec<u32> {
-        self.shared
-            .slots
-            .iter()
-            .filter_map(|slot| Some(slot.state.lock().worker.as_ref()?.pid()))
-            .collect()
+        self.shared.workers.pids()
     }
 
     /// Counts of results moved between workers, large values built here sent to a worker to keep,
@@ -959,7 +799,7 @@ impl Cluster {
         dict.set_item("transferred", stats.transferred.load(SeqCst))?;
         dict.set_item("uploaded", stats.uploaded.load(SeqCst))?;
         dict.set_item("recomputed", stats.recomputed.load(SeqCst))?;
-        dict.set_item("replaced", stats.replaced.load(SeqCst))?;
+        dict.set_item("replaced", self.shared.workers.replaced())?;
         Ok(dict)
     }
 }
