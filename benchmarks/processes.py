@@ -1,9 +1,12 @@
 """belated's processes scheduler and local cluster (``belated.Client``) against dask's processes
-scheduler and distributed's LocalCluster, in one run.
+scheduler, distributed's LocalCluster, joblib (its default loky backend, with auto-batching) and Ray,
+in one run.
 
 - CPU-bound: 8 pure-Python tasks of about 0.5 s each on 2 workers (sequential time / wall time).
 - Trivial tasks: 10,000 `inc` calls summed, end to end, per task.
-- A shared input: one 80 MB array (``delayed(array)``) read by 32 tasks, end to end.
+- A shared input: one 80 MB array (``delayed(array)``; ``ray.put`` for Ray) read by 32 tasks, end to end.
+- Produced and consumed: 8 tasks each making an 80 MB array that another task reduces, end to end.
+  joblib has no task graph: it runs the producers, then the consumers, the arrays coming back between.
 - Start: the first compute's latency on a fresh pool (belated keeps its pool for later computes; dask's
   processes scheduler starts one per compute), and each cluster's start time.
 - The seed tutorial's examples (sleeps divided by 10) on its ``Client(n_workers=4, threads_per_worker=4)``.
@@ -74,9 +77,28 @@ def shared_input(compute, module, array):
     return elapsed
 
 
+def produce(i):
+    import numpy as np
+
+    return np.full(10_000_000, float(i))
+
+
+def consume(array):
+    return float(array[::1000].sum())
+
+
+def produced_and_consumed(run):
+    """8 tasks each producing an 80 MB array that another task reduces."""
+    elapsed, got = timed(run)
+    assert list(got) == [10_000.0 * i for i in range(8)]
+    return elapsed
+
+
 def main():
     import dask
+    import joblib
     import numpy as np
+    import ray
     from distributed import Client, LocalCluster
 
     import belated
@@ -112,6 +134,16 @@ def main():
         "dask processes": shared_input(lambda total: total.compute(**processes), dask, array),
     }
 
+    def chains(module, **options):
+        return lambda: module.compute(
+            *[module.delayed(consume)(module.delayed(produce)(i)) for i in range(8)], **options
+        )
+
+    chained = {
+        "belated processes": produced_and_consumed(chains(belated, **processes)),
+        "dask processes": produced_and_consumed(chains(dask, **processes)),
+    }
+
     start_ours, client = timed(
         lambda: belated.Client(n_workers=WORKERS, threads_per_worker=1, dashboard_address=None)
     )
@@ -119,6 +151,7 @@ def main():
         cpu["belated Client"] = speedup(belated_spins(belated), n, expected)
         small["belated Client"] = trivial(belated_sum(belated), tasks)
         shared["belated Client"] = shared_input(lambda total: total.compute(), belated, array)
+        chained["belated Client"] = produced_and_consumed(chains(belated))
 
     start_theirs, cluster = timed(
         lambda: LocalCluster(
@@ -138,8 +171,59 @@ def main():
             tasks,
         )
         shared["distributed"] = shared_input(lambda total: client.compute(total).result(), dask, array)
+        chained["distributed"] = produced_and_consumed(
+            lambda: client.gather(
+                client.compute([dask.delayed(consume)(dask.delayed(produce)(i)) for i in range(8)])
+            )
+        )
 
-    columns = ["belated processes", "belated Client", "dask processes", "distributed"]
+    parallel = joblib.Parallel(n_jobs=WORKERS)
+    first_joblib, _ = timed(lambda: parallel([joblib.delayed(inc)(1)]))
+    cpu["joblib"] = speedup(lambda sizes: parallel(joblib.delayed(spin)(size) for size in sizes), n, expected)
+    small["joblib"] = trivial(
+        lambda count: sum(parallel(joblib.delayed(inc)(i) for i in range(count))), tasks
+    )
+    started = time.perf_counter()
+    parts = parallel(joblib.delayed(stride_sum)(array, i) for i in range(32))
+    shared["joblib"] = time.perf_counter() - started
+    assert abs(sum(parts) - float(array.sum())) < 1e-6 * abs(sum(parts))
+    chained["joblib"] = produced_and_consumed(
+        lambda: parallel(
+            joblib.delayed(consume)(made) for made in parallel(joblib.delayed(produce)(i) for i in range(8))
+        )
+    )
+
+    start_ray, _ = timed(lambda: ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False))
+    try:
+        remote = {
+            name: ray.remote(function)
+            for name, function in [
+                ("spin", spin),
+                ("inc", inc),
+                ("stride_sum", stride_sum),
+                ("produce", produce),
+                ("consume", consume),
+            ]
+        }
+        cpu["Ray"] = speedup(
+            lambda sizes: ray.get([remote["spin"].remote(size) for size in sizes]), n, expected
+        )
+        small["Ray"] = trivial(
+            lambda count: sum(ray.get([remote["inc"].remote(i) for i in range(count)])), tasks
+        )
+        started = time.perf_counter()
+        stored = ray.put(array)
+        parts = ray.get([remote["stride_sum"].remote(stored, i) for i in range(32)])
+        shared["Ray"] = time.perf_counter() - started
+        assert abs(sum(parts) - float(array.sum())) < 1e-6 * abs(sum(parts))
+        del stored
+        chained["Ray"] = produced_and_consumed(
+            lambda: ray.get([remote["consume"].remote(remote["produce"].remote(i)) for i in range(8)])
+        )
+    finally:
+        ray.shutdown()
+
+    columns = ["belated processes", "belated Client", "dask processes", "distributed", "joblib", "Ray"]
     per = lambda seconds: f"{seconds / tasks * 1e6:,.0f} µs/task"  # noqa: E731
     rows = [
         (
@@ -148,6 +232,7 @@ def main():
         ),
         (f"{tasks:,} trivial tasks, end to end", [per(small[c]) for c in columns]),
         ("one 80 MB array read by 32 tasks, end to end", [f"{shared[c]:.2f} s" for c in columns]),
+        ("8 tasks each making an 80 MB array another task reads", [f"{chained[c]:.2f} s" for c in columns]),
         (
             "start: first compute on a fresh pool / cluster start",
             [
@@ -155,6 +240,8 @@ def main():
                 f"{start_ours:.2f} s",
                 f"{first_dask:.2f} s (every compute)",
                 f"{start_theirs:.2f} s",
+                f"{first_joblib:.2f} s (then reused)",
+                f"{start_ray:.2f} s (ray.init)",
             ],
         ),
     ]

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -150,6 +149,9 @@ def test_a_task_is_placed_where_most_of_its_input_bytes_are():
     # consumer, placed when its last input is done, must go to worker 0, where the bytes are; worker 1
     # is still busy with its fillers, so nothing is stolen.
     with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        # Warm: a worker still importing this module (or its preloads) would leave its run of tasks
+        # to the other one.
+        compute(*[delayed(nap)(0.01) for _ in range(8)], scheduler=client)
         for _ in range(3):
             big, small = delayed(made_where)(2**20), delayed(made_where)(1)
             first = [delayed(nap)(0.005) for _ in range(10)]
@@ -246,6 +248,9 @@ def test_futures(client):
 
 def test_futures_submitted_one_by_one_run_on_every_worker_thread():
     with belated.Client(n_workers=2, threads_per_worker=8, dashboard_address=None) as client:
+        # Warm: each worker thread has imported this module (and the preloads are done), which on a
+        # loaded machine takes longer than the naps below.
+        client.gather([client.submit(span, 0) for _ in range(16)])
         spans = client.gather([client.submit(span, 0.5) for _ in range(16)])
         assert max(start for start, _ in spans) < min(end for _, end in spans), "all 16 ran at once"
 
@@ -377,17 +382,14 @@ def test_a_compute_over_its_timeout_is_cancelled(client):
     assert time.monotonic() - started < 2
 
 
-def test_close_leaves_no_process_and_no_socket_behind():
-    before = set(os.listdir(tempfile.gettempdir()))
+def test_close_leaves_no_process_behind():
+    # And no file: see test_no_worker_outlives_a_killed_parent, whose temporary directory is its own.
     client = belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None)
     pids = client.worker_pids
-    created = set(os.listdir(tempfile.gettempdir())) - before
-    sockets = [path for path in created if path.startswith(f"belated-{os.getpid()}-")]
-    assert pids and len(sockets) == 1
+    assert pids
     client.close()
     client.close()
     assert wait_gone(pids)
-    assert not set(sockets) & set(os.listdir(tempfile.gettempdir()))
 
 
 def test_a_forked_child_cannot_use_or_stop_its_parents_cluster(client):
@@ -420,7 +422,11 @@ def test_no_worker_outlives_a_killed_parent(tmp_path):
         time.sleep(60)
         """
     )
-    parent = subprocess.Popen([sys.executable, "-c", script])
+    # Where a socket directory would go: nothing of the cluster's may be left there.
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    environment = dict(os.environ, TMPDIR=str(temp), XDG_RUNTIME_DIR=str(temp))
+    parent = subprocess.Popen([sys.executable, "-c", script], env=environment)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not (pids.exists() and len(pids.read_text().split()) == 2):
         time.sleep(0.05)
@@ -429,6 +435,7 @@ def test_no_worker_outlives_a_killed_parent(tmp_path):
     parent.kill()
     parent.wait(timeout=10)
     assert wait_gone(workers), "workers died with their parent"
+    assert list(temp.iterdir()) == []
 
 
 def test_diagnostics_see_cluster_runs(client):

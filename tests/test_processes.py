@@ -1,5 +1,6 @@
 """The processes scheduler: results, reuse of the pool, and faults with real process deaths."""
 
+import io
 import os
 import signal
 import subprocess
@@ -7,13 +8,14 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from worker_tasks import Boom, crash, explode, pid_of, record, square, wait_gone
 
 import belated
-from belated import compute, delayed
+from belated import _worker, compute, delayed
 
 
 def kill_once(marker):
@@ -76,7 +78,7 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_retried(tmp_path):
 def test_a_task_that_always_kills_its_worker_fails_clearly(task, death):
     call = task(3) if death.startswith("exit") else task()
     with pytest.raises(
-        belated.WorkerLostError, match=f"failed after 3 tries: its worker process died .*{death}"
+        belated.WorkerLostError, match=f"failed after 3 tries: its worker process died.*{death}"
     ):
         call.compute(scheduler="processes", retries=2)
     assert delayed(square)(5).compute(scheduler="processes") == 25, "the pool recovers"
@@ -126,3 +128,29 @@ def test_diagnostics_see_process_runs():
         compute(*[delayed(square)(i) for i in range(5)], scheduler="processes", num_workers=2)
     assert len(profiler.results) == 5
     assert sorted(finished) == [0, 1, 4, 9, 16]
+
+
+def golden_vectors():
+    path = Path(__file__).parent.parent / "crates" / "belated-cluster" / "golden" / "wire.txt"
+    lines = [line.split() for line in path.read_text().splitlines() if not line.startswith("#")]
+    return {name: bytes.fromhex(data) for name, data in lines}
+
+
+def test_the_worker_reads_and_writes_the_golden_wire_vectors():
+    golden = golden_vectors()
+    cases = {
+        "empty": ([], None),
+        "two-frames": ([b"ab", b""], None),
+        "run-header": (None, [_worker.RUN, 1, 7, 42, _worker.SEND, 0]),
+        "fetch-header": (None, [_worker.FETCH, 0, 2, 5, 6]),
+    }
+    assert set(cases) == set(golden)
+    for name, (frames, header) in cases.items():
+        read = _worker.read_message(io.BytesIO(golden[name]))
+        if header is not None:
+            assert len(read) == 1 and memoryview(read[0]).cast("Q").tolist() == header, name
+            frames = read
+        assert read == frames, name
+        written = io.BytesIO()
+        _worker.write_message(written, frames)
+        assert written.getvalue() == golden[name], name

@@ -2,8 +2,10 @@
 the parent's ``sys.path``."""
 
 import ctypes
+import gc
 import os
 import time
+import weakref
 
 
 def square(x):
@@ -54,3 +56,104 @@ def stored_results(*_):
     from belated import _worker
 
     return len(_worker._STORE)
+
+
+def shell_echo(text):
+    """Writes to the worker's file descriptor 1 from another process, as os.system does."""
+    return os.system(f"echo {text}")
+
+
+def write_fd1(data):
+    """Writes raw bytes to file descriptor 1 from the task's own process, as a C library would."""
+    os.write(1, data)
+    return len(data)
+
+
+def run_echo(text):
+    import subprocess
+
+    return subprocess.run(["echo", text], check=False).returncode
+
+
+def read_stdin():
+    import sys
+
+    return sys.stdin.read()
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def fork_and_return_in_both():
+    """Forks; the child returns from the task as the parent does, into the worker's own loop."""
+    child = os.fork()
+    if child == 0:
+        return "child"
+    os.waitpid(child, 0)
+    return "parent"
+
+
+def record_then_nap(path, seconds):
+    record(path)
+    return nap(seconds)
+
+
+def die_leaving_a_daemon(pid_file):
+    """Forks a child that outlives this worker (holding every descriptor it had), then dies."""
+    child = os.fork()
+    if child == 0:
+        os.setsid()
+        time.sleep(1000)
+        os._exit(0)
+    with open(pid_file, "w") as out:
+        out.write(str(child))
+    os._exit(7)
+
+
+class NeedsTwoArguments(Exception):
+    """Pickles (as BaseException does, with its args) but cannot be rebuilt from them."""
+
+    def __init__(self, first, second):
+        super().__init__(f"{first} and {second}")
+
+
+def raise_needs_two_arguments():
+    raise NeedsTwoArguments("one", "two")
+
+
+def raise_unpicklable():
+    import threading
+
+    raise ValueError("holds a lock", threading.Lock())
+
+
+class NotesRaise(Exception):
+    @property
+    def __notes__(self):
+        raise RuntimeError("no notes here")
+
+
+def raise_notes_raise():
+    raise NotesRaise("the real failure")
+
+
+# The Payload instances this process holds.
+_LIVE_PAYLOADS = weakref.WeakSet()
+
+
+class Payload:
+    """A large global a function sent by value carries; the instances a worker holds are counted."""
+
+    def __init__(self, size):
+        self.data = bytearray(size)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        _LIVE_PAYLOADS.add(self)
+
+
+def live_payloads(*_):
+    gc.collect()
+    return len(_LIVE_PAYLOADS)

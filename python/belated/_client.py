@@ -1,8 +1,8 @@
 """``belated.Client``: a local cluster of worker processes run by the engine, or a Dask distributed
 cluster, as the default scheduler while it is open."""
 
-import atexit
 import concurrent.futures
+import concurrent.futures.thread  # registers its exit hook before ours (at the end)
 import html
 import os
 import re
@@ -92,17 +92,23 @@ class Future:
 
     def result(self, timeout=None):
         """Waits up to ``timeout`` seconds for the result; raises the task's exception if it failed."""
-        return self._batch.result(timeout)[self._index]
+        try:
+            return self._batch.result(timeout)[self._index]
+        except concurrent.futures.CancelledError:  # cancelled before it started
+            raise _belated.CancelledError("the computation was cancelled") from None
 
     def done(self):
         return self._batch.done()
 
     def exception(self, timeout=None):
-        return self._batch.exception(timeout)
+        try:
+            return self._batch.exception(timeout)
+        except concurrent.futures.CancelledError:
+            return _belated.CancelledError("the computation was cancelled")
 
     def cancel(self):
-        """Cancels the computation: nothing more of it starts, tasks already running in workers finish
-        and their results are dropped, and ``result()`` raises ``belated.CancelledError``."""
+        """Cancels the computation: nothing more of it starts, the workers running its tasks are killed
+        (and replaced), and ``result()`` raises ``belated.CancelledError``."""
         self._token.cancel()
         self._batch.cancel()
 
@@ -154,7 +160,8 @@ class Client:
     ``Client(n_workers=4, threads_per_worker=4, memory_limit="2GB")`` starts a local cluster: worker
     processes run by belated's engine, each running ``threads_per_worker`` tasks at once and keeping the
     results it computed until a task elsewhere, or the caller, needs them. Workers talk to this process
-    over unix sockets in a private directory, never a TCP port. A worker that dies or goes over
+    on socket pairs only it holds, never a TCP port; their output is forwarded to this process's, each
+    line prefixed ``[worker PID]``. A worker that dies or goes over
     ``memory_limit`` (bytes, ``"4GB"``, a fraction of the machine's memory, ``"auto"``: an equal share,
     or ``None``) is replaced; its tasks are retried (``retries``) and the results it held recomputed.
     Workers import the modules in ``preload`` as soon as they start (default: numpy and pandas, when
@@ -217,6 +224,8 @@ class Client:
             self._submitter = concurrent.futures.ThreadPoolExecutor(
                 max_workers=max(32, 2 * n_workers * threads_per_worker), thread_name_prefix="belated-client"
             )
+            # The cancel tokens of computations not yet finished, which close() cancels.
+            self._pending = set()
             if dashboard_address:
                 self._owns_dashboard = _belated.dashboard_url() is None
                 self._dashboard = _start_dashboard(dashboard_address)
@@ -316,9 +325,12 @@ class Client:
         if retries is None:
             retries = config.get("retries", 1)
         token = _belated.CancelToken()
+        with self._lock:
+            self._pending.add(token)
         batch = self._submitter.submit(
             _belated.compute, items, "threads", None, traverse, (), None, False, retries, self._cluster, token
         )
+        batch.add_done_callback(lambda _: self._pending.discard(token))
         keys = [getattr(item, "key", None) for item in items]
         return [Future(batch, i, token, key) for i, key in enumerate(keys)]
 
@@ -336,8 +348,8 @@ class Client:
     # -- either kind ------------------------------------------------------------------------------
 
     def close(self):
-        """Stops the cluster (a local one's workers end, tasks still running are killed) and stops
-        being the default scheduler. Idempotent."""
+        """Stops the cluster (a local one's workers end, tasks still running are killed: their futures
+        raise ``belated.CancelledError``) and stops being the default scheduler. Idempotent."""
         with self._lock:
             if self._config is not None:
                 self._config.__exit__(None, None, None)
@@ -345,6 +357,8 @@ class Client:
             if self._distributed_client is not None:
                 self._distributed_client.close()
                 return
+            for token in list(self._pending):
+                token.cancel()
             self._submitter.shutdown(wait=False, cancel_futures=True)
             self._cluster.close()
             _logging.cluster_logger.debug("local cluster closed")
@@ -421,7 +435,12 @@ def _start_dashboard(address):
         return dashboard(host, 0, quiet=True)
 
 
-@atexit.register
 def _close_all():
     for client in list(_OPEN):
         client.close()
+
+
+# At exit, open clients close (cancelling their futures, as distributed does) before threading joins
+# the threads that wait for those futures. Those joins run before atexit's handlers, in the reverse
+# order of registration: this one is registered after concurrent.futures.thread's (imported above).
+threading._register_atexit(_close_all)

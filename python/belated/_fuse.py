@@ -323,9 +323,13 @@ def is_graph_node(node):
 
 
 def note(error, key):
+    text = f"raised by belated task {key}"
     # An exception type that refuses notes is passed on without one.
     with contextlib.suppress(Exception):
-        error.add_note(f"raised by belated task {key}")
+        if hasattr(error, "add_note"):
+            error.add_note(text)
+        else:  # Python 3.10 has no add_note: do what it does
+            error.__notes__ = [*getattr(error, "__notes__", ()), text]
 
 
 def _internal_files():

@@ -1,27 +1,20 @@
-"""A worker process of the ``processes`` scheduler (``python -m belated._worker``) or of a local cluster
-(``python -m belated._worker --listen PATH [MODULES]``, importing the comma-separated MODULES once it
-listens).
+"""A worker process of the ``processes`` scheduler or of a local cluster:
+``python -P -m belated._worker CONNECTIONS PRELOAD``, started by ``belated-cluster``'s ``process``.
 
-Each message is a frame count, then frames (length-prefixed bytes); a pickle travels as its frames:
-the pickle, then its out-of-band buffers (pickle protocol 5), so large arrays are not copied into the
-pickle stream. Replies are ``(True, result)`` or ``(False, exception, formatted traceback)``.
+It talks to its parent on socket pairs it inherits, never on its standard streams (which are the
+user's: stdin is ``/dev/null``, stdout and stderr are forwarded by the parent line by line): fd 3 is
+the control socket (one byte says the worker is ready; its end means the parent is gone, and the
+worker exits), fds 4.. are ``CONNECTIONS`` connections, each served on its own thread. Once ready it
+imports the comma-separated ``PRELOAD`` modules in the background.
 
-For the processes scheduler, calls ``(function, args, kwargs)`` come on standard input and replies go
-to standard output: pipes private to the parent, no port.
-
-For a cluster, the worker keeps results in its store, under ids the parent chose, and serves each
-connection to a unix socket (in a directory only the user can enter) on its own thread: one per
-scheduler thread of its group, and one for fetching results. A request starts with a header frame of
-little-endian u64: ``[op, n, *ids to release, ...]``, then:
-
-- ``RUN``: ``[result id, flags, n blocks, (n ids, *ids, n frames) per block]``, then each block's frames
-  (another worker's reply to a ``FETCH``, whose values are stored under those ids), then the call's
-  frames. Arguments that are stored results arrive as :class:`Stored` and unpickle as the value.
-  ``flags``: ``KEEP`` stores the result, ``SEND`` returns it (else the reply carries the size in bytes
-  of what was kept, for placing the tasks that need it).
-- ``FETCH``: ``[n, *ids]``; the reply carries the list of those values.
-
-Either way the process ends when its parent dies or closes its standard input.
+The wire format is described, and implemented for the parent, in ``crates/belated-cluster/src/wire.rs``;
+its golden vectors are checked on both sides. In short: a message is a frame count then
+length-prefixed frames; a request starts with a header frame of little-endian u64 words
+``[op, n, *ids to release, ...]``; a ``RUN`` stores the values of the blocks it carries (other
+workers' replies to ``FETCH``), runs the call (arguments that are stored results arrive as
+:class:`Stored`), stores its result under the result id (``KEEP``) and replies with it (``SEND``) or
+with its size; a ``FETCH`` replies with the list of the stored values asked for. Replies are
+``(True, value)`` or ``(False, exception, formatted traceback)``.
 """
 
 import importlib
@@ -39,6 +32,7 @@ import types
 import cloudpickle
 
 _LENGTH = struct.Struct("<Q")
+_PID = os.getpid()
 
 
 def read_message(stream):
@@ -95,39 +89,64 @@ def loads(frames):
 # Most tasks of a graph call the same few functions. Pickling a function by value costs tens of
 # microseconds and unpickling rebuilds it, so the parent keeps each function's pickle for the rest of
 # the computation and workers keep the function built from it. Bound methods (which hold their object)
-# are not kept. A pickle by value holds the globals the function read, so it is made anew for each
-# computation: the user may have changed them in between.
-_CACHE_LIMIT = 1024
-_PICKLED = {}
-_UNPICKLED = {}
+# are not kept. A pickle by value holds the globals the function read, so both caches are dropped when
+# a new computation starts (the user may have changed the globals, and the old ones must not stay
+# alive in every worker), and each is bounded by the bytes of the pickles it holds.
+_CACHE_BYTES = 32 * 2**20
+
+
+class _FunctionCache:
+    """Functions by key, for the latest computation only, holding at most ``_CACHE_BYTES`` of pickles."""
+
+    def __init__(self):
+        self.entries, self.bytes, self.computation = {}, 0, 0
+
+    def get(self, key, computation):
+        if computation > self.computation:
+            self.entries.clear()
+            self.bytes, self.computation = 0, computation
+        return self.entries.get(key)
+
+    def put(self, key, value, size, computation):
+        if computation != self.computation or size > _CACHE_BYTES:
+            return
+        if self.bytes + size > _CACHE_BYTES:
+            self.entries.clear()
+            self.bytes = 0
+        self.entries[key] = value
+        self.bytes += size
+
+
+_PICKLED = _FunctionCache()
+_UNPICKLED = _FunctionCache()
+_computation = 0
 
 
 def new_computation():
-    """Forgets the parent's function pickles."""
-    _PICKLED.clear()
+    """Starts a new computation: function pickles made before it are not reused, here or in workers."""
+    global _computation
+    _computation += 1
 
 
 def dumps_call(function, args, kwargs):
-    """A call as frames: its function's pickle (kept for next time), its arguments' pickle, buffers."""
-    entry = _PICKLED.get(id(function))
+    """A call as frames: its computation, its function's pickle (kept for the rest of the
+    computation), its arguments' pickle, buffers."""
+    computation = _computation
+    entry = _PICKLED.get(id(function), computation)
     if entry is None or entry[0] is not function:
         entry = (function, cloudpickle.dumps(function, protocol=5))
         if isinstance(function, (types.FunctionType, types.BuiltinFunctionType)):
-            if len(_PICKLED) >= _CACHE_LIMIT:
-                _PICKLED.clear()
-            _PICKLED[id(function)] = entry
-    return dumps((entry[1], args, kwargs))
+            _PICKLED.put(id(function), entry, len(entry[1]), computation)
+    return dumps((computation, entry[1], args, kwargs))
 
 
 def loads_call(frames):
-    pickled, args, kwargs = loads(frames)
-    function = _UNPICKLED.get(pickled)
+    computation, pickled, args, kwargs = loads(frames)
+    function = _UNPICKLED.get(pickled, computation)
     if function is None:
         with _UNPICKLING:
             function = pickle.loads(pickled)
-        if len(_UNPICKLED) >= _CACHE_LIMIT:
-            _UNPICKLED.clear()
-        _UNPICKLED[pickled] = function
+        _UNPICKLED.put(pickled, function, len(pickled), computation)
     return function, args, kwargs
 
 
@@ -144,30 +163,67 @@ def _die_with_parent():
 
 
 def _encode(reply):
+    if not reply[0]:
+        return _encode_failure(reply[1])
     try:
         return dumps_reply(reply)
     except Exception as error:
-        problem = "result" if reply[0] else f"exception {reply[1]!r}"
-        return dumps((False, TypeError(f"the task's {problem} cannot be pickled: {error}"), ""))
+        return _encode_failure(TypeError(f"the task's result cannot be pickled: {error}"))
+
+
+def _encode_failure(error):
+    """A failure's reply: the exception itself if it can be rebuilt and shown, else a
+    :class:`belated.RemoteError` carrying its type, message and traceback."""
+    try:
+        text = "".join(traceback.format_exception(error))
+        frames = dumps_reply((False, error, text))
+        loads(frames)
+        return frames
+    except Exception:
+        text = _traceback_text(error)
+        return dumps_reply((False, _remote_error(error, text), text))
+
+
+def _safely(describe, value, fallback):
+    try:
+        return describe(value)
+    except Exception:
+        return fallback
+
+
+def _traceback_text(error):
+    """The traceback of an exception whose own formatting fails (it reads ``__notes__`` and
+    ``__str__``, which the exception may break)."""
+    frames = _safely(lambda e: "".join(traceback.format_tb(e.__traceback__)), error, "")
+    return f"Traceback (most recent call last):\n{frames}{_type_name(error)}: {_message(error)}\n"
+
+
+def _type_name(error):
+    kind = type(error)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _message(error):
+    return _safely(str, error, "<the exception's message cannot be shown>")
+
+
+def _remote_error(error, text):
+    from belated import RemoteError
+
+    remote = RemoteError(f"{_type_name(error)}: {_message(error)} (it could not be sent back as itself)")
+    remote.type_name, remote.traceback_text = _type_name(error), text
+    return remote
 
 
 def _call(function, args, kwargs):
     try:
-        return (True, function(*args, **(kwargs or {})))
+        reply = (True, function(*args, **(kwargs or {})))
     except BaseException as error:  # the task's failure, whatever it is, goes back to the caller
-        return (False, error, traceback.format_exc())
-
-
-def serve_pipes():
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    # Anything the tasks print goes to stderr, keeping stdout for replies.
-    sys.stdout = sys.stderr
-    while (frames := read_message(requests)) is not None:
-        try:
-            reply = _call(*loads_call(frames))
-        except BaseException as error:
-            reply = (False, error, traceback.format_exc())
-        write_message(replies, _encode(reply))
+        reply = (False, error)
+    if os.getpid() != _PID:
+        # A child the task forked came back here: only the worker itself answers its parent.
+        os._exit(0)
+    return reply
 
 
 _STORE = {}
@@ -262,13 +318,8 @@ def _serve_connection(connection):
             try:
                 reply = _handle(frames)
             except BaseException as error:
-                reply = (False, error, traceback.format_exc())
+                reply = (False, error)
             write_message(replies, _encode(reply))
-
-
-def _exit_when_parent_closes_stdin():
-    sys.stdin.buffer.read()
-    os._exit(0)
 
 
 def _preload(modules):
@@ -280,30 +331,26 @@ def _preload(modules):
             print(f"belated worker: could not preload {name}: {error}", file=sys.stderr)
 
 
-def serve_socket(path, preload):
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen()
-    ready = sys.stdout
-    sys.stdout = sys.stderr
-    ready.write("ready\n")
-    ready.flush()
-    threading.Thread(target=_exit_when_parent_closes_stdin, daemon=True).start()
-    # Imports the first tasks would otherwise wait for, done while the user is still getting ready.
-    threading.Thread(target=_preload, args=(preload,), daemon=True).start()
-    while True:
-        connection, _ = listener.accept()
-        threading.Thread(target=_serve_connection, args=(connection,), daemon=True).start()
+_CONTROL_FD = 3
 
 
 def main():
     _die_with_parent()
     # Ctrl-C goes to the whole process group; the parent decides what stops, not the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.argv[1:2] == ["--listen"]:
-        serve_socket(sys.argv[2], [name for name in sys.argv[3:4] for name in name.split(",") if name])
-    else:
-        serve_pipes()
+    connections, preload = int(sys.argv[1]), [name for name in sys.argv[2].split(",") if name]
+    # Neither the protocol's sockets nor their numbers go to the tasks' subprocesses.
+    for fd in range(_CONTROL_FD, _CONTROL_FD + 1 + connections):
+        os.set_inheritable(fd, False)
+    control = socket.socket(fileno=_CONTROL_FD)
+    for fd in range(_CONTROL_FD + 1, _CONTROL_FD + 1 + connections):
+        threading.Thread(target=_serve_connection, args=(socket.socket(fileno=fd),), daemon=True).start()
+    control.sendall(b"r")
+    # Imports the first tasks would otherwise wait for, done while the user is still getting ready.
+    threading.Thread(target=_preload, args=(preload,), daemon=True).start()
+    while control.recv(1):
+        pass
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@
 mod error;
 mod executor;
 mod graph;
+pub mod lineage;
 mod node;
+pub mod placement;
 mod registry;
 mod schedule;
 

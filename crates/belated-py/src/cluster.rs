@@ -3,122 +3,117 @@
 //!
 //! Policy and invariants:
 //! - A cluster of `n` workers of `t` threads is a [`ThreadPool`] of `n` placement groups of `t` threads;
-//!   each pool thread drives one thread of its group's worker process over its own connection.
+//!   each pool thread drives one thread of its group's worker process over its own connection, and the
+//!   worker serves `t` connections, one thread each, plus one for fetches: `t` is a hard limit on the
+//!   tasks a worker runs at once.
 //! - Results stay in the worker that computed them; only outputs come back to this process. A task is
 //!   placed on the worker holding most of its inputs' bytes (each worker reports the size of what it
 //!   keeps); an input held by another worker is fetched from it (through this process: workers never
 //!   talk to each other) and the receiving worker keeps its copy for later tasks. A released result is
 //!   forgotten by its workers with the next request they receive.
-//! - Workers listen on unix sockets in a directory only the user can enter, never on a TCP port. They
-//!   die with the cluster: the keeper thread spawns them all (so `PR_SET_PDEATHSIG` fires when this
-//!   process dies), and they exit when their standard input, held by the cluster, closes.
+//! - Workers talk to this process on socket pairs only it holds: no port, no path anyone can squat or
+//!   that outlives a killed parent. They are started, replaced and held to the memory limit by
+//!   `belated_cluster::Workers`, and die with the cluster.
 //! - A worker that dies (killed, crashed, over its memory limit) is replaced. Tasks it was running are
-//!   retried up to `retries` times; results it held are recomputed from their lineage by the task that
-//!   needs them, on that task's worker.
+//!   retried up to `retries` times; results it held are recomputed from their lineage
+//!   (`belated_core::lineage`) by the task that needs them, on that task's worker.
+//! - A cancelled computation kills the workers running its tasks, which are replaced.
 
-use std::cell::RefCell;
-use std::io::{BufRead, BufReader, BufWriter};
-use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use belated_core::{current_worker, Graph, Runner, TaskId, ThreadPool};
+use belated_cluster::directory::{self, Directory, Kept, Sent, Source};
+use belated_cluster::wire::{self, FETCH, KEEP, RUN, SEND};
+use belated_cluster::{Error, MemoryLimit, Spec, WorkerProcess, Workers};
+use belated_core::{
+    current_worker, lineage, placement, Graph, Runner, TaskId, ThreadPool, KEPT_POOLS,
+};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
 use rustc_hash::FxHashMap;
 
-use crate::errors::{BelatedError, WorkerLostError, WorkerStartError};
+use crate::codec::{decode_reply, frames_from, frames_of, helper};
+use crate::errors::CancelledError;
+use crate::errors::{cluster_error, BelatedError, WorkerLostError, WorkerStartError};
 use crate::host::{PythonHost, TaskGuard, MAX_THREADS};
-use crate::processes::{
-    decode_reply, exchange, exit_status, frames_from, frames_of, helper, Launch,
-};
 use crate::task::{PyValue, TaskNode, Work};
 
-const RUN: u64 = 1;
-const FETCH: u64 = 2;
-/// Request flags: the worker stores the result (other tasks need it) and/or sends it (an output).
-const KEEP: u8 = 1;
-const SEND: u8 = 2;
-
-/// How often the keeper looks at the workers' memory.
-const MEMORY_POLL: Duration = Duration::from_millis(100);
-/// How long a new worker may take to import its modules and listen.
+/// How long a new worker may take to import its modules and say it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-static NEXT_CLUSTER: AtomicU64 = AtomicU64::new(0);
-
-/// A running worker process. Dropping it kills and reaps it.
-struct Process {
-    child: Child,
-    /// Held open: the worker exits when it closes.
-    _stdin: ChildStdin,
-    /// Set by the keeper when it killed the worker for using this many bytes.
-    over_memory: Option<u64>,
+/// How to start a worker of this interpreter with `connections` connections, importing `preload`
+/// once ready. It gets the parent's `sys.path`, so it imports what the parent imports (functions
+/// pickled by reference included).
+fn worker_spec(py: Python<'_>, connections: usize, preload: Vec<String>) -> PyResult<Spec> {
+    let sys = py.import("sys")?;
+    let separator: String = py.import("os")?.getattr("pathsep")?.extract()?;
+    let path: Vec<String> = sys.getattr("path")?.extract()?;
+    let args = ["-P", "-m", "belated._worker"].map(String::from);
+    Ok(Spec {
+        program: sys.getattr("executable")?.extract()?,
+        args: [&args[..], &[connections.to_string(), preload.join(",")]].concat(),
+        env: vec![("PYTHONPATH".to_string(), path.join(&separator))],
+        connections,
+        start_timeout: START_TIMEOUT,
+    })
 }
 
-impl Process {
-    /// Why the worker ended (its connection broke, so it has, or soon will).
-    /// `memory_limit` as the user wrote it.
-    fn ending(&mut self, memory_limit: Option<&str>) -> String {
-        if let (Some(used), Some(limit)) = (self.over_memory, memory_limit) {
-            return format!(
-                "it was killed for using {} MB, over its memory_limit of {limit}",
-                used / 1_000_000
-            );
+/// The worker processes running one computation's tasks right now, so cancelling the computation
+/// can kill them (a task may never return by itself).
+#[derive(Default)]
+pub(crate) struct Running {
+    cancelled: AtomicBool,
+    workers: Mutex<Vec<Arc<WorkerProcess>>>,
+}
+
+impl Running {
+    /// Registers `worker` as running one of the computation's tasks until the guard drops; `None`
+    /// once the computation is cancelled.
+    pub(crate) fn enter(&self, worker: &Arc<WorkerProcess>) -> Option<RunningGuard<'_>> {
+        let mut workers = self.workers.lock();
+        if self.cancelled() {
+            return None;
         }
-        format!("it died ({})", exit_status(&mut self.child))
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One side of a connection to a worker thread.
-struct Conn {
-    requests: BufWriter<UnixStream>,
-    replies: BufReader<UnixStream>,
-}
-
-impl Conn {
-    fn open(path: &PathBuf) -> std::io::Result<Self> {
-        let stream = UnixStream::connect(path)?;
-        Ok(Conn {
-            requests: BufWriter::new(stream.try_clone()?),
-            replies: BufReader::new(stream),
+        workers.push(Arc::clone(worker));
+        Some(RunningGuard {
+            running: self,
+            worker: Arc::clone(worker),
         })
     }
 
-    fn exchange(&mut self, frames: &[Vec<u8>]) -> std::io::Result<Vec<Vec<u8>>> {
-        exchange(&mut self.requests, &mut self.replies, frames)
+    /// Cancels the computation: kills every worker running one of its tasks.
+    pub(crate) fn cancel(&self) {
+        let workers = self.workers.lock();
+        self.cancelled.store(true, SeqCst);
+        for worker in workers.iter() {
+            worker.kill();
+        }
+    }
+
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancelled.load(SeqCst)
+    }
+
+    pub(crate) fn cancelled_error() -> PyErr {
+        CancelledError::new_err("the computation was cancelled")
     }
 }
 
-struct Slot {
-    /// `None` once the cluster is closed.
-    process: Option<Process>,
-    /// The connection fetches go through, to the current generation.
-    fetches: Option<Conn>,
-    /// How the previous generation ended.
-    last_death: String,
+pub(crate) struct RunningGuard<'a> {
+    running: &'a Running,
+    worker: Arc<WorkerProcess>,
 }
 
-type Spawned = Result<Process, String>;
-
-/// Work for the keeper thread, which starts every worker process.
-struct SpawnRequest {
-    groups: Vec<usize>,
-    reply: mpsc::Sender<Vec<Spawned>>,
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        let mut workers = self.running.workers.lock();
+        if let Some(at) = workers.iter().position(|w| Arc::ptr_eq(w, &self.worker)) {
+            workers.swap_remove(at);
+        }
+    }
 }
 
 /// What the cluster has done that a user may ask about.
@@ -127,37 +122,29 @@ struct Stats {
     transferred: AtomicU64,
     uploaded: AtomicU64,
     recomputed: AtomicU64,
-    replaced: AtomicU64,
 }
 
 pub(crate) struct ClusterShared {
-    id: u64,
     /// The process that started the workers. A child forked from it has none of the pool's threads and
     /// must not stop the parent's workers: there the cluster is refused and let go of untouched.
     owner: u32,
     threads_per_worker: usize,
-    memory_limit: Option<u64>,
-    /// The limit as the user gave it, for messages.
-    memory_limit_text: Option<String>,
-    socket_dir: PathBuf,
-    slots: Vec<Mutex<Slot>>,
-    /// Each worker's generation, bumped when it is replaced: results of older generations are lost.
-    generations: Vec<AtomicU64>,
-    /// Ids each worker may forget, sent with its next request.
-    releases: Vec<Mutex<Vec<u64>>>,
-    next_id: AtomicU64,
-    keeper: Mutex<Option<mpsc::Sender<SpawnRequest>>>,
-    closed: AtomicBool,
+    workers: Arc<Workers>,
+    /// Where each value lives (the workers'), closed with them.
+    directory: Arc<Directory>,
     stats: Stats,
 }
 
-impl ClusterShared {
-    fn socket(socket_dir: &std::path::Path, group: usize) -> PathBuf {
-        socket_dir.join(format!("worker-{group}.sock"))
-    }
+/// Why a request to a worker failed: it died (its group and generation), or the computation was
+/// cancelled.
+enum Failed {
+    Lost(usize, u64),
+    Cancelled,
+}
 
+impl ClusterShared {
     pub(crate) fn workers(&self) -> usize {
-        self.slots.len()
+        self.workers.len()
     }
 
     pub(crate) fn threads_per_worker(&self) -> usize {
@@ -165,111 +152,61 @@ impl ClusterShared {
     }
 
     fn generation(&self, group: usize) -> u64 {
-        self.generations[group].load(SeqCst)
+        self.directory.generation(group)
     }
 
-    fn alive(&self, remote: &Remote) -> bool {
-        self.generation(remote.group) == remote.generation
+    fn closed(&self) -> bool {
+        self.directory.is_closed()
     }
 
-    fn new_id(&self) -> u64 {
-        self.next_id.fetch_add(1, SeqCst)
+    fn worker(&self, group: usize, generation: u64) -> Option<Arc<WorkerProcess>> {
+        self.workers.worker(group, generation)
     }
 
-    fn take_releases(&self, group: usize) -> Vec<u64> {
-        std::mem::take(&mut *self.releases[group].lock())
+    fn replace(&self, group: usize, generation: u64) -> Result<String, Error> {
+        self.workers.replace(group, generation)
     }
 
-    fn spawn(&self, groups: Vec<usize>) -> Result<Vec<Spawned>, String> {
-        let (reply, replies) = mpsc::channel();
-        let keeper = self.keeper.lock().clone();
-        keeper
-            .ok_or("the cluster is closed")?
-            .send(SpawnRequest { groups, reply })
-            .map_err(|_| "the cluster is closed")?;
-        replies
-            .recv()
-            .map_err(|_| "the cluster is closed".to_string())
-    }
-
-    /// Replaces the worker of `group` if it is still at `generation`; returns how that one ended.
-    fn replace(&self, group: usize, generation: u64) -> Result<String, String> {
-        let mut slot = self.slots[group].lock();
-        if self.generation(group) != generation {
-            return Ok(slot.last_death.clone());
-        }
-        let Some(mut old) = slot.process.take() else {
-            return Err("the cluster is closed".to_string());
-        };
-        let why = old.ending(self.memory_limit_text.as_deref());
-        drop(old);
-        slot.fetches = None;
-        self.releases[group].lock().clear();
-        let new = self.spawn(vec![group])?.pop().expect("one per group")?;
-        slot.process = Some(new);
-        slot.last_death = why.clone();
-        self.generations[group].fetch_add(1, SeqCst);
-        self.stats.replaced.fetch_add(1, SeqCst);
-        Ok(why)
-    }
-
-    /// Sends a request to this pool thread's connection to the worker of `group` at `generation`.
+    /// Sends a request to the worker of `group` at `generation`, on this pool thread's connection.
     fn run_on(
         &self,
         group: usize,
         generation: u64,
         frames: &[Vec<u8>],
-    ) -> std::io::Result<Vec<Vec<u8>>> {
-        LINK.with_borrow_mut(|link| {
-            let current = link
-                .as_ref()
-                .is_some_and(|l| l.cluster == self.id && l.generation == generation);
-            if !current {
-                *link = None;
-                *link = Some(Link {
-                    cluster: self.id,
-                    generation,
-                    conn: Conn::open(&Self::socket(&self.socket_dir, group))?,
-                });
-            }
-            let reply = link.as_mut().expect("opened above").conn.exchange(frames);
-            if reply.is_err() {
-                *link = None;
-            }
-            reply
-        })
+        running: &Running,
+    ) -> Result<Vec<Vec<u8>>, Failed> {
+        let lost = Failed::Lost(group, generation);
+        let worker = self.worker(group, generation).ok_or(lost)?;
+        let Some(_running) = running.enter(&worker) else {
+            return Err(Failed::Cancelled);
+        };
+        let thread = current_worker().expect("cluster tasks run on the cluster's threads")
+            % self.threads_per_worker;
+        worker
+            .exchange(thread, frames)
+            .map_err(|_| Failed::Lost(group, generation))
     }
 
     /// The reply of the worker of `group` to a fetch of `ids`: a pickled list of their values.
-    fn fetch(&self, group: usize, generation: u64, ids: &[u64]) -> std::io::Result<Vec<Vec<u8>>> {
-        let mut slot = self.slots[group].lock();
-        if self.generation(group) != generation || slot.process.is_none() {
-            return Err(std::io::ErrorKind::NotConnected.into());
-        }
-        if slot.fetches.is_none() {
-            slot.fetches = Some(Conn::open(&Self::socket(&self.socket_dir, group))?);
-        }
-        let releases = self.take_releases(group);
+    fn fetch(&self, group: usize, generation: u64, ids: &[u64]) -> Result<Vec<Vec<u8>>, Failed> {
+        let worker = self
+            .worker(group, generation)
+            .ok_or(Failed::Lost(group, generation))?;
+        let mut fetches = worker.connection(self.threads_per_worker);
+        let releases = self.directory.take_releases(group);
         let mut rest = Vec::with_capacity(ids.len() + 1);
         rest.push(ids.len() as u64);
         rest.extend_from_slice(ids);
-        let request = [header(FETCH, &releases, &rest)];
-        let reply = slot
-            .fetches
-            .as_mut()
-            .expect("opened above")
-            .exchange(&request);
-        if reply.is_err() {
-            slot.fetches = None;
-        }
-        reply
+        fetches
+            .exchange(&[wire::header(FETCH, &releases, &rest)])
+            .map_err(|_| Failed::Lost(group, generation))
     }
 
     /// Sends every worker the releases waiting for it, so results nobody needs stop taking memory
     /// between computations.
     pub(crate) fn flush_releases(&self) {
         for group in 0..self.workers() {
-            if !self.releases[group].lock().is_empty() {
+            if self.directory.has_releases(group) {
                 let _ = self.fetch(group, self.generation(group), &[]);
             }
         }
@@ -280,264 +217,25 @@ impl ClusterShared {
     }
 
     fn close(&self) {
-        self.closed.store(true, SeqCst);
-        *self.keeper.lock() = None;
-        let forked = self.forked();
-        for slot in &self.slots {
-            let mut slot = slot.lock();
-            slot.fetches = None;
-            match slot.process.take() {
-                // Dropping kills the worker: only its owner may.
-                Some(process) if forked => std::mem::forget(process),
-                process => drop(process),
-            }
-        }
-        if !forked {
-            let _ = std::fs::remove_dir_all(&self.socket_dir);
-        }
+        // Dropping a worker kills it: only its owner may.
+        self.workers.close(self.forked());
     }
 }
 
-fn header(op: u64, releases: &[u64], rest: &[u64]) -> Vec<u8> {
-    let mut words = Vec::with_capacity(2 + releases.len() + rest.len());
-    words.push(op);
-    words.push(releases.len() as u64);
-    words.extend_from_slice(releases);
-    words.extend_from_slice(rest);
-    words.iter().flat_map(|w| w.to_le_bytes()).collect()
-}
-
-struct Link {
-    cluster: u64,
-    generation: u64,
-    conn: Conn,
-}
-
-thread_local! {
-    /// This pool thread's connection to its worker.
-    static LINK: RefCell<Option<Link>> = const { RefCell::new(None) };
-}
-
-/// The keeper: starts worker processes (all of them, so they die with this long-lived thread, not
-/// with whichever thread asked) and kills any that go over the memory limit.
-fn keep(
-    launch: Launch,
-    socket_dir: PathBuf,
-    memory_limit: Option<u64>,
-    requests: mpsc::Receiver<SpawnRequest>,
-    cluster: Weak<ClusterShared>,
-) {
-    loop {
-        match requests.recv_timeout(MEMORY_POLL) {
-            Ok(SpawnRequest { groups, reply }) => {
-                let started: Vec<_> = groups
-                    .iter()
-                    .map(|&group| start_worker(&launch, &socket_dir, group))
-                    .collect();
-                let ready = started
-                    .into_iter()
-                    .map(|s| s.and_then(wait_ready))
-                    .collect();
-                let _ = reply.send(ready);
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                let Some(cluster) = cluster.upgrade() else {
-                    return;
-                };
-                if let Some(limit) = memory_limit {
-                    enforce_memory_limit(&cluster, limit);
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-    }
-}
-
-fn start_worker(
-    launch: &Launch,
-    socket_dir: &std::path::Path,
-    group: usize,
-) -> Result<(Child, BufReader<std::process::ChildStdout>), String> {
-    let socket = ClusterShared::socket(socket_dir, group);
-    let _ = std::fs::remove_file(&socket);
-    let mut child = Command::new(&launch.python)
-        .args(["-m", "belated._worker", "--listen"])
-        .arg(&socket)
-        .arg(launch.preload.join(","))
-        .env("PYTHONPATH", &launch.path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("could not start worker process {group}: {e}"))?;
-    let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
-    Ok((child, stdout))
-}
-
-/// Waits for a started worker to say it listens.
-fn wait_ready(
-    (mut child, mut stdout): (Child, BufReader<std::process::ChildStdout>),
-) -> Result<Process, String> {
-    let (said, heard) = mpsc::channel();
-    // Reading the line blocks; a helper reads it so a worker that hangs at start cannot stall us.
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = said.send(stdout.read_line(&mut line).map(|_| line));
-    });
-    let stdin = child.stdin.take().expect("stdin is piped");
-    let process = Process {
-        child,
-        _stdin: stdin,
-        over_memory: None,
-    };
-    match heard.recv_timeout(START_TIMEOUT) {
-        Ok(Ok(line)) if line.trim() == "ready" => Ok(process),
-        Ok(_) | Err(_) => {
-            let mut process = process;
-            let why = process.ending(None);
-            Err(format!(
-                "a worker process did not start: {why}; its errors are printed above"
-            ))
-        }
-    }
-}
-
-fn enforce_memory_limit(cluster: &ClusterShared, limit: u64) {
-    for slot in &cluster.slots {
-        // A busy slot is being replaced or fetched from; it is looked at next time.
-        let Some(mut slot) = slot.try_lock() else {
-            continue;
-        };
-        let Some(process) = slot.process.as_mut() else {
-            continue;
-        };
-        if process.over_memory.is_some() {
-            continue;
-        }
-        if let Some(used) = resident_bytes(process.child.id()).filter(|&used| used > limit) {
-            process.over_memory = Some(used);
-            let _ = process.child.kill();
-        }
-    }
-}
-
-fn resident_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// A result kept by a worker. Dropping the last handle tells the worker to forget it.
-pub(crate) struct Remote {
-    id: u64,
-    group: usize,
-    generation: u64,
-    /// About how many bytes the value holds, as its worker estimated it: what moving it would cost.
-    bytes: u64,
-    cluster: Arc<ClusterShared>,
-    /// Copies other workers received (or recomputed), each forgotten with this one.
-    copies: Mutex<Vec<Arc<Remote>>>,
-}
-
-impl Remote {
-    fn new(
-        cluster: &Arc<ClusterShared>,
-        id: u64,
-        group: usize,
-        generation: u64,
-        bytes: u64,
-    ) -> Arc<Self> {
-        Arc::new(Remote {
-            id,
-            group,
-            generation,
-            bytes,
-            cluster: Arc::clone(cluster),
-            copies: Mutex::new(Vec::new()),
-        })
-    }
-}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        if self.cluster.alive(self) && !self.cluster.closed.load(SeqCst) {
-            self.cluster.releases[self.group].lock().push(self.id);
-        }
-    }
-}
-
-/// A task's result as the engine holds it on a cluster: here (outputs, and values built from
-/// literals), in a worker, or both.
-#[derive(Clone)]
-pub(crate) struct Held {
-    pub(crate) local: Option<PyValue>,
-    remote: Option<Arc<Remote>>,
-    /// For a value built here: what the tasks that need it learned of it.
-    sent: Option<Arc<Sent>>,
-}
-
-/// A value built here, as seen by the tasks that need it (shared by all of them).
-#[derive(Default)]
-struct Sent {
-    /// Its size, estimated when a task first needed it.
-    bytes: OnceLock<u64>,
-    /// The workers it was sent to, so that each receives a large value once per computation rather
-    /// than with every call that needs it.
-    copies: Mutex<Vec<Arc<Remote>>>,
-}
+/// A task's result as a cluster computation holds it.
+pub(crate) type Held = directory::Held<PyValue>;
 
 /// Values built here of at least this many bytes are sent to a worker once and kept there; smaller
 /// ones travel inside each call that needs them.
 const SEND_ONCE_BYTES: u64 = 64 * 1024;
 
-/// Where a task finds one of its inputs.
-enum Source {
-    Here(PyValue),
-    InMyWorker(u64),
-    Elsewhere(Arc<Remote>),
-    Lost,
-}
-
-impl Held {
-    fn source(&self, cluster: &ClusterShared, group: usize) -> Source {
-        let mut alive_elsewhere = None;
-        if let Some(remote) = &self.remote {
-            let copies = remote.copies.lock();
-            for candidate in std::iter::once(remote).chain(copies.iter()) {
-                if !cluster.alive(candidate) {
-                    continue;
-                }
-                if candidate.group == group {
-                    return Source::InMyWorker(candidate.id);
-                }
-                alive_elsewhere.get_or_insert_with(|| Arc::clone(candidate));
-            }
-        }
-        if let Some(sent) = &self.sent {
-            let copies = sent.copies.lock();
-            let mine = copies
-                .iter()
-                .find(|copy| copy.group == group && cluster.alive(copy));
-            if let Some(copy) = mine {
-                return Source::InMyWorker(copy.id);
-            }
-        }
-        match (&self.local, alive_elsewhere) {
-            (Some(local), _) => Source::Here(local.clone()),
-            (None, Some(remote)) => Source::Elsewhere(remote),
-            (None, None) => Source::Lost,
-        }
-    }
-}
-
 /// What a call's request carries of other workers' values: their replies' frames, and the header
-/// words saying which ids to store them under; or, when a source is gone, its group and generation.
-type Fetched = Result<(Vec<Vec<u8>>, Vec<u64>), (usize, u64)>;
+/// words saying which ids to store them under.
+type Fetched = Result<(Vec<Vec<u8>>, Vec<u64>), Failed>;
 
 /// Values to fetch from one worker and store in another before a call.
 struct Transfer {
-    source: Arc<Remote>,
+    source: Arc<Kept>,
     copy_id: u64,
 }
 
@@ -566,7 +264,8 @@ pub(crate) struct ClusterRunner {
     guard: TaskGuard,
     retries: usize,
     /// The result each task last produced in a worker, for recomputing what a lost worker held.
-    produced: Mutex<Vec<Weak<Remote>>>,
+    produced: Mutex<Vec<Weak<Kept>>>,
+    pub(crate) running: Arc<Running>,
 }
 
 impl ClusterRunner {
@@ -599,6 +298,7 @@ impl ClusterRunner {
             guard,
             retries,
             produced: Mutex::new(graph.tasks().map(|_| Weak::new()).collect()),
+            running: Arc::default(),
         }
     }
 
@@ -623,7 +323,7 @@ impl ClusterRunner {
             in_workers: false,
         };
         for (held, &dep) in inputs.iter().zip(self.graph.deps(task)) {
-            let value = match held.source(&self.cluster, group) {
+            let value = match held.source(&self.cluster.directory, group) {
                 Source::Here(value) => match self.upload(py, task, held, &value)? {
                     Some(upload) => {
                         prepared.in_workers = true;
@@ -639,16 +339,16 @@ impl ClusterRunner {
                 }
                 Source::Elsewhere(source) => {
                     prepared.in_workers = true;
-                    let copy_id = self.cluster.new_id();
+                    let copy_id = self.cluster.directory.new_id();
                     prepared.transfers.push(Transfer { source, copy_id });
                     Self::stored(py, copy_id)?
                 }
                 Source::Lost => {
                     let recovered = self.recover(py, dep, group)?;
                     if let (Some(original), Some(copy)) = (&held.remote, &recovered.remote) {
-                        original.copies.lock().push(Arc::clone(copy));
+                        original.add_copy(Arc::clone(copy));
                     }
-                    match recovered.source(&self.cluster, group) {
+                    match recovered.source(&self.cluster.directory, group) {
                         Source::Here(value) => value,
                         Source::InMyWorker(id) => {
                             prepared.in_workers = true;
@@ -702,7 +402,7 @@ impl ClusterRunner {
             })?;
         Ok(Some(Upload {
             frames: frames_from(py, &frames)?,
-            copy_id: self.cluster.new_id(),
+            copy_id: self.cluster.directory.new_id(),
             bytes,
             sent: Arc::clone(sent),
         }))
@@ -714,7 +414,7 @@ impl ClusterRunner {
         let mut by_source: FxHashMap<(usize, u64), Vec<&Transfer>> = FxHashMap::default();
         for transfer in transfers {
             by_source
-                .entry((transfer.source.group, transfer.source.generation))
+                .entry((transfer.source.worker, transfer.source.generation))
                 .or_default()
                 .push(transfer);
         }
@@ -726,10 +426,7 @@ impl ClusterRunner {
         }
         for ((group, generation), transfers) in by_source {
             let ids: Vec<u64> = transfers.iter().map(|t| t.source.id).collect();
-            let reply = self
-                .cluster
-                .fetch(group, generation, &ids)
-                .map_err(|_| (group, generation))?;
+            let reply = self.cluster.fetch(group, generation, &ids)?;
             words.push(ids.len() as u64);
             words.extend(transfers.iter().map(|t| t.copy_id));
             words.push(reply.len() as u64);
@@ -776,45 +473,45 @@ impl ClusterRunner {
                     payload.key_string(py)
                 ))
             })?;
-            let result_id = self.cluster.new_id();
+            let result_id = self.cluster.directory.new_id();
             let generation = self.cluster.generation(group);
             let outcome = py.detach(|| {
                 let (transfer_frames, mut words) =
                     self.fetch_transfers(&prepared.transfers, &mut prepared.uploads)?;
                 let mut rest = vec![result_id, u64::from(flags)];
                 rest.append(&mut words);
-                let mut request = vec![header(RUN, &self.cluster.take_releases(group), &rest)];
+                let releases = self.cluster.directory.take_releases(group);
+                let mut request = vec![wire::header(RUN, &releases, &rest)];
                 request.extend(transfer_frames);
                 request.extend(call_frames);
                 self.cluster
-                    .run_on(group, generation, &request)
-                    .map_err(|_| (group, generation))
+                    .run_on(group, generation, &request, &self.running)
             });
             why = match outcome {
                 Ok(reply) => {
                     // The worker stored the values it received even if the task then failed.
                     for transfer in &prepared.transfers {
                         let source = &transfer.source;
-                        let copy = Remote::new(
-                            &self.cluster,
+                        let copy = Kept::new(
+                            &self.cluster.directory,
                             transfer.copy_id,
                             group,
                             generation,
                             source.bytes,
                         );
-                        source.copies.lock().push(copy);
+                        source.add_copy(copy);
                     }
                     let uploaded = prepared.uploads.len() as u64;
                     self.cluster.stats.uploaded.fetch_add(uploaded, SeqCst);
                     for upload in &prepared.uploads {
-                        let copy = Remote::new(
-                            &self.cluster,
+                        let copy = Kept::new(
+                            &self.cluster.directory,
                             upload.copy_id,
                             group,
                             generation,
                             upload.bytes,
                         );
-                        upload.sent.copies.lock().push(copy);
+                        upload.sent.add_copy(copy);
                     }
                     let value = decode_reply(py, &reply)?;
                     let remote = if flags & KEEP != 0 {
@@ -824,8 +521,8 @@ impl ClusterRunner {
                         } else {
                             value.extract()?
                         };
-                        Some(Remote::new(
-                            &self.cluster,
+                        Some(Kept::new(
+                            &self.cluster.directory,
                             result_id,
                             group,
                             generation,
@@ -847,13 +544,22 @@ impl ClusterRunner {
                         sent: None,
                     });
                 }
-                Err((lost, generation)) => py
+                Err(Failed::Cancelled) => return Err(Running::cancelled_error()),
+                // Killed by a cancel, or by close(): either way the computation is over, and the
+                // next one finds a new worker in its place.
+                Err(Failed::Lost(lost, generation))
+                    if self.running.cancelled() || self.cluster.closed() =>
+                {
+                    let _ = py.detach(|| self.cluster.replace(lost, generation));
+                    return Err(Running::cancelled_error());
+                }
+                Err(Failed::Lost(lost, generation)) => py
                     .detach(|| self.cluster.replace(lost, generation))
-                    .map_err(|why| {
-                        WorkerLostError::new_err(format!(
-                            "task {} could not run: {why}",
-                            payload.key_string(py)
-                        ))
+                    .map_err(|error| {
+                        cluster_error(
+                            error,
+                            &format!("task {} could not run", payload.key_string(py)),
+                        )
                     })?,
             };
             failures += 1;
@@ -866,7 +572,8 @@ impl ClusterRunner {
         )))
     }
 
-    /// Recomputes `lost` on this thread's worker, with whatever of its lineage was lost too, inputs first.
+    /// Recomputes `lost` on this thread's worker, with whatever of its lineage was lost too, inputs
+    /// first ([`lineage::recompute_order`]).
     fn recover(&self, py: Python<'_>, lost: TaskId, group: usize) -> PyResult<Held> {
         let available = |task: TaskId| -> Option<Held> {
             let remote = self.produced.lock()[task.index()].upgrade()?;
@@ -875,33 +582,28 @@ impl ClusterRunner {
                 remote: Some(remote),
                 sent: None,
             };
-            (!matches!(held.source(&self.cluster, group), Source::Lost)).then_some(held)
+            (!matches!(held.source(&self.cluster.directory, group), Source::Lost)).then_some(held)
         };
-        let mut done: FxHashMap<TaskId, Held> = FxHashMap::default();
-        let mut stack = vec![lost];
-        while let Some(&task) = stack.last() {
-            if done.contains_key(&task) {
-                stack.pop();
-                continue;
-            }
-            let mut inputs = Vec::with_capacity(self.graph.deps(task).len());
-            let mut missing = Vec::new();
-            for &dep in self.graph.deps(task) {
-                match done.get(&dep).cloned().or_else(|| available(dep)) {
-                    Some(held) => inputs.push(held),
-                    None => missing.push(dep),
-                }
-            }
-            if !missing.is_empty() {
-                stack.extend(missing);
-                continue;
-            }
-            stack.pop();
-            let held = self.evaluate(py, task, &inputs, KEEP)?;
+        let mut held: FxHashMap<TaskId, Held> = FxHashMap::default();
+        let order = lineage::recompute_order(&self.graph, lost, |task| {
+            available(task)
+                .map(|found| held.insert(task, found))
+                .is_some()
+        });
+        for task in order {
+            let inputs: Vec<Held> = self
+                .graph
+                .deps(task)
+                .iter()
+                .map(|dep| held[dep].clone())
+                .collect();
+            let recomputed = self.evaluate(py, task, &inputs, KEEP)?;
             self.cluster.stats.recomputed.fetch_add(1, SeqCst);
-            done.insert(task, held);
+            held.insert(task, recomputed);
         }
-        Ok(done.remove(&lost).expect("computed above"))
+        Ok(held
+            .remove(&lost)
+            .expect("recompute_order ends with the lost task"))
     }
 }
 
@@ -924,17 +626,10 @@ impl Runner for ClusterRunner {
         })
     }
 
-    /// The worker from which the fewest bytes would have to move: the one holding most of the
-    /// inputs' bytes. Every input weighs at least a byte, so tiny inputs still attract their consumer.
+    /// The worker holding most of the inputs' bytes ([`placement::most_input_bytes`]).
     fn place(&self, _task: TaskId, inputs: &mut dyn Iterator<Item = &Held>) -> Option<usize> {
-        let mut held_bytes = vec![0u64; self.cluster.workers()];
-        for held in inputs {
-            if let Some(remote) = &held.remote {
-                held_bytes[remote.group] += remote.bytes.max(1);
-            }
-        }
-        let (group, &most) = held_bytes.iter().enumerate().max_by_key(|&(_, n)| *n)?;
-        (most > 0).then_some(group)
+        let held = inputs.filter_map(|held| held.remote.as_ref().map(|r| (r.worker, r.bytes)));
+        placement::most_input_bytes(self.cluster.workers(), held)
     }
 }
 
@@ -976,6 +671,88 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Starts `n_workers` worker processes that run `threads_per_worker` tasks each at once, and
+    /// the pool threads that drive them.
+    fn start(
+        py: Python<'_>,
+        n_workers: usize,
+        threads_per_worker: usize,
+        memory_limit: Option<MemoryLimit>,
+        preload: Vec<String>,
+    ) -> PyResult<Self> {
+        // One connection per pool thread of its group, and one for fetches.
+        let spec = worker_spec(py, threads_per_worker + 1, preload)?;
+        let workers = py
+            .detach(|| Workers::start(spec, n_workers, memory_limit))
+            .map_err(|error| cluster_error(error, "could not start the cluster"))?;
+        let shared = Arc::new(ClusterShared {
+            owner: std::process::id(),
+            threads_per_worker,
+            directory: Arc::clone(workers.directory()),
+            workers,
+            stats: Stats::default(),
+        });
+        let pool = ThreadPool::with_groups(n_workers, threads_per_worker, Arc::new(PythonHost))
+            .map_err(|e| {
+                shared.close();
+                WorkerStartError::new_err(format!("could not start the cluster's threads: {e}"))
+            })?;
+        Ok(Cluster {
+            shared,
+            pool: Mutex::new(Some(Arc::new(pool))),
+        })
+    }
+}
+
+/// The `processes` scheduler's clusters, one per worker count, of one-thread workers: started on
+/// first use and kept while among the [`KEPT_POOLS`] most recently used, like the threads pools. One
+/// let go of ends when the last computation using it does. Most recently used last.
+static PROCESS_CLUSTERS: Mutex<Vec<(usize, Arc<Cluster>)>> = Mutex::new(Vec::new());
+
+/// The cluster of `workers` one-thread workers that `scheduler="processes"` runs on.
+pub(crate) fn processes_cluster(py: Python<'_>, workers: usize) -> PyResult<Arc<Cluster>> {
+    let running = |clusters: &mut Vec<(usize, Arc<Cluster>)>| {
+        let at = clusters
+            .iter()
+            .position(|(n, cluster)| *n == workers && !cluster.shared.closed())?;
+        let entry = clusters.remove(at);
+        let cluster = Arc::clone(&entry.1);
+        clusters.push(entry);
+        Some(cluster)
+    };
+    if let Some(cluster) = running(&mut PROCESS_CLUSTERS.lock()) {
+        return Ok(cluster);
+    }
+    // Started without the registry's lock, which a thread holding the interpreter may wait for.
+    let started = Arc::new(Cluster::start(py, workers, 1, None, Vec::new())?);
+    let let_go = {
+        let mut clusters = PROCESS_CLUSTERS.lock();
+        if let Some(cluster) = running(&mut clusters) {
+            return Ok(cluster); // another thread was first; ours is closed as it drops
+        }
+        clusters.push((workers, Arc::clone(&started)));
+        let over = clusters.len().saturating_sub(KEPT_POOLS);
+        clusters.drain(..over).collect::<Vec<_>>()
+    };
+    // Dropped outside the lock: the last reference to a cluster stops its workers.
+    py.detach(|| drop(let_go));
+    Ok(started)
+}
+
+/// Stops the processes scheduler's clusters (at exit).
+pub(crate) fn close_processes_clusters() {
+    let clusters = std::mem::take(&mut *PROCESS_CLUSTERS.lock());
+    for (_, cluster) in clusters {
+        cluster.shut();
+    }
+}
+
+/// After `fork()`: the clusters' threads and workers are the parent's; forget them untouched.
+pub(crate) fn forget_processes_clusters() {
+    std::mem::forget(std::mem::take(&mut *PROCESS_CLUSTERS.lock()));
+}
+
 #[pymethods]
 impl Cluster {
     #[new]
@@ -1000,66 +777,8 @@ impl Cluster {
                 "n_workers * threads_per_worker must be at most {MAX_THREADS}, got {n_workers} * {threads_per_worker}"
             )));
         }
-        let mut launch = Launch::from_interpreter(py, 0)?;
-        launch.preload = preload;
-        let id = NEXT_CLUSTER.fetch_add(1, SeqCst);
-        let socket_dir = std::env::temp_dir().join(format!("belated-{}-{id}", std::process::id()));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&socket_dir)
-            .map_err(|e| {
-                WorkerStartError::new_err(format!(
-                    "could not create the cluster's private directory {}: {e}",
-                    socket_dir.display()
-                ))
-            })?;
-        let (keeper, requests) = mpsc::channel();
-        let shared = Arc::new(ClusterShared {
-            id,
-            owner: std::process::id(),
-            threads_per_worker,
-            memory_limit,
-            memory_limit_text: memory_limit
-                .map(|bytes| memory_limit_text.unwrap_or_else(|| format!("{bytes} bytes"))),
-            socket_dir: socket_dir.clone(),
-            slots: (0..n_workers)
-                .map(|_| {
-                    Mutex::new(Slot {
-                        process: None,
-                        fetches: None,
-                        last_death: String::new(),
-                    })
-                })
-                .collect(),
-            generations: (0..n_workers).map(|_| AtomicU64::new(0)).collect(),
-            releases: (0..n_workers).map(|_| Mutex::new(Vec::new())).collect(),
-            next_id: AtomicU64::new(0),
-            keeper: Mutex::new(Some(keeper)),
-            closed: AtomicBool::new(false),
-            stats: Stats::default(),
-        });
-        let weak = Arc::downgrade(&shared);
-        std::thread::Builder::new()
-            .name("belated-cluster-keeper".into())
-            .spawn(move || keep(launch, socket_dir, memory_limit, requests, weak))
-            .map_err(|e| {
-                WorkerStartError::new_err(format!("could not start the cluster's keeper: {e}"))
-            })?;
-        let started = py.detach(|| shared.spawn((0..n_workers).collect()));
-        let fail = |why: String| {
-            shared.close();
-            WorkerStartError::new_err(why)
-        };
-        let started = started.map_err(fail)?;
-        for (slot, process) in shared.slots.iter().zip(started) {
-            slot.lock().process = Some(process.map_err(fail)?);
-        }
-        let pool = ThreadPool::with_groups(n_workers, threads_per_worker, Arc::new(PythonHost))
-            .map_err(|e| fail(format!("could not start the cluster's threads: {e}")))?;
-        Ok(Cluster {
-            shared,
-            pool: Mutex::new(Some(Arc::new(pool))),
-        })
+        let memory_limit = memory_limit.map(|bytes| MemoryLimit::new(bytes, memory_limit_text));
+        Self::start(py, n_workers, threads_per_worker, memory_limit, preload)
     }
 
     /// Stops the workers (killing tasks still running) and the threads that drive them. Idempotent.
@@ -1069,7 +788,7 @@ impl Cluster {
 
     #[getter]
     fn closed(&self) -> bool {
-        self.shared.closed.load(SeqCst)
+        self.shared.closed()
     }
 
     #[getter]
@@ -1084,17 +803,13 @@ impl Cluster {
 
     #[getter]
     fn memory_limit(&self) -> Option<u64> {
-        self.shared.memory_limit
+        self.shared.workers.memory_limit()
     }
 
     /// The process ids of the running workers.
     #[getter]
     fn pids(&self) -> Vec<u32> {
-        self.shared
-            .slots
-            .iter()
-            .filter_map(|slot| Some(slot.lock().process.as_ref()?.child.id()))
-            .collect()
+        self.shared.workers.pids()
     }
 
     /// Counts of results moved between workers, large values built here sent to a worker to keep,
@@ -1105,7 +820,7 @@ impl Cluster {
         dict.set_item("transferred", stats.transferred.load(SeqCst))?;
         dict.set_item("uploaded", stats.uploaded.load(SeqCst))?;
         dict.set_item("recomputed", stats.recomputed.load(SeqCst))?;
-        dict.set_item("replaced", stats.replaced.load(SeqCst))?;
+        dict.set_item("replaced", self.shared.workers.replaced())?;
         Ok(dict)
     }
 }

@@ -1,8 +1,9 @@
 //! `compute` and `persist`: flatten what the arguments need, run it, put the results back in place.
 //!
-//! Threads and processes: a pool per kind and worker count, started on first use and kept while it is
-//! among the few most recently used (belated-core's `PoolRegistry`; a processes pool's threads each
-//! drive one worker process, which ends with its thread). The calling thread lets
+//! Threads: a pool per worker count, started on first use and kept while it is among the few most
+//! recently used (belated-core's `PoolRegistry`). Processes: a local cluster of one-thread worker
+//! processes per worker count, kept likewise; it is the runtime a Client's cluster runs on, with the
+//! same locality and fault handling. The calling thread lets
 //! go of the interpreter while it waits, waking every [`SIGNAL_POLL`] to let Python
 //! deliver Ctrl-C, which cancels the computation. A compute called from inside a task runs inline on that
 //! worker, since waiting on the pool it occupies could wait forever.
@@ -20,28 +21,27 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
-use crate::cluster::{Cluster, ClusterRunner};
+use crate::cluster::{
+    close_processes_clusters, forget_processes_clusters, processes_cluster, Cluster, ClusterRunner,
+    ClusterShared, Running,
+};
+use crate::codec::{check_picklable, helper};
 use crate::dashboard::{DashboardReport, HubObserver};
 use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{catch_panics, to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS};
-use crate::processes::{check_picklable, helper, run_remote, Launch};
-use crate::task::{Arg, Collector, Op, PyTask, PyValue, TaskNode, Work};
+use crate::task::{Arg, Collector, Op, PyTask, PyValue, TaskNode};
 
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
-/// A pool's kind (`true`: processes) and size.
-type PoolKey = (bool, usize);
-
-static POOLS: PoolRegistry<PoolKey> = PoolRegistry::new();
+/// The threads scheduler's pools, by size.
+static POOLS: PoolRegistry<usize> = PoolRegistry::new();
 
 struct PyRunner {
     nodes: Arc<[Arc<TaskNode>]>,
     guard: TaskGuard,
-    /// Set for the processes scheduler: calls run in this thread's worker process.
-    processes: Option<Launch>,
 }
 
 impl Runner for PyRunner {
@@ -52,14 +52,7 @@ impl Runner for PyRunner {
         Python::attach(|py| {
             let node = &self.nodes[task.index()];
             let key = self.guard.before(py, node)?;
-            let payload = node.payload();
-            let value = match &self.processes {
-                None => payload.evaluate(py, inputs)?,
-                Some(launch) => match payload.prepare(py, inputs)? {
-                    Work::Ready(value) => value,
-                    Work::Call(call) => run_remote(py, payload, call, launch)?,
-                },
-            };
+            let value = node.payload().evaluate(py, inputs)?;
             if let Some(key) = key {
                 self.guard.after(py, &key, &value)?;
             }
@@ -151,16 +144,22 @@ impl Listeners {
 enum Mode {
     Inline,
     Threads(usize),
-    Processes(usize),
-    /// A local cluster, and its pool (taken when the mode is chosen, so a closed cluster is refused
-    /// before anything starts).
-    Cluster(Py<Cluster>, Arc<ThreadPool>),
+    /// Worker processes: a Client's local cluster, or the processes scheduler's cluster of
+    /// one-thread workers; and its pool (taken when the mode is chosen, so a closed cluster is
+    /// refused before anything starts). The processes scheduler's cluster is held until the
+    /// computation ends, since the registry may let go of it meanwhile.
+    Cluster(Arc<ClusterShared>, Arc<ThreadPool>, Option<Arc<Cluster>>),
 }
 
-fn mode(scheduler: &str, num_workers: Option<i64>, cluster: Option<Py<Cluster>>) -> PyResult<Mode> {
+fn mode(
+    py: Python<'_>,
+    scheduler: &str,
+    num_workers: Option<i64>,
+    cluster: Option<Py<Cluster>>,
+) -> PyResult<Mode> {
     if let Some(cluster) = cluster {
-        let pool = cluster.get().pool()?;
-        return Ok(Mode::Cluster(cluster, pool));
+        let cluster = cluster.get();
+        return Ok(Mode::Cluster(Arc::clone(&cluster.shared), cluster.pool()?, None));
     }
     let workers = || match num_workers {
         None => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
@@ -179,17 +178,20 @@ fn mode(scheduler: &str, num_workers: Option<i64>, cluster: Option<Py<Cluster>>)
     match scheduler {
         "sync" | "synchronous" | "single-threaded" => Ok(Mode::Inline),
         "threads" | "threading" | "threaded" => Ok(Mode::Threads(workers()?)),
-        "processes" | "multiprocessing" => Ok(Mode::Processes(workers()?)),
+        "processes" | "multiprocessing" => {
+            let cluster = processes_cluster(py, workers()?)?;
+            let (shared, pool) = (Arc::clone(&cluster.shared), cluster.pool()?);
+            Ok(Mode::Cluster(shared, pool, Some(cluster)))
+        }
         other => Err(PyValueError::new_err(format!(
             "unknown scheduler '{other}'; expected 'threads', 'processes' or 'sync'"
         ))),
     }
 }
 
-/// The pool for `threads` workers of a kind (`processes` or not), started on first use. A processes
-/// pool's threads each own a worker process, so the two kinds never share threads.
-fn pool(processes: bool, threads: usize) -> PyResult<Arc<ThreadPool>> {
-    POOLS.get((processes, threads), || {
+/// The pool of `threads` worker threads, started on first use.
+fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
+    POOLS.get(threads, || {
         ThreadPool::new(threads, Arc::new(PythonHost)).map_err(|e| {
             WorkerStartError::new_err(format!(
                 "could not start {threads} worker threads ({e}); lower num_workers or use scheduler='sync'"
@@ -236,6 +238,8 @@ struct Watch<'a> {
     cancel: Option<&'a CancelToken>,
     deadline: Option<Deadline>,
     dashboard: &'a Option<Arc<HubObserver>>,
+    /// Worker processes running the computation's tasks, killed when it is cancelled.
+    running: Option<Arc<Running>>,
 }
 
 /// Submits to `pool` and waits, letting Python deliver Ctrl-C (which cancels) and enforcing the deadline.
@@ -261,6 +265,9 @@ fn run_pooled<R: Runner<Error = PyErr>>(
         };
         if let Some(interrupt) = stop {
             handle.cancel();
+            if let Some(running) = &watch.running {
+                running.cancel();
+            }
             if let Some(dashboard) = watch.dashboard {
                 dashboard.end(false);
             }
@@ -314,13 +321,10 @@ fn run_plan(
     };
     let workers = match &mode {
         Mode::Inline => 0,
-        Mode::Threads(threads) | Mode::Processes(threads) => *threads,
-        Mode::Cluster(cluster, _) => {
-            let shared = &cluster.get().shared;
-            shared.workers() * shared.threads_per_worker()
-        }
+        Mode::Threads(threads) => *threads,
+        Mode::Cluster(shared, ..) => shared.workers() * shared.threads_per_worker(),
     };
-    if matches!(mode, Mode::Processes(_) | Mode::Cluster(..)) {
+    if matches!(mode, Mode::Cluster(..)) {
         check_picklable(py, &nodes)?;
         static NEW_COMPUTATION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         helper(py, &NEW_COMPUTATION, "new_computation")?.call0()?;
@@ -350,40 +354,35 @@ fn run_plan(
         cancel,
         deadline,
         dashboard: &dashboard,
+        running: None,
     };
-    let runner = |guard, processes| PyRunner {
+    let runner = |guard| PyRunner {
         nodes: Arc::clone(&nodes),
         guard,
-        processes,
     };
     let result = match mode {
-        Mode::Inline => run_inline_observed(graph, outputs, runner(guard, None), observer),
+        Mode::Inline => run_inline_observed(graph, outputs, runner(guard), observer),
         Mode::Threads(threads) => run_pooled(
             py,
-            &*pool(false, threads)?,
+            &*pool(threads)?,
             (graph, outputs),
-            runner(guard, None),
+            runner(guard),
             observer,
             watch,
         )?,
-        Mode::Processes(threads) => {
-            let launch = Launch::from_interpreter(py, retries)?;
-            run_pooled(
-                py,
-                &*pool(true, threads)?,
-                (graph, outputs),
-                runner(guard, Some(launch)),
-                observer,
-                watch,
-            )?
-        }
-        Mode::Cluster(cluster, pool) => {
-            let cluster = cluster.get();
-            let runner =
-                ClusterRunner::new(&cluster.shared, &nodes, &graph, &outputs, guard, retries);
+        Mode::Cluster(cluster, pool, held) => {
+            let runner = ClusterRunner::new(&cluster, &nodes, &graph, &outputs, guard, retries);
+            let watch = Watch {
+                running: Some(Arc::clone(&runner.running)),
+                ..watch
+            };
             let wanted = outputs.clone();
             let result = run_pooled(py, &pool, (graph, outputs), runner, observer, watch);
-            py.detach(|| cluster.shared.flush_releases());
+            py.detach(|| {
+                cluster.flush_releases();
+                // The last reference to a cluster the registry let go of stops its workers.
+                drop(held);
+            });
             result?.and_then(|values| {
                 values
                     .into_iter()
@@ -427,7 +426,7 @@ pub(crate) fn compute<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     catch_panics(|| {
         let run = Run {
-            mode: mode(scheduler, num_workers, cluster)?,
+            mode: mode(py, scheduler, num_workers, cluster)?,
             cancel: cancel.as_ref().map(Py::get),
             callbacks: &callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py)),
             deadline: timeout.map(Deadline::after).transpose()?.flatten(),
@@ -480,6 +479,7 @@ pub(crate) fn shutdown() {
     for pool in POOLS.take_all() {
         pool.shutdown();
     }
+    close_processes_clusters();
 }
 
 /// After `fork()` the child has none of the parent's threads: forget the pools (their threads cannot be
@@ -487,6 +487,7 @@ pub(crate) fn shutdown() {
 #[pyfunction]
 pub(crate) fn forget_pools_after_fork() {
     std::mem::forget(POOLS.take_all());
+    forget_processes_clusters();
 }
 
 /// Computes through another engine: `executor(graph, keys, dependencies, dashboard)` receives the whole

@@ -43,10 +43,28 @@ create_exception!(
 );
 create_exception!(
     belated,
+    RemoteError,
+    BelatedError,
+    "A task's exception that could not be sent back as itself (it cannot be pickled or rebuilt): its \
+     type name (`type_name`), message and the worker's traceback (`traceback_text`)."
+);
+create_exception!(
+    belated,
     InternalError,
     BelatedError,
     "A bug in belated itself, not in your tasks."
 );
+
+/// A worker runtime error as the exception it is to a user, `context` saying what failed.
+pub(crate) fn cluster_error(error: belated_cluster::Error, context: &str) -> PyErr {
+    use belated_cluster::Error;
+    let message = format!("{context}: {error}");
+    match error {
+        Error::Spawn(_) | Error::NotReady(_) => WorkerStartError::new_err(message),
+        Error::Lost => WorkerLostError::new_err(message),
+        Error::Closed => BelatedError::new_err(message),
+    }
+}
 
 pub(crate) fn to_python(
     py: Python<'_>,

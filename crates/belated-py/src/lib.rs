@@ -4,6 +4,7 @@
 //! exceptions ([`errors`]).
 
 mod cluster;
+mod codec;
 mod compute;
 mod dashboard;
 mod delayed;
@@ -12,7 +13,6 @@ mod errors;
 mod export;
 mod graph_manipulation;
 mod host;
-mod processes;
 mod render;
 mod task;
 mod token;
@@ -56,5 +56,6 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<errors::ComputeTimeoutError>(),
     )?;
     m.add("WorkerLostError", py.get_type::<errors::WorkerLostError>())?;
+    m.add("RemoteError", py.get_type::<errors::RemoteError>())?;
     Ok(())
 }

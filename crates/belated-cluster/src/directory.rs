@@ -1,0 +1,310 @@
+//! Where each value of a computation on worker processes lives: in which workers (and which
+//! generation of each: a replaced worker's values are lost), how large it is, which copies other
+//! workers hold, and which ids each worker may forget.
+//!
+//! Invariants:
+//! - A value kept by a worker is [`Kept`]; the last handle dropping queues its id for release by its
+//!   worker (sent with that worker's next request), unless the worker was replaced since (the value
+//!   went with it) or the directory is closed.
+//! - Copies other workers received hang off the original and are released with it.
+//! - A task's input is found ([`Held::source`]) in its own worker first, then here in the parent,
+//!   then in another live worker; otherwise it is [`Source::Lost`] and must be recomputed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+
+/// The ids and generations of one cluster's workers.
+#[derive(Debug)]
+pub struct Directory {
+    /// Each worker's generation, bumped when it is replaced.
+    generations: Vec<AtomicU64>,
+    /// Ids each worker may forget, sent with its next request.
+    releases: Vec<Mutex<Vec<u64>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Directory {
+    pub fn new(workers: usize) -> Self {
+        Directory {
+            generations: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            releases: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            next_id: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.generations.len()
+    }
+
+    /// A fresh id for a value a worker will keep.
+    pub fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, SeqCst)
+    }
+
+    pub fn generation(&self, worker: usize) -> u64 {
+        self.generations[worker].load(SeqCst)
+    }
+
+    /// Whether `copy` is still held: its worker was not replaced since it was made.
+    pub fn alive(&self, copy: &Kept) -> bool {
+        self.generation(copy.worker) == copy.generation
+    }
+
+    /// Records that `worker` was replaced: what it held is lost, and nothing is left to release.
+    pub fn replaced(&self, worker: usize) {
+        self.releases[worker].lock().clear();
+        self.generations[worker].fetch_add(1, SeqCst);
+    }
+
+    /// The ids `worker` may forget, to send with its next request.
+    pub fn take_releases(&self, worker: usize) -> Vec<u64> {
+        std::mem::take(&mut *self.releases[worker].lock())
+    }
+
+    pub fn has_releases(&self, worker: usize) -> bool {
+        !self.releases[worker].lock().is_empty()
+    }
+
+    /// Stops queueing releases: the workers are going away.
+    pub fn close(&self) {
+        self.closed.store(true, SeqCst);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(SeqCst)
+    }
+}
+
+/// A value kept by a worker under `id`. Dropping the last handle queues its release.
+#[derive(Debug)]
+pub struct Kept {
+    pub id: u64,
+    pub worker: usize,
+    pub generation: u64,
+    /// About how many bytes the value holds, as its worker estimated it: what moving it would cost.
+    pub bytes: u64,
+    directory: Arc<Directory>,
+    /// Copies other workers received (or recomputed), each released with this one.
+    copies: Mutex<Vec<Arc<Kept>>>,
+}
+
+impl Kept {
+    pub fn new(
+        directory: &Arc<Directory>,
+        id: u64,
+        worker: usize,
+        generation: u64,
+        bytes: u64,
+    ) -> Arc<Self> {
+        Arc::new(Kept {
+            id,
+            worker,
+            generation,
+            bytes,
+            directory: Arc::clone(directory),
+            copies: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Records another worker's copy of this value.
+    pub fn add_copy(&self, copy: Arc<Kept>) {
+        self.copies.lock().push(copy);
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let directory = &self.directory;
+        if directory.alive(self) && !directory.is_closed() {
+            directory.releases[self.worker].lock().push(self.id);
+        }
+    }
+}
+
+/// A value built in the parent, as the tasks that need it see it (shared by all of them).
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Its size, estimated when a task first needed it.
+    pub bytes: OnceLock<u64>,
+    /// The workers it was sent to, so that each receives a large value once per computation rather
+    /// than with every call that needs it.
+    copies: Mutex<Vec<Arc<Kept>>>,
+}
+
+impl Sent {
+    pub fn add_copy(&self, copy: Arc<Kept>) {
+        self.copies.lock().push(copy);
+    }
+}
+
+/// A task's result as the engine holds it: here in the parent (`V`: outputs, and values built from
+/// literals), in a worker, or both.
+#[derive(Debug)]
+pub struct Held<V> {
+    pub local: Option<V>,
+    pub remote: Option<Arc<Kept>>,
+    /// For a value built here: what the tasks that need it learned of it.
+    pub sent: Option<Arc<Sent>>,
+}
+
+impl<V: Clone> Clone for Held<V> {
+    fn clone(&self) -> Self {
+        Held {
+            local: self.local.clone(),
+            remote: self.remote.clone(),
+            sent: self.sent.clone(),
+        }
+    }
+}
+
+/// Where a task running on a worker finds one of its inputs.
+#[derive(Debug)]
+pub enum Source<V> {
+    /// In the parent: it travels with the call (or is sent once, if large).
+    Here(V),
+    /// Kept by the task's own worker, under this id.
+    InMyWorker(u64),
+    /// Kept by another live worker: fetched from it.
+    Elsewhere(Arc<Kept>),
+    /// Nowhere any more: its workers were replaced.
+    Lost,
+}
+
+impl<V: Clone> Held<V> {
+    /// Where a task on `worker` finds this value.
+    pub fn source(&self, directory: &Directory, worker: usize) -> Source<V> {
+        let mut alive_elsewhere = None;
+        if let Some(remote) = &self.remote {
+            let copies = remote.copies.lock();
+            for candidate in std::iter::once(remote).chain(copies.iter()) {
+                if !directory.alive(candidate) {
+                    continue;
+                }
+                if candidate.worker == worker {
+                    return Source::InMyWorker(candidate.id);
+                }
+                alive_elsewhere.get_or_insert_with(|| Arc::clone(candidate));
+            }
+        }
+        if let Some(sent) = &self.sent {
+            let copies = sent.copies.lock();
+            let mine = copies
+                .iter()
+                .find(|copy| copy.worker == worker && directory.alive(copy));
+            if let Some(copy) = mine {
+                return Source::InMyWorker(copy.id);
+            }
+        }
+        match (&self.local, alive_elsewhere) {
+            (Some(local), _) => Source::Here(local.clone()),
+            (None, Some(remote)) => Source::Elsewhere(remote),
+            (None, None) => Source::Lost,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(directory: &Arc<Directory>, worker: usize, bytes: u64) -> Arc<Kept> {
+        let id = directory.new_id();
+        Kept::new(directory, id, worker, directory.generation(worker), bytes)
+    }
+
+    fn in_worker(copy: &Arc<Kept>) -> Held<&'static str> {
+        Held {
+            local: None,
+            remote: Some(Arc::clone(copy)),
+            sent: None,
+        }
+    }
+
+    fn described(source: Source<&str>) -> String {
+        match source {
+            Source::Here(value) => format!("here {value}"),
+            Source::InMyWorker(id) => format!("mine {id}"),
+            Source::Elsewhere(copy) => format!("fetch {} from {}", copy.id, copy.worker),
+            Source::Lost => "lost".to_string(),
+        }
+    }
+
+    #[test]
+    fn an_input_is_found_in_the_own_worker_then_here_then_elsewhere_else_lost() {
+        let directory = Arc::new(Directory::new(3));
+        let original = kept(&directory, 0, 100);
+        let held = in_worker(&original);
+        assert_eq!(described(held.source(&directory, 0)), "mine 0");
+        assert_eq!(described(held.source(&directory, 1)), "fetch 0 from 0");
+        original.add_copy(kept(&directory, 1, 100));
+        assert_eq!(described(held.source(&directory, 1)), "mine 1");
+        let returned = Held {
+            local: Some("value"),
+            ..held.clone()
+        };
+        assert_eq!(described(returned.source(&directory, 2)), "here value");
+        directory.replaced(0);
+        assert_eq!(
+            described(held.source(&directory, 2)),
+            "fetch 1 from 1",
+            "the copy outlives the original's worker"
+        );
+        directory.replaced(1);
+        assert_eq!(described(held.source(&directory, 2)), "lost");
+        assert_eq!(described(returned.source(&directory, 2)), "here value");
+    }
+
+    #[test]
+    fn a_value_sent_once_is_found_in_the_workers_it_was_sent_to() {
+        let directory = Arc::new(Directory::new(2));
+        let sent = Arc::new(Sent::default());
+        let held = Held {
+            local: Some("big"),
+            remote: None,
+            sent: Some(Arc::clone(&sent)),
+        };
+        assert_eq!(described(held.source(&directory, 1)), "here big");
+        sent.add_copy(kept(&directory, 1, 1 << 20));
+        assert_eq!(described(held.source(&directory, 1)), "mine 0");
+        assert_eq!(described(held.source(&directory, 0)), "here big");
+    }
+
+    #[test]
+    fn dropping_the_last_handle_releases_the_value_and_its_copies_from_live_workers_only() {
+        let directory = Arc::new(Directory::new(3));
+        let original = kept(&directory, 0, 8);
+        original.add_copy(kept(&directory, 1, 8));
+        original.add_copy(kept(&directory, 2, 8));
+        let handle = Arc::clone(&original);
+        drop(original);
+        assert!(
+            (0..3).all(|w| !directory.has_releases(w)),
+            "one handle left"
+        );
+        directory.replaced(2);
+        drop(handle);
+        assert_eq!(directory.take_releases(0), [0]);
+        assert_eq!(directory.take_releases(1), [1]);
+        assert!(
+            directory.take_releases(2).is_empty(),
+            "the replaced worker's value went with it"
+        );
+        assert!(
+            directory.take_releases(0).is_empty(),
+            "taken releases are sent once"
+        );
+    }
+
+    #[test]
+    fn nothing_is_queued_for_release_once_closed() {
+        let directory = Arc::new(Directory::new(1));
+        let copy = kept(&directory, 0, 8);
+        directory.close();
+        drop(copy);
+        assert!(!directory.has_releases(0));
+    }
+}

@@ -1,0 +1,20 @@
+//! belated's worker processes, with no Python in this crate: the wire format parent and workers speak
+//! ([`wire`]); the processes themselves ([`process`]): started with the parent's import path,
+//! talked to over private socket pairs (never their standard streams), watched through a pidfd so a
+//! death is seen even when a grandchild holds the sockets, killed and reaped; a cluster's set of them
+//! ([`pool`]: started together, replaced, held to a memory limit); and where each value they keep
+//! lives ([`directory`]). The runner that drives them with Python values is in `belated-py`; the
+//! policies it follows (placement, lineage) are in `belated-core`.
+//!
+//! The worker's side is `python/belated/_worker.py`; the golden byte vectors in `golden/wire.txt`
+//! are checked by both sides' tests.
+
+pub mod directory;
+pub mod error;
+pub mod pool;
+pub mod process;
+pub mod wire;
+
+pub use error::Error;
+pub use pool::{MemoryLimit, Workers};
+pub use process::{Spec, WorkerProcess};

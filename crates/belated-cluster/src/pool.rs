@@ -1,0 +1,348 @@
+//! A cluster's worker processes: started together, replaced when one dies, killed over their memory
+//! limit, closed together.
+//!
+//! Invariants:
+//! - One keeper thread starts every worker (so `PR_SET_PDEATHSIG`, which follows the thread that
+//!   started a process, fires when this process dies, not when some short-lived thread ends), and
+//!   every [`MEMORY_POLL`] kills the workers over the memory limit.
+//! - A worker's slot is never locked while its replacement starts (that may take a minute): the
+//!   slot is marked as replacing, and those who want it wait on its condition variable.
+//! - Each replacement bumps the worker's generation in the [`Directory`]: what the old one held is
+//!   lost, and requests meant for it fail instead of reaching the new one.
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::directory::Directory;
+use crate::error::Error;
+use crate::process::{Spec, WorkerProcess};
+
+/// How often the keeper looks at the workers' memory.
+pub const MEMORY_POLL: Duration = Duration::from_millis(100);
+
+/// A worker's memory limit, and how the user wrote it (`"2GB"`, a fraction of memory…), which is what
+/// the message about a worker killed for exceeding it shows.
+#[derive(Debug, Clone)]
+pub struct MemoryLimit {
+    /// The resident bytes a worker may use.
+    pub bytes: u64,
+    /// The limit as the user gave it.
+    pub shown: String,
+}
+
+impl MemoryLimit {
+    /// A limit of `bytes`, shown as `shown` where the user wrote it otherwise.
+    pub fn new(bytes: u64, shown: Option<String>) -> Self {
+        let shown = shown.unwrap_or_else(|| format!("{bytes} bytes"));
+        MemoryLimit { bytes, shown }
+    }
+}
+
+/// The worker processes of one cluster.
+#[derive(Debug)]
+pub struct Workers {
+    slots: Vec<Slot>,
+    directory: Arc<Directory>,
+    keeper: Mutex<Option<mpsc::Sender<SpawnRequest>>>,
+    memory_limit: Option<MemoryLimit>,
+    replaced: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    /// Signalled when a replacement is done.
+    replaced: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    /// `None` once closed, and while the worker is being replaced.
+    worker: Option<Arc<WorkerProcess>>,
+    replacing: bool,
+    /// How the previous generation ended.
+    last_death: String,
+}
+
+type Spawned = Result<WorkerProcess, Error>;
+
+/// Work for the keeper thread.
+#[derive(Debug)]
+struct SpawnRequest {
+    count: usize,
+    reply: mpsc::Sender<Vec<Spawned>>,
+}
+
+impl Workers {
+    /// Starts `count` workers of `spec` and waits until they are all ready.
+    pub fn start(
+        spec: Spec,
+        count: usize,
+        memory_limit: Option<MemoryLimit>,
+    ) -> Result<Arc<Self>, Error> {
+        let (keeper, requests) = mpsc::channel();
+        let workers = Arc::new(Workers {
+            slots: (0..count).map(|_| Slot::default()).collect(),
+            directory: Arc::new(Directory::new(count)),
+            keeper: Mutex::new(Some(keeper)),
+            memory_limit,
+            replaced: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&workers);
+        std::thread::Builder::new()
+            .name("belated-cluster-keeper".into())
+            .spawn(move || keep(spec, requests, weak))
+            .map_err(Error::Spawn)?;
+        let started = workers.spawn(count).and_then(|started| {
+            for (slot, worker) in workers.slots.iter().zip(started) {
+                slot.state.lock().worker = Some(Arc::new(worker?));
+            }
+            Ok(())
+        });
+        match started {
+            Ok(()) => Ok(workers),
+            Err(error) => {
+                workers.close(false);
+                Err(error)
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Where each value the workers keep lives.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.memory_limit.as_ref().map(|limit| limit.bytes)
+    }
+
+    /// How many workers were replaced.
+    pub fn replaced(&self) -> u64 {
+        self.replaced.load(SeqCst)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.directory.is_closed()
+    }
+
+    fn spawn(&self, count: usize) -> Result<Vec<Spawned>, Error> {
+        let (reply, replies) = mpsc::channel();
+        let keeper = self.keeper.lock().clone();
+        keeper
+            .ok_or(Error::Closed)?
+            .send(SpawnRequest { count, reply })
+            .map_err(|_| Error::Closed)?;
+        replies.recv().map_err(|_| Error::Closed)
+    }
+
+    /// Worker `index` if it is still at `generation`, waiting while it is being replaced.
+    pub fn worker(&self, index: usize, generation: u64) -> Option<Arc<WorkerProcess>> {
+        let Slot { state, replaced } = &self.slots[index];
+        let mut slot = state.lock();
+        while slot.replacing {
+            replaced.wait(&mut slot);
+        }
+        let worker = slot.worker.as_ref()?;
+        (self.directory.generation(index) == generation).then(|| Arc::clone(worker))
+    }
+
+    /// Replaces worker `index` if it is still at `generation`; returns how that one ended (also
+    /// when another caller replaced it first).
+    pub fn replace(&self, index: usize, generation: u64) -> Result<String, Error> {
+        let Slot { state, replaced } = &self.slots[index];
+        let mut slot = state.lock();
+        while slot.replacing {
+            replaced.wait(&mut slot);
+        }
+        if self.directory.generation(index) != generation {
+            return Ok(slot.last_death.clone());
+        }
+        let old = slot.worker.take().ok_or(Error::Closed)?;
+        slot.replacing = true;
+        drop(slot);
+        old.kill();
+        let why = old.ending(self.memory_limit.as_ref());
+        drop(old);
+        let new = self
+            .spawn(1)
+            .and_then(|mut new| new.pop().expect("one asked"));
+        let mut slot = state.lock();
+        slot.replacing = false;
+        slot.last_death = why.clone();
+        self.directory.replaced(index);
+        let outcome = match new {
+            Ok(new) if !self.is_closed() => {
+                slot.worker = Some(Arc::new(new));
+                self.replaced.fetch_add(1, SeqCst);
+                Ok(why)
+            }
+            Ok(_) => Err(Error::Closed),
+            Err(error) => Err(error),
+        };
+        replaced.notify_all();
+        outcome
+    }
+
+    /// The process ids of the running workers.
+    pub fn pids(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .filter_map(|slot| Some(slot.state.lock().worker.as_ref()?.pid()))
+            .collect()
+    }
+
+    /// Stops the workers: kills them, or with `forget` (in a forked child, where they are the
+    /// parent's) lets go of them untouched.
+    pub fn close(&self, forget: bool) {
+        self.directory.close();
+        *self.keeper.lock() = None;
+        for slot in &self.slots {
+            match slot.state.lock().worker.take() {
+                Some(worker) if forget => std::mem::forget(worker),
+                worker => drop(worker),
+            }
+        }
+    }
+
+    fn enforce_memory_limit(&self, limit: u64) {
+        for slot in &self.slots {
+            let Some(worker) = slot.state.lock().worker.clone() else {
+                continue;
+            };
+            if worker.over_memory() {
+                continue;
+            }
+            if let Some(used) = worker.resident_bytes().filter(|&used| used > limit) {
+                worker.kill_for_memory(used);
+            }
+        }
+    }
+}
+
+/// The keeper thread: starts workers when asked (started together, then waited for, so they import
+/// at the same time) and polices the memory limit, until the workers are dropped or closed.
+fn keep(spec: Spec, requests: mpsc::Receiver<SpawnRequest>, workers: Weak<Workers>) {
+    loop {
+        match requests.recv_timeout(MEMORY_POLL) {
+            Ok(SpawnRequest { count, reply }) => {
+                let started: Vec<Spawned> =
+                    (0..count).map(|_| WorkerProcess::start(&spec)).collect();
+                let ready = started
+                    .into_iter()
+                    .map(|started| {
+                        let worker = started?;
+                        worker.wait_ready(spec.start_timeout)?;
+                        Ok(worker)
+                    })
+                    .collect();
+                let _ = reply.send(ready);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let Some(workers) = workers.upgrade() else {
+                    return;
+                };
+                if let Some(limit) = workers.memory_limit() {
+                    workers.enforce_memory_limit(limit);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workers that are shell scripts echoing on their one connection.
+    fn echoing() -> Spec {
+        Spec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "printf r >&3; exec cat <&4 >&4".into()],
+            env: Vec::new(),
+            connections: 1,
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn a_replaced_worker_is_a_new_generation_and_requests_for_the_old_one_fail() {
+        let workers = Workers::start(echoing(), 2, None).expect("two workers start");
+        let first = workers.worker(1, 0).expect("generation 0");
+        let pid = first.pid();
+        first.kill();
+        assert!(first.exchange(0, &[vec![1]]).is_err());
+        drop(first);
+        assert_eq!(
+            workers.replace(1, 0).expect("replaced"),
+            "it died (signal: 9 (SIGKILL))"
+        );
+        assert!(workers.worker(1, 0).is_none(), "the old generation is gone");
+        let second = workers.worker(1, 1).expect("generation 1");
+        assert_ne!(second.pid(), pid);
+        assert_eq!(second.exchange(0, &[vec![2]]).expect("an echo"), [vec![2]]);
+        // A late caller that saw the same death does not replace the new worker.
+        assert_eq!(
+            workers.replace(1, 0).expect("already done"),
+            "it died (signal: 9 (SIGKILL))"
+        );
+        assert_eq!(workers.replaced(), 1);
+        assert_eq!(workers.pids().len(), 2);
+    }
+
+    #[test]
+    fn callers_of_one_death_wait_for_one_replacement() {
+        let workers = Workers::start(echoing(), 1, None).expect("a worker starts");
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let workers = Arc::clone(&workers);
+                std::thread::spawn(move || workers.replace(0, 0).map(|_| ()))
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("a thread").expect("replaced");
+        }
+        assert_eq!(workers.replaced(), 1);
+        assert!(workers.worker(0, 1).is_some());
+    }
+
+    #[test]
+    fn a_closed_pool_starts_nothing_and_its_workers_end() {
+        let workers = Workers::start(echoing(), 1, None).expect("a worker starts");
+        let worker = workers.worker(0, 0).expect("running");
+        workers.close(false);
+        assert!(workers.is_closed());
+        assert!(workers.pids().is_empty());
+        assert!(matches!(workers.replace(0, 0), Err(Error::Closed)));
+        drop(worker);
+    }
+
+    #[test]
+    fn a_worker_over_its_memory_limit_is_killed_and_the_ending_says_so() {
+        // Any shell uses more than a byte.
+        let limit = MemoryLimit::new(1, Some("1B".into()));
+        let workers = Workers::start(echoing(), 1, Some(limit)).expect("a worker starts");
+        let worker = workers.worker(0, 0).expect("running");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !worker.over_memory() && std::time::Instant::now() < deadline {
+            std::thread::sleep(MEMORY_POLL);
+        }
+        assert!(worker.exchange(0, &[vec![0; 10]]).is_err(), "killed");
+        drop(worker);
+        let why = workers.replace(0, 0).expect("replaced");
+        assert!(why.contains("over its memory_limit of 1B"), "{why}");
+    }
+}

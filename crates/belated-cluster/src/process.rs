@@ -1,0 +1,512 @@
+//! A worker process (`python -P -m belated._worker`): spawn, ready, talk, watch, kill, reap.
+//!
+//! The worker's side of the handshake: it finds its control socket at fd 3 and its connections at fds
+//! 4.., writes one byte on the control socket when it is ready, and exits when that socket closes.
+//!
+//! Invariants, each against a hostile but ordinary task:
+//! - The protocol never shares a descriptor with user code. The worker's standard input is
+//!   `/dev/null`; its stdout and stderr are pipes whose lines this process forwards to its own fd 1
+//!   and fd 2, prefixed `[worker PID] `. The protocol runs on socket pairs handed over as fd 3 (control:
+//!   the worker says it is ready on it, and exits when it closes) and fd 4.. (one per connection).
+//! - A death is seen from the process, through a pidfd, never only from end-of-file: a daemon the
+//!   task forked may hold the sockets open forever. Every wait on a socket also waits on the pidfd.
+//! - The worker imports with the parent's `sys.path` semantics, as multiprocessing's spawn: `-P` keeps
+//!   the working directory out, the parent's path comes as `PYTHONPATH` (see [`Spec`]).
+//! - Killing goes through the pidfd, so it can never hit a recycled pid; dropping the handle kills and
+//!   reaps the process.
+
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::error::Error;
+use crate::pool::MemoryLimit;
+use crate::wire;
+
+/// The worker's first descriptor: the control socket; its connections follow.
+const CONTROL_FD: RawFd = 3;
+
+/// How to start a worker process: `python -P -m belated._worker CONNECTIONS PRELOAD` with the parent's
+/// path as `PYTHONPATH`, for belated (see `belated-py`); a shell script in this crate's tests.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// How many connections to open: one per thread that will send it calls, and one for fetches.
+    pub connections: usize,
+    /// How long it may take to start and say it is ready.
+    pub start_timeout: Duration,
+}
+
+/// A running worker process. Dropping it kills and reaps it.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    child: Mutex<Child>,
+    pid: u32,
+    pidfd: Arc<OwnedFd>,
+    /// The worker says it is ready on it, and exits when it closes.
+    control: UnixStream,
+    connections: Vec<Mutex<Connection>>,
+    /// The bytes it used when it was killed for going over its memory limit; 0 if it was not.
+    over_memory: AtomicU64,
+}
+
+impl WorkerProcess {
+    /// Starts a worker and waits until it says it is ready.
+    pub fn spawn(spec: &Spec) -> Result<Self, Error> {
+        let process = Self::start(spec)?;
+        process.wait_ready(spec.start_timeout)?;
+        Ok(process)
+    }
+
+    /// Starts a worker; [`wait_ready`](Self::wait_ready) waits for it to say it is ready, so that
+    /// several can start at once.
+    pub fn start(spec: &Spec) -> Result<Self, Error> {
+        let (control, child_control) = UnixStream::pair().map_err(Error::Spawn)?;
+        let mut ours = Vec::with_capacity(spec.connections);
+        let mut theirs = vec![child_control];
+        for _ in 0..spec.connections {
+            let (mine, its) = UnixStream::pair().map_err(Error::Spawn)?;
+            ours.push(mine);
+            theirs.push(its);
+        }
+        let sources: Vec<RawFd> = theirs.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut command = Command::new(&spec.program);
+        command
+            .args(&spec.args)
+            .envs(spec.env.iter().map(|(name, value)| (name, value)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: the closure only calls async-signal-safe functions (fcntl, dup2, close) on
+        // descriptors that stay open in the parent until spawn returns.
+        unsafe {
+            command.pre_exec(move || hand_over(&sources));
+        }
+        let mut child = command.spawn().map_err(Error::Spawn)?;
+        drop(theirs);
+        let pid = child.id();
+        let pidfd = match pidfd_open(pid) {
+            Ok(fd) => Arc::new(fd),
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Spawn(error));
+            }
+        };
+        let prefix = format!("[worker {pid}] ");
+        forward(child.stdout.take(), prefix.clone(), io::stdout);
+        forward(child.stderr.take(), prefix, io::stderr);
+        let connections = ours
+            .into_iter()
+            .map(|stream| Connection::new(stream, &pidfd).map(Mutex::new))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(Error::Spawn)?;
+        Ok(WorkerProcess {
+            child: Mutex::new(child),
+            pid,
+            pidfd,
+            control,
+            connections,
+            over_memory: AtomicU64::new(0),
+        })
+    }
+
+    /// Waits up to `timeout` for the started worker to say it is ready (else kills it).
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        let fd = self.control.as_raw_fd();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match wait_for(fd, libc::POLLIN, self.pidfd.as_raw_fd(), Some(left)) {
+                Ok(true) => {
+                    let mut byte = [0u8];
+                    return match (&self.control).read(&mut byte) {
+                        Ok(1) => Ok(()),
+                        _ => Err(Error::NotReady(self.ending(None))),
+                    };
+                }
+                Ok(false) if Instant::now() < deadline => continue,
+                Ok(false) => {
+                    self.kill();
+                    return Err(Error::NotReady(format!(
+                        "it was not ready after {} s",
+                        timeout.as_secs()
+                    )));
+                }
+                Err(_) => return Err(Error::NotReady(self.ending(None))),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends a request on connection `index` and reads the reply; [`Error::Lost`] if the worker died.
+    pub fn exchange(&self, index: usize, frames: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Error> {
+        self.connection(index).exchange(frames)
+    }
+
+    /// Connection `index`, for a caller that sends several requests in a row.
+    pub fn connection(&self, index: usize) -> MutexGuard<'_, Connection> {
+        self.connections[index].lock()
+    }
+
+    /// Kills the worker (at once, with whatever it runs); its connections then fail with
+    /// [`Error::Lost`]. Safe from any thread, and at any time: the pidfd names this process only.
+    pub fn kill(&self) {
+        // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
+
+    /// Kills the worker for using `used` bytes, which its ending then reports.
+    pub fn kill_for_memory(&self, used: u64) {
+        self.over_memory.store(used.max(1), SeqCst);
+        self.kill();
+    }
+
+    /// The memory it holds (resident set), if it still runs.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    pub fn over_memory(&self) -> bool {
+        self.over_memory.load(SeqCst) != 0
+    }
+
+    /// How the worker ended, for error messages: killed over `memory_limit`, or died with its
+    /// [exit status](Self::exit_status).
+    pub fn ending(&self, memory_limit: Option<&MemoryLimit>) -> String {
+        let used = self.over_memory.load(SeqCst);
+        match memory_limit {
+            Some(limit) if used != 0 => format!(
+                "it was killed for using {} MB, over its memory_limit of {}",
+                used / 1_000_000,
+                limit.shown
+            ),
+            _ => format!("it died ({})", self.exit_status()),
+        }
+    }
+
+    /// Its exit status once it has one (waiting up to 2 s: it is dying), else "unresponsive".
+    pub fn exit_status(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut child = self.child.lock();
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.to_string(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Ok(None) => return "unresponsive".to_string(),
+                Err(error) => return error.to_string(),
+            }
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = self.child.get_mut().wait();
+    }
+}
+
+/// One connection to a worker: requests and replies, each wait also watching the worker's pidfd.
+#[derive(Debug)]
+pub struct Connection {
+    requests: BufWriter<Watched>,
+    replies: BufReader<Watched>,
+}
+
+impl Connection {
+    fn new(stream: UnixStream, pidfd: &Arc<OwnedFd>) -> io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        let watched = |stream| Watched {
+            stream,
+            pidfd: Arc::clone(pidfd),
+        };
+        Ok(Connection {
+            requests: BufWriter::with_capacity(1 << 16, watched(stream.try_clone()?)),
+            replies: BufReader::with_capacity(1 << 16, watched(stream)),
+        })
+    }
+
+    /// Sends one message and reads the reply; [`Error::Lost`] if the worker died (the connection is
+    /// then useless: the worker is replaced, not this connection).
+    pub fn exchange(&mut self, frames: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Error> {
+        wire::write_message(&mut self.requests, frames)
+            .and_then(|()| self.requests.flush())
+            .and_then(|()| wire::read_message(&mut self.replies))
+            .map_err(|_| Error::Lost)
+    }
+}
+
+/// A non-blocking socket whose every wait also ends when the worker's process does.
+#[derive(Debug)]
+struct Watched {
+    stream: UnixStream,
+    pidfd: Arc<OwnedFd>,
+}
+
+impl Watched {
+    fn wait(&self, events: libc::c_short) -> io::Result<()> {
+        if wait_for(
+            self.stream.as_raw_fd(),
+            events,
+            self.pidfd.as_raw_fd(),
+            None,
+        )? {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::ConnectionAborted.into())
+        }
+    }
+}
+
+impl Read for Watched {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.stream.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(libc::POLLIN)?,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Write for Watched {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.stream.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(libc::POLLOUT)?,
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Waits until `fd` is ready for `events` (true), or the process of `pidfd` has exited while `fd` is
+/// not ready (an error), or `timeout` passed (false).
+fn wait_for(
+    fd: RawFd,
+    events: libc::c_short,
+    pidfd: RawFd,
+    timeout: Option<Duration>,
+) -> io::Result<bool> {
+    let millis = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfd entries.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, millis) };
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if fds[0].revents != 0 {
+            return Ok(true);
+        }
+        if fds[1].revents != 0 {
+            return Err(io::ErrorKind::ConnectionAborted.into());
+        }
+        return Ok(false);
+    }
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// In the child before exec: puts `sources` at fds 3, 4, ... (open across exec). They are first
+/// copied above that range, so that a source already sitting in it is not overwritten before it moves.
+fn hand_over(sources: &[RawFd]) -> io::Result<()> {
+    let above = CONTROL_FD + sources.len() as RawFd;
+    let mut copies = Vec::with_capacity(sources.len());
+    for &source in sources {
+        // SAFETY: fcntl/dup2/close on descriptors of this (forked) process; async-signal-safe.
+        let copy = unsafe { libc::fcntl(source, libc::F_DUPFD_CLOEXEC, above) };
+        if copy < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        copies.push(copy);
+    }
+    for (target, &copy) in (CONTROL_FD..).zip(&copies) {
+        // SAFETY: as above; dup2 leaves the target open across exec.
+        if unsafe { libc::dup2(copy, target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Forwards each line of a worker's `stream` to ours, prefixed, on a thread of its own (which ends
+/// when every process holding the pipe's other end has closed it).
+fn forward<S: Read + Send + 'static, W: Write + 'static>(
+    stream: Option<S>,
+    prefix: String,
+    ours: fn() -> W,
+) {
+    let Some(stream) = stream else { return };
+    let spawned = std::thread::Builder::new()
+        .name("belated-worker-output".into())
+        .spawn(move || {
+            let mut lines = BufReader::new(stream);
+            let mut line = prefix.into_bytes();
+            let prefix_len = line.len();
+            while matches!(lines.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                if !line.ends_with(b"\n") {
+                    line.push(b'\n');
+                }
+                // One write per line, so lines of several workers never interleave.
+                let mut out = ours();
+                let _ = out.write_all(&line).and_then(|()| out.flush());
+                line.truncate(prefix_len);
+            }
+        });
+    // Without the thread the pipe closes and the worker's prints fail; say why.
+    if let Err(error) = spawned {
+        let _ = writeln!(
+            io::stderr(),
+            "belated: cannot forward a worker's output: {error}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that is a shell script (`$0` is "worker"): the handshake without Python.
+    fn shell(script: &str, connections: usize) -> Spec {
+        Spec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into(), "worker".into()],
+            env: Vec::new(),
+            connections,
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+
+    const READY: &str = "printf r >&3; ";
+
+    #[test]
+    fn a_worker_talks_on_its_own_sockets_each_connection_apart() {
+        // Echoes whatever comes on its third connection (fd 6), so a message comes back as itself.
+        let worker = WorkerProcess::spawn(&shell(&format!("{READY}exec cat <&6 >&6"), 3))
+            .expect("the worker starts");
+        let message = vec![b"frame".to_vec(), Vec::new(), vec![7; 100_000]];
+        assert_eq!(worker.exchange(2, &message).expect("an echo"), message);
+        assert_eq!(worker.exchange(2, &message).expect("again"), message);
+    }
+
+    #[test]
+    fn a_death_is_seen_even_while_a_daemon_holds_the_sockets() {
+        // The daemon inherits every socket and reads the request, as a forked child could; the worker
+        // itself has exited. End-of-file never comes, the pidfd tells.
+        let worker =
+            WorkerProcess::spawn(&shell(&format!("{READY}cat <&4 >/dev/null & exit 7"), 1))
+                .expect("the worker starts");
+        assert!(matches!(
+            worker.exchange(0, &[b"hello".to_vec()]),
+            Err(Error::Lost)
+        ));
+        assert_eq!(worker.exit_status(), "exit status: 7");
+        // Dropping the worker closes our ends; the daemon's cat then ends too.
+    }
+
+    #[test]
+    fn a_killed_worker_fails_its_exchange_and_says_so() {
+        let worker = Arc::new(
+            WorkerProcess::spawn(&shell(&format!("{READY}exec sleep 1000"), 1))
+                .expect("the worker starts"),
+        );
+        let killer = {
+            let worker = Arc::clone(&worker);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                worker.kill();
+            })
+        };
+        assert!(matches!(
+            worker.exchange(0, &[b"never answered".to_vec()]),
+            Err(Error::Lost)
+        ));
+        killer.join().expect("the killer thread");
+        assert_eq!(worker.exit_status(), "signal: 9 (SIGKILL)");
+        worker.kill_for_memory(3 << 20);
+        assert!(worker.ending(Some(1 << 20)).contains("using 3 MB"));
+    }
+
+    #[test]
+    fn a_worker_that_dies_before_it_is_ready_is_reported_with_its_status() {
+        let error = WorkerProcess::spawn(&shell("exit 3", 1)).expect_err("it never says ready");
+        assert!(
+            matches!(&error, Error::NotReady(why) if why.contains("exit status: 3")),
+            "{error}"
+        );
+        let missing = Spec {
+            program: "/nonexistent/python".into(),
+            ..shell("", 1)
+        };
+        assert!(matches!(
+            WorkerProcess::spawn(&missing),
+            Err(Error::Spawn(_))
+        ));
+    }
+
+    #[test]
+    fn stdin_is_dev_null() {
+        // `read` returns at once at the end of /dev/null; on an inherited terminal or pipe it would
+        // wait, and the worker would never be ready.
+        let worker = WorkerProcess::spawn(&shell(
+            &format!("read line; [ -z \"$line\" ] && {READY}exec cat <&4 >&4"),
+            1,
+        ))
+        .expect("the worker starts");
+        assert_eq!(worker.exchange(0, &[vec![1]]).expect("an echo"), [vec![1]]);
+    }
+}

@@ -1,0 +1,99 @@
+//! The codec of worker processes: Python values to the frames `belated._worker` reads and back
+//! (cloudpickle, pickle protocol 5 with out-of-band buffers), and the check, before a computation
+//! starts, that everything it would send can be sent.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyList};
+
+use crate::errors::BelatedError;
+use crate::task::Call;
+
+pub(crate) fn helper<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    Ok(cell.import(py, "belated._worker", name)?.clone())
+}
+
+/// Pickles `call` into frames: the pickle, then its out-of-band buffers.
+pub(crate) fn frames_of(py: Python<'_>, call: &Call<'_>) -> PyResult<Vec<Vec<u8>>> {
+    static DUMPS_CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let frames =
+        helper(py, &DUMPS_CALL, "dumps_call")?.call1((&call.func, &call.args, &call.kwargs))?;
+    frames_from(py, &frames)
+}
+
+/// The frames `_worker`'s picklers return (bytes, and buffers of out-of-band data), as owned bytes.
+pub(crate) fn frames_from(py: Python<'_>, frames: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u8>>> {
+    frames
+        .cast::<PyList>()?
+        .iter()
+        .map(|frame| match frame.cast::<PyBytes>() {
+            Ok(bytes) => Ok(bytes.as_bytes().to_vec()),
+            // The buffer protocol is not in the stable ABI before 3.11, so out-of-band buffers are
+            // read through `bytes()`: one more copy of each, only for calls with large arguments.
+            Err(_) => {
+                let bytes = py.get_type::<PyBytes>().call1((&frame,))?;
+                Ok(bytes.cast::<PyBytes>()?.as_bytes().to_vec())
+            }
+        })
+        .collect()
+}
+
+/// A worker's reply: the value, or the task's own exception with the worker's traceback as a note.
+pub(crate) fn decode_reply<'py>(py: Python<'py>, reply: &[Vec<u8>]) -> PyResult<Bound<'py, PyAny>> {
+    static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let frames = PyList::new(py, reply.iter().map(|frame| PyBytes::new(py, frame)))?;
+    let reply = helper(py, &LOADS, "loads")?.call1((frames,))?;
+    if reply.get_item(0)?.is_truthy()? {
+        return reply.get_item(1);
+    }
+    let error = PyErr::from_value(reply.get_item(1)?);
+    let remote_traceback: String = reply.get_item(2)?.extract()?;
+    if !remote_traceback.is_empty() {
+        // The exception is the task's own; its frames ran in the worker, so they come as a note.
+        crate::errors::add_note(
+            py,
+            &error,
+            format!("traceback in the worker process:\n{remote_traceback}"),
+        );
+    }
+    Err(error)
+}
+
+/// Checks, before anything runs, that every task's function and literal arguments can be pickled, so
+/// that an unpicklable object is reported with its task instead of halfway through a computation.
+pub(crate) fn check_picklable(
+    py: Python<'_>,
+    nodes: &[std::sync::Arc<crate::task::TaskNode>],
+) -> PyResult<()> {
+    use crate::task::{Arg, Op};
+    static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let dumps = helper(py, &DUMPS, "dumps")?;
+    let mut checked = rustc_hash::FxHashSet::default();
+    for node in nodes {
+        let task = node.payload();
+        let (func, args) = match &task.op {
+            Op::Value(_) => continue,
+            Op::Call { func, args, .. } => (Some(func), args),
+            Op::Method { args, .. } => (None, args),
+        };
+        for arg in func.into_iter().chain(args.iter()) {
+            let Arg::Value(object) = arg else { continue };
+            if !checked.insert(object.as_ptr() as usize) {
+                continue;
+            }
+            if let Err(error) = dumps.call1((object,)) {
+                return Err(BelatedError::new_err(format!(
+                    "task {} cannot be sent to a worker process: {} cannot be pickled ({error}); make it \
+                     picklable, or use scheduler='threads'",
+                    task.key_string(py),
+                    object.bind(py).repr().map_or_else(|_| "an argument".to_string(), |r| r.to_string()),
+                )));
+            }
+        }
+    }
+    Ok(())
+}
