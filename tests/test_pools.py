@@ -42,16 +42,17 @@ def test_many_pool_sizes_leave_a_bounded_number_of_threads():
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="worker processes are started with fork here")
-def test_a_processes_pool_let_go_of_ends_its_worker_processes():
+def test_a_processes_cluster_let_go_of_ends_its_worker_processes():
     x = delayed(abs)(-3)
     me = psutil.Process()
-    # A pool of more threads than the registry keeps lets go of every other pool, a processes one too.
-    flush = KEPT_THREADS + 1
-    assert belated.compute(x, scheduler="threads", num_workers=flush) == (3,)
     before = set(me.children())
     assert belated.compute(x, scheduler="processes", num_workers=3) == (3,)
-    started = set(me.children()) - before
-    assert started, "the processes pool started worker processes"
-    assert belated.compute(x, scheduler="threads", num_workers=flush) == (3,)
-    _, alive = psutil.wait_procs(started, timeout=WAIT)
+    workers = set(me.children()) - before
+    assert len(workers) == 3
+    # Enough other sizes to push the three-worker cluster out of the registry.
+    for num_workers in (1, 2, 4, 5):
+        assert belated.compute(x, scheduler="processes", num_workers=num_workers) == (3,)
+    _, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, f"worker processes still running: {alive}"
+    # A size let go of starts again.
+    assert belated.compute(x, scheduler="processes", num_workers=3) == (3,)

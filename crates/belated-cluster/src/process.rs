@@ -478,7 +478,9 @@ mod tests {
         killer.join().expect("the killer thread");
         assert_eq!(worker.exit_status(), "signal: 9 (SIGKILL)");
         worker.kill_for_memory(3 << 20);
-        assert!(worker.ending(Some(1 << 20)).contains("using 3 MB"));
+        let limit = MemoryLimit::new(1 << 20, Some("1MiB".into()));
+        let why = worker.ending(Some(&limit));
+        assert!(why.contains("using 3 MB, over its memory_limit of 1MiB"), "{why}");
     }
 
     #[test]
