@@ -480,7 +480,10 @@ mod tests {
         worker.kill_for_memory(3 << 20);
         let limit = MemoryLimit::new(1 << 20, Some("1MiB".into()));
         let why = worker.ending(Some(&limit));
-        assert!(why.contains("using 3 MB, over its memory_limit of 1MiB"), "{why}");
+        assert!(
+            why.contains("using 3 MB, over its memory_limit of 1MiB"),
+            "{why}"
+        );
     }
 
     #[test]

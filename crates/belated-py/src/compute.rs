@@ -159,7 +159,11 @@ fn mode(
 ) -> PyResult<Mode> {
     if let Some(cluster) = cluster {
         let cluster = cluster.get();
-        return Ok(Mode::Cluster(Arc::clone(&cluster.shared), cluster.pool()?, None));
+        return Ok(Mode::Cluster(
+            Arc::clone(&cluster.shared),
+            cluster.pool()?,
+            None,
+        ));
     }
     let workers = || match num_workers {
         None => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
