@@ -31,6 +31,7 @@ from belated._belated import (
     delayed,
 )
 from belated._client import Client, Future
+from belated._get import get
 from belated._visualize import Picture, visualize
 
 try:
@@ -55,6 +56,7 @@ __all__ = [
     "dashboard",
     "delayed",
     "diagnostics",
+    "get",
     "persist",
     "visualize",
 ]

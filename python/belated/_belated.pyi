@@ -109,6 +109,15 @@ def compute(
 def compute_with(
     objs: tuple[Any, ...], executor: Callable[..., Any], traverse: bool = True
 ) -> tuple[Any, ...]: ...
+def run_dask_graph(
+    dsk: dict[Any, Any],
+    keys: list[Any],
+    priorities: dict[Any, int] | None = None,
+    num_workers: int | None = None,
+    timeout: float | None = None,
+    pretask: Callable[[Any], object] | None = None,
+    posttask: Callable[[Any, Any, int], object] | None = None,
+) -> list[Any]: ...
 def draw(
     objs: tuple[Any, ...],
     format: str = "svg",

@@ -165,7 +165,7 @@ fn mode(
 
 /// The pool for `threads` workers of a kind (`processes` or not), started on first use. A processes
 /// pool's threads each own a worker process, so the two kinds never share threads.
-fn pool(processes: bool, threads: usize) -> PyResult<Arc<ThreadPool>> {
+pub(crate) fn pool(processes: bool, threads: usize) -> PyResult<Arc<ThreadPool>> {
     let mut pools = POOLS.lock();
     if let Some((_, pool)) = pools.iter().find(|(key, _)| *key == (processes, threads)) {
         return Ok(Arc::clone(pool));

@@ -6,6 +6,7 @@
 mod cluster;
 mod compute;
 mod dashboard;
+mod dask_graph;
 mod delayed;
 mod diagnostics;
 mod errors;
@@ -28,6 +29,7 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(delayed::set_default_pure, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute_with, m)?)?;
+    m.add_function(wrap_pyfunction!(dask_graph::run_dask_graph, m)?)?;
     m.add_function(wrap_pyfunction!(compute::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(compute::forget_pools_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(export::rebuild, m)?)?;

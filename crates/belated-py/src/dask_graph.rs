@@ -1,0 +1,302 @@
+//! Running a dask graph (`dask._task_spec` nodes keyed by dask keys) on the engine: `belated.get`.
+//!
+//! Only the tasks the wanted keys need become engine tasks, laid out in one flat arena. Ids, which the
+//! engine's schedule uses as priorities, are either the engine's own depth-first post-order from the
+//! wanted keys or, when the caller passes dask.order's priorities, the topological order that follows
+//! them (Kahn's algorithm taking the smallest priority first, so an order that is already topological
+//! is kept as it is). A task runs by calling its node with the values of its dependencies, as dask's
+//! own schedulers do; results are released by the engine as soon as no remaining task needs them.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use belated_core::{current_worker, on_worker_thread, run_inline, Graph, Runner, TaskId};
+use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::compute::pool;
+use crate::errors::to_python;
+use crate::host::Deadline;
+use crate::task::PyValue;
+
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+/// One dask task: its key, its node, and the keys of its dependencies in the engine's input order.
+struct DaskTask {
+    key: Py<PyAny>,
+    node: Py<PyAny>,
+    deps: Vec<Py<PyAny>>,
+}
+
+/// The tasks the wanted keys need, in a topological order.
+struct Culled {
+    tasks: Vec<DaskTask>,
+    deps: Vec<Vec<u32>>,
+    outputs: Vec<u32>,
+}
+
+/// Walks `dsk` from `keys` depth-first, numbering tasks in post-order. Iterative, so deep chains are fine.
+fn cull(dsk: &Bound<'_, PyDict>, keys: &Bound<'_, PyList>) -> PyResult<Culled> {
+    let py = dsk.py();
+    // key -> id, or -1 while the key's dependencies are being visited (meeting it then is a cycle).
+    let ids = PyDict::new(py);
+    let mut culled = Culled {
+        tasks: Vec::new(),
+        deps: Vec::new(),
+        outputs: Vec::with_capacity(keys.len()),
+    };
+    let mut stack: Vec<Entry<'_>> = Vec::new();
+    for root in keys.iter() {
+        if let Some(id) = ids.get_item(&root)? {
+            culled.outputs.push(id.extract()?);
+            continue;
+        }
+        stack.push(entry(dsk, root.clone(), None)?);
+        ids.set_item(&root, -1)?;
+        while let Some((_, _, deps, next)) = stack.last_mut() {
+            if let Some(dep) = deps.get(*next).cloned() {
+                *next += 1;
+                match ids.get_item(&dep)? {
+                    Some(id) if id.extract::<i64>()? < 0 => {
+                        return Err(PyValueError::new_err(format!(
+                            "the graph has a cycle through key {}",
+                            dep.repr()?
+                        )))
+                    }
+                    Some(_) => {}
+                    None => {
+                        let parent = stack.last().map(|(key, ..)| key.clone());
+                        stack.push(entry(dsk, dep.clone(), parent)?);
+                        ids.set_item(&dep, -1)?;
+                    }
+                }
+                continue;
+            }
+            let (key, node, deps, _) = stack.pop().expect("the loop saw a top");
+            let id = culled.tasks.len() as u32;
+            let dep_ids = deps
+                .iter()
+                .map(|dep| ids.get_item(dep)?.expect("visited").extract::<u32>())
+                .collect::<PyResult<Vec<u32>>>()?;
+            ids.set_item(&key, id)?;
+            culled.deps.push(dep_ids);
+            culled.tasks.push(DaskTask {
+                key: key.unbind(),
+                node: node.unbind(),
+                deps: deps.into_iter().map(Bound::unbind).collect(),
+            });
+        }
+        culled.outputs.push(ids.get_item(&root)?.expect("visited").extract()?);
+    }
+    Ok(culled)
+}
+
+type Entry<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Vec<Bound<'py, PyAny>>,
+    usize,
+);
+
+/// A key's node and dependencies, ready to be visited.
+fn entry<'py>(
+    dsk: &Bound<'py, PyDict>,
+    key: Bound<'py, PyAny>,
+    parent: Option<Bound<'py, PyAny>>,
+) -> PyResult<Entry<'py>> {
+    let Some(node) = dsk.get_item(&key)? else {
+        let message = match parent {
+            Some(parent) => format!(
+                "{} is needed by {} but is not in the graph",
+                key.repr()?,
+                parent.repr()?
+            ),
+            None => format!("{} is not in the graph", key.repr()?),
+        };
+        return Err(PyKeyError::new_err(message));
+    };
+    let deps = node
+        .getattr(intern!(dsk.py(), "dependencies"))?
+        .try_iter()?
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok((key, node, deps, 0))
+}
+
+/// Renumbers `culled` so that ids follow `priority` (smaller first) wherever dependencies allow.
+/// O(n log n) in tasks plus edges.
+fn follow_priorities(culled: Culled, priority: &[i64]) -> Culled {
+    let n = culled.tasks.len();
+    let mut waiting: Vec<u32> = culled.deps.iter().map(|d| d.len() as u32).collect();
+    let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for (task, deps) in culled.deps.iter().enumerate() {
+        for &dep in deps {
+            dependents[dep as usize].push(task as u32);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<(i64, u32)>> = (0..n as u32)
+        .filter(|&t| waiting[t as usize] == 0)
+        .map(|t| Reverse((priority[t as usize], t)))
+        .collect();
+    let mut new_id = vec![0u32; n];
+    let mut sequence = Vec::with_capacity(n);
+    while let Some(Reverse((_, task))) = ready.pop() {
+        new_id[task as usize] = sequence.len() as u32;
+        sequence.push(task);
+        for &dependent in &dependents[task as usize] {
+            waiting[dependent as usize] -= 1;
+            if waiting[dependent as usize] == 0 {
+                ready.push(Reverse((priority[dependent as usize], dependent)));
+            }
+        }
+    }
+    let mut slots: Vec<Option<DaskTask>> = culled.tasks.into_iter().map(Some).collect();
+    let mut deps = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    for old in sequence {
+        tasks.push(slots[old as usize].take().expect("each task is sequenced once"));
+        deps.push(
+            culled.deps[old as usize]
+                .iter()
+                .map(|&d| new_id[d as usize])
+                .collect(),
+        );
+    }
+    Culled {
+        tasks,
+        deps,
+        outputs: culled
+            .outputs
+            .iter()
+            .map(|&o| new_id[o as usize])
+            .collect(),
+    }
+}
+
+struct DaskRunner {
+    tasks: Arc<[DaskTask]>,
+    /// `pretask(key)` and `posttask(key, value, worker_id)`, when callbacks listen.
+    pretask: Option<Py<PyAny>>,
+    posttask: Option<Py<PyAny>>,
+    deadline: Option<Deadline>,
+    check_signals: bool,
+}
+
+impl Runner for DaskRunner {
+    type Value = PyValue;
+    type Error = PyErr;
+
+    fn run(&self, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
+        Python::attach(|py| {
+            if self.check_signals {
+                py.check_signals()?;
+            }
+            if let Some(deadline) = self.deadline.filter(Deadline::passed) {
+                return Err(deadline.error());
+            }
+            let task = &self.tasks[task.index()];
+            if let Some(pretask) = &self.pretask {
+                pretask.call1(py, (&task.key,))?;
+            }
+            let values = PyDict::new(py);
+            for (key, value) in task.deps.iter().zip(inputs) {
+                values.set_item(key, &value.0)?;
+            }
+            let value = task.node.call1(py, (values,))?;
+            if let Some(posttask) = &self.posttask {
+                let worker = current_worker().map_or(-1, |w| w as i64);
+                posttask.call1(py, (&task.key, &value, worker))?;
+            }
+            Ok(PyValue(value))
+        })
+    }
+}
+
+/// Runs the tasks of `dsk` (key -> `dask._task_spec` node) that `keys` need and returns the results of
+/// `keys` in order. `priorities` (key -> dask.order priority) sets the order; without it the engine's
+/// depth-first order is used.
+#[pyfunction]
+#[pyo3(signature = (dsk, keys, priorities=None, num_workers=None, timeout=None, pretask=None, posttask=None))]
+#[allow(clippy::too_many_arguments)] // get's keyword arguments, as Python passes them
+pub(crate) fn run_dask_graph(
+    py: Python<'_>,
+    dsk: &Bound<'_, PyDict>,
+    keys: &Bound<'_, PyList>,
+    priorities: Option<&Bound<'_, PyDict>>,
+    num_workers: Option<usize>,
+    timeout: Option<f64>,
+    pretask: Option<Py<PyAny>>,
+    posttask: Option<Py<PyAny>>,
+) -> PyResult<Vec<Py<PyAny>>> {
+    if num_workers == Some(0) {
+        return Err(PyValueError::new_err("num_workers must be at least 1"));
+    }
+    let deadline = timeout.map(|seconds| Deadline {
+        at: Instant::now() + Duration::from_secs_f64(seconds.max(0.0)),
+        seconds,
+    });
+    let mut culled = cull(dsk, keys)?;
+    if let Some(priorities) = priorities {
+        let priority = culled
+            .tasks
+            .iter()
+            .map(|task| match priorities.get_item(&task.key)? {
+                Some(p) => p.extract::<i64>(),
+                None => Ok(i64::MAX),
+            })
+            .collect::<PyResult<Vec<i64>>>()?;
+        culled = follow_priorities(culled, &priority);
+    }
+    let Culled {
+        tasks,
+        deps,
+        outputs,
+    } = culled;
+    let graph = Graph::from_deps(deps.into_iter().map(|d| d.into_iter().map(TaskId)))
+        .map_err(|e| to_python(py, e, |_| String::new()))?;
+    let outputs: Vec<TaskId> = outputs.into_iter().map(TaskId).collect();
+    let tasks: Arc<[DaskTask]> = tasks.into();
+    let inline = on_worker_thread();
+    let runner = DaskRunner {
+        tasks: Arc::clone(&tasks),
+        pretask,
+        posttask,
+        deadline,
+        check_signals: inline,
+    };
+    let result = if inline {
+        run_inline(graph, outputs, runner)
+    } else {
+        let workers = match num_workers {
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        let handle = pool(false, workers)?.submit(graph, outputs, runner);
+        loop {
+            if py.detach(|| handle.wait_timeout(SIGNAL_POLL)) {
+                break handle.result();
+            }
+            let stop = match py.check_signals() {
+                Err(interrupt) => Some(interrupt),
+                Ok(()) => deadline.filter(Deadline::passed).map(|d| d.error()),
+            };
+            if let Some(interrupt) = stop {
+                handle.cancel();
+                return Err(interrupt);
+            }
+        }
+    };
+    let key_of = |task: TaskId| {
+        tasks[task.index()]
+            .key
+            .bind(py)
+            .repr()
+            .map_or_else(|_| "?".into(), |r| r.to_string())
+    };
+    result
+        .map(|values| values.into_iter().map(|v| v.0).collect())
+        .map_err(|e| to_python(py, e, key_of))
+}
