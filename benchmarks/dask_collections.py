@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 
 import dask
 import dask.array as da
@@ -56,6 +57,8 @@ class Floor:
 
     def __call__(self, dsk, keys, **kwargs):
         began = time.perf_counter()
+        if not isinstance(dsk, Mapping):
+            dsk = dsk.__dask_graph__()
         dsk = convert_legacy_graph(dsk)
         wanted = list(dask.core.flatten(keys)) if isinstance(keys, list) else [keys]
         cache = {}

@@ -309,3 +309,44 @@ def test_random_bags_match_dask(items, partitions, how):
         assert sorted(got) == sorted(expected)
     else:
         assert got == expected
+
+
+class Block:
+    """A value that counts how many of its kind are alive."""
+
+    alive = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def __init__(self, size):
+        self.size = size
+        with Block.lock:
+            Block.alive += 1
+            Block.peak = max(Block.peak, Block.alive)
+
+    def __del__(self):
+        with Block.lock:
+            Block.alive -= 1
+
+
+def combine(a, b):
+    return Block(a.size + b.size)
+
+
+@pytest.mark.parametrize("order", ["dask", "depth-first"])
+def test_results_are_released_once_no_task_needs_them(order, monkeypatch):
+    monkeypatch.setattr(belated._get, "ORDER", order)
+    leaves = 256
+    dsk = {("leaf", i): (Block, 1) for i in range(leaves)}
+    level = [("leaf", i) for i in range(leaves)]
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt = [(f"sum-{depth}", i) for i in range(len(level) // 2)]
+        for i, key in enumerate(nxt):
+            dsk[key] = (combine, level[2 * i], level[2 * i + 1])
+        level = nxt
+    Block.peak = Block.alive = 0
+    assert belated.get(dsk, level[0], num_workers=1).size == leaves
+    # One worker evaluating a binary tree in either order holds one partial sum per level, not all leaves.
+    assert Block.peak <= 2 * depth + 2

@@ -4,8 +4,13 @@
 //! engine's schedule uses as priorities, are either the engine's own depth-first post-order from the
 //! wanted keys or, when the caller passes dask.order's priorities, the topological order that follows
 //! them (Kahn's algorithm taking the smallest priority first, so an order that is already topological
-//! is kept as it is). A task runs by calling its node with the values of its dependencies, as dask's
-//! own schedulers do; results are released by the engine as soon as no remaining task needs them.
+//! is kept as it is). Results are released by the engine as soon as no remaining task needs them.
+//!
+//! How a task runs ([`Body`]): the common nodes are read once, when the graph is culled, so running
+//! them costs one Python call: a plain `Task` whose arguments are literals or references to other keys
+//! calls its function directly, a `DataNode` is its value and an `Alias` is its target's value. Every
+//! other node (containers, subgraphs, subclasses) is called with its dependencies' values, as dask's
+//! own schedulers do. Both give what `node(values)` gives.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -16,7 +21,7 @@ use belated_core::{current_worker, on_worker_thread, run_inline, Graph, Runner, 
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::compute::pool;
 use crate::errors::to_python;
@@ -25,11 +30,107 @@ use crate::task::PyValue;
 
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
-/// One dask task: its key, its node, and the keys of its dependencies in the engine's input order.
+/// One dask task: its key, how it runs, and the keys of its dependencies in the engine's input order.
 struct DaskTask {
     key: Py<PyAny>,
-    node: Py<PyAny>,
+    body: Body,
     deps: Vec<Py<PyAny>>,
+}
+
+enum Body {
+    /// `func(*args, **kwargs)`.
+    Call {
+        func: Py<PyAny>,
+        args: Vec<Slot>,
+        kwargs: Vec<(Py<PyAny>, Slot)>,
+    },
+    /// A value held in the graph.
+    Data(Py<PyAny>),
+    /// The value of the input at this position.
+    Alias(usize),
+    /// Any other node, called with a dict of its dependencies' values.
+    Node(Py<PyAny>),
+}
+
+/// An argument of a direct call: a literal, or the value of the input at a position.
+enum Slot {
+    Literal(Py<PyAny>),
+    Input(usize),
+}
+
+/// More direct references than this and a task goes through `node(values)`, which looks keys up by hash.
+const DIRECT_REFS: usize = 16;
+
+/// The classes of `dask._task_spec` whose instances are read directly.
+struct Spec<'py> {
+    task: Bound<'py, PyAny>,
+    data: Bound<'py, PyAny>,
+    alias: Bound<'py, PyAny>,
+    task_ref: Bound<'py, PyAny>,
+    graph_node: Bound<'py, PyAny>,
+}
+
+impl<'py> Spec<'py> {
+    fn import(py: Python<'py>) -> PyResult<Self> {
+        let module = py.import("dask._task_spec")?;
+        Ok(Spec {
+            task: module.getattr("Task")?,
+            data: module.getattr("DataNode")?,
+            alias: module.getattr("Alias")?,
+            task_ref: module.getattr("TaskRef")?,
+            graph_node: module.getattr("GraphNode")?,
+        })
+    }
+
+    fn body(&self, node: &Bound<'py, PyAny>, deps: &[Bound<'py, PyAny>]) -> PyResult<Body> {
+        let py = node.py();
+        let class = node.get_type().into_any();
+        if class.is(&self.data) {
+            return Ok(Body::Data(node.getattr(intern!(py, "value"))?.unbind()));
+        }
+        if class.is(&self.alias) && deps.len() == 1 {
+            return Ok(Body::Alias(0));
+        }
+        if class.is(&self.task) && deps.len() <= DIRECT_REFS {
+            let slot = |arg: Bound<'py, PyAny>| -> PyResult<Option<Slot>> {
+                if arg.is_instance(&self.task_ref)? {
+                    let key = arg.getattr(intern!(py, "key"))?;
+                    for (i, dep) in deps.iter().enumerate() {
+                        if dep.eq(&key)? {
+                            return Ok(Some(Slot::Input(i)));
+                        }
+                    }
+                    return Ok(None);
+                }
+                if arg.is_instance(&self.graph_node)? {
+                    return Ok(None);
+                }
+                Ok(Some(Slot::Literal(arg.unbind())))
+            };
+            let mut args = Vec::new();
+            for arg in node.getattr(intern!(py, "args"))?.try_iter()? {
+                match slot(arg?)? {
+                    Some(s) => args.push(s),
+                    None => return Ok(Body::Node(node.clone().unbind())),
+                }
+            }
+            let mut kwargs = Vec::new();
+            let given = node.getattr(intern!(py, "kwargs"))?;
+            for item in given.call_method0(intern!(py, "items"))?.try_iter()? {
+                let (name, arg): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?.extract()?;
+                match slot(arg)? {
+                    Some(s) => kwargs.push((name.unbind(), s)),
+                    None => return Ok(Body::Node(node.clone().unbind())),
+                }
+            }
+            return Ok(Body::Call {
+                func: node.getattr(intern!(py, "func"))?.unbind(),
+                args,
+                kwargs,
+            });
+        }
+        Ok(Body::Node(node.clone().unbind()))
+    }
 }
 
 /// The tasks the wanted keys need, in a topological order.
@@ -42,6 +143,7 @@ struct Culled {
 /// Walks `dsk` from `keys` depth-first, numbering tasks in post-order. Iterative, so deep chains are fine.
 fn cull(dsk: &Bound<'_, PyDict>, keys: &Bound<'_, PyList>) -> PyResult<Culled> {
     let py = dsk.py();
+    let spec = Spec::import(py)?;
     // key -> id, or -1 while the key's dependencies are being visited (meeting it then is a cycle).
     let ids = PyDict::new(py);
     let mut culled = Culled {
@@ -85,12 +187,14 @@ fn cull(dsk: &Bound<'_, PyDict>, keys: &Bound<'_, PyList>) -> PyResult<Culled> {
             ids.set_item(&key, id)?;
             culled.deps.push(dep_ids);
             culled.tasks.push(DaskTask {
+                body: spec.body(&node, &deps)?,
                 key: key.unbind(),
-                node: node.unbind(),
                 deps: deps.into_iter().map(Bound::unbind).collect(),
             });
         }
-        culled.outputs.push(ids.get_item(&root)?.expect("visited").extract()?);
+        culled
+            .outputs
+            .push(ids.get_item(&root)?.expect("visited").extract()?);
     }
     Ok(culled)
 }
@@ -157,7 +261,11 @@ fn follow_priorities(culled: Culled, priority: &[i64]) -> Culled {
     let mut deps = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
     for old in sequence {
-        tasks.push(slots[old as usize].take().expect("each task is sequenced once"));
+        tasks.push(
+            slots[old as usize]
+                .take()
+                .expect("each task is sequenced once"),
+        );
         deps.push(
             culled.deps[old as usize]
                 .iter()
@@ -168,11 +276,7 @@ fn follow_priorities(culled: Culled, priority: &[i64]) -> Culled {
     Culled {
         tasks,
         deps,
-        outputs: culled
-            .outputs
-            .iter()
-            .map(|&o| new_id[o as usize])
-            .collect(),
+        outputs: culled.outputs.iter().map(|&o| new_id[o as usize]).collect(),
     }
 }
 
@@ -201,11 +305,35 @@ impl Runner for DaskRunner {
             if let Some(pretask) = &self.pretask {
                 pretask.call1(py, (&task.key,))?;
             }
-            let values = PyDict::new(py);
-            for (key, value) in task.deps.iter().zip(inputs) {
-                values.set_item(key, &value.0)?;
-            }
-            let value = task.node.call1(py, (values,))?;
+            let input = |i: usize| inputs[i].0.bind(py);
+            let value = match &task.body {
+                Body::Data(value) => value.clone_ref(py),
+                Body::Alias(i) => input(*i).clone().unbind(),
+                Body::Call { func, args, kwargs } => {
+                    let arg = |slot: &Slot| match slot {
+                        Slot::Literal(value) => value.bind(py).clone(),
+                        Slot::Input(i) => input(*i).clone(),
+                    };
+                    let args = PyTuple::new(py, args.iter().map(arg))?;
+                    let kwargs = if kwargs.is_empty() {
+                        None
+                    } else {
+                        let named = PyDict::new(py);
+                        for (name, slot) in kwargs {
+                            named.set_item(name, arg(slot))?;
+                        }
+                        Some(named)
+                    };
+                    func.bind(py).call(args, kwargs.as_ref())?.unbind()
+                }
+                Body::Node(node) => {
+                    let values = PyDict::new(py);
+                    for (key, value) in task.deps.iter().zip(inputs) {
+                        values.set_item(key, &value.0)?;
+                    }
+                    node.call1(py, (values,))?
+                }
+            };
             if let Some(posttask) = &self.posttask {
                 let worker = current_worker().map_or(-1, |w| w as i64);
                 posttask.call1(py, (&task.key, &value, worker))?;
