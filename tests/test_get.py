@@ -8,6 +8,7 @@ written (it passes ``pool=`` with 20 threads; ``test_interrupt_cancels`` below i
 belated workers).
 """
 
+import contextvars
 import signal
 import threading
 
@@ -153,6 +154,43 @@ def test_task_spec_nodes_and_containers():
     dsk["d"].key = "d"
     dsk["e"].key = "e"
     assert belated.get(dsk, [["e"], "c"]) == (({"k": [2, 3, 4]},), 3)
+
+
+def test_task_arguments_keywords_and_nested_nodes():
+    from dask._task_spec import DataNode, Task, TaskRef
+
+    def scaled(a, b, *, scale, offset=0):
+        return (a + b) * scale + offset
+
+    dsk = {
+        "a": DataNode("a", 2),
+        "b": Task("b", inc, TaskRef("a")),
+        "c": Task("c", scaled, TaskRef("a"), TaskRef("a"), scale=TaskRef("b"), offset=1),
+        "d": Task("d", scaled, Task(None, inc, TaskRef("c")), 1, scale=DataNode(None, 2)),
+        "e": Task("e", scaled, [1, 2], [3], scale=1, offset=[]),
+    }
+    assert belated.get(dsk, ["c", "d", "e"]) == (13, 30, [1, 2, 3])
+
+
+test_var = contextvars.ContextVar("test_var", default=42)
+
+
+@pytest.mark.parametrize("num_workers", [None, 1])
+def test_contextvars(num_workers):
+    dsk = {"x": (test_var.get,), "y": (lambda x: (x, test_var.get()), "x")}
+    assert belated.get(dsk, "y", num_workers=num_workers) == (42, 42)
+    token = test_var.set(43)
+    try:
+        assert belated.get(dsk, "y", num_workers=num_workers) == (43, 43)
+        assert (
+            da.from_array(np.arange(4), chunks=2)
+            .map_blocks(lambda b: b + test_var.get())
+            .sum()
+            .compute(scheduler=belated.get)
+            == 6 + 4 * 43
+        )
+    finally:
+        test_var.reset(token)
 
 
 @pytest.mark.parametrize("order", ["dask", "depth-first"])

@@ -1,5 +1,6 @@
 """Type stubs for the Rust extension ``belated._belated``."""
 
+import contextvars
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
@@ -117,6 +118,7 @@ def run_dask_graph(
     timeout: float | None = None,
     pretask: Callable[[Any], object] | None = None,
     posttask: Callable[[Any, Any, int], object] | None = None,
+    context: contextvars.Context | None = None,
 ) -> list[Any]: ...
 def draw(
     objs: tuple[Any, ...],

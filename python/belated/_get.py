@@ -1,5 +1,6 @@
 """``belated.get``: dask's scheduler interface, so dask's own collections run on belated's engine."""
 
+import contextvars
 import time
 from collections.abc import Mapping
 
@@ -15,13 +16,14 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, **kwargs):
     """Computes ``keys`` of the dask graph ``dsk`` on belated's thread pool; dask's ``get`` interface.
 
     ``keys`` is a key or a (nested) list of keys; the result has the same shape, with tuples for
-    lists as in dask. The graph may hold
-    ``dask._task_spec`` nodes or legacy tuples. Tasks run in ``dask.order``'s order, each result is
-    released as soon as no remaining task needs it, and a task's exception is raised as itself with a
-    note naming its key. ``num_workers`` and ``timeout`` (seconds, then ``belated.ComputeTimeoutError``)
-    default to ``belated.config``. ``callbacks`` follow dask's ``Callback`` protocol (as in
+    lists as in dask. The graph may hold ``dask._task_spec`` nodes or legacy tuples. Tasks run
+    depth-first from the wanted keys; each result is released as soon as no remaining task needs it;
+    tasks see the caller's ``contextvars``; a task's exception is raised as itself with a note naming
+    its key. ``num_workers`` and ``timeout`` (seconds, then ``belated.ComputeTimeoutError``) default
+    to ``belated.config``. ``callbacks`` follow dask's ``Callback`` protocol (as in
     ``dask.local.get_async``); ``dask.callbacks.Callback`` and ``belated.diagnostics`` callbacks that
-    are active are used too. Other keyword arguments are accepted for dask compatibility.
+    are active are used too. ``pool=`` and other keyword arguments are accepted for dask
+    compatibility and ignored: tasks run on the engine's own threads.
 
     >>> import dask.array as da
     >>> import belated
@@ -46,7 +48,7 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, **kwargs):
         listeners += [cb._callback for cb in _diagnostics.Callback.active]
         if not listeners:
             values = _belated.run_dask_graph(
-                dsk, wanted, _priorities(dsk, order), num_workers, timeout, None, None
+                dsk, wanted, _priorities(dsk, order), num_workers, timeout, None, None, _context()
             )
         else:
             values = _run_with_callbacks(dsk, wanted, num_workers, timeout, listeners, order)
@@ -58,6 +60,12 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, **kwargs):
 
 def _priorities(dsk, order):
     return order(dsk) if ORDER == "dask" else None
+
+
+def _context():
+    """The caller's context, if any variable is set in it (else tasks need not pay for entering it)."""
+    context = contextvars.copy_context()
+    return context if len(context) else None
 
 
 def _nest(keys, results):
@@ -126,7 +134,7 @@ def _run_with_callbacks(dsk, wanted, num_workers, timeout, listeners, order):
                 f(key, value, dsk, state, worker)
 
         values = _belated.run_dask_graph(
-            dsk, wanted, _priorities(dsk, order), num_workers, timeout, pretask, posttask
+            dsk, wanted, _priorities(dsk, order), num_workers, timeout, pretask, posttask, _context()
         )
     except BaseException:
         state.failed = 1

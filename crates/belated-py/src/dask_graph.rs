@@ -287,6 +287,33 @@ struct DaskRunner {
     posttask: Option<Py<PyAny>>,
     deadline: Option<Deadline>,
     check_signals: bool,
+    /// The caller's `contextvars` context when it holds any variable: each task runs in a copy of it,
+    /// as in dask's threaded scheduler (one context cannot be entered by two threads at once).
+    context: Option<Py<PyAny>>,
+}
+
+impl DaskRunner {
+    /// `callable(*args, **kwargs)`, inside a copy of the caller's context if there is one.
+    fn call<'py>(
+        &self,
+        callable: &Bound<'py, PyAny>,
+        args: impl IntoIterator<Item = Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = callable.py();
+        match &self.context {
+            None => callable.call(
+                PyTuple::new(py, args.into_iter().collect::<Vec<_>>())?,
+                kwargs,
+            ),
+            Some(context) => {
+                let copy = context.bind(py).call_method0(intern!(py, "copy"))?;
+                let args: Vec<_> = std::iter::once(callable.clone()).chain(args).collect();
+                copy.getattr(intern!(py, "run"))?
+                    .call(PyTuple::new(py, args)?, kwargs)
+            }
+        }
+    }
 }
 
 impl Runner for DaskRunner {
@@ -314,7 +341,6 @@ impl Runner for DaskRunner {
                         Slot::Literal(value) => value.bind(py).clone(),
                         Slot::Input(i) => input(*i).clone(),
                     };
-                    let args = PyTuple::new(py, args.iter().map(arg))?;
                     let kwargs = if kwargs.is_empty() {
                         None
                     } else {
@@ -324,14 +350,16 @@ impl Runner for DaskRunner {
                         }
                         Some(named)
                     };
-                    func.bind(py).call(args, kwargs.as_ref())?.unbind()
+                    self.call(func.bind(py), args.iter().map(arg), kwargs.as_ref())?
+                        .unbind()
                 }
                 Body::Node(node) => {
                     let values = PyDict::new(py);
                     for (key, value) in task.deps.iter().zip(inputs) {
                         values.set_item(key, &value.0)?;
                     }
-                    node.call1(py, (values,))?
+                    self.call(node.bind(py), [values.into_any()], None)?
+                        .unbind()
                 }
             };
             if let Some(posttask) = &self.posttask {
@@ -345,9 +373,11 @@ impl Runner for DaskRunner {
 
 /// Runs the tasks of `dsk` (key -> `dask._task_spec` node) that `keys` need and returns the results of
 /// `keys` in order. `priorities` (key -> dask.order priority) sets the order; without it the engine's
-/// depth-first order is used.
+/// depth-first order is used. Tasks run in copies of `context` (a `contextvars.Context`) when given.
 #[pyfunction]
-#[pyo3(signature = (dsk, keys, priorities=None, num_workers=None, timeout=None, pretask=None, posttask=None))]
+#[pyo3(signature = (
+    dsk, keys, priorities=None, num_workers=None, timeout=None, pretask=None, posttask=None, context=None
+))]
 #[allow(clippy::too_many_arguments)] // get's keyword arguments, as Python passes them
 pub(crate) fn run_dask_graph(
     py: Python<'_>,
@@ -358,6 +388,7 @@ pub(crate) fn run_dask_graph(
     timeout: Option<f64>,
     pretask: Option<Py<PyAny>>,
     posttask: Option<Py<PyAny>>,
+    context: Option<Py<PyAny>>,
 ) -> PyResult<Vec<Py<PyAny>>> {
     if num_workers == Some(0) {
         return Err(PyValueError::new_err("num_workers must be at least 1"));
@@ -394,6 +425,7 @@ pub(crate) fn run_dask_graph(
         posttask,
         deadline,
         check_signals: inline,
+        context,
     };
     let result = if inline {
         run_inline(graph, outputs, runner)
