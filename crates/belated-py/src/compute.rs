@@ -29,7 +29,7 @@ use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks};
 use crate::processes::{check_picklable, helper, run_remote, Launch};
 use crate::task::{Arg, Collector, Key, Op, PyTask, PyValue, TaskNode, Work};
 
-const SIGNAL_POLL: Duration = Duration::from_millis(50);
+pub(crate) const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// A pool's kind (`true`: processes) and size.
 type PoolKey = (bool, usize);

@@ -23,12 +23,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::compute::pool;
+use crate::compute::{pool, SIGNAL_POLL};
 use crate::errors::to_python;
 use crate::host::Deadline;
 use crate::task::PyValue;
-
-const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// One dask task: its key, how it runs, and the keys of its dependencies in the engine's input order.
 struct DaskTask {

@@ -1,7 +1,7 @@
 //! `belated._belated`: the Python face of the engine. Kept thin: argument templates and keys
 //! ([`task`]), the `Delayed` type ([`delayed`]), running graphs ([`compute`]), the graph as Python data
-//! ([`export`]), what runs around every task ([`host`]) and the one mapping of engine errors to
-//! exceptions ([`errors`]).
+//! ([`export`]), what runs around every task ([`host`]), dask's own graphs on the engine
+//! ([`dask_graph`]) and the one mapping of engine errors to exceptions ([`errors`]).
 
 mod cluster;
 mod compute;
