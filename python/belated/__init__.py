@@ -34,6 +34,7 @@ from belated._belated import (
     delayed,
 )
 from belated._client import Client, Future
+from belated._get import get
 from belated._tokenize import TokenizationError, tokenize
 from belated._visualize import Picture, visualize
 
@@ -62,6 +63,7 @@ __all__ = [
     "dashboard",
     "delayed",
     "diagnostics",
+    "get",
     "graph_manipulation",
     "is_dask_collection",
     "optimize",

@@ -1,5 +1,6 @@
 """Type stubs for the Rust extension ``belated._belated``."""
 
+import contextvars
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
@@ -120,6 +121,16 @@ def compute(
 def compute_with(
     objs: tuple[Any, ...], executor: Callable[..., Any], traverse: bool = True
 ) -> tuple[Any, ...]: ...
+def run_dask_graph(
+    dsk: dict[Any, Any],
+    keys: list[Any],
+    priorities: dict[Any, int] | None = None,
+    num_workers: int | None = None,
+    timeout: float | None = None,
+    pretask: Callable[[Any], object] | None = None,
+    posttask: Callable[[Any, Any, int], object] | None = None,
+    context: contextvars.Context | None = None,
+) -> list[Any]: ...
 def draw(
     objs: tuple[Any, ...],
     format: str = "svg",

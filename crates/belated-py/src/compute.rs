@@ -34,7 +34,7 @@ use crate::export::LegacyGraph;
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS};
 use crate::task::{Arg, Collector, Op, PyTask, PyValue, TaskNode};
 
-const SIGNAL_POLL: Duration = Duration::from_millis(50);
+pub(crate) const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// The threads scheduler's pools, by size.
 static POOLS: PoolRegistry<usize> = PoolRegistry::new();
@@ -151,6 +151,24 @@ enum Mode {
     Cluster(Arc<ClusterShared>, Arc<ThreadPool>, Option<Arc<Cluster>>),
 }
 
+/// How many worker threads `num_workers` asks for: one per core when not given.
+pub(crate) fn worker_count(num_workers: Option<i64>) -> PyResult<usize> {
+    match num_workers {
+        None => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
+        Some(n) if n < 1 => Err(PyValueError::new_err(format!(
+            "num_workers must be at least 1, got {n}"
+        ))),
+        Some(n) => usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= MAX_THREADS)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "num_workers must be at most {MAX_THREADS}, got {n}"
+                ))
+            }),
+    }
+}
+
 fn mode(
     py: Python<'_>,
     scheduler: &str,
@@ -165,20 +183,7 @@ fn mode(
             None,
         ));
     }
-    let workers = || match num_workers {
-        None => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
-        Some(n) if n < 1 => Err(PyValueError::new_err(format!(
-            "num_workers must be at least 1, got {n}"
-        ))),
-        Some(n) => usize::try_from(n)
-            .ok()
-            .filter(|&n| n <= MAX_THREADS)
-            .ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "num_workers must be at most {MAX_THREADS}, got {n}"
-                ))
-            }),
-    };
+    let workers = || worker_count(num_workers);
     match scheduler {
         "sync" | "synchronous" | "single-threaded" => Ok(Mode::Inline),
         "threads" | "threading" | "threaded" => Ok(Mode::Threads(workers()?)),
@@ -194,7 +199,7 @@ fn mode(
 }
 
 /// The pool of `threads` worker threads, started on first use.
-fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
+pub(crate) fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
     POOLS.get(threads, || {
         ThreadPool::new(threads, Arc::new(PythonHost)).map_err(|e| {
             WorkerStartError::new_err(format!(

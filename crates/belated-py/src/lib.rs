@@ -1,12 +1,13 @@
 //! `belated._belated`: the Python face of the engine. Kept thin: argument templates and keys
 //! ([`task`]), the `Delayed` type ([`delayed`]), running graphs ([`compute`]), the graph as Python data
-//! ([`export`]), what runs around every task ([`host`]) and the one mapping of engine errors to
-//! exceptions ([`errors`]).
+//! ([`export`]), what runs around every task ([`host`]), dask's own graphs on the engine
+//! ([`dask_graph`]) and the one mapping of engine errors to exceptions ([`errors`]).
 
 mod cluster;
 mod codec;
 mod compute;
 mod dashboard;
+mod dask_graph;
 mod delayed;
 mod diagnostics;
 mod errors;
@@ -30,6 +31,7 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(delayed::set_default_pure, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute_with, m)?)?;
+    m.add_function(wrap_pyfunction!(dask_graph::run_dask_graph, m)?)?;
     m.add_function(wrap_pyfunction!(compute::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(compute::forget_pools_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(errors::panic_for_tests, m)?)?;

@@ -1,0 +1,452 @@
+//! Running a dask graph (`dask._task_spec` nodes keyed by dask keys) on the engine: `belated.get`.
+//!
+//! Only the tasks the wanted keys need become engine tasks, laid out in one flat arena. Ids, which the
+//! engine's schedule uses as priorities, are either the engine's own depth-first post-order from the
+//! wanted keys or, when the caller passes dask.order's priorities, the topological order that follows
+//! them (Kahn's algorithm taking the smallest priority first, so an order that is already topological
+//! is kept as it is). Results are released by the engine as soon as no remaining task needs them.
+//!
+//! How a task runs ([`Body`]): the common nodes are read once, when the graph is culled, so running
+//! them costs one Python call: a plain `Task` whose arguments are literals or references to other keys
+//! calls its function directly, a `DataNode` is its value and an `Alias` is its target's value. Every
+//! other node (containers, subgraphs, subclasses) is called with its dependencies' values, as dask's
+//! own schedulers do. Both give what `node(values)` gives.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use belated_core::{current_worker, on_worker_thread, run_inline, Graph, Runner, TaskId};
+use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use crate::compute::{pool, worker_count, SIGNAL_POLL};
+use crate::errors::{catch_panics, to_python};
+use crate::host::Deadline;
+use crate::task::PyValue;
+
+/// One dask task: its key, how it runs, and the keys of its dependencies in the engine's input order.
+struct DaskTask {
+    key: Py<PyAny>,
+    body: Body,
+    deps: Vec<Py<PyAny>>,
+}
+
+enum Body {
+    /// `func(*args, **kwargs)`.
+    Call {
+        func: Py<PyAny>,
+        args: Vec<Slot>,
+        kwargs: Vec<(Py<PyAny>, Slot)>,
+    },
+    /// A value held in the graph.
+    Data(Py<PyAny>),
+    /// The value of the input at this position.
+    Alias(usize),
+    /// Any other node, called with a dict of its dependencies' values.
+    Node(Py<PyAny>),
+}
+
+/// An argument of a direct call: a literal, or the value of the input at a position.
+enum Slot {
+    Literal(Py<PyAny>),
+    Input(usize),
+}
+
+/// More direct references than this and a task goes through `node(values)`, which looks keys up by hash.
+const DIRECT_REFS: usize = 16;
+
+/// The classes of `dask._task_spec` whose instances are read directly.
+struct Spec<'py> {
+    task: Bound<'py, PyAny>,
+    data: Bound<'py, PyAny>,
+    alias: Bound<'py, PyAny>,
+    task_ref: Bound<'py, PyAny>,
+    graph_node: Bound<'py, PyAny>,
+}
+
+impl<'py> Spec<'py> {
+    fn import(py: Python<'py>) -> PyResult<Self> {
+        let module = py.import("dask._task_spec")?;
+        Ok(Spec {
+            task: module.getattr("Task")?,
+            data: module.getattr("DataNode")?,
+            alias: module.getattr("Alias")?,
+            task_ref: module.getattr("TaskRef")?,
+            graph_node: module.getattr("GraphNode")?,
+        })
+    }
+
+    fn body(&self, node: &Bound<'py, PyAny>, deps: &[Bound<'py, PyAny>]) -> PyResult<Body> {
+        let py = node.py();
+        let class = node.get_type().into_any();
+        if class.is(&self.data) {
+            return Ok(Body::Data(node.getattr(intern!(py, "value"))?.unbind()));
+        }
+        if class.is(&self.alias) && deps.len() == 1 {
+            return Ok(Body::Alias(0));
+        }
+        if class.is(&self.task) && deps.len() <= DIRECT_REFS {
+            let slot = |arg: Bound<'py, PyAny>| -> PyResult<Option<Slot>> {
+                if arg.is_instance(&self.task_ref)? {
+                    let key = arg.getattr(intern!(py, "key"))?;
+                    for (i, dep) in deps.iter().enumerate() {
+                        if dep.eq(&key)? {
+                            return Ok(Some(Slot::Input(i)));
+                        }
+                    }
+                    return Ok(None);
+                }
+                if arg.is_instance(&self.graph_node)? {
+                    return Ok(None);
+                }
+                Ok(Some(Slot::Literal(arg.unbind())))
+            };
+            let mut args = Vec::new();
+            for arg in node.getattr(intern!(py, "args"))?.try_iter()? {
+                match slot(arg?)? {
+                    Some(s) => args.push(s),
+                    None => return Ok(Body::Node(node.clone().unbind())),
+                }
+            }
+            let mut kwargs = Vec::new();
+            let given = node.getattr(intern!(py, "kwargs"))?;
+            for item in given.call_method0(intern!(py, "items"))?.try_iter()? {
+                let (name, arg): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?.extract()?;
+                match slot(arg)? {
+                    Some(s) => kwargs.push((name.unbind(), s)),
+                    None => return Ok(Body::Node(node.clone().unbind())),
+                }
+            }
+            return Ok(Body::Call {
+                func: node.getattr(intern!(py, "func"))?.unbind(),
+                args,
+                kwargs,
+            });
+        }
+        Ok(Body::Node(node.clone().unbind()))
+    }
+}
+
+/// The tasks the wanted keys need, in a topological order.
+struct Culled {
+    tasks: Vec<DaskTask>,
+    deps: Vec<Vec<u32>>,
+    outputs: Vec<u32>,
+}
+
+/// Walks `dsk` from `keys` depth-first, numbering tasks in post-order. Iterative, so deep chains are fine.
+fn cull(dsk: &Bound<'_, PyDict>, keys: &Bound<'_, PyList>) -> PyResult<Culled> {
+    let py = dsk.py();
+    let spec = Spec::import(py)?;
+    // key -> id, or -1 while the key's dependencies are being visited (meeting it then is a cycle).
+    let ids = PyDict::new(py);
+    let mut culled = Culled {
+        tasks: Vec::new(),
+        deps: Vec::new(),
+        outputs: Vec::with_capacity(keys.len()),
+    };
+    let mut stack: Vec<Entry<'_>> = Vec::new();
+    for root in keys.iter() {
+        if let Some(id) = ids.get_item(&root)? {
+            culled.outputs.push(id.extract()?);
+            continue;
+        }
+        stack.push(entry(dsk, root.clone(), None)?);
+        ids.set_item(&root, -1)?;
+        while let Some((_, _, deps, next)) = stack.last_mut() {
+            if let Some(dep) = deps.get(*next).cloned() {
+                *next += 1;
+                match ids.get_item(&dep)? {
+                    Some(id) if id.extract::<i64>()? < 0 => {
+                        return Err(PyValueError::new_err(format!(
+                            "the graph has a cycle through key {}",
+                            dep.repr()?
+                        )))
+                    }
+                    Some(_) => {}
+                    None => {
+                        let parent = stack.last().map(|(key, ..)| key.clone());
+                        stack.push(entry(dsk, dep.clone(), parent)?);
+                        ids.set_item(&dep, -1)?;
+                    }
+                }
+                continue;
+            }
+            let (key, node, deps, _) = stack.pop().expect("the loop saw a top");
+            let id = culled.tasks.len() as u32;
+            let dep_ids = deps
+                .iter()
+                .map(|dep| ids.get_item(dep)?.expect("visited").extract::<u32>())
+                .collect::<PyResult<Vec<u32>>>()?;
+            ids.set_item(&key, id)?;
+            culled.deps.push(dep_ids);
+            culled.tasks.push(DaskTask {
+                body: spec.body(&node, &deps)?,
+                key: key.unbind(),
+                deps: deps.into_iter().map(Bound::unbind).collect(),
+            });
+        }
+        culled
+            .outputs
+            .push(ids.get_item(&root)?.expect("visited").extract()?);
+    }
+    Ok(culled)
+}
+
+type Entry<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Vec<Bound<'py, PyAny>>,
+    usize,
+);
+
+/// A key's node and dependencies, ready to be visited.
+fn entry<'py>(
+    dsk: &Bound<'py, PyDict>,
+    key: Bound<'py, PyAny>,
+    parent: Option<Bound<'py, PyAny>>,
+) -> PyResult<Entry<'py>> {
+    let Some(node) = dsk.get_item(&key)? else {
+        let message = match parent {
+            Some(parent) => format!(
+                "{} is needed by {} but is not in the graph",
+                key.repr()?,
+                parent.repr()?
+            ),
+            None => format!("{} is not in the graph", key.repr()?),
+        };
+        return Err(PyKeyError::new_err(message));
+    };
+    let deps = node
+        .getattr(intern!(dsk.py(), "dependencies"))?
+        .try_iter()?
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok((key, node, deps, 0))
+}
+
+/// Renumbers `culled` so that ids follow `priority` (smaller first) wherever dependencies allow.
+/// O(n log n) in tasks plus edges.
+fn follow_priorities(culled: Culled, priority: &[i64]) -> Culled {
+    let n = culled.tasks.len();
+    let mut waiting: Vec<u32> = culled.deps.iter().map(|d| d.len() as u32).collect();
+    let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for (task, deps) in culled.deps.iter().enumerate() {
+        for &dep in deps {
+            dependents[dep as usize].push(task as u32);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<(i64, u32)>> = (0..n as u32)
+        .filter(|&t| waiting[t as usize] == 0)
+        .map(|t| Reverse((priority[t as usize], t)))
+        .collect();
+    let mut new_id = vec![0u32; n];
+    let mut sequence = Vec::with_capacity(n);
+    while let Some(Reverse((_, task))) = ready.pop() {
+        new_id[task as usize] = sequence.len() as u32;
+        sequence.push(task);
+        for &dependent in &dependents[task as usize] {
+            waiting[dependent as usize] -= 1;
+            if waiting[dependent as usize] == 0 {
+                ready.push(Reverse((priority[dependent as usize], dependent)));
+            }
+        }
+    }
+    let mut slots: Vec<Option<DaskTask>> = culled.tasks.into_iter().map(Some).collect();
+    let mut deps = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    for old in sequence {
+        tasks.push(
+            slots[old as usize]
+                .take()
+                .expect("each task is sequenced once"),
+        );
+        deps.push(
+            culled.deps[old as usize]
+                .iter()
+                .map(|&d| new_id[d as usize])
+                .collect(),
+        );
+    }
+    Culled {
+        tasks,
+        deps,
+        outputs: culled.outputs.iter().map(|&o| new_id[o as usize]).collect(),
+    }
+}
+
+struct DaskRunner {
+    tasks: Arc<[DaskTask]>,
+    /// `pretask(key)` and `posttask(key, value, worker_id)`, when callbacks listen.
+    pretask: Option<Py<PyAny>>,
+    posttask: Option<Py<PyAny>>,
+    deadline: Option<Deadline>,
+    check_signals: bool,
+    /// The caller's `contextvars` context when it holds any variable: each task runs in a copy of it,
+    /// as in dask's threaded scheduler (one context cannot be entered by two threads at once).
+    context: Option<Py<PyAny>>,
+}
+
+impl DaskRunner {
+    /// `callable(*args, **kwargs)`, inside a copy of the caller's context if there is one.
+    fn call<'py>(
+        &self,
+        callable: &Bound<'py, PyAny>,
+        args: impl IntoIterator<Item = Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = callable.py();
+        match &self.context {
+            None => callable.call(
+                PyTuple::new(py, args.into_iter().collect::<Vec<_>>())?,
+                kwargs,
+            ),
+            Some(context) => {
+                let copy = context.bind(py).call_method0(intern!(py, "copy"))?;
+                let args: Vec<_> = std::iter::once(callable.clone()).chain(args).collect();
+                copy.getattr(intern!(py, "run"))?
+                    .call(PyTuple::new(py, args)?, kwargs)
+            }
+        }
+    }
+}
+
+impl Runner for DaskRunner {
+    type Value = PyValue;
+    type Error = PyErr;
+
+    fn run(&self, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
+        Python::attach(|py| {
+            if self.check_signals {
+                py.check_signals()?;
+            }
+            if let Some(deadline) = self.deadline.filter(Deadline::passed) {
+                return Err(deadline.error());
+            }
+            let task = &self.tasks[task.index()];
+            if let Some(pretask) = &self.pretask {
+                pretask.call1(py, (&task.key,))?;
+            }
+            let input = |i: usize| inputs[i].0.bind(py);
+            let value = match &task.body {
+                Body::Data(value) => value.clone_ref(py),
+                Body::Alias(i) => input(*i).clone().unbind(),
+                Body::Call { func, args, kwargs } => {
+                    let arg = |slot: &Slot| match slot {
+                        Slot::Literal(value) => value.bind(py).clone(),
+                        Slot::Input(i) => input(*i).clone(),
+                    };
+                    let kwargs = if kwargs.is_empty() {
+                        None
+                    } else {
+                        let named = PyDict::new(py);
+                        for (name, slot) in kwargs {
+                            named.set_item(name, arg(slot))?;
+                        }
+                        Some(named)
+                    };
+                    self.call(func.bind(py), args.iter().map(arg), kwargs.as_ref())?
+                        .unbind()
+                }
+                Body::Node(node) => {
+                    let values = PyDict::new(py);
+                    for (key, value) in task.deps.iter().zip(inputs) {
+                        values.set_item(key, &value.0)?;
+                    }
+                    self.call(node.bind(py), [values.into_any()], None)?
+                        .unbind()
+                }
+            };
+            if let Some(posttask) = &self.posttask {
+                let worker = current_worker().map_or(-1, |w| w as i64);
+                posttask.call1(py, (&task.key, &value, worker))?;
+            }
+            Ok(PyValue(value))
+        })
+    }
+}
+
+/// Runs the tasks of `dsk` (key -> `dask._task_spec` node) that `keys` need and returns the results of
+/// `keys` in order. `priorities` (key -> dask.order priority) sets the order; without it the engine's
+/// depth-first order is used. Tasks run in copies of `context` (a `contextvars.Context`) when given.
+#[pyfunction]
+#[pyo3(signature = (
+    dsk, keys, priorities=None, num_workers=None, timeout=None, pretask=None, posttask=None, context=None
+))]
+#[allow(clippy::too_many_arguments)] // get's keyword arguments, as Python passes them
+pub(crate) fn run_dask_graph(
+    py: Python<'_>,
+    dsk: &Bound<'_, PyDict>,
+    keys: &Bound<'_, PyList>,
+    priorities: Option<&Bound<'_, PyDict>>,
+    num_workers: Option<i64>,
+    timeout: Option<f64>,
+    pretask: Option<Py<PyAny>>,
+    posttask: Option<Py<PyAny>>,
+    context: Option<Py<PyAny>>,
+) -> PyResult<Vec<Py<PyAny>>> {
+    let workers = worker_count(num_workers)?;
+    let deadline = timeout.map(Deadline::after).transpose()?.flatten();
+    catch_panics(|| {
+        let mut culled = cull(dsk, keys)?;
+        if let Some(priorities) = priorities {
+            let priority = culled
+                .tasks
+                .iter()
+                .map(|task| match priorities.get_item(&task.key)? {
+                    Some(p) => p.extract::<i64>(),
+                    None => Ok(i64::MAX),
+                })
+                .collect::<PyResult<Vec<i64>>>()?;
+            culled = follow_priorities(culled, &priority);
+        }
+        let Culled {
+            tasks,
+            deps,
+            outputs,
+        } = culled;
+        let graph = Graph::from_deps(deps.into_iter().map(|d| d.into_iter().map(TaskId)))
+            .map_err(|e| to_python(py, e, |_| String::new()))?;
+        let outputs: Vec<TaskId> = outputs.into_iter().map(TaskId).collect();
+        let tasks: Arc<[DaskTask]> = tasks.into();
+        let inline = on_worker_thread();
+        let runner = DaskRunner {
+            tasks: Arc::clone(&tasks),
+            pretask,
+            posttask,
+            deadline,
+            check_signals: inline,
+            context,
+        };
+        let result = if inline {
+            run_inline(graph, outputs, runner)
+        } else {
+            let handle = pool(workers)?.submit(graph, outputs, runner);
+            loop {
+                if py.detach(|| handle.wait_timeout(SIGNAL_POLL)) {
+                    break handle.result();
+                }
+                let stop = match py.check_signals() {
+                    Err(interrupt) => Some(interrupt),
+                    Ok(()) => deadline.filter(Deadline::passed).map(|d| d.error()),
+                };
+                if let Some(interrupt) = stop {
+                    handle.cancel();
+                    return Err(interrupt);
+                }
+            }
+        };
+        let key_of = |task: TaskId| {
+            tasks[task.index()]
+                .key
+                .bind(py)
+                .repr()
+                .map_or_else(|_| "?".into(), |r| r.to_string())
+        };
+        result
+            .map(|values| values.into_iter().map(|v| v.0).collect())
+            .map_err(|e| to_python(py, e, key_of))
+    })
+}

@@ -1,0 +1,148 @@
+"""``belated.get``: dask's scheduler interface, so dask's own collections run on belated's engine."""
+
+import contextvars
+import time
+from collections.abc import Mapping
+
+from belated import _belated, config
+from belated import diagnostics as _diagnostics
+
+# Which order tasks run in: "dask" (dask.order's priorities) or "depth-first" (the engine's own order
+# from the wanted keys). benchmarks/dask_collections.py measures both.
+ORDER = "depth-first"
+
+
+def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, **kwargs):
+    """Computes ``keys`` of the dask graph ``dsk`` on belated's thread pool; dask's ``get`` interface.
+
+    ``keys`` is a key or a (nested) list of keys; the result has the same shape, with tuples for
+    lists as in dask. The graph may hold ``dask._task_spec`` nodes or legacy tuples. Tasks run
+    depth-first from the wanted keys; each result is released as soon as no remaining task needs it;
+    tasks see the caller's ``contextvars``; a task's exception is raised as itself with a note naming
+    its key. ``num_workers`` and ``timeout`` (seconds, then ``belated.ComputeTimeoutError``) default
+    to ``belated.config``. ``callbacks`` follow dask's ``Callback`` protocol (as in
+    ``dask.local.get_async``); ``dask.callbacks.Callback`` and ``belated.diagnostics`` callbacks that
+    are active are used too. ``pool=`` and other keyword arguments are accepted for dask
+    compatibility and ignored: tasks run on the engine's own threads.
+
+    >>> import dask.array as da
+    >>> import belated
+    >>> int(da.arange(10, chunks=3).sum().compute(scheduler=belated.get))
+    45
+    """
+    from dask._task_spec import convert_legacy_graph
+    from dask.callbacks import local_callbacks, normalize_callback
+    from dask.core import flatten
+    from dask.order import order
+
+    if not isinstance(dsk, Mapping):
+        dsk = dsk.__dask_graph__()
+    dsk = convert_legacy_graph(dsk)
+    wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
+    if num_workers is None:
+        num_workers = config.get("num_workers", None)
+    if timeout is None:
+        timeout = config.get("timeout", None)
+    with local_callbacks(callbacks) as dask_callbacks:
+        listeners = [normalize_callback(cb) for cb in dask_callbacks]
+        listeners += [cb._callback for cb in _diagnostics.Callback.active]
+        if not listeners:
+            values = _belated.run_dask_graph(
+                dsk, wanted, _priorities(dsk, order), num_workers, timeout, None, None, _context()
+            )
+        else:
+            values = _run_with_callbacks(dsk, wanted, num_workers, timeout, listeners, order)
+    if not isinstance(keys, list):
+        return values[0]
+    results = dict(zip(wanted, values, strict=True))
+    return _nest(keys, results)
+
+
+def _priorities(dsk, order):
+    return order(dsk) if ORDER == "dask" else None
+
+
+def _context():
+    """The caller's context, if any variable is set in it (else tasks need not pay for entering it)."""
+    context = contextvars.copy_context()
+    return context if len(context) else None
+
+
+def _nest(keys, results):
+    if isinstance(keys, list):
+        return tuple(_nest(k, results) for k in keys)
+    return results[keys]
+
+
+class GetState(dict):
+    """What ``belated.get`` hands callbacks as the scheduler state: dask's state dict (``waiting``,
+    ``running``, ``finished``, ``cache`` …, kept up to date) that also answers ``belated.diagnostics``'
+    ``total``, ``done``, ``failed``, ``elapsed`` and ``profile()``."""
+
+    def __init__(self, dsk):
+        super().__init__(
+            cache={},
+            ready=[],
+            running=set(),
+            waiting={key: set() for key in dsk},
+            finished=set(),
+            released=set(),
+        )
+        self.total = len(dsk)
+        self.failed = 0
+        self._began = time.perf_counter()
+        self._spans = {}
+
+    @property
+    def done(self):
+        return len(self["finished"])
+
+    @property
+    def elapsed(self):
+        return time.perf_counter() - self._began
+
+    def profile(self):
+        return [(key, *span) for key, span in self._spans.items() if len(span) == 3]
+
+
+def _run_with_callbacks(dsk, wanted, num_workers, timeout, listeners, order):
+    _, start_states, pretasks, posttasks, _ = (
+        [f for f in group if f] for group in zip(*listeners, strict=True)
+    )
+    state = GetState(dsk)
+    started = []
+    try:
+        for listener in listeners:
+            if listener[0]:
+                listener[0](dsk)
+            started.append(listener)
+        for start_state in start_states:
+            start_state(dsk, state)
+
+        def pretask(key):
+            state["waiting"].pop(key, None)
+            state["running"].add(key)
+            state._spans[key] = [time.perf_counter()]
+            for f in pretasks:
+                f(key, dsk, state)
+
+        def posttask(key, value, worker):
+            state["running"].discard(key)
+            state["finished"].add(key)
+            state._spans[key] += [time.perf_counter(), worker]
+            for f in posttasks:
+                f(key, value, dsk, state, worker)
+
+        values = _belated.run_dask_graph(
+            dsk, wanted, _priorities(dsk, order), num_workers, timeout, pretask, posttask, _context()
+        )
+    except BaseException:
+        state.failed = 1
+        for listener in started:
+            if listener[4]:
+                listener[4](dsk, state, True)
+        raise
+    for listener in started:
+        if listener[4]:
+            listener[4](dsk, state, False)
+    return values

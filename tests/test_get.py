@@ -1,0 +1,410 @@
+"""``belated.get``: dask's get-function conformance mixin, dask's threaded-scheduler tests that apply,
+and a differential test of random dask collections against dask's own synchronous scheduler.
+
+Not applicable from dask's ``test_threaded.py``: ``test_reuse_pool`` and ``test_pool_kwarg`` (they hand
+dask a ``pool=`` of their own; belated runs on its engine's threads and ignores ``pool=``, so
+``test_pool_kwarg``'s count of distinct pool threads means nothing here), and ``test_interrupt`` as
+written (it passes ``pool=`` with 20 threads; ``test_interrupt_cancels`` below is its equivalent on 20
+belated workers).
+"""
+
+import contextvars
+import signal
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import belated
+
+dask = pytest.importorskip("dask")
+da = pytest.importorskip("dask.array")
+db = pytest.importorskip("dask.bag")
+dd = pytest.importorskip("dask.dataframe")
+from dask._task_spec import GraphNode  # noqa: E402
+from dask.callbacks import Callback  # noqa: E402
+from dask.utils_test import GetFunctionTestMixin, add, inc  # noqa: E402
+
+
+class TestGetFunction(GetFunctionTestMixin):
+    get = staticmethod(belated.get)
+
+
+# dask/tests/test_threaded.py, against belated.get
+
+
+def test_get():
+    dsk = {"x": 1, "y": 2, "z": (inc, "x"), "w": (add, "z", "y")}
+    assert belated.get(dsk, "w") == 4
+    assert belated.get(dsk, ["w", "z"]) == (4, 2)
+
+
+def test_nested_get():
+    dsk = {"x": 1, "y": 2, "a": (add, "x", "y"), "b": (sum, ["x", "y"])}
+    assert belated.get(dsk, ["a", "b"]) == (3, 3)
+
+
+def test_get_without_computation():
+    assert belated.get({"x": 1}, "x") == 1
+
+
+def test_broken_callback():
+    def ok(*args, **kwargs):
+        pass
+
+    def broken(*args, **kwargs):
+        raise ValueError("my_exception")
+
+    with (
+        Callback(start=broken, finish=ok),
+        Callback(start=ok, finish=ok),
+        pytest.raises(ValueError, match="my_exception"),
+    ):
+        belated.get({"x": 1}, "x")
+
+
+def bad(x):
+    raise ValueError("bad task")
+
+
+def test_exceptions_rise_to_top_as_themselves_naming_the_key():
+    dsk = {"x": 1, ("y", 3): (bad, "x")}
+    with pytest.raises(ValueError, match="bad task") as info:
+        belated.get(dsk, ("y", 3))
+    assert any("('y', 3)" in note for note in info.value.__notes__)
+    assert info.traceback[-1].name == "bad"
+
+
+def test_threaded_within_thread():
+    results = []
+
+    def f(i):
+        results.append(belated.get({"x": (lambda: i,)}, "x", num_workers=2))
+
+    for _ in range(20):
+        t = threading.Thread(target=f, args=(1,), daemon=True)
+        t.start()
+        t.join(timeout=30)
+        assert results == [1]
+        results.clear()
+
+
+def test_dont_spawn_too_many_threads():
+    before = threading.active_count()
+    dsk = {("x", i): (lambda i=i: i,) for i in range(10)}
+    dsk["x"] = (sum, list(dsk))
+    for _ in range(20):
+        assert belated.get(dsk, "x", num_workers=4) == 45
+    assert threading.active_count() <= before + 8
+
+
+def test_thread_safety():
+    dsk = {"x": (sum, [1, 2]), "y": (lambda x: 1, "x")}
+    results = []
+
+    def run():
+        results.append(belated.get(dsk, "y"))
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == [1] * 20
+
+
+def test_interrupt_cancels():
+    main_thread = threading.get_ident()
+    barrier = threading.Barrier(20)
+    tasks_can_end = threading.Event()
+
+    def f():
+        barrier.wait(timeout=30)
+        tasks_can_end.wait(timeout=30)
+
+    def interrupt():
+        barrier.wait(timeout=30)
+        signal.pthread_kill(main_thread, signal.SIGINT)
+
+    dsk = {("f", i): (f,) for i in range(19)}
+    dsk["interrupt"] = (interrupt,)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            belated.get(dsk, list(dsk), num_workers=20)
+    finally:
+        tasks_can_end.set()
+
+
+# What belated.get adds: the forms of dask 2026's graphs, callbacks, options.
+
+
+def test_task_spec_nodes_and_containers():
+    from dask._task_spec import Alias, DataNode, Dict, List, Task, TaskRef
+
+    dsk = {
+        "a": DataNode("a", 2),
+        "b": Task("b", inc, TaskRef("a")),
+        "c": Alias("c", "b"),
+        "d": List(TaskRef("a"), TaskRef("c"), Task(None, inc, TaskRef("b"))),
+        "e": Dict(k=TaskRef("d")),
+    }
+    dsk["d"].key = "d"
+    dsk["e"].key = "e"
+    assert belated.get(dsk, [["e"], "c"]) == (({"k": [2, 3, 4]},), 3)
+
+
+def test_task_arguments_keywords_and_nested_nodes():
+    from dask._task_spec import DataNode, Task, TaskRef
+
+    def scaled(a, b, *, scale, offset=0):
+        return (a + b) * scale + offset
+
+    dsk = {
+        "a": DataNode("a", 2),
+        "b": Task("b", inc, TaskRef("a")),
+        "c": Task("c", scaled, TaskRef("a"), TaskRef("a"), scale=TaskRef("b"), offset=1),
+        "d": Task("d", scaled, Task(None, inc, TaskRef("c")), 1, scale=DataNode(None, 2)),
+        "e": Task("e", scaled, [1, 2], [3], scale=1, offset=[]),
+    }
+    assert belated.get(dsk, ["c", "d", "e"]) == (13, 30, [1, 2, 3])
+
+
+test_var = contextvars.ContextVar("test_var", default=42)
+
+
+@pytest.mark.parametrize("num_workers", [None, 1])
+def test_contextvars(num_workers):
+    dsk = {"x": (test_var.get,), "y": (lambda x: (x, test_var.get()), "x")}
+    assert belated.get(dsk, "y", num_workers=num_workers) == (42, 42)
+    token = test_var.set(43)
+    try:
+        assert belated.get(dsk, "y", num_workers=num_workers) == (43, 43)
+        assert (
+            da.from_array(np.arange(4), chunks=2)
+            .map_blocks(lambda b: b + test_var.get())
+            .sum()
+            .compute(scheduler=belated.get)
+            == 6 + 4 * 43
+        )
+    finally:
+        test_var.reset(token)
+
+
+@pytest.mark.parametrize("order", ["dask", "depth-first"])
+def test_cycles_and_missing_dependencies_are_refused(order, monkeypatch):
+    monkeypatch.setattr(belated._get, "ORDER", order)
+    with pytest.raises((RuntimeError, ValueError), match=r"(?i)cycle"):
+        belated.get({"a": (inc, "b"), "b": (inc, "a")}, "a")
+    from dask._task_spec import Task, TaskRef
+
+    with pytest.raises(KeyError, match="'missing' is needed by 'a'"):
+        belated.get({"a": Task("a", inc, TaskRef("missing"))}, "a")
+
+
+def test_timeout_cancels():
+    release = threading.Event()
+    dsk = {"slow": (release.wait, 30), "after": (inc, 1), "both": (add, "after", "after")}
+    dsk["slow2"] = (lambda _: 1, "slow")
+    try:
+        with pytest.raises(belated.ComputeTimeoutError):
+            belated.get(dsk, ["slow2", "both"], timeout=0.2, num_workers=2)
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"timeout": float("nan")},
+        {"timeout": -1},
+        {"num_workers": 0},
+        {"num_workers": -1},
+        {"num_workers": 2**40},
+    ],
+)
+def test_bad_options_are_value_errors(options):
+    with pytest.raises(ValueError):
+        belated.get({"x": (inc, 1)}, "x", **options)
+
+
+def test_timeouts_too_far_ahead_to_represent_mean_none():
+    for timeout in (float("inf"), 1e300):
+        assert belated.get({"x": (inc, 1)}, "x", timeout=timeout) == 2
+
+
+def test_num_workers_runs_tasks_side_by_side():
+    barrier = threading.Barrier(3)
+    dsk = {i: (barrier.wait, 30) for i in range(3)}
+    assert len(belated.get(dsk, list(dsk), num_workers=3)) == 3
+
+
+def test_dask_callbacks_see_every_task_in_order():
+    events = []
+    lock = threading.Lock()
+
+    def pretask(key, dsk, state):
+        with lock:
+            events.append(("pre", key))
+
+    def posttask(key, result, dsk, state, worker_id):
+        with lock:
+            events.append(("post", key, result))
+
+    def finish(dsk, state, errored):
+        events.append(("finish", errored, len(state["finished"])))
+
+    dsk = {"x": 1, "y": (inc, "x"), "z": (add, "y", "y")}
+    with Callback(pretask=pretask, posttask=posttask, finish=finish):
+        assert belated.get(dsk, "z") == 4
+    assert events.index(("post", "y", 2)) < events.index(("pre", "z"))
+    assert events[-1] == ("finish", False, 3)
+    events.clear()
+    with pytest.raises(ValueError):
+        belated.get({"x": 1, "y": (bad, "x")}, "y", callbacks=[Callback(finish=finish)])
+    assert events[-1][:2] == ("finish", True)
+
+
+def test_belated_diagnostics_watch_dask_collections():
+    from belated.diagnostics import Profiler
+
+    x = da.ones((10, 10), chunks=5)
+    with Profiler() as prof:
+        assert (x + 1).sum().compute(scheduler=belated.get) == 200
+    assert len(prof.results) > 4
+    assert all(row.start_time <= row.end_time for row in prof.results)
+    assert all(isinstance(row.task, GraphNode) for row in prof.results)
+
+
+def test_compute_inside_a_task_runs_inline():
+    def inner(_):
+        return int(da.arange(10, chunks=2).sum().compute(scheduler=belated.get))
+
+    assert belated.get({"x": 1, "y": (inner, "x")}, "y", num_workers=1) == 45
+
+
+def test_config_set_scheduler():
+    with dask.config.set(scheduler=belated.get):
+        assert da.arange(100, chunks=7).sum().compute() == 4950
+
+
+# Differential: random collection expressions, belated.get against dask's synchronous scheduler.
+
+ARRAY_OPS = [
+    lambda x: x + x.T,
+    lambda x: (x * 2).sum(axis=0),
+    lambda x: x.mean(axis=1),
+    lambda x: x[::2, 1:].cumsum(axis=0),
+    lambda x: x.dot(x.T),
+    lambda x: x.rechunk((3, 5)).max(),
+    lambda x: da.concatenate([x, x], axis=0).std(),
+]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 12),
+    chunk=st.integers(1, 6),
+    ops=st.lists(st.sampled_from(range(len(ARRAY_OPS))), min_size=1, max_size=3),
+    seed=st.integers(0, 1000),
+)
+def test_random_arrays_match_dask(n, chunk, ops, seed):
+    x = da.from_array(np.random.default_rng(seed).random((n, n)), chunks=chunk)
+    for op in ops:
+        x = ARRAY_OPS[op](x)
+        if x.ndim != 2 or x.shape[0] != x.shape[1]:
+            break
+    expected = x.compute(scheduler="sync")
+    np.testing.assert_allclose(x.compute(scheduler=belated.get), expected)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.integers(1, 60),
+    partitions=st.integers(1, 8),
+    how=st.sampled_from(["groupby_mean", "groupby_sum", "filter_sum", "assign_max", "value_counts"]),
+    seed=st.integers(0, 1000),
+)
+def test_random_dataframes_match_dask(rows, partitions, how, seed):
+    rng = np.random.default_rng(seed)
+    pdf = pd.DataFrame({"k": rng.integers(0, 5, rows), "v": rng.random(rows)})
+    df = dd.from_pandas(pdf, npartitions=partitions)
+    expr = {
+        "groupby_mean": lambda: df.groupby("k").v.mean(),
+        "groupby_sum": lambda: df.groupby("k").sum(),
+        "filter_sum": lambda: df[df.v > 0.5].v.sum(),
+        "assign_max": lambda: df.assign(w=df.v * df.k).w.max(),
+        "value_counts": lambda: df.k.value_counts(),
+    }[how]()
+    expected = expr.compute(scheduler="sync")
+    got = expr.compute(scheduler=belated.get)
+    if isinstance(expected, (pd.Series, pd.DataFrame)):
+        assert got.sort_index().equals(expected.sort_index())
+    else:
+        assert got == expected or (np.isnan(got) and np.isnan(expected))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    items=st.lists(st.integers(-50, 50), max_size=60),
+    partitions=st.integers(1, 8),
+    how=st.sampled_from(["map_filter_sum", "frequencies", "foldby", "distinct", "topk"]),
+)
+def test_random_bags_match_dask(items, partitions, how):
+    b = db.from_sequence(items, npartitions=partitions)
+    expr = {
+        "map_filter_sum": lambda: b.map(inc).filter(lambda v: v % 2).sum(),
+        "frequencies": lambda: b.map(lambda v: v % 7).frequencies(sort=True),
+        "foldby": lambda: b.foldby(lambda v: v % 3, add, 0),
+        "distinct": lambda: b.distinct(),
+        "topk": lambda: b.topk(3),
+    }[how]()
+    expected = expr.compute(scheduler="sync")
+    got = expr.compute(scheduler=belated.get)
+    if how in ("foldby", "distinct"):
+        assert sorted(got) == sorted(expected)
+    else:
+        assert got == expected
+
+
+class Block:
+    """A value that counts how many of its kind are alive."""
+
+    alive = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def __init__(self, size):
+        self.size = size
+        with Block.lock:
+            Block.alive += 1
+            Block.peak = max(Block.peak, Block.alive)
+
+    def __del__(self):
+        with Block.lock:
+            Block.alive -= 1
+
+
+def combine(a, b):
+    return Block(a.size + b.size)
+
+
+@pytest.mark.parametrize("order", ["dask", "depth-first"])
+def test_results_are_released_once_no_task_needs_them(order, monkeypatch):
+    monkeypatch.setattr(belated._get, "ORDER", order)
+    leaves = 256
+    dsk = {("leaf", i): (Block, 1) for i in range(leaves)}
+    level = [("leaf", i) for i in range(leaves)]
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt = [(f"sum-{depth}", i) for i in range(len(level) // 2)]
+        for i, key in enumerate(nxt):
+            dsk[key] = (combine, level[2 * i], level[2 * i + 1])
+        level = nxt
+    Block.peak = Block.alive = 0
+    assert belated.get(dsk, level[0], num_workers=1).size == leaves
+    # One worker evaluating a binary tree in either order holds one partial sum per level, not all leaves.
+    assert Block.peak <= 2 * depth + 2
