@@ -237,6 +237,16 @@ def test_dask_graph_manipulation_runs_on_belated_objects():
     assert dask.graph_manipulation.checkpoint(x).compute() is None
 
 
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_objects_dask_rebuilt_compute_on_dask_as_well(scheduler):
+    # The rebuilt graph carries dask's own task objects as data; dask must not run them as tasks.
+    a = delayed(add)(1, 2)
+    gm = dask.graph_manipulation
+    rebuilt = [*dask.optimize(a), gm.clone(a), gm.wait_on(a), gm.bind(delayed(inc)(a), a)]
+    assert dask.compute(*rebuilt, scheduler=scheduler) == (3, 3, 3, 4)
+    assert dask.compute(*dask.optimize(delayed(add)(a, delayed(inc)(a))), scheduler=scheduler) == (7,)
+
+
 def test_the_bind_example_of_dasks_delayed_docs():
     # docs/source/delayed.rst, "Indirect Dependencies" (dask/dask, BSD-3-Clause), on both libraries.
     for lib in (belated, dask):
@@ -597,3 +607,64 @@ def test_dask_persist_on_distributed_keeps_values_on_the_cluster_until_computed(
         assert persisted.compute(scheduler="sync") == 12
         assert dask.compute(persisted)[0] == 12
         assert client.compute(persisted).result() == 12
+
+
+# --- pure keys of classes, their instances and arrays -------------------------------------------------------
+
+REDEFINED_IN_MAIN = """
+import sys
+import numpy as np
+
+lib = __import__(sys.argv[1])
+
+
+def use(obj):
+    return obj.m()
+
+
+def make(cls):
+    return cls().m()
+
+
+class K:
+    def m(self):
+        return 1
+
+
+old_instance, old_class = lib.delayed(use, pure=True)(K()), lib.delayed(make, pure=True)(K)
+same_instance = lib.delayed(use, pure=True)(K())
+
+
+class K:
+    def m(self):
+        return 2
+
+
+new_instance, new_class = lib.delayed(use, pure=True)(K()), lib.delayed(make, pure=True)(K)
+same, merged = old_instance.key == same_instance.key, old_instance.key == new_instance.key
+print(same, merged, old_class.key == new_class.key)
+print(lib.compute(old_instance, new_instance, old_class, new_class))
+
+
+def raw(a):
+    return a.ravel(order="K").tolist(), a.dtype.names
+
+
+c_order = np.arange(6).reshape(2, 3)
+arrays = [c_order, np.asfortranarray(c_order), np.array(1.5)]
+arrays += [np.zeros(2, dtype=[("a", "i4"), ("b", "i4")]), np.zeros(2, dtype=[("x", "i4"), ("y", "i4")])]
+print(lib.compute(*[lib.delayed(raw, pure=True)(a) for a in arrays]))
+"""
+
+
+def test_classes_redefined_in_main_and_array_layouts_get_the_keys_and_values_dask_gives(tmp_path):
+    script = tmp_path / "redefined.py"
+    script.write_text(REDEFINED_IN_MAIN)
+    outputs = [
+        subprocess.run(
+            [sys.executable, str(script), lib], capture_output=True, text=True, timeout=120, check=True
+        ).stdout
+        for lib in ("belated", "dask")
+    ]
+    assert outputs[0] == outputs[1]
+    assert outputs[0].splitlines()[0] == "True False False"

@@ -99,10 +99,16 @@ class _Normalizer:
             return self.code(obj)
         if isinstance(obj, type | types.BuiltinFunctionType) and _importable(obj):
             return ("importable", obj.__module__, obj.__qualname__)
+        if isinstance(obj, type):
+            # pickle would name the class only, and a class of __main__ redefined keeps its name.
+            return ("class", _by_pickle(obj, by_value=True))
         array = _normalize_array(obj)
         if array is not None:
             return array
-        return _by_pickle(obj)
+        token = _by_pickle(obj)
+        kind = type(obj)
+        # pickle names the class of an instance; where the name does not identify it, the class counts.
+        return token if _importable(kind) else (*token, self.normalize(kind))
 
     def function(self, func):
         if _importable(func):
@@ -163,16 +169,19 @@ def _normalize_array(obj):
     module = type(obj).__module__
     if module == "numpy" and type(obj).__name__ == "ndarray" and obj.dtype.hasobject is False:
         data = obj if obj.flags.c_contiguous else obj.copy(order="C")
-        digest = hashlib.sha1(data.view("uint8").reshape(-1), usedforsecurity=False).hexdigest()
-        return ("ndarray", obj.dtype.str, obj.shape, digest)
+        digest = hashlib.sha1(data.reshape(-1).view("uint8"), usedforsecurity=False).hexdigest()
+        # The layout (strides) counts: the same numbers in C and Fortran order read differently in
+        # memory order. So do the fields of a structured dtype, which its `str` leaves out.
+        return ("ndarray", obj.dtype.str, repr(obj.dtype.descr), obj.shape, obj.strides, digest)
     return None
 
 
-def _by_pickle(obj):
-    """The hash of the object's pickle (cloudpickle for what pickle refuses), if two pickles agree."""
+def _by_pickle(obj, by_value=False):
+    """The hash of the object's pickle (cloudpickle for what pickle refuses, and for classes that must
+    be pickled ``by_value``), if two pickles agree."""
     import cloudpickle
 
-    for dumps in (pickle.dumps, cloudpickle.dumps):
+    for dumps in (cloudpickle.dumps,) if by_value else (pickle.dumps, cloudpickle.dumps):
         try:
             first = dumps(obj, protocol=5)
             if first == dumps(obj, protocol=5):

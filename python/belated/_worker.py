@@ -1,5 +1,6 @@
 """A worker process of the ``processes`` scheduler or of a local cluster:
-``python -P -m belated._worker CONNECTIONS PRELOAD``, started by ``belated-cluster``'s ``process``.
+``belated._worker CONNECTIONS PRELOAD``, run with the parent's ``sys.path`` by the bootstrap that
+``belated-cluster``'s ``process`` starts.
 
 It talks to its parent on socket pairs it inherits, never on its standard streams (which are the
 user's: stdin is ``/dev/null``, stdout and stderr are forwarded by the parent line by line): fd 3 is

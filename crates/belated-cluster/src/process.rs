@@ -1,4 +1,5 @@
-//! A worker process (`python -P -m belated._worker`): spawn, ready, talk, watch, kill, reap.
+//! A worker process (`python -c <bootstrap> CONNECTIONS PRELOAD`, which runs `belated._worker`): spawn,
+//! ready, talk, watch, kill, reap.
 //!
 //! The worker's side of the handshake: it finds its control socket at fd 3 and its connections at fds
 //! 4.., writes one byte on the control socket when it is ready, and exits when that socket closes.
@@ -10,8 +11,8 @@
 //!   the worker says it is ready on it, and exits when it closes) and fd 4.. (one per connection).
 //! - A death is seen from the process, through a pidfd, never only from end-of-file: a daemon the
 //!   task forked may hold the sockets open forever. Every wait on a socket also waits on the pidfd.
-//! - The worker imports with the parent's `sys.path` semantics, as multiprocessing's spawn: `-P` keeps
-//!   the working directory out, the parent's path comes as `PYTHONPATH` (see [`Spec`]).
+//! - The worker imports with the parent's `sys.path` semantics, as multiprocessing's spawn: its
+//!   bootstrap replaces its path with the parent's before importing anything (see [`Spec`]).
 //! - Killing goes through the pidfd, so it can never hit a recycled pid; dropping the handle kills and
 //!   reaps the process.
 
@@ -33,8 +34,8 @@ use crate::wire;
 /// The worker's first descriptor: the control socket; its connections follow.
 const CONTROL_FD: RawFd = 3;
 
-/// How to start a worker process: `python -P -m belated._worker CONNECTIONS PRELOAD` with the parent's
-/// path as `PYTHONPATH`, for belated (see `belated-py`); a shell script in this crate's tests.
+/// How to start a worker process: for belated, Python with a bootstrap that takes the parent's path and
+/// runs `belated._worker CONNECTIONS PRELOAD` (see `belated-py`); a shell script in this crate's tests.
 #[derive(Clone, Debug)]
 pub struct Spec {
     pub program: String,

@@ -44,6 +44,14 @@ use crate::task::{PyValue, TaskNode, Work};
 /// How long a new worker may take to import its modules and say it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What a worker runs first: it takes the parent's `sys.path` in place of its own, before importing
+/// anything, as multiprocessing's spawn does. `python -m` would put the current directory first on the
+/// path (and `-P`, which stops that, is Python 3.11+), so a module planted there would run in every
+/// worker.
+const WORKER_BOOTSTRAP: &str = "import os, sys; \
+    sys.path[:] = os.environ.pop('BELATED_WORKER_PATH').split(os.pathsep); \
+    import runpy; runpy.run_module('belated._worker', run_name='__main__', alter_sys=True)";
+
 /// How to start a worker of this interpreter with `connections` connections, importing `preload`
 /// once ready. It gets the parent's `sys.path`, so it imports what the parent imports (functions
 /// pickled by reference included).
@@ -51,11 +59,11 @@ fn worker_spec(py: Python<'_>, connections: usize, preload: Vec<String>) -> PyRe
     let sys = py.import("sys")?;
     let separator: String = py.import("os")?.getattr("pathsep")?.extract()?;
     let path: Vec<String> = sys.getattr("path")?.extract()?;
-    let args = ["-P", "-m", "belated._worker"].map(String::from);
+    let args = ["-c", WORKER_BOOTSTRAP].map(String::from);
     Ok(Spec {
         program: sys.getattr("executable")?.extract()?,
         args: [&args[..], &[connections.to_string(), preload.join(",")]].concat(),
-        env: vec![("PYTHONPATH".to_string(), path.join(&separator))],
+        env: vec![("BELATED_WORKER_PATH".to_string(), path.join(&separator))],
         connections,
         start_timeout: START_TIMEOUT,
     })

@@ -287,12 +287,15 @@ impl<'py> Legacy<'py> {
 }
 
 /// A literal as dask's legacy spec must see it: lists and tuples would be read as nested tasks or
-/// key lists, and strings as keys, so those are wrapped as `(Literal(value),)`, a task returning them.
+/// key lists, strings as keys, and dask's own task objects (a graph rebuilt from dask's optimizers
+/// carries them as data) as tasks to run, so those are wrapped as `(Literal(value),)`, a task
+/// returning them.
 fn quoted<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     use pyo3::types::PyTuple as Tuple;
     let ambiguous = value.is_instance_of::<Tuple>()
         || value.is_instance_of::<PyList>()
-        || value.is_instance_of::<PyString>();
+        || value.is_instance_of::<PyString>()
+        || is_dask_task(value)?;
     if !ambiguous {
         return Ok(value.clone());
     }
@@ -301,6 +304,25 @@ fn quoted<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         .import(value.py(), "belated._dask", "Literal")?
         .call1((value,))?;
     Ok(Tuple::new(value.py(), [literal])?.into_any())
+}
+
+/// Whether `value` is one of dask's task objects (`dask._task_spec.GraphNode`). None can exist before
+/// dask has loaded that module, so nothing is imported to find out.
+fn is_dask_task(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    static GRAPH_NODE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = value.py();
+    let graph_node = match GRAPH_NODE.get(py) {
+        Some(class) => class,
+        None => {
+            let modules = py.import("sys")?.getattr("modules")?;
+            let Ok(spec) = modules.get_item("dask._task_spec") else {
+                return Ok(false);
+            };
+            let class = spec.getattr("GraphNode")?.unbind();
+            GRAPH_NODE.get_or_init(py, || class)
+        }
+    };
+    value.is_instance(graph_node.bind(py))
 }
 
 // Pickle encoding: small integer tags, dependencies as indices into the flat task list.
