@@ -136,7 +136,7 @@ def test_close_ends_every_future_with_cancelled_error():
         assert future.status == "cancelled"
 
 
-@pytest.mark.parametrize("scheduler", ["processes", "client"])
+@pytest.mark.parametrize("scheduler", ["threads", "processes", "client"])
 def test_interpreter_exit_never_waits_for_cancelled_work(scheduler, tmp_path):
     script = textwrap.dedent(
         f"""
@@ -156,7 +156,7 @@ def test_interpreter_exit_never_waits_for_cancelled_work(scheduler, tmp_path):
             pending = client.submit(nap, {FOREVER})
             scheduler = client
         else:
-            scheduler = "processes"
+            scheduler = {scheduler!r}
         try:
             delayed(nap)({FOREVER}).compute(scheduler=scheduler, timeout=0.3)
         except belated.ComputeTimeoutError:

@@ -75,6 +75,21 @@ def test_a_hanging_task_times_out_cleanly_and_the_pool_recovers():
     assert isinstance(belated.ComputeTimeoutError("x"), belated.BelatedError)
 
 
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_a_task_stuck_in_a_timed_out_compute_does_not_hold_up_the_next_one(num_workers):
+    release = threading.Event()
+    stuck = [delayed(release.wait)(600) for _ in range(num_workers)]
+    try:
+        with pytest.raises(belated.ComputeTimeoutError):
+            compute(*stuck, timeout=0.2, num_workers=num_workers)
+        # Every thread of the pool is still inside a task nobody can stop; the next compute of the same
+        # size runs all the same, while they are.
+        assert compute(delayed(abs)(-1), num_workers=num_workers, timeout=60) == (1,)
+        assert not release.is_set()
+    finally:
+        release.set()
+
+
 def test_timeouts_apply_between_tasks_inline_and_from_config():
     with belated.config.set(timeout=0.2), pytest.raises(belated.ComputeTimeoutError) as caught:
         compute(*[delayed(time.sleep)(0.05) for _ in range(20)], scheduler="sync")

@@ -79,6 +79,15 @@ impl<K: PartialEq> PoolRegistry<K> {
         Ok(pool)
     }
 
+    /// Lets go of the pool kept for `key`, if any, so the next [`PoolRegistry::get`] starts a new one:
+    /// for a pool whose threads may be stuck in tasks of a cancelled computation. It ends once its
+    /// last computation does, and its threads once their tasks return.
+    pub fn let_go(&self, key: &K) -> Option<Arc<ThreadPool>> {
+        let mut kept = self.kept.lock();
+        let at = kept.iter().position(|(k, _)| k == key)?;
+        Some(kept.remove(at).1)
+    }
+
     /// Lets go of every kept pool and hands them over (to shut down, or to forget after a `fork()`).
     pub fn take_all(&self) -> Vec<Arc<ThreadPool>> {
         self.kept.lock().drain(..).map(|(_, pool)| pool).collect()
@@ -101,6 +110,15 @@ mod tests {
 
     fn start(threads: usize) -> impl FnOnce() -> std::io::Result<ThreadPool> {
         move || ThreadPool::new(threads, Arc::new(PlainHost))
+    }
+
+    #[test]
+    fn a_pool_let_go_of_is_replaced_by_the_next_get() {
+        let registry = PoolRegistry::new();
+        let one = registry.get(1, start(1)).unwrap();
+        assert!(Arc::ptr_eq(&one, &registry.let_go(&1).unwrap()));
+        assert!(registry.let_go(&1).is_none());
+        assert!(!Arc::ptr_eq(&one, &registry.get(1, start(1)).unwrap()));
     }
 
     #[test]

@@ -249,6 +249,9 @@ struct Watch<'a> {
     dashboard: &'a Option<Arc<HubObserver>>,
     /// Worker processes running the computation's tasks, killed when it is cancelled.
     running: Option<Arc<Running>>,
+    /// The size of the threads pool running it, let go of when it is cancelled: a task of a cancelled
+    /// computation cannot be stopped, and the pool's next computation must not wait for it.
+    threads_pool: Option<usize>,
 }
 
 /// Submits to `pool` and waits, letting Python deliver Ctrl-C (which cancels) and enforcing the deadline.
@@ -276,6 +279,9 @@ fn run_pooled<R: Runner<Error = PyErr>>(
             handle.cancel();
             if let Some(running) = &watch.running {
                 running.cancel();
+            }
+            if let Some(size) = watch.threads_pool {
+                POOLS.let_go(&size);
             }
             if let Some(dashboard) = watch.dashboard {
                 dashboard.end(false);
@@ -364,6 +370,7 @@ fn run_plan(
         deadline,
         dashboard: &dashboard,
         running: None,
+        threads_pool: None,
     };
     let runner = |guard| PyRunner {
         nodes: Arc::clone(&nodes),
@@ -377,7 +384,10 @@ fn run_plan(
             (graph, outputs),
             runner(guard),
             observer,
-            watch,
+            Watch {
+                threads_pool: Some(threads),
+                ..watch
+            },
         )?,
         Mode::Cluster(cluster, pool, held) => {
             let runner = ClusterRunner::new(&cluster, &nodes, &graph, &outputs, guard, retries);
