@@ -235,6 +235,18 @@ def test_timeouts_too_far_ahead_to_represent_mean_none():
         assert belated.get({"x": (inc, 1)}, "x", timeout=timeout) == 2
 
 
+def test_a_task_stuck_in_a_timed_out_get_does_not_hold_up_the_next_one():
+    release = threading.Event()
+    try:
+        with pytest.raises(belated.ComputeTimeoutError):
+            belated.get({"stuck": (release.wait, 600)}, "stuck", timeout=0.2, num_workers=1)
+        # The pool's only thread is still in that task; the next get of the same size runs all the same.
+        assert belated.get({"x": (inc, 1)}, "x", num_workers=1, timeout=60) == 2
+        assert not release.is_set()
+    finally:
+        release.set()
+
+
 def test_num_workers_runs_tasks_side_by_side():
     barrier = threading.Barrier(3)
     dsk = {i: (barrier.wait, 30) for i in range(3)}

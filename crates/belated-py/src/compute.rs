@@ -34,7 +34,7 @@ use crate::export::LegacyGraph;
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS};
 use crate::task::{Arg, Collector, Op, PyTask, PyValue, TaskNode};
 
-pub(crate) const SIGNAL_POLL: Duration = Duration::from_millis(50);
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// The threads scheduler's pools, by size.
 static POOLS: PoolRegistry<usize> = PoolRegistry::new();
@@ -199,7 +199,7 @@ fn mode(
 }
 
 /// The pool of `threads` worker threads, started on first use.
-pub(crate) fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
+fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
     POOLS.get(threads, || {
         ThreadPool::new(threads, Arc::new(PythonHost)).map_err(|e| {
             WorkerStartError::new_err(format!(
@@ -252,6 +252,25 @@ struct Watch<'a> {
     /// The size of the threads pool running it, let go of when it is cancelled: a task of a cancelled
     /// computation cannot be stopped, and the pool's next computation must not wait for it.
     threads_pool: Option<usize>,
+}
+
+/// Runs `runner` over `plan` on the threads pool of `threads` workers, watched for Ctrl-C and the
+/// deadline only: for graphs with no listeners or dashboard of their own (`belated.get`'s).
+pub(crate) fn run_on_threads<R: Runner<Error = PyErr>>(
+    py: Python<'_>,
+    threads: usize,
+    plan: (belated_core::Graph, Vec<TaskId>),
+    runner: R,
+    deadline: Option<Deadline>,
+) -> PyResult<Result<Vec<R::Value>, belated_core::Error<PyErr>>> {
+    let watch = Watch {
+        cancel: None,
+        deadline,
+        dashboard: &None,
+        running: None,
+        threads_pool: Some(threads),
+    };
+    run_pooled(py, &*pool(threads)?, plan, runner, None, watch)
 }
 
 /// Submits to `pool` and waits, letting Python deliver Ctrl-C (which cancels) and enforcing the deadline.

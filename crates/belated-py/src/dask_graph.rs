@@ -22,7 +22,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::compute::{pool, worker_count, SIGNAL_POLL};
+use crate::compute::{run_on_threads, worker_count};
 use crate::errors::{catch_panics, to_python};
 use crate::host::Deadline;
 use crate::task::PyValue;
@@ -423,20 +423,7 @@ pub(crate) fn run_dask_graph(
         let result = if inline {
             run_inline(graph, outputs, runner)
         } else {
-            let handle = pool(workers)?.submit(graph, outputs, runner);
-            loop {
-                if py.detach(|| handle.wait_timeout(SIGNAL_POLL)) {
-                    break handle.result();
-                }
-                let stop = match py.check_signals() {
-                    Err(interrupt) => Some(interrupt),
-                    Ok(()) => deadline.filter(Deadline::passed).map(|d| d.error()),
-                };
-                if let Some(interrupt) = stop {
-                    handle.cancel();
-                    return Err(interrupt);
-                }
-            }
+            run_on_threads(py, workers, (graph, outputs), runner, deadline)?
         };
         let key_of = |task: TaskId| {
             tasks[task.index()]
