@@ -49,10 +49,11 @@ def test_pure_duplicates_are_computed_once(scheduler):
 
 
 def test_tasks_run_in_parallel_on_threads():
-    f = delayed(time.sleep)
-    start = time.perf_counter()
-    compute(*[f(0.3) for _ in range(8)], num_workers=8)
-    assert time.perf_counter() - start < 0.3 * 4
+    # Each task waits at the barrier for the seven others: run fewer than eight at a time, and the
+    # barrier breaks after its timeout instead of opening.
+    meeting = threading.Barrier(8, timeout=30)
+    assert compute(*[delayed(meeting.wait)() for _ in range(8)], num_workers=8) is not None
+    assert not meeting.broken
 
 
 def test_unknown_keyword_arguments_are_accepted_and_optimize_graph_is_harmless():
@@ -146,28 +147,41 @@ def test_task_exception_reaches_the_caller_as_itself_with_user_frames(scheduler)
 def test_after_a_failure_remaining_tasks_are_cancelled_and_the_pool_is_reusable():
     started = []
 
+    events = []
+    gate = threading.Event()
+
     def slow(i):
         started.append(i)
-        time.sleep(0.05)
+        gate.wait(30)
+        events.append("task ended")
         return i
 
     tasks = [delayed(explode)(0)] + [delayed(slow)(i) for i in range(200)]
-    begin = time.perf_counter()
     with pytest.raises(Boom):
         compute(*tasks, num_workers=2)
-    assert time.perf_counter() - begin < 2
-    time.sleep(0.2)
-    assert len(started) < 20
+    events.append("error raised")
+    gate.set()
+    assert events[0] == "error raised", "the error waited for running tasks to end"
+    assert len(started) <= 2, "tasks were started after the failure"
     assert compute(*[delayed(add_one)(i) for i in range(100)], num_workers=2) == tuple(range(1, 101))
 
 
 def test_keyboard_interrupt_stops_a_threaded_compute_promptly():
+    gate = threading.Event()
+    events = []
+
+    def blocked(i):
+        gate.wait(30)
+        events.append("task ended")
+        return i
+
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
-    begin = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
-        compute(*[delayed(time.sleep)(0.2) for _ in range(100)], num_workers=2)
-    assert time.perf_counter() - begin < 2
+        compute(*[delayed(blocked)(i) for i in range(100)], num_workers=2)
+    events.append("interrupt raised")
+    gate.set()
+    assert events[0] == "interrupt raised", "the interrupt waited for running tasks to end"
     assert delayed(add_one)(1).compute() == 2
 
 

@@ -43,6 +43,14 @@ def alive(pid):
         return False
 
 
+def wait_exists(path, seconds=30):
+    """Waits up to ``seconds`` for the file ``path`` to exist; returns whether it does."""
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.path.exists(path)
+
+
 def wait_gone(pids, seconds=10):
     """Waits up to ``seconds`` for every process of ``pids`` to end; returns whether they all did."""
     deadline = time.monotonic() + seconds
@@ -157,3 +165,17 @@ class Payload:
 def live_payloads(*_):
     gc.collect()
     return len(_LIVE_PAYLOADS)
+
+
+def wait_for_gate(gate, finished, seconds=60):
+    """Creates ``finished + ".started"``, waits until the file ``gate`` exists (up to ``seconds``), then
+    creates ``finished``: a task whose start and end a test can order against its own steps, across
+    processes."""
+    with open(finished + ".started", "w"):
+        pass
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open(finished, "w"):
+        pass
+    return 1

@@ -105,33 +105,54 @@ mod tests {
 
     use std::time::Duration;
 
+    /// CPU seconds spent so far by `pid`, as /proc counts them.
+    fn cpu_seconds(pid: &str) -> f64 {
+        usage(pid).unwrap().ticks / units().unwrap().0
+    }
+
+    /// Spins until this process has spent `seconds` more of CPU time. On a loaded machine that takes
+    /// longer by the wall clock, so the tests below expect a known CPU time in the interval (0.2 s), not
+    /// a share of the wall clock: only a 20 s interval would make it read under 1 %.
+    fn spin_for_cpu(seconds: f64) {
+        let until = cpu_seconds("self") + seconds;
+        let mut spin = 0u64;
+        while cpu_seconds("self") < until {
+            for _ in 0..100_000 {
+                spin = std::hint::black_box(spin.wrapping_add(1));
+            }
+        }
+    }
+
     #[test]
     fn samples_see_busy_cpu_and_resident_memory() {
         let mut sampler = Sampler::new();
-        let start = Instant::now();
-        let mut spin = 0u64;
-        while start.elapsed().as_millis() < 200 {
-            spin = std::hint::black_box(spin.wrapping_add(1));
-        }
-        let (cpu, memory) = sampler.sample().unwrap();
-        assert!(cpu > 30.0, "a spinning thread shows as busy: {cpu}");
+        spin_for_cpu(0.2);
+        let (busy, memory) = sampler.sample().unwrap();
+        assert!(busy > 1.0, "a spinning thread shows as busy: {busy}");
         assert!(memory > 1.0, "{memory} MB resident");
     }
 
     #[test]
     fn samples_count_the_work_of_child_processes() {
+        let mut sampler = Sampler::new();
         let mut child = std::process::Command::new("sh")
             .args(["-c", "while :; do :; done"])
             .spawn()
             .unwrap();
-        let mut sampler = Sampler::new();
-        // Let the first sample see the child, then measure while this process only sleeps.
-        std::thread::sleep(Duration::from_millis(100));
+        let child_pid = child.id().to_string();
+        // Let a sample see the child, then measure while this process only sleeps and the child spends
+        // a known amount of CPU time.
+        while usage(&child_pid).is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         sampler.sample().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let (cpu, _) = sampler.sample().unwrap();
+        let until = cpu_seconds(&child_pid) + 0.2;
+        while cpu_seconds(&child_pid) < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (busy, _) = sampler.sample().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(cpu > 30.0, "a spinning child shows as busy: {cpu}");
+        assert!(busy > 1.0, "a spinning child shows as busy: {busy}");
     }
 }
