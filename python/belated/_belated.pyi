@@ -2,9 +2,16 @@
 
 import contextvars
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+R = TypeVar("R")
+P = ParamSpec("P")
+A1 = TypeVar("A1")
+A2 = TypeVar("A2")
+A3 = TypeVar("A3")
+A4 = TypeVar("A4")
 
 class BelatedError(Exception):
     """Base class of the errors belated raises itself; a task's own exception reaches you unchanged."""
@@ -20,8 +27,15 @@ class RemoteError(BelatedError):
 
 class InternalError(BelatedError): ...
 
-class Delayed(Generic[T]):
-    """A lazy value: the result of a task that runs when computed."""
+class Delayed(Generic[T_co]):
+    """A lazy value: the result of a task that runs when computed.
+
+    ``Delayed[T]`` computes to a ``T``. Calling a ``Delayed[Callable[..., R]]`` (what
+    :func:`delayed` makes of a function) builds a ``Delayed[R]``: its positional arguments may be values
+    or ``Delayed`` values of the parameters' types (up to four of them are checked so; beyond, and for
+    keyword arguments, the parameters' own types are checked, so pass ``Delayed`` values there as
+    ``Any``).
+    """
 
     @property
     def key(self) -> str | tuple[Any, ...]: ...
@@ -31,10 +45,57 @@ class Delayed(Generic[T]):
     def _length(self) -> int | None: ...
     @property
     def dask(self) -> dict[Any, Any]: ...
-    def compute(self, **kwargs: Any) -> T: ...
+    def compute(self, **kwargs: Any) -> T_co: ...
     def visualize(self, **kwargs: Any) -> Any: ...
-    def persist(self, **kwargs: Any) -> Delayed[T]: ...
-    def __call__(self, *args: Any, **kwargs: Any) -> Delayed[Any]: ...
+    def persist(self, **kwargs: Any) -> Delayed[T_co]: ...
+    @overload
+    def __call__(
+        self: Delayed[Callable[[], R]], /, *, dask_key_name: Any = None, pure: bool | None = None
+    ) -> Delayed[R]: ...
+    @overload
+    def __call__(
+        self: Delayed[Callable[[A1], R]],
+        a1: A1 | Delayed[A1],
+        /,
+        *,
+        dask_key_name: Any = None,
+        pure: bool | None = None,
+    ) -> Delayed[R]: ...
+    @overload
+    def __call__(
+        self: Delayed[Callable[[A1, A2], R]],
+        a1: A1 | Delayed[A1],
+        a2: A2 | Delayed[A2],
+        /,
+        *,
+        dask_key_name: Any = None,
+        pure: bool | None = None,
+    ) -> Delayed[R]: ...
+    @overload
+    def __call__(
+        self: Delayed[Callable[[A1, A2, A3], R]],
+        a1: A1 | Delayed[A1],
+        a2: A2 | Delayed[A2],
+        a3: A3 | Delayed[A3],
+        /,
+        *,
+        dask_key_name: Any = None,
+        pure: bool | None = None,
+    ) -> Delayed[R]: ...
+    @overload
+    def __call__(
+        self: Delayed[Callable[[A1, A2, A3, A4], R]],
+        a1: A1 | Delayed[A1],
+        a2: A2 | Delayed[A2],
+        a3: A3 | Delayed[A3],
+        a4: A4 | Delayed[A4],
+        /,
+        *,
+        dask_key_name: Any = None,
+        pure: bool | None = None,
+    ) -> Delayed[R]: ...
+    @overload
+    def __call__(self: Delayed[Callable[P, R]], *args: P.args, **kwargs: P.kwargs) -> Delayed[R]: ...
     def __getattr__(self, name: str) -> Delayed[Any]: ...
     def __getitem__(self, index: Any) -> Delayed[Any]: ...
     def __setitem__(self, index: Any, value: Any) -> None: ...
@@ -79,18 +140,28 @@ class Delayed(Generic[T]):
     def __invert__(self) -> Delayed[Any]: ...
     def __abs__(self) -> Delayed[Any]: ...
 
+class _Wrap(Protocol):
+    """What ``delayed(name=..., pure=...)`` returns: :func:`delayed` with those options."""
+
+    @overload
+    def __call__(self, obj: Callable[P, R], /) -> Delayed[Callable[P, R]]: ...
+    @overload
+    def __call__(self, obj: T, /) -> Delayed[T]: ...
+
 @overload
 def delayed(
-    obj: Callable[..., T],
+    obj: Callable[P, R],
+    /,
     *,
     name: Any = None,
     pure: bool | None = None,
     nout: int | None = None,
     traverse: bool = True,
-) -> Delayed[Callable[..., T]]: ...
+) -> Delayed[Callable[P, R]]: ...
 @overload
 def delayed(
     obj: T,
+    /,
     *,
     name: Any = None,
     pure: bool | None = None,
@@ -104,7 +175,7 @@ def delayed(
     pure: bool | None = None,
     nout: int | None = None,
     traverse: bool = True,
-) -> Callable[[Any], Delayed[Any]]: ...
+) -> _Wrap: ...
 def set_default_pure(pure: bool) -> None: ...
 def compute(
     objs: tuple[Any, ...],

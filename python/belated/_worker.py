@@ -166,7 +166,7 @@ def loads_call(frames):
 # Records wait here for the next RUN reply. A thread that logs while no task runs must not fill the
 # worker's memory, so beyond this many the newest are counted instead, and the count is reported.
 _MAX_RECORDS = 10_000
-_RECORDS = []
+_RECORDS: list[dict] = []
 _RECORDS_LOCK = threading.Lock()
 _dropped = [0]
 _levels_lock = threading.Lock()
