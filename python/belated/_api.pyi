@@ -1,5 +1,5 @@
-"""Types of ``compute`` and ``persist``: a tuple with one result per argument, each ``Delayed[T]``
-giving a ``T``. Other arguments (containers of ``Delayed`` values, plain values) give ``Any``."""
+"""Types of ``compute`` and ``persist``: a tuple with one result per argument, each ``Delayed[_T]``
+giving a ``_T``. Other arguments (containers of ``Delayed`` values, plain values) give ``Any``."""
 
 import contextlib
 from collections.abc import Iterator
@@ -7,15 +7,15 @@ from typing import Any, TypeVar, overload
 
 from belated._belated import Delayed
 
-T1 = TypeVar("T1")
-T2 = TypeVar("T2")
-T3 = TypeVar("T3")
-T4 = TypeVar("T4")
-T5 = TypeVar("T5")
+_T1 = TypeVar("_T1")
+_T2 = TypeVar("_T2")
+_T3 = TypeVar("_T3")
+_T4 = TypeVar("_T4")
+_T5 = TypeVar("_T5")
 
 @overload
 def compute(
-    a: Delayed[T1],
+    a: Delayed[_T1],
     /,
     *,
     traverse: bool = True,
@@ -25,11 +25,11 @@ def compute(
     timeout: float | None = None,
     retries: int | None = None,
     **kwargs: Any,
-) -> tuple[T1]: ...
+) -> tuple[_T1]: ...
 @overload
 def compute(
-    a: Delayed[T1],
-    b: Delayed[T2],
+    a: Delayed[_T1],
+    b: Delayed[_T2],
     /,
     *,
     traverse: bool = True,
@@ -39,12 +39,12 @@ def compute(
     timeout: float | None = None,
     retries: int | None = None,
     **kwargs: Any,
-) -> tuple[T1, T2]: ...
+) -> tuple[_T1, _T2]: ...
 @overload
 def compute(
-    a: Delayed[T1],
-    b: Delayed[T2],
-    c: Delayed[T3],
+    a: Delayed[_T1],
+    b: Delayed[_T2],
+    c: Delayed[_T3],
     /,
     *,
     traverse: bool = True,
@@ -54,13 +54,13 @@ def compute(
     timeout: float | None = None,
     retries: int | None = None,
     **kwargs: Any,
-) -> tuple[T1, T2, T3]: ...
+) -> tuple[_T1, _T2, _T3]: ...
 @overload
 def compute(
-    a: Delayed[T1],
-    b: Delayed[T2],
-    c: Delayed[T3],
-    d: Delayed[T4],
+    a: Delayed[_T1],
+    b: Delayed[_T2],
+    c: Delayed[_T3],
+    d: Delayed[_T4],
     /,
     *,
     traverse: bool = True,
@@ -70,14 +70,14 @@ def compute(
     timeout: float | None = None,
     retries: int | None = None,
     **kwargs: Any,
-) -> tuple[T1, T2, T3, T4]: ...
+) -> tuple[_T1, _T2, _T3, _T4]: ...
 @overload
 def compute(
-    a: Delayed[T1],
-    b: Delayed[T2],
-    c: Delayed[T3],
-    d: Delayed[T4],
-    e: Delayed[T5],
+    a: Delayed[_T1],
+    b: Delayed[_T2],
+    c: Delayed[_T3],
+    d: Delayed[_T4],
+    e: Delayed[_T5],
     /,
     *,
     traverse: bool = True,
@@ -87,7 +87,7 @@ def compute(
     timeout: float | None = None,
     retries: int | None = None,
     **kwargs: Any,
-) -> tuple[T1, T2, T3, T4, T5]: ...
+) -> tuple[_T1, _T2, _T3, _T4, _T5]: ...
 @overload
 def compute(
     *args: Any,
@@ -101,7 +101,7 @@ def compute(
 ) -> tuple[Any, ...]: ...
 @overload
 def persist(
-    a: Delayed[T1],
+    a: Delayed[_T1],
     /,
     *,
     traverse: bool = True,
@@ -111,11 +111,11 @@ def persist(
     timeout: float | None = None,
     retries: int | None = None,
     **kwargs: Any,
-) -> tuple[Delayed[T1]]: ...
+) -> tuple[Delayed[_T1]]: ...
 @overload
 def persist(
-    a: Delayed[T1],
-    b: Delayed[T2],
+    a: Delayed[_T1],
+    b: Delayed[_T2],
     /,
     *,
     traverse: bool = True,
@@ -125,7 +125,7 @@ def persist(
     timeout: float | None = None,
     retries: int | None = None,
     **kwargs: Any,
-) -> tuple[Delayed[T1], Delayed[T2]]: ...
+) -> tuple[Delayed[_T1], Delayed[_T2]]: ...
 @overload
 def persist(
     *args: Any,

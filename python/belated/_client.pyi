@@ -1,22 +1,22 @@
-"""Types of the ``Client`` and its ``Future``: ``client.compute(d)`` of a ``Delayed[T]`` is a
-``Future[T]``, ``client.submit(f, ...)`` of a function returning ``R`` a ``Future[R]``."""
+"""Types of the ``Client`` and its ``Future``: ``client.compute(d)`` of a ``Delayed[_T]`` is a
+``Future[_T]``, ``client.submit(f, ...)`` of a function returning ``_R`` a ``Future[_R]``."""
 
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from belated._belated import Delayed
 
-T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
-R = TypeVar("R")
-P = ParamSpec("P")
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
 
-class Future(Generic[T_co]):
+class Future(Generic[_T_co]):
     """A result being computed on a cluster, from :meth:`Client.compute` or :meth:`Client.submit`."""
 
     key: Any
     def __init__(self, batch: Any, index: int, token: Any, key: Any) -> None: ...
-    def result(self, timeout: float | None = None) -> T_co: ...
+    def result(self, timeout: float | None = None) -> _T_co: ...
     def done(self) -> bool: ...
     def exception(self, timeout: float | None = None) -> BaseException | None: ...
     def cancel(self) -> None: ...
@@ -46,43 +46,43 @@ class Client:
     @overload
     def compute(
         self,
-        collections: Delayed[T],
+        collections: Delayed[_T],
         *,
         sync: Literal[False] = False,
         traverse: bool = True,
         retries: int | None = None,
         **kwargs: Any,
-    ) -> Future[T]: ...
+    ) -> Future[_T]: ...
     @overload
     def compute(
         self,
-        collections: Delayed[T],
+        collections: Delayed[_T],
         *,
         sync: Literal[True],
         traverse: bool = True,
         retries: int | None = None,
         **kwargs: Any,
-    ) -> T: ...
+    ) -> _T: ...
     @overload
     def compute(
         self,
-        collections: list[Delayed[T]],
+        collections: list[Delayed[_T]],
         *,
         sync: Literal[False] = False,
         traverse: bool = True,
         retries: int | None = None,
         **kwargs: Any,
-    ) -> list[Future[T]]: ...
+    ) -> list[Future[_T]]: ...
     @overload
     def compute(
         self,
-        collections: list[Delayed[T]],
+        collections: list[Delayed[_T]],
         *,
         sync: Literal[True],
         traverse: bool = True,
         retries: int | None = None,
         **kwargs: Any,
-    ) -> list[T]: ...
+    ) -> list[_T]: ...
     @overload
     def compute(
         self,
@@ -95,35 +95,35 @@ class Client:
     ) -> Any: ...
     def submit(
         self,
-        func: Callable[..., R],
+        func: Callable[..., _R],
         *args: Any,
         pure: bool | None = None,
         key: str | None = None,
         retries: int | None = None,
         **kwargs: Any,
-    ) -> Future[R]: ...
+    ) -> Future[_R]: ...
     def map(
         self,
-        func: Callable[..., R],
+        func: Callable[..., _R],
         *iterables: Iterable[Any],
         pure: bool | None = None,
         retries: int | None = None,
         **kwargs: Any,
-    ) -> list[Future[R]]: ...
+    ) -> list[Future[_R]]: ...
     @overload
     def persist(
-        self, collections: Delayed[T], *, traverse: bool = True, retries: int | None = None
-    ) -> Delayed[T]: ...
+        self, collections: Delayed[_T], *, traverse: bool = True, retries: int | None = None
+    ) -> Delayed[_T]: ...
     @overload
     def persist(
-        self, collections: list[Delayed[T]], *, traverse: bool = True, retries: int | None = None
-    ) -> list[Delayed[T]]: ...
+        self, collections: list[Delayed[_T]], *, traverse: bool = True, retries: int | None = None
+    ) -> list[Delayed[_T]]: ...
     @overload
     def persist(self, collections: Any, *, traverse: bool = True, retries: int | None = None) -> Any: ...
     @overload
-    def gather(self, futures: Future[T]) -> T: ...
+    def gather(self, futures: Future[_T]) -> _T: ...
     @overload
-    def gather(self, futures: list[Future[T]]) -> list[T]: ...
+    def gather(self, futures: list[Future[_T]]) -> list[_T]: ...
     @overload
     def gather(self, futures: Any) -> Any: ...
     def cluster_stats(self) -> dict[str, int]: ...
