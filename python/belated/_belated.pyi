@@ -1,10 +1,9 @@
 """Type stubs for the Rust extension ``belated._belated``."""
 
 import contextvars
-from collections.abc import Callable, Iterator
 import inspect
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, final, overload
-
 
 _T = TypeVar("_T")
 _T_co = TypeVar("_T_co", covariant=True)

@@ -22,6 +22,7 @@ none), handled in the parent by :func:`belated._logging.receive_record` before t
 
 import importlib
 import itertools
+import linecache
 import logging
 import os
 import pickle
@@ -144,7 +145,7 @@ def dumps_call(function, args, kwargs):
     computation = _computation
     entry = _PICKLED.get(id(function), computation)
     if entry is None or entry[0] is not function:
-        entry = (function, cloudpickle.dumps(function, protocol=5))
+        entry = (function, cloudpickle.dumps((function, _source_of(function)), protocol=5))
         if isinstance(function, (types.FunctionType, types.BuiltinFunctionType)):
             _PICKLED.put(id(function), entry, len(entry[1]), computation)
     return dumps((computation, _log_levels, entry[1], args, kwargs))
@@ -156,9 +157,38 @@ def loads_call(frames):
     function = _UNPICKLED.get(pickled, computation)
     if function is None:
         with _UNPICKLING:
-            function = pickle.loads(pickled)
+            function, source = pickle.loads(pickled)
+        if source is not None:
+            _restore_source(function, *source)
         _UNPICKLED.put(pickled, function, len(pickled), computation)
     return function, args, kwargs
+
+
+# A function defined in __main__ (a script, a notebook cell) travels by value, and cloudpickle names its
+# code's file "<dynamic-code>": a worker's traceback would show neither where it was defined nor its
+# lines. Its file's name and lines go with it, and the worker puts them back.
+
+
+def _source_of(function):
+    """``(file name, lines)`` of a function pickled by value, as this process's ``linecache`` has them
+    (which holds notebook cells too), or None."""
+    if not isinstance(function, types.FunctionType) or function.__module__ not in ("__main__", None):
+        return None
+    filename = function.__code__.co_filename
+    lines = linecache.getlines(filename, function.__globals__)
+    return (filename, lines) if lines else None
+
+
+def _restore_source(function, filename, lines):
+    function.__code__ = _in_file(function.__code__, filename)
+    # No modification time: linecache.checkcache keeps lines it cannot compare with a file.
+    linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+
+
+def _in_file(code, filename):
+    """``code``, and the code of the functions and comprehensions inside it, named as from ``filename``."""
+    constants = tuple(_in_file(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=constants)
 
 
 # -- log records, forwarded to the parent with the replies ----------------------------------------
@@ -288,7 +318,8 @@ def _call(function, args, kwargs):
     try:
         reply = (True, function(*args, **(kwargs or {})))
     except BaseException as error:  # the task's failure, whatever it is, goes back to the caller
-        reply = (False, error)
+        # The traceback starts in the task: this frame is the runtime's, not the user's.
+        reply = (False, error.with_traceback(error.__traceback__.tb_next))
     if os.getpid() != _PID:
         # A child the task forked came back here: only the worker itself answers its parent.
         os._exit(0)
