@@ -314,3 +314,87 @@ def test_a_dask_progress_bar_is_finished_when_a_belated_task_fails():
         delayed(boom)(1).compute()
     assert "Completed" in out.getvalue(), "the bar was drawn and finished"
     assert set(threading.enumerate()) <= threads_before, "its timer thread has stopped"
+
+
+# -- in Jupyter: IPython's display machinery, with a publisher that records what a notebook would get --
+
+
+class _Published:
+    def __init__(self):
+        self.calls = []
+
+    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
+        self.calls.append((data.get("text/html"), (transient or {}).get("display_id"), update))
+
+
+@pytest.fixture(params=["kernel", "terminal"])
+def ipython_shell(request):
+    """An IPython shell as in a Jupyter kernel (it has a ``kernel``), or as in terminal IPython."""
+    pytest.importorskip("IPython")
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    class Recording(DisplayPublisher, _Published):
+        def __init__(self):
+            DisplayPublisher.__init__(self)
+            _Published.__init__(self)
+
+        publish = _Published.publish
+
+    config = Config()
+    config.HistoryManager.enabled = False
+    shell = InteractiveShell.instance(config=config)
+    shell.display_pub = Recording()
+    if request.param == "kernel":
+        shell.kernel = object()
+    yield shell
+    InteractiveShell.clear_instance()
+
+
+def test_progress_bar_in_jupyter_is_one_html_display_updated_in_place(ipython_shell, capsys):
+    if getattr(ipython_shell, "kernel", None) is None:
+        pytest.skip("for a Jupyter kernel")
+    published = ipython_shell.display_pub.calls
+
+    def after_the_first_drawing():
+        # The bar has drawn at least once while this task runs, so the end is an update.
+        for _ in range(6000):
+            if published:
+                return 1
+            time.sleep(0.01)
+        raise AssertionError("the bar never drew")
+
+    with ProgressBar(dt=0.01):
+        assert delayed(after_the_first_drawing)().compute() == 1
+    (first_html, display_id, first_update), *rest = published
+    assert first_update is False and "belated-progress" in first_html
+    assert rest and all(update and shown == display_id for _, shown, update in rest)
+    assert "100%" in rest[-1][0] and "1/1" in rest[-1][0]
+    assert capsys.readouterr().out == ""
+
+
+def test_progress_bar_in_terminal_ipython_stays_text(ipython_shell, capsys):
+    if getattr(ipython_shell, "kernel", None) is not None:
+        pytest.skip("for terminal IPython")
+    with ProgressBar(dt=0.01):
+        delayed(inc)(1).compute()
+    assert ipython_shell.display_pub.calls == []
+    assert re.search(r"\[#{40}\] \| 100% \| 1/1", capsys.readouterr().out)
+
+
+def test_profiler_visualize_displays_inline_in_jupyter(ipython_shell, tmp_path):
+    in_kernel = getattr(ipython_shell, "kernel", None) is not None
+    with Profiler() as prof:
+        compute(*[delayed(inc)(i) for i in range(3)])
+    path = prof.visualize(filename=str(tmp_path / "profile.html"))
+    assert (tmp_path / "profile.html").read_text().count("<rect class='task'") == 3
+    shown = ipython_shell.display_pub.calls
+    if in_kernel:
+        ((html, _, _),) = shown
+        assert html.count("<rect class='task'") == 3 and "<title>belated profile" not in html
+    else:
+        assert shown == []
+    prof.visualize(filename=path, show=False)
+    prof.visualize(filename=path, show=True)
+    assert len(shown) == (2 if in_kernel else 1)

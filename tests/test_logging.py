@@ -141,3 +141,97 @@ def test_forwarded_record_below_the_parents_level_is_dropped(caplog):
     _logging.receive_record({"name": "user.task", "levelno": logging.INFO, "msg": "too quiet"}, worker="w")
     _logging.receive_record({"name": "user.task", "levelno": logging.ERROR, "msg": "loud"}, worker="w")
     assert [r.getMessage() for r in caplog.records] == ["loud"]
+
+
+# -- the runtime's worker processes -----------------------------------------------------------------
+
+
+def log_then_return(x):
+    log = logging.getLogger("user.task")
+    log.debug("debug %d", x)
+    log.info("info %d", x)
+    return os.getpid()
+
+
+def log_then_fail(x):
+    logging.getLogger("user.task").error("failing on %d", x)
+    raise ValueError(x)
+
+
+def log_from_a_thread_later():
+    """Logs from a thread of the worker after the task has returned."""
+    import threading
+
+    logged = threading.Event()
+
+    def later():
+        logging.getLogger("user.thread").warning("logged between tasks")
+        logged.set()
+
+    threading.Thread(target=later).start()
+    assert logged.wait(60)
+    return os.getpid()
+
+
+@pytest.fixture
+def user_task_logger():
+    user = logging.getLogger("user.task")
+    yield user
+    user.setLevel(logging.NOTSET)
+
+
+def forwarded(caplog, name="user.task"):
+    return [(r.levelname, r.getMessage(), r.worker, r.process) for r in caplog.records if r.name == name]
+
+
+@pytest.mark.parametrize("runtime", ["processes", "client"])
+def test_task_records_reach_the_parents_handlers_at_the_parents_levels(
+    caplog, user_task_logger, runtime, local_cluster
+):
+    def run(*tasks):
+        if runtime == "client":
+            return local_cluster.compute(list(tasks), sync=True)
+        return list(belated.compute(*tasks, scheduler="processes", num_workers=2))
+
+    caplog.set_level(logging.DEBUG, logger="belated.worker")
+    user_task_logger.setLevel(logging.INFO)
+    pids = run(delayed(log_then_return)(1), delayed(log_then_return)(2))
+    assert os.getpid() not in pids
+    assert sorted(forwarded(caplog)) == [
+        ("INFO", "info 1", f"worker-{pids[0]}", pids[0]),
+        ("INFO", "info 2", f"worker-{pids[1]}", pids[1]),
+    ]
+    # Levels set between computations are the ones the next computation's workers follow.
+    caplog.clear()
+    user_task_logger.setLevel(logging.DEBUG)
+    (pid,) = run(delayed(log_then_return)(3))
+    assert forwarded(caplog) == [
+        ("DEBUG", "debug 3", f"worker-{pid}", pid),
+        ("INFO", "info 3", f"worker-{pid}", pid),
+    ]
+    caplog.clear()
+    with pytest.raises(ValueError):
+        run(delayed(log_then_fail)(4))
+    assert [message for _, message, _, _ in forwarded(caplog)] == ["failing on 4"]
+
+
+def test_records_logged_between_tasks_come_with_the_next_reply(caplog):
+    caplog.set_level(logging.WARNING, logger="user.thread")
+    with belated.Client(
+        n_workers=1, threads_per_worker=1, memory_limit=None, dashboard_address=None, set_as_default=False
+    ) as client:
+        pid = client.compute(delayed(log_from_a_thread_later)(), sync=True)
+        client.compute(delayed(abs)(-1), sync=True)
+    assert forwarded(caplog, "user.thread") == [("WARNING", "logged between tasks", f"worker-{pid}", pid)]
+
+
+def test_worker_without_parent_levels_forwards_only_warnings(caplog):
+    # The root's default WARNING, as a worker process would apply without logging configured.
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger().setLevel(logging.WARNING)
+    pid = belated.compute(delayed(log_then_return)(5), scheduler="processes", num_workers=1)[0]
+    assert forwarded(caplog) == []
+    with pytest.raises(ValueError):
+        belated.compute(delayed(log_then_fail)(6), scheduler="processes", num_workers=1)
+    assert [r.getMessage() for r in caplog.records if r.name == "user.task"] == ["failing on 6"]
+    assert pid != os.getpid()

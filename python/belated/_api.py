@@ -25,6 +25,9 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
 
 def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
     """Runs compute or persist: options default to ``belated.config``; other engines get the graph."""
+    # IPython (and pytest) leave frames marked so out of tracebacks: a task's error shows the user's
+    # call, then the task's own frames, not belated's.
+    __tracebackhide__ = True
     scheduler = scheduler or config.get("scheduler", None) or "threads"
     cluster = getattr(scheduler, "_cluster", None)
     executor = None if cluster is not None else executor_for(scheduler)
@@ -86,6 +89,7 @@ def compute(
     >>> compute(a, {"b": a * 10}, "unchanged")
     (3, {'b': 30}, 'unchanged')
     """
+    __tracebackhide__ = True
     return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=False)
 
 
@@ -109,6 +113,7 @@ def persist(
     >>> b.key == a.key, b.compute()
     (True, 6)
     """
+    __tracebackhide__ = True
     return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=True)
 
 

@@ -14,11 +14,15 @@ Nothing is printed unless you configure logging, for example
 with a handler.
 
 Records that tasks (or belated) log inside a worker process belong in the parent process, handled
-there by the logger of the same name, with a ``worker`` attribute naming the worker. A worker runtime
-forwards them with three functions: the parent sends ``worker_levels()`` when it starts a worker; the
-worker calls ``forward_records(send, levels)`` once, where ``send`` carries one plain payload (a dict
-of ``str``, ``int``, ``float``, ``bool`` and ``None``) to the parent and may be called from any
-thread; the parent passes each payload to ``receive_record(payload, worker)``.
+there by the logger of the same name, with a ``worker`` attribute naming the worker
+(``"worker-<pid>"``). A worker runtime forwards them with three functions: the parent sends
+``worker_levels()`` to its workers; a worker calls ``forward_records(send, levels)``, where ``send``
+carries one plain payload (a dict of ``str``, ``int``, ``float``, ``bool`` and ``None``) to the parent
+and may be called from any thread; the parent passes each payload to ``receive_record(payload,
+worker)``. belated's own workers (``scheduler="processes"`` and a local ``Client``) receive the
+levels with the first call of each computation and send their records with each task's reply (see
+``belated._worker``): a task's records are handled before its result is returned, and those logged
+between tasks come with the next reply.
 """
 
 import contextlib

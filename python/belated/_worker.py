@@ -15,11 +15,15 @@ length-prefixed frames; a request starts with a header frame of little-endian u6
 workers' replies to ``FETCH``), runs the call (arguments that are stored results arrive as
 :class:`Stored`), stores its result under the result id (``KEEP``) and replies with it (``SEND``) or
 with its size; a ``FETCH`` replies with the list of the stored values asked for. Replies are
-``(True, value)`` or ``(False, exception, formatted traceback)``.
+``(True, value, records)`` or ``(False, exception, formatted traceback, records)``, where ``records``
+are the log records emitted in the worker since its last ``RUN`` reply (a ``FETCH`` reply carries
+none), handled in the parent by :func:`belated._logging.receive_record` before the reply is read.
 """
 
 import importlib
 import itertools
+import linecache
+import logging
 import os
 import pickle
 import signal
@@ -31,6 +35,8 @@ import traceback
 import types
 
 import cloudpickle
+
+from belated import _logging
 
 _LENGTH = struct.Struct("<Q")
 _PID = os.getpid()
@@ -121,34 +127,126 @@ class _FunctionCache:
 _PICKLED = _FunctionCache()
 _UNPICKLED = _FunctionCache()
 _computation = 0
+# The parent's log levels when the computation started, pickled once for all its calls: a worker
+# forwards the records the parent would handle, and the user may change levels between computations.
+_log_levels = pickle.dumps({})
 
 
 def new_computation():
     """Starts a new computation: function pickles made before it are not reused, here or in workers."""
-    global _computation
+    global _computation, _log_levels
     _computation += 1
+    _log_levels = pickle.dumps(_logging.worker_levels())
 
 
 def dumps_call(function, args, kwargs):
-    """A call as frames: its computation, its function's pickle (kept for the rest of the
-    computation), its arguments' pickle, buffers."""
+    """A call as frames: its computation, the parent's log levels, its function's pickle (kept for the
+    rest of the computation), its arguments' pickle, buffers."""
     computation = _computation
     entry = _PICKLED.get(id(function), computation)
     if entry is None or entry[0] is not function:
-        entry = (function, cloudpickle.dumps(function, protocol=5))
+        entry = (function, cloudpickle.dumps((function, _source_of(function)), protocol=5))
         if isinstance(function, (types.FunctionType, types.BuiltinFunctionType)):
             _PICKLED.put(id(function), entry, len(entry[1]), computation)
-    return dumps((computation, entry[1], args, kwargs))
+    return dumps((computation, _log_levels, entry[1], args, kwargs))
 
 
 def loads_call(frames):
-    computation, pickled, args, kwargs = loads(frames)
+    computation, levels, pickled, args, kwargs = loads(frames)
+    _follow_log_levels(computation, levels)
     function = _UNPICKLED.get(pickled, computation)
     if function is None:
         with _UNPICKLING:
-            function = pickle.loads(pickled)
+            function, source = pickle.loads(pickled)
+        if source is not None:
+            _restore_source(function, *source)
         _UNPICKLED.put(pickled, function, len(pickled), computation)
     return function, args, kwargs
+
+
+# A function defined in __main__ (a script, a notebook cell) travels by value, and cloudpickle names its
+# code's file "<dynamic-code>": a worker's traceback would show neither where it was defined nor its
+# lines. Its file's name and lines go with it, and the worker puts them back.
+
+
+def _source_of(function):
+    """``(file name, lines)`` of a function pickled by value, as this process's ``linecache`` has them
+    (which holds notebook cells too), or None."""
+    if not isinstance(function, types.FunctionType) or function.__module__ not in ("__main__", None):
+        return None
+    filename = function.__code__.co_filename
+    lines = linecache.getlines(filename, function.__globals__)
+    return (filename, lines) if lines else None
+
+
+def _restore_source(function, filename, lines):
+    function.__code__ = _in_file(function.__code__, filename)
+    # No modification time: linecache.checkcache keeps lines it cannot compare with a file.
+    linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+
+
+def _in_file(code, filename):
+    """``code``, and the code of the functions and comprehensions inside it, named as from ``filename``."""
+    constants = tuple(_in_file(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=constants)
+
+
+# -- log records, forwarded to the parent with the replies ----------------------------------------
+
+# Records wait here for the next RUN reply. A thread that logs while no task runs must not fill the
+# worker's memory, so beyond this many the newest are counted instead, and the count is reported.
+_MAX_RECORDS = 10_000
+_RECORDS: list[dict] = []
+_RECORDS_LOCK = threading.Lock()
+_dropped = [0]
+_levels_lock = threading.Lock()
+_levels_of = [0, {}]  # the computation whose levels are set, and those levels
+
+
+def _keep_record(payload):
+    with _RECORDS_LOCK:
+        if len(_RECORDS) < _MAX_RECORDS:
+            _RECORDS.append(payload)
+        else:
+            _dropped[0] += 1
+
+
+def _take_records():
+    with _RECORDS_LOCK:
+        records = _RECORDS[:]
+        _RECORDS.clear()
+        dropped, _dropped[0] = _dropped[0], 0
+    if dropped:
+        message = f"{dropped} log records were dropped: more than {_MAX_RECORDS} waited for a task to end"
+        record = logging.makeLogRecord(
+            {"name": "belated.worker", "levelno": logging.WARNING, "levelname": "WARNING", "msg": message}
+        )
+        records.append(_logging._payload(record))
+    return records
+
+
+def _follow_log_levels(computation, pickled):
+    """Sets this worker's log levels to the parent's at the start of ``computation``; a logger whose
+    level the parent has unset since goes back to inheriting its parent's."""
+    if computation <= _levels_of[0]:
+        return
+    with _levels_lock:
+        if computation <= _levels_of[0]:
+            return
+        levels = pickle.loads(pickled)
+        for name in _levels_of[1].keys() - levels.keys():
+            logging.getLogger(name or None).setLevel(logging.NOTSET)
+        _logging.forward_records(_keep_record, levels)
+        _levels_of[:] = [computation, levels]
+
+
+def loads_reply(frames):
+    """In the parent: a ``RUN`` reply as ``(True, value)`` or ``(False, exception, traceback)``, after
+    handling the log records it carries."""
+    *reply, records = loads(frames)
+    for payload in records:
+        _logging.receive_record(payload, worker=f"worker-{payload.get('process')}")
+    return reply
 
 
 def _die_with_parent():
@@ -163,26 +261,26 @@ def _die_with_parent():
             os._exit(0)
 
 
-def _encode(reply):
+def _encode(reply, records):
     if not reply[0]:
-        return _encode_failure(reply[1])
+        return _encode_failure(reply[1], records)
     try:
-        return dumps_reply(reply)
+        return dumps_reply((*reply, records))
     except Exception as error:
-        return _encode_failure(TypeError(f"the task's result cannot be pickled: {error}"))
+        return _encode_failure(TypeError(f"the task's result cannot be pickled: {error}"), records)
 
 
-def _encode_failure(error):
+def _encode_failure(error, records):
     """A failure's reply: the exception itself if it can be rebuilt and shown, else a
     :class:`belated.RemoteError` carrying its type, message and traceback."""
     try:
         text = "".join(traceback.format_exception(error))
-        frames = dumps_reply((False, error, text))
+        frames = dumps_reply((False, error, text, records))
         loads(frames)
         return frames
     except Exception:
         text = _traceback_text(error)
-        return dumps_reply((False, _remote_error(error, text), text))
+        return dumps_reply((False, _remote_error(error, text), text, records))
 
 
 def _safely(describe, value, fallback):
@@ -220,7 +318,8 @@ def _call(function, args, kwargs):
     try:
         reply = (True, function(*args, **(kwargs or {})))
     except BaseException as error:  # the task's failure, whatever it is, goes back to the caller
-        reply = (False, error)
+        # The traceback starts in the task: this frame is the runtime's, not the user's.
+        reply = (False, error.with_traceback(error.__traceback__.tb_next))
     if os.getpid() != _PID:
         # A child the task forked came back here: only the worker itself answers its parent.
         os._exit(0)
@@ -320,7 +419,9 @@ def _serve_connection(connection):
                 reply = _handle(frames)
             except BaseException as error:
                 reply = (False, error)
-            write_message(replies, _encode(reply))
+            # A FETCH's reply goes to another worker, which would not pass records on.
+            records = _take_records() if memoryview(frames[0]).cast("Q")[0] == RUN else []
+            write_message(replies, _encode(reply, records))
 
 
 def _preload(modules):
@@ -344,6 +445,7 @@ def main():
     for fd in range(_CONTROL_FD, _CONTROL_FD + 1 + connections):
         os.set_inheritable(fd, False)
     control = socket.socket(fileno=_CONTROL_FD)
+    _logging.forward_records(_keep_record, {})
     for fd in range(_CONTROL_FD + 1, _CONTROL_FD + 1 + connections):
         threading.Thread(target=_serve_connection, args=(socket.socket(fileno=fd),), daemon=True).start()
     control.sendall(b"r")

@@ -14,15 +14,19 @@ state dict.
 ['add', 'sum']
 """
 
+from __future__ import annotations
+
 import html
 import os
 import re
 import sys
 import threading
 import time
-from collections import namedtuple
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TextIO
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+
+    from typing_extensions import Self
 
 from belated._belated import ComputeState, TaskGraph
 
@@ -49,10 +53,17 @@ class Callback:
     Per-task functions cost a Python call per task; the rest cost nothing per task.
     """
 
-    active: ClassVar[set] = set()
+    active: ClassVar[set[Callback]] = set()
     _wants_profile = False
 
-    def __init__(self, start=None, start_state=None, pretask=None, posttask=None, finish=None):
+    def __init__(
+        self,
+        start: Callable[[Mapping[Any, Any]], object] | None = None,
+        start_state: Callable[[Mapping[Any, Any], ComputeState], object] | None = None,
+        pretask: Callable[[Any, Mapping[Any, Any], ComputeState], object] | None = None,
+        posttask: Callable[[Any, Any, Mapping[Any, Any], ComputeState, int], object] | None = None,
+        finish: Callable[[Mapping[Any, Any], ComputeState, bool], object] | None = None,
+    ) -> None:
         for name, function in [
             ("_start", start),
             ("_start_state", start_state),
@@ -68,17 +79,18 @@ class Callback:
         names = ["_start", "_start_state", "_pretask", "_posttask", "_finish"]
         return tuple(getattr(self, name, None) for name in names)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self.register()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.unregister()
 
-    def register(self):
+    def register(self) -> None:
+        """Makes every computation report to this callback until :meth:`unregister`."""
         Callback.active.add(self)
 
-    def unregister(self):
+    def unregister(self) -> None:
         Callback.active.discard(self)
 
 
@@ -202,25 +214,53 @@ class _Sampling(Callback):
         return True
 
 
-class ProgressBar(_Sampling):
-    """A terminal progress bar: percentage, tasks done/total and elapsed time.
+def _notebook():
+    """IPython's ``display`` when this runs in a Jupyter kernel (which renders HTML), else None.
 
-    The bar reads the engine's counters every ``dt`` seconds, so it costs no Python call per task.
-    Nothing is shown for computations shorter than ``minimum`` seconds.
+    A kernel's shell has a ``kernel``; terminal IPython's has none and gets text like a script.
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return None
+    from IPython.display import display
+
+    return display
+
+
+class ProgressBar(_Sampling):
+    """A progress bar: percentage, tasks done/total and elapsed time.
+
+    In a terminal or a script it is a text line redrawn in place; in Jupyter (when ``out`` is not
+    given) an HTML bar updated in place. The bar reads the engine's counters every ``dt`` seconds, so
+    it costs no Python call per task.
+
+    Parameters
+    ----------
+    minimum : float
+        Nothing is shown for computations shorter than this many seconds.
+    width : int
+        The width of the text bar, in characters.
+    dt : float
+        Seconds between redraws.
+    out : file-like, optional
+        Where the text bar goes; ``sys.stdout`` by default.
     """
 
-    def __init__(self, minimum=0, width=40, dt=0.1, out=None):
+    def __init__(self, minimum: float = 0, width: int = 40, dt: float = 0.1, out: TextIO | None = None):
         super().__init__()
         self._minimum = minimum
         self._width = width
         self._dt = dt
         self._out = out
         self.last_duration = 0.0
-        self._thread = None
+        self._thread: threading.Thread | None = None
 
     def _start_state(self, dsk, state):
         self._state = state
         self._shown = False
+        self._display = _notebook() if self._out is None else None
+        self._handle = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh, daemon=True, name="belated-progress")
         self._thread.start()
@@ -236,15 +276,35 @@ class ProgressBar(_Sampling):
         self.last_duration = state.elapsed
         if self.last_duration < self._minimum and not self._shown:
             return
-        self._draw(state.done, state.total, state.elapsed)
-        self._write("\n")
+        self._draw(state.done, state.total, state.elapsed, errored)
+        if self._display is None:
+            self._write("\n")
 
-    def _draw(self, done, total, elapsed):
+    def _draw(self, done, total, elapsed, errored=False):
         fraction = done / total if total else 1.0
-        filled = int(self._width * fraction)
-        bar = "#" * filled + " " * (self._width - filled)
-        self._write(f"\r[{bar}] | {fraction:4.0%} | {done}/{total} | Completed in {_duration(elapsed)}")
+        if self._display is not None:
+            self._draw_html(done, total, elapsed, fraction, errored)
+        else:
+            filled = int(self._width * fraction)
+            bar = "#" * filled + " " * (self._width - filled)
+            self._write(f"\r[{bar}] | {fraction:4.0%} | {done}/{total} | Completed in {_duration(elapsed)}")
         self._shown = True
+
+    def _draw_html(self, done, total, elapsed, fraction, errored):
+        from IPython.display import HTML
+
+        colour = "#e45756" if errored else "#4c78a8"
+        page = HTML(
+            "<div class='belated-progress' style='font-family:monospace'>"
+            f"<div style='display:inline-block;width:20em;height:1em;background:#ddd;vertical-align:middle'>"
+            f"<div style='width:{100 * fraction:.1f}%;height:100%;background:{colour}'></div></div>"
+            f" {fraction:4.0%} | {done}/{total} | Completed in {_duration(elapsed)}</div>"
+        )
+        # The first drawing makes the display; later ones replace it where it is in the notebook.
+        if self._handle is None:
+            self._handle = self._display(page, display_id=True)
+        else:
+            self._handle.update(page)
 
     def _write(self, text):
         out = self._out if self._out is not None else sys.stdout
@@ -260,8 +320,23 @@ def _duration(seconds):
     return f"{hours}hr {minutes:2d}min {seconds:4.1f}s" if hours else f"{minutes}min {seconds:4.1f}s"
 
 
-TaskData = namedtuple("TaskData", "key task start_time end_time worker_id")
-ResourceData = namedtuple("ResourceData", "time mem cpu")
+class TaskData(NamedTuple):
+    """One task a :class:`Profiler` saw: ``start_time`` and ``end_time`` in ``time.perf_counter()``
+    seconds, ``worker_id`` -1 for the calling thread."""
+
+    key: Any
+    task: Any
+    start_time: float
+    end_time: float
+    worker_id: int
+
+
+class ResourceData(NamedTuple):
+    """One sample of a :class:`ResourceProfiler`: memory in MB, CPU in percent of one core."""
+
+    time: float
+    mem: float
+    cpu: float
 
 
 class Profiler(Callback):
@@ -273,19 +348,20 @@ class Profiler(Callback):
 
     _wants_profile = True
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
-        self.results = []
+        self.results: list[TaskData] = []
 
     def _finish(self, dsk, state, errored):
         self.results.extend(
             TaskData(key, dsk[key], start, end, worker) for key, start, end, worker in state.profile()
         )
 
-    def clear(self):
+    def clear(self) -> None:
+        """Forgets the results."""
         self.results = []
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> Any:
         """The results as a pandas DataFrame, with a ``duration`` column."""
         import pandas as pd
 
@@ -293,19 +369,32 @@ class Profiler(Callback):
         frame["duration"] = frame["end_time"] - frame["start_time"]
         return frame
 
-    def visualize(self, filename="profile.html"):
-        """Writes the task stream (a bar per task on its worker's row) as an HTML page."""
-        return visualize([self], filename=filename)
+    def visualize(self, filename: str = "profile.html", show: bool | None = None) -> str:
+        """Writes the task stream (a bar per task on its worker's row) as an HTML page.
+
+        Parameters
+        ----------
+        filename : str
+            Where the page is written.
+        show : bool, optional
+            Whether to also show the page inline; by default, when running in Jupyter.
+
+        Returns
+        -------
+        str
+            The path written.
+        """
+        return visualize([self], filename=filename, show=show)
 
 
 class ResourceProfiler(_Sampling):
     """Samples the process's memory (MB) and CPU use (%) every ``dt`` seconds while computing."""
 
-    def __init__(self, dt=1.0):
+    def __init__(self, dt: float = 1.0) -> None:
         super().__init__()
         self._dt = dt
-        self.results = []
-        self._thread = None
+        self.results: list[ResourceData] = []
+        self._thread: threading.Thread | None = None
 
     def _start_state(self, dsk, state):
         self._stop = threading.Event()
@@ -326,16 +415,19 @@ class ResourceProfiler(_Sampling):
     def _finish(self, dsk, state, errored):
         self._stop_thread()
 
-    def clear(self):
+    def clear(self) -> None:
+        """Forgets the samples."""
         self.results = []
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> Any:
+        """The samples as a pandas DataFrame."""
         import pandas as pd
 
         return pd.DataFrame(self.results, columns=ResourceData._fields)
 
-    def visualize(self, filename="resources.html"):
-        return visualize([self], filename=filename)
+    def visualize(self, filename: str = "resources.html", show: bool | None = None) -> str:
+        """Writes the memory and CPU samples as an HTML page; see :meth:`Profiler.visualize`."""
+        return visualize([self], filename=filename, show=show)
 
 
 def _cpu_seconds():
@@ -364,10 +456,29 @@ def _key_prefix(key):
 _PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6"]
 
 
-def visualize(profilers, filename="profile.html"):
+def visualize(
+    profilers: Iterable[Profiler | ResourceProfiler], filename: str = "profile.html", show: bool | None = None
+) -> str:
     """Draws profilers' results as one self-contained HTML page (inline SVG, no scripts) and writes it.
 
-    Returns the path written.
+    Parameters
+    ----------
+    profilers : iterable of Profiler or ResourceProfiler
+        The profilers whose results are drawn, one picture each, in order.
+    filename : str
+        Where the page is written.
+    show : bool, optional
+        Whether to also show the page inline; by default, when running in Jupyter.
+
+    Returns
+    -------
+    str
+        The path written.
+
+    Raises
+    ------
+    TypeError
+        If one of ``profilers`` is neither a ``Profiler`` nor a ``ResourceProfiler``.
     """
     parts = []
     for profiler in profilers:
@@ -384,6 +495,12 @@ def visualize(profilers, filename="profile.html"):
     )
     with open(filename, "w", encoding="utf-8") as out:
         out.write(page)
+    if show is None:
+        show = _notebook() is not None
+    if show:
+        from IPython.display import HTML, display
+
+        display(HTML("".join(parts)))
     return filename
 
 

@@ -8,7 +8,8 @@
 //! [`RUN`]: `[result id, flags, n blocks, (n ids, *ids, n frames) per block]`, where each block is a
 //! reply of another worker to a [`FETCH`] (its values are stored under those ids), and the call's
 //! frames follow the blocks'; for [`FETCH`]: `[n, *ids]`. A reply is one pickle:
-//! `(True, value)` or `(False, exception, formatted traceback)`.
+//! `(True, value, records)` or `(False, exception, formatted traceback, records)`, where `records` are
+//! the log records the worker emitted since its last [`RUN`] reply (none in a [`FETCH`] reply).
 
 use std::io::{self, Read, Write};
 

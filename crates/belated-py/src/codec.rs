@@ -46,7 +46,7 @@ pub(crate) fn frames_from(py: Python<'_>, frames: &Bound<'_, PyAny>) -> PyResult
 pub(crate) fn decode_reply<'py>(py: Python<'py>, reply: &[Vec<u8>]) -> PyResult<Bound<'py, PyAny>> {
     static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let frames = PyList::new(py, reply.iter().map(|frame| PyBytes::new(py, frame)))?;
-    let reply = helper(py, &LOADS, "loads")?.call1((frames,))?;
+    let reply = helper(py, &LOADS, "loads_reply")?.call1((frames,))?;
     if reply.get_item(0)?.is_truthy()? {
         return reply.get_item(1);
     }

@@ -36,7 +36,8 @@ fn resolve_pure(pure: Option<bool>) -> bool {
     pure.unwrap_or_else(|| DEFAULT_PURE.load(Ordering::Relaxed))
 }
 
-#[pyclass(module = "belated", name = "Delayed", frozen)]
+/// A lazy value: the result of a task that runs when computed. Its Python docstring is [`CLASS_DOC`].
+#[pyclass(module = "belated", name = "Delayed", frozen, generic)]
 pub(crate) struct Delayed {
     node: Arc<TaskNode>,
     /// `nout`: the number of items, when known, which makes `len()` and unpacking work.
@@ -596,17 +597,21 @@ impl Delayed {
         self.forwarded(py, "__name__")
     }
 
-    #[getter(__doc__)]
-    fn doc(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        match self.function(py) {
-            Some(func) => Ok(func.getattr("__doc__")?.unbind()),
-            None => Ok(
-                "A lazy value: the result of a task that runs when computed."
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind(),
-            ),
-        }
+    #[getter(__qualname__)]
+    fn qualname(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.forwarded(py, "__qualname__")
+    }
+
+    /// The class docstring on the class (`help(belated.Delayed)`), the function's on `delayed(func)`.
+    #[classattr]
+    fn __doc__(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        forwarded_attribute(py, CLASS_DOC, "__doc__")
+    }
+
+    /// `"belated"` on the class, the function's module on `delayed(func)`.
+    #[classattr]
+    fn __module__(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        forwarded_attribute(py, "belated", "__module__")
     }
 
     #[getter(__wrapped__)]
@@ -743,6 +748,22 @@ impl Delayed {
             ))),
         }
     }
+}
+
+const CLASS_DOC: &str = "A lazy value: the result of a task that runs when computed.
+
+``delayed(obj)`` makes one; calling a delayed function, reading an attribute, indexing and operators
+make more. ``.compute()`` runs the tasks a value needs and returns its result. ``Delayed[T]`` is the
+type of one that computes to a ``T``.";
+
+/// A class attribute that is `value` on the class and the wrapped function's `name` on instances
+/// (see `belated._forward`).
+fn forwarded_attribute(py: Python<'_>, value: &str, name: &str) -> PyResult<Py<PyAny>> {
+    static FORWARDED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    Ok(FORWARDED
+        .import(py, "belated._forward", "Forwarded")?
+        .call1((value, name))?
+        .unbind())
 }
 
 /// `delayed(obj, name=None, pure=None, nout=None, traverse=True)`; with no `obj`, the decorator with

@@ -4,9 +4,9 @@
 //! Everything is pure Rust: a layered (Sugiyama-style) layout (module `layout`), SVG and DOT text, and PNG
 //! through resvg with an embedded DejaVu Sans, so no Graphviz and no system font is needed.
 //!
-//! Policy: graphs with more than [`COLLAPSE_ABOVE`] tasks have each group of interchangeable sibling
-//! tasks (same label and kind, same dependencies, same dependents) drawn as one task labelled
-//! `name ×count`; [`Picture::collapsed`] lists what was merged so callers can tell the user. Below that
+//! Policy: graphs with more than [`COLLAPSE_ABOVE`] tasks have each group of alike tasks (same label and
+//! kind, alike dependencies, alike dependents: the items of a map, at every level of it) drawn as one
+//! task labelled `name ×count`; [`Picture::collapsed`] lists what was merged so callers can tell the user. Below that
 //! size every task is drawn, as dask does.
 
 #![warn(missing_docs)]
