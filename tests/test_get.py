@@ -2,7 +2,7 @@
 and a differential test of random dask collections against dask's own synchronous scheduler.
 
 Not applicable from dask's ``test_threaded.py``: ``test_reuse_pool`` and ``test_pool_kwarg`` (they hand
-dask a ``pool=`` of their own; belated runs on its engine's threads and ignores ``pool=``, so
+dask a ``pool=`` of their own; belated runs on its engine's threads and ignores a pool object, so
 ``test_pool_kwarg``'s count of distinct pool threads means nothing here), and ``test_interrupt`` as
 written (it passes ``pool=`` with 20 threads; ``test_interrupt_cancels`` below is its equivalent on 20
 belated workers).
@@ -330,6 +330,7 @@ def test_random_arrays_match_dask(n, chunk, ops, seed):
             break
     expected = x.compute(scheduler="sync")
     np.testing.assert_allclose(x.compute(scheduler=belated.get), expected)
+    np.testing.assert_allclose(belated.compute(x)[0], expected)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -351,11 +352,11 @@ def test_random_dataframes_match_dask(rows, partitions, how, seed):
         "value_counts": lambda: df.k.value_counts(),
     }[how]()
     expected = expr.compute(scheduler="sync")
-    got = expr.compute(scheduler=belated.get)
-    if isinstance(expected, (pd.Series, pd.DataFrame)):
-        assert got.sort_index().equals(expected.sort_index())
-    else:
-        assert got == expected or (np.isnan(got) and np.isnan(expected))
+    for got in (expr.compute(scheduler=belated.get), belated.compute(expr)[0]):
+        if isinstance(expected, (pd.Series, pd.DataFrame)):
+            assert got.sort_index().equals(expected.sort_index())
+        else:
+            assert got == expected or (np.isnan(got) and np.isnan(expected))
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -374,11 +375,11 @@ def test_random_bags_match_dask(items, partitions, how):
         "topk": lambda: b.topk(3),
     }[how]()
     expected = expr.compute(scheduler="sync")
-    got = expr.compute(scheduler=belated.get)
-    if how in ("foldby", "distinct"):
-        assert sorted(got) == sorted(expected)
-    else:
-        assert got == expected
+    for got in (expr.compute(scheduler=belated.get), belated.compute(expr)[0]):
+        if how in ("foldby", "distinct"):
+            assert sorted(got) == sorted(expected)
+        else:
+            assert got == expected
 
 
 class Block:
@@ -420,3 +421,147 @@ def test_results_are_released_once_no_task_needs_them(order, monkeypatch):
     assert belated.get(dsk, level[0], num_workers=1).size == leaves
     # One worker evaluating a binary tree in either order holds one partial sum per level, not all leaves.
     assert Block.peak <= 2 * depth + 2
+
+
+# dask collections inside belated's compute, persist and delayed calls
+
+
+class Calls:
+    """Counts the calls of a block function, from every thread."""
+
+    def __init__(self):
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def plus_one(self, block):
+        with self.lock:
+            self.count += 1
+        return block + 1
+
+
+def counted_array(calls):
+    x = da.from_array(np.arange(36.0).reshape(6, 6), chunks=3)
+    # meta= keeps dask from calling the function while building the graph.
+    return x.map_blocks(calls.plus_one, meta=np.array((), dtype=float))
+
+
+def test_compute_runs_dask_collections_and_delayed_objects_in_one_pass_sharing_tasks():
+    calls = Calls()
+    x = counted_array(calls)
+    total = belated.delayed(np.sum)(x)
+    got_x, got_total, got_sum, got_t = belated.compute(x, total, x.sum(), x.T)
+    expected_x = np.arange(36.0).reshape(6, 6) + 1
+    np.testing.assert_array_equal(got_x, expected_x)
+    assert got_total == got_sum == expected_x.sum()
+    np.testing.assert_array_equal(got_t, expected_x.T)
+    # Four blocks, each computed once for the four results that need it.
+    assert calls.count == 4
+
+
+def test_a_collection_passed_to_a_delayed_call_is_its_computed_value_as_in_dask():
+    x = da.arange(10, chunks=3)
+    pdf = pd.DataFrame({"k": [1, 2, 1, 2, 3], "v": range(5)})
+    df = dd.from_pandas(pdf, npartitions=2)
+    b = db.from_sequence(range(6), npartitions=3)
+    for make in (
+        lambda d: d(type)(x),
+        lambda d: d(len)(df),
+        lambda d: d(sorted)(b),
+        lambda d: d(sum)([x.sum(), 1]),
+    ):
+        expected = make(dask.delayed).compute(scheduler="sync")
+        assert make(belated.delayed).compute() == expected
+    got = belated.delayed(lambda frame: frame.v.sum())(df).compute()
+    assert got == pdf.v.sum()
+
+
+@pytest.mark.filterwarnings("ignore:Computing mixed collections")  # dask's own warning, as in dask.compute
+def test_compute_takes_collections_nested_in_containers_as_dask_does():
+    x = da.ones((4, 4), chunks=2)
+    df = dd.from_pandas(pd.DataFrame({"v": range(8)}), npartitions=3)
+    args = ({"a": x.sum(), "b": [df.v.max(), 3]}, (dask.delayed(len)("abc"),), "plain")
+    assert belated.compute(*args) == dask.compute(*args, scheduler="sync")
+
+
+def test_compute_of_a_collection_raises_the_tasks_own_exception():
+    def fail(block):
+        raise ZeroDivisionError("block failed")
+
+    x = da.ones((4, 4), chunks=2).map_blocks(fail, meta=np.array(()))
+    with pytest.raises(ZeroDivisionError, match="block failed"):
+        belated.compute(x.sum())
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync", "processes"])
+def test_persist_returns_collections_holding_their_computed_keys(scheduler):
+    calls = Calls()
+    # Worker processes need picklable tasks, which a counter holding a lock is not.
+    x = counted_array(calls) if scheduler != "processes" else da.arange(36.0, chunks=5).reshape(6, 6) + 1
+    df = dd.from_pandas(pd.DataFrame({"k": [1, 2] * 5, "v": range(10)}), npartitions=3)
+    y = belated.delayed(sum)([1, 2])
+    px, pdf, py = belated.persist(x, df, y, scheduler=scheduler)
+    assert type(px) is type(x) and px.chunks == x.chunks
+    assert all(not isinstance(v, GraphNode) or type(v).__name__ == "DataNode" for v in dict(px.dask).values())
+    np.testing.assert_array_equal(px.compute(scheduler="sync"), x.compute(scheduler="sync"))
+    assert pdf.compute(scheduler="sync").equals(df.compute(scheduler="sync"))
+    assert isinstance(py, belated.Delayed) and py.compute() == 3
+    if scheduler != "processes":
+        calls.count = 0
+        (px * 2).sum().compute(scheduler=belated.get)
+        # The persisted blocks are values: nothing of the original graph runs again.
+        assert calls.count == 0
+
+
+@pytest.mark.filterwarnings("ignore:Computing mixed collections")
+@pytest.mark.parametrize("pool", ["processes", "sync", "threads"])
+def test_get_pool_runs_collections_where_it_says(pool):
+    x = da.from_array(np.arange(64.0).reshape(8, 8), chunks=3)
+    df = dd.from_pandas(pd.DataFrame({"k": [1, 2, 3, 1] * 5, "v": range(20)}), npartitions=4)
+    b = db.from_sequence(range(30), npartitions=4)
+    exprs = ((x + x.T).sum(), df.groupby("k").v.mean(), b.map(inc).filter(lambda v: v % 2).sum())
+    expected = dask.compute(*exprs, scheduler="sync")
+    got = dask.compute(*exprs, scheduler=belated.get, pool=pool)
+    assert got[0] == expected[0] and got[1].equals(expected[1]) and got[2] == expected[2]
+
+
+def test_get_pool_processes_runs_tasks_in_other_processes():
+    import os
+
+    dsk = {"pid": (os.getpid,), "pids": (lambda p: [p, os.getpid()], "pid")}
+    task_pid, _ = belated.get(dsk, "pids", pool="processes")
+    assert task_pid != os.getpid()
+
+
+def test_get_refuses_an_unknown_pool_name():
+    with pytest.raises(ValueError, match="pool must be"):
+        belated.get({"x": 1}, "x", pool="gpu")
+
+
+def test_client_computes_and_persists_dask_collections_on_its_cluster():
+    x = da.from_array(np.arange(64.0).reshape(8, 8), chunks=4)
+    df = dd.from_pandas(pd.DataFrame({"k": [1, 2] * 10, "v": range(20)}), npartitions=4)
+    with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        mean = client.compute(df.groupby("k").v.mean()).result(timeout=60)
+        assert mean.equals(df.groupby("k").v.mean().compute(scheduler="sync"))
+        px = client.persist(x)
+        total = client.compute((px + px.T).sum(), sync=True)
+    assert total == (x + x.T).sum().compute(scheduler="sync")
+
+
+def test_dask_runs_a_delayed_object_holding_a_collections_tasks():
+    pdf = pd.DataFrame({"x": range(6)})
+    df = dd.from_pandas(pdf, npartitions=2)
+    part = df[df.x > 1].to_delayed()[1]
+    counted = belated.delayed(len)(part)
+    assert dask.compute(counted, scheduler="sync") == (counted.compute(),)
+    assert counted.compute() == len(part.compute(scheduler="sync"))
+
+
+def test_dask_reads_a_dict_argument_of_a_delayed_object_as_data():
+    # A dask task object inside a dict is data here (as dask's optimizers carry subgraphs), not a task
+    # of the exported graph whose dependency would be missing.
+    from dask._task_spec import Task, TaskRef
+
+    carried = {"t": Task("inner", inc, TaskRef("elsewhere"))}
+    kind = belated.delayed(lambda d: type(d["t"]).__name__)(carried)
+    assert dask.compute(kind, scheduler="sync") == (kind.compute(),) == ("Task",)

@@ -48,10 +48,88 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
     if cluster is not None:
         scheduler = "threads"
     where = scheduler if cluster is None else "a local cluster"
-    with _logging.computing("persist" if persist else "compute", where):
-        return _belated.compute(
-            args, scheduler, num_workers, traverse, callbacks, timeout, persist, retries, cluster
-        )
+
+    def run(items, persist):
+        with _logging.computing("persist" if persist else "compute", where):
+            return _belated.compute(
+                items, scheduler, num_workers, traverse, callbacks, timeout, persist, retries, cluster
+            )
+
+    if persist and any(_is_foreign(arg) for arg in args):
+        return _persist_collections(args, run)
+    return run(_collections_as_delayed(args, traverse), persist)
+
+
+def _is_foreign(arg):
+    """Whether ``arg`` is a dask collection other than belated's own ``Delayed``."""
+    return not isinstance(arg, _belated.Delayed) and is_dask_collection(arg)
+
+
+def _collections_as_delayed(args, traverse):
+    """``args`` with each dask collection among them (and, with ``traverse``, in the lists, tuples and
+    dicts they are) replaced by a ``Delayed`` of its value. The collections' graphs are optimized
+    together, as ``dask.compute`` optimizes them, so that tasks they share stay one task each.
+    (Collections deeper inside arguments are taken one by one when the engine meets them.)"""
+    found = []
+
+    def scan(obj, depth):
+        if _is_foreign(obj):
+            found.append(obj)
+        elif traverse and depth < _SCANNED_LEVELS and type(obj) in (list, tuple):
+            for item in obj:
+                scan(item, depth + 1)
+        elif traverse and depth < _SCANNED_LEVELS and type(obj) is dict:
+            for item in obj.values():
+                scan(item, depth + 1)
+
+    for arg in args:
+        scan(arg, 0)
+    if not found:
+        return args
+    from belated._dask import collections_graph
+
+    dsk, keys = collections_graph(found)
+    replacement = dict(zip(map(id, found), _belated.dask_graph_delayed(dsk, keys), strict=True))
+
+    def replace(obj, depth):
+        if id(obj) in replacement and _is_foreign(obj):
+            return replacement[id(obj)]
+        if traverse and depth < _SCANNED_LEVELS and type(obj) in (list, tuple):
+            return type(obj)(replace(item, depth + 1) for item in obj)
+        if traverse and depth < _SCANNED_LEVELS and type(obj) is dict:
+            return {key: replace(item, depth + 1) for key, item in obj.items()}
+        return obj
+
+    return tuple(replace(arg, 0) for arg in args)
+
+
+# How deep in containers compute looks for dask collections to optimize together.
+_SCANNED_LEVELS = 3
+
+
+def _persist_collections(args, run):
+    """``persist`` when dask collections are among ``args``: each comes back as a collection of its own
+    type whose graph holds its computed keys, as ``dask.persist`` returns it. Its keys are computed on
+    belated's engine in one computation; the other arguments are persisted in a second one."""
+    from belated._dask import collection_keys_graph
+
+    foreign = [i for i, arg in enumerate(args) if _is_foreign(arg)]
+    keys, tasks = [], []
+    for i in foreign:
+        dsk, collection_keys = collection_keys_graph(args[i])
+        keys.append(collection_keys)
+        tasks.extend(_belated.dask_graph_delayed(dsk, collection_keys))
+    values = iter(run(tuple(tasks), False))
+    rest = iter(run(tuple(arg for i, arg in enumerate(args) if i not in foreign), True))
+    persisted = []
+    for i, arg in enumerate(args):
+        if i not in foreign:
+            persisted.append(next(rest))
+            continue
+        rebuild, state = arg.__dask_postpersist__()
+        collection_keys = keys[foreign.index(i)]
+        persisted.append(rebuild({key: next(values) for key in collection_keys}, *state))
+    return tuple(persisted)
 
 
 def compute(

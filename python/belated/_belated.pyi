@@ -226,6 +226,7 @@ def run_dask_graph(
     posttask: Callable[[Any, Any, int], object] | None = None,
     context: contextvars.Context | None = None,
 ) -> list[Any]: ...
+def dask_graph_delayed(dsk: dict[Any, Any], keys: list[Any]) -> list[Delayed]: ...
 def draw(
     objs: tuple[Any, ...],
     format: str = "svg",

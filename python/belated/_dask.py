@@ -121,11 +121,42 @@ def run_graph_node(node, keys, *values):
     return node(dict(zip(keys, values, strict=True)))
 
 
-def compute_collection(collection):
-    """Computes a dask collection found among a belated call's arguments, inside the belated task."""
-    import dask
+def collection_graph(collection):
+    """The graph computing a dask collection (in dask's task spec) and the key of its value: the
+    collection's graph optimized and finalized as ``dask.compute`` makes it, so that the value is the
+    one dask returns."""
+    dsk, (key,) = collections_graph([collection])
+    return dsk, key
 
-    return dask.compute(collection, scheduler="sync")[0]
+
+def collections_graph(collections, optimize_graph=True):
+    """The graph computing several dask collections, optimized together as ``dask.compute`` optimizes
+    them, and the key of each one's value."""
+    from dask._expr import FinalizeCompute
+    from dask.base import collections_to_expr
+    from dask.core import flatten
+
+    expr = FinalizeCompute(collections_to_expr(list(collections), optimize_graph)).optimize()
+    keys = list(flatten(expr.__dask_keys__()))
+    if len(keys) != len(collections):
+        raise RuntimeError(f"dask made {len(keys)} results of {len(collections)} collections")
+    return _task_spec(expr.__dask_graph__()), keys
+
+
+def collection_keys_graph(collection, optimize_graph=True):
+    """The graph of a dask collection (in dask's task spec) and its keys, flat, as ``dask.persist``
+    computes them."""
+    from dask.base import collections_to_expr
+    from dask.core import flatten
+
+    expr = collections_to_expr(collection, optimize_graph).optimize()
+    return _task_spec(expr.__dask_graph__()), list(flatten(expr.__dask_keys__()))
+
+
+def _task_spec(dsk):
+    from dask._task_spec import convert_legacy_graph
+
+    return convert_legacy_graph(dict(dsk))
 
 
 def _require(module, extra):

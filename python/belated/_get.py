@@ -12,7 +12,7 @@ from belated import diagnostics as _diagnostics
 ORDER = "depth-first"
 
 
-def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, **kwargs):
+def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **kwargs):
     """Computes ``keys`` of the dask graph ``dsk`` on belated's thread pool; dask's ``get`` interface.
 
     ``keys`` is a key or a (nested) list of keys; the result has the same shape, with tuples for
@@ -22,8 +22,14 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, **kwargs):
     its key. ``num_workers`` and ``timeout`` (seconds, then ``belated.ComputeTimeoutError``) default
     to ``belated.config``. ``callbacks`` follow dask's ``Callback`` protocol (as in
     ``dask.local.get_async``); ``dask.callbacks.Callback`` and ``belated.diagnostics`` callbacks that
-    are active are used too. ``pool=`` and other keyword arguments are accepted for dask
-    compatibility and ignored: tasks run on the engine's own threads.
+    are active are used too.
+
+    ``pool`` says where tasks run, as it does for dask's ``get`` functions: by default on the engine's
+    threads; ``"processes"`` runs them in belated's worker processes (``scheduler="processes"``
+    semantics), ``"sync"`` on the calling thread, and a ``belated.Client`` on its local cluster.
+    dask forwards it from ``compute``: ``x.compute(scheduler=belated.get, pool="processes")``. A
+    thread or process pool object (as dask's own ``get`` functions take) is ignored: the engine has
+    its own.
 
     >>> import dask.array as da
     >>> import belated
@@ -43,6 +49,14 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, **kwargs):
         num_workers = config.get("num_workers", None)
     if timeout is None:
         timeout = config.get("timeout", None)
+    scheduler = _scheduler(pool)
+    if scheduler is not None:
+        from belated import compute
+
+        with local_callbacks(callbacks):
+            tasks = _belated.dask_graph_delayed(dsk, wanted)
+            values = compute(*tasks, scheduler=scheduler, num_workers=num_workers, timeout=timeout)
+        return _shaped(keys, wanted, values)
     with local_callbacks(callbacks) as dask_callbacks:
         listeners = [normalize_callback(cb) for cb in dask_callbacks]
         listeners += [cb._callback for cb in _diagnostics.Callback.active]
@@ -52,10 +66,22 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, **kwargs):
             )
         else:
             values = _run_with_callbacks(dsk, wanted, num_workers, timeout, listeners, order)
+    return _shaped(keys, wanted, values)
+
+
+def _scheduler(pool):
+    """The belated scheduler ``pool`` names, or None for the engine's threads under ``get``'s own loop."""
+    if isinstance(pool, str):
+        if pool not in ("threads", "processes", "sync"):
+            raise ValueError(f"pool must be 'threads', 'processes', 'sync' or a belated.Client, got {pool!r}")
+        return None if pool == "threads" else pool
+    return pool if getattr(pool, "_cluster", None) is not None else None
+
+
+def _shaped(keys, wanted, values):
     if not isinstance(keys, list):
         return values[0]
-    results = dict(zip(wanted, values, strict=True))
-    return _nest(keys, results)
+    return _nest(keys, dict(zip(wanted, values, strict=True)))
 
 
 def _priorities(dsk, order):

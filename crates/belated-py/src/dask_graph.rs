@@ -11,6 +11,10 @@
 //! calls its function directly, a `DataNode` is its value and an `Alias` is its target's value. Every
 //! other node (containers, subgraphs, subclasses) is called with its dependencies' values, as dask's
 //! own schedulers do. Both give what `node(values)` gives.
+//!
+//! The same reading turns a dask collection found by `compute`, `persist` or a delayed call into task
+//! nodes of belated's own graphs ([`collection_node`]): one node per dask task under its dask key, so
+//! that a task two collections (or a collection and a `Delayed`) share is one task of the computation.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -20,12 +24,14 @@ use belated_core::{current_worker, on_worker_thread, run_inline, Graph, Runner, 
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::compute::{run_on_threads, worker_count};
+use crate::delayed::{Delayed, Role};
 use crate::errors::{catch_panics, to_python};
 use crate::host::Deadline;
-use crate::task::PyValue;
+use crate::task::{Arg, Key, Op, PyTask, PyValue, TaskNode};
 
 /// One dask task: its key, how it runs, and the keys of its dependencies in the engine's input order.
 struct DaskTask {
@@ -127,6 +133,49 @@ impl<'py> Spec<'py> {
             });
         }
         Ok(Body::Node(node.clone().unbind()))
+    }
+}
+
+impl Body {
+    /// The same evaluation as a belated task's operation, whose dependency `i` is input `i`.
+    fn into_op(self, py: Python<'_>, deps: &[Py<PyAny>]) -> PyResult<Op> {
+        let arg = |slot: Slot| match slot {
+            Slot::Literal(value) => Arg::Value(value),
+            Slot::Input(i) => Arg::Dep(i as u32),
+        };
+        Ok(match self {
+            Body::Data(value) => Op::Value(Arg::Value(value)),
+            Body::Alias(i) => Op::Value(Arg::Dep(i as u32)),
+            Body::Call { func, args, kwargs } => Op::Call {
+                func: Arg::Value(func),
+                args: args.into_iter().map(arg).collect(),
+                kwargs: kwargs
+                    .into_iter()
+                    .map(|(name, slot)| {
+                        Ok((
+                            name.into_bound(py).cast_into::<PyString>()?.unbind(),
+                            arg(slot),
+                        ))
+                    })
+                    .collect::<PyResult<_>>()?,
+            },
+            // Called through a function of ours, with the node as an argument: belated's graphs exported
+            // to dask (`__dask_graph__`) quote task objects carried as arguments, so dask does not take
+            // the node's own inner keys for keys of the exported graph.
+            Body::Node(node) => {
+                static RUN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+                let run = RUN.import(py, "belated._dask", "run_graph_node")?;
+                let keys = PyList::new(py, deps)?;
+                let args = [Arg::Value(node), Arg::Value(keys.into_any().unbind())]
+                    .into_iter()
+                    .chain((0..deps.len()).map(|i| Arg::Dep(i as u32)));
+                Op::Call {
+                    func: Arg::Value(run.clone().unbind()),
+                    args: args.collect(),
+                    kwargs: Box::default(),
+                }
+            }
+        })
     }
 }
 
@@ -275,6 +324,59 @@ fn follow_priorities(culled: Culled, priority: &[i64]) -> Culled {
         deps,
         outputs: culled.outputs.iter().map(|&o| new_id[o as usize]).collect(),
     }
+}
+
+/// Task nodes computing `keys` of `dsk` (key -> `dask._task_spec` node), one per key, each under its
+/// dask key.
+fn task_nodes(dsk: &Bound<'_, PyDict>, keys: &Bound<'_, PyList>) -> PyResult<Vec<Arc<TaskNode>>> {
+    let py = dsk.py();
+    let Culled {
+        tasks,
+        deps,
+        outputs,
+    } = cull(dsk, keys)?;
+    let mut nodes: Vec<Arc<TaskNode>> = Vec::with_capacity(tasks.len());
+    for (task, deps) in tasks.into_iter().zip(deps) {
+        let task = PyTask {
+            key: Key::given(task.key.bind(py))?,
+            op: task.body.into_op(py, &task.deps)?,
+        };
+        let inputs = deps.iter().map(|&d| Arc::clone(&nodes[d as usize]));
+        nodes.push(TaskNode::new(task, inputs.collect()));
+    }
+    Ok(outputs
+        .into_iter()
+        .map(|o| Arc::clone(&nodes[o as usize]))
+        .collect())
+}
+
+/// A dask collection (array, dataframe, bag, dask.delayed …) as one task node of belated's graph: the
+/// task of its optimized and finalized graph giving the value `dask.compute` would return for it.
+pub(crate) fn collection_node(obj: &Bound<'_, PyAny>) -> PyResult<Arc<TaskNode>> {
+    static GRAPH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = obj.py();
+    let (dsk, key): (Bound<'_, PyDict>, Bound<'_, PyAny>) = GRAPH
+        .import(py, "belated._dask", "collection_graph")?
+        .call1((obj,))?
+        .extract()?;
+    let mut nodes = task_nodes(&dsk, &PyList::new(py, [key])?)?;
+    Ok(nodes.pop().expect("one node per key"))
+}
+
+/// `Delayed` objects computing `keys` of the dask graph `dsk` (key -> `dask._task_spec` node), one per
+/// key, under the same keys: how `belated.get` hands a dask graph to belated's other schedulers and how
+/// `persist` computes a dask collection's keys.
+#[pyfunction]
+pub(crate) fn dask_graph_delayed(
+    dsk: &Bound<'_, PyDict>,
+    keys: &Bound<'_, PyList>,
+) -> PyResult<Vec<Delayed>> {
+    catch_panics(|| {
+        Ok(task_nodes(dsk, keys)?
+            .into_iter()
+            .map(|node| Delayed::new(node, None, Role::Value))
+            .collect())
+    })
 }
 
 struct DaskRunner {

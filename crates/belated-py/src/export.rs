@@ -287,7 +287,7 @@ impl<'py> Legacy<'py> {
 }
 
 /// A literal as dask's legacy spec must see it: lists and tuples would be read as nested tasks or
-/// key lists, strings as keys, and dask's own task objects (a graph rebuilt from dask's optimizers
+/// key lists, strings as keys, dicts as holding tasks and keys, and dask's own task objects (a graph rebuilt from dask's optimizers
 /// carries them as data) as tasks to run, so those are wrapped as `(Literal(value),)`, a task
 /// returning them.
 fn quoted<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
@@ -295,6 +295,7 @@ fn quoted<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let ambiguous = value.is_instance_of::<Tuple>()
         || value.is_instance_of::<PyList>()
         || value.is_instance_of::<PyString>()
+        || value.is_instance_of::<PyDict>()
         || is_dask_task(value)?;
     if !ambiguous {
         return Ok(value.clone());

@@ -32,6 +32,7 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compute::compute, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute_with, m)?)?;
     m.add_function(wrap_pyfunction!(dask_graph::run_dask_graph, m)?)?;
+    m.add_function(wrap_pyfunction!(dask_graph::dask_graph_delayed, m)?)?;
     m.add_function(wrap_pyfunction!(compute::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(compute::forget_pools_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(errors::panic_for_tests, m)?)?;

@@ -25,6 +25,7 @@ use pyo3::types::{
 };
 use rustc_hash::FxHashMap;
 
+use crate::dask_graph::collection_node;
 use crate::delayed::Delayed;
 
 pub(crate) type TaskNode = Node<PyTask>;
@@ -567,7 +568,7 @@ impl Collector {
                         }))
                     }),
                 Kind::Dataclass(fields) => self.dataclass(obj, &fields, depth)?,
-                Kind::DaskCollection => return Ok(self.dep(foreign_collection(obj)?)),
+                Kind::DaskCollection => return Ok(self.dep(collection_node(obj)?)),
                 // An iterator can be read only once, so it is always replaced by the list of its items.
                 Kind::Iterator => {
                     let items = obj.try_iter()?.collect::<PyResult<Vec<_>>>()?;
@@ -663,7 +664,7 @@ enum Kind {
     /// The names of its fields.
     Dataclass(Arc<[Py<PyString>]>),
     Iterator,
-    /// A dask collection (a dask.delayed, array, ...): computed by dask inside a task of ours.
+    /// A dask collection (a dask.delayed, array, ...): its tasks become tasks of ours.
     DaskCollection,
 }
 
@@ -747,23 +748,6 @@ fn check_rebuildable(
     };
     rebuilt.set_cause(py, Some(error));
     Err(rebuilt)
-}
-
-/// A task computing a dask collection with dask, keyed like the collection when it has one key (a
-/// dask.delayed), so that the same collection passed twice is computed once.
-fn foreign_collection(obj: &Bound<'_, PyAny>) -> PyResult<Arc<TaskNode>> {
-    static COMPUTE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let compute = COMPUTE.import(obj.py(), "belated._dask", "compute_collection")?;
-    let key = match obj.getattr("key").and_then(|k| Key::given(&k)) {
-        Ok(key) => key,
-        Err(_) => Key::unique(),
-    };
-    let op = Op::Call {
-        func: Arg::Value(compute.clone().unbind()),
-        args: Box::new([Arg::Value(obj.clone().unbind())]),
-        kwargs: Box::default(),
-    };
-    Ok(TaskNode::new(PyTask { key, op }, Vec::new()))
 }
 
 /// The name the key of a plain value starts with: its function name, or else its type's name.
