@@ -26,6 +26,9 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
 def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
     """Runs compute or persist: options default to ``belated.config``; other engines get the graph."""
     scheduler = scheduler or config.get("scheduler", None) or "threads"
+    in_process = getattr(scheduler, "_in_process_threads", None)  # a Client(processes=False)
+    if in_process is not None:
+        scheduler, num_workers = "threads", num_workers or in_process
     cluster = getattr(scheduler, "_cluster", None)
     executor = None if cluster is not None else executor_for(scheduler)
     if executor is not None:
