@@ -309,7 +309,7 @@ def test_repr_shows_workers_threads_memory_and_dashboard():
         ({"n_workers": 0}, "n_workers must be a positive integer"),
         ({"threads_per_worker": "4"}, "threads_per_worker must be a positive integer"),
         ({"memory_limit": "lots"}, "memory_limit must be"),
-        ({"processes": False}, "unexpected keyword arguments: processes"),
+        ({"bogus": False}, "unexpected keyword arguments: bogus"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_starts(arguments, message):

@@ -119,8 +119,9 @@ class Client:
     ``n_workers * threads_per_worker`` threads (by default one per core), nothing pickled, and tasks
     can submit tasks (:func:`belated.get_client`). Its ``memory_limit`` is reported, not enforced.
 
-    Other keywords as in distributed: ``silence_logs`` (the level below which belated's log records
-    are dropped while the client is open; ``False`` keeps them all), ``asynchronous`` (``gather``,
+    Other keywords as in distributed: ``silence_logs`` (a level below which belated's log records are
+    dropped while the client is open; by default, and with ``False``, the logging configuration is
+    left as it is, so a ``DEBUG`` level set for ``belated`` stays), ``asynchronous`` (``gather``,
     ``scatter`` and ``close`` return awaitables; ``async with Client(asynchronous=True)``), ``name``.
 
     ``Client("tcp://host:8786")`` (or a distributed ``Client`` or ``LocalCluster``) connects to Dask
@@ -140,7 +141,7 @@ class Client:
         threads_per_worker=None,
         processes=True,
         memory_limit="auto",
-        silence_logs=logging.WARNING,
+        silence_logs=None,
         dashboard_address=":8787",
         asynchronous=False,
         name=None,
