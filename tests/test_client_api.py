@@ -103,7 +103,9 @@ def in_process():
 def reference():
     """A real distributed cluster in this process, to compare with."""
     # The default client while open: distributed's wait and as_completed need one.
-    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+    ) as client:
         yield client
 
 
@@ -432,6 +434,18 @@ def test_in_process_clients_have_no_worker_processes_to_scale(in_process):
 # -- tasks that launch tasks --------------------------------------------------------------------------
 
 
+def close_worker_clients(client):
+    """Closes the clients distributed's get_client() made in its workers, which it leaves polling a
+    closed cluster (their errors would land in later tests' logs)."""
+
+    def close(dask_worker):
+        if dask_worker._client is not None:
+            dask_worker._client.close()
+            dask_worker._client = None
+
+    client.run(close)
+
+
 @pytest.mark.parametrize("task", [fib, fib_secede])
 def test_tasks_submit_tasks_without_deadlocking_a_one_thread_worker(task):
     expected = 8
@@ -439,6 +453,7 @@ def test_tasks_submit_tasks_without_deadlocking_a_one_thread_worker(task):
         processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
     ) as theirs:
         assert theirs.submit(task, 6).result(timeout=60) == expected
+        close_worker_clients(theirs)
     with belated.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as ours:
         assert ours.submit(task, 6).result(timeout=60) == expected
 

@@ -149,7 +149,9 @@ class Client:
         preload=None,
         **kwargs,
     ):
-        self._lock = threading.Lock()
+        # Reentrant: a future dropped while it is held (by garbage collection, say) runs callbacks that
+        # take it.
+        self._lock = threading.RLock()
         self._cluster = None
         self._threads = None
         self._closed = False
