@@ -16,6 +16,8 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from worker_tasks import Boom, explode, nap, pid_of, square
 
 import belated
@@ -209,6 +211,24 @@ def test_futures_answer_as_distributeds_do(any_client):
     with pytest.raises(Boom, match="bad 1"):
         client.submit(inc, failed).result(timeout=30)
     assert failed.status == "error" and isinstance(failed.exception(timeout=30), Boom)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.integers(-5, 5), st.lists(st.integers(0, 1000), max_size=3)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_graphs_of_futures_give_what_eager_python_gives(in_process, steps):
+    """Each step adds a constant to earlier steps' results (picked by index), as futures and eagerly."""
+    futures, values = [], []
+    for constant, picks in steps:
+        chosen = [i % len(futures) for i in picks] if futures else []
+        futures.append(in_process.submit(add, constant, *[futures[i] for i in chosen], pure=False))
+        values.append(add(constant, *[values[i] for i in chosen]))
+    assert in_process.gather(futures) == values
 
 
 def test_done_callbacks_receive_the_future(any_client):
@@ -484,13 +504,23 @@ def test_progress_draws_a_text_bar_until_all_are_done(in_process):
     GATE.clear()
     futures = [in_process.submit(gated, i, pure=False) for i in range(3)] + [in_process.submit(square, 2)]
     out = io.StringIO()
-    opener = threading.Timer(0.3, GATE.set)
+
+    def open_once_drawn():
+        # The gated tasks finish only after the bar has drawn them unfinished.
+        deadline = time.monotonic() + 60
+        while not out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        GATE.set()
+
+    opener = threading.Thread(target=open_once_drawn)
     opener.start()
-    belated.progress(futures, file=out, interval=0.05, notebook=False)
+    belated.progress(futures, file=out, interval=0.01, notebook=False)
+    opener.join(60)
     assert all(f.done() for f in futures)
-    frames = out.getvalue().split("\r")
-    assert "100% Completed" in frames[-1] and frames[-1].endswith("\n")
-    assert any("25% Completed" in frame or "0% Completed" in frame for frame in frames[:-1]), frames
+    frames = out.getvalue().split("\r")[1:]
+    assert frames[0].startswith("[") and ("|   0% Completed" in frames[0] or "|  25% Completed" in frames[0])
+    assert "| 100% Completed" in frames[-1] and frames[-1].endswith("\n")
+    assert "#" * 40 in frames[-1]
 
 
 def test_progress_in_jupyter_updates_html_bars_per_function_in_place(in_process, monkeypatch):
