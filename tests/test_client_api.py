@@ -197,6 +197,9 @@ def test_futures_answer_as_distributeds_do(any_client):
     many = client.map(inc, range(5))
     assert isinstance(one.key, str) and one.key.startswith("inc")
     assert client.gather(many) == [1, 2, 3, 4, 5]
+    keyed, prefixed = client.map(inc, [1, 2], key=["k-one", "k-two"]), client.map(inc, [1, 2], key="pre")
+    assert [f.key for f in keyed] == ["k-one", "k-two"] and client.gather(keyed) == [2, 3]
+    assert all(f.key.startswith("pre-") for f in prefixed) and client.gather(prefixed) == [2, 3]
     # Futures as arguments, alone and inside containers, and futures of futures.
     chained = client.submit(inc, client.submit(inc, one))
     assert chained.result(timeout=30) == 4

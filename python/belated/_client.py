@@ -288,7 +288,8 @@ class Client:
         return self._start(build, [key], True, retries, after=futures_in((args, kwargs)))[0]
 
     def map(self, func, *iterables, key=None, pure=None, retries=None, **kwargs):
-        """``submit`` for each item of the iterables, as one computation; returns their futures."""
+        """``submit`` for each item of the iterables, as one computation; returns their futures.
+        ``key``: a list of keys, or a prefix for them."""
         if self._distributed_client is not None:
             return self._distributed_client.map(
                 func, *iterables, key=key, pure=pure, retries=retries, **kwargs
@@ -302,7 +303,7 @@ class Client:
             if len(key) != len(calls):
                 raise ValueError(f"map got {len(key)} keys for {len(calls)} calls")
             keys = list(key)
-        elif not futures_in((calls, kwargs)):
+        elif key is None and not futures_in((calls, kwargs)):
             tasks = tuple(call(*args, **kwargs) for args in calls)
             return self._start(lambda: tasks, [task.key for task in tasks], True, retries)
         else:
