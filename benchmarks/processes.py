@@ -12,6 +12,8 @@ in one run.
 - The seed tutorial's examples (sleeps divided by 10) on its ``Client(n_workers=4, threads_per_worker=4)``.
 
 Usage: ``python benchmarks/processes.py``. Writes ``benchmarks/results/processes.md``.
+``python benchmarks/processes.py client-api``: the Client's futures API against distributed's (see
+``client_api``), written to ``benchmarks/results/client_api.md``.
 """
 
 import sys
@@ -276,5 +278,95 @@ def seed_examples():
     return lines
 
 
+def pid_after(seconds):
+    time.sleep(seconds)
+    import os
+
+    return os.getpid()
+
+
+def until_all_run_tasks(client, n, as_completed):
+    """Returns once ``n`` distinct worker processes have run tasks, submitting short ones meanwhile."""
+    seen = set()
+    while len(seen) < n:
+        futures = client.map(pid_after, [0.02] * (2 * n), pure=False)
+        seen.update(future.result() for future in as_completed(futures))
+
+
+def client_api():
+    """belated.Client's futures API beside distributed's Client on a LocalCluster of processes, in one
+    run: as_completed over 10,000 futures, client.map of 10,000 trivial calls gathered, and scaling
+    from 1 to 4 workers until all four have run tasks. Writes ``benchmarks/results/client_api.md``."""
+    import os
+
+    import distributed
+
+    import belated
+
+    count = 10_000
+    results = {}
+    for name, api, make in (
+        (
+            "belated Client",
+            belated,
+            lambda: belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None),
+        ),
+        (
+            "distributed Client",
+            distributed,
+            lambda: distributed.Client(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+            ),
+        ),
+    ):
+        with make() as client:
+            client.gather(client.map(inc, range(100)))  # warm: workers have imported what tasks need
+
+            def map_gather(client=client):
+                return client.gather(client.map(inc, range(count), pure=False))
+
+            def iterate(client=client, api=api):
+                futures = client.map(inc, range(count), pure=False)
+                return sum(future.result() for future in api.as_completed(futures))
+
+            mapped, got = timed(map_gather)
+            assert got == list(range(1, count + 1))
+            completed, total = timed(iterate)
+            assert total == sum(range(1, count + 1))
+            client.cluster.scale(1)
+            client.wait_for_workers(1)
+            until_all_run_tasks(client, 1, api.as_completed)
+            start = time.perf_counter()
+            client.cluster.scale(4)
+            until_all_run_tasks(client, 4, api.as_completed)
+            results[name] = (completed, mapped, time.perf_counter() - start)
+    load = os.getloadavg()[0]
+    columns = list(results)
+    rows = [
+        (
+            f"as_completed over {count:,} futures, per future",
+            [f"{results[c][0] / count * 1e6:.0f} µs" for c in columns],
+        ),
+        (
+            f"client.map of {count:,} trivial calls, gathered, per call",
+            [f"{results[c][1] / count * 1e6:.0f} µs" for c in columns],
+        ),
+        ("scale 1 → 4 workers, until all four ran tasks", [f"{results[c][2]:.2f} s" for c in columns]),
+    ]
+    lines = [
+        f"| Client API, 2 workers of 1 thread (load average {load:.1f}) | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    table = "\n".join(lines)
+    print(table)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "client_api.md").write_text(table + "\n")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["client-api"]:
+        client_api()
+    else:
+        main()

@@ -33,8 +33,19 @@ from belated._belated import (
     WorkerStartError,
     delayed,
 )
-from belated._client import Client, Future
+from belated._client import Client
+from belated._futures import (
+    Future,
+    as_completed,
+    fire_and_forget,
+    get_client,
+    rejoin,
+    secede,
+    wait,
+    worker_client,
+)
 from belated._get import get
+from belated._progress import progress
 from belated._tokenize import TokenizationError, tokenize
 from belated._visualize import Picture, visualize
 
@@ -58,18 +69,26 @@ __all__ = [
     "WorkerLostError",
     "WorkerStartError",
     "annotate",
+    "as_completed",
     "compute",
     "config",
     "dashboard",
     "delayed",
     "diagnostics",
+    "fire_and_forget",
     "get",
+    "get_client",
     "graph_manipulation",
     "is_dask_collection",
     "optimize",
     "persist",
+    "progress",
+    "rejoin",
+    "secede",
     "tokenize",
     "visualize",
+    "wait",
+    "worker_client",
 ]
 
 # dask's submodules, reached as ``belated.<name>`` when dask is installed; without it, these names say

@@ -29,6 +29,9 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
     # call, then the task's own frames, not belated's.
     __tracebackhide__ = True
     scheduler = scheduler or config.get("scheduler", None) or "threads"
+    in_process = getattr(scheduler, "_in_process_threads", None)  # a Client(processes=False)
+    if in_process is not None:
+        scheduler, num_workers = "threads", num_workers or in_process
     cluster = getattr(scheduler, "_cluster", None)
     executor = None if cluster is not None else executor_for(scheduler)
     if executor is not None:

@@ -4,16 +4,27 @@ cluster, as the default scheduler while it is open."""
 import concurrent.futures
 import concurrent.futures.thread  # registers its exit hook before ours (at the end)
 import html
+import importlib
+import logging
 import os
 import re
 import sys
+import tempfile
 import threading
+import time
+import uuid
 import weakref
+
+import cloudpickle
 
 from belated import _belated, _logging, config
 from belated._dask import _require
+from belated._futures import Computation, Future, finished, futures_in, gather, replace_futures, task_client
+from belated._tokenize import tokenize
 
 _OPEN = weakref.WeakSet()
+# Clients in the order they started, for get_client(): the newest still open.
+_STARTED = []
 # Slow imports most tasks that use them need: workers import them as soon as they start when this
 # process has (the first tasks would otherwise wait for them).
 _USUAL_IMPORTS = ("numpy", "pandas")
@@ -80,69 +91,6 @@ def _size(n):
         n /= 1024
 
 
-class Future:
-    """A result being computed on a cluster, from :meth:`Client.compute` or :meth:`Client.submit`.
-
-    Futures made by one call share its computation: cancelling one cancels them all."""
-
-    __slots__ = ("_batch", "_index", "_token", "key")
-
-    def __init__(self, batch, index, token, key):
-        self._batch, self._index, self._token, self.key = batch, index, token, key
-
-    def result(self, timeout=None):
-        """Waits up to ``timeout`` seconds for the result; raises the task's exception if it failed."""
-        try:
-            return self._batch.result(timeout)[self._index]
-        except concurrent.futures.CancelledError:  # cancelled before it started
-            raise _belated.CancelledError("the computation was cancelled") from None
-
-    def done(self):
-        return self._batch.done()
-
-    def exception(self, timeout=None):
-        try:
-            return self._batch.exception(timeout)
-        except concurrent.futures.CancelledError:
-            return _belated.CancelledError("the computation was cancelled")
-
-    def cancel(self):
-        """Cancels the computation: nothing more of it starts, the workers running its tasks are killed
-        (and replaced), and ``result()`` raises ``belated.CancelledError``."""
-        self._token.cancel()
-        self._batch.cancel()
-
-    def cancelled(self):
-        return self._token.cancelled
-
-    @property
-    def status(self):
-        if not self._batch.done():
-            return "pending"
-        if self.cancelled():
-            return "cancelled"
-        return "error" if self._batch.exception() is not None else "finished"
-
-    def __repr__(self):
-        return f"<Future: {self.status}, key: {self.key}>"
-
-    def __reduce__(self):
-        raise TypeError(
-            "a belated Future cannot be sent to a worker; pass its result (client.gather(future)) or the "
-            "Delayed it was computed from"
-        )
-
-
-def _gather(obj):
-    if isinstance(obj, Future):
-        return obj.result()
-    if type(obj) in (list, tuple, set):
-        return type(obj)(_gather(item) for item in obj)
-    if type(obj) is dict:
-        return {key: _gather(value) for key, value in obj.items()}
-    return obj
-
-
 def _hold(collections, futures):
     """Persisted objects: each Delayed among ``collections`` becomes one holding its distributed
     Future under the same key, which later graphs use as a dependency."""
@@ -167,13 +115,22 @@ class Client:
     Workers import the modules in ``preload`` as soon as they start (default: numpy and pandas, when
     this process has imported them).
 
+    ``processes=False`` runs tasks on threads of this process instead: one worker of
+    ``n_workers * threads_per_worker`` threads (by default one per core), nothing pickled, and tasks
+    can submit tasks (:func:`belated.get_client`). Its ``memory_limit`` is reported, not enforced.
+
+    Other keywords as in distributed: ``silence_logs`` (a level below which belated's log records are
+    dropped while the client is open; by default, and with ``False``, the logging configuration is
+    left as it is, so a ``DEBUG`` level set for ``belated`` stays), ``asynchronous`` (``gather``,
+    ``scatter`` and ``close`` return awaitables; ``async with Client(asynchronous=True)``), ``name``.
+
     ``Client("tcp://host:8786")`` (or a distributed ``Client`` or ``LocalCluster``) connects to Dask
     distributed instead, which receives each graph in one submission; its other attributes are the
     distributed client's.
 
     Until ``close()`` (or the end of a ``with`` block) ``compute()`` runs there by default.
-    ``client.compute(...)`` and ``client.submit(...)`` return :class:`Future` objects and
-    ``client.gather(...)`` waits for them.
+    ``client.compute(...)``, ``client.submit(...)``, ``client.map(...)`` and ``client.scatter(...)``
+    return :class:`Future` objects and ``client.gather(...)`` waits for them.
     """
 
     def __init__(
@@ -182,57 +139,100 @@ class Client:
         *,
         n_workers=None,
         threads_per_worker=None,
+        processes=True,
         memory_limit="auto",
+        silence_logs=None,
         dashboard_address=":8787",
+        asynchronous=False,
+        name=None,
         set_as_default=True,
         preload=None,
         **kwargs,
     ):
-        self._lock = threading.Lock()
+        # Reentrant: a future dropped while it is held (by garbage collection, say) runs callbacks that
+        # take it.
+        self._lock = threading.RLock()
         self._cluster = None
+        self._threads = None
+        self._closed = False
         self._distributed_client = None
         self._dashboard = None
         self._owns_dashboard = False
+        self._silenced = None
+        self.asynchronous = bool(asynchronous)
+        self.name = name
+        self.id = f"Client-{uuid.uuid4()}"
         if address is not None:
             distributed = _require("distributed", "dask")
             if isinstance(address, distributed.Client):
                 self._distributed_client = address
             else:
                 self._distributed_client = distributed.Client(address, **kwargs)
+            self._config = config.set(scheduler=self) if set_as_default else None
+            return
+        _check_local_keywords(kwargs)
+        if not isinstance(processes, bool):
+            raise TypeError(f"processes must be True or False, got {processes!r}")
+        if not processes and n_workers is None:
+            n_workers = 1
+        n_workers, threads_per_worker = _shape(n_workers, threads_per_worker)
+        self._n_workers, self._threads_per_worker = n_workers, threads_per_worker
+        self._memory_limit_text = memory_limit
+        self._memory_limit = parse_memory_limit(memory_limit, n_workers)
+        self._preload = (
+            [name for name in _USUAL_IMPORTS if name in sys.modules] if preload is None else list(preload)
+        )
+        # Files from upload_file, installed again in workers started later (restart, scale).
+        self._uploads = []
+        self._silenced = _silence(silence_logs)
+        if processes:
+            self._cluster = self._start_cluster(n_workers)
         else:
-            if kwargs:
-                raise TypeError(f"Client() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
-            n_workers, threads_per_worker = _shape(n_workers, threads_per_worker)
-            limit = parse_memory_limit(memory_limit, n_workers)
-            if preload is None:
-                preload = [name for name in _USUAL_IMPORTS if name in sys.modules]
-            self._cluster = _belated.Cluster(
-                n_workers,
-                threads_per_worker,
-                limit,
-                list(preload),
-                describe_memory_limit(memory_limit, limit),
-            )
-            _logging.cluster_logger.debug(
-                "local cluster started: %d workers of %d threads, memory limit %s bytes each",
-                n_workers,
-                threads_per_worker,
-                limit,
-            )
-            # Each future's computation waits on a thread of its own (idle while the engine works), so
-            # futures submitted one by one can still fill every worker thread.
-            self._submitter = concurrent.futures.ThreadPoolExecutor(
-                max_workers=max(32, 2 * n_workers * threads_per_worker), thread_name_prefix="belated-client"
-            )
-            # The cancel tokens of computations not yet finished, which close() cancels.
-            self._pending = set()
-            if dashboard_address:
-                self._owns_dashboard = _belated.dashboard_url() is None
-                self._dashboard = _start_dashboard(dashboard_address)
-            _OPEN.add(self)
+            self._threads = n_workers * threads_per_worker
+        # Each future's computation waits on a thread of its own (idle while the engine works), so
+        # futures submitted one by one can still fill every worker thread.
+        self._submitter = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(32, 2 * n_workers * threads_per_worker), thread_name_prefix="belated-client"
+        )
+        # The cancel tokens of computations not yet finished, which close() and restart() cancel, and
+        # how many tasks each asked for (what adapt() scales to).
+        self._pending = set()
+        self._task_counts = {}
+        self._scaling = threading.Lock()
+        self._adaptive = None
+        if dashboard_address:
+            self._owns_dashboard = _belated.dashboard_url() is None
+            self._dashboard = _start_dashboard(dashboard_address)
+        _OPEN.add(self)
+        _STARTED.append(weakref.ref(self))
         self._config = config.set(scheduler=self) if set_as_default else None
 
+    def _start_cluster(self, n_workers):
+        cluster = _belated.Cluster(
+            n_workers,
+            self._threads_per_worker,
+            parse_memory_limit(self._memory_limit_text, n_workers),
+            self._preload,
+            describe_memory_limit(self._memory_limit_text, self._memory_limit),
+        )
+        _logging.cluster_logger.debug(
+            "local cluster started: %d workers of %d threads, memory limit %s bytes each",
+            n_workers,
+            self._threads_per_worker,
+            cluster.memory_limit,
+        )
+        for filename, data, load in self._uploads:
+            cluster.run_on_workers(_install_file, (filename, data, load), {})
+        return cluster
+
     # -- a local cluster -------------------------------------------------------------------------
+
+    @property
+    def _in_process_threads(self):
+        """The threads of a ``processes=False`` client, which ``compute(scheduler=client)`` runs on."""
+        if self._threads is not None:
+            self._check_open()
+        return self._threads
 
     @property
     def dashboard_link(self):
@@ -244,7 +244,15 @@ class Client:
     def status(self):
         if self._distributed_client is not None:
             return self._distributed_client.status
-        return "closed" if self._cluster.closed else "running"
+        return "closed" if self._closed else "running"
+
+    @property
+    def cluster(self):
+        """The local cluster, with ``scale``, ``adapt``, ``workers`` and ``close``, as distributed's
+        ``LocalCluster``."""
+        if self._distributed_client is not None:
+            return self._distributed_client.cluster
+        return LocalCluster(self)
 
     def compute(self, collections, *, sync=False, traverse=True, retries=None, **kwargs):
         """Starts computing ``collections`` (a Delayed, or a list or tuple of them) on the cluster and
@@ -253,30 +261,96 @@ class Client:
             return self._on_distributed(collections, traverse, sync=sync)
         many = type(collections) in (list, tuple)
         items = tuple(collections) if many else (collections,)
-        futures = self._start(items, traverse, retries)
+        keys = [getattr(item, "key", None) for item in items]
+        futures = self._start(lambda: items, keys, traverse, retries)
         if sync:
             return self.gather(futures if many else futures[0])
         return futures if many else futures[0]
 
     def submit(self, func, *args, pure=None, key=None, retries=None, **kwargs):
         """Starts ``func(*args, **kwargs)`` on the cluster and returns its :class:`Future` (a distributed
-        Future on Dask distributed)."""
+        Future on Dask distributed). Futures among the arguments (also in lists, tuples and dicts) are
+        replaced by their results once done; a failed one fails this task with its exception."""
         if self._distributed_client is not None:
             return self._distributed_client.submit(func, *args, pure=pure, key=key, retries=retries, **kwargs)
         from belated import delayed
 
-        task = delayed(func, pure=pure)(*args, dask_key_name=key, **kwargs)
-        return self._start((task,), True, retries)[0]
+        func = self._on_this_client(func)
+        if not futures_in((args, kwargs)):  # the common case: no need to wait or rebuild
+            task = delayed(func, pure=pure)(*args, dask_key_name=key, **kwargs)
+            return self._start(lambda: (task,), [task.key], True, retries)[0]
+        key = key or _new_key(func)
 
-    def map(self, func, *iterables, pure=None, retries=None, **kwargs):
-        """``submit`` for each item of the iterables, as one computation; returns their futures."""
+        def build():
+            call_args, call_kwargs = replace_futures((args, kwargs), Future._as_delayed)
+            return (delayed(func, pure=pure)(*call_args, dask_key_name=key, **call_kwargs),)
+
+        return self._start(build, [key], True, retries, after=futures_in((args, kwargs)))[0]
+
+    def map(self, func, *iterables, key=None, pure=None, retries=None, **kwargs):
+        """``submit`` for each item of the iterables, as one computation; returns their futures.
+        ``key``: a list of keys, or a prefix for them."""
         if self._distributed_client is not None:
-            return self._distributed_client.map(func, *iterables, pure=pure, retries=retries, **kwargs)
+            return self._distributed_client.map(
+                func, *iterables, key=key, pure=pure, retries=retries, **kwargs
+            )
         from belated import delayed
 
+        func = self._on_this_client(func)
         call = delayed(func, pure=pure)
-        tasks = tuple(call(*args, **kwargs) for args in zip(*iterables, strict=True))
-        return self._start(tasks, True, retries)
+        calls = list(zip(*iterables, strict=True))
+        if isinstance(key, (list, tuple)):
+            if len(key) != len(calls):
+                raise ValueError(f"map got {len(key)} keys for {len(calls)} calls")
+            keys = list(key)
+        elif key is None and not futures_in((calls, kwargs)):
+            tasks = tuple(call(*args, **kwargs) for args in calls)
+            return self._start(lambda: tasks, [task.key for task in tasks], True, retries)
+        else:
+            keys = [_new_key(func, key) for _ in calls]
+
+        def build():
+            resolved, call_kwargs = replace_futures((calls, kwargs), Future._as_delayed)
+            return tuple(
+                call(*args, dask_key_name=name, **call_kwargs)
+                for args, name in zip(resolved, keys, strict=True)
+            )
+
+        return self._start(build, keys, True, retries, after=futures_in((calls, kwargs)))
+
+    def _on_this_client(self, func):
+        """``func``, made to see this client as get_client()'s while it runs in this process."""
+        return func if self._cluster is not None else OnClient(func, self)
+
+    def scatter(self, data, *, broadcast=False, hash=True, **kwargs):
+        """Futures of values built here (one for a value, a list for a list, a dict for a dict), to pass
+        to ``submit`` and ``map``: a task that takes one gets the value without it travelling with the
+        call; every task of a computation shares one copy, sent to a worker once. A value that cannot
+        be sent to a worker process is refused here, before anything runs."""
+        if self._distributed_client is not None:
+            return self._distributed_client.scatter(data, broadcast=broadcast, hash=hash, **kwargs)
+        self._check_open()
+        if type(data) in (list, tuple, set, frozenset):
+            futures = type(data)(self._scatter_one(value, hash) for value in data)
+        elif type(data) is dict:
+            futures = {key: self._scatter_one(value, hash, key) for key, value in data.items()}
+        else:
+            futures = self._scatter_one(data, hash)
+        return _done_awaitable(futures) if self.asynchronous else futures
+
+    def _scatter_one(self, value, hashed, key=None):
+        if self._cluster is not None:
+            try:
+                cloudpickle.dumps(value, protocol=5)
+            except Exception as error:
+                raise TypeError(
+                    f"cannot scatter {type(value).__name__} to worker processes: it cannot be pickled "
+                    f"({type(error).__name__}: {error}); make it picklable, or use Client(processes=False)"
+                ) from error
+        if key is None:
+            prefix = type(value).__name__
+            key = f"{prefix}-{tokenize(value)}" if hashed else f"{prefix}-{uuid.uuid4().hex}"
+        return Future(finished([value]), 0, str(key), self)
 
     def persist(self, collections, *, traverse=True, retries=None):
         """Computes ``collections`` (a Delayed, or a list or tuple of them) on the cluster and returns
@@ -308,31 +382,100 @@ class Client:
         return list(results) if many else results[0]
 
     def gather(self, futures):
-        """The results of ``futures`` (a Future, or lists, tuples, sets and dicts of them)."""
+        """The results of ``futures`` (a Future, or lists, tuples, sets and dicts of them); an awaitable
+        of them on an asynchronous client."""
         if self._distributed_client is not None:
             return self._distributed_client.gather(futures)
-        return _gather(futures)
+        if self.asynchronous:
+            return self._gather_async(futures)
+        return gather(futures)
+
+    async def _gather_async(self, futures):
+        for future in futures_in(futures):
+            await future
+        return gather(futures)
 
     def _local(self):
         """The local cluster, for what only a belated cluster has."""
-        if self._cluster is None:
+        if self._distributed_client is not None:
             raise TypeError("this Client is connected to Dask distributed; it has no belated local cluster")
+        if self._cluster is None:
+            raise TypeError(
+                "this Client runs tasks in this process (processes=False); it has no worker processes"
+            )
         return self._cluster
 
-    def _start(self, items, traverse, retries):
-        if self._cluster.closed:
+    def _check_open(self):
+        if self._closed:
             raise _belated.BelatedError("this Client is closed; start a new one")
+
+    def _start(self, build, keys, traverse, retries, after=()):
+        """Futures of the items ``build()`` returns, computed in the background once the futures
+        ``after`` are done."""
+        self._check_open()
         if retries is None:
             retries = config.get("retries", 1)
         token = _belated.CancelToken()
+        # Work submitted by a task running here runs off the worker threads, on a thread of its own:
+        # that task may wait for it, and with every worker thread (or every submitter thread) waiting
+        # on work queued behind them nothing would run. This is what secede() does in distributed.
+        nested = _belated.on_pool_thread() or getattr(task_client, "client", None) is not None
+        scheduler, workers = ("sync", None) if nested else ("threads", self._threads)
+        cluster = None if nested else self._cluster
+
+        def run():
+            items = build()
+            return _belated.compute(
+                items, scheduler, workers, traverse, (), None, False, retries, cluster, token
+            )
+
+        batch = concurrent.futures.Future()
         with self._lock:
             self._pending.add(token)
-        batch = self._submitter.submit(
-            _belated.compute, items, "threads", None, traverse, (), None, False, retries, self._cluster, token
-        )
-        batch.add_done_callback(lambda _: self._pending.discard(token))
-        keys = [getattr(item, "key", None) for item in items]
-        return [Future(batch, i, token, key) for i, key in enumerate(keys)]
+            self._task_counts[token] = len(keys)
+        batch.add_done_callback(lambda _: self._finished(token))
+
+        def launch():
+            # Not started if every future of it was dropped meanwhile (as distributed releases it).
+            if not batch.set_running_or_notify_cancel():
+                return
+            if nested:
+                running = concurrent.futures.Future()
+                running.set_running_or_notify_cancel()
+                threading.Thread(
+                    target=_run_into, args=(run, running), daemon=True, name="belated-nested"
+                ).start()
+            else:
+                try:
+                    running = self._submitter.submit(run)
+                except RuntimeError:  # closed meanwhile
+                    batch.set_exception(_belated.CancelledError("the Client was closed"))
+                    return
+            running.add_done_callback(lambda done: _settle(batch, done))
+
+        waiting = {future._batch for future in after if not future.done()}
+        if not waiting:
+            launch()
+        else:
+            left = [len(waiting)]
+            lock = threading.Lock()
+
+            def one_done(_):
+                with lock:
+                    left[0] -= 1
+                    ready = left[0] == 0
+                if ready:
+                    launch()
+
+            for dependency in waiting:
+                dependency.add_done_callback(one_done)
+        computation = Computation(batch, token)
+        return [Future(computation, i, key, self) for i, key in enumerate(keys)]
+
+    def _finished(self, token):
+        with self._lock:
+            self._pending.discard(token)
+            self._task_counts.pop(token, None)
 
     def cluster_stats(self):
         """What the local cluster has done: results moved between workers, large values built here
@@ -345,11 +488,131 @@ class Client:
         """The process ids of the local cluster's workers."""
         return self._local().pids
 
+    # -- workers ----------------------------------------------------------------------------------
+
+    def _workers(self):
+        """``(address, pid, threads)`` of each worker."""
+        self._check_open()
+        if self._cluster is None:
+            return [(f"inproc://{os.getpid()}", os.getpid(), self._threads)]
+        cluster = self._cluster
+        return [(f"local://{pid}", pid, cluster.threads_per_worker) for pid in cluster.pids]
+
+    def nthreads(self):
+        """``{worker address: threads}``."""
+        if self._distributed_client is not None:
+            return self._distributed_client.nthreads()
+        return {address: threads for address, _, threads in self._workers()}
+
+    def scheduler_info(self):
+        """The cluster as distributed describes it: ``workers`` maps each worker's address to its
+        ``nthreads``, ``memory_limit`` (0: none) and ``metrics`` (``memory``: its resident bytes)."""
+        if self._distributed_client is not None:
+            return self._distributed_client.scheduler_info()
+        limit = (self._cluster.memory_limit if self._cluster is not None else self._memory_limit) or 0
+        workers = {
+            address: {
+                "type": "Worker",
+                "id": index,
+                "name": index,
+                "host": "127.0.0.1",
+                "pid": pid,
+                "nthreads": threads,
+                "memory_limit": limit,
+                "metrics": {"memory": _resident_bytes(pid)},
+                "status": "running",
+            }
+            for index, (address, pid, threads) in enumerate(self._workers())
+        }
+        return {
+            "type": "Scheduler",
+            "id": self.id,
+            "address": f"inproc://{os.getpid()}" if self._cluster is None else f"local://{os.getpid()}",
+            "n_workers": len(workers),
+            "total_threads": sum(w["nthreads"] for w in workers.values()),
+            "total_memory": limit * len(workers),
+            "workers": workers,
+        }
+
+    def wait_for_workers(self, n_workers, timeout=None):
+        """Waits until the cluster has at least ``n_workers`` workers (``TimeoutError`` after
+        ``timeout`` seconds)."""
+        if self._distributed_client is not None:
+            return self._distributed_client.wait_for_workers(n_workers, timeout=timeout)
+        if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
+            raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self._workers()) < n_workers:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"only {len(self._workers())} of {n_workers} workers after {timeout} s")
+            time.sleep(0.05)
+
+    def run(self, function, *args, **kwargs):
+        """Calls ``function(*args, **kwargs)`` once in each worker, beside the tasks it runs, and
+        returns ``{worker address: result}``; raises the first exception one raised."""
+        if self._distributed_client is not None:
+            return self._distributed_client.run(function, *args, **kwargs)
+        for name in ("workers", "wait", "nanny", "on_error"):
+            if name in kwargs:
+                raise TypeError(f"run({name}=...) is not supported by a belated local cluster")
+        self._check_open()
+        if self._cluster is None:
+            return {f"inproc://{os.getpid()}": function(*args, **kwargs)}
+        return {
+            f"local://{pid}": result for pid, result in self._cluster.run_on_workers(function, args, kwargs)
+        }
+
+    def upload_file(self, filename, load=True):
+        """Sends a ``.py``, ``.zip``, ``.egg`` or ``.whl`` file to every worker (and those started
+        later) and puts it on their import path; a ``.py`` module is imported (again) there."""
+        if self._distributed_client is not None:
+            return self._distributed_client.upload_file(filename, load=load)
+        self._check_open()
+        with open(filename, "rb") as file:
+            data = file.read()
+        name = os.path.basename(filename)
+        results = self.run(_install_file, name, data, load)
+        self._uploads.append((name, data, load))
+        return results
+
+    def restart(self):
+        """New workers in place of the old: computations still running are cancelled (their futures
+        raise ``belated.CancelledError``) and results held in workers are dropped, as in distributed."""
+        if self._distributed_client is not None:
+            return self._distributed_client.restart()
+        self._check_open()
+        self._cancel_pending()
+        if self._cluster is not None:
+            self._replace_cluster(self._cluster.n_workers)
+
+    def scale(self, n):
+        """Runs on ``n`` worker processes from now on; see :meth:`LocalCluster.scale`."""
+        if self._distributed_client is not None:
+            return self._distributed_client.cluster.scale(n)
+        self.cluster.scale(n)
+
+    def _replace_cluster(self, n_workers):
+        old, self._cluster = self._cluster, self._start_cluster(n_workers)
+        # Computations still running on the old workers hold their own reference to them: they finish
+        # there, and the old workers stop when the last of them does.
+        del old
+
+    def _cancel_pending(self):
+        with self._lock:
+            pending = list(self._pending)
+        for token in pending:
+            token.cancel()
+
     # -- either kind ------------------------------------------------------------------------------
 
     def close(self):
         """Stops the cluster (a local one's workers end, tasks still running are killed: their futures
-        raise ``belated.CancelledError``) and stops being the default scheduler. Idempotent."""
+        raise ``belated.CancelledError``) and stops being the default scheduler. Idempotent. An
+        awaitable on an asynchronous client."""
+        self._close()
+        return _done_awaitable(None) if self.asynchronous else None
+
+    def _close(self):
         with self._lock:
             if self._config is not None:
                 self._config.__exit__(None, None, None)
@@ -357,21 +620,42 @@ class Client:
             if self._distributed_client is not None:
                 self._distributed_client.close()
                 return
-            for token in list(self._pending):
-                token.cancel()
-            self._submitter.shutdown(wait=False, cancel_futures=True)
-            self._cluster.close()
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._pending)
+        # Outside the lock: cancelling runs the computations' callbacks, which take it.
+        if self._adaptive is not None:
+            self._adaptive.stop()
+        for token in pending:
+            token.cancel()
+        self._submitter.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            if self._cluster is not None:
+                self._cluster.close()
             _logging.cluster_logger.debug("local cluster closed")
             if self._dashboard is not None and self._owns_dashboard:
                 self._dashboard.stop()
             self._dashboard = None
+            if self._silenced is not None:
+                _logging.logger.setLevel(self._silenced)
+                self._silenced = None
             _OPEN.discard(self)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        self._close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        self._close()
+
+    def __await__(self):
+        return _done_awaitable(self).__await__()
 
     def __getattr__(self, name):
         distributed_client = self.__dict__.get("_distributed_client")
@@ -380,25 +664,30 @@ class Client:
         return getattr(distributed_client, name)
 
     def _facts(self):
-        cluster = self._cluster
-        workers, threads = cluster.n_workers, cluster.n_workers * cluster.threads_per_worker
-        limit = cluster.memory_limit
+        if self._cluster is None:
+            workers, threads = 1, self._threads
+        else:
+            workers, threads = self._cluster.n_workers, self._cluster.n_workers * self._threads_per_worker
+        limit = self._cluster.memory_limit if self._cluster is not None else self._memory_limit
         memory = _size(limit * workers) if limit else "unlimited"
         return workers, threads, memory
+
+    def _kind(self):
+        return "belated local cluster" if self._cluster is not None else "belated in-process threads"
 
     def __repr__(self):
         if self._distributed_client is not None:
             return repr(self._distributed_client)
-        if self._cluster.closed:
-            return "<Client: belated local cluster, closed>"
+        if self._closed:
+            return f"<Client: {self._kind()}, closed>"
         workers, threads, memory = self._facts()
         link = f", dashboard={self.dashboard_link}" if self.dashboard_link else ""
-        return f"<Client: belated local cluster, workers={workers}, threads={threads}, memory={memory}{link}>"
+        return f"<Client: {self._kind()}, workers={workers}, threads={threads}, memory={memory}{link}>"
 
     def _repr_html_(self):
         if self._distributed_client is not None:
             return self._distributed_client._repr_html_()
-        if self._cluster.closed:
+        if self._closed:
             return "<p><strong>belated Client</strong>: closed</p>"
         workers, threads, memory = self._facts()
         rows = [("Workers", workers), ("Threads", threads), ("Memory", memory)]
@@ -406,7 +695,134 @@ class Client:
             url = html.escape(self.dashboard_link)
             rows.append(("Dashboard", f'<a href="{url}" target="_blank">{url}</a>'))
         cells = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in rows)
-        return f"<div><strong>belated Client</strong>: local cluster<table>{cells}</table></div>"
+        return (
+            f"<div><strong>belated Client</strong>: {html.escape(self._kind())}<table>{cells}</table></div>"
+        )
+
+
+class OnClient:
+    """A function that runs as a task of ``client`` in this process: ``get_client()`` inside it is
+    that client. Keys and tokens are the function's own."""
+
+    __slots__ = ("__name__", "client", "func")
+
+    def __init__(self, func, client):
+        self.func, self.client = func, client
+        self.__name__ = getattr(func, "__name__", type(func).__name__)
+
+    def __call__(self, *args, **kwargs):
+        previous = getattr(task_client, "client", None)
+        task_client.client = self.client
+        try:
+            return self.func(*args, **kwargs)
+        finally:
+            task_client.client = previous
+
+    def __dask_tokenize__(self):
+        return tokenize(self.func)
+
+
+class LocalCluster:
+    """``client.cluster`` of a local cluster: its workers, and ``scale``/``adapt`` to change how many.
+
+    Scaling starts the new number of workers and sends new computations to them; computations already
+    running finish on the old workers, which stop once they have. Results of finished futures live in
+    this process, so none is lost; results kept in the old workers for running computations go with
+    them when those end."""
+
+    def __init__(self, client):
+        self._client = client
+
+    @property
+    def name(self):
+        return self._client.name
+
+    @property
+    def dashboard_link(self):
+        return self._client.dashboard_link
+
+    @property
+    def workers(self):
+        """``{index: {"address", "pid", "nthreads"}}`` of the running workers."""
+        return {
+            index: {"address": address, "pid": pid, "nthreads": threads}
+            for index, (address, pid, threads) in enumerate(self._client._workers())
+        }
+
+    def scale(self, n=None, *, cores=None, memory=None):
+        """Runs on ``n`` worker processes from now on (at least 1)."""
+        if cores is not None or memory is not None:
+            raise TypeError("scale() takes a number of workers; cores= and memory= are not supported")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"scale() needs a number of workers of at least 1, got {n!r}")
+        client = self._client
+        client._local()
+        client._check_open()
+        with client._scaling:
+            if n != client._cluster.n_workers:
+                client._replace_cluster(n)
+
+    def adapt(self, minimum=1, maximum=None, interval=0.5):
+        """Scales between ``minimum`` and ``maximum`` workers (default: one per core) with the work: up
+        while tasks wait for threads, down to ``minimum`` once nothing runs. Returns the policy; its
+        ``stop()`` ends it."""
+        client = self._client
+        client._local()
+        maximum = maximum if maximum is not None else max(minimum, os.cpu_count() or 1)
+        if not (isinstance(minimum, int) and isinstance(maximum, int) and 1 <= minimum <= maximum):
+            raise ValueError(f"adapt() needs 1 <= minimum <= maximum, got {minimum!r} and {maximum!r}")
+        if client._adaptive is not None:
+            client._adaptive.stop()
+        client._adaptive = Adaptive(self, minimum, maximum, interval)
+        return client._adaptive
+
+    def close(self):
+        self._client.close()
+
+    def __repr__(self):
+        client = self._client
+        if client._closed:
+            return "LocalCluster(closed)"
+        workers, threads, memory = client._facts()
+        return f"LocalCluster({client.name!r}, workers={workers}, threads={threads}, memory={memory})"
+
+
+class Adaptive:
+    """Scales a local cluster with its work: the workers that would run every unfinished task of
+    the client's futures at once, between ``minimum`` and ``maximum``."""
+
+    def __init__(self, cluster, minimum, maximum, interval):
+        self.minimum, self.maximum = minimum, maximum
+        self._cluster = cluster
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, args=(interval,), daemon=True, name="belated-adapt"
+        )
+        self._thread.start()
+
+    def target(self):
+        client = self._cluster._client
+        with client._lock:
+            waiting = sum(client._task_counts.get(token, 0) for token in client._pending)
+        wanted = -(-waiting // client._threads_per_worker)
+        return min(self.maximum, max(self.minimum, wanted))
+
+    def _loop(self, interval):
+        while not self._stopped.wait(interval):
+            client = self._cluster._client
+            if client._closed:
+                return
+            target = self.target()
+            current = client._cluster.n_workers
+            # Down only when idle: scaling down moves new work, not running work, to fewer workers.
+            if target > current or (target < current and not client._pending):
+                try:
+                    self._cluster.scale(target)
+                except _belated.BelatedError:
+                    return  # closed meanwhile
+
+    def stop(self):
+        self._stopped.set()
 
 
 def _shape(n_workers, threads_per_worker):
@@ -433,6 +849,124 @@ def _start_dashboard(address):
     except _belated.BelatedError:
         # The port is taken (by another dashboard, say): any free one will do, as dask does.
         return dashboard(host, 0, quiet=True)
+
+
+def _run_into(run, future):
+    try:
+        future.set_result(run())
+    except BaseException as error:
+        future.set_exception(error)
+
+
+def _settle(batch, done):
+    """Gives ``batch`` the outcome of ``done``, the run that computed it."""
+    if done.cancelled():
+        batch.set_exception(_belated.CancelledError("the Client was closed"))
+    elif done.exception() is not None:
+        batch.set_exception(done.exception())
+    else:
+        batch.set_result(done.result())
+
+
+def current_client():
+    """The open local Client started last, or None."""
+    for ref in reversed(_STARTED):
+        client = ref()
+        if client is not None and not client._closed:
+            return client
+    return None
+
+
+# Keywords of distributed's Client and LocalCluster that configure a network connection or a remote
+# scheduler, which a local cluster on socket pairs does not have.
+_REMOTE_ONLY = frozenset({
+    "security", "scheduler_file", "direct_to_workers", "connection_limit", "heartbeat_interval",
+    "serializers", "deserializers", "host", "ip", "scheduler_port", "protocol", "interface",
+    "worker_dashboard_address", "dashboard_prefix", "blocked_handlers", "service_kwargs",
+    "scheduler_kwargs", "worker_class", "nanny",
+})  # fmt: skip
+
+
+def _check_local_keywords(kwargs):
+    remote = sorted(set(kwargs) & _REMOTE_ONLY)
+    if remote:
+        raise TypeError(
+            f"Client({', '.join(f'{name}=...' for name in remote)}) configures a remote scheduler or its "
+            "network, which a belated local cluster has none of (its workers talk to this process on "
+            "socket pairs); to use a remote Dask scheduler, pass its address: Client('tcp://host:8786', ...)"
+        )
+    if kwargs:
+        raise TypeError(f"Client() got unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+
+
+def _silence(silence_logs):
+    """Raises belated's log level to ``silence_logs`` (a level, or a level name; ``False``: keeps all)
+    and returns the level to restore, or None when nothing changed."""
+    if silence_logs is False or silence_logs is None:
+        return None
+    if silence_logs is True:
+        silence_logs = logging.WARNING
+    if isinstance(silence_logs, str):
+        level = logging.getLevelName(silence_logs.upper())
+        if not isinstance(level, int):
+            raise ValueError(f"silence_logs must be a logging level, got {silence_logs!r}")
+        silence_logs = level
+    if not isinstance(silence_logs, int):
+        raise TypeError(f"silence_logs must be a logging level or False, got {silence_logs!r}")
+    previous = _logging.logger.level
+    if _logging.logger.getEffectiveLevel() < silence_logs:
+        _logging.logger.setLevel(silence_logs)
+        return previous
+    return None
+
+
+def _new_key(func, prefix=None):
+    name = prefix or getattr(func, "__name__", None) or type(func).__name__
+    return f"{name}-{uuid.uuid4().hex}"
+
+
+async def _ready(value):
+    return value
+
+
+def _done_awaitable(value):
+    return _ready(value)
+
+
+def _resident_bytes(pid):
+    """The resident memory of process ``pid`` in bytes, or None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# Where upload_file puts files in each process (a worker's, or this one for processes=False).
+_UPLOAD_DIRECTORY = None
+
+
+def _install_file(filename, data, load):
+    """Writes an uploaded file where this process imports from, and imports a module (again)."""
+    global _UPLOAD_DIRECTORY
+    if _UPLOAD_DIRECTORY is None:
+        _UPLOAD_DIRECTORY = tempfile.mkdtemp(prefix="belated-upload-")
+        sys.path.insert(0, _UPLOAD_DIRECTORY)
+    path = os.path.join(_UPLOAD_DIRECTORY, filename)
+    with open(path, "wb") as file:
+        file.write(data)
+    if filename.endswith((".zip", ".egg", ".whl")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+        importlib.invalidate_caches()
+        return None
+    importlib.invalidate_caches()
+    if load and filename.endswith(".py"):
+        name = filename[:-3]
+        module = sys.modules.get(name)
+        module = importlib.reload(module) if module is not None else importlib.import_module(name)
+        return module.__name__
+    return None
 
 
 def _close_all():

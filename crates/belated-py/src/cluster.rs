@@ -641,6 +641,13 @@ impl Runner for ClusterRunner {
     }
 }
 
+/// Whether the calling thread is one of the engine's pool threads, i.e. running a task here (the
+/// Client runs work submitted from a task off the pool, which that task may be waiting on).
+#[pyfunction]
+pub(crate) fn on_pool_thread() -> bool {
+    belated_core::on_worker_thread()
+}
+
 /// A local cluster's processes and threads (`belated.Client()` without an address).
 #[pyclass(module = "belated._belated", frozen)]
 pub(crate) struct Cluster {
@@ -818,6 +825,43 @@ impl Cluster {
     #[getter]
     fn pids(&self) -> Vec<u32> {
         self.shared.workers.pids()
+    }
+
+    /// Calls `function(*args, **kwargs)` once in every worker, on its fetch connection (so it runs
+    /// beside whatever tasks the worker is running), and returns `(pid, result)` per worker. The
+    /// first worker whose call raised raises its exception; a worker that died gives
+    /// `WorkerLostError`.
+    fn run_on_workers<'py>(
+        &self,
+        py: Python<'py>,
+        function: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyAny>,
+        kwargs: &Bound<'py, PyAny>,
+    ) -> PyResult<Vec<(u32, Bound<'py, PyAny>)>> {
+        static DUMPS_CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        self.pool()?; // refuses a closed or forked-from cluster
+        let call = helper(py, &DUMPS_CALL, "dumps_call")?.call1((function, args, kwargs))?;
+        let call = frames_from(py, &call)?;
+        let shared = &self.shared;
+        let mut results = Vec::with_capacity(shared.workers());
+        for group in 0..shared.workers() {
+            let generation = shared.generation(group);
+            let lost = || WorkerLostError::new_err(format!("worker {group} died during run()"));
+            let worker = py
+                .detach(|| shared.worker(group, generation))
+                .ok_or_else(lost)?;
+            let mut request = vec![wire::header(RUN, &[], &[0, u64::from(SEND), 0])];
+            request.extend(call.iter().cloned());
+            let reply = py
+                .detach(|| {
+                    worker
+                        .connection(shared.threads_per_worker)
+                        .exchange(&request)
+                })
+                .map_err(|_| lost())?;
+            results.push((worker.pid(), decode_reply(py, &reply)?));
+        }
+        Ok(results)
     }
 
     /// Counts of results moved between workers, large values built here sent to a worker to keep,

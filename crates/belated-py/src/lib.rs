@@ -30,6 +30,7 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(delayed::delayed, m)?)?;
     m.add_function(wrap_pyfunction!(delayed::set_default_pure, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster::on_pool_thread, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute_with, m)?)?;
     m.add_function(wrap_pyfunction!(dask_graph::run_dask_graph, m)?)?;
     m.add_function(wrap_pyfunction!(dask_graph::dask_graph_delayed, m)?)?;

@@ -1,0 +1,355 @@
+"""Futures of a belated ``Client``, and distributed's functions over them: ``wait``, ``as_completed``,
+``fire_and_forget``, and, for tasks that launch tasks, ``get_client``, ``secede``, ``rejoin`` and
+``worker_client``.
+
+Invariants:
+- The futures one call made (``submit``: one, ``map``: one per call) share one computation. It starts
+  once the futures among its arguments are done; when the last of its futures is dropped before it
+  started, it never does, as distributed releases what no future refers to (``fire_and_forget``
+  keeps it). A computation already running finishes.
+- A future of a closed client raises ``belated.CancelledError``: its results went with the cluster.
+"""
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import sys
+import threading
+
+from belated import _belated
+
+
+class Computation:
+    """The work of one ``submit``/``map``/``compute``/``scatter`` call: ``batch`` resolves to the tuple
+    of its results."""
+
+    __slots__ = ("__weakref__", "batch", "token")
+
+    def __init__(self, batch, token):
+        self.batch, self.token = batch, token
+
+    def __del__(self):
+        # Only what has not started: a running computation finishes (its result unused).
+        self.batch.cancel()
+
+
+def finished(values):
+    """A computation already done, with ``values``: what ``scatter`` makes."""
+    batch = concurrent.futures.Future()
+    batch.set_result(tuple(values))
+    return Computation(batch, None)
+
+
+class Future:
+    """A result being computed on a cluster, from :meth:`Client.submit`, :meth:`Client.map`,
+    :meth:`Client.compute` or :meth:`Client.scatter`.
+
+    ``await future`` waits without blocking an event loop. A future can be an argument of another
+    ``submit`` or ``map``: that task starts once it is done and receives its result."""
+
+    __slots__ = ("_computation", "_index", "_value", "client", "key")
+
+    def __init__(self, computation, index, key, client):
+        self._computation, self._index, self.key, self.client = computation, index, key, client
+        self._value = None
+
+    @property
+    def _batch(self):
+        return self._computation.batch
+
+    def _check_client(self):
+        if self.client._closed:
+            raise _belated.CancelledError(f"the Client of future {self.key} is closed; its results are gone")
+
+    def result(self, timeout=None):
+        """Waits up to ``timeout`` seconds for the result; raises the task's exception if it failed, and
+        ``TimeoutError`` if it is not done by then."""
+        self._check_client()
+        try:
+            results = self._batch.result(timeout)
+        except concurrent.futures.CancelledError:  # cancelled before it started
+            raise _belated.CancelledError("the computation was cancelled") from None
+        return results[self._index]
+
+    def done(self):
+        return self._batch.done()
+
+    def exception(self, timeout=None):
+        self._check_client()
+        try:
+            return self._batch.exception(timeout)
+        except concurrent.futures.CancelledError:
+            return _belated.CancelledError("the computation was cancelled")
+
+    def traceback(self, timeout=None):
+        error = self.exception(timeout)
+        return None if error is None else error.__traceback__
+
+    def cancel(self):
+        """Cancels the computation: nothing more of it starts, the workers running its tasks are killed
+        (and replaced), and ``result()`` raises ``belated.CancelledError``."""
+        if self._computation.token is not None:
+            self._computation.token.cancel()
+        self._batch.cancel()
+
+    def cancelled(self):
+        token = self._computation.token
+        return self._batch.cancelled() or (token is not None and token.cancelled)
+
+    def add_done_callback(self, fn):
+        """Calls ``fn(future)`` once the future is done (at once if it is), on the thread that
+        finished it."""
+        self._batch.add_done_callback(lambda _: fn(self))
+
+    @property
+    def status(self):
+        if not self._batch.done():
+            return "pending"
+        if self.cancelled():
+            return "cancelled"
+        return "error" if self._batch.exception() is not None else "finished"
+
+    def __await__(self):
+        return self._wait_async().__await__()
+
+    async def _wait_async(self):
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def wake(_):
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        self._batch.add_done_callback(wake)
+        await done
+        return self.result(0)
+
+    def _as_delayed(self):
+        """The result as a Delayed holding it under this future's key: one node per future, so every
+        task of a computation that takes it shares one copy (sent once to a worker, not per call)."""
+        if self._value is None:
+            self._value = _belated.delayed(self.result(), name=self.key, traverse=False)
+        return self._value
+
+    def __repr__(self):
+        return f"<Future: {self.status}, key: {self.key}>"
+
+    def __reduce__(self):
+        raise TypeError(
+            "a belated Future cannot be sent to a worker inside another object; pass it as an argument "
+            "of client.submit or client.map (in a list, tuple or dict), or pass its result"
+        )
+
+
+def futures_in(obj):
+    """The futures among ``obj`` and the lists, tuples, sets and dicts in it."""
+    found = []
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Future):
+            found.append(item)
+        elif type(item) in (list, tuple, set, frozenset):
+            stack.extend(item)
+        elif type(item) is dict:
+            stack.extend(item.values())
+    return found
+
+
+def replace_futures(obj, replace):
+    if isinstance(obj, Future):
+        return replace(obj)
+    if type(obj) in (list, tuple, set, frozenset):
+        return type(obj)(replace_futures(item, replace) for item in obj)
+    if type(obj) is dict:
+        return {key: replace_futures(value, replace) for key, value in obj.items()}
+    return obj
+
+
+def gather(obj):
+    return replace_futures(obj, Future.result)
+
+
+_WHEN = {
+    "ALL_COMPLETED": concurrent.futures.ALL_COMPLETED,
+    "FIRST_COMPLETED": concurrent.futures.FIRST_COMPLETED,
+    "FIRST_EXCEPTION": concurrent.futures.FIRST_EXCEPTION,
+}
+
+
+def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
+    """Waits until the futures are done (``return_when="ALL_COMPLETED"``), one is
+    (``"FIRST_COMPLETED"``) or one failed (``"FIRST_EXCEPTION"``); returns ``(done, not_done)`` sets.
+    ``TimeoutError`` if not all are done after ``timeout`` seconds with ``ALL_COMPLETED``, as in
+    distributed."""
+    if return_when not in _WHEN:
+        raise ValueError(f"return_when must be one of {', '.join(_WHEN)}, got {return_when!r}")
+    futures = [fs] if isinstance(fs, Future) else list(fs)
+    for future in futures:
+        if not isinstance(future, Future):
+            raise TypeError(f"wait() takes belated Futures, got {future!r}")
+    by_batch = {}
+    for future in futures:
+        by_batch.setdefault(future._batch, []).append(future)
+    done_batches, _ = concurrent.futures.wait(by_batch, timeout, _WHEN[return_when])
+    done = {f for batch in done_batches for f in by_batch[batch]}
+    not_done = set(futures) - done
+    if not_done and return_when == "ALL_COMPLETED":
+        raise TimeoutError(f"{len(not_done)} of {len(futures)} futures not done after {timeout} s")
+    return concurrent.futures._base.DoneAndNotDoneFutures(done, not_done)
+
+
+class as_completed:
+    """Yields futures as they finish (in that order, not the order given); ``add`` more while
+    iterating. With ``with_results=True`` yields ``(future, result)``, raising a failed task's
+    exception (or, with ``raise_errors=False``, giving its ``(type, value, traceback)`` as the result,
+    as distributed does)."""
+
+    def __init__(self, futures=None, with_results=False, raise_errors=True):
+        self._lock = threading.Lock()
+        self._finished = collections.deque()
+        self._ready = threading.Condition(self._lock)
+        self._outstanding = 0
+        self.with_results, self.raise_errors = with_results, raise_errors
+        if futures is not None:
+            self.update(futures)
+
+    def add(self, future):
+        if not isinstance(future, Future):
+            raise TypeError(f"as_completed takes belated Futures, got {future!r}")
+        with self._lock:
+            self._outstanding += 1
+        future.add_done_callback(self._on_done)
+
+    def update(self, futures):
+        for future in futures:
+            self.add(future)
+
+    def _on_done(self, future):
+        with self._lock:
+            self._finished.append(future)
+            self._ready.notify()
+
+    def count(self):
+        """How many futures are still to be yielded."""
+        with self._lock:
+            return self._outstanding
+
+    def is_empty(self):
+        return self.count() == 0
+
+    def __iter__(self):
+        return self
+
+    def _yielded(self, future):
+        if not self.with_results:
+            return future
+        try:
+            return future, future.result()
+        except Exception as error:
+            if self.raise_errors:
+                raise
+            return future, (type(error), error, error.__traceback__)
+
+    def __next__(self):
+        with self._lock:
+            if self._outstanding == 0:
+                raise StopIteration
+            while not self._finished:
+                self._ready.wait()
+            self._outstanding -= 1
+            future = self._finished.popleft()
+        return self._yielded(future)
+
+    def next_batch(self, block=True):
+        """Every future finished so far (at least one if ``block``)."""
+        with self._lock:
+            if block and self._outstanding:
+                while not self._finished:
+                    self._ready.wait()
+            batch = list(self._finished)
+            self._finished.clear()
+            self._outstanding -= len(batch)
+        return [self._yielded(future) for future in batch]
+
+    def batches(self):
+        while not self.is_empty():
+            yield self.next_batch()
+
+
+# Computations whose futures were let go of with fire_and_forget: held until done.
+_FORGOTTEN = set()
+_FORGOTTEN_LOCK = threading.Lock()
+
+
+def fire_and_forget(obj):
+    """Keeps running the computations of the futures in ``obj`` after the last reference to them is
+    dropped (which otherwise cancels them, as in distributed)."""
+    for future in futures_in(obj):
+        computation = future._computation
+        with _FORGOTTEN_LOCK:
+            _FORGOTTEN.add(computation)
+
+        def let_go(_, computation=computation):
+            with _FORGOTTEN_LOCK:
+                _FORGOTTEN.discard(computation)
+
+        computation.batch.add_done_callback(let_go)
+
+
+def _in_worker_process():
+    main = sys.modules.get("__main__")
+    return getattr(getattr(main, "__spec__", None), "name", None) == "belated._worker"
+
+
+def get_client():
+    """The Client running this task (or, outside tasks, the one most recently started).
+
+    A task in a worker process of ``Client(processes=True)`` cannot reach the Client, which lives in the
+    parent process: start the Client with ``processes=False`` to submit work from tasks."""
+    from belated._client import current_client
+
+    if _in_worker_process():
+        raise ValueError(
+            "get_client() was called in a task running in a belated worker process, which cannot reach "
+            "the Client (it lives in the parent process and workers only answer it); start the Client "
+            "with processes=False to submit tasks from tasks"
+        )
+    client = getattr(task_client, "client", None)
+    if client is None or client._closed:
+        client = current_client()
+    if client is None:
+        raise ValueError("no belated Client is running; start one with belated.Client()")
+    return client
+
+
+# The client whose task runs on this thread, if one does (set by the Client's task wrapper).
+task_client = threading.local()
+_seceded = threading.local()
+
+
+def secede():
+    """Marks this task as waiting on other work. belated runs work submitted from a task off the
+    worker threads, so a task waiting on it never holds a thread that work needs, seceded or not;
+    ``secede``/``rejoin`` keep distributed code running unchanged."""
+    if not _belated.on_pool_thread() and getattr(task_client, "client", None) is None:
+        raise ValueError("secede() is for tasks: call it from a function running on a Client")
+    _seceded.depth = getattr(_seceded, "depth", 0) + 1
+
+
+def rejoin():
+    """Ends a :func:`secede`; does nothing if the task has not seceded, as in distributed."""
+    depth = getattr(_seceded, "depth", 0)
+    if depth:
+        _seceded.depth = depth - 1
+
+
+@contextlib.contextmanager
+def worker_client():
+    """``with worker_client() as client:`` in a task: :func:`get_client` while seceded."""
+    client = get_client()
+    secede()
+    try:
+        yield client
+    finally:
+        rejoin()

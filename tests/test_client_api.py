@@ -1,0 +1,566 @@
+"""belated.Client speaks distributed's Client API: constructor keywords, futures and the functions over
+them, asyncio, cluster control, tasks that launch tasks, progress. Where distributed answers the same
+question, the same test runs against a real distributed Client (in-process, to keep it light) and the
+answers are compared."""
+
+import asyncio
+import gc
+import importlib
+import io
+import logging
+import os
+import sys
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from worker_tasks import Boom, explode, nap, pid_of, square
+
+import belated
+from belated import _futures
+
+distributed = pytest.importorskip("distributed")
+
+pytestmark = pytest.mark.timeout(120)
+
+# Tasks of in-process clients wait on these; set by the test once it saw what it waits for.
+GATE = threading.Event()
+RAN = []
+
+
+def inc(x):
+    return x + 1
+
+
+def add(*xs):
+    return sum(xs)
+
+
+def total(values):
+    return sum(values)
+
+
+def gated(x):
+    if not GATE.wait(60):
+        raise TimeoutError("the test never opened the gate")
+    return x
+
+
+def note(x, label):
+    RAN.append(label)
+    return x
+
+
+def fib(n):
+    """Submits its two halves from inside the task and waits for them, seceded."""
+    if n < 2:
+        return n
+    with belated.worker_client() if is_belated_task() else distributed.worker_client() as client:
+        a, b = client.submit(fib, n - 1), client.submit(fib, n - 2)
+        return a.result() + b.result()
+
+
+def fib_secede(n):
+    """As fib, with get_client, secede and rejoin."""
+    if n < 2:
+        return n
+    api = belated if is_belated_task() else distributed
+    client = api.get_client()
+    a, b = client.submit(fib_secede, n - 1), client.submit(fib_secede, n - 2)
+    api.secede()
+    result = a.result() + b.result()
+    api.rejoin()
+    return result
+
+
+def is_belated_task():
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return True
+    return False
+
+
+def ask_for_client(_):
+    return belated.get_client()
+
+
+def unpicklable():
+    return threading.Lock()
+
+
+@pytest.fixture(scope="module")
+def in_process():
+    with belated.Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None, set_as_default=False
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A real distributed cluster in this process, to compare with."""
+    # The default client while open: distributed's wait and as_completed need one.
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+    ) as client:
+        yield client
+
+
+@pytest.fixture(params=["belated-threads", "belated-processes", "distributed"])
+def any_client(request, in_process, local_cluster):
+    if request.param == "distributed":
+        return request.getfixturevalue("reference")
+    return in_process if request.param == "belated-threads" else local_cluster
+
+
+@pytest.fixture(params=["belated", "distributed"])
+def api(request):
+    """belated's module or distributed's, for the module-level names they share."""
+    return belated if request.param == "belated" else distributed
+
+
+def module_of(client):
+    return distributed if isinstance(client, distributed.Client) else belated
+
+
+# -- constructor keywords -----------------------------------------------------------------------------
+
+
+def test_local_cluster_keywords_shape_the_cluster_as_in_distributed():
+    keywords = dict(
+        n_workers=1,
+        threads_per_worker=3,
+        processes=False,
+        memory_limit="1GB",
+        silence_logs=logging.ERROR,
+        dashboard_address=None,
+        asynchronous=False,
+        name="shaped",
+    )
+    before = logging.getLogger("belated").level
+    with distributed.Client(**keywords) as theirs, belated.Client(**keywords) as ours:
+        assert list(ours.nthreads().values()) == list(theirs.nthreads().values()) == [3]
+        ours_workers = ours.scheduler_info()["workers"].values()
+        theirs_workers = theirs.scheduler_info()["workers"].values()
+        for key in ("nthreads", "memory_limit"):
+            assert [w[key] for w in ours_workers] == [w[key] for w in theirs_workers]
+        assert ours.cluster.name == "shaped"
+        assert logging.getLogger("belated").getEffectiveLevel() == logging.ERROR
+        assert ours.submit(pid_of).result(timeout=30) == os.getpid(), "processes=False runs tasks here"
+    assert logging.getLogger("belated").level == before, "close restores the level"
+
+
+def test_processes_false_computes_delayed_by_default_on_its_threads():
+    with belated.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        assert belated.delayed(pid_of)().compute() == os.getpid()
+        assert belated.delayed(square)(3).compute(scheduler=client) == 9
+        assert client.scheduler_info()["total_threads"] == 2
+    with pytest.raises(belated.BelatedError, match="closed"):
+        belated.delayed(square)(3).compute(scheduler=client)
+
+
+@pytest.mark.parametrize("keyword", ["security", "scheduler_file", "direct_to_workers", "host", "protocol"])
+def test_keywords_of_a_remote_scheduler_say_so(keyword):
+    with pytest.raises(TypeError, match=rf"{keyword}=\.\.\..*remote scheduler.*Client\('tcp://"):
+        belated.Client(processes=False, dashboard_address=None, **{keyword: None})
+
+
+def test_unknown_keywords_are_named():
+    with pytest.raises(TypeError, match="unexpected keyword arguments: bogus, other"):
+        belated.Client(processes=False, dashboard_address=None, bogus=1, other=2)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "error"),
+    [
+        ({"processes": "yes"}, TypeError),
+        ({"silence_logs": "loud"}, ValueError),
+        ({"n_workers": 0}, ValueError),
+    ],
+)
+def test_bad_keyword_values_are_refused(keywords, error):
+    with pytest.raises(error):
+        belated.Client(processes=False, dashboard_address=None, **keywords)
+
+
+# -- futures ------------------------------------------------------------------------------------------
+
+
+def test_futures_answer_as_distributeds_do(any_client):
+    client = any_client
+    one = client.submit(inc, 1)
+    many = client.map(inc, range(5))
+    assert isinstance(one.key, str) and one.key.startswith("inc")
+    assert client.gather(many) == [1, 2, 3, 4, 5]
+    keyed, prefixed = client.map(inc, [1, 2], key=["k-one", "k-two"]), client.map(inc, [1, 2], key="pre")
+    assert [f.key for f in keyed] == ["k-one", "k-two"] and client.gather(keyed) == [2, 3]
+    assert all(f.key.startswith("pre-") for f in prefixed) and client.gather(prefixed) == [2, 3]
+    # Futures as arguments, alone and inside containers, and futures of futures.
+    chained = client.submit(inc, client.submit(inc, one))
+    assert chained.result(timeout=30) == 4
+    assert client.submit(add, one, 10, *many).result(timeout=30) == 2 + 10 + 15
+    assert client.submit(total, [one, many[4], 3]).result(timeout=30) == 2 + 5 + 3
+    assert client.gather(client.map(inc, many)) == [2, 3, 4, 5, 6]
+    [scattered] = client.scatter([41])
+    assert client.submit(inc, scattered).result(timeout=30) == 42
+    assert client.gather(client.scatter({"a": 1, "b": 2})) == {"a": 1, "b": 2}
+    # A failed future fails what takes it, with its own exception.
+    failed = client.submit(explode, 1)
+    with pytest.raises(Boom, match="bad 1"):
+        client.submit(inc, failed).result(timeout=30)
+    assert failed.status == "error" and isinstance(failed.exception(timeout=30), Boom)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.integers(-5, 5), st.lists(st.integers(0, 1000), max_size=3)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_graphs_of_futures_give_what_eager_python_gives(in_process, steps):
+    """Each step adds a constant to earlier steps' results (picked by index), as futures and eagerly."""
+    futures, values = [], []
+    for constant, picks in steps:
+        chosen = [i % len(futures) for i in picks] if futures else []
+        futures.append(in_process.submit(add, constant, *[futures[i] for i in chosen], pure=False))
+        values.append(add(constant, *[values[i] for i in chosen]))
+    assert in_process.gather(futures) == values
+
+
+def test_done_callbacks_receive_the_future(any_client):
+    called = threading.Event()
+    seen = []
+    future = any_client.submit(square, 4)
+    future.add_done_callback(lambda f: (seen.append(f), called.set()))
+    assert called.wait(30)
+    assert seen[0] is future and seen[0].result() == 16
+
+
+def test_wait_returns_done_and_not_done_as_distributed(in_process, reference):
+    for client, api in ((in_process, belated), (reference, distributed)):
+        GATE.clear()
+        blocked, quick = client.submit(gated, 1, pure=False), client.submit(square, 3)
+        done, not_done = api.wait([blocked, quick], return_when="FIRST_COMPLETED", timeout=30)
+        assert done == {quick} and not_done == {blocked}
+        with pytest.raises(TimeoutError):
+            api.wait([blocked, quick], timeout=0.2)
+        GATE.set()
+        done, not_done = api.wait([blocked, quick], timeout=30)
+        assert done == {blocked, quick} and not not_done
+    with pytest.raises(ValueError, match="return_when"):
+        belated.wait([quick], return_when="SOMETIMES")
+
+
+def test_as_completed_yields_in_completion_order_and_takes_more_while_iterating(in_process, reference):
+    for client, api in ((in_process, belated), (reference, distributed)):
+        GATE.clear()
+        blocked = client.submit(gated, "slow", pure=False)
+        quick = client.submit(square, 5, pure=False)
+        order = []
+        iterator = api.as_completed([blocked, quick], with_results=True)
+        for _future, result in iterator:
+            order.append(result)
+            if result == 25:
+                iterator.add(client.submit(inc, 99, pure=False))
+            elif result == 100:
+                GATE.set()  # only now may the first-submitted finish
+        assert order == [25, 100, "slow"], api.__name__
+
+
+def test_as_completed_with_results_raises_or_gives_errors(api, in_process, reference):
+    client = in_process if api is belated else reference
+    futures = [client.submit(explode, 2, pure=False)]
+    with pytest.raises(Boom):
+        list(api.as_completed(futures, with_results=True))
+    [(future, (kind, error, _))] = list(api.as_completed(futures, with_results=True, raise_errors=False))
+    assert future is futures[0] and kind is Boom and isinstance(error, Boom)
+
+
+def test_a_dropped_future_never_starts_unless_fired_and_forgotten(in_process):
+    GATE.clear()
+    RAN.clear()
+    blocker = in_process.submit(gated, 0, pure=False)
+    kept = in_process.submit(note, blocker, "forgotten")
+    belated.fire_and_forget(kept)
+    dropped = in_process.submit(note, blocker, "dropped")
+    del kept, dropped
+    gc.collect()
+    GATE.set()
+    assert blocker.result(timeout=30) == 0
+    deadline = time.monotonic() + 30
+    while "forgotten" not in RAN and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # Both were waiting on the blocker alone: the kept one ran, so the dropped one would have started.
+    assert RAN == ["forgotten"]
+
+
+def test_futures_of_a_closed_client_are_cancelled():
+    client = belated.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    finished = client.submit(square, 2)
+    assert finished.result(timeout=30) == 4
+    GATE.clear()
+    pending = client.submit(gated, 1, pure=False)
+    client.close()
+    GATE.set()
+    for future in (finished, pending):
+        with pytest.raises(belated.CancelledError, match="closed"):
+            future.result(timeout=30)
+    with pytest.raises(belated.BelatedError, match="closed"):
+        client.submit(square, 3)
+
+
+def test_scatter_refuses_unpicklable_data_before_anything_runs(local_cluster, in_process):
+    before = local_cluster.cluster_stats()
+    with pytest.raises(TypeError, match="cannot scatter lock to worker processes: it cannot be pickled"):
+        local_cluster.scatter([1, threading.Lock()])
+    assert local_cluster.cluster_stats() == before
+    lock = threading.Lock()
+    assert in_process.submit(type, in_process.scatter(lock)).result(timeout=30) is type(lock)
+
+
+def test_a_scattered_value_goes_to_the_workers_once_per_computation_not_with_every_call(local_cluster):
+    array = np.arange(200_000, dtype=np.float64)  # well over the size sent once
+    [scattered] = local_cluster.scatter([array])
+    before = local_cluster.cluster_stats()["uploaded"]
+    futures = local_cluster.map(np.sum, [scattered] * 40)
+    assert local_cluster.gather(futures) == [array.sum()] * 40
+    uploaded = local_cluster.cluster_stats()["uploaded"] - before
+    # At most once per worker thread (two threads of a worker may each send it before either is done).
+    assert 1 <= uploaded <= 4, f"sent {uploaded} times for 40 calls"
+
+
+def test_a_future_inside_a_delayed_argument_is_refused_clearly(local_cluster):
+    future = local_cluster.submit(square, 2)
+    with pytest.raises(belated.BelatedError, match=r"pass it as an argument of client\.submit"):
+        local_cluster.compute(belated.delayed(inc)(future)).result(timeout=30)
+
+
+# -- asyncio ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", [belated, distributed], ids=["belated", "distributed"])
+def test_futures_and_gather_are_awaitable_on_an_asynchronous_client(api):
+    async def main():
+        async with api.Client(
+            asynchronous=True, processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+        ) as client:
+            future = client.submit(inc, 1)
+            many = client.map(inc, range(3))
+            [scattered] = await client.scatter([10])
+            return await future, await client.gather(many), await client.submit(inc, scattered)
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == (2, [1, 2, 3], 11)
+
+
+def test_a_synchronous_clients_future_is_awaitable(in_process):
+    async def main():
+        return await in_process.submit(square, 6)
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == 36
+
+
+# -- workers ------------------------------------------------------------------------------------------
+
+
+def test_workers_are_described_and_reached_as_in_distributed(in_process, reference, local_cluster):
+    for client in (in_process, reference, local_cluster):
+        nthreads = client.nthreads()
+        info = client.scheduler_info()
+        assert set(info["workers"]) == set(nthreads) == set(client.run(os.getpid))
+        for address, worker in info["workers"].items():
+            assert worker["nthreads"] == nthreads[address]
+            assert "memory_limit" in worker and worker["metrics"]["memory"] > 0
+        client.wait_for_workers(len(nthreads))
+        with pytest.raises(TimeoutError):
+            client.wait_for_workers(len(nthreads) + 1, timeout=0.2)
+    assert sorted(local_cluster.run(os.getpid).values()) == sorted(local_cluster.worker_pids)
+    assert list(local_cluster.nthreads().values()) == [2, 2]
+
+
+def test_run_raises_a_workers_exception(local_cluster):
+    with pytest.raises(Boom, match="bad 3"):
+        local_cluster.run(explode, 3)
+
+
+def test_restart_gives_new_workers_and_keeps_uploaded_files(tmp_path):
+    module = tmp_path / "uploaded_by_test.py"
+    module.write_text("VALUE = 1\n")
+    with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        client.upload_file(str(module))
+        assert set(client.run(read_uploaded).values()) == {1}
+        module.write_text("VALUE = 2\n")
+        client.upload_file(str(module))
+        assert set(client.run(read_uploaded).values()) == {2}, "uploading again reloads"
+        old = client.worker_pids
+        running = client.submit(nap, 30)
+        client.restart()
+        with pytest.raises(belated.CancelledError):
+            running.result(timeout=30)
+        assert not set(client.worker_pids) & set(old)
+        assert set(client.run(read_uploaded).values()) == {2}, "new workers get uploaded files"
+        assert client.submit(square, 3).result(timeout=30) == 9
+
+
+def read_uploaded():
+    return importlib.import_module("uploaded_by_test").VALUE
+
+
+def test_scale_grows_and_shrinks_the_workers_running_tasks():
+    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        running = client.submit(nap, 0.5)
+        client.cluster.scale(3)
+        assert len(client.cluster.workers) == 3 and len(client.nthreads()) == 3
+        assert running.result(timeout=30) == 0.5, "work running during a scale finishes"
+        pids = set(client.gather(client.map(nap_pid, [0.3] * 6)))
+        assert pids == set(client.worker_pids), "every new worker runs tasks"
+        client.scale(1)
+        assert len(client.cluster.workers) == 1
+        assert client.submit(square, 4).result(timeout=30) == 16
+        with pytest.raises(ValueError, match="at least 1"):
+            client.cluster.scale(0)
+
+
+def nap_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_adapt_adds_workers_while_tasks_wait_and_retires_them_when_idle():
+    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        adaptive = client.cluster.adapt(minimum=1, maximum=2, interval=0.05)
+        futures = client.map(nap, [0.2] * 40)
+        sizes = set()
+        while not all(f.done() for f in futures):
+            sizes.add(len(client.cluster.workers))
+            time.sleep(0.02)
+        assert client.gather(futures) == [0.2] * 40
+        assert 2 in sizes, "scaled up while tasks waited"
+        deadline = time.monotonic() + 30
+        while len(client.cluster.workers) != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(client.cluster.workers) == 1, "back to the minimum once idle"
+        adaptive.stop()
+
+
+def test_in_process_clients_have_no_worker_processes_to_scale(in_process):
+    with pytest.raises(TypeError, match="processes=False"):
+        in_process.cluster.scale(2)
+
+
+# -- tasks that launch tasks --------------------------------------------------------------------------
+
+
+def close_worker_clients(client):
+    """Closes the clients distributed's get_client() made in its workers, which it leaves polling a
+    closed cluster (their errors would land in later tests' logs)."""
+
+    def close(dask_worker):
+        if dask_worker._client is not None:
+            dask_worker._client.close()
+            dask_worker._client = None
+
+    client.run(close)
+
+
+@pytest.mark.parametrize("task", [fib, fib_secede])
+def test_tasks_submit_tasks_without_deadlocking_a_one_thread_worker(task):
+    expected = 8
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+    ) as theirs:
+        assert theirs.submit(task, 6).result(timeout=60) == expected
+        close_worker_clients(theirs)
+    with belated.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as ours:
+        assert ours.submit(task, 6).result(timeout=60) == expected
+
+
+def test_get_client_in_a_task_is_the_client_running_it(in_process):
+    assert in_process.submit(ask_for_client, 0).result(timeout=30) is belated.get_client()
+
+
+def test_get_client_in_a_worker_process_says_why_not(local_cluster):
+    with pytest.raises(ValueError, match=r"worker process.*processes=False"):
+        local_cluster.submit(ask_for_client, 0).result(timeout=30)
+
+
+def test_get_client_without_a_client_and_secede_outside_a_task_are_refused(monkeypatch):
+    import belated._client
+
+    monkeypatch.setattr(belated._client, "_STARTED", [])
+    with pytest.raises(ValueError, match="no belated Client is running"):
+        belated.get_client()
+    with pytest.raises(ValueError, match="secede"):
+        belated.secede()
+
+
+# -- progress -----------------------------------------------------------------------------------------
+
+
+def test_progress_draws_a_text_bar_until_all_are_done(in_process):
+    GATE.clear()
+    futures = [in_process.submit(gated, i, pure=False) for i in range(3)] + [in_process.submit(square, 2)]
+    out = io.StringIO()
+
+    def open_once_drawn():
+        # The gated tasks finish only after the bar has drawn them unfinished.
+        deadline = time.monotonic() + 60
+        while not out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        GATE.set()
+
+    opener = threading.Thread(target=open_once_drawn)
+    opener.start()
+    belated.progress(futures, file=out, interval=0.01, notebook=False)
+    opener.join(60)
+    assert all(f.done() for f in futures)
+    frames = out.getvalue().split("\r")[1:]
+    assert frames[0].startswith("[") and ("|   0% Completed" in frames[0] or "|  25% Completed" in frames[0])
+    assert "| 100% Completed" in frames[-1] and frames[-1].endswith("\n")
+    assert "#" * 40 in frames[-1]
+
+
+def test_progress_in_jupyter_updates_html_bars_per_function_in_place(in_process, monkeypatch):
+    updates = []
+
+    class Handle:
+        def update(self, obj):
+            updates.append(obj.data)
+
+    class HTML:
+        def __init__(self, data):
+            self.data = data
+
+    def display(obj, display_id=False):
+        assert display_id is True
+        updates.append(obj.data)
+        return Handle()
+
+    fake = types.ModuleType("IPython.display")
+    fake.HTML, fake.display = HTML, display
+    monkeypatch.setitem(sys.modules, "IPython.display", fake)
+    GATE.clear()
+    futures = [in_process.submit(gated, i, pure=False) for i in range(2)] + in_process.map(square, range(3))
+    bar = belated.progress(futures, notebook=True, interval=0.02)
+    assert "gated" in updates[0] and "0 / 2" in updates[0], "drawn at once, before the work is done"
+    GATE.set()
+    bar.join(timeout=30)
+    assert "gated" in updates[-1] and "2 / 2" in updates[-1] and "3 / 3" in updates[-1]
+
+
+def test_progress_refuses_what_is_not_a_future():
+    with pytest.raises(TypeError, match="progress"):
+        belated.progress(42, notebook=False)
+
+
+def test_module_level_names_match_distributed():
+    for name in ("as_completed", "wait", "fire_and_forget", "get_client", "secede", "rejoin", "worker_client",
+                 "progress", "Future", "Client"):  # fmt: skip
+        assert hasattr(belated, name) and hasattr(distributed, name), name
+    assert importlib.import_module("belated").Future is _futures.Future
