@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use belated_cluster::Running;
 use belated_core::{
     on_worker_thread, run_inline_observed, Fanout, Observer, Plan, PoolRegistry, Runner, TaskId,
     ThreadPool,
@@ -22,8 +23,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
 use crate::cluster::{
-    close_processes_clusters, forget_processes_clusters, processes_cluster, Cluster, ClusterRunner,
-    ClusterShared, Running,
+    close_processes_clusters, cluster_runner, forget_processes_clusters, processes_cluster,
+    Cluster, ClusterShared,
 };
 use crate::codec::{check_picklable, helper};
 use crate::dashboard::{DashboardReport, HubObserver};
@@ -409,9 +410,9 @@ fn run_plan(
             },
         )?,
         Mode::Cluster(cluster, pool, held) => {
-            let runner = ClusterRunner::new(&cluster, &nodes, &graph, &outputs, guard, retries);
+            let runner = cluster_runner(&cluster, &nodes, &graph, &outputs, guard, retries);
             let watch = Watch {
-                running: Some(Arc::clone(&runner.running)),
+                running: Some(Arc::clone(runner.running())),
                 ..watch
             };
             let wanted = outputs.clone();
