@@ -358,13 +358,13 @@ def test_tasks_recomputed_after_a_worker_died_pass_the_callbacks(tmp_path):
 
 
 def test_a_deadline_applies_to_tasks_recomputed_after_a_worker_died(tmp_path):
-    with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None):
         marker = str(tmp_path / "killed")
         survivor = delayed(kill_once)(delayed(sleep_when_marked)(3, marker), marker)
         with pytest.raises(belated.ComputeTimeoutError):
             survivor.compute(timeout=5)
-        assert client.cluster_stats()["replaced"] >= 1
-        assert delayed(square)(4).compute() == 16, "the worker stuck in the recompute was replaced"
+        # The one worker was stuck in the recompute: the cancel killed it, and a new one serves.
+        assert delayed(square)(4).compute(timeout=60) == 16
 
 
 def test_a_worker_killed_from_outside_is_replaced_and_its_tasks_retried():
