@@ -344,6 +344,41 @@ def test_a_worker_killed_mid_task_is_replaced_and_lost_results_are_recomputed(tm
         assert delayed(square)(4).compute() == 16
 
 
+def sleep_when_marked(value, marker):
+    """Returns at once, unless `marker` exists: then (when recomputed after kill_once) never in time."""
+    if os.path.exists(marker):
+        time.sleep(1000)
+    return value
+
+
+def test_tasks_recomputed_after_a_worker_died_pass_the_callbacks(tmp_path):
+    with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None):
+        base = delayed(square)(3, dask_key_name="base")
+        x = delayed(inc)(base, dask_key_name="x")
+        survivor = delayed(kill_once)(x, str(tmp_path / "killed"), dask_key_name="survivor")
+        started, finished = [], []
+        callback = belated.diagnostics.Callback(
+            pretask=lambda key, dsk, state: started.append(key),
+            posttask=lambda key, result, dsk, state, worker: finished.append(key),
+        )
+        with callback:
+            assert survivor.compute() == 10
+        # survivor's first try killed the worker holding x: x and its input ran again, each seen
+        # by the callbacks like any task, inputs first, within survivor's second try.
+        assert started == ["base", "x", "survivor", "base", "x"]
+        assert finished == ["base", "x", "base", "x", "survivor"]
+
+
+def test_a_deadline_applies_to_tasks_recomputed_after_a_worker_died(tmp_path):
+    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None):
+        marker = str(tmp_path / "killed")
+        survivor = delayed(kill_once)(delayed(sleep_when_marked)(3, marker), marker)
+        with pytest.raises(belated.ComputeTimeoutError):
+            survivor.compute(timeout=5)
+        # The one worker was stuck in the recompute: the cancel killed it, and a new one serves.
+        assert delayed(square)(4).compute(timeout=60) == 16
+
+
 def test_a_worker_killed_from_outside_is_replaced_and_its_tasks_retried():
     with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
         victims = client.worker_pids

@@ -1,6 +1,6 @@
 //! The one error type of the worker runtime; `belated-py` maps it to Python exceptions once.
 
-/// What can go wrong with a worker process.
+/// What can go wrong with a worker process, or with a task because of one.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The operating system refused to start it (no such interpreter, out of processes, ...).
@@ -15,4 +15,19 @@ pub enum Error {
     /// Its cluster was closed: no worker is started or replaced any more.
     #[error("the cluster is closed")]
     Closed,
+    /// The computation was cancelled (its workers killed) while the task waited or ran.
+    #[error("the computation was cancelled")]
+    Cancelled,
+    /// The task's worker died every time it was tried.
+    #[error(
+        "failed after {tries} tries: its worker process died; the last time, {why}. A task that \
+         kills its process (os._exit, a crash, running out of memory) fails again when retried; \
+         raise retries= for failures that come and go"
+    )]
+    TaskLost {
+        /// How many times it was tried.
+        tries: usize,
+        /// How its worker ended the last time.
+        why: String,
+    },
 }

@@ -3,8 +3,10 @@
 //! talked to over private socket pairs (never their standard streams), watched through a pidfd so a
 //! death is seen even when a grandchild holds the sockets, killed and reaped; a cluster's set of them
 //! ([`pool`]: started together, replaced, held to a memory limit); and where each value they keep
-//! lives ([`directory`]). The runner that drives them with Python values is in `belated-py`; the
-//! policies it follows (placement, lineage) are in `belated-core`.
+//! lives ([`directory`]); and the runner of computations on them ([`runner`]), generic over the codec
+//! of the host language's values (cloudpickle in `belated-py`) and over the transport to the workers,
+//! so its policy is tested here with in-thread fake workers. The policies it follows (placement,
+//! lineage) are in `belated-core`.
 //!
 //! The worker's side is `python/belated/_worker.py`; the golden byte vectors in `golden/wire.txt`
 //! are checked by both sides' tests.
@@ -13,8 +15,10 @@ pub mod directory;
 pub mod error;
 pub mod pool;
 pub mod process;
+pub mod runner;
 pub mod wire;
 
 pub use error::Error;
 pub use pool::{MemoryLimit, Workers};
 pub use process::{Spec, WorkerProcess};
+pub use runner::{Cluster, ClusterRunner, Codec, Running, Transport};

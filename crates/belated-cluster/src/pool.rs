@@ -20,6 +20,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::directory::Directory;
 use crate::error::Error;
 use crate::process::{Spec, WorkerProcess};
+use crate::runner::Transport;
 
 /// How often the keeper looks at the workers' memory.
 pub const MEMORY_POLL: Duration = Duration::from_millis(100);
@@ -229,6 +230,38 @@ impl Workers {
                 worker.kill_for_memory(used);
             }
         }
+    }
+}
+
+impl Transport for Workers {
+    fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
+    fn exchange(
+        &self,
+        worker: usize,
+        generation: u64,
+        connection: usize,
+        frames: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        self.worker(worker, generation)
+            .ok_or(Error::Lost)?
+            .exchange(connection, frames)
+    }
+
+    /// Does not wait for a replacement in progress: the worker it replaces was killed already.
+    fn kill(&self, worker: usize, generation: u64) {
+        let slot = self.slots[worker].state.lock();
+        if self.directory.generation(worker) == generation {
+            if let Some(process) = &slot.worker {
+                process.kill();
+            }
+        }
+    }
+
+    fn replace(&self, worker: usize, generation: u64) -> Result<String, Error> {
+        Workers::replace(self, worker, generation)
     }
 }
 

@@ -11,7 +11,9 @@
 //! lives in its environment, e.g. attached to a Python interpreter once for its whole life). The same
 //! loop serves the calling thread ([`run_inline`]), a [`ThreadPool`], and a thread that helps with
 //! a computation it waits for ([`JobHandle::help`]); an [`Observer`] sees every task start and finish,
-//! on the thread that runs it. A [`PoolRegistry`] shares pools between computations within bounds.
+//! on the thread that runs it. A [`PoolRegistry`] shares pools between computations within bounds,
+//! and a [`Session`] runs one computation on such a pool (or one of the caller's) and waits for it
+//! with a deadline and an interrupt, as both fronts do.
 //! A panic in user code (a task, a value's `Clone` or `Drop`, an observer) fails its computation with
 //! [`Error::Panic`] and never costs a worker.
 
@@ -25,6 +27,7 @@ mod node;
 pub mod placement;
 mod registry;
 mod schedule;
+mod session;
 
 pub use error::Error;
 pub use executor::{
@@ -35,3 +38,4 @@ pub use graph::{Graph, Plan, TaskId};
 pub use node::{Node, Payload};
 pub use registry::{kept_threads, PoolRegistry, KEPT_POOLS};
 pub use schedule::Schedule;
+pub use session::{Session, Stopped, Wait};

@@ -88,6 +88,20 @@ impl<K: PartialEq> PoolRegistry<K> {
         Some(kept.remove(at).1)
     }
 
+    /// Lets go of the pool kept for `key` if it is `pool`: a computation stopped on it must not let
+    /// go of a newer pool that another one started for the same key meanwhile.
+    pub fn let_go_of(&self, key: &K, pool: &Arc<ThreadPool>) {
+        let mut kept = self.kept.lock();
+        if let Some(at) = kept
+            .iter()
+            .position(|(k, kept)| k == key && Arc::ptr_eq(kept, pool))
+        {
+            let released = kept.remove(at);
+            drop(kept);
+            drop(released);
+        }
+    }
+
     /// Lets go of every kept pool and hands them over (to shut down, or to forget after a `fork()`).
     pub fn take_all(&self) -> Vec<Arc<ThreadPool>> {
         self.kept.lock().drain(..).map(|(_, pool)| pool).collect()

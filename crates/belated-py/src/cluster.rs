@@ -1,43 +1,27 @@
 //! A local cluster: worker processes managed by the engine, each running several tasks at once on its
 //! own threads and keeping the results it computed.
 //!
-//! Policy and invariants:
-//! - A cluster of `n` workers of `t` threads is a [`ThreadPool`] of `n` placement groups of `t` threads;
-//!   each pool thread drives one thread of its group's worker process over its own connection, and the
-//!   worker serves `t` connections, one thread each, plus one for fetches: `t` is a hard limit on the
-//!   tasks a worker runs at once.
-//! - Results stay in the worker that computed them; only outputs come back to this process. A task is
-//!   placed on the worker holding most of its inputs' bytes (each worker reports the size of what it
-//!   keeps); an input held by another worker is fetched from it (through this process: workers never
-//!   talk to each other) and the receiving worker keeps its copy for later tasks. A released result is
-//!   forgotten by its workers with the next request they receive.
-//! - Workers talk to this process on socket pairs only it holds: no port, no path anyone can squat or
-//!   that outlives a killed parent. They are started, replaced and held to the memory limit by
-//!   `belated_cluster::Workers`, and die with the cluster.
-//! - A worker that dies (killed, crashed, over its memory limit) is replaced. Tasks it was running are
-//!   retried up to `retries` times; results it held are recomputed from their lineage
-//!   (`belated_core::lineage`) by the task that needs them, on that task's worker.
-//! - A cancelled computation kills the workers running its tasks, which are replaced.
+//! The runtime is `belated_cluster`'s: its processes ([`Workers`]), and its runner
+//! ([`belated_cluster::ClusterRunner`]), which holds the policy (placement, transfers, upload-once,
+//! retries, lineage recompute, releases, cancel). Here is only what is Python's: how a worker is
+//! started ([`worker_spec`]), the codec of Python values ([`PyCodec`]: cloudpickle, with the task
+//! guard around each task), the `Cluster` class, and the `processes` scheduler's clusters.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use belated_cluster::directory::{self, Directory, Kept, Sent, Source};
-use belated_cluster::wire::{self, FETCH, KEEP, RUN, SEND};
-use belated_cluster::{Error, MemoryLimit, Spec, WorkerProcess, Workers};
-use belated_core::{
-    current_worker, lineage, placement, Graph, Runner, TaskId, ThreadPool, KEPT_POOLS,
-};
+use belated_cluster::runner::{Encoded, Input};
+use belated_cluster::{Codec, Error, MemoryLimit, Spec, Workers};
+use belated_core::{Graph, TaskId, ThreadPool, KEPT_POOLS};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
-use rustc_hash::FxHashMap;
 
 use crate::codec::{decode_reply, frames_from, frames_of, helper};
-use crate::errors::CancelledError;
-use crate::errors::{cluster_error, BelatedError, WorkerLostError, WorkerStartError};
+use crate::errors::{
+    cluster_error, BelatedError, CancelledError, WorkerLostError, WorkerStartError,
+};
 use crate::host::{PythonHost, TaskGuard, MAX_THREADS};
 use crate::task::{PyValue, TaskNode, Work};
 
@@ -69,155 +53,32 @@ fn worker_spec(py: Python<'_>, connections: usize, preload: Vec<String>) -> PyRe
     })
 }
 
-/// The worker processes running one computation's tasks right now, so cancelling the computation
-/// can kill them (a task may never return by itself).
-#[derive(Default)]
-pub(crate) struct Running {
-    cancelled: AtomicBool,
-    workers: Mutex<Vec<Arc<WorkerProcess>>>,
-}
-
-impl Running {
-    /// Registers `worker` as running one of the computation's tasks until the guard drops; `None`
-    /// once the computation is cancelled.
-    pub(crate) fn enter(&self, worker: &Arc<WorkerProcess>) -> Option<RunningGuard<'_>> {
-        let mut workers = self.workers.lock();
-        if self.cancelled() {
-            return None;
-        }
-        workers.push(Arc::clone(worker));
-        Some(RunningGuard {
-            running: self,
-            worker: Arc::clone(worker),
-        })
-    }
-
-    /// Cancels the computation: kills every worker running one of its tasks.
-    pub(crate) fn cancel(&self) {
-        let workers = self.workers.lock();
-        self.cancelled.store(true, SeqCst);
-        for worker in workers.iter() {
-            worker.kill();
-        }
-    }
-
-    pub(crate) fn cancelled(&self) -> bool {
-        self.cancelled.load(SeqCst)
-    }
-
-    pub(crate) fn cancelled_error() -> PyErr {
-        CancelledError::new_err("the computation was cancelled")
-    }
-}
-
-pub(crate) struct RunningGuard<'a> {
-    running: &'a Running,
-    worker: Arc<WorkerProcess>,
-}
-
-impl Drop for RunningGuard<'_> {
-    fn drop(&mut self) {
-        let mut workers = self.running.workers.lock();
-        if let Some(at) = workers.iter().position(|w| Arc::ptr_eq(w, &self.worker)) {
-            workers.swap_remove(at);
-        }
-    }
-}
-
-/// What the cluster has done that a user may ask about.
-#[derive(Default)]
-struct Stats {
-    transferred: AtomicU64,
-    uploaded: AtomicU64,
-    recomputed: AtomicU64,
-}
-
 pub(crate) struct ClusterShared {
     /// The process that started the workers. A child forked from it has none of the pool's threads and
     /// must not stop the parent's workers: there the cluster is refused and let go of untouched.
     owner: u32,
-    threads_per_worker: usize,
-    workers: Arc<Workers>,
-    /// Where each value lives (the workers'), closed with them.
-    directory: Arc<Directory>,
-    stats: Stats,
-}
-
-/// Why a request to a worker failed: it died (its group and generation), or the computation was
-/// cancelled.
-enum Failed {
-    Lost(usize, u64),
-    Cancelled,
+    runtime: Arc<belated_cluster::Cluster<Workers>>,
 }
 
 impl ClusterShared {
     pub(crate) fn workers(&self) -> usize {
-        self.workers.len()
+        self.runtime.workers()
     }
 
     pub(crate) fn threads_per_worker(&self) -> usize {
-        self.threads_per_worker
+        self.runtime.threads_per_worker()
     }
 
-    fn generation(&self, group: usize) -> u64 {
-        self.directory.generation(group)
+    fn processes(&self) -> &Arc<Workers> {
+        self.runtime.transport()
     }
 
     fn closed(&self) -> bool {
-        self.directory.is_closed()
+        self.processes().is_closed()
     }
 
-    fn worker(&self, group: usize, generation: u64) -> Option<Arc<WorkerProcess>> {
-        self.workers.worker(group, generation)
-    }
-
-    fn replace(&self, group: usize, generation: u64) -> Result<String, Error> {
-        self.workers.replace(group, generation)
-    }
-
-    /// Sends a request to the worker of `group` at `generation`, on this pool thread's connection.
-    fn run_on(
-        &self,
-        group: usize,
-        generation: u64,
-        frames: &[Vec<u8>],
-        running: &Running,
-    ) -> Result<Vec<Vec<u8>>, Failed> {
-        let lost = Failed::Lost(group, generation);
-        let worker = self.worker(group, generation).ok_or(lost)?;
-        let Some(_running) = running.enter(&worker) else {
-            return Err(Failed::Cancelled);
-        };
-        let thread = current_worker().expect("cluster tasks run on the cluster's threads")
-            % self.threads_per_worker;
-        worker
-            .exchange(thread, frames)
-            .map_err(|_| Failed::Lost(group, generation))
-    }
-
-    /// The reply of the worker of `group` to a fetch of `ids`: a pickled list of their values.
-    fn fetch(&self, group: usize, generation: u64, ids: &[u64]) -> Result<Vec<Vec<u8>>, Failed> {
-        let worker = self
-            .worker(group, generation)
-            .ok_or(Failed::Lost(group, generation))?;
-        let mut fetches = worker.connection(self.threads_per_worker);
-        let releases = self.directory.take_releases(group);
-        let mut rest = Vec::with_capacity(ids.len() + 1);
-        rest.push(ids.len() as u64);
-        rest.extend_from_slice(ids);
-        fetches
-            .exchange(&[wire::header(FETCH, &releases, &rest)])
-            .map_err(|_| Failed::Lost(group, generation))
-    }
-
-    /// Sends every worker the releases waiting for it, so results nobody needs stop taking memory
-    /// between computations.
     pub(crate) fn flush_releases(&self) {
-        for group in 0..self.workers() {
-            if self.directory.has_releases(group) {
-                let _ = self.fetch(group, self.generation(group), &[]);
-            }
-        }
+        self.runtime.flush_releases();
     }
 
     fn forked(&self) -> bool {
@@ -226,418 +87,156 @@ impl ClusterShared {
 
     fn close(&self) {
         // Dropping a worker kills it: only its owner may.
-        self.workers.close(self.forked());
+        self.processes().close(self.forked());
     }
 }
 
-/// A task's result as a cluster computation holds it.
-pub(crate) type Held = directory::Held<PyValue>;
+/// The runner of one computation on a cluster.
+pub(crate) type ClusterRunner = belated_cluster::ClusterRunner<PyCodec, Workers>;
 
-/// Values built here of at least this many bytes are sent to a worker once and kept there; smaller
-/// ones travel inside each call that needs them.
-const SEND_ONCE_BYTES: u64 = 64 * 1024;
-
-/// What a call's request carries of other workers' values: their replies' frames, and the header
-/// words saying which ids to store them under.
-type Fetched = Result<(Vec<Vec<u8>>, Vec<u64>), Failed>;
-
-/// Values to fetch from one worker and store in another before a call.
-struct Transfer {
-    source: Arc<Kept>,
-    copy_id: u64,
-}
-
-/// A large value built here, to store in the call's worker before the call.
-struct Upload {
-    frames: Vec<Vec<u8>>,
-    copy_id: u64,
-    bytes: u64,
-    sent: Arc<Sent>,
-}
-
-/// A task's call, ready to send.
-struct Prepared {
-    inputs: Vec<PyValue>,
-    transfers: Vec<Transfer>,
-    uploads: Vec<Upload>,
-    in_workers: bool,
-}
-
-pub(crate) struct ClusterRunner {
-    cluster: Arc<ClusterShared>,
-    nodes: Arc<[Arc<TaskNode>]>,
-    graph: Graph,
-    /// Per task: whether its result stays in its worker (other tasks need it) and/or comes back.
-    flags: Vec<u8>,
+/// A runner of `graph` on `cluster`, its `outputs` coming back, each task passing `guard`.
+pub(crate) fn cluster_runner(
+    cluster: &ClusterShared,
+    nodes: &Arc<[Arc<TaskNode>]>,
+    graph: &Graph,
+    outputs: &[TaskId],
     guard: TaskGuard,
     retries: usize,
-    /// The result each task last produced in a worker, for recomputing what a lost worker held.
-    produced: Mutex<Vec<Weak<Kept>>>,
-    pub(crate) running: Arc<Running>,
+) -> ClusterRunner {
+    let codec = PyCodec {
+        nodes: Arc::clone(nodes),
+        guard,
+    };
+    ClusterRunner::new(&cluster.runtime, codec, graph, outputs, retries)
 }
 
-impl ClusterRunner {
-    pub(crate) fn new(
-        cluster: &Arc<ClusterShared>,
-        nodes: &Arc<[Arc<TaskNode>]>,
-        graph: &Graph,
-        outputs: &[TaskId],
-        guard: TaskGuard,
-        retries: usize,
-    ) -> Self {
-        let mut flags: Vec<u8> = graph
-            .tasks()
-            .map(|task| {
-                if graph.dependents(task).is_empty() {
-                    0
-                } else {
-                    KEEP
-                }
-            })
-            .collect();
-        for output in outputs {
-            flags[output.index()] |= SEND;
-        }
-        ClusterRunner {
-            cluster: Arc::clone(cluster),
-            nodes: Arc::clone(nodes),
-            graph: graph.clone(),
-            flags,
-            guard,
-            retries,
-            produced: Mutex::new(graph.tasks().map(|_| Weak::new()).collect()),
-            running: Arc::default(),
-        }
+/// Python values as worker processes receive them (cloudpickle frames, `belated._worker`'s
+/// helpers), and the task guard (Ctrl-C, deadline, per-task callbacks) around each task the runner
+/// runs, recomputed ones included.
+pub(crate) struct PyCodec {
+    nodes: Arc<[Arc<TaskNode>]>,
+    guard: TaskGuard,
+}
+
+impl PyCodec {
+    fn key(&self, py: Python<'_>, task: TaskId) -> String {
+        self.nodes[task.index()].payload().key_string(py)
     }
 
-    fn stored<'py>(py: Python<'py>, id: u64) -> PyResult<PyValue> {
+    fn stored(py: Python<'_>, id: u64) -> PyResult<PyValue> {
         static STORED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         Ok(PyValue(
             helper(py, &STORED, "Stored")?.call1((id,))?.unbind(),
         ))
     }
+}
 
-    fn prepare(
+impl Codec for PyCodec {
+    type Value = PyValue;
+    type Error = PyErr;
+
+    fn encode_call(
         &self,
-        py: Python<'_>,
         task: TaskId,
-        inputs: &[Held],
-        group: usize,
-    ) -> PyResult<Option<Prepared>> {
-        let mut prepared = Prepared {
-            inputs: Vec::with_capacity(inputs.len()),
-            transfers: Vec::new(),
-            uploads: Vec::new(),
-            in_workers: false,
-        };
-        for (held, &dep) in inputs.iter().zip(self.graph.deps(task)) {
-            let value = match held.source(&self.cluster.directory, group) {
-                Source::Here(value) => match self.upload(py, task, held, &value)? {
-                    Some(upload) => {
-                        prepared.in_workers = true;
-                        let stored = Self::stored(py, upload.copy_id)?;
-                        prepared.uploads.push(upload);
-                        stored
+        inputs: &[Input<'_, PyValue>],
+    ) -> PyResult<Encoded<PyValue>> {
+        Python::attach(|py| {
+            let payload = self.nodes[task.index()].payload();
+            let mut in_workers = false;
+            let inputs = inputs
+                .iter()
+                .map(|input| match input {
+                    Input::Here(value) => Ok(PyValue(value.0.clone_ref(py))),
+                    Input::Stored(id) => {
+                        in_workers = true;
+                        Self::stored(py, *id)
                     }
-                    None => value,
-                },
-                Source::InMyWorker(id) => {
-                    prepared.in_workers = true;
-                    Self::stored(py, id)?
-                }
-                Source::Elsewhere(source) => {
-                    prepared.in_workers = true;
-                    let copy_id = self.cluster.directory.new_id();
-                    prepared.transfers.push(Transfer { source, copy_id });
-                    Self::stored(py, copy_id)?
-                }
-                Source::Lost => {
-                    let recovered = self.recover(py, dep, group)?;
-                    if let (Some(original), Some(copy)) = (&held.remote, &recovered.remote) {
-                        original.add_copy(Arc::clone(copy));
-                    }
-                    match recovered.source(&self.cluster.directory, group) {
-                        Source::Here(value) => value,
-                        Source::InMyWorker(id) => {
-                            prepared.in_workers = true;
-                            Self::stored(py, id)?
-                        }
-                        // The worker died again at once: try the whole task again.
-                        Source::Elsewhere(_) | Source::Lost => return Ok(None),
-                    }
-                }
-            };
-            prepared.inputs.push(value);
-        }
-        Ok(Some(prepared))
-    }
-
-    /// `value` (built here for `held`, an input of `task`) as an upload to this thread's worker, if
-    /// it is large enough that sending it once beats sending it with every call.
-    fn upload(
-        &self,
-        py: Python<'_>,
-        task: TaskId,
-        held: &Held,
-        value: &PyValue,
-    ) -> PyResult<Option<Upload>> {
-        static NBYTES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        let Some(sent) = &held.sent else {
-            return Ok(None);
-        };
-        let value = value.0.bind(py);
-        let bytes = match sent.bytes.get() {
-            Some(&bytes) => bytes,
-            None => {
-                let bytes = helper(py, &NBYTES, "nbytes")?.call1((value,))?.extract()?;
-                *sent.bytes.get_or_init(|| bytes)
-            }
-        };
-        if bytes < SEND_ONCE_BYTES {
-            return Ok(None);
-        }
-        // Framed as a worker's reply to a fetch, which is how a call's worker receives stored values.
-        let reply = (true, PyList::new(py, [value])?);
-        let frames = helper(py, &DUMPS, "dumps")?
-            .call1((reply,))
-            .map_err(|error| {
-                BelatedError::new_err(format!(
-                    "an input of task {} cannot be sent to a worker process: {error}; make it \
-                     picklable, or use scheduler='threads'",
-                    self.nodes[task.index()].payload().key_string(py)
-                ))
-            })?;
-        Ok(Some(Upload {
-            frames: frames_from(py, &frames)?,
-            copy_id: self.cluster.directory.new_id(),
-            bytes,
-            sent: Arc::clone(sent),
-        }))
-    }
-
-    /// Fetches the values a call needs from other workers and adds those built here: frames to
-    /// send, and header words.
-    fn fetch_transfers(&self, transfers: &[Transfer], uploads: &mut [Upload]) -> Fetched {
-        let mut by_source: FxHashMap<(usize, u64), Vec<&Transfer>> = FxHashMap::default();
-        for transfer in transfers {
-            by_source
-                .entry((transfer.source.worker, transfer.source.generation))
-                .or_default()
-                .push(transfer);
-        }
-        let blocks = by_source.len() + uploads.len();
-        let (mut frames, mut words) = (Vec::new(), vec![blocks as u64]);
-        for upload in uploads {
-            words.extend([1, upload.copy_id, upload.frames.len() as u64]);
-            frames.append(&mut upload.frames);
-        }
-        for ((group, generation), transfers) in by_source {
-            let ids: Vec<u64> = transfers.iter().map(|t| t.source.id).collect();
-            let reply = self.cluster.fetch(group, generation, &ids)?;
-            words.push(ids.len() as u64);
-            words.extend(transfers.iter().map(|t| t.copy_id));
-            words.push(reply.len() as u64);
-            frames.extend(reply);
-        }
-        self.cluster
-            .stats
-            .transferred
-            .fetch_add(transfers.len() as u64, SeqCst);
-        Ok((frames, words))
-    }
-
-    /// Runs `task` on this thread's worker, retrying when a worker it depends on dies.
-    fn evaluate(&self, py: Python<'_>, task: TaskId, inputs: &[Held], flags: u8) -> PyResult<Held> {
-        let group = current_worker().expect("cluster tasks run on the cluster's threads")
-            / self.cluster.threads_per_worker;
-        let payload = self.nodes[task.index()].payload();
-        let mut failures = 0;
-        let mut why = String::new();
-        while failures <= self.retries {
-            let Some(mut prepared) = self.prepare(py, task, inputs, group)? else {
-                failures += 1;
-                why = "a worker died while its inputs were recomputed".to_string();
-                continue;
-            };
-            let call = if prepared.in_workers {
-                payload.prepare_remote(py, &prepared.inputs)?
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            let call = if in_workers {
+                payload.prepare_remote(py, &inputs)?
             } else {
-                match payload.prepare(py, &prepared.inputs)? {
-                    Work::Ready(value) => {
-                        return Ok(Held {
-                            local: Some(PyValue(value.unbind())),
-                            remote: None,
-                            sent: Some(Arc::default()),
-                        })
-                    }
+                match payload.prepare(py, &inputs)? {
+                    Work::Ready(value) => return Ok(Encoded::Ready(PyValue(value.unbind()))),
                     Work::Call(call) => call,
                 }
             };
-            let call_frames = frames_of(py, &call).map_err(|error| {
+            let frames = frames_of(py, &call).map_err(|error| {
                 BelatedError::new_err(format!(
                     "task {} cannot be sent to a worker process: {error}; make its function and \
                      arguments picklable, or use scheduler='threads'",
                     payload.key_string(py)
                 ))
             })?;
-            let result_id = self.cluster.directory.new_id();
-            let generation = self.cluster.generation(group);
-            let outcome = py.detach(|| {
-                let (transfer_frames, mut words) =
-                    self.fetch_transfers(&prepared.transfers, &mut prepared.uploads)?;
-                let mut rest = vec![result_id, u64::from(flags)];
-                rest.append(&mut words);
-                let releases = self.cluster.directory.take_releases(group);
-                let mut request = vec![wire::header(RUN, &releases, &rest)];
-                request.extend(transfer_frames);
-                request.extend(call_frames);
-                self.cluster
-                    .run_on(group, generation, &request, &self.running)
-            });
-            why = match outcome {
-                Ok(reply) => {
-                    // The worker stored the values it received even if the task then failed.
-                    for transfer in &prepared.transfers {
-                        let source = &transfer.source;
-                        let copy = Kept::new(
-                            &self.cluster.directory,
-                            transfer.copy_id,
-                            group,
-                            generation,
-                            source.bytes,
-                        );
-                        source.add_copy(copy);
-                    }
-                    let uploaded = prepared.uploads.len() as u64;
-                    self.cluster.stats.uploaded.fetch_add(uploaded, SeqCst);
-                    for upload in &prepared.uploads {
-                        let copy = Kept::new(
-                            &self.cluster.directory,
-                            upload.copy_id,
-                            group,
-                            generation,
-                            upload.bytes,
-                        );
-                        upload.sent.add_copy(copy);
-                    }
-                    let value = decode_reply(py, &reply)?;
-                    let remote = if flags & KEEP != 0 {
-                        // A kept result that is not sent back comes with its size in its place.
-                        let bytes = if flags & SEND != 0 {
-                            reply.iter().map(|frame| frame.len() as u64).sum()
-                        } else {
-                            value.extract()?
-                        };
-                        Some(Kept::new(
-                            &self.cluster.directory,
-                            result_id,
-                            group,
-                            generation,
-                            bytes,
-                        ))
-                    } else {
-                        None
-                    };
-                    if let Some(remote) = &remote {
-                        let mut produced = self.produced.lock();
-                        if produced[task.index()].strong_count() == 0 {
-                            produced[task.index()] = Arc::downgrade(remote);
-                        }
-                    }
-                    let local = (flags & SEND != 0).then(|| PyValue(value.unbind()));
-                    return Ok(Held {
-                        local,
-                        remote,
-                        sent: None,
-                    });
-                }
-                Err(Failed::Cancelled) => return Err(Running::cancelled_error()),
-                // Killed by a cancel, or by close(): either way the computation is over, and the
-                // next one finds a new worker in its place.
-                Err(Failed::Lost(lost, generation))
-                    if self.running.cancelled() || self.cluster.closed() =>
-                {
-                    let _ = py.detach(|| self.cluster.replace(lost, generation));
-                    return Err(Running::cancelled_error());
-                }
-                Err(Failed::Lost(lost, generation)) => py
-                    .detach(|| self.cluster.replace(lost, generation))
-                    .map_err(|error| {
-                        cluster_error(
-                            error,
-                            &format!("task {} could not run", payload.key_string(py)),
-                        )
-                    })?,
-            };
-            failures += 1;
-        }
-        Err(WorkerLostError::new_err(format!(
-            "task {} failed after {failures} tries: its worker process died; the last time, {why}. \
-             A task that kills its process (os._exit, a crash, running out of memory) fails again \
-             when retried; raise retries= for failures that come and go",
-            payload.key_string(py),
-        )))
-    }
-
-    /// Recomputes `lost` on this thread's worker, with whatever of its lineage was lost too, inputs
-    /// first ([`lineage::recompute_order`]).
-    fn recover(&self, py: Python<'_>, lost: TaskId, group: usize) -> PyResult<Held> {
-        let available = |task: TaskId| -> Option<Held> {
-            let remote = self.produced.lock()[task.index()].upgrade()?;
-            let held = Held {
-                local: None,
-                remote: Some(remote),
-                sent: None,
-            };
-            (!matches!(held.source(&self.cluster.directory, group), Source::Lost)).then_some(held)
-        };
-        let mut held: FxHashMap<TaskId, Held> = FxHashMap::default();
-        let order = lineage::recompute_order(&self.graph, lost, |task| {
-            available(task)
-                .map(|found| held.insert(task, found))
-                .is_some()
-        });
-        for task in order {
-            let inputs: Vec<Held> = self
-                .graph
-                .deps(task)
-                .iter()
-                .map(|dep| held[dep].clone())
-                .collect();
-            let recomputed = self.evaluate(py, task, &inputs, KEEP)?;
-            self.cluster.stats.recomputed.fetch_add(1, SeqCst);
-            held.insert(task, recomputed);
-        }
-        Ok(held
-            .remove(&lost)
-            .expect("recompute_order ends with the lost task"))
-    }
-}
-
-impl Runner for ClusterRunner {
-    type Value = Held;
-    type Error = PyErr;
-
-    fn run(&self, task: TaskId, inputs: &[Held]) -> PyResult<Held> {
-        Python::attach(|py| {
-            let key = self.guard.before(py, &self.nodes[task.index()])?;
-            let held = self.evaluate(py, task, inputs, self.flags[task.index()])?;
-            if let Some(key) = key {
-                let value = match &held.local {
-                    Some(value) => value.0.bind(py).clone(),
-                    None => py.None().into_bound(py),
-                };
-                self.guard.after(py, &key, &value)?;
-            }
-            Ok(held)
+            Ok(Encoded::Call(frames))
         })
     }
 
-    /// The worker holding most of the inputs' bytes ([`placement::most_input_bytes`]).
-    fn place(&self, _task: TaskId, inputs: &mut dyn Iterator<Item = &Held>) -> Option<usize> {
-        let held = inputs.filter_map(|held| held.remote.as_ref().map(|r| (r.worker, r.bytes)));
-        placement::most_input_bytes(self.cluster.workers(), held)
+    fn encode_value(&self, task: TaskId, value: &PyValue) -> PyResult<Vec<Vec<u8>>> {
+        static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        Python::attach(|py| {
+            // Framed as a worker's reply to a fetch, which is how a call's worker receives stored values.
+            let reply = (true, PyList::new(py, [value.0.bind(py)])?);
+            let frames = helper(py, &DUMPS, "dumps")?
+                .call1((reply,))
+                .map_err(|error| {
+                    BelatedError::new_err(format!(
+                        "an input of task {} cannot be sent to a worker process: {error}; make it \
+                         picklable, or use scheduler='threads'",
+                        self.key(py, task)
+                    ))
+                })?;
+            frames_from(py, &frames)
+        })
+    }
+
+    fn size(&self, value: &PyValue) -> PyResult<u64> {
+        static NBYTES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        Python::attach(|py| {
+            helper(py, &NBYTES, "nbytes")?
+                .call1((value.0.bind(py),))?
+                .extract()
+        })
+    }
+
+    fn decode_value(&self, reply: &[Vec<u8>]) -> PyResult<PyValue> {
+        Python::attach(|py| Ok(PyValue(decode_reply(py, reply)?.unbind())))
+    }
+
+    fn decode_size(&self, reply: &[Vec<u8>]) -> PyResult<u64> {
+        Python::attach(|py| decode_reply(py, reply)?.extract())
+    }
+
+    fn failed(&self, task: TaskId, error: Error) -> PyErr {
+        Python::attach(|py| {
+            let key = self.key(py, task);
+            match error {
+                Error::TaskLost { .. } => WorkerLostError::new_err(format!("task {key} {error}")),
+                Error::Cancelled => CancelledError::new_err(error.to_string()),
+                error => cluster_error(error, &format!("task {key} could not run")),
+            }
+        })
+    }
+
+    fn blocking<T: Send>(&self, wait: impl FnOnce() -> T + Send) -> T {
+        Python::attach(|py| py.detach(wait))
+    }
+
+    fn before(&self, task: TaskId) -> PyResult<()> {
+        Python::attach(|py| self.guard.before(py, &self.nodes[task.index()]).map(drop))
+    }
+
+    fn after(&self, task: TaskId, value: Option<&PyValue>) -> PyResult<()> {
+        if self.guard.hooks.is_none() {
+            return Ok(());
+        }
+        Python::attach(|py| {
+            let value = match value {
+                Some(value) => value.0.bind(py).clone(),
+                None => py.None().into_bound(py),
+            };
+            self.guard.after(py, &self.key(py, task), &value)
+        })
     }
 }
 
@@ -703,10 +302,7 @@ impl Cluster {
             .map_err(|error| cluster_error(error, "could not start the cluster"))?;
         let shared = Arc::new(ClusterShared {
             owner: std::process::id(),
-            threads_per_worker,
-            directory: Arc::clone(workers.directory()),
-            workers,
-            stats: Stats::default(),
+            runtime: Arc::new(belated_cluster::Cluster::new(workers, threads_per_worker)),
         });
         let pool = ThreadPool::with_groups(n_workers, threads_per_worker, Arc::new(PythonHost))
             .map_err(|e| {
@@ -813,18 +409,18 @@ impl Cluster {
 
     #[getter]
     fn threads_per_worker(&self) -> usize {
-        self.shared.threads_per_worker
+        self.shared.threads_per_worker()
     }
 
     #[getter]
     fn memory_limit(&self) -> Option<u64> {
-        self.shared.workers.memory_limit()
+        self.shared.processes().memory_limit()
     }
 
     /// The process ids of the running workers.
     #[getter]
     fn pids(&self) -> Vec<u32> {
-        self.shared.workers.pids()
+        self.shared.processes().pids()
     }
 
     /// Calls `function(*args, **kwargs)` once in every worker, on its fetch connection (so it runs
@@ -867,12 +463,12 @@ impl Cluster {
     /// Counts of results moved between workers, large values built here sent to a worker to keep,
     /// tasks recomputed after a worker was lost, and workers replaced.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let stats = &self.shared.stats;
+        let stats = self.shared.runtime.stats();
         let dict = PyDict::new(py);
-        dict.set_item("transferred", stats.transferred.load(SeqCst))?;
-        dict.set_item("uploaded", stats.uploaded.load(SeqCst))?;
-        dict.set_item("recomputed", stats.recomputed.load(SeqCst))?;
-        dict.set_item("replaced", self.shared.workers.replaced())?;
+        dict.set_item("transferred", stats.transferred())?;
+        dict.set_item("uploaded", stats.uploaded())?;
+        dict.set_item("recomputed", stats.recomputed())?;
+        dict.set_item("replaced", self.shared.processes().replaced())?;
         Ok(dict)
     }
 }

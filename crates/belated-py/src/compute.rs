@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use belated_cluster::Running;
 use belated_core::{
-    on_worker_thread, run_inline_observed, Fanout, Observer, Plan, PoolRegistry, Runner, TaskId,
-    ThreadPool,
+    on_worker_thread, run_inline_observed, Fanout, Observer, Plan, PoolRegistry, Runner, Session,
+    Stopped, TaskId, ThreadPool, Wait,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -22,8 +23,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
 use crate::cluster::{
-    close_processes_clusters, forget_processes_clusters, processes_cluster, Cluster, ClusterRunner,
-    ClusterShared, Running,
+    close_processes_clusters, cluster_runner, forget_processes_clusters, processes_cluster,
+    Cluster, ClusterShared,
 };
 use crate::codec::{check_picklable, helper};
 use crate::dashboard::{DashboardReport, HubObserver};
@@ -198,9 +199,9 @@ fn mode(
     }
 }
 
-/// The pool of `threads` worker threads, started on first use.
-fn pool(threads: usize) -> PyResult<Arc<ThreadPool>> {
-    POOLS.get(threads, || {
+/// A session on the pool of `threads` worker threads, started on first use.
+fn pool(threads: usize) -> PyResult<Session<'static, usize>> {
+    POOLS.session(threads, || {
         ThreadPool::new(threads, Arc::new(PythonHost)).map_err(|e| {
             WorkerStartError::new_err(format!(
                 "could not start {threads} worker threads ({e}); lower num_workers or use scheduler='sync'"
@@ -249,9 +250,6 @@ struct Watch<'a> {
     dashboard: &'a Option<Arc<HubObserver>>,
     /// Worker processes running the computation's tasks, killed when it is cancelled.
     running: Option<Arc<Running>>,
-    /// The size of the threads pool running it, let go of when it is cancelled: a task of a cancelled
-    /// computation cannot be stopped, and the pool's next computation must not wait for it.
-    threads_pool: Option<usize>,
 }
 
 /// Runs `runner` over `plan` on the threads pool of `threads` workers, watched for Ctrl-C and the
@@ -268,46 +266,47 @@ pub(crate) fn run_on_threads<R: Runner<Error = PyErr>>(
         deadline,
         dashboard: &None,
         running: None,
-        threads_pool: Some(threads),
     };
-    run_pooled(py, &*pool(threads)?, plan, runner, None, watch)
+    run_pooled(py, pool(threads)?, plan, runner, None, watch)
 }
 
-/// Submits to `pool` and waits, letting Python deliver Ctrl-C (which cancels) and enforcing the deadline.
+/// Runs on `session`'s pool and waits, letting Python deliver Ctrl-C (which cancels) and enforcing
+/// the deadline; a computation stopped early also kills the worker processes running its tasks.
 fn run_pooled<R: Runner<Error = PyErr>>(
     py: Python<'_>,
-    pool: &ThreadPool,
-    (graph, outputs): (belated_core::Graph, Vec<TaskId>),
+    session: Session<'_, usize>,
+    plan: (belated_core::Graph, Vec<TaskId>),
     runner: R,
     observer: Option<Arc<dyn Observer>>,
     watch: Watch<'_>,
 ) -> PyResult<Result<Vec<R::Value>, belated_core::Error<PyErr>>> {
-    let handle = pool.submit_observed(graph, outputs, runner, observer);
-    loop {
-        if py.detach(|| handle.wait_timeout(SIGNAL_POLL)) {
-            return Ok(handle.result());
+    let mut interrupt = || match py.check_signals() {
+        Err(interrupt) => Some(interrupt),
+        Ok(()) if watch.cancel.is_some_and(CancelToken::cancelled) => {
+            Some(CancelledError::new_err("the computation was cancelled"))
         }
-        let stop = match py.check_signals() {
-            Err(interrupt) => Some(interrupt),
-            Ok(()) if watch.cancel.is_some_and(CancelToken::cancelled) => {
-                Some(CancelledError::new_err("the computation was cancelled"))
-            }
-            Ok(()) => watch.deadline.filter(Deadline::passed).map(|d| d.error()),
-        };
-        if let Some(interrupt) = stop {
-            handle.cancel();
-            if let Some(running) = &watch.running {
-                running.cancel();
-            }
-            if let Some(size) = watch.threads_pool {
-                POOLS.let_go(&size);
-            }
-            if let Some(dashboard) = watch.dashboard {
-                dashboard.end(false);
-            }
-            return Err(interrupt);
-        }
+        Ok(()) => None,
+    };
+    let wait = Wait::new(&PythonHost)
+        .deadline(watch.deadline.map(|deadline| deadline.at))
+        .interrupt(SIGNAL_POLL, &mut interrupt);
+    let stopped = match session.run(plan, runner, observer, wait) {
+        Ok(result) => return Ok(result),
+        Err(stopped) => stopped,
+    };
+    if let Some(running) = &watch.running {
+        running.cancel();
     }
+    if let Some(dashboard) = watch.dashboard {
+        dashboard.end(false);
+    }
+    Err(match stopped {
+        Stopped::Interrupted(interrupt) => interrupt,
+        Stopped::TimedOut => watch.deadline.map_or_else(
+            || CancelledError::new_err("the computation was cancelled"),
+            |deadline| deadline.error(),
+        ),
+    })
 }
 
 /// Runs the graph the roots need and returns their results in order. Every callback that started is
@@ -389,7 +388,6 @@ fn run_plan(
         deadline,
         dashboard: &dashboard,
         running: None,
-        threads_pool: None,
     };
     let runner = |guard| PyRunner {
         nodes: Arc::clone(&nodes),
@@ -399,23 +397,21 @@ fn run_plan(
         Mode::Inline => run_inline_observed(graph, outputs, runner(guard), observer),
         Mode::Threads(threads) => run_pooled(
             py,
-            &*pool(threads)?,
+            pool(threads)?,
             (graph, outputs),
             runner(guard),
             observer,
-            Watch {
-                threads_pool: Some(threads),
-                ..watch
-            },
+            watch,
         )?,
         Mode::Cluster(cluster, pool, held) => {
-            let runner = ClusterRunner::new(&cluster, &nodes, &graph, &outputs, guard, retries);
+            let runner = cluster_runner(&cluster, &nodes, &graph, &outputs, guard, retries);
             let watch = Watch {
-                running: Some(Arc::clone(&runner.running)),
+                running: Some(Arc::clone(runner.running())),
                 ..watch
             };
             let wanted = outputs.clone();
-            let result = run_pooled(py, &pool, (graph, outputs), runner, observer, watch);
+            let session = Session::own(pool);
+            let result = run_pooled(py, session, (graph, outputs), runner, observer, watch);
             py.detach(|| {
                 cluster.flush_releases();
                 // The last reference to a cluster the registry let go of stops its workers.

@@ -61,8 +61,9 @@ pub(crate) fn cluster_error(error: belated_cluster::Error, context: &str) -> PyE
     let message = format!("{context}: {error}");
     match error {
         Error::Spawn(_) | Error::NotReady(_) => WorkerStartError::new_err(message),
-        Error::Lost => WorkerLostError::new_err(message),
+        Error::Lost | Error::TaskLost { .. } => WorkerLostError::new_err(message),
         Error::Closed => BelatedError::new_err(message),
+        Error::Cancelled => CancelledError::new_err(message),
     }
 }
 

@@ -23,7 +23,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use belated_core::{
-    on_worker_thread, panic_message, run_inline_observed, JobHandle, Observer, Plan, Runner, TaskId,
+    on_worker_thread, panic_message, run_inline_observed, Observer, PlainHost, Plan, Runner,
+    Session, TaskId, Wait,
 };
 
 use crate::pool::ThreadPool;
@@ -366,10 +367,10 @@ impl Options {
             nodes,
             outputs,
         } = Plan::flatten::<TaskError>(&roots).map_err(|e| Error::from_engine(e, &[]))?;
-        let pool = match (&self.pool, self.scheduler) {
-            (Some(pool), _) => Some(Arc::clone(&pool.inner)),
+        let session = match (&self.pool, self.scheduler) {
+            (Some(pool), _) => Some(Session::own(Arc::clone(&pool.inner))),
             (None, Scheduler::Inline) => None,
-            (None, Scheduler::Global) => Some(global_pool()?),
+            (None, Scheduler::Global) => Some(Session::own(global_pool()?)),
             (None, Scheduler::Threads(threads)) => Some(ThreadPool::shared(threads.max(1))?),
         };
         let deadline = self
@@ -379,7 +380,7 @@ impl Options {
         let runner = Arc::new(TaskRunner {
             nodes,
             // An inline run can only stop between tasks; a pool run is watched from outside.
-            deadline: deadline.filter(|_| pool.is_none()),
+            deadline: deadline.filter(|_| session.is_none()),
         });
         let observer = self.events.as_ref().map(|events| {
             Arc::new(KeyedEvents {
@@ -387,14 +388,20 @@ impl Options {
                 events: Arc::clone(events),
             }) as Arc<dyn Observer>
         });
-        let result = match pool {
+        let result = match session {
             None => run_inline_observed(graph, outputs, Arc::clone(&runner), observer),
-            Some(pool) if deadline.is_some() && !on_worker_thread() => {
-                let handle = pool.submit_observed(graph, outputs, Arc::clone(&runner), observer);
-                return self.wait(handle, &runner.nodes);
+            Some(session) if deadline.is_some() && !on_worker_thread() => {
+                let wait = Wait::<()>::new(&PlainHost).deadline(deadline);
+                return match session.run((graph, outputs), Arc::clone(&runner), observer, wait) {
+                    Ok(result) => result.map_err(|e| Error::from_engine(e, &runner.nodes)),
+                    Err(_) => Err(timed_out()),
+                };
             }
-            Some(pool) => {
-                let handle = pool.submit_helped(graph, outputs, Arc::clone(&runner), observer);
+            Some(session) => {
+                let handle =
+                    session
+                        .pool()
+                        .submit_helped(graph, outputs, Arc::clone(&runner), observer);
                 if !handle.help(deadline) {
                     return Err(timed_out());
                 }
@@ -405,18 +412,6 @@ impl Options {
             belated_core::Error::Task { error, .. } if error.is::<DeadlinePassed>() => timed_out(),
             e => Error::from_engine(e, &runner.nodes),
         })
-    }
-
-    fn wait(
-        &self,
-        handle: JobHandle<Arc<TaskRunner>>,
-        nodes: &[NodeRef],
-    ) -> Result<Vec<Value>, Error> {
-        let timeout = self.timeout.unwrap_or_default();
-        if !handle.wait_timeout(timeout) {
-            return Err(Error::Timeout(timeout));
-        }
-        handle.result().map_err(|e| Error::from_engine(e, nodes))
     }
 }
 

@@ -3,14 +3,16 @@
 //!
 //! Invariants:
 //! - Shared pools live in one [`PoolRegistry`]: reused per size, few kept (see its policy), and one let
-//!   go of ends with the last computation using it.
+//!   go of ends with the last computation using it. A computation that times out lets go of its
+//!   shared pool (`belated_core::Session`), so the next one of that size does not queue behind its
+//!   tasks still running.
 //! - An owned pool is never in the registry: its threads end when the last handle on it is dropped
 //!   (a clone held by [`Options`](crate::Options) counts), and the drop joins them.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use belated_core::{PlainHost, PoolRegistry};
+use belated_core::{PlainHost, PoolRegistry, Session};
 
 use crate::Error;
 
@@ -53,10 +55,10 @@ impl ThreadPool {
         belated_core::ThreadPool::named(1, threads, Arc::new(PlainHost), name).map_err(Error::Spawn)
     }
 
-    /// The shared pool of `threads` threads.
-    pub(crate) fn shared(threads: usize) -> Result<Arc<belated_core::ThreadPool>, Error> {
+    /// A session on the shared pool of `threads` threads.
+    pub(crate) fn shared(threads: usize) -> Result<Session<'static, usize>, Error> {
         static SHARED: PoolRegistry<usize> = PoolRegistry::new();
-        SHARED.get(threads, || Self::start(threads, "belated-worker"))
+        SHARED.session(threads, || Self::start(threads, "belated-worker"))
     }
 }
 

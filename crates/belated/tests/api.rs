@@ -193,6 +193,31 @@ fn a_timeout_cancels_instead_of_hanging() {
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
+/// Its one thread stays stuck in the timed-out task, so a next computation of that size must get
+/// a new pool rather than queue behind it (here it would time out).
+#[test]
+fn a_shared_pool_whose_computation_timed_out_is_let_go_of() {
+    let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let held = Arc::clone(&gate);
+    let stuck = delayed(move |x: i64| {
+        let (open, opened) = &*held;
+        let closed = opened
+            .wait_timeout_while(open.lock().unwrap(), TIMEOUT, |open| !*open)
+            .unwrap();
+        assert!(*closed.0, "the test opens the gate");
+        x
+    })
+    .call(1);
+    let err = stuck
+        .compute_with(&Options::threads(1).timeout(Duration::from_millis(50)))
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    let next = Delayed::value(20i64) + 1;
+    assert_eq!(next.compute_with(&pool(1)).unwrap(), 21);
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+}
+
 #[test]
 fn independent_tasks_run_in_parallel() {
     let sleep = delayed(|ms: u64| {

@@ -1,0 +1,754 @@
+//! The runner of computations on worker processes: a `belated_core::Runner` generic over how values
+//! are encoded ([`Codec`]: Python values and cloudpickle in `belated-py`) and how workers are reached
+//! ([`Transport`]: [`Workers`](crate::Workers) processes, or in-thread fakes in tests).
+//!
+//! Policy and invariants:
+//! - A cluster of `n` workers of `t` threads runs on a `ThreadPool` of `n` placement groups of `t`
+//!   threads; pool thread `s` drives connection `s % t` of worker `s / t`, so `t` is a hard limit on
+//!   the tasks a worker runs at once. Connection `t` of each worker carries fetches and releases.
+//! - Results stay in the worker that computed them; only outputs come back. A task is placed on the
+//!   worker holding most of its inputs' bytes (`belated_core::placement`); an input held by another
+//!   worker is fetched from it and the receiving worker keeps its copy for later tasks.
+//! - A value built here of at least [`SEND_ONCE_BYTES`] is sent to each worker that needs it once;
+//!   smaller ones travel inside every call that needs them.
+//! - A released result is forgotten by its workers with the next request they receive
+//!   ([`Cluster::flush_releases`] sends those left at the end of a computation).
+//! - A worker that dies is replaced. The task it was running is retried up to `retries` times; results
+//!   it held are recomputed from their lineage (`belated_core::lineage`) by the task that needs them,
+//!   on that task's worker, each recomputed task passing [`Codec::before`] and [`Codec::after`] like
+//!   any other (so callbacks and deadlines see it).
+//! - A cancelled computation kills the workers running its tasks ([`Running::cancel`]); their
+//!   replacements serve the next computation.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Weak};
+
+use belated_core::{current_worker, lineage, placement, Graph, Runner, TaskId};
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+
+use crate::directory::{Directory, Held, Kept, Sent, Source};
+use crate::error::Error;
+use crate::wire::{self, FETCH, KEEP, RUN, SEND};
+
+/// Values built here of at least this many bytes are sent to a worker once and kept there; smaller
+/// ones travel inside each call that needs them.
+pub const SEND_ONCE_BYTES: u64 = 64 * 1024;
+
+/// The worker processes as the runner reaches them: the only I/O it does.
+pub trait Transport: Send + Sync + 'static {
+    /// Where each value the workers keep lives, and each worker's generation.
+    fn directory(&self) -> &Arc<Directory>;
+
+    /// Sends `frames` to worker `worker`, if it is still at `generation`, on its connection
+    /// `connection`, and waits for the reply; [`Error::Lost`] if that worker is gone.
+    fn exchange(
+        &self,
+        worker: usize,
+        generation: u64,
+        connection: usize,
+        frames: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, Error>;
+
+    /// Kills worker `worker` if it is still at `generation`, with whatever it runs. Never waits.
+    fn kill(&self, worker: usize, generation: u64);
+
+    /// Replaces worker `worker` if it is still at `generation` (bumping its generation in the
+    /// directory); returns how that one ended, also when another caller replaced it first.
+    fn replace(&self, worker: usize, generation: u64) -> Result<String, Error>;
+}
+
+/// An input of a call as the codec sees it.
+#[derive(Debug)]
+pub enum Input<'a, V> {
+    /// Here in the parent: it travels inside the call.
+    Here(&'a V),
+    /// Stored by the call's worker under this id.
+    Stored(u64),
+}
+
+/// A task's call, encoded.
+#[derive(Debug)]
+pub enum Encoded<V> {
+    /// Nothing to run remotely: the result, made here (a literal built of values here).
+    Ready(V),
+    /// The frames of the call to send.
+    Call(Vec<Vec<u8>>),
+}
+
+/// The host language's side of the runner: its values and errors, how calls and replies are
+/// encoded, and what runs around each task.
+pub trait Codec: Send + Sync + 'static {
+    /// A value in the parent.
+    type Value: Clone + Send + Sync + 'static;
+    /// A task's failure as the caller sees it.
+    type Error: Send + 'static;
+
+    /// `task`'s call on `inputs`. It may be [`Encoded::Ready`] only when every input is here.
+    fn encode_call(
+        &self,
+        task: TaskId,
+        inputs: &[Input<'_, Self::Value>],
+    ) -> Result<Encoded<Self::Value>, Self::Error>;
+
+    /// `value` (an input of `task`) framed as a worker's reply to a fetch of it alone, which is how
+    /// a call's worker receives values to store.
+    fn encode_value(&self, task: TaskId, value: &Self::Value) -> Result<Vec<Vec<u8>>, Self::Error>;
+
+    /// About how many bytes `value` holds.
+    fn size(&self, value: &Self::Value) -> Result<u64, Self::Error>;
+
+    /// A reply to a call whose result comes back: the result, or the task's own error.
+    fn decode_value(&self, reply: &[Vec<u8>]) -> Result<Self::Value, Self::Error>;
+
+    /// A reply to a call whose result stays in the worker: its size, or the task's own error.
+    fn decode_size(&self, reply: &[Vec<u8>]) -> Result<u64, Self::Error>;
+
+    /// The runtime's own failure of `task` as the caller's error.
+    fn failed(&self, task: TaskId, error: Error) -> Self::Error;
+
+    /// Runs `wait` (I/O that may block for long) so that other threads may use what the codec needs
+    /// meanwhile: a Python codec lets go of the interpreter.
+    fn blocking<T: Send>(&self, wait: impl FnOnce() -> T + Send) -> T {
+        wait()
+    }
+
+    /// Called before each task runs, recomputed ones included: an error stops it (a deadline passed).
+    fn before(&self, task: TaskId) -> Result<(), Self::Error> {
+        let _ = task;
+        Ok(())
+    }
+
+    /// Called after each task ran, with its result when it came back.
+    fn after(&self, task: TaskId, value: Option<&Self::Value>) -> Result<(), Self::Error> {
+        let _ = (task, value);
+        Ok(())
+    }
+}
+
+/// What a cluster has done that a user may ask about.
+#[derive(Debug, Default)]
+pub struct Stats {
+    transferred: AtomicU64,
+    uploaded: AtomicU64,
+    recomputed: AtomicU64,
+}
+
+impl Stats {
+    /// Values moved from one worker to another.
+    pub fn transferred(&self) -> u64 {
+        self.transferred.load(SeqCst)
+    }
+
+    /// Large values built here and sent to a worker to keep.
+    pub fn uploaded(&self) -> u64 {
+        self.uploaded.load(SeqCst)
+    }
+
+    /// Tasks run again because a worker holding their result was lost.
+    pub fn recomputed(&self) -> u64 {
+        self.recomputed.load(SeqCst)
+    }
+}
+
+/// A cluster's workers as every computation on them shares them.
+#[derive(Debug)]
+pub struct Cluster<T> {
+    transport: Arc<T>,
+    threads_per_worker: usize,
+    stats: Stats,
+}
+
+impl<T: Transport> Cluster<T> {
+    /// The cluster of the workers behind `transport`, each serving `threads_per_worker` connections
+    /// for tasks and one more for fetches.
+    pub fn new(transport: Arc<T>, threads_per_worker: usize) -> Self {
+        Cluster {
+            transport,
+            threads_per_worker,
+            stats: Stats::default(),
+        }
+    }
+
+    /// How many workers there are.
+    pub fn workers(&self) -> usize {
+        self.directory().workers()
+    }
+
+    /// How many tasks each worker runs at once.
+    pub fn threads_per_worker(&self) -> usize {
+        self.threads_per_worker
+    }
+
+    /// The workers.
+    pub fn transport(&self) -> &Arc<T> {
+        &self.transport
+    }
+
+    /// What the cluster has done.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn directory(&self) -> &Arc<Directory> {
+        self.transport.directory()
+    }
+
+    /// The reply of `worker` at `generation` to a fetch of `ids` (with the releases waiting for it).
+    fn fetch(&self, worker: usize, generation: u64, ids: &[u64]) -> Result<Vec<Vec<u8>>, Error> {
+        let releases = self.directory().take_releases(worker);
+        let mut rest = Vec::with_capacity(ids.len() + 1);
+        rest.push(ids.len() as u64);
+        rest.extend_from_slice(ids);
+        let header = wire::header(FETCH, &releases, &rest);
+        self.transport
+            .exchange(worker, generation, self.threads_per_worker, &[header])
+    }
+
+    /// Sends every worker the releases waiting for it, so results nobody needs stop taking memory
+    /// between computations.
+    pub fn flush_releases(&self) {
+        for worker in 0..self.workers() {
+            if self.directory().has_releases(worker) {
+                let generation = self.directory().generation(worker);
+                // A worker that died meanwhile took its values with it.
+                let _ = self.fetch(worker, generation, &[]);
+            }
+        }
+    }
+}
+
+/// The workers running one computation's tasks right now, so cancelling the computation can kill
+/// them (a task may never return by itself).
+pub struct Running {
+    cancelled: AtomicBool,
+    /// `(worker, generation)` once per task running there.
+    workers: Mutex<Vec<(usize, u64)>>,
+    transport: Arc<dyn Transport>,
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("cancelled", &self.cancelled)
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    fn new(transport: Arc<dyn Transport>) -> Self {
+        Running {
+            cancelled: AtomicBool::new(false),
+            workers: Mutex::new(Vec::new()),
+            transport,
+        }
+    }
+
+    /// Registers a task of the computation as running on `worker` until the guard drops; `None`
+    /// once the computation is cancelled.
+    fn enter(&self, worker: usize, generation: u64) -> Option<RunningGuard<'_>> {
+        let mut workers = self.workers.lock();
+        if self.is_cancelled() {
+            return None;
+        }
+        workers.push((worker, generation));
+        Some(RunningGuard {
+            running: self,
+            worker: (worker, generation),
+        })
+    }
+
+    /// Cancels the computation: kills every worker running one of its tasks.
+    pub fn cancel(&self) {
+        let workers = self.workers.lock();
+        self.cancelled.store(true, SeqCst);
+        for &(worker, generation) in workers.iter() {
+            self.transport.kill(worker, generation);
+        }
+    }
+
+    /// Whether the computation was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(SeqCst)
+    }
+}
+
+struct RunningGuard<'a> {
+    running: &'a Running,
+    worker: (usize, u64),
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        let mut workers = self.running.workers.lock();
+        if let Some(at) = workers.iter().position(|w| *w == self.worker) {
+            workers.swap_remove(at);
+        }
+    }
+}
+
+/// Why a request failed: the worker died (which, at which generation), or the computation was
+/// cancelled before it was sent.
+enum Failed {
+    Lost(usize, u64),
+    Cancelled,
+}
+
+/// A value to fetch from one worker and store in the call's worker under `copy_id`.
+struct Transfer {
+    source: Arc<Kept>,
+    copy_id: u64,
+}
+
+/// A large value built here, to store in the call's worker under `copy_id` before the call.
+struct Upload {
+    frames: Vec<Vec<u8>>,
+    copy_id: u64,
+    bytes: u64,
+    sent: Arc<Sent>,
+}
+
+/// An input of a call, found.
+enum Found<V> {
+    Here(V),
+    Stored(u64),
+}
+
+/// A task's inputs found, and what must reach its worker before the call.
+struct Prepared<V> {
+    inputs: Vec<Found<V>>,
+    transfers: Vec<Transfer>,
+    uploads: Vec<Upload>,
+}
+
+/// Runs one computation's tasks on a cluster's workers (see the module's policy).
+pub struct ClusterRunner<C: Codec, T> {
+    cluster: Arc<Cluster<T>>,
+    codec: C,
+    graph: Graph,
+    /// Per task: whether its result stays in its worker (other tasks need it) and/or comes back.
+    flags: Vec<u8>,
+    retries: usize,
+    /// The result each task last produced in a worker, for recomputing what a lost worker held.
+    produced: Mutex<Vec<Weak<Kept>>>,
+    running: Arc<Running>,
+}
+
+impl<C: Codec, T> fmt::Debug for ClusterRunner<C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterRunner")
+            .field("tasks", &self.graph.len())
+            .field("retries", &self.retries)
+            .field("running", &self.running)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Codec, T: Transport> ClusterRunner<C, T> {
+    /// A runner of `graph`, whose `outputs` come back, on `cluster`; a task whose worker dies is tried
+    /// `retries` more times.
+    pub fn new(
+        cluster: &Arc<Cluster<T>>,
+        codec: C,
+        graph: &Graph,
+        outputs: &[TaskId],
+        retries: usize,
+    ) -> Self {
+        // A task nothing depends on is an output of its plan; sending it back is also the only way
+        // its errors are seen.
+        let mut flags: Vec<u8> = graph
+            .tasks()
+            .map(|task| {
+                if graph.dependents(task).is_empty() {
+                    SEND
+                } else {
+                    KEEP
+                }
+            })
+            .collect();
+        for output in outputs {
+            flags[output.index()] |= SEND;
+        }
+        let transport: Arc<dyn Transport> = Arc::clone(cluster.transport()) as _;
+        ClusterRunner {
+            cluster: Arc::clone(cluster),
+            codec,
+            graph: graph.clone(),
+            flags,
+            retries,
+            produced: Mutex::new(graph.tasks().map(|_| Weak::new()).collect()),
+            running: Arc::new(Running::new(transport)),
+        }
+    }
+
+    /// The computation's running tasks, to cancel it.
+    pub fn running(&self) -> &Arc<Running> {
+        &self.running
+    }
+
+    /// The codec.
+    pub fn codec(&self) -> &C {
+        &self.codec
+    }
+
+    /// Runs `task` on `inputs` from pool thread `slot`: on worker `slot / threads_per_worker`.
+    pub fn run_on(
+        &self,
+        slot: usize,
+        task: TaskId,
+        inputs: &[Held<C::Value>],
+    ) -> Result<Held<C::Value>, C::Error> {
+        self.run_watched(slot, task, inputs, self.flags[task.index()])
+    }
+
+    fn run_watched(
+        &self,
+        slot: usize,
+        task: TaskId,
+        inputs: &[Held<C::Value>],
+        flags: u8,
+    ) -> Result<Held<C::Value>, C::Error> {
+        self.codec.before(task)?;
+        let held = self.evaluate(slot, task, inputs, flags)?;
+        self.codec.after(task, held.local.as_ref())?;
+        Ok(held)
+    }
+
+    fn directory(&self) -> &Arc<Directory> {
+        self.cluster.directory()
+    }
+
+    /// Where each input is for worker `worker`, recomputing lost ones; `None` when a worker died
+    /// again while they were recomputed.
+    fn prepare(
+        &self,
+        slot: usize,
+        task: TaskId,
+        inputs: &[Held<C::Value>],
+    ) -> Result<Option<Prepared<C::Value>>, C::Error> {
+        let worker = slot / self.cluster.threads_per_worker;
+        let mut prepared = Prepared {
+            inputs: Vec::with_capacity(inputs.len()),
+            transfers: Vec::new(),
+            uploads: Vec::new(),
+        };
+        for (held, &dep) in inputs.iter().zip(self.graph.deps(task)) {
+            let found = match held.source(self.directory(), worker) {
+                Source::Here(value) => match self.upload(task, held, &value)? {
+                    Some(upload) => {
+                        let id = upload.copy_id;
+                        prepared.uploads.push(upload);
+                        Found::Stored(id)
+                    }
+                    None => Found::Here(value),
+                },
+                Source::InMyWorker(id) => Found::Stored(id),
+                Source::Elsewhere(source) => {
+                    let copy_id = self.directory().new_id();
+                    prepared.transfers.push(Transfer { source, copy_id });
+                    Found::Stored(copy_id)
+                }
+                Source::Lost => {
+                    let recovered = self.recover(slot, dep)?;
+                    if let (Some(original), Some(copy)) = (&held.remote, &recovered.remote) {
+                        original.add_copy(Arc::clone(copy));
+                    }
+                    match recovered.source(self.directory(), worker) {
+                        Source::Here(value) => Found::Here(value),
+                        Source::InMyWorker(id) => Found::Stored(id),
+                        // The worker died again at once: try the whole task again.
+                        Source::Elsewhere(_) | Source::Lost => return Ok(None),
+                    }
+                }
+            };
+            prepared.inputs.push(found);
+        }
+        Ok(Some(prepared))
+    }
+
+    /// `value` (built here for `held`, an input of `task`) as an upload to the call's worker, if it
+    /// is large enough that sending it once beats sending it with every call.
+    fn upload(
+        &self,
+        task: TaskId,
+        held: &Held<C::Value>,
+        value: &C::Value,
+    ) -> Result<Option<Upload>, C::Error> {
+        let Some(sent) = &held.sent else {
+            return Ok(None);
+        };
+        let bytes = match sent.bytes.get() {
+            Some(&bytes) => bytes,
+            None => {
+                let bytes = self.codec.size(value)?;
+                *sent.bytes.get_or_init(|| bytes)
+            }
+        };
+        if bytes < SEND_ONCE_BYTES {
+            return Ok(None);
+        }
+        Ok(Some(Upload {
+            frames: self.codec.encode_value(task, value)?,
+            copy_id: self.directory().new_id(),
+            bytes,
+            sent: Arc::clone(sent),
+        }))
+    }
+
+    /// Fetches the values a call needs from other workers and adds those built here: the frames to
+    /// send before the call's, and the header words describing them.
+    fn fetch_transfers(
+        &self,
+        transfers: &[Transfer],
+        uploads: &mut [Upload],
+    ) -> Result<(Vec<Vec<u8>>, Vec<u64>), Failed> {
+        let mut by_source: FxHashMap<(usize, u64), Vec<&Transfer>> = FxHashMap::default();
+        for transfer in transfers {
+            by_source
+                .entry((transfer.source.worker, transfer.source.generation))
+                .or_default()
+                .push(transfer);
+        }
+        let blocks = by_source.len() + uploads.len();
+        let (mut frames, mut words) = (Vec::new(), vec![blocks as u64]);
+        for upload in uploads {
+            words.extend([1, upload.copy_id, upload.frames.len() as u64]);
+            frames.append(&mut upload.frames);
+        }
+        for ((worker, generation), transfers) in by_source {
+            let ids: Vec<u64> = transfers.iter().map(|t| t.source.id).collect();
+            let reply = self
+                .cluster
+                .fetch(worker, generation, &ids)
+                .map_err(|_| Failed::Lost(worker, generation))?;
+            words.push(ids.len() as u64);
+            words.extend(transfers.iter().map(|t| t.copy_id));
+            words.push(reply.len() as u64);
+            frames.extend(reply);
+        }
+        self.cluster
+            .stats
+            .transferred
+            .fetch_add(transfers.len() as u64, SeqCst);
+        Ok((frames, words))
+    }
+
+    /// Sends `request` to `worker` at `generation` on `slot`'s connection, registered as running.
+    fn send(
+        &self,
+        slot: usize,
+        worker: usize,
+        generation: u64,
+        request: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, Failed> {
+        let Some(_running) = self.running.enter(worker, generation) else {
+            return Err(Failed::Cancelled);
+        };
+        let connection = slot % self.cluster.threads_per_worker;
+        self.cluster
+            .transport
+            .exchange(worker, generation, connection, request)
+            .map_err(|_| Failed::Lost(worker, generation))
+    }
+
+    /// Runs `task` on `slot`'s worker, retrying when a worker it depends on dies.
+    fn evaluate(
+        &self,
+        slot: usize,
+        task: TaskId,
+        inputs: &[Held<C::Value>],
+        flags: u8,
+    ) -> Result<Held<C::Value>, C::Error> {
+        let worker = slot / self.cluster.threads_per_worker;
+        let mut failures = 0;
+        let mut why = String::new();
+        while failures <= self.retries {
+            let Some(mut prepared) = self.prepare(slot, task, inputs)? else {
+                failures += 1;
+                why = "a worker died while its inputs were recomputed".to_string();
+                continue;
+            };
+            let call_inputs: Vec<Input<'_, C::Value>> = prepared
+                .inputs
+                .iter()
+                .map(|found| match found {
+                    Found::Here(value) => Input::Here(value),
+                    Found::Stored(id) => Input::Stored(*id),
+                })
+                .collect();
+            let call_frames = match self.codec.encode_call(task, &call_inputs)? {
+                Encoded::Ready(value) => {
+                    return Ok(Held {
+                        local: Some(value),
+                        remote: None,
+                        sent: Some(Arc::default()),
+                    })
+                }
+                Encoded::Call(frames) => frames,
+            };
+            drop(call_inputs);
+            let result_id = self.directory().new_id();
+            let generation = self.directory().generation(worker);
+            let outcome = self.codec.blocking(|| {
+                let (transfer_frames, mut words) =
+                    self.fetch_transfers(&prepared.transfers, &mut prepared.uploads)?;
+                let mut rest = vec![result_id, u64::from(flags)];
+                rest.append(&mut words);
+                let releases = self.directory().take_releases(worker);
+                let mut request = vec![wire::header(RUN, &releases, &rest)];
+                request.extend(transfer_frames);
+                request.extend(call_frames);
+                self.send(slot, worker, generation, &request)
+            });
+            match outcome {
+                Ok(reply) => {
+                    return self.received(
+                        task, &prepared, worker, generation, result_id, flags, &reply,
+                    )
+                }
+                Err(Failed::Cancelled) => return Err(self.codec.failed(task, Error::Cancelled)),
+                // Killed by a cancel, or by close(): either way the computation is over, and the
+                // next one finds a new worker in its place.
+                Err(Failed::Lost(lost, generation))
+                    if self.running.is_cancelled() || self.directory().is_closed() =>
+                {
+                    let _ = self
+                        .codec
+                        .blocking(|| self.cluster.transport.replace(lost, generation));
+                    return Err(self.codec.failed(task, Error::Cancelled));
+                }
+                Err(Failed::Lost(lost, generation)) => {
+                    why = self
+                        .codec
+                        .blocking(|| self.cluster.transport.replace(lost, generation))
+                        .map_err(|error| self.codec.failed(task, error))?;
+                }
+            }
+            failures += 1;
+        }
+        Err(self.codec.failed(
+            task,
+            Error::TaskLost {
+                tries: failures,
+                why,
+            },
+        ))
+    }
+
+    /// Records what the call's worker now holds and decodes its reply.
+    #[allow(clippy::too_many_arguments)] // one call's bookkeeping, from one place
+    fn received(
+        &self,
+        task: TaskId,
+        prepared: &Prepared<C::Value>,
+        worker: usize,
+        generation: u64,
+        result_id: u64,
+        flags: u8,
+        reply: &[Vec<u8>],
+    ) -> Result<Held<C::Value>, C::Error> {
+        let directory = self.directory();
+        // The worker stored the values it received even if the task then failed.
+        for transfer in &prepared.transfers {
+            let source = &transfer.source;
+            source.add_copy(Kept::new(
+                directory,
+                transfer.copy_id,
+                worker,
+                generation,
+                source.bytes,
+            ));
+        }
+        let uploaded = prepared.uploads.len() as u64;
+        self.cluster.stats.uploaded.fetch_add(uploaded, SeqCst);
+        for upload in &prepared.uploads {
+            upload.sent.add_copy(Kept::new(
+                directory,
+                upload.copy_id,
+                worker,
+                generation,
+                upload.bytes,
+            ));
+        }
+        let (local, bytes) = if flags & SEND != 0 {
+            let value = self.codec.decode_value(reply)?;
+            (
+                Some(value),
+                reply.iter().map(|frame| frame.len() as u64).sum(),
+            )
+        } else {
+            // A kept result that is not sent back comes with its size in its place.
+            (None, self.codec.decode_size(reply)?)
+        };
+        let remote =
+            (flags & KEEP != 0).then(|| Kept::new(directory, result_id, worker, generation, bytes));
+        if let Some(remote) = &remote {
+            let mut produced = self.produced.lock();
+            if produced[task.index()].strong_count() == 0 {
+                produced[task.index()] = Arc::downgrade(remote);
+            }
+        }
+        Ok(Held {
+            local,
+            remote,
+            sent: None,
+        })
+    }
+
+    /// Recomputes `lost` on `slot`'s worker, with whatever of its lineage was lost too, inputs
+    /// first ([`lineage::recompute_order`]).
+    fn recover(&self, slot: usize, lost: TaskId) -> Result<Held<C::Value>, C::Error> {
+        let worker = slot / self.cluster.threads_per_worker;
+        let available = |task: TaskId| -> Option<Held<C::Value>> {
+            let remote = self.produced.lock()[task.index()].upgrade()?;
+            let held = Held {
+                local: None,
+                remote: Some(remote),
+                sent: None,
+            };
+            (!matches!(held.source(self.directory(), worker), Source::Lost)).then_some(held)
+        };
+        let mut held: FxHashMap<TaskId, Held<C::Value>> = FxHashMap::default();
+        let order = lineage::recompute_order(&self.graph, lost, |task| {
+            available(task)
+                .map(|found| held.insert(task, found))
+                .is_some()
+        });
+        for task in order {
+            let inputs: Vec<Held<C::Value>> = self
+                .graph
+                .deps(task)
+                .iter()
+                .map(|dep| held[dep].clone())
+                .collect();
+            let recomputed = self.run_watched(slot, task, &inputs, KEEP)?;
+            self.cluster.stats.recomputed.fetch_add(1, SeqCst);
+            held.insert(task, recomputed);
+        }
+        Ok(held
+            .remove(&lost)
+            .expect("recompute_order ends with the lost task"))
+    }
+}
+
+impl<C: Codec, T: Transport> Runner for ClusterRunner<C, T> {
+    type Value = Held<C::Value>;
+    type Error = C::Error;
+
+    fn run(&self, task: TaskId, inputs: &[Self::Value]) -> Result<Self::Value, C::Error> {
+        // Off the pool's threads (a test driving the runner itself) it is the first thread's slot.
+        self.run_on(current_worker().unwrap_or(0), task, inputs)
+    }
+
+    /// The worker holding most of the inputs' bytes ([`placement::most_input_bytes`]).
+    fn place(
+        &self,
+        _task: TaskId,
+        inputs: &mut dyn Iterator<Item = &Self::Value>,
+    ) -> Option<usize> {
+        let held = inputs.filter_map(|held| held.remote.as_ref().map(|r| (r.worker, r.bytes)));
+        placement::most_input_bytes(self.cluster.workers(), held)
+    }
+}

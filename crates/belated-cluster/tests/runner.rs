@@ -1,0 +1,874 @@
+//! The cluster runner's policy, driven deterministically: in-thread fake workers (a [`Transport`]
+//! that runs tasks as Rust closures and keeps values in a map, and dies on command) and a fake
+//! codec, with no processes, sockets or sleeps. Each test asserts what happened: which worker ran
+//! what, what moved between workers, what was sent once, released, retried or recomputed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use belated_cluster::directory::{Directory, Held};
+use belated_cluster::runner::{Encoded, Input, SEND_ONCE_BYTES};
+use belated_cluster::wire::{FETCH, KEEP, RUN, SEND};
+use belated_cluster::{Cluster, ClusterRunner, Codec, Error, Transport};
+use belated_core::{Graph, Runner, Schedule, TaskId};
+use parking_lot::{Condvar, Mutex};
+
+/// A value: a number, and how many bytes it stands for (what moving it costs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Val {
+    n: i64,
+    bytes: u64,
+}
+
+fn val(n: i64) -> Val {
+    Val { n, bytes: 8 }
+}
+
+/// A task's function.
+type Func = Arc<dyn Fn(&[Val]) -> Result<Val, String> + Send + Sync>;
+
+/// What a task does.
+#[derive(Clone)]
+enum Op {
+    /// A value built in the parent (no call).
+    Literal(Val),
+    /// A call on the inputs.
+    Call(Func),
+    /// Kills its worker the first `times` times it runs (then sums its inputs), saying why.
+    Dies { times: usize, why: &'static str },
+    /// Runs until its worker is killed.
+    Blocks,
+}
+
+fn sum(bytes: u64) -> Op {
+    Op::Call(Arc::new(move |inputs| {
+        Ok(Val {
+            n: inputs.iter().map(|v| v.n).sum::<i64>() + 1,
+            bytes,
+        })
+    }))
+}
+
+/// A computation: each task's op and inputs.
+struct Program {
+    ops: Vec<Op>,
+    graph: Graph,
+}
+
+impl Program {
+    fn new(tasks: Vec<(Op, Vec<u32>)>) -> Arc<Self> {
+        let graph = Graph::from_deps::<(), _, _>(
+            tasks
+                .iter()
+                .map(|(_, deps)| deps.iter().map(|&d| TaskId(d)).collect::<Vec<_>>()),
+        )
+        .expect("deps point backwards");
+        Arc::new(Program {
+            ops: tasks.into_iter().map(|(op, _)| op).collect(),
+            graph,
+        })
+    }
+
+    /// What a plain sequential evaluation gives for `task`.
+    fn expected(&self, task: TaskId) -> i64 {
+        let inputs: Vec<Val> = self
+            .graph
+            .deps(task)
+            .iter()
+            .map(|&d| val(self.expected(d)))
+            .collect();
+        match &self.ops[task.index()] {
+            Op::Literal(v) => v.n,
+            Op::Call(f) => f(&inputs).expect("no failing task here").n,
+            Op::Dies { .. } | Op::Blocks => inputs.iter().map(|v| v.n).sum::<i64>() + 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Event {
+    /// A task started on a worker (at a generation).
+    Ran(u32, usize, u64),
+    /// A worker replied to a fetch of these ids.
+    Fetched(usize, Vec<u64>),
+    /// A worker forgot these ids.
+    Released(usize, Vec<u64>),
+}
+
+#[derive(Default)]
+struct WorkerState {
+    generation: u64,
+    dead: Option<String>,
+    store: HashMap<u64, Val>,
+}
+
+/// Workers that run tasks on the caller's thread and keep values in a map.
+struct FakeWorkers {
+    program: Arc<Program>,
+    directory: Arc<Directory>,
+    workers: Vec<(Mutex<WorkerState>, Condvar)>,
+    events: Mutex<Vec<Event>>,
+    /// Signalled on every event, for a test waiting for one on another thread.
+    happened: Condvar,
+    runs: Vec<AtomicUsize>,
+    replaced: AtomicUsize,
+}
+
+fn words(frame: &[u8]) -> Vec<u64> {
+    frame
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+        .collect()
+}
+
+fn frame(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// A list of values, as a fetch reply carries them.
+fn encode_values(values: &[Val]) -> Vec<Vec<u8>> {
+    let mut out = vec![values.len() as u64];
+    for v in values {
+        out.extend([v.n as u64, v.bytes]);
+    }
+    vec![frame(&out)]
+}
+
+fn decode_values(frames: &[Vec<u8>]) -> Vec<Val> {
+    let w = words(&frames[0]);
+    (0..w[0] as usize)
+        .map(|i| Val {
+            n: w[1 + 2 * i] as i64,
+            bytes: w[2 + 2 * i],
+        })
+        .collect()
+}
+
+/// A call's reply: `[1, n, bytes]` and padding as large as the value, or `[0]` and a message.
+fn encode_reply(result: &Result<Val, String>) -> Vec<Vec<u8>> {
+    match result {
+        Ok(v) => vec![frame(&[1, v.n as u64, v.bytes]), vec![0; v.bytes as usize]],
+        Err(message) => vec![frame(&[0]), message.as_bytes().to_vec()],
+    }
+}
+
+impl FakeWorkers {
+    fn new(program: &Arc<Program>, workers: usize) -> Arc<Self> {
+        Arc::new(FakeWorkers {
+            program: Arc::clone(program),
+            directory: Arc::new(Directory::new(workers)),
+            workers: (0..workers).map(|_| Default::default()).collect(),
+            events: Mutex::new(Vec::new()),
+            happened: Condvar::new(),
+            runs: program.ops.iter().map(|_| AtomicUsize::new(0)).collect(),
+            replaced: AtomicUsize::new(0),
+        })
+    }
+
+    fn record(&self, event: Event) {
+        self.events.lock().push(event);
+        self.happened.notify_all();
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.events.lock().clone()
+    }
+
+    /// The tasks each run started, as `(task, worker)`.
+    fn ran(&self) -> Vec<(u32, usize)> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Ran(task, worker, _) => Some((task, worker)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn kept_by(&self, worker: usize) -> usize {
+        self.workers[worker].0.lock().store.len()
+    }
+
+    /// Kills worker `worker` (whatever its generation) saying `why`.
+    fn die(&self, worker: usize, why: &str) {
+        let (state, killed) = &self.workers[worker];
+        state.lock().dead = Some(why.to_string());
+        killed.notify_all();
+    }
+
+    /// Serves a request on the caller's thread.
+    fn serve(&self, worker: usize, frames: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Error> {
+        let header = words(&frames[0]);
+        let releases = &header[2..2 + header[1] as usize];
+        let rest = &header[2 + releases.len()..];
+        let (state, killed) = &self.workers[worker];
+        let mut guard = state.lock();
+        if !releases.is_empty() {
+            for id in releases {
+                guard.store.remove(id);
+            }
+            self.record(Event::Released(worker, releases.to_vec()));
+        }
+        if header[0] == FETCH {
+            let ids = &rest[1..1 + rest[0] as usize];
+            let values: Vec<Val> = ids.iter().map(|id| guard.store[id]).collect();
+            if !ids.is_empty() {
+                self.record(Event::Fetched(worker, ids.to_vec()));
+            }
+            return Ok(encode_values(&values));
+        }
+        assert_eq!(header[0], RUN);
+        let (result_id, flags, blocks) = (rest[0], rest[1] as u8, rest[2] as usize);
+        let (mut at, mut next_frame) = (3, 1);
+        for _ in 0..blocks {
+            let n = rest[at] as usize;
+            let ids = &rest[at + 1..at + 1 + n];
+            let count = rest[at + 1 + n] as usize;
+            let values = decode_values(&frames[next_frame..next_frame + count]);
+            for (id, value) in ids.iter().zip(values) {
+                guard.store.insert(*id, value);
+            }
+            at += n + 2;
+            next_frame += count;
+        }
+        let call = words(&frames[next_frame]);
+        let task = call[0] as usize;
+        let inputs: Vec<Val> = call[2..]
+            .chunks_exact(3)
+            .map(|input| match input[0] {
+                0 => guard.store[&input[1]],
+                _ => Val {
+                    n: input[1] as i64,
+                    bytes: input[2],
+                },
+            })
+            .collect();
+        self.record(Event::Ran(task as u32, worker, guard.generation));
+        let run = self.runs[task].fetch_add(1, SeqCst);
+        let result = match &self.program.ops[task] {
+            Op::Call(f) => f(&inputs),
+            Op::Literal(v) => Ok(*v),
+            Op::Dies { times, why } if run < *times => {
+                guard.dead = Some(why.to_string());
+                return Err(Error::Lost);
+            }
+            Op::Dies { .. } => sum(8).call(&inputs),
+            Op::Blocks => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while guard.dead.is_none() {
+                    assert!(
+                        !killed.wait_until(&mut guard, deadline).timed_out(),
+                        "a blocked task was never killed"
+                    );
+                }
+                return Err(Error::Lost);
+            }
+        };
+        if let (Ok(value), true) = (&result, flags & KEEP != 0) {
+            guard.store.insert(result_id, *value);
+        }
+        match result {
+            Ok(v) if flags & SEND == 0 => Ok(encode_reply(&Ok(val(v.bytes as i64)))),
+            result => Ok(encode_reply(&result)),
+        }
+    }
+}
+
+impl Op {
+    fn call(&self, inputs: &[Val]) -> Result<Val, String> {
+        match self {
+            Op::Call(f) => f(inputs),
+            _ => unreachable!("only calls are called"),
+        }
+    }
+}
+
+impl Transport for FakeWorkers {
+    fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
+    fn exchange(
+        &self,
+        worker: usize,
+        generation: u64,
+        _connection: usize,
+        frames: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        {
+            let state = self.workers[worker].0.lock();
+            if state.generation != generation || state.dead.is_some() {
+                return Err(Error::Lost);
+            }
+        }
+        self.serve(worker, frames)
+    }
+
+    fn kill(&self, worker: usize, generation: u64) {
+        if self.workers[worker].0.lock().generation == generation {
+            self.die(worker, "it was killed");
+        }
+    }
+
+    fn replace(&self, worker: usize, generation: u64) -> Result<String, Error> {
+        let mut state = self.workers[worker].0.lock();
+        if state.generation != generation {
+            return Ok("replaced already".into());
+        }
+        let why = state.dead.take().unwrap_or_else(|| "it was killed".into());
+        state.generation += 1;
+        state.store.clear();
+        self.directory.replaced(worker);
+        self.replaced.fetch_add(1, SeqCst);
+        Ok(why)
+    }
+}
+
+#[derive(Debug)]
+enum Failure {
+    Task(String),
+    Runtime(Error),
+}
+
+/// Values as the fake workers read them, and a log of the hooks around each task.
+struct FakeCodec {
+    program: Arc<Program>,
+    hooks: Arc<Mutex<Vec<(&'static str, u32)>>>,
+    encoded_values: Arc<AtomicUsize>,
+}
+
+impl Codec for FakeCodec {
+    type Value = Val;
+    type Error = Failure;
+
+    fn encode_call(
+        &self,
+        task: TaskId,
+        inputs: &[Input<'_, Val>],
+    ) -> Result<Encoded<Val>, Failure> {
+        if let Op::Literal(value) = &self.program.ops[task.index()] {
+            return Ok(Encoded::Ready(*value));
+        }
+        let mut call = vec![u64::from(task.0), inputs.len() as u64];
+        for input in inputs {
+            call.extend(match input {
+                Input::Stored(id) => [0, *id, 0],
+                Input::Here(v) => [1, v.n as u64, v.bytes],
+            });
+        }
+        Ok(Encoded::Call(vec![frame(&call)]))
+    }
+
+    fn encode_value(&self, _task: TaskId, value: &Val) -> Result<Vec<Vec<u8>>, Failure> {
+        self.encoded_values.fetch_add(1, SeqCst);
+        Ok(encode_values(&[*value]))
+    }
+
+    fn size(&self, value: &Val) -> Result<u64, Failure> {
+        Ok(value.bytes)
+    }
+
+    fn decode_value(&self, reply: &[Vec<u8>]) -> Result<Val, Failure> {
+        let head = words(&reply[0]);
+        match head[0] {
+            1 => Ok(Val {
+                n: head[1] as i64,
+                bytes: head[2],
+            }),
+            _ => Err(Failure::Task(String::from_utf8(reply[1].clone()).unwrap())),
+        }
+    }
+
+    fn decode_size(&self, reply: &[Vec<u8>]) -> Result<u64, Failure> {
+        self.decode_value(reply).map(|v| v.n as u64)
+    }
+
+    fn failed(&self, _task: TaskId, error: Error) -> Failure {
+        Failure::Runtime(error)
+    }
+
+    fn before(&self, task: TaskId) -> Result<(), Failure> {
+        self.hooks.lock().push(("before", task.0));
+        Ok(())
+    }
+
+    fn after(&self, task: TaskId, _value: Option<&Val>) -> Result<(), Failure> {
+        self.hooks.lock().push(("after", task.0));
+        Ok(())
+    }
+}
+
+/// A computation on fake workers, driven one task at a time.
+struct Harness {
+    program: Arc<Program>,
+    workers: Arc<FakeWorkers>,
+    cluster: Arc<Cluster<FakeWorkers>>,
+    runner: ClusterRunner<FakeCodec, FakeWorkers>,
+    hooks: Arc<Mutex<Vec<(&'static str, u32)>>>,
+    encoded_values: Arc<AtomicUsize>,
+    results: Vec<Option<Held<Val>>>,
+}
+
+impl Harness {
+    fn new(program: &Arc<Program>, workers: usize, outputs: &[u32], retries: usize) -> Self {
+        let fakes = FakeWorkers::new(program, workers);
+        let cluster = Arc::new(Cluster::new(Arc::clone(&fakes), 1));
+        let hooks = Arc::default();
+        let encoded_values = Arc::default();
+        let codec = FakeCodec {
+            program: Arc::clone(program),
+            hooks: Arc::clone(&hooks),
+            encoded_values: Arc::clone(&encoded_values),
+        };
+        let outputs: Vec<TaskId> = outputs.iter().map(|&t| TaskId(t)).collect();
+        let runner = ClusterRunner::new(&cluster, codec, &program.graph, &outputs, retries);
+        Harness {
+            program: Arc::clone(program),
+            workers: fakes,
+            cluster,
+            runner,
+            hooks,
+            encoded_values,
+            results: program.ops.iter().map(|_| None).collect(),
+        }
+    }
+
+    fn inputs(&self, task: u32) -> Vec<Held<Val>> {
+        self.program
+            .graph
+            .deps(TaskId(task))
+            .iter()
+            .map(|d| self.results[d.index()].clone().expect("input computed"))
+            .collect()
+    }
+
+    /// Runs `task` on worker `worker`'s thread.
+    fn run(&mut self, task: u32, worker: usize) -> Result<Option<i64>, Failure> {
+        let held = self
+            .runner
+            .run_on(worker, TaskId(task), &self.inputs(task))?;
+        let local = held.local.map(|v| v.n);
+        self.results[task as usize] = Some(held);
+        Ok(local)
+    }
+
+    /// Where the runner places `task` now.
+    fn place(&self, task: u32) -> Option<usize> {
+        let inputs = self.inputs(task);
+        self.runner.place(TaskId(task), &mut inputs.iter())
+    }
+
+    fn release(&mut self, task: u32) {
+        self.results[task as usize] = None;
+    }
+
+    /// Runs the whole program through the engine's schedule, the workers taking turns (one task
+    /// each per turn), tasks placed by the runner and results released as the schedule says.
+    fn simulate(&mut self, outputs: &[u32]) -> Vec<i64> {
+        let graph = self.program.graph.clone();
+        let outputs: Vec<TaskId> = outputs.iter().map(|&t| TaskId(t)).collect();
+        let groups = self.cluster.workers();
+        let mut schedule = Schedule::new(&graph, &outputs, groups);
+        while !schedule.is_finished() {
+            for group in 0..groups {
+                let Some(task) = schedule.next_ready(Some(group)) else {
+                    continue;
+                };
+                schedule.start(&graph, task, |_, _| {});
+                self.run(task.0, group).expect("the task runs");
+                let mut released = Vec::new();
+                schedule.finish(
+                    &graph,
+                    task,
+                    |dependent| self.place(dependent.0),
+                    |dep| released.push(dep),
+                );
+                for dep in released {
+                    self.release(dep.0);
+                }
+            }
+        }
+        outputs
+            .iter()
+            .map(|t| {
+                self.results[t.index()]
+                    .as_ref()
+                    .and_then(|h| h.local)
+                    .expect("outputs come back")
+                    .n
+            })
+            .collect()
+    }
+}
+
+fn big(bytes: u64) -> Op {
+    sum(bytes)
+}
+
+#[test]
+fn a_task_is_placed_on_the_worker_holding_most_of_its_input_bytes_and_fetches_the_rest() {
+    // 0 (large) and 1 (small) each on their own worker; 2 needs both.
+    let program = Program::new(vec![
+        (big(10_000), vec![]),
+        (big(10), vec![]),
+        (sum(8), vec![0, 1]),
+    ]);
+    let mut h = Harness::new(&program, 2, &[2], 0);
+    h.run(0, 0).unwrap();
+    h.run(1, 1).unwrap();
+    assert_eq!(h.place(2), Some(0));
+    let id_of_1 = h.results[1].as_ref().unwrap().remote.as_ref().unwrap().id;
+    assert_eq!(h.run(2, 0).unwrap(), Some(program.expected(TaskId(2))));
+    assert_eq!(
+        h.workers.events().last(),
+        Some(&Event::Ran(2, 0, 0)),
+        "{:?}",
+        h.workers.events()
+    );
+    assert!(h
+        .workers
+        .events()
+        .contains(&Event::Fetched(1, vec![id_of_1])));
+    assert_eq!(
+        h.cluster.stats().transferred(),
+        1,
+        "only the small input moved"
+    );
+
+    // Moving the large input the other way would have been the costly choice.
+    let program = Program::new(vec![
+        (big(10), vec![]),
+        (big(10_000), vec![]),
+        (sum(8), vec![0, 1]),
+    ]);
+    let mut h = Harness::new(&program, 2, &[2], 0);
+    h.run(0, 0).unwrap();
+    h.run(1, 1).unwrap();
+    assert_eq!(h.place(2), Some(1));
+}
+
+#[test]
+fn a_value_moved_to_a_worker_is_kept_there_for_later_tasks() {
+    let program = Program::new(vec![
+        (sum(8), vec![]),
+        (big(1000), vec![]),
+        (sum(8), vec![0, 1]),
+        (sum(8), vec![0, 1]),
+    ]);
+    let mut h = Harness::new(&program, 2, &[2, 3], 0);
+    h.run(0, 0).unwrap();
+    h.run(1, 1).unwrap();
+    h.run(2, 1).unwrap();
+    h.run(3, 1).unwrap();
+    let fetches: Vec<_> = h
+        .workers
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::Fetched(..)))
+        .collect();
+    assert_eq!(fetches.len(), 1, "{fetches:?}");
+    assert_eq!(h.cluster.stats().transferred(), 1);
+    assert_eq!(h.workers.kept_by(1), 2, "its own result and the copy");
+}
+
+/// A tree's leaves are shared out in runs of neighbours, one per worker, so subtrees meet where
+/// they were made: of all the tree's values only one crosses between the two workers.
+#[test]
+fn runs_of_initial_tasks_keep_subtrees_on_one_worker() {
+    // Pairwise reduction of 8 leaves laid out in post-order, as Plan::flatten does.
+    fn build(lo: u32, hi: u32, tasks: &mut Vec<(Op, Vec<u32>)>) -> u32 {
+        let deps = if hi - lo == 1 {
+            vec![]
+        } else {
+            let mid = (lo + hi) / 2;
+            vec![build(lo, mid, tasks), build(mid, hi, tasks)]
+        };
+        tasks.push((sum(100), deps));
+        tasks.len() as u32 - 1
+    }
+    let mut tasks = Vec::new();
+    let root = build(0, 8, &mut tasks);
+    let program = Program::new(tasks);
+    let mut h = Harness::new(&program, 2, &[root], 0);
+    assert_eq!(h.simulate(&[root]), [program.expected(TaskId(root))]);
+    let ran = h.workers.ran();
+    let on = |worker| {
+        ran.iter()
+            .filter(|(task, w)| *w == worker && program.graph.deps(TaskId(*task)).is_empty())
+            .count()
+    };
+    assert_eq!((on(0), on(1)), (4, 4), "{ran:?}");
+    assert_eq!(h.cluster.stats().transferred(), 1, "{ran:?}");
+}
+
+#[test]
+fn a_large_value_built_here_is_sent_once_to_each_worker_that_needs_it_and_a_small_one_inline() {
+    let large = Val {
+        n: 5,
+        bytes: SEND_ONCE_BYTES,
+    };
+    let program = Program::new(vec![
+        (Op::Literal(large), vec![]),
+        (Op::Literal(val(7)), vec![]),
+        (sum(8), vec![0, 1]),
+        (sum(8), vec![0, 1]),
+        (sum(8), vec![0, 1]),
+        (sum(8), vec![2, 3, 4]),
+    ]);
+    let mut h = Harness::new(&program, 2, &[5], 0);
+    h.run(0, 0).unwrap();
+    h.run(1, 0).unwrap();
+    h.run(2, 0).unwrap();
+    h.run(3, 0).unwrap();
+    h.run(4, 1).unwrap();
+    assert_eq!(h.cluster.stats().uploaded(), 2, "once per worker");
+    assert_eq!(h.encoded_values.load(SeqCst), 2);
+    assert_eq!(h.workers.kept_by(0), 3, "the large value and two results");
+    assert_eq!(h.run(5, 0).unwrap(), Some(program.expected(TaskId(5))));
+    assert_eq!(
+        h.ran_of_literals(),
+        0,
+        "values built here are never run by a worker"
+    );
+}
+
+impl Harness {
+    fn ran_of_literals(&self) -> usize {
+        self.workers
+            .ran()
+            .iter()
+            .filter(|(task, _)| matches!(self.program.ops[*task as usize], Op::Literal(_)))
+            .count()
+    }
+}
+
+#[test]
+fn a_task_whose_worker_dies_is_retried_on_its_replacement_up_to_retries_times() {
+    let program = Program::new(vec![
+        (
+            Op::Dies {
+                times: 1,
+                why: "it crashed",
+            },
+            vec![],
+        ),
+        (
+            Op::Dies {
+                times: usize::MAX,
+                why: "it crashed again",
+            },
+            vec![],
+        ),
+    ]);
+    let mut h = Harness::new(&program, 1, &[0, 1], 2);
+    assert_eq!(h.run(0, 0).unwrap(), Some(1));
+    assert_eq!(h.workers.ran(), [(0, 0), (0, 0)]);
+    assert_eq!(
+        h.workers.events()[1],
+        Event::Ran(0, 0, 1),
+        "on the replacement"
+    );
+    match h.run(1, 0) {
+        Err(Failure::Runtime(Error::TaskLost { tries, why })) => {
+            assert_eq!(tries, 3, "the first try and two retries");
+            assert_eq!(why, "it crashed again");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.workers.replaced.load(SeqCst), 4);
+}
+
+#[test]
+fn a_task_that_raises_is_not_retried_and_its_error_comes_back_as_itself() {
+    let program = Program::new(vec![(Op::Call(Arc::new(|_| Err("boom".into()))), vec![])]);
+    let mut h = Harness::new(&program, 1, &[0], 3);
+    assert!(matches!(h.run(0, 0), Err(Failure::Task(message)) if message == "boom"));
+    assert_eq!(h.workers.ran().len(), 1);
+    assert_eq!(h.workers.replaced.load(SeqCst), 0);
+}
+
+#[test]
+fn a_worker_killed_over_its_memory_limit_is_replaced_and_the_ending_says_why() {
+    let why = "it was killed for using 3 GB, over its memory_limit of 2GB";
+    let program = Program::new(vec![
+        (Op::Dies { times: 1, why }, vec![]),
+        (
+            Op::Dies {
+                times: usize::MAX,
+                why,
+            },
+            vec![],
+        ),
+    ]);
+    let mut h = Harness::new(&program, 1, &[0, 1], 1);
+    assert_eq!(h.run(0, 0).unwrap(), Some(1), "retried on a fresh worker");
+    match h.run(1, 0) {
+        Err(Failure::Runtime(error @ Error::TaskLost { .. })) => {
+            let message = error.to_string();
+            assert!(message.contains("failed after 2 tries"), "{message}");
+            assert!(message.contains(why), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// 0 -> 1 -> 2 on worker 0, then worker 0 dies: the task needing 2 on worker 1 recomputes its
+/// lineage there, inputs first, each recomputed task passing the hooks like any other.
+#[test]
+fn results_lost_with_a_worker_are_recomputed_from_their_lineage_through_the_hooks() {
+    let program = Program::new(vec![
+        (sum(8), vec![]),
+        (sum(8), vec![0]),
+        (sum(8), vec![1]),
+        (sum(8), vec![2]),
+    ]);
+    let mut h = Harness::new(&program, 2, &[3], 1);
+    h.run(0, 0).unwrap();
+    h.run(1, 0).unwrap();
+    h.release(0);
+    h.run(2, 0).unwrap();
+    h.release(1);
+    h.workers.die(0, "it was killed");
+    h.hooks.lock().clear();
+    let before = h.workers.events().len();
+    assert_eq!(h.run(3, 1).unwrap(), Some(program.expected(TaskId(3))));
+    let after: Vec<Event> = h.workers.events()[before..].to_vec();
+    assert!(
+        matches!(
+            &after[..],
+            [
+                Event::Ran(0, 1, 0),
+                Event::Ran(1, 1, 0),
+                Event::Ran(2, 1, 0),
+                Event::Released(1, recomputed_intermediates),
+                Event::Ran(3, 1, 0),
+            ] if recomputed_intermediates.len() == 2
+        ),
+        "inputs first, on the task's worker; 0 and 1 released once 2 is rebuilt: {after:?}"
+    );
+    assert_eq!(h.cluster.stats().recomputed(), 3);
+    assert_eq!(
+        *h.hooks.lock(),
+        [
+            ("before", 3),
+            ("before", 0),
+            ("after", 0),
+            ("before", 1),
+            ("after", 1),
+            ("before", 2),
+            ("after", 2),
+            ("after", 3)
+        ]
+    );
+    assert_eq!(h.workers.replaced.load(SeqCst), 1);
+}
+
+#[test]
+fn a_lost_input_held_in_a_copy_elsewhere_is_fetched_not_recomputed() {
+    let program = Program::new(vec![
+        (sum(8), vec![]),
+        (big(1000), vec![]),
+        (sum(8), vec![0, 1]),
+        (sum(8), vec![0]),
+    ]);
+    let mut h = Harness::new(&program, 3, &[2, 3], 1);
+    h.run(0, 0).unwrap();
+    h.run(1, 1).unwrap();
+    h.run(2, 1).unwrap(); // worker 1 now holds a copy of 0
+    h.workers.die(0, "it was killed");
+    assert_eq!(h.run(3, 2).unwrap(), Some(program.expected(TaskId(3))));
+    assert_eq!(h.cluster.stats().recomputed(), 0);
+    assert_eq!(
+        h.workers
+            .ran()
+            .iter()
+            .filter(|(task, _)| *task == 0)
+            .count(),
+        1
+    );
+    let fetched_from: Vec<usize> = h
+        .workers
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fetched(worker, _) => Some(*worker),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fetched_from, [0, 1], "the copy after the original was lost");
+}
+
+#[test]
+fn results_nobody_needs_are_released_from_every_worker_holding_them() {
+    let program = Program::new(vec![
+        (sum(8), vec![]),
+        (big(1000), vec![]),
+        (sum(8), vec![0, 1]),
+        (sum(8), vec![2]),
+    ]);
+    let mut h = Harness::new(&program, 2, &[3], 0);
+    assert_eq!(h.simulate(&[3]), [program.expected(TaskId(3))]);
+    // Sent back only: the output is not kept.
+    h.cluster.flush_releases();
+    assert_eq!(
+        (h.workers.kept_by(0), h.workers.kept_by(1)),
+        (0, 0),
+        "{:?}",
+        h.workers.events()
+    );
+    let released: usize = h
+        .workers
+        .events()
+        .iter()
+        .map(|e| match e {
+            Event::Released(_, ids) => ids.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(
+        released as u64,
+        3 + h.cluster.stats().transferred(),
+        "each kept result and each copy, once"
+    );
+    let events = h.workers.events().len();
+    h.cluster.flush_releases();
+    assert_eq!(h.workers.events().len(), events, "nothing left to send");
+}
+
+#[test]
+fn cancelling_kills_the_worker_running_the_task_and_later_tasks_are_not_sent() {
+    let program = Program::new(vec![(Op::Blocks, vec![]), (sum(8), vec![])]);
+    let h = Harness::new(&program, 2, &[0, 1], 5);
+    let running = Arc::clone(h.runner.running());
+    let workers = Arc::clone(&h.workers);
+    std::thread::scope(|scope| {
+        let blocked = scope.spawn(|| h.runner.run_on(0, TaskId(0), &[]));
+        let mut events = workers.events.lock();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !events.contains(&Event::Ran(0, 0, 0)) {
+            assert!(!workers
+                .happened
+                .wait_until(&mut events, deadline)
+                .timed_out());
+        }
+        drop(events);
+        running.cancel();
+        let outcome = blocked.join().expect("no panic");
+        assert!(
+            matches!(outcome, Err(Failure::Runtime(Error::Cancelled))),
+            "{outcome:?}"
+        );
+    });
+    assert_eq!(
+        workers.replaced.load(SeqCst),
+        1,
+        "not retried, but replaced"
+    );
+    assert!(matches!(
+        h.runner.run_on(1, TaskId(1), &[]),
+        Err(Failure::Runtime(Error::Cancelled))
+    ));
+    assert_eq!(workers.ran(), [(0, 0)], "nothing sent after the cancel");
+}
