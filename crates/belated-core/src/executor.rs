@@ -9,6 +9,12 @@
 //!   the value itself (see [`Schedule::start`]), so a chain of tasks passes one value along.
 //! - A worker that finishes a task picks its next one in the same critical section, so a busy worker
 //!   never sleeps or hands off between tasks. It wakes one idle worker only when ready work is left over.
+//! - At most as many threads work on one job as the pool has workers, a caller taking part in its own
+//!   job counting as one: on a pool of one thread per core, the caller and the pool never run more
+//!   threads than there are cores.
+//! - A worker out of work spins a little (yielding its core) before it sleeps, and so does a caller
+//!   waiting for its job, as rayon's threads do: work that comes back soon, the next small computation
+//!   or the task another thread is finishing, is picked up without a system call to wake a thread.
 //! - The first failure settles the job at once: nothing new starts, the caller is woken, the job's
 //!   [`CancelToken`] is cancelled, and tasks still running finish in the background with their results
 //!   dropped. The pool stays usable.
@@ -212,7 +218,8 @@ pub fn run_inline_observed<R: Runner>(
     runner: R,
     observer: Option<Arc<dyn Observer>>,
 ) -> Result<Vec<R::Value>, Error<R::Error>> {
-    let job = Job::new(graph, outputs, runner, observer, 1);
+    let job = Job::new(graph, outputs, runner, observer, 1, 1);
+    job.running.fetch_add(1, SeqCst);
     job.work(None, None, None);
     job.take_result()
 }
@@ -250,6 +257,11 @@ struct Job<R: Runner> {
     changed: Condvar,
     /// Ready tasks left, as of the last bookkeeping; lets idle workers find work without the job's lock.
     ready_hint: AtomicUsize,
+    /// Threads inside [`Job::work`]; idle workers join only while it is below `limit`.
+    running: AtomicUsize,
+    limit: usize,
+    /// Whether the outcome is set, for a helper spinning without the lock.
+    settled: AtomicBool,
     cancel_token: CancelToken,
 }
 
@@ -278,10 +290,12 @@ impl<R: Runner> Job<R> {
         runner: R,
         observer: Option<Arc<dyn Observer>>,
         groups: usize,
+        limit: usize,
     ) -> Self {
         let schedule = Schedule::new(&graph, &outputs, groups);
         let ready = schedule.ready_len();
         let outcome = schedule.is_finished().then_some(Ok(()));
+        let settled = AtomicBool::new(outcome.is_some());
         Job {
             state: Mutex::new(JobState {
                 values: std::iter::repeat_with(|| None).take(graph.len()).collect(),
@@ -295,12 +309,17 @@ impl<R: Runner> Job<R> {
             observer,
             changed: Condvar::new(),
             ready_hint: AtomicUsize::new(ready),
+            running: AtomicUsize::new(0),
+            limit,
+            settled,
             cancel_token: CancelToken::new(),
         }
     }
 
     /// Runs ready tasks until none is left, the job settles or `deadline` passes. `pool` is woken
-    /// when work is left over; `group` is this thread's placement group.
+    /// when work is left over; `group` is this thread's placement group. The caller has counted
+    /// itself in `running`; the count goes down under the job's lock as the thread finds nothing to
+    /// do, so a thread that publishes ready work after that sees it gone and wakes a replacement.
     fn work(&self, pool: Option<&PoolShared>, group: Option<usize>, deadline: Option<Instant>) {
         let mut inputs: Vec<R::Value> = Vec::new();
         let mut garbage = Garbage::<R> {
@@ -346,6 +365,9 @@ impl<R: Runner> Job<R> {
                 if ready > 0 && state.helpers_waiting > 0 {
                     self.changed.notify_all();
                 }
+                if next.is_none() {
+                    self.running.fetch_sub(1, SeqCst);
+                }
                 next
             });
             self.take_out(&mut garbage);
@@ -361,7 +383,7 @@ impl<R: Runner> Job<R> {
                 }
             };
             if let Some(pool) = pool {
-                if self.ready_hint.load(SeqCst) > 0 {
+                if self.ready_hint.load(SeqCst) > 0 && self.running.load(SeqCst) < self.limit {
                     pool.wake_one();
                 }
             }
@@ -434,6 +456,7 @@ impl<R: Runner> Job<R> {
         }
         state.outcome = Some(outcome);
         self.ready_hint.store(0, SeqCst);
+        self.settled.store(true, SeqCst);
         self.changed.notify_all();
         None
     }
@@ -559,13 +582,21 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 trait Work: Send + Sync {
-    fn has_ready(&self) -> bool;
+    /// Counts the calling worker in if the job has ready work and room for another thread; it must
+    /// then [`Work::work_in`].
+    fn try_enter(&self) -> bool;
     fn work_in(&self, pool: &PoolShared);
 }
 
 impl<R: Runner> Work for Job<R> {
-    fn has_ready(&self) -> bool {
+    fn try_enter(&self) -> bool {
         self.ready_hint.load(SeqCst) > 0
+            && self
+                .running
+                .fetch_update(SeqCst, SeqCst, |running| {
+                    (running < self.limit).then_some(running + 1)
+                })
+                .is_ok()
     }
 
     fn work_in(&self, pool: &PoolShared) {
@@ -582,11 +613,21 @@ struct PoolShared {
     /// Consecutive worker indices form a placement group of this many threads.
     threads_per_group: usize,
     groups: usize,
-    /// Workers waiting for work. Raised before a waiter looks for work and read after a job publishes
-    /// ready tasks (both `SeqCst`), so at least one of the two sees the other and no wake-up is lost.
+    /// Workers asleep. Raised before a sleeper looks for work (and before it stops spinning), and
+    /// read after a job publishes ready tasks (all `SeqCst`), so at least one of the two sees the
+    /// other and no wake-up is lost.
     idle: AtomicUsize,
+    /// Workers spinning: they notice a change of `posted` without being woken.
+    spinning: AtomicUsize,
+    /// Bumped whenever there may be new work for an idle worker (or the pool shuts down).
+    posted: AtomicUsize,
     host: Arc<dyn ThreadHost>,
 }
+
+/// How many times an idle worker, or a caller waiting for its job, yields its core before it sleeps.
+/// Long enough to bridge the gap between two small computations in a row, short enough that an
+/// idle pool sleeps soon.
+const SPIN_ROUNDS: usize = 64;
 
 struct PoolState {
     jobs: Vec<Arc<dyn Work>>,
@@ -594,30 +635,56 @@ struct PoolState {
 }
 
 impl PoolShared {
+    /// The next job to work on, counted in (see [`Work::try_enter`]); `None` at shutdown. Spins for
+    /// [`SPIN_ROUNDS`], looking again each time work is posted, then sleeps until woken.
     fn next_job(&self) -> Option<Arc<dyn Work>> {
         let mut picked = None;
         self.host.block(&mut || {
+            self.spinning.fetch_add(1, SeqCst);
+            let mut seen = None;
+            for _ in 0..SPIN_ROUNDS {
+                let posted = self.posted.load(SeqCst);
+                if seen != Some(posted) {
+                    seen = Some(posted);
+                    if let Some(found) = self.find_job(&self.state.lock()) {
+                        self.spinning.fetch_sub(1, SeqCst);
+                        picked = found;
+                        return;
+                    }
+                }
+                std::thread::yield_now();
+            }
             let mut state = self.state.lock();
+            // Asleep before no longer spinning: a publisher always sees one of the two.
+            self.idle.fetch_add(1, SeqCst);
+            self.spinning.fetch_sub(1, SeqCst);
             picked = loop {
-                if state.shutdown {
-                    break None;
-                }
-                self.idle.fetch_add(1, SeqCst);
-                let found = state.jobs.iter().find(|job| job.has_ready()).cloned();
-                if found.is_none() {
-                    self.wake.wait(&mut state);
-                }
-                self.idle.fetch_sub(1, SeqCst);
-                if found.is_some() {
+                if let Some(found) = self.find_job(&state) {
                     break found;
                 }
+                self.wake.wait(&mut state);
             };
+            self.idle.fetch_sub(1, SeqCst);
         });
         picked
     }
 
+    /// `Some(None)` at shutdown, `Some(job)` for a job the caller is counted in, `None` if no job
+    /// has room.
+    #[allow(clippy::option_option)]
+    fn find_job(&self, state: &PoolState) -> Option<Option<Arc<dyn Work>>> {
+        if state.shutdown {
+            return Some(None);
+        }
+        let job = state.jobs.iter().find(|job| job.try_enter())?;
+        Some(Some(Arc::clone(job)))
+    }
+
+    /// Tells an idle worker that a job has ready work: a spinning one notices by itself, a sleeping
+    /// one is woken.
     fn wake_one(&self) {
-        if self.idle.load(SeqCst) > 0 {
+        self.posted.fetch_add(1, SeqCst);
+        if self.spinning.load(SeqCst) == 0 && self.idle.load(SeqCst) > 0 {
             let _state = self.state.lock();
             self.wake.notify_one();
         }
@@ -686,6 +753,8 @@ impl ThreadPool {
                 }),
                 wake: Condvar::new(),
                 idle: AtomicUsize::new(0),
+                spinning: AtomicUsize::new(0),
+                posted: AtomicUsize::new(0),
                 host,
             }),
             threads: Mutex::new(Vec::with_capacity(threads)),
@@ -762,11 +831,15 @@ impl ThreadPool {
             runner,
             observer,
             self.shared.groups,
+            self.shared.groups * self.shared.threads_per_group,
         ));
         let ready = if wake { job.ready_hint.load(SeqCst) } else { 0 };
         {
             let mut state = self.shared.state.lock();
             state.jobs.push(Arc::clone(&job) as Arc<dyn Work>);
+            if ready > 0 {
+                self.shared.posted.fetch_add(1, SeqCst);
+            }
             for _ in 0..ready {
                 if !self.shared.wake.notify_one() {
                     break;
@@ -798,6 +871,7 @@ impl ThreadPool {
     /// Tells the workers to end once their current tasks do, and hands over their handles.
     fn stop(&self) -> Vec<JoinHandle<()>> {
         self.shared.state.lock().shutdown = true;
+        self.shared.posted.fetch_add(1, SeqCst);
         self.shared.wake.notify_all();
         std::mem::take(&mut *self.threads.lock())
     }
@@ -841,7 +915,19 @@ impl<R: Runner> JobHandle<R> {
     pub fn help(&self, deadline: Option<Instant>) -> bool {
         let job = &self.job;
         loop {
+            job.running.fetch_add(1, SeqCst);
             job.work(Some(&self.pool), None, deadline);
+            // The last tasks are often about to end on other threads: look again a few times
+            // before sleeping, which would cost a wake-up when they do.
+            for _ in 0..SPIN_ROUNDS {
+                if job.settled.load(SeqCst)
+                    || job.ready_hint.load(SeqCst) > 0
+                    || deadline.is_some_and(|deadline| Instant::now() >= deadline)
+                {
+                    break;
+                }
+                std::thread::yield_now();
+            }
             let mut state = job.state.lock();
             loop {
                 if state.outcome.is_some() {

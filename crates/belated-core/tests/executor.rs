@@ -504,3 +504,102 @@ fn a_helper_runs_its_jobs_tasks_while_every_worker_is_busy() {
     gate.1.notify_all();
     assert!(blocker.wait_timeout(TIMEOUT));
 }
+
+/// Leaves run until `quorum` of them run at once (or `patience` passes); records how many ever did.
+struct Rendezvous {
+    running: parking_lot::Mutex<usize>,
+    changed: parking_lot::Condvar,
+    most: AtomicUsize,
+    quorum: usize,
+    patience: Duration,
+}
+
+impl Rendezvous {
+    fn new(quorum: usize, patience: Duration) -> Arc<Self> {
+        Arc::new(Rendezvous {
+            running: parking_lot::Mutex::new(0),
+            changed: parking_lot::Condvar::new(),
+            most: AtomicUsize::new(0),
+            quorum,
+            patience,
+        })
+    }
+}
+
+impl Runner for Rendezvous {
+    type Value = usize;
+    type Error = String;
+
+    fn run(&self, _task: TaskId, inputs: &[usize]) -> Result<usize, String> {
+        if !inputs.is_empty() {
+            return Ok(inputs.iter().sum());
+        }
+        let mut running = self.running.lock();
+        *running += 1;
+        self.most.fetch_max(*running, SeqCst);
+        self.changed.notify_all();
+        let met = !self
+            .changed
+            .wait_while_for(
+                &mut running,
+                |running| *running < self.quorum,
+                self.patience,
+            )
+            .timed_out();
+        // Once met, the quorum stays met for the others still checking.
+        if !met {
+            *running -= 1;
+        }
+        Ok(met as usize)
+    }
+}
+
+/// `leaves` independent tasks and one that takes them all.
+fn fan_in(leaves: usize) -> (Graph, TaskId) {
+    let deps = (0..leaves)
+        .map(|_| vec![])
+        .chain([(0..leaves as u32).map(TaskId).collect()]);
+    (
+        Graph::from_deps::<String, _, _>(deps).unwrap(),
+        TaskId(leaves as u32),
+    )
+}
+
+/// The caller counts as one of the pool's threads, so a pool of one thread per core never has more
+/// threads than cores busy with one computation.
+#[test]
+fn a_caller_and_the_workers_helping_it_are_no_more_than_the_pool_has_threads() {
+    let pool = ThreadPool::new(2, Arc::new(PlainHost)).unwrap();
+    let rendezvous = Rendezvous::new(3, Duration::from_millis(50));
+    let (graph, root) = fan_in(6);
+    let handle = pool.submit_helped(graph, vec![root], Arc::clone(&rendezvous), None);
+    assert!(handle.help(Some(std::time::Instant::now() + TIMEOUT)));
+    assert_eq!(handle.result().unwrap(), vec![0], "no three tasks ever met");
+    assert_eq!(rendezvous.most.load(SeqCst), 2);
+}
+
+/// Whether the workers spin or sleep when work arrives, as many ready tasks as the pool has threads
+/// run at once: the caller and every worker. Tasks that wait for each other finish.
+#[test]
+fn ready_tasks_always_find_every_thread_of_the_pool_spinning_or_asleep() {
+    let pool = ThreadPool::new(3, Arc::new(PlainHost)).unwrap();
+    for round in 0..200 {
+        if round % 20 == 0 {
+            // Long enough for the workers to stop spinning and sleep.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rendezvous = Rendezvous::new(3, TIMEOUT);
+        let (graph, root) = fan_in(3);
+        let helped = round % 2 == 0;
+        let handle = match helped {
+            true => pool.submit_helped(graph, vec![root], Arc::clone(&rendezvous), None),
+            false => pool.submit(graph, vec![root], Arc::clone(&rendezvous)),
+        };
+        let settled = match helped {
+            true => handle.help(Some(std::time::Instant::now() + TIMEOUT)),
+            false => handle.wait_timeout(TIMEOUT),
+        };
+        assert!(settled, "round {round} hung");
+        assert_eq!(handle.result().unwrap(), vec![3], "round {round}");
+    }
+}
