@@ -38,4 +38,4 @@ pub use graph::{Graph, Plan, TaskId};
 pub use node::{Node, Payload};
 pub use registry::{kept_threads, PoolRegistry, KEPT_POOLS};
 pub use schedule::Schedule;
-pub use session::{Session, Stopped, Wait};
+pub use session::{Outcome, Session, Stopped, Wait};

@@ -24,6 +24,11 @@ pub struct Session<'a, K: PartialEq> {
     shared_by: Option<(&'a PoolRegistry<K>, K)>,
 }
 
+/// What a session's run ends with: the computation's outputs (or why there are none), or how the
+/// wait was stopped.
+pub type Outcome<R, S> =
+    Result<Result<Vec<<R as Runner>::Value>, Error<<R as Runner>::Error>>, Stopped<S>>;
+
 /// How a wait ended early.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stopped<S> {
@@ -119,7 +124,7 @@ impl<K: PartialEq> Session<'_, K> {
         runner: R,
         observer: Option<Arc<dyn Observer>>,
         wait: Wait<'_, S>,
-    ) -> Result<Result<Vec<R::Value>, Error<R::Error>>, Stopped<S>> {
+    ) -> Outcome<R, S> {
         let Wait {
             host,
             deadline,
