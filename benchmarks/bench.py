@@ -13,6 +13,9 @@ own costs show):
   (the smallest working set the graph allows).
 - progress bar: the tree computed with and without ``diagnostics.ProgressBar``, best of three each,
   alternating, in one process; the bar's cost is the difference.
+- other threads: the longest wait of a heartbeat thread (a beat, then a 1 ms sleep) while map + sum is
+  built and computed: how long the engine keeps other Python threads from the interpreter. CPython's
+  own code hands it over every switch interval (5 ms), so about 6 ms is the floor.
 - tutorial: ``examples/tutorial.py``'s five examples (the seed's sizes and sleeps, 16 threads), each
   library beside the same sequential code.
 
@@ -29,11 +32,13 @@ Writes ``benchmarks/results/latest.md`` and ``latest.json``.
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import operator
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -114,6 +119,8 @@ def measure(library, workload, shape, n):
         module.compute(root, scheduler="threads")
         done = time.perf_counter()
         return {"build": built - start, "compute": done - built, "seconds": done - start}
+    if workload == "gil":
+        return heartbeat_gaps(module, delayed, shape, n)
     if workload == "progress":
         return progress_overhead(module, importlib.import_module(f"{library}.diagnostics"), shape, n)
     if workload == "tutorial":
@@ -152,6 +159,29 @@ def progress_overhead(module, diagnostics, shape, n, repeats=3):
     return {"seconds": min(plain), "with_bar": min(watched), "overhead": min(watched) / min(plain) - 1}
 
 
+def heartbeat_gaps(module, delayed, shape, n):
+    """The longest time between two beats of a heartbeat thread while a graph is built and computed."""
+    beats = []
+    stop = threading.Event()
+
+    def beat():
+        while not stop.is_set():
+            beats.append(time.perf_counter())
+            time.sleep(0.001)
+
+    heartbeat = threading.Thread(target=beat, daemon=True)
+    heartbeat.start()
+    start = time.perf_counter()
+    module.compute(graph(delayed, shape, n), scheduler="threads")
+    seconds = time.perf_counter() - start
+    time.sleep(0.01)  # the beat that ends the last gap
+    stop.set()
+    heartbeat.join(timeout=10)
+    inside = [at for at in beats if at >= start]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(inside)]
+    return {"seconds": seconds, "max_gap_ms": max(gaps) * 1e3}
+
+
 def run_child(library, workload, shape, n, timeout):
     command = [sys.executable, str(HERE), "--child", library, workload, shape, str(n)]
     try:
@@ -181,6 +211,9 @@ def main():
     plan = [("build", shape, sizes) for shape in ["map", "chain"]]
     plan += [("compute", shape, compute_sizes) for shape in ["map + sum", "tree", "chain"]]
     plan.append(("progress", "tree", compute_sizes))
+    # dask's threads scheduler beside a heartbeat thread is slow (136 s for 10,000 tasks at load 17), so
+    # the small size is what it runs; the large one is the 1M-task compute of belated's target.
+    plan.append(("gil", "map + sum", [1_000, 10_000] if options.quick else [1_000, 1_000_000]))
     results = []
     for workload, shape, ns in plan:
         for library in libraries:
@@ -256,6 +289,7 @@ def report(results, libraries):
     walls = " | ".join(cell(memory[lib], "seconds", 1, "s", 2) for lib in columns)
     lines.append(f"| wall time | {walls} |")
     lines += progress_table(by, results, libraries)
+    lines += heartbeat_table(by, results, libraries)
     lines += tutorial_table(results, libraries)
     table = "\n".join(lines)
     print(table)
@@ -278,6 +312,16 @@ def progress_table(by, results, libraries):
             else:
                 cells.append(outcome.get("error", "n/a"))
         lines.append(f"| without → with the bar (cost) | {n:,} | {' | '.join(cells)} |")
+    return lines
+
+
+def heartbeat_table(by, results, libraries):
+    lines = ["", f"| longest heartbeat gap, building and computing map + sum | N | {' | '.join(libraries)} |"]
+    lines.append("|---|---:|" + "---:|" * len(libraries))
+    for n in dict.fromkeys(n for w, _, n, _, _ in results if w == "gil"):
+        outcomes = [by.get(("gil", "map + sum", n, lib), {}) for lib in libraries]
+        cells = " | ".join(cell(outcome, "max_gap_ms", 1, "ms") if outcome else "n/a" for outcome in outcomes)
+        lines.append(f"| | {n:,} | {cells} |")
     return lines
 
 

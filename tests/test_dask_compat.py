@@ -668,3 +668,76 @@ def test_classes_redefined_in_main_and_array_layouts_get_the_keys_and_values_das
     ]
     assert outputs[0] == outputs[1]
     assert outputs[0].splitlines()[0] == "True False False"
+
+
+# --- dask's own configuration, when the program imported dask -----------------------------------------
+
+
+def test_dask_config_delayed_pure_applies_where_belated_config_is_silent():
+    with dask.config.set(delayed_pure=True):
+        for lib in (belated, dask):
+            assert lib.delayed(inc)(1).key == lib.delayed(inc)(1).key, lib
+            assert lib.delayed(5).key == lib.delayed(5).key, lib
+        with belated.config.set(delayed_pure=False):
+            assert belated.delayed(inc)(1).key != belated.delayed(inc)(1).key
+    with dask.config.set({"delayed-pure": True}):
+        assert belated.delayed(inc)(1).key == belated.delayed(inc)(1).key
+    for lib in (belated, dask):
+        assert lib.delayed(inc)(1).key != lib.delayed(inc)(1).key, lib
+
+
+def test_dask_config_scheduler_and_num_workers_apply_where_belated_config_is_silent():
+    main = threading.get_ident()
+    ident = delayed(threading.get_ident)
+    with dask.config.set(scheduler="sync"):
+        assert ident().compute() == main
+        with belated.config.set(scheduler="threads"):
+            assert ident().compute() != main
+    assert ident().compute() != main
+    with dask.config.set(num_workers=0), pytest.raises(ValueError, match="num_workers must be at least 1"):
+        delayed(inc)(1).compute()
+    # dask told to run its collections on belated: belated's own objects compute as by default.
+    with dask.config.set(scheduler=belated.get):
+        assert ident().compute() != main
+
+
+# --- nout is checked as dask checks it --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [-1, -(2**70), 1.5, 2.0, "2", True])
+def test_bad_nout_raises_what_dask_raises(bad):
+    for lib in (belated, dask):
+        with pytest.raises(ValueError, match="nout must be None or a non-negative integer"):
+            lib.delayed(divmod, nout=bad)
+
+
+@pytest.mark.parametrize("huge", [2**63, 2**64, 10**30])
+def test_nout_above_sys_maxsize_is_refused_clearly(huge):
+    # dask takes it and fails later, at len() or unpacking; no sequence can have that many items.
+    with pytest.raises(ValueError, match=r"nout must be at most sys.maxsize \(9223372036854775807\)"):
+        delayed(divmod, nout=huge)
+    assert len(delayed(divmod, nout=sys.maxsize)(7, 2)) == sys.maxsize
+
+
+# --- iterators as arguments -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a, b: iter([a, b, 3]),
+        lambda a, b: iter((a, b, 3)),
+        lambda a, b: iter({a, b, 3}),
+        lambda a, b: iter((1, 2)),
+        lambda a, b: iter({1, 2}),
+        lambda a, b: iter([[a], (b,)]),
+    ],
+    ids=["list", "tuple", "set", "plain tuple", "plain set", "nested"],
+)
+def test_iterators_of_builtin_containers_are_passed_as_dask_passes_them(make):
+    def results(lib):
+        a, b = lib.delayed(1, name="a"), lib.delayed(2, name="b")
+        value = lib.delayed(lambda v: v)(make(a, b)).compute(scheduler="sync")
+        return type(value), value
+
+    assert results(belated) == results(dask)

@@ -5,6 +5,7 @@ import contextlib
 import html
 import numbers
 import os
+import sys
 
 from belated import _belated, _logging, config
 from belated._dask import executor_for
@@ -23,12 +24,31 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _setting(key):
+    """``key`` from ``belated.config``; where that does not set it, from dask's own ``dask.config`` when
+    the program imported dask: dask code that sets ``dask.config`` beside belated keeps working."""
+    value = config.get(key, None)
+    if value is None:
+        dask_config = sys.modules.get("dask.config")
+        value = None if dask_config is None else dask_config.get(key, None)
+        if value is not None and value is _get_function():
+            value = None  # dask told to run its collections on belated: belated's default here
+    return value
+
+
+def _get_function():
+    from belated._get import get
+
+    return get
+
+
 def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
-    """Runs compute or persist: options default to ``belated.config``; other engines get the graph."""
+    """Runs compute or persist: options default to ``belated.config``, then to dask's own configuration
+    for the keys both have (``scheduler``, ``num_workers``); other engines get the graph."""
     # IPython (and pytest) leave frames marked so out of tracebacks: a task's error shows the user's
     # call, then the task's own frames, not belated's.
     __tracebackhide__ = True
-    scheduler = scheduler or config.get("scheduler", None) or "threads"
+    scheduler = scheduler or _setting("scheduler") or "threads"
     in_process = getattr(scheduler, "_in_process_threads", None)  # a Client(processes=False)
     if in_process is not None:
         scheduler, num_workers = "threads", num_workers or in_process
@@ -42,7 +62,7 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
         with _logging.computing("compute", scheduler):
             return _belated.compute_with(args, executor, traverse)
     if num_workers is None:
-        num_workers = config.get("num_workers", None)
+        num_workers = _setting("num_workers")
     if timeout is None:
         timeout = config.get("timeout", None)
     if retries is None:

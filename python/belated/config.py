@@ -64,7 +64,9 @@ def _path(key: str) -> tuple:
 
 def _config_changed() -> None:
     """Tells the engine the settings it keeps itself, after any change to ``config``."""
-    _belated.set_default_pure(bool(get("delayed-pure", False)))
+    pure = get("delayed-pure", None)
+    # Unset here, dask's own setting (when dask is loaded) applies.
+    _belated.set_default_pure(None if pure is None else bool(pure))
 
 
 def get(key: str, default=_missing):

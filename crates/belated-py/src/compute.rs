@@ -27,13 +27,15 @@ use crate::cluster::{
     Cluster, ClusterShared,
 };
 use crate::codec::{check_picklable, helper};
+use crate::collect::Collector;
 use crate::dashboard::{DashboardReport, HubObserver};
 use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{catch_panics, to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
+use crate::gil::release;
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS};
-use crate::task::{Arg, Collector, Op, PyTask, PyValue, TaskNode};
+use crate::task::{Arg, Op, PyTask, PyValue, TaskNode};
 
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
@@ -475,7 +477,9 @@ pub(crate) fn compute<'py>(
             execute(py, &roots, run)?
         };
         if !persist {
-            return Arg::Tuple(template).build(py, &values);
+            let results = Arg::Tuple(template).build(py, &values);
+            release(py, values)?;
+            return results;
         }
         // A top-level Delayed keeps its length (nout) when persisted; nested ones have none to keep.
         let mut lengths = vec![None; roots.len()];

@@ -8,9 +8,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use rustc_hash::FxHashSet;
 
+use crate::collect::Collector;
 use crate::delayed::{Delayed, Role};
 use crate::errors::to_python;
-use crate::task::{Collector, Key, Op, PyTask, TaskNode};
+use crate::task::{Key, Op, PyTask, TaskNode};
 
 /// A `Delayed` named `name` computing `value` (a literal, or a structure holding `Delayed` objects)
 /// that runs only after everything in `waits` has been computed, without reading it.

@@ -2,68 +2,24 @@
 //! interpreter, and the guard every task passes (Ctrl-C, the time limit, the per-task callbacks).
 //! A leaf module: the compute front and the cluster runner both use it, and it uses neither.
 //!
-//! A thread running tasks holds the interpreter from one task to the next. CPython's eval loop lets a
-//! thread that has waited one switch interval (`sys.getswitchinterval()`, 5 ms) ask for it, and hands
-//! it over when it next checks; a task that is a builtin function runs no bytecode and never checks.
-//! So between tasks, at most every [`SWITCH_CHECK`], a thread runs a no-op Python function, whose
-//! entry is such a check: other threads get the interpreter as they would from Python code, and
-//! nothing is paid when nobody asks.
+//! A thread running tasks holds the interpreter from one task to the next, and offers it to other
+//! threads between tasks ([`crate::gil`]).
 
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use belated_core::{current_worker, ThreadHost};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::PyModule;
 
 use crate::diagnostics::{ComputeState, TaskGraph};
 use crate::errors::ComputeTimeoutError;
+use crate::gil::let_other_threads_run;
 use crate::task::TaskNode;
 
 /// The most worker threads one pool or cluster may have. Far above any useful degree of parallelism,
 /// and far below what would exhaust memory or the process's thread limit before a clear error.
 pub(crate) const MAX_THREADS: usize = 4096;
-
-/// How often a thread running tasks lets CPython hand the interpreter to a thread that asked for it:
-/// well under the switch interval, so a waiting thread runs within about one interval.
-const SWITCH_CHECK: Duration = Duration::from_millis(1);
-
-thread_local! {
-    static LAST_SWITCH_CHECK: Cell<Option<Instant>> = const { Cell::new(None) };
-}
-
-/// Gives the interpreter to a thread that asked for it, if this thread has held it for a while.
-fn let_other_threads_run(py: Python<'_>) -> PyResult<()> {
-    let now = Instant::now();
-    let due = LAST_SWITCH_CHECK.with(|last| {
-        let due = last
-            .get()
-            .is_none_or(|at| now.duration_since(at) >= SWITCH_CHECK);
-        if due {
-            last.set(Some(now));
-        }
-        due
-    });
-    if !due {
-        return Ok(());
-    }
-    static SWITCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let switch = SWITCH.get_or_try_init(py, || {
-        PyModule::from_code(
-            py,
-            c"def switch():\n    pass\n",
-            c"<belated switch>",
-            c"belated_switch",
-        )?
-        .getattr("switch")
-        .map(Bound::unbind)
-    })?;
-    switch.call0(py)?;
-    Ok(())
-}
 
 /// Worker threads attach to the interpreter once for their whole life, and detach only to wait.
 pub(crate) struct PythonHost;

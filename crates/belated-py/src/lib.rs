@@ -1,10 +1,17 @@
-//! `belated._belated`: the Python face of the engine. Kept thin: argument templates and keys
-//! ([`task`]), the `Delayed` type ([`delayed`]), running graphs ([`compute`]), the graph as Python data
-//! ([`export`]), what runs around every task ([`host`]), dask's own graphs on the engine
+//! `belated._belated`: the Python face of the engine. Kept thin: task payloads, argument templates and
+//! keys ([`task`]), the `Delayed` type ([`delayed`]), running graphs ([`compute`]), the graph in dask's
+//! spec ([`export`]), what runs around every task ([`host`]), dask's own graphs on the engine
 //! ([`dask_graph`]) and the one mapping of engine errors to exceptions ([`errors`]).
+//!
+//! The build side is layered, each module using only those before it: [`task`] (payloads, knows no
+//! `Delayed`) → [`export`] (dask's legacy spec of a plan) → [`delayed`] (the type) → [`collect`]
+//! (arguments into templates) and [`token`] (keys of pure calls) → [`pickle`] → [`methods`] (the
+//! Python methods of `Delayed` and `delayed()`). [`gil`], which offers the interpreter to other threads
+//! during long stretches of work, is a leaf that any of them may use.
 
 mod cluster;
 mod codec;
+mod collect;
 mod compute;
 mod dashboard;
 mod dask_graph;
@@ -12,8 +19,11 @@ mod delayed;
 mod diagnostics;
 mod errors;
 mod export;
+mod gil;
 mod graph_manipulation;
 mod host;
+mod methods;
+mod pickle;
 mod render;
 mod task;
 mod token;
@@ -27,8 +37,8 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cluster::Cluster>()?;
     m.add_class::<diagnostics::ComputeState>()?;
     m.add_class::<diagnostics::TaskGraph>()?;
-    m.add_function(wrap_pyfunction!(delayed::delayed, m)?)?;
-    m.add_function(wrap_pyfunction!(delayed::set_default_pure, m)?)?;
+    m.add_function(wrap_pyfunction!(methods::delayed, m)?)?;
+    m.add_function(wrap_pyfunction!(methods::set_default_pure, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::on_pool_thread, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute_with, m)?)?;
@@ -37,7 +47,7 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compute::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(compute::forget_pools_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(errors::panic_for_tests, m)?)?;
-    m.add_function(wrap_pyfunction!(export::rebuild, m)?)?;
+    m.add_function(wrap_pyfunction!(pickle::rebuild, m)?)?;
     m.add_function(wrap_pyfunction!(task::reseed_keys_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(graph_manipulation::waiting, m)?)?;
     m.add_function(wrap_pyfunction!(graph_manipulation::bind, m)?)?;

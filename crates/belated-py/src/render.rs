@@ -8,8 +8,9 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
+use crate::collect::Collector;
 use crate::errors::{catch_panics, to_python};
-use crate::task::{Arg, Collector, Op, TaskNode};
+use crate::task::{Arg, Op, TaskNode};
 
 fn task_graph(py: Python<'_>, nodes: &[Arc<TaskNode>], graph: &Graph) -> TaskGraph {
     TaskGraph {

@@ -1,0 +1,86 @@
+//! Long stretches of Rust work done while holding the interpreter offer it to other Python threads as
+//! the eval loop would, so that a heartbeat thread, a progress bar or a server keeps running while a
+//! million arguments are collected, built or released. A leaf module.
+//!
+//! CPython's eval loop lets a thread that has waited one switch interval (`sys.getswitchinterval()`,
+//! 5 ms) ask for the interpreter, and hands it over when it next checks; Rust code (and a task that is
+//! a builtin function) runs no bytecode and never checks. So at most every [`SWITCH_CHECK`], a thread
+//! runs a no-op Python function, whose entry is such a check: other threads get the interpreter as
+//! they would from Python code, and nothing is paid when nobody asks.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyModule;
+
+/// How often a thread running tasks lets CPython hand the interpreter to a thread that asked for it:
+/// well under the switch interval, so a waiting thread runs within about one interval.
+const SWITCH_CHECK: Duration = Duration::from_millis(1);
+
+thread_local! {
+    static LAST_SWITCH_CHECK: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Gives the interpreter to a thread that asked for it, if this thread has held it for a while.
+pub(crate) fn let_other_threads_run(py: Python<'_>) -> PyResult<()> {
+    let now = Instant::now();
+    let due = LAST_SWITCH_CHECK.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= SWITCH_CHECK);
+        if due {
+            last.set(Some(now));
+        }
+        due
+    });
+    if !due {
+        return Ok(());
+    }
+    static SWITCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let switch = SWITCH.get_or_try_init(py, || {
+        PyModule::from_code(
+            py,
+            c"def switch():\n    pass\n",
+            c"<belated switch>",
+            c"belated_switch",
+        )?
+        .getattr("switch")
+        .map(Bound::unbind)
+    })?;
+    switch.call0(py)?;
+    Ok(())
+}
+
+/// How many items of work (arguments collected, built or released) pass between looks at the clock:
+/// each takes well under a microsecond, so this is far below a switch interval and costs nothing seen.
+const ITEMS_PER_CHECK: u32 = 1024;
+
+thread_local! {
+    static ITEMS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Counts one item of work done while holding the interpreter, and offers it to other threads when due.
+pub(crate) fn pace(py: Python<'_>) -> PyResult<()> {
+    let count = ITEMS.with(|items| {
+        let count = items.get().wrapping_add(1);
+        items.set(count);
+        count
+    });
+    if count % ITEMS_PER_CHECK == 0 {
+        let_other_threads_run(py)
+    } else {
+        Ok(())
+    }
+}
+
+/// Drops `items` (Python objects among them), offering the interpreter to other threads as it goes:
+/// releasing a million results runs a million deallocations.
+pub(crate) fn release<T>(py: Python<'_>, items: Vec<T>) -> PyResult<()> {
+    for item in items {
+        drop(item);
+        pace(py)?;
+    }
+    Ok(())
+}
