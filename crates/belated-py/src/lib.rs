@@ -14,6 +14,7 @@ mod codec;
 mod collect;
 mod compute;
 mod dashboard;
+mod dask_get;
 mod dask_graph;
 mod delayed;
 mod diagnostics;
@@ -42,7 +43,7 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compute::compute, m)?)?;
     m.add_function(wrap_pyfunction!(cluster::on_pool_thread, m)?)?;
     m.add_function(wrap_pyfunction!(compute::compute_with, m)?)?;
-    m.add_function(wrap_pyfunction!(dask_graph::run_dask_graph, m)?)?;
+    m.add_function(wrap_pyfunction!(dask_get::run_dask_graph, m)?)?;
     m.add_function(wrap_pyfunction!(dask_graph::dask_graph_delayed, m)?)?;
     m.add_function(wrap_pyfunction!(compute::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(compute::forget_pools_after_fork, m)?)?;
