@@ -149,7 +149,7 @@ def test_local_cluster_keywords_shape_the_cluster_as_in_distributed():
         theirs_workers = theirs.scheduler_info()["workers"].values()
         for key in ("nthreads", "memory_limit"):
             assert [w[key] for w in ours_workers] == [w[key] for w in theirs_workers]
-        assert ours.cluster.name == "shaped"
+        assert ours.cluster.name == "shaped" and ours.cluster is ours.cluster
         assert logging.getLogger("belated").getEffectiveLevel() == logging.ERROR
         assert ours.submit(pid_of).result(timeout=30) == os.getpid(), "processes=False runs tasks here"
     assert logging.getLogger("belated").level == before, "close restores the level"
