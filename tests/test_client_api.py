@@ -354,9 +354,15 @@ def test_futures_and_gather_are_awaitable_on_an_asynchronous_client(api):
             future = client.submit(inc, 1)
             many = client.map(inc, range(3))
             [scattered] = await client.scatter([10])
-            return await future, await client.gather(many), await client.submit(inc, scattered)
+            completed = [await f async for f in api.as_completed(client.map(inc, range(10, 14)))]
+            return (
+                await future,
+                await client.gather(many),
+                await client.submit(inc, scattered),
+                sorted(completed),
+            )
 
-    assert asyncio.run(asyncio.wait_for(main(), 60)) == (2, [1, 2, 3], 11)
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == (2, [1, 2, 3], 11, [11, 12, 13, 14])
 
 
 def test_a_synchronous_clients_future_is_awaitable(in_process):
