@@ -929,12 +929,9 @@ def _new_key(func, prefix=None):
     return f"{name}-{uuid.uuid4().hex}"
 
 
-async def _ready(value):
+async def _done_awaitable(value):
+    """``value`` as an awaitable: what an asynchronous client's methods that finish at once return."""
     return value
-
-
-def _done_awaitable(value):
-    return _ready(value)
 
 
 def _resident_bytes(pid):
