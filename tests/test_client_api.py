@@ -312,6 +312,7 @@ def test_futures_of_a_closed_client_are_cancelled():
     for future in (finished, pending):
         with pytest.raises(belated.CancelledError, match="closed"):
             future.result(timeout=30)
+        assert future.status == "cancelled" and future.cancelled() and future.done()
     with pytest.raises(belated.BelatedError, match="closed"):
         client.submit(square, 3)
 

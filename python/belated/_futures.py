@@ -73,7 +73,7 @@ class Future:
         return results[self._index]
 
     def done(self):
-        return self._batch.done()
+        return self._batch.done() or self.client._closed
 
     def exception(self, timeout=None):
         self._check_client()
@@ -94,8 +94,9 @@ class Future:
         self._batch.cancel()
 
     def cancelled(self):
+        """Whether it was cancelled, or its client closed (which cancels every future)."""
         token = self._computation.token
-        return self._batch.cancelled() or (token is not None and token.cancelled)
+        return self.client._closed or self._batch.cancelled() or (token is not None and token.cancelled)
 
     def add_done_callback(self, fn):
         """Calls ``fn(future)`` once the future is done (at once if it is), on the thread that
@@ -104,10 +105,10 @@ class Future:
 
     @property
     def status(self):
-        if not self._batch.done():
-            return "pending"
         if self.cancelled():
             return "cancelled"
+        if not self._batch.done():
+            return "pending"
         return "error" if self._batch.exception() is not None else "finished"
 
     def __await__(self):
