@@ -149,7 +149,7 @@ def test_local_cluster_keywords_shape_the_cluster_as_in_distributed():
         theirs_workers = theirs.scheduler_info()["workers"].values()
         for key in ("nthreads", "memory_limit"):
             assert [w[key] for w in ours_workers] == [w[key] for w in theirs_workers]
-        assert ours.cluster.name == "shaped"
+        assert ours.cluster.name == "shaped" and ours.cluster is ours.cluster
         assert logging.getLogger("belated").getEffectiveLevel() == logging.ERROR
         assert ours.submit(pid_of).result(timeout=30) == os.getpid(), "processes=False runs tasks here"
     assert logging.getLogger("belated").level == before, "close restores the level"
@@ -312,6 +312,7 @@ def test_futures_of_a_closed_client_are_cancelled():
     for future in (finished, pending):
         with pytest.raises(belated.CancelledError, match="closed"):
             future.result(timeout=30)
+        assert future.status == "cancelled" and future.cancelled() and future.done()
     with pytest.raises(belated.BelatedError, match="closed"):
         client.submit(square, 3)
 
@@ -354,9 +355,15 @@ def test_futures_and_gather_are_awaitable_on_an_asynchronous_client(api):
             future = client.submit(inc, 1)
             many = client.map(inc, range(3))
             [scattered] = await client.scatter([10])
-            return await future, await client.gather(many), await client.submit(inc, scattered)
+            completed = [await f async for f in api.as_completed(client.map(inc, range(10, 14)))]
+            return (
+                await future,
+                await client.gather(many),
+                await client.submit(inc, scattered),
+                sorted(completed),
+            )
 
-    assert asyncio.run(asyncio.wait_for(main(), 60)) == (2, [1, 2, 3], 11)
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == (2, [1, 2, 3], 11, [11, 12, 13, 14])
 
 
 def test_a_synchronous_clients_future_is_awaitable(in_process):

@@ -200,6 +200,7 @@ class Client:
         self._task_counts = {}
         self._scaling = threading.Lock()
         self._adaptive = None
+        self._local_cluster = None
         if dashboard_address:
             self._owns_dashboard = _belated.dashboard_url() is None
             self._dashboard = _start_dashboard(dashboard_address)
@@ -252,7 +253,10 @@ class Client:
         ``LocalCluster``."""
         if self._distributed_client is not None:
             return self._distributed_client.cluster
-        return LocalCluster(self)
+        with self._lock:
+            if self._local_cluster is None:
+                self._local_cluster = LocalCluster(self)
+            return self._local_cluster
 
     def compute(self, collections, *, sync=False, traverse=True, retries=None, **kwargs):
         """Starts computing ``collections`` (a Delayed, or a list or tuple of them) on the cluster and
@@ -925,12 +929,9 @@ def _new_key(func, prefix=None):
     return f"{name}-{uuid.uuid4().hex}"
 
 
-async def _ready(value):
+async def _done_awaitable(value):
+    """``value`` as an awaitable: what an asynchronous client's methods that finish at once return."""
     return value
-
-
-def _done_awaitable(value):
-    return _ready(value)
 
 
 def _resident_bytes(pid):

@@ -73,7 +73,7 @@ class Future:
         return results[self._index]
 
     def done(self):
-        return self._batch.done()
+        return self._batch.done() or self.client._closed
 
     def exception(self, timeout=None):
         self._check_client()
@@ -94,8 +94,9 @@ class Future:
         self._batch.cancel()
 
     def cancelled(self):
+        """Whether it was cancelled, or its client closed (which cancels every future)."""
         token = self._computation.token
-        return self._batch.cancelled() or (token is not None and token.cancelled)
+        return self.client._closed or self._batch.cancelled() or (token is not None and token.cancelled)
 
     def add_done_callback(self, fn):
         """Calls ``fn(future)`` once the future is done (at once if it is), on the thread that
@@ -104,10 +105,10 @@ class Future:
 
     @property
     def status(self):
-        if not self._batch.done():
-            return "pending"
         if self.cancelled():
             return "cancelled"
+        if not self._batch.done():
+            return "pending"
         return "error" if self._batch.exception() is not None else "finished"
 
     def __await__(self):
@@ -201,15 +202,17 @@ def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
 
 class as_completed:
     """Yields futures as they finish (in that order, not the order given); ``add`` more while
-    iterating. With ``with_results=True`` yields ``(future, result)``, raising a failed task's
-    exception (or, with ``raise_errors=False``, giving its ``(type, value, traceback)`` as the result,
-    as distributed does)."""
+    iterating, with ``for`` or, under asyncio, ``async for``. With ``with_results=True`` yields
+    ``(future, result)``, raising a failed task's exception (or, with ``raise_errors=False``, giving
+    its ``(type, value, traceback)`` as the result, as distributed does)."""
 
     def __init__(self, futures=None, with_results=False, raise_errors=True):
         self._lock = threading.Lock()
         self._finished = collections.deque()
         self._ready = threading.Condition(self._lock)
         self._outstanding = 0
+        # Event-loop futures of `async for` waiting for the next one to finish.
+        self._waiters = []
         self.with_results, self.raise_errors = with_results, raise_errors
         if futures is not None:
             self.update(futures)
@@ -229,6 +232,9 @@ class as_completed:
         with self._lock:
             self._finished.append(future)
             self._ready.notify()
+            waiters, self._waiters = self._waiters, []
+        for loop, waiter in waiters:
+            loop.call_soon_threadsafe(lambda waiter=waiter: waiter.done() or waiter.set_result(None))
 
     def count(self):
         """How many futures are still to be yielded."""
@@ -259,6 +265,24 @@ class as_completed:
                 self._ready.wait()
             self._outstanding -= 1
             future = self._finished.popleft()
+        return self._yielded(future)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                if self._outstanding == 0:
+                    raise StopAsyncIteration
+                if self._finished:
+                    self._outstanding -= 1
+                    future = self._finished.popleft()
+                    break
+                waiter = loop.create_future()
+                self._waiters.append((loop, waiter))
+            await waiter
         return self._yielded(future)
 
     def next_batch(self, block=True):
