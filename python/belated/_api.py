@@ -80,7 +80,12 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
 
     if persist and any(_is_foreign(arg) for arg in args):
         return _persist_collections(args, run)
-    return run(_collections_as_delayed(args, traverse), persist)
+    args = _collections_as_delayed(args, traverse)
+    # Called here rather than through run(): a task's traceback shows one frame of ours fewer.
+    with _logging.computing("persist" if persist else "compute", where):
+        return _belated.compute(
+            args, scheduler, num_workers, traverse, callbacks, timeout, persist, retries, cluster
+        )
 
 
 def _is_foreign(arg):
