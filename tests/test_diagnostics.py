@@ -319,28 +319,22 @@ def test_a_dask_progress_bar_is_finished_when_a_belated_task_fails():
 # -- in Jupyter: IPython's display machinery, with a publisher that records what a notebook would get --
 
 
-class _Published:
-    def __init__(self):
-        self.calls = []
-
-    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
-        self.calls.append((data.get("text/html"), (transient or {}).get("display_id"), update))
-
-
 @pytest.fixture(params=["kernel", "terminal"])
 def ipython_shell(request):
-    """An IPython shell as in a Jupyter kernel (it has a ``kernel``), or as in terminal IPython."""
+    """An IPython shell as in a Jupyter kernel (it has a ``kernel``), or as in terminal IPython; its
+    display publisher records ``(html, display id, whether an update)`` for each display."""
     pytest.importorskip("IPython")
     from IPython.core.displaypub import DisplayPublisher
     from IPython.core.interactiveshell import InteractiveShell
     from traitlets.config import Config
 
-    class Recording(DisplayPublisher, _Published):
+    class Recording(DisplayPublisher):
         def __init__(self):
-            DisplayPublisher.__init__(self)
-            _Published.__init__(self)
+            super().__init__()
+            self.calls = []
 
-        publish = _Published.publish
+        def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
+            self.calls.append((data.get("text/html"), (transient or {}).get("display_id"), update))
 
     config = Config()
     config.HistoryManager.enabled = False

@@ -190,6 +190,38 @@ def compute(
     ``optimize_graph`` and other keyword arguments are accepted for dask compatibility: the engine only
     ever runs the tasks the results need.
 
+    Parameters
+    ----------
+    *args
+        ``Delayed`` objects, containers of them, or anything else (returned as it is).
+    traverse : bool
+        Whether to look for ``Delayed`` objects inside containers.
+    scheduler : str or Client, optional
+        ``"threads"``, ``"processes"``, ``"sync"``, ``"distributed"``, ``"ray"``, a ``belated.Client``
+        or a Dask distributed ``Client``; default ``belated.config`` ``scheduler``, else ``"threads"``.
+    num_workers : int, optional
+        How many threads or processes run tasks.
+    timeout : float, optional
+        Seconds before a local computation is cancelled.
+    retries : int, optional
+        How many times a task is retried when its worker process dies (default 1).
+
+    Returns
+    -------
+    tuple
+        One result per argument, with ``Delayed`` objects replaced by their values.
+
+    Raises
+    ------
+    Exception
+        The first failing task's own exception, with its traceback.
+    belated.ComputeTimeoutError
+        When ``timeout`` passes first.
+    belated.WorkerLostError
+        When a task's worker process died more than ``retries`` times.
+
+    Examples
+    --------
     >>> from belated import delayed, compute
     >>> a = delayed(1) + 2
     >>> compute(a, {"b": a * 10}, "unchanged")
@@ -213,6 +245,18 @@ def persist(
 
     Takes the arguments of :func:`compute`. On Dask distributed, use that cluster's ``client.persist``.
 
+    Returns
+    -------
+    tuple
+        One result per argument: each ``Delayed`` computed into a ``Delayed`` that holds its value.
+
+    Raises
+    ------
+    NotImplementedError
+        On Dask distributed or Ray, which keep results in their cluster.
+
+    Examples
+    --------
     >>> from belated import delayed, persist
     >>> a = delayed(sum)([1, 2, 3])
     >>> (b,) = persist(a)
