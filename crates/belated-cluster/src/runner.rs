@@ -206,6 +206,20 @@ impl<T: Transport> Cluster<T> {
             .exchange(worker, generation, self.threads_per_worker, &[header])
     }
 
+    /// Runs the encoded `call` once on every worker, on the connection fetches use, so it waits for
+    /// no task: `Client.run`. Each worker's reply, in worker order, or why it has none.
+    pub fn run_everywhere(&self, call: &[Vec<u8>]) -> Vec<Result<Vec<Vec<u8>>, Error>> {
+        (0..self.workers())
+            .map(|worker| {
+                let generation = self.directory().generation(worker);
+                let mut frames = vec![wire::header(RUN, &[], &[0, u64::from(SEND), 0])];
+                frames.extend(call.iter().cloned());
+                self.transport
+                    .exchange(worker, generation, self.threads_per_worker, &frames)
+            })
+            .collect()
+    }
+
     /// Sends every worker the releases waiting for it, so results nobody needs stop taking memory
     /// between computations.
     pub fn flush_releases(&self) {

@@ -439,23 +439,17 @@ impl Cluster {
         let call = helper(py, &DUMPS_CALL, "dumps_call")?.call1((function, args, kwargs))?;
         let call = frames_from(py, &call)?;
         let shared = &self.shared;
-        let mut results = Vec::with_capacity(shared.workers());
-        for group in 0..shared.workers() {
-            let generation = shared.generation(group);
-            let lost = || WorkerLostError::new_err(format!("worker {group} died during run()"));
-            let worker = py
-                .detach(|| shared.worker(group, generation))
-                .ok_or_else(lost)?;
-            let mut request = vec![wire::header(RUN, &[], &[0, u64::from(SEND), 0])];
-            request.extend(call.iter().cloned());
-            let reply = py
-                .detach(|| {
-                    worker
-                        .connection(shared.threads_per_worker)
-                        .exchange(&request)
-                })
-                .map_err(|_| lost())?;
-            results.push((worker.pid(), decode_reply(py, &reply)?));
+        let replies = py.detach(|| shared.runtime.run_everywhere(&call));
+        let mut results = Vec::with_capacity(replies.len());
+        for (worker, reply) in replies.into_iter().enumerate() {
+            let lost = || WorkerLostError::new_err(format!("worker {worker} died during run()"));
+            let reply = reply.map_err(|_| lost())?;
+            let pid = shared
+                .processes()
+                .worker(worker, shared.processes().directory().generation(worker))
+                .ok_or_else(lost)?
+                .pid();
+            results.push((pid, decode_reply(py, &reply)?));
         }
         Ok(results)
     }

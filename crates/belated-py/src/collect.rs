@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use crate::dask_graph::collection_node;
 use crate::delayed::Delayed;
 use crate::gil::pace;
-use crate::task::{Arg, Construct, Key, Keywords, Op, PyTask, TaskNode};
+use crate::task::{Arg, Construct, Keywords, TaskNode};
 
 /// Deeper argument nesting than this is refused with a RecursionError, as Python itself would, rather
 /// than risking the native stack of a worker thread.

@@ -3,24 +3,19 @@
 //! the reading, so that the argument collector, which reads dask collections too, stays below
 //! `compute`.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use belated_core::{current_worker, on_worker_thread, run_inline, Graph, Runner, TaskId};
-use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::compute::{run_on_threads, worker_count};
-use crate::delayed::{Delayed, Role};
 use crate::errors::{catch_panics, to_python};
 use crate::host::Deadline;
-use crate::task::{Arg, Key, Op, PyTask, PyValue, TaskNode};
+use crate::task::PyValue;
 
-use crate::dask_graph::{DaskTask, Body};
+use crate::dask_graph::{cull, follow_priorities, Body, Culled, DaskTask, Slot};
 
 struct DaskRunner {
     tasks: Arc<[DaskTask]>,

@@ -20,27 +20,24 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use belated_core::{current_worker, on_worker_thread, run_inline, Graph, Runner, TaskId};
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString};
 
-use crate::compute::{run_on_threads, worker_count};
 use crate::delayed::{Delayed, Role};
-use crate::errors::{catch_panics, to_python};
-use crate::host::Deadline;
-use crate::task::{Arg, Key, Op, PyTask, PyValue, TaskNode};
+use crate::errors::catch_panics;
+use crate::task::{Arg, Key, Op, PyTask, TaskNode};
 
 /// One dask task: its key, how it runs, and the keys of its dependencies in the engine's input order.
-struct DaskTask {
-    key: Py<PyAny>,
-    body: Body,
-    deps: Vec<Py<PyAny>>,
+pub(crate) struct DaskTask {
+    pub(crate) key: Py<PyAny>,
+    pub(crate) body: Body,
+    pub(crate) deps: Vec<Py<PyAny>>,
 }
 
-enum Body {
+pub(crate) enum Body {
     /// `func(*args, **kwargs)`.
     Call {
         func: Py<PyAny>,
@@ -56,7 +53,7 @@ enum Body {
 }
 
 /// An argument of a direct call: a literal, or the value of the input at a position.
-enum Slot {
+pub(crate) enum Slot {
     Literal(Py<PyAny>),
     Input(usize),
 }
@@ -180,14 +177,14 @@ impl Body {
 }
 
 /// The tasks the wanted keys need, in a topological order.
-struct Culled {
-    tasks: Vec<DaskTask>,
-    deps: Vec<Vec<u32>>,
-    outputs: Vec<u32>,
+pub(crate) struct Culled {
+    pub(crate) tasks: Vec<DaskTask>,
+    pub(crate) deps: Vec<Vec<u32>>,
+    pub(crate) outputs: Vec<u32>,
 }
 
 /// Walks `dsk` from `keys` depth-first, numbering tasks in post-order. Iterative, so deep chains are fine.
-fn cull(dsk: &Bound<'_, PyDict>, keys: &Bound<'_, PyList>) -> PyResult<Culled> {
+pub(crate) fn cull(dsk: &Bound<'_, PyDict>, keys: &Bound<'_, PyList>) -> PyResult<Culled> {
     let py = dsk.py();
     let spec = Spec::import(py)?;
     // key -> id, or -1 while the key's dependencies are being visited (meeting it then is a cycle).
@@ -278,7 +275,7 @@ fn entry<'py>(
 
 /// Renumbers `culled` so that ids follow `priority` (smaller first) wherever dependencies allow.
 /// O(n log n) in tasks plus edges.
-fn follow_priorities(culled: Culled, priority: &[i64]) -> Culled {
+pub(crate) fn follow_priorities(culled: Culled, priority: &[i64]) -> Culled {
     let n = culled.tasks.len();
     let mut waiting: Vec<u32> = culled.deps.iter().map(|d| d.len() as u32).collect();
     let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
