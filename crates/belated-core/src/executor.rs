@@ -671,7 +671,6 @@ impl PoolShared {
 
     /// `Some(None)` at shutdown, `Some(job)` for a job the caller is counted in, `None` if no job
     /// has room.
-    #[allow(clippy::option_option)]
     fn find_job(&self, state: &PoolState) -> Option<Option<Arc<dyn Work>>> {
         if state.shutdown {
             return Some(None);

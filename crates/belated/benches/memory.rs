@@ -4,10 +4,15 @@
 //! - chain: a 256 MB `Vec<u8>` made by one task, then four maps that each add 1 to every byte. A value
 //!   moves to its last consumer, so each map gets the buffer itself, not a copy.
 //! - fan-in: 300 tasks each make 1 MB; one task takes all 300 and sums their bytes.
+//! - readers: one task makes 256 MB, four tasks each sum its bytes. By value, the three readers that
+//!   start before the last one get a copy.
 //!
-//! The `Arc` columns run the same graphs with `Arc<Vec<u8>>` values (the usual workaround when values
-//! were cloned for every consumer), whose maps use `Arc::make_mut`. Peak heap is measured by a counting
-//! global allocator, from the start of a run; times are medians with the fastest and slowest run.
+//! Three ways to write each graph: plain `Vec<u8>` values taken by value; the same `Vec<u8>` values
+//! taken by tasks whose parameters are `Arc<Vec<u8>>` (shared with the task, so a reader never copies
+//! and a map at the last use mutates in place with `Arc::make_mut`); and graphs whose values are
+//! `Arc<Vec<u8>>` themselves (the workaround when values were cloned for every consumer). Peak heap
+//! is measured by a counting global allocator, from the start of a run; times are medians with the
+//! fastest and slowest run.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -102,6 +107,24 @@ fn checksum(bytes: &[u8]) -> u64 {
     bytes.iter().map(|&b| b as u64).sum()
 }
 
+/// One table row: the three belated forms and rayon, and the by-value form against the `Arc` values.
+fn row(name: &str, [moved, params, values, rayon]: [(Vec<Duration>, usize); 4]) {
+    println!(
+        "| {name} | {} | {} | {} | {} | {} |",
+        show(&moved),
+        show(&params),
+        show(&values),
+        show(&rayon),
+        ratio(&moved, &values)
+    );
+}
+
+/// A map for the `Arc` parameter form: in place when the task holds the only handle.
+fn increment_shared(mut v: Arc<Vec<u8>>) -> Vec<u8> {
+    increment(Arc::<Vec<u8>>::make_mut(&mut v));
+    Arc::unwrap_or_clone(v)
+}
+
 fn chain(runs: usize) {
     const SIZE: usize = 256 * MB;
     let expect = 5 * SIZE as u64;
@@ -114,6 +137,14 @@ fn chain(runs: usize) {
             });
         }
         x.map(|v: Vec<u8>| checksum(&v)).compute().unwrap()
+    });
+    let params = measure(runs, expect, || {
+        let step = delayed(increment_shared);
+        let x = (0..4).fold(delayed(|| vec![1u8; SIZE]).call(), |x, _| step.call(x));
+        delayed(|v: Arc<Vec<u8>>| checksum(&v))
+            .call(x)
+            .compute()
+            .unwrap()
     });
     let shared = measure(runs, expect, || {
         let mut x = delayed(|| Arc::new(vec![1u8; SIZE])).call();
@@ -132,12 +163,9 @@ fn chain(runs: usize) {
         }
         v.par_chunks(MB).map(checksum).sum()
     });
-    println!(
-        "| chain of 4 maps, 256 MB `Vec<u8>` | {} | {} | {} | {} |",
-        show(&moved),
-        show(&shared),
-        show(&rayon),
-        ratio(&moved, &shared)
+    row(
+        "chain of 4 maps, 256 MB `Vec<u8>`",
+        [moved, params, shared, rayon],
     );
 }
 
@@ -148,6 +176,13 @@ fn fan_in(runs: usize) {
         let make = delayed(|i: usize| vec![(i % 256) as u8; MB]);
         let parts: Vec<Delayed<Vec<u8>>> = (0..PARTS).map(|i| make.call(i)).collect();
         let sum = delayed(|parts: Vec<Vec<u8>>| parts.iter().map(|p| checksum(p)).sum::<u64>());
+        sum.call(parts).compute().unwrap()
+    });
+    let params = measure(runs, expect, || {
+        let make = delayed(|i: usize| vec![(i % 256) as u8; MB]);
+        let parts: Vec<Delayed<Vec<u8>>> = (0..PARTS).map(|i| make.call(i)).collect();
+        let sum =
+            delayed(|parts: Vec<Arc<Vec<u8>>>| parts.iter().map(|p| checksum(p)).sum::<u64>());
         sum.call(parts).compute().unwrap()
     });
     let shared = measure(runs, expect, || {
@@ -164,12 +199,36 @@ fn fan_in(runs: usize) {
             .collect();
         parts.iter().map(|p| checksum(p)).sum()
     });
-    println!(
-        "| fan-in of 300 × 1 MB | {} | {} | {} | {} |",
-        show(&moved),
-        show(&shared),
-        show(&rayon),
-        ratio(&moved, &shared)
+    row("fan-in of 300 × 1 MB", [moved, params, shared, rayon]);
+}
+
+fn readers(runs: usize) {
+    const SIZE: usize = 256 * MB;
+    const READERS: u64 = 4;
+    let expect = READERS * SIZE as u64;
+    let moved = measure(runs, expect, || {
+        let data = delayed(|| vec![1u8; SIZE]).call();
+        let sums = (0..READERS).map(|_| data.map(|v: Vec<u8>| checksum(&v)));
+        sums.sum::<Delayed<u64>>().compute().unwrap()
+    });
+    let params = measure(runs, expect, || {
+        let data = delayed(|| vec![1u8; SIZE]).call();
+        let read = delayed(|v: Arc<Vec<u8>>| checksum(&v));
+        let sums = (0..READERS).map(|_| read.call(&data));
+        sums.sum::<Delayed<u64>>().compute().unwrap()
+    });
+    let shared = measure(runs, expect, || {
+        let data = delayed(|| Arc::new(vec![1u8; SIZE])).call();
+        let sums = (0..READERS).map(|_| data.map(|v: Arc<Vec<u8>>| checksum(&v)));
+        sums.sum::<Delayed<u64>>().compute().unwrap()
+    });
+    let rayon = measure(runs, expect, || {
+        let v = vec![1u8; SIZE];
+        (0..READERS).into_par_iter().map(|_| checksum(&v)).sum()
+    });
+    row(
+        "4 readers of one 256 MB `Vec<u8>`",
+        [moved, params, shared, rayon],
     );
 }
 
@@ -180,9 +239,12 @@ fn main() {
         "big values: time (median, min–max of {runs} runs) and peak heap; {} cores\n",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("| graph | belated `Vec` (moved) | belated `Arc<Vec>` | rayon | `Vec` / `Arc` |");
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| graph | belated, by value | belated, `Arc<T>` parameters | belated, `Arc<Vec>` values | rayon | by value / `Arc` values |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     chain(runs);
     fan_in(runs);
+    readers(runs);
     black_box(());
 }

@@ -10,7 +10,8 @@
 //!   rayon's `par_iter`: the ratio is what the targets are stated in.
 //! - A tiny graph, `square(3) + square(4)`, end to end, against inline and `rayon::join`.
 //!
-//! Times are medians of several runs, with the fastest and slowest run beside them.
+//! Times are medians of several runs, with the fastest and slowest run in brackets; per-task costs
+//! come from the medians.
 //!
 //! A plain `harness = false` timer rather than criterion or divan: those take minutes to compile on a
 //! 2-core machine, and what this needs — medians of a few runs of three frameworks side by side, in a
@@ -64,10 +65,6 @@ impl Timings {
             show(max)
         )
     }
-}
-
-fn median(runs: usize, expect: u64, f: impl FnMut() -> u64) -> Duration {
-    timings(runs, expect, f).median()
 }
 
 /// One graph shape in every framework: `tasks` is how many tasks the belated graph has.
@@ -241,10 +238,6 @@ fn tiny_table(runs: usize) {
     );
 }
 
-fn micros(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
 fn per_task(total: Duration, baseline: Duration, tasks: usize) -> f64 {
     (total.as_secs_f64() - baseline.as_secs_f64()).max(0.0) * 1e9 / tasks as f64
 }
@@ -255,7 +248,7 @@ fn main() {
     let runs = if quick { 3 } else { 9 };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "belated per-task overhead, {threads} cores, rayon with {} threads; medians of {runs} runs\n",
+        "belated per-task overhead, {threads} cores, rayon with {} threads; ms, median (min–max) of {runs} runs\n",
         rayon::current_num_threads()
     );
     println!(
@@ -268,31 +261,34 @@ fn main() {
     for n in [10_000, 100_000] {
         for shape in [map_reduce(n), tree(n), chain(n)] {
             let expect = (shape.sequential)();
-            let sequential = median(runs, expect, &shape.sequential);
-            let rayon = shape.rayon.as_ref().map(|f| median(runs, expect, f));
-            let build = median(runs, 0, || {
+            let sequential = timings(runs, expect, &shape.sequential);
+            let rayon = shape.rayon.as_ref().map(|f| timings(runs, expect, f));
+            let build = timings(runs, 0, || {
                 black_box((shape.build)());
                 0
             });
             let graph = (shape.build)();
-            let compute_inline = median(runs, expect, || graph.compute_with(&inline).unwrap());
-            let compute_pool = median(runs, expect, || graph.compute_with(&pool).unwrap());
+            let compute_inline = timings(runs, expect, || graph.compute_with(&inline).unwrap());
+            let compute_pool = timings(runs, expect, || graph.compute_with(&pool).unwrap());
+            let ms = |t: &Timings| t.spread(1e-3, 1.0);
+            let per_task = |t: &Timings, baseline: Duration| {
+                format!("{:.0}", per_task(t.median(), baseline, shape.tasks))
+            };
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 shape.name,
                 shape.tasks,
-                micros(sequential),
-                rayon.map_or("n/a".into(), micros),
-                micros(build),
-                micros(compute_inline),
-                micros(compute_pool),
-                rayon.map_or("n/a".into(), |r| format!(
-                    "{:.0}",
-                    per_task(r, sequential, shape.tasks)
-                )),
-                per_task(build, Duration::ZERO, shape.tasks),
-                per_task(compute_inline, sequential, shape.tasks),
-                per_task(compute_pool, sequential, shape.tasks),
+                ms(&sequential),
+                rayon.as_ref().map_or("n/a".into(), ms),
+                ms(&build),
+                ms(&compute_inline),
+                ms(&compute_pool),
+                rayon
+                    .as_ref()
+                    .map_or("n/a".into(), |r| per_task(r, sequential.median())),
+                per_task(&build, Duration::ZERO),
+                per_task(&compute_inline, sequential.median()),
+                per_task(&compute_pool, sequential.median()),
             );
         }
     }

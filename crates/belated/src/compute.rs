@@ -10,7 +10,8 @@
 //!   [`ThreadPool`] of your own lives exactly as long as you hold it.
 //! - The calling thread takes part in its own computation: it runs ready tasks beside the pool's
 //!   workers and wakes them only when there is more ready work than it can take, so a small graph
-//!   costs about what an inline run costs. With a timeout it only watches instead, so that it can
+//!   costs about what an inline run costs. It counts as one of the pool's threads: on the default
+//!   pool, caller and workers together are one thread per core. With a timeout it only watches instead, so that it can
 //!   return at the deadline, whatever the tasks do.
 //! - A computation started from inside a task (on a pool thread) helps with its own tasks while it
 //!   waits, beside any idle worker, so it neither runs serially nor deadlocks when every worker

@@ -53,10 +53,11 @@
 //! - Types are checked when the graph is built. Inside the engine a result is an
 //!   `Arc<dyn Any + Send + Sync>`, downcast only to the type its handle names; nothing is serialized.
 //!   A value moves into the last task that takes it; only consumers that start before the last one
-//!   get a clone, so a chain of maps over a big `Vec` never copies it. Values must be [`Data`]:
-//!   `Clone + Send + Sync + 'static`. A value given with [`Delayed::value`] belongs to the graph
-//!   (which can be computed again), so each use of it is a clone: make big data in a task instead, or
-//!   wrap it in an `Arc`.
+//!   get a clone, so a chain of maps over a big `Vec` never copies it. A task whose parameter is an
+//!   `Arc<T>` shares a `Delayed<T>` instead, so readers never copy (see [`IntoArg`]). Values must be
+//!   [`Data`]: `Clone + Send + Sync + 'static`. A value given with [`Delayed::value`] belongs to the
+//!   graph (which can be computed again), so each use of it is a clone: make big data in a task
+//!   instead, or wrap it in an `Arc`.
 //! - Within one computation each task runs exactly once, however many requested values share it; the
 //!   result of a task is dropped as soon as its last consumer has run.
 //! - Keys (`square-3f2a9c0d5e1b7a46`) are the function's name and a token unique in the process. They

@@ -175,13 +175,20 @@ pub(crate) fn take<T: Clone + Send + Sync + 'static>(value: Value) -> Result<T, 
     }
 }
 
-/// The next of a task's inputs, as a `T`.
-pub(crate) fn take_next<T: Clone + Send + Sync + 'static>(
-    inputs: &mut Inputs<'_>,
-) -> Result<T, TaskError> {
-    take(inputs.next().ok_or_else(|| -> TaskError {
+/// The engine's handle on a value, as an `Arc<T>`: shared, never copied.
+pub(crate) fn share<T: Send + Sync + 'static>(value: Value) -> Result<Arc<T>, TaskError> {
+    value.downcast::<T>().map_err(|_| -> TaskError {
+        Box::new(TypeMismatch {
+            expected: std::any::type_name::<T>(),
+        })
+    })
+}
+
+/// The next of a task's inputs.
+pub(crate) fn next_input(inputs: &mut Inputs<'_>) -> Result<Value, TaskError> {
+    inputs.next().ok_or_else(|| -> TaskError {
         "internal error: a task has fewer inputs than arguments".into()
-    })?)
+    })
 }
 
 #[cfg(test)]

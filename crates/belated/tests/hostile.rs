@@ -176,6 +176,37 @@ fn values_move_to_their_last_consumer_and_are_cloned_only_for_earlier_ones() {
     }
 }
 
+/// A parameter of type `Arc<T>` shares a `Delayed<T>` with its task: no consumer clones it, and one
+/// that makes it mutable at its last use gets it without a clone.
+#[test]
+fn arc_parameters_share_values_instead_of_cloning_them() {
+    let clones = Arc::new(AtomicUsize::new(0));
+    let source = {
+        let clones = Arc::clone(&clones);
+        delayed(move || Counted(Arc::clone(&clones))).call()
+    };
+    let read = delayed(|c: Arc<Counted>| Arc::strong_count(&c.0));
+    let readers: Delayed<Vec<usize>> = (0..5).map(|_| read.call(&source)).collect();
+    let all = delayed(|parts: Vec<Arc<Counted>>| parts.len());
+    let sources: Vec<Delayed<Counted>> = vec![source.clone(); 3];
+    let mixed = read.call(&source) + source.map(|_: Counted| 0);
+    let owned = delayed(|c: Arc<Counted>| Arc::unwrap_or_clone(c))
+        .call(source.map(|c: Counted| c))
+        .map(|_: Counted| 7);
+    for options in [Options::threads(2).timeout(TIMEOUT), Options::inline()] {
+        clones.store(0, SeqCst);
+        assert_eq!(compute_caught(&readers, &options).unwrap().len(), 5);
+        assert_eq!(compute_caught(&all.call(&sources), &options).unwrap(), 3);
+        assert_eq!(compute_caught(&owned, &options).unwrap(), 7);
+        assert_eq!(clones.load(SeqCst), 0, "shared, never cloned");
+        compute_caught(&mixed, &options).unwrap();
+        assert!(
+            clones.load(SeqCst) <= 1,
+            "the by-value consumer clones only if the reader still holds the value"
+        );
+    }
+}
+
 #[test]
 fn a_compute_that_timed_out_cancels_its_running_tasks_token() {
     let pool = ThreadPool::new(1).unwrap();
