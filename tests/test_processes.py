@@ -144,7 +144,7 @@ def test_the_worker_reads_and_writes_the_golden_wire_vectors():
         "run-header": (None, [_worker.RUN, 1, 7, 42, _worker.SEND, 0]),
         "fetch-header": (None, [_worker.FETCH, 0, 2, 5, 6]),
     }
-    assert set(cases) == set(golden)
+    assert set(cases) == {name for name in golden if not name.startswith("segment")}  # test_shared_memory
     for name, (frames, header) in cases.items():
         read = _worker.read_message(io.BytesIO(golden[name]))
         if header is not None:

@@ -284,7 +284,7 @@ mod tests {
         let first = workers.worker(1, 0).expect("generation 0");
         let pid = first.pid();
         first.kill();
-        assert!(first.exchange(0, &[vec![1]]).is_err());
+        assert!(first.exchange(0, &[vec![1].into()]).is_err());
         drop(first);
         assert_eq!(
             workers.replace(1, 0).expect("replaced"),
@@ -293,7 +293,8 @@ mod tests {
         assert!(workers.worker(1, 0).is_none(), "the old generation is gone");
         let second = workers.worker(1, 1).expect("generation 1");
         assert_ne!(second.pid(), pid);
-        assert_eq!(second.exchange(0, &[vec![2]]).expect("an echo"), [vec![2]]);
+        let two = [crate::wire::Frame::from(vec![2])];
+        assert_eq!(second.exchange(0, &two).expect("an echo"), two);
         // A late caller that saw the same death does not replace the new worker.
         assert_eq!(
             workers.replace(1, 0).expect("already done"),
@@ -340,7 +341,7 @@ mod tests {
         while !worker.over_memory() && std::time::Instant::now() < deadline {
             std::thread::sleep(MEMORY_POLL);
         }
-        assert!(worker.exchange(0, &[vec![0; 10]]).is_err(), "killed");
+        assert!(worker.exchange(0, &[vec![0; 10].into()]).is_err(), "killed");
         drop(worker);
         let why = workers.replace(0, 0).expect("replaced");
         assert!(why.contains("over its memory_limit of 1B"), "{why}");

@@ -24,7 +24,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use belated_cluster::directory::{self, Directory, Kept, Sent, Source};
-use belated_cluster::wire::{self, FETCH, KEEP, RUN, SEND};
+use belated_cluster::wire::{self, Frame, FETCH, KEEP, RUN, SEND};
 use belated_cluster::{Error, MemoryLimit, Spec, WorkerProcess, Workers};
 use belated_core::{
     current_worker, lineage, placement, Graph, Runner, TaskId, ThreadPool, KEPT_POOLS,
@@ -180,9 +180,9 @@ impl ClusterShared {
         &self,
         group: usize,
         generation: u64,
-        frames: &[Vec<u8>],
+        frames: &[Frame],
         running: &Running,
-    ) -> Result<Vec<Vec<u8>>, Failed> {
+    ) -> Result<Vec<Frame>, Failed> {
         let lost = Failed::Lost(group, generation);
         let worker = self.worker(group, generation).ok_or(lost)?;
         let Some(_running) = running.enter(&worker) else {
@@ -196,7 +196,7 @@ impl ClusterShared {
     }
 
     /// The reply of the worker of `group` to a fetch of `ids`: a pickled list of their values.
-    fn fetch(&self, group: usize, generation: u64, ids: &[u64]) -> Result<Vec<Vec<u8>>, Failed> {
+    fn fetch(&self, group: usize, generation: u64, ids: &[u64]) -> Result<Vec<Frame>, Failed> {
         let worker = self
             .worker(group, generation)
             .ok_or(Failed::Lost(group, generation))?;
@@ -206,7 +206,7 @@ impl ClusterShared {
         rest.push(ids.len() as u64);
         rest.extend_from_slice(ids);
         fetches
-            .exchange(&[wire::header(FETCH, &releases, &rest)])
+            .exchange(&[wire::header(FETCH, &releases, &rest).into()])
             .map_err(|_| Failed::Lost(group, generation))
     }
 
@@ -239,7 +239,7 @@ const SEND_ONCE_BYTES: u64 = 64 * 1024;
 
 /// What a call's request carries of other workers' values: their replies' frames, and the header
 /// words saying which ids to store them under.
-type Fetched = Result<(Vec<Vec<u8>>, Vec<u64>), Failed>;
+type Fetched = Result<(Vec<Frame>, Vec<u64>), Failed>;
 
 /// Values to fetch from one worker and store in another before a call.
 struct Transfer {
@@ -249,7 +249,7 @@ struct Transfer {
 
 /// A large value built here, to store in the call's worker before the call.
 struct Upload {
-    frames: Vec<Vec<u8>>,
+    frames: Vec<Frame>,
     copy_id: u64,
     bytes: u64,
     sent: Arc<Sent>,
@@ -397,19 +397,28 @@ impl ClusterRunner {
         if bytes < SEND_ONCE_BYTES {
             return Ok(None);
         }
-        // Framed as a worker's reply to a fetch, which is how a call's worker receives stored values.
-        let reply = (true, PyList::new(py, [value])?);
-        let frames = helper(py, &DUMPS, "dumps")?
-            .call1((reply,))
-            .map_err(|error| {
-                BelatedError::new_err(format!(
-                    "an input of task {} cannot be sent to a worker process: {error}; make it \
-                     picklable, or use scheduler='threads'",
-                    self.nodes[task.index()].payload().key_string(py)
-                ))
-            })?;
+        let frames = match sent.frames.get() {
+            Some(frames) => frames.clone(),
+            None => {
+                // Framed as a worker's reply to a fetch, which is how a call's worker receives
+                // stored values.
+                let reply = (true, PyList::new(py, [value])?);
+                let frames =
+                    helper(py, &DUMPS, "dumps")?
+                        .call1((reply, true))
+                        .map_err(|error| {
+                            BelatedError::new_err(format!(
+                            "an input of task {} cannot be sent to a worker process: {error}; make \
+                             it picklable, or use scheduler='threads'",
+                            self.nodes[task.index()].payload().key_string(py)
+                        ))
+                        })?;
+                let frames = frames_from(py, &frames)?;
+                sent.frames.get_or_init(|| frames).clone()
+            }
+        };
         Ok(Some(Upload {
-            frames: frames_from(py, &frames)?,
+            frames,
             copy_id: self.cluster.directory.new_id(),
             bytes,
             sent: Arc::clone(sent),
@@ -489,7 +498,7 @@ impl ClusterRunner {
                 let mut rest = vec![result_id, u64::from(flags)];
                 rest.append(&mut words);
                 let releases = self.cluster.directory.take_releases(group);
-                let mut request = vec![wire::header(RUN, &releases, &rest)];
+                let mut request = vec![wire::header(RUN, &releases, &rest).into()];
                 request.extend(transfer_frames);
                 request.extend(call_frames);
                 self.cluster
