@@ -32,7 +32,6 @@ import socket
 import struct
 import sys
 import threading
-import traceback
 import types
 
 _LENGTH = struct.Struct("<Q")
@@ -295,6 +294,8 @@ def _encode(reply):
 def _encode_failure(error):
     """A failure's reply: the exception itself if it can be rebuilt and shown, else a
     :class:`belated.RemoteError` carrying its type, message and traceback."""
+    import traceback  # only failures need it; a worker starts sooner without
+
     try:
         text = "".join(traceback.format_exception(error))
         frames = dumps_reply((False, error, text))
@@ -315,6 +316,8 @@ def _safely(describe, value, fallback):
 def _traceback_text(error):
     """The traceback of an exception whose own formatting fails (it reads ``__notes__`` and
     ``__str__``, which the exception may break)."""
+    import traceback
+
     frames = _safely(lambda e: "".join(traceback.format_tb(e.__traceback__)), error, "")
     return f"Traceback (most recent call last):\n{frames}{_type_name(error)}: {_message(error)}\n"
 
@@ -574,10 +577,3 @@ def main():
         pass
     os._exit(0)
 
-
-if __name__ == "__main__":
-    # Run as the imported module, not as __main__: unpickled Stored values look up belated._worker's
-    # store, which must be the one this server fills.
-    from belated._worker import main as _main
-
-    _main()

@@ -47,10 +47,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a worker runs first: it takes the parent's `sys.path` in place of its own, before importing
 /// anything, as multiprocessing's spawn does. `python -m` would put the current directory first on the
 /// path (and `-P`, which stops that, is Python 3.11+), so a module planted there would run in every
-/// worker.
+/// worker. It loads `belated._worker` alone, not the `belated` package, whose imports would take most
+/// of a worker's start (a task that needs the package imports it then).
 const WORKER_BOOTSTRAP: &str = "import os, sys; \
     sys.path[:] = os.environ.pop('BELATED_WORKER_PATH').split(os.pathsep); \
-    import runpy; runpy.run_module('belated._worker', run_name='__main__', alter_sys=True)";
+    from importlib.machinery import PathFinder; from importlib.util import module_from_spec; \
+    package = PathFinder.find_spec('belated', sys.path); \
+    spec = PathFinder.find_spec('belated._worker', package.submodule_search_locations); \
+    worker = sys.modules['belated._worker'] = module_from_spec(spec); \
+    spec.loader.exec_module(worker); worker.main()";
 
 /// How to start a worker of this interpreter with `connections` connections, importing `preload`
 /// once ready. It gets the parent's `sys.path`, so it imports what the parent imports (functions
