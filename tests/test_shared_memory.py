@@ -287,3 +287,33 @@ def test_memoryviews_keep_their_format_and_shape():
     for view in [memoryview(array.array("d", [1.5, 2.5])), memoryview(np.arange(12.0).reshape(3, 4)[:, ::2])]:
         got = _worker.loads(_worker.dumps(view))
         assert (got.format, got.shape, got.tolist()) == (view.format, view.shape, view.tolist())
+
+
+DESCRIPTORS = """
+import os, resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+import belated
+from belated import delayed
+
+def pids(n):
+    tasks = [delayed(os.getpid)() for _ in range(4 * n)]
+    return len(set(belated.compute(*tasks, scheduler="processes", num_workers=n)))
+
+print(*[pids(n) > 0 for n in (2, 4, 8, 16)])
+try:
+    pids(40)
+except belated.WorkerStartError as error:
+    print("error:", error)
+print(pids(2) > 0)
+"""
+
+
+def test_processes_clusters_of_four_sizes_fit_in_256_descriptors_and_more_is_a_clear_error():
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(DESCRIPTORS)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    fit, error, after = done.stdout.splitlines()
+    assert fit == "True True True True"
+    assert "out of file descriptors" in error and "ulimit -n" in error and "fewer workers" in error, error
+    assert after == "True"

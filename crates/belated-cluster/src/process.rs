@@ -72,6 +72,15 @@ impl WorkerProcess {
     /// Starts a worker; [`wait_ready`](Self::wait_ready) waits for it to say it is ready, so that
     /// several can start at once.
     pub fn start(spec: &Spec) -> Result<Self, Error> {
+        Self::start_descriptors(spec).map_err(|error| match error {
+            Error::Spawn(error) if error.raw_os_error() == Some(libc::EMFILE) => {
+                Error::Spawn(out_of_descriptors(spec))
+            }
+            other => other,
+        })
+    }
+
+    fn start_descriptors(spec: &Spec) -> Result<Self, Error> {
         let (control, child_control) = UnixStream::pair().map_err(Error::Spawn)?;
         let mut ours = Vec::with_capacity(spec.connections);
         let mut theirs = vec![child_control];
@@ -244,13 +253,15 @@ pub struct Connection {
 impl Connection {
     fn new(stream: UnixStream, pidfd: &Arc<OwnedFd>) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
+        // Both directions on one descriptor: a cluster of many workers runs out of them soon enough.
+        let stream = Arc::new(stream);
         let watched = |stream| Watched {
             stream,
             pidfd: Arc::clone(pidfd),
             descriptors: VecDeque::new(),
         };
         Ok(Connection {
-            requests: BufWriter::with_capacity(1 << 16, watched(stream.try_clone()?)),
+            requests: BufWriter::with_capacity(1 << 16, watched(Arc::clone(&stream))),
             replies: BufReader::with_capacity(1 << 16, watched(stream)),
         })
     }
@@ -269,7 +280,7 @@ impl Connection {
 /// `recvmsg`, keeping the descriptors that come with the bytes (shared-memory segments) in order.
 #[derive(Debug)]
 struct Watched {
-    stream: UnixStream,
+    stream: Arc<UnixStream>,
     pidfd: Arc<OwnedFd>,
     descriptors: VecDeque<OwnedFd>,
 }
@@ -390,7 +401,7 @@ impl Read for Watched {
 impl Write for Watched {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         loop {
-            match self.stream.write(buf) {
+            match (&*self.stream).write(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(libc::POLLOUT)?,
                 other => return other,
             }
@@ -426,6 +437,30 @@ impl ReceiveDescriptor for BufReader<Watched> {
             )
         })
     }
+}
+
+/// The descriptors this process holds for each worker: its control socket, its connections, the
+/// pipes of its stdout and stderr, and its pidfd.
+fn descriptors_per_worker(connections: usize) -> usize {
+    connections + 4
+}
+
+/// Why a worker could not start when this process is out of descriptors, with what to do about it.
+fn out_of_descriptors(spec: &Spec) -> io::Error {
+    // SAFETY: getrlimit fills the zeroed struct.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        format!("its limit of {}", limit.rlim_cur)
+    } else {
+        "its limit".to_string()
+    };
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count());
+    io::Error::other(format!(
+        "this process is out of file descriptors ({open} open, {limit}), and each worker process \
+             takes {}; raise the limit (`ulimit -n`, or resource.setrlimit(resource.RLIMIT_NOFILE, \
+             ...)), or use fewer workers",
+        descriptors_per_worker(spec.connections)
+    ))
 }
 
 /// Waits until `fd` is ready for `events` (true), or the process of `pidfd` has exited while `fd` is
