@@ -15,7 +15,12 @@ length-prefixed frames; a request starts with a header frame of little-endian u6
 workers' replies to ``FETCH``), runs the call (arguments that are stored results arrive as
 :class:`Stored`), stores its result under the result id (``KEEP``) and replies with it (``SEND``) or
 with its size; a ``FETCH`` replies with the list of the stored values asked for. Replies are
-``(True, value)`` or ``(False, exception, formatted traceback)``.
+``(True, value)`` or ``(False, exception, formatted traceback)``. Out-of-band buffers of
+:data:`SHARE_FROM` bytes and up travel as sealed memfd segments whose descriptors come with the
+bytes (:class:`Channel`); a reader maps them copy-on-write instead of copying them.
+
+The bootstrap loads this module alone, without the ``belated`` package, so that a worker is ready
+sooner: keep its imports to the standard library, and import anything else where it is needed.
 """
 
 import array
@@ -576,4 +581,3 @@ def main():
     while control.recv(1):
         pass
     os._exit(0)
-
