@@ -8,7 +8,8 @@ in one run.
 - Produced and consumed: 8 tasks each making an 80 MB array that another task reduces, end to end.
   joblib has no task graph: it runs the producers, then the consumers, the arrays coming back between.
 - Start: the first compute's latency on a fresh pool (belated keeps its pool for later computes; dask's
-  processes scheduler starts one per compute), and each cluster's start time.
+  processes scheduler starts one per compute), and each cluster's start time; with, for scale, a bare
+  interpreter's start (``python -c pass``) and one belated worker's own imports, in the same run.
 - The seed tutorial's examples (sleeps divided by 10) on its ``Client(n_workers=4, threads_per_worker=4)``.
 
 Usage: ``python benchmarks/processes.py``. Writes ``benchmarks/results/processes.md``.
@@ -16,6 +17,7 @@ Usage: ``python benchmarks/processes.py``. Writes ``benchmarks/results/processes
 ``client_api``), written to ``benchmarks/results/client_api.md``.
 """
 
+import subprocess
 import sys
 import time
 import warnings
@@ -120,6 +122,8 @@ def main():
             **options
         )
 
+    bare = interpreter_start("pass")
+    worker_imports = interpreter_start(WORKER_IMPORTS) - bare
     processes = {"scheduler": "processes", "num_workers": WORKERS}
     first_processes, _ = timed(lambda: belated.compute(belated.delayed(inc)(1), **processes))
     first_dask, _ = timed(lambda: dask.compute(dask.delayed(inc)(1), **processes))
@@ -252,12 +256,34 @@ def main():
         "|---|" + "---:|" * len(columns),
     ]
     lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    lines += [
+        "",
+        f"For scale, in this run: a bare `python -c pass` starts in {bare:.3f} s; a belated worker's own "
+        f"imports (before its first task) add {worker_imports:.3f} s.",
+    ]
     lines += ["", *seed_examples()]
     table = "\n".join(lines)
     print(table)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "processes.md").write_text(table + "\n")
+
+
+# What a belated worker imports before it says it is ready (the bootstrap of belated-py's cluster.rs).
+WORKER_IMPORTS = """
+import sys
+from importlib.machinery import PathFinder
+from importlib.util import module_from_spec
+package = PathFinder.find_spec("belated", sys.path)
+spec = PathFinder.find_spec("belated._worker", package.submodule_search_locations)
+spec.loader.exec_module(module_from_spec(spec))
+"""
+
+
+def interpreter_start(code, repeat=5):
+    """The fastest of ``repeat`` runs of ``python -c code``."""
+    run = lambda: subprocess.run([sys.executable, "-c", code], check=True)  # noqa: E731
+    return min(timed(run)[0] for _ in range(repeat))
 
 
 def seed_examples():

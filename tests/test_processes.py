@@ -130,6 +130,20 @@ def test_diagnostics_see_process_runs():
     assert sorted(finished) == [0, 1, 4, 9, 16]
 
 
+def test_a_worker_loads_only_its_own_modules_of_belated_until_a_task_needs_the_package():
+    # eval is pickled by reference to builtins, so running it imports nothing of the test's.
+    modules_of_belated = "sorted(m for m in __import__('sys').modules if m.split('.')[0] == 'belated')"
+    with belated.Client(n_workers=1, threads_per_worker=1) as client:
+        assert client.submit(eval, modules_of_belated, pure=False).result(timeout=60) == [
+            "belated._logging",
+            "belated._worker",
+        ]
+        # A task that needs the package imports it beside the modules loaded alone.
+        imported = "__import__('belated').delayed(abs)(-3).compute(scheduler='sync')"
+        assert client.submit(eval, imported, pure=False).result(timeout=60) == 3
+        assert "belated" in client.submit(eval, modules_of_belated, pure=False).result(timeout=60)
+
+
 def golden_vectors():
     path = Path(__file__).parent.parent / "crates" / "belated-cluster" / "golden" / "wire.txt"
     lines = [line.split() for line in path.read_text().splitlines() if not line.startswith("#")]
@@ -144,7 +158,7 @@ def test_the_worker_reads_and_writes_the_golden_wire_vectors():
         "run-header": (None, [_worker.RUN, 1, 7, 42, _worker.SEND, 0]),
         "fetch-header": (None, [_worker.FETCH, 0, 2, 5, 6]),
     }
-    assert set(cases) == set(golden)
+    assert set(cases) == {name for name in golden if not name.startswith("segment")}  # test_shared_memory
     for name, (frames, header) in cases.items():
         read = _worker.read_message(io.BytesIO(golden[name]))
         if header is not None:

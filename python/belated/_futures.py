@@ -322,8 +322,8 @@ def fire_and_forget(obj):
 
 
 def _in_worker_process():
-    main = sys.modules.get("__main__")
-    return getattr(getattr(main, "__spec__", None), "name", None) == "belated._worker"
+    # The parent imports belated._worker too (its picklers); only a worker runs its main().
+    return getattr(sys.modules.get("belated._worker"), "serving", False)
 
 
 def get_client():

@@ -18,12 +18,23 @@ with its size; a ``FETCH`` replies with the list of the stored values asked for.
 ``(True, value, records)`` or ``(False, exception, formatted traceback, records)``, where ``records``
 are the log records emitted in the worker since its last ``RUN`` reply (a ``FETCH`` reply carries
 none), handled in the parent by :func:`belated._logging.receive_record` before the reply is read.
+Out-of-band buffers of
+:data:`SHARE_FROM` bytes and up travel as sealed memfd segments whose descriptors come with the
+bytes (:class:`Channel`); a reader maps them copy-on-write instead of copying them.
+
+The bootstrap loads this module alone, without the ``belated`` package, so that a worker is ready
+sooner: keep its imports to the standard library, and import anything else where it is needed.
 """
 
+import array
+import collections
+import copyreg
 import importlib
+import io
 import itertools
 import linecache
 import logging
+import mmap
 import os
 import pickle
 import signal
@@ -31,19 +42,35 @@ import socket
 import struct
 import sys
 import threading
-import traceback
 import types
 
-import cloudpickle
 
-from belated import _logging
+def _load_logging():
+    """``belated._logging``, which imports only the standard library: in a worker, loaded alone like
+    this module, since importing the ``belated`` package would take most of a worker's start."""
+    if "belated" in sys.modules:
+        from belated import _logging
 
+        return _logging
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("belated._logging", os.path.join(os.path.dirname(__file__), "_logging.py"))
+    module = sys.modules["belated._logging"] = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_logging = _load_logging()
 _LENGTH = struct.Struct("<Q")
 _PID = os.getpid()
+# A frame's length word with this bit set: the frame is a shared-memory segment of that length,
+# whose descriptor came with the length word.
+_SEGMENT = 1 << 63
 
 
 def read_message(stream):
-    """The frames of one message, or None at the end of the stream."""
+    """The frames of one message, or None at the end of the stream. A segment frame comes mapped
+    (:func:`map_segment`); ``stream`` has ``read(n)``, and ``take_fd()`` if it carries descriptors."""
     header = stream.read(_LENGTH.size)
     if len(header) < _LENGTH.size:
         return None
@@ -51,36 +78,147 @@ def read_message(stream):
     frames = []
     for _ in range(count):
         (length,) = _LENGTH.unpack(stream.read(_LENGTH.size))
-        frames.append(stream.read(length))
+        if length & _SEGMENT:
+            fd = stream.take_fd()
+            try:
+                frames.append(map_segment(fd, length & ~_SEGMENT))
+            finally:
+                os.close(fd)
+        else:
+            frames.append(stream.read(length))
     return frames
 
 
 def write_message(stream, frames):
+    """Writes one message; a :class:`Segment` frame goes as its descriptor (``stream.send_fd``)."""
     stream.write(_LENGTH.pack(len(frames)))
     for frame in frames:
+        if isinstance(frame, Segment):
+            stream.send_fd(_LENGTH.pack(frame.length | _SEGMENT), frame.fd)
+            continue
         view = memoryview(frame).cast("B")
         stream.write(_LENGTH.pack(view.nbytes))
         stream.write(view)
     stream.flush()
 
 
-def dumps(obj):
-    """``obj`` as frames: a protocol-5 pickle and its out-of-band buffers. cloudpickle, so functions
-    and classes defined in ``__main__`` or interactively travel by value."""
+# Out-of-band buffers at least this large travel in shared memory: the writer copies them into a
+# segment once and every reader maps it. Below it, the descriptor and mapping cost more than a copy.
+SHARE_FROM = 256 * 2**10
+# Linux: anonymous memory files, sealed, passed as descriptors. Elsewhere every buffer goes inline.
+_SHARED_MEMORY = hasattr(os, "memfd_create") and hasattr(socket, "SCM_RIGHTS")
+
+
+class Segment:
+    """A buffer copied into a sealed anonymous memory file (memfd): nothing to remove, ever; the kernel
+    frees it with its last descriptor or mapping. This object owns the descriptor until
+    :meth:`detach`."""
+
+    __slots__ = ("fd", "length")
+
+    def __init__(self, view):
+        import fcntl
+
+        fd = os.memfd_create("belated", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            written = 0
+            while written < view.nbytes:
+                written += os.write(fd, view[written:])
+            # Sealed, a reader's mapping can neither fault on a shrunk file nor see it change.
+            seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd, self.length = fd, view.nbytes
+
+    def detach(self):
+        """Its descriptor, which the caller now owns."""
+        fd, self.fd = self.fd, -1
+        return fd
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.detach())
+
+    __del__ = close
+
+
+def map_segment(fd, length):
+    """A segment's memory as a buffer, private copy-on-write: pages are shared with every other
+    reader until this one writes, so values built on it are writable, and a write is seen by nobody
+    else. ``fd`` stays the caller's."""
+    if length == 0:
+        return b""
+    return mmap.mmap(fd, length, access=mmap.ACCESS_COPY)
+
+
+def _frames(head, buffers, shared):
+    frames = [head]
+    for buffer in buffers:
+        view = buffer.raw()
+        frames.append(Segment(view) if shared and _SHARED_MEMORY and view.nbytes >= SHARE_FROM else view)
+    return frames
+
+
+def _memoryview_of(buffer, format, shape):
+    view = memoryview(buffer)
+    try:
+        return view.cast("B").cast(format, shape)
+    except (TypeError, ValueError):  # a format cast() does not take: the bytes, as they are
+        return view
+
+
+def _reduce_memoryview(view):
+    """Memoryviews, which pickle refuses, travel as their buffer (out of band when contiguous)."""
+    data = pickle.PickleBuffer(view) if view.c_contiguous else view.tobytes()
+    return _memoryview_of, (data, view.format, view.shape)
+
+
+_REDUCERS = {memoryview: _reduce_memoryview}
+
+
+def _with_reducers(pickler_type):
+    """``pickler_type`` with :data:`_REDUCERS` ahead of its own (a class attribute: the C pickler reads
+    it when built)."""
+    table = collections.ChainMap(_REDUCERS, getattr(pickler_type, "dispatch_table", copyreg.dispatch_table))
+    return type(pickler_type.__name__, (pickler_type,), {"dispatch_table": table})
+
+
+_Pickler = _with_reducers(pickle.Pickler)
+
+
+_CloudPickler = None
+
+
+def _pickle(pickler_type, obj, buffers):
+    out = io.BytesIO()
+    pickler_type(out, protocol=5, buffer_callback=buffers.append).dump(obj)
+    return out.getvalue()
+
+
+def dumps(obj, shared=False):
+    """``obj`` as frames: a protocol-5 pickle and its out-of-band buffers, large ones as
+    :class:`Segment` if ``shared`` (frames to send, not to look at). cloudpickle, so functions and
+    classes defined in ``__main__`` or interactively travel by value."""
+    global _CloudPickler
+    if _CloudPickler is None:
+        import cloudpickle
+
+        _CloudPickler = _with_reducers(cloudpickle.Pickler)
     buffers = []
-    head = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-    return [head, *(buffer.raw() for buffer in buffers)]
+    return _frames(_pickle(_CloudPickler, obj, buffers), buffers, shared)
 
 
-def dumps_reply(obj):
+def dumps_reply(obj, shared=False):
     """:func:`dumps` for what a worker sends back. The plain pickler is several times faster, and
     what it can find by reference here the parent and other workers (same ``sys.path``) can too."""
     buffers = []
     try:
-        head = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        head = _pickle(_Pickler, obj, buffers)
     except Exception:
-        return dumps(obj)
-    return [head, *(buffer.raw() for buffer in buffers)]
+        return dumps(obj, shared)
+    return _frames(head, buffers, shared)
 
 
 # Unpickling may import modules, and two threads importing the same package at once can each see it
@@ -145,10 +283,12 @@ def dumps_call(function, args, kwargs):
     computation = _computation
     entry = _PICKLED.get(id(function), computation)
     if entry is None or entry[0] is not function:
+        import cloudpickle
+
         entry = (function, cloudpickle.dumps((function, _source_of(function)), protocol=5))
         if isinstance(function, (types.FunctionType, types.BuiltinFunctionType)):
             _PICKLED.put(id(function), entry, len(entry[1]), computation)
-    return dumps((computation, _log_levels, entry[1], args, kwargs))
+    return dumps((computation, _log_levels, entry[1], args, kwargs), shared=True)
 
 
 def loads_call(frames):
@@ -265,7 +405,7 @@ def _encode(reply, records):
     if not reply[0]:
         return _encode_failure(reply[1], records)
     try:
-        return dumps_reply((*reply, records))
+        return dumps_reply((*reply, records), shared=True)
     except Exception as error:
         return _encode_failure(TypeError(f"the task's result cannot be pickled: {error}"), records)
 
@@ -273,6 +413,8 @@ def _encode(reply, records):
 def _encode_failure(error, records):
     """A failure's reply: the exception itself if it can be rebuilt and shown, else a
     :class:`belated.RemoteError` carrying its type, message and traceback."""
+    import traceback  # only failures need it; a worker starts sooner without
+
     try:
         text = "".join(traceback.format_exception(error))
         frames = dumps_reply((False, error, text, records))
@@ -293,6 +435,8 @@ def _safely(describe, value, fallback):
 def _traceback_text(error):
     """The traceback of an exception whose own formatting fails (it reads ``__notes__`` and
     ``__str__``, which the exception may break)."""
+    import traceback
+
     frames = _safely(lambda e: "".join(traceback.format_tb(e.__traceback__)), error, "")
     return f"Traceback (most recent call last):\n{frames}{_type_name(error)}: {_message(error)}\n"
 
@@ -412,16 +556,117 @@ def nbytes(value, depth=0):
     return own
 
 
+# Descriptors one read may bring: the kernel ends a read after the bytes that carry descriptors, and
+# the wire attaches at most one to each send.
+_ANCILLARY = socket.CMSG_SPACE(4 * array.array("i").itemsize) if _SHARED_MEMORY else 0
+_READ_SIZE = 1 << 16
+
+
+class Channel:
+    """A connection's socket as the stream :func:`read_message` and :func:`write_message` use: reads
+    with ``recvmsg``, keeping the descriptors that come with the bytes (close-on-exec, so a task's
+    subprocess never inherits them); writes small pieces buffered, large ones straight."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buffer = bytearray()
+        self.at = 0
+        self.fds = collections.deque()
+        self.pending = []
+
+    def _receive(self, into=None):
+        if into is None:
+            data, ancillary, flags, _ = self.sock.recvmsg(_READ_SIZE, _ANCILLARY, _CLOEXEC)
+            n = len(data)
+            self.buffer += data
+        else:
+            n, ancillary, flags, _ = self.sock.recvmsg_into([into], _ANCILLARY, _CLOEXEC)
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                self.fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            raise OSError("more descriptors came with one read than the wire sends")
+        return n
+
+    def read(self, n):
+        """``n`` bytes, fewer only at the end of the stream."""
+        have = len(self.buffer) - self.at
+        if have >= n:
+            out = bytes(self.buffer[self.at : self.at + n])
+            self.at += n
+            return out
+        if n <= _READ_SIZE:
+            del self.buffer[: self.at]
+            self.at = 0
+            while len(self.buffer) < n and self._receive():
+                pass
+            out = bytes(self.buffer[:n])
+            self.at = len(out)
+            return out
+        # A large frame is read into its own buffer, not through ours.
+        out = bytearray(n)
+        out[:have] = self.buffer[self.at :]
+        self.buffer.clear()
+        self.at = 0
+        view = memoryview(out)
+        while have < n and (got := self._receive(view[have:])):
+            have += got
+        return out if have == n else bytes(out[:have])
+
+    def take_fd(self):
+        if not self.fds:
+            raise OSError("a segment frame came without its descriptor")
+        return self.fds.popleft()
+
+    def write(self, data):
+        if len(data) >= _READ_SIZE:
+            self.flush()
+            self.sock.sendall(data)
+        else:
+            self.pending.append(bytes(data))
+
+    def send_fd(self, data, fd):
+        self.flush()
+        sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        if sent < len(data):
+            self.sock.sendall(data[sent:])
+
+    def flush(self):
+        if self.pending:
+            self.sock.sendall(b"".join(self.pending))
+            self.pending.clear()
+
+    def close(self):
+        while self.fds:
+            os.close(self.fds.popleft())
+
+
+_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+
+def _close_segments(frames):
+    for frame in frames:
+        if isinstance(frame, Segment):
+            frame.close()
+
+
 def _serve_connection(connection):
-    with connection, connection.makefile("rb") as requests, connection.makefile("wb") as replies:
-        while (frames := read_message(requests)) is not None:
+    channel = Channel(connection)
+    with connection:
+        while (frames := read_message(channel)) is not None:
             try:
                 reply = _handle(frames)
             except BaseException as error:
                 reply = (False, error)
             # A FETCH's reply goes to another worker, which would not pass records on.
             records = _take_records() if memoryview(frames[0]).cast("Q")[0] == RUN else []
-            write_message(replies, _encode(reply, records))
+            frames = _encode(reply, records)
+            try:
+                write_message(channel, frames)
+            finally:
+                _close_segments(frames)
 
 
 def _preload(modules):
@@ -434,9 +679,13 @@ def _preload(modules):
 
 
 _CONTROL_FD = 3
+# Whether this process is a worker (its main() runs), for code a task calls that must know.
+serving = False
 
 
 def main():
+    global serving
+    serving = True
     _die_with_parent()
     # Ctrl-C goes to the whole process group; the parent decides what stops, not the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -454,11 +703,3 @@ def main():
     while control.recv(1):
         pass
     os._exit(0)
-
-
-if __name__ == "__main__":
-    # Run as the imported module, not as __main__: unpickled Stored values look up belated._worker's
-    # store, which must be the one this server fills.
-    from belated._worker import main as _main
-
-    _main()

@@ -130,6 +130,9 @@ impl Drop for Kept {
 pub struct Sent {
     /// Its size, estimated when a task first needed it.
     pub bytes: OnceLock<u64>,
+    /// Its frames, pickled for the first worker that needed it and sent as they are to the others:
+    /// its large buffers are shared-memory segments, copied once however many workers map them.
+    pub frames: OnceLock<Vec<crate::wire::Frame>>,
     /// The workers it was sent to, so that each receives a large value once per computation rather
     /// than with every call that needs it.
     copies: Mutex<Vec<Arc<Kept>>>,

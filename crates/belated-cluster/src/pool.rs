@@ -21,6 +21,7 @@ use crate::directory::Directory;
 use crate::error::Error;
 use crate::process::{Spec, WorkerProcess};
 use crate::runner::Transport;
+use crate::wire::Frame;
 
 /// How often the keeper looks at the workers' memory.
 pub const MEMORY_POLL: Duration = Duration::from_millis(100);
@@ -243,8 +244,8 @@ impl Transport for Workers {
         worker: usize,
         generation: u64,
         connection: usize,
-        frames: &[Vec<u8>],
-    ) -> Result<Vec<Vec<u8>>, Error> {
+        frames: &[Frame],
+    ) -> Result<Vec<Frame>, Error> {
         self.worker(worker, generation)
             .ok_or(Error::Lost)?
             .exchange(connection, frames)
@@ -317,7 +318,7 @@ mod tests {
         let first = workers.worker(1, 0).expect("generation 0");
         let pid = first.pid();
         first.kill();
-        assert!(first.exchange(0, &[vec![1]]).is_err());
+        assert!(first.exchange(0, &[vec![1].into()]).is_err());
         drop(first);
         assert_eq!(
             workers.replace(1, 0).expect("replaced"),
@@ -326,7 +327,8 @@ mod tests {
         assert!(workers.worker(1, 0).is_none(), "the old generation is gone");
         let second = workers.worker(1, 1).expect("generation 1");
         assert_ne!(second.pid(), pid);
-        assert_eq!(second.exchange(0, &[vec![2]]).expect("an echo"), [vec![2]]);
+        let two = [Frame::from(vec![2])];
+        assert_eq!(second.exchange(0, &two).expect("an echo"), two);
         // A late caller that saw the same death does not replace the new worker.
         assert_eq!(
             workers.replace(1, 0).expect("already done"),
@@ -373,7 +375,7 @@ mod tests {
         while !worker.over_memory() && std::time::Instant::now() < deadline {
             std::thread::sleep(MEMORY_POLL);
         }
-        assert!(worker.exchange(0, &[vec![0; 10]]).is_err(), "killed");
+        assert!(worker.exchange(0, &[vec![0; 10].into()]).is_err(), "killed");
         drop(worker);
         let why = workers.replace(0, 0).expect("replaced");
         assert!(why.contains("over its memory_limit of 1B"), "{why}");

@@ -16,8 +16,9 @@
 //! - Killing goes through the pidfd, so it can never hit a recycled pid; dropping the handle kills and
 //!   reaps the process.
 
+use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -29,7 +30,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::Error;
 use crate::pool::MemoryLimit;
-use crate::wire;
+use crate::wire::{self, Frame, ReceiveDescriptor, SendDescriptor};
 
 /// The worker's first descriptor: the control socket; its connections follow.
 const CONTROL_FD: RawFd = 3;
@@ -71,6 +72,15 @@ impl WorkerProcess {
     /// Starts a worker; [`wait_ready`](Self::wait_ready) waits for it to say it is ready, so that
     /// several can start at once.
     pub fn start(spec: &Spec) -> Result<Self, Error> {
+        Self::start_descriptors(spec).map_err(|error| match error {
+            Error::Spawn(error) if error.raw_os_error() == Some(libc::EMFILE) => {
+                Error::Spawn(out_of_descriptors(spec))
+            }
+            other => other,
+        })
+    }
+
+    fn start_descriptors(spec: &Spec) -> Result<Self, Error> {
         let (control, child_control) = UnixStream::pair().map_err(Error::Spawn)?;
         let mut ours = Vec::with_capacity(spec.connections);
         let mut theirs = vec![child_control];
@@ -153,7 +163,7 @@ impl WorkerProcess {
     }
 
     /// Sends a request on connection `index` and reads the reply; [`Error::Lost`] if the worker died.
-    pub fn exchange(&self, index: usize, frames: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Error> {
+    pub fn exchange(&self, index: usize, frames: &[Frame]) -> Result<Vec<Frame>, Error> {
         self.connection(index).exchange(frames)
     }
 
@@ -243,19 +253,22 @@ pub struct Connection {
 impl Connection {
     fn new(stream: UnixStream, pidfd: &Arc<OwnedFd>) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
+        // Both directions on one descriptor: a cluster of many workers runs out of them soon enough.
+        let stream = Arc::new(stream);
         let watched = |stream| Watched {
             stream,
             pidfd: Arc::clone(pidfd),
+            descriptors: VecDeque::new(),
         };
         Ok(Connection {
-            requests: BufWriter::with_capacity(1 << 16, watched(stream.try_clone()?)),
+            requests: BufWriter::with_capacity(1 << 16, watched(Arc::clone(&stream))),
             replies: BufReader::with_capacity(1 << 16, watched(stream)),
         })
     }
 
     /// Sends one message and reads the reply; [`Error::Lost`] if the worker died (the connection is
     /// then useless: the worker is replaced, not this connection).
-    pub fn exchange(&mut self, frames: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Error> {
+    pub fn exchange(&mut self, frames: &[Frame]) -> Result<Vec<Frame>, Error> {
         wire::write_message(&mut self.requests, frames)
             .and_then(|()| self.requests.flush())
             .and_then(|()| wire::read_message(&mut self.replies))
@@ -263,11 +276,13 @@ impl Connection {
     }
 }
 
-/// A non-blocking socket whose every wait also ends when the worker's process does.
+/// A non-blocking socket whose every wait also ends when the worker's process does. It reads with
+/// `recvmsg`, keeping the descriptors that come with the bytes (shared-memory segments) in order.
 #[derive(Debug)]
 struct Watched {
-    stream: UnixStream,
+    stream: Arc<UnixStream>,
     pidfd: Arc<OwnedFd>,
+    descriptors: VecDeque<OwnedFd>,
 }
 
 impl Watched {
@@ -285,10 +300,97 @@ impl Watched {
     }
 }
 
+/// Room for the descriptors of one read: the kernel ends a read after the bytes that carry
+/// descriptors, and the wire attaches at most one to each send.
+const DESCRIPTORS_PER_READ: usize = 4;
+
+impl Watched {
+    /// One `recvmsg`: bytes into `buf`, descriptors onto the queue (close-on-exec, so a task's
+    /// subprocess never inherits them).
+    fn receive(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // u64 words, so the control buffer is aligned for cmsghdr.
+        let mut control = [0u64; 2 + DESCRIPTORS_PER_READ];
+        // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
+        let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: recvmsg on our socket with the buffers above.
+        let n = unsafe {
+            libc::recvmsg(
+                self.stream.as_raw_fd(),
+                &mut message,
+                libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the CMSG macros walk the control buffer the kernel filled; each SCM_RIGHTS
+        // payload is an array of descriptors now ours.
+        unsafe {
+            let mut header = libc::CMSG_FIRSTHDR(&message);
+            while !header.is_null() {
+                if (*header).cmsg_level == libc::SOL_SOCKET
+                    && (*header).cmsg_type == libc::SCM_RIGHTS
+                {
+                    let data = libc::CMSG_DATA(header).cast::<RawFd>();
+                    let payload = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    for i in 0..payload / std::mem::size_of::<RawFd>() {
+                        let fd = std::ptr::read_unaligned(data.add(i));
+                        self.descriptors.push_back(OwnedFd::from_raw_fd(fd));
+                    }
+                }
+                header = libc::CMSG_NXTHDR(&message, header);
+            }
+        }
+        if message.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more descriptors came with one read than the wire sends",
+            ));
+        }
+        Ok(n as usize)
+    }
+
+    /// One `sendmsg` of (the start of) `bytes` with `fd` attached.
+    fn send_with(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_ptr().cast_mut().cast(),
+            iov_len: bytes.len(),
+        };
+        let mut control = [0u64; 3];
+        // SAFETY: as in `receive`; the one header holds one descriptor, which the kernel duplicates
+        // into the receiver.
+        unsafe {
+            let mut message: libc::msghdr = std::mem::zeroed();
+            message.msg_iov = &mut iov;
+            message.msg_iovlen = 1;
+            message.msg_control = control.as_mut_ptr().cast();
+            message.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as _;
+            let header = libc::CMSG_FIRSTHDR(&message);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<RawFd>(), fd.as_raw_fd());
+            let n = libc::sendmsg(self.stream.as_raw_fd(), &message, libc::MSG_NOSIGNAL);
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(n as usize)
+        }
+    }
+}
+
 impl Read for Watched {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match self.stream.read(buf) {
+            match self.receive(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(libc::POLLIN)?,
                 other => return other,
             }
@@ -299,7 +401,7 @@ impl Read for Watched {
 impl Write for Watched {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         loop {
-            match self.stream.write(buf) {
+            match (&*self.stream).write(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(libc::POLLOUT)?,
                 other => return other,
             }
@@ -309,6 +411,56 @@ impl Write for Watched {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+impl SendDescriptor for BufWriter<Watched> {
+    fn write_with_descriptor(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.flush()?;
+        let stream = self.get_mut();
+        let sent = loop {
+            match stream.send_with(bytes, fd) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.wait(libc::POLLOUT)?,
+                other => break other?,
+            }
+        };
+        // The descriptor went with the first byte; the rest are ordinary.
+        stream.write_all(&bytes[sent..])
+    }
+}
+
+impl ReceiveDescriptor for BufReader<Watched> {
+    fn take_descriptor(&mut self) -> io::Result<OwnedFd> {
+        self.get_mut().descriptors.pop_front().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a segment frame came without its descriptor",
+            )
+        })
+    }
+}
+
+/// The descriptors this process holds for each worker: its control socket, its connections, the
+/// pipes of its stdout and stderr, and its pidfd.
+fn descriptors_per_worker(connections: usize) -> usize {
+    connections + 4
+}
+
+/// Why a worker could not start when this process is out of descriptors, with what to do about it.
+fn out_of_descriptors(spec: &Spec) -> io::Error {
+    // SAFETY: getrlimit fills the zeroed struct.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        format!("its limit of {}", limit.rlim_cur)
+    } else {
+        "its limit".to_string()
+    };
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count());
+    io::Error::other(format!(
+        "this process is out of file descriptors ({open} open, {limit}), and each worker process \
+             takes {}; raise the limit (`ulimit -n`, or resource.setrlimit(resource.RLIMIT_NOFILE, \
+             ...)), or use fewer workers",
+        descriptors_per_worker(spec.connections)
+    ))
 }
 
 /// Waits until `fd` is ready for `events` (true), or the process of `pidfd` has exited while `fd` is
@@ -439,7 +591,9 @@ mod tests {
         // Echoes whatever comes on its third connection (fd 6), so a message comes back as itself.
         let worker = WorkerProcess::spawn(&shell(&format!("{READY}exec cat <&6 >&6"), 3))
             .expect("the worker starts");
-        let message = vec![b"frame".to_vec(), Vec::new(), vec![7; 100_000]];
+        let message: Vec<Frame> = [b"frame".to_vec(), Vec::new(), vec![7; 100_000]]
+            .map(Frame::from)
+            .into();
         assert_eq!(worker.exchange(2, &message).expect("an echo"), message);
         assert_eq!(worker.exchange(2, &message).expect("again"), message);
     }
@@ -452,7 +606,7 @@ mod tests {
             WorkerProcess::spawn(&shell(&format!("{READY}cat <&4 >/dev/null & exit 7"), 1))
                 .expect("the worker starts");
         assert!(matches!(
-            worker.exchange(0, &[b"hello".to_vec()]),
+            worker.exchange(0, &[b"hello".to_vec().into()]),
             Err(Error::Lost)
         ));
         assert_eq!(worker.exit_status(), "exit status: 7");
@@ -473,7 +627,7 @@ mod tests {
             })
         };
         assert!(matches!(
-            worker.exchange(0, &[b"never answered".to_vec()]),
+            worker.exchange(0, &[b"never answered".to_vec().into()]),
             Err(Error::Lost)
         ));
         killer.join().expect("the killer thread");
@@ -513,6 +667,71 @@ mod tests {
             1,
         ))
         .expect("the worker starts");
-        assert_eq!(worker.exchange(0, &[vec![1]]).expect("an echo"), [vec![1]]);
+        let one = [Frame::from(vec![1])];
+        assert_eq!(worker.exchange(0, &one).expect("an echo"), one);
+    }
+
+    /// Two ends of a socket pair as connections watched by this (living) process's pidfd.
+    fn connected_pair() -> (Connection, Connection) {
+        let pidfd = Arc::new(pidfd_open(std::process::id()).expect("our own pidfd"));
+        let (a, b) = UnixStream::pair().expect("a socket pair");
+        let a = Connection::new(a, &pidfd).expect("a connection");
+        let b = Connection::new(b, &pidfd).expect("a connection");
+        (a, b)
+    }
+
+    #[test]
+    fn a_segment_crosses_a_socket_as_the_same_memory_not_a_copy() {
+        let (mut a, mut b) = connected_pair();
+        let segment = Arc::new(wire::Segment::from_bytes(&[5; 1 << 20]).expect("a memfd"));
+        // Segments between byte frames, and more than one read's worth of descriptors in a row.
+        let mut frames = vec![Frame::from(b"head".to_vec())];
+        for _ in 0..10 {
+            frames.push(Frame::Segment(Arc::clone(&segment)));
+            frames.push(Frame::from(vec![9; 3]));
+        }
+        let writer = std::thread::spawn(move || {
+            wire::write_message(&mut a.requests, &frames)
+                .and_then(|()| a.requests.flush())
+                .expect("sent");
+            frames
+        });
+        let received = wire::read_message(&mut b.replies).expect("received");
+        let sent = writer.join().expect("the writer");
+        assert_eq!(received, sent, "every segment is the sender's memory");
+        let Frame::Segment(copy) = &received[1] else {
+            panic!("{received:?}")
+        };
+        assert_eq!(copy.to_vec().expect("its bytes"), vec![5; 1 << 20]);
+    }
+
+    #[test]
+    fn descriptors_of_a_message_cut_short_are_closed_with_the_connection() {
+        let (mut a, b) = connected_pair();
+        let segment = Arc::new(wire::Segment::from_bytes(b"data").expect("a memfd"));
+        let frames = [Frame::Segment(Arc::clone(&segment)), Frame::from(vec![1])];
+        wire::write_message(&mut a.requests, &frames).expect("sent");
+        a.requests.flush().expect("flushed");
+        drop(a);
+        // Read up to the segment, then the sender is gone mid-message.
+        let mut replies = b.replies;
+        let mut count = [0u8; 8];
+        replies.read_exact(&mut count).expect("the count");
+        let mut rest = Vec::new();
+        let _ = replies.read_to_end(&mut rest);
+        let received = replies.get_ref().descriptors.front().expect("received");
+        let number = received.as_raw_fd();
+        let received = wire::Segment::new(received.try_clone().expect("dup")).expect("a segment");
+        assert!(received.same_memory(&segment));
+        drop(received);
+        drop((replies, b.requests));
+        // The number may be reused by now, but never for this file: only `segment` holds it.
+        if let Ok(file) = std::fs::File::open(format!("/proc/self/fd/{number}")) {
+            let reopened = wire::Segment::new(file.into());
+            assert!(
+                !reopened.is_ok_and(|other| other.same_memory(&segment)),
+                "leaked"
+            );
+        }
     }
 }

@@ -10,7 +10,9 @@
 //!   worker holding most of its inputs' bytes (`belated_core::placement`); an input held by another
 //!   worker is fetched from it and the receiving worker keeps its copy for later tasks.
 //! - A value built here of at least [`SEND_ONCE_BYTES`] is sent to each worker that needs it once;
-//!   smaller ones travel inside every call that needs them.
+//!   smaller ones travel inside every call that needs them. It is encoded once per computation
+//!   ([`Sent::frames`]): its large buffers are shared-memory segments, which every worker that
+//!   needs it maps rather than receiving a copy.
 //! - A released result is forgotten by its workers with the next request they receive
 //!   ([`Cluster::flush_releases`] sends those left at the end of a computation).
 //! - A worker that dies is replaced. The task it was running is retried up to `retries` times; results
@@ -30,7 +32,7 @@ use rustc_hash::FxHashMap;
 
 use crate::directory::{Directory, Held, Kept, Sent, Source};
 use crate::error::Error;
-use crate::wire::{self, FETCH, KEEP, RUN, SEND};
+use crate::wire::{self, Frame, FETCH, KEEP, RUN, SEND};
 
 /// Values built here of at least this many bytes are sent to a worker once and kept there; smaller
 /// ones travel inside each call that needs them.
@@ -48,8 +50,8 @@ pub trait Transport: Send + Sync + 'static {
         worker: usize,
         generation: u64,
         connection: usize,
-        frames: &[Vec<u8>],
-    ) -> Result<Vec<Vec<u8>>, Error>;
+        frames: &[Frame],
+    ) -> Result<Vec<Frame>, Error>;
 
     /// Kills worker `worker` if it is still at `generation`, with whatever it runs. Never waits.
     fn kill(&self, worker: usize, generation: u64);
@@ -74,7 +76,7 @@ pub enum Encoded<V> {
     /// Nothing to run remotely: the result, made here (a literal built of values here).
     Ready(V),
     /// The frames of the call to send.
-    Call(Vec<Vec<u8>>),
+    Call(Vec<Frame>),
 }
 
 /// The host language's side of the runner: its values and errors, how calls and replies are
@@ -94,16 +96,16 @@ pub trait Codec: Send + Sync + 'static {
 
     /// `value` (an input of `task`) framed as a worker's reply to a fetch of it alone, which is how
     /// a call's worker receives values to store.
-    fn encode_value(&self, task: TaskId, value: &Self::Value) -> Result<Vec<Vec<u8>>, Self::Error>;
+    fn encode_value(&self, task: TaskId, value: &Self::Value) -> Result<Vec<Frame>, Self::Error>;
 
     /// About how many bytes `value` holds.
     fn size(&self, value: &Self::Value) -> Result<u64, Self::Error>;
 
     /// A reply to a call whose result comes back: the result, or the task's own error.
-    fn decode_value(&self, reply: &[Vec<u8>]) -> Result<Self::Value, Self::Error>;
+    fn decode_value(&self, reply: &[Frame]) -> Result<Self::Value, Self::Error>;
 
     /// A reply to a call whose result stays in the worker: its size, or the task's own error.
-    fn decode_size(&self, reply: &[Vec<u8>]) -> Result<u64, Self::Error>;
+    fn decode_size(&self, reply: &[Frame]) -> Result<u64, Self::Error>;
 
     /// The runtime's own failure of `task` as the caller's error.
     fn failed(&self, task: TaskId, error: Error) -> Self::Error;
@@ -196,23 +198,23 @@ impl<T: Transport> Cluster<T> {
     }
 
     /// The reply of `worker` at `generation` to a fetch of `ids` (with the releases waiting for it).
-    fn fetch(&self, worker: usize, generation: u64, ids: &[u64]) -> Result<Vec<Vec<u8>>, Error> {
+    fn fetch(&self, worker: usize, generation: u64, ids: &[u64]) -> Result<Vec<Frame>, Error> {
         let releases = self.directory().take_releases(worker);
         let mut rest = Vec::with_capacity(ids.len() + 1);
         rest.push(ids.len() as u64);
         rest.extend_from_slice(ids);
-        let header = wire::header(FETCH, &releases, &rest);
+        let header = wire::header(FETCH, &releases, &rest).into();
         self.transport
             .exchange(worker, generation, self.threads_per_worker, &[header])
     }
 
     /// Runs the encoded `call` once on every worker, on the connection fetches use, so it waits for
     /// no task: `Client.run`. Each worker's reply, in worker order, or why it has none.
-    pub fn run_everywhere(&self, call: &[Vec<u8>]) -> Vec<Result<Vec<Vec<u8>>, Error>> {
+    pub fn run_everywhere(&self, call: &[Frame]) -> Vec<Result<Vec<Frame>, Error>> {
         (0..self.workers())
             .map(|worker| {
                 let generation = self.directory().generation(worker);
-                let mut frames = vec![wire::header(RUN, &[], &[0, u64::from(SEND), 0])];
+                let mut frames = vec![wire::header(RUN, &[], &[0, u64::from(SEND), 0]).into()];
                 frames.extend(call.iter().cloned());
                 self.transport
                     .exchange(worker, generation, self.threads_per_worker, &frames)
@@ -318,7 +320,7 @@ struct Transfer {
 
 /// A large value built here, to store in the call's worker under `copy_id` before the call.
 struct Upload {
-    frames: Vec<Vec<u8>>,
+    frames: Vec<Frame>,
     copy_id: u64,
     bytes: u64,
     sent: Arc<Sent>,
@@ -503,8 +505,15 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         if bytes < SEND_ONCE_BYTES {
             return Ok(None);
         }
+        let frames = match sent.frames.get() {
+            Some(frames) => frames.clone(),
+            None => {
+                let frames = self.codec.encode_value(task, value)?;
+                sent.frames.get_or_init(|| frames).clone()
+            }
+        };
         Ok(Some(Upload {
-            frames: self.codec.encode_value(task, value)?,
+            frames,
             copy_id: self.directory().new_id(),
             bytes,
             sent: Arc::clone(sent),
@@ -517,7 +526,7 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         &self,
         transfers: &[Transfer],
         uploads: &mut [Upload],
-    ) -> Result<(Vec<Vec<u8>>, Vec<u64>), Failed> {
+    ) -> Result<(Vec<Frame>, Vec<u64>), Failed> {
         let mut by_source: FxHashMap<(usize, u64), Vec<&Transfer>> = FxHashMap::default();
         for transfer in transfers {
             by_source
@@ -555,8 +564,8 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         slot: usize,
         worker: usize,
         generation: u64,
-        request: &[Vec<u8>],
-    ) -> Result<Vec<Vec<u8>>, Failed> {
+        request: &[Frame],
+    ) -> Result<Vec<Frame>, Failed> {
         let Some(_running) = self.running.enter(worker, generation) else {
             return Err(Failed::Cancelled);
         };
@@ -611,7 +620,7 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                 let mut rest = vec![result_id, u64::from(flags)];
                 rest.append(&mut words);
                 let releases = self.directory().take_releases(worker);
-                let mut request = vec![wire::header(RUN, &releases, &rest)];
+                let mut request = vec![wire::header(RUN, &releases, &rest).into()];
                 request.extend(transfer_frames);
                 request.extend(call_frames);
                 self.send(slot, worker, generation, &request)
@@ -661,7 +670,7 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         generation: u64,
         result_id: u64,
         flags: u8,
-        reply: &[Vec<u8>],
+        reply: &[Frame],
     ) -> Result<Held<C::Value>, C::Error> {
         let directory = self.directory();
         // The worker stored the values it received even if the task then failed.

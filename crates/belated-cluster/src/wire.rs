@@ -4,6 +4,12 @@
 //! u64. A pickle travels as its frames: the pickle, then its out-of-band buffers (pickle protocol 5),
 //! so large arrays are not copied into the pickle stream.
 //!
+//! A large buffer travels as a [`Segment`] of shared memory instead of bytes: its length word has the
+//! [`SEGMENT`] bit set, no bytes follow, and the segment's descriptor comes with the length word
+//! (`SCM_RIGHTS`). The writer fills the segment once; every reader maps it, and the kernel frees it
+//! when its last holder (descriptor or mapping) is gone, crashes included: segments are anonymous
+//! (`memfd`), with no name anyone must remove. A stream that cannot carry descriptors sends bytes only.
+//!
 //! A request's first frame is a header of u64 words: `[op, n, *n ids to release, ...]`, then for
 //! [`RUN`]: `[result id, flags, n blocks, (n ids, *ids, n frames) per block]`, where each block is a
 //! reply of another worker to a [`FETCH`] (its values are stored under those ids), and the call's
@@ -12,6 +18,8 @@
 //! the log records the worker emitted since its last [`RUN`] reply (none in a [`FETCH`] reply).
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 /// Runs a call, after storing the values of the blocks that come with it.
 pub const RUN: u64 = 1;
@@ -22,13 +30,173 @@ pub const KEEP: u8 = 1;
 /// [`RUN`] flag: the worker sends the result back (an output); without it, a kept result's reply
 /// carries its size in bytes instead.
 pub const SEND: u8 = 2;
+/// The bit of a frame's length word that says the frame is a [`Segment`] of that length.
+pub const SEGMENT: u64 = 1 << 63;
+
+/// One frame of a message: bytes, or a segment of shared memory.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    Bytes(Vec<u8>),
+    /// Shared, so that one segment can go to several workers without being copied.
+    Segment(Arc<Segment>),
+}
+
+impl Frame {
+    /// Its length in bytes, wherever they are.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Bytes(bytes) => bytes.len(),
+            Frame::Segment(segment) => segment.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<u8>> for Frame {
+    fn from(bytes: Vec<u8>) -> Self {
+        Frame::Bytes(bytes)
+    }
+}
+
+/// Frames are equal when they hold the same bytes, or are the same segment.
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Frame::Bytes(a), Frame::Bytes(b)) => a == b,
+            (Frame::Segment(a), Frame::Segment(b)) => a.same_memory(b),
+            _ => false,
+        }
+    }
+}
+
+/// A buffer in shared memory: a sealed memory file (no name, freed with its last descriptor or
+/// mapping). Its writer sealed it, so its length is fixed and a reader's mapping never faults.
+#[derive(Debug)]
+pub struct Segment {
+    fd: OwnedFd,
+    len: usize,
+}
+
+impl Segment {
+    /// The segment of the memory file `fd` (its whole length).
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        // SAFETY: fstat fills the zeroed stat of a valid descriptor.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let len = usize::try_from(stat.st_size).map_err(|_| io::ErrorKind::InvalidData)?;
+        Ok(Segment { fd, len })
+    }
+
+    /// A new sealed segment holding a copy of `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> io::Result<Self> {
+        // SAFETY: memfd_create with a NUL-terminated name returns a new descriptor or -1.
+        let raw = unsafe {
+            libc::memfd_create(
+                c"belated".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor was just created and nobody else owns it.
+        let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+        file.write_all(bytes)?;
+        let seals =
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Self::new(file.into())
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Whether both are the same memory (one file), even through different descriptors.
+    pub fn same_memory(&self, other: &Segment) -> bool {
+        let identity = |segment: &Segment| {
+            // SAFETY: as in `new`.
+            let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+            (unsafe { libc::fstat(segment.fd.as_raw_fd(), &mut stat) } == 0)
+                .then_some((stat.st_dev, stat.st_ino))
+        };
+        matches!((identity(self), identity(other)), (Some(a), Some(b)) if a == b)
+    }
+
+    /// Its bytes, copied (for tests and for streams that cannot carry it).
+    pub fn to_vec(&self) -> io::Result<Vec<u8>> {
+        let mut bytes = vec![0; self.len];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::from(self.fd.try_clone()?),
+            &mut bytes,
+            0,
+        )?;
+        Ok(bytes)
+    }
+}
+
+/// A stream that can carry descriptors along with its bytes.
+pub trait SendDescriptor: Write {
+    /// Writes `bytes` (after anything buffered) with `fd` attached to them.
+    fn write_with_descriptor(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()>;
+}
+
+/// A stream that received descriptors along with its bytes, in order.
+pub trait ReceiveDescriptor: Read {
+    /// The oldest descriptor received and not yet taken.
+    fn take_descriptor(&mut self) -> io::Result<OwnedFd>;
+}
+
+fn no_descriptors() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "a shared-memory segment on a stream that carries no descriptors",
+    )
+}
+
+/// Bytes in memory carry no descriptors.
+impl SendDescriptor for Vec<u8> {
+    fn write_with_descriptor(&mut self, _: &[u8], _: BorrowedFd<'_>) -> io::Result<()> {
+        Err(no_descriptors())
+    }
+}
+
+impl ReceiveDescriptor for &[u8] {
+    fn take_descriptor(&mut self) -> io::Result<OwnedFd> {
+        Err(no_descriptors())
+    }
+}
 
 /// Writes one message; the caller flushes.
-pub fn write_message(out: &mut impl Write, frames: &[Vec<u8>]) -> io::Result<()> {
+pub fn write_message(out: &mut impl SendDescriptor, frames: &[Frame]) -> io::Result<()> {
     out.write_all(&(frames.len() as u64).to_le_bytes())?;
     for frame in frames {
-        out.write_all(&(frame.len() as u64).to_le_bytes())?;
-        out.write_all(frame)?;
+        match frame {
+            Frame::Bytes(bytes) => {
+                out.write_all(&(bytes.len() as u64).to_le_bytes())?;
+                out.write_all(bytes)?;
+            }
+            Frame::Segment(segment) => {
+                let word = segment.len() as u64 | SEGMENT;
+                out.write_with_descriptor(&word.to_le_bytes(), segment.fd())?;
+            }
+        }
     }
     Ok(())
 }
@@ -38,17 +206,28 @@ pub fn write_message(out: &mut impl Write, frames: &[Vec<u8>]) -> io::Result<()>
 const ALLOCATE_AT_ONCE: u64 = 1 << 26;
 
 /// Reads one message's frames.
-pub fn read_message(input: &mut impl Read) -> io::Result<Vec<Vec<u8>>> {
+pub fn read_message(input: &mut impl ReceiveDescriptor) -> io::Result<Vec<Frame>> {
     let count = read_word(input)?;
     let mut frames = Vec::new();
     for _ in 0..count {
         let length = read_word(input)?;
+        if length & SEGMENT != 0 {
+            let segment = Segment::new(input.take_descriptor()?)?;
+            if segment.len() as u64 != length & !SEGMENT {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a segment's length is not the one announced",
+                ));
+            }
+            frames.push(Frame::Segment(Arc::new(segment)));
+            continue;
+        }
         let mut frame = Vec::with_capacity(length.min(ALLOCATE_AT_ONCE) as usize);
         input.take(length).read_to_end(&mut frame)?;
         if frame.len() as u64 != length {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        frames.push(frame);
+        frames.push(Frame::Bytes(frame));
     }
     Ok(frames)
 }
@@ -72,6 +251,7 @@ pub fn header(op: u64, releases: &[u64], rest: &[u64]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
 
     /// The golden vectors, shared with the Python worker's tests: `name hex` per line.
     fn golden(name: &str) -> Vec<u8> {
@@ -85,20 +265,72 @@ mod tests {
             .collect()
     }
 
-    fn message(frames: &[Vec<u8>]) -> Vec<u8> {
+    fn message(frames: &[Frame]) -> Vec<u8> {
         let mut out = Vec::new();
         write_message(&mut out, frames).expect("writing to memory");
         out
     }
 
+    fn bytes(frames: &[&[u8]]) -> Vec<Frame> {
+        frames
+            .iter()
+            .map(|frame| Frame::from(frame.to_vec()))
+            .collect()
+    }
+
+    /// A stream in memory that carries descriptors as a socket does: each attached to its bytes.
+    #[derive(Default)]
+    struct Descriptors {
+        bytes: Vec<u8>,
+        /// Where in `bytes` each descriptor was attached, and a copy of it.
+        descriptors: VecDeque<(usize, OwnedFd)>,
+        read: usize,
+    }
+
+    impl Write for Descriptors {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.bytes.write(buf)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl SendDescriptor for Descriptors {
+        fn write_with_descriptor(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+            self.descriptors
+                .push_back((self.bytes.len(), fd.try_clone_to_owned()?));
+            self.bytes.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    impl Read for Descriptors {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = (&self.bytes[self.read..]).read(buf)?;
+            self.read += n;
+            Ok(n)
+        }
+    }
+
+    impl ReceiveDescriptor for Descriptors {
+        fn take_descriptor(&mut self) -> io::Result<OwnedFd> {
+            match self.descriptors.front() {
+                Some((at, _)) if *at < self.read => Ok(self.descriptors.pop_front().expect("").1),
+                _ => Err(io::ErrorKind::NotFound.into()),
+            }
+        }
+    }
+
     #[test]
     fn messages_match_the_golden_vectors_both_ways() {
-        let cases: [(&str, Vec<Vec<u8>>); 3] = [
+        let cases: [(&str, Vec<Frame>); 3] = [
             ("empty", vec![]),
-            ("two-frames", vec![b"ab".to_vec(), Vec::new()]),
+            ("two-frames", bytes(&[b"ab", b""])),
             (
                 "run-header",
-                vec![header(RUN, &[7], &[42, u64::from(SEND), 0])],
+                vec![header(RUN, &[7], &[42, u64::from(SEND), 0]).into()],
             ),
         ];
         for (name, frames) in cases {
@@ -107,9 +339,61 @@ mod tests {
             assert_eq!(read_message(&mut &bytes[..]).expect(name), frames, "{name}");
         }
         assert_eq!(
-            message(&[header(FETCH, &[], &[2, 5, 6])]),
+            message(&[header(FETCH, &[], &[2, 5, 6]).into()]),
             golden("fetch-header")
         );
+    }
+
+    #[test]
+    fn a_segment_travels_as_its_descriptor_attached_to_its_length_word() {
+        let segment = Arc::new(Segment::from_bytes(b"hello").expect("a memfd"));
+        let frames = vec![Frame::Segment(Arc::clone(&segment)), b"ab".to_vec().into()];
+        let mut stream = Descriptors::default();
+        write_message(&mut stream, &frames).expect("written");
+        assert_eq!(stream.bytes, golden("segment-then-bytes"));
+        // The descriptor rides on the segment's length word, right after the frame count.
+        assert_eq!(stream.descriptors.len(), 1);
+        assert_eq!(stream.descriptors[0].0, 8);
+        let read = read_message(&mut stream).expect("read back");
+        assert_eq!(read, frames, "the same memory, not a copy of it");
+        let Frame::Segment(received) = &read[0] else {
+            panic!("{read:?}")
+        };
+        assert_eq!(received.to_vec().expect("its bytes"), b"hello");
+    }
+
+    #[test]
+    fn a_segment_needs_a_stream_that_carries_descriptors() {
+        let segment = Arc::new(Segment::from_bytes(b"hello").expect("a memfd"));
+        let mut out = Vec::new();
+        let written = write_message(&mut out, &[Frame::Segment(segment)]);
+        assert_eq!(
+            written.expect_err("no descriptors").kind(),
+            io::ErrorKind::Unsupported
+        );
+        let bytes = golden("segment-then-bytes");
+        assert!(read_message(&mut &bytes[..]).is_err());
+    }
+
+    #[test]
+    fn a_segment_whose_length_is_not_the_announced_one_is_refused() {
+        let segment = Segment::from_bytes(b"hello").expect("a memfd");
+        let mut stream = Descriptors::default();
+        stream.bytes.extend(1u64.to_le_bytes());
+        stream
+            .write_with_descriptor(&(4 | SEGMENT).to_le_bytes(), segment.fd())
+            .expect("written");
+        let error = read_message(&mut stream).expect_err("a lie about its length");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn segments_are_sealed() {
+        let segment = Segment::from_bytes(b"hello").expect("a memfd");
+        let mut file = std::fs::File::from(segment.fd().try_clone_to_owned().expect("dup"));
+        assert!(file.write_all(b"more").is_err(), "it cannot grow");
+        assert!(file.set_len(1).is_err(), "it cannot shrink");
+        assert_eq!(segment.to_vec().expect("its bytes"), b"hello");
     }
 
     #[test]
@@ -120,6 +404,11 @@ mod tests {
         assert!(
             read_message(&mut &[one, huge].concat()[..]).is_err(),
             "a frame length"
+        );
+        let large = (u64::MAX >> 1).to_le_bytes();
+        assert!(
+            read_message(&mut &[one, large].concat()[..]).is_err(),
+            "a frame length without the segment bit"
         );
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use belated_cluster::directory::{Directory, Held};
 use belated_cluster::runner::{Encoded, Input, SEND_ONCE_BYTES};
-use belated_cluster::wire::{FETCH, KEEP, RUN, SEND};
+use belated_cluster::wire::{Frame, FETCH, KEEP, RUN, SEND};
 use belated_cluster::{Cluster, ClusterRunner, Codec, Error, Transport};
 use belated_core::{Graph, Runner, Schedule, TaskId};
 use parking_lot::{Condvar, Mutex};
@@ -116,19 +116,27 @@ struct FakeWorkers {
     replaced: AtomicUsize,
 }
 
-fn words(frame: &[u8]) -> Vec<u64> {
-    frame
+/// A frame's bytes: the fakes send no shared-memory segments.
+fn bytes(frame: &Frame) -> &[u8] {
+    match frame {
+        Frame::Bytes(bytes) => bytes,
+        Frame::Segment(_) => panic!("a fake frame is bytes"),
+    }
+}
+
+fn words(frame: &Frame) -> Vec<u64> {
+    bytes(frame)
         .chunks_exact(8)
         .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
         .collect()
 }
 
-fn frame(words: &[u64]) -> Vec<u8> {
-    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+fn frame(words: &[u64]) -> Frame {
+    Frame::Bytes(words.iter().flat_map(|w| w.to_le_bytes()).collect())
 }
 
 /// A list of values, as a fetch reply carries them.
-fn encode_values(values: &[Val]) -> Vec<Vec<u8>> {
+fn encode_values(values: &[Val]) -> Vec<Frame> {
     let mut out = vec![values.len() as u64];
     for v in values {
         out.extend([v.n as u64, v.bytes]);
@@ -136,7 +144,7 @@ fn encode_values(values: &[Val]) -> Vec<Vec<u8>> {
     vec![frame(&out)]
 }
 
-fn decode_values(frames: &[Vec<u8>]) -> Vec<Val> {
+fn decode_values(frames: &[Frame]) -> Vec<Val> {
     let w = words(&frames[0]);
     (0..w[0] as usize)
         .map(|i| Val {
@@ -147,10 +155,13 @@ fn decode_values(frames: &[Vec<u8>]) -> Vec<Val> {
 }
 
 /// A call's reply: `[1, n, bytes]` and padding as large as the value, or `[0]` and a message.
-fn encode_reply(result: &Result<Val, String>) -> Vec<Vec<u8>> {
+fn encode_reply(result: &Result<Val, String>) -> Vec<Frame> {
     match result {
-        Ok(v) => vec![frame(&[1, v.n as u64, v.bytes]), vec![0; v.bytes as usize]],
-        Err(message) => vec![frame(&[0]), message.as_bytes().to_vec()],
+        Ok(v) => vec![
+            frame(&[1, v.n as u64, v.bytes]),
+            vec![0; v.bytes as usize].into(),
+        ],
+        Err(message) => vec![frame(&[0]), message.as_bytes().to_vec().into()],
     }
 }
 
@@ -199,7 +210,7 @@ impl FakeWorkers {
     }
 
     /// Serves a request on the caller's thread.
-    fn serve(&self, worker: usize, frames: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Error> {
+    fn serve(&self, worker: usize, frames: &[Frame]) -> Result<Vec<Frame>, Error> {
         let header = words(&frames[0]);
         let releases = &header[2..2 + header[1] as usize];
         let rest = &header[2 + releases.len()..];
@@ -295,8 +306,8 @@ impl Transport for FakeWorkers {
         worker: usize,
         generation: u64,
         _connection: usize,
-        frames: &[Vec<u8>],
-    ) -> Result<Vec<Vec<u8>>, Error> {
+        frames: &[Frame],
+    ) -> Result<Vec<Frame>, Error> {
         {
             let state = self.workers[worker].0.lock();
             if state.generation != generation || state.dead.is_some() {
@@ -361,7 +372,7 @@ impl Codec for FakeCodec {
         Ok(Encoded::Call(vec![frame(&call)]))
     }
 
-    fn encode_value(&self, _task: TaskId, value: &Val) -> Result<Vec<Vec<u8>>, Failure> {
+    fn encode_value(&self, _task: TaskId, value: &Val) -> Result<Vec<Frame>, Failure> {
         self.encoded_values.fetch_add(1, SeqCst);
         Ok(encode_values(&[*value]))
     }
@@ -370,18 +381,20 @@ impl Codec for FakeCodec {
         Ok(value.bytes)
     }
 
-    fn decode_value(&self, reply: &[Vec<u8>]) -> Result<Val, Failure> {
+    fn decode_value(&self, reply: &[Frame]) -> Result<Val, Failure> {
         let head = words(&reply[0]);
         match head[0] {
             1 => Ok(Val {
                 n: head[1] as i64,
                 bytes: head[2],
             }),
-            _ => Err(Failure::Task(String::from_utf8(reply[1].clone()).unwrap())),
+            _ => Err(Failure::Task(
+                String::from_utf8(bytes(&reply[1]).to_vec()).unwrap(),
+            )),
         }
     }
 
-    fn decode_size(&self, reply: &[Vec<u8>]) -> Result<u64, Failure> {
+    fn decode_size(&self, reply: &[Frame]) -> Result<u64, Failure> {
         self.decode_value(reply).map(|v| v.n as u64)
     }
 
@@ -604,7 +617,8 @@ fn runs_of_initial_tasks_keep_subtrees_on_one_worker() {
 }
 
 #[test]
-fn a_large_value_built_here_is_sent_once_to_each_worker_that_needs_it_and_a_small_one_inline() {
+fn a_large_value_built_here_is_encoded_once_sent_once_to_each_worker_that_needs_it_and_a_small_one_inline(
+) {
     let large = Val {
         n: 5,
         bytes: SEND_ONCE_BYTES,
@@ -624,7 +638,11 @@ fn a_large_value_built_here_is_sent_once_to_each_worker_that_needs_it_and_a_smal
     h.run(3, 0).unwrap();
     h.run(4, 1).unwrap();
     assert_eq!(h.cluster.stats().uploaded(), 2, "once per worker");
-    assert_eq!(h.encoded_values.load(SeqCst), 2);
+    assert_eq!(
+        h.encoded_values.load(SeqCst),
+        1,
+        "encoded once, its frames sent to both workers"
+    );
     assert_eq!(h.workers.kept_by(0), 3, "the large value and two results");
     assert_eq!(h.run(5, 0).unwrap(), Some(program.expected(TaskId(5))));
     assert_eq!(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use belated_cluster::runner::{Encoded, Input};
+use belated_cluster::wire::Frame;
 use belated_cluster::{Codec, Error, MemoryLimit, Spec, Workers};
 use belated_core::{Graph, TaskId, ThreadPool, KEPT_POOLS};
 use parking_lot::Mutex;
@@ -31,10 +32,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a worker runs first: it takes the parent's `sys.path` in place of its own, before importing
 /// anything, as multiprocessing's spawn does. `python -m` would put the current directory first on the
 /// path (and `-P`, which stops that, is Python 3.11+), so a module planted there would run in every
-/// worker.
+/// worker. It loads `belated._worker` alone, not the `belated` package, whose imports would take most
+/// of a worker's start (a task that needs the package imports it then).
 const WORKER_BOOTSTRAP: &str = "import os, sys; \
     sys.path[:] = os.environ.pop('BELATED_WORKER_PATH').split(os.pathsep); \
-    import runpy; runpy.run_module('belated._worker', run_name='__main__', alter_sys=True)";
+    from importlib.machinery import PathFinder; from importlib.util import module_from_spec; \
+    package = PathFinder.find_spec('belated', sys.path); \
+    spec = PathFinder.find_spec('belated._worker', package.submodule_search_locations); \
+    worker = sys.modules['belated._worker'] = module_from_spec(spec); \
+    spec.loader.exec_module(worker); worker.main()";
 
 /// How to start a worker of this interpreter with `connections` connections, importing `preload`
 /// once ready. It gets the parent's `sys.path`, so it imports what the parent imports (functions
@@ -172,13 +178,14 @@ impl Codec for PyCodec {
         })
     }
 
-    fn encode_value(&self, task: TaskId, value: &PyValue) -> PyResult<Vec<Vec<u8>>> {
+    fn encode_value(&self, task: TaskId, value: &PyValue) -> PyResult<Vec<Frame>> {
         static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         Python::attach(|py| {
-            // Framed as a worker's reply to a fetch, which is how a call's worker receives stored values.
+            // Framed as a worker's reply to a fetch, which is how a call's worker receives stored
+            // values; its large buffers in shared memory, which every worker it goes to maps.
             let reply = (true, PyList::new(py, [value.0.bind(py)])?);
             let frames = helper(py, &DUMPS, "dumps")?
-                .call1((reply,))
+                .call1((reply, true))
                 .map_err(|error| {
                     BelatedError::new_err(format!(
                         "an input of task {} cannot be sent to a worker process: {error}; make it \
@@ -199,11 +206,11 @@ impl Codec for PyCodec {
         })
     }
 
-    fn decode_value(&self, reply: &[Vec<u8>]) -> PyResult<PyValue> {
+    fn decode_value(&self, reply: &[Frame]) -> PyResult<PyValue> {
         Python::attach(|py| Ok(PyValue(decode_reply(py, reply)?.unbind())))
     }
 
-    fn decode_size(&self, reply: &[Vec<u8>]) -> PyResult<u64> {
+    fn decode_size(&self, reply: &[Frame]) -> PyResult<u64> {
         Python::attach(|py| decode_reply(py, reply)?.extract())
     }
 

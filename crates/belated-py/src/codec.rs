@@ -1,10 +1,18 @@
 //! The codec of worker processes: Python values to the frames `belated._worker` reads and back
 //! (cloudpickle, pickle protocol 5 with out-of-band buffers), and the check, before a computation
 //! starts, that everything it would send can be sent.
+//!
+//! Large out-of-band buffers (`_worker.SHARE_FROM` and up, on Linux) are copied once into a
+//! shared-memory [`Segment`] when pickled, and travel as its descriptor; a reply's segments are
+//! mapped, not copied, so an array that comes back is built on the worker's memory.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use belated_cluster::wire::{Frame, Segment};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyInt, PyList};
 
 use crate::errors::BelatedError;
 use crate::task::Call;
@@ -18,34 +26,60 @@ pub(crate) fn helper<'py>(
 }
 
 /// Pickles `call` into frames: the pickle, then its out-of-band buffers.
-pub(crate) fn frames_of(py: Python<'_>, call: &Call<'_>) -> PyResult<Vec<Vec<u8>>> {
+pub(crate) fn frames_of(py: Python<'_>, call: &Call<'_>) -> PyResult<Vec<Frame>> {
     static DUMPS_CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let frames =
         helper(py, &DUMPS_CALL, "dumps_call")?.call1((&call.func, &call.args, &call.kwargs))?;
     frames_from(py, &frames)
 }
 
-/// The frames `_worker`'s picklers return (bytes, and buffers of out-of-band data), as owned bytes.
-pub(crate) fn frames_from(py: Python<'_>, frames: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u8>>> {
+/// The frames `_worker`'s picklers return (bytes, buffers of out-of-band data, and `Segment`s whose
+/// descriptors this takes over), as frames to send.
+pub(crate) fn frames_from(py: Python<'_>, frames: &Bound<'_, PyAny>) -> PyResult<Vec<Frame>> {
+    static SEGMENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let segment_type = helper(py, &SEGMENT, "Segment")?;
     frames
         .cast::<PyList>()?
         .iter()
-        .map(|frame| match frame.cast::<PyBytes>() {
-            Ok(bytes) => Ok(bytes.as_bytes().to_vec()),
-            // The buffer protocol is not in the stable ABI before 3.11, so out-of-band buffers are
-            // read through `bytes()`: one more copy of each, only for calls with large arguments.
-            Err(_) => {
-                let bytes = py.get_type::<PyBytes>().call1((&frame,))?;
-                Ok(bytes.cast::<PyBytes>()?.as_bytes().to_vec())
+        .map(|frame| {
+            if let Ok(bytes) = frame.cast::<PyBytes>() {
+                return Ok(Frame::Bytes(bytes.as_bytes().to_vec()));
             }
+            if frame.is_instance(&segment_type)? {
+                let fd: i32 = frame.call_method0("detach")?.extract()?;
+                // SAFETY: `detach` handed the descriptor over; nothing else closes it.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                return Ok(Frame::Segment(Arc::new(Segment::new(fd)?)));
+            }
+            // The buffer protocol is not in the stable ABI before 3.11, so small out-of-band
+            // buffers are read through `bytes()`: one more copy of each.
+            let bytes = py.get_type::<PyBytes>().call1((&frame,))?;
+            Ok(Frame::Bytes(bytes.cast::<PyBytes>()?.as_bytes().to_vec()))
         })
         .collect()
 }
 
+/// Frames as `_worker.loads` takes them: bytes, and segments mapped (copy-on-write) in place.
+fn python_frames<'py>(py: Python<'py>, frames: &[Frame]) -> PyResult<Bound<'py, PyList>> {
+    static MAP_SEGMENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let list = PyList::empty(py);
+    for frame in frames {
+        match frame {
+            Frame::Bytes(bytes) => list.append(PyBytes::new(py, bytes))?,
+            // The mapping holds its own duplicate of the descriptor: the value outlives the frame.
+            Frame::Segment(segment) => list.append(
+                helper(py, &MAP_SEGMENT, "map_segment")?
+                    .call1((PyInt::new(py, segment.fd().as_raw_fd()), segment.len()))?,
+            )?,
+        }
+    }
+    Ok(list)
+}
+
 /// A worker's reply: the value, or the task's own exception with the worker's traceback as a note.
-pub(crate) fn decode_reply<'py>(py: Python<'py>, reply: &[Vec<u8>]) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn decode_reply<'py>(py: Python<'py>, reply: &[Frame]) -> PyResult<Bound<'py, PyAny>> {
     static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let frames = PyList::new(py, reply.iter().map(|frame| PyBytes::new(py, frame)))?;
+    let frames = python_frames(py, reply)?;
     let reply = helper(py, &LOADS, "loads_reply")?.call1((frames,))?;
     if reply.get_item(0)?.is_truthy()? {
         return reply.get_item(1);

@@ -1,0 +1,319 @@
+"""Large buffers travel between the parent and workers in shared memory: one sealed memfd segment,
+written once and mapped by every reader, that the kernel frees with its last holder."""
+
+import array
+import gc
+import io
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from worker_tasks import alive, wait_gone
+
+import belated
+from belated import _worker, compute, delayed
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="memfd segments are Linux's")
+
+LARGE = 2 * _worker.SHARE_FROM // 8  # float64 items: twice the size that goes to shared memory
+
+
+def backing(buffer):
+    """The file mapped at ``buffer``'s first byte in this process, as (device, inode, path), or None
+    for memory of no file (the heap)."""
+    address = np.frombuffer(buffer, dtype=np.uint8).__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            if start <= address < end:
+                path = fields[5].strip() if len(fields) > 5 else ""
+                return (fields[3], int(fields[4]), path) if int(fields[4]) else None
+    return None
+
+
+def where_mapped(array_, _):
+    return os.getpid(), backing(array_)
+
+
+def same(value):
+    return value
+
+
+def open_descriptors():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def dev_shm():
+    """belated's names in /dev/shm (the machine's other programs have theirs)."""
+    return {name for name in os.listdir("/dev/shm") if "belated" in name}
+
+
+@pytest.fixture(params=["processes", "client"])
+def run(request, local_cluster):
+    """Computes on the processes scheduler, or on a local cluster of 2 workers."""
+    if request.param == "processes":
+        return lambda *values: compute(*values, scheduler="processes", num_workers=2)
+    return lambda *values: tuple(local_cluster.compute(list(values), sync=True))
+
+
+def test_an_array_read_by_many_tasks_is_one_segment_that_every_reader_maps(run):
+    data = delayed(np.arange(4 * LARGE, dtype=np.float64))
+    seen = run(*[delayed(where_mapped)(data, i) for i in range(16)])
+    files = {mapped for _, mapped in seen}
+    assert len(files) == 1, files
+    (mapped,) = files
+    assert mapped is not None and mapped[2].startswith("/memfd:belated"), mapped
+
+
+def test_a_large_result_is_mapped_in_the_parent_and_writable(run):
+    (result,) = run(delayed(np.arange)(LARGE, dtype=np.float64))
+    mapped = backing(result)
+    assert mapped is not None and mapped[2].startswith("/memfd:belated"), mapped
+    result[0] = -1.0  # copy-on-write: private to this process
+    assert result[0] == -1.0 and result[1] == 1.0
+
+
+def test_small_buffers_stay_inline(run):
+    (result,) = run(delayed(np.arange)(16, dtype=np.float64))
+    assert backing(result) is None
+
+
+VALUES = {
+    "float array": np.random.default_rng(0).random(LARGE),
+    "2-d int array": np.arange(LARGE, dtype=np.int32).reshape(-1, 64),
+    "fortran array": np.asfortranarray(np.arange(LARGE, dtype=np.float64).reshape(64, -1)),
+    "structured array": np.zeros(LARGE // 2, dtype=[("a", "<i8"), ("b", "<f8")]),
+    "small array": np.arange(3),
+    "bytes": os.urandom(3 * _worker.SHARE_FROM),
+    "memoryview": memoryview(os.urandom(3 * _worker.SHARE_FROM)),
+    "2-d memoryview": memoryview(np.arange(LARGE, dtype=np.float64).reshape(-1, 8)),
+    "small memoryview": memoryview(b"abc"),
+    "data frame": pd.DataFrame({"x": np.arange(LARGE), "y": np.ones(LARGE), "s": ["s"] * LARGE}),
+    "nested": {"arrays": [np.ones(LARGE), np.zeros(LARGE)], "label": "two"},
+}
+
+
+def assert_same(got, expected):
+    if isinstance(expected, pd.DataFrame):
+        pd.testing.assert_frame_equal(got, expected)
+    elif isinstance(expected, np.ndarray):
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+    elif isinstance(expected, memoryview):
+        assert isinstance(got, memoryview)
+        assert (got.format, got.shape, got.tobytes()) == (expected.format, expected.shape, expected.tobytes())
+    elif isinstance(expected, dict):
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert_same(got[key], expected[key])
+    elif isinstance(expected, list):
+        assert len(got) == len(expected)
+        for item, want in zip(got, expected, strict=True):
+            assert_same(item, want)
+    else:
+        assert got == expected
+
+
+@pytest.mark.parametrize("name", VALUES)
+def test_values_round_trip_to_workers_between_them_and_back(run, name):
+    value = VALUES[name]
+    # Into a worker as an input, back as a result, and from the task that made it to another.
+    made = delayed(same)(delayed(value))
+    passed_on = delayed(same)(made)
+    got, got_again = run(made, passed_on)
+    assert_same(got, value)
+    assert_same(got_again, value)
+
+
+class Recorded(io.BytesIO):
+    """A stream that carries descriptors as a socket does: each one attached to an offset."""
+
+    def __init__(self, data=b""):
+        super().__init__(data)
+        self.fds = []
+
+    def send_fd(self, data, fd):
+        self.fds.append((self.tell(), os.dup(fd)))
+        self.write(data)
+
+    def take_fd(self):
+        return self.fds.pop(0)[1]
+
+
+def golden(name):
+    path = Path(__file__).parent.parent / "crates" / "belated-cluster" / "golden" / "wire.txt"
+    lines = dict(line.split() for line in path.read_text().splitlines() if not line.startswith("#"))
+    return bytes.fromhex(lines[name])
+
+
+def test_the_worker_writes_and_reads_the_golden_segment_vector():
+    segment = _worker.Segment(memoryview(b"hello"))
+    written = Recorded()
+    _worker.write_message(written, [segment, b"ab"])
+    assert written.getvalue() == golden("segment-then-bytes")
+    assert [at for at, _ in written.fds] == [8], "on the segment's length word"
+    readback = Recorded(written.getvalue())
+    readback.fds = written.fds
+    frames = _worker.read_message(readback)
+    assert bytes(frames[0]) == b"hello" and frames[1] == b"ab"
+    segment.close()
+
+
+def test_a_segment_is_sealed_and_freed_with_its_last_holder():
+    segment = _worker.Segment(memoryview(b"x" * 100))
+    with pytest.raises(PermissionError):
+        os.write(segment.fd, b"more")
+    with pytest.raises(PermissionError):
+        os.ftruncate(segment.fd, 10)
+    fd = segment.fd
+    del segment
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_channels_pass_segments_over_a_socket_pair_as_copy_on_write_mappings():
+    left, right = socket.socketpair()
+    with left, right:
+        sender, receiver = _worker.Channel(left), _worker.Channel(right)
+        payload = np.arange(LARGE, dtype=np.float64)
+        frames = _worker.dumps_reply(payload, shared=True)
+        assert isinstance(frames[1], _worker.Segment)
+        before = open_descriptors()
+        writer = threading.Thread(target=_worker.write_message, args=(sender, frames))
+        writer.start()
+        received = _worker.read_message(receiver)
+        writer.join(timeout=30)
+        got = _worker.loads(received)
+        np.testing.assert_array_equal(got, payload)
+        got[0] = 42.0  # the mapping is private: the segment is unchanged for other readers
+        assert bytes(_worker.map_segment(frames[1].fd, frames[1].length)[:8]) == payload[:1].tobytes()
+        # The descriptor that came is closed once mapped (the mapping keeps its own).
+        assert not receiver.fds
+        del got, received
+        gc.collect()
+        assert open_descriptors() == before
+        for frame in frames:
+            if isinstance(frame, _worker.Segment):
+                frame.close()
+
+
+def raise_from_a_large_input(array_, marker):
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(3)
+    return float(array_[-1])
+
+
+def settle(measure, want, tries=200):
+    """``measure()`` once it equals ``want`` (threads that forward a dead worker's output end a little
+    after it), else its last value."""
+    got = measure()
+    for _ in range(tries):
+        if got == want:
+            return got
+        threading.Event().wait(0.05)
+        got = measure()
+    return got
+
+
+def test_a_worker_killed_mid_task_leaves_no_segment_or_descriptor_behind(tmp_path):
+    shm = dev_shm()
+    with belated.Client(
+        n_workers=1, threads_per_worker=1, dashboard_address=None, set_as_default=False
+    ) as client:
+        big = np.arange(4 * LARGE, dtype=np.float64)
+        assert client.compute(
+            delayed(raise_from_a_large_input)(delayed(big), str(tmp_path / "warm")), sync=True
+        )
+        gc.collect()
+        baseline = open_descriptors()
+        for round_ in range(4):
+            task = delayed(raise_from_a_large_input)(delayed(big), str(tmp_path / f"kill-{round_}"))
+            with pytest.raises(belated.WorkerLostError):
+                client.compute(task, sync=True, retries=0)
+            gc.collect()
+            assert settle(open_descriptors, baseline) == baseline, f"after {round_ + 1} workers died"
+        assert client.compute(
+            delayed(raise_from_a_large_input)(delayed(big), str(tmp_path / "warm")), sync=True
+        )
+    assert dev_shm() == shm
+
+
+EXITING = """
+import os
+import numpy as np, belated
+from belated import delayed
+big = np.arange({items}, dtype=np.float64)
+client = belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None)
+kept = client.persist(delayed(np.add)(delayed(big), 1))
+print(float(client.compute(delayed(np.sum)(kept), sync=True)))
+processes = belated.compute(*[delayed(os.getpid)() for _ in range(8)], scheduler="processes", num_workers=2)
+print(*client.worker_pids, *set(processes))
+"""
+
+
+def test_interpreter_exit_leaves_no_worker_and_nothing_in_dev_shm():
+    shm = dev_shm()
+    script = textwrap.dedent(EXITING.format(items=4 * LARGE))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pids = [int(pid) for pid in done.stdout.split("\n")[1].split()]
+    assert pids and wait_gone(pids), [pid for pid in pids if alive(pid)]
+    assert dev_shm() == shm
+
+
+def test_without_descriptors_every_frame_is_inline(monkeypatch):
+    monkeypatch.setattr(_worker, "_SHARED_MEMORY", False)
+    frames = _worker.dumps(np.arange(LARGE, dtype=np.float64), shared=True)
+    assert not any(isinstance(frame, _worker.Segment) for frame in frames)
+    written = io.BytesIO()
+    _worker.write_message(written, frames)
+    np.testing.assert_array_equal(
+        _worker.loads(_worker.read_message(io.BytesIO(written.getvalue()))),
+        np.arange(LARGE, dtype=np.float64),
+    )
+
+
+def test_memoryviews_keep_their_format_and_shape():
+    for view in [memoryview(array.array("d", [1.5, 2.5])), memoryview(np.arange(12.0).reshape(3, 4)[:, ::2])]:
+        got = _worker.loads(_worker.dumps(view))
+        assert (got.format, got.shape, got.tolist()) == (view.format, view.shape, view.tolist())
+
+
+DESCRIPTORS = """
+import os, resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+import belated
+from belated import delayed
+
+def pids(n):
+    tasks = [delayed(os.getpid)() for _ in range(4 * n)]
+    return len(set(belated.compute(*tasks, scheduler="processes", num_workers=n)))
+
+print(*[pids(n) > 0 for n in (2, 4, 8, 16)])
+try:
+    pids(40)
+except belated.WorkerStartError as error:
+    print("error:", error)
+print(pids(2) > 0)
+"""
+
+
+def test_processes_clusters_of_four_sizes_fit_in_256_descriptors_and_more_is_a_clear_error():
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(DESCRIPTORS)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    fit, error, after = done.stdout.splitlines()
+    assert fit == "True True True True"
+    assert "out of file descriptors" in error and "ulimit -n" in error and "fewer workers" in error, error
+    assert after == "True"
