@@ -24,6 +24,7 @@ import belated
 from belated import _futures
 
 distributed = pytest.importorskip("distributed")
+dask = pytest.importorskip("dask")
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -91,6 +92,22 @@ def ask_for_client(_):
 
 def unpicklable():
     return threading.Lock()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_distributed_client_left_behind():
+    """Clients that distributed's own tasks made (get_client, worker_client) outlive the clusters they
+    served, and the newest stays the default one, with dask's ``scheduler`` configuration naming it.
+    Close them after this module, so that later tests, whose computes read dask's configuration, run
+    on belated's own schedulers."""
+    scheduler = dask.config.get("scheduler", None)
+    yield
+    for client in list(distributed.client._global_clients.values()):
+        client.close(timeout=10)
+    if scheduler is None:
+        dask.config.config.pop("scheduler", None)
+    else:
+        dask.config.set(scheduler=scheduler)
 
 
 @pytest.fixture(scope="module")
