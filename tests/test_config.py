@@ -181,8 +181,13 @@ def test_update_of_the_live_config_reaches_the_engine():
     try:
         config.update(config.config, {"delayed_pure": True})
         assert delayed(abs)(-3).key == delayed(abs)(-3).key
-    finally:
         config.update(config.config, {"delayed_pure": False})
+        assert delayed(abs)(-3).key != delayed(abs)(-3).key
+    finally:
+        # Unset again, not False: an unset key lets dask's own configuration speak (test_dask_compat).
+        config.config.pop("delayed-pure", None)
+        config.update(config.config, {})
+    assert config.get("delayed_pure", None) is None
     assert delayed(abs)(-3).key != delayed(abs)(-3).key
 
 

@@ -33,9 +33,8 @@ from belated._belated import (
     WorkerStartError,
     delayed,
 )
-from belated._client import Client
+from belated._client import Client, Future  # its stub types Future generically (Future[T])
 from belated._futures import (
-    Future,
     as_completed,
     fire_and_forget,
     get_client,
