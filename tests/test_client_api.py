@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from worker_tasks import Boom, explode, nap, pid_of, square
+from worker_tasks import Boom, explode, explode_on_zero, nap, pid_of, square
 
 import belated
 from belated import _futures
@@ -214,6 +214,57 @@ def test_futures_answer_as_distributeds_do(any_client):
     with pytest.raises(Boom, match="bad 1"):
         client.submit(inc, failed).result(timeout=30)
     assert failed.status == "error" and isinstance(failed.exception(timeout=30), Boom)
+
+
+def test_each_future_of_a_map_has_its_own_outcome_as_in_distributed(any_client):
+    """One failing call of a map fails its own future only: the others run and give their results."""
+    futures = any_client.map(explode_on_zero, [1, 0, 3, 4], pure=False)
+    api = module_of(any_client)
+    api.wait(futures, timeout=30)
+    assert [f.status for f in futures] == ["finished", "error", "finished", "finished"]
+    assert [futures[i].result(timeout=30) for i in (0, 2, 3)] == [1, 3, 4]
+    with pytest.raises(Boom, match="zero"):
+        futures[1].result(timeout=30)
+    assert futures[0].exception(timeout=30) is None and isinstance(futures[1].exception(timeout=30), Boom)
+    with pytest.raises(Boom, match="zero"):
+        any_client.submit(inc, futures[1]).result(timeout=30)
+    outcomes = sorted(
+        (
+            r if not isinstance(r, tuple) else r[0].__name__
+            for _, r in api.as_completed(futures, with_results=True, raise_errors=False)
+        ),
+        key=str,
+    )
+    assert outcomes == [1, 3, 4, "Boom"]
+    if api is belated:  # distributed has no FIRST_EXCEPTION; concurrent.futures' meaning is kept
+        done, _ = api.wait(futures, return_when="FIRST_EXCEPTION", timeout=30)
+        assert futures[1] in done
+
+
+def test_gather_skips_failed_futures_as_distributed_does(in_process, reference):
+    answers = []
+    for client in (in_process, reference):
+        bad, good = client.submit(explode, 3, pure=False), client.submit(inc, 1, pure=False)
+        module_of(client).wait([bad, good], timeout=30)
+        with pytest.raises(Boom):
+            client.gather([bad, good])
+        answers.append(
+            (
+                client.gather([bad, good], errors="skip"),
+                client.gather({"a": bad, "b": good}, errors="skip"),
+                client.gather(bad, errors="skip"),
+            )
+        )
+    assert answers[0] == answers[1] == ([2], {"a": None, "b": 2}, None)
+    with pytest.raises(ValueError, match="errors"):
+        in_process.gather([good], errors="ignore")
+
+
+def test_a_failed_map_call_keeps_its_worker_traceback(local_cluster):
+    [failed] = local_cluster.map(explode_on_zero, [0])
+    error = failed.exception(timeout=30)
+    assert isinstance(error, Boom)
+    assert any("in explode_on_zero" in note for note in error.__notes__)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

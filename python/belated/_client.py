@@ -3,6 +3,7 @@ cluster, as the default scheduler while it is open."""
 
 import concurrent.futures
 import concurrent.futures.thread  # registers its exit hook before ours (at the end)
+import contextlib
 import html
 import importlib
 import logging
@@ -19,7 +20,16 @@ import cloudpickle
 
 from belated import _belated, _logging, config
 from belated._dask import _require
-from belated._futures import Computation, Future, finished, futures_in, gather, replace_futures, task_client
+from belated._futures import (
+    Computation,
+    EachOwnOutcome,
+    Future,
+    finished,
+    futures_in,
+    gather,
+    replace_futures,
+    task_client,
+)
 from belated._tokenize import tokenize
 
 _OPEN = weakref.WeakSet()
@@ -300,7 +310,7 @@ class Client:
             )
         from belated import delayed
 
-        func = self._on_this_client(func)
+        func = EachOwnOutcome(self._on_this_client(func))
         call = delayed(func, pure=pure)
         calls = list(zip(*iterables, strict=True))
         if isinstance(key, (list, tuple)):
@@ -385,19 +395,23 @@ class Client:
         results = _belated.compute_with(items, executor, traverse)
         return list(results) if many else results[0]
 
-    def gather(self, futures):
+    def gather(self, futures, errors="raise"):
         """The results of ``futures`` (a Future, or lists, tuples, sets and dicts of them); an awaitable
-        of them on an asynchronous client."""
+        of them on an asynchronous client. A failed future raises its exception, or with
+        ``errors="skip"`` is left out of a list or tuple given (None elsewhere), as in distributed."""
         if self._distributed_client is not None:
-            return self._distributed_client.gather(futures)
+            return self._distributed_client.gather(futures, errors=errors)
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
         if self.asynchronous:
-            return self._gather_async(futures)
-        return gather(futures)
+            return self._gather_async(futures, errors)
+        return gather(futures, skip=errors == "skip")
 
-    async def _gather_async(self, futures):
+    async def _gather_async(self, futures, errors):
         for future in futures_in(futures):
-            await future
-        return gather(futures)
+            with contextlib.suppress(Exception):
+                await future
+        return gather(futures, skip=errors == "skip")
 
     def _local(self):
         """The local cluster, for what only a belated cluster has."""
