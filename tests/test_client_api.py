@@ -260,6 +260,31 @@ def test_gather_skips_failed_futures_as_distributed_does(in_process, reference):
         in_process.gather([good], errors="ignore")
 
 
+def test_cancelling_one_future_of_a_map_leaves_the_others_as_in_distributed(in_process, reference):
+    for client in (in_process, reference):
+        api = module_of(client)
+        GATE.clear()
+        futures = client.map(gated, range(4), pure=False)
+        futures[0].cancel()
+        assert futures[0].cancelled() and futures[0].status == "cancelled"
+        if api is belated:  # distributed's wait raises FuturesCancelledError for a cancelled future
+            done, _ = api.wait(futures, return_when="FIRST_COMPLETED", timeout=30)
+            assert done == {futures[0]}
+        GATE.set()
+        api.wait(futures[1:], timeout=30)
+        assert [f.status for f in futures] == ["cancelled", "finished", "finished", "finished"]
+        assert client.gather(futures[1:]) == [1, 2, 3]
+        with pytest.raises(api.CancelledError if api is belated else distributed.client.FutureCancelledError):
+            futures[0].result(timeout=30)
+        # Cancelling every one of them cancels the computation.
+        GATE.clear()
+        rest = client.map(gated, range(2), pure=False)
+        for future in rest:
+            future.cancel()
+        assert [f.status for f in rest] == ["cancelled", "cancelled"]
+    GATE.set()
+
+
 def test_a_failed_map_call_keeps_its_worker_traceback(local_cluster):
     [failed] = local_cluster.map(explode_on_zero, [0])
     error = failed.exception(timeout=30)

@@ -487,7 +487,7 @@ class Client:
 
             for dependency in waiting:
                 dependency.add_done_callback(one_done)
-        computation = Computation(batch, token)
+        computation = Computation(batch, token, len(keys))
         return [Future(computation, i, key, self) for i, key in enumerate(keys)]
 
     def _finished(self, token):

@@ -26,12 +26,14 @@ from belated import _belated
 
 class Computation:
     """The work of one ``submit``/``map``/``compute``/``scatter`` call: ``batch`` resolves to the tuple
-    of its results."""
+    of its results. ``cancelled``: the indices of its futures cancelled one by one; it stops only once
+    all of them are, as cancelling one future of a ``map`` leaves the others in distributed."""
 
-    __slots__ = ("__weakref__", "batch", "token")
+    __slots__ = ("__weakref__", "batch", "cancelled", "size", "token")
 
-    def __init__(self, batch, token):
-        self.batch, self.token = batch, token
+    def __init__(self, batch, token, size=1):
+        self.batch, self.token, self.size = batch, token, size
+        self.cancelled = set()
 
     def __del__(self):
         # Only what has not started: a running computation finishes (its result unused).
@@ -123,6 +125,8 @@ class Future:
         """Waits up to ``timeout`` seconds for the result; raises the task's exception if it failed, and
         ``TimeoutError`` if it is not done by then."""
         self._check_client()
+        if self._index in self._computation.cancelled:
+            raise _belated.CancelledError(f"future {self.key} was cancelled")
         try:
             results = self._batch.result(timeout)
         except concurrent.futures.CancelledError:  # cancelled before it started
@@ -133,10 +137,12 @@ class Future:
         return value
 
     def done(self):
-        return self._batch.done() or self.client._closed
+        return self._batch.done() or self.client._closed or self._index in self._computation.cancelled
 
     def exception(self, timeout=None):
         self._check_client()
+        if self._index in self._computation.cancelled:
+            return _belated.CancelledError(f"future {self.key} was cancelled")
         try:
             error = self._batch.exception(timeout)
         except concurrent.futures.CancelledError:
@@ -152,15 +158,26 @@ class Future:
 
     def cancel(self):
         """Cancels the computation: nothing more of it starts, the workers running its tasks are killed
-        (and replaced), and ``result()`` raises ``belated.CancelledError``."""
-        if self._computation.token is not None:
-            self._computation.token.cancel()
+        (and replaced), and ``result()`` raises ``belated.CancelledError``. A future of a ``map`` or of
+        a ``compute`` of many is cancelled alone: its computation stops once all of its futures are."""
+        computation = self._computation
+        computation.cancelled.add(self._index)
+        if len(computation.cancelled) < computation.size:
+            return
+        if computation.token is not None:
+            computation.token.cancel()
         self._batch.cancel()
 
     def cancelled(self):
         """Whether it was cancelled, or its client closed (which cancels every future)."""
-        token = self._computation.token
-        return self.client._closed or self._batch.cancelled() or (token is not None and token.cancelled)
+        computation = self._computation
+        token = computation.token
+        return (
+            self.client._closed
+            or self._index in computation.cancelled
+            or self._batch.cancelled()
+            or (token is not None and token.cancelled)
+        )
 
     def add_done_callback(self, fn):
         """Calls ``fn(future)`` once the future is done (at once if it is), on the thread that
@@ -264,13 +281,16 @@ def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
         if not isinstance(future, Future):
             raise TypeError(f"wait() takes belated Futures, got {future!r}")
     by_batch = {}
-    for future in futures:
+    cancelled = {future for future in futures if future.cancelled()}
+    if cancelled and return_when != "ALL_COMPLETED":
+        return concurrent.futures._base.DoneAndNotDoneFutures(cancelled, set(futures) - cancelled)
+    for future in set(futures) - cancelled:
         by_batch.setdefault(future._batch, []).append(future)
     if return_when == "FIRST_EXCEPTION":
         done_batches = _first_exception(by_batch, timeout)
     else:
         done_batches, _ = concurrent.futures.wait(by_batch, timeout, _WHEN[return_when])
-    done = {f for batch in done_batches for f in by_batch[batch]}
+    done = {f for batch in done_batches for f in by_batch[batch]} | cancelled
     not_done = set(futures) - done
     if not_done and return_when == "ALL_COMPLETED":
         raise TimeoutError(f"{len(not_done)} of {len(futures)} futures not done after {timeout} s")
