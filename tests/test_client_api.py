@@ -442,6 +442,25 @@ def test_futures_and_gather_are_awaitable_on_an_asynchronous_client(api):
     assert asyncio.run(asyncio.wait_for(main(), 60)) == (2, [1, 2, 3], 11, [11, 12, 13, 14])
 
 
+@pytest.mark.parametrize("api", [belated, distributed], ids=["belated", "distributed"])
+def test_cluster_methods_are_awaitable_on_an_asynchronous_client(api, tmp_path):
+    """``await client.run(...)`` and the like, as distributed's asynchronous client gives them."""
+    module = tmp_path / "uploaded_for_async.py"
+    module.write_text("VALUE = 7\n")
+
+    async def main():
+        async with api.Client(
+            asynchronous=True, processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+        ) as client:
+            await client.wait_for_workers(1)
+            ran = await client.run(inc, 1)
+            threads = await client.nthreads()
+            await client.upload_file(str(module))
+            return list(ran.values()), list(threads.values())
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == ([2], [2])
+
+
 def test_a_synchronous_clients_future_is_awaitable(in_process):
     async def main():
         return await in_process.submit(square, 6)

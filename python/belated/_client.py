@@ -520,7 +520,11 @@ class Client:
         """``{worker address: threads}``."""
         if self._distributed_client is not None:
             return self._distributed_client.nthreads()
-        return {address: threads for address, _, threads in self._workers()}
+        return self._answer({address: threads for address, _, threads in self._workers()})
+
+    def _answer(self, value):
+        """``value``, or on an asynchronous client an awaitable of it, as distributed's methods give."""
+        return _done_awaitable(value) if self.asynchronous else value
 
     def scheduler_info(self):
         """The cluster as distributed describes it: ``workers`` maps each worker's address to its
@@ -564,6 +568,7 @@ class Client:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"only {len(self._workers())} of {n_workers} workers after {timeout} s")
             time.sleep(0.05)
+        return self._answer(None)
 
     def run(self, function, *args, **kwargs):
         """Calls ``function(*args, **kwargs)`` once in each worker, beside the tasks it runs, and
@@ -573,6 +578,9 @@ class Client:
         for name in ("workers", "wait", "nanny", "on_error"):
             if name in kwargs:
                 raise TypeError(f"run({name}=...) is not supported by a belated local cluster")
+        return self._answer(self._run_everywhere(function, args, kwargs))
+
+    def _run_everywhere(self, function, args, kwargs):
         self._check_open()
         if self._cluster is None:
             return {f"inproc://{os.getpid()}": function(*args, **kwargs)}
@@ -589,9 +597,9 @@ class Client:
         with open(filename, "rb") as file:
             data = file.read()
         name = os.path.basename(filename)
-        results = self.run(_install_file, name, data, load)
+        results = self._run_everywhere(_install_file, (name, data, load), {})
         self._uploads.append((name, data, load))
-        return results
+        return self._answer(results)
 
     def restart(self):
         """New workers in place of the old: computations still running are cancelled (their futures
@@ -602,6 +610,7 @@ class Client:
         self._cancel_pending()
         if self._cluster is not None:
             self._replace_cluster(self._cluster.n_workers)
+        return self._answer(None)
 
     def scale(self, n):
         """Runs on ``n`` worker processes from now on; see :meth:`LocalCluster.scale`."""
