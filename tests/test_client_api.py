@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from worker_tasks import Boom, explode, nap, pid_of, square
+from worker_tasks import Boom, explode, explode_on_zero, nap, pid_of, square
 
 import belated
 from belated import _futures
@@ -233,6 +233,82 @@ def test_futures_answer_as_distributeds_do(any_client):
     assert failed.status == "error" and isinstance(failed.exception(timeout=30), Boom)
 
 
+def test_each_future_of_a_map_has_its_own_outcome_as_in_distributed(any_client):
+    """One failing call of a map fails its own future only: the others run and give their results."""
+    futures = any_client.map(explode_on_zero, [1, 0, 3, 4], pure=False)
+    api = module_of(any_client)
+    api.wait(futures, timeout=30)
+    assert [f.status for f in futures] == ["finished", "error", "finished", "finished"]
+    assert [futures[i].result(timeout=30) for i in (0, 2, 3)] == [1, 3, 4]
+    with pytest.raises(Boom, match="zero"):
+        futures[1].result(timeout=30)
+    assert futures[0].exception(timeout=30) is None and isinstance(futures[1].exception(timeout=30), Boom)
+    with pytest.raises(Boom, match="zero"):
+        any_client.submit(inc, futures[1]).result(timeout=30)
+    outcomes = sorted(
+        (
+            r if not isinstance(r, tuple) else r[0].__name__
+            for _, r in api.as_completed(futures, with_results=True, raise_errors=False)
+        ),
+        key=str,
+    )
+    assert outcomes == [1, 3, 4, "Boom"]
+    if api is belated:  # distributed has no FIRST_EXCEPTION; concurrent.futures' meaning is kept
+        done, _ = api.wait(futures, return_when="FIRST_EXCEPTION", timeout=30)
+        assert futures[1] in done
+
+
+def test_gather_skips_failed_futures_as_distributed_does(in_process, reference):
+    answers = []
+    for client in (in_process, reference):
+        bad, good = client.submit(explode, 3, pure=False), client.submit(inc, 1, pure=False)
+        module_of(client).wait([bad, good], timeout=30)
+        with pytest.raises(Boom):
+            client.gather([bad, good])
+        answers.append(
+            (
+                client.gather([bad, good], errors="skip"),
+                client.gather({"a": bad, "b": good}, errors="skip"),
+                client.gather(bad, errors="skip"),
+            )
+        )
+    assert answers[0] == answers[1] == ([2], {"a": None, "b": 2}, None)
+    with pytest.raises(ValueError, match="errors"):
+        in_process.gather([good], errors="ignore")
+
+
+def test_cancelling_one_future_of_a_map_leaves_the_others_as_in_distributed(in_process, reference):
+    for client in (in_process, reference):
+        api = module_of(client)
+        GATE.clear()
+        futures = client.map(gated, range(4), pure=False)
+        futures[0].cancel()
+        assert futures[0].cancelled() and futures[0].status == "cancelled"
+        if api is belated:  # distributed's wait raises FuturesCancelledError for a cancelled future
+            done, _ = api.wait(futures, return_when="FIRST_COMPLETED", timeout=30)
+            assert done == {futures[0]}
+        GATE.set()
+        api.wait(futures[1:], timeout=30)
+        assert [f.status for f in futures] == ["cancelled", "finished", "finished", "finished"]
+        assert client.gather(futures[1:]) == [1, 2, 3]
+        with pytest.raises(api.CancelledError if api is belated else distributed.client.FutureCancelledError):
+            futures[0].result(timeout=30)
+        # Cancelling every one of them cancels the computation.
+        GATE.clear()
+        rest = client.map(gated, range(2), pure=False)
+        for future in rest:
+            future.cancel()
+        assert [f.status for f in rest] == ["cancelled", "cancelled"]
+    GATE.set()
+
+
+def test_a_failed_map_call_keeps_its_worker_traceback(local_cluster):
+    [failed] = local_cluster.map(explode_on_zero, [0])
+    error = failed.exception(timeout=30)
+    assert isinstance(error, Boom)
+    assert any("in explode_on_zero" in note for note in error.__notes__)
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(
@@ -381,6 +457,25 @@ def test_futures_and_gather_are_awaitable_on_an_asynchronous_client(api):
             )
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) == (2, [1, 2, 3], 11, [11, 12, 13, 14])
+
+
+@pytest.mark.parametrize("api", [belated, distributed], ids=["belated", "distributed"])
+def test_cluster_methods_are_awaitable_on_an_asynchronous_client(api, tmp_path):
+    """``await client.run(...)`` and the like, as distributed's asynchronous client gives them."""
+    module = tmp_path / "uploaded_for_async.py"
+    module.write_text("VALUE = 7\n")
+
+    async def main():
+        async with api.Client(
+            asynchronous=True, processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+        ) as client:
+            await client.wait_for_workers(1)
+            ran = await client.run(inc, 1)
+            threads = await client.nthreads()
+            await client.upload_file(str(module))
+            return list(ran.values()), list(threads.values())
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == ([2], [2])
 
 
 def test_a_synchronous_clients_future_is_awaitable(in_process):

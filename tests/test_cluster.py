@@ -271,7 +271,10 @@ def test_cancelling_a_running_future_stops_its_computation(client, tmp_path):
     naps = [delayed(nap)(0.5) for _ in range(4)]
     future = client.compute([*naps, delayed(wait_for_gate)(str(gate), str(finished))])
     assert wait_exists(f"{finished}.started"), "the task never started"
-    future[0].cancel()
+    future[0].cancel()  # alone, as in distributed: the others still run
+    assert future[0].cancelled() and not future[4].cancelled()
+    for each in future[1:]:
+        each.cancel()
     with pytest.raises(belated.CancelledError):
         future[4].result(timeout=30)
     assert not finished.exists(), "the cancel did not wait for the running task to end"

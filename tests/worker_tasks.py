@@ -179,3 +179,9 @@ def wait_for_gate(gate, finished, seconds=60):
     with open(finished, "w"):
         pass
     return 1
+
+
+def explode_on_zero(x):
+    if x == 0:
+        raise Boom("zero")
+    return x

@@ -3,6 +3,7 @@ cluster, as the default scheduler while it is open."""
 
 import concurrent.futures
 import concurrent.futures.thread  # registers its exit hook before ours (at the end)
+import contextlib
 import html
 import importlib
 import logging
@@ -19,7 +20,16 @@ import cloudpickle
 
 from belated import _belated, _logging, config
 from belated._dask import _require
-from belated._futures import Computation, Future, finished, futures_in, gather, replace_futures, task_client
+from belated._futures import (
+    Computation,
+    EachOwnOutcome,
+    Future,
+    finished,
+    futures_in,
+    gather,
+    replace_futures,
+    task_client,
+)
 from belated._tokenize import tokenize
 
 _OPEN = weakref.WeakSet()
@@ -300,7 +310,7 @@ class Client:
             )
         from belated import delayed
 
-        func = self._on_this_client(func)
+        func = EachOwnOutcome(self._on_this_client(func))
         call = delayed(func, pure=pure)
         calls = list(zip(*iterables, strict=True))
         if isinstance(key, (list, tuple)):
@@ -385,19 +395,23 @@ class Client:
         results = _belated.compute_with(items, executor, traverse)
         return list(results) if many else results[0]
 
-    def gather(self, futures):
+    def gather(self, futures, errors="raise"):
         """The results of ``futures`` (a Future, or lists, tuples, sets and dicts of them); an awaitable
-        of them on an asynchronous client."""
+        of them on an asynchronous client. A failed future raises its exception, or with
+        ``errors="skip"`` is left out of a list or tuple given (None elsewhere), as in distributed."""
         if self._distributed_client is not None:
-            return self._distributed_client.gather(futures)
+            return self._distributed_client.gather(futures, errors=errors)
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
         if self.asynchronous:
-            return self._gather_async(futures)
-        return gather(futures)
+            return self._gather_async(futures, errors)
+        return gather(futures, skip=errors == "skip")
 
-    async def _gather_async(self, futures):
+    async def _gather_async(self, futures, errors):
         for future in futures_in(futures):
-            await future
-        return gather(futures)
+            with contextlib.suppress(Exception):
+                await future
+        return gather(futures, skip=errors == "skip")
 
     def _local(self):
         """The local cluster, for what only a belated cluster has."""
@@ -473,7 +487,7 @@ class Client:
 
             for dependency in waiting:
                 dependency.add_done_callback(one_done)
-        computation = Computation(batch, token)
+        computation = Computation(batch, token, len(keys))
         return [Future(computation, i, key, self) for i, key in enumerate(keys)]
 
     def _finished(self, token):
@@ -506,7 +520,11 @@ class Client:
         """``{worker address: threads}``."""
         if self._distributed_client is not None:
             return self._distributed_client.nthreads()
-        return {address: threads for address, _, threads in self._workers()}
+        return self._answer({address: threads for address, _, threads in self._workers()})
+
+    def _answer(self, value):
+        """``value``, or on an asynchronous client an awaitable of it, as distributed's methods give."""
+        return _done_awaitable(value) if self.asynchronous else value
 
     def scheduler_info(self):
         """The cluster as distributed describes it: ``workers`` maps each worker's address to its
@@ -550,6 +568,7 @@ class Client:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"only {len(self._workers())} of {n_workers} workers after {timeout} s")
             time.sleep(0.05)
+        return self._answer(None)
 
     def run(self, function, *args, **kwargs):
         """Calls ``function(*args, **kwargs)`` once in each worker, beside the tasks it runs, and
@@ -559,6 +578,9 @@ class Client:
         for name in ("workers", "wait", "nanny", "on_error"):
             if name in kwargs:
                 raise TypeError(f"run({name}=...) is not supported by a belated local cluster")
+        return self._answer(self._run_everywhere(function, args, kwargs))
+
+    def _run_everywhere(self, function, args, kwargs):
         self._check_open()
         if self._cluster is None:
             return {f"inproc://{os.getpid()}": function(*args, **kwargs)}
@@ -575,9 +597,9 @@ class Client:
         with open(filename, "rb") as file:
             data = file.read()
         name = os.path.basename(filename)
-        results = self.run(_install_file, name, data, load)
+        results = self._run_everywhere(_install_file, (name, data, load), {})
         self._uploads.append((name, data, load))
-        return results
+        return self._answer(results)
 
     def restart(self):
         """New workers in place of the old: computations still running are cancelled (their futures
@@ -588,6 +610,7 @@ class Client:
         self._cancel_pending()
         if self._cluster is not None:
             self._replace_cluster(self._cluster.n_workers)
+        return self._answer(None)
 
     def scale(self, n):
         """Runs on ``n`` worker processes from now on; see :meth:`LocalCluster.scale`."""

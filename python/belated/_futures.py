@@ -16,18 +16,24 @@ import concurrent.futures
 import contextlib
 import sys
 import threading
+import time
+import traceback
+
+import cloudpickle
 
 from belated import _belated
 
 
 class Computation:
     """The work of one ``submit``/``map``/``compute``/``scatter`` call: ``batch`` resolves to the tuple
-    of its results."""
+    of its results. ``cancelled``: the indices of its futures cancelled one by one; it stops only once
+    all of them are, as cancelling one future of a ``map`` leaves the others in distributed."""
 
-    __slots__ = ("__weakref__", "batch", "token")
+    __slots__ = ("__weakref__", "batch", "cancelled", "size", "token")
 
-    def __init__(self, batch, token):
-        self.batch, self.token = batch, token
+    def __init__(self, batch, token, size=1):
+        self.batch, self.token, self.size = batch, token, size
+        self.cancelled = set()
 
     def __del__(self):
         # Only what has not started: a running computation finishes (its result unused).
@@ -39,6 +45,59 @@ def finished(values):
     batch = concurrent.futures.Future()
     batch.set_result(tuple(values))
     return Computation(batch, None)
+
+
+class EachOwnOutcome:
+    """A function called for each item of a ``map``: its exception is returned, as :class:`Raised`,
+    instead of failing the whole computation, so that each future of a map has its own outcome (as in
+    distributed) and the other calls still run. Keys and tokens are the function's own."""
+
+    __slots__ = ("__name__", "func")
+
+    def __init__(self, func):
+        self.func = func
+        self.__name__ = getattr(func, "__name__", type(func).__name__)
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return self.func(*args, **kwargs)
+        except Exception as error:
+            # The traceback starts in the user's function: this frame is ours.
+            return Raised(error.with_traceback(error.__traceback__.tb_next))
+
+    def __dask_tokenize__(self):
+        from belated._tokenize import tokenize
+
+        return tokenize(self.func)
+
+
+class Raised:
+    """The exception of one call of a map, held as its result."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error):
+        self.error = error
+
+    def __reduce__(self):
+        # Sent back from a worker process: its frames travel as text (a traceback does not pickle), and
+        # an exception that cannot be rebuilt in the parent travels as a RemoteError, as a task's own
+        # failure does.
+        from belated import _worker
+
+        try:
+            text = "".join(traceback.format_exception(self.error))
+            cloudpickle.loads(cloudpickle.dumps(self.error, protocol=5))
+            error = self.error
+        except Exception:
+            text = _worker._traceback_text(self.error)
+            error = _worker._remote_error(self.error, text)
+        return (_raised_in_worker, (error, text))
+
+
+def _raised_in_worker(error, text):
+    error.add_note(f"traceback in the worker process:\n{text}")
+    return Raised(error)
 
 
 class Future:
@@ -66,21 +125,32 @@ class Future:
         """Waits up to ``timeout`` seconds for the result; raises the task's exception if it failed, and
         ``TimeoutError`` if it is not done by then."""
         self._check_client()
+        if self._index in self._computation.cancelled:
+            raise _belated.CancelledError(f"future {self.key} was cancelled")
         try:
             results = self._batch.result(timeout)
         except concurrent.futures.CancelledError:  # cancelled before it started
             raise _belated.CancelledError("the computation was cancelled") from None
-        return results[self._index]
+        value = results[self._index]
+        if type(value) is Raised:
+            raise value.error
+        return value
 
     def done(self):
-        return self._batch.done() or self.client._closed
+        return self._batch.done() or self.client._closed or self._index in self._computation.cancelled
 
     def exception(self, timeout=None):
         self._check_client()
+        if self._index in self._computation.cancelled:
+            return _belated.CancelledError(f"future {self.key} was cancelled")
         try:
-            return self._batch.exception(timeout)
+            error = self._batch.exception(timeout)
         except concurrent.futures.CancelledError:
             return _belated.CancelledError("the computation was cancelled")
+        if error is None:
+            value = self._batch.result()[self._index]
+            return value.error if type(value) is Raised else None
+        return error
 
     def traceback(self, timeout=None):
         error = self.exception(timeout)
@@ -88,15 +158,26 @@ class Future:
 
     def cancel(self):
         """Cancels the computation: nothing more of it starts, the workers running its tasks are killed
-        (and replaced), and ``result()`` raises ``belated.CancelledError``."""
-        if self._computation.token is not None:
-            self._computation.token.cancel()
+        (and replaced), and ``result()`` raises ``belated.CancelledError``. A future of a ``map`` or of
+        a ``compute`` of many is cancelled alone: its computation stops once all of its futures are."""
+        computation = self._computation
+        computation.cancelled.add(self._index)
+        if len(computation.cancelled) < computation.size:
+            return
+        if computation.token is not None:
+            computation.token.cancel()
         self._batch.cancel()
 
     def cancelled(self):
         """Whether it was cancelled, or its client closed (which cancels every future)."""
-        token = self._computation.token
-        return self.client._closed or self._batch.cancelled() or (token is not None and token.cancelled)
+        computation = self._computation
+        token = computation.token
+        return (
+            self.client._closed
+            or self._index in computation.cancelled
+            or self._batch.cancelled()
+            or (token is not None and token.cancelled)
+        )
 
     def add_done_callback(self, fn):
         """Calls ``fn(future)`` once the future is done (at once if it is), on the thread that
@@ -109,7 +190,7 @@ class Future:
             return "cancelled"
         if not self._batch.done():
             return "pending"
-        return "error" if self._batch.exception() is not None else "finished"
+        return "error" if self.exception() is not None else "finished"
 
     def __await__(self):
         return self._wait_async().__await__()
@@ -167,8 +248,18 @@ def replace_futures(obj, replace):
     return obj
 
 
-def gather(obj):
-    return replace_futures(obj, Future.result)
+def gather(obj, skip=False):
+    """The results of the futures in ``obj``; with ``skip``, a failed one is left out of ``obj`` if it
+    is a list or tuple, and None elsewhere."""
+    if not skip:
+        return replace_futures(obj, Future.result)
+    if type(obj) in (list, tuple):
+        obj = type(obj)(item for item in obj if not (isinstance(item, Future) and _failed(item)))
+    return replace_futures(obj, lambda future: None if _failed(future) else future.result())
+
+
+def _failed(future):
+    return future.exception() is not None
 
 
 _WHEN = {
@@ -190,14 +281,33 @@ def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
         if not isinstance(future, Future):
             raise TypeError(f"wait() takes belated Futures, got {future!r}")
     by_batch = {}
-    for future in futures:
+    cancelled = {future for future in futures if future.cancelled()}
+    if cancelled and return_when != "ALL_COMPLETED":
+        return concurrent.futures._base.DoneAndNotDoneFutures(cancelled, set(futures) - cancelled)
+    for future in set(futures) - cancelled:
         by_batch.setdefault(future._batch, []).append(future)
-    done_batches, _ = concurrent.futures.wait(by_batch, timeout, _WHEN[return_when])
-    done = {f for batch in done_batches for f in by_batch[batch]}
+    if return_when == "FIRST_EXCEPTION":
+        done_batches = _first_exception(by_batch, timeout)
+    else:
+        done_batches, _ = concurrent.futures.wait(by_batch, timeout, _WHEN[return_when])
+    done = {f for batch in done_batches for f in by_batch[batch]} | cancelled
     not_done = set(futures) - done
     if not_done and return_when == "ALL_COMPLETED":
         raise TimeoutError(f"{len(not_done)} of {len(futures)} futures not done after {timeout} s")
     return concurrent.futures._base.DoneAndNotDoneFutures(done, not_done)
+
+
+def _first_exception(by_batch, timeout):
+    """The batches done once one of their futures failed, or all are done: a map's batch finishes
+    without an exception when some of its calls failed (each of its futures has its own outcome)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = set(by_batch)
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done, pending = concurrent.futures.wait(pending, left, concurrent.futures.FIRST_COMPLETED)
+        failed = any(f.exception() is not None for batch in done for f in by_batch[batch])
+        if failed or not pending or not done:
+            return {batch for batch in by_batch if batch.done()}
 
 
 class as_completed:

@@ -312,6 +312,7 @@ def loads_call(frames):
 def _source_of(function):
     """``(file name, lines)`` of a function pickled by value, as this process's ``linecache`` has them
     (which holds notebook cells too), or None."""
+    function = _unwrapped(function)
     if not isinstance(function, types.FunctionType) or function.__module__ not in ("__main__", None):
         return None
     filename = function.__code__.co_filename
@@ -319,7 +320,15 @@ def _source_of(function):
     return (filename, lines) if lines else None
 
 
+def _unwrapped(function):
+    """The user's function inside the wrapper a ``Client.map`` call runs."""
+    from belated._futures import EachOwnOutcome
+
+    return function.func if type(function) is EachOwnOutcome else function
+
+
 def _restore_source(function, filename, lines):
+    function = _unwrapped(function)
     function.__code__ = _in_file(function.__code__, filename)
     # No modification time: linecache.checkcache keeps lines it cannot compare with a file.
     linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
