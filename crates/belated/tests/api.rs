@@ -3,8 +3,8 @@
 
 use std::num::ParseIntError;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use belated::{compute, compute_all, delayed, Delayed, Error, Options, Scheduler};
 
@@ -184,13 +184,30 @@ fn a_panicking_task_is_an_error_and_the_pool_stays_usable() {
 
 #[test]
 fn a_timeout_cancels_instead_of_hanging() {
-    let slow = delayed(|ms: u64| std::thread::sleep(Duration::from_millis(ms))).call(2000);
-    let started = Instant::now();
-    let err = slow
+    // The task is held until the test lets it go: the timeout must come back while it still runs.
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let ended = Arc::new(AtomicUsize::new(0));
+    let held = {
+        let (gate, ended) = (Arc::clone(&gate), Arc::clone(&ended));
+        delayed(move |_: ()| {
+            let (open, opened) = &*gate;
+            let open = open.lock().unwrap();
+            drop(opened.wait_timeout_while(open, Duration::from_secs(30), |open| !*open));
+            ended.fetch_add(1, SeqCst);
+        })
+        .call(())
+    };
+    let err = held
         .compute_with(&Options::threads(2).timeout(Duration::from_millis(50)))
         .unwrap_err();
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        ended.load(SeqCst),
+        0,
+        "the timeout waited for the task to end"
+    );
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
 }
 
 /// Its one thread stays stuck in the timed-out task, so a next computation of that size must get
@@ -220,15 +237,21 @@ fn a_shared_pool_whose_computation_timed_out_is_let_go_of() {
 
 #[test]
 fn independent_tasks_run_in_parallel() {
-    let sleep = delayed(|ms: u64| {
-        std::thread::sleep(Duration::from_millis(ms));
-        ms
+    // Each task waits until all eight have started: run fewer than eight at a time, and they give up
+    // after 30 s and say so, instead of the test reading a clock.
+    let meeting = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let meet = delayed(move |_: usize| {
+        let (count, arrived) = &*meeting;
+        let mut count = count.lock().unwrap();
+        *count += 1;
+        arrived.notify_all();
+        let (count, _) = arrived
+            .wait_timeout_while(count, Duration::from_secs(30), |count| *count < 8)
+            .unwrap();
+        *count == 8
     });
-    let parts: Vec<_> = (0..8).map(|_| sleep.call(200)).collect();
-    let started = Instant::now();
-    assert_eq!(pool(8).compute(&parts).unwrap(), vec![200; 8]);
-    let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
+    let parts: Vec<_> = (0..8).map(|i| meet.call(i)).collect();
+    assert_eq!(pool(8).compute(&parts).unwrap(), vec![true; 8]);
 }
 
 #[test]
@@ -313,15 +336,25 @@ fn handles_and_errors_cross_threads() {
 
 #[test]
 fn an_inline_timeout_stops_between_tasks() {
-    let sleep = delayed(|ms: u64| std::thread::sleep(Duration::from_millis(ms)));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let sleep = {
+        let ran = Arc::clone(&ran);
+        delayed(move |ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            ran.fetch_add(1, SeqCst);
+        })
+    };
     let parts: Vec<_> = (0..50).map(|_| sleep.call(20)).collect();
-    let started = Instant::now();
     let err = Options::inline()
         .timeout(Duration::from_millis(50))
         .compute(&parts)
         .unwrap_err();
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // 50 tasks of at least 20 ms each cannot all fit in 50 ms, however slow the machine.
+    assert!(
+        ran.load(SeqCst) < 50,
+        "every task ran: the timeout was not checked between tasks"
+    );
 }
 
 /// Key, worker, and whether it succeeded (`None` for a start).
