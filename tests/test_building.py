@@ -337,15 +337,18 @@ def test_other_threads_run_while_a_huge_argument_is_collected():
         events.append("end")
 
     beats = heartbeats_between(collect)
-    assert beats >= 20, f"the heartbeat ran {beats} times while the argument was collected"
+    # As below: at most 4 beats when the interpreter was held throughout.
+    assert beats >= 10, f"the heartbeat ran {beats} times while the argument was collected"
 
 
 @pytest.mark.parametrize("scheduler", ["sync", "threads"])
 def test_other_threads_run_while_a_task_builds_a_huge_argument(scheduler):
-    # The task's argument is two million results, built in the task's thread between the two events.
+    # The task's argument is four million results, built in the task's thread between the two events.
     def run(events):
         first = delayed(events.append)("start")
-        delayed(lambda items: events.append("end"))([first] * 2_000_000).compute(scheduler=scheduler)
+        delayed(lambda items: events.append("end"))([first] * 4_000_000).compute(scheduler=scheduler)
 
     beats = heartbeats_between(run)
-    assert beats >= 20, f"the heartbeat ran {beats} times while the argument was built"
+    # Holding the interpreter throughout gave at most 4 beats; handing it over every 1,024 items gives
+    # one a millisecond or so, 15 or more even where the machine builds the argument fastest.
+    assert beats >= 10, f"the heartbeat ran {beats} times while the argument was built"
