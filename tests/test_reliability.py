@@ -60,7 +60,8 @@ def test_injected_faults_surface_cancel_the_rest_and_leave_nothing_behind(width,
     else:
         assert total.compute(scheduler=scheduler, num_workers=3) == sum(range(width)) + width * depth
     assert delayed(sum)([1, 2]).compute(scheduler=scheduler, num_workers=3) == 3, "the next compute works"
-    assert os_threads() == threads_before, "no thread is left behind"
+    # At most: pools an earlier test let go of may still be ending while this one counts.
+    assert os_threads() <= threads_before, "no thread is left behind"
 
 
 def test_a_hanging_task_times_out_cleanly_and_the_pool_recovers():

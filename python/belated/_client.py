@@ -584,9 +584,8 @@ class Client:
         self._check_open()
         if self._cluster is None:
             return {f"inproc://{os.getpid()}": function(*args, **kwargs)}
-        return {
-            f"local://{pid}": result for pid, result in self._cluster.run_on_workers(function, args, kwargs)
-        }
+        replies = self._cluster.run_on_workers(_call_reporting_pid, (function, args, kwargs), {})
+        return {f"local://{pid}": result for pid, result in replies}
 
     def upload_file(self, filename, load=True):
         """Sends a ``.py``, ``.zip``, ``.egg`` or ``.whl`` file to every worker (and those started
@@ -964,6 +963,12 @@ def _resident_bytes(pid):
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _call_reporting_pid(function, args, kwargs):
+    """``Client.run``'s call in a worker, with the pid of the process that ran it: a worker replaced
+    right after answering is another process."""
+    return os.getpid(), function(*args, **kwargs)
 
 
 # Where upload_file puts files in each process (a worker's, or this one for processes=False).

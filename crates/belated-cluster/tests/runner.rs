@@ -890,3 +890,20 @@ fn cancelling_kills_the_worker_running_the_task_and_later_tasks_are_not_sent() {
     ));
     assert_eq!(workers.ran(), [(0, 0)], "nothing sent after the cancel");
 }
+
+#[test]
+fn running_everywhere_calls_each_live_worker_once_and_says_which_one_has_died() {
+    let program = Program::new(vec![(sum(8), vec![])]);
+    let h = Harness::new(&program, 3, &[0], 0);
+    h.workers.die(1, "it segfaulted");
+    let call = [frame(&[0, 0])];
+    let replies = h.cluster.run_everywhere(&call);
+    assert_eq!(replies.len(), 3, "a reply per worker, in order");
+    assert!(matches!(replies[1], Err(Error::Lost)), "{:?}", replies[1]);
+    for worker in [0, 2] {
+        let reply = replies[worker].as_ref().expect("a live worker answers");
+        assert_eq!(words(&reply[0]), [1, 1, 8], "the call's own result");
+    }
+    assert_eq!(h.workers.ran(), [(0, 0), (0, 2)]);
+    assert_eq!(h.workers.kept_by(0), 0, "a run's result is not kept");
+}

@@ -431,34 +431,31 @@ impl Cluster {
     }
 
     /// Calls `function(*args, **kwargs)` once in every worker, on its fetch connection (so it runs
-    /// beside whatever tasks the worker is running), and returns `(pid, result)` per worker. The
-    /// first worker whose call raised raises its exception; a worker that died gives
-    /// `WorkerLostError`.
+    /// beside whatever tasks the worker is running), and returns each worker's result. The first
+    /// worker whose call raised raises its exception; a worker that died gives `WorkerLostError`.
     fn run_on_workers<'py>(
         &self,
         py: Python<'py>,
         function: &Bound<'py, PyAny>,
         args: &Bound<'py, PyAny>,
         kwargs: &Bound<'py, PyAny>,
-    ) -> PyResult<Vec<(u32, Bound<'py, PyAny>)>> {
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         static DUMPS_CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         self.pool()?; // refuses a closed or forked-from cluster
         let call = helper(py, &DUMPS_CALL, "dumps_call")?.call1((function, args, kwargs))?;
         let call = frames_from(py, &call)?;
         let shared = &self.shared;
         let replies = py.detach(|| shared.runtime.run_everywhere(&call));
-        let mut results = Vec::with_capacity(replies.len());
-        for (worker, reply) in replies.into_iter().enumerate() {
-            let lost = || WorkerLostError::new_err(format!("worker {worker} died during run()"));
-            let reply = reply.map_err(|_| lost())?;
-            let pid = shared
-                .processes()
-                .worker(worker, shared.processes().directory().generation(worker))
-                .ok_or_else(lost)?
-                .pid();
-            results.push((pid, decode_reply(py, &reply)?));
-        }
-        Ok(results)
+        replies
+            .into_iter()
+            .enumerate()
+            .map(|(worker, reply)| {
+                let reply = reply.map_err(|_| {
+                    WorkerLostError::new_err(format!("worker {worker} died during run()"))
+                })?;
+                decode_reply(py, &reply)
+            })
+            .collect()
     }
 
     /// Counts of results moved between workers, large values built here sent to a worker to keep,

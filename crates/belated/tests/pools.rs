@@ -22,6 +22,19 @@ fn count(prefix: &str) -> usize {
         .count()
 }
 
+/// How many threads are named `prefix…` once `settled` holds of that count, or the timeout passes. A
+/// new thread names itself when it first runs, so a thread just spawned can still carry its parent's
+/// name, and one let go of can still be ending.
+fn count_once(prefix: &str, settled: impl Fn(usize) -> bool) -> usize {
+    let give_up = std::time::Instant::now() + TIMEOUT;
+    let mut seen = count(prefix);
+    while !settled(seen) && std::time::Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(10));
+        seen = count(prefix);
+    }
+    seen
+}
+
 #[test]
 #[cfg(target_os = "linux")]
 fn shared_pools_are_bounded_and_owned_pools_end_when_dropped() {
@@ -32,12 +45,7 @@ fn shared_pools_are_bounded_and_owned_pools_end_when_dropped() {
     }
     // 820 threads if every size were kept. Pools let go of are not waited for: their idle threads end
     // on their own, soon.
-    let give_up = std::time::Instant::now() + TIMEOUT;
-    let mut kept = count("belated-worker");
-    while kept > belated_core::kept_threads() && std::time::Instant::now() < give_up {
-        std::thread::sleep(Duration::from_millis(10));
-        kept = count("belated-worker");
-    }
+    let kept = count_once("belated-worker", |kept| kept <= belated_core::kept_threads());
     assert!(
         kept <= belated_core::kept_threads(),
         "{kept} threads kept after computing on pools of 1..=40 threads"
@@ -51,7 +59,7 @@ fn shared_pools_are_bounded_and_owned_pools_end_when_dropped() {
     assert_eq!(pool.threads(), 7);
     let options = Options::new().pool(&pool).timeout(TIMEOUT);
     assert_eq!(x.compute_with(&options).unwrap(), 2);
-    assert_eq!(count("belated-own"), 7);
+    assert_eq!(count_once("belated-own", |named| named == 7), 7);
     drop(options);
     assert_eq!(
         count("belated-own"),
