@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import traceback
 
 import pytest
 from worker_tasks import (
@@ -268,6 +269,7 @@ def test_an_exception_that_cannot_travel_arrives_as_remote_error(run, task, type
     assert error.type_name == type_name
     assert message in str(error)
     assert task.__name__ in error.traceback_text
+    assert traceback.extract_tb(error.__traceback__)[-1].name == task.__name__, "the task's frames, rebuilt"
     assert run(delayed(square)(2)) == (4,)
 
 

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,26 @@ def test_results_match_local_runs():
 def test_task_exceptions_come_back_as_themselves_with_the_workers_traceback():
     with pytest.raises(Boom, match="bad 9") as caught:
         delayed(explode)(delayed(square)(3)).compute(scheduler="processes")
-    notes = "\n".join(caught.value.__notes__)
-    assert "traceback in the worker process" in notes and "in explode" in notes
+    # The worker's frames, rebuilt as frames of this process: the task's own line is the last one.
+    last = traceback.extract_tb(caught.value.__traceback__)[-1]
+    assert (last.name, last.line) == ("explode", 'raise Boom(f"bad {x}")')
+
+
+@pytest.mark.parametrize("span", [(4, 28), (0, 40), (2, 9), (None, None)], ids=str)
+def test_a_workers_frames_are_rebuilt_here_at_their_files_lines_functions_and_columns(tmp_path, span):
+    source = tmp_path / "where.py"
+    source.write_text("def outer():\n    return inner(1) + inner(2) * 3 + 100000\n")
+    start, end = span
+    where = [(str(source), 2, "outer", start, end), ("<no file>", 7, "inner", None, None)]
+    rebuilt = _worker._traceback_through(where)
+    frames = traceback.extract_tb(rebuilt)
+    assert [(f.filename, f.lineno, f.name) for f in frames] == [(w[0], w[1], w[2]) for w in where]
+    assert frames[0].line == "return inner(1) + inner(2) * 3 + 100000"
+    if sys.version_info >= (3, 11):
+        # The span the worker marked, where a statement that raises fits in it; else the whole line, so
+        # no caret marks the wrong part of it.
+        fits = start is not None and end - start >= len("raise(__rebuilding__)") and start != 1
+        assert (frames[0].colno, frames[0].end_colno) == ((start, end) if fits else (4, 43))
 
 
 def test_a_worker_killed_mid_task_is_replaced_and_the_task_retried(tmp_path):

@@ -245,6 +245,21 @@ def persist(
 
     Takes the arguments of :func:`compute`. On Dask distributed, use that cluster's ``client.persist``.
 
+    Parameters
+    ----------
+    *args
+        ``Delayed`` objects, dask collections, containers of them, or anything else (returned as it is).
+    traverse : bool
+        Whether to look for ``Delayed`` objects inside containers.
+    scheduler : str or Client, optional
+        As for :func:`compute`.
+    num_workers : int, optional
+        How many threads or processes run tasks.
+    timeout : float, optional
+        Seconds before a local computation is cancelled.
+    retries : int, optional
+        How many times a task is retried when its worker process dies (default 1).
+
     Returns
     -------
     tuple
@@ -254,6 +269,10 @@ def persist(
     ------
     NotImplementedError
         On Dask distributed or Ray, which keep results in their cluster.
+    Exception
+        The first failing task's own exception, with its traceback.
+    belated.ComputeTimeoutError
+        When ``timeout`` passes first.
 
     Examples
     --------
@@ -365,6 +384,29 @@ def dashboard(host="127.0.0.1", port=8787, token=None, *, quiet=False):
     It listens on loopback unless ``host`` says otherwise; then the URL carries a token (``token``, or a
     random one) that every request must present. ``port=0`` picks a free port. Calling it again returns
     the running dashboard.
+
+    Parameters
+    ----------
+    host : str
+        The address to listen on.
+    port : int
+        The port to listen on; ``0`` for a free one.
+    token : str, optional
+        The token requests must carry when ``host`` is not loopback (at least 16 characters).
+    quiet : bool
+        Whether to skip printing the URL.
+
+    Returns
+    -------
+    Dashboard
+        The running dashboard; ``stop()`` ends it, and so does leaving a ``with`` block.
+
+    Raises
+    ------
+    ValueError
+        For a token shorter than 16 characters on an address other than loopback.
+    belated.BelatedError
+        When the address can't be listened on (a port in use, say).
     """
     starting = _belated.dashboard_url() is None
     url = _belated.start_dashboard(host, port, token)

@@ -141,6 +141,53 @@ class Client:
     Until ``close()`` (or the end of a ``with`` block) ``compute()`` runs there by default.
     ``client.compute(...)``, ``client.submit(...)``, ``client.map(...)`` and ``client.scatter(...)``
     return :class:`Future` objects and ``client.gather(...)`` waits for them.
+
+    Parameters
+    ----------
+    address : str, distributed.Client or distributed.LocalCluster, optional
+        A Dask distributed scheduler to connect to; by default a local belated cluster starts.
+    n_workers : int, optional
+        Worker processes (by default one per core, or fewer with ``threads_per_worker``).
+    threads_per_worker : int, optional
+        Tasks each worker runs at once.
+    processes : bool
+        ``False`` runs tasks on threads of this process instead of worker processes.
+    memory_limit : int, float, str or None
+        Each worker's memory limit: bytes, ``"4GB"``, a fraction of the machine's memory, ``"auto"``
+        (an equal share) or ``None`` (no limit).
+    silence_logs : int, str or bool, optional
+        A logging level below which belated's records are dropped while the client is open.
+    dashboard_address : str, optional
+        ``"host:port"`` of the dashboard the client opens (``client.dashboard_link``; a free port if
+        that one is taken); ``None`` opens none.
+    asynchronous : bool
+        Whether ``gather``, ``scatter`` and ``close`` return awaitables.
+    name : str, optional
+        A name for the client, as in distributed.
+    set_as_default : bool
+        Whether ``compute()`` runs on this client until it is closed.
+    preload : list of str, optional
+        Modules each worker imports as soon as it starts.
+    **kwargs
+        For a Dask distributed ``address``: passed to ``distributed.Client``. Keywords that only
+        make sense for a remote scheduler raise ``TypeError`` for a local cluster.
+
+    Raises
+    ------
+    TypeError
+        For a keyword a local cluster does not take, or ``processes`` that is not a bool.
+    ValueError
+        For a ``memory_limit``, ``n_workers`` or ``threads_per_worker`` that can't be used.
+    belated.WorkerStartError
+        When a worker process fails to start.
+
+    Examples
+    --------
+    >>> import belated
+    >>> with belated.Client(n_workers=2, threads_per_worker=1) as client:
+    ...     future = client.submit(sum, [1, 2, 3])
+    ...     future.result()
+    6
     """
 
     def __init__(

@@ -38,6 +38,37 @@ def visualize(
     as one node with a count, and say so in a warning. Other keyword arguments (dask's Graphviz
     options) are accepted and ignored.
 
+    Parameters
+    ----------
+    *args
+        ``Delayed`` objects, or containers holding them.
+    filename : str or os.PathLike, optional
+        Where to write the picture; ``None`` writes nothing.
+    format : str, optional
+        ``"svg"``, ``"png"`` or ``"dot"``, when ``filename`` has no extension.
+    rankdir : str
+        ``"TB"`` (top to bottom) or ``"LR"`` (left to right).
+    collapse_above : int, optional
+        The number of tasks above which sibling tasks are drawn as one node (default 200).
+    traverse : bool
+        Whether to look for ``Delayed`` objects inside containers.
+    **kwargs
+        dask's Graphviz options, accepted and ignored.
+
+    Returns
+    -------
+    Picture
+        The drawing, which Jupyter displays inline.
+
+    Raises
+    ------
+    ValueError
+        For a format or ``rankdir`` belated can't draw.
+    OSError
+        When ``filename`` can't be written.
+
+    Examples
+    --------
     >>> from belated import delayed
     >>> total = delayed(sum)([delayed(abs)(-1), delayed(abs)(-2)])
     >>> total.visualize(filename=None, format="svg").data.count('class="node task"')

@@ -395,7 +395,58 @@ def loads_reply(frames):
     *reply, records = loads(frames)
     for payload in records:
         _logging.receive_record(payload, worker=f"worker-{payload.get('process')}")
-    return reply
+    if reply[0]:
+        return reply
+    _, error, text, where = reply
+    try:
+        error.with_traceback(_traceback_through(where))
+    except Exception:  # the text, as a note, still says where it failed
+        return (False, error, text)
+    return (False, error, "")
+
+
+class _Rebuilding(Exception):
+    """Raised by a stand-in frame while a worker's traceback is rebuilt here."""
+
+
+def _traceback_through(where):
+    """A traceback through the frames ``where`` lists (innermost last), built of real frames whose code
+    claims those files, lines and functions (as tblib does): tracebacks, IPython and debuggers then show
+    the task's own lines for a task run in a worker, as for one run on a thread."""
+    inner = None
+    for filename, lineno, function, start, end in reversed(where):
+        code = compile(_raising_source(filename, lineno, start, end), filename, "exec")
+        renamed = {"co_name": function}
+        if sys.version_info >= (3, 11):
+            renamed["co_qualname"] = function
+        try:
+            exec(code.replace(**renamed), {"__rebuilding__": _Rebuilding()})
+        except _Rebuilding as stand_in:
+            frame = stand_in.__traceback__.tb_next  # the stand-in's, past this function's own
+        frame.tb_next = inner
+        inner = frame
+    return inner
+
+
+def _raising_source(filename, lineno, start, end):
+    """Source whose statement at line ``lineno`` raises, spanning columns ``start`` to ``end`` when they
+    are known (else the line's text as this process reads it), so a traceback's carets mark what the
+    worker's marked."""
+    statement = "raise(__rebuilding__)"
+
+    def fits(start, end):
+        # Leading spaces would be an indentation error: "0;" fills the first two columns instead.
+        return end - start >= len(statement) and start != 1
+
+    if start is None or end is None or not fits(start, end):
+        # The whole line, which a traceback marks with no carets.
+        line = linecache.getline(filename, lineno).rstrip()
+        start, end = len(line) - len(line.lstrip()), len(line)
+    if fits(start, end):
+        padded = f"{statement[:-1]}{' ' * (end - start - len(statement))})"
+        prefix = "" if start == 0 else "0;" + " " * (start - 2)
+        return "\n" * (lineno - 1) + prefix + padded
+    return "\n" * (lineno - 1) + statement
 
 
 def _die_with_parent():
@@ -424,14 +475,32 @@ def _encode_failure(error, records):
     :class:`belated.RemoteError` carrying its type, message and traceback."""
     import traceback  # only failures need it; a worker starts sooner without
 
+    where = _safely(_where, error, [])
     try:
         text = "".join(traceback.format_exception(error))
-        frames = dumps_reply((False, error, text, records))
+        frames = dumps_reply((False, error, text, where, records))
         loads(frames)
         return frames
     except Exception:
         text = _traceback_text(error)
-        return dumps_reply((False, _remote_error(error, text), text, records))
+        return dumps_reply((False, _remote_error(error, text), text, where, records))
+
+
+def _where(error):
+    """The frames of a task's traceback, each ``(file, line, function, start column, end column)``;
+    columns only where Python records them (3.11 on) and the expression is on one line."""
+    import traceback
+
+    return [
+        (
+            frame.filename,
+            frame.lineno,
+            frame.name,
+            getattr(frame, "colno", None),
+            getattr(frame, "end_colno", None) if getattr(frame, "end_lineno", None) == frame.lineno else None,
+        )
+        for frame in traceback.extract_tb(error.__traceback__)
+    ]
 
 
 def _safely(describe, value, fallback):

@@ -719,8 +719,49 @@ fn reject_modulo(modulo: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
     }
 }
 
-/// `delayed(obj, name=None, pure=None, nout=None, traverse=True)`; with no `obj`, the decorator with
-/// those options (`@delayed(pure=True)`).
+/// Wraps a function or a value so that calls and operations on it build a task graph instead of
+/// running, as `dask.delayed` does.
+///
+/// `delayed(f)(x, y)` is a `Delayed` whose task calls `f(x, y)` when computed; `delayed(value)` is one
+/// holding `value`. Arguments may be `Delayed` objects, or containers holding them, which become the
+/// task's dependencies. With no `obj`, returns the decorator with these options
+/// (`@delayed(pure=True)`).
+///
+/// Parameters
+/// ----------
+/// obj : callable or object, optional
+///     The function to call lazily, or the value to hold.
+/// name : str or tuple, optional
+///     The key of the result (for a value or a call; for a function, the prefix of its calls' keys).
+/// pure : bool, optional
+///     Whether the key is a hash of the function and arguments, so equal calls share one task. Default
+///     `belated.config` `delayed_pure`, else `False` (a fresh key per call). A function that can't be
+///     hashed deterministically gets a unique key rather than one shared by mistake.
+/// nout : int, optional
+///     How many items the call returns, so the result can be unpacked or iterated.
+/// traverse : bool
+///     Whether to look for `Delayed` objects inside container arguments.
+///
+/// Returns
+/// -------
+/// Delayed
+///     The lazy function or value; with no `obj`, a decorator returning one.
+///
+/// Raises
+/// ------
+/// ValueError
+///     For a `nout` that is not a non-negative integer.
+/// TypeError
+///     For a `name` that can't be a key (one that isn't hashable).
+///
+/// Examples
+/// --------
+/// >>> from belated import delayed
+/// >>> def inc(x):
+/// ...     return x + 1
+/// >>> total = delayed(inc)(1) + delayed(inc)(2)
+/// >>> total.compute()
+/// 5
 #[pyfunction]
 #[pyo3(signature = (*obj, name=None, pure=None, nout=None, traverse=true))]
 pub(crate) fn delayed(
