@@ -110,8 +110,11 @@ class DevTools:
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"]["value"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs it)")
-def test_the_page_follows_a_running_computation_in_chromium(board, tmp_path):
+@pytest.fixture
+def chromium(tmp_path):
+    """A headless Chromium's page, driven through DevTools."""
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (make test installs it)")
     pytest.importorskip("websocket")
     browser = subprocess.Popen(
         [
@@ -144,52 +147,78 @@ def test_the_page_follows_a_running_computation_in_chromium(board, tmp_path):
         targets = json.loads(fetch(f"http://127.0.0.1:{devtools_port}/json/list")[1])
         page = DevTools(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
         page.call("Page.enable")
-        page.call("Page.navigate", url=board.url)
-
-        @delayed
-        def load(i):
-            time.sleep(0.25)
-            return i
-
-        @delayed
-        def combine(a, b):
-            time.sleep(0.1)
-            return a + b
-
-        layer = [load(i) for i in range(16)]
-        while len(layer) > 1:
-            layer = [combine(layer[i], layer[i + 1]) for i in range(0, len(layer), 2)]
-        time.sleep(1.0)  # the page loads and subscribes before the computation starts
-        result = {}
-        worker = threading.Thread(target=lambda: result.update(value=compute(layer[0], num_workers=2)))
-        worker.start()
-        seen, screenshot = [], None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            done, total, blue, state = page.evaluate(
-                "[+document.body.dataset.done, +document.body.dataset.total,"
-                " document.querySelectorAll('#graph .s2').length, document.body.dataset.state || '']"
-            )
-            seen.append((done, total, blue, state))
-            if screenshot is None and total and total / 3 <= done <= 2 * total / 3:
-                screenshot = base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"])
-            if state == "finished":
-                break
-            time.sleep(0.1)
-        worker.join(timeout=30)
-        assert result["value"] == (sum(range(16)),)
-        assert seen[-1][:2] == (31, 31) and seen[-1][3] == "finished", seen[-5:]
-        assert any(0 < done < total for done, total, _, _ in seen), "progress was seen mid-run"
-        assert any(0 < blue < 31 for _, _, blue, _ in seen), "graph nodes turned blue as tasks finished"
-        assert seen[-1][2] == 31, "every node ends blue"
-        assert screenshot and screenshot.startswith(b"\x89PNG")
-        (tmp_path / "dashboard.png").write_bytes(screenshot)
-        if os.environ.get("BELATED_DASHBOARD_SCREENSHOT"):
-            with open(os.environ["BELATED_DASHBOARD_SCREENSHOT"], "wb") as out:
-                out.write(screenshot)
+        yield page
     finally:
         browser.kill()
         browser.wait(timeout=10)
+
+
+def test_the_page_follows_a_running_computation_in_chromium(board, chromium, tmp_path):
+    page = chromium
+    page.call("Page.navigate", url=board.url)
+
+    @delayed
+    def load(i):
+        time.sleep(0.25)
+        return i
+
+    @delayed
+    def combine(a, b):
+        time.sleep(0.1)
+        return a + b
+
+    layer = [load(i) for i in range(16)]
+    while len(layer) > 1:
+        layer = [combine(layer[i], layer[i + 1]) for i in range(0, len(layer), 2)]
+    time.sleep(1.0)  # the page loads and subscribes before the computation starts
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(value=compute(layer[0], num_workers=2)))
+    worker.start()
+    seen, screenshot = [], None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, total, blue, state = page.evaluate(
+            "[+document.body.dataset.done, +document.body.dataset.total,"
+            " document.querySelectorAll('#graph .s2').length, document.body.dataset.state || '']"
+        )
+        seen.append((done, total, blue, state))
+        if screenshot is None and total and total / 3 <= done <= 2 * total / 3:
+            screenshot = base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"])
+        if state == "finished":
+            break
+        time.sleep(0.1)
+    worker.join(timeout=30)
+    assert result["value"] == (sum(range(16)),)
+    assert seen[-1][:2] == (31, 31) and seen[-1][3] == "finished", seen[-5:]
+    assert any(0 < done < total for done, total, _, _ in seen), "progress was seen mid-run"
+    assert any(0 < blue < 31 for _, _, blue, _ in seen), "graph nodes turned blue as tasks finished"
+    assert seen[-1][2] == 31, "every node ends blue"
+    assert screenshot and screenshot.startswith(b"\x89PNG")
+    (tmp_path / "dashboard.png").write_bytes(screenshot)
+    if os.environ.get("BELATED_DASHBOARD_SCREENSHOT"):
+        with open(os.environ["BELATED_DASHBOARD_SCREENSHOT"], "wb") as out:
+            out.write(screenshot)
+
+
+def test_the_workers_panel_has_a_row_per_worker_process_with_its_cpu_and_memory(board, chromium):
+    with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        workers = sorted(client.run(os.getpid).values())
+        chromium.call("Page.navigate", url=board.url)
+        rows, deadline = [], time.monotonic() + 30
+        while time.monotonic() < deadline:
+            rows = chromium.evaluate(
+                "[...document.querySelectorAll('#processes tbody tr')].map(row =>"
+                " [+row.dataset.pid, ...[...row.cells].map(cell => cell.textContent)])"
+            )
+            if set(workers) <= {row[0] for row in rows[1:]}:
+                break
+            time.sleep(0.1)
+    assert rows and rows[0][:3] == [os.getpid(), "this process", str(os.getpid())], rows
+    # Every child process has a row (the browser driving this test is one).
+    assert set(workers) <= {row[0] for row in rows[1:]}, rows
+    assert {row[1] for row in rows[1:]} == {"child process"}, rows
+    for _, _, _, cpu, _, memory, _ in rows:
+        assert cpu.endswith(" %") and memory.endswith(" MB") and float(memory[:-3]) > 0, rows
 
 
 @pytest.mark.parametrize("token", ["", "x", "123456789012345"])

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use crate::resources::{ProcessReading, Reading};
+
 /// Graphs with more tasks than this are shown per function name only: at that size a drawing of every
 /// task is unreadable, and the per-task status updates would dominate the page's traffic.
 pub const GRAPH_TASK_LIMIT: usize = 1000;
@@ -58,6 +60,8 @@ struct State {
     next_id: u64,
     compute: Option<Compute>,
     samples: VecDeque<Sample>,
+    /// Each process's share of the latest sample: this process's, then each worker process's.
+    processes: Vec<ProcessReading>,
     epoch: Option<Instant>,
 }
 
@@ -229,7 +233,7 @@ impl Hub {
         }
     }
 
-    pub(crate) fn record_sample(&self, cpu_percent: f64, memory_mb: f64) {
+    pub(crate) fn record_sample(&self, reading: Reading) {
         let mut state = self.state.lock();
         let at_ms = state.now_ms();
         if state.samples.len() == SAMPLES_KEPT {
@@ -237,9 +241,10 @@ impl Hub {
         }
         state.samples.push_back(Sample {
             at_ms,
-            cpu_percent,
-            memory_mb,
+            cpu_percent: reading.cpu_percent,
+            memory_mb: reading.memory_mb,
         });
+        state.processes = reading.processes;
     }
 
     /// The graph of the computation shown, if it is small enough to draw task by task.
@@ -265,9 +270,14 @@ impl Hub {
         if let Some(last) = state.samples.back() {
             cursor.samples_at_ms = last.at_ms;
         }
+        let processes: Vec<Value> = state
+            .processes
+            .iter()
+            .map(|p| json!([p.pid, round(p.cpu_percent), round(p.memory_mb)]))
+            .collect();
         let Some(c) = state.compute.as_ref() else {
             return (
-                json!({ "now": round(now), "compute": null, "samples": samples }),
+                json!({ "now": round(now), "compute": null, "samples": samples, "processes": processes }),
                 cursor,
             );
         };
@@ -318,6 +328,7 @@ impl Hub {
                 "bars": bars,
             },
             "samples": samples,
+            "processes": processes,
         });
         (update, cursor)
     }
@@ -428,5 +439,41 @@ mod tests {
         );
         let (next, _) = hub.update(cursor);
         assert!(next["compute"]["bars"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_update_carries_every_processs_share_of_the_latest_sample() {
+        let hub = Hub::new();
+        let process = |pid, cpu_percent, memory_mb| ProcessReading {
+            pid,
+            cpu_percent,
+            memory_mb,
+        };
+        let reading = |processes: Vec<ProcessReading>| Reading {
+            cpu_percent: processes.iter().map(|p| p.cpu_percent).sum(),
+            memory_mb: processes.iter().map(|p| p.memory_mb).sum(),
+            processes,
+        };
+        hub.record_sample(reading(vec![
+            process(10, 5.0, 80.0),
+            process(11, 99.0, 40.0),
+        ]));
+        let (idle, cursor) = hub.update(Cursor::default());
+        assert_eq!(
+            idle["processes"],
+            json!([[10, 5.0, 80.0], [11, 99.0, 40.0]])
+        );
+        assert_eq!(idle["samples"][0][1], 104.0, "the total, for the chart");
+        // A worker replaced since: only the processes of the latest sample are shown.
+        hub.begin(spec(&["a"], &[]));
+        hub.record_sample(reading(vec![
+            process(10, 1.0, 81.0),
+            process(12, 0.0, 30.0),
+        ]));
+        let (computing, _) = hub.update(cursor);
+        assert_eq!(
+            computing["processes"],
+            json!([[10, 1.0, 81.0], [12, 0.0, 30.0]])
+        );
     }
 }

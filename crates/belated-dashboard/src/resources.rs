@@ -54,6 +54,24 @@ fn units() -> Option<(f64, f64)> {
     (ticks_per_second > 0 && page_size > 0).then_some((ticks_per_second as f64, page_size as f64))
 }
 
+/// One process's share of a reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ProcessReading {
+    pub(crate) pid: u32,
+    /// 100 % is one core busy.
+    pub(crate) cpu_percent: f64,
+    pub(crate) memory_mb: f64,
+}
+
+/// CPU and resident memory since the previous reading: in all, and per process (this one first,
+/// then its worker processes by pid).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Reading {
+    pub(crate) cpu_percent: f64,
+    pub(crate) memory_mb: f64,
+    pub(crate) processes: Vec<ProcessReading>,
+}
+
 /// Turns successive readings into CPU percentages (100 % = one core busy) and resident megabytes.
 #[derive(Debug)]
 pub(crate) struct Sampler {
@@ -68,30 +86,43 @@ impl Sampler {
         }
     }
 
-    /// `(cpu_percent, memory_mb)` since the previous sample. A process first seen now counts from
-    /// the next sample on (its earlier CPU time was not spent in this interval, as far as we know).
-    pub(crate) fn sample(&mut self) -> Option<(f64, f64)> {
+    /// The reading since the previous sample. A process first seen now counts from the next sample on
+    /// (its earlier CPU time was not spent in this interval, as far as we know).
+    pub(crate) fn sample(&mut self) -> Option<Reading> {
         let (ticks_per_second, page_size) = units()?;
         let found = read()?;
         let now = Instant::now();
-        let memory = found.values().map(|u| u.resident_pages).sum::<f64>() * page_size / 1e6;
-        let percent = match &self.last {
-            Some((then, ticks_then)) => {
-                let wall = now.duration_since(*then).as_secs_f64();
-                let ticks: f64 = found
-                    .iter()
-                    .filter_map(|(pid, u)| Some((u.ticks - ticks_then.get(pid)?).max(0.0)))
-                    .sum();
-                if wall > 0.0 {
-                    100.0 * ticks / ticks_per_second / wall
-                } else {
-                    0.0
+        let wall = self
+            .last
+            .as_ref()
+            .map_or(0.0, |(then, _)| now.duration_since(*then).as_secs_f64());
+        let me = std::process::id();
+        let mut processes: Vec<ProcessReading> = found
+            .iter()
+            .map(|(&pid, usage)| {
+                let spent = self
+                    .last
+                    .as_ref()
+                    .and_then(|(_, ticks_then)| ticks_then.get(&pid))
+                    .map_or(0.0, |then| (usage.ticks - then).max(0.0));
+                ProcessReading {
+                    pid,
+                    cpu_percent: if wall > 0.0 {
+                        100.0 * spent / ticks_per_second / wall
+                    } else {
+                        0.0
+                    },
+                    memory_mb: usage.resident_pages * page_size / 1e6,
                 }
-            }
-            None => 0.0,
-        };
+            })
+            .collect();
+        processes.sort_by_key(|p| (p.pid != me, p.pid));
         self.last = Some((now, ticks_of(&found)));
-        Some((percent, memory))
+        Some(Reading {
+            cpu_percent: processes.iter().map(|p| p.cpu_percent).sum(),
+            memory_mb: processes.iter().map(|p| p.memory_mb).sum(),
+            processes,
+        })
     }
 }
 
@@ -127,9 +158,18 @@ mod tests {
     fn samples_see_busy_cpu_and_resident_memory() {
         let mut sampler = Sampler::new();
         spin_for_cpu(0.2);
-        let (busy, memory) = sampler.sample().unwrap();
-        assert!(busy > 1.0, "a spinning thread shows as busy: {busy}");
-        assert!(memory > 1.0, "{memory} MB resident");
+        let reading = sampler.sample().unwrap();
+        assert!(
+            reading.cpu_percent > 1.0,
+            "a spinning thread shows as busy: {reading:?}"
+        );
+        assert!(reading.memory_mb > 1.0, "{reading:?}");
+        let me = reading.processes[0];
+        assert_eq!(me.pid, std::process::id(), "this process comes first");
+        // Tests run side by side in this process, and one starts a child: the reading is at least
+        // this process's share.
+        assert!(me.cpu_percent > 1.0, "{reading:?}");
+        assert!(reading.memory_mb >= me.memory_mb, "{reading:?}");
     }
 
     #[test]
@@ -150,9 +190,18 @@ mod tests {
         while cpu_seconds(&child_pid) < until {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let (busy, _) = sampler.sample().unwrap();
+        let reading = sampler.sample().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(busy > 1.0, "a spinning child shows as busy: {busy}");
+        assert!(
+            reading.cpu_percent > 1.0,
+            "a spinning child shows as busy: {reading:?}"
+        );
+        let child = reading
+            .processes
+            .iter()
+            .find(|p| p.pid.to_string() == child_pid)
+            .expect("the child has a row of its own");
+        assert!(child.cpu_percent > 1.0, "{reading:?}");
     }
 }

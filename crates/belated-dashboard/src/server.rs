@@ -94,8 +94,8 @@ pub(crate) fn run(
             let mut every = tokio::time::interval(SAMPLE_EVERY);
             loop {
                 every.tick().await;
-                if let Some((cpu, memory)) = sampler.sample() {
-                    hub.record_sample(cpu, memory);
+                if let Some(reading) = sampler.sample() {
+                    hub.record_sample(reading);
                 }
             }
         };
