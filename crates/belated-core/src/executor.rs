@@ -377,7 +377,10 @@ impl<R: Runner> Job<R> {
         let mut requeued: Option<(TaskId, InputsLost, Vec<R::Value>)> = None;
         loop {
             // The task to blame if user code (`place`, `Clone`) panics during bookkeeping.
-            let mut blame = finished.as_ref().map(|(task, _)| *task);
+            let mut blame = finished
+                .as_ref()
+                .map(|(task, _)| *task)
+                .or(requeued.as_ref().map(|(task, ..)| *task));
             let picked = catch(|| {
                 let mut state = self.state.lock();
                 if let Some((task, result)) = finished.take() {
