@@ -368,10 +368,73 @@ def test_tasks_recomputed_after_a_worker_died_pass_the_callbacks(tmp_path):
         )
         with callback:
             assert survivor.compute() == 10
-        # survivor's first try killed the worker holding x: x and its input ran again, each seen
-        # by the callbacks like any task, inputs first, within survivor's second try.
-        assert started == ["base", "x", "survivor", "base", "x"]
+        # survivor's first try killed the worker holding x and gave no result: the engine ran x and
+        # its input again, each seen by the callbacks like any task, inputs first, then survivor.
+        assert started == ["base", "x", "survivor", "base", "x", "survivor"]
         assert finished == ["base", "x", "base", "x", "survivor"]
+
+
+def made_here(value, pid_file):
+    """``value`` doubled; writes the pid of the worker that made (and keeps) it to ``pid_file``."""
+    partial = pid_file + ".partial"
+    with open(partial, "w") as out:
+        out.write(str(os.getpid()))
+    os.replace(partial, pid_file)
+    return value * 2
+
+
+def add(a, b):
+    return a + b
+
+
+def test_a_result_lost_with_its_worker_while_a_dependent_waits_is_recomputed_where_callbacks_see_it(
+    tmp_path,
+):
+    holder_file, gate, waited = (str(tmp_path / name) for name in ("holder", "gate", "waited"))
+    x = delayed(made_here)(21, holder_file, dask_key_name="x")
+    waiting = delayed(wait_for_gate)(gate, waited, dask_key_name="waiting")
+    total = delayed(add)(x, waiting, dask_key_name="total")
+    x_kept = threading.Event()
+    started, ended = [], []
+    watcher = belated.diagnostics.Callback(
+        pretask=lambda key, dsk, state: started.append(key),
+        posttask=lambda key, result, dsk, state, worker: key == "x" and x_kept.set(),
+        finish=lambda dsk, state, errored: ended.append((state.done, state.failed, state.total, errored)),
+    )
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = total.compute(timeout=120)
+        except BaseException as error:  # handed to the test thread, which asserts on it
+            outcome["error"] = error
+
+    with (
+        belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client,
+        watcher,
+        belated.diagnostics.Profiler() as profiler,
+    ):
+        computing = threading.Thread(target=run)
+        computing.start()
+        # x is done and kept by its worker, and total waits for its other input: kill x's worker.
+        assert x_kept.wait(60) and wait_exists(waited + ".started")
+        with open(holder_file) as holder:
+            victim = int(holder.read())
+        os.kill(victim, signal.SIGKILL)
+        assert wait_gone([victim])
+        open(gate, "w").close()
+        computing.join(150)
+        assert not computing.is_alive()
+        assert outcome == {"value": 43}
+        stats = client.cluster_stats()
+    runs_of = {key: [at for at, started_key in enumerate(started) if started_key == key] for key in started}
+    assert len(runs_of["x"]) == 2, started
+    assert runs_of["x"][1] < runs_of["total"][-1], f"x again, then total: {started}"
+    assert stats["recomputed"] >= 1 and stats["replaced"] >= 1
+    # The engine's own observer saw x run twice, and total start twice: once to find x lost.
+    observed = [task.key for task in profiler.results]
+    assert (observed.count("x"), observed.count("total")) == (2, 2), observed
+    assert ended == [(3, 0, 3, False)], "each task is counted done once, and none failed"
 
 
 def test_a_deadline_applies_to_tasks_recomputed_after_a_worker_died(tmp_path):

@@ -18,6 +18,10 @@ pub enum Error {
     /// The computation was cancelled (its workers killed) while the task waited or ran.
     #[error("the computation was cancelled")]
     Cancelled,
+    /// Inputs of the task were lost with the worker process that held them, and it ran outside an
+    /// engine that would recompute them.
+    #[error("its inputs were lost with the worker process that held them")]
+    InputsLost,
     /// The task's worker died every time it was tried.
     #[error(
         "failed after {tries} tries: its worker process died; the last time, {why}. A task that \

@@ -15,18 +15,19 @@
 //!   needs it maps rather than receiving a copy.
 //! - A released result is forgotten by its workers with the next request they receive
 //!   ([`Cluster::flush_releases`] sends those left at the end of a computation).
-//! - A worker that dies is replaced. The task it was running is retried up to `retries` times; results
-//!   it held are recomputed from their lineage (`belated_core::lineage`) by the task that needs them,
-//!   on that task's worker, each recomputed task passing [`Codec::before`] and [`Codec::after`] like
-//!   any other (so callbacks and deadlines see it).
+//! - A worker that dies is replaced. The task it was running is retried up to `retries` times. A task
+//!   that finds inputs lost with a worker reports them (`belated_core::InputsLost`) instead of
+//!   running; the engine's schedule recomputes them, each a task like any other (observers,
+//!   [`Codec::before`] and [`Codec::after`], deadlines and cancel see it), at most `retries` + 1
+//!   times each, and runs the task again.
 //! - A cancelled computation kills the workers running its tasks ([`Running::cancel`]); their
 //!   replacements serve the next computation.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
-use belated_core::{current_worker, lineage, placement, Graph, Runner, TaskId};
+use belated_core::{current_worker, placement, Graph, InputsLost, Runner, TaskId};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
@@ -148,7 +149,7 @@ impl Stats {
         self.uploaded.load(SeqCst)
     }
 
-    /// Tasks run again because a worker holding their result was lost.
+    /// Tasks that finished again because a worker holding their result was lost.
     pub fn recomputed(&self) -> u64 {
         self.recomputed.load(SeqCst)
     }
@@ -312,6 +313,21 @@ enum Failed {
     Cancelled,
 }
 
+/// Why a task produced no result: its own failure, or inputs it found lost.
+enum Stop<E> {
+    Failed(E),
+    Lost(InputsLost),
+}
+
+impl<E> Stop<E> {
+    fn into_result<V>(self) -> Result<Result<V, E>, InputsLost> {
+        match self {
+            Stop::Failed(error) => Ok(Err(error)),
+            Stop::Lost(lost) => Err(lost),
+        }
+    }
+}
+
 /// A value to fetch from one worker and store in the call's worker under `copy_id`.
 struct Transfer {
     source: Arc<Kept>,
@@ -347,8 +363,8 @@ pub struct ClusterRunner<C: Codec, T> {
     /// Per task: whether its result stays in its worker (other tasks need it) and/or comes back.
     flags: Vec<u8>,
     retries: usize,
-    /// The result each task last produced in a worker, for recomputing what a lost worker held.
-    produced: Mutex<Vec<Weak<Kept>>>,
+    /// Whether each task has finished once, so that finishing again counts as a recompute.
+    finished: Vec<AtomicBool>,
     running: Arc<Running>,
 }
 
@@ -394,7 +410,7 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             graph: graph.clone(),
             flags,
             retries,
-            produced: Mutex::new(graph.tasks().map(|_| Weak::new()).collect()),
+            finished: graph.tasks().map(|_| AtomicBool::new(false)).collect(),
             running: Arc::new(Running::new(transport)),
         }
     }
@@ -409,42 +425,40 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         &self.codec
     }
 
-    /// Runs `task` on `inputs` from pool thread `slot`: on worker `slot / threads_per_worker`.
+    /// Runs `task` on `inputs` from pool thread `slot`: on worker `slot / threads_per_worker`;
+    /// `Err` when inputs were found lost (the engine recomputes them).
     pub fn run_on(
         &self,
         slot: usize,
         task: TaskId,
         inputs: &[Held<C::Value>],
-    ) -> Result<Held<C::Value>, C::Error> {
-        self.run_watched(slot, task, inputs, self.flags[task.index()])
-    }
-
-    fn run_watched(
-        &self,
-        slot: usize,
-        task: TaskId,
-        inputs: &[Held<C::Value>],
-        flags: u8,
-    ) -> Result<Held<C::Value>, C::Error> {
-        self.codec.before(task)?;
-        let held = self.evaluate(slot, task, inputs, flags)?;
-        self.codec.after(task, held.local.as_ref())?;
-        Ok(held)
+    ) -> Result<Result<Held<C::Value>, C::Error>, InputsLost> {
+        if let Err(error) = self.codec.before(task) {
+            return Ok(Err(error));
+        }
+        let held = match self.evaluate(slot, task, inputs, self.flags[task.index()]) {
+            Ok(held) => held,
+            Err(stop) => return stop.into_result(),
+        };
+        if self.finished[task.index()].swap(true, SeqCst) {
+            self.cluster.stats.recomputed.fetch_add(1, SeqCst);
+        }
+        Ok(self.codec.after(task, held.local.as_ref()).map(|()| held))
     }
 
     fn directory(&self) -> &Arc<Directory> {
         self.cluster.directory()
     }
 
-    /// Where each input is for worker `worker`, recomputing lost ones; `None` when a worker died
-    /// again while they were recomputed.
+    /// Where each input is for worker `worker`, or which are lost.
     fn prepare(
         &self,
         slot: usize,
         task: TaskId,
         inputs: &[Held<C::Value>],
-    ) -> Result<Option<Prepared<C::Value>>, C::Error> {
+    ) -> Result<Prepared<C::Value>, Stop<C::Error>> {
         let worker = slot / self.cluster.threads_per_worker;
+        let mut lost = Vec::new();
         let mut prepared = Prepared {
             inputs: Vec::with_capacity(inputs.len()),
             transfers: Vec::new(),
@@ -452,14 +466,16 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         };
         for (held, &dep) in inputs.iter().zip(self.graph.deps(task)) {
             let found = match held.source(self.directory(), worker) {
-                Source::Here(value) => match self.upload(task, held, &value)? {
-                    Some(upload) => {
-                        let id = upload.copy_id;
-                        prepared.uploads.push(upload);
-                        Found::Stored(id)
+                Source::Here(value) => {
+                    match self.upload(task, held, &value).map_err(Stop::Failed)? {
+                        Some(upload) => {
+                            let id = upload.copy_id;
+                            prepared.uploads.push(upload);
+                            Found::Stored(id)
+                        }
+                        None => Found::Here(value),
                     }
-                    None => Found::Here(value),
-                },
+                }
                 Source::InMyWorker(id) => Found::Stored(id),
                 Source::Elsewhere(source) => {
                     let copy_id = self.directory().new_id();
@@ -467,21 +483,16 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                     Found::Stored(copy_id)
                 }
                 Source::Lost => {
-                    let recovered = self.recover(slot, dep)?;
-                    if let (Some(original), Some(copy)) = (&held.remote, &recovered.remote) {
-                        original.add_copy(Arc::clone(copy));
-                    }
-                    match recovered.source(self.directory(), worker) {
-                        Source::Here(value) => Found::Here(value),
-                        Source::InMyWorker(id) => Found::Stored(id),
-                        // The worker died again at once: try the whole task again.
-                        Source::Elsewhere(_) | Source::Lost => return Ok(None),
-                    }
+                    lost.push(dep);
+                    continue;
                 }
             };
             prepared.inputs.push(found);
         }
-        Ok(Some(prepared))
+        match lost.is_empty() {
+            true => Ok(prepared),
+            false => Err(Stop::Lost(InputsLost(lost))),
+        }
     }
 
     /// `value` (built here for `held`, an input of `task`) as an upload to the call's worker, if it
@@ -583,16 +594,13 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         task: TaskId,
         inputs: &[Held<C::Value>],
         flags: u8,
-    ) -> Result<Held<C::Value>, C::Error> {
+    ) -> Result<Held<C::Value>, Stop<C::Error>> {
         let worker = slot / self.cluster.threads_per_worker;
+        let failed = |error| Stop::Failed(self.codec.failed(task, error));
         let mut failures = 0;
         let mut why = String::new();
         while failures <= self.retries {
-            let Some(mut prepared) = self.prepare(slot, task, inputs)? else {
-                failures += 1;
-                why = "a worker died while its inputs were recomputed".to_string();
-                continue;
-            };
+            let mut prepared = self.prepare(slot, task, inputs)?;
             let call_inputs: Vec<Input<'_, C::Value>> = prepared
                 .inputs
                 .iter()
@@ -601,7 +609,11 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                     Found::Stored(id) => Input::Stored(*id),
                 })
                 .collect();
-            let call_frames = match self.codec.encode_call(task, &call_inputs)? {
+            let call_frames = match self
+                .codec
+                .encode_call(task, &call_inputs)
+                .map_err(Stop::Failed)?
+            {
                 Encoded::Ready(value) => {
                     return Ok(Held {
                         local: Some(value),
@@ -627,11 +639,11 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             });
             match outcome {
                 Ok(reply) => {
-                    return self.received(
-                        task, &prepared, worker, generation, result_id, flags, &reply,
-                    )
+                    return self
+                        .received(&prepared, worker, generation, result_id, flags, &reply)
+                        .map_err(Stop::Failed)
                 }
-                Err(Failed::Cancelled) => return Err(self.codec.failed(task, Error::Cancelled)),
+                Err(Failed::Cancelled) => return Err(failed(Error::Cancelled)),
                 // Killed by a cancel, or by close(): either way the computation is over, and the
                 // next one finds a new worker in its place.
                 Err(Failed::Lost(lost, generation))
@@ -640,31 +652,27 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                     let _ = self
                         .codec
                         .blocking(|| self.cluster.transport.replace(lost, generation));
-                    return Err(self.codec.failed(task, Error::Cancelled));
+                    return Err(failed(Error::Cancelled));
                 }
                 Err(Failed::Lost(lost, generation)) => {
                     why = self
                         .codec
                         .blocking(|| self.cluster.transport.replace(lost, generation))
-                        .map_err(|error| self.codec.failed(task, error))?;
+                        .map_err(failed)?;
                 }
             }
             failures += 1;
         }
-        Err(self.codec.failed(
-            task,
-            Error::TaskLost {
-                tries: failures,
-                why,
-            },
-        ))
+        Err(failed(Error::TaskLost {
+            tries: failures,
+            why,
+        }))
     }
 
     /// Records what the call's worker now holds and decodes its reply.
     #[allow(clippy::too_many_arguments)] // one call's bookkeeping, from one place
     fn received(
         &self,
-        task: TaskId,
         prepared: &Prepared<C::Value>,
         worker: usize,
         generation: u64,
@@ -707,52 +715,11 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         };
         let remote =
             (flags & KEEP != 0).then(|| Kept::new(directory, result_id, worker, generation, bytes));
-        if let Some(remote) = &remote {
-            let mut produced = self.produced.lock();
-            if produced[task.index()].strong_count() == 0 {
-                produced[task.index()] = Arc::downgrade(remote);
-            }
-        }
         Ok(Held {
             local,
             remote,
             sent: None,
         })
-    }
-
-    /// Recomputes `lost` on `slot`'s worker, with whatever of its lineage was lost too, inputs
-    /// first ([`lineage::recompute_order`]).
-    fn recover(&self, slot: usize, lost: TaskId) -> Result<Held<C::Value>, C::Error> {
-        let worker = slot / self.cluster.threads_per_worker;
-        let available = |task: TaskId| -> Option<Held<C::Value>> {
-            let remote = self.produced.lock()[task.index()].upgrade()?;
-            let held = Held {
-                local: None,
-                remote: Some(remote),
-                sent: None,
-            };
-            (!matches!(held.source(self.directory(), worker), Source::Lost)).then_some(held)
-        };
-        let mut held: FxHashMap<TaskId, Held<C::Value>> = FxHashMap::default();
-        let order = lineage::recompute_order(&self.graph, lost, |task| {
-            available(task)
-                .map(|found| held.insert(task, found))
-                .is_some()
-        });
-        for task in order {
-            let inputs: Vec<Held<C::Value>> = self
-                .graph
-                .deps(task)
-                .iter()
-                .map(|dep| held[dep].clone())
-                .collect();
-            let recomputed = self.run_watched(slot, task, &inputs, KEEP)?;
-            self.cluster.stats.recomputed.fetch_add(1, SeqCst);
-            held.insert(task, recomputed);
-        }
-        Ok(held
-            .remove(&lost)
-            .expect("recompute_order ends with the lost task"))
     }
 }
 
@@ -760,9 +727,23 @@ impl<C: Codec, T: Transport> Runner for ClusterRunner<C, T> {
     type Value = Held<C::Value>;
     type Error = C::Error;
 
+    /// Off the engine (which calls [`Runner::run_recoverable`]), inputs found lost fail the task.
     fn run(&self, task: TaskId, inputs: &[Self::Value]) -> Result<Self::Value, C::Error> {
+        self.run_on(current_worker().unwrap_or(0), task, inputs)
+            .unwrap_or_else(|_| Err(self.codec.failed(task, Error::InputsLost)))
+    }
+
+    fn run_recoverable(
+        &self,
+        task: TaskId,
+        inputs: &mut Vec<Self::Value>,
+    ) -> Result<Result<Self::Value, C::Error>, InputsLost> {
         // Off the pool's threads (a test driving the runner itself) it is the first thread's slot.
         self.run_on(current_worker().unwrap_or(0), task, inputs)
+    }
+
+    fn recompute_limit(&self) -> u32 {
+        u32::try_from(self.retries).map_or(u32::MAX, |retries| retries.saturating_add(1))
     }
 
     /// The worker holding most of the inputs' bytes ([`placement::most_input_bytes`]).

@@ -12,7 +12,7 @@ use belated_cluster::directory::{Directory, Held};
 use belated_cluster::runner::{Encoded, Input, SEND_ONCE_BYTES};
 use belated_cluster::wire::{Frame, FETCH, KEEP, RUN, SEND};
 use belated_cluster::{Cluster, ClusterRunner, Codec, Error, Transport};
-use belated_core::{Graph, Runner, Schedule, TaskId};
+use belated_core::{run_inline_observed, Graph, Observer, Runner, Schedule, TaskId};
 use parking_lot::{Condvar, Mutex};
 
 /// A value: a number, and how many bytes it stands for (what moving it costs).
@@ -418,7 +418,7 @@ struct Harness {
     program: Arc<Program>,
     workers: Arc<FakeWorkers>,
     cluster: Arc<Cluster<FakeWorkers>>,
-    runner: ClusterRunner<FakeCodec, FakeWorkers>,
+    runner: Arc<ClusterRunner<FakeCodec, FakeWorkers>>,
     hooks: Arc<Mutex<Vec<(&'static str, u32)>>>,
     encoded_values: Arc<AtomicUsize>,
     results: Vec<Option<Held<Val>>>,
@@ -436,7 +436,13 @@ impl Harness {
             encoded_values: Arc::clone(&encoded_values),
         };
         let outputs: Vec<TaskId> = outputs.iter().map(|&t| TaskId(t)).collect();
-        let runner = ClusterRunner::new(&cluster, codec, &program.graph, &outputs, retries);
+        let runner = Arc::new(ClusterRunner::new(
+            &cluster,
+            codec,
+            &program.graph,
+            &outputs,
+            retries,
+        ));
         Harness {
             program: Arc::clone(program),
             workers: fakes,
@@ -461,7 +467,8 @@ impl Harness {
     fn run(&mut self, task: u32, worker: usize) -> Result<Option<i64>, Failure> {
         let held = self
             .runner
-            .run_on(worker, TaskId(task), &self.inputs(task))?;
+            .run_on(worker, TaskId(task), &self.inputs(task))
+            .expect("a task driven by the harness finds its inputs")?;
         let local = held.local.map(|v| v.n);
         self.results[task as usize] = Some(held);
         Ok(local)
@@ -732,55 +739,148 @@ fn a_worker_killed_over_its_memory_limit_is_replaced_and_the_ending_says_why() {
     }
 }
 
-/// 0 -> 1 -> 2 on worker 0, then worker 0 dies: the task needing 2 on worker 1 recomputes its
-/// lineage there, inputs first, each recomputed task passing the hooks like any other.
+/// What the engine's observer saw, in order.
+#[derive(Default)]
+struct Seen(Mutex<Vec<(&'static str, u32)>>);
+
+impl Observer for Seen {
+    fn task_started(&self, task: TaskId, _worker: Option<usize>) {
+        self.0.lock().push(("started", task.0));
+    }
+
+    fn task_finished(&self, task: TaskId, _worker: Option<usize>, succeeded: bool) {
+        self.0
+            .lock()
+            .push((if succeeded { "finished" } else { "no result" }, task.0));
+    }
+
+    fn task_undone(&self, task: TaskId, _succeeded: bool) {
+        self.0.lock().push(("undone", task.0));
+    }
+}
+
+/// 0 -> 1 -> 2 -> 3 run by the engine on worker 0, and 3 kills that worker the first time it runs,
+/// taking 2 with it (0 and 1 were released once consumed). 3 is retried on the replacement, finds
+/// 2 lost and says so: the engine's schedule recomputes 0, 1 and 2, inputs first, each a task the
+/// observer and the hooks see start and finish like any other, and then runs 3 again.
 #[test]
-fn results_lost_with_a_worker_are_recomputed_from_their_lineage_through_the_hooks() {
+fn results_lost_with_a_worker_are_recomputed_by_the_engine_which_its_observer_sees() {
     let program = Program::new(vec![
         (sum(8), vec![]),
         (sum(8), vec![0]),
         (sum(8), vec![1]),
-        (sum(8), vec![2]),
-    ]);
-    let mut h = Harness::new(&program, 2, &[3], 1);
-    h.run(0, 0).unwrap();
-    h.run(1, 0).unwrap();
-    h.release(0);
-    h.run(2, 0).unwrap();
-    h.release(1);
-    h.workers.die(0, "it was killed");
-    h.hooks.lock().clear();
-    let before = h.workers.events().len();
-    assert_eq!(h.run(3, 1).unwrap(), Some(program.expected(TaskId(3))));
-    let after: Vec<Event> = h.workers.events()[before..].to_vec();
-    assert!(
-        matches!(
-            &after[..],
-            [
-                Event::Ran(0, 1, 0),
-                Event::Ran(1, 1, 0),
-                Event::Ran(2, 1, 0),
-                Event::Released(1, recomputed_intermediates),
-                Event::Ran(3, 1, 0),
-            ] if recomputed_intermediates.len() == 2
+        (
+            Op::Dies {
+                times: 1,
+                why: "it was killed",
+            },
+            vec![2],
         ),
-        "inputs first, on the task's worker; 0 and 1 released once 2 is rebuilt: {after:?}"
-    );
-    assert_eq!(h.cluster.stats().recomputed(), 3);
+    ]);
+    let h = Harness::new(&program, 1, &[3], 1);
+    let seen = Arc::new(Seen::default());
+    let values = run_inline_observed(
+        program.graph.clone(),
+        vec![TaskId(3)],
+        Arc::clone(&h.runner),
+        Some(Arc::clone(&seen) as Arc<dyn Observer>),
+    )
+    .expect("the lost results are recomputed");
     assert_eq!(
-        *h.hooks.lock(),
+        values[0].local.map(|v| v.n),
+        Some(program.expected(TaskId(3)))
+    );
+    assert_eq!(
+        *seen.0.lock(),
         [
-            ("before", 3),
-            ("before", 0),
-            ("after", 0),
-            ("before", 1),
-            ("after", 1),
-            ("before", 2),
-            ("after", 2),
-            ("after", 3)
+            ("started", 0),
+            ("finished", 0),
+            ("started", 1),
+            ("finished", 1),
+            ("started", 2),
+            ("finished", 2),
+            ("started", 3),
+            ("no result", 3),
+            ("undone", 3),
+            ("undone", 0),
+            ("undone", 1),
+            ("undone", 2),
+            ("started", 0),
+            ("finished", 0),
+            ("started", 1),
+            ("finished", 1),
+            ("started", 2),
+            ("finished", 2),
+            ("started", 3),
+            ("finished", 3),
         ]
     );
+    let ran: Vec<Event> = h
+        .workers
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::Ran(..)))
+        .collect();
+    assert_eq!(
+        ran,
+        [0, 1, 2, 3]
+            .map(|t| Event::Ran(t, 0, 0))
+            .into_iter()
+            .chain([0, 1, 2, 3].map(|t| Event::Ran(t, 0, 1)))
+            .collect::<Vec<_>>(),
+        "the first runs on the first worker, the rest on its replacement"
+    );
+    assert_eq!(h.cluster.stats().recomputed(), 3);
     assert_eq!(h.workers.replaced.load(SeqCst), 1);
+    let hooks = h.hooks.lock().clone();
+    let befores = |task| {
+        hooks
+            .iter()
+            .filter(|&&hook| hook == ("before", task))
+            .count()
+    };
+    let afters = |task| {
+        hooks
+            .iter()
+            .filter(|&&hook| hook == ("after", task))
+            .count()
+    };
+    assert_eq!(
+        [0, 1, 2, 3].map(|t| (befores(t), afters(t))),
+        [(2, 2), (2, 2), (2, 2), (2, 1)],
+        "the hooks see each recompute; 3's first run gave no result: {hooks:?}"
+    );
+}
+
+/// A result lost again every time it is recomputed ends the computation once `retries` + 1
+/// recomputes were lost too, with the engine's error.
+#[test]
+fn a_result_lost_more_often_than_retries_allow_fails_the_computation() {
+    let program = Program::new(vec![
+        (sum(8), vec![]),
+        (
+            Op::Dies {
+                times: usize::MAX,
+                why: "it crashed",
+            },
+            vec![0],
+        ),
+    ]);
+    let h = Harness::new(&program, 1, &[1], 1);
+    let outcome = run_inline_observed(
+        program.graph.clone(),
+        vec![TaskId(1)],
+        Arc::clone(&h.runner),
+        None,
+    );
+    match outcome {
+        Err(belated_core::Error::LostTooOften { task, times }) => {
+            assert_eq!((task, times), (TaskId(0), 3), "lost after 2 recomputes");
+        }
+        other => panic!("{other:?}"),
+    }
+    let zero_ran = h.workers.ran().iter().filter(|(t, _)| *t == 0).count();
+    assert_eq!(zero_ran, 3);
 }
 
 #[test]
@@ -862,7 +962,7 @@ fn cancelling_kills_the_worker_running_the_task_and_later_tasks_are_not_sent() {
     let running = Arc::clone(h.runner.running());
     let workers = Arc::clone(&h.workers);
     std::thread::scope(|scope| {
-        let blocked = scope.spawn(|| h.runner.run_on(0, TaskId(0), &[]));
+        let blocked = scope.spawn(|| h.runner.run(TaskId(0), &[]));
         let mut events = workers.events.lock();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !events.contains(&Event::Ran(0, 0, 0)) {
@@ -885,7 +985,9 @@ fn cancelling_kills_the_worker_running_the_task_and_later_tasks_are_not_sent() {
         "not retried, but replaced"
     );
     assert!(matches!(
-        h.runner.run_on(1, TaskId(1), &[]),
+        h.runner
+            .run_on(1, TaskId(1), &[])
+            .expect("no inputs to lose"),
         Err(Failure::Runtime(Error::Cancelled))
     ));
     assert_eq!(workers.ran(), [(0, 0)], "nothing sent after the cancel");

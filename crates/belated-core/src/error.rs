@@ -20,6 +20,15 @@ pub enum Error<E> {
         /// The panic's message.
         message: String,
     },
+    /// A task's result was lost (with the worker process holding it) and recomputed as often as the
+    /// runner allows ([`crate::Runner::recompute_limit`]), then lost again.
+    #[error("the result of task {task} was lost {times} times, more than it may be recomputed")]
+    LostTooOften {
+        /// The task whose result kept being lost.
+        task: TaskId,
+        /// How many times it was lost.
+        times: u32,
+    },
     /// The computation was cancelled (or its result taken) before it finished.
     #[error("the computation was cancelled before it finished")]
     Cancelled,

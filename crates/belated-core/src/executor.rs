@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::{Error, Graph, Schedule, TaskId};
+use crate::{Error, Graph, InputsLost, Schedule, TaskId};
 
 /// What running one task means.
 pub trait Runner: Send + Sync + 'static {
@@ -53,6 +53,24 @@ pub trait Runner: Send + Sync + 'static {
         inputs: &mut Vec<Self::Value>,
     ) -> Result<Self::Value, Self::Error> {
         self.run(task, inputs)
+    }
+
+    /// Runs `task` as [`Runner::run_owned`] does, or reports that it could not because some of its
+    /// inputs were lost after they were computed (with the worker process holding them), leaving
+    /// `inputs` as they were: the engine recomputes those and runs `task` again
+    /// ([`crate::recovery`]). The default never loses an input.
+    fn run_recoverable(
+        &self,
+        task: TaskId,
+        inputs: &mut Vec<Self::Value>,
+    ) -> Result<Result<Self::Value, Self::Error>, InputsLost> {
+        Ok(self.run_owned(task, inputs))
+    }
+
+    /// How many times one task's result may be lost and recomputed before the computation fails
+    /// with [`Error::LostTooOften`].
+    fn recompute_limit(&self) -> u32 {
+        0
     }
 
     /// The worker group where `task`, now ready, should run given its inputs (see
@@ -79,6 +97,18 @@ impl<R: Runner> Runner for Arc<R> {
         inputs: &mut Vec<Self::Value>,
     ) -> Result<Self::Value, Self::Error> {
         R::run_owned(self, task, inputs)
+    }
+
+    fn run_recoverable(
+        &self,
+        task: TaskId,
+        inputs: &mut Vec<Self::Value>,
+    ) -> Result<Result<Self::Value, Self::Error>, InputsLost> {
+        R::run_recoverable(self, task, inputs)
+    }
+
+    fn recompute_limit(&self) -> u32 {
+        R::recompute_limit(self)
     }
 
     fn place(&self, task: TaskId, inputs: &mut dyn Iterator<Item = &Self::Value>) -> Option<usize> {
@@ -114,8 +144,14 @@ impl ThreadHost for PlainHost {
 pub trait Observer: Send + Sync {
     /// `task` starts on pool worker `worker`, or on a thread outside the pool (`None`: the caller).
     fn task_started(&self, task: TaskId, worker: Option<usize>);
-    /// `task` ended, with a result (`succeeded`) or with an error or a panic.
+    /// `task` ended, with a result (`succeeded`) or without: an error, a panic, or inputs found lost.
     fn task_finished(&self, task: TaskId, worker: Option<usize>, succeeded: bool);
+    /// `task`'s last run is undone and it will start again: its result was lost after it finished
+    /// (`succeeded`), or it found its own inputs lost (just reported finished, not `succeeded`). A
+    /// count of finished tasks takes it back. The default does nothing.
+    fn task_undone(&self, task: TaskId, succeeded: bool) {
+        let _ = (task, succeeded);
+    }
 }
 
 /// Several observers as one, each told in turn.
@@ -137,6 +173,12 @@ impl Observer for Fanout {
     fn task_finished(&self, task: TaskId, worker: Option<usize>, succeeded: bool) {
         for observer in &self.0 {
             observer.task_finished(task, worker, succeeded);
+        }
+    }
+
+    fn task_undone(&self, task: TaskId, succeeded: bool) {
+        for observer in &self.0 {
+            observer.task_undone(task, succeeded);
         }
     }
 }
@@ -281,6 +323,8 @@ struct Garbage<R: Runner> {
     late_error: Option<Error<R::Error>>,
     /// Scratch: the inputs a finished task let go of.
     released: Vec<TaskId>,
+    /// Tasks whose results were lost, to tell the observer.
+    undone: Vec<TaskId>,
 }
 
 impl<R: Runner> Job<R> {
@@ -326,15 +370,24 @@ impl<R: Runner> Job<R> {
             values: Vec::new(),
             late_error: None,
             released: Vec::new(),
+            undone: Vec::new(),
         };
         let mut finished: Option<(TaskId, TaskResult<R>)> = None;
+        // A task that found inputs lost, with the inputs it was handed.
+        let mut requeued: Option<(TaskId, InputsLost, Vec<R::Value>)> = None;
         loop {
             // The task to blame if user code (`place`, `Clone`) panics during bookkeeping.
-            let mut blame = finished.as_ref().map(|(task, _)| *task);
+            let mut blame = finished
+                .as_ref()
+                .map(|(task, _)| *task)
+                .or(requeued.as_ref().map(|(task, ..)| *task));
             let picked = catch(|| {
                 let mut state = self.state.lock();
                 if let Some((task, result)) = finished.take() {
                     self.record(&mut state, task, result, &mut garbage);
+                }
+                if let Some((task, lost, handed)) = requeued.take() {
+                    self.requeue(&mut state, task, lost, handed, &mut garbage);
                 }
                 let open = state.outcome.is_none()
                     && deadline.is_none_or(|deadline| Instant::now() < deadline);
@@ -387,44 +440,83 @@ impl<R: Runner> Job<R> {
                     pool.wake_one();
                 }
             }
-            finished = Some((task, self.run_task(task, &mut inputs)));
+            match self.run_task(task, &mut inputs) {
+                Ok(result) => finished = Some((task, result)),
+                Err(lost) => requeued = Some((task, lost, std::mem::take(&mut inputs))),
+            }
         }
     }
 
     /// Runs one task between its observer's calls; whatever of it panics becomes the task's panic.
-    fn run_task(&self, task: TaskId, inputs: &mut Vec<R::Value>) -> TaskResult<R> {
+    /// A task that found inputs lost leaves `inputs` in place for [`Job::requeue`].
+    fn run_task(
+        &self,
+        task: TaskId,
+        inputs: &mut Vec<R::Value>,
+    ) -> Result<TaskResult<R>, InputsLost> {
         let worker = WORKER_INDEX.get();
         let observe = |f: &dyn Fn(&dyn Observer)| match &self.observer {
             Some(observer) => catch(|| f(observer.as_ref())),
             None => Ok(()),
         };
-        let mut result = observe(&|o| o.task_started(task, worker)).and_then(|()| {
+        let attempt = observe(&|o| o.task_started(task, worker)).and_then(|()| {
             catch(|| {
                 let _scope = TokenScope::enter(&self.cancel_token);
-                let result = self.runner.run_owned(task, inputs);
-                inputs.clear();
+                let result = self.runner.run_recoverable(task, inputs);
+                if result.is_ok() {
+                    inputs.clear();
+                }
                 result
             })
         });
+        let mut result = match attempt {
+            Ok(Err(lost)) => {
+                let told = observe(&|o| {
+                    o.task_finished(task, worker, false);
+                    o.task_undone(task, false);
+                });
+                return match told {
+                    Ok(()) => Err(lost),
+                    Err(message) => {
+                        let _ = clear_inputs(inputs);
+                        Ok(Err(message))
+                    }
+                };
+            }
+            Ok(Ok(result)) => Ok(result),
+            Err(message) => Err(message),
+        };
         if let Err(message) = clear_inputs(inputs) {
             result = result.and(Err(message));
         }
         let succeeded = matches!(result, Ok(Ok(_)));
-        match observe(&|o| o.task_finished(task, worker, succeeded)) {
-            Ok(()) => result,
-            Err(message) => {
-                if let Ok(Ok(value)) = result {
-                    // The task's value goes: the observer's panic fails the job.
-                    catch(|| drop(value))?;
+        Ok(
+            match observe(&|o| o.task_finished(task, worker, succeeded)) {
+                Ok(()) => result,
+                Err(message) => {
+                    if let Ok(Ok(value)) = result {
+                        // The task's value goes: the observer's panic fails the job.
+                        if let Err(message) = catch(|| drop(value)) {
+                            return Ok(Err(message));
+                        }
+                    }
+                    Err(message)
                 }
-                Err(message)
-            }
-        }
+            },
+        )
     }
 
     /// Drops a step's garbage outside the lock; a value whose `Drop` panics fails the job, naming the
     /// task that made it.
     fn take_out(&self, garbage: &mut Garbage<R>) {
+        if let Some(observer) = &self.observer {
+            for task in garbage.undone.drain(..) {
+                if let Err(message) = catch(|| observer.task_undone(task, true)) {
+                    self.fail(task, message);
+                }
+            }
+        }
+        garbage.undone.clear();
         for (task, value) in garbage.values.drain(..) {
             if let Err(message) = catch(|| drop(value)) {
                 self.fail(task, message);
@@ -503,6 +595,51 @@ impl<R: Runner> Job<R> {
             Err(message) => Err(Error::Panic { task, message }),
         };
         garbage.late_error = self.settle(state, outcome);
+    }
+
+    /// Steps back after `task` found inputs `lost` ([`Schedule::requeue`]): what it was handed goes
+    /// back where it is still the current result, and the results to compute again are dropped.
+    fn requeue(
+        &self,
+        state: &mut JobState<R>,
+        task: TaskId,
+        lost: InputsLost,
+        handed: Vec<R::Value>,
+        garbage: &mut Garbage<R>,
+    ) {
+        let deps = self.graph.deps(task);
+        if state.outcome.is_some() {
+            garbage.values.extend(deps.iter().copied().zip(handed));
+            return;
+        }
+        let JobState {
+            schedule, values, ..
+        } = &mut *state;
+        for (&dep, value) in deps.iter().zip(handed) {
+            let slot = &mut values[dep.index()];
+            if slot.is_none() && !lost.0.contains(&dep) && schedule.input_current(task, dep) {
+                *slot = Some(value);
+            } else {
+                garbage.values.push((dep, value));
+            }
+        }
+        let limit = self.runner.recompute_limit();
+        let requeued = schedule.requeue(
+            &self.graph,
+            task,
+            &lost.0,
+            limit,
+            |held| values[held.index()].is_some(),
+            &mut garbage.undone,
+        );
+        for &undone in &garbage.undone {
+            if let Some(value) = values[undone.index()].take() {
+                garbage.values.push((undone, value));
+            }
+        }
+        if let Err((task, times)) = requeued {
+            garbage.late_error = self.settle(state, Err(Error::LostTooOften { task, times }));
+        }
     }
 
     fn wait_timeout(&self, timeout: Duration) -> bool {

@@ -14,6 +14,8 @@
 //! on the thread that runs it. A [`PoolRegistry`] shares pools between computations within bounds,
 //! and a [`Session`] runs one computation on such a pool (or one of the caller's) and waits for it
 //! with a deadline and an interrupt, as both fronts do.
+//! A runner that finds a task's inputs lost after they were computed (with a worker process) says so,
+//! and the [`Schedule`] steps back to recompute them ([`recovery`]).
 //! A panic in user code (a task, a value's `Clone` or `Drop`, an observer) fails its computation with
 //! [`Error::Panic`] and never costs a worker.
 
@@ -25,6 +27,7 @@ mod graph;
 pub mod lineage;
 mod node;
 pub mod placement;
+pub mod recovery;
 mod registry;
 mod schedule;
 mod session;
@@ -36,6 +39,7 @@ pub use executor::{
 };
 pub use graph::{Graph, Plan, TaskId};
 pub use node::{Node, Payload};
+pub use recovery::InputsLost;
 pub use registry::{kept_threads, PoolRegistry, KEPT_POOLS};
 pub use schedule::Schedule;
 pub use session::{Outcome, Session, Stopped, Wait};

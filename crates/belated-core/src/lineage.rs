@@ -1,5 +1,5 @@
-//! What to recompute when results were lost with a worker: a policy, with no I/O, used by the cluster
-//! runner before a task whose input is gone can run.
+//! What to recompute when results were lost with a worker: a policy, with no I/O, used by the
+//! schedule when a task finds its inputs gone ([`crate::recovery`]).
 //!
 //! Policy: a lost result is rebuilt from its lineage, back to the results still available (held
 //! somewhere, or able to be rebuilt without running anything); each task of that lineage runs once,

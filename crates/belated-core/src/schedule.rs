@@ -17,25 +17,32 @@
 //!   each group works through whole subtrees and their results meet where they were made. A worker
 //!   out of work of its own steals from the far end of the longest run, away from where its owner is
 //!   working, before it takes a task placed elsewhere (which would move that task's inputs).
+//! - A result lost after it was computed (with a worker process) makes the schedule step back: see
+//!   [`crate::recovery`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
+use crate::recovery::Recovery;
 use crate::{Graph, TaskId};
 
 /// Which task runs next and when a result may go, for one computation (see the module's policy).
 #[derive(Debug)]
 pub struct Schedule {
-    unfinished_deps: Vec<u32>,
-    unfinished_dependents: Vec<u32>,
-    unstarted_dependents: Vec<u32>,
+    pub(crate) unfinished_deps: Vec<u32>,
+    pub(crate) unfinished_dependents: Vec<u32>,
+    pub(crate) unstarted_dependents: Vec<u32>,
     is_output: Vec<bool>,
     /// Ready tasks placed on each group, then (last) the unplaced ones.
-    ready: Vec<BinaryHeap<Reverse<TaskId>>>,
+    pub(crate) ready: Vec<BinaryHeap<Reverse<TaskId>>>,
     /// With several groups, each group's run of the tasks ready from the start, in id order.
-    roots: Vec<VecDeque<TaskId>>,
-    ready_len: usize,
-    unfinished: usize,
+    pub(crate) roots: Vec<VecDeque<TaskId>>,
+    pub(crate) ready_len: usize,
+    pub(crate) unfinished: usize,
+    pub(crate) finished: Vec<bool>,
+    /// What only a computation that lost results needs; `None` until the first loss, so that the
+    /// common case pays nothing for it.
+    pub(crate) recovery: Option<Box<Recovery>>,
 }
 
 impl Schedule {
@@ -80,6 +87,8 @@ impl Schedule {
             roots,
             ready_len,
             unfinished: graph.len(),
+            finished: vec![false; graph.len()],
+            recovery: None,
         }
     }
 
@@ -125,6 +134,9 @@ impl Schedule {
     /// its inputs in order, with whether this is the input's last use. A value at its last use may move
     /// into the task, since no task that starts later needs it; an output is never at its last use.
     pub fn start(&mut self, graph: &Graph, task: TaskId, mut input: impl FnMut(TaskId, bool)) {
+        if let Some(recovery) = &mut self.recovery {
+            recovery.started(task);
+        }
         for &dep in graph.deps(task) {
             let unstarted = &mut self.unstarted_dependents[dep.index()];
             *unstarted -= 1;
@@ -153,11 +165,20 @@ impl Schedule {
         mut release: impl FnMut(TaskId),
     ) {
         self.unfinished -= 1;
+        self.finished[task.index()] = true;
+        if let Some(recovery) = &mut self.recovery {
+            recovery.finished(task);
+        }
         let unplaced = self.ready.len() - 1;
         for &dependent in graph.dependents(task) {
             let waiting = &mut self.unfinished_deps[dependent.index()];
-            *waiting -= 1;
-            if *waiting == 0 {
+            // A task recomputed after a loss has dependents that started (or finished) with its
+            // previous result and wait for nothing.
+            let Some(left) = waiting.checked_sub(1) else {
+                continue;
+            };
+            *waiting = left;
+            if left == 0 {
                 let heap = place(dependent)
                     .filter(|&g| g < unplaced)
                     .unwrap_or(unplaced);

@@ -3,7 +3,7 @@
 //!
 //! The runtime is `belated_cluster`'s: its processes ([`Workers`]), and its runner
 //! ([`belated_cluster::ClusterRunner`]), which holds the policy (placement, transfers, upload-once,
-//! retries, lineage recompute, releases, cancel). Here is only what is Python's: how a worker is
+//! retries, releases, cancel; lost results are recomputed by the engine's schedule). Here is only what is Python's: how a worker is
 //! started ([`worker_spec`]), the codec of Python values ([`PyCodec`]: cloudpickle, with the task
 //! guard around each task), the `Cluster` class, and the `processes` scheduler's clusters.
 

@@ -84,6 +84,14 @@ impl Observer for Tracker {
             profile.spans.lock().push(span);
         }
     }
+
+    /// A task run again after a lost result counts as done once, when it finishes again.
+    fn task_undone(&self, _task: TaskId, succeeded: bool) {
+        self.done.fetch_sub(1, Relaxed);
+        if !succeeded {
+            self.failed.fetch_sub(1, Relaxed);
+        }
+    }
 }
 
 /// A computation in progress, as callbacks see it. Its counters move while the computation runs.

@@ -61,7 +61,9 @@ pub(crate) fn cluster_error(error: belated_cluster::Error, context: &str) -> PyE
     let message = format!("{context}: {error}");
     match error {
         Error::Spawn(_) | Error::NotReady(_) => WorkerStartError::new_err(message),
-        Error::Lost | Error::TaskLost { .. } => WorkerLostError::new_err(message),
+        Error::Lost | Error::TaskLost { .. } | Error::InputsLost => {
+            WorkerLostError::new_err(message)
+        }
         Error::Closed => BelatedError::new_err(message),
         Error::Cancelled => CancelledError::new_err(message),
     }
@@ -87,6 +89,11 @@ pub(crate) fn to_python(
             key_of(task)
         )),
         Error::Cancelled => CancelledError::new_err("the computation was cancelled before it finished"),
+        Error::LostTooOften { task, times } => WorkerLostError::new_err(format!(
+            "the result of task {} was lost {times} times with the worker processes holding it, and \
+             recomputed each time but the last; raise retries= if workers die that often",
+            key_of(task)
+        )),
         Error::Spawn(e) => WorkerStartError::new_err(format!(
             "could not start worker threads ({e}); lower num_workers, e.g. \
              belated.config.set(num_workers=4), or use scheduler='sync'"
