@@ -270,7 +270,7 @@ struct JobState<R: Runner> {
     values: Vec<Option<R::Value>>,
     /// `None` while running; once set, nothing new starts.
     outcome: Option<Result<(), Error<R::Error>>>,
-    /// Threads in [`JobHandle::help`] waiting for ready work.
+    /// Threads in [`JobHandle::help`] waiting for ready work and room to run it.
     helpers_waiting: usize,
 }
 
@@ -362,11 +362,13 @@ impl<R: Runner> Job<R> {
                     0
                 };
                 self.ready_hint.store(ready, SeqCst);
-                if ready > 0 && state.helpers_waiting > 0 {
+                let running = match next {
+                    Some(_) => self.running.load(SeqCst),
+                    None => self.running.fetch_sub(1, SeqCst) - 1,
+                };
+                // A helper waits for ready work and for room: both change only here, under the lock.
+                if ready > 0 && running < self.limit && state.helpers_waiting > 0 {
                     self.changed.notify_all();
-                }
-                if next.is_none() {
-                    self.running.fetch_sub(1, SeqCst);
                 }
                 next
             });
@@ -904,8 +906,9 @@ impl<R: Runner> JobHandle<R> {
     }
 
     /// Runs the computation's ready tasks on the calling thread, beside the pool's workers, until it
-    /// settles or `deadline` passes; returns whether it settled. With nothing ready it sleeps until
-    /// there is, so a pool worker that waits for a graph of its own this way keeps that graph moving
+    /// settles or `deadline` passes; returns whether it settled. It counts as one of the pool's
+    /// threads: with nothing ready, or with as many threads on the job as the pool has, it sleeps
+    /// until it can take a task, so a pool worker that waits for a graph of its own this way keeps that graph moving
     /// even when every worker does the same (help-while-waiting, as rayon's `join` does). The
     /// deadline is checked between tasks: a task running on this thread is not interrupted.
     ///
@@ -914,12 +917,17 @@ impl<R: Runner> JobHandle<R> {
     pub fn help(&self, deadline: Option<Instant>) -> bool {
         let job = &self.job;
         loop {
-            job.running.fetch_add(1, SeqCst);
-            job.work(Some(&self.pool), None, deadline);
+            // The caller takes the place of a worker: with the job at its limit it only waits, so
+            // caller and workers together never run more threads than the pool has.
+            if job.try_enter() {
+                job.work(Some(&self.pool), None, deadline);
+            }
             // The last tasks are often about to end on other threads: look again a few times
-            // before sleeping, which would cost a wake-up when they do.
+            // before sleeping, which would cost a wake-up when they do. Not while the job's own
+            // threads fill the pool, whose cores the spinning would take from them.
             for _ in 0..SPIN_ROUNDS {
                 if job.settled.load(SeqCst)
+                    || job.running.load(SeqCst) >= job.limit
                     || job.ready_hint.load(SeqCst) > 0
                     || deadline.is_some_and(|deadline| Instant::now() >= deadline)
                 {
@@ -935,7 +943,7 @@ impl<R: Runner> JobHandle<R> {
                 if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                     return false;
                 }
-                if state.schedule.ready_len() > 0 {
+                if state.schedule.ready_len() > 0 && job.running.load(SeqCst) < job.limit {
                     break;
                 }
                 state.helpers_waiting += 1;
