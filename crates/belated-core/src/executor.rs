@@ -15,6 +15,8 @@
 //! - A worker out of work spins a little (yielding its core) before it sleeps, and so does a caller
 //!   waiting for its job, as rayon's threads do: work that comes back soon, the next small computation
 //!   or the task another thread is finishing, is picked up without a system call to wake a thread.
+//!   They spin only on a core the threads at work leave free: a spinner beside busy threads on every
+//!   core would make the OS preempt them, perhaps one holding a job's lock, for its share.
 //! - The first failure settles the job at once: nothing new starts, the caller is woken, the job's
 //!   [`CancelToken`] is cancelled, and tasks still running finish in the background with their results
 //!   dropped. The pool stays usable.
@@ -605,7 +607,9 @@ impl<R: Runner> Work for Job<R> {
         let group = WORKER_INDEX
             .get()
             .map(|worker| worker / pool.threads_per_group);
-        self.work(Some(pool), group, None)
+        pool.working.fetch_add(1, SeqCst);
+        self.work(Some(pool), group, None);
+        pool.working.fetch_sub(1, SeqCst);
     }
 }
 
@@ -621,6 +625,10 @@ struct PoolShared {
     idle: AtomicUsize,
     /// Workers spinning: they notice a change of `posted` without being woken.
     spinning: AtomicUsize,
+    /// Threads inside a job of this pool: workers, and callers helping.
+    working: AtomicUsize,
+    /// The machine's cores: spinners beyond what the working threads leave free go to sleep.
+    cores: usize,
     /// Bumped whenever there may be new work for an idle worker (or the pool shuts down).
     posted: AtomicUsize,
     host: Arc<dyn ThreadHost>,
@@ -644,6 +652,7 @@ impl PoolShared {
         self.host.block(&mut || {
             self.spinning.fetch_add(1, SeqCst);
             let mut seen = None;
+            let mut spinning = true;
             for _ in 0..SPIN_ROUNDS {
                 let posted = self.posted.load(SeqCst);
                 if seen != Some(posted) {
@@ -654,12 +663,28 @@ impl PoolShared {
                         return;
                     }
                 }
+                // A spinner beside threads that already keep every core busy only takes a core
+                // from them: one spinner too many goes to sleep at once. It looks for work
+                // again after it counts itself asleep, so a job that posted work meanwhile, and
+                // saw neither a spinner nor a sleeper, is not missed.
+                if self
+                    .spinning
+                    .fetch_update(SeqCst, SeqCst, |spinners| {
+                        (self.working.load(SeqCst) + spinners > self.cores).then_some(spinners - 1)
+                    })
+                    .is_ok()
+                {
+                    spinning = false;
+                    break;
+                }
                 std::thread::yield_now();
             }
             let mut state = self.state.lock();
             // Asleep before no longer spinning: a publisher always sees one of the two.
             self.idle.fetch_add(1, SeqCst);
-            self.spinning.fetch_sub(1, SeqCst);
+            if spinning {
+                self.spinning.fetch_sub(1, SeqCst);
+            }
             picked = loop {
                 if let Some(found) = self.find_job(&state) {
                     break found;
@@ -755,6 +780,8 @@ impl ThreadPool {
                 wake: Condvar::new(),
                 idle: AtomicUsize::new(0),
                 spinning: AtomicUsize::new(0),
+                working: AtomicUsize::new(0),
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 posted: AtomicUsize::new(0),
                 host,
             }),
@@ -920,7 +947,9 @@ impl<R: Runner> JobHandle<R> {
             // The caller takes the place of a worker: with the job at its limit it only waits, so
             // caller and workers together never run more threads than the pool has.
             if job.try_enter() {
+                self.pool.working.fetch_add(1, SeqCst);
                 job.work(Some(&self.pool), None, deadline);
+                self.pool.working.fetch_sub(1, SeqCst);
             }
             // The last tasks are often about to end on other threads: look again a few times
             // before sleeping, which would cost a wake-up when they do. Not while the job's own
