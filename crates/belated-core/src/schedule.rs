@@ -34,6 +34,9 @@ pub struct Schedule {
     ready: Vec<BinaryHeap<Reverse<TaskId>>>,
     /// With several groups, each group's run of the tasks ready from the start, in id order.
     roots: Vec<VecDeque<TaskId>>,
+    /// With one group, the tasks ready from the start, in id order: they come out of the front of a
+    /// queue in a few instructions rather than out of a heap of thousands, under the job's lock.
+    initial: VecDeque<TaskId>,
     ready_len: usize,
     unfinished: usize,
 }
@@ -53,19 +56,18 @@ impl Schedule {
             .filter(|t| unfinished_deps[t.index()] == 0)
             .collect();
         let ready_len = initial.len();
-        let roots = if groups == 1 {
-            *ready.last_mut().expect("at least one heap") =
-                initial.into_iter().map(Reverse).collect();
-            Vec::new()
+        let (roots, initial) = if groups == 1 {
+            (Vec::new(), initial.into())
         } else {
-            (0..groups)
+            let roots = (0..groups)
                 .map(|g| {
                     initial[g * ready_len / groups..(g + 1) * ready_len / groups]
                         .iter()
                         .copied()
                         .collect()
                 })
-                .collect()
+                .collect();
+            (roots, VecDeque::new())
         };
         let unfinished_dependents: Vec<u32> = graph
             .tasks()
@@ -78,6 +80,7 @@ impl Schedule {
             is_output,
             ready,
             roots,
+            initial,
             ready_len,
             unfinished: graph.len(),
         }
@@ -88,7 +91,7 @@ impl Schedule {
     pub fn next_ready(&mut self, group: Option<usize>) -> Option<TaskId> {
         let task = self
             .take_own(group)
-            .or_else(|| self.ready.last_mut()?.pop().map(|Reverse(task)| task))
+            .or_else(|| self.take_unplaced())
             .or_else(|| self.steal())?;
         self.ready_len -= 1;
         Some(task)
@@ -104,6 +107,16 @@ impl Schedule {
             (Some(_), _) => self.ready[g].pop().map(|Reverse(task)| task),
             (None, Some(_)) => self.roots[g].pop_front(),
             (None, None) => None,
+        }
+    }
+
+    /// The first unplaced task, ready from the start or since.
+    fn take_unplaced(&mut self) -> Option<TaskId> {
+        let heap = self.ready.last_mut()?;
+        match (heap.peek(), self.initial.front()) {
+            (Some(&Reverse(since)), Some(&first)) if first < since => self.initial.pop_front(),
+            (Some(_), _) => heap.pop().map(|Reverse(task)| task),
+            (None, _) => self.initial.pop_front(),
         }
     }
 
