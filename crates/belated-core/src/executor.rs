@@ -330,6 +330,9 @@ impl<R: Runner> Job<R> {
             released: Vec::new(),
         };
         let mut finished: Option<(TaskId, TaskResult<R>)> = None;
+        // Once per visit rather than per task: the token's count is shared by every thread on the
+        // job, and touching it per task would pass its cache line between them.
+        let _scope = TokenScope::enter(&self.cancel_token);
         loop {
             // The task to blame if user code (`place`, `Clone`) panics during bookkeeping.
             let mut blame = finished.as_ref().map(|(task, _)| *task);
@@ -404,7 +407,6 @@ impl<R: Runner> Job<R> {
         };
         let mut result = observe(&|o| o.task_started(task, worker)).and_then(|()| {
             catch(|| {
-                let _scope = TokenScope::enter(&self.cancel_token);
                 let result = self.runner.run_owned(task, inputs);
                 inputs.clear();
                 result
