@@ -50,7 +50,7 @@ impl Schedule {
         }
         let unfinished_deps: Vec<u32> = graph.tasks().map(|t| graph.deps(t).len() as u32).collect();
         let groups = groups.max(1);
-        let mut ready = vec![BinaryHeap::new(); groups + 1];
+        let ready = vec![BinaryHeap::new(); groups + 1];
         let initial: Vec<TaskId> = graph
             .tasks()
             .filter(|t| unfinished_deps[t.index()] == 0)
