@@ -15,6 +15,8 @@
 //! - A worker out of work spins a little (yielding its core) before it sleeps, and so does a caller
 //!   waiting for its job, as rayon's threads do: work that comes back soon, the next small computation
 //!   or the task another thread is finishing, is picked up without a system call to wake a thread.
+//!   They spin only on a core the threads at work leave free: a spinner beside busy threads on every
+//!   core would make the OS preempt them, perhaps one holding a job's lock, for its share.
 //! - The first failure settles the job at once: nothing new starts, the caller is woken, the job's
 //!   [`CancelToken`] is cancelled, and tasks still running finish in the background with their results
 //!   dropped. The pool stays usable.
@@ -312,7 +314,7 @@ struct JobState<R: Runner> {
     values: Vec<Option<R::Value>>,
     /// `None` while running; once set, nothing new starts.
     outcome: Option<Result<(), Error<R::Error>>>,
-    /// Threads in [`JobHandle::help`] waiting for ready work.
+    /// Threads in [`JobHandle::help`] waiting for ready work and room to run it.
     helpers_waiting: usize,
 }
 
@@ -375,6 +377,9 @@ impl<R: Runner> Job<R> {
         let mut finished: Option<(TaskId, TaskResult<R>)> = None;
         // A task that found inputs lost, with the inputs it was handed.
         let mut requeued: Option<(TaskId, InputsLost, Vec<R::Value>)> = None;
+        // Once per visit rather than per task: the token's count is shared by every thread on the
+        // job, and touching it per task would pass its cache line between them.
+        let _scope = TokenScope::enter(&self.cancel_token);
         loop {
             // The task to blame if user code (`place`, `Clone`) panics during bookkeeping.
             let mut blame = finished
@@ -415,11 +420,13 @@ impl<R: Runner> Job<R> {
                     0
                 };
                 self.ready_hint.store(ready, SeqCst);
-                if ready > 0 && state.helpers_waiting > 0 {
+                let running = match next {
+                    Some(_) => self.running.load(SeqCst),
+                    None => self.running.fetch_sub(1, SeqCst) - 1,
+                };
+                // A helper waits for ready work and for room: both change only here, under the lock.
+                if ready > 0 && running < self.limit && state.helpers_waiting > 0 {
                     self.changed.notify_all();
-                }
-                if next.is_none() {
-                    self.running.fetch_sub(1, SeqCst);
                 }
                 next
             });
@@ -461,7 +468,6 @@ impl<R: Runner> Job<R> {
         };
         let attempt = observe(&|o| o.task_started(task, worker)).and_then(|()| {
             catch(|| {
-                let _scope = TokenScope::enter(&self.cancel_token);
                 let result = self.runner.run_recoverable(task, inputs);
                 if result.is_ok() {
                     inputs.clear();
@@ -740,7 +746,9 @@ impl<R: Runner> Work for Job<R> {
         let group = WORKER_INDEX
             .get()
             .map(|worker| worker / pool.threads_per_group);
-        self.work(Some(pool), group, None)
+        pool.working.fetch_add(1, SeqCst);
+        self.work(Some(pool), group, None);
+        pool.working.fetch_sub(1, SeqCst);
     }
 }
 
@@ -756,6 +764,10 @@ struct PoolShared {
     idle: AtomicUsize,
     /// Workers spinning: they notice a change of `posted` without being woken.
     spinning: AtomicUsize,
+    /// Threads inside a job of this pool: workers, and callers helping.
+    working: AtomicUsize,
+    /// The machine's cores: spinners beyond what the working threads leave free go to sleep.
+    cores: usize,
     /// Bumped whenever there may be new work for an idle worker (or the pool shuts down).
     posted: AtomicUsize,
     host: Arc<dyn ThreadHost>,
@@ -779,6 +791,7 @@ impl PoolShared {
         self.host.block(&mut || {
             self.spinning.fetch_add(1, SeqCst);
             let mut seen = None;
+            let mut spinning = true;
             for _ in 0..SPIN_ROUNDS {
                 let posted = self.posted.load(SeqCst);
                 if seen != Some(posted) {
@@ -789,12 +802,28 @@ impl PoolShared {
                         return;
                     }
                 }
+                // A spinner beside threads that already keep every core busy only takes a core
+                // from them: one spinner too many goes to sleep at once. It looks for work
+                // again after it counts itself asleep, so a job that posted work meanwhile, and
+                // saw neither a spinner nor a sleeper, is not missed.
+                if self
+                    .spinning
+                    .fetch_update(SeqCst, SeqCst, |spinners| {
+                        (self.working.load(SeqCst) + spinners > self.cores).then_some(spinners - 1)
+                    })
+                    .is_ok()
+                {
+                    spinning = false;
+                    break;
+                }
                 std::thread::yield_now();
             }
             let mut state = self.state.lock();
             // Asleep before no longer spinning: a publisher always sees one of the two.
             self.idle.fetch_add(1, SeqCst);
-            self.spinning.fetch_sub(1, SeqCst);
+            if spinning {
+                self.spinning.fetch_sub(1, SeqCst);
+            }
             picked = loop {
                 if let Some(found) = self.find_job(&state) {
                     break found;
@@ -890,6 +919,8 @@ impl ThreadPool {
                 wake: Condvar::new(),
                 idle: AtomicUsize::new(0),
                 spinning: AtomicUsize::new(0),
+                working: AtomicUsize::new(0),
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 posted: AtomicUsize::new(0),
                 host,
             }),
@@ -1041,8 +1072,9 @@ impl<R: Runner> JobHandle<R> {
     }
 
     /// Runs the computation's ready tasks on the calling thread, beside the pool's workers, until it
-    /// settles or `deadline` passes; returns whether it settled. With nothing ready it sleeps until
-    /// there is, so a pool worker that waits for a graph of its own this way keeps that graph moving
+    /// settles or `deadline` passes; returns whether it settled. It counts as one of the pool's
+    /// threads: with nothing ready, or with as many threads on the job as the pool has, it sleeps
+    /// until it can take a task, so a pool worker that waits for a graph of its own this way keeps that graph moving
     /// even when every worker does the same (help-while-waiting, as rayon's `join` does). The
     /// deadline is checked between tasks: a task running on this thread is not interrupted.
     ///
@@ -1051,12 +1083,19 @@ impl<R: Runner> JobHandle<R> {
     pub fn help(&self, deadline: Option<Instant>) -> bool {
         let job = &self.job;
         loop {
-            job.running.fetch_add(1, SeqCst);
-            job.work(Some(&self.pool), None, deadline);
+            // The caller takes the place of a worker: with the job at its limit it only waits, so
+            // caller and workers together never run more threads than the pool has.
+            if job.try_enter() {
+                self.pool.working.fetch_add(1, SeqCst);
+                job.work(Some(&self.pool), None, deadline);
+                self.pool.working.fetch_sub(1, SeqCst);
+            }
             // The last tasks are often about to end on other threads: look again a few times
-            // before sleeping, which would cost a wake-up when they do.
+            // before sleeping, which would cost a wake-up when they do. Not while the job's own
+            // threads fill the pool, whose cores the spinning would take from them.
             for _ in 0..SPIN_ROUNDS {
                 if job.settled.load(SeqCst)
+                    || job.running.load(SeqCst) >= job.limit
                     || job.ready_hint.load(SeqCst) > 0
                     || deadline.is_some_and(|deadline| Instant::now() >= deadline)
                 {
@@ -1072,7 +1111,7 @@ impl<R: Runner> JobHandle<R> {
                 if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                     return false;
                 }
-                if state.schedule.ready_len() > 0 {
+                if state.schedule.ready_len() > 0 && job.running.load(SeqCst) < job.limit {
                     break;
                 }
                 state.helpers_waiting += 1;

@@ -92,6 +92,7 @@ impl Schedule {
             .iter()
             .flat_map(|heap| heap.iter().map(|&Reverse(task)| task))
             .chain(self.roots.iter().flatten().copied())
+            .chain(self.initial.iter().copied())
             .collect();
         let deps = graph.deps(task);
         let mut roots: Vec<TaskId> = lost
@@ -155,6 +156,7 @@ impl Schedule {
             for run in &mut self.roots {
                 run.retain(|task| !unready.contains(task));
             }
+            self.initial.retain(|task| !unready.contains(task));
         }
         Ok(())
     }

@@ -578,6 +578,28 @@ fn a_caller_and_the_workers_helping_it_are_no_more_than_the_pool_has_threads() {
     assert_eq!(rendezvous.most.load(SeqCst), 2);
 }
 
+/// A caller that joins a job whose workers already fill the pool waits instead of running a third
+/// thread beside them: the two leaves the workers hold wait for a third to meet them, which only an
+/// oversubscribing caller could be.
+#[test]
+fn a_caller_joining_a_job_its_workers_fill_waits_for_room() {
+    let pool = ThreadPool::new(2, Arc::new(PlainHost)).unwrap();
+    let rendezvous = Rendezvous::new(3, Duration::from_millis(200));
+    let (graph, root) = fan_in(3);
+    let handle = pool.submit(graph, vec![root], Arc::clone(&rendezvous));
+    let waited = std::time::Instant::now() + TIMEOUT;
+    while *rendezvous.running.lock() < 2 {
+        assert!(
+            std::time::Instant::now() < waited,
+            "the workers never took two leaves"
+        );
+        std::thread::yield_now();
+    }
+    assert!(handle.help(Some(std::time::Instant::now() + TIMEOUT)));
+    assert_eq!(handle.result().unwrap(), vec![0], "three leaves met");
+    assert_eq!(rendezvous.most.load(SeqCst), 2);
+}
+
 /// Whether the workers spin or sleep when work arrives, as many ready tasks as the pool has threads
 /// run at once: the caller and every worker. Tasks that wait for each other finish.
 #[test]
