@@ -45,7 +45,9 @@ fn shared_pools_are_bounded_and_owned_pools_end_when_dropped() {
     }
     // 820 threads if every size were kept. Pools let go of are not waited for: their idle threads end
     // on their own, soon.
-    let kept = count_once("belated-worker", |kept| kept <= belated_core::kept_threads());
+    let kept = count_once("belated-worker", |kept| {
+        kept <= belated_core::kept_threads()
+    });
     assert!(
         kept <= belated_core::kept_threads(),
         "{kept} threads kept after computing on pools of 1..=40 threads"
