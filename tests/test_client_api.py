@@ -771,3 +771,13 @@ def test_a_persisted_failure_shows_only_where_it_is_used(which, request, in_proc
         with pytest.raises(Boom, match="zero"):
             bad.compute()
         assert good.compute() == 4
+
+
+def submits_and_computes_inside(x):
+    submitted = belated.get_client().submit(inc, x).result(timeout=60)
+    return submitted + belated.delayed(inc)(x).compute(scheduler="sync")
+
+
+def test_a_persisted_task_may_compute_and_submit_without_waiting_for_its_own_persist(in_process):
+    persisted = in_process.persist(belated.delayed(submits_and_computes_inside)(1))
+    assert persisted.compute() == 4

@@ -460,7 +460,7 @@ class Client:
         nested = _belated.on_pool_thread() or getattr(task_client, "client", None) is not None
         scheduler, workers = ("sync", None) if nested else ("threads", self._threads)
         cluster = None if nested else self._cluster
-        earlier_persists = persists_started()
+        earlier_persists = [] if nested else persists_started()
 
         def run():
             wait_for_persists(earlier_persists)

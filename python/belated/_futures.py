@@ -66,8 +66,16 @@ def persists_started():
         return list(_PERSISTING)
 
 
+def in_task():
+    """Whether a task runs on this thread: its computation may be a persist that others wait for."""
+    return _belated.on_pool_thread() or getattr(task_client, "client", None) is not None
+
+
 def wait_for_persists(batches=None):
-    """Waits until ``batches`` (by default every persist not yet done) are done, failed or not."""
+    """Waits until ``batches`` (by default every persist not yet done) are done, failed or not. A task
+    does not wait: the persist may be its own computation."""
+    if in_task():
+        return
     batches = persists_started() if batches is None else batches
     if batches:
         concurrent.futures.wait(batches)
