@@ -683,3 +683,101 @@ def test_module_level_names_match_distributed():
                  "progress", "Future", "Client"):  # fmt: skip
         assert hasattr(belated, name) and hasattr(distributed, name), name
     assert importlib.import_module("belated").Future is _futures.Future
+
+
+# -- one failure fails only what needs it; persist returns at once --------------------------------------
+
+
+def delayed_of(client):
+    return dask.delayed if isinstance(client, distributed.Client) else belated.delayed
+
+
+def test_a_failed_task_fails_only_the_futures_that_need_it(any_client):
+    delayed = delayed_of(any_client)
+    bad, good = delayed(explode_on_zero)(0), delayed(explode_on_zero)(5)
+    after_bad, after_good = delayed(inc)(bad), delayed(inc)(good)
+    both = delayed(add)(bad, good)
+    futures = any_client.compute([bad, good, after_bad, after_good, both])
+    module_of(any_client).wait(futures, timeout=60)
+    assert [f.status for f in futures] == ["error", "finished", "error", "finished", "error"]
+    assert [futures[1].result(), futures[3].result()] == [5, 6]
+    for failed in (futures[0], futures[2], futures[4]):
+        assert type(failed.exception()) is Boom and str(failed.exception()) == "zero"
+        with pytest.raises(Boom, match="zero"):
+            failed.result()
+
+
+def test_a_failed_submit_fails_only_the_submits_that_take_it(any_client):
+    bad = any_client.submit(explode_on_zero, 0)
+    good = any_client.submit(explode_on_zero, 3)
+    chained = [any_client.submit(add, bad, good), any_client.submit(square, good)]
+    module_of(any_client).wait(chained, timeout=60)
+    assert [f.status for f in chained] == ["error", "finished"]
+    assert type(chained[0].exception()) is Boom and chained[1].result() == 9
+
+
+def test_a_failed_task_keeps_the_users_frames(in_process):
+    def fails_here(x):
+        raise Boom(f"frame {x}")
+
+    bad, good = belated.delayed(fails_here)(1), belated.delayed(inc)(1)
+    futures = in_process.compute([bad, good])
+    with pytest.raises(Boom) as raised:
+        futures[0].result(timeout=60)
+    frames = [entry.name for entry in raised.traceback]
+    assert "fails_here" in frames
+    assert futures[1].result(timeout=60) == 2
+
+
+def test_compute_without_a_client_still_raises_the_first_failure():
+    bad, good = belated.delayed(explode_on_zero)(0), belated.delayed(inc)(1)
+    for scheduler in ("threads", "sync", "processes"):
+        with pytest.raises(Boom, match="zero"):
+            belated.compute(bad, good, scheduler=scheduler)
+
+
+def held_until_gate(events):
+    assert GATE.wait(60), "the test never opened the gate"
+    events.append("task ran")
+    return 7
+
+
+def test_persist_returns_before_its_tasks_end(in_process):
+    GATE.clear()
+    events = []
+    task = belated.delayed(held_until_gate)(events)
+    persisted = in_process.persist(task)
+    events.append("persist returned")
+    GATE.set()
+    assert persisted.key == task.key
+    assert persisted.compute() == 7
+    assert in_process.compute(belated.delayed(inc)(persisted)).result(timeout=60) == 8
+    assert events == ["persist returned", "task ran"], "the task ran once, after persist returned"
+
+
+@pytest.mark.parametrize("which", ["belated-threads", "belated-processes", "distributed"])
+def test_a_persisted_failure_shows_only_where_it_is_used(which, request, in_process, local_cluster):
+    client = {"belated-threads": in_process, "belated-processes": local_cluster}.get(which)
+    client = client or request.getfixturevalue("reference")
+    delayed = delayed_of(client)
+    bad, good = client.persist([delayed(explode_on_zero)(0), delayed(explode_on_zero)(4)])
+    assert client.compute(delayed(square)(good)).result(timeout=60) == 16
+    with pytest.raises(Boom, match="zero"):
+        client.compute(delayed(square)(bad)).result(timeout=60)
+    futures = client.compute([delayed(inc)(bad), delayed(inc)(good)])
+    module_of(client).wait(futures, timeout=60)
+    assert [f.status for f in futures] == ["error", "finished"]
+    if which != "distributed":
+        with pytest.raises(Boom, match="zero"):
+            bad.compute()
+        assert good.compute() == 4
+
+
+def submits_and_computes_inside(x):
+    submitted = belated.get_client().submit(inc, x).result(timeout=60)
+    return submitted + belated.delayed(inc)(x).compute(scheduler="sync")
+
+
+def test_a_persisted_task_may_compute_and_submit_without_waiting_for_its_own_persist(in_process):
+    persisted = in_process.persist(belated.delayed(submits_and_computes_inside)(1))
+    assert persisted.compute() == 4

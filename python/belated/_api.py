@@ -7,7 +7,7 @@ import numbers
 import os
 import sys
 
-from belated import _belated, _logging, config
+from belated import _belated, _futures, _logging, config
 from belated._dask import executor_for
 from belated.diagnostics import active_callbacks
 
@@ -78,6 +78,8 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
                 items, scheduler, num_workers, traverse, callbacks, timeout, persist, retries, cluster
             )
 
+    # A Client's persisted objects stand for results that may still be on their way.
+    _futures.wait_for_persists()
     if persist and any(_is_foreign(arg) for arg in args):
         return _persist_collections(args, run)
     args = _collections_as_delayed(args, traverse)

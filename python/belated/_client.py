@@ -24,11 +24,16 @@ from belated._futures import (
     Computation,
     EachOwnOutcome,
     Future,
+    Persisted,
+    Raised,
     finished,
     futures_in,
     gather,
+    persisting,
+    persists_started,
     replace_futures,
     task_client,
+    wait_for_persists,
 )
 from belated._tokenize import tokenize
 
@@ -414,22 +419,37 @@ class Client:
         return Future(finished([value]), 0, str(key), self)
 
     def persist(self, collections, *, traverse=True, retries=None):
-        """Computes ``collections`` (a Delayed, or a list or tuple of them) on the cluster and returns
-        new ``Delayed`` objects holding the results under the same keys (a list for a list).
+        """Starts computing ``collections`` (a Delayed, or a list or tuple of them) on the cluster and
+        returns at once new ``Delayed`` objects standing for the results under the same keys (a list
+        for a list), as distributed does. Computing one waits for its result; a failed task's exception
+        shows then, and only in what needs it.
 
-        On a local cluster the results come back to this process and are held here; a later
-        computation on the cluster sends each large one to a worker once, not with every task. On Dask
-        distributed they stay in the cluster, as distributed Futures the new objects hold.
+        On a local cluster the results come back to this process and are held here. On Dask
+        distributed they stay in the cluster, as distributed Futures the new objects hold. Other dask
+        collections are persisted before this returns.
         """
         if self._distributed_client is not None:
             futures = self._on_distributed(collections, traverse, sync=False)
             return _hold(collections, futures)
-        from belated import persist
+        from belated import delayed, persist
 
         many = type(collections) in (list, tuple)
         items = tuple(collections) if many else (collections,)
-        persisted = persist(*items, traverse=traverse, scheduler=self, retries=retries)
-        return list(persisted) if many else persisted[0]
+        pending = [i for i, item in enumerate(items) if isinstance(item, _belated.Delayed)]
+        others = [i for i in range(len(items)) if i not in set(pending)]
+        persisted = list(items)
+        if others:
+            done = persist(*(items[i] for i in others), traverse=traverse, scheduler=self, retries=retries)
+            for i, item in zip(others, done, strict=True):
+                persisted[i] = item
+        if pending:
+            tasks = tuple(items[i] for i in pending)
+            futures = self._start(lambda: tasks, [task.key for task in tasks], traverse, retries)
+            persisting(futures[0]._batch)
+            for i, future in zip(pending, futures, strict=True):
+                _, (key, length) = items[i].__dask_postpersist__()
+                persisted[i] = delayed(Persisted(future), nout=length, pure=True)(dask_key_name=key)
+        return persisted if many else persisted[0]
 
     def _on_distributed(self, collections, traverse, sync):
         """Computes on Dask distributed as ``belated.compute(..., scheduler=client)`` does; with
@@ -487,11 +507,15 @@ class Client:
         nested = _belated.on_pool_thread() or getattr(task_client, "client", None) is not None
         scheduler, workers = ("sync", None) if nested else ("threads", self._threads)
         cluster = None if nested else self._cluster
+        earlier_persists = [] if nested else persists_started()
 
         def run():
+            wait_for_persists(earlier_persists)
             items = build()
+            # Each future settles on its own, as in distributed: a failed task fails only the futures
+            # that need it, and the others' tasks still run.
             return _belated.compute(
-                items, scheduler, workers, traverse, (), None, False, retries, cluster, token
+                items, scheduler, workers, traverse, (), None, False, retries, cluster, token, each=Raised
             )
 
         batch = concurrent.futures.Future()

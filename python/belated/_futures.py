@@ -8,6 +8,9 @@ Invariants:
   started, it never does, as distributed releases what no future refers to (``fire_and_forget``
   keeps it). A computation already running finishes.
 - A future of a closed client raises ``belated.CancelledError``: its results went with the cluster.
+- ``Client.persist`` returns at once: each persisted ``Delayed`` is a task that gives its future's
+  result (or raises its exception). A computation waits for the persists started before it, before
+  it starts, so that no task ever blocks a worker thread waiting for a persist that needs one.
 """
 
 import asyncio
@@ -38,6 +41,80 @@ class Computation:
     def __del__(self):
         # Only what has not started: a running computation finishes (its result unused).
         self.batch.cancel()
+
+
+# The batches of persists not yet done (see the module's invariants).
+_PERSISTING = set()
+_PERSISTING_LOCK = threading.Lock()
+
+
+def persisting(batch):
+    """Counts ``batch`` among the persists that computations wait for until it is done."""
+    with _PERSISTING_LOCK:
+        _PERSISTING.add(batch)
+
+    def done(_):
+        with _PERSISTING_LOCK:
+            _PERSISTING.discard(batch)
+
+    batch.add_done_callback(done)
+
+
+def persists_started():
+    """The persists not yet done, for :func:`wait_for_persists`."""
+    with _PERSISTING_LOCK:
+        return list(_PERSISTING)
+
+
+def in_task():
+    """Whether a task runs on this thread: its computation may be a persist that others wait for."""
+    return _belated.on_pool_thread() or getattr(task_client, "client", None) is not None
+
+
+def wait_for_persists(batches=None):
+    """Waits until ``batches`` (by default every persist not yet done) are done, failed or not. A task
+    does not wait: the persist may be its own computation."""
+    if in_task():
+        return
+    batches = persists_started() if batches is None else batches
+    if batches:
+        concurrent.futures.wait(batches)
+
+
+class Persisted:
+    """The function of a persisted ``Delayed``'s task: gives its future's result, or raises the task's
+    exception. Sent to a worker process as the result itself, once it is there."""
+
+    __slots__ = ("__name__", "future")
+
+    def __init__(self, future):
+        self.future = future
+        self.__name__ = "persisted"
+
+    def __call__(self):
+        return self.future.result()
+
+    def __dask_tokenize__(self):
+        return ("persisted", self.future.key)
+
+    def __reduce__(self):
+        error = self.future.exception()
+        return (Settled, (None, error) if error is not None else (self.future.result(), None))
+
+
+class Settled:
+    """A :class:`Persisted` in a worker process: the result it stands for, or the exception."""
+
+    __slots__ = ("__name__", "error", "value")
+
+    def __init__(self, value, error):
+        self.value, self.error = value, error
+        self.__name__ = "persisted"
+
+    def __call__(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def finished(values):

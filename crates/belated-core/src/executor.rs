@@ -20,6 +20,11 @@
 //! - The first failure settles the job at once: nothing new starts, the caller is woken, the job's
 //!   [`CancelToken`] is cancelled, and tasks still running finish in the background with their results
 //!   dropped. The pool stays usable.
+//! - Unless the job keeps going ([`ThreadPool::submit_each`], [`run_inline_each`]): then a task that
+//!   fails (returns its error or panics) ends only itself and the tasks downstream of it, which never
+//!   run; everything else runs, and each output gets its value or the failure that stopped it
+//!   ([`Outputs`]). Cancelling, a deadline, and a panic in bookkeeping (a value's `Clone` or `Drop`,
+//!   placement, an observer) still end the whole job.
 //! - User code reaches the loop through tasks, values (`Clone`, `Drop`), placement and observers. A
 //!   panic in any of them settles that job as [`Error::Panic`] naming the task concerned; it never
 //!   unwinds through the loop, so no worker is lost and no job is left waiting for a task that ended.
@@ -262,10 +267,31 @@ pub fn run_inline_observed<R: Runner>(
     runner: R,
     observer: Option<Arc<dyn Observer>>,
 ) -> Result<Vec<R::Value>, Error<R::Error>> {
-    let job = Job::new(graph, outputs, runner, observer, 1, 1);
+    inline_job(graph, outputs, runner, observer, false).take_result()
+}
+
+/// [`run_inline_observed`], keeping going past failures: a failed task ends only what is downstream
+/// of it, and each output gets its value or the failure that stopped it.
+pub fn run_inline_each<R: Runner>(
+    graph: Graph,
+    outputs: Vec<TaskId>,
+    runner: R,
+    observer: Option<Arc<dyn Observer>>,
+) -> EachOutput<R> {
+    inline_job(graph, outputs, runner, observer, true).take_outputs()
+}
+
+fn inline_job<R: Runner>(
+    graph: Graph,
+    outputs: Vec<TaskId>,
+    runner: R,
+    observer: Option<Arc<dyn Observer>>,
+    keep_going: bool,
+) -> Job<R> {
+    let job = Job::new(graph, outputs, runner, observer, 1, 1, keep_going);
     job.running.fetch_add(1, SeqCst);
     job.work(None, None, None);
-    job.take_result()
+    job
 }
 
 /// Runs `f`, turning a panic into its message. A panic payload whose own `Drop` panics is leaked
@@ -291,6 +317,20 @@ fn clear_inputs<V>(inputs: &mut Vec<V>) -> Result<(), String> {
 /// A task's outcome as the loop sees it: its result, or the message of a panic.
 type TaskResult<R> = Result<Result<<R as Runner>::Value, <R as Runner>::Error>, String>;
 
+/// How a computation that kept going past failures ends: [`Outputs`], or why it ended as a whole.
+pub type EachOutput<R> =
+    Result<Outputs<<R as Runner>::Value, <R as Runner>::Error>, Error<<R as Runner>::Error>>;
+
+/// What a computation that kept going past failures ends with.
+#[derive(Debug)]
+pub struct Outputs<V, E> {
+    /// Each output, in the order asked for: its value, or the index in `failures` of the failure
+    /// upstream of it (or of its own).
+    pub values: Vec<Result<V, usize>>,
+    /// The tasks that failed ([`Error::Task`] or [`Error::Panic`]), in the order they did.
+    pub failures: Vec<Error<E>>,
+}
+
 struct Job<R: Runner> {
     graph: Graph,
     outputs: Vec<TaskId>,
@@ -307,6 +347,8 @@ struct Job<R: Runner> {
     /// Whether the outcome is set, for a helper spinning without the lock.
     settled: AtomicBool,
     cancel_token: CancelToken,
+    /// Whether a failed task ends only what is downstream of it (see the module's invariants).
+    keep_going: bool,
 }
 
 struct JobState<R: Runner> {
@@ -316,6 +358,9 @@ struct JobState<R: Runner> {
     outcome: Option<Result<(), Error<R::Error>>>,
     /// Threads in [`JobHandle::help`] waiting for ready work and room to run it.
     helpers_waiting: usize,
+    /// With `keep_going`: the failures so far, and for each task ended by one, its index.
+    failures: Vec<Error<R::Error>>,
+    ended_by: Vec<Option<usize>>,
 }
 
 /// What a bookkeeping step displaced, with the task each value came from; dropped only after the
@@ -337,6 +382,7 @@ impl<R: Runner> Job<R> {
         observer: Option<Arc<dyn Observer>>,
         groups: usize,
         limit: usize,
+        keep_going: bool,
     ) -> Self {
         let schedule = Schedule::new(&graph, &outputs, groups);
         let ready = schedule.ready_len();
@@ -348,6 +394,8 @@ impl<R: Runner> Job<R> {
                 schedule,
                 outcome,
                 helpers_waiting: 0,
+                failures: Vec::new(),
+                ended_by: Vec::new(),
             }),
             graph,
             outputs,
@@ -359,6 +407,7 @@ impl<R: Runner> Job<R> {
             limit,
             settled,
             cancel_token: CancelToken::new(),
+            keep_going,
         }
     }
 
@@ -600,7 +649,50 @@ impl<R: Runner> Job<R> {
             Ok(Err(error)) => Err(Error::Task { task, error }),
             Err(message) => Err(Error::Panic { task, message }),
         };
-        garbage.late_error = self.settle(state, outcome);
+        match outcome {
+            Err(failure) if self.keep_going && state.outcome.is_none() => {
+                self.end_downstream(state, task, failure, garbage)
+            }
+            outcome => garbage.late_error = self.settle(state, outcome),
+        }
+    }
+
+    /// Ends `task`, which failed, and what is downstream of it, keeping the job going; settles it
+    /// if nothing else is left to run.
+    fn end_downstream(
+        &self,
+        state: &mut JobState<R>,
+        task: TaskId,
+        failure: Error<R::Error>,
+        garbage: &mut Garbage<R>,
+    ) {
+        let JobState {
+            schedule,
+            values,
+            failures,
+            ended_by,
+            ..
+        } = state;
+        let index = failures.len();
+        failures.push(failure);
+        if ended_by.is_empty() {
+            ended_by.resize(self.graph.len(), None);
+        }
+        ended_by[task.index()] = Some(index);
+        schedule.fail(
+            &self.graph,
+            task,
+            |skipped| ended_by[skipped.index()] = Some(index),
+            |released| garbage.released.push(released),
+        );
+        for released in garbage.released.drain(..) {
+            if let Some(value) = values[released.index()].take() {
+                garbage.values.push((released, value));
+            }
+        }
+        if schedule.is_finished() {
+            garbage.late_error = self.settle(state, Ok(()));
+        }
     }
 
     /// Steps back after `task` found inputs `lost` ([`Schedule::requeue`]): what it was handed goes
@@ -663,17 +755,38 @@ impl<R: Runner> Job<R> {
         self.cancel_token.cancel();
     }
 
+    /// Takes the outcome, leaving the job settled as cancelled for any task still running; a job
+    /// that kept going past failures fails with the first of them.
+    fn take_result(&self) -> Result<Vec<R::Value>, Error<R::Error>> {
+        let Outputs {
+            values,
+            mut failures,
+        } = self.take_outputs()?;
+        if failures.is_empty() {
+            return Ok(values.into_iter().flatten().collect());
+        }
+        let first = failures.swap_remove(0);
+        // A later failure, or a value of another output, has nowhere to go.
+        let _ = catch(move || drop((values, failures)));
+        Err(first)
+    }
+
     /// Takes the outcome, leaving the job settled as cancelled for any task still running. Outputs
     /// move out (a value asked for twice is cloned for all but the last); a panic in that `Clone`, or
     /// in the `Drop` of a value left over, fails the result.
-    fn take_result(&self) -> Result<Vec<R::Value>, Error<R::Error>> {
-        let (outcome, mut values) = {
+    fn take_outputs(&self) -> EachOutput<R> {
+        let (outcome, mut values, failures, ended_by) = {
             let mut state = self.state.lock();
             let outcome = state
                 .outcome
                 .replace(Err(Error::Cancelled))
                 .unwrap_or(Err(Error::Cancelled));
-            (outcome, std::mem::take(&mut state.values))
+            (
+                outcome,
+                std::mem::take(&mut state.values),
+                std::mem::take(&mut state.failures),
+                std::mem::take(&mut state.ended_by),
+            )
         };
         let mut outputs = Vec::with_capacity(self.outputs.len());
         let mut result = outcome.and_then(|()| {
@@ -682,6 +795,10 @@ impl<R: Runner> Job<R> {
                 uses[output.index()] += 1;
             }
             for &output in &self.outputs {
+                if let Some(failure) = ended_by.get(output.index()).copied().flatten() {
+                    outputs.push(Err(failure));
+                    continue;
+                }
                 let slot = &mut values[output.index()];
                 uses[output.index()] -= 1;
                 let value = match uses[output.index()] {
@@ -691,7 +808,7 @@ impl<R: Runner> Job<R> {
                         message,
                     })?,
                 };
-                outputs.push(value.expect("outputs are never released"));
+                outputs.push(Ok(value.expect("outputs are never released")));
             }
             Ok(())
         });
@@ -704,9 +821,12 @@ impl<R: Runner> Job<R> {
             }
         }
         match result {
-            Ok(()) => Ok(outputs),
+            Ok(()) => Ok(Outputs {
+                values: outputs,
+                failures,
+            }),
             Err(error) => {
-                let _ = catch(|| drop(outputs));
+                let _ = catch(|| drop((outputs, failures)));
                 Err(error)
             }
         }
@@ -968,7 +1088,19 @@ impl ThreadPool {
         runner: R,
         observer: Option<Arc<dyn Observer>>,
     ) -> JobHandle<R> {
-        self.enqueue(graph, outputs, runner, observer, true)
+        self.enqueue(graph, outputs, runner, observer, true, false)
+    }
+
+    /// [`ThreadPool::submit_observed`], keeping going past failures: a failed task ends only what is
+    /// downstream of it; take each output's value or failure with [`JobHandle::outputs`].
+    pub fn submit_each<R: Runner>(
+        &self,
+        graph: Graph,
+        outputs: Vec<TaskId>,
+        runner: R,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> JobHandle<R> {
+        self.enqueue(graph, outputs, runner, observer, true, true)
     }
 
     /// [`ThreadPool::submit_observed`] for a caller that will [`JobHandle::help`]: no worker is woken
@@ -981,7 +1113,7 @@ impl ThreadPool {
         runner: R,
         observer: Option<Arc<dyn Observer>>,
     ) -> JobHandle<R> {
-        self.enqueue(graph, outputs, runner, observer, false)
+        self.enqueue(graph, outputs, runner, observer, false, false)
     }
 
     fn enqueue<R: Runner>(
@@ -991,6 +1123,7 @@ impl ThreadPool {
         runner: R,
         observer: Option<Arc<dyn Observer>>,
         wake: bool,
+        keep_going: bool,
     ) -> JobHandle<R> {
         let job = Arc::new(Job::new(
             graph,
@@ -999,6 +1132,7 @@ impl ThreadPool {
             observer,
             self.shared.groups,
             self.shared.groups * self.shared.threads_per_group,
+            keep_going,
         ));
         let ready = if wake { job.ready_hint.load(SeqCst) } else { 0 };
         {
@@ -1142,6 +1276,14 @@ impl<R: Runner> JobHandle<R> {
     pub fn result(self) -> Result<Vec<R::Value>, Error<R::Error>> {
         self.job.cancel();
         self.job.take_result()
+    }
+
+    /// Each output's value or the failure that stopped it, for a computation that kept going
+    /// ([`ThreadPool::submit_each`]); `Err` when it ended as a whole (cancelled, say). Cancels first
+    /// if the computation has not settled.
+    pub fn outputs(self) -> EachOutput<R> {
+        self.job.cancel();
+        self.job.take_outputs()
     }
 }
 

@@ -19,6 +19,10 @@
 //!   working, before it takes a task placed elsewhere (which would move that task's inputs).
 //! - A result lost after it was computed (with a worker process) makes the schedule step back: see
 //!   [`crate::recovery`].
+//! - A failed task, when the computation keeps going past failures, counts as finished for its inputs
+//!   (they are released as if it had run) and takes every task downstream of it with it: those never
+//!   become ready, and they count as finished for their own inputs too, so nothing waits for them and
+//!   nothing is kept for them.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -33,6 +37,8 @@ pub struct Schedule {
     pub(crate) unfinished_dependents: Vec<u32>,
     pub(crate) unstarted_dependents: Vec<u32>,
     is_output: Vec<bool>,
+    /// Failed, or downstream of a failure: never ready.
+    failed: Vec<bool>,
     /// Ready tasks placed on each group, then (last) the unplaced ones.
     pub(crate) ready: Vec<BinaryHeap<Reverse<TaskId>>>,
     /// With several groups, each group's run of the tasks ready from the start, in id order.
@@ -85,6 +91,7 @@ impl Schedule {
             unfinished_dependents,
             unfinished_deps,
             is_output,
+            failed: vec![false; graph.len()],
             ready,
             roots,
             initial,
@@ -191,7 +198,7 @@ impl Schedule {
                 continue;
             };
             *waiting = left;
-            if left == 0 {
+            if left == 0 && !self.failed[dependent.index()] {
                 let heap = place(dependent)
                     .filter(|&g| g < unplaced)
                     .unwrap_or(unplaced);
@@ -199,10 +206,46 @@ impl Schedule {
                 self.ready_len += 1;
             }
         }
+        self.release_inputs(graph, task, &mut release);
+    }
+
+    /// Records that `task`, which started, failed: it and every task downstream of it end without
+    /// running. `skipped` is called for each task downstream (once each, never for `task`), and
+    /// `release` for every input that no unfinished task needs any more.
+    pub fn fail(
+        &mut self,
+        graph: &Graph,
+        task: TaskId,
+        mut skipped: impl FnMut(TaskId),
+        mut release: impl FnMut(TaskId),
+    ) {
+        self.failed[task.index()] = true;
+        let mut ended = vec![task];
+        while let Some(ending) = ended.pop() {
+            self.unfinished -= 1;
+            if ending != task {
+                // Never starts: a value it would have taken last moves into another consumer.
+                for &dep in graph.deps(ending) {
+                    self.unstarted_dependents[dep.index()] -= 1;
+                }
+            }
+            self.release_inputs(graph, ending, &mut release);
+            for &dependent in graph.dependents(ending) {
+                if !std::mem::replace(&mut self.failed[dependent.index()], true) {
+                    skipped(dependent);
+                    ended.push(dependent);
+                }
+            }
+        }
+    }
+
+    /// `task` no longer needs its inputs: releases each one no unfinished task needs.
+    fn release_inputs(&mut self, graph: &Graph, task: TaskId, release: &mut impl FnMut(TaskId)) {
         for &dep in graph.deps(task) {
             let pending = &mut self.unfinished_dependents[dep.index()];
             *pending -= 1;
-            if *pending == 0 && !self.is_output[dep.index()] {
+            // A failed task has no result to release.
+            if *pending == 0 && !self.is_output[dep.index()] && !self.failed[dep.index()] {
                 release(dep);
             }
         }
@@ -373,5 +416,36 @@ mod tests {
         let first = schedule.next_ready(None).unwrap();
         schedule.finish(&graph, first, |_| Some(7), |_| {});
         assert_eq!(schedule.next_ready(Some(1)), Some(TaskId(1)));
+    }
+
+    /// 0 feeds 1 (which fails) and 3; 1 feeds 2; 3 runs on. 2 never becomes ready, and 0 goes once
+    /// 3, its only consumer left, finishes.
+    #[test]
+    fn a_failure_ends_its_downstream_and_releases_what_only_they_needed() {
+        let graph = Graph::from_deps::<(), _, _>([
+            vec![],
+            vec![TaskId(0)],
+            vec![TaskId(1), TaskId(0)],
+            vec![TaskId(0)],
+        ])
+        .unwrap();
+        let mut schedule = Schedule::new(&graph, &[TaskId(2), TaskId(3)], 1);
+        let mut released = vec![];
+        let zero = schedule.next_ready(None).unwrap();
+        schedule.finish(&graph, zero, |_| None, |_| {});
+        assert_eq!(schedule.next_ready(None), Some(TaskId(1)));
+        schedule.start(&graph, TaskId(1), |_, _| {});
+        let mut skipped = vec![];
+        schedule.fail(&graph, TaskId(1), |t| skipped.push(t), |t| released.push(t));
+        assert_eq!(skipped, [TaskId(2)]);
+        assert!(released.is_empty(), "3 still needs 0");
+        assert_eq!(schedule.next_ready(None), Some(TaskId(3)));
+        let mut uses = vec![];
+        schedule.start(&graph, TaskId(3), |dep, last| uses.push((dep, last)));
+        assert_eq!(uses, [(TaskId(0), true)], "2 will never take it");
+        schedule.finish(&graph, TaskId(3), |_| None, |t| released.push(t));
+        assert_eq!(released, [TaskId(0)]);
+        assert_eq!(schedule.next_ready(None), None);
+        assert!(schedule.is_finished());
     }
 }

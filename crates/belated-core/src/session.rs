@@ -15,7 +15,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::{Error, Graph, Observer, PoolRegistry, Runner, TaskId, ThreadHost, ThreadPool};
+use crate::{
+    EachOutput, Error, Graph, JobHandle, Observer, PoolRegistry, Runner, TaskId, ThreadHost,
+    ThreadPool,
+};
 
 /// A pool for one computation, and the registry entry to let go of if the computation is stopped.
 #[derive(Debug)]
@@ -125,12 +128,34 @@ impl<K: PartialEq> Session<'_, K> {
         observer: Option<Arc<dyn Observer>>,
         wait: Wait<'_, S>,
     ) -> Outcome<R, S> {
+        let handle = self.pool.submit_observed(graph, outputs, runner, observer);
+        self.wait(handle, wait, JobHandle::result)
+    }
+
+    /// [`Session::run`], keeping going past failures (see [`ThreadPool::submit_each`]): each output's
+    /// value or the failure that stopped it.
+    pub fn run_each<R: Runner, S>(
+        self,
+        (graph, outputs): (Graph, Vec<TaskId>),
+        runner: R,
+        observer: Option<Arc<dyn Observer>>,
+        wait: Wait<'_, S>,
+    ) -> Result<EachOutput<R>, Stopped<S>> {
+        let handle = self.pool.submit_each(graph, outputs, runner, observer);
+        self.wait(handle, wait, JobHandle::outputs)
+    }
+
+    fn wait<R: Runner, S, T>(
+        self,
+        handle: JobHandle<R>,
+        wait: Wait<'_, S>,
+        take: impl FnOnce(JobHandle<R>) -> T,
+    ) -> Result<T, Stopped<S>> {
         let Wait {
             host,
             deadline,
             mut interrupt,
         } = wait;
-        let handle = self.pool.submit_observed(graph, outputs, runner, observer);
         loop {
             let now = Instant::now();
             let until_deadline = deadline.map(|at| at.saturating_duration_since(now));
@@ -143,7 +168,7 @@ impl<K: PartialEq> Session<'_, K> {
             let mut settled = false;
             host.block(&mut || settled = handle.wait_timeout(step));
             if settled {
-                return Ok(handle.result());
+                return Ok(take(handle));
             }
             let stopped = match interrupt.as_mut().and_then(|(_, interrupt)| interrupt()) {
                 Some(why) => Some(Stopped::Interrupted(why)),

@@ -625,3 +625,156 @@ fn ready_tasks_always_find_every_thread_of_the_pool_spinning_or_asleep() {
         assert_eq!(handle.result().unwrap(), vec![3], "round {round}");
     }
 }
+
+/// [`Arithmetic`] that fails at every task of `fail_at` (a panic for odd ids, an error for even) and
+/// records which tasks ran.
+struct FailingAt {
+    inner: Arithmetic,
+    fail_at: Vec<TaskId>,
+    ran: parking_lot::Mutex<Vec<TaskId>>,
+}
+
+impl Runner for FailingAt {
+    type Value = Value;
+    type Error = String;
+
+    fn run(&self, task: TaskId, inputs: &[Value]) -> Result<Value, String> {
+        self.ran.lock().push(task);
+        if self.fail_at.contains(&task) {
+            if task.0 % 2 == 1 {
+                panic!("task {task} panics");
+            }
+            return Err(format!("task {task} refuses"));
+        }
+        self.inner.run(task, inputs)
+    }
+}
+
+/// Whether each task is one of `fail_at` or downstream of one.
+fn upstream_failure(deps: &[Vec<TaskId>], fail_at: &[TaskId]) -> Vec<bool> {
+    let mut failed: Vec<bool> = Vec::with_capacity(deps.len());
+    for (i, ds) in deps.iter().enumerate() {
+        let own = fail_at.contains(&TaskId(i as u32));
+        failed.push(own || ds.iter().any(|d| failed[d.index()]));
+    }
+    failed
+}
+
+fn failed_task(failure: &Error<String>) -> TaskId {
+    match failure {
+        Error::Task { task, error } => {
+            assert_eq!(error, &format!("task {task} refuses"));
+            *task
+        }
+        Error::Panic { task, message } => {
+            assert_eq!(message, &format!("task {task} panics"));
+            *task
+        }
+        other => panic!("a task's failure, not {other:?}"),
+    }
+}
+
+/// Whether `ancestor` is `task` or upstream of it.
+fn reaches(deps: &[Vec<TaskId>], ancestor: TaskId, task: TaskId) -> bool {
+    task == ancestor
+        || deps[task.index()]
+            .iter()
+            .any(|&d| reaches(deps, ancestor, d))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn keeping_going_fails_exactly_the_outputs_downstream_of_a_failure(
+        deps in dags(),
+        fails in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        pick in prop::collection::vec(any::<prop::sample::Index>(), 1..6),
+        threads in 0usize..4,
+    ) {
+        let fail_at: Vec<TaskId> = fails.iter().map(|i| TaskId(i.index(deps.len()) as u32)).collect();
+        let outputs: Vec<TaskId> = pick.iter().map(|i| TaskId(i.index(deps.len()) as u32)).collect();
+        let expected = sequential(&deps);
+        let failed = upstream_failure(&deps, &fail_at);
+        let runner = Arc::new(FailingAt { inner: Arithmetic::new(), fail_at: fail_at.clone(), ran: Default::default() });
+        let graph = Graph::from_deps::<String, _, _>(deps.clone()).unwrap();
+        let got = if threads == 0 {
+            belated_core::run_inline_each(graph, outputs.clone(), Arc::clone(&runner), None)
+        } else {
+            let pool = ThreadPool::new(threads, Arc::new(PlainHost)).unwrap();
+            let handle = pool.submit_each(graph, outputs.clone(), Arc::clone(&runner), None);
+            prop_assert!(handle.wait_timeout(TIMEOUT), "computation hung");
+            handle.outputs()
+        }
+        .expect("only cancelling ends a job that keeps going");
+        for (&output, value) in outputs.iter().zip(&got.values) {
+            match value {
+                Ok(value) => {
+                    prop_assert!(!failed[output.index()], "{output} has a failure upstream");
+                    prop_assert_eq!(value.number, expected[output.index()]);
+                }
+                Err(index) => {
+                    prop_assert!(failed[output.index()], "{output} has no failure upstream");
+                    let culprit = failed_task(&got.failures[*index]);
+                    prop_assert!(fail_at.contains(&culprit));
+                    prop_assert!(reaches(&deps, culprit, output), "{culprit} is not upstream of {output}");
+                }
+            }
+        }
+        let ran = runner.ran.lock().clone();
+        let mut sorted = ran.clone();
+        sorted.sort();
+        sorted.dedup();
+        prop_assert_eq!(sorted.len(), ran.len(), "each task runs at most once");
+        for task in (0..deps.len() as u32).map(TaskId) {
+            let upstream_failed = deps[task.index()].iter().any(|d| failed[d.index()]);
+            prop_assert_eq!(ran.contains(&task), !upstream_failed, "{} ran or not", task);
+        }
+        let failed_ran: Vec<TaskId> = got.failures.iter().map(failed_task).collect();
+        prop_assert!(failed_ran.iter().all(|task| fail_at.contains(task) && ran.contains(task)));
+        drop(got);
+        // A pool worker drops what the last task released just after the caller is woken.
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while runner.inner.counter.alive.load(SeqCst) != 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        prop_assert_eq!(runner.inner.counter.alive.load(SeqCst), 0, "every result is dropped");
+    }
+}
+
+/// Each task waits until the test lets it go or its computation is cancelled; task 1 fails.
+struct HeldUntilCancelled {
+    started: parking_lot::Mutex<std::sync::mpsc::Sender<TaskId>>,
+}
+
+impl Runner for HeldUntilCancelled {
+    type Value = u32;
+    type Error = String;
+
+    fn run(&self, task: TaskId, _inputs: &[u32]) -> Result<u32, String> {
+        if task == TaskId(1) {
+            return Err("task 1 refuses".into());
+        }
+        self.started.lock().send(task).unwrap();
+        let token = belated_core::CancelToken::current().expect("on a pool thread");
+        while !token.is_cancelled() {
+            std::thread::yield_now();
+        }
+        Ok(task.0)
+    }
+}
+
+#[test]
+fn cancelling_ends_a_job_that_keeps_going_as_a_whole() {
+    let pool = ThreadPool::new(2, Arc::new(PlainHost)).unwrap();
+    let graph = Graph::from_deps::<String, _, _>([vec![], vec![], vec![TaskId(1)]]).unwrap();
+    let (send, started) = std::sync::mpsc::channel();
+    let runner = HeldUntilCancelled {
+        started: send.into(),
+    };
+    let handle = pool.submit_each(graph, vec![TaskId(0), TaskId(2)], runner, None);
+    assert_eq!(started.recv_timeout(TIMEOUT), Ok(TaskId(0)));
+    assert!(!handle.wait_timeout(Duration::ZERO), "task 0 is held");
+    handle.cancel();
+    assert!(matches!(handle.outputs(), Err(Error::Cancelled)));
+}

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use belated_cluster::Running;
 use belated_core::{
-    on_worker_thread, run_inline_observed, Fanout, Observer, Plan, PoolRegistry, Runner, Session,
-    Stopped, TaskId, ThreadPool, Wait,
+    on_worker_thread, run_inline_each, run_inline_observed, Fanout, Observer, Outputs, Plan,
+    PoolRegistry, Runner, Session, Stopped, TaskId, ThreadPool, Wait,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -219,6 +219,8 @@ struct Run<'a, 'py> {
     callbacks: &'a Bound<'py, PyTuple>,
     deadline: Option<Deadline>,
     retries: usize,
+    /// Whether a failed task fails only the outputs downstream of it (a Client's futures).
+    keep_going: bool,
 }
 
 /// Lets another thread cancel a computation (a future's `cancel()`), which then raises CancelledError.
@@ -269,19 +271,18 @@ pub(crate) fn run_on_threads<R: Runner<Error = PyErr>>(
         dashboard: &None,
         running: None,
     };
-    run_pooled(py, pool(threads)?, plan, runner, None, watch)
+    let session = pool(threads)?;
+    run_pooled(py, watch, |wait| session.run(plan, runner, None, wait))
 }
 
-/// Runs on `session`'s pool and waits, letting Python deliver Ctrl-C (which cancels) and enforcing
-/// the deadline; a computation stopped early also kills the worker processes running its tasks.
-fn run_pooled<R: Runner<Error = PyErr>>(
+/// Runs a computation on a pool (`run`, given how to wait) and waits, letting Python deliver Ctrl-C
+/// (which cancels) and enforcing the deadline; a computation stopped early also kills the worker
+/// processes running its tasks.
+fn run_pooled<T>(
     py: Python<'_>,
-    session: Session<'_, usize>,
-    plan: (belated_core::Graph, Vec<TaskId>),
-    runner: R,
-    observer: Option<Arc<dyn Observer>>,
     watch: Watch<'_>,
-) -> PyResult<Result<Vec<R::Value>, belated_core::Error<PyErr>>> {
+    run: impl FnOnce(Wait<'_, PyErr>) -> Result<T, Stopped<PyErr>>,
+) -> PyResult<T> {
     let mut interrupt = || match py.check_signals() {
         Err(interrupt) => Some(interrupt),
         Ok(()) if watch.cancel.is_some_and(CancelToken::cancelled) => {
@@ -292,7 +293,7 @@ fn run_pooled<R: Runner<Error = PyErr>>(
     let wait = Wait::new(&PythonHost)
         .deadline(watch.deadline.map(|deadline| deadline.at))
         .interrupt(SIGNAL_POLL, &mut interrupt);
-    let stopped = match session.run(plan, runner, observer, wait) {
+    let stopped = match run(wait) {
         Ok(result) => return Ok(result),
         Err(stopped) => stopped,
     };
@@ -311,9 +312,12 @@ fn run_pooled<R: Runner<Error = PyErr>>(
     })
 }
 
+/// Each output's value, or (when the computation kept going) the exception of the task that failed it.
+type EachValue = Vec<PyResult<PyValue>>;
+
 /// Runs the graph the roots need and returns their results in order. Every callback that started is
 /// finished, however the computation ends.
-fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResult<Vec<PyValue>> {
+fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResult<EachValue> {
     let Plan {
         graph,
         nodes,
@@ -330,7 +334,10 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
     let result = listeners
         .start(py)
         .and_then(|()| run_plan(py, (graph, nodes, outputs), run, Some(&listeners)));
-    let finished = listeners.finish(py, result.is_err());
+    let errored = result
+        .as_ref()
+        .map_or(true, |values| values.iter().any(Result::is_err));
+    let finished = listeners.finish(py, errored);
     let values = result?;
     finished.map(|()| values)
 }
@@ -340,13 +347,14 @@ fn run_plan(
     (graph, nodes, outputs): (belated_core::Graph, Arc<[Arc<TaskNode>]>, Vec<TaskId>),
     run: Run<'_, '_>,
     listeners: Option<&Listeners>,
-) -> PyResult<Vec<PyValue>> {
+) -> PyResult<EachValue> {
     let Run {
         mode,
         cancel,
         callbacks: _,
         deadline,
         retries,
+        keep_going,
     } = run;
     // A compute called from inside a task runs inline on that worker.
     let mode = if on_worker_thread() {
@@ -396,15 +404,19 @@ fn run_plan(
         guard,
     };
     let result = match mode {
-        Mode::Inline => run_inline_observed(graph, outputs, runner(guard), observer),
-        Mode::Threads(threads) => run_pooled(
-            py,
-            pool(threads)?,
-            (graph, outputs),
-            runner(guard),
-            observer,
-            watch,
-        )?,
+        Mode::Inline if keep_going => run_inline_each(graph, outputs, runner(guard), observer),
+        Mode::Inline => {
+            run_inline_observed(graph, outputs, runner(guard), observer).map(all_succeeded)
+        }
+        Mode::Threads(threads) => {
+            let (session, plan, runner) = (pool(threads)?, (graph, outputs), runner(guard));
+            run_pooled(py, watch, |wait| match keep_going {
+                true => session.run_each(plan, runner, observer, wait),
+                false => session
+                    .run(plan, runner, observer, wait)
+                    .map(|result| result.map(all_succeeded)),
+            })?
+        }
         Mode::Cluster(cluster, pool, held) => {
             let runner = cluster_runner(&cluster, &nodes, &graph, &outputs, guard, retries);
             let watch = Watch {
@@ -412,39 +424,71 @@ fn run_plan(
                 ..watch
             };
             let wanted = outputs.clone();
-            let session = Session::own(pool);
-            let result = run_pooled(py, session, (graph, outputs), runner, observer, watch);
+            let session = Session::<usize>::own(pool);
+            let plan = (graph, outputs);
+            let result = run_pooled(py, watch, |wait| match keep_going {
+                true => session.run_each(plan, runner, observer, wait),
+                false => session
+                    .run(plan, runner, observer, wait)
+                    .map(|result| result.map(all_succeeded)),
+            });
             py.detach(|| {
                 cluster.flush_releases();
                 // The last reference to a cluster the registry let go of stops its workers.
                 drop(held);
             });
-            result?.and_then(|values| {
-                values
+            result?.and_then(|Outputs { values, failures }| {
+                let values = values
                     .into_iter()
                     .zip(wanted)
-                    .map(|(held, task)| {
-                        held.local.ok_or_else(|| belated_core::Error::Panic {
-                            task,
-                            message: "its result stayed in a worker instead of coming back".into(),
-                        })
+                    .map(|(held, task)| match held {
+                        Ok(held) => held
+                            .local
+                            .map(Ok)
+                            .ok_or_else(|| belated_core::Error::Panic {
+                                task,
+                                message: "its result stayed in a worker instead of coming back"
+                                    .into(),
+                            }),
+                        Err(failure) => Ok(Err(failure)),
                     })
-                    .collect()
+                    .collect::<Result<_, _>>()?;
+                Ok(Outputs { values, failures })
             })
         }
     };
     if let Some(dashboard) = &dashboard {
-        dashboard.end(result.is_ok());
+        dashboard.end(result.as_ref().is_ok_and(|o| o.failures.is_empty()));
     }
-    result.map_err(|e| to_python(py, e, |task| nodes[task.index()].payload().key_string(py)))
+    let key_of = |task: TaskId| nodes[task.index()].payload().key_string(py);
+    let Outputs { values, failures } = result.map_err(|e| to_python(py, e, key_of))?;
+    let failures: Vec<PyErr> = failures
+        .into_iter()
+        .map(|failure| to_python(py, failure, key_of))
+        .collect();
+    Ok(values
+        .into_iter()
+        .map(|value| value.map_err(|failure| failures[failure].clone_ref(py)))
+        .collect())
+}
+
+/// The outputs of a computation that ran all or nothing, as one that kept going reports them.
+fn all_succeeded<V, E>(values: Vec<V>) -> Outputs<V, E> {
+    Outputs {
+        values: values.into_iter().map(Ok).collect(),
+        failures: Vec::new(),
+    }
 }
 
 /// Computes the `Delayed` objects found in `objs` and returns `objs` with each replaced by its result,
 /// or, with `persist`, by a `Delayed` that holds its result under the same key.
+///
+/// With `each` (a callable), a failed task fails only what depends on it: every other task still
+/// runs, and each of `objs` that needed a failed task is replaced by `each(exception)` instead.
 #[pyfunction]
 #[pyo3(signature = (
     objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None, persist=false,
-    retries=1, cluster=None, cancel=None
+    retries=1, cluster=None, cancel=None, each=None
 ))]
 #[allow(clippy::too_many_arguments)] // compute's keyword arguments, as Python passes them
 pub(crate) fn compute<'py>(
@@ -459,14 +503,21 @@ pub(crate) fn compute<'py>(
     retries: usize,
     cluster: Option<Py<Cluster>>,
     cancel: Option<Py<CancelToken>>,
+    each: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     catch_panics(|| {
+        if persist && each.is_some() {
+            return Err(PyValueError::new_err(
+                "persist and each cannot be combined: a persisted object holds a value",
+            ));
+        }
         let run = Run {
             mode: mode(py, scheduler, num_workers, cluster)?,
             cancel: cancel.as_ref().map(Py::get),
             callbacks: &callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py)),
             deadline: timeout.map(Deadline::after).transpose()?.flatten(),
             retries,
+            keep_going: each.is_some(),
         };
         let mut collector = Collector::new(traverse);
         let template = collector.args(objs)?;
@@ -476,6 +527,10 @@ pub(crate) fn compute<'py>(
         } else {
             execute(py, &roots, run)?
         };
+        if let Some(each) = each {
+            return each_result(py, &template, values, each);
+        }
+        let values = values.into_iter().collect::<PyResult<Vec<_>>>()?;
         if !persist {
             let results = Arg::Tuple(template).build(py, &values);
             release(py, values)?;
@@ -509,6 +564,43 @@ pub(crate) fn compute<'py>(
             .collect::<PyResult<Vec<_>>>()?;
         Arg::Tuple(template).build(py, &persisted)
     })
+}
+
+/// `objs`' results, each built from its values, or `each(exception)` of the first failure it needed.
+fn each_result<'py>(
+    py: Python<'py>,
+    template: &[Arg],
+    values: EachValue,
+    each: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut failures = Vec::new();
+    let values: Vec<PyValue> = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| {
+            value.unwrap_or_else(|failure| {
+                failures.push((i as u32, failure));
+                PyValue(py.None())
+            })
+        })
+        .collect();
+    let items = template
+        .iter()
+        .map(|arg| {
+            let mut first_failed = None;
+            arg.visit_deps(&mut |dep| {
+                first_failed = first_failed.or_else(|| failures.iter().find(|(i, _)| *i == dep))
+            });
+            match first_failed {
+                // As a value, with its traceback: the user's frames go with it.
+                Some((_, failure)) => each.call1((failure.clone_ref(py).into_value(py),)),
+                None => arg.build(py, &values),
+            }
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let result = PyTuple::new(py, items)?;
+    release(py, values)?;
+    Ok(result.into_any())
 }
 
 /// Stops every worker pool; registered with `atexit` so no worker is attached while Python finalizes.

@@ -110,6 +110,14 @@ pub(crate) fn to_python(
 /// `exceptiongroup` backport display. An exception that refuses notes is passed on without one.
 pub(crate) fn add_note(py: Python<'_>, error: &PyErr, note: String) {
     let value = error.value(py);
+    // A persisted task raises its exception again under the same key: one note says it.
+    let noted = value
+        .getattr("__notes__")
+        .and_then(|notes| notes.contains(&note))
+        .unwrap_or(false);
+    if noted {
+        return;
+    }
     let _ = if py.version_info() >= (3, 11) {
         value.call_method1("add_note", (note,)).map(drop)
     } else {

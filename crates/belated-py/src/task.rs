@@ -412,7 +412,7 @@ impl Arg {
         })
     }
 
-    fn visit_deps(&self, visit: &mut impl FnMut(u32)) {
+    pub(crate) fn visit_deps(&self, visit: &mut impl FnMut(u32)) {
         match self {
             Arg::Value(_) => {}
             Arg::Dep(i) => visit(*i),
