@@ -208,6 +208,10 @@ class Client:
         # how many tasks each asked for (what adapt() scales to).
         self._pending = set()
         self._task_counts = {}
+        # Each key a live future holds -> (its computation, weakly; its index): a later submit, map,
+        # compute or scatter under that key gets a future of that same result, as in distributed. Two
+        # results under one key would otherwise disagree with the value a task taking either receives.
+        self._held = {}
         self._scaling = threading.Lock()
         self._adaptive = None
         self._local_cluster = None
@@ -364,7 +368,39 @@ class Client:
         if key is None:
             prefix = type(value).__name__
             key = f"{prefix}-{tokenize(value)}" if hashed else f"{prefix}-{uuid.uuid4().hex}"
-        return Future(finished([value]), 0, str(key), self)
+        key = str(key)
+        with self._lock:
+            held = self._held_future(key)
+            if held is not None:
+                return held
+            future = Future(finished([value]), 0, key, self)
+            self._hold_keys(future._computation, [key])
+        return future
+
+    def _held_future(self, key):
+        """A new future of the result a live, uncancelled future of this client holds under ``key``."""
+        try:
+            computation_ref, index = self._held.get(key, (None, None))
+        except TypeError:  # an unhashable key is never held
+            return None
+        computation = computation_ref() if computation_ref is not None else None
+        if computation is None or index in computation.cancelled or computation.batch.cancelled():
+            return None
+        if computation.token is not None and computation.token.cancelled:
+            return None
+        return Future(computation, index, key, self)
+
+    def _hold_keys(self, computation, keys):
+        def release(ref, keys=keys):
+            with self._lock:
+                for key in keys:
+                    if self._held.get(key, (None,))[0] is ref:
+                        del self._held[key]
+
+        ref = weakref.ref(computation, release)
+        for index, key in enumerate(keys):
+            if key is not None:
+                self._held[key] = (ref, index)
 
     def persist(self, collections, *, traverse=True, retries=None):
         """Computes ``collections`` (a Delayed, or a list or tuple of them) on the cluster and returns
@@ -431,6 +467,10 @@ class Client:
         """Futures of the items ``build()`` returns, computed in the background once the futures
         ``after`` are done."""
         self._check_open()
+        with self._lock:
+            held = [None if key is None else self._held_future(key) for key in keys]
+        if keys and all(future is not None for future in held):
+            return held
         if retries is None:
             retries = config.get("retries", 1)
         token = _belated.CancelToken()
@@ -488,7 +528,13 @@ class Client:
             for dependency in waiting:
                 dependency.add_done_callback(one_done)
         computation = Computation(batch, token, len(keys))
-        return [Future(computation, i, key, self) for i, key in enumerate(keys)]
+        # What a held future answers for is not this computation's to give: cancelling the rest stops it.
+        computation.cancelled.update(i for i, h in enumerate(held) if h is not None)
+        futures = [Future(computation, i, key, self) for i, key in enumerate(keys)]
+        with self._lock:
+            fresh = [None if h is not None else key for h, key in zip(held, keys, strict=True)]
+            self._hold_keys(computation, fresh)
+        return [h if h is not None else future for h, future in zip(held, futures, strict=True)]
 
     def _finished(self, token):
         with self._lock:

@@ -1,0 +1,83 @@
+"""Defects a hostile but ordinary dask user found, each checked against what distributed, dask or eager
+Python answers on the same input. Each test here failed on the build it was found in."""
+
+import gc
+import operator
+
+import pytest
+
+import belated
+
+distributed = pytest.importorskip("distributed")
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def inc(x):
+    return x + 1
+
+
+def dec(x):
+    return x - 1
+
+
+@pytest.fixture(scope="module")
+def in_process():
+    with belated.Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None, set_as_default=False
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None, set_as_default=False
+    ) as client:
+        yield client
+
+
+@pytest.fixture(params=["belated-threads", "belated-processes", "distributed"])
+def any_client(request, in_process, local_cluster):
+    if request.param == "distributed":
+        return request.getfixturevalue("reference")
+    return in_process if request.param == "belated-threads" else local_cluster
+
+
+@pytest.fixture(params=["belated-threads", "belated-processes"])
+def ours(request, in_process, local_cluster):
+    return in_process if request.param == "belated-threads" else local_cluster
+
+
+# -- one key, one value ---------------------------------------------------------------------------------
+# Found: a second submit under a key a live future held computed its own value, so `second.result()`
+# said 0 while a task taking `second` received the first's 2 (both entered its graph under one key).
+
+
+def test_a_key_already_held_names_one_value_for_results_and_for_tasks_that_take_it(any_client):
+    first = any_client.submit(inc, 1, key="hunt-held")
+    second = any_client.submit(dec, 1, key="hunt-held")
+    both = any_client.submit(operator.add, first, second, key="hunt-held-sum")
+    assert (first.result(timeout=60), second.result(timeout=60), both.result(timeout=60)) == (2, 2, 4)
+
+
+def test_map_and_scatter_under_held_keys_give_the_held_values(any_client):
+    [held] = any_client.map(inc, [10], key=["hunt-map-a"])
+    again = any_client.map(dec, [10, 20], key=["hunt-map-a", "hunt-map-b"])
+    assert any_client.gather(again) == [11, 19]
+    assert any_client.submit(operator.add, *again).result(timeout=60) == 30
+    first, second = any_client.scatter({"hunt-k": 1}), any_client.scatter({"hunt-k": 5})
+    assert any_client.gather([first["hunt-k"], second["hunt-k"]]) == [1, 1]
+    assert any_client.submit(operator.add, first["hunt-k"], second["hunt-k"]).result(timeout=60) == 2
+    assert held.result(timeout=60) == 11
+
+
+def test_a_key_is_computed_afresh_once_no_future_holds_it(ours):
+    first = ours.submit(inc, 1, key="hunt-released")
+    assert first.result(timeout=60) == 2
+    del first
+    gc.collect()
+    assert ours.submit(dec, 1, key="hunt-released").result(timeout=60) == 0
+    cancelled = ours.submit(inc, 5, key="hunt-cancelled")
+    cancelled.cancel()
+    assert ours.submit(dec, 5, key="hunt-cancelled").result(timeout=60) == 4
