@@ -3,6 +3,7 @@ Python answers on the same input. Each test here failed on the build it was foun
 
 import gc
 import operator
+import os
 
 import pytest
 
@@ -81,3 +82,20 @@ def test_a_key_is_computed_afresh_once_no_future_holds_it(ours):
     cancelled = ours.submit(inc, 5, key="hunt-cancelled")
     cancelled.cancel()
     assert ours.submit(dec, 5, key="hunt-cancelled").result(timeout=60) == 4
+
+
+# -- dask's own compute(scheduler=client) -----------------------------------------------------------------
+# Found: `x.compute(scheduler=client)` of a dask collection raised dask's "Unexpected scheduler" for a
+# belated Client, which has no `get` (dask calls distributed's Client.get).
+
+
+def test_a_dask_collection_computes_on_the_client_given_as_scheduler(any_client, local_cluster):
+    import dask
+    import dask.array as da
+
+    assert int(da.arange(10, chunks=3).sum().compute(scheduler=any_client)) == 45
+    pids = dask.compute(
+        *[dask.delayed(os.getpid)(dask_key_name=f"pid-{i}") for i in range(2)], scheduler=any_client
+    )
+    # The in-process clients (distributed's reference too) run tasks here; the local cluster in workers.
+    assert all((pid != os.getpid()) == (any_client is local_cluster) for pid in pids)

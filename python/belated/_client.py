@@ -443,6 +443,18 @@ class Client:
             return self._gather_async(futures, errors)
         return gather(futures, skip=errors == "skip")
 
+    def get(self, dsk, keys, **kwargs):
+        """Computes ``keys`` of the dask graph ``dsk`` here and returns their values, as distributed's
+        ``Client.get``: dask calls it for ``collection.compute(scheduler=client)``."""
+        if self._distributed_client is not None:
+            return self._distributed_client.get(dsk, keys, **kwargs)
+        from belated._get import get
+
+        self._check_open()
+        if self._cluster is None:
+            kwargs.setdefault("num_workers", self._threads)
+        return get(dsk, keys, pool=self, **kwargs)
+
     async def _gather_async(self, futures, errors):
         for future in futures_in(futures):
             with contextlib.suppress(Exception):
