@@ -194,3 +194,24 @@ def test_a_future_cancelled_alone_is_yielded_as_done_at_once(in_process_client, 
         yielded = slow
     assert yielded is slow and slow.cancelled()
     assert not GATE.is_set() and not GAVE_UP, "yielded while the map's calls still waited"
+
+
+# -- the open Client is dask's default too --------------------------------------------------------------
+# Found: inside `with belated.Client():`, dask collections' own `.compute()` and `dask.compute` ran on
+# dask's local threads in this process, beside the cluster, where distributed's Client makes itself
+# dask's default scheduler while open.
+
+
+def test_dask_collections_compute_on_the_open_client_and_locally_again_once_it_closes():
+    import dask
+
+    before = dask.config.get("scheduler", None)
+    task = dask.delayed(os.getpid)(dask_key_name="hunt-pid")
+    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        assert dask.config.get("scheduler") is client
+        assert task.compute() != os.getpid()
+        assert dask.compute(task)[0] != os.getpid()
+    assert dask.config.get("scheduler", None) == before
+    assert task.compute(scheduler="sync") == os.getpid()
+    with belated.Client(n_workers=1, dashboard_address=None, set_as_default=False):
+        assert dask.config.get("scheduler", None) == before

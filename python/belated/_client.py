@@ -166,6 +166,7 @@ class Client:
         self._threads = None
         self._closed = False
         self._distributed_client = None
+        self._dask_config = None
         self._dashboard = None
         self._owns_dashboard = False
         self._silenced = None
@@ -221,6 +222,7 @@ class Client:
         _OPEN.add(self)
         _STARTED.append(weakref.ref(self))
         self._config = config.set(scheduler=self) if set_as_default else None
+        self._dask_config = _dask_default(self) if set_as_default else None
 
     def _start_cluster(self, n_workers):
         cluster = _belated.Cluster(
@@ -701,6 +703,9 @@ class Client:
             if self._config is not None:
                 self._config.__exit__(None, None, None)
                 self._config = None
+            if self._dask_config is not None:
+                self._dask_config.__exit__(None, None, None)
+                self._dask_config = None
             if self._distributed_client is not None:
                 self._distributed_client.close()
                 return
@@ -1002,6 +1007,17 @@ def _silence(silence_logs):
         _logging.logger.setLevel(silence_logs)
         return previous
     return None
+
+
+def _dask_default(client):
+    """dask's own ``scheduler`` setting naming ``client`` until it closes, as distributed's Client sets
+    it: dask collections' ``compute()`` and ``dask.compute`` then run on it (through ``Client.get``),
+    not on dask's local threads beside the cluster."""
+    try:
+        import dask.config
+    except ImportError:
+        return None
+    return dask.config.set(scheduler=client)
 
 
 def _new_key(func, prefix=None):
