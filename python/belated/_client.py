@@ -138,7 +138,8 @@ class Client:
     distributed instead, which receives each graph in one submission; its other attributes are the
     distributed client's.
 
-    Until ``close()`` (or the end of a ``with`` block) ``compute()`` runs there by default.
+    Until ``close()`` (or the end of a ``with`` block) ``compute()`` runs there by default, and so do
+    dask collections' own ``.compute()`` and ``dask.compute`` (dask's ``scheduler`` setting names it).
     ``client.compute(...)``, ``client.submit(...)``, ``client.map(...)`` and ``client.scatter(...)``
     return :class:`Future` objects and ``client.gather(...)`` waits for them.
     """
