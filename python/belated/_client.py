@@ -143,7 +143,8 @@ class Client:
     distributed instead, which receives each graph in one submission; its other attributes are the
     distributed client's.
 
-    Until ``close()`` (or the end of a ``with`` block) ``compute()`` runs there by default.
+    Until ``close()`` (or the end of a ``with`` block) ``compute()`` runs there by default, and so do
+    dask collections' own ``.compute()`` and ``dask.compute`` (dask's ``scheduler`` setting names it).
     ``client.compute(...)``, ``client.submit(...)``, ``client.map(...)`` and ``client.scatter(...)``
     return :class:`Future` objects and ``client.gather(...)`` waits for them.
 
@@ -218,6 +219,7 @@ class Client:
         self._threads = None
         self._closed = False
         self._distributed_client = None
+        self._dask_config = None
         self._dashboard = None
         self._owns_dashboard = False
         self._silenced = None
@@ -260,6 +262,10 @@ class Client:
         # how many tasks each asked for (what adapt() scales to).
         self._pending = set()
         self._task_counts = {}
+        # Each key a live future holds -> (its computation, weakly; its index): a later submit, map,
+        # compute or scatter under that key gets a future of that same result, as in distributed. Two
+        # results under one key would otherwise disagree with the value a task taking either receives.
+        self._held = {}
         self._scaling = threading.Lock()
         self._adaptive = None
         self._local_cluster = None
@@ -269,6 +275,7 @@ class Client:
         _OPEN.add(self)
         _STARTED.append(weakref.ref(self))
         self._config = config.set(scheduler=self) if set_as_default else None
+        self._dask_config = _dask_default(self) if set_as_default else None
 
     def _start_cluster(self, n_workers):
         cluster = _belated.Cluster(
@@ -416,7 +423,39 @@ class Client:
         if key is None:
             prefix = type(value).__name__
             key = f"{prefix}-{tokenize(value)}" if hashed else f"{prefix}-{uuid.uuid4().hex}"
-        return Future(finished([value]), 0, str(key), self)
+        key = str(key)
+        with self._lock:
+            held = self._held_future(key)
+            if held is not None:
+                return held
+            future = Future(finished([value]), 0, key, self)
+            self._hold_keys(future._computation, [key])
+        return future
+
+    def _held_future(self, key):
+        """A new future of the result a live, uncancelled future of this client holds under ``key``."""
+        try:
+            computation_ref, index = self._held.get(key, (None, None))
+        except TypeError:  # an unhashable key is never held
+            return None
+        computation = computation_ref() if computation_ref is not None else None
+        if computation is None or index in computation.cancelled or computation.batch.cancelled():
+            return None
+        if computation.token is not None and computation.token.cancelled:
+            return None
+        return Future(computation, index, key, self)
+
+    def _hold_keys(self, computation, keys):
+        def release(ref, keys=keys):
+            with self._lock:
+                for key in keys:
+                    if self._held.get(key, (None,))[0] is ref:
+                        del self._held[key]
+
+        ref = weakref.ref(computation, release)
+        for index, key in enumerate(keys):
+            if key is not None:
+                self._held[key] = (ref, index)
 
     def persist(self, collections, *, traverse=True, retries=None):
         """Starts computing ``collections`` (a Delayed, or a list or tuple of them) on the cluster and
@@ -474,6 +513,18 @@ class Client:
             return self._gather_async(futures, errors)
         return gather(futures, skip=errors == "skip")
 
+    def get(self, dsk, keys, **kwargs):
+        """Computes ``keys`` of the dask graph ``dsk`` here and returns their values, as distributed's
+        ``Client.get``: dask calls it for ``collection.compute(scheduler=client)``."""
+        if self._distributed_client is not None:
+            return self._distributed_client.get(dsk, keys, **kwargs)
+        from belated._get import get
+
+        self._check_open()
+        if self._cluster is None:
+            kwargs.setdefault("num_workers", self._threads)
+        return get(dsk, keys, pool=self, **kwargs)
+
     async def _gather_async(self, futures, errors):
         for future in futures_in(futures):
             with contextlib.suppress(Exception):
@@ -498,6 +549,10 @@ class Client:
         """Futures of the items ``build()`` returns, computed in the background once the futures
         ``after`` are done."""
         self._check_open()
+        with self._lock:
+            held = [None if key is None else self._held_future(key) for key in keys]
+        if keys and all(future is not None for future in held):
+            return held
         if retries is None:
             retries = config.get("retries", 1)
         token = _belated.CancelToken()
@@ -559,7 +614,13 @@ class Client:
             for dependency in waiting:
                 dependency.add_done_callback(one_done)
         computation = Computation(batch, token, len(keys))
-        return [Future(computation, i, key, self) for i, key in enumerate(keys)]
+        # What a held future answers for is not this computation's to give: cancelling the rest stops it.
+        computation.cancelled.update(i for i, h in enumerate(held) if h is not None)
+        futures = [Future(computation, i, key, self) for i, key in enumerate(keys)]
+        with self._lock:
+            fresh = [None if h is not None else key for h, key in zip(held, keys, strict=True)]
+            self._hold_keys(computation, fresh)
+        return [h if h is not None else future for h, future in zip(held, futures, strict=True)]
 
     def _finished(self, token):
         with self._lock:
@@ -714,6 +775,9 @@ class Client:
             if self._config is not None:
                 self._config.__exit__(None, None, None)
                 self._config = None
+            if self._dask_config is not None:
+                self._dask_config.__exit__(None, None, None)
+                self._dask_config = None
             if self._distributed_client is not None:
                 self._distributed_client.close()
                 return
@@ -1015,6 +1079,17 @@ def _silence(silence_logs):
         _logging.logger.setLevel(silence_logs)
         return previous
     return None
+
+
+def _dask_default(client):
+    """dask's own ``scheduler`` setting naming ``client`` until it closes, as distributed's Client sets
+    it: dask collections' ``compute()`` and ``dask.compute`` then run on it (through ``Client.get``),
+    not on dask's local threads beside the cluster."""
+    try:
+        import dask.config
+    except ImportError:
+        return None
+    return dask.config.set(scheduler=client)
 
 
 def _new_key(func, prefix=None):
