@@ -153,18 +153,14 @@ def test_a_quick_call_of_a_map_is_done_while_a_slow_one_still_runs(in_process_cl
 
 
 # -- one call's result that cannot travel ---------------------------------------------------------------
-# Found, not fixed: a map call whose result cannot be pickled back from the worker fails every future of
-# the map with that TypeError, where distributed fails that call's future only (each has its own outcome).
+# A map call whose result cannot be pickled back from the worker fails its own future with that
+# TypeError, and only it, as in distributed (each future has its own outcome).
 
 
 def lock_for_zero(i):
     return threading.Lock() if i == 0 else i
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker fails the map's one computation when a result cannot be pickled, not that call alone",
-)
 def test_a_map_call_whose_result_cannot_travel_fails_its_own_future_only(local_cluster):
     unpicklable, fine = local_cluster.map(lock_for_zero, [0, 1], pure=False)
     assert fine.result(timeout=60) == 1
