@@ -62,6 +62,14 @@ impl Runner for PyRunner {
             Ok(PyValue(value.unbind()))
         })
     }
+
+    /// Releases the inputs here rather than leaving them to the engine: a fan-in task's inputs are
+    /// many values, and other threads get the interpreter while they go.
+    fn run_owned(&self, task: TaskId, inputs: &mut Vec<PyValue>) -> PyResult<PyValue> {
+        let result = self.run(task, inputs);
+        let released = Python::attach(|py| release(py, inputs.drain(..)));
+        result.and_then(|value| released.map(|()| value))
+    }
 }
 
 /// The `belated.diagnostics` callbacks listening to one computation. Each callback object offers
@@ -364,7 +372,7 @@ fn run_plan(
         static NEW_COMPUTATION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         helper(py, &NEW_COMPUTATION, "new_computation")?.call0()?;
     }
-    let dashboard = HubObserver::begin(py, &nodes, &graph, workers);
+    let dashboard = HubObserver::begin(py, &nodes, &graph, workers)?;
     let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
     if let Some(listeners) = listeners {
         observers.push(Arc::clone(&listeners.tracker) as Arc<dyn Observer>);
@@ -554,7 +562,7 @@ pub(crate) fn compute_with<'py>(
             .iter()
             .map(|t| graph.keys[t.index()].clone())
             .collect();
-        let dashboard = Py::new(py, DashboardReport::begin(py, &plan.nodes, &plan.graph))?;
+        let dashboard = Py::new(py, DashboardReport::begin(py, &plan.nodes, &plan.graph)?)?;
         let results = executor.call1((&graph.tasks, wanted, &graph.dependencies, dashboard))?;
         let values = results
             .try_iter()?

@@ -77,7 +77,7 @@ pub(crate) fn pace(py: Python<'_>) -> PyResult<()> {
 
 /// Drops `items` (Python objects among them), offering the interpreter to other threads as it goes:
 /// releasing a million results runs a million deallocations.
-pub(crate) fn release<T>(py: Python<'_>, items: Vec<T>) -> PyResult<()> {
+pub(crate) fn release<T>(py: Python<'_>, items: impl IntoIterator<Item = T>) -> PyResult<()> {
     for item in items {
         drop(item);
         pace(py)?;
