@@ -33,7 +33,7 @@ use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{catch_panics, to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
-use crate::gil::release;
+use crate::gil::{release, ITEMS_PER_CHECK};
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS};
 use crate::task::{Arg, Op, PyTask, PyValue, TaskNode};
 
@@ -52,23 +52,32 @@ impl Runner for PyRunner {
     type Error = PyErr;
 
     fn run(&self, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
-        Python::attach(|py| {
-            let node = &self.nodes[task.index()];
-            let key = self.guard.before(py, node)?;
-            let value = node.payload().evaluate(py, inputs)?;
-            if let Some(key) = key {
-                self.guard.after(py, &key, &value)?;
-            }
-            Ok(PyValue(value.unbind()))
-        })
+        Python::attach(|py| self.evaluate(py, task, inputs))
     }
 
-    /// Releases the inputs here rather than leaving them to the engine: a fan-in task's inputs are
-    /// many values, and other threads get the interpreter while they go.
+    /// Releases many inputs here rather than leaving them to the engine: a fan-in task's inputs are
+    /// a million values, and other threads get the interpreter while they go.
     fn run_owned(&self, task: TaskId, inputs: &mut Vec<PyValue>) -> PyResult<PyValue> {
-        let result = self.run(task, inputs);
-        let released = Python::attach(|py| release(py, inputs.drain(..)));
-        result.and_then(|value| released.map(|()| value))
+        Python::attach(|py| {
+            let result = self.evaluate(py, task, inputs);
+            if inputs.len() < ITEMS_PER_CHECK {
+                return result;
+            }
+            let released = release(py, inputs.drain(..));
+            result.and_then(|value| released.map(|()| value))
+        })
+    }
+}
+
+impl PyRunner {
+    fn evaluate(&self, py: Python<'_>, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
+        let node = &self.nodes[task.index()];
+        let key = self.guard.before(py, node)?;
+        let value = node.payload().evaluate(py, inputs)?;
+        if let Some(key) = key {
+            self.guard.after(py, &key, &value)?;
+        }
+        Ok(PyValue(value.unbind()))
     }
 }
 
