@@ -13,6 +13,8 @@ own costs show):
   (the smallest working set the graph allows).
 - progress bar: the tree computed with and without ``diagnostics.ProgressBar``, best of three each,
   alternating, in one process; the bar's cost is the difference.
+- dashboard (belated only): map + sum computed with and without ``belated.dashboard()`` open, best of
+  three each, alternating, in one process; and the longest heartbeat gap (as below) with it open.
 - other threads: the longest wait of a heartbeat thread (a beat, then a 1 ms sleep) while map + sum is
   built and computed: how long the engine keeps other Python threads from the interpreter. CPython's
   own code hands it over every switch interval (5 ms), so about 6 ms is the floor.
@@ -121,6 +123,8 @@ def measure(library, workload, shape, n):
         return {"build": built - start, "compute": done - built, "seconds": done - start}
     if workload == "gil":
         return heartbeat_gaps(module, delayed, shape, n)
+    if workload == "dashboard":
+        return dashboard_overhead(module, shape, n)
     if workload == "progress":
         return progress_overhead(module, importlib.import_module(f"{library}.diagnostics"), shape, n)
     if workload == "tutorial":
@@ -157,6 +161,33 @@ def progress_overhead(module, diagnostics, shape, n, repeats=3):
             module.compute(root, scheduler="threads")
         watched.append(time.perf_counter() - start)
     return {"seconds": min(plain), "with_bar": min(watched), "overhead": min(watched) / min(plain) - 1}
+
+
+def dashboard_overhead(module, shape, n, repeats=3):
+    root = graph(module.delayed, shape, n)
+    plain, watched = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        module.compute(root, scheduler="threads")
+        plain.append(time.perf_counter() - start)
+        board = module.dashboard(port=0, quiet=True)
+        try:
+            start = time.perf_counter()
+            module.compute(root, scheduler="threads")
+            watched.append(time.perf_counter() - start)
+        finally:
+            board.stop()
+    board = module.dashboard(port=0, quiet=True)
+    try:
+        gap = heartbeat_gaps(module, module.delayed, shape, n)["max_gap_ms"]
+    finally:
+        board.stop()
+    return {
+        "seconds": min(plain),
+        "with_dashboard": min(watched),
+        "overhead": min(watched) / min(plain) - 1,
+        "max_gap_ms": gap,
+    }
 
 
 def heartbeat_gaps(module, delayed, shape, n):
@@ -211,12 +242,16 @@ def main():
     plan = [("build", shape, sizes) for shape in ["map", "chain"]]
     plan += [("compute", shape, compute_sizes) for shape in ["map + sum", "tree", "chain"]]
     plan.append(("progress", "tree", compute_sizes))
+    # The dashboard is belated's own (dask's is distributed's, another engine): belated's target size.
+    plan.append(("dashboard", "map + sum", [10_000] if options.quick else [1_000_000]))
     # dask's threads scheduler beside a heartbeat thread is slow (136 s for 10,000 tasks at load 17), so
     # the small size is what it runs; the large one is the 1M-task compute of belated's target.
     plan.append(("gil", "map + sum", [1_000, 10_000] if options.quick else [1_000, 1_000_000]))
     results = []
     for workload, shape, ns in plan:
         for library in libraries:
+            if workload == "dashboard" and library != "belated":
+                continue
             previous = None
             for n in ns:
                 if previous and previous[1].get("seconds"):
@@ -289,6 +324,7 @@ def report(results, libraries):
     walls = " | ".join(cell(memory[lib], "seconds", 1, "s", 2) for lib in columns)
     lines.append(f"| wall time | {walls} |")
     lines += progress_table(by, results, libraries)
+    lines += dashboard_table(results)
     lines += heartbeat_table(by, results, libraries)
     lines += tutorial_table(results, libraries)
     table = "\n".join(lines)
@@ -312,6 +348,23 @@ def progress_table(by, results, libraries):
             else:
                 cells.append(outcome.get("error", "n/a"))
         lines.append(f"| without → with the bar (cost) | {n:,} | {' | '.join(cells)} |")
+    return lines
+
+
+def dashboard_table(results):
+    rows = [(n, outcome) for w, _, n, _, outcome in results if w == "dashboard"]
+    if not rows:
+        return []
+    header = "without → with (cost) | longest heartbeat gap with it open"
+    lines = ["", f"| belated.dashboard() open, computing a built map + sum | N | {header} |"]
+    lines.append("|---|---:|---:|---:|")
+    for n, outcome in rows:
+        if "overhead" in outcome:
+            seconds, watched = outcome["seconds"], outcome["with_dashboard"]
+            cost = f"{seconds:.3f} s → {watched:.3f} s ({outcome['overhead']:+.1%})"
+            lines.append(f"| | {n:,} | {cost} | {outcome['max_gap_ms']:.1f} ms |")
+        else:
+            lines.append(f"| | {n:,} | {outcome.get('error', 'n/a')} | |")
     return lines
 
 

@@ -1,11 +1,16 @@
 //! What the dashboard shows, fed by the engine while it computes.
 //!
-//! The engine calls [`Hub::task_started`] and [`Hub::task_finished`] from its worker threads: each is one
-//! short lock and an append, so a dashboard costs little per task. Every page connection reads the
-//! logs from its own cursor ([`Cursor`]), so any number of pages can follow one computation and each
-//! receives only what changed since its last update.
+//! [`Hub::begin`] returns a [`Live`] computation, which the engine's worker threads tell of every task
+//! that starts and finishes. A task costs two clock reads and a few atomic additions, and when it
+//! finishes one short lock and an append to the task stream: the engine runs a million trivial tasks
+//! in about half a second, so anything more per task would show. The server reads the computation
+//! shown through the hub, which keeps the latest [`Live`]; events told to one that a newer computation
+//! has replaced are not shown. Every page connection reads the logs from its own cursor ([`Cursor`]),
+//! so any number of pages can follow one computation and each receives only what changed since its
+//! last update.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,9 +41,12 @@ pub enum Status {
 /// One computation, as the dashboard knows it.
 #[derive(Debug)]
 pub struct ComputeSpec {
-    /// Each task's function name (its key prefix).
-    pub labels: Vec<Arc<str>>,
-    /// `(dependency, dependent)` pairs.
+    /// The names tasks are grouped by (a function's name, or a key given without its token), each once.
+    pub groups: Vec<Arc<str>>,
+    /// Each task's group: an index into `groups`.
+    pub group_of: Vec<u32>,
+    /// `(dependency, dependent)` pairs. Only graphs of at most [`GRAPH_TASK_LIMIT`] tasks are drawn, so
+    /// larger ones need not pass any.
     pub edges: Vec<(u32, u32)>,
     pub workers: usize,
 }
@@ -50,19 +58,29 @@ pub struct Drawable {
     pub edges: Vec<(u32, u32)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
+    /// What every time shown is measured from; fixed, so that worker threads read it without a lock.
+    epoch: Instant,
     state: Mutex<State>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            epoch: Instant::now(),
+            state: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
     next_id: u64,
-    compute: Option<Compute>,
+    compute: Option<Arc<Live>>,
     samples: VecDeque<Sample>,
     /// Each process's share of the latest sample: this process's, then each worker process's.
     processes: Vec<ProcessReading>,
-    epoch: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,30 +90,32 @@ struct Sample {
     memory_mb: f64,
 }
 
+/// A computation being shown, told of its tasks by the engine's worker threads.
 #[derive(Debug)]
-struct Compute {
+pub struct Live {
     id: u64,
+    epoch: Instant,
     spec: ComputeSpec,
-    groups: Vec<Group>,
-    group_of: Vec<u32>,
-    status: Vec<Status>,
-    started_ms: Vec<f64>,
-    /// Every status change, in order; kept only for graphs drawn task by task.
-    status_log: Vec<(u32, Status)>,
-    /// The latest [`BARS_PER_UPDATE`] bars, of `bars_total` made so far.
-    bars: VecDeque<Bar>,
-    bars_total: usize,
+    totals: Vec<u32>,
+    /// Tasks started, per group; running is this less those finished, read under the log's lock, so
+    /// that a page never sees a task both running and finished.
+    started: Vec<AtomicU32>,
+    /// When each task started, in nanoseconds from the epoch: its bar's left end.
+    started_ns: Vec<AtomicU64>,
     begun_ms: f64,
-    ended: Option<(f64, bool)>,
+    log: Mutex<Log>,
 }
 
 #[derive(Debug)]
-struct Group {
-    name: Arc<str>,
-    total: u32,
-    running: u32,
-    done: u32,
-    failed: u32,
+struct Log {
+    /// Tasks finished, per group: `[done, failed]`.
+    finished: Vec<[u32; 2]>,
+    /// Every status change, in order; kept only for graphs drawn task by task.
+    statuses: Vec<(u32, Status)>,
+    /// The latest [`BARS_PER_UPDATE`] bars, of `bars_total` made so far.
+    bars: VecDeque<Bar>,
+    bars_total: usize,
+    ended: Option<(f64, bool)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -116,25 +136,103 @@ pub struct Cursor {
     samples_at_ms: f64,
 }
 
-impl State {
-    fn now_ms(&mut self) -> f64 {
-        self.epoch
-            .get_or_insert_with(Instant::now)
-            .elapsed()
-            .as_secs_f64()
-            * 1e3
-    }
-
-    fn current(&mut self, id: u64) -> Option<&mut Compute> {
-        self.compute.as_mut().filter(|c| c.id == id)
-    }
+fn ms_since(epoch: Instant) -> f64 {
+    epoch.elapsed().as_secs_f64() * 1e3
 }
 
-impl Compute {
-    fn log_status(&mut self, task: u32, status: Status) {
-        if self.spec.labels.len() <= GRAPH_TASK_LIMIT {
-            self.status_log.push((task, status));
+impl Live {
+    fn per_task(&self) -> bool {
+        self.spec.group_of.len() <= GRAPH_TASK_LIMIT
+    }
+
+    pub fn task_started(&self, task: u32, _worker: Option<usize>) {
+        let t = task as usize;
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.started_ns[t].store(nanos, Ordering::Relaxed);
+        self.started[self.spec.group_of[t] as usize].fetch_add(1, Ordering::Relaxed);
+        if self.per_task() {
+            self.log.lock().statuses.push((task, Status::Running));
         }
+    }
+
+    pub fn task_finished(&self, task: u32, worker: Option<usize>, ok: bool) {
+        let t = task as usize;
+        let end_ms = ms_since(self.epoch);
+        let start_ms = self.started_ns[t].load(Ordering::Relaxed) as f64 / 1e6;
+        let group = self.spec.group_of[t];
+        let per_task = self.per_task();
+        let mut log = self.log.lock();
+        log.finished[group as usize][usize::from(!ok)] += 1;
+        if per_task {
+            let status = if ok { Status::Done } else { Status::Failed };
+            log.statuses.push((task, status));
+        }
+        if log.bars.len() == BARS_PER_UPDATE {
+            log.bars.pop_front();
+        }
+        log.bars.push_back(Bar {
+            group,
+            worker: worker.map_or(-1, |w| w as i64),
+            start_ms,
+            end_ms,
+            ok,
+        });
+        log.bars_total += 1;
+    }
+
+    pub fn end(&self, ok: bool) {
+        let at = ms_since(self.epoch);
+        self.log.lock().ended = Some((at, ok));
+    }
+
+    /// This computation's part of an update, and the cursor after it.
+    fn update(&self, fresh: bool, mut cursor: Cursor) -> (Value, Cursor) {
+        let log = self.log.lock();
+        let per_task = self.per_task();
+        let statuses: Vec<Value> = log.statuses[cursor.statuses..]
+            .iter()
+            .map(|(task, status)| json!([task, *status as u8]))
+            .collect();
+        cursor.statuses = log.statuses.len();
+        let unsent = log
+            .bars_total
+            .saturating_sub(cursor.bars)
+            .min(log.bars.len());
+        let bars: Vec<Value> = log
+            .bars
+            .range(log.bars.len() - unsent..)
+            .map(|b| json!([b.group, b.worker, round(b.start_ms), round(b.end_ms), b.ok]))
+            .collect();
+        cursor.bars = log.bars_total;
+        let groups: Vec<Value> = self
+            .spec
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, name)| {
+                let [done, failed] = log.finished[g];
+                // Read under the lock, after the finished counts: every task counted finished has been
+                // counted started, so this never goes below zero.
+                let running = self.started[g]
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(done + failed);
+                json!({ "name": &**name, "total": self.totals[g], "running": running, "done": done, "failed": failed })
+            })
+            .collect();
+        let update = json!({
+            "id": self.id,
+            "fresh": fresh,
+            "tasks": self.spec.group_of.len(),
+            "workers": self.spec.workers,
+            "begun": round(self.begun_ms),
+            "ended": log.ended.map(|(at, _)| round(at)),
+            "ok": log.ended.map(|(_, ok)| ok),
+            "per_task_graph": per_task,
+            "groups": groups,
+            "statuses": statuses,
+            "bars": bars,
+        });
+        (update, cursor)
     }
 }
 
@@ -143,99 +241,43 @@ impl Hub {
         Arc::new(Hub::default())
     }
 
-    /// Starts showing a computation; returns its id for the calls that follow. A newer computation
-    /// replaces the one shown.
-    pub fn begin(&self, spec: ComputeSpec) -> u64 {
-        let mut state = self.state.lock();
-        let now = state.now_ms();
-        state.next_id += 1;
-        let id = state.next_id;
-        let mut groups: Vec<Group> = Vec::new();
-        let mut group_of = Vec::with_capacity(spec.labels.len());
-        let mut by_name = std::collections::HashMap::<Arc<str>, u32>::new();
-        for label in &spec.labels {
-            let g = *by_name.entry(Arc::clone(label)).or_insert_with(|| {
-                groups.push(Group {
-                    name: Arc::clone(label),
-                    total: 0,
-                    running: 0,
-                    done: 0,
-                    failed: 0,
-                });
-                (groups.len() - 1) as u32
-            });
-            groups[g as usize].total += 1;
-            group_of.push(g);
+    /// Starts showing a computation, which replaces the one shown; the engine tells the [`Live`]
+    /// returned of its tasks.
+    pub fn begin(&self, spec: ComputeSpec) -> Arc<Live> {
+        let mut totals = vec![0u32; spec.groups.len()];
+        for &group in &spec.group_of {
+            totals[group as usize] += 1;
         }
-        let n = spec.labels.len();
-        state.compute = Some(Compute {
-            id,
-            spec,
-            groups,
-            group_of,
-            status: vec![Status::Waiting; n],
-            started_ms: vec![0.0; n],
-            status_log: Vec::new(),
+        let n = spec.group_of.len();
+        let log = Log {
+            finished: vec![[0, 0]; spec.groups.len()],
+            statuses: Vec::new(),
             bars: VecDeque::with_capacity(BARS_PER_UPDATE.min(n)),
             bars_total: 0,
-            begun_ms: now,
             ended: None,
+        };
+        let mut state = self.state.lock();
+        state.next_id += 1;
+        let live = Arc::new(Live {
+            id: state.next_id,
+            epoch: self.epoch,
+            started: spec.groups.iter().map(|_| AtomicU32::new(0)).collect(),
+            started_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            totals,
+            spec,
+            begun_ms: ms_since(self.epoch),
+            log: Mutex::new(log),
         });
-        id
-    }
-
-    pub fn task_started(&self, id: u64, task: u32, _worker: Option<usize>) {
-        let mut state = self.state.lock();
-        let now = state.now_ms();
-        if let Some(c) = state.current(id) {
-            let t = task as usize;
-            c.status[t] = Status::Running;
-            c.started_ms[t] = now;
-            c.groups[c.group_of[t] as usize].running += 1;
-            c.log_status(task, Status::Running);
-        }
-    }
-
-    pub fn task_finished(&self, id: u64, task: u32, worker: Option<usize>, ok: bool) {
-        let mut state = self.state.lock();
-        let now = state.now_ms();
-        if let Some(c) = state.current(id) {
-            let t = task as usize;
-            let status = if ok { Status::Done } else { Status::Failed };
-            c.status[t] = status;
-            let group = &mut c.groups[c.group_of[t] as usize];
-            group.running -= 1;
-            if ok {
-                group.done += 1;
-            } else {
-                group.failed += 1;
-            }
-            c.log_status(task, status);
-            if c.bars.len() == BARS_PER_UPDATE {
-                c.bars.pop_front();
-            }
-            c.bars.push_back(Bar {
-                group: c.group_of[t],
-                worker: worker.map_or(-1, |w| w as i64),
-                start_ms: c.started_ms[t],
-                end_ms: now,
-                ok,
-            });
-            c.bars_total += 1;
-        }
-    }
-
-    pub fn end(&self, id: u64, ok: bool) {
-        let mut state = self.state.lock();
-        let now = state.now_ms();
-        if let Some(c) = state.current(id) {
-            c.ended = Some((now, ok));
-        }
+        // The computation replaced is dropped here, outside the lock: a million tasks take a while.
+        let replaced = state.compute.replace(Arc::clone(&live));
+        drop(state);
+        drop(replaced);
+        live
     }
 
     pub(crate) fn record_sample(&self, reading: Reading) {
+        let at_ms = ms_since(self.epoch);
         let mut state = self.state.lock();
-        let at_ms = state.now_ms();
         if state.samples.len() == SAMPLES_KEPT {
             state.samples.pop_front();
         }
@@ -249,88 +291,59 @@ impl Hub {
 
     /// The graph of the computation shown, if it is small enough to draw task by task.
     pub fn graph(&self) -> Option<Drawable> {
-        let state = self.state.lock();
-        let c = state.compute.as_ref()?;
-        (c.spec.labels.len() <= GRAPH_TASK_LIMIT).then(|| Drawable {
-            labels: c.spec.labels.clone(),
-            edges: c.spec.edges.clone(),
+        let live = self.state.lock().compute.clone()?;
+        live.per_task().then(|| Drawable {
+            labels: live
+                .spec
+                .group_of
+                .iter()
+                .map(|&g| Arc::clone(&live.spec.groups[g as usize]))
+                .collect(),
+            edges: live.spec.edges.clone(),
         })
     }
 
     /// Everything that changed since `cursor`, as one JSON update, and the cursor after it.
     pub fn update(&self, mut cursor: Cursor) -> (Value, Cursor) {
-        let mut state = self.state.lock();
-        let now = state.now_ms();
-        let samples: Vec<Value> = state
-            .samples
-            .iter()
-            .filter(|s| s.at_ms > cursor.samples_at_ms)
-            .map(|s| json!([round(s.at_ms), round(s.cpu_percent), round(s.memory_mb)]))
-            .collect();
-        if let Some(last) = state.samples.back() {
-            cursor.samples_at_ms = last.at_ms;
-        }
-        let processes: Vec<Value> = state
-            .processes
-            .iter()
-            .map(|p| json!([p.pid, round(p.cpu_percent), round(p.memory_mb)]))
-            .collect();
-        let Some(c) = state.compute.as_ref() else {
+        let (samples, processes, live) = {
+            let state = self.state.lock();
+            let samples: Vec<Value> = state
+                .samples
+                .iter()
+                .filter(|s| s.at_ms > cursor.samples_at_ms)
+                .map(|s| json!([round(s.at_ms), round(s.cpu_percent), round(s.memory_mb)]))
+                .collect();
+            if let Some(last) = state.samples.back() {
+                cursor.samples_at_ms = last.at_ms;
+            }
+            let processes: Vec<Value> = state
+                .processes
+                .iter()
+                .map(|p| json!([p.pid, round(p.cpu_percent), round(p.memory_mb)]))
+                .collect();
+            (samples, processes, state.compute.clone())
+        };
+        let now = round(ms_since(self.epoch));
+        let Some(live) = live else {
             return (
-                json!({ "now": round(now), "compute": null, "samples": samples, "processes": processes }),
+                json!({ "now": now, "compute": null, "samples": samples, "processes": processes }),
                 cursor,
             );
         };
-        let fresh = cursor.compute != Some(c.id);
+        let fresh = cursor.compute != Some(live.id);
         if fresh {
             cursor = Cursor {
-                compute: Some(c.id),
+                compute: Some(live.id),
                 statuses: 0,
                 bars: 0,
                 ..cursor
             };
         }
-        let per_task = c.spec.labels.len() <= GRAPH_TASK_LIMIT;
-        let statuses: Vec<Value> = if per_task {
-            c.status_log[cursor.statuses..]
-                .iter()
-                .map(|(task, status)| json!([task, *status as u8]))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        cursor.statuses = c.status_log.len();
-        let unsent = c.bars_total.saturating_sub(cursor.bars).min(c.bars.len());
-        let bars: Vec<Value> = c
-            .bars
-            .range(c.bars.len() - unsent..)
-            .map(|b| json!([b.group, b.worker, round(b.start_ms), round(b.end_ms), b.ok]))
-            .collect();
-        cursor.bars = c.bars_total;
-        let groups: Vec<Value> = c
-            .groups
-            .iter()
-            .map(|g| json!({ "name": &*g.name, "total": g.total, "running": g.running, "done": g.done, "failed": g.failed }))
-            .collect();
-        let update = json!({
-            "now": round(now),
-            "compute": {
-                "id": c.id,
-                "fresh": fresh,
-                "tasks": c.spec.labels.len(),
-                "workers": c.spec.workers,
-                "begun": round(c.begun_ms),
-                "ended": c.ended.map(|(at, _)| round(at)),
-                "ok": c.ended.map(|(_, ok)| ok),
-                "per_task_graph": per_task,
-                "groups": groups,
-                "statuses": statuses,
-                "bars": bars,
-            },
-            "samples": samples,
-            "processes": processes,
-        });
-        (update, cursor)
+        let (compute, cursor) = live.update(fresh, cursor);
+        (
+            json!({ "now": now, "compute": compute, "samples": samples, "processes": processes }),
+            cursor,
+        )
     }
 }
 
@@ -342,9 +355,22 @@ fn round(x: f64) -> f64 {
 mod tests {
     use super::*;
 
+    /// A computation whose task `i` is labelled `labels[i]`.
     fn spec(labels: &[&str], edges: &[(u32, u32)]) -> ComputeSpec {
+        let mut groups: Vec<Arc<str>> = Vec::new();
+        let group_of = labels
+            .iter()
+            .map(|label| {
+                let g = groups.iter().position(|name| &**name == *label);
+                g.unwrap_or_else(|| {
+                    groups.push(Arc::from(*label));
+                    groups.len() - 1
+                }) as u32
+            })
+            .collect();
         ComputeSpec {
-            labels: labels.iter().map(|l| Arc::from(*l)).collect(),
+            groups,
+            group_of,
             edges: edges.to_vec(),
             workers: 2,
         }
@@ -353,20 +379,42 @@ mod tests {
     #[test]
     fn updates_carry_only_what_changed_since_the_cursor() {
         let hub = Hub::new();
-        let id = hub.begin(spec(&["square", "square", "add"], &[(0, 2), (1, 2)]));
-        hub.task_started(id, 0, Some(0));
+        let live = hub.begin(spec(&["square", "square", "add"], &[(0, 2), (1, 2)]));
+        live.task_started(0, Some(0));
         let (first, cursor) = hub.update(Cursor::default());
         assert_eq!(first["compute"]["fresh"], true);
         assert_eq!(first["compute"]["statuses"], json!([[0, 1]]));
         assert_eq!(first["compute"]["groups"][0]["running"], 1);
-        hub.task_finished(id, 0, Some(0), true);
+        assert_eq!(first["compute"]["groups"][0]["total"], 2);
+        assert_eq!(first["compute"]["groups"][1]["total"], 1);
+        live.task_finished(0, Some(0), true);
         let (second, cursor) = hub.update(cursor);
         assert_eq!(second["compute"]["fresh"], false);
         assert_eq!(second["compute"]["statuses"], json!([[0, 2]]));
         assert_eq!(second["compute"]["bars"].as_array().unwrap().len(), 1);
         assert_eq!(second["compute"]["groups"][0]["done"], 1);
+        assert_eq!(second["compute"]["groups"][0]["running"], 0);
         let (third, _) = hub.update(cursor);
         assert!(third["compute"]["statuses"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bar_spans_its_task_from_start_to_finish() {
+        let hub = Hub::new();
+        let live = hub.begin(spec(&["a", "b"], &[]));
+        live.task_started(1, Some(1));
+        let (before, _) = hub.update(Cursor::default());
+        live.task_finished(1, Some(1), true);
+        let (after, _) = hub.update(Cursor::default());
+        let bar = &after["compute"]["bars"][0];
+        assert_eq!(bar[0], 1, "the bar's group");
+        assert_eq!(bar[1], 1, "the bar's worker");
+        let (start, end) = (bar[2].as_f64().unwrap(), bar[3].as_f64().unwrap());
+        let seen_running = before["now"].as_f64().unwrap();
+        assert!(
+            start <= seen_running && seen_running <= end,
+            "{start} ≤ {seen_running} ≤ {end}"
+        );
     }
 
     #[test]
@@ -375,27 +423,40 @@ mod tests {
         let old = hub.begin(spec(&["a"], &[]));
         let (_, cursor) = hub.update(Cursor::default());
         let new = hub.begin(spec(&["b", "b"], &[(0, 1)]));
-        hub.task_started(old, 0, None);
-        hub.task_started(new, 0, Some(1));
-        hub.task_finished(new, 0, Some(1), false);
-        hub.end(new, false);
+        old.task_started(0, None);
+        new.task_started(0, Some(1));
+        new.task_finished(0, Some(1), false);
+        new.end(false);
         let (update, _) = hub.update(cursor);
         let compute = &update["compute"];
-        assert_eq!(compute["id"], new);
+        assert_eq!(compute["id"], new.id);
         assert_eq!(compute["fresh"], true);
+        assert_eq!(compute["groups"][0]["name"], "b");
         assert_eq!(compute["groups"][0]["failed"], 1);
+        assert_eq!(compute["groups"][0]["running"], 0);
         assert_eq!(compute["ok"], false);
         assert_eq!(compute["statuses"], json!([[0, 1], [0, 3]]));
+    }
+
+    #[test]
+    fn small_graphs_are_drawn_with_each_task_labelled_by_its_group() {
+        let hub = Hub::new();
+        hub.begin(spec(&["inc", "inc", "sum"], &[(0, 2), (1, 2)]));
+        let drawable = hub.graph().unwrap();
+        let labels: Vec<&str> = drawable.labels.iter().map(|l| &**l).collect();
+        assert_eq!(labels, ["inc", "inc", "sum"]);
+        assert_eq!(drawable.edges, [(0, 2), (1, 2)]);
     }
 
     #[test]
     fn large_graphs_are_shown_per_function_only() {
         let hub = Hub::new();
         let labels = vec!["inc"; GRAPH_TASK_LIMIT + 1];
-        let id = hub.begin(spec(&labels, &[]));
-        hub.task_started(id, 5, Some(0));
+        let live = hub.begin(spec(&labels, &[]));
+        live.task_started(5, Some(0));
         let (update, _) = hub.update(Cursor::default());
         assert_eq!(update["compute"]["per_task_graph"], false);
+        assert_eq!(update["compute"]["groups"][0]["running"], 1);
         assert!(update["compute"]["statuses"].as_array().unwrap().is_empty());
         assert!(hub.graph().is_none());
     }
@@ -404,16 +465,15 @@ mod tests {
     fn a_large_computation_keeps_no_record_per_task_beyond_the_latest_bars() {
         let hub = Hub::new();
         let n = 3 * BARS_PER_UPDATE;
-        let id = hub.begin(spec(&vec!["t"; n], &[]));
+        let live = hub.begin(spec(&vec!["t"; n], &[]));
         for task in 0..n as u32 {
-            hub.task_started(id, task, Some(0));
-            hub.task_finished(id, task, Some(0), true);
+            live.task_started(task, Some(0));
+            live.task_finished(task, Some(0), true);
         }
         {
-            let state = hub.state.lock();
-            let compute = state.compute.as_ref().unwrap();
-            assert!(compute.status_log.is_empty());
-            assert_eq!(compute.bars.len(), BARS_PER_UPDATE);
+            let log = live.log.lock();
+            assert!(log.statuses.is_empty());
+            assert_eq!(log.bars.len(), BARS_PER_UPDATE);
         }
         let (update, _) = hub.update(Cursor::default());
         assert_eq!(update["compute"]["groups"][0]["done"], n);
@@ -427,10 +487,10 @@ mod tests {
     fn a_page_that_falls_behind_skips_to_the_latest_bars() {
         let hub = Hub::new();
         let n = BARS_PER_UPDATE + 10;
-        let id = hub.begin(spec(&vec!["t"; n], &[]));
+        let live = hub.begin(spec(&vec!["t"; n], &[]));
         for task in 0..n as u32 {
-            hub.task_started(id, task, Some(0));
-            hub.task_finished(id, task, Some(0), true);
+            live.task_started(task, Some(0));
+            live.task_finished(task, Some(0), true);
         }
         let (update, cursor) = hub.update(Cursor::default());
         assert_eq!(
@@ -439,6 +499,47 @@ mod tests {
         );
         let (next, _) = hub.update(cursor);
         assert!(next["compute"]["bars"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn counts_from_many_threads_add_up_and_never_show_a_task_twice() {
+        let hub = Hub::new();
+        let threads = 4;
+        let per_thread = 5000;
+        let live = hub.begin(spec(&vec!["t"; threads * per_thread], &[]));
+        std::thread::scope(|scope| {
+            for worker in 0..threads {
+                let live = &live;
+                scope.spawn(move || {
+                    for i in 0..per_thread {
+                        let task = (worker * per_thread + i) as u32;
+                        live.task_started(task, Some(worker));
+                        live.task_finished(task, Some(worker), i % 7 != 0);
+                    }
+                });
+            }
+            // A page reading meanwhile sees every task at most once and no more running than workers.
+            for _ in 0..50 {
+                let (update, _) = hub.update(Cursor::default());
+                let group = &update["compute"]["groups"][0];
+                let seen = ["running", "done", "failed"].map(|k| group[k].as_u64().unwrap());
+                assert!(seen[0] <= threads as u64, "{group}");
+                assert!(
+                    seen.iter().sum::<u64>() <= (threads * per_thread) as u64,
+                    "{group}"
+                );
+            }
+        });
+        let (update, _) = hub.update(Cursor::default());
+        let group = &update["compute"]["groups"][0];
+        let failed = threads * per_thread.div_ceil(7);
+        assert_eq!(group["failed"], failed);
+        assert_eq!(group["done"], threads * per_thread - failed);
+        assert_eq!(group["running"], 0);
+        assert_eq!(
+            update["compute"]["bars"].as_array().unwrap().len(),
+            BARS_PER_UPDATE
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use hub::{ComputeSpec, Cursor, Drawable, Hub, Status, GRAPH_TASK_LIMIT};
+pub use hub::{ComputeSpec, Cursor, Drawable, Hub, Live, Status, GRAPH_TASK_LIMIT};
 
 /// The shortest token accepted off loopback: a token must not be guessable.
 pub const MIN_TOKEN_LENGTH: usize = 16;

@@ -45,7 +45,8 @@ fn get_as(dashboard: &Dashboard, path: &str, host: &str) -> (u16, String) {
 
 fn spec() -> ComputeSpec {
     ComputeSpec {
-        labels: vec![Arc::from("square"), Arc::from("square"), Arc::from("add")],
+        groups: vec![Arc::from("square"), Arc::from("add")],
+        group_of: vec![0, 0, 1],
         edges: vec![(0, 2), (1, 2)],
         workers: 2,
     }
@@ -72,9 +73,9 @@ fn serves_the_page_a_snapshot_and_the_graph_on_loopback() {
     let (status, _) = get(&dashboard, "/api/graph.svg");
     assert_eq!(status, 404, "no graph before a computation");
 
-    let id = hub.begin(spec());
-    hub.task_started(id, 0, Some(1));
-    hub.task_finished(id, 0, Some(1), true);
+    let live = hub.begin(spec());
+    live.task_started(0, Some(1));
+    live.task_finished(0, Some(1), true);
     let (status, state) = get(&dashboard, "/api/state");
     assert_eq!(status, 200);
     assert!(state.contains("\"name\":\"square\""), "{state}");
@@ -91,7 +92,7 @@ fn serves_the_page_a_snapshot_and_the_graph_on_loopback() {
 fn the_update_stream_pushes_progress_as_it_happens() {
     let hub = Hub::new();
     let dashboard = Dashboard::start(Arc::clone(&hub), "127.0.0.1", 0, None, renderer()).unwrap();
-    let id = hub.begin(spec());
+    let live = hub.begin(spec());
     let mut stream = TcpStream::connect(dashboard.address()).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -113,8 +114,8 @@ fn the_update_stream_pushes_progress_as_it_happens() {
         first.contains("\"fresh\":true") && first.contains("\"done\":0"),
         "{first}"
     );
-    hub.task_started(id, 1, Some(0));
-    hub.task_finished(id, 1, Some(0), true);
+    live.task_started(1, Some(0));
+    live.task_finished(1, Some(0), true);
     let second = next_update();
     assert!(second.contains("\"fresh\":false"), "{second}");
     assert!(second.contains("\"statuses\":[[1,1],[1,2]]"), "{second}");

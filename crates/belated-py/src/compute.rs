@@ -33,7 +33,7 @@ use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{catch_panics, to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
-use crate::gil::release;
+use crate::gil::{release, ITEMS_PER_CHECK};
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS};
 use crate::task::{Arg, Op, PyTask, PyValue, TaskNode};
 
@@ -52,15 +52,32 @@ impl Runner for PyRunner {
     type Error = PyErr;
 
     fn run(&self, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
+        Python::attach(|py| self.evaluate(py, task, inputs))
+    }
+
+    /// Releases many inputs here rather than leaving them to the engine: a fan-in task's inputs are
+    /// a million values, and other threads get the interpreter while they go.
+    fn run_owned(&self, task: TaskId, inputs: &mut Vec<PyValue>) -> PyResult<PyValue> {
         Python::attach(|py| {
-            let node = &self.nodes[task.index()];
-            let key = self.guard.before(py, node)?;
-            let value = node.payload().evaluate(py, inputs)?;
-            if let Some(key) = key {
-                self.guard.after(py, &key, &value)?;
+            let result = self.evaluate(py, task, inputs);
+            if inputs.len() < ITEMS_PER_CHECK {
+                return result;
             }
-            Ok(PyValue(value.unbind()))
+            let released = release(py, inputs.drain(..));
+            result.and_then(|value| released.map(|()| value))
         })
+    }
+}
+
+impl PyRunner {
+    fn evaluate(&self, py: Python<'_>, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
+        let node = &self.nodes[task.index()];
+        let key = self.guard.before(py, node)?;
+        let value = node.payload().evaluate(py, inputs)?;
+        if let Some(key) = key {
+            self.guard.after(py, &key, &value)?;
+        }
+        Ok(PyValue(value.unbind()))
     }
 }
 
@@ -372,7 +389,7 @@ fn run_plan(
         static NEW_COMPUTATION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         helper(py, &NEW_COMPUTATION, "new_computation")?.call0()?;
     }
-    let dashboard = HubObserver::begin(py, &nodes, &graph, workers);
+    let dashboard = HubObserver::begin(py, &nodes, &graph, workers)?;
     let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
     if let Some(listeners) = listeners {
         observers.push(Arc::clone(&listeners.tracker) as Arc<dyn Observer>);
@@ -646,7 +663,7 @@ pub(crate) fn compute_with<'py>(
             .iter()
             .map(|t| graph.keys[t.index()].clone())
             .collect();
-        let dashboard = Py::new(py, DashboardReport::begin(py, &plan.nodes, &plan.graph))?;
+        let dashboard = Py::new(py, DashboardReport::begin(py, &plan.nodes, &plan.graph)?)?;
         let results = executor.call1((&graph.tasks, wanted, &graph.dependencies, dashboard))?;
         let values = results
             .try_iter()?

@@ -3,13 +3,16 @@
 use std::sync::Arc;
 
 use belated_core::{Graph, Observer, TaskId};
-use belated_dashboard::{ComputeSpec, Dashboard, DashboardError, GraphRenderer, Hub};
+use belated_dashboard::{
+    ComputeSpec, Dashboard, DashboardError, GraphRenderer, Hub, Live, GRAPH_TASK_LIMIT,
+};
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::errors::{catch_panics, BelatedError};
+use crate::gil::pace;
 use crate::task::{Arg, Key, Op, TaskNode};
 
 struct Running {
@@ -73,9 +76,11 @@ pub(crate) fn stop_dashboard(py: Python<'_>) {
 
 /// Reports one computation to the dashboard.
 pub(crate) struct HubObserver {
-    hub: Arc<Hub>,
-    id: u64,
+    live: Arc<Live>,
 }
+
+/// A task whose label is not its function's name, found only with Python.
+const OTHER: u32 = u32::MAX;
 
 impl HubObserver {
     /// `None` when no dashboard runs.
@@ -84,55 +89,92 @@ impl HubObserver {
         nodes: &[Arc<TaskNode>],
         graph: &Graph,
         workers: usize,
-    ) -> Option<Arc<Self>> {
-        let hub = Arc::clone(&DASHBOARD.lock().as_ref()?.hub);
+    ) -> PyResult<Option<Arc<Self>>> {
+        let Some(hub) = DASHBOARD
+            .lock()
+            .as_ref()
+            .map(|running| Arc::clone(&running.hub))
+        else {
+            return Ok(None);
+        };
         // A call's label is its function's name, which costs Python calls to find: ask once per
-        // function, not once per task (a map over a million items calls one function).
-        let mut by_function: FxHashMap<*mut pyo3::ffi::PyObject, Arc<str>> = FxHashMap::default();
-        let labels = nodes
-            .iter()
-            .map(|node| {
-                let task = node.payload();
-                match (&task.key, &task.op) {
-                    (
-                        Key::Unique { .. },
-                        Op::Call {
-                            func: Arg::Value(function),
-                            ..
-                        },
-                    ) => Arc::clone(
-                        by_function
-                            .entry(function.as_ptr())
-                            .or_insert_with(|| Arc::from(task.label(py))),
-                    ),
-                    _ => Arc::from(task.label(py)),
-                }
+        // function, not once per task (a map over a million items calls one function). Sorting the
+        // tasks by function reads only pointers, so other threads have the interpreter meanwhile.
+        let (mut group_of, firsts, edges) = py.detach(|| {
+            let mut slot_of = FxHashMap::<*mut pyo3::ffi::PyObject, u32>::default();
+            let mut firsts = Vec::new();
+            let slots: Vec<u32> = nodes
+                .iter()
+                .enumerate()
+                .map(|(index, node)| {
+                    let task = node.payload();
+                    match (&task.key, &task.op) {
+                        (
+                            Key::Unique { .. },
+                            Op::Call {
+                                func: Arg::Value(function),
+                                ..
+                            },
+                        ) => *slot_of.entry(function.as_ptr()).or_insert_with(|| {
+                            firsts.push(index);
+                            (firsts.len() - 1) as u32
+                        }),
+                        _ => OTHER,
+                    }
+                })
+                .collect();
+            // Only graphs small enough to draw need their edges.
+            let edges: Vec<(u32, u32)> = if nodes.len() <= GRAPH_TASK_LIMIT {
+                graph
+                    .tasks()
+                    .flat_map(|task| graph.deps(task).iter().map(move |dep| (dep.0, task.0)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (slots, firsts, edges)
+        });
+        let mut groups: Vec<Arc<str>> = Vec::new();
+        let mut by_name = FxHashMap::<Arc<str>, u32>::default();
+        let mut group = |label: String| {
+            let label: Arc<str> = Arc::from(label);
+            *by_name.entry(Arc::clone(&label)).or_insert_with(|| {
+                groups.push(label);
+                (groups.len() - 1) as u32
             })
+        };
+        let function_groups: Vec<u32> = firsts
+            .iter()
+            .map(|&index| group(nodes[index].payload().label(py)))
             .collect();
-        let edges = graph
-            .tasks()
-            .flat_map(|task| graph.deps(task).iter().map(move |dep| (dep.0, task.0)))
-            .collect();
-        let id = hub.begin(ComputeSpec {
-            labels,
+        for (node, slot) in nodes.iter().zip(&mut group_of) {
+            *slot = match *slot {
+                OTHER => group(node.payload().label(py)),
+                function => function_groups[function as usize],
+            };
+            pace(py)?;
+        }
+        let live = hub.begin(ComputeSpec {
+            groups,
+            group_of,
             edges,
             workers,
         });
-        Some(Arc::new(HubObserver { hub, id }))
+        Ok(Some(Arc::new(HubObserver { live })))
     }
 
     pub(crate) fn end(&self, succeeded: bool) {
-        self.hub.end(self.id, succeeded);
+        self.live.end(succeeded);
     }
 }
 
 impl Observer for HubObserver {
     fn task_started(&self, task: TaskId, worker: Option<usize>) {
-        self.hub.task_started(self.id, task.0, worker);
+        self.live.task_started(task.0, worker);
     }
 
     fn task_finished(&self, task: TaskId, worker: Option<usize>, succeeded: bool) {
-        self.hub.task_finished(self.id, task.0, worker, succeeded);
+        self.live.task_finished(task.0, worker, succeeded);
     }
 }
 
@@ -145,11 +187,11 @@ pub(crate) struct DashboardReport {
 }
 
 impl DashboardReport {
-    pub(crate) fn begin(py: Python<'_>, nodes: &[Arc<TaskNode>], graph: &Graph) -> Self {
-        DashboardReport {
-            observer: HubObserver::begin(py, nodes, graph, 0),
+    pub(crate) fn begin(py: Python<'_>, nodes: &[Arc<TaskNode>], graph: &Graph) -> PyResult<Self> {
+        Ok(DashboardReport {
+            observer: HubObserver::begin(py, nodes, graph, 0)?,
             tasks: nodes.len(),
-        }
+        })
     }
 }
 

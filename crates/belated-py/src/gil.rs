@@ -55,7 +55,7 @@ pub(crate) fn let_other_threads_run(py: Python<'_>) -> PyResult<()> {
 
 /// How many items of work (arguments collected, built or released) pass between looks at the clock:
 /// each takes well under a microsecond, so this is far below a switch interval and costs nothing seen.
-const ITEMS_PER_CHECK: u32 = 1024;
+pub(crate) const ITEMS_PER_CHECK: usize = 1024;
 
 thread_local! {
     static ITEMS: Cell<u32> = const { Cell::new(0) };
@@ -68,7 +68,7 @@ pub(crate) fn pace(py: Python<'_>) -> PyResult<()> {
         items.set(count);
         count
     });
-    if count % ITEMS_PER_CHECK == 0 {
+    if count as usize % ITEMS_PER_CHECK == 0 {
         let_other_threads_run(py)
     } else {
         Ok(())
@@ -77,7 +77,7 @@ pub(crate) fn pace(py: Python<'_>) -> PyResult<()> {
 
 /// Drops `items` (Python objects among them), offering the interpreter to other threads as it goes:
 /// releasing a million results runs a million deallocations.
-pub(crate) fn release<T>(py: Python<'_>, items: Vec<T>) -> PyResult<()> {
+pub(crate) fn release<T>(py: Python<'_>, items: impl IntoIterator<Item = T>) -> PyResult<()> {
     for item in items {
         drop(item);
         pace(py)?;
