@@ -212,6 +212,7 @@ def compute(
     retries: int = 1,
     cluster: Cluster | None = None,
     cancel: CancelToken | None = None,
+    computed: int = 0,
 ) -> tuple[Any, ...]: ...
 def compute_with(
     objs: tuple[Any, ...], executor: Callable[..., Any], traverse: bool = True

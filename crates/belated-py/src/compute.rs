@@ -440,11 +440,13 @@ fn run_plan(
 }
 
 /// Computes the `Delayed` objects found in `objs` and returns `objs` with each replaced by its result,
-/// or, with `persist`, by a `Delayed` that holds its result under the same key.
+/// or, with `persist`, by a `Delayed` that holds its result under the same key. With `persist`, the
+/// first `computed` objects still come back as results: persisting dask collections needs their keys'
+/// values, and computing them in the same run as the rest runs the tasks they share once.
 #[pyfunction]
 #[pyo3(signature = (
     objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None, persist=false,
-    retries=1, cluster=None, cancel=None
+    retries=1, cluster=None, cancel=None, computed=0
 ))]
 #[allow(clippy::too_many_arguments)] // compute's keyword arguments, as Python passes them
 pub(crate) fn compute<'py>(
@@ -459,6 +461,7 @@ pub(crate) fn compute<'py>(
     retries: usize,
     cluster: Option<Py<Cluster>>,
     cancel: Option<Py<CancelToken>>,
+    computed: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
     catch_panics(|| {
         let run = Run {
@@ -490,13 +493,13 @@ pub(crate) fn compute<'py>(
         }
         let persisted = roots
             .iter()
-            .zip(values)
+            .zip(&values)
             .zip(lengths)
             .map(|((root, value), length)| {
                 let node = TaskNode::new(
                     PyTask {
                         key: root.payload().key_for_copy(py),
-                        op: Op::Value(Arg::Value(value.0)),
+                        op: Op::Value(Arg::Value(value.0.clone_ref(py))),
                     },
                     Vec::new(),
                 );
@@ -507,7 +510,13 @@ pub(crate) fn compute<'py>(
                 ))
             })
             .collect::<PyResult<Vec<_>>>()?;
-        Arg::Tuple(template).build(py, &persisted)
+        let results = template
+            .iter()
+            .enumerate()
+            .map(|(i, arg)| arg.build(py, if i < computed { &values } else { &persisted }))
+            .collect::<PyResult<Vec<_>>>()?;
+        release(py, values)?;
+        Ok(PyTuple::new(py, results)?.into_any())
     })
 }
 
