@@ -172,6 +172,43 @@ def test_task_arguments_keywords_and_nested_nodes():
     assert belated.get(dsk, ["c", "d", "e"]) == (13, 30, [1, 2, 3])
 
 
+def test_legacy_tasks_met_among_task_spec_nodes_are_read_as_dask_reads_them():
+    from dask._task_spec import DataNode, Task, TaskRef
+
+    # The walk meets the legacy forms only below nodes it has already read: raw values, a key naming a
+    # key (an alias), tuples with keys inside, a dict argument.
+    dsk = {
+        "raw": 5,
+        "alias": "raw",
+        "legacy": (add, "alias", (inc, "raw")),
+        "nested": (sum, ["legacy", (inc, 1), {"k": "raw"}.get("k")]),
+        "spec": Task("spec", add, TaskRef("nested"), TaskRef("data")),
+        "data": DataNode("data", 100),
+        "top": Task("top", inc, TaskRef("spec")),
+    }
+    for keys in ("top", ["top", ["legacy", "alias"]], ["data", "raw"]):
+        assert belated.get(dsk, keys) == dask.get(dsk, keys)
+
+
+def test_get_runs_arrays_without_dasks_linear_fusion_unless_dask_config_sets_it():
+    x = da.from_array(np.arange(64.0).reshape(8, 8), chunks=2)
+    y = ((x + 1) * 2).T.sum()
+
+    def run(**settings):
+        keys = []
+        with dask.config.set(settings), Callback(pretask=lambda key, dsk, state: keys.append(key)):
+            return y.compute(scheduler=belated.get), keys
+
+    unfused, unfused_keys = run()
+    fused, fused_keys = run(**{"optimization.fuse.active": True})
+    assert unfused == fused == y.compute(scheduler="sync")
+    # dask fuses each block's read with the blockwise work on it into one task under a new name; the
+    # engine runs the reads as tasks of their own.
+    assert x.name in {key[0] for key in unfused_keys}
+    assert x.name not in {key[0] for key in fused_keys}
+    assert dask.config.get("optimization.fuse.active") is None
+
+
 test_var = contextvars.ContextVar("test_var", default=42)
 
 
@@ -492,6 +529,7 @@ def test_compute_of_a_collection_raises_the_tasks_own_exception():
         belated.compute(x.sum())
 
 
+@pytest.mark.filterwarnings("ignore:Computing mixed collections")  # dask's own warning, as in dask.persist
 @pytest.mark.parametrize("scheduler", ["threads", "sync", "processes"])
 def test_persist_returns_collections_holding_their_computed_keys(scheduler):
     calls = Calls()
@@ -510,6 +548,23 @@ def test_persist_returns_collections_holding_their_computed_keys(scheduler):
         (px * 2).sum().compute(scheduler=belated.get)
         # The persisted blocks are values: nothing of the original graph runs again.
         assert calls.count == 0
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+def test_persist_of_collections_and_delayed_objects_runs_their_shared_tasks_once(scheduler):
+    calls = Calls()
+    x = counted_array(calls)
+    total = belated.delayed(np.sum)(x)
+    blocks = belated.delayed(len)(x.to_delayed().ravel().tolist())
+    px, ptotal, (pblocks,), pt = belated.persist(x, total, [blocks], x.T, scheduler=scheduler)
+    expected = np.arange(36.0).reshape(6, 6) + 1
+    # Four blocks, each run once for the two collections and the two Delayed objects that need it.
+    assert calls.count == 4
+    np.testing.assert_array_equal(px.compute(scheduler="sync"), expected)
+    np.testing.assert_array_equal(pt.compute(scheduler="sync"), expected.T)
+    assert isinstance(ptotal, belated.Delayed) and ptotal.key == total.key
+    assert ptotal.compute() == expected.sum() and pblocks.compute() == 4
+    assert calls.count == 4
 
 
 @pytest.mark.filterwarnings("ignore:Computing mixed collections")

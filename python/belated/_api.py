@@ -72,15 +72,25 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
         scheduler = "threads"
     where = scheduler if cluster is None else "a local cluster"
 
-    def run(items, persist):
-        with _logging.computing("persist" if persist else "compute", where):
-            return _belated.compute(
-                items, scheduler, num_workers, traverse, callbacks, timeout, persist, retries, cluster
-            )
-
     # A Client's persisted objects stand for results that may still be on their way.
     _futures.wait_for_persists()
     if persist and any(_is_foreign(arg) for arg in args):
+
+        def run(tasks, rest):
+            with _logging.computing("persist", where):
+                return _belated.compute(
+                    (*tasks, *rest),
+                    scheduler,
+                    num_workers,
+                    traverse,
+                    callbacks,
+                    timeout,
+                    True,
+                    retries,
+                    cluster,
+                    computed=len(tasks),
+                )
+
         return _persist_collections(args, run)
     args = _collections_as_delayed(args, traverse)
     # Called here rather than through run(): a task's traceback shows one frame of ours fewer.
@@ -139,18 +149,16 @@ _SCANNED_LEVELS = 3
 
 def _persist_collections(args, run):
     """``persist`` when dask collections are among ``args``: each comes back as a collection of its own
-    type whose graph holds its computed keys, as ``dask.persist`` returns it. Its keys are computed on
-    belated's engine in one computation; the other arguments are persisted in a second one."""
-    from belated._dask import collection_keys_graph
+    type whose graph holds its computed keys, as ``dask.persist`` returns it. The collections' graphs
+    are optimized together, as ``dask.persist`` optimizes them, and their keys and the other arguments
+    are computed in one run, so a task they share runs once."""
+    from belated._dask import collections_keys_graph
 
     foreign = [i for i, arg in enumerate(args) if _is_foreign(arg)]
-    keys, tasks = [], []
-    for i in foreign:
-        dsk, collection_keys = collection_keys_graph(args[i])
-        keys.append(collection_keys)
-        tasks.extend(_belated.dask_graph_delayed(dsk, collection_keys))
-    values = iter(run(tuple(tasks), False))
-    rest = iter(run(tuple(arg for i, arg in enumerate(args) if i not in foreign), True))
+    dsk, keys = collections_keys_graph([args[i] for i in foreign])
+    tasks = _belated.dask_graph_delayed(dsk, [key for each in keys for key in each])
+    results = run(tasks, [arg for i, arg in enumerate(args) if i not in foreign])
+    values, rest = iter(results[: len(tasks)]), iter(results[len(tasks) :])
     persisted = []
     for i, arg in enumerate(args):
         if i not in foreign:

@@ -213,6 +213,7 @@ def compute(
     cluster: Cluster | None = None,
     cancel: CancelToken | None = None,
     each: Callable[[BaseException], Any] | None = None,
+    computed: int = 0,
 ) -> tuple[Any, ...]: ...
 def compute_with(
     objs: tuple[Any, ...], executor: Callable[..., Any], traverse: bool = True

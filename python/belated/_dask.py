@@ -143,20 +143,22 @@ def collections_graph(collections, optimize_graph=True):
     return _task_spec(expr.__dask_graph__()), keys
 
 
-def collection_keys_graph(collection, optimize_graph=True):
-    """The graph of a dask collection (in dask's task spec) and its keys, flat, as ``dask.persist``
-    computes them."""
+def collections_keys_graph(collections, optimize_graph=True):
+    """The graph of several dask collections (in dask's task spec), optimized together as
+    ``dask.persist`` optimizes them, and each one's keys, flat."""
     from dask.base import collections_to_expr
     from dask.core import flatten
 
-    expr = collections_to_expr(collection, optimize_graph).optimize()
-    return _task_spec(expr.__dask_graph__()), list(flatten(expr.__dask_keys__()))
+    expr = collections_to_expr(list(collections), optimize_graph).optimize()
+    keys = [list(flatten(each)) for each in expr.__dask_keys__()]
+    if len(keys) != len(collections):
+        raise RuntimeError(f"dask made {len(keys)} key lists of {len(collections)} collections")
+    return _task_spec(expr.__dask_graph__()), keys
 
 
 def _task_spec(dsk):
-    from dask._task_spec import convert_legacy_graph
-
-    return convert_legacy_graph(dict(dsk))
+    # Legacy tasks are converted by the engine's reading of the graph, and only if it meets one.
+    return dsk if type(dsk) is dict else dict(dsk)
 
 
 def _require(module, extra):

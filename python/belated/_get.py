@@ -41,15 +41,16 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **
     from dask.core import flatten
     from dask.order import order
 
+    scheduler = _scheduler(pool)
     if not isinstance(dsk, Mapping):
-        dsk = dsk.__dask_graph__()
-    dsk = convert_legacy_graph(dsk)
+        dsk = _graph(dsk, fuse=scheduler not in (None, "sync"))
+    if type(dsk) is not dict:
+        dsk = convert_legacy_graph(dsk)
     wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
     if num_workers is None:
         num_workers = config.get("num_workers", None)
     if timeout is None:
         timeout = config.get("timeout", None)
-    scheduler = _scheduler(pool)
     if scheduler is not None:
         from belated import compute
 
@@ -61,12 +62,31 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **
         listeners = [normalize_callback(cb) for cb in dask_callbacks]
         listeners += [cb._callback for cb in _diagnostics.Callback.active]
         if not listeners:
+            # The engine reads the graph's task spec nodes as they are, converting legacy tasks only
+            # when it meets one: dask's converter, run on every node up front, costs as much as that.
             values = _belated.run_dask_graph(
                 dsk, wanted, _priorities(dsk, order), num_workers, timeout, None, None, _context()
             )
         else:
+            # Callbacks see the graph as dask's schedulers hand it to them.
+            dsk = convert_legacy_graph(dsk)
             values = _run_with_callbacks(dsk, wanted, num_workers, timeout, listeners, order)
     return _shaped(keys, wanted, values)
+
+
+def _graph(expr, fuse):
+    """The graph of the expression dask hands a scheduler. Unless ``fuse`` (tasks shipped to other
+    processes) or dask's configuration sets ``optimization.fuse.active``, it is built without
+    dask.array's low-level fusion of linear chains: fusing costs dask more per task than the engine
+    spends running the chain's tasks one by one in this process. (The
+    setting is global while the graph is built: a computation building its graph in another thread
+    meanwhile skips the fusion too, which changes no result.)"""
+    import dask
+
+    if fuse or dask.config.get("optimization.fuse.active", None) is not None:
+        return expr.__dask_graph__()
+    with dask.config.set({"optimization.fuse.active": False}):
+        return expr.__dask_graph__()
 
 
 def _scheduler(pool):
@@ -85,7 +105,11 @@ def _shaped(keys, wanted, values):
 
 
 def _priorities(dsk, order):
-    return order(dsk) if ORDER == "dask" else None
+    if ORDER != "dask":
+        return None
+    from dask._task_spec import convert_legacy_graph
+
+    return order(convert_legacy_graph(dsk))
 
 
 def _context():

@@ -498,14 +498,16 @@ fn all_succeeded<V, E>(values: Vec<V>) -> Outputs<V, E> {
 }
 
 /// Computes the `Delayed` objects found in `objs` and returns `objs` with each replaced by its result,
-/// or, with `persist`, by a `Delayed` that holds its result under the same key.
+/// or, with `persist`, by a `Delayed` that holds its result under the same key. With `persist`, the
+/// first `computed` objects still come back as results: persisting dask collections needs their keys'
+/// values, and computing them in the same run as the rest runs the tasks they share once.
 ///
 /// With `each` (a callable), a failed task fails only what depends on it: every other task still
 /// runs, and each of `objs` that needed a failed task is replaced by `each(exception)` instead.
 #[pyfunction]
 #[pyo3(signature = (
     objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None, persist=false,
-    retries=1, cluster=None, cancel=None, each=None
+    retries=1, cluster=None, cancel=None, each=None, computed=0
 ))]
 #[allow(clippy::too_many_arguments)] // compute's keyword arguments, as Python passes them
 pub(crate) fn compute<'py>(
@@ -521,6 +523,7 @@ pub(crate) fn compute<'py>(
     cluster: Option<Py<Cluster>>,
     cancel: Option<Py<CancelToken>>,
     each: Option<&Bound<'py, PyAny>>,
+    computed: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
     catch_panics(|| {
         if persist && each.is_some() {
@@ -562,13 +565,13 @@ pub(crate) fn compute<'py>(
         }
         let persisted = roots
             .iter()
-            .zip(values)
+            .zip(&values)
             .zip(lengths)
             .map(|((root, value), length)| {
                 let node = TaskNode::new(
                     PyTask {
                         key: root.payload().key_for_copy(py),
-                        op: Op::Value(Arg::Value(value.0)),
+                        op: Op::Value(Arg::Value(value.0.clone_ref(py))),
                     },
                     Vec::new(),
                 );
@@ -579,7 +582,13 @@ pub(crate) fn compute<'py>(
                 ))
             })
             .collect::<PyResult<Vec<_>>>()?;
-        Arg::Tuple(template).build(py, &persisted)
+        let results = template
+            .iter()
+            .enumerate()
+            .map(|(i, arg)| arg.build(py, if i < computed { &values } else { &persisted }))
+            .collect::<PyResult<Vec<_>>>()?;
+        release(py, values)?;
+        Ok(PyTuple::new(py, results)?.into_any())
     })
 }
 

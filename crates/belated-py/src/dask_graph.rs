@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -184,77 +184,123 @@ pub(crate) struct Culled {
 }
 
 /// Walks `dsk` from `keys` depth-first, numbering tasks in post-order. Iterative, so deep chains are fine.
+///
+/// A graph of `dask._task_spec` nodes (what dask's collections hand a scheduler) is read as it is; one
+/// holding anything else (legacy tuples, raw values, keys naming keys) goes through dask's own converter
+/// first. Converting every node up front, as dask's schedulers do, would cost as much as this walk.
 pub(crate) fn cull(dsk: &Bound<'_, PyDict>, keys: &Bound<'_, PyList>) -> PyResult<Culled> {
     let py = dsk.py();
     let spec = Spec::import(py)?;
-    // key -> id, or -1 while the key's dependencies are being visited (meeting it then is a cycle).
-    let ids = PyDict::new(py);
+    if let Some(culled) = walk(&spec, dsk, keys)? {
+        return Ok(culled);
+    }
+    static CONVERT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let converted = CONVERT
+        .import(py, "dask._task_spec", "convert_legacy_graph")?
+        .call1((dsk,))?
+        .cast_into::<PyDict>()?;
+    walk(&spec, &converted, keys)?.ok_or_else(|| {
+        PyRuntimeError::new_err(
+            "dask's convert_legacy_graph left a value that is not a task spec node",
+        )
+    })
+}
+
+/// A key being visited: its node, its dependencies, and the slots of those visited so far.
+struct Visit<'py> {
+    key: Bound<'py, PyAny>,
+    node: Bound<'py, PyAny>,
+    deps: Vec<Bound<'py, PyAny>>,
+    dep_slots: Vec<usize>,
+    slot: usize,
+}
+
+/// The walk of [`cull`], or None when it meets a value that is not a `dask._task_spec` node.
+fn walk<'py>(
+    spec: &Spec<'py>,
+    dsk: &Bound<'py, PyDict>,
+    keys: &Bound<'py, PyList>,
+) -> PyResult<Option<Culled>> {
+    let py = dsk.py();
+    // key -> slot, given when the key is first met; a slot holds the key's id once its task is numbered,
+    // None while its dependencies are being visited (meeting it then is a cycle). One hash lookup per
+    // edge: the slots of a task's dependencies are kept as they are met.
+    let slots = PyDict::new(py);
+    let mut ids: Vec<Option<u32>> = Vec::new();
     let mut culled = Culled {
         tasks: Vec::new(),
         deps: Vec::new(),
         outputs: Vec::with_capacity(keys.len()),
     };
-    let mut stack: Vec<Entry<'_>> = Vec::new();
+    let mut stack: Vec<Visit<'py>> = Vec::new();
     for root in keys.iter() {
-        if let Some(id) = ids.get_item(&root)? {
-            culled.outputs.push(id.extract()?);
-            continue;
-        }
-        stack.push(entry(dsk, root.clone(), None)?);
-        ids.set_item(&root, -1)?;
-        while let Some((_, _, deps, next)) = stack.last_mut() {
-            if let Some(dep) = deps.get(*next).cloned() {
-                *next += 1;
-                match ids.get_item(&dep)? {
-                    Some(id) if id.extract::<i64>()? < 0 => {
-                        return Err(PyValueError::new_err(format!(
-                            "the graph has a cycle through key {}",
-                            dep.repr()?
-                        )))
+        let root_slot = match slots.get_item(&root)? {
+            Some(slot) => slot.extract::<usize>()?,
+            None => {
+                let Some(visit) = start_visit(spec, dsk, root, None, ids.len())? else {
+                    return Ok(None);
+                };
+                slots.set_item(&visit.key, visit.slot)?;
+                ids.push(None);
+                let root_slot = visit.slot;
+                stack.push(visit);
+                while let Some(top) = stack.last_mut() {
+                    let Some(dep) = top.deps.get(top.dep_slots.len()) else {
+                        let done = stack.pop().expect("the loop saw a top");
+                        let id = culled.tasks.len() as u32;
+                        ids[done.slot] = Some(id);
+                        culled.deps.push(
+                            done.dep_slots
+                                .iter()
+                                .map(|&slot| ids[slot].expect("dependencies are numbered first"))
+                                .collect(),
+                        );
+                        culled.tasks.push(DaskTask {
+                            body: spec.body(&done.node, &done.deps)?,
+                            key: done.key.unbind(),
+                            deps: done.deps.into_iter().map(Bound::unbind).collect(),
+                        });
+                        continue;
+                    };
+                    if let Some(slot) = slots.get_item(dep)? {
+                        let slot = slot.extract::<usize>()?;
+                        if ids[slot].is_none() {
+                            return Err(PyValueError::new_err(format!(
+                                "the graph has a cycle through key {}",
+                                dep.repr()?
+                            )));
+                        }
+                        top.dep_slots.push(slot);
+                        continue;
                     }
-                    Some(_) => {}
-                    None => {
-                        let parent = stack.last().map(|(key, ..)| key.clone());
-                        stack.push(entry(dsk, dep.clone(), parent)?);
-                        ids.set_item(&dep, -1)?;
-                    }
+                    let slot = ids.len();
+                    top.dep_slots.push(slot);
+                    let (dep, parent) = (dep.clone(), top.key.clone());
+                    let Some(visit) = start_visit(spec, dsk, dep, Some(parent), slot)? else {
+                        return Ok(None);
+                    };
+                    slots.set_item(&visit.key, slot)?;
+                    ids.push(None);
+                    stack.push(visit);
                 }
-                continue;
+                root_slot
             }
-            let (key, node, deps, _) = stack.pop().expect("the loop saw a top");
-            let id = culled.tasks.len() as u32;
-            let dep_ids = deps
-                .iter()
-                .map(|dep| ids.get_item(dep)?.expect("visited").extract::<u32>())
-                .collect::<PyResult<Vec<u32>>>()?;
-            ids.set_item(&key, id)?;
-            culled.deps.push(dep_ids);
-            culled.tasks.push(DaskTask {
-                body: spec.body(&node, &deps)?,
-                key: key.unbind(),
-                deps: deps.into_iter().map(Bound::unbind).collect(),
-            });
-        }
+        };
         culled
             .outputs
-            .push(ids.get_item(&root)?.expect("visited").extract()?);
+            .push(ids[root_slot].expect("a wanted key is numbered once visited"));
     }
-    Ok(culled)
+    Ok(Some(culled))
 }
 
-type Entry<'py> = (
-    Bound<'py, PyAny>,
-    Bound<'py, PyAny>,
-    Vec<Bound<'py, PyAny>>,
-    usize,
-);
-
-/// A key's node and dependencies, ready to be visited.
-fn entry<'py>(
+/// A key's node and dependencies, ready to be visited; None when the node is not a task spec node.
+fn start_visit<'py>(
+    spec: &Spec<'py>,
     dsk: &Bound<'py, PyDict>,
     key: Bound<'py, PyAny>,
     parent: Option<Bound<'py, PyAny>>,
-) -> PyResult<Entry<'py>> {
+    slot: usize,
+) -> PyResult<Option<Visit<'py>>> {
     let Some(node) = dsk.get_item(&key)? else {
         let message = match parent {
             Some(parent) => format!(
@@ -266,11 +312,20 @@ fn entry<'py>(
         };
         return Err(PyKeyError::new_err(message));
     };
+    if !node.is_instance(&spec.graph_node)? {
+        return Ok(None);
+    }
     let deps = node
         .getattr(intern!(dsk.py(), "dependencies"))?
         .try_iter()?
         .collect::<PyResult<Vec<_>>>()?;
-    Ok((key, node, deps, 0))
+    Ok(Some(Visit {
+        key,
+        node,
+        dep_slots: Vec::with_capacity(deps.len()),
+        deps,
+        slot,
+    }))
 }
 
 /// Renumbers `culled` so that ids follow `priority` (smaller first) wherever dependencies allow.
