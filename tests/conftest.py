@@ -17,3 +17,31 @@ def local_cluster():
         n_workers=2, threads_per_worker=2, memory_limit=None, dashboard_address=None, set_as_default=False
     ) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def in_process():
+    """A Client running tasks on threads of this process."""
+    with belated.Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None, set_as_default=False
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A real distributed cluster in this process, to compare with."""
+    distributed = pytest.importorskip("distributed")
+    # The default client while open: distributed's wait and as_completed need one.
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+    ) as client:
+        yield client
+
+
+@pytest.fixture(params=["belated-threads", "belated-processes", "distributed"])
+def any_client(request, in_process, local_cluster):
+    """The same test on belated's two kinds of Client and on distributed's."""
+    if request.param == "distributed":
+        return request.getfixturevalue("reference")
+    return in_process if request.param == "belated-threads" else local_cluster

@@ -110,31 +110,6 @@ def no_distributed_client_left_behind():
         dask.config.set(scheduler=scheduler)
 
 
-@pytest.fixture(scope="module")
-def in_process():
-    with belated.Client(
-        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None, set_as_default=False
-    ) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def reference():
-    """A real distributed cluster in this process, to compare with."""
-    # The default client while open: distributed's wait and as_completed need one.
-    with distributed.Client(
-        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
-    ) as client:
-        yield client
-
-
-@pytest.fixture(params=["belated-threads", "belated-processes", "distributed"])
-def any_client(request, in_process, local_cluster):
-    if request.param == "distributed":
-        return request.getfixturevalue("reference")
-    return in_process if request.param == "belated-threads" else local_cluster
-
-
 @pytest.fixture(params=["belated", "distributed"])
 def api(request):
     """belated's module or distributed's, for the module-level names they share."""

@@ -23,30 +23,6 @@ def dec(x):
     return x - 1
 
 
-@pytest.fixture(scope="module")
-def in_process():
-    with belated.Client(
-        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None, set_as_default=False
-    ) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def reference():
-    # The default client while open: distributed's wait and as_completed need one.
-    with distributed.Client(
-        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
-    ) as client:
-        yield client
-
-
-@pytest.fixture(params=["belated-threads", "belated-processes", "distributed"])
-def any_client(request, in_process, local_cluster):
-    if request.param == "distributed":
-        return request.getfixturevalue("reference")
-    return in_process if request.param == "belated-threads" else local_cluster
-
-
 @pytest.fixture(params=["belated-threads", "belated-processes"])
 def ours(request, in_process, local_cluster):
     return in_process if request.param == "belated-threads" else local_cluster
