@@ -7,6 +7,9 @@ use std::time::Duration;
 use belated_core::{run_inline, Error, Graph, PlainHost, Runner, TaskId, ThreadPool};
 use proptest::prelude::*;
 
+mod common;
+use common::{dags, sequential};
+
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A result that counts how many distinct results are alive, to check that memory is released.
@@ -71,30 +74,6 @@ impl Runner for Arithmetic {
     }
 }
 
-fn sequential(deps: &[Vec<TaskId>]) -> Vec<i64> {
-    let mut out: Vec<i64> = Vec::with_capacity(deps.len());
-    for (i, ds) in deps.iter().enumerate() {
-        let v = i as i64 + ds.iter().map(|d| out[d.index()]).sum::<i64>();
-        out.push(v);
-    }
-    out
-}
-
-/// Random DAGs: each task depends on up to 4 earlier tasks (repeats allowed).
-fn dags() -> impl Strategy<Value = Vec<Vec<TaskId>>> {
-    (1usize..120).prop_flat_map(|n| {
-        (0..n)
-            .map(|i| {
-                if i == 0 {
-                    Just(vec![]).boxed()
-                } else {
-                    prop::collection::vec((0..i as u32).prop_map(TaskId), 0..4).boxed()
-                }
-            })
-            .collect::<Vec<_>>()
-    })
-}
-
 /// [`Arithmetic`] with tasks placed anywhere: on one of `groups` groups, or (out of range) on none.
 struct Scattered {
     inner: Arithmetic,
@@ -131,7 +110,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn inline_and_pool_agree_with_sequential_evaluation(deps in dags(), pick in prop::collection::vec(any::<prop::sample::Index>(), 1..5)) {
+    fn inline_and_pool_agree_with_sequential_evaluation(deps in dags(120), pick in prop::collection::vec(any::<prop::sample::Index>(), 1..5)) {
         let expected = sequential(&deps);
         let outputs: Vec<TaskId> = pick.iter().map(|i| TaskId(i.index(deps.len()) as u32)).collect();
         let want: Vec<i64> = outputs.iter().map(|t| expected[t.index()]).collect();
@@ -152,7 +131,7 @@ proptest! {
     }
 
     #[test]
-    fn grouped_pools_agree_with_sequential_evaluation_wherever_tasks_are_placed(deps in dags(), pick in prop::collection::vec(any::<prop::sample::Index>(), 1..5)) {
+    fn grouped_pools_agree_with_sequential_evaluation_wherever_tasks_are_placed(deps in dags(120), pick in prop::collection::vec(any::<prop::sample::Index>(), 1..5)) {
         let expected = sequential(&deps);
         let outputs: Vec<TaskId> = pick.iter().map(|i| TaskId(i.index(deps.len()) as u32)).collect();
         let pool = ThreadPool::with_groups(3, 2, Arc::new(PlainHost)).unwrap();
@@ -176,7 +155,7 @@ proptest! {
     }
 
     #[test]
-    fn a_failure_surfaces_and_the_pool_stays_usable(deps in dags(), fail in any::<prop::sample::Index>()) {
+    fn a_failure_surfaces_and_the_pool_stays_usable(deps in dags(120), fail in any::<prop::sample::Index>()) {
         let fail_at = TaskId(fail.index(deps.len()) as u32);
         let last = TaskId(deps.len() as u32 - 1);
         let pool = ThreadPool::new(2, Arc::new(PlainHost)).unwrap();
@@ -687,7 +666,7 @@ proptest! {
 
     #[test]
     fn keeping_going_fails_exactly_the_outputs_downstream_of_a_failure(
-        deps in dags(),
+        deps in dags(120),
         fails in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
         pick in prop::collection::vec(any::<prop::sample::Index>(), 1..6),
         threads in 0usize..4,

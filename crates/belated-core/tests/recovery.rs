@@ -13,6 +13,9 @@ use belated_core::{
 use parking_lot::Mutex;
 use proptest::prelude::*;
 
+mod common;
+use common::{dags, sequential};
+
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A result: its number, and the id under which the fake "worker" holds it.
@@ -180,29 +183,6 @@ impl Log {
     }
 }
 
-fn sequential(deps: &[Vec<TaskId>]) -> Vec<i64> {
-    let mut out: Vec<i64> = Vec::with_capacity(deps.len());
-    for (i, ds) in deps.iter().enumerate() {
-        out.push(i as i64 + ds.iter().map(|d| out[d.index()]).sum::<i64>());
-    }
-    out
-}
-
-/// Random DAGs: each task depends on up to 4 earlier tasks (repeats allowed).
-fn dags() -> impl Strategy<Value = Vec<Vec<TaskId>>> {
-    (1usize..60).prop_flat_map(|n| {
-        (0..n)
-            .map(|i| {
-                if i == 0 {
-                    Just(vec![]).boxed()
-                } else {
-                    prop::collection::vec((0..i as u32).prop_map(TaskId), 0..4).boxed()
-                }
-            })
-            .collect::<Vec<_>>()
-    })
-}
-
 /// Deaths before some of the first runs: `(run, worker)`.
 fn deaths() -> impl Strategy<Value = HashMap<usize, u64>> {
     prop::collection::hash_map(0usize..150, 0u64..3, 0..6)
@@ -246,7 +226,7 @@ proptest! {
 
     #[test]
     fn inline_recomputes_lost_results_to_the_sequential_answer(
-        deps in dags(),
+        deps in dags(60),
         deaths in deaths(),
         pick in prop::collection::vec(any::<prop::sample::Index>(), 1..4),
     ) {
@@ -273,7 +253,7 @@ proptest! {
 
     #[test]
     fn a_pool_recomputes_lost_results_to_the_sequential_answer(
-        deps in dags(),
+        deps in dags(60),
         deaths in deaths(),
         pick in prop::collection::vec(any::<prop::sample::Index>(), 1..4),
     ) {
