@@ -1,6 +1,22 @@
+import signal
+import threading
+
 import pytest
 
 import belated
+
+
+@pytest.fixture(scope="session", autouse=True)
+def interruptible():
+    """Ctrl-C raises KeyboardInterrupt in the tests, as in a user's interpreter, also when the run was
+    started with SIGINT ignored (in the background of a non-interactive shell, say), which Python then
+    keeps ignoring."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(params=["threads", "sync"])
