@@ -1,5 +1,6 @@
 """belated's own local cluster: results, futures, locality, and faults with real process deaths."""
 
+import linecache
 import os
 import signal
 import subprocess
@@ -117,6 +118,18 @@ def test_functions_sent_by_value_see_globals_changed_between_computes(scheduler,
     assert compute(*tasks, **options) == (0, 2, 4)
     namespace["factor"] = 10
     assert compute(*tasks, **options) == (0, 10, 20)
+
+
+def test_a_function_sent_by_value_does_not_import_the_package_into_a_worker():
+    # A worker loads its own module alone, so that it starts in a fraction of the package's import
+    # time; a first function sent by value (a script's, with its source lines) must not undo that.
+    filename = "<a script sent by value>"
+    source = "import sys\ndef imported(name):\n    return name in sys.modules\n"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"__name__": "__main__"}
+    exec(compile(source, filename, "exec"), namespace)
+    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as fresh:
+        assert delayed(namespace["imported"])("belated").compute(scheduler=fresh) is False
 
 
 def test_tasks_run_in_the_workers_processes(client):

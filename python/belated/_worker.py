@@ -322,9 +322,10 @@ def _source_of(function):
 
 def _unwrapped(function):
     """The user's function inside the wrapper a ``Client.map`` call runs."""
-    from belated._futures import EachOwnOutcome
-
-    return function.func if type(function) is EachOwnOutcome else function
+    # Only unpickling a wrapper imports its module; importing it here would import the whole package
+    # into every worker at its first function sent by value, most of a first compute's time.
+    futures = sys.modules.get("belated._futures")
+    return function.func if futures is not None and type(function) is futures.EachOwnOutcome else function
 
 
 def _restore_source(function, filename, lines):
