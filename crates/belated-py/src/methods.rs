@@ -286,11 +286,11 @@ impl Delayed {
     }
 
     #[pyo3(signature = (*args, **kwargs))]
-    fn __call__(
-        slf: &Bound<'_, Self>,
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Delayed> {
+    ) -> PyResult<Bound<'py, Delayed>> {
         let py = slf.py();
         let this = slf.get();
         let (pure, key_name, kwargs) = split_options(kwargs)?;
@@ -307,7 +307,7 @@ impl Delayed {
             nout: None,
             traverse: true,
         };
-        match this.role() {
+        let call = match this.role() {
             Role::Function { func, options } => build_call(
                 py,
                 CallTarget::Function {
@@ -320,7 +320,8 @@ impl Delayed {
                 build_call(py, CallTarget::Method { obj, name }, spec(plain))
             }
             Role::Value => build_call(py, CallTarget::Value(slf.as_any()), spec(plain)),
-        }
+        }?;
+        call.into_untracked(py)
     }
 
     /// `obj.name`: a pure `getattr` task (so `x.n` twice is one task, as in dask); called, a method call.
@@ -840,7 +841,8 @@ pub(crate) fn delayed(
         },
         collector.deps,
     );
-    Ok(Bound::new(py, Delayed::new(node, nout, role))?
+    Ok(Delayed::new(node, nout, role)
+        .into_untracked(py)?
         .into_any()
         .unbind())
 }
