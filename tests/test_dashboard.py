@@ -129,6 +129,8 @@ def chromium(tmp_path):
             "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}",
             "--remote-debugging-port=0",
+            # Chromium 111 and later refuse DevTools connections from an origin not allowed here.
+            "--remote-allow-origins=*",
             "--window-size=1400,1100",
             "about:blank",
         ],

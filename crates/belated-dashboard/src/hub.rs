@@ -1,9 +1,10 @@
 //! What the dashboard shows, fed by the engine while it computes.
 //!
 //! [`Hub::begin`] returns a [`Live`] computation, which the engine's worker threads tell of every task
-//! that starts and finishes. A task costs two clock reads and a few atomic additions, and when it
-//! finishes one short lock and an append to the task stream: the engine runs a million trivial tasks
-//! in about half a second, so anything more per task would show. The server reads the computation
+//! that starts and finishes. A task costs two clock reads, three atomic additions and a write to its
+//! worker's own task-stream buffer, under a lock only that worker and a reading page take: the engine
+//! runs a million trivial tasks in about half a second, so anything more per task would show, and one
+//! lock shared by every worker would make them queue at each finish. The server reads the computation
 //! shown through the hub, which keeps the latest [`Live`]; events told to one that a newer computation
 //! has replaced are not shown. Every page connection reads the logs from its own cursor ([`Cursor`]),
 //! so any number of pages can follow one computation and each receives only what changed since its
@@ -12,7 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -22,9 +23,10 @@ use crate::resources::{ProcessReading, Reading};
 /// Graphs with more tasks than this are shown per function name only: at that size a drawing of every
 /// task is unreadable, and the per-task status updates would dominate the page's traffic.
 pub const GRAPH_TASK_LIMIT: usize = 1000;
-/// Task-stream bars sent to a page per update at most; a page that falls behind skips ahead. Only
-/// these latest bars are kept, so a computation of millions of tasks costs no memory per task here.
-const BARS_PER_UPDATE: usize = 4000;
+/// Task-stream bars sent to a page per update at most; a page that falls behind skips ahead. Each
+/// worker keeps only its latest this many bars, so a computation of millions of tasks costs no memory
+/// per task here. A power of two, so that a bar's place in its ring is a mask of its number.
+const BARS_PER_UPDATE: usize = 4096;
 /// Resource samples kept (at [`SAMPLE_EVERY`], ten minutes).
 const SAMPLES_KEPT: usize = 1200;
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(500);
@@ -60,15 +62,16 @@ pub struct Drawable {
 
 #[derive(Debug)]
 pub struct Hub {
-    /// What every time shown is measured from; fixed, so that worker threads read it without a lock.
-    epoch: Instant,
+    /// What every time shown is measured from ([`clock_ns`]); fixed, so that worker threads read it
+    /// without a lock.
+    epoch_ns: u64,
     state: Mutex<State>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
         Hub {
-            epoch: Instant::now(),
+            epoch_ns: clock_ns(),
             state: Mutex::default(),
         }
     }
@@ -94,129 +97,177 @@ struct Sample {
 #[derive(Debug)]
 pub struct Live {
     id: u64,
-    epoch: Instant,
+    epoch_ns: u64,
     spec: ComputeSpec,
+    /// Whether every status change is kept, for a graph drawn task by task.
+    per_task: bool,
     totals: Vec<u32>,
-    /// Tasks started, per group; running is this less those finished, read under the log's lock, so
-    /// that a page never sees a task both running and finished.
-    started: Vec<AtomicU32>,
-    /// When each task started, in nanoseconds from the epoch: its bar's left end.
+    counts: Vec<GroupCounts>,
+    /// When each task started ([`clock_ns`]): its bar's left end.
     started_ns: Vec<AtomicU64>,
+    /// Each worker's task stream; the first is for threads outside the pool.
+    streams: Box<[Stream]>,
     begun_ms: f64,
     log: Mutex<Log>,
 }
 
-#[derive(Debug)]
+/// One group's tasks by state. A page reads `started` before the finished counts and shows running as
+/// the difference, floored at zero: a task that starts and finishes between the reads is then counted
+/// once (finished), and no more tasks show running than ran at the first read.
+#[derive(Debug, Default)]
+struct GroupCounts {
+    started: AtomicU32,
+    done: AtomicU32,
+    failed: AtomicU32,
+}
+
+#[derive(Debug, Default)]
 struct Log {
-    /// Tasks finished, per group: `[done, failed]`.
-    finished: Vec<[u32; 2]>,
     /// Every status change, in order; kept only for graphs drawn task by task.
     statuses: Vec<(u32, Status)>,
-    /// The latest [`BARS_PER_UPDATE`] bars, of `bars_total` made so far.
-    bars: VecDeque<Bar>,
-    bars_total: usize,
     ended: Option<(f64, bool)>,
+}
+
+/// One worker's latest [`BARS_PER_UPDATE`] bars, of `total` it made so far. Aligned to its own cache
+/// lines, so that one worker's writes don't evict another's buffer.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stream(Mutex<Ring>);
+
+#[derive(Debug, Default)]
+struct Ring {
+    bars: Vec<Bar>,
+    total: usize,
+}
+
+impl Ring {
+    fn push(&mut self, bar: Bar) {
+        if self.bars.len() < BARS_PER_UPDATE {
+            self.bars.push(bar);
+        } else {
+            self.bars[self.total % BARS_PER_UPDATE] = bar;
+        }
+        self.total += 1;
+    }
+
+    /// The bars made since the `sent`th, as many as are kept.
+    fn since(&self, sent: usize) -> impl Iterator<Item = &Bar> {
+        let unsent = self.total.saturating_sub(sent).min(self.bars.len());
+        (self.total - unsent..self.total).map(|n| &self.bars[n % BARS_PER_UPDATE])
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Bar {
     group: u32,
-    worker: i64,
-    start_ms: f64,
-    end_ms: f64,
+    worker: i32,
     ok: bool,
+    start_ns: u64,
+    end_ns: u64,
 }
 
 /// Where one page is in the logs of the computation it follows.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Cursor {
     compute: Option<u64>,
     statuses: usize,
-    bars: usize,
+    /// Bars sent, per worker stream.
+    bars: Vec<usize>,
     samples_at_ms: f64,
 }
 
-fn ms_since(epoch: Instant) -> f64 {
-    epoch.elapsed().as_secs_f64() * 1e3
+/// Nanoseconds on the monotonic clock (`Instant`'s on Linux), read directly: `Instant::elapsed` and
+/// its conversions cost more than the read itself, twice per task.
+fn clock_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write to; CLOCK_MONOTONIC exists on every supported system.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
+}
+
+fn ms_between(epoch_ns: u64, at_ns: u64) -> f64 {
+    at_ns.saturating_sub(epoch_ns) as f64 / 1e6
 }
 
 impl Live {
-    fn per_task(&self) -> bool {
-        self.spec.group_of.len() <= GRAPH_TASK_LIMIT
+    fn stream(&self, worker: Option<usize>) -> &Stream {
+        let pool = self.streams.len() - 1;
+        &self.streams[worker.map_or(0, |w| 1 + w % pool)]
     }
 
     pub fn task_started(&self, task: u32, _worker: Option<usize>) {
         let t = task as usize;
-        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.started_ns[t].store(nanos, Ordering::Relaxed);
-        self.started[self.spec.group_of[t] as usize].fetch_add(1, Ordering::Relaxed);
-        if self.per_task() {
+        self.started_ns[t].store(clock_ns(), Ordering::Relaxed);
+        self.counts[self.spec.group_of[t] as usize]
+            .started
+            .fetch_add(1, Ordering::Release);
+        if self.per_task {
             self.log.lock().statuses.push((task, Status::Running));
         }
     }
 
     pub fn task_finished(&self, task: u32, worker: Option<usize>, ok: bool) {
         let t = task as usize;
-        let end_ms = ms_since(self.epoch);
-        let start_ms = self.started_ns[t].load(Ordering::Relaxed) as f64 / 1e6;
+        let end_ns = clock_ns();
         let group = self.spec.group_of[t];
-        let per_task = self.per_task();
-        let mut log = self.log.lock();
-        log.finished[group as usize][usize::from(!ok)] += 1;
-        if per_task {
+        let counts = &self.counts[group as usize];
+        if ok { &counts.done } else { &counts.failed }.fetch_add(1, Ordering::Release);
+        if self.per_task {
             let status = if ok { Status::Done } else { Status::Failed };
-            log.statuses.push((task, status));
+            self.log.lock().statuses.push((task, status));
         }
-        if log.bars.len() == BARS_PER_UPDATE {
-            log.bars.pop_front();
-        }
-        log.bars.push_back(Bar {
+        self.stream(worker).0.lock().push(Bar {
             group,
-            worker: worker.map_or(-1, |w| w as i64),
-            start_ms,
-            end_ms,
+            worker: worker.map_or(-1, |w| i32::try_from(w).unwrap_or(i32::MAX)),
             ok,
+            start_ns: self.started_ns[t].load(Ordering::Relaxed),
+            end_ns,
         });
-        log.bars_total += 1;
     }
 
     pub fn end(&self, ok: bool) {
-        let at = ms_since(self.epoch);
+        let at = ms_between(self.epoch_ns, clock_ns());
         self.log.lock().ended = Some((at, ok));
     }
 
     /// This computation's part of an update, and the cursor after it.
     fn update(&self, fresh: bool, mut cursor: Cursor) -> (Value, Cursor) {
         let log = self.log.lock();
-        let per_task = self.per_task();
         let statuses: Vec<Value> = log.statuses[cursor.statuses..]
             .iter()
             .map(|(task, status)| json!([task, *status as u8]))
             .collect();
         cursor.statuses = log.statuses.len();
-        let unsent = log
-            .bars_total
-            .saturating_sub(cursor.bars)
-            .min(log.bars.len());
-        let bars: Vec<Value> = log
-            .bars
-            .range(log.bars.len() - unsent..)
-            .map(|b| json!([b.group, b.worker, round(b.start_ms), round(b.end_ms), b.ok]))
+        cursor.bars.resize(self.streams.len(), 0);
+        let mut unsent: Vec<Bar> = Vec::new();
+        for (stream, sent) in self.streams.iter().zip(&mut cursor.bars) {
+            let ring = stream.0.lock();
+            unsent.extend(ring.since(*sent));
+            *sent = ring.total;
+        }
+        // The latest bars of all workers together, as one stream of them would have kept.
+        unsent.sort_unstable_by_key(|bar| bar.end_ns);
+        let latest = &unsent[unsent.len().saturating_sub(BARS_PER_UPDATE)..];
+        let ms = |at_ns| round(ms_between(self.epoch_ns, at_ns));
+        let bars: Vec<Value> = latest
+            .iter()
+            .map(|b| json!([b.group, b.worker, ms(b.start_ns), ms(b.end_ns), b.ok]))
             .collect();
-        cursor.bars = log.bars_total;
         let groups: Vec<Value> = self
             .spec
             .groups
             .iter()
-            .enumerate()
-            .map(|(g, name)| {
-                let [done, failed] = log.finished[g];
-                // Read under the lock, after the finished counts: every task counted finished has been
-                // counted started, so this never goes below zero.
-                let running = self.started[g]
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(done + failed);
-                json!({ "name": &**name, "total": self.totals[g], "running": running, "done": done, "failed": failed })
+            .zip(&self.counts)
+            .zip(&self.totals)
+            .map(|((name, counts), total)| {
+                let started = counts.started.load(Ordering::Acquire);
+                let done = counts.done.load(Ordering::Acquire);
+                let failed = counts.failed.load(Ordering::Acquire);
+                let running = started.saturating_sub(done + failed);
+                json!({ "name": &**name, "total": total, "running": running, "done": done, "failed": failed })
             })
             .collect();
         let update = json!({
@@ -227,7 +278,7 @@ impl Live {
             "begun": round(self.begun_ms),
             "ended": log.ended.map(|(at, _)| round(at)),
             "ok": log.ended.map(|(_, ok)| ok),
-            "per_task_graph": per_task,
+            "per_task_graph": self.per_task,
             "groups": groups,
             "statuses": statuses,
             "bars": bars,
@@ -249,24 +300,21 @@ impl Hub {
             totals[group as usize] += 1;
         }
         let n = spec.group_of.len();
-        let log = Log {
-            finished: vec![[0, 0]; spec.groups.len()],
-            statuses: Vec::new(),
-            bars: VecDeque::with_capacity(BARS_PER_UPDATE.min(n)),
-            bars_total: 0,
-            ended: None,
-        };
         let mut state = self.state.lock();
         state.next_id += 1;
         let live = Arc::new(Live {
             id: state.next_id,
-            epoch: self.epoch,
-            started: spec.groups.iter().map(|_| AtomicU32::new(0)).collect(),
+            epoch_ns: self.epoch_ns,
+            per_task: n <= GRAPH_TASK_LIMIT,
+            counts: spec.groups.iter().map(|_| GroupCounts::default()).collect(),
             started_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            streams: (0..=spec.workers.max(1))
+                .map(|_| Stream::default())
+                .collect(),
             totals,
             spec,
-            begun_ms: ms_since(self.epoch),
-            log: Mutex::new(log),
+            begun_ms: ms_between(self.epoch_ns, clock_ns()),
+            log: Mutex::default(),
         });
         // The computation replaced is dropped here, outside the lock: a million tasks take a while.
         let replaced = state.compute.replace(Arc::clone(&live));
@@ -276,7 +324,7 @@ impl Hub {
     }
 
     pub(crate) fn record_sample(&self, reading: Reading) {
-        let at_ms = ms_since(self.epoch);
+        let at_ms = ms_between(self.epoch_ns, clock_ns());
         let mut state = self.state.lock();
         if state.samples.len() == SAMPLES_KEPT {
             state.samples.pop_front();
@@ -292,7 +340,7 @@ impl Hub {
     /// The graph of the computation shown, if it is small enough to draw task by task.
     pub fn graph(&self) -> Option<Drawable> {
         let live = self.state.lock().compute.clone()?;
-        live.per_task().then(|| Drawable {
+        live.per_task.then(|| Drawable {
             labels: live
                 .spec
                 .group_of
@@ -323,7 +371,7 @@ impl Hub {
                 .collect();
             (samples, processes, state.compute.clone())
         };
-        let now = round(ms_since(self.epoch));
+        let now = round(ms_between(self.epoch_ns, clock_ns()));
         let Some(live) = live else {
             return (
                 json!({ "now": now, "compute": null, "samples": samples, "processes": processes }),
@@ -335,7 +383,7 @@ impl Hub {
             cursor = Cursor {
                 compute: Some(live.id),
                 statuses: 0,
-                bars: 0,
+                bars: Vec::new(),
                 ..cursor
             };
         }
@@ -470,11 +518,9 @@ mod tests {
             live.task_started(task, Some(0));
             live.task_finished(task, Some(0), true);
         }
-        {
-            let log = live.log.lock();
-            assert!(log.statuses.is_empty());
-            assert_eq!(log.bars.len(), BARS_PER_UPDATE);
-        }
+        assert!(live.log.lock().statuses.is_empty());
+        let kept: usize = live.streams.iter().map(|s| s.0.lock().bars.len()).sum();
+        assert_eq!(kept, BARS_PER_UPDATE);
         let (update, _) = hub.update(Cursor::default());
         assert_eq!(update["compute"]["groups"][0]["done"], n);
         assert_eq!(

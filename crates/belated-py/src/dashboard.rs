@@ -100,9 +100,12 @@ impl HubObserver {
         // A call's label is its function's name, which costs Python calls to find: ask once per
         // function, not once per task (a map over a million items calls one function). Sorting the
         // tasks by function reads only pointers, so other threads have the interpreter meanwhile.
-        let (mut group_of, firsts, edges) = py.detach(|| {
+        let (mut group_of, firsts, others, edges) = py.detach(|| {
             let mut slot_of = FxHashMap::<*mut pyo3::ffi::PyObject, u32>::default();
             let mut firsts = Vec::new();
+            let mut others = Vec::new();
+            // Neighbouring tasks mostly call one function: the map's lookup is skipped for them.
+            let mut last: Option<(*mut pyo3::ffi::PyObject, u32)> = None;
             let slots: Vec<u32> = nodes
                 .iter()
                 .enumerate()
@@ -115,11 +118,24 @@ impl HubObserver {
                                 func: Arg::Value(function),
                                 ..
                             },
-                        ) => *slot_of.entry(function.as_ptr()).or_insert_with(|| {
-                            firsts.push(index);
-                            (firsts.len() - 1) as u32
-                        }),
-                        _ => OTHER,
+                        ) => {
+                            let pointer = function.as_ptr();
+                            if let Some((seen, slot)) = last {
+                                if seen == pointer {
+                                    return slot;
+                                }
+                            }
+                            let slot = *slot_of.entry(pointer).or_insert_with(|| {
+                                firsts.push(index);
+                                (firsts.len() - 1) as u32
+                            });
+                            last = Some((pointer, slot));
+                            slot
+                        }
+                        _ => {
+                            others.push(index);
+                            OTHER
+                        }
                     }
                 })
                 .collect();
@@ -132,7 +148,7 @@ impl HubObserver {
             } else {
                 Vec::new()
             };
-            (slots, firsts, edges)
+            (slots, firsts, others, edges)
         });
         let mut groups: Vec<Arc<str>> = Vec::new();
         let mut by_name = FxHashMap::<Arc<str>, u32>::default();
@@ -147,11 +163,13 @@ impl HubObserver {
             .iter()
             .map(|&index| group(nodes[index].payload().label(py)))
             .collect();
-        for (node, slot) in nodes.iter().zip(&mut group_of) {
-            *slot = match *slot {
-                OTHER => group(node.payload().label(py)),
-                function => function_groups[function as usize],
-            };
+        py.detach(|| {
+            for slot in group_of.iter_mut().filter(|slot| **slot != OTHER) {
+                *slot = function_groups[*slot as usize];
+            }
+        });
+        for index in others {
+            group_of[index] = group(nodes[index].payload().label(py));
             pace(py)?;
         }
         let live = hub.begin(ComputeSpec {

@@ -109,12 +109,12 @@ impl Delayed {
         py: Python<'_>,
         name: &'static str,
         operands: &[&Bound<'_, PyAny>],
-    ) -> PyResult<Delayed> {
+    ) -> PyResult<Py<Delayed>> {
         static OPERATOR: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
         let module = OPERATOR.get_or_try_init(py, || py.import("operator").map(Bound::unbind))?;
         let func = module.bind(py).getattr(name)?;
         let args = PyTuple::new(py, operands)?;
-        build_call(
+        let call = build_call(
             py,
             CallTarget::Operator { func: &func, name },
             CallSpec {
@@ -125,7 +125,8 @@ impl Delayed {
                 args: &args,
                 kwargs: None,
             },
-        )
+        )?;
+        Ok(call.into_untracked(py)?.unbind())
     }
 
     fn binary(
@@ -133,7 +134,7 @@ impl Delayed {
         name: &'static str,
         other: &Bound<'_, PyAny>,
         reflected: bool,
-    ) -> PyResult<Delayed> {
+    ) -> PyResult<Py<Delayed>> {
         let me = slf.as_any();
         let operands = if reflected { [other, me] } else { [me, other] };
         slf.get().operator(slf.py(), name, &operands)
@@ -286,11 +287,11 @@ impl Delayed {
     }
 
     #[pyo3(signature = (*args, **kwargs))]
-    fn __call__(
-        slf: &Bound<'_, Self>,
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Delayed> {
+    ) -> PyResult<Bound<'py, Delayed>> {
         let py = slf.py();
         let this = slf.get();
         let (pure, key_name, kwargs) = split_options(kwargs)?;
@@ -307,7 +308,7 @@ impl Delayed {
             nout: None,
             traverse: true,
         };
-        match this.role() {
+        let call = match this.role() {
             Role::Function { func, options } => build_call(
                 py,
                 CallTarget::Function {
@@ -320,11 +321,12 @@ impl Delayed {
                 build_call(py, CallTarget::Method { obj, name }, spec(plain))
             }
             Role::Value => build_call(py, CallTarget::Value(slf.as_any()), spec(plain)),
-        }
+        }?;
+        call.into_untracked(py)
     }
 
     /// `obj.name`: a pure `getattr` task (so `x.n` twice is one task, as in dask); called, a method call.
-    fn __getattr__(slf: &Bound<'_, Self>, name: Bound<'_, PyString>) -> PyResult<Delayed> {
+    fn __getattr__(slf: &Bound<'_, Self>, name: Bound<'_, PyString>) -> PyResult<Py<Delayed>> {
         let py = slf.py();
         let text = name.to_str()?;
         if text.starts_with('_') {
@@ -357,10 +359,11 @@ impl Delayed {
                 kwargs: None,
             },
         )?;
-        Ok(attribute.with_role(Role::Attribute {
+        let attribute = attribute.with_role(Role::Attribute {
             obj: Arc::clone(slf.get().node()),
             name: name.unbind(),
-        }))
+        });
+        Ok(attribute.into_untracked(py)?.unbind())
     }
 
     fn __setitem__(&self, _index: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -379,103 +382,103 @@ impl Delayed {
         Err(PyTypeError::new_err("Delayed objects are immutable"))
     }
 
-    fn __add__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __add__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "add", other, false)
     }
 
-    fn __radd__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __radd__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "add", other, true)
     }
 
-    fn __sub__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __sub__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "sub", other, false)
     }
 
-    fn __rsub__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __rsub__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "sub", other, true)
     }
 
-    fn __mul__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __mul__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "mul", other, false)
     }
 
-    fn __rmul__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __rmul__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "mul", other, true)
     }
 
-    fn __matmul__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __matmul__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "matmul", other, false)
     }
 
-    fn __rmatmul__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __rmatmul__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "matmul", other, true)
     }
 
-    fn __truediv__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __truediv__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "truediv", other, false)
     }
 
-    fn __rtruediv__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __rtruediv__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "truediv", other, true)
     }
 
-    fn __floordiv__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __floordiv__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "floordiv", other, false)
     }
 
-    fn __rfloordiv__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __rfloordiv__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "floordiv", other, true)
     }
 
-    fn __mod__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __mod__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "mod", other, false)
     }
 
-    fn __rmod__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __rmod__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "mod", other, true)
     }
 
-    fn __lshift__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __lshift__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "lshift", other, false)
     }
 
-    fn __rlshift__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __rlshift__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "lshift", other, true)
     }
 
-    fn __rshift__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __rshift__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "rshift", other, false)
     }
 
-    fn __rrshift__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __rrshift__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "rshift", other, true)
     }
 
-    fn __and__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __and__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "and_", other, false)
     }
 
-    fn __rand__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __rand__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "and_", other, true)
     }
 
-    fn __xor__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __xor__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "xor", other, false)
     }
 
-    fn __rxor__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __rxor__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "xor", other, true)
     }
 
-    fn __or__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __or__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "or_", other, false)
     }
 
-    fn __ror__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __ror__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "or_", other, true)
     }
 
-    fn __getitem__(slf: &Bound<'_, Self>, index: &Bound<'_, PyAny>) -> PyResult<Delayed> {
+    fn __getitem__(slf: &Bound<'_, Self>, index: &Bound<'_, PyAny>) -> PyResult<Py<Delayed>> {
         Delayed::binary(slf, "getitem", index, false)
     }
 
@@ -509,7 +512,7 @@ impl Delayed {
         slf: &Bound<'_, Self>,
         other: &Bound<'_, PyAny>,
         op: CompareOp,
-    ) -> PyResult<Delayed> {
+    ) -> PyResult<Py<Delayed>> {
         let name = match op {
             CompareOp::Lt => "lt",
             CompareOp::Le => "le",
@@ -525,7 +528,7 @@ impl Delayed {
         slf: &Bound<'_, Self>,
         other: &Bound<'_, PyAny>,
         modulo: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Delayed> {
+    ) -> PyResult<Py<Delayed>> {
         reject_modulo(modulo)?;
         Delayed::binary(slf, "pow", other, false)
     }
@@ -534,24 +537,24 @@ impl Delayed {
         slf: &Bound<'_, Self>,
         other: &Bound<'_, PyAny>,
         modulo: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Delayed> {
+    ) -> PyResult<Py<Delayed>> {
         reject_modulo(modulo)?;
         Delayed::binary(slf, "pow", other, true)
     }
 
-    fn __neg__(slf: &Bound<'_, Self>) -> PyResult<Delayed> {
+    fn __neg__(slf: &Bound<'_, Self>) -> PyResult<Py<Delayed>> {
         slf.get().operator(slf.py(), "neg", &[slf.as_any()])
     }
 
-    fn __pos__(slf: &Bound<'_, Self>) -> PyResult<Delayed> {
+    fn __pos__(slf: &Bound<'_, Self>) -> PyResult<Py<Delayed>> {
         slf.get().operator(slf.py(), "pos", &[slf.as_any()])
     }
 
-    fn __invert__(slf: &Bound<'_, Self>) -> PyResult<Delayed> {
+    fn __invert__(slf: &Bound<'_, Self>) -> PyResult<Py<Delayed>> {
         slf.get().operator(slf.py(), "invert", &[slf.as_any()])
     }
 
-    fn __abs__(slf: &Bound<'_, Self>) -> PyResult<Delayed> {
+    fn __abs__(slf: &Bound<'_, Self>) -> PyResult<Py<Delayed>> {
         slf.get().operator(slf.py(), "abs", &[slf.as_any()])
     }
 
@@ -840,7 +843,8 @@ pub(crate) fn delayed(
         },
         collector.deps,
     );
-    Ok(Bound::new(py, Delayed::new(node, nout, role))?
+    Ok(Delayed::new(node, nout, role)
+        .into_untracked(py)?
         .into_any()
         .unbind())
 }
