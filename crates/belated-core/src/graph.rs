@@ -196,7 +196,7 @@ impl<P: Payload> Plan<P> {
                 continue;
             }
             stack.push((root, 0, false));
-            while let Some((node, next_dep, _)) = stack.last_mut() {
+            while let Some((node, next_dep, single)) = stack.last_mut() {
                 if let Some(dep) = node.deps().get(*next_dep) {
                     *next_dep += 1;
                     let single = single_edge(dep);
@@ -206,9 +206,8 @@ impl<P: Payload> Plan<P> {
                     }
                     continue;
                 }
-                let Some((node, _, single)) = stack.pop() else {
-                    unreachable!("the loop runs while the stack has a node")
-                };
+                let (node, single): (&'a Arc<Node<P>>, bool) = (node, *single);
+                stack.pop();
                 let id = TaskId::from_index(nodes.len())?;
                 let first_input = input_ids.len() - node.deps().len();
                 builder.deps.extend(input_ids.drain(first_input..));
