@@ -339,7 +339,8 @@ struct Job<R: Runner> {
     state: Mutex<JobState<R>>,
     /// Signalled when the job settles, and when ready work appears while a helper waits for some.
     changed: Condvar,
-    /// Ready tasks left, as of the last bookkeeping; lets idle workers find work without the job's lock.
+    /// Whether ready tasks are left (above zero: some are), as of the last bookkeeping; lets idle
+    /// workers find work without the job's lock. At creation, how many are ready.
     ready_hint: AtomicUsize,
     /// Threads inside [`Job::work`]; idle workers join only while it is below `limit`.
     running: AtomicUsize,
@@ -468,7 +469,11 @@ impl<R: Runner> Job<R> {
                 } else {
                     0
                 };
-                self.ready_hint.store(ready, SeqCst);
+                // Readers only ask whether work is ready: writing every new count would pass the
+                // hint's cache line between the job's threads on every task.
+                if (self.ready_hint.load(SeqCst) > 0) != (ready > 0) {
+                    self.ready_hint.store(ready, SeqCst);
+                }
                 let running = match next {
                     Some(_) => self.running.load(SeqCst),
                     None => self.running.fetch_sub(1, SeqCst) - 1,

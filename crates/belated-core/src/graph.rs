@@ -170,38 +170,62 @@ impl<P: Payload> Plan<P> {
         let mut nodes: Vec<Arc<Node<P>>> = Vec::new();
         let mut builder = GraphBuilder::default();
         let mut outputs = Vec::new();
-        let mut stack: Vec<(&'a Arc<Node<P>>, usize)> = Vec::new();
+        // Each node being walked, the next of its inputs to visit, and whether a single edge reaches
+        // it (see `single_edge`).
+        let mut stack: Vec<(&'a Arc<Node<P>>, usize, bool)> = Vec::new();
+        // The ids of the inputs found so far of each node on `stack`, in argument order.
+        let mut input_ids: Vec<TaskId> = Vec::new();
+        let roots: Vec<&'a Arc<Node<P>>> = roots.into_iter().collect();
+        let mut root_ptrs: Vec<*const Node<P>> =
+            roots.iter().map(|root| Arc::as_ptr(root)).collect();
+        root_ptrs.sort_unstable();
+        // A node reached by a single edge is never looked up again, so it stays out of `ids`, whose
+        // inserts and lookups were the walk's main cost. Single: no other handle on it exists (a
+        // clone made later from that edge can only go into nodes outside this graph, which is
+        // immutable), no root is borrowed from that edge, and it has no merge name through which
+        // another node could stand for it.
+        let single_edge = |node: &Arc<Node<P>>| {
+            Arc::strong_count(node) == 1
+                && node.payload().merge_name().is_none()
+                && root_ptrs.binary_search(&Arc::as_ptr(node)).is_err()
+        };
 
         for root in roots {
             if let Some(id) = known(root, &mut ids, &names) {
                 outputs.push(id);
                 continue;
             }
-            stack.push((root, 0));
-            while let Some((node, next_dep)) = stack.last_mut() {
+            stack.push((root, 0, false));
+            while let Some((node, next_dep, single)) = stack.last_mut() {
                 if let Some(dep) = node.deps().get(*next_dep) {
                     *next_dep += 1;
-                    if known(dep, &mut ids, &names).is_none() {
-                        stack.push((dep, 0));
+                    let single = single_edge(dep);
+                    match (!single).then(|| known(dep, &mut ids, &names)).flatten() {
+                        Some(id) => input_ids.push(id),
+                        None => stack.push((dep, 0, single)),
                     }
                     continue;
                 }
-                let node: &'a Arc<Node<P>> = node;
+                let (node, single): (&'a Arc<Node<P>>, bool) = (node, *single);
                 stack.pop();
                 let id = TaskId::from_index(nodes.len())?;
-                builder
-                    .deps
-                    .extend(node.deps().iter().map(|dep| ids[&Arc::as_ptr(dep)]));
+                let first_input = input_ids.len() - node.deps().len();
+                builder.deps.extend(input_ids.drain(first_input..));
                 builder.close_task();
-                ids.insert(Arc::as_ptr(node), id);
+                if !single {
+                    ids.insert(Arc::as_ptr(node), id);
+                }
                 if let Some(name) = node.payload().merge_name() {
                     if let Entry::Vacant(slot) = names.entry(name) {
                         slot.insert(id);
                     }
                 }
                 nodes.push(Arc::clone(node));
+                match stack.is_empty() {
+                    true => outputs.push(id),
+                    false => input_ids.push(id),
+                }
             }
-            outputs.push(ids[&Arc::as_ptr(root)]);
         }
         Ok(Plan {
             graph: builder.finish(),
@@ -283,6 +307,21 @@ mod tests {
         let plan = flatten(&[first, twin, other]);
         assert_eq!(plan.graph.len(), 3);
         assert_eq!(plan.outputs, vec![TaskId(1), TaskId(1), TaskId(2)]);
+    }
+
+    /// Nodes held by one edge only skip the walk's map of ids: a named one must still merge with
+    /// its twin, and a root passed twice by the same reference, or borrowed from another root's
+    /// inputs, must still be one task.
+    #[test]
+    fn nodes_held_once_still_merge_by_name_and_a_root_passed_twice_is_one_task() {
+        let a = Node::new(Named(None), vec![Node::new(Named(Some("load")), vec![])]);
+        let b = Node::new(Named(None), vec![Node::new(Named(Some("load")), vec![])]);
+        let root = Node::new(Named(None), vec![a, b]);
+        let plan = Plan::flatten::<()>([&root, &root, &root.deps()[1]]).unwrap();
+        assert_eq!(plan.graph.len(), 4);
+        assert_eq!(plan.graph.deps(TaskId(2)), &[TaskId(0)], "the twin merged");
+        assert_eq!(plan.graph.deps(TaskId(3)), &[TaskId(1), TaskId(2)]);
+        assert_eq!(plan.outputs, vec![TaskId(3), TaskId(3), TaskId(2)]);
     }
 
     #[test]

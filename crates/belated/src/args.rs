@@ -115,11 +115,25 @@ impl<T: Data> Slot<T> {
 }
 
 fn gather_vec<T: Data>(inputs: &mut Inputs<'_>, count: usize) -> Result<Vec<T>, TaskError> {
-    (0..count).map(|_| take(next_input(inputs)?)).collect()
+    gather(inputs, count, take)
+}
+
+/// `count` inputs converted, into a `Vec` sized once (a collect through `Result` could not know
+/// the length, and would grow a fan-in of 100,000 inputs by copying it over and over).
+fn gather<T>(
+    inputs: &mut Inputs<'_>,
+    count: usize,
+    convert: Convert<T>,
+) -> Result<Vec<T>, TaskError> {
+    let mut gathered = Vec::with_capacity(count);
+    for _ in 0..count {
+        gathered.push(convert(next_input(inputs)?)?);
+    }
+    Ok(gathered)
 }
 
 fn gather_shared<T: Data>(inputs: &mut Inputs<'_>, count: usize) -> Result<Vec<Arc<T>>, TaskError> {
-    (0..count).map(|_| share(next_input(inputs)?)).collect()
+    gather(inputs, count, share)
 }
 
 impl<T: Data> IntoArg<T> for T {
