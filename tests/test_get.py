@@ -622,6 +622,29 @@ def test_compute_runs_dask_collections_and_delayed_objects_in_one_pass_sharing_t
     assert calls.count == 4
 
 
+@pytest.mark.parametrize("scheduler", ["threads", "sync", "processes"])
+def test_compute_runs_collections_without_dasks_linear_fusion_in_this_process(scheduler):
+    x = da.from_array(np.arange(64.0).reshape(8, 8), chunks=2)
+    y = ((x + 1) * 2).T.sum()
+
+    def run(**settings):
+        keys = []
+        watch = belated.diagnostics.Callback(pretask=lambda key, dsk, state: keys.append(key))
+        with dask.config.set(settings), watch:
+            value = belated.compute(y, scheduler=scheduler)[0]
+        # belated's callbacks name a task by its key's repr.
+        return value, any(key.startswith(f"({x.name!r}, ") for key in keys)
+
+    unfused, unfused_reads_x = run()
+    fused, fused_reads_x = run(**{"optimization.fuse.active": True})
+    assert unfused == fused == y.compute(scheduler="sync")
+    # As belated.get: each block's read is a task of its own unless the tasks go to other processes,
+    # where fewer, larger tasks cost less.
+    assert unfused_reads_x is (scheduler != "processes")
+    assert not fused_reads_x
+    assert dask.config.get("optimization.fuse.active") is None
+
+
 def test_a_collection_passed_to_a_delayed_call_is_its_computed_value_as_in_dask():
     x = da.arange(10, chunks=3)
     pdf = pd.DataFrame({"k": [1, 2, 1, 2, 3], "v": range(5)})
