@@ -19,8 +19,11 @@ Workloads (the issue's):
 The header says how many cores the process may use, how many workers each scheduler starts, and the
 load average when the run began: figures taken under load say little about speed.
 
-``belated.compute(collection)`` is timed beside them: the collection's graph becomes tasks of belated's
-own graph (as when it is computed with ``Delayed`` objects), run on the same engine.
+``belated.get`` on one worker is timed too: when the task bodies hold the GIL (pandas on small
+partitions), a second worker cannot help, and the two columns side by side show what the workers'
+contention for the GIL costs. ``belated.compute(collection)`` is timed beside them: the collection's
+graph becomes tasks of belated's own graph (as when it is computed with ``Delayed`` objects), run on
+the same engine.
 
 Times are the best of ``--repeat`` runs, each scheduler in turn in one process (same warm caches).
 
@@ -144,6 +147,7 @@ def time_table(quick, repeat):
         runs = {
             "dask threads": (collection.compute, {"scheduler": "threads"}),
             "belated.get": (collection.compute, {"scheduler": belated.get}),
+            "belated.get, 1 worker": (collection.compute, {"scheduler": belated.get, "num_workers": 1}),
             "belated.compute": (belated.compute, {}),
             "floor": (collection.compute, {"scheduler": floor}),
         }
@@ -163,15 +167,15 @@ def time_table(quick, repeat):
         rows.append((name, floor.tasks, get_tasks, t, per_task_us))
     print(
         "| workload | floor tasks | belated.get tasks | dask threads (s) | belated.get (s) "
-        "| belated.compute (s) | floor (s) "
+        "| belated.get, 1 worker (s) | belated.compute (s) | floor (s) "
         "| belated.get / floor | dask threads / belated.get "
         "| belated.get per task run, graph build excluded (µs) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, tasks, get_tasks, t, per_task_us in rows:
         print(
             f"| {name} | {tasks:,} | {get_tasks:,} | {t['dask threads']:.2f} | {t['belated.get']:.2f} "
-            f"| {t['belated.compute']:.2f} | {t['floor']:.2f} "
+            f"| {t['belated.get, 1 worker']:.2f} | {t['belated.compute']:.2f} | {t['floor']:.2f} "
             f"| {t['belated.get'] / t['floor']:.2f}x | {t['dask threads'] / t['belated.get']:.2f}x "
             f"| {per_task_us:.1f} |"
         )
