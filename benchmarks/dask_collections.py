@@ -12,10 +12,18 @@ Workloads (the issue's):
 - memory: peak resident memory of ``da.random.random((20000, 20000), chunks=(1000, 1000)).mean()``
   (3.2 GB if held at once) over the process's baseline, dask threads vs belated.get in its default
   depth-first order and following dask.order's priorities, each in a fresh process;
-- per task: belated.get's end-to-end time minus dask's graph build, divided by the tasks run.
+- per task: belated.get's end-to-end time minus dask's graph build, divided by the tasks belated.get
+  ran (counted in a separate, untimed run: it skips dask's linear fusion, so it runs more tasks than
+  the floor on arrays).
 
-``belated.compute(collection)`` is timed beside them: the collection's graph becomes tasks of belated's
-own graph (as when it is computed with ``Delayed`` objects), run on the same engine.
+The header says how many cores the process may use, how many workers each scheduler starts, and the
+load average when the run began: figures taken under load say little about speed.
+
+``belated.get`` on one worker is timed too: when the task bodies hold the GIL (pandas on small
+partitions), a second worker cannot help, and the two columns side by side show what the workers'
+contention for the GIL costs. ``belated.compute(collection)`` is timed beside them: the collection's
+graph becomes tasks of belated's own graph (as when it is computed with ``Delayed`` objects), run on
+the same engine.
 
 Times are the best of ``--repeat`` runs, each scheduler in turn in one process (same warm caches).
 
@@ -25,9 +33,9 @@ Times are the best of ``--repeat`` runs, each scheduler in turn in one process (
 """
 
 import argparse
+import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping
 
@@ -36,9 +44,11 @@ import dask.array as da
 import dask.bag as db
 import dask.dataframe as dd
 import dask.order
+import dask.system
 import numpy as np
 import pandas as pd
 from dask._task_spec import convert_legacy_graph
+from dask.callbacks import Callback
 
 import belated
 
@@ -89,6 +99,23 @@ def _shape(keys, cache):
     return cache[keys]
 
 
+class TaskCount(Callback):
+    """Counts the tasks a scheduler runs, through dask's callback protocol."""
+
+    def __init__(self):
+        super().__init__()
+        self.tasks = 0
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        self.tasks += 1
+
+
+def tasks_run(collection, scheduler):
+    with TaskCount() as count:
+        collection.compute(scheduler=scheduler)
+    return count.tasks
+
+
 def workloads(quick):
     scale = 10 if quick else 1
     n = 4000 // (3 if quick else 1)
@@ -120,6 +147,7 @@ def time_table(quick, repeat):
         runs = {
             "dask threads": (collection.compute, {"scheduler": "threads"}),
             "belated.get": (collection.compute, {"scheduler": belated.get}),
+            "belated.get, 1 worker": (collection.compute, {"scheduler": belated.get, "num_workers": 1}),
             "belated.compute": (belated.compute, {}),
             "floor": (collection.compute, {"scheduler": floor}),
         }
@@ -134,18 +162,20 @@ def time_table(quick, repeat):
                 timings[label].append(time.perf_counter() - began)
         t = {label: min(v) for label, v in timings.items()}
         build = t["floor"] - floor.run_seconds
-        per_task_us = (t["belated.get"] - build) / floor.tasks * 1e6
-        rows.append((name, floor.tasks, t, per_task_us))
+        get_tasks = tasks_run(collection, belated.get)
+        per_task_us = (t["belated.get"] - build) / get_tasks * 1e6
+        rows.append((name, floor.tasks, get_tasks, t, per_task_us))
     print(
-        "| workload | tasks | dask threads (s) | belated.get (s) | belated.compute (s) | floor (s) "
+        "| workload | floor tasks | belated.get tasks | dask threads (s) | belated.get (s) "
+        "| belated.get, 1 worker (s) | belated.compute (s) | floor (s) "
         "| belated.get / floor | dask threads / belated.get "
-        "| belated.get per task, graph build excluded (µs) |"
+        "| belated.get per task run, graph build excluded (µs) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, tasks, t, per_task_us in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, tasks, get_tasks, t, per_task_us in rows:
         print(
-            f"| {name} | {tasks:,} | {t['dask threads']:.2f} | {t['belated.get']:.2f} "
-            f"| {t['belated.compute']:.2f} | {t['floor']:.2f} "
+            f"| {name} | {tasks:,} | {get_tasks:,} | {t['dask threads']:.2f} | {t['belated.get']:.2f} "
+            f"| {t['belated.get, 1 worker']:.2f} | {t['belated.compute']:.2f} | {t['floor']:.2f} "
             f"| {t['belated.get'] / t['floor']:.2f}x | {t['dask threads'] / t['belated.get']:.2f}x "
             f"| {per_task_us:.1f} |"
         )
@@ -229,7 +259,13 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", choices=["time", "cost", "memory"])
     args = parser.parse_args()
-    print(f"dask {dask.__version__}, belated {belated.__version__}, {threading.active_count()} threads\n")
+    cores = len(os.sched_getaffinity(0))
+    workers = belated.config.get("num_workers", None) or cores
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"dask {dask.__version__}, belated {belated.__version__}; {cores} cores available; workers: "
+        f"belated.get {workers}, dask threads {dask.system.CPU_COUNT}; load average at start {load}\n"
+    )
     if args.only in (None, "time"):
         time_table(args.quick, args.repeat)
     if args.only in (None, "cost"):

@@ -1,5 +1,6 @@
 """``belated.get``: dask's get-function conformance mixin, dask's threaded-scheduler tests that apply,
-and a differential test of random dask collections against dask's own synchronous scheduler.
+and differential tests of random dask collections against dask's own synchronous scheduler, with and
+without a user task that raises.
 
 Not applicable from dask's ``test_threaded.py``: ``test_reuse_pool`` and ``test_pool_kwarg`` (they hand
 dask a ``pool=`` of their own; belated runs on its engine's threads and ignores a pool object, so
@@ -8,9 +9,11 @@ written (it passes ``pool=`` with 20 threads; ``test_interrupt_cancels`` below i
 belated workers).
 """
 
+import ast
 import contextvars
 import signal
 import threading
+import traceback
 
 import numpy as np
 import pandas as pd
@@ -370,24 +373,26 @@ def test_random_arrays_match_dask(n, chunk, ops, seed):
     np.testing.assert_allclose(belated.compute(x)[0], expected)
 
 
+DATAFRAME_OPS = {
+    "groupby_mean": lambda df: df.groupby("k").v.mean(),
+    "groupby_sum": lambda df: df.groupby("k").sum(),
+    "filter_sum": lambda df: df[df.v > 0.5].v.sum(),
+    "assign_max": lambda df: df.assign(w=df.v * df.k).w.max(),
+    "value_counts": lambda df: df.k.value_counts(),
+}
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.integers(1, 60),
     partitions=st.integers(1, 8),
-    how=st.sampled_from(["groupby_mean", "groupby_sum", "filter_sum", "assign_max", "value_counts"]),
+    how=st.sampled_from(sorted(DATAFRAME_OPS)),
     seed=st.integers(0, 1000),
 )
 def test_random_dataframes_match_dask(rows, partitions, how, seed):
     rng = np.random.default_rng(seed)
     pdf = pd.DataFrame({"k": rng.integers(0, 5, rows), "v": rng.random(rows)})
-    df = dd.from_pandas(pdf, npartitions=partitions)
-    expr = {
-        "groupby_mean": lambda: df.groupby("k").v.mean(),
-        "groupby_sum": lambda: df.groupby("k").sum(),
-        "filter_sum": lambda: df[df.v > 0.5].v.sum(),
-        "assign_max": lambda: df.assign(w=df.v * df.k).w.max(),
-        "value_counts": lambda: df.k.value_counts(),
-    }[how]()
+    expr = DATAFRAME_OPS[how](dd.from_pandas(pdf, npartitions=partitions))
     expected = expr.compute(scheduler="sync")
     for got in (expr.compute(scheduler=belated.get), belated.compute(expr)[0]):
         if isinstance(expected, (pd.Series, pd.DataFrame)):
@@ -396,27 +401,149 @@ def test_random_dataframes_match_dask(rows, partitions, how, seed):
             assert got == expected or (np.isnan(got) and np.isnan(expected))
 
 
+BAG_OPS = {
+    "map_filter_sum": lambda b: b.map(inc).filter(lambda v: v % 2).sum(),
+    "frequencies": lambda b: b.map(lambda v: v % 7).frequencies(sort=True),
+    "foldby": lambda b: b.foldby(lambda v: v % 3, add, 0),
+    "distinct": lambda b: b.distinct(),
+    "topk": lambda b: b.topk(3),
+}
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     items=st.lists(st.integers(-50, 50), max_size=60),
     partitions=st.integers(1, 8),
-    how=st.sampled_from(["map_filter_sum", "frequencies", "foldby", "distinct", "topk"]),
+    how=st.sampled_from(sorted(BAG_OPS)),
 )
 def test_random_bags_match_dask(items, partitions, how):
-    b = db.from_sequence(items, npartitions=partitions)
-    expr = {
-        "map_filter_sum": lambda: b.map(inc).filter(lambda v: v % 2).sum(),
-        "frequencies": lambda: b.map(lambda v: v % 7).frequencies(sort=True),
-        "foldby": lambda: b.foldby(lambda v: v % 3, add, 0),
-        "distinct": lambda: b.distinct(),
-        "topk": lambda: b.topk(3),
-    }[how]()
+    expr = BAG_OPS[how](db.from_sequence(items, npartitions=partitions))
     expected = expr.compute(scheduler="sync")
     for got in (expr.compute(scheduler=belated.get), belated.compute(expr)[0]):
         if how in ("foldby", "distinct"):
             assert sorted(got) == sorted(expected)
         else:
             assert got == expected
+
+
+# The differential tests again, with a hostile user task somewhere in the expression: what dask's own
+# scheduler raises, belated raises too, as itself, from the user's frame, naming the dask key.
+
+
+class Refused(Exception):
+    """What a hostile user task raises."""
+
+
+def refuse_block(block, target, block_id=None):
+    if block_id == target:
+        raise Refused(f"block {block_id} refused")
+    return block
+
+
+def refuse_negative_rows(part):
+    if (part.v < 0).any():
+        raise Refused(f"{int((part.v < 0).sum())} negative rows")
+    return part
+
+
+def refuse_item(v, target):
+    if v == target:
+        raise Refused(f"item {v} refused")
+    return v
+
+
+def assert_same_outcome(expr, user_function, equal):
+    """belated.get and belated.compute give what dask's synchronous scheduler gives: an equal value, or
+    the same exception raised as itself from the same (user's) frame, with a note naming the dask key of
+    the task that raised (for belated.get, a key of the graph dask handed it)."""
+    try:
+        expected = expr.compute(scheduler="sync")
+    except Refused as error:
+        expected = error
+    handed = []
+
+    def get(dsk, keys, **kwargs):
+        handed.append(dsk)
+        return belated.get(dsk, keys, **kwargs)
+
+    runs = {"get": lambda: expr.compute(scheduler=get), "compute": lambda: belated.compute(expr)[0]}
+    for how, run in runs.items():
+        if not isinstance(expected, Refused):
+            assert equal(run(), expected), how
+            continue
+        with pytest.raises(Refused) as info:
+            run()
+        assert str(info.value) == str(expected), how
+        assert info.traceback[-1].name == traceback.extract_tb(expected.__traceback__)[-1].name, how
+        assert info.traceback[-1].name == user_function.__name__, how
+        prefix = "raised by belated task "
+        (note,) = (note for note in info.value.__notes__ if note.startswith(prefix))
+        named = note.removeprefix(prefix)
+        # A tuple key is shown as its repr; a string key as itself when belated.compute ran it.
+        key = ast.literal_eval(named) if named.startswith(("(", "'")) else named
+        assert dask.core.iskey(key), note
+        if how == "get":
+            # belated.get builds the graph without dask's linear fusion, as dask does when told so.
+            with dask.config.set({"optimization.fuse.active": False}):
+                assert key in handed[-1].__dask_graph__(), note
+
+
+def same_values(got, expected):
+    if isinstance(expected, (pd.Series, pd.DataFrame)):
+        return got.sort_index().equals(expected.sort_index())
+    if isinstance(expected, np.ndarray) or np.ndim(expected):
+        return np.allclose(got, expected, equal_nan=True)
+    return got == expected or (np.isnan(got) and np.isnan(expected))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 12),
+    chunk=st.integers(1, 6),
+    target=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    ops=st.lists(st.sampled_from(range(len(ARRAY_OPS))), min_size=1, max_size=2),
+    seed=st.integers(0, 1000),
+)
+def test_random_arrays_with_a_raising_block_match_dask(n, chunk, target, ops, seed):
+    x = da.from_array(np.random.default_rng(seed).random((n, n)), chunks=chunk)
+    x = x.map_blocks(refuse_block, target, dtype=x.dtype)
+    for op in ops:
+        x = ARRAY_OPS[op](x)
+        if x.ndim != 2 or x.shape[0] != x.shape[1]:
+            break
+    assert_same_outcome(x, refuse_block, same_values)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.integers(1, 60),
+    partitions=st.integers(1, 8),
+    negative=st.integers(0, 80),
+    how=st.sampled_from(sorted(DATAFRAME_OPS)),
+    seed=st.integers(0, 1000),
+)
+def test_random_dataframes_with_a_raising_partition_match_dask(rows, partitions, negative, how, seed):
+    rng = np.random.default_rng(seed)
+    pdf = pd.DataFrame({"k": rng.integers(0, 5, rows), "v": rng.random(rows)})
+    pdf.loc[pdf.index == negative, "v"] = -1.0
+    df = dd.from_pandas(pdf, npartitions=partitions).map_partitions(refuse_negative_rows, meta=pdf.iloc[:0])
+    assert_same_outcome(DATAFRAME_OPS[how](df), refuse_negative_rows, same_values)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    items=st.lists(st.integers(-50, 50), max_size=60),
+    partitions=st.integers(1, 8),
+    target=st.integers(-50, 50),
+    how=st.sampled_from(sorted(BAG_OPS)),
+)
+def test_random_bags_with_a_raising_item_match_dask(items, partitions, target, how):
+    b = db.from_sequence(items, npartitions=partitions).map(refuse_item, target)
+
+    def equal(got, expected):
+        return sorted(got) == sorted(expected) if how in ("foldby", "distinct") else got == expected
+
+    assert_same_outcome(BAG_OPS[how](b), refuse_item, equal)
 
 
 class Block:
@@ -493,6 +620,29 @@ def test_compute_runs_dask_collections_and_delayed_objects_in_one_pass_sharing_t
     np.testing.assert_array_equal(got_t, expected_x.T)
     # Four blocks, each computed once for the four results that need it.
     assert calls.count == 4
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync", "processes"])
+def test_compute_runs_collections_without_dasks_linear_fusion_in_this_process(scheduler):
+    x = da.from_array(np.arange(64.0).reshape(8, 8), chunks=2)
+    y = ((x + 1) * 2).T.sum()
+
+    def run(**settings):
+        keys = []
+        watch = belated.diagnostics.Callback(pretask=lambda key, dsk, state: keys.append(key))
+        with dask.config.set(settings), watch:
+            value = belated.compute(y, scheduler=scheduler)[0]
+        # belated's callbacks name a task by its key's repr.
+        return value, any(key.startswith(f"({x.name!r}, ") for key in keys)
+
+    unfused, unfused_reads_x = run()
+    fused, fused_reads_x = run(**{"optimization.fuse.active": True})
+    assert unfused == fused == y.compute(scheduler="sync")
+    # As belated.get: each block's read is a task of its own unless the tasks go to other processes,
+    # where fewer, larger tasks cost less.
+    assert unfused_reads_x is (scheduler != "processes")
+    assert not fused_reads_x
+    assert dask.config.get("optimization.fuse.active") is None
 
 
 def test_a_collection_passed_to_a_delayed_call_is_its_computed_value_as_in_dask():

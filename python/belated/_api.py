@@ -72,6 +72,9 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
         scheduler = "threads"
     where = scheduler if cluster is None else "a local cluster"
 
+    # dask fuses linear chains of collections' tasks; run in this process, the engine runs them one by
+    # one for less than fusing costs dask, as in belated.get.
+    fuse = cluster is not None or scheduler == "processes"
     # A Client's persisted objects stand for results that may still be on their way.
     _futures.wait_for_persists()
     if persist and any(_is_foreign(arg) for arg in args):
@@ -91,8 +94,8 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
                     computed=len(tasks),
                 )
 
-        return _persist_collections(args, run)
-    args = _collections_as_delayed(args, traverse)
+        return _persist_collections(args, run, fuse)
+    args = _collections_as_delayed(args, traverse, fuse)
     # Called here rather than through run(): a task's traceback shows one frame of ours fewer.
     with _logging.computing("persist" if persist else "compute", where):
         return _belated.compute(
@@ -105,7 +108,7 @@ def _is_foreign(arg):
     return not isinstance(arg, _belated.Delayed) and is_dask_collection(arg)
 
 
-def _collections_as_delayed(args, traverse):
+def _collections_as_delayed(args, traverse, fuse):
     """``args`` with each dask collection among them (and, with ``traverse``, in the lists, tuples and
     dicts they are) replaced by a ``Delayed`` of its value. The collections' graphs are optimized
     together, as ``dask.compute`` optimizes them, so that tasks they share stay one task each.
@@ -128,7 +131,7 @@ def _collections_as_delayed(args, traverse):
         return args
     from belated._dask import collections_graph
 
-    dsk, keys = collections_graph(found)
+    dsk, keys = collections_graph(found, fuse=fuse)
     replacement = dict(zip(map(id, found), _belated.dask_graph_delayed(dsk, keys), strict=True))
 
     def replace(obj, depth):
@@ -147,7 +150,7 @@ def _collections_as_delayed(args, traverse):
 _SCANNED_LEVELS = 3
 
 
-def _persist_collections(args, run):
+def _persist_collections(args, run, fuse):
     """``persist`` when dask collections are among ``args``: each comes back as a collection of its own
     type whose graph holds its computed keys, as ``dask.persist`` returns it. The collections' graphs
     are optimized together, as ``dask.persist`` optimizes them, and their keys and the other arguments
@@ -155,7 +158,7 @@ def _persist_collections(args, run):
     from belated._dask import collections_keys_graph
 
     foreign = [i for i, arg in enumerate(args) if _is_foreign(arg)]
-    dsk, keys = collections_keys_graph([args[i] for i in foreign])
+    dsk, keys = collections_keys_graph([args[i] for i in foreign], fuse=fuse)
     tasks = _belated.dask_graph_delayed(dsk, [key for each in keys for key in each])
     results = run(tasks, [arg for i, arg in enumerate(args) if i not in foreign])
     values, rest = iter(results[: len(tasks)]), iter(results[len(tasks) :])

@@ -129,31 +129,36 @@ def collection_graph(collection):
     return dsk, key
 
 
-def collections_graph(collections, optimize_graph=True):
+def collections_graph(collections, optimize_graph=True, fuse=True):
     """The graph computing several dask collections, optimized together as ``dask.compute`` optimizes
-    them, and the key of each one's value."""
+    them, and the key of each one's value. Unless ``fuse``, built without dask's low-level fusion of
+    linear chains, as ``belated.get`` builds it (see ``belated._get._graph``)."""
     from dask._expr import FinalizeCompute
     from dask.base import collections_to_expr
     from dask.core import flatten
+
+    from belated._get import _graph
 
     expr = FinalizeCompute(collections_to_expr(list(collections), optimize_graph)).optimize()
     keys = list(flatten(expr.__dask_keys__()))
     if len(keys) != len(collections):
         raise RuntimeError(f"dask made {len(keys)} results of {len(collections)} collections")
-    return _task_spec(expr.__dask_graph__()), keys
+    return _task_spec(_graph(expr, fuse)), keys
 
 
-def collections_keys_graph(collections, optimize_graph=True):
+def collections_keys_graph(collections, optimize_graph=True, fuse=True):
     """The graph of several dask collections (in dask's task spec), optimized together as
-    ``dask.persist`` optimizes them, and each one's keys, flat."""
+    ``dask.persist`` optimizes them, and each one's keys, flat; ``fuse`` as for ``collections_graph``."""
     from dask.base import collections_to_expr
     from dask.core import flatten
+
+    from belated._get import _graph
 
     expr = collections_to_expr(list(collections), optimize_graph).optimize()
     keys = [list(flatten(each)) for each in expr.__dask_keys__()]
     if len(keys) != len(collections):
         raise RuntimeError(f"dask made {len(keys)} key lists of {len(collections)} collections")
-    return _task_spec(expr.__dask_graph__()), keys
+    return _task_spec(_graph(expr, fuse)), keys
 
 
 def _task_spec(dsk):
