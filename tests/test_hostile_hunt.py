@@ -210,3 +210,137 @@ def test_equal_calls_share_a_key_by_default_as_in_distributed(client_kind, reque
     assert client.submit(inc, 1).key == client.submit(inc, 1).key
     first, second = client.map(inc, [7, 7])
     assert first.key == second.key
+
+
+# -- dask's own diagnostics tests, run against belated ----------------------------------------------------
+# Found by running dask/diagnostics/tests and dask/tests/test_base.py with belated swapped in.
+
+
+def test_a_compute_inside_a_task_leaves_the_outer_progress_bar_alone_as_in_dask():
+    # Found: the inner compute restarted the outer bar's thread, and the task failed with
+    # "RuntimeError: cannot join thread before it is started".
+    import io
+
+    from belated.diagnostics import Callback, ProgressBar
+
+    inner_keys = []
+
+    def inner(x):
+        # A callback registered inside the task serves the compute started there, as in dask.
+        with Callback(pretask=lambda key, dsk, state: inner_keys.append(key)):
+            return belated.delayed(inc)(x, dask_key_name=f"inner-{x}").compute()
+
+    out = io.StringIO()
+    with ProgressBar(out=out, dt=0.001):
+        assert belated.compute(*[belated.delayed(inner)(i) for i in range(4)]) == (1, 2, 3, 4)
+    assert out.getvalue().count("100% Completed") == 1
+    assert sorted(inner_keys) == [f"inner-{i}" for i in range(4)]
+
+
+def _final_bar_line(text):
+    import re
+
+    final = text.rstrip("\n").split("\r")[-1]
+    return re.sub(r"\| [0-9. ]+(us|ms|s)$", "| <time>", final)
+
+
+def test_the_progress_bar_line_is_dasks():
+    import io
+
+    import dask
+    import dask.diagnostics
+
+    from belated.diagnostics import ProgressBar
+
+    ours, theirs = io.StringIO(), io.StringIO()
+    with ProgressBar(out=ours):
+        belated.compute(*[belated.delayed(inc)(i) for i in range(5)])
+    with dask.diagnostics.ProgressBar(out=theirs):
+        dask.compute(*[dask.delayed(inc)(i) for i in range(5)], scheduler="threads")
+    assert _final_bar_line(ours.getvalue()) == _final_bar_line(theirs.getvalue())
+    assert _final_bar_line(ours.getvalue()) == "[" + "#" * 40 + "] | 100% Completed | <time>"
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+def test_a_profiler_with_block_starts_afresh_and_is_timed(library):
+    import time
+
+    import dask
+    import dask.diagnostics
+
+    lib, profiler = (
+        (belated, belated.diagnostics.Profiler())
+        if library == "belated"
+        else (dask, dask.diagnostics.Profiler())
+    )
+    with profiler:
+        lib.compute(lib.delayed(inc)(1, dask_key_name="first"), scheduler="threads")
+    with profiler:
+        inside = time.perf_counter()
+        lib.compute(lib.delayed(inc)(2, dask_key_name="second"), scheduler="threads")
+    assert [row.key for row in profiler.results] == ["second"]
+    assert profiler.start_time < inside < profiler.end_time
+    profiler.register()
+    try:
+        lib.compute(lib.delayed(inc)(3, dask_key_name="third"), scheduler="threads")
+    finally:
+        profiler.unregister()
+    assert [row.key for row in profiler.results] == ["second", "third"]
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+def test_a_resource_profiler_with_block_samples_the_whole_block(library):
+    import time
+
+    import dask
+    import dask.diagnostics
+
+    profiler = (belated.diagnostics if library == "belated" else dask.diagnostics).ResourceProfiler(dt=0.01)
+    with profiler:
+        # No computation at all: the block itself is profiled.
+        inside = time.perf_counter()
+        done = threading.Event()
+        done.wait(0.1)
+    assert profiler.results and profiler.start_time < inside < profiler.end_time
+    with profiler:
+        pass
+    profiler.close()
+    assert all(profiler.start_time <= sample.time for sample in profiler.results)
+
+
+# -- compute's scheduler= and get= as dask takes them ------------------------------------------------------
+# Found: a get function (dask.get, distributed's client.get of another process...) or a
+# concurrent.futures executor was refused with a TypeError; "THREADS" was unknown; and the get= keyword
+# dask removed was silently ignored, so the old code's scheduler choice was lost without a word.
+
+
+def test_a_get_function_or_an_executor_runs_the_graph_as_dask_does():
+    import concurrent.futures
+
+    import dask
+
+    seen = []
+
+    def my_get(dsk, keys, **kwargs):
+        seen.append(kwargs)
+        return dask.get(dsk, keys)
+
+    x = belated.delayed(inc)(1) + 1
+    assert x.compute(scheduler=my_get, extra=3) == 3
+    assert seen == [{"extra": 3}]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        assert belated.compute(x, scheduler=pool) == (3,)
+    assert belated.compute(x, scheduler="THREADS") == (3,)
+    (persisted,) = belated.persist(x, scheduler=dask.get)
+    assert persisted.compute() == 3
+
+
+def test_the_removed_get_keyword_is_refused_as_in_dask():
+    import dask
+
+    x = belated.delayed(inc)(1)
+    for lib_x in (x, dask.delayed(inc)(1)):
+        with pytest.raises(TypeError, match="get= keyword has been removed"):
+            lib_x.compute(get=dask.get)
+    with pytest.raises(TypeError, match="get= keyword has been removed"):
+        belated.persist(x, get=dask.get)
