@@ -228,12 +228,19 @@ def test_a_compute_inside_a_task_leaves_the_outer_progress_bar_alone_as_in_dask(
     def inner(x):
         # A callback registered inside the task serves the compute started there, as in dask.
         with Callback(pretask=lambda key, dsk, state: inner_keys.append(key)):
-            return belated.delayed(inc)(x, dask_key_name=f"inner-{x}").compute()
+            return belated.delayed(inc)(x, dask_key_name=f"inner-{x}").compute(scheduler="threads")
 
     out = io.StringIO()
-    with ProgressBar(out=out, dt=0.001):
-        assert belated.compute(*[belated.delayed(inner)(i) for i in range(4)]) == (1, 2, 3, 4)
-    assert out.getvalue().count("100% Completed") == 1
+    with ProgressBar(out=out):
+        # Named: an open Client (another test's) would otherwise be the default and run tasks elsewhere.
+        assert belated.compute(*[belated.delayed(inner)(i) for i in range(4)], scheduler="threads") == (
+            1,
+            2,
+            3,
+            4,
+        )
+    # One bar, finished once (each finish ends its line): the inner computes drew none.
+    assert out.getvalue().count("\n") == 1 and "100% Completed" in out.getvalue()
     assert sorted(inner_keys) == [f"inner-{i}" for i in range(4)]
 
 
@@ -254,7 +261,7 @@ def test_the_progress_bar_line_is_dasks():
 
     ours, theirs = io.StringIO(), io.StringIO()
     with ProgressBar(out=ours):
-        belated.compute(*[belated.delayed(inc)(i) for i in range(5)])
+        belated.compute(*[belated.delayed(inc)(i) for i in range(5)], scheduler="threads")
     with dask.diagnostics.ProgressBar(out=theirs):
         dask.compute(*[dask.delayed(inc)(i) for i in range(5)], scheduler="threads")
     assert _final_bar_line(ours.getvalue()) == _final_bar_line(theirs.getvalue())
@@ -344,3 +351,62 @@ def test_the_removed_get_keyword_is_refused_as_in_dask():
             lib_x.compute(get=dask.get)
     with pytest.raises(TypeError, match="get= keyword has been removed"):
         belated.persist(x, get=dask.get)
+
+
+# -- dask collections inside one argument -----------------------------------------------------------------
+# Found by dask's test_array_delayed_complex_optimization: two dask arrays sharing a source, passed in one
+# list (or as keywords) to a call, ran the source twice, where dask optimizes one argument's collections
+# together and runs it once.
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+@pytest.mark.parametrize("passed", ["list", "keywords", "nested", "positional"])
+def test_collections_in_one_argument_share_their_tasks_as_in_dask(library, passed):
+    np = pytest.importorskip("numpy")
+    import dask
+    from dask.array.core import from_func
+
+    lib = belated if library == "belated" else dask
+    calls = []
+
+    def source():
+        calls.append(1)
+        return np.arange(4)
+
+    array = from_func(source, shape=(4,), dtype=int)
+    a, b = array + 1, array + 2
+    if passed == "list":
+        total = lib.delayed(sum)([a, b, 1])
+    elif passed == "keywords":
+        total = lib.delayed(lambda *, p, q: p + q + 1)(p=a, q=b)
+    elif passed == "nested":
+        total = lib.delayed(lambda d: sum(d["x"]) + 1)({"x": (a, [b][0])})
+    else:  # each positional argument is optimized on its own, in dask too
+        total = lib.delayed(lambda p, q: p + q + 1)(a, b)
+    assert list(lib.compute(total, scheduler="threads")[0]) == [4, 6, 8, 10]
+    assert len(calls) == (2 if passed == "positional" else 1)
+
+
+# -- a dask collection in a call, computed on Dask distributed ------------------------------------------
+# Found by dask's test_p2p_as_delayed: with a distributed Client as scheduler, a dask DataFrame passed to
+# a belated call arrived as the tuple key of its last partition, ('repartitiontofewer-…', 0): the blocks
+# shipped to distributed read a task naming a tuple key as a literal tuple.
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_a_dataframe_in_a_call_arrives_whole_on_distributed(reference, shuffled):
+    pytest.importorskip("pandas")
+    import dask
+    import dask.dataframe as dd
+
+    frame = dd.from_dict({"part": [0, 1, 2, 3, 0, 1, 2, 3], "value": range(8)}, npartitions=2)
+    if shuffled:
+        frame = frame.shuffle("part", force=True, shuffle_method="tasks")
+
+    def total(df):
+        return int(df["value"].sum()), len(df)
+
+    expected = dask.delayed(total)(frame).compute(scheduler=reference)
+    assert expected == (28, 8)
+    assert belated.delayed(total)(frame).compute(scheduler=reference) == expected
+    assert belated.delayed(total)(frame).compute() == expected

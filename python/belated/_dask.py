@@ -2,6 +2,7 @@
 and the executors that hand a whole graph to an existing engine."""
 
 import contextlib
+import dataclasses
 import itertools
 import sys
 import threading
@@ -141,6 +142,36 @@ def collections_graph(collections, optimize_graph=True):
     if len(keys) != len(collections):
         raise RuntimeError(f"dask made {len(keys)} results of {len(collections)} collections")
     return _task_spec(expr.__dask_graph__()), keys
+
+
+def collections_in_argument(argument):
+    """The dask collections inside one call argument (its lists, tuples, sets, dicts, slices,
+    namedtuples and dataclasses, as dask looks), with the graph computing them optimized together and
+    each one's key, as dask optimizes the collections of one argument: tasks they share run once. None
+    for fewer than two."""
+    found = {}
+    stack = [argument]
+    while stack:
+        obj = stack.pop()
+        kind = type(obj)
+        if kind is not _belated.Delayed and hasattr(kind, "__dask_graph__"):
+            found.setdefault(id(obj), obj)
+        elif kind in (list, tuple, set) or (isinstance(obj, tuple) and hasattr(kind, "_fields")):
+            stack.extend(obj)
+        elif kind is dict:
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif kind is slice:
+            stack.extend((obj.start, obj.stop, obj.step))
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            stack.extend(
+                getattr(obj, field.name) for field in dataclasses.fields(obj) if hasattr(obj, field.name)
+            )
+    if len(found) < 2:
+        return None
+    collections = list(found.values())
+    dsk, keys = collections_graph(collections)
+    return collections, dsk, keys
 
 
 def collections_keys_graph(collections, optimize_graph=True):
