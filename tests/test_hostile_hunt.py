@@ -410,3 +410,11 @@ def test_a_dataframe_in_a_call_arrives_whole_on_distributed(reference, shuffled)
     assert expected == (28, 8)
     assert belated.delayed(total)(frame).compute(scheduler=reference) == expected
     assert belated.delayed(total)(frame).compute() == expected
+
+
+def test_an_argument_holding_itself_and_dask_collections_is_refused_not_looped_on():
+    da = pytest.importorskip("dask.array")
+    looped = [da.ones(3, chunks=1), [da.zeros(3, chunks=1)]]
+    looped[1].append(looped)
+    with pytest.raises(RecursionError, match="nested more than"):
+        belated.delayed(len)(looped)

@@ -150,23 +150,31 @@ def collections_in_argument(argument):
     each one's key, as dask optimizes the collections of one argument: tasks they share run once. None
     for fewer than two."""
     found = {}
+    # Each container once: one that holds itself is refused by the engine's parsing, not looped on here.
+    seen = set()
     stack = [argument]
     while stack:
         obj = stack.pop()
         kind = type(obj)
         if kind is not _belated.Delayed and hasattr(kind, "__dask_graph__"):
             found.setdefault(id(obj), obj)
-        elif kind in (list, tuple, set) or (isinstance(obj, tuple) and hasattr(kind, "_fields")):
-            stack.extend(obj)
+            continue
+        if id(obj) in seen:
+            continue
+        if kind in (list, tuple, set) or (isinstance(obj, tuple) and hasattr(kind, "_fields")):
+            items = obj
         elif kind is dict:
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
+            items = [*obj.keys(), *obj.values()]
         elif kind is slice:
-            stack.extend((obj.start, obj.stop, obj.step))
+            items = (obj.start, obj.stop, obj.step)
         elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            stack.extend(
+            items = [
                 getattr(obj, field.name) for field in dataclasses.fields(obj) if hasattr(obj, field.name)
-            )
+            ]
+        else:
+            continue
+        seen.add(id(obj))
+        stack.extend(items)
     if len(found) < 2:
         return None
     collections = list(found.values())
