@@ -225,9 +225,11 @@ def compute(
         ``Delayed`` objects, containers of them, or anything else (returned as it is).
     traverse : bool
         Whether to look for ``Delayed`` objects inside containers.
-    scheduler : str or Client, optional
+    scheduler : str, Client or callable, optional
         ``"threads"``, ``"processes"``, ``"sync"``, ``"distributed"``, ``"ray"``, a ``belated.Client``
         or a Dask distributed ``Client``; default ``belated.config`` ``scheduler``, else ``"threads"``.
+        A dask get function (``dask.get``, ``client.get``...) or a ``concurrent.futures.Executor``
+        is handed to ``dask.compute``, as dask does; ``timeout`` and ``retries`` do not apply there.
     num_workers : int, optional
         How many threads or processes run tasks.
     timeout : float, optional
