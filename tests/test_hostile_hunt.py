@@ -418,3 +418,18 @@ def test_an_argument_holding_itself_and_dask_collections_is_refused_not_looped_o
     looped[1].append(looped)
     with pytest.raises(RecursionError, match="nested more than"):
         belated.delayed(len)(looped)
+
+
+# -- dask's multiprocessing.initializer --------------------------------------------------------------------
+# Found by dask's test_process_initializer: with dask.config's multiprocessing.initializer set, belated's
+# worker processes silently skipped it, and tasks reading the state it sets returned other values.
+
+
+def test_a_multiprocessing_initializer_for_dask_is_refused_rather_than_skipped():
+    import dask
+
+    task = belated.delayed(os.getpid)()
+    with dask.config.set({"multiprocessing.initializer": print}):
+        with pytest.raises(NotImplementedError, match=r"multiprocessing\.initializer"):
+            task.compute(scheduler="processes")
+        assert task.compute(scheduler="threads") == os.getpid()

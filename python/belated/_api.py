@@ -57,6 +57,12 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
     scheduler = scheduler or _setting("scheduler") or "threads"
     if isinstance(scheduler, str):
         scheduler = scheduler.lower()
+        if scheduler in ("processes", "multiprocessing") and _setting("multiprocessing.initializer"):
+            # dask runs it in each worker process first; results that depend on it would differ.
+            raise NotImplementedError(
+                "belated's worker processes do not run the multiprocessing.initializer of dask's "
+                "configuration; run that setup inside the tasks (or at the import of their module)"
+            )
     elif scheduler is _get_function():
         scheduler = "threads"
     elif callable(scheduler) or isinstance(scheduler, concurrent.futures.Executor):
