@@ -433,3 +433,26 @@ def test_a_multiprocessing_initializer_for_dask_is_refused_rather_than_skipped()
         with pytest.raises(NotImplementedError, match=r"multiprocessing\.initializer"):
             task.compute(scheduler="processes")
         assert task.compute(scheduler="threads") == os.getpid()
+
+
+# -- sentinels in pure calls -------------------------------------------------------------------------------
+# Found by dask's test_tokenize_object: two different object() sentinels had one token (their pickles are
+# equal), so pure calls on them shared a key and one's result was returned for the other.
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+def test_pure_calls_on_different_sentinels_are_different_tasks(library):
+    import dask
+    import dask.base
+
+    lib = belated if library == "belated" else dask
+    first, second = object(), object()
+
+    def is_first(sentinel):
+        return sentinel is first
+
+    calls = [lib.delayed(is_first, pure=True)(sentinel) for sentinel in (first, second, first)]
+    assert calls[0].key != calls[1].key and calls[0].key == calls[2].key
+    assert lib.compute(*calls, scheduler="threads") == (True, False, True)
+    tokenize = belated.tokenize if library == "belated" else dask.base.tokenize
+    assert tokenize(first) == tokenize(first) != tokenize(second)

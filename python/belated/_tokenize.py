@@ -19,6 +19,10 @@ from belated._belated import Delayed
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
 
 
+# Every bare object() that was tokenized (see _Normalizer.normalize).
+_SENTINELS = set()
+
+
 class TokenizationError(RuntimeError):
     """Raised by ``tokenize(..., ensure_deterministic=True)`` for objects with no deterministic token."""
 
@@ -37,7 +41,7 @@ def tokenize(*args, ensure_deterministic=None, **kwargs) -> str:
     (True, False)
     """
     try:
-        return _digest(args, kwargs)
+        return _digest(args, kwargs, deterministic=bool(ensure_deterministic))
     except _Unique:
         if ensure_deterministic:
             raise TokenizationError(f"{args!r} cannot be tokenized deterministically") from None
@@ -53,18 +57,20 @@ def call_token(args, kwargs):
         return uuid.uuid4().hex
 
 
-def _digest(args, kwargs):
+def _digest(args, kwargs, deterministic=False):
     try:
-        normal = repr(_Normalizer().normalize((args, kwargs)))
+        normal = repr(_Normalizer(deterministic).normalize((args, kwargs)))
     except RecursionError:
         raise _Unique() from None
     return hashlib.md5(normal.encode(), usedforsecurity=False).hexdigest()
 
 
 class _Normalizer:
-    def __init__(self):
+    def __init__(self, deterministic):
         # Functions being normalized: a recursive function names itself among its globals.
         self.open_functions = set()
+        # Whether a token that holds only in this process (a sentinel's) is refused.
+        self.deterministic = deterministic
 
     def normalize(self, obj):
         kind = type(obj)
@@ -83,6 +89,13 @@ class _Normalizer:
         method = getattr(kind, "__dask_tokenize__", None)
         if method is not None and not isinstance(obj, type):
             return ("custom", self.normalize(obj.__dask_tokenize__()))
+        if kind is object:
+            if self.deterministic:
+                raise _Unique()
+            # Bare object()s are sentinels, told apart by identity though their pickles are equal: as in
+            # dask, each has a token of its own, kept while the process lives so its id is never reused.
+            _SENTINELS.add(obj)
+            return ("object", id(obj))
         if isinstance(obj, types.FunctionType):
             return self.function(obj)
         if isinstance(obj, functools.partial):
