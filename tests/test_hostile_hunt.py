@@ -456,3 +456,32 @@ def test_pure_calls_on_different_sentinels_are_different_tasks(library):
     assert lib.compute(*calls, scheduler="threads") == (True, False, True)
     tokenize = belated.tokenize if library == "belated" else dask.base.tokenize
     assert tokenize(first) == tokenize(first) != tokenize(second)
+
+
+# -- pure calls of functions holding nested code -----------------------------------------------------------
+# Found by dask's test_tokenize_local_functions: a lambda or local function holding a comprehension or a
+# nested function (code inside its code) failed every pure call with "TypeError: unsupported operand
+# type(s) for |=: 'set' and 'list'".
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+def test_pure_calls_of_functions_with_nested_code_are_tokenized_by_what_they_read(library):
+    import dask
+
+    lib = belated if library == "belated" else dask
+    offset = 1
+
+    def shifted(xs):
+        return [x + offset for x in xs]
+
+    def doubled(xs):
+        return [x * 2 for x in xs]
+
+    calls = [
+        lib.delayed(lambda xs: [x + 1 for x in xs], pure=True)([1, 2]),
+        lib.delayed(shifted, pure=True)([1, 2]),
+        lib.delayed(doubled, pure=True)([1, 2]),
+    ]
+    assert lib.compute(*calls, scheduler="threads") == ([2, 3], [2, 3], [2, 4])
+    assert calls[1].key != calls[2].key
+    assert lib.delayed(doubled, pure=True)([1, 2]).key == calls[2].key

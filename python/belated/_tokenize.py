@@ -162,7 +162,7 @@ def _global_names(code):
     names = set(code.co_names)
     for constant in code.co_consts:
         if isinstance(constant, types.CodeType):
-            names |= _global_names(constant)
+            names.update(_global_names(constant))
     return sorted(names)
 
 
