@@ -485,3 +485,33 @@ def test_pure_calls_of_functions_with_nested_code_are_tokenized_by_what_they_rea
     assert lib.compute(*calls, scheduler="threads") == ([2, 3], [2, 3], [2, 4])
     assert calls[1].key != calls[2].key
     assert lib.delayed(doubled, pure=True)([1, 2]).key == calls[2].key
+
+
+# -- tokenize.ensure-deterministic -------------------------------------------------------------------------
+# Found by dask's test_normalize_object_unserializable: the configuration was ignored, so tokenize gave a
+# random token where dask raises.
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("no pickle")
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+@pytest.mark.parametrize("configured_by", ["dask", "belated"])
+def test_tokenize_follows_the_ensure_deterministic_configuration(library, configured_by):
+    import dask
+    import dask.base
+
+    if library == "dask" and configured_by == "belated":
+        pytest.skip("belated.config does not configure dask")
+    tokenize, error = (
+        (belated.tokenize, belated.TokenizationError)
+        if library == "belated"
+        else (dask.base.tokenize, RuntimeError)
+    )
+    setting = (dask.config if configured_by == "dask" else belated.config).set
+    with setting({"tokenize.ensure-deterministic": True}), pytest.raises(error):
+        tokenize(_Unpicklable())
+    with setting({"tokenize.ensure-deterministic": False}):
+        assert tokenize(_Unpicklable()) != tokenize(_Unpicklable())

@@ -34,18 +34,33 @@ class _Unique(Exception):
 def tokenize(*args, ensure_deterministic=None, **kwargs) -> str:
     """A hex token identifying ``args`` and ``kwargs`` by value, as ``dask.base.tokenize``: equal
     values give equal tokens, in any process. Objects that cannot be identified get a random token, or
-    raise :class:`TokenizationError` with ``ensure_deterministic=True``.
+    raise :class:`TokenizationError` with ``ensure_deterministic=True`` (by default, the
+    ``tokenize.ensure-deterministic`` configuration of ``belated.config``, else of dask's).
 
     >>> from belated import tokenize
     >>> tokenize([1, "a"]) == tokenize([1, "a"]), tokenize([1, "a"]) == tokenize([1, "b"])
     (True, False)
     """
+    if ensure_deterministic is None:
+        ensure_deterministic = _configured_deterministic()
     try:
         return _digest(args, kwargs, deterministic=bool(ensure_deterministic))
     except _Unique:
         if ensure_deterministic:
             raise TokenizationError(f"{args!r} cannot be tokenized deterministically") from None
         return uuid.uuid4().hex
+
+
+def _configured_deterministic():
+    """``tokenize.ensure-deterministic`` from ``belated.config``, else from dask's configuration when
+    the program imported dask, as ``dask.base.tokenize`` reads it."""
+    from belated import config
+
+    value = config.get("tokenize.ensure-deterministic", None)
+    dask_config = sys.modules.get("dask.config")
+    if value is None and dask_config is not None:
+        value = dask_config.get("tokenize.ensure-deterministic", None)
+    return bool(value)
 
 
 def call_token(args, kwargs):
