@@ -99,7 +99,7 @@ def test_progress_bar_prints_a_clean_final_line():
     text = out.getvalue()
     assert text.endswith("\n")
     final = text.rstrip("\n").split("\r")[-1]
-    assert re.fullmatch(r"\[#{40}\] \| 100% \| 30/30 \| Completed in \d+\.\d\d s", final), final
+    assert re.fullmatch(r"\[#{40}\] \| 100% Completed \| \d+\.\d\d m?s", final), final
     assert bar.last_duration > 0
 
 
@@ -374,7 +374,7 @@ def test_progress_bar_in_terminal_ipython_stays_text(ipython_shell, capsys):
     with ProgressBar(dt=0.01):
         delayed(inc)(1).compute()
     assert ipython_shell.display_pub.calls == []
-    assert re.search(r"\[#{40}\] \| 100% \| 1/1", capsys.readouterr().out)
+    assert re.search(r"\[#{40}\] \| 100% Completed \|", capsys.readouterr().out)
 
 
 def test_profiler_visualize_displays_inline_in_jupyter(ipython_shell, tmp_path):

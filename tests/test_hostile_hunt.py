@@ -210,3 +210,308 @@ def test_equal_calls_share_a_key_by_default_as_in_distributed(client_kind, reque
     assert client.submit(inc, 1).key == client.submit(inc, 1).key
     first, second = client.map(inc, [7, 7])
     assert first.key == second.key
+
+
+# -- dask's own diagnostics tests, run against belated ----------------------------------------------------
+# Found by running dask/diagnostics/tests and dask/tests/test_base.py with belated swapped in.
+
+
+def test_a_compute_inside_a_task_leaves_the_outer_progress_bar_alone_as_in_dask():
+    # Found: the inner compute restarted the outer bar's thread, and the task failed with
+    # "RuntimeError: cannot join thread before it is started".
+    import io
+
+    from belated.diagnostics import Callback, ProgressBar
+
+    inner_keys = []
+
+    def inner(x):
+        # A callback registered inside the task serves the compute started there, as in dask.
+        with Callback(pretask=lambda key, dsk, state: inner_keys.append(key)):
+            return belated.delayed(inc)(x, dask_key_name=f"inner-{x}").compute(scheduler="threads")
+
+    out = io.StringIO()
+    with ProgressBar(out=out):
+        # Named: an open Client (another test's) would otherwise be the default and run tasks elsewhere.
+        assert belated.compute(*[belated.delayed(inner)(i) for i in range(4)], scheduler="threads") == (
+            1,
+            2,
+            3,
+            4,
+        )
+    # One bar, finished once (each finish ends its line): the inner computes drew none.
+    assert out.getvalue().count("\n") == 1 and "100% Completed" in out.getvalue()
+    assert sorted(inner_keys) == [f"inner-{i}" for i in range(4)]
+
+
+def _final_bar_line(text):
+    import re
+
+    final = text.rstrip("\n").split("\r")[-1]
+    return re.sub(r"\| [0-9. ]+(us|ms|s)$", "| <time>", final)
+
+
+def test_the_progress_bar_line_is_dasks():
+    import io
+
+    import dask
+    import dask.diagnostics
+
+    from belated.diagnostics import ProgressBar
+
+    ours, theirs = io.StringIO(), io.StringIO()
+    with ProgressBar(out=ours):
+        belated.compute(*[belated.delayed(inc)(i) for i in range(5)], scheduler="threads")
+    with dask.diagnostics.ProgressBar(out=theirs):
+        dask.compute(*[dask.delayed(inc)(i) for i in range(5)], scheduler="threads")
+    assert _final_bar_line(ours.getvalue()) == _final_bar_line(theirs.getvalue())
+    assert _final_bar_line(ours.getvalue()) == "[" + "#" * 40 + "] | 100% Completed | <time>"
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+def test_a_profiler_with_block_starts_afresh_and_is_timed(library):
+    import time
+
+    import dask
+    import dask.diagnostics
+
+    lib, profiler = (
+        (belated, belated.diagnostics.Profiler())
+        if library == "belated"
+        else (dask, dask.diagnostics.Profiler())
+    )
+    with profiler:
+        lib.compute(lib.delayed(inc)(1, dask_key_name="first"), scheduler="threads")
+    with profiler:
+        inside = time.perf_counter()
+        lib.compute(lib.delayed(inc)(2, dask_key_name="second"), scheduler="threads")
+    assert [row.key for row in profiler.results] == ["second"]
+    assert profiler.start_time < inside < profiler.end_time
+    profiler.register()
+    try:
+        lib.compute(lib.delayed(inc)(3, dask_key_name="third"), scheduler="threads")
+    finally:
+        profiler.unregister()
+    assert [row.key for row in profiler.results] == ["second", "third"]
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+def test_a_resource_profiler_with_block_samples_the_whole_block(library):
+    import time
+
+    import dask
+    import dask.diagnostics
+
+    profiler = (belated.diagnostics if library == "belated" else dask.diagnostics).ResourceProfiler(dt=0.01)
+    with profiler:
+        # No computation at all: the block itself is profiled.
+        inside = time.perf_counter()
+        done = threading.Event()
+        done.wait(0.1)
+    assert profiler.results and profiler.start_time < inside < profiler.end_time
+    with profiler:
+        pass
+    profiler.close()
+    assert all(profiler.start_time <= sample.time for sample in profiler.results)
+
+
+# -- compute's scheduler= and get= as dask takes them ------------------------------------------------------
+# Found: a get function (dask.get, distributed's client.get of another process...) or a
+# concurrent.futures executor was refused with a TypeError; "THREADS" was unknown; and the get= keyword
+# dask removed was silently ignored, so the old code's scheduler choice was lost without a word.
+
+
+def test_a_get_function_or_an_executor_runs_the_graph_as_dask_does():
+    import concurrent.futures
+
+    import dask
+
+    seen = []
+
+    def my_get(dsk, keys, **kwargs):
+        seen.append(kwargs)
+        return dask.get(dsk, keys)
+
+    x = belated.delayed(inc)(1) + 1
+    assert x.compute(scheduler=my_get, extra=3) == 3
+    assert seen == [{"extra": 3}]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        assert belated.compute(x, scheduler=pool) == (3,)
+    assert belated.compute(x, scheduler="THREADS") == (3,)
+    (persisted,) = belated.persist(x, scheduler=dask.get)
+    assert persisted.compute() == 3
+
+
+def test_the_removed_get_keyword_is_refused_as_in_dask():
+    import dask
+
+    x = belated.delayed(inc)(1)
+    for lib_x in (x, dask.delayed(inc)(1)):
+        with pytest.raises(TypeError, match="get= keyword has been removed"):
+            lib_x.compute(get=dask.get)
+    with pytest.raises(TypeError, match="get= keyword has been removed"):
+        belated.persist(x, get=dask.get)
+
+
+# -- dask collections inside one argument -----------------------------------------------------------------
+# Found by dask's test_array_delayed_complex_optimization: two dask arrays sharing a source, passed in one
+# list (or as keywords) to a call, ran the source twice, where dask optimizes one argument's collections
+# together and runs it once.
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+@pytest.mark.parametrize("passed", ["list", "keywords", "nested", "positional"])
+def test_collections_in_one_argument_share_their_tasks_as_in_dask(library, passed):
+    np = pytest.importorskip("numpy")
+    import dask
+    from dask.array.core import from_func
+
+    lib = belated if library == "belated" else dask
+    calls = []
+
+    def source():
+        calls.append(1)
+        return np.arange(4)
+
+    array = from_func(source, shape=(4,), dtype=int)
+    a, b = array + 1, array + 2
+    if passed == "list":
+        total = lib.delayed(sum)([a, b, 1])
+    elif passed == "keywords":
+        total = lib.delayed(lambda *, p, q: p + q + 1)(p=a, q=b)
+    elif passed == "nested":
+        total = lib.delayed(lambda d: sum(d["x"]) + 1)({"x": (a, [b][0])})
+    else:  # each positional argument is optimized on its own, in dask too
+        total = lib.delayed(lambda p, q: p + q + 1)(a, b)
+    assert list(lib.compute(total, scheduler="threads")[0]) == [4, 6, 8, 10]
+    assert len(calls) == (2 if passed == "positional" else 1)
+
+
+# -- a dask collection in a call, computed on Dask distributed ------------------------------------------
+# Found by dask's test_p2p_as_delayed: with a distributed Client as scheduler, a dask DataFrame passed to
+# a belated call arrived as the tuple key of its last partition, ('repartitiontofewer-…', 0): the blocks
+# shipped to distributed read a task naming a tuple key as a literal tuple.
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_a_dataframe_in_a_call_arrives_whole_on_distributed(reference, shuffled):
+    pytest.importorskip("pandas")
+    import dask
+    import dask.dataframe as dd
+
+    frame = dd.from_dict({"part": [0, 1, 2, 3, 0, 1, 2, 3], "value": range(8)}, npartitions=2)
+    if shuffled:
+        frame = frame.shuffle("part", force=True, shuffle_method="tasks")
+
+    def total(df):
+        return int(df["value"].sum()), len(df)
+
+    expected = dask.delayed(total)(frame).compute(scheduler=reference)
+    assert expected == (28, 8)
+    assert belated.delayed(total)(frame).compute(scheduler=reference) == expected
+    assert belated.delayed(total)(frame).compute() == expected
+
+
+def test_an_argument_holding_itself_and_dask_collections_is_refused_not_looped_on():
+    da = pytest.importorskip("dask.array")
+    looped = [da.ones(3, chunks=1), [da.zeros(3, chunks=1)]]
+    looped[1].append(looped)
+    with pytest.raises(RecursionError, match="nested more than"):
+        belated.delayed(len)(looped)
+
+
+# -- dask's multiprocessing.initializer --------------------------------------------------------------------
+# Found by dask's test_process_initializer: with dask.config's multiprocessing.initializer set, belated's
+# worker processes silently skipped it, and tasks reading the state it sets returned other values.
+
+
+def test_a_multiprocessing_initializer_for_dask_is_refused_rather_than_skipped():
+    import dask
+
+    task = belated.delayed(os.getpid)()
+    with dask.config.set({"multiprocessing.initializer": print}):
+        with pytest.raises(NotImplementedError, match=r"multiprocessing\.initializer"):
+            task.compute(scheduler="processes")
+        assert task.compute(scheduler="threads") == os.getpid()
+
+
+# -- sentinels in pure calls -------------------------------------------------------------------------------
+# Found by dask's test_tokenize_object: two different object() sentinels had one token (their pickles are
+# equal), so pure calls on them shared a key and one's result was returned for the other.
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+def test_pure_calls_on_different_sentinels_are_different_tasks(library):
+    import dask
+    import dask.base
+
+    lib = belated if library == "belated" else dask
+    first, second = object(), object()
+
+    def is_first(sentinel):
+        return sentinel is first
+
+    calls = [lib.delayed(is_first, pure=True)(sentinel) for sentinel in (first, second, first)]
+    assert calls[0].key != calls[1].key and calls[0].key == calls[2].key
+    assert lib.compute(*calls, scheduler="threads") == (True, False, True)
+    tokenize = belated.tokenize if library == "belated" else dask.base.tokenize
+    assert tokenize(first) == tokenize(first) != tokenize(second)
+
+
+# -- pure calls of functions holding nested code -----------------------------------------------------------
+# Found by dask's test_tokenize_local_functions: a lambda or local function holding a comprehension or a
+# nested function (code inside its code) failed every pure call with "TypeError: unsupported operand
+# type(s) for |=: 'set' and 'list'".
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+def test_pure_calls_of_functions_with_nested_code_are_tokenized_by_what_they_read(library):
+    import dask
+
+    lib = belated if library == "belated" else dask
+    offset = 1
+
+    def shifted(xs):
+        return [x + offset for x in xs]
+
+    def doubled(xs):
+        return [x * 2 for x in xs]
+
+    calls = [
+        lib.delayed(lambda xs: [x + 1 for x in xs], pure=True)([1, 2]),
+        lib.delayed(shifted, pure=True)([1, 2]),
+        lib.delayed(doubled, pure=True)([1, 2]),
+    ]
+    assert lib.compute(*calls, scheduler="threads") == ([2, 3], [2, 3], [2, 4])
+    assert calls[1].key != calls[2].key
+    assert lib.delayed(doubled, pure=True)([1, 2]).key == calls[2].key
+
+
+# -- tokenize.ensure-deterministic -------------------------------------------------------------------------
+# Found by dask's test_normalize_object_unserializable: the configuration was ignored, so tokenize gave a
+# random token where dask raises.
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("no pickle")
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+@pytest.mark.parametrize("configured_by", ["dask", "belated"])
+def test_tokenize_follows_the_ensure_deterministic_configuration(library, configured_by):
+    import dask
+    import dask.base
+
+    if library == "dask" and configured_by == "belated":
+        pytest.skip("belated.config does not configure dask")
+    tokenize, error = (
+        (belated.tokenize, belated.TokenizationError)
+        if library == "belated"
+        else (dask.base.tokenize, RuntimeError)
+    )
+    setting = (dask.config if configured_by == "dask" else belated.config).set
+    with setting({"tokenize.ensure-deterministic": True}), pytest.raises(error):
+        tokenize(_Unpicklable())
+    with setting({"tokenize.ensure-deterministic": False}):
+        assert tokenize(_Unpicklable()) != tokenize(_Unpicklable())

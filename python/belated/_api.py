@@ -1,6 +1,7 @@
 """``compute`` and ``persist``: resolve the scheduler options, then hand everything to the engine."""
 
 import atexit
+import concurrent.futures
 import contextlib
 import html
 import numbers
@@ -8,8 +9,8 @@ import os
 import sys
 
 from belated import _belated, _futures, _logging, config
-from belated._dask import executor_for
-from belated.diagnostics import active_callbacks
+from belated._dask import _require, executor_for
+from belated.diagnostics import claimed_callbacks
 
 atexit.register(_belated.shutdown)
 
@@ -42,13 +43,37 @@ def _get_function():
     return get
 
 
-def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
+def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwargs):
     """Runs compute or persist: options default to ``belated.config``, then to dask's own configuration
     for the keys both have (``scheduler``, ``num_workers``); other engines get the graph."""
     # IPython (and pytest) leave frames marked so out of tracebacks: a task's error shows the user's
     # call, then the task's own frames, not belated's.
     __tracebackhide__ = True
+    if "get" in kwargs:
+        # dask refuses the keyword it removed rather than ignoring it, as an unknown keyword would be.
+        raise TypeError(
+            "The get= keyword has been removed: use scheduler= (a name, a get function or a Client)"
+        )
     scheduler = scheduler or _setting("scheduler") or "threads"
+    if isinstance(scheduler, str):
+        scheduler = scheduler.lower()
+        if scheduler in ("processes", "multiprocessing") and _setting("multiprocessing.initializer"):
+            # dask runs it in each worker process first; results that depend on it would differ.
+            raise NotImplementedError(
+                "belated's worker processes do not run the multiprocessing.initializer of dask's "
+                "configuration; run that setup inside the tasks (or at the import of their module)"
+            )
+    elif scheduler is _get_function():
+        scheduler = "threads"
+    elif callable(scheduler) or isinstance(scheduler, concurrent.futures.Executor):
+        # A dask get function or an executor: dask runs the graph on it, as dask.compute does.
+        _require("dask", "dask")
+        from dask.base import compute as dask_compute
+        from dask.base import persist as dask_persist
+
+        run = dask_persist if persist else dask_compute
+        options = {"num_workers": num_workers} if num_workers is not None else {}
+        return run(*args, traverse=traverse, scheduler=scheduler, **options, **kwargs)
     in_process = getattr(scheduler, "_in_process_threads", None)  # a Client(processes=False)
     if in_process is not None:
         scheduler, num_workers = "threads", num_workers or in_process
@@ -67,40 +92,40 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist):
         timeout = config.get("timeout", None)
     if retries is None:
         retries = config.get("retries", 1)
-    callbacks = active_callbacks()
-    if cluster is not None:
-        scheduler = "threads"
-    where = scheduler if cluster is None else "a local cluster"
+    with claimed_callbacks() as callbacks:
+        if cluster is not None:
+            scheduler = "threads"
+        where = scheduler if cluster is None else "a local cluster"
 
-    # dask fuses linear chains of collections' tasks; run in this process, the engine runs them one by
-    # one for less than fusing costs dask, as in belated.get.
-    fuse = cluster is not None or scheduler == "processes"
-    # A Client's persisted objects stand for results that may still be on their way.
-    _futures.wait_for_persists()
-    if persist and any(_is_foreign(arg) for arg in args):
+        # dask fuses linear chains of collections' tasks; run in this process, the engine runs them one
+        # by one for less than fusing costs dask, as in belated.get.
+        fuse = cluster is not None or scheduler == "processes"
+        # A Client's persisted objects stand for results that may still be on their way.
+        _futures.wait_for_persists()
+        if persist and any(_is_foreign(arg) for arg in args):
 
-        def run(tasks, rest):
-            with _logging.computing("persist", where):
-                return _belated.compute(
-                    (*tasks, *rest),
-                    scheduler,
-                    num_workers,
-                    traverse,
-                    callbacks,
-                    timeout,
-                    True,
-                    retries,
-                    cluster,
-                    computed=len(tasks),
-                )
+            def run(tasks, rest):
+                with _logging.computing("persist", where):
+                    return _belated.compute(
+                        (*tasks, *rest),
+                        scheduler,
+                        num_workers,
+                        traverse,
+                        callbacks,
+                        timeout,
+                        True,
+                        retries,
+                        cluster,
+                        computed=len(tasks),
+                    )
 
-        return _persist_collections(args, run, fuse)
-    args = _collections_as_delayed(args, traverse, fuse)
-    # Called here rather than through run(): a task's traceback shows one frame of ours fewer.
-    with _logging.computing("persist" if persist else "compute", where):
-        return _belated.compute(
-            args, scheduler, num_workers, traverse, callbacks, timeout, persist, retries, cluster
-        )
+            return _persist_collections(args, run, fuse)
+        args = _collections_as_delayed(args, traverse, fuse)
+        # Called here rather than through run(): a task's traceback shows one frame of ours fewer.
+        with _logging.computing("persist" if persist else "compute", where):
+            return _belated.compute(
+                args, scheduler, num_workers, traverse, callbacks, timeout, persist, retries, cluster
+            )
 
 
 def _is_foreign(arg):
@@ -209,9 +234,11 @@ def compute(
         ``Delayed`` objects, containers of them, or anything else (returned as it is).
     traverse : bool
         Whether to look for ``Delayed`` objects inside containers.
-    scheduler : str or Client, optional
+    scheduler : str, Client or callable, optional
         ``"threads"``, ``"processes"``, ``"sync"``, ``"distributed"``, ``"ray"``, a ``belated.Client``
         or a Dask distributed ``Client``; default ``belated.config`` ``scheduler``, else ``"threads"``.
+        A dask get function (``dask.get``, ``client.get``...) or a ``concurrent.futures.Executor``
+        is handed to ``dask.compute``, as dask does; ``timeout`` and ``retries`` do not apply there.
     num_workers : int, optional
         How many threads or processes run tasks.
     timeout : float, optional
@@ -241,7 +268,7 @@ def compute(
     (3, {'b': 30}, 'unchanged')
     """
     __tracebackhide__ = True
-    return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=False)
+    return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=False, kwargs=kwargs)
 
 
 def persist(
@@ -296,7 +323,7 @@ def persist(
     (True, 6)
     """
     __tracebackhide__ = True
-    return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=True)
+    return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=True, kwargs=kwargs)
 
 
 def is_dask_collection(x):

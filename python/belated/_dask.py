@@ -2,6 +2,7 @@
 and the executors that hand a whole graph to an existing engine."""
 
 import contextlib
+import dataclasses
 import itertools
 import sys
 import threading
@@ -144,6 +145,44 @@ def collections_graph(collections, optimize_graph=True, fuse=True):
     if len(keys) != len(collections):
         raise RuntimeError(f"dask made {len(keys)} results of {len(collections)} collections")
     return _task_spec(_graph(expr, fuse)), keys
+
+
+def collections_in_argument(argument):
+    """The dask collections inside one call argument (its lists, tuples, sets, dicts, slices,
+    namedtuples and dataclasses, as dask looks), with the graph computing them optimized together and
+    each one's key, as dask optimizes the collections of one argument: tasks they share run once. None
+    for fewer than two."""
+    found = {}
+    # Each container once: one that holds itself is refused by the engine's parsing, not looped on here.
+    seen = set()
+    stack = [argument]
+    while stack:
+        obj = stack.pop()
+        kind = type(obj)
+        if kind is not _belated.Delayed and hasattr(kind, "__dask_graph__"):
+            found.setdefault(id(obj), obj)
+            continue
+        if id(obj) in seen:
+            continue
+        if kind in (list, tuple, set) or (isinstance(obj, tuple) and hasattr(kind, "_fields")):
+            items = obj
+        elif kind is dict:
+            items = [*obj.keys(), *obj.values()]
+        elif kind is slice:
+            items = (obj.start, obj.stop, obj.step)
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            items = [
+                getattr(obj, field.name) for field in dataclasses.fields(obj) if hasattr(obj, field.name)
+            ]
+        else:
+            continue
+        seen.add(id(obj))
+        stack.extend(items)
+    if len(found) < 2:
+        return None
+    collections = list(found.values())
+    dsk, keys = collections_graph(collections)
+    return collections, dsk, keys
 
 
 def collections_keys_graph(collections, optimize_graph=True, fuse=True):

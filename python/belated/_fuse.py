@@ -310,9 +310,18 @@ def evaluate(node, values):
         return [evaluate(item, values) for item in node]
     if type(node) is str and node in values:
         return values[node]
+    if type(node) is tuple and _is_key_of(node, values):  # a tuple key, ("name", 0), names its value
+        return values[node]
     if is_graph_node(node):
         return node({dep: values[dep] for dep in node.dependencies})
     return node
+
+
+def _is_key_of(node, values):
+    try:
+        return node in values
+    except TypeError:  # a tuple holding unhashable data is no key
+        return False
 
 
 def is_graph_node(node):

@@ -19,6 +19,10 @@ from belated._belated import Delayed
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
 
 
+# Every bare object() that was tokenized (see _Normalizer.normalize).
+_SENTINELS = set()
+
+
 class TokenizationError(RuntimeError):
     """Raised by ``tokenize(..., ensure_deterministic=True)`` for objects with no deterministic token."""
 
@@ -30,18 +34,33 @@ class _Unique(Exception):
 def tokenize(*args, ensure_deterministic=None, **kwargs) -> str:
     """A hex token identifying ``args`` and ``kwargs`` by value, as ``dask.base.tokenize``: equal
     values give equal tokens, in any process. Objects that cannot be identified get a random token, or
-    raise :class:`TokenizationError` with ``ensure_deterministic=True``.
+    raise :class:`TokenizationError` with ``ensure_deterministic=True`` (by default, the
+    ``tokenize.ensure-deterministic`` configuration of ``belated.config``, else of dask's).
 
     >>> from belated import tokenize
     >>> tokenize([1, "a"]) == tokenize([1, "a"]), tokenize([1, "a"]) == tokenize([1, "b"])
     (True, False)
     """
+    if ensure_deterministic is None:
+        ensure_deterministic = _configured_deterministic()
     try:
-        return _digest(args, kwargs)
+        return _digest(args, kwargs, deterministic=bool(ensure_deterministic))
     except _Unique:
         if ensure_deterministic:
             raise TokenizationError(f"{args!r} cannot be tokenized deterministically") from None
         return uuid.uuid4().hex
+
+
+def _configured_deterministic():
+    """``tokenize.ensure-deterministic`` from ``belated.config``, else from dask's configuration when
+    the program imported dask, as ``dask.base.tokenize`` reads it."""
+    from belated import config
+
+    value = config.get("tokenize.ensure-deterministic", None)
+    dask_config = sys.modules.get("dask.config")
+    if value is None and dask_config is not None:
+        value = dask_config.get("tokenize.ensure-deterministic", None)
+    return bool(value)
 
 
 def call_token(args, kwargs):
@@ -53,18 +72,20 @@ def call_token(args, kwargs):
         return uuid.uuid4().hex
 
 
-def _digest(args, kwargs):
+def _digest(args, kwargs, deterministic=False):
     try:
-        normal = repr(_Normalizer().normalize((args, kwargs)))
+        normal = repr(_Normalizer(deterministic).normalize((args, kwargs)))
     except RecursionError:
         raise _Unique() from None
     return hashlib.md5(normal.encode(), usedforsecurity=False).hexdigest()
 
 
 class _Normalizer:
-    def __init__(self):
+    def __init__(self, deterministic):
         # Functions being normalized: a recursive function names itself among its globals.
         self.open_functions = set()
+        # Whether a token that holds only in this process (a sentinel's) is refused.
+        self.deterministic = deterministic
 
     def normalize(self, obj):
         kind = type(obj)
@@ -83,6 +104,13 @@ class _Normalizer:
         method = getattr(kind, "__dask_tokenize__", None)
         if method is not None and not isinstance(obj, type):
             return ("custom", self.normalize(obj.__dask_tokenize__()))
+        if kind is object:
+            if self.deterministic:
+                raise _Unique()
+            # Bare object()s are sentinels, told apart by identity though their pickles are equal: as in
+            # dask, each has a token of its own, kept while the process lives so its id is never reused.
+            _SENTINELS.add(obj)
+            return ("object", id(obj))
         if isinstance(obj, types.FunctionType):
             return self.function(obj)
         if isinstance(obj, functools.partial):
@@ -149,7 +177,7 @@ def _global_names(code):
     names = set(code.co_names)
     for constant in code.co_consts:
         if isinstance(constant, types.CodeType):
-            names |= _global_names(constant)
+            names.update(_global_names(constant))
     return sorted(names)
 
 

@@ -16,6 +16,7 @@ state dict.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import re
@@ -94,15 +95,31 @@ class Callback:
         Callback.active.discard(self)
 
 
-def active_callbacks():
-    """The callbacks a computation reports to: belated's registered ones and, when dask is loaded,
-    those registered with ``dask.callbacks.Callback`` (dask's ``ProgressBar``, ``Profiler``, ...),
-    called as dask's local scheduler calls them."""
-    listening = list(Callback.active)
+# The registered callbacks that a running computation reports to. As in dask's ``local_callbacks``, a
+# callback serves the first computation that finds it: a compute started inside a task, or beside it
+# in another thread, does not report to the outer computation's progress bar or profiler.
+_CLAIMED: set[object] = set()
+_CLAIMED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def claimed_callbacks():
+    """The callbacks a computation reports to, held for it until the block ends: belated's registered
+    ones and, when dask is loaded, those registered with ``dask.callbacks.Callback`` (dask's
+    ``ProgressBar``, ``Profiler``, ...), called as dask's local scheduler calls them. A callback
+    registered while the computation runs (inside one of its tasks, say) serves the next one."""
     dask_callbacks = sys.modules.get("dask.callbacks")
-    if dask_callbacks is not None:
-        listening.extend(_DaskCallback(functions) for functions in dask_callbacks.Callback.active)
-    return tuple(listening)
+    registered = [*Callback.active, *(dask_callbacks.Callback.active if dask_callbacks else ())]
+    with _CLAIMED_LOCK:
+        mine = [callback for callback in registered if callback not in _CLAIMED]
+        _CLAIMED.update(mine)
+    try:
+        yield tuple(
+            callback if isinstance(callback, Callback) else _DaskCallback(callback) for callback in mine
+        )
+    finally:
+        with _CLAIMED_LOCK:
+            _CLAIMED.difference_update(mine)
 
 
 class _DaskCallback:
@@ -229,9 +246,9 @@ def _notebook():
 
 
 class ProgressBar(_Sampling):
-    """A progress bar: percentage, tasks done/total and elapsed time.
+    """A progress bar: percentage and elapsed time.
 
-    In a terminal or a script it is a text line redrawn in place; in Jupyter (when ``out`` is not
+    In a terminal or a script it is dask's text line redrawn in place; in Jupyter (when ``out`` is not
     given) an HTML bar updated in place. The bar reads the engine's counters every ``dt`` seconds, so
     it costs no Python call per task.
 
@@ -285,9 +302,9 @@ class ProgressBar(_Sampling):
         if self._display is not None:
             self._draw_html(done, total, elapsed, fraction, errored)
         else:
-            filled = int(self._width * fraction)
-            bar = "#" * filled + " " * (self._width - filled)
-            self._write(f"\r[{bar}] | {fraction:4.0%} | {done}/{total} | Completed in {_duration(elapsed)}")
+            # dask's line, to the character: programs and tests that read dask's bar read this one.
+            bar = "#" * int(self._width * fraction)
+            self._write(f"\r[{bar:<{self._width}}] | {int(100 * fraction)}% Completed | {_duration(elapsed)}")
         self._shown = True
 
     def _draw_html(self, done, total, elapsed, fraction, errored):
@@ -313,11 +330,18 @@ class ProgressBar(_Sampling):
 
 
 def _duration(seconds):
-    if seconds < 60:
+    """Elapsed time written as dask's ``format_time`` writes it."""
+    if seconds > 2 * 24 * 3600:
+        return f"{int(seconds / 86400)}d {int(seconds % 86400 / 3600)}hr"
+    if seconds > 2 * 3600:
+        return f"{int(seconds / 3600)}hr {int(seconds % 3600 / 60)}m"
+    if seconds > 600:
+        return f"{int(seconds / 60)}m {int(seconds % 60)}s"
+    if seconds >= 1:
         return f"{seconds:.2f} s"
-    minutes, seconds = divmod(seconds, 60)
-    hours, minutes = divmod(int(minutes), 60)
-    return f"{hours}hr {minutes:2d}min {seconds:4.1f}s" if hours else f"{minutes}min {seconds:4.1f}s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.2f} us"
 
 
 class TaskData(NamedTuple):
@@ -342,8 +366,9 @@ class ResourceData(NamedTuple):
 class Profiler(Callback):
     """Records every task: key, task, start and end (``time.perf_counter()`` seconds) and worker.
 
-    ``results`` accumulates over computations until ``clear()``. The engine times the tasks itself, so
-    profiling adds no Python call per task.
+    As in dask, a ``with`` block starts with no results and sets ``start_time`` and ``end_time``;
+    registered with ``register()``, ``results`` accumulates over computations until ``clear()``. The
+    engine times the tasks itself, so profiling adds no Python call per task.
     """
 
     _wants_profile = True
@@ -351,6 +376,18 @@ class Profiler(Callback):
     def __init__(self) -> None:
         super().__init__()
         self.results: list[TaskData] = []
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+
+    def __enter__(self) -> Self:
+        # As dask's: each with block profiles afresh; a registered profiler accumulates until clear().
+        self.clear()
+        self.start_time = time.perf_counter()
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.end_time = time.perf_counter()
+        super().__exit__(*exc)
 
     def _finish(self, dsk, state, errored):
         self.results.extend(
@@ -358,8 +395,9 @@ class Profiler(Callback):
         )
 
     def clear(self) -> None:
-        """Forgets the results."""
+        """Forgets the results and the times of the last with block."""
         self.results = []
+        self.start_time = self.end_time = None
 
     def to_dataframe(self) -> Any:
         """The results as a pandas DataFrame, with a ``duration`` column."""
@@ -388,36 +426,70 @@ class Profiler(Callback):
 
 
 class ResourceProfiler(_Sampling):
-    """Samples the process's memory (MB) and CPU use (%) every ``dt`` seconds while computing."""
+    """Samples the process's memory (MB) and CPU use (%) every ``dt`` seconds.
+
+    As in dask: in a ``with`` block it samples for the whole block (which starts with no results and
+    sets ``start_time`` and ``end_time``), registered only while computing; the samples reach
+    ``results`` when the sampling stops.
+    """
 
     def __init__(self, dt: float = 1.0) -> None:
         super().__init__()
         self._dt = dt
         self.results: list[ResourceData] = []
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self._entered = False
         self._thread: threading.Thread | None = None
 
+    def __enter__(self) -> Self:
+        self.clear()
+        self._entered = True
+        self.start_time = time.perf_counter()
+        self._start_sampling()
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._entered = False
+        self._stop_thread()
+        self.end_time = time.perf_counter()
+        super().__exit__(*exc)
+
     def _start_state(self, dsk, state):
+        self._start_sampling()
+
+    def _start_sampling(self):
+        if self._thread is not None:
+            return
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True, name="belated-resources")
         self._thread.start()
 
     def _sample(self):
+        samples = []
         last_time, last_cpu = time.perf_counter(), _cpu_seconds()
         while True:
             stopping = self._stop.wait(self._dt)
             now, cpu = time.perf_counter(), _cpu_seconds()
             usage = 100.0 * (cpu - last_cpu) / (now - last_time) if now > last_time else 0.0
-            self.results.append(ResourceData(now, _memory_mb(), usage))
+            samples.append(ResourceData(now, _memory_mb(), usage))
             last_time, last_cpu = now, cpu
             if stopping:
+                self.results.extend(samples)
                 return
 
     def _finish(self, dsk, state, errored):
+        if not self._entered:
+            self._stop_thread()
+
+    def close(self) -> None:
+        """Stops sampling now, as dask's ``close()`` shuts its tracker down."""
         self._stop_thread()
 
     def clear(self) -> None:
-        """Forgets the samples."""
+        """Forgets the samples and the times of the last with block."""
         self.results = []
+        self.start_time = self.end_time = None
 
     def to_dataframe(self) -> Any:
         """The samples as a pandas DataFrame."""

@@ -15,7 +15,7 @@ use pyo3::types::{
 };
 use rustc_hash::FxHashMap;
 
-use crate::dask_graph::collection_node;
+use crate::dask_graph::{collection_node, collections_together};
 use crate::delayed::Delayed;
 use crate::gil::pace;
 use crate::task::{Arg, Construct, Keywords, TaskNode};
@@ -28,6 +28,12 @@ const MAX_NESTING: usize = 1000;
 pub(crate) struct Collector {
     pub(crate) deps: Vec<Arc<TaskNode>>,
     traverse: bool,
+    /// The top-level argument being parsed (for keywords, all of them): as in dask, the dask
+    /// collections found inside one argument are optimized together, so the tasks they share run once.
+    argument: Option<Py<PyAny>>,
+    /// The collections of [`Self::argument`] optimized together, by address (each kept alive beside
+    /// its node, so the address cannot be reused); filled when the first one is met inside a container.
+    optimized_together: FxHashMap<usize, (Py<PyAny>, Arc<TaskNode>)>,
 }
 
 impl Collector {
@@ -35,6 +41,15 @@ impl Collector {
         Collector {
             deps: Vec::new(),
             traverse,
+            argument: None,
+            optimized_together: FxHashMap::default(),
+        }
+    }
+
+    fn start_argument(&mut self, argument: &Bound<'_, PyAny>) {
+        self.argument = Some(argument.clone().unbind());
+        if !self.optimized_together.is_empty() {
+            self.optimized_together.clear();
         }
     }
 
@@ -44,21 +59,27 @@ impl Collector {
     }
 
     pub(crate) fn arg(&mut self, obj: &Bound<'_, PyAny>) -> PyResult<Arg> {
+        self.start_argument(obj);
         self.parse(obj, 0)
     }
 
     pub(crate) fn args(&mut self, args: &Bound<'_, PyTuple>) -> PyResult<Box<[Arg]>> {
-        exact(args.iter().map(|arg| self.parse(&arg, 0)))
+        exact(args.iter().map(|arg| {
+            self.start_argument(&arg);
+            self.parse(&arg, 0)
+        }))
     }
 
     pub(crate) fn kwargs(&mut self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Keywords> {
         let Some(kwargs) = kwargs else {
             return Ok(Box::default());
         };
+        self.start_argument(kwargs.as_any());
         exact(kwargs.iter().map(|(name, value)| {
             Ok((
                 name.cast_into::<PyString>()?.unbind(),
-                self.parse(&value, 0)?,
+                // The keywords are one argument, as in dask: their values are inside it.
+                self.parse(&value, 1)?,
             ))
         }))
     }
@@ -115,7 +136,15 @@ impl Collector {
                         }))
                     }),
                 Kind::Dataclass(fields) => self.dataclass(obj, &fields, depth)?,
-                Kind::DaskCollection => return Ok(self.dep(collection_node(obj)?)),
+                Kind::DaskCollection => {
+                    // At depth 1 the collection is the whole argument, alone in it.
+                    let node = if depth > 1 {
+                        self.collection_in_argument(obj)?
+                    } else {
+                        collection_node(obj)?
+                    };
+                    return Ok(self.dep(node));
+                }
                 // An iterator can be read only once, so it is always replaced by its items: as dask
                 // does, a tuple's or a set's iterator by a tuple or a set, any other by a list.
                 Kind::Iterator(read_as) => {
@@ -136,6 +165,26 @@ impl Collector {
     }
 
     // Rarer kinds are parsed apart, which keeps the frame of the recursive `parse` small.
+
+    /// The node of a dask collection met inside the current argument: optimized together with the
+    /// argument's other collections, as dask does, the first time one is met.
+    fn collection_in_argument(&mut self, obj: &Bound<'_, PyAny>) -> PyResult<Arc<TaskNode>> {
+        let address = obj.as_ptr() as usize;
+        if self.optimized_together.is_empty() {
+            if let Some(argument) = self.argument.take() {
+                for (collection, node) in collections_together(argument.bind(obj.py()))? {
+                    let address = collection.as_ptr() as usize;
+                    self.optimized_together
+                        .insert(address, (collection.unbind(), node));
+                }
+            }
+        }
+        match self.optimized_together.get(&address) {
+            Some((_, node)) => Ok(Arc::clone(node)),
+            // Not reached by the scan of the argument (inside an iterator, say): taken alone.
+            None => collection_node(obj),
+        }
+    }
 
     /// `slice(start, stop, step)` rebuilt around results, as dask does.
     fn slice(&mut self, slice: &Bound<'_, PySlice>, depth: usize) -> PyResult<Option<Arg>> {

@@ -415,6 +415,28 @@ pub(crate) fn collection_node(obj: &Bound<'_, PyAny>) -> PyResult<Arc<TaskNode>>
     Ok(nodes.pop().expect("one node per key"))
 }
 
+/// The dask collections inside one call argument, each with its task node, their graphs optimized
+/// together as dask optimizes the collections of one argument; empty when there are fewer than two.
+pub(crate) fn collections_together<'py>(
+    argument: &Bound<'py, PyAny>,
+) -> PyResult<Vec<(Bound<'py, PyAny>, Arc<TaskNode>)>> {
+    static GRAPH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = argument.py();
+    let found = GRAPH
+        .import(py, "belated._dask", "collections_in_argument")?
+        .call1((argument,))?;
+    if found.is_none() {
+        return Ok(Vec::new());
+    }
+    let (collections, dsk, keys): (
+        Vec<Bound<'py, PyAny>>,
+        Bound<'py, PyDict>,
+        Bound<'py, PyList>,
+    ) = found.extract()?;
+    let nodes = task_nodes(&dsk, &keys)?;
+    Ok(collections.into_iter().zip(nodes).collect())
+}
+
 /// `Delayed` objects computing `keys` of the dask graph `dsk` (key -> `dask._task_spec` node), one per
 /// key, under the same keys: how `belated.get` hands a dask graph to belated's other schedulers and how
 /// `persist` computes a dask collection's keys.
