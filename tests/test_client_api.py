@@ -232,6 +232,19 @@ def test_keys_are_made_as_distributed_makes_them(any_client):
     assert client.submit(functools.partial(add, 1), 2).key.startswith("add-")
 
 
+def test_containers_and_tuple_keys_are_computed_and_gathered_as_in_distributed(any_client):
+    client = any_client
+    task = dask.delayed(inc)(1)
+    whole = client.compute({"a": task, "b": [task, 5]})
+    assert re.fullmatch(rf"dict-{UUID}", whole.key) and whole.result(timeout=30) == {"a": 2, "b": [2, 5]}
+    [one] = client.compute([task])
+    assert one.key == task.key and one.result(timeout=30) == 2
+    keyed = client.submit(inc, 1, key=("tuple-key", 1))
+    assert keyed.key == ("tuple-key", 1) and keyed.result(timeout=30) == 2
+    nested = {"a": [client.submit(inc, 1), (client.submit(inc, 2),)], "b": {client.submit(inc, 3)}}
+    assert client.gather(nested) == {"a": [2, (3,)], "b": {4}}
+
+
 def test_equal_pure_calls_run_once_and_impure_ones_each_time(in_process, reference):
     for client in (in_process, reference):
         RAN.clear()

@@ -337,7 +337,8 @@ class Client:
             return self._on_distributed(collections, traverse, sync=sync)
         many = type(collections) in (list, tuple)
         items = tuple(collections) if many else (collections,)
-        keys = [getattr(item, "key", None) for item in items]
+        # What is not one task (a dict or list holding some) gets a key of its own, as in distributed.
+        keys = [getattr(item, "key", None) or f"{type(item).__name__}-{uuid.uuid4()}" for item in items]
         futures = self._start(lambda: items, keys, traverse, retries)
         if sync:
             return self.gather(futures if many else futures[0])

@@ -54,7 +54,7 @@ class Computation:
         """Cancels future ``index`` alone, and the computation once nothing else of it is wanted."""
         self.cancelled.add(index)
         self.cells[index].cancel()
-        _stop_if_unwanted(self.cells, self.token, self.batch)
+        _stop_if_unwanted(self.cancelled, self.cells, self.token, self.batch)
 
     def __del__(self):
         # Only what has not started: a running computation finishes (its result unused).
@@ -69,16 +69,18 @@ def _settle_all(cells, batch):
         error = batch.exception()
     values = batch.result() if error is None else ()
     for index, cell in enumerate(cells):
+        if cell.done():  # settled by its task already, or cancelled
+            continue
         if error is None:
             _settle(cell, values[index])
         else:
             _fail(cell, error)
 
 
-def _stop_if_unwanted(cells, token, batch):
+def _stop_if_unwanted(cancelled, cells, token, batch):
     """Cancels a computation (killing the tasks still running for it) once each of its futures is
-    done and one was cancelled: what still runs is for no one."""
-    if any(cell.cancelled() for cell in cells) and all(cell.done() for cell in cells):
+    done and one was ``cancelled``: what still runs is for no one."""
+    if cancelled and all(cell.done() for cell in cells):
         if token is not None:
             token.cancel()
         batch.cancel()
@@ -112,10 +114,11 @@ class EachDone:
     its own task ends, not when the whole computation does. ``keys`` names the computation's outputs
     in order."""
 
-    __slots__ = ("_callback", "batch", "cells", "indices", "token")
+    __slots__ = ("_callback", "batch", "cancelled", "cells", "indices", "token")
 
     def __init__(self, computation, keys):
         self.cells, self.token, self.batch = computation.cells, computation.token, computation.batch
+        self.cancelled = computation.cancelled
         self.indices = {}
         for index, key in enumerate(keys):
             if type(key) is str:
@@ -128,7 +131,7 @@ class EachDone:
             return
         for index in indices:
             _settle(self.cells[index], value)
-        _stop_if_unwanted(self.cells, self.token, self.batch)
+        _stop_if_unwanted(self.cancelled, self.cells, self.token, self.batch)
 
 
 # The batches of persists not yet done (see the module's invariants).
