@@ -4,15 +4,18 @@ question, the same test runs against a real distributed Client (in-process, to k
 answers are compared."""
 
 import asyncio
+import functools
 import gc
 import importlib
 import io
 import logging
 import os
+import re
 import sys
 import threading
 import time
 import types
+import uuid
 
 import numpy as np
 import pytest
@@ -208,6 +211,54 @@ def test_futures_answer_as_distributeds_do(any_client):
     assert failed.status == "error" and isinstance(failed.exception(timeout=30), Boom)
 
 
+UUID = r"[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}"
+
+
+def test_keys_are_made_as_distributed_makes_them(any_client):
+    """Pure calls (the default) are named by a token of the call, impure ones by a new uuid."""
+    client = any_client
+    pure = client.submit(inc, 1)
+    assert re.fullmatch(r"inc-[0-9a-f]{32}", pure.key) and pure.key == client.submit(inc, 1).key
+    assert re.fullmatch(rf"inc-{UUID}", client.submit(inc, 1, pure=False).key)
+    assert client.submit(inc, pure).key == client.submit(inc, pure).key != client.submit(inc, 2).key
+    first, second, again = client.map(inc, [1, 2, 1])
+    assert re.fullmatch(r"inc-[0-9a-f]{32}", first.key) and first.key == again.key != second.key
+    assert client.gather([first, second, again]) == [2, 3, 2]
+    impure = client.map(inc, [1, 1], pure=False)
+    [uid] = {re.fullmatch(rf"inc-({UUID})-[01]", f.key).group(1) for f in impure}
+    assert [f.key for f in impure] == [f"inc-{uid}-0", f"inc-{uid}-1"]
+    assert all(re.fullmatch(r"pre-[0-9a-f]{32}", f.key) for f in client.map(inc, [1, 2], key="pre"))
+    assert client.submit(lambda x: x, 1).key.startswith("lambda-")
+    assert client.submit(functools.partial(add, 1), 2).key.startswith("add-")
+
+
+def test_containers_and_tuple_keys_are_computed_and_gathered_as_in_distributed(any_client):
+    client = any_client
+    task = dask.delayed(inc)(1)
+    whole = client.compute({"a": task, "b": [task, 5]})
+    assert re.fullmatch(rf"dict-{UUID}", whole.key) and whole.result(timeout=30) == {"a": 2, "b": [2, 5]}
+    [one] = client.compute([task])
+    assert one.key == task.key and one.result(timeout=30) == 2
+    keyed = client.submit(inc, 1, key=("tuple-key", 1))
+    assert keyed.key == ("tuple-key", 1) and keyed.result(timeout=30) == 2
+    nested = {"a": [client.submit(inc, 1), (client.submit(inc, 2),)], "b": {client.submit(inc, 3)}}
+    assert client.gather(nested) == {"a": [2, (3,)], "b": {4}}
+
+
+def test_equal_pure_calls_run_once_and_impure_ones_each_time(in_process, reference):
+    for client in (in_process, reference):
+        RAN.clear()
+        label = uuid.uuid4().hex  # not held from another test
+        twice = [client.submit(note, 1, label), client.submit(note, 1, label)]
+        assert client.gather(twice) == [1, 1]
+        assert RAN.count(label) == 1
+        mapped = client.map(note, [2, 2], label=label)
+        assert client.gather(mapped) == [2, 2]
+        assert RAN.count(label) == 2
+        client.gather([client.submit(note, 1, label, pure=False) for _ in range(2)])
+        assert RAN.count(label) == 4, type(client)
+
+
 def test_each_future_of_a_map_has_its_own_outcome_as_in_distributed(any_client):
     """One failing call of a map fails its own future only: the others run and give their results."""
     futures = any_client.map(explode_on_zero, [1, 0, 3, 4], pure=False)
@@ -398,7 +449,7 @@ def test_a_scattered_value_goes_to_the_workers_once_per_computation_not_with_eve
     array = np.arange(200_000, dtype=np.float64)  # well over the size sent once
     [scattered] = local_cluster.scatter([array])
     before = local_cluster.cluster_stats()["uploaded"]
-    futures = local_cluster.map(np.sum, [scattered] * 40)
+    futures = local_cluster.map(np.sum, [scattered] * 40, pure=False)
     assert local_cluster.gather(futures) == [array.sum()] * 40
     uploaded = local_cluster.cluster_stats()["uploaded"] - before
     # At most once per worker thread (two threads of a worker may each send it before either is done).
@@ -512,7 +563,7 @@ def test_scale_grows_and_shrinks_the_workers_running_tasks():
         client.cluster.scale(3)
         assert len(client.cluster.workers) == 3 and len(client.nthreads()) == 3
         assert running.result(timeout=30) == 0.5, "work running during a scale finishes"
-        pids = set(client.gather(client.map(nap_pid, [0.3] * 6)))
+        pids = set(client.gather(client.map(nap_pid, [0.3] * 6, pure=False)))
         assert pids == set(client.worker_pids), "every new worker runs tasks"
         client.scale(1)
         assert len(client.cluster.workers) == 1
@@ -529,7 +580,7 @@ def nap_pid(seconds):
 def test_adapt_adds_workers_while_tasks_wait_and_retires_them_when_idle():
     with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
         adaptive = client.cluster.adapt(minimum=1, maximum=2, interval=0.05)
-        futures = client.map(nap, [0.2] * 40)
+        futures = client.map(nap, [0.2] * 40, pure=False)
         sizes = set()
         while not all(f.done() for f in futures):
             sizes.add(len(client.cluster.workers))

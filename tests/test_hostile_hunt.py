@@ -5,6 +5,7 @@ import gc
 import operator
 import os
 import threading
+import time
 
 import pytest
 
@@ -97,13 +98,7 @@ def held_at_gate(label):
 
 @pytest.fixture(
     params=[
-        pytest.param(
-            "belated-threads",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a map's futures are done (and cancelled ones seen so) only once all its calls are",
-            ),
-        ),
+        "belated-threads",
         "distributed",
     ]
 )
@@ -126,6 +121,41 @@ def test_a_quick_call_of_a_map_is_done_while_a_slow_one_still_runs(in_process_cl
     assert first.result(timeout=60) == "quick"
     GATE.set()
     assert in_process_client.gather(futures) == ["slow", "quick"]
+
+
+def held_at_file(label, gate):
+    """``held_at_gate`` for worker processes: the gate is a file."""
+    if label.startswith("slow"):
+        for _ in range(2000):
+            if os.path.exists(gate):
+                return label
+            time.sleep(0.01)
+        return "the gate was never opened"
+    return label
+
+
+@pytest.mark.parametrize("first_done", ["as_completed", "wait"])
+def test_a_quick_call_of_a_map_is_done_on_processes_while_a_slow_one_still_runs(
+    local_cluster, first_done, tmp_path
+):
+    gate = tmp_path / "gate"
+    futures = local_cluster.map(held_at_file, ["slow", "quick"], gate=str(gate), pure=False)
+    if first_done == "as_completed":
+        first = next(iter(belated.as_completed(futures)))
+    else:
+        done, _ = belated.wait(futures, timeout=60, return_when="FIRST_COMPLETED")
+        first = next(iter(done))
+    assert first.result(timeout=60) == "quick"
+    gate.touch()
+    assert local_cluster.gather(futures) == ["slow", "quick"]
+
+
+def test_a_quick_call_of_a_map_is_done_before_a_task_it_feeds_starts(in_process_client):
+    api = distributed if isinstance(in_process_client, distributed.Client) else belated
+    slow, quick = in_process_client.map(held_at_gate, ["slow", "quick"], pure=False)
+    after_quick = in_process_client.submit(str.upper, quick, pure=False)
+    assert api.wait([after_quick], timeout=60).not_done == set()
+    assert after_quick.result(timeout=60) == "QUICK" and not slow.done()
 
 
 # -- one call's result that cannot travel ---------------------------------------------------------------
@@ -168,6 +198,45 @@ def test_a_future_cancelled_alone_is_yielded_as_done_at_once(in_process_client, 
     assert not GATE.is_set() and not GAVE_UP, "yielded while the map's calls still waited"
 
 
+def test_a_cancelled_call_of_a_map_does_not_hold_back_the_others(in_process_client):
+    slow, quick = in_process_client.map(held_at_gate, ["slow-cancelled", "quick"], pure=False)
+    slow.cancel()
+    assert quick.result(timeout=60) == "quick"
+    # Calls of earlier tests that distributed could not stop may give up meanwhile; this one must not.
+    assert "slow-cancelled" not in GAVE_UP, "the quick call waited for the cancelled one"
+
+
+def forever_or_quick(label, started):
+    if label == "forever":
+        with open(started, "w") as file:
+            file.write(str(os.getpid()))
+        time.sleep(3600)
+    return label
+
+
+def test_a_call_cancelled_alone_on_processes_is_killed_once_its_siblings_are_done(local_cluster, tmp_path):
+    started = tmp_path / "started"
+    forever, quick = local_cluster.map(
+        forever_or_quick, ["forever", "quick"], started=str(started), pure=False
+    )
+    for _ in range(3000):
+        if started.exists() and started.read_text():
+            break
+        time.sleep(0.01)
+    pid = int(started.read_text())
+    forever.cancel()
+    assert next(iter(belated.as_completed([forever]))) is forever and forever.cancelled()
+    assert quick.result(timeout=60) == "quick"
+    # Nothing needs the forever call any more: its worker is killed and replaced.
+    for _ in range(3000):
+        pids = local_cluster.worker_pids
+        if pid not in pids and len(pids) == 2:
+            break
+        time.sleep(0.01)
+    assert pid not in pids and len(pids) == 2
+    assert local_cluster.submit(inc, 41, pure=False).result(timeout=60) == 42
+
+
 # -- the open Client is dask's default too --------------------------------------------------------------
 # Found: inside `with belated.Client():`, dask collections' own `.compute()` and `dask.compute` ran on
 # dask's local threads in this process, beside the cluster, where distributed's Client makes itself
@@ -198,10 +267,7 @@ def test_dask_collections_compute_on_the_open_client_and_locally_again_once_it_c
 @pytest.mark.parametrize(
     "client_kind",
     [
-        pytest.param(
-            "belated",
-            marks=pytest.mark.xfail(strict=True, reason="submit and map default to impure calls"),
-        ),
+        "belated",
         "distributed",
     ],
 )

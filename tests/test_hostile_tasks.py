@@ -129,7 +129,7 @@ def test_a_cancelled_future_frees_its_worker(tmp_path):
 def test_close_ends_every_future_with_cancelled_error():
     client = belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None)
     running = client.submit(nap, FOREVER)
-    queued = [client.submit(square, i) for i in range(3)] + client.map(nap, [FOREVER] * 40)
+    queued = [client.submit(square, i) for i in range(3)] + client.map(nap, [FOREVER] * 40, pure=False)
     client.close()
     for future in [running, *queued]:
         with pytest.raises(belated.CancelledError):

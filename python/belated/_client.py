@@ -4,6 +4,7 @@ cluster, as the default scheduler while it is open."""
 import concurrent.futures
 import concurrent.futures.thread  # registers its exit hook before ours (at the end)
 import contextlib
+import functools
 import html
 import importlib
 import logging
@@ -22,6 +23,7 @@ from belated import _belated, _logging, config
 from belated._dask import _require
 from belated._futures import (
     Computation,
+    EachDone,
     EachOwnOutcome,
     Future,
     Persisted,
@@ -29,6 +31,7 @@ from belated._futures import (
     finished,
     futures_in,
     gather,
+    is_cancelled,
     persisting,
     persists_started,
     replace_futures,
@@ -334,62 +337,81 @@ class Client:
             return self._on_distributed(collections, traverse, sync=sync)
         many = type(collections) in (list, tuple)
         items = tuple(collections) if many else (collections,)
-        keys = [getattr(item, "key", None) for item in items]
+        # What is not one task (a dict or list holding some) gets a key of its own, as in distributed.
+        keys = [getattr(item, "key", None) or f"{type(item).__name__}-{uuid.uuid4()}" for item in items]
         futures = self._start(lambda: items, keys, traverse, retries)
         if sync:
             return self.gather(futures if many else futures[0])
         return futures if many else futures[0]
 
-    def submit(self, func, *args, pure=None, key=None, retries=None, **kwargs):
+    def submit(self, func, *args, pure=True, key=None, retries=None, **kwargs):
         """Starts ``func(*args, **kwargs)`` on the cluster and returns its :class:`Future` (a distributed
         Future on Dask distributed). Futures among the arguments (also in lists, tuples and dicts) are
-        replaced by their results once done; a failed one fails this task with its exception."""
+        replaced by their results once done; a failed one fails this task with its exception.
+
+        As in distributed, calls are pure by default: equal calls get one key (``inc-<token>``), and
+        while a future holds it, one run and one result. ``pure=False`` gives each call a key of its
+        own, for functions with side effects or random results."""
         if self._distributed_client is not None:
             return self._distributed_client.submit(func, *args, pure=pure, key=key, retries=retries, **kwargs)
         from belated import delayed
 
+        if key is None:
+            [token] = _call_tokens(func, [args], kwargs) if pure else [uuid.uuid4()]
+            key = f"{_funcname(func)}-{token}"
         func = self._on_this_client(func)
-        if not futures_in((args, kwargs)):  # the common case: no need to wait or rebuild
-            task = delayed(func, pure=pure)(*args, dask_key_name=key, **kwargs)
-            return self._start(lambda: (task,), [task.key], True, retries)[0]
-        key = key or _new_key(func)
+        after = futures_in((args, kwargs))
+        if not after:  # the common case: no need to wait or rebuild
+            task = delayed(func)(*args, dask_key_name=key, **kwargs)
+            return self._start(lambda: (task,), [key], True, retries)[0]
 
         def build():
             call_args, call_kwargs = replace_futures((args, kwargs), Future._as_delayed)
-            return (delayed(func, pure=pure)(*call_args, dask_key_name=key, **call_kwargs),)
+            return (delayed(func)(*call_args, dask_key_name=key, **call_kwargs),)
 
-        return self._start(build, [key], True, retries, after=futures_in((args, kwargs)))[0]
+        return self._start(build, [key], True, retries, after=after)[0]
 
-    def map(self, func, *iterables, key=None, pure=None, retries=None, **kwargs):
-        """``submit`` for each item of the iterables, as one computation; returns their futures.
-        ``key``: a list of keys, or a prefix for them."""
+    def map(self, func, *iterables, key=None, pure=True, retries=None, **kwargs):
+        """``submit`` for each item of the iterables, as one computation; returns their futures, each
+        done as soon as its own call is. ``key``: a list of keys, or a prefix for them (by default the
+        function's name). Pure by default, as ``submit``: equal calls share a key and a result."""
         if self._distributed_client is not None:
             return self._distributed_client.map(
                 func, *iterables, key=key, pure=pure, retries=retries, **kwargs
             )
         from belated import delayed
 
-        func = EachOwnOutcome(self._on_this_client(func))
-        call = delayed(func, pure=pure)
         calls = list(zip(*iterables, strict=True))
         if isinstance(key, (list, tuple)):
             if len(key) != len(calls):
                 raise ValueError(f"map got {len(key)} keys for {len(calls)} calls")
             keys = list(key)
-        elif key is None and not futures_in((calls, kwargs)):
-            tasks = tuple(call(*args, **kwargs) for args in calls)
-            return self._start(lambda: tasks, [task.key for task in tasks], True, retries)
         else:
-            keys = [_new_key(func, key) for _ in calls]
+            prefix = key or _funcname(func)
+            if pure:
+                keys = [f"{prefix}-{token}" for token in _call_tokens(func, calls, kwargs)]
+            else:
+                batch = uuid.uuid4()
+                keys = [f"{prefix}-{batch}-{i}" for i in range(len(calls))]
+        call = delayed(EachOwnOutcome(self._on_this_client(func)))
+        after = futures_in((calls, kwargs))
+
+        def tasks(calls, kwargs):
+            # Equal calls share a key, and so one task.
+            by_key = {}
+            for args, name in zip(calls, keys, strict=True):
+                if name not in by_key:
+                    by_key[name] = call(*args, dask_key_name=name, **kwargs)
+            return tuple(by_key[name] for name in keys)
+
+        if not after:
+            ready = tasks(calls, kwargs)
+            return self._start(lambda: ready, keys, True, retries)
 
         def build():
-            resolved, call_kwargs = replace_futures((calls, kwargs), Future._as_delayed)
-            return tuple(
-                call(*args, dask_key_name=name, **call_kwargs)
-                for args, name in zip(resolved, keys, strict=True)
-            )
+            return tasks(*replace_futures((calls, kwargs), Future._as_delayed))
 
-        return self._start(build, keys, True, retries, after=futures_in((calls, kwargs)))
+        return self._start(build, keys, True, retries, after=after)
 
     def _on_this_client(self, func):
         """``func``, made to see this client as get_client()'s while it runs in this process."""
@@ -439,9 +461,7 @@ class Client:
         except TypeError:  # an unhashable key is never held
             return None
         computation = computation_ref() if computation_ref is not None else None
-        if computation is None or index in computation.cancelled or computation.batch.cancelled():
-            return None
-        if computation.token is not None and computation.token.cancelled:
+        if computation is None or index in computation.cancelled or is_cancelled(computation.cells[index]):
             return None
         return Future(computation, index, key, self)
 
@@ -567,13 +587,25 @@ class Client:
         def run():
             wait_for_persists(earlier_persists)
             items = build()
-            # Each future settles on its own, as in distributed: a failed task fails only the futures
-            # that need it, and the others' tasks still run.
+            # Each future settles on its own, as in distributed: as soon as its task ends (each_done),
+            # and a failed task fails only the futures that need it while the others' tasks still run.
             return _belated.compute(
-                items, scheduler, workers, traverse, (), None, False, retries, cluster, token, each=Raised
+                items,
+                scheduler,
+                workers,
+                traverse,
+                (each_done,),
+                None,
+                False,
+                retries,
+                cluster,
+                token,
+                each=Raised,
             )
 
         batch = concurrent.futures.Future()
+        computation = Computation(batch, token, len(keys))
+        each_done = EachDone(computation, keys)
         with self._lock:
             self._pending.add(token)
             self._task_counts[token] = len(keys)
@@ -597,7 +629,7 @@ class Client:
                     return
             running.add_done_callback(lambda done: _settle(batch, done))
 
-        waiting = {future._batch for future in after if not future.done()}
+        waiting = {future._cell for future in after if not future.done()}
         if not waiting:
             launch()
         else:
@@ -613,9 +645,10 @@ class Client:
 
             for dependency in waiting:
                 dependency.add_done_callback(one_done)
-        computation = Computation(batch, token, len(keys))
         # What a held future answers for is not this computation's to give: cancelling the rest stops it.
-        computation.cancelled.update(i for i, h in enumerate(held) if h is not None)
+        for index, future in enumerate(held):
+            if future is not None:
+                computation.cancel(index)
         futures = [Future(computation, i, key, self) for i, key in enumerate(keys)]
         with self._lock:
             fresh = [None if h is not None else key for h, key in zip(held, keys, strict=True)]
@@ -1092,9 +1125,23 @@ def _dask_default(client):
     return dask.config.set(scheduler=client)
 
 
-def _new_key(func, prefix=None):
-    name = prefix or getattr(func, "__name__", None) or type(func).__name__
-    return f"{name}-{uuid.uuid4().hex}"
+def _call_tokens(func, calls, kwargs):
+    """The token of each call ``func(*args, **kwargs)`` for ``args`` in ``calls``, as pure ``delayed``
+    calls' keys end with (made in Rust for plain arguments, many times faster than tokenizing here)."""
+    from belated import delayed
+
+    call = delayed(func, pure=True)
+    return [call(*args, **kwargs).key.rpartition("-")[2] for args in calls]
+
+
+def _funcname(func):
+    """The name a call's key starts with, as distributed's (dask's ``funcname``) makes it."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    name = getattr(func, "__name__", None)
+    if not isinstance(name, str):
+        return type(func).__name__
+    return "lambda" if name == "<lambda>" else name[:50]
 
 
 async def _done_awaitable(value):

@@ -16,7 +16,7 @@ class Future(Generic[_T_co]):
     """A result being computed on a cluster, from :meth:`Client.compute`, :meth:`Client.submit`,
     :meth:`Client.map` or :meth:`Client.scatter`."""
 
-    key: Any
+    key: str | tuple[Any, ...]
     client: Client
     def __init__(self, computation: Any, index: int, key: Any, client: Client) -> None: ...
     def result(self, timeout: float | None = None) -> _T_co: ...
@@ -29,6 +29,7 @@ class Future(Generic[_T_co]):
     @property
     def status(self) -> Literal["pending", "cancelled", "error", "finished"]: ...
     def __await__(self) -> Generator[Any, None, _T_co]: ...
+    def __dask_tokenize__(self) -> tuple[str, str | tuple[Any, ...]]: ...
 
 class Client:
     """Runs computations on a cluster while it is open, as in the dask tutorial."""
@@ -109,8 +110,8 @@ class Client:
         self,
         func: Callable[..., _R],
         *args: Any,
-        pure: bool | None = None,
-        key: str | None = None,
+        pure: bool = True,
+        key: str | tuple[Any, ...] | None = None,
         retries: int | None = None,
         **kwargs: Any,
     ) -> Future[_R]: ...
@@ -119,7 +120,7 @@ class Client:
         func: Callable[..., _R],
         *iterables: Iterable[Any],
         key: str | list[Any] | None = None,
-        pure: bool | None = None,
+        pure: bool = True,
         retries: int | None = None,
         **kwargs: Any,
     ) -> list[Future[_R]]: ...

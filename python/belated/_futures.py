@@ -19,7 +19,6 @@ import concurrent.futures
 import contextlib
 import sys
 import threading
-import time
 import traceback
 
 import cloudpickle
@@ -29,18 +28,110 @@ from belated import _belated
 
 class Computation:
     """The work of one ``submit``/``map``/``compute``/``scatter`` call: ``batch`` resolves to the tuple
-    of its results. ``cancelled``: the indices of its futures cancelled one by one; it stops only once
-    all of them are, as cancelling one future of a ``map`` leaves the others in distributed."""
+    of its results, and ``cells`` holds each of its futures' own outcome, settled as soon as that
+    future's task ends (see :class:`EachDone`), or from ``batch`` if it ends first.
 
-    __slots__ = ("__weakref__", "batch", "cancelled", "size", "token")
+    A future cancelled alone is done at once. Its call stops with the computation, once every other
+    future of it is done or cancelled too: cancelling one future of a ``map`` leaves the others
+    running, as in distributed."""
+
+    __slots__ = ("__weakref__", "batch", "cancelled", "cells", "token")
 
     def __init__(self, batch, token, size=1):
-        self.batch, self.token, self.size = batch, token, size
+        self.batch, self.token = batch, token
+        self.cells = [concurrent.futures.Future() for _ in range(size)]
+        # The indices of the futures cancelled one by one, finished ones too (whose results are then
+        # let go of, as in distributed).
         self.cancelled = set()
+        # The cells, not self: a computation no future refers to is let go of (and cancelled).
+        batch.add_done_callback(lambda batch, cells=self.cells: _settle_all(cells, batch))
+
+    @property
+    def size(self):
+        return len(self.cells)
+
+    def cancel(self, index):
+        """Cancels future ``index`` alone, and the computation once nothing else of it is wanted."""
+        self.cancelled.add(index)
+        self.cells[index].cancel()
+        _stop_if_unwanted(self.cancelled, self.cells, self.token, self.batch)
 
     def __del__(self):
         # Only what has not started: a running computation finishes (its result unused).
         self.batch.cancel()
+
+
+def _settle_all(cells, batch):
+    """Gives each cell not settled yet its outcome from the computation's ``batch``."""
+    if batch.cancelled():
+        error = _belated.CancelledError("the computation was cancelled")
+    else:
+        error = batch.exception()
+    values = batch.result() if error is None else ()
+    for index, cell in enumerate(cells):
+        if cell.done():  # settled by its task already, or cancelled
+            continue
+        if error is None:
+            _settle(cell, values[index])
+        else:
+            _fail(cell, error)
+
+
+def _stop_if_unwanted(cancelled, cells, token, batch):
+    """Cancels a computation (killing the tasks still running for it) once each of its futures is
+    done and one was ``cancelled``: what still runs is for no one."""
+    if cancelled and all(cell.done() for cell in cells):
+        if token is not None:
+            token.cancel()
+        batch.cancel()
+
+
+def _settle(cell, value):
+    """Gives ``cell`` its task's value, or the exception a map call returned as its value."""
+    if type(value) is Raised:
+        _fail(cell, value.error)
+        return
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        cell.set_result(value)
+
+
+def _fail(cell, error):
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        cell.set_exception(error)
+
+
+def is_cancelled(cell):
+    """Whether ``cell`` was cancelled alone, or its computation was (a restart, a closed client)."""
+    if cell.cancelled():
+        return True
+    cancellations = (_belated.CancelledError, concurrent.futures.CancelledError)
+    return cell.done() and isinstance(cell.exception(), cancellations)
+
+
+class EachDone:
+    """The per-task callback (as ``belated.diagnostics`` callbacks are: the engine calls ``posttask``
+    after each task, on the thread that ran it) that settles each future of a computation as soon as
+    its own task ends, not when the whole computation does. ``keys`` names the computation's outputs
+    in order."""
+
+    __slots__ = ("_callback", "batch", "cancelled", "cells", "indices", "token")
+
+    def __init__(self, computation, keys):
+        self.cells, self.token, self.batch = computation.cells, computation.token, computation.batch
+        self.cancelled = computation.cancelled
+        self.indices = {}
+        for index, key in enumerate(keys):
+            if type(key) is str:
+                self.indices.setdefault(key, []).append(index)
+        self._callback = (None, None, None, self._posttask, None)
+
+    def _posttask(self, key, value, _graph, _state, _worker):
+        indices = self.indices.get(key)
+        if indices is None:
+            return
+        for index in indices:
+            _settle(self.cells[index], value)
+        _stop_if_unwanted(self.cancelled, self.cells, self.token, self.batch)
 
 
 # The batches of persists not yet done (see the module's invariants).
@@ -194,6 +285,11 @@ class Future:
     def _batch(self):
         return self._computation.batch
 
+    @property
+    def _cell(self):
+        """This future's own outcome (futures of one key of one computation share it)."""
+        return self._computation.cells[self._index]
+
     def _check_client(self):
         if self.client._closed:
             raise _belated.CancelledError(f"the Client of future {self.key} is closed; its results are gone")
@@ -205,67 +301,47 @@ class Future:
         if self._index in self._computation.cancelled:
             raise _belated.CancelledError(f"future {self.key} was cancelled")
         try:
-            results = self._batch.result(timeout)
-        except concurrent.futures.CancelledError:  # cancelled before it started
-            raise _belated.CancelledError("the computation was cancelled") from None
-        value = results[self._index]
-        if type(value) is Raised:
-            raise value.error
-        return value
+            return self._cell.result(timeout)
+        except concurrent.futures.CancelledError:
+            raise _belated.CancelledError(f"future {self.key} was cancelled") from None
 
     def done(self):
-        return self._batch.done() or self.client._closed or self._index in self._computation.cancelled
+        return self._cell.done() or self.client._closed
 
     def exception(self, timeout=None):
         self._check_client()
         if self._index in self._computation.cancelled:
             return _belated.CancelledError(f"future {self.key} was cancelled")
         try:
-            error = self._batch.exception(timeout)
+            return self._cell.exception(timeout)
         except concurrent.futures.CancelledError:
-            return _belated.CancelledError("the computation was cancelled")
-        if error is None:
-            value = self._batch.result()[self._index]
-            return value.error if type(value) is Raised else None
-        return error
+            return _belated.CancelledError(f"future {self.key} was cancelled")
 
     def traceback(self, timeout=None):
         error = self.exception(timeout)
         return None if error is None else error.__traceback__
 
     def cancel(self):
-        """Cancels the computation: nothing more of it starts, the workers running its tasks are killed
-        (and replaced), and ``result()`` raises ``belated.CancelledError``. A future of a ``map`` or of
-        a ``compute`` of many is cancelled alone: its computation stops once all of its futures are."""
-        computation = self._computation
-        computation.cancelled.add(self._index)
-        if len(computation.cancelled) < computation.size:
-            return
-        if computation.token is not None:
-            computation.token.cancel()
-        self._batch.cancel()
+        """Cancels this future: it is done at once and ``result()`` raises ``belated.CancelledError``.
+        Its computation stops (nothing more of it starts, and the workers running its tasks are killed
+        and replaced) once no other future of it is still to finish: a future of a ``map`` or of a
+        ``compute`` of many is cancelled alone, and the other calls go on, as in distributed."""
+        self._computation.cancel(self._index)
 
     def cancelled(self):
         """Whether it was cancelled, or its client closed (which cancels every future)."""
-        computation = self._computation
-        token = computation.token
-        return (
-            self.client._closed
-            or self._index in computation.cancelled
-            or self._batch.cancelled()
-            or (token is not None and token.cancelled)
-        )
+        return self.client._closed or self._index in self._computation.cancelled or is_cancelled(self._cell)
 
     def add_done_callback(self, fn):
         """Calls ``fn(future)`` once the future is done (at once if it is), on the thread that
         finished it."""
-        self._batch.add_done_callback(lambda _: fn(self))
+        self._cell.add_done_callback(lambda _: fn(self))
 
     @property
     def status(self):
         if self.cancelled():
             return "cancelled"
-        if not self._batch.done():
+        if not self._cell.done():
             return "pending"
         return "error" if self.exception() is not None else "finished"
 
@@ -279,7 +355,7 @@ class Future:
         def wake(_):
             loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
 
-        self._batch.add_done_callback(wake)
+        self._cell.add_done_callback(wake)
         await done
         return self.result(0)
 
@@ -292,6 +368,10 @@ class Future:
 
     def __repr__(self):
         return f"<Future: {self.status}, key: {self.key}>"
+
+    def __dask_tokenize__(self):
+        # What a call taking it depends on: its key, as distributed tokenizes a Future.
+        return ("Future", self.key)
 
     def __reduce__(self):
         raise TypeError(
@@ -357,34 +437,18 @@ def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
     for future in futures:
         if not isinstance(future, Future):
             raise TypeError(f"wait() takes belated Futures, got {future!r}")
-    by_batch = {}
     cancelled = {future for future in futures if future.cancelled()}
     if cancelled and return_when != "ALL_COMPLETED":
         return concurrent.futures._base.DoneAndNotDoneFutures(cancelled, set(futures) - cancelled)
+    by_cell = {}
     for future in set(futures) - cancelled:
-        by_batch.setdefault(future._batch, []).append(future)
-    if return_when == "FIRST_EXCEPTION":
-        done_batches = _first_exception(by_batch, timeout)
-    else:
-        done_batches, _ = concurrent.futures.wait(by_batch, timeout, _WHEN[return_when])
-    done = {f for batch in done_batches for f in by_batch[batch]} | cancelled
+        by_cell.setdefault(future._cell, []).append(future)
+    done_cells, _ = concurrent.futures.wait(by_cell, timeout, _WHEN[return_when])
+    done = {f for cell in done_cells for f in by_cell[cell]} | cancelled
     not_done = set(futures) - done
     if not_done and return_when == "ALL_COMPLETED":
         raise TimeoutError(f"{len(not_done)} of {len(futures)} futures not done after {timeout} s")
     return concurrent.futures._base.DoneAndNotDoneFutures(done, not_done)
-
-
-def _first_exception(by_batch, timeout):
-    """The batches done once one of their futures failed, or all are done: a map's batch finishes
-    without an exception when some of its calls failed (each of its futures has its own outcome)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pending = set(by_batch)
-    while True:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        done, pending = concurrent.futures.wait(pending, left, concurrent.futures.FIRST_COMPLETED)
-        failed = any(f.exception() is not None for batch in done for f in by_batch[batch])
-        if failed or not pending or not done:
-            return {batch for batch in by_batch if batch.done()}
 
 
 class as_completed:
