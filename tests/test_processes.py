@@ -3,6 +3,7 @@
 import io
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -157,6 +158,12 @@ def test_a_worker_loads_only_its_own_modules_of_belated_until_a_task_needs_the_p
             "belated._logging",
             "belated._worker",
         ]
+        # Nor does an input kept in the worker (it arrives as a lookup in the worker's store).
+        scope = delayed(dict)()
+        assert delayed(eval)(modules_of_belated, scope).compute(timeout=60) == [
+            "belated._logging",
+            "belated._worker",
+        ]
         # A task that needs the package imports it beside the modules loaded alone.
         imported = "__import__('belated').delayed(abs)(-3).compute(scheduler='sync')"
         assert client.submit(eval, imported, pure=False).result(timeout=60) == 3
@@ -176,6 +183,7 @@ def test_the_worker_reads_and_writes_the_golden_wire_vectors():
         "two-frames": ([b"ab", b""], None),
         "run-header": (None, [_worker.RUN, 1, 7, 42, _worker.SEND, 0]),
         "fetch-header": (None, [_worker.FETCH, 0, 2, 5, 6]),
+        "batch-header": (None, [_worker.BATCH, 1, 7, 2, 42, _worker.SEND, 1, 43, _worker.KEEP, 1]),
     }
     assert set(cases) == {name for name in golden if not name.startswith("segment")}  # test_shared_memory
     for name, (frames, header) in cases.items():
@@ -187,3 +195,30 @@ def test_the_worker_reads_and_writes_the_golden_wire_vectors():
         written = io.BytesIO()
         _worker.write_message(written, frames)
         assert written.getvalue() == golden[name], name
+
+
+def test_a_batch_runs_each_of_its_calls_and_replies_to_each_as_a_run_would():
+    _worker.new_computation()
+    calls = [_worker.dumps_call(square, (3,), None), _worker.dumps_call(divmod, (7, 0), None)]
+    calls.append(_worker.dumps_call(square, (_worker.Stored(41),), None))
+    _worker._STORE[41] = 5
+    flags = [_worker.SEND, _worker.SEND, _worker.KEEP]
+    words = [_worker.BATCH, 0, len(calls)]
+    for result_id, (call, flag) in enumerate(zip(calls, flags, strict=True), start=100):
+        words += [result_id, flag, len(call)]
+    header = struct.pack(f"<{len(words)}Q", *words)
+    try:
+        reply = _worker._handle_batch([header, *[frame for call in calls for frame in call]])
+        counts = memoryview(reply[0]).cast("Q").tolist()
+        assert counts[0] == 3 and sum(counts[1:]) == len(reply) - 1
+        replies, at = [], 1
+        for count in counts[1:]:
+            replies.append(_worker.loads_reply(reply[at : at + count]))
+            at += count
+        assert list(replies[0]) == [True, 9]
+        assert replies[1][0] is False and isinstance(replies[1][1], ZeroDivisionError)
+        # A kept result stays in the worker; its reply is its size.
+        assert list(replies[2]) == [True, _worker.nbytes(25)] and _worker._STORE[102] == 25
+    finally:
+        for id in (41, 100, 101, 102):
+            _worker._STORE.pop(id, None)

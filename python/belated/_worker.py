@@ -14,7 +14,9 @@ length-prefixed frames; a request starts with a header frame of little-endian u6
 ``[op, n, *ids to release, ...]``; a ``RUN`` stores the values of the blocks it carries (other
 workers' replies to ``FETCH``), runs the call (arguments that are stored results arrive as
 :class:`Stored`), stores its result under the result id (``KEEP``) and replies with it (``SEND``) or
-with its size; a ``FETCH`` replies with the list of the stored values asked for. Replies are
+with its size; a ``FETCH`` replies with the list of the stored values asked for; a ``BATCH`` runs
+several calls, as many ``RUN`` without blocks would, and replies to them all in one message (a header
+frame ``[n, *frames of each reply]``, then the replies). Replies are
 ``(True, value, records)`` or ``(False, exception, formatted traceback, records)``, where ``records``
 are the log records emitted in the worker since its last ``RUN`` reply (a ``FETCH`` reply carries
 none), handled in the parent by :func:`belated._logging.receive_record` before the reply is read.
@@ -226,9 +228,22 @@ def dumps_reply(obj, shared=False):
 _UNPICKLING = threading.Lock()
 
 
+class _Unpickler(pickle.Unpickler):
+    """Finds this module's names (:func:`stored`, which every result kept in a worker pickles as)
+    without importing the ``belated`` package: a reference to ``belated._worker`` would import it,
+    which takes most of a worker's start."""
+
+    def find_class(self, module, name):
+        if module == __name__:
+            return getattr(sys.modules[__name__], name)
+        return super().find_class(module, name)
+
+
 def loads(frames):
     with _UNPICKLING:
-        return pickle.loads(frames[0], buffers=frames[1:])
+        if "belated" in sys.modules:
+            return pickle.loads(frames[0], buffers=frames[1:])
+        return _Unpickler(io.BytesIO(frames[0]), buffers=frames[1:]).load()
 
 
 # Most tasks of a graph call the same few functions. Pickling a function by value costs tens of
@@ -277,6 +292,12 @@ def new_computation():
     _log_levels = pickle.dumps(_logging.worker_levels())
 
 
+# Values of these types pickle the same whichever pickler does it, and with no out-of-band buffers:
+# calls and replies made only of them skip cloudpickle, whose pickler costs several microseconds to
+# set up, more than a trivial task itself.
+_PLAIN = frozenset({int, float, complex, bool, str, bytes, type(None)})
+
+
 def dumps_call(function, args, kwargs):
     """A call as frames: its computation, the parent's log levels, its function's pickle (kept for the
     rest of the computation), its arguments' pickle, buffers."""
@@ -288,7 +309,10 @@ def dumps_call(function, args, kwargs):
         entry = (function, cloudpickle.dumps((function, _source_of(function)), protocol=5))
         if isinstance(function, (types.FunctionType, types.BuiltinFunctionType)):
             _PICKLED.put(id(function), entry, len(entry[1]), computation)
-    return dumps((computation, _log_levels, entry[1], args, kwargs), shared=True)
+    call = (computation, _log_levels, entry[1], args, kwargs)
+    if not kwargs and all(type(arg) in _PLAIN or type(arg) is Stored for arg in args):
+        return [pickle.dumps(call, protocol=5)]
+    return dumps(call, shared=True)
 
 
 def loads_call(frames):
@@ -465,6 +489,8 @@ def _die_with_parent():
 def _encode(reply, records):
     if not reply[0]:
         return _encode_failure(reply[1], records)
+    if not records and type(reply[1]) in _PLAIN:
+        return [pickle.dumps((*reply, records), protocol=5)]
     try:
         return dumps_reply((*reply, records), shared=True)
     except Exception as error:
@@ -550,7 +576,7 @@ def _call(function, args, kwargs):
 
 
 _STORE = {}
-RUN, FETCH = 1, 2
+RUN, FETCH, BATCH = 1, 2, 3
 KEEP, SEND = 1, 2
 
 
@@ -600,7 +626,11 @@ def _handle(frames):
             raise fetched[1]
         values = fetched[1]
         _STORE.update(zip(ids, values, strict=True))
-    reply = _call(*loads_call(frames[rest:]))
+    return _run_call(result_id, flags, frames[rest:])
+
+
+def _run_call(result_id, flags, frames):
+    reply = _call(*loads_call(frames))
     if reply[0]:
         if flags & KEEP:
             _STORE[result_id] = reply[1]
@@ -731,10 +761,40 @@ def _close_segments(frames):
             frame.close()
 
 
+def _handle_batch(frames):
+    """A ``BATCH``'s reply frames: each call's reply, as ``RUN`` would send it, after a header frame
+    of how many frames each has."""
+    header = memoryview(frames[0]).cast("Q")
+    released = header[1]
+    for id in header[2 : 2 + released]:
+        _STORE.pop(id, None)
+    at = 2 + released
+    count, rest = header[at], 1
+    counts, replies = [count], []
+    for call in range(count):
+        result_id, flags, frame_count = header[at + 1 + 3 * call : at + 4 + 3 * call]
+        try:
+            reply = _run_call(result_id, flags, frames[rest : rest + frame_count])
+        except BaseException as error:
+            reply = (False, error)
+        rest += frame_count
+        encoded = _encode(reply, _take_records())
+        counts.append(len(encoded))
+        replies.extend(encoded)
+    return [struct.pack(f"<{len(counts)}Q", *counts), *replies]
+
+
 def _serve_connection(connection):
     channel = Channel(connection)
     with connection:
         while (frames := read_message(channel)) is not None:
+            if memoryview(frames[0]).cast("Q")[0] == BATCH:
+                frames = _handle_batch(frames)
+                try:
+                    write_message(channel, frames)
+                finally:
+                    _close_segments(frames)
+                continue
             try:
                 reply = _handle(frames)
             except BaseException as error:
@@ -777,8 +837,9 @@ def main():
     for fd in range(_CONTROL_FD + 1, _CONTROL_FD + 1 + connections):
         threading.Thread(target=_serve_connection, args=(socket.socket(fileno=fd),), daemon=True).start()
     control.sendall(b"r")
-    # Imports the first tasks would otherwise wait for, done while the user is still getting ready.
-    threading.Thread(target=_preload, args=(preload,), daemon=True).start()
+    # Imports the first tasks would otherwise wait for, done while the user is still getting ready:
+    # cloudpickle is needed to unpickle any function defined in a script or notebook.
+    threading.Thread(target=_preload, args=(["cloudpickle", *preload],), daemon=True).start()
     while control.recv(1):
         pass
     os._exit(0)

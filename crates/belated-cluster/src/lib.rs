@@ -11,6 +11,7 @@
 //! The worker's side is `python/belated/_worker.py`; the golden byte vectors in `golden/wire.txt`
 //! are checked by both sides' tests.
 
+pub mod batching;
 pub mod directory;
 pub mod error;
 pub mod pool;

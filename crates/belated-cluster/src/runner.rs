@@ -20,6 +20,12 @@
 //!   running; the engine's schedule recomputes them, each a task like any other (observers,
 //!   [`Codec::before`] and [`Codec::after`], deadlines and cancel see it), at most `retries` + 1
 //!   times each, and runs the task again.
+//! - While tasks are fast and many are ready, a pool thread takes several at once
+//!   ([`crate::batching`] decides how many) and sends those whose inputs are all in the call or in
+//!   its worker in one message; the worker runs them one after the other and replies to all at
+//!   once. A batch whose worker dies brought no result back, and which of its tasks killed it is
+//!   not known: each is tried again on its own, with all its tries (so one that kills its worker
+//!   runs once more than `retries` allows alone, and the others are not failed for it).
 //! - A cancelled computation kills the workers running its tasks ([`Running::cancel`]); their
 //!   replacements serve the next computation.
 
@@ -27,13 +33,16 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 
-use belated_core::{current_worker, placement, Graph, InputsLost, Runner, TaskId};
+use std::time::Instant;
+
+use belated_core::{current_worker, placement, Graph, InputsLost, Recoverable, Runner, TaskId};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
+use crate::batching::Batching;
 use crate::directory::{Directory, Held, Kept, Sent, Source};
 use crate::error::Error;
-use crate::wire::{self, Frame, FETCH, KEEP, RUN, SEND};
+use crate::wire::{self, Frame, BATCH, FETCH, KEEP, RUN, SEND};
 
 /// Values built here of at least this many bytes are sent to a worker once and kept there; smaller
 /// ones travel inside each call that needs them.
@@ -366,6 +375,7 @@ pub struct ClusterRunner<C: Codec, T> {
     /// Whether each task has finished once, so that finishing again counts as a recompute.
     finished: Vec<AtomicBool>,
     running: Arc<Running>,
+    batching: Batching,
 }
 
 impl<C: Codec, T> fmt::Debug for ClusterRunner<C, T> {
@@ -412,6 +422,7 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             retries,
             finished: graph.tasks().map(|_| AtomicBool::new(false)).collect(),
             running: Arc::new(Running::new(transport)),
+            batching: Batching::default(),
         }
     }
 
@@ -436,7 +447,19 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         if let Err(error) = self.codec.before(task) {
             return Ok(Err(error));
         }
-        let held = match self.evaluate(slot, task, inputs, self.flags[task.index()]) {
+        let started = Instant::now();
+        let evaluated = self.evaluate(slot, task, inputs, (0, String::new()));
+        self.batching.ran(1, started.elapsed());
+        self.complete(task, evaluated)
+    }
+
+    /// What the engine receives for `task`, once evaluated.
+    fn complete(
+        &self,
+        task: TaskId,
+        evaluated: Result<Held<C::Value>, Stop<C::Error>>,
+    ) -> Result<Result<Held<C::Value>, C::Error>, InputsLost> {
+        let held = match evaluated {
             Ok(held) => held,
             Err(stop) => return stop.into_result(),
         };
@@ -444,6 +467,139 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             self.cluster.stats.recomputed.fetch_add(1, SeqCst);
         }
         Ok(self.codec.after(task, held.local.as_ref()).map(|()| held))
+    }
+
+    /// Runs `batch` from pool thread `slot`: the tasks whose inputs are all here or in the worker
+    /// in one message, the others each alone.
+    fn run_batch_on(
+        &self,
+        slot: usize,
+        batch: &mut [(TaskId, Vec<Held<C::Value>>)],
+    ) -> Vec<Recoverable<Self>> {
+        let started = Instant::now();
+        let worker = slot / self.cluster.threads_per_worker;
+        let mut results: Vec<Option<Recoverable<Self>>> = batch.iter().map(|_| None).collect();
+        // (index in the batch, result id, the call's frames)
+        let mut calls: Vec<(usize, u64, Vec<Frame>)> = Vec::new();
+        for (at, (task, inputs)) in batch.iter().enumerate() {
+            let task = *task;
+            if let Err(error) = self.codec.before(task) {
+                results[at] = Some(Ok(Err(error)));
+                continue;
+            }
+            let prepared = match self.prepare(slot, task, inputs) {
+                Ok(prepared) => prepared,
+                Err(stop) => {
+                    results[at] = Some(stop.into_result());
+                    continue;
+                }
+            };
+            if !prepared.transfers.is_empty() || !prepared.uploads.is_empty() {
+                let evaluated = self.evaluate(slot, task, inputs, (0, String::new()));
+                results[at] = Some(self.complete(task, evaluated));
+                continue;
+            }
+            match self.encode(task, &prepared) {
+                Ok(Encoded::Ready(value)) => {
+                    let held = Held {
+                        local: Some(value),
+                        remote: None,
+                        sent: Some(Arc::default()),
+                    };
+                    results[at] = Some(self.complete(task, Ok(held)));
+                }
+                Ok(Encoded::Call(frames)) => calls.push((at, self.directory().new_id(), frames)),
+                Err(error) => results[at] = Some(Ok(Err(error))),
+            }
+        }
+        let generation = self.directory().generation(worker);
+        let sent = calls.len();
+        let outcome = match calls.is_empty() {
+            true => Ok(Vec::new()),
+            false => self.codec.blocking(|| {
+                let mut rest = vec![calls.len() as u64];
+                for (at, result_id, frames) in &calls {
+                    let flags = self.flags[batch[*at].0.index()];
+                    rest.extend([*result_id, u64::from(flags), frames.len() as u64]);
+                }
+                let releases = self.directory().take_releases(worker);
+                let mut request = vec![wire::header(BATCH, &releases, &rest).into()];
+                for (_, _, frames) in &mut calls {
+                    request.append(frames);
+                }
+                self.send(slot, worker, generation, &request)
+            }),
+        };
+        let nothing_sent = Prepared {
+            inputs: Vec::new(),
+            transfers: Vec::new(),
+            uploads: Vec::new(),
+        };
+        let replies = outcome.and_then(|reply| {
+            split_batch_reply(reply, calls.len()).ok_or_else(|| {
+                // A worker that garbled its reply is not trusted with more.
+                self.cluster.transport.kill(worker, generation);
+                Failed::Lost(worker, generation)
+            })
+        });
+        match replies {
+            Ok(replies) => {
+                for ((at, result_id, _), reply) in calls.into_iter().zip(replies) {
+                    let task = batch[at].0;
+                    let flags = self.flags[task.index()];
+                    let evaluated = self
+                        .received(&nothing_sent, worker, generation, result_id, flags, &reply)
+                        .map_err(Stop::Failed);
+                    results[at] = Some(self.complete(task, evaluated));
+                }
+            }
+            Err(Failed::Lost(lost, generation))
+                if !self.running.is_cancelled() && !self.directory().is_closed() =>
+            {
+                // Tried again, a task finds the worker closed if it could not be replaced.
+                let _ = self
+                    .codec
+                    .blocking(|| self.cluster.transport.replace(lost, generation));
+                for (at, _, _) in calls {
+                    let (task, inputs) = &batch[at];
+                    let evaluated = self.evaluate(slot, *task, inputs, (0, String::new()));
+                    results[at] = Some(self.complete(*task, evaluated));
+                }
+            }
+            Err(failed) => {
+                if let Failed::Lost(lost, generation) = failed {
+                    let _ = self
+                        .codec
+                        .blocking(|| self.cluster.transport.replace(lost, generation));
+                }
+                for (at, _, _) in calls {
+                    let error = self.codec.failed(batch[at].0, Error::Cancelled);
+                    results[at] = Some(Ok(Err(error)));
+                }
+            }
+        }
+        self.batching.ran(sent.max(1), started.elapsed());
+        results
+            .into_iter()
+            .map(|result| result.expect("every task of the batch has its result"))
+            .collect()
+    }
+
+    /// `task`'s call on its `prepared` inputs.
+    fn encode(
+        &self,
+        task: TaskId,
+        prepared: &Prepared<C::Value>,
+    ) -> Result<Encoded<C::Value>, C::Error> {
+        let call_inputs: Vec<Input<'_, C::Value>> = prepared
+            .inputs
+            .iter()
+            .map(|found| match found {
+                Found::Here(value) => Input::Here(value),
+                Found::Stored(id) => Input::Stored(*id),
+            })
+            .collect();
+        self.codec.encode_call(task, &call_inputs)
     }
 
     fn directory(&self) -> &Arc<Directory> {
@@ -587,33 +743,22 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             .map_err(|_| Failed::Lost(worker, generation))
     }
 
-    /// Runs `task` on `slot`'s worker, retrying when a worker it depends on dies.
+    /// Runs `task` on `slot`'s worker, retrying when a worker it depends on dies; `failures` are
+    /// how many times it failed so far, and why the last time.
     fn evaluate(
         &self,
         slot: usize,
         task: TaskId,
         inputs: &[Held<C::Value>],
-        flags: u8,
+        failures: (usize, String),
     ) -> Result<Held<C::Value>, Stop<C::Error>> {
         let worker = slot / self.cluster.threads_per_worker;
+        let flags = self.flags[task.index()];
         let failed = |error| Stop::Failed(self.codec.failed(task, error));
-        let mut failures = 0;
-        let mut why = String::new();
+        let (mut failures, mut why) = failures;
         while failures <= self.retries {
             let mut prepared = self.prepare(slot, task, inputs)?;
-            let call_inputs: Vec<Input<'_, C::Value>> = prepared
-                .inputs
-                .iter()
-                .map(|found| match found {
-                    Found::Here(value) => Input::Here(value),
-                    Found::Stored(id) => Input::Stored(*id),
-                })
-                .collect();
-            let call_frames = match self
-                .codec
-                .encode_call(task, &call_inputs)
-                .map_err(Stop::Failed)?
-            {
+            let call_frames = match self.encode(task, &prepared).map_err(Stop::Failed)? {
                 Encoded::Ready(value) => {
                     return Ok(Held {
                         local: Some(value),
@@ -623,7 +768,6 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                 }
                 Encoded::Call(frames) => frames,
             };
-            drop(call_inputs);
             let result_id = self.directory().new_id();
             let generation = self.directory().generation(worker);
             let outcome = self.codec.blocking(|| {
@@ -723,6 +867,27 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
     }
 }
 
+/// A [`BATCH`] reply's frames, split into each call's reply; `None` if it has another shape.
+fn split_batch_reply(reply: Vec<Frame>, calls: usize) -> Option<Vec<Vec<Frame>>> {
+    let mut frames = reply.into_iter();
+    let counts: Vec<u64> = match frames.next() {
+        Some(Frame::Bytes(header)) if header.len() == 8 * (calls + 1) => header
+            .chunks_exact(8)
+            .map(|word| u64::from_le_bytes(word.try_into().expect("eight bytes")))
+            .collect(),
+        _ => return None,
+    };
+    if counts[0] != calls as u64 || counts[1..].iter().sum::<u64>() != frames.len() as u64 {
+        return None;
+    }
+    Some(
+        counts[1..]
+            .iter()
+            .map(|&count| frames.by_ref().take(count as usize).collect())
+            .collect(),
+    )
+}
+
 impl<C: Codec, T: Transport> Runner for ClusterRunner<C, T> {
     type Value = Held<C::Value>;
     type Error = C::Error;
@@ -744,6 +909,15 @@ impl<C: Codec, T: Transport> Runner for ClusterRunner<C, T> {
 
     fn recompute_limit(&self) -> u32 {
         u32::try_from(self.retries).map_or(u32::MAX, |retries| retries.saturating_add(1))
+    }
+
+    fn batch_size(&self, ready: usize) -> usize {
+        let threads = self.cluster.workers() * self.cluster.threads_per_worker;
+        self.batching.size(ready, threads)
+    }
+
+    fn run_batch(&self, batch: &mut [(TaskId, Vec<Self::Value>)]) -> Vec<Recoverable<Self>> {
+        self.run_batch_on(current_worker().unwrap_or(0), batch)
     }
 
     /// The worker holding most of the inputs' bytes ([`placement::most_input_bytes`]).

@@ -13,7 +13,10 @@
 //! A request's first frame is a header of u64 words: `[op, n, *n ids to release, ...]`, then for
 //! [`RUN`]: `[result id, flags, n blocks, (n ids, *ids, n frames) per block]`, where each block is a
 //! reply of another worker to a [`FETCH`] (its values are stored under those ids), and the call's
-//! frames follow the blocks'; for [`FETCH`]: `[n, *ids]`. A reply is one pickle:
+//! frames follow the blocks'; for [`FETCH`]: `[n, *ids]`; for [`BATCH`]: `[n, (result id, flags,
+//! n frames) per call]`, the calls' frames following in order, and its reply is a frame of u64 words
+//! `[n, n frames per reply]`, then each call's reply as a [`RUN`] of that call alone would have it.
+//! A reply is one pickle:
 //! `(True, value, records)` or `(False, exception, formatted traceback, records)`, where `records` are
 //! the log records the worker emitted since its last [`RUN`] reply (none in a [`FETCH`] reply).
 
@@ -25,6 +28,8 @@ use std::sync::Arc;
 pub const RUN: u64 = 1;
 /// Replies with a list of stored values.
 pub const FETCH: u64 = 2;
+/// Runs several calls whose inputs are all in the call or in the worker, one after the other.
+pub const BATCH: u64 = 3;
 /// [`RUN`] flag: the worker stores the result under the result id (other tasks need it).
 pub const KEEP: u8 = 1;
 /// [`RUN`] flag: the worker sends the result back (an output); without it, a kept result's reply
@@ -341,6 +346,11 @@ mod tests {
         assert_eq!(
             message(&[header(FETCH, &[], &[2, 5, 6]).into()]),
             golden("fetch-header")
+        );
+        let batch = [42, u64::from(SEND), 1, 43, u64::from(KEEP), 1];
+        assert_eq!(
+            message(&[header(BATCH, &[7], &[&[2][..], &batch].concat()).into()]),
+            golden("batch-header")
         );
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use belated_cluster::directory::{Directory, Held};
 use belated_cluster::runner::{Encoded, Input, SEND_ONCE_BYTES};
-use belated_cluster::wire::{Frame, FETCH, KEEP, RUN, SEND};
+use belated_cluster::wire::{Frame, BATCH, FETCH, KEEP, RUN, SEND};
 use belated_cluster::{Cluster, ClusterRunner, Codec, Error, Transport};
 use belated_core::{run_inline_observed, Graph, Observer, Runner, Schedule, TaskId};
 use parking_lot::{Condvar, Mutex};
@@ -95,6 +95,8 @@ enum Event {
     Fetched(usize, Vec<u64>),
     /// A worker forgot these ids.
     Released(usize, Vec<u64>),
+    /// A worker received a batch of this many calls.
+    Batch(usize, usize),
 }
 
 #[derive(Default)]
@@ -214,7 +216,7 @@ impl FakeWorkers {
         let header = words(&frames[0]);
         let releases = &header[2..2 + header[1] as usize];
         let rest = &header[2 + releases.len()..];
-        let (state, killed) = &self.workers[worker];
+        let state = &self.workers[worker].0;
         let mut guard = state.lock();
         if !releases.is_empty() {
             for id in releases {
@@ -230,6 +232,19 @@ impl FakeWorkers {
             }
             return Ok(encode_values(&values));
         }
+        if header[0] == BATCH {
+            let calls = rest[0] as usize;
+            self.record(Event::Batch(worker, calls));
+            let (mut counts, mut replies) = (vec![calls as u64], Vec::new());
+            for (at, call) in rest[1..].chunks_exact(3).enumerate() {
+                assert_eq!(call[2], 1, "a fake call is one frame");
+                let (result_id, flags) = (call[0], call[1] as u8);
+                let reply = self.call_on(worker, &mut guard, result_id, flags, &frames[1 + at])?;
+                counts.push(reply.len() as u64);
+                replies.extend(reply);
+            }
+            return Ok(std::iter::once(frame(&counts)).chain(replies).collect());
+        }
         assert_eq!(header[0], RUN);
         let (result_id, flags, blocks) = (rest[0], rest[1] as u8, rest[2] as usize);
         let (mut at, mut next_frame) = (3, 1);
@@ -244,7 +259,20 @@ impl FakeWorkers {
             at += n + 2;
             next_frame += count;
         }
-        let call = words(&frames[next_frame]);
+        self.call_on(worker, &mut guard, result_id, flags, &frames[next_frame])
+    }
+
+    /// Runs the call in `frame` on worker `worker`, whose state is `guard`.
+    fn call_on(
+        &self,
+        worker: usize,
+        guard: &mut parking_lot::MutexGuard<'_, WorkerState>,
+        result_id: u64,
+        flags: u8,
+        frame: &Frame,
+    ) -> Result<Vec<Frame>, Error> {
+        let killed = &self.workers[worker].1;
+        let call = words(frame);
         let task = call[0] as usize;
         let inputs: Vec<Val> = call[2..]
             .chunks_exact(3)
@@ -270,7 +298,7 @@ impl FakeWorkers {
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
                 while guard.dead.is_none() {
                     assert!(
-                        !killed.wait_until(&mut guard, deadline).timed_out(),
+                        !killed.wait_until(guard, deadline).timed_out(),
                         "a blocked task was never killed"
                     );
                 }
@@ -1008,4 +1036,165 @@ fn running_everywhere_calls_each_live_worker_once_and_says_which_one_has_died() 
     }
     assert_eq!(h.workers.ran(), [(0, 0), (0, 2)]);
     assert_eq!(h.workers.kept_by(0), 0, "a run's result is not kept");
+}
+
+/// Tasks handed over together ([`Runner::run_batch`]), as the engine does while tasks are fast.
+fn run_batch(h: &Harness, tasks: &[u32]) -> Vec<Result<Option<i64>, Failure>> {
+    let mut batch: Vec<(TaskId, Vec<Held<Val>>)> =
+        tasks.iter().map(|&t| (TaskId(t), h.inputs(t))).collect();
+    h.runner
+        .run_batch(&mut batch)
+        .into_iter()
+        .map(|result| {
+            result
+                .expect("no input is lost")
+                .map(|held| held.local.map(|v| v.n))
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_of_tasks_travels_in_one_message_and_each_gets_its_own_result_and_hooks() {
+    let program = Program::new(vec![
+        (sum(8), vec![]),
+        (Op::Call(Arc::new(|_| Err("boom".into()))), vec![]),
+        (Op::Literal(val(7)), vec![]),
+        (sum(8), vec![]),
+    ]);
+    let h = Harness::new(&program, 1, &[0, 1, 2, 3], 0);
+    let results = run_batch(&h, &[0, 1, 2, 3]);
+    assert!(matches!(results[0], Ok(Some(n)) if n == program.expected(TaskId(0))));
+    assert!(matches!(&results[1], Err(Failure::Task(message)) if message == "boom"));
+    assert!(matches!(results[2], Ok(Some(7))), "a literal is made here");
+    assert!(matches!(results[3], Ok(Some(n)) if n == program.expected(TaskId(3))));
+    let events = h.workers.events();
+    assert_eq!(
+        events,
+        [
+            Event::Batch(0, 3),
+            Event::Ran(0, 0, 0),
+            Event::Ran(1, 0, 0),
+            Event::Ran(3, 0, 0)
+        ]
+    );
+    let hooks = h.hooks.lock().clone();
+    assert_eq!(
+        hooks.iter().filter(|(what, _)| *what == "before").count(),
+        4
+    );
+    assert_eq!(
+        hooks
+            .iter()
+            .filter(|(what, _)| *what == "after")
+            .map(|&(_, t)| t)
+            .collect::<Vec<_>>(),
+        [2, 0, 3],
+        "after each task with a result: {hooks:?}"
+    );
+}
+
+#[test]
+fn a_task_needing_a_value_from_another_worker_leaves_the_batch_and_fetches_it() {
+    let program = Program::new(vec![(sum(8), vec![]), (sum(8), vec![0]), (sum(8), vec![])]);
+    let mut h = Harness::new(&program, 2, &[1, 2], 0);
+    h.run(0, 1).expect("0 runs on worker 1");
+    let results = run_batch(&h, &[1, 2]);
+    assert!(matches!(results[0], Ok(Some(n)) if n == program.expected(TaskId(1))));
+    assert!(matches!(results[1], Ok(Some(n)) if n == program.expected(TaskId(2))));
+    let events = h.workers.events();
+    assert!(
+        matches!(
+            &events[..],
+            [
+                Event::Ran(0, 1, 0),
+                Event::Fetched(1, _),
+                Event::Ran(1, 0, 0),
+                Event::Batch(0, 1),
+                Event::Ran(2, 0, 0)
+            ]
+        ),
+        "1 fetched its input from worker 1 and ran alone, then 2 in a batch: {events:?}"
+    );
+}
+
+#[test]
+fn when_a_batch_kills_its_worker_each_of_its_tasks_is_tried_again_alone_on_the_replacement() {
+    let program = Program::new(vec![
+        (sum(8), vec![]),
+        (
+            Op::Dies {
+                times: 1,
+                why: "it crashed",
+            },
+            vec![],
+        ),
+        (sum(8), vec![]),
+        (
+            Op::Dies {
+                times: usize::MAX,
+                why: "it crashed again",
+            },
+            vec![],
+        ),
+    ]);
+    let h = Harness::new(&program, 1, &[0, 1, 2, 3], 0);
+    let results = run_batch(&h, &[0, 1, 2]);
+    for (task, result) in [0, 1, 2].into_iter().zip(&results) {
+        assert!(
+            matches!(result, Ok(Some(n)) if *n == program.expected(TaskId(task))),
+            "task {task}: {result:?}"
+        );
+    }
+    // 1 killed the worker after 0 ran: none of the batch's results came back, so all three run
+    // again, each alone, on the replacement.
+    assert_eq!(
+        h.workers
+            .events()
+            .into_iter()
+            .filter(|e| matches!(e, Event::Ran(..) | Event::Batch(..)))
+            .collect::<Vec<_>>(),
+        [
+            Event::Batch(0, 3),
+            Event::Ran(0, 0, 0),
+            Event::Ran(1, 0, 0),
+            Event::Ran(0, 0, 1),
+            Event::Ran(1, 0, 1),
+            Event::Ran(2, 0, 1),
+        ]
+    );
+    // A task that kills its worker every time fails alone, with no retries, and takes no innocent
+    // task of its batch with it.
+    let results = run_batch(&h, &[2, 3]);
+    assert!(matches!(results[0], Ok(Some(n)) if n == program.expected(TaskId(2))));
+    match &results[1] {
+        Err(Failure::Runtime(Error::TaskLost { tries, why })) => {
+            assert_eq!(*tries, 1);
+            assert_eq!(why, "it crashed again");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn cancelling_a_batch_fails_each_of_its_tasks_as_cancelled() {
+    let program = Program::new(vec![(sum(8), vec![]), (Op::Blocks, vec![])]);
+    let h = Harness::new(&program, 1, &[0, 1], 0);
+    let running = Arc::clone(h.runner.running());
+    let workers = Arc::clone(&h.workers);
+    let canceller = std::thread::spawn(move || {
+        let mut events = workers.events.lock();
+        while !events.contains(&Event::Ran(1, 0, 0)) {
+            workers.happened.wait(&mut events);
+        }
+        drop(events);
+        running.cancel();
+    });
+    let results = run_batch(&h, &[0, 1]);
+    canceller.join().expect("the canceller");
+    for result in results {
+        assert!(
+            matches!(result, Err(Failure::Runtime(Error::Cancelled))),
+            "{result:?}"
+        );
+    }
 }

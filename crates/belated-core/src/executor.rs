@@ -80,6 +80,24 @@ pub trait Runner: Send + Sync + 'static {
         0
     }
 
+    /// How many ready tasks a thread takes at once and hands to [`Runner::run_batch`], when `ready`
+    /// more are waiting besides the one it took. Called under the job's lock. The default, 1, runs
+    /// each task alone.
+    fn batch_size(&self, ready: usize) -> usize {
+        let _ = ready;
+        1
+    }
+
+    /// Runs several ready tasks, each as [`Runner::run_recoverable`] does on its own inputs: one
+    /// result per task, in order. Observers see them all start before any finishes. The default
+    /// runs them one after the other.
+    fn run_batch(&self, batch: &mut [(TaskId, Vec<Self::Value>)]) -> Vec<Recoverable<Self>> {
+        batch
+            .iter_mut()
+            .map(|(task, inputs)| self.run_recoverable(*task, inputs))
+            .collect()
+    }
+
     /// The worker group where `task`, now ready, should run given its inputs (see
     /// [`ThreadPool::with_groups`]); `None` lets any worker take it. Called under the job's lock: keep it
     /// to a glance at the values.
@@ -88,6 +106,9 @@ pub trait Runner: Send + Sync + 'static {
         None
     }
 }
+
+/// What [`Runner::run_recoverable`] returns for one task.
+pub type Recoverable<R> = Result<Result<<R as Runner>::Value, <R as Runner>::Error>, InputsLost>;
 
 /// Lets a caller keep a handle on its runner (to inspect it afterwards) while the job owns a clone.
 impl<R: Runner> Runner for Arc<R> {
@@ -116,6 +137,14 @@ impl<R: Runner> Runner for Arc<R> {
 
     fn recompute_limit(&self) -> u32 {
         R::recompute_limit(self)
+    }
+
+    fn batch_size(&self, ready: usize) -> usize {
+        R::batch_size(self, ready)
+    }
+
+    fn run_batch(&self, batch: &mut [(TaskId, Vec<Self::Value>)]) -> Vec<Recoverable<Self>> {
+        R::run_batch(self, batch)
     }
 
     fn place(&self, task: TaskId, inputs: &mut dyn Iterator<Item = &Self::Value>) -> Option<usize> {
@@ -424,24 +453,28 @@ impl<R: Runner> Job<R> {
             released: Vec::new(),
             undone: Vec::new(),
         };
-        let mut finished: Option<(TaskId, TaskResult<R>)> = None;
-        // A task that found inputs lost, with the inputs it was handed.
-        let mut requeued: Option<(TaskId, InputsLost, Vec<R::Value>)> = None;
+        let mut finished: Vec<(TaskId, TaskResult<R>)> = Vec::new();
+        // Tasks that found inputs lost, with the inputs they were handed.
+        let mut requeued: Vec<(TaskId, InputsLost, Vec<R::Value>)> = Vec::new();
+        // The tasks taken with the first when the runner runs batches, with their inputs.
+        let mut batch: Vec<(TaskId, Vec<R::Value>)> = Vec::new();
         // Once per visit rather than per task: the token's count is shared by every thread on the
         // job, and touching it per task would pass its cache line between them.
         let _scope = TokenScope::enter(&self.cancel_token);
         loop {
             // The task to blame if user code (`place`, `Clone`) panics during bookkeeping.
             let mut blame = finished
-                .as_ref()
+                .first()
                 .map(|(task, _)| *task)
-                .or(requeued.as_ref().map(|(task, ..)| *task));
+                .or(requeued.first().map(|(task, ..)| *task));
             let picked = catch(|| {
                 let mut state = self.state.lock();
-                if let Some((task, result)) = finished.take() {
+                for (task, result) in finished.drain(..) {
+                    blame = Some(task);
                     self.record(&mut state, task, result, &mut garbage);
                 }
-                if let Some((task, lost, handed)) = requeued.take() {
+                for (task, lost, handed) in requeued.drain(..) {
+                    blame = Some(task);
                     self.requeue(&mut state, task, lost, handed, &mut garbage);
                 }
                 let open = state.outcome.is_none()
@@ -463,6 +496,27 @@ impl<R: Runner> Job<R> {
                             value.expect("a ready task's inputs are computed and not yet released"),
                         );
                     });
+                    let more = self
+                        .runner
+                        .batch_size(schedule.ready_len())
+                        .saturating_sub(1);
+                    for _ in 0..more {
+                        let Some(task) = schedule.next_ready(group) else {
+                            break;
+                        };
+                        blame = Some(task);
+                        let mut handed = Vec::new();
+                        schedule.start(&self.graph, task, |dep, last_use| {
+                            let slot = &mut values[dep.index()];
+                            let value = if last_use { slot.take() } else { slot.clone() };
+                            handed.push(
+                                value.expect(
+                                    "a ready task's inputs are computed and not yet released",
+                                ),
+                            );
+                        });
+                        batch.push((task, handed));
+                    }
                 }
                 let ready = if state.outcome.is_none() {
                     state.schedule.ready_len()
@@ -493,6 +547,9 @@ impl<R: Runner> Job<R> {
                     self.fail(task, message);
                     // Inputs handed out before the panic; the job has failed already.
                     let _ = clear_inputs(&mut inputs);
+                    for (_, mut handed) in batch.drain(..) {
+                        let _ = clear_inputs(&mut handed);
+                    }
                     continue;
                 }
             };
@@ -501,10 +558,77 @@ impl<R: Runner> Job<R> {
                     pool.wake_one();
                 }
             }
-            match self.run_task(task, &mut inputs) {
-                Ok(result) => finished = Some((task, result)),
-                Err(lost) => requeued = Some((task, lost, std::mem::take(&mut inputs))),
+            if batch.is_empty() {
+                match self.run_task(task, &mut inputs) {
+                    Ok(result) => finished.push((task, result)),
+                    Err(lost) => requeued.push((task, lost, std::mem::take(&mut inputs))),
+                }
+            } else {
+                batch.insert(0, (task, std::mem::take(&mut inputs)));
+                self.run_batch(&mut batch, &mut finished, &mut requeued);
             }
+        }
+    }
+
+    /// Runs several tasks at once ([`Runner::run_batch`]) between their observer's calls, as
+    /// [`Job::run_task`] runs one; a panic in the runner is each task's panic.
+    fn run_batch(
+        &self,
+        batch: &mut Vec<(TaskId, Vec<R::Value>)>,
+        finished: &mut Vec<(TaskId, TaskResult<R>)>,
+        requeued: &mut Vec<(TaskId, InputsLost, Vec<R::Value>)>,
+    ) {
+        let worker = WORKER_INDEX.get();
+        let observe = |f: &dyn Fn(&dyn Observer)| match &self.observer {
+            Some(observer) => catch(|| f(observer.as_ref())),
+            None => Ok(()),
+        };
+        let started = batch
+            .iter()
+            .try_for_each(|&(task, _)| observe(&|o| o.task_started(task, worker)));
+        let results = started.and_then(|()| catch(|| self.runner.run_batch(batch)));
+        let results: Vec<Result<TaskResult<R>, InputsLost>> = match results {
+            Ok(results) if results.len() == batch.len() => {
+                results.into_iter().map(|result| result.map(Ok)).collect()
+            }
+            Ok(_) => {
+                let message = "the runner returned a result per task of another batch";
+                (0..batch.len()).map(|_| Ok(Err(message.into()))).collect()
+            }
+            Err(message) => (0..batch.len()).map(|_| Ok(Err(message.clone()))).collect(),
+        };
+        for ((task, mut inputs), result) in batch.drain(..).zip(results) {
+            let result: TaskResult<R> = match result {
+                Err(lost) => {
+                    let told = observe(&|o| {
+                        o.task_finished(task, worker, false);
+                        o.task_undone(task, false);
+                    });
+                    match told {
+                        Ok(()) => {
+                            requeued.push((task, lost, inputs));
+                            continue;
+                        }
+                        Err(message) => {
+                            let _ = clear_inputs(&mut inputs);
+                            finished.push((task, Err(message)));
+                            continue;
+                        }
+                    }
+                }
+                Ok(result) => clear_inputs(&mut inputs).and(result),
+            };
+            let succeeded = matches!(result, Ok(Ok(_)));
+            let result: TaskResult<R> = match observe(&|o| o.task_finished(task, worker, succeeded))
+            {
+                Ok(()) => result,
+                Err(message) => match result {
+                    // The task's value goes: the observer's panic fails the job.
+                    Ok(Ok(value)) => catch(|| drop(value)).and(Err(message)),
+                    _ => Err(message),
+                },
+            };
+            finished.push((task, result));
         }
     }
 

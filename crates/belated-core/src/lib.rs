@@ -36,7 +36,7 @@ pub use error::Error;
 pub use executor::{
     current_worker, on_worker_thread, panic_message, run_inline, run_inline_each,
     run_inline_observed, CancelToken, EachOutput, Fanout, JobHandle, Observer, Outputs, PlainHost,
-    Runner, ThreadHost, ThreadPool,
+    Recoverable, Runner, ThreadHost, ThreadPool,
 };
 pub use graph::{Graph, Plan, TaskId};
 pub use node::{Node, Payload};

@@ -757,3 +757,151 @@ fn cancelling_ends_a_job_that_keeps_going_as_a_whole() {
     handle.cancel();
     assert!(matches!(handle.outputs(), Err(Error::Cancelled)));
 }
+
+/// [`Arithmetic`] taking up to `size` ready tasks at once, recording each batch's tasks; the task
+/// `lose_once` reports its inputs lost the first time it runs.
+struct Batched {
+    inner: Arithmetic,
+    size: usize,
+    batches: parking_lot::Mutex<Vec<Vec<TaskId>>>,
+    lose_once: Option<TaskId>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl Batched {
+    fn new(size: usize) -> Self {
+        Batched {
+            inner: Arithmetic::new(),
+            size,
+            batches: Default::default(),
+            lose_once: None,
+            lost: Default::default(),
+        }
+    }
+}
+
+impl Runner for Batched {
+    type Value = Value;
+    type Error = String;
+
+    fn run(&self, task: TaskId, inputs: &[Value]) -> Result<Value, String> {
+        self.inner.run(task, inputs)
+    }
+
+    fn recompute_limit(&self) -> u32 {
+        1
+    }
+
+    fn batch_size(&self, _ready: usize) -> usize {
+        self.size
+    }
+
+    fn run_batch(
+        &self,
+        batch: &mut [(TaskId, Vec<Value>)],
+    ) -> Vec<belated_core::Recoverable<Self>> {
+        self.batches
+            .lock()
+            .push(batch.iter().map(|(task, _)| *task).collect());
+        batch
+            .iter_mut()
+            .map(|(task, inputs)| {
+                if Some(*task) == self.lose_once && !self.lost.swap(true, SeqCst) {
+                    let dep = belated_core::InputsLost(vec![TaskId(0)]);
+                    return Err(dep);
+                }
+                Ok(self.run(*task, inputs))
+            })
+            .collect()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    #[test]
+    fn batched_runs_agree_with_sequential_evaluation(deps in dags(120), size in 2usize..6) {
+        let expected = sequential(&deps);
+        let last = TaskId(deps.len() as u32 - 1);
+        for pooled in [false, true] {
+            let runner = Arc::new(Batched::new(size));
+            let graph = Graph::from_deps::<String, _, _>(deps.clone()).unwrap();
+            let got = if pooled {
+                let pool = ThreadPool::new(2, Arc::new(PlainHost)).unwrap();
+                let handle = pool.submit(graph, vec![last], Arc::clone(&runner));
+                prop_assert!(handle.wait_timeout(TIMEOUT), "computation hung");
+                handle.result().unwrap()
+            } else {
+                run_inline(graph, vec![last], Arc::clone(&runner)).unwrap()
+            };
+            prop_assert_eq!(got[0].number, expected[last.index()]);
+            prop_assert_eq!(runner.inner.runs.load(SeqCst), deps.len(), "each task runs exactly once");
+            let batches = runner.batches.lock();
+            prop_assert!(batches.iter().all(|batch| (2..=size).contains(&batch.len())));
+            let batched: usize = batches.iter().map(Vec::len).sum();
+            prop_assert!(batched <= deps.len());
+        }
+    }
+}
+
+#[test]
+fn ready_tasks_go_in_batches_whose_tasks_observers_see_start_together() {
+    let deps: Vec<Vec<TaskId>> = (0..10)
+        .map(|_| vec![])
+        .chain([(0..10).map(TaskId).collect()])
+        .collect();
+    let runner = Arc::new(Batched::new(4));
+    let log = Arc::new(Log::default());
+    let graph = Graph::from_deps::<String, _, _>(deps).unwrap();
+    let got = belated_core::run_inline_observed(
+        graph,
+        vec![TaskId(10)],
+        Arc::clone(&runner),
+        Some(log.clone()),
+    )
+    .unwrap();
+    assert_eq!(got[0].number, 10 + (0..10).sum::<i64>());
+    assert_eq!(
+        *runner.batches.lock(),
+        [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]
+            .map(|b| b.into_iter().map(TaskId).collect::<Vec<_>>())
+    );
+    let events: Vec<(u32, &str)> = log
+        .0
+        .lock()
+        .iter()
+        .map(|(t, _, what)| (t.0, *what))
+        .collect();
+    let first: Vec<(u32, &str)> = [0, 1, 2, 3]
+        .map(|t| (t, "start"))
+        .into_iter()
+        .chain([0, 1, 2, 3].map(|t| (t, "ok")))
+        .collect();
+    assert_eq!(events[..8], first[..]);
+    assert_eq!(events[events.len() - 2..], [(10, "start"), (10, "ok")]);
+}
+
+#[test]
+fn a_task_of_a_batch_that_finds_its_inputs_lost_is_requeued_and_the_others_keep_their_results() {
+    // 0 -> 1, 2, 3, 4 -> 5: one of the four middle tasks finds 0 lost, which is computed again.
+    let deps = vec![
+        vec![],
+        vec![TaskId(0)],
+        vec![TaskId(0)],
+        vec![TaskId(0)],
+        vec![TaskId(0)],
+        (1..5).map(TaskId).collect(),
+    ];
+    let runner = Arc::new(Batched {
+        lose_once: Some(TaskId(3)),
+        ..Batched::new(4)
+    });
+    let expected = sequential(&deps);
+    let graph = Graph::from_deps::<String, _, _>(deps).unwrap();
+    let got = run_inline(graph, vec![TaskId(5)], Arc::clone(&runner)).unwrap();
+    assert_eq!(got[0].number, expected[5]);
+    // 3 lost its input and ran no further; 0 ran twice, 3 once, the rest once.
+    assert_eq!(runner.inner.runs.load(SeqCst), 7);
+    let batches = runner.batches.lock();
+    assert_eq!(batches[0], (1..5).map(TaskId).collect::<Vec<_>>());
+}
