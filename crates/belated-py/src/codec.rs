@@ -12,10 +12,10 @@ use std::sync::Arc;
 use belated_cluster::wire::{Frame, Segment};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyBytes, PyInt, PyList};
 
 use crate::errors::BelatedError;
-use crate::task::Call;
+use crate::task::{is_plain_scalar, Call};
 
 pub(crate) fn helper<'py>(
     py: Python<'py>,
@@ -97,17 +97,6 @@ pub(crate) fn decode_reply<'py>(py: Python<'py>, reply: &[Frame]) -> PyResult<Bo
     Err(error)
 }
 
-/// Whether `object` is of a builtin type every pickler takes: checking it would cost a pickling per
-/// task, more than a trivial task itself.
-fn always_picklable(object: &Bound<'_, PyAny>) -> bool {
-    object.is_none()
-        || object.is_exact_instance_of::<PyInt>()
-        || object.is_exact_instance_of::<PyFloat>()
-        || object.is_exact_instance_of::<PyString>()
-        || object.is_exact_instance_of::<PyBytes>()
-        || object.is_exact_instance_of::<PyBool>()
-}
-
 /// Checks, before anything runs, that every task's function and literal arguments can be pickled, so
 /// that an unpicklable object is reported with its task instead of halfway through a computation.
 pub(crate) fn check_picklable(
@@ -127,7 +116,7 @@ pub(crate) fn check_picklable(
         };
         for arg in func.into_iter().chain(args.iter()) {
             let Arg::Value(object) = arg else { continue };
-            if !checked.insert(object.as_ptr() as usize) || always_picklable(object.bind(py)) {
+            if !checked.insert(object.as_ptr() as usize) || is_plain_scalar(object.bind(py)) {
                 continue;
             }
             if let Err(error) = dumps.call1((object,)) {

@@ -10,15 +10,13 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRecursionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{
-    PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PySet, PySlice, PyString, PyTuple, PyType,
-};
+use pyo3::types::{PyDict, PyList, PySet, PySlice, PyString, PyTuple, PyType};
 use rustc_hash::FxHashMap;
 
 use crate::dask_graph::{collection_node, collections_together};
 use crate::delayed::Delayed;
 use crate::gil::pace;
-use crate::task::{Arg, Construct, Keywords, TaskNode};
+use crate::task::{is_plain_scalar, Arg, Construct, Keywords, TaskNode};
 
 /// Deeper argument nesting than this is refused with a RecursionError, as Python itself would, rather
 /// than risking the native stack of a worker thread.
@@ -92,7 +90,7 @@ impl Collector {
         if let Ok(delayed) = obj.cast::<Delayed>() {
             return Ok(self.dep(delayed.get().node().clone()));
         }
-        if !self.traverse || is_scalar(obj) {
+        if !self.traverse || is_plain_scalar(obj) {
             return Ok(Arg::Value(obj.clone().unbind()));
         }
         if depth >= MAX_NESTING {
@@ -247,15 +245,6 @@ fn exact<T>(items: impl Iterator<Item = PyResult<T>>) -> PyResult<Box<[T]>> {
         collected.push(item?);
     }
     Ok(collected.into_boxed_slice())
-}
-
-fn is_scalar(obj: &Bound<'_, PyAny>) -> bool {
-    obj.is_none()
-        || obj.is_exact_instance_of::<PyInt>()
-        || obj.is_exact_instance_of::<PyFloat>()
-        || obj.is_exact_instance_of::<PyString>()
-        || obj.is_exact_instance_of::<PyBytes>()
-        || obj.is_exact_instance_of::<PyBool>()
 }
 
 #[derive(Clone)]

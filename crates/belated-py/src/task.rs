@@ -17,7 +17,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use belated_core::{Node, Payload};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple, PyType};
+use pyo3::types::{
+    PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple, PyType,
+};
 
 use crate::gil::pace;
 
@@ -544,4 +546,15 @@ fn splitmix64(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Whether `object` is exactly a `None`, `int`, `float`, `str`, `bytes` or `bool`: a value with nothing
+/// inside to collect and that every pickler takes, so that neither needs to look at it per task.
+pub(crate) fn is_plain_scalar(object: &Bound<'_, PyAny>) -> bool {
+    object.is_none()
+        || object.is_exact_instance_of::<PyInt>()
+        || object.is_exact_instance_of::<PyFloat>()
+        || object.is_exact_instance_of::<PyString>()
+        || object.is_exact_instance_of::<PyBytes>()
+        || object.is_exact_instance_of::<PyBool>()
 }
