@@ -109,16 +109,19 @@ def in_process_client(request):
     GATE.set()
 
 
+def first_of(api, futures, first_done):
+    """The first of ``futures`` done, as ``api``'s ``as_completed`` or ``wait(FIRST_COMPLETED)`` sees it."""
+    if first_done == "as_completed":
+        return next(iter(api.as_completed(futures)))
+    done, _ = api.wait(futures, timeout=60, return_when="FIRST_COMPLETED")
+    return next(iter(done))
+
+
 @pytest.mark.parametrize("first_done", ["as_completed", "wait"])
 def test_a_quick_call_of_a_map_is_done_while_a_slow_one_still_runs(in_process_client, first_done):
     api = distributed if isinstance(in_process_client, distributed.Client) else belated
     futures = in_process_client.map(held_at_gate, ["slow", "quick"], pure=False)
-    if first_done == "as_completed":
-        first = next(iter(api.as_completed(futures)))
-    else:
-        done, _ = api.wait(futures, timeout=60, return_when="FIRST_COMPLETED")
-        first = next(iter(done))
-    assert first.result(timeout=60) == "quick"
+    assert first_of(api, futures, first_done).result(timeout=60) == "quick"
     GATE.set()
     assert in_process_client.gather(futures) == ["slow", "quick"]
 
@@ -140,12 +143,7 @@ def test_a_quick_call_of_a_map_is_done_on_processes_while_a_slow_one_still_runs(
 ):
     gate = tmp_path / "gate"
     futures = local_cluster.map(held_at_file, ["slow", "quick"], gate=str(gate), pure=False)
-    if first_done == "as_completed":
-        first = next(iter(belated.as_completed(futures)))
-    else:
-        done, _ = belated.wait(futures, timeout=60, return_when="FIRST_COMPLETED")
-        first = next(iter(done))
-    assert first.result(timeout=60) == "quick"
+    assert first_of(belated, futures, first_done).result(timeout=60) == "quick"
     gate.touch()
     assert local_cluster.gather(futures) == ["slow", "quick"]
 
