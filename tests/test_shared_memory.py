@@ -200,7 +200,9 @@ def test_channels_pass_segments_over_a_socket_pair_as_copy_on_write_mappings():
         assert not receiver.fds
         del got, received
         gc.collect()
-        assert open_descriptors() == before
+        # Not equality: a cluster an earlier test let go of may still be closing its descriptors on
+        # its own threads. None may be added.
+        assert open_descriptors() <= before
         for frame in frames:
             if isinstance(frame, _worker.Segment):
                 frame.close()
