@@ -344,6 +344,22 @@ fn clear_inputs<V>(inputs: &mut Vec<V>) -> Result<(), String> {
 }
 
 /// A task's outcome as the loop sees it: its result, or the message of a panic.
+/// Starts `task` in `schedule` and hands it its inputs: each value moved out at its last use, cloned
+/// before.
+fn start_with_inputs<V: Clone>(
+    graph: &Graph,
+    schedule: &mut Schedule,
+    values: &mut [Option<V>],
+    task: TaskId,
+    inputs: &mut Vec<V>,
+) {
+    schedule.start(graph, task, |dep, last_use| {
+        let slot = &mut values[dep.index()];
+        let value = if last_use { slot.take() } else { slot.clone() };
+        inputs.push(value.expect("a ready task's inputs are computed and not yet released"));
+    });
+}
+
 type TaskResult<R> = Result<Result<<R as Runner>::Value, <R as Runner>::Error>, String>;
 
 /// How a computation that kept going past failures ends: [`Outputs`], or why it ended as a whole.
@@ -489,13 +505,7 @@ impl<R: Runner> Job<R> {
                     let JobState {
                         schedule, values, ..
                     } = &mut *state;
-                    schedule.start(&self.graph, task, |dep, last_use| {
-                        let slot = &mut values[dep.index()];
-                        let value = if last_use { slot.take() } else { slot.clone() };
-                        inputs.push(
-                            value.expect("a ready task's inputs are computed and not yet released"),
-                        );
-                    });
+                    start_with_inputs(&self.graph, schedule, values, task, &mut inputs);
                     let more = self
                         .runner
                         .batch_size(schedule.ready_len())
@@ -506,15 +516,7 @@ impl<R: Runner> Job<R> {
                         };
                         blame = Some(task);
                         let mut handed = Vec::new();
-                        schedule.start(&self.graph, task, |dep, last_use| {
-                            let slot = &mut values[dep.index()];
-                            let value = if last_use { slot.take() } else { slot.clone() };
-                            handed.push(
-                                value.expect(
-                                    "a ready task's inputs are computed and not yet released",
-                                ),
-                            );
-                        });
+                        start_with_inputs(&self.graph, schedule, values, task, &mut handed);
                         batch.push((task, handed));
                     }
                 }
@@ -579,13 +581,9 @@ impl<R: Runner> Job<R> {
         requeued: &mut Vec<(TaskId, InputsLost, Vec<R::Value>)>,
     ) {
         let worker = WORKER_INDEX.get();
-        let observe = |f: &dyn Fn(&dyn Observer)| match &self.observer {
-            Some(observer) => catch(|| f(observer.as_ref())),
-            None => Ok(()),
-        };
         let started = batch
             .iter()
-            .try_for_each(|&(task, _)| observe(&|o| o.task_started(task, worker)));
+            .try_for_each(|&(task, _)| self.observe(|o| o.task_started(task, worker)));
         let results = started.and_then(|()| catch(|| self.runner.run_batch(batch)));
         let results: Vec<Result<TaskResult<R>, InputsLost>> = match results {
             Ok(results) if results.len() == batch.len() => {
@@ -597,38 +595,11 @@ impl<R: Runner> Job<R> {
             }
             Err(message) => (0..batch.len()).map(|_| Ok(Err(message.clone()))).collect(),
         };
-        for ((task, mut inputs), result) in batch.drain(..).zip(results) {
-            let result: TaskResult<R> = match result {
-                Err(lost) => {
-                    let told = observe(&|o| {
-                        o.task_finished(task, worker, false);
-                        o.task_undone(task, false);
-                    });
-                    match told {
-                        Ok(()) => {
-                            requeued.push((task, lost, inputs));
-                            continue;
-                        }
-                        Err(message) => {
-                            let _ = clear_inputs(&mut inputs);
-                            finished.push((task, Err(message)));
-                            continue;
-                        }
-                    }
-                }
-                Ok(result) => clear_inputs(&mut inputs).and(result),
-            };
-            let succeeded = matches!(result, Ok(Ok(_)));
-            let result: TaskResult<R> = match observe(&|o| o.task_finished(task, worker, succeeded))
-            {
-                Ok(()) => result,
-                Err(message) => match result {
-                    // The task's value goes: the observer's panic fails the job.
-                    Ok(Ok(value)) => catch(|| drop(value)).and(Err(message)),
-                    _ => Err(message),
-                },
-            };
-            finished.push((task, result));
+        for ((task, mut inputs), attempt) in batch.drain(..).zip(results) {
+            match self.settle_run(task, worker, attempt, &mut inputs) {
+                Ok(result) => finished.push((task, result)),
+                Err(lost) => requeued.push((task, lost, inputs)),
+            }
         }
     }
 
@@ -640,22 +611,37 @@ impl<R: Runner> Job<R> {
         inputs: &mut Vec<R::Value>,
     ) -> Result<TaskResult<R>, InputsLost> {
         let worker = WORKER_INDEX.get();
-        let observe = |f: &dyn Fn(&dyn Observer)| match &self.observer {
-            Some(observer) => catch(|| f(observer.as_ref())),
-            None => Ok(()),
+        let attempt = self
+            .observe(|o| o.task_started(task, worker))
+            .and_then(|()| {
+                catch(|| {
+                    let result = self.runner.run_recoverable(task, inputs);
+                    if result.is_ok() {
+                        inputs.clear();
+                    }
+                    result
+                })
+            });
+        let attempt = match attempt {
+            Ok(result) => result.map(Ok),
+            Err(message) => Ok(Err(message)),
         };
-        let attempt = observe(&|o| o.task_started(task, worker)).and_then(|()| {
-            catch(|| {
-                let result = self.runner.run_recoverable(task, inputs);
-                if result.is_ok() {
-                    inputs.clear();
-                }
-                result
-            })
-        });
-        let mut result = match attempt {
-            Ok(Err(lost)) => {
-                let told = observe(&|o| {
+        self.settle_run(task, worker, attempt, inputs)
+    }
+
+    /// Tells the observer how a run of `task` ended and lets go of its inputs. A task that found
+    /// inputs lost (the observer told it is undone) keeps them for [`Job::requeue`]; a panic of the
+    /// observer fails the task, and a value it made goes.
+    fn settle_run(
+        &self,
+        task: TaskId,
+        worker: Option<usize>,
+        attempt: Result<TaskResult<R>, InputsLost>,
+        inputs: &mut Vec<R::Value>,
+    ) -> Result<TaskResult<R>, InputsLost> {
+        let result = match attempt {
+            Err(lost) => {
+                let told = self.observe(|o| {
                     o.task_finished(task, worker, false);
                     o.task_undone(task, false);
                 });
@@ -667,27 +653,31 @@ impl<R: Runner> Job<R> {
                     }
                 };
             }
-            Ok(Ok(result)) => Ok(result),
-            Err(message) => Err(message),
+            // The task's own panic wins over one of dropping its inputs.
+            Ok(result) => {
+                let cleared = clear_inputs(inputs);
+                result.and_then(|result| cleared.map(|()| result))
+            }
         };
-        if let Err(message) = clear_inputs(inputs) {
-            result = result.and(Err(message));
-        }
         let succeeded = matches!(result, Ok(Ok(_)));
         Ok(
-            match observe(&|o| o.task_finished(task, worker, succeeded)) {
+            match self.observe(|o| o.task_finished(task, worker, succeeded)) {
                 Ok(()) => result,
-                Err(message) => {
-                    if let Ok(Ok(value)) = result {
-                        // The task's value goes: the observer's panic fails the job.
-                        if let Err(message) = catch(|| drop(value)) {
-                            return Ok(Err(message));
-                        }
-                    }
-                    Err(message)
-                }
+                Err(message) => match result {
+                    // The task's value goes: the observer's panic fails the job.
+                    Ok(Ok(value)) => catch(|| drop(value)).and(Err(message)),
+                    _ => Err(message),
+                },
             },
         )
+    }
+
+    /// Calls the observer, if any; its panic comes back as the message.
+    fn observe(&self, f: impl FnOnce(&dyn Observer)) -> Result<(), String> {
+        match &self.observer {
+            Some(observer) => catch(|| f(observer.as_ref())),
+            None => Ok(()),
+        }
     }
 
     /// Drops a step's garbage outside the lock; a value whose `Drop` panics fails the job, naming the
