@@ -13,13 +13,16 @@ import traceback
 import pytest
 from worker_tasks import (
     NeedsTwoArguments,
+    ReduceRaises,
     die_leaving_a_daemon,
     fork_and_return_in_both,
     nap,
     pid_of,
     raise_needs_two_arguments,
     raise_notes_raise,
+    raise_reduce_raises,
     raise_unpicklable,
+    raise_worker_only,
     read_stdin,
     record_then_nap,
     run_echo,
@@ -259,18 +262,31 @@ def test_functions_sent_by_value_are_not_kept_past_their_computation(tmp_path):
     [
         (raise_needs_two_arguments, f"{NeedsTwoArguments.__module__}.NeedsTwoArguments", "one and two"),
         (raise_unpicklable, "ValueError", "holds a lock"),
+        (raise_reduce_raises, f"{ReduceRaises.__module__}.ReduceRaises", "the real failure"),
+        (raise_worker_only, "only_in_the_worker.OnlyHere", "raised where its class lives"),
     ],
-    ids=["cannot-be-rebuilt", "cannot-be-pickled"],
+    ids=["cannot-be-rebuilt", "cannot-be-pickled", "reduce-raises", "class-only-in-the-worker"],
 )
-def test_an_exception_that_cannot_travel_arrives_as_remote_error(run, task, type_name, message):
+def test_an_exception_that_cannot_travel_arrives_as_remote_error(run, tmp_path, task, type_name, message):
+    # distributed's Client rebuilds the first (tblib), raises a plain Exception of the repr for the
+    # next two, and for the last a plain Exception whose message is the unreadable pickle's bytes.
+    arguments = (str(tmp_path),) if task is raise_worker_only else ()
     with pytest.raises(belated.RemoteError) as caught:
-        run(delayed(task)())
+        run(delayed(task)(*arguments))
     error = caught.value
     assert error.type_name == type_name
     assert message in str(error)
     assert task.__name__ in error.traceback_text
     assert traceback.extract_tb(error.__traceback__)[-1].name == task.__name__, "the task's frames, rebuilt"
     assert run(delayed(square)(2)) == (4,)
+
+
+def test_an_exception_that_cannot_be_rebuilt_fails_its_task_alone_among_batched_ones(run):
+    squares = [delayed(square)(i) for i in range(200)]
+    with pytest.raises(belated.RemoteError) as caught:
+        run(*squares, delayed(raise_needs_two_arguments)(), retries=0)
+    assert caught.value.type_name.endswith("NeedsTwoArguments")
+    assert run(*squares) == tuple(i * i for i in range(200))
 
 
 def test_an_exception_that_cannot_be_formatted_arrives_as_remote_error_and_the_worker_lives(run):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from worker_tasks import Boom, crash, explode, pid_of, record, square, wait_gone
+from worker_tasks import Boom, crash, explode, pid_of, raise_reduce_raises, record, square, wait_gone
 
 import belated
 from belated import _worker, compute, delayed
@@ -201,8 +201,9 @@ def test_a_batch_runs_each_of_its_calls_and_replies_to_each_as_a_run_would():
     _worker.new_computation()
     calls = [_worker.dumps_call(square, (3,), None), _worker.dumps_call(divmod, (7, 0), None)]
     calls.append(_worker.dumps_call(square, (_worker.Stored(41),), None))
+    calls.append(_worker.dumps_call(raise_reduce_raises, (), None))
     _worker._STORE[41] = 5
-    flags = [_worker.SEND, _worker.SEND, _worker.KEEP]
+    flags = [_worker.SEND, _worker.SEND, _worker.KEEP, _worker.SEND]
     words = [_worker.BATCH, 0, len(calls)]
     for result_id, (call, flag) in enumerate(zip(calls, flags, strict=True), start=100):
         words += [result_id, flag, len(call)]
@@ -210,7 +211,7 @@ def test_a_batch_runs_each_of_its_calls_and_replies_to_each_as_a_run_would():
     try:
         reply = _worker._handle_batch([header, *[frame for call in calls for frame in call]])
         counts = memoryview(reply[0]).cast("Q").tolist()
-        assert counts[0] == 3 and sum(counts[1:]) == len(reply) - 1
+        assert counts[0] == 4 and sum(counts[1:]) == len(reply) - 1
         replies, at = [], 1
         for count in counts[1:]:
             replies.append(_worker.loads_reply(reply[at : at + count]))
@@ -219,6 +220,9 @@ def test_a_batch_runs_each_of_its_calls_and_replies_to_each_as_a_run_would():
         assert replies[1][0] is False and isinstance(replies[1][1], ZeroDivisionError)
         # A kept result stays in the worker; its reply is its size.
         assert list(replies[2]) == [True, _worker.nbytes(25)] and _worker._STORE[102] == 25
+        # An exception that cannot be sent fails its own call alone, as a RemoteError.
+        assert replies[3][0] is False and isinstance(replies[3][1], belated.RemoteError)
+        assert replies[3][1].type_name.endswith("ReduceRaises")
     finally:
-        for id in (41, 100, 101, 102):
+        for id in (41, 100, 101, 102, 103):
             _worker._STORE.pop(id, None)

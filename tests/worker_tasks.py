@@ -4,6 +4,7 @@ the parent's ``sys.path``."""
 import ctypes
 import gc
 import os
+import sys
 import time
 import weakref
 
@@ -185,3 +186,25 @@ def explode_on_zero(x):
     if x == 0:
         raise Boom("zero")
     return x
+
+
+class ReduceRaises(Exception):
+    def __reduce__(self):
+        raise RuntimeError("no reduce here")
+
+
+def raise_reduce_raises():
+    raise ReduceRaises("the real failure")
+
+
+def raise_worker_only(directory):
+    """Raises an exception whose class lives in a module only this worker can import."""
+    path = os.path.join(directory, "only_in_the_worker.py")
+    with open(path, "w") as out:
+        out.write("class OnlyHere(Exception):\n    pass\n")
+    sys.path.insert(0, directory)
+    try:
+        import only_in_the_worker
+    finally:
+        sys.path.remove(directory)
+    raise only_in_the_worker.OnlyHere("raised where its class lives")

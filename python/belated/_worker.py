@@ -17,7 +17,8 @@ workers' replies to ``FETCH``), runs the call (arguments that are stored results
 with its size; a ``FETCH`` replies with the list of the stored values asked for; a ``BATCH`` runs
 several calls, as many ``RUN`` without blocks would, and replies to them all in one message (a header
 frame ``[n, *frames of each reply]``, then the replies). Replies are
-``(True, value, records)`` or ``(False, exception, formatted traceback, records)``, where ``records``
+``(True, value, records)`` or ``(False, the exception's pickle or None, its type name, its message,
+formatted traceback, its frames, records)``, where ``records``
 are the log records emitted in the worker since its last ``RUN`` reply (a ``FETCH`` reply carries
 none), handled in the parent by :func:`belated._logging.receive_record` before the reply is read.
 Out-of-band buffers of
@@ -294,7 +295,8 @@ def new_computation():
 
 # Values of these types pickle the same whichever pickler does it, and with no out-of-band buffers:
 # calls and replies made only of them skip cloudpickle, whose pickler costs several microseconds to
-# set up, more than a trivial task itself.
+# set up, more than a trivial task itself. The parent's collector and pickle check skip the same
+# types (``task::is_plain_scalar`` reads this set).
 _PLAIN = frozenset({int, float, complex, bool, str, bytes, type(None)})
 
 
@@ -422,7 +424,8 @@ def loads_reply(frames):
         _logging.receive_record(payload, worker=f"worker-{payload.get('process')}")
     if reply[0]:
         return reply
-    _, error, text, where = reply
+    _, pickled, type_name, message, text, where = reply
+    error = _rebuilt(pickled, type_name, message, text)
     try:
         error.with_traceback(_traceback_through(where))
     except Exception:  # the text, as a note, still says where it failed
@@ -498,19 +501,23 @@ def _encode(reply, records):
 
 
 def _encode_failure(error, records):
-    """A failure's reply: the exception itself if it can be rebuilt and shown, else a
-    :class:`belated.RemoteError` carrying its type, message and traceback."""
+    """A failure's reply: the exception's own pickle (``None`` if it cannot be pickled or shown), and its
+    type, message and traceback, from which the reader builds a :class:`belated.RemoteError` if it
+    cannot rebuild the exception."""
     import traceback  # only failures need it; a worker starts sooner without
 
     where = _safely(_where, error, [])
     try:
         text = "".join(traceback.format_exception(error))
-        frames = dumps_reply((False, error, text, where, records))
-        loads(frames)
-        return frames
+        pickled = dumps_reply(error)
+        # Out-of-band buffers would need frames of their own: an exception small enough to raise
+        # travels in one.
+        pickled = pickled[0] if len(pickled) == 1 else None
     except Exception:
-        text = _traceback_text(error)
-        return dumps_reply((False, _remote_error(error, text), text, where, records))
+        # It cannot be pickled, or shown: formatting reads ``__notes__`` and ``__str__``, which the
+        # exception may break, and the caller could not print it either.
+        text, pickled = _traceback_text(error), None
+    return dumps_reply((False, pickled, _type_name(error), _message(error), text, where, records))
 
 
 def _where(error):
@@ -555,11 +562,22 @@ def _message(error):
     return _safely(str, error, "<the exception's message cannot be shown>")
 
 
-def _remote_error(error, text):
+def _rebuilt(pickled, type_name, message, text):
+    """A failure's exception as the process that reads the reply rebuilds it, else a
+    :class:`belated.RemoteError`: only the reader can tell whether it can (a class only the worker
+    imports, an ``__init__`` that does not take the exception's args)."""
+    try:
+        error = loads([pickled])
+    except Exception:
+        error = None
+    return error if isinstance(error, BaseException) else _remote_error(type_name, message, text)
+
+
+def _remote_error(type_name, message, text):
     from belated import RemoteError
 
-    remote = RemoteError(f"{_type_name(error)}: {_message(error)} (it could not be sent back as itself)")
-    remote.type_name, remote.traceback_text = _type_name(error), text
+    remote = RemoteError(f"{type_name}: {message} (it could not be sent back as itself)")
+    remote.type_name, remote.traceback_text = type_name, text
     return remote
 
 
@@ -623,7 +641,7 @@ def _handle(frames):
         fetched = loads(frames[rest : rest + frame_count])
         rest += frame_count
         if not fetched[0]:
-            raise fetched[1]
+            raise _rebuilt(*fetched[1:5])
         values = fetched[1]
         _STORE.update(zip(ids, values, strict=True))
     return _run_call(result_id, flags, frames[rest:])

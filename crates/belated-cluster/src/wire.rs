@@ -17,8 +17,10 @@
 //! n frames) per call]`, the calls' frames following in order, and its reply is a frame of u64 words
 //! `[n, n frames per reply]`, then each call's reply as a [`RUN`] of that call alone would have it.
 //! A reply is one pickle:
-//! `(True, value, records)` or `(False, exception, formatted traceback, records)`, where `records` are
-//! the log records the worker emitted since its last [`RUN`] reply (none in a [`FETCH`] reply).
+//! `(True, value, records)` or `(False, the exception's pickle or None, its type name, its message,
+//! formatted traceback, its frames, records)` (the reader rebuilds the exception, or a `RemoteError`
+//! from the rest), where `records` are the log records the worker emitted since its last [`RUN`] reply
+//! (none in a [`FETCH`] reply).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
