@@ -17,9 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use belated_core::{Node, Payload};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{
-    PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple, PyType,
-};
+use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple, PyType};
 
 use crate::gil::pace;
 
@@ -548,13 +546,22 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Whether `object` is exactly a `None`, `int`, `float`, `str`, `bytes` or `bool`: a value with nothing
-/// inside to collect and that every pickler takes, so that neither needs to look at it per task.
+/// Whether `object`'s type is exactly one of `belated._worker._PLAIN` (`None`, `int`, `float`,
+/// `complex`, `str`, `bytes`, `bool`): a value with nothing inside to collect and that every pickler
+/// takes, so that neither needs to look at it per task. The worker's set is the one list, so the two
+/// sides of the wire cannot disagree on it.
 pub(crate) fn is_plain_scalar(object: &Bound<'_, PyAny>) -> bool {
-    object.is_none()
-        || object.is_exact_instance_of::<PyInt>()
-        || object.is_exact_instance_of::<PyFloat>()
-        || object.is_exact_instance_of::<PyString>()
-        || object.is_exact_instance_of::<PyBytes>()
-        || object.is_exact_instance_of::<PyBool>()
+    static PLAIN: PyOnceLock<Vec<usize>> = PyOnceLock::new();
+    let py = object.py();
+    // Builtin type objects live as long as the interpreter, so their addresses identify them. Should
+    // the set not be read, no value is plain: every one is then looked at, which is slower but right.
+    let plain = PLAIN.get_or_init(py, || plain_types(py).unwrap_or_default());
+    plain.contains(&(object.get_type_ptr() as usize))
+}
+
+fn plain_types(py: Python<'_>) -> PyResult<Vec<usize>> {
+    let set = py.import("belated._worker")?.getattr("_PLAIN")?;
+    set.try_iter()?
+        .map(|kind| Ok(kind?.cast_into::<PyType>()?.as_type_ptr() as usize))
+        .collect()
 }
