@@ -1,5 +1,6 @@
 """The processes scheduler: results, reuse of the pool, and faults with real process deaths."""
 
+import contextlib
 import io
 import os
 import signal
@@ -88,6 +89,33 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_retried(tmp_path):
     assert delayed(kill_once)(marker).compute(scheduler="processes", retries=1) == "survived"
     assert os.path.exists(marker)
     assert delayed(square)(4).compute(scheduler="processes") == 16
+
+
+@pytest.mark.parametrize("on", ["processes", "client"])
+def test_a_task_whose_worker_died_runs_again_and_callbacks_see_both_starts(tmp_path, on):
+    # The engine runs it again, as distributed's scheduler does (its transition log has the task
+    # processing twice, released in between); dask's callbacks see each start, and one finish.
+    marker = str(tmp_path / "killed-once")
+    started, finished, ended = [], [], []
+    callback = belated.diagnostics.Callback(
+        pretask=lambda key, dsk, state: started.append(key),
+        posttask=lambda key, result, dsk, state, worker: finished.append(key),
+        finish=lambda dsk, state, errored: ended.append((state.done, state.failed, errored)),
+    )
+    task = delayed(kill_once)(marker, dask_key_name="dies-once")
+    with contextlib.ExitStack() as stack:
+        scheduler = "processes"
+        if on == "client":
+            scheduler = stack.enter_context(
+                belated.Client(
+                    n_workers=1, threads_per_worker=1, dashboard_address=None, set_as_default=False
+                )
+            )
+        stack.enter_context(callback)
+        assert compute(task, scheduler=scheduler, retries=1) == ("survived",)
+    assert started == ["dies-once", "dies-once"]
+    assert finished == ["dies-once"]
+    assert ended == [(1, 0, False)], "the lost run is undone: one task done, none failed"
 
 
 @pytest.mark.parametrize(

@@ -15,22 +15,25 @@
 //!   needs it maps rather than receiving a copy.
 //! - A released result is forgotten by its workers with the next request they receive
 //!   ([`Cluster::flush_releases`] sends those left at the end of a computation).
-//! - A worker that dies is replaced. The task it was running is retried up to `retries` times. A task
-//!   that finds inputs lost with a worker reports them (`belated_core::InputsLost`) instead of
-//!   running; the engine's schedule recomputes them, each a task like any other (observers,
-//!   [`Codec::before`] and [`Codec::after`], deadlines and cancel see it), at most `retries` + 1
-//!   times each, and runs the task again.
+//! - A worker that dies is replaced. The task it was running is reported lost
+//!   (`belated_core::InputsLost`, naming the inputs that died with the worker), and the engine's
+//!   schedule runs it again as any task (observers, [`Codec::before`] and [`Codec::after`], deadlines and cancel see each
+//!   run); once its worker died under it `retries` + 1 times it fails with [`Error::TaskLost`]. A
+//!   task that finds inputs lost with a worker reports them instead of running; the schedule
+//!   recomputes them, each a task like any other, at most `retries` + 1 times each, and runs the
+//!   task again.
 //! - While tasks are fast and many are ready, a pool thread takes several at once
 //!   ([`crate::batching`] decides how many) and sends those whose inputs are all in the call or in
 //!   its worker in one message; the worker runs them one after the other and replies to all at
 //!   once. A batch whose worker dies brought no result back, and which of its tasks killed it is
-//!   not known: each is tried again on its own, with all its tries (so one that kills its worker
-//!   runs once more than `retries` allows alone, and the others are not failed for it).
+//!   not known: each is reported lost and runs next on its own, with all its tries (so one that
+//!   kills its worker runs once more than `retries` allows alone, and the others are not failed for
+//!   it).
 //! - A cancelled computation kills the workers running its tasks ([`Running::cancel`]); their
 //!   replacements serve the next computation.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
 use std::time::Instant;
@@ -374,6 +377,10 @@ pub struct ClusterRunner<C: Codec, T> {
     retries: usize,
     /// Whether each task has finished once, so that finishing again counts as a recompute.
     finished: Vec<AtomicBool>,
+    /// Per task: how many times its worker died while running it alone.
+    deaths: Vec<AtomicUsize>,
+    /// Per task: whether it was in a batch whose worker died, so that it runs next alone.
+    suspect: Vec<AtomicBool>,
     running: Arc<Running>,
     batching: Batching,
 }
@@ -421,6 +428,8 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             flags,
             retries,
             finished: graph.tasks().map(|_| AtomicBool::new(false)).collect(),
+            deaths: graph.tasks().map(|_| AtomicUsize::new(0)).collect(),
+            suspect: graph.tasks().map(|_| AtomicBool::new(false)).collect(),
             running: Arc::new(Running::new(transport)),
             batching: Batching::default(),
         }
@@ -448,7 +457,7 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             return Ok(Err(error));
         }
         let started = Instant::now();
-        let evaluated = self.evaluate(slot, task, inputs, (0, String::new()));
+        let evaluated = self.evaluate(slot, task, inputs);
         self.batching.ran(1, started.elapsed());
         self.complete(task, evaluated)
     }
@@ -494,8 +503,9 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                     continue;
                 }
             };
-            if !prepared.transfers.is_empty() || !prepared.uploads.is_empty() {
-                let evaluated = self.evaluate(slot, task, inputs, (0, String::new()));
+            let suspect = self.suspect[task.index()].swap(false, SeqCst);
+            if suspect || !prepared.transfers.is_empty() || !prepared.uploads.is_empty() {
+                let evaluated = self.evaluate(slot, task, inputs);
                 results[at] = Some(self.complete(task, evaluated));
                 continue;
             }
@@ -556,14 +566,14 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             Err(Failed::Lost(lost, generation))
                 if !self.running.is_cancelled() && !self.directory().is_closed() =>
             {
-                // Tried again, a task finds the worker closed if it could not be replaced.
+                // Run again, a task finds the worker closed if it could not be replaced.
                 let _ = self
                     .codec
                     .blocking(|| self.cluster.transport.replace(lost, generation));
                 for (at, _, _) in calls {
                     let (task, inputs) = &batch[at];
-                    let evaluated = self.evaluate(slot, *task, inputs, (0, String::new()));
-                    results[at] = Some(self.complete(*task, evaluated));
+                    self.suspect[task.index()].store(true, SeqCst);
+                    results[at] = Some(Err(self.lost_inputs(slot, *task, inputs)));
                 }
             }
             Err(failed) => {
@@ -649,6 +659,18 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             true => Ok(prepared),
             false => Err(Stop::Lost(InputsLost(lost))),
         }
+    }
+
+    /// The inputs of `task` that no worker holds any more, after a worker died: the engine
+    /// recomputes them before the task runs again.
+    fn lost_inputs(&self, slot: usize, task: TaskId, inputs: &[Held<C::Value>]) -> InputsLost {
+        let worker = slot / self.cluster.threads_per_worker;
+        let lost = inputs.iter().zip(self.graph.deps(task));
+        InputsLost(
+            lost.filter(|(held, _)| matches!(held.source(self.directory(), worker), Source::Lost))
+                .map(|(_, &dep)| dep)
+                .collect(),
+        )
     }
 
     /// `value` (built here for `held`, an input of `task`) as an upload to the call's worker, if it
@@ -743,74 +765,72 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             .map_err(|_| Failed::Lost(worker, generation))
     }
 
-    /// Runs `task` on `slot`'s worker, retrying when a worker it depends on dies; `failures` are
-    /// how many times it failed so far, and why the last time.
+    /// Runs `task` on `slot`'s worker. A worker that dies under it is replaced, and the task is
+    /// reported lost for the engine to run again, until it has died `retries` + 1 times.
     fn evaluate(
         &self,
         slot: usize,
         task: TaskId,
         inputs: &[Held<C::Value>],
-        failures: (usize, String),
     ) -> Result<Held<C::Value>, Stop<C::Error>> {
         let worker = slot / self.cluster.threads_per_worker;
         let flags = self.flags[task.index()];
         let failed = |error| Stop::Failed(self.codec.failed(task, error));
-        let (mut failures, mut why) = failures;
-        while failures <= self.retries {
-            let mut prepared = self.prepare(slot, task, inputs)?;
-            let call_frames = match self.encode(task, &prepared).map_err(Stop::Failed)? {
-                Encoded::Ready(value) => {
-                    return Ok(Held {
-                        local: Some(value),
-                        remote: None,
-                        sent: Some(Arc::default()),
-                    })
-                }
-                Encoded::Call(frames) => frames,
-            };
-            let result_id = self.directory().new_id();
-            let generation = self.directory().generation(worker);
-            let outcome = self.codec.blocking(|| {
-                let (transfer_frames, mut words) =
-                    self.fetch_transfers(&prepared.transfers, &mut prepared.uploads)?;
-                let mut rest = vec![result_id, u64::from(flags)];
-                rest.append(&mut words);
-                let releases = self.directory().take_releases(worker);
-                let mut request = vec![wire::header(RUN, &releases, &rest).into()];
-                request.extend(transfer_frames);
-                request.extend(call_frames);
-                self.send(slot, worker, generation, &request)
-            });
-            match outcome {
-                Ok(reply) => {
-                    return self
-                        .received(&prepared, worker, generation, result_id, flags, &reply)
-                        .map_err(Stop::Failed)
-                }
-                Err(Failed::Cancelled) => return Err(failed(Error::Cancelled)),
-                // Killed by a cancel, or by close(): either way the computation is over, and the
-                // next one finds a new worker in its place.
-                Err(Failed::Lost(lost, generation))
-                    if self.running.is_cancelled() || self.directory().is_closed() =>
-                {
-                    let _ = self
-                        .codec
-                        .blocking(|| self.cluster.transport.replace(lost, generation));
-                    return Err(failed(Error::Cancelled));
-                }
-                Err(Failed::Lost(lost, generation)) => {
-                    why = self
-                        .codec
-                        .blocking(|| self.cluster.transport.replace(lost, generation))
-                        .map_err(failed)?;
-                }
+        let mut prepared = self.prepare(slot, task, inputs)?;
+        let call_frames = match self.encode(task, &prepared).map_err(Stop::Failed)? {
+            Encoded::Ready(value) => {
+                return Ok(Held {
+                    local: Some(value),
+                    remote: None,
+                    sent: Some(Arc::default()),
+                })
             }
-            failures += 1;
+            Encoded::Call(frames) => frames,
+        };
+        let result_id = self.directory().new_id();
+        let generation = self.directory().generation(worker);
+        let outcome = self.codec.blocking(|| {
+            let (transfer_frames, mut words) =
+                self.fetch_transfers(&prepared.transfers, &mut prepared.uploads)?;
+            let mut rest = vec![result_id, u64::from(flags)];
+            rest.append(&mut words);
+            let releases = self.directory().take_releases(worker);
+            let mut request = vec![wire::header(RUN, &releases, &rest).into()];
+            request.extend(transfer_frames);
+            request.extend(call_frames);
+            self.send(slot, worker, generation, &request)
+        });
+        match outcome {
+            Ok(reply) => self
+                .received(&prepared, worker, generation, result_id, flags, &reply)
+                .map_err(Stop::Failed),
+            Err(Failed::Cancelled) => Err(failed(Error::Cancelled)),
+            // Killed by a cancel, or by close(): either way the computation is over, and the
+            // next one finds a new worker in its place.
+            Err(Failed::Lost(lost, generation))
+                if self.running.is_cancelled() || self.directory().is_closed() =>
+            {
+                let _ = self
+                    .codec
+                    .blocking(|| self.cluster.transport.replace(lost, generation));
+                Err(failed(Error::Cancelled))
+            }
+            Err(Failed::Lost(lost, generation)) => {
+                let why = self
+                    .codec
+                    .blocking(|| self.cluster.transport.replace(lost, generation))
+                    .map_err(failed)?;
+                // A worker an input was fetched from may die too: the task's next run fetches a
+                // copy or finds the input lost, and the schedule bounds how often it runs again.
+                if lost == worker {
+                    let tries = self.deaths[task.index()].fetch_add(1, SeqCst) + 1;
+                    if tries > self.retries {
+                        return Err(failed(Error::TaskLost { tries, why }));
+                    }
+                }
+                Err(Stop::Lost(self.lost_inputs(slot, task, inputs)))
+            }
         }
-        Err(failed(Error::TaskLost {
-            tries: failures,
-            why,
-        }))
     }
 
     /// Records what the call's worker now holds and decodes its reply.

@@ -12,7 +12,7 @@ use belated_cluster::directory::{Directory, Held};
 use belated_cluster::runner::{Encoded, Input, SEND_ONCE_BYTES};
 use belated_cluster::wire::{Frame, BATCH, FETCH, KEEP, RUN, SEND};
 use belated_cluster::{Cluster, ClusterRunner, Codec, Error, Transport};
-use belated_core::{run_inline_observed, Graph, Observer, Runner, Schedule, TaskId};
+use belated_core::{run_inline_observed, Graph, InputsLost, Observer, Runner, Schedule, TaskId};
 use parking_lot::{Condvar, Mutex};
 
 /// A value: a number, and how many bytes it stands for (what moving it costs).
@@ -493,13 +493,41 @@ impl Harness {
 
     /// Runs `task` on worker `worker`'s thread.
     fn run(&mut self, task: u32, worker: usize) -> Result<Option<i64>, Failure> {
-        let held = self
+        self.try_run(task, worker)
+            .expect("a task driven by the harness finds its inputs")
+    }
+
+    /// Runs `task` on worker `worker`'s thread; `Err` when the runner reports it lost, for the
+    /// engine to run again.
+    fn try_run(
+        &mut self,
+        task: u32,
+        worker: usize,
+    ) -> Result<Result<Option<i64>, Failure>, InputsLost> {
+        let held = match self
             .runner
-            .run_on(worker, TaskId(task), &self.inputs(task))
-            .expect("a task driven by the harness finds its inputs")?;
+            .run_on(worker, TaskId(task), &self.inputs(task))?
+        {
+            Ok(held) => held,
+            Err(failure) => return Ok(Err(failure)),
+        };
         let local = held.local.map(|v| v.n);
         self.results[task as usize] = Some(held);
-        Ok(local)
+        Ok(Ok(local))
+    }
+
+    /// Runs the whole program through the engine, inline, telling `seen` what happens.
+    fn compute(
+        &self,
+        outputs: &[u32],
+        seen: &Arc<Seen>,
+    ) -> Result<Vec<Held<Val>>, belated_core::Error<Failure>> {
+        run_inline_observed(
+            self.program.graph.clone(),
+            outputs.iter().map(|&t| TaskId(t)).collect(),
+            Arc::clone(&self.runner),
+            Some(Arc::clone(seen) as Arc<dyn Observer>),
+        )
     }
 
     /// Where the runner places `task` now.
@@ -697,40 +725,63 @@ impl Harness {
     }
 }
 
+/// A task whose worker dies under it is reported lost and the engine runs it again, on the
+/// replacement: the observer sees each run start, and each that died end with no result, undone.
 #[test]
-fn a_task_whose_worker_dies_is_retried_on_its_replacement_up_to_retries_times() {
-    let program = Program::new(vec![
-        (
-            Op::Dies {
-                times: 1,
-                why: "it crashed",
-            },
-            vec![],
-        ),
-        (
-            Op::Dies {
-                times: usize::MAX,
-                why: "it crashed again",
-            },
-            vec![],
-        ),
-    ]);
-    let mut h = Harness::new(&program, 1, &[0, 1], 2);
-    assert_eq!(h.run(0, 0).unwrap(), Some(1));
-    assert_eq!(h.workers.ran(), [(0, 0), (0, 0)]);
+fn a_task_whose_worker_dies_is_run_again_by_the_engine_up_to_retries_times() {
+    let program = Program::new(vec![(
+        Op::Dies {
+            times: 1,
+            why: "it crashed",
+        },
+        vec![],
+    )]);
+    let h = Harness::new(&program, 1, &[0], 2);
+    let seen = Arc::new(Seen::default());
+    let values = h
+        .compute(&[0], &seen)
+        .expect("run again on the replacement");
+    assert_eq!(values[0].local.map(|v| v.n), Some(1));
     assert_eq!(
-        h.workers.events()[1],
-        Event::Ran(0, 0, 1),
-        "on the replacement"
+        *seen.0.lock(),
+        [
+            ("started", 0),
+            ("no result", 0),
+            ("undone", 0),
+            ("started", 0),
+            ("finished", 0),
+        ]
     );
-    match h.run(1, 0) {
-        Err(Failure::Runtime(Error::TaskLost { tries, why })) => {
+    assert_eq!(
+        h.workers.events(),
+        [Event::Ran(0, 0, 0), Event::Ran(0, 0, 1)]
+    );
+    let hooks = h.hooks.lock().clone();
+    assert_eq!(hooks, [("before", 0), ("before", 0), ("after", 0)]);
+
+    let program = Program::new(vec![(
+        Op::Dies {
+            times: usize::MAX,
+            why: "it crashed again",
+        },
+        vec![],
+    )]);
+    let h = Harness::new(&program, 1, &[0], 2);
+    let seen = Arc::new(Seen::default());
+    match h.compute(&[0], &seen) {
+        Err(belated_core::Error::Task {
+            task: TaskId(0),
+            error: Failure::Runtime(Error::TaskLost { tries, why }),
+        }) => {
             assert_eq!(tries, 3, "the first try and two retries");
             assert_eq!(why, "it crashed again");
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(h.workers.replaced.load(SeqCst), 4);
+    let lost_twice = [("started", 0), ("no result", 0), ("undone", 0)].repeat(2);
+    let last = [("started", 0), ("no result", 0)];
+    assert_eq!(*seen.0.lock(), [&lost_twice[..], &last[..]].concat());
+    assert_eq!(h.workers.replaced.load(SeqCst), 3);
 }
 
 #[test]
@@ -756,7 +807,9 @@ fn a_worker_killed_over_its_memory_limit_is_replaced_and_the_ending_says_why() {
         ),
     ]);
     let mut h = Harness::new(&program, 1, &[0, 1], 1);
-    assert_eq!(h.run(0, 0).unwrap(), Some(1), "retried on a fresh worker");
+    assert!(matches!(h.try_run(0, 0), Err(InputsLost(lost)) if lost.is_empty()));
+    assert_eq!(h.run(0, 0).unwrap(), Some(1), "run again on a fresh worker");
+    assert!(matches!(h.try_run(1, 0), Err(InputsLost(lost)) if lost.is_empty()));
     match h.run(1, 0) {
         Err(Failure::Runtime(error @ Error::TaskLost { .. })) => {
             let message = error.to_string();
@@ -788,9 +841,9 @@ impl Observer for Seen {
 }
 
 /// 0 -> 1 -> 2 -> 3 run by the engine on worker 0, and 3 kills that worker the first time it runs,
-/// taking 2 with it (0 and 1 were released once consumed). 3 is retried on the replacement, finds
-/// 2 lost and says so: the engine's schedule recomputes 0, 1 and 2, inputs first, each a task the
-/// observer and the hooks see start and finish like any other, and then runs 3 again.
+/// taking 2 with it (0 and 1 were released once consumed). The runner reports 3 lost with its
+/// input 2: the engine's schedule recomputes 0, 1 and 2, inputs first, each a task the observer and
+/// the hooks see start and finish like any other, and then runs 3 again on the replacement.
 #[test]
 fn results_lost_with_a_worker_are_recomputed_by_the_engine_which_its_observer_sees() {
     let program = Program::new(vec![
@@ -880,10 +933,10 @@ fn results_lost_with_a_worker_are_recomputed_by_the_engine_which_its_observer_se
     );
 }
 
-/// A result lost again every time it is recomputed ends the computation once `retries` + 1
-/// recomputes were lost too, with the engine's error.
+/// A task that kills its worker every time fails once it ran `retries` + 1 times, its input lost
+/// with the worker recomputed by the engine in between.
 #[test]
-fn a_result_lost_more_often_than_retries_allow_fails_the_computation() {
+fn a_task_killing_its_worker_every_time_fails_after_retries_and_its_lost_input_is_recomputed() {
     let program = Program::new(vec![
         (sum(8), vec![]),
         (
@@ -895,20 +948,20 @@ fn a_result_lost_more_often_than_retries_allow_fails_the_computation() {
         ),
     ]);
     let h = Harness::new(&program, 1, &[1], 1);
-    let outcome = run_inline_observed(
-        program.graph.clone(),
-        vec![TaskId(1)],
-        Arc::clone(&h.runner),
-        None,
-    );
-    match outcome {
-        Err(belated_core::Error::LostTooOften { task, times }) => {
-            assert_eq!((task, times), (TaskId(0), 3), "lost after 2 recomputes");
-        }
+    let seen = Arc::new(Seen::default());
+    match h.compute(&[1], &seen) {
+        Err(belated_core::Error::Task {
+            task: TaskId(1),
+            error: Failure::Runtime(Error::TaskLost { tries, why }),
+        }) => assert_eq!((tries, why.as_str()), (2, "it crashed")),
         other => panic!("{other:?}"),
     }
-    let zero_ran = h.workers.ran().iter().filter(|(t, _)| *t == 0).count();
-    assert_eq!(zero_ran, 3);
+    let ran: Vec<u32> = h.workers.ran().iter().map(|&(task, _)| task).collect();
+    assert_eq!(
+        ran,
+        [0, 1, 0, 1],
+        "0 was lost with 1's worker and recomputed before 1 ran again"
+    );
 }
 
 #[test]
@@ -924,6 +977,8 @@ fn a_lost_input_held_in_a_copy_elsewhere_is_fetched_not_recomputed() {
     h.run(1, 1).unwrap();
     h.run(2, 1).unwrap(); // worker 1 now holds a copy of 0
     h.workers.die(0, "it was killed");
+    // The fetch from the dead worker fails: reported lost, the task's next run fetches the copy.
+    assert!(matches!(h.try_run(3, 2), Err(InputsLost(lost)) if lost.is_empty()));
     assert_eq!(h.run(3, 2).unwrap(), Some(program.expected(TaskId(3))));
     assert_eq!(h.cluster.stats().recomputed(), 0);
     assert_eq!(
@@ -1040,16 +1095,23 @@ fn running_everywhere_calls_each_live_worker_once_and_says_which_one_has_died() 
 
 /// Tasks handed over together ([`Runner::run_batch`]), as the engine does while tasks are fast.
 fn run_batch(h: &Harness, tasks: &[u32]) -> Vec<Result<Option<i64>, Failure>> {
+    try_run_batch(h, tasks)
+        .into_iter()
+        .map(|result| result.expect("no input is lost"))
+        .collect()
+}
+
+/// [`run_batch`], where the runner may report tasks lost, for the engine to run again.
+fn try_run_batch(
+    h: &Harness,
+    tasks: &[u32],
+) -> Vec<Result<Result<Option<i64>, Failure>, InputsLost>> {
     let mut batch: Vec<(TaskId, Vec<Held<Val>>)> =
         tasks.iter().map(|&t| (TaskId(t), h.inputs(t))).collect();
     h.runner
         .run_batch(&mut batch)
         .into_iter()
-        .map(|result| {
-            result
-                .expect("no input is lost")
-                .map(|held| held.local.map(|v| v.n))
-        })
+        .map(|result| result.map(|result| result.map(|held| held.local.map(|v| v.n))))
         .collect()
 }
 
@@ -1118,7 +1180,7 @@ fn a_task_needing_a_value_from_another_worker_leaves_the_batch_and_fetches_it() 
 }
 
 #[test]
-fn when_a_batch_kills_its_worker_each_of_its_tasks_is_tried_again_alone_on_the_replacement() {
+fn when_a_batch_kills_its_worker_each_of_its_tasks_is_reported_lost_and_runs_next_alone() {
     let program = Program::new(vec![
         (sum(8), vec![]),
         (
@@ -1138,6 +1200,13 @@ fn when_a_batch_kills_its_worker_each_of_its_tasks_is_tried_again_alone_on_the_r
         ),
     ]);
     let h = Harness::new(&program, 1, &[0, 1, 2, 3], 0);
+    let lost = |results: &[Result<Result<Option<i64>, Failure>, InputsLost>]| {
+        results
+            .iter()
+            .all(|result| matches!(result, Err(InputsLost(lost)) if lost.is_empty()))
+    };
+    assert!(lost(&try_run_batch(&h, &[0, 1, 2])), "each to run again");
+    // The engine hands them over together again; each runs alone.
     let results = run_batch(&h, &[0, 1, 2]);
     for (task, result) in [0, 1, 2].into_iter().zip(&results) {
         assert!(
@@ -1145,7 +1214,7 @@ fn when_a_batch_kills_its_worker_each_of_its_tasks_is_tried_again_alone_on_the_r
             "task {task}: {result:?}"
         );
     }
-    // 1 killed the worker after 0 ran: none of the batch's results came back, so all three run
+    // 1 killed the worker after 0 ran: none of the batch's results came back, so all three ran
     // again, each alone, on the replacement.
     assert_eq!(
         h.workers
@@ -1164,6 +1233,7 @@ fn when_a_batch_kills_its_worker_each_of_its_tasks_is_tried_again_alone_on_the_r
     );
     // A task that kills its worker every time fails alone, with no retries, and takes no innocent
     // task of its batch with it.
+    assert!(lost(&try_run_batch(&h, &[2, 3])), "each to run again");
     let results = run_batch(&h, &[2, 3]);
     assert!(matches!(results[0], Ok(Some(n)) if n == program.expected(TaskId(2))));
     match &results[1] {
