@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod concurrency;
 mod error;
 mod executor;
 mod graph;
