@@ -4,10 +4,11 @@
 //! chunks or pandas) run no faster on two threads than on one, and handing the lock back and forth
 //! costs 40–60% (measured on dask.array and dask.dataframe graphs, issue 14). Whether a task holds it
 //! is not known before it runs, so [`Ramp`] measures: it starts with every thread, counts finished
-//! tasks per window of time, and compares with one thread fewer. More threads must win by [`GAIN`]
-//! to be kept, since each window runs different tasks and the extra threads cost the machine.
-//! Settled, it looks again every [`REPROBE`] windows, since a graph's phases differ (building chunks,
-//! then reducing them).
+//! tasks per window of time, and compares with one thread fewer, then one fewer again while fewer
+//! win (or one more while more win). More threads must win by [`GAIN`] to be kept, since each window
+//! runs different tasks and the extra threads cost the machine. Settled, it compares again every
+//! [`REPROBE`] windows (with one thread more, or fewer at the most), since a graph's phases differ
+//! (building chunks, then reducing them).
 //!
 //! The clock is the caller's (a [`Duration`] since any fixed start), so tests drive it by hand; a
 //! window ends only at a finished task, after at least [`WINDOW`] and [`WINDOW_TASKS`] tasks, so a
