@@ -13,6 +13,7 @@ import ast
 import contextvars
 import signal
 import threading
+import time
 import traceback
 
 import numpy as np
@@ -770,3 +771,54 @@ def test_dask_reads_a_dict_argument_of_a_delayed_object_as_data():
     carried = {"t": Task("inner", inc, TaskRef("elsewhere"))}
     kind = belated.delayed(lambda d: type(d["t"]).__name__)(carried)
     assert dask.compute(kind, scheduler="sync") == (kind.compute(),) == ("Task",)
+
+
+def test_other_python_threads_run_while_builtin_dask_tasks_compute():
+    """Builtin-function tasks run no bytecode, so CPython never asks them to give up the interpreter:
+    belated.get offers it between tasks, as compute does. The heartbeat shows up among the tasks."""
+    events = []
+    dsk = {("t", i): (events.append, "task") for i in range(300_000)}
+    stop = threading.Event()
+
+    def heartbeat():
+        while not stop.is_set():
+            events.append("beat")
+            time.sleep(0.001)
+
+    beating = threading.Thread(target=heartbeat)
+    beating.start()
+    try:
+        belated.get(dsk, list(dsk), num_workers=2)
+    finally:
+        stop.set()
+        beating.join(timeout=10)
+    first, last = events.index("task"), len(events) - 1 - events[::-1].index("task")
+    beats_during = events[first:last].count("beat")
+    assert beats_during >= 3, f"the heartbeat ran {beats_during} times during the get"
+
+
+def test_tasks_that_release_the_gil_keep_both_workers_to_the_end():
+    """belated.get drops a worker only when it does not raise the task rate: tasks that release the
+    GIL (sleeping, as numpy does on large arrays) still overlap after the engine has measured them
+    for many windows. Overlaps are counted by the order of task starts and ends."""
+    lock = threading.Lock()
+    running = [0]
+    at_start = []
+
+    def task(i):
+        with lock:
+            running[0] += 1
+            at_start.append(running[0])
+        time.sleep(0.002)
+        with lock:
+            running[0] -= 1
+        return i
+
+    dsk = {("t", i): (task, i) for i in range(400)}
+    assert belated.get(dsk, list(dsk), num_workers=2) == tuple(range(400))
+    assert max(at_start) == 2
+    assert max(at_start[300:]) == 2, "the last hundred tasks ran one at a time"
+    # One worker allowed by the user: the ramp never goes above it.
+    at_start.clear()
+    belated.get(dsk, list(dsk), num_workers=1)
+    assert max(at_start) == 1

@@ -98,6 +98,13 @@ pub trait Runner: Send + Sync + 'static {
             .collect()
     }
 
+    /// How many threads may run this job's tasks at once, at most the pool's; read before each task
+    /// is taken, so a runner may change it as it goes ([`crate::concurrency::Ramp`]). A thread over
+    /// the count finishes its task and leaves the job. The default sets no bound of its own.
+    fn concurrency(&self) -> usize {
+        usize::MAX
+    }
+
     /// The worker group where `task`, now ready, should run given its inputs (see
     /// [`ThreadPool::with_groups`]); `None` lets any worker take it. Called under the job's lock: keep it
     /// to a glance at the values.
@@ -145,6 +152,10 @@ impl<R: Runner> Runner for Arc<R> {
 
     fn run_batch(&self, batch: &mut [(TaskId, Vec<Self::Value>)]) -> Vec<Recoverable<Self>> {
         R::run_batch(self, batch)
+    }
+
+    fn concurrency(&self) -> usize {
+        R::concurrency(self)
     }
 
     fn place(&self, task: TaskId, inputs: &mut dyn Iterator<Item = &Self::Value>) -> Option<usize> {
@@ -387,8 +398,9 @@ struct Job<R: Runner> {
     /// Whether ready tasks are left (above zero: some are), as of the last bookkeeping; lets idle
     /// workers find work without the job's lock. At creation, how many are ready.
     ready_hint: AtomicUsize,
-    /// Threads inside [`Job::work`]; idle workers join only while it is below `limit`.
+    /// Threads inside [`Job::work`]; idle workers join only while it is below [`Job::limit`].
     running: AtomicUsize,
+    /// The pool's threads; the runner may allow fewer ([`Runner::concurrency`]).
     limit: usize,
     /// Whether the outcome is set, for a helper spinning without the lock.
     settled: AtomicBool,
@@ -457,6 +469,11 @@ impl<R: Runner> Job<R> {
         }
     }
 
+    /// How many threads may be inside [`Job::work`] now.
+    fn limit(&self) -> usize {
+        self.limit.min(self.runner.concurrency().max(1))
+    }
+
     /// Runs ready tasks until none is left, the job settles or `deadline` passes. `pool` is woken
     /// when work is left over; `group` is this thread's placement group. The caller has counted
     /// itself in `running`; the count goes down under the job's lock as the thread finds nothing to
@@ -493,8 +510,11 @@ impl<R: Runner> Job<R> {
                     blame = Some(task);
                     self.requeue(&mut state, task, lost, handed, &mut garbage);
                 }
+                // A thread over the runner's count leaves: the count and the leaving both change
+                // only under the lock, so never more leave than the count is exceeded by.
                 let open = state.outcome.is_none()
-                    && deadline.is_none_or(|deadline| Instant::now() < deadline);
+                    && deadline.is_none_or(|deadline| Instant::now() < deadline)
+                    && self.running.load(SeqCst) <= self.limit();
                 let next = if open {
                     state.schedule.next_ready(group)
                 } else {
@@ -535,7 +555,7 @@ impl<R: Runner> Job<R> {
                     None => self.running.fetch_sub(1, SeqCst) - 1,
                 };
                 // A helper waits for ready work and for room: both change only here, under the lock.
-                if ready > 0 && running < self.limit && state.helpers_waiting > 0 {
+                if ready > 0 && running < self.limit() && state.helpers_waiting > 0 {
                     self.changed.notify_all();
                 }
                 next
@@ -556,7 +576,7 @@ impl<R: Runner> Job<R> {
                 }
             };
             if let Some(pool) = pool {
-                if self.ready_hint.load(SeqCst) > 0 && self.running.load(SeqCst) < self.limit {
+                if self.ready_hint.load(SeqCst) > 0 && self.running.load(SeqCst) < self.limit() {
                     pool.wake_one();
                 }
             }
@@ -976,7 +996,7 @@ impl<R: Runner> Work for Job<R> {
             && self
                 .running
                 .fetch_update(SeqCst, SeqCst, |running| {
-                    (running < self.limit).then_some(running + 1)
+                    (running < self.limit()).then_some(running + 1)
                 })
                 .is_ok()
     }
@@ -1348,7 +1368,7 @@ impl<R: Runner> JobHandle<R> {
             // threads fill the pool, whose cores the spinning would take from them.
             for _ in 0..SPIN_ROUNDS {
                 if job.settled.load(SeqCst)
-                    || job.running.load(SeqCst) >= job.limit
+                    || job.running.load(SeqCst) >= job.limit()
                     || job.ready_hint.load(SeqCst) > 0
                     || deadline.is_some_and(|deadline| Instant::now() >= deadline)
                 {
@@ -1364,7 +1384,7 @@ impl<R: Runner> JobHandle<R> {
                 if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                     return false;
                 }
-                if state.schedule.ready_len() > 0 && job.running.load(SeqCst) < job.limit {
+                if state.schedule.ready_len() > 0 && job.running.load(SeqCst) < job.limit() {
                     break;
                 }
                 state.helpers_waiting += 1;

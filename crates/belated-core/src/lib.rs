@@ -11,7 +11,8 @@
 //! lives in its environment, e.g. attached to a Python interpreter once for its whole life). The same
 //! loop serves the calling thread ([`run_inline`]), a [`ThreadPool`], and a thread that helps with
 //! a computation it waits for ([`JobHandle::help`]); an [`Observer`] sees every task start and finish,
-//! on the thread that runs it. A [`PoolRegistry`] shares pools between computations within bounds,
+//! on the thread that runs it. A runner may bound how many threads run its job as it goes
+//! ([`Runner::concurrency`]), e.g. by measuring with a [`concurrency::Ramp`] whether more pay. A [`PoolRegistry`] shares pools between computations within bounds,
 //! and a [`Session`] runs one computation on such a pool (or one of the caller's) and waits for it
 //! with a deadline and an interrupt, as both fronts do.
 //! A runner that finds a task's inputs lost after they were computed (with a worker process) says so,
@@ -21,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod concurrency;
 mod error;
 mod executor;
 mod graph;

@@ -905,3 +905,85 @@ fn a_task_of_a_batch_that_finds_its_inputs_lost_is_requeued_and_the_others_keep_
     let batches = runner.batches.lock();
     assert_eq!(batches[0], (1..5).map(TaskId).collect::<Vec<_>>());
 }
+
+/// Leaves below `split` meet on `early`, the others on `late`; once an early leaf has run, the job
+/// allows `then` threads, as a runner measuring its tasks ([`belated_core::concurrency::Ramp`]) would.
+struct Capped {
+    cap: AtomicUsize,
+    then: usize,
+    split: u32,
+    early: Arc<Rendezvous>,
+    late: Arc<Rendezvous>,
+}
+
+impl Capped {
+    fn new(cap: usize, then: usize, split: u32, early: Duration, late: Duration) -> Arc<Self> {
+        Arc::new(Capped {
+            cap: AtomicUsize::new(cap),
+            then,
+            split,
+            early: Rendezvous::new(2, early),
+            late: Rendezvous::new(2, late),
+        })
+    }
+}
+
+impl Runner for Capped {
+    type Value = usize;
+    type Error = String;
+
+    fn run(&self, task: TaskId, inputs: &[usize]) -> Result<usize, String> {
+        if task.0 >= self.split {
+            return self.late.run(task, inputs);
+        }
+        let met = self.early.run(task, inputs);
+        self.cap.store(self.then, SeqCst);
+        met
+    }
+
+    fn concurrency(&self) -> usize {
+        self.cap.load(SeqCst)
+    }
+}
+
+/// A runner allowing one thread gets one, on a pool of two: no two leaves ever overlap.
+#[test]
+fn a_job_runs_on_no_more_threads_than_its_runner_allows() {
+    let pool = ThreadPool::new(2, Arc::new(PlainHost)).unwrap();
+    let capped = Capped::new(1, 1, 0, TIMEOUT, Duration::from_millis(20));
+    let (graph, root) = fan_in(4);
+    let handle = pool.submit(graph, vec![root], Arc::clone(&capped));
+    assert!(handle.wait_timeout(TIMEOUT));
+    assert_eq!(handle.result().unwrap(), vec![0]);
+    assert_eq!(capped.late.most.load(SeqCst), 1);
+}
+
+/// A count raised while the job runs lets the second thread in: the later leaves meet.
+#[test]
+fn a_runner_raising_its_count_gets_the_threads() {
+    let pool = ThreadPool::new(2, Arc::new(PlainHost)).unwrap();
+    let capped = Capped::new(1, 2, 1, Duration::from_millis(20), TIMEOUT);
+    let (graph, root) = fan_in(3);
+    let handle = pool.submit(graph, vec![root], Arc::clone(&capped));
+    assert!(handle.wait_timeout(TIMEOUT * 2));
+    assert_eq!(handle.result().unwrap(), vec![2], "leaf 1 and 2 met");
+    assert_eq!(capped.late.most.load(SeqCst), 2);
+}
+
+/// A count lowered while two threads run makes one of them leave once its task is done: the first
+/// two leaves meet, the later ones never overlap.
+#[test]
+fn a_runner_lowering_its_count_sends_a_thread_away() {
+    let pool = ThreadPool::new(2, Arc::new(PlainHost)).unwrap();
+    let capped = Capped::new(2, 1, 2, TIMEOUT, Duration::from_millis(20));
+    let (graph, root) = fan_in(5);
+    let handle = pool.submit(graph, vec![root], Arc::clone(&capped));
+    assert!(handle.wait_timeout(TIMEOUT * 2));
+    assert_eq!(
+        handle.result().unwrap(),
+        vec![2],
+        "only the first two leaves met"
+    );
+    assert_eq!(capped.early.most.load(SeqCst), 2);
+    assert_eq!(capped.late.most.load(SeqCst), 1);
+}

@@ -4,7 +4,9 @@
 //! `compute`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use belated_core::concurrency::Ramp;
 use belated_core::{current_worker, on_worker_thread, run_inline, Graph, Runner, TaskId};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -12,6 +14,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::compute::{run_on_threads, worker_count};
 use crate::errors::{catch_panics, to_python};
+use crate::gil::let_other_threads_run;
 use crate::host::Deadline;
 use crate::task::PyValue;
 
@@ -27,6 +30,10 @@ struct DaskRunner {
     /// The caller's `contextvars` context when it holds any variable: each task runs in a copy of it,
     /// as in dask's threaded scheduler (one context cannot be entered by two threads at once).
     context: Option<Py<PyAny>>,
+    /// How many of the pool's threads take tasks, as measured: dask's task bodies mostly hold the
+    /// interpreter (numpy on small chunks, pandas), and then a second thread slows them. `None`
+    /// inline, where one thread runs everything anyway.
+    ramp: Option<(Ramp, Instant)>,
 }
 
 impl DaskRunner {
@@ -58,53 +65,72 @@ impl Runner for DaskRunner {
     type Error = PyErr;
 
     fn run(&self, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
-        Python::attach(|py| {
-            if self.check_signals {
-                py.check_signals()?;
-            }
-            if let Some(deadline) = self.deadline.filter(Deadline::passed) {
-                return Err(deadline.error());
-            }
-            let task = &self.tasks[task.index()];
-            if let Some(pretask) = &self.pretask {
-                pretask.call1(py, (&task.key,))?;
-            }
-            let input = |i: usize| inputs[i].0.bind(py);
-            let value = match &task.body {
-                Body::Data(value) => value.clone_ref(py),
-                Body::Alias(i) => input(*i).clone().unbind(),
-                Body::Call { func, args, kwargs } => {
-                    let arg = |slot: &Slot| match slot {
-                        Slot::Literal(value) => value.bind(py).clone(),
-                        Slot::Input(i) => input(*i).clone(),
-                    };
-                    let kwargs = if kwargs.is_empty() {
-                        None
-                    } else {
-                        let named = PyDict::new(py);
-                        for (name, slot) in kwargs {
-                            named.set_item(name, arg(slot))?;
-                        }
-                        Some(named)
-                    };
-                    self.call(func.bind(py), args.iter().map(arg), kwargs.as_ref())?
-                        .unbind()
-                }
-                Body::Node(node) => {
-                    let values = PyDict::new(py);
-                    for (key, value) in task.deps.iter().zip(inputs) {
-                        values.set_item(key, &value.0)?;
+        let value = Python::attach(|py| self.run_attached(py, task, inputs));
+        if let Some((ramp, start)) = &self.ramp {
+            ramp.task_done(start.elapsed());
+        }
+        value
+    }
+
+    fn concurrency(&self) -> usize {
+        self.ramp
+            .as_ref()
+            .map_or(usize::MAX, |(ramp, _)| ramp.allowed())
+    }
+}
+
+impl DaskRunner {
+    /// One task, on a thread attached to the interpreter (a pool's worker stays attached for its
+    /// life, so this attach only counts).
+    fn run_attached(&self, py: Python<'_>, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
+        // A task that is a builtin runs no bytecode, so nothing else would hand the
+        // interpreter to a thread waiting for it (a heartbeat, a progress bar).
+        let_other_threads_run(py)?;
+        if self.check_signals {
+            py.check_signals()?;
+        }
+        if let Some(deadline) = self.deadline.filter(Deadline::passed) {
+            return Err(deadline.error());
+        }
+        let task = &self.tasks[task.index()];
+        if let Some(pretask) = &self.pretask {
+            pretask.call1(py, (&task.key,))?;
+        }
+        let input = |i: usize| inputs[i].0.bind(py);
+        let value = match &task.body {
+            Body::Data(value) => value.clone_ref(py),
+            Body::Alias(i) => input(*i).clone().unbind(),
+            Body::Call { func, args, kwargs } => {
+                let arg = |slot: &Slot| match slot {
+                    Slot::Literal(value) => value.bind(py).clone(),
+                    Slot::Input(i) => input(*i).clone(),
+                };
+                let kwargs = if kwargs.is_empty() {
+                    None
+                } else {
+                    let named = PyDict::new(py);
+                    for (name, slot) in kwargs {
+                        named.set_item(name, arg(slot))?;
                     }
-                    self.call(node.bind(py), [values.into_any()], None)?
-                        .unbind()
-                }
-            };
-            if let Some(posttask) = &self.posttask {
-                let worker = current_worker().map_or(-1, |w| w as i64);
-                posttask.call1(py, (&task.key, &value, worker))?;
+                    Some(named)
+                };
+                self.call(func.bind(py), args.iter().map(arg), kwargs.as_ref())?
+                    .unbind()
             }
-            Ok(PyValue(value))
-        })
+            Body::Node(node) => {
+                let values = PyDict::new(py);
+                for (key, value) in task.deps.iter().zip(inputs) {
+                    values.set_item(key, &value.0)?;
+                }
+                self.call(node.bind(py), [values.into_any()], None)?
+                    .unbind()
+            }
+        };
+        if let Some(posttask) = &self.posttask {
+            let worker = current_worker().map_or(-1, |w| w as i64);
+            posttask.call1(py, (&task.key, &value, worker))?;
+        }
+        Ok(PyValue(value))
     }
 }
 
@@ -159,6 +185,12 @@ pub(crate) fn run_dask_graph(
             deadline,
             check_signals: inline,
             context,
+            ramp: (!inline).then(|| {
+                (
+                    Ramp::new(workers, std::time::Duration::ZERO),
+                    Instant::now(),
+                )
+            }),
         };
         let result = if inline {
             run_inline(graph, outputs, runner)

@@ -1,0 +1,255 @@
+//! How many threads a job lets run its tasks when more threads need not mean faster.
+//!
+//! Task bodies that hold a lock every thread needs (Python's interpreter lock, for numpy on small
+//! chunks or pandas) run no faster on two threads than on one, and handing the lock back and forth
+//! costs 40–60% (measured on dask.array and dask.dataframe graphs, issue 14). Whether a task holds it
+//! is not known before it runs, so [`Ramp`] measures: it starts with every thread, counts finished
+//! tasks per window of time, and compares with one thread fewer, then one fewer again while fewer
+//! win (or one more while more win). More threads must win by [`GAIN`] to be kept, since each window
+//! runs different tasks and the extra threads cost the machine. Settled, it compares again every
+//! [`REPROBE`] windows (with one thread more, or fewer at the most), since a graph's phases differ
+//! (building chunks, then reducing them).
+//!
+//! The clock is the caller's (a [`Duration`] since any fixed start), so tests drive it by hand; a
+//! window ends only at a finished task, after at least [`WINDOW`] and [`WINDOW_TASKS`] tasks, so a
+//! graph of a few long tasks never leaves its starting count.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// The shortest window a rate is measured over: several switch intervals of CPython (5 ms), so a
+/// window sees the handoffs it is meant to catch.
+pub const WINDOW: Duration = Duration::from_millis(20);
+/// The fewest finished tasks a window counts.
+pub const WINDOW_TASKS: u64 = 16;
+/// How much faster, as a ratio of task rates, a count of threads must be than one fewer to be kept.
+pub const GAIN: f64 = 1.15;
+/// Windows spent at a settled count before it is compared with a neighbour again.
+pub const REPROBE: u32 = 20;
+
+/// The adaptive thread count of one job: read [`Ramp::allowed`] before taking a task, call
+/// [`Ramp::task_done`] after each.
+#[derive(Debug)]
+pub struct Ramp {
+    max: usize,
+    allowed: AtomicUsize,
+    state: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: Duration,
+    done: u64,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Measuring the current count, to compare with a neighbour next.
+    Measure,
+    /// Measuring the current count against `threads`, measured at `rate` tasks per second.
+    Compare { threads: usize, rate: f64 },
+    /// At the chosen count for this many more windows.
+    Settled { windows: u32 },
+}
+
+impl Ramp {
+    /// A ramp over 1..=`max` threads, starting at `max`, its clock starting at `now`.
+    pub fn new(max: usize, now: Duration) -> Self {
+        let max = max.max(1);
+        Ramp {
+            max,
+            allowed: AtomicUsize::new(max),
+            state: Mutex::new(Window {
+                start: now,
+                done: 0,
+                phase: if max == 1 {
+                    Phase::Settled { windows: u32::MAX }
+                } else {
+                    Phase::Measure
+                },
+            }),
+        }
+    }
+
+    /// How many threads may run tasks now.
+    pub fn allowed(&self) -> usize {
+        self.allowed.load(Relaxed)
+    }
+
+    /// Counts a finished task at `now`; at a window's end, moves the count as the rates say.
+    pub fn task_done(&self, now: Duration) {
+        if self.max == 1 {
+            return;
+        }
+        let mut window = self.state.lock();
+        window.done += 1;
+        let span = now.saturating_sub(window.start);
+        if window.done < WINDOW_TASKS || span < WINDOW {
+            return;
+        }
+        let rate = window.done as f64 / span.as_secs_f64();
+        window.start = now;
+        window.done = 0;
+        let current = self.allowed();
+        let (next, phase) = match window.phase {
+            Phase::Settled { windows } if windows > 0 => (
+                current,
+                Phase::Settled {
+                    windows: windows - 1,
+                },
+            ),
+            Phase::Settled { .. } | Phase::Measure => {
+                let neighbour = if current < self.max {
+                    current + 1
+                } else {
+                    current - 1
+                };
+                (
+                    neighbour,
+                    Phase::Compare {
+                        threads: current,
+                        rate,
+                    },
+                )
+            }
+            Phase::Compare {
+                threads,
+                rate: other,
+            } => {
+                let ((fewer, fewer_rate), (more, more_rate)) = if threads < current {
+                    ((threads, other), (current, rate))
+                } else {
+                    ((current, rate), (threads, other))
+                };
+                let winner = if more_rate > fewer_rate * GAIN {
+                    more
+                } else {
+                    fewer
+                };
+                // The count that won by moving away from `threads` is compared with the next one
+                // the same way, so a ramp climbs (or descends) as far as it pays.
+                let onward = if current > threads {
+                    (current < self.max).then_some(current + 1)
+                } else {
+                    (current > 1).then_some(current - 1)
+                };
+                if let Some(onward) = onward.filter(|_| winner == current) {
+                    (
+                        onward,
+                        Phase::Compare {
+                            threads: current,
+                            rate,
+                        },
+                    )
+                } else {
+                    (winner, Phase::Settled { windows: REPROBE })
+                }
+            }
+        };
+        window.phase = phase;
+        self.allowed.store(next, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finishes `tasks` tasks evenly over `span` from `*now`, advancing it.
+    fn run(ramp: &Ramp, now: &mut Duration, tasks: u32, span: Duration) {
+        let start = *now;
+        for i in 1..=tasks {
+            *now = start + span * i / tasks;
+            ramp.task_done(*now);
+        }
+    }
+
+    /// The counts one window after another, each window's rate given by `rate(threads)` in tasks per
+    /// window of [`WINDOW`].
+    fn counts(max: usize, windows: usize, rate: impl Fn(usize) -> u32) -> Vec<usize> {
+        let mut now = Duration::ZERO;
+        let ramp = Ramp::new(max, now);
+        let mut seen = vec![ramp.allowed()];
+        for _ in 0..windows {
+            run(&ramp, &mut now, rate(ramp.allowed()), WINDOW);
+            seen.push(ramp.allowed());
+        }
+        seen
+    }
+
+    #[test]
+    fn a_second_thread_that_slows_the_tasks_is_dropped_and_tried_again_later() {
+        // Two threads finish fewer tasks than one, as with the interpreter lock contended.
+        let r = REPROBE as usize;
+        let seen = counts(2, r + 4, |t| if t == 2 { 60 } else { 100 });
+        assert_eq!(&seen[..3], &[2, 1, 1]);
+        assert!(seen[2..r + 3].iter().all(|&t| t == 1), "{seen:?}");
+        // The look again: one window at two threads, which lose again.
+        assert_eq!(&seen[r + 3..], &[2, 1]);
+    }
+
+    #[test]
+    fn threads_that_scale_are_kept() {
+        let r = REPROBE as usize;
+        let seen = counts(2, r + 4, |t| 100 * t as u32);
+        assert_eq!(&seen[..3], &[2, 1, 2]);
+        assert!(seen[2..r + 3].iter().all(|&t| t == 2), "{seen:?}");
+        // At the most threads, the look again tries one fewer.
+        assert_eq!(&seen[r + 3..], &[1, 2]);
+    }
+
+    #[test]
+    fn a_small_gain_does_not_pay_for_another_thread() {
+        let seen = counts(2, 2, |t| if t == 2 { 110 } else { 100 });
+        assert_eq!(seen, [2, 1, 1]);
+    }
+
+    #[test]
+    fn a_ramp_descends_and_climbs_as_far_as_it_pays() {
+        // First each thread fewer is faster, down to one; then the tasks change and up to three
+        // threads pay, the fourth does not.
+        let mut now = Duration::ZERO;
+        let ramp = Ramp::new(4, now);
+        let mut seen = Vec::new();
+        for window in 0..REPROBE as usize + 9 {
+            let rates = if window < 4 {
+                [0, 90, 80, 70, 50]
+            } else {
+                [0, 100, 190, 270, 280]
+            };
+            run(&ramp, &mut now, rates[ramp.allowed()], WINDOW);
+            seen.push(ramp.allowed());
+        }
+        let mut expected = vec![3, 2, 1];
+        expected.extend(std::iter::repeat_n(1, REPROBE as usize + 1));
+        expected.extend([2, 3, 4, 3, 3]);
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn a_window_needs_both_its_time_and_its_tasks() {
+        let mut now = Duration::ZERO;
+        let ramp = Ramp::new(2, now);
+        // Many tasks in less than a window's time, then a few in a long time: no window ends.
+        run(&ramp, &mut now, 100, WINDOW / 2);
+        assert_eq!(ramp.allowed(), 2);
+        let long = Ramp::new(2, Duration::ZERO);
+        let mut now = Duration::ZERO;
+        run(&long, &mut now, WINDOW_TASKS as u32 - 1, WINDOW * 100);
+        assert_eq!(long.allowed(), 2);
+        run(&long, &mut now, 1, WINDOW);
+        assert_eq!(long.allowed(), 1, "the window ends at its sixteenth task");
+    }
+
+    #[test]
+    fn one_thread_stays_one() {
+        let ramp = Ramp::new(1, Duration::ZERO);
+        let mut now = Duration::ZERO;
+        run(&ramp, &mut now, 1000, WINDOW * 10);
+        assert_eq!(ramp.allowed(), 1);
+        assert_eq!(Ramp::new(0, Duration::ZERO).allowed(), 1);
+    }
+}
