@@ -579,3 +579,81 @@ def test_tokenize_follows_the_ensure_deterministic_configuration(library, config
         tokenize(_Unpicklable())
     with setting({"tokenize.ensure-deterministic": False}):
         assert tokenize(_Unpicklable()) != tokenize(_Unpicklable())
+
+
+# -- a pool object sets how many tasks run at once ----------------------------------------------------------
+# Found by dask's test_threaded.py with belated.get swapped in: a pool given to get or compute (or set as
+# dask's `pool` setting) was ignored, so as many tasks ran at once as the machine has cores, and tasks that
+# meet at a barrier (dask's test_interrupt) waited forever where dask runs them all.
+
+
+def met_at(barrier):
+    barrier.wait(timeout=60)
+    return threading.get_ident()
+
+
+@pytest.mark.parametrize("pool_kind", ["ThreadPool", "ThreadPoolExecutor"])
+@pytest.mark.parametrize("given_as", ["get", "compute", "setting"])
+@pytest.mark.parametrize("library", ["belated", "dask"])
+def test_a_pool_object_runs_as_many_tasks_at_once_as_it_has_threads(library, given_as, pool_kind):
+    import concurrent.futures
+    import multiprocessing.pool
+
+    import dask
+    import dask.threaded
+
+    lib = belated if library == "belated" else dask
+    size = (os.cpu_count() or 1) + 3
+    barrier = threading.Barrier(size)
+    make_pool = (
+        multiprocessing.pool.ThreadPool
+        if pool_kind == "ThreadPool"
+        else concurrent.futures.ThreadPoolExecutor
+    )
+    with make_pool(size) as pool:
+        if given_as == "get":
+            graph = {("met", i): (met_at, barrier) for i in range(size)}
+            get = belated.get if library == "belated" else dask.threaded.get
+            threads = get(graph, list(graph), pool=pool)
+        else:
+            tasks = [lib.delayed(met_at, pure=False)(barrier) for _ in range(size)]
+            if given_as == "compute":
+                threads = lib.compute(*tasks, scheduler="threads", pool=pool)
+            else:
+                with dask.config.set(pool=pool):
+                    threads = lib.compute(*tasks, scheduler="threads")
+    assert len(set(threads)) == size
+
+
+# -- dask callbacks around belated.get on other pools ------------------------------------------------------
+# Found by dask's test_multiprocessing.py with belated.get swapped in: `belated.get(..., pool="processes")`
+# (or "sync") ran with dask's registered callbacks taken out of the registry, so a ProgressBar or Profiler
+# around it saw nothing, and callbacks given as `callbacks=` were never called either.
+
+
+@pytest.mark.parametrize("given_as", ["registered", "argument"])
+@pytest.mark.parametrize("pool", ["threads", "sync", "processes", "dask"])
+def test_dask_callbacks_see_every_task_of_get_on_every_pool(pool, given_as):
+    import dask.threaded
+    from dask.callbacks import Callback
+
+    graph = {"x": (inc, 1), "y": (inc, "x")}
+    started, elsewhere = [], []
+
+    def get(callbacks=None):
+        if pool == "dask":
+            return dask.threaded.get(graph, "y", callbacks=callbacks)
+        return belated.get(graph, "y", pool=pool, callbacks=callbacks)
+
+    def pretask(key, *_):
+        started.append(key)
+
+    if given_as == "registered":
+        with Callback(pretask=pretask):
+            assert get() == 3
+    else:
+        # As in dask, callbacks given to the call (dask's tuples: start, start_state, pretask, posttask,
+        # finish) are its only ones: a registered one is left alone.
+        with Callback(pretask=lambda key, *_: elsewhere.append(key)):
+            assert get(callbacks=[(None, None, pretask, None, None)]) == 3
+    assert sorted(started) == ["x", "y"] and elsewhere == []

@@ -10,6 +10,7 @@ import sys
 
 from belated import _belated, _futures, _logging, config
 from belated._dask import _require, executor_for
+from belated._get import pool_size
 from belated.diagnostics import claimed_callbacks
 
 atexit.register(_belated.shutdown)
@@ -86,6 +87,10 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
             )
         with _logging.computing("compute", scheduler):
             return _belated.compute_with(args, executor, traverse)
+    if cluster is None and in_process is None:
+        # A thread or process pool (dask's pool= keyword or setting) sets how many tasks run at once in
+        # place of num_workers, as in dask; they run on the engine's own workers.
+        num_workers = pool_size(kwargs.get("pool") or _setting("pool")) or num_workers
     if num_workers is None:
         num_workers = _setting("num_workers")
     if timeout is None:
