@@ -657,3 +657,32 @@ def test_dask_callbacks_see_every_task_of_get_on_every_pool(pool, given_as):
         with Callback(pretask=lambda key, *_: elsewhere.append(key)):
             assert get(callbacks=[(None, None, pretask, None, None)]) == 3
     assert sorted(started) == ["x", "y"] and elsewhere == []
+
+
+# -- a slow call batched with quick ones -------------------------------------------------------------------
+# Found by a map whose one call sleeps: on worker processes, fast calls travel in batches, and a call that
+# turns out slow holds back the calls of its batch (those after it wait to run, those before it wait for
+# the batch's reply) while other worker threads idle. On distributed every other call is done meanwhile.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="batching (i12a): a batch's calls wait for a slow call among them; the batch should reply per "
+    "call, and calls not started should go back to the ready queue once their batch overruns its target",
+)
+def test_the_quick_calls_of_a_map_are_done_while_slow_calls_batched_with_them_still_run(
+    local_cluster, tmp_path
+):
+    gate = tmp_path / "gate"
+    slow_at = {200, 400, 600}
+    labels = ["slow" if i in slow_at else f"quick{i}" for i in range(800)]
+    futures = local_cluster.map(held_at_file, labels, gate=str(gate), pure=False)
+    slow = [futures[i] for i in sorted(slow_at)]
+    quick = [f for i, f in enumerate(futures) if i not in slow_at]
+    try:
+        belated.wait(quick, timeout=60)
+        assert [f.status for f in slow] == ["pending"] * len(slow)
+        assert local_cluster.gather(quick) == [label for label in labels if label != "slow"]
+    finally:
+        gate.touch()
+    assert local_cluster.gather(slow) == ["slow"] * len(slow)
