@@ -686,3 +686,30 @@ def test_the_quick_calls_of_a_map_are_done_while_slow_calls_batched_with_them_st
     finally:
         gate.touch()
     assert local_cluster.gather(slow) == ["slow"] * len(slow)
+
+
+# -- a scheduler name registered in dask ---------------------------------------------------------------------
+# Found by dask's test_base.py with belated's compute swapped in: a get function registered in dask's
+# named_schedulers (by a library, or as dask's docs show) was refused as an unknown scheduler name.
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+def test_a_scheduler_name_registered_in_dask_runs_the_graph_on_its_get_function(library, monkeypatch):
+    import dask
+    import dask.base
+
+    lib = belated if library == "belated" else dask
+    ran = []
+
+    def registered_get(dsk, keys, **kwargs):
+        ran.append(keys)
+        return dask.get(dsk, keys, **kwargs)
+
+    monkeypatch.setitem(dask.base.named_schedulers, "hunt-registered", registered_get)
+    x = lib.delayed(inc)(1)
+    assert lib.compute(x, scheduler="Hunt-Registered") == (2,)
+    with dask.config.set(scheduler="hunt-registered"):
+        assert x.compute() == 2
+    assert len(ran) == 2
+    with pytest.raises(ValueError):
+        lib.compute(x, scheduler="hunt-unregistered")

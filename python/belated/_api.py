@@ -38,6 +38,20 @@ def _setting(key):
     return value
 
 
+# The scheduler names belated runs itself; dask's own get functions are registered under them too.
+_SCHEDULER_NAMES = frozenset(
+    {"sync", "synchronous", "single-threaded", "threads", "threading", "threaded"}
+    | {"processes", "multiprocessing", "ray", "distributed", "dask.distributed"}
+)
+
+
+def _dask_named_scheduler(name):
+    """The get function registered under ``name`` in dask's ``named_schedulers`` (where libraries and
+    users add their own, as dask's docs show), when the program imported dask, else None."""
+    dask_base = sys.modules.get("dask.base")
+    return None if dask_base is None else dask_base.named_schedulers.get(name)
+
+
 def _get_function():
     from belated._get import get
 
@@ -58,6 +72,9 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
     scheduler = scheduler or _setting("scheduler") or "threads"
     if isinstance(scheduler, str):
         scheduler = scheduler.lower()
+        if scheduler not in _SCHEDULER_NAMES:
+            scheduler = _dask_named_scheduler(scheduler) or scheduler
+    if isinstance(scheduler, str):
         if scheduler in ("processes", "multiprocessing") and _setting("multiprocessing.initializer"):
             # dask runs it in each worker process first; results that depend on it would differ.
             raise NotImplementedError(
