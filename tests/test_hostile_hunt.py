@@ -740,3 +740,41 @@ def test_a_cancelled_futures_error_is_a_concurrent_futures_cancellation(any_clie
             future.result(timeout=60)
     finally:
         gate.touch()
+
+
+# -- distributed's scheduling keywords ---------------------------------------------------------------------
+# Found comparing submit and map with distributed's: priority=, workers=, resources=, fifo_timeout=,
+# allow_other_workers=, actor= and map's batch_size= went to the function as its own keywords, so a
+# function taking **kwargs silently saw them, and any other failed with a TypeError.
+
+
+def keywords_of(x, **kwargs):
+    return x, sorted(kwargs)
+
+
+@pytest.mark.parametrize("call", ["submit", "map"])
+def test_distributeds_scheduling_keywords_are_the_clients_not_the_functions(any_client, call):
+    options = {
+        "priority": 10,
+        "fifo_timeout": "1s",
+        "allow_other_workers": False,
+        "workers": None,
+        "resources": None,
+        "actor": False,
+        "actors": False,
+    }
+    if call == "submit":
+        result = any_client.submit(keywords_of, 1, extra=2, **options).result(timeout=60)
+    else:
+        [result] = any_client.gather(any_client.map(keywords_of, [1], extra=2, batch_size=1, **options))
+    assert result == (1, ["extra"])
+
+
+@pytest.mark.parametrize(
+    "options", [{"workers": ["tcp://127.0.0.1:1"]}, {"resources": {"GPU": 1}}, {"actor": True}]
+)
+def test_placement_keywords_belated_cannot_honour_are_refused(ours, options):
+    with pytest.raises(NotImplementedError):
+        ours.submit(inc, 1, **options)
+    with pytest.raises(NotImplementedError):
+        ours.map(inc, [1], **options)
