@@ -579,3 +579,202 @@ def test_tokenize_follows_the_ensure_deterministic_configuration(library, config
         tokenize(_Unpicklable())
     with setting({"tokenize.ensure-deterministic": False}):
         assert tokenize(_Unpicklable()) != tokenize(_Unpicklable())
+
+
+# -- a pool object sets how many tasks run at once ----------------------------------------------------------
+# Found by dask's test_threaded.py with belated.get swapped in: a pool given to get or compute (or set as
+# dask's `pool` setting) was ignored, so as many tasks ran at once as the machine has cores, and tasks that
+# meet at a barrier (dask's test_interrupt) waited forever where dask runs them all.
+
+
+def met_at(barrier):
+    barrier.wait(timeout=60)
+    return threading.get_ident()
+
+
+@pytest.mark.parametrize("pool_kind", ["ThreadPool", "ThreadPoolExecutor"])
+@pytest.mark.parametrize("given_as", ["get", "compute", "setting"])
+@pytest.mark.parametrize("library", ["belated", "dask"])
+def test_a_pool_object_runs_as_many_tasks_at_once_as_it_has_threads(library, given_as, pool_kind):
+    import concurrent.futures
+    import multiprocessing.pool
+
+    import dask
+    import dask.threaded
+
+    lib = belated if library == "belated" else dask
+    size = (os.cpu_count() or 1) + 3
+    barrier = threading.Barrier(size)
+    make_pool = (
+        multiprocessing.pool.ThreadPool
+        if pool_kind == "ThreadPool"
+        else concurrent.futures.ThreadPoolExecutor
+    )
+    with make_pool(size) as pool:
+        if given_as == "get":
+            graph = {("met", i): (met_at, barrier) for i in range(size)}
+            get = belated.get if library == "belated" else dask.threaded.get
+            threads = get(graph, list(graph), pool=pool)
+        else:
+            tasks = [lib.delayed(met_at, pure=False)(barrier) for _ in range(size)]
+            if given_as == "compute":
+                threads = lib.compute(*tasks, scheduler="threads", pool=pool)
+            else:
+                with dask.config.set(pool=pool):
+                    threads = lib.compute(*tasks, scheduler="threads")
+    assert len(set(threads)) == size
+
+
+# -- dask callbacks around belated.get on other pools ------------------------------------------------------
+# Found by dask's test_multiprocessing.py with belated.get swapped in: `belated.get(..., pool="processes")`
+# (or "sync") ran with dask's registered callbacks taken out of the registry, so a ProgressBar or Profiler
+# around it saw nothing, and callbacks given as `callbacks=` were never called either.
+
+
+@pytest.mark.parametrize("given_as", ["registered", "argument"])
+@pytest.mark.parametrize("pool", ["threads", "sync", "processes", "dask"])
+def test_dask_callbacks_see_every_task_of_get_on_every_pool(pool, given_as):
+    import dask.threaded
+    from dask.callbacks import Callback
+
+    graph = {"x": (inc, 1), "y": (inc, "x")}
+    started, elsewhere = [], []
+
+    def get(callbacks=None):
+        if pool == "dask":
+            return dask.threaded.get(graph, "y", callbacks=callbacks)
+        return belated.get(graph, "y", pool=pool, callbacks=callbacks)
+
+    def pretask(key, *_):
+        started.append(key)
+
+    if given_as == "registered":
+        with Callback(pretask=pretask):
+            assert get() == 3
+    else:
+        # As in dask, callbacks given to the call (dask's tuples: start, start_state, pretask, posttask,
+        # finish) are its only ones: a registered one is left alone.
+        with Callback(pretask=lambda key, *_: elsewhere.append(key)):
+            assert get(callbacks=[(None, None, pretask, None, None)]) == 3
+    assert sorted(started) == ["x", "y"] and elsewhere == []
+
+
+# -- a slow call batched with quick ones -------------------------------------------------------------------
+# Found by a map whose one call sleeps: on worker processes, fast calls travel in batches, and a call that
+# turns out slow holds back the calls of its batch (those after it wait to run, those before it wait for
+# the batch's reply) while other worker threads idle. On distributed every other call is done meanwhile.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="batching (i12a): a batch's calls wait for a slow call among them; the batch should reply per "
+    "call, and calls not started should go back to the ready queue once their batch overruns its target",
+)
+def test_the_quick_calls_of_a_map_are_done_while_slow_calls_batched_with_them_still_run(
+    local_cluster, tmp_path
+):
+    gate = tmp_path / "gate"
+    slow_at = {200, 400, 600}
+    labels = ["slow" if i in slow_at else f"quick{i}" for i in range(800)]
+    futures = local_cluster.map(held_at_file, labels, gate=str(gate), pure=False)
+    slow = [futures[i] for i in sorted(slow_at)]
+    quick = [f for i, f in enumerate(futures) if i not in slow_at]
+    try:
+        belated.wait(quick, timeout=60)
+        assert [f.status for f in slow] == ["pending"] * len(slow)
+        assert local_cluster.gather(quick) == [label for label in labels if label != "slow"]
+    finally:
+        gate.touch()
+    assert local_cluster.gather(slow) == ["slow"] * len(slow)
+
+
+# -- a scheduler name registered in dask ---------------------------------------------------------------------
+# Found by dask's test_base.py with belated's compute swapped in: a get function registered in dask's
+# named_schedulers (by a library, or as dask's docs show) was refused as an unknown scheduler name.
+
+
+@pytest.mark.parametrize("library", ["belated", "dask"])
+def test_a_scheduler_name_registered_in_dask_runs_the_graph_on_its_get_function(library, monkeypatch):
+    import dask
+    import dask.base
+
+    lib = belated if library == "belated" else dask
+    ran = []
+
+    def registered_get(dsk, keys, **kwargs):
+        ran.append(keys)
+        return dask.get(dsk, keys, **kwargs)
+
+    monkeypatch.setitem(dask.base.named_schedulers, "hunt-registered", registered_get)
+    x = lib.delayed(inc)(1)
+    assert lib.compute(x, scheduler="Hunt-Registered") == (2,)
+    with dask.config.set(scheduler="hunt-registered"):
+        assert x.compute() == 2
+    assert len(ran) == 2
+    with pytest.raises(ValueError):
+        lib.compute(x, scheduler="hunt-unregistered")
+
+
+# -- the exception of a cancelled future -------------------------------------------------------------------
+# Found comparing with distributed: `except concurrent.futures.CancelledError` (which is what
+# `distributed.CancelledError` names) catches a cancelled future's error on distributed, while belated's
+# CancelledError is only a BelatedError and escapes that handler.
+
+
+def test_a_cancelled_futures_error_is_a_concurrent_futures_cancellation(any_client, request, tmp_path):
+    import concurrent.futures
+
+    if not isinstance(any_client, distributed.Client):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="belated.CancelledError should also derive from concurrent.futures.CancelledError "
+                "(create_exception! takes one base: define it with both bases for the Rust code to raise)",
+            )
+        )
+    gate = tmp_path / "gate"
+    future = any_client.submit(held_at_file, "slow-cancelled", gate=str(gate), pure=False)
+    future.cancel()
+    try:
+        with pytest.raises(concurrent.futures.CancelledError):
+            future.result(timeout=60)
+    finally:
+        gate.touch()
+
+
+# -- distributed's scheduling keywords ---------------------------------------------------------------------
+# Found comparing submit and map with distributed's: priority=, workers=, resources=, fifo_timeout=,
+# allow_other_workers=, actor= and map's batch_size= went to the function as its own keywords, so a
+# function taking **kwargs silently saw them, and any other failed with a TypeError.
+
+
+def keywords_of(x, **kwargs):
+    return x, sorted(kwargs)
+
+
+@pytest.mark.parametrize("call", ["submit", "map"])
+def test_distributeds_scheduling_keywords_are_the_clients_not_the_functions(any_client, call):
+    options = {
+        "priority": 10,
+        "fifo_timeout": "1s",
+        "allow_other_workers": False,
+        "workers": None,
+        "resources": None,
+        "actor": False,
+        "actors": False,
+    }
+    if call == "submit":
+        result = any_client.submit(keywords_of, 1, extra=2, **options).result(timeout=60)
+    else:
+        [result] = any_client.gather(any_client.map(keywords_of, [1], extra=2, batch_size=1, **options))
+    assert result == (1, ["extra"])
+
+
+@pytest.mark.parametrize(
+    "options", [{"workers": ["tcp://127.0.0.1:1"]}, {"resources": {"GPU": 1}}, {"actor": True}]
+)
+def test_placement_keywords_belated_cannot_honour_are_refused(ours, options):
+    with pytest.raises(NotImplementedError):
+        ours.submit(inc, 1, **options)
+    with pytest.raises(NotImplementedError):
+        ours.map(inc, [1], **options)

@@ -10,6 +10,7 @@ import sys
 
 from belated import _belated, _futures, _logging, config
 from belated._dask import _require, executor_for
+from belated._get import pool_size
 from belated.diagnostics import claimed_callbacks
 
 atexit.register(_belated.shutdown)
@@ -37,6 +38,20 @@ def _setting(key):
     return value
 
 
+# The scheduler names belated runs itself; dask's own get functions are registered under them too.
+_SCHEDULER_NAMES = frozenset(
+    {"sync", "synchronous", "single-threaded", "threads", "threading", "threaded"}
+    | {"processes", "multiprocessing", "ray", "distributed", "dask.distributed"}
+)
+
+
+def _dask_named_scheduler(name):
+    """The get function registered under ``name`` in dask's ``named_schedulers`` (where libraries and
+    users add their own, as dask's docs show), when the program imported dask, else None."""
+    dask_base = sys.modules.get("dask.base")
+    return None if dask_base is None else dask_base.named_schedulers.get(name)
+
+
 def _get_function():
     from belated._get import get
 
@@ -57,6 +72,9 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
     scheduler = scheduler or _setting("scheduler") or "threads"
     if isinstance(scheduler, str):
         scheduler = scheduler.lower()
+        if scheduler not in _SCHEDULER_NAMES:
+            scheduler = _dask_named_scheduler(scheduler) or scheduler
+    if isinstance(scheduler, str):
         if scheduler in ("processes", "multiprocessing") and _setting("multiprocessing.initializer"):
             # dask runs it in each worker process first; results that depend on it would differ.
             raise NotImplementedError(
@@ -86,6 +104,10 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
             )
         with _logging.computing("compute", scheduler):
             return _belated.compute_with(args, executor, traverse)
+    if cluster is None and in_process is None:
+        # A thread or process pool (dask's pool= keyword or setting) sets how many tasks run at once in
+        # place of num_workers, as in dask; they run on the engine's own workers.
+        num_workers = pool_size(kwargs.get("pool") or _setting("pool")) or num_workers
     if num_workers is None:
         num_workers = _setting("num_workers")
     if timeout is None:

@@ -120,6 +120,18 @@ def _hold(collections, futures):
     return futures
 
 
+def _refuse_placement(workers, resources, actor):
+    """Refuses distributed's placement keywords that belated's workers cannot honour, rather than
+    ignoring them (resources limit how many tasks run at once) or passing them to the function."""
+    for name, value in (("workers", workers), ("resources", resources)):
+        if value is not None:
+            raise NotImplementedError(
+                f"belated's Client does not place tasks by {name}=: every worker runs any task"
+            )
+    if actor:
+        raise NotImplementedError("belated's Client has no actors: submit a function instead")
+
+
 class Client:
     """Runs computations on a cluster while it is open, as in the dask tutorial.
 
@@ -344,16 +356,47 @@ class Client:
             return self.gather(futures if many else futures[0])
         return futures if many else futures[0]
 
-    def submit(self, func, *args, pure=True, key=None, retries=None, **kwargs):
+    def submit(
+        self,
+        func,
+        *args,
+        pure=True,
+        key=None,
+        retries=None,
+        workers=None,
+        resources=None,
+        priority=0,
+        fifo_timeout="100 ms",
+        allow_other_workers=False,
+        actor=False,
+        actors=False,
+        **kwargs,
+    ):
         """Starts ``func(*args, **kwargs)`` on the cluster and returns its :class:`Future` (a distributed
         Future on Dask distributed). Futures among the arguments (also in lists, tuples and dicts) are
         replaced by their results once done; a failed one fails this task with its exception.
 
         As in distributed, calls are pure by default: equal calls get one key (``inc-<token>``), and
         while a future holds it, one run and one result. ``pure=False`` gives each call a key of its
-        own, for functions with side effects or random results."""
+        own, for functions with side effects or random results.
+
+        distributed's scheduling keywords are the client's, never ``func``'s: ``priority``,
+        ``fifo_timeout`` and ``allow_other_workers`` change no result and are accepted; ``workers``,
+        ``resources`` and ``actor``, which belated's workers cannot honour, raise NotImplementedError."""
+        scheduling = {
+            "workers": workers,
+            "resources": resources,
+            "priority": priority,
+            "fifo_timeout": fifo_timeout,
+            "allow_other_workers": allow_other_workers,
+            "actor": actor,
+            "actors": actors,
+        }
         if self._distributed_client is not None:
-            return self._distributed_client.submit(func, *args, pure=pure, key=key, retries=retries, **kwargs)
+            return self._distributed_client.submit(
+                func, *args, pure=pure, key=key, retries=retries, **scheduling, **kwargs
+            )
+        _refuse_placement(workers, resources, actor or actors)
         from belated import delayed
 
         if key is None:
@@ -371,14 +414,43 @@ class Client:
 
         return self._start(build, [key], True, retries, after=after)[0]
 
-    def map(self, func, *iterables, key=None, pure=True, retries=None, **kwargs):
+    def map(
+        self,
+        func,
+        *iterables,
+        key=None,
+        pure=True,
+        retries=None,
+        workers=None,
+        resources=None,
+        priority=0,
+        fifo_timeout="100 ms",
+        allow_other_workers=False,
+        actor=False,
+        actors=False,
+        batch_size=None,
+        **kwargs,
+    ):
         """``submit`` for each item of the iterables, as one computation; returns their futures, each
         done as soon as its own call is. ``key``: a list of keys, or a prefix for them (by default the
-        function's name). Pure by default, as ``submit``: equal calls share a key and a result."""
+        function's name). Pure by default, as ``submit``: equal calls share a key and a result.
+        distributed's scheduling keywords are taken as ``submit`` takes them; ``batch_size`` (how
+        distributed submits the calls) changes no result and is accepted."""
+        scheduling = {
+            "workers": workers,
+            "resources": resources,
+            "priority": priority,
+            "fifo_timeout": fifo_timeout,
+            "allow_other_workers": allow_other_workers,
+            "actor": actor,
+            "actors": actors,
+            "batch_size": batch_size,
+        }
         if self._distributed_client is not None:
             return self._distributed_client.map(
-                func, *iterables, key=key, pure=pure, retries=retries, **kwargs
+                func, *iterables, key=key, pure=pure, retries=retries, **scheduling, **kwargs
             )
+        _refuse_placement(workers, resources, actor or actors)
         from belated import delayed
 
         calls = list(zip(*iterables, strict=True))

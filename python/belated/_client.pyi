@@ -113,6 +113,13 @@ class Client:
         pure: bool = True,
         key: str | tuple[Any, ...] | None = None,
         retries: int | None = None,
+        workers: Any = None,
+        resources: dict[str, float] | None = None,
+        priority: int = 0,
+        fifo_timeout: str | float = "100 ms",
+        allow_other_workers: bool = False,
+        actor: bool = False,
+        actors: bool = False,
         **kwargs: Any,
     ) -> Future[_R]: ...
     def map(
@@ -122,6 +129,14 @@ class Client:
         key: str | list[Any] | None = None,
         pure: bool = True,
         retries: int | None = None,
+        workers: Any = None,
+        resources: dict[str, float] | None = None,
+        priority: int = 0,
+        fifo_timeout: str | float = "100 ms",
+        allow_other_workers: bool = False,
+        actor: bool = False,
+        actors: bool = False,
+        batch_size: int | None = None,
         **kwargs: Any,
     ) -> list[Future[_R]]: ...
     @overload

@@ -28,8 +28,8 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **
     threads; ``"processes"`` runs them in belated's worker processes (``scheduler="processes"``
     semantics), ``"sync"`` on the calling thread, and a ``belated.Client`` on its local cluster.
     dask forwards it from ``compute``: ``x.compute(scheduler=belated.get, pool="processes")``. A
-    thread or process pool object (as dask's own ``get`` functions take) is ignored: the engine has
-    its own.
+    thread or process pool object (as dask's own ``get`` functions take) sets how many tasks run at
+    once, in place of ``num_workers`` as in dask; they run on the engine's own threads.
 
     >>> import dask.array as da
     >>> import belated
@@ -42,6 +42,7 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **
     from dask.order import order
 
     scheduler = _scheduler(pool)
+    num_workers = pool_size(pool) or num_workers
     if not isinstance(dsk, Mapping):
         dsk = _graph(dsk, fuse=scheduler not in (None, "sync"))
     if type(dsk) is not dict:
@@ -52,9 +53,17 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **
     if timeout is None:
         timeout = config.get("timeout", None)
     if scheduler is not None:
+        from dask.callbacks import add_callbacks
+
         from belated import compute
 
-        with local_callbacks(callbacks):
+        # dask's local_callbacks takes the registered callbacks out of the registry for the block (its
+        # schedulers call them directly); compute finds its callbacks there, so they go back in, alone.
+        with (
+            local_callbacks(callbacks) as dask_callbacks,
+            local_callbacks(None),
+            add_callbacks(*dask_callbacks),
+        ):
             tasks = _belated.dask_graph_delayed(dsk, wanted)
             values = compute(*tasks, scheduler=scheduler, num_workers=num_workers, timeout=timeout)
         return _shaped(keys, wanted, values)
@@ -87,6 +96,18 @@ def _graph(expr, fuse):
         return expr.__dask_graph__()
     with dask.config.set({"optimization.fuse.active": False}):
         return expr.__dask_graph__()
+
+
+def pool_size(pool):
+    """How many tasks a pool object runs at once (a ``concurrent.futures`` executor or a
+    ``multiprocessing`` pool, as dask's get functions take them), else None. The engine runs the tasks
+    on its own workers but as many at once as the pool would, as dask does: tasks that wait for one
+    another (at a barrier, or for an event a later task sets) would otherwise wait forever."""
+    for attribute in ("_max_workers", "_processes"):
+        size = getattr(pool, attribute, None)
+        if type(size) is int and size > 0:
+            return size
+    return None
 
 
 def _scheduler(pool):
