@@ -630,11 +630,6 @@ def test_get_client_in_a_task_is_the_client_running_it(in_process):
     assert in_process.submit(ask_for_client, 0).result(timeout=30) is belated.get_client()
 
 
-def test_get_client_in_a_worker_process_says_why_not(local_cluster):
-    with pytest.raises(ValueError, match=r"worker process.*processes=False"):
-        local_cluster.submit(ask_for_client, 0).result(timeout=30)
-
-
 def test_get_client_without_a_client_and_secede_outside_a_task_are_refused(monkeypatch):
     import belated._client
 

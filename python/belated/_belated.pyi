@@ -258,6 +258,7 @@ class Cluster:
         memory_limit: int | None = None,
         preload: list[str] = ...,
         memory_limit_text: str | None = None,
+        answer: Callable[[list[bytes]], list[bytes]] | None = None,
     ) -> Cluster: ...
     def close(self) -> None: ...
     closed: bool

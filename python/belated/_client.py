@@ -281,12 +281,15 @@ class Client:
         self._dask_config = _dask_default(self) if set_as_default else None
 
     def _start_cluster(self, n_workers):
+        from belated._remote import Answers
+
         cluster = _belated.Cluster(
             n_workers,
             self._threads_per_worker,
             parse_memory_limit(self._memory_limit_text, n_workers),
             self._preload,
             describe_memory_limit(self._memory_limit_text, self._memory_limit),
+            Answers(self),
         )
         _logging.cluster_logger.debug(
             "local cluster started: %d workers of %d threads, memory limit %s bytes each",
@@ -414,8 +417,10 @@ class Client:
         return self._start(build, keys, True, retries, after=after)
 
     def _on_this_client(self, func):
-        """``func``, made to see this client as get_client()'s while it runs in this process."""
-        return func if self._cluster is not None else OnClient(func, self)
+        """``func``, made to see this client as get_client()'s while it runs in this process: on a
+        ``processes=False`` client, or submitted by a task (whose work runs here, see ``_remote``)."""
+        in_task = getattr(task_client, "client", None) is not None
+        return func if self._cluster is not None and not in_task else OnClient(func, self)
 
     def scatter(self, data, *, broadcast=False, hash=True, **kwargs):
         """Futures of values built here (one for a value, a list for a list, a dict for a dict), to pass

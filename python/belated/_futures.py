@@ -580,16 +580,15 @@ def _in_worker_process():
 def get_client():
     """The Client running this task (or, outside tasks, the one most recently started).
 
-    A task in a worker process of ``Client(processes=True)`` cannot reach the Client, which lives in the
-    parent process: start the Client with ``processes=False`` to submit work from tasks."""
+    In a task on a worker process of a Client, a client whose calls the Client runs in the parent
+    process (``belated._remote``); work submitted from tasks runs off the cluster's worker threads, so
+    a task may wait for it without deadlocking a full pool."""
     from belated._client import current_client
 
     if _in_worker_process():
-        raise ValueError(
-            "get_client() was called in a task running in a belated worker process, which cannot reach "
-            "the Client (it lives in the parent process and workers only answer it); start the Client "
-            "with processes=False to submit tasks from tasks"
-        )
+        from belated._remote import worker_client
+
+        return worker_client()
     client = getattr(task_client, "client", None)
     if client is None or client._closed:
         client = current_client()
@@ -607,7 +606,8 @@ def secede():
     """Marks this task as waiting on other work. belated runs work submitted from a task off the
     worker threads, so a task waiting on it never holds a thread that work needs, seceded or not;
     ``secede``/``rejoin`` keep distributed code running unchanged."""
-    if not _belated.on_pool_thread() and getattr(task_client, "client", None) is None:
+    in_task = _belated.on_pool_thread() or getattr(task_client, "client", None) is not None
+    if not in_task and not _in_worker_process():
         raise ValueError("secede() is for tasks: call it from a function running on a Client")
     _seceded.depth = getattr(_seceded, "depth", 0) + 1
 
