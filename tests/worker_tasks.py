@@ -246,3 +246,17 @@ def submit_failing(x):
 
 def ask_for_client(_):
     return type(_client_api().get_client()).__name__
+
+
+def sleep_forever_or_wait_for_gate(kind, directory):
+    """``"sleep"``: writes this process's pid to ``directory/pid``, then sleeps (until killed).
+    ``"gate"``: waits for the file ``directory/gate`` (up to a minute), then returns its pid."""
+    if kind == "sleep":
+        with open(os.path.join(directory, "pid.tmp"), "w") as out:
+            out.write(str(os.getpid()))
+        os.rename(os.path.join(directory, "pid.tmp"), os.path.join(directory, "pid"))
+        time.sleep(3600)
+        return None
+    if not wait_exists(os.path.join(directory, "gate"), 60):
+        raise TimeoutError("the test never opened the gate")
+    return os.getpid()

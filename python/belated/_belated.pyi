@@ -242,9 +242,10 @@ def dashboard_url() -> str | None: ...
 
 @final
 class CancelToken:
-    """Cancels a computation from another thread."""
+    """Cancels a computation from another thread, or one of its outputs alone."""
 
     def cancel(self) -> None: ...
+    def cancel_output(self, index: int) -> None: ...
     cancelled: bool
 
 @final

@@ -31,9 +31,10 @@ class Computation:
     of its results, and ``cells`` holds each of its futures' own outcome, settled as soon as that
     future's task ends (see :class:`EachDone`), or from ``batch`` if it ends first.
 
-    A future cancelled alone is done at once. Its call stops with the computation, once every other
-    future of it is done or cancelled too: cancelling one future of a ``map`` leaves the others
-    running, as in distributed."""
+    A future cancelled alone is done at once, and the others keep running, as in distributed. On
+    worker processes its call stops at once (its worker is killed and replaced; the other calls that
+    worker ran run again elsewhere); on threads, which cannot be killed, it stops with the
+    computation, once every other future of it is done or cancelled too."""
 
     __slots__ = ("__weakref__", "batch", "cancelled", "cells", "token")
 
@@ -54,6 +55,8 @@ class Computation:
         """Cancels future ``index`` alone, and the computation once nothing else of it is wanted."""
         self.cancelled.add(index)
         self.cells[index].cancel()
+        if self.token is not None and not self.batch.done():
+            self.token.cancel_output(index)
         _stop_if_unwanted(self.cancelled, self.cells, self.token, self.batch)
 
     def __del__(self):
