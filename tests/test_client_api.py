@@ -802,3 +802,35 @@ def submits_and_computes_inside(x):
 def test_a_persisted_task_may_compute_and_submit_without_waiting_for_its_own_persist(in_process):
     persisted = in_process.persist(belated.delayed(submits_and_computes_inside)(1))
     assert persisted.compute() == 4
+
+
+def test_result_without_timeout_is_interrupted_by_interrupt_main(in_process):
+    import _thread
+
+    GATE.clear()
+    future = in_process.submit(gated, 1, pure=False)
+    main = threading.main_thread().ident
+
+    def interrupt_once_waiting():
+        # Only once the main thread waits on a lock (within result()), where a missed interrupt hangs.
+        for _ in range(6000):
+            frame = sys._current_frames().get(main)
+            names = set()
+            while frame is not None:
+                names.add(frame.f_code.co_name)
+                frame = frame.f_back
+            if "result" in names and "wait" in names:
+                _thread.interrupt_main()
+                return
+            time.sleep(0.01)
+
+    interrupter = threading.Thread(target=interrupt_once_waiting)
+    interrupter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            future.result()
+        assert not future.done(), "interrupted while the task still waited, not once it ended"
+    finally:
+        interrupter.join(timeout=60)
+        GATE.set()
+    assert future.result(timeout=60) == 1

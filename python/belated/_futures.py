@@ -64,6 +64,20 @@ class Computation:
         self.batch.cancel()
 
 
+# How long a wait without timeout sleeps at a time (see _waited).
+_WAIT_SLICE = 0.1
+
+
+def _waited(cell, timeout):
+    """``cell``, once done if ``timeout`` is None. That wait goes in slices: a lock's wait without
+    timeout is woken by a real SIGINT but not by ``_thread.interrupt_main()`` (IPython kernels, IDEs,
+    test runners), whose KeyboardInterrupt would otherwise wait for the task."""
+    if timeout is None:
+        while not cell.done():
+            concurrent.futures.wait((cell,), _WAIT_SLICE)
+    return cell
+
+
 def _settle_all(cells, batch):
     """Gives each cell not settled yet its outcome from the computation's ``batch``."""
     if batch.cancelled():
@@ -304,7 +318,7 @@ class Future:
         if self._index in self._computation.cancelled:
             raise _belated.CancelledError(f"future {self.key} was cancelled")
         try:
-            return self._cell.result(timeout)
+            return _waited(self._cell, timeout).result(timeout)
         except concurrent.futures.CancelledError:
             raise _belated.CancelledError(f"future {self.key} was cancelled") from None
 
@@ -316,7 +330,7 @@ class Future:
         if self._index in self._computation.cancelled:
             return _belated.CancelledError(f"future {self.key} was cancelled")
         try:
-            return self._cell.exception(timeout)
+            return _waited(self._cell, timeout).exception(timeout)
         except concurrent.futures.CancelledError:
             return _belated.CancelledError(f"future {self.key} was cancelled")
 
