@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from worker_tasks import Boom, explode, explode_on_zero, nap, pid_of, square
+from worker_tasks import Boom, explode, explode_on_zero, nap, pid_of, square, type_names
 
 import belated
 from belated import _futures
@@ -834,3 +834,13 @@ def test_result_without_timeout_is_interrupted_by_interrupt_main(in_process):
         interrupter.join(timeout=60)
         GATE.set()
     assert future.result(timeout=60) == 1
+
+
+def test_submit_and_map_pass_delayed_arguments_as_they_are_as_in_distributed(any_client):
+    obj = delayed_of(any_client)(square)(3)
+    other = any_client.submit(square, 2)
+    expected = ["Delayed", ["Delayed", "int"], "int", "value=Delayed"]
+    assert any_client.submit(type_names, obj, [obj, 1], other, value=obj).result(timeout=60) == expected
+    assert any_client.gather(any_client.map(type_names, [obj, 1])) == [["Delayed"], ["int"]]
+    # Computed where asked for: compute, or a future of it.
+    assert any_client.submit(square, any_client.compute(obj)).result(timeout=60) == 81

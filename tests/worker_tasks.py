@@ -260,3 +260,11 @@ def sleep_forever_or_wait_for_gate(kind, directory):
     if not wait_exists(os.path.join(directory, "gate"), 60):
         raise TimeoutError("the test never opened the gate")
     return os.getpid()
+
+
+def type_names(*args, **kwargs):
+    """The type names of the arguments, those in a list one level down too, keyword ones by name."""
+    names = [
+        [type(item).__name__ for item in arg] if type(arg) is list else type(arg).__name__ for arg in args
+    ]
+    return names + sorted(f"{name}={type(value).__name__}" for name, value in kwargs.items())
