@@ -91,9 +91,18 @@ def _remote_futures(obj):
     return found
 
 
+def _held_future(futures, key):
+    held = futures.get(key)
+    if held is None:
+        from belated import CancelledError
+
+        raise CancelledError(f"future {key} was let go of: the task it was sent to has ended")
+    return held[0]
+
+
 def _local_futures(obj, futures):
     if isinstance(obj, RemoteFuture):
-        return futures[obj.key][0]
+        return _held_future(futures, obj.key)
     if type(obj) in (list, tuple, set, frozenset):
         return type(obj)(_local_futures(item, futures) for item in obj)
     if type(obj) is dict:
@@ -160,7 +169,7 @@ class Answers:
         if kind == "future":
             _, key, name, args = request
             with self._lock:
-                future = self._futures[key][0]
+                future = _held_future(self._futures, key)
             attribute = getattr(future, name)
             return self._sent(attribute(*args) if callable(attribute) else attribute)
         _, name, args, kwargs = request
