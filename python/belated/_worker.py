@@ -809,8 +809,8 @@ def ask_parent(request):
 
 
 def _release_held():
-    held, task_channel.held = task_channel.held, []
-    if held:
+    if task_channel.held:
+        held, task_channel.held = task_channel.held, []
         # Refused only by a closed Client, which let go of them all itself.
         with contextlib.suppress(Exception):
             ask_parent(("release", held))
