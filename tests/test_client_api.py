@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from worker_tasks import Boom, explode, explode_on_zero, nap, pid_of, square
+from worker_tasks import Boom, explode, explode_on_zero, nap, pid_of, square, type_names
 
 import belated
 from belated import _futures
@@ -630,11 +630,6 @@ def test_get_client_in_a_task_is_the_client_running_it(in_process):
     assert in_process.submit(ask_for_client, 0).result(timeout=30) is belated.get_client()
 
 
-def test_get_client_in_a_worker_process_says_why_not(local_cluster):
-    with pytest.raises(ValueError, match=r"worker process.*processes=False"):
-        local_cluster.submit(ask_for_client, 0).result(timeout=30)
-
-
 def test_get_client_without_a_client_and_secede_outside_a_task_are_refused(monkeypatch):
     import belated._client
 
@@ -807,3 +802,45 @@ def submits_and_computes_inside(x):
 def test_a_persisted_task_may_compute_and_submit_without_waiting_for_its_own_persist(in_process):
     persisted = in_process.persist(belated.delayed(submits_and_computes_inside)(1))
     assert persisted.compute() == 4
+
+
+def test_result_without_timeout_is_interrupted_by_interrupt_main(in_process):
+    import _thread
+
+    GATE.clear()
+    future = in_process.submit(gated, 1, pure=False)
+    main = threading.main_thread().ident
+
+    def interrupt_once_waiting():
+        # Only once the main thread waits on a lock (within result()), where a missed interrupt hangs.
+        for _ in range(6000):
+            frame = sys._current_frames().get(main)
+            names = set()
+            while frame is not None:
+                names.add(frame.f_code.co_name)
+                frame = frame.f_back
+            if "result" in names and "wait" in names:
+                _thread.interrupt_main()
+                return
+            time.sleep(0.01)
+
+    interrupter = threading.Thread(target=interrupt_once_waiting)
+    interrupter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            future.result()
+        assert not future.done(), "interrupted while the task still waited, not once it ended"
+    finally:
+        interrupter.join(timeout=60)
+        GATE.set()
+    assert future.result(timeout=60) == 1
+
+
+def test_submit_and_map_pass_delayed_arguments_as_they_are_as_in_distributed(any_client):
+    obj = delayed_of(any_client)(square)(3)
+    other = any_client.submit(square, 2)
+    expected = ["Delayed", ["Delayed", "int"], "int", "value=Delayed"]
+    assert any_client.submit(type_names, obj, [obj, 1], other, value=obj).result(timeout=60) == expected
+    assert any_client.gather(any_client.map(type_names, [obj, 1])) == [["Delayed"], ["int"]]
+    # Computed where asked for: compute, or a future of it.
+    assert any_client.submit(square, any_client.compute(obj)).result(timeout=60) == 81

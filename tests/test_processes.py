@@ -213,6 +213,9 @@ def test_the_worker_reads_and_writes_the_golden_wire_vectors():
         "fetch-header": (None, [_worker.FETCH, 0, 2, 5, 6]),
         "batch-header": (None, [_worker.BATCH, 1, 7, 2, 42, _worker.SEND, 1, 43, _worker.KEEP, 1]),
     }
+    # A task's request to the parent: its header, then a pickle's frames.
+    client_request = ([struct.pack("<2Q", _worker.CLIENT, 0), b"ab"], None)
+    cases["client-request"] = client_request
     assert set(cases) == {name for name in golden if not name.startswith("segment")}  # test_shared_memory
     for name, (frames, header) in cases.items():
         read = _worker.read_message(io.BytesIO(golden[name]))

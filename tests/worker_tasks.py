@@ -208,3 +208,86 @@ def raise_worker_only(directory):
     finally:
         sys.path.remove(directory)
     raise only_in_the_worker.OnlyHere("raised where its class lives")
+
+
+def _client_api():
+    """belated's module in a task on a belated worker process, distributed's in a distributed task."""
+    import sys
+
+    import belated
+
+    # Work a belated task submits runs in the parent process, where distributed may be imported too.
+    if getattr(sys.modules.get("belated._worker"), "serving", False) or "distributed" not in sys.modules:
+        return belated
+    import distributed
+
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return belated
+    return distributed
+
+
+def fib(n):
+    """Submits its two halves from inside the task and waits for them, in ``worker_client()``."""
+    if n < 2:
+        return n
+    with _client_api().worker_client() as client:
+        a, b = client.submit(fib, n - 1), client.submit(fib, n - 2)
+        return a.result() + b.result()
+
+
+def submit_and_wait(x):
+    """Submits one task and waits for it, seceded."""
+    api = _client_api()
+    future = api.get_client().submit(square, x)
+    api.secede()
+    result = future.result()
+    api.rejoin()
+    return result
+
+
+def map_and_gather(xs):
+    with _client_api().worker_client() as client:
+        return client.gather(client.map(square, xs))
+
+
+def chain_futures(x):
+    """A future of the task's client as an argument of another of its calls."""
+    with _client_api().worker_client() as client:
+        return client.submit(add_one, client.submit(square, x)).result()
+
+
+def add_one(x):
+    return x + 1
+
+
+def submit_failing(x):
+    with _client_api().worker_client() as client:
+        return client.submit(explode, x).result()
+
+
+def ask_for_client(_):
+    return type(_client_api().get_client()).__name__
+
+
+def sleep_forever_or_wait_for_gate(kind, directory):
+    """``"sleep"``: writes this process's pid to ``directory/pid``, then sleeps (until killed).
+    ``"gate"``: waits for the file ``directory/gate`` (up to a minute), then returns its pid."""
+    if kind == "sleep":
+        with open(os.path.join(directory, "pid.tmp"), "w") as out:
+            out.write(str(os.getpid()))
+        os.rename(os.path.join(directory, "pid.tmp"), os.path.join(directory, "pid"))
+        time.sleep(3600)
+        return None
+    if not wait_exists(os.path.join(directory, "gate"), 60):
+        raise TimeoutError("the test never opened the gate")
+    return os.getpid()
+
+
+def type_names(*args, **kwargs):
+    """The type names of the arguments, those in a list one level down too, keyword ones by name."""
+    names = [
+        [type(item).__name__ for item in arg] if type(arg) is list else type(arg).__name__ for arg in args
+    ]
+    return names + sorted(f"{name}={type(value).__name__}" for name, value in kwargs.items())

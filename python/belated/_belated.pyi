@@ -242,9 +242,10 @@ def dashboard_url() -> str | None: ...
 
 @final
 class CancelToken:
-    """Cancels a computation from another thread."""
+    """Cancels a computation from another thread, or one of its outputs alone."""
 
     def cancel(self) -> None: ...
+    def cancel_output(self, index: int) -> None: ...
     cancelled: bool
 
 @final
@@ -258,6 +259,7 @@ class Cluster:
         memory_limit: int | None = None,
         preload: list[str] = ...,
         memory_limit_text: str | None = None,
+        answer: Callable[[list[bytes]], list[bytes]] | None = None,
     ) -> Cluster: ...
     def close(self) -> None: ...
     closed: bool

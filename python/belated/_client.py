@@ -293,12 +293,15 @@ class Client:
         self._dask_config = _dask_default(self) if set_as_default else None
 
     def _start_cluster(self, n_workers):
+        from belated._remote import Answers
+
         cluster = _belated.Cluster(
             n_workers,
             self._threads_per_worker,
             parse_memory_limit(self._memory_limit_text, n_workers),
             self._preload,
             describe_memory_limit(self._memory_limit_text, self._memory_limit),
+            Answers(self),
         )
         _logging.cluster_logger.debug(
             "local cluster started: %d workers of %d threads, memory limit %s bytes each",
@@ -403,6 +406,7 @@ class Client:
             [token] = _call_tokens(func, [args], kwargs) if pure else [uuid.uuid4()]
             key = f"{_funcname(func)}-{token}"
         func = self._on_this_client(func)
+        func, (args, kwargs) = _passing_delayed(func, (args, kwargs))
         after = futures_in((args, kwargs))
         if not after:  # the common case: no need to wait or rebuild
             task = delayed(func)(*args, dask_key_name=key, **kwargs)
@@ -465,7 +469,8 @@ class Client:
             else:
                 batch = uuid.uuid4()
                 keys = [f"{prefix}-{batch}-{i}" for i in range(len(calls))]
-        call = delayed(EachOwnOutcome(self._on_this_client(func)))
+        func, (calls, kwargs) = _passing_delayed(self._on_this_client(func), (calls, kwargs))
+        call = delayed(EachOwnOutcome(func))
         after = futures_in((calls, kwargs))
 
         def tasks(calls, kwargs):
@@ -486,8 +491,10 @@ class Client:
         return self._start(build, keys, True, retries, after=after)
 
     def _on_this_client(self, func):
-        """``func``, made to see this client as get_client()'s while it runs in this process."""
-        return func if self._cluster is not None else OnClient(func, self)
+        """``func``, made to see this client as get_client()'s while it runs in this process: on a
+        ``processes=False`` client, or submitted by a task (whose work runs here, see ``_remote``)."""
+        in_task = getattr(task_client, "client", None) is not None
+        return func if self._cluster is not None and not in_task else OnClient(func, self)
 
     def scatter(self, data, *, broadcast=False, hash=True, **kwargs):
         """Futures of values built here (one for a value, a list for a list, a dict for a dict), to pass
@@ -983,6 +990,60 @@ class OnClient:
             return self.func(*args, **kwargs)
         finally:
             task_client.client = previous
+
+    def __dask_tokenize__(self):
+        return tokenize(self.func)
+
+
+class _Held:
+    """A Delayed object passed to a function as it is, not computed first."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+
+def _is_delayed(obj):
+    return isinstance(obj, _belated.Delayed) or (
+        type(obj).__name__ == "Delayed" and type(obj).__module__ == "dask.delayed"
+    )
+
+
+def _map_delayed(obj, replace, test):
+    if test(obj):
+        return replace(obj)
+    if type(obj) in (list, tuple, set, frozenset):
+        return type(obj)(_map_delayed(item, replace, test) for item in obj)
+    if type(obj) is dict:
+        return {key: _map_delayed(value, replace, test) for key, value in obj.items()}
+    return obj
+
+
+def _passing_delayed(func, arguments):
+    """``func`` and ``arguments`` such that the Delayed objects among the arguments reach ``func`` as
+    they are, as distributed's ``submit`` and ``map`` pass them (a task's argument would be computed
+    first): held as values, and let go of by the function's wrapper at call time."""
+    found = []
+    held = _map_delayed(arguments, lambda obj: found.append(obj) or _Held(obj), _is_delayed)
+    return (PassingDelayed(func), held) if found else (func, arguments)
+
+
+class PassingDelayed:
+    """``func``, called with the held Delayed objects among its arguments let go of. Keys and tokens
+    are the function's own."""
+
+    __slots__ = ("__name__", "func")
+
+    def __init__(self, func):
+        self.func = func
+        self.__name__ = getattr(func, "__name__", type(func).__name__)
+
+    def __call__(self, *args, **kwargs):
+        args, kwargs = _map_delayed(
+            (args, kwargs), lambda held: held.obj, lambda item: isinstance(item, _Held)
+        )
+        return self.func(*args, **kwargs)
 
     def __dask_tokenize__(self):
         return tokenize(self.func)

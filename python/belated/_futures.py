@@ -31,9 +31,10 @@ class Computation:
     of its results, and ``cells`` holds each of its futures' own outcome, settled as soon as that
     future's task ends (see :class:`EachDone`), or from ``batch`` if it ends first.
 
-    A future cancelled alone is done at once. Its call stops with the computation, once every other
-    future of it is done or cancelled too: cancelling one future of a ``map`` leaves the others
-    running, as in distributed."""
+    A future cancelled alone is done at once, and the others keep running, as in distributed. On
+    worker processes its call stops at once (its worker is killed and replaced; the other calls that
+    worker ran run again elsewhere); on threads, which cannot be killed, it stops with the
+    computation, once every other future of it is done or cancelled too."""
 
     __slots__ = ("__weakref__", "batch", "cancelled", "cells", "token")
 
@@ -54,11 +55,27 @@ class Computation:
         """Cancels future ``index`` alone, and the computation once nothing else of it is wanted."""
         self.cancelled.add(index)
         self.cells[index].cancel()
+        if self.token is not None and not self.batch.done():
+            self.token.cancel_output(index)
         _stop_if_unwanted(self.cancelled, self.cells, self.token, self.batch)
 
     def __del__(self):
         # Only what has not started: a running computation finishes (its result unused).
         self.batch.cancel()
+
+
+# How long a wait without timeout sleeps at a time (see _waited).
+_WAIT_SLICE = 0.1
+
+
+def _waited(cell, timeout):
+    """``cell``, once done if ``timeout`` is None. That wait goes in slices: a lock's wait without
+    timeout is woken by a real SIGINT but not by ``_thread.interrupt_main()`` (IPython kernels, IDEs,
+    test runners), whose KeyboardInterrupt would otherwise wait for the task."""
+    if timeout is None:
+        while not cell.done():
+            concurrent.futures.wait((cell,), _WAIT_SLICE)
+    return cell
 
 
 def _settle_all(cells, batch):
@@ -301,7 +318,7 @@ class Future:
         if self._index in self._computation.cancelled:
             raise _belated.CancelledError(f"future {self.key} was cancelled")
         try:
-            return self._cell.result(timeout)
+            return _waited(self._cell, timeout).result(timeout)
         except concurrent.futures.CancelledError:
             raise _belated.CancelledError(f"future {self.key} was cancelled") from None
 
@@ -313,7 +330,7 @@ class Future:
         if self._index in self._computation.cancelled:
             return _belated.CancelledError(f"future {self.key} was cancelled")
         try:
-            return self._cell.exception(timeout)
+            return _waited(self._cell, timeout).exception(timeout)
         except concurrent.futures.CancelledError:
             return _belated.CancelledError(f"future {self.key} was cancelled")
 
@@ -580,16 +597,15 @@ def _in_worker_process():
 def get_client():
     """The Client running this task (or, outside tasks, the one most recently started).
 
-    A task in a worker process of ``Client(processes=True)`` cannot reach the Client, which lives in the
-    parent process: start the Client with ``processes=False`` to submit work from tasks."""
+    In a task on a worker process of a Client, a client whose calls the Client runs in the parent
+    process (``belated._remote``); work submitted from tasks runs off the cluster's worker threads, so
+    a task may wait for it without deadlocking a full pool."""
     from belated._client import current_client
 
     if _in_worker_process():
-        raise ValueError(
-            "get_client() was called in a task running in a belated worker process, which cannot reach "
-            "the Client (it lives in the parent process and workers only answer it); start the Client "
-            "with processes=False to submit tasks from tasks"
-        )
+        from belated._remote import worker_client
+
+        return worker_client()
     client = getattr(task_client, "client", None)
     if client is None or client._closed:
         client = current_client()
@@ -607,7 +623,8 @@ def secede():
     """Marks this task as waiting on other work. belated runs work submitted from a task off the
     worker threads, so a task waiting on it never holds a thread that work needs, seceded or not;
     ``secede``/``rejoin`` keep distributed code running unchanged."""
-    if not _belated.on_pool_thread() and getattr(task_client, "client", None) is None:
+    in_task = _belated.on_pool_thread() or getattr(task_client, "client", None) is not None
+    if not in_task and not _in_worker_process():
         raise ValueError("secede() is for tasks: call it from a function running on a Client")
     _seceded.depth = getattr(_seceded, "depth", 0) + 1
 

@@ -31,6 +31,7 @@ sooner: keep its imports to the standard library, and import anything else where
 
 import array
 import collections
+import contextlib
 import copyreg
 import importlib
 import io
@@ -594,7 +595,7 @@ def _call(function, args, kwargs):
 
 
 _STORE = {}
-RUN, FETCH, BATCH = 1, 2, 3
+RUN, FETCH, BATCH, CLIENT = 1, 2, 3, 4
 KEEP, SEND = 1, 2
 
 
@@ -802,12 +803,45 @@ def _handle_batch(frames):
     return [struct.pack(f"<{len(counts)}Q", *counts), *replies]
 
 
+# The connection whose task runs on this thread (each connection has a thread of its own), which the
+# task's requests to the parent travel on; and the keys of the parent's futures it was sent, which the
+# parent holds for it until the task ends.
+task_channel = threading.local()
+
+
+def ask_parent(request):
+    """The parent's answer to ``request`` (pickled by value), asked on this task's own connection while
+    the parent waits for the task's reply; raises what the parent raised."""
+    channel = getattr(task_channel, "channel", None)
+    if channel is None:
+        raise RuntimeError("only a task's own thread can ask the parent: the task's thread is not this one")
+    frames = dumps(request)
+    write_message(channel, [struct.pack("<2Q", CLIENT, 0), *frames])
+    answer = read_message(channel)
+    if not answer:
+        raise RuntimeError("the parent could not answer this task's request; its error is printed there")
+    ok, value = loads(answer)
+    if not ok:
+        raise value
+    return value
+
+
+def _release_held():
+    if task_channel.held:
+        held, task_channel.held = task_channel.held, []
+        # Refused only by a closed Client, which let go of them all itself.
+        with contextlib.suppress(Exception):
+            ask_parent(("release", held))
+
+
 def _serve_connection(connection):
     channel = Channel(connection)
+    task_channel.channel, task_channel.held = channel, []
     with connection:
         while (frames := read_message(channel)) is not None:
             if memoryview(frames[0]).cast("Q")[0] == BATCH:
                 frames = _handle_batch(frames)
+                _release_held()
                 try:
                     write_message(channel, frames)
                 finally:
@@ -817,6 +851,7 @@ def _serve_connection(connection):
                 reply = _handle(frames)
             except BaseException as error:
                 reply = (False, error)
+            _release_held()
             # A FETCH's reply goes to another worker, which would not pass records on.
             records = _take_records() if memoryview(frames[0]).cast("Q")[0] == RUN else []
             frames = _encode(reply, records)

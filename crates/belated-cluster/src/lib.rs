@@ -21,5 +21,5 @@ pub mod wire;
 
 pub use error::Error;
 pub use pool::{MemoryLimit, Workers};
-pub use process::{Spec, WorkerProcess};
+pub use process::{Requests, Spec, WorkerProcess};
 pub use runner::{Cluster, ClusterRunner, Codec, Running, Transport};

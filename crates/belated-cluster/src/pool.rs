@@ -309,6 +309,7 @@ mod tests {
             env: Vec::new(),
             connections: 1,
             start_timeout: Duration::from_secs(30),
+            requests: None,
         }
     }
 

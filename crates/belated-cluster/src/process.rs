@@ -46,6 +46,21 @@ pub struct Spec {
     pub connections: usize,
     /// How long it may take to start and say it is ready.
     pub start_timeout: Duration,
+    /// What answers the requests its tasks send while they run; without it, such a request is a
+    /// broken protocol and loses the worker.
+    pub requests: Option<Requests>,
+}
+
+/// What answers a worker's [`wire::CLIENT`] request: the request's frames after its header in, the
+/// reply's frames out. It runs on the thread that waits for the task's reply, which goes on waiting
+/// once the answer is sent (so the task may wait on what it asked for without holding anything else).
+#[derive(Clone)]
+pub struct Requests(pub Arc<dyn Fn(Vec<Frame>) -> Vec<Frame> + Send + Sync>);
+
+impl std::fmt::Debug for Requests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Requests(..)")
+    }
 }
 
 /// A running worker process. Dropping it kills and reaps it.
@@ -118,7 +133,7 @@ impl WorkerProcess {
         forward(child.stderr.take(), prefix, io::stderr);
         let connections = ours
             .into_iter()
-            .map(|stream| Connection::new(stream, &pidfd).map(Mutex::new))
+            .map(|stream| Connection::new(stream, &pidfd, spec.requests.clone()).map(Mutex::new))
             .collect::<io::Result<Vec<_>>>()
             .map_err(Error::Spawn)?;
         Ok(WorkerProcess {
@@ -248,10 +263,15 @@ impl Drop for WorkerProcess {
 pub struct Connection {
     requests: BufWriter<Watched>,
     replies: BufReader<Watched>,
+    answers: Option<Requests>,
 }
 
 impl Connection {
-    fn new(stream: UnixStream, pidfd: &Arc<OwnedFd>) -> io::Result<Self> {
+    fn new(
+        stream: UnixStream,
+        pidfd: &Arc<OwnedFd>,
+        answers: Option<Requests>,
+    ) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
         // Both directions on one descriptor: a cluster of many workers runs out of them soon enough.
         let stream = Arc::new(stream);
@@ -263,15 +283,28 @@ impl Connection {
         Ok(Connection {
             requests: BufWriter::with_capacity(1 << 16, watched(Arc::clone(&stream))),
             replies: BufReader::with_capacity(1 << 16, watched(stream)),
+            answers,
         })
     }
 
     /// Sends one message and reads the reply; [`Error::Lost`] if the worker died (the connection is
     /// then useless: the worker is replaced, not this connection).
+    /// Requests the task sends meanwhile are answered in between.
     pub fn exchange(&mut self, frames: &[Frame]) -> Result<Vec<Frame>, Error> {
+        self.send(frames)?;
+        loop {
+            let mut reply = wire::read_message(&mut self.replies).map_err(|_| Error::Lost)?;
+            if !wire::is_client_request(&reply) {
+                return Ok(reply);
+            }
+            let answers = self.answers.clone().ok_or(Error::Lost)?;
+            self.send(&(answers.0)(reply.split_off(1)))?;
+        }
+    }
+
+    fn send(&mut self, frames: &[Frame]) -> Result<(), Error> {
         wire::write_message(&mut self.requests, frames)
             .and_then(|()| self.requests.flush())
-            .and_then(|()| wire::read_message(&mut self.replies))
             .map_err(|_| Error::Lost)
     }
 }
@@ -581,6 +614,7 @@ mod tests {
             env: Vec::new(),
             connections,
             start_timeout: Duration::from_secs(30),
+            requests: None,
         }
     }
 
@@ -673,11 +707,65 @@ mod tests {
 
     /// Two ends of a socket pair as connections watched by this (living) process's pidfd.
     fn connected_pair() -> (Connection, Connection) {
+        answering_pair(None)
+    }
+
+    /// [`connected_pair`], the first end answering requests with `answers`.
+    fn answering_pair(answers: Option<Requests>) -> (Connection, Connection) {
         let pidfd = Arc::new(pidfd_open(std::process::id()).expect("our own pidfd"));
         let (a, b) = UnixStream::pair().expect("a socket pair");
-        let a = Connection::new(a, &pidfd).expect("a connection");
-        let b = Connection::new(b, &pidfd).expect("a connection");
+        let a = Connection::new(a, &pidfd, answers).expect("a connection");
+        let b = Connection::new(b, &pidfd, None).expect("a connection");
         (a, b)
+    }
+
+    fn client_request(body: &[u8]) -> Vec<Frame> {
+        vec![
+            wire::header(wire::CLIENT, &[], &[]).into(),
+            body.to_vec().into(),
+        ]
+    }
+
+    #[test]
+    fn requests_a_task_sends_are_answered_before_its_reply_is_returned() {
+        let answers = Requests(Arc::new(|frames: Vec<Frame>| {
+            let Some(Frame::Bytes(body)) = frames.first() else {
+                panic!("{frames:?}")
+            };
+            vec![[b"answer to ".as_slice(), body].concat().into()]
+        }));
+        let (mut parent, mut worker) = answering_pair(Some(answers));
+        let task = std::thread::spawn(move || {
+            let call = wire::read_message(&mut worker.replies).expect("the call");
+            let mut answers = Vec::new();
+            for body in [&b"one"[..], b"two"] {
+                worker.send(&client_request(body)).expect("a request");
+                answers.push(wire::read_message(&mut worker.replies).expect("its answer"));
+            }
+            worker.send(&call).expect("the reply: the call echoed");
+            answers
+        });
+        let call = [Frame::from(b"call".to_vec())];
+        assert_eq!(parent.exchange(&call).expect("the task's reply"), call);
+        let answers = task.join().expect("the task");
+        assert_eq!(
+            answers,
+            [b"answer to one", b"answer to two"].map(|answer| vec![Frame::from(answer.to_vec())])
+        );
+    }
+
+    #[test]
+    fn a_request_to_a_parent_that_answers_none_loses_the_worker() {
+        let (mut parent, mut worker) = connected_pair();
+        let task = std::thread::spawn(move || {
+            wire::read_message(&mut worker.replies).expect("the call");
+            worker.send(&client_request(b"one")).expect("a request");
+        });
+        assert!(matches!(
+            parent.exchange(&[Frame::from(b"call".to_vec())]),
+            Err(Error::Lost)
+        ));
+        task.join().expect("the task");
     }
 
     #[test]

@@ -40,7 +40,7 @@ use std::time::Instant;
 
 use belated_core::{current_worker, placement, Graph, InputsLost, Recoverable, Runner, TaskId};
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::batching::Batching;
 use crate::directory::{Directory, Held, Kept, Sent, Source};
@@ -249,19 +249,31 @@ impl<T: Transport> Cluster<T> {
 }
 
 /// The workers running one computation's tasks right now, so cancelling the computation can kill
-/// them (a task may never return by itself).
+/// them (a task may never return by itself); and the tasks cancelled one by one (a future of a `map`
+/// cancelled alone), whose workers are killed at once while the computation goes on.
 pub struct Running {
     cancelled: AtomicBool,
-    /// `(worker, generation)` once per task running there.
-    workers: Mutex<Vec<(usize, u64)>>,
+    state: Mutex<RunningState>,
     transport: Arc<dyn Transport>,
+}
+
+#[derive(Debug, Default)]
+struct RunningState {
+    /// Per request on its way or running: its worker, generation and tasks.
+    requests: FxHashMap<u64, (usize, u64, Vec<TaskId>)>,
+    next: u64,
+    /// The tasks cancelled alone: never sent again, and killed where they run.
+    tasks: FxHashSet<TaskId>,
+    /// The workers killed for such a task: the other tasks they ran are tried again elsewhere, and
+    /// that try is not counted against them.
+    killed: FxHashSet<(usize, u64)>,
 }
 
 impl fmt::Debug for Running {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Running")
             .field("cancelled", &self.cancelled)
-            .field("workers", &self.workers)
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
@@ -270,30 +282,48 @@ impl Running {
     fn new(transport: Arc<dyn Transport>) -> Self {
         Running {
             cancelled: AtomicBool::new(false),
-            workers: Mutex::new(Vec::new()),
+            state: Mutex::new(RunningState::default()),
             transport,
         }
     }
 
-    /// Registers a task of the computation as running on `worker` until the guard drops; `None`
-    /// once the computation is cancelled.
-    fn enter(&self, worker: usize, generation: u64) -> Option<RunningGuard<'_>> {
-        let mut workers = self.workers.lock();
-        if self.is_cancelled() {
+    /// Registers a request for `tasks` as running on `worker` until the guard drops; `None` once
+    /// the computation, or one of `tasks`, is cancelled.
+    fn enter(&self, worker: usize, generation: u64, tasks: &[TaskId]) -> Option<RunningGuard<'_>> {
+        let mut state = self.state.lock();
+        if self.is_cancelled() || tasks.iter().any(|task| state.tasks.contains(task)) {
             return None;
         }
-        workers.push((worker, generation));
-        Some(RunningGuard {
-            running: self,
-            worker: (worker, generation),
-        })
+        let id = state.next;
+        state.next += 1;
+        state
+            .requests
+            .insert(id, (worker, generation, tasks.to_vec()));
+        Some(RunningGuard { running: self, id })
     }
 
     /// Cancels the computation: kills every worker running one of its tasks.
     pub fn cancel(&self) {
-        let workers = self.workers.lock();
+        let state = self.state.lock();
         self.cancelled.store(true, SeqCst);
-        for &(worker, generation) in workers.iter() {
+        for &(worker, generation, _) in state.requests.values() {
+            self.transport.kill(worker, generation);
+        }
+    }
+
+    /// Cancels `task` alone: it is not sent again, and the worker running it is killed (and
+    /// replaced); the other tasks that worker ran are tried again.
+    pub fn cancel_task(&self, task: TaskId) {
+        let mut state = self.state.lock();
+        state.tasks.insert(task);
+        let running: Vec<(usize, u64)> = state
+            .requests
+            .values()
+            .filter(|(_, _, tasks)| tasks.contains(&task))
+            .map(|&(worker, generation, _)| (worker, generation))
+            .collect();
+        for (worker, generation) in running {
+            state.killed.insert((worker, generation));
             self.transport.kill(worker, generation);
         }
     }
@@ -302,19 +332,24 @@ impl Running {
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(SeqCst)
     }
+
+    fn is_task_cancelled(&self, task: TaskId) -> bool {
+        self.state.lock().tasks.contains(&task)
+    }
+
+    fn killed_for_a_cancelled_task(&self, worker: usize, generation: u64) -> bool {
+        self.state.lock().killed.contains(&(worker, generation))
+    }
 }
 
 struct RunningGuard<'a> {
     running: &'a Running,
-    worker: (usize, u64),
+    id: u64,
 }
 
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
-        let mut workers = self.running.workers.lock();
-        if let Some(at) = workers.iter().position(|w| *w == self.worker) {
-            workers.swap_remove(at);
-        }
+        self.running.state.lock().requests.remove(&self.id);
     }
 }
 
@@ -537,7 +572,8 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                 for (_, _, frames) in &mut calls {
                     request.append(frames);
                 }
-                self.send(slot, worker, generation, &request)
+                let tasks: Vec<TaskId> = calls.iter().map(|(at, _, _)| batch[*at].0).collect();
+                self.send(slot, (worker, generation), &tasks, &request)
             }),
         };
         let nothing_sent = Prepared {
@@ -561,6 +597,14 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                         .received(&nothing_sent, worker, generation, result_id, flags, &reply)
                         .map_err(Stop::Failed);
                     results[at] = Some(self.complete(task, evaluated));
+                }
+            }
+            // A task of the batch was cancelled alone: the others go one by one.
+            Err(Failed::Cancelled) if !self.running.is_cancelled() => {
+                for (at, _, _) in calls {
+                    let (task, inputs) = &batch[at];
+                    let evaluated = self.evaluate(slot, *task, inputs, (0, String::new()));
+                    results[at] = Some(self.complete(*task, evaluated));
                 }
             }
             Err(Failed::Lost(lost, generation))
@@ -747,15 +791,16 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         Ok((frames, words))
     }
 
-    /// Sends `request` to `worker` at `generation` on `slot`'s connection, registered as running.
+    /// Sends `request` (for `tasks`) to `worker` at `generation` on `slot`'s connection, registered
+    /// as running.
     fn send(
         &self,
         slot: usize,
-        worker: usize,
-        generation: u64,
+        (worker, generation): (usize, u64),
+        tasks: &[TaskId],
         request: &[Frame],
     ) -> Result<Vec<Frame>, Failed> {
-        let Some(_running) = self.running.enter(worker, generation) else {
+        let Some(_running) = self.running.enter(worker, generation, tasks) else {
             return Err(Failed::Cancelled);
         };
         let connection = slot % self.cluster.threads_per_worker;
@@ -798,17 +843,19 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             let mut request = vec![wire::header(RUN, &releases, &rest).into()];
             request.extend(transfer_frames);
             request.extend(call_frames);
-            self.send(slot, worker, generation, &request)
+            self.send(slot, (worker, generation), &[task], &request)
         });
         match outcome {
             Ok(reply) => self
                 .received(&prepared, worker, generation, result_id, flags, &reply)
                 .map_err(Stop::Failed),
             Err(Failed::Cancelled) => Err(failed(Error::Cancelled)),
-            // Killed by a cancel, or by close(): either way the computation is over, and the
-            // next one finds a new worker in its place.
+            // Killed by a cancel (of the computation, or of this task alone), or by close(): this
+            // run is over either way, and the next one finds a new worker in its place.
             Err(Failed::Lost(lost, generation))
-                if self.running.is_cancelled() || self.directory().is_closed() =>
+                if self.running.is_cancelled()
+                    || self.directory().is_closed()
+                    || self.running.is_task_cancelled(task) =>
             {
                 let _ = self
                     .codec
@@ -822,7 +869,8 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                     .map_err(failed)?;
                 // A worker an input was fetched from may die too: the task's next run fetches a
                 // copy or finds the input lost, and the schedule bounds how often it runs again.
-                if lost == worker {
+                // Killed for another task cancelled alone: not this task's failure.
+                if lost == worker && !self.running.killed_for_a_cancelled_task(lost, generation) {
                     let tries = self.deaths[task.index()].fetch_add(1, SeqCst) + 1;
                     if tries > self.retries {
                         return Err(failed(Error::TaskLost { tries, why }));

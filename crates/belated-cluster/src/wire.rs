@@ -21,6 +21,12 @@
 //! formatted traceback, its frames, records)` (the reader rebuilds the exception, or a `RemoteError`
 //! from the rest), where `records` are the log records the worker emitted since its last [`RUN`] reply
 //! (none in a [`FETCH`] reply).
+//!
+//! While a task runs, its worker may ask the parent something on the same connection (a task that
+//! submits tasks, through `get_client()`): a message whose first frame is the header `[CLIENT, 0]`,
+//! then a pickle's frames. The parent answers with one reply pickle and goes on waiting for the
+//! task's reply. No reply can be taken for such a request: a reply's first frame is a pickle (which
+//! starts with the PROTO opcode, 0x80) or a [`BATCH`] reply's header (`[0]` or longer than two words).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -32,6 +38,8 @@ pub const RUN: u64 = 1;
 pub const FETCH: u64 = 2;
 /// Runs several calls whose inputs are all in the call or in the worker, one after the other.
 pub const BATCH: u64 = 3;
+/// A worker's request to the parent, sent while one of its tasks runs (see the module's text).
+pub const CLIENT: u64 = 4;
 /// [`RUN`] flag: the worker stores the result under the result id (other tasks need it).
 pub const KEEP: u8 = 1;
 /// [`RUN`] flag: the worker sends the result back (an output); without it, a kept result's reply
@@ -255,6 +263,11 @@ pub fn header(op: u64, releases: &[u64], rest: &[u64]) -> Vec<u8> {
         .collect()
 }
 
+/// Whether a message from a worker is its request to the parent ([`CLIENT`]) rather than a reply.
+pub fn is_client_request(frames: &[Frame]) -> bool {
+    matches!(frames.first(), Some(Frame::Bytes(first)) if first[..] == header(CLIENT, &[], &[])[..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,6 +367,21 @@ mod tests {
             message(&[header(BATCH, &[7], &[&[2][..], &batch].concat()).into()]),
             golden("batch-header")
         );
+        let request = [header(CLIENT, &[], &[]).into(), b"ab".to_vec().into()];
+        assert_eq!(message(&request), golden("client-request"));
+        let read = read_message(&mut &golden("client-request")[..]).expect("client-request");
+        assert!(is_client_request(&read));
+    }
+
+    #[test]
+    fn no_reply_is_taken_for_a_client_request() {
+        let pickle = b"\x80\x05\x95\x00".to_vec();
+        let batch_reply = 0u64.to_le_bytes().to_vec();
+        let run = header(RUN, &[], &[1, 0, 0]);
+        for first in [pickle, batch_reply, run] {
+            assert!(!is_client_request(&[first.into()]));
+        }
+        assert!(!is_client_request(&[]));
     }
 
     #[test]

@@ -40,6 +40,8 @@ enum Op {
     Dies { times: usize, why: &'static str },
     /// Runs until its worker is killed.
     Blocks,
+    /// Runs until its worker is killed the first time it runs (then sums its inputs).
+    BlocksOnce,
 }
 
 fn sum(bytes: u64) -> Op {
@@ -82,7 +84,9 @@ impl Program {
         match &self.ops[task.index()] {
             Op::Literal(v) => v.n,
             Op::Call(f) => f(&inputs).expect("no failing task here").n,
-            Op::Dies { .. } | Op::Blocks => inputs.iter().map(|v| v.n).sum::<i64>() + 1,
+            Op::Dies { .. } | Op::Blocks | Op::BlocksOnce => {
+                inputs.iter().map(|v| v.n).sum::<i64>() + 1
+            }
         }
     }
 }
@@ -294,7 +298,8 @@ impl FakeWorkers {
                 return Err(Error::Lost);
             }
             Op::Dies { .. } => sum(8).call(&inputs),
-            Op::Blocks => {
+            Op::BlocksOnce if run > 0 => sum(8).call(&inputs),
+            Op::Blocks | Op::BlocksOnce => {
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
                 while guard.dead.is_none() {
                     assert!(
@@ -454,8 +459,18 @@ struct Harness {
 
 impl Harness {
     fn new(program: &Arc<Program>, workers: usize, outputs: &[u32], retries: usize) -> Self {
+        Self::with_threads(program, workers, 1, outputs, retries)
+    }
+
+    fn with_threads(
+        program: &Arc<Program>,
+        workers: usize,
+        threads_per_worker: usize,
+        outputs: &[u32],
+        retries: usize,
+    ) -> Self {
         let fakes = FakeWorkers::new(program, workers);
-        let cluster = Arc::new(Cluster::new(Arc::clone(&fakes), 1));
+        let cluster = Arc::new(Cluster::new(Arc::clone(&fakes), threads_per_worker));
         let hooks = Arc::default();
         let encoded_values = Arc::default();
         let codec = FakeCodec {
@@ -1074,6 +1089,55 @@ fn cancelling_kills_the_worker_running_the_task_and_later_tasks_are_not_sent() {
         Err(Failure::Runtime(Error::Cancelled))
     ));
     assert_eq!(workers.ran(), [(0, 0)], "nothing sent after the cancel");
+}
+
+#[test]
+fn a_task_cancelled_alone_kills_its_worker_and_the_other_task_there_runs_again_uncounted() {
+    // Both on the one worker's two threads: 0 runs until killed, 1 only the first time.
+    let program = Program::new(vec![(Op::Blocks, vec![]), (Op::BlocksOnce, vec![])]);
+    // No retries: a loss counted against task 1 would fail it.
+    let h = Harness::with_threads(&program, 1, 2, &[0, 1], 0);
+    let running = Arc::clone(h.runner.running());
+    let workers = Arc::clone(&h.workers);
+    std::thread::scope(|scope| {
+        let cancelled = scope.spawn(|| h.runner.run_on(0, TaskId(0), &[]));
+        let other = scope.spawn(|| h.runner.run_on(1, TaskId(1), &[]));
+        let mut events = workers.events.lock();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !(events.contains(&Event::Ran(0, 0, 0)) && events.contains(&Event::Ran(1, 0, 0))) {
+            assert!(!workers
+                .happened
+                .wait_until(&mut events, deadline)
+                .timed_out());
+        }
+        drop(events);
+        running.cancel_task(TaskId(0));
+        let outcome = cancelled.join().expect("no panic");
+        assert!(
+            matches!(outcome, Ok(Err(Failure::Runtime(Error::Cancelled)))),
+            "{outcome:?}"
+        );
+        let outcome = other.join().expect("no panic");
+        let held = outcome.expect("no inputs").expect("run again, not failed");
+        assert_eq!(held.local.map(|v| v.n), Some(1));
+    });
+    assert!(!running.is_cancelled(), "the computation goes on");
+    assert_eq!(workers.replaced.load(SeqCst), 1);
+    assert!(
+        workers.events().contains(&Event::Ran(1, 0, 1)),
+        "task 1 ran again on the replacement"
+    );
+    assert!(matches!(
+        h.runner
+            .run_on(0, TaskId(0), &[])
+            .expect("no inputs to lose"),
+        Err(Failure::Runtime(Error::Cancelled))
+    ));
+    assert_eq!(
+        workers.ran().iter().filter(|(task, _)| *task == 0).count(),
+        1,
+        "the cancelled task is not sent again"
+    );
 }
 
 #[test]

@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use belated_cluster::runner::{Encoded, Input};
 use belated_cluster::wire::Frame;
-use belated_cluster::{Codec, Error, MemoryLimit, Spec, Workers};
+use belated_cluster::{Codec, Error, MemoryLimit, Requests, Spec, Workers};
 use belated_core::{Graph, TaskId, ThreadPool, KEPT_POOLS};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
 
-use crate::codec::{decode_reply, frames_from, frames_of, helper};
+use crate::codec::{decode_reply, frames_from, frames_of, helper, python_frames};
 use crate::errors::{
     cluster_error, BelatedError, CancelledError, WorkerLostError, WorkerStartError,
 };
@@ -44,19 +44,47 @@ const WORKER_BOOTSTRAP: &str = "import os, sys; \
 
 /// How to start a worker of this interpreter with `connections` connections, importing `preload`
 /// once ready. It gets the parent's `sys.path`, so it imports what the parent imports (functions
-/// pickled by reference included).
-fn worker_spec(py: Python<'_>, connections: usize, preload: Vec<String>) -> PyResult<Spec> {
+/// pickled by reference included). `BELATED_CLIENT` tells the worker whether a Client answers its tasks' requests
+/// (`answer`, called with a request's frames, returning the reply's), so that `get_client()` in a
+/// task without one fails there, saying why.
+fn worker_spec(
+    py: Python<'_>,
+    connections: usize,
+    preload: Vec<String>,
+    answer: Option<Py<PyAny>>,
+) -> PyResult<Spec> {
     let sys = py.import("sys")?;
     let separator: String = py.import("os")?.getattr("pathsep")?.extract()?;
     let path: Vec<String> = sys.getattr("path")?.extract()?;
     let args = ["-c", WORKER_BOOTSTRAP].map(String::from);
+    let client = if answer.is_some() { "1" } else { "" };
     Ok(Spec {
         program: sys.getattr("executable")?.extract()?,
         args: [&args[..], &[connections.to_string(), preload.join(",")]].concat(),
-        env: vec![("BELATED_WORKER_PATH".to_string(), path.join(&separator))],
+        env: vec![
+            ("BELATED_WORKER_PATH".to_string(), path.join(&separator)),
+            ("BELATED_CLIENT".to_string(), client.to_string()),
+        ],
         connections,
         start_timeout: START_TIMEOUT,
+        requests: answer.map(answering),
     })
+}
+
+/// Answers a worker's requests with the Python callable `answer`, which encodes its own failures; if
+/// it cannot even do that, the worker gets an empty answer and raises.
+fn answering(answer: Py<PyAny>) -> Requests {
+    Requests(Arc::new(move |frames| {
+        Python::attach(|py| {
+            python_frames(py, &frames)
+                .and_then(|frames| answer.call1(py, (frames,)))
+                .and_then(|reply| frames_from(py, reply.bind(py)))
+                .unwrap_or_else(|error| {
+                    error.print(py);
+                    Vec::new()
+                })
+        })
+    }))
 }
 
 pub(crate) struct ClusterShared {
@@ -301,9 +329,10 @@ impl Cluster {
         threads_per_worker: usize,
         memory_limit: Option<MemoryLimit>,
         preload: Vec<String>,
+        answer: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         // One connection per pool thread of its group, and one for fetches.
-        let spec = worker_spec(py, threads_per_worker + 1, preload)?;
+        let spec = worker_spec(py, threads_per_worker + 1, preload, answer)?;
         let workers = py
             .detach(|| Workers::start(spec, n_workers, memory_limit))
             .map_err(|error| cluster_error(error, "could not start the cluster"))?;
@@ -343,7 +372,7 @@ pub(crate) fn processes_cluster(py: Python<'_>, workers: usize) -> PyResult<Arc<
         return Ok(cluster);
     }
     // Started without the registry's lock, which a thread holding the interpreter may wait for.
-    let started = Arc::new(Cluster::start(py, workers, 1, None, Vec::new())?);
+    let started = Arc::new(Cluster::start(py, workers, 1, None, Vec::new(), None)?);
     let let_go = {
         let mut clusters = PROCESS_CLUSTERS.lock();
         if let Some(cluster) = running(&mut clusters) {
@@ -375,7 +404,8 @@ pub(crate) fn forget_processes_clusters() {
 impl Cluster {
     #[new]
     #[pyo3(signature = (
-        n_workers, threads_per_worker, memory_limit=None, preload=Vec::new(), memory_limit_text=None
+        n_workers, threads_per_worker, memory_limit=None, preload=Vec::new(), memory_limit_text=None,
+        answer=None
     ))]
     fn new(
         py: Python<'_>,
@@ -384,6 +414,7 @@ impl Cluster {
         memory_limit: Option<u64>,
         preload: Vec<String>,
         memory_limit_text: Option<String>,
+        answer: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         if n_workers == 0 || threads_per_worker == 0 {
             return Err(pyo3::exceptions::PyValueError::new_err(
@@ -396,7 +427,14 @@ impl Cluster {
             )));
         }
         let memory_limit = memory_limit.map(|bytes| MemoryLimit::new(bytes, memory_limit_text));
-        Self::start(py, n_workers, threads_per_worker, memory_limit, preload)
+        Self::start(
+            py,
+            n_workers,
+            threads_per_worker,
+            memory_limit,
+            preload,
+            answer,
+        )
     }
 
     /// Stops the workers (killing tasks still running) and the threads that drive them. Idempotent.

@@ -60,7 +60,10 @@ pub(crate) fn frames_from(py: Python<'_>, frames: &Bound<'_, PyAny>) -> PyResult
 }
 
 /// Frames as `_worker.loads` takes them: bytes, and segments mapped (copy-on-write) in place.
-fn python_frames<'py>(py: Python<'py>, frames: &[Frame]) -> PyResult<Bound<'py, PyList>> {
+pub(crate) fn python_frames<'py>(
+    py: Python<'py>,
+    frames: &[Frame],
+) -> PyResult<Bound<'py, PyList>> {
     static MAP_SEGMENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let list = PyList::empty(py);
     for frame in frames {

@@ -240,11 +240,21 @@ struct Run<'a, 'py> {
     keep_going: bool,
 }
 
-/// Lets another thread cancel a computation (a future's `cancel()`), which then raises CancelledError.
+/// Lets another thread cancel a computation (a future's `cancel()`), which then raises CancelledError,
+/// or one of its outputs alone (a future of a `map` cancelled alone), whose worker process is killed
+/// while the others go on.
 #[pyclass(module = "belated._belated", frozen)]
 #[derive(Default)]
 pub(crate) struct CancelToken {
     cancelled: AtomicBool,
+    /// The outputs cancelled alone, by index, not yet passed on to the running computation.
+    alone: parking_lot::Mutex<Vec<usize>>,
+}
+
+impl CancelToken {
+    fn take_alone(&self) -> Vec<usize> {
+        std::mem::take(&mut self.alone.lock())
+    }
 }
 
 #[pymethods]
@@ -256,6 +266,12 @@ impl CancelToken {
 
     fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// Cancels output `index` alone: on worker processes, the one running it is killed (and
+    /// replaced) at once. A thread cannot be killed: there the task runs to its end.
+    fn cancel_output(&self, index: usize) {
+        self.alone.lock().push(index);
     }
 
     #[getter]
@@ -271,6 +287,8 @@ struct Watch<'a> {
     dashboard: &'a Option<Arc<HubObserver>>,
     /// Worker processes running the computation's tasks, killed when it is cancelled.
     running: Option<Arc<Running>>,
+    /// The computation's outputs, for the ones cancelled alone (by index).
+    outputs: Vec<TaskId>,
 }
 
 /// Runs `runner` over `plan` on the threads pool of `threads` workers, watched for Ctrl-C and the
@@ -287,6 +305,7 @@ pub(crate) fn run_on_threads<R: Runner<Error = PyErr>>(
         deadline,
         dashboard: &None,
         running: None,
+        outputs: Vec::new(),
     };
     let session = pool(threads)?;
     run_pooled(py, watch, |wait| session.run(plan, runner, None, wait))
@@ -300,12 +319,22 @@ fn run_pooled<T>(
     watch: Watch<'_>,
     run: impl FnOnce(Wait<'_, PyErr>) -> Result<T, Stopped<PyErr>>,
 ) -> PyResult<T> {
-    let mut interrupt = || match py.check_signals() {
-        Err(interrupt) => Some(interrupt),
-        Ok(()) if watch.cancel.is_some_and(CancelToken::cancelled) => {
-            Some(CancelledError::new_err("the computation was cancelled"))
+    // The outputs cancelled alone so far: a task is cancelled once every output that is it is.
+    let mut alone = std::collections::HashSet::new();
+    let mut interrupt = || {
+        if let (Some(token), Some(running)) = (watch.cancel, &watch.running) {
+            for index in token.take_alone() {
+                let Some(&task) = watch.outputs.get(index) else {
+                    continue;
+                };
+                alone.insert(index);
+                let mut outputs = watch.outputs.iter().enumerate();
+                if outputs.all(|(at, &output)| output != task || alone.contains(&at)) {
+                    running.cancel_task(task);
+                }
+            }
         }
-        Ok(()) => None,
+        interrupt_or_cancel(py, watch.cancel)
     };
     let wait = Wait::new(&PythonHost)
         .deadline(watch.deadline.map(|deadline| deadline.at))
@@ -327,6 +356,17 @@ fn run_pooled<T>(
             |deadline| deadline.error(),
         ),
     })
+}
+
+/// Ctrl-C, or the computation's cancel, as the error that stops it.
+fn interrupt_or_cancel(py: Python<'_>, cancel: Option<&CancelToken>) -> Option<PyErr> {
+    match py.check_signals() {
+        Err(interrupt) => Some(interrupt),
+        Ok(()) if cancel.is_some_and(CancelToken::cancelled) => {
+            Some(CancelledError::new_err("the computation was cancelled"))
+        }
+        Ok(()) => None,
+    }
 }
 
 /// Each output's value, or (when the computation kept going) the exception of the task that failed it.
@@ -415,6 +455,7 @@ fn run_plan(
         deadline,
         dashboard: &dashboard,
         running: None,
+        outputs: Vec::new(),
     };
     let runner = |guard| PyRunner {
         nodes: Arc::clone(&nodes),
@@ -438,6 +479,7 @@ fn run_plan(
             let runner = cluster_runner(&cluster, &nodes, &graph, &outputs, guard, retries);
             let watch = Watch {
                 running: Some(Arc::clone(runner.running())),
+                outputs: outputs.clone(),
                 ..watch
             };
             let wanted = outputs.clone();
