@@ -147,7 +147,7 @@ impl GraphBuilder {
 
 /// The part of a build-side graph that some roots need, flattened for one computation.
 #[derive(Debug)]
-pub struct Plan<P> {
+pub struct Plan<P: ?Sized> {
     /// The tasks and their dependencies.
     pub graph: Graph,
     /// The node behind each task id.
@@ -156,7 +156,7 @@ pub struct Plan<P> {
     pub outputs: Vec<TaskId>,
 }
 
-impl<P: Payload> Plan<P> {
+impl<P: Payload + ?Sized> Plan<P> {
     /// Walks the graph once from the roots, iteratively (chains of millions of calls are fine), merging
     /// nodes that share a [`Payload::merge_name`]. Linear in nodes plus edges.
     pub fn flatten<'a, E>(
@@ -165,7 +165,7 @@ impl<P: Payload> Plan<P> {
     where
         P: 'a,
     {
-        let mut ids: FxHashMap<*const Node<P>, TaskId> = FxHashMap::default();
+        let mut ids: FxHashMap<*const (), TaskId> = FxHashMap::default();
         let mut names: FxHashMap<&'a str, TaskId> = FxHashMap::default();
         let mut nodes: Vec<Arc<Node<P>>> = Vec::new();
         let mut builder = GraphBuilder::default();
@@ -176,8 +176,7 @@ impl<P: Payload> Plan<P> {
         // The ids of the inputs found so far of each node on `stack`, in argument order.
         let mut input_ids: Vec<TaskId> = Vec::new();
         let roots: Vec<&'a Arc<Node<P>>> = roots.into_iter().collect();
-        let mut root_ptrs: Vec<*const Node<P>> =
-            roots.iter().map(|root| Arc::as_ptr(root)).collect();
+        let mut root_ptrs: Vec<*const ()> = roots.iter().map(|root| address(root)).collect();
         root_ptrs.sort_unstable();
         // A node reached by a single edge is never looked up again, so it stays out of `ids`, whose
         // inserts and lookups were the walk's main cost. Single: no other handle on it exists (a
@@ -187,7 +186,7 @@ impl<P: Payload> Plan<P> {
         let single_edge = |node: &Arc<Node<P>>| {
             Arc::strong_count(node) == 1
                 && node.payload().merge_name().is_none()
-                && root_ptrs.binary_search(&Arc::as_ptr(node)).is_err()
+                && root_ptrs.binary_search(&address(node)).is_err()
         };
 
         for root in roots {
@@ -213,7 +212,7 @@ impl<P: Payload> Plan<P> {
                 builder.deps.extend(input_ids.drain(first_input..));
                 builder.close_task();
                 if !single {
-                    ids.insert(Arc::as_ptr(node), id);
+                    ids.insert(address(node), id);
                 }
                 if let Some(name) = node.payload().merge_name() {
                     if let Entry::Vacant(slot) = names.entry(name) {
@@ -237,17 +236,23 @@ impl<P: Payload> Plan<P> {
 
 /// The id a node already has, directly or because an earlier node carries its merge name; in the second
 /// case the node is merged before its own inputs are visited.
-fn known<'a, P: Payload>(
+fn known<'a, P: Payload + ?Sized>(
     node: &'a Arc<Node<P>>,
-    ids: &mut FxHashMap<*const Node<P>, TaskId>,
+    ids: &mut FxHashMap<*const (), TaskId>,
     names: &FxHashMap<&'a str, TaskId>,
 ) -> Option<TaskId> {
-    if let Some(&id) = ids.get(&Arc::as_ptr(node)) {
+    if let Some(&id) = ids.get(&address(node)) {
         return Some(id);
     }
     let id = *names.get(node.payload().merge_name()?)?;
-    ids.insert(Arc::as_ptr(node), id);
+    ids.insert(address(node), id);
     Some(id)
+}
+
+/// A node's identity: its address alone, one word to hash and compare, without the vtable pointer an
+/// unsized payload's handle carries.
+fn address<P: ?Sized>(node: &Arc<Node<P>>) -> *const () {
+    Arc::as_ptr(node).cast()
 }
 
 #[cfg(test)]

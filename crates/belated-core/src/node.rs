@@ -18,22 +18,29 @@ pub trait Payload {
 
 /// One call of the build-side graph: what to run (`payload`) on which other nodes' results. Immutable
 /// once made, so graphs built from nodes are acyclic by construction.
-pub struct Node<P> {
-    deps: Box<[Arc<Node<P>>]>,
+///
+/// A graph's nodes are `Node<P>`. `P` may be unsized (a payload ending in a trait object): a node is
+/// then made as a `Node<P, Concrete>`, whose payload is last so that its `Arc` coerces to
+/// `Arc<Node<P>>`, and the payload's closure lives in the node's own allocation instead of a box of
+/// its own.
+pub struct Node<D: ?Sized, P: ?Sized = D> {
+    deps: Box<[Arc<Node<D>>]>,
     payload: P,
 }
 
-impl<P> Node<P> {
+impl<D: ?Sized, P> Node<D, P> {
     /// A node running `payload` on the results of `deps`.
-    pub fn new(payload: P, deps: Vec<Arc<Node<P>>>) -> Arc<Self> {
+    pub fn new(payload: P, deps: Vec<Arc<Node<D>>>) -> Arc<Self> {
         Arc::new(Node {
             deps: deps.into_boxed_slice(),
             payload,
         })
     }
+}
 
+impl<D: ?Sized, P: ?Sized> Node<D, P> {
     /// The nodes whose results this one takes as inputs, in argument order (repeats kept).
-    pub fn deps(&self) -> &[Arc<Node<P>>] {
+    pub fn deps(&self) -> &[Arc<Node<D>>] {
         &self.deps
     }
 
@@ -43,7 +50,7 @@ impl<P> Node<P> {
     }
 }
 
-impl<P> std::fmt::Debug for Node<P> {
+impl<D: ?Sized, P: ?Sized> std::fmt::Debug for Node<D, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("deps", &self.deps.len())
@@ -51,13 +58,16 @@ impl<P> std::fmt::Debug for Node<P> {
     }
 }
 
-impl<P> Drop for Node<P> {
+impl<D: ?Sized, P: ?Sized> Drop for Node<D, P> {
     /// Dropping a chain of a million calls recursively would overflow the stack, so the last owner of a
-    /// node unlinks its dependencies onto an explicit stack instead.
+    /// node unlinks its dependencies onto an explicit stack instead. (`get_mut` rather than
+    /// `into_inner`, which an unsized node cannot be moved out by: should two threads let go of a
+    /// node's last two handles at once, neither sees itself last, and the node's own `drop` unlinks
+    /// its dependencies in turn.)
     fn drop(&mut self) {
         let mut orphans = std::mem::take(&mut self.deps).into_vec();
-        while let Some(dep) = orphans.pop() {
-            if let Some(mut owned) = Arc::into_inner(dep) {
+        while let Some(mut dep) = orphans.pop() {
+            if let Some(owned) = Arc::get_mut(&mut dep) {
                 orphans.extend(std::mem::take(&mut owned.deps).into_vec());
             }
         }
@@ -77,6 +87,23 @@ mod tests {
             head = Node::new(i, vec![head]);
         }
         drop(head);
+    }
+
+    #[test]
+    fn unsized_payloads_are_read_through_their_node_and_long_chains_of_them_drop() {
+        type Erased = dyn Fn() -> u32 + Send + Sync;
+        let leaf: Arc<Node<Erased, _>> = Node::new(|| 7, vec![]);
+        let leaf: Arc<Node<Erased>> = leaf;
+        let mut head = Arc::clone(&leaf);
+        for i in 0..1_000_000u32 {
+            let next: Arc<Node<Erased, _>> = Node::new(move || i, vec![head]);
+            head = next;
+        }
+        assert_eq!((head.payload())(), 999_999);
+        assert_eq!((head.deps()[0].payload())(), 999_998);
+        drop(head);
+        assert_eq!(Arc::strong_count(&leaf), 1);
+        assert_eq!((leaf.payload())(), 7);
     }
 
     #[test]

@@ -10,10 +10,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use belated_core::Node;
-
 use crate::args::IntoArg;
-use crate::task::{short_name, Body, Inputs, Name, NodeRef, Task, TaskError, Value, Work};
+use crate::task::{node, short_name, Inputs, Name, NodeRef, TaskError, Value};
 use crate::Data;
 
 /// A value that will be computed later, by a task in a graph of tasks.
@@ -101,8 +99,10 @@ impl<T: Send + Sync + 'static> Delayed<T> {
     /// ```
     pub fn value(value: T) -> Self {
         let name = Name::Static(short_name(std::any::type_name::<T>()));
-        let task = Task::new(name, Work::Literal(Arc::new(value)));
-        Delayed::from_node(Node::new(task, Vec::new()))
+        let value: Value = Arc::new(value);
+        Delayed::from_node(node(name, true, Vec::new(), move |_: &mut Inputs<'_>| {
+            Ok(Arc::clone(&value))
+        }))
     }
 
     /// A task named `name` that depends on `deps` and computes its value with `body`.
@@ -111,8 +111,9 @@ impl<T: Send + Sync + 'static> Delayed<T> {
         deps: Vec<NodeRef>,
         body: impl Fn(&mut Inputs<'_>) -> Result<T, TaskError> + Send + Sync + 'static,
     ) -> Self {
-        let body: Body = Box::new(move |inputs| body(inputs).map(|value| Arc::new(value) as Value));
-        Delayed::from_node(Node::new(Task::new(name, Work::Call(body)), deps))
+        Delayed::from_node(node(name, false, deps, move |inputs: &mut Inputs<'_>| {
+            body(inputs).map(|value| Arc::new(value) as Value)
+        }))
     }
 }
 

@@ -28,41 +28,46 @@ pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
 /// the order the task's arguments were placed.
 pub(crate) type Inputs<'a> = std::vec::Drain<'a, Value>;
 
-pub(crate) type Body = Box<dyn Fn(&mut Inputs<'_>) -> Result<Value, TaskError> + Send + Sync>;
+/// What a task runs. Unsized: it is the last part of its node, which holds it without a box of its own
+/// (one allocation per task built, not two).
+pub(crate) type Body = dyn Fn(&mut Inputs<'_>) -> Result<Value, TaskError> + Send + Sync;
 
 pub(crate) type NodeRef = Arc<Node<Task>>;
 
-pub(crate) enum Work {
-    /// A value given to the graph directly; "running" it hands out another reference.
-    Literal(Value),
-    Call(Body),
-}
-
-pub(crate) struct Task {
+pub(crate) struct Task<B: ?Sized = Body> {
     name: Name,
     token: u64,
-    work: Work,
+    /// A value given to the graph directly, which "running" hands out another reference to.
+    literal: bool,
+    body: B,
 }
 
 impl Payload for Task {}
 
-impl Task {
-    pub(crate) fn new(name: Name, work: Work) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        Task {
-            name,
-            token: NEXT.fetch_add(1, Relaxed),
-            work,
-        }
-    }
+/// A node running `body` on the results of `deps`.
+pub(crate) fn node<B>(name: Name, literal: bool, deps: Vec<NodeRef>, body: B) -> NodeRef
+where
+    B: Fn(&mut Inputs<'_>) -> Result<Value, TaskError> + Send + Sync + 'static,
+{
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let task = Task {
+        name,
+        token: NEXT.fetch_add(1, Relaxed),
+        literal,
+        body,
+    };
+    let node: Arc<Node<Task, Task<B>>> = Node::new(task, deps);
+    node
+}
 
+impl Task {
     pub(crate) fn name(&self) -> &str {
         self.name.as_str()
     }
 
     #[cfg_attr(not(feature = "render"), allow(dead_code))]
     pub(crate) fn is_literal(&self) -> bool {
-        matches!(self.work, Work::Literal(_))
+        self.literal
     }
 
     pub(crate) fn key(&self) -> String {
@@ -70,10 +75,7 @@ impl Task {
     }
 
     pub(crate) fn run(&self, inputs: &mut Vec<Value>) -> Result<Value, TaskError> {
-        match &self.work {
-            Work::Literal(value) => Ok(Arc::clone(value)),
-            Work::Call(body) => body(&mut inputs.drain(..)),
-        }
+        (self.body)(&mut inputs.drain(..))
     }
 }
 
@@ -216,11 +218,13 @@ mod tests {
 
     #[test]
     fn keys_are_unique_and_carry_the_name() {
-        let a = Task::new(Name::Static("square"), Work::Literal(Arc::new(1)));
-        let b = Task::new(Name::Static("square"), Work::Literal(Arc::new(1)));
-        assert!(a.key().starts_with("square-"));
-        assert_eq!(a.key().len(), "square-".len() + 16);
-        assert_ne!(a.key(), b.key());
+        let one = |_: &mut Inputs<'_>| Ok(Arc::new(1) as Value);
+        let a = node(Name::Static("square"), false, Vec::new(), one);
+        let b = node(Name::Static("square"), false, Vec::new(), one);
+        let (a, b) = (a.payload().key(), b.payload().key());
+        assert!(a.starts_with("square-"));
+        assert_eq!(a.len(), "square-".len() + 16);
+        assert_ne!(a, b);
     }
 
     #[test]
