@@ -603,7 +603,7 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             Err(Failed::Cancelled) if !self.running.is_cancelled() => {
                 for (at, _, _) in calls {
                     let (task, inputs) = &batch[at];
-                    let evaluated = self.evaluate(slot, *task, inputs, (0, String::new()));
+                    let evaluated = self.evaluate(slot, *task, inputs);
                     results[at] = Some(self.complete(*task, evaluated));
                 }
             }
