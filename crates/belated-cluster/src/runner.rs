@@ -126,6 +126,13 @@ pub trait Codec: Send + Sync + 'static {
         wait()
     }
 
+    /// The result of `task` as an earlier computation left it in the workers (a persisted value),
+    /// which this computation uses where it is instead of running the task; `None` to run it.
+    fn kept(&self, task: TaskId) -> Option<Held<Self::Value>> {
+        let _ = task;
+        None
+    }
+
     /// Called before each task runs, recomputed ones included: an error stops it (a deadline passed).
     fn before(&self, task: TaskId) -> Result<(), Self::Error> {
         let _ = task;
@@ -216,6 +223,13 @@ impl<T: Transport> Cluster<T> {
         let header = wire::header(FETCH, &releases, &rest).into();
         self.transport
             .exchange(worker, generation, self.threads_per_worker, &[header])
+    }
+
+    /// The frames of `held`'s value as a fetch of it from a worker keeping it returns them (a list
+    /// of one value); [`Error::Lost`] if every worker that held it was replaced.
+    pub fn fetch_kept<V: Clone>(&self, held: &Held<V>) -> Result<Vec<Frame>, Error> {
+        let copy = held.kept_copy(self.directory()).ok_or(Error::Lost)?;
+        self.fetch(copy.worker, copy.generation, &[copy.id])
     }
 
     /// Runs the encoded `call` once on every worker, on the connection fetches use, so it waits for
@@ -426,6 +440,23 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         }
     }
 
+    /// Makes `tasks`' results stay in the workers that compute them rather than come back, for a
+    /// later computation to use there ([`Codec::kept`]): what `persist` asks.
+    pub fn keeping(mut self, tasks: &[TaskId]) -> Self {
+        for task in tasks {
+            self.flags[task.index()] = KEEP;
+        }
+        self
+    }
+
+    /// The result an earlier computation kept for `task`, if it is still somewhere; a lost one is
+    /// computed again by running the task (its lineage).
+    fn still_kept(&self, task: TaskId) -> Option<Held<C::Value>> {
+        self.codec
+            .kept(task)
+            .filter(|held| !held.is_lost(self.directory()))
+    }
+
     /// The computation's running tasks, to cancel it.
     pub fn running(&self) -> &Arc<Running> {
         &self.running
@@ -444,6 +475,9 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         task: TaskId,
         inputs: &[Held<C::Value>],
     ) -> Result<Result<Held<C::Value>, C::Error>, InputsLost> {
+        if let Some(held) = self.still_kept(task) {
+            return Ok(Ok(held));
+        }
         if let Err(error) = self.codec.before(task) {
             return Ok(Err(error));
         }
@@ -483,6 +517,10 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         let mut calls: Vec<(usize, u64, Vec<Frame>)> = Vec::new();
         for (at, (task, inputs)) in batch.iter().enumerate() {
             let task = *task;
+            if let Some(held) = self.still_kept(task) {
+                results[at] = Some(Ok(Ok(held)));
+                continue;
+            }
             if let Err(error) = self.codec.before(task) {
                 results[at] = Some(Ok(Err(error)));
                 continue;
