@@ -114,6 +114,9 @@ pub trait Codec: Send + Sync + 'static {
     /// A reply to a call whose result comes back: the result, or the task's own error.
     fn decode_value(&self, reply: &[Frame]) -> Result<Self::Value, Self::Error>;
 
+    /// A worker's reply to a fetch of one value it keeps: the value.
+    fn decode_fetched(&self, reply: &[Frame]) -> Result<Self::Value, Self::Error>;
+
     /// A reply to a call whose result stays in the worker: its size, or the task's own error.
     fn decode_size(&self, reply: &[Frame]) -> Result<u64, Self::Error>;
 
@@ -233,12 +236,15 @@ impl<T: Transport> Cluster<T> {
     }
 
     /// Runs the encoded `call` once on every worker, on the connection fetches use, so it waits for
-    /// no task: `Client.run`. Each worker's reply, in worker order, or why it has none.
+    /// no task: `Client.run`. Each worker's reply, in worker order, or why it has none. It carries
+    /// the releases waiting for each worker, so what it sees there is what is still wanted.
     pub fn run_everywhere(&self, call: &[Frame]) -> Vec<Result<Vec<Frame>, Error>> {
         (0..self.workers())
             .map(|worker| {
                 let generation = self.directory().generation(worker);
-                let mut frames = vec![wire::header(RUN, &[], &[0, u64::from(SEND), 0]).into()];
+                let releases = self.directory().take_releases(worker);
+                let header = wire::header(RUN, &releases, &[0, u64::from(SEND), 0]);
+                let mut frames = vec![header.into()];
                 frames.extend(call.iter().cloned());
                 self.transport
                     .exchange(worker, generation, self.threads_per_worker, &frames)
@@ -449,12 +455,34 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         self
     }
 
-    /// The result an earlier computation kept for `task`, if it is still somewhere; a lost one is
-    /// computed again by running the task (its lineage).
-    fn still_kept(&self, task: TaskId) -> Option<Held<C::Value>> {
-        self.codec
+    /// The result an earlier computation kept for `task`, if it is still somewhere, fetched here if
+    /// it is one that comes back; a lost one (also found lost while fetching it) is computed again
+    /// by running the task (its lineage).
+    fn still_kept(&self, task: TaskId) -> Option<Result<Held<C::Value>, C::Error>> {
+        let held = self
+            .codec
             .kept(task)
-            .filter(|held| !held.is_lost(self.directory()))
+            .filter(|held| !held.is_lost(self.directory()))?;
+        if self.flags[task.index()] & SEND == 0 || held.local.is_some() {
+            return Some(Ok(held));
+        }
+        let copy = held.kept_copy(self.directory())?;
+        let fetched = self
+            .codec
+            .blocking(|| self.cluster.fetch(copy.worker, copy.generation, &[copy.id]));
+        match fetched {
+            Ok(reply) => Some(self.codec.decode_fetched(&reply).map(|value| Held {
+                local: Some(value),
+                ..held
+            })),
+            Err(_) => {
+                // Its worker died; the task's run finds the replacement.
+                let _ = self
+                    .codec
+                    .blocking(|| self.cluster.transport.replace(copy.worker, copy.generation));
+                None
+            }
+        }
     }
 
     /// The computation's running tasks, to cancel it.
@@ -475,8 +503,8 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         task: TaskId,
         inputs: &[Held<C::Value>],
     ) -> Result<Result<Held<C::Value>, C::Error>, InputsLost> {
-        if let Some(held) = self.still_kept(task) {
-            return Ok(Ok(held));
+        if let Some(kept) = self.still_kept(task) {
+            return Ok(kept);
         }
         if let Err(error) = self.codec.before(task) {
             return Ok(Err(error));
@@ -517,8 +545,8 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         let mut calls: Vec<(usize, u64, Vec<Frame>)> = Vec::new();
         for (at, (task, inputs)) in batch.iter().enumerate() {
             let task = *task;
-            if let Some(held) = self.still_kept(task) {
-                results[at] = Some(Ok(Ok(held)));
+            if let Some(kept) = self.still_kept(task) {
+                results[at] = Some(Ok(kept));
                 continue;
             }
             if let Err(error) = self.codec.before(task) {
