@@ -35,10 +35,15 @@ def eventually(condition, what):
 
 
 @pytest.fixture(params=["belated", "distributed"])
-def client(request, local_cluster):
-    if request.param == "belated":
-        return local_cluster
-    return request.getfixturevalue("reference")
+def client(request):
+    """A cluster of this test's own, whose workers hold nothing other tests left."""
+    if request.param == "distributed":
+        yield request.getfixturevalue("reference")
+        return
+    with belated.Client(
+        n_workers=2, threads_per_worker=1, dashboard_address=None, set_as_default=False
+    ) as own:
+        yield own
 
 
 def delayed_of(client):

@@ -228,10 +228,14 @@ class Persisted:
         return ("persisted", self.key)
 
     def __reduce__(self):
-        try:
-            result = self._result()
-        except Exception as error:
-            return (Settled, (None, error))
+        future = self.future
+        result = self.kept_result
+        if result is None:
+            # Read, not raised: raising it again would add to its notes, and pickle it differently.
+            error = future.exception()
+            if error is not None:
+                return (Settled, (None, error))
+            result = future.result()
         if type(result) is not _belated.Kept:
             return (Settled, (result, None))
         if result.lost and self.source is not None:
