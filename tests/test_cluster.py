@@ -1,5 +1,6 @@
 """belated's own local cluster: results, futures, locality, and faults with real process deaths."""
 
+import gc
 import linecache
 import os
 import signal
@@ -231,6 +232,10 @@ def test_workers_estimate_the_bytes_of_what_they_keep():
 
 
 def test_workers_forget_results_nobody_needs_any_more(client):
+    # Values other tests persisted on this shared cluster stay in its workers until their last holder
+    # is collected.
+    gc.collect()
+
     def tree(leaves):
         layer = [delayed(square)(i) for i in range(leaves)]
         while len(layer) > 1:

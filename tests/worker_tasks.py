@@ -291,3 +291,31 @@ def type_names(*args, **kwargs):
         [type(item).__name__ for item in arg] if type(arg) is list else type(arg).__name__ for arg in args
     ]
     return names + sorted(f"{name}={type(value).__name__}" for name, value in kwargs.items())
+
+
+def stored_count(dask_worker=None):
+    """How many values the worker this runs in holds: a belated worker's store, or a distributed
+    worker's data (distributed passes ``dask_worker``)."""
+    if dask_worker is not None:
+        return len(dask_worker.data)
+    import belated._worker as worker
+
+    return len(worker._STORE)
+
+
+def gated_square(x, gate):
+    """``x * x`` once the file ``gate`` exists."""
+    if not wait_exists(gate, 60):
+        raise TimeoutError("the test never opened the gate")
+    return x * x
+
+
+def make_lock():
+    """A value that cannot leave its process: it cannot be pickled."""
+    import threading
+
+    return threading.Lock()
+
+
+def type_name(x):
+    return type(x).__name__

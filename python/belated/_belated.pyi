@@ -214,6 +214,7 @@ def compute(
     cancel: CancelToken | None = None,
     each: Callable[[BaseException], Any] | None = None,
     computed: int = 0,
+    keep: bool = False,
 ) -> tuple[Any, ...]: ...
 def compute_with(
     objs: tuple[Any, ...], executor: Callable[..., Any], traverse: bool = True
@@ -271,6 +272,14 @@ class Cluster:
     def run_on_workers(
         self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> list[Any]: ...
+
+@final
+class Kept:
+    """A result a Client's persist left in a worker process."""
+
+    def fetch(self) -> Any: ...
+    lost: bool
+    worker: int | None
 
 @final
 class ComputeState:

@@ -562,7 +562,10 @@ class Client:
         for a list), as distributed does. Computing one waits for its result; a failed task's exception
         shows then, and only in what needs it.
 
-        On a local cluster the results come back to this process and are held here. On Dask
+        On a local cluster of processes the results stay in the workers that computed them: a later
+        computation uses each where it is, computing a persisted object alone fetches only its own
+        result, and dropping the last object holding one releases it in the workers (with their next
+        request). One lost with its worker is computed again from the original task. On Dask
         distributed they stay in the cluster, as distributed Futures the new objects hold. Other dask
         collections are persisted before this returns.
         """
@@ -582,11 +585,12 @@ class Client:
                 persisted[i] = item
         if pending:
             tasks = tuple(items[i] for i in pending)
-            futures = self._start(lambda: tasks, [task.key for task in tasks], traverse, retries)
+            keys = [task.key for task in tasks]
+            futures = self._start(lambda: tasks, keys, traverse, retries, keep=True)
             persisting(futures[0]._batch)
             for i, future in zip(pending, futures, strict=True):
                 _, (key, length) = items[i].__dask_postpersist__()
-                persisted[i] = delayed(Persisted(future), nout=length, pure=True)(dask_key_name=key)
+                persisted[i] = delayed(Persisted(future, items[i]), nout=length, pure=True)(dask_key_name=key)
         return persisted if many else persisted[0]
 
     def _on_distributed(self, collections, traverse, sync):
@@ -644,9 +648,10 @@ class Client:
         if self._closed:
             raise _belated.BelatedError("this Client is closed; start a new one")
 
-    def _start(self, build, keys, traverse, retries, after=()):
+    def _start(self, build, keys, traverse, retries, after=(), keep=False):
         """Futures of the items ``build()`` returns, computed in the background once the futures
-        ``after`` are done."""
+        ``after`` are done. With ``keep``, results stay in the workers: each future's result is a
+        ``_belated.Kept`` (a persist's), settled when the whole computation is."""
         self._check_open()
         with self._lock:
             held = [None if key is None else self._held_future(key) for key in keys]
@@ -673,13 +678,15 @@ class Client:
                 scheduler,
                 workers,
                 traverse,
-                (each_done,),
+                # A kept result is not here for a per-task callback to give its future.
+                () if keep else (each_done,),
                 None,
                 False,
                 retries,
                 cluster,
                 token,
                 each=Raised,
+                keep=keep and cluster is not None,
             )
 
         batch = concurrent.futures.Future()
@@ -730,7 +737,8 @@ class Client:
                 computation.cancel(index)
         futures = [Future(computation, i, key, self) for i, key in enumerate(keys)]
         with self._lock:
-            fresh = [None if h is not None else key for h, key in zip(held, keys, strict=True)]
+            # A kept result is no value for a later submit or compute under its key to share.
+            fresh = [None if h is not None or keep else key for h, key in zip(held, keys, strict=True)]
             self._hold_keys(computation, fresh)
         return [h if h is not None else future for h, future in zip(held, futures, strict=True)]
 

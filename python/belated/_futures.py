@@ -9,8 +9,10 @@ Invariants:
   keeps it). A computation already running finishes.
 - A future of a closed client raises ``belated.CancelledError``: its results went with the cluster.
 - ``Client.persist`` returns at once: each persisted ``Delayed`` is a task that gives its future's
-  result (or raises its exception). A computation waits for the persists started before it, before
-  it starts, so that no task ever blocks a worker thread waiting for a persist that needs one.
+  result (or raises its exception); on a local cluster that result stays in the worker that made it,
+  released there when the last ``Delayed`` holding it is dropped. A computation waits for the
+  persists started before it, before it starts, so that no task ever blocks a worker thread waiting
+  for a persist that needs one.
 """
 
 import asyncio
@@ -191,23 +193,71 @@ def wait_for_persists(batches=None):
 
 class Persisted:
     """The function of a persisted ``Delayed``'s task: gives its future's result, or raises the task's
-    exception. Sent to a worker process as the result itself, once it is there."""
+    exception. On a local cluster the result stays in the worker that computed it (a
+    ``_belated.Kept``): a computation on that cluster uses it there without running this, and one
+    elsewhere fetches it. A result lost with its worker is computed again from ``source``, the
+    ``Delayed`` that was persisted (its lineage). Sent to a worker process as the result itself."""
 
-    __slots__ = ("__name__", "future")
+    __slots__ = ("__name__", "client", "future", "kept_result", "key", "source")
 
-    def __init__(self, future):
-        self.future = future
+    def __init__(self, future, source=None):
+        self.future, self.source, self.key, self.client = future, source, future.key, future.client
+        self.kept_result = None
         self.__name__ = "persisted"
+        future._cell.add_done_callback(self._done)
+
+    def _done(self, cell):
+        # A result kept in a worker is then this object's alone: it lets go of the computation, which
+        # holds every result of the persist, so that each is released with its own last holder.
+        if cell.cancelled() or cell.exception() is not None:
+            return
+        result = cell.result()
+        if type(result) is _belated.Kept:
+            self.kept_result = result  # before letting go of the future: readers read in that order
+            self.future = None
+
+    def _result(self):
+        """The future's result (a ``_belated.Kept`` on a local cluster), or its exception raised."""
+        future = self.future
+        kept = self.kept_result
+        if kept is None:
+            return future.result()
+        if self.client._closed:
+            raise _belated.CancelledError(f"the Client of {self.key} is closed; its results are gone")
+        return kept
 
     def __call__(self):
-        return self.future.result()
+        result = self._result()
+        if type(result) is not _belated.Kept:
+            return result
+        try:
+            return result.fetch()
+        except _belated.WorkerLostError:
+            if self.source is None:
+                raise
+            return self.source.compute(scheduler="sync")
+
+    def kept(self):
+        """The result kept in a worker, once the persist is done and succeeded; else None."""
+        return None if self.client._closed else self.kept_result
 
     def __dask_tokenize__(self):
-        return ("persisted", self.future.key)
+        return ("persisted", self.key)
 
     def __reduce__(self):
-        error = self.future.exception()
-        return (Settled, (None, error) if error is not None else (self.future.result(), None))
+        future = self.future
+        result = self.kept_result
+        if result is None:
+            # Read, not raised: raising it again would add to its notes, and pickle it differently.
+            error = future.exception()
+            if error is not None:
+                return (Settled, (None, error))
+            result = future.result()
+        if type(result) is not _belated.Kept:
+            return (Settled, (result, None))
+        if result.lost and self.source is not None:
+            return (Lineage, (self.source,))
+        return (Settled, (result.fetch(), None))
 
 
 class Settled:
@@ -223,6 +273,20 @@ class Settled:
         if self.error is not None:
             raise self.error
         return self.value
+
+
+class Lineage:
+    """A :class:`Persisted` whose kept result was lost with its worker, in a worker process: computes
+    the persisted ``Delayed`` again there."""
+
+    __slots__ = ("__name__", "source")
+
+    def __init__(self, source):
+        self.source = source
+        self.__name__ = "persisted"
+
+    def __call__(self):
+        return self.source.compute(scheduler="sync")
 
 
 def finished(values):

@@ -178,6 +178,22 @@ pub enum Source<V> {
 }
 
 impl<V: Clone> Held<V> {
+    /// A live copy of this value kept by a worker, to fetch it from; `None` if every worker that
+    /// held it was replaced.
+    pub fn kept_copy(&self, directory: &Directory) -> Option<Arc<Kept>> {
+        let remote = self.remote.as_ref()?;
+        let copies = remote.copies.lock();
+        std::iter::once(remote)
+            .chain(copies.iter())
+            .find(|copy| directory.alive(copy))
+            .cloned()
+    }
+
+    /// Whether this value is nowhere any more: not here, and its workers were replaced.
+    pub fn is_lost(&self, directory: &Directory) -> bool {
+        self.local.is_none() && self.kept_copy(directory).is_none()
+    }
+
     /// Where a task on `worker` finds this value.
     pub fn source(&self, directory: &Directory, worker: usize) -> Source<V> {
         let mut alive_elsewhere = None;

@@ -117,6 +117,9 @@ pub trait Codec: Send + Sync + 'static {
     /// A reply to a call whose result comes back: the result, or the task's own error.
     fn decode_value(&self, reply: &[Frame]) -> Result<Self::Value, Self::Error>;
 
+    /// A worker's reply to a fetch of one value it keeps: the value.
+    fn decode_fetched(&self, reply: &[Frame]) -> Result<Self::Value, Self::Error>;
+
     /// A reply to a call whose result stays in the worker: its size, or the task's own error.
     fn decode_size(&self, reply: &[Frame]) -> Result<u64, Self::Error>;
 
@@ -127,6 +130,13 @@ pub trait Codec: Send + Sync + 'static {
     /// meanwhile: a Python codec lets go of the interpreter.
     fn blocking<T: Send>(&self, wait: impl FnOnce() -> T + Send) -> T {
         wait()
+    }
+
+    /// The result of `task` as an earlier computation left it in the workers (a persisted value),
+    /// which this computation uses where it is instead of running the task; `None` to run it.
+    fn kept(&self, task: TaskId) -> Option<Held<Self::Value>> {
+        let _ = task;
+        None
     }
 
     /// Called before each task runs, recomputed ones included: an error stops it (a deadline passed).
@@ -221,13 +231,23 @@ impl<T: Transport> Cluster<T> {
             .exchange(worker, generation, self.threads_per_worker, &[header])
     }
 
+    /// The frames of `held`'s value as a fetch of it from a worker keeping it returns them (a list
+    /// of one value); [`Error::Lost`] if every worker that held it was replaced.
+    pub fn fetch_kept<V: Clone>(&self, held: &Held<V>) -> Result<Vec<Frame>, Error> {
+        let copy = held.kept_copy(self.directory()).ok_or(Error::Lost)?;
+        self.fetch(copy.worker, copy.generation, &[copy.id])
+    }
+
     /// Runs the encoded `call` once on every worker, on the connection fetches use, so it waits for
-    /// no task: `Client.run`. Each worker's reply, in worker order, or why it has none.
+    /// no task: `Client.run`. Each worker's reply, in worker order, or why it has none. It carries
+    /// the releases waiting for each worker, so what it sees there is what is still wanted.
     pub fn run_everywhere(&self, call: &[Frame]) -> Vec<Result<Vec<Frame>, Error>> {
         (0..self.workers())
             .map(|worker| {
                 let generation = self.directory().generation(worker);
-                let mut frames = vec![wire::header(RUN, &[], &[0, u64::from(SEND), 0]).into()];
+                let releases = self.directory().take_releases(worker);
+                let header = wire::header(RUN, &releases, &[0, u64::from(SEND), 0]);
+                let mut frames = vec![header.into()];
                 frames.extend(call.iter().cloned());
                 self.transport
                     .exchange(worker, generation, self.threads_per_worker, &frames)
@@ -470,6 +490,45 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         }
     }
 
+    /// Makes `tasks`' results stay in the workers that compute them rather than come back, for a
+    /// later computation to use there ([`Codec::kept`]): what `persist` asks.
+    pub fn keeping(mut self, tasks: &[TaskId]) -> Self {
+        for task in tasks {
+            self.flags[task.index()] = KEEP;
+        }
+        self
+    }
+
+    /// The result an earlier computation kept for `task`, if it is still somewhere, fetched here if
+    /// it is one that comes back; a lost one (also found lost while fetching it) is computed again
+    /// by running the task (its lineage).
+    fn still_kept(&self, task: TaskId) -> Option<Result<Held<C::Value>, C::Error>> {
+        let held = self
+            .codec
+            .kept(task)
+            .filter(|held| !held.is_lost(self.directory()))?;
+        if self.flags[task.index()] & SEND == 0 || held.local.is_some() {
+            return Some(Ok(held));
+        }
+        let copy = held.kept_copy(self.directory())?;
+        let fetched = self
+            .codec
+            .blocking(|| self.cluster.fetch(copy.worker, copy.generation, &[copy.id]));
+        match fetched {
+            Ok(reply) => Some(self.codec.decode_fetched(&reply).map(|value| Held {
+                local: Some(value),
+                ..held
+            })),
+            Err(_) => {
+                // Its worker died; the task's run finds the replacement.
+                let _ = self
+                    .codec
+                    .blocking(|| self.cluster.transport.replace(copy.worker, copy.generation));
+                None
+            }
+        }
+    }
+
     /// The computation's running tasks, to cancel it.
     pub fn running(&self) -> &Arc<Running> {
         &self.running
@@ -488,6 +547,9 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         task: TaskId,
         inputs: &[Held<C::Value>],
     ) -> Result<Result<Held<C::Value>, C::Error>, InputsLost> {
+        if let Some(kept) = self.still_kept(task) {
+            return Ok(kept);
+        }
         if let Err(error) = self.codec.before(task) {
             return Ok(Err(error));
         }
@@ -527,6 +589,10 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         let mut calls: Vec<(usize, u64, Vec<Frame>)> = Vec::new();
         for (at, (task, inputs)) in batch.iter().enumerate() {
             let task = *task;
+            if let Some(kept) = self.still_kept(task) {
+                results[at] = Some(Ok(kept));
+                continue;
+            }
             if let Err(error) = self.codec.before(task) {
                 results[at] = Some(Ok(Err(error)));
                 continue;

@@ -381,6 +381,8 @@ struct FakeCodec {
     program: Arc<Program>,
     hooks: Arc<Mutex<Vec<(&'static str, u32)>>>,
     encoded_values: Arc<AtomicUsize>,
+    /// Results an earlier computation kept in the workers, by task.
+    kept: HashMap<u32, Held<Val>>,
 }
 
 impl Codec for FakeCodec {
@@ -427,12 +429,20 @@ impl Codec for FakeCodec {
         }
     }
 
+    fn decode_fetched(&self, reply: &[Frame]) -> Result<Val, Failure> {
+        Ok(decode_values(reply)[0])
+    }
+
     fn decode_size(&self, reply: &[Frame]) -> Result<u64, Failure> {
         self.decode_value(reply).map(|v| v.n as u64)
     }
 
     fn failed(&self, _task: TaskId, error: Error) -> Failure {
         Failure::Runtime(error)
+    }
+
+    fn kept(&self, task: TaskId) -> Option<Held<Val>> {
+        self.kept.get(&task.0).cloned()
     }
 
     fn before(&self, task: TaskId) -> Result<(), Failure> {
@@ -471,21 +481,69 @@ impl Harness {
     ) -> Self {
         let fakes = FakeWorkers::new(program, workers);
         let cluster = Arc::new(Cluster::new(Arc::clone(&fakes), threads_per_worker));
+        Self::on(
+            fakes,
+            cluster,
+            program,
+            (outputs, &[]),
+            retries,
+            HashMap::new(),
+        )
+    }
+
+    /// A computation whose `outputs` stay in the workers: a persist.
+    fn persisting(program: &Arc<Program>, workers: usize, outputs: &[u32]) -> Self {
+        let fakes = FakeWorkers::new(program, workers);
+        let cluster = Arc::new(Cluster::new(Arc::clone(&fakes), 1));
+        Self::on(
+            fakes,
+            cluster,
+            program,
+            (outputs, outputs),
+            0,
+            HashMap::new(),
+        )
+    }
+
+    /// A later computation of the same program on the same workers, finding the results of `kept`
+    /// where this one left them.
+    fn later(&self, kept: &[u32], outputs: &[u32], retries: usize) -> Self {
+        let kept = kept
+            .iter()
+            .map(|&t| (t, self.results[t as usize].clone().expect("computed")))
+            .collect();
+        Self::on(
+            Arc::clone(&self.workers),
+            Arc::clone(&self.cluster),
+            &self.program,
+            (outputs, &[]),
+            retries,
+            kept,
+        )
+    }
+
+    fn on(
+        fakes: Arc<FakeWorkers>,
+        cluster: Arc<Cluster<FakeWorkers>>,
+        program: &Arc<Program>,
+        (outputs, keeping): (&[u32], &[u32]),
+        retries: usize,
+        kept: HashMap<u32, Held<Val>>,
+    ) -> Self {
         let hooks = Arc::default();
         let encoded_values = Arc::default();
         let codec = FakeCodec {
             program: Arc::clone(program),
             hooks: Arc::clone(&hooks),
             encoded_values: Arc::clone(&encoded_values),
+            kept,
         };
         let outputs: Vec<TaskId> = outputs.iter().map(|&t| TaskId(t)).collect();
-        let runner = Arc::new(ClusterRunner::new(
-            &cluster,
-            codec,
-            &program.graph,
-            &outputs,
-            retries,
-        ));
+        let keeping: Vec<TaskId> = keeping.iter().map(|&t| TaskId(t)).collect();
+        let runner = Arc::new(
+            ClusterRunner::new(&cluster, codec, &program.graph, &outputs, retries)
+                .keeping(&keeping),
+        );
         Harness {
             program: Arc::clone(program),
             workers: fakes,
@@ -1340,4 +1398,156 @@ fn cancelling_a_batch_fails_each_of_its_tasks_as_cancelled() {
             "{result:?}"
         );
     }
+}
+
+/// A persist's result, and a later computation's tasks that take it.
+fn persisted_and_two_readers() -> Arc<Program> {
+    Program::new(vec![
+        (big(1000), vec![]),
+        (sum(8), vec![0]),
+        (sum(8), vec![0]),
+    ])
+}
+
+fn runs_of(h: &Harness, task: u32) -> usize {
+    h.workers.ran().iter().filter(|(t, _)| *t == task).count()
+}
+
+#[test]
+fn a_persisted_result_stays_in_its_worker_and_later_computations_use_it_where_it_is() {
+    let program = persisted_and_two_readers();
+    let mut persist = Harness::persisting(&program, 2, &[0]);
+    assert_eq!(persist.run(0, 0).unwrap(), None, "it does not come back");
+    assert_eq!(persist.workers.kept_by(0), 1);
+    let held = persist.results[0].clone().unwrap();
+    let fetched = persist.cluster.fetch_kept(&held).unwrap();
+    assert_eq!(
+        decode_values(&fetched),
+        [Val {
+            n: program.expected(TaskId(0)),
+            bytes: 1000
+        }],
+        "computing the persisted value alone fetches it"
+    );
+
+    let mut later = persist.later(&[0], &[1, 2], 0);
+    assert_eq!(later.run(0, 1).unwrap(), None);
+    assert_eq!(
+        runs_of(&later, 0),
+        1,
+        "the kept result is not computed again"
+    );
+    assert_eq!(later.place(1), Some(0), "its readers go where it is");
+    let before = later.workers.events().len();
+    assert_eq!(later.run(1, 0).unwrap(), Some(program.expected(TaskId(1))));
+    assert!(
+        !later.workers.events()[before..]
+            .iter()
+            .any(|e| matches!(e, Event::Fetched(..))),
+        "same worker: nothing moves"
+    );
+    assert_eq!(later.run(2, 1).unwrap(), Some(program.expected(TaskId(2))));
+    assert!(later
+        .workers
+        .events()
+        .contains(&Event::Fetched(0, vec![held.remote.as_ref().unwrap().id])));
+    assert_eq!(later.cluster.stats().transferred(), 1);
+
+    // A third computation finds it still there, and the copy the second one made as well.
+    let mut third = later.later(&[0], &[2], 0);
+    third.run(0, 1).unwrap();
+    third.run(2, 1).unwrap();
+    assert_eq!(runs_of(&third, 0), 1);
+    assert_eq!(
+        third.cluster.stats().transferred(),
+        1,
+        "the copy on 1 is used"
+    );
+}
+
+#[test]
+fn dropping_the_last_handle_of_a_persisted_result_releases_it_and_its_copies_in_the_workers() {
+    let program = persisted_and_two_readers();
+    let mut persist = Harness::persisting(&program, 2, &[0]);
+    persist.run(0, 0).unwrap();
+    let mut later = persist.later(&[0], &[2], 0);
+    later.run(0, 1).unwrap();
+    later.run(2, 1).unwrap();
+    let (workers, cluster) = (Arc::clone(&later.workers), Arc::clone(&later.cluster));
+    drop(later);
+    cluster.flush_releases();
+    assert_eq!(
+        (workers.kept_by(0), workers.kept_by(1)),
+        (1, 1),
+        "the persist's handle still holds the value and its copy"
+    );
+    drop(persist);
+    // A run in every worker (what a test counting their values calls) carries the releases.
+    cluster.run_everywhere(&[frame(&[0, 0])]);
+    assert_eq!(
+        (workers.kept_by(0), workers.kept_by(1)),
+        (0, 0),
+        "{:?}",
+        workers.events()
+    );
+}
+
+#[test]
+fn a_persisted_result_lost_with_its_worker_is_computed_again_from_its_task() {
+    let program = persisted_and_two_readers();
+    let mut persist = Harness::persisting(&program, 2, &[0]);
+    persist.run(0, 0).unwrap();
+    let held = persist.results[0].clone().unwrap();
+    persist.workers.die(0, "it crashed");
+    persist.workers.replace(0, 0).unwrap();
+    assert!(matches!(
+        persist.cluster.fetch_kept(&held),
+        Err(Error::Lost)
+    ));
+    let mut later = persist.later(&[0], &[1], 0);
+    later.run(0, 1).unwrap();
+    assert_eq!(runs_of(&later, 0), 2, "its lineage ran again");
+    assert_eq!(later.run(1, 1).unwrap(), Some(program.expected(TaskId(1))));
+}
+
+#[test]
+fn a_persisted_result_asked_for_alone_is_fetched_from_its_worker_and_not_computed_again() {
+    let program = persisted_and_two_readers();
+    let mut persist = Harness::persisting(&program, 2, &[0]);
+    persist.run(0, 0).unwrap();
+    let id = persist.results[0]
+        .as_ref()
+        .unwrap()
+        .remote
+        .as_ref()
+        .unwrap()
+        .id;
+    let mut later = persist.later(&[0], &[0], 0);
+    assert_eq!(later.run(0, 1).unwrap(), Some(program.expected(TaskId(0))));
+    assert_eq!(runs_of(&later, 0), 1);
+    assert_eq!(
+        later.workers.events().last(),
+        Some(&Event::Fetched(0, vec![id]))
+    );
+    assert_eq!(
+        later.workers.kept_by(1),
+        0,
+        "fetched here, not copied to a worker"
+    );
+}
+
+#[test]
+fn a_persisted_result_whose_worker_died_unnoticed_is_computed_again_when_fetching_it_fails() {
+    let program = persisted_and_two_readers();
+    let mut persist = Harness::persisting(&program, 2, &[0]);
+    persist.run(0, 0).unwrap();
+    persist.workers.die(0, "it crashed");
+    let mut later = persist.later(&[0], &[0], 0);
+    assert_eq!(later.run(0, 1).unwrap(), Some(program.expected(TaskId(0))));
+    assert_eq!(runs_of(&later, 0), 2, "its lineage ran again");
+    assert_eq!(
+        later.workers.replaced.load(SeqCst),
+        1,
+        "the dead worker was replaced"
+    );
 }

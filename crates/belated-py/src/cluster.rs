@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use belated_cluster::directory::Held;
 use belated_cluster::runner::{Encoded, Input};
 use belated_cluster::wire::Frame;
 use belated_cluster::{Codec, Error, MemoryLimit, Requests, Spec, Workers};
@@ -18,13 +19,14 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList};
+use rustc_hash::FxHashMap;
 
 use crate::codec::{decode_reply, frames_from, frames_of, helper, python_frames};
 use crate::errors::{
     cluster_error, BelatedError, CancelledError, WorkerLostError, WorkerStartError,
 };
 use crate::host::{PythonHost, TaskGuard, MAX_THREADS};
-use crate::task::{PyValue, TaskNode, Work};
+use crate::task::{Arg, Op, PyValue, TaskNode, Work};
 
 /// How long a new worker may take to import its modules and say it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -128,20 +130,121 @@ impl ClusterShared {
 /// The runner of one computation on a cluster.
 pub(crate) type ClusterRunner = belated_cluster::ClusterRunner<PyCodec, Workers>;
 
-/// A runner of `graph` on `cluster`, its `outputs` coming back, each task passing `guard`.
+/// A runner of `graph` on `cluster`, each task passing `guard`: its `outputs` come back, or with
+/// `keep` stay in their workers (a persist). The tasks in `kept` ([`kept_here`]) use the result an
+/// earlier persist left in this cluster's workers where it is.
 pub(crate) fn cluster_runner(
     cluster: &ClusterShared,
     nodes: &Arc<[Arc<TaskNode>]>,
-    graph: &Graph,
-    outputs: &[TaskId],
-    guard: TaskGuard,
-    retries: usize,
+    (graph, outputs): (&Graph, &[TaskId]),
+    (guard, kept): (TaskGuard, FxHashMap<u32, Held<PyValue>>),
+    (retries, keep): (usize, bool),
 ) -> ClusterRunner {
     let codec = PyCodec {
         nodes: Arc::clone(nodes),
         guard,
+        kept,
     };
-    ClusterRunner::new(&cluster.runtime, codec, graph, outputs, retries)
+    let runner = ClusterRunner::new(&cluster.runtime, codec, graph, outputs, retries);
+    if keep {
+        runner.keeping(outputs)
+    } else {
+        runner
+    }
+}
+
+/// The tasks of `nodes` that stand for a result kept in `cluster`'s workers: a persisted `Delayed`'s
+/// task (a call of `belated._futures.Persisted` without arguments) whose persist is done there.
+pub(crate) fn kept_here(
+    py: Python<'_>,
+    cluster: &Arc<ClusterShared>,
+    nodes: &[Arc<TaskNode>],
+) -> PyResult<FxHashMap<u32, Held<PyValue>>> {
+    static PERSISTED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let mut kept = FxHashMap::default();
+    let mut persisted = None;
+    for (index, node) in nodes.iter().enumerate() {
+        let Op::Call {
+            func: Arg::Value(func),
+            args,
+            ..
+        } = &node.payload().op
+        else {
+            continue;
+        };
+        if !args.is_empty() {
+            continue;
+        }
+        let persisted = match &persisted {
+            Some(class) => class,
+            None => persisted.insert(
+                PERSISTED
+                    .import(py, "belated._futures", "Persisted")?
+                    .clone(),
+            ),
+        };
+        let func = func.bind(py);
+        if !func.is_instance(persisted)? {
+            continue;
+        }
+        let result = func.call_method0("kept")?;
+        if let Ok(result) = result.cast::<Kept>() {
+            let result = result.get();
+            // One held here travels in the call as any literal does (its clone needs the
+            // interpreter, which the runner's threads may not hold).
+            if Arc::ptr_eq(&result.shared, cluster) && result.held.local.is_none() {
+                kept.insert(index as u32, result.held.clone());
+            }
+        }
+    }
+    Ok(kept)
+}
+
+/// A result a persist left in a worker of a local cluster (or, for a literal, here). Dropping the
+/// last reference releases it in its workers, with their next request.
+#[pyclass(module = "belated._belated", frozen)]
+pub(crate) struct Kept {
+    held: Held<PyValue>,
+    shared: Arc<ClusterShared>,
+}
+
+impl Kept {
+    pub(crate) fn new(held: Held<PyValue>, shared: &Arc<ClusterShared>) -> Self {
+        Kept {
+            held,
+            shared: Arc::clone(shared),
+        }
+    }
+}
+
+#[pymethods]
+impl Kept {
+    /// The value, fetched from a worker keeping it (it stays there too). `WorkerLostError` if
+    /// every worker that kept it was lost.
+    fn fetch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(local) = &self.held.local {
+            return Ok(local.0.bind(py).clone());
+        }
+        let runtime = &self.shared.runtime;
+        let reply = py.detach(|| runtime.fetch_kept(&self.held)).map_err(|_| {
+            WorkerLostError::new_err(
+                "the worker keeping this persisted result was lost; compute it again from its task",
+            )
+        })?;
+        decode_reply(py, &reply)?.get_item(0)
+    }
+
+    /// Whether every worker that kept it was lost.
+    #[getter]
+    fn lost(&self) -> bool {
+        self.held.is_lost(self.shared.processes().directory())
+    }
+
+    /// The worker keeping it (`None` for a value held here).
+    #[getter]
+    fn worker(&self) -> Option<usize> {
+        self.held.remote.as_ref().map(|kept| kept.worker)
+    }
 }
 
 /// Python values as worker processes receive them (cloudpickle frames, `belated._worker`'s
@@ -150,6 +253,8 @@ pub(crate) fn cluster_runner(
 pub(crate) struct PyCodec {
     nodes: Arc<[Arc<TaskNode>]>,
     guard: TaskGuard,
+    /// Results earlier persists left in the workers, by task.
+    kept: FxHashMap<u32, Held<PyValue>>,
 }
 
 impl PyCodec {
@@ -238,6 +343,10 @@ impl Codec for PyCodec {
         Python::attach(|py| Ok(PyValue(decode_reply(py, reply)?.unbind())))
     }
 
+    fn decode_fetched(&self, reply: &[Frame]) -> PyResult<PyValue> {
+        Python::attach(|py| Ok(PyValue(decode_reply(py, reply)?.get_item(0)?.unbind())))
+    }
+
     fn decode_size(&self, reply: &[Frame]) -> PyResult<u64> {
         Python::attach(|py| decode_reply(py, reply)?.extract())
     }
@@ -255,6 +364,10 @@ impl Codec for PyCodec {
 
     fn blocking<T: Send>(&self, wait: impl FnOnce() -> T + Send) -> T {
         Python::attach(|py| py.detach(wait))
+    }
+
+    fn kept(&self, task: TaskId) -> Option<Held<PyValue>> {
+        self.kept.get(&task.0).cloned()
     }
 
     fn before(&self, task: TaskId) -> PyResult<()> {

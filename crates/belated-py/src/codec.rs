@@ -102,15 +102,20 @@ pub(crate) fn decode_reply<'py>(py: Python<'py>, reply: &[Frame]) -> PyResult<Bo
 
 /// Checks, before anything runs, that every task's function and literal arguments can be pickled, so
 /// that an unpicklable object is reported with its task instead of halfway through a computation.
+/// The tasks `kept` says a worker already holds the result of are not sent, and not checked.
 pub(crate) fn check_picklable(
     py: Python<'_>,
     nodes: &[std::sync::Arc<crate::task::TaskNode>],
+    kept: impl Fn(usize) -> bool,
 ) -> PyResult<()> {
     use crate::task::{Arg, Op};
     static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let dumps = helper(py, &DUMPS, "dumps")?;
     let mut checked = rustc_hash::FxHashSet::default();
-    for node in nodes {
+    for (index, node) in nodes.iter().enumerate() {
+        if kept(index) {
+            continue;
+        }
         let task = node.payload();
         let (func, args) = match &task.op {
             Op::Value(_) => continue,

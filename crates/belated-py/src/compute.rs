@@ -21,10 +21,11 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
+use rustc_hash::FxHashMap;
 
 use crate::cluster::{
-    close_processes_clusters, cluster_runner, forget_processes_clusters, processes_cluster,
-    Cluster, ClusterShared,
+    close_processes_clusters, cluster_runner, forget_processes_clusters, kept_here,
+    processes_cluster, Cluster, ClusterShared, Kept,
 };
 use crate::codec::{check_picklable, helper};
 use crate::collect::Collector;
@@ -36,6 +37,7 @@ use crate::export::LegacyGraph;
 use crate::gil::{release, ITEMS_PER_CHECK};
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS};
 use crate::task::{Arg, Op, PyTask, PyValue, TaskNode};
+use belated_cluster::directory::Held;
 
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
@@ -238,6 +240,9 @@ struct Run<'a, 'py> {
     retries: usize,
     /// Whether a failed task fails only the outputs downstream of it (a Client's futures).
     keep_going: bool,
+    /// Whether the outputs stay in the cluster's workers, each coming back as a `Kept` (a Client's
+    /// persist); without a cluster they come back as values.
+    keep: bool,
 }
 
 /// Lets another thread cancel a computation (a future's `cancel()`), which then raises CancelledError,
@@ -412,6 +417,7 @@ fn run_plan(
         deadline,
         retries,
         keep_going,
+        keep,
     } = run;
     // A compute called from inside a task runs inline on that worker.
     let mode = if on_worker_thread() {
@@ -424,8 +430,11 @@ fn run_plan(
         Mode::Threads(threads) => *threads,
         Mode::Cluster(shared, ..) => shared.workers() * shared.threads_per_worker(),
     };
-    if matches!(mode, Mode::Cluster(..)) {
-        check_picklable(py, &nodes)?;
+    // The results earlier persists left in the cluster's workers, by task: those tasks do not run.
+    let mut kept = FxHashMap::default();
+    if let Mode::Cluster(cluster, ..) = &mode {
+        kept = kept_here(py, cluster, &nodes)?;
+        check_picklable(py, &nodes, |task| kept.contains_key(&(task as u32)))?;
         static NEW_COMPUTATION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         helper(py, &NEW_COMPUTATION, "new_computation")?.call0()?;
     }
@@ -476,13 +485,18 @@ fn run_plan(
             })?
         }
         Mode::Cluster(cluster, pool, held) => {
-            let runner = cluster_runner(&cluster, &nodes, &graph, &outputs, guard, retries);
+            let runner = cluster_runner(
+                &cluster,
+                &nodes,
+                (&graph, &outputs),
+                (guard, kept),
+                (retries, keep),
+            );
             let watch = Watch {
                 running: Some(Arc::clone(runner.running())),
                 outputs: outputs.clone(),
                 ..watch
             };
-            let wanted = outputs.clone();
             let session = Session::<usize>::own(pool);
             let plan = (graph, outputs);
             let result = run_pooled(py, watch, |wait| match keep_going {
@@ -496,24 +510,24 @@ fn run_plan(
                 // The last reference to a cluster the registry let go of stops its workers.
                 drop(held);
             });
-            result?.and_then(|Outputs { values, failures }| {
-                let values = values
-                    .into_iter()
-                    .zip(wanted)
-                    .map(|(held, task)| match held {
-                        Ok(held) => held
-                            .local
-                            .map(Ok)
-                            .ok_or_else(|| belated_core::Error::Panic {
-                                task,
-                                message: "its result stayed in a worker instead of coming back"
-                                    .into(),
-                            }),
-                        Err(failure) => Ok(Err(failure)),
-                    })
-                    .collect::<Result<_, _>>()?;
-                Ok(Outputs { values, failures })
-            })
+            match result? {
+                Err(error) => Err(error),
+                Ok(Outputs { values, failures }) => {
+                    let values = values
+                        .into_iter()
+                        .map(|held| match held {
+                            Ok(Held {
+                                local: Some(value), ..
+                            }) if !keep => Ok(Ok(value)),
+                            // A result left in a worker: a persist's.
+                            Ok(held) => Bound::new(py, Kept::new(held, &cluster))
+                                .map(|kept| Ok(PyValue(kept.into_any().unbind()))),
+                            Err(failure) => Ok(Err(failure)),
+                        })
+                        .collect::<PyResult<Vec<_>>>()?;
+                    Ok(Outputs { values, failures })
+                }
+            }
         }
     };
     if let Some(dashboard) = &dashboard {
@@ -549,7 +563,7 @@ fn all_succeeded<V, E>(values: Vec<V>) -> Outputs<V, E> {
 #[pyfunction]
 #[pyo3(signature = (
     objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None, persist=false,
-    retries=1, cluster=None, cancel=None, each=None, computed=0
+    retries=1, cluster=None, cancel=None, each=None, computed=0, keep=false
 ))]
 #[allow(clippy::too_many_arguments)] // compute's keyword arguments, as Python passes them
 pub(crate) fn compute<'py>(
@@ -566,6 +580,7 @@ pub(crate) fn compute<'py>(
     cancel: Option<Py<CancelToken>>,
     each: Option<&Bound<'py, PyAny>>,
     computed: usize,
+    keep: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     catch_panics(|| {
         if persist && each.is_some() {
@@ -580,6 +595,7 @@ pub(crate) fn compute<'py>(
             deadline: timeout.map(Deadline::after).transpose()?.flatten(),
             retries,
             keep_going: each.is_some(),
+            keep,
         };
         let mut collector = Collector::new(traverse);
         let template = collector.args(objs)?;

@@ -36,6 +36,7 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<delayed::Delayed>()?;
     m.add_class::<cluster::Cluster>()?;
+    m.add_class::<cluster::Kept>()?;
     m.add_class::<diagnostics::ComputeState>()?;
     m.add_class::<diagnostics::TaskGraph>()?;
     m.add_function(wrap_pyfunction!(methods::delayed, m)?)?;

@@ -1,0 +1,106 @@
+"""Client.persist on a local cluster keeps its results in the worker processes that computed them, as
+distributed does: a later computation uses them there, computing one fetches only it, dropping the
+last object holding one releases it in the workers, and one lost with its worker is computed again
+from its task. Where distributed is installed the same assertions run against its Client."""
+
+import gc
+import os
+import signal
+import time
+
+import pytest
+from worker_tasks import gated_square, make_lock, square, stored_count, type_name, wait_gone
+
+import belated
+
+distributed = pytest.importorskip("distributed")
+dask = pytest.importorskip("dask")
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def held(client):
+    """How many values the client's workers hold, in all."""
+    return sum(client.run(stored_count).values())
+
+
+def eventually(condition, what):
+    """Waits (up to a timeout, not a measure) until ``condition()``: releases travel with the
+    workers' next request, and the computation that last held a value lets go of it on its own
+    thread."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.fixture(params=["belated", "distributed"])
+def client(request):
+    """A cluster of this test's own, whose workers hold nothing other tests left."""
+    if request.param == "distributed":
+        yield request.getfixturevalue("reference")
+        return
+    with belated.Client(
+        n_workers=2, threads_per_worker=1, dashboard_address=None, set_as_default=False
+    ) as own:
+        yield own
+
+
+def delayed_of(client):
+    return dask.delayed if isinstance(client, distributed.Client) else belated.delayed
+
+
+def test_persisted_results_stay_in_the_workers_until_the_last_object_holding_them_is_dropped(client):
+    delayed = delayed_of(client)
+    before = held(client)
+    a, b = client.persist([delayed(square)(3), delayed(square)(4)])
+    assert a.compute(scheduler=client) == 9, "computing one fetches it; it stays in its worker"
+    eventually(lambda: held(client) == before + 2, "both results in the workers")
+    total = delayed(sum)([a, b])
+    assert client.compute(total).result(timeout=60) == 25
+    assert client.compute(total).result(timeout=60) == 25, "used again where they are"
+    # The sum's worker may have received a copy of the other's value, released with it.
+    with_copies = held(client)
+    del a, total
+    gc.collect()
+    eventually(lambda: held(client) < with_copies, "a released")
+    assert b.compute(scheduler=client) == 16
+    del b
+    gc.collect()
+    eventually(lambda: held(client) == before, "b released")
+
+
+def test_persist_returns_while_its_task_is_held_at_a_gate(local_cluster, tmp_path):
+    gate = tmp_path / "gate"
+    persisted = local_cluster.persist(belated.delayed(gated_square)(5, str(gate)))
+    # The task cannot have ended: it waits for the gate, which opens only now.
+    assert not gate.exists()
+    gate.touch()
+    assert persisted.compute(scheduler=local_cluster) == 25
+    assert local_cluster.compute(belated.delayed(square)(persisted)).result(timeout=60) == 625
+
+
+def test_a_persisted_result_does_not_come_back_to_the_caller():
+    # A lock cannot be pickled: it can only be used where it was made (one worker: no transfer).
+    with belated.Client(
+        n_workers=1, threads_per_worker=1, dashboard_address=None, set_as_default=False
+    ) as client:
+        lock = client.persist(belated.delayed(make_lock)())
+        assert client.compute(belated.delayed(type_name)(lock)).result(timeout=60) == "lock"
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            lock.compute(scheduler=client)  # asked for here, it has to travel
+
+
+def test_a_persisted_result_lost_with_its_worker_is_computed_again_from_its_task():
+    with belated.Client(
+        n_workers=2, threads_per_worker=1, dashboard_address=None, set_as_default=False
+    ) as client:
+        persisted = client.persist(belated.delayed(square)(7))
+        assert persisted.compute(scheduler=client) == 49
+        counts = client.run(stored_count)
+        [holder] = [int(address.split("//")[1]) for address, count in counts.items() if count == 1]
+        os.kill(holder, signal.SIGKILL)
+        assert wait_gone([holder])
+        assert client.compute(belated.delayed(square)(persisted)).result(timeout=60) == 49 * 49
+        assert persisted.compute(scheduler=client) == 49
+        assert client.cluster_stats()["replaced"] == 1
