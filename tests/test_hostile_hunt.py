@@ -718,20 +718,12 @@ def test_a_scheduler_name_registered_in_dask_runs_the_graph_on_its_get_function(
 # -- the exception of a cancelled future -------------------------------------------------------------------
 # Found comparing with distributed: `except concurrent.futures.CancelledError` (which is what
 # `distributed.CancelledError` names) catches a cancelled future's error on distributed, while belated's
-# CancelledError is only a BelatedError and escapes that handler.
+# CancelledError was only a BelatedError and escaped that handler.
 
 
-def test_a_cancelled_futures_error_is_a_concurrent_futures_cancellation(any_client, request, tmp_path):
+def test_a_cancelled_futures_error_is_a_concurrent_futures_cancellation(any_client, tmp_path):
     import concurrent.futures
 
-    if not isinstance(any_client, distributed.Client):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="belated.CancelledError should also derive from concurrent.futures.CancelledError "
-                "(create_exception! takes one base: define it with both bases for the Rust code to raise)",
-            )
-        )
     gate = tmp_path / "gate"
     future = any_client.submit(held_at_file, "slow-cancelled", gate=str(gate), pure=False)
     future.cancel()

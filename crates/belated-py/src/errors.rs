@@ -9,7 +9,8 @@ use belated_core::{Error, TaskId};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyBaseException, PyException};
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyTuple, PyType};
 
 create_exception!(
     belated,
@@ -23,12 +24,43 @@ create_exception!(
     BelatedError,
     "The engine could not start its worker threads."
 );
-create_exception!(
-    belated,
-    CancelledError,
-    BelatedError,
-    "The computation was cancelled before it finished."
-);
+/// The computation was cancelled before it finished. It is a `concurrent.futures.CancelledError`
+/// as well, as distributed's `CancelledError` is, so `except concurrent.futures.CancelledError`
+/// written for distributed catches it; `create_exception!` takes one base, so the type is made here.
+#[repr(transparent)]
+pub struct CancelledError(PyAny);
+
+pyo3::impl_exception_boilerplate!(CancelledError);
+pyo3::pyobject_native_type_named!(CancelledError);
+
+// SAFETY: the type object is an exception type made once by the interpreter and kept for good, so
+// the pointer stays valid, and `CancelledError` is a transparent `PyAny` as a native type must be.
+unsafe impl pyo3::type_object::PyTypeInfo for CancelledError {
+    fn type_object_raw(py: Python<'_>) -> *mut pyo3::ffi::PyTypeObject {
+        static TYPE_OBJECT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+        TYPE_OBJECT
+            .get_or_init(py, || {
+                cancelled_error_type(py).expect("concurrent.futures is in the standard library")
+            })
+            .as_ptr()
+            .cast()
+    }
+}
+
+fn cancelled_error_type(py: Python<'_>) -> PyResult<Py<PyType>> {
+    let futures = py.import("concurrent.futures")?.getattr("CancelledError")?;
+    let bases = PyTuple::new(py, [py.get_type::<BelatedError>().into_any(), futures])?;
+    let namespace = PyDict::new(py);
+    namespace.set_item("__module__", "belated")?;
+    namespace.set_item(
+        "__doc__",
+        "The computation was cancelled before it finished.",
+    )?;
+    let made = py
+        .get_type::<PyType>()
+        .call1(("CancelledError", bases, namespace))?;
+    Ok(made.cast_into::<PyType>()?.unbind())
+}
 create_exception!(
     belated,
     ComputeTimeoutError,
