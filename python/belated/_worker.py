@@ -310,7 +310,7 @@ def dumps_call(function, args, kwargs):
         if isinstance(function, (types.FunctionType, types.BuiltinFunctionType)):
             _PICKLED.put(id(function), entry, len(entry[1]), computation)
     call = (computation, _log_levels, entry[1], args, kwargs)
-    if not kwargs and all(type(arg) in _PLAIN or type(arg) is Stored for arg in args):
+    if not kwargs and _PLAIN_ARGUMENTS.issuperset(map(type, args)):
         return [pickle.dumps(call, protocol=5)]
     return dumps(call, shared=True)
 
@@ -597,6 +597,11 @@ class Stored:
 
     def __repr__(self):
         return f"Stored({self.id})"
+
+
+# The argument types of a call that the plain pickler takes as they are (a stored result pickles as a
+# lookup by id); a set's test is one C call, where a generator's costs a Python frame per argument.
+_PLAIN_ARGUMENTS = _PLAIN | {Stored}
 
 
 def stored(id):
