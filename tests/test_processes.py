@@ -228,6 +228,30 @@ def test_the_worker_reads_and_writes_the_golden_wire_vectors():
         assert written.getvalue() == golden[name], name
 
 
+def _logs(text):
+    _worker._keep_record({"msg": text})
+    return text
+
+
+def test_a_batch_releases_the_ids_its_header_lists_and_sends_each_calls_records_with_its_reply():
+    _worker.new_computation()
+    _worker._STORE.update({50: "released", 51: "kept"})
+    calls = [_worker.dumps_call(square, (2,), None), _worker.dumps_call(_logs, ("second",), None)]
+    calls.append(_worker.dumps_call(square, (4,), None))
+    words = [_worker.BATCH, 1, 50, len(calls)]
+    for result_id, call in enumerate(calls, start=100):
+        words += [result_id, _worker.SEND, len(call)]
+    header = struct.pack(f"<{len(words)}Q", *words)
+    try:
+        reply = _worker._handle_batch([header, *[frame for call in calls for frame in call]])
+        assert 50 not in _worker._STORE and _worker._STORE[51] == "kept"
+        assert memoryview(reply[0]).cast("Q").tolist() == [3, 1, 1, 1]
+        decoded = [_worker.loads([frame]) for frame in reply[1:]]
+        assert decoded == [(True, 4, []), (True, "second", [{"msg": "second"}]), (True, 16, [])]
+    finally:
+        _worker._STORE.pop(51, None)
+
+
 def test_a_batch_runs_each_of_its_calls_and_replies_to_each_as_a_run_would():
     _worker.new_computation()
     calls = [_worker.dumps_call(square, (3,), None), _worker.dumps_call(divmod, (7, 0), None)]

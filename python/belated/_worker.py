@@ -313,7 +313,7 @@ def dumps_call(function, args, kwargs):
         if isinstance(function, (types.FunctionType, types.BuiltinFunctionType)):
             _PICKLED.put(id(function), entry, len(entry[1]), computation)
     call = (computation, _log_levels, entry[1], args, kwargs)
-    if not kwargs and all(type(arg) in _PLAIN or type(arg) is Stored for arg in args):
+    if not kwargs and _PLAIN_ARGUMENTS.issuperset(map(type, args)):
         return [pickle.dumps(call, protocol=5)]
     return dumps(call, shared=True)
 
@@ -389,6 +389,10 @@ def _keep_record(payload):
 
 
 def _take_records():
+    # Most tasks log nothing, and a batch asks once per call: no lock for them (a record kept while
+    # this looks goes with the next reply, as one kept just after it would).
+    if not _RECORDS and not _dropped[0]:
+        return []
     with _RECORDS_LOCK:
         records = _RECORDS[:]
         _RECORDS.clear()
@@ -614,6 +618,11 @@ class Stored:
         return f"Stored({self.id})"
 
 
+# The argument types of a call that the plain pickler takes as they are (a stored result pickles as a
+# lookup by id); a set's test is one C call, where a generator's costs a Python frame per argument.
+_PLAIN_ARGUMENTS = _PLAIN | {Stored}
+
+
 def stored(id):
     return _STORE[id]
 
@@ -783,15 +792,17 @@ def _close_segments(frames):
 def _handle_batch(frames):
     """A ``BATCH``'s reply frames: each call's reply, as ``RUN`` would send it, after a header frame
     of how many frames each has."""
-    header = memoryview(frames[0]).cast("Q")
+    # The header as ints once: a memoryview's slices are objects made per call.
+    header = memoryview(frames[0]).cast("Q").tolist()
     released = header[1]
     for id in header[2 : 2 + released]:
         _STORE.pop(id, None)
     at = 2 + released
     count, rest = header[at], 1
-    counts, replies = [count], []
-    for call in range(count):
-        result_id, flags, frame_count = header[at + 1 + 3 * call : at + 4 + 3 * call]
+    counts, replies = [count], [None]
+    calls = header[at + 1 : at + 1 + 3 * count]
+    for call in range(0, 3 * count, 3):
+        result_id, flags, frame_count = calls[call : call + 3]
         try:
             reply = _run_call(result_id, flags, frames[rest : rest + frame_count])
         except BaseException as error:
@@ -799,8 +810,9 @@ def _handle_batch(frames):
         rest += frame_count
         encoded = _encode(reply, _take_records())
         counts.append(len(encoded))
-        replies.extend(encoded)
-    return [struct.pack(f"<{len(counts)}Q", *counts), *replies]
+        replies += encoded
+    replies[0] = struct.pack(f"<{len(counts)}Q", *counts)
+    return replies
 
 
 # The connection whose task runs on this thread (each connection has a thread of its own), which the
