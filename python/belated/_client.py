@@ -1034,10 +1034,10 @@ def _passing_delayed(func, arguments):
     first): held as values, and let go of by the function's wrapper at call time."""
     found = []
     held = _map_delayed(arguments, lambda obj: found.append(obj) or _Held(obj), _is_delayed)
-    return (PassingDelayed(func), held) if found else (func, arguments)
+    return (_PassingDelayed(func), held) if found else (func, arguments)
 
 
-class PassingDelayed:
+class _PassingDelayed:
     """``func``, called with the held Delayed objects among its arguments let go of. Keys and tokens
     are the function's own."""
 
