@@ -356,6 +356,19 @@ def test_other_threads_run_while_a_huge_argument_is_collected():
     assert beats >= 10, f"the heartbeat ran {beats} times while the argument was collected"
 
 
+def test_other_threads_run_while_the_last_delayed_of_a_huge_graph_is_dropped():
+    graphs = [delayed(sum)([delayed(abs)(-i) for i in range(500_000)])]
+
+    def drop(events):
+        events.append("start")
+        graphs.clear()  # the only handle on half a million calls and their arguments
+        events.append("end")
+
+    beats = heartbeats_between(drop)
+    # As above: at most 4 beats when the interpreter was held throughout the release.
+    assert beats >= 10, f"the heartbeat ran {beats} times while the graph was released"
+
+
 @pytest.mark.parametrize("scheduler", ["sync", "threads"])
 def test_other_threads_run_while_a_task_builds_a_huge_argument(scheduler):
     # The task's argument is four million results, built in the task's thread between the two events.

@@ -354,7 +354,6 @@ fn clear_inputs<V>(inputs: &mut Vec<V>) -> Result<(), String> {
     catch(|| inputs.clear())
 }
 
-/// A task's outcome as the loop sees it: its result, or the message of a panic.
 /// Starts `task` in `schedule` and hands it its inputs: each value moved out at its last use, cloned
 /// before.
 fn start_with_inputs<V: Clone>(
@@ -371,6 +370,7 @@ fn start_with_inputs<V: Clone>(
     });
 }
 
+/// A task's outcome as the loop sees it: its result, or the message of a panic.
 type TaskResult<R> = Result<Result<<R as Runner>::Value, <R as Runner>::Error>, String>;
 
 /// How a computation that kept going past failures ends: [`Outputs`], or why it ended as a whole.

@@ -65,11 +65,34 @@ impl<D: ?Sized, P: ?Sized> Drop for Node<D, P> {
     /// node's last two handles at once, neither sees itself last, and the node's own `drop` unlinks
     /// its dependencies in turn.)
     fn drop(&mut self) {
-        let mut orphans = std::mem::take(&mut self.deps).into_vec();
-        while let Some(mut dep) = orphans.pop() {
-            if let Some(owned) = Arc::get_mut(&mut dep) {
-                orphans.extend(std::mem::take(&mut owned.deps).into_vec());
-            }
+        unlink(std::mem::take(&mut self.deps), || ());
+    }
+}
+
+/// How many nodes a paced release lets go of between two calls of its `pace`.
+pub const RELEASE_STEP: usize = 1024;
+
+/// Lets go of the nodes only `node` holds, as dropping it would, calling `pace` after every
+/// [`RELEASE_STEP`] of them: a front whose payloads are freed under a lock other threads wait for
+/// (Python objects, under the interpreter's) can hand the lock over between steps. Nothing happens
+/// while `node` has other owners; the node itself goes when its own handle does.
+pub fn release_paced<D: ?Sized>(node: &mut Arc<Node<D>>, pace: impl FnMut()) {
+    if let Some(owned) = Arc::get_mut(node) {
+        unlink(std::mem::take(&mut owned.deps), pace);
+    }
+}
+
+fn unlink<D: ?Sized>(deps: Box<[Arc<Node<D>>]>, mut pace: impl FnMut()) {
+    let mut orphans = deps.into_vec();
+    let mut released = 0usize;
+    while let Some(mut dep) = orphans.pop() {
+        if let Some(owned) = Arc::get_mut(&mut dep) {
+            orphans.extend(std::mem::take(&mut owned.deps).into_vec());
+        }
+        drop(dep);
+        released += 1;
+        if released % RELEASE_STEP == 0 {
+            pace();
         }
     }
 }
@@ -79,6 +102,35 @@ mod tests {
     use super::*;
 
     impl Payload for u32 {}
+
+    #[test]
+    fn a_paced_release_paces_every_step_and_frees_only_what_the_node_alone_holds() {
+        let shared = Node::new(0u32, vec![]);
+        let mut deps: Vec<Arc<Node<u32>>> = (1..=3 * RELEASE_STEP as u32)
+            .map(|i| Node::new(i, vec![]))
+            .collect();
+        deps.push(Arc::clone(&shared));
+        let mut root = Node::new(u32::MAX, deps);
+        let also_held = Arc::clone(&root);
+        let mut paces = 0;
+        release_paced(&mut root, || paces += 1);
+        assert_eq!(
+            paces, 0,
+            "another owner holds the root: nothing is released"
+        );
+        drop(also_held);
+        release_paced(&mut root, || paces += 1);
+        assert_eq!(
+            paces, 3,
+            "3 * RELEASE_STEP + 1 nodes released, a pace after each full step"
+        );
+        assert_eq!(
+            Arc::strong_count(&shared),
+            1,
+            "the shared node's other handle is let go of"
+        );
+        assert!(root.deps().is_empty());
+    }
 
     #[test]
     fn dropping_a_long_chain_does_not_overflow_the_stack() {

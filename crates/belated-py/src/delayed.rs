@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 use crate::errors::to_python;
+use crate::gil;
 use crate::task::{PyTask, TaskNode};
 
 /// A lazy value: the result of a task that runs when computed. Its Python docstring is
@@ -21,6 +22,15 @@ pub(crate) struct Delayed {
     /// `nout`: the number of items, when known, which makes `len()` and unpacking work.
     length: Option<usize>,
     role: Role,
+}
+
+impl Drop for Delayed {
+    /// A `Delayed` goes in its deallocation, with the interpreter held: letting go of the last handle on
+    /// a million-call graph frees a million Python objects, so other threads get the interpreter
+    /// between steps, as they would from Python code.
+    fn drop(&mut self) {
+        Python::attach(|py| belated_core::release_paced(&mut self.node, || gil::hand_over(py)));
+    }
 }
 
 pub(crate) enum Role {
@@ -93,8 +103,9 @@ impl Delayed {
     }
 
     /// The same value, called as `role` says.
-    pub(crate) fn with_role(self, role: Role) -> Self {
-        Delayed { role, ..self }
+    pub(crate) fn with_role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
     }
 
     /// The graph this value needs, flattened: its node, and for an attribute the object it is read on.

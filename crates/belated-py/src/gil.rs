@@ -11,6 +11,7 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyModule;
@@ -23,10 +24,10 @@ thread_local! {
     static LAST_SWITCH_CHECK: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
-/// Gives the interpreter to a thread that asked for it, if this thread has held it for a while.
-pub(crate) fn let_other_threads_run(py: Python<'_>) -> PyResult<()> {
+/// Whether this thread has held the interpreter for a [`SWITCH_CHECK`] since it last offered it.
+fn switch_due() -> bool {
     let now = Instant::now();
-    let due = LAST_SWITCH_CHECK.with(|last| {
+    LAST_SWITCH_CHECK.with(|last| {
         let due = last
             .get()
             .is_none_or(|at| now.duration_since(at) >= SWITCH_CHECK);
@@ -34,8 +35,12 @@ pub(crate) fn let_other_threads_run(py: Python<'_>) -> PyResult<()> {
             last.set(Some(now));
         }
         due
-    });
-    if !due {
+    })
+}
+
+/// Gives the interpreter to a thread that asked for it, if this thread has held it for a while.
+pub(crate) fn let_other_threads_run(py: Python<'_>) -> PyResult<()> {
+    if !switch_due() {
         return Ok(());
     }
     static SWITCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -83,4 +88,20 @@ pub(crate) fn release<T>(py: Python<'_>, items: impl IntoIterator<Item = T>) -> 
         pace(py)?;
     }
     Ok(())
+}
+
+/// [`let_other_threads_run`] for code that can return no exception, a deallocation. (Letting go of the
+/// interpreter instead would not do: a waiting thread asks for it only after a switch interval with no
+/// switch, and each release and retake counts as one, so it would never ask.) A `KeyboardInterrupt`
+/// its signal handler raised is handed back to the interpreter, to be raised at its next check; any
+/// other exception is reported as unraisable, as one in a `__del__` is.
+pub(crate) fn hand_over(py: Python<'_>) {
+    if let Err(error) = let_other_threads_run(py) {
+        if error.is_instance_of::<PyKeyboardInterrupt>(py) {
+            // SAFETY: this thread holds the interpreter; the call only flags a pending SIGINT.
+            unsafe { pyo3::ffi::PyErr_SetInterrupt() };
+        } else {
+            error.write_unraisable(py, None);
+        }
+    }
 }
