@@ -29,8 +29,23 @@ impl Drop for Delayed {
     /// a million-call graph frees a million Python objects, so other threads get the interpreter
     /// between steps, as they would from Python code.
     fn drop(&mut self) {
-        Python::attach(|py| belated_core::release_paced(&mut self.node, || gil::hand_over(py)));
+        Python::attach(|py| {
+            belated_core::release_paced(&mut self.node, || between_release_steps(py))
+        });
     }
+}
+
+/// A request at least this large makes glibc's malloc consolidate its fastbins first.
+const CONSOLIDATING_ALLOCATION: usize = 128 * 1024;
+
+/// Between two steps of releasing a graph. Freed nodes pile up in glibc's fastbins, which it merges all
+/// at once at its next large request: after a compute, a million of them made one 50–60 ms stop with
+/// the interpreter held. A large request per step makes it merge a step's worth at a time.
+fn between_release_steps(py: Python<'_>) {
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(
+        CONSOLIDATING_ALLOCATION,
+    )));
+    gil::hand_over(py);
 }
 
 pub(crate) enum Role {
