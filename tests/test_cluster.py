@@ -1,6 +1,5 @@
 """belated's own local cluster: results, futures, locality, and faults with real process deaths."""
 
-import gc
 import linecache
 import os
 import signal
@@ -231,22 +230,21 @@ def test_workers_estimate_the_bytes_of_what_they_keep():
     assert nbytes([]) == sys.getsizeof([])
 
 
-def test_workers_forget_results_nobody_needs_any_more(client):
-    # Values other tests persisted on this shared cluster stay in its workers until their last holder
-    # is collected.
-    gc.collect()
-
+def test_workers_forget_results_nobody_needs_any_more():
     def tree(leaves):
         layer = [delayed(square)(i) for i in range(leaves)]
         while len(layer) > 1:
             layer = [delayed(sum)(layer[i : i + 2]) for i in range(0, len(layer), 2)]
         return layer[0]
 
-    assert tree(64).compute(scheduler=client) == sum(i * i for i in range(64))
-    with pytest.raises(Boom):
-        delayed(explode)(tree(32)).compute(scheduler=client)
-    # Each worker is told what to forget before its next call runs.
-    held = compute(*[delayed(stored_results)(i) for i in range(16)], scheduler=client)
+    # A cluster of its own: results other tests persist on a shared cluster stay in its workers for as
+    # long as those tests' objects live, which their order decides.
+    with belated.Client(n_workers=2, threads_per_worker=2, dashboard_address=None) as client:
+        assert tree(64).compute(scheduler=client) == sum(i * i for i in range(64))
+        with pytest.raises(Boom):
+            delayed(explode)(tree(32)).compute(scheduler=client)
+        # Each worker is told what to forget before its next call runs.
+        held = compute(*[delayed(stored_results)(i) for i in range(16)], scheduler=client)
     assert held == (0,) * 16
 
 
