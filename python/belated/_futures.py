@@ -461,13 +461,13 @@ class Future:
         )
 
 
-def futures_in(obj):
-    """The futures among ``obj`` and the lists, tuples, sets and dicts in it."""
+def futures_in(obj, kind=Future):
+    """The futures (instances of ``kind``) among ``obj`` and the lists, tuples, sets and dicts in it."""
     found = []
     stack = [obj]
     while stack:
         item = stack.pop()
-        if isinstance(item, Future):
+        if isinstance(item, kind):
             found.append(item)
         elif type(item) in (list, tuple, set, frozenset):
             stack.extend(item)
@@ -476,13 +476,15 @@ def futures_in(obj):
     return found
 
 
-def replace_futures(obj, replace):
-    if isinstance(obj, Future):
+def replace_futures(obj, replace, kind=Future):
+    """``obj`` with ``replace(future)`` for each future (instance of ``kind``) in it and in its lists,
+    tuples, sets and dicts."""
+    if isinstance(obj, kind):
         return replace(obj)
     if type(obj) in (list, tuple, set, frozenset):
-        return type(obj)(replace_futures(item, replace) for item in obj)
+        return type(obj)(replace_futures(item, replace, kind) for item in obj)
     if type(obj) is dict:
-        return {key: replace_futures(value, replace) for key, value in obj.items()}
+        return {key: replace_futures(value, replace, kind) for key, value in obj.items()}
     return obj
 
 

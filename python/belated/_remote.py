@@ -16,7 +16,7 @@ import threading
 import weakref
 
 from belated import _worker
-from belated._futures import replace_futures, task_client
+from belated._futures import futures_in, replace_futures, task_client
 
 
 class WorkerClient:
@@ -74,21 +74,8 @@ class RemoteFuture:
 
 def _ask(request):
     answer = _worker.ask_parent(request)
-    _worker.task_channel.held.extend(future.key for future in _remote_futures(answer))
+    _worker.task_channel.held.extend(future.key for future in futures_in(answer, RemoteFuture))
     return answer
-
-
-def _remote_futures(obj):
-    found, stack = [], [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, RemoteFuture):
-            found.append(item)
-        elif type(item) in (list, tuple, set, frozenset):
-            stack.extend(item)
-        elif type(item) is dict:
-            stack.extend(item.values())
-    return found
 
 
 def _held_future(futures, key):
@@ -98,16 +85,6 @@ def _held_future(futures, key):
 
         raise CancelledError(f"future {key} was let go of: the task it was sent to has ended")
     return held[0]
-
-
-def _local_futures(obj, futures):
-    if isinstance(obj, RemoteFuture):
-        return _held_future(futures, obj.key)
-    if type(obj) in (list, tuple, set, frozenset):
-        return type(obj)(_local_futures(item, futures) for item in obj)
-    if type(obj) is dict:
-        return {key: _local_futures(value, futures) for key, value in obj.items()}
-    return obj
 
 
 def worker_client():
@@ -165,7 +142,9 @@ class Answers:
 
             raise CancelledError("the Client was closed")
         with self._lock:
-            request = _local_futures(request, self._futures)
+            request = replace_futures(
+                request, lambda future: _held_future(self._futures, future.key), RemoteFuture
+            )
         if kind == "future":
             _, key, name, args = request
             with self._lock:
