@@ -71,8 +71,16 @@ cargo-test:
 
 # The crates a Rust user depends on stay publishable: packaged, and built from the package as crates.io
 # would build them (the unpublished path dependencies through cargo's temporary local registry).
+# Cargo takes a registry crate of an unchanged version to be unchanged: it reuses an earlier run's
+# unpacked copy of our crates (in $CARGO_HOME/registry/src/-<hash>/) and their compiled artifacts.
+# The check builds in a target directory of its own, so that everything named belated there is the
+# packaged crates' and is removed first, with the unpacked copies.
+CARGO_HOME ?= $(HOME)/.cargo
+PACKAGE_TARGET := target/package-check
 package:
-	cargo package --quiet --allow-dirty -p belated-core -p belated-render -p belated
+	rm -rf $(CARGO_HOME)/registry/src/-*/belated-* $(PACKAGE_TARGET)/debug/.fingerprint/belated-* \
+		$(PACKAGE_TARGET)/debug/deps/*belated*
+	cargo package --quiet --allow-dirty --target-dir $(PACKAGE_TARGET) -p belated-core -p belated-render -p belated
 
 pytest: build
 	$(PY) -m pytest
