@@ -31,6 +31,7 @@ dd = pytest.importorskip("dask.dataframe")
 from dask._task_spec import GraphNode  # noqa: E402
 from dask.callbacks import Callback  # noqa: E402
 from dask.utils_test import GetFunctionTestMixin, add, inc  # noqa: E402
+from heartbeats import heartbeats_between  # noqa: E402
 
 
 class TestGetFunction(GetFunctionTestMixin):
@@ -776,24 +777,12 @@ def test_dask_reads_a_dict_argument_of_a_delayed_object_as_data():
 def test_other_python_threads_run_while_builtin_dask_tasks_compute():
     """Builtin-function tasks run no bytecode, so CPython never asks them to give up the interpreter:
     belated.get offers it between tasks, as compute does. The heartbeat shows up among the tasks."""
-    events = []
-    dsk = {("t", i): (events.append, "task") for i in range(300_000)}
-    stop = threading.Event()
 
-    def heartbeat():
-        while not stop.is_set():
-            events.append("beat")
-            time.sleep(0.001)
-
-    beating = threading.Thread(target=heartbeat)
-    beating.start()
-    try:
+    def run(events):
+        dsk = {("t", i): (events.append, "task") for i in range(300_000)}
         belated.get(dsk, list(dsk), num_workers=2)
-    finally:
-        stop.set()
-        beating.join(timeout=10)
-    first, last = events.index("task"), len(events) - 1 - events[::-1].index("task")
-    beats_during = events[first:last].count("beat")
+
+    beats_during = heartbeats_between(run, first="task", last="task")
     assert beats_during >= 3, f"the heartbeat ran {beats_during} times during the get"
 
 
