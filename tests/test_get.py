@@ -786,10 +786,9 @@ def test_other_python_threads_run_while_builtin_dask_tasks_compute():
     assert beats_during >= 3, f"the heartbeat ran {beats_during} times during the get"
 
 
-def test_tasks_that_release_the_gil_keep_both_workers_to_the_end():
-    """belated.get drops a worker only when it does not raise the task rate: tasks that release the
-    GIL (sleeping, as numpy does on large arrays) still overlap after the engine has measured them
-    for many windows. Overlaps are counted by the order of task starts and ends."""
+def counting_overlaps(body):
+    """A task ``task(i)`` that runs ``body(running)`` and returns ``i``, where ``running`` counts the
+    tasks running when it started, itself included; and the list of those counts, in start order."""
     lock = threading.Lock()
     running = [0]
     at_start = []
@@ -798,11 +797,22 @@ def test_tasks_that_release_the_gil_keep_both_workers_to_the_end():
         with lock:
             running[0] += 1
             at_start.append(running[0])
-        time.sleep(0.002)
-        with lock:
-            running[0] -= 1
+            beside = running[0]
+        try:
+            body(beside)
+        finally:
+            with lock:
+                running[0] -= 1
         return i
 
+    return task, at_start
+
+
+def test_tasks_that_release_the_gil_keep_both_workers_to_the_end():
+    """belated.get drops a worker only when it does not raise the task rate: tasks that release the
+    GIL (sleeping, as numpy does on large arrays) still overlap after the engine has measured them
+    for many windows. Overlaps are counted by the order of task starts and ends."""
+    task, at_start = counting_overlaps(lambda running: time.sleep(0.002))
     dsk = {("t", i): (task, i) for i in range(400)}
     assert belated.get(dsk, list(dsk), num_workers=2) == tuple(range(400))
     assert max(at_start) == 2
@@ -830,23 +840,15 @@ def test_collections_whose_tasks_slow_each_other_settle_on_one_thread_however_co
     one is made far slower, so the measured rates leave no doubt whatever else the machine runs;
     without the measuring nearly every task starts beside another. Overlaps are counted by the order
     of task starts and ends."""
-    lock = threading.Lock()
-    running = [0]
-    at_start = []
 
-    def contended(i):
-        with lock:
-            running[0] += 1
-            at_start.append(running[0])
+    def contended(running):
         for _ in range(20_000):  # bytecode: the interpreter switches threads inside the task
             pass
-        if at_start[-1] > 1:
+        if running > 1:
             time.sleep(0.02)
-        with lock:
-            running[0] -= 1
-        return i
 
-    bag = db.from_sequence(range(600), npartitions=600).map(contended)
+    task, at_start = counting_overlaps(contended)
+    bag = db.from_sequence(range(600), npartitions=600).map(task)
     assert list(run(bag)) == list(range(600))
     later = at_start[len(at_start) // 2 :]
     overlapping = sum(count > 1 for count in later) / len(later)
