@@ -8,7 +8,7 @@ import re
 from collections import namedtuple
 
 import pytest
-from heartbeats import heartbeats_between
+from helpers import heartbeats_between
 
 import belated
 from belated import Delayed, delayed

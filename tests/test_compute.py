@@ -9,7 +9,7 @@ import traceback
 import weakref
 
 import pytest
-from heartbeats import heartbeats_between
+from helpers import heartbeats_between
 
 import belated
 from belated import compute, delayed, persist

@@ -31,7 +31,7 @@ dd = pytest.importorskip("dask.dataframe")
 from dask._task_spec import GraphNode  # noqa: E402
 from dask.callbacks import Callback  # noqa: E402
 from dask.utils_test import GetFunctionTestMixin, add, inc  # noqa: E402
-from heartbeats import heartbeats_between  # noqa: E402
+from helpers import heartbeats_between  # noqa: E402
 
 
 class TestGetFunction(GetFunctionTestMixin):

@@ -1,6 +1,6 @@
-"""Whether other Python threads get the interpreter while belated works: a heartbeat thread appends
-to the same list as the work, and the beats between two of the work's events are counted."""
+"""Helpers more than one test module uses."""
 
+import contextlib
 import sys
 import threading
 import time
@@ -33,3 +33,24 @@ def heartbeats_between(action, first="start", last="end"):
         sys.setswitchinterval(interval)
     end = len(events) - events[::-1].index(last)
     return events[events.index(first) : end].count("beat")
+
+
+@contextlib.contextmanager
+def closing_distributed_clients():
+    """On leaving, closes the Clients that distributed's own tasks made (get_client, worker_client):
+    they outlive the clusters they served, and the newest stays the default one, with dask's
+    ``scheduler`` configuration naming it. That configuration is put back as it was on entering, so
+    that later tests, whose computes read it, run on belated's own schedulers."""
+    import dask
+    import distributed
+
+    scheduler = dask.config.get("scheduler", None)
+    try:
+        yield
+    finally:
+        for client in list(distributed.client._global_clients.values()):
+            client.close(timeout=10)
+        if scheduler is None:
+            dask.config.config.pop("scheduler", None)
+        else:
+            dask.config.set(scheduler=scheduler)
