@@ -5,12 +5,10 @@ import gc
 import inspect
 import operator
 import re
-import sys
-import threading
-import time
 from collections import namedtuple
 
 import pytest
+from helpers import heartbeats_between
 
 import belated
 from belated import Delayed, delayed
@@ -313,33 +311,6 @@ def test_the_cycle_collector_has_no_delayed_objects_to_walk():
     made = [f, x, built[-1], x + 1, -x, x[0], x.real, x.real(), x == 1]
     assert not any(map(gc.is_tracked, made))
     assert delayed(sum)(built[:3] + built[-3:]).compute() == 0 + 1 + 2 + 9997 + 9998 + 9999
-
-
-def heartbeats_between(action):
-    """How many times a heartbeat thread ran between the "start" and "end" events ``action(events)``
-    records: another Python thread must get the interpreter while belated works through a huge
-    argument, as it would from Python code. Holding it throughout, the heartbeat still slips in at the
-    few bytecode boundaries around the work (at most 4 times, measured); offering it, dozens of times."""
-    events = []
-    stop = threading.Event()
-
-    def heartbeat():
-        while not stop.is_set():
-            events.append("beat")
-            time.sleep(0.0005)
-
-    interval = sys.getswitchinterval()
-    # A short switch interval makes the heartbeat ask often, so a few beats fit in a short stretch.
-    sys.setswitchinterval(0.0005)
-    beating = threading.Thread(target=heartbeat)
-    beating.start()
-    try:
-        action(events)
-    finally:
-        stop.set()
-        beating.join(timeout=10)
-        sys.setswitchinterval(interval)
-    return events[events.index("start") : events.index("end")].count("beat")
 
 
 def test_other_threads_run_while_a_huge_argument_is_collected():

@@ -19,6 +19,7 @@ import uuid
 
 import numpy as np
 import pytest
+from helpers import closing_distributed_clients
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from worker_tasks import Boom, explode, explode_on_zero, nap, pid_of, square, type_names
@@ -99,18 +100,9 @@ def unpicklable():
 
 @pytest.fixture(scope="module", autouse=True)
 def no_distributed_client_left_behind():
-    """Clients that distributed's own tasks made (get_client, worker_client) outlive the clusters they
-    served, and the newest stays the default one, with dask's ``scheduler`` configuration naming it.
-    Close them after this module, so that later tests, whose computes read dask's configuration, run
-    on belated's own schedulers."""
-    scheduler = dask.config.get("scheduler", None)
-    yield
-    for client in list(distributed.client._global_clients.values()):
-        client.close(timeout=10)
-    if scheduler is None:
-        dask.config.config.pop("scheduler", None)
-    else:
-        dask.config.set(scheduler=scheduler)
+    """Closes the Clients distributed's own tasks made here, after this module."""
+    with closing_distributed_clients():
+        yield
 
 
 @pytest.fixture(params=["belated", "distributed"])

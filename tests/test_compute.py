@@ -9,6 +9,7 @@ import traceback
 import weakref
 
 import pytest
+from helpers import heartbeats_between
 
 import belated
 from belated import compute, delayed, persist
@@ -267,22 +268,10 @@ def test_other_python_threads_run_while_builtin_tasks_compute(scheduler):
     """Builtin-function tasks run no bytecode, so CPython never asks them to give up the interpreter;
     the engine must offer it between tasks, as the eval loop does. A heartbeat thread and the tasks
     append to one list: the heartbeat must show up among the tasks, not only before and after."""
-    events = []
-    tasks = [delayed(events.append)("task") for _ in range(300_000)]
-    stop = threading.Event()
 
-    def heartbeat():
-        while not stop.is_set():
-            events.append("beat")
-            time.sleep(0.001)
-
-    beating = threading.Thread(target=heartbeat)
-    beating.start()
-    try:
+    def run(events):
+        tasks = [delayed(events.append)("task") for _ in range(300_000)]
         compute(tasks, scheduler=scheduler, num_workers=2)
-    finally:
-        stop.set()
-        beating.join(timeout=10)
-    first, last = events.index("task"), len(events) - 1 - events[::-1].index("task")
-    beats_during = events[first:last].count("beat")
+
+    beats_during = heartbeats_between(run, first="task", last="task")
     assert beats_during >= 3, f"the heartbeat ran {beats_during} times during the compute"

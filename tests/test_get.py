@@ -31,6 +31,7 @@ dd = pytest.importorskip("dask.dataframe")
 from dask._task_spec import GraphNode  # noqa: E402
 from dask.callbacks import Callback  # noqa: E402
 from dask.utils_test import GetFunctionTestMixin, add, inc  # noqa: E402
+from helpers import heartbeats_between  # noqa: E402
 
 
 class TestGetFunction(GetFunctionTestMixin):
@@ -776,31 +777,18 @@ def test_dask_reads_a_dict_argument_of_a_delayed_object_as_data():
 def test_other_python_threads_run_while_builtin_dask_tasks_compute():
     """Builtin-function tasks run no bytecode, so CPython never asks them to give up the interpreter:
     belated.get offers it between tasks, as compute does. The heartbeat shows up among the tasks."""
-    events = []
-    dsk = {("t", i): (events.append, "task") for i in range(300_000)}
-    stop = threading.Event()
 
-    def heartbeat():
-        while not stop.is_set():
-            events.append("beat")
-            time.sleep(0.001)
-
-    beating = threading.Thread(target=heartbeat)
-    beating.start()
-    try:
+    def run(events):
+        dsk = {("t", i): (events.append, "task") for i in range(300_000)}
         belated.get(dsk, list(dsk), num_workers=2)
-    finally:
-        stop.set()
-        beating.join(timeout=10)
-    first, last = events.index("task"), len(events) - 1 - events[::-1].index("task")
-    beats_during = events[first:last].count("beat")
+
+    beats_during = heartbeats_between(run, first="task", last="task")
     assert beats_during >= 3, f"the heartbeat ran {beats_during} times during the get"
 
 
-def test_tasks_that_release_the_gil_keep_both_workers_to_the_end():
-    """belated.get drops a worker only when it does not raise the task rate: tasks that release the
-    GIL (sleeping, as numpy does on large arrays) still overlap after the engine has measured them
-    for many windows. Overlaps are counted by the order of task starts and ends."""
+def counting_overlaps(body):
+    """A task ``task(i)`` that runs ``body(running)`` and returns ``i``, where ``running`` counts the
+    tasks running when it started, itself included; and the list of those counts, in start order."""
     lock = threading.Lock()
     running = [0]
     at_start = []
@@ -809,11 +797,22 @@ def test_tasks_that_release_the_gil_keep_both_workers_to_the_end():
         with lock:
             running[0] += 1
             at_start.append(running[0])
-        time.sleep(0.002)
-        with lock:
-            running[0] -= 1
+            beside = running[0]
+        try:
+            body(beside)
+        finally:
+            with lock:
+                running[0] -= 1
         return i
 
+    return task, at_start
+
+
+def test_tasks_that_release_the_gil_keep_both_workers_to_the_end():
+    """belated.get drops a worker only when it does not raise the task rate: tasks that release the
+    GIL (sleeping, as numpy does on large arrays) still overlap after the engine has measured them
+    for many windows. Overlaps are counted by the order of task starts and ends."""
+    task, at_start = counting_overlaps(lambda running: time.sleep(0.002))
     dsk = {("t", i): (task, i) for i in range(400)}
     assert belated.get(dsk, list(dsk), num_workers=2) == tuple(range(400))
     assert max(at_start) == 2
@@ -822,3 +821,35 @@ def test_tasks_that_release_the_gil_keep_both_workers_to_the_end():
     at_start.clear()
     belated.get(dsk, list(dsk), num_workers=1)
     assert max(at_start) == 1
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda bag: bag.compute(scheduler=belated.get, num_workers=2),
+        lambda bag: belated.compute(bag, num_workers=2)[0],
+        lambda bag: belated.compute([bag], scheduler=belated.get, num_workers=2)[0][0],
+        lambda bag: belated.persist(bag, num_workers=2)[0].compute(scheduler="sync"),
+    ],
+    ids=["get", "compute", "compute-nested", "persist"],
+)
+def test_collections_whose_tasks_slow_each_other_settle_on_one_thread_however_computed(run):
+    """Tasks that hold the GIL run no faster on two threads than on one: whether dask's collection
+    goes through belated.get, compute or persist, the engine measures the task rate and lets one
+    thread run them (comparing with two again now and then). Here a task that starts beside another
+    one is made far slower, so the measured rates leave no doubt whatever else the machine runs;
+    without the measuring nearly every task starts beside another. Overlaps are counted by the order
+    of task starts and ends."""
+
+    def contended(running):
+        for _ in range(20_000):  # bytecode: the interpreter switches threads inside the task
+            pass
+        if running > 1:
+            time.sleep(0.02)
+
+    task, at_start = counting_overlaps(contended)
+    bag = db.from_sequence(range(600), npartitions=600).map(task)
+    assert list(run(bag)) == list(range(600))
+    later = at_start[len(at_start) // 2 :]
+    overlapping = sum(count > 1 for count in later) / len(later)
+    assert overlapping < 0.5, f"{overlapping:.0%} of the later tasks started beside another one"

@@ -763,7 +763,8 @@ def test_distributeds_scheduling_keywords_are_the_clients_not_the_functions(any_
 
 
 @pytest.mark.parametrize(
-    "options", [{"workers": ["tcp://127.0.0.1:1"]}, {"resources": {"GPU": 1}}, {"actor": True}]
+    "options",
+    [{"workers": ["tcp://127.0.0.1:1"]}, {"resources": {"GPU": 1}}, {"actor": True}, {"actors": True}],
 )
 def test_placement_keywords_belated_cannot_honour_are_refused(ours, options):
     with pytest.raises(NotImplementedError):

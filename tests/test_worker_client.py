@@ -6,6 +6,7 @@ compares the answers. And a call of a ``map`` cancelled alone on worker processe
 import time
 
 import pytest
+from helpers import closing_distributed_clients
 from worker_tasks import (
     Boom,
     alive,
@@ -41,18 +42,13 @@ def one_by_one():
 @pytest.fixture(scope="module")
 def theirs():
     """distributed's LocalCluster of one worker of one thread (in-process, to keep it light)."""
-    scheduler = dask.config.get("scheduler", None)
-    with distributed.Client(
-        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
-    ) as client:
+    with (
+        closing_distributed_clients(),
+        distributed.Client(
+            processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+        ) as client,
+    ):
         yield client
-    # The clients its tasks made outlive it, the newest the default one (see test_client_api).
-    for made in list(distributed.client._global_clients.values()):
-        made.close(timeout=10)
-    if scheduler is None:
-        dask.config.config.pop("scheduler", None)
-    else:
-        dask.config.set(scheduler=scheduler)
 
 
 @pytest.mark.parametrize(

@@ -139,14 +139,25 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
                         retries,
                         cluster,
                         computed=len(tasks),
+                        ramp=True,
                     )
 
             return _persist_collections(args, run, fuse)
-        args = _collections_as_delayed(args, traverse, fuse)
+        args, collections = _collections_as_delayed(args, traverse, fuse)
         # Called here rather than through run(): a task's traceback shows one frame of ours fewer.
         with _logging.computing("persist" if persist else "compute", where):
             return _belated.compute(
-                args, scheduler, num_workers, traverse, callbacks, timeout, persist, retries, cluster
+                args,
+                scheduler,
+                num_workers,
+                traverse,
+                callbacks,
+                timeout,
+                persist,
+                retries,
+                cluster,
+                # dask's collections run on as many threads as pay, as belated.get runs them.
+                ramp=collections,
             )
 
 
@@ -157,9 +168,10 @@ def _is_foreign(arg):
 
 def _collections_as_delayed(args, traverse, fuse):
     """``args`` with each dask collection among them (and, with ``traverse``, in the lists, tuples and
-    dicts they are) replaced by a ``Delayed`` of its value. The collections' graphs are optimized
-    together, as ``dask.compute`` optimizes them, so that tasks they share stay one task each.
-    (Collections deeper inside arguments are taken one by one when the engine meets them.)"""
+    dicts they are) replaced by a ``Delayed`` of its value, and whether there was any. The collections'
+    graphs are optimized together, as ``dask.compute`` optimizes them, so that tasks they share stay
+    one task each. (Collections deeper inside arguments are taken one by one when the engine meets
+    them.)"""
     found = []
 
     def scan(obj, depth):
@@ -175,7 +187,7 @@ def _collections_as_delayed(args, traverse, fuse):
     for arg in args:
         scan(arg, 0)
     if not found:
-        return args
+        return args, False
     from belated._dask import collections_graph
 
     dsk, keys = collections_graph(found, fuse=fuse)
@@ -190,7 +202,7 @@ def _collections_as_delayed(args, traverse, fuse):
             return {key: replace(item, depth + 1) for key, item in obj.items()}
         return obj
 
-    return tuple(replace(arg, 0) for arg in args)
+    return tuple(replace(arg, 0) for arg in args), True
 
 
 # How deep in containers compute looks for dask collections to optimize together.

@@ -216,6 +216,7 @@ def compute(
     each: Callable[[BaseException], Any] | None = None,
     computed: int = 0,
     keep: bool = False,
+    ramp: bool = False,
 ) -> tuple[Any, ...]: ...
 def compute_with(
     objs: tuple[Any, ...], executor: Callable[..., Any], traverse: bool = True

@@ -120,16 +120,34 @@ def _hold(collections, futures):
     return futures
 
 
-def _refuse_placement(workers, resources, actor):
-    """Refuses distributed's placement keywords that belated's workers cannot honour, rather than
-    ignoring them (resources limit how many tasks run at once) or passing them to the function."""
-    for name, value in (("workers", workers), ("resources", resources)):
-        if value is not None:
-            raise NotImplementedError(
-                f"belated's Client does not place tasks by {name}=: every worker runs any task"
-            )
-    if actor:
-        raise NotImplementedError("belated's Client has no actors: submit a function instead")
+# distributed's scheduling keywords of submit and map, the client's and never the function's: why
+# belated's Client refuses each one when it is given, or None where it changes no result here (an order
+# or a batching among tasks that all run anyway).
+_SCHEDULING = {
+    "workers": "belated's Client does not place tasks by workers=: every worker runs any task",
+    # Resources limit how many tasks run at once: ignoring them could overload a worker.
+    "resources": "belated's Client does not place tasks by resources=: every worker runs any task",
+    "actor": "belated's Client has no actors: submit a function instead",
+    "actors": "belated's Client has no actors: submit a function instead",
+    "priority": None,
+    "fifo_timeout": None,
+    "allow_other_workers": None,
+    "batch_size": None,
+}
+
+
+def _scheduling(given):
+    """The scheduling keywords among ``given`` (a submit or map call's locals, so the keywords are
+    listed once, in the signature), as distributed's Client takes them."""
+    return {name: given[name] for name in _SCHEDULING if name in given}
+
+
+def _refuse_placement(scheduling):
+    """Refuses the scheduling keywords belated's workers cannot honour, rather than ignoring them or
+    passing them to the function."""
+    for name, value in scheduling.items():
+        if _SCHEDULING[name] is not None and value is not None and value is not False:
+            raise NotImplementedError(_SCHEDULING[name])
 
 
 class Client:
@@ -386,20 +404,12 @@ class Client:
         distributed's scheduling keywords are the client's, never ``func``'s: ``priority``,
         ``fifo_timeout`` and ``allow_other_workers`` change no result and are accepted; ``workers``,
         ``resources`` and ``actor``, which belated's workers cannot honour, raise NotImplementedError."""
-        scheduling = {
-            "workers": workers,
-            "resources": resources,
-            "priority": priority,
-            "fifo_timeout": fifo_timeout,
-            "allow_other_workers": allow_other_workers,
-            "actor": actor,
-            "actors": actors,
-        }
+        scheduling = _scheduling(locals())
         if self._distributed_client is not None:
             return self._distributed_client.submit(
                 func, *args, pure=pure, key=key, retries=retries, **scheduling, **kwargs
             )
-        _refuse_placement(workers, resources, actor or actors)
+        _refuse_placement(scheduling)
         from belated import delayed
 
         if key is None:
@@ -440,21 +450,12 @@ class Client:
         function's name). Pure by default, as ``submit``: equal calls share a key and a result.
         distributed's scheduling keywords are taken as ``submit`` takes them; ``batch_size`` (how
         distributed submits the calls) changes no result and is accepted."""
-        scheduling = {
-            "workers": workers,
-            "resources": resources,
-            "priority": priority,
-            "fifo_timeout": fifo_timeout,
-            "allow_other_workers": allow_other_workers,
-            "actor": actor,
-            "actors": actors,
-            "batch_size": batch_size,
-        }
+        scheduling = _scheduling(locals())
         if self._distributed_client is not None:
             return self._distributed_client.map(
                 func, *iterables, key=key, pure=pure, retries=retries, **scheduling, **kwargs
             )
-        _refuse_placement(workers, resources, actor or actors)
+        _refuse_placement(scheduling)
         from belated import delayed
 
         calls = list(zip(*iterables, strict=True))

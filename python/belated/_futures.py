@@ -110,13 +110,19 @@ def _settle(cell, value):
     if type(value) is Raised:
         _fail(cell, value.error)
         return
-    with contextlib.suppress(concurrent.futures.InvalidStateError):
+    # try rather than contextlib.suppress: this runs once per future, and the context manager made a
+    # third of a settle's cost (callgrind: 13.1k -> 9.0k instructions per settle).
+    try:  # noqa: SIM105
         cell.set_result(value)
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled alone, or settled by its task already
 
 
 def _fail(cell, error):
-    with contextlib.suppress(concurrent.futures.InvalidStateError):
+    try:  # noqa: SIM105 (as in _settle)
         cell.set_exception(error)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 def is_cancelled(cell):

@@ -10,9 +10,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use belated_cluster::Running;
+use belated_core::concurrency::Ramp;
 use belated_core::{
     on_worker_thread, run_inline_each, run_inline_observed, Fanout, Observer, Outputs, Plan,
     PoolRegistry, Runner, Session, Stopped, TaskId, ThreadPool, Wait,
@@ -44,9 +45,36 @@ const SIGNAL_POLL: Duration = Duration::from_millis(50);
 /// The threads scheduler's pools, by size.
 static POOLS: PoolRegistry<usize> = PoolRegistry::new();
 
+/// How many of a pool's threads take a computation's tasks, as measured (belated-core's [`Ramp`], on
+/// the wall clock): dask's collections' task bodies mostly hold the interpreter (numpy on small
+/// chunks, pandas), and then a second thread slows them.
+pub(crate) struct MeasuredRamp {
+    ramp: Ramp,
+    start: Instant,
+}
+
+impl MeasuredRamp {
+    pub(crate) fn new(threads: usize) -> Self {
+        MeasuredRamp {
+            ramp: Ramp::new(threads, Duration::ZERO),
+            start: Instant::now(),
+        }
+    }
+
+    pub(crate) fn task_done(&self) {
+        self.ramp.task_done(self.start.elapsed());
+    }
+
+    pub(crate) fn allowed(&self) -> usize {
+        self.ramp.allowed()
+    }
+}
+
 struct PyRunner {
     nodes: Arc<[Arc<TaskNode>]>,
     guard: TaskGuard,
+    /// Set for computations of dask collections on threads, as `belated.get` runs them.
+    ramp: Option<MeasuredRamp>,
 }
 
 impl Runner for PyRunner {
@@ -54,24 +82,38 @@ impl Runner for PyRunner {
     type Error = PyErr;
 
     fn run(&self, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
-        Python::attach(|py| self.evaluate(py, task, inputs))
+        let value = Python::attach(|py| self.evaluate(py, task, inputs));
+        self.task_done();
+        value
     }
 
     /// Releases many inputs here rather than leaving them to the engine: a fan-in task's inputs are
     /// a million values, and other threads get the interpreter while they go.
     fn run_owned(&self, task: TaskId, inputs: &mut Vec<PyValue>) -> PyResult<PyValue> {
-        Python::attach(|py| {
+        let value = Python::attach(|py| {
             let result = self.evaluate(py, task, inputs);
             if inputs.len() < ITEMS_PER_CHECK {
                 return result;
             }
             let released = release(py, inputs.drain(..));
             result.and_then(|value| released.map(|()| value))
-        })
+        });
+        self.task_done();
+        value
+    }
+
+    fn concurrency(&self) -> usize {
+        self.ramp.as_ref().map_or(usize::MAX, MeasuredRamp::allowed)
     }
 }
 
 impl PyRunner {
+    fn task_done(&self) {
+        if let Some(ramp) = &self.ramp {
+            ramp.task_done();
+        }
+    }
+
     fn evaluate(&self, py: Python<'_>, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
         let node = &self.nodes[task.index()];
         let key = self.guard.before(py, node)?;
@@ -243,6 +285,8 @@ struct Run<'a, 'py> {
     /// Whether the outputs stay in the cluster's workers, each coming back as a `Kept` (a Client's
     /// persist); without a cluster they come back as values.
     keep: bool,
+    /// Whether the threads scheduler measures how many threads pay (dask collections' tasks).
+    ramp: bool,
 }
 
 /// Lets another thread cancel a computation (a future's `cancel()`), which then raises CancelledError,
@@ -418,6 +462,7 @@ fn run_plan(
         retries,
         keep_going,
         keep,
+        ramp,
     } = run;
     // A compute called from inside a task runs inline on that worker.
     let mode = if on_worker_thread() {
@@ -469,6 +514,7 @@ fn run_plan(
     let runner = |guard| PyRunner {
         nodes: Arc::clone(&nodes),
         guard,
+        ramp: None,
     };
     let result = match mode {
         Mode::Inline if keep_going => run_inline_each(graph, outputs, runner(guard), observer),
@@ -476,7 +522,11 @@ fn run_plan(
             run_inline_observed(graph, outputs, runner(guard), observer).map(all_succeeded)
         }
         Mode::Threads(threads) => {
-            let (session, plan, runner) = (pool(threads)?, (graph, outputs), runner(guard));
+            let runner = PyRunner {
+                ramp: ramp.then(|| MeasuredRamp::new(threads)),
+                ..runner(guard)
+            };
+            let (session, plan) = (pool(threads)?, (graph, outputs));
             run_pooled(py, watch, |wait| match keep_going {
                 true => session.run_each(plan, runner, observer, wait),
                 false => session
@@ -560,10 +610,13 @@ fn all_succeeded<V, E>(values: Vec<V>) -> Outputs<V, E> {
 ///
 /// With `each` (a callable), a failed task fails only what depends on it: every other task still
 /// runs, and each of `objs` that needed a failed task is replaced by `each(exception)` instead.
+///
+/// With `ramp` (set for dask collections' graphs), the threads scheduler lets as many threads take
+/// tasks as measurably pays, as `belated.get` does.
 #[pyfunction]
 #[pyo3(signature = (
     objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None, persist=false,
-    retries=1, cluster=None, cancel=None, each=None, computed=0, keep=false
+    retries=1, cluster=None, cancel=None, each=None, computed=0, keep=false, ramp=false
 ))]
 #[allow(clippy::too_many_arguments)] // compute's keyword arguments, as Python passes them
 pub(crate) fn compute<'py>(
@@ -581,6 +634,7 @@ pub(crate) fn compute<'py>(
     each: Option<&Bound<'py, PyAny>>,
     computed: usize,
     keep: bool,
+    ramp: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     catch_panics(|| {
         if persist && each.is_some() {
@@ -596,6 +650,7 @@ pub(crate) fn compute<'py>(
             retries,
             keep_going: each.is_some(),
             keep,
+            ramp,
         };
         let mut collector = Collector::new(traverse);
         let template = collector.args(objs)?;

@@ -4,15 +4,13 @@
 //! `compute`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use belated_core::concurrency::Ramp;
 use belated_core::{current_worker, on_worker_thread, run_inline, Graph, Runner, TaskId};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::compute::{run_on_threads, worker_count};
+use crate::compute::{run_on_threads, worker_count, MeasuredRamp};
 use crate::errors::{catch_panics, to_python};
 use crate::gil::let_other_threads_run;
 use crate::host::Deadline;
@@ -30,10 +28,8 @@ struct DaskRunner {
     /// The caller's `contextvars` context when it holds any variable: each task runs in a copy of it,
     /// as in dask's threaded scheduler (one context cannot be entered by two threads at once).
     context: Option<Py<PyAny>>,
-    /// How many of the pool's threads take tasks, as measured: dask's task bodies mostly hold the
-    /// interpreter (numpy on small chunks, pandas), and then a second thread slows them. `None`
-    /// inline, where one thread runs everything anyway.
-    ramp: Option<(Ramp, Instant)>,
+    /// `None` inline, where one thread runs everything anyway.
+    ramp: Option<MeasuredRamp>,
 }
 
 impl DaskRunner {
@@ -66,16 +62,14 @@ impl Runner for DaskRunner {
 
     fn run(&self, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
         let value = Python::attach(|py| self.run_attached(py, task, inputs));
-        if let Some((ramp, start)) = &self.ramp {
-            ramp.task_done(start.elapsed());
+        if let Some(ramp) = &self.ramp {
+            ramp.task_done();
         }
         value
     }
 
     fn concurrency(&self) -> usize {
-        self.ramp
-            .as_ref()
-            .map_or(usize::MAX, |(ramp, _)| ramp.allowed())
+        self.ramp.as_ref().map_or(usize::MAX, MeasuredRamp::allowed)
     }
 }
 
@@ -185,12 +179,7 @@ pub(crate) fn run_dask_graph(
             deadline,
             check_signals: inline,
             context,
-            ramp: (!inline).then(|| {
-                (
-                    Ramp::new(workers, std::time::Duration::ZERO),
-                    Instant::now(),
-                )
-            }),
+            ramp: (!inline).then(|| MeasuredRamp::new(workers)),
         };
         let result = if inline {
             run_inline(graph, outputs, runner)
