@@ -19,7 +19,7 @@ import weakref
 
 import cloudpickle
 
-from belated import _belated, _logging, _worker, config
+from belated import _belated, _logging, config
 from belated._dask import _require
 from belated._futures import (
     Computation,
@@ -255,6 +255,8 @@ class Client:
         self._n_workers, self._threads_per_worker = n_workers, threads_per_worker
         self._memory_limit_text = memory_limit
         self._memory_limit = parse_memory_limit(memory_limit, n_workers)
+        from belated import _worker  # imported when needed: `import belated` stays quick
+
         self._preload = _worker.usual_imports() if preload is None else list(preload)
         # Files from upload_file, installed again in workers started later (restart, scale).
         self._uploads = []
