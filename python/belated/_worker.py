@@ -41,6 +41,7 @@ import logging
 import mmap
 import os
 import pickle
+import re
 import signal
 import socket
 import struct
@@ -892,9 +893,21 @@ _preloading = []
 _PRELOADED = threading.Condition()
 
 
+def names_any(pickled, modules):
+    """Whether the protocol-5 pickle ``pickled`` names one of ``modules`` or a submodule of one. A
+    module's name travels as a short string (``SHORT_BINUNICODE``: its length byte, then it), which
+    text that merely mentions it (a function's source lines, travelling with it) is not."""
+    if not modules:
+        return False
+    names = [name.encode() for name in modules]
+    exact = [re.escape(bytes([len(name)]) + name) for name in names]
+    parent = [b"." + re.escape(name + b".") for name in names]
+    return re.search(rb"(?s)\x8c(?:" + b"|".join(exact + parent) + b")", pickled) is not None
+
+
 def _await_preload(pickled):
     with _PRELOADED:
-        _PRELOADED.wait_for(lambda: not any(name.encode() in pickled for name in _preloading))
+        _PRELOADED.wait_for(lambda: not names_any(pickled, _preloading))
 
 
 def _preload():
