@@ -619,3 +619,18 @@ def test_a_task_that_names_no_preloading_module_does_not_wait_for_its_import(tmp
         assert client.submit(gated_preload.imported_by, pure=False).result(timeout=60) == pid
         imported = log.read_text().split()
         assert sorted(imported) == sorted([str(os.getpid()), str(pid)]), "imported once in each process"
+
+
+def test_a_preload_that_raises_leaves_later_preloads_and_tasks_naming_them_running(tmp_path, monkeypatch):
+    (tmp_path / "raising_preload.py").write_text("raise RuntimeError('not importable here')\n")
+    (tmp_path / "later_preload.py").write_text("import os\n\n\ndef pid():\n    return os.getpid()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import later_preload
+
+    monkeypatch.delitem(sys.modules, "later_preload")
+    options = {"dashboard_address": None, "set_as_default": False}
+    with belated.Client(
+        n_workers=1, threads_per_worker=1, preload=["raising_preload", "later_preload"], **options
+    ) as client:
+        (pid,) = client.run(os.getpid).values()
+        assert client.submit(later_preload.pid, pure=False).result(timeout=60) == pid

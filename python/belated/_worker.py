@@ -911,15 +911,20 @@ def _await_preload(pickled):
 
 
 def _preload():
-    for name in list(_preloading):
-        try:
-            importlib.import_module(name)
-        except ImportError as error:
-            print(f"belated worker: could not preload {name}: {error}", file=sys.stderr)
-        finally:
+    try:
+        for name in list(_preloading):
+            try:
+                importlib.import_module(name)
+            except Exception as error:  # a module that fails to import fails the tasks that need it
+                print(f"belated worker: could not preload {name}: {error!r}", file=sys.stderr)
             with _PRELOADED:
                 _preloading.remove(name)
                 _PRELOADED.notify_all()
+    finally:
+        # Whatever ends this thread, no unpickle waits for it any more.
+        with _PRELOADED:
+            _preloading.clear()
+            _PRELOADED.notify_all()
 
 
 _CONTROL_FD = 3
