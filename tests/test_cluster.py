@@ -579,3 +579,58 @@ def test_diagnostics_see_cluster_runs(client):
     assert len(profiler.results) == 5
     assert {record.worker_id for record in profiler.results} <= set(range(4))
     assert sorted(finished) == [0, 1, 4, 9, 16]
+
+
+GATED_MODULE = """
+import os, time
+
+open({started!r}, "w").close()
+deadline = time.monotonic() + 60
+while not os.path.exists({gate!r}) and time.monotonic() < deadline:
+    time.sleep(0.01)
+with open({log!r}, "a") as log:
+    log.write(f"{{os.getpid()}}\\n")
+
+
+def imported_by():
+    return os.getpid()
+"""
+
+
+def test_a_task_that_names_no_preloading_module_does_not_wait_for_its_import(tmp_path, monkeypatch):
+    gate, log, started = tmp_path / "gate", tmp_path / "imports", tmp_path / "started"
+    module = GATED_MODULE.format(gate=str(gate), log=str(log), started=str(started))
+    (tmp_path / "gated_preload.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    options = {"dashboard_address": None, "set_as_default": False, "preload": ["gated_preload"]}
+    with belated.Client(n_workers=1, threads_per_worker=1, **options) as client:
+        try:
+            deadline = time.monotonic() + 60
+            while not started.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            # The worker is importing gated_preload, its gate shut, while this runs.
+            pid = client.submit(os.getpid, pure=False).result(timeout=20)
+            assert not log.exists()
+        finally:
+            gate.touch()
+        import gated_preload
+
+        monkeypatch.delitem(sys.modules, "gated_preload")
+        assert client.submit(gated_preload.imported_by, pure=False).result(timeout=60) == pid
+        imported = log.read_text().split()
+        assert sorted(imported) == sorted([str(os.getpid()), str(pid)]), "imported once in each process"
+
+
+def test_a_preload_that_raises_leaves_later_preloads_and_tasks_naming_them_running(tmp_path, monkeypatch):
+    (tmp_path / "raising_preload.py").write_text("raise RuntimeError('not importable here')\n")
+    (tmp_path / "later_preload.py").write_text("import os\n\n\ndef pid():\n    return os.getpid()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import later_preload
+
+    monkeypatch.delitem(sys.modules, "later_preload")
+    options = {"dashboard_address": None, "set_as_default": False}
+    with belated.Client(
+        n_workers=1, threads_per_worker=1, preload=["raising_preload", "later_preload"], **options
+    ) as client:
+        (pid,) = client.run(os.getpid).values()
+        assert client.submit(later_preload.pid, pure=False).result(timeout=60) == pid

@@ -227,26 +227,31 @@ def settle(measure, want, tries=200):
     return got
 
 
-def test_a_worker_killed_mid_task_leaves_no_segment_or_descriptor_behind(tmp_path):
-    shm = dev_shm()
+@pytest.fixture(params=["processes", "client"])
+def run_one(request):
+    """Computes one task on the processes scheduler's 1 worker, or a Client's."""
+    if request.param == "processes":
+        yield lambda task, retries: compute(task, scheduler="processes", num_workers=1, retries=retries)[0]
+        return
     with belated.Client(
         n_workers=1, threads_per_worker=1, dashboard_address=None, set_as_default=False
     ) as client:
-        big = np.arange(4 * LARGE, dtype=np.float64)
-        assert client.compute(
-            delayed(raise_from_a_large_input)(delayed(big), str(tmp_path / "warm")), sync=True
-        )
+        yield lambda task, retries: client.compute(task, sync=True, retries=retries)
+
+
+def test_a_worker_killed_mid_task_leaves_no_segment_or_descriptor_behind(tmp_path, run_one):
+    shm = dev_shm()
+    big = np.arange(4 * LARGE, dtype=np.float64)
+    assert run_one(delayed(raise_from_a_large_input)(delayed(big), str(tmp_path / "warm")), retries=1)
+    gc.collect()
+    baseline = open_descriptors()
+    for round_ in range(4):
+        task = delayed(raise_from_a_large_input)(delayed(big), str(tmp_path / f"kill-{round_}"))
+        with pytest.raises(belated.WorkerLostError):
+            run_one(task, retries=0)
         gc.collect()
-        baseline = open_descriptors()
-        for round_ in range(4):
-            task = delayed(raise_from_a_large_input)(delayed(big), str(tmp_path / f"kill-{round_}"))
-            with pytest.raises(belated.WorkerLostError):
-                client.compute(task, sync=True, retries=0)
-            gc.collect()
-            assert settle(open_descriptors, baseline) == baseline, f"after {round_ + 1} workers died"
-        assert client.compute(
-            delayed(raise_from_a_large_input)(delayed(big), str(tmp_path / "warm")), sync=True
-        )
+        assert settle(open_descriptors, baseline) == baseline, f"after {round_ + 1} workers died"
+    assert run_one(delayed(raise_from_a_large_input)(delayed(big), str(tmp_path / "warm")), retries=1)
     assert dev_shm() == shm
 
 
@@ -270,6 +275,48 @@ def test_interpreter_exit_leaves_no_worker_and_nothing_in_dev_shm():
     assert done.returncode == 0, done.stderr
     pids = [int(pid) for pid in done.stdout.split("\n")[1].split()]
     assert pids and wait_gone(pids), [pid for pid in pids if alive(pid)]
+    assert dev_shm() == shm
+
+
+CANCELLED_AT_EXIT = """
+import os, signal, threading, time
+import numpy as np, belated
+from belated import delayed
+
+
+def hold(array_, marker):
+    with open(marker, "w") as out:
+        out.write(str(os.getpid()))
+    time.sleep(1000)
+    return float(array_[0])
+
+
+def interrupt_once_held(marker):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+marker = {marker!r}
+threading.Thread(target=interrupt_once_held, args=(marker,), daemon=True).start()
+big = np.arange({items}, dtype=np.float64)
+try:
+    belated.compute(delayed(hold)(delayed(big), marker), scheduler="processes", num_workers=2)
+except KeyboardInterrupt:
+    print("interrupted")
+print(open(marker).read())
+"""
+
+
+def test_interpreter_exit_after_a_cancelled_compute_whose_worker_maps_a_segment(tmp_path):
+    shm = dev_shm()
+    script = CANCELLED_AT_EXIT.format(marker=str(tmp_path / "holder"), items=4 * LARGE)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    interrupted, holder = done.stdout.split()
+    assert interrupted == "interrupted"
+    assert wait_gone([int(holder)]), "the worker holding the segment outlived its parent"
     assert dev_shm() == shm
 
 

@@ -43,9 +43,6 @@ from belated._tokenize import tokenize
 _OPEN = weakref.WeakSet()
 # Clients in the order they started, for get_client(): the newest still open.
 _STARTED = []
-# Slow imports most tasks that use them need: workers import them as soon as they start when this
-# process has (the first tasks would otherwise wait for them).
-_USUAL_IMPORTS = ("numpy", "pandas")
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _UNITS.update({f"{u}b": n for u, n in list(_UNITS.items()) if u not in ("", "b")})
 _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
@@ -276,9 +273,9 @@ class Client:
         self._n_workers, self._threads_per_worker = n_workers, threads_per_worker
         self._memory_limit_text = memory_limit
         self._memory_limit = parse_memory_limit(memory_limit, n_workers)
-        self._preload = (
-            [name for name in _USUAL_IMPORTS if name in sys.modules] if preload is None else list(preload)
-        )
+        from belated import _worker  # imported when needed: `import belated` stays quick
+
+        self._preload = _worker.usual_imports() if preload is None else list(preload)
         # Files from upload_file, installed again in workers started later (restart, scale).
         self._uploads = []
         self._silenced = _silence(silence_logs)

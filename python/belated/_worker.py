@@ -41,6 +41,7 @@ import logging
 import mmap
 import os
 import pickle
+import re
 import signal
 import socket
 import struct
@@ -242,6 +243,8 @@ class _Unpickler(pickle.Unpickler):
 
 
 def loads(frames):
+    if _preloading:
+        _await_preload(frames[0])
     with _UNPICKLING:
         if "belated" in sys.modules:
             return pickle.loads(frames[0], buffers=frames[1:])
@@ -873,13 +876,55 @@ def _serve_connection(connection):
                 _close_segments(frames)
 
 
-def _preload(modules):
-    for name in modules:
-        try:
-            with _UNPICKLING:
+# Slow imports most tasks that use them need: workers import them as soon as they start when the
+# parent has (the first tasks would otherwise wait for them).
+USUAL_IMPORTS = ("numpy", "pandas")
+
+
+def usual_imports():
+    """The :data:`USUAL_IMPORTS` this process has made: what its workers preload."""
+    return [name for name in USUAL_IMPORTS if name in sys.modules]
+
+
+# The modules the preload thread has yet to import. An unpickle that names one waits until it is
+# imported (two threads importing one package at once can each see it half initialized); the others
+# go ahead, so a first task that needs no numpy does not wait for numpy's import.
+_preloading = []
+_PRELOADED = threading.Condition()
+
+
+def names_any(pickled, modules):
+    """Whether the protocol-5 pickle ``pickled`` names one of ``modules`` or a submodule of one. A
+    module's name travels as a short string (``SHORT_BINUNICODE``: its length byte, then it), which
+    text that merely mentions it (a function's source lines, travelling with it) is not."""
+    if not modules:
+        return False
+    names = [name.encode() for name in modules]
+    exact = [re.escape(bytes([len(name)]) + name) for name in names]
+    parent = [b"." + re.escape(name + b".") for name in names]
+    return re.search(rb"(?s)\x8c(?:" + b"|".join(exact + parent) + b")", pickled) is not None
+
+
+def _await_preload(pickled):
+    with _PRELOADED:
+        _PRELOADED.wait_for(lambda: not names_any(pickled, _preloading))
+
+
+def _preload():
+    try:
+        for name in list(_preloading):
+            try:
                 importlib.import_module(name)
-        except ImportError as error:
-            print(f"belated worker: could not preload {name}: {error}", file=sys.stderr)
+            except Exception as error:  # a module that fails to import fails the tasks that need it
+                print(f"belated worker: could not preload {name}: {error!r}", file=sys.stderr)
+            with _PRELOADED:
+                _preloading.remove(name)
+                _PRELOADED.notify_all()
+    finally:
+        # Whatever ends this thread, no unpickle waits for it any more.
+        with _PRELOADED:
+            _preloading.clear()
+            _PRELOADED.notify_all()
 
 
 _CONTROL_FD = 3
@@ -899,12 +944,13 @@ def main():
         os.set_inheritable(fd, False)
     control = socket.socket(fileno=_CONTROL_FD)
     _logging.forward_records(_keep_record, {})
+    # cloudpickle is needed to unpickle any function defined in a script or notebook.
+    _preloading[:] = ["cloudpickle", *preload]
     for fd in range(_CONTROL_FD + 1, _CONTROL_FD + 1 + connections):
         threading.Thread(target=_serve_connection, args=(socket.socket(fileno=fd),), daemon=True).start()
     control.sendall(b"r")
-    # Imports the first tasks would otherwise wait for, done while the user is still getting ready:
-    # cloudpickle is needed to unpickle any function defined in a script or notebook.
-    threading.Thread(target=_preload, args=(["cloudpickle", *preload],), daemon=True).start()
+    # Imports the first tasks would otherwise wait for, done while the user is still getting ready.
+    threading.Thread(target=_preload, daemon=True).start()
     while control.recv(1):
         pass
     os._exit(0)

@@ -484,8 +484,14 @@ pub(crate) fn processes_cluster(py: Python<'_>, workers: usize) -> PyResult<Arc<
     if let Some(cluster) = running(&mut PROCESS_CLUSTERS.lock()) {
         return Ok(cluster);
     }
+    // Its workers preload what a Client's would: a first task on numpy arrays would otherwise wait
+    // for each worker's numpy import.
+    static USUAL_IMPORTS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let preload = helper(py, &USUAL_IMPORTS, "usual_imports")?
+        .call0()?
+        .extract()?;
     // Started without the registry's lock, which a thread holding the interpreter may wait for.
-    let started = Arc::new(Cluster::start(py, workers, 1, None, Vec::new(), None)?);
+    let started = Arc::new(Cluster::start(py, workers, 1, None, preload, None)?);
     let let_go = {
         let mut clusters = PROCESS_CLUSTERS.lock();
         if let Some(cluster) = running(&mut clusters) {
