@@ -31,8 +31,11 @@ from belated._futures import (
     finished,
     futures_in,
     gather,
+    graphs_of,
+    in_task,
     is_cancelled,
     persisting,
+    persists_needed,
     persists_started,
     replace_futures,
     task_client,
@@ -354,7 +357,7 @@ class Client:
         items = tuple(collections) if many else (collections,)
         # What is not one task (a dict or list holding some) gets a key of its own, as in distributed.
         keys = [getattr(item, "key", None) or f"{type(item).__name__}-{uuid.uuid4()}" for item in items]
-        futures = self._start(lambda: items, keys, traverse, retries)
+        futures = self._start_apart(items, keys, traverse, retries)
         if sync:
             return self.gather(futures if many else futures[0])
         return futures if many else futures[0]
@@ -648,6 +651,34 @@ class Client:
         if self._closed:
             raise _belated.BelatedError("this Client is closed; start a new one")
 
+    def _start_apart(self, items, keys, traverse, retries):
+        """Futures of ``items``, as :meth:`_start` gives them, except that while persists run, the
+        items that need none of them start at once, in a computation of their own, and the others
+        wait for the persists they need (distributed holds back only the tasks that need a persisted
+        key still running). Items sharing a task stay in one computation: two would run it twice."""
+        earlier = [] if in_task() else persists_started()
+        if len(items) > 1 and earlier:
+            graphs = [graphs_of((item,), traverse) for item in items]
+            waits = [bool(persists_needed(item_graphs, earlier)) for item_graphs in graphs]
+            free = [i for i, waiting in enumerate(waits) if not waiting]
+            held = [i for i, waiting in enumerate(waits) if waiting]
+            free_keys = {key for i in free for graph in graphs[i] for key in graph}
+            shared = any(key in free_keys for i in held for graph in graphs[i] for key in graph)
+            if free and held and not shared:
+                futures = [None] * len(items)
+                for group in (free, held):
+                    group_items = tuple(items[i] for i in group)
+                    started = self._start(
+                        lambda group_items=group_items: group_items,
+                        [keys[i] for i in group],
+                        traverse,
+                        retries,
+                    )
+                    for i, future in zip(group, started, strict=True):
+                        futures[i] = future
+                return futures
+        return self._start(lambda: items, keys, traverse, retries)
+
     def _start(self, build, keys, traverse, retries, after=(), keep=False):
         """Futures of the items ``build()`` returns, computed in the background once the futures
         ``after`` are done. With ``keep``, results stay in the workers: each future's result is a
@@ -669,8 +700,10 @@ class Client:
         earlier_persists = [] if nested else persists_started()
 
         def run():
-            wait_for_persists(earlier_persists)
             items = build()
+            # Only the persists this computation takes results of: the others have nothing to do
+            # with it, and it starts while they run.
+            wait_for_persists(items, traverse, earlier_persists)
             # Each future settles on its own, as in distributed: as soon as its task ends (each_done),
             # and a failed task fails only the futures that need it while the others' tasks still run.
             return _belated.compute(
