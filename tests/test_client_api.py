@@ -594,9 +594,37 @@ def test_adapt_adds_workers_while_tasks_wait_and_retires_them_when_idle():
         adaptive.stop()
 
 
-def test_in_process_clients_have_no_worker_processes_to_scale(in_process):
+def test_in_process_clients_do_not_adapt(in_process):
     with pytest.raises(TypeError, match="processes=False"):
-        in_process.cluster.scale(2)
+        in_process.cluster.adapt(minimum=1, maximum=2)
+
+
+# Two calls of meet() return only if they run at the same time.
+MEETING = threading.Barrier(2, timeout=30)
+
+
+def meet():
+    MEETING.wait()
+    return True
+
+
+def total_threads_become(client, expected):
+    deadline = time.monotonic() + 30
+    while sum(client.nthreads().values()) != expected:
+        assert time.monotonic() < deadline, f"{client.nthreads()} never reached {expected} threads"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("make", [belated.Client, distributed.Client], ids=["belated", "distributed"])
+def test_in_process_clients_scale_the_threads_tasks_run_on(make):
+    with make(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        client.cluster.scale(2)
+        total_threads_become(client, 2)
+        MEETING.reset()
+        assert client.gather(client.map(lambda _: meet(), range(2), pure=False)) == [True, True]
+        client.cluster.scale(1)
+        total_threads_become(client, 1)
+        assert client.submit(square, 4).result(timeout=30) == 16
 
 
 # -- tasks that launch tasks --------------------------------------------------------------------------

@@ -897,7 +897,7 @@ class Client:
         return self._answer(None)
 
     def scale(self, n):
-        """Runs on ``n`` worker processes from now on; see :meth:`LocalCluster.scale`."""
+        """Runs on ``n`` workers from now on; see :meth:`LocalCluster.scale`."""
         if self._distributed_client is not None:
             return self._distributed_client.cluster.scale(n)
         self.cluster.scale(n)
@@ -1096,7 +1096,9 @@ class LocalCluster:
     Scaling starts the new number of workers and sends new computations to them; computations already
     running finish on the old workers, which stop once they have. Results of finished futures live in
     this process, so none is lost; results kept in the old workers for running computations go with
-    them when those end."""
+    them when those end. On a ``processes=False`` client, scaling sets how many threads (``n`` times
+    ``threads_per_worker``) computations started from then on run on, as distributed's in-process
+    workers add threads; those already running keep theirs."""
 
     def __init__(self, client):
         self._client = client
@@ -1118,14 +1120,17 @@ class LocalCluster:
         }
 
     def scale(self, n=None, *, cores=None, memory=None):
-        """Runs on ``n`` worker processes from now on (at least 1)."""
+        """Runs on ``n`` workers from now on (at least 1)."""
         if cores is not None or memory is not None:
             raise TypeError("scale() takes a number of workers; cores= and memory= are not supported")
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"scale() needs a number of workers of at least 1, got {n!r}")
         client = self._client
-        client._local()
         client._check_open()
+        if client._cluster is None:
+            with client._scaling:
+                client._threads = n * client._threads_per_worker
+            return
         with client._scaling:
             if n != client._cluster.n_workers:
                 client._replace_cluster(n)
@@ -1135,6 +1140,8 @@ class LocalCluster:
         while tasks wait for threads, down to ``minimum`` once nothing runs. Returns the policy; its
         ``stop()`` ends it."""
         client = self._client
+        # In this process, threads added would serve only computations started later: not the
+        # queued work adapt scales for.
         client._local()
         maximum = maximum if maximum is not None else max(minimum, os.cpu_count() or 1)
         if not (isinstance(minimum, int) and isinstance(maximum, int) and 1 <= minimum <= maximum):
