@@ -28,6 +28,7 @@ from belated._futures import (
     Future,
     Persisted,
     Raised,
+    Settled,
     finished,
     futures_in,
     gather,
@@ -285,6 +286,9 @@ class Client:
         # results under one key would otherwise disagree with the value a task taking either receives.
         self._held = {}
         self._scaling = threading.Lock()
+        # What persists made on the local cluster stand for, whose results a scale moves to the
+        # new workers.
+        self._persisted = weakref.WeakSet()
         self._adaptive = None
         self._local_cluster = None
         if dashboard_address:
@@ -593,7 +597,10 @@ class Client:
             persisting(futures[0]._batch)
             for i, future in zip(pending, futures, strict=True):
                 _, (key, length) = items[i].__dask_postpersist__()
-                persisted[i] = delayed(Persisted(future, items[i]), nout=length, pure=True)(dask_key_name=key)
+                stands_for = Persisted(future, items[i])
+                if self._cluster is not None:
+                    self._persisted.add(stands_for)
+                persisted[i] = delayed(stands_for, nout=length, pure=True)(dask_key_name=key)
         return persisted if many else persisted[0]
 
     def _on_distributed(self, collections, traverse, sync):
@@ -902,11 +909,37 @@ class Client:
             return self._distributed_client.cluster.scale(n)
         self.cluster.scale(n)
 
-    def _replace_cluster(self, n_workers):
-        old, self._cluster = self._cluster, self._start_cluster(n_workers)
+    def _replace_cluster(self, n_workers, move=False):
+        new = self._start_cluster(n_workers)
+        if move:
+            self._move_persisted(new)
+        old, self._cluster = self._cluster, new
         # Computations still running on the old workers hold their own reference to them: they finish
         # there, and the old workers stop when the last of them does.
         del old
+
+    def _move_persisted(self, cluster):
+        """Moves the results finished persists keep in the workers being replaced to ``cluster``'s,
+        so that none is computed again, as distributed's retire_workers moves a retiring worker's
+        results to the workers that stay. They travel through this process, all in one computation.
+        A persist still running keeps its result in its old worker, which stops once it is done:
+        its result is then computed again from its task where it is used."""
+        with self._lock:
+            persisted = [item for item in self._persisted if item.kept() is not None]
+        values, moving = [], []
+        for item in persisted:
+            try:
+                values.append(item.kept().fetch())
+            except _belated.WorkerLostError:
+                continue  # computed again from its task where it is used
+            moving.append(item)
+        if not moving:
+            return
+        calls = tuple(_belated.delayed(Settled(value, None), pure=False)() for value in values)
+        token = _belated.CancelToken()
+        kept = _belated.compute(calls, "threads", None, False, (), None, False, 1, cluster, token, keep=True)
+        for item, result in zip(moving, kept, strict=True):
+            item.kept_result = result
 
     def _cancel_pending(self):
         with self._lock:
@@ -1133,7 +1166,7 @@ class LocalCluster:
             return
         with client._scaling:
             if n != client._cluster.n_workers:
-                client._replace_cluster(n)
+                client._replace_cluster(n, move=True)
 
     def adapt(self, minimum=1, maximum=None, interval=0.5):
         """Scales between ``minimum`` and ``maximum`` workers (default: one per core) with the work: up

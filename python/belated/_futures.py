@@ -235,7 +235,7 @@ class Persisted:
     elsewhere fetches it. A result lost with its worker is computed again from ``source``, the
     ``Delayed`` that was persisted (its lineage). Sent to a worker process as the result itself."""
 
-    __slots__ = ("__name__", "client", "future", "kept_result", "key", "source")
+    __slots__ = ("__name__", "__weakref__", "client", "future", "kept_result", "key", "source")
 
     def __init__(self, future, source=None):
         self.future, self.source, self.key, self.client = future, source, future.key, future.client
@@ -292,9 +292,14 @@ class Persisted:
             result = future.result()
         if type(result) is not _belated.Kept:
             return (Settled, (result, None))
-        if result.lost and self.source is not None:
-            return (Lineage, (self.source,))
-        return (Settled, (result.fetch(), None))
+        if not result.lost or self.source is None:
+            try:
+                return (Settled, (result.fetch(), None))
+            except _belated.WorkerLostError:
+                # Its workers stopped (a scale while its persist ran): lost all the same.
+                if self.source is None:
+                    raise
+        return (Lineage, (self.source,))
 
 
 class Settled:
