@@ -80,6 +80,26 @@ def test_persist_returns_while_its_task_is_held_at_a_gate(local_cluster, tmp_pat
     assert local_cluster.compute(belated.delayed(square)(persisted)).result(timeout=60) == 625
 
 
+def test_a_computation_starts_while_an_earlier_persist_runs_and_only_what_needs_it_waits(
+    any_client, tmp_path
+):
+    delayed = delayed_of(any_client)
+    gate = tmp_path / "gate"
+    persisted = any_client.persist(delayed(gated_square)(6, str(gate)))
+    try:
+        # The persist's task holds a thread until the gate opens, which happens only below.
+        alone = any_client.compute(delayed(square)(7))
+        assert alone.result(timeout=60) == 49
+        assert delayed(square)(9).compute(scheduler=any_client) == 81
+        independent, dependent = any_client.compute([delayed(square)(8), delayed(square)(persisted)])
+        assert independent.result(timeout=60) == 64
+        assert not dependent.done()
+        assert not gate.exists()
+    finally:
+        gate.touch()
+    assert dependent.result(timeout=60) == 36 * 36
+
+
 def test_a_persisted_result_does_not_come_back_to_the_caller():
     # A lock cannot be pickled: it can only be used where it was made (one worker: no transfer).
     with belated.Client(

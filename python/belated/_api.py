@@ -123,7 +123,7 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
         # by one for less than fusing costs dask, as in belated.get.
         fuse = cluster is not None or scheduler == "processes"
         # A Client's persisted objects stand for results that may still be on their way.
-        _futures.wait_for_persists()
+        _futures.wait_for_persists(args, traverse)
         if persist and any(_is_foreign(arg) for arg in args):
 
             def run(tasks, rest):

@@ -28,11 +28,15 @@ from belated._futures import (
     Future,
     Persisted,
     Raised,
+    Settled,
     finished,
     futures_in,
     gather,
+    graphs_of,
+    in_task,
     is_cancelled,
     persisting,
+    persists_needed,
     persists_started,
     replace_futures,
     task_client,
@@ -297,6 +301,9 @@ class Client:
         # results under one key would otherwise disagree with the value a task taking either receives.
         self._held = {}
         self._scaling = threading.Lock()
+        # What persists made on the local cluster stand for, whose results a scale moves to the
+        # new workers.
+        self._persisted = weakref.WeakSet()
         self._adaptive = None
         self._local_cluster = None
         if dashboard_address:
@@ -369,7 +376,7 @@ class Client:
         items = tuple(collections) if many else (collections,)
         # What is not one task (a dict or list holding some) gets a key of its own, as in distributed.
         keys = [getattr(item, "key", None) or f"{type(item).__name__}-{uuid.uuid4()}" for item in items]
-        futures = self._start(lambda: items, keys, traverse, retries)
+        futures = self._start_apart(items, keys, traverse, retries)
         if sync:
             return self.gather(futures if many else futures[0])
         return futures if many else futures[0]
@@ -588,7 +595,10 @@ class Client:
             persisting(futures[0]._batch)
             for i, future in zip(pending, futures, strict=True):
                 _, (key, length) = items[i].__dask_postpersist__()
-                persisted[i] = delayed(Persisted(future, items[i]), nout=length, pure=True)(dask_key_name=key)
+                stands_for = Persisted(future, items[i])
+                if self._cluster is not None:
+                    self._persisted.add(stands_for)
+                persisted[i] = delayed(stands_for, nout=length, pure=True)(dask_key_name=key)
         return persisted if many else persisted[0]
 
     def _on_distributed(self, collections, traverse, sync):
@@ -646,6 +656,34 @@ class Client:
         if self._closed:
             raise _belated.BelatedError("this Client is closed; start a new one")
 
+    def _start_apart(self, items, keys, traverse, retries):
+        """Futures of ``items``, as :meth:`_start` gives them, except that while persists run, the
+        items that need none of them start at once, in a computation of their own, and the others
+        wait for the persists they need (distributed holds back only the tasks that need a persisted
+        key still running). Items sharing a task stay in one computation: two would run it twice."""
+        earlier = [] if in_task() else persists_started()
+        if len(items) > 1 and earlier:
+            graphs = [graphs_of((item,), traverse) for item in items]
+            waits = [bool(persists_needed(item_graphs, earlier)) for item_graphs in graphs]
+            free = [i for i, waiting in enumerate(waits) if not waiting]
+            held = [i for i, waiting in enumerate(waits) if waiting]
+            free_keys = {key for i in free for graph in graphs[i] for key in graph}
+            shared = any(key in free_keys for i in held for graph in graphs[i] for key in graph)
+            if free and held and not shared:
+                futures = [None] * len(items)
+                for group in (free, held):
+                    group_items = tuple(items[i] for i in group)
+                    started = self._start(
+                        lambda group_items=group_items: group_items,
+                        [keys[i] for i in group],
+                        traverse,
+                        retries,
+                    )
+                    for i, future in zip(group, started, strict=True):
+                        futures[i] = future
+                return futures
+        return self._start(lambda: items, keys, traverse, retries)
+
     def _start(self, build, keys, traverse, retries, after=(), keep=False):
         """Futures of the items ``build()`` returns, computed in the background once the futures
         ``after`` are done. With ``keep``, results stay in the workers: each future's result is a
@@ -667,8 +705,10 @@ class Client:
         earlier_persists = [] if nested else persists_started()
 
         def run():
-            wait_for_persists(earlier_persists)
             items = build()
+            # Only the persists this computation takes results of: the others have nothing to do
+            # with it, and it starts while they run.
+            wait_for_persists(items, traverse, earlier_persists)
             # Each future settles on its own, as in distributed: as soon as its task ends (each_done),
             # and a failed task fails only the futures that need it while the others' tasks still run.
             return _belated.compute(
@@ -862,16 +902,42 @@ class Client:
         return self._answer(None)
 
     def scale(self, n):
-        """Runs on ``n`` worker processes from now on; see :meth:`LocalCluster.scale`."""
+        """Runs on ``n`` workers from now on; see :meth:`LocalCluster.scale`."""
         if self._distributed_client is not None:
             return self._distributed_client.cluster.scale(n)
         self.cluster.scale(n)
 
-    def _replace_cluster(self, n_workers):
-        old, self._cluster = self._cluster, self._start_cluster(n_workers)
+    def _replace_cluster(self, n_workers, move=False):
+        new = self._start_cluster(n_workers)
+        if move:
+            self._move_persisted(new)
+        old, self._cluster = self._cluster, new
         # Computations still running on the old workers hold their own reference to them: they finish
         # there, and the old workers stop when the last of them does.
         del old
+
+    def _move_persisted(self, cluster):
+        """Moves the results finished persists keep in the workers being replaced to ``cluster``'s,
+        so that none is computed again, as distributed's retire_workers moves a retiring worker's
+        results to the workers that stay. They travel through this process, all in one computation.
+        A persist still running keeps its result in its old worker, which stops once it is done:
+        its result is then computed again from its task where it is used."""
+        with self._lock:
+            persisted = [item for item in self._persisted if item.kept() is not None]
+        values, moving = [], []
+        for item in persisted:
+            try:
+                values.append(item.kept().fetch())
+            except _belated.WorkerLostError:
+                continue  # computed again from its task where it is used
+            moving.append(item)
+        if not moving:
+            return
+        calls = tuple(_belated.delayed(Settled(value, None), pure=False)() for value in values)
+        token = _belated.CancelToken()
+        kept = _belated.compute(calls, "threads", None, False, (), None, False, 1, cluster, token, keep=True)
+        for item, result in zip(moving, kept, strict=True):
+            item.kept_result = result
 
     def _cancel_pending(self):
         with self._lock:
@@ -1061,7 +1127,9 @@ class LocalCluster:
     Scaling starts the new number of workers and sends new computations to them; computations already
     running finish on the old workers, which stop once they have. Results of finished futures live in
     this process, so none is lost; results kept in the old workers for running computations go with
-    them when those end."""
+    them when those end. On a ``processes=False`` client, scaling sets how many threads (``n`` times
+    ``threads_per_worker``) computations started from then on run on, as distributed's in-process
+    workers add threads; those already running keep theirs."""
 
     def __init__(self, client):
         self._client = client
@@ -1083,23 +1151,28 @@ class LocalCluster:
         }
 
     def scale(self, n=None, *, cores=None, memory=None):
-        """Runs on ``n`` worker processes from now on (at least 1)."""
+        """Runs on ``n`` workers from now on (at least 1)."""
         if cores is not None or memory is not None:
             raise TypeError("scale() takes a number of workers; cores= and memory= are not supported")
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"scale() needs a number of workers of at least 1, got {n!r}")
         client = self._client
-        client._local()
         client._check_open()
+        if client._cluster is None:
+            with client._scaling:
+                client._threads = n * client._threads_per_worker
+            return
         with client._scaling:
             if n != client._cluster.n_workers:
-                client._replace_cluster(n)
+                client._replace_cluster(n, move=True)
 
     def adapt(self, minimum=1, maximum=None, interval=0.5):
         """Scales between ``minimum`` and ``maximum`` workers (default: one per core) with the work: up
         while tasks wait for threads, down to ``minimum`` once nothing runs. Returns the policy; its
         ``stop()`` ends it."""
         client = self._client
+        # In this process, threads added would serve only computations started later: not the
+        # queued work adapt scales for.
         client._local()
         maximum = maximum if maximum is not None else max(minimum, os.cpu_count() or 1)
         if not (isinstance(minimum, int) and isinstance(maximum, int) and 1 <= minimum <= maximum):

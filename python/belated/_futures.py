@@ -187,14 +187,51 @@ def in_task():
     return _belated.on_pool_thread() or getattr(task_client, "client", None) is not None
 
 
-def wait_for_persists(batches=None):
-    """Waits until ``batches`` (by default every persist not yet done) are done, failed or not. A task
-    does not wait: the persist may be its own computation."""
+def graphs_of(items, traverse):
+    """The task graphs (``{key: task}``) of the collections among ``items``, looking inside lists,
+    tuples, sets and dicts when ``traverse``, as a computation of them does."""
+    graphs = []
+    stack = list(items)
+    while stack:
+        item = stack.pop()
+        if hasattr(item, "__dask_graph__") and not isinstance(item, type):
+            graph = item.__dask_graph__()
+            if graph is not None:
+                graphs.append(graph)
+        elif traverse and type(item) in (list, tuple, set, frozenset):
+            stack.extend(item)
+        elif traverse and type(item) is dict:
+            stack.extend(item.values())
+    return graphs
+
+
+def persists_needed(graphs, batches):
+    """The persists among ``batches`` not yet done whose results a task of ``graphs`` takes (a
+    :class:`Persisted` task): a computation waits for those alone, as distributed's tasks wait for
+    the keys they need rather than for every persist started before them."""
+    pending = {batch for batch in batches if not batch.done()}
+    needed = set()
+    if not pending:
+        return needed
+    for graph in graphs:
+        for task in graph.values():
+            if type(task) is tuple and task and type(task[0]) is Persisted:
+                future = task[0].future
+                if future is not None and future._batch in pending:
+                    needed.add(future._batch)
+    return needed
+
+
+def wait_for_persists(items, traverse, batches=None):
+    """Waits until the persists among ``batches`` (by default every one not yet done) that tasks of
+    ``items`` take results of are done, failed or not. A task does not wait: the persist may be its
+    own computation."""
     if in_task():
         return
     batches = persists_started() if batches is None else batches
-    if batches:
-        concurrent.futures.wait(batches)
+    needed = persists_needed(graphs_of(items, traverse), batches) if batches else ()
+    if needed:
+        concurrent.futures.wait(needed)
 
 
 class Persisted:
@@ -204,7 +241,7 @@ class Persisted:
     elsewhere fetches it. A result lost with its worker is computed again from ``source``, the
     ``Delayed`` that was persisted (its lineage). Sent to a worker process as the result itself."""
 
-    __slots__ = ("__name__", "client", "future", "kept_result", "key", "source")
+    __slots__ = ("__name__", "__weakref__", "client", "future", "kept_result", "key", "source")
 
     def __init__(self, future, source=None):
         self.future, self.source, self.key, self.client = future, source, future.key, future.client
@@ -261,9 +298,14 @@ class Persisted:
             result = future.result()
         if type(result) is not _belated.Kept:
             return (Settled, (result, None))
-        if result.lost and self.source is not None:
-            return (Lineage, (self.source,))
-        return (Settled, (result.fetch(), None))
+        if not result.lost or self.source is None:
+            try:
+                return (Settled, (result.fetch(), None))
+            except _belated.WorkerLostError:
+                # Its workers stopped (a scale while its persist ran): lost all the same.
+                if self.source is None:
+                    raise
+        return (Lineage, (self.source,))
 
 
 class Settled:
