@@ -437,15 +437,13 @@ def test_scatter_refuses_unpicklable_data_before_anything_runs(local_cluster, in
     assert in_process.submit(type, in_process.scatter(lock)).result(timeout=30) is type(lock)
 
 
-def test_a_scattered_value_goes_to_the_workers_once_per_computation_not_with_every_call(local_cluster):
+def test_a_scattered_value_goes_to_a_worker_with_the_scatter_and_never_with_a_call(local_cluster):
     array = np.arange(200_000, dtype=np.float64)  # well over the size sent once
     [scattered] = local_cluster.scatter([array])
     before = local_cluster.cluster_stats()["uploaded"]
     futures = local_cluster.map(np.sum, [scattered] * 40, pure=False)
     assert local_cluster.gather(futures) == [array.sum()] * 40
-    uploaded = local_cluster.cluster_stats()["uploaded"] - before
-    # At most once per worker thread (two threads of a worker may each send it before either is done).
-    assert 1 <= uploaded <= 4, f"sent {uploaded} times for 40 calls"
+    assert local_cluster.cluster_stats()["uploaded"] == before, "it is in the workers already"
 
 
 def test_a_future_inside_a_delayed_argument_is_refused_clearly(local_cluster):

@@ -319,3 +319,35 @@ def make_lock():
 
 def type_name(x):
     return type(x).__name__
+
+
+def _arrived(payload, home, flag):
+    """Rebuilds a :class:`Parcel` where it arrives, counting the arrival in that process."""
+    Parcel.arrivals += 1
+    return Parcel(payload, home, flag)
+
+
+class Parcel:
+    """A value that counts how often it arrives in a process (is unpickled there), and when one that
+    arrived elsewhere than ``home`` (the pid that made it) is freed, creates the file ``flag``."""
+
+    arrivals = 0
+
+    def __init__(self, payload, home=None, flag=None):
+        self.payload, self.home, self.flag = payload, home or os.getpid(), flag
+
+    def __reduce__(self):
+        return (_arrived, (self.payload, self.home, self.flag))
+
+    def __del__(self):
+        if self.flag is not None and os.getpid() != self.home:
+            open(self.flag, "w").close()
+
+
+def arrivals(dask_worker=None):
+    """How many parcels arrived in the worker this runs in."""
+    return Parcel.arrivals
+
+
+def payload_of(parcel):
+    return parcel.payload

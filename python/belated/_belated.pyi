@@ -277,11 +277,12 @@ class Cluster:
 
 @final
 class Kept:
-    """A result a Client's persist left in a worker process."""
+    """A result a Client's persist or scatter left in a worker process."""
 
     def fetch(self) -> Any: ...
     lost: bool
     worker: int | None
+    workers: list[int]
 
 @final
 class ComputeState:

@@ -28,6 +28,7 @@ from belated._futures import (
     Future,
     Persisted,
     Raised,
+    Scattered,
     Settled,
     finished,
     futures_in,
@@ -119,6 +120,24 @@ def _hold(collections, futures):
     if type(collections) in (list, tuple):
         return type(collections)(_hold(c, f) for c, f in zip(collections, futures, strict=True))
     return futures
+
+
+_SEQUENCES = (list, tuple, set, frozenset)
+
+
+def _scatter_key(value, hashed):
+    """distributed's key of a scattered value: its type's name and its token, or a random one."""
+    prefix = type(value).__name__
+    return f"{prefix}-{tokenize(value)}" if hashed else f"{prefix}-{uuid.uuid4().hex}"
+
+
+def _holders(future):
+    """The workers (by index) holding ``future``'s value: none unless it is kept in one."""
+    cell = future._cell
+    if not cell.done() or cell.cancelled() or cell.exception() is not None:
+        return []
+    result = cell.result()
+    return result.workers if type(result) is _belated.Kept else []
 
 
 # distributed's scheduling keywords of submit and map, the client's and never the function's: why
@@ -501,23 +520,42 @@ class Client:
         in_task = getattr(task_client, "client", None) is not None
         return func if self._cluster is not None and not in_task else OnClient(func, self)
 
-    def scatter(self, data, *, broadcast=False, hash=True, **kwargs):
-        """Futures of values built here (one for a value, a list for a list, a dict for a dict), to pass
-        to ``submit`` and ``map``: a task that takes one gets the value without it travelling with the
-        call; every task of a computation shares one copy, sent to a worker once. A value that cannot
-        be sent to a worker process is refused here, before anything runs."""
+    def scatter(self, data, *, broadcast=False, hash=True, direct=None, **kwargs):
+        """Futures of values built here (one for a value, a list for a list, a dict for a dict: its keys
+        are the futures' keys), to pass to ``submit`` and ``map``. As in distributed, on a
+        local cluster of processes each value goes to a worker once and stays there: every later task
+        that takes it uses it where it is (a task placed on another worker fetches it from that worker,
+        which keeps its copy), ``result()`` fetches it, and dropping the last future releases it in the
+        workers at once. A value whose worker died is gone, as in distributed: its futures raise
+        ``CancelledError``. With ``hash=True`` equal values share a key, and a value already scattered
+        is not sent again. ``broadcast=True`` is accepted: the copies are made as the workers first
+        need the value, not ahead. ``direct`` changes nothing on a local cluster. A value that cannot be
+        sent to a worker process is refused here, before anything runs."""
         if self._distributed_client is not None:
-            return self._distributed_client.scatter(data, broadcast=broadcast, hash=hash, **kwargs)
+            return self._distributed_client.scatter(
+                data, broadcast=broadcast, hash=hash, direct=direct, **kwargs
+            )
         self._check_open()
-        if type(data) in (list, tuple, set, frozenset):
-            futures = type(data)(self._scatter_one(value, hash) for value in data)
-        elif type(data) is dict:
-            futures = {key: self._scatter_one(value, hash, key) for key, value in data.items()}
+        values = (
+            list(data.values()) if type(data) is dict else list(data) if type(data) in _SEQUENCES else [data]
+        )
+        for value in values:
+            self._check_picklable(value)
+        keys = (
+            [str(key) for key in data]
+            if type(data) is dict
+            else [_scatter_key(value, hash) for value in values]
+        )
+        futures = self._scatter(keys, values)
+        if type(data) is dict:
+            futures = dict(zip(data, futures, strict=True))
+        elif type(data) in _SEQUENCES:
+            futures = type(data)(futures)
         else:
-            futures = self._scatter_one(data, hash)
+            [futures] = futures
         return _done_awaitable(futures) if self.asynchronous else futures
 
-    def _scatter_one(self, value, hashed, key=None):
+    def _check_picklable(self, value):
         if self._cluster is not None:
             try:
                 cloudpickle.dumps(value, protocol=5)
@@ -526,17 +564,38 @@ class Client:
                     f"cannot scatter {type(value).__name__} to worker processes: it cannot be pickled "
                     f"({type(error).__name__}: {error}); make it picklable, or use Client(processes=False)"
                 ) from error
-        if key is None:
-            prefix = type(value).__name__
-            key = f"{prefix}-{tokenize(value)}" if hashed else f"{prefix}-{uuid.uuid4().hex}"
-        key = str(key)
+
+    def _scatter(self, keys, values):
         with self._lock:
-            held = self._held_future(key)
-            if held is not None:
-                return held
-            future = Future(finished([value]), 0, key, self)
-            self._hold_keys(future._computation, [key])
-        return future
+            held = [self._held_future(key) for key in keys]
+        missing = [i for i, future in enumerate(held) if future is None]
+        if not missing:
+            return held
+        if self._cluster is None:
+            made = [Future(finished([values[i]]), 0, keys[i], self) for i in missing]
+            for future in made:
+                with self._lock:
+                    self._hold_keys(future._computation, [future.key])
+        else:
+            from belated import delayed
+
+            # Each value travels inside its task's call, once, and its worker keeps it as that task's
+            # result: a persist of the values.
+            tasks = tuple(delayed(Scattered(values[i], keys[i]))(dask_key_name=keys[i]) for i in missing)
+            made = self._start(lambda: tasks, [keys[i] for i in missing], False, 0, keep=True)
+            with self._lock:
+                # Unlike a persist's, these futures are the user's: a later scatter or submit under
+                # one of their keys gets a future of the same kept value.
+                self._hold_keys(made[0]._computation, [future.key for future in made])
+            # Returns once the values are in the workers, as distributed's does; a failed upload
+            # raises here.
+            for future in made:
+                error = future.exception()
+                if error is not None:
+                    raise error
+        for i, future in zip(missing, made, strict=True):
+            held[i] = future
+        return held
 
     def _held_future(self, key):
         """A new future of the result a live, uncancelled future of this client holds under ``key``."""
@@ -569,10 +628,10 @@ class Client:
 
         On a local cluster of processes the results stay in the workers that computed them: a later
         computation uses each where it is, computing a persisted object alone fetches only its own
-        result, and dropping the last object holding one releases it in the workers (with their next
-        request). One lost with its worker is computed again from the original task. On Dask
-        distributed they stay in the cluster, as distributed Futures the new objects hold. Other dask
-        collections are persisted before this returns.
+        result, and dropping the last object holding one releases it in the workers at once. One
+        lost with its worker is computed again from the original task. On Dask distributed they stay
+        in the cluster, as distributed Futures the new objects hold. Other dask collections are
+        persisted before this returns.
         """
         if self._distributed_client is not None:
             futures = self._on_distributed(collections, traverse, sync=False)
@@ -805,6 +864,40 @@ class Client:
             return [(f"inproc://{os.getpid()}", os.getpid(), self._threads)]
         cluster = self._cluster
         return [(f"local://{pid}", pid, cluster.threads_per_worker) for pid in cluster.pids]
+
+    def who_has(self, futures=None):
+        """``{key: (worker address, ...)}``: the workers holding the value of each of ``futures`` (a
+        Future, or lists, tuples and dicts of them; by default every future this client holds), as
+        distributed's. A result that came back to this process, as a submit's or map's does here (and
+        every result of a ``processes=False`` client), is in no worker: ``()``."""
+        if self._distributed_client is not None:
+            return self._distributed_client.who_has(futures)
+        return self._answer(self._who_has(futures))
+
+    def _who_has(self, futures):
+        addresses = [address for address, _, _ in self._workers()]
+        if futures is None:
+            with self._lock:
+                held = [self._held_future(key) for key in list(self._held)]
+            found = [future for future in held if future is not None]
+        else:
+            found = futures_in(futures)
+        return {future.key: tuple(addresses[w] for w in _holders(future)) for future in found}
+
+    def has_what(self, workers=None):
+        """``{worker address: (key, ...)}``: the keys of the futures this client holds whose values each
+        worker holds (``workers``: only those addresses), as distributed's."""
+        if self._distributed_client is not None:
+            return self._distributed_client.has_what(workers)
+        addresses = [address for address, _, _ in self._workers()]
+        if workers is not None:
+            addresses = [address for address in addresses if address in set(workers)]
+        answer = {address: [] for address in addresses}
+        for key, holders in self._who_has(None).items():
+            for address in holders:
+                if address in answer:
+                    answer[address].append(key)
+        return self._answer({address: tuple(keys) for address, keys in answer.items()})
 
     def nthreads(self):
         """``{worker address: threads}``."""

@@ -126,11 +126,17 @@ def _fail(cell, error):
 
 
 def is_cancelled(cell):
-    """Whether ``cell`` was cancelled alone, or its computation was (a restart, a closed client)."""
+    """Whether ``cell`` was cancelled alone, or its computation was (a restart, a closed client), or
+    its value was lost with the worker keeping it (scattered data: distributed cancels its futures)."""
     if cell.cancelled():
         return True
-    cancellations = (_belated.CancelledError, concurrent.futures.CancelledError)
-    return cell.done() and isinstance(cell.exception(), cancellations)
+    if not cell.done():
+        return False
+    error = cell.exception()
+    if error is not None:
+        return isinstance(error, (_belated.CancelledError, concurrent.futures.CancelledError))
+    result = cell.result()
+    return type(result) is _belated.Kept and result.lost
 
 
 class EachDone:
@@ -298,14 +304,41 @@ class Persisted:
             result = future.result()
         if type(result) is not _belated.Kept:
             return (Settled, (result, None))
-        if not result.lost or self.source is None:
-            try:
-                return (Settled, (result.fetch(), None))
-            except _belated.WorkerLostError:
-                # Its workers stopped (a scale while its persist ran): lost all the same.
-                if self.source is None:
-                    raise
-        return (Lineage, (self.source,))
+        if result.lost:
+            if self.source is None:
+                return (Settled, (None, _lost(self.key)))
+            return (Lineage, (self.source,))
+        try:
+            return (Settled, (result.fetch(), None))
+        except _belated.WorkerLostError:
+            # Its workers stopped (a scale while its persist ran): lost all the same.
+            if self.source is None:
+                return (Settled, (None, _lost(self.key)))
+            return (Lineage, (self.source,))
+
+
+class Scattered:
+    """The function of a scattered value's task: the value itself, which travels inside the call to
+    the worker that keeps it as the task's result."""
+
+    __slots__ = ("__name__", "key", "value")
+
+    def __init__(self, value, key):
+        self.value, self.key = value, key
+        self.__name__ = "scatter"
+
+    def __call__(self):
+        return self.value
+
+    def __dask_tokenize__(self):
+        return ("scattered", self.key)
+
+
+def _lost(key):
+    return _belated.CancelledError(
+        f"{key} was lost with the worker that held it: scattered data cannot be computed again "
+        "(distributed too cancels its futures); scatter it again"
+    )
 
 
 class Settled:
@@ -430,9 +463,18 @@ class Future:
         if self._index in self._computation.cancelled:
             raise _belated.CancelledError(f"future {self.key} was cancelled")
         try:
-            return _waited(self._cell, timeout).result(timeout)
+            result = _waited(self._cell, timeout).result(timeout)
         except concurrent.futures.CancelledError:
+            if not self._cell.cancelled():  # the task's own failure, raised as it is
+                raise
             raise _belated.CancelledError(f"future {self.key} was cancelled") from None
+        if type(result) is not _belated.Kept:
+            return result
+        # A scattered value stays in its worker: each result() fetches it from there, as distributed's.
+        try:
+            return result.fetch()
+        except _belated.WorkerLostError:
+            raise _lost(self.key) from None
 
     def done(self):
         return self._cell.done() or self.client._closed
@@ -492,7 +534,19 @@ class Future:
         """The result as a Delayed holding it under this future's key: one node per future, so every
         task of a computation that takes it shares one copy (sent once to a worker, not per call)."""
         if self._value is None:
-            self._value = _belated.delayed(self.result(), name=self.key, traverse=False)
+            cell = self._cell
+            if (
+                cell.done()
+                and not cell.cancelled()
+                and cell.exception() is None
+                and type(cell.result()) is _belated.Kept
+            ):
+                from belated import delayed
+
+                # Used where a worker keeps it, never fetched here for that.
+                self._value = delayed(Persisted(self), pure=True)(dask_key_name=self.key)
+            else:
+                self._value = _belated.delayed(self.result(), name=self.key, traverse=False)
         return self._value
 
     def __repr__(self):

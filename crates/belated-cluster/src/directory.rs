@@ -4,16 +4,17 @@
 //!
 //! Invariants:
 //! - A value kept by a worker is [`Kept`]; the last handle dropping queues its id for release by its
-//!   worker (sent with that worker's next request), unless the worker was replaced since (the value
-//!   went with it) or the directory is closed.
+//!   worker (sent with that worker's next request, or at once by a cluster that releases promptly),
+//!   unless the worker was replaced since (the value went with it) or the directory is closed.
 //! - Copies other workers received hang off the original and are released with it.
 //! - A task's input is found ([`Held::source`]) in its own worker first, then here in the parent,
 //!   then in another live worker; otherwise it is [`Source::Lost`] and must be recomputed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 /// The ids and generations of one cluster's workers.
 #[derive(Debug)]
@@ -24,6 +25,9 @@ pub struct Directory {
     releases: Vec<Mutex<Vec<u64>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
+    /// Whether a release was queued since [`Self::wait_for_releases`] last returned, and its wakeup.
+    queued: Mutex<bool>,
+    wakeup: Condvar,
 }
 
 impl Directory {
@@ -33,6 +37,8 @@ impl Directory {
             releases: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             next_id: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            queued: Mutex::new(false),
+            wakeup: Condvar::new(),
         }
     }
 
@@ -72,6 +78,23 @@ impl Directory {
     /// Stops queueing releases: the workers are going away.
     pub fn close(&self) {
         self.closed.store(true, SeqCst);
+        let _queued = self.queued.lock();
+        self.wakeup.notify_all();
+    }
+
+    /// Waits up to `timeout` until a release is queued or the directory is closed; whether one was.
+    pub fn wait_for_releases(&self, timeout: Duration) -> bool {
+        let mut queued = self.queued.lock();
+        if !*queued && !self.is_closed() {
+            self.wakeup.wait_for(&mut queued, timeout);
+        }
+        std::mem::take(&mut *queued)
+    }
+
+    fn queue_release(&self, worker: usize, id: u64) {
+        self.releases[worker].lock().push(id);
+        *self.queued.lock() = true;
+        self.wakeup.notify_all();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -120,7 +143,7 @@ impl Drop for Kept {
     fn drop(&mut self) {
         let directory = &self.directory;
         if directory.alive(self) && !directory.is_closed() {
-            directory.releases[self.worker].lock().push(self.id);
+            directory.queue_release(self.worker, self.id);
         }
     }
 }
@@ -187,6 +210,21 @@ impl<V: Clone> Held<V> {
             .chain(copies.iter())
             .find(|copy| directory.alive(copy))
             .cloned()
+    }
+
+    /// The workers holding a live copy of this value, the original's first.
+    pub fn holders(&self, directory: &Directory) -> Vec<usize> {
+        let Some(remote) = &self.remote else {
+            return Vec::new();
+        };
+        let copies = remote.copies.lock();
+        let mut holders: Vec<usize> = Vec::new();
+        for copy in std::iter::once(remote).chain(copies.iter()) {
+            if directory.alive(copy) && !holders.contains(&copy.worker) {
+                holders.push(copy.worker);
+            }
+        }
+        holders
     }
 
     /// Whether this value is nowhere any more: not here, and its workers were replaced.
@@ -266,7 +304,9 @@ mod tests {
             ..held.clone()
         };
         assert_eq!(described(returned.source(&directory, 2)), "here value");
+        assert_eq!(held.holders(&directory), [0, 1]);
         directory.replaced(0);
+        assert_eq!(held.holders(&directory), [1], "only live copies hold it");
         assert_eq!(
             described(held.source(&directory, 2)),
             "fetch 1 from 1",
@@ -315,6 +355,27 @@ mod tests {
         assert!(
             directory.take_releases(0).is_empty(),
             "taken releases are sent once"
+        );
+    }
+
+    #[test]
+    fn a_waiter_learns_of_a_queued_release_once() {
+        let directory = Arc::new(Directory::new(1));
+        let copy = kept(&directory, 0, 8);
+        let waiter = {
+            let directory = Arc::clone(&directory);
+            std::thread::spawn(move || directory.wait_for_releases(Duration::from_secs(60)))
+        };
+        drop(copy);
+        assert!(waiter.join().unwrap(), "woken by the release");
+        assert!(
+            !directory.wait_for_releases(Duration::ZERO),
+            "a release is announced once"
+        );
+        directory.close();
+        assert!(
+            !directory.wait_for_releases(Duration::from_secs(60)),
+            "closed: no wait"
         );
     }
 

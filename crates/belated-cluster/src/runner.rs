@@ -14,7 +14,8 @@
 //!   ([`Sent::frames`]): its large buffers are shared-memory segments, which every worker that
 //!   needs it maps rather than receiving a copy.
 //! - A released result is forgotten by its workers with the next request they receive
-//!   ([`Cluster::flush_releases`] sends those left at the end of a computation).
+//!   ([`Cluster::flush_releases`] sends those left at the end of a computation), or at once on a
+//!   cluster that [releases promptly](Cluster::release_promptly), as distributed's scheduler does.
 //! - A worker that dies is replaced. The task it was running is reported lost
 //!   (`belated_core::InputsLost`, naming the inputs that died with the worker), and the engine's
 //!   schedule runs it again as any task (observers, [`Codec::before`] and [`Codec::after`], deadlines and cancel see each
@@ -234,8 +235,17 @@ impl<T: Transport> Cluster<T> {
     /// The frames of `held`'s value as a fetch of it from a worker keeping it returns them (a list
     /// of one value); [`Error::Lost`] if every worker that held it was replaced.
     pub fn fetch_kept<V: Clone>(&self, held: &Held<V>) -> Result<Vec<Frame>, Error> {
-        let copy = held.kept_copy(self.directory()).ok_or(Error::Lost)?;
-        self.fetch(copy.worker, copy.generation, &[copy.id])
+        while let Some(copy) = held.kept_copy(self.directory()) {
+            match self.fetch(copy.worker, copy.generation, &[copy.id]) {
+                // The worker died: replaced, as a computation would, so that the directory counts
+                // what it held as lost; another copy may be left.
+                Err(Error::Lost) => {
+                    self.transport.replace(copy.worker, copy.generation)?;
+                }
+                reply => return reply,
+            }
+        }
+        Err(Error::Lost)
     }
 
     /// Runs the encoded `call` once on every worker, on the connection fetches use, so it waits for
@@ -253,6 +263,29 @@ impl<T: Transport> Cluster<T> {
                     .exchange(worker, generation, self.threads_per_worker, &frames)
             })
             .collect()
+    }
+
+    /// Sends each release to its worker as soon as it is queued, from a thread of its own, so a
+    /// result nobody holds stops taking memory without waiting for another request: what a
+    /// user's cluster does. The thread ends once the cluster is dropped or its directory closed.
+    pub fn release_promptly(self: &Arc<Self>) -> std::io::Result<()> {
+        let cluster = Arc::downgrade(self);
+        let directory = Arc::clone(self.directory());
+        std::thread::Builder::new()
+            .name("belated-releases".into())
+            .spawn(move || {
+                // The timeout only lets the thread notice a cluster dropped without being closed.
+                while !directory.is_closed() {
+                    let queued = directory.wait_for_releases(std::time::Duration::from_secs(1));
+                    let Some(cluster) = cluster.upgrade() else {
+                        return;
+                    };
+                    if queued {
+                        cluster.flush_releases();
+                    }
+                }
+            })
+            .map(drop)
     }
 
     /// Sends every worker the releases waiting for it, so results nobody needs stop taking memory

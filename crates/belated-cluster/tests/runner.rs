@@ -1493,6 +1493,60 @@ fn dropping_the_last_handle_of_a_persisted_result_releases_it_and_its_copies_in_
 }
 
 #[test]
+fn a_cluster_that_releases_promptly_sends_a_release_without_waiting_for_another_request() {
+    let program = persisted_and_two_readers();
+    let mut persist = Harness::persisting(&program, 2, &[0]);
+    persist.run(0, 0).unwrap();
+    let (workers, cluster) = (Arc::clone(&persist.workers), Arc::clone(&persist.cluster));
+    cluster.release_promptly().unwrap();
+    assert_eq!(workers.kept_by(0) + workers.kept_by(1), 1);
+    drop(persist);
+    // Nothing else is asked of the workers: only the release thread can carry it. Polled, with a
+    // timeout that only ends a broken run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while workers.kept_by(0) + workers.kept_by(1) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            workers.events()
+        );
+        std::thread::yield_now();
+    }
+    assert!(
+        workers
+            .events()
+            .iter()
+            .any(|event| matches!(event, Event::Released(_, ids) if !ids.is_empty())),
+        "{:?}",
+        workers.events()
+    );
+}
+
+#[test]
+fn a_fetch_that_finds_the_keeping_worker_dead_replaces_it_and_counts_the_value_lost() {
+    let program = persisted_and_two_readers();
+    let mut persist = Harness::persisting(&program, 2, &[0]);
+    persist.run(0, 0).unwrap();
+    let held = persist.results[0].clone().unwrap();
+    let holder = held.remote.as_ref().unwrap().worker;
+    persist.workers.die(holder, "it crashed");
+    assert!(
+        !held.is_lost(persist.workers.directory()),
+        "nobody noticed yet"
+    );
+    assert!(matches!(
+        persist.cluster.fetch_kept(&held),
+        Err(Error::Lost)
+    ));
+    assert!(held.is_lost(persist.workers.directory()));
+    assert_eq!(
+        persist.workers.directory().generation(holder),
+        1,
+        "replaced"
+    );
+}
+
+#[test]
 fn a_persisted_result_lost_with_its_worker_is_computed_again_from_its_task() {
     let program = persisted_and_two_readers();
     let mut persist = Harness::persisting(&program, 2, &[0]);

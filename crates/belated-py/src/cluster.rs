@@ -200,8 +200,8 @@ pub(crate) fn kept_here(
     Ok(kept)
 }
 
-/// A result a persist left in a worker of a local cluster (or, for a literal, here). Dropping the
-/// last reference releases it in its workers, with their next request.
+/// A result a persist or scatter left in a worker of a local cluster (or, for a literal, here).
+/// Dropping the last reference releases it in its workers at once.
 #[pyclass(module = "belated._belated", frozen)]
 pub(crate) struct Kept {
     held: Held<PyValue>,
@@ -244,6 +244,12 @@ impl Kept {
     #[getter]
     fn worker(&self) -> Option<usize> {
         self.held.remote.as_ref().map(|kept| kept.worker)
+    }
+
+    /// The workers holding a copy of it, the one that made it first (`who_has`).
+    #[getter]
+    fn workers(&self) -> Vec<usize> {
+        self.held.holders(self.shared.processes().directory())
     }
 }
 
@@ -449,10 +455,15 @@ impl Cluster {
         let workers = py
             .detach(|| Workers::start(spec, n_workers, memory_limit))
             .map_err(|error| cluster_error(error, "could not start the cluster"))?;
+        let runtime = Arc::new(belated_cluster::Cluster::new(workers, threads_per_worker));
         let shared = Arc::new(ClusterShared {
             owner: std::process::id(),
-            runtime: Arc::new(belated_cluster::Cluster::new(workers, threads_per_worker)),
+            runtime: Arc::clone(&runtime),
         });
+        runtime.release_promptly().map_err(|e| {
+            shared.close();
+            WorkerStartError::new_err(format!("could not start the cluster's release thread: {e}"))
+        })?;
         let pool = ThreadPool::with_groups(n_workers, threads_per_worker, Arc::new(PythonHost))
             .map_err(|e| {
                 shared.close();
