@@ -665,11 +665,6 @@ def test_dask_callbacks_see_every_task_of_get_on_every_pool(pool, given_as):
 # the batch's reply) while other worker threads idle. On distributed every other call is done meanwhile.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="batching (i12a): a batch's calls wait for a slow call among them; the batch should reply per "
-    "call, and calls not started should go back to the ready queue once their batch overruns its target",
-)
 def test_the_quick_calls_of_a_map_are_done_while_slow_calls_batched_with_them_still_run(
     local_cluster, tmp_path
 ):

@@ -251,7 +251,12 @@ impl Transport for Workers {
             .exchange(connection, frames)
     }
 
-    fn receive(&self, worker: usize, generation: u64, connection: usize) -> Result<Vec<Frame>, Error> {
+    fn receive(
+        &self,
+        worker: usize,
+        generation: u64,
+        connection: usize,
+    ) -> Result<Vec<Frame>, Error> {
         self.worker(worker, generation)
             .ok_or(Error::Lost)?
             .connection(connection)

@@ -74,7 +74,12 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Waits for the next reply on connection `connection` of worker `worker`, if it is still at
     /// `generation`, whose last request is answered in several messages (a [`BATCH`] that overran).
-    fn receive(&self, worker: usize, generation: u64, connection: usize) -> Result<Vec<Frame>, Error>;
+    fn receive(
+        &self,
+        worker: usize,
+        generation: u64,
+        connection: usize,
+    ) -> Result<Vec<Frame>, Error>;
 
     /// Kills worker `worker` if it is still at `generation`, with whatever it runs. Never waits.
     fn kill(&self, worker: usize, generation: u64);
@@ -598,8 +603,8 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         let started = Instant::now();
         let worker = slot / self.cluster.threads_per_worker;
         let connection = slot % self.cluster.threads_per_worker;
-        let mut entries: Vec<Option<(TaskId, Vec<Held<C::Value>>)>> =
-            batch.into_iter().map(Some).collect();
+        // Each task with its inputs until it is settled.
+        let mut entries: Vec<Option<Entry<C::Value>>> = batch.into_iter().map(Some).collect();
         let mut group = Vec::new();
         // (index in the batch, result id, the call's frames)
         let mut calls: Vec<(usize, u64, Vec<Frame>)> = Vec::new();
@@ -615,15 +620,23 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             settled(group);
             return;
         }
-        let task_of = |at: usize, entries: &[Option<(TaskId, _)>]| {
+        let task_of = |at: usize, entries: &[Option<Entry<C::Value>>]| {
             entries[at].as_ref().expect("not settled yet").0
         };
         let generation = self.directory().generation(worker);
-        let tasks: Vec<TaskId> = calls.iter().map(|(at, _, _)| task_of(*at, &entries)).collect();
-        let overrun = u64::try_from(self.batching.overrun(calls.len()).as_micros()).unwrap_or(u64::MAX);
+        let tasks: Vec<TaskId> = calls
+            .iter()
+            .map(|(at, _, _)| task_of(*at, &entries))
+            .collect();
+        let overrun =
+            u64::try_from(self.batching.overrun(calls.len()).as_micros()).unwrap_or(u64::MAX);
         let mut rest = vec![overrun, calls.len() as u64];
         for ((_, result_id, frames), task) in calls.iter_mut().zip(&tasks) {
-            rest.extend([*result_id, u64::from(self.flags[task.index()]), frames.len() as u64]);
+            rest.extend([
+                *result_id,
+                u64::from(self.flags[task.index()]),
+                frames.len() as u64,
+            ]);
         }
         let releases = self.directory().take_releases(worker);
         let mut request = vec![wire::header(BATCH, &releases, &rest).into()];
@@ -657,11 +670,20 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                     };
                     let last = parsed.is_last();
                     next = parsed.first + parsed.replies.len();
-                    for ((at, result_id, _), frames) in calls[parsed.first..].iter().zip(parsed.replies) {
+                    for ((at, result_id, _), frames) in
+                        calls[parsed.first..].iter().zip(parsed.replies)
+                    {
                         let task = task_of(*at, &entries);
                         let flags = self.flags[task.index()];
                         let evaluated = self
-                            .received(&nothing_sent, worker, generation, *result_id, flags, &frames)
+                            .received(
+                                &nothing_sent,
+                                worker,
+                                generation,
+                                *result_id,
+                                flags,
+                                &frames,
+                            )
                             .map_err(Stop::Failed);
                         group.push(hand(&mut entries, *at, self.complete(task, evaluated)));
                     }
@@ -1058,8 +1080,11 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
     }
 }
 
+/// A task of a batch, with its inputs.
+type Entry<V> = (TaskId, Vec<Held<V>>);
+
 /// Entry `at` of a batch, settled with `result`, as [`Settled`] takes it.
-fn hand<V, R>(entries: &mut [Option<(TaskId, Vec<V>)>], at: usize, result: R) -> (TaskId, R, Vec<V>) {
+fn hand<V, R>(entries: &mut [Option<Entry<V>>], at: usize, result: R) -> (TaskId, R, Vec<Held<V>>) {
     let (task, inputs) = entries[at].take().expect("settled once");
     (task, result, inputs)
 }

@@ -468,11 +468,26 @@ mod tests {
         };
         let last = parse(batch_reply_header(1, 3, &[1, 1]), 2, 3, 1).expect("calls 1 and 2");
         assert!(last.is_last());
-        assert!(parse(batch_reply_header(0, 3, &[1, 1]), 2, 3, 1).is_none(), "not the next");
-        assert!(parse(batch_reply_header(0, 4, &[1]), 1, 3, 0).is_none(), "past the batch");
-        assert!(parse(batch_reply_header(0, 1, &[1, 1]), 2, 3, 0).is_none(), "past its end");
-        assert!(parse(batch_reply_header(0, 2, &[1, 1]), 1, 3, 0).is_none(), "frames missing");
-        assert!(parse(0u64.to_le_bytes().to_vec(), 0, 3, 0).is_none(), "the old shape");
+        assert!(
+            parse(batch_reply_header(0, 3, &[1, 1]), 2, 3, 1).is_none(),
+            "not the next"
+        );
+        assert!(
+            parse(batch_reply_header(0, 4, &[1]), 1, 3, 0).is_none(),
+            "past the batch"
+        );
+        assert!(
+            parse(batch_reply_header(0, 1, &[1, 1]), 2, 3, 0).is_none(),
+            "past its end"
+        );
+        assert!(
+            parse(batch_reply_header(0, 2, &[1, 1]), 1, 3, 0).is_none(),
+            "frames missing"
+        );
+        assert!(
+            parse(0u64.to_le_bytes().to_vec(), 0, 3, 0).is_none(),
+            "the old shape"
+        );
     }
 
     #[test]

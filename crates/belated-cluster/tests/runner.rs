@@ -245,7 +245,10 @@ impl FakeWorkers {
         }
         if header[0] == BATCH {
             let calls = rest[1] as usize;
-            assert!(rest[0] >= 40_000, "a batch may run twice the target at least");
+            assert!(
+                rest[0] >= 40_000,
+                "a batch may run twice the target at least"
+            );
             self.record(Event::Batch(worker, calls));
             let (mut counts, mut replies) = (Vec::new(), Vec::new());
             for (at, call) in rest[2..].chunks_exact(3).enumerate() {
@@ -371,7 +374,12 @@ impl Transport for FakeWorkers {
         self.serve(worker, frames)
     }
 
-    fn receive(&self, worker: usize, generation: u64, _connection: usize) -> Result<Vec<Frame>, Error> {
+    fn receive(
+        &self,
+        worker: usize,
+        generation: u64,
+        _connection: usize,
+    ) -> Result<Vec<Frame>, Error> {
         let mut guard = self.workers[worker].0.lock();
         if guard.generation != generation || guard.dead.is_some() {
             return Err(Error::Lost);
@@ -1273,7 +1281,10 @@ fn try_run_batch(
     for (_, group) in settle_batch(h, tasks) {
         for (task, result) in group {
             let at = tasks.iter().position(|&t| t == task).expect("of the batch");
-            assert!(results[at].replace(result).is_none(), "{task} settled twice");
+            assert!(
+                results[at].replace(result).is_none(),
+                "{task} settled twice"
+            );
         }
     }
     results
@@ -1295,7 +1306,10 @@ fn settle_batch(h: &Harness, tasks: &[u32]) -> Vec<(usize, Vec<(u32, Outcome)>)>
         let group = group
             .into_iter()
             .map(|(task, result, _)| {
-                (task.0, result.map(|result| result.map(|held| held.local.map(|v| v.n))))
+                (
+                    task.0,
+                    result.map(|result| result.map(|held| held.local.map(|v| v.n))),
+                )
             })
             .collect();
         groups.push((h.workers.events().len(), group));
@@ -1453,14 +1467,17 @@ fn a_batch_that_overruns_settles_what_it_did_and_hands_back_the_calls_not_starte
         panic!("two groups: {groups:?}")
     };
     assert_eq!(*seen, 2, "the first group came before the slow call ended");
-    assert!(matches!(
-        &first[..],
-        [
-            (0, Ok(Ok(Some(1)))),
-            (2, Err(InputsLost(none2))),
-            (3, Err(InputsLost(none3))),
-        ] if none2.is_empty() && none3.is_empty()
-    ), "{first:?}");
+    assert!(
+        matches!(
+            &first[..],
+            [
+                (0, Ok(Ok(Some(1)))),
+                (2, Err(InputsLost(none2))),
+                (3, Err(InputsLost(none3))),
+            ] if none2.is_empty() && none3.is_empty()
+        ),
+        "{first:?}"
+    );
     assert!(matches!(&second[..], [(1, Ok(Ok(Some(1))))]), "{second:?}");
 }
 
@@ -1476,12 +1493,22 @@ fn a_slow_call_that_kills_its_worker_after_its_batch_overran_is_lost_alone() {
     let [(_, first), (_, second)] = &groups[..] else {
         panic!("two groups: {groups:?}")
     };
-    assert!(matches!(
-        &first[..],
-        [(0, Ok(Ok(Some(1)))), (2, Err(InputsLost(none)))] if none.is_empty()
-    ), "{first:?}");
-    assert!(matches!(&second[..], [(1, Err(InputsLost(none)))] if none.is_empty()), "{second:?}");
-    assert_eq!(h.workers.replaced.load(SeqCst), 1, "its worker was replaced");
+    assert!(
+        matches!(
+            &first[..],
+            [(0, Ok(Ok(Some(1)))), (2, Err(InputsLost(none)))] if none.is_empty()
+        ),
+        "{first:?}"
+    );
+    assert!(
+        matches!(&second[..], [(1, Err(InputsLost(none)))] if none.is_empty()),
+        "{second:?}"
+    );
+    assert_eq!(
+        h.workers.replaced.load(SeqCst),
+        1,
+        "its worker was replaced"
+    );
     // Handed over together again, 1 runs alone (and kills its worker again), 2 in a batch.
     let before = h.workers.events().len();
     settle_batch(&h, &[1, 2]);
@@ -1505,7 +1532,10 @@ fn on_the_engine_the_calls_a_batch_handed_back_run_again_and_every_task_gets_its
     let seen = Arc::new(Seen::default());
     let values = h.compute(&outputs, &seen).expect("every task ran");
     for (task, held) in outputs.iter().zip(values) {
-        assert_eq!(held.local.map(|v| v.n), Some(program.expected(TaskId(*task))));
+        assert_eq!(
+            held.local.map(|v| v.n),
+            Some(program.expected(TaskId(*task)))
+        );
     }
     let handed_back: Vec<u32> = seen
         .0
@@ -1518,7 +1548,9 @@ fn on_the_engine_the_calls_a_batch_handed_back_run_again_and_every_task_gets_its
     assert!(!handed_back.contains(&5), "5 itself ran on");
     let events = h.workers.events();
     for task in handed_back {
-        let runs = events.iter().filter(|e| matches!(e, Event::Ran(t, ..) if *t == task));
+        let runs = events
+            .iter()
+            .filter(|e| matches!(e, Event::Ran(t, ..) if *t == task));
         assert_eq!(runs.count(), 1, "{task} ran once, after it was handed back");
     }
 }

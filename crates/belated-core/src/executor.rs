@@ -121,8 +121,7 @@ pub trait Runner: Send + Sync + 'static {
 pub type Recoverable<R> = Result<Result<<R as Runner>::Value, <R as Runner>::Error>, InputsLost>;
 
 /// Where [`Runner::run_batch`] hands back a group of its tasks, each with its result and inputs.
-pub type Settled<'a, R> =
-    dyn FnMut(Vec<(TaskId, Recoverable<R>, Vec<<R as Runner>::Value>)>) + 'a;
+pub type Settled<'a, R> = dyn FnMut(Vec<(TaskId, Recoverable<R>, Vec<<R as Runner>::Value>)>) + 'a;
 
 /// Lets a caller keep a handle on its runner (to inspect it afterwards) while the job owns a clone.
 impl<R: Runner> Runner for Arc<R> {
