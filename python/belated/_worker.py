@@ -805,17 +805,15 @@ class _Batch:
         self.started = self.first = 0
         self.counts, self.frames = [], []
 
-    def add(self, encoded):
-        self.counts.append(len(encoded))
-        self.frames += encoded
-
     def reply(self):
-        """The reply frames of the calls done since the last reply."""
+        """The reply frames of the calls done since the last reply (emptying the lists in place: the
+        connection's thread holds them)."""
         counts = self.counts
         header = struct.pack(f"<{3 + len(counts)}Q", len(counts), self.first, self.end, *counts)
         frames = [header, *self.frames]
         self.first += len(counts)
-        self.counts, self.frames = [], []
+        counts.clear()
+        self.frames.clear()
         return frames
 
 
@@ -873,12 +871,13 @@ def _handle_batch(frames, watcher):
     with lock:
         watcher.batch = batch
         watcher.changed.notify()
-    encoded = None
+    encoded, counts, replies = None, batch.counts, batch.frames
     for call in range(count):
         # One lock a call: the last call's reply goes in, and this call starts unless handed back.
         with lock:
             if encoded is not None:
-                batch.add(encoded)
+                counts.append(len(encoded))
+                replies += encoded
                 encoded = None
             if call >= batch.end:
                 break
@@ -892,7 +891,8 @@ def _handle_batch(frames, watcher):
         encoded = _encode(reply, _take_records())
     with lock:
         if encoded is not None:
-            batch.add(encoded)
+            counts.append(len(encoded))
+            replies += encoded
         watcher.batch = None
         if batch.first == batch.end:
             return None
