@@ -31,7 +31,7 @@
 //! submits tasks, through `get_client()`): a message whose first frame is the header `[CLIENT, 0]`,
 //! then a pickle's frames. The parent answers with one reply pickle and goes on waiting for the
 //! task's reply. No reply can be taken for such a request: a reply's first frame is a pickle (which
-//! starts with the PROTO opcode, 0x80) or a [`BATCH`] reply's header (`[0]` or longer than two words).
+//! starts with the PROTO opcode, 0x80) or a [`BATCH`] reply's header (three words at least).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -325,7 +325,10 @@ impl FakeWorkers {
             Op::Overruns { dies: false } => sum(8).call(&inputs),
             Op::Blocks | Op::BlocksOnce => {
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
-                while guard.dead.is_none() {
+                // A kill may be followed by the replacement (which clears `dead`) before this
+                // thread wakes: the generation tells it too.
+                let generation = guard.generation;
+                while guard.dead.is_none() && guard.generation == generation {
                     assert!(
                         !killed.wait_until(guard, deadline).timed_out(),
                         "a blocked task was never killed"

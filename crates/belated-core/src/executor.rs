@@ -639,18 +639,25 @@ impl<R: Runner> Job<R> {
                 });
             }),
             Err(message) => {
-                let _ = batch
-                    .into_iter()
-                    .try_for_each(|(_, mut inputs)| clear_inputs(&mut inputs));
-                Err(message)
+                for (task, mut inputs) in batch {
+                    let attempt = Ok(Err(message.clone()));
+                    if let Ok(result) = self.settle_run(task, worker, attempt, &mut inputs) {
+                        finished.push((task, result));
+                    }
+                }
+                return;
             }
         };
         let message = match ran {
             Ok(()) => "the runner returned no result for a task of its batch".to_string(),
             Err(message) => message,
         };
+        // Their inputs went with the runner's panic.
         for task in unsettled {
-            finished.push((task, Err(message.clone())));
+            let attempt = Ok(Err(message.clone()));
+            if let Ok(result) = self.settle_run(task, worker, attempt, &mut Vec::new()) {
+                finished.push((task, result));
+            }
         }
     }
 
