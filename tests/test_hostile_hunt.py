@@ -665,11 +665,6 @@ def test_dask_callbacks_see_every_task_of_get_on_every_pool(pool, given_as):
 # the batch's reply) while other worker threads idle. On distributed every other call is done meanwhile.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="batching (i12a): a batch's calls wait for a slow call among them; the batch should reply per "
-    "call, and calls not started should go back to the ready queue once their batch overruns its target",
-)
 def test_the_quick_calls_of_a_map_are_done_while_slow_calls_batched_with_them_still_run(
     local_cluster, tmp_path
 ):
@@ -686,6 +681,42 @@ def test_the_quick_calls_of_a_map_are_done_while_slow_calls_batched_with_them_st
     finally:
         gate.touch()
     assert local_cluster.gather(slow) == ["slow"] * len(slow)
+
+
+def test_on_processes_the_quick_calls_of_a_graph_finish_while_a_slow_call_batched_with_them_runs(tmp_path):
+    from belated.diagnostics import Callback
+
+    gate = tmp_path / "gate"
+    # One slow call: on a machine of two cores, the other worker is free for the quick calls.
+    slow_at = {400}
+    keys = [f"slow-{i}" if i in slow_at else f"quick-{i}" for i in range(800)]
+    quick = {key for key in keys if key.startswith("quick")}
+    calls = [belated.delayed(held_at_file, pure=False)(key, str(gate), dask_key_name=key) for key in keys]
+    finished, lock, quick_done = set(), threading.Lock(), threading.Event()
+
+    def posttask(key, result, dsk, state, worker_id):
+        with lock:
+            finished.add(key)
+            if quick <= finished:
+                quick_done.set()
+
+    done_when_quick_were = []
+
+    def open_gate():
+        if quick_done.wait(60):
+            with lock:
+                done_when_quick_were.append(set(finished))
+        gate.touch()
+
+    opener = threading.Thread(target=open_gate)
+    opener.start()
+    try:
+        with Callback(posttask=posttask):
+            assert belated.compute(*calls, scheduler="processes") == tuple(keys)
+    finally:
+        gate.touch()
+        opener.join(timeout=60)
+    assert done_when_quick_were == [quick], "no slow call had finished"
 
 
 # -- a scheduler name registered in dask ---------------------------------------------------------------------

@@ -4,6 +4,7 @@ import contextlib
 import io
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -211,7 +212,9 @@ def test_the_worker_reads_and_writes_the_golden_wire_vectors():
         "two-frames": ([b"ab", b""], None),
         "run-header": (None, [_worker.RUN, 1, 7, 42, _worker.SEND, 0]),
         "fetch-header": (None, [_worker.FETCH, 0, 2, 5, 6]),
-        "batch-header": (None, [_worker.BATCH, 1, 7, 2, 42, _worker.SEND, 1, 43, _worker.KEEP, 1]),
+        "batch-header": (None, [_worker.BATCH, 1, 7, 40_000, 2, 42, _worker.SEND, 1, 43, _worker.KEEP, 1]),
+        # A batch of three that overran in its second call: the first call's reply, the third handed back.
+        "batch-reply": ([struct.pack("<4Q", 1, 0, 2, 1), b"ab"], None),
     }
     # A task's request to the parent: its header, then a pickle's frames.
     client_request = ([struct.pack("<2Q", _worker.CLIENT, 0), b"ab"], None)
@@ -228,6 +231,57 @@ def test_the_worker_reads_and_writes_the_golden_wire_vectors():
         assert written.getvalue() == golden[name], name
 
 
+def watcher():
+    """A watcher of batches on a connection nobody reads: for batches that never overrun."""
+    _, theirs = socket.socketpair()
+    return _worker._Watcher(_worker.Channel(theirs))
+
+
+_OVERRUN = {}
+
+
+def overrun_then_wait(value):
+    """Makes the batch running it overrun now, and returns once the test read the batch's first reply."""
+    watcher = _OVERRUN["watcher"]
+    with watcher.lock:
+        watcher.batch.deadline = 0
+        watcher.changed.notify()
+    assert _OVERRUN["read"].wait(timeout=60)
+    return value
+
+
+def test_a_batch_that_overruns_replies_at_once_with_what_it_did_and_hands_back_the_calls_not_started():
+    _worker.new_computation()
+    ours, theirs = socket.socketpair()
+    ours.settimeout(60)
+    _OVERRUN.update(watcher=_worker._Watcher(_worker.Channel(theirs)), read=threading.Event())
+    calls = [_worker.dumps_call(square, (2,), None), _worker.dumps_call(overrun_then_wait, ("slow",), None)]
+    calls += [_worker.dumps_call(square, (3,), None), _worker.dumps_call(square, (4,), None)]
+    flags = [_worker.SEND, _worker.SEND, _worker.KEEP, _worker.KEEP]
+    words = [_worker.BATCH, 0, 10**9, len(calls)]
+    for result_id, (call, flag) in enumerate(zip(calls, flags, strict=True), start=100):
+        words += [result_id, flag, len(call)]
+    frames = [struct.pack(f"<{len(words)}Q", *words), *[frame for call in calls for frame in call]]
+    last = []
+    thread = threading.Thread(target=lambda: last.append(_worker._handle_batch(frames, _OVERRUN["watcher"])))
+    thread.start()
+    try:
+        first = _worker.read_message(_worker.Channel(ours))
+        # The first call's reply, the batch ending after the slow call: 2 and 3 are handed back.
+        header = memoryview(first[0]).cast("Q").tolist()
+        assert header[:3] == [1, 0, 2] and header[3] == len(first) - 1
+        assert list(_worker.loads_reply(first[1:])) == [True, 4]
+        assert thread.is_alive(), "the slow call still runs"
+    finally:
+        _OVERRUN["read"].set()
+        thread.join(timeout=60)
+    (reply,) = last
+    header = memoryview(reply[0]).cast("Q").tolist()
+    assert header[:3] == [1, 1, 2] and header[3] == len(reply) - 1
+    assert list(_worker.loads_reply(reply[1:])) == [True, "slow"]
+    assert 102 not in _worker._STORE and 103 not in _worker._STORE, "never ran"
+
+
 def _logs(text):
     _worker._keep_record({"msg": text})
     return text
@@ -238,14 +292,14 @@ def test_a_batch_releases_the_ids_its_header_lists_and_sends_each_calls_records_
     _worker._STORE.update({50: "released", 51: "kept"})
     calls = [_worker.dumps_call(square, (2,), None), _worker.dumps_call(_logs, ("second",), None)]
     calls.append(_worker.dumps_call(square, (4,), None))
-    words = [_worker.BATCH, 1, 50, len(calls)]
+    words = [_worker.BATCH, 1, 50, 10**9, len(calls)]
     for result_id, call in enumerate(calls, start=100):
         words += [result_id, _worker.SEND, len(call)]
     header = struct.pack(f"<{len(words)}Q", *words)
     try:
-        reply = _worker._handle_batch([header, *[frame for call in calls for frame in call]])
+        reply = _worker._handle_batch([header, *[frame for call in calls for frame in call]], watcher())
         assert 50 not in _worker._STORE and _worker._STORE[51] == "kept"
-        assert memoryview(reply[0]).cast("Q").tolist() == [3, 1, 1, 1]
+        assert memoryview(reply[0]).cast("Q").tolist() == [3, 0, 3, 1, 1, 1]
         decoded = [_worker.loads([frame]) for frame in reply[1:]]
         assert decoded == [(True, 4, []), (True, "second", [{"msg": "second"}]), (True, 16, [])]
     finally:
@@ -259,16 +313,16 @@ def test_a_batch_runs_each_of_its_calls_and_replies_to_each_as_a_run_would():
     calls.append(_worker.dumps_call(raise_reduce_raises, (), None))
     _worker._STORE[41] = 5
     flags = [_worker.SEND, _worker.SEND, _worker.KEEP, _worker.SEND]
-    words = [_worker.BATCH, 0, len(calls)]
+    words = [_worker.BATCH, 0, 10**9, len(calls)]
     for result_id, (call, flag) in enumerate(zip(calls, flags, strict=True), start=100):
         words += [result_id, flag, len(call)]
     header = struct.pack(f"<{len(words)}Q", *words)
     try:
-        reply = _worker._handle_batch([header, *[frame for call in calls for frame in call]])
+        reply = _worker._handle_batch([header, *[frame for call in calls for frame in call]], watcher())
         counts = memoryview(reply[0]).cast("Q").tolist()
-        assert counts[0] == 4 and sum(counts[1:]) == len(reply) - 1
+        assert counts[:3] == [4, 0, 4] and sum(counts[3:]) == len(reply) - 1
         replies, at = [], 1
-        for count in counts[1:]:
+        for count in counts[3:]:
             replies.append(_worker.loads_reply(reply[at : at + count]))
             at += count
         assert list(replies[0]) == [True, 9]

@@ -16,7 +16,9 @@ workers' replies to ``FETCH``), runs the call (arguments that are stored results
 :class:`Stored`), stores its result under the result id (``KEEP``) and replies with it (``SEND``) or
 with its size; a ``FETCH`` replies with the list of the stored values asked for; a ``BATCH`` runs
 several calls, as many ``RUN`` without blocks would, and replies to them all in one message (a header
-frame ``[n, *frames of each reply]``, then the replies). Replies are
+frame ``[n, first, end, *frames of each reply]``, then the replies), unless it runs past the overrun
+its header gives: then the connection's :class:`_Watcher` replies at once with what is done and hands
+back the calls not started, and the call running replies alone when it ends. Replies are
 ``(True, value, records)`` or ``(False, the exception's pickle or None, its type name, its message,
 formatted traceback, its frames, records)``, where ``records``
 are the log records emitted in the worker since its last ``RUN`` reply (a ``FETCH`` reply carries
@@ -47,6 +49,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import types
 
 
@@ -713,6 +716,8 @@ class Channel:
         self.at = 0
         self.fds = collections.deque()
         self.pending = []
+        # Held by each writer: a batch's watcher writes while a task of the batch may ask the parent.
+        self.lock = threading.Lock()
 
     def _receive(self, into=None):
         if into is None:
@@ -792,30 +797,109 @@ def _close_segments(frames):
             frame.close()
 
 
-def _handle_batch(frames):
-    """A ``BATCH``'s reply frames: each call's reply, as ``RUN`` would send it, after a header frame
-    of how many frames each has."""
+class _Batch:
+    """A batch as its connection's thread and watcher share it: the calls started, where it ends,
+    and the replies not sent yet."""
+
+    __slots__ = ("counts", "deadline", "end", "first", "frames", "started")
+
+    def __init__(self, deadline, calls):
+        self.deadline, self.end = deadline, calls
+        self.started = self.first = 0
+        self.counts, self.frames = [], []
+
+    def reply(self):
+        """The reply frames of the calls done since the last reply (emptying the lists in place: the
+        connection's thread holds them)."""
+        counts = self.counts
+        header = struct.pack(f"<{3 + len(counts)}Q", len(counts), self.first, self.end, *counts)
+        frames = [header, *self.frames]
+        self.first += len(counts)
+        counts.clear()
+        self.frames.clear()
+        return frames
+
+
+class _Watcher:
+    """A connection's watcher of its batches: once one runs past its overrun, its thread being inside
+    a call that turned out slow, it sends the replies the batch has and hands back the calls not
+    started (the batch ends after the call running), so that they neither wait for the slow call nor
+    keep the parent from running them on a worker that is free."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.batch = None
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self):
+        with self.changed:
+            while True:
+                batch = self.batch
+                if batch is None:
+                    self.changed.wait()
+                    continue
+                left = batch.deadline - time.monotonic()
+                if left > 0:
+                    self.changed.wait(left)
+                    continue
+                self.batch = None
+                batch.end = batch.started
+                frames = batch.reply()
+                # Written under the batch's lock, so that its last reply comes after this one; a
+                # parent gone is the connection's thread's to notice.
+                try:
+                    with self.channel.lock:
+                        write_message(self.channel, frames)
+                except OSError:
+                    pass
+                finally:
+                    _close_segments(frames)
+
+
+def _handle_batch(frames, watcher):
+    """A ``BATCH``'s last reply frames (each call's reply, as ``RUN`` would send it, after a header
+    frame), or None when ``watcher`` sent it, the batch having overrun before a call started."""
     # The header as ints once: a memoryview's slices are objects made per call.
     header = memoryview(frames[0]).cast("Q").tolist()
     released = header[1]
     for id in header[2 : 2 + released]:
         _STORE.pop(id, None)
     at = 2 + released
-    count, rest = header[at], 1
-    counts, replies = [count], [None]
-    calls = header[at + 1 : at + 1 + 3 * count]
-    for call in range(0, 3 * count, 3):
-        result_id, flags, frame_count = calls[call : call + 3]
+    overrun, count, rest = header[at], header[at + 1], 1
+    calls = header[at + 2 : at + 2 + 3 * count]
+    batch = _Batch(time.monotonic() + overrun / 1e6, count)
+    lock = watcher.lock
+    with lock:
+        watcher.batch = batch
+        watcher.changed.notify()
+    encoded, counts, replies = None, batch.counts, batch.frames
+    for call in range(count):
+        # One lock a call: the last call's reply goes in, and this call starts unless handed back.
+        with lock:
+            if encoded is not None:
+                counts.append(len(encoded))
+                replies += encoded
+                encoded = None
+            if call >= batch.end:
+                break
+            batch.started = call + 1
+        result_id, flags, frame_count = calls[3 * call : 3 * call + 3]
         try:
             reply = _run_call(result_id, flags, frames[rest : rest + frame_count])
         except BaseException as error:
             reply = (False, error)
         rest += frame_count
         encoded = _encode(reply, _take_records())
-        counts.append(len(encoded))
-        replies += encoded
-    replies[0] = struct.pack(f"<{len(counts)}Q", *counts)
-    return replies
+    with lock:
+        if encoded is not None:
+            counts.append(len(encoded))
+            replies += encoded
+        watcher.batch = None
+        if batch.first == batch.end:
+            return None
+        return batch.reply()
 
 
 # The connection whose task runs on this thread (each connection has a thread of its own), which the
@@ -831,7 +915,8 @@ def ask_parent(request):
     if channel is None:
         raise RuntimeError("only a task's own thread can ask the parent: the task's thread is not this one")
     frames = dumps(request)
-    write_message(channel, [struct.pack("<2Q", CLIENT, 0), *frames])
+    with channel.lock:
+        write_message(channel, [struct.pack("<2Q", CLIENT, 0), *frames])
     answer = read_message(channel)
     if not answer:
         raise RuntimeError("the parent could not answer this task's request; its error is printed there")
@@ -852,15 +937,19 @@ def _release_held():
 def _serve_connection(connection):
     channel = Channel(connection)
     task_channel.channel, task_channel.held = channel, []
+    watcher = None
     with connection:
         while (frames := read_message(channel)) is not None:
             if memoryview(frames[0]).cast("Q")[0] == BATCH:
-                frames = _handle_batch(frames)
+                watcher = watcher or _Watcher(channel)
+                frames = _handle_batch(frames, watcher)
                 _release_held()
-                try:
-                    write_message(channel, frames)
-                finally:
-                    _close_segments(frames)
+                if frames is not None:
+                    try:
+                        with channel.lock:
+                            write_message(channel, frames)
+                    finally:
+                        _close_segments(frames)
                 continue
             try:
                 reply = _handle(frames)

@@ -45,6 +45,15 @@ impl Batching {
         wanted.min(grown).min(share).clamp(1, MAX_BATCH)
     }
 
+    /// How long a batch of `tasks` may run before its worker hands back the calls it has not
+    /// started: a few times what it is expected to take, and at least twice the target, so that
+    /// only a call that turns out slow (not a busy machine's delays) sets it off.
+    pub fn overrun(&self, tasks: usize) -> Duration {
+        let per_task = self.per_task.load(Relaxed);
+        let expected = Duration::from_nanos(per_task.saturating_mul(tasks as u64));
+        expected.saturating_mul(4).max(TARGET * 2)
+    }
+
     /// Records that a batch of `tasks` took `elapsed`, round trip included.
     pub fn ran(&self, tasks: usize, elapsed: Duration) {
         let tasks = tasks.max(1);
@@ -114,6 +123,15 @@ mod tests {
         batching.ran(256, Duration::from_millis(256));
         batching.ran(1, Duration::from_millis(1));
         assert_eq!(batching.size(10_000, 2), 2);
+    }
+
+    #[test]
+    fn a_batch_overruns_at_four_times_its_expected_duration_and_never_below_twice_the_target() {
+        let batching = Batching::default();
+        assert_eq!(batching.overrun(100), TARGET * 2, "cost unknown");
+        batching.ran(100, MICROSECOND * 100 * 100);
+        assert_eq!(batching.overrun(10), TARGET * 2);
+        assert_eq!(batching.overrun(1000), MICROSECOND * 100 * 1000 * 4);
     }
 
     #[test]

@@ -251,6 +251,18 @@ impl Transport for Workers {
             .exchange(connection, frames)
     }
 
+    fn receive(
+        &self,
+        worker: usize,
+        generation: u64,
+        connection: usize,
+    ) -> Result<Vec<Frame>, Error> {
+        self.worker(worker, generation)
+            .ok_or(Error::Lost)?
+            .connection(connection)
+            .receive()
+    }
+
     /// Does not wait for a replacement in progress: the worker it replaces was killed already.
     fn kill(&self, worker: usize, generation: u64) {
         let slot = self.slots[worker].state.lock();

@@ -292,6 +292,12 @@ impl Connection {
     /// Requests the task sends meanwhile are answered in between.
     pub fn exchange(&mut self, frames: &[Frame]) -> Result<Vec<Frame>, Error> {
         self.send(frames)?;
+        self.receive()
+    }
+
+    /// Reads the next reply, as [`Connection::exchange`] does after its request: for a request
+    /// answered in several messages (a [`wire::BATCH`] that overran).
+    pub fn receive(&mut self) -> Result<Vec<Frame>, Error> {
         loop {
             let mut reply = wire::read_message(&mut self.replies).map_err(|_| Error::Lost)?;
             if !wire::is_client_request(&reply) {

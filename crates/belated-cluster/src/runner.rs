@@ -26,10 +26,14 @@
 //! - While tasks are fast and many are ready, a pool thread takes several at once
 //!   ([`crate::batching`] decides how many) and sends those whose inputs are all in the call or in
 //!   its worker in one message; the worker runs them one after the other and replies to all at
-//!   once. A batch whose worker dies brought no result back, and which of its tasks killed it is
-//!   not known: each is reported lost and runs next on its own, with all its tries (so one that
-//!   kills its worker runs once more than `retries` allows alone, and the others are not failed for
-//!   it).
+//!   once, unless the batch runs past its overrun ([`Batching::overrun`]): then the worker sends
+//!   the replies it has at once and hands back the calls it has not started, which the engine
+//!   makes ready again for any thread, so quick calls never wait for a slow one batched with them
+//!   while other workers idle. The results of a batch reach the engine as their replies come. A
+//!   batch whose worker dies brought no result back for the calls it had not replied to, and which
+//!   of them killed it is not known: each is reported lost and runs next on its own, with all its
+//!   tries (so one that kills its worker runs once more than `retries` allows alone, and the others
+//!   are not failed for it).
 //! - A cancelled computation kills the workers running its tasks ([`Running::cancel`]); their
 //!   replacements serve the next computation.
 
@@ -39,7 +43,9 @@ use std::sync::Arc;
 
 use std::time::Instant;
 
-use belated_core::{current_worker, placement, Graph, InputsLost, Recoverable, Runner, TaskId};
+use belated_core::{
+    current_worker, placement, Graph, InputsLost, Recoverable, Runner, Settled, TaskId,
+};
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -65,6 +71,15 @@ pub trait Transport: Send + Sync + 'static {
         generation: u64,
         connection: usize,
         frames: &[Frame],
+    ) -> Result<Vec<Frame>, Error>;
+
+    /// Waits for the next reply on connection `connection` of worker `worker`, if it is still at
+    /// `generation`, whose last request is answered in several messages (a [`BATCH`] that overran).
+    fn receive(
+        &self,
+        worker: usize,
+        generation: u64,
+        connection: usize,
     ) -> Result<Vec<Frame>, Error>;
 
     /// Kills worker `worker` if it is still at `generation`, with whatever it runs. Never waits.
@@ -609,101 +624,130 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
     }
 
     /// Runs `batch` from pool thread `slot`: the tasks whose inputs are all here or in the worker
-    /// in one message, the others each alone.
+    /// in one message, the others each alone. Each result goes to `settled` as its reply comes; a
+    /// batch that overran hands back the calls its worker had not started, as lost inputs naming
+    /// none, which the engine makes ready again for any thread.
     fn run_batch_on(
         &self,
         slot: usize,
-        batch: &mut [(TaskId, Vec<Held<C::Value>>)],
-    ) -> Vec<Recoverable<Self>> {
+        batch: Vec<(TaskId, Vec<Held<C::Value>>)>,
+        settled: &mut Settled<'_, Self>,
+    ) {
         let started = Instant::now();
         let worker = slot / self.cluster.threads_per_worker;
-        let mut results: Vec<Option<Recoverable<Self>>> = batch.iter().map(|_| None).collect();
+        let connection = slot % self.cluster.threads_per_worker;
+        // Each task with its inputs until it is settled.
+        let mut entries: Vec<Option<Entry<C::Value>>> = batch.into_iter().map(Some).collect();
+        let mut group = Vec::new();
         // (index in the batch, result id, the call's frames)
         let mut calls: Vec<(usize, u64, Vec<Frame>)> = Vec::new();
-        for (at, (task, inputs)) in batch.iter().enumerate() {
-            let task = *task;
-            if let Some(kept) = self.still_kept(task) {
-                results[at] = Some(Ok(kept));
-                continue;
-            }
-            if let Err(error) = self.codec.before(task) {
-                results[at] = Some(Ok(Err(error)));
-                continue;
-            }
-            let prepared = match self.prepare(slot, task, inputs) {
-                Ok(prepared) => prepared,
-                Err(stop) => {
-                    results[at] = Some(stop.into_result());
-                    continue;
-                }
-            };
-            let suspect = self.suspect[task.index()].swap(false, SeqCst);
-            if suspect || !prepared.transfers.is_empty() || !prepared.uploads.is_empty() {
-                let evaluated = self.evaluate(slot, task, inputs);
-                results[at] = Some(self.complete(task, evaluated));
-                continue;
-            }
-            match self.encode(task, &prepared) {
-                Ok(Encoded::Ready(value)) => {
-                    let held = Held {
-                        local: Some(value),
-                        remote: None,
-                        sent: Some(Arc::default()),
-                    };
-                    results[at] = Some(self.complete(task, Ok(held)));
-                }
-                Ok(Encoded::Call(frames)) => calls.push((at, self.directory().new_id(), frames)),
-                Err(error) => results[at] = Some(Ok(Err(error))),
+        for at in 0..entries.len() {
+            let (task, inputs) = entries[at].as_ref().expect("not settled yet");
+            match self.batched_call(slot, *task, inputs) {
+                Ok(frames) => calls.push((at, self.directory().new_id(), frames)),
+                Err(result) => group.push(hand(&mut entries, at, result)),
             }
         }
-        let generation = self.directory().generation(worker);
-        let sent = calls.len();
-        let outcome = match calls.is_empty() {
-            true => Ok(Vec::new()),
-            false => self.codec.blocking(|| {
-                let mut rest = vec![calls.len() as u64];
-                for (at, result_id, frames) in &calls {
-                    let flags = self.flags[batch[*at].0.index()];
-                    rest.extend([*result_id, u64::from(flags), frames.len() as u64]);
-                }
-                let releases = self.directory().take_releases(worker);
-                let mut request = vec![wire::header(BATCH, &releases, &rest).into()];
-                for (_, _, frames) in &mut calls {
-                    request.append(frames);
-                }
-                let tasks: Vec<TaskId> = calls.iter().map(|(at, _, _)| batch[*at].0).collect();
-                self.send(slot, (worker, generation), &tasks, &request)
-            }),
+        if calls.is_empty() {
+            self.batching.ran(1, started.elapsed());
+            settled(group);
+            return;
+        }
+        let task_of = |at: usize, entries: &[Option<Entry<C::Value>>]| {
+            entries[at].as_ref().expect("not settled yet").0
         };
+        let generation = self.directory().generation(worker);
+        let tasks: Vec<TaskId> = calls
+            .iter()
+            .map(|(at, _, _)| task_of(*at, &entries))
+            .collect();
+        let overrun =
+            u64::try_from(self.batching.overrun(calls.len()).as_micros()).unwrap_or(u64::MAX);
+        let mut rest = vec![overrun, calls.len() as u64];
+        for ((_, result_id, frames), task) in calls.iter_mut().zip(&tasks) {
+            rest.extend([
+                *result_id,
+                u64::from(self.flags[task.index()]),
+                frames.len() as u64,
+            ]);
+        }
+        let releases = self.directory().take_releases(worker);
+        let mut request = vec![wire::header(BATCH, &releases, &rest).into()];
+        for (_, _, frames) in &mut calls {
+            request.append(frames);
+        }
         let nothing_sent = Prepared {
             inputs: Vec::new(),
             transfers: Vec::new(),
             uploads: Vec::new(),
         };
-        let replies = outcome.and_then(|reply| {
-            split_batch_reply(reply, calls.len()).ok_or_else(|| {
-                // A worker that garbled its reply is not trusted with more.
-                self.cluster.transport.kill(worker, generation);
-                Failed::Lost(worker, generation)
-            })
-        });
-        match replies {
-            Ok(replies) => {
-                for ((at, result_id, _), reply) in calls.into_iter().zip(replies) {
-                    let task = batch[at].0;
-                    let flags = self.flags[task.index()];
-                    let evaluated = self
-                        .received(&nothing_sent, worker, generation, result_id, flags, &reply)
-                        .map_err(Stop::Failed);
-                    results[at] = Some(self.complete(task, evaluated));
+        // Registered as running until the batch's last reply, so that a cancel between its
+        // replies still kills the worker.
+        let outcome = match self.running.enter(worker, generation, &tasks) {
+            None => Err(Failed::Cancelled),
+            Some(_running) => {
+                let transport = &self.cluster.transport;
+                let mut reply = self
+                    .codec
+                    .blocking(|| transport.exchange(worker, generation, connection, &request));
+                // The call whose reply comes next, and where the batch ends.
+                let (mut next, mut end) = (0, calls.len());
+                loop {
+                    let Ok(frames) = reply else {
+                        break Err(Failed::Lost(worker, generation));
+                    };
+                    let Some(parsed) = wire::BatchReply::parse(frames, end, next) else {
+                        // A worker that garbled its reply is not trusted with more.
+                        transport.kill(worker, generation);
+                        break Err(Failed::Lost(worker, generation));
+                    };
+                    let last = parsed.is_last();
+                    next = parsed.first + parsed.replies.len();
+                    for ((at, result_id, _), frames) in
+                        calls[parsed.first..].iter().zip(parsed.replies)
+                    {
+                        let task = task_of(*at, &entries);
+                        let flags = self.flags[task.index()];
+                        let evaluated = self
+                            .received(
+                                &nothing_sent,
+                                worker,
+                                generation,
+                                *result_id,
+                                flags,
+                                &frames,
+                            )
+                            .map_err(Stop::Failed);
+                        group.push(hand(&mut entries, *at, self.complete(task, evaluated)));
+                    }
+                    for (at, _, _) in &calls[parsed.end..end] {
+                        group.push(hand(&mut entries, *at, Err(InputsLost(Vec::new()))));
+                    }
+                    end = parsed.end;
+                    if last {
+                        break Ok(());
+                    }
+                    settled(std::mem::take(&mut group));
+                    reply = self
+                        .codec
+                        .blocking(|| transport.receive(worker, generation, connection));
                 }
             }
+        };
+        let unsettled: Vec<usize> = calls
+            .iter()
+            .map(|(at, _, _)| *at)
+            .filter(|&at| entries[at].is_some())
+            .collect();
+        match outcome {
+            Ok(()) => {}
             // A task of the batch was cancelled alone: the others go one by one.
             Err(Failed::Cancelled) if !self.running.is_cancelled() => {
-                for (at, _, _) in calls {
-                    let (task, inputs) = &batch[at];
+                for at in unsettled {
+                    let (task, inputs) = entries[at].as_ref().expect("not settled yet");
                     let evaluated = self.evaluate(slot, *task, inputs);
-                    results[at] = Some(self.complete(*task, evaluated));
+                    let result = self.complete(*task, evaluated);
+                    group.push(hand(&mut entries, at, result));
                 }
             }
             Err(Failed::Lost(lost, generation))
@@ -713,10 +757,11 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                 let _ = self
                     .codec
                     .blocking(|| self.cluster.transport.replace(lost, generation));
-                for (at, _, _) in calls {
-                    let (task, inputs) = &batch[at];
+                for at in unsettled {
+                    let (task, inputs) = entries[at].as_ref().expect("not settled yet");
                     self.suspect[task.index()].store(true, SeqCst);
-                    results[at] = Some(Err(self.lost_inputs(slot, *task, inputs)));
+                    let lost = self.lost_inputs(slot, *task, inputs);
+                    group.push(hand(&mut entries, at, Err(lost)));
                 }
             }
             Err(failed) => {
@@ -725,17 +770,51 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                         .codec
                         .blocking(|| self.cluster.transport.replace(lost, generation));
                 }
-                for (at, _, _) in calls {
-                    let error = self.codec.failed(batch[at].0, Error::Cancelled);
-                    results[at] = Some(Ok(Err(error)));
+                for at in unsettled {
+                    let error = self.codec.failed(task_of(at, &entries), Error::Cancelled);
+                    group.push(hand(&mut entries, at, Ok(Err(error))));
                 }
             }
         }
-        self.batching.ran(sent.max(1), started.elapsed());
-        results
-            .into_iter()
-            .map(|result| result.expect("every task of the batch has its result"))
-            .collect()
+        self.batching.ran(calls.len(), started.elapsed());
+        settled(group);
+    }
+
+    /// How `task` of a batch goes: the frames of its call, to send with the others, or its result
+    /// (kept from before, failed before it ran, made here, or run alone because its inputs must
+    /// reach the worker first or its last batch's worker died).
+    fn batched_call(
+        &self,
+        slot: usize,
+        task: TaskId,
+        inputs: &[Held<C::Value>],
+    ) -> Result<Vec<Frame>, Recoverable<Self>> {
+        if let Some(kept) = self.still_kept(task) {
+            return Err(Ok(kept));
+        }
+        if let Err(error) = self.codec.before(task) {
+            return Err(Ok(Err(error)));
+        }
+        let prepared = self
+            .prepare(slot, task, inputs)
+            .map_err(Stop::into_result)?;
+        let suspect = self.suspect[task.index()].swap(false, SeqCst);
+        if suspect || !prepared.transfers.is_empty() || !prepared.uploads.is_empty() {
+            let evaluated = self.evaluate(slot, task, inputs);
+            return Err(self.complete(task, evaluated));
+        }
+        match self.encode(task, &prepared) {
+            Ok(Encoded::Ready(value)) => {
+                let held = Held {
+                    local: Some(value),
+                    remote: None,
+                    sent: Some(Arc::default()),
+                };
+                Err(self.complete(task, Ok(held)))
+            }
+            Ok(Encoded::Call(frames)) => Ok(frames),
+            Err(error) => Err(Ok(Err(error))),
+        }
     }
 
     /// `task`'s call on its `prepared` inputs.
@@ -1034,25 +1113,13 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
     }
 }
 
-/// A [`BATCH`] reply's frames, split into each call's reply; `None` if it has another shape.
-fn split_batch_reply(reply: Vec<Frame>, calls: usize) -> Option<Vec<Vec<Frame>>> {
-    let mut frames = reply.into_iter();
-    let counts: Vec<u64> = match frames.next() {
-        Some(Frame::Bytes(header)) if header.len() == 8 * (calls + 1) => header
-            .chunks_exact(8)
-            .map(|word| u64::from_le_bytes(word.try_into().expect("eight bytes")))
-            .collect(),
-        _ => return None,
-    };
-    if counts[0] != calls as u64 || counts[1..].iter().sum::<u64>() != frames.len() as u64 {
-        return None;
-    }
-    Some(
-        counts[1..]
-            .iter()
-            .map(|&count| frames.by_ref().take(count as usize).collect())
-            .collect(),
-    )
+/// A task of a batch, with its inputs.
+type Entry<V> = (TaskId, Vec<Held<V>>);
+
+/// Entry `at` of a batch, settled with `result`, as [`Settled`] takes it.
+fn hand<V, R>(entries: &mut [Option<Entry<V>>], at: usize, result: R) -> (TaskId, R, Vec<Held<V>>) {
+    let (task, inputs) = entries[at].take().expect("settled once");
+    (task, result, inputs)
 }
 
 impl<C: Codec, T: Transport> Runner for ClusterRunner<C, T> {
@@ -1083,8 +1150,8 @@ impl<C: Codec, T: Transport> Runner for ClusterRunner<C, T> {
         self.batching.size(ready, threads)
     }
 
-    fn run_batch(&self, batch: &mut [(TaskId, Vec<Self::Value>)]) -> Vec<Recoverable<Self>> {
-        self.run_batch_on(current_worker().unwrap_or(0), batch)
+    fn run_batch(&self, batch: Vec<(TaskId, Vec<Self::Value>)>, settled: &mut Settled<'_, Self>) {
+        self.run_batch_on(current_worker().unwrap_or(0), batch, settled);
     }
 
     /// The worker holding most of the inputs' bytes ([`placement::most_input_bytes`]).

@@ -13,9 +13,14 @@
 //! A request's first frame is a header of u64 words: `[op, n, *n ids to release, ...]`, then for
 //! [`RUN`]: `[result id, flags, n blocks, (n ids, *ids, n frames) per block]`, where each block is a
 //! reply of another worker to a [`FETCH`] (its values are stored under those ids), and the call's
-//! frames follow the blocks'; for [`FETCH`]: `[n, *ids]`; for [`BATCH`]: `[n, (result id, flags,
-//! n frames) per call]`, the calls' frames following in order, and its reply is a frame of u64 words
-//! `[n, n frames per reply]`, then each call's reply as a [`RUN`] of that call alone would have it.
+//! frames follow the blocks'; for [`FETCH`]: `[n, *ids]`; for [`BATCH`]: `[overrun µs, n, (result
+//! id, flags, n frames) per call]`, the calls' frames following in order. A batch's replies
+//! ([`BatchReply`]) are a frame of u64 words `[n, first, end, n frames per reply]`, then the replies
+//! of calls `first..first + n`, each as a [`RUN`] of that call alone would have it. Calls `end..`
+//! were not started and never will be: the worker hands them back. A batch is one reply (`first`
+//! 0, `n` = `end` = the calls), unless it runs longer than its overrun: then the worker replies at
+//! once with the replies it has, ending the batch after the call it runs, and that call's reply
+//! follows alone when it is done.
 //! A reply is one pickle:
 //! `(True, value, records)` or `(False, the exception's pickle or None, its type name, its message,
 //! formatted traceback, its frames, records)` (the reader rebuilds the exception, or a `RemoteError`
@@ -26,7 +31,7 @@
 //! submits tasks, through `get_client()`): a message whose first frame is the header `[CLIENT, 0]`,
 //! then a pickle's frames. The parent answers with one reply pickle and goes on waiting for the
 //! task's reply. No reply can be taken for such a request: a reply's first frame is a pickle (which
-//! starts with the PROTO opcode, 0x80) or a [`BATCH`] reply's header (`[0]` or longer than two words).
+//! starts with the PROTO opcode, 0x80) or a [`BATCH`] reply's header (three words at least).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -263,6 +268,68 @@ pub fn header(op: u64, releases: &[u64], rest: &[u64]) -> Vec<u8> {
         .collect()
 }
 
+/// One reply message of a [`BATCH`] (see the module's text).
+#[derive(Debug)]
+pub struct BatchReply {
+    /// The index of the call whose reply comes first.
+    pub first: usize,
+    /// The calls from this one on were handed back, not run.
+    pub end: usize,
+    /// Each call's reply frames, from `first` on.
+    pub replies: Vec<Vec<Frame>>,
+}
+
+impl BatchReply {
+    /// A reply of a batch of `calls` calls whose replies before `expected` came already; `None` if
+    /// it has another shape, or the replies are not the next ones.
+    pub fn parse(reply: Vec<Frame>, calls: usize, expected: usize) -> Option<BatchReply> {
+        let mut frames = reply.into_iter();
+        let words: Vec<u64> = match frames.next() {
+            Some(Frame::Bytes(header)) if header.len() >= 24 && header.len() % 8 == 0 => header
+                .chunks_exact(8)
+                .map(|word| u64::from_le_bytes(word.try_into().expect("eight bytes")))
+                .collect(),
+            _ => return None,
+        };
+        let n = usize::try_from(words[0]).ok()?;
+        let first = usize::try_from(words[1]).ok()?;
+        let end = usize::try_from(words[2]).ok()?;
+        let counts = &words[3..];
+        let well_formed = counts.len() == n
+            && first == expected
+            && first.checked_add(n)? <= end
+            && end <= calls
+            && counts.iter().sum::<u64>() == frames.len() as u64;
+        if !well_formed {
+            return None;
+        }
+        let replies = counts
+            .iter()
+            .map(|&count| frames.by_ref().take(count as usize).collect())
+            .collect();
+        Some(BatchReply {
+            first,
+            end,
+            replies,
+        })
+    }
+
+    /// Whether it is the batch's last reply: none of its calls is still running.
+    pub fn is_last(&self) -> bool {
+        self.first + self.replies.len() == self.end
+    }
+}
+
+/// A [`BatchReply`]'s header frame: the replies of calls `first..` with `counts` frames each, of a
+/// batch that ends at `end`.
+pub fn batch_reply_header(first: u64, end: u64, counts: &[u64]) -> Vec<u8> {
+    [counts.len() as u64, first, end]
+        .iter()
+        .chain(counts)
+        .flat_map(|word| word.to_le_bytes())
+        .collect()
+}
+
 /// Whether a message from a worker is its request to the parent ([`CLIENT`]) rather than a reply.
 pub fn is_client_request(frames: &[Frame]) -> bool {
     matches!(frames.first(), Some(Frame::Bytes(first)) if first[..] == header(CLIENT, &[], &[])[..])
@@ -364,9 +431,17 @@ mod tests {
         );
         let batch = [42, u64::from(SEND), 1, 43, u64::from(KEEP), 1];
         assert_eq!(
-            message(&[header(BATCH, &[7], &[&[2][..], &batch].concat()).into()]),
+            message(&[header(BATCH, &[7], &[&[40_000, 2][..], &batch].concat()).into()]),
             golden("batch-header")
         );
+        // The first reply of a batch of three that overran while its second call ran: the first
+        // call's reply (one frame), the third call handed back.
+        let partial = [batch_reply_header(0, 2, &[1]).into(), b"ab".to_vec().into()];
+        assert_eq!(message(&partial), golden("batch-reply"));
+        let read = read_message(&mut &golden("batch-reply")[..]).expect("batch-reply");
+        let reply = BatchReply::parse(read, 3, 0).expect("a batch reply");
+        assert_eq!((reply.first, reply.end, reply.is_last()), (0, 2, false));
+        assert_eq!(reply.replies, [bytes(&[b"ab"])]);
         let request = [header(CLIENT, &[], &[]).into(), b"ab".to_vec().into()];
         assert_eq!(message(&request), golden("client-request"));
         let read = read_message(&mut &golden("client-request")[..]).expect("client-request");
@@ -376,12 +451,43 @@ mod tests {
     #[test]
     fn no_reply_is_taken_for_a_client_request() {
         let pickle = b"\x80\x05\x95\x00".to_vec();
-        let batch_reply = 0u64.to_le_bytes().to_vec();
+        let batch_reply = batch_reply_header(0, 0, &[]);
         let run = header(RUN, &[], &[1, 0, 0]);
         for first in [pickle, batch_reply, run] {
             assert!(!is_client_request(&[first.into()]));
         }
         assert!(!is_client_request(&[]));
+    }
+
+    #[test]
+    fn a_batch_reply_that_does_not_fit_its_batch_is_refused() {
+        let parse = |header: Vec<u8>, frames: usize, calls, expected| {
+            let mut reply = vec![Frame::from(header)];
+            reply.extend((0..frames).map(|_| Frame::from(b"r".to_vec())));
+            BatchReply::parse(reply, calls, expected)
+        };
+        let last = parse(batch_reply_header(1, 3, &[1, 1]), 2, 3, 1).expect("calls 1 and 2");
+        assert!(last.is_last());
+        assert!(
+            parse(batch_reply_header(0, 3, &[1, 1]), 2, 3, 1).is_none(),
+            "not the next"
+        );
+        assert!(
+            parse(batch_reply_header(0, 4, &[1]), 1, 3, 0).is_none(),
+            "past the batch"
+        );
+        assert!(
+            parse(batch_reply_header(0, 1, &[1, 1]), 2, 3, 0).is_none(),
+            "past its end"
+        );
+        assert!(
+            parse(batch_reply_header(0, 2, &[1, 1]), 1, 3, 0).is_none(),
+            "frames missing"
+        );
+        assert!(
+            parse(0u64.to_le_bytes().to_vec(), 0, 3, 0).is_none(),
+            "the old shape"
+        );
     }
 
     #[test]

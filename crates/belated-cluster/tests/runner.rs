@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use belated_cluster::directory::{Directory, Held};
 use belated_cluster::runner::{Encoded, Input, SEND_ONCE_BYTES};
-use belated_cluster::wire::{Frame, BATCH, FETCH, KEEP, RUN, SEND};
+use belated_cluster::wire::{self, Frame, BATCH, FETCH, KEEP, RUN, SEND};
 use belated_cluster::{Cluster, ClusterRunner, Codec, Error, Transport};
 use belated_core::{run_inline_observed, Graph, InputsLost, Observer, Runner, Schedule, TaskId};
 use parking_lot::{Condvar, Mutex};
@@ -42,6 +42,10 @@ enum Op {
     Blocks,
     /// Runs until its worker is killed the first time it runs (then sums its inputs).
     BlocksOnce,
+    /// Sums its inputs, taking longer than its batch may run: its worker replies with what the
+    /// batch has done and hands back the calls after it; the call runs, and kills its worker if
+    /// `dies`, when the parent waits for its reply.
+    Overruns { dies: bool },
 }
 
 fn sum(bytes: u64) -> Op {
@@ -84,7 +88,7 @@ impl Program {
         match &self.ops[task.index()] {
             Op::Literal(v) => v.n,
             Op::Call(f) => f(&inputs).expect("no failing task here").n,
-            Op::Dies { .. } | Op::Blocks | Op::BlocksOnce => {
+            Op::Dies { .. } | Op::Blocks | Op::BlocksOnce | Op::Overruns { .. } => {
                 inputs.iter().map(|v| v.n).sum::<i64>() + 1
             }
         }
@@ -108,6 +112,9 @@ struct WorkerState {
     generation: u64,
     dead: Option<String>,
     store: HashMap<u64, Val>,
+    /// The call of an overrun batch still to run, for the parent's next read: its index in the
+    /// batch, result id, flags and frame.
+    overran: Option<(u64, u64, u8, Frame)>,
 }
 
 /// Workers that run tasks on the caller's thread and keep values in a map.
@@ -237,17 +244,29 @@ impl FakeWorkers {
             return Ok(encode_values(&values));
         }
         if header[0] == BATCH {
-            let calls = rest[0] as usize;
+            let calls = rest[1] as usize;
+            assert!(
+                rest[0] >= 40_000,
+                "a batch may run twice the target at least"
+            );
             self.record(Event::Batch(worker, calls));
-            let (mut counts, mut replies) = (vec![calls as u64], Vec::new());
-            for (at, call) in rest[1..].chunks_exact(3).enumerate() {
+            let (mut counts, mut replies) = (Vec::new(), Vec::new());
+            for (at, call) in rest[2..].chunks_exact(3).enumerate() {
                 assert_eq!(call[2], 1, "a fake call is one frame");
                 let (result_id, flags) = (call[0], call[1] as u8);
+                let task = words(&frames[1 + at])[0] as usize;
+                if let Op::Overruns { .. } = self.program.ops[task] {
+                    let call = (at as u64, result_id, flags, frames[1 + at].clone());
+                    guard.overran = Some(call);
+                    let header = wire::batch_reply_header(0, at as u64 + 1, &counts);
+                    return Ok(std::iter::once(header.into()).chain(replies).collect());
+                }
                 let reply = self.call_on(worker, &mut guard, result_id, flags, &frames[1 + at])?;
                 counts.push(reply.len() as u64);
                 replies.extend(reply);
             }
-            return Ok(std::iter::once(frame(&counts)).chain(replies).collect());
+            let header = wire::batch_reply_header(0, calls as u64, &counts);
+            return Ok(std::iter::once(header.into()).chain(replies).collect());
         }
         assert_eq!(header[0], RUN);
         let (result_id, flags, blocks) = (rest[0], rest[1] as u8, rest[2] as usize);
@@ -299,9 +318,17 @@ impl FakeWorkers {
             }
             Op::Dies { .. } => sum(8).call(&inputs),
             Op::BlocksOnce if run > 0 => sum(8).call(&inputs),
+            Op::Overruns { dies: true } => {
+                guard.dead = Some("it crashed in a slow call".into());
+                return Err(Error::Lost);
+            }
+            Op::Overruns { dies: false } => sum(8).call(&inputs),
             Op::Blocks | Op::BlocksOnce => {
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
-                while guard.dead.is_none() {
+                // A kill may be followed by the replacement (which clears `dead`) before this
+                // thread wakes: the generation tells it too.
+                let generation = guard.generation;
+                while guard.dead.is_none() && guard.generation == generation {
                     assert!(
                         !killed.wait_until(guard, deadline).timed_out(),
                         "a blocked task was never killed"
@@ -348,6 +375,22 @@ impl Transport for FakeWorkers {
             }
         }
         self.serve(worker, frames)
+    }
+
+    fn receive(
+        &self,
+        worker: usize,
+        generation: u64,
+        _connection: usize,
+    ) -> Result<Vec<Frame>, Error> {
+        let mut guard = self.workers[worker].0.lock();
+        if guard.generation != generation || guard.dead.is_some() {
+            return Err(Error::Lost);
+        }
+        let (at, result_id, flags, call) = guard.overran.take().expect("a batch overran");
+        let reply = self.call_on(worker, &mut guard, result_id, flags, &call)?;
+        let header = wire::batch_reply_header(at, at + 1, &[reply.len() as u64]);
+        Ok(std::iter::once(header.into()).chain(reply).collect())
     }
 
     fn kill(&self, worker: usize, generation: u64) {
@@ -1237,13 +1280,44 @@ fn try_run_batch(
     h: &Harness,
     tasks: &[u32],
 ) -> Vec<Result<Result<Option<i64>, Failure>, InputsLost>> {
-    let mut batch: Vec<(TaskId, Vec<Held<Val>>)> =
-        tasks.iter().map(|&t| (TaskId(t), h.inputs(t))).collect();
-    h.runner
-        .run_batch(&mut batch)
+    let mut results: Vec<_> = tasks.iter().map(|_| None).collect();
+    for (_, group) in settle_batch(h, tasks) {
+        for (task, result) in group {
+            let at = tasks.iter().position(|&t| t == task).expect("of the batch");
+            assert!(
+                results[at].replace(result).is_none(),
+                "{task} settled twice"
+            );
+        }
+    }
+    results
         .into_iter()
-        .map(|result| result.map(|result| result.map(|held| held.local.map(|v| v.n))))
+        .map(|result| result.expect("every task settled"))
         .collect()
+}
+
+/// A task's result as the tests read it.
+type Outcome = Result<Result<Option<i64>, Failure>, InputsLost>;
+
+/// The groups in which the runner settles a batch of `tasks`, each with how many of the fake
+/// workers' events had happened when it came.
+fn settle_batch(h: &Harness, tasks: &[u32]) -> Vec<(usize, Vec<(u32, Outcome)>)> {
+    let batch: Vec<(TaskId, Vec<Held<Val>>)> =
+        tasks.iter().map(|&t| (TaskId(t), h.inputs(t))).collect();
+    let mut groups = Vec::new();
+    h.runner.run_batch(batch, &mut |group| {
+        let group = group
+            .into_iter()
+            .map(|(task, result, _)| {
+                (
+                    task.0,
+                    result.map(|result| result.map(|held| held.local.map(|v| v.n))),
+                )
+            })
+            .collect();
+        groups.push((h.workers.events().len(), group));
+    });
+    groups
 }
 
 #[test]
@@ -1373,6 +1447,114 @@ fn when_a_batch_kills_its_worker_each_of_its_tasks_is_reported_lost_and_runs_nex
             assert_eq!(why, "it crashed again");
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_batch_that_overruns_settles_what_it_did_and_hands_back_the_calls_not_started_at_once() {
+    let program = Program::new(vec![
+        (sum(8), vec![]),
+        (Op::Overruns { dies: false }, vec![]),
+        (sum(8), vec![]),
+        (sum(8), vec![]),
+    ]);
+    let h = Harness::new(&program, 1, &[0, 1, 2, 3], 0);
+    let groups = settle_batch(&h, &[0, 1, 2, 3]);
+    let events = h.workers.events();
+    assert_eq!(
+        events,
+        [Event::Batch(0, 4), Event::Ran(0, 0, 0), Event::Ran(1, 0, 0)],
+        "2 and 3 never ran on this worker"
+    );
+    let [(seen, first), (_, second)] = &groups[..] else {
+        panic!("two groups: {groups:?}")
+    };
+    assert_eq!(*seen, 2, "the first group came before the slow call ended");
+    assert!(
+        matches!(
+            &first[..],
+            [
+                (0, Ok(Ok(Some(1)))),
+                (2, Err(InputsLost(none2))),
+                (3, Err(InputsLost(none3))),
+            ] if none2.is_empty() && none3.is_empty()
+        ),
+        "{first:?}"
+    );
+    assert!(matches!(&second[..], [(1, Ok(Ok(Some(1))))]), "{second:?}");
+}
+
+#[test]
+fn a_slow_call_that_kills_its_worker_after_its_batch_overran_is_lost_alone() {
+    let program = Program::new(vec![
+        (sum(8), vec![]),
+        (Op::Overruns { dies: true }, vec![]),
+        (sum(8), vec![]),
+    ]);
+    let h = Harness::new(&program, 1, &[0, 1, 2], 0);
+    let groups = settle_batch(&h, &[0, 1, 2]);
+    let [(_, first), (_, second)] = &groups[..] else {
+        panic!("two groups: {groups:?}")
+    };
+    assert!(
+        matches!(
+            &first[..],
+            [(0, Ok(Ok(Some(1)))), (2, Err(InputsLost(none)))] if none.is_empty()
+        ),
+        "{first:?}"
+    );
+    assert!(
+        matches!(&second[..], [(1, Err(InputsLost(none)))] if none.is_empty()),
+        "{second:?}"
+    );
+    assert_eq!(
+        h.workers.replaced.load(SeqCst),
+        1,
+        "its worker was replaced"
+    );
+    // Handed over together again, 1 runs alone (and kills its worker again), 2 in a batch.
+    let before = h.workers.events().len();
+    settle_batch(&h, &[1, 2]);
+    let events: Vec<Event> = h.workers.events().split_off(before);
+    assert_eq!(
+        events,
+        [Event::Ran(1, 0, 1), Event::Batch(0, 1), Event::Ran(2, 0, 2)]
+    );
+}
+
+/// Through the engine: a call handed back by a batch that overran goes back to the ready tasks and
+/// runs again (the observer sees its first run end without a result, undone), and every task gets
+/// its result.
+#[test]
+fn on_the_engine_the_calls_a_batch_handed_back_run_again_and_every_task_gets_its_result() {
+    let mut tasks: Vec<(Op, Vec<u32>)> = (0..40).map(|_| (sum(8), vec![])).collect();
+    tasks[5] = (Op::Overruns { dies: false }, vec![]);
+    let program = Program::new(tasks);
+    let outputs: Vec<u32> = (0..40).collect();
+    let h = Harness::new(&program, 1, &outputs, 0);
+    let seen = Arc::new(Seen::default());
+    let values = h.compute(&outputs, &seen).expect("every task ran");
+    for (task, held) in outputs.iter().zip(values) {
+        assert_eq!(
+            held.local.map(|v| v.n),
+            Some(program.expected(TaskId(*task)))
+        );
+    }
+    let handed_back: Vec<u32> = seen
+        .0
+        .lock()
+        .iter()
+        .filter(|(what, _)| *what == "undone")
+        .map(|&(_, task)| task)
+        .collect();
+    assert!(!handed_back.is_empty(), "a batch overran at 5");
+    assert!(!handed_back.contains(&5), "5 itself ran on");
+    let events = h.workers.events();
+    for task in handed_back {
+        let runs = events
+            .iter()
+            .filter(|e| matches!(e, Event::Ran(t, ..) if *t == task));
+        assert_eq!(runs.count(), 1, "{task} ran once, after it was handed back");
     }
 }
 

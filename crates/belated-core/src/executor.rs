@@ -88,14 +88,17 @@ pub trait Runner: Send + Sync + 'static {
         1
     }
 
-    /// Runs several ready tasks, each as [`Runner::run_recoverable`] does on its own inputs: one
-    /// result per task, in order. Observers see them all start before any finishes. The default
-    /// runs them one after the other.
-    fn run_batch(&self, batch: &mut [(TaskId, Vec<Self::Value>)]) -> Vec<Recoverable<Self>> {
-        batch
-            .iter_mut()
-            .map(|(task, inputs)| self.run_recoverable(*task, inputs))
-            .collect()
+    /// Runs several ready tasks, each as [`Runner::run_recoverable`] does on its own inputs, and
+    /// hands each task's result back to `settled` with the task and its inputs, exactly once, in
+    /// groups as they come: the engine records a group at once, so a result never waits for the
+    /// rest of its batch, and a task handed back as lost (`InputsLost` naming none: it did not run)
+    /// is ready again for another thread. Observers see them all start before any finishes. The
+    /// default runs them one after the other.
+    fn run_batch(&self, batch: Vec<(TaskId, Vec<Self::Value>)>, settled: &mut Settled<'_, Self>) {
+        for (task, mut inputs) in batch {
+            let result = self.run_recoverable(task, &mut inputs);
+            settled(vec![(task, result, inputs)]);
+        }
     }
 
     /// How many threads may run this job's tasks at once, at most the pool's; read before each task
@@ -116,6 +119,9 @@ pub trait Runner: Send + Sync + 'static {
 
 /// What [`Runner::run_recoverable`] returns for one task.
 pub type Recoverable<R> = Result<Result<<R as Runner>::Value, <R as Runner>::Error>, InputsLost>;
+
+/// Where [`Runner::run_batch`] hands back a group of its tasks, each with its result and inputs.
+pub type Settled<'a, R> = dyn FnMut(Vec<(TaskId, Recoverable<R>, Vec<<R as Runner>::Value>)>) + 'a;
 
 /// Lets a caller keep a handle on its runner (to inspect it afterwards) while the job owns a clone.
 impl<R: Runner> Runner for Arc<R> {
@@ -150,8 +156,8 @@ impl<R: Runner> Runner for Arc<R> {
         R::batch_size(self, ready)
     }
 
-    fn run_batch(&self, batch: &mut [(TaskId, Vec<Self::Value>)]) -> Vec<Recoverable<Self>> {
-        R::run_batch(self, batch)
+    fn run_batch(&self, batch: Vec<(TaskId, Vec<Self::Value>)>, settled: &mut Settled<'_, Self>) {
+        R::run_batch(self, batch, settled)
     }
 
     fn concurrency(&self) -> usize {
@@ -587,38 +593,114 @@ impl<R: Runner> Job<R> {
                 }
             } else {
                 batch.insert(0, (task, std::mem::take(&mut inputs)));
-                self.run_batch(&mut batch, &mut finished, &mut requeued);
+                let batch = std::mem::take(&mut batch);
+                self.run_batch(pool, batch, &mut finished, &mut requeued, &mut garbage);
             }
         }
     }
 
     /// Runs several tasks at once ([`Runner::run_batch`]) between their observer's calls, as
-    /// [`Job::run_task`] runs one; a panic in the runner is each task's panic.
+    /// [`Job::run_task`] runs one; a panic in the runner is the panic of each task it had not
+    /// settled. A group settled while others of the batch still run is recorded at once (its
+    /// dependents and the tasks handed back become ready for other threads); the last group is
+    /// left in `finished` and `requeued` for the caller's next visit under the lock.
     fn run_batch(
         &self,
-        batch: &mut Vec<(TaskId, Vec<R::Value>)>,
+        pool: Option<&PoolShared>,
+        batch: Vec<(TaskId, Vec<R::Value>)>,
         finished: &mut Vec<(TaskId, TaskResult<R>)>,
         requeued: &mut Vec<(TaskId, InputsLost, Vec<R::Value>)>,
+        garbage: &mut Garbage<R>,
     ) {
         let worker = WORKER_INDEX.get();
+        let mut unsettled: Vec<TaskId> = batch.iter().map(|&(task, _)| task).collect();
         let started = batch
             .iter()
             .try_for_each(|&(task, _)| self.observe(|o| o.task_started(task, worker)));
-        let results = started.and_then(|()| catch(|| self.runner.run_batch(batch)));
-        let results: Vec<Result<TaskResult<R>, InputsLost>> = match results {
-            Ok(results) if results.len() == batch.len() => {
-                results.into_iter().map(|result| result.map(Ok)).collect()
+        let ran = match started {
+            Ok(()) => catch(|| {
+                self.runner.run_batch(batch, &mut |group| {
+                    for (task, attempt, mut inputs) in group {
+                        let Some(at) = unsettled.iter().position(|&t| t == task) else {
+                            // Not of this batch, or settled twice: the runner's mistake, and
+                            // the task's inputs go with it.
+                            let _ = clear_inputs(&mut inputs);
+                            continue;
+                        };
+                        unsettled.swap_remove(at);
+                        match self.settle_run(task, worker, attempt.map(Ok), &mut inputs) {
+                            Ok(result) => finished.push((task, result)),
+                            Err(lost) => requeued.push((task, lost, inputs)),
+                        }
+                    }
+                    if !unsettled.is_empty() {
+                        self.record_now(pool, finished, requeued, garbage);
+                    }
+                });
+            }),
+            Err(message) => {
+                for (task, mut inputs) in batch {
+                    let attempt = Ok(Err(message.clone()));
+                    if let Ok(result) = self.settle_run(task, worker, attempt, &mut inputs) {
+                        finished.push((task, result));
+                    }
+                }
+                return;
             }
-            Ok(_) => {
-                let message = "the runner returned a result per task of another batch";
-                (0..batch.len()).map(|_| Ok(Err(message.into()))).collect()
-            }
-            Err(message) => (0..batch.len()).map(|_| Ok(Err(message.clone()))).collect(),
         };
-        for ((task, mut inputs), attempt) in batch.drain(..).zip(results) {
-            match self.settle_run(task, worker, attempt, &mut inputs) {
-                Ok(result) => finished.push((task, result)),
-                Err(lost) => requeued.push((task, lost, inputs)),
+        let message = match ran {
+            Ok(()) => "the runner returned no result for a task of its batch".to_string(),
+            Err(message) => message,
+        };
+        // Their inputs went with the runner's panic.
+        for task in unsettled {
+            let attempt = Ok(Err(message.clone()));
+            if let Ok(result) = self.settle_run(task, worker, attempt, &mut Vec::new()) {
+                finished.push((task, result));
+            }
+        }
+    }
+
+    /// Records what a batch settled while the rest of it still runs, as the work loop does under
+    /// the lock, and wakes a thread for the work it made ready.
+    fn record_now(
+        &self,
+        pool: Option<&PoolShared>,
+        finished: &mut Vec<(TaskId, TaskResult<R>)>,
+        requeued: &mut Vec<(TaskId, InputsLost, Vec<R::Value>)>,
+        garbage: &mut Garbage<R>,
+    ) {
+        let mut blame = None;
+        let recorded = catch(|| {
+            let mut state = self.state.lock();
+            for (task, result) in finished.drain(..) {
+                blame = Some(task);
+                self.record(&mut state, task, result, garbage);
+            }
+            for (task, lost, handed) in requeued.drain(..) {
+                blame = Some(task);
+                self.requeue(&mut state, task, lost, handed, garbage);
+            }
+            let ready = if state.outcome.is_none() {
+                state.schedule.ready_len()
+            } else {
+                0
+            };
+            if (self.ready_hint.load(SeqCst) > 0) != (ready > 0) {
+                self.ready_hint.store(ready, SeqCst);
+            }
+            if ready > 0 && self.running.load(SeqCst) < self.limit() && state.helpers_waiting > 0 {
+                self.changed.notify_all();
+            }
+        });
+        self.take_out(garbage);
+        if let Err(message) = recorded {
+            let task = blame.expect("recording runs user code only for a task");
+            self.fail(task, message);
+        }
+        if let Some(pool) = pool {
+            if self.ready_hint.load(SeqCst) > 0 && self.running.load(SeqCst) < self.limit() {
+                pool.wake_one();
             }
         }
     }

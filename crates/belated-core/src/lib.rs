@@ -38,7 +38,7 @@ pub use error::Error;
 pub use executor::{
     current_worker, on_worker_thread, panic_message, run_inline, run_inline_each,
     run_inline_observed, CancelToken, EachOutput, Fanout, JobHandle, Observer, Outputs, PlainHost,
-    Recoverable, Runner, ThreadHost, ThreadPool,
+    Recoverable, Runner, Settled, ThreadHost, ThreadPool,
 };
 pub use graph::{Graph, Plan, TaskId};
 pub use node::{release_paced, Node, Payload, RELEASE_STEP};

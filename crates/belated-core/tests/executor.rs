@@ -798,21 +798,29 @@ impl Runner for Batched {
 
     fn run_batch(
         &self,
-        batch: &mut [(TaskId, Vec<Value>)],
-    ) -> Vec<belated_core::Recoverable<Self>> {
+        batch: Vec<(TaskId, Vec<Value>)>,
+        settled: &mut belated_core::Settled<'_, Self>,
+    ) {
         self.batches
             .lock()
             .push(batch.iter().map(|(task, _)| *task).collect());
-        batch
-            .iter_mut()
-            .map(|(task, inputs)| {
-                if Some(*task) == self.lose_once && !self.lost.swap(true, SeqCst) {
-                    let dep = belated_core::InputsLost(vec![TaskId(0)]);
-                    return Err(dep);
-                }
-                Ok(self.run(*task, inputs))
-            })
-            .collect()
+        // Each task's result comes back with the one after it (the last alone), so that the engine
+        // records groups while the rest of their batch still runs.
+        let mut group = Vec::new();
+        for (task, inputs) in batch {
+            let result = if Some(task) == self.lose_once && !self.lost.swap(true, SeqCst) {
+                Err(belated_core::InputsLost(vec![TaskId(0)]))
+            } else {
+                Ok(self.run(task, &inputs))
+            };
+            group.push((task, result, inputs));
+            if group.len() == 2 {
+                settled(std::mem::take(&mut group));
+            }
+        }
+        if !group.is_empty() {
+            settled(group);
+        }
     }
 }
 
