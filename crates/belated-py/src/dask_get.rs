@@ -12,7 +12,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::compute::{run_on_threads, worker_count, MeasuredRamp};
 use crate::errors::{catch_panics, to_python};
-use crate::gil::let_other_threads_run;
+use crate::gil::offer_between_tasks;
 use crate::host::Deadline;
 use crate::task::PyValue;
 
@@ -79,7 +79,7 @@ impl DaskRunner {
     fn run_attached(&self, py: Python<'_>, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
         // A task that is a builtin runs no bytecode, so nothing else would hand the
         // interpreter to a thread waiting for it (a heartbeat, a progress bar).
-        let_other_threads_run(py)?;
+        offer_between_tasks(py)?;
         if self.check_signals {
             py.check_signals()?;
         }

@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 
 use crate::diagnostics::{ComputeState, TaskGraph};
 use crate::errors::ComputeTimeoutError;
-use crate::gil::let_other_threads_run;
+use crate::gil::offer_between_tasks;
 use crate::task::TaskNode;
 
 /// The most worker threads one pool or cluster may have. Far above any useful degree of parallelism,
@@ -47,7 +47,7 @@ impl TaskGuard {
     /// Checks whether the task may start and tells the `pretask` callbacks; returns its key when
     /// `posttask` callbacks will want it.
     pub(crate) fn before(&self, py: Python<'_>, node: &TaskNode) -> PyResult<Option<String>> {
-        let_other_threads_run(py)?;
+        offer_between_tasks(py)?;
         if self.check_signals {
             py.check_signals()?;
         }
