@@ -19,6 +19,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import sys
 import threading
 import traceback
@@ -356,11 +357,14 @@ class Future:
     ``await future`` waits without blocking an event loop. A future can be an argument of another
     ``submit`` or ``map``: that task starts once it is done and receives its result."""
 
-    __slots__ = ("_computation", "_index", "_value", "client", "key")
+    __slots__ = ("_computation", "_id", "_index", "_value", "client", "key")
+
+    _ids = itertools.count()
 
     def __init__(self, computation, index, key, client):
         self._computation, self._index, self.key, self.client = computation, index, key, client
         self._value = None
+        self._id = next(Future._ids)
 
     @property
     def _batch(self):
@@ -451,8 +455,10 @@ class Future:
         return f"<Future: {self.status}, key: {self.key}>"
 
     def __dask_tokenize__(self):
-        # What a call taking it depends on: its key, as distributed tokenizes a Future.
-        return ("Future", self.key)
+        # Its key alone would not do: a key let go of and computed again can hold another value, and a
+        # call on the new future must not take the key of the same call on the old one. distributed
+        # tokenizes a Future by its key and its object's id too.
+        return ("Future", self.key, self._id)
 
     def __reduce__(self):
         raise TypeError(
