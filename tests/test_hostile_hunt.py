@@ -116,6 +116,19 @@ def test_a_future_in_a_delayed_call_is_its_result_as_in_distributed(any_client, 
     assert call(future).compute(scheduler=any_client) == ("int", 2)
 
 
+# Found: `submit(5)` and `map(5, [1])` returned futures that failed later with "'int' object is not
+# callable"; distributed refuses them at the call.
+
+
+@pytest.mark.parametrize("call", ["submit", "map"])
+def test_a_function_that_is_not_callable_is_refused_at_the_call_as_in_distributed(any_client, call):
+    with pytest.raises(TypeError, match=f"First input to {call} must be a callable function"):
+        if call == "submit":
+            any_client.submit(5)
+        else:
+            any_client.map(5, [1])
+
+
 # -- dask's own compute(scheduler=client) -----------------------------------------------------------------
 # Found: `x.compute(scheduler=client)` of a dask collection raised dask's "Unexpected scheduler" for a
 # belated Client, which has no `get` (dask calls distributed's Client.get).

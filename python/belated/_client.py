@@ -400,6 +400,8 @@ class Client:
                 func, *args, pure=pure, key=key, retries=retries, **scheduling, **kwargs
             )
         _refuse_placement(workers, resources, actor or actors)
+        if not callable(func):
+            raise TypeError("First input to submit must be a callable function")
         from belated import delayed
 
         if key is None:
@@ -455,6 +457,8 @@ class Client:
                 func, *iterables, key=key, pure=pure, retries=retries, **scheduling, **kwargs
             )
         _refuse_placement(workers, resources, actor or actors)
+        if not callable(func):
+            raise TypeError("First input to map must be a callable function")
         from belated import delayed
 
         calls = list(zip(*iterables, strict=True))
