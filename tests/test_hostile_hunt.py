@@ -116,6 +116,16 @@ def test_a_future_in_a_delayed_call_is_its_result_as_in_distributed(any_client, 
     assert call(future).compute(scheduler=any_client) == ("int", 2)
 
 
+def compute_on_a_future_of_its_own(n):
+    client = belated.get_client()
+    return client.compute(belated.delayed(kind_and_value)(client.submit(inc, n))).result(timeout=60)
+
+
+def test_a_tasks_own_future_in_a_delayed_call_is_its_result(ours):
+    # Found on a local cluster: the task's future (a stand-in that asks the parent) reached the call.
+    assert ours.submit(compute_on_a_future_of_its_own, 1).result(timeout=60) == ("int", 2)
+
+
 # Found: `submit(5)` and `map(5, [1])` returned futures that failed later with "'int' object is not
 # callable"; distributed refuses them at the call.
 

@@ -404,12 +404,12 @@ class Client:
             raise TypeError("First input to submit must be a callable function")
         from belated import delayed
 
+        after = futures_in((args, kwargs))
         if key is None:
-            [token] = _call_tokens(func, [args], kwargs) if pure else [uuid.uuid4()]
+            [token] = _call_tokens(func, [args], kwargs, after) if pure else [uuid.uuid4()]
             key = f"{_funcname(func)}-{token}"
         func = self._on_this_client(func)
         func, (args, kwargs) = _passing_delayed(func, (args, kwargs))
-        after = futures_in((args, kwargs))
         if not after:  # the common case: no need to wait or rebuild
             task = delayed(func)(*args, dask_key_name=key, **kwargs)
             return self._start(lambda: (task,), [key], True, retries)[0]
@@ -462,6 +462,7 @@ class Client:
         from belated import delayed
 
         calls = list(zip(*iterables, strict=True))
+        after = futures_in((calls, kwargs))
         if isinstance(key, (list, tuple)):
             if len(key) != len(calls):
                 raise ValueError(f"map got {len(key)} keys for {len(calls)} calls")
@@ -469,13 +470,12 @@ class Client:
         else:
             prefix = key or _funcname(func)
             if pure:
-                keys = [f"{prefix}-{token}" for token in _call_tokens(func, calls, kwargs)]
+                keys = [f"{prefix}-{token}" for token in _call_tokens(func, calls, kwargs, after)]
             else:
                 batch = uuid.uuid4()
                 keys = [f"{prefix}-{batch}-{i}" for i in range(len(calls))]
         func, (calls, kwargs) = _passing_delayed(self._on_this_client(func), (calls, kwargs))
         call = delayed(EachOwnOutcome(func))
-        after = futures_in((calls, kwargs))
 
         def tasks(calls, kwargs):
             # Equal calls share a key, and so one task.
@@ -1270,13 +1270,29 @@ def _dask_default(client):
     return dask.config.set(scheduler=client)
 
 
-def _call_tokens(func, calls, kwargs):
+def _call_tokens(func, calls, kwargs, futures):
     """The token of each call ``func(*args, **kwargs)`` for ``args`` in ``calls``, as pure ``delayed``
-    calls' keys end with (made in Rust for plain arguments, many times faster than tokenizing here)."""
+    calls' keys end with (made in Rust for plain arguments, many times faster than tokenizing here).
+    ``futures``: those among the arguments."""
     from belated import delayed
 
+    if futures:
+        # Each future by its token: a Delayed call taking the future itself would wait for its result.
+        calls, kwargs = replace_futures((calls, kwargs), _TokenOf)
     call = delayed(func, pure=True)
     return [call(*args, **kwargs).key.rpartition("-")[2] for args in calls]
+
+
+class _TokenOf:
+    """Tokenizes as the future it is made from."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, future):
+        self.token = future.__dask_tokenize__()
+
+    def __dask_tokenize__(self):
+        return self.token
 
 
 def _funcname(func):

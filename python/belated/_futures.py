@@ -350,7 +350,15 @@ def _raised_in_worker(error, text):
     return Raised(error)
 
 
-class Future:
+class AnyFuture:
+    """A Client's future, in the caller (``Future``) or in a task of a worker process
+    (``RemoteFuture``). A Delayed call taking one receives its result (the argument collector asks
+    for ``_as_delayed()``), as distributed gives a task a Future's result."""
+
+    __slots__ = ()
+
+
+class Future(AnyFuture):
     """A result being computed on a cluster, from :meth:`Client.submit`, :meth:`Client.map`,
     :meth:`Client.compute` or :meth:`Client.scatter`.
 

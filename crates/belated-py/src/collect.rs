@@ -262,7 +262,8 @@ enum Kind {
     Iterator(ReadAs),
     /// A dask collection (a dask.delayed, array, ...): its tasks become tasks of ours.
     DaskCollection,
-    /// A future of a belated `Client`: the result it will have.
+    /// A future of a belated `Client` (in the caller, or in a task of a worker process): the result it
+    /// will have.
     ClientFuture,
 }
 
@@ -302,7 +303,7 @@ fn kind_of(ty: &Bound<'_, PyType>) -> PyResult<Kind> {
         Kind::Dataclass(names)
     } else if ty.hasattr("__dask_graph__")? {
         Kind::DaskCollection
-    } else if ty.is_subclass(FUTURE.import(py, "belated._futures", "Future")?)? {
+    } else if ty.is_subclass(FUTURE.import(py, "belated._futures", "AnyFuture")?)? {
         Kind::ClientFuture
     } else if ty.hasattr("__next__")? {
         let iterator_type = |container: &Bound<'_, PyAny>| -> PyResult<bool> {
