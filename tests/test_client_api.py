@@ -456,10 +456,17 @@ def test_a_scattered_value_goes_to_the_workers_once_per_computation_not_with_eve
     assert 1 <= uploaded <= 4, f"sent {uploaded} times for 40 calls"
 
 
-def test_a_future_inside_a_delayed_argument_is_refused_clearly(local_cluster):
+def test_a_future_inside_a_delayed_argument_is_its_result_and_inside_an_object_is_refused(local_cluster):
+    # As distributed: a Delayed call taking a future receives its result.
     future = local_cluster.submit(square, 2)
+    assert local_cluster.compute(belated.delayed(inc)(future)).result(timeout=30) == 5
     with pytest.raises(belated.BelatedError, match=r"pass it as an argument of client\.submit"):
-        local_cluster.compute(belated.delayed(inc)(future)).result(timeout=30)
+        local_cluster.compute(belated.delayed(repr)(Holder(future))).result(timeout=30)
+
+
+class Holder:
+    def __init__(self, held):
+        self.held = held
 
 
 # -- asyncio ------------------------------------------------------------------------------------------
