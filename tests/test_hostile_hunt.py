@@ -126,6 +126,23 @@ def test_a_tasks_own_future_in_a_delayed_call_is_its_result(ours):
     assert ours.submit(compute_on_a_future_of_its_own, 1).result(timeout=60) == ("int", 2)
 
 
+# Found: `compute(5)` gave a future, and `compute([x, 5])[1]` a future too; distributed gives back what
+# is not a collection as it is.
+
+
+def test_compute_gives_back_what_is_not_a_collection_as_distributed_does(any_client):
+    import dask
+
+    lib = dask if any_client.__module__.startswith("distributed") else belated
+    future = any_client.submit(inc, 1)
+    assert any_client.compute(5) == 5
+    assert any_client.compute(future) is future
+    computed, plain = any_client.compute([lib.delayed(inc)(1), 5])
+    assert (computed.result(timeout=60), plain) == (2, 5)
+    assert any_client.compute([lib.delayed(inc)(1), 5], sync=True) == [2, 5]
+    assert any_client.compute({"k": lib.delayed(inc)(1)}).result(timeout=60) == {"k": 2}
+
+
 # Found: `submit(5)` and `map(5, [1])` returned futures that failed later with "'int' object is not
 # callable"; distributed refuses them at the call.
 

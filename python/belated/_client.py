@@ -350,8 +350,26 @@ class Client:
         returns a :class:`Future` for each (a list for a list), or the results with ``sync=True``."""
         if self._distributed_client is not None:
             return self._on_distributed(collections, traverse, sync=sync)
+        from belated._api import is_dask_collection
+
         many = type(collections) in (list, tuple)
         items = tuple(collections) if many else (collections,)
+        # As distributed: what is neither a collection nor (with traverse) a container that may hold
+        # some is given back as it is, not as a future.
+        computed = [
+            i
+            for i, item in enumerate(items)
+            if is_dask_collection(item) or (traverse and type(item) in _CONTAINERS)
+        ]
+        if len(computed) < len(items):
+            results = list(items)
+            if computed:
+                futures = self.compute([items[i] for i in computed], traverse=traverse, retries=retries)
+                for i, future in zip(computed, futures, strict=True):
+                    results[i] = future
+            if sync:
+                results = self.gather(results)
+            return results if many else results[0]
         # What is not one task (a dict or list holding some) gets a key of its own, as in distributed.
         keys = [getattr(item, "key", None) or f"{type(item).__name__}-{uuid.uuid4()}" for item in items]
         futures = self._start(lambda: items, keys, traverse, retries)
@@ -1268,6 +1286,10 @@ def _dask_default(client):
     except ImportError:
         return None
     return dask.config.set(scheduler=client)
+
+
+# The containers ``compute`` looks into for collections (with ``traverse``), as distributed's does.
+_CONTAINERS = (list, tuple, set, dict)
 
 
 def _call_tokens(func, calls, kwargs, futures):
