@@ -446,10 +446,17 @@ def test_a_scattered_value_goes_to_a_worker_with_the_scatter_and_never_with_a_ca
     assert local_cluster.cluster_stats()["uploaded"] == before, "it is in the workers already"
 
 
-def test_a_future_inside_a_delayed_argument_is_refused_clearly(local_cluster):
+def test_a_future_inside_a_delayed_argument_is_its_result_and_inside_an_object_is_refused(local_cluster):
+    # As distributed: a Delayed call taking a future receives its result.
     future = local_cluster.submit(square, 2)
+    assert local_cluster.compute(belated.delayed(inc)(future)).result(timeout=30) == 5
     with pytest.raises(belated.BelatedError, match=r"pass it as an argument of client\.submit"):
-        local_cluster.compute(belated.delayed(inc)(future)).result(timeout=30)
+        local_cluster.compute(belated.delayed(repr)(Holder(future))).result(timeout=30)
+
+
+class Holder:
+    def __init__(self, held):
+        self.held = held
 
 
 # -- asyncio ------------------------------------------------------------------------------------------

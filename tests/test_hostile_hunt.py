@@ -63,6 +63,99 @@ def test_a_key_is_computed_afresh_once_no_future_holds_it(ours):
     assert ours.submit(dec, 5, key="hunt-cancelled").result(timeout=60) == 4
 
 
+# Found: a call on a future tokenized the future by its key alone, so once a key was let go of and
+# computed again with another value, a call on the new future took the key of the same call on the old
+# one and answered its value (on processes, `times_ten(second)` said 20 where `second` was 0).
+# distributed tokenizes a Future by its key and the Future object itself, as here.
+
+
+def times_ten(x):
+    return x * 10
+
+
+def test_a_call_on_a_future_of_a_key_computed_again_is_a_call_on_the_new_value(any_client):
+    first = any_client.submit(inc, 1, key="hunt-again")
+    tens = any_client.submit(times_ten, first)
+    assert tens.result(timeout=60) == 20
+    del first
+    gc.collect()
+    second = any_client.submit(dec, 1, key="hunt-again")
+    again = any_client.submit(times_ten, second)
+    assert again.result(timeout=60) == second.result(timeout=60) * 10
+    assert tens.result(timeout=60) == 20
+
+
+def test_calls_on_one_future_share_a_key_and_on_another_future_of_its_key_do_not(any_client):
+    # distributed's map gives one future for equal calls, belated's one per call: both key by it.
+    first, second = any_client.map(inc, [7, 7])
+    assert first.key == second.key
+    assert any_client.submit(times_ten, first).key == any_client.submit(times_ten, first).key
+    shared = any_client.submit(times_ten, first).key == any_client.submit(times_ten, second).key
+    assert shared == (first is second)
+    assert any_client.gather([first, second]) == [8, 8]
+
+
+# Found: a Client's future passed to a Delayed call reached the task as the Future object itself (on a
+# local cluster, "cannot be sent to a worker process"); distributed gives the task the future's result.
+
+
+def kind_and_value(x):
+    return type(x).__name__, x
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_a_future_in_a_delayed_call_is_its_result_as_in_distributed(any_client, pure):
+    import dask
+
+    future = any_client.submit(inc, 1)
+    lib = dask if any_client.__module__.startswith("distributed") else belated
+    call = lib.delayed(kind_and_value, pure=pure)
+    assert any_client.compute(call(future)).result(timeout=60) == ("int", 2)
+    assert any_client.compute(call([future, {"k": future}])).result(timeout=60) == ("list", [2, {"k": 2}])
+    assert any_client.persist(call(future)).compute() == ("int", 2)
+    assert call(future).compute(scheduler=any_client) == ("int", 2)
+
+
+def compute_on_a_future_of_its_own(n):
+    client = belated.get_client()
+    return client.compute(belated.delayed(kind_and_value)(client.submit(inc, n))).result(timeout=60)
+
+
+def test_a_tasks_own_future_in_a_delayed_call_is_its_result(ours):
+    # Found on a local cluster: the task's future (a stand-in that asks the parent) reached the call.
+    assert ours.submit(compute_on_a_future_of_its_own, 1).result(timeout=60) == ("int", 2)
+
+
+# Found: `compute(5)` gave a future, and `compute([x, 5])[1]` a future too; distributed gives back what
+# is not a collection as it is.
+
+
+def test_compute_gives_back_what_is_not_a_collection_as_distributed_does(any_client):
+    import dask
+
+    lib = dask if any_client.__module__.startswith("distributed") else belated
+    future = any_client.submit(inc, 1)
+    assert any_client.compute(5) == 5
+    assert any_client.compute(future) is future
+    computed, plain = any_client.compute([lib.delayed(inc)(1), 5])
+    assert (computed.result(timeout=60), plain) == (2, 5)
+    assert any_client.compute([lib.delayed(inc)(1), 5], sync=True) == [2, 5]
+    assert any_client.compute({"k": lib.delayed(inc)(1)}).result(timeout=60) == {"k": 2}
+
+
+# Found: `submit(5)` and `map(5, [1])` returned futures that failed later with "'int' object is not
+# callable"; distributed refuses them at the call.
+
+
+@pytest.mark.parametrize("call", ["submit", "map"])
+def test_a_function_that_is_not_callable_is_refused_at_the_call_as_in_distributed(any_client, call):
+    with pytest.raises(TypeError, match=f"First input to {call} must be a callable function"):
+        if call == "submit":
+            any_client.submit(5)
+        else:
+            any_client.map(5, [1])
+
+
 # -- dask's own compute(scheduler=client) -----------------------------------------------------------------
 # Found: `x.compute(scheduler=client)` of a dask collection raised dask's "Unexpected scheduler" for a
 # belated Client, which has no `get` (dask calls distributed's Client.get).

@@ -391,8 +391,26 @@ class Client:
         returns a :class:`Future` for each (a list for a list), or the results with ``sync=True``."""
         if self._distributed_client is not None:
             return self._on_distributed(collections, traverse, sync=sync)
+        from belated._api import is_dask_collection
+
         many = type(collections) in (list, tuple)
         items = tuple(collections) if many else (collections,)
+        # As distributed: what is neither a collection nor (with traverse) a container that may hold
+        # some is given back as it is, not as a future.
+        computed = [
+            i
+            for i, item in enumerate(items)
+            if is_dask_collection(item) or (traverse and type(item) in _CONTAINERS)
+        ]
+        if len(computed) < len(items):
+            results = list(items)
+            if computed:
+                futures = self.compute([items[i] for i in computed], traverse=traverse, retries=retries)
+                for i, future in zip(computed, futures, strict=True):
+                    results[i] = future
+            if sync:
+                results = self.gather(results)
+            return results if many else results[0]
         # What is not one task (a dict or list holding some) gets a key of its own, as in distributed.
         keys = [getattr(item, "key", None) or f"{type(item).__name__}-{uuid.uuid4()}" for item in items]
         futures = self._start_apart(items, keys, traverse, retries)
@@ -433,14 +451,16 @@ class Client:
                 func, *args, pure=pure, key=key, retries=retries, **scheduling, **kwargs
             )
         _refuse_placement(scheduling)
+        if not callable(func):
+            raise TypeError("First input to submit must be a callable function")
         from belated import delayed
 
+        after = futures_in((args, kwargs))
         if key is None:
-            [token] = _call_tokens(func, [args], kwargs) if pure else [uuid.uuid4()]
+            [token] = _call_tokens(func, [args], kwargs, after) if pure else [uuid.uuid4()]
             key = f"{_funcname(func)}-{token}"
         func = self._on_this_client(func)
         func, (args, kwargs) = _passing_delayed(func, (args, kwargs))
-        after = futures_in((args, kwargs))
         if not after:  # the common case: no need to wait or rebuild
             task = delayed(func)(*args, dask_key_name=key, **kwargs)
             return self._start(lambda: (task,), [key], True, retries)[0]
@@ -479,9 +499,12 @@ class Client:
                 func, *iterables, key=key, pure=pure, retries=retries, **scheduling, **kwargs
             )
         _refuse_placement(scheduling)
+        if not callable(func):
+            raise TypeError("First input to map must be a callable function")
         from belated import delayed
 
         calls = list(zip(*iterables, strict=True))
+        after = futures_in((calls, kwargs))
         if isinstance(key, (list, tuple)):
             if len(key) != len(calls):
                 raise ValueError(f"map got {len(key)} keys for {len(calls)} calls")
@@ -489,13 +512,12 @@ class Client:
         else:
             prefix = key or _funcname(func)
             if pure:
-                keys = [f"{prefix}-{token}" for token in _call_tokens(func, calls, kwargs)]
+                keys = [f"{prefix}-{token}" for token in _call_tokens(func, calls, kwargs, after)]
             else:
                 batch = uuid.uuid4()
                 keys = [f"{prefix}-{batch}-{i}" for i in range(len(calls))]
         func, (calls, kwargs) = _passing_delayed(self._on_this_client(func), (calls, kwargs))
         call = delayed(EachOwnOutcome(func))
-        after = futures_in((calls, kwargs))
 
         def tasks(calls, kwargs):
             # Equal calls share a key, and so one task.
@@ -1430,13 +1452,33 @@ def _dask_default(client):
     return dask.config.set(scheduler=client)
 
 
-def _call_tokens(func, calls, kwargs):
+# The containers ``compute`` looks into for collections (with ``traverse``), as distributed's does.
+_CONTAINERS = (list, tuple, set, dict)
+
+
+def _call_tokens(func, calls, kwargs, futures):
     """The token of each call ``func(*args, **kwargs)`` for ``args`` in ``calls``, as pure ``delayed``
-    calls' keys end with (made in Rust for plain arguments, many times faster than tokenizing here)."""
+    calls' keys end with (made in Rust for plain arguments, many times faster than tokenizing here).
+    ``futures``: those among the arguments."""
     from belated import delayed
 
+    if futures:
+        # Each future by its token: a Delayed call taking the future itself would wait for its result.
+        calls, kwargs = replace_futures((calls, kwargs), _TokenOf)
     call = delayed(func, pure=True)
     return [call(*args, **kwargs).key.rpartition("-")[2] for args in calls]
+
+
+class _TokenOf:
+    """Tokenizes as the future it is made from."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, future):
+        self.token = future.__dask_tokenize__()
+
+    def __dask_tokenize__(self):
+        return self.token
 
 
 def _funcname(func):

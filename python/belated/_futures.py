@@ -19,6 +19,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import sys
 import threading
 import traceback
@@ -430,18 +431,29 @@ def _raised_in_worker(error, text):
     return Raised(error)
 
 
-class Future:
+class AnyFuture:
+    """A Client's future, in the caller (``Future``) or in a task of a worker process
+    (``RemoteFuture``). A Delayed call taking one receives its result (the argument collector asks
+    for ``_as_delayed()``), as distributed gives a task a Future's result."""
+
+    __slots__ = ()
+
+
+class Future(AnyFuture):
     """A result being computed on a cluster, from :meth:`Client.submit`, :meth:`Client.map`,
     :meth:`Client.compute` or :meth:`Client.scatter`.
 
     ``await future`` waits without blocking an event loop. A future can be an argument of another
     ``submit`` or ``map``: that task starts once it is done and receives its result."""
 
-    __slots__ = ("_computation", "_index", "_value", "client", "key")
+    __slots__ = ("_computation", "_id", "_index", "_value", "client", "key")
+
+    _ids = itertools.count()
 
     def __init__(self, computation, index, key, client):
         self._computation, self._index, self.key, self.client = computation, index, key, client
         self._value = None
+        self._id = next(Future._ids)
 
     @property
     def _batch(self):
@@ -553,8 +565,10 @@ class Future:
         return f"<Future: {self.status}, key: {self.key}>"
 
     def __dask_tokenize__(self):
-        # What a call taking it depends on: its key, as distributed tokenizes a Future.
-        return ("Future", self.key)
+        # Its key alone would not do: a key let go of and computed again can hold another value, and a
+        # call on the new future must not take the key of the same call on the old one. distributed
+        # tokenizes a Future by its key and its object's id too.
+        return ("Future", self.key, self._id)
 
     def __reduce__(self):
         raise TypeError(

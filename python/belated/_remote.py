@@ -15,8 +15,8 @@ import os
 import threading
 import weakref
 
-from belated import _worker
-from belated._futures import futures_in, replace_futures, task_client
+from belated import _belated, _worker
+from belated._futures import AnyFuture, futures_in, replace_futures, task_client
 
 
 class WorkerClient:
@@ -37,7 +37,7 @@ class WorkerClient:
         return "<belated.WorkerClient: the Client of this worker process, in its parent>"
 
 
-class RemoteFuture:
+class RemoteFuture(AnyFuture):
     """A future of the parent's Client, in a task of a worker process: ``result`` and the rest ask
     the parent. It can be passed to the client's calls, as an argument of a task or to ``gather``."""
 
@@ -67,6 +67,9 @@ class RemoteFuture:
     @property
     def status(self):
         return self._ask("status")
+
+    def _as_delayed(self):
+        return _belated.delayed(self.result(), name=self.key, traverse=False)
 
     def __repr__(self):
         return f"<RemoteFuture: key: {self.key}>"

@@ -134,6 +134,12 @@ impl Collector {
                         }))
                     }),
                 Kind::Dataclass(fields) => self.dataclass(obj, &fields, depth)?,
+                Kind::ClientFuture => {
+                    // Its value, as distributed's Client gives a task a Future's result: the task
+                    // would otherwise receive the Future object itself.
+                    let held = obj.call_method0("_as_delayed")?;
+                    return Ok(self.dep(held.cast::<Delayed>()?.get().node().clone()));
+                }
                 Kind::DaskCollection => {
                     // At depth 1 the collection is the whole argument, alone in it.
                     let node = if depth > 1 {
@@ -256,6 +262,9 @@ enum Kind {
     Iterator(ReadAs),
     /// A dask collection (a dask.delayed, array, ...): its tasks become tasks of ours.
     DaskCollection,
+    /// A future of a belated `Client` (in the caller, or in a task of a worker process): the result it
+    /// will have.
+    ClientFuture,
 }
 
 /// The container an iterator's items are passed in.
@@ -281,6 +290,7 @@ fn kind_of(ty: &Bound<'_, PyType>) -> PyResult<Kind> {
         return Ok(kind.clone());
     }
     let py = ty.py();
+    static FUTURE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     let kind = if ty.is_subclass_of::<PyTuple>()? && ty.hasattr("_fields")? {
         Kind::NamedTuple
     } else if ty.hasattr("__dataclass_fields__")? {
@@ -293,6 +303,8 @@ fn kind_of(ty: &Bound<'_, PyType>) -> PyResult<Kind> {
         Kind::Dataclass(names)
     } else if ty.hasattr("__dask_graph__")? {
         Kind::DaskCollection
+    } else if ty.is_subclass(FUTURE.import(py, "belated._futures", "AnyFuture")?)? {
+        Kind::ClientFuture
     } else if ty.hasattr("__next__")? {
         let iterator_type = |container: &Bound<'_, PyAny>| -> PyResult<bool> {
             Ok(ty.is(container.try_iter()?.get_type()))

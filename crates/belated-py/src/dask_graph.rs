@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -265,8 +265,9 @@ fn walk<'py>(
                     if let Some(slot) = slots.get_item(dep)? {
                         let slot = slot.extract::<usize>()?;
                         if ids[slot].is_none() {
-                            return Err(PyValueError::new_err(format!(
-                                "the graph has a cycle through key {}",
+                            // RuntimeError, as dask's own schedulers raise for a cycle.
+                            return Err(PyRuntimeError::new_err(format!(
+                                "Cycle detected: the graph has a cycle through key {}",
                                 dep.repr()?
                             )));
                         }
