@@ -68,6 +68,44 @@ def test_task_exceptions_come_back_as_themselves_with_the_workers_traceback():
     assert (last.name, last.line) == ("explode", 'raise Boom(f"bad {x}")')
 
 
+# A function of a script travels by value. Its file's lines went with every call, so a task of a 15 KB
+# script cost a 16 KB call; a worker on this machine reads the unchanged file itself.
+SCRIPT = """
+import traceback, belated
+from belated import _worker
+
+def explode(x):
+    raise ValueError(f"bad {x}")
+
+def call_bytes():
+    _worker.new_computation()
+    return len(b"".join(_worker.dumps_call(explode, (1,), {})))
+
+if __name__ == "__main__":
+    print(call_bytes())
+    try:
+        belated.delayed(explode)(1).compute(scheduler="processes")
+    except ValueError as error:
+        print(traceback.extract_tb(error.__traceback__)[-1].line)
+    with open(__file__, "a") as script:
+        script.write("# edited while it ran\\n")
+    print(call_bytes())
+"""
+
+
+def test_a_script_function_travels_without_its_files_lines_unless_the_file_changed(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT + "# padding\n" * 2_000)
+    size = script.stat().st_size
+    shown = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.splitlines()
+    unchanged, line, edited = int(shown[0]), shown[1], int(shown[2])
+    assert unchanged < size / 4 and line == 'raise ValueError(f"bad {x}")'
+    # The worker would read the edited file: the lines this process ran travel instead.
+    assert edited > size
+
+
 @pytest.mark.parametrize("span", [(4, 28), (0, 40), (2, 9), (None, None)], ids=str)
 def test_a_workers_frames_are_rebuilt_here_at_their_files_lines_functions_and_columns(tmp_path, span):
     source = tmp_path / "where.py"

@@ -350,7 +350,23 @@ def _source_of(function):
         return None
     filename = function.__code__.co_filename
     lines = linecache.getlines(filename, function.__globals__)
-    return (filename, lines) if lines else None
+    if not lines:
+        return None
+    # A worker runs on this machine: it reads a script that is still as this process read it from the
+    # file itself. Only a notebook cell's lines, or an edited file's, travel: a script's would go with
+    # every call, tens of kilobytes for the few bytes of a small task.
+    return (filename, None if _unchanged_on_disk(filename) else lines)
+
+
+def _unchanged_on_disk(filename):
+    size, mtime, _, fullname = linecache.cache.get(filename, (None, None, None, None))
+    if mtime is None:
+        return False
+    try:
+        stat = os.stat(fullname)
+    except OSError:
+        return False
+    return (stat.st_size, stat.st_mtime) == (size, mtime)
 
 
 def _unwrapped(function):
@@ -364,8 +380,9 @@ def _unwrapped(function):
 def _restore_source(function, filename, lines):
     function = _unwrapped(function)
     function.__code__ = _in_file(function.__code__, filename)
-    # No modification time: linecache.checkcache keeps lines it cannot compare with a file.
-    linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    if lines is not None:
+        # No modification time: linecache.checkcache keeps lines it cannot compare with a file.
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
 
 
 def _in_file(code, filename):
