@@ -170,6 +170,18 @@ def test_linear_chains_are_fused_whatever_their_tasks_take():
         assert all(block.outputs == [block.tasks[-1]] for block in chains)
 
 
+def test_a_chain_with_a_long_task_runs_alone_though_its_head_is_not_measured_yet():
+    # Found by the random graphs: the chain went to the round-robin hands of unmeasured calls, as its
+    # head was not measured, and its long task held four of them back.
+    shape = Shape()
+    roots = [shape.task("a") for _ in range(20)]
+    long_end = shape.task("c", roots[1])
+    wanted = [key for key in roots if key != roots[1]] + [long_end]
+    blocks = shape.plan(wanted, threads=1, durations={"c": 0.05})
+    check_invariants(shape, blocks, wanted, {"c": 0.05})
+    assert [roots[1], long_end] in [block.tasks for block in blocks]
+
+
 def test_a_wanted_task_ends_its_chain():
     shape = Shape()
     first = shape.task("step")

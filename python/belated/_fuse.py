@@ -163,21 +163,18 @@ def _cut_level(units, level, threads, durations, calls):
     solo, short, unmeasured = [], [], []
     total_short = 0.0
     for unit in units:
-        seconds = 0.0
-        for key in unit:
-            measured = durations.get(prefix(key))
-            if measured is None:
-                seconds = None
-                break
-            seconds += measured
-        if seconds is None:
+        known = [durations.get(prefix(key)) for key in unit]
+        seconds = sum(measured for measured in known if measured is not None)
+        # A chain with a task known to be long runs alone, even if others of its tasks are not
+        # measured yet: dealt with unmeasured calls, it would hold them back.
+        if seconds >= LONG_TASK:
+            solo.append(unit)
+        elif None in known:
             many = all(
                 durations.get(prefix(key)) is not None or calls[prefix(key)] > UNMEASURED_PER_THREAD * threads
                 for key in unit
             )
             (unmeasured if many else solo).append(unit)
-        elif seconds >= LONG_TASK:
-            solo.append(unit)
         else:
             short.append(unit)
             total_short += seconds
