@@ -132,6 +132,18 @@ def test_a_function_sent_by_value_does_not_import_the_package_into_a_worker():
         assert delayed(namespace["imported"])("belated").compute(scheduler=fresh) is False
 
 
+def test_a_result_kept_in_a_worker_reaches_the_next_call_there_without_importing_the_package():
+    # A call whose argument is a kept result names this runtime's module in its pickle, which the
+    # worker's own unpickler must resolve (a plain loads would import the package to find it).
+    source = "import sys\ndef imported(name):\n    return name in sys.modules\ndef echo(x):\n    return x\n"
+    namespace = {"__name__": "__main__"}
+    exec(compile(source, "<a script sent by value>", "exec"), namespace)
+    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as fresh:
+        kept = delayed(namespace["echo"])("belated")
+        assert delayed(namespace["imported"])(kept).compute(scheduler=fresh) is False
+        assert delayed(namespace["imported"])("belated").compute(scheduler=fresh) is False
+
+
 def test_tasks_run_in_the_workers_processes(client):
     pids = set(compute(*[delayed(pid_of)(i) for i in range(20)], scheduler=client))
     assert os.getpid() not in pids and pids <= set(client.worker_pids)

@@ -245,13 +245,21 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+# A pickle names a module it refers to in its own bytes at least once (later references may come from
+# its memo), so one that lacks this module's name needs no _Unpickler, whose setup (a Python subclass
+# and a file) costs three times the plain loads of a trivial call.
+_THIS_MODULE = __name__.encode()
+
+
 def loads(frames):
+    head = frames[0]
     if _preloading:
-        _await_preload(frames[0])
+        _await_preload(head)
     with _UNPICKLING:
-        if "belated" in sys.modules:
-            return pickle.loads(frames[0], buffers=frames[1:])
-        return _Unpickler(io.BytesIO(frames[0]), buffers=frames[1:]).load()
+        # Segments (mmap) are never looked into: only the plain loads of a small call is worth the scan.
+        if "belated" in sys.modules or (type(head) is bytes and _THIS_MODULE not in head):
+            return pickle.loads(head, buffers=frames[1:])
+        return _Unpickler(io.BytesIO(head), buffers=frames[1:]).load()
 
 
 # Most tasks of a graph call the same few functions. Pickling a function by value costs tens of
