@@ -2,6 +2,7 @@
 
 import base64
 import json
+import operator
 import os
 import shutil
 import subprocess
@@ -63,6 +64,20 @@ def test_computations_report_progress_per_function_and_the_graph(board):
     status, svg = api(board, "/api/graph.svg")
     assert status == 200
     assert all(f'id="task-{i}"' in svg for i in range(7)), svg[:500]
+
+
+def test_each_task_counts_once_in_its_functions_group_however_the_graph_shares_and_merges(board):
+    # The groups are found while the graph is flattened: a shared node, a twin merged by name and a
+    # root given twice must each count once, and alternating functions must not borrow each other's group.
+    shared = delayed(abs, pure=True)(-1)
+    twin = delayed(abs, pure=True)(-1)
+    calls = [delayed(operator.pos if i % 2 else operator.neg)(shared if i % 3 else twin) for i in range(7)]
+    total = delayed(sum)(calls)
+    assert compute(total, calls[2], total) == (-1, -1, -1)
+    state = json.loads(api(board, "/api/state")[1])["compute"]
+    groups = {g["name"]: (g["total"], g["done"]) for g in state["groups"]}
+    assert groups == {"abs": (1, 1), "neg": (4, 4), "pos": (3, 3), "sum": (1, 1)}
+    assert state["tasks"] == 9
 
 
 def test_failures_are_reported(board):

@@ -30,7 +30,7 @@ use crate::cluster::{
 };
 use crate::codec::{check_picklable, helper};
 use crate::collect::Collector;
-use crate::dashboard::{DashboardReport, HubObserver};
+use crate::dashboard::{DashboardReport, Grouping, HubObserver};
 use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{catch_panics, to_python, CancelledError, WorkerStartError};
@@ -424,22 +424,26 @@ type EachValue = Vec<PyResult<PyValue>>;
 /// Runs the graph the roots need and returns their results in order. Every callback that started is
 /// finished, however the computation ends.
 fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResult<EachValue> {
+    let mut grouping = Grouping::if_shown();
     let Plan {
         graph,
         nodes,
         outputs,
     } = py
         // Flattening needs no Python: let other threads run meanwhile (it takes a while for big graphs).
-        .detach(|| Plan::flatten(roots))
+        .detach(|| match &mut grouping {
+            Some(grouping) => Plan::flatten_visiting(roots, |task| grouping.visit(task)),
+            None => Plan::flatten(roots),
+        })
         .map_err(|e| to_python(py, e, |_| String::new()))?;
     let nodes: Arc<[Arc<TaskNode>]> = nodes.into();
     if run.callbacks.is_empty() {
-        return run_plan(py, (graph, nodes, outputs), run, None);
+        return run_plan(py, (graph, nodes, outputs), grouping, run, None);
     }
     let mut listeners = Listeners::new(py, &nodes, run.callbacks)?;
     let result = listeners
         .start(py)
-        .and_then(|()| run_plan(py, (graph, nodes, outputs), run, Some(&listeners)));
+        .and_then(|()| run_plan(py, (graph, nodes, outputs), grouping, run, Some(&listeners)));
     let errored = result
         .as_ref()
         .map_or(true, |values| values.iter().any(Result::is_err));
@@ -451,6 +455,7 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
 fn run_plan(
     py: Python<'_>,
     (graph, nodes, outputs): (belated_core::Graph, Arc<[Arc<TaskNode>]>, Vec<TaskId>),
+    grouping: Option<Grouping>,
     run: Run<'_, '_>,
     listeners: Option<&Listeners>,
 ) -> PyResult<EachValue> {
@@ -483,7 +488,7 @@ fn run_plan(
         static NEW_COMPUTATION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         helper(py, &NEW_COMPUTATION, "new_computation")?.call0()?;
     }
-    let dashboard = HubObserver::begin(py, &nodes, &graph, workers)?;
+    let dashboard = HubObserver::begin(py, grouping, &nodes, &graph, workers)?;
     let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
     if let Some(listeners) = listeners {
         observers.push(Arc::clone(&listeners.tracker) as Arc<dyn Observer>);

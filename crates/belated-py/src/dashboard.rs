@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 
 use crate::errors::{catch_panics, BelatedError};
 use crate::gil::pace;
-use crate::task::{Arg, Key, Op, TaskNode};
+use crate::task::{Arg, Key, Op, PyTask, TaskNode};
 
 struct Running {
     hub: Arc<Hub>,
@@ -74,82 +74,121 @@ pub(crate) fn stop_dashboard(py: Python<'_>) {
     py.detach(move || drop(running));
 }
 
-/// Reports one computation to the dashboard.
-pub(crate) struct HubObserver {
-    live: Arc<Live>,
+/// The tasks of one computation sorted by function, for the dashboard running when it began, as
+/// [`belated_core::Plan::flatten_visiting`] shows them. A call's label is its function's name, which
+/// costs Python calls to find: the dashboard asks once per function, not once per task (a map over a
+/// million items calls one function). Sorting reads only pointers, and is done as the flattening walk
+/// visits each node: a pass of its own afterwards missed the cache at every node of a large graph.
+pub(crate) struct Grouping {
+    hub: Arc<Hub>,
+    /// Each task's slot: an index into `firsts`, or [`OTHER`].
+    slots: Vec<u32>,
+    /// A function's slot, by the function object's address.
+    slot_of: FxHashMap<usize, u32>,
+    /// Neighbouring tasks mostly call one function: the map's lookup is skipped for them.
+    last: Option<(usize, u32)>,
+    /// The first task of each slot's function.
+    firsts: Vec<usize>,
+    /// The tasks labelled other than by their function's name.
+    others: Vec<usize>,
 }
 
 /// A task whose label is not its function's name, found only with Python.
 const OTHER: u32 = u32::MAX;
 
-impl HubObserver {
+impl Grouping {
     /// `None` when no dashboard runs.
+    pub(crate) fn if_shown() -> Option<Self> {
+        let hub = DASHBOARD
+            .lock()
+            .as_ref()
+            .map(|running| Arc::clone(&running.hub))?;
+        Some(Grouping {
+            hub,
+            slots: Vec::new(),
+            slot_of: FxHashMap::default(),
+            last: None,
+            firsts: Vec::new(),
+            others: Vec::new(),
+        })
+    }
+
+    /// Takes the next task, in id order.
+    pub(crate) fn visit(&mut self, task: &PyTask) {
+        let index = self.slots.len();
+        let slot = match (&task.key, &task.op) {
+            (
+                Key::Unique { .. },
+                Op::Call {
+                    func: Arg::Value(function),
+                    ..
+                },
+            ) => {
+                let address = function.as_ptr() as usize;
+                match self.last {
+                    Some((seen, slot)) if seen == address => slot,
+                    _ => {
+                        let firsts = &mut self.firsts;
+                        let slot = *self.slot_of.entry(address).or_insert_with(|| {
+                            firsts.push(index);
+                            (firsts.len() - 1) as u32
+                        });
+                        self.last = Some((address, slot));
+                        slot
+                    }
+                }
+            }
+            _ => {
+                self.others.push(index);
+                OTHER
+            }
+        };
+        self.slots.push(slot);
+    }
+
+    /// Visits every task of a graph flattened without this grouping.
+    pub(crate) fn visit_all(mut self, nodes: &[Arc<TaskNode>]) -> Self {
+        for node in nodes {
+            self.visit(node.payload());
+        }
+        self
+    }
+}
+
+/// Reports one computation to the dashboard.
+pub(crate) struct HubObserver {
+    live: Arc<Live>,
+}
+
+impl HubObserver {
+    /// Shows the computation of `nodes`, grouped by `grouping` as its graph was flattened; `None`
+    /// without a grouping (no dashboard ran then).
     pub(crate) fn begin(
         py: Python<'_>,
+        grouping: Option<Grouping>,
         nodes: &[Arc<TaskNode>],
         graph: &Graph,
         workers: usize,
     ) -> PyResult<Option<Arc<Self>>> {
-        let Some(hub) = DASHBOARD
-            .lock()
-            .as_ref()
-            .map(|running| Arc::clone(&running.hub))
+        let Some(Grouping {
+            hub,
+            slots: mut group_of,
+            firsts,
+            others,
+            ..
+        }) = grouping
         else {
             return Ok(None);
         };
-        // A call's label is its function's name, which costs Python calls to find: ask once per
-        // function, not once per task (a map over a million items calls one function). Sorting the
-        // tasks by function reads only pointers, so other threads have the interpreter meanwhile.
-        let (mut group_of, firsts, others, edges) = py.detach(|| {
-            let mut slot_of = FxHashMap::<*mut pyo3::ffi::PyObject, u32>::default();
-            let mut firsts = Vec::new();
-            let mut others = Vec::new();
-            // Neighbouring tasks mostly call one function: the map's lookup is skipped for them.
-            let mut last: Option<(*mut pyo3::ffi::PyObject, u32)> = None;
-            let slots: Vec<u32> = nodes
-                .iter()
-                .enumerate()
-                .map(|(index, node)| {
-                    let task = node.payload();
-                    match (&task.key, &task.op) {
-                        (
-                            Key::Unique { .. },
-                            Op::Call {
-                                func: Arg::Value(function),
-                                ..
-                            },
-                        ) => {
-                            let pointer = function.as_ptr();
-                            if let Some((seen, slot)) = last {
-                                if seen == pointer {
-                                    return slot;
-                                }
-                            }
-                            let slot = *slot_of.entry(pointer).or_insert_with(|| {
-                                firsts.push(index);
-                                (firsts.len() - 1) as u32
-                            });
-                            last = Some((pointer, slot));
-                            slot
-                        }
-                        _ => {
-                            others.push(index);
-                            OTHER
-                        }
-                    }
-                })
-                .collect();
-            // Only graphs small enough to draw need their edges.
-            let edges: Vec<(u32, u32)> = if nodes.len() <= GRAPH_TASK_LIMIT {
-                graph
-                    .tasks()
-                    .flat_map(|task| graph.deps(task).iter().map(move |dep| (dep.0, task.0)))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            (slots, firsts, others, edges)
-        });
+        // Only graphs small enough to draw need their edges.
+        let edges: Vec<(u32, u32)> = if nodes.len() <= GRAPH_TASK_LIMIT {
+            graph
+                .tasks()
+                .flat_map(|task| graph.deps(task).iter().map(move |dep| (dep.0, task.0)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut groups: Vec<Arc<str>> = Vec::new();
         let mut by_name = FxHashMap::<Arc<str>, u32>::default();
         let mut group = |label: String| {
@@ -206,8 +245,9 @@ pub(crate) struct DashboardReport {
 
 impl DashboardReport {
     pub(crate) fn begin(py: Python<'_>, nodes: &[Arc<TaskNode>], graph: &Graph) -> PyResult<Self> {
+        let grouping = Grouping::if_shown().map(|grouping| grouping.visit_all(nodes));
         Ok(DashboardReport {
-            observer: HubObserver::begin(py, nodes, graph, 0)?,
+            observer: HubObserver::begin(py, grouping, nodes, graph, 0)?,
             tasks: nodes.len(),
         })
     }
