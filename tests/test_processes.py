@@ -44,10 +44,14 @@ def test_tasks_are_handed_out_one_at_a_time():
 
 
 def test_calls_run_in_reused_worker_processes():
-    first = set(compute(*[delayed(pid_of)(i) for i in range(8)], scheduler="processes", num_workers=2)[0:8])
-    assert os.getpid() not in first and 1 <= len(first) <= 2
-    again = set(compute(*[delayed(pid_of)(i) for i in range(8)], scheduler="processes", num_workers=2))
-    assert again <= first, "the pool is started once and reused"
+    # A compute may run all its calls on one of the two workers (a batch), so only the union of three
+    # computes tells a reused pool (two pids at most) from pools started anew (three at least).
+    seen = [
+        set(compute(*[delayed(pid_of)(i) for i in range(8)], scheduler="processes", num_workers=2))
+        for _ in range(3)
+    ]
+    assert os.getpid() not in set.union(*seen)
+    assert len(set.union(*seen)) <= 2, "the pool is started once and reused"
 
 
 def test_results_match_local_runs():
