@@ -36,6 +36,7 @@ from belated._futures import (
     graphs_of,
     in_task,
     is_cancelled,
+    kept_in,
     persisting,
     persists_needed,
     persists_started,
@@ -133,11 +134,8 @@ def _scatter_key(value, hashed):
 
 def _holders(future):
     """The workers (by index) holding ``future``'s value: none unless it is kept in one."""
-    cell = future._cell
-    if not cell.done() or cell.cancelled() or cell.exception() is not None:
-        return []
-    result = cell.result()
-    return result.workers if type(result) is _belated.Kept else []
+    kept = kept_in(future._cell)
+    return kept.workers if kept is not None else []
 
 
 # distributed's scheduling keywords of submit and map, the client's and never the function's: why

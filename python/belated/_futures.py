@@ -136,8 +136,16 @@ def is_cancelled(cell):
     error = cell.exception()
     if error is not None:
         return isinstance(error, (_belated.CancelledError, concurrent.futures.CancelledError))
+    kept = kept_in(cell)
+    return kept is not None and kept.lost
+
+
+def kept_in(cell):
+    """The ``_belated.Kept`` ``cell`` settled with (its result, kept in a worker), or None."""
+    if not cell.done() or cell.cancelled() or cell.exception() is not None:
+        return None
     result = cell.result()
-    return type(result) is _belated.Kept and result.lost
+    return result if type(result) is _belated.Kept else None
 
 
 class EachDone:
@@ -259,11 +267,9 @@ class Persisted:
     def _done(self, cell):
         # A result kept in a worker is then this object's alone: it lets go of the computation, which
         # holds every result of the persist, so that each is released with its own last holder.
-        if cell.cancelled() or cell.exception() is not None:
-            return
-        result = cell.result()
-        if type(result) is _belated.Kept:
-            self.kept_result = result  # before letting go of the future: readers read in that order
+        kept = kept_in(cell)
+        if kept is not None:
+            self.kept_result = kept  # before letting go of the future: readers read in that order
             self.future = None
 
     def _result(self):
@@ -546,13 +552,7 @@ class Future(AnyFuture):
         """The result as a Delayed holding it under this future's key: one node per future, so every
         task of a computation that takes it shares one copy (sent once to a worker, not per call)."""
         if self._value is None:
-            cell = self._cell
-            if (
-                cell.done()
-                and not cell.cancelled()
-                and cell.exception() is None
-                and type(cell.result()) is _belated.Kept
-            ):
+            if kept_in(self._cell) is not None:
                 from belated import delayed
 
                 # Used where a worker keeps it, never fetched here for that.
