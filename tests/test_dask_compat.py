@@ -578,6 +578,27 @@ def test_import_belated_as_dask_reaches_dasks_submodules():
         belated.no_such_thing  # noqa: B018
 
 
+def test_import_statements_reach_dasks_submodules_as_dasks_own_modules():
+    import dask.array
+    import dask.array.core
+    import dask.dataframe
+
+    import belated.array as da
+    import belated.array.core
+    from belated.dataframe import from_pandas
+
+    assert da is dask.array
+    assert belated.array.core is dask.array.core  # not a second copy loaded under belated's name
+    assert from_pandas is dask.dataframe.from_pandas
+    assert dask.array.__spec__.name == "dask.array"
+    assert da.ones(4, chunks=2).sum().compute() == 4
+    with pytest.raises(ModuleNotFoundError, match=r"belated\.no_such_module"):
+        import belated.no_such_module
+    import belated.diagnostics  # belated's own module, not dask.diagnostics
+
+    assert belated.diagnostics.__name__ == "belated.diagnostics"
+
+
 def test_without_dask_the_error_names_the_extra():
     script = (
         "import sys\n"
@@ -586,10 +607,13 @@ def test_without_dask_the_error_names_the_extra():
         "assert belated.delayed(1).compute() == 1\n"
         "try:\n    belated.array\n"
         "except ImportError as e:\n    print(e)\n"
+        "try:\n    import belated.dataframe\n"
+        "except ImportError as e:\n    print(e)\n"
         "print(hasattr(belated, 'no_such_thing'))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert "pip install 'belated[dask]'" in out.stdout, out.stderr
+    assert out.stdout.count("pip install 'belated[dask]'") == 2, out.stderr
+    assert "belated.dataframe is dask.dataframe" in out.stdout
     assert out.stdout.strip().endswith("False")
 
 

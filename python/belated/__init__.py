@@ -18,9 +18,10 @@ submodules (``belated.array``, ``belated.dataframe``, ``belated.utils``...) are 
 """
 
 import importlib
+import pkgutil
 from importlib.metadata import PackageNotFoundError, version
 
-from belated import config, diagnostics, graph_manipulation
+from belated import _submodules, config, diagnostics, graph_manipulation
 from belated._api import Dashboard, annotate, compute, dashboard, is_dask_collection, optimize, persist
 from belated._belated import (
     BelatedError,
@@ -97,6 +98,11 @@ _DASK_SUBMODULES = frozenset({
     "datasets", "distributed", "dot", "highlevelgraph", "layers", "local", "multiprocessing",
     "optimization", "order", "sizeof", "system", "threaded", "typing", "utils",
 })  # fmt: skip
+
+_submodules.install(
+    own=frozenset(module.name for module in pkgutil.iter_modules(__path__)),
+    dask_submodules=_DASK_SUBMODULES,
+)
 
 
 def __getattr__(name):
