@@ -7,6 +7,7 @@ import gc
 import os
 import signal
 import time
+import tracemalloc
 
 import pytest
 from worker_tasks import Parcel, arrivals, payload_of, stored_count, wait_gone
@@ -141,3 +142,21 @@ def test_a_scattered_value_arrives_once_per_worker_holding_it_and_who_has_names_
         holders = client.who_has(future)[future.key]
         assert holders[0] == first
         assert sum(client.run(arrivals).values()) == len(holders), "once per holder: never sent again"
+
+
+def test_a_large_scattered_array_is_not_copied_in_this_process():
+    # Its buffer goes to the worker out of band, as a task's argument: neither the picklability check
+    # nor the send makes a copy of it here (each did, twice over: 2.5x the array at the peak).
+    numpy = pytest.importorskip("numpy")
+    array = numpy.arange(2_000_000, dtype=numpy.float64)  # 16 MB
+    with own_cluster(1) as client:
+        client.scatter(0)  # the worker's start is not what is measured
+        tracemalloc.start()
+        try:
+            future = client.scatter(array)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < array.nbytes / 8, f"{peak:,} bytes allocated at the peak of the scatter"
+        assert client.submit(numpy.sum, future).result() == array.sum()
+        assert numpy.array_equal(future.result(), array)

@@ -44,6 +44,9 @@ from belated._futures import (
     task_client,
     wait_for_persists,
 )
+from belated._futures import (
+    scatter as scatter_task,
+)
 from belated._tokenize import tokenize
 
 _OPEN = weakref.WeakSet()
@@ -124,6 +127,17 @@ def _hold(collections, futures):
 
 
 _SEQUENCES = (list, tuple, set, frozenset)
+
+
+class _Discard:
+    """A file that forgets what is written to it."""
+
+    def write(self, data):
+        return len(data)
+
+
+def _out_of_band(buffer):
+    return False  # false: the buffer stays out of the pickle (pickle's protocol 5 rule)
 
 
 def _scatter_key(value, hashed):
@@ -578,7 +592,10 @@ class Client:
     def _check_picklable(self, value):
         if self._cluster is not None:
             try:
-                cloudpickle.dumps(value, protocol=5)
+                # Walks the pickle without keeping it: the bytes go nowhere and large buffers (numpy
+                # arrays) are taken out of band, uncopied, as the real send takes them; so the check
+                # costs no copy of a big value, which the send then pickles once.
+                cloudpickle.CloudPickler(_Discard(), protocol=5, buffer_callback=_out_of_band).dump(value)
             except Exception as error:
                 raise TypeError(
                     f"cannot scatter {type(value).__name__} to worker processes: it cannot be pickled "
@@ -599,9 +616,12 @@ class Client:
         else:
             from belated import delayed
 
-            # Each value travels inside its task's call, once, and its worker keeps it as that task's
+            # Each value travels as its task's argument, once, and its worker keeps it as that task's
             # result: a persist of the values.
-            tasks = tuple(delayed(Scattered(values[i], keys[i]))(dask_key_name=keys[i]) for i in missing)
+            tasks = tuple(
+                delayed(scatter_task, pure=False)(Scattered(values[i], keys[i]), dask_key_name=keys[i])
+                for i in missing
+            )
             made = self._start(lambda: tasks, [keys[i] for i in missing], False, 0, keep=True)
             with self._lock:
                 # Unlike a persist's, these futures are the user's: a later scatter or submit under

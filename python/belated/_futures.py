@@ -325,20 +325,23 @@ class Persisted:
 
 
 class Scattered:
-    """The function of a scattered value's task: the value itself, which travels inside the call to
-    the worker that keeps it as the task's result."""
+    """A scattered value, as the argument of its task (:func:`scatter`), which the worker that runs
+    the task keeps as its result. An argument, not the function: a call's arguments are pickled with
+    their large buffers out of band (into shared memory), while a function's pickle is kept whole, in
+    band, as bytes. A box, so that the value is neither searched for ``Delayed`` objects nor
+    tokenized."""
 
-    __slots__ = ("__name__", "key", "value")
+    __slots__ = ("key", "value")
 
     def __init__(self, value, key):
         self.value, self.key = value, key
-        self.__name__ = "scatter"
-
-    def __call__(self):
-        return self.value
 
     def __dask_tokenize__(self):
         return ("scattered", self.key)
+
+
+def scatter(scattered):
+    return scattered.value
 
 
 def _lost(key):
