@@ -310,6 +310,10 @@ def test_the_cycle_collector_has_no_delayed_objects_to_walk():
     x = built[0]
     made = [f, x, built[-1], x + 1, -x, x[0], x.real, x.real(), x == 1]
     assert not any(map(gc.is_tracked, made))
+    # persist() makes one Delayed per result: a million for a million-call map.
+    persisted = belated.persist(*built[:3])
+    assert [p.compute() for p in persisted] == [0, 1, 2]
+    assert not any(map(gc.is_tracked, persisted))
     assert delayed(sum)(built[:3] + built[-3:]).compute() == 0 + 1 + 2 + 9997 + 9998 + 9999
 
 
