@@ -196,7 +196,8 @@ def dashboard_overhead(module, shape, n, repeats=3):
 
 class Heartbeat:
     """A thread that beats, then sleeps 1 ms, until the block ends, and the garbage collector's passes
-    meanwhile; ``gaps(since, until)`` is the longest time between two beats that began in that span."""
+    meanwhile; ``longest_gap_ms(since, until)`` is the longest time between two beats that overlaps
+    that span."""
 
     def __enter__(self):
         self.beats, self.passes, self._stop = [], [], threading.Event()
@@ -225,9 +226,8 @@ class Heartbeat:
             self.passes.append(time.perf_counter() - self._collection)
 
     def longest_gap_ms(self, since, until):
-        beats = [at for at in self.beats if at >= since]
-        gaps = [later - earlier for earlier, later in itertools.pairwise(beats) if earlier < until]
-        return max(gaps) * 1e3
+        pairs = itertools.pairwise(self.beats)
+        return max(later - earlier for earlier, later in pairs if later > since and earlier < until) * 1e3
 
     def longest_collection_ms(self):
         return max(self.passes, default=0.0) * 1e3
