@@ -5,6 +5,7 @@ import gc
 import inspect
 import operator
 import re
+import weakref
 from collections import namedtuple
 
 import pytest
@@ -315,6 +316,23 @@ def test_the_cycle_collector_has_no_delayed_objects_to_walk():
     assert [p.compute() for p in persisted] == [0, 1, 2]
     assert not any(map(gc.is_tracked, persisted))
     assert delayed(sum)(built[:3] + built[-3:]).compute() == 0 + 1 + 2 + 9997 + 9998 + 9999
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a Delayed shows the cycle collector nothing it holds (its task lives in Rust, shared "
+    "between Delayed objects and plans), so a cycle through one is never freed; dask frees it",
+)
+def test_a_cycle_through_a_delayed_is_collected():
+    class Holder:
+        pass
+
+    holder = Holder()
+    alive = weakref.ref(holder)
+    holder.call = delayed(id)(holder)
+    del holder
+    gc.collect()
+    assert alive() is None
 
 
 def test_other_threads_run_while_a_huge_argument_is_collected():
