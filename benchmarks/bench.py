@@ -17,7 +17,10 @@ own costs show):
   three each, alternating, in one process; and the longest heartbeat gap (as below) with it open.
 - other threads: the longest wait of a heartbeat thread (a beat, then a 1 ms sleep) while map + sum is
   built and computed: how long the engine keeps other Python threads from the interpreter. CPython's
-  own code hands it over every switch interval (5 ms), so about 6 ms is the floor.
+  own code hands it over every switch interval (5 ms), so about 6 ms is the floor. Also apart: the
+  build (user code, as in dask), the compute with the graph's release, two plain Python threads
+  calling ``inc`` for as long (CPython's own figure beside a third thread, in the same process), and
+  the longest pass of the garbage collector.
 - tutorial: ``examples/tutorial.py``'s five examples (the seed's sizes and sleeps, 16 threads), each
   library beside the same sequential code.
 
@@ -33,6 +36,7 @@ Writes ``benchmarks/results/latest.md`` and ``latest.json``.
 
 import argparse
 import contextlib
+import gc
 import io
 import itertools
 import json
@@ -190,27 +194,78 @@ def dashboard_overhead(module, shape, n, repeats=3):
     }
 
 
-def heartbeat_gaps(module, delayed, shape, n):
-    """The longest time between two beats of a heartbeat thread while a graph is built and computed."""
-    beats = []
-    stop = threading.Event()
+class Heartbeat:
+    """A thread that beats, then sleeps 1 ms, until the block ends, and the garbage collector's passes
+    meanwhile; ``longest_gap_ms(since, until)`` is the longest time between two beats that overlaps
+    that span."""
 
-    def beat():
-        while not stop.is_set():
-            beats.append(time.perf_counter())
+    def __enter__(self):
+        self.beats, self.passes, self._stop = [], [], threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        gc.callbacks.append(self._collecting)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.end = time.perf_counter()
+        time.sleep(0.01)  # the beat that ends the last gap
+        gc.callbacks.remove(self._collecting)
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self):
+        while not self._stop.is_set():
+            self.beats.append(time.perf_counter())
             time.sleep(0.001)
 
-    heartbeat = threading.Thread(target=beat, daemon=True)
-    heartbeat.start()
-    start = time.perf_counter()
-    module.compute(graph(delayed, shape, n), scheduler="threads")
-    seconds = time.perf_counter() - start
-    time.sleep(0.01)  # the beat that ends the last gap
-    stop.set()
-    heartbeat.join(timeout=10)
-    inside = [at for at in beats if at >= start]
-    gaps = [later - earlier for earlier, later in itertools.pairwise(inside)]
-    return {"seconds": seconds, "max_gap_ms": max(gaps) * 1e3}
+    def _collecting(self, phase, info):
+        if phase == "start":
+            self._collection = time.perf_counter()
+        else:
+            self.passes.append(time.perf_counter() - self._collection)
+
+    def longest_gap_ms(self, since, until):
+        pairs = itertools.pairwise(self.beats)
+        return max(later - earlier for earlier, later in pairs if later > since and earlier < until) * 1e3
+
+    def longest_collection_ms(self):
+        return max(self.passes, default=0.0) * 1e3
+
+
+def heartbeat_gaps(module, delayed, shape, n):
+    """The longest time between two beats of a heartbeat thread while a graph is built, and while it is
+    computed and released. Beside it, in the same process: plain Python, two threads calling ``inc`` for
+    as long (how long CPython itself keeps a third thread waiting, which a loaded machine lengthens),
+    and the longest garbage-collector pass of the build and compute."""
+    with Heartbeat() as heartbeat:
+        root = graph(delayed, shape, n)
+        built = time.perf_counter()
+        module.compute(root, scheduler="threads")
+        del root
+    seconds = heartbeat.end - heartbeat.start
+
+    def call_inc():
+        # As long as belated took: the longest gap grows with the time there is to find one in.
+        until = time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            for i in range(1000):
+                inc(i)
+
+    with Heartbeat() as python:
+        threads = [threading.Thread(target=call_inc) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+    return {
+        "seconds": seconds,
+        "max_gap_ms": heartbeat.longest_gap_ms(heartbeat.start, heartbeat.end),
+        "build_gap_ms": heartbeat.longest_gap_ms(heartbeat.start, built),
+        "compute_gap_ms": heartbeat.longest_gap_ms(built, heartbeat.end),
+        "python_gap_ms": python.longest_gap_ms(python.start, python.end),
+        "gc_pass_ms": heartbeat.longest_collection_ms(),
+    }
 
 
 def run_child(library, workload, shape, n, timeout):
@@ -369,11 +424,22 @@ def dashboard_table(results):
 
 
 def heartbeat_table(by, results, libraries):
-    lines = ["", f"| longest heartbeat gap, building and computing map + sum | N | {' | '.join(libraries)} |"]
+    """The longest gap of the build and compute together, then of each; beside them, plain Python's
+    two threads and the longest garbage-collector pass, measured in the same process."""
+    parts = ("max_gap_ms", "build_gap_ms", "compute_gap_ms", "python_gap_ms", "gc_pass_ms")
+    title = (
+        "longest heartbeat gap, map + sum: all / build / compute and release / two Python threads / gc pass"
+    )
+    lines = ["", f"| {title} | N | {' | '.join(libraries)} |"]
     lines.append("|---|---:|" + "---:|" * len(libraries))
     for n in dict.fromkeys(n for w, _, n, _, _ in results if w == "gil"):
         outcomes = [by.get(("gil", "map + sum", n, lib), {}) for lib in libraries]
-        cells = " | ".join(cell(outcome, "max_gap_ms", 1, "ms") if outcome else "n/a" for outcome in outcomes)
+        cells = " | ".join(
+            " / ".join(f"{outcome[part]:.1f}" for part in parts) + " ms"
+            if "max_gap_ms" in outcome
+            else outcome.get("error", "n/a")
+            for outcome in outcomes
+        )
         lines.append(f"| | {n:,} | {cells} |")
     return lines
 

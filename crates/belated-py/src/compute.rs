@@ -418,12 +418,13 @@ fn interrupt_or_cancel(py: Python<'_>, cancel: Option<&CancelToken>) -> Option<P
     }
 }
 
-/// Each output's value, or (when the computation kept going) the exception of the task that failed it.
-type EachValue = Vec<PyResult<PyValue>>;
+/// Every output's value, or (when the computation kept going) each output's value or the exception of
+/// the task that failed it.
+type Results = Ran<PyValue, Vec<PyResult<PyValue>>>;
 
 /// Runs the graph the roots need and returns their results in order. Every callback that started is
 /// finished, however the computation ends.
-fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResult<EachValue> {
+fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResult<Results> {
     let mut grouping = Grouping::if_shown();
     let Plan {
         graph,
@@ -444,9 +445,11 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
     let result = listeners
         .start(py)
         .and_then(|()| run_plan(py, (graph, nodes, outputs), grouping, run, Some(&listeners)));
-    let errored = result
-        .as_ref()
-        .map_or(true, |values| values.iter().any(Result::is_err));
+    let errored = match &result {
+        Ok(Ran::All(_)) => false,
+        Ok(Ran::Each(values)) => values.iter().any(Result::is_err),
+        Err(_) => true,
+    };
     let finished = listeners.finish(py, errored);
     let values = result?;
     finished.map(|()| values)
@@ -458,7 +461,7 @@ fn run_plan(
     grouping: Option<Grouping>,
     run: Run<'_, '_>,
     listeners: Option<&Listeners>,
-) -> PyResult<EachValue> {
+) -> PyResult<Results> {
     let Run {
         mode,
         cancel,
@@ -522,10 +525,10 @@ fn run_plan(
         ramp: None,
     };
     let result = match mode {
-        Mode::Inline if keep_going => run_inline_each(graph, outputs, runner(guard), observer),
-        Mode::Inline => {
-            run_inline_observed(graph, outputs, runner(guard), observer).map(all_succeeded)
+        Mode::Inline if keep_going => {
+            run_inline_each(graph, outputs, runner(guard), observer).map(Ran::Each)
         }
+        Mode::Inline => run_inline_observed(graph, outputs, runner(guard), observer).map(Ran::All),
         Mode::Threads(threads) => {
             let runner = PyRunner {
                 ramp: ramp.then(|| MeasuredRamp::new(threads)),
@@ -533,10 +536,12 @@ fn run_plan(
             };
             let (session, plan) = (pool(threads)?, (graph, outputs));
             run_pooled(py, watch, |wait| match keep_going {
-                true => session.run_each(plan, runner, observer, wait),
+                true => session
+                    .run_each(plan, runner, observer, wait)
+                    .map(|result| result.map(Ran::Each)),
                 false => session
                     .run(plan, runner, observer, wait)
-                    .map(|result| result.map(all_succeeded)),
+                    .map(|result| result.map(Ran::All)),
             })?
         }
         Mode::Cluster(cluster, pool, held) => {
@@ -555,57 +560,80 @@ fn run_plan(
             let session = Session::<usize>::own(pool);
             let plan = (graph, outputs);
             let result = run_pooled(py, watch, |wait| match keep_going {
-                true => session.run_each(plan, runner, observer, wait),
+                true => session
+                    .run_each(plan, runner, observer, wait)
+                    .map(|result| result.map(Ran::Each)),
                 false => session
                     .run(plan, runner, observer, wait)
-                    .map(|result| result.map(all_succeeded)),
+                    .map(|result| result.map(Ran::All)),
             });
             py.detach(|| {
                 cluster.flush_releases();
                 // The last reference to a cluster the registry let go of stops its workers.
                 drop(held);
             });
+            let value = |held| match held {
+                Held {
+                    local: Some(value), ..
+                } if !keep => Ok(value),
+                // A result left in a worker: a persist's.
+                held => Bound::new(py, Kept::new(held, &cluster))
+                    .map(|kept| PyValue(kept.into_any().unbind())),
+            };
             match result? {
                 Err(error) => Err(error),
-                Ok(Outputs { values, failures }) => {
+                Ok(Ran::All(values)) => Ok(Ran::All(
+                    values.into_iter().map(value).collect::<PyResult<_>>()?,
+                )),
+                Ok(Ran::Each(Outputs { values, failures })) => {
                     let values = values
                         .into_iter()
                         .map(|held| match held {
-                            Ok(Held {
-                                local: Some(value), ..
-                            }) if !keep => Ok(Ok(value)),
-                            // A result left in a worker: a persist's.
-                            Ok(held) => Bound::new(py, Kept::new(held, &cluster))
-                                .map(|kept| Ok(PyValue(kept.into_any().unbind()))),
+                            Ok(held) => value(held).map(Ok),
                             Err(failure) => Ok(Err(failure)),
                         })
                         .collect::<PyResult<Vec<_>>>()?;
-                    Ok(Outputs { values, failures })
+                    Ok(Ran::Each(Outputs { values, failures }))
                 }
             }
         }
     };
     if let Some(dashboard) = &dashboard {
-        dashboard.end(result.as_ref().is_ok_and(|o| o.failures.is_empty()));
+        dashboard.end(match &result {
+            Ok(Ran::All(_)) => true,
+            Ok(Ran::Each(outputs)) => outputs.failures.is_empty(),
+            Err(_) => false,
+        });
     }
     let key_of = |task: TaskId| nodes[task.index()].payload().key_string(py);
-    let Outputs { values, failures } = result.map_err(|e| to_python(py, e, key_of))?;
-    let failures: Vec<PyErr> = failures
-        .into_iter()
-        .map(|failure| to_python(py, failure, key_of))
-        .collect();
-    Ok(values
-        .into_iter()
-        .map(|value| value.map_err(|failure| failures[failure].clone_ref(py)))
-        .collect())
+    let result = match result.map_err(|e| to_python(py, e, key_of))? {
+        Ran::All(values) => Ran::All(values),
+        Ran::Each(Outputs { values, failures }) => {
+            let failures: Vec<PyErr> = failures
+                .into_iter()
+                .map(|failure| to_python(py, failure, key_of))
+                .collect();
+            Ran::Each(
+                values
+                    .into_iter()
+                    .map(|value| value.map_err(|failure| failures[failure].clone_ref(py)))
+                    .collect(),
+            )
+        }
+    };
+    // The compute's arguments hold every node (the roots hold the rest), so this lets go of none:
+    // it only counts down a million handles, which needs no interpreter.
+    py.detach(move || drop(nodes));
+    Ok(result)
 }
 
-/// The outputs of a computation that ran all or nothing, as one that kept going reports them.
-fn all_succeeded<V, E>(values: Vec<V>) -> Outputs<V, E> {
-    Outputs {
-        values: values.into_iter().map(Ok).collect(),
-        failures: Vec::new(),
-    }
+/// What a computation gives back: every output's value, as an engine run that stops at the first
+/// failure returns them (moved on as they are: a million outputs would otherwise be copied into a
+/// new vector at each step, with the interpreter held), or each output's value or failure, when it
+/// kept going.
+enum Ran<V, E> {
+    All(Vec<V>),
+    Each(E),
 }
 
 /// Computes the `Delayed` objects found in `objs` and returns `objs` with each replaced by its result,
@@ -660,53 +688,63 @@ pub(crate) fn compute<'py>(
         let mut collector = Collector::new(traverse);
         let template = collector.args(objs)?;
         let roots = collector.deps;
-        let values = if roots.is_empty() {
-            Vec::new()
-        } else {
-            execute(py, &roots, run)?
-        };
-        if let Some(each) = each {
-            return each_result(py, &template, values, each);
-        }
-        let values = values.into_iter().collect::<PyResult<Vec<_>>>()?;
-        if !persist {
-            let results = Arg::Tuple(template).build(py, &values);
-            release(py, values)?;
-            return results;
-        }
-        // A top-level Delayed keeps its length (nout) when persisted; nested ones have none to keep.
-        let mut lengths = vec![None; roots.len()];
-        for (obj, arg) in objs.iter().zip(template.iter()) {
-            if let (Ok(delayed), Arg::Dep(dep)) = (obj.cast::<Delayed>(), arg) {
-                lengths[*dep as usize] = delayed.get().length();
-            }
-        }
-        let persisted = roots
-            .iter()
-            .zip(&values)
-            .zip(lengths)
-            .map(|((root, value), length)| {
-                let node = TaskNode::new(
-                    PyTask {
-                        key: root.payload().key_for_copy(py),
-                        op: Op::Value(Arg::Value(value.0.clone_ref(py))),
+        let results = (|| {
+            let values = if roots.is_empty() {
+                Vec::new()
+            } else {
+                match execute(py, &roots, run)? {
+                    Ran::All(values) => values,
+                    Ran::Each(values) => match each {
+                        Some(each) => return each_result(py, &template, values, each),
+                        None => values.into_iter().collect::<PyResult<Vec<_>>>()?,
                     },
-                    Vec::new(),
-                );
-                Ok(PyValue(
-                    Bound::new(py, Delayed::new(node, length, Role::Value))?
-                        .into_any()
-                        .unbind(),
-                ))
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        let results = template
-            .iter()
-            .enumerate()
-            .map(|(i, arg)| arg.build(py, if i < computed { &values } else { &persisted }))
-            .collect::<PyResult<Vec<_>>>()?;
-        release(py, values)?;
-        Ok(PyTuple::new(py, results)?.into_any())
+                }
+            };
+            if !persist {
+                let results = Arg::Tuple(template).build(py, &values);
+                release(py, values)?;
+                return results;
+            }
+            // A top-level Delayed keeps its length (nout) when persisted; nested ones have none to keep.
+            let mut lengths = vec![None; roots.len()];
+            for (obj, arg) in objs.iter().zip(template.iter()) {
+                if let (Ok(delayed), Arg::Dep(dep)) = (obj.cast::<Delayed>(), arg) {
+                    lengths[*dep as usize] = delayed.get().length();
+                }
+            }
+            let persisted = roots
+                .iter()
+                .zip(&values)
+                .zip(lengths)
+                .map(|((root, value), length)| {
+                    let node = TaskNode::new(
+                        PyTask {
+                            key: root.payload().key_for_copy(py),
+                            op: Op::Value(Arg::Value(value.0.clone_ref(py))),
+                        },
+                        Vec::new(),
+                    );
+                    Ok(PyValue(
+                        Delayed::new(node, length, Role::Value)
+                            .into_untracked(py)?
+                            .into_any()
+                            .unbind(),
+                    ))
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            let results = template
+                .iter()
+                .enumerate()
+                .map(|(i, arg)| arg.build(py, if i < computed { &values } else { &persisted }))
+                .collect::<PyResult<Vec<_>>>()?;
+            release(py, values)?;
+            Ok(PyTuple::new(py, results)?.into_any())
+        })();
+        // The roots are handles on the arguments' nodes, a million for `compute(*calls)`: let go of
+        // one by one, with other threads running meanwhile (the arguments hold the nodes themselves).
+        let released = release(py, roots);
+        let results = results?;
+        released.map(|()| results)
     })
 }
 
@@ -714,7 +752,7 @@ pub(crate) fn compute<'py>(
 fn each_result<'py>(
     py: Python<'py>,
     template: &[Arg],
-    values: EachValue,
+    values: Vec<PyResult<PyValue>>,
     each: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut failures = Vec::new();

@@ -27,10 +27,12 @@ pub(crate) struct Delayed {
 impl Drop for Delayed {
     /// A `Delayed` goes in its deallocation, with the interpreter held: letting go of the last handle on
     /// a million-call graph frees a million Python objects, so other threads get the interpreter
-    /// between steps, as they would from Python code.
+    /// between steps, as they would from Python code. A list of a million `Delayed` objects (the
+    /// map of a map + reduce) frees them one by one, each a small release: they are paced together.
     fn drop(&mut self) {
         Python::attach(|py| {
-            belated_core::release_paced(&mut self.node, || between_release_steps(py))
+            belated_core::release_paced(&mut self.node, || between_release_steps(py));
+            gil::pace_dealloc(py);
         });
     }
 }

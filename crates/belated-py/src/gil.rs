@@ -97,17 +97,31 @@ thread_local! {
     static ITEMS: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Counts one item of work done while holding the interpreter, and offers it to other threads when due.
-pub(crate) fn pace(py: Python<'_>) -> PyResult<()> {
+/// Counts one item of work done while holding the interpreter; true every [`ITEMS_PER_CHECK`] items.
+fn count_item() -> bool {
     let count = ITEMS.with(|items| {
         let count = items.get().wrapping_add(1);
         items.set(count);
         count
     });
-    if count as usize % ITEMS_PER_CHECK == 0 {
+    count as usize % ITEMS_PER_CHECK == 0
+}
+
+/// Counts one item of work done while holding the interpreter, and offers it to other threads when due.
+pub(crate) fn pace(py: Python<'_>) -> PyResult<()> {
+    if count_item() {
         let_other_threads_run(py)
     } else {
         Ok(())
+    }
+}
+
+/// [`pace`] for a deallocation, which can return no exception ([`hand_over`]): CPython frees a list
+/// of a million objects without ever checking whether another thread asked for the interpreter, so a
+/// type whose objects come by the million counts its own deallocations.
+pub(crate) fn pace_dealloc(py: Python<'_>) {
+    if count_item() {
+        hand_over(py);
     }
 }
 
