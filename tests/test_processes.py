@@ -422,3 +422,34 @@ def test_an_unpickle_waits_for_the_preloading_modules_its_pickle_names_and_no_ot
     assert not _worker.names_any(pickle.dumps((square, source), protocol=5), preloading)
     assert not _worker.names_any(pickle.dumps(np.arange(3), protocol=5), ["pandas", "num"])
     assert not _worker.names_any(pickle.dumps(np.arange(3), protocol=5), [])
+
+
+def test_a_list_or_tuple_of_stored_results_travels_as_their_ids(monkeypatch):
+    # A reduction over ten thousand results reduced each Stored in Python (24 ms of its 40-90 ms):
+    # a container of stored results alone now pickles as one object, none of them reduced alone.
+    reduced = []
+    monkeypatch.setattr(
+        _worker.Stored, "__reduce__", lambda self: reduced.append(self.id) or (_worker.stored, (self.id,))
+    )
+    _worker._STORE.update({7: "a", 8: "b", 9: "c"})
+    try:
+        stored = [_worker.Stored(7), _worker.Stored(8)]
+        frames = _worker.dumps_call(
+            max, (stored, tuple(stored), [_worker.Stored(9), "here"], _worker.Stored(9)), None
+        )
+        assert reduced == [9, 9]  # the mixed list's and the lone one's
+        function, args, kwargs = _worker.loads_call(frames)
+        assert function is max and kwargs is None
+        assert args == (["a", "b"], ("a", "b"), ["c", "here"], "c")
+        assert [type(arg) for arg in args] == [list, tuple, list, str]
+    finally:
+        for id in (7, 8, 9):
+            _worker._STORE.pop(id, None)
+
+
+def test_a_sum_of_many_results_kept_in_both_workers_is_their_sum():
+    parts = [delayed(square)(i) for i in range(300)]
+    assert compute(delayed(sum)(parts), delayed(tuple)(parts), scheduler="processes", num_workers=2) == (
+        sum(i * i for i in range(300)),
+        tuple(i * i for i in range(300)),
+    )
