@@ -255,6 +255,10 @@ def test_the_worker_reads_and_writes_the_golden_wire_vectors():
         "run-header": (None, [_worker.RUN, 1, 7, 42, _worker.SEND, 0]),
         "fetch-header": (None, [_worker.FETCH, 0, 2, 5, 6]),
         "batch-header": (None, [_worker.BATCH, 1, 7, 40_000, 2, 42, _worker.SEND, 1, 43, _worker.KEEP, 1]),
+        "batch-same-function": (
+            None,
+            [_worker.BATCH, 0, 40_000, 2, 42, _worker.SEND, 2, 43, _worker.SEND | _worker.SAME_FUNCTION, 1],
+        ),
         # A batch of three that overran in its second call: the first call's reply, the third handed back.
         "batch-reply": ([struct.pack("<4Q", 1, 0, 2, 1), b"ab"], None),
     }
@@ -453,3 +457,28 @@ def test_a_sum_of_many_results_kept_in_both_workers_is_their_sum():
         sum(i * i for i in range(300)),
         tuple(i * i for i in range(300)),
     )
+
+
+def test_a_batch_call_flagged_same_function_runs_the_function_of_the_call_before_it():
+    _worker.new_computation()
+    calls = [
+        _worker.dumps_call(f, args, None) for f, args in [(square, (2,)), (square, (3,)), (divmod, (7, 2))]
+    ]
+    calls.append(_worker.dumps_call(divmod, (9, 4), None))
+    same = [False, True, False, True]
+    words = [_worker.BATCH, 0, 10**9, len(calls)]
+    frames = [b""]
+    for result_id, (call, again) in enumerate(zip(calls, same, strict=True), start=100):
+        flags = _worker.SEND | (_worker.SAME_FUNCTION if again else 0)
+        sent = call[1:] if again else call
+        words += [result_id, flags, len(sent)]
+        frames += sent
+    frames[0] = struct.pack(f"<{len(words)}Q", *words)
+    reply = _worker._handle_batch(frames, watcher())
+    counts = memoryview(reply[0]).cast("Q").tolist()
+    assert counts[:3] == [4, 0, 4]
+    replies, at = [], 1
+    for count in counts[3:]:
+        replies.append(list(_worker.loads_reply(reply[at : at + count])))
+        at += count
+    assert replies == [[True, 4], [True, 9], [True, (3, 1)], [True, (2, 1)]]

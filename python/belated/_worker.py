@@ -15,10 +15,11 @@ length-prefixed frames; a request starts with a header frame of little-endian u6
 workers' replies to ``FETCH``), runs the call (arguments that are stored results arrive as
 :class:`Stored`), stores its result under the result id (``KEEP``) and replies with it (``SEND``) or
 with its size; a ``FETCH`` replies with the list of the stored values asked for; a ``BATCH`` runs
-several calls, as many ``RUN`` without blocks would, and replies to them all in one message (a header
-frame ``[n, first, end, *frames of each reply]``, then the replies), unless it runs past the overrun
-its header gives: then the connection's :class:`_Watcher` replies at once with what is done and hands
-back the calls not started, and the call running replies alone when it ends. Replies are
+several calls, as many ``RUN`` without blocks would (a call's first frame is its function's pickle;
+one flagged ``SAME_FUNCTION`` lacks it: it is the call's before it), and replies to them all in one
+message (a header frame ``[n, first, end, *frames of each reply]``, then the replies), unless it runs
+past the overrun its header gives: then the connection's :class:`_Watcher` replies at once with what
+is done and hands back the calls not started, and the call running replies alone when it ends. Replies are
 ``(True, value, records)`` or ``(False, the exception's pickle or None, its type name, its message,
 formatted traceback, its frames, records)``, where ``records``
 are the log records emitted in the worker since its last ``RUN`` reply (a ``FETCH`` reply carries
@@ -317,8 +318,10 @@ _PLAIN = frozenset({int, float, complex, bool, str, bytes, type(None)})
 
 
 def dumps_call(function, args, kwargs):
-    """A call as frames: its computation, the parent's log levels, its function's pickle (kept for the
-    rest of the computation), its arguments' pickle, buffers."""
+    """A call as frames: its function's pickle (kept for the rest of the computation), then the pickle
+    of its computation, the parent's log levels and its arguments, then buffers. The function's is a
+    frame of its own so that a batch sends it once for the calls of one function in a row
+    (``SAME_FUNCTION``)."""
     computation = _computation
     entry = _PICKLED.get(id(function), computation)
     if entry is None or entry[0] is not function:
@@ -329,23 +332,31 @@ def dumps_call(function, args, kwargs):
             _PICKLED.put(id(function), entry, len(entry[1]), computation)
     if not _PLAIN_ARGUMENTS.issuperset(map(type, args)):
         args = tuple(map(_compact, args))
-    call = (computation, _log_levels, entry[1], args, kwargs)
+    call = (computation, _log_levels, args, kwargs)
     if not kwargs and _PLAIN_ARGUMENTS.issuperset(map(type, args)):
-        return [pickle.dumps(call, protocol=5)]
-    return dumps(call, shared=True)
+        return [entry[1], pickle.dumps(call, protocol=5)]
+    return [entry[1], *dumps(call, shared=True)]
 
 
 def loads_call(frames):
-    computation, levels, pickled, args, kwargs = loads(frames)
+    computation, levels, args, kwargs = loads(frames[1:])
     _follow_log_levels(computation, levels)
+    return _function(frames[0], computation), args, kwargs
+
+
+def _function(pickled, computation):
+    if type(pickled) is not bytes:  # a large frame is read into a bytearray, which is no dict key
+        pickled = bytes(pickled)
     function = _UNPICKLED.get(pickled, computation)
     if function is None:
+        if _preloading:
+            _await_preload(pickled)
         with _UNPICKLING:
             function, source = pickle.loads(pickled)
         if source is not None:
             _restore_source(function, *source)
         _UNPICKLED.put(pickled, function, len(pickled), computation)
-    return function, args, kwargs
+    return function
 
 
 # A function defined in __main__ (a script, a notebook cell) travels by value, and cloudpickle names its
@@ -634,7 +645,7 @@ def _call(function, args, kwargs):
 
 _STORE = {}
 RUN, FETCH, BATCH, CLIENT = 1, 2, 3, 4
-KEEP, SEND = 1, 2
+KEEP, SEND, SAME_FUNCTION = 1, 2, 4
 
 
 class Stored:
@@ -935,6 +946,7 @@ def _handle_batch(frames, watcher):
         watcher.batch = batch
         watcher.changed.notify()
     encoded, counts, replies = None, batch.counts, batch.frames
+    function_frame = None
     for call in range(count):
         # One lock a call: the last call's reply goes in, and this call starts unless handed back.
         with lock:
@@ -946,11 +958,16 @@ def _handle_batch(frames, watcher):
                 break
             batch.started = call + 1
         result_id, flags, frame_count = calls[3 * call : 3 * call + 3]
+        call_frames = frames[rest : rest + frame_count]
+        rest += frame_count
+        if flags & SAME_FUNCTION:
+            # The very object: its hash is computed once, and the function cache finds it by identity.
+            call_frames.insert(0, function_frame)
+        function_frame = call_frames[0]
         try:
-            reply = _run_call(result_id, flags, frames[rest : rest + frame_count])
+            reply = _run_call(result_id, flags, call_frames)
         except BaseException as error:
             reply = (False, error)
-        rest += frame_count
         encoded = _encode(reply, _take_records())
     with lock:
         if encoded is not None:
