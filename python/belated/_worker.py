@@ -260,7 +260,8 @@ def loads(frames):
     with _UNPICKLING:
         # Segments (mmap) are never looked into: only the plain loads of a small call is worth the scan.
         if "belated" in sys.modules or (type(head) is bytes and _THIS_MODULE not in head):
-            return pickle.loads(head, buffers=frames[1:])
+            # Most pickles come alone, and the keyword and the slice cost more than the loads.
+            return pickle.loads(head, buffers=frames[1:]) if len(frames) > 1 else pickle.loads(head)
         return _Unpickler(io.BytesIO(head), buffers=frames[1:]).load()
 
 
@@ -469,12 +470,12 @@ def _follow_log_levels(computation, pickled):
 def loads_reply(frames):
     """In the parent: a ``RUN`` reply as ``(True, value)`` or ``(False, exception, traceback)``, after
     handling the log records it carries."""
-    *reply, records = loads(frames)
-    for payload in records:
+    reply = loads(frames)
+    for payload in reply[-1]:
         _logging.receive_record(payload, worker=f"worker-{payload.get('process')}")
     if reply[0]:
-        return reply
-    _, pickled, type_name, message, text, where = reply
+        return reply[:2]
+    _, pickled, type_name, message, text, where, _ = reply
     error = _rebuilt(pickled, type_name, message, text)
     try:
         error.with_traceback(_traceback_through(where))
