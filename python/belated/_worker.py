@@ -331,10 +331,12 @@ def dumps_call(function, args, kwargs):
         entry = (function, cloudpickle.dumps((function, _source_of(function)), protocol=5))
         if isinstance(function, (types.FunctionType, types.BuiltinFunctionType)):
             _PICKLED.put(id(function), entry, len(entry[1]), computation)
-    if not _PLAIN_ARGUMENTS.issuperset(map(type, args)):
+    plain = _PLAIN_ARGUMENTS.issuperset(map(type, args))
+    if not plain:
         args = tuple(map(_compact, args))
+        plain = _PLAIN_ARGUMENTS.issuperset(map(type, args))
     call = (computation, _log_levels, args, kwargs)
-    if not kwargs and _PLAIN_ARGUMENTS.issuperset(map(type, args)):
+    if plain and not kwargs:
         return [entry[1], pickle.dumps(call, protocol=5)]
     return [entry[1], *dumps(call, shared=True)]
 
