@@ -755,6 +755,10 @@ _SAMPLE = 16
 def nbytes(value, depth=0):
     """About how many bytes ``value`` holds: the buffers of arrays and pandas objects, and for large
     containers the size of a sample scaled up, so that it costs at most a few hundred small calls."""
+    if type(value) in _PLAIN:
+        # Every kept result of a trivial task is sized: the two failed attribute lookups below cost
+        # five times this.
+        return sys.getsizeof(value)
     try:
         size = getattr(value, "nbytes", None)
         if isinstance(size, int):
