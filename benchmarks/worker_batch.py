@@ -43,9 +43,15 @@ def batch(worker, calls):
     # Since batches overrun, a batch's header gives its overrun in µs (this one never overruns).
     header = [worker.BATCH, 0, *([10**9] if overruns(worker) else []), calls]
     frames = [b""]
+    # As the parent sends them: the function's pickle once, for the calls in a row that share it.
+    same = getattr(worker, "SAME_FUNCTION", None)
     for i, call in enumerate(encoded):
-        header += [i + 1, worker.SEND, len(call)]
-        frames += call
+        if same is not None and i > 0:
+            header += [i + 1, worker.SEND | same, len(call) - 1]
+            frames += call[1:]
+        else:
+            header += [i + 1, worker.SEND, len(call)]
+            frames += call
     frames[0] = struct.pack(f"<{len(header)}Q", *header)
     return frames
 

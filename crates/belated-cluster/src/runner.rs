@@ -52,7 +52,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::batching::Batching;
 use crate::directory::{Directory, Held, Kept, Sent, Source};
 use crate::error::Error;
-use crate::wire::{self, Frame, BATCH, FETCH, KEEP, RUN, SEND};
+use crate::wire::{self, Frame, BATCH, FETCH, KEEP, RUN, SAME_FUNCTION, SEND};
 
 /// Values built here of at least this many bytes are sent to a worker once and kept there; smaller
 /// ones travel inside each call that needs them.
@@ -116,7 +116,9 @@ pub trait Codec: Send + Sync + 'static {
     /// A task's failure as the caller sees it.
     type Error: Send + 'static;
 
-    /// `task`'s call on `inputs`. It may be [`Encoded::Ready`] only when every input is here.
+    /// `task`'s call on `inputs`. It may be [`Encoded::Ready`] only when every input is here. Its
+    /// first frame names what it runs: a batch sends it once for the calls in a row that share it
+    /// ([`wire::SAME_FUNCTION`]).
     fn encode_call(
         &self,
         task: TaskId,
@@ -664,18 +666,25 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         let overrun =
             u64::try_from(self.batching.overrun(calls.len()).as_micros()).unwrap_or(u64::MAX);
         let mut rest = vec![overrun, calls.len() as u64];
-        for ((_, result_id, frames), task) in calls.iter_mut().zip(&tasks) {
-            rest.extend([
-                *result_id,
-                u64::from(self.flags[task.index()]),
-                frames.len() as u64,
-            ]);
-        }
         let releases = self.directory().take_releases(worker);
-        let mut request = vec![wire::header(BATCH, &releases, &rest).into()];
-        for (_, _, frames) in &mut calls {
-            request.append(frames);
+        let mut request = vec![Frame::Bytes(Vec::new())];
+        // The function frame of the call before.
+        let mut function: Option<Vec<u8>> = None;
+        for ((_, result_id, frames), task) in calls.iter_mut().zip(&tasks) {
+            let mut flags = self.flags[task.index()];
+            let mut frames = std::mem::take(frames);
+            match frames.first() {
+                Some(Frame::Bytes(head)) if function.as_ref() == Some(head) => {
+                    flags |= SAME_FUNCTION;
+                    frames.remove(0);
+                }
+                Some(Frame::Bytes(head)) => function = Some(head.clone()),
+                _ => function = None,
+            }
+            rest.extend([*result_id, u64::from(flags), frames.len() as u64]);
+            request.append(&mut frames);
         }
+        request[0] = wire::header(BATCH, &releases, &rest).into();
         let nothing_sent = Prepared {
             inputs: Vec::new(),
             transfers: Vec::new(),

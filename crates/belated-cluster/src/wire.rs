@@ -14,7 +14,8 @@
 //! [`RUN`]: `[result id, flags, n blocks, (n ids, *ids, n frames) per block]`, where each block is a
 //! reply of another worker to a [`FETCH`] (its values are stored under those ids), and the call's
 //! frames follow the blocks'; for [`FETCH`]: `[n, *ids]`; for [`BATCH`]: `[overrun µs, n, (result
-//! id, flags, n frames) per call]`, the calls' frames following in order. A batch's replies
+//! id, flags, n frames) per call]`, the calls' frames following in order; a call flagged
+//! [`SAME_FUNCTION`] leaves out its first frame (its function), which is the call's before it. A batch's replies
 //! ([`BatchReply`]) are a frame of u64 words `[n, first, end, n frames per reply]`, then the replies
 //! of calls `first..first + n`, each as a [`RUN`] of that call alone would have it. Calls `end..`
 //! were not started and never will be: the worker hands them back. A batch is one reply (`first`
@@ -50,6 +51,9 @@ pub const KEEP: u8 = 1;
 /// [`RUN`] flag: the worker sends the result back (an output); without it, a kept result's reply
 /// carries its size in bytes instead.
 pub const SEND: u8 = 2;
+/// [`BATCH`] flag: the call's first frame, its function's pickle, is the previous call's, and is
+/// not sent again (most calls of a batch call one function, whose pickle is hundreds of bytes).
+pub const SAME_FUNCTION: u8 = 4;
 /// The bit of a frame's length word that says the frame is a [`Segment`] of that length.
 pub const SEGMENT: u64 = 1 << 63;
 
@@ -433,6 +437,19 @@ mod tests {
         assert_eq!(
             message(&[header(BATCH, &[7], &[&[40_000, 2][..], &batch].concat()).into()]),
             golden("batch-header")
+        );
+        // A batch of two calls of one function: the second's leaves it out.
+        let same = [
+            42,
+            u64::from(SEND),
+            2,
+            43,
+            u64::from(SEND | SAME_FUNCTION),
+            1,
+        ];
+        assert_eq!(
+            message(&[header(BATCH, &[], &[&[40_000, 2][..], &same].concat()).into()]),
+            golden("batch-same-function")
         );
         // The first reply of a batch of three that overran while its second call ran: the first
         // call's reply (one frame), the third call handed back.

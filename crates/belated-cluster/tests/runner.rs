@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use belated_cluster::directory::{Directory, Held};
 use belated_cluster::runner::{Encoded, Input, SEND_ONCE_BYTES};
-use belated_cluster::wire::{self, Frame, BATCH, FETCH, KEEP, RUN, SEND};
+use belated_cluster::wire::{self, Frame, BATCH, FETCH, KEEP, RUN, SAME_FUNCTION, SEND};
 use belated_cluster::{Cluster, ClusterRunner, Codec, Error, Transport};
 use belated_core::{run_inline_observed, Graph, InputsLost, Observer, Runner, Schedule, TaskId};
 use parking_lot::{Condvar, Mutex};
@@ -114,7 +114,7 @@ struct WorkerState {
     store: HashMap<u64, Val>,
     /// The call of an overrun batch still to run, for the parent's next read: its index in the
     /// batch, result id, flags and frame.
-    overran: Option<(u64, u64, u8, Frame)>,
+    overran: Option<(u64, u64, u8, [Frame; 2])>,
 }
 
 /// Workers that run tasks on the caller's thread and keep values in a map.
@@ -127,6 +127,8 @@ struct FakeWorkers {
     happened: Condvar,
     runs: Vec<AtomicUsize>,
     replaced: AtomicUsize,
+    /// The function frames that reached the workers.
+    functions: AtomicUsize,
 }
 
 /// A frame's bytes: the fakes send no shared-memory segments.
@@ -146,6 +148,19 @@ fn words(frame: &Frame) -> Vec<u64> {
 
 fn frame(words: &[u64]) -> Frame {
     Frame::Bytes(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+}
+
+/// The first frame of a call of `op`, naming its function as a pickle would: tasks sharing an
+/// op's closure share it.
+fn function_frame(op: &Op) -> Frame {
+    frame(&[match op {
+        Op::Call(f) => Arc::as_ptr(f) as *const () as usize as u64,
+        Op::Literal(_) => 1,
+        Op::Dies { .. } => 2,
+        Op::Blocks => 3,
+        Op::BlocksOnce => 4,
+        Op::Overruns { .. } => 5,
+    }])
 }
 
 /// A list of values, as a fetch reply carries them.
@@ -188,6 +203,7 @@ impl FakeWorkers {
             happened: Condvar::new(),
             runs: program.ops.iter().map(|_| AtomicUsize::new(0)).collect(),
             replaced: AtomicUsize::new(0),
+            functions: AtomicUsize::new(0),
         })
     }
 
@@ -251,17 +267,29 @@ impl FakeWorkers {
             );
             self.record(Event::Batch(worker, calls));
             let (mut counts, mut replies) = (Vec::new(), Vec::new());
+            let (mut next, mut function) = (1, None);
             for (at, call) in rest[2..].chunks_exact(3).enumerate() {
-                assert_eq!(call[2], 1, "a fake call is one frame");
                 let (result_id, flags) = (call[0], call[1] as u8);
-                let task = words(&frames[1 + at])[0] as usize;
+                if flags & SAME_FUNCTION == 0 {
+                    assert_eq!(call[2], 2, "a fake call is its function and its call");
+                    function = Some(frames[next].clone());
+                    self.functions.fetch_add(1, SeqCst);
+                    next += 1;
+                } else {
+                    assert_eq!(call[2], 1, "the call alone: its function is the one before");
+                }
+                let call = [
+                    function.clone().expect("a function came first"),
+                    frames[next].clone(),
+                ];
+                next += 1;
+                let task = words(&call[1])[0] as usize;
                 if let Op::Overruns { .. } = self.program.ops[task] {
-                    let call = (at as u64, result_id, flags, frames[1 + at].clone());
-                    guard.overran = Some(call);
+                    guard.overran = Some((at as u64, result_id, flags, call));
                     let header = wire::batch_reply_header(0, at as u64 + 1, &counts);
                     return Ok(std::iter::once(header.into()).chain(replies).collect());
                 }
-                let reply = self.call_on(worker, &mut guard, result_id, flags, &frames[1 + at])?;
+                let reply = self.call_on(worker, &mut guard, result_id, flags, &call)?;
                 counts.push(reply.len() as u64);
                 replies.extend(reply);
             }
@@ -282,21 +310,28 @@ impl FakeWorkers {
             at += n + 2;
             next_frame += count;
         }
-        self.call_on(worker, &mut guard, result_id, flags, &frames[next_frame])
+        self.functions.fetch_add(1, SeqCst);
+        self.call_on(worker, &mut guard, result_id, flags, &frames[next_frame..])
     }
 
-    /// Runs the call in `frame` on worker `worker`, whose state is `guard`.
+    /// Runs the call in `frames` (its function's, its own) on worker `worker`, whose state is
+    /// `guard`.
     fn call_on(
         &self,
         worker: usize,
         guard: &mut parking_lot::MutexGuard<'_, WorkerState>,
         result_id: u64,
         flags: u8,
-        frame: &Frame,
+        frames: &[Frame],
     ) -> Result<Vec<Frame>, Error> {
         let killed = &self.workers[worker].1;
-        let call = words(frame);
+        let call = words(&frames[1]);
         let task = call[0] as usize;
+        assert_eq!(
+            bytes(&frames[0]),
+            bytes(&function_frame(&self.program.ops[task])),
+            "task {task} came with another's function"
+        );
         let inputs: Vec<Val> = call[2..]
             .chunks_exact(3)
             .map(|input| match input[0] {
@@ -447,7 +482,10 @@ impl Codec for FakeCodec {
                 Input::Here(v) => [1, v.n as u64, v.bytes],
             });
         }
-        Ok(Encoded::Call(vec![frame(&call)]))
+        Ok(Encoded::Call(vec![
+            function_frame(&self.program.ops[task.index()]),
+            frame(&call),
+        ]))
     }
 
     fn encode_value(&self, _task: TaskId, value: &Val) -> Result<Vec<Frame>, Failure> {
@@ -1255,7 +1293,7 @@ fn running_everywhere_calls_each_live_worker_once_and_says_which_one_has_died() 
     let program = Program::new(vec![(sum(8), vec![])]);
     let h = Harness::new(&program, 3, &[0], 0);
     h.workers.die(1, "it segfaulted");
-    let call = [frame(&[0, 0])];
+    let call = [function_frame(&program.ops[0]), frame(&[0, 0])];
     let replies = h.cluster.run_everywhere(&call);
     assert_eq!(replies.len(), 3, "a reply per worker, in order");
     assert!(matches!(replies[1], Err(Error::Lost)), "{:?}", replies[1]);
@@ -1358,6 +1396,36 @@ fn a_batch_of_tasks_travels_in_one_message_and_each_gets_its_own_result_and_hook
         [2, 0, 3],
         "after each task with a result: {hooks:?}"
     );
+}
+
+#[test]
+fn a_batch_sends_a_function_once_for_the_calls_in_a_row_that_share_it() {
+    let (inc, double) = (sum(8), Op::Call(Arc::new(|_| Ok(val(2)))));
+    let program = Program::new(vec![
+        (inc.clone(), vec![]),
+        (inc.clone(), vec![]),
+        (double, vec![]),
+        (inc.clone(), vec![]),
+        (inc, vec![]),
+    ]);
+    let h = Harness::new(&program, 1, &[0, 1, 2, 3, 4], 0);
+    let results = run_batch(&h, &[0, 1, 2, 3, 4]);
+    let expected: Vec<_> = (0..5).map(|t| Some(program.expected(TaskId(t)))).collect();
+    assert_eq!(
+        results
+            .into_iter()
+            .map(|r| r.ok().flatten())
+            .collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(h.workers.events()[0], Event::Batch(0, 5));
+    // inc, double, inc: each task ran with its own function (the fake worker checks it).
+    assert_eq!(h.workers.functions.load(SeqCst), 3);
+    // A task run alone carries its function.
+    let alone = Harness::new(&program, 1, &[0], 0);
+    let result = alone.runner.run_on(0, TaskId(0), &[]);
+    assert!(matches!(result, Ok(Ok(ref held)) if held.local.map(|v| v.n) == expected[0]));
+    assert_eq!(alone.workers.functions.load(SeqCst), 1);
 }
 
 #[test]
@@ -1665,7 +1733,7 @@ fn dropping_the_last_handle_of_a_persisted_result_releases_it_and_its_copies_in_
     );
     drop(persist);
     // A run in every worker (what a test counting their values calls) carries the releases.
-    cluster.run_everywhere(&[frame(&[0, 0])]);
+    cluster.run_everywhere(&[function_frame(&program.ops[0]), frame(&[0, 0])]);
     assert_eq!(
         (workers.kept_by(0), workers.kept_by(1)),
         (0, 0),
