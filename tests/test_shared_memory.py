@@ -2,6 +2,7 @@
 written once and mapped by every reader, that the kernel frees with its last holder."""
 
 import array
+import functools
 import gc
 import io
 import os
@@ -79,6 +80,28 @@ def test_a_large_result_is_mapped_in_the_parent_and_writable(run):
     assert mapped is not None and mapped[2].startswith("/memfd:belated"), mapped
     result[0] = -1.0  # copy-on-write: private to this process
     assert result[0] == -1.0 and result[1] == 1.0
+
+
+class Holding:
+    """A callable object holding an array, as a fitted model does."""
+
+    def __init__(self, held):
+        self.held = held
+
+    def __call__(self, i):
+        return float(self.held[i]), backing(self.held)
+
+
+@pytest.mark.parametrize("make", [lambda held: functools.partial(where_mapped, held), Holding])
+def test_a_large_array_held_by_the_function_travels_in_shared_memory(run, make):
+    # Not pickled whole into the function's own frame (a copy per call, read onto the worker's heap).
+    held = np.arange(4 * LARGE, dtype=np.float64)
+    function = make(held)
+    results = run(*[delayed(function)(i) for i in range(8)])
+    if isinstance(function, Holding):
+        assert [value for value, _ in results] == [float(i) for i in range(8)]
+    mapped = [where for _, where in results]
+    assert all(where is not None and where[2].startswith("/memfd:belated") for where in mapped), mapped
 
 
 def test_small_buffers_stay_inline(run):

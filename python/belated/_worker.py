@@ -326,9 +326,19 @@ def dumps_call(function, args, kwargs):
     computation = _computation
     entry = _PICKLED.get(id(function), computation)
     if entry is None or entry[0] is not function:
-        import cloudpickle
+        # Buffers out of band, uncopied: a function can hold large ones (a partial over an array, a
+        # notebook function reading a global array, which travels by value).
+        source = _source_of(function)
+        frames = dumps((function, source))
+        if len(frames) > 1:
+            if any(view.nbytes >= SHARE_FROM for view in frames[1:]):
+                # Then it goes with the arguments, its buffers in shared memory, rather than copied
+                # whole into a frame of its own and read whole by the worker. An empty frame says so.
+                return [b"", *dumps((computation, _log_levels, args, kwargs, function, source), shared=True)]
+            import cloudpickle
 
-        entry = (function, cloudpickle.dumps((function, _source_of(function)), protocol=5))
+            frames = [cloudpickle.dumps((function, source), protocol=5)]  # small: kept whole, in band
+        entry = (function, frames[0])
         if isinstance(function, (types.FunctionType, types.BuiltinFunctionType)):
             _PICKLED.put(id(function), entry, len(entry[1]), computation)
     plain = _PLAIN_ARGUMENTS.issuperset(map(type, args))
@@ -342,6 +352,12 @@ def dumps_call(function, args, kwargs):
 
 
 def loads_call(frames):
+    if not frames[0]:  # the function came with the arguments (see dumps_call)
+        computation, levels, args, kwargs, function, source = loads(frames[1:])
+        _follow_log_levels(computation, levels)
+        if source is not None:
+            _restore_source(function, *source)
+        return function, args, kwargs
     computation, levels, args, kwargs = loads(frames[1:])
     _follow_log_levels(computation, levels)
     return _function(frames[0], computation), args, kwargs
