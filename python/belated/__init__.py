@@ -100,8 +100,15 @@ _DASK_SUBMODULES = frozenset({
 
 
 def __getattr__(name):
-    if name.startswith("_"):
+    if name.startswith("__"):
         raise AttributeError(f"module 'belated' has no attribute {name!r}")
+    if name.startswith("_"):
+        # dask's private submodules (``dask._task_spec``, ``dask._expr``), which code written for dask
+        # reaches as attributes too; nothing else private is forwarded.
+        try:
+            return importlib.import_module(f"dask.{name}")
+        except ImportError:
+            raise AttributeError(f"module 'belated' has no attribute {name!r}") from None
     try:
         import dask
     except ImportError:

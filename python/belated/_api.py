@@ -421,7 +421,11 @@ def annotate(**annotations):
         if check is not None and not check[0](value):
             raise TypeError(f"'{name}' annotations must be {check[1]}, but got {value!r}")
     merged = {**config.get("annotations", {}), **annotations}
-    with config.set(annotations=merged):
+    dask = sys.modules.get("dask")
+    # dask collections built inside the block (``import belated as dask`` code builds arrays and
+    # dataframes with dask itself) take their annotations from dask's own annotate.
+    in_dask = contextlib.nullcontext() if dask is None else dask.annotate(**annotations)
+    with config.set(annotations=merged), in_dask:
         yield
 
 

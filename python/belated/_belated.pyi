@@ -3,7 +3,7 @@
 import concurrent.futures
 import contextvars
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, final, overload
 
 _T = TypeVar("_T")
@@ -40,6 +40,10 @@ class Delayed(Generic[_T_co]):
     ``Any``).
     """
 
+    # dask's constructor: the value of ``key`` in the dask graph ``dsk``.
+    def __new__(
+        cls, key: Any, dsk: Mapping[Any, Any], length: int | None = None, layer: Any = None
+    ) -> Delayed[Any]: ...
     @property
     def key(self) -> str | tuple[Any, ...]: ...
     @property

@@ -23,6 +23,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple};
 
 use crate::collect::Collector;
+use crate::dask_graph::graph_node;
 use crate::delayed::{CallOptions, Delayed, Role};
 use crate::errors::catch_panics;
 use crate::export::LegacyGraph;
@@ -254,6 +255,27 @@ fn split_options<'py>(kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<CallTimeO
 
 #[pymethods]
 impl Delayed {
+    /// dask's constructor, `Delayed(key, dsk)`: the value of `key` in the dask graph `dsk` (a dict or a
+    /// `HighLevelGraph`), which libraries use to wrap a graph they built. `layer` names a
+    /// `HighLevelGraph` layer in dask; the engine reads the graph task by task, so it is accepted and
+    /// not needed.
+    #[new]
+    #[pyo3(signature = (key, dsk, length=None, layer=None))]
+    fn py_new(
+        key: &Bound<'_, PyAny>,
+        dsk: &Bound<'_, PyAny>,
+        length: Option<usize>,
+        layer: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let _ = layer;
+        let py = key.py();
+        let graph = match dsk.cast_exact::<PyDict>() {
+            Ok(graph) => graph.clone(),
+            Err(_) => py.get_type::<PyDict>().call1((dsk,))?.cast_into()?,
+        };
+        catch_panics(|| Ok(Delayed::new(graph_node(&graph, key)?, length, Role::Value)))
+    }
+
     /// Makes numpy defer to our reflected operators (`array @ delayed` builds a task) instead of
     /// treating a `Delayed` as a 0-d object array.
     #[classattr]
