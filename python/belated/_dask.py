@@ -45,12 +45,28 @@ def optimize(dsk, keys, **kwargs):
     """``__dask_optimize__``: belated graphs hold only what their keys need already. On a distributed
     scheduler materializing the graph it is cut into blocks; elsewhere it is returned in dask's task spec,
     so that :func:`rebuild` can tell it from a mapping of results."""
+    dsk = {key: _unquoted(key, task) for key, task in dsk.items()}
     fused = fuse_on_scheduler(dsk, keys)
     if fused is not None:
         return fused
     from dask._task_spec import convert_legacy_graph
 
-    return convert_legacy_graph(dict(dsk))
+    return convert_legacy_graph(dsk)
+
+
+def _unquoted(key, task):
+    """A task of a dask graph that the export quoted (``run_graph_node`` called on the node, given its
+    dependencies under their own keys) as that node again: schedulers and their plugins look for their
+    own task types (distributed's P2P shuffle finds its barrier by type)."""
+    if type(task) is tuple and len(task) >= 3 and task[0] is run_graph_node:
+        node, keys = _quoted(task[1]), _quoted(task[2])
+        if getattr(node, "key", None) == key and keys == list(task[3:]):
+            return node
+    return task
+
+
+def _quoted(arg):
+    return arg[0].data if type(arg) is tuple and len(arg) == 1 and type(arg[0]) is Literal else None
 
 
 def rebuild(dsk, key, length, rename=None):
@@ -527,6 +543,8 @@ def fuse_on_scheduler(dsk, keys):
     if scheduler is None:
         return None
     graph = dict(dsk)
+    if any(_is_special_task(task) for task in graph.values()):
+        return None
     dependencies = {key: _references(task, graph) for key, task in graph.items()}
     graph = {key: graph[key] for key in _topological(graph, dependencies)}
     tasks, needs, external = _without_futures(graph, dependencies)
@@ -534,6 +552,13 @@ def fuse_on_scheduler(dsk, keys):
     threads = sum(worker.nthreads for worker in scheduler.workers.values()) or 1
     blocks = _fuse.plan(tasks, wanted, needs, threads, DURATIONS)
     return to_distributed(blocks, tasks, wanted, needs, external)
+
+
+def _is_special_task(node):
+    """A task of a subclass of dask's ``Task`` (distributed's P2P shuffle barrier...): the scheduler or
+    its plugins look for it under its own key, so it is not run inside a block."""
+    task_spec = sys.modules.get("dask._task_spec")
+    return task_spec is not None and isinstance(node, task_spec.Task) and type(node) is not task_spec.Task
 
 
 def _materializing_scheduler():
