@@ -838,3 +838,12 @@ def test_dasks_private_submodules_are_reached_as_attributes():
     with pytest.raises(AttributeError, match="no attribute '_no_such_module'"):
         getattr(belated, "_no_such_module")  # noqa: B009
     assert not hasattr(belated, "__no_such_dunder__")
+
+
+def test_nout_is_read_back_as_dask_reads_it():
+    # dask's test_delayed_picklable reads `_nout` of a delayed value and of a delayed function.
+    for lib in (belated, dask):
+        assert lib.delayed(1j + 2)._nout is None
+        assert lib.delayed(divmod, nout=2)._nout == 2
+        again = pickle.loads(pickle.dumps(lib.delayed(divmod, nout=2, pure=True)))
+        assert again._nout == 2 and len(again(7, 2)) == 2

@@ -300,6 +300,16 @@ impl Delayed {
         self.length()
     }
 
+    /// dask's private name for the `nout` a `delayed(obj)` was given, which its pickling tests read: a
+    /// delayed function's calls get it; any other value has it as its length.
+    #[getter(_nout)]
+    fn private_nout(&self) -> Option<usize> {
+        match self.role() {
+            Role::Function { options, .. } => options.nout,
+            _ => self.length(),
+        }
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!("Delayed({})", self.key_object(py).repr()?))
     }
