@@ -909,3 +909,43 @@ def test_a_call_on_a_p2p_shuffled_dataframe_computes_on_distributed(reference):
     ours = reference.compute(belated.delayed(lambda df: df.sort_values("value"))(shuffled))
     expected = reference.compute(shuffled).result(timeout=60).sort_values("value")
     assert ours.result(timeout=60).equals(expected)
+
+
+# -- distributed's futures API, differentially -----------------------------------------------------------
+# Found: `submit(..., retries=2)` and `map(..., retries=2)` of a task that raised twice failed with its
+# error where distributed retries it and answers its value (belated retried only for a lost worker);
+# `client.cancel` and `futures_of` were missing.
+
+
+def fails_twice():
+    calls = []
+
+    def flaky(x):
+        calls.append(x)
+        if len(calls) <= 2:
+            raise ValueError(f"flaky {len(calls)}")
+        return x * 10
+
+    return flaky
+
+
+def test_retries_rerun_a_task_that_raises(any_client):
+    assert any_client.submit(fails_twice(), 1, retries=2, pure=False).result(timeout=60) == 10
+    assert any_client.gather(any_client.map(fails_twice(), [2], retries=2, pure=False)) == [20]
+    with pytest.raises(ValueError, match="flaky 2"):
+        any_client.submit(fails_twice(), 3, retries=1, pure=False).result(timeout=60)
+    assert any_client.submit(fails_twice(), 4, retries=2).key == any_client.submit(fails_twice(), 4).key
+
+
+def test_client_cancel_and_futures_of(any_client):
+    api = distributed if isinstance(any_client, distributed.Client) else belated
+    slow = any_client.submit(time.sleep, 5, pure=False)
+    done = any_client.submit(inc, 1)
+    assert done.result(timeout=60) == 2
+    assert [f.key for f in api.futures_of([slow, {"again": slow, "other": (done,)}])] == [slow.key, done.key]
+    any_client.cancel([slow], force=True)
+    with pytest.raises(api.CancelledError, match=r"1 [Ff]uture.* cancelled"):
+        api.wait([slow, done], timeout=60)
+    assert (slow.status, slow.cancelled(), done.status) == ("cancelled", True, "finished")
+    with pytest.raises(api.CancelledError):
+        slow.result(timeout=60)

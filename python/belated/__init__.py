@@ -37,6 +37,7 @@ from belated._client import Client, Future  # its stub types Future generically 
 from belated._futures import (
     as_completed,
     fire_and_forget,
+    futures_of,
     get_client,
     rejoin,
     secede,
@@ -75,6 +76,7 @@ __all__ = [
     "delayed",
     "diagnostics",
     "fire_and_forget",
+    "futures_of",
     "get",
     "get_client",
     "graph_manipulation",
