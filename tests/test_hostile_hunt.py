@@ -590,6 +590,9 @@ def test_a_multiprocessing_initializer_for_dask_is_refused_rather_than_skipped()
         with pytest.raises(NotImplementedError, match=r"multiprocessing\.initializer"):
             task.compute(scheduler="processes")
         assert task.compute(scheduler="threads") == os.getpid()
+    # Given to compute, as dask's get of processes takes it: it was silently skipped.
+    with pytest.raises(NotImplementedError, match=r"initializer="):
+        belated.compute(task, scheduler="processes", initializer=print)
 
 
 # -- sentinels in pure calls -------------------------------------------------------------------------------

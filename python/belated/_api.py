@@ -75,11 +75,13 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
         if scheduler not in _SCHEDULER_NAMES:
             scheduler = _dask_named_scheduler(scheduler) or scheduler
     if isinstance(scheduler, str):
-        if scheduler in ("processes", "multiprocessing") and _setting("multiprocessing.initializer"):
+        initializer = kwargs.get("initializer") or _setting("multiprocessing.initializer")
+        if scheduler in ("processes", "multiprocessing") and initializer:
             # dask runs it in each worker process first; results that depend on it would differ.
             raise NotImplementedError(
-                "belated's worker processes do not run the multiprocessing.initializer of dask's "
-                "configuration; run that setup inside the tasks (or at the import of their module)"
+                "belated's worker processes do not run an initializer (initializer= or dask's "
+                "multiprocessing.initializer setting); run that setup inside the tasks (or at the import "
+                "of their module)"
             )
     elif scheduler is _get_function():
         scheduler = "threads"
