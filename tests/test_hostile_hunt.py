@@ -952,3 +952,41 @@ def test_client_cancel_and_futures_of(any_client):
     assert (slow.status, slow.cancelled(), done.status) == ("cancelled", True, "finished")
     with pytest.raises(api.CancelledError):
         slow.result(timeout=60)
+
+
+# -- dask's test_distributed.py with `import belated as dask` -------------------------------------------
+# Found: persist() with a distributed Client as the scheduler raised NotImplementedError where dask
+# persists on the cluster; `await delayed_object` raised TypeError (dask's collections are awaitable);
+# delayed(distributed_future) took a key of its own where dask keeps the future's.
+
+
+def test_persist_on_a_distributed_client_keeps_results_there(reference):
+    a = belated.delayed(inc)(1) + 5
+    b = a + 1
+    persisted = belated.persist({"a": a, "b": [1, 2, b]}, (a, 2), 4, scheduler=reference)
+    assert isinstance(persisted[0]["b"][2], belated.Delayed) and persisted[2] == 4
+    assert belated.compute(*persisted, scheduler=reference) == ({"a": 7, "b": [1, 2, 8]}, (7, 2), 4)
+    futures = distributed.futures_of(persisted)
+    assert futures and all(f.key in reference.futures for f in futures)
+
+
+def test_a_delayed_object_is_awaitable_as_dasks_collections_are(in_process):
+    import asyncio
+
+    async def both():
+        x = belated.delayed(inc)(1) + 1
+        local = await x
+        persisted = in_process.persist(belated.delayed(inc)(10))
+        return local is x, (await persisted).compute()
+
+    assert asyncio.run(both()) == (True, 11)
+
+
+def test_delayed_of_a_distributed_future_keeps_its_key(reference):
+    future = reference.scatter(5)
+    import dask
+
+    for lib in (belated, dask):
+        wrapped = lib.delayed(future)
+        assert wrapped.key == future.key
+        assert reference.compute(lib.delayed(inc)(wrapped)).result(timeout=60) == 6

@@ -9,7 +9,7 @@ import os
 import sys
 
 from belated import _belated, _futures, _logging, config
-from belated._dask import _require, executor_for
+from belated._dask import _require, distributed_client_of, executor_for
 from belated._get import pool_size
 from belated.diagnostics import claimed_callbacks
 
@@ -100,6 +100,13 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
     cluster = getattr(scheduler, "_cluster", None)
     executor = None if cluster is not None else executor_for(scheduler)
     if executor is not None:
+        client = distributed_client_of(scheduler) if persist else None
+        if client is not None:
+            # The results stay in the cluster, as dask's persist leaves them: each Delayed given back
+            # fetches its own from there when computed.
+            from dask.base import persist as dask_persist
+
+            return dask_persist(*args, traverse=traverse, scheduler=client, **kwargs)
         if persist:
             raise NotImplementedError(
                 "persist() keeps results in this process; on a cluster, use client.persist(...) instead"

@@ -3,7 +3,7 @@
 import concurrent.futures
 import contextvars
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, final, overload
 
 _T = TypeVar("_T")
@@ -52,6 +52,7 @@ class Delayed(Generic[_T_co]):
     def _length(self) -> int | None: ...
     @property
     def _nout(self) -> int | None: ...
+    def __await__(self) -> Generator[Any, None, Delayed[_T_co]]: ...
     @property
     def dask(self) -> dict[Any, Any]: ...
     # A delayed function's own, as functools.wraps would forward them.

@@ -1,6 +1,7 @@
 """What dask needs to run belated graphs, and belated to run dask's: the collection protocol's helpers
 and the executors that hand a whole graph to an existing engine."""
 
+import asyncio
 import contextlib
 import dataclasses
 import itertools
@@ -85,6 +86,27 @@ def rebuild(dsk, key, length, rename=None):
         fetch = _belated.delayed(future_result, pure=False, nout=length, traverse=False)
         return fetch(value, dask_key_name=key)
     return _belated.delayed(value, name=key, nout=length, traverse=False)
+
+
+def awaited(obj):
+    """``await obj`` for a ``Delayed``, as dask's collections: waits (off the event loop) for the
+    persists on a belated Client it takes results of and for the distributed futures its graph holds,
+    then gives ``obj`` itself."""
+
+    async def wait():
+        from belated._futures import wait_for_persists
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, wait_for_persists, [obj], True)
+        distributed = sys.modules.get("distributed")
+        futures = [] if distributed is None else distributed.futures_of(obj)
+        if futures and futures[0].client.asynchronous:
+            await distributed.wait(futures)
+        elif futures:
+            await loop.run_in_executor(None, distributed.wait, futures)
+        return obj
+
+    return wait().__await__()
 
 
 def _renamed(key, rename):
@@ -723,17 +745,27 @@ def _cancel(ray, pending):
             ray.cancel(status, force=True)
 
 
-def executor_for(scheduler):
-    """The executor of a scheduler that is another engine, or None for belated's own schedulers."""
+def distributed_client_of(scheduler):
+    """The Dask distributed client a scheduler names (``"distributed"``: the default one; a
+    distributed Client; a belated Client connected to one), or None."""
     if isinstance(scheduler, str):
-        if scheduler == "ray":
-            return ray_executor()
         if scheduler in ("distributed", "dask.distributed"):
-            distributed = _require("distributed", "dask")
-            return distributed_executor(distributed.get_client())
+            return _require("distributed", "dask").get_client()
         return None
     client = getattr(scheduler, "_distributed_client", None) or scheduler
     if type(client).__module__.startswith("distributed") and hasattr(client, "get"):
+        return client
+    return None
+
+
+def executor_for(scheduler):
+    """The executor of a scheduler that is another engine, or None for belated's own schedulers."""
+    if isinstance(scheduler, str) and scheduler == "ray":
+        return ray_executor()
+    client = distributed_client_of(scheduler)
+    if client is not None:
         return distributed_executor(client)
+    if isinstance(scheduler, str):
+        return None
     choices = "'threads', 'sync', 'ray', 'distributed' or a distributed Client"
     raise TypeError(f"scheduler must be {choices}, got {scheduler!r}")

@@ -20,7 +20,7 @@ use pyo3::exceptions::{PyAttributeError, PyTypeError, PyUserWarning, PyValueErro
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 
 use crate::collect::Collector;
 use crate::dask_graph::graph_node;
@@ -714,6 +714,15 @@ impl Delayed {
         Ok(OPTIMIZE.import(py, "belated._dask", "optimize")?.clone())
     }
 
+    /// `await x`, as dask's collections: waits for the results a persist is still computing, then
+    /// gives `x` itself.
+    fn __await__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        static AWAITED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        AWAITED
+            .import(slf.py(), "belated._dask", "awaited")?
+            .call1((slf,))
+    }
+
     fn __reduce__<'py>(
         slf: &Bound<'py, Self>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
@@ -797,6 +806,26 @@ fn reject_modulo(modulo: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
 /// >>> total = delayed(inc)(1) + delayed(inc)(2)
 /// >>> total.compute()
 /// 5
+/// Whether `obj` is a `dask._task_spec.TaskRef` (what distributed's futures are), once the program
+/// has loaded dask.
+fn is_task_ref(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    static TASK_REF: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let py = obj.py();
+    let task_ref = match TASK_REF.get(py) {
+        Some(task_ref) => task_ref.bind(py).clone(),
+        None => {
+            let modules = py.import("sys")?.getattr("modules")?;
+            let Ok(spec) = modules.get_item("dask._task_spec") else {
+                return Ok(false);
+            };
+            let task_ref = spec.getattr("TaskRef")?.cast_into::<PyType>()?;
+            TASK_REF.get_or_init(py, || task_ref.clone().unbind());
+            task_ref
+        }
+    };
+    obj.is_instance(&task_ref)
+}
+
 #[pyfunction]
 #[pyo3(signature = (*obj, name=None, pure=None, nout=None, traverse=true))]
 pub(crate) fn delayed(
@@ -837,6 +866,8 @@ pub(crate) fn delayed(
     // As dask: a plain object is tokenized with its `nout`, a container of `Delayed` objects by itself.
     let key = match name.filter(|n| !n.is_none()) {
         Some(name) => Key::given(&name)?,
+        // As dask: a reference to a task elsewhere (a distributed future) keeps its key.
+        None if is_task_ref(&obj)? => Key::given(&obj.getattr("key")?)?,
         None if resolve_pure(py, pure)? => {
             let (prefix, head) = if template.is_value() {
                 (
