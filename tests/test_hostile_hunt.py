@@ -990,3 +990,10 @@ def test_delayed_of_a_distributed_future_keeps_its_key(reference):
         wrapped = lib.delayed(future)
         assert wrapped.key == future.key
         assert reference.compute(lib.delayed(inc)(wrapped)).result(timeout=60) == 6
+
+
+def test_calls_of_a_map_given_one_key_take_the_last_calls_value(any_client):
+    # Found: belated kept the first call's value (2, 2) where distributed keeps the last one's (3, 3).
+    futures = any_client.map(inc, [1, 2], key=["hunt-dup", "hunt-dup"])
+    assert [f.key for f in futures] == ["hunt-dup", "hunt-dup"]
+    assert any_client.gather(futures) == [3, 3]

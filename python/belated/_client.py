@@ -527,9 +527,10 @@ class Client:
         call = delayed(EachOwnOutcome(func))
 
         def tasks(calls, kwargs):
-            # Equal calls share a key, and so one task.
+            # Equal calls share a key, and so one task; of calls given one key by a list of keys, the
+            # last one is that key's task, as in distributed (its graph is a dict of them).
             by_key = {}
-            for args, name in zip(calls, keys, strict=True):
+            for args, name in zip(reversed(calls), reversed(keys), strict=True):
                 if name not in by_key:
                     by_key[name] = call(*args, dask_key_name=name, **kwargs)
             return tuple(by_key[name] for name in keys)

@@ -763,6 +763,26 @@ fn reject_modulo(modulo: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
     }
 }
 
+/// Whether `obj` is a `dask._task_spec.TaskRef` (what distributed's futures are), once the program
+/// has loaded dask.
+fn is_task_ref(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    static TASK_REF: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let py = obj.py();
+    let task_ref = match TASK_REF.get(py) {
+        Some(task_ref) => task_ref.bind(py).clone(),
+        None => {
+            let modules = py.import("sys")?.getattr("modules")?;
+            let Ok(spec) = modules.get_item("dask._task_spec") else {
+                return Ok(false);
+            };
+            let task_ref = spec.getattr("TaskRef")?.cast_into::<PyType>()?;
+            TASK_REF.get_or_init(py, || task_ref.clone().unbind());
+            task_ref
+        }
+    };
+    obj.is_instance(&task_ref)
+}
+
 /// Wraps a function or a value so that calls and operations on it build a task graph instead of
 /// running, as `dask.delayed` does.
 ///
@@ -806,26 +826,6 @@ fn reject_modulo(modulo: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
 /// >>> total = delayed(inc)(1) + delayed(inc)(2)
 /// >>> total.compute()
 /// 5
-/// Whether `obj` is a `dask._task_spec.TaskRef` (what distributed's futures are), once the program
-/// has loaded dask.
-fn is_task_ref(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
-    static TASK_REF: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    let py = obj.py();
-    let task_ref = match TASK_REF.get(py) {
-        Some(task_ref) => task_ref.bind(py).clone(),
-        None => {
-            let modules = py.import("sys")?.getattr("modules")?;
-            let Ok(spec) = modules.get_item("dask._task_spec") else {
-                return Ok(false);
-            };
-            let task_ref = spec.getattr("TaskRef")?.cast_into::<PyType>()?;
-            TASK_REF.get_or_init(py, || task_ref.clone().unbind());
-            task_ref
-        }
-    };
-    obj.is_instance(&task_ref)
-}
-
 #[pyfunction]
 #[pyo3(signature = (*obj, name=None, pure=None, nout=None, traverse=true))]
 pub(crate) fn delayed(
