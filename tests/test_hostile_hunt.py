@@ -4,6 +4,8 @@ Python answers on the same input. Each test here failed on the build it was foun
 import gc
 import operator
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -997,3 +999,17 @@ def test_calls_of_a_map_given_one_key_take_the_last_calls_value(any_client):
     futures = any_client.map(inc, [1, 2], key=["hunt-dup", "hunt-dup"])
     assert [f.key for f in futures] == ["hunt-dup", "hunt-dup"]
     assert any_client.gather(futures) == [3, 3]
+
+
+def test_the_current_client_is_found_as_in_distributed():
+    # Client.current() and default_client() were missing (libraries find the client so).
+    with belated.Client(processes=False, n_workers=1, dashboard_address=None, set_as_default=False) as c:
+        assert belated.Client.current() is c and belated.default_client() is c
+        assert belated.default_client(c) is c
+    alone = subprocess.run(
+        [sys.executable, "-c", "import belated; belated.default_client()"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert alone.returncode != 0 and "ValueError: No clients found" in alone.stderr

@@ -36,6 +36,7 @@ from belated._belated import (
 from belated._client import Client, Future  # its stub types Future generically (Future[T])
 from belated._futures import (
     as_completed,
+    default_client,
     fire_and_forget,
     futures_of,
     get_client,
@@ -73,6 +74,7 @@ __all__ = [
     "compute",
     "config",
     "dashboard",
+    "default_client",
     "delayed",
     "diagnostics",
     "fire_and_forget",

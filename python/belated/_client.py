@@ -713,6 +713,14 @@ class Client:
             return self._gather_async(futures, errors)
         return gather(futures, skip=errors == "skip")
 
+    @classmethod
+    def current(cls, allow_global=True):
+        """distributed's ``Client.current()``: the open Client started last; ``ValueError`` if none is."""
+        client = current_client()
+        if client is None:
+            raise ValueError("No clients found: start one with belated.Client()")
+        return client
+
     def cancel(self, futures, asynchronous=None, force=False, reason=None, msg=None):
         """Cancels ``futures`` (a Future, or lists, tuples, sets and dicts of them), as each future's
         ``cancel()`` does. ``force`` (cancel what other clients also want), ``reason`` and ``msg`` are

@@ -850,6 +850,16 @@ def get_client():
     return client
 
 
+def default_client(c=None):
+    """distributed's ``default_client``: ``c`` if given, else the open Client started last
+    (``ValueError`` if none is)."""
+    if c is not None:
+        return c
+    from belated._client import Client
+
+    return Client.current()
+
+
 # The client whose task runs on this thread, if one does (set by the Client's task wrapper).
 task_client = threading.local()
 _seceded = threading.local()
