@@ -840,10 +840,13 @@ def test_dasks_private_submodules_are_reached_as_attributes():
     assert not hasattr(belated, "__no_such_dunder__")
 
 
-def test_nout_is_read_back_as_dask_reads_it():
-    # dask's test_delayed_picklable reads `_nout` of a delayed value and of a delayed function.
+def test_private_attributes_are_read_back_as_dask_reads_them():
+    # dask's test_delayed_picklable reads `_nout`, `_pure`, and an attribute read's `_obj` and `_attr`.
     for lib in (belated, dask):
         assert lib.delayed(1j + 2)._nout is None
         assert lib.delayed(divmod, nout=2)._nout == 2
         again = pickle.loads(pickle.dumps(lib.delayed(divmod, nout=2, pure=True)))
         assert again._nout == 2 and len(again(7, 2)) == 2
+        assert (again._pure, lib.delayed(divmod)._pure) == (True, None)
+        real = pickle.loads(pickle.dumps(lib.delayed(1j + 2).real))
+        assert real._attr == "real" and real._obj.compute() == 1j + 2 and real.compute() == 2

@@ -310,6 +310,34 @@ impl Delayed {
         }
     }
 
+    /// dask's private name for the `pure` a `delayed(func)` was given (None: the configuration's).
+    #[getter(_pure)]
+    fn private_pure(&self) -> Option<bool> {
+        match self.role() {
+            Role::Function { options, .. } => options.pure,
+            _ => None,
+        }
+    }
+
+    /// dask's private names of an attribute read (`x.real`): the object it is read from, and its name.
+    #[getter(_obj)]
+    fn private_obj<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Delayed>> {
+        match self.role() {
+            Role::Attribute { obj, .. } => {
+                Delayed::new(Arc::clone(obj), None, Role::Value).into_untracked(py)
+            }
+            _ => Err(PyAttributeError::new_err("Attribute _obj not found")),
+        }
+    }
+
+    #[getter(_attr)]
+    fn private_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
+        match self.role() {
+            Role::Attribute { name, .. } => Ok(name.bind(py).clone()),
+            _ => Err(PyAttributeError::new_err("Attribute _attr not found")),
+        }
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!("Delayed({})", self.key_object(py).repr()?))
     }
