@@ -208,3 +208,18 @@ def test_same_names_as_dask_config():
     assert belated.config.collect_env(env) == dask_config.collect_env(
         {k.replace("BELATED_", "DASK_"): v for k, v in env.items()}
     )
+
+
+def test_a_set_reaches_dask_config_until_exit_or_refresh(fresh_config):
+    # With dask loaded, `set` is also dask's (`import belated as dask` code sets keys dask reads); a
+    # refresh undoes what the sets still in effect did there as well as here.
+    dask = pytest.importorskip("dask")
+    with config.set({"hunt.inner": 1}):
+        assert dask.config.get("hunt.inner") == 1
+    assert dask.config.get("hunt", None) is None
+    config.set(hunt_kept=2)
+    with config.set(hunt_open=3):
+        assert (dask.config.get("hunt-kept"), dask.config.get("hunt-open")) == (2, 3)
+        config.refresh(paths=[], env={})
+        assert (dask.config.get("hunt-kept", None), dask.config.get("hunt-open", None)) == (None, None)
+    assert dask.config.get("hunt-open", None) is None and config.get("hunt-open", None) is None

@@ -3,6 +3,7 @@ graph manipulation, and dask's smaller conventions. Each behaviour is checked ag
 
 import dataclasses
 import functools
+import importlib
 import os
 import pickle
 import subprocess
@@ -320,8 +321,7 @@ def test_clone_wait_on_and_checkpoint():
     assert checkpoint(x).key == checkpoint(x).key
     with pytest.raises(ValueError, match="split_every"):
         checkpoint(x, split_every=1)
-    with pytest.raises(TypeError, match=r"dask\.graph_manipulation"):
-        clone(dask.delayed(1))
+    assert clone(dask.delayed(1)).compute() == 1  # a dask collection: dask's own clone (below)
 
 
 def test_belated_optimize_returns_what_it_was_given():
@@ -765,3 +765,112 @@ def test_iterators_of_builtin_containers_are_passed_as_dask_passes_them(make):
         return type(value), value
 
     assert results(belated) == results(dask)
+
+
+# --- dask code run with `import belated as dask` ----------------------------------------------------------
+# Found by running dask's own test_graph_manipulation.py and test_base.py with `import belated as dask`.
+
+
+class Pair:
+    """A dask collection that is neither dask's nor belated's, as in dask's own tests."""
+
+    __dask_scheduler__ = staticmethod(dask.get)
+    __dask_optimize__ = None
+
+    def __init__(self, dsk, keys):
+        self.dsk, self.keys = dsk, keys
+
+    def __dask_graph__(self):
+        return self.dsk
+
+    def __dask_keys__(self):
+        return self.keys
+
+    def __dask_layers__(self):
+        return tuple(self.dsk)
+
+    def __dask_tokenize__(self):
+        return self.keys
+
+    def __dask_postcompute__(self):
+        return tuple, ()
+
+    def __dask_postpersist__(self):
+        return Pair._rebuild, (self.keys,)
+
+    @staticmethod
+    def _rebuild(dsk, keys, *, rename=None):
+        rename = rename or {}
+        return Pair(dsk, [rename.get(key, key) for key in keys])
+
+
+@pytest.mark.parametrize(
+    "lib", [belated.graph_manipulation, dask.graph_manipulation], ids=["belated", "dask"]
+)
+def test_graph_manipulation_of_other_dask_collections_is_dasks(lib):
+    events = []
+    first = Pair({"p": (events.append, "first")}, ["p"])
+    second = Pair({"a": (events.append, "second"), "b": 2}, ["a", "b"])
+    bound = lib.bind(second, first)
+    assert isinstance(bound, Pair) and set(bound.keys).isdisjoint(second.keys)
+    assert dask.compute(bound, scheduler="sync") == ((None, 2),) and events == ["first", "second"]
+    assert dask.compute(lib.clone(second), scheduler="sync") == ((None, 2),)
+    assert dask.compute(lib.wait_on(second), scheduler="sync") == ((None, 2),)
+    assert dask.compute(lib.checkpoint(second, delayed(inc)(1)), scheduler="sync") == (None,)
+
+
+def test_config_set_reaches_dask_code_run_with_import_belated_as_dask():
+    # `import belated as dask; dask.config.set(...)` around dask's own arrays, dask.compute or dask's
+    # schedulers: before, the keys stayed in belated's configuration and dask silently ignored them.
+    da = pytest.importorskip("dask.array")
+    before = dask.config.get("array.chunk-size")
+    with belated.config.set({"array.chunk-size": "1MiB"}, num_workers=3):
+        assert (dask.config.get("array.chunk-size"), dask.config.get("num_workers")) == ("1MiB", 3)
+        assert da.ones(10**6).chunks[0][0] == 2**20 // 8
+        with belated.config.set(scheduler="sync"):
+            assert dask.base.get_scheduler() is dask.local.get_sync
+    assert dask.config.get("array.chunk-size") == before
+    assert dask.config.get("num_workers", None) is None
+
+
+def test_annotate_reaches_dask_collections_built_inside():
+    da = pytest.importorskip("dask.array")
+    with belated.annotate(priority=5):
+        x = da.ones(10, chunks=5) + 1
+    assert x.__dask_graph__().layers[x.name].annotations == {"priority": 5}
+
+
+@pytest.mark.parametrize("key", ["a", ("a-1", 2)])
+def test_delayed_is_built_from_a_key_and_a_dask_graph_as_in_dask(key):
+    for made, lib in ((belated.Delayed, belated), (importlib.import_module("dask.delayed").Delayed, dask)):
+        x = made(key, {key: (inc, "b"), "b": 1})
+        assert (x.key, x.compute(scheduler="sync")) == (key, 2)
+        assert x.persist(scheduler="sync").compute() == 2
+        assert made("alias", {"alias": "b", "b": 1}).compute() == 1
+        pair = made(key, {key: (divmod, 7, 2)}, length=2)
+        assert len(pair) == 2 and lib.compute(*pair) == (3, 1)
+    hlg = dask.highlevelgraph.HighLevelGraph.from_collections("c", {"c": (inc, "b"), "b": 1}, [])
+    assert belated.Delayed("c", hlg).compute() == 2
+    with pytest.raises(TypeError):
+        belated.Delayed("a")
+
+
+def test_dasks_private_submodules_are_reached_as_attributes():
+    # dask's test_base.py subclasses `dask._expr.Expr` after `import dask`.
+    assert belated._expr is importlib.import_module("dask._expr")
+    assert belated._task_spec.Task is dask._task_spec.Task
+    with pytest.raises(AttributeError, match="no attribute '_no_such_module'"):
+        getattr(belated, "_no_such_module")  # noqa: B009
+    assert not hasattr(belated, "__no_such_dunder__")
+
+
+def test_private_attributes_are_read_back_as_dask_reads_them():
+    # dask's test_delayed_picklable reads `_nout`, `_pure`, and an attribute read's `_obj` and `_attr`.
+    for lib in (belated, dask):
+        assert lib.delayed(1j + 2)._nout is None
+        assert lib.delayed(divmod, nout=2)._nout == 2
+        again = pickle.loads(pickle.dumps(lib.delayed(divmod, nout=2, pure=True)))
+        assert again._nout == 2 and len(again(7, 2)) == 2
+        assert (again._pure, lib.delayed(divmod)._pure) == (True, None)
+        real = pickle.loads(pickle.dumps(lib.delayed(1j + 2).real))
+        assert real._attr == "real" and real._obj.compute() == 1j + 2 and real.compute() == 2

@@ -377,9 +377,11 @@ def test_dask_accepts_belated_objects_and_belated_accepts_dask_delayed(client):
     assert persisted.key == x.key and persisted.compute() == 16
 
 
-def test_persist_on_a_cluster_points_to_the_cluster(client):
-    with pytest.raises(NotImplementedError, match=r"client\.persist"):
-        delayed(square)(1).persist()
+def test_persist_on_a_cluster_keeps_the_results_there(client):
+    # As dask's persist with a distributed Client as the scheduler (it raised NotImplementedError).
+    persisted = delayed(square)(3).persist()
+    [future] = distributed.futures_of(persisted)
+    assert future.key == persisted.key and persisted.compute() == 9
 
 
 def test_tutorial_and_api_programs_on_ray_equal_local_runs(ray_instance):

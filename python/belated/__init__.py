@@ -37,7 +37,9 @@ from belated._belated import (
 from belated._client import Client, Future  # its stub types Future generically (Future[T])
 from belated._futures import (
     as_completed,
+    default_client,
     fire_and_forget,
+    futures_of,
     get_client,
     rejoin,
     secede,
@@ -73,9 +75,11 @@ __all__ = [
     "compute",
     "config",
     "dashboard",
+    "default_client",
     "delayed",
     "diagnostics",
     "fire_and_forget",
+    "futures_of",
     "get",
     "get_client",
     "graph_manipulation",
@@ -106,8 +110,15 @@ _submodules.install(
 
 
 def __getattr__(name):
-    if name.startswith("_"):
+    if name.startswith("__"):
         raise AttributeError(f"module 'belated' has no attribute {name!r}")
+    if name.startswith("_"):
+        # dask's private submodules (``dask._task_spec``, ``dask._expr``), which code written for dask
+        # reaches as attributes too; nothing else private is forwarded.
+        try:
+            return importlib.import_module(f"dask.{name}")
+        except ImportError:
+            raise AttributeError(f"module 'belated' has no attribute {name!r}") from None
     try:
         import dask
     except ImportError:

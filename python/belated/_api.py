@@ -9,7 +9,7 @@ import os
 import sys
 
 from belated import _belated, _futures, _logging, config
-from belated._dask import _require, executor_for
+from belated._dask import _require, distributed_client_of, executor_for
 from belated._get import pool_size
 from belated.diagnostics import claimed_callbacks
 
@@ -75,11 +75,13 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
         if scheduler not in _SCHEDULER_NAMES:
             scheduler = _dask_named_scheduler(scheduler) or scheduler
     if isinstance(scheduler, str):
-        if scheduler in ("processes", "multiprocessing") and _setting("multiprocessing.initializer"):
+        initializer = kwargs.get("initializer") or _setting("multiprocessing.initializer")
+        if scheduler in ("processes", "multiprocessing") and initializer:
             # dask runs it in each worker process first; results that depend on it would differ.
             raise NotImplementedError(
-                "belated's worker processes do not run the multiprocessing.initializer of dask's "
-                "configuration; run that setup inside the tasks (or at the import of their module)"
+                "belated's worker processes do not run an initializer (initializer= or dask's "
+                "multiprocessing.initializer setting); run that setup inside the tasks (or at the import "
+                "of their module)"
             )
     elif scheduler is _get_function():
         scheduler = "threads"
@@ -98,6 +100,13 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
     cluster = getattr(scheduler, "_cluster", None)
     executor = None if cluster is not None else executor_for(scheduler)
     if executor is not None:
+        client = distributed_client_of(scheduler) if persist else None
+        if client is not None:
+            # The results stay in the cluster, as dask's persist leaves them: each Delayed given back
+            # fetches its own from there when computed.
+            from dask.base import persist as dask_persist
+
+            return dask_persist(*args, traverse=traverse, scheduler=client, **kwargs)
         if persist:
             raise NotImplementedError(
                 "persist() keeps results in this process; on a cluster, use client.persist(...) instead"
@@ -421,7 +430,11 @@ def annotate(**annotations):
         if check is not None and not check[0](value):
             raise TypeError(f"'{name}' annotations must be {check[1]}, but got {value!r}")
     merged = {**config.get("annotations", {}), **annotations}
-    with config.set(annotations=merged):
+    dask = sys.modules.get("dask")
+    # dask collections built inside the block (``import belated as dask`` code builds arrays and
+    # dataframes with dask itself) take their annotations from dask's own annotate.
+    in_dask = contextlib.nullcontext() if dask is None else dask.annotate(**annotations)
+    with config.set(annotations=merged), in_dask:
         yield
 
 

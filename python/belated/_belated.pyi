@@ -3,7 +3,7 @@
 import concurrent.futures
 import contextvars
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, final, overload
 
 _T = TypeVar("_T")
@@ -40,12 +40,25 @@ class Delayed(Generic[_T_co]):
     ``Any``).
     """
 
+    # dask's constructor: the value of ``key`` in the dask graph ``dsk``.
+    def __new__(
+        cls, key: Any, dsk: Mapping[Any, Any], length: int | None = None, layer: Any = None
+    ) -> Delayed[Any]: ...
     @property
     def key(self) -> str | tuple[Any, ...]: ...
     @property
     def _key(self) -> str | tuple[Any, ...]: ...
     @property
     def _length(self) -> int | None: ...
+    @property
+    def _nout(self) -> int | None: ...
+    @property
+    def _pure(self) -> bool | None: ...
+    @property
+    def _obj(self) -> Delayed[Any]: ...
+    @property
+    def _attr(self) -> str: ...
+    def __await__(self) -> Generator[Any, None, Delayed[_T_co]]: ...
     @property
     def dask(self) -> dict[Any, Any]: ...
     # A delayed function's own, as functools.wraps would forward them.

@@ -28,10 +28,12 @@ from belated._futures import (
     Future,
     Persisted,
     Raised,
+    Retrying,
     Scattered,
     Settled,
     finished,
     futures_in,
+    futures_of,
     gather,
     graphs_of,
     in_task,
@@ -172,6 +174,11 @@ def _scheduling(given):
     """The scheduling keywords among ``given`` (a submit or map call's locals, so the keywords are
     listed once, in the signature), as distributed's Client takes them."""
     return {name: given[name] for name in _SCHEDULING if name in given}
+
+
+def _retrying(func, retries):
+    """``func`` run again while it raises, up to ``retries`` times, as distributed's ``retries=`` does."""
+    return Retrying(func, retries) if retries else func
 
 
 def _refuse_placement(scheduling):
@@ -471,7 +478,7 @@ class Client:
         if key is None:
             [token] = _call_tokens(func, [args], kwargs, after) if pure else [uuid.uuid4()]
             key = f"{_funcname(func)}-{token}"
-        func = self._on_this_client(func)
+        func = _retrying(self._on_this_client(func), retries)
         func, (args, kwargs) = _passing_delayed(func, (args, kwargs))
         if not after:  # the common case: no need to wait or rebuild
             task = delayed(func)(*args, dask_key_name=key, **kwargs)
@@ -528,13 +535,16 @@ class Client:
             else:
                 batch = uuid.uuid4()
                 keys = [f"{prefix}-{batch}-{i}" for i in range(len(calls))]
-        func, (calls, kwargs) = _passing_delayed(self._on_this_client(func), (calls, kwargs))
+        func, (calls, kwargs) = _passing_delayed(
+            _retrying(self._on_this_client(func), retries), (calls, kwargs)
+        )
         call = delayed(EachOwnOutcome(func))
 
         def tasks(calls, kwargs):
-            # Equal calls share a key, and so one task.
+            # Equal calls share a key, and so one task; of calls given one key by a list of keys, the
+            # last one is that key's task, as in distributed (its graph is a dict of them).
             by_key = {}
-            for args, name in zip(calls, keys, strict=True):
+            for args, name in zip(reversed(calls), reversed(keys), strict=True):
                 if name not in by_key:
                     by_key[name] = call(*args, dask_key_name=name, **kwargs)
             return tuple(by_key[name] for name in keys)
@@ -722,6 +732,26 @@ class Client:
         if self.asynchronous:
             return self._gather_async(futures, errors)
         return gather(futures, skip=errors == "skip")
+
+    @classmethod
+    def current(cls, allow_global=True):
+        """distributed's ``Client.current()``: the open Client started last; ``ValueError`` if none is."""
+        client = current_client()
+        if client is None:
+            raise ValueError("No clients found: start one with belated.Client()")
+        return client
+
+    def cancel(self, futures, asynchronous=None, force=False, reason=None, msg=None):
+        """Cancels ``futures`` (a Future, or lists, tuples, sets and dicts of them), as each future's
+        ``cancel()`` does. ``force`` (cancel what other clients also want), ``reason`` and ``msg`` are
+        distributed's; with one client per cluster, they change nothing here."""
+        if self._distributed_client is not None:
+            return self._distributed_client.cancel(
+                futures, asynchronous=asynchronous, force=force, reason=reason, msg=msg
+            )
+        for future in futures_of(futures):
+            future.cancel()
+        return _done_awaitable(None) if self.asynchronous else None
 
     def get(self, dsk, keys, **kwargs):
         """Computes ``keys`` of the dask graph ``dsk`` here and returns their values, as distributed's

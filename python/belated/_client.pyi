@@ -149,6 +149,16 @@ class Client:
     ) -> list[Delayed[_T]]: ...
     @overload
     def persist(self, collections: Any, *, traverse: bool = True, retries: int | None = None) -> Any: ...
+    @classmethod
+    def current(cls, allow_global: bool = True) -> Client: ...
+    def cancel(
+        self,
+        futures: Any,
+        asynchronous: bool | None = None,
+        force: bool = False,
+        reason: str | None = None,
+        msg: str | None = None,
+    ) -> Any: ...
     @overload
     def gather(self, futures: Future[_T], errors: str = ...) -> _T: ...
     @overload

@@ -1,6 +1,7 @@
 """What dask needs to run belated graphs, and belated to run dask's: the collection protocol's helpers
 and the executors that hand a whole graph to an existing engine."""
 
+import asyncio
 import contextlib
 import dataclasses
 import itertools
@@ -45,12 +46,28 @@ def optimize(dsk, keys, **kwargs):
     """``__dask_optimize__``: belated graphs hold only what their keys need already. On a distributed
     scheduler materializing the graph it is cut into blocks; elsewhere it is returned in dask's task spec,
     so that :func:`rebuild` can tell it from a mapping of results."""
+    dsk = {key: _unquoted(key, task) for key, task in dsk.items()}
     fused = fuse_on_scheduler(dsk, keys)
     if fused is not None:
         return fused
     from dask._task_spec import convert_legacy_graph
 
-    return convert_legacy_graph(dict(dsk))
+    return convert_legacy_graph(dsk)
+
+
+def _unquoted(key, task):
+    """A task of a dask graph that the export quoted (``run_graph_node`` called on the node, given its
+    dependencies under their own keys) as that node again: schedulers and their plugins look for their
+    own task types (distributed's P2P shuffle finds its barrier by type)."""
+    if type(task) is tuple and len(task) >= 3 and task[0] is run_graph_node:
+        node, keys = _quoted(task[1]), _quoted(task[2])
+        if getattr(node, "key", None) == key and keys == list(task[3:]):
+            return node
+    return task
+
+
+def _quoted(arg):
+    return arg[0].data if type(arg) is tuple and len(arg) == 1 and type(arg[0]) is Literal else None
 
 
 def rebuild(dsk, key, length, rename=None):
@@ -69,6 +86,27 @@ def rebuild(dsk, key, length, rename=None):
         fetch = _belated.delayed(future_result, pure=False, nout=length, traverse=False)
         return fetch(value, dask_key_name=key)
     return _belated.delayed(value, name=key, nout=length, traverse=False)
+
+
+def awaited(obj):
+    """``await obj`` for a ``Delayed``, as dask's collections: waits (off the event loop) for the
+    persists on a belated Client it takes results of and for the distributed futures its graph holds,
+    then gives ``obj`` itself."""
+
+    async def wait():
+        from belated._futures import wait_for_persists
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, wait_for_persists, [obj], True)
+        distributed = sys.modules.get("distributed")
+        futures = [] if distributed is None else distributed.futures_of(obj)
+        if futures and futures[0].client.asynchronous:
+            await distributed.wait(futures)
+        elif futures:
+            await loop.run_in_executor(None, distributed.wait, futures)
+        return obj
+
+    return wait().__await__()
 
 
 def _renamed(key, rename):
@@ -527,6 +565,8 @@ def fuse_on_scheduler(dsk, keys):
     if scheduler is None:
         return None
     graph = dict(dsk)
+    if any(_is_special_task(task) for task in graph.values()):
+        return None
     dependencies = {key: _references(task, graph) for key, task in graph.items()}
     graph = {key: graph[key] for key in _topological(graph, dependencies)}
     tasks, needs, external = _without_futures(graph, dependencies)
@@ -534,6 +574,13 @@ def fuse_on_scheduler(dsk, keys):
     threads = sum(worker.nthreads for worker in scheduler.workers.values()) or 1
     blocks = _fuse.plan(tasks, wanted, needs, threads, DURATIONS)
     return to_distributed(blocks, tasks, wanted, needs, external)
+
+
+def _is_special_task(node):
+    """A task of a subclass of dask's ``Task`` (distributed's P2P shuffle barrier...): the scheduler or
+    its plugins look for it under its own key, so it is not run inside a block."""
+    task_spec = sys.modules.get("dask._task_spec")
+    return task_spec is not None and isinstance(node, task_spec.Task) and type(node) is not task_spec.Task
 
 
 def _materializing_scheduler():
@@ -698,17 +745,27 @@ def _cancel(ray, pending):
             ray.cancel(status, force=True)
 
 
-def executor_for(scheduler):
-    """The executor of a scheduler that is another engine, or None for belated's own schedulers."""
+def distributed_client_of(scheduler):
+    """The Dask distributed client a scheduler names (``"distributed"``: the default one; a
+    distributed Client; a belated Client connected to one), or None."""
     if isinstance(scheduler, str):
-        if scheduler == "ray":
-            return ray_executor()
         if scheduler in ("distributed", "dask.distributed"):
-            distributed = _require("distributed", "dask")
-            return distributed_executor(distributed.get_client())
+            return _require("distributed", "dask").get_client()
         return None
     client = getattr(scheduler, "_distributed_client", None) or scheduler
     if type(client).__module__.startswith("distributed") and hasattr(client, "get"):
+        return client
+    return None
+
+
+def executor_for(scheduler):
+    """The executor of a scheduler that is another engine, or None for belated's own schedulers."""
+    if isinstance(scheduler, str) and scheduler == "ray":
+        return ray_executor()
+    client = distributed_client_of(scheduler)
+    if client is not None:
         return distributed_executor(client)
+    if isinstance(scheduler, str):
+        return None
     choices = "'threads', 'sync', 'ray', 'distributed' or a distributed Client"
     raise TypeError(f"scheduler must be {choices}, got {scheduler!r}")

@@ -411,6 +411,32 @@ class EachOwnOutcome:
         return tokenize(self.func)
 
 
+class Retrying:
+    """A submitted function called again, up to ``retries`` more times, while it raises: distributed's
+    ``retries=`` of ``submit`` and ``map``, which covers a task's own exceptions, not only its worker's
+    death. Keys and tokens are the function's own."""
+
+    __slots__ = ("__name__", "func", "retries")
+
+    def __init__(self, func, retries):
+        self.func = func
+        self.retries = retries
+        self.__name__ = getattr(func, "__name__", type(func).__name__)
+
+    def __call__(self, *args, **kwargs):
+        for _ in range(self.retries):
+            try:
+                return self.func(*args, **kwargs)
+            except Exception:
+                continue
+        return self.func(*args, **kwargs)
+
+    def __dask_tokenize__(self):
+        from belated._tokenize import tokenize
+
+        return tokenize(self.func)
+
+
 class Raised:
     """The exception of one call of a map, held as its result."""
 
@@ -595,6 +621,26 @@ def futures_in(obj, kind=Future):
     return found
 
 
+def futures_of(obj):
+    """distributed's ``futures_of``: the futures in ``obj`` (a Future, or lists, tuples, sets and dicts
+    of them, or a dask collection whose graph holds them), each once, in the order they appear."""
+    found, seen = [], set()
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Future):
+            if id(item) not in seen:
+                seen.add(id(item))
+                found.append(item)
+        elif type(item) in (list, tuple, set, frozenset):
+            stack.extend(reversed(list(item)))
+        elif type(item) is dict:
+            stack.extend(reversed(list(item.values())))
+        elif hasattr(type(item), "__dask_graph__") and not isinstance(item, type):
+            stack.extend(reversed(list(item.__dask_graph__().values())))
+    return found
+
+
 def replace_futures(obj, replace, kind=Future):
     """``obj`` with ``replace(future)`` for each future (instance of ``kind``) in it and in its lists,
     tuples, sets and dicts."""
@@ -631,8 +677,8 @@ _WHEN = {
 def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
     """Waits until the futures are done (``return_when="ALL_COMPLETED"``), one is
     (``"FIRST_COMPLETED"``) or one failed (``"FIRST_EXCEPTION"``); returns ``(done, not_done)`` sets.
-    ``TimeoutError`` if not all are done after ``timeout`` seconds with ``ALL_COMPLETED``, as in
-    distributed."""
+    ``TimeoutError`` if not all are done after ``timeout`` seconds with ``ALL_COMPLETED``, and
+    ``CancelledError`` naming them if cancelled futures are among the done, as in distributed."""
     if return_when not in _WHEN:
         raise ValueError(f"return_when must be one of {', '.join(_WHEN)}, got {return_when!r}")
     futures = [fs] if isinstance(fs, Future) else list(fs)
@@ -641,7 +687,7 @@ def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
             raise TypeError(f"wait() takes belated Futures, got {future!r}")
     cancelled = {future for future in futures if future.cancelled()}
     if cancelled and return_when != "ALL_COMPLETED":
-        return concurrent.futures._base.DoneAndNotDoneFutures(cancelled, set(futures) - cancelled)
+        _raise_cancelled(cancelled)
     by_cell = {}
     for future in set(futures) - cancelled:
         by_cell.setdefault(future._cell, []).append(future)
@@ -650,7 +696,15 @@ def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
     not_done = set(futures) - done
     if not_done and return_when == "ALL_COMPLETED":
         raise TimeoutError(f"{len(not_done)} of {len(futures)} futures not done after {timeout} s")
+    _raise_cancelled({future for future in done if future.cancelled()})
     return concurrent.futures._base.DoneAndNotDoneFutures(done, not_done)
+
+
+def _raise_cancelled(cancelled):
+    """As distributed's ``wait``: cancelled futures among the done are an error, naming them."""
+    if cancelled:
+        keys = sorted(str(future.key) for future in cancelled)
+        raise _belated.CancelledError(f"{len(keys)} futures cancelled: {', '.join(keys)}")
 
 
 class as_completed:
@@ -797,6 +851,16 @@ def get_client():
     if client is None:
         raise ValueError("no belated Client is running; start one with belated.Client()")
     return client
+
+
+def default_client(c=None):
+    """distributed's ``default_client``: ``c`` if given, else the open Client started last
+    (``ValueError`` if none is)."""
+    if c is not None:
+        return c
+    from belated._client import Client
+
+    return Client.current()
 
 
 # The client whose task runs on this thread, if one does (set by the Client's task wrapper).

@@ -35,6 +35,7 @@ Other keys are stored and returned by ``get``, so that dask code setting them ke
 
 import ast
 import os
+import sys
 import threading
 from collections.abc import Mapping
 
@@ -47,6 +48,9 @@ config: dict = {}
 ``refresh``, which keep the engine in step with it."""
 
 _lock = threading.RLock()
+# The sets still in effect that were copied to dask's configuration, oldest first: ``refresh`` undoes
+# them there too, newest first.
+_in_dask: list = []
 _missing = object()
 _ENV_PREFIX = "BELATED_"
 # Names the config file or directory, so it is not a key itself.
@@ -193,9 +197,11 @@ def collect(paths=None, env: Mapping | None = None) -> dict:
 
 def refresh(paths=None, env: Mapping | None = None) -> None:
     """Reads the files and the environment again, replacing everything in ``config``, including values
-    given to ``set``. Takes the arguments of ``collect``."""
+    given to ``set`` (which are also undone in ``dask.config``). Takes the arguments of ``collect``."""
     settings = collect(paths, env)
     with _lock:
+        while _in_dask:
+            _in_dask.pop()._leave_dask(None, None, None)
         config.clear()
         update(config, settings)
 
@@ -214,6 +220,15 @@ class set:  # named as dask.config.set, which users call
             for key, value in updates.items():
                 self._assign(_path(key), value)
             _config_changed()
+        self._dask = _set_in_dask(updates)
+        if self._dask is not None:
+            with _lock:
+                _in_dask.append(self)
+
+    def _leave_dask(self, *exc):
+        if self._dask is not None:
+            self._dask.__exit__(*exc)
+            self._dask = None
 
     def _assign(self, path: tuple, value) -> None:
         """Puts ``value`` at ``path``, remembering what was at the outermost level it changes."""
@@ -230,6 +245,10 @@ class set:  # named as dask.config.set, which users call
 
     def __exit__(self, *exc):
         with _lock:
+            if self in _in_dask:
+                _in_dask.remove(self)
+        self._leave_dask(*exc)
+        with _lock:
             for path, previous in reversed(self._previous):
                 node = get(".".join(path[:-1]), None) if len(path) > 1 else config
                 if not isinstance(node, dict):  # refreshed meanwhile: nothing of ours is left
@@ -239,6 +258,24 @@ class set:  # named as dask.config.set, which users call
                 else:
                     node[path[-1]] = previous
             _config_changed()
+
+
+def _set_in_dask(updates: Mapping):
+    """The same ``set`` in ``dask.config`` when the program has loaded dask, as its context manager: code
+    written for dask, run with ``import belated as dask``, sets keys that dask itself reads
+    (``array.chunk-size``, ``num_workers`` of dask's own schedulers, optimizations...). A Client named
+    as the scheduler is not copied: the Client tells dask itself, and only while it is open."""
+    dask_config = sys.modules.get("dask.config")
+    if dask_config is None:
+        return None
+    client = sys.modules.get("belated._client")
+    if client is not None:
+        updates = {
+            key: value
+            for key, value in updates.items()
+            if not (canonical_name(key) == "scheduler" and isinstance(value, client.Client))
+        }
+    return dask_config.set(updates) if updates else None
 
 
 refresh()

@@ -28,12 +28,15 @@ _TOKEN = re.compile(r"-(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a
 
 
 def checkpoint(*collections, split_every=None):
-    """A ``Delayed`` that computes to ``None`` once everything in ``collections`` (``Delayed`` objects,
-    dask collections, or structures holding them) has been computed.
+    """A ``Delayed`` that computes to ``None`` once everything in ``collections`` (``Delayed`` objects
+    or structures holding them) has been computed. With other dask collections among them, this is
+    dask's own ``checkpoint`` (and likewise for ``wait_on``, ``bind`` and ``clone``).
 
     ``split_every`` is validated as in dask and otherwise unused: a task here may wait for any number of
     others directly, so no aggregation tree is needed.
     """
+    if _foreign(collections):
+        return _dask_function("checkpoint")(*collections, split_every=split_every)
     _check_split_every(split_every)
     return _belated.waiting(None, collections, f"checkpoint-{tokenize(*collections)}")
 
@@ -42,6 +45,8 @@ def wait_on(*collections, split_every=None):
     """The ``Delayed`` objects of ``collections`` (the same structures), each computing to the same
     value but only after everything in ``collections`` has been computed. One argument gives one
     result, several give a tuple."""
+    if _foreign(collections):
+        return _dask_function("wait_on")(*collections, split_every=split_every)
     blocker = checkpoint(*collections, split_every=split_every)
     token = tokenize(blocker)
 
@@ -61,6 +66,10 @@ def bind(children, parents, *, omit=None, seed=None, assume_layers=True, split_e
     ``seed`` makes the new keys reproducible; by default they differ at every call.
     ``assume_layers`` is accepted for dask compatibility (the engine always works at task level).
     """
+    if _foreign((children, parents, omit)):
+        return _dask_function("bind")(
+            children, parents, omit=omit, seed=seed, assume_layers=assume_layers, split_every=split_every
+        )
     blocker = None if parents is None else checkpoint(parents, split_every=split_every)
     return _copy(children, blocker, omit, seed)
 
@@ -68,6 +77,8 @@ def bind(children, parents, *, omit=None, seed=None, assume_layers=True, split_e
 def clone(*collections, omit=None, seed=None, assume_layers=True):
     """Copies of ``collections`` computed by new tasks under new keys, as in dask: a value needed
     early and late can be computed twice instead of kept in memory. ``omit``: tasks not copied."""
+    if _foreign((collections, omit)):
+        return _dask_function("clone")(*collections, omit=omit, seed=seed, assume_layers=assume_layers)
     out = _copy(collections, None, omit, seed)
     return out[0] if len(collections) == 1 else out
 
@@ -103,18 +114,31 @@ def _delayed_in(obj):
     return found
 
 
+def _foreign(obj):
+    """Whether ``obj`` holds dask collections other than belated's ``Delayed`` (in lists, tuples, sets
+    and dicts): those calls are dask's own, which rebuilds every collection (belated's through the dask
+    protocol), so that ``import belated as dask`` code binding arrays or bags keeps working."""
+    if isinstance(obj, Delayed):
+        return False
+    if type(obj) in (list, tuple, set):
+        return any(_foreign(item) for item in obj)
+    if type(obj) is dict:
+        return any(_foreign(value) for value in obj.values())
+    return hasattr(type(obj), "__dask_graph__")
+
+
+def _dask_function(name):
+    import dask.graph_manipulation
+
+    return getattr(dask.graph_manipulation, name)
+
+
 def _replace_delayed(obj, replace):
-    """``obj`` with every ``Delayed`` inside lists, tuples, sets and dicts replaced by ``replace(it)``;
-    other dask collections are refused rather than silently left unbound."""
+    """``obj`` with every ``Delayed`` inside lists, tuples, sets and dicts replaced by ``replace(it)``."""
     if isinstance(obj, Delayed):
         return replace(obj)
     if type(obj) in (list, tuple, set):
         return type(obj)(_replace_delayed(item, replace) for item in obj)
     if type(obj) is dict:
         return {key: _replace_delayed(value, replace) for key, value in obj.items()}
-    if hasattr(type(obj), "__dask_graph__"):
-        raise TypeError(
-            f"belated.graph_manipulation works on belated Delayed objects, not {type(obj).__name__}: "
-            "use dask.graph_manipulation for dask collections"
-        )
     return obj

@@ -403,6 +403,15 @@ fn task_nodes(dsk: &Bound<'_, PyDict>, keys: &Bound<'_, PyList>) -> PyResult<Vec
         .collect())
 }
 
+/// The task node computing `key` of the dask graph `dsk`, under its dask key.
+pub(crate) fn graph_node(
+    dsk: &Bound<'_, PyDict>,
+    key: &Bound<'_, PyAny>,
+) -> PyResult<Arc<TaskNode>> {
+    let mut nodes = task_nodes(dsk, &PyList::new(dsk.py(), [key])?)?;
+    Ok(nodes.pop().expect("one node per key"))
+}
+
 /// A dask collection (array, dataframe, bag, dask.delayed …) as one task node of belated's graph: the
 /// task of its optimized and finalized graph giving the value `dask.compute` would return for it.
 pub(crate) fn collection_node(obj: &Bound<'_, PyAny>) -> PyResult<Arc<TaskNode>> {
@@ -412,8 +421,7 @@ pub(crate) fn collection_node(obj: &Bound<'_, PyAny>) -> PyResult<Arc<TaskNode>>
         .import(py, "belated._dask", "collection_graph")?
         .call1((obj,))?
         .extract()?;
-    let mut nodes = task_nodes(&dsk, &PyList::new(py, [key])?)?;
-    Ok(nodes.pop().expect("one node per key"))
+    graph_node(&dsk, &key)
 }
 
 /// The dask collections inside one call argument, each with its task node, their graphs optimized

@@ -20,9 +20,10 @@ use pyo3::exceptions::{PyAttributeError, PyTypeError, PyUserWarning, PyValueErro
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 
 use crate::collect::Collector;
+use crate::dask_graph::graph_node;
 use crate::delayed::{CallOptions, Delayed, Role};
 use crate::errors::catch_panics;
 use crate::export::LegacyGraph;
@@ -254,6 +255,27 @@ fn split_options<'py>(kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<CallTimeO
 
 #[pymethods]
 impl Delayed {
+    /// dask's constructor, `Delayed(key, dsk)`: the value of `key` in the dask graph `dsk` (a dict or a
+    /// `HighLevelGraph`), which libraries use to wrap a graph they built. `layer` names a
+    /// `HighLevelGraph` layer in dask; the engine reads the graph task by task, so it is accepted and
+    /// not needed.
+    #[new]
+    #[pyo3(signature = (key, dsk, length=None, layer=None))]
+    fn py_new(
+        key: &Bound<'_, PyAny>,
+        dsk: &Bound<'_, PyAny>,
+        length: Option<usize>,
+        layer: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let _ = layer;
+        let py = key.py();
+        let graph = match dsk.cast_exact::<PyDict>() {
+            Ok(graph) => graph.clone(),
+            Err(_) => py.get_type::<PyDict>().call1((dsk,))?.cast_into()?,
+        };
+        catch_panics(|| Ok(Delayed::new(graph_node(&graph, key)?, length, Role::Value)))
+    }
+
     /// Makes numpy defer to our reflected operators (`array @ delayed` builds a task) instead of
     /// treating a `Delayed` as a 0-d object array.
     #[classattr]
@@ -276,6 +298,44 @@ impl Delayed {
     #[getter(_length)]
     fn private_length(&self) -> Option<usize> {
         self.length()
+    }
+
+    /// dask's private name for the `nout` a `delayed(obj)` was given, which its pickling tests read: a
+    /// delayed function's calls get it; any other value has it as its length.
+    #[getter(_nout)]
+    fn private_nout(&self) -> Option<usize> {
+        match self.role() {
+            Role::Function { options, .. } => options.nout,
+            _ => self.length(),
+        }
+    }
+
+    /// dask's private name for the `pure` a `delayed(func)` was given (None: the configuration's).
+    #[getter(_pure)]
+    fn private_pure(&self) -> Option<bool> {
+        match self.role() {
+            Role::Function { options, .. } => options.pure,
+            _ => None,
+        }
+    }
+
+    /// dask's private names of an attribute read (`x.real`): the object it is read from, and its name.
+    #[getter(_obj)]
+    fn private_obj<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Delayed>> {
+        match self.role() {
+            Role::Attribute { obj, .. } => {
+                Delayed::new(Arc::clone(obj), None, Role::Value).into_untracked(py)
+            }
+            _ => Err(PyAttributeError::new_err("Attribute _obj not found")),
+        }
+    }
+
+    #[getter(_attr)]
+    fn private_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
+        match self.role() {
+            Role::Attribute { name, .. } => Ok(name.bind(py).clone()),
+            _ => Err(PyAttributeError::new_err("Attribute _attr not found")),
+        }
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -682,6 +742,15 @@ impl Delayed {
         Ok(OPTIMIZE.import(py, "belated._dask", "optimize")?.clone())
     }
 
+    /// `await x`, as dask's collections: waits for the results a persist is still computing, then
+    /// gives `x` itself.
+    fn __await__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        static AWAITED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        AWAITED
+            .import(slf.py(), "belated._dask", "awaited")?
+            .call1((slf,))
+    }
+
     fn __reduce__<'py>(
         slf: &Bound<'py, Self>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
@@ -720,6 +789,26 @@ fn reject_modulo(modulo: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// Whether `obj` is a `dask._task_spec.TaskRef` (what distributed's futures are), once the program
+/// has loaded dask.
+fn is_task_ref(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    static TASK_REF: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let py = obj.py();
+    let task_ref = match TASK_REF.get(py) {
+        Some(task_ref) => task_ref.bind(py).clone(),
+        None => {
+            let modules = py.import("sys")?.getattr("modules")?;
+            let Ok(spec) = modules.get_item("dask._task_spec") else {
+                return Ok(false);
+            };
+            let task_ref = spec.getattr("TaskRef")?.cast_into::<PyType>()?;
+            TASK_REF.get_or_init(py, || task_ref.clone().unbind());
+            task_ref
+        }
+    };
+    obj.is_instance(&task_ref)
 }
 
 /// Wraps a function or a value so that calls and operations on it build a task graph instead of
@@ -805,6 +894,8 @@ pub(crate) fn delayed(
     // As dask: a plain object is tokenized with its `nout`, a container of `Delayed` objects by itself.
     let key = match name.filter(|n| !n.is_none()) {
         Some(name) => Key::given(&name)?,
+        // As dask: a reference to a task elsewhere (a distributed future) keeps its key.
+        None if is_task_ref(&obj)? => Key::given(&obj.getattr("key")?)?,
         None if resolve_pure(py, pure)? => {
             let (prefix, head) = if template.is_value() {
                 (
