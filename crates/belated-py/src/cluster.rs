@@ -453,7 +453,7 @@ impl Cluster {
         // One connection per pool thread of its group, and one for fetches.
         let spec = worker_spec(py, threads_per_worker + 1, preload, answer)?;
         let workers = py
-            .detach(|| Workers::start(spec, n_workers, memory_limit))
+            .detach(|| Workers::start(spec, n_workers, MAX_THREADS / threads_per_worker, memory_limit))
             .map_err(|error| cluster_error(error, "could not start the cluster"))?;
         let runtime = Arc::new(belated_cluster::Cluster::new(workers, threads_per_worker));
         let shared = Arc::new(ClusterShared {
