@@ -29,7 +29,6 @@ from belated._futures import (
     Persisted,
     Raised,
     Scattered,
-    Settled,
     finished,
     futures_in,
     gather,
@@ -317,9 +316,13 @@ class Client:
         # compute or scatter under that key gets a future of that same result, as in distributed. Two
         # results under one key would otherwise disagree with the value a task taking either receives.
         self._held = {}
+        # Held while the workers are added or retired; each scale counts, so a retirement waiting for
+        # computations to end knows a later scale changed the plan.
         self._scaling = threading.Lock()
-        # What persists made on the local cluster stand for, whose results a scale moves to the
-        # new workers.
+        self._scales = 0
+        self._scaled_to = n_workers
+        # What persists made on the local cluster stand for, whose results a scale down moves off
+        # the workers it retires.
         self._persisted = weakref.WeakSet()
         self._adaptive = None
         self._local_cluster = None
@@ -348,8 +351,8 @@ class Client:
             self._threads_per_worker,
             cluster.memory_limit,
         )
-        for filename, data, load in self._uploads:
-            cluster.run_on_workers(_install_file, (filename, data, load), {})
+        if self._uploads:
+            cluster.run_on_workers(_install_missing, (self._uploads,), {})
         return cluster
 
     # -- a local cluster -------------------------------------------------------------------------
@@ -1011,7 +1014,8 @@ class Client:
         self._check_open()
         self._cancel_pending()
         if self._cluster is not None:
-            self._replace_cluster(self._cluster.n_workers)
+            with self._scaling:
+                self._replace_cluster(self._scaled_to)
         return self._answer(None)
 
     def scale(self, n):
@@ -1020,37 +1024,42 @@ class Client:
             return self._distributed_client.cluster.scale(n)
         self.cluster.scale(n)
 
-    def _replace_cluster(self, n_workers, move=False):
+    def _replace_cluster(self, n_workers):
         new = self._start_cluster(n_workers)
-        if move:
-            self._move_persisted(new)
         old, self._cluster = self._cluster, new
+        self._scaled_to, self._scales = n_workers, self._scales + 1
         # Computations still running on the old workers hold their own reference to them: they finish
         # there, and the old workers stop when the last of them does.
         del old
 
-    def _move_persisted(self, cluster):
-        """Moves the results finished persists keep in the workers being replaced to ``cluster``'s,
-        so that none is computed again, as distributed's retire_workers moves a retiring worker's
-        results to the workers that stay. They travel through this process, all in one computation.
-        A persist still running keeps its result in its old worker, which stops once it is done:
-        its result is then computed again from its task where it is used."""
+    def _kept_values(self):
+        """The results this client's persists and scatters keep in the local cluster's workers."""
         with self._lock:
-            persisted = [item for item in self._persisted if item.kept() is not None]
-        values, moving = [], []
-        for item in persisted:
-            try:
-                values.append(item.kept().fetch())
-            except _belated.WorkerLostError:
-                continue  # computed again from its task where it is used
-            moving.append(item)
-        if not moving:
-            return
-        calls = tuple(_belated.delayed(Settled(value, None), pure=False)() for value in values)
-        token = _belated.CancelToken()
-        kept = _belated.compute(calls, "threads", None, False, (), None, False, 1, cluster, token, keep=True)
-        for item, result in zip(moving, kept, strict=True):
-            item.kept_result = result
+            held = [self._held_future(key) for key in list(self._held)]
+            kept = [item.kept() for item in self._persisted]
+        kept += [kept_in(future._cell) for future in held if future is not None]
+        return [value for value in kept if value is not None]
+
+    def _retire(self, scale, staying):
+        """Retires the workers after the first ``staying`` once the computations started before the
+        scale down (which may run tasks anywhere) have ended, moving the results this client keeps
+        there to the others first, as distributed's retire_workers does; unless a later scale
+        changed the plan meanwhile."""
+        cluster = self._cluster
+        try:
+            cluster.drain()
+            with self._scaling:
+                if self._scales != scale or self._closed or cluster is not self._cluster:
+                    return
+                moved, lost = cluster.retire(staying, self._kept_values())
+        except _belated.BelatedError:
+            return  # closed meanwhile
+        _logging.cluster_logger.debug(
+            "retired workers down to %d: %d kept results moved, %d lost before they could be",
+            staying,
+            moved,
+            lost,
+        )
 
     def _cancel_pending(self):
         with self._lock:
@@ -1237,12 +1246,15 @@ class _PassingDelayed:
 class LocalCluster:
     """``client.cluster`` of a local cluster: its workers, and ``scale``/``adapt`` to change how many.
 
-    Scaling starts the new number of workers and sends new computations to them; computations already
-    running finish on the old workers, which stop once they have. Results of finished futures live in
-    this process, so none is lost; results kept in the old workers for running computations go with
-    them when those end. On a ``processes=False`` client, scaling sets how many threads (``n`` times
-    ``threads_per_worker``) computations started from then on run on, as distributed's in-process
-    workers add threads; those already running keep theirs."""
+    Scaling is done in place, as distributed's: scaling up starts workers beside the running ones,
+    which go on with their tasks; computations started from then on use them all. Scaling down sends
+    new computations to the workers that stay at once, and retires the others (the last ones
+    started, as distributed's ``scale`` picks them) once the computations started before have
+    ended, so no running task is killed; the results this client keeps there (persisted and
+    scattered) move first to the workers that stay, from worker to worker. On a ``processes=False``
+    client, scaling sets how many threads (``n`` times ``threads_per_worker``) computations started
+    from then on run on, as distributed's in-process workers add threads; those already running
+    keep theirs."""
 
     def __init__(self, client):
         self._client = client
@@ -1264,25 +1276,40 @@ class LocalCluster:
         }
 
     def scale(self, n=None, *, cores=None, memory=None):
-        """Runs on ``n`` workers from now on (at least 1)."""
+        """Runs on ``n`` workers (at least 1): more start at once; fewer retire once the
+        computations running now have ended (see the class)."""
         if cores is not None or memory is not None:
             raise TypeError("scale() takes a number of workers; cores= and memory= are not supported")
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"scale() needs a number of workers of at least 1, got {n!r}")
         client = self._client
         client._check_open()
-        if client._cluster is None:
-            with client._scaling:
-                client._threads = n * client._threads_per_worker
-            return
         with client._scaling:
-            if n != client._cluster.n_workers:
-                client._replace_cluster(n, move=True)
+            if client._cluster is None:
+                client._threads = n * client._threads_per_worker
+                return
+            if n == client._scaled_to:
+                return
+            client._scales += 1
+            client._scaled_to = n
+            if n >= client._cluster.n_workers:
+                client._cluster.scale_up(n)
+                if client._uploads:
+                    client._cluster.run_on_workers(_install_missing, (client._uploads,), {})
+                return
+            client._cluster.shrink(n)
+            threading.Thread(
+                target=client._retire, args=(client._scales, n), daemon=True, name="belated-retire"
+            ).start()
 
-    def adapt(self, minimum=1, maximum=None, interval=0.5):
-        """Scales between ``minimum`` and ``maximum`` workers (default: one per core) with the work: up
-        while tasks wait for threads, down to ``minimum`` once nothing runs. Returns the policy; its
-        ``stop()`` ends it."""
+    def adapt(self, minimum=1, maximum=None, interval="1s", wait_count=3, **kwargs):
+        """Scales between ``minimum`` and ``maximum`` workers (default: one per core) with the work,
+        as distributed's ``Adaptive``: every ``interval`` (seconds, or a string as ``"500ms"``) it
+        wants the workers that would run every unfinished task of the client's futures at once;
+        more start at once, and fewer retire once that many were wanted ``wait_count`` times in a
+        row. Returns the policy; its ``stop()`` ends it."""
+        if kwargs:
+            raise TypeError(f"adapt() does not take {', '.join(sorted(kwargs))} on a belated local cluster")
         client = self._client
         # In this process, threads added would serve only computations started later: not the
         # queued work adapt scales for.
@@ -1290,9 +1317,11 @@ class LocalCluster:
         maximum = maximum if maximum is not None else max(minimum, os.cpu_count() or 1)
         if not (isinstance(minimum, int) and isinstance(maximum, int) and 1 <= minimum <= maximum):
             raise ValueError(f"adapt() needs 1 <= minimum <= maximum, got {minimum!r} and {maximum!r}")
+        if not isinstance(wait_count, int) or isinstance(wait_count, bool) or wait_count < 1:
+            raise ValueError(f"adapt() needs a wait_count of at least 1, got {wait_count!r}")
         if client._adaptive is not None:
             client._adaptive.stop()
-        client._adaptive = Adaptive(self, minimum, maximum, interval)
+        client._adaptive = Adaptive(self, minimum, maximum, _seconds(interval), wait_count)
         return client._adaptive
 
     def close(self):
@@ -1308,15 +1337,17 @@ class LocalCluster:
 
 class Adaptive:
     """Scales a local cluster with its work: the workers that would run every unfinished task of
-    the client's futures at once, between ``minimum`` and ``maximum``."""
+    the client's futures at once, between ``minimum`` and ``maximum``; up at once, down once
+    ``wait_count`` looks in a row wanted fewer (distributed's rule, so a short lull between
+    computations does not retire workers the next one needs)."""
 
-    def __init__(self, cluster, minimum, maximum, interval):
+    def __init__(self, cluster, minimum, maximum, interval, wait_count):
         self.minimum, self.maximum = minimum, maximum
+        self.interval, self.wait_count = interval, wait_count
         self._cluster = cluster
+        self._fewer = 0
         self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, args=(interval,), daemon=True, name="belated-adapt"
-        )
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="belated-adapt")
         self._thread.start()
 
     def target(self):
@@ -1326,22 +1357,49 @@ class Adaptive:
         wanted = -(-waiting // client._threads_per_worker)
         return min(self.maximum, max(self.minimum, wanted))
 
-    def _loop(self, interval):
-        while not self._stopped.wait(interval):
-            client = self._cluster._client
-            if client._closed:
+    def recommendation(self):
+        """How many workers to scale to now, or None to stay: one look of the policy."""
+        target, current = self.target(), self._cluster._client._scaled_to
+        if target >= current:
+            self._fewer = 0
+            return target if target > current else None
+        self._fewer += 1
+        if self._fewer < self.wait_count:
+            return None
+        self._fewer = 0
+        return target
+
+    def _loop(self):
+        while not self._stopped.wait(self.interval):
+            if self._cluster._client._closed:
                 return
-            target = self.target()
-            current = client._cluster.n_workers
-            # Down only when idle: scaling down moves new work, not running work, to fewer workers.
-            if target > current or (target < current and not client._pending):
-                try:
-                    self._cluster.scale(target)
-                except _belated.BelatedError:
-                    return  # closed meanwhile
+            n = self.recommendation()
+            if n is None:
+                continue
+            try:
+                self._cluster.scale(n)
+            except _belated.BelatedError:
+                return  # closed meanwhile
 
     def stop(self):
         self._stopped.set()
+
+
+_DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(interval):
+    """``interval`` in seconds: a number, or a string as distributed writes it (``"500ms"``, ``"2s"``)."""
+    if isinstance(interval, int | float) and not isinstance(interval, bool):
+        seconds = float(interval)
+    else:
+        match = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|m|h)?\s*", str(interval))
+        if match is None:
+            raise ValueError(f"adapt() needs an interval in seconds or as '500ms', got {interval!r}")
+        seconds = float(match[1]) * _DURATION_UNITS[match[2] or "s"]
+    if not seconds > 0:
+        raise ValueError(f"adapt() needs a positive interval, got {interval!r}")
+    return seconds
 
 
 def _shape(n_workers, threads_per_worker):
@@ -1534,6 +1592,14 @@ def _install_file(filename, data, load):
         module = importlib.reload(module) if module is not None else importlib.import_module(name)
         return module.__name__
     return None
+
+
+def _install_missing(uploads):
+    """Installs the uploaded files, in the order they came, in a worker that has none yet (one a
+    restart or a scale started); one that has them already keeps them as they are."""
+    if _UPLOAD_DIRECTORY is None:
+        for filename, data, load in uploads:
+            _install_file(filename, data, load)
 
 
 def _close_all():

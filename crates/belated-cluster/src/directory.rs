@@ -440,7 +440,10 @@ mod tests {
         assert_eq!(described(held.source(&directory, 2)), "fetch 1 from 0");
         drop(held);
         drop(original);
-        assert!(!directory.has_releases(2), "nothing to release in the fresh worker");
+        assert!(
+            !directory.has_releases(2),
+            "nothing to release in the fresh worker"
+        );
         assert_eq!(directory.take_releases(0), [1]);
     }
 

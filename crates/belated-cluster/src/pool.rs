@@ -143,7 +143,10 @@ impl Workers {
         if to > self.slots.len() {
             return Err(Error::Full(self.slots.len()));
         }
-        let started = self.spawn(count)?.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let started = self
+            .spawn(count)?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -441,7 +444,10 @@ mod tests {
         workers.retire(1);
         assert_eq!(workers.len(), 1);
         assert_eq!(workers.pids(), [first.pid()]);
-        assert!(workers.worker(2, 0).is_none(), "nothing is sent to it any more");
+        assert!(
+            workers.worker(2, 0).is_none(),
+            "nothing is sent to it any more"
+        );
         let two = [Frame::from(vec![2])];
         assert_eq!(last.exchange(0, &two).expect("still answers"), two);
         assert_eq!(

@@ -120,12 +120,9 @@ impl<T: Transport> Cluster<T> {
         let mut request = vec![wire::header(RUN, &releases, &words).into()];
         request.extend(fetched);
         request.extend(store.iter().cloned());
-        let reply = self.transport().exchange(
-            to,
-            generation,
-            self.threads_per_worker(),
-            &request,
-        );
+        let reply = self
+            .transport()
+            .exchange(to, generation, self.threads_per_worker(), &request);
         if !reply.is_ok_and(|reply| stored(&reply)) {
             return Ok(false);
         }
@@ -165,6 +162,10 @@ mod tests {
         assert_eq!(destinations(&[10, 30, 20, 5], 2), [1, 0, 1, 0]);
         assert_eq!(destinations(&[8, 8, 8], 1), [0, 0, 0]);
         assert_eq!(destinations(&[], 3), Vec::<usize>::new());
-        assert_eq!(destinations(&[1, 1, 1], 3), [0, 1, 2], "ties to the lowest index");
+        assert_eq!(
+            destinations(&[1, 1, 1], 3),
+            [0, 1, 2],
+            "ties to the lowest index"
+        );
     }
 }

@@ -237,7 +237,12 @@ impl<T: Transport> Cluster<T> {
     }
 
     /// The reply of `worker` at `generation` to a fetch of `ids` (with the releases waiting for it).
-    pub(crate) fn fetch(&self, worker: usize, generation: u64, ids: &[u64]) -> Result<Vec<Frame>, Error> {
+    pub(crate) fn fetch(
+        &self,
+        worker: usize,
+        generation: u64,
+        ids: &[u64],
+    ) -> Result<Vec<Frame>, Error> {
         let releases = self.directory().take_releases(worker);
         let mut rest = Vec::with_capacity(ids.len() + 1);
         rest.push(ids.len() as u64);

@@ -58,7 +58,10 @@ impl Transport for Fakes {
         let rest = &header[2 + header[1] as usize..];
         if header[0] == FETCH {
             let ids = rest[1..1 + rest[0] as usize].to_vec();
-            let values = ids.iter().map(|id| state.store[id].clone().into()).collect();
+            let values = ids
+                .iter()
+                .map(|id| state.store[id].clone().into())
+                .collect();
             self.log.lock().push((worker, FETCH, ids));
             return Ok(values);
         }
@@ -75,7 +78,11 @@ impl Transport for Fakes {
         }
         assert!(matches!(&frames[1 + count], Frame::Bytes(call) if call == STORE));
         self.log.lock().push((worker, RUN, ids));
-        Ok(vec![Frame::from(if state.refuses { b"no".to_vec() } else { b"ok".to_vec() })])
+        Ok(vec![Frame::from(if state.refuses {
+            b"no".to_vec()
+        } else {
+            b"ok".to_vec()
+        })])
     }
 
     fn receive(&self, _: usize, _: u64, _: usize) -> Result<Vec<Frame>, Error> {
@@ -138,7 +145,12 @@ fn a_retiring_workers_values_go_to_the_staying_ones_from_it_not_from_the_parent(
     let elsewhere = keep(&cluster, 1, 8, "elsewhere");
     let copied = keep(&cluster, 2, 8, "copied");
     copied.add_copy(keep(&cluster, 0, 8, "copied"));
-    let values = [small.clone(), large.clone(), elsewhere.clone(), copied.clone()];
+    let values = [
+        small.clone(),
+        large.clone(),
+        elsewhere.clone(),
+        copied.clone(),
+    ];
     let store = [Frame::from(STORE.to_vec())];
     let moved = cluster.move_off(2, &values, &store, ok);
     assert_eq!(moved, Moved { moved: 2, lost: 0 });
@@ -149,7 +161,11 @@ fn a_retiring_workers_values_go_to_the_staying_ones_from_it_not_from_the_parent(
     assert_eq!(holders(&small, &cluster), [1]);
     assert_eq!(content_in(&large, &cluster, 0), "large");
     assert_eq!(content_in(&small, &cluster, 1), "small");
-    assert_eq!(holders(&elsewhere, &cluster), [1], "a staying worker's stays");
+    assert_eq!(
+        holders(&elsewhere, &cluster),
+        [1],
+        "a staying worker's stays"
+    );
     assert_eq!(holders(&copied, &cluster), [0], "a copy already stays");
     let log = cluster.transport().log.lock().clone();
     let ops: Vec<(usize, u64)> = log.iter().map(|(w, op, _)| (*w, *op)).collect();
@@ -167,7 +183,9 @@ fn a_retiring_workers_values_go_to_the_staying_ones_from_it_not_from_the_parent(
 fn values_move_in_bounded_batches_and_a_dead_or_refusing_worker_moves_nothing() {
     let cluster = cluster(3);
     let half = MOVE_BATCH_BYTES / 2 + 1;
-    let values: Vec<_> = (0..3).map(|i| keep(&cluster, 1, half, &format!("v{i}"))).collect();
+    let values: Vec<_> = (0..3)
+        .map(|i| keep(&cluster, 1, half, &format!("v{i}")))
+        .collect();
     let store = [Frame::from(STORE.to_vec())];
     assert_eq!(cluster.move_off(1, &values, &store, ok).moved, 3);
     let log = cluster.transport().log.lock().clone();
