@@ -180,3 +180,18 @@ def test_adapt_scales_down_only_after_wait_count_looks_in_a_row():
             client.cluster.adapt(wait_count=0)
         with pytest.raises(ValueError, match="interval"):
             client.cluster.adapt(interval="soon")
+
+
+def test_a_killed_worker_is_not_listed_and_a_value_it_kept_has_no_holder():
+    import signal
+
+    with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        scattered = client.scatter({"a": 1})["a"]
+        (holder,) = client.who_has(scattered)[scattered.key]
+        pid = int(holder.removeprefix("local://"))
+        os.kill(pid, signal.SIGKILL)
+        until(lambda: pid not in client.worker_pids, "the dead worker left the list")
+        # Nothing ran since, so nothing replaced it yet: the list shows what runs.
+        assert len(client.worker_pids) == 1
+        assert len(client.scheduler_info()["workers"]) == 1
+        assert client.who_has(scattered) == {scattered.key: ()}

@@ -881,12 +881,21 @@ class Client:
     # -- workers ----------------------------------------------------------------------------------
 
     def _workers(self):
-        """``(address, pid, threads)`` of each worker."""
+        """``(address, pid, threads)`` of each running worker (not one that died and is not replaced
+        yet)."""
         self._check_open()
         if self._cluster is None:
             return [(f"inproc://{os.getpid()}", os.getpid(), self._threads)]
         cluster = self._cluster
         return [(f"local://{pid}", pid, cluster.threads_per_worker) for pid in cluster.pids]
+
+    def _addresses(self):
+        """``{worker index: address}`` of the running workers, by the index values are kept under."""
+        self._check_open()
+        if self._cluster is None:
+            return {0: f"inproc://{os.getpid()}"}
+        pids = self._cluster.pids_by_worker
+        return {index: f"local://{pid}" for index, pid in enumerate(pids) if pid is not None}
 
     def who_has(self, futures=None):
         """``{key: (worker address, ...)}``: the workers holding the value of each of ``futures`` (a
@@ -898,14 +907,16 @@ class Client:
         return self._answer(self._who_has(futures))
 
     def _who_has(self, futures):
-        addresses = [address for address, _, _ in self._workers()]
+        addresses = self._addresses()
         if futures is None:
             with self._lock:
                 held = [self._held_future(key) for key in list(self._held)]
             found = [future for future in held if future is not None]
         else:
             found = futures_in(futures)
-        return {future.key: tuple(addresses[w] for w in _holders(future)) for future in found}
+        return {
+            future.key: tuple(addresses[w] for w in _holders(future) if w in addresses) for future in found
+        }
 
     def has_what(self, workers=None):
         """``{worker address: (key, ...)}``: the keys of the futures this client holds whose values each

@@ -259,9 +259,15 @@ impl Workers {
 
     /// The process ids of the live workers still running: not one that died and is not replaced yet.
     pub fn pids(&self) -> Vec<u32> {
+        self.pids_by_worker().into_iter().flatten().collect()
+    }
+
+    /// Per live worker, by index, its process id while it runs (`None` for one that died and is not
+    /// replaced yet).
+    pub fn pids_by_worker(&self) -> Vec<Option<u32>> {
         self.slots[..self.len()]
             .iter()
-            .filter_map(|slot| {
+            .map(|slot| {
                 let slot = slot.state.lock();
                 let worker = slot.worker.as_ref()?;
                 (!worker.has_exited()).then(|| worker.pid())
@@ -469,7 +475,9 @@ mod tests {
         let dead = workers.worker(1, 0).expect("running");
         dead.kill();
         assert_eq!(dead.exit_status(), "signal: 9 (SIGKILL)");
-        assert_eq!(workers.pids(), [workers.worker(0, 0).expect("live").pid()]);
+        let live = workers.worker(0, 0).expect("live").pid();
+        assert_eq!(workers.pids(), [live]);
+        assert_eq!(workers.pids_by_worker(), [Some(live), None]);
     }
 
     #[test]

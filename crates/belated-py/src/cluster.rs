@@ -685,6 +685,13 @@ impl Cluster {
         self.shared.processes().pids()
     }
 
+    /// Per worker, by index, its process id while it runs (`None` for one that died and is not
+    /// replaced yet).
+    #[getter]
+    fn pids_by_worker(&self) -> Vec<Option<u32>> {
+        self.shared.processes().pids_by_worker()
+    }
+
     /// Calls `function(*args, **kwargs)` once in every worker, on its fetch connection (so it runs
     /// beside whatever tasks the worker is running), and returns each worker's result. The first
     /// worker whose call raised raises its exception; a worker that died gives `WorkerLostError`.
