@@ -195,3 +195,19 @@ def test_a_killed_worker_is_not_listed_and_a_value_it_kept_has_no_holder():
         assert len(client.worker_pids) == 1
         assert len(client.scheduler_info()["workers"]) == 1
         assert client.who_has(scattered) == {scattered.key: ()}
+
+
+def test_a_released_future_lets_go_of_its_value_once_no_other_future_holds_it():
+    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        first = client.scatter("a value", hash=True)
+        second = client.scatter("a value", hash=True)
+        assert first is not second and first.key == second.key
+        first.release()
+        first.release()
+        assert first.result(timeout=60) == second.result(timeout=60) == "a value", "still held"
+        assert client.who_has(first)[first.key] != ()
+        second.release()
+        with pytest.raises(belated.CancelledError):
+            first.result(timeout=60)
+        assert first.cancelled() and second.cancelled()
+        assert client.has_what() == {address: () for address in client.has_what()}, "released"
