@@ -211,3 +211,13 @@ def test_a_released_future_lets_go_of_its_value_once_no_other_future_holds_it():
             first.result(timeout=60)
         assert first.cancelled() and second.cancelled()
         assert client.has_what() == {address: () for address in client.has_what()}, "released"
+
+
+@BOTH
+def test_a_broadcast_scatter_is_in_every_worker_when_it_returns(make):
+    with make(3) as client:
+        future = client.scatter(np.arange(1000), broadcast=True)
+        assert len(client.who_has(future)[future.key]) == 3
+        assert client.submit(np.sum, future).result(timeout=60) == sum(range(1000))
+        if make is MAKERS["belated"]:
+            assert client.cluster_stats()["transferred"] == 2, "copied from the first, once each"

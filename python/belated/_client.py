@@ -551,8 +551,9 @@ class Client:
         which keeps its copy), ``result()`` fetches it, and dropping the last future releases it in the
         workers at once. A value whose worker died is gone, as in distributed: its futures raise
         ``CancelledError``. With ``hash=True`` equal values share a key, and a value already scattered
-        is not sent again. ``broadcast=True`` is accepted: the copies are made as the workers first
-        need the value, not ahead. ``direct`` changes nothing on a local cluster. A value that cannot be
+        is not sent again. ``broadcast=True`` copies each value to every worker before this returns
+        (from the worker that received it, not again from here). ``direct`` changes nothing on a local
+        cluster. A value that cannot be
         sent to a worker process is refused here, before anything runs."""
         if self._distributed_client is not None:
             return self._distributed_client.scatter(
@@ -570,6 +571,9 @@ class Client:
             else [_scatter_key(value, hash) for value in values]
         )
         futures = self._scatter(keys, values)
+        if broadcast and self._cluster is not None:
+            kept = [kept_in(future._cell) for future in futures]
+            self._cluster.replicate([value for value in kept if value is not None])
         if type(data) is dict:
             futures = dict(zip(data, futures, strict=True))
         elif type(data) in _SEQUENCES:

@@ -1,5 +1,6 @@
 //! Moving the values kept by workers that a scale down retires to the workers that stay, as
-//! distributed's `retire_workers` does before it closes a worker.
+//! distributed's `retire_workers` does before it closes a worker; and copying values to every
+//! worker (`scatter(broadcast=True)`), the same way.
 //!
 //! Policy and invariants:
 //! - Only values no staying worker holds move; each goes to one staying worker
@@ -22,6 +23,9 @@ use crate::directory::Kept;
 use crate::error::Error;
 use crate::runner::{Cluster, Transport};
 use crate::wire::{self, Frame, RUN};
+
+/// Per (source worker, destination), the `(original, source copy)` pairs to send, in order.
+type Routes<'a> = BTreeMap<(usize, usize), Vec<&'a (Arc<Kept>, Arc<Kept>)>>;
 
 /// At most this many bytes of values go in one move from one worker to another (a single larger
 /// value goes alone).
@@ -81,13 +85,62 @@ impl<T: Transport> Cluster<T> {
         }
         let bytes: Vec<u64> = sources.iter().map(|(_, source)| source.bytes).collect();
         // Per retiring worker and destination, the values, in the order they were given.
-        let mut routes: BTreeMap<(usize, usize), Vec<&(Arc<Kept>, Arc<Kept>)>> = BTreeMap::new();
+        let mut routes: Routes<'_> = BTreeMap::new();
         for (pair, to) in sources.iter().zip(destinations(&bytes, staying)) {
             routes.entry((pair.1.worker, to)).or_default().push(pair);
         }
+        let sent = self.send(routes, store, &stored);
+        Moved {
+            moved: sent.moved,
+            lost: moved.lost + sent.lost,
+        }
+    }
+
+    /// Copies each of `values` to every live worker that holds none, from a worker that does
+    /// (`scatter(broadcast=True)`); as [`Cluster::move_off`], `store` and `stored` store them.
+    pub fn replicate(
+        &self,
+        values: &[Arc<Kept>],
+        store: &[Frame],
+        stored: impl Fn(&[Frame]) -> bool,
+    ) -> Moved {
+        let directory = self.transport().directory();
+        let mut lost = 0;
+        let mut sources = Vec::new();
+        for value in values {
+            let live = value.live_copies(directory);
+            let Some(source) = live.first() else {
+                lost += 1;
+                continue;
+            };
+            for to in 0..self.workers() {
+                if live.iter().all(|copy| copy.worker != to) {
+                    sources.push(((Arc::clone(value), Arc::clone(source)), to));
+                }
+            }
+        }
+        let mut routes: Routes<'_> = BTreeMap::new();
+        for (pair, to) in &sources {
+            routes.entry((pair.1.worker, *to)).or_default().push(pair);
+        }
+        let sent = self.send(routes, store, &stored);
+        Moved {
+            moved: sent.moved,
+            lost: lost + sent.lost,
+        }
+    }
+
+    /// Sends each route's values, in batches.
+    fn send(
+        &self,
+        routes: Routes<'_>,
+        store: &[Frame],
+        stored: &impl Fn(&[Frame]) -> bool,
+    ) -> Moved {
+        let mut moved = Moved::default();
         for ((_, to), pairs) in routes {
             for batch in batches(&pairs) {
-                match self.move_batch(batch, to, store, &stored) {
+                match self.move_batch(batch, to, store, stored) {
                     Ok(true) => moved.moved += batch.len(),
                     Ok(false) => {}
                     Err(_) => moved.lost += batch.len(),

@@ -217,3 +217,23 @@ fn a_value_whose_workers_were_all_retired_is_counted_lost() {
     assert_eq!(moved, Moved { moved: 0, lost: 1 });
     assert!(cluster.transport().log.lock().is_empty());
 }
+
+#[test]
+fn a_broadcast_copies_a_value_to_every_worker_without_it_from_one_that_has_it() {
+    let cluster = cluster(3);
+    let value = keep(&cluster, 1, 8, "everywhere");
+    value.add_copy(keep(&cluster, 2, 8, "everywhere"));
+    let store = [Frame::from(STORE.to_vec())];
+    let copied = cluster.replicate(std::slice::from_ref(&value), &store, ok);
+    assert_eq!(copied, Moved { moved: 1, lost: 0 });
+    assert_eq!(holders(&value, &cluster), [1, 2, 0]);
+    assert_eq!(content_in(&value, &cluster, 0), "everywhere");
+    let log = cluster.transport().log.lock().clone();
+    let ops: Vec<(usize, u64)> = log.iter().map(|(w, op, _)| (*w, *op)).collect();
+    assert_eq!(ops, [(1, FETCH), (0, RUN)]);
+    assert_eq!(
+        cluster.replicate(&[value], &store, ok),
+        Moved::default(),
+        "once"
+    );
+}

@@ -648,30 +648,29 @@ impl Cluster {
         staying: usize,
         kept: Vec<PyRef<'_, Kept>>,
     ) -> PyResult<(usize, usize)> {
-        static IDENTITY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        static DUMPS_CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         self.pool()?;
         let staying = staying.clamp(1, self.shared.workers());
-        let originals: Vec<_> = kept
-            .iter()
-            .filter(|kept| Arc::ptr_eq(&kept.shared, &self.shared))
-            .filter_map(|kept| kept.held.remote.clone())
-            .collect();
-        let nothing = (py.None(), PyTuple::empty(py), PyDict::new(py));
-        let store = helper(py, &DUMPS_CALL, "dumps_call")?.call1((
-            helper(py, &IDENTITY, "identity")?,
-            PyTuple::new(py, [nothing.0])?,
-            nothing.2,
-        ))?;
-        let store = frames_from(py, &store)?;
+        let originals = self.originals(&kept);
+        let store = store_call(py)?;
         let runtime = &self.shared.runtime;
-        let stored = |reply: &[Frame]| Python::attach(|py| decode_reply(py, reply).is_ok());
         let moved = py.detach(|| {
             let moved = runtime.move_off(staying, &originals, &store, stored);
             runtime.transport().retire(staying);
             moved
         });
         Ok((moved.moved, moved.lost))
+    }
+
+    /// Copies the values of `kept` to every worker that holds none, from worker to worker
+    /// (`scatter(broadcast=True)`); how many copies were made.
+    fn replicate(&self, py: Python<'_>, kept: Vec<PyRef<'_, Kept>>) -> PyResult<usize> {
+        self.pool()?;
+        let originals = self.originals(&kept);
+        let store = store_call(py)?;
+        let runtime = &self.shared.runtime;
+        Ok(py
+            .detach(|| runtime.replicate(&originals, &store, stored))
+            .moved)
     }
 
     #[getter]
@@ -731,6 +730,33 @@ impl Cluster {
         dict.set_item("replaced", self.shared.processes().replaced())?;
         Ok(dict)
     }
+}
+
+impl Cluster {
+    /// The originals of the values of `kept` that this cluster's workers keep.
+    fn originals(&self, kept: &[PyRef<'_, Kept>]) -> Vec<Arc<belated_cluster::directory::Kept>> {
+        kept.iter()
+            .filter(|kept| Arc::ptr_eq(&kept.shared, &self.shared))
+            .filter_map(|kept| kept.held.remote.clone())
+            .collect()
+    }
+}
+
+/// The call a worker runs after storing values moved to it: one that does nothing.
+fn store_call(py: Python<'_>) -> PyResult<Vec<Frame>> {
+    static IDENTITY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static DUMPS_CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let call = helper(py, &DUMPS_CALL, "dumps_call")?.call1((
+        helper(py, &IDENTITY, "identity")?,
+        PyTuple::new(py, [py.None()])?,
+        PyDict::new(py),
+    ))?;
+    frames_from(py, &call)
+}
+
+/// Whether a worker's reply to [`store_call`] says it stored what came with it.
+fn stored(reply: &[Frame]) -> bool {
+    Python::attach(|py| decode_reply(py, reply).is_ok())
 }
 
 impl Drop for Cluster {
