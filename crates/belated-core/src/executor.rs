@@ -529,7 +529,7 @@ impl<R: Runner> Job<R> {
                 }
                 // A thread over the runner's count leaves: the count and the leaving both change
                 // only under the lock, so never more leave than the count is exceeded by.
-                retired = pool.is_some_and(|pool| pool.retired(WORKER_INDEX.get()));
+                retired = pool.is_some_and(|pool| pool.group_retired(group));
                 let open = state.outcome.is_none()
                     && deadline.is_none_or(|deadline| Instant::now() < deadline)
                     && self.running.load(SeqCst) <= self.limit()
@@ -1226,7 +1226,12 @@ impl PoolShared {
 
     /// Whether the thread of worker index `index` belongs to a group shrunk away.
     fn retired(&self, index: Option<usize>) -> bool {
-        index.is_some_and(|index| index / self.threads_per_group >= self.groups.load(SeqCst))
+        self.group_retired(index.map(|index| index / self.threads_per_group))
+    }
+
+    /// Whether `group` was shrunk away.
+    fn group_retired(&self, group: Option<usize>) -> bool {
+        group.is_some_and(|group| group >= self.groups.load(SeqCst))
     }
 
     /// Tells an idle worker that a job has ready work: a spinning one notices by itself, a sleeping
