@@ -359,7 +359,7 @@ class Persisted:
         try:
             return (Settled, (result.fetch(), None))
         except _belated.WorkerLostError:
-            # Its workers stopped (a scale while its persist ran): lost all the same.
+            # Its workers died since it was looked at: lost all the same.
             if self.source is None:
                 return (Settled, (None, _lost(self.key)))
             return (Lineage, (self.source,))
