@@ -221,3 +221,13 @@ def test_a_broadcast_scatter_is_in_every_worker_when_it_returns(make):
         assert client.submit(np.sum, future).result(timeout=60) == sum(range(1000))
         if make is MAKERS["belated"]:
             assert client.cluster_stats()["transferred"] == 2, "copied from the first, once each"
+
+
+def test_a_scale_past_the_threads_limit_is_refused_and_changes_nothing():
+    with belated.Client(n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        with pytest.raises(ValueError, match="at most 4096"):
+            client.cluster.scale(3000)
+        assert workers(client) == 1
+        client.cluster.scale(2)
+        assert workers(client) == 2
+        assert client.submit(counted_square, 3, os.devnull).result(timeout=60) == 9

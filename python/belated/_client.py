@@ -1305,17 +1305,20 @@ class LocalCluster:
                 return
             if n == client._scaled_to:
                 return
-            client._scales += 1
-            client._scaled_to = n
-            if n >= client._cluster.n_workers:
+            growing = n >= client._cluster.n_workers
+            if growing:
                 client._cluster.scale_up(n)
                 if client._uploads:
                     client._cluster.run_on_workers(_install_missing, (client._uploads,), {})
-                return
-            client._cluster.shrink(n)
-            threading.Thread(
-                target=client._retire, args=(client._scales, n), daemon=True, name="belated-retire"
-            ).start()
+            else:
+                client._cluster.shrink(n)
+            # Counted once done: a scale that failed (too many workers, say) changed nothing.
+            client._scales += 1
+            client._scaled_to = n
+            if not growing:
+                threading.Thread(
+                    target=client._retire, args=(client._scales, n), daemon=True, name="belated-retire"
+                ).start()
 
     def adapt(self, minimum=1, maximum=None, interval="1s", wait_count=3, **kwargs):
         """Scales between ``minimum`` and ``maximum`` workers (default: one per core) with the work,
