@@ -548,6 +548,9 @@ def test_restart_gives_new_workers_and_keeps_uploaded_files(tmp_path):
         assert not set(client.worker_pids) & set(old)
         assert set(client.run(read_uploaded).values()) == {2}, "new workers get uploaded files"
         assert client.submit(square, 3).result(timeout=30) == 9
+        client.scale(3)
+        values = client.run(read_uploaded)
+        assert len(values) == 3 and set(values.values()) == {2}, "so do workers a scale adds"
 
 
 def read_uploaded():
@@ -563,10 +566,17 @@ def test_scale_grows_and_shrinks_the_workers_running_tasks():
         pids = set(client.gather(client.map(nap_pid, [0.3] * 6, pure=False)))
         assert pids == set(client.worker_pids), "every new worker runs tasks"
         client.scale(1)
-        assert len(client.cluster.workers) == 1
         assert client.submit(square, 4).result(timeout=30) == 16
+        until_workers(client, 1)
         with pytest.raises(ValueError, match="at least 1"):
             client.cluster.scale(0)
+
+
+def until_workers(client, n):
+    deadline = time.monotonic() + 60
+    while len(client.cluster.workers) != n:
+        assert time.monotonic() < deadline, f"{len(client.cluster.workers)} workers, never {n}"
+        time.sleep(0.02)
 
 
 def counted_square(x, calls):
@@ -576,7 +586,7 @@ def counted_square(x, calls):
     return x * x
 
 
-def test_persisted_results_move_to_the_new_workers_of_a_scale_and_are_not_computed_again(tmp_path):
+def test_persisted_results_survive_scaling_down_and_up_and_are_not_computed_again(tmp_path):
     calls = str(tmp_path / "calls")
     with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
         persisted = client.persist([belated.delayed(counted_square)(i, calls) for i in range(4)])
@@ -590,10 +600,11 @@ def test_persisted_results_move_to_the_new_workers_of_a_scale_and_are_not_comput
         with open(calls) as log:
             assert sorted(log.read().split()) == ["0", "1", "2", "3"], "each computed once"
         assert client.cluster_stats()["recomputed"] == 0
-        assert not before & set(client.worker_pids)
+        until_workers(client, 3)
+        assert sorted(before)[:1] == sorted(client.worker_pids)[:1], "scaled in place: the first stays"
 
 
-def test_a_persist_running_during_a_scale_is_computed_again_where_it_is_used(tmp_path):
+def test_a_persist_running_during_a_scale_up_finishes_where_it_runs_and_is_used_once_done(tmp_path):
     gate, calls = tmp_path / "gate", str(tmp_path / "calls")
     with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
         persisted = client.persist(belated.delayed(gated_counted_square)(5, str(gate), calls))
@@ -603,6 +614,8 @@ def test_a_persist_running_during_a_scale_is_computed_again_where_it_is_used(tmp
             gate.touch()
         assert client.compute(belated.delayed(square)(persisted)).result(timeout=60) == 625
         assert persisted.compute(scheduler=client) == 25
+        with open(calls) as log:
+            assert log.read().split() == ["5"], "computed once: the scale left it running"
 
 
 def gated_counted_square(x, gate, calls):
@@ -616,23 +629,6 @@ def gated_counted_square(x, gate, calls):
 def nap_pid(seconds):
     time.sleep(seconds)
     return os.getpid()
-
-
-def test_adapt_adds_workers_while_tasks_wait_and_retires_them_when_idle():
-    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
-        adaptive = client.cluster.adapt(minimum=1, maximum=2, interval=0.05)
-        futures = client.map(nap, [0.2] * 40, pure=False)
-        sizes = set()
-        while not all(f.done() for f in futures):
-            sizes.add(len(client.cluster.workers))
-            time.sleep(0.02)
-        assert client.gather(futures) == [0.2] * 40
-        assert 2 in sizes, "scaled up while tasks waited"
-        deadline = time.monotonic() + 30
-        while len(client.cluster.workers) != 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(client.cluster.workers) == 1, "back to the minimum once idle"
-        adaptive.stop()
 
 
 def test_in_process_clients_do_not_adapt(in_process):

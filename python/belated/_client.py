@@ -30,7 +30,6 @@ from belated._futures import (
     Raised,
     Retrying,
     Scattered,
-    Settled,
     finished,
     futures_in,
     futures_of,
@@ -338,9 +337,13 @@ class Client:
         # compute or scatter under that key gets a future of that same result, as in distributed. Two
         # results under one key would otherwise disagree with the value a task taking either receives.
         self._held = {}
+        # Held while the workers are added or retired; each scale counts, so a retirement waiting for
+        # computations to end knows a later scale changed the plan.
         self._scaling = threading.Lock()
-        # What persists made on the local cluster stand for, whose results a scale moves to the
-        # new workers.
+        self._scales = 0
+        self._scaled_to = n_workers
+        # What persists made on the local cluster stand for, whose results a scale down moves off
+        # the workers it retires.
         self._persisted = weakref.WeakSet()
         self._adaptive = None
         self._local_cluster = None
@@ -369,8 +372,8 @@ class Client:
             self._threads_per_worker,
             cluster.memory_limit,
         )
-        for filename, data, load in self._uploads:
-            cluster.run_on_workers(_install_file, (filename, data, load), {})
+        if self._uploads:
+            cluster.run_on_workers(_install_missing, (self._uploads,), {})
         return cluster
 
     # -- a local cluster -------------------------------------------------------------------------
@@ -572,8 +575,9 @@ class Client:
         which keeps its copy), ``result()`` fetches it, and dropping the last future releases it in the
         workers at once. A value whose worker died is gone, as in distributed: its futures raise
         ``CancelledError``. With ``hash=True`` equal values share a key, and a value already scattered
-        is not sent again. ``broadcast=True`` is accepted: the copies are made as the workers first
-        need the value, not ahead. ``direct`` changes nothing on a local cluster. A value that cannot be
+        is not sent again. ``broadcast=True`` copies each value to every worker before this returns
+        (from the worker that received it, not again from here). ``direct`` changes nothing on a local
+        cluster. A value that cannot be
         sent to a worker process is refused here, before anything runs."""
         if self._distributed_client is not None:
             return self._distributed_client.scatter(
@@ -591,6 +595,9 @@ class Client:
             else [_scatter_key(value, hash) for value in values]
         )
         futures = self._scatter(keys, values)
+        if broadcast and self._cluster is not None:
+            kept = [kept_in(future._cell) for future in futures]
+            self._cluster.replicate([value for value in kept if value is not None])
         if type(data) is dict:
             futures = dict(zip(data, futures, strict=True))
         elif type(data) in _SEQUENCES:
@@ -928,12 +935,21 @@ class Client:
     # -- workers ----------------------------------------------------------------------------------
 
     def _workers(self):
-        """``(address, pid, threads)`` of each worker."""
+        """``(address, pid, threads)`` of each running worker (not one that died and is not replaced
+        yet)."""
         self._check_open()
         if self._cluster is None:
             return [(f"inproc://{os.getpid()}", os.getpid(), self._threads)]
         cluster = self._cluster
         return [(f"local://{pid}", pid, cluster.threads_per_worker) for pid in cluster.pids]
+
+    def _addresses(self):
+        """``{worker index: address}`` of the running workers, by the index values are kept under."""
+        self._check_open()
+        if self._cluster is None:
+            return {0: f"inproc://{os.getpid()}"}
+        pids = self._cluster.pids_by_worker
+        return {index: f"local://{pid}" for index, pid in enumerate(pids) if pid is not None}
 
     def who_has(self, futures=None):
         """``{key: (worker address, ...)}``: the workers holding the value of each of ``futures`` (a
@@ -945,14 +961,16 @@ class Client:
         return self._answer(self._who_has(futures))
 
     def _who_has(self, futures):
-        addresses = [address for address, _, _ in self._workers()]
+        addresses = self._addresses()
         if futures is None:
             with self._lock:
                 held = [self._held_future(key) for key in list(self._held)]
             found = [future for future in held if future is not None]
         else:
             found = futures_in(futures)
-        return {future.key: tuple(addresses[w] for w in _holders(future)) for future in found}
+        return {
+            future.key: tuple(addresses[w] for w in _holders(future) if w in addresses) for future in found
+        }
 
     def has_what(self, workers=None):
         """``{worker address: (key, ...)}``: the keys of the futures this client holds whose values each
@@ -1061,7 +1079,8 @@ class Client:
         self._check_open()
         self._cancel_pending()
         if self._cluster is not None:
-            self._replace_cluster(self._cluster.n_workers)
+            with self._scaling:
+                self._replace_cluster(self._scaled_to)
         return self._answer(None)
 
     def scale(self, n):
@@ -1070,37 +1089,42 @@ class Client:
             return self._distributed_client.cluster.scale(n)
         self.cluster.scale(n)
 
-    def _replace_cluster(self, n_workers, move=False):
+    def _replace_cluster(self, n_workers):
         new = self._start_cluster(n_workers)
-        if move:
-            self._move_persisted(new)
         old, self._cluster = self._cluster, new
+        self._scaled_to, self._scales = n_workers, self._scales + 1
         # Computations still running on the old workers hold their own reference to them: they finish
         # there, and the old workers stop when the last of them does.
         del old
 
-    def _move_persisted(self, cluster):
-        """Moves the results finished persists keep in the workers being replaced to ``cluster``'s,
-        so that none is computed again, as distributed's retire_workers moves a retiring worker's
-        results to the workers that stay. They travel through this process, all in one computation.
-        A persist still running keeps its result in its old worker, which stops once it is done:
-        its result is then computed again from its task where it is used."""
+    def _kept_values(self):
+        """The results this client's persists and scatters keep in the local cluster's workers."""
         with self._lock:
-            persisted = [item for item in self._persisted if item.kept() is not None]
-        values, moving = [], []
-        for item in persisted:
-            try:
-                values.append(item.kept().fetch())
-            except _belated.WorkerLostError:
-                continue  # computed again from its task where it is used
-            moving.append(item)
-        if not moving:
-            return
-        calls = tuple(_belated.delayed(Settled(value, None), pure=False)() for value in values)
-        token = _belated.CancelToken()
-        kept = _belated.compute(calls, "threads", None, False, (), None, False, 1, cluster, token, keep=True)
-        for item, result in zip(moving, kept, strict=True):
-            item.kept_result = result
+            held = [self._held_future(key) for key in list(self._held)]
+            kept = [item.kept() for item in self._persisted]
+        kept += [kept_in(future._cell) for future in held if future is not None]
+        return [value for value in kept if value is not None]
+
+    def _retire(self, scale, staying):
+        """Retires the workers after the first ``staying`` once the computations started before the
+        scale down (which may run tasks anywhere) have ended, moving the results this client keeps
+        there to the others first, as distributed's retire_workers does; unless a later scale
+        changed the plan meanwhile."""
+        cluster = self._cluster
+        try:
+            cluster.drain()
+            with self._scaling:
+                if self._scales != scale or self._closed or cluster is not self._cluster:
+                    return
+                moved, lost = cluster.retire(staying, self._kept_values())
+        except _belated.BelatedError:
+            return  # closed meanwhile
+        _logging.cluster_logger.debug(
+            "retired workers down to %d: %d kept results moved, %d lost before they could be",
+            staying,
+            moved,
+            lost,
+        )
 
     def _cancel_pending(self):
         with self._lock:
@@ -1287,12 +1311,15 @@ class _PassingDelayed:
 class LocalCluster:
     """``client.cluster`` of a local cluster: its workers, and ``scale``/``adapt`` to change how many.
 
-    Scaling starts the new number of workers and sends new computations to them; computations already
-    running finish on the old workers, which stop once they have. Results of finished futures live in
-    this process, so none is lost; results kept in the old workers for running computations go with
-    them when those end. On a ``processes=False`` client, scaling sets how many threads (``n`` times
-    ``threads_per_worker``) computations started from then on run on, as distributed's in-process
-    workers add threads; those already running keep theirs."""
+    Scaling is done in place, as distributed's: scaling up starts workers beside the running ones,
+    which go on with their tasks; computations started from then on use them all. Scaling down sends
+    new computations to the workers that stay at once, and retires the others (the last ones
+    started, as distributed's ``scale`` picks them) once the computations started before have
+    ended, so no running task is killed; the results this client keeps there (persisted and
+    scattered) move first to the workers that stay, from worker to worker. On a ``processes=False``
+    client, scaling sets how many threads (``n`` times ``threads_per_worker``) computations started
+    from then on run on, as distributed's in-process workers add threads; those already running
+    keep theirs."""
 
     def __init__(self, client):
         self._client = client
@@ -1314,25 +1341,43 @@ class LocalCluster:
         }
 
     def scale(self, n=None, *, cores=None, memory=None):
-        """Runs on ``n`` workers from now on (at least 1)."""
+        """Runs on ``n`` workers (at least 1): more start at once; fewer retire once the
+        computations running now have ended (see the class)."""
         if cores is not None or memory is not None:
             raise TypeError("scale() takes a number of workers; cores= and memory= are not supported")
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"scale() needs a number of workers of at least 1, got {n!r}")
         client = self._client
         client._check_open()
-        if client._cluster is None:
-            with client._scaling:
-                client._threads = n * client._threads_per_worker
-            return
         with client._scaling:
-            if n != client._cluster.n_workers:
-                client._replace_cluster(n, move=True)
+            if client._cluster is None:
+                client._threads = n * client._threads_per_worker
+                return
+            if n == client._scaled_to:
+                return
+            growing = n >= client._cluster.n_workers
+            if growing:
+                client._cluster.scale_up(n)
+                if client._uploads:
+                    client._cluster.run_on_workers(_install_missing, (client._uploads,), {})
+            else:
+                client._cluster.shrink(n)
+            # Counted once done: a scale that failed (too many workers, say) changed nothing.
+            client._scales += 1
+            client._scaled_to = n
+            if not growing:
+                threading.Thread(
+                    target=client._retire, args=(client._scales, n), daemon=True, name="belated-retire"
+                ).start()
 
-    def adapt(self, minimum=1, maximum=None, interval=0.5):
-        """Scales between ``minimum`` and ``maximum`` workers (default: one per core) with the work: up
-        while tasks wait for threads, down to ``minimum`` once nothing runs. Returns the policy; its
-        ``stop()`` ends it."""
+    def adapt(self, minimum=1, maximum=None, interval="1s", wait_count=3, **kwargs):
+        """Scales between ``minimum`` and ``maximum`` workers (default: one per core) with the work,
+        as distributed's ``Adaptive``: every ``interval`` (seconds, or a string as ``"500ms"``) it
+        wants the workers that would run every unfinished task of the client's futures at once;
+        more start at once, and fewer retire once that many were wanted ``wait_count`` times in a
+        row. Returns the policy; its ``stop()`` ends it."""
+        if kwargs:
+            raise TypeError(f"adapt() does not take {', '.join(sorted(kwargs))} on a belated local cluster")
         client = self._client
         # In this process, threads added would serve only computations started later: not the
         # queued work adapt scales for.
@@ -1340,9 +1385,11 @@ class LocalCluster:
         maximum = maximum if maximum is not None else max(minimum, os.cpu_count() or 1)
         if not (isinstance(minimum, int) and isinstance(maximum, int) and 1 <= minimum <= maximum):
             raise ValueError(f"adapt() needs 1 <= minimum <= maximum, got {minimum!r} and {maximum!r}")
+        if not isinstance(wait_count, int) or isinstance(wait_count, bool) or wait_count < 1:
+            raise ValueError(f"adapt() needs a wait_count of at least 1, got {wait_count!r}")
         if client._adaptive is not None:
             client._adaptive.stop()
-        client._adaptive = Adaptive(self, minimum, maximum, interval)
+        client._adaptive = Adaptive(self, minimum, maximum, _seconds(interval), wait_count)
         return client._adaptive
 
     def close(self):
@@ -1358,15 +1405,17 @@ class LocalCluster:
 
 class Adaptive:
     """Scales a local cluster with its work: the workers that would run every unfinished task of
-    the client's futures at once, between ``minimum`` and ``maximum``."""
+    the client's futures at once, between ``minimum`` and ``maximum``; up at once, down once
+    ``wait_count`` looks in a row wanted fewer (distributed's rule, so a short lull between
+    computations does not retire workers the next one needs)."""
 
-    def __init__(self, cluster, minimum, maximum, interval):
+    def __init__(self, cluster, minimum, maximum, interval, wait_count):
         self.minimum, self.maximum = minimum, maximum
+        self.interval, self.wait_count = interval, wait_count
         self._cluster = cluster
+        self._fewer = 0
         self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, args=(interval,), daemon=True, name="belated-adapt"
-        )
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="belated-adapt")
         self._thread.start()
 
     def target(self):
@@ -1376,22 +1425,49 @@ class Adaptive:
         wanted = -(-waiting // client._threads_per_worker)
         return min(self.maximum, max(self.minimum, wanted))
 
-    def _loop(self, interval):
-        while not self._stopped.wait(interval):
-            client = self._cluster._client
-            if client._closed:
+    def recommendation(self):
+        """How many workers to scale to now, or None to stay: one look of the policy."""
+        target, current = self.target(), self._cluster._client._scaled_to
+        if target >= current:
+            self._fewer = 0
+            return target if target > current else None
+        self._fewer += 1
+        if self._fewer < self.wait_count:
+            return None
+        self._fewer = 0
+        return target
+
+    def _loop(self):
+        while not self._stopped.wait(self.interval):
+            if self._cluster._client._closed:
                 return
-            target = self.target()
-            current = client._cluster.n_workers
-            # Down only when idle: scaling down moves new work, not running work, to fewer workers.
-            if target > current or (target < current and not client._pending):
-                try:
-                    self._cluster.scale(target)
-                except _belated.BelatedError:
-                    return  # closed meanwhile
+            n = self.recommendation()
+            if n is None:
+                continue
+            try:
+                self._cluster.scale(n)
+            except _belated.BelatedError:
+                return  # closed meanwhile
 
     def stop(self):
         self._stopped.set()
+
+
+_DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(interval):
+    """``interval`` in seconds: a number, or a string as distributed writes it (``"500ms"``, ``"2s"``)."""
+    if isinstance(interval, int | float) and not isinstance(interval, bool):
+        seconds = float(interval)
+    else:
+        match = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|m|h)?\s*", str(interval))
+        if match is None:
+            raise ValueError(f"adapt() needs an interval in seconds or as '500ms', got {interval!r}")
+        seconds = float(match[1]) * _DURATION_UNITS[match[2] or "s"]
+    if not seconds > 0:
+        raise ValueError(f"adapt() needs a positive interval, got {interval!r}")
+    return seconds
 
 
 def _shape(n_workers, threads_per_worker):
@@ -1584,6 +1660,14 @@ def _install_file(filename, data, load):
         module = importlib.reload(module) if module is not None else importlib.import_module(name)
         return module.__name__
     return None
+
+
+def _install_missing(uploads):
+    """Installs the uploaded files, in the order they came, in a worker that has none yet (one a
+    restart or a scale started); one that has them already keeps them as they are."""
+    if _UPLOAD_DIRECTORY is None:
+        for filename, data, load in uploads:
+            _install_file(filename, data, load)
 
 
 def _close_all():

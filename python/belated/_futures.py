@@ -23,6 +23,7 @@ import itertools
 import sys
 import threading
 import traceback
+import weakref
 
 import cloudpickle
 
@@ -65,6 +66,46 @@ class Computation:
     def __del__(self):
         # Only what has not started: a running computation finishes (its result unused).
         self.batch.cancel()
+
+
+class Released:
+    """The computation of a released future, which holds it weakly: the computation itself while
+    another future of it holds it, else a cancelled one of the same shape."""
+
+    __slots__ = ("_gone", "_index", "_ref")
+
+    def __init__(self, computation, index):
+        self._ref, self._index, self._gone = weakref.ref(computation), index, None
+
+    def _target(self):
+        computation = self._ref()
+        if computation is not None:
+            return computation
+        if self._gone is None:
+            batch = concurrent.futures.Future()
+            batch.cancel()
+            self._gone = Computation(batch, None, self._index + 1)
+            self._gone.cancelled.add(self._index)
+        return self._gone
+
+    @property
+    def cells(self):
+        return self._target().cells
+
+    @property
+    def cancelled(self):
+        return self._target().cancelled
+
+    @property
+    def batch(self):
+        return self._target().batch
+
+    @property
+    def token(self):
+        return self._target().token
+
+    def cancel(self, index):
+        self._target().cancel(index)
 
 
 # How long a wait without timeout sleeps at a time (see _waited).
@@ -318,7 +359,7 @@ class Persisted:
         try:
             return (Settled, (result.fetch(), None))
         except _belated.WorkerLostError:
-            # Its workers stopped (a scale while its persist ran): lost all the same.
+            # Its workers died since it was looked at: lost all the same.
             if self.source is None:
                 return (Settled, (None, _lost(self.key)))
             return (Lineage, (self.source,))
@@ -545,6 +586,13 @@ class Future(AnyFuture):
         and replaced) once no other future of it is still to finish: a future of a ``map`` or of a
         ``compute`` of many is cancelled alone, and the other calls go on, as in distributed."""
         self._computation.cancel(self._index)
+
+    def release(self):
+        """Lets go of the result, as distributed's ``Future.release``: this future stops holding it,
+        so once no other future or persisted object of its key does, it is released (in the workers
+        keeping it, at once) and this future is cancelled. Idempotent."""
+        if type(self._computation) is not Released:
+            self._computation = Released(self._computation, self._index)
 
     def cancelled(self):
         """Whether it was cancelled, or its client closed (which cancels every future)."""

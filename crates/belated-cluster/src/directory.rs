@@ -3,6 +3,10 @@
 //! workers hold, and which ids each worker may forget.
 //!
 //! Invariants:
+//! - The live workers are `0..workers()`, within a room fixed at the start, so that a worker's
+//!   generation is read without a lock while the cluster grows or shrinks. A worker retired by a
+//!   shrink is a new generation: what it held is lost, as with a replacement, and a later grow
+//!   starts a fresh worker at that index.
 //! - A value kept by a worker is [`Kept`]; the last handle dropping queues its id for release by its
 //!   worker (sent with that worker's next request, or at once by a cluster that releases promptly),
 //!   unless the worker was replaced since (the value went with it) or the directory is closed.
@@ -10,7 +14,7 @@
 //! - A task's input is found ([`Held::source`]) in its own worker first, then here in the parent,
 //!   then in another live worker; otherwise it is [`Source::Lost`] and must be recomputed.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -19,10 +23,13 @@ use parking_lot::{Condvar, Mutex};
 /// The ids and generations of one cluster's workers.
 #[derive(Debug)]
 pub struct Directory {
-    /// Each worker's generation, bumped when it is replaced.
+    /// Each worker's generation, bumped when it is replaced or retired; one per worker the cluster
+    /// has room for.
     generations: Vec<AtomicU64>,
     /// Ids each worker may forget, sent with its next request.
     releases: Vec<Mutex<Vec<u64>>>,
+    /// How many workers are live: `0..live`.
+    live: AtomicUsize,
     next_id: AtomicU64,
     closed: AtomicBool,
     /// Whether a release was queued since [`Self::wait_for_releases`] last returned, and its wakeup.
@@ -32,9 +39,16 @@ pub struct Directory {
 
 impl Directory {
     pub fn new(workers: usize) -> Self {
+        Self::with_room(workers, workers)
+    }
+
+    /// A directory of `workers` live workers that may grow to `room`.
+    pub fn with_room(workers: usize, room: usize) -> Self {
+        let room = room.max(workers);
         Directory {
-            generations: (0..workers).map(|_| AtomicU64::new(0)).collect(),
-            releases: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            generations: (0..room).map(|_| AtomicU64::new(0)).collect(),
+            releases: (0..room).map(|_| Mutex::new(Vec::new())).collect(),
+            live: AtomicUsize::new(workers),
             next_id: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             queued: Mutex::new(false),
@@ -42,8 +56,29 @@ impl Directory {
         }
     }
 
+    /// How many workers are live (`0..workers()`).
     pub fn workers(&self) -> usize {
+        self.live.load(SeqCst)
+    }
+
+    /// How many workers the cluster may grow to.
+    pub fn room(&self) -> usize {
         self.generations.len()
+    }
+
+    /// Makes workers `workers()..to` live: they were started in their slots.
+    pub fn grow(&self, to: usize) {
+        assert!(to <= self.room(), "grown past its room");
+        self.live.fetch_max(to, SeqCst);
+    }
+
+    /// Retires workers `to..workers()`: what they held is lost, as with a replacement, and requests
+    /// meant for them fail. Their processes end once nobody uses them.
+    pub fn shrink(&self, to: usize) {
+        let live = self.live.fetch_min(to, SeqCst);
+        for worker in to..live {
+            self.replaced(worker);
+        }
     }
 
     /// A fresh id for a value a worker will keep.
@@ -137,6 +172,18 @@ impl Kept {
     pub fn add_copy(&self, copy: Arc<Kept>) {
         self.copies.lock().push(copy);
     }
+
+    /// The copies of this value still held (this one first, then the others'), one per worker.
+    pub fn live_copies(self: &Arc<Self>, directory: &Directory) -> Vec<Arc<Kept>> {
+        let copies = self.copies.lock();
+        let mut live: Vec<Arc<Kept>> = Vec::new();
+        for copy in std::iter::once(self).chain(copies.iter()) {
+            if directory.alive(copy) && live.iter().all(|other| other.worker != copy.worker) {
+                live.push(Arc::clone(copy));
+            }
+        }
+        live
+    }
 }
 
 impl Drop for Kept {
@@ -217,14 +264,8 @@ impl<V: Clone> Held<V> {
         let Some(remote) = &self.remote else {
             return Vec::new();
         };
-        let copies = remote.copies.lock();
-        let mut holders: Vec<usize> = Vec::new();
-        for copy in std::iter::once(remote).chain(copies.iter()) {
-            if directory.alive(copy) && !holders.contains(&copy.worker) {
-                holders.push(copy.worker);
-            }
-        }
-        holders
+        let live = remote.live_copies(directory);
+        live.iter().map(|copy| copy.worker).collect()
     }
 
     /// Whether this value is nowhere any more: not here, and its workers were replaced.
@@ -377,6 +418,33 @@ mod tests {
             !directory.wait_for_releases(Duration::from_secs(60)),
             "closed: no wait"
         );
+    }
+
+    #[test]
+    fn a_retired_worker_loses_its_values_and_a_regrown_one_starts_empty() {
+        let directory = Arc::new(Directory::with_room(2, 3));
+        assert_eq!((directory.workers(), directory.room()), (2, 3));
+        directory.grow(3);
+        let original = kept(&directory, 2, 8);
+        original.add_copy(kept(&directory, 0, 8));
+        let held = in_worker(&original);
+        let queued = kept(&directory, 2, 8);
+        drop(queued);
+        assert!(directory.has_releases(2));
+        directory.shrink(2);
+        assert_eq!(directory.workers(), 2);
+        assert!(!directory.has_releases(2), "its releases went with it");
+        assert_eq!(held.holders(&directory), [0], "the copy that stays");
+        directory.grow(3);
+        assert_eq!(directory.generation(2), 1);
+        assert_eq!(described(held.source(&directory, 2)), "fetch 1 from 0");
+        drop(held);
+        drop(original);
+        assert!(
+            !directory.has_releases(2),
+            "nothing to release in the fresh worker"
+        );
+        assert_eq!(directory.take_releases(0), [1]);
     }
 
     #[test]

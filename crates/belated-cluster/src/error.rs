@@ -15,6 +15,9 @@ pub enum Error {
     /// Its cluster was closed: no worker is started or replaced any more.
     #[error("the cluster is closed")]
     Closed,
+    /// More workers were asked for than the cluster has room for.
+    #[error("the cluster has room for at most {0} workers")]
+    Full(usize),
     /// The computation was cancelled (its workers killed) while the task waited or ran.
     #[error("the computation was cancelled")]
     Cancelled,

@@ -1,5 +1,5 @@
 //! A cluster's worker processes: started together, replaced when one dies, killed over their memory
-//! limit, closed together.
+//! limit, added and retired while they run (a scale), closed together.
 //!
 //! Invariants:
 //! - One keeper thread starts every worker (so `PR_SET_PDEATHSIG`, which follows the thread that
@@ -9,6 +9,10 @@
 //!   slot is marked as replacing, and those who want it wait on its condition variable.
 //! - Each replacement bumps the worker's generation in the [`Directory`]: what the old one held is
 //!   lost, and requests meant for it fail instead of reaching the new one.
+//! - The live workers are slots `0..len()`: [`Workers::add`] starts workers in the slots after them,
+//!   and [`Workers::retire`] lets go of the last ones (a retired worker is a new generation, so it is
+//!   never replaced). A retired process is killed only when the last request using it is done:
+//!   retiring never kills a running task.
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -52,6 +56,8 @@ pub struct Workers {
     keeper: Mutex<Option<mpsc::Sender<SpawnRequest>>>,
     memory_limit: Option<MemoryLimit>,
     replaced: AtomicU64,
+    /// Held while workers are added or retired, so that two resizes never take the same slots.
+    resizing: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -80,19 +86,23 @@ struct SpawnRequest {
 }
 
 impl Workers {
-    /// Starts `count` workers of `spec` and waits until they are all ready.
+    /// Starts `count` workers of `spec`, in a cluster that may grow to `room`, and waits until they
+    /// are all ready.
     pub fn start(
         spec: Spec,
         count: usize,
+        room: usize,
         memory_limit: Option<MemoryLimit>,
     ) -> Result<Arc<Self>, Error> {
         let (keeper, requests) = mpsc::channel();
+        let room = room.max(count);
         let workers = Arc::new(Workers {
-            slots: (0..count).map(|_| Slot::default()).collect(),
-            directory: Arc::new(Directory::new(count)),
+            slots: (0..room).map(|_| Slot::default()).collect(),
+            directory: Arc::new(Directory::with_room(count, room)),
             keeper: Mutex::new(Some(keeper)),
             memory_limit,
             replaced: AtomicU64::new(0),
+            resizing: Mutex::new(()),
         });
         let weak = Arc::downgrade(&workers);
         std::thread::Builder::new()
@@ -114,12 +124,61 @@ impl Workers {
         }
     }
 
+    /// How many workers are live.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.directory.workers()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.len() == 0
+    }
+
+    /// Starts `count` more workers, beside the running ones (which go on with their tasks), and
+    /// waits until they are ready; they are then live, at the indices after the others. The new
+    /// count, or why none was added.
+    pub fn add(&self, count: usize) -> Result<usize, Error> {
+        let _resizing = self.resizing.lock();
+        let from = self.len();
+        let to = from + count;
+        if to > self.slots.len() {
+            return Err(Error::Full(self.slots.len()));
+        }
+        let started = self
+            .spawn(count)?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        for (slot, worker) in self.slots[from..to].iter().zip(started) {
+            let mut slot = slot.state.lock();
+            slot.worker = Some(Arc::new(worker));
+            slot.last_death.clear();
+        }
+        self.directory.grow(to);
+        Ok(to)
+    }
+
+    /// Retires the workers after the first `staying`: nothing is sent to them any more, what they
+    /// held is lost (move what must stay first), and each process ends once the requests still
+    /// using it are done.
+    pub fn retire(&self, staying: usize) {
+        let _resizing = self.resizing.lock();
+        let live = self.len();
+        self.directory.shrink(staying);
+        for slot in self.slots.get(staying..live).into_iter().flatten() {
+            let Slot { state, replaced } = slot;
+            let mut slot = state.lock();
+            while slot.replacing {
+                replaced.wait(&mut slot);
+            }
+            slot.last_death = "it was retired (the cluster was scaled down)".into();
+            // Dropped with the slot's lock released: a request still running holds its own
+            // reference, and the process is killed after it.
+            let worker = slot.worker.take();
+            drop(slot);
+            drop(worker);
+        }
     }
 
     /// Where each value the workers keep lives.
@@ -198,11 +257,21 @@ impl Workers {
         outcome
     }
 
-    /// The process ids of the running workers.
+    /// The process ids of the live workers still running: not one that died and is not replaced yet.
     pub fn pids(&self) -> Vec<u32> {
-        self.slots
+        self.pids_by_worker().into_iter().flatten().collect()
+    }
+
+    /// Per live worker, by index, its process id while it runs (`None` for one that died and is not
+    /// replaced yet).
+    pub fn pids_by_worker(&self) -> Vec<Option<u32>> {
+        self.slots[..self.len()]
             .iter()
-            .filter_map(|slot| Some(slot.state.lock().worker.as_ref()?.pid()))
+            .map(|slot| {
+                let slot = slot.state.lock();
+                let worker = slot.worker.as_ref()?;
+                (!worker.has_exited()).then(|| worker.pid())
+            })
             .collect()
     }
 
@@ -220,7 +289,7 @@ impl Workers {
     }
 
     fn enforce_memory_limit(&self, limit: u64) {
-        for slot in &self.slots {
+        for slot in &self.slots[..self.len()] {
             let Some(worker) = slot.state.lock().worker.clone() else {
                 continue;
             };
@@ -327,7 +396,7 @@ mod tests {
 
     #[test]
     fn a_replaced_worker_is_a_new_generation_and_requests_for_the_old_one_fail() {
-        let workers = Workers::start(echoing(), 2, None).expect("two workers start");
+        let workers = Workers::start(echoing(), 2, 2, None).expect("two workers start");
         let first = workers.worker(1, 0).expect("generation 0");
         let pid = first.pid();
         first.kill();
@@ -353,7 +422,7 @@ mod tests {
 
     #[test]
     fn callers_of_one_death_wait_for_one_replacement() {
-        let workers = Workers::start(echoing(), 1, None).expect("a worker starts");
+        let workers = Workers::start(echoing(), 1, 1, None).expect("a worker starts");
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let workers = Arc::clone(&workers);
@@ -368,8 +437,52 @@ mod tests {
     }
 
     #[test]
+    fn workers_added_beside_running_ones_and_retired_after_their_last_request() {
+        let workers = Workers::start(echoing(), 1, 3, None).expect("a worker starts");
+        let first = workers.worker(0, 0).expect("running");
+        assert_eq!(workers.add(2).expect("two more"), 3);
+        assert_eq!(workers.worker(0, 0).expect("the same").pid(), first.pid());
+        let pids = workers.pids();
+        assert_eq!(pids.len(), 3);
+        assert!(matches!(workers.add(1), Err(Error::Full(3))));
+        // A request still using the last worker: it is retired, not killed under the request.
+        let last = workers.worker(2, 0).expect("live");
+        workers.retire(1);
+        assert_eq!(workers.len(), 1);
+        assert_eq!(workers.pids(), [first.pid()]);
+        assert!(
+            workers.worker(2, 0).is_none(),
+            "nothing is sent to it any more"
+        );
+        let two = [Frame::from(vec![2])];
+        assert_eq!(last.exchange(0, &two).expect("still answers"), two);
+        assert_eq!(
+            workers.replace(2, 0).expect("not replaced"),
+            "it was retired (the cluster was scaled down)"
+        );
+        drop(last);
+        assert_eq!(workers.replaced(), 0);
+        // Its slot takes a fresh worker, a new generation.
+        assert_eq!(workers.add(1).expect("again"), 2);
+        let again = workers.worker(1, 1).expect("generation 1");
+        assert!(!pids.contains(&again.pid()));
+        assert_eq!(again.exchange(0, &two).expect("an echo"), two);
+    }
+
+    #[test]
+    fn a_dead_worker_is_not_listed_before_its_replacement() {
+        let workers = Workers::start(echoing(), 2, 2, None).expect("two workers start");
+        let dead = workers.worker(1, 0).expect("running");
+        dead.kill();
+        assert_eq!(dead.exit_status(), "signal: 9 (SIGKILL)");
+        let live = workers.worker(0, 0).expect("live").pid();
+        assert_eq!(workers.pids(), [live]);
+        assert_eq!(workers.pids_by_worker(), [Some(live), None]);
+    }
+
+    #[test]
     fn a_closed_pool_starts_nothing_and_its_workers_end() {
-        let workers = Workers::start(echoing(), 1, None).expect("a worker starts");
+        let workers = Workers::start(echoing(), 1, 1, None).expect("a worker starts");
         let worker = workers.worker(0, 0).expect("running");
         workers.close(false);
         assert!(workers.is_closed());
@@ -382,7 +495,7 @@ mod tests {
     fn a_worker_over_its_memory_limit_is_killed_and_the_ending_says_so() {
         // Any shell uses more than a byte.
         let limit = MemoryLimit::new(1, Some("1B".into()));
-        let workers = Workers::start(echoing(), 1, Some(limit)).expect("a worker starts");
+        let workers = Workers::start(echoing(), 1, 1, Some(limit)).expect("a worker starts");
         let worker = workers.worker(0, 0).expect("running");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !worker.over_memory() && std::time::Instant::now() < deadline {

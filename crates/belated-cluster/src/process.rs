@@ -216,6 +216,17 @@ impl WorkerProcess {
         Some(kib * 1024)
     }
 
+    /// Whether the process has ended (its pidfd is readable), whether or not it was reaped yet.
+    pub fn has_exited(&self) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        unsafe { libc::poll(&mut fd, 1, 0) > 0 }
+    }
+
     pub fn over_memory(&self) -> bool {
         self.over_memory.load(SeqCst) != 0
     }
@@ -659,6 +670,7 @@ mod tests {
             WorkerProcess::spawn(&shell(&format!("{READY}exec sleep 1000"), 1))
                 .expect("the worker starts"),
         );
+        assert!(!worker.has_exited());
         let killer = {
             let worker = Arc::clone(&worker);
             std::thread::spawn(move || {
@@ -672,6 +684,7 @@ mod tests {
         ));
         killer.join().expect("the killer thread");
         assert_eq!(worker.exit_status(), "signal: 9 (SIGKILL)");
+        assert!(worker.has_exited());
         worker.kill_for_memory(3 << 20);
         let limit = MemoryLimit::new(1 << 20, Some("1MiB".into()));
         let why = worker.ending(Some(&limit));

@@ -173,7 +173,7 @@ pub trait Codec: Send + Sync + 'static {
 /// What a cluster has done that a user may ask about.
 #[derive(Debug, Default)]
 pub struct Stats {
-    transferred: AtomicU64,
+    pub(crate) transferred: AtomicU64,
     uploaded: AtomicU64,
     recomputed: AtomicU64,
 }
@@ -239,7 +239,12 @@ impl<T: Transport> Cluster<T> {
     }
 
     /// The reply of `worker` at `generation` to a fetch of `ids` (with the releases waiting for it).
-    fn fetch(&self, worker: usize, generation: u64, ids: &[u64]) -> Result<Vec<Frame>, Error> {
+    pub(crate) fn fetch(
+        &self,
+        worker: usize,
+        generation: u64,
+        ids: &[u64],
+    ) -> Result<Vec<Frame>, Error> {
         let releases = self.directory().take_releases(worker);
         let mut rest = Vec::with_capacity(ids.len() + 1);
         rest.push(ids.len() as u64);

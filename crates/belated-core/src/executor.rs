@@ -30,11 +30,16 @@
 //!   unwinds through the loop, so no worker is lost and no job is left waiting for a task that ended.
 //! - A worker thread lives inside [`ThreadHost::run_thread`] for its whole life and calls
 //!   [`ThreadHost::block`] only around waiting for work, never per task.
+//! - A pool of placement groups may grow and shrink while jobs run ([`ThreadPool::grow`],
+//!   [`ThreadPool::shrink`]): new jobs are scheduled on the groups live when they start; the threads
+//!   of a group shrunk away finish the task they run, take no other, and end (work placed on their
+//!   group is taken by the others); a group grown back gets its thread again, or keeps one that had
+//!   not ended yet, so a group never has two.
 
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -334,7 +339,8 @@ fn inline_job<R: Runner>(
     observer: Option<Arc<dyn Observer>>,
     keep_going: bool,
 ) -> Job<R> {
-    let job = Job::new(graph, outputs, runner, observer, 1, 1, keep_going);
+    let one = Arc::new(AtomicUsize::new(1));
+    let job = Job::new(graph, outputs, runner, observer, 1, one, keep_going);
     job.running.fetch_add(1, SeqCst);
     job.work(None, None, None);
     job
@@ -406,8 +412,9 @@ struct Job<R: Runner> {
     ready_hint: AtomicUsize,
     /// Threads inside [`Job::work`]; idle workers join only while it is below [`Job::limit`].
     running: AtomicUsize,
-    /// The pool's threads; the runner may allow fewer ([`Runner::concurrency`]).
-    limit: usize,
+    /// The pool's live threads (which a resize changes while the job runs); the runner may allow
+    /// fewer ([`Runner::concurrency`]).
+    limit: Arc<AtomicUsize>,
     /// Whether the outcome is set, for a helper spinning without the lock.
     settled: AtomicBool,
     cancel_token: CancelToken,
@@ -445,7 +452,7 @@ impl<R: Runner> Job<R> {
         runner: R,
         observer: Option<Arc<dyn Observer>>,
         groups: usize,
-        limit: usize,
+        limit: Arc<AtomicUsize>,
         keep_going: bool,
     ) -> Self {
         let schedule = Schedule::new(&graph, &outputs, groups);
@@ -477,7 +484,9 @@ impl<R: Runner> Job<R> {
 
     /// How many threads may be inside [`Job::work`] now.
     fn limit(&self) -> usize {
-        self.limit.min(self.runner.concurrency().max(1))
+        self.limit
+            .load(SeqCst)
+            .min(self.runner.concurrency().max(1))
     }
 
     /// Runs ready tasks until none is left, the job settles or `deadline` passes. `pool` is woken
@@ -500,6 +509,8 @@ impl<R: Runner> Job<R> {
         // Once per visit rather than per task: the token's count is shared by every thread on the
         // job, and touching it per task would pass its cache line between them.
         let _scope = TokenScope::enter(&self.cancel_token);
+        // Whether this thread's group was shrunk away: it leaves, and hands the work left over on.
+        let mut retired = false;
         loop {
             // The task to blame if user code (`place`, `Clone`) panics during bookkeeping.
             let mut blame = finished
@@ -518,9 +529,11 @@ impl<R: Runner> Job<R> {
                 }
                 // A thread over the runner's count leaves: the count and the leaving both change
                 // only under the lock, so never more leave than the count is exceeded by.
+                retired = pool.is_some_and(|pool| pool.group_retired(group));
                 let open = state.outcome.is_none()
                     && deadline.is_none_or(|deadline| Instant::now() < deadline)
-                    && self.running.load(SeqCst) <= self.limit();
+                    && self.running.load(SeqCst) <= self.limit()
+                    && !retired;
                 let next = if open {
                     state.schedule.next_ready(group)
                 } else {
@@ -569,7 +582,14 @@ impl<R: Runner> Job<R> {
             self.take_out(&mut garbage);
             let task = match picked {
                 Ok(Some(task)) => task,
-                Ok(None) => return,
+                Ok(None) => {
+                    if let Some(pool) = pool.filter(|_| retired) {
+                        if self.ready_hint.load(SeqCst) > 0 {
+                            pool.wake_one();
+                        }
+                    }
+                    return;
+                }
                 Err(message) => {
                     let task = blame.expect("bookkeeping runs user code only for a task");
                     self.fail(task, message);
@@ -1098,7 +1118,12 @@ struct PoolShared {
     wake: Condvar,
     /// Consecutive worker indices form a placement group of this many threads.
     threads_per_group: usize,
-    groups: usize,
+    /// The live groups: `0..groups`.
+    groups: AtomicUsize,
+    /// Their threads: how many may work on one job.
+    threads: Arc<AtomicUsize>,
+    /// Signalled when a thread of a group shrunk away ends, or a job leaves the pool.
+    resized: Condvar,
     /// Workers asleep. Raised before a sleeper looks for work (and before it stops spinning), and
     /// read after a job publishes ready tasks (all `SeqCst`), so at least one of the two sees the
     /// other and no wake-up is lost.
@@ -1122,6 +1147,10 @@ const SPIN_ROUNDS: usize = 64;
 struct PoolState {
     jobs: Vec<Arc<dyn Work>>,
     shutdown: bool,
+    /// Per worker index: whether its thread serves (it was started and has not ended).
+    alive: Vec<bool>,
+    /// The jobs that were running at the last shrink, which may have run tasks anywhere.
+    before_shrink: Vec<Weak<dyn Work>>,
 }
 
 impl PoolShared {
@@ -1137,7 +1166,7 @@ impl PoolShared {
                 let posted = self.posted.load(SeqCst);
                 if seen != Some(posted) {
                     seen = Some(posted);
-                    if let Some(found) = self.find_job(&self.state.lock()) {
+                    if let Some(found) = self.find_job(&mut self.state.lock()) {
                         self.spinning.fetch_sub(1, SeqCst);
                         picked = found;
                         return;
@@ -1166,7 +1195,7 @@ impl PoolShared {
                 self.spinning.fetch_sub(1, SeqCst);
             }
             picked = loop {
-                if let Some(found) = self.find_job(&state) {
+                if let Some(found) = self.find_job(&mut state) {
                     break found;
                 }
                 self.wake.wait(&mut state);
@@ -1176,14 +1205,33 @@ impl PoolShared {
         picked
     }
 
-    /// `Some(None)` at shutdown, `Some(job)` for a job the caller is counted in, `None` if no job
-    /// has room.
-    fn find_job(&self, state: &PoolState) -> Option<Option<Arc<dyn Work>>> {
+    /// `Some(None)` at shutdown or when the caller's group was shrunk away (it is then counted
+    /// ended, under the same lock a grow looks at it with), `Some(job)` for a job the caller is
+    /// counted in, `None` if no job has room.
+    fn find_job(&self, state: &mut PoolState) -> Option<Option<Arc<dyn Work>>> {
         if state.shutdown {
+            return Some(None);
+        }
+        if let Some(index) = WORKER_INDEX
+            .get()
+            .filter(|&index| self.retired(Some(index)))
+        {
+            state.alive[index] = false;
+            self.resized.notify_all();
             return Some(None);
         }
         let job = state.jobs.iter().find(|job| job.try_enter())?;
         Some(Some(Arc::clone(job)))
+    }
+
+    /// Whether the thread of worker index `index` belongs to a group shrunk away.
+    fn retired(&self, index: Option<usize>) -> bool {
+        self.group_retired(index.map(|index| index / self.threads_per_group))
+    }
+
+    /// Whether `group` was shrunk away.
+    fn group_retired(&self, group: Option<usize>) -> bool {
+        group.is_some_and(|group| group >= self.groups.load(SeqCst))
     }
 
     /// Tells an idle worker that a job has ready work: a spinning one notices by itself, a sleeping
@@ -1213,6 +1261,8 @@ pub struct ThreadPool {
     shared: Arc<PoolShared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     join_on_drop: bool,
+    /// Its threads are named `{name}-{index}`.
+    name: String,
 }
 
 impl std::fmt::Debug for ThreadPool {
@@ -1252,10 +1302,14 @@ impl ThreadPool {
         let pool = ThreadPool {
             shared: Arc::new(PoolShared {
                 threads_per_group,
-                groups,
+                groups: AtomicUsize::new(groups),
+                threads: Arc::new(AtomicUsize::new(threads)),
+                resized: Condvar::new(),
                 state: Mutex::new(PoolState {
                     jobs: Vec::new(),
                     shutdown: false,
+                    alive: vec![false; threads],
+                    before_shrink: Vec::new(),
                 }),
                 wake: Condvar::new(),
                 idle: AtomicUsize::new(0),
@@ -1267,20 +1321,103 @@ impl ThreadPool {
             }),
             threads: Mutex::new(Vec::with_capacity(threads)),
             join_on_drop: true,
+            name: name.to_string(),
         };
-        for i in 0..threads {
-            let shared = Arc::clone(&pool.shared);
-            // On failure `pool` drops here, stopping the threads already started.
-            let handle = std::thread::Builder::new()
-                .name(format!("{name}-{i}"))
-                .spawn(move || {
-                    WORKER_INDEX.set(Some(i));
-                    let host = Arc::clone(&shared.host);
-                    host.run_thread(&mut || shared.serve());
-                })?;
-            pool.threads.lock().push(handle);
+        {
+            let mut state = pool.shared.state.lock();
+            // On failure `pool` drops after the lock, stopping the threads already started.
+            (0..threads).try_for_each(|index| pool.start_thread(&mut state, index))?;
         }
         Ok(pool)
+    }
+
+    /// Starts the thread of worker index `index`, counted alive.
+    fn start_thread(&self, state: &mut PoolState, index: usize) -> std::io::Result<()> {
+        let shared = Arc::clone(&self.shared);
+        let handle = std::thread::Builder::new()
+            .name(format!("{}-{index}", self.name))
+            .spawn(move || {
+                WORKER_INDEX.set(Some(index));
+                let host = Arc::clone(&shared.host);
+                host.run_thread(&mut || shared.serve());
+            })?;
+        if state.alive.len() <= index {
+            state.alive.resize(index + 1, false);
+        }
+        state.alive[index] = true;
+        let mut threads = self.threads.lock();
+        threads.retain(|thread| !thread.is_finished());
+        threads.push(handle);
+        Ok(())
+    }
+
+    /// How many placement groups are live.
+    pub fn groups(&self) -> usize {
+        self.shared.groups.load(SeqCst)
+    }
+
+    /// Makes the pool `groups` groups (at least as many as now): jobs started from now on are
+    /// scheduled on them all, and jobs running take work on the new threads as well. A group whose
+    /// thread has not ended since a shrink keeps it.
+    pub fn grow(&self, groups: usize) -> std::io::Result<()> {
+        let mut state = self.shared.state.lock();
+        let live = self.groups();
+        if groups <= live {
+            return Ok(());
+        }
+        let per = self.shared.threads_per_group;
+        for index in live * per..groups * per {
+            if !state.alive.get(index).copied().unwrap_or(false) {
+                self.start_thread(&mut state, index)?;
+            }
+        }
+        // Raised once every thread is there: a thread of a group grown back that was about to
+        // end sees the new count under this lock, and stays.
+        self.resized_to(groups);
+        Ok(())
+    }
+
+    fn resized_to(&self, groups: usize) {
+        self.shared.groups.store(groups, SeqCst);
+        let threads = groups * self.shared.threads_per_group;
+        self.shared.threads.store(threads, SeqCst);
+    }
+
+    /// Shrinks the pool to its first `groups` groups (at least one): jobs started from now on are
+    /// scheduled on them; the threads of the others finish the task they run and end, their work
+    /// taken by the others. [`ThreadPool::wait_shrunk`] waits for them and for the jobs running now.
+    pub fn shrink(&self, groups: usize) {
+        let mut state = self.shared.state.lock();
+        self.resized_to(groups.max(1).min(self.groups()));
+        state.before_shrink = state.jobs.iter().map(Arc::downgrade).collect();
+        self.shared.posted.fetch_add(1, SeqCst);
+        self.shared.wake.notify_all();
+    }
+
+    /// Waits until the threads of the groups shrunk away have ended and the jobs that ran at the
+    /// last shrink have left the pool: nothing runs on those groups' workers any more, and nothing
+    /// will. Returns at once on a pool that grew back meanwhile and has no such thread or job.
+    pub fn wait_shrunk(&self) {
+        self.shared.host.block(&mut || {
+            let mut state = self.shared.state.lock();
+            loop {
+                let first_retired = self.groups() * self.shared.threads_per_group;
+                let threads_left = state.alive.iter().skip(first_retired).any(|&alive| alive);
+                let PoolState {
+                    jobs,
+                    before_shrink,
+                    ..
+                } = &mut *state;
+                before_shrink.retain(|before| {
+                    jobs.iter()
+                        .any(|job| std::ptr::addr_eq(Arc::as_ptr(job), before.as_ptr()))
+                });
+                if !threads_left && state.before_shrink.is_empty() {
+                    return;
+                }
+                self.shared.resized.wait(&mut state);
+            }
+        });
     }
 
     /// Makes dropping the pool stop its workers without waiting for them: each ends once its current
@@ -1291,9 +1428,12 @@ impl ThreadPool {
         self
     }
 
-    /// How many worker threads the pool runs.
+    /// How many worker threads the pool runs: those of its live groups, none once shut down.
     pub fn threads(&self) -> usize {
-        self.threads.lock().len()
+        match self.shared.state.lock().shutdown {
+            true => 0,
+            false => self.groups() * self.shared.threads_per_group,
+        }
     }
 
     /// Starts computing `outputs` of `graph` on the pool's workers.
@@ -1351,8 +1491,8 @@ impl ThreadPool {
             outputs,
             runner,
             observer,
-            self.shared.groups,
-            self.shared.groups * self.shared.threads_per_group,
+            self.shared.groups.load(SeqCst),
+            Arc::clone(&self.shared.threads),
             keep_going,
         ));
         let ready = if wake { job.ready_hint.load(SeqCst) } else { 0 };
@@ -1518,7 +1658,9 @@ impl<R: Runner> Drop for JobHandle<R> {
                 .jobs
                 .iter()
                 .position(|job| Arc::as_ptr(job) as *const () == me);
-            position.map(|i| state.jobs.swap_remove(i))
+            let removed = position.map(|i| state.jobs.swap_remove(i));
+            self.pool.resized.notify_all();
+            removed
         };
         // The job may hold values still (a computation dropped unfinished): their `Drop` must not
         // unwind into the caller, which has its answer already. A task still running finds the job

@@ -18,7 +18,7 @@ use belated_core::{Graph, TaskId, ThreadPool, KEPT_POOLS};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyTuple};
 use rustc_hash::FxHashMap;
 
 use crate::codec::{decode_reply, frames_from, frames_of, helper, python_frames};
@@ -405,6 +405,8 @@ pub(crate) fn on_pool_thread() -> bool {
 #[pyclass(module = "belated._belated", frozen)]
 pub(crate) struct Cluster {
     pub(crate) shared: Arc<ClusterShared>,
+    /// The threads that drive the workers: a placement group per live worker (but those a scale
+    /// down is retiring), grown and shrunk with them.
     pool: Mutex<Option<Arc<ThreadPool>>>,
 }
 
@@ -453,7 +455,14 @@ impl Cluster {
         // One connection per pool thread of its group, and one for fetches.
         let spec = worker_spec(py, threads_per_worker + 1, preload, answer)?;
         let workers = py
-            .detach(|| Workers::start(spec, n_workers, memory_limit))
+            .detach(|| {
+                Workers::start(
+                    spec,
+                    n_workers,
+                    MAX_THREADS / threads_per_worker,
+                    memory_limit,
+                )
+            })
             .map_err(|error| cluster_error(error, "could not start the cluster"))?;
         let runtime = Arc::new(belated_cluster::Cluster::new(workers, threads_per_worker));
         let shared = Arc::new(ClusterShared {
@@ -472,6 +481,19 @@ impl Cluster {
         Ok(Cluster {
             shared,
             pool: Mutex::new(Some(Arc::new(pool))),
+        })
+    }
+
+    /// Runs computations on the first `workers` workers from now on: the pool's threads for the
+    /// others start, or finish their task and end.
+    fn regroup(&self, workers: usize) -> PyResult<()> {
+        let pool = self.pool()?;
+        if workers < pool.groups() {
+            pool.shrink(workers);
+            return Ok(());
+        }
+        pool.grow(workers).map_err(|e| {
+            WorkerStartError::new_err(format!("could not start the cluster's threads: {e}"))
         })
     }
 }
@@ -587,6 +609,70 @@ impl Cluster {
         self.shared.threads_per_worker()
     }
 
+    /// Starts workers up to `n_workers` beside the running ones and sends new computations to all
+    /// of them; computations already running go on where they run.
+    fn scale_up(&self, py: Python<'_>, n_workers: usize) -> PyResult<()> {
+        self.pool()?;
+        let threads = self.shared.threads_per_worker();
+        if n_workers.saturating_mul(threads) > MAX_THREADS {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "n_workers * threads_per_worker must be at most {MAX_THREADS}, got {n_workers} * {threads}"
+            )));
+        }
+        let more = n_workers.saturating_sub(self.shared.workers());
+        let processes = self.shared.processes();
+        py.detach(|| processes.add(more))
+            .map_err(|error| cluster_error(error, "could not add workers"))?;
+        self.regroup(n_workers)
+    }
+
+    /// Runs tasks on the first `staying` workers only from now on: the first step of a scale down
+    /// ([`Cluster::drain`], then [`Cluster::retire`]). The others finish the task they run.
+    fn shrink(&self, staying: usize) -> PyResult<()> {
+        self.regroup(staying.clamp(1, self.shared.workers()))
+    }
+
+    /// Waits until the workers of the last shrink run nothing: their threads ended, and the
+    /// computations that ran when it came (whose results may be anywhere) have too.
+    fn drain(&self) -> PyResult<()> {
+        self.pool()?.wait_shrunk();
+        Ok(())
+    }
+
+    /// Moves the values of `kept` that only workers `staying..` hold to the others (from worker to
+    /// worker), then retires those workers; `(moved, lost)`. Call it once [`Cluster::drain`]ed:
+    /// no task runs there then.
+    fn retire(
+        &self,
+        py: Python<'_>,
+        staying: usize,
+        kept: Vec<PyRef<'_, Kept>>,
+    ) -> PyResult<(usize, usize)> {
+        self.pool()?;
+        let staying = staying.clamp(1, self.shared.workers());
+        let originals = self.originals(&kept);
+        let store = store_call(py)?;
+        let runtime = &self.shared.runtime;
+        let moved = py.detach(|| {
+            let moved = runtime.move_off(staying, &originals, &store, stored);
+            runtime.transport().retire(staying);
+            moved
+        });
+        Ok((moved.moved, moved.lost))
+    }
+
+    /// Copies the values of `kept` to every worker that holds none, from worker to worker
+    /// (`scatter(broadcast=True)`); how many copies were made.
+    fn replicate(&self, py: Python<'_>, kept: Vec<PyRef<'_, Kept>>) -> PyResult<usize> {
+        self.pool()?;
+        let originals = self.originals(&kept);
+        let store = store_call(py)?;
+        let runtime = &self.shared.runtime;
+        Ok(py
+            .detach(|| runtime.replicate(&originals, &store, stored))
+            .moved)
+    }
+
     #[getter]
     fn memory_limit(&self) -> Option<u64> {
         self.shared.processes().memory_limit()
@@ -596,6 +682,13 @@ impl Cluster {
     #[getter]
     fn pids(&self) -> Vec<u32> {
         self.shared.processes().pids()
+    }
+
+    /// Per worker, by index, its process id while it runs (`None` for one that died and is not
+    /// replaced yet).
+    #[getter]
+    fn pids_by_worker(&self) -> Vec<Option<u32>> {
+        self.shared.processes().pids_by_worker()
     }
 
     /// Calls `function(*args, **kwargs)` once in every worker, on its fetch connection (so it runs
@@ -637,6 +730,33 @@ impl Cluster {
         dict.set_item("replaced", self.shared.processes().replaced())?;
         Ok(dict)
     }
+}
+
+impl Cluster {
+    /// The originals of the values of `kept` that this cluster's workers keep.
+    fn originals(&self, kept: &[PyRef<'_, Kept>]) -> Vec<Arc<belated_cluster::directory::Kept>> {
+        kept.iter()
+            .filter(|kept| Arc::ptr_eq(&kept.shared, &self.shared))
+            .filter_map(|kept| kept.held.remote.clone())
+            .collect()
+    }
+}
+
+/// The call a worker runs after storing values moved to it: one that does nothing.
+fn store_call(py: Python<'_>) -> PyResult<Vec<Frame>> {
+    static IDENTITY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static DUMPS_CALL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let call = helper(py, &DUMPS_CALL, "dumps_call")?.call1((
+        helper(py, &IDENTITY, "identity")?,
+        PyTuple::new(py, [py.None()])?,
+        PyDict::new(py),
+    ))?;
+    frames_from(py, &call)
+}
+
+/// Whether a worker's reply to [`store_call`] says it stored what came with it.
+fn stored(reply: &[Frame]) -> bool {
+    Python::attach(|py| decode_reply(py, reply).is_ok())
 }
 
 impl Drop for Cluster {

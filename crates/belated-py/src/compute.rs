@@ -481,7 +481,7 @@ fn run_plan(
     let workers = match &mode {
         Mode::Inline => 0,
         Mode::Threads(threads) => *threads,
-        Mode::Cluster(shared, ..) => shared.workers() * shared.threads_per_worker(),
+        Mode::Cluster(_, pool, _) => pool.threads(),
     };
     // The results earlier persists left in the cluster's workers, by task: those tasks do not run.
     let mut kept = FxHashMap::default();

@@ -97,6 +97,7 @@ pub(crate) fn cluster_error(error: belated_cluster::Error, context: &str) -> PyE
             WorkerLostError::new_err(message)
         }
         Error::Closed => BelatedError::new_err(message),
+        Error::Full(_) => pyo3::exceptions::PyValueError::new_err(message),
         Error::Cancelled => CancelledError::new_err(message),
     }
 }
