@@ -74,6 +74,9 @@ struct SlotState {
     replacing: bool,
     /// How the previous generation ended.
     last_death: String,
+    /// The last generation ended by [`Transport::kill`]; asked about right after that worker's
+    /// replacement, so the last one is enough.
+    killed: Option<u64>,
 }
 
 type Spawned = Result<WorkerProcess, Error>;
@@ -334,12 +337,17 @@ impl Transport for Workers {
 
     /// Does not wait for a replacement in progress: the worker it replaces was killed already.
     fn kill(&self, worker: usize, generation: u64) {
-        let slot = self.slots[worker].state.lock();
+        let mut slot = self.slots[worker].state.lock();
         if self.directory.generation(worker) == generation {
             if let Some(process) = &slot.worker {
                 process.kill();
+                slot.killed = Some(generation);
             }
         }
+    }
+
+    fn killed(&self, worker: usize, generation: u64) -> bool {
+        self.slots[worker].state.lock().killed == Some(generation)
     }
 
     fn replace(&self, worker: usize, generation: u64) -> Result<String, Error> {

@@ -85,6 +85,11 @@ pub trait Transport: Send + Sync + 'static {
     /// Kills worker `worker` if it is still at `generation`, with whatever it runs. Never waits.
     fn kill(&self, worker: usize, generation: u64);
 
+    /// Whether worker `worker` at `generation` ended by [`Transport::kill`] (a cancel, maybe of
+    /// another computation sharing the worker; a garbled reply), not by what a task did there: the
+    /// other tasks that died with it are not at fault.
+    fn killed(&self, worker: usize, generation: u64) -> bool;
+
     /// Replaces worker `worker` if it is still at `generation` (bumping its generation in the
     /// directory); returns how that one ended, also when another caller replaced it first.
     fn replace(&self, worker: usize, generation: u64) -> Result<String, Error>;
@@ -1061,8 +1066,12 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                     .map_err(failed)?;
                 // A worker an input was fetched from may die too: the task's next run fetches a
                 // copy or finds the input lost, and the schedule bounds how often it runs again.
-                // Killed for another task cancelled alone: not this task's failure.
-                if lost == worker && !self.running.killed_for_a_cancelled_task(lost, generation) {
+                // Killed for another task cancelled alone, or for another computation's cancel:
+                // not this task's failure.
+                if lost == worker
+                    && !self.running.killed_for_a_cancelled_task(lost, generation)
+                    && !self.cluster.transport.killed(lost, generation)
+                {
                     let tries = self.deaths[task.index()].fetch_add(1, SeqCst) + 1;
                     if tries > self.retries {
                         return Err(failed(Error::TaskLost { tries, why }));

@@ -93,6 +93,10 @@ impl Transport for Fakes {
         self.workers[worker].lock().dead = true;
     }
 
+    fn killed(&self, worker: usize, _generation: u64) -> bool {
+        self.workers[worker].lock().dead
+    }
+
     fn replace(&self, _: usize, _: u64) -> Result<String, Error> {
         unreachable!("nobody replaces")
     }

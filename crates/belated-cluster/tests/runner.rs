@@ -111,6 +111,8 @@ enum Event {
 struct WorkerState {
     generation: u64,
     dead: Option<String>,
+    /// The last generation ended by `Transport::kill`.
+    killed: Option<u64>,
     store: HashMap<u64, Val>,
     /// The call of an overrun batch still to run, for the parent's next read: its index in the
     /// batch, result id, flags and frame.
@@ -430,8 +432,13 @@ impl Transport for FakeWorkers {
 
     fn kill(&self, worker: usize, generation: u64) {
         if self.workers[worker].0.lock().generation == generation {
+            self.workers[worker].0.lock().killed = Some(generation);
             self.die(worker, "it was killed");
         }
+    }
+
+    fn killed(&self, worker: usize, generation: u64) -> bool {
+        self.workers[worker].0.lock().killed == Some(generation)
     }
 
     fn replace(&self, worker: usize, generation: u64) -> Result<String, Error> {
@@ -1228,6 +1235,54 @@ fn cancelling_kills_the_worker_running_the_task_and_later_tasks_are_not_sent() {
         Err(Failure::Runtime(Error::Cancelled))
     ));
     assert_eq!(workers.ran(), [(0, 0)], "nothing sent after the cancel");
+}
+
+#[test]
+fn another_computations_cancel_kills_a_shared_worker_and_this_ones_task_runs_again_uncounted() {
+    for cancel_alone in [true, false] {
+        // Computation A's task 0 and computation B's task 1 on the one worker's two threads; B has
+        // no retries, so a loss counted against its task would fail it.
+        let program = Program::new(vec![(Op::Blocks, vec![]), (Op::BlocksOnce, vec![])]);
+        let a = Harness::with_threads(&program, 1, 2, &[0], 0);
+        let b = a.later(&[], &[1], 0);
+        let running = Arc::clone(a.runner.running());
+        let workers = Arc::clone(&a.workers);
+        std::thread::scope(|scope| {
+            let cancelled = scope.spawn(|| a.runner.run_on(0, TaskId(0), &[]));
+            let other = scope.spawn(|| b.runner.run_on(1, TaskId(1), &[]));
+            let mut events = workers.events.lock();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !(events.contains(&Event::Ran(0, 0, 0)) && events.contains(&Event::Ran(1, 0, 0)))
+            {
+                assert!(!workers
+                    .happened
+                    .wait_until(&mut events, deadline)
+                    .timed_out());
+            }
+            drop(events);
+            if cancel_alone {
+                running.cancel_task(TaskId(0));
+            } else {
+                running.cancel();
+            }
+            let outcome = cancelled.join().expect("no panic");
+            assert!(
+                matches!(outcome, Ok(Err(Failure::Runtime(Error::Cancelled)))),
+                "{outcome:?}"
+            );
+            let outcome = other.join().expect("no panic");
+            assert!(
+                matches!(&outcome, Err(InputsLost(lost)) if lost.is_empty()),
+                "B's task is lost, not failed (cancel_alone: {cancel_alone}): {outcome:?}"
+            );
+        });
+        let held = b
+            .runner
+            .run_on(1, TaskId(1), &[])
+            .expect("no inputs")
+            .expect("run again, not failed");
+        assert_eq!(held.local.map(|v| v.n), Some(1));
+    }
 }
 
 #[test]
