@@ -184,6 +184,28 @@ def test_adapt_scales_down_only_after_wait_count_looks_in_a_row():
             client.cluster.adapt(interval="soon")
 
 
+def test_adapt_past_what_the_cluster_holds_caps_its_maximum_and_goes_on(monkeypatch, caplog):
+    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        adaptive = client.cluster.adapt(minimum=1, maximum=8, interval=3600)
+        try:
+            asked = []
+
+            def refused(n):
+                asked.append(n)
+                raise ValueError(f"no room for {n} workers")
+
+            monkeypatch.setattr(adaptive._cluster, "scale", refused)
+            monkeypatch.setattr(adaptive, "target", lambda: min(adaptive.maximum, 8))
+            with caplog.at_level("WARNING", logger="belated.cluster"):
+                assert adaptive.step(), "the policy goes on"
+            assert asked == [8]
+            assert adaptive.maximum == 1
+            assert "no room for 8 workers; at most 1 workers from now on" in caplog.text
+            assert adaptive.step() and asked == [8], "not asked again"
+        finally:
+            adaptive.stop()
+
+
 def test_a_killed_worker_is_not_listed_and_a_value_it_kept_has_no_holder():
     import signal
 

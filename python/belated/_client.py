@@ -1439,15 +1439,24 @@ class Adaptive:
 
     def _loop(self):
         while not self._stopped.wait(self.interval):
-            if self._cluster._client._closed:
+            if self._cluster._client._closed or not self.step():
                 return
-            n = self.recommendation()
-            if n is None:
-                continue
-            try:
-                self._cluster.scale(n)
-            except _belated.BelatedError:
-                return  # closed meanwhile
+
+    def step(self):
+        """One look, and the scale it asks for; False once the cluster is closed."""
+        n = self.recommendation()
+        if n is None:
+            return True
+        try:
+            self._cluster.scale(n)
+        except _belated.BelatedError:
+            return False  # closed meanwhile
+        except ValueError as error:
+            # More workers than the cluster can hold: adapt up to what it holds, and say so once,
+            # rather than end the policy with a traceback nobody reads.
+            self.maximum = max(self.minimum, self._cluster._client._scaled_to)
+            _logging.cluster_logger.warning("adapt: %s; at most %d workers from now on", error, self.maximum)
+        return True
 
     def stop(self):
         self._stopped.set()
