@@ -1237,65 +1237,14 @@ fn cancelling_kills_the_worker_running_the_task_and_later_tasks_are_not_sent() {
     assert_eq!(workers.ran(), [(0, 0)], "nothing sent after the cancel");
 }
 
-#[test]
-fn another_computations_cancel_kills_a_shared_worker_and_this_ones_task_runs_again_uncounted() {
-    for cancel_alone in [true, false] {
-        // Computation A's task 0 and computation B's task 1 on the one worker's two threads; B has
-        // no retries, so a loss counted against its task would fail it.
-        let program = Program::new(vec![(Op::Blocks, vec![]), (Op::BlocksOnce, vec![])]);
-        let a = Harness::with_threads(&program, 1, 2, &[0], 0);
-        let b = a.later(&[], &[1], 0);
-        let running = Arc::clone(a.runner.running());
-        let workers = Arc::clone(&a.workers);
-        std::thread::scope(|scope| {
-            let cancelled = scope.spawn(|| a.runner.run_on(0, TaskId(0), &[]));
-            let other = scope.spawn(|| b.runner.run_on(1, TaskId(1), &[]));
-            let mut events = workers.events.lock();
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while !(events.contains(&Event::Ran(0, 0, 0)) && events.contains(&Event::Ran(1, 0, 0)))
-            {
-                assert!(!workers
-                    .happened
-                    .wait_until(&mut events, deadline)
-                    .timed_out());
-            }
-            drop(events);
-            if cancel_alone {
-                running.cancel_task(TaskId(0));
-            } else {
-                running.cancel();
-            }
-            let outcome = cancelled.join().expect("no panic");
-            assert!(
-                matches!(outcome, Ok(Err(Failure::Runtime(Error::Cancelled)))),
-                "{outcome:?}"
-            );
-            let outcome = other.join().expect("no panic");
-            assert!(
-                matches!(&outcome, Err(InputsLost(lost)) if lost.is_empty()),
-                "B's task is lost, not failed (cancel_alone: {cancel_alone}): {outcome:?}"
-            );
-        });
-        let held = b
-            .runner
-            .run_on(1, TaskId(1), &[])
-            .expect("no inputs")
-            .expect("run again, not failed");
-        assert_eq!(held.local.map(|v| v.n), Some(1));
-    }
-}
-
-#[test]
-fn a_task_cancelled_alone_kills_its_worker_and_the_other_task_there_runs_again_uncounted() {
-    // Both on the one worker's two threads: 0 runs until killed, 1 only the first time.
-    let program = Program::new(vec![(Op::Blocks, vec![]), (Op::BlocksOnce, vec![])]);
-    // No retries: a loss counted against task 1 would fail it.
-    let h = Harness::with_threads(&program, 1, 2, &[0, 1], 0);
-    let running = Arc::clone(h.runner.running());
-    let workers = Arc::clone(&h.workers);
+/// Task 0 (which blocks until killed) on `first`'s runner and task 1 (which blocks the first time
+/// only) on `second`'s, on the one worker's two threads; `cancel` once both started. Task 0 ends
+/// cancelled; task 1 is lost, not failed (its worker died for another task), and runs again.
+fn cancel_beside(first: &Harness, second: &Harness, cancel: impl FnOnce()) {
+    let workers = &first.workers;
     std::thread::scope(|scope| {
-        let cancelled = scope.spawn(|| h.runner.run_on(0, TaskId(0), &[]));
-        let other = scope.spawn(|| h.runner.run_on(1, TaskId(1), &[]));
+        let cancelled = scope.spawn(|| first.runner.run_on(0, TaskId(0), &[]));
+        let other = scope.spawn(|| second.runner.run_on(1, TaskId(1), &[]));
         let mut events = workers.events.lock();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !(events.contains(&Event::Ran(0, 0, 0)) && events.contains(&Event::Ran(1, 0, 0))) {
@@ -1305,25 +1254,53 @@ fn a_task_cancelled_alone_kills_its_worker_and_the_other_task_there_runs_again_u
                 .timed_out());
         }
         drop(events);
-        running.cancel_task(TaskId(0));
+        cancel();
         let outcome = cancelled.join().expect("no panic");
         assert!(
             matches!(outcome, Ok(Err(Failure::Runtime(Error::Cancelled)))),
             "{outcome:?}"
         );
-        // Lost, not failed: its worker died for another task, so the engine runs it again.
         let outcome = other.join().expect("no panic");
         assert!(
             matches!(&outcome, Err(InputsLost(lost)) if lost.is_empty()),
             "{outcome:?}"
         );
     });
-    let held = h
+    let held = second
         .runner
         .run_on(1, TaskId(1), &[])
         .expect("no inputs")
         .expect("run again, not failed");
     assert_eq!(held.local.map(|v| v.n), Some(1));
+}
+
+#[test]
+fn another_computations_cancel_kills_a_shared_worker_and_this_ones_task_runs_again_uncounted() {
+    for cancel_alone in [true, false] {
+        // Computation A's task 0 and computation B's task 1; B has no retries, so a loss counted
+        // against its task would fail it.
+        let program = Program::new(vec![(Op::Blocks, vec![]), (Op::BlocksOnce, vec![])]);
+        let a = Harness::with_threads(&program, 1, 2, &[0], 0);
+        let b = a.later(&[], &[1], 0);
+        let running = Arc::clone(a.runner.running());
+        cancel_beside(&a, &b, || {
+            if cancel_alone {
+                running.cancel_task(TaskId(0));
+            } else {
+                running.cancel();
+            }
+        });
+    }
+}
+
+#[test]
+fn a_task_cancelled_alone_kills_its_worker_and_the_other_task_there_runs_again_uncounted() {
+    let program = Program::new(vec![(Op::Blocks, vec![]), (Op::BlocksOnce, vec![])]);
+    // No retries: a loss counted against task 1 would fail it.
+    let h = Harness::with_threads(&program, 1, 2, &[0, 1], 0);
+    let running = Arc::clone(h.runner.running());
+    let workers = Arc::clone(&h.workers);
+    cancel_beside(&h, &h, || running.cancel_task(TaskId(0)));
     assert!(!running.is_cancelled(), "the computation goes on");
     assert_eq!(workers.replaced.load(SeqCst), 1);
     assert!(
