@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyUserWarning, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
@@ -795,12 +796,21 @@ fn reject_modulo(modulo: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
 /// has loaded dask.
 fn is_task_ref(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
     static TASK_REF: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static MODULES: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
     let py = obj.py();
     let task_ref = match TASK_REF.get(py) {
         Some(task_ref) => task_ref.bind(py).clone(),
         None => {
-            let modules = py.import("sys")?.getattr("modules")?;
-            let Ok(spec) = modules.get_item("dask._task_spec") else {
+            // Until dask is loaded this runs on every `delayed(obj)`: one lookup in `sys.modules`
+            // (kept; an import or a `KeyError` costs a microsecond, twice `delayed` itself).
+            let modules = MODULES.get_or_try_init(py, || {
+                py.import("sys")?
+                    .getattr("modules")?
+                    .cast_into::<PyDict>()
+                    .map(Bound::unbind)
+                    .map_err(PyErr::from)
+            })?;
+            let Some(spec) = modules.bind(py).get_item(intern!(py, "dask._task_spec"))? else {
                 return Ok(false);
             };
             let task_ref = spec.getattr("TaskRef")?.cast_into::<PyType>()?;
