@@ -201,23 +201,39 @@ _Pickler = _with_reducers(pickle.Pickler)
 _CloudPickler = None
 
 
-def _pickle(pickler_type, obj, buffers):
+def _pickle(pickler_type, obj, buffers, in_band_below=0):
+    """``obj``'s protocol-5 pickle; its out-of-band buffers go to ``buffers``, except those smaller than
+    ``in_band_below`` bytes, which stay in the pickle."""
     out = io.BytesIO()
-    pickler_type(out, protocol=5, buffer_callback=buffers.append).dump(obj)
+    if in_band_below:
+
+        def callback(buffer):
+            if buffer.raw().nbytes < in_band_below:
+                return True  # true: pickled in band
+            buffers.append(buffer)
+            return False
+
+    else:
+        callback = buffers.append
+    pickler_type(out, protocol=5, buffer_callback=callback).dump(obj)
     return out.getvalue()
+
+
+def _cloud_pickler():
+    global _CloudPickler
+    if _CloudPickler is None:
+        import cloudpickle
+
+        _CloudPickler = _with_reducers(cloudpickle.Pickler)
+    return _CloudPickler
 
 
 def dumps(obj, shared=False):
     """``obj`` as frames: a protocol-5 pickle and its out-of-band buffers, large ones as
     :class:`Segment` if ``shared`` (frames to send, not to look at). cloudpickle, so functions and
     classes defined in ``__main__`` or interactively travel by value."""
-    global _CloudPickler
-    if _CloudPickler is None:
-        import cloudpickle
-
-        _CloudPickler = _with_reducers(cloudpickle.Pickler)
     buffers = []
-    return _frames(_pickle(_CloudPickler, obj, buffers), buffers, shared)
+    return _frames(_pickle(_cloud_pickler(), obj, buffers), buffers, shared)
 
 
 def dumps_reply(obj, shared=False):
@@ -326,19 +342,16 @@ def dumps_call(function, args, kwargs):
     computation = _computation
     entry = _PICKLED.get(id(function), computation)
     if entry is None or entry[0] is not function:
-        # Buffers out of band, uncopied: a function can hold large ones (a partial over an array, a
+        # Large buffers out of band, uncopied: a function can hold them (a partial over an array, a
         # notebook function reading a global array, which travels by value).
         source = _source_of(function)
-        frames = dumps((function, source))
-        if len(frames) > 1:
-            if any(view.nbytes >= SHARE_FROM for view in frames[1:]):
-                # Then it goes with the arguments, its buffers in shared memory, rather than copied
-                # whole into a frame of its own and read whole by the worker. An empty frame says so.
-                return [b"", *dumps((computation, _log_levels, args, kwargs, function, source), shared=True)]
-            import cloudpickle
-
-            frames = [cloudpickle.dumps((function, source), protocol=5)]  # small: kept whole, in band
-        entry = (function, frames[0])
+        large = []
+        pickled = _pickle(_cloud_pickler(), (function, source), large, in_band_below=SHARE_FROM)
+        if large:
+            # Then it goes with the arguments, its buffers in shared memory, rather than copied whole
+            # into a frame of its own and read whole by the worker. An empty frame says so.
+            return [b"", *dumps((computation, _log_levels, args, kwargs, function, source), shared=True)]
+        entry = (function, pickled)
         if isinstance(function, (types.FunctionType, types.BuiltinFunctionType)):
             _PICKLED.put(id(function), entry, len(entry[1]), computation)
     plain = _PLAIN_ARGUMENTS.issuperset(map(type, args))
