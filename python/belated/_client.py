@@ -17,8 +17,6 @@ import time
 import uuid
 import weakref
 
-import cloudpickle
-
 from belated import _belated, _logging, config
 from belated._dask import _require
 from belated._futures import (
@@ -128,17 +126,6 @@ def _hold(collections, futures):
 
 
 _SEQUENCES = (list, tuple, set, frozenset)
-
-
-class _Discard:
-    """A file that forgets what is written to it."""
-
-    def write(self, data):
-        return len(data)
-
-
-def _out_of_band(buffer):
-    return False  # false: the buffer stays out of the pickle (pickle's protocol 5 rule)
 
 
 def _scatter_key(value, hashed):
@@ -608,11 +595,12 @@ class Client:
 
     def _check_picklable(self, value):
         if self._cluster is not None:
+            from belated import _worker  # imported when needed: `import belated` stays quick
+
             try:
-                # Walks the pickle without keeping it: the bytes go nowhere and large buffers (numpy
-                # arrays) are taken out of band, uncopied, as the real send takes them; so the check
-                # costs no copy of a big value, which the send then pickles once.
-                cloudpickle.CloudPickler(_Discard(), protocol=5, buffer_callback=_out_of_band).dump(value)
+                # The worker codec's pickler, as the send uses it: buffers (numpy arrays) are left out
+                # of band, uncopied, so the check costs no copy of a big value.
+                _worker.dumps(value)
             except Exception as error:
                 raise TypeError(
                     f"cannot scatter {type(value).__name__} to worker processes: it cannot be pickled "
