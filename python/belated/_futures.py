@@ -88,24 +88,12 @@ class Released:
             self._gone.cancelled.add(self._index)
         return self._gone
 
-    @property
-    def cells(self):
-        return self._target().cells
-
-    @property
-    def cancelled(self):
-        return self._target().cancelled
-
-    @property
-    def batch(self):
-        return self._target().batch
-
-    @property
-    def token(self):
-        return self._target().token
-
-    def cancel(self, index):
-        self._target().cancel(index)
+    def __getattr__(self, name):
+        # What a future reads of its computation (cells, cancelled, batch, token, cancel); never the
+        # slots, which would recurse while unset.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._target(), name)
 
 
 # How long a wait without timeout sleeps at a time (see _waited).
@@ -654,8 +642,9 @@ class Future(AnyFuture):
         )
 
 
-def futures_in(obj, kind=Future):
-    """The futures (instances of ``kind``) among ``obj`` and the lists, tuples, sets and dicts in it."""
+def futures_in(obj, kind=Future, graphs=False):
+    """The futures (instances of ``kind``) among ``obj`` and the lists, tuples, sets and dicts in it, in
+    the order they appear; with ``graphs``, also those in the graphs of the dask collections in it."""
     found = []
     stack = [obj]
     while stack:
@@ -663,30 +652,18 @@ def futures_in(obj, kind=Future):
         if isinstance(item, kind):
             found.append(item)
         elif type(item) in (list, tuple, set, frozenset):
-            stack.extend(item)
+            stack.extend(reversed(list(item)))
         elif type(item) is dict:
-            stack.extend(item.values())
+            stack.extend(reversed(list(item.values())))
+        elif graphs and hasattr(type(item), "__dask_graph__") and not isinstance(item, type):
+            stack.extend(reversed(list(item.__dask_graph__().values())))
     return found
 
 
 def futures_of(obj):
     """distributed's ``futures_of``: the futures in ``obj`` (a Future, or lists, tuples, sets and dicts
     of them, or a dask collection whose graph holds them), each once, in the order they appear."""
-    found, seen = [], set()
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Future):
-            if id(item) not in seen:
-                seen.add(id(item))
-                found.append(item)
-        elif type(item) in (list, tuple, set, frozenset):
-            stack.extend(reversed(list(item)))
-        elif type(item) is dict:
-            stack.extend(reversed(list(item.values())))
-        elif hasattr(type(item), "__dask_graph__") and not isinstance(item, type):
-            stack.extend(reversed(list(item.__dask_graph__().values())))
-    return found
+    return list({id(future): future for future in futures_in(obj, graphs=True)}.values())
 
 
 def replace_futures(obj, replace, kind=Future):
