@@ -223,3 +223,61 @@ def test_a_set_reaches_dask_config_until_exit_or_refresh(fresh_config):
         config.refresh(paths=[], env={})
         assert (dask.config.get("hunt-kept", None), dask.config.get("hunt-open", None)) == (None, None)
     assert dask.config.get("hunt-open", None) is None and config.get("hunt-open", None) is None
+
+
+def test_get_reads_dask_configuration_where_belated_sets_nothing(tmp_path):
+    # `import belated as dask` code reads dask's settings with `dask.config.get`, with or without a
+    # default, before dask itself was imported: dask's defaults answer, belated's own settings win.
+    pytest.importorskip("dask")
+    found = run_fresh(
+        """
+        import json, sys
+        import belated
+        imported_before = "dask" in sys.modules
+        with_default = belated.config.get("array.chunk-size", "unset")
+        import dask
+        with belated.config.set({"array.chunk-size": "1MiB"}):
+            own = belated.config.get("array.chunk-size")
+        with dask.config.set({"hunt-dask-only": 3}):
+            dask_set = belated.config.get("hunt-dask-only"), belated.config.get("hunt_dask_only", 0)
+        try:
+            belated.config.get("hunt.nowhere")
+            missing = "found"
+        except KeyError as error:
+            missing = str(error)
+        print(json.dumps({
+            "imported_before": imported_before,
+            "with_default": with_default,
+            "dask": dask.config.get("array.chunk-size"),
+            "own": own,
+            "dask_set": dask_set,
+            "missing": missing,
+            "absent_default": belated.config.get("hunt.nowhere", 5),
+        }))
+        """,
+        tmp_path,
+    )
+    assert found == {
+        "imported_before": False,
+        "with_default": found["dask"],
+        "dask": found["dask"],
+        "own": "1MiB",
+        "dask_set": [3, 3],
+        "missing": "'hunt.nowhere'",
+        "absent_default": 5,
+    }
+    assert found["dask"] != "unset"
+
+
+def test_engine_settings_never_import_dask(tmp_path):
+    # The engine reads its settings on every compute; importing dask there would cost its import.
+    found = run_fresh(
+        """
+        import json, sys
+        import belated
+        belated.compute(belated.delayed(abs)(-1))
+        print(json.dumps("dask" in sys.modules))
+        """,
+        tmp_path,
+    )
+    assert found is False

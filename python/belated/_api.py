@@ -27,14 +27,11 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
 
 
 def _setting(key):
-    """``key`` from ``belated.config``; where that does not set it, from dask's own ``dask.config`` when
-    the program imported dask: dask code that sets ``dask.config`` beside belated keeps working."""
-    value = config.get(key, None)
-    if value is None:
-        dask_config = sys.modules.get("dask.config")
-        value = None if dask_config is None else dask_config.get(key, None)
-        if value is not None and value is _get_function():
-            value = None  # dask told to run its collections on belated: belated's default here
+    """``key`` from ``belated.config``, which reads dask's own ``dask.config`` where it does not set it:
+    dask code that sets ``dask.config`` beside belated keeps working."""
+    value = config._read(key, None)
+    if value is not None and value is _get_function():
+        value = None  # dask told to run its collections on belated: belated's default here
     return value
 
 
@@ -120,9 +117,9 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
     if num_workers is None:
         num_workers = _setting("num_workers")
     if timeout is None:
-        timeout = config.get("timeout", None)
+        timeout = config._read("timeout", None)
     if retries is None:
-        retries = config.get("retries", 1)
+        retries = config._read("retries", 1)
     with claimed_callbacks() as callbacks:
         if cluster is not None:
             scheduler = "threads"
@@ -429,7 +426,7 @@ def annotate(**annotations):
         check = _ANNOTATION_CHECKS.get(name)
         if check is not None and not check[0](value):
             raise TypeError(f"'{name}' annotations must be {check[1]}, but got {value!r}")
-    merged = {**config.get("annotations", {}), **annotations}
+    merged = {**config._read("annotations", {}), **annotations}
     dask = sys.modules.get("dask")
     # dask collections built inside the block (``import belated as dask`` code builds arrays and
     # dataframes with dask itself) take their annotations from dask's own annotate.

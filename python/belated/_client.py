@@ -818,7 +818,7 @@ class Client:
         if keys and all(future is not None for future in held):
             return held
         if retries is None:
-            retries = config.get("retries", 1)
+            retries = config._read("retries", 1)
         token = _belated.CancelToken()
         # Work submitted by a task running here runs off the worker threads, on a thread of its own:
         # that task may wait for it, and with every worker thread (or every submitter thread) waiting

@@ -49,9 +49,9 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **
         dsk = convert_legacy_graph(dsk)
     wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
     if num_workers is None:
-        num_workers = config.get("num_workers", None)
+        num_workers = config._read("num_workers", None)
     if timeout is None:
-        timeout = config.get("timeout", None)
+        timeout = config._read("timeout", None)
     if scheduler is not None:
         from dask.callbacks import add_callbacks
 

@@ -52,15 +52,11 @@ def tokenize(*args, ensure_deterministic=None, **kwargs) -> str:
 
 
 def _configured_deterministic():
-    """``tokenize.ensure-deterministic`` from ``belated.config``, else from dask's configuration when
-    the program imported dask, as ``dask.base.tokenize`` reads it."""
+    """``tokenize.ensure-deterministic`` from ``belated.config`` (which reads dask's configuration where
+    it does not set it), as ``dask.base.tokenize`` reads it."""
     from belated import config
 
-    value = config.get("tokenize.ensure-deterministic", None)
-    dask_config = sys.modules.get("dask.config")
-    if value is None and dask_config is not None:
-        value = dask_config.get("tokenize.ensure-deterministic", None)
-    return bool(value)
+    return bool(config._read("tokenize.ensure-deterministic", None))
 
 
 def call_token(args, kwargs):

@@ -23,7 +23,8 @@ The keys belated reads:
 
 An open ``belated.Client`` sets ``scheduler`` to itself (unless ``set_as_default=False``).
 
-Other keys are stored and returned by ``get``, so that dask code setting them keeps working.
+Other keys are stored and returned by ``get``, so that dask code setting them keeps working; a key
+belated does not set is read from dask's own configuration when dask is installed.
 
 >>> import belated
 >>> with belated.config.set(scheduler="sync"):
@@ -52,6 +53,8 @@ _lock = threading.RLock()
 # them there too, newest first.
 _in_dask: list = []
 _missing = object()
+# Set once importing dask failed: ``get`` then stops trying.
+_dask_missing = False
 _ENV_PREFIX = "BELATED_"
 # Names the config file or directory, so it is not a key itself.
 _CONFIG_VARIABLE = "BELATED_CONFIG"
@@ -68,27 +71,65 @@ def _path(key: str) -> tuple:
 
 def _config_changed() -> None:
     """Tells the engine the settings it keeps itself, after any change to ``config``."""
-    pure = get("delayed-pure", None)
-    # Unset here, dask's own setting (when dask is loaded) applies.
+    # Unset here, dask's own setting (when dask is loaded) applies: the engine reads it there.
+    pure = _own("delayed-pure", None)
     _belated.set_default_pure(None if pure is None else bool(pure))
 
 
 def get(key: str, default=_missing):
-    """The value of ``key`` (dots for nested sections); ``default`` if it is not set, else ``KeyError``.
+    """The value of ``key`` (dots for nested sections); where belated's configuration does not set it,
+    dask's (``dask.config``, when dask is installed), as dask code reading its settings expects;
+    ``default`` if neither does, else ``KeyError``.
 
     >>> import belated
     >>> with belated.config.set({"distributed.comm.timeout": 30}):
     ...     belated.config.get("distributed.comm"), belated.config.get("distributed.comm.retries", 0)
     ({'timeout': 30}, 0)
     """
+    value = _own(key, _missing)
+    if value is _missing:
+        dask_config = _dask_config()
+        if dask_config is not None:
+            value = dask_config.get(key, _missing)
+    if value is not _missing:
+        return value
+    if default is _missing:
+        raise KeyError(key)
+    return default
+
+
+def _dask_config():
+    """dask's ``dask.config``, imported on first need; None without dask."""
+    global _dask_missing
+    if not _dask_missing:
+        try:
+            import dask.config
+
+            return dask.config
+        except ImportError:
+            _dask_missing = True
+    return None
+
+
+def _own(key: str, default):
+    """The value of ``key`` in belated's own configuration, else ``default``."""
     node = config
     for part in _path(key):
         if not isinstance(node, Mapping) or part not in node:
-            if default is _missing:
-                raise KeyError(key)
             return default
         node = node[part]
     return node
+
+
+def _read(key: str, default):
+    """The value of ``key`` as the engine reads it on every compute: belated's own (unless None), else
+    dask's where the program imported dask (importing it here would slow the first compute by dask's
+    import), else ``default``."""
+    value = _own(key, None)
+    if value is None:
+        dask_config = sys.modules.get("dask.config")
+        value = default if dask_config is None else dask_config.get(key, default)
+    return value
 
 
 def update(old: dict, new: Mapping, priority: str = "new") -> dict:
