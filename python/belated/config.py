@@ -30,7 +30,7 @@ belated does not set is read from dask's own configuration when dask is installe
 >>> with belated.config.set(scheduler="sync"):
 ...     belated.config.get("scheduler")
 'sync'
->>> belated.config.get("array.chunk-size", 4)  # a default when the key is not set
+>>> belated.config.get("my-library.chunk-size", 4)  # a default when the key is set nowhere
 4
 """
 
