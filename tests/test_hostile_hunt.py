@@ -942,6 +942,24 @@ def test_retries_rerun_a_task_that_raises(any_client):
     assert any_client.submit(fails_twice(), 4, retries=2).key == any_client.submit(fails_twice(), 4).key
 
 
+def test_retries_of_compute_and_persist_rerun_raising_tasks_of_the_graph(any_client):
+    # distributed's retries= of compute and persist covers every task of the graph, each with its own
+    # count; the task's inputs are there for each run, and the last run's exception is the task's.
+    def graph(value):
+        base = belated.delayed(inc, pure=False)(value)
+        flaky = belated.delayed(fails_twice(), pure=False)(base)
+        return belated.delayed(inc, pure=False)(flaky)
+
+    assert any_client.compute(graph(1), retries=2).result(timeout=60) == 21
+    assert any_client.compute([graph(2), graph(3)], retries=2)[1].result(timeout=60) == 41
+    with pytest.raises(ValueError, match="flaky 2"):
+        any_client.compute(graph(4), retries=1).result(timeout=60)
+    with pytest.raises(ValueError, match="flaky 1"):
+        any_client.compute(graph(5)).result(timeout=60)
+    persisted = any_client.persist(graph(6), retries=2)
+    assert belated.compute(persisted, scheduler=any_client)[0] == 71
+
+
 def test_client_cancel_and_futures_of(any_client):
     api = distributed if isinstance(any_client, distributed.Client) else belated
     slow = any_client.submit(time.sleep, 5, pure=False)

@@ -230,6 +230,7 @@ def compute(
     computed: int = 0,
     keep: bool = False,
     ramp: bool = False,
+    retry_errors: int = 0,
 ) -> tuple[Any, ...]: ...
 def compute_with(
     objs: tuple[Any, ...], executor: Callable[..., Any], traverse: bool = True

@@ -22,11 +22,9 @@ from belated._dask import _require
 from belated._futures import (
     Computation,
     EachDone,
-    EachOwnOutcome,
     Future,
     Persisted,
     Raised,
-    Retrying,
     Scattered,
     finished,
     futures_in,
@@ -162,11 +160,6 @@ def _scheduling(given):
     return {name: given[name] for name in _SCHEDULING if name in given}
 
 
-def _retrying(func, retries):
-    """``func`` run again while it raises, up to ``retries`` times, as distributed's ``retries=`` does."""
-    return Retrying(func, retries) if retries else func
-
-
 def _refuse_placement(scheduling):
     """Refuses the scheduling keywords belated's workers cannot honour, rather than ignoring them or
     passing them to the function."""
@@ -184,7 +177,9 @@ class Client:
     on socket pairs only it holds, never a TCP port; their output is forwarded to this process's, each
     line prefixed ``[worker PID]``. A worker that dies or goes over
     ``memory_limit`` (bytes, ``"4GB"``, a fraction of the machine's memory, ``"auto"``: an equal share,
-    or ``None``) is replaced; its tasks are retried (``retries``) and the results it held recomputed.
+    or ``None``) is replaced; its tasks are retried (the ``retries`` setting) and the results it held
+    recomputed. As in distributed, ``retries=`` of ``compute``, ``persist``, ``submit`` and ``map`` runs
+    a task that raised again, up to that many times; the last run's exception is the task's.
     Workers import the modules in ``preload`` as soon as they start (default: numpy and pandas, when
     this process has imported them).
 
@@ -468,7 +463,7 @@ class Client:
         if key is None:
             [token] = _call_tokens(func, [args], kwargs, after) if pure else [uuid.uuid4()]
             key = f"{_funcname(func)}-{token}"
-        func = _retrying(self._on_this_client(func), retries)
+        func = self._on_this_client(func)
         func, (args, kwargs) = _passing_delayed(func, (args, kwargs))
         if not after:  # the common case: no need to wait or rebuild
             task = delayed(func)(*args, dask_key_name=key, **kwargs)
@@ -525,10 +520,8 @@ class Client:
             else:
                 batch = uuid.uuid4()
                 keys = [f"{prefix}-{batch}-{i}" for i in range(len(calls))]
-        func, (calls, kwargs) = _passing_delayed(
-            _retrying(self._on_this_client(func), retries), (calls, kwargs)
-        )
-        call = delayed(EachOwnOutcome(func))
+        func, (calls, kwargs) = _passing_delayed(self._on_this_client(func), (calls, kwargs))
+        call = delayed(func)
 
         def tasks(calls, kwargs):
             # Equal calls share a key, and so one task; of calls given one key by a list of keys, the
@@ -817,8 +810,10 @@ class Client:
             held = [None if key is None else self._held_future(key) for key in keys]
         if keys and all(future is not None for future in held):
             return held
-        if retries is None:
-            retries = config._read("retries", 1)
+        # distributed's retries= runs a task that raised again; a task whose worker died runs
+        # again as belated's retries setting allows, and at least as often.
+        retry_errors = retries or 0
+        retries = max(config._read("retries", 1), retry_errors)
         token = _belated.CancelToken()
         # Work submitted by a task running here runs off the worker threads, on a thread of its own:
         # that task may wait for it, and with every worker thread (or every submitter thread) waiting
@@ -849,6 +844,7 @@ class Client:
                 token,
                 each=Raised,
                 keep=keep and cluster is not None,
+                retry_errors=retry_errors,
             )
 
         batch = concurrent.futures.Future()

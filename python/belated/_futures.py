@@ -416,56 +416,6 @@ def finished(values):
     return Computation(batch, None)
 
 
-class EachOwnOutcome:
-    """A function called for each item of a ``map``: its exception is returned, as :class:`Raised`,
-    instead of failing the whole computation, so that each future of a map has its own outcome (as in
-    distributed) and the other calls still run. Keys and tokens are the function's own."""
-
-    __slots__ = ("__name__", "func")
-
-    def __init__(self, func):
-        self.func = func
-        self.__name__ = getattr(func, "__name__", type(func).__name__)
-
-    def __call__(self, *args, **kwargs):
-        try:
-            return self.func(*args, **kwargs)
-        except Exception as error:
-            # The traceback starts in the user's function: this frame is ours.
-            return Raised(error.with_traceback(error.__traceback__.tb_next))
-
-    def __dask_tokenize__(self):
-        from belated._tokenize import tokenize
-
-        return tokenize(self.func)
-
-
-class Retrying:
-    """A submitted function called again, up to ``retries`` more times, while it raises: distributed's
-    ``retries=`` of ``submit`` and ``map``, which covers a task's own exceptions, not only its worker's
-    death. Keys and tokens are the function's own."""
-
-    __slots__ = ("__name__", "func", "retries")
-
-    def __init__(self, func, retries):
-        self.func = func
-        self.retries = retries
-        self.__name__ = getattr(func, "__name__", type(func).__name__)
-
-    def __call__(self, *args, **kwargs):
-        for _ in range(self.retries):
-            try:
-                return self.func(*args, **kwargs)
-            except Exception:
-                continue
-        return self.func(*args, **kwargs)
-
-    def __dask_tokenize__(self):
-        from belated._tokenize import tokenize
-
-        return tokenize(self.func)
-
-
 class Raised:
     """The exception of one call of a map, held as its result."""
 

@@ -399,7 +399,6 @@ def _function(pickled, computation):
 def _source_of(function):
     """``(file name, lines)`` of a function pickled by value, as this process's ``linecache`` has them
     (which holds notebook cells too), or None."""
-    function = _unwrapped(function)
     if not isinstance(function, types.FunctionType) or function.__module__ not in ("__main__", None):
         return None
     filename = function.__code__.co_filename
@@ -423,16 +422,7 @@ def _unchanged_on_disk(filename):
     return (stat.st_size, stat.st_mtime) == (size, mtime)
 
 
-def _unwrapped(function):
-    """The user's function inside the wrapper a ``Client.map`` call runs."""
-    # Only unpickling a wrapper imports its module; importing it here would import the whole package
-    # into every worker at its first function sent by value, most of a first compute's time.
-    futures = sys.modules.get("belated._futures")
-    return function.func if futures is not None and type(function) is futures.EachOwnOutcome else function
-
-
 def _restore_source(function, filename, lines):
-    function = _unwrapped(function)
     function.__code__ = _in_file(function.__code__, filename)
     if lines is not None:
         # No modification time: linecache.checkcache keeps lines it cannot compare with a file.

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use belated_core::{
-    current_worker, placement, Graph, InputsLost, Recoverable, Runner, Settled, TaskId,
+    current_worker, placement, Graph, InputsLost, Recoverable, RetryErrors, Runner, Settled, TaskId,
 };
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -498,6 +498,8 @@ pub struct ClusterRunner<C: Codec, T> {
     suspect: Vec<AtomicBool>,
     running: Arc<Running>,
     batching: Batching,
+    /// How often a task that raised runs again.
+    retry: RetryErrors,
 }
 
 impl<C: Codec, T> fmt::Debug for ClusterRunner<C, T> {
@@ -547,6 +549,23 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
             suspect: graph.tasks().map(|_| AtomicBool::new(false)).collect(),
             running: Arc::new(Running::new(transport)),
             batching: Batching::default(),
+            retry: RetryErrors::default(),
+        }
+    }
+
+    /// Makes a task that raised run again, up to `limit` more times (distributed's `retries=`).
+    pub fn retrying_errors(mut self, limit: u32) -> Self {
+        self.retry = RetryErrors::new(limit, self.graph.len());
+        self
+    }
+
+    /// What a task whose run raised `error` gives the engine: the error, or, while it may run again,
+    /// a report that it is lost itself, its inputs kept for the next run.
+    fn raised(&self, task: TaskId, error: C::Error) -> Stop<C::Error> {
+        if self.retry.again(task) {
+            Stop::Lost(InputsLost(Vec::new()))
+        } else {
+            Stop::Failed(error)
         }
     }
 
@@ -736,7 +755,7 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                                 flags,
                                 &frames,
                             )
-                            .map_err(Stop::Failed);
+                            .map_err(|error| self.raised(task, error));
                         group.push(hand(&mut entries, *at, self.complete(task, evaluated)));
                     }
                     for (at, _, _) in &calls[parsed.end..end] {
@@ -1045,7 +1064,7 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         match outcome {
             Ok(reply) => self
                 .received(&prepared, worker, generation, result_id, flags, &reply)
-                .map_err(Stop::Failed),
+                .map_err(|error| self.raised(task, error)),
             Err(Failed::Cancelled) => Err(failed(Error::Cancelled)),
             // Killed by a cancel (of the computation, or of this task alone), or by close(): this
             // run is over either way, and the next one finds a new worker in its place.
@@ -1165,7 +1184,9 @@ impl<C: Codec, T: Transport> Runner for ClusterRunner<C, T> {
     }
 
     fn recompute_limit(&self) -> u32 {
-        u32::try_from(self.retries).map_or(u32::MAX, |retries| retries.saturating_add(1))
+        u32::try_from(self.retries)
+            .map_or(u32::MAX, |retries| retries.saturating_add(1))
+            .saturating_add(self.retry.limit())
     }
 
     fn batch_size(&self, ready: usize) -> usize {

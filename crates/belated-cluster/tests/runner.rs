@@ -954,6 +954,106 @@ fn a_task_that_raises_is_not_retried_and_its_error_comes_back_as_itself() {
     assert_eq!(h.workers.replaced.load(SeqCst), 0);
 }
 
+/// A call that raises on its first `failures` runs, naming the run, then sums its inputs.
+fn flaky(failures: usize) -> Op {
+    let runs = AtomicUsize::new(0);
+    Op::Call(Arc::new(move |inputs| {
+        let run = runs.fetch_add(1, SeqCst) + 1;
+        if run <= failures {
+            return Err(format!("boom {run}"));
+        }
+        Ok(Val {
+            n: inputs.iter().map(|v| v.n).sum::<i64>() + 1,
+            bytes: 8,
+        })
+    }))
+}
+
+impl Harness {
+    fn retrying_errors(mut self, limit: u32) -> Self {
+        let runner = Arc::try_unwrap(self.runner).unwrap_or_else(|_| panic!("runner shared"));
+        self.runner = Arc::new(runner.retrying_errors(limit));
+        self
+    }
+}
+
+#[test]
+fn a_task_that_raises_runs_again_on_the_engine_as_often_as_allowed_and_then_fails_with_its_last_error(
+) {
+    let program = Program::new(vec![(flaky(2), vec![])]);
+    let h = Harness::new(&program, 1, &[0], 0).retrying_errors(2);
+    let seen = Arc::new(Seen::default());
+    let values = h.compute(&[0], &seen).expect("the third run succeeds");
+    assert_eq!(values[0].local.map(|v| v.n), Some(1));
+    let failed_run = [("started", 0), ("no result", 0), ("undone", 0)];
+    let last = [("started", 0), ("finished", 0)];
+    assert_eq!(
+        *seen.0.lock(),
+        [&failed_run.repeat(2)[..], &last[..]].concat()
+    );
+    assert_eq!(h.workers.ran().len(), 3);
+    assert_eq!(
+        h.workers.replaced.load(SeqCst),
+        0,
+        "a raising task keeps its worker"
+    );
+
+    let program = Program::new(vec![(flaky(3), vec![])]);
+    let h = Harness::new(&program, 1, &[0], 0).retrying_errors(1);
+    match h.compute(&[0], &Arc::default()) {
+        Err(belated_core::Error::Task {
+            task: TaskId(0),
+            error: Failure::Task(message),
+        }) => assert_eq!(message, "boom 2", "the last run's error"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.workers.ran().len(), 2);
+}
+
+#[test]
+fn a_task_of_a_batch_that_raises_runs_again_with_its_inputs_and_the_others_once() {
+    let mut tasks: Vec<(Op, Vec<u32>)> = vec![(sum(8), vec![])];
+    tasks.extend((1..60).map(|_| (sum(8), vec![0])));
+    tasks[40] = (flaky(1), vec![0]);
+    let program = Program::new(tasks);
+    let outputs: Vec<u32> = (1..60).collect();
+    let h = Harness::new(&program, 1, &outputs, 0).retrying_errors(1);
+    let values = h
+        .compute(&outputs, &Arc::default())
+        .expect("every task ran");
+    for (task, held) in outputs.iter().zip(values) {
+        assert_eq!(held.local.map(|v| v.n), Some(2), "task {task}");
+    }
+    let events = h.workers.events();
+    let batches = events
+        .iter()
+        .filter(|e| matches!(e, Event::Batch(_, n) if *n > 1));
+    assert!(batches.count() > 0, "the tasks went in batches");
+    let first_run = events
+        .iter()
+        .position(|e| matches!(e, Event::Ran(40, ..)))
+        .expect("40 ran");
+    let batch_at = events[..first_run]
+        .iter()
+        .rposition(|e| matches!(e, Event::Batch(..)))
+        .expect("a batch came first");
+    let Event::Batch(_, calls) = events[batch_at] else {
+        unreachable!()
+    };
+    assert!(
+        calls > 1 && first_run - batch_at <= calls,
+        "40 first ran in a batch of {calls}"
+    );
+    let runs = |task| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Ran(t, ..) if *t == task))
+            .count()
+    };
+    assert_eq!(runs(40), 2);
+    assert!((1..60).filter(|&t| t != 40).all(|t| runs(t) == 1));
+}
+
 #[test]
 fn a_worker_killed_over_its_memory_limit_is_replaced_and_the_ending_says_why() {
     let why = "it was killed for using 3 GB, over its memory_limit of 2GB";

@@ -42,7 +42,7 @@ pub use executor::{
 };
 pub use graph::{Graph, Plan, TaskId};
 pub use node::{release_paced, Node, Payload, RELEASE_STEP};
-pub use recovery::InputsLost;
+pub use recovery::{InputsLost, RetryErrors};
 pub use registry::{kept_threads, PoolRegistry, KEPT_POOLS};
 pub use schedule::Schedule;
 pub use session::{Outcome, Session, Stopped, Wait};

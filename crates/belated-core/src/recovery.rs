@@ -17,15 +17,54 @@
 //!   inputs counts as a loss of the task itself, so no runner can requeue a task forever.
 //! - A lineage is never gone: every task can run again from the graph, down to those with no
 //!   inputs (values built by the caller among them).
+//! - A task that failed may run again on the same path ([`RetryErrors`], distributed's `retries=`):
+//!   its runner reports it lost itself, keeping its inputs, up to a number of times per task; the
+//!   failure of its last run is the task's.
 
 use rustc_hash::FxHashSet;
 use std::cmp::Reverse;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use crate::{lineage, Graph, Schedule, TaskId};
 
 /// Which inputs of a task were found lost, so that it could not run (see the module's policy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputsLost(pub Vec<TaskId>);
+
+/// How often each task of a computation may fail and run again (distributed's `retries=`). A runner
+/// asks [`RetryErrors::again`] when a task failed; on `true` it reports the task lost itself
+/// (`InputsLost` naming none), keeping its inputs, and the schedule runs it again as it runs a task
+/// whose worker died: observers, deadlines and cancel see every run. Those reports count towards
+/// [`crate::Runner::recompute_limit`], which must allow [`RetryErrors::limit`] of them besides its own.
+#[derive(Debug, Default)]
+pub struct RetryErrors {
+    limit: u32,
+    /// Per task, the failures counted; empty when nothing is retried.
+    failures: Box<[AtomicU32]>,
+}
+
+impl RetryErrors {
+    /// Each of `tasks` tasks may fail `limit` times and run again.
+    pub fn new(limit: u32, tasks: usize) -> Self {
+        let counted = if limit == 0 { 0 } else { tasks };
+        RetryErrors {
+            limit,
+            failures: (0..counted).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    /// How many times a task may fail and run again.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Counts a failure of `task`; whether it runs again.
+    pub fn again(&self, task: TaskId) -> bool {
+        self.failures
+            .get(task.index())
+            .is_some_and(|failures| failures.fetch_add(1, Relaxed) < self.limit)
+    }
+}
 
 /// The bookkeeping only a computation that lost results needs.
 #[derive(Debug)]

@@ -3,12 +3,13 @@
 //! the release bookkeeping checked.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use belated_core::{
-    run_inline_observed, Error, Graph, InputsLost, Observer, PlainHost, Runner, TaskId, ThreadPool,
+    run_inline_observed, Error, Graph, InputsLost, Observer, PlainHost, RetryErrors, Runner,
+    TaskId, ThreadPool,
 };
 use parking_lot::Mutex;
 use proptest::prelude::*;
@@ -421,4 +422,119 @@ fn a_report_naming_no_input_counts_against_the_task_itself() {
         ),
         "{outcome:?}"
     );
+}
+
+/// Task `i` computes `i + sum(inputs)`, but its first `failures[i]` runs fail, each with an error
+/// naming the run; a failed task runs again while [`RetryErrors`] allows.
+struct Flaky {
+    deps: Vec<Vec<TaskId>>,
+    failures: Vec<u32>,
+    runs: Vec<AtomicU32>,
+    retry: RetryErrors,
+}
+
+impl Flaky {
+    fn new(deps: Vec<Vec<TaskId>>, failures: Vec<u32>, limit: u32) -> Self {
+        let tasks = deps.len();
+        Flaky {
+            deps,
+            failures,
+            runs: (0..tasks).map(|_| AtomicU32::new(0)).collect(),
+            retry: RetryErrors::new(limit, tasks),
+        }
+    }
+
+    /// What a computation of `outputs` ends with: the sequential values, or the last failure of the
+    /// first task (in id order, the order inline runs) that fails more often than it may retry. Every
+    /// task of a graph runs, whichever are its outputs.
+    fn expected(&self, outputs: &[TaskId]) -> Result<Vec<i64>, (TaskId, String)> {
+        let limit = self.retry.limit();
+        if let Some(task) = (0..self.deps.len() as u32)
+            .map(TaskId)
+            .find(|t| self.failures[t.index()] > limit)
+        {
+            return Err((task, format!("run {} of {task}", limit + 1)));
+        }
+        let values = sequential(&self.deps);
+        Ok(outputs.iter().map(|t| values[t.index()]).collect())
+    }
+}
+
+impl Runner for Flaky {
+    type Value = i64;
+    type Error = String;
+
+    fn run(&self, _task: TaskId, _inputs: &[i64]) -> Result<i64, String> {
+        unreachable!("the engine calls run_recoverable")
+    }
+
+    fn run_recoverable(
+        &self,
+        task: TaskId,
+        inputs: &mut Vec<i64>,
+    ) -> Result<Result<i64, String>, InputsLost> {
+        assert_eq!(
+            inputs.len(),
+            self.deps[task.index()].len(),
+            "a task run again has its inputs again"
+        );
+        let run = self.runs[task.index()].fetch_add(1, SeqCst) + 1;
+        if run > self.failures[task.index()] {
+            return Ok(Ok(task.0 as i64 + inputs.iter().sum::<i64>()));
+        }
+        if self.retry.again(task) {
+            return Err(InputsLost(Vec::new()));
+        }
+        Ok(Err(format!("run {run} of {task}")))
+    }
+
+    fn recompute_limit(&self) -> u32 {
+        self.retry.limit()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn failed_tasks_run_again_as_often_as_allowed(
+        deps in dags(40),
+        failures in prop::collection::vec(prop_oneof![4 => Just(0u32), 1 => 1u32..4], 40),
+        limit in 0u32..4,
+        pick in prop::collection::vec(any::<prop::sample::Index>(), 1..4),
+        on_pool in any::<bool>(),
+    ) {
+        let outputs = outputs_of(&deps, &pick);
+        let failures = failures[..deps.len()].to_vec();
+        let runner = Arc::new(Flaky::new(deps.clone(), failures.clone(), limit));
+        let expected = runner.expected(&outputs);
+        let log = Arc::new(Log::default());
+        let graph = Graph::from_deps::<String, _, _>(deps.clone()).unwrap();
+        let outcome = if on_pool {
+            let pool = ThreadPool::new(3, Arc::new(PlainHost)).unwrap();
+            let handle = pool.submit_observed(graph, outputs.clone(), Arc::clone(&runner), Some(log.clone() as _));
+            prop_assert!(handle.wait_timeout(TIMEOUT), "the computation hung");
+            let outcome = handle.result();
+            pool.shutdown();
+            outcome
+        } else {
+            run_inline_observed(graph, outputs.clone(), Arc::clone(&runner), Some(log.clone() as _))
+        };
+        match (outcome, expected) {
+            (Ok(values), Ok(want)) => prop_assert_eq!(values, want),
+            // On a pool, another task failing for good may come first.
+            (Err(Error::Task { task, error }), Err((first, message))) => {
+                prop_assert!(failures[task.index()] > limit, "{} failed though it may retry", task);
+                if !on_pool {
+                    prop_assert_eq!((task, error), (first, message));
+                }
+            }
+            (outcome, expected) => prop_assert!(false, "{:?} where {:?} was expected", outcome, expected),
+        }
+        for task in (0..deps.len() as u32).map(TaskId) {
+            let runs = runner.runs[task.index()].load(SeqCst);
+            prop_assert!(runs <= limit + 1, "{} ran {} times", task, runs);
+            prop_assert_eq!(log.count(task, Seen::Started) as u32, runs, "every run of {} is seen", task);
+        }
+    }
 }

@@ -131,21 +131,22 @@ impl ClusterShared {
 pub(crate) type ClusterRunner = belated_cluster::ClusterRunner<PyCodec, Workers>;
 
 /// A runner of `graph` on `cluster`, each task passing `guard`: its `outputs` come back, or with
-/// `keep` stay in their workers (a persist). The tasks in `kept` ([`kept_here`]) use the result an
+/// `keep` stay in their workers (a persist); a task that raised runs again `retry_errors` times. The tasks in `kept` ([`kept_here`]) use the result an
 /// earlier persist left in this cluster's workers where it is.
 pub(crate) fn cluster_runner(
     cluster: &ClusterShared,
     nodes: &Arc<[Arc<TaskNode>]>,
     (graph, outputs): (&Graph, &[TaskId]),
     (guard, kept): (TaskGuard, FxHashMap<u32, Held<PyValue>>),
-    (retries, keep): (usize, bool),
+    (retries, retry_errors, keep): (usize, u32, bool),
 ) -> ClusterRunner {
     let codec = PyCodec {
         nodes: Arc::clone(nodes),
         guard,
         kept,
     };
-    let runner = ClusterRunner::new(&cluster.runtime, codec, graph, outputs, retries);
+    let runner = ClusterRunner::new(&cluster.runtime, codec, graph, outputs, retries)
+        .retrying_errors(retry_errors);
     if keep {
         runner.keeping(outputs)
     } else {

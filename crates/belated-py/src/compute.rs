@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use belated_cluster::Running;
 use belated_core::concurrency::Ramp;
 use belated_core::{
-    on_worker_thread, run_inline_each, run_inline_observed, Fanout, Observer, Outputs, Plan,
-    PoolRegistry, Runner, Session, Stopped, TaskId, ThreadPool, Wait,
+    on_worker_thread, run_inline_each, run_inline_observed, Fanout, InputsLost, Observer, Outputs,
+    Plan, PoolRegistry, RetryErrors, Runner, Session, Stopped, TaskId, ThreadPool, Wait,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -75,6 +75,8 @@ struct PyRunner {
     guard: TaskGuard,
     /// Set for computations of dask collections on threads, as `belated.get` runs them.
     ramp: Option<MeasuredRamp>,
+    /// How often a task that raised runs again (a Client's `retries=`).
+    retry: RetryErrors,
 }
 
 impl Runner for PyRunner {
@@ -88,18 +90,30 @@ impl Runner for PyRunner {
     }
 
     /// Releases many inputs here rather than leaving them to the engine: a fan-in task's inputs are
-    /// a million values, and other threads get the interpreter while they go.
-    fn run_owned(&self, task: TaskId, inputs: &mut Vec<PyValue>) -> PyResult<PyValue> {
+    /// a million values, and other threads get the interpreter while they go. A task that raised and
+    /// may run again ([`RetryErrors`]) keeps its inputs for that run.
+    fn run_recoverable(
+        &self,
+        task: TaskId,
+        inputs: &mut Vec<PyValue>,
+    ) -> Result<PyResult<PyValue>, InputsLost> {
         let value = Python::attach(|py| {
             let result = self.evaluate(py, task, inputs);
+            if result.is_err() && self.retry.again(task) {
+                return Err(InputsLost(Vec::new()));
+            }
             if inputs.len() < ITEMS_PER_CHECK {
-                return result;
+                return Ok(result);
             }
             let released = release(py, inputs.drain(..));
-            result.and_then(|value| released.map(|()| value))
+            Ok(result.and_then(|value| released.map(|()| value)))
         });
         self.task_done();
         value
+    }
+
+    fn recompute_limit(&self) -> u32 {
+        self.retry.limit()
     }
 
     fn concurrency(&self) -> usize {
@@ -280,6 +294,8 @@ struct Run<'a, 'py> {
     callbacks: &'a Bound<'py, PyTuple>,
     deadline: Option<Deadline>,
     retries: usize,
+    /// How many more times a task that raised runs.
+    retry_errors: u32,
     /// Whether a failed task fails only the outputs downstream of it (a Client's futures).
     keep_going: bool,
     /// Whether the outputs stay in the cluster's workers, each coming back as a `Kept` (a Client's
@@ -468,6 +484,7 @@ fn run_plan(
         callbacks: _,
         deadline,
         retries,
+        retry_errors,
         keep_going,
         keep,
         ramp,
@@ -519,10 +536,12 @@ fn run_plan(
         running: None,
         outputs: Vec::new(),
     };
+    let tasks = graph.len();
     let runner = |guard| PyRunner {
         nodes: Arc::clone(&nodes),
         guard,
         ramp: None,
+        retry: RetryErrors::new(retry_errors, tasks),
     };
     let result = match mode {
         Mode::Inline if keep_going => {
@@ -550,7 +569,7 @@ fn run_plan(
                 &nodes,
                 (&graph, &outputs),
                 (guard, kept),
-                (retries, keep),
+                (retries, retry_errors, keep),
             );
             let watch = Watch {
                 running: Some(Arc::clone(runner.running())),
@@ -646,10 +665,14 @@ enum Ran<V, E> {
 ///
 /// With `ramp` (set for dask collections' graphs), the threads scheduler lets as many threads take
 /// tasks as measurably pays, as `belated.get` does.
+///
+/// A task whose worker process dies runs again `retries` more times; one that raised runs again
+/// `retry_errors` more times (a Client's `retries=`, as in distributed).
 #[pyfunction]
 #[pyo3(signature = (
     objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None, persist=false,
-    retries=1, cluster=None, cancel=None, each=None, computed=0, keep=false, ramp=false
+    retries=1, cluster=None, cancel=None, each=None, computed=0, keep=false, ramp=false,
+    retry_errors=0
 ))]
 #[allow(clippy::too_many_arguments)] // compute's keyword arguments, as Python passes them
 pub(crate) fn compute<'py>(
@@ -668,6 +691,7 @@ pub(crate) fn compute<'py>(
     computed: usize,
     keep: bool,
     ramp: bool,
+    retry_errors: u32,
 ) -> PyResult<Bound<'py, PyAny>> {
     catch_panics(|| {
         if persist && each.is_some() {
@@ -681,6 +705,7 @@ pub(crate) fn compute<'py>(
             callbacks: &callbacks.cloned().unwrap_or_else(|| PyTuple::empty(py)),
             deadline: timeout.map(Deadline::after).transpose()?.flatten(),
             retries,
+            retry_errors,
             keep_going: each.is_some(),
             keep,
             ramp,
