@@ -599,6 +599,28 @@ def test_import_statements_reach_dasks_submodules_as_dasks_own_modules():
     assert belated.diagnostics.__name__ == "belated.diagnostics"
 
 
+def test_from_belated_delayed_import_is_belateds_own_as_from_dask_delayed_is_dasks():
+    # A port of `from dask.delayed import delayed` loaded dask's module there, which the import system
+    # then set on the package in place of belated's function: every later belated.delayed(...) failed.
+    for lib in (belated, dask):
+        importlib.import_module(f"{lib.__name__}.delayed")
+        module = sys.modules[f"{lib.__name__}.delayed"]
+        assert module.delayed is lib.delayed and callable(lib.delayed)
+        assert isinstance(module.delayed(inc)(1), module.Delayed)
+        assert isinstance(lib.delayed(1), module.Delayed)
+    from belated.delayed import unpack_collections
+    from belated.tokenize import TokenizationError, normalize_token, tokenize
+
+    # dask's own `import dask.tokenize` replaces dask.tokenize by the module; belated's stays a function
+    assert tokenize is belated.tokenize and tokenize(1) == belated.tokenize(1)
+    assert unpack_collections is sys.modules["dask.delayed"].unpack_collections
+    assert normalize_token is dask.tokenize.normalize_token
+    assert TokenizationError is belated.TokenizationError
+    assert belated.delayed(inc)(1).compute() == 2
+    with pytest.raises(AttributeError, match="no_such_name"):
+        belated.delayed.no_such_name  # noqa: B018
+
+
 def test_without_dask_the_error_names_the_extra():
     script = (
         "import sys\n"
