@@ -566,6 +566,23 @@ def test_top_level_helpers_are_dasks():
         pass
 
 
+@BACKENDS
+def test_is_dask_collection_does_not_build_a_dataframes_graph(lib):
+    # belated called __dask_graph__(), which builds and optimizes a dask-expr collection's whole graph.
+    pytest.importorskip("pandas")
+    collection = pytest.importorskip("dask.dataframe.dask_expr._collection")
+
+    class Unbuilt(dask._expr.Expr):
+        @property
+        def _meta(self):
+            return 0
+
+        def __dask_graph__(self):
+            raise AssertionError("the graph was built")
+
+    assert lib.is_dask_collection(collection.new_collection(Unbuilt()))
+
+
 def test_import_belated_as_dask_reaches_dasks_submodules():
     import dask.array
     import dask.utils
