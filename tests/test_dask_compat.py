@@ -733,6 +733,30 @@ def test_classes_redefined_in_main_and_array_layouts_get_the_keys_and_values_das
     assert outputs[0].splitlines()[0] == "True False False"
 
 
+@BACKENDS
+def test_arrays_alike_in_values_and_memory_order_share_a_pure_key_as_in_dask(lib):
+    # The token counted strides: a stepped slice and its copy (or an empty array and its pickled copy)
+    # got two keys where dask gives one.
+    np = pytest.importorskip("numpy")
+    values = np.arange(12.0)
+    alike = [
+        (values[::2], values[::2].copy()),
+        (np.array([]), pickle.loads(pickle.dumps(np.array([])))),
+        (values.reshape(3, 4)[:, ::2], values.reshape(3, 4)[:, ::2].copy()),
+        (values[::-1], values[::-1].copy()),
+    ]
+    unlike = [  # the same numbers, held in another order
+        (values.reshape(3, 4), np.asfortranarray(values.reshape(3, 4))),
+        (np.asfortranarray(values.reshape(3, 4))[:, ::2], values.reshape(3, 4)[:, ::2].copy()),
+    ]
+
+    def key(array):
+        return lib.delayed(np.ravel, pure=True)(array, order="K").key
+
+    assert [key(a) == key(b) for a, b in alike] == [True] * len(alike)
+    assert [key(a) == key(b) for a, b in unlike] == [False] * len(unlike)
+
+
 # --- dask's own configuration, when the program imported dask -----------------------------------------
 
 
