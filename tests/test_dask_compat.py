@@ -566,6 +566,23 @@ def test_top_level_helpers_are_dasks():
         pass
 
 
+@BACKENDS
+def test_is_dask_collection_does_not_build_a_dataframes_graph(lib):
+    # belated called __dask_graph__(), which builds and optimizes a dask-expr collection's whole graph.
+    pytest.importorskip("pandas")
+    collection = pytest.importorskip("dask.dataframe.dask_expr._collection")
+
+    class Unbuilt(dask._expr.Expr):
+        @property
+        def _meta(self):
+            return 0
+
+        def __dask_graph__(self):
+            raise AssertionError("the graph was built")
+
+    assert lib.is_dask_collection(collection.new_collection(Unbuilt()))
+
+
 def test_import_belated_as_dask_reaches_dasks_submodules():
     import dask.array
     import dask.utils
@@ -597,6 +614,28 @@ def test_import_statements_reach_dasks_submodules_as_dasks_own_modules():
     import belated.diagnostics  # belated's own module, not dask.diagnostics
 
     assert belated.diagnostics.__name__ == "belated.diagnostics"
+
+
+def test_from_belated_delayed_import_is_belateds_own_as_from_dask_delayed_is_dasks():
+    # A port of `from dask.delayed import delayed` loaded dask's module there, which the import system
+    # then set on the package in place of belated's function: every later belated.delayed(...) failed.
+    for lib in (belated, dask):
+        importlib.import_module(f"{lib.__name__}.delayed")
+        module = sys.modules[f"{lib.__name__}.delayed"]
+        assert module.delayed is lib.delayed and callable(lib.delayed)
+        assert isinstance(module.delayed(inc)(1), module.Delayed)
+        assert isinstance(lib.delayed(1), module.Delayed)
+    from belated.delayed import unpack_collections
+    from belated.tokenize import TokenizationError, normalize_token, tokenize
+
+    # dask's own `import dask.tokenize` replaces dask.tokenize by the module; belated's stays a function
+    assert tokenize is belated.tokenize and tokenize(1) == belated.tokenize(1)
+    assert unpack_collections is sys.modules["dask.delayed"].unpack_collections
+    assert normalize_token is dask.tokenize.normalize_token
+    assert TokenizationError is belated.TokenizationError
+    assert belated.delayed(inc)(1).compute() == 2
+    with pytest.raises(AttributeError, match="no_such_name"):
+        belated.delayed.no_such_name  # noqa: B018
 
 
 def test_without_dask_the_error_names_the_extra():
@@ -692,6 +731,30 @@ def test_classes_redefined_in_main_and_array_layouts_get_the_keys_and_values_das
     ]
     assert outputs[0] == outputs[1]
     assert outputs[0].splitlines()[0] == "True False False"
+
+
+@BACKENDS
+def test_arrays_alike_in_values_and_memory_order_share_a_pure_key_as_in_dask(lib):
+    # The token counted strides: a stepped slice and its copy (or an empty array and its pickled copy)
+    # got two keys where dask gives one.
+    np = pytest.importorskip("numpy")
+    values = np.arange(12.0)
+    alike = [
+        (values[::2], values[::2].copy()),
+        (np.array([]), pickle.loads(pickle.dumps(np.array([])))),
+        (values.reshape(3, 4)[:, ::2], values.reshape(3, 4)[:, ::2].copy()),
+        (values[::-1], values[::-1].copy()),
+    ]
+    unlike = [  # the same numbers, held in another order
+        (values.reshape(3, 4), np.asfortranarray(values.reshape(3, 4))),
+        (np.asfortranarray(values.reshape(3, 4))[:, ::2], values.reshape(3, 4)[:, ::2].copy()),
+    ]
+
+    def key(array):
+        return lib.delayed(np.ravel, pure=True)(array, order="K").key
+
+    assert [key(a) == key(b) for a, b in alike] == [True] * len(alike)
+    assert [key(a) == key(b) for a, b in unlike] == [False] * len(unlike)
 
 
 # --- dask's own configuration, when the program imported dask -----------------------------------------

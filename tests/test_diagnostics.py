@@ -304,6 +304,42 @@ def test_dasks_own_diagnostics_observe_a_belated_compute_as_they_observe_dask():
     assert events == [], "unregistered after the with block"
 
 
+def test_belateds_diagnostics_observe_dasks_own_schedulers_as_dasks_diagnostics_do():
+    """With import belated as dask, the diagnostics are belated's: around a dask array's own compute they
+    heard nothing (no bar, no profile) where dask's do."""
+    pytest.importorskip("numpy")
+    da = pytest.importorskip("dask.array")
+    import dask.diagnostics
+
+    array = da.ones((4, 4), chunks=2).sum()
+
+    def name(key):  # dask's finalize task has a new random token in each compute
+        return re.sub("-[0-9a-f]{32}$", "", key) if isinstance(key, str) else key
+
+    def observe(diagnostics, **compute):
+        events = []
+        recorder = diagnostics.Callback(
+            start=lambda dsk: events.append(("start", len(dsk))),
+            start_state=lambda dsk, state: events.append(("start_state", len(state["finished"]))),
+            pretask=lambda key, dsk, state: events.append(("pretask", name(key), key in dsk)),
+            posttask=lambda key, result, dsk, state, worker: events.append(("posttask", name(key), worker)),
+            finish=lambda dsk, state, errored: events.append(("finish", len(state["finished"]), errored)),
+        )
+        out = io.StringIO()
+        with recorder, diagnostics.ProgressBar(out=out), diagnostics.Profiler() as profiler:
+            assert array.compute(**compute) == 16
+        bars = out.getvalue().count("100% Completed")
+        return events, bars, sorted(repr(name(row.key)) for row in profiler.results)
+
+    dask_events, dask_bars, dask_profile = observe(dask.diagnostics, scheduler="sync")
+    assert observe(belated.diagnostics, scheduler="sync") == (dask_events, dask_bars, dask_profile)
+    assert dask_bars == 1 and len(dask_profile) == 6
+    # On belated.get, the engine's own callbacks report each task once, not a second time through dask's.
+    events, bars, profile = observe(belated.diagnostics, scheduler=belated.get)
+    pretasks = [repr(event[1]) for event in events if event[0] == "pretask"]
+    assert bars == 1 and len(pretasks) == len(set(pretasks)) == len(profile) == 6
+
+
 def test_a_dask_progress_bar_is_finished_when_a_belated_task_fails():
     pytest.importorskip("dask")
     from dask.diagnostics import ProgressBar as DaskProgressBar

@@ -106,6 +106,10 @@ _DASK_SUBMODULES = frozenset({
 _submodules.install(
     own=frozenset(module.name for module in pkgutil.iter_modules(__path__)),
     dask_submodules=_DASK_SUBMODULES,
+    overlays={
+        "delayed": {"delayed": delayed, "Delayed": Delayed},
+        "tokenize": {"tokenize": tokenize, "TokenizationError": TokenizationError},
+    },
 )
 
 

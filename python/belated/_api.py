@@ -378,7 +378,14 @@ def is_dask_collection(x):
     if isinstance(x, type):
         return False
     graph = getattr(x, "__dask_graph__", None)
-    return callable(graph) and graph() is not None
+    if not callable(graph):
+        return False
+    dask_base = sys.modules.get("dask.base")
+    if dask_base is not None:
+        # dask knows the collections that answer without building their graph (a dask-expr DataFrame
+        # builds and optimizes its whole expression in __dask_graph__).
+        return dask_base.is_dask_collection(x)
+    return graph() is not None
 
 
 def optimize(*args, traverse=True, **kwargs):

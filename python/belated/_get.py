@@ -1,7 +1,6 @@
 """``belated.get``: dask's scheduler interface, so dask's own collections run on belated's engine."""
 
 import contextvars
-import time
 from collections.abc import Mapping
 
 from belated import _belated, config
@@ -68,7 +67,7 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **
             values = compute(*tasks, scheduler=scheduler, num_workers=num_workers, timeout=timeout)
         return _shaped(keys, wanted, values)
     with local_callbacks(callbacks) as dask_callbacks:
-        listeners = [normalize_callback(cb) for cb in dask_callbacks]
+        listeners = [normalize_callback(cb) for cb in _diagnostics.dask_own(dask_callbacks)]
         listeners += [cb._callback for cb in _diagnostics.Callback.active]
         if not listeners:
             # The engine reads the graph's task spec nodes as they are, converting legacy tasks only
@@ -145,35 +144,13 @@ def _nest(keys, results):
     return results[keys]
 
 
-class GetState(dict):
-    """What ``belated.get`` hands callbacks as the scheduler state: dask's state dict (``waiting``,
-    ``running``, ``finished``, ``cache`` …, kept up to date) that also answers ``belated.diagnostics``'
-    ``total``, ``done``, ``failed``, ``elapsed`` and ``profile()``."""
+class GetState(_diagnostics.SchedulerState):
+    """What ``belated.get`` hands callbacks as the scheduler state: dask's state dict, kept up to date."""
 
     def __init__(self, dsk):
-        super().__init__(
-            cache={},
-            ready=[],
-            running=set(),
-            waiting={key: set() for key in dsk},
-            finished=set(),
-            released=set(),
-        )
-        self.total = len(dsk)
-        self.failed = 0
-        self._began = time.perf_counter()
-        self._spans = {}
-
-    @property
-    def done(self):
-        return len(self["finished"])
-
-    @property
-    def elapsed(self):
-        return time.perf_counter() - self._began
-
-    def profile(self):
-        return [(key, *span) for key, span in self._spans.items() if len(span) == 3]
+        waiting = {key: set() for key in dsk}
+        state = dict(cache={}, ready=[], running=set(), waiting=waiting, finished=set(), released=set())
+        super().__init__(state, total=len(dsk))
 
 
 def _run_with_callbacks(dsk, wanted, num_workers, timeout, listeners, order):
@@ -193,14 +170,14 @@ def _run_with_callbacks(dsk, wanted, num_workers, timeout, listeners, order):
         def pretask(key):
             state["waiting"].pop(key, None)
             state["running"].add(key)
-            state._spans[key] = [time.perf_counter()]
+            state.began(key)
             for f in pretasks:
                 f(key, dsk, state)
 
         def posttask(key, value, worker):
             state["running"].discard(key)
             state["finished"].add(key)
-            state._spans[key] += [time.perf_counter(), worker]
+            state.ended(key, worker)
             for f in posttasks:
                 f(key, value, dsk, state, worker)
 

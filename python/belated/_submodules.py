@@ -4,6 +4,11 @@ Attribute access (``belated.array``) goes through the package's ``__getattr__``;
 goes through the import system instead, which looks for a file in belated's directory and finds none.
 This finder answers those imports with dask's module itself, so ``belated.array is dask.array`` and
 its classes are dask's (a second copy loaded under another name would make ``isinstance`` lie).
+
+``delayed`` and ``tokenize`` are both a module and a function in dask, and only a function in belated.
+Importing dask's module there would make the import system set it as belated's attribute, replacing
+belated's ``delayed`` for every user of the package, and ``from belated.delayed import delayed`` would
+be dask's. Those names are :class:`Overlay` modules in ``sys.modules`` instead.
 """
 
 import importlib
@@ -69,7 +74,40 @@ class Alias(importlib.abc.Loader):
         sys.modules[module.__name__] = importlib.import_module(self.target)
 
 
-def install(own: frozenset[str], dask_submodules: frozenset[str]) -> None:
+class Overlay(ModuleType):
+    """``belated.<name>`` as a module where belated's attribute of that name is a function.
+
+    An import that finds the module in ``sys.modules`` sets no attribute on the package, so
+    ``belated.delayed`` stays the function (as ``dask.delayed`` stays dask's). The names given are
+    belated's own; any other is read from dask's module of that name.
+    """
+
+    def __init__(self, name: str, own: dict[str, object]) -> None:
+        super().__init__(f"{PACKAGE}.{name}")
+        self.__spec__ = importlib.machinery.ModuleSpec(self.__name__, None)
+        self.__dict__.update(own)
+
+    def __getattr__(self, name: str) -> object:
+        dask_name = f"dask.{self.__name__.partition('.')[2]}"
+        if name.startswith("__"):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        try:
+            module = importlib.import_module(dask_name)
+        except ModuleNotFoundError as error:
+            if error.name not in ("dask", dask_name):
+                raise
+            raise AttributeError(
+                f"{self.__name__}.{name} would be {dask_name}.{name}, and dask is not installed: "
+                "pip install 'belated[dask]'"
+            ) from None
+        return getattr(module, name)
+
+
+def install(
+    own: frozenset[str], dask_submodules: frozenset[str], overlays: dict[str, dict[str, object]]
+) -> None:
+    for name, names in overlays.items():
+        sys.modules.setdefault(f"{PACKAGE}.{name}", Overlay(name, names))
     # First in line: once ``belated.array`` is dask's package, the path finder would otherwise load
     # ``belated.array.core`` from dask's directory a second time, under belated's name.
     if not any(isinstance(finder, DaskSubmodules) for finder in sys.meta_path):

@@ -194,10 +194,19 @@ def _normalize_array(obj):
     if module == "numpy" and type(obj).__name__ == "ndarray" and obj.dtype.hasobject is False:
         data = obj if obj.flags.c_contiguous else obj.copy(order="C")
         digest = hashlib.sha1(data.reshape(-1).view("uint8"), usedforsecurity=False).hexdigest()
-        # The layout (strides) counts: the same numbers in C and Fortran order read differently in
-        # memory order. So do the fields of a structured dtype, which its `str` leaves out.
-        return ("ndarray", obj.dtype.str, repr(obj.dtype.descr), obj.shape, obj.strides, digest)
+        # So do the fields of a structured dtype, which its `str` leaves out.
+        return ("ndarray", obj.dtype.str, repr(obj.dtype.descr), obj.shape, _layout(obj), digest)
     return None
+
+
+def _layout(array):
+    """The order memory holds an array's axes in, outermost first: the order ``ravel(order="K")``
+    reads them in. The same numbers in C and Fortran order differ there; a slice with a step (or
+    reversed) and its copy do not, though their strides do (as an empty array's do after pickling),
+    and dask gives them one token."""
+    strides = zip(array.strides, array.shape, strict=True)
+    axes = sorted((-abs(stride), axis) for axis, (stride, size) in enumerate(strides) if size > 1)
+    return tuple(axis for _, axis in axes)
 
 
 def _by_pickle(obj, by_value=False):

@@ -88,11 +88,20 @@ class Callback:
         self.unregister()
 
     def register(self) -> None:
-        """Makes every computation report to this callback until :meth:`unregister`."""
+        """Makes every computation report to this callback until :meth:`unregister`: belated's, and
+        those of dask's own local schedulers (a dask array's ``compute()``) when dask is loaded."""
         Callback.active.add(self)
+        dask_callbacks = sys.modules.get("dask.callbacks")
+        if dask_callbacks is not None:
+            self._dask_hooks = _DaskHooks.of(self)
+            dask_callbacks.Callback.active.add(self._dask_hooks)
 
     def unregister(self) -> None:
         Callback.active.discard(self)
+        dask_callbacks = sys.modules.get("dask.callbacks")
+        hooks = self.__dict__.pop("_dask_hooks", None)
+        if dask_callbacks is not None and hooks is not None:
+            dask_callbacks.Callback.active.discard(hooks)
 
 
 # The registered callbacks that a running computation reports to. As in dask's ``local_callbacks``, a
@@ -109,7 +118,7 @@ def claimed_callbacks():
     ``ProgressBar``, ``Profiler``, ...), called as dask's local scheduler calls them. A callback
     registered while the computation runs (inside one of its tasks, say) serves the next one."""
     dask_callbacks = sys.modules.get("dask.callbacks")
-    registered = [*Callback.active, *(dask_callbacks.Callback.active if dask_callbacks else ())]
+    registered = [*Callback.active, *dask_own(dask_callbacks.Callback.active if dask_callbacks else ())]
     with _CLAIMED_LOCK:
         mine = [callback for callback in registered if callback not in _CLAIMED]
         _CLAIMED.update(mine)
@@ -120,6 +129,117 @@ def claimed_callbacks():
     finally:
         with _CLAIMED_LOCK:
             _CLAIMED.difference_update(mine)
+
+
+def dask_own(callbacks):
+    """dask's callback tuples less those belated's own callbacks registered for dask's schedulers: a
+    belated computation finds those callbacks as themselves."""
+    return [callback for callback in callbacks if not isinstance(callback, _DaskHooks)]
+
+
+class SchedulerState(dict):
+    """dask's local scheduler state (``waiting``, ``running``, ``finished``, ``cache`` ...) that also
+    answers belated's ``total``, ``done``, ``failed``, ``elapsed`` and ``profile()``. It holds the given
+    state's own containers, so it follows a dask scheduler that updates them in place."""
+
+    def __init__(self, state, total):
+        super().__init__(state)
+        self.total = total
+        self.failed = 0
+        self._began = time.perf_counter()
+        self._spans = {}
+
+    @property
+    def done(self):
+        return len(self["finished"])
+
+    @property
+    def elapsed(self):
+        return time.perf_counter() - self._began
+
+    def began(self, key):
+        self._spans[key] = [time.perf_counter()]
+
+    def ended(self, key, worker):
+        self._spans[key] += [time.perf_counter(), worker]
+
+    def profile(self):
+        return [(key, *span) for key, span in self._spans.items() if len(span) == 3]
+
+
+class _DaskHooks(tuple):
+    """A belated callback as dask's local schedulers call it (dask's callback tuple), so a progress bar
+    or profiler registered with belated observes a dask collection's ``compute()`` too. The callback
+    sees dask's state as a :class:`SchedulerState` and dask's keys as they are; as in a belated compute,
+    it serves one computation at a time."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, callback):
+        hooks = _DaskRun(callback)
+        timed = callback._wants_profile
+        _, _, pretask, posttask, _ = callback._callback
+        return cls(
+            (
+                hooks.start,
+                hooks.start_state,
+                hooks.pretask if pretask or timed else None,
+                hooks.posttask if posttask or timed else None,
+                hooks.finish,
+            )
+        )
+
+
+class _DaskRun:
+    """The hooks of one belated callback for dask's schedulers, and the computation it serves."""
+
+    def __init__(self, callback):
+        self._callback = callback
+        self._state = None
+
+    def start(self, dsk):
+        with _CLAIMED_LOCK:
+            if self._callback in _CLAIMED:
+                return
+            _CLAIMED.add(self._callback)
+        self._state = SchedulerState({}, 0)
+        if start := self._callback._callback[0]:
+            start(dsk)
+
+    def start_state(self, dsk, state):
+        if self._state is None:
+            return
+        total = len(state["finished"]) + sum(len(state[name]) for name in ("ready", "waiting", "running"))
+        self._state = SchedulerState(state, total)
+        if start_state := self._callback._callback[1]:
+            start_state(dsk, self._state)
+
+    def pretask(self, key, dsk, state):
+        if self._state is None:
+            return
+        self._state.began(key)
+        if pretask := self._callback._callback[2]:
+            pretask(key, dsk, self._state)
+
+    def posttask(self, key, result, dsk, state, worker_id):
+        if self._state is None:
+            return
+        self._state.ended(key, worker_id)
+        if posttask := self._callback._callback[3]:
+            posttask(key, result, dsk, self._state, worker_id)
+
+    def finish(self, dsk, state, errored):
+        served, self._state = self._state, None
+        if served is None:
+            return
+        try:
+            served.failed = int(errored)
+            if finish := self._callback._callback[4]:
+                finish(dsk, served, errored)
+        finally:
+            with _CLAIMED_LOCK:
+                _CLAIMED.discard(self._callback)
 
 
 class _DaskCallback:

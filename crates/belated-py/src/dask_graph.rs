@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyKeyError, PyRuntimeError};
+use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -303,15 +303,16 @@ fn start_visit<'py>(
     slot: usize,
 ) -> PyResult<Option<Visit<'py>>> {
     let Some(node) = dsk.get_item(&key)? else {
-        let message = match parent {
-            Some(parent) => format!(
-                "{} is needed by {} but is not in the graph",
-                key.repr()?,
+        // dask's schedulers: a wanted key that is not there is a KeyError, a missing dependency a
+        // ValueError, with dask's message.
+        return Err(match parent {
+            Some(parent) => PyValueError::new_err(format!(
+                "Missing dependency {} for dependents {{{}}}",
+                key.str()?,
                 parent.repr()?
-            ),
-            None => format!("{} is not in the graph", key.repr()?),
-        };
-        return Err(PyKeyError::new_err(message));
+            )),
+            None => PyKeyError::new_err(format!("{} is not in the graph", key.repr()?)),
+        });
     };
     if !node.is_instance(&spec.graph_node)? {
         return Ok(None);
