@@ -35,6 +35,40 @@ def heartbeats_between(action, first="start", last="end"):
     return events[events.index(first) : end].count("beat")
 
 
+def counting_overlaps(body):
+    """A task ``task(i)`` that runs ``body(running)`` and returns ``i``, where ``running`` counts the
+    tasks running when it started, itself included; and the list of those counts, in start order."""
+    lock = threading.Lock()
+    running = [0]
+    at_start = []
+
+    def task(i):
+        with lock:
+            running[0] += 1
+            at_start.append(running[0])
+            beside = running[0]
+        try:
+            body(beside)
+        finally:
+            with lock:
+                running[0] -= 1
+        return i
+
+    return task, at_start
+
+
+def slowed_beside_another(running):
+    """A task body that holds the interpreter (a loop of bytecode) and takes 40 times longer when it
+    starts beside another task, so that the task rates of one and two threads leave no doubt whatever
+    else the machine runs. It keeps a core busy while slowed, as contending for a lock does."""
+    for _ in range(20_000):
+        pass
+    if running > 1:
+        until = time.perf_counter() + 0.02
+        while time.perf_counter() < until:
+            pass
+
+
 @contextlib.contextmanager
 def closing_distributed_clients():
     """On leaving, closes the Clients that distributed's own tasks made (get_client, worker_client):

@@ -31,7 +31,7 @@ dd = pytest.importorskip("dask.dataframe")
 from dask._task_spec import GraphNode  # noqa: E402
 from dask.callbacks import Callback  # noqa: E402
 from dask.utils_test import GetFunctionTestMixin, add, inc  # noqa: E402
-from helpers import heartbeats_between  # noqa: E402
+from helpers import counting_overlaps, heartbeats_between, slowed_beside_another  # noqa: E402
 
 
 class TestGetFunction(GetFunctionTestMixin):
@@ -793,28 +793,6 @@ def test_other_python_threads_run_while_builtin_dask_tasks_compute():
     assert beats_during >= 3, f"the heartbeat ran {beats_during} times during the get"
 
 
-def counting_overlaps(body):
-    """A task ``task(i)`` that runs ``body(running)`` and returns ``i``, where ``running`` counts the
-    tasks running when it started, itself included; and the list of those counts, in start order."""
-    lock = threading.Lock()
-    running = [0]
-    at_start = []
-
-    def task(i):
-        with lock:
-            running[0] += 1
-            at_start.append(running[0])
-            beside = running[0]
-        try:
-            body(beside)
-        finally:
-            with lock:
-                running[0] -= 1
-        return i
-
-    return task, at_start
-
-
 def test_tasks_that_release_the_gil_keep_both_workers_to_the_end():
     """belated.get drops a worker only when it does not raise the task rate: tasks that release the
     GIL (sleeping, as numpy does on large arrays) still overlap after the engine has measured them
@@ -848,13 +826,7 @@ def test_collections_whose_tasks_slow_each_other_settle_on_one_thread_however_co
     without the measuring nearly every task starts beside another. Overlaps are counted by the order
     of task starts and ends."""
 
-    def contended(running):
-        for _ in range(20_000):  # bytecode: the interpreter switches threads inside the task
-            pass
-        if running > 1:
-            time.sleep(0.02)
-
-    task, at_start = counting_overlaps(contended)
+    task, at_start = counting_overlaps(slowed_beside_another)
     bag = db.from_sequence(range(600), npartitions=600).map(task)
     assert list(run(bag)) == list(range(600))
     later = at_start[len(at_start) // 2 :]

@@ -10,9 +10,15 @@
 //! [`REPROBE`] windows (with one thread more, or fewer at the most), since a graph's phases differ
 //! (building chunks, then reducing them).
 //!
-//! The clock is the caller's (a [`Duration`] since any fixed start), so tests drive it by hand; a
-//! window ends only at a finished task, after at least [`WINDOW`] and [`WINDOW_TASKS`] tasks, so a
-//! graph of a few long tasks never leaves its starting count.
+//! Fewer threads are tried only after a window in which the process kept at least [`MIN_BUSY`] of a
+//! core busy: a lock every thread needs is held by a thread that runs, so tasks that contend for one
+//! keep a core busy, where tasks that mostly wait (sleeping, on I/O) overlap their waits on every
+//! thread and would lose a window's worth of tasks' time to the comparison.
+//!
+//! The clocks are the caller's (a [`Duration`] since any fixed start: of time, and of the process's
+//! CPU time, read only at a window's end), so tests drive them by hand; a window ends only at a
+//! finished task, after at least [`WINDOW`] and [`WINDOW_TASKS`] tasks, so a graph of a few long tasks
+//! never leaves its starting count.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -28,6 +34,10 @@ pub const WINDOW_TASKS: u64 = 16;
 pub const GAIN: f64 = 1.15;
 /// Windows spent at a settled count before it is compared with a neighbour again.
 pub const REPROBE: u32 = 20;
+/// The fewest cores, on average over a window, the process must keep busy for fewer threads to be
+/// tried: tasks holding the interpreter keep about one busy (half of one on a machine loaded twice
+/// over), tasks that sleep 5 ms a few hundredths.
+pub const MIN_BUSY: f64 = 0.25;
 
 /// The adaptive thread count of one job: read [`Ramp::allowed`] before taking a task, call
 /// [`Ramp::task_done`] after each.
@@ -41,6 +51,8 @@ pub struct Ramp {
 #[derive(Debug)]
 struct Window {
     start: Duration,
+    /// The process's CPU time at `start`.
+    busy: Duration,
     done: u64,
     phase: Phase,
 }
@@ -56,14 +68,15 @@ enum Phase {
 }
 
 impl Ramp {
-    /// A ramp over 1..=`max` threads, starting at `max`, its clock starting at `now`.
-    pub fn new(max: usize, now: Duration) -> Self {
+    /// A ramp over 1..=`max` threads, starting at `max`, its clocks starting at `now` and `busy`.
+    pub fn new(max: usize, now: Duration, busy: Duration) -> Self {
         let max = max.max(1);
         Ramp {
             max,
             allowed: AtomicUsize::new(max),
             state: Mutex::new(Window {
                 start: now,
+                busy,
                 done: 0,
                 phase: if max == 1 {
                     Phase::Settled { windows: u32::MAX }
@@ -79,8 +92,9 @@ impl Ramp {
         self.allowed.load(Relaxed)
     }
 
-    /// Counts a finished task at `now`; at a window's end, moves the count as the rates say.
-    pub fn task_done(&self, now: Duration) {
+    /// Counts a finished task at `now`; at a window's end, moves the count as the rates say, reading
+    /// the process's CPU time from `busy`.
+    pub fn task_done(&self, now: Duration, busy: impl FnOnce() -> Duration) {
         if self.max == 1 {
             return;
         }
@@ -91,7 +105,10 @@ impl Ramp {
             return;
         }
         let rate = window.done as f64 / span.as_secs_f64();
+        let busy = busy();
+        let cores = busy.saturating_sub(window.busy).as_secs_f64() / span.as_secs_f64();
         window.start = now;
+        window.busy = busy;
         window.done = 0;
         let current = self.allowed();
         let (next, phase) = match window.phase {
@@ -101,6 +118,9 @@ impl Ramp {
                     windows: windows - 1,
                 },
             ),
+            Phase::Settled { .. } | Phase::Measure if current == self.max && cores < MIN_BUSY => {
+                (current, Phase::Measure)
+            }
             Phase::Settled { .. } | Phase::Measure => {
                 let neighbour = if current < self.max {
                     current + 1
@@ -158,23 +178,47 @@ impl Ramp {
 mod tests {
     use super::*;
 
-    /// Finishes `tasks` tasks evenly over `span` from `*now`, advancing it.
-    fn run(ramp: &Ramp, now: &mut Duration, tasks: u32, span: Duration) {
-        let start = *now;
+    /// The time, and the process's CPU time, which grows by `cores` times the time.
+    struct Clocks {
+        now: Duration,
+        busy: Duration,
+        cores: f64,
+    }
+
+    impl Clocks {
+        /// Clocks at zero, for tasks that keep one core busy (as ones holding the interpreter do).
+        fn new() -> Self {
+            Clocks {
+                now: Duration::ZERO,
+                busy: Duration::ZERO,
+                cores: 1.0,
+            }
+        }
+
+        fn ramp(&self, max: usize) -> Ramp {
+            Ramp::new(max, self.now, self.busy)
+        }
+    }
+
+    /// Finishes `tasks` tasks evenly over `span` from the clocks' time, advancing them.
+    fn run(ramp: &Ramp, clocks: &mut Clocks, tasks: u32, span: Duration) {
+        let (start, busy) = (clocks.now, clocks.busy);
         for i in 1..=tasks {
-            *now = start + span * i / tasks;
-            ramp.task_done(*now);
+            let elapsed = span * i / tasks;
+            clocks.now = start + elapsed;
+            clocks.busy = busy + elapsed.mul_f64(clocks.cores);
+            ramp.task_done(clocks.now, || clocks.busy);
         }
     }
 
     /// The counts one window after another, each window's rate given by `rate(threads)` in tasks per
     /// window of [`WINDOW`].
     fn counts(max: usize, windows: usize, rate: impl Fn(usize) -> u32) -> Vec<usize> {
-        let mut now = Duration::ZERO;
-        let ramp = Ramp::new(max, now);
+        let mut clocks = Clocks::new();
+        let ramp = clocks.ramp(max);
         let mut seen = vec![ramp.allowed()];
         for _ in 0..windows {
-            run(&ramp, &mut now, rate(ramp.allowed()), WINDOW);
+            run(&ramp, &mut clocks, rate(ramp.allowed()), WINDOW);
             seen.push(ramp.allowed());
         }
         seen
@@ -211,8 +255,8 @@ mod tests {
     fn a_ramp_descends_and_climbs_as_far_as_it_pays() {
         // First each thread fewer is faster, down to one; then the tasks change and up to three
         // threads pay, the fourth does not.
-        let mut now = Duration::ZERO;
-        let ramp = Ramp::new(4, now);
+        let mut clocks = Clocks::new();
+        let ramp = clocks.ramp(4);
         let mut seen = Vec::new();
         for window in 0..REPROBE as usize + 9 {
             let rates = if window < 4 {
@@ -220,7 +264,7 @@ mod tests {
             } else {
                 [0, 100, 190, 270, 280]
             };
-            run(&ramp, &mut now, rates[ramp.allowed()], WINDOW);
+            run(&ramp, &mut clocks, rates[ramp.allowed()], WINDOW);
             seen.push(ramp.allowed());
         }
         let mut expected = vec![3, 2, 1];
@@ -231,25 +275,59 @@ mod tests {
 
     #[test]
     fn a_window_needs_both_its_time_and_its_tasks() {
-        let mut now = Duration::ZERO;
-        let ramp = Ramp::new(2, now);
+        let mut clocks = Clocks::new();
+        let ramp = clocks.ramp(2);
         // Many tasks in less than a window's time, then a few in a long time: no window ends.
-        run(&ramp, &mut now, 100, WINDOW / 2);
+        run(&ramp, &mut clocks, 100, WINDOW / 2);
         assert_eq!(ramp.allowed(), 2);
-        let long = Ramp::new(2, Duration::ZERO);
-        let mut now = Duration::ZERO;
-        run(&long, &mut now, WINDOW_TASKS as u32 - 1, WINDOW * 100);
+        let mut clocks = Clocks::new();
+        let long = clocks.ramp(2);
+        run(&long, &mut clocks, WINDOW_TASKS as u32 - 1, WINDOW * 100);
         assert_eq!(long.allowed(), 2);
-        run(&long, &mut now, 1, WINDOW);
+        run(&long, &mut clocks, 1, WINDOW);
         assert_eq!(long.allowed(), 1, "the window ends at its sixteenth task");
     }
 
     #[test]
     fn one_thread_stays_one() {
-        let ramp = Ramp::new(1, Duration::ZERO);
-        let mut now = Duration::ZERO;
-        run(&ramp, &mut now, 1000, WINDOW * 10);
+        let mut clocks = Clocks::new();
+        let ramp = clocks.ramp(1);
+        run(&ramp, &mut clocks, 1000, WINDOW * 10);
         assert_eq!(ramp.allowed(), 1);
-        assert_eq!(Ramp::new(0, Duration::ZERO).allowed(), 1);
+        assert_eq!(clocks.ramp(0).allowed(), 1);
+    }
+
+    #[test]
+    fn tasks_that_keep_no_core_busy_are_not_tried_on_fewer_threads() {
+        // Tasks that mostly wait (sleeping, on I/O): however the windows' rates fall, fewer threads
+        // would only lose a window's worth of tasks, and are not tried.
+        let mut clocks = Clocks {
+            cores: MIN_BUSY * 0.9,
+            ..Clocks::new()
+        };
+        let ramp = clocks.ramp(2);
+        for tasks in [100, 60, 30, 20] {
+            run(&ramp, &mut clocks, tasks, WINDOW);
+            assert_eq!(ramp.allowed(), 2);
+        }
+        // Then the tasks keep a quarter of a core busy: one thread fewer is tried at the window's end.
+        clocks.cores = MIN_BUSY;
+        run(&ramp, &mut clocks, 100, WINDOW);
+        assert_eq!(ramp.allowed(), 1);
+    }
+
+    #[test]
+    fn tasks_that_keep_no_core_busy_are_kept_on_every_thread_when_compared_again() {
+        // Settled on all threads, the look again skips fewer while the tasks keep no core busy.
+        let mut clocks = Clocks::new();
+        let ramp = clocks.ramp(2);
+        run(&ramp, &mut clocks, 100, WINDOW);
+        run(&ramp, &mut clocks, 50, WINDOW);
+        assert_eq!(ramp.allowed(), 2, "two threads won");
+        clocks.cores = 0.0;
+        for _ in 0..REPROBE * 2 {
+            run(&ramp, &mut clocks, 100, WINDOW);
+            assert_eq!(ramp.allowed(), 2);
+        }
     }
 }

@@ -35,7 +35,7 @@ use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{catch_panics, to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
-use crate::gil::{release, ITEMS_PER_CHECK};
+use crate::gil::{now_ns, release, ITEMS_PER_CHECK};
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS};
 use crate::task::{Arg, Op, PyTask, PyValue, TaskNode};
 use belated_cluster::directory::Held;
@@ -46,8 +46,8 @@ const SIGNAL_POLL: Duration = Duration::from_millis(50);
 static POOLS: PoolRegistry<usize> = PoolRegistry::new();
 
 /// How many of a pool's threads take a computation's tasks, as measured (belated-core's [`Ramp`], on
-/// the wall clock): dask's collections' task bodies mostly hold the interpreter (numpy on small
-/// chunks, pandas), and then a second thread slows them.
+/// the wall clock and the process's CPU time): dask's collections' task bodies mostly hold the
+/// interpreter (numpy on small chunks, pandas), and then a second thread slows them.
 pub(crate) struct MeasuredRamp {
     ramp: Ramp,
     start: Instant,
@@ -56,18 +56,23 @@ pub(crate) struct MeasuredRamp {
 impl MeasuredRamp {
     pub(crate) fn new(threads: usize) -> Self {
         MeasuredRamp {
-            ramp: Ramp::new(threads, Duration::ZERO),
+            ramp: Ramp::new(threads, Duration::ZERO, cpu_time()),
             start: Instant::now(),
         }
     }
 
     pub(crate) fn task_done(&self) {
-        self.ramp.task_done(self.start.elapsed());
+        self.ramp.task_done(self.start.elapsed(), cpu_time);
     }
 
     pub(crate) fn allowed(&self) -> usize {
         self.ramp.allowed()
     }
+}
+
+/// The CPU time this process has used, on all its threads.
+fn cpu_time() -> Duration {
+    Duration::from_nanos(now_ns(libc::CLOCK_PROCESS_CPUTIME_ID))
 }
 
 struct PyRunner {
