@@ -35,9 +35,9 @@ pub const GAIN: f64 = 1.15;
 /// Windows spent at a settled count before it is compared with a neighbour again.
 pub const REPROBE: u32 = 20;
 /// The fewest cores, on average over a window, the process must keep busy for fewer threads to be
-/// tried: tasks holding the interpreter keep about one busy (half of one on a machine loaded twice
-/// over), tasks that sleep 5 ms a few hundredths.
-pub const MIN_BUSY: f64 = 0.25;
+/// tried: tasks holding the interpreter keep one busy, or what the machine gives the process (a sixth
+/// of one at load 12 on two cores); two threads of tasks that sleep 5 ms (1 ms) keep 0.02 (0.04).
+pub const MIN_BUSY: f64 = 0.1;
 
 /// The adaptive thread count of one job: read [`Ramp::allowed`] before taking a task, call
 /// [`Ramp::task_done`] after each.
@@ -310,7 +310,7 @@ mod tests {
             run(&ramp, &mut clocks, tasks, WINDOW);
             assert_eq!(ramp.allowed(), 2);
         }
-        // Then the tasks keep a quarter of a core busy: one thread fewer is tried at the window's end.
+        // Then the tasks keep MIN_BUSY of a core busy: one thread fewer is tried at the window's end.
         clocks.cores = MIN_BUSY;
         run(&ramp, &mut clocks, 100, WINDOW);
         assert_eq!(ramp.allowed(), 1);
