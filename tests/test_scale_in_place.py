@@ -170,6 +170,21 @@ def test_adapt_adds_workers_for_queued_tasks_and_retires_them_when_idle(make, tm
             adaptive.stop()
 
 
+@BOTH
+def test_adapt_adds_workers_for_the_tasks_of_one_future_over_a_graph(make, tmp_path):
+    import dask
+
+    lazy = belated.delayed if make is MAKERS["belated"] else dask.delayed
+    with make(1) as client:
+        adaptive = client.cluster.adapt(minimum=1, maximum=3, interval="20ms", wait_count=2)
+        try:
+            # One future, three tasks that return only when they run at once: only three workers can.
+            met = lazy(list)([lazy(meet)(i, str(tmp_path), 3) for i in range(3)])
+            assert len(client.compute(met).result(timeout=120)) == 3
+        finally:
+            adaptive.stop()
+
+
 def test_adapt_scales_down_only_after_wait_count_looks_in_a_row():
     with belated.Client(n_workers=3, threads_per_worker=1, dashboard_address=None) as client:
         # An interval no look comes in by itself: the test takes each look.

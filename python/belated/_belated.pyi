@@ -264,6 +264,7 @@ class CancelToken:
     def cancel(self) -> None: ...
     def cancel_output(self, index: int) -> None: ...
     cancelled: bool
+    tasks_left: int | None
 
 @final
 class Cluster:

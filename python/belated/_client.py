@@ -1404,8 +1404,13 @@ class Adaptive:
 
     def target(self):
         client = self._cluster._client
+        waiting = 0
         with client._lock:
-            waiting = sum(client._task_counts.get(token, 0) for token in client._pending)
+            for token in client._pending:
+                # A computation's tasks once it has its plan (one future of a compute can stand for
+                # a graph of thousands); one per future before.
+                left = token.tasks_left
+                waiting += left if left is not None else client._task_counts.get(token, 0)
         wanted = -(-waiting // client._threads_per_worker)
         return min(self.maximum, max(self.minimum, wanted))
 

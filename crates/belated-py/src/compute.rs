@@ -8,7 +8,7 @@
 //! deliver Ctrl-C, which cancels the computation. A compute called from inside a task runs inline on that
 //! worker, since waiting on the pool it occupies could wait forever.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -312,18 +312,58 @@ struct Run<'a, 'py> {
 
 /// Lets another thread cancel a computation (a future's `cancel()`), which then raises CancelledError,
 /// or one of its outputs alone (a future of a `map` cancelled alone), whose worker process is killed
-/// while the others go on.
+/// while the others go on; and tells how many of its tasks are left (a Client's adapt scales with
+/// them: a single future can stand for a graph of thousands).
 #[pyclass(module = "belated._belated", frozen)]
-#[derive(Default)]
 pub(crate) struct CancelToken {
     cancelled: AtomicBool,
     /// The outputs cancelled alone, by index, not yet passed on to the running computation.
     alone: parking_lot::Mutex<Vec<usize>>,
+    /// The tasks not finished yet, once the computation has its plan ([`NOT_PLANNED`] before).
+    left: Arc<AtomicUsize>,
+}
+
+const NOT_PLANNED: usize = usize::MAX;
+
+impl Default for CancelToken {
+    fn default() -> Self {
+        Self {
+            cancelled: AtomicBool::default(),
+            alone: parking_lot::Mutex::default(),
+            left: Arc::new(AtomicUsize::new(NOT_PLANNED)),
+        }
+    }
 }
 
 impl CancelToken {
     fn take_alone(&self) -> Vec<usize> {
         std::mem::take(&mut self.alone.lock())
+    }
+
+    /// Counts down the `tasks` of the computation's plan as they finish.
+    fn count_down(&self, tasks: usize) -> Arc<dyn Observer> {
+        self.left.store(tasks, Ordering::Relaxed);
+        Arc::new(Countdown(Arc::clone(&self.left)))
+    }
+}
+
+/// The tasks of a computation not finished yet (see [`CancelToken::count_down`]).
+struct Countdown(Arc<AtomicUsize>);
+
+impl Observer for Countdown {
+    fn task_started(&self, _task: TaskId, _worker: Option<usize>) {}
+
+    fn task_finished(&self, _task: TaskId, _worker: Option<usize>, _succeeded: bool) {
+        // Saturating: a task run again (a retry, a recompute) may report more ends than the plan has.
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            });
+    }
+
+    fn task_undone(&self, _task: TaskId, _succeeded: bool) {
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -347,6 +387,12 @@ impl CancelToken {
     #[getter]
     fn cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// The computation's tasks not finished yet; None before it has its plan.
+    #[getter]
+    fn tasks_left(&self) -> Option<usize> {
+        Some(self.left.load(Ordering::Relaxed)).filter(|&left| left != NOT_PLANNED)
     }
 }
 
@@ -520,6 +566,9 @@ fn run_plan(
     }
     if let Some(dashboard) = &dashboard {
         observers.push(Arc::clone(dashboard) as Arc<dyn Observer>);
+    }
+    if let Some(cancel) = cancel {
+        observers.push(cancel.count_down(graph.len()));
     }
     let observer = match observers.len() {
         0 => None,
