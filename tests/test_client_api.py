@@ -4,6 +4,7 @@ question, the same test runs against a real distributed Client (in-process, to k
 answers are compared."""
 
 import asyncio
+import concurrent.futures
 import functools
 import gc
 import importlib
@@ -393,6 +394,24 @@ def test_as_completed_with_results_raises_or_gives_errors(api, in_process, refer
         list(api.as_completed(futures, with_results=True))
     [(future, (kind, error, _))] = list(api.as_completed(futures, with_results=True, raise_errors=False))
     assert future is futures[0] and kind is Boom and isinstance(error, Boom)
+
+
+def test_as_completed_with_results_gives_a_cancelled_futures_error_as_its_result(api, in_process, reference):
+    client = in_process if api is belated else reference
+    GATE.clear()
+    waiting, done = client.submit(gated, 1, pure=False), client.submit(inc, 1, pure=False)
+    waiting.cancel()
+    try:
+        for raise_errors in (True, False):
+            given = sorted(
+                api.as_completed([waiting, done], with_results=True, raise_errors=raise_errors),
+                key=lambda pair: pair[0] is done,
+            )
+            [(first, error), (second, value)] = given
+            assert (first, second, value) == (waiting, done, 2)
+            assert isinstance(error, concurrent.futures.CancelledError), error
+    finally:
+        GATE.set()
 
 
 def test_a_dropped_future_never_starts_unless_fired_and_forgotten(in_process):

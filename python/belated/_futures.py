@@ -686,7 +686,8 @@ class as_completed:
     """Yields futures as they finish (in that order, not the order given); ``add`` more while
     iterating, with ``for`` or, under asyncio, ``async for``. With ``with_results=True`` yields
     ``(future, result)``, raising a failed task's exception (or, with ``raise_errors=False``, giving
-    its ``(type, value, traceback)`` as the result, as distributed does)."""
+    its ``(type, value, traceback)`` as the result, as distributed does); a cancelled future's result
+    is a ``belated.CancelledError``, never raised."""
 
     def __init__(self, futures=None, with_results=False, raise_errors=True):
         self._lock = threading.Lock()
@@ -732,6 +733,10 @@ class as_completed:
     def _yielded(self, future):
         if not self.with_results:
             return future
+        if future.cancelled():
+            # Its error is its result, raise_errors or not, as distributed gives it: the loop over
+            # the others goes on.
+            return future, _belated.CancelledError(f"future {future.key} was cancelled")
         try:
             return future, future.result()
         except Exception as error:
