@@ -457,6 +457,17 @@ def test_scatter_refuses_unpicklable_data_before_anything_runs(local_cluster, in
     assert in_process.submit(type, in_process.scatter(lock)).result(timeout=30) is type(lock)
 
 
+@pytest.mark.parametrize("which", ["local_cluster", "in_process", "reference"])
+def test_a_cancelled_scattered_value_is_refused_as_an_argument_as_in_distributed(which, request):
+    client = request.getfixturevalue(which)
+    [scattered] = client.scatter([f"value {uuid.uuid4()}"])
+    assert scattered.result(timeout=60).startswith("value")
+    client.cancel(scattered)
+    for use in (client.submit(len, scattered), *client.map(len, [scattered])):
+        with pytest.raises(concurrent.futures.CancelledError):
+            use.result(timeout=60)
+
+
 def test_a_scattered_value_goes_to_a_worker_with_the_scatter_and_never_with_a_call(local_cluster):
     array = np.arange(200_000, dtype=np.float64)  # well over the size sent once
     [scattered] = local_cluster.scatter([array])

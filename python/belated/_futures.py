@@ -482,12 +482,15 @@ class Future(AnyFuture):
         if self.client._closed:
             raise _belated.CancelledError(f"the Client of future {self.key} is closed; its results are gone")
 
+    def _check_not_cancelled(self):
+        if self._index in self._computation.cancelled:
+            raise _belated.CancelledError(f"future {self.key} was cancelled")
+
     def result(self, timeout=None):
         """Waits up to ``timeout`` seconds for the result; raises the task's exception if it failed, and
         ``TimeoutError`` if it is not done by then."""
         self._check_client()
-        if self._index in self._computation.cancelled:
-            raise _belated.CancelledError(f"future {self.key} was cancelled")
+        self._check_not_cancelled()
         try:
             result = _waited(self._cell, timeout).result(timeout)
         except concurrent.futures.CancelledError:
@@ -566,6 +569,9 @@ class Future(AnyFuture):
     def _as_delayed(self):
         """The result as a Delayed holding it under this future's key: one node per future, so every
         task of a computation that takes it shares one copy (sent once to a worker, not per call)."""
+        # Cancelled once finished, its cell still holds the value (kept in a worker for a scatter),
+        # which is no longer its to give.
+        self._check_not_cancelled()
         if self._value is None:
             if kept_in(self._cell) is not None:
                 from belated import delayed
