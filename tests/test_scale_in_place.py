@@ -142,6 +142,23 @@ def test_scale_down_never_kills_a_running_task_and_retires_once_it_ended(tmp_pat
         assert client.cluster_stats()["replaced"] == 0
 
 
+def test_a_scale_down_while_a_persist_runs_moves_its_results_computing_none_again(tmp_path):
+    calls = str(tmp_path / "calls")
+    with belated.Client(n_workers=3, threads_per_worker=1, dashboard_address=None) as client:
+        gate = str(tmp_path / "gate")
+        # Many results: their futures settle one by one after the persist's tasks have all ended.
+        persisted = client.persist(
+            [belated.delayed(counted_square)(i, calls) for i in range(2000)]
+            + [belated.delayed(started_then_gated)(-1, str(tmp_path))]
+        )
+        until(lambda: os.path.exists(tmp_path / "started"), "the persist runs")
+        client.cluster.scale(1)
+        Path(gate).touch()
+        until(lambda: len(client.worker_pids) == 1, "retired once the persist ended")
+        assert belated.compute(*persisted[:-1]) == tuple(i * i for i in range(2000))
+        assert lines(calls) == sorted(str(i) for i in range(2000)), "each computed once"
+
+
 def test_scaling_up_again_before_a_retirement_keeps_the_workers(tmp_path):
     with belated.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
         gated = client.submit(started_then_gated, 1, str(tmp_path), pure=False)

@@ -315,6 +315,8 @@ class Client:
         # how many tasks each asked for (what adapt() scales to).
         self._pending = set()
         self._task_counts = {}
+        # Notified as each leaves _pending, with its futures settled (see _retire).
+        self._one_finished = threading.Condition(self._lock)
         # Each key a live future holds -> (its computation, weakly; its index): a later submit, map,
         # compute or scatter under that key gets a future of that same result, as in distributed. Two
         # results under one key would otherwise disagree with the value a task taking either receives.
@@ -904,6 +906,7 @@ class Client:
         with self._lock:
             self._pending.discard(token)
             self._task_counts.pop(token, None)
+            self._one_finished.notify_all()
 
     def cluster_stats(self):
         """What the local cluster has done: results moved between workers, large values built here
@@ -1089,14 +1092,19 @@ class Client:
         kept += [kept_in(future._cell) for future in held if future is not None]
         return [value for value in kept if value is not None]
 
-    def _retire(self, scale, staying):
+    def _retire(self, scale, staying, earlier):
         """Retires the workers after the first ``staying`` once the computations started before the
-        scale down (which may run tasks anywhere) have ended, moving the results this client keeps
-        there to the others first, as distributed's retire_workers does; unless a later scale
-        changed the plan meanwhile."""
+        scale down (which may run tasks anywhere; ``earlier`` are this client's) have ended, moving
+        the results this client keeps there to the others first, as distributed's retire_workers
+        does; unless a later scale changed the plan meanwhile."""
         cluster = self._cluster
         try:
             cluster.drain()
+            with self._one_finished:
+                # A persist's results are known to be kept (and so moved) once its futures are
+                # settled, which comes after the end of its tasks that drain() waits for: read
+                # earlier, the last ones were left behind and computed again at each use.
+                self._one_finished.wait_for(lambda: self._closed or not earlier & self._pending)
             with self._scaling:
                 if self._scales != scale or self._closed or cluster is not self._cluster:
                     return
@@ -1139,6 +1147,7 @@ class Client:
             if self._closed:
                 return
             self._closed = True
+            self._one_finished.notify_all()  # a retirement waiting has nothing left to move
             pending = list(self._pending)
         # Outside the lock: cancelling runs the computations' callbacks, which take it.
         if self._adaptive is not None:
@@ -1350,8 +1359,13 @@ class LocalCluster:
             client._scales += 1
             client._scaled_to = n
             if not growing:
+                with client._lock:
+                    earlier = set(client._pending)
                 threading.Thread(
-                    target=client._retire, args=(client._scales, n), daemon=True, name="belated-retire"
+                    target=client._retire,
+                    args=(client._scales, n, earlier),
+                    daemon=True,
+                    name="belated-retire",
                 ).start()
 
     def adapt(self, minimum=1, maximum=None, interval="1s", wait_count=3, **kwargs):
