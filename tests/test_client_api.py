@@ -24,7 +24,17 @@ import pytest
 from helpers import closing_distributed_clients
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from worker_tasks import Boom, explode, explode_on_zero, nap, pid_of, square, type_names
+from worker_tasks import (
+    Boom,
+    explode,
+    explode_on_zero,
+    nap,
+    pid_of,
+    record_then_nap,
+    square,
+    type_names,
+    wait_exists,
+)
 
 import belated
 from belated import _futures
@@ -586,6 +596,25 @@ def test_restart_gives_new_workers_and_keeps_uploaded_files(tmp_path):
 
 def read_uploaded():
     return importlib.import_module("uploaded_by_test").VALUE
+
+
+@pytest.mark.parametrize("stop", ["restart", "close"])
+def test_restart_and_close_cancel_a_compute_running_on_the_client(stop, tmp_path):
+    started = str(tmp_path / "started")
+    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        outcome = concurrent.futures.Future()
+
+        def compute():
+            try:
+                outcome.set_result(belated.delayed(record_then_nap)(started, 600).compute())
+            except BaseException as error:
+                outcome.set_exception(error)
+
+        threading.Thread(target=compute, daemon=True).start()
+        assert wait_exists(started)
+        getattr(client, stop)()
+        with pytest.raises(belated.CancelledError):
+            outcome.result(timeout=60)
 
 
 def test_scale_grows_and_shrinks_the_workers_running_tasks():

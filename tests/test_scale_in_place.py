@@ -188,16 +188,19 @@ def test_adapt_adds_workers_for_queued_tasks_and_retires_them_when_idle(make, tm
 
 
 @BOTH
-def test_adapt_adds_workers_for_the_tasks_of_one_future_over_a_graph(make, tmp_path):
+@pytest.mark.parametrize("through", ["client.compute", "compute"])
+def test_adapt_adds_workers_for_the_tasks_of_one_computation(make, through, tmp_path):
     import dask
 
     lazy = belated.delayed if make is MAKERS["belated"] else dask.delayed
     with make(1) as client:
         adaptive = client.cluster.adapt(minimum=1, maximum=3, interval="20ms", wait_count=2)
         try:
-            # One future, three tasks that return only when they run at once: only three workers can.
+            # One result, three tasks that return only when they run at once: only three workers can.
             met = lazy(list)([lazy(meet)(i, str(tmp_path), 3) for i in range(3)])
-            assert len(client.compute(met).result(timeout=120)) == 3
+            # compute() runs on the client, the default scheduler while it is open.
+            met = client.compute(met).result(timeout=120) if through == "client.compute" else met.compute()
+            assert len(met) == 3
         finally:
             adaptive.stop()
 

@@ -120,7 +120,8 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
         timeout = config._read("timeout", None)
     if retries is None:
         retries = config._read("retries", 1)
-    with claimed_callbacks() as callbacks:
+    counted = scheduler._counted() if cluster is not None else contextlib.nullcontext()
+    with claimed_callbacks() as callbacks, counted as token:
         if cluster is not None:
             scheduler = "threads"
         where = scheduler if cluster is None else "a local cluster"
@@ -144,6 +145,7 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
                         True,
                         retries,
                         cluster,
+                        token,
                         computed=len(tasks),
                         ramp=True,
                     )
@@ -162,6 +164,7 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
                 persist,
                 retries,
                 cluster,
+                token,
                 # dask's collections run on as many threads as pay, as belated.get runs them.
                 ramp=collections,
             )

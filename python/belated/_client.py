@@ -902,6 +902,12 @@ class Client:
             self._hold_keys(computation, fresh)
         return [h if h is not None else future for h, future in zip(held, futures, strict=True)]
 
+    def _counted(self):
+        """The cancel token of a computation run on the local cluster apart from futures (``compute``
+        with this client as scheduler), among the pending ones while it runs: adapt scales for its
+        tasks, a scale down retires no worker under it, close() and restart() cancel it."""
+        return _Counted(self)
+
     def _finished(self, token):
         with self._lock:
             self._pending.discard(token)
@@ -1399,6 +1405,21 @@ class LocalCluster:
             return "LocalCluster(closed)"
         workers, threads, memory = client._facts()
         return f"LocalCluster({client.name!r}, workers={workers}, threads={threads}, memory={memory})"
+
+
+class _Counted:
+    __slots__ = ("client", "token")
+
+    def __init__(self, client):
+        self.client, self.token = client, _belated.CancelToken()
+
+    def __enter__(self):
+        with self.client._lock:
+            self.client._pending.add(self.token)
+        return self.token
+
+    def __exit__(self, *exc):
+        self.client._finished(self.token)
 
 
 class Adaptive:
