@@ -168,6 +168,7 @@ impl Clone for PyValue {
 
 impl PyTask {
     /// A task running `op` under `key` on the results of `deps`.
+    #[inline]
     pub(crate) fn new(py: Python<'_>, key: Key, op: Op, deps: &[Arc<TaskNode>]) -> Self {
         let func = match &op {
             Op::Call {
@@ -181,6 +182,7 @@ impl PyTask {
 
     /// [`PyTask::new`] for a call whose function's [`may_cycle`] the caller knows (`func_may_cycle`;
     /// a function that is a dependency's result is one of `deps`).
+    #[inline]
     pub(crate) fn calling(
         py: Python<'_>,
         key: Key,
@@ -625,11 +627,20 @@ pub(crate) fn may_cycle(object: &Bound<'_, PyAny>) -> bool {
         return object.is_instance_of::<PyDict>();
     }
     let py = object.py();
-    static FUNCTION: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    static BUILTIN: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    let kind = object.get_type();
-    let is = |cell: &PyOnceLock<Py<PyType>>, name: &str| {
-        cell.import(py, "types", name).is_ok_and(|ty| kind.is(ty))
+    // Builtin type objects live as long as the interpreter, so their addresses identify them.
+    static FUNCTION: PyOnceLock<usize> = PyOnceLock::new();
+    static BUILTIN: PyOnceLock<usize> = PyOnceLock::new();
+    let kind = object.get_type_ptr() as usize;
+    let address = |name: &str| -> PyResult<usize> {
+        Ok(py
+            .import("types")?
+            .getattr(name)?
+            .cast_into::<PyType>()?
+            .as_type_ptr() as usize)
+    };
+    let is = |cell: &PyOnceLock<usize>, name: &str| {
+        cell.get_or_try_init(py, || address(name))
+            .is_ok_and(|&ty| ty == kind)
     };
     if is(&FUNCTION, "FunctionType") {
         return !object
