@@ -300,16 +300,16 @@ def test_operator_module_functions_work_as_delayed():
     assert delayed(operator.add)(1, 2).key.startswith("add-")
 
 
-def test_the_cycle_collector_has_no_delayed_objects_to_walk():
-    """A Delayed holds nothing the cycle collector can see (its task lives in Rust), so it is not
-    tracked: tracked, each full collection while a million-task graph was built visited every one with
-    the interpreter held, and other threads waited up to 270 ms at a time."""
+def test_the_cycle_collector_has_no_delayed_objects_of_plain_values_to_walk():
+    """A Delayed whose task holds only plain values and module functions can be in no cycle, so it is
+    not tracked: tracked, each full collection while a million-task graph was built visited every one
+    with the interpreter held, and other threads waited up to 270 ms at a time."""
     f = delayed(abs)
     tracked_before = len(gc.get_objects())
     built = [f(-i) for i in range(10_000)] + [delayed(i) for i in range(10_000)]
     assert len(gc.get_objects()) - tracked_before < 100
     x = built[0]
-    made = [f, x, built[-1], x + 1, -x, x[0], x.real, x.real(), x == 1]
+    made = [f, x, built[-1], x + 1, -x, x[0], x.real, x.real(), x == 1, delayed(square)(x)]
     assert not any(map(gc.is_tracked, made))
     # persist() makes one Delayed per result: a million for a million-call map.
     persisted = belated.persist(*built[:3])
@@ -318,19 +318,73 @@ def test_the_cycle_collector_has_no_delayed_objects_to_walk():
     assert delayed(sum)(built[:3] + built[-3:]).compute() == 0 + 1 + 2 + 9997 + 9998 + 9999
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Delayed shows the cycle collector nothing it holds (its task lives in Rust, shared "
-    "between Delayed objects and plans), so a cycle through one is never freed; dask frees it",
-)
-def test_a_cycle_through_a_delayed_is_collected():
-    class Holder:
-        pass
+class Holder:
+    def method(self):
+        return self
 
+
+def test_a_delayed_holding_what_may_be_in_a_cycle_is_tracked():
+    holder = Holder()
+    n = 1
+
+    def closure(x):
+        return x + n
+
+    tracked = [
+        delayed(id)(holder),
+        delayed(id)(x=holder),
+        delayed(len)({}),  # an empty dict: tracked once something that may be is put in
+        delayed(holder),
+        delayed(holder).method,
+        delayed(holder.method),
+        delayed(closure),
+        delayed(square)(delayed(id)(holder)),
+    ]
+    assert all(map(gc.is_tracked, tracked))
+    assert not gc.is_tracked(delayed(square)(delayed(id)(1)))
+
+
+CYCLES = {
+    "argument": lambda h: delayed(id)(h),
+    "keyword argument": lambda h: delayed(dict)(x=h),
+    "list argument": lambda h: delayed(len)([h]),
+    "argument inside a list of delayed values": lambda h: delayed(len)([delayed(1), h]),
+    "delayed(obj)": lambda h: delayed(h),
+    "delayed(obj).method": lambda h: delayed(h).method,
+    "delayed(obj).method()": lambda h: delayed(h).method(),
+    "delayed(obj.method)": lambda h: delayed(h.method),
+    "delayed(obj.method)()": lambda h: delayed(h.method)(),
+    "a few calls down": lambda h: delayed(str)(delayed(id)(delayed(h).method())) + "!",
+}
+
+
+@pytest.mark.parametrize("make", CYCLES.values(), ids=CYCLES.keys())
+def test_a_cycle_through_a_delayed_is_collected(make):
     holder = Holder()
     alive = weakref.ref(holder)
-    holder.call = delayed(id)(holder)
+    holder.value = make(holder)
     del holder
+    gc.collect()
+    assert alive() is None
+
+
+def test_a_cycle_through_a_delayed_whose_task_is_shared_keeps_it():
+    """A task shared with another value is not this one's alone to show the collector: counted as
+    this one's, the holder would look like garbage, and be emptied while the other still needs it."""
+    holder = Holder()
+    holder.items = [1, 2, 3]
+    holder.total = delayed(lambda h: sum(h.items))(holder)
+    # Further down than a traversal walks, so that nothing but the task's own count keeps the holder.
+    later = holder.total
+    for _ in range(100):
+        later = later + 1
+    alive = weakref.ref(holder)
+    del holder
+    gc.collect()
+    assert alive() is not None
+    assert alive().items == [1, 2, 3]
+    assert later.compute() == 106
+    del later
     gc.collect()
     assert alive() is None
 

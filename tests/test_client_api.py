@@ -18,6 +18,7 @@ import time
 import traceback
 import types
 import uuid
+import weakref
 
 import numpy as np
 import pytest
@@ -161,6 +162,22 @@ def test_processes_false_computes_delayed_by_default_on_its_threads():
         assert client.scheduler_info()["total_threads"] == 2
     with pytest.raises(belated.BelatedError, match="closed"):
         belated.delayed(square)(3).compute(scheduler=client)
+
+
+class Result:
+    pass
+
+
+def test_a_cycle_through_a_future_and_the_value_a_task_took_it_as_is_collected(in_process):
+    future = in_process.submit(Result)
+    result = future.result(timeout=30)
+    result.future = future
+    # A task taking the future reads its result from the future, as a Delayed kept there for all of them.
+    assert belated.delayed(type)(future).compute(scheduler=in_process) is Result
+    alive = weakref.ref(result)
+    del future, result
+    gc.collect()
+    assert alive() is None
 
 
 @pytest.mark.parametrize("keyword", ["security", "scheduler_file", "direct_to_workers", "host", "protocol"])

@@ -97,6 +97,68 @@ fn unlink<D: ?Sized>(deps: Box<[Arc<Node<D>>]>, mut pace: impl FnMut()) {
     }
 }
 
+/// Whether `node`'s handle is its only one, strong or weak: whoever holds that handle alone decides
+/// when the node goes.
+pub fn held_alone<D: ?Sized>(node: &Arc<Node<D>>) -> bool {
+    Arc::strong_count(node) == 1 && Arc::weak_count(node) == 0
+}
+
+/// A node reached by a walk, with whether the walk's owner holds it alone.
+type Reached<'a, D> = (&'a Arc<Node<D>>, bool);
+
+/// Calls `visit` on the payload of each node that the owner of `roots` holds alone, among the first
+/// `WALK` nodes of a breadth-first walk from them: each root with whether the owner holds it alone,
+/// then every dependency in turn, held alone when its only handle is in a node held alone.
+///
+/// This is what a cycle collector may be shown of an owner (CPython's `tp_traverse`): only references
+/// that are the owner's alone, since a collector that counts a shared one as the owner's concludes
+/// that the objects behind it are garbage while the other holders still use them. The collector walks
+/// an object several times in one collection and needs the later walks to show at least what the
+/// first one did. Between them, handles may only be let go of (see the caller for why none is made),
+/// which only adds nodes held alone; and the region walked is the same in every walk, because it is
+/// chosen by the graph's shape alone (the first `WALK` nodes, shared ones included), never by which
+/// are held alone, so a node held alone at one walk is visited at every later one.
+///
+/// `WALK` bounds each call: the collector walks young objects at every collection, and the last
+/// call of a chain of a million calls holds all of it alone.
+pub fn visit_held_alone<'a, D: ?Sized, E, const WALK: usize>(
+    roots: &[Reached<'a, D>],
+    mut visit: impl FnMut(&'a D) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut walk: [Option<Reached<'a, D>>; WALK] = [None; WALK];
+    let mut queued = 0;
+    // Nodes held alone only have dependencies held alone below nodes held alone: once none is left
+    // in the queue, no later node can be one.
+    let mut alone_ahead = 0;
+    for &root in roots.iter().take(WALK) {
+        walk[queued] = Some(root);
+        queued += 1;
+        alone_ahead += usize::from(root.1);
+    }
+    for next in 0..WALK {
+        if alone_ahead == 0 {
+            break;
+        }
+        let Some((node, alone)) = walk[next] else {
+            break;
+        };
+        if alone {
+            alone_ahead -= 1;
+            visit(node.payload())?;
+        }
+        for dep in node.deps() {
+            if queued == WALK {
+                break;
+            }
+            let dep_alone = alone && held_alone(dep);
+            walk[queued] = Some((dep, dep_alone));
+            queued += 1;
+            alone_ahead += usize::from(dep_alone);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +192,65 @@ mod tests {
             "the shared node's other handle is let go of"
         );
         assert!(root.deps().is_empty());
+    }
+
+    fn visited<const WALK: usize>(roots: &[(&Arc<Node<u32>>, bool)]) -> Vec<u32> {
+        let mut seen = Vec::new();
+        visit_held_alone::<_, (), WALK>(roots, |&payload| {
+            seen.push(payload);
+            Ok(())
+        })
+        .unwrap();
+        seen
+    }
+
+    #[test]
+    fn only_nodes_held_alone_through_nodes_held_alone_are_visited() {
+        let below_shared = Node::new(10u32, vec![]);
+        let shared = Node::new(1, vec![below_shared]);
+        let elsewhere = Arc::clone(&shared);
+        let own = Node::new(2, vec![Node::new(20, vec![])]);
+        let root = Node::new(0, vec![shared, own]);
+        assert_eq!(visited::<64>(&[(&root, held_alone(&root))]), [0, 2, 20]);
+        assert_eq!(visited::<64>(&[(&root, false)]), [] as [u32; 0]);
+        drop(elsewhere);
+        assert_eq!(visited::<64>(&[(&root, true)]), [0, 1, 2, 10, 20]);
+        let weak = Arc::downgrade(&root);
+        assert!(!held_alone(&root), "a weak handle can bring a node back");
+        drop(weak);
+        assert!(held_alone(&root));
+    }
+
+    #[test]
+    fn a_walk_is_bounded_and_its_region_set_by_shape_alone() {
+        let mut chain = Node::new(0u32, vec![]);
+        for i in 1..1_000 {
+            chain = Node::new(i, vec![chain]);
+        }
+        assert_eq!(visited::<4>(&[(&chain, true)]), [999, 998, 997, 996]);
+        // The walk's first five nodes are the root, a, b, a1 and a2, whoever else holds a: b1 is never
+        // reached, so letting go of a's other handle only adds to what is visited.
+        let leaf = |n| Node::new(n, vec![]);
+        let a = Node::new(1, vec![leaf(11), leaf(12), leaf(13)]);
+        let root = Node::new(0, vec![Arc::clone(&a), Node::new(2, vec![leaf(21)])]);
+        assert_eq!(visited::<5>(&[(&root, true)]), [0, 2]);
+        drop(a);
+        assert_eq!(visited::<5>(&[(&root, true)]), [0, 1, 2, 11, 12]);
+    }
+
+    #[test]
+    fn a_visit_error_stops_the_walk() {
+        let root = Node::new(0u32, vec![Node::new(1, vec![]), Node::new(2, vec![])]);
+        let mut seen = Vec::new();
+        let stopped = visit_held_alone::<_, u32, 64>(&[(&root, true)], |&payload| {
+            seen.push(payload);
+            if payload == 1 {
+                Err(payload)
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!((stopped, seen), (Err(1), vec![0, 1]));
     }
 
     #[test]

@@ -796,16 +796,16 @@ pub(crate) fn compute<'py>(
                 .zip(&values)
                 .zip(lengths)
                 .map(|((root, value), length)| {
-                    let node = TaskNode::new(
-                        PyTask {
-                            key: root.payload().key_for_copy(py),
-                            op: Op::Value(Arg::Value(value.0.clone_ref(py))),
-                        },
-                        Vec::new(),
+                    let task = PyTask::new(
+                        py,
+                        root.payload().key_for_copy(py),
+                        Op::Value(Arg::Value(value.0.clone_ref(py))),
+                        &[],
                     );
+                    let node = TaskNode::new(task, Vec::new());
                     Ok(PyValue(
                         Delayed::new(node, length, Role::Value)
-                            .into_untracked(py)?
+                            .into_python(py)?
                             .into_any()
                             .unbind(),
                     ))

@@ -391,12 +391,17 @@ fn task_nodes(dsk: &Bound<'_, PyDict>, keys: &Bound<'_, PyList>) -> PyResult<Vec
     } = cull(dsk, keys)?;
     let mut nodes: Vec<Arc<TaskNode>> = Vec::with_capacity(tasks.len());
     for (task, deps) in tasks.into_iter().zip(deps) {
-        let task = PyTask {
-            key: Key::given(task.key.bind(py))?,
-            op: task.body.into_op(py, &task.deps)?,
-        };
-        let inputs = deps.iter().map(|&d| Arc::clone(&nodes[d as usize]));
-        nodes.push(TaskNode::new(task, inputs.collect()));
+        let inputs: Vec<_> = deps
+            .iter()
+            .map(|&d| Arc::clone(&nodes[d as usize]))
+            .collect();
+        let task = PyTask::new(
+            py,
+            Key::given(task.key.bind(py))?,
+            task.body.into_op(py, &task.deps)?,
+            &inputs,
+        );
+        nodes.push(TaskNode::new(task, inputs));
     }
     Ok(outputs
         .into_iter()

@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use belated_core::Plan;
+use belated_core::{held_alone, visit_held_alone, Plan};
 use pyo3::exceptions::PyAttributeError;
 use pyo3::prelude::*;
+use pyo3::pyclass::{PyTraverseError, PyVisit};
 use pyo3::types::PyString;
 
 use crate::errors::to_python;
@@ -36,6 +37,10 @@ impl Drop for Delayed {
         });
     }
 }
+
+/// How many nodes a traversal walks at most: the collector walks young values at every collection,
+/// and the last value of a chain of a million calls holds the whole chain alone.
+const TRAVERSE_WALK: usize = 64;
 
 /// A request at least this large makes glibc's malloc consolidate its fastbins first.
 const CONSOLIDATING_ALLOCATION: usize = 128 * 1024;
@@ -77,16 +82,67 @@ impl Delayed {
         Delayed { node, length, role }
     }
 
-    /// As a Python object that CPython's cycle collector does not track. Its traversal visits none of
-    /// what it holds (the task, its function and arguments live in Rust), so the collector can never
-    /// find a cycle through it; tracked, a graph of a million of them only made every full collection
-    /// visit each one while the interpreter was held (pauses of 100–270 ms while building one).
-    pub(crate) fn into_untracked(self, py: Python<'_>) -> PyResult<Bound<'_, Delayed>> {
+    /// As a Python object, tracked by CPython's cycle collector only when its task or one it depends
+    /// on holds an object that may be part of a reference cycle ([`crate::task::may_cycle`]): tracked,
+    /// a graph of a million values made every full collection walk each one while the interpreter
+    /// was held (pauses of 100–300 ms while building one, and a map's build 2.5 times slower).
+    pub(crate) fn into_python(self, py: Python<'_>) -> PyResult<Bound<'_, Delayed>> {
+        let may_cycle = self.node.payload().may_cycle()
+            || matches!(&self.role, Role::Attribute { obj, .. } if obj.payload().may_cycle());
         let object = Bound::new(py, self)?;
-        // SAFETY: `object` is a live object of a GC type; untracking is allowed at any time, and its
-        // dealloc untracks only what is still tracked.
-        unsafe { pyo3::ffi::PyObject_GC_UnTrack(object.as_ptr().cast()) };
+        if !may_cycle {
+            // SAFETY: `object` is a live object of a GC type; untracking is allowed at any time, and
+            // its dealloc untracks only what is still tracked.
+            unsafe { pyo3::ffi::PyObject_GC_UnTrack(object.as_ptr().cast()) };
+        }
         Ok(object)
+    }
+
+    /// Shows CPython's cycle collector the Python objects this value holds alone, so that a cycle
+    /// through it (`holder.result = delayed(f)(holder)`) is freed, as dask's is.
+    ///
+    /// The objects of a task are its node's, and a node is shared by every value, plan and running
+    /// computation that holds a handle on it. Counting a shared object as this value's would let the
+    /// collector decide that objects still in use elsewhere are garbage, and clear them. So a node's
+    /// objects are shown only while this value holds the node alone ([`belated_core::held_alone`]),
+    /// directly or through nodes it holds alone, within a bounded walk ([`visit_held_alone`]; a cycle
+    /// through a node further down is not found).
+    ///
+    /// That walk relies on no node held alone gaining a handle during a collection, which runs with
+    /// the interpreter held: a handle is made by cloning one, and those on a node held alone are this
+    /// value's and its other nodes', reached only through this value, whose methods run attached to
+    /// the interpreter. Threads running detached meanwhile (flattening a plan, engine threads) clone
+    /// only the handles of plans and roots they were given, which hold their nodes themselves, so no
+    /// value holds those alone; when they let go of them, values only come to hold more alone.
+    ///
+    /// There is no `__clear__`: a frozen value cannot let go of its node, and needs not. Values cannot
+    /// reference each other in a cycle (a node only holds nodes made before it), so a cycle through one
+    /// also runs through a mutable object that the collector clears, and the value goes with it.
+    pub(crate) fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let node_alone = held_alone(&self.node);
+        let mut roots = [(&self.node, node_alone); 2];
+        let mut held = 1;
+        match &self.role {
+            Role::Value => {}
+            Role::Function { func, .. } => visit.call(func)?,
+            Role::Attribute { obj, name } => {
+                visit.call(name)?;
+                // The object has two handles here: the role's, and the attribute's dependency.
+                let in_node = match node_alone {
+                    true => self
+                        .node
+                        .deps()
+                        .iter()
+                        .filter(|dep| Arc::ptr_eq(dep, obj))
+                        .count(),
+                    false => 0,
+                };
+                let obj_alone = Arc::weak_count(obj) == 0 && Arc::strong_count(obj) == 1 + in_node;
+                roots[1] = (obj, obj_alone);
+                held = 2;
+            }
+        }
+        visit_held_alone::<_, _, TRAVERSE_WALK>(&roots[..held], |task| task.traverse(visit))
     }
 
     pub(crate) fn node(&self) -> &Arc<TaskNode> {

@@ -26,13 +26,13 @@ pub(crate) fn waiting(
     let mut collector = Collector::new(true);
     let template = collector.arg(value)?;
     collector.args(waits)?;
-    let node = TaskNode::new(
-        PyTask {
-            key: Key::given(name)?,
-            op: Op::Value(template),
-        },
-        collector.deps,
+    let task = PyTask::new(
+        value.py(),
+        Key::given(name)?,
+        Op::Value(template),
+        &collector.deps,
     );
+    let node = TaskNode::new(task, collector.deps);
     Ok(Delayed::new(node, nout, Role::Value))
 }
 
@@ -94,13 +94,8 @@ pub(crate) fn bind(
         }
         let payload = node.payload();
         let key = Key::given(&rename.call1((payload.key.to_object(py, payload),))?)?;
-        copies.push(TaskNode::new(
-            PyTask {
-                key,
-                op: payload.op.clone_ref(py),
-            },
-            new_deps,
-        ));
+        let copy = PyTask::new(py, key, payload.op.clone_ref(py), &new_deps);
+        copies.push(TaskNode::new(copy, new_deps));
         copied[task.index()] = true;
     }
     let mut attributes = plan.outputs[children.len()..].iter();

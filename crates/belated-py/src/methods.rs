@@ -19,7 +19,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyUserWarning, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::pyclass::CompareOp;
+use pyo3::pyclass::{CompareOp, PyTraverseError, PyVisit};
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 
@@ -128,7 +128,7 @@ impl Delayed {
                 kwargs: None,
             },
         )?;
-        Ok(call.into_untracked(py)?.unbind())
+        Ok(call.into_python(py)?.unbind())
     }
 
     fn binary(
@@ -205,6 +205,13 @@ fn build_call(
     };
     let args = collector.args(spec.args)?;
     let kwargs = collector.kwargs(spec.kwargs.as_ref())?;
+    let func_may_cycle = match &target {
+        // Known once for the function, by the `delayed(func)` it is called on.
+        CallTarget::Function { leaf, .. } => Some(leaf.payload().may_cycle()),
+        // `operator`'s functions and `getattr`, builtins of their modules.
+        CallTarget::Operator { .. } => Some(false),
+        CallTarget::Value(_) | CallTarget::Method { .. } => None,
+    };
     let op = match target {
         CallTarget::Function { func, .. } | CallTarget::Operator { func, .. } => Op::Call {
             func: Arg::Value(func.clone().unbind()),
@@ -223,7 +230,11 @@ fn build_call(
             kwargs,
         },
     };
-    let node = TaskNode::new(PyTask { key, op }, collector.deps);
+    let task = match func_may_cycle {
+        Some(func) => PyTask::calling(py, key, op, &collector.deps, func),
+        None => PyTask::new(py, key, op, &collector.deps),
+    };
+    let node = TaskNode::new(task, collector.deps);
     Ok(Delayed::new(node, spec.nout, Role::Value))
 }
 
@@ -325,7 +336,7 @@ impl Delayed {
     fn private_obj<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Delayed>> {
         match self.role() {
             Role::Attribute { obj, .. } => {
-                Delayed::new(Arc::clone(obj), None, Role::Value).into_untracked(py)
+                Delayed::new(Arc::clone(obj), None, Role::Value).into_python(py)
             }
             _ => Err(PyAttributeError::new_err("Attribute _obj not found")),
         }
@@ -337,6 +348,10 @@ impl Delayed {
             Role::Attribute { name, .. } => Ok(name.bind(py).clone()),
             _ => Err(PyAttributeError::new_err("Attribute _attr not found")),
         }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.traverse(visit)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -383,7 +398,7 @@ impl Delayed {
             }
             Role::Value => build_call(py, CallTarget::Value(slf.as_any()), spec(plain)),
         }?;
-        call.into_untracked(py)
+        call.into_python(py)
     }
 
     /// `obj.name`: a pure `getattr` task (so `x.n` twice is one task, as in dask); called, a method call.
@@ -424,7 +439,7 @@ impl Delayed {
             obj: Arc::clone(slf.get().node()),
             name: name.unbind(),
         });
-        Ok(attribute.into_untracked(py)?.unbind())
+        Ok(attribute.into_python(py)?.unbind())
     }
 
     fn __setitem__(&self, _index: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -937,15 +952,10 @@ pub(crate) fn delayed(
         },
         _ => Role::Value,
     };
-    let node = TaskNode::new(
-        PyTask {
-            key,
-            op: Op::Value(template),
-        },
-        collector.deps,
-    );
+    let task = PyTask::new(py, key, Op::Value(template), &collector.deps);
+    let node = TaskNode::new(task, collector.deps);
     Ok(Delayed::new(node, nout, role)
-        .into_untracked(py)?
+        .into_python(py)?
         .into_any()
         .unbind())
 }

@@ -268,13 +268,8 @@ fn decode(
             decoder.dep(index)?;
         }
         let deps = decoder.collector.deps;
-        nodes.push(TaskNode::new(
-            PyTask {
-                key: Key::given(&key)?,
-                op,
-            },
-            deps,
-        ));
+        let task = PyTask::new(py, Key::given(&key)?, op, &deps);
+        nodes.push(TaskNode::new(task, deps));
     }
     let output = |i: usize| -> PyResult<Arc<TaskNode>> {
         outputs

@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use belated_core::{Node, Payload};
 use pyo3::prelude::*;
+use pyo3::pyclass::{PyTraverseError, PyVisit};
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple, PyType};
 
@@ -26,6 +27,9 @@ pub(crate) type TaskNode = Node<PyTask>;
 pub(crate) struct PyTask {
     pub(crate) key: Key,
     pub(crate) op: Op,
+    /// Whether this task or one it depends on holds an object that may be part of a reference cycle
+    /// ([`may_cycle`]): only then are its values shown to the cycle collector (`Delayed::into_python`).
+    may_cycle: bool,
 }
 
 #[derive(Clone)]
@@ -163,6 +167,49 @@ impl Clone for PyValue {
 }
 
 impl PyTask {
+    /// A task running `op` under `key` on the results of `deps`.
+    #[inline]
+    pub(crate) fn new(py: Python<'_>, key: Key, op: Op, deps: &[Arc<TaskNode>]) -> Self {
+        let func = match &op {
+            Op::Call {
+                func: Arg::Value(func),
+                ..
+            } => may_cycle(func.bind(py)),
+            _ => false,
+        };
+        PyTask::calling(py, key, op, deps, func)
+    }
+
+    /// [`PyTask::new`] for a call whose function's [`may_cycle`] the caller knows (`func_may_cycle`;
+    /// a function that is a dependency's result is one of `deps`).
+    #[inline]
+    pub(crate) fn calling(
+        py: Python<'_>,
+        key: Key,
+        op: Op,
+        deps: &[Arc<TaskNode>],
+        func_may_cycle: bool,
+    ) -> Self {
+        let holds = |args: &[Arg]| args.iter().any(|arg| arg.may_cycle(py));
+        let holds_keywords = |kwargs: &Keywords| kwargs.iter().any(|(_, arg)| arg.may_cycle(py));
+        let own = match &op {
+            Op::Value(arg) => arg.may_cycle(py),
+            Op::Call { args, kwargs, .. } => {
+                func_may_cycle || holds(args) || holds_keywords(kwargs)
+            }
+            Op::Method {
+                obj, args, kwargs, ..
+            } => obj.may_cycle(py) || holds(args) || holds_keywords(kwargs),
+        };
+        let key_may_cycle = matches!(&key, Key::Object(object) if may_cycle(object.key.bind(py)));
+        let may_cycle = own || key_may_cycle || deps.iter().any(|dep| dep.payload().may_cycle);
+        PyTask { key, op, may_cycle }
+    }
+
+    pub(crate) fn may_cycle(&self) -> bool {
+        self.may_cycle
+    }
+
     pub(crate) fn key_string(&self, py: Python<'_>) -> String {
         match &self.key {
             Key::Named(name) => name.to_string(),
@@ -277,6 +324,47 @@ impl PyTask {
             }
         })
     }
+
+    /// Shows the cycle collector the Python objects this task holds, for an owner that holds the task
+    /// alone (see `Delayed`'s traversal).
+    pub(crate) fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // A key object is shared by the copies of a task (`key_for_copy`): it is this task's alone
+        // only while its one handle is here.
+        if let Key::Object(object) = &self.key {
+            if Arc::strong_count(object) == 1 && Arc::weak_count(object) == 0 {
+                visit.call(&object.key)?;
+            }
+        }
+        match &self.op {
+            Op::Value(arg) => arg.traverse(visit),
+            Op::Call { func, args, kwargs } => {
+                func.traverse(visit)?;
+                traverse_call(visit, args, kwargs)
+            }
+            Op::Method {
+                obj,
+                name,
+                args,
+                kwargs,
+            } => {
+                obj.traverse(visit)?;
+                visit.call(name)?;
+                traverse_call(visit, args, kwargs)
+            }
+        }
+    }
+}
+
+fn traverse_call(
+    visit: PyVisit<'_>,
+    args: &[Arg],
+    kwargs: &Keywords,
+) -> Result<(), PyTraverseError> {
+    args.iter().try_for_each(|arg| arg.traverse(visit))?;
+    kwargs.iter().try_for_each(|(name, arg)| {
+        visit.call(name)?;
+        arg.traverse(visit)
+    })
 }
 
 impl Op {
@@ -430,6 +518,42 @@ impl Arg {
         }
     }
 
+    fn may_cycle(&self, py: Python<'_>) -> bool {
+        match self {
+            Arg::Value(value) => may_cycle(value.bind(py)),
+            Arg::Dep(_) => false,
+            Arg::List(items) | Arg::Tuple(items) | Arg::Set(items) => {
+                items.iter().any(|item| item.may_cycle(py))
+            }
+            Arg::Dict(pairs) => pairs
+                .iter()
+                .any(|(key, value)| key.may_cycle(py) || value.may_cycle(py)),
+            Arg::Construct(c) => {
+                may_cycle(c.ty.bind(py))
+                    || c.args.iter().any(|arg| arg.may_cycle(py))
+                    || c.keywords.iter().any(|(_, arg)| arg.may_cycle(py))
+            }
+        }
+    }
+
+    fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Arg::Value(value) => visit.call(value),
+            Arg::Dep(_) => Ok(()),
+            Arg::List(items) | Arg::Tuple(items) | Arg::Set(items) => {
+                items.iter().try_for_each(|item| item.traverse(visit))
+            }
+            Arg::Dict(pairs) => pairs.iter().try_for_each(|(key, value)| {
+                key.traverse(visit)?;
+                value.traverse(visit)
+            }),
+            Arg::Construct(c) => {
+                visit.call(&c.ty)?;
+                traverse_call(visit, &c.args, &c.keywords)
+            }
+        }
+    }
+
     pub(crate) fn clone_ref(&self, py: Python<'_>) -> Arg {
         let all = |items: &[Arg]| items.iter().map(|a| a.clone_ref(py)).collect();
         match self {
@@ -485,6 +609,51 @@ pub(crate) fn value_prefix(value: &Bound<'_, PyAny>) -> String {
     } else {
         type_name(&value.get_type())
     }
+}
+
+/// Whether `object` may be part of a reference cycle that only the cycle collector can free. As
+/// CPython's own test for what a tuple holds: an object the collector tracks, or a dict (which it
+/// tracks once something that may be tracked is put in). Two kinds of tracked objects are left out,
+/// because a cycle through them is not garbage in practice: a function with no closure (what it
+/// holds is its module's globals, alive with the module, and its defaults and attributes, where
+/// nobody puts a lazy value) and a builtin function of a module (`abs`, `operator.add`). Methods,
+/// closures, partials and instances are in.
+///
+/// Leaving out an object that is part of a cycle only leaks it (the collector then sees a value
+/// holding it as an outside reference); it never frees what is in use.
+pub(crate) fn may_cycle(object: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `object` is a live object.
+    if unsafe { pyo3::ffi::PyObject_GC_IsTracked(object.as_ptr()) } == 0 {
+        return object.is_instance_of::<PyDict>();
+    }
+    let py = object.py();
+    // Builtin type objects live as long as the interpreter, so their addresses identify them.
+    static FUNCTION: PyOnceLock<usize> = PyOnceLock::new();
+    static BUILTIN: PyOnceLock<usize> = PyOnceLock::new();
+    let kind = object.get_type_ptr() as usize;
+    let address = |name: &str| -> PyResult<usize> {
+        Ok(py
+            .import("types")?
+            .getattr(name)?
+            .cast_into::<PyType>()?
+            .as_type_ptr() as usize)
+    };
+    let is = |cell: &PyOnceLock<usize>, name: &str| {
+        cell.get_or_try_init(py, || address(name))
+            .is_ok_and(|&ty| ty == kind)
+    };
+    if is(&FUNCTION, "FunctionType") {
+        return !object
+            .getattr(pyo3::intern!(py, "__closure__"))
+            .is_ok_and(|closure| closure.is_none());
+    }
+    if is(&BUILTIN, "BuiltinFunctionType") {
+        // SAFETY: `object` is a builtin function; its `self` is borrowed, and may be null.
+        let owner = unsafe { pyo3::ffi::PyCFunction_GetSelf(object.as_ptr()) };
+        // SAFETY: a non-null `owner` is a live object, borrowed from the function.
+        return !owner.is_null() && unsafe { pyo3::ffi::PyModule_Check(owner) } == 0;
+    }
+    true
 }
 
 /// The name a call's key starts with, as dask's `funcname` makes it.
