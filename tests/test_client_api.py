@@ -771,7 +771,7 @@ def test_tasks_submit_tasks_without_deadlocking_a_one_thread_worker(task):
 
 
 def test_get_client_in_a_task_is_the_client_running_it(in_process):
-    assert in_process.submit(ask_for_client, 0).result(timeout=30) is belated.get_client()
+    assert in_process.submit(ask_for_client, 0).result(timeout=30) is in_process
 
 
 def test_get_client_without_a_client_and_secede_outside_a_task_are_refused(monkeypatch):
