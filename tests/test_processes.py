@@ -275,6 +275,45 @@ def test_the_worker_reads_and_writes_the_golden_wire_vectors():
         written = io.BytesIO()
         _worker.write_message(written, frames)
         assert written.getvalue() == golden[name], name
+        # A worker's channel takes the frames it has buffered in bulk, and writes plain frames in one.
+        left, right = socket.socketpair()
+        with left, right:
+            _worker.write_message(_worker.Channel(left), frames)
+            assert _worker.read_message(_worker.Channel(right)) == frames, name
+
+
+class _Trickle:
+    """A socket whose reads each bring at most ``step`` bytes of ``data``."""
+
+    def __init__(self, data, step):
+        self.data, self.at, self.step = data, 0, step
+
+    def _next(self, n):
+        chunk = self.data[self.at : self.at + min(n, self.step)]
+        self.at += len(chunk)
+        return chunk
+
+    def recvmsg(self, n, ancillary, flags):
+        return self._next(n), [], 0, None
+
+    def recvmsg_into(self, buffers, ancillary, flags):
+        chunk = self._next(len(buffers[0]))
+        buffers[0][: len(chunk)] = chunk
+        return len(chunk), [], 0, None
+
+
+@pytest.mark.parametrize("step", [1, 5, 8, 13, 4096, 1 << 20])
+def test_a_channel_reads_a_message_of_many_frames_split_across_reads(step):
+    """Frames of a batch straddle the channel's reads: a length word or a frame's bytes cut by the end
+    of a read, and a frame larger than a read in the middle."""
+    frames = [bytes([i % 251]) * (i % 37) for i in range(3000)]
+    frames[1500] = b"x" * 200_000
+    written = io.BytesIO()
+    _worker.write_message(written, frames)
+    channel = _worker.Channel(_Trickle(written.getvalue() * 2, step))
+    assert _worker.read_message(channel) == frames
+    assert _worker.read_message(channel) == frames, "the next message starts where the first ends"
+    assert _worker.read_message(channel) is None
 
 
 def watcher():
