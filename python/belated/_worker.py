@@ -290,7 +290,9 @@ def loads(frames):
         _await_preload(head)
     with _UNPICKLING:
         # Segments (mmap) are never looked into: only the plain loads of a small call is worth the scan.
-        if "belated" in sys.modules or (type(head) is bytes and _THIS_MODULE not in head):
+        # find(), not `in`: bytes' `in` first tries its operand as an int, and raises and clears a
+        # TypeError for every call.
+        if "belated" in sys.modules or (type(head) is bytes and head.find(_THIS_MODULE) < 0):
             # Most pickles come alone, and the keyword and the slice cost more than the loads.
             return pickle.loads(head, buffers=frames[1:]) if len(frames) > 1 else pickle.loads(head)
         return _Unpickler(io.BytesIO(head), buffers=frames[1:]).load()
@@ -379,7 +381,10 @@ def dumps_call(function, args, kwargs):
     return [entry[1], *dumps(call, shared=True)]
 
 
-def loads_call(frames):
+def loads_call(frames, function=None):
+    """A call's function, arguments and keyword arguments; ``function`` is its function when the
+    caller has it already (a batch's call flagged ``SAME_FUNCTION``, whose function the call before
+    found)."""
     if not frames[0]:  # the function came with the arguments (see dumps_call)
         computation, levels, args, kwargs, function, source = loads(frames[1:])
         _follow_log_levels(computation, levels)
@@ -388,7 +393,7 @@ def loads_call(frames):
         return function, args, kwargs
     computation, levels, args, kwargs = loads(frames[1:])
     _follow_log_levels(computation, levels)
-    return _function(frames[0], computation), args, kwargs
+    return function if function is not None else _function(frames[0], computation), args, kwargs
 
 
 def _function(pickled, computation):
@@ -778,11 +783,11 @@ def _handle(frames):
             raise _rebuilt(*fetched[1:5])
         values = fetched[1]
         _STORE.update(zip(ids, values, strict=True))
-    return _run_call(result_id, flags, frames[rest:])
+    return _run_call(result_id, flags, loads_call(frames[rest:]))
 
 
-def _run_call(result_id, flags, frames):
-    reply = _call(*loads_call(frames))
+def _run_call(result_id, flags, call):
+    reply = _call(*call)
     if reply[0]:
         if flags & KEEP:
             _STORE[result_id] = reply[1]
@@ -1012,7 +1017,7 @@ def _handle_batch(frames, watcher):
         watcher.batch = batch
         watcher.changed.notify()
     encoded, counts, replies = None, batch.counts, batch.frames
-    function_frame = None
+    function_frame = function = None
     for call in range(count):
         # One lock a call: the last call's reply goes in, and this call starts unless handed back.
         with lock:
@@ -1027,13 +1032,16 @@ def _handle_batch(frames, watcher):
         call_frames = frames[rest : rest + frame_count]
         rest += frame_count
         if flags & SAME_FUNCTION:
-            # The very object: its hash is computed once, and the function cache finds it by identity.
             call_frames.insert(0, function_frame)
-        function_frame = call_frames[0]
+        else:
+            function_frame, function = call_frames[0], None
         try:
-            reply = _run_call(result_id, flags, call_frames)
+            # A call of the function of the call before takes it as that call found it.
+            called = loads_call(call_frames, function)
+            function = called[0]
+            reply = _run_call(result_id, flags, called)
         except BaseException as error:
-            reply = (False, error)
+            function, reply = None, (False, error)
         encoded = _encode(reply, _take_records())
     with lock:
         if encoded is not None:
