@@ -521,3 +521,32 @@ def test_a_batch_call_flagged_same_function_runs_the_function_of_the_call_before
         replies.append(list(_worker.loads_reply(reply[at : at + count])))
         at += count
     assert replies == [[True, 4], [True, 9], [True, (3, 1)], [True, (2, 1)]]
+
+
+def fails_to_unpickle():
+    raise ValueError("this argument cannot be rebuilt")
+
+
+class RebuildFails:
+    def __reduce__(self):
+        return fails_to_unpickle, ()
+
+
+def test_a_batch_call_of_the_function_of_a_call_whose_arguments_failed_to_unpickle_runs_it():
+    _worker.new_computation()
+    calls = [_worker.dumps_call(square, (RebuildFails(),), None), _worker.dumps_call(square, (5,), None)]
+    words = [_worker.BATCH, 0, 10**9, 2, 100, _worker.SEND, 2, 101, _worker.SEND | _worker.SAME_FUNCTION, 1]
+    reply = _worker._handle_batch([struct.pack(f"<{len(words)}Q", *words), *calls[0], calls[1][1]], watcher())
+    first, second = _worker.loads_reply(reply[1:2]), _worker.loads_reply(reply[2:3])
+    assert first[0] is False and isinstance(first[1], ValueError)
+    assert list(second) == [True, 25]
+
+
+def identity(value):
+    return value
+
+
+def test_int_results_come_back_as_themselves_and_not_as_an_equal_value_of_another_type():
+    values = [1, True, 1.0, 0, False, 2**70, -5, *range(100, 3100)]
+    got = compute(*[delayed(identity)(value) for value in values], scheduler="processes", num_workers=2)
+    assert [(type(value), value) for value in got] == [(type(value), value) for value in values]
