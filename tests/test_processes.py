@@ -275,6 +275,45 @@ def test_the_worker_reads_and_writes_the_golden_wire_vectors():
         written = io.BytesIO()
         _worker.write_message(written, frames)
         assert written.getvalue() == golden[name], name
+        # A worker's channel takes the frames it has buffered in bulk, and writes plain frames in one.
+        left, right = socket.socketpair()
+        with left, right:
+            _worker.write_message(_worker.Channel(left), frames)
+            assert _worker.read_message(_worker.Channel(right)) == frames, name
+
+
+class _Trickle:
+    """A socket whose reads each bring at most ``step`` bytes of ``data``."""
+
+    def __init__(self, data, step):
+        self.data, self.at, self.step = data, 0, step
+
+    def _next(self, n):
+        chunk = self.data[self.at : self.at + min(n, self.step)]
+        self.at += len(chunk)
+        return chunk
+
+    def recvmsg(self, n, ancillary, flags):
+        return self._next(n), [], 0, None
+
+    def recvmsg_into(self, buffers, ancillary, flags):
+        chunk = self._next(len(buffers[0]))
+        buffers[0][: len(chunk)] = chunk
+        return len(chunk), [], 0, None
+
+
+@pytest.mark.parametrize("step", [1, 5, 8, 13, 4096, 1 << 20])
+def test_a_channel_reads_a_message_of_many_frames_split_across_reads(step):
+    """Frames of a batch straddle the channel's reads: a length word or a frame's bytes cut by the end
+    of a read, and a frame larger than a read in the middle."""
+    frames = [bytes([i % 251]) * (i % 37) for i in range(3000)]
+    frames[1500] = b"x" * 200_000
+    written = io.BytesIO()
+    _worker.write_message(written, frames)
+    channel = _worker.Channel(_Trickle(written.getvalue() * 2, step))
+    assert _worker.read_message(channel) == frames
+    assert _worker.read_message(channel) == frames, "the next message starts where the first ends"
+    assert _worker.read_message(channel) is None
 
 
 def watcher():
@@ -482,3 +521,32 @@ def test_a_batch_call_flagged_same_function_runs_the_function_of_the_call_before
         replies.append(list(_worker.loads_reply(reply[at : at + count])))
         at += count
     assert replies == [[True, 4], [True, 9], [True, (3, 1)], [True, (2, 1)]]
+
+
+def fails_to_unpickle():
+    raise ValueError("this argument cannot be rebuilt")
+
+
+class RebuildFails:
+    def __reduce__(self):
+        return fails_to_unpickle, ()
+
+
+def test_a_batch_call_of_the_function_of_a_call_whose_arguments_failed_to_unpickle_runs_it():
+    _worker.new_computation()
+    calls = [_worker.dumps_call(square, (RebuildFails(),), None), _worker.dumps_call(square, (5,), None)]
+    words = [_worker.BATCH, 0, 10**9, 2, 100, _worker.SEND, 2, 101, _worker.SEND | _worker.SAME_FUNCTION, 1]
+    reply = _worker._handle_batch([struct.pack(f"<{len(words)}Q", *words), *calls[0], calls[1][1]], watcher())
+    first, second = _worker.loads_reply(reply[1:2]), _worker.loads_reply(reply[2:3])
+    assert first[0] is False and isinstance(first[1], ValueError)
+    assert list(second) == [True, 25]
+
+
+def identity(value):
+    return value
+
+
+def test_int_results_come_back_as_themselves_and_not_as_an_equal_value_of_another_type():
+    values = [1, True, 1.0, 0, False, 2**70, -5, *range(100, 3100)]
+    got = compute(*[delayed(identity)(value) for value in values], scheduler="processes", num_workers=2)
+    assert [(type(value), value) for value in got] == [(type(value), value) for value in values]

@@ -73,6 +73,9 @@ def _load_logging():
 _logging = _load_logging()
 _LENGTH = struct.Struct("<Q")
 _PID = os.getpid()
+_ONLY_BYTES = frozenset({bytes})
+# Messages of plain frames up to this size are written as one copy of them all.
+_JOINED_UP_TO = 1 << 20
 # A frame's length word with this bit set: the frame is a shared-memory segment of that length,
 # whose descriptor came with the length word.
 _SEGMENT = 1 << 63
@@ -86,7 +89,11 @@ def read_message(stream):
         return None
     (count,) = _LENGTH.unpack(header)
     frames = []
-    for _ in range(count):
+    # A batch brings a thousand small frames: those already buffered are taken without a call each.
+    take_buffered = getattr(stream, "take_buffered", None)
+    while len(frames) < count:
+        if take_buffered is not None and take_buffered(frames, count):
+            break
         (length,) = _LENGTH.unpack(stream.read(_LENGTH.size))
         if length & _SEGMENT:
             fd = stream.take_fd()
@@ -101,6 +108,14 @@ def read_message(stream):
 
 def write_message(stream, frames):
     """Writes one message; a :class:`Segment` frame goes as its descriptor (``stream.send_fd``)."""
+    if _ONLY_BYTES.issuperset(map(type, frames)) and sum(map(len, frames)) <= _JOINED_UP_TO:
+        # A batch's replies, a thousand small frames: framed in one join rather than written in two
+        # pieces each. Large frames go out uncopied, below.
+        lengths = map(_LENGTH.pack, map(len, frames))
+        framed = itertools.chain.from_iterable(zip(lengths, frames, strict=True))
+        stream.write(b"".join((_LENGTH.pack(len(frames)), *framed)))
+        stream.flush()
+        return
     stream.write(_LENGTH.pack(len(frames)))
     for frame in frames:
         if isinstance(frame, Segment):
@@ -275,7 +290,9 @@ def loads(frames):
         _await_preload(head)
     with _UNPICKLING:
         # Segments (mmap) are never looked into: only the plain loads of a small call is worth the scan.
-        if "belated" in sys.modules or (type(head) is bytes and _THIS_MODULE not in head):
+        # find(), not `in`: bytes' `in` first tries its operand as an int, and raises and clears a
+        # TypeError for every call.
+        if "belated" in sys.modules or (type(head) is bytes and head.find(_THIS_MODULE) < 0):
             # Most pickles come alone, and the keyword and the slice cost more than the loads.
             return pickle.loads(head, buffers=frames[1:]) if len(frames) > 1 else pickle.loads(head)
         return _Unpickler(io.BytesIO(head), buffers=frames[1:]).load()
@@ -364,7 +381,10 @@ def dumps_call(function, args, kwargs):
     return [entry[1], *dumps(call, shared=True)]
 
 
-def loads_call(frames):
+def loads_call(frames, function=None):
+    """A call's function, arguments and keyword arguments; ``function`` is its function when the
+    caller has it already (a batch's call flagged ``SAME_FUNCTION``, whose function the call before
+    found)."""
     if not frames[0]:  # the function came with the arguments (see dumps_call)
         computation, levels, args, kwargs, function, source = loads(frames[1:])
         _follow_log_levels(computation, levels)
@@ -373,7 +393,7 @@ def loads_call(frames):
         return function, args, kwargs
     computation, levels, args, kwargs = loads(frames[1:])
     _follow_log_levels(computation, levels)
-    return _function(frames[0], computation), args, kwargs
+    return function if function is not None else _function(frames[0], computation), args, kwargs
 
 
 def _function(pickled, computation):
@@ -561,9 +581,23 @@ def _die_with_parent():
             os._exit(0)
 
 
+# The replies of calls whose result is an int, by that int. A kept result's reply is its size, and
+# sizes recur (every small int's is 28): pickling the reply cost a trivial call a tenth of its time.
+# The first ints seen are kept, a bounded number.
+_INT_REPLIES = {}
+_MAX_INT_REPLIES = 1024
+
+
 def _encode(reply, records):
     if not reply[0]:
         return _encode_failure(reply[1], records)
+    if not records and type(reply[1]) is int:
+        pickled = _INT_REPLIES.get(reply[1])
+        if pickled is None:
+            pickled = pickle.dumps((*reply, records), protocol=5)
+            if len(_INT_REPLIES) < _MAX_INT_REPLIES:
+                _INT_REPLIES[reply[1]] = pickled
+        return [pickled]
     if not records and type(reply[1]) in _PLAIN:
         return [pickle.dumps((*reply, records), protocol=5)]
     try:
@@ -753,11 +787,11 @@ def _handle(frames):
             raise _rebuilt(*fetched[1:5])
         values = fetched[1]
         _STORE.update(zip(ids, values, strict=True))
-    return _run_call(result_id, flags, frames[rest:])
+    return _run_call(result_id, flags, loads_call(frames[rest:]))
 
 
-def _run_call(result_id, flags, frames):
-    reply = _call(*loads_call(frames))
+def _run_call(result_id, flags, call):
+    reply = _call(*call)
     if reply[0]:
         if flags & KEEP:
             _STORE[result_id] = reply[1]
@@ -856,6 +890,21 @@ class Channel:
         while have < n and (got := self._receive(view[have:])):
             have += got
         return out if have == n else bytes(out[:have])
+
+    def take_buffered(self, frames, count):
+        """Appends to ``frames`` the plain frames, up to ``count`` in all, whose length word and bytes
+        are all buffered; whether it reached ``count``."""
+        buffer, at, end = self.buffer, self.at, len(self.buffer)
+        unpack = _LENGTH.unpack_from
+        while len(frames) < count and at + _LENGTH.size <= end:
+            (length,) = unpack(buffer, at)
+            if length & _SEGMENT or at + _LENGTH.size + length > end:
+                break
+            at += _LENGTH.size
+            frames.append(bytes(buffer[at : at + length]))
+            at += length
+        self.at = at
+        return len(frames) == count
 
     def take_fd(self):
         if not self.fds:
@@ -972,7 +1021,7 @@ def _handle_batch(frames, watcher):
         watcher.batch = batch
         watcher.changed.notify()
     encoded, counts, replies = None, batch.counts, batch.frames
-    function_frame = None
+    function_frame = function = None
     for call in range(count):
         # One lock a call: the last call's reply goes in, and this call starts unless handed back.
         with lock:
@@ -987,13 +1036,16 @@ def _handle_batch(frames, watcher):
         call_frames = frames[rest : rest + frame_count]
         rest += frame_count
         if flags & SAME_FUNCTION:
-            # The very object: its hash is computed once, and the function cache finds it by identity.
             call_frames.insert(0, function_frame)
-        function_frame = call_frames[0]
+        else:
+            function_frame, function = call_frames[0], None
         try:
-            reply = _run_call(result_id, flags, call_frames)
+            # A call of the function of the call before takes it as that call found it.
+            called = loads_call(call_frames, function)
+            function = called[0]
+            reply = _run_call(result_id, flags, called)
         except BaseException as error:
-            reply = (False, error)
+            function, reply = None, (False, error)
         encoded = _encode(reply, _take_records())
     with lock:
         if encoded is not None:
