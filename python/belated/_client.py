@@ -179,7 +179,8 @@ class Client:
     ``memory_limit`` (bytes, ``"4GB"``, a fraction of the machine's memory, ``"auto"``: an equal share,
     or ``None``) is replaced; its tasks are retried (the ``retries`` setting) and the results it held
     recomputed. As in distributed, ``retries=`` of ``compute``, ``persist``, ``submit`` and ``map`` runs
-    a task that raised again, up to that many times; the last run's exception is the task's.
+    a task that raised again, up to that many times (the last run's exception is the task's); given,
+    it also replaces the setting for tasks whose worker died.
     Workers import the modules in ``preload`` as soon as they start (default: numpy and pandas, when
     this process has imported them).
 
@@ -812,10 +813,11 @@ class Client:
             held = [None if key is None else self._held_future(key) for key in keys]
         if keys and all(future is not None for future in held):
             return held
-        # distributed's retries= runs a task that raised again; a task whose worker died runs
-        # again as belated's retries setting allows, and at least as often.
+        # distributed's retries= runs a task that raised again, and here one whose worker died too;
+        # without it, the latter runs again as belated's retries setting allows.
         retry_errors = retries or 0
-        retries = max(config._read("retries", 1), retry_errors)
+        if retries is None:
+            retries = config._read("retries", 1)
         token = _belated.CancelToken()
         # Work submitted by a task running here runs off the worker threads, on a thread of its own:
         # that task may wait for it, and with every worker thread (or every submitter thread) waiting
