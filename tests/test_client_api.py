@@ -479,6 +479,17 @@ def test_futures_of_a_closed_client_are_cancelled():
         client.submit(square, 3)
 
 
+def test_a_scattered_dicts_keys_are_its_futures_keys_as_given(any_client):
+    scattered = any_client.scatter({2: 5, ("x", 1): 6, "name": 7, 2.5: 8})
+    assert {key: future.key for key, future in scattered.items()} == {
+        2: 2,
+        ("x", 1): ("x", 1),
+        "name": "name",
+        2.5: 2.5,
+    }
+    assert any_client.submit(sum, list(scattered.values())).result(timeout=60) == 26
+
+
 def test_scatter_refuses_unpicklable_data_before_anything_runs(local_cluster, in_process):
     before = local_cluster.cluster_stats()
     with pytest.raises(TypeError, match="cannot scatter lock to worker processes: it cannot be pickled"):

@@ -132,6 +132,13 @@ def _scatter_key(value, hashed):
     return f"{prefix}-{tokenize(value)}" if hashed else f"{prefix}-{uuid.uuid4().hex}"
 
 
+def _is_key(key):
+    """Whether ``key`` is a task key as dask spells one: a string, bytes, a number, or a tuple of keys."""
+    if type(key) is tuple:
+        return all(map(_is_key, key))
+    return type(key) in (str, bytes, int, float)
+
+
 def _holders(future):
     """The workers (by index) holding ``future``'s value: none unless it is kept in one."""
     kept = kept_in(future._cell)
@@ -573,7 +580,7 @@ class Client:
         for value in values:
             self._check_picklable(value)
         keys = (
-            [str(key) for key in data]
+            [key if _is_key(key) else str(key) for key in data]
             if type(data) is dict
             else [_scatter_key(value, hash) for value in values]
         )
