@@ -937,3 +937,27 @@ def test_private_attributes_are_read_back_as_dask_reads_them():
         assert (again._pure, lib.delayed(divmod)._pure) == (True, None)
         real = pickle.loads(pickle.dumps(lib.delayed(1j + 2).real))
         assert real._attr == "real" and real._obj.compute() == 1j + 2 and real.compute() == 2
+
+
+class Cached:
+    """An object whose registered normalization leaves out its cache, as a user registers one."""
+
+    def __init__(self, value, cache):
+        self.value = value
+        self.cache = cache
+
+
+def test_a_type_registered_with_normalize_token_keys_as_in_dask():
+    # `from belated.tokenize import normalize_token` is dask's: a registration made through it decides
+    # which objects are equal in pure keys, for belated's calls as for dask's.
+    from belated.tokenize import normalize_token
+
+    normalize_token.register(Cached)(lambda obj: obj.value)
+    try:
+        objects = [Cached(1, "a"), Cached(1, "b"), Cached(2, "a")]
+        for lib in (belated, dask):
+            keys = [lib.delayed(repr, pure=True)(obj).key for obj in objects]
+            assert keys[0] == keys[1] != keys[2], lib.__name__
+        assert belated.tokenize(objects[0]) == belated.tokenize(objects[1]) != belated.tokenize(objects[2])
+    finally:
+        normalize_token._lookup.pop(Cached, None)

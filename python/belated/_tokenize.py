@@ -129,6 +129,9 @@ class _Normalizer:
         array = _normalize_array(obj)
         if array is not None:
             return array
+        registered = _registered_with_dask(kind)
+        if registered is not None:
+            return ("registered", self.normalize(kind), self.normalize(registered(obj)))
         token = _by_pickle(obj)
         kind = type(obj)
         # pickle names the class of an instance; where the name does not identify it, the class counts.
@@ -175,6 +178,21 @@ def _global_names(code):
         if isinstance(constant, types.CodeType):
             names.update(_global_names(constant))
     return sorted(names)
+
+
+def _registered_with_dask(kind):
+    """The function dask's ``normalize_token`` has for ``kind`` when one is registered for it (by the
+    user or by dask, for pandas and others), where the program imported dask; else None. A type's
+    registration says which of its objects are equal as dask keys them."""
+    dask_tokenize = sys.modules.get("dask.tokenize")
+    if dask_tokenize is None:
+        return None
+    dispatch = dask_tokenize.normalize_token.dispatch
+    try:
+        found = dispatch(kind)
+    except TypeError:  # nothing registered, not even for object
+        return None
+    return None if found is dispatch(object) else found
 
 
 def _importable(obj):
