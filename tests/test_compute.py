@@ -1,6 +1,7 @@
 """Computing graphs: results, sharing, schedulers, configuration, errors, interrupts, memory, scale."""
 
 import gc
+import itertools
 import os
 import signal
 import threading
@@ -9,7 +10,7 @@ import traceback
 import weakref
 
 import pytest
-from helpers import heartbeats_between
+from helpers import counting_overlaps, heartbeats_between
 
 import belated
 from belated import compute, delayed, persist
@@ -275,3 +276,44 @@ def test_other_python_threads_run_while_builtin_tasks_compute(scheduler):
 
     beats_during = heartbeats_between(run, first="task", last="task")
     assert beats_during >= 3, f"the heartbeat ran {beats_during} times during the compute"
+
+
+def test_short_tasks_holding_the_interpreter_settle_on_one_thread():
+    """Builtin-function tasks hold the interpreter throughout: a second thread runs them no faster,
+    and the two handing it back and forth keep other Python threads from it for tens of milliseconds.
+    The threads scheduler measures the task rate over windows of a thousand such tasks and lets one
+    thread run them (comparing with two again now and then): in the last third of the graph, one
+    thread runs nearly all tasks, where without the measuring each runs about half."""
+    idents = compute([delayed(threading.get_ident)() for _ in range(300_000)], num_workers=2)[0]
+    later = idents[2 * len(idents) // 3 :]
+    minority = min(later.count(ident) for ident in set(later)) if len(set(later)) > 1 else 0
+    assert minority / len(later) < 0.25, f"the second thread ran {minority / len(later):.0%} of them"
+
+
+def test_tasks_that_wait_keep_every_thread_from_the_start():
+    """Tasks that sleep keep no core busy, and are long: fewer threads are never tried on them, which
+    would run a window of them one at a time. After the first two, every task but the last starts
+    beside another (a few may not, when both threads finish at once)."""
+    task, at_start = counting_overlaps(lambda running: time.sleep(0.005))
+    assert compute([delayed(task)(i) for i in range(200)], num_workers=2) == (list(range(200)),)
+    alone = sum(count == 1 for count in at_start[2:-1])
+    assert alone < 8, f"{alone} tasks started alone"
+
+
+def test_a_small_graph_of_tasks_mixing_waits_and_python_loops_keeps_both_threads():
+    """A few dozen tasks of milliseconds, some sleeping and some running bytecode, end no window of the
+    measuring: none of them runs alone for a comparison."""
+
+    kinds = itertools.count()
+
+    def body(running):
+        if next(kinds) % 2:
+            time.sleep(0.01)
+        else:
+            for _ in range(20_000):
+                pass
+
+    task, at_start = counting_overlaps(body)
+    assert compute([delayed(task)(i) for i in range(64)], num_workers=2) == (list(range(64)),)
+    alone = sum(count == 1 for count in at_start[2:-1])
+    assert alone < 8, f"{alone} tasks started alone"

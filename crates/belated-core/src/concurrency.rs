@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 /// The shortest window a rate is measured over: several switch intervals of CPython (5 ms), so a
 /// window sees the handoffs it is meant to catch.
 pub const WINDOW: Duration = Duration::from_millis(20);
-/// The fewest finished tasks a window counts.
+/// The fewest finished tasks a window counts, unless the ramp asks for more ([`Ramp::new`]).
 pub const WINDOW_TASKS: u64 = 16;
 /// How much faster, as a ratio of task rates, a count of threads must be than one fewer to be kept.
 pub const GAIN: f64 = 1.15;
@@ -44,6 +44,8 @@ pub const MIN_BUSY: f64 = 0.1;
 #[derive(Debug)]
 pub struct Ramp {
     max: usize,
+    /// The fewest finished tasks a window counts.
+    window_tasks: u64,
     allowed: AtomicUsize,
     state: Mutex<Window>,
 }
@@ -68,11 +70,14 @@ enum Phase {
 }
 
 impl Ramp {
-    /// A ramp over 1..=`max` threads, starting at `max`, its clocks starting at `now` and `busy`.
-    pub fn new(max: usize, now: Duration, busy: Duration) -> Self {
+    /// A ramp over 1..=`max` threads, starting at `max`, its clocks starting at `now` and `busy`,
+    /// whose windows count at least `window_tasks` tasks ([`WINDOW_TASKS`] at the fewest): a ramp
+    /// that must leave tasks longer than a window's share of them on every thread asks for more.
+    pub fn new(max: usize, window_tasks: u64, now: Duration, busy: Duration) -> Self {
         let max = max.max(1);
         Ramp {
             max,
+            window_tasks: window_tasks.max(WINDOW_TASKS),
             allowed: AtomicUsize::new(max),
             state: Mutex::new(Window {
                 start: now,
@@ -95,13 +100,19 @@ impl Ramp {
     /// Counts a finished task at `now`; at a window's end, moves the count as the rates say, reading
     /// the process's CPU time from `busy`.
     pub fn task_done(&self, now: Duration, busy: impl FnOnce() -> Duration) {
+        self.tasks_done(1, now, busy);
+    }
+
+    /// [`Ramp::task_done`] for `tasks` tasks at once: a caller with many short tasks reports them in
+    /// groups, paying the lock once a group.
+    pub fn tasks_done(&self, tasks: u64, now: Duration, busy: impl FnOnce() -> Duration) {
         if self.max == 1 {
             return;
         }
         let mut window = self.state.lock();
-        window.done += 1;
+        window.done += tasks;
         let span = now.saturating_sub(window.start);
-        if window.done < WINDOW_TASKS || span < WINDOW {
+        if window.done < self.window_tasks || span < WINDOW {
             return;
         }
         let rate = window.done as f64 / span.as_secs_f64();
@@ -196,7 +207,7 @@ mod tests {
         }
 
         fn ramp(&self, max: usize) -> Ramp {
-            Ramp::new(max, self.now, self.busy)
+            Ramp::new(max, WINDOW_TASKS, self.now, self.busy)
         }
     }
 
@@ -286,6 +297,19 @@ mod tests {
         assert_eq!(long.allowed(), 2);
         run(&long, &mut clocks, 1, WINDOW);
         assert_eq!(long.allowed(), 1, "the window ends at its sixteenth task");
+    }
+
+    #[test]
+    fn a_ramp_asking_for_more_tasks_a_window_keeps_every_thread_on_fewer() {
+        let mut clocks = Clocks::new();
+        let ramp = Ramp::new(2, 1000, clocks.now, clocks.busy);
+        // Tasks a millisecond long: a window's time passes many times before its thousand tasks.
+        for _ in 0..10 {
+            run(&ramp, &mut clocks, 99, WINDOW * 5);
+        }
+        assert_eq!(ramp.allowed(), 2, "990 tasks end no window");
+        ramp.tasks_done(10, clocks.now, || clocks.busy);
+        assert_eq!(ramp.allowed(), 1, "the thousandth task ends the window");
     }
 
     #[test]

@@ -8,12 +8,12 @@
 //! deliver Ctrl-C, which cancels the computation. A compute called from inside a task runs inline on that
 //! worker, since waiting on the pool it occupies could wait forever.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use belated_cluster::Running;
-use belated_core::concurrency::Ramp;
+use belated_core::concurrency::{Ramp, WINDOW_TASKS};
 use belated_core::{
     on_worker_thread, run_inline_each, run_inline_observed, Fanout, InputsLost, Observer, Outputs,
     Plan, PoolRegistry, RetryErrors, Runner, Session, Stopped, TaskId, ThreadPool, Wait,
@@ -46,23 +46,43 @@ const SIGNAL_POLL: Duration = Duration::from_millis(50);
 static POOLS: PoolRegistry<usize> = PoolRegistry::new();
 
 /// How many of a pool's threads take a computation's tasks, as measured (belated-core's [`Ramp`], on
-/// the wall clock and the process's CPU time): dask's collections' task bodies mostly hold the
-/// interpreter (numpy on small chunks, pandas), and then a second thread slows them.
+/// the wall clock and the process's CPU time): task bodies that hold the interpreter (dask's
+/// collections' numpy on small chunks or pandas, builtin functions) run no faster on a second thread,
+/// and two threads handing it back and forth keep every other Python thread from it for tens of
+/// milliseconds where one lets them in within a switch interval or two.
 pub(crate) struct MeasuredRamp {
     ramp: Ramp,
     start: Instant,
+    finished: AtomicU64,
 }
 
+/// Tasks are told to the ramp this many at a time, so that a trivial task pays one atomic increment
+/// rather than a clock read and a lock.
+const REPORTED_TOGETHER: u64 = 16;
+
+/// The fewest tasks a window of a `Delayed` compute counts. Its tasks are anyone's: a graph of a few
+/// dozen that sleep or mix waits with Python loops lost a fifth of its time running a comparison
+/// window on one thread. A thousand tasks fill a 20 ms window only when each takes about 20 µs or
+/// less (builtin functions, trivial Python functions), which is where a second thread gains nothing
+/// and keeps other threads from the interpreter; longer tasks keep every thread unless a graph of
+/// thousands of them shows one fewer does as well.
+const DELAYED_WINDOW_TASKS: u64 = 1024;
+
 impl MeasuredRamp {
-    pub(crate) fn new(threads: usize) -> Self {
+    /// A ramp over `threads` threads whose windows count at least `window_tasks` tasks.
+    pub(crate) fn new(threads: usize, window_tasks: u64) -> Self {
         MeasuredRamp {
-            ramp: Ramp::new(threads, Duration::ZERO, cpu_time()),
+            ramp: Ramp::new(threads, window_tasks, Duration::ZERO, cpu_time()),
             start: Instant::now(),
+            finished: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn task_done(&self) {
-        self.ramp.task_done(self.start.elapsed(), cpu_time);
+        if (self.finished.fetch_add(1, Ordering::Relaxed) + 1) % REPORTED_TOGETHER == 0 {
+            self.ramp
+                .tasks_done(REPORTED_TOGETHER, self.start.elapsed(), cpu_time);
+        }
     }
 
     pub(crate) fn allowed(&self) -> usize {
@@ -78,7 +98,7 @@ fn cpu_time() -> Duration {
 struct PyRunner {
     nodes: Arc<[Arc<TaskNode>]>,
     guard: TaskGuard,
-    /// Set for computations of dask collections on threads, as `belated.get` runs them.
+    /// Set on the threads scheduler.
     ramp: Option<MeasuredRamp>,
     /// How often a task that raised runs again (a Client's `retries=`).
     retry: RetryErrors,
@@ -604,7 +624,14 @@ fn run_plan(
         Mode::Inline => run_inline_observed(graph, outputs, runner(guard), observer).map(Ran::All),
         Mode::Threads(threads) => {
             let runner = PyRunner {
-                ramp: ramp.then(|| MeasuredRamp::new(threads)),
+                ramp: Some(MeasuredRamp::new(
+                    threads,
+                    if ramp {
+                        WINDOW_TASKS
+                    } else {
+                        DELAYED_WINDOW_TASKS
+                    },
+                )),
                 ..runner(guard)
             };
             let (session, plan) = (pool(threads)?, (graph, outputs));
@@ -717,8 +744,9 @@ enum Ran<V, E> {
 /// With `each` (a callable), a failed task fails only what depends on it: every other task still
 /// runs, and each of `objs` that needed a failed task is replaced by `each(exception)` instead.
 ///
-/// With `ramp` (set for dask collections' graphs), the threads scheduler lets as many threads take
-/// tasks as measurably pays, as `belated.get` does.
+/// The threads scheduler lets as many threads take tasks as measurably pays; with `ramp` (set for
+/// dask collections' graphs) it measures as `belated.get` does, over windows of a few tasks, and
+/// otherwise only where tasks are short ([`DELAYED_WINDOW_TASKS`]).
 ///
 /// A task whose worker process dies runs again `retries` more times; one that raised runs again
 /// `retry_errors` more times (a Client's `retries=`, as in distributed).
