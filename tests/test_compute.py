@@ -317,3 +317,16 @@ def test_a_small_graph_of_tasks_mixing_waits_and_python_loops_keeps_both_threads
     assert compute([delayed(task)(i) for i in range(64)], num_workers=2) == (list(range(64)),)
     alone = sum(count == 1 for count in at_start[2:-1])
     assert alone < 8, f"{alone} tasks started alone"
+
+
+def test_slow_tasks_after_many_short_ones_run_side_by_side():
+    """A hundred thousand builtin-function tasks settle the measuring on one thread; the slow tasks
+    that follow (each waits 50 ms, as an upload does) never fill a window to measure two threads again,
+    so the first slow one lets every thread run again: after it, they overlap."""
+    shorts = [delayed(abs)(-i) for i in range(100_000)]
+    done = delayed(sum)(shorts)
+    task, at_start = counting_overlaps(lambda running: time.sleep(0.05))
+    slow = [delayed(lambda _, i: task(i))(done, i) for i in range(8)]
+    assert compute(slow, num_workers=2) == (list(range(8)),)
+    alone = sum(count == 1 for count in at_start[:-1])
+    assert alone <= 2, f"{alone} of the slow tasks started alone: {at_start}"

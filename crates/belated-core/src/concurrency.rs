@@ -97,6 +97,23 @@ impl Ramp {
         self.allowed.load(Relaxed)
     }
 
+    /// Lets every thread run tasks again at once, measuring anew from `now` and `busy`: for a caller
+    /// that sees a task long enough that running its graph's next ones one at a time would cost more
+    /// than any window could save.
+    pub fn widen(&self, now: Duration, busy: Duration) {
+        if self.allowed() == self.max {
+            return;
+        }
+        let mut window = self.state.lock();
+        *window = Window {
+            start: now,
+            busy,
+            done: 0,
+            phase: Phase::Measure,
+        };
+        self.allowed.store(self.max, Relaxed);
+    }
+
     /// Counts a finished task at `now`; at a window's end, moves the count as the rates say, reading
     /// the process's CPU time from `busy`.
     pub fn task_done(&self, now: Duration, busy: impl FnOnce() -> Duration) {
@@ -310,6 +327,23 @@ mod tests {
         assert_eq!(ramp.allowed(), 2, "990 tasks end no window");
         ramp.tasks_done(10, clocks.now, || clocks.busy);
         assert_eq!(ramp.allowed(), 1, "the thousandth task ends the window");
+    }
+
+    #[test]
+    fn widening_lets_every_thread_run_and_measures_anew() {
+        let mut clocks = Clocks::new();
+        let ramp = clocks.ramp(2);
+        run(&ramp, &mut clocks, 100, WINDOW);
+        run(&ramp, &mut clocks, 100, WINDOW);
+        assert_eq!(ramp.allowed(), 1, "one thread did as well as two");
+        ramp.widen(clocks.now, clocks.busy);
+        assert_eq!(ramp.allowed(), 2);
+        run(&ramp, &mut clocks, 100, WINDOW);
+        assert_eq!(
+            ramp.allowed(),
+            1,
+            "a window measured two, and one is tried next"
+        );
     }
 
     #[test]

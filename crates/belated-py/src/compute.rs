@@ -35,7 +35,7 @@ use crate::delayed::{Delayed, Role};
 use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{catch_panics, to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
-use crate::gil::{now_ns, release, ITEMS_PER_CHECK};
+use crate::gil::{self, now_ns, release, ITEMS_PER_CHECK};
 use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS};
 use crate::task::{Arg, Op, PyTask, PyValue, TaskNode};
 use belated_cluster::directory::Held;
@@ -54,6 +54,8 @@ pub(crate) struct MeasuredRamp {
     ramp: Ramp,
     start: Instant,
     finished: AtomicU64,
+    /// A task at least this long lets every thread run again ([`Ramp::widen`]).
+    long_task: Option<Duration>,
 }
 
 /// Tasks are told to the ramp this many at a time, so that a trivial task pays one atomic increment
@@ -68,17 +70,39 @@ const REPORTED_TOGETHER: u64 = 16;
 /// thousands of them shows one fewer does as well.
 const DELAYED_WINDOW_TASKS: u64 = 1024;
 
+/// A task of a `Delayed` compute this long lets every thread run again: a graph of thousands of short
+/// tasks and then a few slow ones (a map, then uploads) would otherwise run the slow ones one at a
+/// time, since they never fill a window to measure two threads again.
+const DELAYED_LONG_TASK: Duration = Duration::from_millis(5);
+
 impl MeasuredRamp {
-    /// A ramp over `threads` threads whose windows count at least `window_tasks` tasks.
-    pub(crate) fn new(threads: usize, window_tasks: u64) -> Self {
+    /// A ramp over `threads` threads for dask collections' tasks, whose windows count a few.
+    pub(crate) fn for_collections(threads: usize) -> Self {
+        MeasuredRamp::new(threads, WINDOW_TASKS, None)
+    }
+
+    /// A ramp over `threads` threads for a `Delayed` compute's tasks: only short ones are measured.
+    fn for_delayed(threads: usize) -> Self {
+        MeasuredRamp::new(threads, DELAYED_WINDOW_TASKS, Some(DELAYED_LONG_TASK))
+    }
+
+    fn new(threads: usize, window_tasks: u64, long_task: Option<Duration>) -> Self {
         MeasuredRamp {
             ramp: Ramp::new(threads, window_tasks, Duration::ZERO, cpu_time()),
             start: Instant::now(),
             finished: AtomicU64::new(0),
+            long_task,
         }
     }
 
+    /// Counts a task this thread just finished.
     pub(crate) fn task_done(&self) {
+        if self
+            .long_task
+            .is_some_and(|long| gil::since_task_start() >= long)
+        {
+            self.ramp.widen(self.start.elapsed(), cpu_time());
+        }
         if (self.finished.fetch_add(1, Ordering::Relaxed) + 1) % REPORTED_TOGETHER == 0 {
             self.ramp
                 .tasks_done(REPORTED_TOGETHER, self.start.elapsed(), cpu_time);
@@ -624,14 +648,11 @@ fn run_plan(
         Mode::Inline => run_inline_observed(graph, outputs, runner(guard), observer).map(Ran::All),
         Mode::Threads(threads) => {
             let runner = PyRunner {
-                ramp: Some(MeasuredRamp::new(
-                    threads,
-                    if ramp {
-                        WINDOW_TASKS
-                    } else {
-                        DELAYED_WINDOW_TASKS
-                    },
-                )),
+                ramp: Some(if ramp {
+                    MeasuredRamp::for_collections(threads)
+                } else {
+                    MeasuredRamp::for_delayed(threads)
+                }),
                 ..runner(guard)
             };
             let (session, plan) = (pool(threads)?, (graph, outputs));

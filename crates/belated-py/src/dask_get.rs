@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use belated_core::concurrency::WINDOW_TASKS;
 use belated_core::{current_worker, on_worker_thread, run_inline, Graph, Runner, TaskId};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -180,7 +179,7 @@ pub(crate) fn run_dask_graph(
             deadline,
             check_signals: inline,
             context,
-            ramp: (!inline).then(|| MeasuredRamp::new(workers, WINDOW_TASKS)),
+            ramp: (!inline).then(|| MeasuredRamp::for_collections(workers)),
         };
         let result = if inline {
             run_inline(graph, outputs, runner)

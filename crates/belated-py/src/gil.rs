@@ -9,6 +9,7 @@
 //! they would from Python code, and nothing is paid when nobody asks.
 
 use std::cell::Cell;
+use std::time::Duration;
 
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
@@ -55,13 +56,30 @@ fn switch_due(now: u64) -> bool {
     })
 }
 
+thread_local! {
+    /// When this thread last started a task, on the coarse clock ([`offer_between_tasks`]).
+    static TASK_STARTED: Cell<u64> = const { Cell::new(0) };
+}
+
 /// [`let_other_threads_run`] before a task, on the coarse clock ([`COARSE_CLOCK`]): a compute of
-/// a million trivial tasks reads it a million times.
+/// a million trivial tasks reads it a million times. Marks the task's start ([`since_task_start`]),
+/// after the interpreter came back if it was handed over.
 pub(crate) fn offer_between_tasks(py: Python<'_>) -> PyResult<()> {
-    if !switch_due(now_ns(COARSE_CLOCK)) {
+    let now = now_ns(COARSE_CLOCK);
+    TASK_STARTED.with(|started| started.set(now));
+    if !switch_due(now) {
         return Ok(());
     }
-    switch(py)
+    let switched = switch(py);
+    TASK_STARTED.with(|started| started.set(now_ns(COARSE_CLOCK)));
+    switched
+}
+
+/// How long since this thread started its last task ([`offer_between_tasks`]), on the coarse clock:
+/// to within its tick (1 to 4 ms).
+pub(crate) fn since_task_start() -> Duration {
+    let started = TASK_STARTED.with(Cell::get);
+    Duration::from_nanos(now_ns(COARSE_CLOCK).saturating_sub(started))
 }
 
 /// Gives the interpreter to a thread that asked for it, if this thread has held it for a while.
