@@ -3,6 +3,7 @@ distributed does: a later computation uses them there, computing one fetches onl
 last object holding one releases it in the workers, and one lost with its worker is computed again
 from its task. Where distributed is installed the same assertions run against its Client."""
 
+import concurrent.futures
 import gc
 import os
 import signal
@@ -124,3 +125,22 @@ def test_a_persisted_result_lost_with_its_worker_is_computed_again_from_its_task
         assert client.compute(belated.delayed(square)(persisted)).result(timeout=60) == 49 * 49
         assert persisted.compute(scheduler=client) == 49
         assert client.cluster_stats()["replaced"] == 1
+
+
+@pytest.mark.parametrize("how", ["future", "client"])
+def test_cancelling_a_finished_scattered_future_releases_its_value_in_the_workers(client, how):
+    before = held(client)
+    future = client.scatter(b"value" * 1000)
+    assert future.result(timeout=60) == b"value" * 1000
+    eventually(lambda: held(client) == before + 1, "the value in a worker")
+    if how == "future":
+        future.cancel()
+    else:
+        client.cancel(future)
+    # The future itself is still referenced here: the cancel, not a drop, lets go of the value.
+    eventually(lambda: held(client) == before, "released by the cancel")
+    assert future.cancelled()
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result(timeout=60)
+    with pytest.raises(concurrent.futures.CancelledError):
+        client.submit(len, future).result(timeout=60)

@@ -1546,13 +1546,14 @@ def _run_into(run, future):
 
 
 def _settle(batch, done):
-    """Gives ``batch`` the outcome of ``done``, the run that computed it."""
+    """Gives ``batch`` the outcome of ``done``, the run that computed it: its results as a list, from
+    which a finished future cancelled alone takes its own out (``Computation._let_go``)."""
     if done.cancelled():
         batch.set_exception(_belated.CancelledError("the Client was closed"))
     elif done.exception() is not None:
         batch.set_exception(done.exception())
     else:
-        batch.set_result(done.result())
+        batch.set_result(list(done.result()))
 
 
 def current_client():

@@ -31,9 +31,10 @@ from belated import _belated
 
 
 class Computation:
-    """The work of one ``submit``/``map``/``compute``/``scatter`` call: ``batch`` resolves to the tuple
-    of its results, and ``cells`` holds each of its futures' own outcome, settled as soon as that
-    future's task ends (see :class:`EachDone`), or from ``batch`` if it ends first.
+    """The work of one ``submit``/``map``/``compute``/``scatter`` call: ``batch`` resolves to the list
+    of its results (a finished future cancelled alone takes its own out), and ``cells`` holds each of
+    its futures' own outcome, settled as soon as that future's task ends (see :class:`EachDone`), or
+    from ``batch`` if it ends first.
 
     A future cancelled alone is done at once, and the others keep running, as in distributed. On
     worker processes its call stops at once (its worker is killed and replaced; the other calls that
@@ -58,10 +59,19 @@ class Computation:
     def cancel(self, index):
         """Cancels future ``index`` alone, and the computation once nothing else of it is wanted."""
         self.cancelled.add(index)
-        self.cells[index].cancel()
+        if not self.cells[index].cancel():
+            self._let_go(index)
         if self.token is not None and not self.batch.done():
             self.token.cancel_output(index)
         _stop_if_unwanted(self.cancelled, self.cells, self.token, self.batch)
+
+    def _let_go(self, index):
+        """Drops the result of future ``index``, finished already: distributed forgets a cancelled key,
+        and a value kept in a worker is released there once nothing here holds it."""
+        gone = concurrent.futures.Future()
+        gone.cancel()
+        self.cells[index] = gone
+        self.batch.add_done_callback(lambda batch: _forget(batch, index))
 
     def __del__(self):
         # Only what has not started: a running computation finishes (its result unused).
@@ -124,6 +134,12 @@ def _settle_all(cells, batch):
             _settle(cell, values[index])
         else:
             _fail(cell, error)
+
+
+def _forget(batch, index):
+    """Drops result ``index`` of a computation's ``batch`` (a list, for this), once it has one."""
+    if not batch.cancelled() and batch.exception() is None:
+        batch.result()[index] = None
 
 
 def _stop_if_unwanted(cancelled, cells, token, batch):
@@ -412,7 +428,7 @@ class Lineage:
 def finished(values):
     """A computation already done, with ``values``: what ``scatter`` makes."""
     batch = concurrent.futures.Future()
-    batch.set_result(tuple(values))
+    batch.set_result(list(values))
     return Computation(batch, None)
 
 
