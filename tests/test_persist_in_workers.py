@@ -144,3 +144,26 @@ def test_cancelling_a_finished_scattered_future_releases_its_value_in_the_worker
         future.result(timeout=60)
     with pytest.raises(concurrent.futures.CancelledError):
         client.submit(len, future).result(timeout=60)
+
+
+@pytest.fixture(params=["belated", "distributed"])
+def default_client(request):
+    """A one-worker cluster (no transfers) of this test's own, the default scheduler while open."""
+    if request.param == "distributed":
+        yield request.getfixturevalue("reference")
+        return
+    with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as own:
+        yield own
+
+
+def test_top_level_persist_with_a_default_client_keeps_the_results_in_the_workers(default_client):
+    on_dask = isinstance(default_client, distributed.Client)
+    delayed, persist = (dask.delayed, dask.persist) if on_dask else (belated.delayed, belated.persist)
+    before = held(default_client)
+    # A lock cannot be pickled: it cannot come back here, only stay where it was made.
+    (lock, [squared]) = persist(delayed(make_lock)(), [delayed(square, pure=True)(5)])
+    alone = delayed(square)(6).persist()
+    eventually(lambda: held(default_client) == before + 3, "the three results in the worker")
+    assert delayed(type_name)(lock).compute() == "lock"
+    assert delayed(sum)([squared, alone]).compute() == 61
+    assert squared.key == delayed(square, pure=True)(5).key

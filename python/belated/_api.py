@@ -91,6 +91,10 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
         run = dask_persist if persist else dask_compute
         options = {"num_workers": num_workers} if num_workers is not None else {}
         return run(*args, traverse=traverse, scheduler=scheduler, **options, **kwargs)
+    if persist and _is_local_client(scheduler):
+        persisted = _client_persist(scheduler, args, traverse, retries)
+        if persisted is not None:
+            return persisted
     in_process = getattr(scheduler, "_in_process_threads", None)  # a Client(processes=False)
     if in_process is not None:
         scheduler, num_workers = "threads", num_workers or in_process
@@ -170,6 +174,13 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
             )
 
 
+def _is_local_client(scheduler):
+    """Whether ``scheduler`` is a belated Client running tasks itself, not on Dask distributed."""
+    from belated._client import Client
+
+    return isinstance(scheduler, Client) and scheduler._distributed_client is None
+
+
 def _is_foreign(arg):
     """Whether ``arg`` is a dask collection other than belated's own ``Delayed``."""
     return not isinstance(arg, _belated.Delayed) and is_dask_collection(arg)
@@ -181,41 +192,71 @@ def _collections_as_delayed(args, traverse, fuse):
     graphs are optimized together, as ``dask.compute`` optimizes them, so that tasks they share stay
     one task each. (Collections deeper inside arguments are taken one by one when the engine meets
     them.)"""
-    found = []
-
-    def scan(obj, depth):
-        if _is_foreign(obj):
-            found.append(obj)
-        elif traverse and depth < _SCANNED_LEVELS and type(obj) in (list, tuple):
-            for item in obj:
-                scan(item, depth + 1)
-        elif traverse and depth < _SCANNED_LEVELS and type(obj) is dict:
-            for item in obj.values():
-                scan(item, depth + 1)
-
-    for arg in args:
-        scan(arg, 0)
+    found = _found(args, traverse, _is_foreign, _SCANNED_LEVELS)
     if not found:
         return args, False
     from belated._dask import collections_graph
 
     dsk, keys = collections_graph(found, fuse=fuse)
-    replacement = dict(zip(map(id, found), _belated.dask_graph_delayed(dsk, keys), strict=True))
+    delayed = _belated.dask_graph_delayed(dsk, keys)
+    return _replaced(args, traverse, found, delayed, _SCANNED_LEVELS), True
+
+
+def _found(args, traverse, wanted, levels):
+    """The objects among ``args`` for which ``wanted`` holds, and with ``traverse`` those in the lists,
+    tuples and dicts they are, up to ``levels`` deep, in order."""
+    found = []
+
+    def scan(obj, depth):
+        if wanted(obj):
+            found.append(obj)
+        elif traverse and depth < levels and type(obj) in (list, tuple):
+            for item in obj:
+                scan(item, depth + 1)
+        elif traverse and depth < levels and type(obj) is dict:
+            for item in obj.values():
+                scan(item, depth + 1)
+
+    for arg in args:
+        scan(arg, 0)
+    return found
+
+
+def _replaced(args, traverse, found, replacements, levels):
+    """``args`` with each object :func:`_found` gave (``found``) replaced by the one at its place in
+    ``replacements``, in containers rebuilt."""
+    replacement = dict(zip(map(id, found), replacements, strict=True))
 
     def replace(obj, depth):
-        if id(obj) in replacement and _is_foreign(obj):
+        if id(obj) in replacement:
             return replacement[id(obj)]
-        if traverse and depth < _SCANNED_LEVELS and type(obj) in (list, tuple):
+        if traverse and depth < levels and type(obj) in (list, tuple):
             return type(obj)(replace(item, depth + 1) for item in obj)
-        if traverse and depth < _SCANNED_LEVELS and type(obj) is dict:
+        if traverse and depth < levels and type(obj) is dict:
             return {key: replace(item, depth + 1) for key, item in obj.items()}
         return obj
 
-    return tuple(replace(arg, 0) for arg in args), True
+    return tuple(replace(arg, 0) for arg in args)
+
+
+def _client_persist(client, args, traverse, retries):
+    """``persist`` on a belated Client (the default one, or ``scheduler=``): the Client's own persist,
+    as dask hands one to distributed's default Client, so the results stay in its workers and this
+    returns at once. The ``Delayed`` objects among ``args`` (and, with ``traverse``, in the lists,
+    tuples and dicts they are) are persisted in one call; None if dask collections are among them,
+    which are computed here (the caller's persist does that)."""
+    if _found(args, traverse, _is_foreign, _DELAYED_LEVELS):
+        return None
+    found = _found(args, traverse, lambda obj: isinstance(obj, _belated.Delayed), _DELAYED_LEVELS)
+    persisted = client.persist(found, traverse=traverse, retries=retries) if found else []
+    return _replaced(args, traverse, found, persisted, _DELAYED_LEVELS)
 
 
 # How deep in containers compute looks for dask collections to optimize together.
 _SCANNED_LEVELS = 3
+# How deep in containers a Client's persist looks for Delayed objects: as deep as data is nested in
+# practice, short of Python's recursion limit.
+_DELAYED_LEVELS = 100
 
 
 def _persist_collections(args, run, fuse):
@@ -326,7 +367,9 @@ def persist(
 ):
     """Compute lazy values and return new ``Delayed`` objects holding the results under the same keys.
 
-    Takes the arguments of :func:`compute`. On Dask distributed, use that cluster's ``client.persist``.
+    Takes the arguments of :func:`compute`. With a belated ``Client`` as the scheduler (the default one,
+    or ``scheduler=client``), this is that Client's ``persist``, as dask hands a persist to distributed's
+    default Client: it returns at once and the results stay in the Client's workers.
 
     Parameters
     ----------
