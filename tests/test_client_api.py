@@ -490,6 +490,17 @@ def test_a_scattered_dicts_keys_are_its_futures_keys_as_given(any_client):
     assert any_client.submit(sum, list(scattered.values())).result(timeout=60) == 26
 
 
+def test_a_scattered_dicts_numpy_keys_keep_their_type(any_client):
+    np = pytest.importorskip("numpy")
+    given = [np.int64(1), np.int32(2), (np.int64(3), "x"), np.float64(4.5), np.uint8(7)]
+    scattered = any_client.scatter(dict(zip(given, range(5), strict=True)))
+    keys = [scattered[key].key for key in given]
+    assert [type(key) for key in keys] == [type(key) for key in given]
+    assert [type(part) for part in keys[2]] == [np.int64, str]
+    assert keys == given
+    assert any_client.submit(sum, list(scattered.values())).result(timeout=60) == 10
+
+
 def test_scatter_refuses_unpicklable_data_before_anything_runs(local_cluster, in_process):
     before = local_cluster.cluster_stats()
     with pytest.raises(TypeError, match="cannot scatter lock to worker processes: it cannot be pickled"):

@@ -8,6 +8,7 @@ import functools
 import html
 import importlib
 import logging
+import numbers
 import os
 import re
 import sys
@@ -133,10 +134,11 @@ def _scatter_key(value, hashed):
 
 
 def _is_key(key):
-    """Whether ``key`` is a task key as dask spells one: a string, bytes, a number, or a tuple of keys."""
+    """Whether ``key`` names a scattered value as given, as in distributed: a string, bytes, a number
+    (numpy's scalars among them), or a tuple of keys."""
     if type(key) is tuple:
         return all(map(_is_key, key))
-    return type(key) in (str, bytes, int, float)
+    return type(key) in (str, bytes) or isinstance(key, numbers.Number)
 
 
 def _holders(future):
