@@ -5,6 +5,8 @@ in one run.
 - CPU-bound: 8 pure-Python tasks of about 0.5 s each on 2 workers (sequential time / wall time).
 - Trivial tasks: 10,000 `inc` calls summed, end to end, per task.
 - A shared input: one 80 MB array (``delayed(array)``; ``ray.put`` for Ray) read by 32 tasks, end to end.
+- A function holding an input: 32 calls of a function whose default argument is one 80 MB array (a
+  closure, pickled by value), end to end.
 - Produced and consumed: 8 tasks each making an 80 MB array that another task reduces, end to end.
   joblib has no task graph: it runs the producers, then the consumers, the arrays coming back between.
 - Start: the first compute's latency on a fresh pool (belated keeps its pool for later computes; dask's
@@ -81,6 +83,24 @@ def shared_input(compute, module, array):
     return elapsed
 
 
+def held_by_function(compute, array):
+    """32 calls of a function holding one 80 MB array, summed; ``compute(function, calls)`` runs them."""
+
+    def stride_sum_held(i, array=array):
+        return float(array[i::32].sum())
+
+    elapsed, got = timed(lambda: compute(stride_sum_held, range(32)))
+    assert abs(got - float(array.sum())) < 1e-6 * abs(got)
+    return elapsed
+
+
+def delayed_calls(module, **options):
+    """``compute`` for :func:`held_by_function` as delayed calls summed by a task."""
+    return lambda function, calls: module.delayed(sum)([module.delayed(function)(i) for i in calls]).compute(
+        **options
+    )
+
+
 def produce(i):
     import numpy as np
 
@@ -140,6 +160,11 @@ def main():
         "dask processes": shared_input(lambda total: total.compute(**processes), dask, array),
     }
 
+    held = {
+        "belated processes": held_by_function(delayed_calls(belated, **processes), array),
+        "dask processes": held_by_function(delayed_calls(dask, **processes), array),
+    }
+
     def chains(module, **options):
         return lambda: module.compute(
             *[module.delayed(consume)(module.delayed(produce)(i)) for i in range(8)], **options
@@ -158,6 +183,7 @@ def main():
         small["belated Client"] = trivial(belated_sum(belated), tasks)
         shared["belated Client"] = shared_input(lambda total: total.compute(), belated, array)
         chained["belated Client"] = produced_and_consumed(chains(belated))
+        held["belated Client"] = held_by_function(delayed_calls(belated), array)
 
     start_theirs, cluster = timed(
         lambda: LocalCluster(
@@ -177,6 +203,7 @@ def main():
             tasks,
         )
         shared["distributed"] = shared_input(lambda total: client.compute(total).result(), dask, array)
+        held["distributed"] = held_by_function(delayed_calls(dask, scheduler=client), array)
         chained["distributed"] = produced_and_consumed(
             lambda: client.gather(
                 client.compute([dask.delayed(consume)(dask.delayed(produce)(i)) for i in range(8)])
@@ -193,6 +220,9 @@ def main():
     parts = parallel(joblib.delayed(stride_sum)(array, i) for i in range(32))
     shared["joblib"] = time.perf_counter() - started
     assert abs(sum(parts) - float(array.sum())) < 1e-6 * abs(sum(parts))
+    held["joblib"] = held_by_function(
+        lambda function, calls: sum(parallel(joblib.delayed(function)(i) for i in calls)), array
+    )
     chained["joblib"] = produced_and_consumed(
         lambda: parallel(
             joblib.delayed(consume)(made) for made in parallel(joblib.delayed(produce)(i) for i in range(8))
@@ -223,6 +253,12 @@ def main():
         shared["Ray"] = time.perf_counter() - started
         assert abs(sum(parts) - float(array.sum())) < 1e-6 * abs(sum(parts))
         del stored
+
+        def ray_calls(function, calls):
+            exported = ray.remote(function)  # once: Ray uploads a remote function's pickle once
+            return sum(ray.get([exported.remote(i) for i in calls]))
+
+        held["Ray"] = held_by_function(ray_calls, array)
         chained["Ray"] = produced_and_consumed(
             lambda: ray.get([remote["consume"].remote(remote["produce"].remote(i)) for i in range(8)])
         )
@@ -238,6 +274,7 @@ def main():
         ),
         (f"{tasks:,} trivial tasks, end to end", [per(small[c]) for c in columns]),
         ("one 80 MB array read by 32 tasks, end to end", [f"{shared[c]:.2f} s" for c in columns]),
+        ("a function holding an 80 MB array called by 32 tasks", [f"{held[c]:.2f} s" for c in columns]),
         ("8 tasks each making an 80 MB array another task reads", [f"{chained[c]:.2f} s" for c in columns]),
         (
             "start: first compute on a fresh pool / cluster start",

@@ -104,6 +104,71 @@ def test_a_large_array_held_by_the_function_travels_in_shared_memory(run, make):
     assert all(where is not None and where[2].startswith("/memfd:belated") for where in mapped), mapped
 
 
+def closure_over(held):
+    def reader(i, held=held):
+        return float(held[i]), backing(held)
+
+    return reader
+
+
+@pytest.mark.parametrize("make", [closure_over, Holding])
+def test_a_function_holding_a_large_array_is_one_segment_for_every_call_of_a_computation(run, make):
+    function = make(np.arange(4 * LARGE, dtype=np.float64))
+    results = run(*[delayed(function)(i) for i in range(16)])
+    assert [value for value, _ in results] == [float(i) for i in range(16)]
+    files = {mapped for _, mapped in results}
+    assert len(files) == 1, files
+    (mapped,) = files
+    assert mapped is not None and mapped[2].startswith("/memfd:belated"), mapped
+
+
+def function_segments(call):
+    """The memory files (device, inode) of the segments a call's function travels in."""
+    assert call[0] == b"", "a function holding large buffers"
+    _, count = _worker._SHARED_FUNCTION.unpack(call[1])
+    segments = [frame for frame in call[2 : 2 + count] if isinstance(frame, _worker.Segment)]
+    files = [(os.fstat(segment.fd).st_dev, os.fstat(segment.fd).st_ino) for segment in segments]
+    for segment in segments:
+        segment.close()
+    return files
+
+
+def test_a_function_holding_a_large_array_is_copied_to_shared_memory_once_a_computation(monkeypatch):
+    held = np.arange(4 * LARGE, dtype=np.float64)
+
+    def reader(i, held=held):
+        return float(held[i])
+
+    _worker.new_computation()
+    first, second = (function_segments(_worker.dumps_call(reader, (i,), {})) for i in range(2))
+    assert len(first) == 1 and first == second, "sent again, not copied again"
+    _worker.new_computation()
+    assert function_segments(_worker.dumps_call(reader, (2,), {})) != first, "not kept past its computation"
+    # Bounded by bytes: a function larger than the bound is copied with every call.
+    monkeypatch.setattr(_worker._SHARED_PICKLED, "limit", held.nbytes)
+    _worker.new_computation()
+    first, second = (function_segments(_worker.dumps_call(reader, (i,), {})) for i in range(2))
+    assert first != second
+
+
+def test_a_worker_builds_a_function_holding_a_large_array_once_a_computation():
+    held = np.arange(4 * LARGE, dtype=np.float64)
+
+    def reader(i, held=held):
+        return float(held[i])
+
+    def received(call):
+        return [_worker.map_segment(f.fd, f.length) if isinstance(f, _worker.Segment) else f for f in call]
+
+    _worker.new_computation()
+    calls = [received(_worker.dumps_call(reader, (i,), {})) for i in range(2)]
+    (first, args, _), (second, more, _) = map(_worker.loads_call, calls)
+    assert first is second and (first(*args), second(*more)) == (0.0, 1.0)
+    _worker.new_computation()
+    (third, _, _) = _worker.loads_call(received(_worker.dumps_call(reader, (2,), {})))
+    assert third is not first
+
+
 def test_small_buffers_stay_inline(run):
     (result,) = run(delayed(np.arange)(16, dtype=np.float64))
     assert backing(result) is None

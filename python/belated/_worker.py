@@ -15,8 +15,9 @@ length-prefixed frames; a request starts with a header frame of little-endian u6
 workers' replies to ``FETCH``), runs the call (arguments that are stored results arrive as
 :class:`Stored`), stores its result under the result id (``KEEP``) and replies with it (``SEND``) or
 with its size; a ``FETCH`` replies with the list of the stored values asked for; a ``BATCH`` runs
-several calls, as many ``RUN`` without blocks would (a call's first frame is its function's pickle;
-one flagged ``SAME_FUNCTION`` lacks it: it is the call's before it), and replies to them all in one
+several calls, as many ``RUN`` without blocks would (a call's first frame is its function's pickle,
+or empty for a function holding large buffers, which :func:`_shared_call` frames; one flagged
+``SAME_FUNCTION`` lacks it: it is the call's before it), and replies to them all in one
 message (a header frame ``[n, first, end, *frames of each reply]``, then the replies), unless it runs
 past the overrun its header gives: then the connection's :class:`_Watcher` replies at once with what
 is done and hands back the calls not started, and the call running replies alone when it ends. Replies are
@@ -156,6 +157,13 @@ class Segment:
             os.close(fd)
             raise
         self.fd, self.length = fd, view.nbytes
+
+    def again(self):
+        """Another ``Segment`` of the same memory, owning a descriptor of its own: a call sent takes
+        its segments' descriptors, and a segment kept for later calls is sent again without a copy."""
+        other = Segment.__new__(Segment)
+        other.fd, other.length = os.dup(self.fd), self.length
+        return other
 
     def detach(self):
         """Its descriptor, which the caller now owns."""
@@ -305,13 +313,19 @@ def loads(frames):
 # a new computation starts (the user may have changed the globals, and the old ones must not stay
 # alive in every worker), and each is bounded by the bytes of the pickles it holds.
 _CACHE_BYTES = 32 * 2**20
+# A function holding large buffers (a closure or a default over an array, a partial, a callable object
+# holding a model) is kept the same way whatever its type, its buffers in shared memory: the parent
+# copies them into segments once a computation rather than once a call, and each worker builds the
+# function once. Workers map those segments, sharing their pages with the parent's, so this bound is
+# on the memory the parent holds for them.
+_SHARED_CACHE_BYTES = 2**30
 
 
 class _FunctionCache:
-    """Functions by key, for the latest computation only, holding at most ``_CACHE_BYTES`` of pickles."""
+    """Functions by key, for the latest computation only, holding at most ``limit`` bytes of pickles."""
 
-    def __init__(self):
-        self.entries, self.bytes, self.computation = {}, 0, 0
+    def __init__(self, limit):
+        self.entries, self.bytes, self.computation, self.limit = {}, 0, 0, limit
 
     def get(self, key, computation):
         if computation > self.computation:
@@ -320,17 +334,24 @@ class _FunctionCache:
         return self.entries.get(key)
 
     def put(self, key, value, size, computation):
-        if computation != self.computation or size > _CACHE_BYTES:
+        if computation != self.computation or size > self.limit:
             return
-        if self.bytes + size > _CACHE_BYTES:
+        if self.bytes + size > self.limit:
             self.entries.clear()
             self.bytes = 0
         self.entries[key] = value
         self.bytes += size
 
 
-_PICKLED = _FunctionCache()
-_UNPICKLED = _FunctionCache()
+_PICKLED = _FunctionCache(_CACHE_BYTES)
+_UNPICKLED = _FunctionCache(_CACHE_BYTES)
+_SHARED_PICKLED = _FunctionCache(_SHARED_CACHE_BYTES)
+_SHARED_UNPICKLED = _FunctionCache(_SHARED_CACHE_BYTES)
+# Names a function held in shared memory in workers' caches: never reused, unlike the id() the
+# parent's cache is keyed by, which a function made after an evicted one may take.
+_shared_serials = itertools.count()
+# A call of such a function: an empty first frame, then its name and how many frames its pickle takes.
+_SHARED_FUNCTION = struct.Struct("<QQ")
 _computation = 0
 # The parent's log levels when the computation started, pickled once for all its calls: a worker
 # forwards the records the parent would handle, and the user may change levels between computations.
@@ -359,15 +380,18 @@ def dumps_call(function, args, kwargs):
     computation = _computation
     entry = _PICKLED.get(id(function), computation)
     if entry is None or entry[0] is not function:
+        shared = _SHARED_PICKLED.get(id(function), computation)
+        if shared is not None and shared[0] is function:
+            return _shared_call(shared, computation, args, kwargs)
         # Large buffers out of band, uncopied: a function can hold them (a partial over an array, a
         # notebook function reading a global array, which travels by value).
         source = _source_of(function)
         large = []
         pickled = _pickle(_cloud_pickler(), (function, source), large, in_band_below=SHARE_FROM)
         if large:
-            # Then it goes with the arguments, its buffers in shared memory, rather than copied whole
-            # into a frame of its own and read whole by the worker. An empty frame says so.
-            return [b"", *dumps((computation, _log_levels, args, kwargs, function, source), shared=True)]
+            # Then its buffers go in shared memory, rather than copied whole into a frame of its own
+            # and read whole by the worker.
+            return _shared_call(_share(function, pickled, large, computation), computation, args, kwargs)
         entry = (function, pickled)
         if isinstance(function, (types.FunctionType, types.BuiltinFunctionType)):
             _PICKLED.put(id(function), entry, len(entry[1]), computation)
@@ -381,15 +405,47 @@ def dumps_call(function, args, kwargs):
     return [entry[1], *dumps(call, shared=True)]
 
 
+# Runner threads ask for calls of one function at once: one copies its buffers, the others wait for it.
+_SHARING = threading.Lock()
+
+
+def _share(function, pickled, large, computation):
+    """``(function, serial, frames)``: ``function``'s pickle with its ``large`` buffers copied into
+    shared memory, kept for the rest of the computation (as the caches say)."""
+    with _SHARING:
+        shared = _SHARED_PICKLED.get(id(function), computation)
+        if shared is not None and shared[0] is function:
+            return shared
+        shared = (function, next(_shared_serials), _frames(pickled, large, shared=True))
+        size = len(pickled) + sum(buffer.raw().nbytes for buffer in large)
+        _SHARED_PICKLED.put(id(function), shared, size, computation)
+        return shared
+
+
+def _shared_call(shared, computation, args, kwargs):
+    """A call of a function holding large buffers: an empty frame, the function's serial and frame
+    count, its frames (its segments sent again, not copied), then the call's."""
+    _, serial, function_frames = shared
+    again = [frame.again() if isinstance(frame, Segment) else frame for frame in function_frames]
+    head = _SHARED_FUNCTION.pack(serial, len(again))
+    return [b"", head, *again, *dumps((computation, _log_levels, args, kwargs), shared=True)]
+
+
 def loads_call(frames, function=None):
     """A call's function, arguments and keyword arguments; ``function`` is its function when the
     caller has it already (a batch's call flagged ``SAME_FUNCTION``, whose function the call before
     found)."""
-    if not frames[0]:  # the function came with the arguments (see dumps_call)
-        computation, levels, args, kwargs, function, source = loads(frames[1:])
+    if not frames[0]:  # a function holding large buffers (see _shared_call), found by its serial
+        serial, count = _SHARED_FUNCTION.unpack(frames[1])
+        computation, levels, args, kwargs = loads(frames[2 + count :])
         _follow_log_levels(computation, levels)
-        if source is not None:
-            _restore_source(function, *source)
+        function = _SHARED_UNPICKLED.get(serial, computation)
+        if function is None:
+            function_frames = frames[2 : 2 + count]
+            function, source = loads(function_frames)
+            if source is not None:
+                _restore_source(function, *source)
+            _SHARED_UNPICKLED.put(serial, function, sum(map(len, function_frames)), computation)
         return function, args, kwargs
     computation, levels, args, kwargs = loads(frames[1:])
     _follow_log_levels(computation, levels)
