@@ -3,6 +3,7 @@ distributed does: a later computation uses them there, computing one fetches onl
 last object holding one releases it in the workers, and one lost with its worker is computed again
 from its task. Where distributed is installed the same assertions run against its Client."""
 
+import collections
 import concurrent.futures
 import gc
 import os
@@ -167,3 +168,22 @@ def test_top_level_persist_with_a_default_client_keeps_the_results_in_the_worker
     assert delayed(type_name)(lock).compute() == "lock"
     assert delayed(sum)([squared, alone]).compute() == 61
     assert squared.key == delayed(square, pure=True)(5).key
+
+
+Point = collections.namedtuple("Point", "x y")
+
+
+def test_top_level_persist_with_a_default_client_looks_into_containers_as_dask_does(default_client):
+    on_dask = isinstance(default_client, distributed.Client)
+    delayed, persist = (dask.delayed, dask.persist) if on_dask else (belated.delayed, belated.persist)
+    # Each a task on a task: persisted, it is one task holding the result.
+    point, pair, values = persist(
+        Point(delayed(square)(delayed(square)(2)), 1),
+        {delayed(square, pure=True)(delayed(square)(3))},
+        {"deep": [(delayed(square)(delayed(square)(4)),)]},
+    )
+    assert type(point) is Point and point.y == 1
+    assert type(pair) is set and type(values["deep"][0]) is tuple
+    persisted = [point.x, next(iter(pair)), values["deep"][0][0]]
+    assert [len(each.__dask_graph__()) for each in persisted] == [1, 1, 1]
+    assert [each.compute() for each in persisted] == [16, 81, 256]

@@ -1,8 +1,10 @@
 """``compute`` and ``persist``: resolve the scheduler options, then hand everything to the engine."""
 
 import atexit
+import collections.abc
 import concurrent.futures
 import contextlib
+import dataclasses
 import html
 import numbers
 import os
@@ -181,14 +183,26 @@ def _is_local_client(scheduler):
     return isinstance(scheduler, Client) and scheduler._distributed_client is None
 
 
+def _left_to_the_engine(obj):
+    """Whether ``obj`` is a dask collection, or a container the engine looks into for ``Delayed``
+    objects that :func:`_found` does not (a namedtuple, a dataclass, a slice, an iterator)."""
+    if type(obj) in _SEQUENCES or type(obj) is dict or isinstance(obj, _belated.Delayed):
+        return False
+    return (
+        _is_foreign(obj)
+        or isinstance(obj, (tuple, slice, collections.abc.Iterator))
+        or (dataclasses.is_dataclass(obj) and not isinstance(obj, type))
+    )
+
+
 def _is_foreign(arg):
     """Whether ``arg`` is a dask collection other than belated's own ``Delayed``."""
     return not isinstance(arg, _belated.Delayed) and is_dask_collection(arg)
 
 
 def _collections_as_delayed(args, traverse, fuse):
-    """``args`` with each dask collection among them (and, with ``traverse``, in the lists, tuples and
-    dicts they are) replaced by a ``Delayed`` of its value, and whether there was any. The collections'
+    """``args`` with each dask collection among them (and, with ``traverse``, in the lists, tuples, sets
+    and dicts they are) replaced by a ``Delayed`` of its value, and whether there was any. The collections'
     graphs are optimized together, as ``dask.compute`` optimizes them, so that tasks they share stay
     one task each. (Collections deeper inside arguments are taken one by one when the engine meets
     them.)"""
@@ -204,13 +218,13 @@ def _collections_as_delayed(args, traverse, fuse):
 
 def _found(args, traverse, wanted, levels):
     """The objects among ``args`` for which ``wanted`` holds, and with ``traverse`` those in the lists,
-    tuples and dicts they are, up to ``levels`` deep, in order."""
+    tuples, sets and dicts they are (as dask looks in them), up to ``levels`` deep, in order."""
     found = []
 
     def scan(obj, depth):
         if wanted(obj):
             found.append(obj)
-        elif traverse and depth < levels and type(obj) in (list, tuple):
+        elif traverse and depth < levels and type(obj) in _SEQUENCES:
             for item in obj:
                 scan(item, depth + 1)
         elif traverse and depth < levels and type(obj) is dict:
@@ -230,7 +244,7 @@ def _replaced(args, traverse, found, replacements, levels):
     def replace(obj, depth):
         if id(obj) in replacement:
             return replacement[id(obj)]
-        if traverse and depth < levels and type(obj) in (list, tuple):
+        if traverse and depth < levels and type(obj) in _SEQUENCES:
             return type(obj)(replace(item, depth + 1) for item in obj)
         if traverse and depth < levels and type(obj) is dict:
             return {key: replace(item, depth + 1) for key, item in obj.items()}
@@ -243,9 +257,10 @@ def _client_persist(client, args, traverse, retries):
     """``persist`` on a belated Client (the default one, or ``scheduler=``): the Client's own persist,
     as dask hands one to distributed's default Client, so the results stay in its workers and this
     returns at once. The ``Delayed`` objects among ``args`` (and, with ``traverse``, in the lists,
-    tuples and dicts they are) are persisted in one call; None if dask collections are among them,
-    which are computed here (the caller's persist does that)."""
-    if _found(args, traverse, _is_foreign, _DELAYED_LEVELS):
+    tuples, sets and dicts they are) are persisted in one call; None if dask collections or other
+    containers the engine looks into are among them, which are computed here (the caller's persist
+    does that)."""
+    if _found(args, traverse, _left_to_the_engine, _DELAYED_LEVELS):
         return None
     found = _found(args, traverse, lambda obj: isinstance(obj, _belated.Delayed), _DELAYED_LEVELS)
     persisted = client.persist(found, traverse=traverse, retries=retries) if found else []
@@ -254,6 +269,7 @@ def _client_persist(client, args, traverse, retries):
 
 # How deep in containers compute looks for dask collections to optimize together.
 _SCANNED_LEVELS = 3
+_SEQUENCES = (list, tuple, set, frozenset)
 # How deep in containers a Client's persist looks for Delayed objects: as deep as data is nested in
 # practice, short of Python's recursion limit.
 _DELAYED_LEVELS = 100
