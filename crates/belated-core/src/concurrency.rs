@@ -19,6 +19,13 @@
 //! CPU time, read only at a window's end), so tests drive them by hand; a window ends only at a
 //! finished task, after at least [`WINDOW`] and [`WINDOW_TASKS`] tasks, so a graph of a few long tasks
 //! never leaves its starting count.
+//!
+//! Tasks may wait for each other (a barrier, a queue, an event set by another task): on fewer threads
+//! than there are such tasks, the ones running would wait forever for ones that cannot start. A
+//! caller that looks in now and then ([`Ramp::watch`]) lets every thread run again once no task has
+//! finished for the ramp's stall bound, so any tasks that wait for each other run together in the
+//! end, as on a pool without a ramp. Widening then loses no measurement: no task is finishing to
+//! measure.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -46,8 +53,12 @@ pub struct Ramp {
     max: usize,
     /// The fewest finished tasks a window counts.
     window_tasks: u64,
+    /// How long no task may finish before every thread runs again ([`Ramp::watch`]).
+    stall: Duration,
     allowed: AtomicUsize,
     state: Mutex<Window>,
+    /// The count of finished tasks [`Ramp::watch`] last saw, and since when it has stood.
+    watched: Mutex<(u64, Duration)>,
 }
 
 #[derive(Debug)]
@@ -73,11 +84,20 @@ impl Ramp {
     /// A ramp over 1..=`max` threads, starting at `max`, its clocks starting at `now` and `busy`,
     /// whose windows count at least `window_tasks` tasks ([`WINDOW_TASKS`] at the fewest): a ramp
     /// that must leave tasks longer than a window's share of them on every thread asks for more.
-    pub fn new(max: usize, window_tasks: u64, now: Duration, busy: Duration) -> Self {
+    /// It lets every thread run again when no task finishes for `stall` ([`Ramp::watch`]).
+    pub fn new(
+        max: usize,
+        window_tasks: u64,
+        stall: Duration,
+        now: Duration,
+        busy: Duration,
+    ) -> Self {
         let max = max.max(1);
         Ramp {
             max,
             window_tasks: window_tasks.max(WINDOW_TASKS),
+            stall,
+            watched: Mutex::new((0, now)),
             allowed: AtomicUsize::new(max),
             state: Mutex::new(Window {
                 start: now,
@@ -112,6 +132,24 @@ impl Ramp {
             phase: Phase::Measure,
         };
         self.allowed.store(self.max, Relaxed);
+    }
+
+    /// Looks at `finished`, the job's count of finished tasks, at `now`: if it has not moved for the
+    /// ramp's stall bound while fewer than every thread may run, lets every thread run again
+    /// ([`Ramp::widen`], reading the process's CPU time from `busy`) and returns `true`, so the
+    /// caller can wake the idle ones. The threads allowed are then each in one task that long (or
+    /// out of work): they may be waiting for tasks that only another thread can start.
+    pub fn watch(&self, finished: u64, now: Duration, busy: impl FnOnce() -> Duration) -> bool {
+        let mut watched = self.watched.lock();
+        if watched.0 != finished {
+            *watched = (finished, now);
+            return false;
+        }
+        if self.allowed() == self.max || now.saturating_sub(watched.1) < self.stall {
+            return false;
+        }
+        self.widen(now, busy());
+        true
     }
 
     /// Counts a finished task at `now`; at a window's end, moves the count as the rates say, reading
@@ -206,6 +244,9 @@ impl Ramp {
 mod tests {
     use super::*;
 
+    /// The stall bound of the tests' ramps.
+    const STALL: Duration = Duration::from_millis(100);
+
     /// The time, and the process's CPU time, which grows by `cores` times the time.
     struct Clocks {
         now: Duration,
@@ -224,7 +265,7 @@ mod tests {
         }
 
         fn ramp(&self, max: usize) -> Ramp {
-            Ramp::new(max, WINDOW_TASKS, self.now, self.busy)
+            Ramp::new(max, WINDOW_TASKS, STALL, self.now, self.busy)
         }
     }
 
@@ -319,7 +360,7 @@ mod tests {
     #[test]
     fn a_ramp_asking_for_more_tasks_a_window_keeps_every_thread_on_fewer() {
         let mut clocks = Clocks::new();
-        let ramp = Ramp::new(2, 1000, clocks.now, clocks.busy);
+        let ramp = Ramp::new(2, 1000, STALL, clocks.now, clocks.busy);
         // Tasks a millisecond long: a window's time passes many times before its thousand tasks.
         for _ in 0..10 {
             run(&ramp, &mut clocks, 99, WINDOW * 5);
@@ -332,10 +373,7 @@ mod tests {
     #[test]
     fn widening_lets_every_thread_run_and_measures_anew() {
         let mut clocks = Clocks::new();
-        let ramp = clocks.ramp(2);
-        run(&ramp, &mut clocks, 100, WINDOW);
-        run(&ramp, &mut clocks, 100, WINDOW);
-        assert_eq!(ramp.allowed(), 1, "one thread did as well as two");
+        let ramp = settled_on_one(&mut clocks);
         ramp.widen(clocks.now, clocks.busy);
         assert_eq!(ramp.allowed(), 2);
         run(&ramp, &mut clocks, 100, WINDOW);
@@ -344,6 +382,63 @@ mod tests {
             1,
             "a window measured two, and one is tried next"
         );
+    }
+
+    /// Two windows in which one thread did as well as two: the ramp settles on one.
+    fn settled_on_one(clocks: &mut Clocks) -> Ramp {
+        let ramp = clocks.ramp(2);
+        run(&ramp, clocks, 100, WINDOW);
+        run(&ramp, clocks, 100, WINDOW);
+        assert_eq!(ramp.allowed(), 1);
+        ramp
+    }
+
+    #[test]
+    fn no_task_finishing_for_the_stall_bound_lets_every_thread_run_again() {
+        // The one thread allowed runs a task that waits for another (a barrier): none finishes.
+        let mut clocks = Clocks::new();
+        let ramp = settled_on_one(&mut clocks);
+        let finished = 200;
+        assert!(!ramp.watch(finished, clocks.now, || clocks.busy));
+        clocks.now += STALL / 2;
+        assert!(!ramp.watch(finished, clocks.now, || clocks.busy));
+        assert_eq!(ramp.allowed(), 1, "half the bound is not a stall");
+        clocks.now += STALL / 2;
+        assert!(ramp.watch(finished, clocks.now, || clocks.busy));
+        assert_eq!(ramp.allowed(), 2);
+        assert!(
+            !ramp.watch(finished, clocks.now, || clocks.busy),
+            "every thread runs already: nothing to wake"
+        );
+        // Measured anew from the widening: a window at two threads, then one is tried.
+        run(&ramp, &mut clocks, 100, WINDOW);
+        assert_eq!(ramp.allowed(), 1);
+    }
+
+    #[test]
+    fn tasks_finishing_between_looks_keep_the_count() {
+        let mut clocks = Clocks::new();
+        let ramp = settled_on_one(&mut clocks);
+        for finished in 200..210 {
+            clocks.now += STALL * 2;
+            assert!(!ramp.watch(finished, clocks.now, || clocks.busy));
+            assert_eq!(ramp.allowed(), 1);
+        }
+        // The count stands from the last look on: a stall once the bound has passed since.
+        clocks.now += STALL;
+        assert!(ramp.watch(209, clocks.now, || clocks.busy));
+    }
+
+    #[test]
+    fn a_ramp_on_every_thread_has_nothing_to_widen() {
+        let mut clocks = Clocks::new();
+        let ramp = clocks.ramp(2);
+        clocks.now += STALL * 10;
+        assert!(!ramp.watch(0, clocks.now, || clocks.busy));
+        assert_eq!(ramp.allowed(), 2);
+        let one = clocks.ramp(1);
+        clocks.now += STALL * 10;
+        assert!(!one.watch(0, clocks.now, || clocks.busy));
     }
 
     #[test]

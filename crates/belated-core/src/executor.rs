@@ -113,6 +113,14 @@ pub trait Runner: Send + Sync + 'static {
         usize::MAX
     }
 
+    /// Called now and then by the thread waiting for the job while it runs ([`JobHandle::poll`]);
+    /// returns whether [`Runner::concurrency`] rose, so that idle threads are woken to take the
+    /// room. A count that rises only as tasks finish needs no poll: the thread finishing a task
+    /// wakes another while ready work and room are left. The default never raises it.
+    fn poll(&self) -> bool {
+        false
+    }
+
     /// The worker group where `task`, now ready, should run given its inputs (see
     /// [`ThreadPool::with_groups`]); `None` lets any worker take it. Called under the job's lock: keep it
     /// to a glance at the values.
@@ -167,6 +175,10 @@ impl<R: Runner> Runner for Arc<R> {
 
     fn concurrency(&self) -> usize {
         R::concurrency(self)
+    }
+
+    fn poll(&self) -> bool {
+        R::poll(self)
     }
 
     fn place(&self, task: TaskId, inputs: &mut dyn Iterator<Item = &Self::Value>) -> Option<usize> {
@@ -1618,6 +1630,21 @@ impl<R: Runner> JobHandle<R> {
                 }
                 state.helpers_waiting -= 1;
             }
+        }
+    }
+
+    /// Lets the runner raise its count of threads ([`Runner::poll`]), and wakes threads for the room:
+    /// the threads of a job at its count sleep, and nothing else would wake them while its tasks
+    /// run (tasks waiting for each other may wait for exactly those threads).
+    pub fn poll(&self) {
+        let job = &self.job;
+        if !job.runner.poll() || job.settled.load(SeqCst) {
+            return;
+        }
+        // One woken worker that takes a task wakes the next while room and ready work are left; the
+        // pool's workers take the room, so a thread in `help` waiting for it is not woken.
+        if job.ready_hint.load(SeqCst) > 0 && job.running.load(SeqCst) < job.limit() {
+            self.pool.wake_one();
         }
     }
 

@@ -7,6 +7,8 @@
 //! - The wait ends when the computation settles, when its deadline passes, or when the caller's
 //!   interrupt (Ctrl-C, a cancel token), looked at every `poll`, says to stop. The calling thread
 //!   blocks through a [`ThreadHost`], so a Python caller lets go of the interpreter meanwhile.
+//! - Every `poll`, the runner may let more threads run ([`crate::Runner::poll`]): the waiting thread
+//!   is the one that looks in while the pool's threads may all be stuck in tasks.
 //! - A computation stopped early is cancelled (no more of its tasks start) and the registry's pool
 //!   it ran on is let go of: its threads may be stuck in tasks nobody can stop, and the next
 //!   computation of that key must not queue behind them. That pool ends when its last computation
@@ -166,7 +168,14 @@ impl<K: PartialEq> Session<'_, K> {
                 (None, None) => Duration::MAX,
             };
             let mut settled = false;
-            host.block(&mut || settled = handle.wait_timeout(step));
+            host.block(&mut || {
+                settled = handle.wait_timeout(step);
+                // Detached from the host here: the job's lock is then never awaited by a thread
+                // holding the interpreter that a worker under that lock would wait for.
+                if !settled {
+                    handle.poll();
+                }
+            });
             if settled {
                 return Ok(take(handle));
             }

@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use belated_core::{run_inline, Error, Graph, PlainHost, Runner, TaskId, ThreadPool};
+use belated_core::{
+    run_inline, Error, Graph, PlainHost, Runner, Session, TaskId, ThreadPool, Wait,
+};
 use proptest::prelude::*;
 
 mod common;
@@ -994,4 +996,46 @@ fn a_runner_lowering_its_count_sends_a_thread_away() {
     );
     assert_eq!(capped.early.most.load(SeqCst), 2);
     assert_eq!(capped.late.most.load(SeqCst), 1);
+}
+
+/// Allows one thread until polled, then two: as a runner measuring its tasks does once none has
+/// finished for a while ([`belated_core::concurrency::Ramp::watch`]).
+struct RaisedWhenPolled {
+    rendezvous: Arc<Rendezvous>,
+    cap: AtomicUsize,
+}
+
+impl Runner for RaisedWhenPolled {
+    type Value = usize;
+    type Error = String;
+
+    fn run(&self, task: TaskId, inputs: &[usize]) -> Result<usize, String> {
+        self.rendezvous.run(task, inputs)
+    }
+
+    fn concurrency(&self) -> usize {
+        self.cap.load(SeqCst)
+    }
+
+    fn poll(&self) -> bool {
+        self.cap.swap(2, SeqCst) < 2
+    }
+}
+
+/// Two leaves that wait for each other, on a job allowing one thread: the second can start only
+/// once the waiting caller's poll raises the count and the pool's sleeping thread is woken for it.
+#[test]
+fn a_count_raised_at_a_poll_wakes_a_thread_for_tasks_that_wait_for_each_other() {
+    let pool = Arc::new(ThreadPool::new(2, Arc::new(PlainHost)).unwrap());
+    let runner = Arc::new(RaisedWhenPolled {
+        rendezvous: Rendezvous::new(2, TIMEOUT),
+        cap: AtomicUsize::new(1),
+    });
+    let (graph, root) = fan_in(2);
+    let mut never = || None::<()>;
+    let wait = Wait::new(&PlainHost).interrupt(Duration::from_millis(5), &mut never);
+    let outcome =
+        Session::<usize>::own(pool).run((graph, vec![root]), Arc::clone(&runner), None, wait);
+    assert_eq!(outcome.unwrap().unwrap(), vec![2], "the two leaves met");
+    assert_eq!(runner.rendezvous.most.load(SeqCst), 2);
 }

@@ -75,6 +75,13 @@ const DELAYED_WINDOW_TASKS: u64 = 1024;
 /// time, since they never fill a window to measure two threads again.
 const DELAYED_LONG_TASK: Duration = Duration::from_millis(5);
 
+/// How long no task may finish before every thread runs again ([`Ramp::watch`]): tasks that wait for
+/// each other (a barrier, a queue, an event) would otherwise wait forever on the threads left. Well
+/// above how long a loaded machine keeps a runnable thread off its cores (tens of milliseconds), so
+/// short tasks kept to one thread stay there; and a stall this long is waiting, or tasks long enough
+/// that a second thread's handoffs of the interpreter cost little beside them.
+const STALL: Duration = Duration::from_millis(200);
+
 impl MeasuredRamp {
     /// A ramp over `threads` threads for dask collections' tasks, whose windows count a few.
     pub(crate) fn for_collections(threads: usize) -> Self {
@@ -88,7 +95,7 @@ impl MeasuredRamp {
 
     fn new(threads: usize, window_tasks: u64, long_task: Option<Duration>) -> Self {
         MeasuredRamp {
-            ramp: Ramp::new(threads, window_tasks, Duration::ZERO, cpu_time()),
+            ramp: Ramp::new(threads, window_tasks, STALL, Duration::ZERO, cpu_time()),
             start: Instant::now(),
             finished: AtomicU64::new(0),
             long_task,
