@@ -119,6 +119,13 @@ impl MeasuredRamp {
     pub(crate) fn allowed(&self) -> usize {
         self.ramp.allowed()
     }
+
+    /// For [`Runner::poll`]: whether the ramp let every thread run again, no task having finished
+    /// for its stall bound.
+    pub(crate) fn poll(&self) -> bool {
+        let finished = self.finished.load(Ordering::Relaxed);
+        self.ramp.watch(finished, self.start.elapsed(), cpu_time)
+    }
 }
 
 /// The CPU time this process has used, on all its threads.
@@ -174,6 +181,10 @@ impl Runner for PyRunner {
 
     fn concurrency(&self) -> usize {
         self.ramp.as_ref().map_or(usize::MAX, MeasuredRamp::allowed)
+    }
+
+    fn poll(&self) -> bool {
+        self.ramp.as_ref().is_some_and(MeasuredRamp::poll)
     }
 }
 

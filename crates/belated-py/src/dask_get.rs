@@ -71,6 +71,10 @@ impl Runner for DaskRunner {
     fn concurrency(&self) -> usize {
         self.ramp.as_ref().map_or(usize::MAX, MeasuredRamp::allowed)
     }
+
+    fn poll(&self) -> bool {
+        self.ramp.as_ref().is_some_and(MeasuredRamp::poll)
+    }
 }
 
 impl DaskRunner {
