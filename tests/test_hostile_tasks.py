@@ -172,6 +172,34 @@ def test_interpreter_exit_never_waits_for_cancelled_work(scheduler, tmp_path):
     assert "timed out" in finished.stdout
 
 
+@pytest.mark.parametrize("scheduler", ["threads", "in-process client"])
+def test_interpreter_exit_survives_cancelled_work_that_keeps_taking_the_interpreter(scheduler):
+    # Left running on a thread of this process, the task wakes while Python finalizes, which ends its
+    # thread by pthread_exit on Python before 3.14: an unwind that aborted the process (SIGABRT).
+    script = textwrap.dedent(
+        f"""
+        import time
+        import belated
+        from belated import delayed
+
+        def spin(_):
+            while True:
+                time.sleep(0.001)
+
+        scheduler = {scheduler!r}
+        if scheduler == "in-process client":
+            scheduler = belated.Client(processes=False, threads_per_worker=1, dashboard_address=None)
+        try:
+            delayed(spin)(0).compute(scheduler=scheduler, timeout=0.2)
+        except belated.ComputeTimeoutError:
+            print("timed out")
+        """
+    )
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 0, finished.stderr
+    assert "timed out" in finished.stdout
+
+
 @pytest.mark.parametrize("scheduler", ["processes", "client"])
 def test_workers_do_not_import_from_the_current_directory(scheduler, tmp_path):
     planted = tmp_path / "planted"

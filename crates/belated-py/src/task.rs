@@ -261,7 +261,7 @@ impl PyTask {
     ) -> PyResult<Bound<'py, PyAny>> {
         match self.prepare(py, inputs)? {
             Work::Ready(value) => Ok(value),
-            Work::Call(call) => call.func.call(call.args, call.kwargs.as_ref()),
+            Work::Call(call) => call.run(),
         }
     }
 
@@ -447,6 +447,52 @@ impl<'py> Call<'py> {
             args: build_tuple(py, args, inputs)?,
             kwargs: build_kwargs(py, kwargs, inputs)?,
         })
+    }
+
+    /// Makes the call, on a thread that Python may end inside it.
+    ///
+    /// A task cancelled or timed out on a pool thread keeps running there, and may take the
+    /// interpreter back while it finalizes (a loop of short sleeps, any I/O). Python before 3.14 then
+    /// ends the thread by `pthread_exit`, a forced unwind, which aborts the whole process when it
+    /// reaches a Rust frame that called Python through a function declared not to unwind, as pyo3
+    /// declares `PyObject_Call`. Called as a function that may unwind, it reaches the guard instead,
+    /// which parks the thread until the process exits, as pyo3 does around its own waits for the
+    /// interpreter.
+    pub(crate) fn run(self) -> PyResult<Bound<'py, PyAny>> {
+        use pyo3::ffi::PyObject;
+        type Declared =
+            unsafe extern "C" fn(*mut PyObject, *mut PyObject, *mut PyObject) -> *mut PyObject;
+        type Unwinding = unsafe extern "C-unwind" fn(
+            *mut PyObject,
+            *mut PyObject,
+            *mut PyObject,
+        ) -> *mut PyObject;
+        // SAFETY: the same function and arguments; only whether it may unwind differs. The pointer is
+        // opaque to the optimizer, which would otherwise call the symbol as pyo3 declared it.
+        let call = std::hint::black_box(unsafe {
+            std::mem::transmute::<Declared, Unwinding>(pyo3::ffi::PyObject_Call)
+        });
+        let kwargs = self
+            .kwargs
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |kwargs| kwargs.as_ptr());
+        let guard = ParkOnForcedUnwind;
+        // SAFETY: the pointers are live objects held by `self`, attached to the interpreter by 'py.
+        let result = unsafe { call(self.func.as_ptr(), self.args.as_ptr(), kwargs) };
+        std::mem::forget(guard);
+        // SAFETY: PyObject_Call returns a new reference, or null with an exception set.
+        unsafe { Bound::from_owned_ptr_or_err(self.func.py(), result) }
+    }
+}
+
+/// Dropped only by an unwind out of a call into Python, which nothing but `pthread_exit` makes.
+struct ParkOnForcedUnwind;
+
+impl Drop for ParkOnForcedUnwind {
+    fn drop(&mut self) {
+        loop {
+            std::thread::park();
+        }
     }
 }
 
