@@ -225,6 +225,24 @@ def test_a_set_reaches_dask_config_until_exit_or_refresh(fresh_config):
     assert dask.config.get("hunt-open", None) is None and config.get("hunt-open", None) is None
 
 
+def test_a_set_leaving_after_its_section_went_leaves_dasks_section_alone(fresh_config):
+    # The section a set reached into is gone from belated's configuration when the set ends (ended
+    # by an earlier set, or refreshed): what it changed there went with it, and dask's own section
+    # of that name is not the place to undo it.
+    dask = pytest.importorskip("dask")
+    slicing = dask.config.get("array.slicing")
+    section = config.set({"array.hunt": 1})
+    reaching_in = config.set({"array.slicing.hunt": 2})
+    section.__exit__(None, None, None)
+    reaching_in.__exit__(None, None, None)
+    assert dask.config.get("array.slicing") == slicing
+    config.set({"array.hunt": 1})
+    with config.set({"array.slicing.hunt": 2}):
+        config.refresh()
+    assert dask.config.get("array.slicing") == slicing
+    assert config.get("array.hunt", None) is None
+
+
 def test_get_reads_dask_configuration_where_belated_sets_nothing(tmp_path):
     # `import belated as dask` code reads dask's settings with `dask.config.get`, with or without a
     # default, before dask itself was imported: dask's defaults answer, belated's own settings win.

@@ -291,8 +291,10 @@ class set:  # named as dask.config.set, which users call
         self._leave_dask(*exc)
         with _lock:
             for path, previous in reversed(self._previous):
-                node = get(".".join(path[:-1]), None) if len(path) > 1 else config
-                if not isinstance(node, dict):  # refreshed meanwhile: nothing of ours is left
+                # belated's own section only: where it went meanwhile (refreshed, or an outer set
+                # ended first), dask's section of that name is not ours to change.
+                node = _own(".".join(path[:-1]), None) if len(path) > 1 else config
+                if not isinstance(node, dict):
                     continue
                 if previous is _missing:
                     node.pop(path[-1], None)
