@@ -225,6 +225,18 @@ def test_a_set_reaches_dask_config_until_exit_or_refresh(fresh_config):
     assert dask.config.get("hunt-open", None) is None and config.get("hunt-open", None) is None
 
 
+def test_a_section_set_in_part_is_read_whole_as_from_dask(fresh_config):
+    # `import belated as dask` code reading a section it set one key of expects dask's answer: the
+    # whole section, that key included. Set before dask was loaded, the key never reached dask.
+    dask = pytest.importorskip("dask")
+    with config.set({"array.hunt": 1}):
+        assert config.get("array") == dask.config.get("array")
+        assert config.get("array")["chunk-size"] == dask.config.get("array.chunk-size")
+    config.config["array"] = {"chunk-size": "1MiB"}
+    assert config.get("array") == {**dask.config.get("array"), "chunk-size": "1MiB"}
+    assert config.get("array.chunk-size") == "1MiB"
+
+
 def test_a_set_leaving_after_its_section_went_leaves_dasks_section_alone(fresh_config):
     # The section a set reached into is gone from belated's configuration when the set ends (ended
     # by an earlier set, or refreshed): what it changed there went with it, and dask's own section

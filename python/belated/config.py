@@ -35,6 +35,7 @@ belated does not set is read from dask's own configuration when dask is installe
 """
 
 import ast
+import copy
 import os
 import sys
 import threading
@@ -78,19 +79,24 @@ def _config_changed() -> None:
 
 def get(key: str, default=_missing):
     """The value of ``key`` (dots for nested sections); where belated's configuration does not set it,
-    dask's (``dask.config``, when dask is installed), as dask code reading its settings expects;
-    ``default`` if neither does, else ``KeyError``.
+    dask's (``dask.config``, when dask is installed), as dask code reading its settings expects, and a
+    section both have is dask's with belated's settings over it; ``default`` if neither has the key,
+    else ``KeyError``.
 
     >>> import belated
-    >>> with belated.config.set({"distributed.comm.timeout": 30}):
-    ...     belated.config.get("distributed.comm"), belated.config.get("distributed.comm.retries", 0)
+    >>> with belated.config.set({"my-library.io.timeout": 30}):
+    ...     belated.config.get("my-library.io"), belated.config.get("my-library.io.retries", 0)
     ({'timeout': 30}, 0)
     """
     value = _own(key, _missing)
-    if value is _missing:
+    if value is _missing or isinstance(value, Mapping):
         dask_config = _dask_config()
-        if dask_config is not None:
-            value = dask_config.get(key, _missing)
+        theirs = _missing if dask_config is None else dask_config.get(key, _missing)
+        if value is _missing:
+            value = theirs
+        elif isinstance(theirs, Mapping) and isinstance(value, Mapping):
+            # A section set in part here (``array.hunt``) is still dask's whole section beside it.
+            value = update(copy.deepcopy(dict(theirs)), value)
     if value is not _missing:
         return value
     if default is _missing:
