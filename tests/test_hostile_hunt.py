@@ -960,6 +960,25 @@ def test_retries_of_compute_and_persist_rerun_raising_tasks_of_the_graph(any_cli
     assert belated.compute(persisted, scheduler=any_client)[0] == 71
 
 
+def test_retries_of_a_compute_on_a_client_rerun_raising_tasks_as_in_distributed(any_client):
+    # x.compute(scheduler=client, retries=...) reaches distributed's Client.get, whose retries cover
+    # tasks that raised, as client.compute's do; belated ran them once, on every kind of Client.
+    def flaky(value):
+        return belated.delayed(fails_twice(), pure=False)(value)
+
+    assert belated.compute(flaky(1), scheduler=any_client, retries=2) == (10,)
+    assert flaky(2).compute(scheduler=any_client, retries=2) == 20
+    (persisted,) = belated.persist(flaky(3), scheduler=any_client, retries=2)
+    assert persisted.compute(scheduler=any_client) == 30
+    with pytest.raises(ValueError, match="flaky 1"):
+        flaky(4).compute(scheduler=any_client)
+    if isinstance(any_client, distributed.Client):
+        # Left open: closing it would close the distributed client it wraps.
+        wrapping = belated.Client(any_client, set_as_default=False)
+        assert wrapping.compute(flaky(5), retries=2).result(timeout=60) == 50
+        assert wrapping.persist(flaky(6), retries=2).compute(scheduler=wrapping) == 60
+
+
 def test_client_cancel_and_futures_of(any_client):
     api = distributed if isinstance(any_client, distributed.Client) else belated
     slow = any_client.submit(time.sleep, 5, pure=False)

@@ -101,7 +101,7 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
     if in_process is not None:
         scheduler, num_workers = "threads", num_workers or in_process
     cluster = getattr(scheduler, "_cluster", None)
-    executor = None if cluster is not None else executor_for(scheduler)
+    executor = None if cluster is not None else executor_for(scheduler, retries)
     if executor is not None:
         client = distributed_client_of(scheduler) if persist else None
         if client is not None:
@@ -109,6 +109,8 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
             # fetches its own from there when computed.
             from dask.base import persist as dask_persist
 
+            if retries is not None:
+                kwargs = {**kwargs, "retries": retries}
             return dask_persist(*args, traverse=traverse, scheduler=client, **kwargs)
         if persist:
             raise NotImplementedError(
@@ -124,6 +126,9 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
         num_workers = _setting("num_workers")
     if timeout is None:
         timeout = config._read("timeout", None)
+    # On a belated Client, retries= also runs a task that raised again, as distributed's does for
+    # x.compute(scheduler=client, retries=...); the local schedulers' retries are for dead workers.
+    retry_errors = (retries or 0) if cluster is not None or in_process is not None else 0
     if retries is None:
         retries = config._read("retries", 1)
     counted = scheduler._counted() if cluster is not None else contextlib.nullcontext()
@@ -154,6 +159,7 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
                         token,
                         computed=len(tasks),
                         ramp=True,
+                        retry_errors=retry_errors,
                     )
 
             return _persist_collections(args, run, fuse)
@@ -173,6 +179,7 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
                 token,
                 # dask's collections run on as many threads as pay, as belated.get runs them.
                 ramp=collections,
+                retry_errors=retry_errors,
             )
 
 
@@ -344,7 +351,8 @@ def compute(
     timeout : float, optional
         Seconds before a local computation is cancelled.
     retries : int, optional
-        How many times a task is retried when its worker process dies (default 1).
+        How many times a task is retried when its worker process dies (default 1); on a
+        ``belated.Client``, also when it raises, as on distributed's.
 
     Returns
     -------
@@ -400,7 +408,8 @@ def persist(
     timeout : float, optional
         Seconds before a local computation is cancelled.
     retries : int, optional
-        How many times a task is retried when its worker process dies (default 1).
+        How many times a task is retried when its worker process dies (default 1); on a
+        ``belated.Client``, also when it raises, as on distributed's.
 
     Returns
     -------

@@ -406,7 +406,7 @@ class Client:
         """Starts computing ``collections`` (a Delayed, or a list or tuple of them) on the cluster and
         returns a :class:`Future` for each (a list for a list), or the results with ``sync=True``."""
         if self._distributed_client is not None:
-            return self._on_distributed(collections, traverse, sync=sync)
+            return self._on_distributed(collections, traverse, sync=sync, retries=retries)
         from belated._api import is_dask_collection
 
         many = type(collections) in (list, tuple)
@@ -684,7 +684,7 @@ class Client:
         persisted before this returns.
         """
         if self._distributed_client is not None:
-            futures = self._on_distributed(collections, traverse, sync=False)
+            futures = self._on_distributed(collections, traverse, sync=False, retries=retries)
             return _hold(collections, futures)
         from belated import delayed, persist
 
@@ -710,14 +710,14 @@ class Client:
                 persisted[i] = delayed(stands_for, nout=length, pure=True)(dask_key_name=key)
         return persisted if many else persisted[0]
 
-    def _on_distributed(self, collections, traverse, sync):
+    def _on_distributed(self, collections, traverse, sync, retries):
         """Computes on Dask distributed as ``belated.compute(..., scheduler=client)`` does; with
         ``sync=False`` the results stay there, as distributed Futures."""
         from belated._dask import distributed_executor
 
         many = type(collections) in (list, tuple)
         items = tuple(collections) if many else (collections,)
-        executor = distributed_executor(self._distributed_client, sync=sync)
+        executor = distributed_executor(self._distributed_client, sync=sync, retries=retries)
         results = _belated.compute_with(items, executor, traverse)
         return list(results) if many else results[0]
 

@@ -431,19 +431,20 @@ def _is_future(obj):
     return distributed is not None and isinstance(obj, distributed.Future)
 
 
-def distributed_executor(client, *, sync=True):
+def distributed_executor(client, *, sync=True, retries=None):
     """Runs a whole graph on a Dask distributed cluster in one submission (``client.get``).
 
     The graph is cut into blocks (``belated._fuse``); each block runs as one distributed task. With
     ``sync=False`` the executor returns a distributed Future for each key instead of its value.
     Distributed Futures in the graph (a persisted value, or a Future passed as an argument) are
-    dependencies: their values are used, not the Futures.
+    dependencies: their values are used, not the Futures. ``retries`` is ``client.get``'s: each block
+    that raised runs again up to that many times.
     """
 
     def execute(graph, keys, dependencies, dashboard=None):
         progress = Progress(graph, dashboard)
         try:
-            results = _submit(client, graph, keys, dependencies, sync, progress)
+            results = _submit(client, graph, keys, dependencies, sync, retries, progress)
         except BaseException as error:
             progress.end(errored=True)
             raise error.with_traceback(_fuse.user_frames(error.__traceback__)) from None
@@ -492,7 +493,7 @@ def _end_with(progress, futures):
         future.add_done_callback(done)
 
 
-def _submit(client, graph, keys, dependencies, sync, progress):
+def _submit(client, graph, keys, dependencies, sync, retries, progress):
     tasks, needs, external = _without_futures(graph, dependencies)
     if client not in _SUBSCRIBED:
         client.subscribe_topic(_REPORTS, _on_report)
@@ -501,7 +502,7 @@ def _submit(client, graph, keys, dependencies, sync, progress):
     blocks = _fuse.plan(tasks, keys, needs, threads, DURATIONS)
     dsk = to_distributed(blocks, tasks, keys, needs, external, progress)
     computed = [key for key in keys if key not in external]
-    results = dict(zip(computed, client.get(dsk, computed, sync=sync), strict=True))
+    results = dict(zip(computed, client.get(dsk, computed, sync=sync, retries=retries), strict=True))
     for key in keys:
         if key in external:
             results[key] = client.gather(external[key]) if sync else external[key]
@@ -758,13 +759,14 @@ def distributed_client_of(scheduler):
     return None
 
 
-def executor_for(scheduler):
-    """The executor of a scheduler that is another engine, or None for belated's own schedulers."""
+def executor_for(scheduler, retries=None):
+    """The executor of a scheduler that is another engine, or None for belated's own schedulers;
+    ``retries`` goes to a distributed client's ``get``."""
     if isinstance(scheduler, str) and scheduler == "ray":
         return ray_executor()
     client = distributed_client_of(scheduler)
     if client is not None:
-        return distributed_executor(client)
+        return distributed_executor(client, retries=retries)
     if isinstance(scheduler, str):
         return None
     choices = "'threads', 'sync', 'ray', 'distributed' or a distributed Client"
