@@ -501,6 +501,18 @@ def test_a_scattered_dicts_numpy_keys_keep_their_type(any_client):
     assert any_client.submit(sum, list(scattered.values())).result(timeout=60) == 10
 
 
+def test_scattered_keys_that_print_alike_hold_their_own_values(any_client):
+    # The key 1 and the key "1" are two keys in distributed; on a cluster of processes they were
+    # one task, and "1" gave the value scattered under 1.
+    scattered = any_client.scatter({1: "int", "1": "str", ("x", 1): "tuple", "('x', 1)": "text"})
+    assert {key: future.result(timeout=60) for key, future in scattered.items()} == {
+        1: "int",
+        "1": "str",
+        ("x", 1): "tuple",
+        "('x', 1)": "text",
+    }
+
+
 def test_scatter_refuses_unpicklable_data_before_anything_runs(local_cluster, in_process):
     before = local_cluster.cluster_stats()
     with pytest.raises(TypeError, match="cannot scatter lock to worker processes: it cannot be pickled"):

@@ -492,6 +492,19 @@ def test_tuple_key_names_stay_tuples(lib):
         assert belated.persist(y)[0].key == ("y", 0)
 
 
+@pytest.mark.parametrize("scheduler", ["threads", "sync", "processes"])
+def test_a_key_name_that_prints_as_another_keys_text_is_a_task_of_its_own(scheduler):
+    # ("x", 1) and the string "('x', 1)" are two keys to dask, though its own schedulers fail on this
+    # graph (KeyError: 1); belated merged the tasks and gave the first one's value for both.
+    named = [
+        belated.delayed(str)("int", dask_key_name=1),
+        belated.delayed(str)("str", dask_key_name="1"),
+        belated.delayed(str)("tuple", dask_key_name=("x", 1)),
+        belated.delayed(str)("text", dask_key_name="('x', 1)"),
+    ]
+    assert belated.compute(*named, scheduler=scheduler) == ("int", "str", "tuple", "text")
+
+
 @BACKENDS
 def test_item_assignment_says_immutable(lib):
     a = lib.delayed([1, 2])

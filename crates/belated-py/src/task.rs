@@ -40,13 +40,23 @@ pub(crate) enum Key {
         salt: u64,
     },
     Named(Arc<str>),
-    /// A key that is not a string (dask's `(name, index)` tuples): kept as given, merged by its repr.
+    /// A key that is not a string (dask's `(name, index)` tuples): kept as given, merged by its repr
+    /// with other keys that are not strings.
     Object(Arc<ObjectKey>),
 }
 
 pub(crate) struct ObjectKey {
-    text: Box<str>,
+    /// The key's repr after a NUL: the name it merges under, apart from a string key of the same
+    /// text (the key `1` beside `"1"`, or `('x', 1)` beside `"('x', 1)"`, are two tasks, as in dask).
+    merge: Box<str>,
     key: Py<PyAny>,
+}
+
+impl ObjectKey {
+    /// The key's repr, as it is shown.
+    pub(crate) fn text(&self) -> &str {
+        &self.merge[1..]
+    }
 }
 
 impl Key {
@@ -65,7 +75,7 @@ impl Key {
         }
         key.hash()?;
         Ok(Key::Object(Arc::new(ObjectKey {
-            text: key.repr()?.to_str()?.into(),
+            merge: format!("\0{}", key.repr()?.to_str()?).into(),
             key: key.clone().unbind(),
         })))
     }
@@ -150,7 +160,7 @@ impl Payload for PyTask {
     fn merge_name(&self) -> Option<&str> {
         match &self.key {
             Key::Named(name) => Some(name),
-            Key::Object(object) => Some(&object.text),
+            Key::Object(object) => Some(&object.merge),
             Key::Unique { .. } => None,
         }
     }
@@ -213,7 +223,7 @@ impl PyTask {
     pub(crate) fn key_string(&self, py: Python<'_>) -> String {
         match &self.key {
             Key::Named(name) => name.to_string(),
-            Key::Object(object) => object.text.to_string(),
+            Key::Object(object) => object.text().to_string(),
             Key::Unique { id, salt } => format!("{}-{}", self.prefix(py), uuid_text(*id, *salt)),
         }
     }
@@ -232,7 +242,7 @@ impl PyTask {
         match &self.key {
             Key::Unique { .. } => self.prefix(py),
             Key::Named(name) => strip_token(name).to_string(),
-            Key::Object(object) => object.text.to_string(),
+            Key::Object(object) => object.text().to_string(),
         }
     }
 

@@ -15,7 +15,6 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PySlice, PyString, PyTuple};
 
 use crate::delayed::Delayed;
-use belated_core::Payload;
 
 use crate::task::{Key, PyTask, TaskNode};
 
@@ -90,7 +89,7 @@ pub(crate) fn call_token<'py>(
 fn encode_key(out: &mut Vec<u8>, task: &PyTask) {
     match &task.key {
         Key::Named(name) => bytes(out, 6, name.as_bytes()),
-        Key::Object(_) => bytes(out, 7, task.merge_name().unwrap_or_default().as_bytes()),
+        Key::Object(object) => bytes(out, 7, object.text().as_bytes()),
         Key::Unique { id, salt } => {
             out.push(11);
             out.extend(id.to_le_bytes());
