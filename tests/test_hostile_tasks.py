@@ -172,7 +172,7 @@ def test_interpreter_exit_never_waits_for_cancelled_work(scheduler, tmp_path):
     assert "timed out" in finished.stdout
 
 
-@pytest.mark.parametrize("scheduler", ["threads", "in-process client"])
+@pytest.mark.parametrize("scheduler", ["threads", "in-process client", "belated.get"])
 def test_interpreter_exit_survives_cancelled_work_that_keeps_taking_the_interpreter(scheduler):
     # Left running on a thread of this process, the task wakes while Python finalizes, which ends its
     # thread by pthread_exit on Python before 3.14: an unwind that aborted the process (SIGABRT).
@@ -190,7 +190,10 @@ def test_interpreter_exit_survives_cancelled_work_that_keeps_taking_the_interpre
         if scheduler == "in-process client":
             scheduler = belated.Client(processes=False, threads_per_worker=1, dashboard_address=None)
         try:
-            delayed(spin)(0).compute(scheduler=scheduler, timeout=0.2)
+            if scheduler == "belated.get":
+                belated.get({{"x": (spin, 0)}}, "x", timeout=0.2)
+            else:
+                delayed(spin)(0).compute(scheduler=scheduler, timeout=0.2)
         except belated.ComputeTimeoutError:
             print("timed out")
         """

@@ -14,7 +14,7 @@ use crate::compute::{run_on_threads, worker_count, MeasuredRamp};
 use crate::errors::{catch_panics, to_python};
 use crate::gil::offer_between_tasks;
 use crate::host::Deadline;
-use crate::task::PyValue;
+use crate::task::{Call, PyValue};
 
 use crate::dask_graph::{cull, follow_priorities, Body, Culled, DaskTask, Slot};
 
@@ -41,18 +41,25 @@ impl DaskRunner {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = callable.py();
+        let kwargs = kwargs.cloned();
+        // Through Call::run: a thread left in a timed-out task may be ended inside it at exit.
         match &self.context {
-            None => callable.call(
-                PyTuple::new(py, args.into_iter().collect::<Vec<_>>())?,
+            None => Call {
+                func: callable.clone(),
+                args: PyTuple::new(py, args.into_iter().collect::<Vec<_>>())?,
                 kwargs,
-            ),
+            },
             Some(context) => {
                 let copy = context.bind(py).call_method0(intern!(py, "copy"))?;
                 let args: Vec<_> = std::iter::once(callable.clone()).chain(args).collect();
-                copy.getattr(intern!(py, "run"))?
-                    .call(PyTuple::new(py, args)?, kwargs)
+                Call {
+                    func: copy.getattr(intern!(py, "run"))?,
+                    args: PyTuple::new(py, args)?,
+                    kwargs,
+                }
             }
         }
+        .run()
     }
 }
 
