@@ -385,8 +385,11 @@ def test_a_batch_releases_the_ids_its_header_lists_and_sends_each_calls_records_
         reply = _worker._handle_batch([header, *[frame for call in calls for frame in call]], watcher())
         assert 50 not in _worker._STORE and _worker._STORE[51] == "kept"
         assert memoryview(reply[0]).cast("Q").tolist() == [3, 0, 3, 1, 1, 1]
-        decoded = [_worker.loads([frame]) for frame in reply[1:]]
-        assert decoded == [(True, 4, []), (True, "second", [{"msg": "second"}]), (True, 16, [])]
+        first, second, third = reply[1:]
+        # An int result with no records is the int alone; the call that logged carries its records.
+        assert [_worker.loads_reply([first]), _worker.loads_reply([third])] == [(True, 4), (True, 16)]
+        assert first[:1] == third[:1] == _worker.INT_REPLY
+        assert _worker.loads([second]) == (True, "second", [{"msg": "second"}])
     finally:
         _worker._STORE.pop(51, None)
 
@@ -546,7 +549,33 @@ def identity(value):
     return value
 
 
+# The ints at the edges of the 64 bits an int reply carries, and just past them.
+EDGES = [2**63 - 1, -(2**63), 2**63, -(2**63) - 1]
+
+
 def test_int_results_come_back_as_themselves_and_not_as_an_equal_value_of_another_type():
-    values = [1, True, 1.0, 0, False, 2**70, -5, *range(100, 3100)]
+    values = [1, True, 1.0, 0, False, 2**70, -5, *EDGES, *range(100, 3100)]
     got = compute(*[delayed(identity)(value) for value in values], scheduler="processes", num_workers=2)
     assert [(type(value), value) for value in got] == [(type(value), value) for value in values]
+
+
+def test_a_call_whose_result_is_a_64_bit_int_replies_with_the_int_alone_not_a_pickle():
+    for value in [0, 28, -1, *EDGES[:2]]:
+        (frame,) = _worker._encode((True, value), [])
+        assert frame == _worker.INT_REPLY + value.to_bytes(8, "little", signed=True)
+        assert _worker.loads_reply([frame]) == (True, value)
+    # Past 64 bits, an int's subclass, or with log records to carry: a pickle, read as it was.
+    for value in [*EDGES[2:], True]:
+        frames = _worker._encode((True, value), [])
+        assert frames[0][:1] != _worker.INT_REPLY
+        assert type(_worker.loads_reply(frames)[1]) is type(value) and _worker.loads_reply(frames)[1] == value
+    record = {"msg": "m", "levelno": 20, "name": "n", "process": 1}
+    assert _worker._encode((True, 5), [record])[0][:1] != _worker.INT_REPLY
+
+
+def test_results_kept_in_workers_are_placed_by_their_size_whatever_int_they_are():
+    values = [*EDGES, 0, -1, 7]
+    kept = [delayed(identity)(value) for value in values]
+    # Each result stays in its worker, which replies with its size; the list gathers them.
+    (got,) = compute(delayed(list)(kept), scheduler="processes", num_workers=2)
+    assert got == values

@@ -21,7 +21,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use rustc_hash::FxHashMap;
 
-use crate::codec::{decode_reply, frames_from, frames_of, helper, python_frames};
+use crate::codec::{decode_reply, frames_from, frames_of, helper, int_reply, python_frames};
 use crate::errors::{
     cluster_error, BelatedError, CancelledError, WorkerLostError, WorkerStartError,
 };
@@ -355,6 +355,9 @@ impl Codec for PyCodec {
     }
 
     fn decode_size(&self, reply: &[Frame]) -> PyResult<u64> {
+        if let Some(size) = int_reply(reply).and_then(|size| u64::try_from(size).ok()) {
+            return Ok(size);
+        }
         Python::attach(|py| decode_reply(py, reply)?.extract())
     }
 

@@ -79,9 +79,26 @@ pub(crate) fn python_frames<'py>(
     Ok(list)
 }
 
+/// `_worker.INT_REPLY`: the first byte of a reply that is an int rather than a pickle.
+const INT_REPLY: u8 = b'i';
+
+/// The int of a reply in `_worker`'s form for an int result (with no log records), read without the
+/// interpreter: a kept result's reply is its size. `None` for any other reply.
+pub(crate) fn int_reply(reply: &[Frame]) -> Option<i64> {
+    match reply {
+        [Frame::Bytes(bytes)] if bytes.first() == Some(&INT_REPLY) => {
+            Some(i64::from_le_bytes(bytes[1..].try_into().ok()?))
+        }
+        _ => None,
+    }
+}
+
 /// A worker's reply: the value, or the task's own exception with the worker's traceback as a note.
 pub(crate) fn decode_reply<'py>(py: Python<'py>, reply: &[Frame]) -> PyResult<Bound<'py, PyAny>> {
     static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    if let Some(int) = int_reply(reply) {
+        return Ok(PyInt::new(py, int).into_any());
+    }
     let frames = python_frames(py, reply)?;
     let reply = helper(py, &LOADS, "loads_reply")?.call1((frames,))?;
     if reply.get_item(0)?.is_truthy()? {
