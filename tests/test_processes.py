@@ -573,6 +573,31 @@ def test_a_call_whose_result_is_a_64_bit_int_replies_with_the_int_alone_not_a_pi
     assert _worker._encode((True, 5), [record])[0][:1] != _worker.INT_REPLY
 
 
+def described(*args, **kwargs):
+    return [(type(arg).__name__, repr(arg)) for arg in [*args, *sorted(kwargs.items())]]
+
+
+# Arguments of each type the parent pickles itself, at the edges of each opcode's range, and beside
+# them ones it leaves to pickle (past 64 bits, lone surrogates, a subclass).
+PLAIN_ARGUMENTS = [
+    *[0, 255, 256, 65535, 65536, -1, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1, *EDGES],
+    *[True, False, None, 0.0, -0.0, 1.5, float("inf"), float("-inf"), float("nan")],
+    *["", "é", "x" * 255, "y" * 256, "\ud800", b"", b"\x00" * 255, b"b" * 256, Boom("not plain")],
+]
+
+
+def test_calls_of_plain_arguments_run_on_the_values_given_however_many_and_whatever_kept_with_them():
+    calls = [delayed(described)(value) for value in PLAIN_ARGUMENTS]
+    calls += [delayed(described)(), delayed(described)(1, 2), delayed(described)(1, "two", 3.0)]
+    calls += [delayed(described)(*PLAIN_ARGUMENTS), delayed(described)(1, key="word")]
+    kept = delayed(identity)(41)
+    calls += [delayed(described)(kept), delayed(described)(7, kept, None, kept, "z")]
+    expected = [call.compute(scheduler="sync") for call in calls]
+    assert list(compute(*calls, scheduler="processes", num_workers=2)) == expected
+    # Once more, so that each function is called after its first call taught the parent its pickle.
+    assert list(compute(*calls, *calls, scheduler="processes", num_workers=2)) == expected * 2
+
+
 def test_results_kept_in_workers_are_placed_by_their_size_whatever_int_they_are():
     values = [*EDGES, 0, -1, 7]
     kept = [delayed(identity)(value) for value in values]

@@ -26,6 +26,7 @@ use crate::errors::{
     cluster_error, BelatedError, CancelledError, WorkerLostError, WorkerStartError,
 };
 use crate::host::{PythonHost, TaskGuard, MAX_THREADS};
+use crate::plain_call::PlainCalls;
 use crate::task::{Arg, Op, PyValue, TaskNode, Work};
 
 /// How long a new worker may take to import its modules and say it is ready.
@@ -144,6 +145,7 @@ pub(crate) fn cluster_runner(
         nodes: Arc::clone(nodes),
         guard,
         kept,
+        plain: PlainCalls::default(),
     };
     let runner = ClusterRunner::new(&cluster.runtime, codec, graph, outputs, retries)
         .retrying_errors(retry_errors);
@@ -262,6 +264,8 @@ pub(crate) struct PyCodec {
     guard: TaskGuard,
     /// Results earlier persists left in the workers, by task.
     kept: FxHashMap<u32, Held<PyValue>>,
+    /// The calls of plain arguments, pickled without the interpreter.
+    plain: PlainCalls,
 }
 
 impl PyCodec {
@@ -307,6 +311,9 @@ impl Codec for PyCodec {
                     Work::Call(call) => call,
                 }
             };
+            if let Some(frames) = self.plain.frames(&call) {
+                return Ok(Encoded::Call(frames));
+            }
             let frames = frames_of(py, &call).map_err(|error| {
                 BelatedError::new_err(format!(
                     "task {} cannot be sent to a worker process: {error}; make its function and \
@@ -314,6 +321,7 @@ impl Codec for PyCodec {
                     payload.key_string(py)
                 ))
             })?;
+            self.plain.learn(py, &call, &frames)?;
             Ok(Encoded::Call(frames))
         })
     }

@@ -25,6 +25,7 @@ mod graph_manipulation;
 mod host;
 mod methods;
 mod pickle;
+mod plain_call;
 mod render;
 mod task;
 mod token;
