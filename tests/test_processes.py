@@ -598,6 +598,15 @@ def test_calls_of_plain_arguments_run_on_the_values_given_however_many_and_whate
     assert list(compute(*calls, *calls, scheduler="processes", num_workers=2)) == expected * 2
 
 
+def test_lists_and_tuples_of_results_kept_in_the_worker_reach_the_call_as_built():
+    kept = [delayed(identity)(value) for value in range(5)]
+    calls = [delayed(described)(kept), delayed(described)(tuple(kept)), delayed(described)(kept[:1])]
+    calls += [delayed(described)([kept[0], 7, kept[1]]), delayed(described)([], (kept[0], kept[0]))]
+    calls += [delayed(described)([kept[2], kept[2]], kept[3], key=kept[4])]
+    expected = [call.compute(scheduler="sync") for call in calls]
+    assert list(compute(*calls, scheduler="processes", num_workers=2)) == expected
+
+
 def test_results_kept_in_workers_are_placed_by_their_size_whatever_int_they_are():
     values = [*EDGES, 0, -1, 7]
     kept = [delayed(identity)(value) for value in values]

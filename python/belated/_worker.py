@@ -777,16 +777,16 @@ class Stored:
 
 
 class StoredMany:
-    """A list or tuple of results held in the worker that runs the call: pickles as their ids in one
-    bytes object. A reduction's inputs (``sum`` of ten thousand results) as :class:`Stored` each cost
-    a Python ``__reduce__`` and cloudpickle's ``reducer_override`` apiece: 24 ms to pickle 10,000,
-    most of the reduction's time in the parent."""
+    """A list or tuple of results held in the worker that runs the call, by their ids (native u64s in
+    one bytes object), as it pickles. A reduction's inputs (``sum`` of ten thousand results) as
+    :class:`Stored` each cost a Python ``__reduce__`` and cloudpickle's ``reducer_override`` apiece:
+    24 ms to pickle 10,000, most of the reduction's time in the parent, which builds this from their
+    ids where it can (a call's argument) rather than from a :class:`Stored` each."""
 
     __slots__ = ("as_tuple", "ids")
 
-    def __init__(self, items):
-        self.ids = array.array("Q", map(_ID_OF, items)).tobytes()
-        self.as_tuple = type(items) is tuple
+    def __init__(self, ids, as_tuple):
+        self.ids, self.as_tuple = ids, as_tuple
 
     def __reduce__(self):
         return stored_many, (self.ids, self.as_tuple)
@@ -799,7 +799,7 @@ _ONLY_STORED = frozenset({Stored})
 def _compact(arg):
     """``arg``, a list or tuple of stored results only, as one :class:`StoredMany`."""
     if type(arg) in (list, tuple) and len(arg) > 1 and _ONLY_STORED.issuperset(map(type, arg)):
-        return StoredMany(arg)
+        return StoredMany(array.array("Q", map(_ID_OF, arg)).tobytes(), type(arg) is tuple)
     return arg
 
 

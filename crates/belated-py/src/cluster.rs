@@ -18,7 +18,7 @@ use belated_core::{Graph, TaskId, ThreadPool, KEPT_POOLS};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use rustc_hash::FxHashMap;
 
 use crate::codec::{decode_reply, frames_from, frames_of, helper, int_reply, python_frames};
@@ -279,6 +279,16 @@ impl PyCodec {
             helper(py, &STORED, "Stored")?.call1((id,))?.unbind(),
         ))
     }
+
+    fn stored_many<'py>(
+        py: Python<'py>,
+        ids: &[u64],
+        as_tuple: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        static STORED_MANY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let ids: Vec<u8> = ids.iter().flat_map(|id| id.to_ne_bytes()).collect();
+        helper(py, &STORED_MANY, "StoredMany")?.call1((PyBytes::new(py, &ids), as_tuple))
+    }
 }
 
 impl Codec for PyCodec {
@@ -292,20 +302,23 @@ impl Codec for PyCodec {
     ) -> PyResult<Encoded<PyValue>> {
         Python::attach(|py| {
             let payload = self.nodes[task.index()].payload();
-            let mut in_workers = false;
-            let inputs = inputs
+            let input = |at: usize| match &inputs[at] {
+                Input::Here(value) => Ok(PyValue(value.0.clone_ref(py))),
+                Input::Stored(id) => Self::stored(py, *id),
+            };
+            let stored: Vec<Option<u64>> = inputs
                 .iter()
                 .map(|input| match input {
-                    Input::Here(value) => Ok(PyValue(value.0.clone_ref(py))),
-                    Input::Stored(id) => {
-                        in_workers = true;
-                        Self::stored(py, *id)
-                    }
+                    Input::Stored(id) => Some(*id),
+                    Input::Here(_) => None,
                 })
-                .collect::<PyResult<Vec<_>>>()?;
-            let call = if in_workers {
-                payload.prepare_remote(py, &inputs)?
+                .collect();
+            let call = if stored.iter().any(Option::is_some) {
+                payload.prepare_in_worker(py, &stored, input, |ids, as_tuple| {
+                    Self::stored_many(py, ids, as_tuple)
+                })?
             } else {
+                let inputs = (0..inputs.len()).map(input).collect::<PyResult<Vec<_>>>()?;
                 match payload.prepare(py, &inputs)? {
                     Work::Ready(value) => return Ok(Encoded::Ready(PyValue(value.unbind()))),
                     Work::Call(call) => call,

@@ -296,6 +296,58 @@ impl PyTask {
         })
     }
 
+    /// [`prepare_remote`](Self::prepare_remote) on the inputs that `input` makes, of which those
+    /// `stored` gives an id of are kept in the call's worker: an argument of a call that is a list or
+    /// tuple of two or more of those is made by `packed` from their ids (and whether it is a tuple),
+    /// and `input` is asked only for the inputs used otherwise. A reduction over ten thousand results
+    /// made a `Stored` stand-in for each, only for `dumps_call` to pack their ids: a third of the
+    /// parent's CPU in a sum of trivial tasks.
+    pub(crate) fn prepare_in_worker<'py>(
+        &self,
+        py: Python<'py>,
+        stored: &[Option<u64>],
+        input: impl Fn(usize) -> PyResult<PyValue>,
+        packed: impl Fn(&[u64], bool) -> PyResult<Bound<'py, PyAny>>,
+    ) -> PyResult<Call<'py>> {
+        let Op::Call { func, args, kwargs } = &self.op else {
+            let inputs = (0..stored.len()).map(input).collect::<PyResult<Vec<_>>>()?;
+            return self.prepare_remote(py, &inputs);
+        };
+        let packs: Vec<Option<(Vec<u64>, bool)>> =
+            args.iter().map(|arg| packable(arg, stored)).collect();
+        let mut used = vec![false; stored.len()];
+        let mut mark = |dep: u32| used[dep as usize] = true;
+        func.visit_deps(&mut mark);
+        for (arg, pack) in args.iter().zip(&packs) {
+            if pack.is_none() {
+                arg.visit_deps(&mut mark);
+            }
+        }
+        for (_, arg) in kwargs.iter() {
+            arg.visit_deps(&mut mark);
+        }
+        // An input only packed is never read: `None` stands in for it.
+        let inputs = (0..stored.len())
+            .map(|at| match used[at] {
+                true => input(at),
+                false => Ok(PyValue(py.None())),
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let built = args
+            .iter()
+            .zip(packs)
+            .map(|(arg, pack)| match pack {
+                Some((ids, as_tuple)) => packed(&ids, as_tuple),
+                None => arg.build(py, &inputs),
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Call {
+            func: func.build(py, &inputs)?,
+            args: PyTuple::new(py, built)?,
+            kwargs: build_kwargs(py, kwargs, &inputs)?,
+        })
+    }
+
     /// The task as a call made entirely where its inputs are (they may be stand-ins that only mean
     /// something in a worker process): even building a container or looking up a method happens there.
     pub(crate) fn prepare_remote<'py>(
@@ -504,6 +556,24 @@ impl Drop for ParkOnForcedUnwind {
             std::thread::park();
         }
     }
+}
+
+/// The ids of `arg`'s items if it is a list or tuple of two or more inputs all kept in the call's
+/// worker (`stored`), and whether it is a tuple.
+fn packable(arg: &Arg, stored: &[Option<u64>]) -> Option<(Vec<u64>, bool)> {
+    let (items, as_tuple) = match arg {
+        Arg::List(items) => (items, false),
+        Arg::Tuple(items) => (items, true),
+        _ => return None,
+    };
+    if items.len() < 2 {
+        return None;
+    }
+    let ids = items.iter().map(|item| match item {
+        Arg::Dep(at) => stored[*at as usize],
+        _ => None,
+    });
+    Some((ids.collect::<Option<Vec<u64>>>()?, as_tuple))
 }
 
 fn build_tuple<'py>(
