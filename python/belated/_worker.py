@@ -24,7 +24,8 @@ is done and hands back the calls not started, and the call running replies alone
 ``(True, value, records)`` or ``(False, the exception's pickle or None, its type name, its message,
 formatted traceback, its frames, records)``, where ``records``
 are the log records emitted in the worker since its last ``RUN`` reply (a ``FETCH`` reply carries
-none), handled in the parent by :func:`belated._logging.receive_record` before the reply is read.
+none), handled in the parent by :func:`belated._logging.receive_record` before the reply is read; a
+reply whose value is an int of 64 bits, with no records, is one frame: :data:`INT_REPLY` and the int.
 Out-of-band buffers of
 :data:`SHARE_FROM` bytes and up travel as sealed memfd segments whose descriptors come with the
 bytes (:class:`Channel`); a reader maps them copy-on-write instead of copying them.
@@ -642,7 +643,8 @@ def _die_with_parent():
 # The reply of a call whose result is an int that fits 64 bits, with no log records: ``INT_REPLY``
 # then the int, little-endian, in one frame that the parent reads without the interpreter (a pickle
 # starts otherwise). A kept result's reply is its size: unpickling it, under the interpreter, was a
-# quarter of the parent's share of a trivial task, and pickling it a tenth of the worker's.
+# quarter of the parent's share of a trivial task. Packing it costs the worker no more than looking up
+# a cache of pickled ints did, and ints the cache did not hold are no longer pickled.
 INT_REPLY = b"i"
 _INT_REPLY = struct.Struct("<cq")
 
