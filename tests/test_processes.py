@@ -3,6 +3,7 @@
 import contextlib
 import io
 import os
+import pickle
 import signal
 import socket
 import struct
@@ -571,6 +572,21 @@ def test_a_call_whose_result_is_a_64_bit_int_replies_with_the_int_alone_not_a_pi
         assert type(_worker.loads_reply(frames)[1]) is type(value) and _worker.loads_reply(frames)[1] == value
     record = {"msg": "m", "levelno": 20, "name": "n", "process": 1}
     assert _worker._encode((True, 5), [record])[0][:1] != _worker.INT_REPLY
+
+
+def test_a_pickle_of_plain_values_loads_while_another_thread_unpickles_what_may_import():
+    plain = (1, pickle.dumps({}), ("text", 2**40, None, 1.5), None)
+    loaded = []
+    # Held as by a thread whose unpickling imports a slow module.
+    with _worker._UNPICKLING:
+        thread = threading.Thread(
+            target=lambda: loaded.append(_worker.loads([pickle.dumps(plain, protocol=5)]))
+        )
+        thread.start()
+        thread.join(timeout=60)
+        assert loaded == [plain]
+    # A data byte that reads as a reference to a global takes the long way, to the same value.
+    assert _worker.loads([pickle.dumps((pickle.STACK_GLOBAL[0], "x"), protocol=5)]) == (0x93, "x")
 
 
 def described(*args, **kwargs):
