@@ -145,6 +145,24 @@ def test_a_function_that_cannot_be_identified_gets_unique_keys():
         belated.tokenize(locked, ensure_deterministic=True)
 
 
+@pytest.mark.parametrize("lib", [dask, belated], ids=["dask", "belated"])
+def test_a_ported_program_catches_tokenization_errors_as_dasks(lib):
+    # `import belated as dask` leaves `except dask.tokenize.TokenizationError` in the program
+    tokenize = dask.tokenize.tokenize if lib is dask else belated.tokenize
+    with lib.config.set({"tokenize.ensure-deterministic": True}):
+        with pytest.raises(dask.tokenize.TokenizationError) as raised:
+            tokenize(threading.Lock())
+        with pytest.raises(dask.tokenize.TokenizationError):
+            tokenize([1, object()])
+    assert tokenize(threading.Lock()) != tokenize(threading.Lock())
+    if lib is belated:
+        assert isinstance(raised.value, belated.TokenizationError)
+        # as a task's error, it comes back from a worker process
+        copy = pickle.loads(pickle.dumps(raised.value))
+        assert isinstance(copy, dask.tokenize.TokenizationError)
+        assert isinstance(copy, belated.TokenizationError) and copy.args == raised.value.args
+
+
 def test_recursive_and_self_referencing_functions_tokenize():
     def factorial(n):
         return 1 if n <= 1 else n * factorial(n - 1)

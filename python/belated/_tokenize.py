@@ -47,8 +47,36 @@ def tokenize(*args, ensure_deterministic=None, **kwargs) -> str:
         return _digest(args, kwargs, deterministic=bool(ensure_deterministic))
     except _Unique:
         if ensure_deterministic:
-            raise TokenizationError(f"{args!r} cannot be tokenized deterministically") from None
+            raise _error_class()(f"{args!r} cannot be tokenized deterministically") from None
         return uuid.uuid4().hex
+
+
+# TokenizationError joined with dask's, made at the first error where dask is installed.
+_joined_error = None
+
+
+def _error_class():
+    """:class:`TokenizationError`, which is also dask's where dask is installed: a ported program
+    catches ``dask.tokenize.TokenizationError``."""
+    global _joined_error
+    if _joined_error is None:
+        try:
+            from dask.tokenize import TokenizationError as DaskTokenizationError
+        except ImportError:
+            return TokenizationError
+        _joined_error = type(
+            "_DaskTokenizationError",
+            (TokenizationError, DaskTokenizationError),
+            {"__module__": __name__, "__doc__": TokenizationError.__doc__},
+        )
+    return _joined_error
+
+
+def __getattr__(name):
+    # Where a pickled error finds its class, in a process that has not raised one yet.
+    if name == "_DaskTokenizationError":
+        return _error_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _configured_deterministic():
