@@ -93,6 +93,15 @@ def test_decorator_forms():
     assert pair(1).key == pair(1).key
 
 
+def test_the_class_has_its_constructors_signature_as_in_dask():
+    from dask.delayed import Delayed as DaskDelayed
+
+    assert inspect.signature(Delayed) == inspect.signature(DaskDelayed)
+    assert str(inspect.signature(Delayed)) == "(key, dsk, length=None, layer=None)"
+    with pytest.raises(ValueError, match="no signature found"):
+        inspect.signature(delayed(1))
+
+
 def test_decorated_methods_bind_self():
     class Counter:
         def __init__(self, start):

@@ -68,8 +68,8 @@ class Delayed(Generic[_T_co]):
     def __qualname__(self) -> str: ...
     @property
     def __wrapped__(self) -> Callable[..., Any]: ...
-    @property
-    def __signature__(self) -> inspect.Signature: ...
+    # None on the class, where inspect.signature reads the constructor's.
+    __signature__: inspect.Signature | None
     # numpy defers to Delayed's reflected operators.
     __array_ufunc__: None
     # The dask collection protocol.

@@ -1,11 +1,14 @@
 """Attributes of ``belated.Delayed`` that are the class's own on the class and the wrapped function's
 on a ``delayed(func)`` object, as :func:`functools.wraps` would make them.
 
-A getter would not do for these two: Python reads a class's ``__module__`` straight from the class
-dict (``repr``, ``pickle`` and ``help`` then get a getter object, not a string), and a ``__doc__``
-getter hides the class docstring from ``help(belated.Delayed)``. So each is a string (what the class
-sees) that is also a descriptor (what instances see).
+A getter would not do for these: Python reads a class's ``__module__`` straight from the class dict
+(``repr``, ``pickle`` and ``help`` then get a getter object, not a string), and a ``__doc__`` getter
+hides the class docstring from ``help(belated.Delayed)``. So each is a string (what the class sees)
+that is also a descriptor (what instances see). A ``__signature__`` getter is a descriptor object when
+read on the class, which ``inspect.signature(belated.Delayed)`` refuses: that one is None there.
 """
+
+import inspect
 
 
 class Forwarded(str):
@@ -28,3 +31,16 @@ class Forwarded(str):
         if wrapped is None:
             return str(self)
         return getattr(wrapped, self.name, str(self))
+
+
+class ForwardedSignature:
+    """None on the class (``inspect.signature`` then reads the constructor's text signature); on a
+    ``delayed(func)`` object, the signature of ``func``."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> inspect.Signature | None:
+        if obj is None:
+            return None
+        wrapped = getattr(obj, "__wrapped__", None)
+        if wrapped is None:
+            raise AttributeError("__signature__")
+        return inspect.signature(wrapped)

@@ -680,15 +680,14 @@ impl Delayed {
             .ok_or_else(|| PyAttributeError::new_err("Attribute __wrapped__ not found"))
     }
 
-    #[getter(__signature__)]
-    fn signature(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let func = self
-            .function(py)
-            .ok_or_else(|| PyAttributeError::new_err("Attribute __signature__ not found"))?;
+    /// The function's signature on `delayed(func)`; on the class, None, so that `inspect.signature`
+    /// reads the constructor's (a getter would hand it a descriptor object there, a TypeError).
+    #[classattr]
+    fn __signature__(py: Python<'_>) -> PyResult<Py<PyAny>> {
         static SIGNATURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         Ok(SIGNATURE
-            .import(py, "inspect", "signature")?
-            .call1((func,))?
+            .import(py, "belated._forward", "ForwardedSignature")?
+            .call0()?
             .unbind())
     }
 
