@@ -346,6 +346,47 @@ def test_compute_inside_a_task_runs_inline():
     assert belated.get({"x": 1, "y": (inner, "x")}, "y", num_workers=1) == 45
 
 
+@pytest.mark.parametrize("pool", [None, "sync"])
+def test_a_cache_given_is_read_and_filled(pool):
+    runs = []
+
+    def traced(name, x):
+        runs.append(name)
+        return x + 1
+
+    dsk = {
+        "a": (traced, "ran a", 0),
+        "b": (traced, "ran b", "a"),
+        "c": (traced, "ran c", "b"),
+        "d": (traced, "ran d", "a"),
+    }
+    # As dask's get functions fill it: with the results of the wanted keys.
+    cache, dask_cache = {}, {}
+    assert belated.get(dsk, ["c", "d"], cache=cache, pool=pool) == (3, 2)
+    assert dask.local.get_sync(dsk, ["c", "d"], cache=dask_cache) == (3, 2)
+    assert cache == dask_cache == {"c": 3, "d": 2}
+    # What it holds is taken as computed: "b" is not run, and "a" only for "d".
+    runs.clear()
+    cache = {"b": 100}
+    assert belated.get(dsk, ["c", "d"], cache=cache, pool=pool) == (101, 2)
+    assert sorted(runs) == ["ran a", "ran c", "ran d"]
+    assert cache == {"b": 100, "c": 101, "d": 2}
+    # A wanted key found there is its value; a key only the cache holds can be depended on.
+    runs.clear()
+    assert belated.get({"e": (traced, "ran e", "z")}, ["c", "e"], cache={"c": 7, "z": 41}, pool=pool) == (
+        7,
+        42,
+    )
+    assert runs == ["ran e"]
+    # A cached value is data, even when it looks like a task.
+    runs.clear()
+    assert belated.get({"n": (len, "t")}, "n", cache={"t": (traced, "ran t", 5)}, pool=pool) == 3
+    assert runs == []
+    with dask.config.set(cache={"a": 10}):
+        assert belated.get(dsk, "d", pool=pool) == 11
+        assert dask.config.get("cache") == {"a": 10, "d": 11}
+
+
 def test_config_set_scheduler():
     with dask.config.set(scheduler=belated.get):
         assert da.arange(100, chunks=7).sum().compute() == 4950

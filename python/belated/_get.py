@@ -11,7 +11,7 @@ from belated import diagnostics as _diagnostics
 ORDER = "depth-first"
 
 
-def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **kwargs):
+def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, cache=None, **kwargs):
     """Computes ``keys`` of the dask graph ``dsk`` on belated's thread pool; dask's ``get`` interface.
 
     ``keys`` is a key or a (nested) list of keys; the result has the same shape, with tuples for
@@ -30,12 +30,16 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **
     thread or process pool object (as dask's own ``get`` functions take) sets how many tasks run at
     once, in place of ``num_workers`` as in dask; they run on the engine's own threads.
 
+    ``cache`` (a dict, by default dask's ``cache`` setting), as ``dask.local.get_async`` documents it:
+    a key found in it is taken as computed, with that value, and the results of ``keys`` are stored
+    in it.
+
     >>> import dask.array as da
     >>> import belated
     >>> int(da.arange(10, chunks=3).sum().compute(scheduler=belated.get))
     45
     """
-    from dask._task_spec import convert_legacy_graph
+    from dask._task_spec import DataNode, convert_legacy_graph
     from dask.callbacks import local_callbacks, normalize_callback
     from dask.core import flatten
     from dask.order import order
@@ -46,6 +50,10 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **
         dsk = _graph(dsk, fuse=scheduler not in (None, "sync"))
     if type(dsk) is not dict:
         dsk = convert_legacy_graph(dsk)
+    if cache is None:
+        cache = config._read("cache", None)
+    if cache:
+        dsk = {**dsk, **{key: DataNode(key, value) for key, value in cache.items()}}
     wanted = list(flatten(keys)) if isinstance(keys, list) else [keys]
     if num_workers is None:
         num_workers = config._read("num_workers", None)
@@ -65,7 +73,7 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **
         ):
             tasks = _belated.dask_graph_delayed(dsk, wanted)
             values = compute(*tasks, scheduler=scheduler, num_workers=num_workers, timeout=timeout)
-        return _shaped(keys, wanted, values)
+        return _shaped(keys, wanted, values, cache)
     with local_callbacks(callbacks) as dask_callbacks:
         listeners = [normalize_callback(cb) for cb in _diagnostics.dask_own(dask_callbacks)]
         listeners += [cb._callback for cb in _diagnostics.Callback.active]
@@ -79,7 +87,7 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, **
             # Callbacks see the graph as dask's schedulers hand it to them.
             dsk = convert_legacy_graph(dsk)
             values = _run_with_callbacks(dsk, wanted, num_workers, timeout, listeners, order)
-    return _shaped(keys, wanted, values)
+    return _shaped(keys, wanted, values, cache)
 
 
 def _graph(expr, fuse):
@@ -118,7 +126,10 @@ def _scheduler(pool):
     return pool if getattr(pool, "_cluster", None) is not None else None
 
 
-def _shaped(keys, wanted, values):
+def _shaped(keys, wanted, values, cache):
+    if cache is not None:
+        for key, value in zip(wanted, values, strict=True):
+            cache[key] = value
     if not isinstance(keys, list):
         return values[0]
     return _nest(keys, dict(zip(wanted, values, strict=True)))
