@@ -11,7 +11,10 @@ belated workers).
 
 import ast
 import contextvars
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -385,6 +388,46 @@ def test_a_cache_given_is_read_and_filled(pool):
     with dask.config.set(cache={"a": 10}):
         assert belated.get(dsk, "d", pool=pool) == 11
         assert dask.config.get("cache") == {"a": 10, "d": 11}
+
+
+# Tasks record the order they run in. The keys of a task's arguments are a set to dask, iterated in an
+# order PYTHONHASHSEED changes: the arguments name them in order (directly, in a container, by keyword).
+ORDER_CHILD = """
+import sys
+from dask._task_spec import Task, TaskRef
+import belated
+
+runs = []
+
+def run(name, *args, **kwargs):
+    runs.append(name)
+
+legacy = {
+    "left": (run, "L"), "mid": (run, "M"), "right": (run, "R"), "z1": (run, "Z1"), "z2": (run, "Z2"),
+    "z3": (run, "Z3"), "top": (run, "T", "right", "left", "mid"), "bag": (run, "BAG", ["z3", "z1", "z2"]),
+}
+spec = {key: Task(key, run, key.upper()) for key in ("a", "b", "c", "d")}
+spec["calls"] = Task("calls", run, "CALLS", TaskRef("d"), TaskRef("a"), x=TaskRef("c"), y=TaskRef("b"))
+for dsk, keys in ((legacy, ["bag", "top"]), (spec, "calls")):
+    belated.get(dsk, keys, pool=sys.argv[1] or None, num_workers=1)
+print(" ".join(runs))
+"""
+
+
+@pytest.mark.parametrize("pool", ["sync", ""], ids=["sync", "one thread"])
+def test_one_thread_runs_tasks_in_the_order_their_arguments_name_them_whatever_the_hash_seed(pool):
+    orders = set()
+    for seed in ("0", "1", "2", "3", "4"):
+        child = subprocess.run(
+            [sys.executable, "-c", ORDER_CHILD, pool],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        orders.add(child.stdout.strip())
+    assert orders == {"Z3 Z1 Z2 BAG R L M T D A C B CALLS"}
 
 
 def test_config_set_scheduler():

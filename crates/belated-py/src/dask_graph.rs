@@ -2,15 +2,18 @@
 //!
 //! Only the tasks the wanted keys need become engine tasks, laid out in one flat arena. Ids, which the
 //! engine's schedule uses as priorities, are either the engine's own depth-first post-order from the
-//! wanted keys or, when the caller passes dask.order's priorities, the topological order that follows
-//! them (Kahn's algorithm taking the smallest priority first, so an order that is already topological
-//! is kept as it is). Results are released by the engine as soon as no remaining task needs them.
+//! wanted keys (a task's dependencies in the order its arguments name them, never in the order of the
+//! set dask gives, which `PYTHONHASHSEED` changes) or, when the caller passes dask.order's priorities,
+//! the topological order that follows them (Kahn's algorithm taking the smallest priority first, so an
+//! order that is already topological is kept as it is). Results are released by the engine as soon as
+//! no remaining task needs them.
 //!
 //! How a task runs ([`Body`]): the common nodes are read once, when the graph is culled, so running
 //! them costs one Python call: a plain `Task` whose arguments are literals or references to other keys
-//! calls its function directly, a `DataNode` is its value and an `Alias` is its target's value. Every
-//! other node (containers, subgraphs, subclasses) is called with its dependencies' values, as dask's
-//! own schedulers do. Both give what `node(values)` gives.
+//! (`TaskRef`s, or the `Alias`es dask's converter writes for a legacy task) calls its function
+//! directly, a `DataNode` is its value and an `Alias` is its target's value. Every other node
+//! (containers, subgraphs, subclasses) is called with its dependencies' values, as dask's own
+//! schedulers do. Both give what `node(values)` gives.
 //!
 //! The same reading turns a dask collection found by `compute`, `persist` or a delayed call into task
 //! nodes of belated's own graphs ([`collection_node`]): one node per dask task under its dask key, so
@@ -82,54 +85,142 @@ impl<'py> Spec<'py> {
         })
     }
 
-    fn body(&self, node: &Bound<'py, PyAny>, deps: &[Bound<'py, PyAny>]) -> PyResult<Body> {
+    /// How `node` runs, and its dependencies in the order the engine visits them, which on one thread
+    /// is the order tasks run in. `dependencies` is a set, whose order changes with `PYTHONHASHSEED`,
+    /// so they come as the node's arguments name them (as a `Delayed` call's inputs do).
+    fn read(&self, node: &Bound<'py, PyAny>) -> PyResult<(Body, Vec<Bound<'py, PyAny>>)> {
         let py = node.py();
         let class = node.get_type().into_any();
-        if class.is(&self.data) {
-            return Ok(Body::Data(node.getattr(intern!(py, "value"))?.unbind()));
+        if class.is(&self.task) {
+            if let Some(call) = self.direct_call(node)? {
+                return Ok(call);
+            }
         }
-        if class.is(&self.alias) && deps.len() == 1 {
-            return Ok(Body::Alias(0));
-        }
-        if class.is(&self.task) && deps.len() <= DIRECT_REFS {
-            let slot = |arg: Bound<'py, PyAny>| -> PyResult<Option<Slot>> {
-                if arg.is_instance(&self.task_ref)? {
-                    let key = arg.getattr(intern!(py, "key"))?;
-                    for (i, dep) in deps.iter().enumerate() {
-                        if dep.eq(&key)? {
-                            return Ok(Some(Slot::Input(i)));
-                        }
-                    }
-                    return Ok(None);
-                }
-                if arg.is_instance(&self.graph_node)? {
-                    return Ok(None);
-                }
-                Ok(Some(Slot::Literal(arg.unbind())))
+        let deps = node
+            .getattr(intern!(py, "dependencies"))?
+            .try_iter()?
+            .collect::<PyResult<Vec<_>>>()?;
+        let deps = self.in_stable_order(node, deps)?;
+        let body = if class.is(&self.data) {
+            Body::Data(node.getattr(intern!(py, "value"))?.unbind())
+        } else if class.is(&self.alias) && deps.len() == 1 {
+            Body::Alias(0)
+        } else {
+            Body::Node(node.clone().unbind())
+        };
+        Ok((body, deps))
+    }
+
+    /// A plain `Task` whose arguments are literals or references to at most [`DIRECT_REFS`] keys
+    /// (`TaskRef`s or `Alias`es), as a direct call of its function, with the keys in the order its arguments name them; None otherwise.
+    fn direct_call(
+        &self,
+        node: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<(Body, Vec<Bound<'py, PyAny>>)>> {
+        let py = node.py();
+        let mut deps: Vec<Bound<'py, PyAny>> = Vec::new();
+        let mut slot = |arg: Bound<'py, PyAny>| -> PyResult<Option<Slot>> {
+            // dask's converter writes a legacy task's reference to a key as an `Alias` of it.
+            let key = if arg.is_instance(&self.task_ref)? {
+                Some(arg.getattr(intern!(py, "key"))?)
+            } else if arg.get_type().is(&self.alias) {
+                Some(arg.getattr(intern!(py, "target"))?)
+            } else {
+                None
             };
-            let mut args = Vec::new();
-            for arg in node.getattr(intern!(py, "args"))?.try_iter()? {
-                match slot(arg?)? {
-                    Some(s) => args.push(s),
-                    None => return Ok(Body::Node(node.clone().unbind())),
+            if let Some(key) = key {
+                for (i, dep) in deps.iter().enumerate() {
+                    if dep.eq(&key)? {
+                        return Ok(Some(Slot::Input(i)));
+                    }
                 }
-            }
-            let mut kwargs = Vec::new();
-            let given = node.getattr(intern!(py, "kwargs"))?;
-            for item in given.call_method0(intern!(py, "items"))?.try_iter()? {
-                let (name, arg): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?.extract()?;
-                match slot(arg)? {
-                    Some(s) => kwargs.push((name.unbind(), s)),
-                    None => return Ok(Body::Node(node.clone().unbind())),
+                if deps.len() == DIRECT_REFS {
+                    return Ok(None);
                 }
+                deps.push(key);
+                return Ok(Some(Slot::Input(deps.len() - 1)));
             }
-            return Ok(Body::Call {
-                func: node.getattr(intern!(py, "func"))?.unbind(),
-                args,
-                kwargs,
-            });
+            if arg.is_instance(&self.graph_node)? {
+                return Ok(None);
+            }
+            Ok(Some(Slot::Literal(arg.unbind())))
+        };
+        let mut args = Vec::new();
+        for arg in node.getattr(intern!(py, "args"))?.try_iter()? {
+            match slot(arg?)? {
+                Some(s) => args.push(s),
+                None => return Ok(None),
+            }
         }
-        Ok(Body::Node(node.clone().unbind()))
+        let mut kwargs = Vec::new();
+        let given = node.getattr(intern!(py, "kwargs"))?;
+        for item in given.call_method0(intern!(py, "items"))?.try_iter()? {
+            let (name, arg): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?.extract()?;
+            match slot(arg)? {
+                Some(s) => kwargs.push((name.unbind(), s)),
+                None => return Ok(None),
+            }
+        }
+        // Keys the task depends on other than through its arguments are not read here.
+        if node.getattr(intern!(py, "dependencies"))?.len()? != deps.len() {
+            return Ok(None);
+        }
+        let func = node.getattr(intern!(py, "func"))?.unbind();
+        Ok(Some((Body::Call { func, args, kwargs }, deps)))
+    }
+
+    /// `deps` of a node that is not a direct call, in the order its arguments name them, nested
+    /// containers included; any no argument names, after them by repr.
+    fn in_stable_order(
+        &self,
+        node: &Bound<'py, PyAny>,
+        deps: Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        if deps.len() < 2 {
+            return Ok(deps);
+        }
+        let py = node.py();
+        let index = PyDict::new(py);
+        for (i, dep) in deps.iter().enumerate() {
+            index.set_item(dep, i)?;
+        }
+        let mut deps: Vec<Option<Bound<'py, PyAny>>> = deps.into_iter().map(Some).collect();
+        let mut ordered = Vec::with_capacity(deps.len());
+        // Arguments still to read, the next one last.
+        let mut arguments = vec![node.clone()];
+        while let Some(arg) = arguments.pop() {
+            let named = if arg.is_instance(&self.task_ref)? {
+                arg.getattr(intern!(py, "key"))?
+            } else if arg.is_instance(&self.alias)? {
+                arg.getattr(intern!(py, "target"))?
+            } else {
+                if arg.is_instance(&self.task)? {
+                    let kwargs = arg.getattr(intern!(py, "kwargs"))?;
+                    let values = kwargs.call_method0(intern!(py, "values"))?;
+                    let args = arg.getattr(intern!(py, "args"))?;
+                    let inner: Vec<_> = args
+                        .try_iter()?
+                        .chain(values.try_iter()?)
+                        .collect::<PyResult<_>>()?;
+                    arguments.extend(inner.into_iter().rev());
+                }
+                continue;
+            };
+            if let Some(i) = index.get_item(&named)? {
+                ordered.extend(deps[i.extract::<usize>()?].take());
+                if ordered.len() == deps.len() {
+                    break;
+                }
+            }
+        }
+        let mut rest = deps
+            .into_iter()
+            .flatten()
+            .map(|dep| Ok((dep.repr()?.to_string(), dep)))
+            .collect::<PyResult<Vec<_>>>()?;
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        ordered.extend(rest.into_iter().map(|(_, dep)| dep));
+        Ok(ordered)
     }
 }
 
@@ -206,10 +297,10 @@ pub(crate) fn cull(dsk: &Bound<'_, PyDict>, keys: &Bound<'_, PyList>) -> PyResul
     })
 }
 
-/// A key being visited: its node, its dependencies, and the slots of those visited so far.
+/// A key being visited: how it runs, its dependencies, and the slots of those visited so far.
 struct Visit<'py> {
     key: Bound<'py, PyAny>,
-    node: Bound<'py, PyAny>,
+    body: Body,
     deps: Vec<Bound<'py, PyAny>>,
     dep_slots: Vec<usize>,
     slot: usize,
@@ -256,7 +347,7 @@ fn walk<'py>(
                                 .collect(),
                         );
                         culled.tasks.push(DaskTask {
-                            body: spec.body(&done.node, &done.deps)?,
+                            body: done.body,
                             key: done.key.unbind(),
                             deps: done.deps.into_iter().map(Bound::unbind).collect(),
                         });
@@ -317,13 +408,10 @@ fn start_visit<'py>(
     if !node.is_instance(&spec.graph_node)? {
         return Ok(None);
     }
-    let deps = node
-        .getattr(intern!(dsk.py(), "dependencies"))?
-        .try_iter()?
-        .collect::<PyResult<Vec<_>>>()?;
+    let (body, deps) = spec.read(&node)?;
     Ok(Some(Visit {
         key,
-        node,
+        body,
         dep_slots: Vec::with_capacity(deps.len()),
         deps,
         slot,
