@@ -428,3 +428,45 @@ def test_profiler_visualize_displays_inline_in_jupyter(ipython_shell, tmp_path):
     prof.visualize(filename=path, show=False)
     prof.visualize(filename=path, show=True)
     assert len(shown) == (2 if in_kernel else 1)
+
+
+@pytest.mark.parametrize("registered", ["dask", "belated"], ids=["dask callback", "belated callback"])
+@pytest.mark.parametrize("outer", ["dask", "belated"], ids=["dask outside", "belated outside"])
+@pytest.mark.parametrize("inner", ["dask", "belated", "belated.get"], ids=["dask", "belated", "get"])
+def test_a_compute_inside_a_task_sees_no_active_callbacks_and_reports_to_none_as_in_dask(
+    registered, outer, inner
+):
+    """dask's schedulers take ``Callback.active`` out for their run: a compute inside a task hears
+    nothing of the outer one's callbacks and sees none registered (nor does one beside it). dask's and
+    belated's registries, around dask's and belated's computes, and ``belated.get`` behave so."""
+    dask = pytest.importorskip("dask")
+    from dask.callbacks import Callback as DaskCallback
+
+    libs = {"dask": dask, "belated": belated}
+    seen = []
+    pretask = lambda key, dsk, state: seen.append(str(key))  # noqa: E731
+
+    def nested(x):
+        seen.append(("active", len(DaskCallback.active), len(Callback.active)))
+        if inner == "belated.get":
+            return belated.get({"inner-get": (inc, x)}, "inner-get")
+        return libs[inner].delayed(inc)(x, dask_key_name="inner").compute(scheduler="sync")
+
+    callback = (DaskCallback if registered == "dask" else Callback)(pretask=pretask)
+    with callback:
+        outer_task = libs[outer].delayed(nested)(1, dask_key_name="outer")
+        assert outer_task.compute(scheduler="threads") == 2
+        # and it serves the next computation
+        assert libs[outer].delayed(inc)(1, dask_key_name="again").compute(scheduler="sync") == 2
+    assert seen == ["outer", ("active", 0, 0), "again"]
+    assert not DaskCallback.active and not Callback.active
+
+
+def test_a_callback_unregistered_inside_the_computation_it_serves_stays_unregistered():
+    seen = []
+    recorder = Callback(pretask=lambda key, dsk, state: seen.append(key))
+    recorder.register()
+    assert delayed(lambda x: recorder.unregister() or x)(1, dask_key_name="task").compute() == 1
+    assert recorder not in Callback.active
+    assert delayed(inc)(1).compute() == 2
+    assert seen == ["task"]

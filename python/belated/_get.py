@@ -74,9 +74,9 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, ca
             tasks = _belated.dask_graph_delayed(dsk, wanted)
             values = compute(*tasks, scheduler=scheduler, num_workers=num_workers, timeout=timeout)
         return _shaped(keys, wanted, values, cache)
-    with local_callbacks(callbacks) as dask_callbacks:
+    with local_callbacks(callbacks) as dask_callbacks, _diagnostics.claimed_callbacks(dask=False) as own:
         listeners = [normalize_callback(cb) for cb in _diagnostics.dask_own(dask_callbacks)]
-        listeners += [cb._callback for cb in _diagnostics.Callback.active]
+        listeners += [cb._callback for cb in own]
         if not listeners:
             # The engine reads the graph's task spec nodes as they are, converting legacy tasks only
             # when it meets one: dask's converter, run on every node up front, costs as much as that.

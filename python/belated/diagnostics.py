@@ -98,37 +98,67 @@ class Callback:
 
     def unregister(self) -> None:
         Callback.active.discard(self)
+        with _CLAIMED_LOCK:
+            # Serving a computation, it is out of the registries: it does not go back.
+            _CLAIMED.pop(self, None)
         dask_callbacks = sys.modules.get("dask.callbacks")
         hooks = self.__dict__.pop("_dask_hooks", None)
         if dask_callbacks is not None and hooks is not None:
             dask_callbacks.Callback.active.discard(hooks)
 
 
-# The registered callbacks that a running computation reports to. As in dask's ``local_callbacks``, a
-# callback serves the first computation that finds it: a compute started inside a task, or beside it
-# in another thread, does not report to the outer computation's progress bar or profiler.
-_CLAIMED: set[object] = set()
+# Registered callbacks serving a running computation (callback -> the registry entries taken out for
+# it), out of the registries until it ends. As dask's ``local_callbacks`` empties ``Callback.active``
+# for a run, a compute started inside a task, or beside it in another thread, neither reports to the
+# outer computation's progress bar or profiler nor sees it active.
+_CLAIMED: dict[object, tuple[tuple[set, object], ...]] = {}
 _CLAIMED_LOCK = threading.Lock()
 
 
+def _claim(callbacks, dask_active):
+    """Takes ``callbacks`` out of belated's registry and ``dask_active`` (dask's, or None); under the
+    lock."""
+    for callback in callbacks:
+        entries = []
+        if isinstance(callback, Callback):
+            entries.append((Callback.active, callback))
+            hooks = callback.__dict__.get("_dask_hooks")
+        else:
+            hooks = callback
+        if dask_active is not None and hooks is not None:
+            entries.append((dask_active, hooks))
+        for registry, entry in entries:
+            registry.discard(entry)
+        _CLAIMED[callback] = tuple(entries)
+
+
+def _release(callbacks):
+    """Puts ``callbacks`` back where they were taken from, but for those unregistered meanwhile; under
+    the lock."""
+    for callback in callbacks:
+        for registry, entry in _CLAIMED.pop(callback, ()):
+            registry.add(entry)
+
+
 @contextlib.contextmanager
-def claimed_callbacks():
+def claimed_callbacks(dask=True):
     """The callbacks a computation reports to, held for it until the block ends: belated's registered
-    ones and, when dask is loaded, those registered with ``dask.callbacks.Callback`` (dask's
-    ``ProgressBar``, ``Profiler``, ...), called as dask's local scheduler calls them. A callback
-    registered while the computation runs (inside one of its tasks, say) serves the next one."""
-    dask_callbacks = sys.modules.get("dask.callbacks")
-    registered = [*Callback.active, *dask_own(dask_callbacks.Callback.active if dask_callbacks else ())]
+    ones and, when dask is loaded and ``dask`` is true, those registered with
+    ``dask.callbacks.Callback`` (dask's ``ProgressBar``, ``Profiler``, ...), called as dask's local
+    scheduler calls them. A callback registered while the computation runs (inside one of its tasks,
+    say) serves the next one."""
+    dask_callbacks = sys.modules.get("dask.callbacks") if dask else None
+    dask_active = dask_callbacks.Callback.active if dask_callbacks else None
     with _CLAIMED_LOCK:
-        mine = [callback for callback in registered if callback not in _CLAIMED]
-        _CLAIMED.update(mine)
+        mine = [*Callback.active, *dask_own(dask_active or ())]
+        _claim(mine, dask_active)
     try:
         yield tuple(
             callback if isinstance(callback, Callback) else _DaskCallback(callback) for callback in mine
         )
     finally:
         with _CLAIMED_LOCK:
-            _CLAIMED.difference_update(mine)
+            _release(mine)
 
 
 def dask_own(callbacks):
@@ -202,7 +232,8 @@ class _DaskRun:
         with _CLAIMED_LOCK:
             if self._callback in _CLAIMED:
                 return
-            _CLAIMED.add(self._callback)
+            # dask's local_callbacks has taken dask's registry out for this run, and puts it back.
+            _claim([self._callback], None)
         self._state = SchedulerState({}, 0)
         if start := self._callback._callback[0]:
             start(dsk)
@@ -239,7 +270,7 @@ class _DaskRun:
                 finish(dsk, served, errored)
         finally:
             with _CLAIMED_LOCK:
-                _CLAIMED.discard(self._callback)
+                _release([self._callback])
 
 
 class _DaskCallback:
