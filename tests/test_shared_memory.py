@@ -2,9 +2,12 @@
 written once and mapped by every reader, that the kernel frees with its last holder."""
 
 import array
+import errno
+import fcntl
 import functools
 import gc
 import io
+import mmap
 import os
 import socket
 import subprocess
@@ -266,6 +269,56 @@ def test_a_segment_is_sealed_and_freed_with_its_last_holder():
     gc.collect()
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+def test_a_segment_is_sealed_while_its_pages_are_referenced_elsewhere(monkeypatch):
+    """Sealing against writes used to fail with EBUSY (after the kernel's wait of about 150 ms) while
+    anything else still referenced the file's pages, as reclaim or migration do for a while on a
+    loaded machine; a splice into a pipe holds such a reference until the pipe is closed."""
+    real_fcntl, pipes = fcntl.fcntl, []
+
+    def referenced_while_sealed(fd, command, arg=0):
+        if command == fcntl.F_ADD_SEALS:
+            read, write = os.pipe()
+            pipes.extend((read, write))
+            assert os.splice(fd, write, 4096, offset_src=0) == 4096
+        return real_fcntl(fd, command, arg)
+
+    monkeypatch.setattr(fcntl, "fcntl", referenced_while_sealed)
+    try:
+        segment = _worker.Segment(memoryview(b"x" * 8192))
+    finally:
+        for fd in pipes:
+            os.close(fd)
+    monkeypatch.undo()
+    assert pipes, "the pages were referenced when the segment was sealed"
+    with pytest.raises(PermissionError):
+        os.write(segment.fd, b"more")
+    with pytest.raises(PermissionError):
+        os.ftruncate(segment.fd, 10)
+    with pytest.raises(PermissionError):
+        mmap.mmap(segment.fd, segment.length)  # shared and writable
+    private = _worker.map_segment(segment.fd, segment.length)
+    private[0] = ord("y")
+    assert _worker.map_segment(segment.fd, segment.length)[:2] == b"xx"
+    segment.close()
+
+
+def test_a_kernel_without_the_future_write_seal_seals_against_writes_all_the_same(monkeypatch):
+    real_fcntl = fcntl.fcntl
+
+    def before_linux_5_1(fd, command, arg=0):
+        if command == fcntl.F_ADD_SEALS and arg & _worker._F_SEAL_FUTURE_WRITE:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real_fcntl(fd, command, arg)
+
+    monkeypatch.setattr(fcntl, "fcntl", before_linux_5_1)
+    segment = _worker.Segment(memoryview(b"x" * 100))
+    monkeypatch.undo()
+    assert fcntl.fcntl(segment.fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE
+    with pytest.raises(PermissionError):
+        os.write(segment.fd, b"more")
+    segment.close()
 
 
 def test_channels_pass_segments_over_a_socket_pair_as_copy_on_write_mappings():

@@ -38,6 +38,7 @@ import array
 import collections
 import contextlib
 import copyreg
+import errno
 import importlib
 import io
 import itertools
@@ -136,6 +137,26 @@ SHARE_FROM = 256 * 2**10
 _SHARED_MEMORY = hasattr(os, "memfd_create") and hasattr(socket, "SCM_RIGHTS")
 
 
+# Sealed, a reader's mapping can neither fault on a shrunk file nor see it change. Not with the write
+# seal: it fails with EBUSY while anything else still references the file's pages (the kernel waits
+# about 150 ms for them to go), and on a loaded machine page reclaim, migration or compaction can hold
+# one that long. The future-write seal (Linux 5.1) refuses every later write and writable shared
+# mapping all the same, checking nothing, and this file was only ever written through its descriptor.
+_F_SEAL_FUTURE_WRITE = 0x10  # <linux/fcntl.h>, which Python's fcntl module leaves out
+
+
+def _seal(fd):
+    import fcntl
+
+    fixed = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fixed | _F_SEAL_FUTURE_WRITE)
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fixed | fcntl.F_SEAL_WRITE)  # a kernel before 5.1
+
+
 class Segment:
     """A buffer copied into a sealed anonymous memory file (memfd): nothing to remove, ever; the kernel
     frees it with its last descriptor or mapping. This object owns the descriptor until
@@ -144,16 +165,12 @@ class Segment:
     __slots__ = ("fd", "length")
 
     def __init__(self, view):
-        import fcntl
-
         fd = os.memfd_create("belated", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             written = 0
             while written < view.nbytes:
                 written += os.write(fd, view[written:])
-            # Sealed, a reader's mapping can neither fault on a shrunk file nor see it change.
-            seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+            _seal(fd)
         except BaseException:
             os.close(fd)
             raise
