@@ -321,6 +321,41 @@ def test_a_kernel_without_the_future_write_seal_seals_against_writes_all_the_sam
     segment.close()
 
 
+class Unreadable:
+    """A buffer whose bytes cannot be read."""
+
+    nbytes = 100
+
+    def __getitem__(self, _):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def fail_memfd_create(*_):
+    raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+
+def test_a_segment_that_fails_to_build_closes_what_it_opened_and_reports_nothing_more(monkeypatch):
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    before = open_descriptors()
+    with pytest.raises(OSError, match=os.strerror(errno.EIO)):
+        _worker.Segment(Unreadable())
+    copied = _worker.Segment(memoryview(b"x" * 100))
+    os.close(copied.detach())
+    with pytest.raises(OSError) as dup_failed:
+        copied.again()
+    assert dup_failed.value.errno == errno.EBADF
+    del dup_failed
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "memfd_create", fail_memfd_create)
+        with pytest.raises(OSError, match=os.strerror(errno.EMFILE)):
+            _worker.Segment(memoryview(b"x" * 100))
+    gc.collect()
+    assert [hook.exc_value for hook in unraisable] == []
+    # At most: a cluster an earlier test let go of may still be closing its descriptors.
+    assert open_descriptors() <= before
+
+
 def test_channels_pass_segments_over_a_socket_pair_as_copy_on_write_mappings():
     left, right = socket.socketpair()
     with left, right:

@@ -165,22 +165,24 @@ class Segment:
     __slots__ = ("fd", "length")
 
     def __init__(self, view):
-        fd = os.memfd_create("belated", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        self.fd = -1  # first: __del__ runs even when construction fails
+        self.length = view.nbytes
+        self.fd = os.memfd_create("belated", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             written = 0
             while written < view.nbytes:
-                written += os.write(fd, view[written:])
-            _seal(fd)
+                written += os.write(self.fd, view[written:])
+            _seal(self.fd)
         except BaseException:
-            os.close(fd)
+            self.close()
             raise
-        self.fd, self.length = fd, view.nbytes
 
     def again(self):
         """Another ``Segment`` of the same memory, owning a descriptor of its own: a call sent takes
         its segments' descriptors, and a segment kept for later calls is sent again without a copy."""
         other = Segment.__new__(Segment)
-        other.fd, other.length = os.dup(self.fd), self.length
+        other.fd, other.length = -1, self.length
+        other.fd = os.dup(self.fd)
         return other
 
     def detach(self):
