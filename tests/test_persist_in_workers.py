@@ -14,6 +14,7 @@ import pytest
 from worker_tasks import gated_square, make_lock, square, stored_count, type_name, wait_gone
 
 import belated
+from belated import _futures
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -145,6 +146,92 @@ def test_cancelling_a_finished_scattered_future_releases_its_value_in_the_worker
         future.result(timeout=60)
     with pytest.raises(concurrent.futures.CancelledError):
         client.submit(len, future).result(timeout=60)
+
+
+@pytest.fixture(params=["belated", "belated-threads", "distributed"])
+def own_client(request):
+    """A client of this test's own and whether its tasks run in workers: as ``client``, or a belated
+    Client running them in this process."""
+    if request.param == "distributed":
+        yield request.getfixturevalue("reference"), True
+        return
+    threads = request.param == "belated-threads"
+    kwargs = {"processes": False} if threads else {"n_workers": 2, "threads_per_worker": 1}
+    with belated.Client(dashboard_address=None, set_as_default=False, **kwargs) as own:
+        yield own, not threads
+
+
+def test_cancelling_a_persisted_object_lets_go_of_its_result_and_computing_it_raises(own_client):
+    client, in_workers = own_client
+    futures_of = belated.futures_of if isinstance(client, belated.Client) else distributed.futures_of
+    delayed = delayed_of(client)
+    before = held(client) if in_workers else 0
+    kept, cancelled = client.persist([delayed(square)(3), delayed(square)(4)])
+    assert cancelled.compute(scheduler=client) == 16
+    (future,) = futures_of(cancelled)
+    assert future.key == cancelled.key
+    assert future.status == "finished", "a finished persist's future, as distributed gives it"
+    if in_workers:
+        eventually(lambda: held(client) == before + 2, "both results in the workers")
+    client.cancel(cancelled)
+    assert future.cancelled()
+    with pytest.raises(concurrent.futures.CancelledError):
+        cancelled.compute(scheduler=client)
+    if in_workers:
+        # Still referenced here: the cancel, not a drop, lets go of the value.
+        eventually(lambda: held(client) == before + 1, "released by the cancel")
+    assert kept.compute(scheduler=client) == 9, "the other result of the persist stays"
+
+
+def test_cancelling_a_persist_still_running_ends_it_and_computing_it_raises(any_client, tmp_path):
+    delayed = delayed_of(any_client)
+    futures_of = belated.futures_of if isinstance(any_client, belated.Client) else distributed.futures_of
+    gate = tmp_path / "gate"
+    persisted = any_client.persist(delayed(gated_square)(7, str(gate)))
+    (future,) = futures_of(persisted)
+    any_client.cancel(persisted)
+    gate.touch()  # what still runs of it (on threads, which cannot be stopped) may end
+    assert future.cancelled()
+    with pytest.raises(concurrent.futures.CancelledError):
+        persisted.compute(scheduler=any_client)
+
+
+def test_a_persist_cancelled_while_its_result_is_being_kept_is_cancelled(local_cluster, monkeypatch):
+    done = _futures.Persisted._done
+
+    def cancelled_first(persisted, cell):
+        # The result has come, and is cancelled through the computation that made it before this
+        # object holds it alone.
+        persisted.future.cancel()
+        done(persisted, cell)
+
+    monkeypatch.setattr(_futures.Persisted, "_done", cancelled_first)
+    persisted = local_cluster.persist(belated.delayed(square)(5))
+    monkeypatch.undo()
+    with pytest.raises(concurrent.futures.CancelledError):
+        persisted.compute(scheduler=local_cluster)
+
+
+def test_a_persist_finishing_while_it_is_cancelled_is_cancelled(local_cluster, tmp_path, monkeypatch):
+    gate = tmp_path / "gate"
+    persisted = local_cluster.persist(belated.delayed(gated_square)(8, str(gate)))
+    (future,) = belated.futures_of(persisted)
+    cancel, calls = _futures.Computation.cancel, []
+
+    def finishing_meanwhile(computation, index):
+        # The cancel has read the persist's computation; the result comes, and this object holds it
+        # alone, before the cancel reaches that computation.
+        calls.append(computation)
+        if len(calls) == 1:
+            gate.touch()
+            eventually(lambda: future._computation is not computation, "the result held alone")
+        cancel(computation, index)
+
+    monkeypatch.setattr(_futures.Computation, "cancel", finishing_meanwhile)
+    future.cancel()
+    monkeypatch.undo()
+    with pytest.raises(concurrent.futures.CancelledError):
+        persisted.compute(scheduler=local_cluster)
 
 
 @pytest.fixture(params=["belated", "distributed"])

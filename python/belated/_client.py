@@ -679,7 +679,9 @@ class Client:
         On a local cluster of processes the results stay in the workers that computed them: a later
         computation uses each where it is, computing a persisted object alone fetches only its own
         result, and dropping the last object holding one releases it in the workers at once. One
-        lost with its worker is computed again from the original task. On Dask distributed they stay
+        lost with its worker is computed again from the original task. ``futures_of`` gives each new
+        object's future, as distributed's: cancelling it (``client.cancel(persisted)``) lets go of the
+        result, and computing the object then raises ``CancelledError``. On Dask distributed they stay
         in the cluster, as distributed Futures the new objects hold. Other dask collections are
         persisted before this returns.
         """
@@ -704,7 +706,7 @@ class Client:
             persisting(futures[0]._batch)
             for i, future in zip(pending, futures, strict=True):
                 _, (key, length) = items[i].__dask_postpersist__()
-                stands_for = Persisted(future, items[i])
+                stands_for = Persisted(future, items[i], own=True)
                 if self._cluster is not None:
                     self._persisted.add(stands_for)
                 persisted[i] = delayed(stands_for, nout=length, pure=True)(dask_key_name=key)
@@ -742,9 +744,10 @@ class Client:
         return client
 
     def cancel(self, futures, asynchronous=None, force=False, reason=None, msg=None):
-        """Cancels ``futures`` (a Future, or lists, tuples, sets and dicts of them), as each future's
-        ``cancel()`` does. ``force`` (cancel what other clients also want), ``reason`` and ``msg`` are
-        distributed's; with one client per cluster, they change nothing here."""
+        """Cancels ``futures`` (a Future, or lists, tuples, sets and dicts of them, or collections whose
+        graphs hold them, as persisted ones do), as each future's ``cancel()`` does. ``force`` (cancel
+        what other clients also want), ``reason`` and ``msg`` are distributed's; with one client per
+        cluster, they change nothing here."""
         if self._distributed_client is not None:
             return self._distributed_client.cancel(
                 futures, asynchronous=asynchronous, force=force, reason=reason, msg=msg

@@ -10,9 +10,9 @@ Invariants:
 - A future of a closed client raises ``belated.CancelledError``: its results went with the cluster.
 - ``Client.persist`` returns at once: each persisted ``Delayed`` is a task that gives its future's
   result (or raises its exception); on a local cluster that result stays in the worker that made it,
-  released there when the last ``Delayed`` holding it is dropped. A computation waits for the
-  persists started before it, before it starts, so that no task ever blocks a worker thread waiting
-  for a persist that needs one.
+  released there when the last ``Delayed`` or future (``futures_of``) holding it is dropped, or its
+  future is cancelled. A computation waits for the persists started before it, before it starts, so
+  that no task ever blocks a worker thread waiting for a persist that needs one.
 """
 
 import asyncio
@@ -76,6 +76,32 @@ class Computation:
     def __del__(self):
         # Only what has not started: a running computation finishes (its result unused).
         self.batch.cancel()
+
+
+class Alone:
+    """The computation of a future that holds its result (kept in a worker) alone, having let go of
+    the computation that made it (:meth:`Future._keep_alone`): as a :class:`Computation` to that
+    future, at its index, without the results of the others."""
+
+    __slots__ = ("__weakref__", "cancelled", "cells")
+
+    # Done: nothing of it runs. One for all, as nothing is read from it but that.
+    batch = concurrent.futures.Future()
+    batch.set_result(None)
+
+    def __init__(self, index, kept):
+        # Not the settled cell: its done callbacks (a Persisted holding this) would make a cycle.
+        cell = concurrent.futures.Future()
+        cell.set_result(kept)
+        # A dict: a list as long as the index would make a persist of n objects hold n² slots.
+        self.cells, self.cancelled = {index: cell}, set()
+
+    def cancel(self, index):
+        """Lets go of the result, as :meth:`Computation.cancel` does of a finished future's."""
+        self.cancelled.add(index)
+        gone = concurrent.futures.Future()
+        gone.cancel()
+        self.cells[index] = gone
 
 
 class Released:
@@ -299,28 +325,44 @@ class Persisted:
     exception. On a local cluster the result stays in the worker that computed it (a
     ``_belated.Kept``): a computation on that cluster uses it there without running this, and one
     elsewhere fetches it. A result lost with its worker is computed again from ``source``, the
-    ``Delayed`` that was persisted (its lineage). Sent to a worker process as the result itself."""
+    ``Delayed`` that was persisted (its lineage). Sent to a worker process as the result itself.
 
-    __slots__ = ("__name__", "__weakref__", "client", "future", "kept_result", "key", "source")
+    A persist's (``own``: nothing else holds ``future``) keeps its future, as distributed's persisted
+    graphs hold theirs: ``futures_of`` finds it and cancelling it lets go of the result. One made of a
+    future the program holds keeps its kept result alone."""
 
-    def __init__(self, future, source=None):
+    __slots__ = ("__name__", "__weakref__", "client", "future", "kept_result", "key", "own", "source")
+
+    def __init__(self, future, source=None, own=False):
         self.future, self.source, self.key, self.client = future, source, future.key, future.client
-        self.kept_result = None
+        self.own, self.kept_result = own, None
         self.__name__ = "persisted"
         future._cell.add_done_callback(self._done)
 
     def _done(self, cell):
-        # A result kept in a worker is then this object's alone: it lets go of the computation, which
-        # holds every result of the persist, so that each is released with its own last holder.
+        # A kept result is then held without the computation, which holds every result of the persist,
+        # so that each is released with its own last holder.
         kept = kept_in(cell)
-        if kept is not None:
-            self.kept_result = kept  # before letting go of the future: readers read in that order
-            self.future = None
+        if kept is None:
+            return
+        if self.own:
+            self.future._keep_alone(kept)
+            return
+        self.kept_result = kept  # before letting go of the future: _kept reads in the other order
+        self.future = None
+
+    def _kept(self):
+        """The result kept in a worker once the persist succeeded, unless cancelled since; else None."""
+        future = self.future
+        if future is None:
+            return self.kept_result
+        if future._index in future._computation.cancelled:
+            return None
+        return kept_in(future._cell)
 
     def _result(self):
         """The future's result (a ``_belated.Kept`` on a local cluster), or its exception raised."""
-        future = self.future
-        kept = self.kept_result
+        future, kept = self.future, self._kept()
         if kept is None:
             return future.result()
         if self.client._closed:
@@ -340,14 +382,13 @@ class Persisted:
 
     def kept(self):
         """The result kept in a worker, once the persist is done and succeeded; else None."""
-        return None if self.client._closed else self.kept_result
+        return None if self.client._closed else self._kept()
 
     def __dask_tokenize__(self):
         return ("persisted", self.key)
 
     def __reduce__(self):
-        future = self.future
-        result = self.kept_result
+        future, result = self.future, self._kept()
         if result is None:
             # Read, not raised: raising it again would add to its notes, and pickle it differently.
             error = future.exception()
@@ -542,7 +583,18 @@ class Future(AnyFuture):
         Its computation stops (nothing more of it starts, and the workers running its tasks are killed
         and replaced) once no other future of it is still to finish: a future of a ``map`` or of a
         ``compute`` of many is cancelled alone, and the other calls go on, as in distributed."""
-        self._computation.cancel(self._index)
+        computation = self._computation
+        computation.cancel(self._index)
+        if self._computation is not computation:  # kept alone meanwhile, which saw no cancel
+            self._computation.cancel(self._index)
+
+    def _keep_alone(self, kept):
+        """Holds its result ``kept`` (in a worker) in a computation of its own, letting go of the one
+        that made it, which holds its other futures' results too."""
+        computation = self._computation
+        self._computation = Alone(self._index, kept)
+        if self._index in computation.cancelled:  # cancelled meanwhile, through the one let go of
+            self._computation.cancel(self._index)
 
     def release(self):
         """Lets go of the result, as distributed's ``Future.release``: this future stops holding it,
@@ -623,6 +675,8 @@ def futures_in(obj, kind=Future, graphs=False):
         item = stack.pop()
         if isinstance(item, kind):
             found.append(item)
+        elif graphs and type(item) is Persisted and item.own:
+            stack.append(item.future)
         elif type(item) in (list, tuple, set, frozenset):
             stack.extend(reversed(list(item)))
         elif type(item) is dict:
