@@ -131,11 +131,19 @@ impl Segment {
         // SAFETY: the descriptor was just created and nobody else owns it.
         let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
         file.write_all(bytes)?;
-        let seals =
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
-        // SAFETY: fcntl on a descriptor we own.
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-            return Err(io::Error::last_os_error());
+        // The future-write seal (Linux 5.1), as the Python worker seals: the write seal waits for
+        // other references to the pages to go, and fails with EBUSY after ~150 ms on a loaded machine.
+        let fixed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        let seal = |write: libc::c_int| -> io::Result<()> {
+            // SAFETY: fcntl on a descriptor we own.
+            match unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, fixed | write) } {
+                0.. => Ok(()),
+                _ => Err(io::Error::last_os_error()),
+            }
+        };
+        match seal(libc::F_SEAL_FUTURE_WRITE) {
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => seal(libc::F_SEAL_WRITE)?,
+            sealed => sealed?,
         }
         Self::new(file.into())
     }
