@@ -979,6 +979,36 @@ def test_retries_of_a_compute_on_a_client_rerun_raising_tasks_as_in_distributed(
         assert wrapping.persist(flaky(6), retries=2).compute(scheduler=wrapping) == 60
 
 
+@pytest.mark.parametrize("retries", [-1, 1.5, "2", 2**32])
+def test_a_retries_that_is_no_count_is_refused_naming_it(any_client, retries):
+    # -1 reached the binding as an OverflowError naming nothing, and 1.5 as a TypeError about
+    # floats; distributed runs a task given -1 once and fails with a bare AssertionError for 1.5.
+    if isinstance(any_client, distributed.Client):
+        # Its own methods are distributed's; belated's Client wrapping it checks before handing on.
+        any_client = belated.Client(any_client, set_as_default=False)
+    task = belated.delayed(inc, pure=False)(1)
+    calls = [
+        lambda: any_client.submit(inc, 1, retries=retries),
+        lambda: any_client.map(inc, [1], retries=retries),
+        lambda: any_client.compute(task, retries=retries),
+        lambda: any_client.persist(task, retries=retries),
+        lambda: belated.compute(task, scheduler=any_client, retries=retries),
+        lambda: belated.persist(task, scheduler="threads", retries=retries),
+        lambda: task.compute(scheduler="sync", retries=retries),
+    ]
+    for call in calls:
+        with pytest.raises(
+            ValueError, match=rf"^retries must be a whole number from 0 to \d+, got {retries!r}$"
+        ):
+            call()
+    # What distributed counts also counts here: True as one retry, a numpy integer as its value.
+    np = pytest.importorskip("numpy")
+    assert any_client.submit(fails_twice(), 1, retries=True, pure=False).exception(timeout=60).args == (
+        "flaky 2",
+    )
+    assert any_client.submit(fails_twice(), 2, retries=np.int64(2), pure=False).result(timeout=60) == 20
+
+
 def test_client_cancel_and_futures_of(any_client):
     api = distributed if isinstance(any_client, distributed.Client) else belated
     slow = any_client.submit(time.sleep, 5, pure=False)

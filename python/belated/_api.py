@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import html
 import numbers
+import operator
 import os
 import sys
 
@@ -57,12 +58,32 @@ def _get_function():
     return get
 
 
+# What the engine counts a task's runs in (u32).
+_MOST_RETRIES = 2**32 - 1
+
+
+def _retry_count(retries):
+    """``retries=`` as the int both engines count in (distributed asserts it is one), refused naming
+    it when it is no count the engine can hold: its binding raised an OverflowError for -1 that said
+    nothing of retries. distributed runs a task given -1 once; ``True`` counts as 1 in both."""
+    if retries is None:
+        return None
+    try:
+        count = operator.index(retries)
+    except TypeError:
+        count = -1
+    if not 0 <= count <= _MOST_RETRIES:
+        raise ValueError(f"retries must be a whole number from 0 to {_MOST_RETRIES}, got {retries!r}")
+    return count
+
+
 def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwargs):
     """Runs compute or persist: options default to ``belated.config``, then to dask's own configuration
     for the keys both have (``scheduler``, ``num_workers``); other engines get the graph."""
     # IPython (and pytest) leave frames marked so out of tracebacks: a task's error shows the user's
     # call, then the task's own frames, not belated's.
     __tracebackhide__ = True
+    retries = _retry_count(retries)
     if "get" in kwargs:
         # dask refuses the keyword it removed rather than ignoring it, as an unknown keyword would be.
         raise TypeError(

@@ -19,6 +19,7 @@ import uuid
 import weakref
 
 from belated import _belated, _logging, config
+from belated._api import _retry_count
 from belated._dask import _require
 from belated._futures import (
     Computation,
@@ -405,6 +406,7 @@ class Client:
     def compute(self, collections, *, sync=False, traverse=True, retries=None, **kwargs):
         """Starts computing ``collections`` (a Delayed, or a list or tuple of them) on the cluster and
         returns a :class:`Future` for each (a list for a list), or the results with ``sync=True``."""
+        retries = _retry_count(retries)
         if self._distributed_client is not None:
             return self._on_distributed(collections, traverse, sync=sync, retries=retries)
         from belated._api import is_dask_collection
@@ -462,6 +464,7 @@ class Client:
         ``fifo_timeout`` and ``allow_other_workers`` change no result and are accepted; ``workers``,
         ``resources`` and ``actor``, which belated's workers cannot honour, raise NotImplementedError."""
         scheduling = _scheduling(locals())
+        retries = _retry_count(retries)
         if self._distributed_client is not None:
             return self._distributed_client.submit(
                 func, *args, pure=pure, key=key, retries=retries, **scheduling, **kwargs
@@ -510,6 +513,7 @@ class Client:
         distributed's scheduling keywords are taken as ``submit`` takes them; ``batch_size`` (how
         distributed submits the calls) changes no result and is accepted."""
         scheduling = _scheduling(locals())
+        retries = _retry_count(retries)
         if self._distributed_client is not None:
             return self._distributed_client.map(
                 func, *iterables, key=key, pure=pure, retries=retries, **scheduling, **kwargs
@@ -685,6 +689,7 @@ class Client:
         in the cluster, as distributed Futures the new objects hold. Other dask collections are
         persisted before this returns.
         """
+        retries = _retry_count(retries)
         if self._distributed_client is not None:
             futures = self._on_distributed(collections, traverse, sync=False, retries=retries)
             return _hold(collections, futures)
