@@ -427,6 +427,32 @@ def test_as_completed_with_results_raises_or_gives_errors(api, in_process, refer
     assert future is futures[0] and kind is Boom and isinstance(error, Boom)
 
 
+def test_as_completed_times_out_waiting_but_yields_what_finished_as_distributed(api, in_process, reference):
+    client = in_process if api is belated else reference
+    GATE.clear()
+    try:
+        blocked, quick = client.submit(gated, 1, pure=False), client.submit(inc, 1, pure=False)
+        assert quick.result(timeout=60) == 2
+        iterator = api.as_completed([blocked, quick], timeout=2)
+        assert next(iterator) is quick
+        with pytest.raises(TimeoutError):
+            next(iterator)
+        with pytest.raises(TimeoutError):
+            api.as_completed([blocked], timeout=0).next_batch()
+        if api is belated:
+
+            async def first_of(futures):
+                async for future in belated.as_completed(futures, timeout=0):
+                    return future
+
+            assert asyncio.run(first_of([quick])) is quick
+            with pytest.raises(TimeoutError):
+                asyncio.run(first_of([blocked]))
+    finally:
+        GATE.set()
+    assert blocked.result(timeout=60) == 1
+
+
 def test_as_completed_with_results_gives_a_cancelled_futures_error_as_its_result(api, in_process, reference):
     client = in_process if api is belated else reference
     GATE.clear()

@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import sys
 import threading
+import time
 import traceback
 import weakref
 
@@ -763,9 +764,12 @@ class as_completed:
     iterating, with ``for`` or, under asyncio, ``async for``. With ``with_results=True`` yields
     ``(future, result)``, raising a failed task's exception (or, with ``raise_errors=False``, giving
     its ``(type, value, traceback)`` as the result, as distributed does); a cancelled future's result
-    is a ``belated.CancelledError``, never raised."""
+    is a ``belated.CancelledError``, never raised. With ``timeout`` (seconds from this call), waiting
+    for the next one past then raises ``TimeoutError``; those already finished are still yielded."""
 
-    def __init__(self, futures=None, with_results=False, raise_errors=True):
+    def __init__(self, futures=None, with_results=False, raise_errors=True, *, timeout=None):
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
         self._lock = threading.Lock()
         self._finished = collections.deque()
         self._ready = threading.Condition(self._lock)
@@ -820,12 +824,25 @@ class as_completed:
                 raise
             return future, (type(error), error, error.__traceback__)
 
+    def _remaining(self):
+        """Seconds until the deadline (None without one); ``TimeoutError`` once it passed."""
+        if self._deadline is None:
+            return None
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"{self._outstanding} futures not done after {self._timeout} s")
+        return remaining
+
+    def _wait_for_one(self):
+        """Waits, holding the lock, until a future finished or the deadline passed."""
+        while not self._finished:
+            self._ready.wait(self._remaining())
+
     def __next__(self):
         with self._lock:
             if self._outstanding == 0:
                 raise StopIteration
-            while not self._finished:
-                self._ready.wait()
+            self._wait_for_one()
             self._outstanding -= 1
             future = self._finished.popleft()
         return self._yielded(future)
@@ -843,17 +860,19 @@ class as_completed:
                     self._outstanding -= 1
                     future = self._finished.popleft()
                     break
+                remaining = self._remaining()
                 waiter = loop.create_future()
                 self._waiters.append((loop, waiter))
-            await waiter
+            # Not wait_for: it would cancel the waiter, and asyncio's TimeoutError is not the builtin
+            # one before Python 3.11; the deadline is checked again above.
+            await asyncio.wait([waiter], timeout=remaining)
         return self._yielded(future)
 
     def next_batch(self, block=True):
         """Every future finished so far (at least one if ``block``)."""
         with self._lock:
             if block and self._outstanding:
-                while not self._finished:
-                    self._ready.wait()
+                self._wait_for_one()
             batch = list(self._finished)
             self._finished.clear()
             self._outstanding -= len(batch)
