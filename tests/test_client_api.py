@@ -309,6 +309,17 @@ def test_each_future_of_a_map_has_its_own_outcome_as_in_distributed(any_client):
         assert futures[1] in done
 
 
+def test_gather_of_an_iterator_gives_an_iterator_of_results_as_distributed(any_client):
+    futures = any_client.map(explode_on_zero, [1, 0, 2], pure=False)
+    gathered = any_client.gather(iter(futures), errors="skip")
+    assert not isinstance(gathered, list)
+    assert list(gathered) == [1, None, 2]
+    results = any_client.gather(future for future in futures[:1])
+    assert list(results) == [1]
+    with pytest.raises(Boom):
+        list(any_client.gather(iter(futures)))
+
+
 def test_gather_skips_failed_futures_as_distributed_does(in_process, reference):
     answers = []
     for client in (in_process, reference):

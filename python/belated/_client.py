@@ -1,6 +1,7 @@
 """``belated.Client``: a local cluster of worker processes run by the engine, or a Dask distributed
 cluster, as the default scheduler while it is open."""
 
+import collections.abc
 import concurrent.futures
 import concurrent.futures.thread  # registers its exit hook before ours (at the end)
 import contextlib
@@ -729,13 +730,18 @@ class Client:
         return list(results) if many else results[0]
 
     def gather(self, futures, errors="raise"):
-        """The results of ``futures`` (a Future, or lists, tuples, sets and dicts of them); an awaitable
-        of them on an asynchronous client. A failed future raises its exception, or with
-        ``errors="skip"`` is left out of a list or tuple given (None elsewhere), as in distributed."""
+        """The results of ``futures`` (a Future, or lists, tuples, sets and dicts of them; an iterator of
+        those gives an iterator of their results); an awaitable of them on an asynchronous client. A
+        failed future raises its exception, or with ``errors="skip"`` is left out of a list or tuple
+        given (None elsewhere), as in distributed."""
         if self._distributed_client is not None:
             return self._distributed_client.gather(futures, errors=errors)
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        if isinstance(futures, collections.abc.Iterator):
+            # As distributed: each gathered when reached. Taken as a value like any other object, it
+            # would come back unchanged and yield the futures themselves, not their results.
+            return (self.gather(future, errors=errors) for future in futures)
         if self.asynchronous:
             return self._gather_async(futures, errors)
         return gather(futures, skip=errors == "skip")

@@ -1,7 +1,7 @@
 """Types of the ``Client`` and its ``Future``: ``client.compute(d)`` of a ``Delayed[_T]`` is a
 ``Future[_T]``, ``client.submit(f, ...)`` of a function returning ``_R`` a ``Future[_R]``."""
 
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
@@ -164,6 +164,8 @@ class Client:
     def gather(self, futures: Future[_T], errors: str = ...) -> _T: ...
     @overload
     def gather(self, futures: list[Future[_T]], errors: str = ...) -> list[_T]: ...
+    @overload
+    def gather(self, futures: Iterator[Future[_T]], errors: str = ...) -> Iterator[_T]: ...
     @overload
     def gather(self, futures: Any, errors: str = ...) -> Any: ...
     def scatter(
