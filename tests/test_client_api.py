@@ -320,6 +320,11 @@ def test_gather_of_an_iterator_gives_an_iterator_of_results_as_distributed(any_c
         list(any_client.gather(iter(futures)))
 
 
+def test_gather_takes_distributeds_direct_keyword(any_client):
+    futures = any_client.map(inc, [1, 2])
+    assert any_client.gather(futures, direct=True) == any_client.gather(futures, direct=False) == [2, 3]
+
+
 def test_gather_skips_failed_futures_as_distributed_does(in_process, reference):
     answers = []
     for client in (in_process, reference):

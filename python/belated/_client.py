@@ -729,13 +729,14 @@ class Client:
         results = _belated.compute_with(items, executor, traverse)
         return list(results) if many else results[0]
 
-    def gather(self, futures, errors="raise"):
+    def gather(self, futures, errors="raise", direct=None):
         """The results of ``futures`` (a Future, or lists, tuples, sets and dicts of them; an iterator of
         those gives an iterator of their results); an awaitable of them on an asynchronous client. A
         failed future raises its exception, or with ``errors="skip"`` is left out of a list or tuple
-        given (None elsewhere), as in distributed."""
+        given (None elsewhere), as in distributed. ``direct`` (distributed's choice of fetching from
+        the workers or through the scheduler) changes nothing on a local cluster."""
         if self._distributed_client is not None:
-            return self._distributed_client.gather(futures, errors=errors)
+            return self._distributed_client.gather(futures, errors=errors, direct=direct)
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
         if isinstance(futures, collections.abc.Iterator):
