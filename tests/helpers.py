@@ -1,9 +1,36 @@
 """Helpers more than one test module uses."""
 
 import contextlib
+import os
+import subprocess
 import sys
 import threading
 import time
+
+
+@contextlib.contextmanager
+def sharing_a_core_with_a_busy_process():
+    """Runs this process's threads, those it has and those it starts, on one core that a busy process
+    also wants: the OS takes the core from a running thread every few milliseconds, for milliseconds
+    at a time, as on a loaded machine. Linux only (threads' affinities); restored after."""
+    allowed = os.sched_getaffinity(0)
+    core = min(allowed)
+    spin = f"import os\nos.sched_setaffinity(0, {{{core}}})\nprint(flush=True)\nwhile True: pass"
+    with subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE) as busy:
+        try:
+            busy.stdout.readline()
+            pin_threads({core})
+            yield
+        finally:
+            busy.kill()
+            pin_threads(allowed)
+
+
+def pin_threads(cores):
+    for thread in os.listdir("/proc/self/task"):
+        # A thread may end meanwhile.
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(thread), cores)
 
 
 def heartbeats_between(action, first="start", last="end"):

@@ -8,6 +8,7 @@
 //! deliver Ctrl-C, which cancels the computation. A compute called from inside a task runs inline on that
 //! worker, since waiting on the pool it occupies could wait forever.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +57,8 @@ pub(crate) struct MeasuredRamp {
     finished: AtomicU64,
     /// A task at least this long lets every thread run again ([`Ramp::widen`]).
     long_task: Option<Duration>,
+    /// The pool's threads: a task is timed ([`ran_long`] reads a file) only while fewer may run.
+    threads: usize,
 }
 
 /// Tasks are told to the ramp this many at a time, so that a trivial task pays one atomic increment
@@ -72,7 +75,8 @@ const DELAYED_WINDOW_TASKS: u64 = 1024;
 
 /// A task of a `Delayed` compute this long lets every thread run again: a graph of thousands of short
 /// tasks and then a few slow ones (a map, then uploads) would otherwise run the slow ones one at a
-/// time, since they never fill a window to measure two threads again.
+/// time, since they never fill a window to measure two threads again. Time the OS kept the task's
+/// thread off the cores does not count ([`ran_long`]).
 const DELAYED_LONG_TASK: Duration = Duration::from_millis(5);
 
 /// How long no task may finish before every thread runs again ([`Ramp::watch`]): tasks that wait for
@@ -99,15 +103,15 @@ impl MeasuredRamp {
             start: Instant::now(),
             finished: AtomicU64::new(0),
             long_task,
+            threads,
         }
     }
 
     /// Counts a task this thread just finished.
     pub(crate) fn task_done(&self) {
-        if self
-            .long_task
-            .is_some_and(|long| gil::since_task_start() >= long)
-        {
+        if self.long_task.is_some_and(|long| {
+            self.ramp.allowed() < self.threads && ran_long(gil::since_task_start(), long)
+        }) {
             self.ramp.widen(self.start.elapsed(), cpu_time());
         }
         if (self.finished.fetch_add(1, Ordering::Relaxed) + 1) % REPORTED_TOGETHER == 0 {
@@ -126,6 +130,40 @@ impl MeasuredRamp {
         let finished = self.finished.load(Ordering::Relaxed);
         self.ramp.watch(finished, self.start.elapsed(), cpu_time)
     }
+}
+
+thread_local! {
+    /// This thread's time spent runnable but off the cores, as [`ran_long`] last read it.
+    static WAITED_FOR_A_CORE: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// Whether a task that finished `wall` after it started was on its thread's core, or waiting for
+/// something of its own (a sleep, I/O, a lock), for `long` or more. On a loaded machine the OS keeps
+/// a runnable thread off the cores for 5 to 20 ms now and then: counting that as a long task widened a
+/// ramp settled on one thread for builtin-function tasks several times a compute, each costing two
+/// windows of the threads handing the interpreter back and forth.
+///
+/// The time off the cores is the thread's `run_delay` (Linux's schedstat) since this function last
+/// read it (or since the thread started). That span holds the task, so all of a preemption during the
+/// task is subtracted, and sometimes one from before it: then the next slow task widens, since this
+/// read starts its span. Without schedstat, the wall time alone decides.
+fn ran_long(wall: Duration, long: Duration) -> bool {
+    if wall < long {
+        return false;
+    }
+    let Some(waited) = waited_for_a_core() else {
+        return true;
+    };
+    let before = WAITED_FOR_A_CORE.with(|cell| cell.replace(waited));
+    wall.saturating_sub(waited.saturating_sub(before)) >= long
+}
+
+/// How long this thread has been runnable but off the cores since it started, if the OS says.
+fn waited_for_a_core() -> Option<Duration> {
+    // Fields: time on a core, time waiting for one, times scheduled (nanoseconds, nanoseconds, count).
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let waited = stat.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Duration::from_nanos(waited))
 }
 
 /// The CPU time this process has used, on all its threads.
