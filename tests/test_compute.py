@@ -337,8 +337,10 @@ def test_a_small_graph_of_tasks_mixing_waits_and_python_loops_keeps_both_threads
 def test_slow_tasks_after_many_short_ones_run_side_by_side(machine):
     """A hundred thousand builtin-function tasks settle the measuring on one thread; the slow tasks
     that follow (each waits 50 ms, as an upload does) never fill a window to measure two threads again,
-    so the first slow one lets every thread run again: after it, they overlap. On a loaded machine
-    too, where the time the OS keeps a thread off the cores does not count toward a task's length."""
+    so a slow one lets every thread run again: after it, they overlap. On a loaded machine too, where
+    the time the OS kept a thread off the cores does not count toward a task's length: a thread's
+    first slow task may be judged on that time since the thread started, and go unrecognised, so up
+    to one per thread (two) starts alone before the one that widens."""
     shorts = [delayed(abs)(-i) for i in range(100_000)]
     done = delayed(sum)(shorts)
     task, at_start = counting_overlaps(lambda running: time.sleep(0.05))
@@ -346,4 +348,4 @@ def test_slow_tasks_after_many_short_ones_run_side_by_side(machine):
     with machine():
         assert compute(slow, num_workers=2) == (list(range(8)),)
     alone = sum(count == 1 for count in at_start[:-1])
-    assert alone <= 2, f"{alone} of the slow tasks started alone: {at_start}"
+    assert alone <= 3, f"{alone} of the slow tasks started alone: {at_start}"
