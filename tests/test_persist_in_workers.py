@@ -9,6 +9,7 @@ import gc
 import os
 import signal
 import time
+import weakref
 
 import pytest
 from worker_tasks import gated_square, make_lock, square, stored_count, type_name, wait_gone
@@ -274,3 +275,42 @@ def test_top_level_persist_with_a_default_client_looks_into_containers_as_dask_d
     persisted = [point.x, next(iter(pair)), values["deep"][0][0]]
     assert [len(each.__dask_graph__()) for each in persisted] == [1, 1, 1]
     assert [each.compute() for each in persisted] == [16, 81, 256]
+
+
+@pytest.fixture
+def without_gc():
+    """The garbage collector off: what is released goes with its last reference, not with a gc pass
+    (a reference cycle would hold it)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def test_dropping_the_last_reference_releases_a_persisted_result_without_a_gc_pass(client, without_gc):
+    delayed = delayed_of(client)
+    before = held(client)
+    a, b = client.persist([delayed(square)(3), delayed(square)(4)])
+    total = delayed(sum)([a, b])
+    assert client.compute(total).result(timeout=60) == 25
+    assert a.compute(scheduler=client) == 9
+    eventually(lambda: held(client) >= before + 2, "both results in the workers")
+    with_copies = held(client)
+    del a, total
+    eventually(lambda: held(client) < with_copies, "a released")
+    del b
+    eventually(lambda: held(client) == before, "b released")
+
+
+def test_dropping_a_future_or_persist_in_process_lets_go_of_its_result_without_a_gc_pass(
+    in_process, without_gc
+):
+    # Objects a weak reference can follow, held by the process's futures themselves (not copies).
+    persisted = in_process.persist(belated.delayed(collections.OrderedDict)())
+    future = in_process.submit(collections.OrderedDict)
+    results = [weakref.ref(persisted.compute(scheduler=in_process)), weakref.ref(future.result(timeout=60))]
+    assert [result() for result in results] == [{}, {}], "held while the persist and future are"
+    del persisted, future
+    eventually(lambda: [result() for result in results] == [None, None], "both let go of")

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import sys
 import threading
@@ -226,7 +227,7 @@ class EachDone:
     its own task ends, not when the whole computation does. ``keys`` names the computation's outputs
     in order."""
 
-    __slots__ = ("_callback", "batch", "cancelled", "cells", "indices", "token")
+    __slots__ = ("batch", "cancelled", "cells", "indices", "token")
 
     def __init__(self, computation, keys):
         self.cells, self.token, self.batch = computation.cells, computation.token, computation.batch
@@ -235,7 +236,12 @@ class EachDone:
         for index, key in enumerate(keys):
             if type(key) is str:
                 self.indices.setdefault(key, []).append(index)
-        self._callback = (None, None, None, self._posttask, None)
+
+    @property
+    def _callback(self):
+        # Made when read, not kept: a bound method stored on self is a cycle, which would hold the
+        # computation's results (kept in workers) until a gc pass.
+        return (None, None, None, self._posttask, None)
 
     def _posttask(self, key, value, _graph, _state, _worker):
         indices = self.indices.get(key)
@@ -255,12 +261,14 @@ def persisting(batch):
     """Counts ``batch`` among the persists that computations wait for until it is done."""
     with _PERSISTING_LOCK:
         _PERSISTING.add(batch)
+    # Given the batch as argument, not in a closure: a done future keeps its callbacks, so a closure
+    # over it would be a cycle holding the persist's results (kept in workers) until a gc pass.
+    batch.add_done_callback(_persist_done)
 
-    def done(_):
-        with _PERSISTING_LOCK:
-            _PERSISTING.discard(batch)
 
-    batch.add_done_callback(done)
+def _persist_done(batch):
+    with _PERSISTING_LOCK:
+        _PERSISTING.discard(batch)
 
 
 def persists_started():
@@ -338,7 +346,9 @@ class Persisted:
         self.future, self.source, self.key, self.client = future, source, future.key, future.client
         self.own, self.kept_result = own, None
         self.__name__ = "persisted"
-        future._cell.add_done_callback(self._done)
+        # Weakly: a done future keeps its callbacks, and its computation holds it, so a bound method
+        # would be a cycle holding the result until a gc pass. Dropped before, it has nothing to do.
+        future._cell.add_done_callback(functools.partial(_call_weakly, weakref.WeakMethod(self._done)))
 
     def _done(self, cell):
         # A kept result is then held without the computation, which holds every result of the persist,
@@ -409,6 +419,12 @@ class Persisted:
             if self.source is None:
                 return (Settled, (None, _lost(self.key)))
             return (Lineage, (self.source,))
+
+
+def _call_weakly(method, cell):
+    method = method()
+    if method is not None:
+        method(cell)
 
 
 class Scattered:
