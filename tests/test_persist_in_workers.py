@@ -304,6 +304,18 @@ def test_dropping_the_last_reference_releases_a_persisted_result_without_a_gc_pa
     eventually(lambda: held(client) == before, "b released")
 
 
+def test_dropping_a_persist_made_with_a_default_client_releases_it_without_a_gc_pass(
+    default_client, without_gc
+):
+    delayed = dask.delayed if isinstance(default_client, distributed.Client) else belated.delayed
+    before = held(default_client)
+    alone = delayed(square)(6).persist()
+    assert alone.compute() == 36
+    eventually(lambda: held(default_client) == before + 1, "the result in the worker")
+    del alone
+    eventually(lambda: held(default_client) == before, "released")
+
+
 def test_dropping_a_future_or_persist_in_process_lets_go_of_its_result_without_a_gc_pass(
     in_process, without_gc
 ):

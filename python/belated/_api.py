@@ -248,37 +248,40 @@ def _found(args, traverse, wanted, levels):
     """The objects among ``args`` for which ``wanted`` holds, and with ``traverse`` those in the lists,
     tuples, sets and dicts they are (as dask looks in them), up to ``levels`` deep, in order."""
     found = []
-
-    def scan(obj, depth):
-        if wanted(obj):
-            found.append(obj)
-        elif traverse and depth < levels and type(obj) in _SEQUENCES:
-            for item in obj:
-                scan(item, depth + 1)
-        elif traverse and depth < levels and type(obj) is dict:
-            for item in obj.values():
-                scan(item, depth + 1)
-
     for arg in args:
-        scan(arg, 0)
+        _scan(arg, levels if traverse else 0, wanted, found)
     return found
+
+
+# Module functions, not closures: a closure calling itself is a cycle, which would hold what it
+# found (persisted results kept in workers among them) until a gc pass.
+def _scan(obj, levels, wanted, found):
+    if wanted(obj):
+        found.append(obj)
+    elif levels > 0 and type(obj) in _SEQUENCES:
+        for item in obj:
+            _scan(item, levels - 1, wanted, found)
+    elif levels > 0 and type(obj) is dict:
+        for item in obj.values():
+            _scan(item, levels - 1, wanted, found)
 
 
 def _replaced(args, traverse, found, replacements, levels):
     """``args`` with each object :func:`_found` gave (``found``) replaced by the one at its place in
     ``replacements``, in containers rebuilt."""
     replacement = dict(zip(map(id, found), replacements, strict=True))
+    levels = levels if traverse else 0
+    return tuple(_replace(arg, levels, replacement) for arg in args)
 
-    def replace(obj, depth):
-        if id(obj) in replacement:
-            return replacement[id(obj)]
-        if traverse and depth < levels and type(obj) in _SEQUENCES:
-            return type(obj)(replace(item, depth + 1) for item in obj)
-        if traverse and depth < levels and type(obj) is dict:
-            return {key: replace(item, depth + 1) for key, item in obj.items()}
-        return obj
 
-    return tuple(replace(arg, 0) for arg in args)
+def _replace(obj, levels, replacement):
+    if id(obj) in replacement:
+        return replacement[id(obj)]
+    if levels > 0 and type(obj) in _SEQUENCES:
+        return type(obj)(_replace(item, levels - 1, replacement) for item in obj)
+    if levels > 0 and type(obj) is dict:
+        return {key: _replace(item, levels - 1, replacement) for key, item in obj.items()}
+    return obj
 
 
 def _client_persist(client, args, traverse, retries):
