@@ -369,6 +369,26 @@ def test_cancelling_one_future_of_a_map_leaves_the_others_as_in_distributed(in_p
     GATE.set()
 
 
+def test_a_cancelled_futures_exception_is_none_as_in_distributed(in_process, reference):
+    for client in (in_process, reference):
+        api = module_of(client)
+        cancelled = api.CancelledError if api is belated else distributed.client.FutureCancelledError
+        # Finished before the gate closes: a cancelled gated task of another test may hold a thread.
+        finished = client.submit(inc, 1, pure=False)
+        assert finished.result(timeout=30) == 2
+        GATE.clear()
+        waiting = client.submit(gated, 1, pure=False)
+        finished.cancel()
+        waiting.cancel()
+        GATE.set()
+        for future in (finished, waiting):
+            assert future.status == "cancelled"
+            # Not failed: result() raises, exception() has nothing to give.
+            assert future.exception(timeout=30) is None and future.traceback(timeout=30) is None
+            with pytest.raises(cancelled):
+                future.result(timeout=30)
+
+
 def test_a_failed_map_call_keeps_its_worker_traceback(local_cluster):
     [failed] = local_cluster.map(explode_on_zero, [0])
     error = failed.exception(timeout=30)

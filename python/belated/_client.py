@@ -645,7 +645,7 @@ class Client:
             # Returns once the values are in the workers, as distributed's does; a failed upload
             # raises here.
             for future in made:
-                error = future.exception()
+                error = future._error()
                 if error is not None:
                     raise error
         for i, future in zip(missing, made, strict=True):

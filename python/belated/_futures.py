@@ -402,7 +402,7 @@ class Persisted:
         future, result = self.future, self._kept()
         if result is None:
             # Read, not raised: raising it again would add to its notes, and pickle it differently.
-            error = future.exception()
+            error = future._error()
             if error is not None:
                 return (Settled, (None, error))
             result = future.result()
@@ -583,6 +583,13 @@ class Future(AnyFuture):
         return self._cell.done() or self.client._closed
 
     def exception(self, timeout=None):
+        """Waits up to ``timeout`` seconds; the task's exception if it failed, else None: a cancelled
+        future's too, as distributed's (its ``result()`` raises ``CancelledError``)."""
+        error = self._error(timeout)
+        return None if self.cancelled() else error
+
+    def _error(self, timeout=None):
+        """What ``result()`` raises once done (a ``CancelledError`` if cancelled), or None."""
         self._check_client()
         if self._index in self._computation.cancelled:
             return _belated.CancelledError(f"future {self.key} was cancelled")
@@ -732,7 +739,8 @@ def gather(obj, skip=False):
 
 
 def _failed(future):
-    return future.exception() is not None
+    # Cancelled ones too: distributed's gather skips them with the failed.
+    return future._error() is not None
 
 
 _WHEN = {
