@@ -27,12 +27,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from worker_tasks import (
     Boom,
+    counted_inc,
     explode,
     explode_on_zero,
+    fail_first_time,
     nap,
     pid_of,
     record_then_nap,
     square,
+    touch_then_wait,
     type_names,
     wait_exists,
 )
@@ -234,6 +237,79 @@ def test_futures_answer_as_distributeds_do(any_client):
     with pytest.raises(Boom, match="bad 1"):
         client.submit(inc, failed).result(timeout=30)
     assert failed.status == "error" and isinstance(failed.exception(timeout=30), Boom)
+
+
+def runs(path):
+    return len(path.read_text().splitlines())
+
+
+@pytest.fixture(params=["itself", "wrapped"])
+def retrying_client(request, any_client):
+    """Each Client, and distributed's wrapped in a belated.Client, which passes retry through."""
+    if request.param == "wrapped":
+        if not isinstance(any_client, distributed.Client):
+            pytest.skip("only distributed's Client is wrapped")
+        return belated.Client(any_client)
+    return any_client
+
+
+def test_retry_runs_failed_futures_again_keeping_what_they_took(retrying_client, tmp_path):
+    client = retrying_client
+    taken, flaky = tmp_path / "taken", tmp_path / "flaky"
+    dependency = client.submit(counted_inc, 1, str(taken))
+    future = client.submit(fail_first_time, dependency, str(flaky))
+    with pytest.raises(ValueError, match="first run"):
+        future.result(timeout=30)
+    same_key = client.submit(fail_first_time, dependency, str(flaky))
+    assert same_key.key == future.key and same_key.status == "error"
+    assert future.retry() is None
+    assert future.result(timeout=30) == 3 and same_key.result(timeout=30) == 3
+    assert (runs(taken), runs(flaky)) == (1, 2)
+    # A finished future runs again, alone.
+    future.retry()
+    assert future.result(timeout=30) == 3 and (runs(taken), runs(flaky)) == (1, 3)
+
+
+def test_retry_leaves_a_future_waiting_for_another_to_finish(retrying_client, tmp_path):
+    client = retrying_client
+    started, gate, counted = tmp_path / "started", tmp_path / "gate", tmp_path / "counted"
+    running = client.submit(touch_then_wait, str(started), str(gate))
+    waiting = client.submit(counted_inc, running, str(counted))
+    # Once the first runs, distributed's scheduler has the second too (sent after it, in order).
+    assert wait_exists(str(started))
+    waiting.retry()
+    gate.touch()
+    assert waiting.result(timeout=30) == 2 and runs(counted) == 1
+
+
+def test_retry_runs_the_failed_futures_a_future_took_first(retrying_client, tmp_path):
+    client = retrying_client
+    failed = client.submit(fail_first_time, 5, str(tmp_path / "first"))
+    taking = client.submit(inc, failed)
+    with pytest.raises(ValueError, match="first run"):
+        taking.result(timeout=30)
+    assert client.retry([taking]) is None
+    assert taking.result(timeout=30) == 7 and failed.result(timeout=30) == 6
+
+
+def test_retry_of_one_future_of_a_map_leaves_the_others(retrying_client, tmp_path):
+    client = retrying_client
+    paths = [str(tmp_path / "a"), str(tmp_path / "b")]
+    first, second = client.map(fail_first_time, [1, 2], paths)
+    assert isinstance(first.exception(timeout=30), ValueError)
+    client.retry(first)
+    assert first.result(timeout=30) == 2
+    with pytest.raises(ValueError, match="first run"):
+        second.result(timeout=30)
+    assert second.status == "error"
+
+
+def test_retry_of_a_cancelled_future_raises_key_error():
+    with belated.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        future = client.submit(inc, 1)
+        future.cancel()
+        with pytest.raises(KeyError, match=future.key):
+            future.retry()
 
 
 UUID = r"[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}"

@@ -351,3 +351,25 @@ def arrivals(dask_worker=None):
 
 def payload_of(parcel):
     return parcel.payload
+
+
+def fail_first_time(x, path):
+    """``x + 1``, raising the first time it runs for ``path`` (a file counting its runs)."""
+    with open(path, "a") as runs:
+        runs.write("run\n")
+    with open(path) as runs:
+        if len(runs.readlines()) == 1:
+            raise ValueError("first run")
+    return x + 1
+
+
+def counted_inc(x, path):
+    with open(path, "a") as runs:
+        runs.write("run\n")
+    return x + 1
+
+
+def touch_then_wait(started, gate):
+    """Creates the file ``started``, then waits for ``gate`` to exist: a task the test sees running."""
+    open(started, "w").close()
+    return wait_exists(gate)

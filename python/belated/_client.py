@@ -768,6 +768,42 @@ class Client:
             future.cancel()
         return _done_awaitable(None) if self.asynchronous else None
 
+    def retry(self, futures, asynchronous=None):
+        """Runs the tasks of the done ``futures`` (a Future, or lists, tuples, sets and dicts of them)
+        again, failed or finished, as distributed does, and first those of the failed futures they
+        take; the futures they take that succeeded give their results again, not computed anew. A
+        pending future is left to finish (distributed leaves a queued task so, but runs a running one
+        twice), a scattered one as it is, and a cancelled one raises ``KeyError``: its key is gone."""
+        if self._distributed_client is not None:
+            return self._distributed_client.retry(futures, asynchronous=asynchronous)
+        self._check_open()
+        for future in futures_of(futures):
+            self._retry(future)
+        return _done_awaitable(None) if self.asynchronous else None
+
+    def _retry(self, future):
+        if future.cancelled():
+            raise KeyError(future.key)
+        computation, index = future._computation, future._index
+        restart = getattr(computation, "restart", None)  # a kept result held alone has none
+        if not future.done() or restart is None:
+            return
+        build, keys, traverse, retries, after, keep = restart
+        for dependency in after:
+            if dependency.status == "error":
+                self._retry(dependency)
+        key = keys[index]
+        with self._lock:
+            held = self._held_future(key)
+            if held is not None and held._cell is future._cell:
+                del self._held[key]  # else _start would give back this future
+        [again] = self._start(lambda: (build()[index],), [key], traverse, retries, after=after, keep=keep)
+        computation.retried.append(again._computation)
+        # A new list: the computation, if its other tasks still run, settles the cells of its own.
+        cells = list(computation.cells)
+        cells[index] = again._cell
+        computation.cells = cells
+
     def get(self, dsk, keys, **kwargs):
         """Computes ``keys`` of the dask graph ``dsk`` here and returns their values, as distributed's
         ``Client.get``: dask calls it for ``collection.compute(scheduler=client)``."""
@@ -877,6 +913,7 @@ class Client:
 
         batch = concurrent.futures.Future()
         computation = Computation(batch, token, len(keys))
+        computation.restart = (build, keys, traverse, retries, after, keep)
         each_done = EachDone(computation, keys)
         with self._lock:
             self._pending.add(token)

@@ -43,10 +43,15 @@ class Computation:
     worker ran run again elsewhere); on threads, which cannot be killed, it stops with the
     computation, once every other future of it is done or cancelled too."""
 
-    __slots__ = ("__weakref__", "batch", "cancelled", "cells", "token")
+    __slots__ = ("__weakref__", "batch", "cancelled", "cells", "restart", "retried", "token")
 
     def __init__(self, batch, token, size=1):
         self.batch, self.token = batch, token
+        # How the client starts it again, for a retry: (build, keys, traverse, retries, after, keep).
+        self.restart = None
+        # The computations running its futures again: their cells took those futures' places,
+        # and what nothing holds is cancelled before it starts.
+        self.retried = []
         self.cells = [concurrent.futures.Future() for _ in range(size)]
         # The indices of the futures cancelled one by one, finished ones too (whose results are then
         # let go of, as in distributed).
@@ -626,6 +631,11 @@ class Future(AnyFuture):
         keeping it, at once) and this future is cancelled. Idempotent."""
         if type(self._computation) is not Released:
             self._computation = Released(self._computation, self._index)
+
+    def retry(self):
+        """Runs this future's task again (and first those of the failed futures it took), as
+        :meth:`Client.retry` does."""
+        return self.client.retry([self])
 
     def cancelled(self):
         """Whether it was cancelled, or its client closed (which cancels every future)."""
