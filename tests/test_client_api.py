@@ -312,6 +312,20 @@ def test_retry_of_a_cancelled_future_raises_key_error():
             future.retry()
 
 
+def test_a_futures_type_is_its_results_once_it_succeeded(any_client, tmp_path):
+    client = any_client
+    gate = tmp_path / "gate"
+    pending = client.submit(wait_exists, str(gate))
+    assert pending.type is None
+    gate.touch()
+    assert pending.result(timeout=30) is True and pending.type is bool
+    number, [scattered] = client.submit(inc, 1.5), client.scatter([np.arange(3)])
+    assert number.result(timeout=30) == 2.5 and number.type is float
+    assert scattered.type is np.ndarray
+    failed = client.submit(explode, 1)
+    assert isinstance(failed.exception(timeout=30), Boom) and failed.type is None
+
+
 UUID = r"[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}"
 
 

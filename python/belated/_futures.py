@@ -637,6 +637,20 @@ class Future(AnyFuture):
         :meth:`Client.retry` does."""
         return self.client.retry([self])
 
+    @property
+    def type(self):
+        """The type of the result once the task succeeded, else None, as in distributed."""
+        cell = self._cell
+        if not cell.done() or cell.cancelled() or cell.exception() is not None:
+            return None
+        result = cell.result()
+        if type(result) is _belated.Kept:  # scattered or persisted into a worker process
+            try:
+                result = result.fetch()
+            except _belated.WorkerLostError:
+                return None
+        return type(result)
+
     def cancelled(self):
         """Whether it was cancelled, or its client closed (which cancels every future)."""
         return self.client._closed or self._index in self._computation.cancelled or is_cancelled(self._cell)
