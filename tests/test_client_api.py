@@ -273,9 +273,9 @@ def test_retry_runs_failed_futures_again_keeping_what_they_took(retrying_client,
 def test_retry_leaves_a_future_waiting_for_another_to_finish(retrying_client, tmp_path):
     client = retrying_client
     started, gate, counted = tmp_path / "started", tmp_path / "gate", tmp_path / "counted"
-    running = client.submit(touch_then_wait, str(started), str(gate))
-    waiting = client.submit(counted_inc, running, str(counted))
-    # Once the first runs, distributed's scheduler has the second too (sent after it, in order).
+    waiting = client.submit(counted_inc, client.submit(wait_exists, str(gate)), str(counted))
+    # distributed's scheduler takes submits in order: once one sent after `waiting` runs, it has it.
+    client.submit(touch_then_wait, str(started), str(started))
     assert wait_exists(str(started))
     waiting.retry()
     gate.touch()
