@@ -326,6 +326,30 @@ def test_a_futures_type_is_its_results_once_it_succeeded(any_client, tmp_path):
     assert isinstance(failed.exception(timeout=30), Boom) and failed.type is None
 
 
+def test_nbytes_sizes_the_results_futures_hold_as_distributed(retrying_client, tmp_path):
+    client = retrying_client
+    sized = client.map(inc, [1, 2, 3], key="sized")
+    zeros = client.submit(np.zeros, 1000, key="zeros-1000")
+    [scattered] = client.scatter([np.arange(10)], hash=False)
+    failed = client.submit(explode, 1)
+    started = tmp_path / "started"
+    pending = client.submit(touch_then_wait, str(started), str(tmp_path / "gate"))
+    client.gather([*sized, zeros, scattered])
+    assert wait_exists(str(started))  # known to distributed's scheduler, running
+    assert isinstance(failed.exception(timeout=30), Boom)
+    everything = client.nbytes(summary=False)
+    assert {future.key: everything[future.key] for future in sized} == {future.key: 28 for future in sized}
+    assert everything[zeros.key] == 8000 and everything[scattered.key] == 80
+    assert failed.key not in everything and pending.key not in everything
+    assert client.nbytes()["sized"] == 84
+    asked = client.nbytes(keys=[zeros.key, failed.key, pending.key], summary=False)
+    assert asked == {zeros.key: 8000, failed.key: -1, pending.key: -1}
+    with pytest.raises(KeyError):
+        client.nbytes(keys=["no-such-key"])
+    (tmp_path / "gate").touch()
+    assert pending.result(timeout=30) is True
+
+
 UUID = r"[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}"
 
 

@@ -804,6 +804,33 @@ class Client:
         cells[index] = again._cell
         computation.cells = cells
 
+    def nbytes(self, keys=None, summary=True, **kwargs):
+        """The bytes of each result the futures of this client hold (by default every one that
+        succeeded), by key, or with ``summary`` by key prefix (dask's ``key_split``), as distributed's.
+        A key given whose task has no result yet (pending or failed) counts -1, one no future holds
+        raises ``KeyError``. A result kept in a worker process is fetched to be sized."""
+        if self._distributed_client is not None:
+            return self._distributed_client.nbytes(keys=keys, summary=summary, **kwargs)
+        self._check_open()
+        with self._lock:
+            held = [(key, self._held_future(key)) for key in (list(self._held) if keys is None else keys)]
+        sizes = {}
+        for key, future in held:
+            if future is None:
+                if keys is not None:
+                    raise KeyError(key)
+                continue
+            size = _result_size(future)
+            if size is not None or keys is not None:
+                sizes[key] = -1 if size is None else size
+        if not summary:
+            return sizes
+        key_split = _require("dask", "dask").utils.key_split
+        grouped = collections.defaultdict(int)
+        for key, size in sizes.items():
+            grouped[key_split(key)] += size
+        return dict(grouped)
+
     def get(self, dsk, keys, **kwargs):
         """Computes ``keys`` of the dask graph ``dsk`` here and returns their values, as distributed's
         ``Client.get``: dask calls it for ``collection.compute(scheduler=client)``."""
@@ -1597,6 +1624,22 @@ def _run_into(run, future):
         future.set_result(run())
     except BaseException as error:
         future.set_exception(error)
+
+
+def _result_size(future):
+    """The bytes of ``future``'s result, as a worker sizes what it keeps; None without one."""
+    from belated import _worker
+
+    cell = future._cell
+    if not cell.done() or cell.cancelled() or cell.exception() is not None:
+        return None
+    result = cell.result()
+    if type(result) is _belated.Kept:
+        try:
+            result = result.fetch()
+        except _belated.WorkerLostError:
+            return None
+    return _worker.nbytes(result)
 
 
 def _settle(batch, done):
