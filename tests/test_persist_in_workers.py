@@ -149,6 +149,17 @@ def test_cancelling_a_finished_scattered_future_releases_its_value_in_the_worker
         client.submit(len, future).result(timeout=60)
 
 
+def _scheduler_holds(key, dask_scheduler=None):
+    return key in dask_scheduler.tasks
+
+
+def cancel_reached_the_scheduler(client, key):
+    """distributed's cancel reaches its scheduler after ``Client.cancel`` returns, and a compute sent
+    before then still finds the value; belated's cancel is done when it returns."""
+    if isinstance(client, distributed.Client):
+        eventually(lambda: not client.run_on_scheduler(_scheduler_holds, key), "the scheduler forgot it")
+
+
 @pytest.fixture(params=["belated", "belated-threads", "distributed"])
 def own_client(request):
     """A client of this test's own and whether its tasks run in workers: as ``client``, or a belated
@@ -176,6 +187,7 @@ def test_cancelling_a_persisted_object_lets_go_of_its_result_and_computing_it_ra
         eventually(lambda: held(client) == before + 2, "both results in the workers")
     client.cancel(cancelled)
     assert future.cancelled()
+    cancel_reached_the_scheduler(client, future.key)
     with pytest.raises(concurrent.futures.CancelledError):
         cancelled.compute(scheduler=client)
     if in_workers:
@@ -185,6 +197,10 @@ def test_cancelling_a_persisted_object_lets_go_of_its_result_and_computing_it_ra
 
 
 def test_cancelling_a_persist_still_running_ends_it_and_computing_it_raises(any_client, tmp_path):
+    if isinstance(any_client, distributed.Client):
+        # Its compute sent right after the cancel of a running task ran the task again in about
+        # half the runs, even once the scheduler had forgotten the key: no reference to compare with.
+        pytest.skip("distributed's cancel of a running persist races a compute sent after it")
     delayed = delayed_of(any_client)
     futures_of = belated.futures_of if isinstance(any_client, belated.Client) else distributed.futures_of
     gate = tmp_path / "gate"
