@@ -249,7 +249,7 @@ def retrying_client(request, any_client):
     if request.param == "wrapped":
         if not isinstance(any_client, distributed.Client):
             pytest.skip("only distributed's Client is wrapped")
-        return belated.Client(any_client)
+        return belated.Client(any_client, set_as_default=False)
     return any_client
 
 
