@@ -1,0 +1,308 @@
+"""A differential harness: each scenario runs on belated's Client of worker processes, belated's Client
+of threads (``processes=False``) and distributed's Client, and what it observes (results, exception
+kinds, statuses, key shapes, sizes, how often a task ran) must be the same on all three. The clusters
+are started once for the module; each scenario works in a directory of its own per client, where
+its tasks count their runs in files (which worker processes see too)."""
+
+import re
+
+import numpy as np
+import pytest
+from helpers import closing_distributed_clients
+from worker_tasks import counted_inc, explode, fail_first_time, wait_exists
+
+import belated
+
+distributed = pytest.importorskip("distributed")
+dask = pytest.importorskip("dask")
+
+pytestmark = pytest.mark.timeout(120)
+
+CANCELLED = (belated.CancelledError, distributed.client.FutureCancelledError)
+UUID = r"[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}"
+
+
+def inc(x):
+    return x + 1
+
+
+@pytest.fixture(scope="module")
+def clients():
+    """The three clients compared, by name; distributed's is the default one while open, as its wait
+    and as_completed need."""
+    with (
+        closing_distributed_clients(),
+        belated.Client(
+            n_workers=2, threads_per_worker=1, memory_limit=None, dashboard_address=None, set_as_default=False
+        ) as processes,
+        belated.Client(
+            processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None, set_as_default=False
+        ) as threads,
+        distributed.Client(
+            processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
+        ) as reference,
+    ):
+        yield {"processes": processes, "threads": threads, "distributed": reference}
+
+
+def observe(clients, tmp_path, scenario):
+    """``scenario(client, api, directory)`` on each client (``api``: the module of its wait,
+    as_completed, delayed...), and what it returned, by client name."""
+    answers = {}
+    for name, client in clients.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        answers[name] = scenario(client, Api(client), directory)
+    return answers
+
+
+def same(answers):
+    """The answer every client gave, asserting they agree."""
+    expected = answers["distributed"]
+    assert answers == dict.fromkeys(answers, expected)
+    return expected
+
+
+class Api:
+    """The module-level functions of the client's library."""
+
+    def __init__(self, client):
+        self.ours = isinstance(client, belated.Client)
+        module = belated if self.ours else distributed
+        self.wait, self.as_completed, self.futures_of = module.wait, module.as_completed, module.futures_of
+        self.fire_and_forget = module.fire_and_forget
+        self.delayed = belated.delayed if self.ours else dask.delayed
+
+    def compute(self, client, obj):
+        """Computes a (persisted) Delayed through the client."""
+        return obj.compute(scheduler=client) if self.ours else client.compute(obj).result(timeout=30)
+
+
+def outcome(call):
+    """What ``call()`` gave, or the kind of exception it raised (named alike for the clients)."""
+    try:
+        return "gave", call()
+    except CANCELLED:
+        return "raised", "cancelled"
+    except Exception as error:
+        return "raised", type(error).__name__
+
+
+def runs(path):
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def state(future):
+    return future.status, future.done(), future.cancelled()
+
+
+# -- wait and as_completed ----------------------------------------------------------------------------
+
+
+def test_wait_refuses_a_future_of_another_library(clients):
+    reference = clients["distributed"]
+    theirs = reference.submit(inc, 1)
+    for client in (clients["processes"], clients["threads"]):
+        with pytest.raises(TypeError, match="belated Futures"):
+            belated.wait([client.submit(inc, 1), theirs], timeout=30)
+
+
+def test_as_completed_yields_duplicates_done_and_cancelled_futures_as_distributed(clients, tmp_path):
+    def scenario(client, api, _):
+        finished = client.submit(inc, 1, pure=False)
+        failed = client.submit(explode, 2, pure=False)
+        cancelled = client.submit(inc, 3, pure=False)
+        api.wait([finished, failed, cancelled], timeout=30)
+        cancelled.cancel()
+        empty = list(api.as_completed([]))
+        twice = [f is finished for f in api.as_completed([finished, finished], timeout=30)]
+        results = {}
+        for future, result in api.as_completed(
+            [finished, failed, cancelled], with_results=True, raise_errors=False, timeout=30
+        ):
+            if isinstance(result, CANCELLED):
+                result = "cancelled"
+            elif isinstance(result, tuple):
+                result = result[0].__name__
+            results[future.key] = result
+        return empty, twice, sorted(results.values(), key=str)
+
+    assert same(observe(clients, tmp_path, scenario)) == ([], [True, True], [2, "Boom", "cancelled"])
+
+
+# -- statuses, cancel, gather -------------------------------------------------------------------------
+
+
+def test_futures_go_through_the_states_distributeds_go_through(clients, tmp_path):
+    def scenario(client, api, directory):
+        gate = directory / "gate"
+        pending = client.submit(wait_exists, str(gate), pure=False)
+        waiting = client.submit(inc, pending, pure=False)
+        try:
+            states = [state(pending), state(waiting)]
+            waiting.cancel()
+            states.append(state(waiting))
+        finally:
+            gate.touch()
+        assert pending.result(timeout=30) is True
+        states.append(state(pending))
+        failed = client.submit(explode, 1, pure=False)
+        api.wait(failed, timeout=30)
+        states.append(state(failed))
+        pending.cancel()
+        states.append(state(pending))
+        errors = [outcome(f.result) for f in (pending, waiting, failed)]
+        return states, errors, [f.exception(timeout=30) is None for f in (pending, waiting)]
+
+    assert same(observe(clients, tmp_path, scenario)) == (
+        [
+            ("pending", False, False),
+            ("pending", False, False),
+            ("cancelled", True, True),
+            ("finished", True, False),
+            ("error", True, False),
+            ("cancelled", True, True),
+        ],
+        [("raised", "cancelled"), ("raised", "cancelled"), ("raised", "Boom")],
+        [True, True],
+    )
+
+
+# -- retry --------------------------------------------------------------------------------------------
+
+
+def test_retry_runs_what_failed_again_and_gives_what_finished_again(clients, tmp_path):
+    def scenario(client, api, directory):
+        counted, flaky = directory / "counted", directory / "flaky"
+        taken = client.submit(counted_inc, 1, str(counted))
+        failing = client.submit(fail_first_time, taken, str(flaky))
+        outcomes = [outcome(lambda: failing.result(timeout=30))]
+        client.retry([failing, taken])
+        outcomes.append(outcome(lambda: failing.result(timeout=30)))
+        outcomes.append(outcome(lambda: taken.result(timeout=30)))
+        return outcomes, runs(flaky), runs(counted) >= 1, taken.type, failing.type
+
+    assert same(observe(clients, tmp_path, scenario)) == (
+        [("raised", "ValueError"), ("gave", 3), ("gave", 2)],
+        2,
+        True,
+        int,
+        int,
+    )
+
+
+# -- keys, compute, persist, scatter ------------------------------------------------------------------
+
+
+def shape(key):
+    """A key with its tokens and uuids blanked out, to compare key formats."""
+    return re.sub(r"[0-9a-f]{32}", "<token>", re.sub(UUID, "<uuid>", str(key)))
+
+
+def test_keys_have_distributeds_shapes(clients, tmp_path):
+    def scenario(client, api, _):
+        pure = client.submit(inc, 1)
+        mapped = client.map(inc, [1, 2, 1])
+        impure = client.map(inc, [1, 1], pure=False)
+        [scattered], [unhashed] = client.scatter([np.int64(1)]), client.scatter([1], hash=False)
+        whole = client.compute({"a": api.delayed(inc)(1)})
+        return (
+            [shape(f.key) for f in (pure, *mapped, *impure, scattered, unhashed, whole)],
+            pure.key == client.submit(inc, 1).key != client.submit(inc, 2).key,
+            mapped[0].key == mapped[2].key != mapped[1].key,
+            client.submit(inc, 1, key=("t", 1)).key,
+            [f.key for f in client.map(inc, [1, 2], key=["k-1", "k-2"])],
+            [shape(f.key) for f in client.map(inc, [1], key="pre")],
+        )
+
+    assert same(observe(clients, tmp_path, scenario)) == (
+        [
+            *["inc-<token>"] * 4,
+            "inc-<uuid>-0",
+            "inc-<uuid>-1",
+            "int64-<token>",
+            "int-<token>",
+            "dict-<uuid>",
+        ],
+        True,
+        True,
+        ("t", 1),
+        ["k-1", "k-2"],
+        ["pre-<token>"],
+    )
+
+
+def test_a_key_given_twice_keeps_its_first_result_as_distributed(clients, tmp_path):
+    def scenario(client, api, _):
+        first = client.submit(inc, 1, key="given-key")
+        second = client.submit(inc, 10, key="given-key")
+        mapped = client.map(inc, [1, 2], key=["shared", "shared"])
+        return client.gather([first, second]), client.gather(mapped)
+
+    # A map's calls under one key: the last given is its task (its graph is a dict of them).
+    assert same(observe(clients, tmp_path, scenario)) == ([2, 2], [3, 3])
+
+
+def test_compute_gives_futures_shaped_as_given_as_distributed(clients, tmp_path):
+    def scenario(client, api, _):
+        one, two = api.delayed(inc)(1), api.delayed(inc)(2)
+        as_list, as_tuple = client.compute([one, two]), client.compute((one, two))
+        mixed = client.compute([one, 5])
+        as_dict = client.compute({"x": one, "y": [two, 3]})
+        return (
+            type(as_list).__name__,
+            type(as_tuple).__name__,
+            [type(f).__name__ for f in mixed],
+            client.gather([as_list, as_tuple, mixed, as_dict]),
+            client.compute(5),
+            client.compute([]),
+            client.compute(one, sync=True),
+            client.compute([one, two], sync=True),
+            client.compute({"x": one}, sync=True),
+            outcome(lambda: client.compute(api.delayed(explode)(1), sync=True)),
+        )
+
+    # A tuple of collections gives a list, as in distributed.
+    assert same(observe(clients, tmp_path, scenario)) == (
+        "list",
+        "list",
+        ["Future", "int"],
+        [[2, 3], [2, 3], [2, 5], {"x": 2, "y": [3, 3]}],
+        5,
+        [],
+        2,
+        [2, 3],
+        {"x": 2},
+        ("raised", "Boom"),
+    )
+
+
+def test_fire_and_forget_runs_dropped_futures_and_what_they_take_as_distributed(clients, tmp_path):
+    def scenario(client, api, directory):
+        gate, counted = directory / "gate", directory / "counted"
+        taken = client.submit(wait_exists, str(gate), pure=False)
+        api.fire_and_forget({"nested": [client.submit(counted_inc, taken, str(counted), pure=False)]})
+        del taken
+        gate.touch()
+        return wait_exists(str(counted)), outcome(lambda: api.fire_and_forget(3))
+
+    assert same(observe(clients, tmp_path, scenario)) == (True, ("gave", None))
+
+
+def test_futures_in_nested_arguments_are_their_results_as_distributed(clients, tmp_path):
+    def scenario(client, api, _):
+        one, failed = client.submit(inc, 1), client.submit(explode, 1, pure=False)
+        nested = [[[one]], {"a": (one, 2)}, {one}]
+        return (
+            client.submit(repr, nested).result(timeout=30),
+            client.submit(sorted, {one, 7}).result(timeout=30),
+            client.gather(client.map(inc, client.map(inc, [one, 1]))),
+            outcome(lambda: client.submit(len, [[failed]]).result(timeout=30)),
+        )
+
+    assert same(observe(clients, tmp_path, scenario)) == (
+        "[[[2]], {'a': (2, 2)}, {2}]",
+        [2, 7],
+        [4, 3],
+        ("raised", "Boom"),
+    )
