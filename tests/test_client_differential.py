@@ -99,12 +99,54 @@ def state(future):
 # -- wait and as_completed ----------------------------------------------------------------------------
 
 
+def test_wait_looks_in_containers_and_persisted_objects_as_distributed(clients, tmp_path):
+    def scenario(client, api, _):
+        one, two = client.submit(inc, 1), client.submit(inc, 2)
+        persisted = client.persist([api.delayed(inc)(10), api.delayed(inc)(11)])
+        given = ([], [one, one], {"a": one, "b": [two, 3]}, ((one,), "text", None), persisted, persisted[0])
+        sizes = []
+        for fs in given:
+            done, not_done = api.wait(fs, timeout=30)
+            sizes.append((len(done), len(not_done)))
+        return sizes, [api.compute(client, p) for p in persisted]
+
+    assert same(observe(clients, tmp_path, scenario)) == (
+        [(0, 0), (1, 0), (2, 0), (1, 0), (2, 0), (1, 0)],
+        [11, 12],
+    )
+
+
 def test_wait_refuses_a_future_of_another_library(clients):
     reference = clients["distributed"]
     theirs = reference.submit(inc, 1)
     for client in (clients["processes"], clients["threads"]):
         with pytest.raises(TypeError, match="belated Futures"):
             belated.wait([client.submit(inc, 1), theirs], timeout=30)
+
+
+def test_wait_for_the_first_raises_timeout_error_once_none_is_done_as_distributed(clients, tmp_path):
+    def scenario(client, api, directory):
+        gate = directory / "gate"
+        pending = client.submit(wait_exists, str(gate), pure=False)
+        try:
+            # The timeout passes: the task cannot end before the gate opens below.
+            timed_out = [
+                outcome(lambda when=when: api.wait([pending], timeout=0.05, return_when=when))
+                for when in ("FIRST_COMPLETED", "ALL_COMPLETED")
+            ]
+            if api.ours:  # belated's FIRST_EXCEPTION (concurrent.futures'): neither failed nor all done
+                first_failure = outcome(lambda: api.wait(pending, 0.05, "FIRST_EXCEPTION"))
+                assert first_failure == ("raised", "TimeoutError")
+        finally:
+            gate.touch()
+        done, not_done = api.wait([pending], timeout=30, return_when="FIRST_COMPLETED")
+        return timed_out, (len(done), len(not_done)), pending.result(timeout=30)
+
+    assert same(observe(clients, tmp_path, scenario)) == (
+        [("raised", "TimeoutError"), ("raised", "TimeoutError")],
+        (1, 0),
+        True,
+    )
 
 
 def test_as_completed_yields_duplicates_done_and_cancelled_futures_as_distributed(clients, tmp_path):

@@ -734,6 +734,25 @@ def futures_in(obj, kind=Future, graphs=False):
     return found
 
 
+def _leaves(obj):
+    """What is in ``obj`` and its lists, tuples, sets and dicts that is none of those."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if type(item) in (list, tuple, set, frozenset):
+            stack.extend(item)
+        elif type(item) is dict:
+            stack.extend(item.values())
+        else:
+            yield item
+
+
+def _is_foreign_future(item):
+    """A future not of this process's Client (distributed's, concurrent.futures'): left out as other
+    objects are, it would be waited for by nothing."""
+    return not isinstance(item, Future) and type(item).__name__.endswith("Future")
+
+
 def futures_of(obj):
     """distributed's ``futures_of``: the futures in ``obj`` (a Future, or lists, tuples, sets and dicts
     of them, or a dask collection whose graph holds them), each once, in the order they appear."""
@@ -775,16 +794,18 @@ _WHEN = {
 
 
 def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
-    """Waits until the futures are done (``return_when="ALL_COMPLETED"``), one is
+    """Waits until the futures in ``fs`` are done (``return_when="ALL_COMPLETED"``), one is
     (``"FIRST_COMPLETED"``) or one failed (``"FIRST_EXCEPTION"``); returns ``(done, not_done)`` sets.
-    ``TimeoutError`` if not all are done after ``timeout`` seconds with ``ALL_COMPLETED``, and
+    ``fs`` is what :func:`futures_of` looks in, as in distributed: a Future, lists, tuples, sets and
+    dicts of them, or persisted objects (``wait(client.persist(x))``); anything else in it is left
+    out. ``TimeoutError`` if what was waited for is not done after ``timeout`` seconds, and
     ``CancelledError`` naming them if cancelled futures are among the done, as in distributed."""
     if return_when not in _WHEN:
         raise ValueError(f"return_when must be one of {', '.join(_WHEN)}, got {return_when!r}")
-    futures = [fs] if isinstance(fs, Future) else list(fs)
-    for future in futures:
-        if not isinstance(future, Future):
-            raise TypeError(f"wait() takes belated Futures, got {future!r}")
+    futures = futures_of(fs)
+    foreign = [item for item in _leaves(fs) if _is_foreign_future(item)]
+    if foreign:
+        raise TypeError(f"wait() takes belated Futures, got {foreign[0]!r}")
     cancelled = {future for future in futures if future.cancelled()}
     if cancelled and return_when != "ALL_COMPLETED":
         _raise_cancelled(cancelled)
@@ -794,7 +815,14 @@ def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
     done_cells, _ = concurrent.futures.wait(by_cell, timeout, _WHEN[return_when])
     done = {f for cell in done_cells for f in by_cell[cell]} | cancelled
     not_done = set(futures) - done
-    if not_done and return_when == "ALL_COMPLETED":
+    # distributed raises once the timeout passed before what was asked for, FIRST_COMPLETED too;
+    # concurrent.futures' FIRST_EXCEPTION is met by a failure or by all being done.
+    met = {
+        "ALL_COMPLETED": not not_done,
+        "FIRST_COMPLETED": bool(done) or not futures,
+        "FIRST_EXCEPTION": not not_done or any(f.status == "error" for f in done),
+    }[return_when]
+    if not met:
         raise TimeoutError(f"{len(not_done)} of {len(futures)} futures not done after {timeout} s")
     _raise_cancelled({future for future in done if future.cancelled()})
     return concurrent.futures._base.DoneAndNotDoneFutures(done, not_done)
