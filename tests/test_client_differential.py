@@ -210,6 +210,30 @@ def test_futures_go_through_the_states_distributeds_go_through(clients, tmp_path
     )
 
 
+def test_gather_skips_failed_and_cancelled_futures_as_distributed(clients, tmp_path):
+    def scenario(client, api, _):
+        good = client.submit(inc, 1, pure=False)
+        failed = client.submit(explode, 1, pure=False)
+        cancelled = client.submit(inc, 2, pure=False)
+        api.wait([good, failed, cancelled], timeout=30)
+        cancelled.cancel()
+        return (
+            client.gather([failed, good, cancelled, "plain"], errors="skip"),
+            client.gather({"g": good, "f": failed, "c": cancelled}, errors="skip"),
+            client.gather((cancelled, good), errors="skip"),
+            outcome(lambda: client.gather([good, cancelled])),
+            outcome(lambda: client.gather([good, failed])),
+        )
+
+    assert same(observe(clients, tmp_path, scenario)) == (
+        [2, "plain"],
+        {"g": 2, "f": None, "c": None},
+        (None, 2),
+        ("raised", "cancelled"),
+        ("raised", "Boom"),
+    )
+
+
 # -- retry --------------------------------------------------------------------------------------------
 
 

@@ -732,9 +732,9 @@ class Client:
     def gather(self, futures, errors="raise", direct=None):
         """The results of ``futures`` (a Future, or lists, tuples, sets and dicts of them; an iterator of
         those gives an iterator of their results); an awaitable of them on an asynchronous client. A
-        failed future raises its exception, or with ``errors="skip"`` is left out of a list or tuple
-        given (None elsewhere), as in distributed. ``direct`` (distributed's choice of fetching from
-        the workers or through the scheduler) changes nothing on a local cluster."""
+        failed future raises its exception, or with ``errors="skip"`` is left out of a list given
+        (None elsewhere, in a tuple given too), as in distributed. ``direct`` (distributed's choice of
+        fetching from the workers or through the scheduler) changes nothing on a local cluster."""
         if self._distributed_client is not None:
             return self._distributed_client.gather(futures, errors=errors, direct=direct)
         if errors not in ("raise", "skip"):

@@ -773,11 +773,11 @@ def replace_futures(obj, replace, kind=Future):
 
 def gather(obj, skip=False):
     """The results of the futures in ``obj``; with ``skip``, a failed one is left out of ``obj`` if it
-    is a list or tuple, and None elsewhere."""
+    is a list, and None elsewhere (a tuple's too, as distributed's gather leaves it)."""
     if not skip:
         return replace_futures(obj, Future.result)
-    if type(obj) in (list, tuple):
-        obj = type(obj)(item for item in obj if not (isinstance(item, Future) and _failed(item)))
+    if type(obj) is list:
+        obj = [item for item in obj if not (isinstance(item, Future) and _failed(item))]
     return replace_futures(obj, lambda future: None if _failed(future) else future.result())
 
 
