@@ -237,6 +237,31 @@ def test_gather_skips_failed_and_cancelled_futures_as_distributed(clients, tmp_p
 # -- retry --------------------------------------------------------------------------------------------
 
 
+def test_retry_of_one_of_equal_map_calls_reruns_their_key_once_as_distributed(clients, tmp_path):
+    def scenario(client, api, directory):
+        flaky, taken = directory / "flaky", directory / "taken"
+        # Equal calls of a map share their key: a retry of one of them is a retry of both.
+        failing = client.map(fail_first_time, [1, 1], [str(flaky)] * 2)
+        api.wait(failing, timeout=30)
+        before = [f.status for f in failing]
+        client.retry(failing[1])
+        after = client.gather(failing), [f.status for f in failing], runs(flaky)
+        # Equal calls taking a failed future: retrying one runs that future again first.
+        failed = client.submit(fail_first_time, 5, str(taken))
+        taking = client.map(inc, [failed, failed])
+        api.wait(taking, timeout=30)
+        failing[0].retry()
+        taking[0].retry()
+        again = client.gather(taking), failed.status, runs(taken), client.gather(failing), runs(flaky)
+        return before, after, again
+
+    assert same(observe(clients, tmp_path, scenario)) == (
+        ["error", "error"],
+        ([2, 2], ["finished", "finished"], 2),
+        ([7, 7], "finished", 2, [2, 2], 3),
+    )
+
+
 def test_retry_runs_what_failed_again_and_gives_what_finished_again(clients, tmp_path):
     def scenario(client, api, directory):
         counted, flaky = directory / "counted", directory / "flaky"

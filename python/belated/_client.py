@@ -795,20 +795,26 @@ class Client:
         key = keys[index]
         with self._lock:
             held = self._held_future(key)
-            if held is not None and held._cell is future._cell:
-                del self._held[key]  # else _start would give back this future
+            # This future's run (retried before), or its computation's at another index of the key
+            # (a map's equal calls): else _start would give back that future, done, and run nothing.
+            if held is not None and (held._cell is future._cell or held._computation is computation):
+                del self._held[key]
         [again] = self._start(lambda: (build()[index],), [key], traverse, retries, after=after, keep=keep)
         computation.retried.append(again._computation)
         # A new list: the computation, if its other tasks still run, settles the cells of its own.
         cells = list(computation.cells)
-        cells[index] = again._cell
+        for other, other_key in enumerate(keys):
+            # Every future of the key sees the new run, as in distributed, where they are one task.
+            if other == index or (other_key == key and other not in computation.cancelled):
+                cells[other] = again._cell
         computation.cells = cells
 
     def nbytes(self, keys=None, summary=True, **kwargs):
         """The bytes of each result the futures of this client hold (by default every one that
         succeeded), by key, or with ``summary`` by key prefix (dask's ``key_split``), as distributed's.
         A key given whose task has no result yet (pending or failed) counts -1, one no future holds
-        raises ``KeyError``. A result kept in a worker process is fetched to be sized."""
+        raises ``KeyError``. A result kept in a worker process is fetched to be sized, by dask's
+        ``sizeof`` as distributed's are (by the workers' own measure without dask)."""
         if self._distributed_client is not None:
             return self._distributed_client.nbytes(keys=keys, summary=summary, **kwargs)
         self._check_open()
