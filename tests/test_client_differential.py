@@ -368,6 +368,37 @@ def test_compute_gives_futures_shaped_as_given_as_distributed(clients, tmp_path)
     )
 
 
+def test_persist_takes_distributeds_keywords_and_its_futures_are_waited_for(clients, tmp_path):
+    def scenario(client, api, directory):
+        counted = directory / "counted"
+        one = api.delayed(counted_inc)(1, str(counted))
+        persisted = client.persist([one, api.delayed(inc)(one)], optimize_graph=False, priority=1)
+        futures = api.futures_of(persisted)
+        api.wait(futures, timeout=30)
+        # Another object (a new persist of the same key would run it again on belated, see README).
+        [single] = api.futures_of(client.persist(api.delayed(inc)(5), fifo_timeout="60s"))
+        single.result(timeout=30)
+        return (
+            type(persisted).__name__,
+            [type(p).__name__ for p in persisted],
+            [p.key == f.key for p, f in zip(persisted, futures, strict=True)],
+            [f.status for f in futures],
+            [api.compute(client, p) for p in persisted],
+            single.status,
+            runs(counted),
+        )
+
+    assert same(observe(clients, tmp_path, scenario)) == (
+        "list",
+        ["Delayed", "Delayed"],
+        [True, True],
+        ["finished", "finished"],
+        [2, 3],
+        "finished",
+        1,
+    )
+
+
 def test_fire_and_forget_runs_dropped_futures_and_what_they_take_as_distributed(clients, tmp_path):
     def scenario(client, api, directory):
         gate, counted = directory / "gate", directory / "counted"

@@ -675,7 +675,7 @@ class Client:
             if key is not None:
                 self._held[key] = (ref, index)
 
-    def persist(self, collections, *, traverse=True, retries=None):
+    def persist(self, collections, *, traverse=True, retries=None, **kwargs):
         """Starts computing ``collections`` (a Delayed, or a list or tuple of them) on the cluster and
         returns at once new ``Delayed`` objects standing for the results under the same keys (a list
         for a list), as distributed does. Computing one waits for its result; a failed task's exception
@@ -688,8 +688,8 @@ class Client:
         object's future, as distributed's: cancelling it (``client.cancel(persisted)``) lets go of the
         result, and computing the object then raises ``CancelledError``. On Dask distributed they stay
         in the cluster, as distributed Futures the new objects hold. Other dask collections are
-        persisted before this returns.
-        """
+        persisted before this returns. distributed's other keywords (``optimize_graph``, ``priority``,
+        ``fifo_timeout``, …) are taken as ``compute`` takes them."""
         retries = _retry_count(retries)
         if self._distributed_client is not None:
             futures = self._on_distributed(collections, traverse, sync=False, retries=retries)

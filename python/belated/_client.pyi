@@ -145,14 +145,21 @@ class Client:
     ) -> list[Future[_R]]: ...
     @overload
     def persist(
-        self, collections: Delayed[_T], *, traverse: bool = True, retries: int | None = None
+        self, collections: Delayed[_T], *, traverse: bool = True, retries: int | None = None, **kwargs: Any
     ) -> Delayed[_T]: ...
     @overload
     def persist(
-        self, collections: list[Delayed[_T]], *, traverse: bool = True, retries: int | None = None
+        self,
+        collections: list[Delayed[_T]],
+        *,
+        traverse: bool = True,
+        retries: int | None = None,
+        **kwargs: Any,
     ) -> list[Delayed[_T]]: ...
     @overload
-    def persist(self, collections: Any, *, traverse: bool = True, retries: int | None = None) -> Any: ...
+    def persist(
+        self, collections: Any, *, traverse: bool = True, retries: int | None = None, **kwargs: Any
+    ) -> Any: ...
     @classmethod
     def current(cls, allow_global: bool = True) -> Client: ...
     def cancel(
