@@ -399,6 +399,14 @@ def test_persist_takes_distributeds_keywords_and_its_futures_are_waited_for(clie
     )
 
 
+def test_scatter_of_a_range_gives_a_future_per_value_as_distributed(clients, tmp_path):
+    def scenario(client, api, _):
+        futures = client.scatter(range(3))
+        return type(futures).__name__, client.gather(futures), [shape(f.key) for f in futures]
+
+    assert same(observe(clients, tmp_path, scenario)) == ("list", [0, 1, 2], ["int-<token>"] * 3)
+
+
 def test_fire_and_forget_runs_dropped_futures_and_what_they_take_as_distributed(clients, tmp_path):
     def scenario(client, api, directory):
         gate, counted = directory / "gate", directory / "counted"

@@ -581,6 +581,8 @@ class Client:
                 data, broadcast=broadcast, hash=hash, direct=direct, **kwargs
             )
         self._check_open()
+        if type(data) is range:  # a sequence of values, as distributed scatters it
+            data = list(data)
         values = (
             list(data.values()) if type(data) is dict else list(data) if type(data) in _SEQUENCES else [data]
         )
