@@ -407,6 +407,24 @@ def test_scatter_of_a_range_gives_a_future_per_value_as_distributed(clients, tmp
     assert same(observe(clients, tmp_path, scenario)) == ("list", [0, 1, 2], ["int-<token>"] * 3)
 
 
+def test_nbytes_and_type_of_numbers_and_arrays_are_distributeds(clients, tmp_path):
+    values = [7, 1.5, np.arange(10), np.zeros((2, 3), dtype="f4"), np.int32(3)]
+
+    def scenario(client, api, _):
+        futures = [client.submit(inc, v, key=f"sized-{i}") for i, v in enumerate(values)]
+        futures.append(client.scatter(b"x" * 1000, hash=False))
+        client.gather(futures)
+        sizes = client.nbytes(keys=[f.key for f in futures], summary=False)
+        return [sizes[f.key] for f in futures], [f.type for f in futures], client.nbytes()["sized"] > 0
+
+    # dask's sizeof: a numpy scalar's Python object size, a bytes object's length.
+    assert same(observe(clients, tmp_path, scenario)) == (
+        [28, 24, 80, 24, 28, 1000],
+        [int, float, np.ndarray, np.ndarray, np.int32, bytes],
+        True,
+    )
+
+
 def test_fire_and_forget_runs_dropped_futures_and_what_they_take_as_distributed(clients, tmp_path):
     def scenario(client, api, directory):
         gate, counted = directory / "gate", directory / "counted"

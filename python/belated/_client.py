@@ -1635,8 +1635,13 @@ def _run_into(run, future):
 
 
 def _result_size(future):
-    """The bytes of ``future``'s result, as a worker sizes what it keeps; None without one."""
-    from belated import _worker
+    """The bytes of ``future``'s result, as distributed gives them (dask's ``sizeof``: a numpy
+    scalar's or a bytes object's Python size, not its buffer's), or without dask installed as a
+    worker sizes what it keeps; None without one."""
+    try:
+        from dask.sizeof import sizeof
+    except ImportError:
+        from belated._worker import nbytes as sizeof
 
     cell = future._cell
     if not cell.done() or cell.cancelled() or cell.exception() is not None:
@@ -1647,7 +1652,7 @@ def _result_size(future):
             result = result.fetch()
         except _belated.WorkerLostError:
             return None
-    return _worker.nbytes(result)
+    return sizeof(result)
 
 
 def _settle(batch, done):
