@@ -191,7 +191,7 @@ def test_futures_go_through_the_states_distributeds_go_through(clients, tmp_path
         failed = client.submit(explode, 1, pure=False)
         api.wait(failed, timeout=30)
         states.append(state(failed))
-        pending.cancel()
+        pending.cancel(reason="no longer wanted", msg="the test let it go")
         states.append(state(pending))
         errors = [outcome(f.result) for f in (pending, waiting, failed)]
         return states, errors, [f.exception(timeout=30) is None for f in (pending, waiting)]

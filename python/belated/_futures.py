@@ -607,11 +607,12 @@ class Future(AnyFuture):
         error = self.exception(timeout)
         return None if error is None else error.__traceback__
 
-    def cancel(self):
+    def cancel(self, reason=None, msg=None):
         """Cancels this future: it is done at once and ``result()`` raises ``belated.CancelledError``.
         Its computation stops (nothing more of it starts, and the workers running its tasks are killed
         and replaced) once no other future of it is still to finish: a future of a ``map`` or of a
-        ``compute`` of many is cancelled alone, and the other calls go on, as in distributed."""
+        ``compute`` of many is cancelled alone, and the other calls go on, as in distributed.
+        ``reason`` and ``msg`` are distributed's, taken as :meth:`Client.cancel` takes them."""
         computation = self._computation
         computation.cancel(self._index)
         if self._computation is not computation:  # kept alone meanwhile, which saw no cancel
