@@ -149,6 +149,30 @@ def test_wait_for_the_first_raises_timeout_error_once_none_is_done_as_distribute
     )
 
 
+def test_timeouts_may_be_strings_as_in_distributed(clients, tmp_path):
+    def scenario(client, api, directory):
+        done = client.submit(inc, 1)
+        pending = client.submit(wait_exists, str(directory / "gate"), pure=False)
+        try:
+            # Each times out: the task cannot end before the gate opens below.
+            timed_out = [
+                outcome(lambda: pending.result(timeout="50ms")),
+                outcome(lambda: pending.exception(timeout="0.05s")),
+                outcome(lambda: api.wait([pending], timeout="50 ms")),
+                outcome(lambda: list(api.as_completed([pending], timeout="50ms"))),
+            ]
+        finally:
+            (directory / "gate").touch()
+        return timed_out, (
+            done.result(timeout="10s"),
+            done.exception(timeout="10s"),
+            len(api.wait([done, pending], timeout="1 minute").done),
+            len(list(api.as_completed([done, pending], timeout="10s"))),
+        )
+
+    assert same(observe(clients, tmp_path, scenario)) == ([("raised", "TimeoutError")] * 4, (2, None, 2, 2))
+
+
 def test_as_completed_yields_duplicates_done_and_cancelled_futures_as_distributed(clients, tmp_path):
     def scenario(client, api, _):
         finished = client.submit(inc, 1, pure=False)

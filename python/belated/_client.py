@@ -47,6 +47,9 @@ from belated._futures import (
 from belated._futures import (
     scatter as scatter_task,
 )
+from belated._futures import (
+    seconds as timeout_seconds,
+)
 from belated._tokenize import tokenize
 
 _OPEN = weakref.WeakSet()
@@ -1584,18 +1587,14 @@ class Adaptive:
         self._stopped.set()
 
 
-_DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def _seconds(interval):
     """``interval`` in seconds: a number, or a string as distributed writes it (``"500ms"``, ``"2s"``)."""
-    if isinstance(interval, int | float) and not isinstance(interval, bool):
-        seconds = float(interval)
-    else:
-        match = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|m|h)?\s*", str(interval))
-        if match is None:
-            raise ValueError(f"adapt() needs an interval in seconds or as '500ms', got {interval!r}")
-        seconds = float(match[1]) * _DURATION_UNITS[match[2] or "s"]
+    try:
+        seconds = timeout_seconds(interval)
+    except ValueError:
+        seconds = None
+    if seconds is None:
+        raise ValueError(f"adapt() needs an interval in seconds or as '500ms', got {interval!r}")
     if not seconds > 0:
         raise ValueError(f"adapt() needs a positive interval, got {interval!r}")
     return seconds

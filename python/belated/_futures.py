@@ -19,8 +19,10 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import datetime
 import functools
 import itertools
+import re
 import sys
 import threading
 import time
@@ -141,6 +143,27 @@ class Released:
 
 # How long a wait without timeout sleeps at a time (see _waited).
 _WAIT_SLICE = 0.1
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_UNIT_NAMES = {"microsecond": "us", "millisecond": "ms", "second": "s", "sec": "s", "minute": "m", "min": "m"}
+_UNIT_NAMES |= {"hour": "h", "day": "d"}
+
+
+def seconds(timeout):
+    """``timeout`` in seconds: None, a number, a ``timedelta``, or a string as distributed takes one
+    (``"500ms"``, ``"10s"``, ``"2 minutes"``; a bare number is seconds)."""
+    if timeout is None or (isinstance(timeout, int | float) and not isinstance(timeout, bool)):
+        return timeout
+    if isinstance(timeout, datetime.timedelta):
+        return timeout.total_seconds()
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([a-z]*)\s*", str(timeout).lower())
+    if match is not None:
+        unit = match[2] or "s"
+        unit = _UNIT_NAMES.get(unit) or _UNIT_NAMES.get(unit.removesuffix("s"), unit)
+        if unit in _UNITS:
+            return float(match[1]) * _UNITS[unit]
+    raise ValueError(f"a timeout is a number of seconds or a string such as '10s', got {timeout!r}")
 
 
 def _waited(cell, timeout):
@@ -566,10 +589,12 @@ class Future(AnyFuture):
             raise _belated.CancelledError(f"future {self.key} was cancelled")
 
     def result(self, timeout=None):
-        """Waits up to ``timeout`` seconds for the result; raises the task's exception if it failed, and
-        ``TimeoutError`` if it is not done by then."""
+        """Waits up to ``timeout`` (seconds, or a string such as ``"10s"``, as distributed takes it)
+        for the result; raises the task's exception if it failed, and ``TimeoutError`` if it is not
+        done by then."""
         self._check_client()
         self._check_not_cancelled()
+        timeout = seconds(timeout)
         try:
             result = _waited(self._cell, timeout).result(timeout)
         except concurrent.futures.CancelledError:
@@ -598,6 +623,7 @@ class Future(AnyFuture):
         self._check_client()
         if self._index in self._computation.cancelled:
             return _belated.CancelledError(f"future {self.key} was cancelled")
+        timeout = seconds(timeout)
         try:
             return _waited(self._cell, timeout).exception(timeout)
         except concurrent.futures.CancelledError:
@@ -803,6 +829,7 @@ def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
     ``CancelledError`` naming them if cancelled futures are among the done, as in distributed."""
     if return_when not in _WHEN:
         raise ValueError(f"return_when must be one of {', '.join(_WHEN)}, got {return_when!r}")
+    timeout = seconds(timeout)
     futures = futures_of(fs)
     foreign = [item for item in _leaves(fs) if _is_foreign_future(item)]
     if foreign:
@@ -845,7 +872,7 @@ class as_completed:
     for the next one past then raises ``TimeoutError``; those already finished are still yielded."""
 
     def __init__(self, futures=None, with_results=False, raise_errors=True, *, timeout=None):
-        self._timeout = timeout
+        self._timeout = timeout = seconds(timeout)
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._lock = threading.Lock()
         self._finished = collections.deque()
