@@ -4,6 +4,7 @@ kinds, statuses, key shapes, sizes, how often a task ran) must be the same on al
 are started once for the module; each scenario works in a directory of its own per client, where
 its tasks count their runs in files (which worker processes see too)."""
 
+import asyncio
 import re
 
 import numpy as np
@@ -477,4 +478,78 @@ def test_futures_in_nested_arguments_are_their_results_as_distributed(clients, t
         [2, 7],
         [4, 3],
         ("raised", "Boom"),
+    )
+
+
+# -- an asynchronous client ---------------------------------------------------------------------------
+
+
+ASYNCHRONOUS = {
+    "processes": lambda: belated.Client(
+        asynchronous=True, n_workers=2, threads_per_worker=1, memory_limit=None, dashboard_address=None
+    ),
+    "threads": lambda: belated.Client(
+        asynchronous=True, processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ),
+    "distributed": lambda: distributed.Client(
+        asynchronous=True, processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ),
+}
+
+
+async def awaited_outcome(awaitable):
+    """What awaiting ``awaitable`` gave, or the kind of exception it raised."""
+    try:
+        return "gave", await awaitable
+    except CANCELLED:
+        return "raised", "cancelled"
+    except Exception as error:
+        return "raised", type(error).__name__
+
+
+def test_an_asynchronous_clients_futures_wait_and_nbytes_give_awaitables_as_distributed(tmp_path):
+    async def scenario(client, api, directory):
+        gate = directory / "gate"
+        pending = client.submit(wait_exists, str(gate), pure=False)
+        failed = client.submit(explode, 1, pure=False)
+        try:
+            # Each times out: the task cannot end before the gate opens below.
+            timed_out = [
+                await awaited_outcome(pending.result(timeout=0.05)),
+                await awaited_outcome(pending.exception(timeout="50ms")),
+                await awaited_outcome(api.wait([pending], timeout=0.05)),
+            ]
+        finally:
+            gate.touch()
+        done, not_done = await api.wait({"both": [pending, failed]}, timeout=30)
+        nobody = await api.wait([], timeout=30)
+        sizes = await client.nbytes(keys=[pending.key], summary=False)
+        return (
+            timed_out,
+            (len(done), len(not_done), len(nobody.done)),
+            await awaited_outcome(pending.result(timeout=30)),
+            await awaited_outcome(failed.result()),
+            type(await failed.exception()).__name__,
+            await failed.traceback() is not None,
+            await pending.exception(),
+            list(sizes.values()),
+        )
+
+    async def observed(name, directory):
+        async with ASYNCHRONOUS[name]() as client:
+            return await asyncio.wait_for(scenario(client, Api(client), directory), 60)
+
+    answers = {}
+    for name in ASYNCHRONOUS:
+        (tmp_path / name).mkdir()
+        answers[name] = asyncio.run(observed(name, tmp_path / name))
+    assert same(answers) == (
+        [("raised", "TimeoutError")] * 3,
+        (2, 0, 0),
+        ("gave", True),
+        ("raised", "Boom"),
+        "Boom",
+        True,
+        None,
+        [28],
     )

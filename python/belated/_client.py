@@ -205,7 +205,8 @@ class Client:
     Other keywords as in distributed: ``silence_logs`` (a level below which belated's log records are
     dropped while the client is open; by default, and with ``False``, the logging configuration is
     left as it is, so a ``DEBUG`` level set for ``belated`` stays), ``asynchronous`` (``gather``,
-    ``scatter`` and ``close`` return awaitables; ``async with Client(asynchronous=True)``), ``name``.
+    ``scatter``, ``close``, ``wait``, ``nbytes`` and a future's ``result``, ``exception`` and
+    ``traceback`` return awaitables; ``async with Client(asynchronous=True)``), ``name``.
 
     ``Client("tcp://host:8786")`` (or a distributed ``Client`` or ``LocalCluster``) connects to Dask
     distributed instead, which receives each graph in one submission; its other attributes are the
@@ -819,7 +820,8 @@ class Client:
         succeeded), by key, or with ``summary`` by key prefix (dask's ``key_split``), as distributed's.
         A key given whose task has no result yet (pending or failed) counts -1, one no future holds
         raises ``KeyError``. A result kept in a worker process is fetched to be sized, by dask's
-        ``sizeof`` as distributed's are (by the workers' own measure without dask)."""
+        ``sizeof`` as distributed's are (by the workers' own measure without dask). An awaitable of
+        that on an asynchronous client."""
         if self._distributed_client is not None:
             return self._distributed_client.nbytes(keys=keys, summary=summary, **kwargs)
         self._check_open()
@@ -835,12 +837,12 @@ class Client:
             if size is not None or keys is not None:
                 sizes[key] = -1 if size is None else size
         if not summary:
-            return sizes
+            return self._answer(sizes)
         key_split = _require("dask", "dask").utils.key_split
         grouped = collections.defaultdict(int)
         for key, size in sizes.items():
             grouped[key_split(key)] += size
-        return dict(grouped)
+        return self._answer(dict(grouped))
 
     def get(self, dsk, keys, **kwargs):
         """Computes ``keys`` of the dask graph ``dsk`` here and returns their values, as distributed's

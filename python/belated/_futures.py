@@ -403,7 +403,7 @@ class Persisted:
         """The future's result (a ``_belated.Kept`` on a local cluster), or its exception raised."""
         future, kept = self.future, self._kept()
         if kept is None:
-            return future.result()
+            return future._result()
         if self.client._closed:
             raise _belated.CancelledError(f"the Client of {self.key} is closed; its results are gone")
         return kept
@@ -433,7 +433,7 @@ class Persisted:
             error = future._error()
             if error is not None:
                 return (Settled, (None, error))
-            result = future.result()
+            result = future._result()
         if type(result) is not _belated.Kept:
             return (Settled, (result, None))
         if result.lost:
@@ -591,7 +591,17 @@ class Future(AnyFuture):
     def result(self, timeout=None):
         """Waits up to ``timeout`` (seconds, or a string such as ``"10s"``, as distributed takes it)
         for the result; raises the task's exception if it failed, and ``TimeoutError`` if it is not
-        done by then."""
+        done by then. On an asynchronous client, an awaitable of that, as distributed's."""
+        if self._awaited():
+            return self._once_done(timeout, self._result)
+        return self._result(timeout)
+
+    def _awaited(self):
+        """Whether ``result()`` and the like give awaitables: on an asynchronous client, except in its
+        tasks (which block on them, as on distributed's worker client)."""
+        return self.client.asynchronous and not in_task()
+
+    def _result(self, timeout=None):
         self._check_client()
         self._check_not_cancelled()
         timeout = seconds(timeout)
@@ -614,7 +624,13 @@ class Future(AnyFuture):
 
     def exception(self, timeout=None):
         """Waits up to ``timeout`` seconds; the task's exception if it failed, else None: a cancelled
-        future's too, as distributed's (its ``result()`` raises ``CancelledError``)."""
+        future's too, as distributed's (its ``result()`` raises ``CancelledError``). On an
+        asynchronous client, an awaitable of that."""
+        if self._awaited():
+            return self._once_done(timeout, self._exception)
+        return self._exception(timeout)
+
+    def _exception(self, timeout=None):
         error = self._error(timeout)
         return None if self.cancelled() else error
 
@@ -630,7 +646,13 @@ class Future(AnyFuture):
             return _belated.CancelledError(f"future {self.key} was cancelled")
 
     def traceback(self, timeout=None):
-        error = self.exception(timeout)
+        """The traceback of ``exception()``, or None; an awaitable of it on an asynchronous client."""
+        if self._awaited():
+            return self._once_done(timeout, self._traceback)
+        return self._traceback(timeout)
+
+    def _traceback(self, timeout=None):
+        error = self._exception(timeout)
         return None if error is None else error.__traceback__
 
     def cancel(self, reason=None, msg=None):
@@ -693,12 +715,15 @@ class Future(AnyFuture):
             return "cancelled"
         if not self._cell.done():
             return "pending"
-        return "error" if self.exception() is not None else "finished"
+        return "error" if self._exception() is not None else "finished"
 
     def __await__(self):
-        return self._wait_async().__await__()
+        return self._once_done(None, self._result).__await__()
 
-    async def _wait_async(self):
+    async def _once_done(self, timeout, then):
+        """``then(0)`` once this future is done, waited for without blocking the event loop;
+        ``TimeoutError`` if it is not done after ``timeout``."""
+        timeout = seconds(timeout)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 
@@ -706,8 +731,9 @@ class Future(AnyFuture):
             loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
 
         self._cell.add_done_callback(wake)
-        await done
-        return self.result(0)
+        # Not wait_for: asyncio's TimeoutError is not the builtin one before Python 3.11.
+        await asyncio.wait([done], timeout=timeout)
+        return then(0)
 
     def _as_delayed(self):
         """The result as a Delayed holding it under this future's key: one node per future, so every
@@ -722,7 +748,7 @@ class Future(AnyFuture):
                 # Used where a worker keeps it, never fetched here for that.
                 self._value = delayed(Persisted(self), pure=True)(dask_key_name=self.key)
             else:
-                self._value = _belated.delayed(self.result(), name=self.key, traverse=False)
+                self._value = _belated.delayed(self._result(), name=self.key, traverse=False)
         return self._value
 
     def __repr__(self):
@@ -802,10 +828,10 @@ def gather(obj, skip=False):
     """The results of the futures in ``obj``; with ``skip``, a failed one is left out of ``obj`` if it
     is a list, and None elsewhere (a tuple's too, as distributed's gather leaves it)."""
     if not skip:
-        return replace_futures(obj, Future.result)
+        return replace_futures(obj, Future._result)
     if type(obj) is list:
         obj = [item for item in obj if not (isinstance(item, Future) and _failed(item))]
-    return replace_futures(obj, lambda future: None if _failed(future) else future.result())
+    return replace_futures(obj, lambda future: None if _failed(future) else future._result())
 
 
 def _failed(future):
@@ -826,7 +852,9 @@ def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
     ``fs`` is what :func:`futures_of` looks in, as in distributed: a Future, lists, tuples, sets and
     dicts of them, or persisted objects (``wait(client.persist(x))``); anything else in it is left
     out. ``TimeoutError`` if what was waited for is not done after ``timeout`` seconds, and
-    ``CancelledError`` naming them if cancelled futures are among the done, as in distributed."""
+    ``CancelledError`` naming them if cancelled futures are among the done, as in distributed. With
+    an asynchronous client (the futures', or else the current one), an awaitable of that, as
+    distributed's."""
     if return_when not in _WHEN:
         raise ValueError(f"return_when must be one of {', '.join(_WHEN)}, got {return_when!r}")
     timeout = seconds(timeout)
@@ -834,6 +862,20 @@ def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
     foreign = [item for item in _leaves(fs) if _is_foreign_future(item)]
     if foreign:
         raise TypeError(f"wait() takes belated Futures, got {foreign[0]!r}")
+    if futures[0]._awaited() if futures else _current_client_is_asynchronous():
+        # On a thread of the event loop's executor: the loop goes on meanwhile.
+        return asyncio.to_thread(_wait, futures, timeout, return_when)
+    return _wait(futures, timeout, return_when)
+
+
+def _current_client_is_asynchronous():
+    from belated._client import current_client
+
+    client = current_client()
+    return client is not None and client.asynchronous and not in_task()
+
+
+def _wait(futures, timeout, return_when):
     cancelled = {future for future in futures if future.cancelled()}
     if cancelled and return_when != "ALL_COMPLETED":
         _raise_cancelled(cancelled)
@@ -922,7 +964,7 @@ class as_completed:
             # the others goes on.
             return future, _belated.CancelledError(f"future {future.key} was cancelled")
         try:
-            return future, future.result()
+            return future, future._result()
         except Exception as error:
             if self.raise_errors:
                 raise

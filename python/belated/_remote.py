@@ -103,6 +103,9 @@ def worker_client():
     return WorkerClient()
 
 
+_BLOCKING = {"result": "_result", "exception": "_exception"}
+
+
 class Answers:
     """Answers the requests of the tasks of ``client``'s workers (see the module's text). Called on the
     thread waiting for the asking task's reply, with the request's frames; returns the answer's."""
@@ -152,7 +155,9 @@ class Answers:
             _, key, name, args = request
             with self._lock:
                 future = _held_future(self._futures, key)
-            attribute = getattr(future, name)
+            # The waiting ones as they block, never an asynchronous client's awaitables: the task's
+            # thread waits for the answer.
+            attribute = getattr(future, _BLOCKING.get(name, name))
             return self._sent(attribute(*args) if callable(attribute) else attribute)
         _, name, args, kwargs = request
         if name.startswith("_"):
