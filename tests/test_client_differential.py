@@ -521,6 +521,8 @@ def test_an_asynchronous_clients_futures_wait_and_nbytes_give_awaitables_as_dist
             ]
         finally:
             gate.touch()
+        cancelled = client.submit(inc, 1, pure=False)
+        await cancelled.cancel()
         done, not_done = await api.wait({"both": [pending, failed]}, timeout=30)
         nobody = await api.wait([], timeout=30)
         sizes = await client.nbytes(keys=[pending.key], summary=False)
@@ -533,6 +535,7 @@ def test_an_asynchronous_clients_futures_wait_and_nbytes_give_awaitables_as_dist
             await failed.traceback() is not None,
             await pending.exception(),
             list(sizes.values()),
+            cancelled.status,
         )
 
     async def observed(name, directory):
@@ -552,4 +555,5 @@ def test_an_asynchronous_clients_futures_wait_and_nbytes_give_awaitables_as_dist
         True,
         None,
         [28],
+        "cancelled",
     )

@@ -45,6 +45,9 @@ from belated._futures import (
     wait_for_persists,
 )
 from belated._futures import (
+    done_awaitable as _done_awaitable,
+)
+from belated._futures import (
     scatter as scatter_task,
 )
 from belated._futures import (
@@ -1767,11 +1770,6 @@ def _funcname(func):
     if not isinstance(name, str):
         return type(func).__name__
     return "lambda" if name == "<lambda>" else name[:50]
-
-
-async def _done_awaitable(value):
-    """``value`` as an awaitable: what an asynchronous client's methods that finish at once return."""
-    return value
 
 
 def _resident_bytes(pid):

@@ -166,6 +166,11 @@ def seconds(timeout):
     raise ValueError(f"a timeout is a number of seconds or a string such as '10s', got {timeout!r}")
 
 
+async def done_awaitable(value):
+    """``value`` as an awaitable: what an asynchronous client's methods that finish at once return."""
+    return value
+
+
 def _waited(cell, timeout):
     """``cell``, once done if ``timeout`` is None. That wait goes in slices: a lock's wait without
     timeout is woken by a real SIGINT but not by ``_thread.interrupt_main()`` (IPython kernels, IDEs,
@@ -660,11 +665,13 @@ class Future(AnyFuture):
         Its computation stops (nothing more of it starts, and the workers running its tasks are killed
         and replaced) once no other future of it is still to finish: a future of a ``map`` or of a
         ``compute`` of many is cancelled alone, and the other calls go on, as in distributed.
-        ``reason`` and ``msg`` are distributed's, taken as :meth:`Client.cancel` takes them."""
+        ``reason`` and ``msg`` are distributed's, taken as :meth:`Client.cancel` takes them. On an
+        asynchronous client, an awaitable (of None), as distributed's."""
         computation = self._computation
         computation.cancel(self._index)
         if self._computation is not computation:  # kept alone meanwhile, which saw no cancel
             self._computation.cancel(self._index)
+        return done_awaitable(None) if self._awaited() else None
 
     def _keep_alone(self, kept):
         """Holds its result ``kept`` (in a worker) in a computation of its own, letting go of the one
