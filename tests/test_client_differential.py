@@ -438,14 +438,23 @@ def test_nbytes_and_type_of_numbers_and_arrays_are_distributeds(clients, tmp_pat
     def scenario(client, api, _):
         futures = [client.submit(inc, v, key=f"sized-{i}") for i, v in enumerate(values)]
         futures.append(client.scatter(b"x" * 1000, hash=False))
+        persisted = client.persist(api.delayed(np.ones)(5, dask_key_name="persisted-ones"))
+        api.wait(persisted, timeout=30)
         client.gather(futures)
-        sizes = client.nbytes(keys=[f.key for f in futures], summary=False)
-        return [sizes[f.key] for f in futures], [f.type for f in futures], client.nbytes()["sized"] > 0
+        sizes = client.nbytes(keys=[f.key for f in futures] + ["persisted-ones"], summary=False)
+        everything = client.nbytes(summary=False)
+        return (
+            [sizes[f.key] for f in futures],
+            [f.type for f in futures],
+            (sizes["persisted-ones"], everything["persisted-ones"]),
+            client.nbytes()["sized"] > 0,
+        )
 
     # dask's sizeof: a numpy scalar's Python object size, a bytes object's length.
     assert same(observe(clients, tmp_path, scenario)) == (
         [28, 24, 80, 24, 28, 1000],
         [int, float, np.ndarray, np.ndarray, np.int32, bytes],
+        (40, 40),
         True,
     )
 

@@ -345,8 +345,8 @@ class Client:
         self._scaling = threading.Lock()
         self._scales = 0
         self._scaled_to = n_workers
-        # What persists made on the local cluster stand for, whose results a scale down moves off
-        # the workers it retires.
+        # What persists made stand for: on the local cluster, a scale down moves their results off
+        # the workers it retires; nbytes sizes them.
         self._persisted = weakref.WeakSet()
         self._adaptive = None
         self._local_cluster = None
@@ -722,8 +722,7 @@ class Client:
             for i, future in zip(pending, futures, strict=True):
                 _, (key, length) = items[i].__dask_postpersist__()
                 stands_for = Persisted(future, items[i], own=True)
-                if self._cluster is not None:
-                    self._persisted.add(stands_for)
+                self._persisted.add(stands_for)
                 persisted[i] = delayed(stands_for, nout=length, pure=True)(dask_key_name=key)
         return persisted if many else persisted[0]
 
@@ -819,19 +818,25 @@ class Client:
         computation.cells = cells
 
     def nbytes(self, keys=None, summary=True, **kwargs):
-        """The bytes of each result the futures of this client hold (by default every one that
-        succeeded), by key, or with ``summary`` by key prefix (dask's ``key_split``), as distributed's.
-        A key given whose task has no result yet (pending or failed) counts -1, one no future holds
-        raises ``KeyError``. A result kept in a worker process is fetched to be sized, by dask's
+        """The bytes of each result the futures and persisted objects of this client hold (by default
+        every one that succeeded), by key, or with ``summary`` by key prefix (dask's ``key_split``), as
+        distributed's. A key given whose task has no result yet (pending or failed) counts -1, one
+        nothing holds raises ``KeyError``. A result kept in a worker process is fetched to be sized, by dask's
         ``sizeof`` as distributed's are (by the workers' own measure without dask). An awaitable of
         that on an asynchronous client."""
         if self._distributed_client is not None:
             return self._distributed_client.nbytes(keys=keys, summary=summary, **kwargs)
         self._check_open()
         with self._lock:
-            held = [(key, self._held_future(key)) for key in (list(self._held) if keys is None else keys)]
+            futures = {key: self._held_future(key) for key in list(self._held)}
+            # A persist's results too, as distributed's scheduler holds their keys.
+            for item in list(self._persisted):
+                future = item.future
+                if item.own and not future.cancelled():
+                    futures.setdefault(future.key, future)
         sizes = {}
-        for key, future in held:
+        for key in futures if keys is None else keys:
+            future = futures.get(key)
             if future is None:
                 if keys is not None:
                     raise KeyError(key)
