@@ -117,6 +117,20 @@ def test_wait_looks_in_containers_and_persisted_objects_as_distributed(clients, 
     )
 
 
+def test_wait_waits_for_the_futures_an_iterator_gives(clients, tmp_path):
+    """Unlike distributed's, whose futures_of finds none in an iterator, so that it waits for none."""
+    for name in ("processes", "threads"):
+        gate = tmp_path / name
+        pending = clients[name].submit(wait_exists, str(gate), pure=False)
+        try:
+            with pytest.raises(TimeoutError):
+                belated.wait((future for future in [pending]), timeout=0.05)
+        finally:
+            gate.touch()
+        done, not_done = belated.wait(iter([pending]), timeout=30)
+        assert (done, not_done) == ({pending}, set())
+
+
 def test_wait_refuses_a_future_of_another_library(clients):
     reference = clients["distributed"]
     theirs = reference.submit(inc, 1)

@@ -17,6 +17,7 @@ Invariants:
 
 import asyncio
 import collections
+import collections.abc
 import concurrent.futures
 import contextlib
 import datetime
@@ -865,6 +866,10 @@ def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
     if return_when not in _WHEN:
         raise ValueError(f"return_when must be one of {', '.join(_WHEN)}, got {return_when!r}")
     timeout = seconds(timeout)
+    if isinstance(fs, collections.abc.Iterator):
+        # Its futures, as wait() took them before it took containers: distributed's finds none in it,
+        # and returns at once, having waited for nothing.
+        fs = list(fs)
     futures = futures_of(fs)
     foreign = [item for item in _leaves(fs) if _is_foreign_future(item)]
     if foreign:
