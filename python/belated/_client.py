@@ -821,9 +821,9 @@ class Client:
         """The bytes of each result the futures and persisted objects of this client hold (by default
         every one that succeeded), by key, or with ``summary`` by key prefix (dask's ``key_split``), as
         distributed's. A key given whose task has no result yet (pending or failed) counts -1, one
-        nothing holds raises ``KeyError``. A result kept in a worker process is fetched to be sized, by dask's
-        ``sizeof`` as distributed's are (by the workers' own measure without dask). An awaitable of
-        that on an asynchronous client."""
+        nothing holds raises ``KeyError``. A result kept in a worker process is fetched to be sized,
+        by dask's ``sizeof`` as distributed's are (by the workers' own measure without dask). An
+        awaitable of that on an asynchronous client."""
         if self._distributed_client is not None:
             return self._distributed_client.nbytes(keys=keys, summary=summary, **kwargs)
         self._check_open()

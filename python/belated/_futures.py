@@ -147,8 +147,17 @@ _WAIT_SLICE = 0.1
 
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_UNIT_NAMES = {"microsecond": "us", "millisecond": "ms", "second": "s", "sec": "s", "minute": "m", "min": "m"}
-_UNIT_NAMES |= {"hour": "h", "day": "d"}
+# Names written out, singular; a trailing "s" is dropped before looking one up.
+_UNIT_NAMES = {
+    "microsecond": "us",
+    "millisecond": "ms",
+    "second": "s",
+    "sec": "s",
+    "minute": "m",
+    "min": "m",
+    "hour": "h",
+    "day": "d",
+}
 
 
 def seconds(timeout):
