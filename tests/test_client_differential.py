@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 from helpers import closing_distributed_clients
-from worker_tasks import counted_inc, explode, fail_first_time, wait_exists
+from worker_tasks import counted_inc, explode, fail_first_time, type_names, wait_exists
 
 import belated
 
@@ -483,6 +483,27 @@ def test_fire_and_forget_runs_dropped_futures_and_what_they_take_as_distributed(
         return wait_exists(str(counted)), outcome(lambda: api.fire_and_forget(3))
 
     assert same(observe(clients, tmp_path, scenario)) == (True, ("gave", None))
+
+
+def test_dask_collections_as_arguments_reach_the_function_as_they_are_as_in_distributed(clients, tmp_path):
+    array = pytest.importorskip("dask.array")
+
+    def scenario(client, api, _):
+        ones = array.ones(4, chunks=2)
+        persisted = client.persist(api.delayed(inc)(1))
+        return (
+            client.submit(type_names, ones, [ones], value=ones).result(timeout=30),
+            client.gather(client.map(type_names, [ones, 1])),
+            client.submit(type_names, persisted).result(timeout=30),
+            client.submit(inc, client.compute(ones.sum())).result(timeout=30),
+        )
+
+    assert same(observe(clients, tmp_path, scenario)) == (
+        ["Array", ["Array"], "value=Array"],
+        [["Array"], ["int"]],
+        ["Delayed"],
+        5.0,
+    )
 
 
 def test_futures_in_nested_arguments_are_their_results_as_distributed(clients, tmp_path):

@@ -20,7 +20,7 @@ import uuid
 import weakref
 
 from belated import _belated, _logging, config
-from belated._api import _retry_count
+from belated._api import _retry_count, is_dask_collection
 from belated._dask import _require
 from belated._futures import (
     Computation,
@@ -417,8 +417,6 @@ class Client:
         retries = _retry_count(retries)
         if self._distributed_client is not None:
             return self._on_distributed(collections, traverse, sync=sync, retries=retries)
-        from belated._api import is_dask_collection
-
         many = type(collections) in (list, tuple)
         items = tuple(collections) if many else (collections,)
         # As distributed: what is neither a collection nor (with traverse) a container that may hold
@@ -1373,12 +1371,6 @@ class _Held:
         self.obj = obj
 
 
-def _is_delayed(obj):
-    return isinstance(obj, _belated.Delayed) or (
-        type(obj).__name__ == "Delayed" and type(obj).__module__ == "dask.delayed"
-    )
-
-
 def _map_delayed(obj, replace, test):
     if test(obj):
         return replace(obj)
@@ -1390,11 +1382,12 @@ def _map_delayed(obj, replace, test):
 
 
 def _passing_delayed(func, arguments):
-    """``func`` and ``arguments`` such that the Delayed objects among the arguments reach ``func`` as
-    they are, as distributed's ``submit`` and ``map`` pass them (a task's argument would be computed
-    first): held as values, and let go of by the function's wrapper at call time."""
+    """``func`` and ``arguments`` such that the dask collections among the arguments (Delayed objects,
+    dask arrays, ...) reach ``func`` as they are, as distributed's ``submit`` and ``map`` pass them (a
+    task's argument would be computed first): held as values, and let go of by the function's wrapper
+    at call time."""
     found = []
-    held = _map_delayed(arguments, lambda obj: found.append(obj) or _Held(obj), _is_delayed)
+    held = _map_delayed(arguments, lambda obj: found.append(obj) or _Held(obj), is_dask_collection)
     return (_PassingDelayed(func), held) if found else (func, arguments)
 
 
