@@ -96,6 +96,17 @@ def slowed_beside_another(running):
             pass
 
 
+def forget_clients_of_ended_loops():
+    """Drops the Clients whose event loop has ended from distributed's default ones: a task of an
+    asynchronous cluster run by ``asyncio.run`` makes one (worker_client) on that loop, which cannot
+    be closed once it ended, and dask would send later computes to it (the newest default client)."""
+    import distributed
+
+    for client in list(distributed.client._global_clients.values()):
+        if client.loop.asyncio_loop.is_closed():
+            distributed.client._del_global_client(client)
+
+
 @contextlib.contextmanager
 def closing_distributed_clients():
     """On leaving, closes the Clients that distributed's own tasks made (get_client, worker_client):
@@ -109,6 +120,7 @@ def closing_distributed_clients():
     try:
         yield
     finally:
+        forget_clients_of_ended_loops()
         for client in list(distributed.client._global_clients.values()):
             client.close(timeout=10)
         if scheduler is None:

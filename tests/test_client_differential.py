@@ -9,8 +9,8 @@ import re
 
 import numpy as np
 import pytest
-from helpers import closing_distributed_clients
-from worker_tasks import counted_inc, explode, fail_first_time, type_names, wait_exists
+from helpers import closing_distributed_clients, forget_clients_of_ended_loops
+from worker_tasks import _client_api, counted_inc, explode, fail_first_time, type_names, wait_exists
 
 import belated
 
@@ -602,3 +602,29 @@ def test_an_asynchronous_clients_futures_wait_and_nbytes_give_awaitables_as_dist
         [28],
         "cancelled",
     )
+
+
+def submits_and_gathers(x):
+    """A task launching tasks through its client: what its calls give there, as on a synchronous one."""
+    with _client_api().worker_client() as client:
+        future, failed = client.submit(inc, x, pure=False), client.submit(explode, x, pure=False)
+        return (
+            future.result(timeout=30),
+            type(failed.exception(timeout=30)).__name__,
+            client.gather(client.map(inc, [x, x + 1])),
+            client.gather([failed], errors="skip"),
+        )
+
+
+def test_tasks_of_an_asynchronous_client_block_on_their_clients_calls_as_in_distributed():
+    async def observed(name):
+        async with ASYNCHRONOUS[name]() as client:
+            return await asyncio.wait_for(client.submit(submits_and_gathers, 1), 60)
+
+    answers = {}
+    for name in ASYNCHRONOUS:
+        try:
+            answers[name] = asyncio.run(observed(name))
+        finally:
+            forget_clients_of_ended_loops()  # the worker client distributed's task made
+    assert same(answers) == (2, "Boom", [2, 3], [])

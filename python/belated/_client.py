@@ -608,7 +608,7 @@ class Client:
             futures = type(data)(futures)
         else:
             [futures] = futures
-        return _done_awaitable(futures) if self.asynchronous else futures
+        return _done_awaitable(futures) if self._awaits() else futures
 
     def _check_picklable(self, value):
         if self._cluster is not None:
@@ -749,7 +749,7 @@ class Client:
             # As distributed: each gathered when reached. Taken as a value like any other object, it
             # would come back unchanged and yield the futures themselves, not their results.
             return (self.gather(future, errors=errors) for future in futures)
-        if self.asynchronous:
+        if self._awaits():
             return self._gather_async(futures, errors)
         return gather(futures, skip=errors == "skip")
 
@@ -772,7 +772,7 @@ class Client:
             )
         for future in futures_of(futures):
             future.cancel()
-        return _done_awaitable(None) if self.asynchronous else None
+        return _done_awaitable(None) if self._awaits() else None
 
     def retry(self, futures, asynchronous=None):
         """Runs the tasks of the done ``futures`` (a Future, or lists, tuples, sets and dicts of them)
@@ -785,7 +785,7 @@ class Client:
         self._check_open()
         for future in futures_of(futures):
             self._retry(future)
-        return _done_awaitable(None) if self.asynchronous else None
+        return _done_awaitable(None) if self._awaits() else None
 
     def _retry(self, future):
         if future.cancelled():
@@ -1095,9 +1095,15 @@ class Client:
             return self._distributed_client.nthreads()
         return self._answer({address: threads for address, _, threads in self._workers()})
 
+    def _awaits(self):
+        """Whether calls give awaitables: on an asynchronous client, except in its tasks and for the
+        requests of tasks in its worker processes, which block on them, as on distributed's worker
+        client."""
+        return self.asynchronous and not in_task()
+
     def _answer(self, value):
         """``value``, or on an asynchronous client an awaitable of it, as distributed's methods give."""
-        return _done_awaitable(value) if self.asynchronous else value
+        return _done_awaitable(value) if self._awaits() else value
 
     def scheduler_info(self):
         """The cluster as distributed describes it: ``workers`` maps each worker's address to its
@@ -1246,7 +1252,7 @@ class Client:
         raise ``belated.CancelledError``) and stops being the default scheduler. Idempotent. An
         awaitable on an asynchronous client."""
         self._close()
-        return _done_awaitable(None) if self.asynchronous else None
+        return _done_awaitable(None) if self._awaits() else None
 
     def _close(self):
         with self._lock:

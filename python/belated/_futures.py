@@ -612,9 +612,8 @@ class Future(AnyFuture):
         return self._result(timeout)
 
     def _awaited(self):
-        """Whether ``result()`` and the like give awaitables: on an asynchronous client, except in its
-        tasks (which block on them, as on distributed's worker client)."""
-        return self.client.asynchronous and not in_task()
+        """Whether ``result()`` and the like give awaitables, as the client's calls do."""
+        return self.client._awaits()
 
     def _result(self, timeout=None):
         self._check_client()
@@ -893,7 +892,7 @@ def _current_client_is_asynchronous():
     from belated._client import current_client
 
     client = current_client()
-    return client is not None and client.asynchronous and not in_task()
+    return client is not None and client._awaits()
 
 
 def _wait(futures, timeout, return_when):
