@@ -438,12 +438,18 @@ def test_persist_takes_distributeds_keywords_and_its_futures_are_waited_for(clie
     )
 
 
-def test_scatter_of_a_range_gives_a_future_per_value_as_distributed(clients, tmp_path):
+def test_scatter_of_a_range_gives_a_future_per_value_of_an_iterator_raises_as_distributed(clients, tmp_path):
     def scenario(client, api, _):
         futures = client.scatter(range(3))
-        return type(futures).__name__, client.gather(futures), [shape(f.key) for f in futures]
+        iterators = [outcome(lambda it=it: client.scatter(it)) for it in (iter([1, 2]), (v for v in [1]))]
+        return type(futures).__name__, client.gather(futures), [shape(f.key) for f in futures], iterators
 
-    assert same(observe(clients, tmp_path, scenario)) == ("list", [0, 1, 2], ["int-<token>"] * 3)
+    assert same(observe(clients, tmp_path, scenario)) == (
+        "list",
+        [0, 1, 2],
+        ["int-<token>"] * 3,
+        [("raised", "TypeError")] * 2,
+    )
 
 
 def test_nbytes_and_type_of_numbers_and_arrays_are_distributeds(clients, tmp_path):

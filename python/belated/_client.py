@@ -588,6 +588,9 @@ class Client:
         self._check_open()
         if type(data) is range:  # a sequence of values, as distributed scatters it
             data = list(data)
+        if isinstance(data, collections.abc.Iterator):
+            # As distributed: taken as one value, it would be scattered as an iterator object.
+            raise TypeError("scatter() takes a value, list or dict, not an iterator: scatter list(...) of it")
         values = (
             list(data.values()) if type(data) is dict else list(data) if type(data) in _SEQUENCES else [data]
         )
