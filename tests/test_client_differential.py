@@ -21,6 +21,9 @@ pytestmark = pytest.mark.timeout(120)
 
 CANCELLED = (belated.CancelledError, distributed.client.FutureCancelledError)
 UUID = r"[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}"
+# distributed's dashboards on a free port: given None, distributed still asks for 8787, and warns when
+# another cluster (another test run) holds it.
+DASHBOARD = ":0"
 
 
 def inc(x):
@@ -40,7 +43,7 @@ def clients():
             processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None, set_as_default=False
         ) as threads,
         distributed.Client(
-            processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
+            processes=False, n_workers=2, threads_per_worker=1, dashboard_address=DASHBOARD
         ) as reference,
     ):
         yield {"processes": processes, "threads": threads, "distributed": reference}
@@ -541,9 +544,8 @@ ASYNCHRONOUS = {
     "threads": lambda: belated.Client(
         asynchronous=True, processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
     ),
-    # A free port: given None, distributed's asynchronous cluster still asked for 8787, and warned.
     "distributed": lambda: distributed.Client(
-        asynchronous=True, processes=False, n_workers=2, threads_per_worker=1, dashboard_address=":0"
+        asynchronous=True, processes=False, n_workers=2, threads_per_worker=1, dashboard_address=DASHBOARD
     ),
 }
 
