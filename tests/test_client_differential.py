@@ -614,9 +614,12 @@ def test_an_asynchronous_clients_futures_wait_and_nbytes_give_awaitables_as_dist
 
 def submits_and_gathers(x):
     """A task launching tasks through its client: what its calls give there, as on a synchronous one."""
-    with _client_api().worker_client() as client:
+    api = _client_api()
+    with api.worker_client() as client:
         future, failed = client.submit(inc, x, pure=False), client.submit(explode, x, pure=False)
+        done, not_done = api.wait({"both": [future, failed]}, timeout=30)
         return (
+            (done == {future, failed}, not_done, len(api.wait(future, timeout="10s").done)),
             future.result(timeout=30),
             type(failed.exception(timeout=30)).__name__,
             client.gather(client.map(inc, [x, x + 1])),
@@ -635,4 +638,4 @@ def test_tasks_of_an_asynchronous_client_block_on_their_clients_calls_as_in_dist
             answers[name] = asyncio.run(observed(name))
         finally:
             forget_clients_of_ended_loops()  # the worker client distributed's task made
-    assert same(answers) == (2, "Boom", [2, 3], [])
+    assert same(answers) == ((True, set(), 1), 2, "Boom", [2, 3], [])

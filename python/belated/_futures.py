@@ -879,6 +879,11 @@ def wait(fs, timeout=None, return_when="ALL_COMPLETED"):
         # and returns at once, having waited for nothing.
         fs = list(fs)
     futures = futures_of(fs)
+    remote = [item for item in _leaves(fs) if isinstance(item, AnyFuture) and not isinstance(item, Future)]
+    if remote and not futures and _in_worker_process():  # a task's, of its client in the parent
+        from belated import _remote
+
+        return _remote.wait(remote, timeout, return_when)
     foreign = [item for item in _leaves(fs) if _is_foreign_future(item)]
     if foreign:
         raise TypeError(f"wait() takes belated Futures, got {foreign[0]!r}")

@@ -11,6 +11,7 @@ for tasks of ``processes=False``), which is what ``secede()`` achieves in distri
 ``Client(n_workers=1, threads_per_worker=1)`` included, so never deadlocks on it.
 """
 
+import concurrent.futures
 import os
 import threading
 import weakref
@@ -73,6 +74,14 @@ class RemoteFuture(AnyFuture):
 
     def __repr__(self):
         return f"<RemoteFuture: key: {self.key}>"
+
+
+def wait(futures, timeout, return_when):
+    """``belated.wait`` of the futures a task holds: waited for in the parent, by key."""
+    done = set(_ask(("wait", sorted({future.key for future in futures}), timeout, return_when)))
+    given = set(futures)
+    finished = {future for future in given if future.key in done}
+    return concurrent.futures._base.DoneAndNotDoneFutures(finished, given - finished)
 
 
 def _ask(request):
@@ -151,6 +160,14 @@ class Answers:
             request = replace_futures(
                 request, lambda future: _held_future(self._futures, future.key), RemoteFuture
             )
+        if kind == "wait":
+            from belated._futures import _wait
+
+            _, keys, timeout, return_when = request
+            with self._lock:
+                futures = [_held_future(self._futures, key) for key in keys]
+            done, _ = _wait(futures, timeout, return_when)
+            return [future.key for future in done]
         if kind == "future":
             _, key, name, args = request
             with self._lock:
