@@ -159,7 +159,13 @@ class _Normalizer:
             return array
         registered = _registered_with_dask(kind)
         if registered is not None:
-            return ("registered", self.normalize(kind), self.normalize(registered(obj)))
+            normal = registered(obj)
+            if type(normal) is kind:
+                # dask registers int, float, datetime... (so also numpy's scalars and IntEnum, their
+                # subclasses) as their own normal form, which its token reads as text: normalizing that
+                # form again would never end
+                return ("registered", self.normalize(kind), repr(normal))
+            return ("registered", self.normalize(kind), self.normalize(normal))
         token = _by_pickle(obj)
         kind = type(obj)
         # pickle names the class of an instance; where the name does not identify it, the class counts.
