@@ -1,11 +1,13 @@
 """What dask's own test suites (dask/tests, dask/diagnostics/tests) found when run with ``import belated as
 dask``: each behaviour a user could meet, checked against dask itself."""
 
+import dataclasses
 import datetime
 import decimal
 import enum
 import pathlib
 
+import cloudpickle
 import dask
 import dask.tokenize
 import numpy as np
@@ -58,3 +60,38 @@ def test_values_dask_registers_as_themselves_tokenize_by_value(make):
     assert (f(same()).key == f(same()).key) == (g(same()).key == g(same()).key) is True
     assert (f(same()).key == f(other()).key) == (g(same()).key == g(other()).key) is False
     assert belated.compute(f(same()), f(other())) == dask.compute(g(same()), g(other()))
+
+
+def _classes_defined_in_a_function():
+    class Slotted:
+        __slots__ = ("x",)
+
+        def __init__(self, x):
+            self.x = x
+
+        def __eq__(self, other):
+            return self.x == other.x
+
+    @dataclasses.dataclass
+    class Data:
+        x: int
+
+    return Slotted, Data
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["slots", "dataclass"])
+def test_a_value_keeps_its_token_once_pickled_and_loaded(which):
+    # A class pickled by value changes with its first pickling and loading, so a value's token (and the
+    # key of a pure call on it) changed once the value had travelled to a worker process and back
+    for lib, tokenize in ((belated, belated.tokenize), (dask, dask.tokenize.tokenize)):
+        kind = _classes_defined_in_a_function()[which]
+        value = kind(1)
+        before = tokenize(value)
+        f = lib.delayed(lambda v: v.x, pure=True)
+        key = f(value).key
+        copy = cloudpickle.loads(cloudpickle.dumps(value))
+        twice = cloudpickle.loads(cloudpickle.dumps(cloudpickle.loads(cloudpickle.dumps(value))))
+        assert tokenize(value) == before == tokenize(copy) == tokenize(twice) == tokenize(kind(1)), lib
+        assert tokenize(kind(2)) != before
+        assert f(copy).key == f(value).key == key != f(kind(2)).key
+        assert lib.compute(f(copy), f(kind(2)), scheduler="sync") == (1, 2)

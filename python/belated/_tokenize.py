@@ -3,10 +3,11 @@
 Objects are reduced to a canonical form (type and content), which is hashed. A function is identified
 by its module and qualified name when that name imports it (as pickle would refer to it); otherwise by
 what decides its behaviour: its code, the values of its closure, its defaults and the globals its code
-names. Objects with no canonical form that pickle the same way twice are hashed by their pickle. Whatever
+names. Objects with no canonical form whose pickle, loaded, is the same twice are hashed by it. Whatever
 is left gets a random token, so such a call is treated as impure rather than wrongly merged with another.
 """
 
+import contextlib
 import functools
 import hashlib
 import pickle
@@ -267,11 +268,19 @@ def _by_pickle(obj, by_value=False):
     import cloudpickle
 
     for dumps in (cloudpickle.dumps,) if by_value else (pickle.dumps, cloudpickle.dumps):
+        # A class pickled by value changes with its first pickling and loading (copyreg caches its
+        # __slotnames__ in it, cloudpickle sets its state again): as dask does, the pickle is loaded
+        # until it is the same twice, the form it keeps once the value was sent to a process and back.
         try:
-            first = dumps(obj, protocol=5)
-            if first == dumps(obj, protocol=5):
-                digest = hashlib.sha1(first, usedforsecurity=False).hexdigest()
-                return ("pickle", type(obj).__qualname__, digest)
+            out = dumps(obj, protocol=5)
+            for _ in range(2):
+                with contextlib.suppress(Exception):  # a type pickled by a name that does not import it
+                    pickle.loads(out)
+                again = dumps(obj, protocol=5)
+                if again == out:
+                    digest = hashlib.sha1(out, usedforsecurity=False).hexdigest()
+                    return ("pickle", type(obj).__qualname__, digest)
+                out = again
         except Exception:
             continue
     raise _Unique()
