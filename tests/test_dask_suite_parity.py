@@ -95,3 +95,77 @@ def test_a_value_keeps_its_token_once_pickled_and_loaded(which):
         assert tokenize(kind(2)) != before
         assert f(copy).key == f(value).key == key != f(kind(2)).key
         assert lib.compute(f(copy), f(kind(2)), scheduler="sync") == (1, 2)
+
+
+def test_a_registration_with_dask_comes_before_dask_tokenize_as_in_dask():
+    class Tokenized:
+        def __init__(self, x):
+            self.x = x
+
+        def __dask_tokenize__(self):
+            return self.x
+
+    def same_keys(lib):
+        tokenize = belated.tokenize if lib is belated else dask.tokenize.tokenize
+        f = lib.delayed(repr, pure=True)
+        return tokenize(Tokenized(1)) == tokenize(Tokenized(2)), f(Tokenized(1)).key == f(Tokenized(2)).key
+
+    assert same_keys(belated) == same_keys(dask) == (False, False)
+    dask.tokenize.normalize_token.register(Tokenized, lambda obj: "one form for all")
+    try:
+        assert same_keys(belated) == same_keys(dask) == (True, True)
+    finally:
+        del dask.tokenize.normalize_token._lookup[Tokenized]
+
+
+TOKENIZERS = pytest.mark.parametrize(
+    "lib, tokenize, error",
+    [
+        (belated, belated.tokenize, belated.TokenizationError),
+        (dask, dask.tokenize.tokenize, dask.tokenize.TokenizationError),
+    ],
+    ids=["belated", "dask"],
+)
+
+
+@TOKENIZERS
+def test_what_dasks_registrations_refuse_raises_belateds_tokenization_error(lib, tokenize, error):
+    # dask's normalizer of a numpy ufunc read dask's own setting, not the call's ensure_deterministic,
+    # and raised dask's TokenizationError, which `except belated.TokenizationError` did not catch
+    unpicklable = np.frompyfunc(lambda x: x + 1, 1, 1)
+    with pytest.raises(error, match=r"Cannot tokenize numpy ufunc.*dask\.array\.ufunc"):
+        tokenize(unpicklable, ensure_deterministic=True)
+    with pytest.raises(dask.tokenize.TokenizationError, match="Cannot tokenize numpy ufunc"):
+        tokenize([1, {"f": unpicklable}], ensure_deterministic=True)
+    with lib.config.set({"tokenize.ensure-deterministic": True}):
+        random = [tokenize(unpicklable, ensure_deterministic=False) for _ in range(2)]
+        assert random[0] != random[1]
+        with pytest.raises(error):
+            tokenize(unpicklable)
+    assert tokenize(unpicklable) != tokenize(unpicklable)
+
+
+@TOKENIZERS
+def test_a_tokenize_inside_dask_tokenize_follows_the_outer_calls_ensure_deterministic(lib, tokenize, error):
+    class Sentinel:
+        def __dask_tokenize__(self):
+            return tokenize(object())
+
+    with pytest.raises(error):
+        tokenize(Sentinel(), ensure_deterministic=True)
+    with lib.config.set({"tokenize.ensure-deterministic": True}):
+        random = [tokenize(Sentinel(), ensure_deterministic=False) for _ in range(2)]
+        assert random[0] != random[1]
+
+
+@TOKENIZERS
+def test_lists_and_dicts_that_hold_themselves_tokenize_by_value(lib, tokenize, error):
+    def circular(n):
+        items = [1, n]
+        items.append(items)
+        mapping = {"n": n}
+        mapping["self"] = mapping
+        return [items, mapping]
+
+    with lib.config.set({"tokenize.ensure-deterministic": True}):
+        assert tokenize(circular(2)) == tokenize(circular(2)) != tokenize(circular(3))

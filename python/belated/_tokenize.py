@@ -8,6 +8,7 @@ is left gets a random token, so such a call is treated as impure rather than wro
 """
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import pickle
@@ -42,14 +43,48 @@ def tokenize(*args, ensure_deterministic=None, **kwargs) -> str:
     >>> tokenize([1, "a"]) == tokenize([1, "a"]), tokenize([1, "a"]) == tokenize([1, "b"])
     (True, False)
     """
+    try:
+        # A tokenize inside an object's __dask_tokenize__ follows the call tokenizing that object, as in
+        # dask (where that call is dask's, its setting is read from dask).
+        ensure_deterministic = _ENSURE_DETERMINISTIC.get()
+    except LookupError:
+        ensure_deterministic = _dask_ensure_deterministic(ensure_deterministic)
     if ensure_deterministic is None:
         ensure_deterministic = _configured_deterministic()
+    ensure_deterministic = bool(ensure_deterministic)
+    with _ensuring(ensure_deterministic):
+        try:
+            return _digest(args, kwargs, deterministic=ensure_deterministic)
+        except _Unique:
+            if ensure_deterministic:
+                raise _error_class()(f"{args!r} cannot be tokenized deterministically") from None
+            return uuid.uuid4().hex
+
+
+_ENSURE_DETERMINISTIC = contextvars.ContextVar("belated_tokenize_ensure_deterministic")
+
+
+def _dask_ensure_deterministic(default):
+    """What a ``dask.tokenize.tokenize`` call under way decided, else ``default``."""
+    dask_tokenize = sys.modules.get("dask.tokenize")
+    variable = getattr(dask_tokenize, "_ENSURE_DETERMINISTIC", None)
+    return default if variable is None else variable.get(default)
+
+
+@contextlib.contextmanager
+def _ensuring(ensure_deterministic):
+    """``ensure_deterministic`` for the tokenize calls made meanwhile: belated's own, and dask's (and
+    the functions registered with dask's ``normalize_token``, which read dask's setting otherwise)."""
+    variables = [_ENSURE_DETERMINISTIC]
+    dask_tokenize = sys.modules.get("dask.tokenize")
+    if getattr(dask_tokenize, "_ENSURE_DETERMINISTIC", None) is not None:
+        variables.append(dask_tokenize._ENSURE_DETERMINISTIC)
+    tokens = [(variable, variable.set(ensure_deterministic)) for variable in variables]
     try:
-        return _digest(args, kwargs, deterministic=bool(ensure_deterministic))
-    except _Unique:
-        if ensure_deterministic:
-            raise _error_class()(f"{args!r} cannot be tokenized deterministically") from None
-        return uuid.uuid4().hex
+        yield
+    finally:
+        for variable, token in reversed(tokens):
+            variable.reset(token)
 
 
 # TokenizationError joined with dask's, made at the first error where dask is installed.
@@ -111,6 +146,9 @@ class _Normalizer:
         self.open_functions = set()
         # Whether a token that holds only in this process (a sentinel's) is refused.
         self.deterministic = deterministic
+        # The lists and dicts being normalized, by id, with their depth: one that holds itself is
+        # written as a reference to where it is open, as dask writes it.
+        self.open_containers = {}
 
     def normalize(self, obj):
         kind = type(obj)
@@ -118,16 +156,30 @@ class _Normalizer:
             return (kind.__name__, repr(obj))
         if kind is Delayed:
             return ("Delayed", obj.key)
-        if kind in (list, tuple):
-            return (kind.__name__, [self.normalize(item) for item in obj])
-        if kind is dict:
-            return ("dict", sorted((repr(self.normalize(k)), self.normalize(v)) for k, v in obj.items()))
+        if kind is tuple:
+            return ("tuple", [self.normalize(item) for item in obj])
+        if kind is list or kind is dict:
+            depth = self.open_containers.get(id(obj))
+            if depth is not None:
+                return ("open", depth)
+            self.open_containers[id(obj)] = len(self.open_containers)
+            try:
+                if kind is list:
+                    return ("list", [self.normalize(item) for item in obj])
+                items = obj.items()
+                return ("dict", sorted((repr(self.normalize(k)), self.normalize(v)) for k, v in items))
+            finally:
+                del self.open_containers[id(obj)]
         if kind in (set, frozenset):
             return (kind.__name__, sorted(repr(self.normalize(item)) for item in obj))
         if kind is slice:
             return ("slice", [self.normalize(obj.start), self.normalize(obj.stop), self.normalize(obj.step)])
         method = getattr(kind, "__dask_tokenize__", None)
         if method is not None and not isinstance(obj, type):
+            # A registration with dask's normalize_token comes first, as dask dispatches to it first.
+            registered = _registered_with_dask(kind)
+            if registered is not None:
+                return self.registered(kind, registered, obj)
             return ("custom", self.normalize(obj.__dask_tokenize__()))
         if kind is object:
             if self.deterministic:
@@ -160,17 +212,29 @@ class _Normalizer:
             return array
         registered = _registered_with_dask(kind)
         if registered is not None:
-            normal = registered(obj)
-            if type(normal) is kind:
-                # dask registers int, float, datetime... (so also numpy's scalars and IntEnum, their
-                # subclasses) as their own normal form, which its token reads as text: normalizing that
-                # form again would never end
-                return ("registered", self.normalize(kind), repr(normal))
-            return ("registered", self.normalize(kind), self.normalize(normal))
+            return self.registered(kind, registered, obj)
         token = _by_pickle(obj)
         kind = type(obj)
         # pickle names the class of an instance; where the name does not identify it, the class counts.
         return token if _importable(kind) else (*token, self.normalize(kind))
+
+    def registered(self, kind, registered, obj):
+        try:
+            normal = registered(obj)
+        except RuntimeError as error:
+            # dask's TokenizationError (under ensure_deterministic) is raised as belated's, which is
+            # also dask's, with dask's message
+            if isinstance(error, TokenizationError) or not isinstance(
+                error, sys.modules["dask.tokenize"].TokenizationError
+            ):
+                raise
+            raise _error_class()(*error.args) from None
+        if type(normal) is kind:
+            # dask registers int, float, datetime... (so also numpy's scalars and IntEnum, their
+            # subclasses) as their own normal form, which its token reads as text: normalizing that
+            # form again would never end
+            return ("registered", self.normalize(kind), repr(normal))
+        return ("registered", self.normalize(kind), self.normalize(normal))
 
     def function(self, func):
         if _importable(func):
