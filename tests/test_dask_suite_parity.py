@@ -169,3 +169,18 @@ def test_lists_and_dicts_that_hold_themselves_tokenize_by_value(lib, tokenize, e
 
     with lib.config.set({"tokenize.ensure-deterministic": True}):
         assert tokenize(circular(2)) == tokenize(circular(2)) != tokenize(circular(3))
+
+
+@TOKENIZERS
+def test_what_cannot_be_tokenized_is_named_in_dasks_words(lib, tokenize, error):
+    class Unpicklable:
+        def __reduce__(self):
+            raise TypeError("no")
+
+        def __repr__(self):
+            return "<the culprit>"
+
+    with pytest.raises(error, match=r"<the culprit>.* cannot be deterministically hashed"):
+        tokenize([1, Unpicklable()], ensure_deterministic=True)
+    with pytest.raises(error, match=r"^object\(\) cannot be deterministically hashed|^<object object"):
+        tokenize({"a": object()}, ensure_deterministic=True)

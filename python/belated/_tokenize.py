@@ -30,7 +30,8 @@ class TokenizationError(RuntimeError):
 
 
 class _Unique(Exception):
-    """Raised inside normalization when a part has no deterministic form: the token becomes random."""
+    """Raised inside normalization when a part (the argument, where known) has no deterministic form:
+    the token becomes random."""
 
 
 def tokenize(*args, ensure_deterministic=None, **kwargs) -> str:
@@ -55,9 +56,11 @@ def tokenize(*args, ensure_deterministic=None, **kwargs) -> str:
     with _ensuring(ensure_deterministic):
         try:
             return _digest(args, kwargs, deterministic=ensure_deterministic)
-        except _Unique:
+        except _Unique as unique:
             if ensure_deterministic:
-                raise _error_class()(f"{args!r} cannot be tokenized deterministically") from None
+                # dask's words, which a ported program's tests may match
+                culprit = unique.args[0] if unique.args else args
+                raise _error_class()(f"{culprit!r} cannot be deterministically hashed") from None
             return uuid.uuid4().hex
 
 
@@ -183,7 +186,7 @@ class _Normalizer:
             return ("custom", self.normalize(obj.__dask_tokenize__()))
         if kind is object:
             if self.deterministic:
-                raise _Unique()
+                raise _Unique(obj)
             # Bare object()s are sentinels, told apart by identity though their pickles are equal: as in
             # dask, each has a token of its own, kept while the process lives so its id is never reused.
             _SENTINELS.add(obj)
@@ -260,7 +263,7 @@ class _Normalizer:
                 sorted(named.items()),
             )
         except ValueError:  # an empty closure cell: the function cannot run as it is
-            raise _Unique() from None
+            raise _Unique(func) from None
         finally:
             self.open_functions.discard(id(func))
 
@@ -347,4 +350,4 @@ def _by_pickle(obj, by_value=False):
                 out = again
         except Exception:
             continue
-    raise _Unique()
+    raise _Unique(obj)
