@@ -184,3 +184,23 @@ def test_what_cannot_be_tokenized_is_named_in_dasks_words(lib, tokenize, error):
         tokenize([1, Unpicklable()], ensure_deterministic=True)
     with pytest.raises(error, match=r"^object\(\) cannot be deterministically hashed|^<object object"):
         tokenize({"a": object()}, ensure_deterministic=True)
+
+
+@pytest.mark.parametrize("lib", [belated, dask], ids=["belated", "dask"])
+def test_config_get_takes_override_with_and_config(lib):
+    # libraries read their keyword's default as config.get(key, override_with=value): a TypeError on belated
+    with lib.config.set({"my-library.chunk-size": 4}):
+        assert lib.config.get("my-library.chunk-size", override_with=None) == 4
+        assert lib.config.get("my-library.chunk-size", override_with=8) == 8
+        assert lib.config.get("my-library.chunk-size", override_with=False) is False
+        assert lib.config.get("my-library.missing", override_with=[1]) == [1]
+    # config= reads the dict given instead of the configuration, with dask's key spellings
+    given = {"a_b": {"c-d": 1}, "e": {"f": 2}}
+    assert lib.config.get("a-b.c_d", config=given) == 1
+    assert lib.config.get("a_b", config=given) == {"c-d": 1}
+    assert lib.config.get("e.g", 3, config=given) == 3
+    assert lib.config.get("e.f", config=given, override_with=5) == 5
+    with pytest.raises(KeyError):
+        lib.config.get("e.g", config=given)
+    with lib.config.set(scheduler="sync"), pytest.raises(KeyError):
+        lib.config.get("scheduler", config={})

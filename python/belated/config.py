@@ -77,17 +77,23 @@ def _config_changed() -> None:
     _belated.set_default_pure(None if pure is None else bool(pure))
 
 
-def get(key: str, default=_missing):
+def get(key: str, default=_missing, config: Mapping | None = None, override_with=None):
     """The value of ``key`` (dots for nested sections); where belated's configuration does not set it,
     dask's (``dask.config``, when dask is installed), as dask code reading its settings expects, and a
     section both have is dask's with belated's settings over it; ``default`` if neither has the key,
-    else ``KeyError``.
+    else ``KeyError``. As in dask, ``override_with`` is returned instead unless it is None (a
+    keyword's default read as ``get(key, override_with=value)``), and ``config`` is a dict to read
+    instead of the configuration.
 
     >>> import belated
     >>> with belated.config.set({"my-library.io.timeout": 30}):
     ...     belated.config.get("my-library.io"), belated.config.get("my-library.io.retries", 0)
     ({'timeout': 30}, 0)
     """
+    if override_with is not None:
+        return override_with
+    if config is not None:
+        return _get_in(config, key, default)
     value = _own(key, _missing)
     if value is _missing or isinstance(value, Mapping):
         dask_config = _dask_config()
@@ -102,6 +108,21 @@ def get(key: str, default=_missing):
     if default is _missing:
         raise KeyError(key)
     return default
+
+
+def _get_in(given: Mapping, key: str, default):
+    """``key`` in the dict ``given``, each part as written there: as is, else with hyphens and
+    underscores swapped, as dask reads a dict it is given."""
+    node = given
+    for part in key.split("."):
+        spellings = (part, part.replace("_", "-"), part.replace("-", "_"))
+        found = next((name for name in spellings if isinstance(node, Mapping) and name in node), None)
+        if found is None:
+            if default is _missing:
+                raise KeyError(key)
+            return default
+        node = node[found]
+    return node
 
 
 def _dask_config():
