@@ -1,6 +1,7 @@
 """What dask's own test suites (dask/tests, dask/diagnostics/tests) found when run with ``import belated as
 dask``: each behaviour a user could meet, checked against dask itself."""
 
+import asyncio
 import dataclasses
 import datetime
 import decimal
@@ -15,6 +16,10 @@ import pandas as pd
 import pytest
 
 import belated
+
+
+def inc(x):
+    return x + 1
 
 
 class Color(enum.IntEnum):
@@ -204,3 +209,31 @@ def test_config_get_takes_override_with_and_config(lib):
         lib.config.get("e.g", config=given)
     with lib.config.set(scheduler="sync"), pytest.raises(KeyError):
         lib.config.get("scheduler", config={})
+
+
+@pytest.mark.parametrize("lib", [belated, dask], ids=["belated", "dask"])
+def test_computing_on_an_asynchronous_distributed_client_falls_back_or_raises_as_in_dask(lib):
+    # belated handed the graph to the asynchronous client's get, which gave a coroutine: the compute
+    # failed with "AttributeError: 'coroutine' object has no attribute 'values'"
+    distributed = pytest.importorskip("distributed")
+    x = lib.delayed(inc)(1)
+
+    async def main():
+        async with distributed.Client(
+            processes=False, n_workers=1, asynchronous=True, dashboard_address=":0"
+        ) as client:
+            assert client.asynchronous
+            with lib.config.set({"admin.async-client-fallback": "sync"}):
+                with pytest.warns(UserWarning, match="asynchronous"):
+                    assert lib.compute(x) == (2,)
+                with pytest.warns(UserWarning, match="asynchronous"):
+                    assert x.compute() == 2
+            with lib.config.set({"admin.async-client-fallback": None}):
+                with pytest.raises(RuntimeError, match="asynchronous"):
+                    lib.compute(x)
+                with pytest.raises(RuntimeError, match="asynchronous"):
+                    lib.compute(x, scheduler=client)
+                with pytest.raises(RuntimeError, match="asynchronous"):
+                    lib.persist(x)
+
+    asyncio.run(asyncio.wait_for(main(), timeout=120))

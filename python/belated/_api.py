@@ -10,6 +10,7 @@ import numbers
 import operator
 import os
 import sys
+import warnings
 
 from belated import _belated, _futures, _logging, config
 from belated._dask import _require, distributed_client_of, executor_for
@@ -89,7 +90,7 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
         raise TypeError(
             "The get= keyword has been removed: use scheduler= (a name, a get function or a Client)"
         )
-    scheduler = scheduler or _setting("scheduler") or "threads"
+    scheduler = _not_asynchronous(scheduler or _setting("scheduler") or "threads", persist)
     if isinstance(scheduler, str):
         scheduler = scheduler.lower()
         if scheduler not in _SCHEDULER_NAMES:
@@ -202,6 +203,29 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
                 ramp=collections,
                 retry_errors=retry_errors,
             )
+
+
+def _not_asynchronous(scheduler, persist):
+    """``scheduler``, or in place of an asynchronous Dask distributed Client (whose ``get`` gives a
+    coroutine) the scheduler dask's ``admin.async-client-fallback`` names, with dask's warning; without
+    one, dask's RuntimeError."""
+    if isinstance(scheduler, str) and scheduler.lower() not in ("distributed", "dask.distributed"):
+        return scheduler
+    client = distributed_client_of(scheduler)
+    if client is None or not client.asynchronous:
+        return scheduler
+    name = "persist" if persist else "compute"
+    fallback = config._read("admin.async-client-fallback", None)
+    if not fallback:
+        raise RuntimeError(f"Attempting to use an asynchronous Client in a synchronous context of `{name}`")
+    warnings.warn(
+        f"Distributed Client detected but Client instance is asynchronous. Falling back to `{fallback}` "
+        f"scheduler. To use an asynchronous Client, please use ``Client.{name}`` and "
+        f"``Client.gather`` instead of the top level ``{name}``",
+        UserWarning,
+        stacklevel=4,
+    )
+    return fallback
 
 
 def _is_local_client(scheduler):
