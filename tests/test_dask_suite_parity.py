@@ -237,3 +237,44 @@ def test_computing_on_an_asynchronous_distributed_client_falls_back_or_raises_as
                     lib.persist(x)
 
     asyncio.run(asyncio.wait_for(main(), timeout=120))
+
+
+def _graph_counter():
+    """A distributed scheduler plugin counting the graphs clients send."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class CountGraphs(SchedulerPlugin):
+        name = "count-graphs"
+
+        async def start(self, scheduler):
+            scheduler.graphs_received = 0
+
+        def update_graph(self, scheduler, *args, **kwargs):
+            scheduler.graphs_received += 1
+
+    return CountGraphs()
+
+
+def _compute_in_a_task(lib_name):
+    import importlib
+
+    import dask as real_dask
+
+    lib = importlib.import_module(lib_name)
+    # the worker's configuration names no scheduler, as in a worker process of its own
+    with real_dask.config.set(scheduler=None):
+        return lib.compute(lib.delayed(inc)(1))
+
+
+@pytest.mark.parametrize("lib", [belated, dask], ids=["belated", "dask"])
+def test_a_compute_inside_a_distributed_task_goes_to_the_cluster_as_in_dask(lib):
+    # dask's compute finds the worker's client (get_client()) where no scheduler is set; belated's ran
+    # the graph on threads in the worker, beside the cluster
+    distributed = pytest.importorskip("distributed")
+    cluster = {"processes": False, "n_workers": 1, "threads_per_worker": 2, "dashboard_address": ":0"}
+    with distributed.Client(**cluster) as client:
+        client.register_plugin(_graph_counter())
+        task = client.submit(_compute_in_a_task, lib.__name__, pure=False)
+        assert task.result(timeout=120) == (2,)
+        graphs = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.graphs_received)
+        assert graphs == 2  # the task's own, then the compute's

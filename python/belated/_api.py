@@ -90,7 +90,8 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
         raise TypeError(
             "The get= keyword has been removed: use scheduler= (a name, a get function or a Client)"
         )
-    scheduler = _not_asynchronous(scheduler or _setting("scheduler") or "threads", persist)
+    scheduler = scheduler or _setting("scheduler") or _in_distributed_task() or "threads"
+    scheduler = _not_asynchronous(scheduler, persist)
     if isinstance(scheduler, str):
         scheduler = scheduler.lower()
         if scheduler not in _SCHEDULER_NAMES:
@@ -203,6 +204,19 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
                 ramp=collections,
                 retry_errors=retry_errors,
             )
+
+
+def _in_distributed_task():
+    """``"distributed"`` in a task running on a Dask distributed worker, whose configuration may name no
+    scheduler: there dask's compute finds the worker's client (``get_client()``), and so does belated's."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return None
+    return "distributed"
 
 
 def _not_asynchronous(scheduler, persist):
