@@ -278,3 +278,17 @@ def test_a_compute_inside_a_distributed_task_goes_to_the_cluster_as_in_dask(lib)
         assert task.result(timeout=120) == (2,)
         graphs = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.graphs_received)
         assert graphs == 2  # the task's own, then the compute's
+
+
+@pytest.mark.parametrize("lib", [belated, dask], ids=["belated", "dask"])
+def test_config_set_on_a_given_dict_changes_that_dict_only(lib):
+    # belated took config= (and lock=) for keys to set: the given values went into the global
+    # configuration for good, with a key named "config", and the dict was left unchanged
+    given = {"e_f": 0, "g-h": 1, "n": {"old": 1}}
+    with lib.config.set({"a_b": 2, "c-d": 3, "e-f": 4, "g_h": 5, "n.m": 6, "p.q": 7}, config=given):
+        assert given == {"a_b": 2, "c-d": 3, "e_f": 4, "g-h": 5, "n": {"old": 1, "m": 6}, "p": {"q": 7}}
+        assert lib.config.get("a_b", None) is None and lib.config.get("config", None) is None
+    assert given == {"e_f": 0, "g-h": 1, "n": {"old": 1}}
+    lib.config.set({"x.y": 1}, given)  # config is dask's second parameter; not a with block: it stays
+    assert given == {"e_f": 0, "g-h": 1, "n": {"old": 1}, "x": {"y": 1}}
+    assert lib.config.get("x", None) is None and lib.config.get("config", None) is None

@@ -35,6 +35,7 @@ belated does not set is read from dask's own configuration when dask is installe
 """
 
 import ast
+import contextlib
 import copy
 import os
 import sys
@@ -110,18 +111,25 @@ def get(key: str, default=_missing, config: Mapping | None = None, override_with
     return default
 
 
+def _spelled_as_in(given: Mapping, part: str) -> str:
+    """``part`` as a key of ``given`` spells it, hyphens and underscores swapped if need be; else as
+    written."""
+    for name in (part, part.replace("_", "-"), part.replace("-", "_")):
+        if name in given:
+            return name
+    return part
+
+
 def _get_in(given: Mapping, key: str, default):
     """``key`` in the dict ``given``, each part as written there: as is, else with hyphens and
     underscores swapped, as dask reads a dict it is given."""
     node = given
     for part in key.split("."):
-        spellings = (part, part.replace("_", "-"), part.replace("-", "_"))
-        found = next((name for name in spellings if isinstance(node, Mapping) and name in node), None)
-        if found is None:
+        if not isinstance(node, Mapping) or _spelled_as_in(node, part) not in node:
             if default is _missing:
                 raise KeyError(key)
             return default
-        node = node[found]
+        node = node[_spelled_as_in(node, part)]
     return node
 
 
@@ -278,12 +286,22 @@ class set:  # named as dask.config.set, which users call
     """Set configuration values, from a mapping (dots for nested keys) and/or keyword arguments (``__``
     for nested keys).
 
-    Used as a context manager, the previous values come back on exit; otherwise the change stays.
+    Used as a context manager, the previous values come back on exit; otherwise the change stays. As in
+    dask, ``config`` is a dict to set the values in instead (its keys keep their spelling, hyphens or
+    underscores), under ``lock`` if one is given.
     """
 
-    def __init__(self, arg: Mapping | None = None, **kwargs):
+    def __init__(self, arg: Mapping | None = None, config: dict | None = None, lock=None, **kwargs):
         updates = {**(arg or {}), **{key.replace("__", "."): value for key, value in kwargs.items()}}
         self._previous: list = []
+        self._given = config
+        self._given_lock = lock or contextlib.nullcontext()
+        self._dask = None
+        if config is not None:
+            with self._given_lock:
+                for key, value in updates.items():
+                    self._assign_given(config, key.split("."), value)
+            return
         with _lock:
             for key, value in updates.items():
                 self._assign(_path(key), value)
@@ -308,10 +326,37 @@ class set:  # named as dask.config.set, which users call
                 return
             node = node[part]
 
+    def _assign_given(self, given: dict, keys: list, value) -> None:
+        """Puts ``value`` at ``keys`` in ``given``, remembering what was at the outermost level it
+        changes, as ``_assign`` does in belated's configuration."""
+        node = given
+        path: tuple[str, ...] = ()
+        for depth, part in enumerate(keys):
+            part = _spelled_as_in(node, part)
+            path = (*path, part)
+            if depth == len(keys) - 1 or not isinstance(node.get(part), dict):
+                self._previous.append((path, node.get(part, _missing)))
+                node[part] = _nest(keys[depth + 1 :], value) if depth < len(keys) - 1 else value
+                return
+            node = node[part]
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        if self._given is not None:
+            with self._given_lock:
+                for path, previous in reversed(self._previous):
+                    node = self._given
+                    for part in path[:-1]:
+                        node = node.get(part) if isinstance(node, dict) else None
+                    if not isinstance(node, dict):
+                        continue
+                    if previous is _missing:
+                        node.pop(path[-1], None)
+                    else:
+                        node[path[-1]] = previous
+            return
         with _lock:
             if self in _in_dask:
                 _in_dask.remove(self)
