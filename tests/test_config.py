@@ -166,15 +166,24 @@ def test_nested_set_restores_what_it_changed():
         config.get("outer.inner")
 
 
-def test_update_merges_sections_and_respects_priority():
+@pytest.mark.parametrize("update", [config.update, "dask"], ids=["belated", "dask"])
+def test_update_merges_sections_and_respects_priority(update):
+    if update == "dask":
+        update = pytest.importorskip("dask.config").update
     old = {"a": {"x": 1, "y": 1}, "keep": 0}
-    assert config.update(old, {"a": {"y": 2, "z_z": 2}, "keep": 9}, priority="old") == {
-        "a": {"x": 1, "y": 1, "z-z": 2},
+    assert update(old, {"a": {"y": 2, "z_z": 2}, "keep": 9}, priority="old") == {
+        "a": {"x": 1, "y": 1, "z_z": 2},
         "keep": 0,
     }
-    assert config.update(old, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3, "z-z": 2}, "keep": 0}
+    assert update(old, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3, "z_z": 2}, "keep": 0}
+    # a key keeps the spelling the dict has for it: it was respelled with hyphens beside the old one
+    merged = {"a": {"x": 1, "y": 3, "z_z": 4}, "keep": 0, "new_key": 5}
+    assert update(old, {"a": {"z-z": 4}, "new_key": 5}) == merged
+
+
+def test_update_refuses_a_priority_it_does_not_know():
     with pytest.raises(ValueError, match="priority"):
-        config.update(old, {}, priority="newest")
+        config.update({}, {}, priority="newest")
 
 
 def test_update_of_the_live_config_reaches_the_engine():

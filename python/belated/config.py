@@ -103,7 +103,7 @@ def get(key: str, default=_missing, config: Mapping | None = None, override_with
             value = theirs
         elif isinstance(theirs, Mapping) and isinstance(value, Mapping):
             # A section set in part here (``array.hunt``) is still dask's whole section beside it.
-            value = update(copy.deepcopy(dict(theirs)), value)
+            value = _update(copy.deepcopy(dict(theirs)), value, "new", canonical=False)
     if value is not _missing:
         return value
     if default is _missing:
@@ -170,29 +170,38 @@ def _read(key: str, default):
 def update(old: dict, new: Mapping, priority: str = "new") -> dict:
     """Merges ``new`` into ``old`` section by section, and returns ``old``.
 
-    With ``priority="old"``, values already in ``old`` win (how defaults are filled in). Keys are made
-    canonical. Updating ``belated.config.config`` itself takes effect at once.
+    With ``priority="old"``, values already in ``old`` win (how defaults are filled in). As in dask, a
+    key keeps the spelling ``old`` has for it (hyphens or underscores), else its own; in
+    ``belated.config.config``, which updating takes effect at once, keys are made canonical.
 
     >>> from belated import config
-    >>> config.update({"a": {"x": 1}}, {"a": {"y_z": 2}, "b": 3})
-    {'a': {'x': 1, 'y-z': 2}, 'b': 3}
+    >>> config.update({"a": {"x_y": 1}}, {"a": {"x-y": 2, "z_z": 3}, "b": 4})
+    {'a': {'x_y': 2, 'z_z': 3}, 'b': 4}
     """
     if priority not in ("new", "old"):
         raise ValueError(f"priority must be 'new' or 'old', not {priority!r}")
     with _lock:
-        for key, value in new.items():
-            key = canonical_name(key) if isinstance(key, str) else key
-            if isinstance(value, Mapping):
-                section = old.get(key)
-                if not isinstance(section, dict):
-                    if key in old and priority == "old":
-                        continue
-                    section = old[key] = {}
-                update(section, value, priority)
-            elif priority == "new" or key not in old:
-                old[key] = value
+        _update(old, new, priority, canonical=old is config)
         if old is config:
             _config_changed()
+    return old
+
+
+def _update(old: dict, new: Mapping, priority: str, canonical: bool) -> dict:
+    """``update``; with ``canonical``, keys are made canonical (belated's configuration, and what is
+    collected for it), else they keep the spelling ``old`` has for them."""
+    for key, value in new.items():
+        if isinstance(key, str):
+            key = canonical_name(key) if canonical else _spelled_as_in(old, key)
+        if isinstance(value, Mapping):
+            section = old.get(key)
+            if not isinstance(section, dict):
+                if key in old and priority == "old":
+                    continue
+                section = old[key] = {}
+            _update(section, value, priority, canonical)
+        elif priority == "new" or key not in old:
+            old[key] = value
     return old
 
 
@@ -222,7 +231,7 @@ def collect_yaml(paths) -> dict:
             raise ValueError(
                 f"belated config file {file} must hold a mapping of keys to values, not {type(data).__name__}"
             )
-        update(settings, data)
+        _update(settings, data, "new", canonical=True)
     return settings
 
 
@@ -245,7 +254,7 @@ def collect_env(env: Mapping | None = None) -> dict:
     for name, text in env.items():
         if not name.startswith(_ENV_PREFIX) or name == _CONFIG_VARIABLE:
             continue
-        update(settings, _nest(name[len(_ENV_PREFIX) :].lower().split("__"), _literal(text)))
+        _update(settings, _nest(name[len(_ENV_PREFIX) :].lower().split("__"), _literal(text)), "new", True)
     return settings
 
 
@@ -268,7 +277,7 @@ def default_paths(env: Mapping | None = None) -> list:
 def collect(paths=None, env: Mapping | None = None) -> dict:
     """Every setting in the files (``paths``, default ``default_paths()``) and then the environment."""
     settings = collect_yaml(default_paths(env) if paths is None else paths)
-    return update(settings, collect_env(env))
+    return _update(settings, collect_env(env), "new", canonical=True)
 
 
 def refresh(paths=None, env: Mapping | None = None) -> None:
