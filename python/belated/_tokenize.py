@@ -2,9 +2,10 @@
 
 Objects are reduced to a canonical form (type and content), which is hashed. A function is identified
 by its module and qualified name when that name imports it (as pickle would refer to it); otherwise by
-what decides its behaviour: its code, the values of its closure, its defaults and the globals its code
-names. Objects with no canonical form whose pickle, loaded, is the same twice are hashed by it. Whatever
-is left gets a random token, so such a call is treated as impure rather than wrongly merged with another.
+what decides its behaviour: its code, the values of its closure, its defaults, its attributes (which
+its code can read through its own name) and the globals its code names. Objects with no canonical form
+whose pickle, loaded, is the same twice are hashed by it. Whatever is left gets a random token, so such
+a call is treated as impure rather than wrongly merged with another.
 """
 
 import contextlib
@@ -260,6 +261,7 @@ class _Normalizer:
                 cells,
                 self.normalize(func.__defaults__),
                 self.normalize(func.__kwdefaults__),
+                self.normalize(func.__dict__),
                 sorted(named.items()),
             )
         except ValueError:  # an empty closure cell: the function cannot run as it is
