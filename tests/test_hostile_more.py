@@ -2,6 +2,10 @@
 they can answer: callables whose state hides where a token might not look, and tasks that misuse the
 process they run in."""
 
+import subprocess
+import sys
+import textwrap
+
 import dask
 import pytest
 
@@ -26,3 +30,54 @@ def test_pure_calls_of_functions_told_apart_only_by_their_attributes_are_not_mer
     assert lib.compute(a, b, scheduler="sync") == (first(10), second(10)) == (11, 12)
     same = reads_its_own_attribute(1)
     assert lib.delayed(same, pure=True)(10).key == lib.delayed(reads_its_own_attribute(1), pure=True)(10).key
+
+
+FORKING_TASKS = textwrap.dedent(
+    """
+    import os, sys
+    import belated
+
+    def forks(child_ends):
+        pid = os.fork()
+        if pid == 0:
+            if child_ends == "raising":
+                raise ValueError("raised in the child")
+            if child_ends == "exiting":
+                # A graph of the child's own first: its tasks do not end the child.
+                sys.exit(belated.delayed(sum)([1, 3]).compute())
+            return "returned in the child"
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    ends = ["returning", "raising", "exiting"]
+    if sys.argv[1] == "eager":
+        print([forks(end) for end in ends])
+        sys.exit()
+    if sys.argv[1] == "belated.get":
+        keys = [f"forks-{end}" for end in ends]
+        print(list(belated.get({key: (forks, end) for key, end in zip(keys, ends)}, keys)))
+    else:
+        scheduler = sys.argv[1]
+        if scheduler == "in-process client":
+            scheduler = belated.Client(processes=False, dashboard_address=None)
+        print(list(belated.compute(*[belated.delayed(forks)(end) for end in ends], scheduler=scheduler)))
+    print(belated.delayed(sum)([1, 2]).compute())
+    """
+)
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "in-process client", "belated.get"])
+def test_a_child_forked_by_a_task_on_a_worker_thread_ends_as_eager_pythons_does(scheduler):
+    # The child is a copy of the worker thread alone: back in the engine, it waited for the pool's
+    # other threads forever, and so did the task waiting for it. (dask's threads hang there too.)
+    eager = subprocess.run(
+        [sys.executable, "-c", FORKING_TASKS, "eager"], capture_output=True, text=True, timeout=60
+    )
+    # Eager Python's child goes on with the program: its own line comes first, then its parent's.
+    assert eager.stdout.splitlines()[-1] == "[0, 1, 4]"
+    finished = subprocess.run(
+        [sys.executable, "-c", FORKING_TASKS, scheduler], capture_output=True, text=True, timeout=120
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.splitlines() == ["[0, 1, 4]", "3"]
+    assert finished.stderr.count("ValueError: raised in the child") == 1

@@ -37,7 +37,9 @@ use crate::diagnostics::{ComputeState, TaskGraph, Tracker};
 use crate::errors::{catch_panics, to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
 use crate::gil::{self, now_ns, release, ITEMS_PER_CHECK};
-use crate::host::{Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS};
+use crate::host::{
+    call_task, note_fork_in_child, Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS,
+};
 use crate::task::{Arg, Op, PyTask, PyValue, TaskNode};
 use belated_cluster::directory::Held;
 
@@ -236,7 +238,7 @@ impl PyRunner {
     fn evaluate(&self, py: Python<'_>, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
         let node = &self.nodes[task.index()];
         let key = self.guard.before(py, node)?;
-        let value = node.payload().evaluate(py, inputs)?;
+        let value = call_task(py, || node.payload().evaluate(py, inputs))?;
         if let Some(key) = key {
             self.guard.after(py, &key, &value)?;
         }
@@ -979,9 +981,11 @@ pub(crate) fn shutdown() {
 }
 
 /// After `fork()` the child has none of the parent's threads: forget the pools (their threads cannot be
-/// joined there) so the next compute starts new ones.
+/// joined there) so the next compute starts new ones. A task that forked on a worker thread ends the
+/// child when it comes back there ([`call_task`]).
 #[pyfunction]
 pub(crate) fn forget_pools_after_fork() {
+    note_fork_in_child();
     std::mem::forget(POOLS.take_all());
     forget_processes_clusters();
 }

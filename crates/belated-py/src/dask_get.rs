@@ -13,7 +13,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use crate::compute::{run_on_threads, worker_count, MeasuredRamp};
 use crate::errors::{catch_panics, to_python};
 use crate::gil::offer_between_tasks;
-use crate::host::Deadline;
+use crate::host::{call_task, Deadline};
 use crate::task::{Call, PyValue};
 
 use crate::dask_graph::{cull, follow_priorities, Body, Culled, DaskTask, Slot};
@@ -68,7 +68,7 @@ impl Runner for DaskRunner {
     type Error = PyErr;
 
     fn run(&self, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
-        let value = Python::attach(|py| self.run_attached(py, task, inputs));
+        let value = Python::attach(|py| call_task(py, || self.run_attached(py, task, inputs)));
         if let Some(ramp) = &self.ramp {
             ramp.task_done();
         }

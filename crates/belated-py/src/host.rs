@@ -5,11 +5,12 @@
 //! A thread running tasks holds the interpreter from one task to the next, and offers it to other
 //! threads between tasks ([`crate::gil`]).
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use belated_core::{current_worker, ThreadHost};
-use pyo3::exceptions::PyValueError;
+use belated_core::{current_worker, on_worker_thread, ThreadHost};
+use pyo3::exceptions::{PySystemExit, PyValueError};
 use pyo3::prelude::*;
 
 use crate::diagnostics::{ComputeState, TaskGraph};
@@ -78,6 +79,82 @@ impl TaskGuard {
         }
         Ok(())
     }
+}
+
+thread_local! {
+    /// How many tasks run on this thread, one inside the other (a task computing a graph inline).
+    static TASK_DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// In a forked child, on the copy of a worker thread whose task forked: that task's depth.
+    static FORKED_AT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Called in a forked child, on the thread that forked: notes which task forked, on a worker thread.
+pub(crate) fn note_fork_in_child() {
+    let depth = TASK_DEPTH.get();
+    if on_worker_thread() && depth > 0 {
+        FORKED_AT.set(Some(depth));
+    }
+}
+
+/// Runs one task's call (`call`), counted in [`TASK_DEPTH`]; in a child forked by that call on a
+/// worker thread, ends the child when it comes back ([`end_forked_child`]).
+pub(crate) fn call_task<T>(py: Python<'_>, call: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    struct Depth(usize);
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            TASK_DEPTH.set(self.0 - 1);
+        }
+    }
+    let depth = Depth(TASK_DEPTH.get() + 1);
+    TASK_DEPTH.set(depth.0);
+    let outcome = call();
+    if FORKED_AT.get() == Some(depth.0) {
+        end_forked_child(py, &outcome);
+    }
+    outcome
+}
+
+/// Ends the process where a task that forked on a worker thread came back, in the child, with
+/// `outcome`. The child is that one thread: nothing there waits for the result, and the engine, waiting
+/// for the pool's other threads, would wait forever, as would a parent that waits for the child. It ends
+/// as a child that returned from its code ends, after printing the exception it raised (status 1; a
+/// `SystemExit` gives its code), its output flushed, without running the parent's exit handlers. The
+/// child's own computes, inline on that thread, run their tasks as usual.
+fn end_forked_child<T>(py: Python<'_>, outcome: &PyResult<T>) {
+    let status = match outcome {
+        Ok(_) => 0,
+        Err(error) if error.is_instance_of::<PySystemExit>(py) => exit_status(py, error),
+        Err(error) => {
+            error.print(py);
+            1
+        }
+    };
+    for stream in ["stdout", "stderr"] {
+        if let Ok(stream) = py.import("sys").and_then(|sys| sys.getattr(stream)) {
+            // A stream that cannot be flushed (closed, replaced) loses its output, as at any exit.
+            let _ = stream.call_method0("flush");
+        }
+    }
+    // SAFETY: _exit ends the process at once; nothing after it runs.
+    unsafe { libc::_exit(status) }
+}
+
+/// The status Python exits with on `exit`: its code, 0 for None, else 1 once the code is printed.
+/// (`PyErr::print` would exit here itself, running the parent's exit handlers.)
+fn exit_status(py: Python<'_>, exit: &PyErr) -> i32 {
+    let Ok(code) = exit.value(py).getattr("code") else {
+        return 1;
+    };
+    if code.is_none() {
+        return 0;
+    }
+    if let Ok(code) = code.extract::<i32>() {
+        return code;
+    }
+    if let Ok(stderr) = py.import("sys").and_then(|sys| sys.getattr("stderr")) {
+        let _ = stderr.call_method1("write", (format!("{code}\n"),));
+    }
+    1
 }
 
 /// A compute's time limit.
