@@ -8,6 +8,7 @@ import textwrap
 
 import dask
 import pytest
+from worker_tasks import RebuildExits, RebuildInterrupts, raise_rebuild_exits, raise_rebuild_interrupts
 
 import belated
 
@@ -81,3 +82,29 @@ def test_a_child_forked_by_a_task_on_a_worker_thread_ends_as_eager_pythons_does(
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.splitlines() == ["[0, 1, 4]", "3"]
     assert finished.stderr.count("ValueError: raised in the child") == 1
+
+
+@pytest.fixture(params=["processes", "client"])
+def on_workers(request):
+    """Computes on worker processes: of the processes scheduler, or of a two-worker local cluster."""
+    if request.param == "processes":
+        yield lambda *tasks, **options: belated.compute(*tasks, scheduler="processes", **options)
+        return
+    with belated.Client(
+        n_workers=2, threads_per_worker=1, dashboard_address=None, set_as_default=False
+    ) as client:
+        yield lambda *tasks, **options: belated.compute(*tasks, scheduler=client, **options)
+
+
+@pytest.mark.parametrize(
+    ("task", "kind"),
+    [(raise_rebuild_interrupts, RebuildInterrupts), (raise_rebuild_exits, RebuildExits)],
+    ids=["keyboard-interrupt", "system-exit"],
+)
+def test_an_exception_whose_rebuild_raises_a_base_exception_arrives_as_remote_error(on_workers, task, kind):
+    # dask's processes scheduler raises what the rebuild raised: a KeyboardInterrupt no one pressed,
+    # a SystemExit no one called, in place of the task's failure.
+    with pytest.raises(belated.RemoteError, match="the real failure") as caught:
+        on_workers(belated.delayed(task)(), retries=0)
+    assert caught.value.type_name == f"{kind.__module__}.{kind.__qualname__}"
+    assert on_workers(belated.delayed(abs)(-3)) == (3,)

@@ -373,3 +373,27 @@ def touch_then_wait(started, gate):
     """Creates the file ``started``, then waits for ``gate`` to exist: a task the test sees running."""
     open(started, "w").close()
     return wait_exists(gate)
+
+
+def _interrupt():
+    raise KeyboardInterrupt("raised while rebuilding")
+
+
+class RebuildInterrupts(Exception):
+    """Pickles, but rebuilding it raises KeyboardInterrupt: in the parent, not a Ctrl-C."""
+
+    def __reduce__(self):
+        return _interrupt, ()
+
+
+def raise_rebuild_interrupts():
+    raise RebuildInterrupts("the real failure")
+
+
+class RebuildExits(Exception):
+    def __reduce__(self):
+        return sys.exit, (5,)
+
+
+def raise_rebuild_exits():
+    raise RebuildExits("the real failure")

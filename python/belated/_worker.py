@@ -763,7 +763,7 @@ def _rebuilt(pickled, type_name, message, text):
     imports, an ``__init__`` that does not take the exception's args)."""
     try:
         error = loads([pickled])
-    except Exception:
+    except BaseException:  # a rebuild raising KeyboardInterrupt or SystemExit is no Ctrl-C or exit here
         error = None
     return error if isinstance(error, BaseException) else _remote_error(type_name, message, text)
 
