@@ -61,16 +61,20 @@ FORKING_TASKS = textwrap.dedent(
         scheduler = sys.argv[1]
         if scheduler == "in-process client":
             scheduler = belated.Client(processes=False, dashboard_address=None)
+        elif scheduler == "client":
+            scheduler = belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None)
         print(list(belated.compute(*[belated.delayed(forks)(end) for end in ends], scheduler=scheduler)))
     print(belated.delayed(sum)([1, 2]).compute())
     """
 )
 
 
-@pytest.mark.parametrize("scheduler", ["threads", "in-process client", "belated.get"])
-def test_a_child_forked_by_a_task_on_a_worker_thread_ends_as_eager_pythons_does(scheduler):
-    # The child is a copy of the worker thread alone: back in the engine, it waited for the pool's
-    # other threads forever, and so did the task waiting for it. (dask's threads hang there too.)
+@pytest.mark.parametrize("scheduler", ["threads", "in-process client", "belated.get", "processes", "client"])
+def test_a_child_forked_by_a_task_ends_as_eager_pythons_does(scheduler):
+    # On a thread, the child is a copy of the worker thread alone: back in the engine, it waited for
+    # the pool's other threads forever, and so did the task waiting for it (dask's threads hang there
+    # too). In a worker process it must not answer for the worker: it ended, with status 0 whatever
+    # its code did.
     eager = subprocess.run(
         [sys.executable, "-c", FORKING_TASKS, "eager"], capture_output=True, text=True, timeout=60
     )

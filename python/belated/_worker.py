@@ -784,8 +784,32 @@ def _call(function, args, kwargs):
         reply = (False, error.with_traceback(error.__traceback__.tb_next))
     if os.getpid() != _PID:
         # A child the task forked came back here: only the worker itself answers its parent.
-        os._exit(0)
+        _end_forked_child(reply[0] or reply[1])
     return reply
+
+
+def _end_forked_child(error):
+    """Ends a child the task forked, as a child that returned from its code ends (``error`` True if
+    it returned): status 0, 1 after printing its exception, or its ``SystemExit``'s code; its output
+    flushed, nothing of the worker's run."""
+    status = 0
+    if isinstance(error, SystemExit):
+        status = error.code
+        if status is None:
+            status = 0
+        elif not isinstance(status, int):
+            print(status, file=sys.stderr)
+            status = 1
+    elif error is not True:
+        import traceback
+
+        with contextlib.suppress(Exception):
+            traceback.print_exception(error)
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 _STORE = {}
