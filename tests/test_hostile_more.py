@@ -112,3 +112,60 @@ def test_an_exception_whose_rebuild_raises_a_base_exception_arrives_as_remote_er
         on_workers(belated.delayed(task)(), retries=0)
     assert caught.value.type_name == f"{kind.__module__}.{kind.__qualname__}"
     assert on_workers(belated.delayed(abs)(-3)) == (3,)
+
+
+def takes_arguments(how):
+    """Functions of one name whose code differs only in how it takes its arguments."""
+    if how == "star":
+
+        def passed(*a):
+            return a
+
+    elif how == "keyword-only":
+
+        def passed(a, *, b):
+            return a
+
+    elif how == "two":
+
+        def passed(a, b):
+            return a
+
+    else:
+
+        def passed(a):
+            return a
+
+    return passed
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "call"),
+    [
+        (lambda *a: a, lambda a: a, (1,)),
+        (takes_arguments("star"), takes_arguments("one"), (1,)),
+        (takes_arguments("keyword-only"), takes_arguments("two"), (1, 3)),
+    ],
+    ids=["lambdas", "closures", "keyword-only"],
+)
+@LIBRARIES
+def test_pure_calls_of_functions_taking_their_arguments_differently_are_not_merged(lib, first, second, call):
+    # The same instructions read the same local: only the code's signature tells them apart.
+    def eager(function):
+        try:
+            return ("returned", function(*call))
+        except TypeError as error:
+            return ("raised", str(error))
+
+    def computed(function):
+        try:
+            return ("returned", lib.delayed(function, pure=True)(*call).compute(scheduler="sync"))
+        except TypeError as error:
+            return ("raised", str(error))
+
+    a, b = lib.delayed(first, pure=True)(*call), lib.delayed(second, pure=True)(*call)
+    assert a.key != b.key
+    assert [computed(first), computed(second)] == [eager(first), eager(second)]
+    assert eager(first) != eager(second)
+    again = takes_arguments("star")
+    assert lib.delayed(again, pure=True)(1).key == lib.delayed(takes_arguments("star"), pure=True)(1).key

@@ -272,7 +272,9 @@ class _Normalizer:
     def code(self, code):
         constants = [self.normalize(c) for c in code.co_consts]
         names = (code.co_names, code.co_varnames, code.co_freevars)
-        return ("code object", code.co_code.hex(), constants, names)
+        # The same instructions take their arguments differently: `lambda *a: a` and `lambda a: a`.
+        signature = (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags)
+        return ("code object", code.co_code.hex(), constants, names, signature)
 
 
 def _global_names(code):
