@@ -169,3 +169,41 @@ def test_pure_calls_of_functions_taking_their_arguments_differently_are_not_merg
     assert eager(first) != eager(second)
     again = takes_arguments("star")
     assert lib.delayed(again, pure=True)(1).key == lib.delayed(takes_arguments("star"), pure=True)(1).key
+
+
+SCRIPT_COMPUTING_IN_A_TASK = textwrap.dedent(
+    """
+    import sys
+    import {lib} as dask
+
+    def inner(x):
+        return dask.delayed(abs)(x).compute(scheduler="sync") + dask.tokenize.__name__.count("tokenize")
+
+    if __name__ == "__main__":
+        if sys.argv[1] == "client":
+            dask.Client(n_workers=1, threads_per_worker=1, dashboard_address=None)
+            scheduler = None
+        else:
+            scheduler = sys.argv[1]
+        print(dask.compute(dask.delayed(inner)(-3), scheduler=scheduler))
+    """
+)
+
+
+@pytest.mark.parametrize("scheduler", ["processes", "client"])
+def test_a_script_function_reading_belated_delayed_runs_in_worker_processes_as_on_dask(tmp_path, scheduler):
+    # Sent by value, the function carries the modules its code names: belated.delayed and
+    # belated.tokenize are modules of a subclass in sys.modules, which could not be pickled.
+    results = {}
+    for lib in ("dask", "belated"):
+        if lib == "dask" and scheduler == "client":
+            continue
+        script = tmp_path / f"{lib}_script.py"
+        script.write_text(SCRIPT_COMPUTING_IN_A_TASK.format(lib=lib))
+        finished = subprocess.run(
+            [sys.executable, str(script), scheduler], capture_output=True, text=True, timeout=120
+        )
+        assert finished.returncode == 0, finished.stderr
+        results[lib] = finished.stdout.strip()
+    assert results["belated"] == "(4,)"
+    assert results.get("dask", "(4,)") == results["belated"]

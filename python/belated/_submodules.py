@@ -87,6 +87,12 @@ class Overlay(ModuleType):
         self.__spec__ = importlib.machinery.ModuleSpec(self.__name__, None)
         self.__dict__.update(own)
 
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        # By name, as pickle takes a module: a function sent to a worker process by value that reads
+        # ``belated.delayed`` carries this module among its globals (cloudpickle finds modules by exact
+        # type, and this is a subclass).
+        return importlib.import_module, (self.__name__,)
+
     def __getattr__(self, name: str) -> object:
         dask_name = f"dask.{self.__name__.partition('.')[2]}"
         if name.startswith("__"):
