@@ -8,7 +8,15 @@ import textwrap
 
 import dask
 import pytest
-from worker_tasks import RebuildExits, RebuildInterrupts, raise_rebuild_exits, raise_rebuild_interrupts
+from worker_tasks import (
+    ClaimsASize,
+    RebuildExits,
+    RebuildInterrupts,
+    claimed,
+    claiming_a_size,
+    raise_rebuild_exits,
+    raise_rebuild_interrupts,
+)
 
 import belated
 
@@ -207,3 +215,15 @@ def test_a_script_function_reading_belated_delayed_runs_in_worker_processes_as_o
         results[lib] = finished.stdout.strip()
     assert results["belated"] == "(4,)"
     assert results.get("dask", "(4,)") == results["belated"]
+
+
+@pytest.mark.parametrize("claim", [-1, 2**64 + 5, 10**30, KeyboardInterrupt("sizing"), SystemExit(3)])
+def test_a_result_whose_nbytes_is_no_size_is_kept_in_a_worker_and_used_as_on_dask(on_workers, claim):
+    # Workers size what they keep from its nbytes, which the parent read as an unsigned 64-bit number:
+    # the task failed with an OverflowError, or the property's own exception, though it succeeded.
+    made = belated.delayed(claiming_a_size)(claim)
+    expected = dask.compute(
+        dask.delayed(claimed)(dask.delayed(claiming_a_size)(claim)), scheduler="processes"
+    )
+    assert on_workers(belated.delayed(claimed)(made), retries=0) == expected == (claimed(ClaimsASize(claim)),)
+    assert on_workers(belated.delayed(abs)(-3)) == (3,)

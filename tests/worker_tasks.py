@@ -397,3 +397,24 @@ class RebuildExits(Exception):
 
 def raise_rebuild_exits():
     raise RebuildExits("the real failure")
+
+
+class ClaimsASize:
+    """A value whose ``nbytes`` says what its maker chose: any int, or an exception it raises."""
+
+    def __init__(self, claim):
+        self.claim = claim
+
+    @property
+    def nbytes(self):
+        if isinstance(self.claim, BaseException):
+            raise self.claim
+        return self.claim
+
+
+def claiming_a_size(claim):
+    return ClaimsASize(claim)
+
+
+def claimed(value):
+    return value.claim if not isinstance(value.claim, BaseException) else repr(value.claim)

@@ -918,6 +918,11 @@ def _run_call(result_id, flags, call):
 _SAMPLE = 16
 
 
+# The most bytes a size may claim: an object's own ``nbytes`` can say anything, and the parent adds
+# sizes up as unsigned 64-bit numbers.
+_LARGEST = 1 << 48
+
+
 def nbytes(value, depth=0):
     """About how many bytes ``value`` holds: the buffers of arrays and pandas objects, and for large
     containers the size of a sample scaled up, so that it costs at most a few hundred small calls."""
@@ -928,18 +933,20 @@ def nbytes(value, depth=0):
     try:
         size = getattr(value, "nbytes", None)
         if isinstance(size, int):
-            return size
+            # A negative size is no size; it must not fail the task that made the value either.
+            return min(size, _LARGEST) if size >= 0 else sys.getsizeof(value)
         if callable(getattr(value, "memory_usage", None)):  # a pandas DataFrame
-            return int(value.memory_usage(index=True).sum())
+            return min(max(int(value.memory_usage(index=True).sum()), 0), _LARGEST)
         own = sys.getsizeof(value)
-    except Exception:
-        # An object whose size cannot be told still weighs something, and must not fail its task.
+    except BaseException:
+        # An object whose size cannot be told (its nbytes raising anything, SystemExit too) still
+        # weighs something, and must not fail its task.
         return 64
     if depth < 2 and isinstance(value, list | tuple | set | frozenset | dict) and value:
         items = value.items() if isinstance(value, dict) else value
         sample = list(itertools.islice(items, _SAMPLE))
         sampled = sum(nbytes(item, depth + 1) for item in sample)
-        return own + sampled * len(value) // len(sample)
+        return min(own + sampled * len(value) // len(sample), _LARGEST)
     return own
 
 
