@@ -2,6 +2,7 @@
 they can answer: callables whose state hides where a token might not look, and tasks that misuse the
 process they run in."""
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -12,10 +13,12 @@ from worker_tasks import (
     ClaimsASize,
     RebuildExits,
     RebuildInterrupts,
+    RefusesAttributes,
     claimed,
     claiming_a_size,
     raise_rebuild_exits,
     raise_rebuild_interrupts,
+    raise_refusing_attributes,
 )
 
 import belated
@@ -227,3 +230,27 @@ def test_a_result_whose_nbytes_is_no_size_is_kept_in_a_worker_and_used_as_on_das
     )
     assert on_workers(belated.delayed(claimed)(made), retries=0) == expected == (claimed(ClaimsASize(claim)),)
     assert on_workers(belated.delayed(abs)(-3)) == (3,)
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync", "processes", "in-process client", "client"])
+@pytest.mark.parametrize("level", [logging.WARNING, logging.DEBUG])
+def test_an_exception_refusing_attributes_is_raised_as_itself_as_in_eager_python(
+    scheduler, level, in_process, local_cluster
+):
+    # Passing through a contextlib.contextmanager set its __traceback__, which raised the exception's
+    # AttributeError in its place (dask's schedulers do the same; eager Python raises the task's own).
+    with pytest.raises(RefusesAttributes, match="the real failure"):
+        raise_refusing_attributes()
+    chosen = {"in-process client": in_process, "client": local_cluster}.get(scheduler, scheduler)
+    logger = logging.getLogger("belated")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        # From a worker process, an exception whose rebuild fails may come as a RemoteError naming it.
+        arrives_as = RefusesAttributes if scheduler in ("threads", "sync", "in-process client") else Exception
+        with pytest.raises(arrives_as, match="the real failure") as caught:
+            belated.delayed(raise_refusing_attributes)().compute(scheduler=chosen)
+        assert not isinstance(caught.value, AttributeError)
+    finally:
+        logger.setLevel(before)
+    assert belated.delayed(abs)(-3).compute(scheduler=chosen) == 3

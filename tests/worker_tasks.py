@@ -418,3 +418,12 @@ def claiming_a_size(claim):
 
 def claimed(value):
     return value.claim if not isinstance(value.claim, BaseException) else repr(value.claim)
+
+
+class RefusesAttributes(Exception):
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} takes no attribute {name}")
+
+
+def raise_refusing_attributes():
+    raise RefusesAttributes("the real failure")

@@ -25,7 +25,6 @@ levels with the first call of each computation and send their records with each 
 between tasks come with the next reply.
 """
 
-import contextlib
 import logging
 import time
 
@@ -38,21 +37,33 @@ dashboard_logger = logging.getLogger("belated.dashboard")
 logger.addHandler(logging.NullHandler())
 
 
-@contextlib.contextmanager
-def computing(what: str, scheduler):
-    """Logs the start of ``what`` on ``scheduler``, then its finish or failure, with its duration."""
-    if not logger.isEnabledFor(logging.DEBUG):
-        yield
-        return
-    scheduler = scheduler if isinstance(scheduler, str) else type(scheduler).__name__
-    logger.debug("%s started on %s", what, scheduler)
-    start = time.perf_counter()
-    try:
-        yield
-    except BaseException as error:
-        logger.debug("%s failed after %.3f s: %s", what, time.perf_counter() - start, type(error).__name__)
-        raise
-    logger.debug("%s finished in %.3f s", what, time.perf_counter() - start)
+class computing:
+    """Logs the start of ``what`` on ``scheduler``, then its finish or failure, with its duration.
+
+    A class, not a ``contextlib.contextmanager``: that one sets the ``__traceback__`` of an exception
+    passing through it, which for a task's exception whose ``__setattr__`` refuses it raised an
+    ``AttributeError`` in place of the task's own exception."""
+
+    def __init__(self, what: str, scheduler):
+        self.what = what
+        self.start = None
+        if logger.isEnabledFor(logging.DEBUG):
+            where = scheduler if isinstance(scheduler, str) else type(scheduler).__name__
+            logger.debug("%s started on %s", what, where)
+            self.start = time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if self.start is None:
+            return False
+        took = time.perf_counter() - self.start
+        if kind is None:
+            logger.debug("%s finished in %.3f s", self.what, took)
+        else:
+            logger.debug("%s failed after %.3f s: %s", self.what, took, kind.__name__)
+        return False
 
 
 # -- worker processes ---------------------------------------------------------------------------------

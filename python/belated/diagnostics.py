@@ -16,7 +16,6 @@ state dict.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import os
 import re
@@ -140,25 +139,33 @@ def _release(callbacks):
             registry.add(entry)
 
 
-@contextlib.contextmanager
-def claimed_callbacks(dask=True):
+class claimed_callbacks:
     """The callbacks a computation reports to, held for it until the block ends: belated's registered
     ones and, when dask is loaded and ``dask`` is true, those registered with
     ``dask.callbacks.Callback`` (dask's ``ProgressBar``, ``Profiler``, ...), called as dask's local
     scheduler calls them. A callback registered while the computation runs (inside one of its tasks,
-    say) serves the next one."""
-    dask_callbacks = sys.modules.get("dask.callbacks") if dask else None
-    dask_active = dask_callbacks.Callback.active if dask_callbacks else None
-    with _CLAIMED_LOCK:
-        mine = [*Callback.active, *dask_own(dask_active or ())]
-        _claim(mine, dask_active)
-    try:
-        yield tuple(
-            callback if isinstance(callback, Callback) else _DaskCallback(callback) for callback in mine
-        )
-    finally:
+    say) serves the next one.
+
+    A class, not a ``contextlib.contextmanager``, which sets the ``__traceback__`` of an exception
+    passing through it: a task's exception whose ``__setattr__`` refuses that would raise in its
+    place."""
+
+    def __init__(self, dask=True):
+        dask_callbacks = sys.modules.get("dask.callbacks") if dask else None
+        self.dask_active = dask_callbacks.Callback.active if dask_callbacks else None
+
+    def __enter__(self):
         with _CLAIMED_LOCK:
-            _release(mine)
+            self.mine = [*Callback.active, *dask_own(self.dask_active or ())]
+            _claim(self.mine, self.dask_active)
+        return tuple(
+            callback if isinstance(callback, Callback) else _DaskCallback(callback) for callback in self.mine
+        )
+
+    def __exit__(self, kind, error, traceback):
+        with _CLAIMED_LOCK:
+            _release(self.mine)
+        return False
 
 
 def dask_own(callbacks):
