@@ -2,10 +2,12 @@
 they can answer: callables whose state hides where a token might not look, and tasks that misuse the
 process they run in."""
 
+import concurrent.futures
 import logging
 import subprocess
 import sys
 import textwrap
+import time
 
 import dask
 import pytest
@@ -16,6 +18,7 @@ from worker_tasks import (
     RefusesAttributes,
     claimed,
     claiming_a_size,
+    print_without_newline_until,
     raise_rebuild_exits,
     raise_rebuild_interrupts,
     raise_refusing_attributes,
@@ -254,3 +257,21 @@ def test_an_exception_refusing_attributes_is_raised_as_itself_as_in_eager_python
     finally:
         logger.setLevel(before)
     assert belated.delayed(abs)(-3).compute(scheduler=chosen) == 3
+
+
+def test_output_without_a_newline_is_forwarded_while_the_task_still_runs(on_workers, capfd, tmp_path):
+    # Eager Python's output reaches fd 1 as it is written; a worker's was held until its line ended,
+    # however long that took and however much memory the line took in this process.
+    gate = tmp_path / "gate"
+    size = 1 << 20
+    with concurrent.futures.ThreadPoolExecutor(1) as running:
+        computing = running.submit(on_workers, belated.delayed(print_without_newline_until)(size, str(gate)))
+        seen = ""
+        deadline = time.monotonic() + 30
+        while seen.count("x") < size and time.monotonic() < deadline and not computing.done():
+            seen += capfd.readouterr().out
+            time.sleep(0.05)
+        printed_while_running = seen.count("x")
+        gate.touch()
+        assert computing.result(timeout=60) == (True,)
+    assert printed_while_running == size

@@ -427,3 +427,10 @@ class RefusesAttributes(Exception):
 
 def raise_refusing_attributes():
     raise RefusesAttributes("the real failure")
+
+
+def print_without_newline_until(size, gate, seconds=60):
+    """Writes ``size`` bytes without a newline to fd 1, as a progress bar redrawn with ``\\r`` does,
+    then waits for the file ``gate``, so that what was printed is seen while the task still runs."""
+    os.write(1, b"x" * size)
+    return wait_exists(gate, seconds)

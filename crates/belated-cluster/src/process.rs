@@ -596,20 +596,7 @@ fn forward<S: Read + Send + 'static, W: Write + 'static>(
     let Some(stream) = stream else { return };
     let spawned = std::thread::Builder::new()
         .name("belated-worker-output".into())
-        .spawn(move || {
-            let mut lines = BufReader::new(stream);
-            let mut line = prefix.into_bytes();
-            let prefix_len = line.len();
-            while matches!(lines.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-                if !line.ends_with(b"\n") {
-                    line.push(b'\n');
-                }
-                // One write per line, so lines of several workers never interleave.
-                let mut out = ours();
-                let _ = out.write_all(&line).and_then(|()| out.flush());
-                line.truncate(prefix_len);
-            }
-        });
+        .spawn(move || forward_lines(BufReader::new(stream), prefix.as_bytes(), ours));
     // Without the thread the pipe closes and the worker's prints fail; say why.
     if let Err(error) = spawned {
         let _ = writeln!(
@@ -619,9 +606,111 @@ fn forward<S: Read + Send + 'static, W: Write + 'static>(
     }
 }
 
+/// The most of one line held before it is written: a task printing without a newline (a progress bar
+/// redrawn with `\r`, a binary dump) is forwarded as it prints, and costs this much memory at most.
+const LONGEST_HELD_LINE: usize = 64 << 10;
+
+/// Writes each line of `input` to `ours()` with `prefix`, in one write (so lines of several workers
+/// never interleave) unless longer than [`LONGEST_HELD_LINE`]: then in pieces of at least that size,
+/// the first prefixed, as they come. A last line without a newline gets one.
+fn forward_lines<W: Write>(mut input: impl BufRead, prefix: &[u8], mut ours: impl FnMut() -> W) {
+    let mut line = prefix.to_vec();
+    // Whether part of the current line was written, and `line` holds only what follows it.
+    let mut continued = false;
+    let mut write = |line: &[u8]| {
+        let mut out = ours();
+        let _ = out.write_all(line).and_then(|()| out.flush());
+    };
+    loop {
+        let (ended, used) = match input.fill_buf() {
+            Ok([]) => break,
+            Ok(available) => match available.iter().position(|&byte| byte == b'\n') {
+                Some(at) => {
+                    line.extend_from_slice(&available[..=at]);
+                    (true, at + 1)
+                }
+                None => {
+                    line.extend_from_slice(available);
+                    (false, available.len())
+                }
+            },
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        input.consume(used);
+        if ended || line.len() >= LONGEST_HELD_LINE {
+            write(&line);
+            line.clear();
+            continued = !ended;
+            if ended {
+                line.extend_from_slice(prefix);
+            }
+        }
+    }
+    if continued || line.len() > prefix.len() {
+        line.push(b'\n');
+        write(&line);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_longer_than_held_is_forwarded_in_pieces_as_it_comes() {
+        let long = vec![b'x'; 3 * LONGEST_HELD_LINE + 5];
+        let mut input = long.clone();
+        input.extend_from_slice(b"\nshort\nlast");
+        let writes = std::cell::RefCell::new(Vec::<Vec<u8>>::new());
+        // Read as from a pipe: 8 KiB at a time.
+        let pipe = BufReader::with_capacity(8 << 10, io::Cursor::new(input));
+        forward_lines(pipe, b"[w] ", || Recorded(&writes));
+        let writes = writes.into_inner();
+        // Each piece written as soon as it reached the limit: never the whole long line held.
+        assert!(writes.len() >= 5, "{} writes", writes.len());
+        assert!(writes
+            .iter()
+            .all(|piece| piece.len() <= LONGEST_HELD_LINE + (8 << 10)));
+        assert!(writes[0].starts_with(b"[w] xxx"));
+        let mut expected = b"[w] ".to_vec();
+        expected.extend_from_slice(&long);
+        expected.extend_from_slice(b"\n[w] short\n[w] last\n");
+        assert_eq!(writes.concat(), expected);
+        assert_eq!(
+            writes[writes.len() - 2],
+            b"[w] short\n",
+            "a short line is one write"
+        );
+    }
+
+    #[test]
+    fn a_long_last_line_without_a_newline_gets_one() {
+        let writes = std::cell::RefCell::new(Vec::<Vec<u8>>::new());
+        forward_lines(
+            io::Cursor::new(vec![b'y'; LONGEST_HELD_LINE]),
+            b"[w] ",
+            || Recorded(&writes),
+        );
+        let mut expected = b"[w] ".to_vec();
+        expected.extend_from_slice(&[b'y'; LONGEST_HELD_LINE]);
+        expected.push(b'\n');
+        assert_eq!(writes.into_inner().concat(), expected);
+    }
+
+    /// A writer whose every write and flush lands in a list, one entry per write.
+    struct Recorded<'a>(&'a std::cell::RefCell<Vec<Vec<u8>>>);
+
+    impl Write for Recorded<'_> {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().push(data.to_vec());
+            Ok(data.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
 
     /// A worker that is a shell script (`$0` is "worker"): the handshake without Python.
     fn shell(script: &str, connections: usize) -> Spec {
