@@ -15,6 +15,7 @@ from worker_tasks import (
     fib,
     map_and_gather,
     sleep_forever_or_wait_for_gate,
+    submit_and_cancel,
     submit_and_wait,
     submit_failing,
     wait_exists,
@@ -82,6 +83,17 @@ def test_a_failure_of_submitted_work_reaches_the_task_and_then_its_caller(one_by
 def test_the_worker_client_is_a_client_of_the_parent(one_by_one, theirs):
     assert theirs.submit(ask_for_client, 0).result(timeout=60) == "Client"
     assert one_by_one.submit(ask_for_client, 0).result(timeout=60) == "WorkerClient"
+
+
+def test_a_task_cancels_its_future_with_distributeds_keywords(one_by_one, theirs, tmp_path):
+    # A future in a task of a worker process took no reason= or msg=: code written for distributed's
+    # Future.cancel failed there with a TypeError (the parent's Future took them).
+    gate = tmp_path / "gate"
+    try:
+        for client in (theirs, one_by_one):
+            assert client.submit(submit_and_cancel, str(gate)).result(timeout=60) == (True, "cancelled")
+    finally:
+        gate.touch()  # distributed's thread goes on waiting after the cancel
 
 
 def test_get_client_in_a_worker_process_without_a_client_says_why():

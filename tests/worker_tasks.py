@@ -247,6 +247,14 @@ def submit_and_wait(x):
     return result
 
 
+def submit_and_cancel(gate):
+    """Submits a task that waits for the file ``gate`` and cancels it with distributed's keywords,
+    then tells what its future says."""
+    future = _client_api().get_client().submit(wait_exists, gate, 120, pure=False)
+    future.cancel(reason="no longer wanted", msg="cancelled by its task")
+    return future.cancelled(), future.status
+
+
 def map_and_gather(xs):
     with _client_api().worker_client() as client:
         return client.gather(client.map(square, xs))

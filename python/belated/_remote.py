@@ -59,8 +59,8 @@ class RemoteFuture(AnyFuture):
     def done(self):
         return self._ask("done")
 
-    def cancel(self):
-        return self._ask("cancel")
+    def cancel(self, reason=None, msg=None):
+        return self._ask("cancel", reason, msg)
 
     def cancelled(self):
         return self._ask("cancelled")
