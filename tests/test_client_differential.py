@@ -454,6 +454,18 @@ def test_scatter_of_a_range_gives_a_future_per_value_of_an_iterator_raises_as_di
     )
 
 
+def test_who_has_and_has_what_list_workers_and_keys_as_distributed(clients, tmp_path):
+    # They gave tuples, where distributed gives lists: code appending to them, or comparing them with
+    # a list, broke. (Where a value is held differs: in no worker on a processes=False client.)
+    def scenario(client, api, _):
+        future = client.scatter(41)
+        holders = client.who_has(future)[future.key]
+        listed = client.has_what()
+        return type(holders).__name__, {type(keys).__name__ for keys in listed.values()}, len(listed) > 0
+
+    assert same(observe(clients, tmp_path, scenario)) == ("list", {"list"}, True)
+
+
 def test_nbytes_and_type_of_numbers_and_arrays_are_distributeds(clients, tmp_path):
     values = [7, 1.5, np.arange(10), np.zeros((2, 3), dtype="f4"), np.int32(3)]
 

@@ -253,7 +253,7 @@ def test_a_killed_worker_is_not_listed_and_a_value_it_kept_has_no_holder():
         # Nothing ran since, so nothing replaced it yet: the list shows what runs.
         assert len(client.worker_pids) == 1
         assert len(client.scheduler_info()["workers"]) == 1
-        assert client.who_has(scattered) == {scattered.key: ()}
+        assert client.who_has(scattered) == {scattered.key: []}
 
 
 def test_a_released_future_lets_go_of_its_value_once_no_other_future_holds_it():
@@ -264,12 +264,12 @@ def test_a_released_future_lets_go_of_its_value_once_no_other_future_holds_it():
         first.release()
         first.release()
         assert first.result(timeout=60) == second.result(timeout=60) == "a value", "still held"
-        assert client.who_has(first)[first.key] != ()
+        assert client.who_has(first)[first.key] != []
         second.release()
         with pytest.raises(belated.CancelledError):
             first.result(timeout=60)
         assert first.cancelled() and second.cancelled()
-        assert client.has_what() == {address: () for address in client.has_what()}, "released"
+        assert client.has_what() == {address: [] for address in client.has_what()}, "released"
 
 
 @BOTH

@@ -1057,10 +1057,10 @@ class Client:
         return {index: f"local://{pid}" for index, pid in enumerate(pids) if pid is not None}
 
     def who_has(self, futures=None):
-        """``{key: (worker address, ...)}``: the workers holding the value of each of ``futures`` (a
+        """``{key: [worker address, ...]}``: the workers holding the value of each of ``futures`` (a
         Future, or lists, tuples and dicts of them; by default every future this client holds), as
         distributed's. A result that came back to this process, as a submit's or map's does here (and
-        every result of a ``processes=False`` client), is in no worker: ``()``."""
+        every result of a ``processes=False`` client), is in no worker: ``[]``."""
         if self._distributed_client is not None:
             return self._distributed_client.who_has(futures)
         return self._answer(self._who_has(futures))
@@ -1073,12 +1073,10 @@ class Client:
             found = [future for future in held if future is not None]
         else:
             found = futures_in(futures)
-        return {
-            future.key: tuple(addresses[w] for w in _holders(future) if w in addresses) for future in found
-        }
+        return {future.key: [addresses[w] for w in _holders(future) if w in addresses] for future in found}
 
     def has_what(self, workers=None):
-        """``{worker address: (key, ...)}``: the keys of the futures this client holds whose values each
+        """``{worker address: [key, ...]}``: the keys of the futures this client holds whose values each
         worker holds (``workers``: only those addresses), as distributed's."""
         if self._distributed_client is not None:
             return self._distributed_client.has_what(workers)
@@ -1090,7 +1088,7 @@ class Client:
             for address in holders:
                 if address in answer:
                     answer[address].append(key)
-        return self._answer({address: tuple(keys) for address, keys in answer.items()})
+        return self._answer(answer)
 
     def nthreads(self):
         """``{worker address: threads}``."""
