@@ -359,12 +359,7 @@ class set:  # named as dask.config.set, which users call
                     node = self._given
                     for part in path[:-1]:
                         node = node.get(part) if isinstance(node, dict) else None
-                    if not isinstance(node, dict):
-                        continue
-                    if previous is _missing:
-                        node.pop(path[-1], None)
-                    else:
-                        node[path[-1]] = previous
+                    _put_back(node, path[-1], previous)
             return
         with _lock:
             if self in _in_dask:
@@ -375,13 +370,19 @@ class set:  # named as dask.config.set, which users call
                 # belated's own section only: where it went meanwhile (refreshed, or an outer set
                 # ended first), dask's section of that name is not ours to change.
                 node = _own(".".join(path[:-1]), None) if len(path) > 1 else config
-                if not isinstance(node, dict):
-                    continue
-                if previous is _missing:
-                    node.pop(path[-1], None)
-                else:
-                    node[path[-1]] = previous
+                _put_back(node, path[-1], previous)
             _config_changed()
+
+
+def _put_back(node, key, previous):
+    """Gives ``key`` of the section ``node`` its ``previous`` value again, or removes it where it had
+    none; a section that is gone meanwhile (or is no longer a dict) is left alone."""
+    if not isinstance(node, dict):
+        return
+    if previous is _missing:
+        node.pop(key, None)
+    else:
+        node[key] = previous
 
 
 def _set_in_dask(updates: Mapping):
