@@ -409,6 +409,76 @@ def test_compute_gives_futures_shaped_as_given_as_distributed(clients, tmp_path)
     )
 
 
+def test_a_key_the_client_holds_is_not_computed_again_as_distributed(clients, tmp_path):
+    def scenario(client, api, directory):
+        def counted(x, name, **kwargs):
+            return api.delayed(counted_inc, **kwargs)(x, str(directory / name))
+
+        # The persisted object's original, alone, under another task and persisted again (an impure
+        # call: the same object, with a key of its own).
+        original = counted(1, "original")
+        persisted = client.persist(original)
+        again = [
+            client.compute(original).result(timeout=30),
+            client.compute(original + 1).result(timeout=30),
+            api.compute(client, client.persist(original * 10)),
+            api.compute(client, original * 3),
+        ]
+        # An equal pure call, as an intermediate: the task it needs does not run either.
+        inner = counted(5, "inner", pure=True)
+        outer = api.delayed(counted_inc, pure=True)(inner, str(directory / "outer"))
+        persisted_outer = client.persist(outer)
+        api.wait(api.futures_of(persisted_outer), timeout=30)
+        twin = api.delayed(counted_inc, pure=True)(counted(5, "inner", pure=True), str(directory / "outer"))
+        again.append(client.compute(twin + 100).result(timeout=30))
+        # A submit under a persisted key, and a compute of a future's key.
+        again.append(client.submit(counted_inc, 7, str(directory / "original"), key=persisted.key).result(30))
+        future = client.compute(counted(20, "future", pure=True))
+        again.append(client.compute(counted(20, "future", pure=True) * 2).result(timeout=30))
+        names = ("original", "inner", "outer", "future")
+        return again, [runs(directory / name) for name in names], future.status
+
+    assert same(observe(clients, tmp_path, scenario)) == ([2, 3, 20, 6, 107, 2, 42], [1, 1, 1, 1], "finished")
+
+
+def test_a_key_let_go_of_runs_again_and_a_failed_one_fails_again_as_distributed(clients, tmp_path):
+    def scenario(client, api, directory):
+        def counted(x, name):
+            return api.delayed(counted_inc, pure=True)(x, str(directory / name))
+
+        cancelled = client.persist(counted(1, "cancelled"))
+        api.wait(api.futures_of(cancelled), timeout=30)
+        client.cancel(cancelled)
+        dropped = client.persist(counted(2, "dropped"))
+        api.wait(api.futures_of(dropped), timeout=30)
+        del dropped
+        released = client.compute(counted(3, "released"))
+        released.result(timeout=30)
+        released.release()
+        del released
+        results = [
+            client.compute(counted(x, name) + 1).result(timeout=30)
+            for x, name in enumerate(("cancelled", "dropped", "released"), start=1)
+        ]
+        # Impure calls never share a key: each runs.
+        impure = [client.submit(counted_inc, 4, str(directory / "impure"), pure=False) for _ in range(2)]
+        results.append(client.gather(impure))
+        # A failed key held gives its exception again, without running (fail_first_time would pass).
+        failed = client.persist(api.delayed(fail_first_time, pure=True)(6, str(directory / "failed")))
+        api.wait(api.futures_of(failed), timeout=30)
+        retaken = api.delayed(fail_first_time, pure=True)(6, str(directory / "failed"))
+        errors = [outcome(lambda: client.compute(retaken + 1).result(timeout=30))]
+        errors.append(outcome(lambda: client.submit(inc, 1, key=failed.key).result(timeout=30)))
+        names = ("cancelled", "dropped", "released", "impure", "failed")
+        return results, errors, [runs(directory / name) for name in names]
+
+    assert same(observe(clients, tmp_path, scenario)) == (
+        [3, 4, 5, [5, 5]],
+        [("raised", "ValueError"), ("raised", "ValueError")],
+        [2, 2, 2, 2, 1],
+    )
+
+
 def test_persist_takes_distributeds_keywords_and_its_futures_are_waited_for(clients, tmp_path):
     def scenario(client, api, directory):
         counted = directory / "counted"
@@ -416,7 +486,6 @@ def test_persist_takes_distributeds_keywords_and_its_futures_are_waited_for(clie
         persisted = client.persist([one, api.delayed(inc)(one)], optimize_graph=False, priority=1)
         futures = api.futures_of(persisted)
         api.wait(futures, timeout=30)
-        # Another object (a new persist of the same key would run it again on belated, see README).
         [single] = api.futures_of(client.persist(api.delayed(inc)(5), fifo_timeout="60s"))
         single.result(timeout=30)
         return (

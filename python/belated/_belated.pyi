@@ -231,6 +231,7 @@ def compute(
     keep: bool = False,
     ramp: bool = False,
     retry_errors: int = 0,
+    stand_ins: tuple[tuple[Delayed[Any], Delayed[Any] | None], ...] | None = None,
 ) -> tuple[Any, ...]: ...
 def compute_with(
     objs: tuple[Any, ...], executor: Callable[..., Any], traverse: bool = True

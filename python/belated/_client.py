@@ -53,6 +53,9 @@ from belated._futures import (
 from belated._futures import (
     seconds as timeout_seconds,
 )
+from belated._futures import (
+    stand_ins as stand_ins_of,
+)
 from belated._tokenize import tokenize
 
 _OPEN = weakref.WeakSet()
@@ -348,6 +351,8 @@ class Client:
         # What persists made stand for: on the local cluster, a scale down moves their results off
         # the workers it retires; nbytes sizes them.
         self._persisted = weakref.WeakSet()
+        # The same by key, the latest of each: what a later computation of the key uses.
+        self._persisted_keys = weakref.WeakValueDictionary()
         self._adaptive = None
         self._local_cluster = None
         if dashboard_address:
@@ -488,13 +493,13 @@ class Client:
         func, (args, kwargs) = _passing_delayed(func, (args, kwargs))
         if not after:  # the common case: no need to wait or rebuild
             task = delayed(func)(*args, dask_key_name=key, **kwargs)
-            return self._start(lambda: (task,), [key], True, retries)[0]
+            return self._start(lambda: (task,), [key], True, retries, whole=False)[0]
 
         def build():
             call_args, call_kwargs = replace_futures((args, kwargs), Future._as_delayed)
             return (delayed(func)(*call_args, dask_key_name=key, **call_kwargs),)
 
-        return self._start(build, [key], True, retries, after=after)[0]
+        return self._start(build, [key], True, retries, after=after, whole=False)[0]
 
     def map(
         self,
@@ -556,12 +561,12 @@ class Client:
 
         if not after:
             ready = tasks(calls, kwargs)
-            return self._start(lambda: ready, keys, True, retries)
+            return self._start(lambda: ready, keys, True, retries, whole=False)
 
         def build():
             return tasks(*replace_futures((calls, kwargs), Future._as_delayed))
 
-        return self._start(build, keys, True, retries, after=after)
+        return self._start(build, keys, True, retries, after=after, whole=False)
 
     def _on_this_client(self, func):
         """``func``, made to see this client as get_client()'s while it runs in this process: on a
@@ -724,6 +729,7 @@ class Client:
                 _, (key, length) = items[i].__dask_postpersist__()
                 stands_for = Persisted(future, items[i], own=True)
                 self._persisted.add(stands_for)
+                self._persisted_keys[key] = stands_for
                 persisted[i] = delayed(stands_for, nout=length, pure=True)(dask_key_name=key)
         return persisted if many else persisted[0]
 
@@ -808,7 +814,9 @@ class Client:
             # (a map's equal calls): else _start would give back that future, done, and run nothing.
             if held is not None and (held._cell is future._cell or held._computation is computation):
                 del self._held[key]
-        [again] = self._start(lambda: (build()[index],), [key], traverse, retries, after=after, keep=keep)
+        [again] = self._start(
+            lambda: (build()[index],), [key], traverse, retries, after=after, keep=keep, rerun=True
+        )
         computation.retried.append(again._computation)
         # A new list: the computation, if its other tasks still run, settles the cells of its own.
         cells = list(computation.cells)
@@ -913,15 +921,22 @@ class Client:
                 return futures
         return self._start(lambda: items, keys, traverse, retries)
 
-    def _start(self, build, keys, traverse, retries, after=(), keep=False):
+    def _start(self, build, keys, traverse, retries, after=(), keep=False, whole=True, rerun=False):
         """Futures of the items ``build()`` returns, computed in the background once the futures
         ``after`` are done. With ``keep``, results stay in the workers: each future's result is a
-        ``_belated.Kept`` (a persist's), settled when the whole computation is."""
+        ``_belated.Kept`` (a persist's), settled when the whole computation is. A result this client
+        holds under a key of their graphs is used in place of that task (see :meth:`_holders`):
+        under any key with ``whole``, else (calls taking futures, which stand for their own keys
+        already) under ``keys`` alone; ``rerun`` (a retry) runs the tasks of ``keys`` again all the
+        same."""
         self._check_open()
         with self._lock:
             held = [None if key is None else self._held_future(key) for key in keys]
         if keys and all(future is not None for future in held):
             return held
+        # Found before this computation is among them: each takes only what earlier ones hold, so
+        # none waits for another that waits for it.
+        holders = self._holders(build() if whole else None, keys, traverse, rerun)
         # distributed's retries= runs a task that raised again, and here one whose worker died too;
         # without it, the latter runs again as belated's retries setting allows.
         retry_errors = retries or 0
@@ -941,6 +956,7 @@ class Client:
             # Only the persists this computation takes results of: the others have nothing to do
             # with it, and it starts while they run.
             wait_for_persists(items, traverse, earlier_persists)
+            stand_ins = stand_ins_of(holders)
             # Each future settles on its own, as in distributed: as soon as its task ends (each_done),
             # and a failed task fails only the futures that need it while the others' tasks still run.
             return _belated.compute(
@@ -958,6 +974,7 @@ class Client:
                 each=Raised,
                 keep=keep and cluster is not None,
                 retry_errors=retry_errors,
+                stand_ins=stand_ins,
             )
 
         batch = concurrent.futures.Future()
@@ -1013,6 +1030,34 @@ class Client:
             fresh = [None if h is not None or keep else key for h, key in zip(held, keys, strict=True)]
             self._hold_keys(computation, fresh)
         return [h if h is not None else future for h, future in zip(held, futures, strict=True)]
+
+    def _holders(self, items, keys, traverse, rerun):
+        """For each key of the graphs of ``items`` (or of ``keys``, without items) that a live,
+        uncancelled future or persisted object of this client holds, that holder and the ``Delayed``
+        it was computed from (if known): the engine uses its result in place of that task and the
+        tasks it needs (``stand_ins``), as distributed's scheduler does not compute a key it holds
+        again. ``rerun`` (a retry) leaves ``keys`` out: their tasks run again."""
+        if rerun:
+            keys = set(keys)
+        wanted = keys if items is None else {key for graph in graphs_of(items, traverse) for key in graph}
+        found = {}
+        for key in wanted:
+            if rerun and key in keys:
+                continue
+            with self._lock:
+                future = self._held_future(key)
+            if future is not None:
+                found[key] = (future, _source(future))
+                continue
+            persisted = self._persisted_keys.get(key)
+            future = persisted.future if persisted is not None else None
+            if (
+                future is not None
+                and future._index not in future._computation.cancelled
+                and not is_cancelled(future._cell)
+            ):
+                found[key] = (persisted, persisted.source)
+        return found
 
     def _counted(self):
         """The cancel token of a computation run on the local cluster apart from futures (``compute``
@@ -1641,6 +1686,16 @@ def _run_into(run, future):
         future.set_result(run())
     except BaseException as error:
         future.set_exception(error)
+
+
+def _source(future):
+    """The ``Delayed`` a computed future's result came from, when its computation keeps it: a
+    later graph may hold that very task, under a key of its own (an impure call's)."""
+    restart = getattr(future._computation, "restart", None)
+    if restart is None or restart[4]:  # calls taking futures: named by their keys, rebuilt when built
+        return None
+    source = restart[0]()[future._index]
+    return source if isinstance(source, _belated.Delayed) else None
 
 
 def _result_size(future):

@@ -464,6 +464,27 @@ class Persisted:
             return (Lineage, (self.source,))
 
 
+def stand_ins(holders):
+    """What the engine takes for the results of ``holders`` (see ``Client._holders``), once
+    they are done: for each, a ``Delayed`` under its key giving its result (a failed one's exception
+    again, as distributed gives it without running the task again), and the ``Delayed`` it was
+    computed from. None when there is none."""
+    if not holders:
+        return None
+    from belated import delayed
+
+    concurrent.futures.wait(
+        [holder._cell if type(holder) is Future else holder.future._cell for holder, _ in holders.values()]
+    )
+    return tuple(
+        (
+            delayed(holder if type(holder) is Persisted else Persisted(holder), pure=True)(dask_key_name=key),
+            source,
+        )
+        for key, (holder, source) in holders.items()
+    )
+
+
 def _call_weakly(method, cell):
     method = method()
     if method is not None:

@@ -145,6 +145,10 @@ impl GraphBuilder {
     }
 }
 
+/// A node taking the place of another in [`Plan::flatten_standing_in`], and that node (if any beyond
+/// the nodes under its merge name).
+pub type StandIn<P> = (Arc<Node<P>>, Option<Arc<Node<P>>>);
+
 /// The part of a build-side graph that some roots need, flattened for one computation.
 #[derive(Debug)]
 pub struct Plan<P: ?Sized> {
@@ -173,6 +177,21 @@ impl<P: Payload + ?Sized> Plan<P> {
     /// caches (a million nodes do); made here, it finds the node just loaded by the walk.
     pub fn flatten_visiting<'a, E>(
         roots: impl IntoIterator<Item = &'a Arc<Node<P>>>,
+        visit: impl FnMut(&P),
+    ) -> Result<Self, Error<E>>
+    where
+        P: 'a,
+    {
+        Self::flatten_standing_in(&[], roots, visit)
+    }
+
+    /// [`Plan::flatten_visiting`], where each `(stand_in, original)` of `stand_ins` takes the place of
+    /// `original` (that very node, if given) and of every node under the stand-in's merge name, whose
+    /// inputs are then not walked: a result already at hand for a task of the graph. The stand-ins are
+    /// walked first, and are not among the outputs.
+    pub fn flatten_standing_in<'a, E>(
+        stand_ins: &'a [StandIn<P>],
+        roots: impl IntoIterator<Item = &'a Arc<Node<P>>>,
         mut visit: impl FnMut(&P),
     ) -> Result<Self, Error<E>>
     where
@@ -188,7 +207,11 @@ impl<P: Payload + ?Sized> Plan<P> {
         let mut stack: Vec<(&'a Arc<Node<P>>, usize, bool)> = Vec::new();
         // The ids of the inputs found so far of each node on `stack`, in argument order.
         let mut input_ids: Vec<TaskId> = Vec::new();
-        let roots: Vec<&'a Arc<Node<P>>> = roots.into_iter().collect();
+        let roots: Vec<&'a Arc<Node<P>>> = stand_ins
+            .iter()
+            .map(|(stand_in, _)| stand_in)
+            .chain(roots)
+            .collect();
         let mut root_ptrs: Vec<*const ()> = roots.iter().map(|root| address(root)).collect();
         root_ptrs.sort_unstable();
         // A node reached by a single edge is never looked up again, so it stays out of `ids`, whose
@@ -202,7 +225,15 @@ impl<P: Payload + ?Sized> Plan<P> {
                 && root_ptrs.binary_search(&address(node)).is_err()
         };
 
-        for root in roots {
+        for (index, root) in roots.into_iter().enumerate() {
+            if index == stand_ins.len() {
+                // Walked: each original is known as its stand-in from here on.
+                for ((_, original), &id) in stand_ins.iter().zip(&outputs) {
+                    if let Some(original) = original {
+                        ids.insert(address(original), id);
+                    }
+                }
+            }
             if let Some(id) = known(root, &mut ids, &names) {
                 outputs.push(id);
                 continue;
@@ -240,6 +271,7 @@ impl<P: Payload + ?Sized> Plan<P> {
                 }
             }
         }
+        outputs.drain(..stand_ins.len());
         Ok(Plan {
             graph: builder.finish(),
             nodes,
@@ -326,6 +358,25 @@ mod tests {
         let plan = flatten(&[first, twin, other]);
         assert_eq!(plan.graph.len(), 3);
         assert_eq!(plan.outputs, vec![TaskId(1), TaskId(1), TaskId(2)]);
+    }
+
+    /// A stand-in takes the place of its original node (unnamed) and of a node under its name, and
+    /// the inputs of those are never walked; it is no output of its own.
+    #[test]
+    fn stand_ins_replace_their_originals_and_namesakes_with_their_inputs() {
+        let original = Node::new(Named(None), vec![leaf(None)]);
+        let namesake = Node::new(Named(Some("inc-1")), vec![leaf(None)]);
+        let root = Node::new(Named(None), vec![original.clone(), namesake, leaf(None)]);
+        let stand_ins = [(leaf(None), Some(original)), (leaf(Some("inc-1")), None)];
+        let plan = Plan::flatten_standing_in::<()>(&stand_ins, [&root], |_| ()).unwrap();
+        assert_eq!(plan.graph.len(), 4);
+        assert_eq!(
+            plan.graph.deps(TaskId(3)),
+            &[TaskId(0), TaskId(1), TaskId(2)]
+        );
+        assert!(Arc::ptr_eq(&plan.nodes[0], &stand_ins[0].0));
+        assert!(Arc::ptr_eq(&plan.nodes[1], &stand_ins[1].0));
+        assert_eq!(plan.outputs, vec![TaskId(3)]);
     }
 
     /// Nodes held by one edge only skip the walk's map of ids: a named one must still merge with

@@ -40,7 +40,7 @@ pub use executor::{
     run_inline_observed, CancelToken, EachOutput, Fanout, JobHandle, Observer, Outputs, PlainHost,
     Recoverable, Runner, Settled, ThreadHost, ThreadPool,
 };
-pub use graph::{Graph, Plan, TaskId};
+pub use graph::{Graph, Plan, StandIn, TaskId};
 pub use node::{held_alone, release_paced, visit_held_alone, Node, Payload, RELEASE_STEP};
 pub use recovery::{InputsLost, RetryErrors};
 pub use registry::{kept_threads, PoolRegistry, KEPT_POOLS};

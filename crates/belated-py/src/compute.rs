@@ -17,7 +17,7 @@ use belated_cluster::Running;
 use belated_core::concurrency::{Ramp, WINDOW_TASKS};
 use belated_core::{
     on_worker_thread, run_inline_each, run_inline_observed, Fanout, InputsLost, Observer, Outputs,
-    Plan, PoolRegistry, RetryErrors, Runner, Session, Stopped, TaskId, ThreadPool, Wait,
+    Plan, PoolRegistry, RetryErrors, Runner, Session, StandIn, Stopped, TaskId, ThreadPool, Wait,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -592,8 +592,13 @@ fn interrupt_or_cancel(py: Python<'_>, cancel: Option<&CancelToken>) -> Option<P
 type Results = Ran<PyValue, Vec<PyResult<PyValue>>>;
 
 /// Runs the graph the roots need and returns their results in order. Every callback that started is
-/// finished, however the computation ends.
-fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResult<Results> {
+/// finished, however the computation ends. Each `(stand_in, original)` of `stand_ins` takes the place
+/// of `original` and of every task under the stand-in's key in the roots' graph, their inputs unrun.
+fn execute(
+    py: Python<'_>,
+    (stand_ins, roots): (&[StandIn<PyTask>], &[Arc<TaskNode>]),
+    run: Run<'_, '_>,
+) -> PyResult<Results> {
     let mut grouping = Grouping::if_shown();
     let Plan {
         graph,
@@ -602,8 +607,10 @@ fn execute(py: Python<'_>, roots: &[Arc<TaskNode>], run: Run<'_, '_>) -> PyResul
     } = py
         // Flattening needs no Python: let other threads run meanwhile (it takes a while for big graphs).
         .detach(|| match &mut grouping {
-            Some(grouping) => Plan::flatten_visiting(roots, |task| grouping.visit(task)),
-            None => Plan::flatten(roots),
+            Some(grouping) => {
+                Plan::flatten_standing_in(stand_ins, roots, |task| grouping.visit(task))
+            }
+            None => Plan::flatten_standing_in(stand_ins, roots, |_| ()),
         })
         .map_err(|e| to_python(py, e, |_| String::new()))?;
     let nodes: Arc<[Arc<TaskNode>]> = nodes.into();
@@ -833,7 +840,7 @@ enum Ran<V, E> {
 #[pyo3(signature = (
     objs, scheduler="threads", num_workers=None, traverse=true, callbacks=None, timeout=None, persist=false,
     retries=1, cluster=None, cancel=None, each=None, computed=0, keep=false, ramp=false,
-    retry_errors=0
+    retry_errors=0, stand_ins=None
 ))]
 #[allow(clippy::too_many_arguments)] // compute's keyword arguments, as Python passes them
 pub(crate) fn compute<'py>(
@@ -853,8 +860,25 @@ pub(crate) fn compute<'py>(
     keep: bool,
     ramp: bool,
     retry_errors: u32,
+    stand_ins: Option<&Bound<'py, PyTuple>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     catch_panics(|| {
+        let node =
+            |obj: Bound<'py, PyAny>| PyResult::Ok(Arc::clone(obj.cast::<Delayed>()?.get().node()));
+        let stand_ins = stand_ins
+            .map(|given| {
+                given
+                    .iter()
+                    .map(|pair| {
+                        let (stand_in, original): (Bound<'py, PyAny>, Bound<'py, PyAny>) =
+                            pair.extract()?;
+                        let original = (!original.is_none()).then(|| node(original)).transpose()?;
+                        Ok((node(stand_in)?, original))
+                    })
+                    .collect::<PyResult<Vec<_>>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
         if persist && each.is_some() {
             return Err(PyValueError::new_err(
                 "persist and each cannot be combined: a persisted object holds a value",
@@ -878,7 +902,7 @@ pub(crate) fn compute<'py>(
             let values = if roots.is_empty() {
                 Vec::new()
             } else {
-                match execute(py, &roots, run)? {
+                match execute(py, (&stand_ins, &roots), run)? {
                     Ran::All(values) => values,
                     Ran::Each(values) => match each {
                         Some(each) => return each_result(py, &template, values, each),
