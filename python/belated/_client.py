@@ -1037,9 +1037,20 @@ class Client:
         it was computed from (if known): the engine uses its result in place of that task and the
         tasks it needs (``stand_ins``), as distributed's scheduler does not compute a key it holds
         again. ``rerun`` (a retry) leaves ``keys`` out: their tasks run again."""
+        if not self._held and not self._persisted_keys:  # nothing to look for in the graph
+            return {}
         if rerun:
             keys = set(keys)
-        wanted = keys if items is None else {key for graph in graphs_of(items, traverse) for key in graph}
+        wanted = (
+            keys
+            if items is None
+            else {
+                key
+                for graph in graphs_of(items, traverse)
+                for key in graph
+                if key in self._held or key in self._persisted_keys
+            }
+        )
         found = {}
         for key in wanted:
             if rerun and key in keys:
