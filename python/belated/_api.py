@@ -120,7 +120,7 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
         persisted = _client_persist(scheduler, args, traverse, retries)
         if persisted is not None:
             return persisted
-    # Its results held under keys of the graph are used, not computed again (see Client._holders).
+    # Its results held under keys of the graph are used, not computed again (see Client._held_results).
     client = scheduler if _is_local_client(scheduler) and not _futures.in_task() else None
     in_process = getattr(scheduler, "_in_process_threads", None)  # a Client(processes=False)
     if in_process is not None:
@@ -189,7 +189,9 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
 
             return _persist_collections(args, run, fuse)
         args, collections = _collections_as_delayed(args, traverse, fuse)
-        stand_ins = None if client is None else _futures.stand_ins(client._holders(args, (), traverse, False))
+        stand_ins = (
+            None if client is None else _futures.stand_ins(client._held_results(args, (), traverse, False))
+        )
         # Called here rather than through run(): a task's traceback shows one frame of ours fewer.
         with _logging.computing("persist" if persist else "compute", where):
             return _belated.compute(

@@ -925,7 +925,7 @@ class Client:
         """Futures of the items ``build()`` returns, computed in the background once the futures
         ``after`` are done. With ``keep``, results stay in the workers: each future's result is a
         ``_belated.Kept`` (a persist's), settled when the whole computation is. A result this client
-        holds under a key of their graphs is used in place of that task (see :meth:`_holders`):
+        holds under a key of their graphs is used in place of that task (see :meth:`_held_results`):
         under any key with ``whole``, else (calls taking futures, which stand for their own keys
         already) under ``keys`` alone; ``rerun`` (a retry) runs the tasks of ``keys`` again all the
         same."""
@@ -936,7 +936,7 @@ class Client:
             return held
         # Found before this computation is among them: each takes only what earlier ones hold, so
         # none waits for another that waits for it.
-        holders = self._holders(build() if whole else None, keys, traverse, rerun)
+        holders = self._held_results(build() if whole else None, keys, traverse, rerun)
         # distributed's retries= runs a task that raised again, and here one whose worker died too;
         # without it, the latter runs again as belated's retries setting allows.
         retry_errors = retries or 0
@@ -1031,7 +1031,7 @@ class Client:
             self._hold_keys(computation, fresh)
         return [h if h is not None else future for h, future in zip(held, futures, strict=True)]
 
-    def _holders(self, items, keys, traverse, rerun):
+    def _held_results(self, items, keys, traverse, rerun):
         """For each key of the graphs of ``items`` (or of ``keys``, without items) that a live,
         uncancelled future or persisted object of this client holds, that holder and the ``Delayed``
         it was computed from (if known): the engine uses its result in place of that task and the

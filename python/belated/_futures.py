@@ -465,7 +465,7 @@ class Persisted:
 
 
 def stand_ins(holders):
-    """What the engine takes for the results of ``holders`` (see ``Client._holders``), once
+    """What the engine takes for the results of ``holders`` (see ``Client._held_results``), once
     they are done: for each, a ``Delayed`` under its key giving its result (a failed one's exception
     again, as distributed gives it without running the task again), and the ``Delayed`` it was
     computed from. None when there is none."""
