@@ -99,6 +99,17 @@ def state(future):
     return future.status, future.done(), future.cancelled()
 
 
+def finished_failed_and_cancelled(client, api):
+    """Three futures, once settled: one that finished (with 2), one that failed (Boom) and one
+    cancelled after it finished."""
+    finished = client.submit(inc, 1, pure=False)
+    failed = client.submit(explode, 1, pure=False)
+    cancelled = client.submit(inc, 2, pure=False)
+    api.wait([finished, failed, cancelled], timeout=30)
+    cancelled.cancel()
+    return finished, failed, cancelled
+
+
 # -- wait and as_completed ----------------------------------------------------------------------------
 
 
@@ -192,11 +203,7 @@ def test_timeouts_may_be_strings_as_in_distributed(clients, tmp_path):
 
 def test_as_completed_yields_duplicates_done_and_cancelled_futures_as_distributed(clients, tmp_path):
     def scenario(client, api, _):
-        finished = client.submit(inc, 1, pure=False)
-        failed = client.submit(explode, 2, pure=False)
-        cancelled = client.submit(inc, 3, pure=False)
-        api.wait([finished, failed, cancelled], timeout=30)
-        cancelled.cancel()
+        finished, failed, cancelled = finished_failed_and_cancelled(client, api)
         empty = list(api.as_completed([]))
         twice = [f is finished for f in api.as_completed([finished, finished], timeout=30)]
         results = {}
@@ -253,11 +260,7 @@ def test_futures_go_through_the_states_distributeds_go_through(clients, tmp_path
 
 def test_gather_skips_failed_and_cancelled_futures_as_distributed(clients, tmp_path):
     def scenario(client, api, _):
-        good = client.submit(inc, 1, pure=False)
-        failed = client.submit(explode, 1, pure=False)
-        cancelled = client.submit(inc, 2, pure=False)
-        api.wait([good, failed, cancelled], timeout=30)
-        cancelled.cancel()
+        good, failed, cancelled = finished_failed_and_cancelled(client, api)
         return (
             client.gather([failed, good, cancelled, "plain"], errors="skip"),
             client.gather({"g": good, "f": failed, "c": cancelled}, errors="skip"),
