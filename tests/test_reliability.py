@@ -103,6 +103,26 @@ def test_timeouts_apply_between_tasks_inline_and_from_config():
     assert compute(delayed(sum)([1]), timeout=5) == (1,)
 
 
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_a_sync_compute_whose_last_task_ran_past_the_timeout_times_out(tasks):
+    # The sync scheduler cannot stop a task (it runs on the caller's thread), and looked at the time
+    # limit only before each: a compute whose last task outlasted it returned as if in time, where the
+    # threads scheduler raises at the limit
+    done = []
+
+    def slow(i):
+        time.sleep(0.5)
+        done.append(i)
+        return i
+
+    with pytest.raises(belated.ComputeTimeoutError, match=r"within 0\.05 s"):
+        compute(*[delayed(slow)(i) for i in range(tasks)], scheduler="sync", timeout=0.05)
+    assert done == [0], "the first task ran; the limit stopped the next ones"
+    with pytest.raises(belated.ComputeTimeoutError):
+        belated.get({"x": (slow, 7)}, "x", pool="sync", timeout=0.05)
+    assert compute(delayed(slow)(8), scheduler="sync", timeout=60) == (8,)
+
+
 def test_bad_input_gets_clear_errors_not_crashes():
     with pytest.raises(TypeError, match="'int' object is not callable"):
         delayed(5)(1).compute()

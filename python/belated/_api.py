@@ -398,8 +398,8 @@ def compute(
 
     ``timeout`` (seconds, default ``belated.config`` ``timeout``) cancels a local computation that runs
     longer and raises ``belated.ComputeTimeoutError``; tasks already running cannot be stopped, so they
-    finish in the background and their results are dropped. The inline ``"sync"`` scheduler notices
-    the timeout between tasks.
+    finish in the background and their results are dropped. The inline ``"sync"`` scheduler runs
+    tasks on your thread, so it cannot stop one: it notices the timeout after each task.
     ``optimize_graph`` and other keyword arguments are accepted for dask compatibility: the engine only
     ever runs the tasks the results need.
 

@@ -239,6 +239,7 @@ impl PyRunner {
         let node = &self.nodes[task.index()];
         let key = self.guard.before(py, node)?;
         let value = call_task(py, || node.payload().evaluate(py, inputs))?;
+        self.guard.finished_in_time()?;
         if let Some(key) = key {
             self.guard.after(py, &key, &value)?;
         }

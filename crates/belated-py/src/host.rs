@@ -65,6 +65,16 @@ impl TaskGuard {
         Ok(Some(key))
     }
 
+    /// After a task: on an inline run, whether the time limit passed while it ran. A pool's caller
+    /// stops waiting at the limit; an inline run is the caller, and looked only before each task, so
+    /// a compute whose last task ran past the limit ended as if in time.
+    pub(crate) fn finished_in_time(&self) -> PyResult<()> {
+        match self.deadline {
+            Some(deadline) if self.check_signals && deadline.passed() => Err(deadline.error()),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn after(
         &self,
         py: Python<'_>,
