@@ -296,12 +296,22 @@ def test_short_tasks_holding_the_interpreter_settle_on_one_thread(machine):
     thread run them (comparing with two again now and then): in the last third of the graph, one
     thread runs nearly all tasks, where without the measuring each runs about half. On a loaded
     machine the OS keeps the thread off the cores for milliseconds in the midst of a task now and then:
-    that is no long task (which lets every thread run again and measures anew)."""
+    that is no long task (which lets every thread run again and measures anew).
+
+    Two threads came out faster in the comparison now and then, idle (the engine's own work overlaps
+    the tasks a little) and loaded (two threads take more of a core shared with a busy process): they
+    must also keep more cores busy to be kept. A choice measured on a busy machine is still wrong now
+    and then, so the test asks it of most of five computes, not of each."""
+    shares = []
     with machine():
-        idents = compute([delayed(threading.get_ident)() for _ in range(300_000)], num_workers=2)[0]
-    later = idents[2 * len(idents) // 3 :]
-    minority = min(later.count(ident) for ident in set(later)) if len(set(later)) > 1 else 0
-    assert minority / len(later) < 0.25, f"the second thread ran {minority / len(later):.0%} of them"
+        for _ in range(5):
+            graph = [delayed(threading.get_ident)() for _ in range(300_000)]
+            idents = compute(graph, num_workers=2)[0]
+            later = idents[2 * len(idents) // 3 :]
+            minority = min(later.count(ident) for ident in set(later)) if len(set(later)) > 1 else 0
+            shares.append(minority / len(later))
+    settled = sum(share < 0.25 for share in shares)
+    assert settled >= 3, f"the second thread's shares of the last third: {shares}"
 
 
 def test_tasks_that_wait_keep_every_thread_from_the_start():

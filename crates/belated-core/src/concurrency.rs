@@ -6,9 +6,16 @@
 //! is not known before it runs, so [`Ramp`] measures: it starts with every thread, counts finished
 //! tasks per window of time, and compares with one thread fewer, then one fewer again while fewer
 //! win (or one more while more win). More threads must win by [`GAIN`] to be kept, since each window
-//! runs different tasks and the extra threads cost the machine. Settled, it compares again every
+//! runs different tasks and the extra threads cost the machine, and must keep more cores busy
+//! ([`EXTRA_CORES`]): tasks holding the interpreter run about as fast on two threads as on one (the
+//! engine's own work overlaps a little), so two threads' rate came out 15% ahead now and then on an
+//! idle machine, keeping one core busy as one thread does. Settled, it compares again every
 //! [`REPROBE`] windows (with one thread more, or fewer at the most), since a graph's phases differ
 //! (building chunks, then reducing them).
+//!
+//! On a busy machine the OS gives the process more or less of the cores from one window to the
+//! next, and rates and CPU time compared across windows then differ by half: a choice made there is
+//! wrong now and then, until the next comparison.
 //!
 //! Fewer threads are tried only after a window in which the process kept at least [`MIN_BUSY`] of a
 //! core busy: a lock every thread needs is held by a thread that runs, so tasks that contend for one
@@ -45,6 +52,12 @@ pub const REPROBE: u32 = 20;
 /// tried: tasks holding the interpreter keep one busy, or what the machine gives the process (a sixth
 /// of one at load 12 on two cores); two threads of tasks that sleep 5 ms (1 ms) keep 0.02 (0.04).
 pub const MIN_BUSY: f64 = 0.1;
+/// The least each extra thread must add to the cores the process keeps busy, as a fraction of what
+/// each of the fewer threads kept busy, for more threads to be kept: a third. Tasks that run side
+/// by side add about a whole share each (tasks waiting on I/O as well, from a lower base); tasks
+/// holding the interpreter add none on an idle machine, and on a core shared with a busy process a
+/// tenth of one against a share of half (two threads take more of it from that process).
+pub const EXTRA_CORES: f64 = 1.0 / 3.0;
 
 /// The adaptive thread count of one job: read [`Ramp::allowed`] before taking a task, call
 /// [`Ramp::task_done`] after each.
@@ -74,8 +87,13 @@ struct Window {
 enum Phase {
     /// Measuring the current count, to compare with a neighbour next.
     Measure,
-    /// Measuring the current count against `threads`, measured at `rate` tasks per second.
-    Compare { threads: usize, rate: f64 },
+    /// Measuring the current count against `threads`, measured at `rate` tasks per second while
+    /// keeping `cores` busy.
+    Compare {
+        threads: usize,
+        rate: f64,
+        cores: f64,
+    },
     /// At the chosen count for this many more windows.
     Settled { windows: u32 },
 }
@@ -198,19 +216,27 @@ impl Ramp {
                     Phase::Compare {
                         threads: current,
                         rate,
+                        cores,
                     },
                 )
             }
             Phase::Compare {
                 threads,
-                rate: other,
+                rate: other_rate,
+                cores: other_cores,
             } => {
-                let ((fewer, fewer_rate), (more, more_rate)) = if threads < current {
-                    ((threads, other), (current, rate))
-                } else {
-                    ((current, rate), (threads, other))
-                };
-                let winner = if more_rate > fewer_rate * GAIN {
+                let measured = (current, rate, cores);
+                let other = (threads, other_rate, other_cores);
+                let ((fewer, fewer_rate, fewer_cores), (more, more_rate, more_cores)) =
+                    if threads < current {
+                        (other, measured)
+                    } else {
+                        (measured, other)
+                    };
+                let share = fewer_cores / fewer as f64;
+                let side_by_side =
+                    more_cores - fewer_cores >= EXTRA_CORES * share * (more - fewer) as f64;
+                let winner = if more_rate > fewer_rate * GAIN && side_by_side {
                     more
                 } else {
                     fewer
@@ -228,6 +254,7 @@ impl Ramp {
                         Phase::Compare {
                             threads: current,
                             rate,
+                            cores,
                         },
                     )
                 } else {
@@ -280,24 +307,32 @@ mod tests {
         }
     }
 
-    /// The counts one window after another, each window's rate given by `rate(threads)` in tasks per
-    /// window of [`WINDOW`].
-    fn counts(max: usize, windows: usize, rate: impl Fn(usize) -> u32) -> Vec<usize> {
+    /// The counts one window after another, each window's tasks and cores kept busy given by
+    /// `load(threads)`, in tasks per window of [`WINDOW`].
+    fn counts(max: usize, windows: usize, load: impl Fn(usize) -> (u32, f64)) -> Vec<usize> {
         let mut clocks = Clocks::new();
         let ramp = clocks.ramp(max);
         let mut seen = vec![ramp.allowed()];
         for _ in 0..windows {
-            run(&ramp, &mut clocks, rate(ramp.allowed()), WINDOW);
+            let (tasks, cores) = load(ramp.allowed());
+            clocks.cores = cores;
+            run(&ramp, &mut clocks, tasks, WINDOW);
             seen.push(ramp.allowed());
         }
         seen
+    }
+
+    /// Tasks that run side by side: each thread keeps a core busy and finishes `per_thread` tasks a
+    /// window.
+    fn side_by_side(per_thread: u32) -> impl Fn(usize) -> (u32, f64) {
+        move |threads| (per_thread * threads as u32, threads as f64)
     }
 
     #[test]
     fn a_second_thread_that_slows_the_tasks_is_dropped_and_tried_again_later() {
         // Two threads finish fewer tasks than one, as with the interpreter lock contended.
         let r = REPROBE as usize;
-        let seen = counts(2, r + 4, |t| if t == 2 { 60 } else { 100 });
+        let seen = counts(2, r + 4, |t| (if t == 2 { 60 } else { 100 }, 1.0));
         assert_eq!(&seen[..3], &[2, 1, 1]);
         assert!(seen[2..r + 3].iter().all(|&t| t == 1), "{seen:?}");
         // The look again: one window at two threads, which lose again.
@@ -307,7 +342,7 @@ mod tests {
     #[test]
     fn threads_that_scale_are_kept() {
         let r = REPROBE as usize;
-        let seen = counts(2, r + 4, |t| 100 * t as u32);
+        let seen = counts(2, r + 4, side_by_side(100));
         assert_eq!(&seen[..3], &[2, 1, 2]);
         assert!(seen[2..r + 3].iter().all(|&t| t == 2), "{seen:?}");
         // At the most threads, the look again tries one fewer.
@@ -316,8 +351,30 @@ mod tests {
 
     #[test]
     fn a_small_gain_does_not_pay_for_another_thread() {
-        let seen = counts(2, 2, |t| if t == 2 { 110 } else { 100 });
+        let seen = counts(2, 2, |t| (if t == 2 { 110 } else { 100 }, t as f64));
         assert_eq!(seen, [2, 1, 1]);
+    }
+
+    #[test]
+    fn more_threads_that_keep_no_more_cores_busy_are_not_kept_however_fast() {
+        // Tasks holding the interpreter, two threads a fifth faster in their window: by chance, or by
+        // the engine's own work overlapping the tasks a little.
+        let seen = counts(2, 2, |t| (if t == 2 { 120 } else { 100 }, 1.0));
+        assert_eq!(seen, [2, 1, 1]);
+        // On a core shared with a busy process, two threads take more of it (0.58 of it against
+        // 0.48, as measured): a fifth more tasks, a tenth of a core more.
+        let seen = counts(2, 2, |t| if t == 2 { (120, 0.58) } else { (100, 0.48) });
+        assert_eq!(seen, [2, 1, 1]);
+    }
+
+    #[test]
+    fn more_threads_that_keep_more_cores_busy_and_run_faster_are_kept() {
+        // Tasks that wait on I/O half the time add half a core each.
+        let seen = counts(2, 2, |t| (100 * t as u32, 0.5 * t as f64));
+        assert_eq!(seen, [2, 1, 2]);
+        // Tasks holding the interpreter a third of the time.
+        let seen = counts(2, 2, |t| if t == 2 { (160, 1.6) } else { (100, 1.0) });
+        assert_eq!(seen, [2, 1, 2]);
     }
 
     #[test]
@@ -328,12 +385,15 @@ mod tests {
         let ramp = clocks.ramp(4);
         let mut seen = Vec::new();
         for window in 0..REPROBE as usize + 9 {
-            let rates = if window < 4 {
-                [0, 90, 80, 70, 50]
+            let threads = ramp.allowed();
+            // Tasks holding the interpreter keep one core busy; then tasks that run side by side.
+            let tasks;
+            (clocks.cores, tasks) = if window < 4 {
+                (1.0, [0, 90, 80, 70, 50][threads])
             } else {
-                [0, 100, 190, 270, 280]
+                (threads as f64, [0, 100, 190, 270, 280][threads])
             };
-            run(&ramp, &mut clocks, rates[ramp.allowed()], WINDOW);
+            run(&ramp, &mut clocks, tasks, WINDOW);
             seen.push(ramp.allowed());
         }
         let mut expected = vec![3, 2, 1];
@@ -474,7 +534,9 @@ mod tests {
         // Settled on all threads, the look again skips fewer while the tasks keep no core busy.
         let mut clocks = Clocks::new();
         let ramp = clocks.ramp(2);
+        clocks.cores = 2.0;
         run(&ramp, &mut clocks, 100, WINDOW);
+        clocks.cores = 1.0;
         run(&ramp, &mut clocks, 50, WINDOW);
         assert_eq!(ramp.allowed(), 2, "two threads won");
         clocks.cores = 0.0;
