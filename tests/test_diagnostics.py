@@ -52,6 +52,48 @@ def test_callbacks_see_start_every_task_and_finish_in_dask_signatures(scheduler)
     assert events == [], "the callback is unregistered after the with block"
 
 
+def test_callbacks_and_profiles_have_tuple_keys_as_dask_gives_them(scheduler, tmp_path):
+    # Every hook had the key's text, "('x', 1)", and the graph was keyed by it.
+    events = []
+    lock = threading.Lock()
+
+    def record(*event):
+        with lock:
+            events.append(event)
+
+    x = delayed(inc)(1, dask_key_name=("x", 1))
+    y = delayed(inc)(x, dask_key_name="y")
+    with (
+        Callback(
+            start=lambda dsk: record("start", set(dsk)),
+            pretask=lambda key, dsk, state: record("pretask", key, dsk[key]),
+            posttask=lambda key, result, dsk, state, worker: record("posttask", key),
+            finish=lambda dsk, state, errored: record("finish", set(dsk.keys()), "('x', 1)" in dsk),
+        ),
+        Profiler() as prof,
+    ):
+        assert y.compute() == 3
+    assert events == [
+        ("start", {("x", 1), "y"}),
+        ("pretask", ("x", 1), (inc, 1)),
+        ("posttask", ("x", 1)),
+        ("pretask", "y", (inc, ("x", 1))),
+        ("posttask", "y"),
+        ("finish", {("x", 1), "y"}, False),
+    ]
+    assert len(prof.results) == 2
+    assert {(row.key, row.task) for row in prof.results} == {(("x", 1), (inc, 1)), ("y", (inc, ("x", 1)))}
+    with open(prof.visualize(filename=str(tmp_path / "profile.html"))) as page:
+        assert "&#9632;</span> x " in page.read(), "a tuple key's task is grouped by the key's name"
+    dask = pytest.importorskip("dask")
+    from dask.diagnostics import Profiler as DaskProfiler
+
+    dask_x = dask.delayed(inc)(1, dask_key_name=("x", 1))
+    with DaskProfiler() as dask_prof:
+        dask.delayed(inc)(dask_x, dask_key_name="y").compute(scheduler=scheduler)
+    assert {row.key for row in dask_prof.results} == {row.key for row in prof.results}
+
+
 def test_finish_hears_of_failures_and_subclasses_override_hooks():
     class Recorder(Callback):
         def __init__(self):

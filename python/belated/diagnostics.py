@@ -679,8 +679,11 @@ _TOKEN = re.compile(r"-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 
 
 def _key_prefix(key):
-    """A key without its token: the function name, which groups tasks in pictures."""
-    return _TOKEN.sub("", key)
+    """A key without its token: the function name, which groups tasks in pictures (a tuple key, as
+    dask's chunks have, by its name)."""
+    if isinstance(key, tuple) and key:
+        key = key[0]
+    return _TOKEN.sub("", str(key))
 
 
 _PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6"]

@@ -414,7 +414,8 @@ impl Codec for PyCodec {
                 Some(value) => value.0.bind(py).clone(),
                 None => py.None().into_bound(py),
             };
-            self.guard.after(py, &self.key(py, task), &value)
+            let key = self.nodes[task.index()].payload().key_object(py);
+            self.guard.after(py, &key, &value)
         })
     }
 }

@@ -14,8 +14,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyList;
-use rustc_hash::FxHashMap;
+use pyo3::types::{PyDict, PyList};
 
 use crate::errors::catch_panics;
 use crate::export::Legacy;
@@ -147,7 +146,7 @@ impl ComputeState {
                 .map(|span| {
                     let key = self.tracker.nodes[span.task.index()]
                         .payload()
-                        .key_string(py);
+                        .key_object(py);
                     let worker = span.worker.map_or(-1, |w| w as i64);
                     (key, seconds(span.start_ns), seconds(span.end_ns), worker)
                 })
@@ -157,13 +156,15 @@ impl ComputeState {
     }
 }
 
-/// The graph of a computation as a read-only mapping: key → task in dask's legacy spec.
+/// The graph of a computation as a read-only mapping: key → task in dask's legacy spec. Its keys are
+/// dask's: strings, or the tuples (or other objects) tasks were named with.
 #[pyclass(module = "belated.diagnostics", mapping, frozen)]
 pub(crate) struct TaskGraph {
     nodes: Arc<[Arc<TaskNode>]>,
-    /// Built on first lookup. Building it runs Python (keys' names), which may let other threads in;
-    /// a `PyOnceLock` lets them wait without holding the interpreter, so they cannot deadlock.
-    index: PyOnceLock<FxHashMap<String, usize>>,
+    /// Key → position, built on first lookup. Building it runs Python (keys' names, hashing), which may
+    /// let other threads in; a `PyOnceLock` lets them wait without holding the interpreter, so they
+    /// cannot deadlock.
+    index: PyOnceLock<Py<PyDict>>,
 }
 
 impl TaskGraph {
@@ -174,10 +175,10 @@ impl TaskGraph {
         }
     }
 
-    fn keys_of<'py>(&self, py: Python<'py>) -> Vec<String> {
+    fn keys_of<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyAny>> {
         self.nodes
             .iter()
-            .map(|node| node.payload().key_string(py))
+            .map(|node| node.payload().key_object(py))
             .collect()
     }
 }
@@ -196,21 +197,25 @@ impl TaskGraph {
         catch_panics(|| PyList::new(py, self.keys_of(py)))
     }
 
-    fn __contains__(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
-        catch_panics(|| Ok(self.position(py, key).is_some()))
+    fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        catch_panics(|| Ok(self.position(py, key)?.is_some()))
     }
 
-    fn __getitem__<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         catch_panics(|| {
             let node = &self.nodes[self
-                .position(py, key)
-                .ok_or_else(|| PyKeyError::new_err(key.to_string()))?];
+                .position(py, key)?
+                .ok_or_else(|| PyKeyError::new_err(key.clone().unbind()))?];
             let legacy = Legacy {
                 py,
                 dep_keys: node
                     .deps()
                     .iter()
-                    .map(|dep| dep.payload().key.to_object(py, dep.payload()))
+                    .map(|dep| dep.payload().key_object(py))
                     .collect(),
             };
             legacy.op(&node.payload().op)
@@ -219,14 +224,19 @@ impl TaskGraph {
 }
 
 impl TaskGraph {
-    fn position(&self, py: Python<'_>, key: &str) -> Option<usize> {
-        let index = self.index.get_or_init(py, || {
-            self.keys_of(py)
-                .into_iter()
-                .enumerate()
-                .map(|(i, k)| (k, i))
-                .collect()
-        });
-        index.get(key).copied()
+    /// Where `key` is, or None; an unhashable key raises TypeError, as a dict's lookup does.
+    fn position(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+        let index = self.index.get_or_try_init(py, || -> PyResult<_> {
+            let index = PyDict::new(py);
+            for (i, key) in self.keys_of(py).into_iter().enumerate() {
+                index.set_item(key, i)?;
+            }
+            Ok(index.unbind())
+        })?;
+        index
+            .bind(py)
+            .get_item(key)?
+            .map(|i| i.extract())
+            .transpose()
     }
 }

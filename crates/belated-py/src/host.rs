@@ -47,7 +47,11 @@ pub(crate) struct TaskGuard {
 impl TaskGuard {
     /// Checks whether the task may start and tells the `pretask` callbacks; returns its key when
     /// `posttask` callbacks will want it.
-    pub(crate) fn before(&self, py: Python<'_>, node: &TaskNode) -> PyResult<Option<String>> {
+    pub(crate) fn before<'py>(
+        &self,
+        py: Python<'py>,
+        node: &TaskNode,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         offer_between_tasks(py)?;
         if self.check_signals {
             py.check_signals()?;
@@ -58,7 +62,7 @@ impl TaskGuard {
         let Some(hooks) = &self.hooks else {
             return Ok(None);
         };
-        let key = node.payload().key_string(py);
+        let key = node.payload().key_object(py);
         for pretask in &hooks.pretask {
             pretask.call1(py, (&key, &hooks.graph, &hooks.state))?;
         }
@@ -78,7 +82,7 @@ impl TaskGuard {
     pub(crate) fn after(
         &self,
         py: Python<'_>,
-        key: &str,
+        key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         if let Some(hooks) = &self.hooks {

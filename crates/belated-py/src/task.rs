@@ -220,6 +220,11 @@ impl PyTask {
         self.may_cycle
     }
 
+    /// The key as dask hands it to callbacks: a string, or the object (a tuple) it was named with.
+    pub(crate) fn key_object<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        self.key.to_object(py, self)
+    }
+
     pub(crate) fn key_string(&self, py: Python<'_>) -> String {
         match &self.key {
             Key::Named(name) => name.to_string(),
