@@ -148,6 +148,59 @@ def test_task_exception_reaches_the_caller_as_itself_with_user_frames(scheduler)
     assert len(frames) <= 4, frames
 
 
+def _fail_through(fail, x):
+    fail(x)
+
+
+def _compute(package, x, how, scheduler):
+    return x.compute(scheduler=scheduler) if how == "method" else package.compute(x, scheduler=scheduler)
+
+
+def _frames_past_compute(package, how, scheduler):
+    """The exception a task raised two calls deep in the user's code, whether it is the one the task
+    made, and the traceback's frames past ``_compute``: the package's, then the user's."""
+    made = []
+
+    def fail(x):
+        made.append(Boom(f"bad input {x}"))
+        raise made[-1]
+
+    with pytest.raises(Boom, match="bad input 2") as info:
+        _compute(package, package.delayed(_fail_through)(fail, package.delayed(add_one)(1)), how, scheduler)
+    frames = traceback.extract_tb(info.value.__traceback__)
+    (entry,) = [i for i, frame in enumerate(frames) if frame.name == "_compute"]
+    return info.value is made[0], frames[entry + 1 :]
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+@pytest.mark.parametrize("how", ["method", "function"])
+def test_a_task_error_shows_the_compute_call_then_only_the_users_frames_as_dask_does(how, scheduler):
+    # Printed in a terminal (no IPython or pytest hiding marked frames), it showed belated's _run
+    # between compute and the task.
+    same, frames = _frames_past_compute(belated, how, scheduler)
+    assert same, "the exception the task raised, not a copy"
+    own = os.path.join(os.path.dirname(belated.__file__), "")
+    assert [(frame.name, frame.filename.startswith(own)) for frame in frames] == [
+        ("compute", True),
+        ("_fail_through", False),
+        ("fail", False),
+    ]
+    dask = pytest.importorskip("dask")
+    dask_same, dask_frames = _frames_past_compute(dask, how, scheduler)
+    dasks = os.path.join(os.path.dirname(dask.__file__), "")
+    assert dask_same
+    assert [frame.name for frame in dask_frames if not frame.filename.startswith(dasks)] == [
+        frame.name for frame in frames[1:]
+    ]
+
+
+def test_an_error_of_belated_itself_keeps_its_frames():
+    with pytest.raises(ValueError, match="retries") as info:
+        compute(delayed(add_one)(1), retries=-1)
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert [frame.name for frame in frames[-2:]] == ["_run", "_retry_count"]
+
+
 def test_after_a_failure_remaining_tasks_are_cancelled_and_the_pool_is_reusable():
     started = []
 

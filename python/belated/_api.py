@@ -78,6 +78,22 @@ def _retry_count(retries):
     return count
 
 
+_OWN_FILES = os.path.join(os.path.dirname(__file__), "")
+
+
+def _past_own_frames(traceback):
+    """The traceback of an exception leaving ``compute`` or ``persist`` (whose own frame comes first)
+    from the first frame that is not belated's, or None when there is nothing to skip or nothing but
+    belated's frames (an error of belated's own keeps them). Between the user's call and their task,
+    belated's frames say nothing to them; dask's tracebacks show none of its own there either, past
+    its entry point."""
+    first = traceback.tb_next
+    shown = first
+    while shown is not None and shown.tb_frame.f_code.co_filename.startswith(_OWN_FILES):
+        shown = shown.tb_next
+    return None if shown is first else shown
+
+
 def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwargs):
     """Runs compute or persist: options default to ``belated.config``, then to dask's own configuration
     for the keys both have (``scheduler``, ``num_workers``); other engines get the graph."""
@@ -444,7 +460,14 @@ def compute(
     (3, {'b': 30}, 'unchanged')
     """
     __tracebackhide__ = True
-    return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=False, kwargs=kwargs)
+    try:
+        return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=False, kwargs=kwargs)
+    except Exception as error:
+        shown = _past_own_frames(error.__traceback__)
+        if shown is None:
+            raise
+        # The same exception object, so that ``except E as e`` still finds the one the task raised.
+        raise error.with_traceback(shown)  # noqa: B904
 
 
 def persist(
@@ -502,7 +525,14 @@ def persist(
     (True, 6)
     """
     __tracebackhide__ = True
-    return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=True, kwargs=kwargs)
+    try:
+        return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=True, kwargs=kwargs)
+    except Exception as error:
+        shown = _past_own_frames(error.__traceback__)
+        if shown is None:
+            raise
+        # The same exception object, so that ``except E as e`` still finds the one the task raised.
+        raise error.with_traceback(shown)  # noqa: B904
 
 
 def is_dask_collection(x):
