@@ -348,9 +348,13 @@ def test_task_exceptions_come_back_as_themselves_on_distributed(client):
         delayed(explode)(delayed(square)(3)).compute()
     assert caught.value.__notes__ == [f"raised by belated task {caught.value.__notes__[0].split()[-1]}"]
     assert caught.value.__notes__[0].split()[-1].startswith("explode-")
-    functions = [frame.name for frame in traceback.extract_tb(caught.value.__traceback__)]
+    frames = traceback.extract_tb(caught.value.__traceback__)
+    functions = [frame.name for frame in frames]
     assert functions[-1] == "explode"
     assert not {"run_block", "evaluate", "_evaluate", "get", "gather"} & set(functions)
+    # Of belated's own frames, only the compute that was called (not _run, nor the block runner).
+    own = os.path.join(os.path.dirname(belated.__file__), "")
+    assert [frame.name for frame in frames if frame.filename.startswith(own)] == ["compute"]
     assert delayed(square)(2).compute() == 4
 
 
