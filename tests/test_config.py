@@ -3,6 +3,7 @@
 What is read at import runs in a fresh interpreter with the environment and HOME the test chooses.
 """
 
+import copy
 import json
 import os
 import subprocess
@@ -211,6 +212,12 @@ def test_same_names_as_dask_config():
         "collect_env",
         "collect_yaml",
         "canonical_name",
+        "pop",
+        "merge",
+        "update_defaults",
+        "expand_environment_variables",
+        "serialize",
+        "deserialize",
     ]:
         assert callable(getattr(dask_config, name)) and callable(getattr(belated.config, name)), name
     env = {"BELATED_A__B": "1", "BELATED_C": "[1, 2]", "BELATED_D": "text"}
@@ -320,3 +327,111 @@ def test_engine_settings_never_import_dask(tmp_path):
         tmp_path,
     )
     assert found is False
+
+
+def _outcome(call):
+    """What ``call()`` gives: its value, or the type and arguments of what it raised."""
+    try:
+        return "returned", call()
+    except Exception as error:
+        return "raised", type(error), error.args
+
+
+def _env_of(module, env):
+    """``env``, a dict of ``BELATED_*`` variables, named as ``module`` reads them."""
+    if module is config:
+        return env
+    return {name.replace("BELATED_", "DASK_", 1): value for name, value in env.items()}
+
+
+def _refreshed(module, tmp_path):
+    """A dict refreshed from a file, the environment and two sets of registered defaults, and what
+    each step left in it."""
+    (tmp_path / "settings.yaml").write_text("size: 3\nsection:\n  inner_key: file\n")
+    settings = {"leftover": True}
+    registered: list = []
+    module.update_defaults({"size": 1, "depth": 1, "section": {"inner-key": "default"}}, settings, registered)
+    steps = [copy.deepcopy(settings)]
+    settings["depth"] = 7  # the user's own setting, which a library's new default does not replace
+    module.update_defaults({"size": 2, "depth": 2, "width": 2}, settings, registered)
+    steps.append(copy.deepcopy(settings))
+    env = _env_of(module, {"BELATED_WIDTH": "true", "BELATED_SECTION__EXTRA": "null"})
+    module.refresh(config=settings, defaults=registered, paths=[str(tmp_path)], env=env)
+    steps.append(settings)
+    return steps, registered
+
+
+UPDATE_CASES = {
+    "new": lambda m: m.update({"x": 1, "y": {"a": 2}}, {"x": 2, "y": {"b": 3}}),
+    "old": lambda m: m.update({"x": 1, "y": {"a": 2}}, {"x": 2, "y": {"b": 3}}, priority="old"),
+    "new-defaults": lambda m: m.update(
+        {"x": 1, "y": {"a": 2}, "z": 0},
+        {"x": 2, "y": {"a": 3, "b": 3}, "z": 5},
+        priority="new-defaults",
+        defaults={"x": 0, "y": {"a": 2}},
+    ),
+    "section over a value, even with priority old": lambda m: m.update(
+        {"a": 1, "b": None}, {"a": {"x": 1}, "b": {"y": 2}}, priority="old"
+    ),
+    "spellings": lambda m: m.update({"a_b": {"c-d": 1}}, {"a-b": {"c_d": 2, "e_f": 3}}),
+    "merge": lambda m: m.merge({"a": {"x": 1}, "b": 1}, {"a": {"y": 2}}, {"b": {"c": 3}}),
+    "pop": lambda m: (m.pop("a.b_c", config=(given := {"a": {"b-c": 1, "d": 2}})), given),
+    "pop of a section": lambda m: (m.pop("a", config=(given := {"a": {"b": 1}, "c": 2})), given),
+    "pop with a default": lambda m: m.pop("a.missing", "fallback", config={"a": {}}),
+    "pop of a missing key": lambda m: m.pop("a.missing", config={"a": {}}),
+    "pop through a value": lambda m: m.pop("a.b.c", config={"a": 1}),
+    "pop through a value, with a default": lambda m: m.pop("a.b.c", None, config={"a": 1}),
+    "pop of a value's key": lambda m: m.pop("a.b", None, config={"a": 1}),
+    "canonical name in a dict": lambda m: [
+        m.canonical_name(k, {"a_b": 1, "c-d": 2}) for k in ("a-b", "c_d", "e_f")
+    ],
+    "expand environment variables": lambda m: m.expand_environment_variables(
+        {"a": ["$BELATED_TEST_HOME/x", ("${BELATED_TEST_HOME}",), 3], "b": {"c": "$NOT_SET_ANYWHERE"}}
+    ),
+    "serialize": lambda m: m.serialize({"a": [1, 2.5, None, "x"]}),
+    "environment words": lambda m: m.collect_env(
+        _env_of(m, {"BELATED_A": "true", "BELATED_B": "None", "BELATED_C": "null", "BELATED_D": "False"})
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UPDATE_CASES)
+def test_config_functions_give_what_dasks_give(case, monkeypatch):
+    dask_config = pytest.importorskip("dask.config")
+    monkeypatch.setenv("BELATED_TEST_HOME", "/home/someone")
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    assert _outcome(lambda: UPDATE_CASES[case](config)) == _outcome(lambda: UPDATE_CASES[case](dask_config))
+
+
+def test_refresh_and_update_defaults_of_a_given_dict_do_what_dasks_do(tmp_path):
+    dask_config = pytest.importorskip("dask.config")
+    ours, registered = _refreshed(config, tmp_path)
+    assert (ours, registered) == _refreshed(dask_config, tmp_path)
+    # As in dask, a refresh forgets the user's setting and the first registered default wins.
+    assert ours[-1] == {"size": 3, "depth": 1, "width": True, "section": {"inner-key": "file", "extra": None}}
+    assert config.deserialize(dask_config.serialize(ours)) == ours
+
+
+def test_defaults_a_library_registers_survive_a_refresh(fresh_config):
+    registered = len(config.defaults)
+    try:
+        config.update_defaults({"my-library": {"chunk_size": 10}})
+        assert config.get("my-library.chunk-size") == 10
+        with config.set({"my-library.chunk-size": 20}):
+            config.refresh(paths=[], env={})
+            assert config.get("my-library.chunk-size") == 10
+        config.update(config.config, {"my-library": {"chunk-size": 30}})
+        config.update_defaults({"my-library": {"chunk-size": 11, "depth": 1}})
+        assert config.get("my-library") == {"chunk-size": 30, "depth": 1}
+        assert config.pop("my_library.chunk_size") == 30
+        assert config.get("my-library.chunk-size", None) is None
+    finally:
+        del config.defaults[registered:]
+
+
+def test_pop_of_the_live_config_reaches_the_engine():
+    config.update(config.config, {"delayed_pure": True})
+    assert delayed(abs)(-3).key == delayed(abs)(-3).key
+    assert config.pop("delayed_pure") is True
+    assert delayed(abs)(-3).key != delayed(abs)(-3).key
+    assert config.pop("delayed_pure", "gone") == "gone"

@@ -2,14 +2,16 @@
 
 At import, belated reads every ``*.yaml``, ``*.yml`` and ``*.json`` file in ``~/.config/belated/``, then
 ``$BELATED_CONFIG`` (a file, or a directory of them), then the environment; each source overrides the
-ones before it. ``refresh()`` reads them all again. ``set`` changes values for the whole process, or
+ones before it, and all override the defaults libraries register with ``update_defaults``.
+``refresh()`` reads them all again. ``set`` changes values for the whole process, or
 for a ``with`` block. Keys are case-sensitive, hyphens and underscores in them are interchangeable, and
 dots reach into nested sections, as in dask.
 
 An environment variable names a key after ``BELATED_``, lower-cased, with ``__`` for each dot:
 ``BELATED_NUM_WORKERS=8`` sets ``num-workers``, ``BELATED_DISTRIBUTED__COMM__TIMEOUT=30`` sets
 ``distributed.comm.timeout``. Values are read as Python literals (``8``, ``2.5``, ``True``, ``None``,
-``[1, 2]``), and anything else stays a string (``processes``), as dask reads ``DASK_*``.
+``[1, 2]``) or YAML's words (``true``, ``false``, ``null``, ``none``, in any case), and anything else
+stays a string (``processes``), as dask reads ``DASK_*``.
 
 The keys belated reads:
 
@@ -35,8 +37,11 @@ belated does not set is read from dask's own configuration when dask is installe
 """
 
 import ast
+import base64
+import builtins  # ``set`` is the class below
 import contextlib
 import copy
+import json
 import os
 import sys
 import threading
@@ -47,8 +52,13 @@ import yaml
 from belated import _belated
 
 config: dict = {}
-"""The configuration in effect: nested dicts with hyphenated keys. Change it with ``set``, ``update`` or
-``refresh``, which keep the engine in step with it."""
+"""The configuration in effect: nested dicts with hyphenated keys. Change it with ``set``, ``update``,
+``pop``, ``update_defaults`` or ``refresh``, which keep the engine in step with it."""
+global_config = config  # as dask names it: functions whose ``config=`` argument hides ``config`` use it
+
+defaults: list = []
+"""The defaults libraries registered with ``update_defaults``, oldest first; ``refresh`` applies them
+under what the files and the environment set."""
 
 _lock = threading.RLock()
 # The sets still in effect that were copied to dask's configuration, oldest first: ``refresh`` undoes
@@ -62,9 +72,18 @@ _ENV_PREFIX = "BELATED_"
 _CONFIG_VARIABLE = "BELATED_CONFIG"
 
 
-def canonical_name(key: str) -> str:
-    """``key`` as stored: underscores become hyphens (``num_workers`` is ``num-workers``)."""
-    return key.replace("_", "-")
+def canonical_name(key: str, config: Mapping | None = None) -> str:
+    """``key`` as stored: underscores become hyphens (``num_workers`` is ``num-workers``). Given a dict
+    ``config``, as in dask: the spelling ``config`` has for ``key`` (hyphens or underscores), else
+    ``key`` as written.
+
+    >>> from belated import config
+    >>> config.canonical_name("num_workers"), config.canonical_name("a-b", {"a_b": 1})
+    ('num-workers', 'a_b')
+    """
+    if config is None:
+        return key.replace("_", "-")
+    return _spelled_as_in(config, key)
 
 
 def _path(key: str) -> tuple:
@@ -111,13 +130,17 @@ def get(key: str, default=_missing, config: Mapping | None = None, override_with
     return default
 
 
-def _spelled_as_in(given: Mapping, part: str) -> str:
-    """``part`` as a key of ``given`` spells it, hyphens and underscores swapped if need be; else as
-    written."""
-    for name in (part, part.replace("_", "-"), part.replace("-", "_")):
-        if name in given:
-            return name
-    return part
+def _spelled_as_in(given, part: str) -> str:
+    """``part`` as a key of ``given`` spells it: as written, else with underscores made hyphens (or,
+    where it has none, hyphens made underscores), else as written; as dask reads a dict it is given.
+    ``given`` that is no container at all has no spelling."""
+    try:
+        if part in given:
+            return part
+        other = part.replace("_", "-") if "_" in part else part.replace("-", "_")
+        return other if other in given else part
+    except TypeError:
+        return part
 
 
 def _get_in(given: Mapping, key: str, default):
@@ -167,42 +190,149 @@ def _read(key: str, default):
     return value
 
 
-def update(old: dict, new: Mapping, priority: str = "new") -> dict:
+_PRIORITIES = ("new", "old", "new-defaults")
+
+
+def update(old: dict, new: Mapping, priority: str = "new", defaults: Mapping | None = None) -> dict:
     """Merges ``new`` into ``old`` section by section, and returns ``old``.
 
-    With ``priority="old"``, values already in ``old`` win (how defaults are filled in). As in dask, a
-    key keeps the spelling ``old`` has for it (hyphens or underscores), else its own; in
+    ``priority`` says which value wins where both have one, as in dask: ``"new"``; ``"old"`` (how
+    defaults are filled in); or ``"new-defaults"``, ``new`` only where ``old`` still has the value
+    ``defaults`` gives (a library's new defaults replace its old ones, not the user's settings). A
+    section in ``new`` replaces a plain value in ``old`` whatever the priority, as in dask. A key keeps
+    the spelling ``old`` has for it (hyphens or underscores), else its own; in
     ``belated.config.config``, which updating takes effect at once, keys are made canonical.
 
     >>> from belated import config
     >>> config.update({"a": {"x_y": 1}}, {"a": {"x-y": 2, "z_z": 3}, "b": 4})
     {'a': {'x_y': 2, 'z_z': 3}, 'b': 4}
+    >>> config.update({"x": 1, "y": 5}, {"x": 2, "y": 2}, priority="new-defaults", defaults={"x": 0, "y": 5})
+    {'x': 1, 'y': 2}
     """
-    if priority not in ("new", "old"):
-        raise ValueError(f"priority must be 'new' or 'old', not {priority!r}")
+    if priority not in _PRIORITIES:
+        raise ValueError(f"priority must be one of {_PRIORITIES}, not {priority!r}")
     with _lock:
-        _update(old, new, priority, canonical=old is config)
+        _update(old, new, priority, canonical=old is config, defaults=defaults)
         if old is config:
             _config_changed()
     return old
 
 
-def _update(old: dict, new: Mapping, priority: str, canonical: bool) -> dict:
+def _update(old: dict, new: Mapping, priority: str, canonical: bool, defaults: Mapping | None = None) -> dict:
     """``update``; with ``canonical``, keys are made canonical (belated's configuration, and what is
     collected for it), else they keep the spelling ``old`` has for them."""
     for key, value in new.items():
         if isinstance(key, str):
             key = canonical_name(key) if canonical else _spelled_as_in(old, key)
+        default = _missing
+        if isinstance(defaults, Mapping):
+            default = defaults.get(_spelled_as_in(defaults, key) if isinstance(key, str) else key, _missing)
         if isinstance(value, Mapping):
-            section = old.get(key)
-            if not isinstance(section, dict):
-                if key in old and priority == "old":
-                    continue
-                section = old[key] = {}
-            _update(section, value, priority, canonical)
-        elif priority == "new" or key not in old:
+            if not isinstance(old.get(key), dict):
+                old[key] = {}
+            _update(old[key], value, priority, canonical, None if default is _missing else default)
+        elif (
+            priority == "new"
+            or key not in old
+            or (priority == "new-defaults" and default is not _missing and default == old[key])
+        ):
             old[key] = value
     return old
+
+
+def merge(*dicts: Mapping) -> dict:
+    """A new dict of ``dicts`` merged section by section, later ones winning, as dask's ``merge``.
+
+    >>> from belated import config
+    >>> config.merge({"a": {"x": 1}, "b": 1}, {"a": {"y": 2}, "b": 2})
+    {'a': {'x': 1, 'y': 2}, 'b': 2}
+    """
+    merged: dict = {}
+    for given in dicts:
+        _update(merged, given, "new", canonical=False)
+    return merged
+
+
+def update_defaults(new: Mapping, config: dict | None = None, defaults: list = defaults) -> None:
+    """Registers a library's default settings ``new``, as dask's ``update_defaults``: they join
+    ``defaults`` (which ``refresh`` applies again under the files and the environment) and fill in
+    ``config`` (belated's configuration unless given). A value already there stays, unless it is the
+    default registered before, which the new default replaces.
+
+    >>> from belated import config
+    >>> settings, registered = {}, []
+    >>> config.update_defaults({"my-library": {"size": 1}}, config=settings, defaults=registered)
+    >>> settings["my-library"]["size"] = 5  # the user's setting...
+    >>> config.update_defaults({"my-library": {"size": 2, "depth": 3}}, config=settings, defaults=registered)
+    >>> settings  # ...is kept, a new default is added
+    {'my-library': {'size': 5, 'depth': 3}}
+    """
+    registered = merge(*defaults)
+    defaults.append(new)
+    update(global_config if config is None else config, new, priority="new-defaults", defaults=registered)
+
+
+def pop(key: str, default=_missing, config: dict | None = None):
+    """Removes ``key`` (dots for nested sections) and returns its value, as dask's ``pop``; ``default``
+    if it is not there, else the ``KeyError`` (or ``TypeError`` where a section is a plain value) that
+    dask raises. ``config`` is a dict to take it from instead of belated's configuration; dask's own
+    configuration, which ``get`` reads where belated's sets nothing, is left alone.
+
+    >>> from belated import config
+    >>> settings = {"array": {"chunk_size": "64MiB"}}
+    >>> config.pop("array.chunk-size", config=settings), settings
+    ('64MiB', {'array': {}})
+    """
+    given = global_config if config is None else config
+    with _lock if given is global_config else contextlib.nullcontext():
+        node = given
+        *sections, last = key.split(".")
+        try:
+            for part in sections:
+                node = node[_spelled_as_in(node, part)]
+            value = node.pop(_spelled_as_in(node, last))
+        except (TypeError, IndexError, KeyError):
+            if default is _missing:
+                raise
+            return default
+        if given is global_config:
+            _config_changed()
+    return value
+
+
+def expand_environment_variables(config):
+    """``config`` with ``$NAME`` and ``${NAME}`` in its strings replaced by environment variables, in
+    nested dicts, lists, tuples and sets too, as dask's function of that name.
+
+    >>> import os
+    >>> from belated import config
+    >>> expanded = config.expand_environment_variables({"paths": ["$HOME/data", 3]})
+    >>> expanded == {"paths": [os.environ["HOME"] + "/data", 3]}
+    True
+    """
+    if isinstance(config, Mapping):
+        return {key: expand_environment_variables(value) for key, value in config.items()}
+    if isinstance(config, str):
+        return os.path.expandvars(config)
+    if isinstance(config, (list, tuple, builtins.set)):
+        return type(config)(expand_environment_variables(value) for value in config)
+    return config
+
+
+def serialize(data) -> str:
+    """``data`` (JSON-serializable) as text safe for an environment variable, as dask's ``serialize``;
+    ``deserialize`` reads it back, and so does dask's.
+
+    >>> from belated import config
+    >>> config.deserialize(config.serialize({"a": [1, 2]}))
+    {'a': [1, 2]}
+    """
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+
+
+def deserialize(data: str):
+    """What ``serialize`` (belated's or dask's) wrote."""
+    return json.loads(base64.urlsafe_b64decode(data.encode()).decode())
 
 
 def collect_yaml(paths) -> dict:
@@ -235,11 +365,15 @@ def collect_yaml(paths) -> dict:
     return settings
 
 
+# YAML's spellings, which a variable may use where Python's are expected, as dask reads them.
+_YAML_WORDS = {"none": None, "null": None, "false": False, "true": True}
+
+
 def _literal(text: str):
     try:
         return ast.literal_eval(text)
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
-        return text
+        return _YAML_WORDS.get(text.lower(), text)
 
 
 def collect_env(env: Mapping | None = None) -> dict:
@@ -280,15 +414,27 @@ def collect(paths=None, env: Mapping | None = None) -> dict:
     return _update(settings, collect_env(env), "new", canonical=True)
 
 
-def refresh(paths=None, env: Mapping | None = None) -> None:
-    """Reads the files and the environment again, replacing everything in ``config``, including values
-    given to ``set`` (which are also undone in ``dask.config``). Takes the arguments of ``collect``."""
+def refresh(
+    config: dict | None = None, defaults: list = defaults, paths=None, env: Mapping | None = None
+) -> None:
+    """Reads the files and the environment again, replacing everything in ``config`` (belated's
+    configuration unless given), including values given to ``set`` (which are also undone in
+    ``dask.config``), as dask's ``refresh``: first the ``defaults`` libraries registered, then what
+    ``collect(paths, env)`` reads over them."""
     settings = collect(paths, env)
+    if config is not None and config is not global_config:
+        config.clear()
+        for registered in defaults:
+            _update(config, registered, "old", canonical=False)
+        _update(config, settings, "new", canonical=False)
+        return
     with _lock:
         while _in_dask:
             _in_dask.pop()._leave_dask(None, None, None)
-        config.clear()
-        update(config, settings)
+        global_config.clear()
+        for registered in defaults:
+            _update(global_config, registered, "old", canonical=True)
+        update(global_config, settings)
 
 
 class set:  # named as dask.config.set, which users call
