@@ -1,6 +1,7 @@
 """belated.diagnostics: callbacks, progress bar and profilers against known task sets."""
 
 import io
+import operator
 import re
 import threading
 import time
@@ -9,7 +10,7 @@ import pytest
 
 import belated
 from belated import compute, delayed
-from belated.diagnostics import Callback, Profiler, ProgressBar, ResourceProfiler, visualize
+from belated.diagnostics import CacheProfiler, Callback, Profiler, ProgressBar, ResourceProfiler, visualize
 
 
 def inc(x):
@@ -92,6 +93,68 @@ def test_callbacks_and_profiles_have_tuple_keys_as_dask_gives_them(scheduler, tm
     with DaskProfiler() as dask_prof:
         dask.delayed(inc)(dask_x, dask_key_name="y").compute(scheduler=scheduler)
     assert {row.key for row in dask_prof.results} == {row.key for row in prof.results}
+
+
+def _cache_profile(package, profiler, scheduler):
+    """What ``profiler`` (of ``package``'s diagnostics) saw of a small graph: per key, its metric, and
+    the keys whose task finished when its result was let go of (None: at the end)."""
+    y = package.delayed(operator.add)(1, 10, dask_key_name="y")
+    z = package.delayed(operator.mul)(y, 2, dask_key_name="z")
+    w = package.delayed(operator.add)(z, y, dask_key_name="w")
+    with profiler:
+        assert w.compute(scheduler=scheduler) == 33
+    assert profiler.start_time <= profiler.end_time
+    cached = {row.cache_time: row.key for row in profiler.results}
+    assert len(cached) == len(profiler.results), "one task finished at a time"
+    return {
+        row.key: (row.metric, row.cache_time <= row.free_time, cached.get(row.free_time))
+        for row in profiler.results
+    }
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads", "processes"])
+def test_cache_profiler_sees_what_dasks_sees_of_the_same_graph(scheduler):
+    dask = pytest.importorskip("dask")
+    from dask.diagnostics import CacheProfiler as DaskCacheProfiler
+
+    seen = _cache_profile(belated, CacheProfiler(), scheduler)
+    # y and z are let go of when w, the last task that needs them, finishes; w at the end.
+    assert seen == {"y": (1, True, "w"), "z": (1, True, "w"), "w": (1, True, None)}
+    assert seen == _cache_profile(dask, DaskCacheProfiler(), scheduler)
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_cache_profiler_measures_results_by_its_metric_as_dasks_does(scheduler, tmp_path):
+    dask = pytest.importorskip("dask")
+    from dask.diagnostics import CacheProfiler as DaskCacheProfiler
+
+    ours = CacheProfiler(metric=float)
+    seen = _cache_profile(belated, ours, scheduler)
+    assert seen == _cache_profile(dask, DaskCacheProfiler(metric=float), scheduler)
+    assert {key: metric for key, (metric, _, _) in seen.items()} == {"y": 11.0, "z": 22.0, "w": 33.0}
+    assert {row.key: row.task for row in ours.results}["z"] == (operator.mul, "y", 2)
+    assert ours._metric_name == DaskCacheProfiler(metric=float)._metric_name == "float"
+    assert CacheProfiler(float, "size")._metric_name == "size"
+    with open(ours.visualize(filename=str(tmp_path / "cache.html"))) as page:
+        assert "up to 33.0 by float" in page.read()
+
+
+def test_cache_profiler_watches_a_dask_collection_run_by_belated_get():
+    da = pytest.importorskip("dask.array")
+    from dask.diagnostics import CacheProfiler as DaskCacheProfiler
+
+    total = da.ones(6, chunks=2).sum()
+    profilers = CacheProfiler(), DaskCacheProfiler()
+    for profiler, scheduler in zip(profilers, [belated.get, "sync"], strict=True):
+        with profiler:
+            assert total.compute(scheduler=scheduler) == 6
+    # The chunks' tasks (dask's sync scheduler runs the finalizing ones fused, under other keys).
+    ours, theirs = (
+        {row.key: row.metric for row in profiler.results if isinstance(row.key, tuple) and len(row.key) == 2}
+        for profiler in profilers
+    )
+    assert ours == theirs and len(ours) == 3
+    assert all(row.cache_time <= row.free_time for row in profilers[0].results)
 
 
 def test_finish_hears_of_failures_and_subclasses_override_hooks():

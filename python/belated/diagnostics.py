@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # typing.Self is Python 3.11+
 from belated._belated import ComputeState, TaskGraph
 
 __all__ = [
+    "CacheData",
+    "CacheProfiler",
     "Callback",
     "ComputeState",
     "Profiler",
@@ -583,6 +585,130 @@ class Profiler(Callback):
         return visualize([self], filename=filename, show=show)
 
 
+class CacheData(NamedTuple):
+    """One result a :class:`CacheProfiler` saw held: from ``cache_time`` (when its task finished) to
+    ``free_time`` (when the last task needing it finished, or the computation ended), in
+    ``time.perf_counter()`` seconds, with its size by the profiler's metric."""
+
+    key: Any
+    task: Any
+    metric: Any
+    cache_time: float
+    free_time: float
+
+
+class CacheProfiler(Callback):
+    """Records how long each task's result is held, as ``dask.diagnostics.CacheProfiler``: a
+    :class:`CacheData` per task in ``results``, its ``metric`` by ``metric(value)`` (1 for every
+    result by default, so the sum over the results held at a time counts them), named
+    ``metric_name`` (by default the function's name, or ``"count"``).
+
+    A result is held from the end of its task until every task that needs it has finished, as the
+    engine lets results go, or until the computation ends (the results it returns). As in dask, a
+    ``with`` block starts with no results and sets ``start_time`` and ``end_time``; registered with
+    ``register()``, ``results`` accumulates until ``clear()``. It costs a Python call per task.
+
+    >>> from belated import delayed
+    >>> from belated.diagnostics import CacheProfiler
+    >>> with CacheProfiler() as prof:
+    ...     (delayed(sum)([1, 2]) * 10).compute()
+    30
+    >>> sorted((row.key.split("-")[0], row.metric) for row in prof.results)
+    [('mul', 1), ('sum', 1)]
+    """
+
+    def __init__(self, metric: Callable[[Any], Any] | None = None, metric_name: str | None = None) -> None:
+        super().__init__()
+        self.clear()
+        self._metric = metric or _count
+        if metric_name:
+            self._metric_name = metric_name
+        else:
+            self._metric_name = metric.__name__ if metric else "count"
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Self:
+        self.clear()
+        self.start_time = time.perf_counter()
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.end_time = time.perf_counter()
+        super().__exit__(*exc)
+
+    def _start(self, dsk):
+        graph = {key: dsk[key] for key in dsk}
+        self._dsk.update(graph)
+        self._needs = {key: _dependencies(task, graph) for key, task in graph.items()}
+        self._needed_by = dict.fromkeys(graph, 0)
+        for dependencies in self._needs.values():
+            for dependency in dependencies:
+                self._needed_by[dependency] += 1
+
+    def _posttask(self, key, value, dsk, state, worker_id):
+        metric = self._metric(value)
+        with self._lock:
+            now = time.perf_counter()
+            self._cache[key] = (metric, now)
+            for dependency in self._needs.get(key, ()):
+                self._needed_by[dependency] -= 1
+                if self._needed_by[dependency] == 0 and dependency in self._cache:
+                    self._free(dependency, now)
+
+    def _finish(self, dsk, state, errored):
+        with self._lock:
+            now = time.perf_counter()
+            for key in list(self._cache):
+                self._free(key, now)
+            self._needs, self._needed_by = {}, {}
+
+    def _free(self, key, now):
+        metric, cached = self._cache.pop(key)
+        self.results.append(CacheData(key, self._dsk[key], metric, cached, now))
+
+    def clear(self) -> None:
+        """Forgets the results, the graphs seen and the times of the last with block."""
+        self.results: list[CacheData] = []
+        self._cache: dict[Any, tuple[Any, float]] = {}
+        self._dsk: dict[Any, Any] = {}
+        self._needs: dict[Any, set] = {}
+        self._needed_by: dict[Any, int] = {}
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+
+    def visualize(self, filename: str = "cache.html", show: bool | None = None) -> str:
+        """Writes the metric of the results held over time as an HTML page; see
+        :meth:`Profiler.visualize`."""
+        return visualize([self], filename=filename, show=show)
+
+
+def _count(value):
+    return 1
+
+
+def _dependencies(task, graph):
+    """The keys of ``graph`` that ``task`` reads: a task spec node's own ``dependencies``, else (a
+    legacy tuple, as belated's graphs and dask's older ones have) the keys it names at any depth."""
+    dependencies = getattr(task, "dependencies", None)
+    if dependencies is not None and not isinstance(task, (tuple, list, dict)):
+        return set(dependencies) & graph.keys()
+    found = set()
+    pending = [task]
+    while pending:
+        item = pending.pop()
+        try:
+            if item in graph:
+                found.add(item)
+                continue
+        except TypeError:  # unhashable: a list or dict of arguments
+            pass
+        if isinstance(item, (tuple, list)):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return found
+
+
 class ResourceProfiler(_Sampling):
     """Samples the process's memory (MB) and CPU use (%) every ``dt`` seconds.
 
@@ -690,13 +816,15 @@ _PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#
 
 
 def visualize(
-    profilers: Iterable[Profiler | ResourceProfiler], filename: str = "profile.html", show: bool | None = None
+    profilers: Iterable[Profiler | ResourceProfiler | CacheProfiler],
+    filename: str = "profile.html",
+    show: bool | None = None,
 ) -> str:
     """Draws profilers' results as one self-contained HTML page (inline SVG, no scripts) and writes it.
 
     Parameters
     ----------
-    profilers : iterable of Profiler or ResourceProfiler
+    profilers : iterable of Profiler, ResourceProfiler or CacheProfiler
         The profilers whose results are drawn, one picture each, in order.
     filename : str
         Where the page is written.
@@ -711,7 +839,7 @@ def visualize(
     Raises
     ------
     TypeError
-        If one of ``profilers`` is neither a ``Profiler`` nor a ``ResourceProfiler``.
+        If one of ``profilers`` is not a ``Profiler``, ``ResourceProfiler`` or ``CacheProfiler``.
     """
     parts = []
     for profiler in profilers:
@@ -719,9 +847,11 @@ def visualize(
             parts.append(_task_stream_svg(profiler.results))
         elif isinstance(profiler, ResourceProfiler):
             parts.append(_resource_svg(profiler.results))
+        elif isinstance(profiler, CacheProfiler):
+            parts.append(_cache_svg(profiler.results, profiler._metric_name))
         else:
             kind = type(profiler).__name__
-            raise TypeError(f"cannot visualize {kind}; expected Profiler or ResourceProfiler")
+            raise TypeError(f"cannot visualize {kind}; expected Profiler, ResourceProfiler or CacheProfiler")
     page = (
         "<!doctype html><meta charset='utf-8'><title>belated profile</title>"
         "<body style='font-family:sans-serif'>" + "".join(parts) + "</body>"
@@ -794,4 +924,31 @@ def _resource_svg(results, width=900, height=200):
         + line([r.mem for r in results], top_mem, "#4c78a8")
         + line([r.cpu for r in results], top_cpu, "#f58518")
         + "</svg>"
+    )
+
+
+def _cache_svg(results, metric_name, width=900, height=200):
+    """The summed metric of the results held over time, as a step line."""
+    if not results:
+        return "<p>No results were held.</p>"
+    changes: dict[float, Any] = {}
+    for r in results:
+        changes[r.cache_time] = changes.get(r.cache_time, 0) + r.metric
+        changes[r.free_time] = changes.get(r.free_time, 0) - r.metric
+    times = sorted(changes)
+    begin, span = times[0], times[-1] - times[0] or 1e-9
+    held, steps = 0, []
+    for t in times:
+        steps.append((t, held))
+        held += changes[t]
+        steps.append((t, held))
+    top = max(value for _, value in steps) or 1
+    points = " ".join(
+        f"{10 + (t - begin) / span * (width - 20):.1f},{height - 20 - value / top * (height - 40):.1f}"
+        for t, value in steps
+    )
+    return (
+        f"<h3>Results held: up to {top} by {html.escape(metric_name)}, over {span:.3f} s</h3>"
+        f"<svg class='cache' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>"
+        f"<polyline fill='none' stroke='#4c78a8' stroke-width='2' points='{points}'/></svg>"
     )
