@@ -46,6 +46,7 @@ import os
 import sys
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 import yaml
 
@@ -224,7 +225,7 @@ def _update(old: dict, new: Mapping, priority: str, canonical: bool, defaults: M
     for key, value in new.items():
         if isinstance(key, str):
             key = canonical_name(key) if canonical else _spelled_as_in(old, key)
-        default = _missing
+        default: Any = _missing
         if isinstance(defaults, Mapping):
             default = defaults.get(_spelled_as_in(defaults, key) if isinstance(key, str) else key, _missing)
         if isinstance(value, Mapping):

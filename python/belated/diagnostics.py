@@ -619,7 +619,13 @@ class CacheProfiler(Callback):
 
     def __init__(self, metric: Callable[[Any], Any] | None = None, metric_name: str | None = None) -> None:
         super().__init__()
-        self.clear()
+        self.results: list[CacheData] = []
+        self._cache: dict[Any, tuple[Any, float]] = {}
+        self._dsk: dict[Any, Any] = {}
+        self._needs: dict[Any, set] = {}
+        self._needed_by: dict[Any, int] = {}
+        self.start_time: float | None = None
+        self.end_time: float | None = None
         self._metric = metric or _count
         if metric_name:
             self._metric_name = metric_name
@@ -668,13 +674,12 @@ class CacheProfiler(Callback):
 
     def clear(self) -> None:
         """Forgets the results, the graphs seen and the times of the last with block."""
-        self.results: list[CacheData] = []
-        self._cache: dict[Any, tuple[Any, float]] = {}
-        self._dsk: dict[Any, Any] = {}
-        self._needs: dict[Any, set] = {}
-        self._needed_by: dict[Any, int] = {}
-        self.start_time: float | None = None
-        self.end_time: float | None = None
+        self.results = []
+        self._cache = {}
+        self._dsk = {}
+        self._needs = {}
+        self._needed_by = {}
+        self.start_time = self.end_time = None
 
     def visualize(self, filename: str = "cache.html", show: bool | None = None) -> str:
         """Writes the metric of the results held over time as an HTML page; see
@@ -931,7 +936,7 @@ def _cache_svg(results, metric_name, width=900, height=200):
     """The summed metric of the results held over time, as a step line."""
     if not results:
         return "<p>No results were held.</p>"
-    changes: dict[float, Any] = {}
+    changes = {}
     for r in results:
         changes[r.cache_time] = changes.get(r.cache_time, 0) + r.metric
         changes[r.free_time] = changes.get(r.free_time, 0) - r.metric
