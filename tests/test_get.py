@@ -367,6 +367,24 @@ def test_callbacks_get_tuple_keys_as_tuples_on_every_pool_as_from_dask(pool):
     assert set(seen["pretask"]) == {(("x", 0), True), (("x", 1), True), ("y", True)}
 
 
+def _fail_in(x):
+    bad(x)
+
+
+@pytest.mark.parametrize("pool", ["sync", "threads", "processes"])
+def test_a_task_error_shows_get_then_only_the_users_frames(pool):
+    # The sync and processes pools showed belated's compute between get and the task.
+    with pytest.raises(ValueError) as info:
+        belated.get({"x": 1, "y": (_fail_in, "x")}, "y", pool=pool)
+    own = os.path.join(os.path.dirname(belated.__file__), "")
+    frames = traceback.extract_tb(info.value.__traceback__)[1:]
+    assert [(frame.name, frame.filename.startswith(own)) for frame in frames][:2] == [
+        ("get", True),
+        ("_fail_in", False),
+    ]
+    assert not [frame for frame in frames[1:] if frame.filename.startswith(own)]
+
+
 def test_belated_diagnostics_watch_dask_collections():
     from belated.diagnostics import Profiler
 

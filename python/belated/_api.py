@@ -82,11 +82,11 @@ _OWN_FILES = os.path.join(os.path.dirname(__file__), "")
 
 
 def _past_own_frames(traceback):
-    """The traceback of an exception leaving ``compute`` or ``persist`` (whose own frame comes first)
-    from the first frame that is not belated's, or None when there is nothing to skip or nothing but
-    belated's frames (an error of belated's own keeps them). Between the user's call and their task,
-    belated's frames say nothing to them; dask's tracebacks show none of its own there either, past
-    its entry point."""
+    """The traceback of an exception leaving an entry point (``compute``, ``persist``, ``get``: its
+    own frame comes first) from the first frame that is not belated's, or None when there is nothing
+    to skip or nothing but belated's frames (an error of belated's own keeps them). Between the user's
+    call and their task, belated's frames say nothing to them; dask's tracebacks show none of its own
+    there either, past its entry point."""
     first = traceback.tb_next
     shown = first
     while shown is not None and shown.tb_frame.f_code.co_filename.startswith(_OWN_FILES):
