@@ -153,7 +153,9 @@ def _fail_through(fail, x):
 
 
 def _compute(package, x, how, scheduler):
-    return x.compute(scheduler=scheduler) if how == "method" else package.compute(x, scheduler=scheduler)
+    if how == "method":
+        return x.compute(scheduler=scheduler)
+    return getattr(package, how)(x, scheduler=scheduler)
 
 
 def _frames_past_compute(package, how, scheduler):
@@ -173,7 +175,7 @@ def _frames_past_compute(package, how, scheduler):
 
 
 @pytest.mark.parametrize("scheduler", ["sync", "threads"])
-@pytest.mark.parametrize("how", ["method", "function"])
+@pytest.mark.parametrize("how", ["method", "compute", "persist"])
 def test_a_task_error_shows_the_compute_call_then_only_the_users_frames_as_dask_does(how, scheduler):
     # Printed in a terminal (no IPython or pytest hiding marked frames), it showed belated's _run
     # between compute and the task.
@@ -181,7 +183,7 @@ def test_a_task_error_shows_the_compute_call_then_only_the_users_frames_as_dask_
     assert same, "the exception the task raised, not a copy"
     own = os.path.join(os.path.dirname(belated.__file__), "")
     assert [(frame.name, frame.filename.startswith(own)) for frame in frames] == [
-        ("compute", True),
+        ("persist" if how == "persist" else "compute", True),
         ("_fail_through", False),
         ("fail", False),
     ]
