@@ -157,6 +157,38 @@ def test_cache_profiler_watches_a_dask_collection_run_by_belated_get():
     assert all(row.cache_time <= row.free_time for row in profilers[0].results)
 
 
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_a_callback_with_only_a_posttask_and_a_cache_profiler_watch_dasks_own_schedulers(scheduler):
+    # Registered for dask's schedulers, a callback with a posttask but no pretask raised KeyError
+    # at the first task's end.
+    da = pytest.importorskip("dask.array")
+    from dask.diagnostics import CacheProfiler as DaskCacheProfiler
+    from dask.diagnostics import Callback as DaskCallback
+
+    total = da.ones(6, chunks=2).sum()
+    finished = []
+    with Callback(posttask=lambda key, result, dsk, state, worker: finished.append(key)):
+        assert total.compute(scheduler=scheduler) == 6
+    dask_finished = []
+    with DaskCallback(posttask=lambda key, result, dsk, state, worker: dask_finished.append(key)):
+        total.compute(scheduler=scheduler)
+    # Each compute's finalizing task has a key of its own: the chunks' keys are the same.
+    assert sorted(filter(_chunk, finished)) == sorted(filter(_chunk, dask_finished))
+    assert len(finished) == len(dask_finished) > 3
+    profilers = CacheProfiler(), DaskCacheProfiler()
+    for profiler in profilers:
+        with profiler:
+            total.compute(scheduler=scheduler)
+    ours, theirs = (
+        {row.key: row.metric for row in profiler.results if _chunk(row.key)} for profiler in profilers
+    )
+    assert ours == theirs and len(ours) == len(list(filter(_chunk, finished)))
+
+
+def _chunk(key):
+    return isinstance(key, tuple)
+
+
 def test_finish_hears_of_failures_and_subclasses_override_hooks():
     class Recorder(Callback):
         def __init__(self):

@@ -200,7 +200,10 @@ class SchedulerState(dict):
         self._spans[key] = [time.perf_counter()]
 
     def ended(self, key, worker):
-        self._spans[key] += [time.perf_counter(), worker]
+        # A callback with a posttask but no pretask and no profile is not told when tasks begin.
+        span = self._spans.get(key)
+        if span is not None:
+            span += [time.perf_counter(), worker]
 
     def profile(self):
         return [(key, *span) for key, span in self._spans.items() if len(span) == 3]
