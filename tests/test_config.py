@@ -476,3 +476,41 @@ def test_pop_gives_and_leaves_what_dasks_does_on_any_nested_dicts(given_dict, ke
         popped = _outcome(functools.partial(config.pop, key, config=ours))
         assert popped == _outcome(functools.partial(dask_config.pop, key, config=theirs))
         assert ours == theirs
+
+
+_KEYS = st.lists(st.sampled_from(["a", "a_b", "a-b", "c", "x_y-z"]), min_size=1, max_size=3).map(".".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_NESTED, _KEYS, st.integers())
+def test_get_and_set_of_a_given_dict_give_what_dasks_give_on_any_nested_dicts(given_dict, key, value):
+    dask_config = pytest.importorskip("dask.config")
+    for default in ((), ("fallback",)):
+        ours = _outcome(functools.partial(config.get, key, *default, config=given_dict))
+        theirs = _outcome(functools.partial(dask_config.get, key, *default, config=given_dict))
+        assert ours[:2] == theirs[:2]
+    ours_dict, theirs_dict = copy.deepcopy(given_dict), copy.deepcopy(given_dict)
+    ours = _outcome(functools.partial(config.set, {key: value}, config=ours_dict))
+    theirs = _outcome(functools.partial(dask_config.set, {key: value}, config=theirs_dict))
+    assert ours[0] == theirs[0]
+    if ours[0] == "raised":
+        assert ours[1] is theirs[1]
+    assert ours_dict == theirs_dict
+
+
+def test_set_gives_the_configuration_to_its_with_block_and_refuses_a_value_as_a_section():
+    dask_config = pytest.importorskip("dask.config")
+    given: dict = {"a": 0}
+    for module in (config, dask_config):
+        with module.set({"b": 1}, config=given) as got:
+            assert got is given
+        with module.set(my_library__size=1) as got:
+            assert got is module.config
+        with pytest.raises(TypeError):
+            module.set({"a.b": 1}, config=given)
+    assert given == {"a": 0}
+    with config.set(scheduler="sync"):
+        with pytest.raises(TypeError, match="'scheduler' is 'sync', not a section"):
+            config.set({"num-workers": 3, "scheduler.x": 1})
+        assert config.get("scheduler") == "sync"
+        assert config.get("num-workers", None) is None, "nothing of the refused call stays set"

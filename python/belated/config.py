@@ -146,14 +146,16 @@ def _spelled_as_in(given, part: str) -> str:
 
 def _get_in(given: Mapping, key: str, default):
     """``key`` in the dict ``given``, each part as written there: as is, else with hyphens and
-    underscores swapped, as dask reads a dict it is given."""
+    underscores swapped, as dask reads a dict it is given, and failing as dask's does (``KeyError``
+    of the part not found, ``TypeError`` where a plain value stands for a section)."""
     node = given
     for part in key.split("."):
-        if not isinstance(node, Mapping) or _spelled_as_in(node, part) not in node:
+        try:
+            node = node[_spelled_as_in(node, part)]
+        except (TypeError, IndexError, KeyError):
             if default is _missing:
-                raise KeyError(key)
+                raise
             return default
-        node = node[_spelled_as_in(node, part)]
     return node
 
 
@@ -453,15 +455,21 @@ class set:  # named as dask.config.set, which users call
         self._given = config
         self._given_lock = lock or contextlib.nullcontext()
         self._dask = None
-        if config is not None:
-            with self._given_lock:
+        try:
+            if config is not None:
+                with self._given_lock:
+                    for key, value in updates.items():
+                        self._assign_given(config, key.split("."), value)
+                return
+            with _lock:
                 for key, value in updates.items():
-                    self._assign_given(config, key.split("."), value)
-            return
-        with _lock:
-            for key, value in updates.items():
-                self._assign(_path(key), value)
-            _config_changed()
+                    self._assign(_path(key), value)
+                _config_changed()
+        except BaseException:
+            # A key refused (a plain value where it reaches into a section) leaves nothing of the call
+            # set, where dask's keeps the keys before it.
+            self.__exit__(None, None, None)
+            raise
         self._dask = _set_in_dask(updates)
         if self._dask is not None:
             with _lock:
@@ -476,6 +484,7 @@ class set:  # named as dask.config.set, which users call
         """Puts ``value`` at ``path``, remembering what was at the outermost level it changes."""
         node = config
         for depth, part in enumerate(path):
+            _refuse_value_as_section(node, part, path, depth)
             if depth == len(path) - 1 or not isinstance(node.get(part), dict):
                 self._previous.append((path[: depth + 1], node.get(part, _missing)))
                 node[part] = _nest(path[depth + 1 :], value) if depth < len(path) - 1 else value
@@ -490,6 +499,7 @@ class set:  # named as dask.config.set, which users call
         for depth, part in enumerate(keys):
             part = _spelled_as_in(node, part)
             path = (*path, part)
+            _refuse_value_as_section(node, part, keys, depth)
             if depth == len(keys) - 1 or not isinstance(node.get(part), dict):
                 self._previous.append((path, node.get(part, _missing)))
                 node[part] = _nest(keys[depth + 1 :], value) if depth < len(keys) - 1 else value
@@ -497,7 +507,8 @@ class set:  # named as dask.config.set, which users call
             node = node[part]
 
     def __enter__(self):
-        return self
+        # As dask's: the configuration changed, for code that reads it in the block.
+        return global_config if self._given is None else self._given
 
     def __exit__(self, *exc):
         if self._given is not None:
@@ -519,6 +530,16 @@ class set:  # named as dask.config.set, which users call
                 node = _own(".".join(path[:-1]), None) if len(path) > 1 else config
                 _put_back(node, path[-1], previous)
             _config_changed()
+
+
+def _refuse_value_as_section(node: dict, part: str, keys, depth: int) -> None:
+    """The ``TypeError`` dask raises when a key reaches into a plain value as into a section
+    (``set({"scheduler.x": 1})`` where ``scheduler`` is ``"threads"``)."""
+    if depth < len(keys) - 1 and part in node and not isinstance(node[part], dict):
+        section = ".".join(keys[: depth + 1])
+        raise TypeError(
+            f"cannot set {'.'.join(keys)!r}: {section!r} is {node[part]!r}, not a section of settings"
+        )
 
 
 def _put_back(node, key, previous):
