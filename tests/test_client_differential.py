@@ -4,12 +4,15 @@ kinds, statuses, key shapes, sizes, how often a task ran) must be the same on al
 are started once for the module; each scenario works in a directory of its own per client, where
 its tasks count their runs in files (which worker processes see too)."""
 
+import logging
+import queue
 import re
+import threading
 
 import numpy as np
 import pytest
 from helpers import closing_distributed_clients
-from worker_tasks import counted_inc, explode, fail_first_time, type_names, wait_exists
+from worker_tasks import Boom, counted_inc, explode, fail_first_time, type_names, wait_exists
 
 import belated
 
@@ -323,6 +326,66 @@ def test_retry_runs_what_failed_again_and_gives_what_finished_again(clients, tmp
         True,
         int,
         int,
+    )
+
+
+# -- done callbacks -----------------------------------------------------------------------------------
+
+
+def test_a_done_callback_runs_apart_so_it_may_wait_for_another_future_as_in_distributed(clients, tmp_path):
+    def scenario(client, api, directory):
+        first_gate, later_gate = directory / "first", directory / "later"
+        later = client.submit(wait_exists, str(later_gate), pure=False)
+        first = client.submit(wait_exists, str(first_gate), pure=False)
+        waiting, waited = threading.Event(), queue.Queue()
+
+        def wait_for_later(future):
+            waiting.set()
+            waited.put((future is first, outcome(lambda: later.result(timeout=60))))
+
+        first.add_done_callback(wait_for_later)
+        first_gate.touch()
+        assert waiting.wait(30)
+        # While the callback waits, the future it was given is done and the client runs new work:
+        # on the thread that finished `first`, the callback would hold that thread (or the runtime).
+        meanwhile = first.status, outcome(lambda: client.submit(inc, 10, pure=False).result(timeout=20))
+        later_gate.touch()
+        return meanwhile, waited.get(timeout=60)
+
+    assert same(observe(clients, tmp_path, scenario)) == (("finished", ("gave", 11)), (True, ("gave", True)))
+
+
+def test_a_done_callback_that_raises_is_logged_and_the_others_still_run_as_in_distributed(
+    clients, tmp_path, caplog
+):
+    def scenario(client, api, directory):
+        gate = directory / "gate"
+        future = client.submit(wait_exists, str(gate), pure=False)
+        called = queue.Queue()
+
+        def raising(_):
+            called.put("raising")
+            raise Boom("in a callback")
+
+        future.add_done_callback(raising)
+        future.add_done_callback(lambda _: called.put("after"))
+        with caplog.at_level(logging.ERROR):
+            gate.touch()
+            order = [called.get(timeout=30), called.get(timeout=30)]
+            # Added once done: called all the same, apart from this thread too, one after the other
+            # (so once the last one ran, the raising one before it was logged).
+            future.add_done_callback(raising)
+            future.add_done_callback(lambda _: called.put("last"))
+            order += [called.get(timeout=30), called.get(timeout=30)]
+            logged = [record.exc_info[0].__name__ for record in caplog.records if record.exc_info]
+        caplog.clear()
+        return order, future.status, future.result(timeout=30), logged
+
+    assert same(observe(clients, tmp_path, scenario)) == (
+        ["raising", "after", "raising", "last"],
+        "finished",
+        True,
+        ["Boom", "Boom"],
     )
 
 

@@ -23,6 +23,8 @@ import contextlib
 import datetime
 import functools
 import itertools
+import os
+import queue
 import re
 import sys
 import threading
@@ -32,7 +34,7 @@ import weakref
 
 import cloudpickle
 
-from belated import _belated
+from belated import _belated, _logging
 
 
 class Computation:
@@ -485,6 +487,46 @@ def stand_ins(holders):
     )
 
 
+# The queue of the thread running done callbacks (see call_apart), with the process it belongs to.
+_CALLBACKS = None
+_CALLBACKS_LOCK = threading.Lock()
+
+
+def call_apart(fn, future):
+    """Queues ``fn(future)`` for the callback thread, started on first use in each process (a fork's
+    child has none running). Daemonic: interpreter exit does not wait for a callback that never
+    ends."""
+    global _CALLBACKS
+    with _CALLBACKS_LOCK:
+        if _CALLBACKS is None or _CALLBACKS[0] != os.getpid():
+            calls = queue.SimpleQueue()
+            name = "belated-callbacks"
+            threading.Thread(target=_run_callbacks, args=(calls,), daemon=True, name=name).start()
+            _CALLBACKS = (os.getpid(), calls)
+        calls = _CALLBACKS[1]
+    calls.put((fn, future))
+
+
+def _run_callbacks(calls):
+    while True:
+        fn, future = calls.get()
+        try:
+            fn(future)
+        except BaseException:
+            _logging.client_logger.exception("Error in callback %s of %s:", fn, future)
+        # Not held while waiting for the next: the future would outlive every other reference to it.
+        del fn, future
+
+
+def _after_fork_in_child():
+    # The parent's lock may have been held by one of its threads, none of which exists here.
+    global _CALLBACKS_LOCK
+    _CALLBACKS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _call_weakly(method, cell):
     method = method()
     if method is not None:
@@ -742,9 +784,12 @@ class Future(AnyFuture):
         return self.client._closed or self._index in self._computation.cancelled or is_cancelled(self._cell)
 
     def add_done_callback(self, fn):
-        """Calls ``fn(future)`` once the future is done (at once if it is), on the thread that
-        finished it."""
-        self._cell.add_done_callback(lambda _: fn(self))
+        """Calls ``fn(future)`` once the future is done (at once if it is), on belated's callback
+        thread, as distributed runs it on a thread of its own: one callback at a time, in the order
+        the futures were done, so a callback that waits (for another future, say) holds no thread
+        that runs tasks or reads their results. One that raises is logged (``belated.client``) and
+        the others still run."""
+        self._cell.add_done_callback(lambda _: call_apart(fn, self))
 
     @property
     def status(self):
@@ -977,7 +1022,8 @@ class as_completed:
             raise TypeError(f"as_completed takes belated Futures, got {future!r}")
         with self._lock:
             self._outstanding += 1
-        future.add_done_callback(self._on_done)
+        # Not through the callback thread: a user's callback waiting there would hold it back.
+        future._cell.add_done_callback(lambda _: self._on_done(future))
 
     def update(self, futures):
         for future in futures:

@@ -5,6 +5,7 @@ belated logs through the standard :mod:`logging` module, under ``"belated"``:
 | logger | what it logs |
 |---|---|
 | `belated` | each `compute` and `persist`: start, and finish or failure with its time (DEBUG) |
+| `belated.client` | a future's done callback that raised (ERROR, with its traceback) |
 | `belated.cluster` | a local `Client`'s cluster starting and closing (DEBUG) |
 | `belated.worker` | worker processes: what a worker runtime reports through the hook below |
 | `belated.dashboard` | the dashboard starting and stopping, its address without the token (DEBUG) |
@@ -29,6 +30,7 @@ import logging
 import time
 
 logger = logging.getLogger("belated")
+client_logger = logging.getLogger("belated.client")
 cluster_logger = logging.getLogger("belated.cluster")
 dashboard_logger = logging.getLogger("belated.dashboard")
 
