@@ -2,6 +2,7 @@
 written once and mapped by every reader, that the kernel frees with its last holder."""
 
 import array
+import contextlib
 import errno
 import fcntl
 import functools
@@ -429,6 +430,50 @@ def test_a_worker_killed_mid_task_leaves_no_segment_or_descriptor_behind(tmp_pat
         assert settle(open_descriptors, baseline) == baseline, f"after {round_ + 1} workers died"
     assert run_one(delayed(raise_from_a_large_input)(delayed(big), str(tmp_path / "warm")), retries=1)
     assert dev_shm() == shm
+
+
+def segments_of(pids):
+    """The inodes of belated's segments that the processes ``pids`` hold a descriptor of or map."""
+    found = set()
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(FileNotFoundError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:belated"):
+                        found.add(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
+            with open(f"/proc/{pid}/maps") as maps:
+                for line in maps:
+                    fields = line.split(maxsplit=5)
+                    if len(fields) > 5 and fields[5].startswith("/memfd:belated"):
+                        found.add(int(fields[4]))
+    return found
+
+
+@pytest.mark.parametrize("watched", ["not watched", "done callback", "as_completed"])
+def test_a_released_futures_segments_are_freed_with_its_last_reference_without_a_gc_pass(
+    local_cluster, watched
+):
+    pids = [os.getpid(), *local_cluster.worker_pids]
+    before = segments_of(pids)
+    scattered = local_cluster.scatter(np.arange(LARGE, dtype=np.float64))
+    made = local_cluster.submit(np.arange, LARGE, pure=False)
+    if watched == "done callback":
+        called = threading.Event()
+        made.add_done_callback(lambda _: called.set())
+        scattered.add_done_callback(lambda _: called.set())
+        assert called.wait(30)
+    elif watched == "as_completed":
+        assert set(belated.as_completed([made, scattered])) == {made, scattered}
+    # The scattered array in the worker keeping it, the result mapped here, where its future holds it.
+    assert made.result(timeout=30)[1] == 1
+    assert len(segments_of(pids) - before) == 2
+    # Without a gc pass, a cycle through the futures would keep them until the next one ran.
+    gc.disable()
+    try:
+        del scattered, made
+        assert settle(lambda: segments_of(pids) - before, set()) == set()
+    finally:
+        gc.enable()
 
 
 EXITING = """

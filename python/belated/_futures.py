@@ -487,6 +487,22 @@ def stand_ins(holders):
     )
 
 
+class Once:
+    """A future's cell's done callback, ``call(future)``, that holds the future only until it is
+    called: a done cell keeps its callbacks, and one holding its future would be a cycle (through its
+    computation's cells) keeping the result, and the segment or worker holding it, until a gc pass."""
+
+    __slots__ = ("call", "future")
+
+    def __init__(self, call, future):
+        self.call, self.future = call, future
+
+    def __call__(self, _cell):
+        call, future = self.call, self.future
+        self.call = self.future = None
+        call(future)
+
+
 # The queue of the thread running done callbacks (see call_apart), with the process it belongs to.
 _CALLBACKS = None
 _CALLBACKS_LOCK = threading.Lock()
@@ -789,7 +805,7 @@ class Future(AnyFuture):
         the futures were done, so a callback that waits (for another future, say) holds no thread
         that runs tasks or reads their results. One that raises is logged (``belated.client``) and
         the others still run."""
-        self._cell.add_done_callback(lambda _: call_apart(fn, self))
+        self._cell.add_done_callback(Once(functools.partial(call_apart, fn), self))
 
     @property
     def status(self):
@@ -1023,7 +1039,7 @@ class as_completed:
         with self._lock:
             self._outstanding += 1
         # Not through the callback thread: a user's callback waiting there would hold it back.
-        future._cell.add_done_callback(lambda _: self._on_done(future))
+        future._cell.add_done_callback(Once(self._on_done, future))
 
     def update(self, futures):
         for future in futures:
