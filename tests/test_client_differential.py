@@ -507,6 +507,20 @@ def test_a_key_the_client_holds_is_not_computed_again_as_distributed(clients, tm
     assert same(observe(clients, tmp_path, scenario)) == ([2, 3, 20, 6, 107, 2, 42], [1, 1, 1, 1], "finished")
 
 
+def test_a_held_tuple_key_is_not_computed_again_and_its_text_is_another_key_as_distributed(clients, tmp_path):
+    def scenario(client, api, directory):
+        path = str(directory / "counted")
+        held = client.submit(counted_inc, 1, path, key=("x", 1))
+        held.result(timeout=30)
+        same_key = api.delayed(counted_inc, pure=True)(1, path, dask_key_name=("x", 1))
+        text_key = api.delayed(counted_inc, pure=True)(1, path, dask_key_name="('x', 1)")
+        found = client.compute(api.delayed(inc)(same_key)).result(timeout=30), runs(directory / "counted")
+        other = client.compute(api.delayed(inc)(text_key)).result(timeout=30), runs(directory / "counted")
+        return found, other
+
+    assert same(observe(clients, tmp_path, scenario)) == ((3, 1), (3, 2))
+
+
 def test_a_key_let_go_of_runs_again_and_a_failed_one_fails_again_as_distributed(clients, tmp_path):
     def scenario(client, api, directory):
         def counted(x, name):

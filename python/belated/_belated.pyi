@@ -3,7 +3,7 @@
 import concurrent.futures
 import contextvars
 import inspect
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, final, overload
 
 _T = TypeVar("_T")
@@ -334,6 +334,7 @@ def bind(
     omit: list[Delayed[Any]],
     rename: Callable[[Any], Any],
 ) -> list[Delayed[Any]]: ...
+def held_keys(delayeds: list[Delayed[Any]], held: Iterable[Any]) -> list[Any]: ...
 def rebuild(tasks: list[Any], outputs: list[int], length: int | None, role: Any) -> Delayed[Any]: ...
 def apply(func: Callable[..., _T], args: Any, kwargs: dict[str, Any] | None = None) -> _T: ...
 def call_method(obj: Any, name: str, args: Any, kwargs: dict[str, Any] | None = None) -> Any: ...

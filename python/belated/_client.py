@@ -34,6 +34,7 @@ from belated._futures import (
     futures_of,
     gather,
     graphs_of,
+    held_keys,
     in_task,
     is_cancelled,
     kept_in,
@@ -936,7 +937,10 @@ class Client:
             return held
         # Found before this computation is among them: each takes only what earlier ones hold, so
         # none waits for another that waits for it.
-        holders = self._held_results(build() if whole else None, keys, traverse, rerun)
+        # Built once, here, where the graph is searched for held keys; else (calls taking futures,
+        # which wait for them) once they are done, in the background.
+        built = build() if whole else None
+        holders = self._held_results(built, keys, traverse, rerun)
         # distributed's retries= runs a task that raised again, and here one whose worker died too;
         # without it, the latter runs again as belated's retries setting allows.
         retry_errors = retries or 0
@@ -952,7 +956,7 @@ class Client:
         earlier_persists = [] if nested else persists_started()
 
         def run():
-            items = build()
+            items = built if whole else build()
             # Only the persists this computation takes results of: the others have nothing to do
             # with it, and it starts while they run.
             wait_for_persists(items, traverse, earlier_persists)
@@ -1041,16 +1045,13 @@ class Client:
             return {}
         if rerun:
             keys = set(keys)
-        wanted = (
-            keys
-            if items is None
-            else {
-                key
-                for graph in graphs_of(items, traverse)
-                for key in graph
-                if key in self._held or key in self._persisted_keys
-            }
-        )
+        if items is None:
+            wanted = keys
+        else:
+            # A copy: other threads hold and let go of keys meanwhile.
+            with self._lock:
+                held = frozenset(self._held).union(self._persisted_keys)
+            wanted = held_keys(items, traverse, held)
         found = {}
         for key in wanted:
             if rerun and key in keys:

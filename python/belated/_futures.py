@@ -327,22 +327,40 @@ def in_task():
     return _belated.on_pool_thread() or getattr(task_client, "client", None) is not None
 
 
-def graphs_of(items, traverse):
-    """The task graphs (``{key: task}``) of the collections among ``items``, looking inside lists,
-    tuples, sets and dicts when ``traverse``, as a computation of them does."""
-    graphs = []
+def collections_in(items, traverse):
+    """The collections (what has ``__dask_graph__``) among ``items``, looking inside lists, tuples,
+    sets and dicts when ``traverse``, as a computation of them does."""
     stack = list(items)
     while stack:
         item = stack.pop()
         if hasattr(item, "__dask_graph__") and not isinstance(item, type):
-            graph = item.__dask_graph__()
-            if graph is not None:
-                graphs.append(graph)
+            yield item
         elif traverse and type(item) in (list, tuple, set, frozenset):
             stack.extend(item)
         elif traverse and type(item) is dict:
             stack.extend(item.values())
-    return graphs
+
+
+def graphs_of(items, traverse):
+    """The task graphs (``{key: task}``) of the collections among ``items``."""
+    graphs = (collection.__dask_graph__() for collection in collections_in(items, traverse))
+    return [graph for graph in graphs if graph is not None]
+
+
+def held_keys(items, traverse, held):
+    """The keys of the tasks a computation of ``items`` needs that are among ``held`` (a set; below
+    such a key, nothing is searched: its result stands for the tasks it needs). The engine walks its
+    own ``Delayed`` graphs, without building them as dask graphs."""
+    delayeds, found = [], set()
+    for collection in collections_in(items, traverse):
+        if isinstance(collection, _belated.Delayed):
+            delayeds.append(collection)
+            continue
+        graph = collection.__dask_graph__()
+        if graph is not None:
+            found.update(held.intersection(graph))
+    found.update(_belated.held_keys(delayeds, held))
+    return found
 
 
 def persists_needed(graphs, batches):

@@ -41,7 +41,9 @@ pub use executor::{
     Recoverable, Runner, Settled, ThreadHost, ThreadPool,
 };
 pub use graph::{Graph, Plan, StandIn, TaskId};
-pub use node::{held_alone, release_paced, visit_held_alone, Node, Payload, RELEASE_STEP};
+pub use node::{
+    held_alone, release_paced, visit_held_alone, visit_needed, Node, Payload, RELEASE_STEP,
+};
 pub use recovery::{InputsLost, RetryErrors};
 pub use registry::{kept_threads, PoolRegistry, KEPT_POOLS};
 pub use schedule::Schedule;

@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use rustc_hash::FxHashSet;
+
 /// What the engine needs to know about a payload while flattening.
 pub trait Payload {
     /// A name under which identical tasks are merged (dask's deterministic keys): two nodes with the same
@@ -103,6 +105,35 @@ pub fn held_alone<D: ?Sized>(node: &Arc<Node<D>>) -> bool {
     Arc::strong_count(node) == 1 && Arc::weak_count(node) == 0
 }
 
+/// Calls `visit` once on each node the `roots` need, depth-first, walking the inputs of those it
+/// returns `Ok(true)` for: a search for the nodes a computation of the roots would take results of
+/// elsewhere (whose inputs it then does not need). Linear in nodes plus edges; the first error ends it.
+pub fn visit_needed<'a, D: ?Sized + 'a, E>(
+    roots: impl IntoIterator<Item = &'a Arc<Node<D>>>,
+    mut visit: impl FnMut(&'a Arc<Node<D>>) -> Result<bool, E>,
+) -> Result<(), E> {
+    let mut seen: FxHashSet<*const ()> = FxHashSet::default();
+    let mut stack: Vec<&'a Arc<Node<D>>> = Vec::new();
+    for root in roots {
+        if seen.insert(Arc::as_ptr(root).cast()) {
+            stack.push(root);
+        }
+        while let Some(node) = stack.pop() {
+            if !visit(node)? {
+                continue;
+            }
+            for dep in node.deps() {
+                // A node with one handle is reached through that edge alone (a root has a handle of
+                // its own, and so does every node that takes the same input twice): no need to note it.
+                if Arc::strong_count(dep) == 1 || seen.insert(Arc::as_ptr(dep).cast()) {
+                    stack.push(dep);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A node reached by a walk, with whether the walk's owner holds it alone.
 type Reached<'a, D> = (&'a Arc<Node<D>>, bool);
 
@@ -192,6 +223,35 @@ mod tests {
             "the shared node's other handle is let go of"
         );
         assert!(root.deps().is_empty());
+    }
+
+    #[test]
+    fn visit_needed_visits_each_needed_node_once_and_skips_the_inputs_of_those_it_refuses() {
+        // 1 and 2 take 0 (shared); 3 takes 1 and 2, and 4 (below 2 alone) through 2; 5 takes 3 twice.
+        let shared = Node::new(0u32, vec![]);
+        let below = Node::new(4u32, vec![]);
+        let one = Node::new(1u32, vec![Arc::clone(&shared)]);
+        let two = Node::new(2u32, vec![Arc::clone(&shared), below]);
+        let three = Node::new(3u32, vec![one, two]);
+        let root = Node::new(5u32, vec![Arc::clone(&three), Arc::clone(&three)]);
+        let walk = |refused: u32| {
+            let mut seen = Vec::new();
+            visit_needed::<_, ()>([&root, &three], |node| {
+                seen.push(*node.payload());
+                Ok(*node.payload() != refused)
+            })
+            .unwrap();
+            seen.sort_unstable();
+            seen
+        };
+        assert_eq!(walk(u32::MAX), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(walk(2), [0, 1, 2, 3, 5], "4 is needed by 2 alone");
+        assert_eq!(walk(3), [3, 5], "the second root is 3 itself, seen already");
+        let stopped = visit_needed([&root], |node| match *node.payload() {
+            1 => Err("no"),
+            _ => Ok(true),
+        });
+        assert_eq!(stopped, Err("no"));
     }
 
     fn visited<const WALK: usize>(roots: &[(&Arc<Node<u32>>, bool)]) -> Vec<u32> {

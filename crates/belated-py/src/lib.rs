@@ -22,6 +22,7 @@ mod errors;
 mod export;
 mod gil;
 mod graph_manipulation;
+mod held;
 mod host;
 mod methods;
 mod pickle;
@@ -54,6 +55,7 @@ fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(task::reseed_keys_after_fork, m)?)?;
     m.add_function(wrap_pyfunction!(graph_manipulation::waiting, m)?)?;
     m.add_function(wrap_pyfunction!(graph_manipulation::bind, m)?)?;
+    m.add_function(wrap_pyfunction!(held::held_keys, m)?)?;
     m.add_function(wrap_pyfunction!(render::draw, m)?)?;
     m.add_function(wrap_pyfunction!(dashboard::start_dashboard, m)?)?;
     m.add_function(wrap_pyfunction!(dashboard::stop_dashboard, m)?)?;

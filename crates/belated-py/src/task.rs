@@ -80,6 +80,23 @@ impl Key {
         })))
     }
 
+    /// The name tasks of this key merge under (see [`Payload::merge_name`]); none for a unique key.
+    pub(crate) fn merge_name(&self) -> Option<&str> {
+        match self {
+            Key::Named(name) => Some(name),
+            Key::Object(object) => Some(&object.merge),
+            Key::Unique { .. } => None,
+        }
+    }
+
+    /// The bits of the uuid a unique key's text ends with, after its function's name and a dash.
+    pub(crate) fn unique_uuid(&self) -> Option<u128> {
+        match *self {
+            Key::Unique { id, salt } => Some(uuid_bits(id, salt)),
+            _ => None,
+        }
+    }
+
     /// The key as dask shows it: a string, or the object it was given as.
     pub(crate) fn to_object<'py>(&self, py: Python<'py>, task: &PyTask) -> Bound<'py, PyAny> {
         match self {
@@ -158,11 +175,7 @@ pub(crate) struct Construct {
 
 impl Payload for PyTask {
     fn merge_name(&self) -> Option<&str> {
-        match &self.key {
-            Key::Named(name) => Some(name),
-            Key::Object(object) => Some(&object.merge),
-            Key::Unique { .. } => None,
-        }
+        self.key.merge_name()
     }
 }
 
@@ -824,17 +837,27 @@ fn strip_token(name: &str) -> &str {
     }
 }
 
-/// A uuid4-shaped text for a unique id, different for every (id, salt) pair in practice.
-fn uuid_text(id: u64, salt: u64) -> String {
+/// The 128 bits of a unique id's uuid4-shaped text (see [`uuid_text`]).
+pub(crate) fn uuid_bits(id: u64, salt: u64) -> u128 {
     let a = splitmix64(salt ^ splitmix64(id));
     let b = splitmix64(a ^ salt.rotate_left(29));
+    u128::from(a >> 32) << 96
+        | u128::from((a >> 16) & 0xffff) << 80
+        | u128::from(0x4000 | a & 0xfff) << 64
+        | u128::from(0x8000 | (b >> 48) & 0x3fff) << 48
+        | u128::from(b & 0xffff_ffff_ffff)
+}
+
+/// A uuid4-shaped text for a unique id, different for every (id, salt) pair in practice.
+fn uuid_text(id: u64, salt: u64) -> String {
+    let bits = uuid_bits(id, salt);
     format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        0x8000 | (b >> 48) & 0x3fff,
-        b & 0xffff_ffff_ffff
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        bits >> 96,
+        (bits >> 80) & 0xffff,
+        (bits >> 64) & 0xffff,
+        (bits >> 48) & 0xffff,
+        bits & 0xffff_ffff_ffff
     )
 }
 
