@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 from helpers import closing_distributed_clients
-from worker_tasks import Boom, counted_inc, explode, fail_first_time, type_names, wait_exists
+from worker_tasks import Boom, count_then_wait, counted_inc, explode, fail_first_time, type_names, wait_exists
 
 import belated
 
@@ -327,6 +327,26 @@ def test_retry_runs_what_failed_again_and_gives_what_finished_again(clients, tmp
         int,
         int,
     )
+
+
+def test_retry_of_a_running_future_lets_it_finish_where_distributed_runs_it_again(clients, tmp_path):
+    def scenario(client, api, directory):
+        counted, gate = directory / "counted", directory / "gate"
+        running = client.submit(count_then_wait, str(counted), str(gate), pure=False)
+        assert wait_exists(str(counted))
+        client.retry([running])
+        status = running.status
+        gate.touch()
+        return status, running.result(timeout=30), runs(counted)
+
+    answers = observe(clients, tmp_path, scenario)
+    # distributed releases the running task and runs it again beside the first run, whose result it
+    # drops: the same call, its side effects twice (see the README's compatibility section).
+    assert answers == {
+        "processes": ("pending", True, 1),
+        "threads": ("pending", True, 1),
+        "distributed": ("pending", True, 2),
+    }
 
 
 # -- done callbacks -----------------------------------------------------------------------------------

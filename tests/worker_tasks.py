@@ -377,6 +377,13 @@ def counted_inc(x, path):
     return x + 1
 
 
+def count_then_wait(path, gate):
+    """Counts its run in the file ``path`` (created by the first), then waits for ``gate`` to exist."""
+    with open(path, "a") as runs:
+        runs.write("run\n")
+    return wait_exists(gate)
+
+
 def touch_then_wait(started, gate):
     """Creates the file ``started``, then waits for ``gate`` to exist: a task the test sees running."""
     open(started, "w").close()

@@ -788,8 +788,9 @@ class Client:
         """Runs the tasks of the done ``futures`` (a Future, or lists, tuples, sets and dicts of them)
         again, failed or finished, as distributed does, and first those of the failed futures they
         take; the futures they take that succeeded give their results again, not computed anew. A
-        pending future is left to finish (distributed leaves a queued task so, but runs a running one
-        twice), a scattered one as it is, and a cancelled one raises ``KeyError``: its key is gone."""
+        pending future is left to finish (distributed leaves a waiting task so, but runs a running one
+        again beside the first run: see the README's compatibility section), a scattered one as it
+        is, and a cancelled one raises ``KeyError``: its key is gone."""
         if self._distributed_client is not None:
             return self._distributed_client.retry(futures, asynchronous=asynchronous)
         self._check_open()
