@@ -12,7 +12,16 @@ import threading
 import numpy as np
 import pytest
 from helpers import closing_distributed_clients
-from worker_tasks import Boom, count_then_wait, counted_inc, explode, fail_first_time, type_names, wait_exists
+from worker_tasks import (
+    Boom,
+    count_then_wait,
+    counted_inc,
+    explode,
+    fail_first_then_wait,
+    fail_first_time,
+    type_names,
+    wait_exists,
+)
 
 import belated
 
@@ -327,6 +336,23 @@ def test_retry_runs_what_failed_again_and_gives_what_finished_again(clients, tmp
         int,
         int,
     )
+
+
+def test_retry_of_a_future_taking_a_failed_one_returns_before_that_one_runs_again_as_distributed(
+    clients, tmp_path
+):
+    def scenario(client, api, directory):
+        flaky, gate = directory / "flaky", directory / "gate"
+        failed = client.submit(fail_first_then_wait, str(flaky), str(gate))
+        taking = client.submit(inc, failed)
+        api.wait([taking], timeout=30)
+        client.retry([taking])
+        # Not waited for: the retried call starts once the future it takes is done.
+        statuses = failed.status, taking.status
+        gate.touch()
+        return statuses, taking.result(timeout=30), failed.result(timeout=30), runs(flaky)
+
+    assert same(observe(clients, tmp_path, scenario)) == (("pending", "pending"), 2, True, 2)
 
 
 def test_retry_of_a_running_future_lets_it_finish_where_distributed_runs_it_again(clients, tmp_path):

@@ -377,6 +377,17 @@ def counted_inc(x, path):
     return x + 1
 
 
+def fail_first_then_wait(path, gate):
+    """Raises the first time it runs for ``path`` (a file counting its runs); later runs wait for
+    ``gate`` to exist, and give whether it does."""
+    with open(path, "a") as runs:
+        runs.write("run\n")
+    with open(path) as runs:
+        if len(runs.readlines()) == 1:
+            raise ValueError("first run")
+    return wait_exists(gate)
+
+
 def count_then_wait(path, gate):
     """Counts its run in the file ``path`` (created by the first), then waits for ``gate`` to exist."""
     with open(path, "a") as runs:

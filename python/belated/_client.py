@@ -816,8 +816,17 @@ class Client:
             # (a map's equal calls): else _start would give back that future, done, and run nothing.
             if held is not None and (held._cell is future._cell or held._computation is computation):
                 del self._held[key]
+        # A call taking futures is built once they are done, in the background, as its submit's was:
+        # built here, it would wait for those being retried.
         [again] = self._start(
-            lambda: (build()[index],), [key], traverse, retries, after=after, keep=keep, rerun=True
+            lambda: (build()[index],),
+            [key],
+            traverse,
+            retries,
+            after=after,
+            keep=keep,
+            whole=not after,
+            rerun=True,
         )
         computation.retried.append(again._computation)
         # A new list: the computation, if its other tasks still run, settles the cells of its own.
