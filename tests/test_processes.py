@@ -17,7 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from worker_tasks import Boom, crash, explode, pid_of, raise_reduce_raises, record, square, wait_gone
+from worker_tasks import (
+    Boom,
+    crash,
+    explode,
+    pid_of,
+    raise_chained,
+    raise_reduce_raises,
+    record,
+    square,
+    wait_gone,
+)
 
 import belated
 from belated import _worker, compute, delayed
@@ -109,6 +119,40 @@ def test_a_script_function_travels_without_its_files_lines_unless_the_file_chang
     assert unchanged < size / 4 and line == 'raise ValueError(f"bad {x}")'
     # The worker would read the edited file: the lines this process ran travel instead.
     assert edited > size
+
+
+def _chain_of(error):
+    """What an exception's display shows of its chain: each link's type, message and innermost frame,
+    whether ``__cause__`` and ``__context__`` are one exception, and whether the context is hidden."""
+
+    def link(linked):
+        if linked is None:
+            return None
+        frames = traceback.extract_tb(linked.__traceback__)
+        return (type(linked), str(linked), frames[-1].name if frames else None)
+
+    same = error.__cause__ is not None and error.__cause__ is error.__context__
+    return (link(error), link(error.__cause__), link(error.__context__), same, error.__suppress_context__)
+
+
+@pytest.mark.parametrize("kind", ["cause", "context", "from None"])
+@pytest.mark.parametrize("where", ["processes", "Client"])
+def test_an_exception_from_a_worker_keeps_its_cause_and_context_as_dasks_processes_does(kind, where):
+    import dask
+
+    with pytest.raises(ValueError, match="chained") as expected:
+        dask.compute(dask.delayed(raise_chained)(kind), scheduler="processes")
+    with contextlib.ExitStack() as stack:
+        if where == "Client":
+            stack.enter_context(belated.Client(n_workers=1, threads_per_worker=1))
+            options = {}
+        else:
+            options = {"scheduler": "processes"}
+        with pytest.raises(ValueError, match="chained") as caught:
+            compute(delayed(raise_chained)(kind), **options)
+    assert _chain_of(caught.value) == _chain_of(expected.value)
+    shown = "".join(traceback.format_exception(caught.value))
+    assert ("KeyError: 'missing'" in shown) == (kind != "from None")
 
 
 @pytest.mark.parametrize("span", [(4, 28), (0, 40), (2, 9), (None, None)], ids=str)

@@ -460,3 +460,17 @@ def print_without_newline_until(size, gate, seconds=60):
     then waits for the file ``gate``, so that what was printed is seen while the task still runs."""
     os.write(1, b"x" * size)
     return wait_exists(gate, seconds)
+
+
+def raise_chained(kind):
+    """Raises a ValueError chained to the KeyError it handles: by ``from`` it (``cause``), implicitly
+    (``context``), or ``from None``. Builtin types: dask's processes scheduler keeps the chain of
+    exceptions whose classes tblib saw at its import, which a class of this module may not be."""
+    try:
+        {}["missing"]
+    except KeyError as handled:
+        if kind == "cause":
+            raise ValueError("chained") from handled
+        if kind == "context":
+            raise ValueError("chained")  # noqa: B904
+        raise ValueError("chained") from None

@@ -22,7 +22,7 @@ message (a header frame ``[n, first, end, *frames of each reply]``, then the rep
 past the overrun its header gives: then the connection's :class:`_Watcher` replies at once with what
 is done and hands back the calls not started, and the call running replies alone when it ends. Replies are
 ``(True, value, records)`` or ``(False, the exception's pickle or None, its type name, its message,
-formatted traceback, its frames, records)``, where ``records``
+formatted traceback, its frames, its cause and context, records)``, where ``records``
 are the log records emitted in the worker since its last ``RUN`` reply (a ``FETCH`` reply carries
 none), handled in the parent by :func:`belated._logging.receive_record` before the reply is read; a
 reply whose value is an int of 64 bits, with no records, is one frame: :data:`INT_REPLY` and the int.
@@ -605,13 +605,36 @@ def loads_reply(frames):
         _logging.receive_record(payload, worker=f"worker-{payload.get('process')}")
     if reply[0]:
         return reply[:2]
-    _, pickled, type_name, message, text, where, _ = reply
+    _, pickled, type_name, message, text, where, chain, _ = reply
     error = _rebuilt(pickled, type_name, message, text)
+    with contextlib.suppress(Exception):  # an exception refusing attributes is raised as itself
+        _link(error, chain)
     try:
         error.with_traceback(_traceback_through(where))
     except Exception:  # the text, as a note, still says where it failed
         return (False, error, text)
     return (False, error, "")
+
+
+def _link(error, chain):
+    """Gives a rebuilt exception the cause and context it had in the worker (``chain``, from
+    :func:`_chain`), each rebuilt with its own frames: a pickle carries neither, and dask's processes
+    scheduler and distributed keep both ("The above exception was the direct cause...")."""
+    if chain is None:
+        return
+    cause, context, suppress = chain
+    for name, link in (("__cause__", cause), ("__context__", context)):
+        if link == "cause":
+            error.__context__ = error.__cause__
+        elif link is not None:
+            pickled, type_name, message, text, where, inner = link
+            linked = _rebuilt(pickled, type_name, message, text)
+            with contextlib.suppress(Exception):
+                linked.with_traceback(_traceback_through(where))
+                _link(linked, inner)
+            setattr(error, name, linked)
+    # Setting __cause__ sets it too: the worker's value goes last.
+    error.__suppress_context__ = suppress
 
 
 class _Rebuilding(Exception):
@@ -712,7 +735,36 @@ def _encode_failure(error, records):
         # It cannot be pickled, or shown: formatting reads ``__notes__`` and ``__str__``, which the
         # exception may break, and the caller could not print it either.
         text, pickled = _traceback_text(error), None
-    return dumps_reply((False, pickled, _type_name(error), _message(error), text, where, records))
+    chain = _safely(_chain, error, None)
+    return dumps_reply((False, pickled, _type_name(error), _message(error), text, where, chain, records))
+
+
+def _chain(error, seen=None):
+    """``(cause, context, suppress context)`` of ``error``, each link ``(pickle or None, type name,
+    message, traceback text, frames, its own chain)`` or None; a link seen before (a cycle) ends it,
+    as it ends ``traceback``'s display."""
+    import traceback
+
+    seen = {id(error)} if seen is None else seen
+    links = []
+    for linked in (error.__cause__, error.__context__):
+        if linked is not None and linked is error.__cause__ and links:
+            links.append("cause")  # ``raise X from Y`` inside ``except Y``: one exception, both links
+            continue
+        if linked is None or id(linked) in seen:
+            links.append(None)
+            continue
+        seen.add(id(linked))
+        try:
+            pickled = dumps_reply(linked)
+            pickled = pickled[0] if len(pickled) == 1 else None
+        except Exception:
+            pickled = None
+        text = _safely(lambda e: "".join(traceback.format_exception(e, chain=False)), linked, "")
+        where = _safely(_where, linked, [])
+        links.append((pickled, _type_name(linked), _message(linked), text, where, _chain(linked, seen)))
+    suppress = bool(error.__suppress_context__)
+    return None if links == [None, None] and not suppress else (*links, suppress)
 
 
 def _where(error):
