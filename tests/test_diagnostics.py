@@ -607,3 +607,21 @@ def test_a_callback_unregistered_inside_the_computation_it_serves_stays_unregist
     assert recorder not in Callback.active
     assert delayed(inc)(1).compute() == 2
     assert seen == ["task"]
+
+
+def test_the_graph_and_state_callbacks_receive_refuse_changes_where_dasks_dicts_take_them(scheduler):
+    import dask
+
+    def add_to_graph(key, result, dsk, state, worker):
+        dsk[("seen", key)] = result
+
+    def add_to_state(key, dsk, state):
+        state["seen"] = key
+
+    x = dask.delayed(inc)(dask.delayed(inc)(1))
+    with Callback(posttask=add_to_graph), Callback(pretask=add_to_state):
+        assert dask.compute(x, scheduler="sync") == (3,), "dask's own dicts take the change"
+    for hooks in ({"posttask": add_to_graph}, {"pretask": add_to_state}):
+        # The engine holds the graph and the progress: a change would not reach them, so it is refused.
+        with Callback(**hooks), pytest.raises(TypeError, match="does not support item assignment"):
+            compute(delayed(inc)(delayed(inc)(1)), scheduler=scheduler)
