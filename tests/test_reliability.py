@@ -14,6 +14,7 @@ import weakref
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from worker_tasks import get_with_timeout
 
 import belated
 from belated import compute, delayed
@@ -121,6 +122,17 @@ def test_a_sync_compute_whose_last_task_ran_past_the_timeout_times_out(tasks):
     with pytest.raises(belated.ComputeTimeoutError):
         belated.get({"x": (slow, 7)}, "x", pool="sync", timeout=0.05)
     assert compute(delayed(slow)(8), scheduler="sync", timeout=60) == (8,)
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_belated_get_inside_a_task_times_out_when_its_last_task_ran_past_the_limit(scheduler):
+    # Inside a task, belated.get runs the graph on the task's own thread, which looked at the limit only
+    # before each task: a graph whose last task outlasted it returned as if in time, where the same
+    # call from outside a task raises at the limit.
+    with pytest.raises(belated.ComputeTimeoutError, match=r"within 0\.05 s"):
+        belated.get({"x": 1, "y": (time.sleep, 0.5)}, "y", timeout=0.05)
+    assert compute(delayed(get_with_timeout)(0.05), scheduler=scheduler) == ("timed out",)
+    assert compute(delayed(get_with_timeout)(60), scheduler=scheduler) == ("in time",)
 
 
 def test_bad_input_gets_clear_errors_not_crashes():

@@ -474,3 +474,15 @@ def raise_chained(kind):
         if kind == "context":
             raise ValueError("chained")  # noqa: B904
         raise ValueError("chained") from None
+
+
+def get_with_timeout(timeout):
+    """belated.get, with ``timeout``, of a graph whose last task sleeps half a second: "in time", or
+    "timed out"."""
+    import belated
+
+    try:
+        belated.get({"x": 1, "y": (time.sleep, 0.5)}, "y", timeout=timeout)
+    except belated.ComputeTimeoutError:
+        return "timed out"
+    return "in time"

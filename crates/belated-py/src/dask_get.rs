@@ -131,6 +131,11 @@ impl DaskRunner {
                     .unbind()
             }
         };
+        // Inline, this thread is the caller and nothing watches the limit while a task runs: a graph
+        // whose last task ran past it would end as if in time.
+        if let Some(deadline) = self.deadline.filter(|d| self.check_signals && d.passed()) {
+            return Err(deadline.error());
+        }
         if let Some(posttask) = &self.posttask {
             let worker = current_worker().map_or(-1, |w| w as i64);
             posttask.call1(py, (&task.key, &value, worker))?;
