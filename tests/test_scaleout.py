@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from test_properties import Eager, Lazy, programs, run
+from worker_tasks import raise_chained
 
 import belated
 from belated import _dask, _fuse, compute, delayed
@@ -356,6 +357,21 @@ def test_task_exceptions_come_back_as_themselves_on_distributed(client):
     own = os.path.join(os.path.dirname(belated.__file__), "")
     assert [frame.name for frame in frames if frame.filename.startswith(own)] == ["compute"]
     assert delayed(square)(2).compute() == 4
+
+
+@pytest.mark.parametrize("kind", ["cause", "context", "from None"])
+def test_a_task_exception_on_distributed_keeps_its_cause_and_context_as_dasks_compute_does(client, kind):
+    # The block runner and the executor re-raised the task's exception "from None", which dropped the
+    # cause of "raise X from Y" and hid an implicit context.
+    def chain(error):
+        return (repr(error.__cause__), repr(error.__context__), error.__suppress_context__)
+
+    with pytest.raises(ValueError, match="chained") as expected:
+        dask.compute(dask.delayed(raise_chained)(kind), scheduler=client._distributed_client)
+    with pytest.raises(ValueError, match="chained") as caught:
+        delayed(raise_chained)(kind).compute()
+    assert chain(caught.value) == chain(expected.value)
+    assert chain(caught.value)[:2] != ("None", "None"), "the chain is there to keep"
 
 
 def test_client_is_the_default_scheduler_only_while_open(cluster):

@@ -447,7 +447,8 @@ def distributed_executor(client, *, sync=True, retries=None):
             results = _submit(client, graph, keys, dependencies, sync, retries, progress)
         except BaseException as error:
             progress.end(errored=True)
-            raise error.with_traceback(_fuse.user_frames(error.__traceback__)) from None
+            # Re-raised as it is: ``from None`` would drop the task's own cause and hide its context.
+            raise error.with_traceback(_fuse.user_frames(error.__traceback__))  # noqa: B904
         if sync:
             progress.end(errored=False)
         else:

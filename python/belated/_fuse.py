@@ -267,7 +267,8 @@ def run_block(program, *inputs):
             values[key] = evaluate(task, values)
         except Exception as error:
             note(error, key)
-            raise error.with_traceback(user_frames(error.__traceback__)) from None
+            # Re-raised as it is: ``from None`` would drop the task's own cause and hide its context.
+            raise error.with_traceback(user_frames(error.__traceback__))  # noqa: B904
         seconds = clock() - start
         function = prefix(key)
         count, total = timings.get(function, (0, 0.0))
