@@ -94,6 +94,15 @@ def _past_own_frames(traceback):
     return None if shown is first else shown
 
 
+def _as_shown(error):
+    """``error``, leaving ``compute`` or ``persist`` whose frame caught it, with the traceback it
+    should show once raised there again (its own frame comes back): from the first frame that is not
+    belated's. The same exception object, so that ``except E as e`` still finds the one the task
+    raised."""
+    shown = _past_own_frames(error.__traceback__)
+    return error.with_traceback(error.__traceback__.tb_next if shown is None else shown)
+
+
 def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwargs):
     """Runs compute or persist: options default to ``belated.config``, then to dask's own configuration
     for the keys both have (``scheduler``, ``num_workers``); other engines get the graph."""
@@ -463,11 +472,7 @@ def compute(
     try:
         return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=False, kwargs=kwargs)
     except Exception as error:
-        shown = _past_own_frames(error.__traceback__)
-        if shown is None:
-            raise
-        # The same exception object, so that ``except E as e`` still finds the one the task raised.
-        raise error.with_traceback(shown)  # noqa: B904
+        raise _as_shown(error)  # noqa: B904
 
 
 def persist(
@@ -528,11 +533,7 @@ def persist(
     try:
         return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=True, kwargs=kwargs)
     except Exception as error:
-        shown = _past_own_frames(error.__traceback__)
-        if shown is None:
-            raise
-        # The same exception object, so that ``except E as e`` still finds the one the task raised.
-        raise error.with_traceback(shown)  # noqa: B904
+        raise _as_shown(error)  # noqa: B904
 
 
 def is_dask_collection(x):

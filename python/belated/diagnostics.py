@@ -526,7 +526,31 @@ class ResourceData(NamedTuple):
     cpu: float
 
 
-class Profiler(Callback):
+class _Profile(Callback):
+    """A profiler's ``with`` block, as in dask: it starts with no results (``clear()``) and sets
+    ``start_time`` and ``end_time``; registered with ``register()``, results accumulate until
+    ``clear()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+
+    def clear(self) -> None:
+        """Forgets the results recorded."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.clear()
+        self.start_time = time.perf_counter()
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.end_time = time.perf_counter()
+        super().__exit__(*exc)
+
+
+class Profiler(_Profile):
     """Records every task: key, task, start and end (``time.perf_counter()`` seconds) and worker.
 
     As in dask, a ``with`` block starts with no results and sets ``start_time`` and ``end_time``;
@@ -539,18 +563,6 @@ class Profiler(Callback):
     def __init__(self) -> None:
         super().__init__()
         self.results: list[TaskData] = []
-        self.start_time: float | None = None
-        self.end_time: float | None = None
-
-    def __enter__(self) -> Self:
-        # As dask's: each with block profiles afresh; a registered profiler accumulates until clear().
-        self.clear()
-        self.start_time = time.perf_counter()
-        return super().__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.end_time = time.perf_counter()
-        super().__exit__(*exc)
 
     def _finish(self, dsk, state, errored):
         self.results.extend(
@@ -600,7 +612,7 @@ class CacheData(NamedTuple):
     free_time: float
 
 
-class CacheProfiler(Callback):
+class CacheProfiler(_Profile):
     """Records how long each task's result is held, as ``dask.diagnostics.CacheProfiler``: a
     :class:`CacheData` per task in ``results``, its ``metric`` by ``metric(value)`` (1 for every
     result by default, so the sum over the results held at a time counts them), named
@@ -627,23 +639,12 @@ class CacheProfiler(Callback):
         self._dsk: dict[Any, Any] = {}
         self._needs: dict[Any, set] = {}
         self._needed_by: dict[Any, int] = {}
-        self.start_time: float | None = None
-        self.end_time: float | None = None
         self._metric = metric or _count
         if metric_name:
             self._metric_name = metric_name
         else:
             self._metric_name = metric.__name__ if metric else "count"
         self._lock = threading.Lock()
-
-    def __enter__(self) -> Self:
-        self.clear()
-        self.start_time = time.perf_counter()
-        return super().__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.end_time = time.perf_counter()
-        super().__exit__(*exc)
 
     def _start(self, dsk):
         graph = {key: dsk[key] for key in dsk}
