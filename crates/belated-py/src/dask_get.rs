@@ -94,9 +94,7 @@ impl DaskRunner {
         if self.check_signals {
             py.check_signals()?;
         }
-        if let Some(deadline) = self.deadline.filter(Deadline::passed) {
-            return Err(deadline.error());
-        }
+        Deadline::check(self.deadline)?;
         let task = &self.tasks[task.index()];
         if let Some(pretask) = &self.pretask {
             pretask.call1(py, (&task.key,))?;
@@ -133,8 +131,8 @@ impl DaskRunner {
         };
         // Inline, this thread is the caller and nothing watches the limit while a task runs: a graph
         // whose last task ran past it would end as if in time.
-        if let Some(deadline) = self.deadline.filter(|d| self.check_signals && d.passed()) {
-            return Err(deadline.error());
+        if self.check_signals {
+            Deadline::check(self.deadline)?;
         }
         if let Some(posttask) = &self.posttask {
             let worker = current_worker().map_or(-1, |w| w as i64);

@@ -15,8 +15,8 @@ use crate::task::{Key, TaskNode};
 const UUID_LENGTH: usize = 36;
 
 /// The keys, as dask has them, of the tasks the graphs of `delayeds` need that are among the keys
-/// `held` (an iterable, which must not change meanwhile), each once. Below a key found, nothing is searched: its result stands for the
-/// tasks it needs, which a computation then does not run.
+/// `held` (an iterable, which must not change meanwhile), each once. Below a key found, nothing is
+/// searched: its result stands for the tasks it needs, which a computation then does not run.
 ///
 /// The held keys are read once, as the tasks' merge names, so that each task costs a lookup in a
 /// set of strings, not a Python object and a call into the containers.

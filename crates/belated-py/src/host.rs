@@ -56,9 +56,7 @@ impl TaskGuard {
         if self.check_signals {
             py.check_signals()?;
         }
-        if let Some(deadline) = self.deadline.filter(Deadline::passed) {
-            return Err(deadline.error());
-        }
+        Deadline::check(self.deadline)?;
         let Some(hooks) = &self.hooks else {
             return Ok(None);
         };
@@ -73,9 +71,10 @@ impl TaskGuard {
     /// stops waiting at the limit; an inline run is the caller, and looked only before each task, so
     /// a compute whose last task ran past the limit ended as if in time.
     pub(crate) fn finished_in_time(&self) -> PyResult<()> {
-        match self.deadline {
-            Some(deadline) if self.check_signals && deadline.passed() => Err(deadline.error()),
-            _ => Ok(()),
+        if self.check_signals {
+            Deadline::check(self.deadline)
+        } else {
+            Ok(())
         }
     }
 
@@ -194,6 +193,14 @@ impl Deadline {
 
     pub(crate) fn passed(&self) -> bool {
         Instant::now() >= self.at
+    }
+
+    /// The limit's error once `deadline` (if any) has passed.
+    pub(crate) fn check(deadline: Option<Deadline>) -> PyResult<()> {
+        match deadline.filter(Deadline::passed) {
+            Some(deadline) => Err(deadline.error()),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn error(&self) -> PyErr {
