@@ -95,10 +95,10 @@ def _past_own_frames(traceback):
 
 
 def _as_shown(error):
-    """``error``, leaving ``compute`` or ``persist`` whose frame caught it, with the traceback it
-    should show once raised there again (its own frame comes back): from the first frame that is not
-    belated's. The same exception object, so that ``except E as e`` still finds the one the task
-    raised."""
+    """``error``, leaving an entry point whose frame caught it (``compute``, ``persist``, ``get``), with
+    the traceback it should show once raised there again (its own frame comes back): from the first
+    frame that is not belated's. The same exception object, so that ``except E as e`` still finds the
+    one the task raised."""
     shown = _past_own_frames(error.__traceback__)
     return error.with_traceback(error.__traceback__.tb_next if shown is None else shown)
 

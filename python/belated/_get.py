@@ -63,7 +63,7 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, ca
         from dask.callbacks import add_callbacks
 
         from belated import compute
-        from belated._api import _past_own_frames
+        from belated._api import _as_shown
 
         # dask's local_callbacks takes the registered callbacks out of the registry for the block (its
         # schedulers call them directly); compute finds its callbacks there, so they go back in, alone.
@@ -76,10 +76,7 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, ca
             try:
                 values = compute(*tasks, scheduler=scheduler, num_workers=num_workers, timeout=timeout)
             except Exception as error:
-                shown = _past_own_frames(error.__traceback__)
-                if shown is None:
-                    raise
-                raise error.with_traceback(shown)  # noqa: B904
+                raise _as_shown(error)  # noqa: B904
         return _shaped(keys, wanted, values, cache)
     with local_callbacks(callbacks) as dask_callbacks, _diagnostics.claimed_callbacks(dask=False) as own:
         listeners = [normalize_callback(cb) for cb in _diagnostics.dask_own(dask_callbacks)]
