@@ -919,21 +919,25 @@ def _resource_svg(results, width=900, height=200):
     span = results[-1].time - begin or 1e-9
     top_mem = max(r.mem for r in results) or 1
     top_cpu = max(max(r.cpu for r in results), 100)
-
-    def line(values, top, colour):
-        points = " ".join(
-            f"{10 + (r.time - begin) / span * (width - 20):.1f},{height - 20 - v / top * (height - 40):.1f}"
-            for r, v in zip(results, values, strict=True)
-        )
-        return f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{points}'/>"
-
+    frame = (begin, span, width, height)
     return (
         f"<h3>Resources: memory up to {top_mem:.0f} MB (blue), CPU up to {top_cpu:.0f} % (orange)</h3>"
         f"<svg class='resources' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>"
-        + line([r.mem for r in results], top_mem, "#4c78a8")
-        + line([r.cpu for r in results], top_cpu, "#f58518")
+        + _polyline([(r.time, r.mem) for r in results], top_mem, "#4c78a8", frame)
+        + _polyline([(r.time, r.cpu) for r in results], top_cpu, "#f58518", frame)
         + "</svg>"
     )
+
+
+def _polyline(samples, top, colour, frame):
+    """A line through ``(time, value)`` samples in a picture ``frame`` of ``(begin, span, width,
+    height)``: time from ``begin`` over ``span`` across, values up to ``top`` upwards."""
+    begin, span, width, height = frame
+    points = " ".join(
+        f"{10 + (t - begin) / span * (width - 20):.1f},{height - 20 - v / top * (height - 40):.1f}"
+        for t, v in samples
+    )
+    return f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{points}'/>"
 
 
 def _cache_svg(results, metric_name, width=900, height=200):
@@ -952,12 +956,9 @@ def _cache_svg(results, metric_name, width=900, height=200):
         held += changes[t]
         steps.append((t, held))
     top = max(value for _, value in steps) or 1
-    points = " ".join(
-        f"{10 + (t - begin) / span * (width - 20):.1f},{height - 20 - value / top * (height - 40):.1f}"
-        for t, value in steps
-    )
     return (
         f"<h3>Results held: up to {top} by {html.escape(metric_name)}, over {span:.3f} s</h3>"
         f"<svg class='cache' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>"
-        f"<polyline fill='none' stroke='#4c78a8' stroke-width='2' points='{points}'/></svg>"
+        + _polyline(steps, top, "#4c78a8", (begin, span, width, height))
+        + "</svg>"
     )
