@@ -288,11 +288,9 @@ def pop(key: str, default=_missing, config: dict | None = None):
     """
     given = global_config if config is None else config
     with _lock if given is global_config else contextlib.nullcontext():
-        node = given
-        *sections, last = key.split(".")
+        section, _, last = key.rpartition(".")
         try:
-            for part in sections:
-                node = node[_spelled_as_in(node, part)]
+            node = _get_in(given, section, _missing) if section else given
             value = node.pop(_spelled_as_in(node, last))
         except (TypeError, IndexError, KeyError):
             if default is _missing:
@@ -426,18 +424,21 @@ def refresh(
     ``collect(paths, env)`` reads over them."""
     settings = collect(paths, env)
     if config is not None and config is not global_config:
-        config.clear()
-        for registered in defaults:
-            _update(config, registered, "old", canonical=False)
-        _update(config, settings, "new", canonical=False)
+        _refill(config, defaults, settings, canonical=False)
         return
     with _lock:
         while _in_dask:
             _in_dask.pop()._leave_dask(None, None, None)
-        global_config.clear()
-        for registered in defaults:
-            _update(global_config, registered, "old", canonical=True)
-        update(global_config, settings)
+        _refill(global_config, defaults, settings, canonical=True)
+        _config_changed()
+
+
+def _refill(given: dict, defaults: list, settings: Mapping, canonical: bool) -> None:
+    """Replaces everything in ``given`` by the ``defaults`` registered, then ``settings`` over them."""
+    given.clear()
+    for registered in defaults:
+        _update(given, registered, "old", canonical=canonical)
+    _update(given, settings, "new", canonical=canonical)
 
 
 class set:  # named as dask.config.set, which users call
