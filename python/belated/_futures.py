@@ -521,7 +521,7 @@ class Once:
         call(future)
 
 
-# The queue of the thread running done callbacks (see call_apart), with the process it belongs to.
+# The queue of the thread running done callbacks (see call_apart), once it runs in this process.
 _CALLBACKS = None
 _CALLBACKS_LOCK = threading.Lock()
 
@@ -532,12 +532,11 @@ def call_apart(fn, future):
     ends."""
     global _CALLBACKS
     with _CALLBACKS_LOCK:
-        if _CALLBACKS is None or _CALLBACKS[0] != os.getpid():
-            calls = queue.SimpleQueue()
+        if _CALLBACKS is None:
+            _CALLBACKS = queue.SimpleQueue()
             name = "belated-callbacks"
-            threading.Thread(target=_run_callbacks, args=(calls,), daemon=True, name=name).start()
-            _CALLBACKS = (os.getpid(), calls)
-        calls = _CALLBACKS[1]
+            threading.Thread(target=_run_callbacks, args=(_CALLBACKS,), daemon=True, name=name).start()
+        calls = _CALLBACKS
     calls.put((fn, future))
 
 
@@ -553,9 +552,10 @@ def _run_callbacks(calls):
 
 
 def _after_fork_in_child():
-    # The parent's lock may have been held by one of its threads, none of which exists here.
-    global _CALLBACKS_LOCK
-    _CALLBACKS_LOCK = threading.Lock()
+    # The parent's callback thread does not exist here, and its lock may have been held by one of the
+    # parent's threads.
+    global _CALLBACKS, _CALLBACKS_LOCK
+    _CALLBACKS, _CALLBACKS_LOCK = None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
