@@ -945,11 +945,11 @@ class Client:
             held = [None if key is None else self._held_future(key) for key in keys]
         if keys and all(future is not None for future in held):
             return held
-        # Found before this computation is among them: each takes only what earlier ones hold, so
-        # none waits for another that waits for it.
         # Built once, here, where the graph is searched for held keys; else (calls taking futures,
         # which wait for them) once they are done, in the background.
         built = build() if whole else None
+        # Found before this computation is among them: each takes only what earlier ones hold, so
+        # none waits for another that waits for it.
         holders = self._held_results(built, keys, traverse, rerun)
         # distributed's retries= runs a task that raised again, and here one whose worker died too;
         # without it, the latter runs again as belated's retries setting allows.
