@@ -514,3 +514,37 @@ def test_set_gives_the_configuration_to_its_with_block_and_refuses_a_value_as_a_
             config.set({"num-workers": 3, "scheduler.x": 1})
         assert config.get("scheduler") == "sync"
         assert config.get("num-workers", None) is None, "nothing of the refused call stays set"
+
+
+def _result_or_error_type(call):
+    """What ``call()`` gives, or the type it raised: the messages of dask's errors here are Python's
+    own (``'int' object is not subscriptable``), belated's name the key."""
+    try:
+        return "returned", call()
+    except Exception as error:
+        return "raised", type(error)
+
+
+@pytest.mark.parametrize("key", ["scheduler.x", "scheduler.t", "num_workers.x.y", "scheduler"])
+def test_get_through_a_plain_value_is_a_type_error_as_in_dask(key):
+    # belated raised KeyError where its own setting (a string, a number) stood for a section
+    dask_config = pytest.importorskip("dask.config")
+    ours = _read_with_plain_values_set(config, key)
+    assert ours == _read_with_plain_values_set(dask_config, key)
+    assert ours[0][0] == ("returned" if key == "scheduler" else "raised")
+
+
+def _read_with_plain_values_set(module, key):
+    with module.set(scheduler="threads", num_workers=2):
+        return _result_or_error_type(functools.partial(module.get, key)), module.get(key, "fallback")
+
+
+def test_get_through_a_plain_value_only_dask_sets_is_dasks_type_error():
+    dask_config = pytest.importorskip("dask.config")
+    with dask_config.set({"hunt-plain": "text"}):
+        assert _result_or_error_type(lambda: config.get("hunt-plain.x")) == ("raised", TypeError)
+        assert config.get("hunt-plain.x", 3) == 3
+    # belated's own section wins over dask's plain value of the same name
+    with config.set({"hunt-mixed.inner": 2}), dask_config.set({"hunt-mixed": 1}):
+        assert config.get("hunt-mixed.inner") == 2
+        assert config.get("hunt-mixed") == {"inner": 2}

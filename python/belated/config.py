@@ -102,7 +102,8 @@ def get(key: str, default=_missing, config: Mapping | None = None, override_with
     """The value of ``key`` (dots for nested sections); where belated's configuration does not set it,
     dask's (``dask.config``, when dask is installed), as dask code reading its settings expects, and a
     section both have is dask's with belated's settings over it; ``default`` if neither has the key,
-    else ``KeyError``. As in dask, ``override_with`` is returned instead unless it is None (a
+    else ``KeyError`` (``TypeError`` where the key reaches into a plain value, ``scheduler.x`` with
+    ``scheduler`` a name, as in dask). As in dask, ``override_with`` is returned instead unless it is None (a
     keyword's default read as ``get(key, override_with=value)``), and ``config`` is a dict to read
     instead of the configuration.
 
@@ -115,15 +116,20 @@ def get(key: str, default=_missing, config: Mapping | None = None, override_with
         return override_with
     if config is not None:
         return _get_in(config, key, default)
-    value = _own(key, _missing)
-    if value is _missing or isinstance(value, Mapping):
-        dask_config = _dask_config()
-        theirs = _missing if dask_config is None else dask_config.get(key, _missing)
-        if value is _missing:
-            value = theirs
-        elif isinstance(theirs, Mapping) and isinstance(value, Mapping):
-            # A section set in part here (``array.hunt``) is still dask's whole section beside it.
-            value = _update(copy.deepcopy(dict(theirs)), value, "new", canonical=False)
+    try:
+        value = _own(key, _missing, refuse=True)
+        # dask's plain value standing for a section matters only where belated's has nothing.
+        reads_dask = value is _missing or isinstance(value, Mapping)
+        theirs = _dask_value(key, refuse=value is _missing) if reads_dask else _missing
+    except TypeError:
+        if default is _missing:
+            raise
+        return default
+    if value is _missing:
+        value = theirs
+    elif isinstance(theirs, Mapping) and isinstance(value, Mapping):
+        # A section set in part here (``array.hunt``) is still dask's whole section beside it.
+        value = _update(copy.deepcopy(dict(theirs)), value, "new", canonical=False)
     if value is not _missing:
         return value
     if default is _missing:
@@ -172,14 +178,40 @@ def _dask_config():
     return None
 
 
-def _own(key: str, default):
-    """The value of ``key`` in belated's own configuration, else ``default``."""
+def _own(key: str, default, refuse: bool = False):
+    """The value of ``key`` in belated's own configuration, else ``default``; with ``refuse``, a plain
+    value where ``key`` reaches into a section is dask's ``TypeError`` rather than ``default``."""
     node = config
-    for part in _path(key):
-        if not isinstance(node, Mapping) or part not in node:
+    path = _path(key)
+    for depth, part in enumerate(path):
+        if not isinstance(node, Mapping):
+            if refuse:
+                raise TypeError(_not_a_section(key, ".".join(path[:depth]), node))
+            return default
+        if part not in node:
             return default
         node = node[part]
     return node
+
+
+def _dask_value(key: str, refuse: bool):
+    """The value of ``key`` in dask's configuration, ``_missing`` without dask or the key; with
+    ``refuse``, dask's ``TypeError`` where ``key`` reaches into a plain value there."""
+    dask_config = _dask_config()
+    if dask_config is None:
+        return _missing
+    try:
+        return dask_config.get(key)
+    except KeyError:
+        return _missing
+    except TypeError:
+        if refuse:
+            raise
+        return _missing
+
+
+def _not_a_section(key: str, section: str, value) -> str:
+    return f"cannot get {key!r}: {section!r} is {value!r}, not a section of settings"
 
 
 def _read(key: str, default):
