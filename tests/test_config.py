@@ -548,3 +548,39 @@ def test_get_through_a_plain_value_only_dask_sets_is_dasks_type_error():
     with config.set({"hunt-mixed.inner": 2}), dask_config.set({"hunt-mixed": 1}):
         assert config.get("hunt-mixed.inner") == 2
         assert config.get("hunt-mixed") == {"inner": 2}
+
+
+ENVIRONMENTS = {
+    "a value, then a key inside it": {"BELATED_X": "1", "BELATED_X__Y": "2"},
+    "a key, then the value holding it": {"BELATED_X__Y": "2", "BELATED_X": "1"},
+    "a key, then a key inside it": {"BELATED_X__Y": "2", "BELATED_X__Y__Z": "3"},
+    "keys side by side": {"BELATED_X__Y": "2", "BELATED_X__Z": "3"},
+    "underscores and hyphens": {"BELATED_A_B": "1", "BELATED_C__D_E": "2", "BELATED_NUM_WORKERS": "4"},
+    "one key in both spellings": {"BELATED_A_B": "1", "BELATED_A-B": "2"},
+}
+
+
+@pytest.mark.parametrize("case", ENVIRONMENTS)
+def test_collect_env_reads_variables_in_order_as_dask_does(case):
+    # belated merged a variable into the section an earlier one had replaced, never raised, and
+    # spelled keys with hyphens where dask keeps the underscores
+    dask_config = pytest.importorskip("dask.config")
+    env = ENVIRONMENTS[case]
+    ours = _result_or_error_type(lambda: config.collect_env(env))
+    assert ours == _result_or_error_type(lambda: dask_config.collect_env(_env_of(dask_config, env)))
+    if ours[0] == "raised":
+        with pytest.raises(TypeError, match=f"environment variable {list(env)[-1]}"):
+            config.collect_env(env)
+
+
+def test_collect_spells_keys_as_the_winning_source_does_as_dask(tmp_path):
+    dask_config = pytest.importorskip("dask.config")
+    (tmp_path / "1.yaml").write_text("a_b: 1\nc-d: {e_f: 2}\nflag: {deep: 1}\n")
+    (tmp_path / "2.yaml").write_text("a-b: 3\nc_d: {e-f: 4, g_h: 5}\nflag: 2\n")
+    env = {"BELATED_A_B": "9", "BELATED_X_Y": "1"}
+    collected = config.collect([str(tmp_path)], env=env)
+    assert collected == dask_config.collect([str(tmp_path)], env=_env_of(dask_config, env))
+    assert list(collected) == ["a_b", "x_y", "c_d", "flag"]
+    assert config.collect_yaml([str(tmp_path)]) == dask_config.merge(
+        *dask_config.collect_yaml([str(tmp_path)])
+    )

@@ -103,9 +103,9 @@ def get(key: str, default=_missing, config: Mapping | None = None, override_with
     dask's (``dask.config``, when dask is installed), as dask code reading its settings expects, and a
     section both have is dask's with belated's settings over it; ``default`` if neither has the key,
     else ``KeyError`` (``TypeError`` where the key reaches into a plain value, ``scheduler.x`` with
-    ``scheduler`` a name, as in dask). As in dask, ``override_with`` is returned instead unless it is None (a
-    keyword's default read as ``get(key, override_with=value)``), and ``config`` is a dict to read
-    instead of the configuration.
+    ``scheduler`` a name, as in dask). As in dask, ``override_with`` is returned instead unless it is
+    None (a keyword's default read as ``get(key, override_with=value)``), and ``config`` is a dict to
+    read instead of the configuration.
 
     >>> import belated
     >>> with belated.config.set({"my-library.io.timeout": 30}):
@@ -371,6 +371,11 @@ def deserialize(data: str):
 def collect_yaml(paths) -> dict:
     """The settings in ``paths``: YAML (or JSON) files, and directories of ``*.yaml``, ``*.yml`` and
     ``*.json`` files read in name order. Paths that do not exist are skipped; later files win."""
+    return merge(*_read_files(_files(paths)))
+
+
+def _files(paths) -> list:
+    """The configuration files ``paths`` name, in the order they are read."""
     files = []
     for path in paths:
         if os.path.isdir(path):
@@ -381,7 +386,12 @@ def collect_yaml(paths) -> dict:
             )
         elif os.path.exists(path):
             files.append(path)
-    settings: dict = {}
+    return files
+
+
+def _read_files(files) -> list:
+    """The settings of each file, in order; an empty file has none."""
+    settings = []
     for file in files:
         try:
             with open(file) as f:
@@ -394,7 +404,7 @@ def collect_yaml(paths) -> dict:
             raise ValueError(
                 f"belated config file {file} must hold a mapping of keys to values, not {type(data).__name__}"
             )
-        _update(settings, data, "new", canonical=True)
+        settings.append(data)
     return settings
 
 
@@ -410,18 +420,25 @@ def _literal(text: str):
 
 
 def collect_env(env: Mapping | None = None) -> dict:
-    """The settings in ``BELATED_*`` environment variables (``env``, default ``os.environ``).
+    """The settings in ``BELATED_*`` environment variables (``env``, default ``os.environ``), read in
+    order as dask reads ``DASK_*``: keys keep their underscores, a variable naming a section
+    (``BELATED_X``) replaces what earlier ones set inside it, and one reaching into a plain value an
+    earlier one set (``BELATED_X__Y`` after ``BELATED_X``) is a ``TypeError``.
 
     >>> from belated import config
     >>> config.collect_env({"BELATED_NUM_WORKERS": "8", "BELATED_A__B_C": "x", "HOME": "/root"})
-    {'num-workers': 8, 'a': {'b-c': 'x'}}
+    {'num_workers': 8, 'a': {'b_c': 'x'}}
     """
     env = os.environ if env is None else env
     settings: dict = {}
     for name, text in env.items():
         if not name.startswith(_ENV_PREFIX) or name == _CONFIG_VARIABLE:
             continue
-        _update(settings, _nest(name[len(_ENV_PREFIX) :].lower().split("__"), _literal(text)), "new", True)
+        key = name[len(_ENV_PREFIX) :].lower().replace("__", ".")
+        try:
+            set({key: _literal(text)}, config=settings)
+        except TypeError as error:
+            raise TypeError(f"environment variable {name}: {error}") from None
     return settings
 
 
@@ -443,8 +460,12 @@ def default_paths(env: Mapping | None = None) -> list:
 
 def collect(paths=None, env: Mapping | None = None) -> dict:
     """Every setting in the files (``paths``, default ``default_paths()``) and then the environment."""
-    settings = collect_yaml(default_paths(env) if paths is None else paths)
-    return _update(settings, collect_env(env), "new", canonical=True)
+    sources = [*_read_files(_files(default_paths(env) if paths is None else paths)), collect_env(env)]
+    # Merged from the last, as dask merges them: a key keeps the spelling the source that wins gives it.
+    settings: dict = {}
+    for source in reversed(sources):
+        _update(settings, source, "old", canonical=False)
+    return settings
 
 
 def refresh(
