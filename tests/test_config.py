@@ -377,6 +377,10 @@ UPDATE_CASES = {
         {"a": 1, "b": None}, {"a": {"x": 1}, "b": {"y": 2}}, priority="old"
     ),
     "spellings": lambda m: m.update({"a_b": {"c-d": 1}}, {"a-b": {"c_d": 2, "e_f": 3}}),
+    # dask reads a default under the key as ``old`` spells it, never the other spelling
+    "new-defaults of a default spelled otherwise": lambda m: m.update(
+        {}, {"a-b": {}, "a": None, "a_b": None}, priority="new-defaults", defaults={"a": None, "a_b": {}}
+    ),
     "merge": lambda m: m.merge({"a": {"x": 1}, "b": 1}, {"a": {"y": 2}}, {"b": {"c": 3}}),
     "pop": lambda m: (m.pop("a.b_c", config=(given := {"a": {"b-c": 1, "d": 2}})), given),
     "pop of a section": lambda m: (m.pop("a", config=(given := {"a": {"b": 1}, "c": 2})), given),

@@ -261,7 +261,10 @@ def _update(old: dict, new: Mapping, priority: str, canonical: bool, defaults: M
             key = canonical_name(key) if canonical else _spelled_as_in(old, key)
         default: Any = _missing
         if isinstance(defaults, Mapping):
-            default = defaults.get(_spelled_as_in(defaults, key) if isinstance(key, str) else key, _missing)
+            # dask reads the default under the key as ``old`` spells it; belated's own configuration
+            # spells every key with hyphens, whatever spelling the defaults use.
+            spelled = canonical and isinstance(key, str)
+            default = defaults.get(_spelled_as_in(defaults, key) if spelled else key, _missing)
         if isinstance(value, Mapping):
             if not isinstance(old.get(key), dict):
                 old[key] = {}
