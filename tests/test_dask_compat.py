@@ -2,6 +2,8 @@
 graph manipulation, and dask's smaller conventions. Each behaviour is checked against dask itself."""
 
 import dataclasses
+import decimal
+import fractions
 import functools
 import importlib
 import os
@@ -13,6 +15,7 @@ import warnings
 
 import dask
 import dask.graph_manipulation
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -523,6 +526,50 @@ def test_a_key_name_that_prints_as_another_keys_text_is_a_task_of_its_own(schedu
         belated.delayed(str)("text", dask_key_name="('x', 1)"),
     ]
     assert belated.compute(*named, scheduler=scheduler) == ("int", "str", "tuple", "text")
+
+
+EQUAL_KEYS_OF_OTHER_TYPES = [
+    ("x", 1.0),
+    ("x", True),
+    ("x", np.int64(1)),
+    ("x", np.float32(1)),
+    ("x", decimal.Decimal(1)),
+    ("x", fractions.Fraction(2, 2)),
+    ("x", 1 + 0j),
+]
+
+
+def _named_pair_computed(lib, other, scheduler):
+    """``("x", 1)`` and ``other`` given as keys of two different calls, computed together, with the
+    keys of the graph the computation's callbacks were handed."""
+    keys_seen = []
+    first = lib.delayed(str)("first", dask_key_name=("x", 1))
+    second = lib.delayed(str)("second", dask_key_name=other)
+    with belated.diagnostics.Callback(start_state=lambda dsk, state: keys_seen.append(len(list(dsk)))):
+        values = lib.compute(first, second, scheduler=scheduler)
+    return first.key == second.key, values, keys_seen
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync", "processes"])
+@pytest.mark.parametrize("other", EQUAL_KEYS_OF_OTHER_TYPES, ids=repr)
+def test_keys_equal_in_value_but_of_other_types_are_one_task_as_in_dask(scheduler, other):
+    # belated merged keys by their repr, so ("x", 1) and ("x", 1.0) ran as two tasks and each Delayed
+    # got its own value, though to dask (and to the dict its callbacks get) they are one key with one value
+    equal, values, keys_seen = _named_pair_computed(belated, other, scheduler)
+    dask_equal, dask_values, dask_keys_seen = _named_pair_computed(dask, other, scheduler)
+    assert equal == dask_equal is True
+    assert values[0] == values[1] and dask_values[0] == dask_values[1]
+    assert keys_seen == dask_keys_seen == [1]
+    # The key stays as it was given, as it is shown
+    assert belated.delayed(str)("x", dask_key_name=other).key == other
+    assert repr(belated.delayed(str)("x", dask_key_name=other).key) == repr(other)
+
+
+@pytest.mark.parametrize("other", [("x", 1.5), ("x", (1, 2.0)), ("x", 1 + 1j), ("x", "1"), (b"x", 1)])
+def test_keys_that_differ_in_value_stay_two_tasks_as_in_dask(other):
+    for lib in (belated, dask):
+        equal, values, keys_seen = _named_pair_computed(lib, other, "sync")
+        assert (equal, values, keys_seen) == (False, ("first", "second"), [2]), lib
 
 
 @BACKENDS

@@ -10,8 +10,10 @@ a call is treated as impure rather than wrongly merged with another.
 
 import contextlib
 import contextvars
+import fractions
 import functools
 import hashlib
+import numbers
 import pickle
 import sys
 import types
@@ -66,6 +68,27 @@ def tokenize(*args, ensure_deterministic=None, **kwargs) -> str:
 
 
 _ENSURE_DETERMINISTIC = contextvars.ContextVar("belated_tokenize_ensure_deterministic")
+
+
+def key_number(part):
+    """The simplest number equal to ``part`` (an int, else a float, else a ``Fraction``; a complex
+    number only where its imaginary part is not zero), or ``part`` itself where it is no number: keys
+    merge by the text of their parts in this form, so that keys equal in Python (``("x", 1)``,
+    ``("x", 1.0)``, ``("x", np.int64(1))``) are one task, as they are one key of dask's graphs."""
+    if not isinstance(part, numbers.Number):
+        return part
+    if isinstance(part, numbers.Complex) and not isinstance(part, numbers.Real):
+        if part.imag != 0:
+            return complex(part)
+        part = part.real
+    for simpler in (int, float, fractions.Fraction):
+        try:
+            number = simpler(part)
+            if number == part:
+                return number
+        except (TypeError, ValueError, ArithmeticError):
+            continue
+    return part
 
 
 def _dask_ensure_deterministic(default):

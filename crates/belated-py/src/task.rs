@@ -18,7 +18,7 @@ use belated_core::{Node, Payload};
 use pyo3::prelude::*;
 use pyo3::pyclass::{PyTraverseError, PyVisit};
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple, PyType};
 
 use crate::gil::pace;
 
@@ -40,22 +40,24 @@ pub(crate) enum Key {
         salt: u64,
     },
     Named(Arc<str>),
-    /// A key that is not a string (dask's `(name, index)` tuples): kept as given, merged by its repr
-    /// with other keys that are not strings.
+    /// A key that is not a string (dask's `(name, index)` tuples): kept as given, merged with the
+    /// other keys that are not strings and equal it (see [`merge_text`]).
     Object(Arc<ObjectKey>),
 }
 
 pub(crate) struct ObjectKey {
-    /// The key's repr after a NUL: the name it merges under, apart from a string key of the same
-    /// text (the key `1` beside `"1"`, or `('x', 1)` beside `"('x', 1)"`, are two tasks, as in dask).
+    /// A NUL, then the key's [`merge_text`]: the name it merges under, apart from a string key of the
+    /// same text (the key `1` beside `"1"`, or `('x', 1)` beside `"('x', 1)"`, are two tasks, as in dask).
     merge: Box<str>,
+    /// The key's repr, where it is not the merge name's text (`('x', 1.0)`, merged as `('x', 1)`).
+    repr: Option<Box<str>>,
     key: Py<PyAny>,
 }
 
 impl ObjectKey {
     /// The key's repr, as it is shown.
     pub(crate) fn text(&self) -> &str {
-        &self.merge[1..]
+        self.repr.as_deref().unwrap_or(&self.merge[1..])
     }
 }
 
@@ -74,8 +76,13 @@ impl Key {
             return Ok(Key::Named(text.to_str()?.into()));
         }
         key.hash()?;
+        let mut merge = String::from("\0");
+        merge_text(key, &mut merge)?;
+        let repr = key.repr()?;
+        let repr = repr.to_str()?;
         Ok(Key::Object(Arc::new(ObjectKey {
-            merge: format!("\0{}", key.repr()?.to_str()?).into(),
+            repr: (repr != &merge[1..]).then(|| repr.into()),
+            merge: merge.into(),
             key: key.clone().unbind(),
         })))
     }
@@ -104,6 +111,45 @@ impl Key {
             _ => PyString::new(py, &task.key_string(py)).into_any(),
         }
     }
+}
+
+/// Appends the text a key that is not a string merges under: its repr, with each number in it written
+/// as the simplest number equal to it (`belated._tokenize.key_number`), so that keys equal in Python
+/// (`('x', 1)`, `('x', 1.0)`, `('x', np.int64(1))`, `('x', True)`) are one task, as they are one key
+/// of a dask graph, a dict.
+fn merge_text(key: &Bound<'_, PyAny>, out: &mut String) -> PyResult<()> {
+    static KEY_NUMBER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    if let Ok(tuple) = key.cast::<PyTuple>() {
+        out.push('(');
+        for (index, part) in tuple.iter().enumerate() {
+            if index > 0 {
+                out.push_str(", ");
+            }
+            merge_text(&part, out)?;
+        }
+        if tuple.len() == 1 {
+            out.push(',');
+        }
+        out.push(')');
+        return Ok(());
+    }
+    // Strings, ints and fractional floats are their simplest form already: no call to Python.
+    let simplest = key.is_exact_instance_of::<PyString>()
+        || key.is_exact_instance_of::<PyBytes>()
+        || key.is_exact_instance_of::<PyInt>()
+        || key
+            .cast_exact::<PyFloat>()
+            .is_ok_and(|float| float.value().fract() != 0.0);
+    let repr = match simplest {
+        true => key.repr()?,
+        false => {
+            let py = key.py();
+            let key_number = KEY_NUMBER.import(py, "belated._tokenize", "key_number")?;
+            key_number.call1((key,))?.repr()?
+        }
+    };
+    out.push_str(repr.to_str()?);
+    Ok(())
 }
 
 static SALT: AtomicU64 = AtomicU64::new(0);
