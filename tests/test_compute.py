@@ -158,28 +158,29 @@ def _compute(package, x, how, scheduler):
     return getattr(package, how)(x, scheduler=scheduler)
 
 
-def _frames_past_compute(package, how, scheduler):
-    """The exception a task raised two calls deep in the user's code, whether it is the one the task
-    made, and the traceback's frames past ``_compute``: the package's, then the user's."""
+def _frames_past_compute(package, how, scheduler, error=Boom):
+    """The exception (of class ``error``) a task raised two calls deep in the user's code, whether it is
+    the one the task made, and the traceback's frames past ``_compute``: the package's, then the user's."""
     made = []
 
     def fail(x):
-        made.append(Boom(f"bad input {x}"))
+        made.append(error(f"bad input {x}"))
         raise made[-1]
 
-    with pytest.raises(Boom, match="bad input 2") as info:
+    with pytest.raises(error, match="bad input 2") as info:
         _compute(package, package.delayed(_fail_through)(fail, package.delayed(add_one)(1)), how, scheduler)
     frames = traceback.extract_tb(info.value.__traceback__)
     (entry,) = [i for i, frame in enumerate(frames) if frame.name == "_compute"]
     return info.value is made[0], frames[entry + 1 :]
 
 
+@pytest.mark.parametrize("error", [Boom, KeyboardInterrupt, SystemExit])
 @pytest.mark.parametrize("scheduler", ["sync", "threads"])
 @pytest.mark.parametrize("how", ["method", "compute", "persist"])
-def test_a_task_error_shows_the_compute_call_then_only_the_users_frames_as_dask_does(how, scheduler):
+def test_a_task_error_shows_the_compute_call_then_only_the_users_frames_as_dask_does(how, scheduler, error):
     # Printed in a terminal (no IPython or pytest hiding marked frames), it showed belated's _run
-    # between compute and the task.
-    same, frames = _frames_past_compute(belated, how, scheduler)
+    # between compute and the task; a task's KeyboardInterrupt or SystemExit showed it still.
+    same, frames = _frames_past_compute(belated, how, scheduler, error)
     assert same, "the exception the task raised, not a copy"
     own = os.path.join(os.path.dirname(belated.__file__), "")
     assert [(frame.name, frame.filename.startswith(own)) for frame in frames] == [
@@ -188,7 +189,7 @@ def test_a_task_error_shows_the_compute_call_then_only_the_users_frames_as_dask_
         ("fail", False),
     ]
     dask = pytest.importorskip("dask")
-    dask_same, dask_frames = _frames_past_compute(dask, how, scheduler)
+    dask_same, dask_frames = _frames_past_compute(dask, how, scheduler, error)
     dasks = os.path.join(os.path.dirname(dask.__file__), "")
     assert dask_same
     assert [frame.name for frame in dask_frames if not frame.filename.startswith(dasks)] == [

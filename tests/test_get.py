@@ -371,16 +371,22 @@ def _fail_in(x):
     bad(x)
 
 
+def _interrupt_in(x):
+    raise KeyboardInterrupt(x)
+
+
 @pytest.mark.parametrize("pool", ["sync", "threads", "processes"])
-def test_a_task_error_shows_get_then_only_the_users_frames(pool):
-    # The sync and processes pools showed belated's compute between get and the task.
-    with pytest.raises(ValueError) as info:
-        belated.get({"x": 1, "y": (_fail_in, "x")}, "y", pool=pool)
+@pytest.mark.parametrize(("task", "error"), [(_fail_in, ValueError), (_interrupt_in, KeyboardInterrupt)])
+def test_a_task_error_shows_get_then_only_the_users_frames(pool, task, error):
+    # The sync and processes pools showed belated's compute between get and the task; a task's
+    # KeyboardInterrupt showed belated's frames on every pool.
+    with pytest.raises(error) as info:
+        belated.get({"x": 1, "y": (task, "x")}, "y", pool=pool)
     own = os.path.join(os.path.dirname(belated.__file__), "")
     frames = traceback.extract_tb(info.value.__traceback__)[1:]
     assert [(frame.name, frame.filename.startswith(own)) for frame in frames][:2] == [
         ("get", True),
-        ("_fail_in", False),
+        (task.__name__, False),
     ]
     assert not [frame for frame in frames[1:] if frame.filename.startswith(own)]
 

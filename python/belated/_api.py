@@ -98,7 +98,7 @@ def _as_shown(error):
     """``error``, leaving an entry point whose frame caught it (``compute``, ``persist``, ``get``), with
     the traceback it should show once raised there again (its own frame comes back): from the first
     frame that is not belated's. The same exception object, so that ``except E as e`` still finds the
-    one the task raised."""
+    one the task raised (a ``KeyboardInterrupt`` or ``SystemExit`` too)."""
     shown = _past_own_frames(error.__traceback__)
     return error.with_traceback(error.__traceback__.tb_next if shown is None else shown)
 
@@ -471,7 +471,7 @@ def compute(
     __tracebackhide__ = True
     try:
         return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=False, kwargs=kwargs)
-    except Exception as error:
+    except BaseException as error:
         raise _as_shown(error)  # noqa: B904
 
 
@@ -532,7 +532,7 @@ def persist(
     __tracebackhide__ = True
     try:
         return _run(args, traverse, scheduler, num_workers, timeout, retries, persist=True, kwargs=kwargs)
-    except Exception as error:
+    except BaseException as error:
         raise _as_shown(error)  # noqa: B904
 
 

@@ -75,7 +75,7 @@ def get(dsk, keys, num_workers=None, timeout=None, callbacks=None, pool=None, ca
             tasks = _belated.dask_graph_delayed(dsk, wanted)
             try:
                 values = compute(*tasks, scheduler=scheduler, num_workers=num_workers, timeout=timeout)
-            except Exception as error:
+            except BaseException as error:
                 raise _as_shown(error)  # noqa: B904
         return _shaped(keys, wanted, values, cache)
     with local_callbacks(callbacks) as dask_callbacks, _diagnostics.claimed_callbacks(dask=False) as own:
