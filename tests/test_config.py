@@ -588,3 +588,29 @@ def test_collect_spells_keys_as_the_winning_source_does_as_dask(tmp_path):
     assert config.collect_yaml([str(tmp_path)]) == dask_config.merge(
         *dask_config.collect_yaml([str(tmp_path)])
     )
+
+
+def test_collect_yaml_reads_extensions_in_any_case_and_skips_what_it_cannot_read_as_dask(
+    tmp_path, monkeypatch
+):
+    # belated read only lower-case extensions, and a directory named like a file (or a file it may not
+    # read) made the read, and so `import belated`, fail where dask skips it
+    dask_config = pytest.importorskip("dask.config")
+    (tmp_path / "a.yaml").write_text("x: 1\n")
+    (tmp_path / "B.YAML").write_text("y: 2\n")
+    (tmp_path / "c.Json").write_text('{"z": 3}')
+    (tmp_path / "d.yaml").mkdir()
+    (tmp_path / "e.txt").write_text("w: 4\n")
+    ours = config.collect_yaml([str(tmp_path)])
+    assert ours == dask_config.merge(*dask_config.collect_yaml([str(tmp_path)])) == {"x": 1, "y": 2, "z": 3}
+    assert config.collect([str(tmp_path)], env={}) == dask_config.collect([str(tmp_path)], env={})
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "listdir", unreadable)
+    assert (
+        config.collect_yaml([str(tmp_path)])
+        == dask_config.merge(*dask_config.collect_yaml([str(tmp_path)]))
+        == {}
+    )

@@ -373,7 +373,8 @@ def deserialize(data: str):
 
 def collect_yaml(paths) -> dict:
     """The settings in ``paths``: YAML (or JSON) files, and directories of ``*.yaml``, ``*.yml`` and
-    ``*.json`` files read in name order. Paths that do not exist are skipped; later files win."""
+    ``*.json`` files (in any case) read in name order. Paths that do not exist or cannot be read are
+    skipped, as dask skips them; later files win."""
     return merge(*_read_files(_files(paths)))
 
 
@@ -382,10 +383,14 @@ def _files(paths) -> list:
     files = []
     for path in paths:
         if os.path.isdir(path):
+            try:
+                names = os.listdir(path)
+            except OSError:  # a directory we may not read, as dask skips it
+                continue
             files += sorted(
                 os.path.join(path, name)
-                for name in os.listdir(path)
-                if name.endswith((".yaml", ".yml", ".json"))
+                for name in names
+                if os.path.splitext(name)[1].lower() in (".yaml", ".yml", ".json")
             )
         elif os.path.exists(path):
             files.append(path)
@@ -399,7 +404,9 @@ def _read_files(files) -> list:
         try:
             with open(file) as f:
                 data = yaml.safe_load(f)
-        except yaml.YAMLError as error:
+        except OSError:  # a file we may not read (or a directory named as one), as dask skips it
+            continue
+        except Exception as error:
             raise ValueError(f"belated config file {file} is not valid YAML: {error}") from None
         if data is None:  # an empty file
             continue
