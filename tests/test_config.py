@@ -585,7 +585,7 @@ def test_collect_spells_keys_as_the_winning_source_does_as_dask(tmp_path):
     collected = config.collect([str(tmp_path)], env=env)
     assert collected == dask_config.collect([str(tmp_path)], env=_env_of(dask_config, env))
     assert list(collected) == ["a_b", "x_y", "c_d", "flag"]
-    assert config.collect_yaml([str(tmp_path)]) == dask_config.merge(
+    assert config.merge(*config.collect_yaml([str(tmp_path)])) == dask_config.merge(
         *dask_config.collect_yaml([str(tmp_path)])
     )
 
@@ -601,16 +601,33 @@ def test_collect_yaml_reads_extensions_in_any_case_and_skips_what_it_cannot_read
     (tmp_path / "c.Json").write_text('{"z": 3}')
     (tmp_path / "d.yaml").mkdir()
     (tmp_path / "e.txt").write_text("w: 4\n")
-    ours = config.collect_yaml([str(tmp_path)])
-    assert ours == dask_config.merge(*dask_config.collect_yaml([str(tmp_path)])) == {"x": 1, "y": 2, "z": 3}
+    ours = list(config.collect_yaml([str(tmp_path)]))
+    assert ours == list(dask_config.collect_yaml([str(tmp_path)])) == [{"y": 2}, {"x": 1}, {"z": 3}]
     assert config.collect([str(tmp_path)], env={}) == dask_config.collect([str(tmp_path)], env={})
 
     def unreadable(path):
         raise PermissionError(13, "Permission denied", path)
 
     monkeypatch.setattr(os, "listdir", unreadable)
-    assert (
-        config.collect_yaml([str(tmp_path)])
-        == dask_config.merge(*dask_config.collect_yaml([str(tmp_path)]))
-        == {}
-    )
+    assert list(config.collect_yaml([str(tmp_path)])) == list(dask_config.collect_yaml([str(tmp_path)])) == []
+
+
+def test_collect_yaml_yields_each_files_settings_and_path_as_dask(tmp_path):
+    # belated returned one dict merged from the files, so dask's own `merge(*collect_yaml(paths))`
+    # failed on it (AttributeError) and `return_paths=` was a TypeError
+    dask_config = pytest.importorskip("dask.config")
+    (tmp_path / "a.yaml").write_text("x: 1\ny: {z: 1}\n")
+    (tmp_path / "b.yml").write_text("y: {w: 2}\n")
+    (tmp_path / "c.yaml").write_text("")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "e.json").write_text('{"x": 3}')
+    paths = [str(tmp_path), str(tmp_path / "d"), str(tmp_path / "missing.yaml")]
+    for return_paths in (False, True):
+        ours = config.collect_yaml(paths, return_paths=return_paths)
+        theirs = dask_config.collect_yaml(paths, return_paths=return_paths)
+        assert list(ours) == list(theirs)
+    assert config.merge(*config.collect_yaml(paths)) == {"x": 3, "y": {"z": 1, "w": 2}}
+    (tmp_path / "f.yaml").write_text("- a list\n")
+    for module in (config, dask_config):
+        with pytest.raises(ValueError, match=r"f\.yaml"):
+            list(module.collect_yaml(paths))

@@ -43,9 +43,10 @@ import contextlib
 import copy
 import json
 import os
+import pathlib
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -371,11 +372,34 @@ def deserialize(data: str):
     return json.loads(base64.urlsafe_b64decode(data.encode()).decode())
 
 
-def collect_yaml(paths) -> dict:
-    """The settings in ``paths``: YAML (or JSON) files, and directories of ``*.yaml``, ``*.yml`` and
-    ``*.json`` files (in any case) read in name order. Paths that do not exist or cannot be read are
-    skipped, as dask skips them; later files win."""
-    return merge(*_read_files(_files(paths)))
+def collect_yaml(paths, *, return_paths: bool = False) -> Iterator:
+    """The settings of each file in ``paths``, one dict a file, as dask's ``collect_yaml`` yields
+    them (``merge(*collect_yaml(paths))`` is them all, later files winning): YAML (or JSON) files,
+    and directories of ``*.yaml``, ``*.yml`` and ``*.json`` files (in any case) read in name order.
+    Paths that do not exist or cannot be read, and empty files, are skipped, as dask skips them.
+    With ``return_paths``, each dict comes after its file's path (a ``pathlib.Path``).
+
+    >>> import pathlib, tempfile
+    >>> from belated import config
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.yaml").write_text("x: 1"), (folder / "b.yaml").write_text("x: 2")
+    >>> list(config.collect_yaml([folder])), config.merge(*config.collect_yaml([folder]))
+    ([{'x': 1}, {'x': 2}], {'x': 2})
+    """
+    for file in _files(paths):
+        try:
+            with open(file) as f:
+                settings = yaml.safe_load(f)
+        except OSError:  # a file we may not read (or a directory named as one), as dask skips it
+            continue
+        except Exception as error:
+            raise ValueError(f"belated config file {file} is not valid YAML: {error}") from None
+        if settings is None:  # an empty file
+            continue
+        if not isinstance(settings, Mapping):
+            kind = type(settings).__name__
+            raise ValueError(f"belated config file {file} must hold a mapping of keys to values, not {kind}")
+        yield (pathlib.Path(file), settings) if return_paths else settings
 
 
 def _files(paths) -> list:
@@ -395,27 +419,6 @@ def _files(paths) -> list:
         elif os.path.exists(path):
             files.append(path)
     return files
-
-
-def _read_files(files) -> list:
-    """The settings of each file, in order; an empty file has none."""
-    settings = []
-    for file in files:
-        try:
-            with open(file) as f:
-                data = yaml.safe_load(f)
-        except OSError:  # a file we may not read (or a directory named as one), as dask skips it
-            continue
-        except Exception as error:
-            raise ValueError(f"belated config file {file} is not valid YAML: {error}") from None
-        if data is None:  # an empty file
-            continue
-        if not isinstance(data, Mapping):
-            raise ValueError(
-                f"belated config file {file} must hold a mapping of keys to values, not {type(data).__name__}"
-            )
-        settings.append(data)
-    return settings
 
 
 # YAML's spellings, which a variable may use where Python's are expected, as dask reads them.
@@ -470,7 +473,7 @@ def default_paths(env: Mapping | None = None) -> list:
 
 def collect(paths=None, env: Mapping | None = None) -> dict:
     """Every setting in the files (``paths``, default ``default_paths()``) and then the environment."""
-    sources = [*_read_files(_files(default_paths(env) if paths is None else paths)), collect_env(env)]
+    sources = [*collect_yaml(default_paths(env) if paths is None else paths), collect_env(env)]
     # Merged from the last, as dask merges them: a key keeps the spelling the source that wins gives it.
     settings: dict = {}
     for source in reversed(sources):
