@@ -528,6 +528,30 @@ def test_a_key_name_that_prints_as_another_keys_text_is_a_task_of_its_own(schedu
     assert belated.compute(*named, scheduler=scheduler) == ("int", "str", "tuple", "text")
 
 
+def _pure_keys_equal(lib, pure):
+    """Whether two equal calls get one key, for ``pure`` given to ``delayed(f, ...)`` and to
+    ``delayed(...)`` as a decorator."""
+    return (
+        lib.delayed(inc, pure=pure)(1).key == lib.delayed(inc, pure=pure)(1).key,
+        lib.delayed(pure=pure)(inc)(1).key == lib.delayed(pure=pure)(inc)(1).key,
+    )
+
+
+@pytest.mark.parametrize(
+    "pure", [1, 0, 2.0, "yes", "", [], [0], np.True_, np.False_, None, True, False], ids=repr
+)
+def test_pure_and_traverse_of_delayed_are_read_by_their_truth_as_in_dask(pure):
+    # belated took only a bool there (pure=1 was a TypeError), as dask reads any value by its truth
+    assert _pure_keys_equal(belated, pure) == _pure_keys_equal(dask, pure) == (bool(pure),) * 2
+    # the same values as traverse= of delayed(value): a container is searched for Delayed objects
+    traverse = pure
+    searched = [
+        isinstance(lib.delayed([lib.delayed(inc)(1)], traverse=traverse).compute()[0], int)
+        for lib in (belated, dask)
+    ]
+    assert searched == [bool(traverse)] * 2
+
+
 EQUAL_KEYS_OF_OTHER_TYPES = [
     ("x", 1.0),
     ("x", True),

@@ -265,6 +265,18 @@ fn split_options<'py>(kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<CallTimeO
     Ok((pure, key_name, (!kwargs.is_empty()).then(|| kwargs.clone())))
 }
 
+/// A `pure=` or `traverse=` option of `delayed`, read by its truth as dask reads it (`pure=1`,
+/// `traverse=0`); `pure=None` stays unset.
+pub(crate) struct Truthy(bool);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Truthy {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        Ok(Truthy(obj.is_truthy()?))
+    }
+}
+
 #[pymethods]
 impl Delayed {
     /// dask's constructor, `Delayed(key, dsk)`: the value of `key` in the dask graph `dsk` (a dict or a
@@ -879,15 +891,16 @@ fn is_task_ref(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
 /// >>> total.compute()
 /// 5
 #[pyfunction]
-#[pyo3(signature = (*obj, name=None, pure=None, nout=None, traverse=true))]
+#[pyo3(signature = (*obj, name=None, pure=None, nout=None, traverse=Truthy(true)))]
 pub(crate) fn delayed(
     py: Python<'_>,
     obj: &Bound<'_, PyTuple>,
     name: Option<Bound<'_, PyAny>>,
-    pure: Option<bool>,
+    pure: Option<Truthy>,
     nout: Option<&Bound<'_, PyAny>>,
-    traverse: bool,
+    traverse: Truthy,
 ) -> PyResult<Py<PyAny>> {
+    let (pure, traverse) = (pure.map(|pure| pure.0), traverse.0);
     let nout = nout.filter(|n| !n.is_none()).map(item_count).transpose()?;
     let obj = match obj.len() {
         0 => {
