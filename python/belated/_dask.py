@@ -771,4 +771,5 @@ def executor_for(scheduler, retries=None):
     if isinstance(scheduler, str):
         return None
     choices = "'threads', 'sync', 'ray', 'distributed' or a distributed Client"
-    raise TypeError(f"scheduler must be {choices}, got {scheduler!r}")
+    # A ValueError, as dask's "Unexpected scheduler" is, for code that catches dask's.
+    raise ValueError(f"scheduler must be {choices}, got {scheduler!r}")
