@@ -80,8 +80,9 @@ def test_scheduler_names_and_errors():
     # dask raises ValueError for a scheduler object it does not know; belated raised TypeError
     dask = pytest.importorskip("dask")
     for lib in (belated, dask):
-        with pytest.raises(ValueError, match="scheduler"):
-            lib.delayed(add_one)(1).compute(scheduler=object())
+        for unknown in (object(), "", [], False):  # belated took a false value for the default
+            with pytest.raises(ValueError):
+                lib.delayed(add_one)(1).compute(scheduler=unknown)
     with pytest.raises(ValueError, match="scheduler must be"):
         x.compute(scheduler=1)
 

@@ -115,7 +115,8 @@ def _run(args, traverse, scheduler, num_workers, timeout, retries, persist, kwar
         raise TypeError(
             "The get= keyword has been removed: use scheduler= (a name, a get function or a Client)"
         )
-    scheduler = scheduler or _setting("scheduler") or _in_distributed_task() or "threads"
+    if scheduler is None:  # only None: dask refuses an empty name or another false value
+        scheduler = _setting("scheduler") or _in_distributed_task() or "threads"
     scheduler = _not_asynchronous(scheduler, persist)
     if isinstance(scheduler, str):
         scheduler = scheduler.lower()
