@@ -415,6 +415,20 @@ def test_task_exceptions_come_back_as_themselves_on_ray(ray_instance):
     assert caught.value.__notes__[0].startswith("raised by belated task explode-")
 
 
+@pytest.mark.parametrize("kind", ["cause", "context", "from None"])
+def test_a_task_exception_on_ray_keeps_its_cause_and_context_as_dasks_compute_does(ray_instance, kind):
+    # Ray pickles a task's exception without its chain, and the runner re-raised it "from None".
+    def chain(error):
+        return (repr(error.__cause__), repr(error.__context__), error.__suppress_context__)
+
+    with pytest.raises(ValueError, match="chained") as expected:
+        dask.compute(dask.delayed(raise_chained)(kind), scheduler="sync")
+    with pytest.raises(ValueError, match="chained") as caught:
+        delayed(raise_chained)(kind).compute(scheduler="ray")
+    assert chain(caught.value) == chain(expected.value)
+    assert "_belated_chain" not in vars(caught.value)
+
+
 def load(megabytes):
     return np.ones(megabytes * 2**20 // 8)
 

@@ -656,11 +656,19 @@ def run_ray_task(spec, *dep_values):
         value = _fuse.evaluate(task, dict(zip(dep_keys, dep_values, strict=True)))
     except Exception as error:
         _fuse.note(error, key)
-        raise error.with_traceback(_fuse.user_frames(error.__traceback__)) from None
+        # Ray pickles the exception alone; its cause and context travel in its ``__dict__``, which an
+        # exception's pickle keeps, and the driver links them back (``_raise_from_ray``).
+        from belated import _worker  # only failures need it
+
+        with contextlib.suppress(Exception):
+            error.__dict__[_RAY_CHAIN] = _worker._chain(error)
+        raise error.with_traceback(_fuse.user_frames(error.__traceback__))  # noqa: B904
     return None, value
 
 
 _ray_task = None
+# The ``__dict__`` entry carrying a task exception's cause and context from a Ray worker.
+_RAY_CHAIN = "_belated_chain"
 # How long one wait for finished Ray tasks lasts before the driver looks again, and how many it waits for.
 _RAY_POLL = 0.1
 _RAY_WINDOW = 512
@@ -721,11 +729,23 @@ def _run_on_ray(ray, graph, keys, dependencies, progress):
         return ray.get([values[key] for key in keys])
     except ray.exceptions.RayTaskError as error:
         _cancel(ray, pending)
-        # The task's own exception, as the other schedulers raise it.
-        raise error.cause.with_traceback(_fuse.user_frames(error.cause.__traceback__)) from None
+        failure = error.cause
     except BaseException:
         _cancel(ray, pending)
         raise
+    # Raised outside the ``except``, which would make the RayTaskError the task exception's context.
+    _raise_from_ray(failure)
+
+
+def _raise_from_ray(error):
+    """Raises a task's own exception as the other schedulers do, with the cause and context it had
+    in the Ray worker."""
+    from belated import _worker  # only failures need it
+
+    chain = error.__dict__.pop(_RAY_CHAIN, None) if hasattr(error, "__dict__") else None
+    with contextlib.suppress(Exception):  # an exception refusing attributes is raised as itself
+        _worker._link(error, chain)
+    raise error.with_traceback(_fuse.user_frames(error.__traceback__))
 
 
 def _collect(ray, pending, progress, timeout):
