@@ -21,6 +21,6 @@ pub mod runner;
 pub mod wire;
 
 pub use error::Error;
-pub use pool::{MemoryLimit, Workers};
-pub use process::{Requests, Spec, WorkerProcess};
+pub use pool::Workers;
+pub use process::{MemoryLimit, Requests, Spec, WorkerProcess};
 pub use runner::{Cluster, ClusterRunner, Codec, Running, Transport};

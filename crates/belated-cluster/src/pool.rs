@@ -23,30 +23,12 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::directory::Directory;
 use crate::error::Error;
-use crate::process::{Spec, WorkerProcess};
+use crate::process::{MemoryLimit, Spec, WorkerProcess};
 use crate::runner::Transport;
 use crate::wire::Frame;
 
 /// How often the keeper looks at the workers' memory.
 pub const MEMORY_POLL: Duration = Duration::from_millis(100);
-
-/// A worker's memory limit, and how the user wrote it (`"2GB"`, a fraction of memory…), which is what
-/// the message about a worker killed for exceeding it shows.
-#[derive(Debug, Clone)]
-pub struct MemoryLimit {
-    /// The resident bytes a worker may use.
-    pub bytes: u64,
-    /// The limit as the user gave it.
-    pub shown: String,
-}
-
-impl MemoryLimit {
-    /// A limit of `bytes`, shown as `shown` where the user wrote it otherwise.
-    pub fn new(bytes: u64, shown: Option<String>) -> Self {
-        let shown = shown.unwrap_or_else(|| format!("{bytes} bytes"));
-        MemoryLimit { bytes, shown }
-    }
-}
 
 /// The worker processes of one cluster.
 #[derive(Debug)]

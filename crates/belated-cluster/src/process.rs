@@ -29,11 +29,28 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::Error;
-use crate::pool::MemoryLimit;
 use crate::wire::{self, Frame, ReceiveDescriptor, SendDescriptor};
 
 /// The worker's first descriptor: the control socket; its connections follow.
 const CONTROL_FD: RawFd = 3;
+
+/// A worker's memory limit, and how the user wrote it (`"2GB"`, a fraction of memory…), which is what
+/// the message about a worker killed for exceeding it shows.
+#[derive(Debug, Clone)]
+pub struct MemoryLimit {
+    /// The resident bytes a worker may use.
+    pub bytes: u64,
+    /// The limit as the user gave it.
+    pub shown: String,
+}
+
+impl MemoryLimit {
+    /// A limit of `bytes`, shown as `shown` where the user wrote it otherwise.
+    pub fn new(bytes: u64, shown: Option<String>) -> Self {
+        let shown = shown.unwrap_or_else(|| format!("{bytes} bytes"));
+        MemoryLimit { bytes, shown }
+    }
+}
 
 /// How to start a worker process: for belated, Python with a bootstrap that takes the parent's path and
 /// runs `belated._worker CONNECTIONS PRELOAD` (see `belated-py`); a shell script in this crate's tests.
