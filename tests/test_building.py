@@ -12,7 +12,7 @@ import pytest
 from helpers import heartbeats_between
 
 import belated
-from belated import Delayed, delayed
+from belated import Delayed, compute, delayed
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 
@@ -266,12 +266,23 @@ def test_delayed_inside_containers_is_replaced_by_results(scheduler):
     assert delayed(lambda a, b: (a, b))(a=[x], b=x).compute() == ([9], 9)
 
 
-def test_traverse_false_passes_containers_untouched():
+def test_traverse_false_passes_a_wrapped_container_untouched():
     x = delayed(square)(3)
-    passthrough = delayed(lambda v: v, traverse=False)
-    out = passthrough([x]).compute()
+    out = delayed([x], traverse=False).compute()
     assert isinstance(out[0], Delayed) and out[0].key == x.key
-    assert passthrough(x).compute() == 9
+    assert delayed(len)(delayed([x, x], traverse=False)).compute() == 2
+
+
+def test_a_function_wrapped_with_traverse_false_still_computes_what_its_calls_are_given_as_dask():
+    # traverse= is delayed(value)'s: dask searches every call's arguments, and so does belated (which
+    # passed the Delayed objects inside a list to the task uncomputed).
+    def calls(module):
+        passthrough = module.delayed(lambda v: v, traverse=False)
+        x = module.delayed(square)(3)
+        return passthrough([x]), passthrough({"k": (x, 1)}), passthrough(x)
+
+    dask = pytest.importorskip("dask")
+    assert compute(*calls(belated)) == dask.compute(*calls(dask)) == ([9], {"k": (9, 1)}, 9)
 
 
 def test_containers_without_delayed_are_passed_as_the_same_object():
@@ -285,7 +296,7 @@ def test_too_deep_nesting_is_a_clear_error():
         nested = [nested]
     with pytest.raises(RecursionError, match="nested more than"):
         delayed(len)(nested)
-    assert delayed(len, traverse=False)(nested).compute() == 1
+    assert delayed(len)(delayed(nested, traverse=False)).compute() == 1
 
 
 def test_dask_mapping_shows_the_graph():

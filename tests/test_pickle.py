@@ -75,8 +75,8 @@ def test_corrupt_pickle_data_is_a_clear_error():
         ([("k", (2, "upper", [], []), [])], None),
         ([("k", (2, "upper"), [])], None),
         # A delayed function whose task is a call, or a value that cannot be called.
-        ([("k", (1, (0, len), [(0, "abc")], []), [])], ("function", None, None, True)),
-        ([("k", (0, (0, 5)), [])], ("function", None, None, True)),
+        ([("k", (1, (0, len), [(0, "abc")], []), [])], ("function", None, None)),
+        ([("k", (0, (0, 5)), [])], ("function", None, None)),
         # An attribute with no object, a key that cannot be one, a task that is not a tuple.
         ([("k", (0, (0, 5)), [])], ("attribute", "real")),
         ([([1], (0, (0, 5)), [])], None),

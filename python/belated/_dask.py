@@ -83,7 +83,7 @@ def rebuild(dsk, key, length, rename=None):
     value = dsk[key]
     if _is_distributed_future(value):
         # Persisted on a Dask distributed cluster: the value stays there until computed.
-        fetch = _belated.delayed(future_result, pure=False, nout=length, traverse=False)
+        fetch = _belated.delayed(future_result, pure=False, nout=length)
         return fetch(value, dask_key_name=key)
     return _belated.delayed(value, name=key, nout=length, traverse=False)
 

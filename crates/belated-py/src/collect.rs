@@ -96,7 +96,7 @@ impl Collector {
         if depth >= MAX_NESTING {
             return Err(PyRecursionError::new_err(format!(
                 "arguments are nested more than {MAX_NESTING} levels deep; pass such data inside an opaque \
-                 object, or call delayed with traverse=False"
+                 object, or wrap it in delayed(data, traverse=False)"
             )));
         }
         let depth = depth + 1;

@@ -74,7 +74,6 @@ pub(crate) enum Role {
 pub(crate) struct CallOptions {
     pub(crate) pure: Option<bool>,
     pub(crate) nout: Option<usize>,
-    pub(crate) traverse: bool,
 }
 
 impl Delayed {

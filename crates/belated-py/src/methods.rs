@@ -387,14 +387,14 @@ impl Delayed {
             pure: pure.or(options.pure),
             key_name: key_name.clone(),
             nout: options.nout,
-            traverse: options.traverse,
+            // As dask: `traverse=` is `delayed(value)`'s; a call always looks inside its arguments.
+            traverse: true,
             args,
             kwargs: kwargs.clone(),
         };
         let plain = CallOptions {
             pure: None,
             nout: None,
-            traverse: true,
         };
         let call = match this.role() {
             Role::Function { func, options } => build_call(
@@ -868,7 +868,8 @@ fn is_task_ref(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
 /// nout : int, optional
 ///     How many items the call returns, so the result can be unpacked or iterated.
 /// traverse : bool
-///     Whether to look for `Delayed` objects inside container arguments.
+///     Whether to look for `Delayed` objects inside `obj` when it is a container. A function's calls
+///     always look inside their container arguments, as in dask.
 ///
 /// Returns
 /// -------
@@ -956,11 +957,7 @@ pub(crate) fn delayed(
     let role = match &template {
         Arg::Value(func) if obj.is_callable() => Role::Function {
             func: func.clone_ref(py),
-            options: CallOptions {
-                pure,
-                nout,
-                traverse,
-            },
+            options: CallOptions { pure, nout },
         },
         _ => Role::Value,
     };

@@ -41,7 +41,7 @@ pub(crate) fn reduce<'py>(
     let role = match this.role() {
         Role::Value => py.None().into_bound(py),
         Role::Function { options, .. } => {
-            ("function", options.pure, options.nout, options.traverse).into_bound_py_any(py)?
+            ("function", options.pure, options.nout).into_bound_py_any(py)?
         }
         Role::Attribute { name, .. } => ("attribute", name.bind(py)).into_bound_py_any(py)?,
     };
@@ -285,8 +285,7 @@ fn decode(
         let kind: String = role.get_item(0)?.extract()?;
         match kind.as_str() {
             "function" => {
-                let (_, pure, nout, traverse): (String, Option<bool>, Option<usize>, bool) =
-                    role.extract()?;
+                let (_, pure, nout): (String, Option<bool>, Option<usize>) = role.extract()?;
                 let func = match &node.payload().op {
                     Op::Value(Arg::Value(func)) if func.bind(py).is_callable() => {
                         func.clone_ref(py)
@@ -295,11 +294,7 @@ fn decode(
                 };
                 Role::Function {
                     func,
-                    options: CallOptions {
-                        pure,
-                        nout,
-                        traverse,
-                    },
+                    options: CallOptions { pure, nout },
                 }
             }
             "attribute" => Role::Attribute {
