@@ -571,6 +571,59 @@ def test_a_batch_call_flagged_same_function_runs_the_function_of_the_call_before
     assert replies == [[True, 4], [True, 9], [True, (3, 1)], [True, (2, 1)]]
 
 
+def varied(kind):
+    """A result of each kind a batch's calls of one function in a row may bring back."""
+    if kind == "raises":
+        raise ValueError("varied raised")
+    if kind == "logs":
+        _worker._keep_record({"msg": "varied logged"})
+    results = {"int": 7, "str": "seven", "float": 7.5, "bool": True, "big": 2**70, "list": [7] * 20}
+    return results.get(kind, kind)
+
+
+def test_a_batchs_calls_of_one_function_in_a_row_reply_and_keep_as_each_run_alone_would():
+    # Such calls take a shorter way through the batch (most of a graph of small tasks): what they keep,
+    # and each reply's bytes, must be what the same call sent alone as a RUN gets.
+    kinds = ["int", "str", "float", "bool", "big", "list", "raises", "logs", "int", "int"]
+    flags = [_worker.KEEP] * len(kinds)
+    flags[-1] = _worker.KEEP | _worker.SEND
+    _worker.new_computation()
+    calls = [_worker.dumps_call(varied, (kind,), None) for kind in kinds]
+    words = [_worker.BATCH, 0, 10**9, len(calls)]
+    frames = [b""]
+    for result_id, (call, flag) in enumerate(zip(calls, flags, strict=True), start=200):
+        sent = call[1:] if result_id > 200 else call
+        words += [result_id, flag | (_worker.SAME_FUNCTION if result_id > 200 else 0), len(sent)]
+        frames += sent
+    frames[0] = struct.pack(f"<{len(words)}Q", *words)
+    try:
+        reply = _worker._handle_batch(frames, watcher())
+        counts = memoryview(reply[0]).cast("Q").tolist()
+        assert counts[:3] == [len(kinds), 0, len(kinds)]
+        batched, at = [], 1
+        for count in counts[3:]:
+            batched.append(reply[at : at + count])
+            at += count
+        kept = {id: _worker._STORE.pop(id) for id in range(200, 200 + len(kinds)) if id in _worker._STORE}
+        alone = []
+        for result_id, (call, flag) in enumerate(zip(calls, flags, strict=True), start=200):
+            header = struct.pack("<5Q", _worker.RUN, 0, result_id, flag, 0)
+            alone.append(_worker._encode(_worker._handle([header, *call]), _worker._take_records()))
+        assert batched == alone
+        assert kept == {
+            id: varied(kind) for id, kind in enumerate(kinds, start=200) if kind not in ("raises", "logs")
+        } | {207: "logs"}
+        # The call that logged carries its records, its result kept and replied to by its size.
+        assert _worker.loads(batched[7]) == (True, _worker.nbytes("logs"), [{"msg": "varied logged"}])
+        failed = _worker.loads_reply(batched[6])
+        assert failed[0] is False and isinstance(failed[1], ValueError)
+        # The traceback starts in the task, as eager Python's would from the call.
+        assert traceback.extract_tb(failed[1].__traceback__)[0].name == "varied"
+    finally:
+        for id in range(200, 200 + len(kinds)):
+            _worker._STORE.pop(id, None)
+
+
 def fails_to_unpickle():
     raise ValueError("this argument cannot be rebuilt")
 

@@ -75,7 +75,6 @@ def _load_logging():
 
 _logging = _load_logging()
 _LENGTH = struct.Struct("<Q")
-_PID = os.getpid()
 _ONLY_BYTES = frozenset({bytes})
 # Messages of plain frames up to this size are written as one copy of them all.
 _JOINED_UP_TO = 1 << 20
@@ -828,13 +827,28 @@ def _remote_error(type_name, message, text):
     return remote
 
 
+# Whether this process is a child that a task forked (set in the child by ``os.fork``'s hook): a
+# ``getpid()`` after every call, a system call, cost a tenth of a trivial call's handling. A fork from
+# C code that comes back to Python skips the hook, as it skips the interpreter's own after-fork work.
+_forked = False
+
+
+def _after_fork_in_child():
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _call(function, args, kwargs):
     try:
-        reply = (True, function(*args, **(kwargs or {})))
+        reply = (True, function(*args, **kwargs) if kwargs else function(*args))
     except BaseException as error:  # the task's failure, whatever it is, goes back to the caller
         # The traceback starts in the task: this frame is the runtime's, not the user's.
         reply = (False, error.with_traceback(error.__traceback__.tb_next))
-    if os.getpid() != _PID:
+    if _forked:
         # A child the task forked came back here: only the worker itself answers its parent.
         _end_forked_child(reply[0] or reply[1])
     return reply
@@ -952,11 +966,11 @@ def _handle(frames):
             raise _rebuilt(*fetched[1:5])
         values = fetched[1]
         _STORE.update(zip(ids, values, strict=True))
-    return _run_call(result_id, flags, loads_call(frames[rest:]))
+    return _settle(result_id, flags, _call(*loads_call(frames[rest:])))
 
 
-def _run_call(result_id, flags, call):
-    reply = _call(*call)
+def _settle(result_id, flags, reply):
+    """A call's ``reply`` as its flags ask: its result kept, and sent or sized."""
     if reply[0]:
         if flags & KEEP:
             _STORE[result_id] = reply[1]
@@ -1066,17 +1080,20 @@ class Channel:
     def take_buffered(self, frames, count):
         """Appends to ``frames`` the plain frames, up to ``count`` in all, whose length word and bytes
         are all buffered; whether it reached ``count``."""
-        buffer, at, end = self.buffer, self.at, len(self.buffer)
-        unpack = _LENGTH.unpack_from
-        while len(frames) < count and at + _LENGTH.size <= end:
-            (length,) = unpack(buffer, at)
-            if length & _SEGMENT or at + _LENGTH.size + length > end:
+        # Sliced from one copy of what is buffered: a slice of the bytearray made into bytes is two.
+        data = bytes(memoryview(self.buffer)[self.at :])
+        at, end, left = 0, len(data), count - len(frames)
+        unpack, append = _LENGTH.unpack_from, frames.append
+        while left and at + _LENGTH.size <= end:
+            (length,) = unpack(data, at)
+            start = at + _LENGTH.size
+            if length & _SEGMENT or start + length > end:
                 break
-            at += _LENGTH.size
-            frames.append(bytes(buffer[at : at + length]))
-            at += length
-        self.at = at
-        return len(frames) == count
+            at = start + length
+            append(data[start:at])
+            left -= 1
+        self.at += at
+        return not left
 
     def take_fd(self):
         if not self.fds:
@@ -1194,6 +1211,7 @@ def _handle_batch(frames, watcher):
         watcher.changed.notify()
     encoded, counts, replies = None, batch.counts, batch.frames
     function_frame = function = None
+    followed = 0  # the computation whose log levels this batch has followed
     for call in range(count):
         # One lock a call: the last call's reply goes in, and this call starts unless handed back.
         with lock:
@@ -1205,20 +1223,48 @@ def _handle_batch(frames, watcher):
                 break
             batch.started = call + 1
         result_id, flags, frame_count = calls[3 * call : 3 * call + 3]
-        call_frames = frames[rest : rest + frame_count]
         rest += frame_count
-        if flags & SAME_FUNCTION:
-            call_frames.insert(0, function_frame)
-        else:
-            function_frame, function = call_frames[0], None
         try:
-            # A call of the function of the call before takes it as that call found it.
-            called = loads_call(call_frames, function)
-            function = called[0]
-            reply = _run_call(result_id, flags, called)
+            if (
+                frame_count == 1
+                and flags & SAME_FUNCTION
+                and function is not None
+                and type(head := frames[rest - 1]) is bytes
+                and head[:2] == _PROTOCOL_5
+                and _STACK_GLOBAL not in head
+            ):
+                # Most of a batch of small tasks: a call of plain values to the function before,
+                # loaded as loads_call would, and its plain result kept and replied to by its size as
+                # _settle and _encode would, without their steps (half of such a call's handling).
+                computation, levels, args, kwargs = pickle.loads(head)
+                if computation != followed:
+                    _follow_log_levels(computation, levels)
+                    followed = computation
+                reply = _call(function, args, kwargs)
+                if (
+                    reply[0]
+                    and flags & (KEEP | SEND) == KEEP
+                    and type(reply[1]) in _PLAIN
+                    and not _RECORDS
+                    and not _dropped[0]
+                ):
+                    _STORE[result_id] = reply[1]
+                    encoded = [_INT_REPLY.pack(INT_REPLY, sys.getsizeof(reply[1]))]
+                    continue
+            else:
+                call_frames = frames[rest - frame_count : rest]
+                if flags & SAME_FUNCTION:
+                    call_frames.insert(0, function_frame)
+                else:
+                    function_frame, function = call_frames[0], None
+                # A call of the function of the call before takes it as that call found it.
+                called = loads_call(call_frames, function)
+                function = called[0]
+                reply = _call(*called)
+            reply = _settle(result_id, flags, reply)
         except BaseException as error:
             function, reply = None, (False, error)
-        encoded = _encode(reply, _take_records())
+        encoded = _encode(reply, _take_records() if _RECORDS or _dropped[0] else [])
     with lock:
         if encoded is not None:
             counts.append(len(encoded))
