@@ -670,12 +670,33 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         // Each task with its inputs until it is settled.
         let mut entries: Vec<Option<Entry<C::Value>>> = batch.into_iter().map(Some).collect();
         let mut group = Vec::new();
-        // (index in the batch, result id, the call's frames)
-        let mut calls: Vec<(usize, u64, Vec<Frame>)> = Vec::new();
+        // (index in the batch, result id, whether it calls the function of the call before, the
+        // call's frames)
+        let mut calls: Vec<(usize, u64, bool, Vec<Frame>)> = Vec::new();
+        // The function frame of the call before. A call of the same function drops its copy as soon
+        // as it is encoded: a thousand copies alive at once, freed together, cost the allocator more
+        // than the rest of their encoding.
+        let mut function: Option<Vec<u8>> = None;
         for at in 0..entries.len() {
             let (task, inputs) = entries[at].as_ref().expect("not settled yet");
             match self.batched_call(slot, *task, inputs) {
-                Ok(frames) => calls.push((at, self.directory().new_id(), frames)),
+                Ok(mut frames) => {
+                    let same = match frames.first() {
+                        Some(Frame::Bytes(head)) if function.as_ref() == Some(head) => {
+                            frames.remove(0);
+                            true
+                        }
+                        Some(Frame::Bytes(head)) => {
+                            function = Some(head.clone());
+                            false
+                        }
+                        _ => {
+                            function = None;
+                            false
+                        }
+                    };
+                    calls.push((at, self.directory().new_id(), same, frames));
+                }
                 Err(result) => group.push(hand(&mut entries, at, result)),
             }
         }
@@ -690,28 +711,20 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         let generation = self.directory().generation(worker);
         let tasks: Vec<TaskId> = calls
             .iter()
-            .map(|(at, _, _)| task_of(*at, &entries))
+            .map(|(at, _, _, _)| task_of(*at, &entries))
             .collect();
         let overrun =
             u64::try_from(self.batching.overrun(calls.len()).as_micros()).unwrap_or(u64::MAX);
         let mut rest = vec![overrun, calls.len() as u64];
         let releases = self.directory().take_releases(worker);
         let mut request = vec![Frame::Bytes(Vec::new())];
-        // The function frame of the call before.
-        let mut function: Option<Vec<u8>> = None;
-        for ((_, result_id, frames), task) in calls.iter_mut().zip(&tasks) {
+        for ((_, result_id, same, frames), task) in calls.iter_mut().zip(&tasks) {
             let mut flags = self.flags[task.index()];
-            let mut frames = std::mem::take(frames);
-            match frames.first() {
-                Some(Frame::Bytes(head)) if function.as_ref() == Some(head) => {
-                    flags |= SAME_FUNCTION;
-                    frames.remove(0);
-                }
-                Some(Frame::Bytes(head)) => function = Some(head.clone()),
-                _ => function = None,
+            if *same {
+                flags |= SAME_FUNCTION;
             }
             rest.extend([*result_id, u64::from(flags), frames.len() as u64]);
-            request.append(&mut frames);
+            request.append(frames);
         }
         request[0] = wire::header(BATCH, &releases, &rest).into();
         let nothing_sent = Prepared {
@@ -741,7 +754,7 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                     };
                     let last = parsed.is_last();
                     next = parsed.first + parsed.replies.len();
-                    for ((at, result_id, _), frames) in
+                    for ((at, result_id, _, _), frames) in
                         calls[parsed.first..].iter().zip(parsed.replies)
                     {
                         let task = task_of(*at, &entries);
@@ -758,7 +771,7 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                             .map_err(|error| self.raised(task, error));
                         group.push(hand(&mut entries, *at, self.complete(task, evaluated)));
                     }
-                    for (at, _, _) in &calls[parsed.end..end] {
+                    for (at, _, _, _) in &calls[parsed.end..end] {
                         group.push(hand(&mut entries, *at, Err(InputsLost(Vec::new()))));
                     }
                     end = parsed.end;
@@ -774,7 +787,7 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         };
         let unsettled: Vec<usize> = calls
             .iter()
-            .map(|(at, _, _)| *at)
+            .map(|(at, _, _, _)| *at)
             .filter(|&at| entries[at].is_some())
             .collect();
         match outcome {
