@@ -14,6 +14,7 @@ import pytest
 from worker_tasks import (
     NeedsTwoArguments,
     ReduceRaises,
+    c_fork_and_return_in_both,
     die_leaving_a_daemon,
     fork_and_return_in_both,
     nap,
@@ -85,6 +86,11 @@ def test_a_subprocess_writing_to_stdout_is_not_killed_by_sigpipe(run, capfd):
 
 def test_a_forked_child_returning_from_its_task_does_not_answer_for_the_worker(run):
     assert run(delayed(fork_and_return_in_both)()) == ("parent",)
+    assert run(delayed(abs)(-5), delayed(square)(3)) == (5, 9)
+
+
+def test_a_child_forked_from_c_code_returning_from_its_task_does_not_answer_for_the_worker(run):
+    assert run(delayed(c_fork_and_return_in_both)()) == ("parent",)
     assert run(delayed(abs)(-5), delayed(square)(3)) == (5, 9)
 
 

@@ -104,6 +104,17 @@ def fork_and_return_in_both():
     return "parent"
 
 
+def c_fork_and_return_in_both():
+    """As :func:`fork_and_return_in_both`, forking from C code, which runs none of Python's after-fork
+    hooks. Called holding the interpreter (``PyDLL``), which the child's thread then has: through
+    ``CDLL`` it would wait in the child for an interpreter that another thread held at the fork."""
+    child = ctypes.PyDLL(None).fork()
+    if child == 0:
+        return "child"
+    os.waitpid(child, 0)
+    return "parent"
+
+
 def record_then_nap(path, seconds):
     record(path)
     return nap(seconds)

@@ -75,6 +75,7 @@ def _load_logging():
 
 _logging = _load_logging()
 _LENGTH = struct.Struct("<Q")
+_PID = os.getpid()
 _ONLY_BYTES = frozenset({bytes})
 # Messages of plain frames up to this size are written as one copy of them all.
 _JOINED_UP_TO = 1 << 20
@@ -829,7 +830,8 @@ def _remote_error(type_name, message, text):
 
 # Whether this process is a child that a task forked (set in the child by ``os.fork``'s hook): a
 # ``getpid()`` after every call, a system call, cost a tenth of a trivial call's handling. A fork from
-# C code that comes back to Python skips the hook, as it skips the interpreter's own after-fork work.
+# C code that comes back to Python skips the hook; such a child is told by its pid before it answers
+# (:func:`_end_if_forked`), having run the rest of its batch's calls.
 _forked = False
 
 
@@ -852,6 +854,13 @@ def _call(function, args, kwargs):
         # A child the task forked came back here: only the worker itself answers its parent.
         _end_forked_child(reply[0] or reply[1])
     return reply
+
+
+def _end_if_forked(outcome):
+    """Ends this process before it answers for the worker if it is a child that a task forked from C
+    code (the task returned if ``outcome`` is True, else raised it), which :func:`_call` did not see."""
+    if os.getpid() != _PID:
+        _end_forked_child(outcome)
 
 
 def _end_forked_child(error):
@@ -1316,6 +1325,7 @@ def _serve_connection(connection):
             if memoryview(frames[0]).cast("Q")[0] == BATCH:
                 watcher = watcher or _Watcher(channel)
                 frames = _handle_batch(frames, watcher)
+                _end_if_forked(True)
                 _release_held()
                 if frames is not None:
                     try:
@@ -1328,6 +1338,7 @@ def _serve_connection(connection):
                 reply = _handle(frames)
             except BaseException as error:
                 reply = (False, error)
+            _end_if_forked(reply[0] or reply[1])
             _release_held()
             # A FETCH's reply goes to another worker, which would not pass records on.
             records = _take_records() if memoryview(frames[0]).cast("Q")[0] == RUN else []
