@@ -25,6 +25,7 @@ from worker_tasks import (
     raise_unpicklable,
     raise_worker_only,
     read_stdin,
+    record_call_c_forking_on_the_first,
     record_then_nap,
     run_echo,
     shell_echo,
@@ -92,6 +93,19 @@ def test_a_forked_child_returning_from_its_task_does_not_answer_for_the_worker(r
 def test_a_child_forked_from_c_code_returning_from_its_task_does_not_answer_for_the_worker(run):
     assert run(delayed(c_fork_and_return_in_both)()) == ("parent",)
     assert run(delayed(abs)(-5), delayed(square)(3)) == (5, 9)
+
+
+def test_a_child_forked_from_c_code_runs_none_of_the_calls_batched_after_its_task(run, tmp_path):
+    # The child ended only once its batch was done: it ran the calls sent with the forking one again,
+    # a second time in all, and took the batch's lock, which another thread may have held at the fork.
+    log = tmp_path / "calls"
+    # Mid-graph, so that the forking call travels in a batch of calls sent after it.
+    order = [*range(1, 100), 0, *range(100, 200)]
+    calls = [delayed(record_call_c_forking_on_the_first)(str(log), index) for index in order]
+    assert run(delayed(sum)(calls)) == (sum(range(200)),)
+    lines = log.read_text().splitlines()
+    assert sorted(int(line.split()[0]) for line in lines) == list(range(200))
+    assert len({line.split()[1] for line in lines}) == 1
 
 
 def test_a_task_reading_stdin_reads_nothing(run):

@@ -75,7 +75,6 @@ def _load_logging():
 
 _logging = _load_logging()
 _LENGTH = struct.Struct("<Q")
-_PID = os.getpid()
 _ONLY_BYTES = frozenset({bytes})
 # Messages of plain frames up to this size are written as one copy of them all.
 _JOINED_UP_TO = 1 << 20
@@ -828,20 +827,33 @@ def _remote_error(type_name, message, text):
     return remote
 
 
-# Whether this process is a child that a task forked (set in the child by ``os.fork``'s hook): a
-# ``getpid()`` after every call, a system call, cost a tenth of a trivial call's handling. A fork from
-# C code that comes back to Python skips the hook; such a child is told by its pid before it answers
-# (:func:`_end_if_forked`), having run the rest of its batch's calls.
-_forked = False
+class _PidMark:
+    """Where the kernel cannot wipe a page on fork: true in the process that made it, by its pid."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+
+    def __getitem__(self, _):
+        return os.getpid() == self.pid
 
 
-def _after_fork_in_child():
-    global _forked
-    _forked = True
+def _fork_mark():
+    """A page reading 1 in this process and 0 in any child forked from it (Linux's MADV_WIPEONFORK):
+    a child that a task forked, by ``os.fork`` or from C code (which runs no after-fork hook), is told
+    right after the call by a memory read, before it takes a lock another thread may have held at the
+    fork; ``getpid()`` after every call, a system call, cost a tenth of a trivial call's handling."""
+    if sys.platform == "linux":
+        try:
+            mark = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            mark.madvise(getattr(mmap, "MADV_WIPEONFORK", 18))
+            mark[0] = 1
+            return mark
+        except (OSError, ValueError):  # a kernel before 4.14
+            pass
+    return _PidMark()
 
 
-if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_MARK = _fork_mark()
 
 
 def _call(function, args, kwargs):
@@ -850,17 +862,10 @@ def _call(function, args, kwargs):
     except BaseException as error:  # the task's failure, whatever it is, goes back to the caller
         # The traceback starts in the task: this frame is the runtime's, not the user's.
         reply = (False, error.with_traceback(error.__traceback__.tb_next))
-    if _forked:
+    if not _MARK[0]:
         # A child the task forked came back here: only the worker itself answers its parent.
         _end_forked_child(reply[0] or reply[1])
     return reply
-
-
-def _end_if_forked(outcome):
-    """Ends this process before it answers for the worker if it is a child that a task forked from C
-    code (the task returned if ``outcome`` is True, else raised it), which :func:`_call` did not see."""
-    if os.getpid() != _PID:
-        _end_forked_child(outcome)
 
 
 def _end_forked_child(error):
@@ -1325,7 +1330,6 @@ def _serve_connection(connection):
             if memoryview(frames[0]).cast("Q")[0] == BATCH:
                 watcher = watcher or _Watcher(channel)
                 frames = _handle_batch(frames, watcher)
-                _end_if_forked(True)
                 _release_held()
                 if frames is not None:
                     try:
@@ -1338,7 +1342,6 @@ def _serve_connection(connection):
                 reply = _handle(frames)
             except BaseException as error:
                 reply = (False, error)
-            _end_if_forked(reply[0] or reply[1])
             _release_held()
             # A FETCH's reply goes to another worker, which would not pass records on.
             records = _take_records() if memoryview(frames[0]).cast("Q")[0] == RUN else []
