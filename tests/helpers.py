@@ -33,19 +33,19 @@ def pin_threads(cores):
             os.sched_setaffinity(int(thread), cores)
 
 
-def heartbeats_between(action, first="start", last="end"):
+def heartbeats_between(action, first="start", last="end", last_seen=True, every=0.0005):
     """How many times a heartbeat thread ran between the first ``first`` and the last ``last`` event
-    that ``action(events)`` records: another Python thread must get the interpreter while belated
-    works through a huge argument or graph, as it would from Python code. Holding it throughout, the
-    heartbeat still slips in at the few bytecode boundaries around the work (at most 4 times,
-    measured); offering it, dozens of times."""
+    (the first one, without ``last_seen``) that ``action(events)`` records: another Python thread must
+    get the interpreter while belated works through a huge argument or graph, as it would from Python
+    code. Holding it throughout, the heartbeat (beating ``every`` seconds) still slips in at the few
+    bytecode boundaries around the work (at most 4 times, measured); offering it, dozens of times."""
     events = []
     stop = threading.Event()
 
     def heartbeat():
         while not stop.is_set():
             events.append("beat")
-            time.sleep(0.0005)
+            time.sleep(every)
 
     interval = sys.getswitchinterval()
     # A short switch interval makes the heartbeat ask often, so a few beats fit in a short stretch.
@@ -58,8 +58,9 @@ def heartbeats_between(action, first="start", last="end"):
         stop.set()
         beating.join(timeout=10)
         sys.setswitchinterval(interval)
-    end = len(events) - events[::-1].index(last)
-    return events[events.index(first) : end].count("beat")
+    start = events.index(first)
+    end = len(events) - events[::-1].index(last) if last_seen else events.index(last, start)
+    return events[start:end].count("beat")
 
 
 def counting_overlaps(body):

@@ -342,6 +342,20 @@ def test_other_python_threads_run_while_builtin_tasks_compute(scheduler):
     assert beats_during >= 3, f"the heartbeat ran {beats_during} times during the compute"
 
 
+def test_other_python_threads_run_while_a_huge_graph_is_scheduled():
+    """Handing a graph of a million tasks to the pool (its schedule, its slots for results) takes tens
+    of milliseconds of Rust work, after the callbacks' start_state and before the first task: other
+    threads must get the interpreter meanwhile, as they do while the graph is flattened."""
+
+    def run(events):
+        tasks = [delayed(events.append)("task") for _ in range(1_000_000)]
+        with belated.diagnostics.Callback(start_state=lambda dsk, state: events.append("start")):
+            compute(tasks, scheduler="threads", num_workers=1)
+
+    beats = heartbeats_between(run, first="start", last="task", last_seen=False, every=0.0001)
+    assert beats >= 10, f"the heartbeat ran {beats} times while the graph was scheduled"
+
+
 loaded = pytest.param(
     sharing_a_core_with_a_busy_process,
     id="loaded",
