@@ -34,7 +34,7 @@
 //! end, as on a pool without a ramp. Widening then loses no measurement: no task is finishing to
 //! measure.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -69,6 +69,8 @@ pub struct Ramp {
     /// How long no task may finish before every thread runs again ([`Ramp::watch`]).
     stall: Duration,
     allowed: AtomicUsize,
+    /// How many times the count went down ([`Ramp::narrowings`]); changed under `state`'s lock.
+    narrowings: AtomicU64,
     state: Mutex<Window>,
     /// The count of finished tasks [`Ramp::watch`] last saw, and since when it has stood.
     watched: Mutex<(u64, Duration)>,
@@ -117,6 +119,7 @@ impl Ramp {
             stall,
             watched: Mutex::new((0, now)),
             allowed: AtomicUsize::new(max),
+            narrowings: AtomicU64::new(0),
             state: Mutex::new(Window {
                 start: now,
                 busy,
@@ -142,7 +145,33 @@ impl Ramp {
         if self.allowed() == self.max {
             return;
         }
+        self.widen_locked(&mut self.state.lock(), now, busy);
+    }
+
+    /// How many times the count has gone down: read as a task starts, for
+    /// [`Ramp::widen_for_task`] when it ends.
+    pub fn narrowings(&self) -> u64 {
+        self.narrowings.load(Relaxed)
+    }
+
+    /// [`Ramp::widen`] for a task long enough to, that started when [`Ramp::narrowings`] was
+    /// `started`, unless the count went down since. A task that started while more threads ran may
+    /// have spent its time waiting for a lock they held (Python's interpreter, handed between them
+    /// every switch interval), which says nothing of the tasks to come: counted, it widened a ramp
+    /// that had just gone down to one thread, window after window, and kept two threads handing the
+    /// interpreter back and forth through a whole compute of builtin-function tasks. The price: a
+    /// slow task that started before the count went down widens nothing, and the next one does.
+    pub fn widen_for_task(&self, started: u64, now: Duration, busy: Duration) {
+        if self.allowed() == self.max {
+            return;
+        }
         let mut window = self.state.lock();
+        if self.narrowings() == started {
+            self.widen_locked(&mut window, now, busy);
+        }
+    }
+
+    fn widen_locked(&self, window: &mut Window, now: Duration, busy: Duration) {
         *window = Window {
             start: now,
             busy,
@@ -263,6 +292,9 @@ impl Ramp {
             }
         };
         window.phase = phase;
+        if next < current {
+            self.narrowings.fetch_add(1, Relaxed);
+        }
         self.allowed.store(next, Relaxed);
     }
 }
@@ -442,6 +474,20 @@ mod tests {
             1,
             "a window measured two, and one is tried next"
         );
+    }
+
+    #[test]
+    fn a_long_task_that_started_before_the_count_went_down_does_not_widen() {
+        let mut clocks = Clocks::new();
+        let ramp = clocks.ramp(2);
+        let on_two = ramp.narrowings();
+        run(&ramp, &mut clocks, 100, WINDOW);
+        run(&ramp, &mut clocks, 100, WINDOW);
+        assert_eq!(ramp.allowed(), 1);
+        ramp.widen_for_task(on_two, clocks.now, clocks.busy);
+        assert_eq!(ramp.allowed(), 1, "it may have waited for the other thread");
+        ramp.widen_for_task(ramp.narrowings(), clocks.now, clocks.busy);
+        assert_eq!(ramp.allowed(), 2, "one that started on one thread widens");
     }
 
     /// Two windows in which one thread did as well as two: the ramp settles on one.

@@ -78,7 +78,8 @@ const DELAYED_WINDOW_TASKS: u64 = 1024;
 /// A task of a `Delayed` compute this long lets every thread run again: a graph of thousands of short
 /// tasks and then a few slow ones (a map, then uploads) would otherwise run the slow ones one at a
 /// time, since they never fill a window to measure two threads again. Time the OS kept the task's
-/// thread off the cores does not count ([`ran_long`]).
+/// thread off the cores does not count ([`ran_long`]), nor does a task that started before the count
+/// last went down ([`Ramp::widen_for_task`]).
 const DELAYED_LONG_TASK: Duration = Duration::from_millis(5);
 
 /// How long no task may finish before every thread runs again ([`Ramp::watch`]): tasks that wait for
@@ -109,12 +110,18 @@ impl MeasuredRamp {
         }
     }
 
-    /// Counts a task this thread just finished.
-    pub(crate) fn task_done(&self) {
+    /// What a task notes as it starts, for [`MeasuredRamp::task_done`].
+    pub(crate) fn task_started(&self) -> u64 {
+        self.ramp.narrowings()
+    }
+
+    /// Counts a task this thread just finished, which noted `started` as it started.
+    pub(crate) fn task_done(&self, started: u64) {
         if self.long_task.is_some_and(|long| {
             self.ramp.allowed() < self.threads && ran_long(gil::since_task_start(), long)
         }) {
-            self.ramp.widen(self.start.elapsed(), cpu_time());
+            self.ramp
+                .widen_for_task(started, self.start.elapsed(), cpu_time());
         }
         if (self.finished.fetch_add(1, Ordering::Relaxed) + 1) % REPORTED_TOGETHER == 0 {
             self.ramp
@@ -187,8 +194,9 @@ impl Runner for PyRunner {
     type Error = PyErr;
 
     fn run(&self, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
+        let started = self.task_started();
         let value = Python::attach(|py| self.evaluate(py, task, inputs));
-        self.task_done();
+        self.task_done(started);
         value
     }
 
@@ -200,6 +208,7 @@ impl Runner for PyRunner {
         task: TaskId,
         inputs: &mut Vec<PyValue>,
     ) -> Result<PyResult<PyValue>, InputsLost> {
+        let started = self.task_started();
         let value = Python::attach(|py| {
             let result = self.evaluate(py, task, inputs);
             if result.is_err() && self.retry.again(task) {
@@ -211,7 +220,7 @@ impl Runner for PyRunner {
             let released = release(py, inputs.drain(..));
             Ok(result.and_then(|value| released.map(|()| value)))
         });
-        self.task_done();
+        self.task_done(started);
         value
     }
 
@@ -229,9 +238,13 @@ impl Runner for PyRunner {
 }
 
 impl PyRunner {
-    fn task_done(&self) {
+    fn task_started(&self) -> u64 {
+        self.ramp.as_ref().map_or(0, MeasuredRamp::task_started)
+    }
+
+    fn task_done(&self, started: u64) {
         if let Some(ramp) = &self.ramp {
-            ramp.task_done();
+            ramp.task_done(started);
         }
     }
 

@@ -68,9 +68,10 @@ impl Runner for DaskRunner {
     type Error = PyErr;
 
     fn run(&self, task: TaskId, inputs: &[PyValue]) -> PyResult<PyValue> {
+        let started = self.ramp.as_ref().map_or(0, MeasuredRamp::task_started);
         let value = Python::attach(|py| call_task(py, || self.run_attached(py, task, inputs)));
         if let Some(ramp) = &self.ramp {
-            ramp.task_done();
+            ramp.task_done(started);
         }
         value
     }
