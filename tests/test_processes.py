@@ -286,6 +286,20 @@ def test_a_worker_loads_only_its_own_modules_of_belated_until_a_task_needs_the_p
         assert "belated" in client.submit(eval, modules_of_belated, pure=False).result(timeout=60)
 
 
+def belated_environment():
+    import os
+
+    return sorted(name for name in os.environ if name.startswith("BELATED_"))
+
+
+def test_a_worker_leaves_no_belated_variable_in_its_tasks_environment_or_config():
+    # BELATED_* variables are config keys, in the task and in any Python it starts.
+    theirs = belated_environment()
+    assert delayed(belated_environment)().compute(scheduler="processes", timeout=60) == theirs
+    with belated.Client(n_workers=1, threads_per_worker=1) as client:
+        assert client.submit(belated_environment, pure=False).result(timeout=60) == theirs
+
+
 def golden_vectors():
     path = Path(__file__).parent.parent / "crates" / "belated-cluster" / "golden" / "wire.txt"
     lines = [line.split() for line in path.read_text().splitlines() if not line.startswith("#")]

@@ -12,7 +12,6 @@ for tasks of ``processes=False``), which is what ``secede()`` achieves in distri
 """
 
 import concurrent.futures
-import os
 import threading
 import weakref
 
@@ -101,7 +100,7 @@ def _held_future(futures, key):
 
 def worker_client():
     """``get_client()`` in a task of a worker process."""
-    if not os.environ.get("BELATED_CLIENT"):
+    if not _worker.answered_by_client:
         raise ValueError(
             "get_client() was called in a task running in a belated worker process without a Client "
             "(scheduler='processes' has none): start a belated.Client() and submit the task to it to "

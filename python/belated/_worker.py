@@ -1406,15 +1406,19 @@ def _preload():
 _CONTROL_FD = 3
 # Whether this process is a worker (its main() runs), for code a task calls that must know.
 serving = False
+# Whether a Client answers this worker's tasks' requests (`get_client()` in a task), from the command
+# line: an environment variable would reach the tasks' subprocesses and, named BELATED_*, their config.
+answered_by_client = False
 
 
 def main():
-    global serving
+    global serving, answered_by_client
     serving = True
     _die_with_parent()
     # Ctrl-C goes to the whole process group; the parent decides what stops, not the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     connections, preload = int(sys.argv[1]), [name for name in sys.argv[2].split(",") if name]
+    answered_by_client = sys.argv[3] == "client"
     # Neither the protocol's sockets nor their numbers go to the tasks' subprocesses.
     for fd in range(_CONTROL_FD, _CONTROL_FD + 1 + connections):
         os.set_inheritable(fd, False)

@@ -47,9 +47,9 @@ const WORKER_BOOTSTRAP: &str = "import os, sys; \
 
 /// How to start a worker of this interpreter with `connections` connections, importing `preload`
 /// once ready. It gets the parent's `sys.path`, so it imports what the parent imports (functions
-/// pickled by reference included). `BELATED_CLIENT` tells the worker whether a Client answers its tasks' requests
-/// (`answer`, called with a request's frames, returning the reply's), so that `get_client()` in a
-/// task without one fails there, saying why.
+/// pickled by reference included). Its last argument tells it whether a Client answers its tasks'
+/// requests (`answer`, called with a request's frames, returning the reply's), so that `get_client()`
+/// in a task without one fails there, saying why.
 fn worker_spec(
     py: Python<'_>,
     connections: usize,
@@ -60,14 +60,19 @@ fn worker_spec(
     let separator: String = py.import("os")?.getattr("pathsep")?.extract()?;
     let path: Vec<String> = sys.getattr("path")?.extract()?;
     let args = ["-c", WORKER_BOOTSTRAP].map(String::from);
-    let client = if answer.is_some() { "1" } else { "" };
+    let client = if answer.is_some() { "client" } else { "none" };
     Ok(Spec {
         program: sys.getattr("executable")?.extract()?,
-        args: [&args[..], &[connections.to_string(), preload.join(",")]].concat(),
-        env: vec![
-            ("BELATED_WORKER_PATH".to_string(), path.join(&separator)),
-            ("BELATED_CLIENT".to_string(), client.to_string()),
-        ],
+        args: [
+            &args[..],
+            &[
+                connections.to_string(),
+                preload.join(","),
+                client.to_string(),
+            ],
+        ]
+        .concat(),
+        env: vec![("BELATED_WORKER_PATH".to_string(), path.join(&separator))],
         connections,
         start_timeout: START_TIMEOUT,
         requests: answer.map(answering),
