@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from worker_tasks import Boom, raise_once_exists, touch_then_wait
 
 import belated
 from belated import compute, delayed
@@ -344,6 +345,31 @@ def test_every_started_callback_is_finished_whatever_another_raises(hook, schedu
         assert finished >= {"a", "b"}
     assert all(errored for event, *rest, errored in events if event == "finish") or hook == "finish"
     assert not _diagnostic_threads(), "progress bar and resource profiler threads have stopped"
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_a_task_still_running_when_its_computation_fails_is_not_reported_after_finish(scheduler, tmp_path):
+    # dask calls back from the thread that computes, which stops at the failure; belated's pool threads
+    # called posttask for the task still running once it ended, after finish and after compute raised.
+    events = []
+    started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    running = delayed(touch_then_wait)(started, gate)
+    with (
+        Callback(
+            posttask=lambda key, *_: events.append(("posttask", key)),
+            finish=lambda dsk, state, errored: events.append(("finish", errored)),
+        ),
+        pytest.raises(Boom),
+    ):
+        compute(running, delayed(raise_once_exists)(started), scheduler=scheduler, num_workers=2)
+    events.append("raised")
+    open(gate, "w").close()
+    # Two tasks that wait for each other run once both workers are free, so after the running task's
+    # end and anything called back for it.
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    both = [delayed(touch_then_wait)(first, second), delayed(touch_then_wait)(second, first)]
+    assert compute(both, scheduler=scheduler, num_workers=2) == ([True, True],)
+    assert events == [("finish", True), "raised"]
 
 
 def test_sampling_callbacks_finish_quietly_when_their_start_state_never_ran():

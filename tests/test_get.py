@@ -59,6 +59,37 @@ def test_get_without_computation():
     assert belated.get({"x": 1}, "x") == 1
 
 
+def test_a_task_still_running_when_the_graph_fails_is_not_reported_after_finish():
+    # dask's get calls back from the thread that computes, which stops at the failure; belated's pool
+    # threads called posttask for the task still running once it ended, after finish and after get raised.
+    events, started, gate = [], threading.Event(), threading.Event()
+
+    def running():
+        started.set()
+        return gate.wait(30)
+
+    def failing():
+        started.wait(30)
+        raise ValueError("failed while another task ran")
+
+    with (
+        Callback(
+            posttask=lambda key, *_: events.append(("posttask", key)),
+            finish=lambda dsk, state, errored: events.append(("finish", errored)),
+        ),
+        pytest.raises(ValueError, match="failed while"),
+    ):
+        belated.get({"running": (running,), "failing": (failing,)}, ["running", "failing"], num_workers=2)
+    events.append("raised")
+    gate.set()
+    # Two tasks that wait for each other run once both threads are free, so after the running task's
+    # end and anything called back for it.
+    first, second = threading.Event(), threading.Event()
+    both = {"a": (lambda: first.set() or second.wait(30),), "b": (lambda: second.set() or first.wait(30),)}
+    assert belated.get(both, ["a", "b"], num_workers=2) == (True, True)
+    assert events == [("finish", True), "raised"]
+
+
 def test_broken_callback():
     def ok(*args, **kwargs):
         pass

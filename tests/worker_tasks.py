@@ -434,6 +434,13 @@ def touch_then_wait(started, gate):
     return wait_exists(gate)
 
 
+def raise_once_exists(path):
+    """Waits for the file ``path`` to exist (up to 30 s), then raises :class:`Boom`: a failure that comes
+    while the task creating ``path`` runs."""
+    wait_exists(path)
+    raise Boom(f"{path} exists")
+
+
 def _interrupt():
     raise KeyboardInterrupt("raised while rebuilding")
 

@@ -38,7 +38,8 @@ use crate::errors::{catch_panics, to_python, CancelledError, WorkerStartError};
 use crate::export::LegacyGraph;
 use crate::gil::{self, now_ns, release, ITEMS_PER_CHECK};
 use crate::host::{
-    call_task, note_fork_in_child, Deadline, PythonHost, TaskGuard, TaskHooks, MAX_THREADS,
+    call_task, note_fork_in_child, CallsBack, Deadline, PythonHost, TaskGuard, TaskHooks,
+    MAX_THREADS,
 };
 use crate::task::{Arg, Op, PyTask, PyValue, TaskNode};
 use belated_cluster::directory::Held;
@@ -305,6 +306,7 @@ impl Listeners {
             posttask: pick(3),
             graph,
             state,
+            calls: CallsBack::default(),
         });
         Ok(Listeners {
             sets,
@@ -331,6 +333,7 @@ impl Listeners {
 
     /// Calls `finish` of every started callback, even when one raises; returns the first error.
     fn finish(&self, py: Python<'_>, errored: bool) -> PyResult<()> {
+        self.hooks.calls.end(py);
         let args = (&self.hooks.graph, &self.hooks.state, errored);
         self.sets[..self.started]
             .iter()

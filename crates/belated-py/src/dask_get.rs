@@ -13,7 +13,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use crate::compute::{run_on_threads, worker_count, MeasuredRamp};
 use crate::errors::{catch_panics, to_python};
 use crate::gil::offer_between_tasks;
-use crate::host::{call_task, Deadline};
+use crate::host::{call_task, CallsBack, Deadline};
 use crate::task::{Call, PyValue};
 
 use crate::dask_graph::{cull, follow_priorities, Body, Culled, DaskTask, Slot};
@@ -23,6 +23,8 @@ struct DaskRunner {
     /// `pretask(key)` and `posttask(key, value, worker_id)`, when callbacks listen.
     pretask: Option<Py<PyAny>>,
     posttask: Option<Py<PyAny>>,
+    /// Ended when the run returns, for the caller finishes its callbacks then.
+    calls: Arc<CallsBack>,
     deadline: Option<Deadline>,
     check_signals: bool,
     /// The caller's `contextvars` context when it holds any variable: each task runs in a copy of it,
@@ -98,7 +100,9 @@ impl DaskRunner {
         Deadline::check(self.deadline)?;
         let task = &self.tasks[task.index()];
         if let Some(pretask) = &self.pretask {
-            pretask.call1(py, (&task.key,))?;
+            if let Some(_calling) = self.calls.begin() {
+                pretask.call1(py, (&task.key,))?;
+            }
         }
         let input = |i: usize| inputs[i].0.bind(py);
         let value = match &task.body {
@@ -136,8 +140,10 @@ impl DaskRunner {
             Deadline::check(self.deadline)?;
         }
         if let Some(posttask) = &self.posttask {
-            let worker = current_worker().map_or(-1, |w| w as i64);
-            posttask.call1(py, (&task.key, &value, worker))?;
+            if let Some(_calling) = self.calls.begin() {
+                let worker = current_worker().map_or(-1, |w| w as i64);
+                posttask.call1(py, (&task.key, &value, worker))?;
+            }
         }
         Ok(PyValue(value))
     }
@@ -187,10 +193,12 @@ pub(crate) fn run_dask_graph(
         let outputs: Vec<TaskId> = outputs.into_iter().map(TaskId).collect();
         let tasks: Arc<[DaskTask]> = tasks.into();
         let inline = on_worker_thread();
+        let calls = Arc::new(CallsBack::default());
         let runner = DaskRunner {
             tasks: Arc::clone(&tasks),
             pretask,
             posttask,
+            calls: Arc::clone(&calls),
             deadline,
             check_signals: inline,
             context,
@@ -199,7 +207,10 @@ pub(crate) fn run_dask_graph(
         let result = if inline {
             run_inline(graph, outputs, runner)
         } else {
-            run_on_threads(py, workers, (graph, outputs), runner, deadline)?
+            let result = run_on_threads(py, workers, (graph, outputs), runner, deadline);
+            // Tasks still running after a failure, a Ctrl-C or the time limit do not call back.
+            calls.end(py);
+            result?
         };
         let key_of = |task: TaskId| {
             tasks[task.index()]

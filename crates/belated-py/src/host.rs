@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use belated_core::{current_worker, on_worker_thread, ThreadHost};
+use parking_lot::{Condvar, Mutex};
 use pyo3::exceptions::{PySystemExit, PyValueError};
 use pyo3::prelude::*;
 
@@ -61,6 +62,9 @@ impl TaskGuard {
             return Ok(None);
         };
         let key = node.payload().key_object(py);
+        let Some(_calling) = hooks.calls.begin() else {
+            return Ok(None);
+        };
         for pretask in &hooks.pretask {
             pretask.call1(py, (&key, &hooks.graph, &hooks.state))?;
         }
@@ -85,6 +89,9 @@ impl TaskGuard {
         value: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         if let Some(hooks) = &self.hooks {
+            let Some(_calling) = hooks.calls.begin() else {
+                return Ok(());
+            };
             let worker = current_worker().map_or(-1, |w| w as i64);
             for posttask in &hooks.posttask {
                 posttask.call1(py, (key, value, &hooks.graph, &hooks.state, worker))?;
@@ -218,4 +225,55 @@ pub(crate) struct TaskHooks {
     pub(crate) posttask: Vec<Py<PyAny>>,
     pub(crate) graph: Py<TaskGraph>,
     pub(crate) state: Py<ComputeState>,
+    /// The calls back under way, until the computation's callbacks are finished.
+    pub(crate) calls: CallsBack,
+}
+
+/// A failed or stopped computation returns while tasks it started still run on pool threads, which
+/// then call back no more, as dask's callbacks, all called from the thread that computes, end with it.
+/// Finishing waits for the calls back under way, without the interpreter, which they need.
+pub(crate) struct CallsBack {
+    /// How many calls back are under way, or None once the callbacks are finished.
+    under_way: Mutex<Option<usize>>,
+    returned: Condvar,
+}
+
+/// One call back under way; counted until dropped.
+pub(crate) struct CallingBack<'a>(&'a CallsBack);
+
+impl Drop for CallingBack<'_> {
+    fn drop(&mut self) {
+        if let Some(under_way) = self.0.under_way.lock().as_mut() {
+            *under_way -= 1;
+        }
+        self.0.returned.notify_all();
+    }
+}
+
+impl Default for CallsBack {
+    fn default() -> Self {
+        CallsBack {
+            under_way: Mutex::new(Some(0)),
+            returned: Condvar::new(),
+        }
+    }
+}
+
+impl CallsBack {
+    /// A call back may begin, unless the callbacks are finished.
+    pub(crate) fn begin(&self) -> Option<CallingBack<'_>> {
+        *self.under_way.lock().as_mut()? += 1;
+        Some(CallingBack(self))
+    }
+
+    /// No call back begins from now on; returns once those under way have.
+    pub(crate) fn end(&self, py: Python<'_>) {
+        py.detach(|| {
+            let mut under_way = self.under_way.lock();
+            while under_way.is_some_and(|n| n > 0) {
+                self.returned.wait(&mut under_way);
+            }
+            *under_way = None;
+        });
+    }
 }
