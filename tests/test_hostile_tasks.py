@@ -79,6 +79,20 @@ def test_output_on_fd_1_is_forwarded_by_worker_and_never_read_as_a_reply(run, ca
     assert run(delayed(pid_of)()) == (pid,), "the worker survived"
 
 
+def test_a_line_a_task_prints_is_forwarded_where_python_would_buffer_it(monkeypatch, capfd):
+    # A worker's stdout is a pipe, which Python fills in blocks of 8 KiB unless PYTHONUNBUFFERED is set:
+    # a task's print() reached the parent only once 8 KiB had gathered, and never if the worker ended
+    # first. dask's worker processes print to the terminal, line by line.
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    with belated.Client(
+        n_workers=1, threads_per_worker=1, dashboard_address=None, set_as_default=False
+    ) as client:
+        (pid,) = compute(delayed(pid_of)(), scheduler=client)
+        assert compute(delayed(print)("printed by a task"), scheduler=client) == (None,)
+        line = f"[worker {pid}] printed by a task"
+        assert line in output_until(capfd, [line]).splitlines()
+
+
 def test_a_subprocess_writing_to_stdout_is_not_killed_by_sigpipe(run, capfd):
     (pid,) = run(delayed(pid_of)())
     assert run(delayed(run_echo)("echoed")) == (0,), "echo wrote to its stdout"

@@ -1417,6 +1417,9 @@ def main():
     _die_with_parent()
     # Ctrl-C goes to the whole process group; the parent decides what stops, not the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Python fills a pipe in blocks: a task's print() would reach the parent 8 KiB later, or never.
+    # Line by line, as on the terminal that dask's worker processes print to.
+    sys.stdout.reconfigure(line_buffering=True)
     connections, preload = int(sys.argv[1]), [name for name in sys.argv[2].split(",") if name]
     answered_by_client = sys.argv[3] == "client"
     # Neither the protocol's sockets nor their numbers go to the tasks' subprocesses.
