@@ -19,6 +19,7 @@ from worker_tasks import (
     fork_and_return_in_both,
     nap,
     pid_of,
+    print_lines,
     raise_needs_two_arguments,
     raise_notes_raise,
     raise_reduce_raises,
@@ -91,6 +92,18 @@ def test_a_line_a_task_prints_is_forwarded_where_python_would_buffer_it(monkeypa
         assert compute(delayed(print)("printed by a task"), scheduler=client) == (None,)
         line = f"[worker {pid}] printed by a task"
         assert line in output_until(capfd, [line]).splitlines()
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_what_a_task_printed_is_forwarded_before_its_compute_returns(run, capfd, stream):
+    # As when dask's worker processes print straight to fd 1 and 2: the reply and the output came on
+    # different pipes, and the thread forwarding the output was often still on its way through it.
+    (pid,) = run(delayed(pid_of)())
+    capfd.readouterr()
+    assert run(delayed(print_lines)(2000, stream)) == (2000,)
+    out, err = capfd.readouterr()
+    printed = (out if stream == "stdout" else err).splitlines()
+    assert printed == [f"[worker {pid}] line {i}" for i in range(2000)]
 
 
 def test_a_subprocess_writing_to_stdout_is_not_killed_by_sigpipe(run, capfd):

@@ -495,6 +495,14 @@ def raise_refusing_attributes():
     raise RefusesAttributes("the real failure")
 
 
+def print_lines(count, stream="stdout"):
+    """Prints ``count`` numbered lines to ``sys.stdout`` or ``sys.stderr``; returns ``count``."""
+    out = getattr(sys, stream)
+    for i in range(count):
+        print(f"line {i}", file=out)
+    return count
+
+
 def print_without_newline_until(size, gate, seconds=60):
     """Writes ``size`` bytes without a newline to fd 1, as a progress bar redrawn with ``\\r`` does,
     then waits for the file ``gate``, so that what was printed is seen while the task still runs."""

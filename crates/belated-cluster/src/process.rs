@@ -7,8 +7,9 @@
 //! Invariants, each against a hostile but ordinary task:
 //! - The protocol never shares a descriptor with user code. The worker's standard input is
 //!   `/dev/null`; its stdout and stderr are pipes whose lines this process forwards to its own fd 1
-//!   and fd 2, prefixed `[worker PID] `. The protocol runs on socket pairs handed over as fd 3 (control:
-//!   the worker says it is ready on it, and exits when it closes) and fd 4.. (one per connection).
+//!   and fd 2, prefixed `[worker PID] `, what they hold when a reply comes before the reply is used.
+//!   The protocol runs on socket pairs handed over as fd 3 (control: the worker says it is ready on
+//!   it, and exits when it closes) and fd 4.. (one per connection).
 //! - A death is seen from the process, through a pidfd, never only from end-of-file: a daemon the
 //!   task forked may hold the sockets open forever. Every wait on a socket also waits on the pidfd.
 //! - The worker imports with the parent's `sys.path` semantics, as multiprocessing's spawn: its
@@ -17,7 +18,7 @@
 //!   reaps the process.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -146,11 +147,28 @@ impl WorkerProcess {
             }
         };
         let prefix = format!("[worker {pid}] ");
-        forward(child.stdout.take(), prefix.clone(), io::stdout);
-        forward(child.stderr.take(), prefix, io::stderr);
+        let outputs: Arc<[Arc<Output>]> = [
+            child
+                .stdout
+                .take()
+                .map(|pipe| Output::new(pipe.into(), &prefix, to_stdout)),
+            child
+                .stderr
+                .take()
+                .map(|pipe| Output::new(pipe.into(), &prefix, to_stderr)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<io::Result<_>>()
+        .map_err(Error::Spawn)?;
+        for output in outputs.iter() {
+            forward(output);
+        }
         let connections = ours
             .into_iter()
-            .map(|stream| Connection::new(stream, &pidfd, spec.requests.clone()).map(Mutex::new))
+            .map(|stream| {
+                Connection::new(stream, &pidfd, spec.requests.clone(), &outputs).map(Mutex::new)
+            })
             .collect::<io::Result<Vec<_>>>()
             .map_err(Error::Spawn)?;
         Ok(WorkerProcess {
@@ -292,6 +310,8 @@ pub struct Connection {
     requests: BufWriter<Watched>,
     replies: BufReader<Watched>,
     answers: Option<Requests>,
+    /// The worker's output pipes, forwarded up to each reply before it is returned.
+    outputs: Arc<[Arc<Output>]>,
 }
 
 impl Connection {
@@ -299,6 +319,7 @@ impl Connection {
         stream: UnixStream,
         pidfd: &Arc<OwnedFd>,
         answers: Option<Requests>,
+        outputs: &Arc<[Arc<Output>]>,
     ) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
         // Both directions on one descriptor: a cluster of many workers runs out of them soon enough.
@@ -312,6 +333,7 @@ impl Connection {
             requests: BufWriter::with_capacity(1 << 16, watched(Arc::clone(&stream))),
             replies: BufReader::with_capacity(1 << 16, watched(stream)),
             answers,
+            outputs: Arc::clone(outputs),
         })
     }
 
@@ -329,6 +351,9 @@ impl Connection {
         loop {
             let mut reply = wire::read_message(&mut self.replies).map_err(|_| Error::Lost)?;
             if !wire::is_client_request(&reply) {
+                for output in self.outputs.iter() {
+                    output.forward_pending();
+                }
                 return Ok(reply);
             }
             let answers = self.answers.clone().ok_or(Error::Lost)?;
@@ -603,17 +628,13 @@ fn hand_over(sources: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-/// Forwards each line of a worker's `stream` to ours, prefixed, on a thread of its own (which ends
-/// when every process holding the pipe's other end has closed it).
-fn forward<S: Read + Send + 'static, W: Write + 'static>(
-    stream: Option<S>,
-    prefix: String,
-    ours: fn() -> W,
-) {
-    let Some(stream) = stream else { return };
+/// Forwards what comes on `output`'s pipe on a thread of its own, which ends when every process
+/// holding the pipe's other end has closed it.
+fn forward(output: &Arc<Output>) {
+    let output = Arc::clone(output);
     let spawned = std::thread::Builder::new()
         .name("belated-worker-output".into())
-        .spawn(move || forward_lines(BufReader::new(stream), prefix.as_bytes(), ours));
+        .spawn(move || output.forward_until_closed());
     // Without the thread the pipe closes and the worker's prints fail; say why.
     if let Err(error) = spawned {
         let _ = writeln!(
@@ -623,50 +644,164 @@ fn forward<S: Read + Send + 'static, W: Write + 'static>(
     }
 }
 
+/// Where a worker's output goes: our stdout or stderr.
+type Ours = fn(&[u8]);
+
+fn to_stdout(bytes: &[u8]) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(bytes).and_then(|()| out.flush());
+}
+
+fn to_stderr(bytes: &[u8]) {
+    let mut out = io::stderr().lock();
+    let _ = out.write_all(bytes).and_then(|()| out.flush());
+}
+
+/// One of a worker's output pipes (stdout or stderr), forwarded to ours line by line. A thread of its
+/// own forwards what comes; a connection receiving a reply first forwards what the pipe holds, so that
+/// what a task printed before its reply is out before its caller goes on, as when a process prints to
+/// the terminal itself (the thread alone may still be on its way there). Both read under one lock,
+/// which a reader holds until what it read is written.
+#[derive(Debug)]
+pub(crate) struct Output {
+    /// Non-blocking.
+    pipe: std::fs::File,
+    lines: Mutex<Lines<Ours>>,
+}
+
+impl Output {
+    fn new(pipe: OwnedFd, prefix: &str, ours: Ours) -> io::Result<Arc<Self>> {
+        // SAFETY: fcntl on a descriptor we own.
+        let flags = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_GETFL) };
+        if flags < 0
+            || unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Arc::new(Output {
+            pipe: pipe.into(),
+            lines: Mutex::new(Lines::new(prefix.as_bytes(), ours)),
+        }))
+    }
+
+    /// Forwards what the pipe holds now, and no more: a task's daemon printing on and on does not keep
+    /// the reply waiting.
+    fn forward_pending(&self) {
+        let mut lines = self.lines.lock();
+        let mut pending: libc::c_int = 0;
+        // SAFETY: FIONREAD writes the bytes waiting in the pipe into the int.
+        if unsafe { libc::ioctl(self.pipe.as_raw_fd(), libc::FIONREAD, &mut pending) } == 0 {
+            self.read_into(&mut lines, usize::try_from(pending).unwrap_or(0));
+        }
+    }
+
+    /// Forwards all that comes until the pipe is closed; a last line without a newline gets one.
+    fn forward_until_closed(&self) {
+        loop {
+            let mut fd = libc::pollfd {
+                fd: self.pipe.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut fd, 1, -1) } < 0
+                && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
+            {
+                break;
+            }
+            if !self.read_into(&mut self.lines.lock(), usize::MAX) {
+                break;
+            }
+        }
+        self.lines.lock().end();
+    }
+
+    /// Reads up to `limit` bytes, as many as are there, into `lines`; false once the pipe is closed.
+    fn read_into(&self, lines: &mut Lines<Ours>, mut limit: usize) -> bool {
+        let mut buf = [0u8; 16 << 10];
+        while limit > 0 {
+            let want = buf.len().min(limit);
+            match (&self.pipe).read(&mut buf[..want]) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    lines.take(&buf[..n]);
+                    limit -= n;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
 /// The most of one line held before it is written: a task printing without a newline (a progress bar
 /// redrawn with `\r`, a binary dump) is forwarded as it prints, and costs this much memory at most.
 const LONGEST_HELD_LINE: usize = 64 << 10;
 
-/// Writes each line of `input` to `ours()` with `prefix`, in one write (so lines of several workers
-/// never interleave) unless longer than [`LONGEST_HELD_LINE`]: then in pieces of at least that size,
-/// the first prefixed, as they come. A last line without a newline gets one.
-fn forward_lines<W: Write>(mut input: impl BufRead, prefix: &[u8], mut ours: impl FnMut() -> W) {
-    let mut line = prefix.to_vec();
-    // Whether part of the current line was written, and `line` holds only what follows it.
-    let mut continued = false;
-    let mut write = |line: &[u8]| {
-        let mut out = ours();
-        let _ = out.write_all(line).and_then(|()| out.flush());
-    };
-    loop {
-        let (ended, used) = match input.fill_buf() {
-            Ok([]) => break,
-            Ok(available) => match available.iter().position(|&byte| byte == b'\n') {
+/// A worker's output cut into lines, each written to `ours` with a prefix, in one write (so lines of
+/// several workers never interleave) unless longer than [`LONGEST_HELD_LINE`]: then in pieces of at
+/// least that size, the first prefixed, as they come.
+struct Lines<W> {
+    prefix: Box<[u8]>,
+    /// The line so far, prefixed unless part of it was written.
+    line: Vec<u8>,
+    /// Whether part of the current line was written, and `line` holds only what follows it.
+    continued: bool,
+    ours: W,
+}
+
+impl<W> std::fmt::Debug for Lines<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lines")
+            .field("held", &self.line.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: FnMut(&[u8])> Lines<W> {
+    fn new(prefix: &[u8], ours: W) -> Self {
+        Lines {
+            prefix: prefix.into(),
+            line: prefix.to_vec(),
+            continued: false,
+            ours,
+        }
+    }
+
+    /// Takes bytes read from the pipe: writes each line they end, and what reaches the longest held.
+    fn take(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let ended = match bytes.iter().position(|&byte| byte == b'\n') {
                 Some(at) => {
-                    line.extend_from_slice(&available[..=at]);
-                    (true, at + 1)
+                    self.line.extend_from_slice(&bytes[..=at]);
+                    bytes = &bytes[at + 1..];
+                    true
                 }
                 None => {
-                    line.extend_from_slice(available);
-                    (false, available.len())
+                    self.line.extend_from_slice(bytes);
+                    bytes = &[];
+                    false
                 }
-            },
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        input.consume(used);
-        if ended || line.len() >= LONGEST_HELD_LINE {
-            write(&line);
-            line.clear();
-            continued = !ended;
-            if ended {
-                line.extend_from_slice(prefix);
+            };
+            if ended || self.line.len() >= LONGEST_HELD_LINE {
+                (self.ours)(&self.line);
+                self.line.clear();
+                self.continued = !ended;
+                if ended {
+                    self.line.extend_from_slice(&self.prefix);
+                }
             }
         }
     }
-    if continued || line.len() > prefix.len() {
-        line.push(b'\n');
-        write(&line);
+
+    /// The pipe is closed: a last line without a newline gets one.
+    fn end(&mut self) {
+        if self.continued || self.line.len() > self.prefix.len() {
+            self.line.push(b'\n');
+            (self.ours)(&self.line);
+        }
     }
 }
 
@@ -674,16 +809,25 @@ fn forward_lines<W: Write>(mut input: impl BufRead, prefix: &[u8], mut ours: imp
 mod tests {
     use super::*;
 
+    /// `input` through [`Lines`] as a pipe gives it, `chunk` bytes a read; what was written, a write an
+    /// entry.
+    fn forwarded(input: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let mut writes = Vec::new();
+        let mut lines = Lines::new(b"[w] ", |bytes: &[u8]| writes.push(bytes.to_vec()));
+        for read in input.chunks(chunk) {
+            lines.take(read);
+        }
+        lines.end();
+        writes
+    }
+
     #[test]
     fn a_line_longer_than_held_is_forwarded_in_pieces_as_it_comes() {
         let long = vec![b'x'; 3 * LONGEST_HELD_LINE + 5];
         let mut input = long.clone();
         input.extend_from_slice(b"\nshort\nlast");
-        let writes = std::cell::RefCell::new(Vec::<Vec<u8>>::new());
         // Read as from a pipe: 8 KiB at a time.
-        let pipe = BufReader::with_capacity(8 << 10, io::Cursor::new(input));
-        forward_lines(pipe, b"[w] ", || Recorded(&writes));
-        let writes = writes.into_inner();
+        let writes = forwarded(&input, 8 << 10);
         // Each piece written as soon as it reached the limit: never the whole long line held.
         assert!(writes.len() >= 5, "{} writes", writes.len());
         assert!(writes
@@ -703,30 +847,17 @@ mod tests {
 
     #[test]
     fn a_long_last_line_without_a_newline_gets_one() {
-        let writes = std::cell::RefCell::new(Vec::<Vec<u8>>::new());
-        forward_lines(
-            io::Cursor::new(vec![b'y'; LONGEST_HELD_LINE]),
-            b"[w] ",
-            || Recorded(&writes),
-        );
+        let writes = forwarded(&[b'y'; LONGEST_HELD_LINE], 8 << 10);
         let mut expected = b"[w] ".to_vec();
         expected.extend_from_slice(&[b'y'; LONGEST_HELD_LINE]);
         expected.push(b'\n');
-        assert_eq!(writes.into_inner().concat(), expected);
+        assert_eq!(writes.concat(), expected);
     }
 
-    /// A writer whose every write and flush lands in a list, one entry per write.
-    struct Recorded<'a>(&'a std::cell::RefCell<Vec<Vec<u8>>>);
-
-    impl Write for Recorded<'_> {
-        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-            self.0.borrow_mut().push(data.to_vec());
-            Ok(data.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+    #[test]
+    fn lines_cut_across_reads_are_written_whole() {
+        let writes = forwarded(b"one\ntw", 3);
+        assert_eq!(writes, [b"[w] one\n".to_vec(), b"[w] tw\n".to_vec()]);
     }
 
     /// A worker that is a shell script (`$0` is "worker"): the handshake without Python.
@@ -839,8 +970,8 @@ mod tests {
     fn answering_pair(answers: Option<Requests>) -> (Connection, Connection) {
         let pidfd = Arc::new(pidfd_open(std::process::id()).expect("our own pidfd"));
         let (a, b) = UnixStream::pair().expect("a socket pair");
-        let a = Connection::new(a, &pidfd, answers).expect("a connection");
-        let b = Connection::new(b, &pidfd, None).expect("a connection");
+        let a = Connection::new(a, &pidfd, answers, &Arc::from([])).expect("a connection");
+        let b = Connection::new(b, &pidfd, None, &Arc::from([])).expect("a connection");
         (a, b)
     }
 
