@@ -394,6 +394,38 @@ def overrun_then_wait(value):
     return value
 
 
+def _reply_header(frames):
+    return memoryview(frames[0]).cast("Q").tolist()
+
+
+def test_a_batch_hands_back_only_the_calls_its_thread_has_not_taken_and_keeps_later_replies_for_its_last():
+    """The connection's thread and the watcher share a batch without a lock a call: each call is
+    taken by one of them, and a reply the thread adds after the watcher took the others goes in the
+    batch's last reply."""
+    batch = _worker._Batch(0, [10, 1, 1, 11, 1, 1, 12, 1, 2])
+    assert next(batch.unstarted) == (0, 10, 1, 1)
+    batch.done.append([b"ten"])
+    assert next(batch.unstarted) == (1, 11, 1, 1), "the call running when the batch overruns"
+    batch.hand_back()
+    assert batch.end == 2 and next(batch.unstarted, None) is None, "call 2 is handed back"
+    first = batch.reply()
+    assert _reply_header(first) == [1, 0, 2, 1] and first[1:] == [b"ten"]
+    batch.done.append([b"eleven", b"buffer"])
+    last = batch.reply()
+    assert _reply_header(last) == [1, 1, 2, 2] and last[1:] == [b"eleven", b"buffer"]
+
+
+def test_a_batch_that_overruns_in_its_last_call_hands_back_nothing():
+    batch = _worker._Batch(0, [10, 1, 1, 11, 1, 1])
+    assert [call[0] for call in batch.unstarted] == [0, 1]
+    batch.done.append([b"ten"])
+    batch.hand_back()
+    assert batch.end == 2
+    assert _reply_header(batch.reply()) == [1, 0, 2, 1]
+    batch.done.append([b"eleven"])
+    assert _reply_header(batch.reply()) == [1, 1, 2, 1]
+
+
 def test_a_batch_that_overruns_replies_at_once_with_what_it_did_and_hands_back_the_calls_not_started():
     _worker.new_computation()
     ours, theirs = socket.socketpair()

@@ -701,6 +701,18 @@ INT_REPLY = b"i"
 _INT_REPLY = struct.Struct("<cq")
 
 
+# A kept plain result's reply, its size, by its size: looked up rather than packed for each call, and
+# few sizes are common (an int's is 28 bytes); strings of many lengths fill it once.
+_SIZE_REPLIES = {}
+
+
+def _size_reply(size):
+    reply = [_INT_REPLY.pack(INT_REPLY, size)]
+    if len(_SIZE_REPLIES) < 1024:
+        _SIZE_REPLIES[size] = reply
+    return reply
+
+
 def _encode(reply, records):
     if not reply[0]:
         return _encode_failure(reply[1], records)
@@ -1147,26 +1159,36 @@ def _close_segments(frames):
 
 
 class _Batch:
-    """A batch as its connection's thread and watcher share it: the calls started, where it ends,
-    and the replies not sent yet."""
+    """A batch as its connection's thread and its watcher share it, without a lock a call: the calls
+    not started yet, each its index and header words, which each side takes from one iterator
+    (taking an item is one step of the interpreter, so each call is taken once, by one side), where
+    the batch ends, and the replies not sent yet, which only the connection's thread appends to."""
 
-    __slots__ = ("counts", "deadline", "end", "first", "frames", "started")
+    __slots__ = ("deadline", "done", "end", "first", "unstarted")
 
-    def __init__(self, deadline, calls):
-        self.deadline, self.end = deadline, calls
-        self.started = self.first = 0
-        self.counts, self.frames = [], []
+    def __init__(self, deadline, words):
+        """``words``: each call's result id, flags and frame count, one after the other."""
+        self.deadline, self.end, self.first = deadline, len(words) // 3, 0
+        words = iter(words)
+        self.unstarted = zip(itertools.count(), words, words, words)
+        self.done = []
+
+    def hand_back(self):
+        """Ends the batch after the calls started: the others are handed back."""
+        left = list(self.unstarted)
+        if left:
+            self.end = left[0][0]
 
     def reply(self):
-        """The reply frames of the calls done since the last reply (emptying the lists in place: the
-        connection's thread holds them)."""
-        counts = self.counts
+        """The reply frames of the calls done since the last reply. Taken from the front of the list
+        the connection's thread appends to, so that a reply it appends meanwhile stays for the next."""
+        done = self.done
+        taken = done[: len(done)]
+        del done[: len(taken)]
+        counts = [len(encoded) for encoded in taken]
         header = struct.pack(f"<{3 + len(counts)}Q", len(counts), self.first, self.end, *counts)
-        frames = [header, *self.frames]
         self.first += len(counts)
-        counts.clear()
-        self.frames.clear()
-        return frames
+        return [header, *itertools.chain.from_iterable(taken)]
 
 
 class _Watcher:
@@ -1194,7 +1216,7 @@ class _Watcher:
                     self.changed.wait(left)
                     continue
                 self.batch = None
-                batch.end = batch.started
+                batch.hand_back()
                 frames = batch.reply()
                 # Written under the batch's lock, so that its last reply comes after this one; a
                 # parent gone is the connection's thread's to notice.
@@ -1217,54 +1239,58 @@ def _handle_batch(frames, watcher):
         _STORE.pop(id, None)
     at = 2 + released
     overrun, count, rest = header[at], header[at + 1], 1
-    calls = header[at + 2 : at + 2 + 3 * count]
-    batch = _Batch(time.monotonic() + overrun / 1e6, count)
+    batch = _Batch(time.monotonic() + overrun / 1e6, header[at + 2 : at + 2 + 3 * count])
     lock = watcher.lock
     with lock:
         watcher.batch = batch
         watcher.changed.notify()
-    encoded, counts, replies = None, batch.counts, batch.frames
     function_frame = function = None
     followed = 0  # the computation whose log levels this batch has followed
-    for call in range(count):
-        # One lock a call: the last call's reply goes in, and this call starts unless handed back.
-        with lock:
-            if encoded is not None:
-                counts.append(len(encoded))
-                replies += encoded
-                encoded = None
-            if call >= batch.end:
-                break
-            batch.started = call + 1
-        result_id, flags, frame_count = calls[3 * call : 3 * call + 3]
+    done, sized, getsizeof = batch.done.append, _SIZE_REPLIES, sys.getsizeof
+    # Each call is taken from the batch as it starts, unless the watcher handed it back.
+    for _, result_id, flags, frame_count in batch.unstarted:
         rest += frame_count
         try:
             if (
-                frame_count == 1
-                and flags & SAME_FUNCTION
+                flags & SAME_FUNCTION
+                and frame_count == 1
                 and function is not None
                 and type(head := frames[rest - 1]) is bytes
-                and head[:2] == _PROTOCOL_5
+                and head.startswith(_PROTOCOL_5)
                 and _STACK_GLOBAL not in head
             ):
                 # Most of a batch of small tasks: a call of plain values to the function before,
-                # loaded as loads_call would, and its plain result kept and replied to by its size as
-                # _settle and _encode would, without their steps (half of such a call's handling).
+                # loaded as loads_call would, called as _call would, and its plain result kept and
+                # replied to by its size as _settle and _encode would, without their steps (most of
+                # such a call's handling).
                 computation, levels, args, kwargs = pickle.loads(head)
                 if computation != followed:
                     _follow_log_levels(computation, levels)
                     followed = computation
-                reply = _call(function, args, kwargs)
-                if (
-                    reply[0]
-                    and flags & (KEEP | SEND) == KEEP
-                    and type(reply[1]) in _PLAIN
-                    and not _RECORDS
-                    and not _dropped[0]
-                ):
-                    _STORE[result_id] = reply[1]
-                    encoded = [_INT_REPLY.pack(INT_REPLY, sys.getsizeof(reply[1]))]
-                    continue
+                try:
+                    value = function(*args, **kwargs) if kwargs else function(*args)
+                except BaseException as error:
+                    # The traceback starts in the task: this frame is the runtime's.
+                    reply = (False, error.with_traceback(error.__traceback__.tb_next))
+                    if not _MARK[0]:
+                        _end_forked_child(reply[1])
+                else:
+                    if not _MARK[0]:
+                        _end_forked_child(True)
+                    if (
+                        flags & (KEEP | SEND) == KEEP
+                        and type(value) in _PLAIN
+                        and not _RECORDS
+                        and not _dropped[0]
+                    ):
+                        _STORE[result_id] = value
+                        size = getsizeof(value)
+                        try:
+                            done(sized[size])
+                        except KeyError:
+                            done(_size_reply(size))
+                        continue
+                    reply = (True, value)
             else:
                 call_frames = frames[rest - frame_count : rest]
                 if flags & SAME_FUNCTION:
@@ -1278,11 +1304,9 @@ def _handle_batch(frames, watcher):
             reply = _settle(result_id, flags, reply)
         except BaseException as error:
             function, reply = None, (False, error)
-        encoded = _encode(reply, _take_records() if _RECORDS or _dropped[0] else [])
+        done(_encode(reply, _take_records() if _RECORDS or _dropped[0] else []))
+    # Under the watcher's lock: a reply it sends goes before this one.
     with lock:
-        if encoded is not None:
-            counts.append(len(encoded))
-            replies += encoded
         watcher.batch = None
         if batch.first == batch.end:
             return None
