@@ -44,6 +44,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use rustc_hash::FxHashSet;
 
 use crate::{Error, Graph, InputsLost, Schedule, TaskId};
 
@@ -645,7 +646,10 @@ impl<R: Runner> Job<R> {
         garbage: &mut Garbage<R>,
     ) {
         let worker = WORKER_INDEX.get();
-        let mut unsettled: Vec<TaskId> = batch.iter().map(|&(task, _)| task).collect();
+        let tasks: Vec<TaskId> = batch.iter().map(|&(task, _)| task).collect();
+        // A set, not a search of the list: a batch of a thousand tasks settled one by one made that
+        // search the runner thread's costliest step.
+        let mut unsettled: FxHashSet<TaskId> = tasks.iter().copied().collect();
         let started = batch
             .iter()
             .try_for_each(|&(task, _)| self.observe(|o| o.task_started(task, worker)));
@@ -653,13 +657,12 @@ impl<R: Runner> Job<R> {
             Ok(()) => catch(|| {
                 self.runner.run_batch(batch, &mut |group| {
                     for (task, attempt, mut inputs) in group {
-                        let Some(at) = unsettled.iter().position(|&t| t == task) else {
+                        if !unsettled.remove(&task) {
                             // Not of this batch, or settled twice: the runner's mistake, and
                             // the task's inputs go with it.
                             let _ = clear_inputs(&mut inputs);
                             continue;
-                        };
-                        unsettled.swap_remove(at);
+                        }
                         match self.settle_run(task, worker, attempt.map(Ok), &mut inputs) {
                             Ok(result) => finished.push((task, result)),
                             Err(lost) => requeued.push((task, lost, inputs)),
@@ -685,7 +688,7 @@ impl<R: Runner> Job<R> {
             Err(message) => message,
         };
         // Their inputs went with the runner's panic.
-        for task in unsettled {
+        for task in tasks.into_iter().filter(|task| unsettled.contains(task)) {
             let attempt = Ok(Err(message.clone()));
             if let Ok(result) = self.settle_run(task, worker, attempt, &mut Vec::new()) {
                 finished.push((task, result));

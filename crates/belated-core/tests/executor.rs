@@ -916,6 +916,61 @@ fn a_task_of_a_batch_that_finds_its_inputs_lost_is_requeued_and_the_others_keep_
     assert_eq!(batches[0], (1..5).map(TaskId).collect::<Vec<_>>());
 }
 
+/// A runner whose batches settle their first task again and a task of no batch after the others,
+/// and, if `leave_last`, never settle their last task.
+struct Careless {
+    leave_last: bool,
+}
+
+impl Runner for Careless {
+    type Value = u32;
+    type Error = String;
+
+    fn run(&self, task: TaskId, _inputs: &[u32]) -> Result<u32, String> {
+        Ok(task.0)
+    }
+
+    fn batch_size(&self, _ready: usize) -> usize {
+        3
+    }
+
+    fn run_batch(
+        &self,
+        batch: Vec<(TaskId, Vec<u32>)>,
+        settled: &mut belated_core::Settled<'_, Self>,
+    ) {
+        let (first, last) = (batch[0].0, batch[batch.len() - 1].0);
+        let group = batch
+            .into_iter()
+            .filter(|&(task, _)| !self.leave_last || task != last)
+            .map(|(task, inputs)| (task, Ok(Ok(task.0)), inputs))
+            .collect();
+        settled(group);
+        settled(vec![
+            (first, Ok(Ok(1000)), Vec::new()),
+            (TaskId(99), Ok(Ok(1000)), Vec::new()),
+        ]);
+    }
+}
+
+#[test]
+fn a_batch_task_settled_twice_or_not_of_the_batch_is_ignored_and_one_never_settled_fails() {
+    let graph = || Graph::from_deps::<String, _, _>([vec![], vec![], vec![]]).unwrap();
+    let outputs = vec![TaskId(0), TaskId(1), TaskId(2)];
+    let got = run_inline(graph(), outputs.clone(), Careless { leave_last: false });
+    assert_eq!(got.unwrap(), [0, 1, 2]);
+    match run_inline(graph(), outputs, Careless { leave_last: true }) {
+        Err(Error::Panic { task, message }) => {
+            assert_eq!(task, TaskId(2));
+            assert_eq!(
+                message,
+                "the runner returned no result for a task of its batch"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Leaves below `split` meet on `early`, the others on `late`; once an early leaf has run, the job
 /// allows `then` threads, as a runner measuring its tasks ([`belated_core::concurrency::Ramp`]) would.
 struct Capped {
