@@ -1246,7 +1246,7 @@ def _handle_batch(frames, watcher):
         watcher.changed.notify()
     function_frame = function = None
     followed = 0  # the computation whose log levels this batch has followed
-    done, sized, getsizeof = batch.done.append, _SIZE_REPLIES, sys.getsizeof
+    done, sized = batch.done.append, _SIZE_REPLIES
     # Each call is taken from the batch as it starts, unless the watcher handed it back.
     for _, result_id, flags, frame_count in batch.unstarted:
         rest += frame_count
@@ -1256,7 +1256,7 @@ def _handle_batch(frames, watcher):
                 and frame_count == 1
                 and function is not None
                 and type(head := frames[rest - 1]) is bytes
-                and head.startswith(_PROTOCOL_5)
+                and head[:2] == _PROTOCOL_5
                 and _STACK_GLOBAL not in head
             ):
                 # Most of a batch of small tasks: a call of plain values to the function before,
@@ -1284,7 +1284,9 @@ def _handle_batch(frames, watcher):
                         and not _dropped[0]
                     ):
                         _STORE[result_id] = value
-                        size = getsizeof(value)
+                        # sys.getsizeof's own steps cost twice this; a plain value is not tracked by
+                        # the garbage collector, so it adds nothing to it.
+                        size = value.__sizeof__()
                         try:
                             done(sized[size])
                         except KeyError:
