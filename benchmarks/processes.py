@@ -17,8 +17,12 @@ in one run.
 Usage: ``python benchmarks/processes.py``. Writes ``benchmarks/results/processes.md``.
 ``python benchmarks/processes.py client-api``: the Client's futures API against distributed's (see
 ``client_api``), written to ``benchmarks/results/client_api.md``.
+``python benchmarks/processes.py trivial [RUNS]``: the trivial tasks' row alone, for processes, the
+Client and joblib, with wall and CPU time per task of each run (see ``trivial_cpu``), printed; for A/B
+comparisons, run it alternately with each build.
 """
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -430,8 +434,72 @@ def client_api():
     (out / "client_api.md").write_text(table + "\n")
 
 
+def cpu_seconds():
+    """This process's CPU seconds (every thread, ended ones too), and its descendants' by thread: a
+    worker's thread that ends between two readings drops out of their difference (Linux only)."""
+    import os
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children, parents = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                parents.setdefault(int(stat.read().rsplit(")", 1)[1].split()[1]), []).append(int(pid))
+        except OSError:
+            continue
+    todo = list(parents.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        todo += parents.get(pid, [])
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                    children[tid] = int(stat.read().split()[0]) / 1e9
+    return usage.ru_utime + usage.ru_stime, children
+
+
+def trivial_cpu(runs=5, tasks=10_000):
+    """10,000 trivial tasks summed, end to end, on warm workers (three runs first, then a pause for
+    their background imports): per task, each run's wall time, CPU time of this process and its
+    workers, and the workers' share of it."""
+    import joblib
+
+    import belated
+
+    def measured(compute):
+        for _ in range(3):
+            trivial(compute, tasks)
+        time.sleep(0.5)
+        rows = []
+        for _ in range(runs):
+            own, children = cpu_seconds()
+            elapsed = trivial(compute, tasks)
+            own_after, children_after = cpu_seconds()
+            workers = sum(t - children.get(tid, 0.0) for tid, t in children_after.items())
+            rows.append((elapsed, own_after - own + workers, workers))
+        return rows
+
+    def summed(count, **options):
+        return belated.delayed(sum)([belated.delayed(inc)(i) for i in range(count)]).compute(**options)
+
+    results = {
+        "belated processes": measured(lambda count: summed(count, scheduler="processes", num_workers=2))
+    }
+    with belated.Client(n_workers=WORKERS, threads_per_worker=1, dashboard_address=None):
+        results["belated Client"] = measured(summed)
+    parallel = joblib.Parallel(n_jobs=WORKERS)
+    results["joblib"] = measured(lambda count: sum(parallel(joblib.delayed(inc)(i) for i in range(count))))
+    print(f"{tasks:,} trivial tasks, µs per task: wall / CPU (workers' share)")
+    for name, rows in results.items():
+        cells = [f"{w / tasks * 1e6:.1f} / {c / tasks * 1e6:.1f} ({k / tasks * 1e6:.1f})" for w, c, k in rows]
+        print(f"{name}: " + ", ".join(cells))
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["client-api"]:
         client_api()
+    elif sys.argv[1:2] == ["trivial"]:
+        trivial_cpu(*map(int, sys.argv[2:3]))
     else:
         main()
