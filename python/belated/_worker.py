@@ -1260,39 +1260,29 @@ def _handle_batch(frames, watcher):
                 and _STACK_GLOBAL not in head
             ):
                 # Most of a batch of small tasks: a call of plain values to the function before,
-                # loaded as loads_call would, called as _call would, and its plain result kept and
-                # replied to by its size as _settle and _encode would, without their steps (most of
-                # such a call's handling).
+                # loaded as loads_call would, and its plain result kept and replied to by its size as
+                # _settle and _encode would, without their steps (most of such a call's handling).
                 computation, levels, args, kwargs = pickle.loads(head)
                 if computation != followed:
                     _follow_log_levels(computation, levels)
                     followed = computation
-                try:
-                    value = function(*args, **kwargs) if kwargs else function(*args)
-                except BaseException as error:
-                    # The traceback starts in the task: this frame is the runtime's.
-                    reply = (False, error.with_traceback(error.__traceback__.tb_next))
-                    if not _MARK[0]:
-                        _end_forked_child(reply[1])
-                else:
-                    if not _MARK[0]:
-                        _end_forked_child(True)
-                    if (
-                        flags & (KEEP | SEND) == KEEP
-                        and type(value) in _PLAIN
-                        and not _RECORDS
-                        and not _dropped[0]
-                    ):
-                        _STORE[result_id] = value
-                        # sys.getsizeof's own steps cost twice this; a plain value is not tracked by
-                        # the garbage collector, so it adds nothing to it.
-                        size = value.__sizeof__()
-                        try:
-                            done(sized[size])
-                        except KeyError:
-                            done(_size_reply(size))
-                        continue
-                    reply = (True, value)
+                reply = _call(function, args, kwargs)
+                if (
+                    reply[0]
+                    and flags & (KEEP | SEND) == KEEP
+                    and type(value := reply[1]) in _PLAIN
+                    and not _RECORDS
+                    and not _dropped[0]
+                ):
+                    _STORE[result_id] = value
+                    # sys.getsizeof's own steps cost twice this; a plain value is not tracked by the
+                    # garbage collector, so it adds nothing to it.
+                    size = value.__sizeof__()
+                    try:
+                        done(sized[size])
+                    except KeyError:
+                        done(_size_reply(size))
+                    continue
             else:
                 call_frames = frames[rest - frame_count : rest]
                 if flags & SAME_FUNCTION:

@@ -148,14 +148,16 @@ impl WorkerProcess {
         };
         let prefix = format!("[worker {pid}] ");
         let outputs: Arc<[Arc<Output>]> = [
-            child
-                .stdout
-                .take()
-                .map(|pipe| Output::new(pipe.into(), &prefix, to_stdout)),
-            child
-                .stderr
-                .take()
-                .map(|pipe| Output::new(pipe.into(), &prefix, to_stderr)),
+            child.stdout.take().map(|pipe| {
+                Output::new(pipe.into(), &prefix, |bytes| {
+                    write_whole(io::stdout().lock(), bytes)
+                })
+            }),
+            child.stderr.take().map(|pipe| {
+                Output::new(pipe.into(), &prefix, |bytes| {
+                    write_whole(io::stderr().lock(), bytes)
+                })
+            }),
         ]
         .into_iter()
         .flatten()
@@ -647,13 +649,8 @@ fn forward(output: &Arc<Output>) {
 /// Where a worker's output goes: our stdout or stderr.
 type Ours = fn(&[u8]);
 
-fn to_stdout(bytes: &[u8]) {
-    let mut out = io::stdout().lock();
-    let _ = out.write_all(bytes).and_then(|()| out.flush());
-}
-
-fn to_stderr(bytes: &[u8]) {
-    let mut out = io::stderr().lock();
+/// Writes `bytes` to `out` in one write, flushed; a closed stdout or stderr of ours loses them.
+fn write_whole(mut out: impl Write, bytes: &[u8]) {
     let _ = out.write_all(bytes).and_then(|()| out.flush());
 }
 
