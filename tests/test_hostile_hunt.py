@@ -351,6 +351,50 @@ def test_dask_collections_compute_on_the_open_client_and_locally_again_once_it_c
         assert dask.config.get("scheduler", None) == before
 
 
+DASK_IMPORTED_AFTER_THE_CLIENTS = """
+import os, sys, belated
+
+def cluster(**options):
+    return belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None, **options)
+
+first, second, closed_early, not_default = cluster(), cluster(), cluster(), cluster(set_as_default=False)
+closed_early.close()
+assert "dask" not in sys.modules, sorted(name for name in sys.modules if name.startswith("dask"))
+import dask
+
+assert dask.config.get("scheduler") is second
+assert dask.delayed(os.getpid)().compute() != os.getpid()
+second.close()
+assert dask.config.get("scheduler") is first
+first.close()
+assert dask.config.get("scheduler", None) is None
+assert dask.delayed(os.getpid)().compute() == os.getpid()
+not_default.close()
+third = cluster()
+assert dask.config.get("scheduler") is third
+third.close()
+assert not [finder for finder in sys.meta_path if type(finder).__module__ == "belated._client"]
+print("ok")
+"""
+
+
+def test_a_client_started_before_dask_is_imported_is_dasks_default_once_it_is():
+    # Found: a Client started in a process without dask loaded imported all of dask (50 ms, as long as
+    # the rest of its start) to make itself dask's default, and so did `from belated import _worker`,
+    # which asked dask for the submodule first.
+    checked = subprocess.run(
+        [sys.executable, "-c", DASK_IMPORTED_AFTER_THE_CLIENTS], capture_output=True, text=True, timeout=120
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout == "ok\n"
+
+
+def test_belateds_own_submodules_are_not_looked_for_in_dask():
+    script = "import sys, belated; from belated import _worker, _remote; print('dask' in sys.modules)"
+    checked = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (checked.returncode, checked.stdout) == (0, "False\n"), checked.stderr
+
+
 # -- submit's and map's default purity ------------------------------------------------------------------
 # Found, left for a decision: distributed's submit and map default to pure=True, so equal calls share one
 # key and one run; belated's take delayed's default (impure), so each call runs again under a new key.

@@ -103,8 +103,10 @@ _DASK_SUBMODULES = frozenset({
     "optimization", "order", "sizeof", "system", "threaded", "typing", "utils",
 })  # fmt: skip
 
+_OWN_SUBMODULES = frozenset(module.name for module in pkgutil.iter_modules(__path__))
+
 _submodules.install(
-    own=frozenset(module.name for module in pkgutil.iter_modules(__path__)),
+    own=_OWN_SUBMODULES,
     dask_submodules=_DASK_SUBMODULES,
     overlays={
         "delayed": {"delayed": delayed, "Delayed": Delayed},
@@ -114,7 +116,9 @@ _submodules.install(
 
 
 def __getattr__(name):
-    if name.startswith("__"):
+    # ``from belated import _worker`` asks for the attribute before importing the submodule: looking
+    # in dask for it first would import all of dask (50 ms) on the way to belated's own file.
+    if name.startswith("__") or name in _OWN_SUBMODULES:
         raise AttributeError(f"module 'belated' has no attribute {name!r}")
     if name.startswith("_"):
         # dask's private submodules (``dask._task_spec``, ``dask._expr``), which code written for dask

@@ -8,6 +8,8 @@ import contextlib
 import functools
 import html
 import importlib
+import importlib.abc
+import importlib.util
 import logging
 import numbers
 import os
@@ -17,6 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 import weakref
 
 from belated import _belated, _logging, config
@@ -362,7 +365,8 @@ class Client:
         _OPEN.add(self)
         _STARTED.append(weakref.ref(self))
         self._config = config.set(scheduler=self) if set_as_default else None
-        self._dask_config = _dask_default(self) if set_as_default else None
+        if set_as_default:
+            _make_dask_default(self)
 
     def _start_cluster(self, n_workers):
         from belated._remote import Answers
@@ -1327,9 +1331,9 @@ class Client:
             if self._config is not None:
                 self._config.__exit__(None, None, None)
                 self._config = None
-            if self._dask_config is not None:
-                self._dask_config.__exit__(None, None, None)
-                self._dask_config = None
+            dask_config = _dask_default_ended(self)
+            if dask_config is not None:
+                dask_config.__exit__(None, None, None)
             if self._distributed_client is not None:
                 self._distributed_client.close()
                 return
@@ -1804,15 +1808,95 @@ def _silence(silence_logs):
     return None
 
 
-def _dask_default(client):
-    """dask's own ``scheduler`` setting naming ``client`` until it closes, as distributed's Client sets
-    it: dask collections' ``compute()`` and ``dask.compute`` then run on it (through ``Client.get``),
-    not on dask's local threads beside the cluster."""
-    try:
-        import dask.config
-    except ImportError:
-        return None
-    return dask.config.set(scheduler=client)
+def _make_dask_default(client):
+    """Sets dask's own ``scheduler`` setting to ``client`` until it closes, as distributed's Client
+    does: dask collections' ``compute()`` and ``dask.compute`` then run on it (through ``Client.get``),
+    not on dask's local threads beside the cluster.
+
+    Without dask loaded yet, it is set once ``dask.config`` is first imported: importing all of dask
+    here (50 ms) would double the start of a Client whose user never touches dask's collections."""
+    if importlib.util.find_spec("dask") is None:
+        return
+    with _DASK_DEFAULT_LOCK:
+        if "dask.config" not in sys.modules:
+            if not _DASK_DEFAULT_WAITING:
+                sys.meta_path.insert(0, _ONCE_DASK_CONFIG)
+            _DASK_DEFAULT_WAITING.append(client)
+            return
+    import dask.config  # loaded, or still loading on another thread, which this waits for
+
+    setting = dask.config.set(scheduler=client)
+    with _DASK_DEFAULT_LOCK:
+        client._dask_config = setting
+
+
+def _dask_default_ended(client):
+    """What ``client`` set as dask's default (see :func:`_make_dask_default`), taken from it, or None; a
+    client still waiting for dask's import stops waiting."""
+    with _DASK_DEFAULT_LOCK:
+        if client in _DASK_DEFAULT_WAITING:
+            _DASK_DEFAULT_WAITING.remove(client)
+            if not _DASK_DEFAULT_WAITING:
+                _ONCE_DASK_CONFIG.remove()
+        setting, client._dask_config = client._dask_config, None
+        return setting
+
+
+def _dask_config_imported(dask_config):
+    # Each waiting client in the order they started, as if each had set it then: closing them in the
+    # reverse order puts back what was there.
+    with _DASK_DEFAULT_LOCK:
+        for client in _DASK_DEFAULT_WAITING:
+            client._dask_config = dask_config.set(scheduler=client)
+        _DASK_DEFAULT_WAITING.clear()
+        _ONCE_DASK_CONFIG.remove()
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls ``then(module)`` once module ``name`` has been imported, found and loaded by the finders
+    and loader that would import it anyway (this one steps aside as soon as it has seen it)."""
+
+    def __init__(self, name, then):
+        self.name, self.then = name, then
+
+    def remove(self):
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        self.remove()
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _ThenLoader(spec.loader, self.then)
+        return spec
+
+
+class _ThenLoader(importlib.abc.Loader):
+    def __init__(self, loader, then):
+        self.loader, self.then = loader, then
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        # The module keeps its own loader, as if imported without this one.
+        module.__spec__.loader = module.__loader__ = self.loader
+        self.loader.exec_module(module)
+        try:
+            self.then(module)
+        except Exception as error:  # the user's import of dask must not fail for it
+            warnings.warn(
+                f"belated's Client could not make itself dask's default scheduler: {error!r}", stacklevel=2
+            )
+
+
+# The clients that are dask's default scheduler once dask is imported, in the order they started.
+_DASK_DEFAULT_WAITING = []
+_DASK_DEFAULT_LOCK = threading.Lock()
+_ONCE_DASK_CONFIG = _AfterImport("dask.config", _dask_config_imported)
 
 
 # The containers ``compute`` looks into for collections (with ``traverse``), as distributed's does.
