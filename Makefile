@@ -31,10 +31,14 @@ browser:
 		echo "Chromium is not installed and cannot be (not root): the browser test will be skipped"
 
 # The extension is abi3 (`_belated.abi3.so`); Python would import a version-specific one left by an
-# older build (`_belated.cpython-311-….so`) before it, so that goes first.
+# older build (`_belated.cpython-311-….so`) before it, so that goes first. The package's bytecode is
+# written last, as pip writes an installed wheel's: under PYTHONDONTWRITEBYTECODE (set on CI machines)
+# Python reads it but never writes it, and each worker process would compile `_worker.py` again as it
+# starts (a third of its start), each `import belated` the whole package.
 build: $(DEPS)
 	rm -f python/belated/_belated.cpython-*.so
 	$(VENV)/bin/maturin develop --release --quiet
+	$(PY) -m compileall -q python/belated
 
 # The wheel users install: one abi3 wheel for CPython >= 3.10, linked by zig (the ziglang package,
 # found by maturin as `python3 -m ziglang` on PATH) against glibc 2.17, i.e. manylinux2014; stripped.
