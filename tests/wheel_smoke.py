@@ -2,12 +2,13 @@
 
 The tutorial's example 1 on the default threads, on worker processes and on a local cluster, its
 ``visualize()`` to a PNG, and a failing task, whose exception must arrive as itself and carry the note
-naming its task (on 3.10, which has no ``add_note``, in ``__notes__``). Prints one line per check; any
-failure exits non-zero.
+naming its task (on 3.10, which has no ``add_note``, in ``__notes__``), and ``__version__`` the
+wheel's. Prints one line per check; any failure exits non-zero.
 
     python tests/wheel_smoke.py OUTPUT_DIR
 """
 
+import importlib.metadata
 import os
 import sys
 import time
@@ -50,6 +51,8 @@ def main(out_dir):
     else:
         raise AssertionError("the failing task did not raise")
     print("task note: present")
+    installed = importlib.metadata.version("belated")
+    assert dask.__version__ == installed, f"__version__ {dask.__version__}, the wheel's {installed}"
     print(f"belated {dask.__version__} on Python {sys.version.split()[0]}: ok")
 
 

@@ -19,7 +19,6 @@ submodules (``belated.array``, ``belated.dataframe``, ``belated.utils``...) are 
 
 import importlib
 import pkgutil
-from importlib.metadata import PackageNotFoundError, version
 
 from belated import _submodules, config, diagnostics, graph_manipulation
 from belated._api import Dashboard, annotate, compute, dashboard, is_dask_collection, optimize, persist
@@ -34,6 +33,7 @@ from belated._belated import (
     WorkerStartError,
     delayed,
 )
+from belated._belated import __version__ as __version__  # the wheel's version, as Cargo's
 from belated._client import Client, Future  # its stub types Future generically (Future[T])
 from belated._futures import (
     as_completed,
@@ -50,11 +50,6 @@ from belated._get import get
 from belated._progress import progress
 from belated._tokenize import TokenizationError, tokenize
 from belated._visualize import Picture, visualize
-
-try:
-    __version__ = version("belated")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "BelatedError",

@@ -15,6 +15,8 @@ _A2 = TypeVar("_A2")
 _A3 = TypeVar("_A3")
 _A4 = TypeVar("_A4")
 
+__version__: str
+
 class BelatedError(Exception):
     """Base class of the errors belated raises itself; a task's own exception reaches you unchanged."""
 

@@ -36,6 +36,9 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    // The package's version as maturin gives it to the wheel (pyproject's version is Cargo's): read
+    // here, `import belated` does not load importlib.metadata (a third of its import).
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<delayed::Delayed>()?;
     m.add_class::<cluster::Cluster>()?;
     m.add_class::<cluster::Kept>()?;
