@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -484,6 +485,40 @@ def test_ray_cancels_the_rest_on_the_first_failure(ray_instance, tmp_path):
             break
         time.sleep(0.1)
     assert not running(pid), "the task sleeping for 10 minutes was stopped"
+
+
+FAILURES_BESIDE_QUICK_TASKS_ON_RAY = """
+import sys, ray, belated
+
+def quick(i):
+    return i
+
+def fail(x):
+    raise ValueError("early")
+
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+for _ in range(40):
+    tasks = [belated.delayed(quick)(i) for i in range(60)]
+    tasks.insert(20, belated.delayed(fail)(tasks[3]))
+    try:
+        belated.compute(tasks, scheduler="ray")
+    except ValueError:
+        pass
+    else:
+        sys.exit("the failure was not raised")
+print("all raised")
+"""
+
+
+def test_a_failure_among_quick_tasks_on_ray_leaves_the_process_running():
+    # Found: the process died (Ray's driver aborts, "Check failed: ... Tried to complete task that was
+    # not pending") in 2 runs of 3 of these 40 computations, when the failed task itself, finished, was
+    # among those cancelled, or a forced cancel crossed a task's reply.
+    pytest.importorskip("ray")
+    script = FAILURES_BESIDE_QUICK_TASKS_ON_RAY
+    checked = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "Check failed" not in checked.stderr
+    assert (checked.returncode, checked.stdout) == (0, "all raised\n"), checked.stderr[-2000:]
 
 
 def test_missing_engines_say_which_extra_to_install(monkeypatch):

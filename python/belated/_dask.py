@@ -672,6 +672,8 @@ _RAY_CHAIN = "_belated_chain"
 # How long one wait for finished Ray tasks lasts before the driver looks again, and how many it waits for.
 _RAY_POLL = 0.1
 _RAY_WINDOW = 512
+# How long a cancelled Ray task may take to stop before its worker is stopped (see ``_cancel``).
+_RAY_FORCE_AFTER = 1.0
 
 
 def ray_executor():
@@ -760,11 +762,32 @@ def _collect(ray, pending, progress, timeout):
 
 
 def _cancel(ray, pending):
-    for status in pending:
-        # Forced: a task blocked in a call (sleeping, waiting on I/O) would not see Ray's interrupt,
-        # so its worker is stopped instead. A task that already finished has nothing left to stop.
-        with contextlib.suppress(Exception):
-            ray.cancel(status, force=True)
+    """Stops the tasks not finished: each is cancelled at once, which drops one not yet started and
+    interrupts a running one; one still running ``_RAY_FORCE_AFTER`` later (blocked in a call, which
+    Ray's interrupt does not reach) is stopped with its worker, from a thread of its own so that the
+    failure is raised meanwhile.
+
+    Ray's driver aborts the whole process ("Check failed: ... Tried to complete task that was not
+    pending") when a finished task is cancelled (the failed one, taking an input) or a forced cancel
+    crosses the reply of a task finishing, as the siblings of a failed task often are."""
+    if not pending:
+        return
+    try:
+        _, statuses = ray.wait(list(pending), num_returns=len(pending), timeout=0, fetch_local=False)
+    except Exception:  # Ray is gone: so are its tasks
+        return
+    for status in statuses:
+        with contextlib.suppress(Exception):  # it finished meanwhile
+            ray.cancel(status)
+    threading.Thread(target=_stop_stuck, args=(ray, statuses), name="belated-ray-cancel", daemon=True).start()
+
+
+def _stop_stuck(ray, statuses):
+    with contextlib.suppress(Exception):  # Ray shut down meanwhile: its workers went with it
+        _, stuck = ray.wait(statuses, num_returns=len(statuses), timeout=_RAY_FORCE_AFTER, fetch_local=False)
+        for status in stuck:
+            with contextlib.suppress(Exception):
+                ray.cancel(status, force=True)
 
 
 def distributed_client_of(scheduler):
