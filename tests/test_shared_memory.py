@@ -225,6 +225,35 @@ def test_values_round_trip_to_workers_between_them_and_back(run, name):
     assert_same(got_again, value)
 
 
+def add_one_in_place(array_):
+    array_ += 1
+    return array_
+
+
+def is_writable(array_):
+    return array_.flags.writeable
+
+
+@pytest.mark.parametrize("length", [0, 3, 20_000, LARGE])
+def test_an_array_arrives_as_writable_as_it_was_sent_whatever_its_size(run, length):
+    # As pickle in band, and dask's schedulers, give it: an array made here, one a task made, and one
+    # passed between tasks can be changed in place; a read-only one stays read-only.
+    frozen = np.arange(length, dtype=np.float64)
+    frozen.flags.writeable = False
+    made = delayed(np.arange)(length, dtype=np.float64)
+    got, changed, passed_on, inputs = run(
+        made,
+        delayed(add_one_in_place)(np.arange(length, dtype=np.float64)),
+        delayed(add_one_in_place)(made),
+        [delayed(is_writable)(np.arange(length, dtype=np.float64)), delayed(is_writable)(frozen)],
+    )
+    assert got.flags.writeable
+    np.testing.assert_array_equal(changed, np.arange(length) + 1)
+    np.testing.assert_array_equal(passed_on, np.arange(length) + 1)
+    assert inputs == [True, False]
+    assert not run(delayed(same)(frozen))[0].flags.writeable
+
+
 class Recorded(io.BytesIO):
     """A stream that carries descriptors as a socket does: each one attached to an offset."""
 

@@ -320,10 +320,18 @@ _PROTOCOL_5 = pickle.PROTO + b"\x05"
 _STACK_GLOBAL = pickle.STACK_GLOBAL[0]
 
 
+def _writable(frames):
+    """The out-of-band buffers of ``frames`` (after the pickle) as pickle in band rebuilds them: one
+    pickled writable unpickles writable (a read-only one is marked so in the pickle). A small frame
+    arrives as bytes, on which an array sent writable would be read-only, and a task's ``a += 1`` on
+    it would fail."""
+    return [bytearray(buffer) if type(buffer) is bytes else buffer for buffer in frames[1:]]
+
+
 def loads(frames):
     head = frames[0]
     if type(head) is bytes and head[:2] == _PROTOCOL_5 and _STACK_GLOBAL not in head:
-        return pickle.loads(head, buffers=frames[1:]) if len(frames) > 1 else pickle.loads(head)
+        return pickle.loads(head, buffers=_writable(frames)) if len(frames) > 1 else pickle.loads(head)
     if _preloading:
         _await_preload(head)
     with _UNPICKLING:
@@ -332,8 +340,8 @@ def loads(frames):
         # TypeError for every call.
         if "belated" in sys.modules or (type(head) is bytes and head.find(_THIS_MODULE) < 0):
             # Most pickles come alone, and the keyword and the slice cost more than the loads.
-            return pickle.loads(head, buffers=frames[1:]) if len(frames) > 1 else pickle.loads(head)
-        return _Unpickler(io.BytesIO(head), buffers=frames[1:]).load()
+            return pickle.loads(head, buffers=_writable(frames)) if len(frames) > 1 else pickle.loads(head)
+        return _Unpickler(io.BytesIO(head), buffers=_writable(frames)).load()
 
 
 # Most tasks of a graph call the same few functions. Pickling a function by value costs tens of
