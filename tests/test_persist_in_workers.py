@@ -12,7 +12,16 @@ import time
 import weakref
 
 import pytest
-from worker_tasks import gated_square, make_lock, square, stored_count, type_name, wait_gone
+from worker_tasks import (
+    add_one,
+    gated_square,
+    make_lock,
+    numbered_run,
+    square,
+    stored_count,
+    type_name,
+    wait_gone,
+)
 
 import belated
 from belated import _futures
@@ -128,6 +137,24 @@ def test_a_persisted_result_lost_with_its_worker_is_computed_again_from_its_task
         assert client.compute(belated.delayed(square)(persisted)).result(timeout=60) == 49 * 49
         assert persisted.compute(scheduler=client) == 49
         assert client.cluster_stats()["replaced"] == 1
+
+
+def test_a_persisted_result_lost_with_its_worker_is_computed_again_once_and_kept_as_in_distributed(tmp_path):
+    runs = tmp_path / "runs"
+    with belated.Client(
+        n_workers=2, threads_per_worker=1, dashboard_address=None, set_as_default=False
+    ) as client:
+        persisted = client.persist(belated.delayed(numbered_run, pure=False)(str(runs)))
+        assert persisted.compute(scheduler=client) == 1
+        counts = client.run(stored_count)
+        [holder] = [int(address.split("//")[1]) for address, count in counts.items() if count == 1]
+        os.kill(holder, signal.SIGKILL)
+        assert wait_gone([holder])
+        # The first use computes it again; the later ones, directly or as an input, use that result.
+        assert persisted.compute(scheduler=client) == 2
+        assert persisted.compute(scheduler=client) == 2
+        assert client.compute(belated.delayed(add_one)(persisted)).result(timeout=60) == 3
+        assert runs.read_text().count("run") == 2
 
 
 @pytest.mark.parametrize("how", ["future", "client"])

@@ -410,6 +410,15 @@ def counted_inc(x, path):
     return x + 1
 
 
+def numbered_run(path):
+    """Which run of this call it is (1, 2, ...) as ``path`` counts them: a result that differs each
+    time the task runs."""
+    with open(path, "a") as runs:
+        runs.write("run\n")
+    with open(path) as runs:
+        return len(runs.readlines())
+
+
 def fail_first_then_wait(path, gate):
     """Raises the first time it runs for ``path`` (a file counting its runs); later runs wait for
     ``gate`` to exist, and give whether it does."""

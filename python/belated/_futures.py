@@ -425,6 +425,18 @@ class Persisted:
         self.kept_result = kept  # before letting go of the future: _kept reads in the other order
         self.future = None
 
+    def kept_again(self, kept):
+        """Takes ``kept``, its task's result computed again after the one it kept was lost with its
+        worker, for later computations to use, as distributed holds a key recomputed: without it
+        each would compute it again, an impure task giving each a value of its own."""
+        if self._kept() is None:
+            return  # cancelled meanwhile: let go of, as it was
+        if self.own:
+            self.future._keep_alone(kept)
+            return
+        self.kept_result = kept  # before letting go of the future, as in _done
+        self.future = None
+
     def _kept(self):
         """The result kept in a worker once the persist succeeded, unless cancelled since; else None."""
         future = self.future

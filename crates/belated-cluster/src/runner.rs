@@ -173,6 +173,14 @@ pub trait Codec: Send + Sync + 'static {
         let _ = (task, value);
         Ok(())
     }
+
+    /// Called with the result of a task that ran, which for a task given a kept result
+    /// ([`Codec::kept`]) means that result was lost: later computations are to use this one rather
+    /// than run the task again, each time with a new value if it is impure.
+    fn ran(&self, task: TaskId, held: &Held<Self::Value>) -> Result<(), Self::Error> {
+        let _ = (task, held);
+        Ok(())
+    }
 }
 
 /// What a cluster has done that a user may ask about.
@@ -651,7 +659,11 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
         if self.finished[task.index()].swap(true, SeqCst) {
             self.cluster.stats.recomputed.fetch_add(1, SeqCst);
         }
-        Ok(self.codec.after(task, held.local.as_ref()).map(|()| held))
+        Ok(self
+            .codec
+            .after(task, held.local.as_ref())
+            .and_then(|()| self.codec.ran(task, &held))
+            .map(|()| held))
     }
 
     /// Runs `batch` from pool thread `slot`: the tasks whose inputs are all here or in the worker

@@ -140,7 +140,7 @@ pub(crate) type ClusterRunner = belated_cluster::ClusterRunner<PyCodec, Workers>
 /// `keep` stay in their workers (a persist); a task that raised runs again `retry_errors` times. The tasks in `kept` ([`kept_here`]) use the result an
 /// earlier persist left in this cluster's workers where it is.
 pub(crate) fn cluster_runner(
-    cluster: &ClusterShared,
+    cluster: &Arc<ClusterShared>,
     nodes: &Arc<[Arc<TaskNode>]>,
     (graph, outputs): (&Graph, &[TaskId]),
     (guard, kept): (TaskGuard, FxHashMap<u32, Held<PyValue>>),
@@ -150,6 +150,7 @@ pub(crate) fn cluster_runner(
         nodes: Arc::clone(nodes),
         guard,
         kept,
+        cluster: Arc::clone(cluster),
         plain: PlainCalls::default(),
     };
     let runner = ClusterRunner::new(&cluster.runtime, codec, graph, outputs, retries)
@@ -269,6 +270,8 @@ pub(crate) struct PyCodec {
     guard: TaskGuard,
     /// Results earlier persists left in the workers, by task.
     kept: FxHashMap<u32, Held<PyValue>>,
+    /// The cluster of those results, and of the ones that replace them once lost.
+    cluster: Arc<ClusterShared>,
     /// The calls of plain arguments, pickled without the interpreter.
     plain: PlainCalls,
 }
@@ -421,6 +424,25 @@ impl Codec for PyCodec {
             };
             let key = self.nodes[task.index()].payload().key_object(py);
             self.guard.after(py, &key, &value)
+        })
+    }
+
+    fn ran(&self, task: TaskId, held: &Held<PyValue>) -> PyResult<()> {
+        if !self.kept.contains_key(&task.0) {
+            return Ok(());
+        }
+        // A persisted result lost with its worker, computed again: its `Persisted` keeps this one.
+        let Op::Call {
+            func: Arg::Value(persisted),
+            ..
+        } = &self.nodes[task.index()].payload().op
+        else {
+            return Ok(());
+        };
+        Python::attach(|py| {
+            let kept = Bound::new(py, Kept::new(held.clone(), &self.cluster))?;
+            persisted.bind(py).call_method1("kept_again", (kept,))?;
+            Ok(())
         })
     }
 }
