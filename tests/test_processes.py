@@ -24,6 +24,7 @@ from worker_tasks import (
     pid_of,
     raise_chained,
     raise_reduce_raises,
+    raise_with_array,
     record,
     square,
     wait_gone,
@@ -81,6 +82,15 @@ def test_task_exceptions_come_back_as_themselves_with_the_workers_traceback():
     # The worker's frames, rebuilt as frames of this process: the task's own line is the last one.
     last = traceback.extract_tb(caught.value.__traceback__)[-1]
     assert (last.name, last.line) == ("explode", 'raise Boom(f"bad {x}")')
+
+
+@pytest.mark.parametrize("size", [2, 2 * _worker.SHARE_FROM])
+def test_an_exception_holding_an_array_comes_back_as_itself_as_in_dasks_processes(size):
+    with pytest.raises(ValueError, match="bad rows") as caught:
+        delayed(raise_with_array)(size).compute(scheduler="processes")
+    np.testing.assert_array_equal(caught.value.args[1], np.arange(size))
+    assert type(caught.value.__cause__) is KeyError
+    np.testing.assert_array_equal(caught.value.__cause__.args[1], np.arange(size))
 
 
 # A function of a script travels by value. Its file's lines went with every call, so a task of a 15 KB

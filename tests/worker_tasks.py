@@ -419,6 +419,15 @@ def numbered_run(path):
         return len(runs.readlines())
 
 
+def raise_with_array(size):
+    import numpy as np
+
+    try:
+        raise KeyError("cause", np.arange(size))
+    except KeyError as cause:
+        raise ValueError("bad rows", np.arange(size)) from cause
+
+
 def fail_first_then_wait(path, gate):
     """Raises the first time it runs for ``path`` (a file counting its runs); later runs wait for
     ``gate`` to exist, and give whether it does."""

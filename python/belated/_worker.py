@@ -289,6 +289,14 @@ def dumps_reply(obj, shared=False):
     return _frames(head, buffers, shared)
 
 
+def _in_band(obj):
+    """:func:`dumps_reply`'s pickle of ``obj`` with its buffers in band: one frame."""
+    try:
+        return _pickle(_Pickler, obj, [], in_band_below=sys.maxsize)
+    except Exception:
+        return _pickle(_cloud_pickler(), obj, [], in_band_below=sys.maxsize)
+
+
 # Unpickling may import modules, and two threads importing the same package at once can each see it
 # half initialized (numpy fails so); one unpickles at a time.
 _UNPICKLING = threading.Lock()
@@ -746,10 +754,8 @@ def _encode_failure(error, records):
     where = _safely(_where, error, [])
     try:
         text = "".join(traceback.format_exception(error))
-        pickled = dumps_reply(error)
-        # Out-of-band buffers would need frames of their own: an exception small enough to raise
-        # travels in one.
-        pickled = pickled[0] if len(pickled) == 1 else None
+        # In one frame, buffers inside: an exception holding an array (any size) is rebuilt from it.
+        pickled = _in_band(error)
     except Exception:
         # It cannot be pickled, or shown: formatting reads ``__notes__`` and ``__str__``, which the
         # exception may break, and the caller could not print it either.
@@ -775,8 +781,7 @@ def _chain(error, seen=None):
             continue
         seen.add(id(linked))
         try:
-            pickled = dumps_reply(linked)
-            pickled = pickled[0] if len(pickled) == 1 else None
+            pickled = _in_band(linked)
         except Exception:
             pickled = None
         text = _safely(lambda e: "".join(traceback.format_exception(e, chain=False)), linked, "")
