@@ -31,6 +31,7 @@ from worker_tasks import (
     run_echo,
     shell_echo,
     square,
+    wait_for_gate,
     wait_gone,
     write_fd1,
 )
@@ -174,6 +175,28 @@ def test_a_cancelled_future_frees_its_worker(tmp_path):
         assert client.submit(pid_of).result(timeout=60) != before
         with pytest.raises(belated.CancelledError):
             stuck.result(timeout=10)
+
+
+def test_a_task_beside_futures_cancelled_again_and_again_on_its_worker_runs_to_its_end(tmp_path):
+    # Each cancel kills the worker, and the task beside it runs again on the replacement: not that
+    # task's failure, however often (distributed, which kills nothing, never fails it either).
+    gate, beside_started = tmp_path / "gate", tmp_path / "beside.started"
+    with belated.Client(n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        beside = client.submit(wait_for_gate, str(gate), str(tmp_path / "beside"))
+        for attempt in range(4):
+            deadline = time.monotonic() + 30
+            while not beside_started.exists() and not beside.done() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert beside_started.exists(), beside
+            beside_started.unlink()  # to see it start again after this round's cancel
+            started = tmp_path / f"started-{attempt}"
+            cancelled = client.submit(record_then_nap, str(started), FOREVER, pure=False)
+            deadline = time.monotonic() + 30
+            while not started.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            cancelled.cancel()
+        gate.touch()
+        assert beside.result(timeout=60) == 1
 
 
 def test_close_ends_every_future_with_cancelled_error():

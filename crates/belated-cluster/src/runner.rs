@@ -820,8 +820,16 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                 let _ = self
                     .codec
                     .blocking(|| self.cluster.transport.replace(lost, generation));
+                let killed_for_a_cancel =
+                    lost == worker && self.killed_for_a_cancel(lost, generation);
                 for at in unsettled {
                     let (task, inputs) = entries[at].as_ref().expect("not settled yet");
+                    if killed_for_a_cancel {
+                        // Not their failure: each runs again at once, as evaluate() has it.
+                        let result = self.complete(*task, self.evaluate(slot, *task, inputs));
+                        group.push(hand(&mut entries, at, result));
+                        continue;
+                    }
                     self.suspect[task.index()].store(true, SeqCst);
                     let lost = self.lost_inputs(slot, *task, inputs);
                     group.push(hand(&mut entries, at, Err(lost)));
@@ -1110,12 +1118,13 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                     .map_err(failed)?;
                 // A worker an input was fetched from may die too: the task's next run fetches a
                 // copy or finds the input lost, and the schedule bounds how often it runs again.
-                // Killed for another task cancelled alone, or for another computation's cancel:
-                // not this task's failure.
-                if lost == worker
-                    && !self.running.killed_for_a_cancelled_task(lost, generation)
-                    && !self.cluster.transport.killed(lost, generation)
-                {
+                if lost == worker && self.killed_for_a_cancel(lost, generation) {
+                    // Not this task's failure: it runs again at once, on the replacement. Reported
+                    // lost, it would count as a loss of its own, and the engine fails a task lost
+                    // more than `retries` + 1 times, however many cancels beside it did that.
+                    return self.evaluate(slot, task, inputs);
+                }
+                if lost == worker {
                     let tries = self.deaths[task.index()].fetch_add(1, SeqCst) + 1;
                     if tries > self.retries {
                         return Err(failed(Error::TaskLost { tries, why }));
@@ -1124,6 +1133,13 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                 Err(Stop::Lost(self.lost_inputs(slot, task, inputs)))
             }
         }
+    }
+
+    /// Whether `worker` at `generation` was killed for a task cancelled alone, of this computation
+    /// or another, or for another computation's cancel.
+    fn killed_for_a_cancel(&self, worker: usize, generation: u64) -> bool {
+        self.running.killed_for_a_cancelled_task(worker, generation)
+            || self.cluster.transport.killed(worker, generation)
     }
 
     /// Records what the call's worker now holds and decodes its reply.
