@@ -26,6 +26,7 @@ from worker_tasks import (
     raise_reduce_raises,
     raise_with_array,
     record,
+    slow_from,
     square,
     wait_gone,
 )
@@ -493,6 +494,20 @@ def test_a_batch_releases_the_ids_its_header_lists_and_sends_each_calls_records_
         assert _worker.loads([second]) == (True, "second", [{"msg": "second"}])
     finally:
         _worker._STORE.pop(51, None)
+
+
+@pytest.mark.parametrize("on", ["processes", "client"])
+def test_calls_handed_back_by_batches_again_and_again_run_and_are_no_worker_lost(on):
+    # After a thousand quick calls, each of the slow ones overruns the batch it starts, which hands
+    # back the calls after it: the later slow calls are handed back once per slow call before them.
+    # None of them ran, and no worker died: they are not lost results, however often it happens.
+    calls = [delayed(slow_from)(x, 1000, 1020, 0.03) for x in range(1100)]
+    if on == "processes":
+        (got,) = compute(calls, scheduler="processes", num_workers=1)
+    else:
+        with belated.Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+            got = client.compute(calls, sync=True)
+    assert got == list(range(1100))
 
 
 def test_a_batch_runs_each_of_its_calls_and_replies_to_each_as_a_run_would():

@@ -428,6 +428,13 @@ def raise_with_array(size):
         raise ValueError("bad rows", np.arange(size)) from cause
 
 
+def slow_from(x, first, last, seconds):
+    """``x``, after ``seconds`` for ``first <= x < last``: a run of slow calls among quick ones."""
+    if first <= x < last:
+        time.sleep(seconds)
+    return x
+
+
 def fail_first_then_wait(path, gate):
     """Raises the first time it runs for ``path`` (a file counting its runs); later runs wait for
     ``gate`` to exist, and give whether it does."""

@@ -784,7 +784,8 @@ impl<C: Codec, T: Transport> ClusterRunner<C, T> {
                         group.push(hand(&mut entries, *at, self.complete(task, evaluated)));
                     }
                     for (at, _, _, _) in &calls[parsed.end..end] {
-                        group.push(hand(&mut entries, *at, Err(InputsLost(Vec::new()))));
+                        let task = task_of(*at, &entries);
+                        group.push(hand(&mut entries, *at, Err(InputsLost::not_started(task))));
                     }
                     end = parsed.end;
                     if last {

@@ -97,8 +97,8 @@ pub trait Runner: Send + Sync + 'static {
     /// Runs several ready tasks, each as [`Runner::run_recoverable`] does on its own inputs, and
     /// hands each task's result back to `settled` with the task and its inputs, exactly once, in
     /// groups as they come: the engine records a group at once, so a result never waits for the
-    /// rest of its batch, and a task handed back as lost (`InputsLost` naming none: it did not run)
-    /// is ready again for another thread. Observers see them all start before any finishes. The
+    /// rest of its batch, and a task handed back ([`InputsLost::not_started`]: it did not run) is
+    /// ready again for another thread. Observers see them all start before any finishes. The
     /// default runs them one after the other.
     fn run_batch(&self, batch: Vec<(TaskId, Vec<Self::Value>)>, settled: &mut Settled<'_, Self>) {
         for (task, mut inputs) in batch {

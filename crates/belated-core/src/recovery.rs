@@ -14,7 +14,9 @@
 //!   finished anew), and a dependent that started with the old result waits for nothing.
 //! - A task's result may be lost at most [`crate::Runner::recompute_limit`] times; losing it once more
 //!   ends the computation with [`crate::Error::LostTooOften`]. A report naming none of the task's
-//!   inputs counts as a loss of the task itself, so no runner can requeue a task forever.
+//!   inputs counts as a loss of the task itself, so no runner can requeue a task forever; but not
+//!   one naming the task itself ([`InputsLost::not_started`]): a call a batch handed back before it
+//!   started, which neither ran nor lost anything, however often a slow call before it overran.
 //! - A lineage is never gone: every task can run again from the graph, down to those with no
 //!   inputs (values built by the caller among them).
 //! - A task that failed may run again on the same path ([`RetryErrors`], distributed's `retries=`):
@@ -30,6 +32,13 @@ use crate::{lineage, Graph, Schedule, TaskId};
 /// Which inputs of a task were found lost, so that it could not run (see the module's policy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputsLost(pub Vec<TaskId>);
+
+impl InputsLost {
+    /// The report of `task` handed back before it started: it runs again, and it is no loss.
+    pub fn not_started(task: TaskId) -> Self {
+        InputsLost(vec![task])
+    }
+}
 
 /// How often each task of a computation may fail and run again (distributed's `retries=`). A runner
 /// asks [`RetryErrors::again`] when a task failed; on `true` it reports the task lost itself
@@ -146,7 +155,7 @@ impl Schedule {
                 .copied()
                 .filter(|&dep| self.finished[dep.index()] && !held(dep)),
         );
-        if !lost.iter().any(|input| deps.contains(input)) {
+        if lost != [task] && !lost.iter().any(|input| deps.contains(input)) {
             self.count_loss(task, limit)?;
         }
         for &dep in deps {

@@ -424,6 +424,43 @@ fn a_report_naming_no_input_counts_against_the_task_itself() {
     );
 }
 
+/// A task handed back before it started (a batch's call after one that overran) is no loss, however
+/// often: it runs once it is not handed back, with nothing recomputed, whatever the limit.
+#[test]
+fn a_task_handed_back_before_it_started_again_and_again_is_no_loss() {
+    struct HandsBack {
+        runs: Vec<AtomicU32>,
+    }
+    impl Runner for HandsBack {
+        type Value = i64;
+        type Error = String;
+        fn run(&self, _task: TaskId, _inputs: &[i64]) -> Result<i64, String> {
+            unreachable!("the engine calls run_recoverable")
+        }
+        fn run_recoverable(
+            &self,
+            task: TaskId,
+            inputs: &mut Vec<i64>,
+        ) -> Result<Result<i64, String>, InputsLost> {
+            if self.runs[task.index()].fetch_add(1, SeqCst) < 5 {
+                return Err(InputsLost::not_started(task));
+            }
+            Ok(Ok(1 + inputs.iter().sum::<i64>()))
+        }
+    }
+    let graph = Graph::from_deps::<String, _, _>([vec![], vec![TaskId(0)]]).unwrap();
+    let runner = Arc::new(HandsBack {
+        runs: (0..2).map(|_| AtomicU32::new(0)).collect(),
+    });
+    let values = run_inline_observed(graph, vec![TaskId(1)], Arc::clone(&runner), None);
+    assert_eq!(values.unwrap(), [2]);
+    assert_eq!(
+        runner.runs[0].load(SeqCst),
+        6,
+        "task 0 was not run again for task 1's hand-backs"
+    );
+}
+
 /// Task `i` computes `i + sum(inputs)`, but its first `failures[i]` runs fail, each with an error
 /// naming the run; a failed task runs again while [`RetryErrors`] allows.
 struct Flaky {
