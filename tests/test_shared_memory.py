@@ -616,3 +616,42 @@ def test_processes_clusters_of_four_sizes_fit_in_256_descriptors_and_more_is_a_c
     assert fit == "True True True True"
     assert "out of file descriptors" in error and "ulimit -n" in error and "fewer workers" in error, error
     assert after == "True"
+
+
+MANY_LARGE = """
+import os, resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+import numpy as np
+import belated
+from belated import _worker, delayed
+
+def arrays(n):
+    return [np.full(_worker.SHARE_FROM, i % 251, dtype=np.uint8) for i in range(n)]
+
+def firsts(values):
+    return [int(value[0]) for value in values]
+
+expected = [i % 251 for i in range(300)]
+for scheduler in ("processes", "client"):
+    client = belated.Client(n_workers=2, threads_per_worker=1) if scheduler == "client" else None
+    run = {"scheduler": "processes", "num_workers": 2} if client is None else {}
+    made = delayed(arrays)(300)
+    held = [belated.compute(made, **run)[0] for _ in range(2)]  # 600 large buffers here, kept
+    ok = [firsts(values) == expected for values in held]
+    ok.append(belated.compute([delayed(firsts)(made), delayed(firsts)(held[0])], **run)[0] == [expected] * 2)
+    with open(os.devnull) as still:  # and this process can still open files
+        ok.append(still.readable())
+    print(scheduler, all(ok))
+    if client is not None:
+        client.close()
+"""
+
+
+def test_more_large_buffers_than_descriptors_travel_and_stay_held_and_leave_descriptors_free():
+    # A mapped segment holds a descriptor for as long as the value built on it lives, and a message
+    # carries one per large buffer: past half of the limit they travel, and are held, as copies.
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(MANY_LARGE)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["processes True", "client True"], done.stdout

@@ -196,20 +196,57 @@ class Segment:
     __del__ = close
 
 
+def _descriptor_limit():
+    """The process's limit of open descriptors, which segments must leave room under: a segment
+    holds one until it is sent, and a mapping one as long as the value built on it lives, so a
+    thousand large arrays would otherwise leave a program (under the usual limit of 1,024) unable to
+    open a file. The kernel gives the lowest free number: a higher one means that many are open."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return sys.maxsize if soft == resource.RLIM_INFINITY else soft
+
+
 def map_segment(fd, length):
     """A segment's memory as a buffer, private copy-on-write: pages are shared with every other
     reader until this one writes, so values built on it are writable, and a write is seen by nobody
-    else. ``fd`` stays the caller's."""
+    else. Past half of the descriptors (the mapping holds a duplicate of ``fd``), a copy. ``fd``
+    stays the caller's."""
     if length == 0:
         return b""
-    return mmap.mmap(fd, length, access=mmap.ACCESS_COPY)
+    probe = os.dup(fd)
+    try:
+        if probe < _descriptor_limit() // 2:
+            return mmap.mmap(fd, length, access=mmap.ACCESS_COPY)
+    finally:
+        os.close(probe)
+    copy = bytearray(length)
+    view, read = memoryview(copy), 0
+    while read < length:
+        read += os.preadv(fd, [view[read:]], read)
+    return copy
+
+
+def _shared(view):
+    """``view`` in a :class:`Segment`, or as it is (inline) past a quarter of the descriptors: the
+    reader receives as many as a message has segments before it maps them."""
+    try:
+        segment = Segment(view)
+    except OSError as error:
+        if error.errno != errno.EMFILE:
+            raise
+        return view
+    if segment.fd < _descriptor_limit() // 4:
+        return segment
+    segment.close()
+    return view
 
 
 def _frames(head, buffers, shared):
     frames = [head]
     for buffer in buffers:
         view = buffer.raw()
-        frames.append(Segment(view) if shared and _SHARED_MEMORY and view.nbytes >= SHARE_FROM else view)
+        frames.append(_shared(view) if shared and _SHARED_MEMORY and view.nbytes >= SHARE_FROM else view)
     return frames
 
 
