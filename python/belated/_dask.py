@@ -779,7 +779,10 @@ def _cancel(ray, pending):
     for status in statuses:
         with contextlib.suppress(Exception):  # it finished meanwhile
             ray.cancel(status)
-    threading.Thread(target=_stop_stuck, args=(ray, statuses), name="belated-ray-cancel", daemon=True).start()
+    if statuses:
+        threading.Thread(
+            target=_stop_stuck, args=(ray, statuses), name="belated-ray-cancel", daemon=True
+        ).start()
 
 
 def _stop_stuck(ray, statuses):

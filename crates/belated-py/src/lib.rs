@@ -37,7 +37,7 @@ use pyo3::prelude::*;
 fn _belated(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     // The package's version as maturin gives it to the wheel (pyproject's version is Cargo's): read
-    // here, `import belated` does not load importlib.metadata (a third of its import).
+    // here, `import belated` does not load importlib.metadata (a fifth of its import).
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<delayed::Delayed>()?;
     m.add_class::<cluster::Cluster>()?;
