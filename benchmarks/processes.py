@@ -472,7 +472,6 @@ def client_api():
 def cpu_seconds():
     """This process's CPU seconds (every thread, ended ones too), and its descendants' by thread: a
     worker's thread that ends between two readings drops out of their difference (Linux only)."""
-    import os
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)

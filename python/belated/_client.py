@@ -1815,10 +1815,10 @@ def _make_dask_default(client):
 
     Without dask loaded yet, it is set once ``dask.config`` is first imported: importing all of dask
     here (50 ms) would double the start of a Client whose user never touches dask's collections."""
-    if importlib.util.find_spec("dask") is None:
-        return
     with _DASK_DEFAULT_LOCK:
         if "dask.config" not in sys.modules:
+            if importlib.util.find_spec("dask") is None:
+                return
             if not _DASK_DEFAULT_WAITING:
                 sys.meta_path.insert(0, _ONCE_DASK_CONFIG)
             _DASK_DEFAULT_WAITING.append(client)
@@ -1849,7 +1849,6 @@ def _dask_config_imported(dask_config):
         for client in _DASK_DEFAULT_WAITING:
             client._dask_config = dask_config.set(scheduler=client)
         _DASK_DEFAULT_WAITING.clear()
-        _ONCE_DASK_CONFIG.remove()
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

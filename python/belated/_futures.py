@@ -417,24 +417,21 @@ class Persisted:
         # A kept result is then held without the computation, which holds every result of the persist,
         # so that each is released with its own last holder.
         kept = kept_in(cell)
-        if kept is None:
-            return
-        if self.own:
-            self.future._keep_alone(kept)
-            return
-        self.kept_result = kept  # before letting go of the future: _kept reads in the other order
-        self.future = None
+        if kept is not None:
+            self._hold(kept)
 
     def kept_again(self, kept):
         """Takes ``kept``, its task's result computed again after the one it kept was lost with its
         worker, for later computations to use, as distributed holds a key recomputed: without it
         each would compute it again, an impure task giving each a value of its own."""
-        if self._kept() is None:
-            return  # cancelled meanwhile: let go of, as it was
+        if self._kept() is not None:  # else cancelled meanwhile: let go of, as it was
+            self._hold(kept)
+
+    def _hold(self, kept):
         if self.own:
             self.future._keep_alone(kept)
             return
-        self.kept_result = kept  # before letting go of the future, as in _done
+        self.kept_result = kept  # before letting go of the future: _kept reads in the other order
         self.future = None
 
     def _kept(self):

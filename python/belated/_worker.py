@@ -307,31 +307,30 @@ def _cloud_pickler():
     return _CloudPickler
 
 
-def dumps(obj, shared=False):
-    """``obj`` as frames: a protocol-5 pickle and its out-of-band buffers, large ones as
-    :class:`Segment` if ``shared`` (frames to send, not to look at). cloudpickle, so functions and
-    classes defined in ``__main__`` or interactively travel by value."""
+def dumps(obj, shared=False, in_band_below=0):
+    """``obj`` as frames: a protocol-5 pickle and its out-of-band buffers (but those smaller than
+    ``in_band_below`` bytes), large ones as :class:`Segment` if ``shared`` (frames to send, not to
+    look at). cloudpickle, so functions and classes defined in ``__main__`` or interactively travel
+    by value."""
     buffers = []
-    return _frames(_pickle(_cloud_pickler(), obj, buffers), buffers, shared)
+    return _frames(_pickle(_cloud_pickler(), obj, buffers, in_band_below), buffers, shared)
 
 
-def dumps_reply(obj, shared=False):
+def dumps_reply(obj, shared=False, in_band_below=0):
     """:func:`dumps` for what a worker sends back. The plain pickler is several times faster, and
     what it can find by reference here the parent and other workers (same ``sys.path``) can too."""
     buffers = []
     try:
-        head = _pickle(_Pickler, obj, buffers)
+        head = _pickle(_Pickler, obj, buffers, in_band_below)
     except Exception:
-        return dumps(obj, shared)
+        return dumps(obj, shared, in_band_below)
     return _frames(head, buffers, shared)
 
 
 def _in_band(obj):
     """:func:`dumps_reply`'s pickle of ``obj`` with its buffers in band: one frame."""
-    try:
-        return _pickle(_Pickler, obj, [], in_band_below=sys.maxsize)
-    except Exception:
-        return _pickle(_cloud_pickler(), obj, [], in_band_below=sys.maxsize)
+    (head,) = dumps_reply(obj, in_band_below=sys.maxsize)
+    return head
 
 
 # Unpickling may import modules, and two threads importing the same package at once can each see it
